@@ -1,0 +1,2 @@
+//! Helpers for the integration tests that run real apps under libpcisock.so.
+#![deny(unsafe_code)]

@@ -1,0 +1,56 @@
+//! `ntbdrv-peer`: a second process on an emulated device, driven by the conformance suite.
+//!
+//! Usage: `ntbdrv-peer DIR NAME SIDE COMMAND [ARGS]`
+//!   write-window MW OFFSET LEN BIT   write a pattern through outbound window MW, ring BIT
+//!   hold                             lease window space, a doorbell and a DMA channel; say
+//!                                    "holding" and wait to be killed
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ntbdrv::emu::{EmuDevice, Options};
+use ntbdrv::NtbDevice;
+
+fn run(args: &[String]) -> Result<(), String> {
+    let [dir, name, side, cmd, rest @ ..] = args else {
+        return Err("usage: ntbdrv-peer DIR NAME SIDE COMMAND [ARGS]".into());
+    };
+    let num = |s: &str| s.parse::<u64>().map_err(|e| format!("{s:?}: {e}"));
+    let mut opts = Options::from_env().map_err(|e| e.to_string())?;
+    opts.dir = PathBuf::from(dir);
+    opts.name = name.clone();
+    opts.side = num(side)? as u32;
+    let dev = EmuDevice::open_existing(&opts.path(), opts.side).map_err(|e| e.to_string())?;
+    dev.link_enable().map_err(|e| e.to_string())?;
+    match (cmd.as_str(), rest) {
+        ("write-window", [mw, off, len, bit]) => {
+            let (mw, off, len, bit) = (num(mw)? as u32, num(off)? as usize, num(len)? as u32, num(bit)?);
+            let pat: Vec<u8> = (0..len).map(|i| (i % 253) as u8 ^ 0x5A).collect();
+            dev.outbound(mw).map_err(|e| e.to_string())?.write(off, &pat).map_err(|e| e.to_string())?;
+            dev.peer_db_set(1 << bit).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        ("hold", []) => {
+            let _w = dev.lease_window(0, 1 << 20, 42).map_err(|e| e.to_string())?;
+            let _d = dev.lease_doorbell(42).map_err(|e| e.to_string())?;
+            let _c = if dev.dma_channel_count() > 0 { Some(dev.dma_channel().map_err(|e| e.to_string())?) } else { None };
+            println!("holding");
+            std::io::stdout().flush().map_err(|e| e.to_string())?;
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        _ => Err(format!("unknown command {cmd:?} {rest:?}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ntbdrv-peer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

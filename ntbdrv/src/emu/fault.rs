@@ -1,0 +1,118 @@
+//! Fault injection: faults live in the device header, so a test or `pcisock emu fault` in one
+//! process affects every process attached to the device, as a misbehaving link would.
+
+use std::mem::offset_of;
+use std::sync::atomic::Ordering::{Acquire, SeqCst};
+use std::time::Duration;
+
+use ntb_sys as sys;
+
+use super::EmuDevice;
+
+type H = sys::ntbemu_header;
+
+/// A fault to inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The link reports down; doorbells, peer scratchpads and DMA to the peer fail.
+    LinkDown,
+    /// The next `count` DMA descriptors fail with a read error (0 = every descriptor).
+    DmaError { count: u32 },
+    /// The DMA engine waits `delay` before each descriptor.
+    DmaSlow { delay: Duration },
+    /// The next `count` peer doorbell writes are lost (0 = every one).
+    LostDoorbell { count: u32 },
+}
+
+impl Fault {
+    fn flag(self) -> u32 {
+        match self {
+            Fault::LinkDown => sys::NTBEMU_FAULT_LINK_DOWN,
+            Fault::DmaError { .. } => sys::NTBEMU_FAULT_DMA_ERROR,
+            Fault::DmaSlow { .. } => sys::NTBEMU_FAULT_DMA_SLOW,
+            Fault::LostDoorbell { .. } => sys::NTBEMU_FAULT_LOST_DB,
+        }
+    }
+}
+
+/// Handle for injecting and clearing faults on one device.
+pub struct Faults<'a> {
+    pub(super) dev: &'a EmuDevice,
+}
+
+impl Faults<'_> {
+    /// Inject `fault` (counted faults share one counter: the last one set wins).
+    pub fn inject(&self, fault: Fault) {
+        let m = &self.dev.map;
+        match fault {
+            Fault::DmaError { count } | Fault::LostDoorbell { count } => {
+                m.u32_at(offset_of!(H, fault_count)).store(count, SeqCst)
+            }
+            Fault::DmaSlow { delay } => m
+                .u64_at(offset_of!(H, fault_dma_delay_ns))
+                .store(delay.as_nanos().min(u64::MAX as u128) as u64, SeqCst),
+            Fault::LinkDown => {}
+        }
+        m.u32_at(offset_of!(H, fault_flags)).fetch_or(fault.flag(), SeqCst);
+        if fault == Fault::LinkDown {
+            self.dev.bump_link();
+        }
+    }
+
+    /// Clear every fault.
+    pub fn clear(&self) {
+        let prev = self.dev.map.u32_at(offset_of!(H, fault_flags)).swap(0, SeqCst);
+        if prev & sys::NTBEMU_FAULT_LINK_DOWN != 0 {
+            self.dev.bump_link();
+        }
+    }
+
+    /// The faults in force, as flags (`NTBEMU_FAULT_*`).
+    pub fn flags(&self) -> u32 {
+        self.dev.map.u32_at(offset_of!(H, fault_flags)).load(Acquire)
+    }
+
+    /// How many faults were actually injected since the device was made.
+    pub fn hits(&self) -> u64 {
+        self.dev.map.u64_at(offset_of!(H, fault_hits)).load(Acquire)
+    }
+}
+
+/// Is `flag` in force (without consuming it)?
+pub(super) fn active(dev: &EmuDevice, flag: u32) -> bool {
+    dev.map.u32_at(offset_of!(H, fault_flags)).load(Acquire) & flag != 0
+}
+
+/// Consume one occurrence of a counted fault; true if it fires now.
+pub(super) fn take(dev: &EmuDevice, flag: u32) -> bool {
+    let flags = dev.map.u32_at(offset_of!(H, fault_flags));
+    if flags.load(Acquire) & flag == 0 {
+        return false;
+    }
+    let count = dev.map.u32_at(offset_of!(H, fault_count));
+    let fire = loop {
+        let c = count.load(SeqCst);
+        if c == 0 {
+            break true; // unlimited
+        }
+        if count.compare_exchange(c, c - 1, SeqCst, SeqCst).is_ok() {
+            if c == 1 {
+                flags.fetch_and(!flag, SeqCst);
+            }
+            break true;
+        }
+    };
+    if fire {
+        dev.map.u64_at(offset_of!(H, fault_hits)).fetch_add(1, SeqCst);
+    }
+    fire
+}
+
+/// The injected per-descriptor DMA delay, if the slow-DMA fault is in force.
+pub(super) fn dma_delay(dev: &EmuDevice) -> Option<Duration> {
+    if !active(dev, sys::NTBEMU_FAULT_DMA_SLOW) {
+        return None;
+    }
+    dev.map.u64_at(offset_of!(H, fault_hits)).fetch_add(1, SeqCst);
+    Some(Duration::from_nanos(dev.map.u64_at(offset_of!(H, fault_dma_delay_ns)).load(Acquire)))
+}

@@ -1,0 +1,228 @@
+//! The host resource table: how the processes of one host share its side of the device.
+//!
+//! Window space, doorbell bits and DMA channels are leased through `struct ntbemu_host_table` in
+//! the device file. Each lease names its process by pid and start time; a lease whose process is
+//! gone is reclaimed. The table is guarded by a lock word holding the holder's pid, so a holder
+//! that died inside the critical section cannot wedge the host: its lock is broken.
+
+use std::mem::offset_of;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use ntb_sys as sys;
+
+use super::mapping::Mapping;
+use crate::error::LeaseError;
+use crate::sysutil;
+use crate::WindowLease;
+
+type T = sys::ntbemu_host_table;
+type L = sys::ntbemu_lease;
+
+const SLOT_SIZE: usize = std::mem::size_of::<L>();
+
+pub(crate) struct HostTable<'a> {
+    map: &'a Mapping,
+    base: usize,
+}
+
+/// One lease as read out of the table.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slot {
+    pub kind: u32,
+    pub pid: u32,
+    pub start: u64,
+    pub index: u32,
+    pub tag: u32,
+    pub offset: u64,
+    pub len: u64,
+}
+
+struct Guard<'a> {
+    lock: &'a AtomicU32,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        // SYNC POINT (host table lock): Release pairs with the Acquire CAS in `HostTable::lock`.
+        self.lock.store(0, Release);
+    }
+}
+
+impl<'a> HostTable<'a> {
+    pub(crate) fn new(map: &'a Mapping, base: usize) -> Self {
+        Self { map, base }
+    }
+
+    fn lock(&self) -> Guard<'a> {
+        let lock = self.map.u32_at(self.base + offset_of!(T, lock));
+        let me = sysutil::pid();
+        let mut spins = 0u32;
+        loop {
+            match lock.compare_exchange(0, me, Acquire, Relaxed) {
+                Ok(_) => return Guard { lock },
+                Err(holder) => {
+                    spins += 1;
+                    if spins % 64 == 0 && (holder == me || !sysutil::pid_exists(holder)) {
+                        // The holder died (or is a previous incarnation of our pid after fork
+                        // and exec): break its lock.
+                        if lock.compare_exchange(holder, me, Acquire, Relaxed).is_ok() {
+                            return Guard { lock };
+                        }
+                    }
+                    if spins < 16 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
+    }
+
+    fn slot_off(&self, i: usize) -> usize {
+        self.base + offset_of!(T, slots) + i * SLOT_SIZE
+    }
+
+    fn u32f(&self, i: usize, f: usize) -> &AtomicU32 {
+        self.map.u32_at(self.slot_off(i) + f)
+    }
+
+    fn u64f(&self, i: usize, f: usize) -> &AtomicU64 {
+        self.map.u64_at(self.slot_off(i) + f)
+    }
+
+    fn n_slots(&self) -> usize {
+        (self.map.u32_at(self.base + offset_of!(T, n_slots)).load(Relaxed) as usize).min(sys::NTBEMU_HOST_SLOTS as usize)
+    }
+
+    pub(crate) fn read(&self, i: usize) -> Slot {
+        Slot {
+            kind: self.u32f(i, offset_of!(L, kind)).load(Acquire),
+            pid: self.u32f(i, offset_of!(L, owner_pid)).load(Relaxed),
+            start: self.u64f(i, offset_of!(L, owner_start)).load(Relaxed),
+            index: self.u32f(i, offset_of!(L, index)).load(Relaxed),
+            tag: self.u32f(i, offset_of!(L, tag)).load(Relaxed),
+            offset: self.u64f(i, offset_of!(L, offset)).load(Relaxed),
+            len: self.u64f(i, offset_of!(L, len)).load(Relaxed),
+        }
+    }
+
+    fn write(&self, i: usize, s: Slot) {
+        self.u32f(i, offset_of!(L, owner_pid)).store(s.pid, Relaxed);
+        self.u64f(i, offset_of!(L, owner_start)).store(s.start, Relaxed);
+        self.u32f(i, offset_of!(L, index)).store(s.index, Relaxed);
+        self.u32f(i, offset_of!(L, tag)).store(s.tag, Relaxed);
+        self.u64f(i, offset_of!(L, offset)).store(s.offset, Relaxed);
+        self.u64f(i, offset_of!(L, len)).store(s.len, Relaxed);
+        // Readers outside the lock (`pcisock stats`) see `kind` last.
+        self.u32f(i, offset_of!(L, kind)).store(s.kind, Release);
+        self.map.u64_at(self.base + offset_of!(T, generation)).fetch_add(1, Relaxed);
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        (0..self.n_slots()).find(|&i| self.read(i).kind == sys::NTBEMU_LEASE_FREE)
+    }
+
+    fn me() -> (u32, u64) {
+        let pid = sysutil::pid();
+        (pid, sysutil::start_time(pid).unwrap_or(0))
+    }
+
+    /// First-fit lease of `len` bytes (already aligned) in window `mw` of size `size`.
+    pub(crate) fn lease_window(&self, mw: u32, len: u64, size: u64, tag: u32) -> Result<WindowLease, LeaseError> {
+        let (pid, start) = Self::me();
+        let _g = self.lock();
+        let mut used: Vec<(u64, u64)> = (0..self.n_slots())
+            .map(|i| self.read(i))
+            .filter(|s| s.kind == sys::NTBEMU_LEASE_WINDOW && s.index == mw)
+            .map(|s| (s.offset, s.offset.saturating_add(s.len)))
+            .collect();
+        used.sort_unstable();
+        let mut cursor = 0u64;
+        let mut found = None;
+        for (a, b) in used.iter().copied().chain(std::iter::once((size, size))) {
+            if a >= cursor && a - cursor >= len {
+                found = Some(cursor);
+                break;
+            }
+            cursor = cursor.max(b);
+        }
+        let offset = found.ok_or(LeaseError::WindowFull { mw, len })?;
+        let slot = self.free_slot().ok_or(LeaseError::TableFull)?;
+        self.write(slot, Slot { kind: sys::NTBEMU_LEASE_WINDOW, pid, start, index: mw, tag, offset, len });
+        Ok(WindowLease { mw, offset, len, slot: slot as u32 })
+    }
+
+    /// Lease the lowest free index of `kind` below `count`; returns (index, slot).
+    pub(crate) fn lease_index(&self, kind: u32, count: u32, tag: u32) -> Result<(u32, u32), LeaseError> {
+        let (pid, start) = Self::me();
+        let _g = self.lock();
+        let mut taken = vec![false; count as usize];
+        for i in 0..self.n_slots() {
+            let s = self.read(i);
+            if s.kind == kind && (s.index as usize) < taken.len() {
+                taken[s.index as usize] = true;
+            }
+        }
+        let Some(index) = taken.iter().position(|t| !t) else {
+            return Err(match kind {
+                k if k == sys::NTBEMU_LEASE_DOORBELL => LeaseError::DoorbellsExhausted { count },
+                _ => LeaseError::TableFull,
+            });
+        };
+        let slot = self.free_slot().ok_or(LeaseError::TableFull)?;
+        self.write(slot, Slot { kind, pid, start, index: index as u32, tag, offset: 0, len: 0 });
+        Ok((index as u32, slot as u32))
+    }
+
+    pub(crate) fn release(&self, slot: u32, kind: u32) -> Result<(), LeaseError> {
+        let i = slot as usize;
+        if i >= self.n_slots() {
+            return Err(LeaseError::NotHeld { slot });
+        }
+        let _g = self.lock();
+        let s = self.read(i);
+        if s.kind != kind {
+            return Err(LeaseError::NotHeld { slot });
+        }
+        self.write(i, Slot { kind: sys::NTBEMU_LEASE_FREE, pid: 0, start: 0, index: 0, tag: 0, offset: 0, len: 0 });
+        Ok(())
+    }
+
+    pub(crate) fn transfer(&self, slot: u32, kind: u32, pid: u32) -> Result<(), LeaseError> {
+        let i = slot as usize;
+        if i >= self.n_slots() {
+            return Err(LeaseError::NotHeld { slot });
+        }
+        let start = sysutil::start_time(pid).ok_or(LeaseError::NoSuchProcess(pid))?;
+        let _g = self.lock();
+        let mut s = self.read(i);
+        if s.kind != kind {
+            return Err(LeaseError::NotHeld { slot });
+        }
+        s.pid = pid;
+        s.start = start;
+        self.write(i, s);
+        Ok(())
+    }
+
+    /// Free every lease whose process is gone.
+    pub(crate) fn reclaim(&self) -> usize {
+        let _g = self.lock();
+        let mut freed = 0;
+        for i in 0..self.n_slots() {
+            let s = self.read(i);
+            if s.kind != sys::NTBEMU_LEASE_FREE && !sysutil::alive(s.pid, s.start) {
+                self.write(i, Slot { kind: sys::NTBEMU_LEASE_FREE, pid: 0, start: 0, index: 0, tag: 0, offset: 0, len: 0 });
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    /// Every lease in the table (for diagnostics and tests).
+    pub(crate) fn leases(&self) -> Vec<Slot> {
+        (0..self.n_slots()).map(|i| self.read(i)).filter(|s| s.kind != sys::NTBEMU_LEASE_FREE).collect()
+    }
+}

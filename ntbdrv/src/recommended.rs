@@ -1,0 +1,19 @@
+//! The one place that picks the default device: `PCISOCK_DEVICE` names the backend (`emu`, the
+//! default, is the only one today; hardware backends join here).
+
+use std::sync::Arc;
+
+use crate::emu::EmuDevice;
+use crate::{DeviceError, NtbDevice};
+
+/// Open the device this process should use, as configured by the environment.
+pub fn open_default() -> Result<Arc<dyn NtbDevice>, DeviceError> {
+    match std::env::var("PCISOCK_DEVICE").ok().filter(|v| !v.is_empty()).as_deref() {
+        None | Some("emu") => Ok(Arc::new(EmuDevice::open_from_env()?)),
+        Some(other) => Err(DeviceError::BadSetting {
+            name: "PCISOCK_DEVICE",
+            value: other.to_string(),
+            why: "unknown backend (known: emu)".into(),
+        }),
+    }
+}

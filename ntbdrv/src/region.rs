@@ -1,0 +1,157 @@
+//! [`Region`]: a bounds-checked view of device memory (a memory window, or part of one) that
+//! another process or a peer host may read and write at the same time.
+//!
+//! Callers are `transport`'s rings and the benches. A `Region` never hands out `&[u8]` or
+//! `&mut [u8]` to its bytes, because the peer can change them under us; it copies in and out,
+//! and gives atomics for the words a protocol synchronises on.
+//!
+//! # Safety
+//! A `Region` is a raw pointer and a length into a shared mapping that outlives it (the device
+//! keeps the mapping alive for as long as any `Region` exists: see `emu::Mapping`). Every access
+//! is checked against the length before the pointer is used. Concurrent writes by the peer make
+//! byte copies racy at the hardware level, as they are on a real bridge; the protocol above
+//! decides when bytes are stable, and validates every value it reads.
+#![allow(unsafe_code)]
+
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::Arc;
+
+use crate::WindowError;
+
+/// Something that keeps a mapping alive.
+pub(crate) trait Keepalive: Send + Sync {}
+
+/// A bounds-checked view of shared device memory.
+#[derive(Clone)]
+pub struct Region {
+    base: *mut u8,
+    len: usize,
+    _keep: Arc<dyn Keepalive>,
+}
+
+// SAFETY: `Region` only accesses the mapping through bounds-checked copies and atomics; the
+// mapping itself is shared memory meant for concurrent use by many threads and processes.
+unsafe impl Send for Region {}
+// SAFETY: as above; no method takes `&self` to non-atomic interior state.
+unsafe impl Sync for Region {}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Region({:p}, {:#x})", self.base, self.len)
+    }
+}
+
+impl Region {
+    /// # Safety
+    /// `base..base+len` must be mapped read-write for as long as `keep` lives.
+    pub(crate) unsafe fn new(base: *mut u8, len: usize, keep: Arc<dyn Keepalive>) -> Self {
+        Self { base, len, _keep: keep }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the region has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn check(&self, offset: usize, len: usize) -> Result<(), WindowError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(WindowError::OutOfRange {
+                offset: offset as u64,
+                len: len as u64,
+                size: self.len as u64,
+            }),
+        }
+    }
+
+    /// A sub-region `offset..offset+len`.
+    pub fn slice(&self, offset: usize, len: usize) -> Result<Region, WindowError> {
+        self.check(offset, len)?;
+        Ok(Region {
+            // SAFETY: offset+len <= self.len was checked, so the result stays inside the mapping.
+            base: unsafe { self.base.add(offset) },
+            len,
+            _keep: self._keep.clone(),
+        })
+    }
+
+    /// Copy `src` into the region at `offset` (a posted write across the bridge).
+    pub fn write(&self, offset: usize, src: &[u8]) -> Result<(), WindowError> {
+        self.check(offset, src.len())?;
+        // SAFETY: the destination range is inside the mapping (checked) and cannot overlap `src`,
+        // which is ordinary process memory borrowed immutably.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.add(offset), src.len()) };
+        Ok(())
+    }
+
+    /// Copy from the region at `offset` into `dst`.
+    pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), WindowError> {
+        self.check(offset, dst.len())?;
+        // SAFETY: the source range is inside the mapping (checked); `dst` is exclusively borrowed
+        // process memory, so the ranges cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(self.base.add(offset), dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    /// Copy `len` bytes from `src` (process memory) into the region at `offset`.
+    ///
+    /// # Safety
+    /// `src..src+len` must be readable process memory for the duration of the call.
+    pub unsafe fn write_raw(&self, offset: usize, src: *const u8, len: usize) -> Result<(), WindowError> {
+        self.check(offset, len)?;
+        // SAFETY: the destination is inside the mapping (checked); the caller vouches for `src`.
+        unsafe { std::ptr::copy_nonoverlapping(src, self.base.add(offset), len) };
+        Ok(())
+    }
+
+    /// Copy `len` bytes from the region at `offset` into `dst` (process memory).
+    ///
+    /// # Safety
+    /// `dst..dst+len` must be writable process memory, not inside this region, for the call.
+    pub unsafe fn read_raw(&self, offset: usize, dst: *mut u8, len: usize) -> Result<(), WindowError> {
+        self.check(offset, len)?;
+        // SAFETY: the source is inside the mapping (checked); the caller vouches for `dst`.
+        unsafe { std::ptr::copy_nonoverlapping(self.base.add(offset), dst, len) };
+        Ok(())
+    }
+
+    /// Fill `len` bytes at `offset` with `byte`.
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<(), WindowError> {
+        self.check(offset, len)?;
+        // SAFETY: the range is inside the mapping (checked).
+        unsafe { std::ptr::write_bytes(self.base.add(offset), byte, len) };
+        Ok(())
+    }
+
+    /// The 32-bit word at `offset`, for synchronisation.
+    pub fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, WindowError> {
+        self.check(offset, 4)?;
+        if offset % 4 != 0 || (self.base as usize) % 4 != 0 {
+            return Err(WindowError::Misaligned { offset: offset as u64, align: 4 });
+        }
+        // SAFETY: in range and 4-aligned (checked); the mapping outlives `&self`; AtomicU32 has
+        // the layout of u32 and shared memory is the intended use.
+        Ok(unsafe { &*(self.base.add(offset) as *const AtomicU32) })
+    }
+
+    /// The 64-bit word at `offset`, for synchronisation.
+    pub fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, WindowError> {
+        self.check(offset, 8)?;
+        if offset % 8 != 0 || (self.base as usize) % 8 != 0 {
+            return Err(WindowError::Misaligned { offset: offset as u64, align: 8 });
+        }
+        // SAFETY: in range and 8-aligned (checked); the mapping outlives `&self`.
+        Ok(unsafe { &*(self.base.add(offset) as *const AtomicU64) })
+    }
+
+    /// Raw base pointer, for a caller that must hand the address to the kernel (e.g. a read(2)
+    /// straight into the window). Using it is the caller's unsafe business.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base
+    }
+}

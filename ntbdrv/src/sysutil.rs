@@ -1,0 +1,108 @@
+//! Small operating-system helpers: process liveness and identity, FIFOs, draining fds.
+//!
+//! # Safety
+//! Thin wrappers over libc calls with plain integer or C-string arguments; each block says which
+//! buffer it passes and why it is valid.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// This process's id.
+pub(crate) fn pid() -> u32 {
+    std::process::id()
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of /proc/<pid>/stat), or None if the
+/// process does not exist.
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Fields after ')' start at field 3; start time is field 22, i.e. the 20th here.
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
+/// Is the process that was `pid` with start time `start` still alive (and not a zombie)?
+pub(crate) fn alive(pid: u32, start: u64) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(close) = stat.rfind(')') else { return false };
+    let mut fields = stat[close + 1..].split_ascii_whitespace();
+    let state = fields.next().unwrap_or("X");
+    if state == "Z" || state == "X" {
+        return false;
+    }
+    // `state` was field 3; start time is field 22, 19 further on.
+    fields.nth(18).and_then(|s| s.parse::<u64>().ok()) == Some(start)
+}
+
+/// Is any process with this pid alive? (Used to break a dead holder's lock.)
+pub(crate) fn pid_exists(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 sends nothing; it only checks existence and permission.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+fn cpath(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// Create a FIFO at `path` (mode 0600) unless one exists.
+pub(crate) fn mkfifo(path: &Path) -> io::Result<()> {
+    let c = cpath(path)?;
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EEXIST) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// Open `path` with raw open(2) flags (O_CLOEXEC always added).
+pub(crate) fn open(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let c = cpath(path)?;
+    // SAFETY: `c` is a valid NUL-terminated path; the returned fd, if any, is owned by us.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Write one byte (an interrupt "kick") to a non-blocking fd; a full pipe already holds a kick.
+pub(crate) fn kick(fd: &OwnedFd) {
+    let b = 1u8;
+    // SAFETY: writes one byte from a live stack variable to an fd we own.
+    unsafe { libc::write(fd.as_raw_fd(), (&b as *const u8).cast(), 1) };
+}
+
+/// Read a non-blocking fd until it is empty.
+pub(crate) fn drain_fd(fd: &OwnedFd) {
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: reads into a live stack buffer of the given length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 || (n as usize) < buf.len() {
+            break;
+        }
+    }
+}
+
+/// The real user id.
+pub(crate) fn uid() -> u32 {
+    // SAFETY: getuid has no arguments and cannot fail.
+    unsafe { libc::getuid() }
+}

@@ -1,0 +1,2 @@
+//! libpcisock.so (work in progress).
+#![deny(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Connections over an NTB device (work in progress).
+#![deny(unsafe_code)]
