@@ -190,6 +190,11 @@ pub trait NtbDevice: Send + Sync {
     // ---- host resource table ----------------------------------------------------------------
     /// Lease `len` bytes (rounded up to the window's alignment) of inbound window `mw`.
     fn lease_window(&self, mw: u32, len: u64, tag: u32) -> Result<WindowLease, LeaseError>;
+    /// Reserve `len` bytes at exactly `offset` of inbound window `mw` for the host itself: the
+    /// reservation belongs to no process and is never reclaimed. Reserving the same range with
+    /// the same tag again returns the existing reservation (this is how every process of a host
+    /// finds a well-known control area).
+    fn reserve_window(&self, mw: u32, offset: u64, len: u64, tag: u32) -> Result<WindowLease, LeaseError>;
     /// Lease one doorbell bit of this side.
     fn lease_doorbell(&self, tag: u32) -> Result<DoorbellLease, LeaseError>;
     /// Return a lease to the table.

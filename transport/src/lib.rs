@@ -1,2 +1,3 @@
-//! Connections over an NTB device (work in progress).
+//! Connections over an NTB device.
 #![deny(unsafe_code)]
+pub mod proto;

@@ -918,6 +918,24 @@ impl NtbDevice for EmuDevice {
         }
     }
 
+    fn reserve_window(&self, mw: u32, offset: u64, len: u64, tag: u32) -> Result<WindowLease, LeaseError> {
+        if mw >= self.config.n_mw {
+            return Err(LeaseError::Window(WindowError::NoSuchWindow { mw, count: self.config.n_mw }));
+        }
+        let al = self.config.mw_align;
+        if offset % al != 0 || len == 0 || len % al != 0 {
+            return Err(LeaseError::Window(WindowError::Misaligned { offset, align: al }));
+        }
+        if offset.checked_add(len).is_none_or(|end| end > self.config.mw_size) {
+            return Err(LeaseError::Window(WindowError::OutOfRange { offset, len, size: self.config.mw_size }));
+        }
+        let t = self.table();
+        match t.reserve(mw, offset, len, tag) {
+            Err(LeaseError::WindowFull { .. }) if t.reclaim() > 0 => t.reserve(mw, offset, len, tag),
+            r => r,
+        }
+    }
+
     fn lease_doorbell(&self, tag: u32) -> Result<DoorbellLease, LeaseError> {
         let t = self.table();
         let r = match t.lease_index(sys::NTBEMU_LEASE_DOORBELL, self.config.n_db, tag) {

@@ -154,6 +154,27 @@ impl<'a> HostTable<'a> {
         Ok(WindowLease { mw, offset, len, slot: slot as u32 })
     }
 
+    /// A host-owned reservation of exactly `offset..offset+len` (owner pid 0: never reclaimed).
+    pub(crate) fn reserve(&self, mw: u32, offset: u64, len: u64, tag: u32) -> Result<WindowLease, LeaseError> {
+        let _g = self.lock();
+        let end = offset + len;
+        for i in 0..self.n_slots() {
+            let s = self.read(i);
+            if s.kind != sys::NTBEMU_LEASE_WINDOW || s.index != mw {
+                continue;
+            }
+            if s.pid == 0 && s.offset == offset && s.len == len && s.tag == tag {
+                return Ok(WindowLease { mw, offset, len, slot: i as u32 });
+            }
+            if s.offset < end && offset < s.offset.saturating_add(s.len) {
+                return Err(LeaseError::WindowFull { mw, len });
+            }
+        }
+        let slot = self.free_slot().ok_or(LeaseError::TableFull)?;
+        self.write(slot, Slot { kind: sys::NTBEMU_LEASE_WINDOW, pid: 0, start: 0, index: mw, tag, offset, len });
+        Ok(WindowLease { mw, offset, len, slot: slot as u32 })
+    }
+
     /// Lease the lowest free index of `kind` below `count`; returns (index, slot).
     pub(crate) fn lease_index(&self, kind: u32, count: u32, tag: u32) -> Result<(u32, u32), LeaseError> {
         let (pid, start) = Self::me();
@@ -213,7 +234,8 @@ impl<'a> HostTable<'a> {
         let mut freed = 0;
         for i in 0..self.n_slots() {
             let s = self.read(i);
-            if s.kind != sys::NTBEMU_LEASE_FREE && !sysutil::alive(s.pid, s.start) {
+            // Owner pid 0 marks a host-owned reservation, which no process death ends.
+            if s.kind != sys::NTBEMU_LEASE_FREE && s.pid != 0 && !sysutil::alive(s.pid, s.start) {
                 self.write(i, Slot { kind: sys::NTBEMU_LEASE_FREE, pid: 0, start: 0, index: 0, tag: 0, offset: 0, len: 0 });
                 freed += 1;
             }

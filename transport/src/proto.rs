@@ -1,0 +1,744 @@
+//! The wire protocol, as pure functions: ring geometry, frame headers, credit accounting, and
+//! the rendezvous records (listener entries, offers, answers).
+//!
+//! No I/O, no unsafe, no clocks: `ring`, `rendezvous` and the fuzz targets drive it. Everything
+//! a peer writes into shared memory comes through here as plain bytes or integers and is
+//! validated before it is used; a value that breaks the protocol is a [`ProtoError`], and the
+//! caller resets the connection. `docs/PROTOCOL.md` describes the same layout in prose.
+
+use std::fmt;
+
+/// Version of the protocol, carried in every offer and answer and in the control header.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Bytes of a frame header.
+pub const FRAME_HDR: u64 = 16;
+/// Frames start on this alignment (so a pad frame header always fits before the ring's end).
+pub const FRAME_ALIGN: u64 = 16;
+/// Bytes of the endpoint block that precedes the ring data in an endpoint lease.
+pub const ENDPOINT_HDR: u64 = 4096;
+/// Smallest and largest ring data capacity.
+pub const MIN_RING: u64 = 4096;
+pub const MAX_RING: u64 = 1 << 30;
+/// Largest payload in one frame: bigger writes are split into several frames, so the receiver
+/// can consume the first while the next is still being copied.
+pub const MAX_FRAME_PAYLOAD: u64 = 256 << 10;
+
+/// Frame flag: a pad frame that fills the ring up to its end; it carries no data.
+pub const FRAME_PAD: u16 = 1;
+
+/// A protocol violation by the peer (or memory corruption): the connection cannot go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtoError {
+    /// The peer's producer counter moved backwards or past the ring's capacity.
+    BadTail { tail: u64, head: u64, cap: u64 },
+    /// The consumer counter the peer returned is ahead of what was produced.
+    BadCredit { head: u64, tail: u64 },
+    /// A frame header with an impossible length or position.
+    BadFrame { pos: u64, len: u32, flags: u16 },
+    /// A frame out of sequence.
+    BadSequence { expected: u64, got: u64 },
+    /// A rendezvous record with an invalid field.
+    BadRecord(&'static str),
+    /// A record from another protocol version.
+    Version { ours: u32, theirs: u32 },
+}
+
+impl fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadTail { tail, head, cap } => {
+                write!(f, "producer counter {tail} impossible (consumer {head}, capacity {cap})")
+            }
+            Self::BadCredit { head, tail } => {
+                write!(f, "consumer counter {head} ahead of producer {tail}")
+            }
+            Self::BadFrame { pos, len, flags } => {
+                write!(f, "bad frame at {pos}: length {len}, flags {flags:#x}")
+            }
+            Self::BadSequence { expected, got } => {
+                write!(f, "frame sequence {got}, expected {expected}")
+            }
+            Self::BadRecord(why) => write!(f, "bad rendezvous record: {why}"),
+            Self::Version { ours, theirs } => {
+                write!(f, "protocol version {theirs}, we speak {ours}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+/// Round `n` up to the frame alignment.
+pub fn align_frame(n: u64) -> u64 {
+    n.div_ceil(FRAME_ALIGN) * FRAME_ALIGN
+}
+
+/// Geometry of one ring: `cap` bytes of data, a power of two. Producer (`tail`) and consumer
+/// (`head`) are free-running byte counters; a counter's position in the ring is `counter % cap`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ring {
+    cap: u64,
+}
+
+/// Where the producer puts its next frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// A pad frame to write first at this position, filling `pad` bytes up to the ring's end.
+    pub pad: Option<(u64, u64)>,
+    /// Ring position of the frame header; the payload follows it.
+    pub pos: u64,
+    /// Payload bytes that fit in this frame.
+    pub len: u64,
+    /// The producer counter after the frame.
+    pub new_tail: u64,
+}
+
+/// A frame header as decoded, validated against the ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// `len` payload bytes follow the header; the frame spans `size` bytes of the ring.
+    Data { len: u64, size: u64 },
+    /// Skip `size` bytes (to the ring's end).
+    Pad { size: u64 },
+}
+
+impl Ring {
+    /// A ring of `cap` bytes, if `cap` is a power of two in `MIN_RING..=MAX_RING`.
+    pub fn new(cap: u64) -> Option<Ring> {
+        (cap.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&cap)).then_some(Ring { cap })
+    }
+
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    pub fn pos(&self, counter: u64) -> u64 {
+        counter & (self.cap - 1)
+    }
+
+    /// Largest payload of one frame in this ring.
+    pub fn max_payload(&self) -> u64 {
+        (self.cap / 4).min(MAX_FRAME_PAYLOAD) - FRAME_HDR
+    }
+
+    /// Bytes the producer may still use, given the consumer counter the peer returned; an
+    /// impossible counter is a protocol error.
+    pub fn free(&self, tail: u64, head: u64) -> Result<u64, ProtoError> {
+        if head > tail {
+            return Err(ProtoError::BadCredit { head, tail });
+        }
+        let used = tail - head;
+        if used > self.cap {
+            return Err(ProtoError::BadCredit { head, tail });
+        }
+        Ok(self.cap - used)
+    }
+
+    /// Place a frame of up to `want` payload bytes (`want >= 1`), or `None` if the ring has no
+    /// room for even one byte (wait for credits). Frames never wrap: if the space before the
+    /// ring's end is too small, a pad frame fills it first.
+    pub fn place(&self, tail: u64, head: u64, want: u64) -> Result<Option<Placement>, ProtoError> {
+        let free = self.free(tail, head)?;
+        let pos = self.pos(tail);
+        let to_end = self.cap - pos;
+        let want = want.clamp(1, self.max_payload());
+        let mut pad = None;
+        let (mut fpos, mut avail, mut t) = (pos, free, tail);
+        if to_end < FRAME_HDR + FRAME_ALIGN {
+            // Not even a one-byte frame fits before the end: pad to the end.
+            if free < to_end {
+                return Ok(None);
+            }
+            pad = Some((pos, to_end));
+            fpos = 0;
+            avail = free - to_end;
+            t = tail + to_end;
+        } else {
+            avail = avail.min(to_end);
+        }
+        if avail < FRAME_HDR + FRAME_ALIGN {
+            return Ok(None);
+        }
+        let len = want.min(avail - FRAME_HDR);
+        let mut size = FRAME_HDR + align_frame(len);
+        let len = if size > avail {
+            // Alignment would overrun the space: shrink the payload to an aligned length.
+            size = avail - avail % FRAME_ALIGN;
+            size - FRAME_HDR
+        } else {
+            len
+        };
+        if len == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Placement { pad, pos: fpos, len, new_tail: t + size }))
+    }
+
+    /// Validate the producer counter read from shared memory against our consumer counter.
+    pub fn check_tail(&self, tail: u64, head: u64) -> Result<u64, ProtoError> {
+        if tail < head || tail - head > self.cap {
+            return Err(ProtoError::BadTail { tail, head, cap: self.cap });
+        }
+        Ok(tail - head)
+    }
+
+    /// Validate a frame header found at consumer counter `head` with producer counter `tail`.
+    pub fn check_frame(&self, head: u64, tail: u64, hdr: &FrameHeader, expected_seq: u64) -> Result<Frame, ProtoError> {
+        let avail = self.check_tail(tail, head)?;
+        let pos = self.pos(head);
+        let bad = || ProtoError::BadFrame { pos, len: hdr.len, flags: hdr.flags };
+        if pos % FRAME_ALIGN != 0 || avail < FRAME_HDR {
+            return Err(bad());
+        }
+        let to_end = self.cap - pos;
+        if hdr.flags == FRAME_PAD {
+            let size = FRAME_HDR + hdr.len as u64;
+            if size != to_end || size > avail {
+                return Err(bad());
+            }
+            return Ok(Frame::Pad { size });
+        }
+        if hdr.flags != 0 || hdr.len == 0 || hdr.len as u64 > self.max_payload() {
+            return Err(bad());
+        }
+        let size = FRAME_HDR + align_frame(hdr.len as u64);
+        if size > avail || size > to_end {
+            return Err(bad());
+        }
+        if hdr.seq != expected_seq {
+            return Err(ProtoError::BadSequence { expected: expected_seq, got: hdr.seq });
+        }
+        Ok(Frame::Data { len: hdr.len as u64, size })
+    }
+}
+
+/// A frame header: `len` payload bytes, flags, and the frame's sequence number (data frames are
+/// numbered from 0 per direction; pad frames carry the next number without using it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub len: u32,
+    pub flags: u16,
+    pub seq: u64,
+}
+
+impl FrameHeader {
+    pub fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&self.len.to_le_bytes());
+        b[4..6].copy_from_slice(&self.flags.to_le_bytes());
+        b[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8; 16]) -> FrameHeader {
+        FrameHeader {
+            len: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            flags: u16::from_le_bytes([b[4], b[5]]),
+            seq: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+        }
+    }
+}
+
+// ---- rendezvous records ------------------------------------------------------------------------
+
+/// Where an endpoint's receive ring lives: `len` bytes at `offset` of its host's inbound window
+/// `mw`, and the doorbell bit that wakes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RingLoc {
+    pub mw: u32,
+    pub offset: u64,
+    pub len: u64,
+    pub db_bit: u32,
+}
+
+impl RingLoc {
+    /// Validate a location the peer sent against the device's limits.
+    pub fn check(&self, mw_count: u32, mw_size: u64, db_bits: u32) -> Result<Ring, ProtoError> {
+        if self.mw >= mw_count {
+            return Err(ProtoError::BadRecord("window index"));
+        }
+        if self.db_bit >= db_bits {
+            return Err(ProtoError::BadRecord("doorbell bit"));
+        }
+        if self.offset % 4096 != 0 || self.len <= ENDPOINT_HDR {
+            return Err(ProtoError::BadRecord("ring alignment"));
+        }
+        if self.offset.checked_add(self.len).is_none_or(|end| end > mw_size) {
+            return Err(ProtoError::BadRecord("ring outside its window"));
+        }
+        Ring::new(self.len - ENDPOINT_HDR).ok_or(ProtoError::BadRecord("ring capacity"))
+    }
+
+    fn put(&self, b: &mut [u8]) {
+        b[0..4].copy_from_slice(&self.mw.to_le_bytes());
+        b[4..8].copy_from_slice(&self.db_bit.to_le_bytes());
+        b[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        b[16..24].copy_from_slice(&self.len.to_le_bytes());
+    }
+
+    fn get(b: &[u8]) -> RingLoc {
+        RingLoc { mw: le32(&b[0..4]), db_bit: le32(&b[4..8]), offset: le64(&b[8..16]), len: le64(&b[16..24]) }
+    }
+}
+
+fn le32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+fn le64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+fn le16(b: &[u8]) -> u16 {
+    u16::from_le_bytes([b[0], b[1]])
+}
+
+/// An IP endpoint: the address as 16 bytes (IPv4 as IPv4-mapped IPv6) and a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct Endpoint {
+    pub ip: [u8; 16],
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn from_std(addr: std::net::SocketAddr) -> Endpoint {
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        Endpoint { ip, port: addr.port() }
+    }
+
+    pub fn to_std(&self) -> std::net::SocketAddr {
+        let v6 = std::net::Ipv6Addr::from(self.ip);
+        let ip = match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(v6),
+        };
+        std::net::SocketAddr::new(ip, self.port)
+    }
+
+    pub fn is_unspecified(&self) -> bool {
+        let v6 = std::net::Ipv6Addr::from(self.ip);
+        v6.is_unspecified() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_unspecified())
+    }
+}
+
+/// Size of one listener entry, offer or answer record in the control area.
+pub const LISTENER_SIZE: usize = 64;
+pub const OFFER_SIZE: usize = 128;
+pub const ANSWER_SIZE: usize = 64;
+
+/// A listener registered by the peer host: `addr` (unspecified = any address) and its port.
+/// The first 8 bytes (state and generation) are the synchronising words, written atomically by
+/// the rendezvous module; the record proper starts at byte 8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerEntry {
+    pub addr: Endpoint,
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+impl ListenerEntry {
+    pub fn encode(&self) -> [u8; LISTENER_SIZE - 8] {
+        let mut b = [0u8; LISTENER_SIZE - 8];
+        b[0..16].copy_from_slice(&self.addr.ip);
+        b[16..18].copy_from_slice(&self.addr.port.to_le_bytes());
+        b[20..24].copy_from_slice(&self.pid.to_le_bytes());
+        b[24..32].copy_from_slice(&self.start_time.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8; LISTENER_SIZE - 8]) -> Result<ListenerEntry, ProtoError> {
+        let mut ip = [0u8; 16];
+        ip.copy_from_slice(&b[0..16]);
+        let port = le16(&b[16..18]);
+        if port == 0 {
+            return Err(ProtoError::BadRecord("listener port 0"));
+        }
+        Ok(ListenerEntry { addr: Endpoint { ip, port }, pid: le32(&b[20..24]), start_time: le64(&b[24..32]) })
+    }
+}
+
+/// A client's offer to upgrade one connection, posted in the server host's offer table before
+/// the TCP connect, keyed by the connection's ports and the server address, and carrying a
+/// random cookie that the answer must echo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offer {
+    pub version: u32,
+    pub cookie: u64,
+    /// The client's side of the connection (address unspecified if not yet known).
+    pub client: Endpoint,
+    /// The address the client connects to.
+    pub server: Endpoint,
+    /// The client's receive ring.
+    pub ring: RingLoc,
+}
+
+impl Offer {
+    pub fn encode(&self) -> [u8; OFFER_SIZE - 8] {
+        let mut b = [0u8; OFFER_SIZE - 8];
+        b[0..4].copy_from_slice(&self.version.to_le_bytes());
+        b[8..16].copy_from_slice(&self.cookie.to_le_bytes());
+        b[16..32].copy_from_slice(&self.client.ip);
+        b[32..34].copy_from_slice(&self.client.port.to_le_bytes());
+        b[34..36].copy_from_slice(&self.server.port.to_le_bytes());
+        b[40..56].copy_from_slice(&self.server.ip);
+        self.ring.put(&mut b[56..80]);
+        b
+    }
+
+    pub fn decode(b: &[u8; OFFER_SIZE - 8]) -> Result<Offer, ProtoError> {
+        let version = le32(&b[0..4]);
+        if version != PROTOCOL_VERSION {
+            return Err(ProtoError::Version { ours: PROTOCOL_VERSION, theirs: version });
+        }
+        let mut cip = [0u8; 16];
+        cip.copy_from_slice(&b[16..32]);
+        let mut sip = [0u8; 16];
+        sip.copy_from_slice(&b[40..56]);
+        let o = Offer {
+            version,
+            cookie: le64(&b[8..16]),
+            client: Endpoint { ip: cip, port: le16(&b[32..34]) },
+            server: Endpoint { ip: sip, port: le16(&b[34..36]) },
+            ring: RingLoc::get(&b[56..80]),
+        };
+        if o.client.port == 0 || o.server.port == 0 {
+            return Err(ProtoError::BadRecord("offer port 0"));
+        }
+        if o.cookie == 0 {
+            return Err(ProtoError::BadRecord("offer cookie 0"));
+        }
+        Ok(o)
+    }
+
+    /// Does this offer describe the connection the server just accepted?
+    pub fn matches(&self, peer: &Endpoint, local: &Endpoint) -> bool {
+        self.client.port == peer.port
+            && self.server.port == local.port
+            && (self.client.is_unspecified() || self.client.ip == peer.ip)
+            && (self.server.is_unspecified() || local.is_unspecified() || self.server.ip == local.ip)
+    }
+}
+
+/// The server's answer to an offer, written into the client host's answer table at the offer's
+/// slot index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub version: u32,
+    pub cookie: u64,
+    /// Why the server declined, or 0 when it accepted.
+    pub decline: u32,
+    /// The server's receive ring (meaningful when accepted).
+    pub ring: RingLoc,
+}
+
+impl Answer {
+    pub fn encode(&self) -> [u8; ANSWER_SIZE - 8] {
+        let mut b = [0u8; ANSWER_SIZE - 8];
+        b[0..4].copy_from_slice(&self.version.to_le_bytes());
+        b[4..8].copy_from_slice(&self.decline.to_le_bytes());
+        b[8..16].copy_from_slice(&self.cookie.to_le_bytes());
+        self.ring.put(&mut b[16..40]);
+        b
+    }
+
+    pub fn decode(b: &[u8; ANSWER_SIZE - 8]) -> Result<Answer, ProtoError> {
+        let version = le32(&b[0..4]);
+        if version != PROTOCOL_VERSION {
+            return Err(ProtoError::Version { ours: PROTOCOL_VERSION, theirs: version });
+        }
+        Ok(Answer { version, decline: le32(&b[4..8]), cookie: le64(&b[8..16]), ring: RingLoc::get(&b[16..40]) })
+    }
+}
+
+/// Why a flagged connection is not (or no longer) on the NTB path. Stable codes: they appear in
+/// `pcisock stats` and `pcisock explain`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Reason {
+    /// No rule flags this connection.
+    NotFlagged = 1,
+    /// The NTB device could not be opened.
+    NoDevice = 2,
+    /// The link is down.
+    LinkDown = 3,
+    /// The peer has no pcisock listener on that port (a plain peer, or not on the fabric).
+    NoListener = 4,
+    /// The peer declined the offer.
+    PeerDeclined = 5,
+    /// The peer never answered the offer in time.
+    NoAnswer = 6,
+    /// No window space for the rings.
+    NoWindowSpace = 7,
+    /// No doorbell bit free.
+    NoDoorbell = 8,
+    /// The peer sent an invalid offer or answer.
+    BadPeer = 9,
+    /// The accepted connection had no offer (the client has no pcisock, or is not flagged).
+    NoOffer = 10,
+    /// Not an IPv4/IPv6 stream socket.
+    NotInet = 11,
+    /// The rendezvous tables are full.
+    TableFull = 12,
+    /// The configuration is invalid (pass-through).
+    BadConfig = 13,
+    /// The socket was used in a way pcisock cannot carry (e.g. data sent before the upgrade).
+    Unsupported = 14,
+}
+
+impl Reason {
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    pub fn from_code(c: u32) -> Option<Reason> {
+        use Reason::*;
+        [NotFlagged, NoDevice, LinkDown, NoListener, PeerDeclined, NoAnswer, NoWindowSpace, NoDoorbell, BadPeer, NoOffer, NotInet, TableFull, BadConfig, Unsupported]
+            .into_iter()
+            .find(|r| r.code() == c)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::NotFlagged => "NotFlagged",
+            Reason::NoDevice => "NoDevice",
+            Reason::LinkDown => "LinkDown",
+            Reason::NoListener => "NoListener",
+            Reason::PeerDeclined => "PeerDeclined",
+            Reason::NoAnswer => "NoAnswer",
+            Reason::NoWindowSpace => "NoWindowSpace",
+            Reason::NoDoorbell => "NoDoorbell",
+            Reason::BadPeer => "BadPeer",
+            Reason::NoOffer => "NoOffer",
+            Reason::NotInet => "NotInet",
+            Reason::TableFull => "TableFull",
+            Reason::BadConfig => "BadConfig",
+            Reason::Unsupported => "Unsupported",
+        }
+    }
+
+    /// One line for `pcisock explain`.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Reason::NotFlagged => "no configuration rule flags this port, address and program",
+            Reason::NoDevice => "the NTB device could not be opened (see PCISOCK_LOG=warn)",
+            Reason::LinkDown => "the NTB link is down",
+            Reason::NoListener => "the peer has no pcisock listener on this port (plain peer or not on the fabric)",
+            Reason::PeerDeclined => "the peer declined the upgrade",
+            Reason::NoAnswer => "the peer did not answer the upgrade offer in time",
+            Reason::NoWindowSpace => "no memory-window space left for the connection's rings",
+            Reason::NoDoorbell => "no doorbell bit left on this host",
+            Reason::BadPeer => "the peer sent an invalid offer or answer",
+            Reason::NoOffer => "the client made no upgrade offer (plain client or not flagged there)",
+            Reason::NotInet => "not an IPv4/IPv6 stream socket",
+            Reason::TableFull => "the rendezvous tables are full",
+            Reason::BadConfig => "the configuration is invalid, so pcisock passes everything through",
+            Reason::Unsupported => "the socket was used in a way pcisock cannot carry",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_rejects_bad_capacity() {
+        assert!(Ring::new(4095).is_none());
+        assert!(Ring::new(3 << 12).is_none());
+        assert!(Ring::new(MAX_RING * 2).is_none());
+        assert_eq!(Ring::new(1 << 20).unwrap().cap(), 1 << 20);
+    }
+
+    #[test]
+    fn place_fills_then_waits_for_credits() {
+        let r = Ring::new(4096).unwrap();
+        let mut tail = 0;
+        let mut frames = 0;
+        while let Some(p) = r.place(tail, 0, 100).unwrap() {
+            assert_eq!(p.len, 100);
+            assert!(p.pos + FRAME_HDR + align_frame(p.len) <= r.cap());
+            tail = p.new_tail;
+            frames += 1;
+        }
+        assert_eq!(frames, 4096 / (16 + 112));
+        assert_eq!(r.free(tail, 0).unwrap(), 4096 - tail);
+        // Credits return: room again.
+        assert!(r.place(tail, tail, 100).unwrap().is_some());
+    }
+
+    #[test]
+    fn place_pads_at_the_end() {
+        let r = Ring::new(4096).unwrap();
+        // Producer at 4096-32: a frame of 100 does not fit in 32 bytes... it fits 16 payload.
+        let p = r.place(4096 - 32, 4096 - 32, 100).unwrap().unwrap();
+        assert_eq!((p.pad, p.pos, p.len), (None, 4096 - 32, 16));
+        // At 4096-16 only a header fits: pad, then place at 0.
+        let p = r.place(4096 - 16, 4096 - 16, 100).unwrap().unwrap();
+        assert_eq!(p.pad, Some((4096 - 16, 16)));
+        assert_eq!(p.pos, 0);
+        assert_eq!(p.new_tail, 4096 + 16 + 112);
+        // Pad needed but no credits for it.
+        assert_eq!(r.place(8192 - 16, 4096, 100).unwrap(), None);
+    }
+
+    #[test]
+    fn frames_round_trip_and_validate() {
+        let r = Ring::new(8192).unwrap();
+        let h = FrameHeader { len: 100, flags: 0, seq: 7 };
+        assert_eq!(FrameHeader::decode(&h.encode()), h);
+        assert_eq!(r.check_frame(0, 128, &h, 7).unwrap(), Frame::Data { len: 100, size: 128 });
+        assert!(matches!(r.check_frame(0, 128, &h, 8), Err(ProtoError::BadSequence { .. })));
+        assert!(matches!(r.check_frame(0, 100, &h, 7), Err(ProtoError::BadFrame { .. })), "frame beyond tail");
+        let huge = FrameHeader { len: u32::MAX, ..h };
+        assert!(r.check_frame(0, 8192, &huge, 7).is_err());
+        let pad = FrameHeader { len: 8192 - 64 - 16, flags: FRAME_PAD, seq: 7 };
+        assert_eq!(r.check_frame(64, 8192 + 64, &pad, 7).unwrap(), Frame::Pad { size: 8192 - 64 });
+        let short_pad = FrameHeader { len: 16, ..pad };
+        assert!(r.check_frame(64, 8192, &short_pad, 7).is_err(), "a pad must reach the end");
+        assert!(r.check_frame(8, 200, &h, 7).is_err(), "misaligned head");
+        assert!(matches!(r.check_tail(10, 20), Err(ProtoError::BadTail { .. })));
+        assert!(matches!(r.check_tail(20000, 0), Err(ProtoError::BadTail { .. })));
+    }
+
+    #[test]
+    fn credits_are_validated() {
+        let r = Ring::new(4096).unwrap();
+        assert_eq!(r.free(100, 50).unwrap(), 4096 - 50);
+        assert!(matches!(r.free(100, 200), Err(ProtoError::BadCredit { .. })));
+        assert!(matches!(r.free(10_000, 0), Err(ProtoError::BadCredit { .. })));
+    }
+
+    /// A producer and consumer driven by the pure functions alone move a byte stream intact
+    /// through a small ring, across many wraps, with random write and read sizes.
+    #[test]
+    fn stream_through_ring_model() {
+        let r = Ring::new(4096).unwrap();
+        let mut mem = vec![0u8; 4096];
+        let (mut tail, mut head, mut tx_seq, mut rx_seq) = (0u64, 0u64, 0u64, 0u64);
+        let mut rng = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let (mut sent, mut got) = (0u64, Vec::new());
+        let total = 200_000u64;
+        while (got.len() as u64) < total {
+            // produce
+            let want = 1 + next() % 700;
+            if sent < total {
+                if let Some(p) = r.place(tail, head, want.min(total - sent)).unwrap() {
+                    if let Some((pp, n)) = p.pad {
+                        let h = FrameHeader { len: (n - FRAME_HDR) as u32, flags: FRAME_PAD, seq: tx_seq };
+                        mem[pp as usize..pp as usize + 16].copy_from_slice(&h.encode());
+                    }
+                    let h = FrameHeader { len: p.len as u32, flags: 0, seq: tx_seq };
+                    tx_seq += 1;
+                    let at = p.pos as usize;
+                    mem[at..at + 16].copy_from_slice(&h.encode());
+                    for i in 0..p.len {
+                        mem[at + 16 + i as usize] = ((sent + i) % 251) as u8;
+                    }
+                    sent += p.len;
+                    tail = p.new_tail;
+                }
+            }
+            // consume one frame
+            if head < tail {
+                let at = r.pos(head) as usize;
+                let mut hb = [0u8; 16];
+                hb.copy_from_slice(&mem[at..at + 16]);
+                match r.check_frame(head, tail, &FrameHeader::decode(&hb), rx_seq).unwrap() {
+                    Frame::Pad { size } => head += size,
+                    Frame::Data { len, size } => {
+                        got.extend_from_slice(&mem[at + 16..at + 16 + len as usize]);
+                        head += size;
+                        rx_seq += 1;
+                    }
+                }
+            }
+        }
+        assert!(got.iter().enumerate().all(|(i, &b)| b == (i as u64 % 251) as u8));
+        assert!(tail > 20 * 4096, "the model wrapped many times");
+    }
+
+    #[test]
+    fn records_round_trip_and_validate() {
+        let ring = RingLoc { mw: 1, offset: 8192, len: 4096 + (1 << 20), db_bit: 9 };
+        let o = Offer {
+            version: PROTOCOL_VERSION,
+            cookie: 0xfeed,
+            client: Endpoint::from_std("127.0.0.1:40000".parse().unwrap()),
+            server: Endpoint::from_std("[::1]:5001".parse().unwrap()),
+            ring,
+        };
+        assert_eq!(Offer::decode(&o.encode()).unwrap(), o);
+        assert!(o.matches(&Endpoint::from_std("127.0.0.1:40000".parse().unwrap()), &Endpoint::from_std("[::1]:5001".parse().unwrap())));
+        assert!(!o.matches(&Endpoint::from_std("127.0.0.2:40000".parse().unwrap()), &Endpoint::from_std("[::1]:5001".parse().unwrap())));
+        let mut bad = o.encode();
+        bad[0] = 9;
+        assert!(matches!(Offer::decode(&bad), Err(ProtoError::Version { theirs: 9, .. })));
+        let a = Answer { version: PROTOCOL_VERSION, cookie: 0xfeed, decline: 0, ring };
+        assert_eq!(Answer::decode(&a.encode()).unwrap(), a);
+        assert_eq!(ring.check(2, 64 << 20, 64).unwrap().cap(), 1 << 20);
+        assert!(RingLoc { mw: 2, ..ring }.check(2, 64 << 20, 64).is_err());
+        assert!(RingLoc { offset: 64 << 20, ..ring }.check(2, 64 << 20, 64).is_err());
+        assert!(RingLoc { len: 4096 + 1000, ..ring }.check(2, 64 << 20, 64).is_err());
+        assert!(RingLoc { db_bit: 64, ..ring }.check(2, 64 << 20, 64).is_err());
+        assert!(RingLoc { offset: u64::MAX - 10, ..ring }.check(2, 64 << 20, 64).is_err());
+        let l = ListenerEntry { addr: Endpoint::from_std("0.0.0.0:5201".parse().unwrap()), pid: 5, start_time: 6 };
+        assert_eq!(ListenerEntry::decode(&l.encode()).unwrap(), l);
+        assert!(l.addr.is_unspecified());
+        for c in 1..=14 {
+            assert_eq!(Reason::from_code(c).unwrap().code(), c);
+        }
+    }
+
+    /// Random bytes as headers and records never panic, and never validate into something out
+    /// of bounds (the property the fuzz targets check at scale).
+    #[test]
+    fn random_input_is_rejected_or_in_bounds() {
+        let r = Ring::new(1 << 16).unwrap();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&x.to_le_bytes());
+            b[8..].copy_from_slice(&x.rotate_left(17).to_le_bytes());
+            let head = (x >> 7) & !15 & 0xFFFF_FFFF;
+            let tail = head + (x >> 40) % (1 << 17);
+            if let Ok(f) = r.check_frame(head, tail, &FrameHeader::decode(&b), x.rotate_left(3) & 1) {
+                let size = match f {
+                    Frame::Data { size, .. } | Frame::Pad { size } => size,
+                };
+                assert!(r.pos(head) + size <= r.cap() && size <= tail - head);
+            }
+            let mut rec = [0u8; OFFER_SIZE - 8];
+            for (i, c) in rec.chunks_mut(8).enumerate() {
+                c.copy_from_slice(&x.rotate_left(i as u32).to_le_bytes());
+            }
+            if let Ok(o) = Offer::decode(&rec) {
+                if let Ok(ring) = o.ring.check(2, 64 << 20, 64) {
+                    assert!(o.ring.offset + o.ring.len <= 64 << 20 && ring.cap() >= MIN_RING);
+                }
+            }
+        }
+    }
+}
