@@ -17,6 +17,11 @@ pub mod recommended;
 mod region;
 mod sysutil;
 
+/// Process identity helpers shared with the layers above (liveness checks of lease owners).
+pub mod process {
+    pub use crate::sysutil::{alive, pid_exists, start_time};
+}
+
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 

@@ -18,7 +18,7 @@ pub(crate) fn pid() -> u32 {
 
 /// Start time of `pid` in clock ticks since boot (field 22 of /proc/<pid>/stat), or None if the
 /// process does not exist.
-pub(crate) fn start_time(pid: u32) -> Option<u64> {
+pub fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: parse after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -27,7 +27,7 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// Is the process that was `pid` with start time `start` still alive (and not a zombie)?
-pub(crate) fn alive(pid: u32, start: u64) -> bool {
+pub fn alive(pid: u32, start: u64) -> bool {
     if pid == 0 {
         return false;
     }
@@ -45,7 +45,7 @@ pub(crate) fn alive(pid: u32, start: u64) -> bool {
 }
 
 /// Is any process with this pid alive? (Used to break a dead holder's lock.)
-pub(crate) fn pid_exists(pid: u32) -> bool {
+pub fn pid_exists(pid: u32) -> bool {
     // SAFETY: kill with signal 0 sends nothing; it only checks existence and permission.
     let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
     r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)

@@ -1,3 +1,429 @@
-//! Connections over an NTB device.
+//! Connections over an NTB device: the rendezvous that upgrades a TCP connection out of band,
+//! the per-direction rings with credits, CPU or DMA copies, and doorbell wake-ups.
+//!
+//! The caller (the shim, or a test) keeps the real kernel TCP socket and hands this crate its
+//! fd and addresses; the transport never puts a byte on that socket and never mentions how it
+//! was called (it knows nothing of LD_PRELOAD). Protocol logic lives in [`proto`] (pure); the
+//! shared-memory tables in [`rendezvous`]; a connection's rings in [`conn`].
 #![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod conn;
 pub mod proto;
+pub mod rendezvous;
+pub mod stats;
+mod sys;
+
+use std::os::fd::RawFd;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use ntbdrv::{DmaChannel, DoorbellLease, Lease, NtbDevice, WindowLease};
+
+pub use conn::{Connection, Counter, IoError, Readiness, RecvFlags, Role};
+pub use proto::{Endpoint, Reason};
+use rendezvous::{Control, SlotGuard};
+
+/// Host-table tag of endpoint leases (so `pcisock stats` can find them).
+pub const ENDPOINT_TAG: u32 = 0x5043_4550; // "PCEP"
+
+/// How a side learns that the other side moved (data, credits, DMA completion).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompletionMode {
+    /// Spin: lowest latency, one busy core per waiting thread.
+    Poll,
+    /// Sleep at once and be woken by a doorbell interrupt.
+    Doorbell,
+    /// Spin for a bounded time, then sleep on the doorbell.
+    Adaptive,
+}
+
+/// Transport settings (from `PCISOCK_*` variables; see docs/CONFIG.md).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Receive ring capacity per connection and direction (a power of two).
+    pub ring_bytes: u64,
+    pub completion: CompletionMode,
+    /// Copies of at least this many bytes go to the DMA engine; smaller ones are CPU copies.
+    pub dma_threshold: usize,
+    /// How long `Adaptive` spins before it sleeps.
+    pub spin: Duration,
+    /// How long a client waits for the server's answer before it stays on TCP.
+    pub answer_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            ring_bytes: 1 << 20,
+            completion: CompletionMode::Adaptive,
+            dma_threshold: DEFAULT_DMA_THRESHOLD,
+            spin: Duration::from_micros(50),
+            answer_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Default CPU-copy/DMA threshold; see benches/results/device.md for the measurement.
+pub const DEFAULT_DMA_THRESHOLD: usize = usize::MAX;
+
+/// A bad transport setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    pub name: &'static str,
+    pub value: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for SettingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={:?}: {}", self.name, self.value, self.why)
+    }
+}
+
+impl Settings {
+    /// Read `PCISOCK_RING_SIZE`, `PCISOCK_COMPLETION`, `PCISOCK_DMA_THRESHOLD`,
+    /// `PCISOCK_SPIN_US` and `PCISOCK_ANSWER_TIMEOUT_MS` through `get`.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Settings, SettingError> {
+        let mut s = Settings::default();
+        let err = |name: &'static str, value: &str, why: &str| SettingError { name, value: value.into(), why: why.into() };
+        if let Some(v) = get("PCISOCK_RING_SIZE").filter(|v| !v.is_empty()) {
+            let n = ntbdrv::emu::parse_size(&v).map_err(|e| err("PCISOCK_RING_SIZE", &v, &e))?;
+            if proto::Ring::new(n).is_none() {
+                return Err(err("PCISOCK_RING_SIZE", &v, "a power of two between 4K and 1G"));
+            }
+            s.ring_bytes = n;
+        }
+        if let Some(v) = get("PCISOCK_COMPLETION").filter(|v| !v.is_empty()) {
+            s.completion = match v.as_str() {
+                "poll" => CompletionMode::Poll,
+                "doorbell" => CompletionMode::Doorbell,
+                "adaptive" => CompletionMode::Adaptive,
+                _ => return Err(err("PCISOCK_COMPLETION", &v, "expected poll, doorbell or adaptive")),
+            };
+        }
+        if let Some(v) = get("PCISOCK_DMA_THRESHOLD").filter(|v| !v.is_empty()) {
+            s.dma_threshold = if v == "off" {
+                usize::MAX
+            } else {
+                ntbdrv::emu::parse_size(&v).map_err(|e| err("PCISOCK_DMA_THRESHOLD", &v, &e))? as usize
+            };
+        }
+        if let Some(v) = get("PCISOCK_SPIN_US").filter(|v| !v.is_empty()) {
+            let us: u64 = v.parse().map_err(|_| err("PCISOCK_SPIN_US", &v, "microseconds"))?;
+            s.spin = Duration::from_micros(us);
+        }
+        if let Some(v) = get("PCISOCK_ANSWER_TIMEOUT_MS").filter(|v| !v.is_empty()) {
+            let ms: u64 = v.parse().map_err(|_| err("PCISOCK_ANSWER_TIMEOUT_MS", &v, "milliseconds"))?;
+            s.answer_timeout = Duration::from_millis(ms.max(1));
+        }
+        Ok(s)
+    }
+}
+
+/// Process-wide transport counters.
+#[derive(Default)]
+pub struct ProcessCounters {
+    pub protocol_errors: AtomicU64,
+    pub zombies_reaped: AtomicU64,
+}
+
+struct Zombie {
+    /// The endpoint block: once the peer has set its FIN or RST flag it writes no more.
+    block: ntbdrv::Region,
+    lease: WindowLease,
+    bell: DoorbellLease,
+    until: Instant,
+}
+
+/// State shared by all connections of the process.
+pub(crate) struct Shared {
+    pub dev: Arc<dyn NtbDevice>,
+    pub settings: Settings,
+    pub counters: ProcessCounters,
+    dma: OnceLock<Option<Mutex<Box<dyn DmaChannel>>>>,
+    zombies: Mutex<Vec<Zombie>>,
+}
+
+/// How long a closed endpoint's ring stays out of use when the peer has not confirmed it
+/// stopped writing (it may be in the middle of a write when we close).
+const QUARANTINE: Duration = Duration::from_secs(1);
+
+impl Shared {
+    pub(crate) fn dma(&self) -> Option<&Mutex<Box<dyn DmaChannel>>> {
+        self.dma.get_or_init(|| self.dev.dma_channel().ok().map(Mutex::new)).as_ref()
+    }
+
+    /// Return a closed endpoint's lease and doorbell bit, now or after the quarantine.
+    pub(crate) fn retire(&self, block: ntbdrv::Region, lease: WindowLease, bell: DoorbellLease, peer_done: bool) {
+        if peer_done {
+            let _ = self.dev.release(Lease::Window(lease));
+            let _ = self.dev.release(Lease::Doorbell(bell));
+        } else if let Ok(mut z) = self.zombies.lock() {
+            z.push(Zombie { block, lease, bell, until: Instant::now() + QUARANTINE });
+        }
+        self.reap();
+    }
+
+    pub(crate) fn reap(&self) {
+        let now = Instant::now();
+        let Ok(mut z) = self.zombies.lock() else { return };
+        z.retain(|zb| {
+            if zb.until <= now || conn::peer_finished(&zb.block) {
+                let _ = self.dev.release(Lease::Window(zb.lease));
+                let _ = self.dev.release(Lease::Doorbell(zb.bell));
+                self.counters.zombies_reaped.fetch_add(1, Relaxed);
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+/// Failure to bring the transport up in this process.
+#[derive(Debug)]
+pub enum OpenError {
+    Device(ntbdrv::DeviceError),
+    Control(rendezvous::CtrlError),
+    Setting(SettingError),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Device(e) => write!(f, "NTB device: {e}"),
+            OpenError::Control(e) => e.fmt(f),
+            OpenError::Setting(e) => e.fmt(f),
+        }
+    }
+}
+
+/// The transport of one process: its device, rendezvous area and settings.
+pub struct Transport {
+    shared: Arc<Shared>,
+    ctrl: Control,
+    same_host: bool,
+    mw_size: u64,
+    db_bits: u32,
+}
+
+/// A pcisock listener registered on the peer host.
+#[derive(Debug)]
+pub struct Listener {
+    slot: SlotGuard,
+}
+
+/// A client's offer, posted before its TCP connect, waiting for the server's answer.
+pub struct Pending {
+    slot: SlotGuard,
+    half: conn::HalfOpen,
+    cookie: u64,
+    local: Endpoint,
+    remote: Endpoint,
+    posted: Instant,
+}
+
+/// Where a pending offer stands.
+pub enum Outcome {
+    Connected(Connection),
+    /// Stay on TCP, for this reason.
+    Tcp(Reason),
+    /// No answer yet (non-blocking completion).
+    Waiting(Pending),
+}
+
+impl Transport {
+    /// Open the default device (see `ntbdrv::recommended`) with settings from the environment.
+    pub fn open_from_env() -> Result<Transport, OpenError> {
+        let settings = Settings::from_vars(|k| std::env::var(k).ok()).map_err(OpenError::Setting)?;
+        let dev = ntbdrv::recommended::open_default().map_err(OpenError::Device)?;
+        Transport::open(dev, settings)
+    }
+
+    /// Bring the transport up on `dev`: enable the link and find the rendezvous area.
+    pub fn open(dev: Arc<dyn NtbDevice>, settings: Settings) -> Result<Transport, OpenError> {
+        let _ = dev.link_enable();
+        let ctrl = Control::open(&*dev).map_err(OpenError::Control)?;
+        let same_host = dev.side() == dev.peer_side();
+        let mw_size = dev.mw_align(0).map(|a| a.size_max).unwrap_or(0);
+        let db_bits = dev.db_valid_mask().count_ones();
+        let shared = Arc::new(Shared {
+            dev,
+            settings,
+            counters: ProcessCounters::default(),
+            dma: OnceLock::new(),
+            zombies: Mutex::new(Vec::new()),
+        });
+        Ok(Transport { shared, ctrl, same_host, mw_size, db_bits })
+    }
+
+    pub fn device(&self) -> &Arc<dyn NtbDevice> {
+        &self.shared.dev
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+
+    pub fn counters(&self) -> &ProcessCounters {
+        &self.shared.counters
+    }
+
+    fn link_up(&self) -> bool {
+        self.shared.dev.link_state().up
+    }
+
+    /// Register a listener so that flagged clients on the peer host offer upgrades.
+    pub fn listen(&self, addr: Endpoint) -> Result<Listener, Reason> {
+        if !self.link_up() {
+            return Err(Reason::LinkDown);
+        }
+        self.ctrl.add_listener(addr).map(|slot| Listener { slot }).ok_or(Reason::TableFull)
+    }
+
+    /// Withdraw a listener (the listening socket closed).
+    pub fn unlisten(&self, l: Listener) {
+        self.ctrl.remove_listener(&l.slot);
+    }
+
+    /// Server side: the kernel accepted `tcp_fd` (`local` ← `peer`); take the client's offer,
+    /// if it made one, and answer it.
+    pub fn accept(&self, tcp_fd: RawFd, local: Endpoint, peer: Endpoint) -> Result<Connection, Reason> {
+        self.shared.reap();
+        let Some((index, generation, offer)) = self.ctrl.take_offer(&peer, &local) else {
+            return Err(Reason::NoOffer);
+        };
+        let offer = offer.map_err(|_| Reason::BadPeer)?;
+        let decline = |reason: Reason| {
+            let a = proto::Answer { version: proto::PROTOCOL_VERSION, cookie: offer.cookie, decline: reason.code(), ring: Default::default() };
+            self.ctrl.write_answer(index, generation, &a);
+            if offer.ring.db_bit < self.db_bits {
+                let _ = self.shared.dev.peer_db_set(1u64 << offer.ring.db_bit);
+            }
+            reason
+        };
+        let tx_ring = match offer.ring.check(self.shared.dev.mw_count(), self.mw_size, self.db_bits) {
+            Ok(r) => r,
+            Err(_) => return Err(decline(Reason::BadPeer)),
+        };
+        if !self.link_up() {
+            return Err(decline(Reason::LinkDown));
+        }
+        let half = match conn::HalfOpen::new(&*self.shared.dev, self.shared.settings.ring_bytes, Role::Server, local, peer) {
+            Ok(h) => h,
+            Err(r) => return Err(decline(r)),
+        };
+        let loc = half.loc;
+        let c = Connection::new(self.shared.clone(), half, offer.ring, tx_ring, tcp_fd, Role::Server, local, peer)
+            .map_err(decline)?;
+        let a = proto::Answer { version: proto::PROTOCOL_VERSION, cookie: offer.cookie, decline: 0, ring: loc };
+        self.ctrl.write_answer(index, generation, &a);
+        let _ = self.shared.dev.peer_db_set(1u64 << offer.ring.db_bit);
+        Ok(c)
+    }
+
+    /// Client side, before the TCP connect from `local` (port known) to `remote`: if the peer
+    /// host has a pcisock listener there, post an offer.
+    pub fn offer(&self, local: Endpoint, remote: Endpoint) -> Result<Pending, Reason> {
+        self.shared.reap();
+        if !self.link_up() {
+            return Err(Reason::LinkDown);
+        }
+        if !self.ctrl.find_listener(&remote, self.same_host) {
+            return Err(Reason::NoListener);
+        }
+        let half = conn::HalfOpen::new(&*self.shared.dev, self.shared.settings.ring_bytes, Role::Client, local, remote)?;
+        let cookie = sys::random_u64();
+        let offer = proto::Offer { version: proto::PROTOCOL_VERSION, cookie, client: local, server: remote, ring: half.loc };
+        match self.ctrl.post_offer(&offer) {
+            Some(slot) => Ok(Pending { slot, half, cookie, local, remote, posted: Instant::now() }),
+            None => {
+                half.release(&*self.shared.dev);
+                Err(Reason::TableFull)
+            }
+        }
+    }
+
+    /// The connect failed: withdraw the offer and give its resources back.
+    pub fn cancel(&self, p: Pending) {
+        let took = !self.ctrl.withdraw(&p.slot);
+        self.ctrl.finish_offer(p.slot);
+        // If the server took the offer it may write into our ring: quarantine it.
+        self.shared.retire(p.half.mine.clone(), p.half.lease, p.half.bell, !took);
+    }
+
+    /// The doorbell line a pending client can poll for its answer.
+    pub fn pending_fd(&self, p: &Pending) -> RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&p.half.vector)
+    }
+
+    /// Finish a client's upgrade once its TCP connect succeeded: wait (if `block`) for the
+    /// server's answer, up to the answer timeout, watching the TCP socket meanwhile.
+    pub fn complete(&self, p: Pending, tcp_fd: RawFd, block: bool) -> Outcome {
+        let deadline = p.posted + self.shared.settings.answer_timeout;
+        loop {
+            match self.ctrl.answer(&p.slot) {
+                Some(Ok(a)) if a.cookie == p.cookie => return self.finish(p, a, tcp_fd),
+                Some(_) => {
+                    self.ctrl.finish_offer(p.slot);
+                    p.half.release(&*self.shared.dev);
+                    return Outcome::Tcp(Reason::BadPeer);
+                }
+                None => {}
+            }
+            let now = Instant::now();
+            // A peer that talks over TCP, or hangs up, is not upgrading.
+            let tcp_says = !matches!(sys::peek_tcp(tcp_fd), sys::Peek::Open);
+            if now >= deadline || tcp_says {
+                if self.ctrl.withdraw(&p.slot) {
+                    let reason = if tcp_says { Reason::NoAnswer } else { Reason::NoAnswer };
+                    self.ctrl.finish_offer(p.slot);
+                    p.half.release(&*self.shared.dev);
+                    return Outcome::Tcp(reason);
+                }
+                // The server took the offer: its answer is being written. Wait for it.
+                if now >= deadline + Duration::from_secs(10) {
+                    self.ctrl.finish_offer(p.slot);
+                    self.shared.retire(p.half.mine.clone(), p.half.lease, p.half.bell, false);
+                    return Outcome::Tcp(Reason::NoAnswer);
+                }
+            }
+            if !block {
+                return Outcome::Waiting(p);
+            }
+            let nap = deadline.saturating_duration_since(now).clamp(Duration::from_micros(100), Duration::from_millis(50));
+            let _ = sys::poll2(self.pending_fd(&p), tcp_fd, Some(nap));
+            ntbdrv::drain_vector(&p.half.vector);
+        }
+    }
+
+    fn finish(&self, p: Pending, a: proto::Answer, tcp_fd: RawFd) -> Outcome {
+        let Pending { slot, half, local, remote, .. } = p;
+        self.ctrl.finish_offer(slot);
+        if a.decline != 0 {
+            half.release(&*self.shared.dev);
+            return Outcome::Tcp(Reason::from_code(a.decline).unwrap_or(Reason::PeerDeclined));
+        }
+        let tx_ring = match a.ring.check(self.shared.dev.mw_count(), self.mw_size, self.db_bits) {
+            Ok(r) => r,
+            Err(_) => {
+                // The server thinks it is connected: it may write into our ring.
+                self.shared.retire(half.mine.clone(), half.lease, half.bell, false);
+                return Outcome::Tcp(Reason::BadPeer);
+            }
+        };
+        match Connection::new(self.shared.clone(), half, a.ring, tx_ring, tcp_fd, Role::Client, local, remote) {
+            Ok(c) => Outcome::Connected(c),
+            Err(r) => Outcome::Tcp(r),
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,302 @@
+//! Ports and the loopback interface: free ports, LISTEN sockets read from `/proc/net/tcp{,6}` (never by
+//! connecting, which would disturb iperf), and the kernel's `lo` byte counters, the independent signal of which
+//! path carried the bytes. Measurements of `lo` are serialized across test processes by [`LoWindow`].
+
+use std::fs;
+use std::net::TcpListener;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::fs::{FileLock, LockMode};
+
+/// A port that was free on 127.0.0.1 a moment ago (bind port 0, read it, close). Never 5001 or 5201.
+pub fn free_port() -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        if port != 5001 && port != 5201 {
+            return port;
+        }
+    }
+}
+
+/// `n` distinct free ports.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let p = free_port();
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    ports
+}
+
+/// The local ports of the sockets in state LISTEN (`0A`) in the text of `/proc/net/tcp` or `/proc/net/tcp6`.
+pub fn listening_ports(proc_net_tcp: &str) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for line in proc_net_tcp.lines().skip(1) {
+        let mut fields = line.split_whitespace();
+        let (Some(_sl), Some(local), Some(_remote), Some(state)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if state != "0A" {
+            continue;
+        }
+        if let Some((_, port)) = local.rsplit_once(':') {
+            if let Ok(port) = u16::from_str_radix(port, 16) {
+                ports.push(port);
+            }
+        }
+    }
+    ports
+}
+
+/// Whether a TCP socket (v4 or v6) in this network namespace listens on `port`.
+pub fn is_listening(port: u16) -> Result<bool, String> {
+    let mut any_table = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        match fs::read_to_string(table) {
+            Ok(text) => {
+                any_table = true;
+                if listening_ports(&text).contains(&port) {
+                    return Ok(true);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("read {table}: {e}")),
+        }
+    }
+    if any_table {
+        Ok(false)
+    } else {
+        Err("neither /proc/net/tcp nor /proc/net/tcp6 is readable".to_owned())
+    }
+}
+
+/// Polls until something listens on `port`, at most `timeout`.
+pub fn wait_listening(port: u16, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if is_listening(port)? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("nothing listens on port {port} after {timeout:?}"));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The loopback interface's counters, from `/sys/class/net/lo/statistics/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoCounters {
+    /// Bytes sent on lo (each loopback packet is counted once here and once in `rx_bytes`).
+    pub tx_bytes: u64,
+    /// Bytes received on lo.
+    pub rx_bytes: u64,
+    /// Packets sent on lo.
+    pub tx_packets: u64,
+    /// Packets received on lo.
+    pub rx_packets: u64,
+}
+
+impl LoCounters {
+    /// Reads the four counters now.
+    pub fn read() -> Result<LoCounters, String> {
+        fn one(name: &str) -> Result<u64, String> {
+            let path = format!("/sys/class/net/lo/statistics/{name}");
+            let text = fs::read_to_string(&path).map_err(|e| format!("read {path}: {e}"))?;
+            text.trim()
+                .parse()
+                .map_err(|e| format!("{path}: {text:?}: {e}"))
+        }
+        Ok(LoCounters {
+            tx_bytes: one("tx_bytes")?,
+            rx_bytes: one("rx_bytes")?,
+            tx_packets: one("tx_packets")?,
+            rx_packets: one("rx_packets")?,
+        })
+    }
+
+    /// What moved between `self` (earlier) and `later`.
+    pub fn delta(&self, later: &LoCounters) -> LoDelta {
+        LoDelta {
+            tx_bytes: later.tx_bytes.wrapping_sub(self.tx_bytes),
+            rx_bytes: later.rx_bytes.wrapping_sub(self.rx_bytes),
+            tx_packets: later.tx_packets.wrapping_sub(self.tx_packets),
+            rx_packets: later.rx_packets.wrapping_sub(self.rx_packets),
+        }
+    }
+}
+
+/// Bytes and packets that crossed lo during a measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoDelta {
+    /// Bytes sent on lo.
+    pub tx_bytes: u64,
+    /// Bytes received on lo.
+    pub rx_bytes: u64,
+    /// Packets sent on lo.
+    pub tx_packets: u64,
+    /// Packets received on lo.
+    pub rx_packets: u64,
+}
+
+/// Fixed slack for the fast-path bound: TCP handshakes, iperf's control traffic, a little foreign traffic.
+pub const FAST_PATH_SLACK: u64 = 64 * 1024;
+
+impl LoDelta {
+    /// The bytes that crossed lo: a loopback packet is counted in both tx and rx, so this is the larger of the two
+    /// (not their sum).
+    pub fn bytes(&self) -> u64 {
+        self.tx_bytes.max(self.rx_bytes)
+    }
+
+    /// The largest lo delta a fast-path run of `transferred` payload bytes may show: 5% of it plus
+    /// [`FAST_PATH_SLACK`].
+    pub fn fast_path_bound(transferred: u64) -> u64 {
+        transferred / 20 + FAST_PATH_SLACK
+    }
+
+    /// Ok if lo carried far less than the payload (the NTB path carried it).
+    pub fn check_fast_path(&self, transferred: u64) -> Result<(), String> {
+        let bound = Self::fast_path_bound(transferred);
+        if self.bytes() < bound {
+            Ok(())
+        } else {
+            Err(format!(
+                "loopback carried {} bytes ({} packets) for {transferred} payload bytes; the fast path allows < {bound} \
+                 (5% + {FAST_PATH_SLACK}). Either the bytes went over TCP, or something else on this machine used \
+                 loopback heavily during the test",
+                self.bytes(),
+                self.tx_packets.max(self.rx_packets)
+            ))
+        }
+    }
+
+    /// Ok if lo carried at least the payload (plain TCP carried it).
+    pub fn check_tcp(&self, transferred: u64) -> Result<(), String> {
+        if self.bytes() >= transferred {
+            Ok(())
+        } else {
+            Err(format!(
+                "loopback carried only {} bytes for {transferred} payload bytes that should have gone over TCP",
+                self.bytes()
+            ))
+        }
+    }
+}
+
+/// What a measurement window expects lo to carry, which decides how it is serialized with other tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoExpect {
+    /// Only control traffic: any number of such windows may overlap (shared lock).
+    Quiet,
+    /// Bulk payload over TCP: no quiet window may overlap (exclusive lock).
+    Bulk,
+}
+
+/// A measurement of lo over the life of a test run, holding a machine-wide lock so that a test pushing bulk TCP
+/// over lo never overlaps a test that needs lo quiet (`$TMPDIR/pcisock-iperf-tests-lo.lock`).
+#[derive(Debug)]
+pub struct LoWindow {
+    start: LoCounters,
+    _lock: FileLock,
+}
+
+impl LoWindow {
+    /// Takes the lock (waiting for it) and reads the counters.
+    pub fn open(expect: LoExpect) -> Result<LoWindow, String> {
+        let mode = match expect {
+            LoExpect::Quiet => LockMode::Shared,
+            LoExpect::Bulk => LockMode::Exclusive,
+        };
+        let lock = FileLock::acquire("pcisock-iperf-tests-lo", mode)?;
+        Ok(LoWindow {
+            start: LoCounters::read()?,
+            _lock: lock,
+        })
+    }
+
+    /// What crossed lo since [`LoWindow::open`], so far (the lock stays held).
+    pub fn delta(&self) -> Result<LoDelta, String> {
+        Ok(self.start.delta(&LoCounters::read()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1513 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 14422 1 0000 100 0 0 10 0
+   1: 0100007F:1389 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 0 1 0000 20 4 30 10 -1
+   2: 0100007F:0FA1 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12801 1 0000 100 0 0 10 0
+";
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:1451 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 00000000000000000000000000000000:1452 00000000000000000000000000000000:0000 06 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+";
+
+    #[test]
+    fn parses_listen_sockets_v4() {
+        // 0x1513 = 5395 and 0x0FA1 = 4001 listen; 0x1389 = 5001 is ESTABLISHED (01), not LISTEN.
+        assert_eq!(listening_ports(TCP), vec![5395, 4001]);
+    }
+
+    #[test]
+    fn parses_listen_sockets_v6() {
+        // 0x1451 = 5201 listens; 0x1452 is TIME_WAIT (06).
+        assert_eq!(listening_ports(TCP6), vec![5201]);
+    }
+
+    #[test]
+    fn ignores_garbage() {
+        assert!(listening_ports("header\n\nnot a line\n 0: zz:zz 0:0 0A\n").is_empty());
+    }
+
+    #[test]
+    fn sees_a_real_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        wait_listening(port, Duration::from_secs(5)).unwrap();
+        drop(listener);
+        assert!(!is_listening(port).unwrap());
+    }
+
+    #[test]
+    fn free_ports_are_distinct_and_not_iperf_defaults() {
+        let ports = free_ports(8);
+        for (i, p) in ports.iter().enumerate() {
+            assert!(*p != 5001 && *p != 5201);
+            assert!(!ports[i + 1..].contains(p));
+        }
+    }
+
+    #[test]
+    fn lo_bounds() {
+        let d = |b| LoDelta {
+            tx_bytes: b,
+            rx_bytes: b,
+            tx_packets: 1,
+            rx_packets: 1,
+        };
+        let gib = 1 << 30;
+        assert!(d(1 << 20).check_fast_path(gib).is_ok());
+        assert!(d(gib).check_fast_path(gib).is_err());
+        assert!(d(gib + 100).check_tcp(gib).is_ok());
+        assert!(d(1 << 20).check_tcp(gib).is_err());
+        assert_eq!(LoDelta::fast_path_bound(0), FAST_PATH_SLACK);
+    }
+
+    #[test]
+    fn lo_counters_are_readable_and_monotonic() {
+        let a = LoCounters::read().unwrap();
+        let b = LoCounters::read().unwrap();
+        assert!(b.tx_bytes >= a.tx_bytes);
+        let _ = a.delta(&b).bytes();
+    }
+}

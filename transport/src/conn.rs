@@ -1,0 +1,809 @@
+//! One connection over the bridge: a ring per direction, each in its receiver's inbound window.
+//!
+//! Our lease (in our host's inbound window) holds our receive ring and the words the peer
+//! writes to talk to us; the peer's lease, reached through our outbound window, holds the ring
+//! we send into. Every word one side reads was written by the other into the reader's own
+//! memory (write remote, read local):
+//!
+//! | line (offset in a lease) | written by | read by | holds |
+//! |---|---|---|---|
+//! | RX (0x000) | peer (as sender) | owner | `tail` (bytes produced), FIN/RST flags, "sender waits for credits" |
+//! | CREDIT (0x040) | peer (as receiver) | owner | `head` of the owner's sends (credits), "receiver sleeps", "receiver closed" |
+//! | LOCAL (0x080..) | owner | owner | consumer and producer counters, sequence numbers, counters |
+//!
+//! Sleepers are woken by doorbells: each endpoint leases one doorbell bit; a side that goes to
+//! sleep says so in the other side's memory first, and the other side rings the bit only then.
+//! The TCP socket stays open and idle: it is the liveness signal (a dead peer's kernel closes it).
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ntbdrv::{BusAddr, Completion, DmaDesc, DoorbellLease, Lease, NtbDevice, Region, WindowLease};
+
+use crate::proto::{Endpoint, Frame, FrameHeader, ProtoError, Ring, RingLoc, ENDPOINT_HDR, FRAME_HDR, FRAME_PAD};
+use crate::{sys, CompletionMode, Settings, Shared};
+
+// RX line: written by the peer.
+const RX_TAIL: usize = 0x00;
+const RX_FLAGS: usize = 0x08;
+const RX_TX_WAITING: usize = 0x0C;
+// CREDIT line: written by the peer.
+const CR_HEAD: usize = 0x40;
+const CR_RX_SLEEPING: usize = 0x48;
+const CR_CLOSED: usize = 0x4C;
+// LOCAL lines: ours.
+const L_RX_HEAD: usize = 0x80;
+const L_RX_OFF: usize = 0x88;
+const L_RX_SEQ: usize = 0x90;
+const L_TX_TAIL: usize = 0xC0;
+const L_TX_SEQ: usize = 0xC8;
+// Counters (ours): read by `pcisock stats` through the device.
+pub(crate) const C_BASE: usize = 0x100;
+// Identity block (ours).
+pub(crate) const INFO_BASE: usize = 0x200;
+pub(crate) const INFO_MAGIC: u32 = 0x5043_4550; // "PCEP"
+
+/// FIN: the sender will send no more. RST: the sender aborted.
+const FLAG_FIN: u32 = 1;
+const FLAG_RST: u32 = 2;
+
+/// Per-connection counters, in the endpoint's lease.
+#[derive(Clone, Copy, Debug)]
+#[repr(usize)]
+pub enum Counter {
+    TxBytes = 0,
+    RxBytes,
+    TxFrames,
+    RxFrames,
+    DmaCopies,
+    CpuCopies,
+    DoorbellsRung,
+    Polls,
+    Sleeps,
+    DmaFallbacks,
+}
+
+pub const COUNTER_NAMES: [&str; 10] =
+    ["tx_bytes", "rx_bytes", "tx_frames", "rx_frames", "dma_copies", "cpu_copies", "doorbells", "polls", "sleeps", "dma_fallbacks"];
+
+/// What a send or receive can fail with; the shim maps these to errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoError {
+    /// Nothing can move now and the call must not block (EAGAIN).
+    WouldBlock,
+    /// SO_RCVTIMEO / SO_SNDTIMEO expired (EAGAIN, as the kernel reports it).
+    TimedOut,
+    /// The peer closed its receiving side (EPIPE, and SIGPIPE unless suppressed).
+    BrokenPipe,
+    /// The peer aborted or died (ECONNRESET).
+    Reset,
+    /// A signal interrupted a blocking wait (EINTR).
+    Interrupted,
+    /// This side shut writing down (EPIPE).
+    ShutDown,
+    /// The peer broke the protocol; the connection is reset (ECONNRESET, counted).
+    Protocol,
+}
+
+/// Readiness as poll reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Readiness {
+    pub readable: bool,
+    pub writable: bool,
+    /// The peer shut down its sending side (POLLRDHUP).
+    pub rdhup: bool,
+    /// Both directions are finished (POLLHUP).
+    pub hup: bool,
+    /// A pending error (POLLERR).
+    pub error: bool,
+}
+
+/// Flags for [`Connection::recv`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecvFlags {
+    pub nonblock: bool,
+    pub peek: bool,
+    pub waitall: bool,
+}
+
+/// A bidirectional connection over the bridge.
+pub struct Connection {
+    pub(crate) shared: Arc<Shared>,
+    dev: Arc<dyn NtbDevice>,
+    /// Our lease: our receive ring and the peer-written words.
+    mine: Region,
+    my_lease: WindowLease,
+    my_bell: DoorbellLease,
+    vector: OwnedFd,
+    /// The peer's lease, through our outbound window.
+    theirs: Region,
+    their_loc: RingLoc,
+    rx_ring: Ring,
+    tx_ring: Ring,
+    tcp_fd: RawFd,
+    pub local: Endpoint,
+    pub peer: Endpoint,
+    pub role: Role,
+    rx_lock: Mutex<()>,
+    tx_lock: Mutex<()>,
+    settings: Settings,
+}
+
+/// Which side opened the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+/// Our half of a connection before the peer's half is known (a client waiting for its answer).
+pub(crate) struct HalfOpen {
+    pub mine: Region,
+    pub lease: WindowLease,
+    pub bell: DoorbellLease,
+    pub vector: OwnedFd,
+    pub loc: RingLoc,
+}
+
+impl HalfOpen {
+    /// Lease window space and a doorbell bit, and initialise our endpoint block.
+    pub(crate) fn new(dev: &dyn NtbDevice, ring_bytes: u64, role: Role, local: Endpoint, peer: Endpoint) -> Result<HalfOpen, crate::Reason> {
+        use crate::Reason;
+        let len = ENDPOINT_HDR + ring_bytes;
+        let mut lease = None;
+        for mw in 0..dev.mw_count() {
+            if let Ok(l) = dev.lease_window(mw, len, crate::ENDPOINT_TAG) {
+                lease = Some(l);
+                break;
+            }
+        }
+        let lease = lease.ok_or(Reason::NoWindowSpace)?;
+        let bell = match dev.lease_doorbell(crate::ENDPOINT_TAG) {
+            Ok(b) => b,
+            Err(_) => {
+                let _ = dev.release(Lease::Window(lease));
+                return Err(Reason::NoDoorbell);
+            }
+        };
+        let undo = |dev: &dyn NtbDevice| {
+            let _ = dev.release(Lease::Window(lease));
+            let _ = dev.release(Lease::Doorbell(bell));
+        };
+        let mine = match dev.inbound(lease.mw).and_then(|w| w.slice(lease.offset as usize, len as usize)) {
+            Ok(r) => r,
+            Err(_) => {
+                undo(dev);
+                return Err(Reason::NoWindowSpace);
+            }
+        };
+        let vector = match dev.db_vector_fd(bell.bit) {
+            Ok(v) => v,
+            Err(_) => {
+                undo(dev);
+                return Err(Reason::NoDoorbell);
+            }
+        };
+        ntbdrv::drain_vector(&vector);
+        // A fresh endpoint block: zero the header (the previous tenant's words), then identity.
+        let _ = mine.fill(0, ENDPOINT_HDR as usize, 0);
+        let info = Info { role, local, peer, pid: std::process::id() };
+        let _ = mine.write(INFO_BASE + 8, &info.encode());
+        word32(&mine, INFO_BASE).store(INFO_MAGIC, Release);
+        Ok(HalfOpen { mine, lease, bell, vector, loc: RingLoc { mw: lease.mw, offset: lease.offset, len, db_bit: bell.bit } })
+    }
+
+    pub(crate) fn release(self, dev: &dyn NtbDevice) {
+        word32(&self.mine, INFO_BASE).store(0, Release);
+        let _ = dev.release(Lease::Window(self.lease));
+        let _ = dev.release(Lease::Doorbell(self.bell));
+    }
+}
+
+/// Identity of an endpoint, kept in its lease for `pcisock stats`.
+#[derive(Debug, Clone, Copy)]
+pub struct Info {
+    pub role: Role,
+    pub local: Endpoint,
+    pub peer: Endpoint,
+    pub pid: u32,
+}
+
+impl Info {
+    pub(crate) fn encode(&self) -> [u8; 48] {
+        let mut b = [0u8; 48];
+        b[0..4].copy_from_slice(&self.pid.to_le_bytes());
+        b[4] = matches!(self.role, Role::Server) as u8;
+        b[8..24].copy_from_slice(&self.local.ip);
+        b[24..26].copy_from_slice(&self.local.port.to_le_bytes());
+        b[26..28].copy_from_slice(&self.peer.port.to_le_bytes());
+        b[32..48].copy_from_slice(&self.peer.ip);
+        b
+    }
+
+    pub(crate) fn decode(b: &[u8; 48]) -> Info {
+        let mut lip = [0u8; 16];
+        lip.copy_from_slice(&b[8..24]);
+        let mut pip = [0u8; 16];
+        pip.copy_from_slice(&b[32..48]);
+        Info {
+            pid: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            role: if b[4] == 1 { Role::Server } else { Role::Client },
+            local: Endpoint { ip: lip, port: u16::from_le_bytes([b[24], b[25]]) },
+            peer: Endpoint { ip: pip, port: u16::from_le_bytes([b[26], b[27]]) },
+        }
+    }
+}
+
+pub(crate) fn word32(r: &Region, off: usize) -> &AtomicU32 {
+    r.atomic_u32(off).expect("endpoint layout offsets are in range and aligned")
+}
+
+pub(crate) fn word64(r: &Region, off: usize) -> &AtomicU64 {
+    r.atomic_u64(off).expect("endpoint layout offsets are in range and aligned")
+}
+
+enum Wait {
+    Ready,
+    TimedOut,
+    Interrupted,
+}
+
+impl Connection {
+    /// Join our half with the peer's ring location (validated by the caller).
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        half: HalfOpen,
+        their_loc: RingLoc,
+        tx_ring: Ring,
+        tcp_fd: RawFd,
+        role: Role,
+        local: Endpoint,
+        peer: Endpoint,
+    ) -> Result<Connection, crate::Reason> {
+        let dev = shared.dev.clone();
+        let theirs = match dev.outbound(their_loc.mw).and_then(|w| w.slice(their_loc.offset as usize, their_loc.len as usize)) {
+            Ok(r) => r,
+            Err(_) => {
+                half.release(&*dev);
+                return Err(crate::Reason::BadPeer);
+            }
+        };
+        let rx_ring = Ring::new(half.loc.len - ENDPOINT_HDR).expect("our own ring size is valid");
+        let settings = shared.settings.clone();
+        Ok(Connection {
+            shared,
+            dev,
+            mine: half.mine,
+            my_lease: half.lease,
+            my_bell: half.bell,
+            vector: half.vector,
+            theirs,
+            their_loc,
+            rx_ring,
+            tx_ring,
+            tcp_fd,
+            local,
+            peer,
+            role,
+            rx_lock: Mutex::new(()),
+            tx_lock: Mutex::new(()),
+            settings,
+        })
+    }
+
+    fn count(&self, c: Counter, n: u64) {
+        word64(&self.mine, C_BASE + 8 * c as usize).fetch_add(n, Relaxed);
+    }
+
+    /// A counter's value.
+    pub fn counter(&self, c: Counter) -> u64 {
+        word64(&self.mine, C_BASE + 8 * c as usize).load(Relaxed)
+    }
+
+    /// The kernel TCP socket this connection shadows.
+    pub fn tcp_fd(&self) -> RawFd {
+        self.tcp_fd
+    }
+
+    /// The doorbell interrupt line of this endpoint (readable when the peer rang us).
+    pub fn vector_fd(&self) -> RawFd {
+        self.vector.as_raw_fd()
+    }
+
+    // ---- receive ------------------------------------------------------------------------------
+
+    /// Bytes ready to read now (FIONREAD), counting whole published frames.
+    pub fn readable_bytes(&self) -> usize {
+        let _g = self.rx_lock.lock();
+        let mut head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
+        let off = word64(&self.mine, L_RX_OFF).load(Relaxed);
+        let mut seq = word64(&self.mine, L_RX_SEQ).load(Relaxed);
+        let tail = word64(&self.mine, RX_TAIL).load(Acquire);
+        let mut total = 0u64;
+        let mut first = true;
+        while head < tail {
+            match self.frame_at(head, tail, seq) {
+                Ok(Frame::Pad { size }) => head += size,
+                Ok(Frame::Data { len, size }) => {
+                    total += len - if first { off } else { 0 };
+                    first = false;
+                    head += size;
+                    seq += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        total as usize
+    }
+
+    fn frame_at(&self, head: u64, tail: u64, seq: u64) -> Result<Frame, ProtoError> {
+        let mut hb = [0u8; 16];
+        let at = ENDPOINT_HDR as usize + self.rx_ring.pos(head) as usize;
+        self.mine.read(at, &mut hb).map_err(|_| ProtoError::BadTail { tail, head, cap: self.rx_ring.cap() })?;
+        self.rx_ring.check_frame(head, tail, &FrameHeader::decode(&hb), seq)
+    }
+
+    fn peer_flags(&self) -> u32 {
+        word32(&self.mine, RX_FLAGS).load(Acquire)
+    }
+
+    /// Receive into `bufs` (scatter), TCP-style: returns 0 at EOF.
+    pub fn recv(&self, bufs: &mut [&mut [u8]], flags: RecvFlags, timeout: Option<Duration>) -> Result<usize, IoError> {
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        if want == 0 {
+            return Ok(0);
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let _g = self.rx_lock.lock().map_err(|_| IoError::Protocol)?;
+        let mut head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
+        let mut off = word64(&self.mine, L_RX_OFF).load(Relaxed);
+        let mut seq = word64(&self.mine, L_RX_SEQ).load(Relaxed);
+        let (mut bi, mut bo) = (0usize, 0usize); // position in bufs
+        let mut copied = 0usize;
+        let mut credit = false;
+        let result = loop {
+            // SYNC POINT (ring data): Acquire load of the peer's tail pairs with the Release
+            // store in `publish` after the frame bytes; the bytes up to `tail` are visible.
+            let tail = word64(&self.mine, RX_TAIL).load(Acquire);
+            if head < tail {
+                let frame = match self.frame_at(head, tail, seq) {
+                    Ok(f) => f,
+                    Err(_) => break Err(self.protocol_error()),
+                };
+                match frame {
+                    Frame::Pad { size } => {
+                        if !flags.peek {
+                            head += size;
+                            credit = true;
+                        } else {
+                            head += size;
+                        }
+                        continue;
+                    }
+                    Frame::Data { len, size } => {
+                        let base = ENDPOINT_HDR as usize + self.rx_ring.pos(head) as usize + FRAME_HDR as usize;
+                        while off < len && bi < bufs.len() {
+                            let dst = &mut bufs[bi][bo..];
+                            let n = dst.len().min((len - off) as usize);
+                            if self.mine.read(base + off as usize, &mut dst[..n]).is_err() {
+                                break;
+                            }
+                            off += n as u64;
+                            bo += n;
+                            copied += n;
+                            if bo == bufs[bi].len() {
+                                bi += 1;
+                                bo = 0;
+                            }
+                        }
+                        if off == len {
+                            head += size;
+                            seq += 1;
+                            off = 0;
+                            credit = true;
+                            self.count(Counter::RxFrames, 1);
+                        }
+                        if copied == want {
+                            break Ok(copied);
+                        }
+                        continue;
+                    }
+                }
+            }
+            if copied > 0 && !flags.waitall {
+                break Ok(copied);
+            }
+            let pf = self.peer_flags();
+            if pf & FLAG_RST != 0 {
+                break if copied > 0 { Ok(copied) } else { Err(IoError::Reset) };
+            }
+            if pf & FLAG_FIN != 0 {
+                // FIN is set after the last tail: re-check the tail before reporting EOF.
+                if word64(&self.mine, RX_TAIL).load(Acquire) > head {
+                    continue;
+                }
+                break Ok(copied);
+            }
+            if let Some(e) = self.tcp_gone() {
+                if word64(&self.mine, RX_TAIL).load(Acquire) > head {
+                    continue;
+                }
+                break if copied > 0 { Ok(copied) } else { e.map(|_| 0) };
+            }
+            if flags.nonblock {
+                break if copied > 0 { Ok(copied) } else { Err(IoError::WouldBlock) };
+            }
+            if !flags.peek && credit {
+                // Return credits before sleeping, so a sender blocked on a full ring can go on.
+                self.return_credits(head, off, seq);
+                credit = false;
+            }
+            match self.wait(true, deadline) {
+                Wait::Ready => {}
+                Wait::TimedOut => break if copied > 0 { Ok(copied) } else { Err(IoError::TimedOut) },
+                Wait::Interrupted => break if copied > 0 { Ok(copied) } else { Err(IoError::Interrupted) },
+            }
+        };
+        if !flags.peek {
+            if credit || off != word64(&self.mine, L_RX_OFF).load(Relaxed) {
+                self.return_credits(head, off, seq);
+            }
+            self.count(Counter::RxBytes, copied as u64);
+        }
+        result
+    }
+
+    fn return_credits(&self, head: u64, off: u64, seq: u64) {
+        word64(&self.mine, L_RX_HEAD).store(head, Relaxed);
+        word64(&self.mine, L_RX_OFF).store(off, Relaxed);
+        word64(&self.mine, L_RX_SEQ).store(seq, Relaxed);
+        // SYNC POINT (credits): Release store of our consumer counter into the sender's memory
+        // pairs with its Acquire load in `send`; the space before `head` is free for reuse.
+        word64(&self.theirs, CR_HEAD).store(head, Release);
+        fence(SeqCst);
+        // SYNC POINT (credit wake-up): pairs with the sender's SeqCst store of TX_WAITING.
+        if word32(&self.mine, RX_TX_WAITING).load(SeqCst) != 0 {
+            self.ring_peer();
+        }
+    }
+
+    /// The peer broke the protocol: reset the connection.
+    fn protocol_error(&self) -> IoError {
+        self.shared.counters.protocol_errors.fetch_add(1, Relaxed);
+        word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_RST, SeqCst);
+        word32(&self.theirs, CR_CLOSED).store(1, SeqCst);
+        self.ring_peer();
+        IoError::Protocol
+    }
+
+    // ---- send ---------------------------------------------------------------------------------
+
+    /// Send `bufs` (gather). Blocking sends return once every byte is in the ring; non-blocking
+    /// ones send what fits (EAGAIN if nothing).
+    pub fn send(&self, bufs: &[&[u8]], nonblock: bool, timeout: Option<Duration>) -> Result<usize, IoError> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Ok(0);
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let _g = self.tx_lock.lock().map_err(|_| IoError::Protocol)?;
+        let mut tail = word64(&self.mine, L_TX_TAIL).load(Relaxed);
+        let mut seq = word64(&self.mine, L_TX_SEQ).load(Relaxed);
+        let (mut bi, mut bo) = (0usize, 0usize);
+        let mut sent = 0usize;
+        let result = loop {
+            if let Some(e) = self.send_blocked() {
+                break if sent > 0 { Ok(sent) } else { Err(e) };
+            }
+            // SYNC POINT (credits): Acquire pairs with the receiver's Release in `return_credits`.
+            let head = word64(&self.mine, CR_HEAD).load(Acquire);
+            let want = (total - sent) as u64;
+            let place = match self.tx_ring.place(tail, head, want) {
+                Ok(p) => p,
+                Err(_) => break Err(self.protocol_error()),
+            };
+            let Some(p) = place else {
+                if sent > 0 && nonblock {
+                    break Ok(sent);
+                }
+                if nonblock {
+                    break Err(IoError::WouldBlock);
+                }
+                match self.wait(false, deadline) {
+                    Wait::Ready => continue,
+                    Wait::TimedOut => break if sent > 0 { Ok(sent) } else { Err(IoError::TimedOut) },
+                    Wait::Interrupted => break if sent > 0 { Ok(sent) } else { Err(IoError::Interrupted) },
+                }
+            };
+            if let Some((pos, n)) = p.pad {
+                let h = FrameHeader { len: (n - FRAME_HDR) as u32, flags: FRAME_PAD, seq };
+                let _ = self.theirs.write(ENDPOINT_HDR as usize + pos as usize, &h.encode());
+            }
+            let base = ENDPOINT_HDR as usize + p.pos as usize;
+            let len = p.len as usize;
+            self.copy_out(bufs, &mut bi, &mut bo, base + FRAME_HDR as usize, len);
+            let h = FrameHeader { len: len as u32, flags: 0, seq };
+            let _ = self.theirs.write(base, &h.encode());
+            seq += 1;
+            tail = p.new_tail;
+            sent += len;
+            word64(&self.mine, L_TX_TAIL).store(tail, Relaxed);
+            word64(&self.mine, L_TX_SEQ).store(seq, Relaxed);
+            self.publish(tail);
+            self.count(Counter::TxFrames, 1);
+            if sent == total {
+                break Ok(sent);
+            }
+        };
+        if sent > 0 {
+            self.count(Counter::TxBytes, sent as u64);
+        }
+        result
+    }
+
+    /// Copy `len` bytes of `bufs` (from position bi/bo) into the peer's ring at `at`, by CPU or
+    /// by the DMA engine.
+    fn copy_out(&self, bufs: &[&[u8]], bi: &mut usize, bo: &mut usize, at: usize, len: usize) {
+        let mut done = 0;
+        while done < len {
+            let src = &bufs[*bi][*bo..];
+            let n = src.len().min(len - done);
+            let chunk = &src[..n];
+            if !(n >= self.settings.dma_threshold && self.dma_copy(chunk, at + done)) {
+                let _ = self.theirs.write(at + done, chunk);
+                self.count(Counter::CpuCopies, 1);
+            }
+            done += n;
+            *bo += n;
+            if *bo == bufs[*bi].len() {
+                *bi += 1;
+                *bo = 0;
+            }
+        }
+    }
+
+    /// Copy by DMA into the peer's ring; false if no channel or the transfer failed (the caller
+    /// then copies by CPU, so no byte is lost).
+    fn dma_copy(&self, chunk: &[u8], at: usize) -> bool {
+        let Some(ch) = self.shared.dma() else { return false };
+        let ch = match ch.lock() {
+            Ok(c) => c,
+            Err(_) => return false,
+        };
+        let Ok(src) = ch.map_host(chunk.as_ptr(), chunk.len()) else { return false };
+        let ok = (|| {
+            let dst = ch.peer_window_addr(self.their_loc.mw, self.their_loc.offset + at as u64).ok()?;
+            let mut descs = Vec::with_capacity(chunk.len().div_ceil(1 << 20));
+            let mut o = 0usize;
+            while o < chunk.len() {
+                let n = (chunk.len() - o).min(1 << 20);
+                descs.push(DmaDesc { src: BusAddr(src.0 + o as u64), dst: BusAddr(dst.0 + o as u64), len: n as u32 });
+                o += n;
+            }
+            for batch in descs.chunks(64) {
+                let how = match self.settings.completion {
+                    CompletionMode::Doorbell => Completion::Interrupt,
+                    _ => Completion::Poll,
+                };
+                ch.submit(batch, how == Completion::Interrupt).ok()?;
+                ch.wait(how, Some(Duration::from_secs(5))).ok()?;
+            }
+            Some(())
+        })()
+        .is_some();
+        let _ = ch.unmap_host(src);
+        if ok {
+            self.count(Counter::DmaCopies, 1);
+        } else {
+            self.count(Counter::DmaFallbacks, 1);
+        }
+        ok
+    }
+
+    /// Publish our producer counter to the peer and ring it if it sleeps.
+    fn publish(&self, tail: u64) {
+        // SYNC POINT (ring data): Release store of tail after the frame bytes; pairs with the
+        // receiver's Acquire load in `recv`.
+        word64(&self.theirs, RX_TAIL).store(tail, Release);
+        fence(SeqCst);
+        // SYNC POINT (data wake-up): pairs with the receiver's SeqCst store of RX_SLEEPING in
+        // `wait` (Dekker: one of us sees the other's store).
+        if word32(&self.mine, CR_RX_SLEEPING).load(SeqCst) != 0 {
+            self.ring_peer();
+        }
+    }
+
+    fn ring_peer(&self) {
+        if self.dev.peer_db_set(1u64 << self.their_loc.db_bit).is_ok() {
+            self.count(Counter::DoorbellsRung, 1);
+        }
+    }
+
+    /// Why a send cannot proceed, if it cannot.
+    fn send_blocked(&self) -> Option<IoError> {
+        let st = self.shared_state();
+        if st & ST_SHUT_WR != 0 {
+            return Some(IoError::ShutDown);
+        }
+        if word32(&self.mine, RX_FLAGS).load(Acquire) & FLAG_RST != 0 {
+            return Some(IoError::Reset);
+        }
+        if word32(&self.mine, CR_CLOSED).load(Acquire) != 0 {
+            return Some(IoError::BrokenPipe);
+        }
+        None
+    }
+
+    // ---- waiting ------------------------------------------------------------------------------
+
+    fn ready(&self, read: bool) -> bool {
+        if read {
+            let head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
+            word64(&self.mine, RX_TAIL).load(Acquire) > head || self.peer_flags() != 0
+        } else {
+            let tail = word64(&self.mine, L_TX_TAIL).load(Relaxed);
+            let head = word64(&self.mine, CR_HEAD).load(Acquire);
+            self.tx_ring.place(tail, head, 1).map(|p| p.is_some()).unwrap_or(true) || self.send_blocked().is_some()
+        }
+    }
+
+    /// Arm the peer to ring us when `read` data (or credits) arrive. Returns true if already ready.
+    pub fn arm(&self, read: bool, write: bool) -> bool {
+        if read {
+            // SYNC POINT (data wake-up): see `publish`.
+            word32(&self.theirs, CR_RX_SLEEPING).store(1, SeqCst);
+        }
+        if write {
+            // SYNC POINT (credit wake-up): see `return_credits`.
+            word32(&self.theirs, RX_TX_WAITING).store(1, SeqCst);
+        }
+        fence(SeqCst);
+        (read && self.ready(true)) || (write && self.ready(false))
+    }
+
+    /// Undo [`Connection::arm`] after waking.
+    pub fn disarm(&self) {
+        ntbdrv::drain_vector(&self.vector);
+        let _ = self.dev.db_clear(1u64 << self.my_bell.bit);
+        word32(&self.theirs, CR_RX_SLEEPING).store(0, Relaxed);
+        word32(&self.theirs, RX_TX_WAITING).store(0, Relaxed);
+    }
+
+    /// Wait until the ring is readable (`read`) or has room, or the deadline passes: spin, then
+    /// sleep on the doorbell line and the TCP socket (a dead peer's kernel closes it).
+    fn wait(&self, read: bool, deadline: Option<Instant>) -> Wait {
+        let spin = match self.settings.completion {
+            CompletionMode::Poll => Duration::MAX,
+            CompletionMode::Doorbell => Duration::ZERO,
+            CompletionMode::Adaptive => self.settings.spin,
+        };
+        let t0 = Instant::now();
+        let mut n = 0u32;
+        while !self.ready(read) {
+            n += 1;
+            if n % 64 == 0 {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    self.count(Counter::Polls, n as u64);
+                    return Wait::TimedOut;
+                }
+                if now.duration_since(t0) >= spin {
+                    break;
+                }
+                if n % 4096 == 0 {
+                    // Let the peer run if it shares our CPU, and notice a dead peer.
+                    std::thread::yield_now();
+                    if self.tcp_gone().is_some() {
+                        return Wait::Ready;
+                    }
+                }
+            }
+            std::hint::spin_loop();
+        }
+        self.count(Counter::Polls, n as u64);
+        if self.ready(read) {
+            return Wait::Ready;
+        }
+        if self.arm(read, !read) {
+            self.disarm();
+            return Wait::Ready;
+        }
+        self.count(Counter::Sleeps, 1);
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let r = sys::poll2(self.vector.as_raw_fd(), self.tcp_fd, timeout);
+        self.disarm();
+        match r {
+            Ok(_) => Wait::Ready,
+            Err(libc::EINTR) => Wait::Interrupted,
+            Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => Wait::TimedOut,
+            Err(_) => Wait::Ready,
+        }
+    }
+
+    /// Has the peer's kernel closed the TCP socket (peer gone)? `Some(Ok)` = orderly (FIN),
+    /// `Some(Err(Reset))` = reset. Data arriving over TCP after the upgrade also counts as
+    /// gone: the peer is broken.
+    fn tcp_gone(&self) -> Option<Result<(), IoError>> {
+        match sys::peek_tcp(self.tcp_fd) {
+            sys::Peek::Open => None,
+            sys::Peek::Eof => Some(Ok(())),
+            sys::Peek::Reset | sys::Peek::Data => Some(Err(IoError::Reset)),
+        }
+    }
+
+    /// Readiness as poll/select/epoll report it.
+    pub fn readiness(&self) -> Readiness {
+        let flags = self.peer_flags();
+        let gone = self.tcp_gone();
+        let head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
+        let data = word64(&self.mine, RX_TAIL).load(Acquire) > head;
+        let reset = flags & FLAG_RST != 0 || matches!(gone, Some(Err(_)));
+        let eof = flags & FLAG_FIN != 0 || gone.is_some();
+        let closed = word32(&self.mine, CR_CLOSED).load(Acquire) != 0;
+        let st = self.shared_state();
+        Readiness {
+            readable: data || eof || reset,
+            writable: self.ready(false) || reset || closed,
+            rdhup: eof,
+            hup: reset || (eof && (closed || st & ST_SHUT_WR != 0)),
+            error: reset,
+        }
+    }
+
+    // ---- teardown -----------------------------------------------------------------------------
+
+    fn shared_state(&self) -> u32 {
+        word32(&self.mine, L_STATE).load(Acquire)
+    }
+
+    /// shutdown(2): SHUT_WR sends FIN through the ring; SHUT_RD stops reading.
+    pub fn shutdown(&self, read: bool, write: bool) {
+        if write {
+            let _g = self.tx_lock.lock();
+            if word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR, SeqCst) & ST_SHUT_WR == 0 {
+                // SYNC POINT (FIN): after our last tail store; pairs with the Acquire load of
+                // RX_FLAGS in the peer's `recv`.
+                word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_FIN, SeqCst);
+                self.ring_peer();
+            }
+        }
+        if read {
+            word32(&self.mine, L_STATE).fetch_or(ST_SHUT_RD, SeqCst);
+        }
+    }
+
+    /// The last reference is going away: tell the peer (FIN, or RST if we drop unread data, as
+    /// TCP does) and return our resources once the peer can no longer write into them.
+    pub(crate) fn close(&self) {
+        let unread = {
+            let head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
+            word64(&self.mine, RX_TAIL).load(Acquire) > head
+        };
+        let flag = if unread { FLAG_RST } else { FLAG_FIN };
+        word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR | ST_SHUT_RD | ST_CLOSED, SeqCst);
+        word32(&self.theirs, RX_FLAGS).fetch_or(flag, SeqCst);
+        word32(&self.theirs, CR_CLOSED).store(1, SeqCst);
+        self.ring_peer();
+        word32(&self.mine, INFO_BASE).store(0, Release);
+        let peer_done = word32(&self.mine, RX_FLAGS).load(Acquire) != 0;
+        self.shared.retire(self.mine.clone(), self.my_lease, self.my_bell, peer_done);
+    }
+
+    /// The peer's ring location.
+    pub fn peer_ring(&self) -> RingLoc {
+        self.their_loc
+    }
+}
+
+/// Has the peer of this (closed) endpoint block finished writing into it (FIN or RST seen)?
+pub(crate) fn peer_finished(block: &Region) -> bool {
+    word32(block, RX_FLAGS).load(Acquire) != 0
+}
+
+const L_STATE: usize = 0xA0;
+const ST_SHUT_RD: u32 = 1;
+const ST_SHUT_WR: u32 = 2;
+const ST_CLOSED: u32 = 4;

@@ -1,0 +1,30 @@
+//! Reading live connections' identity and counters out of the device, for `pcisock stats`.
+//!
+//! Every endpoint keeps its identity and counters in its own lease (see `conn`), so another
+//! process can list them without asking the process that owns them.
+
+use ntbdrv::NtbDevice;
+
+use crate::conn::{self, Info, COUNTER_NAMES};
+
+/// One live endpoint as `pcisock stats` shows it.
+#[derive(Debug, Clone)]
+pub struct EndpointStats {
+    pub info: Info,
+    pub counters: [u64; COUNTER_NAMES.len()],
+}
+
+/// Read the endpoint in the window lease `mw`/`offset`/`len` of this host, if one lives there.
+pub fn read_endpoint(dev: &dyn NtbDevice, mw: u32, offset: u64, len: u64) -> Option<EndpointStats> {
+    let r = dev.inbound(mw).ok()?.slice(offset as usize, len as usize).ok()?;
+    if conn::word32(&r, conn::INFO_BASE).load(std::sync::atomic::Ordering::Acquire) != conn::INFO_MAGIC {
+        return None;
+    }
+    let mut b = [0u8; 48];
+    r.read(conn::INFO_BASE + 8, &mut b).ok()?;
+    let mut counters = [0u64; COUNTER_NAMES.len()];
+    for (i, c) in counters.iter_mut().enumerate() {
+        *c = conn::word64(&r, conn::C_BASE + 8 * i).load(std::sync::atomic::Ordering::Relaxed);
+    }
+    Some(EndpointStats { info: Info::decode(&b), counters })
+}

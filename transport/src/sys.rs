@@ -1,0 +1,81 @@
+//! The few system calls the transport makes on file descriptors, issued as raw syscalls so that
+//! a preloaded interposer (which exports `poll`, `recvfrom`, …) never sees its own transport's
+//! calls.
+//!
+//! # Safety
+//! Each call passes stack buffers of the stated length and plain integers; the kernel validates
+//! the file descriptors.
+#![allow(unsafe_code)]
+
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Wait until `a` is readable or `b` is readable, hung up or in error, or `timeout` passes.
+/// Returns the number of ready fds, or the errno.
+pub(crate) fn poll2(a: RawFd, b: RawFd, timeout: Option<Duration>) -> Result<i32, i32> {
+    let mut fds = [
+        libc::pollfd { fd: a, events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: b, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 },
+    ];
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `fds` is a live array of 2 pollfds; `tsp` is null or a live timespec; no signal
+    // mask is passed (null, size 0... the kernel ignores sigsetsize when the mask is null).
+    let r = unsafe { libc::syscall(libc::SYS_ppoll, fds.as_mut_ptr(), 2usize, tsp, std::ptr::null::<u8>(), 8usize) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    } else if r == 0 {
+        Err(libc::ETIMEDOUT)
+    } else {
+        Ok(r as i32)
+    }
+}
+
+/// What a non-blocking peek at a TCP socket shows.
+pub(crate) enum Peek {
+    Open,
+    Eof,
+    Reset,
+    Data,
+}
+
+/// Peek one byte from a TCP socket without blocking or consuming it.
+pub(crate) fn peek_tcp(fd: RawFd) -> Peek {
+    let mut b = 0u8;
+    // SAFETY: a one-byte stack buffer; null address arguments are allowed by recvfrom.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            fd,
+            &mut b as *mut u8,
+            1usize,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            std::ptr::null::<u8>(),
+            std::ptr::null::<u8>(),
+        )
+    };
+    match r {
+        1.. => Peek::Data,
+        0 => Peek::Eof,
+        _ => match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => Peek::Open,
+            _ => Peek::Reset,
+        },
+    }
+}
+
+/// 64 random bits from the kernel (for offer cookies).
+pub(crate) fn random_u64() -> u64 {
+    let mut v = 0u64;
+    // SAFETY: an 8-byte stack buffer of the stated length.
+    let r = unsafe { libc::syscall(libc::SYS_getrandom, &mut v as *mut u64, 8usize, 0u32) };
+    if r != 8 {
+        // getrandom cannot fail for 8 bytes after boot; mix the clock and pid if it somehow did.
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        v = t ^ (std::process::id() as u64).rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15;
+    }
+    v | 1
+}

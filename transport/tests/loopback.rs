@@ -1,0 +1,198 @@
+//! End-to-end over the emulated device on one host: the rendezvous, stream semantics, and which
+//! path carried the bytes (the kernel sockets see none).
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ntbdrv::emu::{Config, EmuDevice, Options};
+use ntbdrv::NtbDevice;
+use socket2::{Domain, Socket, Type};
+use transport::{Connection, Counter, Endpoint, IoError, Outcome, Reason, RecvFlags, Settings, Transport};
+
+struct Dir(std::path::PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn device(tag: &str) -> (Dir, Arc<dyn NtbDevice>) {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let p = std::env::temp_dir().join(format!("transport-{tag}-{}-{n}", std::process::id()));
+    std::fs::create_dir(&p).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let opts = Options { dir: p.clone(), name: "lo".into(), side: 0, config: Config { mw_size: 16 << 20, ..Config::default() } };
+    let dev = EmuDevice::open(&opts).unwrap();
+    (Dir(p), Arc::new(dev))
+}
+
+fn transport(dev: &Arc<dyn NtbDevice>, ring: u64) -> Transport {
+    Transport::open(dev.clone(), Settings { ring_bytes: ring, ..Settings::default() }).unwrap()
+}
+
+/// A connected pair: (client connection, server connection, the kernel sockets).
+fn pair(t: &Transport, ring: u64) -> (Connection, Connection, Socket, std::net::TcpStream) {
+    let _ = ring;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = l.local_addr().unwrap();
+    let listener = t.listen(Endpoint::from_std(server_addr)).unwrap();
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    let local = s.local_addr().unwrap().as_socket().unwrap();
+    let pending = t.offer(Endpoint::from_std(local), Endpoint::from_std(server_addr)).unwrap();
+    s.connect(&server_addr.into()).unwrap();
+    let (srv, peer) = l.accept().unwrap();
+    let sc = t.accept(srv.as_raw_fd(), Endpoint::from_std(server_addr), Endpoint::from_std(peer)).unwrap();
+    let cc = match t.complete(pending, s.as_raw_fd(), true) {
+        Outcome::Connected(c) => c,
+        Outcome::Tcp(r) => panic!("client stayed on TCP: {r}"),
+        Outcome::Waiting(_) => panic!("blocking completion returned Waiting"),
+    };
+    t.unlisten(listener);
+    (cc, sc, s, srv)
+}
+
+fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(2654435761) >> 13) as u8
+}
+
+#[test]
+fn stream_is_intact_in_both_directions() {
+    let (_d, dev) = device("stream");
+    let t = transport(&dev, 64 << 10);
+    let (c, s, ks, kt) = pair(&t, 64 << 10);
+    let total: u64 = std::env::var("T_TOTAL").ok().and_then(|v| v.parse().ok()).unwrap_or(32 << 20);
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let mut sent = 0u64;
+            let mut k = 1usize;
+            while sent < total {
+                let n = ((k * 7919) % 100_000 + 1).min((total - sent) as usize);
+                let buf: Vec<u8> = (sent..sent + n as u64).map(pattern).collect();
+                assert_eq!(c.send(&[&buf], false, None).unwrap(), n);
+                sent += n as u64;
+                k += 1;
+            }
+            c.shutdown(false, true);
+        });
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 70_000];
+        loop {
+            let n = s.recv(&mut [&mut buf[..]], RecvFlags::default(), None).unwrap();
+            if n == 0 {
+                break;
+            }
+            for (i, b) in buf[..n].iter().enumerate() {
+                assert_eq!(*b, pattern(got + i as u64), "byte {}", got + i as u64);
+            }
+            got += n as u64;
+        }
+        assert_eq!(got, total, "EOF after exactly the bytes sent");
+    });
+    // Reverse direction still open after the client's half-close.
+    assert_eq!(s.send(&[b"reply"], false, None).unwrap(), 5);
+    let mut r = [0u8; 16];
+    let n = c.recv(&mut [&mut r[..]], RecvFlags { waitall: false, ..Default::default() }, Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(&r[..n], b"reply");
+    assert_eq!(c.counter(Counter::TxBytes), total);
+    assert_eq!(s.counter(Counter::RxBytes), total);
+    // The kernel sockets carried nothing.
+    kt.set_nonblocking(true).unwrap();
+    let mut probe = [0u8; 1];
+    let e = kt.peek(&mut probe).expect_err("no byte ever crossed the TCP socket");
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    drop(ks);
+}
+
+#[test]
+fn peek_waitall_nonblock_and_timeouts() {
+    let (_d, dev) = device("flags");
+    let t = transport(&dev, 16 << 10);
+    let (c, s, _ks, _kt) = pair(&t, 16 << 10);
+    let mut b = [0u8; 8];
+    assert_eq!(s.recv(&mut [&mut b[..]], RecvFlags { nonblock: true, ..Default::default() }, None), Err(IoError::WouldBlock));
+    assert_eq!(s.recv(&mut [&mut b[..]], RecvFlags::default(), Some(Duration::from_millis(30))), Err(IoError::TimedOut));
+    c.send(&[b"abc", b"def"], false, None).unwrap();
+    assert_eq!(s.readable_bytes(), 6);
+    let n = s.recv(&mut [&mut b[..4]], RecvFlags { peek: true, ..Default::default() }, None).unwrap();
+    assert_eq!(&b[..n], b"abcd");
+    let n = s.recv(&mut [&mut b[..2], &mut [0u8; 0][..]], RecvFlags::default(), None).unwrap();
+    assert_eq!(&b[..n], b"ab");
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            c.send(&[b"ghij"], false, None).unwrap();
+        });
+        let mut w = [0u8; 8];
+        let n = s.recv(&mut [&mut w[..]], RecvFlags { waitall: true, ..Default::default() }, None).unwrap();
+        assert_eq!(&w[..n], b"cdefghij", "MSG_WAITALL gathers across frames");
+    });
+    // A full ring: non-blocking send takes what fits, then EAGAIN.
+    let big = vec![1u8; 64 << 10];
+    let n = c.send(&[&big], true, None).unwrap();
+    assert!(n > 0 && n < big.len());
+    assert_eq!(c.send(&[&big], true, None), Err(IoError::WouldBlock));
+    assert_eq!(c.send(&[&big], false, Some(Duration::from_millis(30))), Err(IoError::TimedOut));
+    assert!(!c.readiness().writable);
+    let mut sink = vec![0u8; 1 << 20];
+    s.recv(&mut [&mut sink[..]], RecvFlags::default(), None).unwrap();
+    assert!(c.readiness().writable, "credits returned make the sender writable");
+}
+
+#[test]
+fn close_gives_eof_then_epipe() {
+    let (_d, dev) = device("close");
+    let t = transport(&dev, 16 << 10);
+    let (c, s, _ks, _kt) = pair(&t, 16 << 10);
+    c.send(&[b"last"], false, None).unwrap();
+    drop(c);
+    let mut b = [0u8; 8];
+    assert_eq!(s.recv(&mut [&mut b[..]], RecvFlags::default(), None).unwrap(), 4);
+    assert_eq!(s.recv(&mut [&mut b[..]], RecvFlags::default(), None).unwrap(), 0, "EOF after the data");
+    assert!(s.readiness().rdhup);
+    assert_eq!(s.send(&[b"x"], false, None), Err(IoError::BrokenPipe));
+}
+
+#[test]
+fn close_with_unread_data_resets() {
+    let (_d, dev) = device("rst");
+    let t = transport(&dev, 16 << 10);
+    let (c, s, _ks, _kt) = pair(&t, 16 << 10);
+    s.send(&[b"unread"], false, None).unwrap();
+    drop(c); // the client never read "unread": TCP would send RST
+    let mut b = [0u8; 8];
+    assert_eq!(s.recv(&mut [&mut b[..]], RecvFlags::default(), None), Err(IoError::Reset));
+}
+
+#[test]
+fn no_listener_means_tcp() {
+    let (_d, dev) = device("nolistener");
+    let t = transport(&dev, 16 << 10);
+    let r = t.offer(Endpoint::from_std("127.0.0.1:40000".parse().unwrap()), Endpoint::from_std("127.0.0.1:40001".parse().unwrap()));
+    assert_eq!(r.err(), Some(Reason::NoListener));
+}
+
+#[test]
+fn accept_without_offer_is_tcp() {
+    let (_d, dev) = device("nooffer");
+    let t = transport(&dev, 16 << 10);
+    let r = t.accept(0, Endpoint::from_std("127.0.0.1:5001".parse().unwrap()), Endpoint::from_std("127.0.0.1:40000".parse().unwrap()));
+    assert_eq!(r.err(), Some(Reason::NoOffer));
+}
+
+#[test]
+fn many_connections_return_their_window_space() {
+    let (_d, dev) = device("many");
+    let t = transport(&dev, 64 << 10);
+    for _ in 0..300 {
+        let (c, s, _a, _b) = pair(&t, 64 << 10);
+        c.send(&[b"x"], false, None).unwrap();
+        let mut b = [0u8; 1];
+        s.recv(&mut [&mut b[..]], RecvFlags::default(), None).unwrap();
+        drop(c);
+        drop(s);
+    }
+}
