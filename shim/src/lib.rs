@@ -1,2 +1,18 @@
-//! libpcisock.so (work in progress).
+//! `libpcisock.so`: the LD_PRELOAD interposer.
+//!
+//! It only intercepts libc socket calls, keeps the fd side table, and delegates: `ops` decides
+//! what a call does for a tracked fd, `transport` carries the bytes. Untracked fds pay one table
+//! load and go to the real function. The shim never writes to the application's stdout or
+//! stderr unless `PCISOCK_LOG` asks (or the configuration is bad: one message at start).
 #![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod config;
+mod global;
+#[cfg(not(test))]
+mod hooks;
+mod ops;
+mod real;
+mod sock;
+mod sys;
+mod table;

@@ -23,7 +23,7 @@ pub(crate) fn poll2(a: RawFd, b: RawFd, timeout: Option<Duration>) -> Result<i32
     });
     let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: `fds` is a live array of 2 pollfds; `tsp` is null or a live timespec; no signal
-    // mask is passed (null, size 0... the kernel ignores sigsetsize when the mask is null).
+    // mask is passed (null).
     let r = unsafe { libc::syscall(libc::SYS_ppoll, fds.as_mut_ptr(), 2usize, tsp, std::ptr::null::<u8>(), 8usize) };
     if r < 0 {
         Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
@@ -78,4 +78,27 @@ pub(crate) fn random_u64() -> u64 {
         v = t ^ (std::process::id() as u64).rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15;
     }
     v | 1
+}
+
+/// Read up to `len` bytes from `fd` (at `offset`, or at the file position if `None`) straight
+/// into `region` at `at` — e.g. a file into the peer's ring with no staging copy. Returns the
+/// bytes read or the errno.
+pub(crate) fn read_into_region(fd: RawFd, region: &ntbdrv::Region, at: usize, len: usize, offset: Option<i64>) -> Result<usize, i32> {
+    if at.checked_add(len).is_none_or(|end| end > region.len()) {
+        return Err(libc::EFAULT);
+    }
+    // SAFETY: `at..at+len` lies inside the region (checked), which stays mapped while borrowed.
+    let dst = unsafe { region.as_ptr().add(at) };
+    // SAFETY: the kernel writes at most `len` bytes at `dst`, inside the region.
+    let r = unsafe {
+        match offset {
+            Some(off) => libc::syscall(libc::SYS_pread64, fd, dst, len, off),
+            None => libc::syscall(libc::SYS_read, fd, dst, len),
+        }
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    } else {
+        Ok(r as usize)
+    }
 }

@@ -1,0 +1,216 @@
+//! Process-wide state of the shim: configuration, the transport (opened on first use), logging
+//! and the per-process statistics file.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
+
+use transport::{Counter, Reason, Transport};
+
+use crate::config::{Config, LogLevel, Role};
+use crate::sock::{Sock, State};
+use crate::{sys, table};
+
+pub struct Global {
+    pub config: Config,
+    pub program: String,
+    pub log: LogLevel,
+    pub stats_file: Option<PathBuf>,
+    transport: OnceLock<Result<Transport, String>>,
+    closed: Mutex<Vec<Record>>,
+    pub ntb_connections: AtomicU64,
+    pub tcp_connections: AtomicU64,
+}
+
+static GLOBAL: OnceLock<Global> = OnceLock::new();
+
+/// The process's shim state, built on first use from the environment.
+pub fn get() -> &'static Global {
+    GLOBAL.get_or_init(|| {
+        let (config, errors) = Config::from_env();
+        let log = config.log_level();
+        let program = std::env::args_os()
+            .next()
+            .and_then(|a| std::path::Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
+            .unwrap_or_default();
+        // Bad configuration: one clear line at start (unless logging is explicitly off), then
+        // the app runs with everything passed through.
+        let explicit_off = std::env::var("PCISOCK_LOG").is_ok_and(|v| v.trim().eq_ignore_ascii_case("off") || v.trim() == "0");
+        if !errors.is_empty() && !explicit_off {
+            let mut m = String::from("pcisock: bad configuration, passing every socket through to TCP");
+            if config.strict() {
+                m = String::from("pcisock: bad configuration and PCISOCK_STRICT=1: flagged connections will fail");
+            }
+            for e in &errors {
+                let _ = write!(m, "\npcisock:   {e}");
+            }
+            m.push('\n');
+            sys::log_raw(&m);
+        }
+        let stats_file = std::env::var_os("PCISOCK_STATS_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
+        Global {
+            config,
+            program,
+            log,
+            stats_file,
+            transport: OnceLock::new(),
+            closed: Mutex::new(Vec::new()),
+            ntb_connections: AtomicU64::new(0),
+            tcp_connections: AtomicU64::new(0),
+        }
+    })
+}
+
+impl Global {
+    /// Log a message at `level` if `PCISOCK_LOG` allows it (raw write to stderr).
+    pub fn log(&self, level: LogLevel, msg: impl FnOnce() -> String) {
+        if self.log != LogLevel::Off && self.log.enables(level) {
+            let mut m = format!("pcisock[{}]: ", std::process::id());
+            m.push_str(&msg());
+            m.push('\n');
+            sys::log_raw(&m);
+        }
+    }
+
+    /// The transport, opened on first use; `Err` says why it cannot be.
+    pub fn transport(&self) -> Result<&Transport, &str> {
+        self.transport
+            .get_or_init(|| {
+                let r = Transport::open_from_env().map_err(|e| e.to_string());
+                if let Err(e) = &r {
+                    self.log(LogLevel::Warn, || format!("NTB transport unavailable: {e}"));
+                }
+                r
+            })
+            .as_ref()
+            .map_err(|e| e.as_str())
+    }
+
+    /// A tracked fd is closing: keep its record and rewrite the statistics file.
+    pub fn retire(&self, sock: &Sock) {
+        if let Some(rec) = Record::of(sock) {
+            if let Ok(mut c) = self.closed.lock() {
+                c.push(rec);
+            }
+            self.write_stats();
+        }
+    }
+
+    /// Write the statistics file (`PCISOCK_STATS_FILE`), if asked for: totals over closed and
+    /// live connections. Written to a temporary file and renamed, so readers never see half.
+    pub fn write_stats(&self) {
+        let Some(path) = &self.stats_file else { return };
+        let mut recs: Vec<Record> = self.closed.lock().map(|c| c.clone()).unwrap_or_default();
+        recs.extend(table::snapshot().iter().filter_map(|(_, s)| Record::of(s)));
+        if recs.is_empty() && self.ntb_connections.load(Relaxed) == 0 && self.tcp_connections.load(Relaxed) == 0 {
+            // Nothing flagged happened here (e.g. a wrapper like `timeout` that inherited the
+            // variable): leave the file to the process that has something to say.
+            return;
+        }
+        let sum = |f: fn(&Record) -> u64| recs.iter().map(f).sum::<u64>();
+        let mut j = String::new();
+        let _ = write!(
+            j,
+            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"connections\":[",
+            std::process::id(),
+            json_str(&self.program),
+            self.ntb_connections.load(Relaxed),
+            self.tcp_connections.load(Relaxed),
+            sum(|r| if r.ntb { r.tx } else { 0 }),
+            sum(|r| if r.ntb { r.rx } else { 0 }),
+            sum(|r| if r.ntb { 0 } else { r.tx }),
+            sum(|r| if r.ntb { 0 } else { r.rx }),
+            sum(|r| r.dma),
+            sum(|r| r.cpu),
+            sum(|r| r.doorbells),
+            sum(|r| r.polls),
+        );
+        for (i, r) in recs.iter().enumerate() {
+            if i > 0 {
+                j.push(',');
+            }
+            let _ = write!(
+                j,
+                "{{\"role\":\"{}\",\"path\":\"{}\",\"reason\":{},\"local\":\"{}\",\"peer\":\"{}\",\"tx_bytes\":{},\"rx_bytes\":{}}}",
+                r.role,
+                if r.ntb { "ntb" } else { "tcp" },
+                r.reason.map_or("null".to_string(), |x| format!("\"{x}\"")),
+                r.local,
+                r.peer,
+                r.tx,
+                r.rx
+            );
+        }
+        j.push_str("]}\n");
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, j).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// One connection in the statistics file.
+#[derive(Clone)]
+struct Record {
+    role: Role,
+    ntb: bool,
+    reason: Option<Reason>,
+    local: std::net::SocketAddr,
+    peer: std::net::SocketAddr,
+    tx: u64,
+    rx: u64,
+    dma: u64,
+    cpu: u64,
+    doorbells: u64,
+    polls: u64,
+}
+
+impl Record {
+    fn of(s: &Sock) -> Option<Record> {
+        let base = |ntb, reason| Record {
+            role: s.role,
+            ntb,
+            reason,
+            local: s.local.to_std(),
+            peer: s.peer.to_std(),
+            tx: 0,
+            rx: 0,
+            dma: 0,
+            cpu: 0,
+            doorbells: 0,
+            polls: 0,
+        };
+        if let Some(c) = s.conn.get() {
+            return Some(Record {
+                tx: c.counter(Counter::TxBytes),
+                rx: c.counter(Counter::RxBytes),
+                dma: c.counter(Counter::DmaCopies),
+                cpu: c.counter(Counter::CpuCopies),
+                doorbells: c.counter(Counter::DoorbellsRung),
+                polls: c.counter(Counter::Polls),
+                ..base(true, None)
+            });
+        }
+        match &*s.state.lock().ok()? {
+            State::Tcp(r) => Some(Record { tx: s.tcp_tx.load(Relaxed), rx: s.tcp_rx.load(Relaxed), ..base(false, Some(*r)) }),
+            _ => None,
+        }
+    }
+}

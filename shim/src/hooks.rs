@@ -1,0 +1,707 @@
+//! The exported hooks: each has the C signature of the libc function it replaces, checks the fd
+//! side table, and either calls the real function (an untracked fd pays one table load) or
+//! hands plain Rust values to `ops`. errno is set here, in one place (`finish`), and preserved
+//! on every path we do not handle ourselves. A panic inside our handling is caught and becomes
+//! EIO; it never crosses into the application.
+//!
+//! Compiled out of the crate's own unit tests (`cfg(not(test))`), so the test binary does not
+//! interpose on itself. The exported list is `shim/exports.txt` (checked by the build script).
+//!
+//! # Safety
+//! The hooks receive raw pointers from the application with the contracts of their libc
+//! counterparts (a buffer of `n` bytes, an iovec array of `iovcnt` entries, …). Each block
+//! builds slices only from non-null pointers and the lengths the same call carries.
+#![allow(unsafe_code)]
+#![allow(clippy::missing_safety_doc)]
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use libc::{c_int, c_ulong, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
+
+use crate::ops::{self, DataPath, Detour};
+use crate::{global, real, sys, table};
+
+/// Run our handling of a call, catching panics (→ EIO).
+fn guard<T>(f: impl FnOnce() -> Result<T, c_int>) -> Result<T, c_int> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(libc::EIO))
+}
+
+/// Turn our result into the C convention: the value, or -1 with errno.
+fn finish<T: From<i8>>(r: Result<T, c_int>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => {
+            sys::set_errno(e);
+            T::from(-1)
+        }
+    }
+}
+
+fn fin_ssize(r: Result<usize, c_int>) -> ssize_t {
+    finish(r.map(|n| n as ssize_t))
+}
+
+macro_rules! call_real {
+    ($name:ident ( $($a:expr),* )) => {
+        match real::$name() {
+            // SAFETY: forwarding the application's own arguments to the real function.
+            Some(f) => unsafe { f($($a),*) },
+            None => {
+                sys::set_errno(libc::ENOSYS);
+                -1
+            }
+        }
+    };
+}
+
+/// Bytes at `buf` (`n` long) as a slice; empty if null or zero.
+unsafe fn slice<'a>(buf: *const c_void, n: size_t) -> &'a [u8] {
+    if buf.is_null() || n == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller passes the application's buffer and its length.
+        unsafe { std::slice::from_raw_parts(buf as *const u8, n) }
+    }
+}
+
+unsafe fn slice_mut<'a>(buf: *mut c_void, n: size_t) -> &'a mut [u8] {
+    if buf.is_null() || n == 0 {
+        &mut []
+    } else {
+        // SAFETY: the caller passes the application's buffer and its length.
+        unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, n) }
+    }
+}
+
+unsafe fn iovecs<'a>(iov: *const iovec, n: c_int) -> Result<Vec<&'a [u8]>, c_int> {
+    if n < 0 || n > libc::UIO_MAXIOV {
+        return Err(libc::EINVAL);
+    }
+    if n == 0 || iov.is_null() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: `iov` holds `n` iovecs (the application's contract).
+    let v = unsafe { std::slice::from_raw_parts(iov, n as usize) };
+    // SAFETY: each iovec describes a readable buffer.
+    Ok(v.iter().map(|e| unsafe { slice(e.iov_base, e.iov_len) }).collect())
+}
+
+unsafe fn iovecs_mut<'a>(iov: *const iovec, n: c_int) -> Result<Vec<&'a mut [u8]>, c_int> {
+    if n < 0 || n > libc::UIO_MAXIOV {
+        return Err(libc::EINVAL);
+    }
+    if n == 0 || iov.is_null() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: `iov` holds `n` iovecs (the application's contract).
+    let v = unsafe { std::slice::from_raw_parts(iov, n as usize) };
+    // SAFETY: each iovec describes a writable buffer, and they do not overlap.
+    Ok(v.iter().map(|e| unsafe { slice_mut(e.iov_base, e.iov_len) }).collect())
+}
+
+// ---- data ------------------------------------------------------------------------------------
+
+/// Receive on a tracked fd; `None` means "use the kernel socket" (bytes counted by the caller).
+fn do_recv(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Option<Result<usize, c_int>> {
+    match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
+        Err(e) => Some(Err(e)),
+        Ok(DataPath::Ntb(s, c)) => Some(guard(|| ops::recv(&s, &c, bufs, flags))),
+        Ok(DataPath::Kernel) => None,
+    }
+}
+
+fn do_send(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Result<usize, c_int>> {
+    match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
+        Err(e) => Some(Err(e)),
+        Ok(DataPath::Ntb(s, c)) => Some(guard(|| ops::send(&s, &c, bufs, flags))),
+        Ok(DataPath::Kernel) => None,
+    }
+}
+
+/// Count bytes a flagged-but-TCP connection moved over the kernel socket.
+fn count_kernel(fd: c_int, r: ssize_t, tx: bool) -> ssize_t {
+    if r > 0 {
+        if let Some(s) = table::get(fd) {
+            let c = if tx { &s.tcp_tx } else { &s.tcp_rx };
+            c.fetch_add(r as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    if !table::contains(fd) {
+        return call_real!(read(fd, buf, n));
+    }
+    // SAFETY: the application's buffer of `n` bytes.
+    let b = unsafe { slice_mut(buf, n) };
+    match do_recv(fd, &mut [b], 0) {
+        Some(r) => fin_ssize(r),
+        None => count_kernel(fd, call_real!(read(fd, buf, n)), false),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t {
+    if n > buflen {
+        // The fortified caller's buffer is smaller than the read: glibc aborts here too.
+        std::process::abort();
+    }
+    // SAFETY: same contract as read.
+    unsafe { read(fd, buf, n) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    if !table::contains(fd) {
+        return call_real!(write(fd, buf, n));
+    }
+    // SAFETY: the application's buffer of `n` bytes.
+    let b = unsafe { slice(buf, n) };
+    match do_send(fd, &[b], 0) {
+        Some(r) => fin_ssize(r),
+        None => count_kernel(fd, call_real!(write(fd, buf, n)), true),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
+    if !table::contains(fd) {
+        return call_real!(readv(fd, iov, cnt));
+    }
+    // SAFETY: the application's iovec array.
+    let mut bufs = match unsafe { iovecs_mut(iov, cnt) } {
+        Ok(b) => b,
+        Err(e) => return fin_ssize(Err(e)),
+    };
+    match do_recv(fd, &mut bufs, 0) {
+        Some(r) => fin_ssize(r),
+        None => count_kernel(fd, call_real!(readv(fd, iov, cnt)), false),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
+    if !table::contains(fd) {
+        return call_real!(writev(fd, iov, cnt));
+    }
+    // SAFETY: the application's iovec array.
+    let bufs = match unsafe { iovecs(iov, cnt) } {
+        Ok(b) => b,
+        Err(e) => return fin_ssize(Err(e)),
+    };
+    match do_send(fd, &bufs, 0) {
+        Some(r) => fin_ssize(r),
+        None => count_kernel(fd, call_real!(writev(fd, iov, cnt)), true),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
+    if !table::contains(fd) {
+        return call_real!(recv(fd, buf, n, flags));
+    }
+    // SAFETY: the application's buffer of `n` bytes.
+    let b = unsafe { slice_mut(buf, n) };
+    match do_recv(fd, &mut [b], flags) {
+        Some(r) => fin_ssize(r),
+        None => count_kernel(fd, call_real!(recv(fd, buf, n, flags)), false),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __recv_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int) -> ssize_t {
+    if n > buflen {
+        std::process::abort();
+    }
+    // SAFETY: same contract as recv.
+    unsafe { recv(fd, buf, n, flags) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, alen: *mut socklen_t) -> ssize_t {
+    if !table::contains(fd) {
+        return call_real!(recvfrom(fd, buf, n, flags, addr, alen));
+    }
+    // SAFETY: the application's buffer of `n` bytes.
+    let b = unsafe { slice_mut(buf, n) };
+    match do_recv(fd, &mut [b], flags) {
+        Some(r) => {
+            if r.is_ok() && !alen.is_null() {
+                // A connected stream socket reports no source address.
+                // SAFETY: the application passed a valid length pointer.
+                unsafe { *alen = 0 };
+            }
+            fin_ssize(r)
+        }
+        None => count_kernel(fd, call_real!(recvfrom(fd, buf, n, flags, addr, alen)), false),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __recvfrom_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int, addr: *mut sockaddr, alen: *mut socklen_t) -> ssize_t {
+    if n > buflen {
+        std::process::abort();
+    }
+    // SAFETY: same contract as recvfrom.
+    unsafe { recvfrom(fd, buf, n, flags, addr, alen) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
+    if !table::contains(fd) {
+        return call_real!(send(fd, buf, n, flags));
+    }
+    // SAFETY: the application's buffer of `n` bytes.
+    let b = unsafe { slice(buf, n) };
+    match do_send(fd, &[b], flags) {
+        Some(r) => fin_ssize(r),
+        None => count_kernel(fd, call_real!(send(fd, buf, n, flags)), true),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, alen: socklen_t) -> ssize_t {
+    if !table::contains(fd) {
+        return call_real!(sendto(fd, buf, n, flags, addr, alen));
+    }
+    // SAFETY: the application's buffer of `n` bytes.
+    let b = unsafe { slice(buf, n) };
+    match do_send(fd, &[b], flags) {
+        Some(r) => fin_ssize(r),
+        None => count_kernel(fd, call_real!(sendto(fd, buf, n, flags, addr, alen)), true),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    if !table::contains(fd) || msg.is_null() {
+        return call_real!(recvmsg(fd, msg, flags));
+    }
+    // SAFETY: the application's msghdr.
+    let m = unsafe { &mut *msg };
+    // SAFETY: its iovec array.
+    let mut bufs = match unsafe { iovecs_mut(m.msg_iov, m.msg_iovlen as c_int) } {
+        Ok(b) => b,
+        Err(e) => return fin_ssize(Err(e)),
+    };
+    match do_recv(fd, &mut bufs, flags) {
+        Some(r) => {
+            if r.is_ok() {
+                m.msg_namelen = 0;
+                m.msg_controllen = 0;
+                m.msg_flags = 0;
+            }
+            fin_ssize(r)
+        }
+        None => count_kernel(fd, call_real!(recvmsg(fd, msg, flags)), false),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    if !table::contains(fd) || msg.is_null() {
+        return call_real!(sendmsg(fd, msg, flags));
+    }
+    // SAFETY: the application's msghdr.
+    let m = unsafe { &*msg };
+    // SAFETY: its iovec array.
+    let bufs = match unsafe { iovecs(m.msg_iov, m.msg_iovlen as c_int) } {
+        Ok(b) => b,
+        Err(e) => return fin_ssize(Err(e)),
+    };
+    match do_send(fd, &bufs, flags) {
+        Some(r) => fin_ssize(r),
+        None => count_kernel(fd, call_real!(sendmsg(fd, msg, flags)), true),
+    }
+}
+
+fn do_sendfile(out_fd: c_int, in_fd: c_int, off: Option<&mut i64>, n: size_t) -> Option<Result<usize, c_int>> {
+    match ops::data_path(out_fd, false)? {
+        Err(e) => Some(Err(e)),
+        Ok(DataPath::Ntb(s, c)) => Some(guard(|| ops::sendfile(&s, &c, in_fd, off, n))),
+        Ok(DataPath::Kernel) => None,
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn sendfile(out_fd: c_int, in_fd: c_int, off: *mut libc::off_t, n: size_t) -> ssize_t {
+    if !table::contains(out_fd) {
+        return call_real!(sendfile(out_fd, in_fd, off, n));
+    }
+    // SAFETY: `off` is null or the application's offset.
+    let o = unsafe { off.as_mut() };
+    match do_sendfile(out_fd, in_fd, o, n) {
+        Some(r) => fin_ssize(r),
+        None => count_kernel(out_fd, call_real!(sendfile(out_fd, in_fd, off, n)), true),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn sendfile64(out_fd: c_int, in_fd: c_int, off: *mut libc::off64_t, n: size_t) -> ssize_t {
+    if !table::contains(out_fd) {
+        return call_real!(sendfile64(out_fd, in_fd, off, n));
+    }
+    // SAFETY: `off` is null or the application's offset.
+    let o = unsafe { off.as_mut() };
+    match do_sendfile(out_fd, in_fd, o, n) {
+        Some(r) => fin_ssize(r),
+        None => count_kernel(out_fd, call_real!(sendfile64(out_fd, in_fd, off, n)), true),
+    }
+}
+
+// ---- connection life cycle ---------------------------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
+    let fd = call_real!(socket(domain, ty, proto));
+    if fd >= 0 && table::contains(fd) {
+        // The kernel reused the number of an fd closed behind our back.
+        drop(table::remove(fd));
+    }
+    fd
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    let r = call_real!(listen(fd, backlog));
+    if r != 0 {
+        return r;
+    }
+    let e = sys::errno();
+    match guard(|| ops::after_listen(fd)) {
+        Ok(()) => {
+            sys::set_errno(e);
+            0
+        }
+        Err(err) => finish(Err(err)),
+    }
+}
+
+fn accepted(lfd: c_int, fd: c_int, nonblock: bool) -> c_int {
+    if fd < 0 {
+        return fd;
+    }
+    if !table::contains(lfd) {
+        if table::contains(fd) {
+            drop(table::remove(fd));
+        }
+        return fd;
+    }
+    let e = sys::errno();
+    match guard(|| ops::after_accept(lfd, fd, nonblock)) {
+        Ok(()) => {
+            sys::set_errno(e);
+            fd
+        }
+        Err(err) => finish(Err(err)),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let nfd = call_real!(accept(fd, addr, len));
+    accepted(fd, nfd, false)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    let nfd = call_real!(accept4(fd, addr, len, flags));
+    accepted(fd, nfd, flags & libc::SOCK_NONBLOCK != 0)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: the application's address of `len` bytes.
+    let a = unsafe { sys::decode_addr(addr, len) };
+    let real = || call_real!(connect(fd, addr, len));
+    match guard(|| match ops::connect(fd, a, real) {
+        Detour::Bypass => Err(i32::MIN),
+        Detour::Ours(r) => r,
+    }) {
+        Err(i32::MIN) => call_real!(connect(fd, addr, len)),
+        r => finish(r),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if table::contains(fd) {
+        let _ = guard(|| {
+            ops::before_close(fd);
+            Ok(())
+        });
+    }
+    call_real!(close(fd))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
+    if !table::contains(fd) {
+        return call_real!(shutdown(fd, how));
+    }
+    match ops::shutdown(fd, how) {
+        Detour::Bypass => call_real!(shutdown(fd, how)),
+        Detour::Ours(r) => finish(r),
+    }
+}
+
+// ---- fd control ------------------------------------------------------------------------------
+
+fn after_fcntl(fd: c_int, cmd: c_int, arg: c_ulong, r: c_int) -> c_int {
+    if r < 0 || !table::contains(fd) {
+        return r;
+    }
+    match cmd {
+        libc::F_SETFL => ops::set_nonblock(fd, arg as c_int & libc::O_NONBLOCK != 0),
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => ops::after_dup(fd, r),
+        _ => {}
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = call_real!(fcntl(fd, cmd, arg));
+    after_fcntl(fd, cmd, arg, r)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let r = call_real!(fcntl64(fd, cmd, arg));
+    after_fcntl(fd, cmd, arg, r)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
+    if !table::contains(fd) {
+        return call_real!(ioctl(fd, req, arg));
+    }
+    if req == libc::FIONREAD as c_ulong && arg != 0 {
+        if let Some(n) = ops::readable_bytes(fd) {
+            // SAFETY: FIONREAD's argument is an int the application owns.
+            unsafe { *(arg as *mut c_int) = n.min(c_int::MAX as usize) as c_int };
+            return 0;
+        }
+    }
+    let r = call_real!(ioctl(fd, req, arg));
+    if r == 0 && req == libc::FIONBIO as c_ulong && arg != 0 {
+        // SAFETY: FIONBIO's argument is an int the application owns.
+        ops::set_nonblock(fd, unsafe { *(arg as *const c_int) } != 0);
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
+    let r = call_real!(setsockopt(fd, level, name, val, len));
+    if r == 0
+        && table::contains(fd)
+        && level == libc::SOL_SOCKET
+        && (name == libc::SO_RCVTIMEO || name == libc::SO_SNDTIMEO)
+        && !val.is_null()
+        && len as usize >= std::mem::size_of::<libc::timeval>()
+    {
+        // SAFETY: the option value is a timeval of the given length.
+        let tv = unsafe { *(val as *const libc::timeval) };
+        ops::set_timeout(fd, name == libc::SO_RCVTIMEO, tv);
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    let r = call_real!(dup(fd));
+    if r >= 0 && (table::contains(fd) || table::contains(r)) {
+        ops::after_dup(fd, r);
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    let r = call_real!(dup2(old, new));
+    if r >= 0 && (table::contains(old) || table::contains(new)) {
+        ops::after_dup(old, new);
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    let r = call_real!(dup3(old, new, flags));
+    if r >= 0 && (table::contains(old) || table::contains(new)) {
+        ops::after_dup(old, new);
+    }
+    r
+}
+
+// ---- readiness -------------------------------------------------------------------------------
+
+fn real_ppoll(set: &mut [libc::pollfd], timeout: Option<Duration>, mask: *const libc::sigset_t) -> c_int {
+    let ts = timeout.map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as libc::c_long });
+    let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    call_real!(ppoll(set.as_mut_ptr(), set.len() as libc::nfds_t, tsp, mask))
+}
+
+fn poll_with(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: Option<Duration>, mask: *const libc::sigset_t) -> Option<c_int> {
+    if fds.is_null() || n == 0 || !table::any() {
+        return None;
+    }
+    // SAFETY: the application's array of `n` pollfds.
+    let set = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
+    let real = |s: &mut [libc::pollfd], t: Option<Duration>| real_ppoll(s, t, mask);
+    match guard(|| match ops::poll(set, timeout, &real) {
+        Detour::Bypass => Err(i32::MIN),
+        Detour::Ours(r) => r,
+    }) {
+        Err(i32::MIN) => None,
+        r => Some(finish(r)),
+    }
+}
+
+fn ms(timeout: c_int) -> Option<Duration> {
+    (timeout >= 0).then(|| Duration::from_millis(timeout as u64))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
+    match poll_with(fds, n, ms(timeout), std::ptr::null()) {
+        Some(r) => r,
+        None => call_real!(poll(fds, n, timeout)),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __poll_chk(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int, fdslen: size_t) -> c_int {
+    if (fdslen / std::mem::size_of::<libc::pollfd>()) < n as usize {
+        std::process::abort();
+    }
+    // SAFETY: same contract as poll.
+    unsafe { poll(fds, n, timeout) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
+    // SAFETY: `ts` is null or the application's timespec.
+    let t = unsafe { ts.as_ref() }.map(|t| Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32));
+    match poll_with(fds, n, t, mask) {
+        Some(r) => r,
+        None => call_real!(ppoll(fds, n, ts, mask)),
+    }
+}
+
+/// select/pselect over tracked fds, through `ops::poll`.
+fn select_with(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, timeout: Option<Duration>, mask: *const libc::sigset_t) -> Option<c_int> {
+    if !table::any() || !(0..=libc::FD_SETSIZE as c_int).contains(&nfds) {
+        return None;
+    }
+    // SAFETY: each set is null or the application's fd_set; FD_ISSET reads within it.
+    let isset = |s: *mut libc::fd_set, fd: c_int| !s.is_null() && unsafe { libc::FD_ISSET(fd, s) };
+    if !(0..nfds).any(|fd| (isset(r, fd) || isset(w, fd) || isset(e, fd)) && table::contains(fd)) {
+        return None;
+    }
+    let mut set: Vec<libc::pollfd> = (0..nfds)
+        .filter_map(|fd| {
+            let mut ev = 0;
+            if isset(r, fd) {
+                ev |= libc::POLLIN;
+            }
+            if isset(w, fd) {
+                ev |= libc::POLLOUT;
+            }
+            if isset(e, fd) {
+                ev |= libc::POLLPRI;
+            }
+            (ev != 0).then_some(libc::pollfd { fd, events: ev, revents: 0 })
+        })
+        .collect();
+    let real = |s: &mut [libc::pollfd], t: Option<Duration>| real_ppoll(s, t, mask);
+    let res = guard(|| match ops::poll(&mut set, timeout, &real) {
+        Detour::Bypass => {
+            let n = real(&mut set, timeout);
+            if n < 0 {
+                Err(sys::errno())
+            } else {
+                Ok(n)
+            }
+        }
+        Detour::Ours(x) => x,
+    });
+    let n = match res {
+        Ok(n) => n,
+        Err(err) => return Some(finish(Err(err))),
+    };
+    let _ = n;
+    for s in [r, w, e] {
+        if !s.is_null() {
+            // SAFETY: the application's fd_set.
+            unsafe { libc::FD_ZERO(s) };
+        }
+    }
+    let mut count = 0;
+    for p in &set {
+        let bad = p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0;
+        // SAFETY: `p.fd < nfds <= FD_SETSIZE`, inside the application's fd_sets.
+        unsafe {
+            if !r.is_null() && p.events & libc::POLLIN != 0 && (p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0) {
+                libc::FD_SET(p.fd, r);
+                count += 1;
+            }
+            if !w.is_null() && p.events & libc::POLLOUT != 0 && (p.revents & (libc::POLLOUT | libc::POLLERR) != 0 || bad && p.revents & libc::POLLERR != 0) {
+                libc::FD_SET(p.fd, w);
+                count += 1;
+            }
+            if !e.is_null() && p.events & libc::POLLPRI != 0 && p.revents & libc::POLLPRI != 0 {
+                libc::FD_SET(p.fd, e);
+                count += 1;
+            }
+        }
+    }
+    Some(count)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn select(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int {
+    // SAFETY: `tv` is null or the application's timeval.
+    let t = unsafe { tv.as_ref() }.map(|t| Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.clamp(0, 999_999) * 1000) as u32));
+    match select_with(nfds, r, w, e, t, std::ptr::null()) {
+        Some(n) => n,
+        None => call_real!(select(nfds, r, w, e, tv)),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pselect(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
+    // SAFETY: `ts` is null or the application's timespec.
+    let t = unsafe { ts.as_ref() }.map(|t| Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32));
+    match select_with(nfds, r, w, e, t, mask) {
+        Some(n) => n,
+        None => call_real!(pselect(nfds, r, w, e, ts, mask)),
+    }
+}
+
+// ---- load and exit ---------------------------------------------------------------------------
+
+extern "C" fn at_exit() {
+    let _ = std::panic::catch_unwind(|| global::get().write_stats());
+}
+
+extern "C" fn init() {
+    real::resolve_all();
+    std::panic::set_hook(Box::new(|info| {
+        let g = global::get();
+        g.log(crate::config::LogLevel::Error, || format!("internal error (the call fails with EIO): {info}"));
+    }));
+    let g = global::get();
+    if g.stats_file.is_some() {
+        // SAFETY: registering a plain extern "C" fn with no arguments.
+        unsafe { libc::atexit(at_exit) };
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;

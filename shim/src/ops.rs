@@ -1,0 +1,548 @@
+//! What each intercepted call does for a tracked fd. Every op returns a [`Detour`]: either the
+//! result of our own handling, or [`Detour::Bypass`] — call the real libc function unchanged.
+//! Ops take plain Rust values (slices, addresses); `hooks` turns C arguments into them and back.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libc::c_int;
+use transport::{Connection, Endpoint, IoError, Outcome, Reason, RecvFlags};
+
+use crate::config::{LogLevel, Role};
+use crate::global::{self, Global};
+use crate::sock::{Sock, State};
+use crate::{sys, table};
+
+/// Our result (a value, or an errno), or "call the real function".
+pub enum Detour<T> {
+    Ours(Result<T, c_int>),
+    Bypass,
+}
+
+fn is_stream_inet(fd: c_int) -> bool {
+    let ty = sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE);
+    let dom = sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN);
+    ty == Some(libc::SOCK_STREAM) && matches!(dom, Some(libc::AF_INET) | Some(libc::AF_INET6))
+}
+
+fn io_errno(e: IoError) -> c_int {
+    match e {
+        IoError::WouldBlock | IoError::TimedOut => libc::EAGAIN,
+        IoError::BrokenPipe | IoError::ShutDown => libc::EPIPE,
+        IoError::Reset | IoError::Protocol => libc::ECONNRESET,
+        IoError::Interrupted => libc::EINTR,
+    }
+}
+
+fn fallback(g: &Global, sock: Sock, fd: c_int, reason: Reason) -> Result<(), c_int> {
+    g.log(LogLevel::Info, || format!("fd {fd}: {} {} stays on TCP: {reason} ({})", sock.role, sock.peer.to_std(), reason.explain()));
+    if g.config.strict() {
+        g.log(LogLevel::Error, || format!("fd {fd}: PCISOCK_STRICT=1 refuses the TCP fallback ({reason})"));
+        return Err(libc::ECONNREFUSED);
+    }
+    g.tcp_connections.fetch_add(1, Relaxed);
+    table::insert(fd, Arc::new(sock));
+    Ok(())
+}
+
+// ---- listen / accept -----------------------------------------------------------------------
+
+/// After a successful real `listen`: register flagged listeners.
+pub fn after_listen(fd: c_int) -> Result<(), c_int> {
+    if table::contains(fd) {
+        return Ok(()); // listen() again on a tracked listener (backlog change)
+    }
+    let g = global::get();
+    let Some(local) = sys::local_addr(fd) else { return Ok(()) };
+    if !g.config.may_flag_port(local.port()) || !is_stream_inet(fd) {
+        return Ok(());
+    }
+    if !g.config.decide(Role::Server, local.port(), Some(local.ip()), &g.program).is_ntb() {
+        return Ok(());
+    }
+    let ep = Endpoint::from_std(local);
+    let state = match g.transport() {
+        Ok(t) => match t.listen(ep) {
+            Ok(l) => State::Listening(Some(l)),
+            Err(r) => State::Tcp(r),
+        },
+        Err(_) => State::Tcp(Reason::NoDevice),
+    };
+    if let State::Tcp(r) = &state {
+        g.log(LogLevel::Warn, || format!("listener {local}: not on the NTB path: {r}"));
+        if g.config.strict() {
+            return Err(libc::ENODEV);
+        }
+    } else {
+        g.log(LogLevel::Info, || format!("listener {local} registered on the NTB fabric"));
+    }
+    table::insert(fd, Arc::new(Sock::new(Role::Server, ep, Endpoint::default(), sys::nonblocking(fd), state)));
+    Ok(())
+}
+
+/// After a successful real `accept` on `lfd` returned `fd`: upgrade it if the client offered.
+pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> {
+    let Some(l) = table::get(lfd) else { return Ok(()) };
+    // A new fd number from the kernel: any stale entry for it is gone.
+    drop(table::remove(fd));
+    let g = global::get();
+    let listening = matches!(&*l.state.lock().map_err(|_| libc::EIO)?, State::Listening(_));
+    let local = sys::local_addr(fd).map(Endpoint::from_std).unwrap_or(l.local);
+    let peer = sys::peer_addr(fd).map(Endpoint::from_std).unwrap_or_default();
+    let sock = Sock::new(Role::Server, local, peer, nonblock, State::Ntb);
+    let reason = if !listening {
+        l.tcp_reason().unwrap_or(Reason::NoDevice)
+    } else {
+        match g.transport() {
+            Ok(t) => match t.accept(fd, local, peer) {
+                Ok(conn) => {
+                    let _ = sock.conn.set(Arc::new(conn));
+                    g.ntb_connections.fetch_add(1, Relaxed);
+                    g.log(LogLevel::Info, || format!("fd {fd}: accepted {} on the NTB path", peer.to_std()));
+                    table::insert(fd, Arc::new(sock));
+                    return Ok(());
+                }
+                Err(r) => r,
+            },
+            Err(_) => Reason::NoDevice,
+        }
+    };
+    *sock.state.lock().map_err(|_| libc::EIO)? = State::Tcp(reason);
+    fallback(g, sock, fd, reason).map_err(|e| {
+        sys::close_raw(fd);
+        if e == libc::ECONNREFUSED {
+            libc::ECONNABORTED
+        } else {
+            e
+        }
+    })
+}
+
+// ---- connect ---------------------------------------------------------------------------------
+
+/// `connect`: for a flagged destination, offer the upgrade before the real connect.
+pub fn connect(fd: c_int, addr: Option<SocketAddr>, real: impl Fn() -> c_int) -> Detour<c_int> {
+    let Some(remote) = addr else { return Detour::Bypass };
+    let g = global::get();
+    if !g.config.may_flag_port(remote.port()) {
+        return Detour::Bypass;
+    }
+    if table::contains(fd) || !is_stream_inet(fd) {
+        return Detour::Bypass;
+    }
+    if !g.config.decide(Role::Client, remote.port(), Some(remote.ip()), &g.program).is_ntb() {
+        return Detour::Bypass;
+    }
+    let nonblock = sys::nonblocking(fd);
+    let remote_ep = Endpoint::from_std(remote);
+    let t = match g.transport() {
+        Ok(t) => t,
+        Err(_) => return Detour::Ours(connect_tcp(g, fd, remote_ep, nonblock, Reason::NoDevice, real)),
+    };
+    // The offer is keyed by our port: make sure we have one before the connect.
+    let family = if remote.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+    let mut local = sys::local_addr(fd);
+    if local.is_none_or(|a| a.port() == 0) {
+        sys::bind_ephemeral(fd, family);
+        local = sys::local_addr(fd);
+    }
+    let Some(local) = local.filter(|a| a.port() != 0) else {
+        return Detour::Ours(connect_tcp(g, fd, remote_ep, nonblock, Reason::Unsupported, real));
+    };
+    let local_ep = Endpoint::from_std(local);
+    let pending = match t.offer(local_ep, remote_ep) {
+        Ok(p) => p,
+        Err(reason) => return Detour::Ours(connect_tcp(g, fd, remote_ep, nonblock, reason, real)),
+    };
+    let r = real();
+    let err = sys::errno();
+    if r != 0 && err != libc::EINPROGRESS {
+        t.cancel(pending);
+        return Detour::Ours(Err(err));
+    }
+    let sock = Sock::new(Role::Client, local_ep, remote_ep, nonblock, State::Offered(None));
+    if r != 0 {
+        // Non-blocking connect in progress: the answer is collected when the app next looks.
+        *sock.state.lock().expect("fresh mutex") = State::Offered(Some(pending));
+        table::insert(fd, Arc::new(sock));
+        return Detour::Ours(Err(libc::EINPROGRESS));
+    }
+    Detour::Ours(match t.complete(pending, fd, true) {
+        Outcome::Connected(c) => {
+            let _ = sock.conn.set(Arc::new(c));
+            *sock.state.lock().expect("fresh mutex") = State::Ntb;
+            g.ntb_connections.fetch_add(1, Relaxed);
+            g.log(LogLevel::Info, || format!("fd {fd}: connected to {remote} on the NTB path"));
+            table::insert(fd, Arc::new(sock));
+            Ok(0)
+        }
+        Outcome::Tcp(reason) => settle_tcp(g, fd, sock, reason),
+        Outcome::Waiting(p) => {
+            t.cancel(p);
+            settle_tcp(g, fd, sock, Reason::NoAnswer)
+        }
+    })
+}
+
+fn settle_tcp(g: &Global, fd: c_int, sock: Sock, reason: Reason) -> Result<c_int, c_int> {
+    if let Ok(mut st) = sock.state.lock() {
+        *st = State::Tcp(reason);
+    }
+    match fallback(g, sock, fd, reason) {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            sys::shutdown_both(fd);
+            Err(e)
+        }
+    }
+}
+
+fn connect_tcp(g: &Global, fd: c_int, remote: Endpoint, nonblock: bool, reason: Reason, real: impl Fn() -> c_int) -> Result<c_int, c_int> {
+    if g.config.strict() {
+        g.log(LogLevel::Error, || format!("fd {fd}: PCISOCK_STRICT=1 refuses the TCP fallback ({reason})"));
+        return Err(libc::ECONNREFUSED);
+    }
+    let r = real();
+    let err = sys::errno();
+    if r == 0 || err == libc::EINPROGRESS {
+        let local = sys::local_addr(fd).map(Endpoint::from_std).unwrap_or_default();
+        let sock = Sock::new(Role::Client, local, remote, nonblock, State::Tcp(reason));
+        let _ = fallback(g, sock, fd, reason);
+    }
+    if r == 0 {
+        Ok(0)
+    } else {
+        Err(err)
+    }
+}
+
+/// Resolve a client still waiting for its answer. Returns the connection if it is on the NTB
+/// path now; `Err(EAGAIN)` if the answer is not there and we must not block.
+fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connection>>, c_int> {
+    if let Some(c) = sock.conn.get() {
+        return Ok(Some(c.clone()));
+    }
+    let g = global::get();
+    let mut st = sock.state.lock().map_err(|_| libc::EIO)?;
+    let State::Offered(p) = &mut *st else {
+        return Ok(sock.conn.get().cloned());
+    };
+    let Some(pending) = p.take() else { return Ok(None) };
+    let Ok(t) = g.transport() else { return Ok(None) };
+    // The TCP connect must have finished before the answer can count.
+    if sys::peer_addr(fd).is_none() {
+        let so_error = sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR).unwrap_or(0);
+        if so_error != 0 || !block {
+            if so_error != 0 {
+                t.cancel(pending);
+                *st = State::Tcp(Reason::Unsupported);
+                return Ok(None);
+            }
+            *p = Some(pending);
+            return Err(libc::EAGAIN);
+        }
+    }
+    match t.complete(pending, fd, block) {
+        Outcome::Connected(c) => {
+            let c = Arc::new(c);
+            let _ = sock.conn.set(c.clone());
+            *st = State::Ntb;
+            g.ntb_connections.fetch_add(1, Relaxed);
+            Ok(Some(c))
+        }
+        Outcome::Tcp(reason) => {
+            *st = State::Tcp(reason);
+            g.tcp_connections.fetch_add(1, Relaxed);
+            if g.config.strict() {
+                sys::shutdown_both(fd);
+            }
+            Ok(None)
+        }
+        Outcome::Waiting(p2) => {
+            *p = Some(p2);
+            Err(libc::EAGAIN)
+        }
+    }
+}
+
+/// The data path of a tracked fd: its connection, or `None` to use the kernel socket (with the
+/// `Sock` so bytes can be counted).
+pub enum DataPath {
+    Ntb(Arc<Sock>, Arc<Connection>),
+    Kernel,
+}
+
+pub fn data_path(fd: c_int, dontwait: bool) -> Option<Result<DataPath, c_int>> {
+    let sock = table::get(fd)?;
+    if let Some(c) = sock.conn.get() {
+        let c = c.clone();
+        return Some(Ok(DataPath::Ntb(sock, c)));
+    }
+    let block = !(sock.nonblocking() || dontwait);
+    Some(match settle_offer(&sock, fd, block) {
+        Ok(Some(c)) => Ok(DataPath::Ntb(sock, c)),
+        Ok(None) => Ok(DataPath::Kernel),
+        Err(e) => Err(e),
+    })
+}
+
+// ---- data ------------------------------------------------------------------------------------
+
+pub fn recv(sock: &Sock, c: &Connection, bufs: &mut [&mut [u8]], flags: c_int) -> Result<usize, c_int> {
+    let f = RecvFlags {
+        nonblock: sock.nonblocking() || flags & libc::MSG_DONTWAIT != 0,
+        peek: flags & libc::MSG_PEEK != 0,
+        waitall: flags & libc::MSG_WAITALL != 0,
+    };
+    c.recv(bufs, f, sock.rcvtimeo()).map_err(io_errno)
+}
+
+pub fn send(sock: &Sock, c: &Connection, bufs: &[&[u8]], flags: c_int) -> Result<usize, c_int> {
+    let nonblock = sock.nonblocking() || flags & libc::MSG_DONTWAIT != 0;
+    match c.send(bufs, nonblock, sock.sndtimeo()) {
+        Ok(n) => Ok(n),
+        Err(e) => {
+            let errno = io_errno(e);
+            if errno == libc::EPIPE && flags & libc::MSG_NOSIGNAL == 0 {
+                sys::raise_sigpipe();
+            }
+            Err(errno)
+        }
+    }
+}
+
+pub fn sendfile(sock: &Sock, c: &Connection, in_fd: c_int, offset: Option<&mut i64>, count: usize) -> Result<usize, c_int> {
+    match c.send_file(in_fd, offset, count, sock.nonblocking(), sock.sndtimeo()) {
+        Ok(n) => Ok(n),
+        Err(Ok(errno)) => Err(errno),
+        Err(Err(e)) => {
+            let errno = io_errno(e);
+            if errno == libc::EPIPE {
+                sys::raise_sigpipe();
+            }
+            Err(errno)
+        }
+    }
+}
+
+// ---- control ---------------------------------------------------------------------------------
+
+/// `close`: forget the fd (before the real close, so a reused fd number is never ours).
+pub fn before_close(fd: c_int) {
+    if let Some(s) = table::remove(fd) {
+        retire(s);
+    }
+}
+
+fn retire(s: Arc<Sock>) {
+    let g = global::get();
+    if Arc::strong_count(&s) == 1 {
+        g.retire(&s);
+        if let Ok(mut st) = s.state.lock() {
+            match std::mem::replace(&mut *st, State::Ntb) {
+                State::Listening(Some(l)) => {
+                    if let Ok(t) = g.transport() {
+                        t.unlisten(l);
+                    }
+                }
+                State::Offered(Some(p)) => {
+                    if let Ok(t) = g.transport() {
+                        t.cancel(p);
+                    }
+                }
+                other => *st = other,
+            }
+        }
+    }
+}
+
+pub fn shutdown(fd: c_int, how: c_int) -> Detour<c_int> {
+    let Some(s) = table::get(fd) else { return Detour::Bypass };
+    let Some(c) = s.conn.get() else { return Detour::Bypass };
+    let (rd, wr) = match how {
+        libc::SHUT_RD => (true, false),
+        libc::SHUT_WR => (false, true),
+        libc::SHUT_RDWR => (true, true),
+        _ => return Detour::Ours(Err(libc::EINVAL)),
+    };
+    c.shutdown(rd, wr);
+    Detour::Ours(Ok(0))
+}
+
+/// Keep O_NONBLOCK in step (after a successful real F_SETFL / FIONBIO).
+pub fn set_nonblock(fd: c_int, on: bool) {
+    if let Some(s) = table::get(fd) {
+        s.nonblock.store(on, Relaxed);
+    }
+}
+
+/// Keep SO_RCVTIMEO / SO_SNDTIMEO in step (after a successful real setsockopt).
+pub fn set_timeout(fd: c_int, recv: bool, tv: libc::timeval) {
+    if let Some(s) = table::get(fd) {
+        let ns = (tv.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(tv.tv_usec.max(0) as u64 * 1000);
+        if recv {
+            s.rcvtimeo_ns.store(ns, Relaxed);
+        } else {
+            s.sndtimeo_ns.store(ns, Relaxed);
+        }
+    }
+}
+
+/// FIONREAD / SIOCINQ on an NTB connection.
+pub fn readable_bytes(fd: c_int) -> Option<usize> {
+    let s = table::get(fd)?;
+    s.conn.get().map(|c| c.readable_bytes())
+}
+
+/// dup/dup2/dup3/F_DUPFD: the new fd shares the old one's entry.
+pub fn after_dup(old: c_int, new: c_int) {
+    if old == new {
+        return;
+    }
+    if let Some(s) = table::remove(new) {
+        retire(s);
+    }
+    if let Some(s) = table::get(old) {
+        table::insert(new, s);
+    }
+}
+
+// ---- readiness -------------------------------------------------------------------------------
+
+/// `poll` over a set with tracked fds. `timeout` None = forever.
+pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>, real_poll: &dyn Fn(&mut [libc::pollfd], Option<Duration>) -> c_int) -> Detour<c_int> {
+    if !table::any() || !fds.iter().any(|p| table::contains(p.fd)) {
+        return Detour::Bypass;
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    // Which entries are NTB connections (or pending offers that may become one).
+    let conns: Vec<Option<(Arc<Sock>, Option<Arc<Connection>>)>> = fds
+        .iter()
+        .map(|p| table::get(p.fd).map(|s| {
+            let c = s.conn.get().cloned();
+            (s, c)
+        }))
+        .map(|o| o.filter(|(s, c)| c.is_some() || matches!(&*s.state.lock().expect("sock state"), State::Offered(Some(_)))))
+        .collect();
+    if conns.iter().all(|c| c.is_none()) {
+        return Detour::Bypass;
+    }
+    let g = global::get();
+    let spin = g.transport().map(|t| t.settings().spin).unwrap_or_default();
+    let t0 = Instant::now();
+    let mut first = true;
+    loop {
+        // 1. Readiness of our connections, and a non-blocking look at the kernel fds.
+        let mut ready = 0;
+        for (i, p) in fds.iter_mut().enumerate() {
+            p.revents = 0;
+            if let Some((s, c)) = &conns[i] {
+                let c = c.clone().or_else(|| settle_offer(s, p.fd, false).ok().flatten());
+                if let Some(c) = c {
+                    p.revents = revents(&c, p.events);
+                } else if s.conn.get().is_none() && !matches!(&*s.state.lock().expect("sock state"), State::Offered(_)) {
+                    // Settled to TCP: the kernel answers for it below.
+                    p.revents = -1;
+                }
+            } else {
+                p.revents = -1;
+            }
+        }
+        let mut kernel: Vec<libc::pollfd> = fds.iter().filter(|p| p.revents == -1).map(|p| libc::pollfd { revents: 0, ..*p }).collect();
+        if !kernel.is_empty() {
+            let r = real_poll(&mut kernel, Some(Duration::ZERO));
+            if r < 0 {
+                return Detour::Ours(Err(sys::errno()));
+            }
+        }
+        let mut k = kernel.iter();
+        for p in fds.iter_mut() {
+            if p.revents == -1 {
+                p.revents = k.next().map_or(0, |kp| kp.revents);
+            }
+            if p.revents != 0 {
+                ready += 1;
+            }
+        }
+        let expired = deadline.is_some_and(|d| Instant::now() >= d);
+        if ready > 0 || expired {
+            return Detour::Ours(Ok(ready));
+        }
+        if t0.elapsed() < spin || first {
+            first = false;
+            std::hint::spin_loop();
+            continue;
+        }
+        // 2. Sleep in the kernel: our connections' doorbell lines and TCP sockets, plus the
+        //    application's other fds.
+        let mut set: Vec<libc::pollfd> = Vec::with_capacity(fds.len() * 2);
+        let mut armed = Vec::new();
+        for (i, p) in fds.iter().enumerate() {
+            match &conns[i] {
+                Some((s, _)) => {
+                    if let Some(c) = s.conn.get() {
+                        let want_r = p.events & (libc::POLLIN | libc::POLLRDNORM | libc::POLLRDHUP) != 0;
+                        let want_w = p.events & (libc::POLLOUT | libc::POLLWRNORM) != 0;
+                        if c.arm(want_r, want_w) {
+                            set.clear();
+                            break;
+                        }
+                        armed.push(c.clone());
+                        set.push(libc::pollfd { fd: c.vector_fd(), events: libc::POLLIN, revents: 0 });
+                        set.push(libc::pollfd { fd: c.tcp_fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 });
+                    } else {
+                        // A pending offer: the answer rings our doorbell line; the kernel
+                        // reports the TCP connect.
+                        if let Ok(mut st) = s.state.lock() {
+                            if let State::Offered(Some(pend)) = &mut *st {
+                                if let Ok(t) = g.transport() {
+                                    set.push(libc::pollfd { fd: t.pending_fd(pend), events: libc::POLLIN, revents: 0 });
+                                }
+                            }
+                        }
+                        set.push(libc::pollfd { fd: p.fd, events: libc::POLLOUT, revents: 0 });
+                    }
+                }
+                None => set.push(libc::pollfd { revents: 0, ..*p }),
+            }
+        }
+        if !set.is_empty() {
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let r = real_poll(&mut set, remaining);
+            let err = sys::errno();
+            for c in &armed {
+                c.disarm();
+            }
+            if r < 0 && err == libc::EINTR {
+                return Detour::Ours(Err(libc::EINTR));
+            }
+        } else {
+            for c in &armed {
+                c.disarm();
+            }
+        }
+    }
+}
+
+fn revents(c: &Connection, events: i16) -> i16 {
+    let r = c.readiness();
+    let mut out = 0i16;
+    if r.readable {
+        out |= events & (libc::POLLIN | libc::POLLRDNORM);
+    }
+    if r.writable {
+        out |= events & (libc::POLLOUT | libc::POLLWRNORM);
+    }
+    if r.rdhup {
+        out |= events & libc::POLLRDHUP;
+    }
+    if r.hup {
+        out |= libc::POLLHUP;
+    }
+    if r.error {
+        out |= libc::POLLERR;
+    }
+    out
+}

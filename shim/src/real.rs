@@ -1,0 +1,89 @@
+//! The real libc functions behind our hooks, found with `dlsym(RTLD_NEXT, …)`.
+//!
+//! Every slot is resolved eagerly by the library constructor and lazily on first use if a hook
+//! runs before it (another library's constructor may call `write` first). A missing symbol
+//! leaves the slot empty and the caller falls back to the raw system call.
+//!
+//! # Safety
+//! A slot holds either 0 or the address `dlsym` returned for the named symbol, which has the C
+//! signature written next to it in `real_fns!`; the typed accessors transmute the address to
+//! exactly that signature.
+#![allow(unsafe_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use libc::{c_int, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
+
+fn resolve(name: &'static [u8]) -> usize {
+    // SAFETY: `name` is a NUL-terminated byte string literal; dlsym does not retain it.
+    unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) as usize }
+}
+
+macro_rules! real_fns {
+    ($($name:ident : fn($($arg:ident : $ty:ty),*) -> $ret:ty;)*) => {
+        #[allow(non_upper_case_globals)]
+        mod slots {
+            use super::AtomicUsize;
+            $(pub static $name: AtomicUsize = AtomicUsize::new(0);)*
+        }
+
+        /// Resolve every slot now (the constructor calls this).
+        pub fn resolve_all() {
+            $(slots::$name.store(resolve(concat!(stringify!($name), "\0").as_bytes()), Relaxed);)*
+        }
+
+        $(
+            /// The real function, if the C library has it.
+            #[allow(dead_code)]
+            pub fn $name() -> Option<unsafe extern "C" fn($($ty),*) -> $ret> {
+                let mut p = slots::$name.load(Relaxed);
+                if p == 0 {
+                    p = resolve(concat!(stringify!($name), "\0").as_bytes());
+                    slots::$name.store(p, Relaxed);
+                }
+                if p == 0 {
+                    None
+                } else {
+                    // SAFETY: `p` is dlsym's address for this symbol, whose C signature is the one
+                    // declared here (see the module's safety note).
+                    Some(unsafe { std::mem::transmute::<usize, unsafe extern "C" fn($($ty),*) -> $ret>(p) })
+                }
+            }
+        )*
+    };
+}
+
+real_fns! {
+    socket: fn(domain: c_int, ty: c_int, proto: c_int) -> c_int;
+    listen: fn(fd: c_int, backlog: c_int) -> c_int;
+    accept: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    accept4: fn(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
+    connect: fn(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    bind: fn(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    read: fn(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
+    write: fn(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
+    readv: fn(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t;
+    writev: fn(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t;
+    recv: fn(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t;
+    send: fn(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t;
+    recvfrom: fn(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t;
+    sendto: fn(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
+    recvmsg: fn(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
+    sendmsg: fn(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
+    sendfile: fn(out_fd: c_int, in_fd: c_int, off: *mut libc::off_t, n: size_t) -> ssize_t;
+    sendfile64: fn(out_fd: c_int, in_fd: c_int, off: *mut libc::off64_t, n: size_t) -> ssize_t;
+    close: fn(fd: c_int) -> c_int;
+    shutdown: fn(fd: c_int, how: c_int) -> c_int;
+    poll: fn(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int;
+    ppoll: fn(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
+    select: fn(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int;
+    pselect: fn(n: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
+    fcntl: fn(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int;
+    fcntl64: fn(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int;
+    ioctl: fn(fd: c_int, req: libc::c_ulong, arg: libc::c_ulong) -> c_int;
+    setsockopt: fn(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int;
+    getsockopt: fn(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int;
+    dup: fn(fd: c_int) -> c_int;
+    dup2: fn(old: c_int, new: c_int) -> c_int;
+    dup3: fn(old: c_int, new: c_int, flags: c_int) -> c_int;
+}

@@ -1,0 +1,82 @@
+//! What the shim knows about one tracked fd.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use transport::{Connection, Endpoint, Listener, Pending, Reason};
+
+use crate::config::Role;
+
+/// A tracked fd.
+pub struct Sock {
+    pub role: Role,
+    /// O_NONBLOCK as the application set it (kept in step by fcntl/ioctl/accept4 hooks).
+    pub nonblock: AtomicBool,
+    /// SO_RCVTIMEO / SO_SNDTIMEO in nanoseconds (0 = none).
+    pub rcvtimeo_ns: AtomicU64,
+    pub sndtimeo_ns: AtomicU64,
+    pub local: Endpoint,
+    pub peer: Endpoint,
+    /// Set once the connection is on the NTB path: the data hooks use it without a lock.
+    pub conn: OnceLock<Arc<Connection>>,
+    pub state: Mutex<State>,
+    /// Bytes moved over the kernel socket on a flagged connection that stayed on TCP.
+    pub tcp_tx: AtomicU64,
+    pub tcp_rx: AtomicU64,
+}
+
+/// Where a tracked fd stands.
+pub enum State {
+    /// A flagged listening socket, registered with the transport.
+    Listening(Option<Listener>),
+    /// A client whose offer awaits the server's answer.
+    Offered(Option<Pending>),
+    /// On the NTB path (`Sock::conn` is set).
+    Ntb,
+    /// A flagged connection that stays on TCP, and why.
+    Tcp(Reason),
+}
+
+impl Sock {
+    pub fn new(role: Role, local: Endpoint, peer: Endpoint, nonblock: bool, state: State) -> Sock {
+        Sock {
+            role,
+            nonblock: AtomicBool::new(nonblock),
+            rcvtimeo_ns: AtomicU64::new(0),
+            sndtimeo_ns: AtomicU64::new(0),
+            local,
+            peer,
+            conn: OnceLock::new(),
+            state: Mutex::new(state),
+            tcp_tx: AtomicU64::new(0),
+            tcp_rx: AtomicU64::new(0),
+        }
+    }
+
+    pub fn nonblocking(&self) -> bool {
+        self.nonblock.load(Relaxed)
+    }
+
+    pub fn rcvtimeo(&self) -> Option<Duration> {
+        match self.rcvtimeo_ns.load(Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    pub fn sndtimeo(&self) -> Option<Duration> {
+        match self.sndtimeo_ns.load(Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// The fallback reason, if this flagged connection stays on TCP.
+    pub fn tcp_reason(&self) -> Option<Reason> {
+        match &*self.state.lock().ok()? {
+            State::Tcp(r) => Some(*r),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! errno, raw-syscall logging and socket-address helpers for the hooks.
+//!
+//! # Safety
+//! Each block passes pointers to live stack values of the stated sizes, or addresses the caller
+//! vouched for (the application's sockaddr buffers, with their lengths).
+#![allow(unsafe_code)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use libc::{c_int, sockaddr, socklen_t};
+
+pub fn errno() -> c_int {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+pub fn set_errno(e: c_int) {
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// Write to stderr with a raw system call (never through our own `write` hook).
+pub fn log_raw(msg: &str) {
+    // SAFETY: writes `msg.len()` bytes from a live string to fd 2.
+    unsafe { libc::syscall(libc::SYS_write, 2, msg.as_ptr(), msg.len()) };
+}
+
+/// Send SIGPIPE to the calling thread, as the kernel does on a write to a closed socket.
+pub fn raise_sigpipe() {
+    // SAFETY: raise has no memory arguments.
+    unsafe { libc::raise(libc::SIGPIPE) };
+}
+
+/// Decode a sockaddr the application passed (`len` bytes at `addr`).
+///
+/// # Safety
+/// `addr` must be null or point to `len` readable bytes.
+pub unsafe fn decode_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
+    if addr.is_null() {
+        return None;
+    }
+    // SAFETY: the caller vouches for `len` bytes; we read sa_family only if 2 bytes are there.
+    let family = unsafe { (*addr).sa_family } as c_int;
+    match family {
+        libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: family and length say this is a sockaddr_in.
+            let a = unsafe { &*(addr as *const libc::sockaddr_in) };
+            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))), u16::from_be(a.sin_port)))
+        }
+        libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: family and length say this is a sockaddr_in6.
+            let a = unsafe { &*(addr as *const libc::sockaddr_in6) };
+            Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)), u16::from_be(a.sin6_port)))
+        }
+        _ => None,
+    }
+}
+
+fn storage_addr(st: &libc::sockaddr_storage, len: socklen_t) -> Option<SocketAddr> {
+    // SAFETY: `st` is a live sockaddr_storage, large enough for any family.
+    unsafe { decode_addr(st as *const libc::sockaddr_storage as *const sockaddr, len) }
+}
+
+/// getsockname through the raw system call.
+pub fn local_addr(fd: c_int) -> Option<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain old data; zero is a valid value.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+    // SAFETY: passes a live storage buffer and its length.
+    let r = unsafe { libc::syscall(libc::SYS_getsockname, fd, &mut st as *mut _, &mut len as *mut socklen_t) };
+    if r != 0 {
+        return None;
+    }
+    storage_addr(&st, len)
+}
+
+/// getpeername through the raw system call.
+pub fn peer_addr(fd: c_int) -> Option<SocketAddr> {
+    // SAFETY: as in `local_addr`.
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+    // SAFETY: passes a live storage buffer and its length.
+    let r = unsafe { libc::syscall(libc::SYS_getpeername, fd, &mut st as *mut _, &mut len as *mut socklen_t) };
+    if r != 0 {
+        return None;
+    }
+    storage_addr(&st, len)
+}
+
+/// An int socket option through the raw system call.
+pub fn sockopt_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
+    let mut v: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: passes a live int and its length.
+    let r = unsafe { libc::syscall(libc::SYS_getsockopt, fd, level, name, &mut v as *mut c_int, &mut len as *mut socklen_t) };
+    (r == 0).then_some(v)
+}
+
+/// Bind `fd` to the unspecified address of `family`, port 0 (what connect would do), so the
+/// local port is known before the connect.
+pub fn bind_ephemeral(fd: c_int, family: c_int) -> bool {
+    // SAFETY: zeroed sockaddr_in6 / sockaddr_in are valid "any address, port 0" values.
+    unsafe {
+        if family == libc::AF_INET6 {
+            let mut a: libc::sockaddr_in6 = std::mem::zeroed();
+            a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            libc::syscall(libc::SYS_bind, fd, &a as *const _, std::mem::size_of::<libc::sockaddr_in6>()) == 0
+        } else {
+            let mut a: libc::sockaddr_in = std::mem::zeroed();
+            a.sin_family = libc::AF_INET as libc::sa_family_t;
+            libc::syscall(libc::SYS_bind, fd, &a as *const _, std::mem::size_of::<libc::sockaddr_in>()) == 0
+        }
+    }
+}
+
+/// F_GETFL through the raw system call.
+pub fn nonblocking(fd: c_int) -> bool {
+    // SAFETY: fcntl F_GETFL has no memory arguments.
+    let fl = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) };
+    fl >= 0 && (fl as c_int) & libc::O_NONBLOCK != 0
+}
+
+/// Shut down both directions of a kernel socket (used when strict mode refuses a connection).
+pub fn shutdown_both(fd: c_int) {
+    // SAFETY: no memory arguments.
+    unsafe { libc::syscall(libc::SYS_shutdown, fd, libc::SHUT_RDWR) };
+}
+
+/// Close through the raw system call.
+pub fn close_raw(fd: c_int) {
+    // SAFETY: no memory arguments.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+}
