@@ -478,18 +478,19 @@ pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>, real_poll: &dyn
         // 2. Sleep in the kernel: our connections' doorbell lines and TCP sockets, plus the
         //    application's other fds.
         let mut set: Vec<libc::pollfd> = Vec::with_capacity(fds.len() * 2);
-        let mut armed = Vec::new();
+        let mut armed: Vec<(Arc<Connection>, bool, bool)> = Vec::new();
         for (i, p) in fds.iter().enumerate() {
             match &conns[i] {
                 Some((s, _)) => {
                     if let Some(c) = s.conn.get() {
                         let want_r = p.events & (libc::POLLIN | libc::POLLRDNORM | libc::POLLRDHUP) != 0;
                         let want_w = p.events & (libc::POLLOUT | libc::POLLWRNORM) != 0;
-                        if c.arm(want_r, want_w) {
+                        let already = c.arm(want_r, want_w);
+                        armed.push((c.clone(), want_r, want_w));
+                        if already {
                             set.clear();
                             break;
                         }
-                        armed.push(c.clone());
                         set.push(libc::pollfd { fd: c.vector_fd(), events: libc::POLLIN, revents: 0 });
                         set.push(libc::pollfd { fd: c.tcp_fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 });
                     } else {
@@ -512,15 +513,15 @@ pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>, real_poll: &dyn
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let r = real_poll(&mut set, remaining);
             let err = sys::errno();
-            for c in &armed {
-                c.disarm();
+            for (c, r, w) in &armed {
+                c.disarm(*r, *w);
             }
             if r < 0 && err == libc::EINTR {
                 return Detour::Ours(Err(libc::EINTR));
             }
         } else {
-            for c in &armed {
-                c.disarm();
+            for (c, r, w) in &armed {
+                c.disarm(*r, *w);
             }
         }
     }

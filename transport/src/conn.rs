@@ -128,6 +128,7 @@ pub struct Connection {
     pub peer: Endpoint,
     pub role: Role,
     rx_lock: Mutex<()>,
+    waiters: Waiters,
     tx_lock: Mutex<()>,
     settings: Settings,
 }
@@ -245,6 +246,24 @@ pub(crate) fn word64(r: &Region, off: usize) -> &AtomicU64 {
     r.atomic_u64(off).expect("endpoint layout offsets are in range and aligned")
 }
 
+/// Threads of this process waiting on the connection.
+#[derive(Default)]
+struct Waiters {
+    /// Waiting for data / for credits (each arms its flag in the peer's memory).
+    rx: AtomicU32,
+    tx: AtomicU32,
+    /// Held by the one thread sleeping on the doorbell line.
+    leader: Mutex<()>,
+    /// Bumped by the leader on every wake-up; followers wait for it to change.
+    generation: Mutex<u64>,
+    cv: std::sync::Condvar,
+}
+
+/// Longest sleep on the doorbell line before re-checking (bounds the cost of a lost wake-up).
+const LEADER_NAP: Duration = Duration::from_millis(100);
+/// Longest wait for the leader before re-checking.
+const FOLLOWER_NAP: Duration = Duration::from_millis(10);
+
 enum Wait {
     Ready,
     TimedOut,
@@ -289,6 +308,7 @@ impl Connection {
             peer,
             role,
             rx_lock: Mutex::new(()),
+            waiters: Waiters::default(),
             tx_lock: Mutex::new(()),
             settings,
         })
@@ -717,13 +737,17 @@ impl Connection {
         }
     }
 
-    /// Arm the peer to ring us when `read` data (or credits) arrive. Returns true if already ready.
+    /// Ask the peer to ring our doorbell when data (`read`) or credits (`write`) arrive; true if
+    /// the condition already holds. Several threads may wait on one connection: each arms the
+    /// flags it needs, and the flags are cleared by the last waiter of each kind.
     pub fn arm(&self, read: bool, write: bool) -> bool {
         if read {
+            self.waiters.rx.fetch_add(1, SeqCst);
             // SYNC POINT (data wake-up): see `publish`.
             word32(&self.theirs, CR_RX_SLEEPING).store(1, SeqCst);
         }
         if write {
+            self.waiters.tx.fetch_add(1, SeqCst);
             // SYNC POINT (credit wake-up): see `return_credits`.
             word32(&self.theirs, RX_TX_WAITING).store(1, SeqCst);
         }
@@ -731,16 +755,32 @@ impl Connection {
         (read && self.ready(true)) || (write && self.ready(false))
     }
 
-    /// Undo [`Connection::arm`] after waking.
-    pub fn disarm(&self) {
+    /// Undo one [`Connection::arm`] with the same arguments, after waking.
+    pub fn disarm(&self, read: bool, write: bool) {
+        for (on, count, off) in [(read, &self.waiters.rx, CR_RX_SLEEPING), (write, &self.waiters.tx, RX_TX_WAITING)] {
+            if on && count.fetch_sub(1, SeqCst) == 1 {
+                word32(&self.theirs, off).store(0, SeqCst);
+                // A waiter that armed meanwhile must keep its flag.
+                if count.load(SeqCst) > 0 {
+                    word32(&self.theirs, off).store(1, SeqCst);
+                }
+            }
+        }
+        if self.waiters.rx.load(SeqCst) == 0 && self.waiters.tx.load(SeqCst) == 0 {
+            self.ack_doorbell();
+        }
+    }
+
+    /// Clear our doorbell: empty the interrupt line and the status bit (the kernel discipline:
+    /// clear, then the caller re-checks the ring).
+    fn ack_doorbell(&self) {
         ntbdrv::drain_vector(&self.vector);
         let _ = self.dev.db_clear(1u64 << self.my_bell.bit);
-        word32(&self.theirs, CR_RX_SLEEPING).store(0, Relaxed);
-        word32(&self.theirs, RX_TX_WAITING).store(0, Relaxed);
     }
 
     /// Wait until the ring is readable (`read`) or has room, or the deadline passes: spin, then
-    /// sleep on the doorbell line and the TCP socket (a dead peer's kernel closes it).
+    /// sleep on the doorbell line and the TCP socket (a dead peer's kernel closes it). One
+    /// thread per connection sleeps on the line; others wait for it to report a wake-up.
     fn wait(&self, read: bool, deadline: Option<Instant>) -> Wait {
         let spin = match self.settings.completion {
             CompletionMode::Poll => Duration::MAX,
@@ -775,18 +815,37 @@ impl Connection {
             return Wait::Ready;
         }
         if self.arm(read, !read) {
-            self.disarm();
+            self.disarm(read, !read);
             return Wait::Ready;
         }
         self.count(Counter::Sleeps, 1);
-        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let r = sys::poll2(self.vector.as_raw_fd(), self.tcp_fd, timeout);
-        self.disarm();
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let r = match self.waiters.leader.try_lock() {
+            Ok(_leader) => {
+                // Bounded, so a wake-up lost to a racing waiter costs at most this much.
+                let nap = remaining.map_or(LEADER_NAP, |r| r.min(LEADER_NAP));
+                let r = sys::poll2(self.vector.as_raw_fd(), self.tcp_fd, Some(nap));
+                self.ack_doorbell();
+                if let Ok(mut g) = self.waiters.generation.lock() {
+                    *g = g.wrapping_add(1);
+                }
+                self.waiters.cv.notify_all();
+                r
+            }
+            Err(_) => {
+                let nap = remaining.map_or(FOLLOWER_NAP, |r| r.min(FOLLOWER_NAP));
+                if let Ok(g) = self.waiters.generation.lock() {
+                    let g0 = *g;
+                    let _ = self.waiters.cv.wait_timeout_while(g, nap, |x| *x == g0);
+                }
+                Ok(0)
+            }
+        };
+        self.disarm(read, !read);
         match r {
-            Ok(_) => Wait::Ready,
             Err(libc::EINTR) => Wait::Interrupted,
-            Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => Wait::TimedOut,
-            Err(_) => Wait::Ready,
+            _ if deadline.is_some_and(|d| Instant::now() >= d) && !self.ready(read) => Wait::TimedOut,
+            _ => Wait::Ready,
         }
     }
 

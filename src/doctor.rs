@@ -1,0 +1,213 @@
+//! `pcisock doctor`: checks an installation end to end — the library is found and exports every
+//! hook of the golden list this build was made with, the configuration parses, the device
+//! directory is private, the device opens (or would be created), the link is up.
+
+use std::fmt::Write as _;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use ntbdrv::emu::Options;
+use ntbdrv::NtbDevice;
+
+use crate::cli::{unknown_option, Arg, Args, CliError};
+use crate::config::Config;
+use crate::device::{self, Found};
+use crate::ffi::{self, Library, Symbol};
+use crate::hooks::HOOKS;
+use crate::run;
+
+pub const HELP: &str = "\
+Check the pcisock installation on this host.
+
+Usage: pcisock doctor
+
+Options:
+  -h, --help     Print this help
+
+Checks, in order:
+  library        libpcisock.so is found ($PCISOCK_LIB, else next to the pcisock executable)
+  exports        it defines every hook of the list this pcisock was built with (shim/exports.txt);
+                 the check loads the library (dlopen, RTLD_LOCAL), which runs its constructor
+  configuration  the PCISOCK_* variables and rules file parse (else everything goes over TCP)
+  directory      the device directory is ours with mode 0700, or can be created
+  device         the emulated device opens, or would be created on first use
+  link           the NTB link is up (a warning only: connections then fall back to TCP)
+
+Exit status: 0 if every check passes (warnings allowed), 1 if any fails, 2 on a usage error.";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+struct Report {
+    out: String,
+    failed: bool,
+}
+
+impl Report {
+    fn line(&mut self, status: Status, check: &str, text: impl std::fmt::Display) {
+        let tag = match status {
+            Status::Ok => " ok ",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        self.failed |= status == Status::Fail;
+        let _ = writeln!(self.out, "[{tag}] {check:<13} {text}");
+    }
+}
+
+fn check_library(r: &mut Report) {
+    let lib = match run::locate_library() {
+        Ok(p) => p,
+        Err(e) => {
+            r.line(Status::Fail, "library", e);
+            r.line(Status::Fail, "exports", "not checked (no library)");
+            return;
+        }
+    };
+    r.line(Status::Ok, "library", lib.display());
+    let loaded = match Library::open(&lib) {
+        Ok(l) => l,
+        Err(e) => {
+            r.line(Status::Fail, "exports", format!("cannot load the library: {e}"));
+            return;
+        }
+    };
+    let mut missing = Vec::new();
+    let mut elsewhere = Vec::new();
+    for name in HOOKS {
+        match loaded.lookup(name) {
+            Symbol::Defined => {}
+            Symbol::Missing => missing.push(*name),
+            Symbol::Elsewhere(obj) => elsewhere.push(format!("{name} (only in {obj})")),
+        }
+    }
+    if missing.is_empty() && elsewhere.is_empty() {
+        r.line(Status::Ok, "exports", format!("all {} hooks defined", HOOKS.len()));
+    } else {
+        let mut all: Vec<String> = missing.iter().map(|m| m.to_string()).collect();
+        all.extend(elsewhere);
+        r.line(Status::Fail, "exports", format!("{} of {} hooks not defined by the library: {}", all.len(), HOOKS.len(), all.join(", ")));
+    }
+}
+
+fn check_config(r: &mut Report) {
+    let (config, errors) = Config::from_env();
+    if errors.is_empty() {
+        let strict = if config.strict() { ", strict" } else { "" };
+        r.line(Status::Ok, "configuration", format!("valid{strict} (see 'pcisock explain --port N')"));
+    } else {
+        let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        r.line(Status::Fail, "configuration", format!("everything passes through to TCP: {}", list.join("; ")));
+    }
+}
+
+/// The nearest existing ancestor of `dir`.
+fn existing_ancestor(dir: &Path) -> Option<&Path> {
+    dir.ancestors().find(|a| a.exists())
+}
+
+fn check_directory(r: &mut Report, opts: &Options) {
+    let dir = &opts.dir;
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if !m.is_dir() => r.line(Status::Fail, "directory", format!("{} is not a directory", dir.display())),
+        Ok(m) => {
+            let mode = m.permissions().mode() & 0o777;
+            if m.uid() != ffi::uid() {
+                r.line(Status::Fail, "directory", format!("{} belongs to uid {}, not to us ({})", dir.display(), m.uid(), ffi::uid()));
+            } else if mode != 0o700 {
+                r.line(Status::Fail, "directory", format!("{} has mode {mode:04o}; it must be 0700", dir.display()));
+            } else {
+                r.line(Status::Ok, "directory", format!("{} (ours, mode 0700)", dir.display()));
+            }
+        }
+        Err(_) => match existing_ancestor(dir) {
+            Some(a) if a.is_dir() && ffi::can_create_in(a) => {
+                r.line(Status::Ok, "directory", format!("{} does not exist yet; it will be created (mode 0700)", dir.display()))
+            }
+            Some(a) => r.line(Status::Fail, "directory", format!("{} cannot be created: no write access to {}", dir.display(), a.display())),
+            None => r.line(Status::Fail, "directory", format!("{} cannot be created", dir.display())),
+        },
+    }
+}
+
+fn check_device(r: &mut Report, opts: &Options) {
+    match device::open_existing() {
+        Ok(Found::Open(dev)) => {
+            let c = dev.config();
+            r.line(
+                Status::Ok,
+                "device",
+                format!(
+                    "{} opens ({}, side {}, {} x {} windows, {} doorbells, {} DMA channel(s))",
+                    dev.path().display(),
+                    device::topology_name(c.topology),
+                    dev.side(),
+                    c.n_mw,
+                    device::size(c.mw_size),
+                    c.n_db,
+                    c.n_dma_ch
+                ),
+            );
+            let link = dev.link_state();
+            let faults = device::fault_names(dev.faults().flags());
+            if link.up {
+                r.line(Status::Ok, "link", format!("up (gen {} x{})", link.speed_gen, link.width));
+            } else if faults.is_empty() {
+                r.line(Status::Warn, "link", "down: flagged connections fall back to TCP (LinkDown)");
+            } else {
+                r.line(Status::Warn, "link", format!("down; injected faults: {} ('pcisock emu clear')", faults.join(", ")));
+            }
+        }
+        Ok(Found::Absent(path)) => {
+            let c = opts.config;
+            r.line(
+                Status::Ok,
+                "device",
+                format!(
+                    "{} does not exist yet; the first process to use it creates it ({}, {} x {} windows)",
+                    path.display(),
+                    device::topology_name(c.topology),
+                    c.n_mw,
+                    device::size(c.mw_size)
+                ),
+            );
+            r.line(Status::Ok, "link", "not known until the device exists");
+        }
+        Err(e) => {
+            r.line(Status::Fail, "device", e);
+            r.line(Status::Fail, "link", "not checked (no device)");
+        }
+    }
+}
+
+pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
+    while let Some(arg) = args.next()? {
+        match arg {
+            Arg::Option { name, .. } if name == "-h" || name == "--help" => {
+                out.push_str(HELP);
+                out.push('\n');
+                return Ok(0);
+            }
+            Arg::Option { name, .. } => return Err(unknown_option("doctor", &name)),
+            Arg::Word(w) => return Err(args.usage(format!("unexpected argument {w:?}"))),
+            Arg::EndOfOptions => args.finish()?,
+        }
+    }
+    let mut r = Report { out: String::new(), failed: false };
+    check_library(&mut r);
+    check_config(&mut r);
+    match Options::from_env() {
+        Ok(opts) => {
+            check_directory(&mut r, &opts);
+            check_device(&mut r, &opts);
+        }
+        Err(e) => r.line(Status::Fail, "device", format!("bad device setting: {e}")),
+    }
+    out.push_str(&r.out);
+    out.push_str(if r.failed { "some checks failed\n" } else { "all checks passed\n" });
+    Ok(if r.failed { crate::cli::EXIT_FAILURE } else { 0 })
+}

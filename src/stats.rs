@@ -1,0 +1,139 @@
+//! `pcisock stats`: the live NTB connections of this host, read out of the device's host table
+//! (every endpoint keeps its identity and counters in its own window lease).
+
+use std::fmt::Write as _;
+
+use ntbdrv::emu::EmuDevice;
+use transport::conn::COUNTER_NAMES;
+use transport::stats::EndpointStats;
+
+use crate::cli::{unknown_option, Arg, Args, CliError};
+use crate::device::{self, Found};
+use crate::json;
+
+pub const HELP: &str = "\
+List the live NTB connections of this host's (emulated) device, with their counters.
+
+Usage: pcisock stats [--json]
+
+Options:
+      --json     Print one JSON object: {\"device\":…, \"leases\":[…], \"connections\":[…]}
+  -h, --help     Print this help
+
+Shows the device (path, topology, windows, doorbells, DMA channels, link, faults), the leases
+each process holds, and per connection: pid, role, local and peer address, path (ntb) and the
+counters tx/rx bytes and frames, DMA and CPU copies, doorbells rung, polls, sleeps and DMA
+fallbacks. The device is the one PCISOCK_EMU_DIR, PCISOCK_EMU_DEVICE and PCISOCK_EMU_HOST name;
+it is never created here.
+
+Connections that fell back to TCP are not in the device: they appear, with their reason codes,
+in the per-process stats file (pcisock run --stats-file PATH, or PCISOCK_STATS_FILE).
+Decode a reason with 'pcisock explain REASON'.
+
+Exit status: 0 (also when there is no device yet), 1 if the device cannot be read, 2 on a usage error.";
+
+/// The live endpoints of this side: (window, stats).
+fn endpoints(dev: &EmuDevice) -> Vec<(u32, EndpointStats)> {
+    dev.leases()
+        .into_iter()
+        .filter(|l| l.kind == "window" && l.tag == transport::ENDPOINT_TAG)
+        .filter_map(|l| transport::stats::read_endpoint(dev, l.index, l.offset, l.len).map(|s| (l.index, s)))
+        .collect()
+}
+
+fn role_name(r: transport::Role) -> &'static str {
+    match r {
+        transport::Role::Client => "client",
+        transport::Role::Server => "server",
+    }
+}
+
+fn text(dev: &EmuDevice, out: &mut String) {
+    device::summary_text(dev, out);
+    device::leases_text(dev, out);
+    let eps = endpoints(dev);
+    if eps.is_empty() {
+        out.push_str("connections: none live on the NTB path\n");
+        return;
+    }
+    let _ = writeln!(out, "connections ({}):", eps.len());
+    let mut header: Vec<String> = ["PID", "ROLE", "LOCAL", "PEER", "PATH"].map(String::from).to_vec();
+    header.extend(COUNTER_NAMES.iter().map(|n| n.to_ascii_uppercase()));
+    let mut rows = vec![header];
+    for (_, s) in &eps {
+        let mut row = vec![
+            s.info.pid.to_string(),
+            role_name(s.info.role).to_owned(),
+            s.info.local.to_std().to_string(),
+            s.info.peer.to_std().to_string(),
+            "ntb".to_owned(),
+        ];
+        row.extend(s.counters.iter().map(u64::to_string));
+        rows.push(row);
+    }
+    device::table(&rows, out);
+}
+
+fn json_object(dev: &EmuDevice) -> String {
+    let conns: Vec<String> = endpoints(dev)
+        .iter()
+        .map(|(mw, s)| {
+            let counters: Vec<String> =
+                COUNTER_NAMES.iter().zip(s.counters.iter()).map(|(n, v)| format!("{}:{v}", json::string(n))).collect();
+            format!(
+                "{{\"pid\":{},\"role\":{},\"local\":{},\"peer\":{},\"path\":\"ntb\",\"window\":{mw},\"counters\":{{{}}}}}",
+                s.info.pid,
+                json::string(role_name(s.info.role)),
+                json::string(&s.info.local.to_std().to_string()),
+                json::string(&s.info.peer.to_std().to_string()),
+                counters.join(",")
+            )
+        })
+        .collect();
+    format!(
+        "{{\"device\":{},\"leases\":{},\"connections\":[{}]}}\n",
+        device::summary_json(dev),
+        device::leases_json(dev),
+        conns.join(",")
+    )
+}
+
+pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
+    let mut as_json = false;
+    while let Some(arg) = args.next()? {
+        match arg {
+            Arg::Option { name, inline } => match name.as_str() {
+                "-h" | "--help" => {
+                    out.push_str(HELP);
+                    out.push('\n');
+                    return Ok(0);
+                }
+                "--json" => {
+                    args.no_value(&name, inline)?;
+                    as_json = true;
+                }
+                _ => return Err(unknown_option("stats", &name)),
+            },
+            Arg::Word(w) => return Err(args.usage(format!("unexpected argument {w:?}"))),
+            Arg::EndOfOptions => args.finish()?,
+        }
+    }
+    match device::open_existing().map_err(CliError::failed)? {
+        Found::Absent(path) => {
+            if as_json {
+                let _ = writeln!(
+                    out,
+                    "{{\"device\":null,\"path\":{},\"message\":{},\"leases\":[],\"connections\":[]}}",
+                    json::string(&path.display().to_string()),
+                    json::string(&device::absent_message(&path))
+                );
+            } else {
+                out.push_str(&device::absent_message(&path));
+                out.push('\n');
+            }
+        }
+        Found::Open(dev) if as_json => out.push_str(&json_object(&dev)),
+        Found::Open(dev) => text(&dev, out),
+    }
+    Ok(0)
+}
