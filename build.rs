@@ -12,8 +12,11 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let list = std::fs::read_to_string(EXPORTS).unwrap_or_else(|e| panic!("read {EXPORTS}: {e}"));
     // The same reading as shim/build.rs: one symbol per line, blank lines and `#` comments skipped.
-    let mut names: Vec<&str> =
-        list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let mut names: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
     for name in &names {
         let ident = name.chars().all(|c| c == '_' || c.is_ascii_alphanumeric())
             && !name.starts_with(|c: char| c.is_ascii_digit());
@@ -25,7 +28,9 @@ fn main() {
     assert_eq!(n, names.len(), "{EXPORTS} lists a symbol twice");
     assert!(!names.is_empty(), "{EXPORTS} lists no symbols");
 
-    let mut out = String::from("/// The hooks libpcisock.so must export (from `shim/exports.txt`, sorted).\n");
+    let mut out = String::from(
+        "/// The hooks libpcisock.so must export (from `shim/exports.txt`, sorted).\n",
+    );
     out.push_str("pub const HOOKS: &[&str] = &[\n");
     for name in &names {
         let _ = writeln!(out, "    {name:?},");

@@ -15,14 +15,20 @@ pub const EXIT_FAILURE: u8 = 1;
 #[derive(Debug)]
 pub enum CliError {
     /// The command line is wrong; `command` names the subcommand whose help to point at.
-    Usage { command: &'static str, message: String },
+    Usage {
+        command: &'static str,
+        message: String,
+    },
     /// The command line was fine but the operation failed.
     Failed(String),
 }
 
 impl CliError {
     pub fn usage(command: &'static str, message: impl Into<String>) -> CliError {
-        CliError::Usage { command, message: message.into() }
+        CliError::Usage {
+            command,
+            message: message.into(),
+        }
     }
 
     pub fn failed(message: impl Into<String>) -> CliError {
@@ -41,7 +47,11 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CliError::Usage { command, message } => {
-                let help = if command.is_empty() { "pcisock --help".to_owned() } else { format!("pcisock {command} --help") };
+                let help = if command.is_empty() {
+                    "pcisock --help".to_owned()
+                } else {
+                    format!("pcisock {command} --help")
+                };
                 write!(f, "{message}\n(see '{help}')")
             }
             CliError::Failed(message) => f.write_str(message),
@@ -53,7 +63,10 @@ impl fmt::Display for CliError {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Arg {
     /// `--name` or `-x`, with the value given as `--name=value`, if any.
-    Option { name: String, inline: Option<String> },
+    Option {
+        name: String,
+        inline: Option<String>,
+    },
     /// A word that is not an option (UTF-8 only; see [`Args::rest`] for raw program arguments).
     Word(String),
     /// `--`: everything after it is positional.
@@ -68,7 +81,10 @@ pub struct Args {
 
 impl Args {
     pub fn new(command: &'static str, items: impl IntoIterator<Item = OsString>) -> Args {
-        Args { command, items: items.into_iter().collect() }
+        Args {
+            command,
+            items: items.into_iter().collect(),
+        }
     }
 
     /// The subcommand these arguments belong to (for error messages).
@@ -82,7 +98,9 @@ impl Args {
 
     /// The next item, or `None` at the end. Non-UTF-8 options and words are usage errors.
     pub fn next(&mut self) -> Result<Option<Arg>, CliError> {
-        let Some(raw) = self.items.pop_front() else { return Ok(None) };
+        let Some(raw) = self.items.pop_front() else {
+            return Ok(None);
+        };
         let Some(s) = raw.to_str() else {
             return Err(self.usage(format!("argument {raw:?} is not valid UTF-8")));
         };
@@ -149,11 +167,18 @@ pub fn unknown_option(command: &'static str, name: &str) -> CliError {
 }
 
 /// Parse a number option, naming the option in the error.
-pub fn parse_number<T: std::str::FromStr>(command: &'static str, name: &str, value: &str) -> Result<T, CliError>
+pub fn parse_number<T: std::str::FromStr>(
+    command: &'static str,
+    name: &str,
+    value: &str,
+) -> Result<T, CliError>
 where
     T::Err: fmt::Display,
 {
-    value.trim().parse::<T>().map_err(|e| CliError::usage(command, format!("{name} {value:?}: {e}")))
+    value
+        .trim()
+        .parse::<T>()
+        .map_err(|e| CliError::usage(command, format!("{name} {value:?}: {e}")))
 }
 
 #[cfg(test)]
@@ -166,12 +191,37 @@ mod tests {
 
     #[test]
     fn reads_options_words_and_values() {
-        let mut a = args(&["--port", "80", "--role=client", "-h", "NoListener", "--", "-x"]);
-        assert_eq!(a.next().unwrap(), Some(Arg::Option { name: "--port".into(), inline: None }));
+        let mut a = args(&[
+            "--port",
+            "80",
+            "--role=client",
+            "-h",
+            "NoListener",
+            "--",
+            "-x",
+        ]);
+        assert_eq!(
+            a.next().unwrap(),
+            Some(Arg::Option {
+                name: "--port".into(),
+                inline: None
+            })
+        );
         assert_eq!(a.value("--port", None).unwrap(), "80");
-        let Some(Arg::Option { name, inline }) = a.next().unwrap() else { panic!() };
-        assert_eq!((name.as_str(), inline.as_deref()), ("--role", Some("client")));
-        assert_eq!(a.next().unwrap(), Some(Arg::Option { name: "-h".into(), inline: None }));
+        let Some(Arg::Option { name, inline }) = a.next().unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (name.as_str(), inline.as_deref()),
+            ("--role", Some("client"))
+        );
+        assert_eq!(
+            a.next().unwrap(),
+            Some(Arg::Option {
+                name: "-h".into(),
+                inline: None
+            })
+        );
         assert_eq!(a.next().unwrap(), Some(Arg::Word("NoListener".into())));
         assert_eq!(a.next().unwrap(), Some(Arg::EndOfOptions));
         assert_eq!(a.rest(), vec![OsString::from("-x")]);

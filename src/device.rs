@@ -27,7 +27,9 @@ pub fn open_existing() -> Result<Found, String> {
         Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(Found::Absent(path)),
         _ => {}
     }
-    EmuDevice::open_existing(&path, opts.side).map(Found::Open).map_err(|e| e.to_string())
+    EmuDevice::open_existing(&path, opts.side)
+        .map(Found::Open)
+        .map_err(|e| e.to_string())
 }
 
 /// The message for a device that does not exist yet.
@@ -45,7 +47,7 @@ pub fn topology_name(t: Topology) -> &'static str {
 /// `64 MiB`, `4 KiB`, `100 B`.
 pub fn size(n: u64) -> String {
     for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if n >= 1 << shift && n % (1 << shift) == 0 {
+        if n >= 1 << shift && n & ((1 << shift) - 1) == 0 {
             return format!("{} {unit}", n >> shift);
         }
     }
@@ -60,7 +62,11 @@ pub fn fault_names(flags: u32) -> Vec<String> {
         (ntb_sys::NTBEMU_FAULT_DMA_SLOW, "dma-slow"),
         (ntb_sys::NTBEMU_FAULT_LOST_DB, "lost-doorbell"),
     ];
-    let mut names: Vec<String> = known.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, n)| (*n).to_owned()).collect();
+    let mut names: Vec<String> = known
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| (*n).to_owned())
+        .collect();
     let rest = known.iter().fold(flags, |f, (bit, _)| f & !bit);
     if rest != 0 {
         names.push(format!("unknown({rest:#x})"));
@@ -109,18 +115,42 @@ pub fn summary_text(dev: &EmuDevice, out: &mut String) {
     let link = dev.link_state();
     let faults = dev.faults();
     let _ = writeln!(out, "device:     {}", dev.path().display());
-    let _ = writeln!(out, "topology:   {} (this host is side {}, peer side {})", topology_name(c.topology), dev.side(), dev.peer_side());
-    let _ = writeln!(out, "windows:    {} x {} (alignment {})", c.n_mw, size(c.mw_size), size(c.mw_align));
+    let _ = writeln!(
+        out,
+        "topology:   {} (this host is side {}, peer side {})",
+        topology_name(c.topology),
+        dev.side(),
+        dev.peer_side()
+    );
+    let _ = writeln!(
+        out,
+        "windows:    {} x {} (alignment {})",
+        c.n_mw,
+        size(c.mw_size),
+        size(c.mw_align)
+    );
     let _ = writeln!(out, "doorbells:  {} bits, {} scratchpads", c.n_db, c.n_spad);
     let _ = writeln!(out, "dma:        {} channel(s)", c.n_dma_ch);
     if link.up {
-        let _ = writeln!(out, "link:       up (gen {} x{}, generation {})", link.speed_gen, link.width, link.generation);
+        let _ = writeln!(
+            out,
+            "link:       up (gen {} x{}, generation {})",
+            link.speed_gen, link.width, link.generation
+        );
     } else {
         let _ = writeln!(out, "link:       down (generation {})", link.generation);
     }
     let names = fault_names(faults.flags());
-    let shown = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
-    let _ = writeln!(out, "faults:     {shown} ({} injected so far)", faults.hits());
+    let shown = if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "faults:     {shown} ({} injected so far)",
+        faults.hits()
+    );
 }
 
 /// The lease table, one line per process.
@@ -130,9 +160,17 @@ pub fn leases_text(dev: &EmuDevice, out: &mut String) {
         out.push_str("leases:     none\n");
         return;
     }
-    let mut rows = vec![["PID", "OWNER", "WINDOW", "DOORBELL", "DMA"].map(String::from).to_vec()];
+    let mut rows = vec![["PID", "OWNER", "WINDOW", "DOORBELL", "DMA"]
+        .map(String::from)
+        .to_vec()];
     for (pid, c) in &by_pid {
-        rows.push(vec![pid.to_string(), owner_state(*pid).to_owned(), c.window.to_string(), c.doorbell.to_string(), c.dma.to_string()]);
+        rows.push(vec![
+            pid.to_string(),
+            owner_state(*pid).to_owned(),
+            c.window.to_string(),
+            c.doorbell.to_string(),
+            c.dma.to_string(),
+        ]);
     }
     out.push_str("leases (this side's host table):\n");
     table(&rows, out);
@@ -146,7 +184,10 @@ pub fn summary_json(dev: &EmuDevice) -> String {
     let c = dev.config();
     let link = dev.link_state();
     let faults = dev.faults();
-    let fault_list: Vec<String> = fault_names(faults.flags()).iter().map(|n| json::string(n)).collect();
+    let fault_list: Vec<String> = fault_names(faults.flags())
+        .iter()
+        .map(|n| json::string(n))
+        .collect();
     format!(
         "{{\"path\":{},\"topology\":{},\"side\":{},\"peer_side\":{},\"windows\":{},\"window_size\":{},\"doorbells\":{},\
 \"scratchpads\":{},\"dma_channels\":{},\"link\":{{\"up\":{},\"speed_gen\":{},\"width\":{},\"generation\":{}}},\
@@ -189,12 +230,20 @@ pub fn leases_json(dev: &EmuDevice) -> String {
 /// Left-aligned columns, two spaces apart, indented by two.
 pub fn table(rows: &[Vec<String>], out: &mut String) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..cols).map(|i| rows.iter().filter_map(|r| r.get(i)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     for row in rows {
-        let mut line = String::from(" ");
+        let mut line = String::from("  ");
         for (i, cell) in row.iter().enumerate() {
-            let _ = write!(line, " {cell:<w$}", w = widths[i]);
+            let gap = if i == 0 { "" } else { "  " };
+            let _ = write!(line, "{gap}{cell:<w$}", w = widths[i]);
         }
         out.push_str(line.trim_end());
         out.push('\n');
@@ -212,13 +261,22 @@ mod tests {
         assert_eq!(size(100), "100 B");
         assert_eq!(size(0), "0 B");
         assert_eq!(fault_names(0), Vec::<String>::new());
-        assert_eq!(fault_names(ntb_sys::NTBEMU_FAULT_LINK_DOWN | 0x100), vec!["link-down", "unknown(0x100)"]);
+        assert_eq!(
+            fault_names(ntb_sys::NTBEMU_FAULT_LINK_DOWN | 0x100),
+            vec!["link-down", "unknown(0x100)"]
+        );
     }
 
     #[test]
     fn table_aligns() {
         let mut out = String::new();
-        table(&[vec!["A".into(), "BB".into()], vec!["ccc".into(), "d".into()]], &mut out);
+        table(
+            &[
+                vec!["A".into(), "BB".into()],
+                vec!["ccc".into(), "d".into()],
+            ],
+            &mut out,
+        );
         assert_eq!(out, "  A    BB\n  ccc  d\n");
     }
 }

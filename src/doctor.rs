@@ -72,7 +72,11 @@ fn check_library(r: &mut Report) {
     let loaded = match Library::open(&lib) {
         Ok(l) => l,
         Err(e) => {
-            r.line(Status::Fail, "exports", format!("cannot load the library: {e}"));
+            r.line(
+                Status::Fail,
+                "exports",
+                format!("cannot load the library: {e}"),
+            );
             return;
         }
     };
@@ -86,11 +90,24 @@ fn check_library(r: &mut Report) {
         }
     }
     if missing.is_empty() && elsewhere.is_empty() {
-        r.line(Status::Ok, "exports", format!("all {} hooks defined", HOOKS.len()));
+        r.line(
+            Status::Ok,
+            "exports",
+            format!("all {} hooks defined", HOOKS.len()),
+        );
     } else {
         let mut all: Vec<String> = missing.iter().map(|m| m.to_string()).collect();
         all.extend(elsewhere);
-        r.line(Status::Fail, "exports", format!("{} of {} hooks not defined by the library: {}", all.len(), HOOKS.len(), all.join(", ")));
+        r.line(
+            Status::Fail,
+            "exports",
+            format!(
+                "{} of {} hooks not defined by the library: {}",
+                all.len(),
+                HOOKS.len(),
+                all.join(", ")
+            ),
+        );
     }
 }
 
@@ -98,10 +115,18 @@ fn check_config(r: &mut Report) {
     let (config, errors) = Config::from_env();
     if errors.is_empty() {
         let strict = if config.strict() { ", strict" } else { "" };
-        r.line(Status::Ok, "configuration", format!("valid{strict} (see 'pcisock explain --port N')"));
+        r.line(
+            Status::Ok,
+            "configuration",
+            format!("valid{strict} (see 'pcisock explain --port N')"),
+        );
     } else {
         let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        r.line(Status::Fail, "configuration", format!("everything passes through to TCP: {}", list.join("; ")));
+        r.line(
+            Status::Fail,
+            "configuration",
+            format!("everything passes through to TCP: {}", list.join("; ")),
+        );
     }
 }
 
@@ -113,23 +138,61 @@ fn existing_ancestor(dir: &Path) -> Option<&Path> {
 fn check_directory(r: &mut Report, opts: &Options) {
     let dir = &opts.dir;
     match std::fs::symlink_metadata(dir) {
-        Ok(m) if !m.is_dir() => r.line(Status::Fail, "directory", format!("{} is not a directory", dir.display())),
+        Ok(m) if !m.is_dir() => r.line(
+            Status::Fail,
+            "directory",
+            format!("{} is not a directory", dir.display()),
+        ),
         Ok(m) => {
             let mode = m.permissions().mode() & 0o777;
             if m.uid() != ffi::uid() {
-                r.line(Status::Fail, "directory", format!("{} belongs to uid {}, not to us ({})", dir.display(), m.uid(), ffi::uid()));
+                r.line(
+                    Status::Fail,
+                    "directory",
+                    format!(
+                        "{} belongs to uid {}, not to us ({})",
+                        dir.display(),
+                        m.uid(),
+                        ffi::uid()
+                    ),
+                );
             } else if mode != 0o700 {
-                r.line(Status::Fail, "directory", format!("{} has mode {mode:04o}; it must be 0700", dir.display()));
+                r.line(
+                    Status::Fail,
+                    "directory",
+                    format!("{} has mode {mode:04o}; it must be 0700", dir.display()),
+                );
             } else {
-                r.line(Status::Ok, "directory", format!("{} (ours, mode 0700)", dir.display()));
+                r.line(
+                    Status::Ok,
+                    "directory",
+                    format!("{} (ours, mode 0700)", dir.display()),
+                );
             }
         }
         Err(_) => match existing_ancestor(dir) {
-            Some(a) if a.is_dir() && ffi::can_create_in(a) => {
-                r.line(Status::Ok, "directory", format!("{} does not exist yet; it will be created (mode 0700)", dir.display()))
-            }
-            Some(a) => r.line(Status::Fail, "directory", format!("{} cannot be created: no write access to {}", dir.display(), a.display())),
-            None => r.line(Status::Fail, "directory", format!("{} cannot be created", dir.display())),
+            Some(a) if a.is_dir() && ffi::can_create_in(a) => r.line(
+                Status::Ok,
+                "directory",
+                format!(
+                    "{} does not exist yet; it will be created (mode 0700)",
+                    dir.display()
+                ),
+            ),
+            Some(a) => r.line(
+                Status::Fail,
+                "directory",
+                format!(
+                    "{} cannot be created: no write access to {}",
+                    dir.display(),
+                    a.display()
+                ),
+            ),
+            None => r.line(
+                Status::Fail,
+                "directory",
+                format!("{} cannot be created", dir.display()),
+            ),
         },
     }
 }
@@ -155,11 +218,26 @@ fn check_device(r: &mut Report, opts: &Options) {
             let link = dev.link_state();
             let faults = device::fault_names(dev.faults().flags());
             if link.up {
-                r.line(Status::Ok, "link", format!("up (gen {} x{})", link.speed_gen, link.width));
+                r.line(
+                    Status::Ok,
+                    "link",
+                    format!("up (gen {} x{})", link.speed_gen, link.width),
+                );
             } else if faults.is_empty() {
-                r.line(Status::Warn, "link", "down: flagged connections fall back to TCP (LinkDown)");
+                r.line(
+                    Status::Warn,
+                    "link",
+                    "down: flagged connections fall back to TCP (LinkDown)",
+                );
             } else {
-                r.line(Status::Warn, "link", format!("down; injected faults: {} ('pcisock emu clear')", faults.join(", ")));
+                r.line(
+                    Status::Warn,
+                    "link",
+                    format!(
+                        "down; injected faults: {} ('pcisock emu clear')",
+                        faults.join(", ")
+                    ),
+                );
             }
         }
         Ok(Found::Absent(path)) => {
@@ -197,7 +275,10 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
             Arg::EndOfOptions => args.finish()?,
         }
     }
-    let mut r = Report { out: String::new(), failed: false };
+    let mut r = Report {
+        out: String::new(),
+        failed: false,
+    };
     check_library(&mut r);
     check_config(&mut r);
     match Options::from_env() {
@@ -208,6 +289,14 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
         Err(e) => r.line(Status::Fail, "device", format!("bad device setting: {e}")),
     }
     out.push_str(&r.out);
-    out.push_str(if r.failed { "some checks failed\n" } else { "all checks passed\n" });
-    Ok(if r.failed { crate::cli::EXIT_FAILURE } else { 0 })
+    out.push_str(if r.failed {
+        "some checks failed\n"
+    } else {
+        "all checks passed\n"
+    });
+    Ok(if r.failed {
+        crate::cli::EXIT_FAILURE
+    } else {
+        0
+    })
 }

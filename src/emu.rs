@@ -47,7 +47,10 @@ struct FaultOpts {
 }
 
 fn options(args: &mut Args, allowed: &[&str]) -> Result<Option<FaultOpts>, CliError> {
-    let mut o = FaultOpts { count: None, delay_us: None };
+    let mut o = FaultOpts {
+        count: None,
+        delay_us: None,
+    };
     while let Some(arg) = args.next()? {
         match arg {
             Arg::Option { name, .. } if name == "-h" || name == "--help" => return Ok(None),
@@ -77,7 +80,9 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
         None => return Err(args.usage("missing subcommand: info, fault, clear, reclaim or remove")),
         Some(Arg::Option { name, .. }) if name == "-h" || name == "--help" => return help(out),
         Some(Arg::Option { name, .. }) => return Err(unknown_option("emu", &name)),
-        Some(Arg::EndOfOptions) => return Err(args.usage("missing subcommand: info, fault, clear, reclaim or remove")),
+        Some(Arg::EndOfOptions) => {
+            return Err(args.usage("missing subcommand: info, fault, clear, reclaim or remove"))
+        }
         Some(Arg::Word(w)) => w,
     };
     match sub.as_str() {
@@ -120,7 +125,9 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
             }
             remove(out)
         }
-        other => Err(args.usage(format!("unknown emu subcommand {other:?}: expected info, fault, clear, reclaim or remove"))),
+        other => Err(args.usage(format!(
+            "unknown emu subcommand {other:?}: expected info, fault, clear, reclaim or remove"
+        ))),
     }
 }
 
@@ -128,24 +135,37 @@ fn fault(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     let kind = match args.next()? {
         Some(Arg::Word(w)) => w,
         Some(Arg::Option { name, .. }) if name == "-h" || name == "--help" => return help(out),
-        _ => return Err(args.usage("missing fault: link-down, dma-error, dma-slow or lost-doorbell")),
-    };
-    let allowed: &[&str] = match kind.as_str() {
-        "link-down" => &[],
-        "dma-error" | "lost-doorbell" => &["--count"],
-        "dma-slow" => &["--delay-us"],
-        other => {
-            return Err(args.usage(format!("unknown fault {other:?}: expected link-down, dma-error, dma-slow or lost-doorbell")))
+        _ => {
+            return Err(args.usage("missing fault: link-down, dma-error, dma-slow or lost-doorbell"))
         }
     };
-    let Some(o) = options(&mut args, allowed)? else { return help(out) };
+    let allowed: &[&str] =
+        match kind.as_str() {
+            "link-down" => &[],
+            "dma-error" | "lost-doorbell" => &["--count"],
+            "dma-slow" => &["--delay-us"],
+            other => return Err(args.usage(format!(
+                "unknown fault {other:?}: expected link-down, dma-error, dma-slow or lost-doorbell"
+            ))),
+        };
+    let Some(o) = options(&mut args, allowed)? else {
+        return help(out);
+    };
     let f = match kind.as_str() {
         "link-down" => Fault::LinkDown,
-        "dma-error" => Fault::DmaError { count: o.count.unwrap_or(0) },
-        "lost-doorbell" => Fault::LostDoorbell { count: o.count.unwrap_or(0) },
+        "dma-error" => Fault::DmaError {
+            count: o.count.unwrap_or(0),
+        },
+        "lost-doorbell" => Fault::LostDoorbell {
+            count: o.count.unwrap_or(0),
+        },
         _ => {
-            let us = o.delay_us.ok_or_else(|| args.usage("dma-slow needs --delay-us N"))?;
-            Fault::DmaSlow { delay: Duration::from_micros(us) }
+            let us = o
+                .delay_us
+                .ok_or_else(|| args.usage("dma-slow needs --delay-us N"))?;
+            Fault::DmaSlow {
+                delay: Duration::from_micros(us),
+            }
         }
     };
     let dev = open()?;
@@ -155,8 +175,13 @@ fn fault(mut args: Args, out: &mut String) -> Result<u8, CliError> {
         Fault::DmaError { count: 0 } => "dma-error: every DMA descriptor fails".to_owned(),
         Fault::DmaError { count } => format!("dma-error: the next {count} DMA descriptor(s) fail"),
         Fault::LostDoorbell { count: 0 } => "lost-doorbell: every peer doorbell is lost".to_owned(),
-        Fault::LostDoorbell { count } => format!("lost-doorbell: the next {count} peer doorbell(s) are lost"),
-        Fault::DmaSlow { delay } => format!("dma-slow: each DMA descriptor waits {} us", delay.as_micros()),
+        Fault::LostDoorbell { count } => {
+            format!("lost-doorbell: the next {count} peer doorbell(s) are lost")
+        }
+        Fault::DmaSlow { delay } => format!(
+            "dma-slow: each DMA descriptor waits {} us",
+            delay.as_micros()
+        ),
     };
     let _ = writeln!(out, "injected {what} ({})", dev.path().display());
     Ok(0)
@@ -173,11 +198,15 @@ fn live_holders(dev: &EmuDevice) -> Result<Vec<(u32, u32)>, CliError> {
         let view = if side == dev.side() {
             None
         } else {
-            Some(EmuDevice::open_existing(dev.path(), side).map_err(|e| CliError::failed(e.to_string()))?)
+            Some(
+                EmuDevice::open_existing(dev.path(), side)
+                    .map_err(|e| CliError::failed(e.to_string()))?,
+            )
         };
         let d = view.as_ref().unwrap_or(dev);
         for l in d.leases() {
-            if l.pid != 0 && ntbdrv::process::pid_exists(l.pid) && !holders.contains(&(side, l.pid)) {
+            if l.pid != 0 && ntbdrv::process::pid_exists(l.pid) && !holders.contains(&(side, l.pid))
+            {
                 holders.push((side, l.pid));
             }
         }
@@ -187,20 +216,34 @@ fn live_holders(dev: &EmuDevice) -> Result<Vec<(u32, u32)>, CliError> {
 
 /// The doorbell FIFOs of device `path`: `<stem>.s<side>.db<bit>` in the same directory.
 fn fifos(path: &Path) -> Vec<std::path::PathBuf> {
-    let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { return Vec::new() };
-    let Some(dir) = path.parent() else { return Vec::new() };
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+        return Vec::new();
+    };
+    let Some(dir) = path.parent() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let prefix = format!("{stem}.s");
     entries
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_str().is_some_and(|n| is_fifo_name(n, &prefix)))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| is_fifo_name(n, &prefix))
+        })
         .map(|e| e.path())
         .collect()
 }
 
 fn is_fifo_name(name: &str, prefix: &str) -> bool {
-    let Some(rest) = name.strip_prefix(prefix) else { return false };
-    let Some((side, bit)) = rest.split_once(".db") else { return false };
+    let Some(rest) = name.strip_prefix(prefix) else {
+        return false;
+    };
+    let Some((side, bit)) = rest.split_once(".db") else {
+        return false;
+    };
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     digits(side) && digits(bit)
 }
@@ -209,7 +252,10 @@ fn remove(out: &mut String) -> Result<u8, CliError> {
     let dev = open()?;
     let holders = live_holders(&dev)?;
     if !holders.is_empty() {
-        let list: Vec<String> = holders.iter().map(|(side, pid)| format!("{pid} (side {side})")).collect();
+        let list: Vec<String> = holders
+            .iter()
+            .map(|(side, pid)| format!("{pid} (side {side})"))
+            .collect();
         return Err(CliError::failed(format!(
             "not removing {}: live processes hold leases on it: {}",
             dev.path().display(),
@@ -226,8 +272,13 @@ fn remove(out: &mut String) -> Result<u8, CliError> {
             Err(e) => return Err(CliError::failed(format!("remove {}: {e}", f.display()))),
         }
     }
-    std::fs::remove_file(&path).map_err(|e| CliError::failed(format!("remove {}: {e}", path.display())))?;
-    let _ = writeln!(out, "removed {} and {removed_fifos} doorbell FIFO(s)", path.display());
+    std::fs::remove_file(&path)
+        .map_err(|e| CliError::failed(format!("remove {}: {e}", path.display())))?;
+    let _ = writeln!(
+        out,
+        "removed {} and {removed_fifos} doorbell FIFO(s)",
+        path.display()
+    );
     Ok(0)
 }
 

@@ -98,22 +98,41 @@ fn decide(q: &Query, port: u16, out: &mut String) {
     decide_with(&config, &errors, q, port, out);
 }
 
-fn decide_with(config: &Config, errors: &[crate::config::ConfigError], q: &Query, port: u16, out: &mut String) {
+fn decide_with(
+    config: &Config,
+    errors: &[crate::config::ConfigError],
+    q: &Query,
+    port: u16,
+    out: &mut String,
+) {
     let shown = |name: &str| match std::env::var_os(name) {
         Some(v) => format!("{name}={}", v.to_string_lossy()),
         None => format!("{name} unset"),
     };
-    let vars: Vec<String> = [ENV_CONF, ENV_PORTS, ENV_DEFAULT_PORTS, ENV_STRICT].iter().map(|n| shown(n)).collect();
+    let vars: Vec<String> = [ENV_CONF, ENV_PORTS, ENV_DEFAULT_PORTS, ENV_STRICT]
+        .iter()
+        .map(|n| shown(n))
+        .collect();
     let _ = writeln!(out, "configuration: {}", vars.join(", "));
     if !errors.is_empty() {
-        let _ = writeln!(out, "configuration errors ({}), so the library passes every connection through to TCP:", errors.len());
+        let _ = writeln!(
+            out,
+            "configuration errors ({}), so the library passes every connection through to TCP:",
+            errors.len()
+        );
         for e in errors {
             let _ = writeln!(out, "  {e}");
         }
     }
-    let addr = q.addr.map_or("any address".to_owned(), |a| format!("address {a}"));
+    let addr = q
+        .addr
+        .map_or("any address".to_owned(), |a| format!("address {a}"));
     let program = q.program.as_deref().unwrap_or("");
-    let prog = if program.is_empty() { "no program name".to_owned() } else { format!("program {program}") };
+    let prog = if program.is_empty() {
+        "no program name".to_owned()
+    } else {
+        format!("program {program}")
+    };
     let roles: &[Role] = match q.role {
         Some(Role::Client) => &[Role::Client],
         Some(Role::Server) => &[Role::Server],
@@ -121,10 +140,22 @@ fn decide_with(config: &Config, errors: &[crate::config::ConfigError], q: &Query
     };
     for role in roles {
         let d = config.decide(*role, port, q.addr, program);
-        let verdict = if d.is_ntb() { "flagged: tried on the NTB path" } else { "not flagged: plain TCP" };
-        let _ = writeln!(out, "{} {port}, {addr}, {prog}): {verdict} (rule: {})", role_word(*role), d.rule());
+        let verdict = if d.is_ntb() {
+            "flagged: tried on the NTB path"
+        } else {
+            "not flagged: plain TCP"
+        };
+        let _ = writeln!(
+            out,
+            "{} {port}, {addr}, {prog}): {verdict} (rule: {})",
+            role_word(*role),
+            d.rule()
+        );
     }
-    if roles.iter().any(|r| config.decide(*r, port, q.addr, program).is_ntb()) {
+    if roles
+        .iter()
+        .any(|r| config.decide(*r, port, q.addr, program).is_ntb())
+    {
         let _ = writeln!(
             out,
             "if the NTB path cannot be used, the connection {} (see 'pcisock explain' for the reasons)",
@@ -157,15 +188,23 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
                         q.port = Some(port);
                     }
                     "--role" => {
-                        q.role = Some(match args.value(&name, inline)?.to_ascii_lowercase().as_str() {
-                            "client" => Role::Client,
-                            "server" => Role::Server,
-                            other => return Err(args.usage(format!("--role {other:?}: expected client or server"))),
-                        })
+                        q.role = Some(
+                            match args.value(&name, inline)?.to_ascii_lowercase().as_str() {
+                                "client" => Role::Client,
+                                "server" => Role::Server,
+                                other => {
+                                    return Err(args.usage(format!(
+                                        "--role {other:?}: expected client or server"
+                                    )))
+                                }
+                            },
+                        )
                     }
                     "--addr" => {
                         let v = args.value(&name, inline)?;
-                        q.addr = Some(v.trim().parse().map_err(|_| args.usage(format!("--addr {v:?} is not an IP address")))?);
+                        q.addr = Some(v.trim().parse().map_err(|_| {
+                            args.usage(format!("--addr {v:?} is not an IP address"))
+                        })?);
                     }
                     "--program" => q.program = Some(args.value(&name, inline)?),
                     _ => return Err(unknown_option("explain", &name)),
@@ -182,13 +221,18 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
         (Some(word), false) => {
             let r = find_reason(&word).ok_or_else(|| {
                 let names: Vec<&str> = all_reasons().map(Reason::name).collect();
-                args.usage(format!("unknown reason {word:?}: expected a code 1-14 or one of {}", names.join(", ")))
+                args.usage(format!(
+                    "unknown reason {word:?}: expected a code 1-14 or one of {}",
+                    names.join(", ")
+                ))
             })?;
             explain_reason(r, out);
             Ok(0)
         }
         (None, true) => {
-            let port = q.port.ok_or_else(|| args.usage("--port N is required to decide a connection"))?;
+            let port = q
+                .port
+                .ok_or_else(|| args.usage("--port N is required to decide a connection"))?;
             decide(&q, port, out);
             Ok(0)
         }
@@ -226,11 +270,17 @@ mod tests {
 
     #[test]
     fn decides_with_a_given_configuration() {
-        let q = Query { role: Some(Role::Client), ..Query::default() };
+        let q = Query {
+            role: Some(Role::Client),
+            ..Query::default()
+        };
         let (config, errors) = Config::from_env_vars(|_| None);
         let mut out = String::new();
         decide_with(&config, &errors, &q, 5201, &mut out);
-        assert!(out.contains("flagged: tried on the NTB path (rule: built-in defaults)"), "{out}");
+        assert!(
+            out.contains("flagged: tried on the NTB path (rule: built-in defaults)"),
+            "{out}"
+        );
         let (config, errors) = Config::from_env_vars(|n| (n == ENV_PORTS).then(|| "0".to_owned()));
         let mut out = String::new();
         decide_with(&config, &errors, &q, 5201, &mut out);

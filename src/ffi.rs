@@ -38,12 +38,16 @@ impl Library {
     /// Load `path` (which should be absolute and canonical, so [`Library::lookup`] can tell the
     /// library's own symbols from its dependencies').
     pub fn open(path: &Path) -> Result<Library, String> {
-        let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("{} contains a NUL byte", path.display()))?;
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| format!("{} contains a NUL byte", path.display()))?;
         // SAFETY: `c` is a valid NUL-terminated path that lives across the call. Loading runs the
         // library's constructors; for libpcisock.so that only reads the environment.
         let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
         match NonNull::new(handle) {
-            Some(handle) => Ok(Library { handle, path: path.to_path_buf() }),
+            Some(handle) => Ok(Library {
+                handle,
+                path: path.to_path_buf(),
+            }),
             None => Err(dl_error().unwrap_or_else(|| "dlopen failed".to_owned())),
         }
     }
@@ -52,7 +56,9 @@ impl Library {
     /// (`dlsym` on a handle also searches the library's dependencies, so finding a name is not
     /// enough: `read` would always be found in libc.)
     pub fn lookup(&self, name: &str) -> Symbol {
-        let Ok(c) = CString::new(name) else { return Symbol::Missing };
+        let Ok(c) = CString::new(name) else {
+            return Symbol::Missing;
+        };
         // SAFETY: the handle came from a successful dlopen and is never closed; `c` is a valid
         // NUL-terminated name that lives across the call.
         let addr = unsafe { libc::dlsym(self.handle.as_ptr(), c.as_ptr()) };
@@ -89,7 +95,11 @@ fn dl_error() -> Option<String> {
         return None;
     }
     // SAFETY: non-null, NUL-terminated (see above).
-    Some(unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned())
+    Some(
+        unsafe { CStr::from_ptr(msg) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 /// The real user id of this process.
@@ -100,7 +110,9 @@ pub fn uid() -> u32 {
 
 /// Whether this process may create entries in directory `dir` (write and search permission).
 pub fn can_create_in(dir: &Path) -> bool {
-    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: `c` is a valid NUL-terminated path that lives across the call.
     unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
@@ -111,9 +123,13 @@ mod tests {
 
     #[test]
     fn libc_defines_read_and_not_a_made_up_name() {
-        let libc_path = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib64/libc.so.6"]
-            .iter()
-            .find_map(|p| std::fs::canonicalize(p).ok());
+        let libc_path = [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/libc.so.6",
+        ]
+        .iter()
+        .find_map(|p| std::fs::canonicalize(p).ok());
         let Some(path) = libc_path else { return };
         let lib = Library::open(&path).expect("dlopen libc");
         assert_eq!(lib.lookup("read"), Symbol::Defined);

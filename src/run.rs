@@ -45,13 +45,24 @@ pub fn locate_library() -> Result<PathBuf, String> {
         let path = PathBuf::from(path);
         return match std::fs::canonicalize(&path) {
             Ok(p) if p.is_file() => Ok(p),
-            Ok(_) => Err(format!("{ENV_LIB}={} is not a file", path.display())),
-            Err(e) => Err(format!("{ENV_LIB}={}: {e}", path.display())),
+            Ok(_) => Err(format!(
+                "{LIB_NAME} not found: {ENV_LIB}={} is not a file",
+                path.display()
+            )),
+            Err(e) => Err(format!(
+                "{LIB_NAME} not found: {ENV_LIB}={}: {e}",
+                path.display()
+            )),
         };
     }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the pcisock executable: {e}"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the pcisock executable: {e}"))?;
     let dir = exe.parent().unwrap_or(Path::new("/"));
-    let candidates = [dir.join(LIB_NAME), dir.join("../lib").join(LIB_NAME), dir.join("deps").join(LIB_NAME)];
+    let candidates = [
+        dir.join(LIB_NAME),
+        dir.join("../lib").join(LIB_NAME),
+        dir.join("deps").join(LIB_NAME),
+    ];
     for c in &candidates {
         if let Ok(p) = std::fs::canonicalize(c) {
             if p.is_file() {
@@ -60,7 +71,10 @@ pub fn locate_library() -> Result<PathBuf, String> {
         }
     }
     let looked: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
-    Err(format!("{LIB_NAME} not found (looked for {}); build it or set {ENV_LIB}", looked.join(", ")))
+    Err(format!(
+        "{LIB_NAME} not found (looked for {}); build it or set {ENV_LIB}",
+        looked.join(", ")
+    ))
 }
 
 /// What `pcisock run` was asked to do.
@@ -102,8 +116,9 @@ fn parse(mut args: Args) -> Result<Option<Request>, CliError> {
         }
     }
     r.program = args.rest();
-    if r.program.first().map_or(true, |p| p.is_empty()) {
-        return Err(args.usage("no program given: pcisock run [OPTIONS] -- PROGRAM [ARGS...]"));
+    match r.program.first() {
+        Some(p) if !p.is_empty() => {}
+        _ => return Err(args.usage("no program given: pcisock run [OPTIONS] -- PROGRAM [ARGS...]")),
     }
     // Check the values with the library's own parser, so a typo is caught here and not turned
     // into a pass-through configuration inside the program.
@@ -113,7 +128,11 @@ fn parse(mut args: Args) -> Result<Option<Request>, CliError> {
         _ => None,
     });
     if let Some(e) = errors.first() {
-        let option = if e.to_string().starts_with(ENV_PORTS) { "--ports" } else { "--log" };
+        let option = if e.to_string().starts_with(ENV_PORTS) {
+            "--ports"
+        } else {
+            "--log"
+        };
         return Err(args.usage(format!("bad {option}: {e}")));
     }
     Ok(Some(r))
@@ -123,7 +142,11 @@ fn parse(mut args: Args) -> Result<Option<Request>, CliError> {
 fn preload_value(lib: &Path, existing: Option<OsString>) -> OsString {
     let mut value = OsString::from(lib.as_os_str());
     if let Some(existing) = existing {
-        for entry in existing.as_bytes().split(|b| *b == b':' || *b == b' ').filter(|e| !e.is_empty()) {
+        for entry in existing
+            .as_bytes()
+            .split(|b| *b == b':' || *b == b' ')
+            .filter(|e| !e.is_empty())
+        {
             if entry != lib.as_os_str().as_bytes() {
                 value.push(":");
                 value.push(std::ffi::OsStr::from_bytes(entry));
@@ -140,15 +163,26 @@ pub fn main(args: Args, out: &mut String) -> Result<u8, CliError> {
         return Ok(0);
     };
     let lib = locate_library().map_err(|e| CliError::usage("run", e))?;
-    if lib.as_os_str().as_bytes().iter().any(|b| matches!(b, b':' | b' ')) {
+    if lib
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .any(|b| matches!(b, b':' | b' '))
+    {
         return Err(CliError::usage(
             "run",
-            format!("the library path {} holds ':' or a space, which LD_PRELOAD cannot carry", lib.display()),
+            format!(
+                "the library path {} holds ':' or a space, which LD_PRELOAD cannot carry",
+                lib.display()
+            ),
         ));
     }
     let mut cmd = Command::new(&r.program[0]);
     cmd.args(&r.program[1..]);
-    cmd.env("LD_PRELOAD", preload_value(&lib, std::env::var_os("LD_PRELOAD")));
+    cmd.env(
+        "LD_PRELOAD",
+        preload_value(&lib, std::env::var_os("LD_PRELOAD")),
+    );
     if let Some(p) = &r.ports {
         cmd.env(ENV_PORTS, p);
     }
@@ -163,7 +197,10 @@ pub fn main(args: Args, out: &mut String) -> Result<u8, CliError> {
     }
     // exec only returns on failure.
     let err = cmd.exec();
-    Err(CliError::failed(format!("cannot run {}: {err}", Path::new(&r.program[0]).display())))
+    Err(CliError::failed(format!(
+        "cannot run {}: {err}",
+        Path::new(&r.program[0]).display()
+    )))
 }
 
 #[cfg(test)]
@@ -176,9 +213,19 @@ mod tests {
 
     #[test]
     fn parses_options_and_program() {
-        let r = parse_words(&["--ports", "6379", "--strict", "--log=debug", "--stats-file", "/tmp/s", "--", "app", "-x"])
-            .unwrap()
-            .unwrap();
+        let r = parse_words(&[
+            "--ports",
+            "6379",
+            "--strict",
+            "--log=debug",
+            "--stats-file",
+            "/tmp/s",
+            "--",
+            "app",
+            "-x",
+        ])
+        .unwrap()
+        .unwrap();
         assert_eq!(r.ports.as_deref(), Some("6379"));
         assert!(r.strict);
         assert_eq!(r.log.as_deref(), Some("debug"));
@@ -192,7 +239,15 @@ mod tests {
 
     #[test]
     fn bad_command_lines_are_usage_errors() {
-        for bad in [&["--ports", "70000", "--", "x"][..], &["--log", "loud", "x"], &["--bogus", "x"], &[], &["--"], &["--strict=1", "x"], &["--ports"]] {
+        for bad in [
+            &["--ports", "70000", "--", "x"][..],
+            &["--log", "loud", "x"],
+            &["--bogus", "x"],
+            &[],
+            &["--"],
+            &["--strict=1", "x"],
+            &["--ports"],
+        ] {
             let e = parse_words(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}");
         }
@@ -203,7 +258,13 @@ mod tests {
     fn preload_goes_first_once() {
         let lib = Path::new("/x/libpcisock.so");
         assert_eq!(preload_value(lib, None), OsString::from("/x/libpcisock.so"));
-        assert_eq!(preload_value(lib, Some("/a.so /b.so".into())), OsString::from("/x/libpcisock.so:/a.so:/b.so"));
-        assert_eq!(preload_value(lib, Some("/x/libpcisock.so:/a.so".into())), OsString::from("/x/libpcisock.so:/a.so"));
+        assert_eq!(
+            preload_value(lib, Some("/a.so /b.so".into())),
+            OsString::from("/x/libpcisock.so:/a.so:/b.so")
+        );
+        assert_eq!(
+            preload_value(lib, Some("/x/libpcisock.so:/a.so".into())),
+            OsString::from("/x/libpcisock.so:/a.so")
+        );
     }
 }

@@ -37,7 +37,9 @@ fn endpoints(dev: &EmuDevice) -> Vec<(u32, EndpointStats)> {
     dev.leases()
         .into_iter()
         .filter(|l| l.kind == "window" && l.tag == transport::ENDPOINT_TAG)
-        .filter_map(|l| transport::stats::read_endpoint(dev, l.index, l.offset, l.len).map(|s| (l.index, s)))
+        .filter_map(|l| {
+            transport::stats::read_endpoint(dev, l.index, l.offset, l.len).map(|s| (l.index, s))
+        })
         .collect()
 }
 
@@ -57,7 +59,9 @@ fn text(dev: &EmuDevice, out: &mut String) {
         return;
     }
     let _ = writeln!(out, "connections ({}):", eps.len());
-    let mut header: Vec<String> = ["PID", "ROLE", "LOCAL", "PEER", "PATH"].map(String::from).to_vec();
+    let mut header: Vec<String> = ["PID", "ROLE", "LOCAL", "PEER", "PATH"]
+        .map(String::from)
+        .to_vec();
     header.extend(COUNTER_NAMES.iter().map(|n| n.to_ascii_uppercase()));
     let mut rows = vec![header];
     for (_, s) in &eps {

@@ -263,8 +263,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         wait_listening(port, Duration::from_secs(5)).unwrap();
+        assert!(is_listening(port).unwrap());
+        // (Not asserting the port is free after the drop: a test running in parallel may be
+        // handed the same ephemeral port at once.)
         drop(listener);
-        assert!(!is_listening(port).unwrap());
     }
 
     #[test]

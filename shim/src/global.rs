@@ -103,9 +103,9 @@ impl Global {
         let Some(path) = &self.stats_file else { return };
         let mut recs: Vec<Record> = self.closed.lock().map(|c| c.clone()).unwrap_or_default();
         recs.extend(table::snapshot().iter().filter_map(|(_, s)| Record::of(s)));
-        if recs.is_empty() && self.ntb_connections.load(Relaxed) == 0 && self.tcp_connections.load(Relaxed) == 0 {
+        if recs.is_empty() && self.ntb_connections.load(Relaxed) == 0 && self.tcp_connections.load(Relaxed) == 0 && path.exists() {
             // Nothing flagged happened here (e.g. a wrapper like `timeout` that inherited the
-            // variable): leave the file to the process that has something to say.
+            // variable): do not overwrite what the process that did something wrote.
             return;
         }
         let sum = |f: fn(&Record) -> u64| recs.iter().map(f).sum::<u64>();

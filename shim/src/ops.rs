@@ -109,6 +109,7 @@ pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> 
             Err(_) => Reason::NoDevice,
         }
     };
+    g.log(LogLevel::Debug, || format!("fd {fd}: accepted {} -> {}: {reason}", peer.to_std(), local.to_std()));
     *sock.state.lock().map_err(|_| libc::EIO)? = State::Tcp(reason);
     fallback(g, sock, fd, reason).map_err(|e| {
         sys::close_raw(fd);
@@ -152,6 +153,7 @@ pub fn connect(fd: c_int, addr: Option<SocketAddr>, real: impl Fn() -> c_int) ->
         return Detour::Ours(connect_tcp(g, fd, remote_ep, nonblock, Reason::Unsupported, real));
     };
     let local_ep = Endpoint::from_std(local);
+    g.log(LogLevel::Debug, || format!("fd {fd}: offering {local} -> {remote}"));
     let pending = match t.offer(local_ep, remote_ep) {
         Ok(p) => p,
         Err(reason) => return Detour::Ours(connect_tcp(g, fd, remote_ep, nonblock, reason, real)),
@@ -162,41 +164,13 @@ pub fn connect(fd: c_int, addr: Option<SocketAddr>, real: impl Fn() -> c_int) ->
         t.cancel(pending);
         return Detour::Ours(Err(err));
     }
-    let sock = Sock::new(Role::Client, local_ep, remote_ep, nonblock, State::Offered(None));
-    if r != 0 {
-        // Non-blocking connect in progress: the answer is collected when the app next looks.
-        *sock.state.lock().expect("fresh mutex") = State::Offered(Some(pending));
-        table::insert(fd, Arc::new(sock));
-        return Detour::Ours(Err(libc::EINPROGRESS));
-    }
-    Detour::Ours(match t.complete(pending, fd, true) {
-        Outcome::Connected(c) => {
-            let _ = sock.conn.set(Arc::new(c));
-            *sock.state.lock().expect("fresh mutex") = State::Ntb;
-            g.ntb_connections.fetch_add(1, Relaxed);
-            g.log(LogLevel::Info, || format!("fd {fd}: connected to {remote} on the NTB path"));
-            table::insert(fd, Arc::new(sock));
-            Ok(0)
-        }
-        Outcome::Tcp(reason) => settle_tcp(g, fd, sock, reason),
-        Outcome::Waiting(p) => {
-            t.cancel(p);
-            settle_tcp(g, fd, sock, Reason::NoAnswer)
-        }
-    })
-}
-
-fn settle_tcp(g: &Global, fd: c_int, sock: Sock, reason: Reason) -> Result<c_int, c_int> {
-    if let Ok(mut st) = sock.state.lock() {
-        *st = State::Tcp(reason);
-    }
-    match fallback(g, sock, fd, reason) {
-        Ok(()) => Ok(0),
-        Err(e) => {
-            sys::shutdown_both(fd);
-            Err(e)
-        }
-    }
+    // The kernel connect is done (or in progress): return at once, as TCP does. The answer is
+    // collected when the application first uses the socket (a server may accept late, e.g.
+    // after its other clients, and the client must not wait for that inside connect).
+    let sock = Sock::new(Role::Client, local_ep, remote_ep, nonblock, State::Offered(Some(pending)));
+    g.log(LogLevel::Debug, || format!("fd {fd}: connected to {remote}, upgrade offered"));
+    table::insert(fd, Arc::new(sock));
+    Detour::Ours(if r != 0 { Err(libc::EINPROGRESS) } else { Ok(0) })
 }
 
 fn connect_tcp(g: &Global, fd: c_int, remote: Endpoint, nonblock: bool, reason: Reason, real: impl Fn() -> c_int) -> Result<c_int, c_int> {
@@ -250,14 +224,18 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
             let _ = sock.conn.set(c.clone());
             *st = State::Ntb;
             g.ntb_connections.fetch_add(1, Relaxed);
+            g.log(LogLevel::Info, || format!("fd {fd}: connected to {} on the NTB path", sock.peer.to_std()));
             Ok(Some(c))
         }
         Outcome::Tcp(reason) => {
             *st = State::Tcp(reason);
-            g.tcp_connections.fetch_add(1, Relaxed);
+            g.log(LogLevel::Info, || format!("fd {fd}: client {} stays on TCP: {reason} ({})", sock.peer.to_std(), reason.explain()));
             if g.config.strict() {
+                g.log(LogLevel::Error, || format!("fd {fd}: PCISOCK_STRICT=1 refuses the TCP fallback ({reason})"));
                 sys::shutdown_both(fd);
+                return Err(libc::ECONNREFUSED);
             }
+            g.tcp_connections.fetch_add(1, Relaxed);
             Ok(None)
         }
         Outcome::Waiting(p2) => {

@@ -196,3 +196,70 @@ fn many_connections_return_their_window_space() {
         drop(s);
     }
 }
+
+/// Several offers outstanding at once (iperf -P 4 connects its streams in parallel).
+#[test]
+fn concurrent_offers_are_all_answered() {
+    let (_d, dev) = device("concurrent");
+    let t = transport(&dev, 64 << 10);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = l.local_addr().unwrap();
+    let _listener = t.listen(Endpoint::from_std(server_addr)).unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&"0.0.0.0:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        let local = s.local_addr().unwrap().as_socket().unwrap();
+        let p = t.offer(Endpoint::from_std(local), Endpoint::from_std(server_addr)).unwrap();
+        clients.push((s, p));
+    }
+    for (s, _) in &clients {
+        s.connect(&server_addr.into()).unwrap();
+    }
+    let mut servers = Vec::new();
+    for _ in 0..4 {
+        let (srv, peer) = l.accept().unwrap();
+        let c = t.accept(srv.as_raw_fd(), Endpoint::from_std(server_addr), Endpoint::from_std(peer));
+        assert!(c.is_ok(), "accept of {peer}: {:?}", c.err());
+        servers.push((srv, c.unwrap()));
+    }
+    for (s, p) in clients {
+        assert!(matches!(t.complete(p, s.as_raw_fd(), true), Outcome::Connected(_)));
+    }
+}
+
+/// Offers posted from several threads at once, answered by another transport instance (as two
+/// processes would).
+#[test]
+fn offers_from_threads_are_all_answered() {
+    let (_d, dev) = device("threads");
+    let server = transport(&dev, 64 << 10);
+    let client = Arc::new(transport(&dev, 64 << 10));
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = l.local_addr().unwrap();
+    let _listener = server.listen(Endpoint::from_std(server_addr)).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+                s.bind(&"0.0.0.0:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+                let local = s.local_addr().unwrap().as_socket().unwrap();
+                let p = client.offer(Endpoint::from_std(local), Endpoint::from_std(server_addr)).unwrap();
+                s.connect(&server_addr.into()).unwrap();
+                let ok = matches!(client.complete(p, s.as_raw_fd(), true), Outcome::Connected(_));
+                (s, ok)
+            })
+        })
+        .collect();
+    let mut servers = Vec::new();
+    for _ in 0..4 {
+        let (srv, peer) = l.accept().unwrap();
+        let c = server.accept(srv.as_raw_fd(), Endpoint::from_std(server_addr), Endpoint::from_std(peer));
+        assert!(c.is_ok(), "accept of {peer}: {:?}", c.err());
+        servers.push((srv, c.unwrap()));
+    }
+    for t in threads {
+        assert!(t.join().unwrap().1);
+    }
+}

@@ -1,0 +1,420 @@
+//! The `pcisock` binary end to end: help texts, usage errors (exit 2), `explain` against the
+//! library's configuration rules, `stats` and `emu` against a private emulated device, `run`
+//! with a missing and with the real library. Every run gets a private PCISOCK_EMU_DIR and a
+//! clean set of PCISOCK_* variables, so no test touches this user's real device.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ntbdrv::emu::{Config, EmuDevice, Options};
+use ntbdrv::NtbDevice;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pcisock");
+
+/// A private (0700) directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "pcisock-cli-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .expect("create temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Run `pcisock args` with a clean pcisock environment plus `env`, devices under `emu_dir`.
+fn pcisock_in(emu_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("PCISOCK_")) {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env_remove("LD_PRELOAD").env("PCISOCK_EMU_DIR", emu_dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run pcisock")
+}
+
+fn pcisock(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = TempDir::new("env");
+    pcisock_in(&dir.0, args, env)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_code(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+const COMMANDS: [&str; 5] = ["run", "stats", "explain", "emu", "doctor"];
+
+#[test]
+fn help_lists_the_commands_and_each_has_its_own() {
+    let o = pcisock(&["--help"], &[]);
+    assert_code(&o, 0);
+    let top = stdout(&o);
+    assert!(top.contains("Usage: pcisock <COMMAND>"), "{top}");
+    for c in COMMANDS {
+        assert!(
+            top.contains(&format!("\n  {c} ")),
+            "{c} missing from:\n{top}"
+        );
+        let o = pcisock(&[c, "--help"], &[]);
+        assert_code(&o, 0);
+        assert!(
+            stdout(&o).contains(&format!("Usage: pcisock {c}")),
+            "{c} --help:\n{}",
+            stdout(&o)
+        );
+        assert!(
+            stderr(&o).is_empty(),
+            "{c} --help wrote to stderr: {}",
+            stderr(&o)
+        );
+    }
+    assert!(stdout(&pcisock(&["stats", "--help"], &[])).contains("PCISOCK_STATS_FILE"));
+    let o = pcisock(&["--version"], &[]);
+    assert_code(&o, 0);
+    assert!(stdout(&o).starts_with("pcisock "));
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_message() {
+    for args in [
+        &["frobnicate"][..],
+        &[],
+        &["--frobnicate"],
+        &["stats", "--frobnicate"],
+        &["explain", "NoSuchReason"],
+        &["explain", "--port", "70000"],
+        &["emu", "frob"],
+        &["emu", "fault", "dma-slow"],
+        &["run"],
+        &["run", "--bogus", "--", "/bin/true"],
+        &["run", "--ports", "0", "--", "/bin/true"],
+        &["doctor", "extra"],
+    ] {
+        let o = pcisock(args, &[]);
+        assert_code(&o, 2);
+        assert!(
+            stderr(&o).starts_with("pcisock: "),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    let o = pcisock(&["frobnicate"], &[]);
+    assert!(
+        stderr(&o).contains("unknown command \"frobnicate\""),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn explain_a_reason() {
+    let o = pcisock(&["explain", "NoListener"], &[]);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains(transport::Reason::NoListener.explain()),
+        "{}",
+        stdout(&o)
+    );
+    let o = pcisock(&["explain", "4"], &[]);
+    assert!(
+        stdout(&o).starts_with("NoListener (code 4)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = pcisock(&["explain"], &[]);
+    assert_code(&o, 0);
+    for code in 1..=14 {
+        let r = transport::Reason::from_code(code).unwrap();
+        assert!(
+            stdout(&o).contains(r.name()) && stdout(&o).contains(r.explain()),
+            "{r} missing"
+        );
+    }
+}
+
+#[test]
+fn explain_a_connection() {
+    let o = pcisock(&["explain", "--port", "5001", "--role", "client"], &[]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(
+        out.contains("port 5001")
+            && out.contains("flagged: tried on the NTB path (rule: built-in defaults)"),
+        "{out}"
+    );
+    assert!(!out.contains("server"), "{out}");
+
+    let o = pcisock(&["explain", "--port", "80"], &[]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(
+        out.contains("not flagged") && !out.contains("flagged: tried"),
+        "{out}"
+    );
+    assert!(
+        out.contains("client (") && out.contains("server ("),
+        "{out}"
+    );
+
+    let o = pcisock(&["explain", "--port", "80"], &[("PCISOCK_PORTS", "80")]);
+    assert!(
+        stdout(&o).contains("flagged: tried on the NTB path (rule: PCISOCK_PORTS)"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = pcisock(&["explain", "--port", "80"], &[("PCISOCK_PORTS", "70000")]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(
+        out.contains("configuration errors")
+            && out.contains("70000")
+            && out.contains("out of range"),
+        "{out}"
+    );
+    // The CLI does not interpose on itself: no message from the library's constructor.
+    assert!(!stderr(&o).contains("bad configuration"), "{}", stderr(&o));
+}
+
+/// A small loopback device in `dir`.
+fn make_device(dir: &Path) -> EmuDevice {
+    let opts = Options {
+        dir: dir.to_path_buf(),
+        name: "loopback".into(),
+        side: 0,
+        config: Config {
+            mw_size: 1 << 20,
+            ..Config::default()
+        },
+    };
+    EmuDevice::open(&opts).expect("create device")
+}
+
+#[test]
+fn stats_and_emu_on_a_private_device() {
+    let dir = TempDir::new("dev");
+    let o = pcisock_in(&dir.0, &["stats"], &[]);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("no pcisock device on this host yet"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        !dir.0.join("loopback.ntb").exists(),
+        "stats created a device"
+    );
+    let o = pcisock_in(
+        &dir.0,
+        &["stats"],
+        &[("PCISOCK_EMU_DIR", "/nonexistent/pcisock-dir")],
+    );
+    assert!(
+        stdout(&o).contains("no pcisock device on this host yet (/nonexistent/pcisock-dir/"),
+        "{}",
+        stdout(&o)
+    );
+    let o = pcisock_in(&dir.0, &["emu", "info"], &[]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("no pcisock device"), "{}", stderr(&o));
+
+    let dev = make_device(&dir.0);
+    let lease = dev.lease_window(0, 4096, 0x7465_7374).expect("lease");
+    let o = pcisock_in(&dir.0, &["stats", "--json"], &[]);
+    assert_code(&o, 0);
+    let json = stdout(&o);
+    assert!(
+        json.trim_start().starts_with('{') && json.trim_end().ends_with('}'),
+        "{json}"
+    );
+    assert!(json.contains("\"connections\":["), "{json}");
+    assert!(
+        json.contains(&format!(
+            "{{\"pid\":{},\"owner\":\"alive\",\"window\":1",
+            std::process::id()
+        )),
+        "{json}"
+    );
+    let o = pcisock_in(&dir.0, &["stats"], &[]);
+    assert!(
+        stdout(&o).contains("topology:   loopback") && stdout(&o).contains("2 x 1 MiB"),
+        "{}",
+        stdout(&o)
+    );
+
+    let o = pcisock_in(&dir.0, &["emu", "fault", "link-down"], &[]);
+    assert_code(&o, 0);
+    assert!(!dev.link_state().up, "link-down did not reach the device");
+    let o = pcisock_in(&dir.0, &["emu", "info"], &[]);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("faults:     link-down"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("link:       down"), "{}", stdout(&o));
+    let o = pcisock_in(&dir.0, &["emu", "fault", "dma-error", "--count", "3"], &[]);
+    assert_code(&o, 0);
+    let o = pcisock_in(&dir.0, &["emu", "clear"], &[]);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("link-down, dma-error"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(dev.faults().flags(), 0);
+    let o = pcisock_in(&dir.0, &["emu", "info"], &[]);
+    assert!(stdout(&o).contains("faults:     none"), "{}", stdout(&o));
+
+    let o = pcisock_in(&dir.0, &["emu", "reclaim"], &[]);
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("freed 0 lease"), "{}", stdout(&o));
+
+    // We hold a lease: remove refuses and names us.
+    let o = pcisock_in(&dir.0, &["emu", "remove"], &[]);
+    assert_code(&o, 1);
+    assert!(
+        stderr(&o).contains(&std::process::id().to_string()),
+        "{}",
+        stderr(&o)
+    );
+    assert!(dir.0.join("loopback.ntb").exists());
+    dev.release(ntbdrv::Lease::Window(lease)).expect("release");
+    drop(dev);
+    std::fs::write(dir.0.join("loopback.s0.db3"), b"").unwrap();
+    std::fs::write(dir.0.join("keep.s0.db3"), b"").unwrap();
+    let o = pcisock_in(&dir.0, &["emu", "remove"], &[]);
+    assert_code(&o, 0);
+    assert!(!dir.0.join("loopback.ntb").exists() && !dir.0.join("loopback.s0.db3").exists());
+    assert!(
+        dir.0.join("keep.s0.db3").exists(),
+        "removed another device's FIFO"
+    );
+}
+
+#[test]
+fn run_with_a_missing_library() {
+    let o = pcisock(
+        &["run", "--", "/bin/true"],
+        &[("PCISOCK_LIB", "/nonexistent/libpcisock.so")],
+    );
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("libpcisock.so not found") && stderr(&o).contains("/nonexistent"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// The library built with this binary, if this profile built it.
+fn built_library() -> Option<PathBuf> {
+    let dir = Path::new(BIN).parent()?;
+    [dir.join("libpcisock.so"), dir.join("deps/libpcisock.so")]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn run_with_the_real_library() {
+    let Some(lib) = built_library() else {
+        println!("note: libpcisock.so is not built next to {BIN}; skipping the real-library run");
+        return;
+    };
+    let o = pcisock(&["run", "--", "/bin/true"], &[]);
+    assert_code(&o, 0);
+    let o = pcisock(&["run", "--", "/bin/false"], &[]);
+    assert_code(&o, 1);
+    let o = pcisock(
+        &[
+            "run",
+            "--ports",
+            "6379",
+            "--strict",
+            "--log",
+            "warn",
+            "--stats-file",
+            "/tmp/x",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo \"$LD_PRELOAD|$PCISOCK_PORTS|$PCISOCK_STRICT|$PCISOCK_LOG|$PCISOCK_STATS_FILE\"",
+        ],
+        &[("LD_PRELOAD", "/other.so")],
+    );
+    assert_code(&o, 0);
+    let canon = std::fs::canonicalize(&lib).unwrap();
+    let want = format!("{}:/other.so|6379|1|warn|/tmp/x\n", canon.display());
+    assert_eq!(stdout(&o), want, "stderr: {}", stderr(&o));
+}
+
+#[test]
+fn doctor_checks_the_library_exports() {
+    // A library that defines none of the hooks: every one must be reported (they resolve only to
+    // libc, which the check must not count).
+    let libm = [
+        "/lib/x86_64-linux-gnu/libm.so.6",
+        "/usr/lib/x86_64-linux-gnu/libm.so.6",
+        "/lib64/libm.so.6",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists());
+    if let Some(libm) = libm {
+        let o = pcisock(&["doctor"], &[("PCISOCK_LIB", libm)]);
+        assert_code(&o, 1);
+        assert!(
+            stdout(&o).contains("[FAIL] exports") && stdout(&o).contains("connect"),
+            "{}",
+            stdout(&o)
+        );
+    }
+    if built_library().is_some() {
+        let o = pcisock(&["doctor"], &[]);
+        assert_code(&o, 0);
+        assert!(
+            stdout(&o).contains("[ ok ] exports       all"),
+            "{}",
+            stdout(&o)
+        );
+    } else {
+        println!(
+            "note: libpcisock.so is not built next to {BIN}; skipping the real-library doctor run"
+        );
+    }
+}
