@@ -46,9 +46,11 @@ pub(crate) const C_BASE: usize = 0x100;
 pub(crate) const INFO_BASE: usize = 0x200;
 pub(crate) const INFO_MAGIC: u32 = 0x5043_4550; // "PCEP"
 
-/// FIN: the sender will send no more. RST: the sender aborted.
+/// FIN: the sender will send no more. RST: the sender aborted. GONE: the peer closed and will
+/// never write into this endpoint block again (its last write): the block may be reused.
 const FLAG_FIN: u32 = 1;
 const FLAG_RST: u32 = 2;
+const FLAG_GONE: u32 = 4;
 
 /// Per-connection counters, in the endpoint's lease.
 #[derive(Clone, Copy, Debug)]
@@ -493,8 +495,8 @@ impl Connection {
     /// The peer broke the protocol: reset the connection.
     fn protocol_error(&self) -> IoError {
         self.shared.counters.protocol_errors.fetch_add(1, Relaxed);
-        word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_RST, SeqCst);
         word32(&self.theirs, CR_CLOSED).store(1, SeqCst);
+        word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_RST, SeqCst);
         self.ring_peer();
         IoError::Protocol
     }
@@ -910,11 +912,15 @@ impl Connection {
         };
         let flag = if unread { FLAG_RST } else { FLAG_FIN };
         word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR | ST_SHUT_RD | ST_CLOSED, SeqCst);
-        word32(&self.theirs, RX_FLAGS).fetch_or(flag, SeqCst);
         word32(&self.theirs, CR_CLOSED).store(1, SeqCst);
+        word32(&self.theirs, RX_FLAGS).fetch_or(flag, SeqCst);
+        // SYNC POINT (endpoint release): our last write into the peer's block; pairs with the
+        // Acquire load in `peer_finished`, after which the peer may give the block to another
+        // connection.
+        word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_GONE, SeqCst);
         self.ring_peer();
         word32(&self.mine, INFO_BASE).store(0, Release);
-        let peer_done = word32(&self.mine, RX_FLAGS).load(Acquire) != 0;
+        let peer_done = peer_finished(&self.mine);
         self.shared.retire(self.mine.clone(), self.my_lease, self.my_bell, peer_done);
     }
 
@@ -924,9 +930,9 @@ impl Connection {
     }
 }
 
-/// Has the peer of this (closed) endpoint block finished writing into it (FIN or RST seen)?
+/// Has the peer of this (closed) endpoint block made its last write into it?
 pub(crate) fn peer_finished(block: &Region) -> bool {
-    word32(block, RX_FLAGS).load(Acquire) != 0
+    word32(block, RX_FLAGS).load(Acquire) & FLAG_GONE != 0
 }
 
 const L_STATE: usize = 0xA0;

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install what pcisock's build, tests and benchmarks need on a fresh Debian 12 machine:
+# Debian packages (iperf, iperf3, socat, libclang for ntb-sys's bindgen check, python3 for the
+# bench scripts). Rust comes from the machine's rustup toolchain; crates come through cargo.
+# Safe to run again: apt-get only installs what is missing.
+set -euo pipefail
+pkgs=(iperf iperf3 socat libclang-dev clang python3 procps iproute2)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "setup.sh: cargo not found (install Rust with rustup)" >&2; exit 1; }
+echo "setup.sh: ready ($(cargo --version), $(iperf --version 2>&1 | head -1), $(iperf3 --version | head -1))"
