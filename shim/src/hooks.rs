@@ -113,6 +113,15 @@ fn do_recv(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Option<Result<usi
 
 fn do_send(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Result<usize, c_int>> {
     match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
+        Err(libc::EAGAIN) => match ops::stash_early(fd, bufs) {
+            Some(n) => Some(Ok(n)),
+            // Settled meanwhile (or no room): look again once.
+            None => match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
+                Err(e) => Some(Err(e)),
+                Ok(DataPath::Ntb(s, c)) => Some(guard(|| ops::send(&s, &c, bufs, flags))),
+                Ok(DataPath::Kernel) => None,
+            },
+        },
         Err(e) => Some(Err(e)),
         Ok(DataPath::Ntb(s, c)) => Some(guard(|| ops::send(&s, &c, bufs, flags))),
         Ok(DataPath::Kernel) => None,

@@ -218,13 +218,18 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
             return Err(libc::EAGAIN);
         }
     }
-    match t.complete(pending, fd, block) {
+    let early = std::mem::take(&mut *sock.early.lock().map_err(|_| libc::EIO)?);
+    let outcome = t.complete(pending, fd, block || !early.is_empty());
+    match outcome {
         Outcome::Connected(c) => {
             let c = Arc::new(c);
             let _ = sock.conn.set(c.clone());
             *st = State::Ntb;
             g.ntb_connections.fetch_add(1, Relaxed);
             g.log(LogLevel::Info, || format!("fd {fd}: connected to {} on the NTB path", sock.peer.to_std()));
+            if !early.is_empty() {
+                c.send(&[&early], false, None).map_err(io_errno)?;
+            }
             Ok(Some(c))
         }
         Outcome::Tcp(reason) => {
@@ -236,6 +241,10 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
                 return Err(libc::ECONNREFUSED);
             }
             g.tcp_connections.fetch_add(1, Relaxed);
+            if !early.is_empty() {
+                sys::send_all(fd, &early)?;
+                sock.tcp_tx.fetch_add(early.len() as u64, Relaxed);
+            }
             Ok(None)
         }
         Outcome::Waiting(p2) => {
@@ -250,6 +259,29 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
 pub enum DataPath {
     Ntb(Arc<Sock>, Arc<Connection>),
     Kernel,
+}
+
+/// A non-blocking send before the server answered: keep up to `EARLY_MAX` bytes, as a TCP send
+/// buffer would. `Some(n)` bytes were kept; `None`: no room (EAGAIN), or the connection settled
+/// meanwhile (the caller tries again).
+pub fn stash_early(fd: c_int, bufs: &[&[u8]]) -> Option<usize> {
+    let sock = table::get(fd)?;
+    let st = sock.state.lock().ok()?;
+    if !matches!(&*st, State::Offered(Some(_))) {
+        return None;
+    }
+    let mut early = sock.early.lock().ok()?;
+    let room = crate::sock::EARLY_MAX.saturating_sub(early.len());
+    let mut n = 0;
+    for b in bufs {
+        let take = b.len().min(room - n);
+        early.extend_from_slice(&b[..take]);
+        n += take;
+        if n == room {
+            break;
+        }
+    }
+    (n > 0).then_some(n)
 }
 
 pub fn data_path(fd: c_int, dontwait: bool) -> Option<Result<DataPath, c_int>> {
@@ -310,13 +342,19 @@ pub fn sendfile(sock: &Sock, c: &Connection, in_fd: c_int, offset: Option<&mut i
 /// `close`: forget the fd (before the real close, so a reused fd number is never ours).
 pub fn before_close(fd: c_int) {
     if let Some(s) = table::remove(fd) {
-        retire(s);
+        retire(s, Some(fd));
     }
 }
 
-fn retire(s: Arc<Sock>) {
+/// The last reference to a tracked fd's entry is going: flush bytes kept before the answer
+/// (while the kernel socket `fd` is still open), withdraw listeners and offers, keep the record.
+fn retire(s: Arc<Sock>, fd: Option<c_int>) {
     let g = global::get();
     if Arc::strong_count(&s) == 1 {
+        // Bytes sent before the answer must still reach the peer, whichever path it is.
+        if let Some(fd) = fd.filter(|_| s.early.lock().is_ok_and(|e| !e.is_empty())) {
+            let _ = settle_offer(&s, fd, true);
+        }
         g.retire(&s);
         if let Ok(mut st) = s.state.lock() {
             match std::mem::replace(&mut *st, State::Ntb) {
@@ -380,7 +418,7 @@ pub fn after_dup(old: c_int, new: c_int) {
         return;
     }
     if let Some(s) = table::remove(new) {
-        retire(s);
+        retire(s, None);
     }
     if let Some(s) = table::get(old) {
         table::insert(new, s);

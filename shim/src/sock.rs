@@ -24,7 +24,13 @@ pub struct Sock {
     /// Bytes moved over the kernel socket on a flagged connection that stayed on TCP.
     pub tcp_tx: AtomicU64,
     pub tcp_rx: AtomicU64,
+    /// Bytes a client sent without blocking before the server answered its offer (TCP would
+    /// have buffered them); flushed, in order, into whichever path the connection settles on.
+    pub early: Mutex<Vec<u8>>,
 }
+
+/// Most bytes held in `Sock::early` (like a small socket send buffer).
+pub const EARLY_MAX: usize = 256 << 10;
 
 /// Where a tracked fd stands.
 pub enum State {
@@ -51,6 +57,7 @@ impl Sock {
             state: Mutex::new(state),
             tcp_tx: AtomicU64::new(0),
             tcp_rx: AtomicU64::new(0),
+            early: Mutex::new(Vec::new()),
         }
     }
 

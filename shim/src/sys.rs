@@ -131,3 +131,27 @@ pub fn close_raw(fd: c_int) {
     // SAFETY: no memory arguments.
     unsafe { libc::syscall(libc::SYS_close, fd) };
 }
+
+/// Send all of `buf` on a blocking path through the raw system call (used to flush bytes kept
+/// for a connection that settled on TCP).
+pub fn send_all(fd: c_int, mut buf: &[u8]) -> Result<(), c_int> {
+    while !buf.is_empty() {
+        // SAFETY: sends from a live slice of the stated length.
+        let r = unsafe { libc::syscall(libc::SYS_sendto, fd, buf.as_ptr(), buf.len(), libc::MSG_NOSIGNAL, std::ptr::null::<u8>(), 0usize) };
+        if r < 0 {
+            let e = errno();
+            if e == libc::EINTR {
+                continue;
+            }
+            if e == libc::EAGAIN {
+                let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                // SAFETY: one live pollfd.
+                unsafe { libc::syscall(libc::SYS_ppoll, &mut p as *mut libc::pollfd, 1usize, std::ptr::null::<u8>(), std::ptr::null::<u8>(), 8usize) };
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[r as usize..];
+    }
+    Ok(())
+}
