@@ -300,13 +300,64 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
         Some(r) => {
             if r.is_ok() {
                 m.msg_namelen = 0;
-                m.msg_controllen = 0;
                 m.msg_flags = 0;
+                // SAFETY: `m` is the application's msghdr with its control buffer.
+                unsafe { receive_timestamp(fd, m) };
             }
             fin_ssize(r)
         }
         None => count_kernel(fd, call_real!(recvmsg(fd, msg, flags)), false),
     }
+}
+
+/// With SO_TIMESTAMP(NS) on, the kernel attaches the receive time to every recvmsg; do the same
+/// for an NTB connection (the time the bytes are handed over), or report MSG_CTRUNC.
+///
+/// # Safety
+/// `m.msg_control` must be null or point to `m.msg_controllen` writable bytes.
+unsafe fn receive_timestamp(fd: c_int, m: &mut msghdr) {
+    let kind = ops::timestamping(fd);
+    let (ty, payload): (c_int, [u8; 16]) = match kind {
+        1 => {
+            let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+            // SAFETY: a live timeval; the timezone pointer may be null.
+            unsafe { libc::gettimeofday(&mut tv, std::ptr::null_mut()) };
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&(tv.tv_sec as i64).to_ne_bytes());
+            b[8..].copy_from_slice(&(tv.tv_usec as i64).to_ne_bytes());
+            (libc::SCM_TIMESTAMP, b)
+        }
+        2 => {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: a live timespec.
+            unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&(ts.tv_sec as i64).to_ne_bytes());
+            b[8..].copy_from_slice(&(ts.tv_nsec as i64).to_ne_bytes());
+            (libc::SCM_TIMESTAMPNS, b)
+        }
+        _ => {
+            m.msg_controllen = 0;
+            return;
+        }
+    };
+    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
+    let (space, len) = unsafe { (libc::CMSG_SPACE(16) as usize, libc::CMSG_LEN(16) as usize) };
+    if m.msg_control.is_null() || (m.msg_controllen as usize) < space {
+        m.msg_controllen = 0;
+        m.msg_flags |= libc::MSG_CTRUNC;
+        return;
+    }
+    // SAFETY: the control buffer holds at least `space` bytes (checked), so the first header
+    // and its 16-byte payload fit.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(m);
+        (*c).cmsg_len = len as _;
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = ty;
+        std::ptr::copy_nonoverlapping(payload.as_ptr(), libc::CMSG_DATA(c), 16);
+    }
+    m.msg_controllen = space as _;
 }
 
 #[no_mangle]
@@ -506,6 +557,11 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
     let r = call_real!(setsockopt(fd, level, name, val, len));
+    if r == 0 && table::contains(fd) && level == libc::SOL_SOCKET && (name == libc::SO_TIMESTAMP || name == libc::SO_TIMESTAMPNS) && !val.is_null() && len as usize >= 4 {
+        // SAFETY: the option value is an int.
+        let on = unsafe { *(val as *const c_int) } != 0;
+        ops::set_timestamping(fd, if name == libc::SO_TIMESTAMP { 1 } else { 2 }, on);
+    }
     if r == 0
         && table::contains(fd)
         && level == libc::SOL_SOCKET

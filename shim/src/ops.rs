@@ -351,11 +351,11 @@ pub fn before_close(fd: c_int) {
 fn retire(s: Arc<Sock>, fd: Option<c_int>) {
     let g = global::get();
     if Arc::strong_count(&s) == 1 {
+        // (Its statistics record is kept when the entry is dropped: see `Sock::drop`.)
         // Bytes sent before the answer must still reach the peer, whichever path it is.
         if let Some(fd) = fd.filter(|_| s.early.lock().is_ok_and(|e| !e.is_empty())) {
             let _ = settle_offer(&s, fd, true);
         }
-        g.retire(&s);
         if let Ok(mut st) = s.state.lock() {
             match std::mem::replace(&mut *st, State::Ntb) {
                 State::Listening(Some(l)) => {
@@ -404,6 +404,19 @@ pub fn set_timeout(fd: c_int, recv: bool, tv: libc::timeval) {
             s.sndtimeo_ns.store(ns, Relaxed);
         }
     }
+}
+
+/// Keep SO_TIMESTAMP / SO_TIMESTAMPNS in step (after a successful real setsockopt).
+pub fn set_timestamping(fd: c_int, kind: u8, on: bool) {
+    if let Some(s) = table::get(fd) {
+        s.timestamp.store(if on { kind } else { 0 }, Relaxed);
+    }
+}
+
+/// Which receive timestamp recvmsg must report on an NTB connection (0 none, 1 timeval,
+/// 2 timespec).
+pub fn timestamping(fd: c_int) -> u8 {
+    table::get(fd).map_or(0, |s| if s.conn.get().is_some() { s.timestamp.load(Relaxed) } else { 0 })
 }
 
 /// FIONREAD / SIOCINQ on an NTB connection.

@@ -27,6 +27,8 @@ pub struct Sock {
     /// Bytes a client sent without blocking before the server answered its offer (TCP would
     /// have buffered them); flushed, in order, into whichever path the connection settles on.
     pub early: Mutex<Vec<u8>>,
+    /// SO_TIMESTAMP (1) or SO_TIMESTAMPNS (2) is on: recvmsg gives a receive-time cmsg.
+    pub timestamp: std::sync::atomic::AtomicU8,
 }
 
 /// Most bytes held in `Sock::early` (like a small socket send buffer).
@@ -44,6 +46,14 @@ pub enum State {
     Tcp(Reason),
 }
 
+impl Drop for Sock {
+    /// Every tracked fd's entry leaves exactly one record in the statistics, however it ends
+    /// (close, dup2 over it, close_range, exit).
+    fn drop(&mut self) {
+        crate::global::get().retire(self);
+    }
+}
+
 impl Sock {
     pub fn new(role: Role, local: Endpoint, peer: Endpoint, nonblock: bool, state: State) -> Sock {
         Sock {
@@ -58,6 +68,7 @@ impl Sock {
             tcp_tx: AtomicU64::new(0),
             tcp_rx: AtomicU64::new(0),
             early: Mutex::new(Vec::new()),
+            timestamp: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
