@@ -7,7 +7,11 @@ use std::path::PathBuf;
 fn main() {
     println!("cargo:rerun-if-changed=exports.txt");
     let list = std::fs::read_to_string("exports.txt").expect("shim/exports.txt");
-    let mut names: Vec<&str> = list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let mut names: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
     let n = names.len();
     names.sort_unstable();
     names.dedup();
@@ -19,5 +23,8 @@ fn main() {
     script.push_str("  local: *;\n};\n");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR")).join("exports.map");
     std::fs::write(&out, script).expect("write the version script");
-    println!("cargo:rustc-cdylib-link-arg=-Wl,--version-script={}", out.display());
+    println!(
+        "cargo:rustc-cdylib-link-arg=-Wl,--version-script={}",
+        out.display()
+    );
 }

@@ -139,15 +139,16 @@ fn fault(mut args: Args, out: &mut String) -> Result<u8, CliError> {
             return Err(args.usage("missing fault: link-down, dma-error, dma-slow or lost-doorbell"))
         }
     };
-    let allowed: &[&str] =
-        match kind.as_str() {
-            "link-down" => &[],
-            "dma-error" | "lost-doorbell" => &["--count"],
-            "dma-slow" => &["--delay-us"],
-            other => return Err(args.usage(format!(
+    let allowed: &[&str] = match kind.as_str() {
+        "link-down" => &[],
+        "dma-error" | "lost-doorbell" => &["--count"],
+        "dma-slow" => &["--delay-us"],
+        other => {
+            return Err(args.usage(format!(
                 "unknown fault {other:?}: expected link-down, dma-error, dma-slow or lost-doorbell"
-            ))),
-        };
+            )))
+        }
+    };
     let Some(o) = options(&mut args, allowed)? else {
         return help(out);
     };

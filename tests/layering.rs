@@ -8,14 +8,24 @@ use std::path::Path;
 /// Workspace crates named in the `[dependencies]`, `[dev-dependencies]` and
 /// `[build-dependencies]` tables of a manifest.
 fn internal_deps(manifest: &Path) -> BTreeSet<String> {
-    const INTERNAL: [&str; 5] = ["ntb-sys", "ntbdrv", "transport", "pcisock-transport", "pcisock-shim"];
-    let text = std::fs::read_to_string(manifest).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+    const INTERNAL: [&str; 5] = [
+        "ntb-sys",
+        "ntbdrv",
+        "transport",
+        "pcisock-transport",
+        "pcisock-shim",
+    ];
+    let text =
+        std::fs::read_to_string(manifest).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
     let mut in_deps = false;
     let mut out = BTreeSet::new();
     for line in text.lines() {
         let l = line.trim();
         if l.starts_with('[') {
-            in_deps = matches!(l, "[dependencies]" | "[dev-dependencies]" | "[build-dependencies]");
+            in_deps = matches!(
+                l,
+                "[dependencies]" | "[dev-dependencies]" | "[build-dependencies]"
+            );
             continue;
         }
         if !in_deps || l.is_empty() || l.starts_with('#') {
@@ -23,7 +33,11 @@ fn internal_deps(manifest: &Path) -> BTreeSet<String> {
         }
         let name = l.split(['=', '.', ' ']).next().unwrap_or("").trim();
         if INTERNAL.contains(&name) {
-            out.insert(if name == "pcisock-transport" { "transport".to_string() } else { name.to_string() });
+            out.insert(if name == "pcisock-transport" {
+                "transport".to_string()
+            } else {
+                name.to_string()
+            });
         }
     }
     out
@@ -42,7 +56,10 @@ fn crates_depend_downward_only() {
     for (dir, ok) in allowed {
         let deps = internal_deps(&root.join(dir).join("Cargo.toml"));
         let bad: Vec<_> = deps.iter().filter(|d| !ok.contains(&d.as_str())).collect();
-        assert!(bad.is_empty(), "{dir} must not depend on {bad:?} (allowed: {ok:?})");
+        assert!(
+            bad.is_empty(),
+            "{dir} must not depend on {bad:?} (allowed: {ok:?})"
+        );
     }
     // The workspace table maps `transport` to the package pcisock-transport: keep it that way.
     let ws = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
@@ -54,11 +71,23 @@ fn layers_do_not_name_what_is_above_them() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     // (directory, words its code must not use): the device knows no sockets; the transport
     // knows nothing of LD_PRELOAD or errno.
-    for (dir, words) in [("ntbdrv/src", &["TcpStream", "SOCK_STREAM", "LD_PRELOAD"][..]), ("transport/src", &["LD_PRELOAD", "__errno_location", "dlsym"][..])] {
+    for (dir, words) in [
+        (
+            "ntbdrv/src",
+            &["TcpStream", "SOCK_STREAM", "LD_PRELOAD"][..],
+        ),
+        (
+            "transport/src",
+            &["LD_PRELOAD", "__errno_location", "dlsym"][..],
+        ),
+    ] {
         for entry in walk(&root.join(dir)) {
             let text = std::fs::read_to_string(&entry).unwrap();
             for w in words {
-                let hits: Vec<_> = text.lines().filter(|l| !l.trim_start().starts_with("//") && l.contains(w)).collect();
+                let hits: Vec<_> = text
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("//") && l.contains(w))
+                    .collect();
                 assert!(hits.is_empty(), "{} uses {w:?}: {hits:?}", entry.display());
             }
         }

@@ -137,7 +137,11 @@ impl Iperf3Output {
         // pass may overshoot by up to one block (128 KiB by default) per extra stream.
         let slack = (streams.saturating_sub(1) as u64) * BLOCK_MAX;
         if self.sum_sent.bytes < bytes || self.sum_sent.bytes > bytes + slack {
-            errors.push(format!("sum_sent.bytes {} not in {bytes}..={}", self.sum_sent.bytes, bytes + slack));
+            errors.push(format!(
+                "sum_sent.bytes {} not in {bytes}..={}",
+                self.sum_sent.bytes,
+                bytes + slack
+            ));
         }
         if self.sum_received.bytes == 0 || self.sum_received.bytes > self.sum_sent.bytes {
             errors.push(format!(

@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::{Completion, DmaDesc, DmaError, DoorbellError, Lease, LeaseError, NtbDevice, SideId, WindowError};
+use crate::{
+    Completion, DmaDesc, DmaError, DoorbellError, Lease, LeaseError, NtbDevice, SideId, WindowError,
+};
 
 /// How a backend's tests give the suite its devices.
 pub trait Fixture {
@@ -30,7 +32,10 @@ fn up(f: &dyn Fixture) -> (Arc<dyn NtbDevice>, Arc<dyn NtbDevice>) {
     let b = f.open(sb);
     a.link_enable().expect("link enable a");
     b.link_enable().expect("link enable b");
-    assert!(a.link_state().up && b.link_state().up, "link must be up once both sides enable it");
+    assert!(
+        a.link_state().up && b.link_state().up,
+        "link must be up once both sides enable it"
+    );
     (a, b)
 }
 
@@ -42,7 +47,11 @@ pub fn doorbell_set_clear_mask(f: &dyn Fixture) {
     b.db_clear(b.db_valid_mask()).unwrap();
     b.db_clear_mask(b.db_valid_mask()).unwrap();
     a.peer_db_set(bit).unwrap();
-    assert_eq!(b.db_read() & bit, bit, "rung bit must be pending on the peer");
+    assert_eq!(
+        b.db_read() & bit,
+        bit,
+        "rung bit must be pending on the peer"
+    );
     b.db_clear(bit).unwrap();
     assert_eq!(b.db_read() & bit, 0, "cleared bit must not be pending");
 
@@ -52,24 +61,43 @@ pub fn doorbell_set_clear_mask(f: &dyn Fixture) {
     crate::drain_vector(&fd);
     a.peer_db_set(bit).unwrap();
     assert_eq!(b.db_read() & bit, bit, "a masked bit still latches");
-    assert!(!readable(&fd, Duration::from_millis(50)), "a masked bit must not interrupt");
+    assert!(
+        !readable(&fd, Duration::from_millis(50)),
+        "a masked bit must not interrupt"
+    );
     b.db_clear_mask(bit).unwrap();
-    assert!(readable(&fd, LONG), "unmasking a pending bit must raise its interrupt");
+    assert!(
+        readable(&fd, LONG),
+        "unmasking a pending bit must raise its interrupt"
+    );
     crate::drain_vector(&fd);
     b.db_clear(bit).unwrap();
 
     let valid = b.db_valid_mask();
     if valid != u64::MAX {
         let bad = valid + 1;
-        assert!(matches!(a.peer_db_set(bad), Err(DoorbellError::InvalidBits { .. })));
-        assert!(matches!(b.db_clear(bad), Err(DoorbellError::InvalidBits { .. })));
-        assert!(matches!(b.db_set_mask(bad), Err(DoorbellError::InvalidBits { .. })));
+        assert!(matches!(
+            a.peer_db_set(bad),
+            Err(DoorbellError::InvalidBits { .. })
+        ));
+        assert!(matches!(
+            b.db_clear(bad),
+            Err(DoorbellError::InvalidBits { .. })
+        ));
+        assert!(matches!(
+            b.db_set_mask(bad),
+            Err(DoorbellError::InvalidBits { .. })
+        ));
     }
     assert!(b.db_vector_fd(64).is_err(), "bit 64 does not exist");
 }
 
 fn readable(fd: &std::os::fd::OwnedFd, timeout: Duration) -> bool {
-    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
     #[allow(unsafe_code)]
     // SAFETY: one live pollfd on the stack, count 1.
@@ -110,11 +138,20 @@ pub fn doorbell_vector_fd(f: &dyn Fixture) {
     b.db_clear(1 << bit).unwrap();
     let fd = b.db_vector_fd(bit).unwrap();
     crate::drain_vector(&fd);
-    assert!(!readable(&fd, Duration::from_millis(20)), "no interrupt before the ring");
+    assert!(
+        !readable(&fd, Duration::from_millis(20)),
+        "no interrupt before the ring"
+    );
     a.peer_db_set(1 << bit).unwrap();
-    assert!(readable(&fd, LONG), "the rung bit's line must become readable");
+    assert!(
+        readable(&fd, LONG),
+        "the rung bit's line must become readable"
+    );
     crate::drain_vector(&fd);
-    assert!(!readable(&fd, Duration::from_millis(20)), "drained line must be quiet");
+    assert!(
+        !readable(&fd, Duration::from_millis(20)),
+        "drained line must be quiet"
+    );
 }
 
 /// The ntb_transport-style scratchpad handshake: each side writes the peer's bank and reads its
@@ -154,14 +191,29 @@ pub fn windows_visible(f: &dyn Fixture) {
         out.write(off, &pat).unwrap();
         let mut got = vec![0u8; pat.len()];
         inb.read(off, &mut got).unwrap();
-        assert_eq!(got, pat, "window {mw}: bytes written through the outbound window");
-        assert!(matches!(out.write(off + 1, &pat), Err(WindowError::OutOfRange { .. })));
-        assert!(matches!(inb.atomic_u64(3), Err(WindowError::Misaligned { .. })));
+        assert_eq!(
+            got, pat,
+            "window {mw}: bytes written through the outbound window"
+        );
+        assert!(matches!(
+            out.write(off + 1, &pat),
+            Err(WindowError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            inb.atomic_u64(3),
+            Err(WindowError::Misaligned { .. })
+        ));
         assert!(out.slice(usize::MAX, 2).is_err());
     }
     let n = a.mw_count();
-    assert!(matches!(a.inbound(n), Err(WindowError::NoSuchWindow { .. })));
-    assert!(matches!(a.mw_align(n), Err(WindowError::NoSuchWindow { .. })));
+    assert!(matches!(
+        a.inbound(n),
+        Err(WindowError::NoSuchWindow { .. })
+    ));
+    assert!(matches!(
+        a.mw_align(n),
+        Err(WindowError::NoSuchWindow { .. })
+    ));
 }
 
 /// DMA: a batch from host memory into the peer's window completes with its bytes visible, by
@@ -180,8 +232,16 @@ pub fn dma_transfer(f: &dyn Fixture) {
         inb.fill(0, src.len(), 0).unwrap();
         let half = (src.len() / 2) as u32;
         let descs = [
-            DmaDesc { src: bus, dst: ch.peer_window_addr(0, 0).unwrap(), len: half },
-            DmaDesc { src: crate::BusAddr(bus.0 + half as u64), dst: ch.peer_window_addr(0, half as u64).unwrap(), len: half },
+            DmaDesc {
+                src: bus,
+                dst: ch.peer_window_addr(0, 0).unwrap(),
+                len: half,
+            },
+            DmaDesc {
+                src: crate::BusAddr(bus.0 + half as u64),
+                dst: ch.peer_window_addr(0, half as u64).unwrap(),
+                len: half,
+            },
         ];
         ch.submit(&descs, how == Completion::Interrupt).unwrap();
         let st = ch.wait(how, Some(LONG)).unwrap();
@@ -189,26 +249,58 @@ pub fn dma_transfer(f: &dyn Fixture) {
         assert_eq!(st.done, 2);
         let mut got = vec![0u8; src.len()];
         inb.read(0, &mut got).unwrap();
-        assert!(got == src, "{how:?}: bytes must be visible once IN_PROGRESS clears");
+        assert!(
+            got == src,
+            "{how:?}: bytes must be visible once IN_PROGRESS clears"
+        );
     }
     // Local window to host memory (the receive direction).
     let mut dst = vec![0u8; 4096];
     let dbus = ch.map_host(dst.as_mut_ptr(), dst.len()).unwrap();
     a.inbound(0).unwrap().write(8192, &src[..4096]).unwrap();
-    ch.submit(&[DmaDesc { src: ch.local_window_addr(0, 8192).unwrap(), dst: dbus, len: 4096 }], false).unwrap();
+    ch.submit(
+        &[DmaDesc {
+            src: ch.local_window_addr(0, 8192).unwrap(),
+            dst: dbus,
+            len: 4096,
+        }],
+        false,
+    )
+    .unwrap();
     ch.wait(Completion::Poll, Some(LONG)).unwrap();
     assert_eq!(&dst[..], &src[..4096]);
     ch.unmap_host(dbus).unwrap();
 
-    assert!(matches!(ch.submit(&[], false), Err(DmaError::BadBatch { .. })));
     assert!(matches!(
-        ch.submit(&[DmaDesc { src: bus, dst: bus, len: u32::MAX }], false),
+        ch.submit(&[], false),
+        Err(DmaError::BadBatch { .. })
+    ));
+    assert!(matches!(
+        ch.submit(
+            &[DmaDesc {
+                src: bus,
+                dst: bus,
+                len: u32::MAX
+            }],
+            false
+        ),
         Err(DmaError::TooLong { .. })
     ));
     // An address nobody mapped fails the transfer, with the error bit, not a crash.
     let stray = crate::BusAddr(bus.0 + (64 << 20));
-    ch.submit(&[DmaDesc { src: stray, dst: ch.peer_window_addr(0, 0).unwrap(), len: 64 }], false).unwrap();
-    assert!(matches!(ch.wait(Completion::Poll, Some(LONG)), Err(DmaError::TransferFailed { index: 0 })));
+    ch.submit(
+        &[DmaDesc {
+            src: stray,
+            dst: ch.peer_window_addr(0, 0).unwrap(),
+            len: 64,
+        }],
+        false,
+    )
+    .unwrap();
+    assert!(matches!(
+        ch.wait(Completion::Poll, Some(LONG)),
+        Err(DmaError::TransferFailed { index: 0 })
+    ));
     assert!(ch.peer_window_addr(a.mw_count(), 0).is_err());
     ch.unmap_host(bus).unwrap();
     assert!(ch.unmap_host(bus).is_err(), "double unmap is refused");
@@ -219,15 +311,30 @@ pub fn dma_transfer(f: &dyn Fixture) {
 pub fn limits_enforced(f: &dyn Fixture) {
     let (a, _b) = up(f);
     let size = a.mw_align(0).unwrap().size_max;
-    assert!(matches!(a.lease_window(0, size + 1, 0), Err(LeaseError::Window(_))));
-    assert!(matches!(a.lease_window(a.mw_count(), 4096, 0), Err(LeaseError::Window(_))));
+    assert!(matches!(
+        a.lease_window(0, size + 1, 0),
+        Err(LeaseError::Window(_))
+    ));
+    assert!(matches!(
+        a.lease_window(a.mw_count(), 4096, 0),
+        Err(LeaseError::Window(_))
+    ));
     let whole = a.lease_window(0, size, 1).expect("the whole window");
-    assert!(matches!(a.lease_window(0, 4096, 1), Err(LeaseError::WindowFull { .. })));
+    assert!(matches!(
+        a.lease_window(0, 4096, 1),
+        Err(LeaseError::WindowFull { .. })
+    ));
     a.release(Lease::Window(whole)).unwrap();
-    assert!(a.release(Lease::Window(whole)).is_err(), "double release is refused");
+    assert!(
+        a.release(Lease::Window(whole)).is_err(),
+        "double release is refused"
+    );
     let l1 = a.lease_window(0, 100, 2).unwrap();
     let l2 = a.lease_window(0, 100, 2).unwrap();
-    assert!(l1.offset + l1.len <= l2.offset || l2.offset + l2.len <= l1.offset, "leases must not overlap");
+    assert!(
+        l1.offset + l1.len <= l2.offset || l2.offset + l2.len <= l1.offset,
+        "leases must not overlap"
+    );
     a.release(Lease::Window(l1)).unwrap();
     a.release(Lease::Window(l2)).unwrap();
 
@@ -239,12 +346,22 @@ pub fn limits_enforced(f: &dyn Fixture) {
     let mut bits: Vec<u32> = held.iter().map(|d| d.bit).collect();
     bits.sort_unstable();
     bits.dedup();
-    assert_eq!(bits.len(), n as usize, "every doorbell lease gets its own bit");
-    assert!(matches!(a.lease_doorbell(3), Err(LeaseError::DoorbellsExhausted { .. })));
+    assert_eq!(
+        bits.len(),
+        n as usize,
+        "every doorbell lease gets its own bit"
+    );
+    assert!(matches!(
+        a.lease_doorbell(3),
+        Err(LeaseError::DoorbellsExhausted { .. })
+    ));
     for d in held {
         a.release(Lease::Doorbell(d)).unwrap();
     }
-    a.lease_doorbell(3).map(|d| a.release(Lease::Doorbell(d))).unwrap().unwrap();
+    a.lease_doorbell(3)
+        .map(|d| a.release(Lease::Doorbell(d)))
+        .unwrap()
+        .unwrap();
 }
 
 /// Link down: the peer sees it, doorbells and peer scratchpads fail, a link event wakes waiters,
@@ -257,7 +374,10 @@ pub fn link_down(f: &dyn Fixture) {
     std::thread::sleep(Duration::from_millis(20));
     b.link_disable().unwrap();
     let st = waiter.join().unwrap();
-    assert!(!st.up && st.generation != g, "link_wait must return on the event");
+    assert!(
+        !st.up && st.generation != g,
+        "link_wait must return on the event"
+    );
     assert!(!a.link_state().up);
     assert_eq!(a.peer_db_set(1), Err(DoorbellError::LinkDown));
     assert!(a.peer_spad_write(0, 1).is_err());
@@ -267,8 +387,17 @@ pub fn link_down(f: &dyn Fixture) {
     b.db_clear(1).unwrap();
 }
 
-fn spawn_peer(f: &dyn Fixture, side: SideId, args: &[&str]) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
-    let mut child = f.peer(side, args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn ntbdrv-peer");
+fn spawn_peer(
+    f: &dyn Fixture,
+    side: SideId,
+    args: &[&str],
+) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let mut child = f
+        .peer(side, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ntbdrv-peer");
     let out = BufReader::new(child.stdout.take().unwrap());
     (child, out)
 }
@@ -276,7 +405,10 @@ fn spawn_peer(f: &dyn Fixture, side: SideId, args: &[&str]) -> (std::process::Ch
 fn expect_line(out: &mut BufReader<std::process::ChildStdout>, want: &str) -> String {
     let mut line = String::new();
     out.read_line(&mut line).expect("read from peer");
-    assert!(line.starts_with(want), "peer said {line:?}, expected {want}");
+    assert!(
+        line.starts_with(want),
+        "peer said {line:?}, expected {want}"
+    );
     line
 }
 
@@ -293,7 +425,10 @@ pub fn windows_across_processes(f: &dyn Fixture) {
     let mut buf = vec![0u8; 1_000_000];
     b.inbound(0).unwrap().read(65536, &mut buf).unwrap();
     let want: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8 ^ 0x5A).collect();
-    assert!(buf == want, "bytes from the peer process (side {sa} → side {sb})");
+    assert!(
+        buf == want,
+        "bytes from the peer process (side {sa} → side {sb})"
+    );
     assert!(child.wait().unwrap().success());
 }
 
@@ -305,7 +440,10 @@ pub fn reclaim_after_kill(f: &dyn Fixture) {
     expect_line(&mut out, "holding");
     let pid = child.id();
     let size = a.mw_align(0).unwrap().size_max;
-    assert!(a.lease_window(0, size, 9).is_err(), "the peer process holds part of window 0");
+    assert!(
+        a.lease_window(0, size, 9).is_err(),
+        "the peer process holds part of window 0"
+    );
     // SIGKILL: no destructor runs.
     #[allow(unsafe_code)]
     // SAFETY: signalling a child process we spawned and have not reaped.
@@ -315,8 +453,13 @@ pub fn reclaim_after_kill(f: &dyn Fixture) {
     child.wait().unwrap();
     let t0 = Instant::now();
     let freed = a.reclaim();
-    assert!(freed >= 2, "reclaim freed {freed} leases of the dead process");
-    let whole = a.lease_window(0, size, 9).expect("the whole window after reclaim");
+    assert!(
+        freed >= 2,
+        "reclaim freed {freed} leases of the dead process"
+    );
+    let whole = a
+        .lease_window(0, size, 9)
+        .expect("the whole window after reclaim");
     a.release(Lease::Window(whole)).unwrap();
     if a.dma_channel_count() > 0 {
         drop(a.dma_channel().expect("the dead process's DMA channel"));

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 #[derive(Debug)]
 pub enum DeviceError {
     /// The device directory belongs to another user or is open to others.
-    ForeignDirectory { path: PathBuf, owner: u32, mode: u32 },
+    ForeignDirectory {
+        path: PathBuf,
+        owner: u32,
+        mode: u32,
+    },
     /// The path exists but is not a directory (or is a symlink).
     NotADirectory(PathBuf),
     /// The device file belongs to another user.
@@ -15,7 +19,11 @@ pub enum DeviceError {
     /// The file is not an NTBEMU device (bad magic).
     NotADevice(PathBuf),
     /// The file was made by another layout version.
-    VersionMismatch { path: PathBuf, ours: u32, theirs: u32 },
+    VersionMismatch {
+        path: PathBuf,
+        ours: u32,
+        theirs: u32,
+    },
     /// The file is shorter than its header says, or its header is inconsistent.
     Corrupt { path: PathBuf, why: String },
     /// The requested configuration breaks a hardware limit.
@@ -23,7 +31,11 @@ pub enum DeviceError {
     /// The requested side does not exist on this device.
     NoSuchSide { side: u32, sides: u32 },
     /// A setting in the environment could not be parsed.
-    BadSetting { name: &'static str, value: String, why: String },
+    BadSetting {
+        name: &'static str,
+        value: String,
+        why: String,
+    },
     /// An operating-system call failed.
     Io { what: String, err: std::io::Error },
 }
@@ -88,7 +100,10 @@ impl fmt::Display for WindowError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NoSuchWindow { mw, count } => {
-                write!(f, "memory window {mw} does not exist (the device has {count})")
+                write!(
+                    f,
+                    "memory window {mw} does not exist (the device has {count})"
+                )
             }
             Self::OutOfRange { offset, len, size } => write!(
                 f,
@@ -118,7 +133,10 @@ impl fmt::Display for DoorbellError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::InvalidBits { bits, valid } => {
-                write!(f, "doorbell bits {bits:#x} outside the valid mask {valid:#x}")
+                write!(
+                    f,
+                    "doorbell bits {bits:#x} outside the valid mask {valid:#x}"
+                )
             }
             Self::LinkDown => f.write_str("the link is down"),
             Self::Vector(why) => write!(f, "doorbell interrupt line: {why}"),
@@ -131,7 +149,10 @@ impl std::error::Error for DoorbellError {}
 /// A scratchpad operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScratchpadError {
-    NoSuchScratchpad { idx: u32, count: u32 },
+    NoSuchScratchpad {
+        idx: u32,
+        count: u32,
+    },
     /// Peer scratchpads need the link up.
     LinkDown,
 }
@@ -140,7 +161,10 @@ impl fmt::Display for ScratchpadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NoSuchScratchpad { idx, count } => {
-                write!(f, "scratchpad {idx} does not exist (the device has {count})")
+                write!(
+                    f,
+                    "scratchpad {idx} does not exist (the device has {count})"
+                )
             }
             Self::LinkDown => f.write_str("the link is down"),
         }
@@ -198,14 +222,21 @@ impl std::error::Error for DmaError {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseError {
     /// No window space of that size is free.
-    WindowFull { mw: u32, len: u64 },
+    WindowFull {
+        mw: u32,
+        len: u64,
+    },
     /// All doorbell bits are leased.
-    DoorbellsExhausted { count: u32 },
+    DoorbellsExhausted {
+        count: u32,
+    },
     /// The host table has no free slot.
     TableFull,
     Window(WindowError),
     /// The lease is not held (already released, or reclaimed).
-    NotHeld { slot: u32 },
+    NotHeld {
+        slot: u32,
+    },
     /// The target process does not exist.
     NoSuchProcess(u32),
 }

@@ -199,7 +199,13 @@ pub trait NtbDevice: Send + Sync {
     /// reservation belongs to no process and is never reclaimed. Reserving the same range with
     /// the same tag again returns the existing reservation (this is how every process of a host
     /// finds a well-known control area).
-    fn reserve_window(&self, mw: u32, offset: u64, len: u64, tag: u32) -> Result<WindowLease, LeaseError>;
+    fn reserve_window(
+        &self,
+        mw: u32,
+        offset: u64,
+        len: u64,
+        tag: u32,
+    ) -> Result<WindowLease, LeaseError>;
     /// Lease one doorbell bit of this side.
     fn lease_doorbell(&self, tag: u32) -> Result<DoorbellLease, LeaseError>;
     /// Return a lease to the table.

@@ -8,7 +8,11 @@ use crate::{DeviceError, NtbDevice};
 
 /// Open the device this process should use, as configured by the environment.
 pub fn open_default() -> Result<Arc<dyn NtbDevice>, DeviceError> {
-    match std::env::var("PCISOCK_DEVICE").ok().filter(|v| !v.is_empty()).as_deref() {
+    match std::env::var("PCISOCK_DEVICE")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .as_deref()
+    {
         None | Some("emu") => Ok(Arc::new(EmuDevice::open_from_env()?)),
         Some(other) => Err(DeviceError::BadSetting {
             name: "PCISOCK_DEVICE",

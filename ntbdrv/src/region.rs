@@ -45,7 +45,11 @@ impl Region {
     /// # Safety
     /// `base..base+len` must be mapped read-write for as long as `keep` lives.
     pub(crate) unsafe fn new(base: *mut u8, len: usize, keep: Arc<dyn Keepalive>) -> Self {
-        Self { base, len, _keep: keep }
+        Self {
+            base,
+            len,
+            _keep: keep,
+        }
     }
 
     /// Length in bytes.
@@ -94,7 +98,9 @@ impl Region {
         self.check(offset, dst.len())?;
         // SAFETY: the source range is inside the mapping (checked); `dst` is exclusively borrowed
         // process memory, so the ranges cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(self.base.add(offset), dst.as_mut_ptr(), dst.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.base.add(offset), dst.as_mut_ptr(), dst.len())
+        };
         Ok(())
     }
 
@@ -102,7 +108,12 @@ impl Region {
     ///
     /// # Safety
     /// `src..src+len` must be readable process memory for the duration of the call.
-    pub unsafe fn write_raw(&self, offset: usize, src: *const u8, len: usize) -> Result<(), WindowError> {
+    pub unsafe fn write_raw(
+        &self,
+        offset: usize,
+        src: *const u8,
+        len: usize,
+    ) -> Result<(), WindowError> {
         self.check(offset, len)?;
         // SAFETY: the destination is inside the mapping (checked); the caller vouches for `src`.
         unsafe { std::ptr::copy_nonoverlapping(src, self.base.add(offset), len) };
@@ -113,7 +124,12 @@ impl Region {
     ///
     /// # Safety
     /// `dst..dst+len` must be writable process memory, not inside this region, for the call.
-    pub unsafe fn read_raw(&self, offset: usize, dst: *mut u8, len: usize) -> Result<(), WindowError> {
+    pub unsafe fn read_raw(
+        &self,
+        offset: usize,
+        dst: *mut u8,
+        len: usize,
+    ) -> Result<(), WindowError> {
         self.check(offset, len)?;
         // SAFETY: the source is inside the mapping (checked); the caller vouches for `dst`.
         unsafe { std::ptr::copy_nonoverlapping(self.base.add(offset), dst, len) };
@@ -131,8 +147,11 @@ impl Region {
     /// The 32-bit word at `offset`, for synchronisation.
     pub fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, WindowError> {
         self.check(offset, 4)?;
-        if offset % 4 != 0 || (self.base as usize) % 4 != 0 {
-            return Err(WindowError::Misaligned { offset: offset as u64, align: 4 });
+        if !offset.is_multiple_of(4) || !(self.base as usize).is_multiple_of(4) {
+            return Err(WindowError::Misaligned {
+                offset: offset as u64,
+                align: 4,
+            });
         }
         // SAFETY: in range and 4-aligned (checked); the mapping outlives `&self`; AtomicU32 has
         // the layout of u32 and shared memory is the intended use.
@@ -142,8 +161,11 @@ impl Region {
     /// The 64-bit word at `offset`, for synchronisation.
     pub fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, WindowError> {
         self.check(offset, 8)?;
-        if offset % 8 != 0 || (self.base as usize) % 8 != 0 {
-            return Err(WindowError::Misaligned { offset: offset as u64, align: 8 });
+        if !offset.is_multiple_of(8) || !(self.base as usize).is_multiple_of(8) {
+            return Err(WindowError::Misaligned {
+                offset: offset as u64,
+                align: 8,
+            });
         }
         // SAFETY: in range and 8-aligned (checked); the mapping outlives `&self`.
         Ok(unsafe { &*(self.base.add(offset) as *const AtomicU64) })

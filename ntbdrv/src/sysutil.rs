@@ -34,7 +34,9 @@ pub fn alive(pid: u32, start: u64) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    let Some(close) = stat.rfind(')') else { return false };
+    let Some(close) = stat.rfind(')') else {
+        return false;
+    };
     let mut fields = stat[close + 1..].split_ascii_whitespace();
     let state = fields.next().unwrap_or("X");
     if state == "Z" || state == "X" {
@@ -52,7 +54,8 @@ pub fn pid_exists(pid: u32) -> bool {
 }
 
 fn cpath(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 /// Create a FIFO at `path` (mode 0600) unless one exists.

@@ -16,7 +16,10 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> Self {
-        let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         let p = std::env::temp_dir().join(format!("ntbdrv-test-{tag}-{}-{n}", std::process::id()));
         std::fs::create_dir(&p).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -38,12 +41,25 @@ struct Emu {
 impl Emu {
     fn new(tag: &str, topology: Topology) -> Self {
         // Small windows keep the tests light; limits stay hardware-like.
-        let config = Config { topology, mw_size: 8 << 20, n_db: 16, ..Config::default() };
-        Emu { dir: TempDir::new(tag), config }
+        let config = Config {
+            topology,
+            mw_size: 8 << 20,
+            n_db: 16,
+            ..Config::default()
+        };
+        Emu {
+            dir: TempDir::new(tag),
+            config,
+        }
     }
 
     fn opts(&self, side: SideId) -> Options {
-        Options { dir: self.dir.0.clone(), name: "dev".into(), side, config: self.config }
+        Options {
+            dir: self.dir.0.clone(),
+            name: "dev".into(),
+            side,
+            config: self.config,
+        }
     }
 
     fn emu(&self, side: SideId) -> EmuDevice {
@@ -63,7 +79,10 @@ impl Fixture for Emu {
     }
     fn peer(&self, side: SideId, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_ntbdrv-peer"));
-        c.arg(&self.dir.0).arg("dev").arg(side.to_string()).args(args);
+        c.arg(&self.dir.0)
+            .arg("dev")
+            .arg(side.to_string())
+            .args(args);
         c
     }
 }
@@ -110,7 +129,10 @@ fn fault_link_down() {
     let (a, b) = pair(&e);
     let g = b.link_state().generation;
     a.faults().inject(Fault::LinkDown);
-    assert!(!a.link_state().up && !b.link_state().up, "both sides see the link down");
+    assert!(
+        !a.link_state().up && !b.link_state().up,
+        "both sides see the link down"
+    );
     assert_ne!(b.link_state().generation, g, "a link event");
     assert_eq!(a.peer_db_set(1), Err(DoorbellError::LinkDown));
     assert!(a.link_enable().is_err(), "enable cannot override the fault");
@@ -118,8 +140,19 @@ fn fault_link_down() {
     let ch = a.dma_channel().unwrap();
     let buf = vec![7u8; 4096];
     let bus = ch.map_host(buf.as_ptr(), buf.len()).unwrap();
-    ch.submit(&[DmaDesc { src: bus, dst: ch.peer_window_addr(0, 0).unwrap(), len: 4096 }], false).unwrap();
-    assert!(matches!(ch.wait(Completion::Poll, Some(Duration::from_secs(5))), Err(DmaError::TransferFailed { .. })));
+    ch.submit(
+        &[DmaDesc {
+            src: bus,
+            dst: ch.peer_window_addr(0, 0).unwrap(),
+            len: 4096,
+        }],
+        false,
+    )
+    .unwrap();
+    assert!(matches!(
+        ch.wait(Completion::Poll, Some(Duration::from_secs(5))),
+        Err(DmaError::TransferFailed { .. })
+    ));
     a.faults().clear();
     assert!(a.link_state().up);
     a.peer_db_set(1).unwrap();
@@ -132,13 +165,21 @@ fn fault_dma_error_then_recovery() {
     let ch = a.dma_channel().unwrap();
     let buf: Vec<u8> = (0..65536u32).map(|i| i as u8).collect();
     let bus = ch.map_host(buf.as_ptr(), buf.len()).unwrap();
-    let d = [DmaDesc { src: bus, dst: ch.peer_window_addr(0, 0).unwrap(), len: 65536 }];
+    let d = [DmaDesc {
+        src: bus,
+        dst: ch.peer_window_addr(0, 0).unwrap(),
+        len: 65536,
+    }];
     a.faults().inject(Fault::DmaError { count: 1 });
     ch.submit(&d, false).unwrap();
-    assert!(matches!(ch.wait(Completion::Poll, Some(Duration::from_secs(5))), Err(DmaError::TransferFailed { index: 0 })));
+    assert!(matches!(
+        ch.wait(Completion::Poll, Some(Duration::from_secs(5))),
+        Err(DmaError::TransferFailed { index: 0 })
+    ));
     assert!(a.faults().hits() >= 1);
     ch.submit(&d, true).unwrap();
-    ch.wait(Completion::Interrupt, Some(Duration::from_secs(5))).expect("the fault was counted once");
+    ch.wait(Completion::Interrupt, Some(Duration::from_secs(5)))
+        .expect("the fault was counted once");
     let mut got = vec![0u8; 65536];
     b.inbound(0).unwrap().read(0, &mut got).unwrap();
     assert_eq!(got, buf);
@@ -151,14 +192,39 @@ fn fault_slow_dma_shows_in_progress() {
     let ch = a.dma_channel().unwrap();
     let buf = vec![0xA5u8; 1 << 16];
     let bus = ch.map_host(buf.as_ptr(), buf.len()).unwrap();
-    a.faults().inject(Fault::DmaSlow { delay: Duration::from_millis(100) });
-    ch.submit(&[DmaDesc { src: bus, dst: ch.peer_window_addr(0, 4096).unwrap(), len: 1 << 16 }], true).unwrap();
-    assert!(ch.status().in_progress, "IN_PROGRESS is set while the engine works");
-    assert!(matches!(ch.submit(&[DmaDesc { src: bus, dst: bus, len: 1 }], false), Err(DmaError::Busy)));
+    a.faults().inject(Fault::DmaSlow {
+        delay: Duration::from_millis(100),
+    });
+    ch.submit(
+        &[DmaDesc {
+            src: bus,
+            dst: ch.peer_window_addr(0, 4096).unwrap(),
+            len: 1 << 16,
+        }],
+        true,
+    )
+    .unwrap();
+    assert!(
+        ch.status().in_progress,
+        "IN_PROGRESS is set while the engine works"
+    );
+    assert!(matches!(
+        ch.submit(
+            &[DmaDesc {
+                src: bus,
+                dst: bus,
+                len: 1
+            }],
+            false
+        ),
+        Err(DmaError::Busy)
+    ));
     let mut first = [0u8; 1];
     b.inbound(0).unwrap().read(4096, &mut first).unwrap();
     assert_eq!(first[0], 0, "no byte lands before the engine copies");
-    let st = ch.wait(Completion::Interrupt, Some(Duration::from_secs(5))).unwrap();
+    let st = ch
+        .wait(Completion::Interrupt, Some(Duration::from_secs(5)))
+        .unwrap();
     assert!(!st.in_progress);
     let mut got = vec![0u8; 1 << 16];
     b.inbound(0).unwrap().read(4096, &mut got).unwrap();
@@ -173,9 +239,17 @@ fn fault_lost_doorbell() {
     b.db_clear(b.db_valid_mask()).unwrap();
     a.faults().inject(Fault::LostDoorbell { count: 1 });
     a.peer_db_set(1 << 4).unwrap();
-    assert_eq!(b.db_wait(1 << 4, Some(Duration::from_millis(50))).unwrap(), 0, "the doorbell was lost");
+    assert_eq!(
+        b.db_wait(1 << 4, Some(Duration::from_millis(50))).unwrap(),
+        0,
+        "the doorbell was lost"
+    );
     a.peer_db_set(1 << 4).unwrap();
-    assert_eq!(b.db_wait(1 << 4, Some(Duration::from_secs(5))).unwrap(), 1 << 4, "the next one arrives");
+    assert_eq!(
+        b.db_wait(1 << 4, Some(Duration::from_secs(5))).unwrap(),
+        1 << 4,
+        "the next one arrives"
+    );
 }
 
 // ---- bad input -----------------------------------------------------------------------------------
@@ -194,23 +268,61 @@ fn expect_err(r: Result<EmuDevice, DeviceError>) -> DeviceError {
 fn bad_config_is_refused() {
     let e = Emu::new("bad_config", Topology::Loopback);
     for c in [
-        Config { n_db: 65, ..e.config },
-        Config { n_db: 0, ..e.config },
-        Config { n_mw: 9, ..e.config },
-        Config { n_spad: 33, ..e.config },
-        Config { n_dma_ch: 5, ..e.config },
-        Config { mw_size: 4097, ..e.config },
-        Config { mw_align: 3000, ..e.config },
+        Config {
+            n_db: 65,
+            ..e.config
+        },
+        Config {
+            n_db: 0,
+            ..e.config
+        },
+        Config {
+            n_mw: 9,
+            ..e.config
+        },
+        Config {
+            n_spad: 33,
+            ..e.config
+        },
+        Config {
+            n_dma_ch: 5,
+            ..e.config
+        },
+        Config {
+            mw_size: 4097,
+            ..e.config
+        },
+        Config {
+            mw_align: 3000,
+            ..e.config
+        },
     ] {
-        let opts = Options { config: c, ..e.opts(0) };
-        assert!(matches!(expect_err(EmuDevice::open(&opts)), DeviceError::BadConfig(_)), "{c:?}");
+        let opts = Options {
+            config: c,
+            ..e.opts(0)
+        };
+        assert!(
+            matches!(
+                expect_err(EmuDevice::open(&opts)),
+                DeviceError::BadConfig(_)
+            ),
+            "{c:?}"
+        );
     }
-    assert!(matches!(expect_err(EmuDevice::open(&e.opts(1))), DeviceError::NoSuchSide { side: 1, sides: 1 }));
+    assert!(matches!(
+        expect_err(EmuDevice::open(&e.opts(1))),
+        DeviceError::NoSuchSide { side: 1, sides: 1 }
+    ));
 }
 
 fn write_at(path: &Path, off: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
-    std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, off).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(bytes, off)
+        .unwrap();
 }
 
 #[test]
@@ -220,52 +332,100 @@ fn corrupt_truncated_and_foreign_files_are_refused() {
     drop(e.emu(0));
 
     write_at(&path, 0, b"NOTADEVI");
-    assert!(matches!(expect_err(EmuDevice::open(&e.opts(0))), DeviceError::NotADevice(_)));
+    assert!(matches!(
+        expect_err(EmuDevice::open(&e.opts(0))),
+        DeviceError::NotADevice(_)
+    ));
     write_at(&path, 0, &ntb_sys::NTBEMU_MAGIC.to_le_bytes());
 
     write_at(&path, 8, &99u32.to_le_bytes());
     assert!(matches!(
         expect_err(EmuDevice::open(&e.opts(0))),
-        DeviceError::VersionMismatch { ours: 1, theirs: 99, .. }
+        DeviceError::VersionMismatch {
+            ours: 1,
+            theirs: 99,
+            ..
+        }
     ));
     write_at(&path, 8, &1u32.to_le_bytes());
     EmuDevice::open(&e.opts(0)).expect("restored header opens");
 
     let len = std::fs::metadata(&path).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len / 2).unwrap();
-    assert!(matches!(expect_err(EmuDevice::open(&e.opts(0))), DeviceError::Corrupt { .. }));
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(100).unwrap();
-    assert!(matches!(expect_err(EmuDevice::open(&e.opts(0))), DeviceError::Corrupt { .. }));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    assert!(matches!(
+        expect_err(EmuDevice::open(&e.opts(0))),
+        DeviceError::Corrupt { .. }
+    ));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    assert!(matches!(
+        expect_err(EmuDevice::open(&e.opts(0))),
+        DeviceError::Corrupt { .. }
+    ));
     std::fs::remove_file(&path).unwrap();
 
     // A file that is not ours: random bytes of the right size.
     std::fs::write(&path, vec![0xEEu8; 8192]).unwrap();
-    assert!(matches!(expect_err(EmuDevice::open(&e.opts(0))), DeviceError::Corrupt { .. } | DeviceError::NotADevice(_)));
+    assert!(matches!(
+        expect_err(EmuDevice::open(&e.opts(0))),
+        DeviceError::Corrupt { .. } | DeviceError::NotADevice(_)
+    ));
     std::fs::remove_file(&path).unwrap();
 
     // A symlink planted in place of the device is not followed.
     std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
-    assert!(matches!(expect_err(EmuDevice::open(&e.opts(0))), DeviceError::Io { .. }));
+    assert!(matches!(
+        expect_err(EmuDevice::open(&e.opts(0))),
+        DeviceError::Io { .. }
+    ));
 }
 
 #[test]
 fn open_directory_is_refused() {
     let e = Emu::new("open_dir", Topology::Loopback);
     std::fs::set_permissions(&e.dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
-    assert!(matches!(expect_err(EmuDevice::open(&e.opts(0))), DeviceError::ForeignDirectory { mode: 0o755, .. }));
+    assert!(matches!(
+        expect_err(EmuDevice::open(&e.opts(0))),
+        DeviceError::ForeignDirectory { mode: 0o755, .. }
+    ));
     let file = e.dir.0.join("plainfile");
     std::fs::write(&file, b"x").unwrap();
-    let opts = Options { dir: file, ..e.opts(0) };
-    assert!(matches!(expect_err(EmuDevice::open(&opts)), DeviceError::NotADirectory(_)));
+    let opts = Options {
+        dir: file,
+        ..e.opts(0)
+    };
+    assert!(matches!(
+        expect_err(EmuDevice::open(&opts)),
+        DeviceError::NotADirectory(_)
+    ));
 }
 
 #[test]
 fn existing_device_keeps_its_configuration() {
     let e = Emu::new("keeps_config", Topology::Loopback);
     drop(e.emu(0));
-    let other = Options { config: Config { n_db: 8, ..e.config }, ..e.opts(0) };
+    let other = Options {
+        config: Config {
+            n_db: 8,
+            ..e.config
+        },
+        ..e.opts(0)
+    };
     let d = EmuDevice::open(&other).unwrap();
-    assert_eq!(d.config().n_db, e.config.n_db, "the device file's limits win");
+    assert_eq!(
+        d.config().n_db,
+        e.config.n_db,
+        "the device file's limits win"
+    );
 }
 
 #[test]
@@ -289,5 +449,9 @@ fn concurrent_creation_yields_one_device() {
     a.link_enable().unwrap();
     b.link_enable().unwrap();
     a.peer_spad_write(3, 42).unwrap();
-    assert_eq!(b.spad_read(3).unwrap(), 42, "all threads attached to the same device");
+    assert_eq!(
+        b.spad_read(3).unwrap(),
+        42,
+        "all threads attached to the same device"
+    );
 }

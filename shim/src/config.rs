@@ -755,12 +755,12 @@ impl Rule {
             && self
                 .program
                 .as_deref()
-                .map_or(true, |g| glob_match(g, program))
+                .is_none_or(|g| glob_match(g, program))
     }
 
     /// Matches every address and program (so it decides its ports for its roles outright).
     fn is_unconditional(&self) -> bool {
-        self.addr == AddrMatch::Any && self.program.as_deref().map_or(true, |g| g == "*")
+        self.addr == AddrMatch::Any && self.program.as_deref().is_none_or(|g| g == "*")
     }
 
     /// Parses the fields after `use`: `ntb|tcp client|server|both PORTS [CIDR|*] [program=GLOB]`.

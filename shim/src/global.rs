@@ -103,7 +103,11 @@ impl Global {
         let Some(path) = &self.stats_file else { return };
         let mut recs: Vec<Record> = self.closed.lock().map(|c| c.clone()).unwrap_or_default();
         recs.extend(table::snapshot().iter().filter_map(|(_, s)| Record::of(s)));
-        if recs.is_empty() && self.ntb_connections.load(Relaxed) == 0 && self.tcp_connections.load(Relaxed) == 0 && path.exists() {
+        if recs.is_empty()
+            && self.ntb_connections.load(Relaxed) == 0
+            && self.tcp_connections.load(Relaxed) == 0
+            && path.exists()
+        {
             // Nothing flagged happened here (e.g. a wrapper like `timeout` that inherited the
             // variable): do not overwrite what the process that did something wrote.
             return;
@@ -209,7 +213,11 @@ impl Record {
             });
         }
         match &*s.state.lock().ok()? {
-            State::Tcp(r) => Some(Record { tx: s.tcp_tx.load(Relaxed), rx: s.tcp_rx.load(Relaxed), ..base(false, Some(*r)) }),
+            State::Tcp(r) => Some(Record {
+                tx: s.tcp_tx.load(Relaxed),
+                rx: s.tcp_rx.load(Relaxed),
+                ..base(false, Some(*r))
+            }),
             _ => None,
         }
     }

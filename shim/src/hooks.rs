@@ -75,7 +75,7 @@ unsafe fn slice_mut<'a>(buf: *mut c_void, n: size_t) -> &'a mut [u8] {
 }
 
 unsafe fn iovecs<'a>(iov: *const iovec, n: c_int) -> Result<Vec<&'a [u8]>, c_int> {
-    if n < 0 || n > libc::UIO_MAXIOV {
+    if !(0..=libc::UIO_MAXIOV).contains(&n) {
         return Err(libc::EINVAL);
     }
     if n == 0 || iov.is_null() {
@@ -84,11 +84,13 @@ unsafe fn iovecs<'a>(iov: *const iovec, n: c_int) -> Result<Vec<&'a [u8]>, c_int
     // SAFETY: `iov` holds `n` iovecs (the application's contract).
     let v = unsafe { std::slice::from_raw_parts(iov, n as usize) };
     // SAFETY: each iovec describes a readable buffer.
-    Ok(v.iter().map(|e| unsafe { slice(e.iov_base, e.iov_len) }).collect())
+    Ok(v.iter()
+        .map(|e| unsafe { slice(e.iov_base, e.iov_len) })
+        .collect())
 }
 
 unsafe fn iovecs_mut<'a>(iov: *const iovec, n: c_int) -> Result<Vec<&'a mut [u8]>, c_int> {
-    if n < 0 || n > libc::UIO_MAXIOV {
+    if !(0..=libc::UIO_MAXIOV).contains(&n) {
         return Err(libc::EINVAL);
     }
     if n == 0 || iov.is_null() {
@@ -97,7 +99,9 @@ unsafe fn iovecs_mut<'a>(iov: *const iovec, n: c_int) -> Result<Vec<&'a mut [u8]
     // SAFETY: `iov` holds `n` iovecs (the application's contract).
     let v = unsafe { std::slice::from_raw_parts(iov, n as usize) };
     // SAFETY: each iovec describes a writable buffer, and they do not overlap.
-    Ok(v.iter().map(|e| unsafe { slice_mut(e.iov_base, e.iov_len) }).collect())
+    Ok(v.iter()
+        .map(|e| unsafe { slice_mut(e.iov_base, e.iov_len) })
+        .collect())
 }
 
 // ---- data ------------------------------------------------------------------------------------
@@ -153,7 +157,12 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn __read_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t) -> ssize_t {
+pub unsafe extern "C" fn __read_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+) -> ssize_t {
     if n > buflen {
         // The fortified caller's buffer is smaller than the read: glibc aborts here too.
         std::process::abort();
@@ -221,7 +230,13 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn __recv_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int) -> ssize_t {
+pub unsafe extern "C" fn __recv_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+    flags: c_int,
+) -> ssize_t {
     if n > buflen {
         std::process::abort();
     }
@@ -230,7 +245,14 @@ pub unsafe extern "C" fn __recv_chk(fd: c_int, buf: *mut c_void, n: size_t, bufl
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, alen: *mut socklen_t) -> ssize_t {
+pub unsafe extern "C" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> ssize_t {
     if !table::contains(fd) {
         return call_real!(recvfrom(fd, buf, n, flags, addr, alen));
     }
@@ -245,12 +267,24 @@ pub unsafe extern "C" fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags:
             }
             fin_ssize(r)
         }
-        None => count_kernel(fd, call_real!(recvfrom(fd, buf, n, flags, addr, alen)), false),
+        None => count_kernel(
+            fd,
+            call_real!(recvfrom(fd, buf, n, flags, addr, alen)),
+            false,
+        ),
     }
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn __recvfrom_chk(fd: c_int, buf: *mut c_void, n: size_t, buflen: size_t, flags: c_int, addr: *mut sockaddr, alen: *mut socklen_t) -> ssize_t {
+pub unsafe extern "C" fn __recvfrom_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    buflen: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> ssize_t {
     if n > buflen {
         std::process::abort();
     }
@@ -272,7 +306,14 @@ pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, alen: socklen_t) -> ssize_t {
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    alen: socklen_t,
+) -> ssize_t {
     if !table::contains(fd) {
         return call_real!(sendto(fd, buf, n, flags, addr, alen));
     }
@@ -319,21 +360,27 @@ unsafe fn receive_timestamp(fd: c_int, m: &mut msghdr) {
     let kind = ops::timestamping(fd);
     let (ty, payload): (c_int, [u8; 16]) = match kind {
         1 => {
-            let mut tv = libc::timeval { tv_sec: 0, tv_usec: 0 };
+            let mut tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            };
             // SAFETY: a live timeval; the timezone pointer may be null.
             unsafe { libc::gettimeofday(&mut tv, std::ptr::null_mut()) };
             let mut b = [0u8; 16];
-            b[..8].copy_from_slice(&(tv.tv_sec as i64).to_ne_bytes());
-            b[8..].copy_from_slice(&(tv.tv_usec as i64).to_ne_bytes());
+            b[..8].copy_from_slice(&tv.tv_sec.to_ne_bytes());
+            b[8..].copy_from_slice(&tv.tv_usec.to_ne_bytes());
             (libc::SCM_TIMESTAMP, b)
         }
         2 => {
-            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
             // SAFETY: a live timespec.
             unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
             let mut b = [0u8; 16];
-            b[..8].copy_from_slice(&(ts.tv_sec as i64).to_ne_bytes());
-            b[8..].copy_from_slice(&(ts.tv_nsec as i64).to_ne_bytes());
+            b[..8].copy_from_slice(&ts.tv_sec.to_ne_bytes());
+            b[8..].copy_from_slice(&ts.tv_nsec.to_ne_bytes());
             (libc::SCM_TIMESTAMPNS, b)
         }
         _ => {
@@ -343,7 +390,7 @@ unsafe fn receive_timestamp(fd: c_int, m: &mut msghdr) {
     };
     // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
     let (space, len) = unsafe { (libc::CMSG_SPACE(16) as usize, libc::CMSG_LEN(16) as usize) };
-    if m.msg_control.is_null() || (m.msg_controllen as usize) < space {
+    if m.msg_control.is_null() || m.msg_controllen < space {
         m.msg_controllen = 0;
         m.msg_flags |= libc::MSG_CTRUNC;
         return;
@@ -378,7 +425,12 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
     }
 }
 
-fn do_sendfile(out_fd: c_int, in_fd: c_int, off: Option<&mut i64>, n: size_t) -> Option<Result<usize, c_int>> {
+fn do_sendfile(
+    out_fd: c_int,
+    in_fd: c_int,
+    off: Option<&mut i64>,
+    n: size_t,
+) -> Option<Result<usize, c_int>> {
     match ops::data_path(out_fd, false)? {
         Err(e) => Some(Err(e)),
         Ok(DataPath::Ntb(s, c)) => Some(guard(|| ops::sendfile(&s, &c, in_fd, off, n))),
@@ -387,7 +439,12 @@ fn do_sendfile(out_fd: c_int, in_fd: c_int, off: Option<&mut i64>, n: size_t) ->
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn sendfile(out_fd: c_int, in_fd: c_int, off: *mut libc::off_t, n: size_t) -> ssize_t {
+pub unsafe extern "C" fn sendfile(
+    out_fd: c_int,
+    in_fd: c_int,
+    off: *mut libc::off_t,
+    n: size_t,
+) -> ssize_t {
     if !table::contains(out_fd) {
         return call_real!(sendfile(out_fd, in_fd, off, n));
     }
@@ -400,7 +457,12 @@ pub unsafe extern "C" fn sendfile(out_fd: c_int, in_fd: c_int, off: *mut libc::o
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn sendfile64(out_fd: c_int, in_fd: c_int, off: *mut libc::off64_t, n: size_t) -> ssize_t {
+pub unsafe extern "C" fn sendfile64(
+    out_fd: c_int,
+    in_fd: c_int,
+    off: *mut libc::off64_t,
+    n: size_t,
+) -> ssize_t {
     if !table::contains(out_fd) {
         return call_real!(sendfile64(out_fd, in_fd, off, n));
     }
@@ -467,7 +529,12 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
     let nfd = call_real!(accept4(fd, addr, len, flags));
     accepted(fd, nfd, flags & libc::SOCK_NONBLOCK != 0)
 }
@@ -555,9 +622,21 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int {
+pub unsafe extern "C" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> c_int {
     let r = call_real!(setsockopt(fd, level, name, val, len));
-    if r == 0 && table::contains(fd) && level == libc::SOL_SOCKET && (name == libc::SO_TIMESTAMP || name == libc::SO_TIMESTAMPNS) && !val.is_null() && len as usize >= 4 {
+    if r == 0
+        && table::contains(fd)
+        && level == libc::SOL_SOCKET
+        && (name == libc::SO_TIMESTAMP || name == libc::SO_TIMESTAMPNS)
+        && !val.is_null()
+        && len as usize >= 4
+    {
         // SAFETY: the option value is an int.
         let on = unsafe { *(val as *const c_int) } != 0;
         ops::set_timestamping(fd, if name == libc::SO_TIMESTAMP { 1 } else { 2 }, on);
@@ -605,13 +684,32 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 
 // ---- readiness -------------------------------------------------------------------------------
 
-fn real_ppoll(set: &mut [libc::pollfd], timeout: Option<Duration>, mask: *const libc::sigset_t) -> c_int {
-    let ts = timeout.map(|t| libc::timespec { tv_sec: t.as_secs() as libc::time_t, tv_nsec: t.subsec_nanos() as libc::c_long });
-    let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    call_real!(ppoll(set.as_mut_ptr(), set.len() as libc::nfds_t, tsp, mask))
+fn real_ppoll(
+    set: &mut [libc::pollfd],
+    timeout: Option<Duration>,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    call_real!(ppoll(
+        set.as_mut_ptr(),
+        set.len() as libc::nfds_t,
+        tsp,
+        mask
+    ))
 }
 
-fn poll_with(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: Option<Duration>, mask: *const libc::sigset_t) -> Option<c_int> {
+fn poll_with(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    timeout: Option<Duration>,
+    mask: *const libc::sigset_t,
+) -> Option<c_int> {
     if fds.is_null() || n == 0 || !table::any() {
         return None;
     }
@@ -640,7 +738,12 @@ pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn __poll_chk(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int, fdslen: size_t) -> c_int {
+pub unsafe extern "C" fn __poll_chk(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    timeout: c_int,
+    fdslen: size_t,
+) -> c_int {
     if (fdslen / std::mem::size_of::<libc::pollfd>()) < n as usize {
         std::process::abort();
     }
@@ -649,9 +752,19 @@ pub unsafe extern "C" fn __poll_chk(fds: *mut libc::pollfd, n: libc::nfds_t, tim
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
     // SAFETY: `ts` is null or the application's timespec.
-    let t = unsafe { ts.as_ref() }.map(|t| Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32));
+    let t = unsafe { ts.as_ref() }.map(|t| {
+        Duration::new(
+            t.tv_sec.max(0) as u64,
+            t.tv_nsec.clamp(0, 999_999_999) as u32,
+        )
+    });
     match poll_with(fds, n, t, mask) {
         Some(r) => r,
         None => call_real!(ppoll(fds, n, ts, mask)),
@@ -659,7 +772,14 @@ pub unsafe extern "C" fn ppoll(fds: *mut libc::pollfd, n: libc::nfds_t, ts: *con
 }
 
 /// select/pselect over tracked fds, through `ops::poll`.
-fn select_with(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, timeout: Option<Duration>, mask: *const libc::sigset_t) -> Option<c_int> {
+fn select_with(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    timeout: Option<Duration>,
+    mask: *const libc::sigset_t,
+) -> Option<c_int> {
     if !table::any() || !(0..=libc::FD_SETSIZE as c_int).contains(&nfds) {
         return None;
     }
@@ -680,7 +800,11 @@ fn select_with(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut 
             if isset(e, fd) {
                 ev |= libc::POLLPRI;
             }
-            (ev != 0).then_some(libc::pollfd { fd, events: ev, revents: 0 })
+            (ev != 0).then_some(libc::pollfd {
+                fd,
+                events: ev,
+                revents: 0,
+            })
         })
         .collect();
     let real = |s: &mut [libc::pollfd], t: Option<Duration>| real_ppoll(s, t, mask);
@@ -711,11 +835,18 @@ fn select_with(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut 
         let bad = p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0;
         // SAFETY: `p.fd < nfds <= FD_SETSIZE`, inside the application's fd_sets.
         unsafe {
-            if !r.is_null() && p.events & libc::POLLIN != 0 && (p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0) {
+            if !r.is_null()
+                && p.events & libc::POLLIN != 0
+                && (p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
+            {
                 libc::FD_SET(p.fd, r);
                 count += 1;
             }
-            if !w.is_null() && p.events & libc::POLLOUT != 0 && (p.revents & (libc::POLLOUT | libc::POLLERR) != 0 || bad && p.revents & libc::POLLERR != 0) {
+            if !w.is_null()
+                && p.events & libc::POLLOUT != 0
+                && (p.revents & (libc::POLLOUT | libc::POLLERR) != 0
+                    || bad && p.revents & libc::POLLERR != 0)
+            {
                 libc::FD_SET(p.fd, w);
                 count += 1;
             }
@@ -729,9 +860,20 @@ fn select_with(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn select(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tv: *mut libc::timeval) -> c_int {
+pub unsafe extern "C" fn select(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    tv: *mut libc::timeval,
+) -> c_int {
     // SAFETY: `tv` is null or the application's timeval.
-    let t = unsafe { tv.as_ref() }.map(|t| Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.clamp(0, 999_999) * 1000) as u32));
+    let t = unsafe { tv.as_ref() }.map(|t| {
+        Duration::new(
+            t.tv_sec.max(0) as u64,
+            (t.tv_usec.clamp(0, 999_999) * 1000) as u32,
+        )
+    });
     match select_with(nfds, r, w, e, t, std::ptr::null()) {
         Some(n) => n,
         None => call_real!(select(nfds, r, w, e, tv)),
@@ -739,9 +881,21 @@ pub unsafe extern "C" fn select(nfds: c_int, r: *mut libc::fd_set, w: *mut libc:
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn pselect(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
     // SAFETY: `ts` is null or the application's timespec.
-    let t = unsafe { ts.as_ref() }.map(|t| Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32));
+    let t = unsafe { ts.as_ref() }.map(|t| {
+        Duration::new(
+            t.tv_sec.max(0) as u64,
+            t.tv_nsec.clamp(0, 999_999_999) as u32,
+        )
+    });
     match select_with(nfds, r, w, e, t, mask) {
         Some(n) => n,
         None => call_real!(pselect(nfds, r, w, e, ts, mask)),
@@ -758,7 +912,9 @@ extern "C" fn init() {
     real::resolve_all();
     std::panic::set_hook(Box::new(|info| {
         let g = global::get();
-        g.log(crate::config::LogLevel::Error, || format!("internal error (the call fails with EIO): {info}"));
+        g.log(crate::config::LogLevel::Error, || {
+            format!("internal error (the call fails with EIO): {info}")
+        });
     }));
     let g = global::get();
     if g.stats_file.is_some() {

@@ -37,9 +37,18 @@ fn io_errno(e: IoError) -> c_int {
 }
 
 fn fallback(g: &Global, sock: Sock, fd: c_int, reason: Reason) -> Result<(), c_int> {
-    g.log(LogLevel::Info, || format!("fd {fd}: {} {} stays on TCP: {reason} ({})", sock.role, sock.peer.to_std(), reason.explain()));
+    g.log(LogLevel::Info, || {
+        format!(
+            "fd {fd}: {} {} stays on TCP: {reason} ({})",
+            sock.role,
+            sock.peer.to_std(),
+            reason.explain()
+        )
+    });
     if g.config.strict() {
-        g.log(LogLevel::Error, || format!("fd {fd}: PCISOCK_STRICT=1 refuses the TCP fallback ({reason})"));
+        g.log(LogLevel::Error, || {
+            format!("fd {fd}: PCISOCK_STRICT=1 refuses the TCP fallback ({reason})")
+        });
         return Err(libc::ECONNREFUSED);
     }
     g.tcp_connections.fetch_add(1, Relaxed);
@@ -55,11 +64,17 @@ pub fn after_listen(fd: c_int) -> Result<(), c_int> {
         return Ok(()); // listen() again on a tracked listener (backlog change)
     }
     let g = global::get();
-    let Some(local) = sys::local_addr(fd) else { return Ok(()) };
+    let Some(local) = sys::local_addr(fd) else {
+        return Ok(());
+    };
     if !g.config.may_flag_port(local.port()) || !is_stream_inet(fd) {
         return Ok(());
     }
-    if !g.config.decide(Role::Server, local.port(), Some(local.ip()), &g.program).is_ntb() {
+    if !g
+        .config
+        .decide(Role::Server, local.port(), Some(local.ip()), &g.program)
+        .is_ntb()
+    {
         return Ok(());
     }
     let ep = Endpoint::from_std(local);
@@ -71,26 +86,48 @@ pub fn after_listen(fd: c_int) -> Result<(), c_int> {
         Err(_) => State::Tcp(Reason::NoDevice),
     };
     if let State::Tcp(r) = &state {
-        g.log(LogLevel::Warn, || format!("listener {local}: not on the NTB path: {r}"));
+        g.log(LogLevel::Warn, || {
+            format!("listener {local}: not on the NTB path: {r}")
+        });
         if g.config.strict() {
             return Err(libc::ENODEV);
         }
     } else {
-        g.log(LogLevel::Info, || format!("listener {local} registered on the NTB fabric"));
+        g.log(LogLevel::Info, || {
+            format!("listener {local} registered on the NTB fabric")
+        });
     }
-    table::insert(fd, Arc::new(Sock::new(Role::Server, ep, Endpoint::default(), sys::nonblocking(fd), state)));
+    table::insert(
+        fd,
+        Arc::new(Sock::new(
+            Role::Server,
+            ep,
+            Endpoint::default(),
+            sys::nonblocking(fd),
+            state,
+        )),
+    );
     Ok(())
 }
 
 /// After a successful real `accept` on `lfd` returned `fd`: upgrade it if the client offered.
 pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> {
-    let Some(l) = table::get(lfd) else { return Ok(()) };
+    let Some(l) = table::get(lfd) else {
+        return Ok(());
+    };
     // A new fd number from the kernel: any stale entry for it is gone.
     drop(table::remove(fd));
     let g = global::get();
-    let listening = matches!(&*l.state.lock().map_err(|_| libc::EIO)?, State::Listening(_));
-    let local = sys::local_addr(fd).map(Endpoint::from_std).unwrap_or(l.local);
-    let peer = sys::peer_addr(fd).map(Endpoint::from_std).unwrap_or_default();
+    let listening = matches!(
+        &*l.state.lock().map_err(|_| libc::EIO)?,
+        State::Listening(_)
+    );
+    let local = sys::local_addr(fd)
+        .map(Endpoint::from_std)
+        .unwrap_or(l.local);
+    let peer = sys::peer_addr(fd)
+        .map(Endpoint::from_std)
+        .unwrap_or_default();
     let sock = Sock::new(Role::Server, local, peer, nonblock, State::Ntb);
     let reason = if !listening {
         l.tcp_reason().unwrap_or(Reason::NoDevice)
@@ -100,7 +137,9 @@ pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> 
                 Ok(conn) => {
                     let _ = sock.conn.set(Arc::new(conn));
                     g.ntb_connections.fetch_add(1, Relaxed);
-                    g.log(LogLevel::Info, || format!("fd {fd}: accepted {} on the NTB path", peer.to_std()));
+                    g.log(LogLevel::Info, || {
+                        format!("fd {fd}: accepted {} on the NTB path", peer.to_std())
+                    });
                     table::insert(fd, Arc::new(sock));
                     return Ok(());
                 }
@@ -109,7 +148,13 @@ pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> 
             Err(_) => Reason::NoDevice,
         }
     };
-    g.log(LogLevel::Debug, || format!("fd {fd}: accepted {} -> {}: {reason}", peer.to_std(), local.to_std()));
+    g.log(LogLevel::Debug, || {
+        format!(
+            "fd {fd}: accepted {} -> {}: {reason}",
+            peer.to_std(),
+            local.to_std()
+        )
+    });
     *sock.state.lock().map_err(|_| libc::EIO)? = State::Tcp(reason);
     fallback(g, sock, fd, reason).map_err(|e| {
         sys::close_raw(fd);
@@ -125,7 +170,9 @@ pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> 
 
 /// `connect`: for a flagged destination, offer the upgrade before the real connect.
 pub fn connect(fd: c_int, addr: Option<SocketAddr>, real: impl Fn() -> c_int) -> Detour<c_int> {
-    let Some(remote) = addr else { return Detour::Bypass };
+    let Some(remote) = addr else {
+        return Detour::Bypass;
+    };
     let g = global::get();
     if !g.config.may_flag_port(remote.port()) {
         return Detour::Bypass;
@@ -133,27 +180,53 @@ pub fn connect(fd: c_int, addr: Option<SocketAddr>, real: impl Fn() -> c_int) ->
     if table::contains(fd) || !is_stream_inet(fd) {
         return Detour::Bypass;
     }
-    if !g.config.decide(Role::Client, remote.port(), Some(remote.ip()), &g.program).is_ntb() {
+    if !g
+        .config
+        .decide(Role::Client, remote.port(), Some(remote.ip()), &g.program)
+        .is_ntb()
+    {
         return Detour::Bypass;
     }
     let nonblock = sys::nonblocking(fd);
     let remote_ep = Endpoint::from_std(remote);
     let t = match g.transport() {
         Ok(t) => t,
-        Err(_) => return Detour::Ours(connect_tcp(g, fd, remote_ep, nonblock, Reason::NoDevice, real)),
+        Err(_) => {
+            return Detour::Ours(connect_tcp(
+                g,
+                fd,
+                remote_ep,
+                nonblock,
+                Reason::NoDevice,
+                real,
+            ))
+        }
     };
     // The offer is keyed by our port: make sure we have one before the connect.
-    let family = if remote.is_ipv6() { libc::AF_INET6 } else { libc::AF_INET };
+    let family = if remote.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
     let mut local = sys::local_addr(fd);
     if local.is_none_or(|a| a.port() == 0) {
         sys::bind_ephemeral(fd, family);
         local = sys::local_addr(fd);
     }
     let Some(local) = local.filter(|a| a.port() != 0) else {
-        return Detour::Ours(connect_tcp(g, fd, remote_ep, nonblock, Reason::Unsupported, real));
+        return Detour::Ours(connect_tcp(
+            g,
+            fd,
+            remote_ep,
+            nonblock,
+            Reason::Unsupported,
+            real,
+        ));
     };
     let local_ep = Endpoint::from_std(local);
-    g.log(LogLevel::Debug, || format!("fd {fd}: offering {local} -> {remote}"));
+    g.log(LogLevel::Debug, || {
+        format!("fd {fd}: offering {local} -> {remote}")
+    });
     let pending = match t.offer(local_ep, remote_ep) {
         Ok(p) => p,
         Err(reason) => return Detour::Ours(connect_tcp(g, fd, remote_ep, nonblock, reason, real)),
@@ -167,21 +240,44 @@ pub fn connect(fd: c_int, addr: Option<SocketAddr>, real: impl Fn() -> c_int) ->
     // The kernel connect is done (or in progress): return at once, as TCP does. The answer is
     // collected when the application first uses the socket (a server may accept late, e.g.
     // after its other clients, and the client must not wait for that inside connect).
-    let sock = Sock::new(Role::Client, local_ep, remote_ep, nonblock, State::Offered(Some(pending)));
-    g.log(LogLevel::Debug, || format!("fd {fd}: connected to {remote}, upgrade offered"));
+    let sock = Sock::new(
+        Role::Client,
+        local_ep,
+        remote_ep,
+        nonblock,
+        State::Offered(Some(pending)),
+    );
+    g.log(LogLevel::Debug, || {
+        format!("fd {fd}: connected to {remote}, upgrade offered")
+    });
     table::insert(fd, Arc::new(sock));
-    Detour::Ours(if r != 0 { Err(libc::EINPROGRESS) } else { Ok(0) })
+    Detour::Ours(if r != 0 {
+        Err(libc::EINPROGRESS)
+    } else {
+        Ok(0)
+    })
 }
 
-fn connect_tcp(g: &Global, fd: c_int, remote: Endpoint, nonblock: bool, reason: Reason, real: impl Fn() -> c_int) -> Result<c_int, c_int> {
+fn connect_tcp(
+    g: &Global,
+    fd: c_int,
+    remote: Endpoint,
+    nonblock: bool,
+    reason: Reason,
+    real: impl Fn() -> c_int,
+) -> Result<c_int, c_int> {
     if g.config.strict() {
-        g.log(LogLevel::Error, || format!("fd {fd}: PCISOCK_STRICT=1 refuses the TCP fallback ({reason})"));
+        g.log(LogLevel::Error, || {
+            format!("fd {fd}: PCISOCK_STRICT=1 refuses the TCP fallback ({reason})")
+        });
         return Err(libc::ECONNREFUSED);
     }
     let r = real();
     let err = sys::errno();
     if r == 0 || err == libc::EINPROGRESS {
-        let local = sys::local_addr(fd).map(Endpoint::from_std).unwrap_or_default();
+        let local = sys::local_addr(fd)
+            .map(Endpoint::from_std)
+            .unwrap_or_default();
         let sock = Sock::new(Role::Client, local, remote, nonblock, State::Tcp(reason));
         let _ = fallback(g, sock, fd, reason);
     }
@@ -203,8 +299,12 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
     let State::Offered(p) = &mut *st else {
         return Ok(sock.conn.get().cloned());
     };
-    let Some(pending) = p.take() else { return Ok(None) };
-    let Ok(t) = g.transport() else { return Ok(None) };
+    let Some(pending) = p.take() else {
+        return Ok(None);
+    };
+    let Ok(t) = g.transport() else {
+        return Ok(None);
+    };
     // The TCP connect must have finished before the answer can count.
     if sys::peer_addr(fd).is_none() {
         let so_error = sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR).unwrap_or(0);
@@ -226,7 +326,12 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
             let _ = sock.conn.set(c.clone());
             *st = State::Ntb;
             g.ntb_connections.fetch_add(1, Relaxed);
-            g.log(LogLevel::Info, || format!("fd {fd}: connected to {} on the NTB path", sock.peer.to_std()));
+            g.log(LogLevel::Info, || {
+                format!(
+                    "fd {fd}: connected to {} on the NTB path",
+                    sock.peer.to_std()
+                )
+            });
             if !early.is_empty() {
                 c.send(&[&early], false, None).map_err(io_errno)?;
             }
@@ -234,9 +339,17 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
         }
         Outcome::Tcp(reason) => {
             *st = State::Tcp(reason);
-            g.log(LogLevel::Info, || format!("fd {fd}: client {} stays on TCP: {reason} ({})", sock.peer.to_std(), reason.explain()));
+            g.log(LogLevel::Info, || {
+                format!(
+                    "fd {fd}: client {} stays on TCP: {reason} ({})",
+                    sock.peer.to_std(),
+                    reason.explain()
+                )
+            });
             if g.config.strict() {
-                g.log(LogLevel::Error, || format!("fd {fd}: PCISOCK_STRICT=1 refuses the TCP fallback ({reason})"));
+                g.log(LogLevel::Error, || {
+                    format!("fd {fd}: PCISOCK_STRICT=1 refuses the TCP fallback ({reason})")
+                });
                 sys::shutdown_both(fd);
                 return Err(libc::ECONNREFUSED);
             }
@@ -300,7 +413,12 @@ pub fn data_path(fd: c_int, dontwait: bool) -> Option<Result<DataPath, c_int>> {
 
 // ---- data ------------------------------------------------------------------------------------
 
-pub fn recv(sock: &Sock, c: &Connection, bufs: &mut [&mut [u8]], flags: c_int) -> Result<usize, c_int> {
+pub fn recv(
+    sock: &Sock,
+    c: &Connection,
+    bufs: &mut [&mut [u8]],
+    flags: c_int,
+) -> Result<usize, c_int> {
     let f = RecvFlags {
         nonblock: sock.nonblocking() || flags & libc::MSG_DONTWAIT != 0,
         peek: flags & libc::MSG_PEEK != 0,
@@ -323,7 +441,13 @@ pub fn send(sock: &Sock, c: &Connection, bufs: &[&[u8]], flags: c_int) -> Result
     }
 }
 
-pub fn sendfile(sock: &Sock, c: &Connection, in_fd: c_int, offset: Option<&mut i64>, count: usize) -> Result<usize, c_int> {
+pub fn sendfile(
+    sock: &Sock,
+    c: &Connection,
+    in_fd: c_int,
+    offset: Option<&mut i64>,
+    count: usize,
+) -> Result<usize, c_int> {
     match c.send_file(in_fd, offset, count, sock.nonblocking(), sock.sndtimeo()) {
         Ok(n) => Ok(n),
         Err(Ok(errno)) => Err(errno),
@@ -375,8 +499,12 @@ fn retire(s: Arc<Sock>, fd: Option<c_int>) {
 }
 
 pub fn shutdown(fd: c_int, how: c_int) -> Detour<c_int> {
-    let Some(s) = table::get(fd) else { return Detour::Bypass };
-    let Some(c) = s.conn.get() else { return Detour::Bypass };
+    let Some(s) = table::get(fd) else {
+        return Detour::Bypass;
+    };
+    let Some(c) = s.conn.get() else {
+        return Detour::Bypass;
+    };
     let (rd, wr) = match how {
         libc::SHUT_RD => (true, false),
         libc::SHUT_WR => (false, true),
@@ -397,7 +525,9 @@ pub fn set_nonblock(fd: c_int, on: bool) {
 /// Keep SO_RCVTIMEO / SO_SNDTIMEO in step (after a successful real setsockopt).
 pub fn set_timeout(fd: c_int, recv: bool, tv: libc::timeval) {
     if let Some(s) = table::get(fd) {
-        let ns = (tv.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(tv.tv_usec.max(0) as u64 * 1000);
+        let ns = (tv.tv_sec.max(0) as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(tv.tv_usec.max(0) as u64 * 1000);
         if recv {
             s.rcvtimeo_ns.store(ns, Relaxed);
         } else {
@@ -416,7 +546,13 @@ pub fn set_timestamping(fd: c_int, kind: u8, on: bool) {
 /// Which receive timestamp recvmsg must report on an NTB connection (0 none, 1 timeval,
 /// 2 timespec).
 pub fn timestamping(fd: c_int) -> u8 {
-    table::get(fd).map_or(0, |s| if s.conn.get().is_some() { s.timestamp.load(Relaxed) } else { 0 })
+    table::get(fd).map_or(0, |s| {
+        if s.conn.get().is_some() {
+            s.timestamp.load(Relaxed)
+        } else {
+            0
+        }
+    })
 }
 
 /// FIONREAD / SIOCINQ on an NTB connection.
@@ -440,20 +576,37 @@ pub fn after_dup(old: c_int, new: c_int) {
 
 // ---- readiness -------------------------------------------------------------------------------
 
+/// A tracked fd in a poll set: its entry and, if on the NTB path, its connection.
+type Tracked = (Arc<Sock>, Option<Arc<Connection>>);
+
 /// `poll` over a set with tracked fds. `timeout` None = forever.
-pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>, real_poll: &dyn Fn(&mut [libc::pollfd], Option<Duration>) -> c_int) -> Detour<c_int> {
+pub fn poll(
+    fds: &mut [libc::pollfd],
+    timeout: Option<Duration>,
+    real_poll: &dyn Fn(&mut [libc::pollfd], Option<Duration>) -> c_int,
+) -> Detour<c_int> {
     if !table::any() || !fds.iter().any(|p| table::contains(p.fd)) {
         return Detour::Bypass;
     }
     let deadline = timeout.map(|t| Instant::now() + t);
     // Which entries are NTB connections (or pending offers that may become one).
-    let conns: Vec<Option<(Arc<Sock>, Option<Arc<Connection>>)>> = fds
+    let conns: Vec<Option<Tracked>> = fds
         .iter()
-        .map(|p| table::get(p.fd).map(|s| {
-            let c = s.conn.get().cloned();
-            (s, c)
-        }))
-        .map(|o| o.filter(|(s, c)| c.is_some() || matches!(&*s.state.lock().expect("sock state"), State::Offered(Some(_)))))
+        .map(|p| {
+            table::get(p.fd).map(|s| {
+                let c = s.conn.get().cloned();
+                (s, c)
+            })
+        })
+        .map(|o| {
+            o.filter(|(s, c)| {
+                c.is_some()
+                    || matches!(
+                        &*s.state.lock().expect("sock state"),
+                        State::Offered(Some(_))
+                    )
+            })
+        })
         .collect();
     if conns.iter().all(|c| c.is_none()) {
         return Detour::Bypass;
@@ -468,10 +621,14 @@ pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>, real_poll: &dyn
         for (i, p) in fds.iter_mut().enumerate() {
             p.revents = 0;
             if let Some((s, c)) = &conns[i] {
-                let c = c.clone().or_else(|| settle_offer(s, p.fd, false).ok().flatten());
+                let c = c
+                    .clone()
+                    .or_else(|| settle_offer(s, p.fd, false).ok().flatten());
                 if let Some(c) = c {
                     p.revents = revents(&c, p.events);
-                } else if s.conn.get().is_none() && !matches!(&*s.state.lock().expect("sock state"), State::Offered(_)) {
+                } else if s.conn.get().is_none()
+                    && !matches!(&*s.state.lock().expect("sock state"), State::Offered(_))
+                {
                     // Settled to TCP: the kernel answers for it below.
                     p.revents = -1;
                 }
@@ -479,7 +636,11 @@ pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>, real_poll: &dyn
                 p.revents = -1;
             }
         }
-        let mut kernel: Vec<libc::pollfd> = fds.iter().filter(|p| p.revents == -1).map(|p| libc::pollfd { revents: 0, ..*p }).collect();
+        let mut kernel: Vec<libc::pollfd> = fds
+            .iter()
+            .filter(|p| p.revents == -1)
+            .map(|p| libc::pollfd { revents: 0, ..*p })
+            .collect();
         if !kernel.is_empty() {
             let r = real_poll(&mut kernel, Some(Duration::ZERO));
             if r < 0 {
@@ -512,7 +673,8 @@ pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>, real_poll: &dyn
             match &conns[i] {
                 Some((s, _)) => {
                     if let Some(c) = s.conn.get() {
-                        let want_r = p.events & (libc::POLLIN | libc::POLLRDNORM | libc::POLLRDHUP) != 0;
+                        let want_r =
+                            p.events & (libc::POLLIN | libc::POLLRDNORM | libc::POLLRDHUP) != 0;
                         let want_w = p.events & (libc::POLLOUT | libc::POLLWRNORM) != 0;
                         let already = c.arm(want_r, want_w);
                         armed.push((c.clone(), want_r, want_w));
@@ -520,19 +682,35 @@ pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>, real_poll: &dyn
                             set.clear();
                             break;
                         }
-                        set.push(libc::pollfd { fd: c.vector_fd(), events: libc::POLLIN, revents: 0 });
-                        set.push(libc::pollfd { fd: c.tcp_fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 });
+                        set.push(libc::pollfd {
+                            fd: c.vector_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        });
+                        set.push(libc::pollfd {
+                            fd: c.tcp_fd(),
+                            events: libc::POLLIN | libc::POLLRDHUP,
+                            revents: 0,
+                        });
                     } else {
                         // A pending offer: the answer rings our doorbell line; the kernel
                         // reports the TCP connect.
                         if let Ok(mut st) = s.state.lock() {
                             if let State::Offered(Some(pend)) = &mut *st {
                                 if let Ok(t) = g.transport() {
-                                    set.push(libc::pollfd { fd: t.pending_fd(pend), events: libc::POLLIN, revents: 0 });
+                                    set.push(libc::pollfd {
+                                        fd: t.pending_fd(pend),
+                                        events: libc::POLLIN,
+                                        revents: 0,
+                                    });
                                 }
                             }
                         }
-                        set.push(libc::pollfd { fd: p.fd, events: libc::POLLOUT, revents: 0 });
+                        set.push(libc::pollfd {
+                            fd: p.fd,
+                            events: libc::POLLOUT,
+                            revents: 0,
+                        });
                     }
                 }
                 None => set.push(libc::pollfd { revents: 0, ..*p }),

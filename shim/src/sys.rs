@@ -45,12 +45,18 @@ pub unsafe fn decode_addr(addr: *const sockaddr, len: socklen_t) -> Option<Socke
         libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
             // SAFETY: family and length say this is a sockaddr_in.
             let a = unsafe { &*(addr as *const libc::sockaddr_in) };
-            Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))), u16::from_be(a.sin_port)))
+            Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))),
+                u16::from_be(a.sin_port),
+            ))
         }
         libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
             // SAFETY: family and length say this is a sockaddr_in6.
             let a = unsafe { &*(addr as *const libc::sockaddr_in6) };
-            Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)), u16::from_be(a.sin6_port)))
+            Some(SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)),
+                u16::from_be(a.sin6_port),
+            ))
         }
         _ => None,
     }
@@ -67,7 +73,14 @@ pub fn local_addr(fd: c_int) -> Option<SocketAddr> {
     let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
     // SAFETY: passes a live storage buffer and its length.
-    let r = unsafe { libc::syscall(libc::SYS_getsockname, fd, &mut st as *mut _, &mut len as *mut socklen_t) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_getsockname,
+            fd,
+            &mut st as *mut _,
+            &mut len as *mut socklen_t,
+        )
+    };
     if r != 0 {
         return None;
     }
@@ -80,7 +93,14 @@ pub fn peer_addr(fd: c_int) -> Option<SocketAddr> {
     let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
     // SAFETY: passes a live storage buffer and its length.
-    let r = unsafe { libc::syscall(libc::SYS_getpeername, fd, &mut st as *mut _, &mut len as *mut socklen_t) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_getpeername,
+            fd,
+            &mut st as *mut _,
+            &mut len as *mut socklen_t,
+        )
+    };
     if r != 0 {
         return None;
     }
@@ -92,7 +112,16 @@ pub fn sockopt_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
     let mut v: c_int = 0;
     let mut len = std::mem::size_of::<c_int>() as socklen_t;
     // SAFETY: passes a live int and its length.
-    let r = unsafe { libc::syscall(libc::SYS_getsockopt, fd, level, name, &mut v as *mut c_int, &mut len as *mut socklen_t) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_getsockopt,
+            fd,
+            level,
+            name,
+            &mut v as *mut c_int,
+            &mut len as *mut socklen_t,
+        )
+    };
     (r == 0).then_some(v)
 }
 
@@ -104,11 +133,21 @@ pub fn bind_ephemeral(fd: c_int, family: c_int) -> bool {
         if family == libc::AF_INET6 {
             let mut a: libc::sockaddr_in6 = std::mem::zeroed();
             a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            libc::syscall(libc::SYS_bind, fd, &a as *const _, std::mem::size_of::<libc::sockaddr_in6>()) == 0
+            libc::syscall(
+                libc::SYS_bind,
+                fd,
+                &a as *const _,
+                std::mem::size_of::<libc::sockaddr_in6>(),
+            ) == 0
         } else {
             let mut a: libc::sockaddr_in = std::mem::zeroed();
             a.sin_family = libc::AF_INET as libc::sa_family_t;
-            libc::syscall(libc::SYS_bind, fd, &a as *const _, std::mem::size_of::<libc::sockaddr_in>()) == 0
+            libc::syscall(
+                libc::SYS_bind,
+                fd,
+                &a as *const _,
+                std::mem::size_of::<libc::sockaddr_in>(),
+            ) == 0
         }
     }
 }
@@ -137,16 +176,39 @@ pub fn close_raw(fd: c_int) {
 pub fn send_all(fd: c_int, mut buf: &[u8]) -> Result<(), c_int> {
     while !buf.is_empty() {
         // SAFETY: sends from a live slice of the stated length.
-        let r = unsafe { libc::syscall(libc::SYS_sendto, fd, buf.as_ptr(), buf.len(), libc::MSG_NOSIGNAL, std::ptr::null::<u8>(), 0usize) };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_sendto,
+                fd,
+                buf.as_ptr(),
+                buf.len(),
+                libc::MSG_NOSIGNAL,
+                std::ptr::null::<u8>(),
+                0usize,
+            )
+        };
         if r < 0 {
             let e = errno();
             if e == libc::EINTR {
                 continue;
             }
             if e == libc::EAGAIN {
-                let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
                 // SAFETY: one live pollfd.
-                unsafe { libc::syscall(libc::SYS_ppoll, &mut p as *mut libc::pollfd, 1usize, std::ptr::null::<u8>(), std::ptr::null::<u8>(), 8usize) };
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_ppoll,
+                        &mut p as *mut libc::pollfd,
+                        1usize,
+                        std::ptr::null::<u8>(),
+                        std::ptr::null::<u8>(),
+                        8usize,
+                    )
+                };
                 continue;
             }
             return Err(e);

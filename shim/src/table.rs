@@ -13,7 +13,10 @@
 //! increment the strong count before decrementing `READERS`.
 #![allow(unsafe_code)]
 
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::{Acquire, AcqRel, Relaxed, SeqCst}};
+use std::sync::atomic::{
+    AtomicPtr, AtomicUsize,
+    Ordering::{AcqRel, Acquire, Relaxed, SeqCst},
+};
 use std::sync::Arc;
 
 use crate::sock::Sock;
@@ -63,7 +66,9 @@ pub fn get(fd: i32) -> Option<Arc<Sock>> {
 
 /// Track `fd` (replacing any stale entry). Returns false if the fd is too large to track.
 pub fn insert(fd: i32, sock: Arc<Sock>) -> bool {
-    let Some(slot) = SLOTS.get(fd as usize) else { return false };
+    let Some(slot) = SLOTS.get(fd as usize) else {
+        return false;
+    };
     let old = slot.swap(Arc::into_raw(sock) as *mut Sock, AcqRel);
     if old.is_null() {
         COUNT.fetch_add(1, Relaxed);
@@ -110,5 +115,7 @@ pub fn snapshot() -> Vec<(i32, Arc<Sock>)> {
     if !any() {
         return Vec::new();
     }
-    (0..MAX_FD as i32).filter_map(|fd| get(fd).map(|s| (fd, s))).collect()
+    (0..MAX_FD as i32)
+        .filter_map(|fd| get(fd).map(|s| (fd, s)))
+        .collect()
 }

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use ntbdrv::{BusAddr, Completion, DmaDesc, DoorbellLease, Lease, NtbDevice, Region, WindowLease};
 
-use crate::proto::{Endpoint, Frame, FrameHeader, ProtoError, Ring, RingLoc, ENDPOINT_HDR, FRAME_HDR, FRAME_PAD};
+use crate::proto::{
+    Endpoint, Frame, FrameHeader, ProtoError, Ring, RingLoc, ENDPOINT_HDR, FRAME_HDR, FRAME_PAD,
+};
 use crate::{sys, CompletionMode, Settings, Shared};
 
 // RX line: written by the peer.
@@ -68,8 +70,18 @@ pub enum Counter {
     DmaFallbacks,
 }
 
-pub const COUNTER_NAMES: [&str; 10] =
-    ["tx_bytes", "rx_bytes", "tx_frames", "rx_frames", "dma_copies", "cpu_copies", "doorbells", "polls", "sleeps", "dma_fallbacks"];
+pub const COUNTER_NAMES: [&str; 10] = [
+    "tx_bytes",
+    "rx_bytes",
+    "tx_frames",
+    "rx_frames",
+    "dma_copies",
+    "cpu_copies",
+    "doorbells",
+    "polls",
+    "sleeps",
+    "dma_fallbacks",
+];
 
 /// What a send or receive can fail with; the shim maps these to errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +165,13 @@ pub(crate) struct HalfOpen {
 
 impl HalfOpen {
     /// Lease window space and a doorbell bit, and initialise our endpoint block.
-    pub(crate) fn new(dev: &dyn NtbDevice, ring_bytes: u64, role: Role, local: Endpoint, peer: Endpoint) -> Result<HalfOpen, crate::Reason> {
+    pub(crate) fn new(
+        dev: &dyn NtbDevice,
+        ring_bytes: u64,
+        role: Role,
+        local: Endpoint,
+        peer: Endpoint,
+    ) -> Result<HalfOpen, crate::Reason> {
         use crate::Reason;
         let len = ENDPOINT_HDR + ring_bytes;
         let mut lease = None;
@@ -175,7 +193,10 @@ impl HalfOpen {
             let _ = dev.release(Lease::Window(lease));
             let _ = dev.release(Lease::Doorbell(bell));
         };
-        let mine = match dev.inbound(lease.mw).and_then(|w| w.slice(lease.offset as usize, len as usize)) {
+        let mine = match dev
+            .inbound(lease.mw)
+            .and_then(|w| w.slice(lease.offset as usize, len as usize))
+        {
             Ok(r) => r,
             Err(_) => {
                 undo(dev);
@@ -192,10 +213,26 @@ impl HalfOpen {
         ntbdrv::drain_vector(&vector);
         // A fresh endpoint block: zero the header (the previous tenant's words), then identity.
         let _ = mine.fill(0, ENDPOINT_HDR as usize, 0);
-        let info = Info { role, local, peer, pid: std::process::id() };
+        let info = Info {
+            role,
+            local,
+            peer,
+            pid: std::process::id(),
+        };
         let _ = mine.write(INFO_BASE + 8, &info.encode());
         word32(&mine, INFO_BASE).store(INFO_MAGIC, Release);
-        Ok(HalfOpen { mine, lease, bell, vector, loc: RingLoc { mw: lease.mw, offset: lease.offset, len, db_bit: bell.bit } })
+        Ok(HalfOpen {
+            mine,
+            lease,
+            bell,
+            vector,
+            loc: RingLoc {
+                mw: lease.mw,
+                offset: lease.offset,
+                len,
+                db_bit: bell.bit,
+            },
+        })
     }
 
     pub(crate) fn release(self, dev: &dyn NtbDevice) {
@@ -233,19 +270,31 @@ impl Info {
         pip.copy_from_slice(&b[32..48]);
         Info {
             pid: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            role: if b[4] == 1 { Role::Server } else { Role::Client },
-            local: Endpoint { ip: lip, port: u16::from_le_bytes([b[24], b[25]]) },
-            peer: Endpoint { ip: pip, port: u16::from_le_bytes([b[26], b[27]]) },
+            role: if b[4] == 1 {
+                Role::Server
+            } else {
+                Role::Client
+            },
+            local: Endpoint {
+                ip: lip,
+                port: u16::from_le_bytes([b[24], b[25]]),
+            },
+            peer: Endpoint {
+                ip: pip,
+                port: u16::from_le_bytes([b[26], b[27]]),
+            },
         }
     }
 }
 
 pub(crate) fn word32(r: &Region, off: usize) -> &AtomicU32 {
-    r.atomic_u32(off).expect("endpoint layout offsets are in range and aligned")
+    r.atomic_u32(off)
+        .expect("endpoint layout offsets are in range and aligned")
 }
 
 pub(crate) fn word64(r: &Region, off: usize) -> &AtomicU64 {
-    r.atomic_u64(off).expect("endpoint layout offsets are in range and aligned")
+    r.atomic_u64(off)
+        .expect("endpoint layout offsets are in range and aligned")
 }
 
 /// Threads of this process waiting on the connection.
@@ -274,6 +323,7 @@ enum Wait {
 
 impl Connection {
     /// Join our half with the peer's ring location (validated by the caller).
+    #[allow(clippy::too_many_arguments)] // all of a connection's identity, passed once
     pub(crate) fn new(
         shared: Arc<Shared>,
         half: HalfOpen,
@@ -285,7 +335,10 @@ impl Connection {
         peer: Endpoint,
     ) -> Result<Connection, crate::Reason> {
         let dev = shared.dev.clone();
-        let theirs = match dev.outbound(their_loc.mw).and_then(|w| w.slice(their_loc.offset as usize, their_loc.len as usize)) {
+        let theirs = match dev
+            .outbound(their_loc.mw)
+            .and_then(|w| w.slice(their_loc.offset as usize, their_loc.len as usize))
+        {
             Ok(r) => r,
             Err(_) => {
                 half.release(&*dev);
@@ -364,8 +417,15 @@ impl Connection {
     fn frame_at(&self, head: u64, tail: u64, seq: u64) -> Result<Frame, ProtoError> {
         let mut hb = [0u8; 16];
         let at = ENDPOINT_HDR as usize + self.rx_ring.pos(head) as usize;
-        self.mine.read(at, &mut hb).map_err(|_| ProtoError::BadTail { tail, head, cap: self.rx_ring.cap() })?;
-        self.rx_ring.check_frame(head, tail, &FrameHeader::decode(&hb), seq)
+        self.mine
+            .read(at, &mut hb)
+            .map_err(|_| ProtoError::BadTail {
+                tail,
+                head,
+                cap: self.rx_ring.cap(),
+            })?;
+        self.rx_ring
+            .check_frame(head, tail, &FrameHeader::decode(&hb), seq)
     }
 
     fn peer_flags(&self) -> u32 {
@@ -373,7 +433,12 @@ impl Connection {
     }
 
     /// Receive into `bufs` (scatter), TCP-style: returns 0 at EOF.
-    pub fn recv(&self, bufs: &mut [&mut [u8]], flags: RecvFlags, timeout: Option<Duration>) -> Result<usize, IoError> {
+    pub fn recv(
+        &self,
+        bufs: &mut [&mut [u8]],
+        flags: RecvFlags,
+        timeout: Option<Duration>,
+    ) -> Result<usize, IoError> {
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         if want == 0 {
             return Ok(0);
@@ -406,7 +471,9 @@ impl Connection {
                         continue;
                     }
                     Frame::Data { len, size } => {
-                        let base = ENDPOINT_HDR as usize + self.rx_ring.pos(head) as usize + FRAME_HDR as usize;
+                        let base = ENDPOINT_HDR as usize
+                            + self.rx_ring.pos(head) as usize
+                            + FRAME_HDR as usize;
                         while off < len && bi < bufs.len() {
                             let dst = &mut bufs[bi][bo..];
                             let n = dst.len().min((len - off) as usize);
@@ -440,7 +507,11 @@ impl Connection {
             }
             let pf = self.peer_flags();
             if pf & FLAG_RST != 0 {
-                break if copied > 0 { Ok(copied) } else { Err(IoError::Reset) };
+                break if copied > 0 {
+                    Ok(copied)
+                } else {
+                    Err(IoError::Reset)
+                };
             }
             if pf & FLAG_FIN != 0 {
                 // FIN is set after the last tail: re-check the tail before reporting EOF.
@@ -456,7 +527,11 @@ impl Connection {
                 break if copied > 0 { Ok(copied) } else { e.map(|_| 0) };
             }
             if flags.nonblock {
-                break if copied > 0 { Ok(copied) } else { Err(IoError::WouldBlock) };
+                break if copied > 0 {
+                    Ok(copied)
+                } else {
+                    Err(IoError::WouldBlock)
+                };
             }
             if !flags.peek && credit {
                 // Return credits before sleeping, so a sender blocked on a full ring can go on.
@@ -465,8 +540,20 @@ impl Connection {
             }
             match self.wait(true, deadline) {
                 Wait::Ready => {}
-                Wait::TimedOut => break if copied > 0 { Ok(copied) } else { Err(IoError::TimedOut) },
-                Wait::Interrupted => break if copied > 0 { Ok(copied) } else { Err(IoError::Interrupted) },
+                Wait::TimedOut => {
+                    break if copied > 0 {
+                        Ok(copied)
+                    } else {
+                        Err(IoError::TimedOut)
+                    }
+                }
+                Wait::Interrupted => {
+                    break if copied > 0 {
+                        Ok(copied)
+                    } else {
+                        Err(IoError::Interrupted)
+                    }
+                }
             }
         };
         if !flags.peek {
@@ -505,7 +592,12 @@ impl Connection {
 
     /// Send `bufs` (gather). Blocking sends return once every byte is in the ring; non-blocking
     /// ones send what fits (EAGAIN if nothing).
-    pub fn send(&self, bufs: &[&[u8]], nonblock: bool, timeout: Option<Duration>) -> Result<usize, IoError> {
+    pub fn send(
+        &self,
+        bufs: &[&[u8]],
+        nonblock: bool,
+        timeout: Option<Duration>,
+    ) -> Result<usize, IoError> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if total == 0 {
             return Ok(0);
@@ -536,18 +628,40 @@ impl Connection {
                 }
                 match self.wait(false, deadline) {
                     Wait::Ready => continue,
-                    Wait::TimedOut => break if sent > 0 { Ok(sent) } else { Err(IoError::TimedOut) },
-                    Wait::Interrupted => break if sent > 0 { Ok(sent) } else { Err(IoError::Interrupted) },
+                    Wait::TimedOut => {
+                        break if sent > 0 {
+                            Ok(sent)
+                        } else {
+                            Err(IoError::TimedOut)
+                        }
+                    }
+                    Wait::Interrupted => {
+                        break if sent > 0 {
+                            Ok(sent)
+                        } else {
+                            Err(IoError::Interrupted)
+                        }
+                    }
                 }
             };
             if let Some((pos, n)) = p.pad {
-                let h = FrameHeader { len: (n - FRAME_HDR) as u32, flags: FRAME_PAD, seq };
-                let _ = self.theirs.write(ENDPOINT_HDR as usize + pos as usize, &h.encode());
+                let h = FrameHeader {
+                    len: (n - FRAME_HDR) as u32,
+                    flags: FRAME_PAD,
+                    seq,
+                };
+                let _ = self
+                    .theirs
+                    .write(ENDPOINT_HDR as usize + pos as usize, &h.encode());
             }
             let base = ENDPOINT_HDR as usize + p.pos as usize;
             let len = p.len as usize;
             self.copy_out(bufs, &mut bi, &mut bo, base + FRAME_HDR as usize, len);
-            let h = FrameHeader { len: len as u32, flags: 0, seq };
+            let h = FrameHeader {
+                len: len as u32,
+                flags: 0,
+                seq,
+            };
             let _ = self.theirs.write(base, &h.encode());
             seq += 1;
             tail = p.new_tail;
@@ -570,7 +684,14 @@ impl Connection {
     /// at its file position) straight into the peer's ring, with no staging copy in our memory.
     /// Returns the bytes sent (0 at end of file); a file error is `Err(Ok(errno))`, a
     /// connection error `Err(Err(IoError))`.
-    pub fn send_file(&self, fd: RawFd, offset: Option<&mut i64>, count: usize, nonblock: bool, timeout: Option<Duration>) -> Result<usize, Result<i32, IoError>> {
+    pub fn send_file(
+        &self,
+        fd: RawFd,
+        offset: Option<&mut i64>,
+        count: usize,
+        nonblock: bool,
+        timeout: Option<Duration>,
+    ) -> Result<usize, Result<i32, IoError>> {
         if count == 0 {
             return Ok(0);
         }
@@ -589,7 +710,11 @@ impl Connection {
                 Ok(Some(p)) => p,
                 Ok(None) => {
                     if nonblock || sent > 0 {
-                        break if sent > 0 { Ok(sent) } else { Err(Err(IoError::WouldBlock)) };
+                        break if sent > 0 {
+                            Ok(sent)
+                        } else {
+                            Err(Err(IoError::WouldBlock))
+                        };
                     }
                     match self.wait(false, deadline) {
                         Wait::Ready => continue,
@@ -600,19 +725,41 @@ impl Connection {
                 Err(_) => break Err(Err(self.protocol_error())),
             };
             let base = ENDPOINT_HDR as usize + p.pos as usize;
-            let n = match sys::read_into_region(fd, &self.theirs, base + FRAME_HDR as usize, p.len as usize, off) {
+            let n = match sys::read_into_region(
+                fd,
+                &self.theirs,
+                base + FRAME_HDR as usize,
+                p.len as usize,
+                off,
+            ) {
                 Ok(0) => break Ok(sent),
                 Ok(n) => n,
                 Err(e) => break if sent > 0 { Ok(sent) } else { Err(Ok(e)) },
             };
             if let Some((pos, n)) = p.pad {
-                let h = FrameHeader { len: (n - FRAME_HDR) as u32, flags: FRAME_PAD, seq };
-                let _ = self.theirs.write(ENDPOINT_HDR as usize + pos as usize, &h.encode());
+                let h = FrameHeader {
+                    len: (n - FRAME_HDR) as u32,
+                    flags: FRAME_PAD,
+                    seq,
+                };
+                let _ = self
+                    .theirs
+                    .write(ENDPOINT_HDR as usize + pos as usize, &h.encode());
             }
-            let _ = self.theirs.write(base, &FrameHeader { len: n as u32, flags: 0, seq }.encode());
+            let _ = self.theirs.write(
+                base,
+                &FrameHeader {
+                    len: n as u32,
+                    flags: 0,
+                    seq,
+                }
+                .encode(),
+            );
             seq += 1;
             // A short read makes a shorter frame: the tail follows the bytes actually read.
-            tail = p.new_tail - (FRAME_HDR + crate::proto::align_frame(p.len)) + FRAME_HDR + crate::proto::align_frame(n as u64);
+            tail = p.new_tail - (FRAME_HDR + crate::proto::align_frame(p.len))
+                + FRAME_HDR
+                + crate::proto::align_frame(n as u64);
             sent += n;
             if let Some(o) = off.as_mut() {
                 *o += n as i64;
@@ -657,19 +804,29 @@ impl Connection {
     /// Copy by DMA into the peer's ring; false if no channel or the transfer failed (the caller
     /// then copies by CPU, so no byte is lost).
     fn dma_copy(&self, chunk: &[u8], at: usize) -> bool {
-        let Some(ch) = self.shared.dma() else { return false };
+        let Some(ch) = self.shared.dma() else {
+            return false;
+        };
         let ch = match ch.lock() {
             Ok(c) => c,
             Err(_) => return false,
         };
-        let Ok(src) = ch.map_host(chunk.as_ptr(), chunk.len()) else { return false };
+        let Ok(src) = ch.map_host(chunk.as_ptr(), chunk.len()) else {
+            return false;
+        };
         let ok = (|| {
-            let dst = ch.peer_window_addr(self.their_loc.mw, self.their_loc.offset + at as u64).ok()?;
+            let dst = ch
+                .peer_window_addr(self.their_loc.mw, self.their_loc.offset + at as u64)
+                .ok()?;
             let mut descs = Vec::with_capacity(chunk.len().div_ceil(1 << 20));
             let mut o = 0usize;
             while o < chunk.len() {
                 let n = (chunk.len() - o).min(1 << 20);
-                descs.push(DmaDesc { src: BusAddr(src.0 + o as u64), dst: BusAddr(dst.0 + o as u64), len: n as u32 });
+                descs.push(DmaDesc {
+                    src: BusAddr(src.0 + o as u64),
+                    dst: BusAddr(dst.0 + o as u64),
+                    len: n as u32,
+                });
                 o += n;
             }
             for batch in descs.chunks(64) {
@@ -735,7 +892,11 @@ impl Connection {
         } else {
             let tail = word64(&self.mine, L_TX_TAIL).load(Relaxed);
             let head = word64(&self.mine, CR_HEAD).load(Acquire);
-            self.tx_ring.place(tail, head, 1).map(|p| p.is_some()).unwrap_or(true) || self.send_blocked().is_some()
+            self.tx_ring
+                .place(tail, head, 1)
+                .map(|p| p.is_some())
+                .unwrap_or(true)
+                || self.send_blocked().is_some()
         }
     }
 
@@ -759,7 +920,10 @@ impl Connection {
 
     /// Undo one [`Connection::arm`] with the same arguments, after waking.
     pub fn disarm(&self, read: bool, write: bool) {
-        for (on, count, off) in [(read, &self.waiters.rx, CR_RX_SLEEPING), (write, &self.waiters.tx, RX_TX_WAITING)] {
+        for (on, count, off) in [
+            (read, &self.waiters.rx, CR_RX_SLEEPING),
+            (write, &self.waiters.tx, RX_TX_WAITING),
+        ] {
             if on && count.fetch_sub(1, SeqCst) == 1 {
                 word32(&self.theirs, off).store(0, SeqCst);
                 // A waiter that armed meanwhile must keep its flag.
@@ -793,7 +957,7 @@ impl Connection {
         let mut n = 0u32;
         while !self.ready(read) {
             n += 1;
-            if n % 64 == 0 {
+            if n.is_multiple_of(64) {
                 let now = Instant::now();
                 if deadline.is_some_and(|d| now >= d) {
                     self.count(Counter::Polls, n as u64);
@@ -802,7 +966,7 @@ impl Connection {
                 if now.duration_since(t0) >= spin {
                     break;
                 }
-                if n % 4096 == 0 {
+                if n.is_multiple_of(4096) {
                     // Let the peer run if it shares our CPU, and notice a dead peer.
                     std::thread::yield_now();
                     if self.tcp_gone().is_some() {
@@ -846,7 +1010,9 @@ impl Connection {
         self.disarm(read, !read);
         match r {
             Err(libc::EINTR) => Wait::Interrupted,
-            _ if deadline.is_some_and(|d| Instant::now() >= d) && !self.ready(read) => Wait::TimedOut,
+            _ if deadline.is_some_and(|d| Instant::now() >= d) && !self.ready(read) => {
+                Wait::TimedOut
+            }
             _ => Wait::Ready,
         }
     }
@@ -921,7 +1087,8 @@ impl Connection {
         self.ring_peer();
         word32(&self.mine, INFO_BASE).store(0, Release);
         let peer_done = peer_finished(&self.mine);
-        self.shared.retire(self.mine.clone(), self.my_lease, self.my_bell, peer_done);
+        self.shared
+            .retire(self.mine.clone(), self.my_lease, self.my_bell, peer_done);
     }
 
     /// The peer's ring location.

@@ -88,11 +88,19 @@ impl Settings {
     /// `PCISOCK_SPIN_US` and `PCISOCK_ANSWER_TIMEOUT_MS` through `get`.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Settings, SettingError> {
         let mut s = Settings::default();
-        let err = |name: &'static str, value: &str, why: &str| SettingError { name, value: value.into(), why: why.into() };
+        let err = |name: &'static str, value: &str, why: &str| SettingError {
+            name,
+            value: value.into(),
+            why: why.into(),
+        };
         if let Some(v) = get("PCISOCK_RING_SIZE").filter(|v| !v.is_empty()) {
             let n = ntbdrv::emu::parse_size(&v).map_err(|e| err("PCISOCK_RING_SIZE", &v, &e))?;
             if proto::Ring::new(n).is_none() {
-                return Err(err("PCISOCK_RING_SIZE", &v, "a power of two between 4K and 1G"));
+                return Err(err(
+                    "PCISOCK_RING_SIZE",
+                    &v,
+                    "a power of two between 4K and 1G",
+                ));
             }
             s.ring_bytes = n;
         }
@@ -101,22 +109,33 @@ impl Settings {
                 "poll" => CompletionMode::Poll,
                 "doorbell" => CompletionMode::Doorbell,
                 "adaptive" => CompletionMode::Adaptive,
-                _ => return Err(err("PCISOCK_COMPLETION", &v, "expected poll, doorbell or adaptive")),
+                _ => {
+                    return Err(err(
+                        "PCISOCK_COMPLETION",
+                        &v,
+                        "expected poll, doorbell or adaptive",
+                    ))
+                }
             };
         }
         if let Some(v) = get("PCISOCK_DMA_THRESHOLD").filter(|v| !v.is_empty()) {
             s.dma_threshold = if v == "off" {
                 usize::MAX
             } else {
-                ntbdrv::emu::parse_size(&v).map_err(|e| err("PCISOCK_DMA_THRESHOLD", &v, &e))? as usize
+                ntbdrv::emu::parse_size(&v).map_err(|e| err("PCISOCK_DMA_THRESHOLD", &v, &e))?
+                    as usize
             };
         }
         if let Some(v) = get("PCISOCK_SPIN_US").filter(|v| !v.is_empty()) {
-            let us: u64 = v.parse().map_err(|_| err("PCISOCK_SPIN_US", &v, "microseconds"))?;
+            let us: u64 = v
+                .parse()
+                .map_err(|_| err("PCISOCK_SPIN_US", &v, "microseconds"))?;
             s.spin = Duration::from_micros(us);
         }
         if let Some(v) = get("PCISOCK_ANSWER_TIMEOUT_MS").filter(|v| !v.is_empty()) {
-            let ms: u64 = v.parse().map_err(|_| err("PCISOCK_ANSWER_TIMEOUT_MS", &v, "milliseconds"))?;
+            let ms: u64 = v
+                .parse()
+                .map_err(|_| err("PCISOCK_ANSWER_TIMEOUT_MS", &v, "milliseconds"))?;
             s.answer_timeout = Duration::from_millis(ms.max(1));
         }
         Ok(s)
@@ -153,23 +172,38 @@ const QUARANTINE: Duration = Duration::from_secs(1);
 
 impl Shared {
     pub(crate) fn dma(&self) -> Option<&Mutex<Box<dyn DmaChannel>>> {
-        self.dma.get_or_init(|| self.dev.dma_channel().ok().map(Mutex::new)).as_ref()
+        self.dma
+            .get_or_init(|| self.dev.dma_channel().ok().map(Mutex::new))
+            .as_ref()
     }
 
     /// Return a closed endpoint's lease and doorbell bit, now or after the quarantine.
-    pub(crate) fn retire(&self, block: ntbdrv::Region, lease: WindowLease, bell: DoorbellLease, peer_done: bool) {
+    pub(crate) fn retire(
+        &self,
+        block: ntbdrv::Region,
+        lease: WindowLease,
+        bell: DoorbellLease,
+        peer_done: bool,
+    ) {
         if peer_done {
             let _ = self.dev.release(Lease::Window(lease));
             let _ = self.dev.release(Lease::Doorbell(bell));
         } else if let Ok(mut z) = self.zombies.lock() {
-            z.push(Zombie { block, lease, bell, until: Instant::now() + QUARANTINE });
+            z.push(Zombie {
+                block,
+                lease,
+                bell,
+                until: Instant::now() + QUARANTINE,
+            });
         }
         self.reap();
     }
 
     pub(crate) fn reap(&self) {
         let now = Instant::now();
-        let Ok(mut z) = self.zombies.lock() else { return };
+        let Ok(mut z) = self.zombies.lock() else {
+            return;
+        };
         z.retain(|zb| {
             if zb.until <= now || conn::peer_finished(&zb.block) {
                 let _ = self.dev.release(Lease::Window(zb.lease));
@@ -238,7 +272,8 @@ pub enum Outcome {
 impl Transport {
     /// Open the default device (see `ntbdrv::recommended`) with settings from the environment.
     pub fn open_from_env() -> Result<Transport, OpenError> {
-        let settings = Settings::from_vars(|k| std::env::var(k).ok()).map_err(OpenError::Setting)?;
+        let settings =
+            Settings::from_vars(|k| std::env::var(k).ok()).map_err(OpenError::Setting)?;
         let dev = ntbdrv::recommended::open_default().map_err(OpenError::Device)?;
         Transport::open(dev, settings)
     }
@@ -257,7 +292,13 @@ impl Transport {
             dma: OnceLock::new(),
             zombies: Mutex::new(Vec::new()),
         });
-        Ok(Transport { shared, ctrl, same_host, mw_size, db_bits })
+        Ok(Transport {
+            shared,
+            ctrl,
+            same_host,
+            mw_size,
+            db_bits,
+        })
     }
 
     pub fn device(&self) -> &Arc<dyn NtbDevice> {
@@ -281,7 +322,10 @@ impl Transport {
         if !self.link_up() {
             return Err(Reason::LinkDown);
         }
-        self.ctrl.add_listener(addr).map(|slot| Listener { slot }).ok_or(Reason::TableFull)
+        self.ctrl
+            .add_listener(addr)
+            .map(|slot| Listener { slot })
+            .ok_or(Reason::TableFull)
     }
 
     /// Withdraw a listener (the listening socket closed).
@@ -291,35 +335,68 @@ impl Transport {
 
     /// Server side: the kernel accepted `tcp_fd` (`local` ← `peer`); take the client's offer,
     /// if it made one, and answer it.
-    pub fn accept(&self, tcp_fd: RawFd, local: Endpoint, peer: Endpoint) -> Result<Connection, Reason> {
+    pub fn accept(
+        &self,
+        tcp_fd: RawFd,
+        local: Endpoint,
+        peer: Endpoint,
+    ) -> Result<Connection, Reason> {
         self.shared.reap();
         let Some((index, generation, offer)) = self.ctrl.take_offer(&peer, &local) else {
             return Err(Reason::NoOffer);
         };
         let offer = offer.map_err(|_| Reason::BadPeer)?;
         let decline = |reason: Reason| {
-            let a = proto::Answer { version: proto::PROTOCOL_VERSION, cookie: offer.cookie, decline: reason.code(), ring: Default::default() };
+            let a = proto::Answer {
+                version: proto::PROTOCOL_VERSION,
+                cookie: offer.cookie,
+                decline: reason.code(),
+                ring: Default::default(),
+            };
             self.ctrl.write_answer(index, generation, &a);
             if offer.ring.db_bit < self.db_bits {
                 let _ = self.shared.dev.peer_db_set(1u64 << offer.ring.db_bit);
             }
             reason
         };
-        let tx_ring = match offer.ring.check(self.shared.dev.mw_count(), self.mw_size, self.db_bits) {
+        let tx_ring = match offer
+            .ring
+            .check(self.shared.dev.mw_count(), self.mw_size, self.db_bits)
+        {
             Ok(r) => r,
             Err(_) => return Err(decline(Reason::BadPeer)),
         };
         if !self.link_up() {
             return Err(decline(Reason::LinkDown));
         }
-        let half = match conn::HalfOpen::new(&*self.shared.dev, self.shared.settings.ring_bytes, Role::Server, local, peer) {
+        let half = match conn::HalfOpen::new(
+            &*self.shared.dev,
+            self.shared.settings.ring_bytes,
+            Role::Server,
+            local,
+            peer,
+        ) {
             Ok(h) => h,
             Err(r) => return Err(decline(r)),
         };
         let loc = half.loc;
-        let c = Connection::new(self.shared.clone(), half, offer.ring, tx_ring, tcp_fd, Role::Server, local, peer)
-            .map_err(decline)?;
-        let a = proto::Answer { version: proto::PROTOCOL_VERSION, cookie: offer.cookie, decline: 0, ring: loc };
+        let c = Connection::new(
+            self.shared.clone(),
+            half,
+            offer.ring,
+            tx_ring,
+            tcp_fd,
+            Role::Server,
+            local,
+            peer,
+        )
+        .map_err(decline)?;
+        let a = proto::Answer {
+            version: proto::PROTOCOL_VERSION,
+            cookie: offer.cookie,
+            decline: 0,
+            ring: loc,
+        };
         self.ctrl.write_answer(index, generation, &a);
         let _ = self.shared.dev.peer_db_set(1u64 << offer.ring.db_bit);
         Ok(c)
@@ -335,11 +412,30 @@ impl Transport {
         if !self.ctrl.find_listener(&remote, self.same_host) {
             return Err(Reason::NoListener);
         }
-        let half = conn::HalfOpen::new(&*self.shared.dev, self.shared.settings.ring_bytes, Role::Client, local, remote)?;
+        let half = conn::HalfOpen::new(
+            &*self.shared.dev,
+            self.shared.settings.ring_bytes,
+            Role::Client,
+            local,
+            remote,
+        )?;
         let cookie = sys::random_u64();
-        let offer = proto::Offer { version: proto::PROTOCOL_VERSION, cookie, client: local, server: remote, ring: half.loc };
+        let offer = proto::Offer {
+            version: proto::PROTOCOL_VERSION,
+            cookie,
+            client: local,
+            server: remote,
+            ring: half.loc,
+        };
         match self.ctrl.post_offer(&offer) {
-            Some(slot) => Ok(Pending { slot, half, cookie, local, remote, posted: Instant::now() }),
+            Some(slot) => Ok(Pending {
+                slot,
+                half,
+                cookie,
+                local,
+                remote,
+                posted: Instant::now(),
+            }),
             None => {
                 half.release(&*self.shared.dev);
                 Err(Reason::TableFull)
@@ -352,7 +448,8 @@ impl Transport {
         let took = !self.ctrl.withdraw(&p.slot);
         self.ctrl.finish_offer(p.slot);
         // If the server took the offer it may write into our ring: quarantine it.
-        self.shared.retire(p.half.mine.clone(), p.half.lease, p.half.bell, !took);
+        self.shared
+            .retire(p.half.mine.clone(), p.half.lease, p.half.bell, !took);
     }
 
     /// The doorbell line a pending client can poll for its answer.
@@ -379,7 +476,7 @@ impl Transport {
             let tcp_says = !matches!(sys::peek_tcp(tcp_fd), sys::Peek::Open);
             if now >= deadline || tcp_says {
                 if self.ctrl.withdraw(&p.slot) {
-                    let reason = if tcp_says { Reason::NoAnswer } else { Reason::NoAnswer };
+                    let reason = Reason::NoAnswer;
                     self.ctrl.finish_offer(p.slot);
                     p.half.release(&*self.shared.dev);
                     return Outcome::Tcp(reason);
@@ -387,35 +484,57 @@ impl Transport {
                 // The server took the offer: its answer is being written. Wait for it.
                 if now >= deadline + Duration::from_secs(10) {
                     self.ctrl.finish_offer(p.slot);
-                    self.shared.retire(p.half.mine.clone(), p.half.lease, p.half.bell, false);
+                    self.shared
+                        .retire(p.half.mine.clone(), p.half.lease, p.half.bell, false);
                     return Outcome::Tcp(Reason::NoAnswer);
                 }
             }
             if !block {
                 return Outcome::Waiting(p);
             }
-            let nap = deadline.saturating_duration_since(now).clamp(Duration::from_micros(100), Duration::from_millis(50));
+            let nap = deadline
+                .saturating_duration_since(now)
+                .clamp(Duration::from_micros(100), Duration::from_millis(50));
             let _ = sys::poll2(self.pending_fd(&p), tcp_fd, Some(nap));
             ntbdrv::drain_vector(&p.half.vector);
         }
     }
 
     fn finish(&self, p: Pending, a: proto::Answer, tcp_fd: RawFd) -> Outcome {
-        let Pending { slot, half, local, remote, .. } = p;
+        let Pending {
+            slot,
+            half,
+            local,
+            remote,
+            ..
+        } = p;
         self.ctrl.finish_offer(slot);
         if a.decline != 0 {
             half.release(&*self.shared.dev);
             return Outcome::Tcp(Reason::from_code(a.decline).unwrap_or(Reason::PeerDeclined));
         }
-        let tx_ring = match a.ring.check(self.shared.dev.mw_count(), self.mw_size, self.db_bits) {
+        let tx_ring = match a
+            .ring
+            .check(self.shared.dev.mw_count(), self.mw_size, self.db_bits)
+        {
             Ok(r) => r,
             Err(_) => {
                 // The server thinks it is connected: it may write into our ring.
-                self.shared.retire(half.mine.clone(), half.lease, half.bell, false);
+                self.shared
+                    .retire(half.mine.clone(), half.lease, half.bell, false);
                 return Outcome::Tcp(Reason::BadPeer);
             }
         };
-        match Connection::new(self.shared.clone(), half, a.ring, tx_ring, tcp_fd, Role::Client, local, remote) {
+        match Connection::new(
+            self.shared.clone(),
+            half,
+            a.ring,
+            tx_ring,
+            tcp_fd,
+            Role::Client,
+            local,
+            remote,
+        ) {
             Ok(c) => Outcome::Connected(c),
             Err(r) => Outcome::Tcp(r),
         }

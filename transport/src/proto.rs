@@ -48,7 +48,10 @@ impl fmt::Display for ProtoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::BadTail { tail, head, cap } => {
-                write!(f, "producer counter {tail} impossible (consumer {head}, capacity {cap})")
+                write!(
+                    f,
+                    "producer counter {tail} impossible (consumer {head}, capacity {cap})"
+                )
             }
             Self::BadCredit { head, tail } => {
                 write!(f, "consumer counter {head} ahead of producer {tail}")
@@ -172,23 +175,42 @@ impl Ring {
         if len == 0 {
             return Ok(None);
         }
-        Ok(Some(Placement { pad, pos: fpos, len, new_tail: t + size }))
+        Ok(Some(Placement {
+            pad,
+            pos: fpos,
+            len,
+            new_tail: t + size,
+        }))
     }
 
     /// Validate the producer counter read from shared memory against our consumer counter.
     pub fn check_tail(&self, tail: u64, head: u64) -> Result<u64, ProtoError> {
         if tail < head || tail - head > self.cap {
-            return Err(ProtoError::BadTail { tail, head, cap: self.cap });
+            return Err(ProtoError::BadTail {
+                tail,
+                head,
+                cap: self.cap,
+            });
         }
         Ok(tail - head)
     }
 
     /// Validate a frame header found at consumer counter `head` with producer counter `tail`.
-    pub fn check_frame(&self, head: u64, tail: u64, hdr: &FrameHeader, expected_seq: u64) -> Result<Frame, ProtoError> {
+    pub fn check_frame(
+        &self,
+        head: u64,
+        tail: u64,
+        hdr: &FrameHeader,
+        expected_seq: u64,
+    ) -> Result<Frame, ProtoError> {
         let avail = self.check_tail(tail, head)?;
         let pos = self.pos(head);
-        let bad = || ProtoError::BadFrame { pos, len: hdr.len, flags: hdr.flags };
-        if pos % FRAME_ALIGN != 0 || avail < FRAME_HDR {
+        let bad = || ProtoError::BadFrame {
+            pos,
+            len: hdr.len,
+            flags: hdr.flags,
+        };
+        if !pos.is_multiple_of(FRAME_ALIGN) || avail < FRAME_HDR {
             return Err(bad());
         }
         let to_end = self.cap - pos;
@@ -207,9 +229,15 @@ impl Ring {
             return Err(bad());
         }
         if hdr.seq != expected_seq {
-            return Err(ProtoError::BadSequence { expected: expected_seq, got: hdr.seq });
+            return Err(ProtoError::BadSequence {
+                expected: expected_seq,
+                got: hdr.seq,
+            });
         }
-        Ok(Frame::Data { len: hdr.len as u64, size })
+        Ok(Frame::Data {
+            len: hdr.len as u64,
+            size,
+        })
     }
 }
 
@@ -261,10 +289,14 @@ impl RingLoc {
         if self.db_bit >= db_bits {
             return Err(ProtoError::BadRecord("doorbell bit"));
         }
-        if self.offset % 4096 != 0 || self.len <= ENDPOINT_HDR {
+        if !self.offset.is_multiple_of(4096) || self.len <= ENDPOINT_HDR {
             return Err(ProtoError::BadRecord("ring alignment"));
         }
-        if self.offset.checked_add(self.len).is_none_or(|end| end > mw_size) {
+        if self
+            .offset
+            .checked_add(self.len)
+            .is_none_or(|end| end > mw_size)
+        {
             return Err(ProtoError::BadRecord("ring outside its window"));
         }
         Ring::new(self.len - ENDPOINT_HDR).ok_or(ProtoError::BadRecord("ring capacity"))
@@ -278,7 +310,12 @@ impl RingLoc {
     }
 
     fn get(b: &[u8]) -> RingLoc {
-        RingLoc { mw: le32(&b[0..4]), db_bit: le32(&b[4..8]), offset: le64(&b[8..16]), len: le64(&b[16..24]) }
+        RingLoc {
+            mw: le32(&b[0..4]),
+            db_bit: le32(&b[4..8]),
+            offset: le64(&b[8..16]),
+            len: le64(&b[16..24]),
+        }
     }
 }
 
@@ -311,7 +348,10 @@ impl Endpoint {
             std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
             std::net::IpAddr::V6(v6) => v6.octets(),
         };
-        Endpoint { ip, port: addr.port() }
+        Endpoint {
+            ip,
+            port: addr.port(),
+        }
     }
 
     pub fn to_std(&self) -> std::net::SocketAddr {
@@ -361,7 +401,11 @@ impl ListenerEntry {
         if port == 0 {
             return Err(ProtoError::BadRecord("listener port 0"));
         }
-        Ok(ListenerEntry { addr: Endpoint { ip, port }, pid: le32(&b[20..24]), start_time: le64(&b[24..32]) })
+        Ok(ListenerEntry {
+            addr: Endpoint { ip, port },
+            pid: le32(&b[20..24]),
+            start_time: le64(&b[24..32]),
+        })
     }
 }
 
@@ -396,7 +440,10 @@ impl Offer {
     pub fn decode(b: &[u8; OFFER_SIZE - 8]) -> Result<Offer, ProtoError> {
         let version = le32(&b[0..4]);
         if version != PROTOCOL_VERSION {
-            return Err(ProtoError::Version { ours: PROTOCOL_VERSION, theirs: version });
+            return Err(ProtoError::Version {
+                ours: PROTOCOL_VERSION,
+                theirs: version,
+            });
         }
         let mut cip = [0u8; 16];
         cip.copy_from_slice(&b[16..32]);
@@ -405,8 +452,14 @@ impl Offer {
         let o = Offer {
             version,
             cookie: le64(&b[8..16]),
-            client: Endpoint { ip: cip, port: le16(&b[32..34]) },
-            server: Endpoint { ip: sip, port: le16(&b[34..36]) },
+            client: Endpoint {
+                ip: cip,
+                port: le16(&b[32..34]),
+            },
+            server: Endpoint {
+                ip: sip,
+                port: le16(&b[34..36]),
+            },
             ring: RingLoc::get(&b[56..80]),
         };
         if o.client.port == 0 || o.server.port == 0 {
@@ -423,7 +476,9 @@ impl Offer {
         self.client.port == peer.port
             && self.server.port == local.port
             && (self.client.is_unspecified() || self.client.ip == peer.ip)
-            && (self.server.is_unspecified() || local.is_unspecified() || self.server.ip == local.ip)
+            && (self.server.is_unspecified()
+                || local.is_unspecified()
+                || self.server.ip == local.ip)
     }
 }
 
@@ -452,9 +507,17 @@ impl Answer {
     pub fn decode(b: &[u8; ANSWER_SIZE - 8]) -> Result<Answer, ProtoError> {
         let version = le32(&b[0..4]);
         if version != PROTOCOL_VERSION {
-            return Err(ProtoError::Version { ours: PROTOCOL_VERSION, theirs: version });
+            return Err(ProtoError::Version {
+                ours: PROTOCOL_VERSION,
+                theirs: version,
+            });
         }
-        Ok(Answer { version, decline: le32(&b[4..8]), cookie: le64(&b[8..16]), ring: RingLoc::get(&b[16..40]) })
+        Ok(Answer {
+            version,
+            decline: le32(&b[4..8]),
+            cookie: le64(&b[8..16]),
+            ring: RingLoc::get(&b[16..40]),
+        })
     }
 }
 
@@ -500,9 +563,24 @@ impl Reason {
 
     pub fn from_code(c: u32) -> Option<Reason> {
         use Reason::*;
-        [NotFlagged, NoDevice, LinkDown, NoListener, PeerDeclined, NoAnswer, NoWindowSpace, NoDoorbell, BadPeer, NoOffer, NotInet, TableFull, BadConfig, Unsupported]
-            .into_iter()
-            .find(|r| r.code() == c)
+        [
+            NotFlagged,
+            NoDevice,
+            LinkDown,
+            NoListener,
+            PeerDeclined,
+            NoAnswer,
+            NoWindowSpace,
+            NoDoorbell,
+            BadPeer,
+            NoOffer,
+            NotInet,
+            TableFull,
+            BadConfig,
+            Unsupported,
+        ]
+        .into_iter()
+        .find(|r| r.code() == c)
     }
 
     pub fn name(self) -> &'static str {
@@ -530,16 +608,22 @@ impl Reason {
             Reason::NotFlagged => "no configuration rule flags this port, address and program",
             Reason::NoDevice => "the NTB device could not be opened (see PCISOCK_LOG=warn)",
             Reason::LinkDown => "the NTB link is down",
-            Reason::NoListener => "the peer has no pcisock listener on this port (plain peer or not on the fabric)",
+            Reason::NoListener => {
+                "the peer has no pcisock listener on this port (plain peer or not on the fabric)"
+            }
             Reason::PeerDeclined => "the peer declined the upgrade",
             Reason::NoAnswer => "the peer did not answer the upgrade offer in time",
             Reason::NoWindowSpace => "no memory-window space left for the connection's rings",
             Reason::NoDoorbell => "no doorbell bit left on this host",
             Reason::BadPeer => "the peer sent an invalid offer or answer",
-            Reason::NoOffer => "the client made no upgrade offer (plain client or not flagged there)",
+            Reason::NoOffer => {
+                "the client made no upgrade offer (plain client or not flagged there)"
+            }
             Reason::NotInet => "not an IPv4/IPv6 stream socket",
             Reason::TableFull => "the rendezvous tables are full",
-            Reason::BadConfig => "the configuration is invalid, so pcisock passes everything through",
+            Reason::BadConfig => {
+                "the configuration is invalid, so pcisock passes everything through"
+            }
             Reason::Unsupported => "the socket was used in a way pcisock cannot carry",
         }
     }
@@ -598,28 +682,69 @@ mod tests {
     #[test]
     fn frames_round_trip_and_validate() {
         let r = Ring::new(8192).unwrap();
-        let h = FrameHeader { len: 100, flags: 0, seq: 7 };
+        let h = FrameHeader {
+            len: 100,
+            flags: 0,
+            seq: 7,
+        };
         assert_eq!(FrameHeader::decode(&h.encode()), h);
-        assert_eq!(r.check_frame(0, 128, &h, 7).unwrap(), Frame::Data { len: 100, size: 128 });
-        assert!(matches!(r.check_frame(0, 128, &h, 8), Err(ProtoError::BadSequence { .. })));
-        assert!(matches!(r.check_frame(0, 100, &h, 7), Err(ProtoError::BadFrame { .. })), "frame beyond tail");
+        assert_eq!(
+            r.check_frame(0, 128, &h, 7).unwrap(),
+            Frame::Data {
+                len: 100,
+                size: 128
+            }
+        );
+        assert!(matches!(
+            r.check_frame(0, 128, &h, 8),
+            Err(ProtoError::BadSequence { .. })
+        ));
+        assert!(
+            matches!(
+                r.check_frame(0, 100, &h, 7),
+                Err(ProtoError::BadFrame { .. })
+            ),
+            "frame beyond tail"
+        );
         let huge = FrameHeader { len: u32::MAX, ..h };
         assert!(r.check_frame(0, 8192, &huge, 7).is_err());
-        let pad = FrameHeader { len: 8192 - 64 - 16, flags: FRAME_PAD, seq: 7 };
-        assert_eq!(r.check_frame(64, 8192 + 64, &pad, 7).unwrap(), Frame::Pad { size: 8192 - 64 });
+        let pad = FrameHeader {
+            len: 8192 - 64 - 16,
+            flags: FRAME_PAD,
+            seq: 7,
+        };
+        assert_eq!(
+            r.check_frame(64, 8192 + 64, &pad, 7).unwrap(),
+            Frame::Pad { size: 8192 - 64 }
+        );
         let short_pad = FrameHeader { len: 16, ..pad };
-        assert!(r.check_frame(64, 8192, &short_pad, 7).is_err(), "a pad must reach the end");
+        assert!(
+            r.check_frame(64, 8192, &short_pad, 7).is_err(),
+            "a pad must reach the end"
+        );
         assert!(r.check_frame(8, 200, &h, 7).is_err(), "misaligned head");
-        assert!(matches!(r.check_tail(10, 20), Err(ProtoError::BadTail { .. })));
-        assert!(matches!(r.check_tail(20000, 0), Err(ProtoError::BadTail { .. })));
+        assert!(matches!(
+            r.check_tail(10, 20),
+            Err(ProtoError::BadTail { .. })
+        ));
+        assert!(matches!(
+            r.check_tail(20000, 0),
+            Err(ProtoError::BadTail { .. })
+        ));
     }
 
     #[test]
     fn credits_are_validated() {
         let r = Ring::new(4096).unwrap();
         assert_eq!(r.free(100, 50).unwrap(), 4096 - 50);
-        assert!(matches!(r.free(100, 200), Err(ProtoError::BadCredit { .. })));
-        assert!(matches!(r.free(10_000, 0), Err(ProtoError::BadCredit { .. })));
+        assert!(matches!(
+            r.free(100, 200),
+            Err(ProtoError::BadCredit { .. })
+        ));
+        assert!(matches!(
+            r.free(10_000, 0),
+            Err(ProtoError::BadCredit { .. })
+        ));
     }
 
     /// A producer and consumer driven by the pure functions alone move a byte stream intact
@@ -644,10 +769,18 @@ mod tests {
             if sent < total {
                 if let Some(p) = r.place(tail, head, want.min(total - sent)).unwrap() {
                     if let Some((pp, n)) = p.pad {
-                        let h = FrameHeader { len: (n - FRAME_HDR) as u32, flags: FRAME_PAD, seq: tx_seq };
+                        let h = FrameHeader {
+                            len: (n - FRAME_HDR) as u32,
+                            flags: FRAME_PAD,
+                            seq: tx_seq,
+                        };
                         mem[pp as usize..pp as usize + 16].copy_from_slice(&h.encode());
                     }
-                    let h = FrameHeader { len: p.len as u32, flags: 0, seq: tx_seq };
+                    let h = FrameHeader {
+                        len: p.len as u32,
+                        flags: 0,
+                        seq: tx_seq,
+                    };
                     tx_seq += 1;
                     let at = p.pos as usize;
                     mem[at..at + 16].copy_from_slice(&h.encode());
@@ -663,7 +796,10 @@ mod tests {
                 let at = r.pos(head) as usize;
                 let mut hb = [0u8; 16];
                 hb.copy_from_slice(&mem[at..at + 16]);
-                match r.check_frame(head, tail, &FrameHeader::decode(&hb), rx_seq).unwrap() {
+                match r
+                    .check_frame(head, tail, &FrameHeader::decode(&hb), rx_seq)
+                    .unwrap()
+                {
                     Frame::Pad { size } => head += size,
                     Frame::Data { len, size } => {
                         got.extend_from_slice(&mem[at + 16..at + 16 + len as usize]);
@@ -673,13 +809,21 @@ mod tests {
                 }
             }
         }
-        assert!(got.iter().enumerate().all(|(i, &b)| b == (i as u64 % 251) as u8));
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i as u64 % 251) as u8));
         assert!(tail > 20 * 4096, "the model wrapped many times");
     }
 
     #[test]
     fn records_round_trip_and_validate() {
-        let ring = RingLoc { mw: 1, offset: 8192, len: 4096 + (1 << 20), db_bit: 9 };
+        let ring = RingLoc {
+            mw: 1,
+            offset: 8192,
+            len: 4096 + (1 << 20),
+            db_bit: 9,
+        };
         let o = Offer {
             version: PROTOCOL_VERSION,
             cookie: 0xfeed,
@@ -688,20 +832,55 @@ mod tests {
             ring,
         };
         assert_eq!(Offer::decode(&o.encode()).unwrap(), o);
-        assert!(o.matches(&Endpoint::from_std("127.0.0.1:40000".parse().unwrap()), &Endpoint::from_std("[::1]:5001".parse().unwrap())));
-        assert!(!o.matches(&Endpoint::from_std("127.0.0.2:40000".parse().unwrap()), &Endpoint::from_std("[::1]:5001".parse().unwrap())));
+        assert!(o.matches(
+            &Endpoint::from_std("127.0.0.1:40000".parse().unwrap()),
+            &Endpoint::from_std("[::1]:5001".parse().unwrap())
+        ));
+        assert!(!o.matches(
+            &Endpoint::from_std("127.0.0.2:40000".parse().unwrap()),
+            &Endpoint::from_std("[::1]:5001".parse().unwrap())
+        ));
         let mut bad = o.encode();
         bad[0] = 9;
-        assert!(matches!(Offer::decode(&bad), Err(ProtoError::Version { theirs: 9, .. })));
-        let a = Answer { version: PROTOCOL_VERSION, cookie: 0xfeed, decline: 0, ring };
+        assert!(matches!(
+            Offer::decode(&bad),
+            Err(ProtoError::Version { theirs: 9, .. })
+        ));
+        let a = Answer {
+            version: PROTOCOL_VERSION,
+            cookie: 0xfeed,
+            decline: 0,
+            ring,
+        };
         assert_eq!(Answer::decode(&a.encode()).unwrap(), a);
         assert_eq!(ring.check(2, 64 << 20, 64).unwrap().cap(), 1 << 20);
         assert!(RingLoc { mw: 2, ..ring }.check(2, 64 << 20, 64).is_err());
-        assert!(RingLoc { offset: 64 << 20, ..ring }.check(2, 64 << 20, 64).is_err());
-        assert!(RingLoc { len: 4096 + 1000, ..ring }.check(2, 64 << 20, 64).is_err());
-        assert!(RingLoc { db_bit: 64, ..ring }.check(2, 64 << 20, 64).is_err());
-        assert!(RingLoc { offset: u64::MAX - 10, ..ring }.check(2, 64 << 20, 64).is_err());
-        let l = ListenerEntry { addr: Endpoint::from_std("0.0.0.0:5201".parse().unwrap()), pid: 5, start_time: 6 };
+        assert!(RingLoc {
+            offset: 64 << 20,
+            ..ring
+        }
+        .check(2, 64 << 20, 64)
+        .is_err());
+        assert!(RingLoc {
+            len: 4096 + 1000,
+            ..ring
+        }
+        .check(2, 64 << 20, 64)
+        .is_err());
+        assert!(RingLoc { db_bit: 64, ..ring }
+            .check(2, 64 << 20, 64)
+            .is_err());
+        assert!(RingLoc {
+            offset: u64::MAX - 10,
+            ..ring
+        }
+        .check(2, 64 << 20, 64)
+        .is_err());
+        let l = ListenerEntry {
+            addr: Endpoint::from_std("0.0.0.0:5201".parse().unwrap()),
+            pid: 5,
+            start_time: 6,
+        };
         assert_eq!(ListenerEntry::decode(&l.encode()).unwrap(), l);
         assert!(l.addr.is_unspecified());
         for c in 1..=14 {
@@ -724,7 +903,8 @@ mod tests {
             b[8..].copy_from_slice(&x.rotate_left(17).to_le_bytes());
             let head = (x >> 7) & !15 & 0xFFFF_FFFF;
             let tail = head + (x >> 40) % (1 << 17);
-            if let Ok(f) = r.check_frame(head, tail, &FrameHeader::decode(&b), x.rotate_left(3) & 1) {
+            if let Ok(f) = r.check_frame(head, tail, &FrameHeader::decode(&b), x.rotate_left(3) & 1)
+            {
                 let size = match f {
                     Frame::Data { size, .. } | Frame::Pad { size } => size,
                 };

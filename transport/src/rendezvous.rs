@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use ntbdrv::{NtbDevice, Region};
 
 use crate::proto::{
-    Answer, Endpoint, ListenerEntry, Offer, ProtoError, ANSWER_SIZE, LISTENER_SIZE, OFFER_SIZE, PROTOCOL_VERSION,
+    Answer, Endpoint, ListenerEntry, Offer, ProtoError, ANSWER_SIZE, LISTENER_SIZE, OFFER_SIZE,
+    PROTOCOL_VERSION,
 };
 
 /// Bytes reserved at offset 0 of inbound window 0 on every host.
@@ -57,7 +58,10 @@ pub enum CtrlError {
     Lease(ntbdrv::LeaseError),
     Window(ntbdrv::WindowError),
     /// The area holds another protocol version's tables.
-    Version { ours: u32, theirs: u32 },
+    Version {
+        ours: u32,
+        theirs: u32,
+    },
 }
 
 impl std::fmt::Display for CtrlError {
@@ -66,7 +70,10 @@ impl std::fmt::Display for CtrlError {
             CtrlError::Lease(e) => write!(f, "cannot reserve the rendezvous area: {e}"),
             CtrlError::Window(e) => write!(f, "rendezvous area: {e}"),
             CtrlError::Version { ours, theirs } => {
-                write!(f, "rendezvous area speaks protocol {theirs}, we speak {ours}")
+                write!(
+                    f,
+                    "rendezvous area speaks protocol {theirs}, we speak {ours}"
+                )
             }
         }
     }
@@ -86,19 +93,28 @@ pub struct SlotGuard {
 }
 
 fn u32_at(r: &Region, off: usize) -> &AtomicU32 {
-    r.atomic_u32(off).expect("rendezvous layout offsets are in range and aligned")
+    r.atomic_u32(off)
+        .expect("rendezvous layout offsets are in range and aligned")
 }
 
 fn u64_at(r: &Region, off: usize) -> &AtomicU64 {
-    r.atomic_u64(off).expect("rendezvous layout offsets are in range and aligned")
+    r.atomic_u64(off)
+        .expect("rendezvous layout offsets are in range and aligned")
 }
 
 impl Control {
     /// Reserve (or find) this host's area and map the peer's.
     pub fn open(dev: &dyn NtbDevice) -> Result<Control, CtrlError> {
-        dev.reserve_window(0, 0, CTRL_SIZE, CTRL_TAG).map_err(CtrlError::Lease)?;
-        let local = dev.inbound(0).and_then(|w| w.slice(0, CTRL_SIZE as usize)).map_err(CtrlError::Window)?;
-        let peer = dev.outbound(0).and_then(|w| w.slice(0, CTRL_SIZE as usize)).map_err(CtrlError::Window)?;
+        dev.reserve_window(0, 0, CTRL_SIZE, CTRL_TAG)
+            .map_err(CtrlError::Lease)?;
+        let local = dev
+            .inbound(0)
+            .and_then(|w| w.slice(0, CTRL_SIZE as usize))
+            .map_err(CtrlError::Window)?;
+        let peer = dev
+            .outbound(0)
+            .and_then(|w| w.slice(0, CTRL_SIZE as usize))
+            .map_err(CtrlError::Window)?;
         // A fresh area is all zeros, which are empty tables; stamp it once.
         let magic = u64_at(&local, HDR_MAGIC);
         if magic.load(Acquire) != CTRL_MAGIC {
@@ -107,7 +123,10 @@ impl Control {
         }
         let v = u32_at(&local, HDR_VERSION).load(Acquire);
         if v != PROTOCOL_VERSION {
-            return Err(CtrlError::Version { ours: PROTOCOL_VERSION, theirs: v });
+            return Err(CtrlError::Version {
+                ours: PROTOCOL_VERSION,
+                theirs: v,
+            });
         }
         Ok(Control { local, peer })
     }
@@ -121,11 +140,17 @@ impl Control {
                 let pid = u32_at(&self.local, table + i * 16);
                 let st = u64_at(&self.local, table + i * 16 + 8);
                 let cur = pid.load(Acquire);
-                let free = cur == 0 || (pass == 1 && !ntbdrv::process::alive(cur, st.load(Acquire)));
+                let free =
+                    cur == 0 || (pass == 1 && !ntbdrv::process::alive(cur, st.load(Acquire)));
                 if free && pid.compare_exchange(cur, me, SeqCst, SeqCst).is_ok() {
                     st.store(start, Release);
-                    let generation = u32_at(&self.local, table + i * 16 + 4).fetch_add(1, SeqCst).wrapping_add(1);
-                    return Some(SlotGuard { index: i, generation });
+                    let generation = u32_at(&self.local, table + i * 16 + 4)
+                        .fetch_add(1, SeqCst)
+                        .wrapping_add(1);
+                    return Some(SlotGuard {
+                        index: i,
+                        generation,
+                    });
                 }
             }
         }
@@ -143,9 +168,15 @@ impl Control {
         let slot = self.claim(LISTENER_OWNERS, LISTENER_SLOTS)?;
         let base = LISTENERS + slot.index * LISTENER_SIZE;
         let pid = std::process::id();
-        let e = ListenerEntry { addr, pid, start_time: ntbdrv::process::start_time(pid).unwrap_or(0) };
+        let e = ListenerEntry {
+            addr,
+            pid,
+            start_time: ntbdrv::process::start_time(pid).unwrap_or(0),
+        };
         u32_at(&self.peer, base).store(0, SeqCst);
-        self.peer.write(base + 8, &e.encode()).expect("listener record in range");
+        self.peer
+            .write(base + 8, &e.encode())
+            .expect("listener record in range");
         u32_at(&self.peer, base + 4).store(slot.generation, Relaxed);
         // SYNC POINT (listener publish): Release pairs with the Acquire load in `find_listener`.
         u32_at(&self.peer, base).store(ACTIVE, Release);
@@ -171,7 +202,9 @@ impl Control {
             if self.local.read(base + 8, &mut rec).is_err() {
                 continue;
             }
-            let Ok(e) = ListenerEntry::decode(&rec) else { continue };
+            let Ok(e) = ListenerEntry::decode(&rec) else {
+                continue;
+            };
             if e.addr.port != server.port || !(e.addr.is_unspecified() || e.addr.ip == server.ip) {
                 continue;
             }
@@ -193,7 +226,9 @@ impl Control {
         u32_at(&self.local, ANSWERS + slot.index * ANSWER_SIZE).store(0, SeqCst);
         let base = OFFERS + slot.index * OFFER_SIZE;
         u32_at(&self.peer, base).store(OFFER_FREE, SeqCst);
-        self.peer.write(base + 8, &offer.encode()).expect("offer record in range");
+        self.peer
+            .write(base + 8, &offer.encode())
+            .expect("offer record in range");
         u32_at(&self.peer, base + 4).store(slot.generation, Relaxed);
         // SYNC POINT (offer publish): Release pairs with the Acquire load in `take_offer`.
         u32_at(&self.peer, base).store(OFFER_POSTED, Release);
@@ -222,7 +257,9 @@ impl Control {
         let state = u32_at(&self.peer, OFFERS + slot.index * OFFER_SIZE);
         // SYNC POINT (offer race): this CAS and the server's CAS in `take_offer` decide who
         // owns the offer; exactly one succeeds.
-        state.compare_exchange(OFFER_POSTED, OFFER_WITHDRAWN, SeqCst, SeqCst).is_ok()
+        state
+            .compare_exchange(OFFER_POSTED, OFFER_WITHDRAWN, SeqCst, SeqCst)
+            .is_ok()
     }
 
     /// Give the offer slot back.
@@ -234,7 +271,11 @@ impl Control {
 
     /// Find and take the posted offer for the connection just accepted. Invalid offers that
     /// match are taken and reported, so they are not tried again.
-    pub fn take_offer(&self, peer: &Endpoint, local: &Endpoint) -> Option<(usize, u32, Result<Offer, ProtoError>)> {
+    pub fn take_offer(
+        &self,
+        peer: &Endpoint,
+        local: &Endpoint,
+    ) -> Option<(usize, u32, Result<Offer, ProtoError>)> {
         for i in 0..OFFER_SLOTS {
             let base = OFFERS + i * OFFER_SIZE;
             let state = u32_at(&self.local, base);
@@ -254,7 +295,10 @@ impl Control {
             if !matches {
                 continue;
             }
-            if state.compare_exchange(OFFER_POSTED, OFFER_TAKEN, SeqCst, SeqCst).is_ok() {
+            if state
+                .compare_exchange(OFFER_POSTED, OFFER_TAKEN, SeqCst, SeqCst)
+                .is_ok()
+            {
                 // Re-read after the CAS: the record cannot change once taken.
                 if self.local.read(base + 8, &mut rec).is_err() {
                     continue;
@@ -269,7 +313,9 @@ impl Control {
     pub fn write_answer(&self, index: usize, generation: u32, answer: &Answer) {
         let base = ANSWERS + index * ANSWER_SIZE;
         u32_at(&self.peer, base).store(0, SeqCst);
-        self.peer.write(base + 8, &answer.encode()).expect("answer record in range");
+        self.peer
+            .write(base + 8, &answer.encode())
+            .expect("answer record in range");
         u32_at(&self.peer, base + 4).store(generation, Relaxed);
         // SYNC POINT (answer): Release pairs with the client's Acquire in `answer`.
         u32_at(&self.peer, base).store(ACTIVE, Release);

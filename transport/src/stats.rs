@@ -16,8 +16,14 @@ pub struct EndpointStats {
 
 /// Read the endpoint in the window lease `mw`/`offset`/`len` of this host, if one lives there.
 pub fn read_endpoint(dev: &dyn NtbDevice, mw: u32, offset: u64, len: u64) -> Option<EndpointStats> {
-    let r = dev.inbound(mw).ok()?.slice(offset as usize, len as usize).ok()?;
-    if conn::word32(&r, conn::INFO_BASE).load(std::sync::atomic::Ordering::Acquire) != conn::INFO_MAGIC {
+    let r = dev
+        .inbound(mw)
+        .ok()?
+        .slice(offset as usize, len as usize)
+        .ok()?;
+    if conn::word32(&r, conn::INFO_BASE).load(std::sync::atomic::Ordering::Acquire)
+        != conn::INFO_MAGIC
+    {
         return None;
     }
     let mut b = [0u8; 48];
@@ -26,5 +32,8 @@ pub fn read_endpoint(dev: &dyn NtbDevice, mw: u32, offset: u64, len: u64) -> Opt
     for (i, c) in counters.iter_mut().enumerate() {
         *c = conn::word64(&r, conn::C_BASE + 8 * i).load(std::sync::atomic::Ordering::Relaxed);
     }
-    Some(EndpointStats { info: Info::decode(&b), counters })
+    Some(EndpointStats {
+        info: Info::decode(&b),
+        counters,
+    })
 }

@@ -14,19 +14,40 @@ use std::time::Duration;
 /// Returns the number of ready fds, or the errno.
 pub(crate) fn poll2(a: RawFd, b: RawFd, timeout: Option<Duration>) -> Result<i32, i32> {
     let mut fds = [
-        libc::pollfd { fd: a, events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: b, events: libc::POLLIN | libc::POLLRDHUP, revents: 0 },
+        libc::pollfd {
+            fd: a,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b,
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        },
     ];
     let ts = timeout.map(|t| libc::timespec {
         tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
         tv_nsec: t.subsec_nanos() as libc::c_long,
     });
-    let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: `fds` is a live array of 2 pollfds; `tsp` is null or a live timespec; no signal
     // mask is passed (null).
-    let r = unsafe { libc::syscall(libc::SYS_ppoll, fds.as_mut_ptr(), 2usize, tsp, std::ptr::null::<u8>(), 8usize) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_ppoll,
+            fds.as_mut_ptr(),
+            2usize,
+            tsp,
+            std::ptr::null::<u8>(),
+            8usize,
+        )
+    };
     if r < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO))
     } else if r == 0 {
         Err(libc::ETIMEDOUT)
     } else {
@@ -74,7 +95,10 @@ pub(crate) fn random_u64() -> u64 {
     let r = unsafe { libc::syscall(libc::SYS_getrandom, &mut v as *mut u64, 8usize, 0u32) };
     if r != 8 {
         // getrandom cannot fail for 8 bytes after boot; mix the clock and pid if it somehow did.
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
         v = t ^ (std::process::id() as u64).rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15;
     }
     v | 1
@@ -83,7 +107,13 @@ pub(crate) fn random_u64() -> u64 {
 /// Read up to `len` bytes from `fd` (at `offset`, or at the file position if `None`) straight
 /// into `region` at `at` — e.g. a file into the peer's ring with no staging copy. Returns the
 /// bytes read or the errno.
-pub(crate) fn read_into_region(fd: RawFd, region: &ntbdrv::Region, at: usize, len: usize, offset: Option<i64>) -> Result<usize, i32> {
+pub(crate) fn read_into_region(
+    fd: RawFd,
+    region: &ntbdrv::Region,
+    at: usize,
+    len: usize,
+    offset: Option<i64>,
+) -> Result<usize, i32> {
     if at.checked_add(len).is_none_or(|end| end > region.len()) {
         return Err(libc::EFAULT);
     }
@@ -97,7 +127,9 @@ pub(crate) fn read_into_region(fd: RawFd, region: &ntbdrv::Region, at: usize, le
         }
     };
     if r < 0 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO))
     } else {
         Ok(r as usize)
     }

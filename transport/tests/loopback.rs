@@ -10,7 +10,9 @@ use std::time::Duration;
 use ntbdrv::emu::{Config, EmuDevice, Options};
 use ntbdrv::NtbDevice;
 use socket2::{Domain, Socket, Type};
-use transport::{Connection, Counter, Endpoint, IoError, Outcome, Reason, RecvFlags, Settings, Transport};
+use transport::{
+    Connection, Counter, Endpoint, IoError, Outcome, Reason, RecvFlags, Settings, Transport,
+};
 
 struct Dir(std::path::PathBuf);
 impl Drop for Dir {
@@ -20,17 +22,35 @@ impl Drop for Dir {
 }
 
 fn device(tag: &str) -> (Dir, Arc<dyn NtbDevice>) {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let p = std::env::temp_dir().join(format!("transport-{tag}-{}-{n}", std::process::id()));
     std::fs::create_dir(&p).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let opts = Options { dir: p.clone(), name: "lo".into(), side: 0, config: Config { mw_size: 16 << 20, ..Config::default() } };
+    let opts = Options {
+        dir: p.clone(),
+        name: "lo".into(),
+        side: 0,
+        config: Config {
+            mw_size: 16 << 20,
+            ..Config::default()
+        },
+    };
     let dev = EmuDevice::open(&opts).unwrap();
     (Dir(p), Arc::new(dev))
 }
 
 fn transport(dev: &Arc<dyn NtbDevice>, ring: u64) -> Transport {
-    Transport::open(dev.clone(), Settings { ring_bytes: ring, ..Settings::default() }).unwrap()
+    Transport::open(
+        dev.clone(),
+        Settings {
+            ring_bytes: ring,
+            ..Settings::default()
+        },
+    )
+    .unwrap()
 }
 
 /// A connected pair: (client connection, server connection, the kernel sockets).
@@ -40,12 +60,21 @@ fn pair(t: &Transport, ring: u64) -> (Connection, Connection, Socket, std::net::
     let server_addr = l.local_addr().unwrap();
     let listener = t.listen(Endpoint::from_std(server_addr)).unwrap();
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     let local = s.local_addr().unwrap().as_socket().unwrap();
-    let pending = t.offer(Endpoint::from_std(local), Endpoint::from_std(server_addr)).unwrap();
+    let pending = t
+        .offer(Endpoint::from_std(local), Endpoint::from_std(server_addr))
+        .unwrap();
     s.connect(&server_addr.into()).unwrap();
     let (srv, peer) = l.accept().unwrap();
-    let sc = t.accept(srv.as_raw_fd(), Endpoint::from_std(server_addr), Endpoint::from_std(peer)).unwrap();
+    let sc = t
+        .accept(
+            srv.as_raw_fd(),
+            Endpoint::from_std(server_addr),
+            Endpoint::from_std(peer),
+        )
+        .unwrap();
     let cc = match t.complete(pending, s.as_raw_fd(), true) {
         Outcome::Connected(c) => c,
         Outcome::Tcp(r) => panic!("client stayed on TCP: {r}"),
@@ -64,7 +93,10 @@ fn stream_is_intact_in_both_directions() {
     let (_d, dev) = device("stream");
     let t = transport(&dev, 64 << 10);
     let (c, s, ks, kt) = pair(&t, 64 << 10);
-    let total: u64 = std::env::var("T_TOTAL").ok().and_then(|v| v.parse().ok()).unwrap_or(32 << 20);
+    let total: u64 = std::env::var("T_TOTAL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32 << 20);
     std::thread::scope(|sc| {
         sc.spawn(|| {
             let mut sent = 0u64;
@@ -81,7 +113,9 @@ fn stream_is_intact_in_both_directions() {
         let mut got = 0u64;
         let mut buf = vec![0u8; 70_000];
         loop {
-            let n = s.recv(&mut [&mut buf[..]], RecvFlags::default(), None).unwrap();
+            let n = s
+                .recv(&mut [&mut buf[..]], RecvFlags::default(), None)
+                .unwrap();
             if n == 0 {
                 break;
             }
@@ -95,14 +129,25 @@ fn stream_is_intact_in_both_directions() {
     // Reverse direction still open after the client's half-close.
     assert_eq!(s.send(&[b"reply"], false, None).unwrap(), 5);
     let mut r = [0u8; 16];
-    let n = c.recv(&mut [&mut r[..]], RecvFlags { waitall: false, ..Default::default() }, Some(Duration::from_secs(5))).unwrap();
+    let n = c
+        .recv(
+            &mut [&mut r[..]],
+            RecvFlags {
+                waitall: false,
+                ..Default::default()
+            },
+            Some(Duration::from_secs(5)),
+        )
+        .unwrap();
     assert_eq!(&r[..n], b"reply");
     assert_eq!(c.counter(Counter::TxBytes), total);
     assert_eq!(s.counter(Counter::RxBytes), total);
     // The kernel sockets carried nothing.
     kt.set_nonblocking(true).unwrap();
     let mut probe = [0u8; 1];
-    let e = kt.peek(&mut probe).expect_err("no byte ever crossed the TCP socket");
+    let e = kt
+        .peek(&mut probe)
+        .expect_err("no byte ever crossed the TCP socket");
     assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
     drop(ks);
 }
@@ -113,13 +158,45 @@ fn peek_waitall_nonblock_and_timeouts() {
     let t = transport(&dev, 16 << 10);
     let (c, s, _ks, _kt) = pair(&t, 16 << 10);
     let mut b = [0u8; 8];
-    assert_eq!(s.recv(&mut [&mut b[..]], RecvFlags { nonblock: true, ..Default::default() }, None), Err(IoError::WouldBlock));
-    assert_eq!(s.recv(&mut [&mut b[..]], RecvFlags::default(), Some(Duration::from_millis(30))), Err(IoError::TimedOut));
+    assert_eq!(
+        s.recv(
+            &mut [&mut b[..]],
+            RecvFlags {
+                nonblock: true,
+                ..Default::default()
+            },
+            None
+        ),
+        Err(IoError::WouldBlock)
+    );
+    assert_eq!(
+        s.recv(
+            &mut [&mut b[..]],
+            RecvFlags::default(),
+            Some(Duration::from_millis(30))
+        ),
+        Err(IoError::TimedOut)
+    );
     c.send(&[b"abc", b"def"], false, None).unwrap();
     assert_eq!(s.readable_bytes(), 6);
-    let n = s.recv(&mut [&mut b[..4]], RecvFlags { peek: true, ..Default::default() }, None).unwrap();
+    let n = s
+        .recv(
+            &mut [&mut b[..4]],
+            RecvFlags {
+                peek: true,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
     assert_eq!(&b[..n], b"abcd");
-    let n = s.recv(&mut [&mut b[..2], &mut [0u8; 0][..]], RecvFlags::default(), None).unwrap();
+    let n = s
+        .recv(
+            &mut [&mut b[..2], &mut [0u8; 0][..]],
+            RecvFlags::default(),
+            None,
+        )
+        .unwrap();
     assert_eq!(&b[..n], b"ab");
     std::thread::scope(|sc| {
         sc.spawn(|| {
@@ -127,7 +204,16 @@ fn peek_waitall_nonblock_and_timeouts() {
             c.send(&[b"ghij"], false, None).unwrap();
         });
         let mut w = [0u8; 8];
-        let n = s.recv(&mut [&mut w[..]], RecvFlags { waitall: true, ..Default::default() }, None).unwrap();
+        let n = s
+            .recv(
+                &mut [&mut w[..]],
+                RecvFlags {
+                    waitall: true,
+                    ..Default::default()
+                },
+                None,
+            )
+            .unwrap();
         assert_eq!(&w[..n], b"cdefghij", "MSG_WAITALL gathers across frames");
     });
     // A full ring: non-blocking send takes what fits, then EAGAIN.
@@ -135,11 +221,18 @@ fn peek_waitall_nonblock_and_timeouts() {
     let n = c.send(&[&big], true, None).unwrap();
     assert!(n > 0 && n < big.len());
     assert_eq!(c.send(&[&big], true, None), Err(IoError::WouldBlock));
-    assert_eq!(c.send(&[&big], false, Some(Duration::from_millis(30))), Err(IoError::TimedOut));
+    assert_eq!(
+        c.send(&[&big], false, Some(Duration::from_millis(30))),
+        Err(IoError::TimedOut)
+    );
     assert!(!c.readiness().writable);
     let mut sink = vec![0u8; 1 << 20];
-    s.recv(&mut [&mut sink[..]], RecvFlags::default(), None).unwrap();
-    assert!(c.readiness().writable, "credits returned make the sender writable");
+    s.recv(&mut [&mut sink[..]], RecvFlags::default(), None)
+        .unwrap();
+    assert!(
+        c.readiness().writable,
+        "credits returned make the sender writable"
+    );
 }
 
 #[test]
@@ -150,8 +243,17 @@ fn close_gives_eof_then_epipe() {
     c.send(&[b"last"], false, None).unwrap();
     drop(c);
     let mut b = [0u8; 8];
-    assert_eq!(s.recv(&mut [&mut b[..]], RecvFlags::default(), None).unwrap(), 4);
-    assert_eq!(s.recv(&mut [&mut b[..]], RecvFlags::default(), None).unwrap(), 0, "EOF after the data");
+    assert_eq!(
+        s.recv(&mut [&mut b[..]], RecvFlags::default(), None)
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        s.recv(&mut [&mut b[..]], RecvFlags::default(), None)
+            .unwrap(),
+        0,
+        "EOF after the data"
+    );
     assert!(s.readiness().rdhup);
     assert_eq!(s.send(&[b"x"], false, None), Err(IoError::BrokenPipe));
 }
@@ -164,14 +266,20 @@ fn close_with_unread_data_resets() {
     s.send(&[b"unread"], false, None).unwrap();
     drop(c); // the client never read "unread": TCP would send RST
     let mut b = [0u8; 8];
-    assert_eq!(s.recv(&mut [&mut b[..]], RecvFlags::default(), None), Err(IoError::Reset));
+    assert_eq!(
+        s.recv(&mut [&mut b[..]], RecvFlags::default(), None),
+        Err(IoError::Reset)
+    );
 }
 
 #[test]
 fn no_listener_means_tcp() {
     let (_d, dev) = device("nolistener");
     let t = transport(&dev, 16 << 10);
-    let r = t.offer(Endpoint::from_std("127.0.0.1:40000".parse().unwrap()), Endpoint::from_std("127.0.0.1:40001".parse().unwrap()));
+    let r = t.offer(
+        Endpoint::from_std("127.0.0.1:40000".parse().unwrap()),
+        Endpoint::from_std("127.0.0.1:40001".parse().unwrap()),
+    );
     assert_eq!(r.err(), Some(Reason::NoListener));
 }
 
@@ -179,7 +287,11 @@ fn no_listener_means_tcp() {
 fn accept_without_offer_is_tcp() {
     let (_d, dev) = device("nooffer");
     let t = transport(&dev, 16 << 10);
-    let r = t.accept(0, Endpoint::from_std("127.0.0.1:5001".parse().unwrap()), Endpoint::from_std("127.0.0.1:40000".parse().unwrap()));
+    let r = t.accept(
+        0,
+        Endpoint::from_std("127.0.0.1:5001".parse().unwrap()),
+        Endpoint::from_std("127.0.0.1:40000".parse().unwrap()),
+    );
     assert_eq!(r.err(), Some(Reason::NoOffer));
 }
 
@@ -191,7 +303,8 @@ fn many_connections_return_their_window_space() {
         let (c, s, _a, _b) = pair(&t, 64 << 10);
         c.send(&[b"x"], false, None).unwrap();
         let mut b = [0u8; 1];
-        s.recv(&mut [&mut b[..]], RecvFlags::default(), None).unwrap();
+        s.recv(&mut [&mut b[..]], RecvFlags::default(), None)
+            .unwrap();
         drop(c);
         drop(s);
     }
@@ -208,9 +321,12 @@ fn concurrent_offers_are_all_answered() {
     let mut clients = Vec::new();
     for _ in 0..4 {
         let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        s.bind(&"0.0.0.0:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        s.bind(&"0.0.0.0:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
         let local = s.local_addr().unwrap().as_socket().unwrap();
-        let p = t.offer(Endpoint::from_std(local), Endpoint::from_std(server_addr)).unwrap();
+        let p = t
+            .offer(Endpoint::from_std(local), Endpoint::from_std(server_addr))
+            .unwrap();
         clients.push((s, p));
     }
     for (s, _) in &clients {
@@ -219,12 +335,19 @@ fn concurrent_offers_are_all_answered() {
     let mut servers = Vec::new();
     for _ in 0..4 {
         let (srv, peer) = l.accept().unwrap();
-        let c = t.accept(srv.as_raw_fd(), Endpoint::from_std(server_addr), Endpoint::from_std(peer));
+        let c = t.accept(
+            srv.as_raw_fd(),
+            Endpoint::from_std(server_addr),
+            Endpoint::from_std(peer),
+        );
         assert!(c.is_ok(), "accept of {peer}: {:?}", c.err());
         servers.push((srv, c.unwrap()));
     }
     for (s, p) in clients {
-        assert!(matches!(t.complete(p, s.as_raw_fd(), true), Outcome::Connected(_)));
+        assert!(matches!(
+            t.complete(p, s.as_raw_fd(), true),
+            Outcome::Connected(_)
+        ));
     }
 }
 
@@ -243,11 +366,17 @@ fn offers_from_threads_are_all_answered() {
             let client = client.clone();
             std::thread::spawn(move || {
                 let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-                s.bind(&"0.0.0.0:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+                s.bind(&"0.0.0.0:0".parse::<SocketAddr>().unwrap().into())
+                    .unwrap();
                 let local = s.local_addr().unwrap().as_socket().unwrap();
-                let p = client.offer(Endpoint::from_std(local), Endpoint::from_std(server_addr)).unwrap();
+                let p = client
+                    .offer(Endpoint::from_std(local), Endpoint::from_std(server_addr))
+                    .unwrap();
                 s.connect(&server_addr.into()).unwrap();
-                let ok = matches!(client.complete(p, s.as_raw_fd(), true), Outcome::Connected(_));
+                let ok = matches!(
+                    client.complete(p, s.as_raw_fd(), true),
+                    Outcome::Connected(_)
+                );
                 (s, ok)
             })
         })
@@ -255,7 +384,11 @@ fn offers_from_threads_are_all_answered() {
     let mut servers = Vec::new();
     for _ in 0..4 {
         let (srv, peer) = l.accept().unwrap();
-        let c = server.accept(srv.as_raw_fd(), Endpoint::from_std(server_addr), Endpoint::from_std(peer));
+        let c = server.accept(
+            srv.as_raw_fd(),
+            Endpoint::from_std(server_addr),
+            Endpoint::from_std(peer),
+        );
         assert!(c.is_ok(), "accept of {peer}: {:?}", c.err());
         servers.push((srv, c.unwrap()));
     }

@@ -356,7 +356,12 @@ pub fn run(spec: Spec) {
         // Accept iperf2's server-side tally only if the library proves every byte reached the
         // server's recv() calls on the NTB path.
         let delivered = Stats::load(&f.stats_path("server"))
-            .map(|st| st.on_port(port).filter(|c| c.path == "ntb").map(|c| c.rx_bytes).sum::<u64>())
+            .map(|st| {
+                st.on_port(port)
+                    .filter(|c| c.path == "ntb")
+                    .map(|c| c.rx_bytes)
+                    .sum::<u64>()
+            })
             .unwrap_or(0);
         if spec.server == Mode::Ntb && delivered >= transferred {
             eprintln!("{}: note: {short}; the library handed all {delivered} bytes to the server's recv() calls", spec.name);

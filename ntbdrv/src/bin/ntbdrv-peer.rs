@@ -24,16 +24,30 @@ fn run(args: &[String]) -> Result<(), String> {
     dev.link_enable().map_err(|e| e.to_string())?;
     match (cmd.as_str(), rest) {
         ("write-window", [mw, off, len, bit]) => {
-            let (mw, off, len, bit) = (num(mw)? as u32, num(off)? as usize, num(len)? as u32, num(bit)?);
+            let (mw, off, len, bit) = (
+                num(mw)? as u32,
+                num(off)? as usize,
+                num(len)? as u32,
+                num(bit)?,
+            );
             let pat: Vec<u8> = (0..len).map(|i| (i % 253) as u8 ^ 0x5A).collect();
-            dev.outbound(mw).map_err(|e| e.to_string())?.write(off, &pat).map_err(|e| e.to_string())?;
+            dev.outbound(mw)
+                .map_err(|e| e.to_string())?
+                .write(off, &pat)
+                .map_err(|e| e.to_string())?;
             dev.peer_db_set(1 << bit).map_err(|e| e.to_string())?;
             Ok(())
         }
         ("hold", []) => {
-            let _w = dev.lease_window(0, 1 << 20, 42).map_err(|e| e.to_string())?;
+            let _w = dev
+                .lease_window(0, 1 << 20, 42)
+                .map_err(|e| e.to_string())?;
             let _d = dev.lease_doorbell(42).map_err(|e| e.to_string())?;
-            let _c = if dev.dma_channel_count() > 0 { Some(dev.dma_channel().map_err(|e| e.to_string())?) } else { None };
+            let _c = if dev.dma_channel_count() > 0 {
+                Some(dev.dma_channel().map_err(|e| e.to_string())?)
+            } else {
+                None
+            };
             println!("holding");
             std::io::stdout().flush().map_err(|e| e.to_string())?;
             loop {

@@ -71,7 +71,8 @@ impl EmuDma {
         ch.reg(sys::PLX_DMA_CTRL).store(0, SeqCst);
         ch.reg(sys::PLX_DMA_RING_COUNT).store(0, SeqCst);
         ch.reg(sys::PLX_DMA_RING_NEXT).store(0, SeqCst);
-        ch.reg(sys::NTBEMU_DMA_OWNER_PID).store(std::process::id(), SeqCst);
+        ch.reg(sys::NTBEMU_DMA_OWNER_PID)
+            .store(std::process::id(), SeqCst);
         let maps: HostMaps = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let engine = {
@@ -79,13 +80,26 @@ impl EmuDma {
             std::thread::Builder::new()
                 .name(format!("ntbemu-dma{index}"))
                 .spawn(move || engine(&dev, index, &maps, &stop))
-                .map_err(|e| DmaError::Mapping(format!("cannot start the DMA engine thread: {e}")))?
+                .map_err(|e| {
+                    DmaError::Mapping(format!("cannot start the DMA engine thread: {e}"))
+                })?
         };
-        Ok(Self { dev, index, slot, maps, stop, engine: Some(engine), submit_lock: Mutex::new(()) })
+        Ok(Self {
+            dev,
+            index,
+            slot,
+            maps,
+            stop,
+            engine: Some(engine),
+            submit_lock: Mutex::new(()),
+        })
     }
 
     fn ch(&self) -> Channel<'_> {
-        Channel { dev: &self.dev, index: self.index }
+        Channel {
+            dev: &self.dev,
+            index: self.index,
+        }
     }
 }
 
@@ -112,7 +126,8 @@ struct Channel<'a> {
 
 impl<'a> Channel<'a> {
     fn reg(&self, off: u32) -> &'a AtomicU32 {
-        self.dev.dma_reg(self.dev.side, sys::plx_dma_ch_base(self.index) + off)
+        self.dev
+            .dma_reg(self.dev.side, sys::plx_dma_ch_base(self.index) + off)
     }
 
     fn intr_status(&self) -> &'a AtomicU32 {
@@ -122,7 +137,9 @@ impl<'a> Channel<'a> {
     }
 
     fn ring_off(&self) -> usize {
-        self.dev.side_off(self.dev.side) + sys::NTBEMU_SIDE_DMA_RINGS as usize + self.index as usize * RING_LEN * DESC_SIZE
+        self.dev.side_off(self.dev.side)
+            + sys::NTBEMU_SIDE_DMA_RINGS as usize
+            + self.index as usize * RING_LEN * DESC_SIZE
     }
 
     fn desc_u32(&self, i: usize, field: usize) -> &'a AtomicU32 {
@@ -151,10 +168,19 @@ impl DmaChannel for EmuDma {
 
     fn map_host(&self, ptr: *const u8, len: usize) -> Result<BusAddr, DmaError> {
         let start = ptr as u64;
-        if len == 0 || start.checked_add(len as u64).is_none_or(|end| end > sys::NTBEMU_BUS_HOST) {
-            return Err(DmaError::Mapping(format!("cannot map {len} bytes at {ptr:p}")));
+        if len == 0
+            || start
+                .checked_add(len as u64)
+                .is_none_or(|end| end > sys::NTBEMU_BUS_HOST)
+        {
+            return Err(DmaError::Mapping(format!(
+                "cannot map {len} bytes at {ptr:p}"
+            )));
         }
-        let mut maps = self.maps.lock().map_err(|_| DmaError::Mapping("mapping table poisoned".into()))?;
+        let mut maps = self
+            .maps
+            .lock()
+            .map_err(|_| DmaError::Mapping("mapping table poisoned".into()))?;
         if maps.len() >= 4096 {
             return Err(DmaError::Mapping("too many host mappings".into()));
         }
@@ -163,9 +189,18 @@ impl DmaChannel for EmuDma {
     }
 
     fn unmap_host(&self, addr: BusAddr) -> Result<(), DmaError> {
-        let start = addr.0.checked_sub(sys::NTBEMU_BUS_HOST).ok_or(DmaError::BadAddress(addr))?;
-        let mut maps = self.maps.lock().map_err(|_| DmaError::Mapping("mapping table poisoned".into()))?;
-        let i = maps.iter().rposition(|&(s, _)| s == start).ok_or(DmaError::BadAddress(addr))?;
+        let start = addr
+            .0
+            .checked_sub(sys::NTBEMU_BUS_HOST)
+            .ok_or(DmaError::BadAddress(addr))?;
+        let mut maps = self
+            .maps
+            .lock()
+            .map_err(|_| DmaError::Mapping("mapping table poisoned".into()))?;
+        let i = maps
+            .iter()
+            .rposition(|&(s, _)| s == start)
+            .ok_or(DmaError::BadAddress(addr))?;
         maps.swap_remove(i);
         Ok(())
     }
@@ -188,10 +223,19 @@ impl DmaChannel for EmuDma {
 
     fn submit(&self, descs: &[DmaDesc], interrupt: bool) -> Result<(), DmaError> {
         if descs.is_empty() || descs.len() > RING_LEN {
-            return Err(DmaError::BadBatch { len: descs.len(), max: RING_LEN });
+            return Err(DmaError::BadBatch {
+                len: descs.len(),
+                max: RING_LEN,
+            });
         }
-        if let Some(d) = descs.iter().find(|d| d.len as u64 > MAX_DESC_LEN || d.len == 0) {
-            return Err(DmaError::TooLong { len: d.len as u64, max: MAX_DESC_LEN });
+        if let Some(d) = descs
+            .iter()
+            .find(|d| d.len as u64 > MAX_DESC_LEN || d.len == 0)
+        {
+            return Err(DmaError::TooLong {
+                len: d.len as u64,
+                max: MAX_DESC_LEN,
+            });
         }
         let _g = self.submit_lock.lock().map_err(|_| DmaError::Busy)?;
         let ch = self.ch();
@@ -201,18 +245,30 @@ impl DmaChannel for EmuDma {
         for (i, d) in descs.iter().enumerate() {
             let (dhi, dlo) = split(d.dst.0);
             let (shi, slo) = split(d.src.0);
-            ch.desc_u32(i, offset_of!(D, dst_addr_lo)).store(dlo, Relaxed);
-            ch.desc_u32(i, offset_of!(D, src_addr_lo)).store(slo, Relaxed);
+            ch.desc_u32(i, offset_of!(D, dst_addr_lo))
+                .store(dlo, Relaxed);
+            ch.desc_u32(i, offset_of!(D, src_addr_lo))
+                .store(slo, Relaxed);
             // dst_addr_hi and src_addr_hi share one 32-bit word (offset 4).
-            ch.desc_u32(i, offset_of!(D, dst_addr_hi)).store(dhi as u32 | (shi as u32) << 16, Relaxed);
-            let flags = sys::PLX_DESC_VALID | if interrupt { sys::PLX_DESC_INT_WHEN_DONE } else { 0 } | d.len;
-            ch.desc_u32(i, offset_of!(D, flags_and_size)).store(flags, Relaxed);
+            ch.desc_u32(i, offset_of!(D, dst_addr_hi))
+                .store(dhi as u32 | (shi as u32) << 16, Relaxed);
+            let flags = sys::PLX_DESC_VALID
+                | if interrupt {
+                    sys::PLX_DESC_INT_WHEN_DONE
+                } else {
+                    0
+                }
+                | d.len;
+            ch.desc_u32(i, offset_of!(D, flags_and_size))
+                .store(flags, Relaxed);
         }
         if descs.len() < RING_LEN {
             // Ring-stop mode: the engine stops at the first descriptor without VALID.
-            ch.desc_u32(descs.len(), offset_of!(D, flags_and_size)).store(0, Relaxed);
+            ch.desc_u32(descs.len(), offset_of!(D, flags_and_size))
+                .store(0, Relaxed);
         }
-        ch.reg(sys::PLX_DMA_RING_COUNT).store(descs.len() as u32, Relaxed);
+        ch.reg(sys::PLX_DMA_RING_COUNT)
+            .store(descs.len() as u32, Relaxed);
         ch.reg(sys::PLX_DMA_RING_NEXT).store(0, Relaxed);
         // Clear the W1C status of the previous batch.
         ch.intr_status().store(0, Relaxed);
@@ -265,7 +321,7 @@ impl DmaChannel for EmuDma {
             match how {
                 Completion::Poll => {
                     spins = spins.wrapping_add(1);
-                    if spins % 1024 == 0 {
+                    if spins.is_multiple_of(1024) {
                         std::thread::yield_now();
                     } else {
                         std::hint::spin_loop();
@@ -277,7 +333,9 @@ impl DmaChannel for EmuDma {
                     if ch.status().in_progress {
                         // Bounded sleep: a batch submitted without INT_WHEN_DONE raises no
                         // interrupt, and the wait must not hang on it.
-                        let nap = remaining.map_or(Duration::from_millis(10), |r| r.min(Duration::from_millis(10)));
+                        let nap = remaining.map_or(Duration::from_millis(10), |r| {
+                            r.min(Duration::from_millis(10))
+                        });
                         futex::wait(seq, v, Some(nap));
                     }
                     waiters.fetch_sub(1, SeqCst);
@@ -293,7 +351,10 @@ fn resolve(dev: &EmuDevice, maps: &HostMaps, addr: u64, len: u64) -> Option<*mut
     let arena = c.n_mw as u64 * c.mw_size;
     let end = addr.checked_add(len)?;
     if end <= arena {
-        return dev.map.ptr(dev.side_off(dev.side) + sys::NTBEMU_SIDE_ARENA as usize + addr as usize, len as usize);
+        return dev.map.ptr(
+            dev.side_off(dev.side) + sys::NTBEMU_SIDE_ARENA as usize + addr as usize,
+            len as usize,
+        );
     }
     for mw in 0..c.n_mw {
         let base = sys::ntbemu_bus_peer_mw(mw);
@@ -308,7 +369,10 @@ fn resolve(dev: &EmuDevice, maps: &HostMaps, addr: u64, len: u64) -> Option<*mut
     if addr >= sys::NTBEMU_BUS_HOST {
         let start = addr - sys::NTBEMU_BUS_HOST;
         let maps = maps.lock().ok()?;
-        if maps.iter().any(|&(s, l)| start >= s && start + len <= s + l) {
+        if maps
+            .iter()
+            .any(|&(s, l)| start >= s && start + len <= s + l)
+        {
             return Some(start as *mut u8);
         }
     }
@@ -354,8 +418,10 @@ fn run_batch(ch: &Channel<'_>, maps: &HostMaps) {
         want_irq |= flags & sys::PLX_DESC_INT_WHEN_DONE != 0;
         let len = (flags & sys::PLX_DESC_SIZE_MASK) as u64;
         let hi = ch.desc_u32(i, offset_of!(D, dst_addr_hi)).load(Relaxed);
-        let dst = ((hi & 0xFFFF) as u64) << 32 | ch.desc_u32(i, offset_of!(D, dst_addr_lo)).load(Relaxed) as u64;
-        let src = ((hi >> 16) as u64) << 32 | ch.desc_u32(i, offset_of!(D, src_addr_lo)).load(Relaxed) as u64;
+        let dst = ((hi & 0xFFFF) as u64) << 32
+            | ch.desc_u32(i, offset_of!(D, dst_addr_lo)).load(Relaxed) as u64;
+        let src = ((hi >> 16) as u64) << 32
+            | ch.desc_u32(i, offset_of!(D, src_addr_lo)).load(Relaxed) as u64;
         if let Some(d) = fault::dma_delay(dev) {
             std::thread::sleep(d);
         }
@@ -374,7 +440,8 @@ fn run_batch(ch: &Channel<'_>, maps: &HostMaps) {
             }
         };
         // Write-back: VALID cleared, status bit set (Release: after the bytes).
-        ch.desc_u32(i, offset_of!(D, flags_and_size)).store(wb | len as u32, Release);
+        ch.desc_u32(i, offset_of!(D, flags_and_size))
+            .store(wb | len as u32, Release);
         if wb != sys::PLX_DESC_WB_SUCCESS {
             intr |= sys::PLX_DMA_INTR_ERROR;
             break;
@@ -388,7 +455,8 @@ fn run_batch(ch: &Channel<'_>, maps: &HostMaps) {
     ch.intr_status().fetch_or(intr << 16, Release);
     // SYNC POINT (DMA completion): Release clear of IN_PROGRESS after every byte and write-back;
     // pairs with the Acquire load in `Channel::status` (pollers) and in `wait`.
-    ch.reg(sys::PLX_DMA_CTRL).fetch_and(!sys::PLX_DMA_CTRL_IN_PROGRESS, Release);
+    ch.reg(sys::PLX_DMA_CTRL)
+        .fetch_and(!sys::PLX_DMA_CTRL_IN_PROGRESS, Release);
     let seq = ch.reg(sys::NTBEMU_DMA_DONE_SEQ);
     seq.fetch_add(1, SeqCst);
     if want_irq && ch.reg(sys::NTBEMU_DMA_DONE_WAITERS).load(SeqCst) > 0 {

@@ -53,7 +53,8 @@ impl Faults<'_> {
                 .store(delay.as_nanos().min(u64::MAX as u128) as u64, SeqCst),
             Fault::LinkDown => {}
         }
-        m.u32_at(offset_of!(H, fault_flags)).fetch_or(fault.flag(), SeqCst);
+        m.u32_at(offset_of!(H, fault_flags))
+            .fetch_or(fault.flag(), SeqCst);
         if fault == Fault::LinkDown {
             self.dev.bump_link();
         }
@@ -61,7 +62,11 @@ impl Faults<'_> {
 
     /// Clear every fault.
     pub fn clear(&self) {
-        let prev = self.dev.map.u32_at(offset_of!(H, fault_flags)).swap(0, SeqCst);
+        let prev = self
+            .dev
+            .map
+            .u32_at(offset_of!(H, fault_flags))
+            .swap(0, SeqCst);
         if prev & sys::NTBEMU_FAULT_LINK_DOWN != 0 {
             self.dev.bump_link();
         }
@@ -69,7 +74,10 @@ impl Faults<'_> {
 
     /// The faults in force, as flags (`NTBEMU_FAULT_*`).
     pub fn flags(&self) -> u32 {
-        self.dev.map.u32_at(offset_of!(H, fault_flags)).load(Acquire)
+        self.dev
+            .map
+            .u32_at(offset_of!(H, fault_flags))
+            .load(Acquire)
     }
 
     /// How many faults were actually injected since the device was made.
@@ -103,7 +111,9 @@ pub(super) fn take(dev: &EmuDevice, flag: u32) -> bool {
         }
     };
     if fire {
-        dev.map.u64_at(offset_of!(H, fault_hits)).fetch_add(1, SeqCst);
+        dev.map
+            .u64_at(offset_of!(H, fault_hits))
+            .fetch_add(1, SeqCst);
     }
     fire
 }
@@ -113,6 +123,12 @@ pub(super) fn dma_delay(dev: &EmuDevice) -> Option<Duration> {
     if !active(dev, sys::NTBEMU_FAULT_DMA_SLOW) {
         return None;
     }
-    dev.map.u64_at(offset_of!(H, fault_hits)).fetch_add(1, SeqCst);
-    Some(Duration::from_nanos(dev.map.u64_at(offset_of!(H, fault_dma_delay_ns)).load(Acquire)))
+    dev.map
+        .u64_at(offset_of!(H, fault_hits))
+        .fetch_add(1, SeqCst);
+    Some(Duration::from_nanos(
+        dev.map
+            .u64_at(offset_of!(H, fault_dma_delay_ns))
+            .load(Acquire),
+    ))
 }

@@ -21,7 +21,9 @@ impl Keepalive for Mapping {}
 
 impl Mapping {
     pub(crate) fn new(file: &File) -> std::io::Result<Self> {
-        Ok(Self { map: memmap2::MmapOptions::new().map_raw(file)? })
+        Ok(Self {
+            map: memmap2::MmapOptions::new().map_raw(file)?,
+        })
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -35,14 +37,20 @@ impl Mapping {
     /// The 32-bit word at `off`. Panics on an out-of-range or misaligned offset: offsets come
     /// from this crate's layout code and the validated header, so that is a bug, not bad input.
     pub(crate) fn u32_at(&self, off: usize) -> &AtomicU32 {
-        assert!(off % 4 == 0 && off + 4 <= self.len(), "u32 offset {off:#x} out of the mapping");
+        assert!(
+            off.is_multiple_of(4) && off + 4 <= self.len(),
+            "u32 offset {off:#x} out of the mapping"
+        );
         // SAFETY: in range and aligned (mmap bases are page-aligned); lives as long as `self`.
         unsafe { &*(self.base().add(off) as *const AtomicU32) }
     }
 
     /// The 64-bit word at `off` (same contract as [`Mapping::u32_at`]).
     pub(crate) fn u64_at(&self, off: usize) -> &AtomicU64 {
-        assert!(off % 8 == 0 && off + 8 <= self.len(), "u64 offset {off:#x} out of the mapping");
+        assert!(
+            off.is_multiple_of(8) && off + 8 <= self.len(),
+            "u64 offset {off:#x} out of the mapping"
+        );
         // SAFETY: in range and aligned; lives as long as `self`.
         unsafe { &*(self.base().add(off) as *const AtomicU64) }
     }

@@ -23,8 +23,8 @@ use std::mem::offset_of;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,25 +95,47 @@ impl Config {
     pub fn validate(&self) -> Result<(), DeviceError> {
         let bad = |why: String| Err(DeviceError::BadConfig(why));
         if self.n_mw == 0 || self.n_mw > sys::NTBEMU_MAX_MW {
-            return bad(format!("{} memory windows (1..={})", self.n_mw, sys::NTBEMU_MAX_MW));
+            return bad(format!(
+                "{} memory windows (1..={})",
+                self.n_mw,
+                sys::NTBEMU_MAX_MW
+            ));
         }
         if !self.mw_align.is_power_of_two() || self.mw_align < 64 || self.mw_align > 1 << 21 {
-            return bad(format!("window alignment {} (a power of two, 64..=2 MiB)", self.mw_align));
+            return bad(format!(
+                "window alignment {} (a power of two, 64..=2 MiB)",
+                self.mw_align
+            ));
         }
-        if self.mw_size == 0 || self.mw_size % self.mw_align != 0 || self.mw_size > 1 << 34 {
+        if self.mw_size == 0
+            || !self.mw_size.is_multiple_of(self.mw_align)
+            || self.mw_size > 1 << 34
+        {
             return bad(format!(
                 "window size {} (a non-zero multiple of the alignment {}, at most 16 GiB)",
                 self.mw_size, self.mw_align
             ));
         }
         if self.n_db == 0 || self.n_db > sys::NTBEMU_MAX_DB {
-            return bad(format!("{} doorbell bits (1..={})", self.n_db, sys::NTBEMU_MAX_DB));
+            return bad(format!(
+                "{} doorbell bits (1..={})",
+                self.n_db,
+                sys::NTBEMU_MAX_DB
+            ));
         }
         if self.n_spad == 0 || self.n_spad > sys::NTBEMU_MAX_SPAD {
-            return bad(format!("{} scratchpads (1..={})", self.n_spad, sys::NTBEMU_MAX_SPAD));
+            return bad(format!(
+                "{} scratchpads (1..={})",
+                self.n_spad,
+                sys::NTBEMU_MAX_SPAD
+            ));
         }
         if self.n_dma_ch > sys::NTBEMU_MAX_DMA_CH {
-            return bad(format!("{} DMA channels (0..={})", self.n_dma_ch, sys::NTBEMU_MAX_DMA_CH));
+            return bad(format!(
+                "{} DMA channels (0..={})",
+                self.n_dma_ch,
+                sys::NTBEMU_MAX_DMA_CH
+            ));
         }
         Ok(())
     }
@@ -164,7 +186,11 @@ where
 {
     env(name)
         .map(|v| {
-            v.parse::<T>().map_err(|e| DeviceError::BadSetting { name, value: v.clone(), why: e.to_string() })
+            v.parse::<T>().map_err(|e| DeviceError::BadSetting {
+                name,
+                value: v.clone(),
+                why: e.to_string(),
+            })
         })
         .transpose()
 }
@@ -184,7 +210,13 @@ pub fn parse_size(v: &str) -> Result<u64, String> {
 
 fn parse_size_env(name: &'static str) -> Result<Option<u64>, DeviceError> {
     env(name)
-        .map(|v| parse_size(&v).map_err(|why| DeviceError::BadSetting { name, value: v.clone(), why }))
+        .map(|v| {
+            parse_size(&v).map_err(|why| DeviceError::BadSetting {
+                name,
+                value: v.clone(),
+                why,
+            })
+        })
         .transpose()
 }
 
@@ -213,7 +245,9 @@ impl Options {
     /// Options from the environment: `PCISOCK_EMU_DIR`, `PCISOCK_EMU_DEVICE` (default
     /// `loopback`), `PCISOCK_EMU_HOST` (the side, default 0) and the `Config` variables.
     pub fn from_env() -> Result<Self, DeviceError> {
-        let dir = env("PCISOCK_EMU_DIR").map(PathBuf::from).unwrap_or_else(Self::default_dir);
+        let dir = env("PCISOCK_EMU_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(Self::default_dir);
         let name = env("PCISOCK_EMU_DEVICE").unwrap_or_else(|| "loopback".into());
         if name.is_empty() || name.contains('/') || name.starts_with('.') || name.len() > 64 {
             return Err(DeviceError::BadSetting {
@@ -227,7 +261,12 @@ impl Options {
         if side > 0 && env("PCISOCK_EMU_TOPOLOGY").is_none() {
             config.topology = Topology::TwoHost;
         }
-        Ok(Self { dir, name, side, config })
+        Ok(Self {
+            dir,
+            name,
+            side,
+            config,
+        })
     }
 
     /// The device file's path.
@@ -251,7 +290,11 @@ impl Layout {
         let arena = c.n_mw as u64 * c.mw_size;
         let stride = (sys::NTBEMU_SIDE_ARENA as u64 + arena).div_ceil(SIDE_ALIGN) * SIDE_ALIGN;
         let base = SIDE_ALIGN;
-        Layout { side_base: base, side_stride: stride, file_size: base + c.topology.sides() as u64 * stride }
+        Layout {
+            side_base: base,
+            side_stride: stride,
+            file_size: base + c.topology.sides() as u64 * stride,
+        }
     }
 }
 
@@ -282,50 +325,81 @@ impl EmuDevice {
         let path = opts.path();
         let file = match open_existing(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(&opts.dir, &path, &opts.config)?,
-            Err(err) => return Err(DeviceError::Io { what: format!("open {}", path.display()), err }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                create(&opts.dir, &path, &opts.config)?
+            }
+            Err(err) => {
+                return Err(DeviceError::Io {
+                    what: format!("open {}", path.display()),
+                    err,
+                })
+            }
         };
         Self::attach(file, path, opts.side)
     }
 
     /// Open an existing device file without creating it.
     pub fn open_existing(path: &Path, side: SideId) -> Result<Self, DeviceError> {
-        let file = open_existing(path)
-            .map_err(|err| DeviceError::Io { what: format!("open {}", path.display()), err })?;
+        let file = open_existing(path).map_err(|err| DeviceError::Io {
+            what: format!("open {}", path.display()),
+            err,
+        })?;
         Self::attach(file, path.to_path_buf(), side)
     }
 
     fn attach(file: File, path: PathBuf, side: SideId) -> Result<Self, DeviceError> {
-        let meta = file
-            .metadata()
-            .map_err(|err| DeviceError::Io { what: format!("stat {}", path.display()), err })?;
+        let meta = file.metadata().map_err(|err| DeviceError::Io {
+            what: format!("stat {}", path.display()),
+            err,
+        })?;
         if meta.uid() != sysutil::uid() {
-            return Err(DeviceError::ForeignFile { path, owner: meta.uid() });
+            return Err(DeviceError::ForeignFile {
+                path,
+                owner: meta.uid(),
+            });
         }
         if meta.len() < HDR_SIZE as u64 {
-            return Err(DeviceError::Corrupt { path, why: format!("{} bytes, shorter than the header", meta.len()) });
+            return Err(DeviceError::Corrupt {
+                path,
+                why: format!("{} bytes, shorter than the header", meta.len()),
+            });
         }
-        let map = Mapping::new(&file).map_err(|err| DeviceError::Io { what: format!("mmap {}", path.display()), err })?;
+        let map = Mapping::new(&file).map_err(|err| DeviceError::Io {
+            what: format!("mmap {}", path.display()),
+            err,
+        })?;
         let h = |f: usize| map.u32_at(f).load(Acquire);
         let h64 = |f: usize| map.u64_at(f).load(Acquire);
         type H = sys::ntbemu_header;
         // A creator publishes init_done last (Release); a file still being made is not ours to read.
         if h(offset_of!(H, init_done)) != 1 {
-            return Err(DeviceError::Corrupt { path, why: "initialisation never finished".into() });
+            return Err(DeviceError::Corrupt {
+                path,
+                why: "initialisation never finished".into(),
+            });
         }
         if h64(offset_of!(H, magic)) != sys::NTBEMU_MAGIC {
             return Err(DeviceError::NotADevice(path));
         }
         let version = h(offset_of!(H, version));
         if version != sys::NTBEMU_VERSION {
-            return Err(DeviceError::VersionMismatch { path, ours: sys::NTBEMU_VERSION, theirs: version });
+            return Err(DeviceError::VersionMismatch {
+                path,
+                ours: sys::NTBEMU_VERSION,
+                theirs: version,
+            });
         }
         let cfg_off = offset_of!(H, config);
         type C = sys::ntbemu_config;
         let topology = match h(cfg_off + offset_of!(C, topology)) {
             t if t == sys::NTBEMU_TOPO_LOOPBACK => Topology::Loopback,
             t if t == sys::NTBEMU_TOPO_TWO_HOST => Topology::TwoHost,
-            t => return Err(DeviceError::Corrupt { path, why: format!("unknown topology {t}") }),
+            t => {
+                return Err(DeviceError::Corrupt {
+                    path,
+                    why: format!("unknown topology {t}"),
+                })
+            }
         };
         let config = Config {
             topology,
@@ -336,28 +410,47 @@ impl EmuDevice {
             n_spad: h(cfg_off + offset_of!(C, n_spad)),
             n_dma_ch: h(cfg_off + offset_of!(C, n_dma_ch)),
         };
-        config.validate().map_err(|e| DeviceError::Corrupt { path: path.clone(), why: e.to_string() })?;
+        config.validate().map_err(|e| DeviceError::Corrupt {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
         let layout = Layout::of(&config);
-        let corrupt = |why: String| DeviceError::Corrupt { path: path.clone(), why };
+        let corrupt = |why: String| DeviceError::Corrupt {
+            path: path.clone(),
+            why,
+        };
         if h(offset_of!(H, header_size)) != sys::NTBEMU_HEADER_SIZE
             || h(cfg_off + offset_of!(C, n_sides)) != topology.sides()
             || h64(offset_of!(H, side_base)) != layout.side_base
             || h64(offset_of!(H, side_stride)) != layout.side_stride
             || h64(offset_of!(H, file_size)) != layout.file_size
         {
-            return Err(corrupt("header fields disagree with the configuration".into()));
+            return Err(corrupt(
+                "header fields disagree with the configuration".into(),
+            ));
         }
         if meta.len() != layout.file_size || map.len() as u64 != layout.file_size {
-            return Err(corrupt(format!("{} bytes, the header says {}", meta.len(), layout.file_size)));
+            return Err(corrupt(format!(
+                "{} bytes, the header says {}",
+                meta.len(),
+                layout.file_size
+            )));
         }
         if h(offset_of!(H, owner_uid)) != sysutil::uid() {
-            return Err(DeviceError::ForeignFile { path, owner: h(offset_of!(H, owner_uid)) });
+            return Err(DeviceError::ForeignFile {
+                path,
+                owner: h(offset_of!(H, owner_uid)),
+            });
         }
         let sides = topology.sides();
         if side >= sides {
             return Err(DeviceError::NoSuchSide { side, sides });
         }
-        let peer = if topology == Topology::Loopback { side } else { 1 - side };
+        let peer = if topology == Topology::Loopback {
+            side
+        } else {
+            1 - side
+        };
         let dev = EmuDevice {
             map: Arc::new(map),
             path,
@@ -427,12 +520,14 @@ impl EmuDevice {
 
     /// A 32-bit register of `side`'s NT page.
     fn nt_reg(&self, side: SideId, off: u32) -> &AtomicU32 {
-        self.map.u32_at(self.side_off(side) + sys::NTBEMU_SIDE_NT_PAGE as usize + off as usize)
+        self.map
+            .u32_at(self.side_off(side) + sys::NTBEMU_SIDE_NT_PAGE as usize + off as usize)
     }
 
     /// A 32-bit register of `side`'s DMA page.
     fn dma_reg(&self, side: SideId, off: u32) -> &AtomicU32 {
-        self.map.u32_at(self.side_off(side) + sys::NTBEMU_SIDE_DMA_PAGE as usize + off as usize)
+        self.map
+            .u32_at(self.side_off(side) + sys::NTBEMU_SIDE_DMA_PAGE as usize + off as usize)
     }
 
     fn header_u32(&self, field: usize) -> &AtomicU32 {
@@ -440,12 +535,17 @@ impl EmuDevice {
     }
 
     fn arena_off(&self, side: SideId, mw: u32) -> usize {
-        self.side_off(side) + sys::NTBEMU_SIDE_ARENA as usize + (mw as u64 * self.config.mw_size) as usize
+        self.side_off(side)
+            + sys::NTBEMU_SIDE_ARENA as usize
+            + (mw as u64 * self.config.mw_size) as usize
     }
 
     fn window_region(&self, side: SideId, mw: u32) -> Result<Region, WindowError> {
         if mw >= self.config.n_mw {
-            return Err(WindowError::NoSuchWindow { mw, count: self.config.n_mw });
+            return Err(WindowError::NoSuchWindow {
+                mw,
+                count: self.config.n_mw,
+            });
         }
         let len = self.config.mw_size as usize;
         let off = self.arena_off(side, mw);
@@ -468,20 +568,33 @@ impl EmuDevice {
     }
 
     fn db_status_words(&self, side: SideId) -> (&AtomicU32, &AtomicU32) {
-        (self.nt_reg(side, sys::PLX_NT_DB_SET), self.nt_reg(side, sys::NTBEMU_REG_DB_STATUS_HI))
+        (
+            self.nt_reg(side, sys::PLX_NT_DB_SET),
+            self.nt_reg(side, sys::NTBEMU_REG_DB_STATUS_HI),
+        )
     }
 
     fn db_mask_words(&self, side: SideId) -> (&AtomicU32, &AtomicU32) {
-        (self.nt_reg(side, sys::PLX_NT_DB_MASK_SET), self.nt_reg(side, sys::NTBEMU_REG_DB_MASK_HI))
+        (
+            self.nt_reg(side, sys::PLX_NT_DB_MASK_SET),
+            self.nt_reg(side, sys::NTBEMU_REG_DB_MASK_HI),
+        )
     }
 
     fn vector_path(&self, side: SideId, bit: u32) -> PathBuf {
-        let stem = self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = self
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         self.path.with_file_name(format!("{stem}.s{side}.db{bit}"))
     }
 
     fn vector_armed(&self, side: SideId) -> (&AtomicU32, &AtomicU32) {
-        (self.nt_reg(side, sys::NTBEMU_REG_VEC_ARMED_LO), self.nt_reg(side, sys::NTBEMU_REG_VEC_ARMED_HI))
+        (
+            self.nt_reg(side, sys::NTBEMU_REG_VEC_ARMED_LO),
+            self.nt_reg(side, sys::NTBEMU_REG_VEC_ARMED_HI),
+        )
     }
 
     /// Deliver the interrupt for newly pending, unmasked `bits` on `side` (what the MSI-X
@@ -501,13 +614,19 @@ impl EmuDevice {
         if kick == 0 {
             return;
         }
-        let Ok(mut writers) = self.vector_writers.lock() else { return };
+        let Ok(mut writers) = self.vector_writers.lock() else {
+            return;
+        };
         while kick != 0 {
             let bit = kick.trailing_zeros();
             kick &= kick - 1;
             let slot = &mut writers[bit as usize];
             if slot.is_none() {
-                *slot = sysutil::open(&self.vector_path(side, bit), libc::O_WRONLY | libc::O_NONBLOCK).ok();
+                *slot = sysutil::open(
+                    &self.vector_path(side, bit),
+                    libc::O_WRONLY | libc::O_NONBLOCK,
+                )
+                .ok();
             }
             if let Some(fd) = slot {
                 sysutil::kick(fd);
@@ -523,7 +642,11 @@ impl EmuDevice {
         let g = self.link_generation();
         // SYNC POINT (link event): pairs with the Acquire load in `link_wait`.
         g.fetch_add(1, SeqCst);
-        if self.header_u32(offset_of!(sys::ntbemu_header, link_waiters)).load(SeqCst) > 0 {
+        if self
+            .header_u32(offset_of!(sys::ntbemu_header, link_waiters))
+            .load(SeqCst)
+            > 0
+        {
             futex::wake_all(g);
         }
     }
@@ -532,13 +655,24 @@ impl EmuDevice {
         if fault::active(self, sys::NTBEMU_FAULT_LINK_DOWN) {
             return false;
         }
-        let me = self.nt_reg(self.side, sys::NTBEMU_REG_LINK_CTRL).load(Acquire) & 1 == 1;
-        let peer = self.nt_reg(self.peer, sys::NTBEMU_REG_LINK_CTRL).load(Acquire) & 1 == 1;
+        let me = self
+            .nt_reg(self.side, sys::NTBEMU_REG_LINK_CTRL)
+            .load(Acquire)
+            & 1
+            == 1;
+        let peer = self
+            .nt_reg(self.peer, sys::NTBEMU_REG_LINK_CTRL)
+            .load(Acquire)
+            & 1
+            == 1;
         me && peer
     }
 
     fn table(&self) -> table::HostTable<'_> {
-        table::HostTable::new(&self.map, self.side_off(self.side) + sys::NTBEMU_SIDE_HOST_TABLE as usize)
+        table::HostTable::new(
+            &self.map,
+            self.side_off(self.side) + sys::NTBEMU_SIDE_HOST_TABLE as usize,
+        )
     }
 }
 
@@ -553,7 +687,6 @@ pub struct LeaseInfo {
     pub len: u64,
 }
 
-
 fn ensure_private_dir(dir: &Path) -> Result<(), DeviceError> {
     match std::fs::symlink_metadata(dir) {
         Ok(_) => {}
@@ -562,18 +695,32 @@ fn ensure_private_dir(dir: &Path) -> Result<(), DeviceError> {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|err| DeviceError::Io { what: format!("create {}", dir.display()), err })?;
+                .map_err(|err| DeviceError::Io {
+                    what: format!("create {}", dir.display()),
+                    err,
+                })?;
         }
-        Err(err) => return Err(DeviceError::Io { what: format!("stat {}", dir.display()), err }),
+        Err(err) => {
+            return Err(DeviceError::Io {
+                what: format!("stat {}", dir.display()),
+                err,
+            })
+        }
     }
-    let meta = std::fs::symlink_metadata(dir)
-        .map_err(|err| DeviceError::Io { what: format!("stat {}", dir.display()), err })?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|err| DeviceError::Io {
+        what: format!("stat {}", dir.display()),
+        err,
+    })?;
     if !meta.file_type().is_dir() {
         return Err(DeviceError::NotADirectory(dir.to_path_buf()));
     }
     let mode = meta.mode() & 0o7777;
     if meta.uid() != sysutil::uid() || mode & 0o077 != 0 {
-        return Err(DeviceError::ForeignDirectory { path: dir.to_path_buf(), owner: meta.uid(), mode });
+        return Err(DeviceError::ForeignDirectory {
+            path: dir.to_path_buf(),
+            owner: meta.uid(),
+            mode,
+        });
     }
     Ok(())
 }
@@ -591,7 +738,14 @@ fn open_existing(path: &Path) -> std::io::Result<File> {
 fn create(dir: &Path, path: &Path, config: &Config) -> Result<File, DeviceError> {
     let io = |what: String| move |err| DeviceError::Io { what, err };
     let layout = Layout::of(config);
-    let tmp = dir.join(format!(".{}.{}.tmp", sysutil::pid(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        sysutil::pid(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -612,7 +766,10 @@ fn create(dir: &Path, path: &Path, config: &Config) -> Result<File, DeviceError>
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             open_existing(path).map_err(io(format!("open {}", path.display())))
         }
-        Err(err) => Err(DeviceError::Io { what: format!("create {}", path.display()), err }),
+        Err(err) => Err(DeviceError::Io {
+            what: format!("create {}", path.display()),
+            err,
+        }),
     }
 }
 
@@ -639,7 +796,8 @@ fn init(map: &Mapping, c: &Config, l: &Layout) {
     w64(cfg + offset_of!(C, mw_size), c.mw_size);
     w64(cfg + offset_of!(C, mw_align), c.mw_align);
     for side in 0..c.topology.sides() {
-        let nt = (l.side_base + side as u64 * l.side_stride) as usize + sys::NTBEMU_SIDE_NT_PAGE as usize;
+        let nt = (l.side_base + side as u64 * l.side_stride) as usize
+            + sys::NTBEMU_SIDE_NT_PAGE as usize;
         w32(nt + sys::NTBEMU_REG_EMU_ID as usize, 0x4542_544E);
         w32(nt + sys::NTBEMU_REG_EMU_VER as usize, sys::NTBEMU_VERSION);
         w32(
@@ -647,7 +805,10 @@ fn init(map: &Mapping, c: &Config, l: &Layout) {
             c.n_mw | c.n_spad << 8 | c.n_db << 16 | c.n_dma_ch << 24,
         );
         w32(nt + sys::NTBEMU_REG_MW_ALIGN as usize, c.mw_align as u32);
-        w32(nt + sys::PLX_NT_PORT_ID as usize, if side == 1 { 1 << 31 } else { 0 });
+        w32(
+            nt + sys::PLX_NT_PORT_ID as usize,
+            if side == 1 { 1 << 31 } else { 0 },
+        );
         for mw in 0..c.n_mw {
             let x = nt + sys::ntbemu_reg_mw_xlat(mw) as usize;
             let off = mw as u64 * c.mw_size;
@@ -656,8 +817,12 @@ fn init(map: &Mapping, c: &Config, l: &Layout) {
             w32(x + 8, c.mw_size as u32);
             w32(x + 12, (c.mw_size >> 32) as u32);
         }
-        let tbl = (l.side_base + side as u64 * l.side_stride) as usize + sys::NTBEMU_SIDE_HOST_TABLE as usize;
-        w32(tbl + offset_of!(sys::ntbemu_host_table, n_slots), sys::NTBEMU_HOST_SLOTS);
+        let tbl = (l.side_base + side as u64 * l.side_stride) as usize
+            + sys::NTBEMU_SIDE_HOST_TABLE as usize;
+        w32(
+            tbl + offset_of!(sys::ntbemu_host_table, n_slots),
+            sys::NTBEMU_HOST_SLOTS,
+        );
     }
     // SYNC POINT (device creation): pairs with the Acquire load of init_done in `attach`.
     map.u32_at(offset_of!(H, init_done)).store(1, Release);
@@ -683,12 +848,20 @@ impl NtbDevice for EmuDevice {
     fn link_state(&self) -> LinkState {
         let up = self.link_up();
         let status = if up { 1 | 3 << 16 | 8 << 20 } else { 0 };
-        self.nt_reg(self.side, sys::NTBEMU_REG_LINK_STATUS).store(status, Relaxed);
-        LinkState { up, speed_gen: 3, width: 8, generation: self.link_generation().load(Acquire) }
+        self.nt_reg(self.side, sys::NTBEMU_REG_LINK_STATUS)
+            .store(status, Relaxed);
+        LinkState {
+            up,
+            speed_gen: 3,
+            width: 8,
+            generation: self.link_generation().load(Acquire),
+        }
     }
 
     fn link_enable(&self) -> Result<(), LinkError> {
-        let prev = self.nt_reg(self.side, sys::NTBEMU_REG_LINK_CTRL).fetch_or(1, SeqCst);
+        let prev = self
+            .nt_reg(self.side, sys::NTBEMU_REG_LINK_CTRL)
+            .fetch_or(1, SeqCst);
         if prev & 1 == 0 {
             self.bump_link();
         }
@@ -699,7 +872,9 @@ impl NtbDevice for EmuDevice {
     }
 
     fn link_disable(&self) -> Result<(), LinkError> {
-        let prev = self.nt_reg(self.side, sys::NTBEMU_REG_LINK_CTRL).fetch_and(!1, SeqCst);
+        let prev = self
+            .nt_reg(self.side, sys::NTBEMU_REG_LINK_CTRL)
+            .fetch_and(!1, SeqCst);
         if prev & 1 == 1 {
             self.bump_link();
         }
@@ -732,9 +907,16 @@ impl NtbDevice for EmuDevice {
 
     fn mw_align(&self, mw: u32) -> Result<MwAlign, WindowError> {
         if mw >= self.config.n_mw {
-            return Err(WindowError::NoSuchWindow { mw, count: self.config.n_mw });
+            return Err(WindowError::NoSuchWindow {
+                mw,
+                count: self.config.n_mw,
+            });
         }
-        Ok(MwAlign { addr_align: self.config.mw_align, size_align: self.config.mw_align, size_max: self.config.mw_size })
+        Ok(MwAlign {
+            addr_align: self.config.mw_align,
+            size_align: self.config.mw_align,
+            size_max: self.config.mw_size,
+        })
     }
 
     fn inbound(&self, mw: u32) -> Result<Region, WindowError> {
@@ -846,10 +1028,14 @@ impl NtbDevice for EmuDevice {
 
     fn db_vector_fd(&self, bit: u32) -> Result<OwnedFd, DoorbellError> {
         if bit >= self.config.n_db {
-            return Err(DoorbellError::InvalidBits { bits: 1u64.checked_shl(bit).unwrap_or(0), valid: self.db_valid_mask() });
+            return Err(DoorbellError::InvalidBits {
+                bits: 1u64.checked_shl(bit).unwrap_or(0),
+                valid: self.db_valid_mask(),
+            });
         }
         let path = self.vector_path(self.side, bit);
-        sysutil::mkfifo(&path).map_err(|e| DoorbellError::Vector(format!("mkfifo {}: {e}", path.display())))?;
+        sysutil::mkfifo(&path)
+            .map_err(|e| DoorbellError::Vector(format!("mkfifo {}: {e}", path.display())))?;
         // O_RDWR keeps a writer on the FIFO, so poll never reports a hang-up.
         let fd = sysutil::open(&path, libc::O_RDWR | libc::O_NONBLOCK)
             .map_err(|e| DoorbellError::Vector(format!("open {}: {e}", path.display())))?;
@@ -868,12 +1054,15 @@ impl NtbDevice for EmuDevice {
 
     fn spad_read(&self, idx: u32) -> Result<u32, ScratchpadError> {
         self.spad_check(idx)?;
-        Ok(self.nt_reg(self.side, sys::ntbemu_reg_spad(idx)).load(Acquire))
+        Ok(self
+            .nt_reg(self.side, sys::ntbemu_reg_spad(idx))
+            .load(Acquire))
     }
 
     fn spad_write(&self, idx: u32, val: u32) -> Result<(), ScratchpadError> {
         self.spad_check(idx)?;
-        self.nt_reg(self.side, sys::ntbemu_reg_spad(idx)).store(val, Release);
+        self.nt_reg(self.side, sys::ntbemu_reg_spad(idx))
+            .store(val, Release);
         Ok(())
     }
 
@@ -882,7 +1071,9 @@ impl NtbDevice for EmuDevice {
         if !self.link_up() {
             return Err(ScratchpadError::LinkDown);
         }
-        Ok(self.nt_reg(self.peer, sys::ntbemu_reg_spad(idx)).load(Acquire))
+        Ok(self
+            .nt_reg(self.peer, sys::ntbemu_reg_spad(idx))
+            .load(Acquire))
     }
 
     fn peer_spad_write(&self, idx: u32, val: u32) -> Result<(), ScratchpadError> {
@@ -891,7 +1082,8 @@ impl NtbDevice for EmuDevice {
             return Err(ScratchpadError::LinkDown);
         }
         // SYNC POINT (scratchpad): Release pairs with the Acquire in the peer's `spad_read`.
-        self.nt_reg(self.peer, sys::ntbemu_reg_spad(idx)).store(val, Release);
+        self.nt_reg(self.peer, sys::ntbemu_reg_spad(idx))
+            .store(val, Release);
         Ok(())
     }
 
@@ -905,33 +1097,63 @@ impl NtbDevice for EmuDevice {
 
     fn lease_window(&self, mw: u32, len: u64, tag: u32) -> Result<WindowLease, LeaseError> {
         if mw >= self.config.n_mw {
-            return Err(LeaseError::Window(WindowError::NoSuchWindow { mw, count: self.config.n_mw }));
+            return Err(LeaseError::Window(WindowError::NoSuchWindow {
+                mw,
+                count: self.config.n_mw,
+            }));
         }
         if len == 0 || len > self.config.mw_size {
-            return Err(LeaseError::Window(WindowError::OutOfRange { offset: 0, len, size: self.config.mw_size }));
+            return Err(LeaseError::Window(WindowError::OutOfRange {
+                offset: 0,
+                len,
+                size: self.config.mw_size,
+            }));
         }
         let len = len.div_ceil(self.config.mw_align) * self.config.mw_align;
         let t = self.table();
         match t.lease_window(mw, len, self.config.mw_size, tag) {
-            Err(LeaseError::WindowFull { .. }) if t.reclaim() > 0 => t.lease_window(mw, len, self.config.mw_size, tag),
+            Err(LeaseError::WindowFull { .. }) if t.reclaim() > 0 => {
+                t.lease_window(mw, len, self.config.mw_size, tag)
+            }
             r => r,
         }
     }
 
-    fn reserve_window(&self, mw: u32, offset: u64, len: u64, tag: u32) -> Result<WindowLease, LeaseError> {
+    fn reserve_window(
+        &self,
+        mw: u32,
+        offset: u64,
+        len: u64,
+        tag: u32,
+    ) -> Result<WindowLease, LeaseError> {
         if mw >= self.config.n_mw {
-            return Err(LeaseError::Window(WindowError::NoSuchWindow { mw, count: self.config.n_mw }));
+            return Err(LeaseError::Window(WindowError::NoSuchWindow {
+                mw,
+                count: self.config.n_mw,
+            }));
         }
         let al = self.config.mw_align;
-        if offset % al != 0 || len == 0 || len % al != 0 {
-            return Err(LeaseError::Window(WindowError::Misaligned { offset, align: al }));
+        if !offset.is_multiple_of(al) || len == 0 || !len.is_multiple_of(al) {
+            return Err(LeaseError::Window(WindowError::Misaligned {
+                offset,
+                align: al,
+            }));
         }
-        if offset.checked_add(len).is_none_or(|end| end > self.config.mw_size) {
-            return Err(LeaseError::Window(WindowError::OutOfRange { offset, len, size: self.config.mw_size }));
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.config.mw_size)
+        {
+            return Err(LeaseError::Window(WindowError::OutOfRange {
+                offset,
+                len,
+                size: self.config.mw_size,
+            }));
         }
         let t = self.table();
         match t.reserve(mw, offset, len, tag) {
-            Err(LeaseError::WindowFull { .. }) if t.reclaim() > 0 => t.reserve(mw, offset, len, tag),
+            Err(LeaseError::WindowFull { .. }) if t.reclaim() > 0 => {
+                t.reserve(mw, offset, len, tag)
+            }
             r => r,
         }
     }
@@ -946,7 +1168,10 @@ impl NtbDevice for EmuDevice {
         }?;
         // A fresh lease starts with its bit clear, whatever the previous holder left.
         let _ = self.db_clear(1u64 << r.0);
-        Ok(DoorbellLease { bit: r.0, slot: r.1 })
+        Ok(DoorbellLease {
+            bit: r.0,
+            slot: r.1,
+        })
     }
 
     fn release(&self, lease: Lease) -> Result<(), LeaseError> {
@@ -980,7 +1205,10 @@ impl NtbDevice for EmuDevice {
 impl EmuDevice {
     fn spad_check(&self, idx: u32) -> Result<(), ScratchpadError> {
         if idx >= self.config.n_spad {
-            return Err(ScratchpadError::NoSuchScratchpad { idx, count: self.config.n_spad });
+            return Err(ScratchpadError::NoSuchScratchpad {
+                idx,
+                count: self.config.n_spad,
+            });
         }
         Ok(())
     }

@@ -63,7 +63,7 @@ impl<'a> HostTable<'a> {
                 Ok(_) => return Guard { lock },
                 Err(holder) => {
                     spins += 1;
-                    if spins % 64 == 0 && (holder == me || !sysutil::pid_exists(holder)) {
+                    if spins.is_multiple_of(64) && (holder == me || !sysutil::pid_exists(holder)) {
                         // The holder died (or is a previous incarnation of our pid after fork
                         // and exec): break its lock.
                         if lock.compare_exchange(holder, me, Acquire, Relaxed).is_ok() {
@@ -93,7 +93,11 @@ impl<'a> HostTable<'a> {
     }
 
     fn n_slots(&self) -> usize {
-        (self.map.u32_at(self.base + offset_of!(T, n_slots)).load(Relaxed) as usize).min(sys::NTBEMU_HOST_SLOTS as usize)
+        (self
+            .map
+            .u32_at(self.base + offset_of!(T, n_slots))
+            .load(Relaxed) as usize)
+            .min(sys::NTBEMU_HOST_SLOTS as usize)
     }
 
     pub(crate) fn read(&self, i: usize) -> Slot {
@@ -110,14 +114,17 @@ impl<'a> HostTable<'a> {
 
     fn write(&self, i: usize, s: Slot) {
         self.u32f(i, offset_of!(L, owner_pid)).store(s.pid, Relaxed);
-        self.u64f(i, offset_of!(L, owner_start)).store(s.start, Relaxed);
+        self.u64f(i, offset_of!(L, owner_start))
+            .store(s.start, Relaxed);
         self.u32f(i, offset_of!(L, index)).store(s.index, Relaxed);
         self.u32f(i, offset_of!(L, tag)).store(s.tag, Relaxed);
         self.u64f(i, offset_of!(L, offset)).store(s.offset, Relaxed);
         self.u64f(i, offset_of!(L, len)).store(s.len, Relaxed);
         // Readers outside the lock (`pcisock stats`) see `kind` last.
         self.u32f(i, offset_of!(L, kind)).store(s.kind, Release);
-        self.map.u64_at(self.base + offset_of!(T, generation)).fetch_add(1, Relaxed);
+        self.map
+            .u64_at(self.base + offset_of!(T, generation))
+            .fetch_add(1, Relaxed);
     }
 
     fn free_slot(&self) -> Option<usize> {
@@ -130,7 +137,13 @@ impl<'a> HostTable<'a> {
     }
 
     /// First-fit lease of `len` bytes (already aligned) in window `mw` of size `size`.
-    pub(crate) fn lease_window(&self, mw: u32, len: u64, size: u64, tag: u32) -> Result<WindowLease, LeaseError> {
+    pub(crate) fn lease_window(
+        &self,
+        mw: u32,
+        len: u64,
+        size: u64,
+        tag: u32,
+    ) -> Result<WindowLease, LeaseError> {
         let (pid, start) = Self::me();
         let _g = self.lock();
         let mut used: Vec<(u64, u64)> = (0..self.n_slots())
@@ -150,12 +163,34 @@ impl<'a> HostTable<'a> {
         }
         let offset = found.ok_or(LeaseError::WindowFull { mw, len })?;
         let slot = self.free_slot().ok_or(LeaseError::TableFull)?;
-        self.write(slot, Slot { kind: sys::NTBEMU_LEASE_WINDOW, pid, start, index: mw, tag, offset, len });
-        Ok(WindowLease { mw, offset, len, slot: slot as u32 })
+        self.write(
+            slot,
+            Slot {
+                kind: sys::NTBEMU_LEASE_WINDOW,
+                pid,
+                start,
+                index: mw,
+                tag,
+                offset,
+                len,
+            },
+        );
+        Ok(WindowLease {
+            mw,
+            offset,
+            len,
+            slot: slot as u32,
+        })
     }
 
     /// A host-owned reservation of exactly `offset..offset+len` (owner pid 0: never reclaimed).
-    pub(crate) fn reserve(&self, mw: u32, offset: u64, len: u64, tag: u32) -> Result<WindowLease, LeaseError> {
+    pub(crate) fn reserve(
+        &self,
+        mw: u32,
+        offset: u64,
+        len: u64,
+        tag: u32,
+    ) -> Result<WindowLease, LeaseError> {
         let _g = self.lock();
         let end = offset + len;
         for i in 0..self.n_slots() {
@@ -164,19 +199,45 @@ impl<'a> HostTable<'a> {
                 continue;
             }
             if s.pid == 0 && s.offset == offset && s.len == len && s.tag == tag {
-                return Ok(WindowLease { mw, offset, len, slot: i as u32 });
+                return Ok(WindowLease {
+                    mw,
+                    offset,
+                    len,
+                    slot: i as u32,
+                });
             }
             if s.offset < end && offset < s.offset.saturating_add(s.len) {
                 return Err(LeaseError::WindowFull { mw, len });
             }
         }
         let slot = self.free_slot().ok_or(LeaseError::TableFull)?;
-        self.write(slot, Slot { kind: sys::NTBEMU_LEASE_WINDOW, pid: 0, start: 0, index: mw, tag, offset, len });
-        Ok(WindowLease { mw, offset, len, slot: slot as u32 })
+        self.write(
+            slot,
+            Slot {
+                kind: sys::NTBEMU_LEASE_WINDOW,
+                pid: 0,
+                start: 0,
+                index: mw,
+                tag,
+                offset,
+                len,
+            },
+        );
+        Ok(WindowLease {
+            mw,
+            offset,
+            len,
+            slot: slot as u32,
+        })
     }
 
     /// Lease the lowest free index of `kind` below `count`; returns (index, slot).
-    pub(crate) fn lease_index(&self, kind: u32, count: u32, tag: u32) -> Result<(u32, u32), LeaseError> {
+    pub(crate) fn lease_index(
+        &self,
+        kind: u32,
+        count: u32,
+        tag: u32,
+    ) -> Result<(u32, u32), LeaseError> {
         let (pid, start) = Self::me();
         let _g = self.lock();
         let mut taken = vec![false; count as usize];
@@ -193,7 +254,18 @@ impl<'a> HostTable<'a> {
             });
         };
         let slot = self.free_slot().ok_or(LeaseError::TableFull)?;
-        self.write(slot, Slot { kind, pid, start, index: index as u32, tag, offset: 0, len: 0 });
+        self.write(
+            slot,
+            Slot {
+                kind,
+                pid,
+                start,
+                index: index as u32,
+                tag,
+                offset: 0,
+                len: 0,
+            },
+        );
         Ok((index as u32, slot as u32))
     }
 
@@ -207,7 +279,18 @@ impl<'a> HostTable<'a> {
         if s.kind != kind {
             return Err(LeaseError::NotHeld { slot });
         }
-        self.write(i, Slot { kind: sys::NTBEMU_LEASE_FREE, pid: 0, start: 0, index: 0, tag: 0, offset: 0, len: 0 });
+        self.write(
+            i,
+            Slot {
+                kind: sys::NTBEMU_LEASE_FREE,
+                pid: 0,
+                start: 0,
+                index: 0,
+                tag: 0,
+                offset: 0,
+                len: 0,
+            },
+        );
         Ok(())
     }
 
@@ -236,7 +319,18 @@ impl<'a> HostTable<'a> {
             let s = self.read(i);
             // Owner pid 0 marks a host-owned reservation, which no process death ends.
             if s.kind != sys::NTBEMU_LEASE_FREE && s.pid != 0 && !sysutil::alive(s.pid, s.start) {
-                self.write(i, Slot { kind: sys::NTBEMU_LEASE_FREE, pid: 0, start: 0, index: 0, tag: 0, offset: 0, len: 0 });
+                self.write(
+                    i,
+                    Slot {
+                        kind: sys::NTBEMU_LEASE_FREE,
+                        pid: 0,
+                        start: 0,
+                        index: 0,
+                        tag: 0,
+                        offset: 0,
+                        len: 0,
+                    },
+                );
                 freed += 1;
             }
         }
@@ -245,6 +339,9 @@ impl<'a> HostTable<'a> {
 
     /// Every lease in the table (for diagnostics and tests).
     pub(crate) fn leases(&self) -> Vec<Slot> {
-        (0..self.n_slots()).map(|i| self.read(i)).filter(|s| s.kind != sys::NTBEMU_LEASE_FREE).collect()
+        (0..self.n_slots())
+            .map(|i| self.read(i))
+            .filter(|s| s.kind != sys::NTBEMU_LEASE_FREE)
+            .collect()
     }
 }
