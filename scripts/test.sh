@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite: build (libpcisock.so included), lints, unit and conformance tests,
-# the ntb-sys bindings check, and real iperf2/iperf3 runs under LD_PRELOAD.
+# the ntb-sys bindings check, real iperf2/iperf3 runs under LD_PRELOAD, and a smoke run of the
+# benches. Ends with one line totalling every cargo test result.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+log="$(mktemp /tmp/pcisock-test.XXXXXX)"
+trap 'rm -f "$log"' EXIT
+
 cargo build --release --workspace --all-targets
 cargo clippy --release --workspace --all-targets -- -D warnings
-# ntb-sys: the vendored bindings must be what bindgen produces from the header (needs libclang).
-cargo test --release -p ntb-sys --features regenerate
-# Everything else. The iperf tests find target/release/libpcisock.so built above.
-cargo test --release --workspace
-# The benches must run (a smoke run, nothing is timed or asserted).
+# The benches must run (criterion's --test mode: each once, nothing timed or asserted).
 cargo bench --bench device -- --test
+# ntb-sys: the vendored bindings must be what bindgen produces from the header (needs libclang).
+cargo test --release -p ntb-sys --features regenerate 2>&1 | tee -a "$log"
+# Everything else. The iperf tests find target/release/libpcisock.so built above.
+cargo test --release --workspace 2>&1 | tee -a "$log"
+
+awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f; exit (f > 0) }' "$log"

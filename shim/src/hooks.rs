@@ -555,7 +555,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    if table::contains(fd) {
+    if table::contains(fd) || crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed) {
         let _ = guard(|| {
             ops::before_close(fd);
             Ok(())
@@ -899,6 +899,70 @@ pub unsafe extern "C" fn pselect(
     match select_with(nfds, r, w, e, t, mask) {
         Some(n) => n,
         None => call_real!(pselect(nfds, r, w, e, ts, mask)),
+    }
+}
+
+// ---- epoll ---------------------------------------------------------------------------------
+
+#[no_mangle]
+pub unsafe extern "C" fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int {
+    if !table::contains(fd) {
+        return call_real!(epoll_ctl(epfd, op, fd, event));
+    }
+    // SAFETY: `event` is null or the application's epoll_event.
+    let ev = unsafe { event.as_ref() };
+    match guard(|| match crate::epoll::ctl(epfd, op, fd, ev) {
+        Detour::Bypass => Err(i32::MIN),
+        Detour::Ours(r) => r,
+    }) {
+        Err(i32::MIN) => call_real!(epoll_ctl(epfd, op, fd, event)),
+        r => finish(r),
+    }
+}
+
+fn epoll_wait_with(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: Option<Duration>, mask: *const libc::sigset_t) -> Option<c_int> {
+    if events.is_null() || max <= 0 || !crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed) || !crate::epoll::tracks(epfd) {
+        return None;
+    }
+    // SAFETY: the application's array of `max` events.
+    let out = unsafe { std::slice::from_raw_parts_mut(events, max as usize) };
+    let real = |buf: &mut [libc::epoll_event], t: Option<Duration>| -> c_int {
+        let ms = t.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as c_int);
+        let ms = if t.is_some_and(|t| !t.is_zero() && t.as_millis() == 0) { 1 } else { ms };
+        call_real!(epoll_pwait(epfd, buf.as_mut_ptr(), buf.len() as c_int, ms, mask))
+    };
+    match guard(|| match crate::epoll::wait(epfd, out, timeout, &real) {
+        Detour::Bypass => Err(i32::MIN),
+        Detour::Ours(r) => r,
+    }) {
+        Err(i32::MIN) => None,
+        r => Some(finish(r)),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn epoll_wait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int {
+    match epoll_wait_with(epfd, events, max, ms(timeout), std::ptr::null()) {
+        Some(r) => r,
+        None => call_real!(epoll_wait(epfd, events, max, timeout)),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int {
+    match epoll_wait_with(epfd, events, max, ms(timeout), mask) {
+        Some(r) => r,
+        None => call_real!(epoll_pwait(epfd, events, max, timeout, mask)),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait2(epfd: c_int, events: *mut libc::epoll_event, max: c_int, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
+    // SAFETY: `ts` is null or the application's timespec.
+    let t = unsafe { ts.as_ref() }.map(|t| Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32));
+    match epoll_wait_with(epfd, events, max, t, mask) {
+        Some(r) => r,
+        None => call_real!(epoll_pwait2(epfd, events, max, ts, mask)),
     }
 }
 

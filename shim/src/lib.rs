@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(dead_code))]
 
 pub mod config;
+mod epoll;
 mod global;
 #[cfg(not(test))]
 mod hooks;

@@ -465,6 +465,10 @@ pub fn sendfile(
 
 /// `close`: forget the fd (before the real close, so a reused fd number is never ours).
 pub fn before_close(fd: c_int) {
+    if crate::epoll::IN_USE.load(Relaxed) {
+        crate::epoll::forget_fd(fd);
+        crate::epoll::forget_set(fd);
+    }
     if let Some(s) = table::remove(fd) {
         retire(s, Some(fd));
     }

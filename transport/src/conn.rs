@@ -1028,6 +1028,16 @@ impl Connection {
         }
     }
 
+    /// A value that changes whenever something the peer did could make the connection newly
+    /// readable or writable (data produced, credits returned, flags set): edge-triggered
+    /// readiness reports an edge when it moves.
+    pub fn activity(&self) -> u64 {
+        let tail = word64(&self.mine, RX_TAIL).load(Acquire);
+        let head = word64(&self.mine, CR_HEAD).load(Acquire);
+        let flags = word32(&self.mine, RX_FLAGS).load(Acquire) as u64 | (word32(&self.mine, CR_CLOSED).load(Acquire) as u64) << 8;
+        tail.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ head.rotate_left(29) ^ flags.rotate_left(58)
+    }
+
     /// Readiness as poll/select/epoll report it.
     pub fn readiness(&self) -> Readiness {
         let flags = self.peer_flags();

@@ -1,0 +1,375 @@
+//! epoll for NTB connections, on the application's own kernel epoll set.
+//!
+//! A connection on the NTB path has no kernel-visible data, so registering its socket would
+//! report the wrong readiness. Instead `epoll_ctl` registers, in the application's epoll fd and
+//! under an internal tag, the connection's doorbell line (which fires when the peer rings us) and
+//! its TCP socket for input only (which fires when the peer's kernel closes it), and remembers
+//! the application's events and data. `epoll_wait` answers from ring state: level-triggered
+//! registrations are re-checked on every call (a drained doorbell line must not hide data still
+//! in the ring), edge-triggered ones report when the peer did something new since the last
+//! report, one-shot ones disable themselves. Everything else in the set is the kernel's.
+//!
+//! A client whose upgrade offer is still pending is registered as the kernel socket plus the
+//! offer's doorbell line (the answer rings it); the first `epoll_wait` after the answer moves
+//! the registration to the NTB form.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use libc::c_int;
+use transport::Connection;
+
+use crate::ops::{self, Detour};
+use crate::sock::{Sock, State};
+use crate::{global, sys, table};
+
+/// High bits of `epoll_data` that mark our own registrations (the low 32 bits hold the fd).
+const TAG: u64 = 0x5043_534B_0000_0000;
+const TAG_MASK: u64 = 0xFFFF_FFFF_0000_0000;
+
+/// Events an application may ask for that we evaluate ourselves.
+const READ: u32 = (libc::EPOLLIN | libc::EPOLLRDNORM | libc::EPOLLRDHUP) as u32;
+const WRITE: u32 = (libc::EPOLLOUT | libc::EPOLLWRNORM) as u32;
+
+/// One application registration of a tracked fd in one epoll set.
+struct Reg {
+    sock: Arc<Sock>,
+    events: u32,
+    data: u64,
+    /// `Connection::activity` when we last reported this registration (edge-triggered).
+    last_activity: Option<u64>,
+    /// A one-shot registration that fired and waits for EPOLL_CTL_MOD.
+    disabled: bool,
+    /// How it is registered in the kernel now.
+    form: Form,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// NTB: doorbell line `vector` and the TCP socket (input only), both under our tag.
+    Ntb { vector: c_int },
+    /// Pending offer: the kernel socket with the application's events under our tag, and the
+    /// offer's doorbell line.
+    Pending { vector: c_int },
+}
+
+type Set = Mutex<HashMap<c_int, Reg>>;
+
+/// Has any epoll set ever held one of our registrations? (Keeps `close` of other fds cheap.)
+pub static IN_USE: AtomicBool = AtomicBool::new(false);
+
+fn sets() -> &'static Mutex<HashMap<c_int, Arc<Set>>> {
+    static SETS: OnceLock<Mutex<HashMap<c_int, Arc<Set>>>> = OnceLock::new();
+    SETS.get_or_init(Default::default)
+}
+
+fn set_of(epfd: c_int) -> Option<Arc<Set>> {
+    sets().lock().ok()?.get(&epfd).cloned()
+}
+
+/// Does any epoll set track an fd? (The fast check of `epoll_wait`.)
+pub fn tracks(epfd: c_int) -> bool {
+    sets().lock().map(|s| s.get(&epfd).is_some_and(|set| set.lock().map(|r| !r.is_empty()).unwrap_or(false))).unwrap_or(false)
+}
+
+fn kernel_ctl(epfd: c_int, op: c_int, fd: c_int, events: u32, data: u64) -> c_int {
+    sys::epoll_ctl(epfd, op, fd, events, data)
+}
+
+/// Add the kernel registrations of `form` for `fd`.
+fn register(epfd: c_int, fd: c_int, form: Form, app_events: u32) -> Result<(), c_int> {
+    let tag = TAG | fd as u32 as u64;
+    let excl = app_events & libc::EPOLLEXCLUSIVE as u32;
+    let (sock_events, vector) = match form {
+        Form::Ntb { vector } => ((libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | excl, vector),
+        Form::Pending { vector } => (app_events & !(libc::EPOLLET | libc::EPOLLONESHOT) as u32, vector),
+    };
+    match kernel_ctl(epfd, libc::EPOLL_CTL_ADD, fd, sock_events, tag) {
+        0 => {}
+        libc::EEXIST => {
+            let e = kernel_ctl(epfd, libc::EPOLL_CTL_MOD, fd, sock_events, tag);
+            if e != 0 {
+                return Err(e);
+            }
+        }
+        e => return Err(e),
+    }
+    match kernel_ctl(epfd, libc::EPOLL_CTL_ADD, vector, libc::EPOLLIN as u32 | excl, tag) {
+        0 | libc::EEXIST => Ok(()),
+        e => {
+            kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
+            Err(e)
+        }
+    }
+}
+
+fn unregister(epfd: c_int, fd: c_int, form: Form) {
+    kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
+    let vector = match form {
+        Form::Ntb { vector } | Form::Pending { vector } => vector,
+    };
+    kernel_ctl(epfd, libc::EPOLL_CTL_DEL, vector, 0, 0);
+}
+
+/// The form a tracked fd needs now, if it is one we evaluate (an NTB connection or a pending
+/// offer); `None` leaves it to the kernel.
+fn form_of(sock: &Sock) -> Option<Form> {
+    if let Some(c) = sock.conn.get() {
+        return Some(Form::Ntb { vector: c.vector_fd() });
+    }
+    let st = sock.state.lock().ok()?;
+    if let State::Offered(Some(p)) = &*st {
+        let t = global::get().transport().ok()?;
+        return Some(Form::Pending { vector: t.pending_fd(p) });
+    }
+    None
+}
+
+/// `epoll_ctl` on a tracked fd.
+pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>) -> Detour<c_int> {
+    let Some(sock) = table::get(fd) else {
+        return Detour::Bypass;
+    };
+    let set = {
+        let Ok(mut all) = sets().lock() else { return Detour::Ours(Err(libc::EIO)) };
+        all.entry(epfd).or_default().clone()
+    };
+    let Ok(mut regs) = set.lock() else { return Detour::Ours(Err(libc::EIO)) };
+    match op {
+        libc::EPOLL_CTL_ADD | libc::EPOLL_CTL_MOD => {
+            let Some(ev) = event else { return Detour::Ours(Err(libc::EFAULT)) };
+            let (events, data) = (ev.events, ev.u64);
+            if op == libc::EPOLL_CTL_ADD && regs.contains_key(&fd) {
+                return Detour::Ours(Err(libc::EEXIST));
+            }
+            if op == libc::EPOLL_CTL_MOD {
+                match regs.get_mut(&fd) {
+                    Some(r) => {
+                        r.events = events;
+                        r.data = data;
+                        r.disabled = false;
+                        r.last_activity = None;
+                        if let Form::Pending { .. } = r.form {
+                            let form = r.form;
+                            if let Err(e) = register(epfd, fd, form, events) {
+                                return Detour::Ours(Err(e));
+                            }
+                        }
+                        return Detour::Ours(Ok(0));
+                    }
+                    None => return Detour::Bypass, // registered with the kernel before we tracked it
+                }
+            }
+            let Some(form) = form_of(&sock) else { return Detour::Bypass };
+            if let Err(e) = register(epfd, fd, form, events) {
+                return Detour::Ours(Err(e));
+            }
+            regs.insert(fd, Reg { sock, events, data, last_activity: None, disabled: false, form });
+            IN_USE.store(true, Relaxed);
+            Detour::Ours(Ok(0))
+        }
+        libc::EPOLL_CTL_DEL => match regs.remove(&fd) {
+            Some(r) => {
+                unregister(epfd, fd, r.form);
+                Detour::Ours(Ok(0))
+            }
+            None => Detour::Bypass,
+        },
+        _ => Detour::Ours(Err(libc::EINVAL)),
+    }
+}
+
+/// An fd is being closed: it leaves every epoll set we track it in (the kernel drops its own
+/// registrations when the file goes away).
+pub fn forget_fd(fd: c_int) {
+    let Ok(all) = sets().lock() else { return };
+    for (epfd, set) in all.iter() {
+        if let Ok(mut regs) = set.lock() {
+            if let Some(r) = regs.remove(&fd) {
+                // The doorbell line belongs to the connection, which may outlive this fd (dup).
+                let vector = match r.form {
+                    Form::Ntb { vector } | Form::Pending { vector } => vector,
+                };
+                kernel_ctl(*epfd, libc::EPOLL_CTL_DEL, vector, 0, 0);
+            }
+        }
+    }
+}
+
+/// An epoll fd is being closed.
+pub fn forget_set(epfd: c_int) {
+    if let Ok(mut all) = sets().lock() {
+        all.remove(&epfd);
+    }
+}
+
+fn to_epoll(r: transport::Readiness, interest: u32) -> u32 {
+    let mut out = 0u32;
+    if r.readable {
+        out |= interest & (libc::EPOLLIN | libc::EPOLLRDNORM) as u32;
+    }
+    if r.writable {
+        out |= interest & WRITE;
+    }
+    if r.rdhup {
+        out |= interest & libc::EPOLLRDHUP as u32;
+    }
+    if r.hup {
+        out |= libc::EPOLLHUP as u32;
+    }
+    if r.error {
+        out |= libc::EPOLLERR as u32;
+    }
+    out
+}
+
+/// Move pending registrations whose offer has settled to their final form.
+fn settle(epfd: c_int, regs: &mut HashMap<c_int, Reg>) {
+    let mut to_kernel = Vec::new();
+    for (fd, r) in regs.iter_mut() {
+        let Form::Pending { .. } = r.form else { continue };
+        // A non-blocking look: the answer may be there now.
+        let _ = ops::data_path(*fd, true);
+        let now = form_of(&r.sock);
+        if now == Some(r.form) {
+            continue;
+        }
+        unregister(epfd, *fd, r.form);
+        match now.map(|f| (f, register(epfd, *fd, f, r.events))) {
+            Some((f, Ok(()))) => r.form = f,
+            _ => to_kernel.push(*fd),
+        }
+    }
+    for fd in to_kernel {
+        // Settled on TCP: from now on the kernel socket, with the application's own events.
+        if let Some(r) = regs.remove(&fd) {
+            kernel_ctl(epfd, libc::EPOLL_CTL_ADD, fd, r.events, r.data);
+        }
+    }
+}
+
+/// Our registrations that are ready now, as (events, data); edge and one-shot state updated.
+fn harvest(regs: &mut HashMap<c_int, Reg>, out: &mut Vec<libc::epoll_event>, max: usize) {
+    for r in regs.values_mut() {
+        if out.len() >= max {
+            break;
+        }
+        if r.disabled {
+            continue;
+        }
+        let Some(c) = r.sock.conn.get() else { continue };
+        let ev = to_epoll(c.readiness(), r.events);
+        if ev == 0 {
+            continue;
+        }
+        if r.events & libc::EPOLLET as u32 != 0 {
+            let a = c.activity();
+            if r.last_activity == Some(a) {
+                continue;
+            }
+            r.last_activity = Some(a);
+        }
+        if r.events & libc::EPOLLONESHOT as u32 != 0 {
+            r.disabled = true;
+        }
+        out.push(libc::epoll_event { events: ev, u64: r.data });
+    }
+}
+
+fn arm(regs: &HashMap<c_int, Reg>) -> Vec<(Arc<Connection>, bool, bool)> {
+    let mut armed = Vec::new();
+    for r in regs.values() {
+        if r.disabled {
+            continue;
+        }
+        if let Some(c) = r.sock.conn.get() {
+            let (rd, wr) = (r.events & READ != 0, r.events & WRITE != 0);
+            c.arm(rd, wr);
+            armed.push((c.clone(), rd, wr));
+        }
+    }
+    armed
+}
+
+/// `epoll_wait`/`epoll_pwait`/`epoll_pwait2` on a set with NTB registrations. `real_wait`
+/// calls the kernel with a timeout (None = forever).
+pub fn wait(
+    epfd: c_int,
+    events: &mut [libc::epoll_event],
+    timeout: Option<Duration>,
+    real_wait: &dyn Fn(&mut [libc::epoll_event], Option<Duration>) -> c_int,
+) -> Detour<c_int> {
+    let Some(set) = set_of(epfd) else { return Detour::Bypass };
+    if events.is_empty() {
+        return Detour::Ours(Err(libc::EINVAL));
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let spin = global::get().transport().map(|t| t.settings().spin).unwrap_or_default();
+    let t0 = Instant::now();
+    let max = events.len();
+    let mut kbuf = vec![libc::epoll_event { events: 0, u64: 0 }; max];
+    loop {
+        let mut out: Vec<libc::epoll_event> = Vec::with_capacity(max);
+        let armed;
+        {
+            let Ok(mut regs) = set.lock() else { return Detour::Ours(Err(libc::EIO)) };
+            if regs.is_empty() {
+                drop(regs);
+                return Detour::Bypass;
+            }
+            settle(epfd, &mut regs);
+            harvest(&mut regs, &mut out, max);
+            armed = if out.is_empty() && t0.elapsed() >= spin { arm(&regs) } else { Vec::new() };
+            if !armed.is_empty() {
+                // Armed: re-check once, so a peer that moved before it saw our flag is not missed.
+                harvest(&mut regs, &mut out, max);
+            }
+        }
+        let ready_now = !out.is_empty();
+        let expired = deadline.is_some_and(|d| Instant::now() >= d);
+        let spinning = !ready_now && armed.is_empty() && !expired;
+        // The kernel's part: at once if we have something (or are still spinning), else block.
+        let wait_for = if ready_now || spinning || expired {
+            Some(Duration::ZERO)
+        } else {
+            deadline.map(|d| d.saturating_duration_since(Instant::now()))
+        };
+        let room = max - out.len();
+        let n = if room > 0 { real_wait(&mut kbuf[..room], wait_for) } else { 0 };
+        let err = sys::errno();
+        for (c, r, w) in &armed {
+            c.disarm(*r, *w);
+        }
+        if n < 0 {
+            if err == libc::EINTR && out.is_empty() {
+                return Detour::Ours(Err(libc::EINTR));
+            }
+        } else {
+            let mut poked = false;
+            for ev in &kbuf[..n as usize] {
+                let data = ev.u64;
+                if data & TAG_MASK == TAG {
+                    poked = true; // one of ours moved: re-evaluated below
+                } else {
+                    out.push(*ev);
+                }
+            }
+            if poked && out.len() < max {
+                if let Ok(mut regs) = set.lock() {
+                    settle(epfd, &mut regs);
+                    harvest(&mut regs, &mut out, max);
+                }
+            }
+        }
+        if !out.is_empty() || expired {
+            let k = out.len().min(max);
+            events[..k].copy_from_slice(&out[..k]);
+            return Detour::Ours(Ok(k as c_int));
+        }
+        if spinning {
+            std::hint::spin_loop();
+        }
+    }
+}
