@@ -71,7 +71,13 @@ fn set_of(epfd: c_int) -> Option<Arc<Set>> {
 
 /// Does any epoll set track an fd? (The fast check of `epoll_wait`.)
 pub fn tracks(epfd: c_int) -> bool {
-    sets().lock().map(|s| s.get(&epfd).is_some_and(|set| set.lock().map(|r| !r.is_empty()).unwrap_or(false))).unwrap_or(false)
+    sets()
+        .lock()
+        .map(|s| {
+            s.get(&epfd)
+                .is_some_and(|set| set.lock().map(|r| !r.is_empty()).unwrap_or(false))
+        })
+        .unwrap_or(false)
 }
 
 fn kernel_ctl(epfd: c_int, op: c_int, fd: c_int, events: u32, data: u64) -> c_int {
@@ -84,7 +90,10 @@ fn register(epfd: c_int, fd: c_int, form: Form, app_events: u32) -> Result<(), c
     let excl = app_events & libc::EPOLLEXCLUSIVE as u32;
     let (sock_events, vector) = match form {
         Form::Ntb { vector } => ((libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | excl, vector),
-        Form::Pending { vector } => (app_events & !(libc::EPOLLET | libc::EPOLLONESHOT) as u32, vector),
+        Form::Pending { vector } => (
+            app_events & !(libc::EPOLLET | libc::EPOLLONESHOT) as u32,
+            vector,
+        ),
     };
     match kernel_ctl(epfd, libc::EPOLL_CTL_ADD, fd, sock_events, tag) {
         0 => {}
@@ -96,7 +105,13 @@ fn register(epfd: c_int, fd: c_int, form: Form, app_events: u32) -> Result<(), c
         }
         e => return Err(e),
     }
-    match kernel_ctl(epfd, libc::EPOLL_CTL_ADD, vector, libc::EPOLLIN as u32 | excl, tag) {
+    match kernel_ctl(
+        epfd,
+        libc::EPOLL_CTL_ADD,
+        vector,
+        libc::EPOLLIN as u32 | excl,
+        tag,
+    ) {
         0 | libc::EEXIST => Ok(()),
         e => {
             kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
@@ -117,12 +132,16 @@ fn unregister(epfd: c_int, fd: c_int, form: Form) {
 /// offer); `None` leaves it to the kernel.
 fn form_of(sock: &Sock) -> Option<Form> {
     if let Some(c) = sock.conn.get() {
-        return Some(Form::Ntb { vector: c.vector_fd() });
+        return Some(Form::Ntb {
+            vector: c.vector_fd(),
+        });
     }
     let st = sock.state.lock().ok()?;
     if let State::Offered(Some(p)) = &*st {
         let t = global::get().transport().ok()?;
-        return Some(Form::Pending { vector: t.pending_fd(p) });
+        return Some(Form::Pending {
+            vector: t.pending_fd(p),
+        });
     }
     None
 }
@@ -133,13 +152,19 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
         return Detour::Bypass;
     };
     let set = {
-        let Ok(mut all) = sets().lock() else { return Detour::Ours(Err(libc::EIO)) };
+        let Ok(mut all) = sets().lock() else {
+            return Detour::Ours(Err(libc::EIO));
+        };
         all.entry(epfd).or_default().clone()
     };
-    let Ok(mut regs) = set.lock() else { return Detour::Ours(Err(libc::EIO)) };
+    let Ok(mut regs) = set.lock() else {
+        return Detour::Ours(Err(libc::EIO));
+    };
     match op {
         libc::EPOLL_CTL_ADD | libc::EPOLL_CTL_MOD => {
-            let Some(ev) = event else { return Detour::Ours(Err(libc::EFAULT)) };
+            let Some(ev) = event else {
+                return Detour::Ours(Err(libc::EFAULT));
+            };
             let (events, data) = (ev.events, ev.u64);
             if op == libc::EPOLL_CTL_ADD && regs.contains_key(&fd) {
                 return Detour::Ours(Err(libc::EEXIST));
@@ -162,11 +187,23 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                     None => return Detour::Bypass, // registered with the kernel before we tracked it
                 }
             }
-            let Some(form) = form_of(&sock) else { return Detour::Bypass };
+            let Some(form) = form_of(&sock) else {
+                return Detour::Bypass;
+            };
             if let Err(e) = register(epfd, fd, form, events) {
                 return Detour::Ours(Err(e));
             }
-            regs.insert(fd, Reg { sock, events, data, last_activity: None, disabled: false, form });
+            regs.insert(
+                fd,
+                Reg {
+                    sock,
+                    events,
+                    data,
+                    last_activity: None,
+                    disabled: false,
+                    form,
+                },
+            );
             IN_USE.store(true, Relaxed);
             Detour::Ours(Ok(0))
         }
@@ -229,7 +266,9 @@ fn to_epoll(r: transport::Readiness, interest: u32) -> u32 {
 fn settle(epfd: c_int, regs: &mut HashMap<c_int, Reg>) {
     let mut to_kernel = Vec::new();
     for (fd, r) in regs.iter_mut() {
-        let Form::Pending { .. } = r.form else { continue };
+        let Form::Pending { .. } = r.form else {
+            continue;
+        };
         // A non-blocking look: the answer may be there now.
         let _ = ops::data_path(*fd, true);
         let now = form_of(&r.sock);
@@ -274,7 +313,10 @@ fn harvest(regs: &mut HashMap<c_int, Reg>, out: &mut Vec<libc::epoll_event>, max
         if r.events & libc::EPOLLONESHOT as u32 != 0 {
             r.disabled = true;
         }
-        out.push(libc::epoll_event { events: ev, u64: r.data });
+        out.push(libc::epoll_event {
+            events: ev,
+            u64: r.data,
+        });
     }
 }
 
@@ -301,12 +343,17 @@ pub fn wait(
     timeout: Option<Duration>,
     real_wait: &dyn Fn(&mut [libc::epoll_event], Option<Duration>) -> c_int,
 ) -> Detour<c_int> {
-    let Some(set) = set_of(epfd) else { return Detour::Bypass };
+    let Some(set) = set_of(epfd) else {
+        return Detour::Bypass;
+    };
     if events.is_empty() {
         return Detour::Ours(Err(libc::EINVAL));
     }
     let deadline = timeout.map(|t| Instant::now() + t);
-    let spin = global::get().transport().map(|t| t.settings().spin).unwrap_or_default();
+    let spin = global::get()
+        .transport()
+        .map(|t| t.settings().spin)
+        .unwrap_or_default();
     let t0 = Instant::now();
     let max = events.len();
     let mut kbuf = vec![libc::epoll_event { events: 0, u64: 0 }; max];
@@ -314,14 +361,20 @@ pub fn wait(
         let mut out: Vec<libc::epoll_event> = Vec::with_capacity(max);
         let armed;
         {
-            let Ok(mut regs) = set.lock() else { return Detour::Ours(Err(libc::EIO)) };
+            let Ok(mut regs) = set.lock() else {
+                return Detour::Ours(Err(libc::EIO));
+            };
             if regs.is_empty() {
                 drop(regs);
                 return Detour::Bypass;
             }
             settle(epfd, &mut regs);
             harvest(&mut regs, &mut out, max);
-            armed = if out.is_empty() && t0.elapsed() >= spin { arm(&regs) } else { Vec::new() };
+            armed = if out.is_empty() && t0.elapsed() >= spin {
+                arm(&regs)
+            } else {
+                Vec::new()
+            };
             if !armed.is_empty() {
                 // Armed: re-check once, so a peer that moved before it saw our flag is not missed.
                 harvest(&mut regs, &mut out, max);
@@ -337,7 +390,11 @@ pub fn wait(
             deadline.map(|d| d.saturating_duration_since(Instant::now()))
         };
         let room = max - out.len();
-        let n = if room > 0 { real_wait(&mut kbuf[..room], wait_for) } else { 0 };
+        let n = if room > 0 {
+            real_wait(&mut kbuf[..room], wait_for)
+        } else {
+            0
+        };
         let err = sys::errno();
         for (c, r, w) in &armed {
             c.disarm(*r, *w);

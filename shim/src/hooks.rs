@@ -905,7 +905,12 @@ pub unsafe extern "C" fn pselect(
 // ---- epoll ---------------------------------------------------------------------------------
 
 #[no_mangle]
-pub unsafe extern "C" fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int {
+pub unsafe extern "C" fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    event: *mut libc::epoll_event,
+) -> c_int {
     if !table::contains(fd) {
         return call_real!(epoll_ctl(epfd, op, fd, event));
     }
@@ -920,16 +925,36 @@ pub unsafe extern "C" fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mu
     }
 }
 
-fn epoll_wait_with(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: Option<Duration>, mask: *const libc::sigset_t) -> Option<c_int> {
-    if events.is_null() || max <= 0 || !crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed) || !crate::epoll::tracks(epfd) {
+fn epoll_wait_with(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    max: c_int,
+    timeout: Option<Duration>,
+    mask: *const libc::sigset_t,
+) -> Option<c_int> {
+    if events.is_null()
+        || max <= 0
+        || !crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed)
+        || !crate::epoll::tracks(epfd)
+    {
         return None;
     }
     // SAFETY: the application's array of `max` events.
     let out = unsafe { std::slice::from_raw_parts_mut(events, max as usize) };
     let real = |buf: &mut [libc::epoll_event], t: Option<Duration>| -> c_int {
         let ms = t.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as c_int);
-        let ms = if t.is_some_and(|t| !t.is_zero() && t.as_millis() == 0) { 1 } else { ms };
-        call_real!(epoll_pwait(epfd, buf.as_mut_ptr(), buf.len() as c_int, ms, mask))
+        let ms = if t.is_some_and(|t| !t.is_zero() && t.as_millis() == 0) {
+            1
+        } else {
+            ms
+        };
+        call_real!(epoll_pwait(
+            epfd,
+            buf.as_mut_ptr(),
+            buf.len() as c_int,
+            ms,
+            mask
+        ))
     };
     match guard(|| match crate::epoll::wait(epfd, out, timeout, &real) {
         Detour::Bypass => Err(i32::MIN),
@@ -941,7 +966,12 @@ fn epoll_wait_with(epfd: c_int, events: *mut libc::epoll_event, max: c_int, time
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn epoll_wait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int {
+pub unsafe extern "C" fn epoll_wait(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+) -> c_int {
     match epoll_wait_with(epfd, events, max, ms(timeout), std::ptr::null()) {
         Some(r) => r,
         None => call_real!(epoll_wait(epfd, events, max, timeout)),
@@ -949,7 +979,13 @@ pub unsafe extern "C" fn epoll_wait(epfd: c_int, events: *mut libc::epoll_event,
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn epoll_pwait(epfd: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int {
+pub unsafe extern "C" fn epoll_pwait(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const libc::sigset_t,
+) -> c_int {
     match epoll_wait_with(epfd, events, max, ms(timeout), mask) {
         Some(r) => r,
         None => call_real!(epoll_pwait(epfd, events, max, timeout, mask)),
@@ -957,9 +993,20 @@ pub unsafe extern "C" fn epoll_pwait(epfd: c_int, events: *mut libc::epoll_event
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn epoll_pwait2(epfd: c_int, events: *mut libc::epoll_event, max: c_int, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int {
+pub unsafe extern "C" fn epoll_pwait2(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    max: c_int,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+) -> c_int {
     // SAFETY: `ts` is null or the application's timespec.
-    let t = unsafe { ts.as_ref() }.map(|t| Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32));
+    let t = unsafe { ts.as_ref() }.map(|t| {
+        Duration::new(
+            t.tv_sec.max(0) as u64,
+            t.tv_nsec.clamp(0, 999_999_999) as u32,
+        )
+    });
     match epoll_wait_with(epfd, events, max, t, mask) {
         Some(r) => r,
         None => call_real!(epoll_pwait2(epfd, events, max, ts, mask)),
@@ -972,6 +1019,30 @@ extern "C" fn at_exit() {
     let _ = std::panic::catch_unwind(|| global::get().write_stats());
 }
 
+/// Before fork: the child will share every NTB connection (postgres, nginx, socat hand a
+/// connection to a child and close their own copy at once).
+extern "C" fn atfork_prepare() {
+    let _ = std::panic::catch_unwind(|| {
+        for (_, sock) in table::snapshot() {
+            if let Some(c) = sock.conn.get() {
+                c.add_holder();
+            }
+        }
+    });
+}
+
+/// In the child after fork: record it as a holder of what it inherited.
+extern "C" fn atfork_child() {
+    let _ = std::panic::catch_unwind(|| {
+        let pid = std::process::id();
+        for (_, sock) in table::snapshot() {
+            if let Some(c) = sock.conn.get() {
+                c.adopt(pid);
+            }
+        }
+    });
+}
+
 extern "C" fn init() {
     real::resolve_all();
     std::panic::set_hook(Box::new(|info| {
@@ -980,6 +1051,8 @@ extern "C" fn init() {
             format!("internal error (the call fails with EIO): {info}")
         });
     }));
+    // SAFETY: registering plain extern "C" fns with no arguments as fork handlers.
+    unsafe { libc::pthread_atfork(Some(atfork_prepare), None, Some(atfork_child)) };
     let g = global::get();
     if g.stats_file.is_some() {
         // SAFETY: registering a plain extern "C" fn with no arguments.

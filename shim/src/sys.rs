@@ -222,7 +222,15 @@ pub fn send_all(fd: c_int, mut buf: &[u8]) -> Result<(), c_int> {
 pub fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, events: u32, data: u64) -> c_int {
     let mut ev = libc::epoll_event { events, u64: data };
     // SAFETY: a live epoll_event on the stack.
-    let r = unsafe { libc::syscall(libc::SYS_epoll_ctl, epfd, op, fd, &mut ev as *mut libc::epoll_event) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_epoll_ctl,
+            epfd,
+            op,
+            fd,
+            &mut ev as *mut libc::epoll_event,
+        )
+    };
     if r < 0 {
         errno()
     } else {

@@ -347,6 +347,8 @@ impl Connection {
         };
         let rx_ring = Ring::new(half.loc.len - ENDPOINT_HDR).expect("our own ring size is valid");
         let settings = shared.settings.clone();
+        word32(&half.mine, L_HOLDERS).store(1, SeqCst);
+        word32(&half.mine, L_HOLDER_PIDS).store(std::process::id(), SeqCst);
         Ok(Connection {
             shared,
             dev,
@@ -1034,7 +1036,8 @@ impl Connection {
     pub fn activity(&self) -> u64 {
         let tail = word64(&self.mine, RX_TAIL).load(Acquire);
         let head = word64(&self.mine, CR_HEAD).load(Acquire);
-        let flags = word32(&self.mine, RX_FLAGS).load(Acquire) as u64 | (word32(&self.mine, CR_CLOSED).load(Acquire) as u64) << 8;
+        let flags = word32(&self.mine, RX_FLAGS).load(Acquire) as u64
+            | (word32(&self.mine, CR_CLOSED).load(Acquire) as u64) << 8;
         tail.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ head.rotate_left(29) ^ flags.rotate_left(58)
     }
 
@@ -1101,6 +1104,60 @@ impl Connection {
             .retire(self.mine.clone(), self.my_lease, self.my_bell, peer_done);
     }
 
+    /// A fork is about to happen: the child will hold this connection too. Called before the
+    /// fork (so a parent that closes its copy at once does not close the connection under the
+    /// child), then [`Connection::adopt`] in the child records the child's pid.
+    pub fn add_holder(&self) {
+        word32(&self.mine, L_HOLDERS).fetch_add(1, SeqCst);
+    }
+
+    /// In a child after fork: record this process as a holder.
+    pub fn adopt(&self, pid: u32) {
+        for i in 0..MAX_HOLDERS {
+            if word32(&self.mine, L_HOLDER_PIDS + 4 * i)
+                .compare_exchange(0, pid, SeqCst, SeqCst)
+                .is_ok()
+            {
+                break;
+            }
+        }
+    }
+
+    /// This process lets go of the connection. Returns true if it was the last holder (the
+    /// caller then closes it); otherwise the leases move to a remaining live holder, so the
+    /// connection outlives this process.
+    pub(crate) fn release_holder(&self) -> bool {
+        let me = std::process::id();
+        for i in 0..MAX_HOLDERS {
+            let _ =
+                word32(&self.mine, L_HOLDER_PIDS + 4 * i).compare_exchange(me, 0, SeqCst, SeqCst);
+        }
+        let before = word32(&self.mine, L_HOLDERS).fetch_sub(1, SeqCst);
+        if before <= 1 {
+            word32(&self.mine, L_HOLDERS).store(0, SeqCst);
+            return true;
+        }
+        // Another process holds it: hand it our leases. A child that was just forked records
+        // its pid right after the fork; give it a moment to appear.
+        let t0 = Instant::now();
+        loop {
+            let heir = (0..MAX_HOLDERS)
+                .map(|i| word32(&self.mine, L_HOLDER_PIDS + 4 * i).load(SeqCst))
+                .find(|&p| p != 0 && p != me && ntbdrv::process::start_time(p).is_some());
+            if let Some(pid) = heir {
+                let _ = self.dev.transfer(Lease::Window(self.my_lease), pid);
+                let _ = self.dev.transfer(Lease::Doorbell(self.my_bell), pid);
+                return false;
+            }
+            if t0.elapsed() > Duration::from_millis(50) {
+                // The count says someone holds it, but we cannot name them: keep the leases
+                // (they return to the host when this process exits) and leave it open.
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// The peer's ring location.
     pub fn peer_ring(&self) -> RingLoc {
         self.their_loc
@@ -1113,6 +1170,11 @@ pub(crate) fn peer_finished(block: &Region) -> bool {
 }
 
 const L_STATE: usize = 0xA0;
+/// Processes holding this endpoint (a forked child shares its parent's connections).
+const L_HOLDERS: usize = 0xA4;
+/// Their pids, up to `MAX_HOLDERS` (for handing the leases on when one leaves).
+const L_HOLDER_PIDS: usize = 0xB0;
+const MAX_HOLDERS: usize = 4;
 const ST_SHUT_RD: u32 = 1;
 const ST_SHUT_WR: u32 = 2;
 const ST_CLOSED: u32 = 4;

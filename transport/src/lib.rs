@@ -164,6 +164,8 @@ pub(crate) struct Shared {
     pub counters: ProcessCounters,
     dma: OnceLock<Option<Mutex<Box<dyn DmaChannel>>>>,
     zombies: Mutex<Vec<Zombie>>,
+    /// The process that opened the transport (a forked child shares this state).
+    pid: u32,
 }
 
 /// How long a closed endpoint's ring stays out of use when the peer has not confirmed it
@@ -172,6 +174,10 @@ const QUARANTINE: Duration = Duration::from_secs(1);
 
 impl Shared {
     pub(crate) fn dma(&self) -> Option<&Mutex<Box<dyn DmaChannel>>> {
+        // A forked child inherits the channel object but not its engine thread: it copies by CPU.
+        if self.pid != std::process::id() {
+            return None;
+        }
         self.dma
             .get_or_init(|| self.dev.dma_channel().ok().map(Mutex::new))
             .as_ref()
@@ -291,6 +297,7 @@ impl Transport {
             counters: ProcessCounters::default(),
             dma: OnceLock::new(),
             zombies: Mutex::new(Vec::new()),
+            pid: std::process::id(),
         });
         Ok(Transport {
             shared,
@@ -543,6 +550,8 @@ impl Transport {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.close();
+        if self.release_holder() {
+            self.close();
+        }
     }
 }

@@ -1,0 +1,78 @@
+/* fork_then_send: as postgres and socat fork per connection. The parent accepts and forks; the child sends 1 MiB
+ * over the inherited fd and exits; the parent closes its copy right after the fork. The client (a separate
+ * process, forked before any socket exists) reads all 1 MiB (checksum) and then EOF. */
+#include "common.h"
+
+#define BYTES (1u << 20)
+
+static int run_client(int ready_fd) {
+    child_setup();
+    PHASE("client: wait for the listener");
+    char c;
+    if (read(ready_fd, &c, 1) != 1) fail("client: ready pipe");
+    int fd = connect_to(port_arg);
+    PHASE("client: read 1 MiB then EOF");
+    static unsigned char buf[65536];
+    uint64_t got = 0, h = FNV_INIT;
+    for (;;) {
+        if (!(wait_fd(fd, POLLIN, 5000) & (POLLIN | POLLHUP)))
+            fail("client: nothing within 5 s after %llu of %u bytes", (unsigned long long)got, BYTES);
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) fail("client: read after %llu bytes: %s", (unsigned long long)got, strerror(errno));
+        if (n == 0) break;
+        h = fnv1a(h, buf, (size_t)n);
+        got += (uint64_t)n;
+    }
+    if (got != BYTES) fail("client: EOF after %llu of %u bytes", (unsigned long long)got, BYTES);
+    uint64_t want = FNV_INIT;
+    for (uint64_t off = 0; off < BYTES; off += sizeof buf) {
+        fill_stream(buf, sizeof buf, 11, off);
+        want = fnv1a(want, buf, sizeof buf);
+    }
+    if (h != want) fail("client: checksum %016llx, expected %016llx", (unsigned long long)h, (unsigned long long)want);
+    close(fd);
+    printf("client ok %u bytes\n", BYTES);
+    exit(0);
+}
+
+int main(int argc, char **argv) {
+    setup("fork_then_send", argc, argv, 25);
+    int ready[2];
+    if (pipe(ready) < 0) FAIL_ERRNO("pipe");
+    fflush(stdout);
+    pid_t client = fork();
+    if (client < 0) FAIL_ERRNO("fork client");
+    if (client == 0) {
+        close(ready[1]);
+        return run_client(ready[0]);
+    }
+    close(ready[0]);
+    int lfd = listen_on(port_arg);
+    if (write(ready[1], "r", 1) != 1) FAIL_ERRNO("ready pipe");
+    PHASE("accept, fork the sender");
+    int s = accept_one(lfd);
+    fflush(stdout);
+    pid_t sender = fork();
+    if (sender < 0) FAIL_ERRNO("fork sender");
+    if (sender == 0) {
+        child_setup();
+        close(lfd);
+        PHASE("child: send 1 MiB over the inherited fd");
+        static unsigned char buf[65536];
+        for (uint64_t off = 0; off < BYTES; off += sizeof buf) {
+            fill_stream(buf, sizeof buf, 11, off);
+            write_all(s, buf, sizeof buf, "child write on the inherited fd");
+        }
+        close(s);
+        exit(0);
+    }
+    close(s); /* right after the fork: the child's copy keeps the connection */
+    PHASE("parent: wait for the sender child and the client");
+    wait_child(sender, 15000, "sender child");
+    wait_child(client, 15000, "client");
+    PHASE("close and exit");
+    close(lfd);
+    printf("ok\n");
+    return 0;
+}
