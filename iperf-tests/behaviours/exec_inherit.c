@@ -29,7 +29,9 @@ static int child_image(int fd) {
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "child") == 0) {
         prog_name = "exec_inherit (exec'd image)";
+        setvbuf(stdout, NULL, _IOLBF, 0);
         signal(SIGALRM, on_alarm);
+        signal(SIGPIPE, on_unexpected_sigpipe);
         alarm(20);
         return child_image(atoi(argv[2]));
     }

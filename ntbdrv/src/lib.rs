@@ -213,6 +213,9 @@ pub trait NtbDevice: Send + Sync {
     /// Hand a lease to another live process of this host (e.g. a forked child that keeps a
     /// connection its parent closes).
     fn transfer(&self, lease: Lease, pid: u32) -> Result<(), LeaseError>;
+    /// This host's window leases with `tag` (held by any process), e.g. to find the endpoint
+    /// blocks a process held before it exec'd a new image.
+    fn window_leases(&self, tag: u32) -> Vec<WindowLease>;
     /// Free every lease whose process is gone; returns how many were freed.
     fn reclaim(&self) -> usize;
 }

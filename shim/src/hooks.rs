@@ -564,6 +564,61 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     call_real!(close(fd))
 }
 
+/// Forget every tracked fd in `first..=last` before the kernel closes them.
+fn forget_range(first: libc::c_uint, last: libc::c_uint) {
+    if !table::any() && !crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let hi = (last as usize).min(table::MAX_FD - 1);
+    for fd in first as usize..=hi {
+        if table::contains(fd as c_int) {
+            let _ = guard(|| {
+                ops::before_close(fd as c_int);
+                Ok(())
+            });
+        }
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn close_range(
+    first: libc::c_uint,
+    last: libc::c_uint,
+    flags: c_int,
+) -> c_int {
+    // CLOSE_RANGE_CLOEXEC only marks the fds; they stay open in this image.
+    if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
+        forget_range(first, last);
+    }
+    match real::close_range() {
+        // SAFETY: forwarding the application's own arguments.
+        Some(f) => unsafe { f(first, last, flags) },
+        None => {
+            // SAFETY: no memory arguments.
+            unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) as c_int }
+        }
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn closefrom(first: c_int) {
+    forget_range(first.max(0) as libc::c_uint, libc::c_uint::MAX);
+    if let Some(f) = real::closefrom() {
+        // SAFETY: forwarding the application's own argument.
+        unsafe { f(first) }
+    } else {
+        // SAFETY: no memory arguments.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first.max(0) as libc::c_uint,
+                libc::c_uint::MAX,
+                0,
+            )
+        };
+    }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
     if !table::contains(fd) {
@@ -1053,6 +1108,7 @@ extern "C" fn init() {
     }));
     // SAFETY: registering plain extern "C" fns with no arguments as fork handlers.
     unsafe { libc::pthread_atfork(Some(atfork_prepare), None, Some(atfork_child)) };
+    let _ = std::panic::catch_unwind(ops::reattach_inherited);
     let g = global::get();
     if g.stats_file.is_some() {
         // SAFETY: registering a plain extern "C" fn with no arguments.

@@ -758,3 +758,47 @@ fn revents(c: &Connection, events: i16) -> i16 {
     }
     out
 }
+
+/// At load: a process that exec'd a new image keeps the fds of the old one. Pick up the NTB
+/// connections it held on inherited sockets, so they go on over the bridge (socat's
+/// `EXEC:…,nofork`, a shell that runs a filter on its socket).
+pub fn reattach_inherited() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let g = global::get();
+    let mut candidates = Vec::new();
+    for e in dir.flatten() {
+        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<c_int>().ok()) else {
+            continue;
+        };
+        let is_socket =
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+        if !is_socket || !is_stream_inet(fd) {
+            continue;
+        }
+        let (Some(local), Some(peer)) = (sys::local_addr(fd), sys::peer_addr(fd)) else {
+            continue;
+        };
+        if g.config.may_flag_port(local.port()) || g.config.may_flag_port(peer.port()) {
+            candidates.push(fd);
+        }
+    }
+    if candidates.is_empty() {
+        return;
+    }
+    let Ok(t) = g.transport() else { return };
+    for fd in candidates {
+        let Some(c) = t.reattach(fd) else { continue };
+        let role = match c.role {
+            transport::Role::Client => Role::Client,
+            transport::Role::Server => Role::Server,
+        };
+        let sock = Sock::new(role, c.local, c.peer, sys::nonblocking(fd), State::Ntb);
+        let _ = sock.conn.set(Arc::new(c));
+        g.log(LogLevel::Info, || {
+            format!("fd {fd}: NTB connection taken over from before exec")
+        });
+        table::insert(fd, Arc::new(sock));
+    }
+}

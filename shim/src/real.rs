@@ -87,6 +87,8 @@ real_fns! {
     epoll_wait: fn(epfd: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int;
     epoll_pwait: fn(epfd: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int;
     epoll_pwait2: fn(epfd: c_int, ev: *mut libc::epoll_event, max: c_int, ts: *const libc::timespec, mask: *const libc::sigset_t) -> c_int;
+    close_range: fn(first: libc::c_uint, last: libc::c_uint, flags: c_int) -> c_int;
+    closefrom: fn(first: c_int) -> ();
     dup: fn(fd: c_int) -> c_int;
     dup2: fn(old: c_int, new: c_int) -> c_int;
     dup3: fn(old: c_int, new: c_int, flags: c_int) -> c_int;

@@ -349,6 +349,14 @@ impl Connection {
         let settings = shared.settings.clone();
         word32(&half.mine, L_HOLDERS).store(1, SeqCst);
         word32(&half.mine, L_HOLDER_PIDS).store(std::process::id(), SeqCst);
+        // What a new image needs to pick the connection up after exec (`Connection::reattach`).
+        word32(&half.mine, L_PEER_MW).store(their_loc.mw, Relaxed);
+        word32(&half.mine, L_PEER_BIT).store(their_loc.db_bit, Relaxed);
+        word64(&half.mine, L_PEER_OFF).store(their_loc.offset, Relaxed);
+        word64(&half.mine, L_PEER_LEN).store(their_loc.len, Relaxed);
+        word32(&half.mine, L_MY_BIT).store(half.bell.bit, Relaxed);
+        word32(&half.mine, L_MY_BELL_SLOT).store(half.bell.slot, Relaxed);
+        word64(&half.mine, L_SOCK_INODE).store(sys::inode(tcp_fd).unwrap_or(0), Release);
         Ok(Connection {
             shared,
             dev,
@@ -1158,6 +1166,80 @@ impl Connection {
         }
     }
 
+    /// After exec: rebuild the connection this process held on kernel socket `tcp_fd` before
+    /// it replaced its image, from the endpoint block in `lease` (found by the socket's inode).
+    pub(crate) fn reattach(
+        shared: Arc<Shared>,
+        lease: WindowLease,
+        tcp_fd: RawFd,
+    ) -> Option<Connection> {
+        let dev = shared.dev.clone();
+        let mine = dev
+            .inbound(lease.mw)
+            .ok()?
+            .slice(lease.offset as usize, lease.len as usize)
+            .ok()?;
+        if word32(&mine, INFO_BASE).load(Acquire) != INFO_MAGIC {
+            return None;
+        }
+        let inode = sys::inode(tcp_fd)?;
+        if inode == 0 || word64(&mine, L_SOCK_INODE).load(Acquire) != inode {
+            return None;
+        }
+        if word32(&mine, L_STATE).load(Acquire) & ST_CLOSED != 0 {
+            return None;
+        }
+        let me = std::process::id();
+        if !(0..MAX_HOLDERS).any(|i| word32(&mine, L_HOLDER_PIDS + 4 * i).load(SeqCst) == me) {
+            return None;
+        }
+        let their_loc = RingLoc {
+            mw: word32(&mine, L_PEER_MW).load(Relaxed),
+            db_bit: word32(&mine, L_PEER_BIT).load(Relaxed),
+            offset: word64(&mine, L_PEER_OFF).load(Relaxed),
+            len: word64(&mine, L_PEER_LEN).load(Relaxed),
+        };
+        let mw_size = dev.mw_align(0).ok()?.size_max;
+        let tx_ring = their_loc
+            .check(dev.mw_count(), mw_size, dev.db_valid_mask().count_ones())
+            .ok()?;
+        let rx_ring = Ring::new(lease.len.checked_sub(ENDPOINT_HDR)?)?;
+        let theirs = dev
+            .outbound(their_loc.mw)
+            .ok()?
+            .slice(their_loc.offset as usize, their_loc.len as usize)
+            .ok()?;
+        let bell = DoorbellLease {
+            bit: word32(&mine, L_MY_BIT).load(Relaxed),
+            slot: word32(&mine, L_MY_BELL_SLOT).load(Relaxed),
+        };
+        let vector = dev.db_vector_fd(bell.bit).ok()?;
+        let mut ib = [0u8; 48];
+        mine.read(INFO_BASE + 8, &mut ib).ok()?;
+        let info = Info::decode(&ib);
+        let settings = shared.settings.clone();
+        Some(Connection {
+            shared,
+            dev,
+            mine,
+            my_lease: lease,
+            my_bell: bell,
+            vector,
+            theirs,
+            their_loc,
+            rx_ring,
+            tx_ring,
+            tcp_fd,
+            local: info.local,
+            peer: info.peer,
+            role: info.role,
+            rx_lock: Mutex::new(()),
+            waiters: Waiters::default(),
+            tx_lock: Mutex::new(()),
+            settings,
+        })
+    }
+
     /// The peer's ring location.
     pub fn peer_ring(&self) -> RingLoc {
         self.their_loc
@@ -1169,6 +1251,14 @@ pub(crate) fn peer_finished(block: &Region) -> bool {
     word32(block, RX_FLAGS).load(Acquire) & FLAG_GONE != 0
 }
 
+// Where the peer's ring is and who we are: read back by `reattach` in an exec'd image.
+const L_PEER_MW: usize = 0xD0;
+const L_PEER_BIT: usize = 0xD4;
+const L_PEER_OFF: usize = 0xD8;
+const L_PEER_LEN: usize = 0xE0;
+const L_SOCK_INODE: usize = 0xE8;
+const L_MY_BIT: usize = 0xF0;
+const L_MY_BELL_SLOT: usize = 0xF4;
 const L_STATE: usize = 0xA0;
 /// Processes holding this endpoint (a forked child shares its parent's connections).
 const L_HOLDERS: usize = 0xA4;

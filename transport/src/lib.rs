@@ -507,6 +507,16 @@ impl Transport {
         }
     }
 
+    /// In a process that just exec'd a new image: pick up the NTB connection it held on
+    /// kernel socket `tcp_fd` before the exec, if any.
+    pub fn reattach(&self, tcp_fd: RawFd) -> Option<Connection> {
+        self.shared
+            .dev
+            .window_leases(ENDPOINT_TAG)
+            .into_iter()
+            .find_map(|l| Connection::reattach(self.shared.clone(), l, tcp_fd))
+    }
+
     fn finish(&self, p: Pending, a: proto::Answer, tcp_fd: RawFd) -> Outcome {
         let Pending {
             slot,

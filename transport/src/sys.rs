@@ -134,3 +134,12 @@ pub(crate) fn read_into_region(
         Ok(r as usize)
     }
 }
+
+/// The inode of the file `fd` refers to (a socket's identity across exec), if it has one.
+pub(crate) fn inode(fd: RawFd) -> Option<u64> {
+    // SAFETY: `stat` is plain old data; zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a live stat buffer.
+    let r = unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) };
+    (r == 0).then_some(st.st_ino)
+}

@@ -1200,6 +1200,20 @@ impl NtbDevice for EmuDevice {
     fn reclaim(&self) -> usize {
         self.table().reclaim()
     }
+
+    fn window_leases(&self, tag: u32) -> Vec<WindowLease> {
+        self.table()
+            .leases_with_slots()
+            .into_iter()
+            .filter(|(_, s)| s.kind == sys::NTBEMU_LEASE_WINDOW && s.tag == tag)
+            .map(|(slot, s)| WindowLease {
+                mw: s.index,
+                offset: s.offset,
+                len: s.len,
+                slot,
+            })
+            .collect()
+    }
 }
 
 impl EmuDevice {

@@ -337,6 +337,14 @@ impl<'a> HostTable<'a> {
         freed
     }
 
+    /// Every lease in the table with its slot number.
+    pub(crate) fn leases_with_slots(&self) -> Vec<(u32, Slot)> {
+        (0..self.n_slots())
+            .map(|i| (i as u32, self.read(i)))
+            .filter(|(_, s)| s.kind != sys::NTBEMU_LEASE_FREE)
+            .collect()
+    }
+
     /// Every lease in the table (for diagnostics and tests).
     pub(crate) fn leases(&self) -> Vec<Slot> {
         (0..self.n_slots())
