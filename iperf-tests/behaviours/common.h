@@ -100,7 +100,12 @@ static void setup(const char *name, int argc, char **argv, unsigned watchdog_s) 
     if (port_arg <= 0 || port_arg > 65535) fail("bad port %s", argv[1]);
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGALRM, on_alarm);
+#ifdef IGNORE_UNEXPECTED_SIGPIPE
+    /* Debugging aid (cc -DIGNORE_UNEXPECTED_SIGPIPE): see what fails after a stray SIGPIPE. */
+    signal(SIGPIPE, SIG_IGN);
+#else
     signal(SIGPIPE, on_unexpected_sigpipe);
+#endif
     alarm(watchdog_s);
 }
 

@@ -8,6 +8,7 @@
 //! payload crossed `lo`).
 #![deny(unsafe_code)]
 
+pub mod apps;
 pub mod fs;
 pub mod iperf2;
 pub mod iperf3;

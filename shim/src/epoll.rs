@@ -376,8 +376,16 @@ pub fn wait(
                 Vec::new()
             };
             if !armed.is_empty() {
-                // Armed: re-check once, so a peer that moved before it saw our flag is not missed.
-                harvest(&mut regs, &mut out, max);
+                // Armed: re-check for a moment, so a peer that published just before it could
+                // see our flag is not missed (see `transport::ARM_GRACE`).
+                let g0 = Instant::now();
+                loop {
+                    harvest(&mut regs, &mut out, max);
+                    if !out.is_empty() || g0.elapsed() >= transport::ARM_GRACE {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
             }
         }
         let ready_now = !out.is_empty();

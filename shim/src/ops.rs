@@ -720,6 +720,17 @@ pub fn poll(
                 None => set.push(libc::pollfd { revents: 0, ..*p }),
             }
         }
+        if !set.is_empty() && !armed.is_empty() {
+            // A peer may have published just as we armed (see `transport::ARM_GRACE`).
+            let g0 = Instant::now();
+            while g0.elapsed() < transport::ARM_GRACE {
+                if armed.iter().any(|(c, r, w)| c.ready_for(*r, *w)) {
+                    set.clear();
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
         if !set.is_empty() {
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let r = real_poll(&mut set, remaining);

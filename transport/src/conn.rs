@@ -40,6 +40,8 @@ const CR_CLOSED: usize = 0x4C;
 const L_RX_HEAD: usize = 0x80;
 const L_RX_OFF: usize = 0x88;
 const L_RX_SEQ: usize = 0x90;
+/// The consumer counter last written into the sender's CREDIT line.
+const L_RX_RETURNED: usize = 0x98;
 const L_TX_TAIL: usize = 0xC0;
 const L_TX_SEQ: usize = 0xC8;
 // Counters (ours): read by `pcisock stats` through the device.
@@ -143,6 +145,11 @@ pub struct Connection {
     pub role: Role,
     rx_lock: Mutex<()>,
     waiters: Waiters,
+    /// Consecutive empty non-blocking reads (to look at the TCP socket now and then).
+    empty_reads: AtomicU32,
+    /// The consumer counter the receiver last returned, as we last read it (under `tx_lock`):
+    /// the sender re-reads the peer's counter only when this leaves too little room.
+    tx_head_seen: AtomicU64,
     tx_lock: Mutex<()>,
     settings: Settings,
 }
@@ -311,9 +318,31 @@ struct Waiters {
 }
 
 /// Longest sleep on the doorbell line before re-checking (bounds the cost of a lost wake-up).
-const LEADER_NAP: Duration = Duration::from_millis(100);
+const LEADER_NAP: Duration = Duration::from_millis(20);
 /// Longest wait for the leader before re-checking.
 const FOLLOWER_NAP: Duration = Duration::from_millis(10);
+
+/// A timeout that starts counting when it is first needed (so calls that never wait never
+/// read the clock).
+struct Deadline {
+    timeout: Option<Duration>,
+    at: Option<Instant>,
+}
+
+impl Deadline {
+    fn new(timeout: Option<Duration>) -> Deadline {
+        Deadline { timeout, at: None }
+    }
+
+    fn at(&mut self) -> Option<Instant> {
+        let t = self.timeout?;
+        Some(*self.at.get_or_insert_with(|| Instant::now() + t))
+    }
+}
+
+/// After arming, how long a waiter keeps re-checking before it sleeps: longer than a store
+/// buffer takes to drain, so a publish whose flag check raced with our arming is still seen.
+pub const ARM_GRACE: Duration = Duration::from_micros(5);
 
 enum Wait {
     Ready,
@@ -374,13 +403,18 @@ impl Connection {
             role,
             rx_lock: Mutex::new(()),
             waiters: Waiters::default(),
+            empty_reads: AtomicU32::new(0),
+            tx_head_seen: AtomicU64::new(0),
             tx_lock: Mutex::new(()),
             settings,
         })
     }
 
     fn count(&self, c: Counter, n: u64) {
-        word64(&self.mine, C_BASE + 8 * c as usize).fetch_add(n, Relaxed);
+        // Statistics only: a plain add (no locked instruction on the hot path); a rare race
+        // between this process's send and receive paths may lose a count of the shared ones.
+        let w = word64(&self.mine, C_BASE + 8 * c as usize);
+        w.store(w.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
     /// A counter's value.
@@ -453,7 +487,7 @@ impl Connection {
         if want == 0 {
             return Ok(0);
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut deadline = Deadline::new(timeout);
         let _g = self.rx_lock.lock().map_err(|_| IoError::Protocol)?;
         let mut head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
         let mut off = word64(&self.mine, L_RX_OFF).load(Relaxed);
@@ -461,6 +495,7 @@ impl Connection {
         let (mut bi, mut bo) = (0usize, 0usize); // position in bufs
         let mut copied = 0usize;
         let mut credit = false;
+        let mut waited = false;
         let result = loop {
             // SYNC POINT (ring data): Acquire load of the peer's tail pairs with the Release
             // store in `publish` after the frame bytes; the bytes up to `tail` are visible.
@@ -530,7 +565,11 @@ impl Connection {
                 }
                 break Ok(copied);
             }
-            if let Some(e) = self.tcp_gone() {
+            // Has the peer died? (Its kernel closed the TCP socket.) A system call: asked after
+            // a wait, and on every 64th empty non-blocking read, not on the hot path.
+            let look =
+                waited || (flags.nonblock && self.empty_reads.fetch_add(1, Relaxed) % 64 == 63);
+            if let Some(e) = look.then(|| self.tcp_gone()).flatten() {
                 if word64(&self.mine, RX_TAIL).load(Acquire) > head {
                     continue;
                 }
@@ -545,10 +584,11 @@ impl Connection {
             }
             if !flags.peek && credit {
                 // Return credits before sleeping, so a sender blocked on a full ring can go on.
-                self.return_credits(head, off, seq);
+                self.return_credits(head, off, seq, true);
                 credit = false;
             }
-            match self.wait(true, deadline) {
+            waited = true;
+            match self.wait(true, deadline.at()) {
                 Wait::Ready => {}
                 Wait::TimedOut => {
                     break if copied > 0 {
@@ -568,23 +608,45 @@ impl Connection {
         };
         if !flags.peek {
             if credit || off != word64(&self.mine, L_RX_OFF).load(Relaxed) {
-                self.return_credits(head, off, seq);
+                self.return_credits(head, off, seq, false);
             }
             self.count(Counter::RxBytes, copied as u64);
         }
         result
     }
 
-    fn return_credits(&self, head: u64, off: u64, seq: u64) {
+    /// Record what we consumed, and return the credits to the sender when enough have
+    /// gathered (a quarter of the ring), when the sender waits for them, or when `force`d
+    /// (before we sleep or arm, so a sender is never left waiting on credits we hold).
+    fn return_credits(&self, head: u64, off: u64, seq: u64, force: bool) {
         word64(&self.mine, L_RX_HEAD).store(head, Relaxed);
         word64(&self.mine, L_RX_OFF).store(off, Relaxed);
         word64(&self.mine, L_RX_SEQ).store(seq, Relaxed);
+        self.flush_credits(force);
+    }
+
+    fn flush_credits(&self, force: bool) {
+        let head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
+        let returned = word64(&self.mine, L_RX_RETURNED).load(Relaxed);
+        if head == returned {
+            return;
+        }
+        if !force && head - returned < self.rx_ring.cap() / 4 {
+            fence(SeqCst);
+            // SYNC POINT (credit wake-up): a sender waiting for credits gets them at once.
+            if word32(&self.mine, RX_TX_WAITING).load(SeqCst) == 0 {
+                return;
+            }
+        }
+        word64(&self.mine, L_RX_RETURNED).store(head, Relaxed);
         // SYNC POINT (credits): Release store of our consumer counter into the sender's memory
         // pairs with its Acquire load in `send`; the space before `head` is free for reuse.
         word64(&self.theirs, CR_HEAD).store(head, Release);
         fence(SeqCst);
-        // SYNC POINT (credit wake-up): pairs with the sender's SeqCst store of TX_WAITING.
-        if word32(&self.mine, RX_TX_WAITING).load(SeqCst) != 0 {
+        // SYNC POINT (credit wake-up): pairs with the sender's SeqCst store of TX_WAITING; one
+        // ring per arming, as in `publish`.
+        let waiting = word32(&self.mine, RX_TX_WAITING);
+        if waiting.load(SeqCst) != 0 && waiting.compare_exchange(1, 0, SeqCst, Relaxed).is_ok() {
             self.ring_peer();
         }
     }
@@ -612,7 +674,7 @@ impl Connection {
         if total == 0 {
             return Ok(0);
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut deadline = Deadline::new(timeout);
         let _g = self.tx_lock.lock().map_err(|_| IoError::Protocol)?;
         let mut tail = word64(&self.mine, L_TX_TAIL).load(Relaxed);
         let mut seq = word64(&self.mine, L_TX_SEQ).load(Relaxed);
@@ -622,10 +684,8 @@ impl Connection {
             if let Some(e) = self.send_blocked() {
                 break if sent > 0 { Ok(sent) } else { Err(e) };
             }
-            // SYNC POINT (credits): Acquire pairs with the receiver's Release in `return_credits`.
-            let head = word64(&self.mine, CR_HEAD).load(Acquire);
             let want = (total - sent) as u64;
-            let place = match self.tx_ring.place(tail, head, want) {
+            let place = match self.place(tail, want) {
                 Ok(p) => p,
                 Err(_) => break Err(self.protocol_error()),
             };
@@ -636,7 +696,7 @@ impl Connection {
                 if nonblock {
                     break Err(IoError::WouldBlock);
                 }
-                match self.wait(false, deadline) {
+                match self.wait(false, deadline.at()) {
                     Wait::Ready => continue,
                     Wait::TimedOut => {
                         break if sent > 0 {
@@ -705,7 +765,7 @@ impl Connection {
         if count == 0 {
             return Ok(0);
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut deadline = Deadline::new(timeout);
         let _g = self.tx_lock.lock().map_err(|_| Err(IoError::Protocol))?;
         let mut tail = word64(&self.mine, L_TX_TAIL).load(Relaxed);
         let mut seq = word64(&self.mine, L_TX_SEQ).load(Relaxed);
@@ -726,7 +786,7 @@ impl Connection {
                             Err(Err(IoError::WouldBlock))
                         };
                     }
-                    match self.wait(false, deadline) {
+                    match self.wait(false, deadline.at()) {
                         Wait::Ready => continue,
                         Wait::TimedOut => break Err(Err(IoError::TimedOut)),
                         Wait::Interrupted => break Err(Err(IoError::Interrupted)),
@@ -788,6 +848,22 @@ impl Connection {
         }
         self.count(Counter::TxBytes, sent as u64);
         result
+    }
+
+    /// Place a frame using the credits we last saw; only when they leave no room, read the
+    /// receiver's counter again (a cache line the receiver writes: reading it on every send
+    /// would cost a cross-core miss per send).
+    fn place(&self, tail: u64, want: u64) -> Result<Option<crate::proto::Placement>, ProtoError> {
+        let seen = self.tx_head_seen.load(Relaxed);
+        if let Some(p) = self.tx_ring.place(tail, seen, want)? {
+            if p.len == want.min(self.tx_ring.max_payload()) {
+                return Ok(Some(p));
+            }
+        }
+        // SYNC POINT (credits): Acquire pairs with the receiver's Release in `flush_credits`.
+        let head = word64(&self.mine, CR_HEAD).load(Acquire);
+        self.tx_head_seen.store(head, Relaxed);
+        self.tx_ring.place(tail, head, want)
     }
 
     /// Copy `len` bytes of `bufs` (from position bi/bo) into the peer's ring at `at`, by CPU or
@@ -864,10 +940,15 @@ impl Connection {
         // SYNC POINT (ring data): Release store of tail after the frame bytes; pairs with the
         // receiver's Acquire load in `recv`.
         word64(&self.theirs, RX_TAIL).store(tail, Release);
-        fence(SeqCst);
-        // SYNC POINT (data wake-up): pairs with the receiver's SeqCst store of RX_SLEEPING in
-        // `wait` (Dekker: one of us sees the other's store).
-        if word32(&self.mine, CR_RX_SLEEPING).load(SeqCst) != 0 {
+        // SYNC POINT (data wake-up): no full fence here — it would cost a cross-core cache
+        // line transfer per send, as much as the rest of the send. The load may pass our tail
+        // store (store buffer), so a receiver arming at that instant can miss it; the receiver
+        // covers that window by re-checking for `ARM_GRACE` after arming, and never sleeps
+        // longer than `LEADER_NAP` (see `wait`).
+        let sleeping = word32(&self.mine, CR_RX_SLEEPING);
+        // One ring per arming: the first sender to see the flag takes it (the receiver re-arms
+        // before it sleeps again), so a stream of sends to a waking receiver costs one doorbell.
+        if sleeping.load(Relaxed) != 0 && sleeping.compare_exchange(1, 0, SeqCst, Relaxed).is_ok() {
             self.ring_peer();
         }
     }
@@ -915,6 +996,8 @@ impl Connection {
     /// flags it needs, and the flags are cleared by the last waiter of each kind.
     pub fn arm(&self, read: bool, write: bool) -> bool {
         if read {
+            // Whoever waits for data must not hold back the sender's credits.
+            self.flush_credits(true);
             self.waiters.rx.fetch_add(1, SeqCst);
             // SYNC POINT (data wake-up): see `publish`.
             word32(&self.theirs, CR_RX_SLEEPING).store(1, SeqCst);
@@ -925,6 +1008,12 @@ impl Connection {
             word32(&self.theirs, RX_TX_WAITING).store(1, SeqCst);
         }
         fence(SeqCst);
+        (read && self.ready(true)) || (write && self.ready(false))
+    }
+
+    /// Is the connection readable (`read`) or writable (`write`) now? (For a caller that armed
+    /// several connections and re-checks them during [`ARM_GRACE`] before it sleeps.)
+    pub fn ready_for(&self, read: bool, write: bool) -> bool {
         (read && self.ready(true)) || (write && self.ready(false))
     }
 
@@ -993,6 +1082,16 @@ impl Connection {
         if self.arm(read, !read) {
             self.disarm(read, !read);
             return Wait::Ready;
+        }
+        // The grace period (see `publish`): a peer that published just before it could see
+        // our flag is caught here instead of costing a nap.
+        let g0 = Instant::now();
+        while g0.elapsed() < ARM_GRACE {
+            if self.ready(read) {
+                self.disarm(read, !read);
+                return Wait::Ready;
+            }
+            std::hint::spin_loop();
         }
         self.count(Counter::Sleeps, 1);
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -1218,6 +1317,7 @@ impl Connection {
         mine.read(INFO_BASE + 8, &mut ib).ok()?;
         let info = Info::decode(&ib);
         let settings = shared.settings.clone();
+        let head_now = word64(&mine, CR_HEAD).load(Acquire);
         Some(Connection {
             shared,
             dev,
@@ -1235,6 +1335,8 @@ impl Connection {
             role: info.role,
             rx_lock: Mutex::new(()),
             waiters: Waiters::default(),
+            empty_reads: AtomicU32::new(0),
+            tx_head_seen: AtomicU64::new(head_now),
             tx_lock: Mutex::new(()),
             settings,
         })

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use ntbdrv::{DmaChannel, DoorbellLease, Lease, NtbDevice, WindowLease};
 
-pub use conn::{Connection, Counter, IoError, Readiness, RecvFlags, Role};
+pub use conn::{Connection, Counter, IoError, Readiness, RecvFlags, Role, ARM_GRACE};
 pub use proto::{Endpoint, Reason};
 use rendezvous::{Control, SlotGuard};
 

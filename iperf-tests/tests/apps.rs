@@ -1,0 +1,583 @@
+//! The application matrix: real Debian servers and clients under `LD_PRELOAD=libpcisock.so` on a flagged port
+//! (`PCISOCK_PORTS`, strict), each bounded in time. Each test proves the fast path carried the bytes with the
+//! application's own result (benchmark summary, SHA-256 of a download, echo compare), the clients' stats files
+//! (connections on path `ntb`, NTB byte counts covering the payload), the servers' stats files, and the loopback
+//! counters (lo carried less than 5% of the payload + 64 KiB).
+//!
+//! Multi-process servers (nginx master + workers, socat's child per connection) share one `PCISOCK_STATS_FILE`,
+//! which each process rewrites at every close and at exit, so the file holds the totals of whichever process wrote
+//! last: for those the server-side check is only "no flagged connection fell back to TCP", and the byte proof is
+//! the client's file and lo.
+//!
+//! A missing binary fails the test with the Debian package to install (scripts/setup.sh).
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use iperf_tests::apps::{
+    interrupt, require_bin, sha256, version_line, wait_stats, write_payload, ProcTree,
+};
+use iperf_tests::*;
+
+const MIB: u64 = 1024 * 1024;
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Collects failed signals and panics with all of them and the processes' logs.
+struct Verdict {
+    name: &'static str,
+    errors: Vec<String>,
+}
+
+impl Verdict {
+    fn new(name: &'static str) -> Verdict {
+        Verdict {
+            name,
+            errors: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, what: &str, r: Result<(), String>) {
+        if let Err(e) = r {
+            self.errors.push(format!("{what}: {e}"));
+        }
+    }
+
+    fn finish(self, f: &Fixture, procs: &[&Proc]) {
+        if self.errors.is_empty() {
+            return;
+        }
+        let mut msg = format!("{} (logs in {}):", self.name, f.dir().display());
+        for e in &self.errors {
+            msg.push_str("\n- ");
+            msg.push_str(&clip(e, 3000));
+        }
+        check::<()>(Err(msg), procs);
+    }
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … ({} more bytes)", &s[..end], s.len() - end)
+}
+
+fn spawn(name: &str, program: &Path, args: &[&str], env: &PreloadEnv, dir: &Path) -> Proc {
+    check(
+        Proc::spawn(name, command(program, args, Some(env)), dir),
+        &[],
+    )
+}
+
+/// Runs a client to a successful exit within `timeout`.
+fn run_client(
+    name: &str,
+    program: &Path,
+    args: &[&str],
+    env: &PreloadEnv,
+    dir: &Path,
+    timeout: Duration,
+) -> (Proc, Result<(), String>) {
+    let mut p = spawn(name, program, args, env, dir);
+    let r = p.wait_success(timeout);
+    if r.is_err() {
+        let _ = p.terminate();
+    }
+    (p, r.map_err(|e| first_line(&e).to_owned()))
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+/// The number before `marker` in `text` (e.g. "12345 requests in").
+fn number_before(text: &str, marker: &str) -> Option<u64> {
+    let i = text.find(marker)?;
+    text[..i].split_whitespace().last()?.parse().ok()
+}
+
+/// The number after `marker` (e.g. "SentMessages=").
+fn number_after(text: &str, marker: &str) -> Option<u64> {
+    let i = text.find(marker)? + marker.len();
+    let digits: String = text[i..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+#[test]
+fn redis_benchmark_set_get() {
+    let server_bin = require_bin("redis-server", "redis-server");
+    let bench_bin = require_bin("redis-benchmark", "redis-tools");
+    eprintln!("{}", version_line(&server_bin, &["--version"]));
+    let f = Fixture::new("app_redis");
+    let port = free_port();
+    let port_s = port.to_string();
+    let senv = f.preload("redis-server").with_ports(&*port_s);
+    let cenv = f.preload("redis-benchmark").with_ports(&*port_s);
+    let dir = f.dir().display().to_string();
+    let mut server = spawn(
+        "redis-server",
+        &server_bin,
+        &[
+            "--port",
+            &port_s,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            &dir,
+        ],
+        &senv,
+        f.dir(),
+    );
+    check(server.wait_listening(port, LISTEN_TIMEOUT), &[]);
+    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
+    let (bench, r) = run_client(
+        "redis-benchmark",
+        &bench_bin,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port_s,
+            "-t",
+            "set,get",
+            "-n",
+            "20000",
+            "-q",
+        ],
+        &cenv,
+        f.dir(),
+        CLIENT_TIMEOUT,
+    );
+    let delta = lo.delta().unwrap();
+    drop(lo);
+    let _ = server.terminate();
+
+    let mut v = Verdict::new("redis_benchmark_set_get");
+    v.push("redis-benchmark", r);
+    let out = bench.stdout();
+    for t in ["SET:", "GET:"] {
+        if !out.contains(t) || !out.contains("requests per second") {
+            v.errors.push(format!(
+                "redis-benchmark printed no `{t} … requests per second` line"
+            ));
+        }
+    }
+    // 20,000 SETs (45-byte commands) and 20,000 GETs (36 bytes): at least 1,000,000 bytes of requests; replies of
+    // 5 (+OK) and 9 bytes: at least 200,000. 50 client connections (plus redis-benchmark's CONFIG probe).
+    let (req, rep) = (1_000_000, 200_000);
+    if v.errors.is_empty() {
+        v.push("lo", delta.check_fast_path(req + rep));
+    }
+    v.push(
+        "redis-benchmark stats",
+        cenv.stats().and_then(|s| s.check_ntb(port, 50, req, rep)),
+    );
+    v.push(
+        "redis-server stats",
+        senv.stats().and_then(|s| s.check_ntb(port, 50, rep, req)),
+    );
+    v.finish(&f, &[&server, &bench]);
+}
+
+fn nginx_conf(dir: &Path, port: u16) -> String {
+    let d = dir.display();
+    format!(
+        "user root;
+daemon off;
+master_process on;
+worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 30;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {d}/www;
+    }}
+}}
+"
+    )
+}
+
+#[test]
+fn nginx_sendfile_curl_and_wrk() {
+    let nginx = require_bin("nginx", "nginx");
+    let curl = require_bin("curl", "curl");
+    let wrk = require_bin("wrk", "wrk");
+    eprintln!(
+        "{} / {} / {}",
+        version_line(&nginx, &["-v"]),
+        version_line(&curl, &["--version"]),
+        version_line(&wrk, &["-v"])
+    );
+    let f = Fixture::new("app_nginx");
+    let port = free_port();
+    let port_s = port.to_string();
+    let root = f.dir().join("www");
+    fs::create_dir_all(&root).unwrap();
+    fs::create_dir_all(f.dir().join("tmp")).unwrap();
+    let big = root.join("big.bin");
+    write_payload(&big, 64 * MIB, 0xb16).unwrap();
+    write_payload(&root.join("index.html"), 4096, 1).unwrap();
+    let conf = f.dir().join("nginx.conf");
+    fs::write(&conf, nginx_conf(f.dir(), port)).unwrap();
+    let prefix = format!("{}/", f.dir().display());
+    let error_log = f.dir().join("error.log").display().to_string();
+    let conf_s = conf.display().to_string();
+
+    let senv = f.preload("nginx").with_ports(&*port_s);
+    let curl_env = f.preload("curl").with_ports(&*port_s);
+    let wrk_env = f.preload("wrk").with_ports(&*port_s);
+    let mut server = ProcTree::new(spawn(
+        "nginx",
+        &nginx,
+        &["-p", &prefix, "-c", &conf_s, "-e", &error_log],
+        &senv,
+        f.dir(),
+    ));
+    check(server.proc.wait_listening(port, LISTEN_TIMEOUT), &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    server.note_descendants();
+
+    let mut v = Verdict::new("nginx_sendfile_curl_and_wrk");
+    // curl downloads the 64 MiB file.
+    let out = f.dir().join("big.download");
+    let url = format!("http://127.0.0.1:{port}/big.bin");
+    let out_s = out.display().to_string();
+    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
+    let (curl_p, r) = run_client(
+        "curl",
+        &curl,
+        &["-sS", "-f", "--max-time", "50", "-o", &out_s, &url],
+        &curl_env,
+        f.dir(),
+        CLIENT_TIMEOUT,
+    );
+    let delta = lo.delta().unwrap();
+    drop(lo);
+    let curl_ok = r.is_ok();
+    v.push("curl", r);
+    if curl_ok {
+        let (want, got) = (sha256(&big).unwrap(), sha256(&out));
+        v.push(
+            "download",
+            match got {
+                Ok(g) if g == want => Ok(()),
+                Ok(g) => Err(format!(
+                    "sha256 {g} != {want} ({} bytes)",
+                    fs::metadata(&out).map(|m| m.len()).unwrap_or(0)
+                )),
+                Err(e) => Err(e),
+            },
+        );
+        v.push("lo (curl)", delta.check_fast_path(64 * MIB));
+    }
+    v.push(
+        "curl stats",
+        curl_env
+            .stats()
+            .and_then(|s| s.check_ntb(port, 1, 0, 64 * MIB)),
+    );
+
+    // wrk: 2 threads, 10 connections, 3 s on the 4 KiB page.
+    server.note_descendants();
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    let (wrk_p, r) = run_client(
+        "wrk",
+        &wrk,
+        &["-t2", "-c10", "-d3s", &url],
+        &wrk_env,
+        f.dir(),
+        Duration::from_secs(30),
+    );
+    v.push("wrk", r);
+    let wrk_out = wrk_p.stdout();
+    let requests = number_before(&wrk_out, "requests in").unwrap_or(0);
+    if requests == 0 {
+        v.errors
+            .push(format!("wrk completed no request: {}", wrk_out.trim()));
+    }
+    // Over plain TCP wrk reports no socket error on this setup; a "Socket errors:" line means connections broke.
+    if let Some(line) = wrk_out.lines().find(|l| l.contains("Socket errors:")) {
+        v.errors.push(format!(
+            "wrk saw broken connections ({requests} requests): {}",
+            line.trim()
+        ));
+    }
+    v.push(
+        "wrk stats",
+        wrk_env
+            .stats()
+            .and_then(|s| s.check_ntb(port, 10, 0, requests * 4096)),
+    );
+
+    let killed = server.stop();
+    if !killed.is_empty() {
+        v.errors.push(format!(
+            "nginx processes {killed:?} outlived the master's SIGTERM and were killed"
+        ));
+    }
+    // The master writes the file last and served nothing itself: only "nothing fell back to TCP" is checked.
+    v.push(
+        "nginx stats (last writer)",
+        senv.stats().and_then(|s| s.check_ntb(port, 0, 0, 0)),
+    );
+    v.finish(&f, &[&server.proc, &curl_p, &wrk_p]);
+}
+
+#[test]
+fn socat_fork_exec_cat_echo() {
+    let socat = require_bin("socat", "socat");
+    eprintln!("{}", version_line(&socat, &["-V"]));
+    let f = Fixture::new("app_socat");
+    let port = free_port();
+    let port_s = port.to_string();
+    let senv = f.preload("socat").with_ports(&*port_s);
+    let cenv = f.preload("client").with_ports(&*port_s);
+    let listen = format!("TCP-LISTEN:{port},reuseaddr,fork,bind=127.0.0.1");
+    let mut server = ProcTree::new(spawn(
+        "socat",
+        &socat,
+        &["-t", "5", &listen, "EXEC:/bin/cat"],
+        &senv,
+        f.dir(),
+    ));
+    check(server.proc.wait_listening(port, LISTEN_TIMEOUT), &[]);
+    let bytes = 4 * MIB;
+    let echo = Path::new(env!("CARGO_BIN_EXE_echo"));
+    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
+    let mut client = spawn(
+        "echo-send",
+        echo,
+        &["send", &port_s, &bytes.to_string(), "77"],
+        &cenv,
+        f.dir(),
+    );
+    // Note the per-connection child while it runs.
+    let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
+    let mut r = Err(String::new());
+    while std::time::Instant::now() < deadline {
+        server.note_descendants();
+        match client.try_status() {
+            Ok(Some(st)) if st.success() => {
+                r = Ok(());
+                break;
+            }
+            Ok(Some(st)) => {
+                r = Err(format!("echo send failed: {st}"));
+                break;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                r = Err(e);
+                break;
+            }
+        }
+    }
+    if r.as_ref().is_err_and(|e| e.is_empty()) {
+        r = Err(format!(
+            "echo send did not finish within {CLIENT_TIMEOUT:?}"
+        ));
+        let _ = client.terminate();
+    }
+    let delta = lo.delta().unwrap();
+    drop(lo);
+    let mut v = Verdict::new("socat_fork_exec_cat_echo");
+    let ok = r.is_ok();
+    v.push("client", r);
+    if ok && !client.stdout().starts_with(&format!("ok bytes={bytes} ")) {
+        v.errors
+            .push(format!("echo send printed {:?}", client.stdout()));
+    }
+    if ok {
+        v.push("lo", delta.check_fast_path(2 * bytes));
+    }
+    v.push(
+        "client stats",
+        cenv.stats()
+            .and_then(|s| s.check_ntb(port, 1, bytes, bytes)),
+    );
+    let killed = server.stop();
+    if !killed.is_empty() {
+        v.errors.push(format!(
+            "socat children {killed:?} outlived the listener and were killed"
+        ));
+    }
+    v.push(
+        "socat stats (last writer)",
+        senv.stats().and_then(|s| s.check_ntb(port, 1, 0, 0)),
+    );
+    v.finish(&f, &[&server.proc, &client]);
+}
+
+#[test]
+fn sockperf_ping_pong() {
+    let sockperf = require_bin("sockperf", "sockperf");
+    eprintln!("{}", version_line(&sockperf, &["--version"]));
+    let f = Fixture::new("app_sockperf");
+    let port = free_port();
+    let port_s = port.to_string();
+    let senv = f.preload("sockperf-server").with_ports(&*port_s);
+    let cenv = f.preload("sockperf-client").with_ports(&*port_s);
+    let mut server = spawn(
+        "sockperf-sr",
+        &sockperf,
+        &["sr", "--tcp", "-i", "127.0.0.1", "-p", &port_s],
+        &senv,
+        f.dir(),
+    );
+    check(server.wait_listening(port, LISTEN_TIMEOUT), &[]);
+    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
+    let (client, r) = run_client(
+        "sockperf-pp",
+        &sockperf,
+        &["pp", "--tcp", "-i", "127.0.0.1", "-p", &port_s, "-t", "2"],
+        &cenv,
+        f.dir(),
+        Duration::from_secs(30),
+    );
+    let delta = lo.delta().unwrap();
+    drop(lo);
+    let _ = server.terminate();
+    let mut v = Verdict::new("sockperf_ping_pong");
+    let ok = r.is_ok();
+    v.push("sockperf pp", r);
+    let out = client.stdout();
+    if ok && !out.contains("Summary: Latency is") {
+        v.errors
+            .push("sockperf pp printed no `Summary: Latency is` line".to_owned());
+    }
+    // Each ping-pong message is 14 bytes (sockperf's default size).
+    let sent = number_after(&out, "SentMessages=").unwrap_or(0);
+    let payload = sent * 14;
+    if ok {
+        if sent == 0 {
+            v.errors
+                .push("sockperf pp reports no sent messages".to_owned());
+        }
+        v.push("lo", delta.check_fast_path(2 * payload));
+    }
+    v.push(
+        "sockperf pp stats",
+        cenv.stats()
+            .and_then(|s| s.check_ntb(port, 1, payload, payload.saturating_sub(14))),
+    );
+    v.push(
+        "sockperf sr stats",
+        senv.stats().and_then(|s| s.check_ntb(port, 1, 0, 0)),
+    );
+    v.finish(&f, &[&server, &client]);
+}
+
+#[test]
+fn curl_from_python_http_server() {
+    let curl = require_bin("curl", "curl");
+    let py_launcher = require_bin("python3", "python3");
+    // Resolve the real interpreter (a pyenv shim is a shell script).
+    let python = std::process::Command::new(&py_launcher)
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or(py_launcher);
+    eprintln!("{}", version_line(&python, &["--version"]));
+    let f = Fixture::new("app_python_http");
+    let port = free_port();
+    let port_s = port.to_string();
+    let root = f.dir().join("www");
+    fs::create_dir_all(&root).unwrap();
+    let file = root.join("file.bin");
+    let bytes = 16 * MIB;
+    write_payload(&file, bytes, 0x16).unwrap();
+    let senv = f.preload("python").with_ports(&*port_s);
+    let cenv = f.preload("curl").with_ports(&*port_s);
+    let root_s = root.display().to_string();
+    let mut server = spawn(
+        "http.server",
+        &python,
+        &[
+            "-m",
+            "http.server",
+            &port_s,
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            &root_s,
+        ],
+        &senv,
+        f.dir(),
+    );
+    check(server.wait_listening(port, LISTEN_TIMEOUT), &[]);
+    let out = f.dir().join("download.bin");
+    let out_s = out.display().to_string();
+    let url = format!("http://127.0.0.1:{port}/file.bin");
+    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
+    let (curl_p, r) = run_client(
+        "curl",
+        &curl,
+        &["-sS", "-f", "--max-time", "50", "-o", &out_s, &url],
+        &cenv,
+        f.dir(),
+        CLIENT_TIMEOUT,
+    );
+    let delta = lo.delta().unwrap();
+    drop(lo);
+    let mut v = Verdict::new("curl_from_python_http_server");
+    let ok = r.is_ok();
+    v.push("curl", r);
+    if ok {
+        let (want, got) = (sha256(&file).unwrap(), sha256(&out));
+        v.push(
+            "download",
+            match got {
+                Ok(g) if g == want => Ok(()),
+                Ok(g) => Err(format!("sha256 {g} != {want}")),
+                Err(e) => Err(e),
+            },
+        );
+        v.push("lo", delta.check_fast_path(bytes));
+    }
+    v.push(
+        "curl stats",
+        cenv.stats().and_then(|s| s.check_ntb(port, 1, 0, bytes)),
+    );
+    // The server rewrites its stats when the connection closes; then a clean exit (SIGINT) writes them again.
+    let _ = wait_stats(&senv.stats_file, Duration::from_secs(5), |s| {
+        s.ntb_tx_bytes >= bytes
+    });
+    v.push("SIGINT http.server", interrupt(&mut server));
+    if server.wait_timeout(Duration::from_secs(10)).is_err() {
+        let _ = server.terminate();
+    }
+    v.push(
+        "http.server stats",
+        senv.stats().and_then(|s| s.check_ntb(port, 1, bytes, 0)),
+    );
+    v.finish(&f, &[&server, &curl_p]);
+}

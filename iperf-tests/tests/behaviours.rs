@@ -1,0 +1,269 @@
+//! The behaviour corpus: one small C program per socket behaviour (`behaviours/*.c`), each a client and a server in
+//! one, run under `LD_PRELOAD=libpcisock.so` on a flagged port and once on plain TCP as a control.
+//!
+//! Each test compiles its program (`cc -O1 -Wall -Werror -pthread`) into the test's scratch directory and runs it:
+//! 1. without the library (the control: if the program fails on plain TCP, the program is wrong);
+//! 2. with the library, `PCISOCK_STRICT=1`, `PCISOCK_PORTS=<port>`, a fresh `PCISOCK_EMU_DIR` and a stats file.
+//!
+//! The preloaded run must exit 0, its stats file must show the expected NTB connections on the port (all on path
+//! `ntb`, no TCP connection) and NTB byte counts, and for programs that move at least 1 MiB the loopback counters
+//! must stay under the fast-path bound (the bytes did not cross TCP). Every run is bounded: the programs have their
+//! own watchdog (20–28 s, "TIMEOUT <program> during <phase>"), and the test stops a run at 30 s by its pid.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use iperf_tests::*;
+
+/// Longest a behaviour program may run (its own watchdog fires earlier).
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+const MIB: u64 = 1024 * 1024;
+
+/// What the preloaded run's stats file (written last by the program's main process) must show.
+struct Expect {
+    /// NTB connections on the port (a connection made and accepted in the same process counts twice).
+    conns: u64,
+    /// Bytes sent over NTB, at least.
+    tx: u64,
+    /// Bytes received over NTB, at least.
+    rx: u64,
+    /// Payload that would cross loopback over TCP; the lo bound is checked when it is at least 1 MiB (below that,
+    /// TCP handshakes dominate and the bound proves nothing).
+    lo_payload: u64,
+}
+
+const fn expect(conns: u64, tx: u64, rx: u64, lo_payload: u64) -> Expect {
+    Expect {
+        conns,
+        tx,
+        rx,
+        lo_payload,
+    }
+}
+
+fn source_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("behaviours")
+}
+
+/// Compiles `behaviours/<name>.c` into `dir/<name>`.
+fn compile(name: &str, dir: &Path) -> PathBuf {
+    let src = source_dir().join(format!("{name}.c"));
+    assert!(src.is_file(), "missing program {}", src.display());
+    let out = dir.join(name);
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let result = Command::new(&cc)
+        .args(["-O1", "-Wall", "-Werror", "-pthread", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run the C compiler `{cc}` ({e}): install gcc (scripts/setup.sh)")
+        });
+    assert!(
+        result.status.success(),
+        "{cc} failed on {}:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    out
+}
+
+/// Runs `exe PORT` to completion (at most [`RUN_TIMEOUT`]); returns the process and an error if it did not exit 0.
+fn run_once(
+    label: &str,
+    exe: &Path,
+    port: u16,
+    env: Option<&PreloadEnv>,
+    dir: &Path,
+) -> (Proc, Result<Duration, String>) {
+    let port_s = port.to_string();
+    let mut p = check(Proc::spawn(label, command(exe, &[&port_s], env), dir), &[]);
+    let t = Instant::now();
+    let r = p.wait_success(RUN_TIMEOUT).map(|()| t.elapsed());
+    if r.is_err() {
+        // Stop it now (by pid) so that its description shows the final status.
+        let _ = p.terminate();
+    }
+    (p, r)
+}
+
+fn run_behaviour(name: &'static str, e: Expect) {
+    let f = Fixture::new(name);
+    let exe = compile(name, f.dir());
+
+    // 1. The control run on plain TCP, under the exclusive lo lock (it may push bulk TCP over lo).
+    {
+        let _bulk = LoWindow::open(LoExpect::Bulk).unwrap();
+        let (p, r) = run_once("control", &exe, free_port(), None, f.dir());
+        if let Err(err) = r {
+            panic!(
+                "{name}: the control run WITHOUT the library failed, so the program is wrong (not pcisock):\n{err}\n{}",
+                p.describe()
+            );
+        }
+    }
+
+    // 2. Under the library, strict, on a flagged port.
+    let port = free_port();
+    let env = f.preload("program").with_ports(port.to_string());
+    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
+    let (p, r) = run_once("preloaded", &exe, port, Some(&env), f.dir());
+    let delta = lo.delta().unwrap();
+    drop(lo);
+
+    let mut errors = Vec::new();
+    let elapsed = match r {
+        Ok(d) => Some(d),
+        Err(err) => {
+            errors.push(format!(
+                "the program failed under the library: {}",
+                first_line(&err)
+            ));
+            None
+        }
+    };
+    match env.stats() {
+        Ok(s) => {
+            errors.extend(s.check_ntb(port, e.conns, e.tx, e.rx).err());
+        }
+        Err(err) => errors.push(err),
+    }
+    if e.lo_payload >= MIB && elapsed.is_some() {
+        errors.extend(
+            delta
+                .check_fast_path(e.lo_payload)
+                .err()
+                .map(|err| format!("lo: {err}")),
+        );
+    }
+    // A re-executed image (exec_inherit) writes its own stats next to the main one: show it, do not judge it.
+    let exec_stats = PathBuf::from(format!("{}.exec", env.stats_file.display()));
+    let exec_note = Stats::load(&exec_stats)
+        .map(|s| format!("\n  exec'd image's stats: {s}"))
+        .unwrap_or_default();
+    if !errors.is_empty() {
+        let errors: Vec<String> = errors.iter().map(|e| clip(e, 2500)).collect();
+        panic!(
+            "{name} on flagged port {port} (lo carried {} bytes; logs in {}):\n- {}\n{}{}",
+            delta.bytes(),
+            f.dir().display(),
+            errors.join("\n- "),
+            p.describe(),
+            clip(&exec_note, 2500)
+        );
+    }
+    eprintln!(
+        "{name}: ok in {:?} under the library; stdout: {}",
+        elapsed.unwrap_or_default(),
+        p.stdout().trim()
+    );
+}
+
+/// `s` cut to about `max` bytes (a stats dump of thousands of connections is not a readable failure message).
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … ({} more bytes)", &s[..end], s.len() - end)
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+#[test]
+fn epoll_level() {
+    run_behaviour("epoll_level", expect(2, 3000, 3000, 0));
+}
+
+#[test]
+fn epoll_edge_out_full() {
+    run_behaviour(
+        "epoll_edge_out_full",
+        expect(2, 16 * MIB, 16 * MIB, 16 * MIB),
+    );
+}
+
+#[test]
+fn epoll_oneshot() {
+    // The client sends "a", "b", "c"; the server reads "ab".
+    run_behaviour("epoll_oneshot", expect(2, 3, 2, 0));
+}
+
+#[test]
+fn epoll_nested() {
+    run_behaviour("epoll_nested", expect(2, 7, 7, 0));
+}
+
+#[test]
+fn epoll_threads() {
+    run_behaviour("epoll_threads", expect(4, 8 * MIB, 8 * MIB, 8 * MIB));
+}
+
+#[test]
+fn poll_select_timeout() {
+    // "p", "s" and "q" sent; "q" is left unread.
+    run_behaviour("poll_select_timeout", expect(2, 3, 2, 0));
+}
+
+#[test]
+fn nonblocking_connect() {
+    run_behaviour("nonblocking_connect", expect(2, 74, 74, 0));
+}
+
+#[test]
+fn msg_peek_waitall() {
+    // 5 + 777 + 4000 + 4 bytes.
+    run_behaviour("msg_peek_waitall", expect(2, 4786, 4786, 0));
+}
+
+#[test]
+fn half_close() {
+    run_behaviour("half_close", expect(2, 100_000, 100_000, 0));
+}
+
+#[test]
+fn epipe_sigpipe() {
+    // Two connections, both ends in the process; the writes into a closed peer carry no payload anywhere.
+    run_behaviour("epipe_sigpipe", expect(4, 0, 0, 0));
+}
+
+#[test]
+fn dup_then_close() {
+    // Four round trips of about 40 bytes, each echoed.
+    run_behaviour("dup_then_close", expect(2, 150, 150, 0));
+}
+
+#[test]
+fn fork_then_send() {
+    // The parent writes its stats last: the accepted connection (its bytes were sent by the forked child). The
+    // client is another process. The lo bound proves the 1 MiB did not cross TCP.
+    run_behaviour("fork_then_send", expect(1, 0, 0, MIB));
+}
+
+#[test]
+fn exec_inherit() {
+    // The parent is the echo server of the exec'd image: 28 + 1 MiB in, 1 MiB out; 2 MiB would cross lo over TCP.
+    run_behaviour("exec_inherit", expect(1, MIB, MIB + 28, 2 * MIB));
+}
+
+#[test]
+fn killed_peer() {
+    // The server (the parent) read at least 1 MiB before it killed the client process.
+    run_behaviour("killed_peer", expect(1, 0, MIB, MIB));
+}
+
+#[test]
+fn many_short_connections() {
+    // 2,001 connections (one warm-up), both ends in the process, 16 bytes each. No lo check: 2,001 TCP handshakes
+    // and teardowns alone exceed the fast-path slack.
+    run_behaviour(
+        "many_short_connections",
+        expect(2 * 2001, 2001 * 16, 2001 * 16, 0),
+    );
+}
