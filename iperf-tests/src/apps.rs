@@ -192,13 +192,13 @@ impl ProcTree {
         &self.seen
     }
 
-    /// Terminates the server (SIGTERM, then SIGKILL, see [`Proc::terminate`]), waits up to 5 s for the recorded
+    /// Terminates the server (SIGTERM, then SIGKILL, see [`Proc::terminate`]), waits up to 2 s for the recorded
     /// descendants to go, then SIGKILLs those left. Returns the pids that had to be killed.
     pub fn stop(&mut self) -> Vec<u32> {
         self.note_descendants();
         let _ = self.proc.terminate();
         let alive = |&(pid, start): &(u32, u64)| stat_of(pid).map(|(_, s)| s) == Some(start);
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(2);
         while self.seen.iter().any(alive) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
         }
@@ -266,7 +266,7 @@ mod tests {
         let dir = TempDir::new("unit-apps").unwrap();
         let p = Proc::spawn(
             "sh",
-            crate::command("sh", &["-c", "sleep 30 & sleep 30; wait"], None),
+            crate::command("sh", &["-c", "sleep 30 & sleep 30 & wait"], None),
             dir.path(),
         )
         .unwrap();

@@ -290,12 +290,12 @@ fn settle(epfd: c_int, regs: &mut HashMap<c_int, Reg>) {
 }
 
 /// Our registrations that are ready now, as (events, data); edge and one-shot state updated.
-fn harvest(regs: &mut HashMap<c_int, Reg>, out: &mut Vec<libc::epoll_event>, max: usize) {
-    for r in regs.values_mut() {
+fn harvest(regs: &mut HashMap<c_int, Reg>, out: &mut Vec<libc::epoll_event>, max: usize, seen: &mut Vec<c_int>) {
+    for (fd, r) in regs.iter_mut() {
         if out.len() >= max {
             break;
         }
-        if r.disabled {
+        if r.disabled || seen.contains(fd) {
             continue;
         }
         let Some(c) = r.sock.conn.get() else { continue };
@@ -359,6 +359,8 @@ pub fn wait(
     let mut kbuf = vec![libc::epoll_event { events: 0, u64: 0 }; max];
     loop {
         let mut out: Vec<libc::epoll_event> = Vec::with_capacity(max);
+        // Our fds already reported by this call (each at most once per call, as the kernel does).
+        let mut seen: Vec<c_int> = Vec::new();
         let armed;
         {
             let Ok(mut regs) = set.lock() else {
@@ -369,7 +371,7 @@ pub fn wait(
                 return Detour::Bypass;
             }
             settle(epfd, &mut regs);
-            harvest(&mut regs, &mut out, max);
+            harvest(&mut regs, &mut out, max, &mut seen);
             armed = if out.is_empty() && t0.elapsed() >= spin {
                 arm(&regs)
             } else {
@@ -380,7 +382,7 @@ pub fn wait(
                 // see our flag is not missed (see `transport::ARM_GRACE`).
                 let g0 = Instant::now();
                 loop {
-                    harvest(&mut regs, &mut out, max);
+                    harvest(&mut regs, &mut out, max, &mut seen);
                     if !out.is_empty() || g0.elapsed() >= transport::ARM_GRACE {
                         break;
                     }
@@ -424,7 +426,7 @@ pub fn wait(
             if poked && out.len() < max {
                 if let Ok(mut regs) = set.lock() {
                     settle(epfd, &mut regs);
-                    harvest(&mut regs, &mut out, max);
+                    harvest(&mut regs, &mut out, max, &mut seen);
                 }
             }
         }

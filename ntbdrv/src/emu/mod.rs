@@ -622,11 +622,10 @@ impl EmuDevice {
             kick &= kick - 1;
             let slot = &mut writers[bit as usize];
             if slot.is_none() {
-                *slot = sysutil::open(
-                    &self.vector_path(side, bit),
-                    libc::O_WRONLY | libc::O_NONBLOCK,
-                )
-                .ok();
+                // O_RDWR, not O_WRONLY: a FIFO whose reader is gone answers a write with EPIPE
+                // and a SIGPIPE to the application; holding both ends, it always has a reader.
+                *slot = sysutil::open(&self.vector_path(side, bit), libc::O_RDWR | libc::O_NONBLOCK)
+                    .ok();
             }
             if let Some(fd) = slot {
                 sysutil::kick(fd);
