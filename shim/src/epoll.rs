@@ -193,6 +193,9 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
             if let Err(e) = register(epfd, fd, form, events) {
                 return Detour::Ours(Err(e));
             }
+            if let Some(c) = sock.conn.get() {
+                c.rearm(events & READ != 0, events & WRITE != 0);
+            }
             regs.insert(
                 fd,
                 Reg {
@@ -277,7 +280,12 @@ fn settle(epfd: c_int, regs: &mut HashMap<c_int, Reg>) {
         }
         unregister(epfd, *fd, r.form);
         match now.map(|f| (f, register(epfd, *fd, f, r.events))) {
-            Some((f, Ok(()))) => r.form = f,
+            Some((f, Ok(()))) => {
+                r.form = f;
+                if let Some(c) = r.sock.conn.get() {
+                    c.rearm(r.events & READ != 0, r.events & WRITE != 0);
+                }
+            }
             _ => to_kernel.push(*fd),
         }
     }
@@ -290,7 +298,12 @@ fn settle(epfd: c_int, regs: &mut HashMap<c_int, Reg>) {
 }
 
 /// Our registrations that are ready now, as (events, data); edge and one-shot state updated.
-fn harvest(regs: &mut HashMap<c_int, Reg>, out: &mut Vec<libc::epoll_event>, max: usize, seen: &mut Vec<c_int>) {
+fn harvest(
+    regs: &mut HashMap<c_int, Reg>,
+    out: &mut Vec<libc::epoll_event>,
+    max: usize,
+    seen: &mut Vec<c_int>,
+) {
     for (fd, r) in regs.iter_mut() {
         if out.len() >= max {
             break;
@@ -317,6 +330,7 @@ fn harvest(regs: &mut HashMap<c_int, Reg>, out: &mut Vec<libc::epoll_event>, max
             events: ev,
             u64: r.data,
         });
+        seen.push(*fd);
     }
 }
 
@@ -328,7 +342,7 @@ fn arm(regs: &HashMap<c_int, Reg>) -> Vec<(Arc<Connection>, bool, bool)> {
         }
         if let Some(c) = r.sock.conn.get() {
             let (rd, wr) = (r.events & READ != 0, r.events & WRITE != 0);
-            c.arm(rd, wr);
+            c.rearm(rd, wr);
             armed.push((c.clone(), rd, wr));
         }
     }
@@ -406,8 +420,10 @@ pub fn wait(
             0
         };
         let err = sys::errno();
-        for (c, r, w) in &armed {
-            c.disarm(*r, *w);
+        // The registrations stay armed (`rearm`): an epoll set inside another one must still
+        // be woken while nobody waits on it directly.
+        for (c, _, _) in &armed {
+            c.ack();
         }
         if n < 0 {
             if err == libc::EINTR && out.is_empty() {
@@ -415,16 +431,25 @@ pub fn wait(
             }
         } else {
             let mut poked = false;
+            let mut poked_fds = Vec::new();
             for ev in &kbuf[..n as usize] {
                 let data = ev.u64;
                 if data & TAG_MASK == TAG {
                     poked = true; // one of ours moved: re-evaluated below
+                    poked_fds.push((data & 0xFFFF_FFFF) as c_int);
                 } else {
                     out.push(*ev);
                 }
             }
-            if poked && out.len() < max {
+            if poked {
                 if let Ok(mut regs) = set.lock() {
+                    // Empty the doorbell lines that fired, so this set (and a set that holds
+                    // it) stops looking readable to the kernel once the ring is drained.
+                    for fd in &poked_fds {
+                        if let Some(c) = regs.get(fd).and_then(|r| r.sock.conn.get()) {
+                            c.ack();
+                        }
+                    }
                     settle(epfd, &mut regs);
                     harvest(&mut regs, &mut out, max, &mut seen);
                 }

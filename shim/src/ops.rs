@@ -15,6 +15,9 @@ use crate::global::{self, Global};
 use crate::sock::{Sock, State};
 use crate::{sys, table};
 
+/// How long a blocking connect looks for the server's answer before it returns.
+const CONNECT_SPIN: Duration = Duration::from_millis(2);
+
 /// Our result (a value, or an errno), or "call the real function".
 pub enum Detour<T> {
     Ours(Result<T, c_int>),
@@ -227,7 +230,7 @@ pub fn connect(fd: c_int, addr: Option<SocketAddr>, real: impl Fn() -> c_int) ->
     g.log(LogLevel::Debug, || {
         format!("fd {fd}: offering {local} -> {remote}")
     });
-    let pending = match t.offer(local_ep, remote_ep) {
+    let pending = match t.offer(local_ep, remote_ep, fd) {
         Ok(p) => p,
         Err(reason) => return Detour::Ours(connect_tcp(g, fd, remote_ep, nonblock, reason, real)),
     };
@@ -237,9 +240,42 @@ pub fn connect(fd: c_int, addr: Option<SocketAddr>, real: impl Fn() -> c_int) ->
         t.cancel(pending);
         return Detour::Ours(Err(err));
     }
-    // The kernel connect is done (or in progress): return at once, as TCP does. The answer is
-    // collected when the application first uses the socket (a server may accept late, e.g.
+    // The kernel connect is done (or in progress): return at once, as TCP does. A blocking
+    // connect first looks for the server's answer for a moment (the server usually answers
+    // within microseconds, and a connection complete before the application forks or execs is
+    // handed on whole); otherwise the upgrade completes on first use (a server may accept late,
     // after its other clients, and the client must not wait for that inside connect).
+    let pending = if r == 0 {
+        match t.complete_within(pending, fd, CONNECT_SPIN) {
+            Outcome::Connected(c) => {
+                let sock = Sock::new(Role::Client, local_ep, remote_ep, nonblock, State::Ntb);
+                let _ = sock.conn.set(Arc::new(c));
+                g.ntb_connections.fetch_add(1, Relaxed);
+                g.log(LogLevel::Info, || {
+                    format!("fd {fd}: connected to {remote} on the NTB path")
+                });
+                table::insert(fd, Arc::new(sock));
+                return Detour::Ours(Ok(0));
+            }
+            Outcome::Tcp(reason) => {
+                let sock = Sock::new(
+                    Role::Client,
+                    local_ep,
+                    remote_ep,
+                    nonblock,
+                    State::Tcp(reason),
+                );
+                return Detour::Ours(
+                    fallback(g, sock, fd, reason)
+                        .map(|()| 0)
+                        .inspect_err(|_| sys::shutdown_both(fd)),
+                );
+            }
+            Outcome::Waiting(p) => p,
+        }
+    } else {
+        pending
+    };
     let sock = Sock::new(
         Role::Client,
         local_ep,
@@ -800,13 +836,30 @@ pub fn reattach_inherited() {
     }
     let Ok(t) = g.transport() else { return };
     for fd in candidates {
-        let Some(c) = t.reattach(fd) else { continue };
-        let role = match c.role {
-            transport::Role::Client => Role::Client,
-            transport::Role::Server => Role::Server,
+        let (local, peer) = match (sys::local_addr(fd), sys::peer_addr(fd)) {
+            (Some(l), Some(p)) => (Endpoint::from_std(l), Endpoint::from_std(p)),
+            _ => continue,
         };
-        let sock = Sock::new(role, c.local, c.peer, sys::nonblocking(fd), State::Ntb);
-        let _ = sock.conn.set(Arc::new(c));
+        let nonblock = sys::nonblocking(fd);
+        let sock = match t.reattach(fd) {
+            None => continue,
+            Some(Outcome::Connected(c)) => {
+                let role = match c.role {
+                    transport::Role::Client => Role::Client,
+                    transport::Role::Server => Role::Server,
+                };
+                let sock = Sock::new(role, c.local, c.peer, nonblock, State::Ntb);
+                let _ = sock.conn.set(Arc::new(c));
+                sock
+            }
+            // An offer still waiting for its answer completes on first use, as before exec.
+            Some(Outcome::Waiting(p)) => {
+                Sock::new(Role::Client, local, peer, nonblock, State::Offered(Some(p)))
+            }
+            Some(Outcome::Tcp(reason)) => {
+                Sock::new(Role::Client, local, peer, nonblock, State::Tcp(reason))
+            }
+        };
         g.log(LogLevel::Info, || {
             format!("fd {fd}: NTB connection taken over from before exec")
         });

@@ -29,6 +29,8 @@ pub struct Sock {
     pub early: Mutex<Vec<u8>>,
     /// SO_TIMESTAMP (1) or SO_TIMESTAMPNS (2) is on: recvmsg gives a receive-time cmsg.
     pub timestamp: std::sync::atomic::AtomicU8,
+    /// The application's fds that refer to this entry (dup, dup2, F_DUPFD share it).
+    pub fds: Mutex<Vec<i32>>,
 }
 
 /// Most bytes held in `Sock::early` (like a small socket send buffer).
@@ -69,6 +71,7 @@ impl Sock {
             tcp_rx: AtomicU64::new(0),
             early: Mutex::new(Vec::new()),
             timestamp: std::sync::atomic::AtomicU8::new(0),
+            fds: Mutex::new(Vec::new()),
         }
     }
 

@@ -69,6 +69,11 @@ pub fn insert(fd: i32, sock: Arc<Sock>) -> bool {
     let Some(slot) = SLOTS.get(fd as usize) else {
         return false;
     };
+    if let Ok(mut fds) = sock.fds.lock() {
+        if !fds.contains(&fd) {
+            fds.push(fd);
+        }
+    }
     let old = slot.swap(Arc::into_raw(sock) as *mut Sock, AcqRel);
     if old.is_null() {
         COUNT.fetch_add(1, Relaxed);
@@ -89,7 +94,18 @@ pub fn remove(fd: i32) -> Option<Arc<Sock>> {
     wait_readers();
     // SAFETY: we swapped the pointer out, so the table's strong count is ours now, and no
     // reader can still be between its load and its increment (READERS drained).
-    Some(unsafe { Arc::from_raw(old) })
+    let sock = unsafe { Arc::from_raw(old) };
+    // Another fd (a dup) may still refer to the same kernel socket: the connection watches
+    // that one from now on.
+    if let Ok(mut fds) = sock.fds.lock() {
+        fds.retain(|&f| f != fd);
+        if let (Some(c), Some(&next)) = (sock.conn.get(), fds.first()) {
+            if c.tcp_fd() == fd {
+                c.set_tcp_fd(next);
+            }
+        }
+    }
+    Some(sock)
 }
 
 fn wait_readers() {

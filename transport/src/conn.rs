@@ -139,7 +139,7 @@ pub struct Connection {
     their_loc: RingLoc,
     rx_ring: Ring,
     tx_ring: Ring,
-    tcp_fd: RawFd,
+    tcp_fd: std::sync::atomic::AtomicI32,
     pub local: Endpoint,
     pub peer: Endpoint,
     pub role: Role,
@@ -227,6 +227,8 @@ impl HalfOpen {
             pid: std::process::id(),
         };
         let _ = mine.write(INFO_BASE + 8, &info.encode());
+        word32(&mine, L_MY_BIT).store(bell.bit, Relaxed);
+        word32(&mine, L_MY_BELL_SLOT).store(bell.slot, Relaxed);
         word32(&mine, INFO_BASE).store(INFO_MAGIC, Release);
         Ok(HalfOpen {
             mine,
@@ -240,6 +242,74 @@ impl HalfOpen {
                 db_bit: bell.bit,
             },
         })
+    }
+
+    /// Record the posted offer in our block (slot, generation, cookie, the socket's inode), so a
+    /// new image of this process can take the offer over after exec.
+    pub(crate) fn record_offer(&self, index: u32, generation: u32, cookie: u64, tcp_fd: RawFd) {
+        word32(&self.mine, L_OFFER_SLOT).store(index, Relaxed);
+        word32(&self.mine, L_OFFER_GEN).store(generation, Relaxed);
+        word64(&self.mine, L_PEER_OFF).store(cookie, Relaxed);
+        word64(&self.mine, L_PEER_LEN).store(0, Relaxed);
+        word64(&self.mine, L_SOCK_INODE).store(sys::inode(tcp_fd).unwrap_or(0), Release);
+    }
+
+    /// After exec: our half of a connection whose offer was still pending, found by the
+    /// socket's inode; returns it with the offer's slot, generation and cookie and the ends.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn reattach(
+        dev: &dyn NtbDevice,
+        lease: WindowLease,
+        tcp_fd: RawFd,
+    ) -> Option<(HalfOpen, u32, u32, u64, Endpoint, Endpoint)> {
+        let mine = dev
+            .inbound(lease.mw)
+            .ok()?
+            .slice(lease.offset as usize, lease.len as usize)
+            .ok()?;
+        if word32(&mine, INFO_BASE).load(Acquire) != INFO_MAGIC
+            || word64(&mine, L_PEER_LEN).load(Acquire) != 0
+        {
+            return None;
+        }
+        let inode = sys::inode(tcp_fd)?;
+        if inode == 0 || word64(&mine, L_SOCK_INODE).load(Acquire) != inode {
+            return None;
+        }
+        let mut ib = [0u8; 48];
+        mine.read(INFO_BASE + 8, &mut ib).ok()?;
+        let info = Info::decode(&ib);
+        if info.pid != std::process::id() {
+            return None;
+        }
+        let bell = DoorbellLease {
+            bit: word32(&mine, L_MY_BIT).load(Relaxed),
+            slot: word32(&mine, L_MY_BELL_SLOT).load(Relaxed),
+        };
+        let vector = dev.db_vector_fd(bell.bit).ok()?;
+        let loc = RingLoc {
+            mw: lease.mw,
+            offset: lease.offset,
+            len: lease.len,
+            db_bit: bell.bit,
+        };
+        let index = word32(&mine, L_OFFER_SLOT).load(Relaxed);
+        let generation = word32(&mine, L_OFFER_GEN).load(Relaxed);
+        let cookie = word64(&mine, L_PEER_OFF).load(Relaxed);
+        Some((
+            HalfOpen {
+                mine,
+                lease,
+                bell,
+                vector,
+                loc,
+            },
+            index,
+            generation,
+            cookie,
+            info.local,
+            info.peer,
+        ))
     }
 
     pub(crate) fn release(self, dev: &dyn NtbDevice) {
@@ -397,7 +467,7 @@ impl Connection {
             their_loc,
             rx_ring,
             tx_ring,
-            tcp_fd,
+            tcp_fd: std::sync::atomic::AtomicI32::new(tcp_fd),
             local,
             peer,
             role,
@@ -424,7 +494,13 @@ impl Connection {
 
     /// The kernel TCP socket this connection shadows.
     pub fn tcp_fd(&self) -> RawFd {
-        self.tcp_fd
+        self.tcp_fd.load(Relaxed)
+    }
+
+    /// The application closed the fd this connection watched, but another fd refers to the
+    /// same kernel socket (dup): watch that one from now on.
+    pub fn set_tcp_fd(&self, fd: RawFd) {
+        self.tcp_fd.store(fd, Relaxed);
     }
 
     /// The doorbell interrupt line of this endpoint (readable when the peer rang us).
@@ -1011,6 +1087,20 @@ impl Connection {
         (read && self.ready(true)) || (write && self.ready(false))
     }
 
+    /// Ask the peer to ring us on its next send (`read`) or credit return (`write`), without
+    /// counting a waiter: for an epoll registration, which stays interested between waits (and
+    /// must also wake an epoll set that contains this one). The peer rings once per arming.
+    pub fn rearm(&self, read: bool, write: bool) {
+        if read {
+            self.flush_credits(true);
+            word32(&self.theirs, CR_RX_SLEEPING).store(1, SeqCst);
+        }
+        if write {
+            word32(&self.theirs, RX_TX_WAITING).store(1, SeqCst);
+        }
+        fence(SeqCst);
+    }
+
     /// Is the connection readable (`read`) or writable (`write`) now? (For a caller that armed
     /// several connections and re-checks them during [`ARM_GRACE`] before it sleeps.)
     pub fn ready_for(&self, read: bool, write: bool) -> bool {
@@ -1031,6 +1121,14 @@ impl Connection {
                 }
             }
         }
+        if self.waiters.rx.load(SeqCst) == 0 && self.waiters.tx.load(SeqCst) == 0 {
+            self.ack_doorbell();
+        }
+    }
+
+    /// After a wake-up on the doorbell line (epoll): empty it, unless a thread of this process
+    /// is sleeping on it (that thread empties it itself).
+    pub fn ack(&self) {
         if self.waiters.rx.load(SeqCst) == 0 && self.waiters.tx.load(SeqCst) == 0 {
             self.ack_doorbell();
         }
@@ -1099,7 +1197,7 @@ impl Connection {
             Ok(_leader) => {
                 // Bounded, so a wake-up lost to a racing waiter costs at most this much.
                 let nap = remaining.map_or(LEADER_NAP, |r| r.min(LEADER_NAP));
-                let r = sys::poll2(self.vector.as_raw_fd(), self.tcp_fd, Some(nap));
+                let r = sys::poll2(self.vector.as_raw_fd(), self.tcp_fd(), Some(nap));
                 self.ack_doorbell();
                 if let Ok(mut g) = self.waiters.generation.lock() {
                     *g = g.wrapping_add(1);
@@ -1130,7 +1228,7 @@ impl Connection {
     /// `Some(Err(Reset))` = reset. Data arriving over TCP after the upgrade also counts as
     /// gone: the peer is broken.
     fn tcp_gone(&self) -> Option<Result<(), IoError>> {
-        match sys::peek_tcp(self.tcp_fd) {
+        match sys::peek_tcp(self.tcp_fd()) {
             sys::Peek::Open => None,
             sys::Peek::Eof => Some(Ok(())),
             sys::Peek::Reset | sys::Peek::Data => Some(Err(IoError::Reset)),
@@ -1329,7 +1427,7 @@ impl Connection {
             their_loc,
             rx_ring,
             tx_ring,
-            tcp_fd,
+            tcp_fd: std::sync::atomic::AtomicI32::new(tcp_fd),
             local: info.local,
             peer: info.peer,
             role: info.role,
@@ -1361,6 +1459,10 @@ const L_PEER_LEN: usize = 0xE0;
 const L_SOCK_INODE: usize = 0xE8;
 const L_MY_BIT: usize = 0xF0;
 const L_MY_BELL_SLOT: usize = 0xF4;
+/// While the offer is pending (the peer's ring length is still 0): its slot and generation; the
+/// cookie is kept where the peer's ring offset will go.
+const L_OFFER_SLOT: usize = 0xA8;
+const L_OFFER_GEN: usize = 0xAC;
 const L_STATE: usize = 0xA0;
 /// Processes holding this endpoint (a forked child shares its parent's connections).
 const L_HOLDERS: usize = 0xA4;

@@ -411,7 +411,12 @@ impl Transport {
 
     /// Client side, before the TCP connect from `local` (port known) to `remote`: if the peer
     /// host has a pcisock listener there, post an offer.
-    pub fn offer(&self, local: Endpoint, remote: Endpoint) -> Result<Pending, Reason> {
+    pub fn offer(
+        &self,
+        local: Endpoint,
+        remote: Endpoint,
+        tcp_fd: RawFd,
+    ) -> Result<Pending, Reason> {
         self.shared.reap();
         if !self.link_up() {
             return Err(Reason::LinkDown);
@@ -435,14 +440,18 @@ impl Transport {
             ring: half.loc,
         };
         match self.ctrl.post_offer(&offer) {
-            Some(slot) => Ok(Pending {
-                slot,
-                half,
-                cookie,
-                local,
-                remote,
-                posted: Instant::now(),
-            }),
+            Some(slot) => {
+                // Enough for a new image to take the offer over if the process execs first.
+                half.record_offer(slot.index as u32, slot.generation, cookie, tcp_fd);
+                Ok(Pending {
+                    slot,
+                    half,
+                    cookie,
+                    local,
+                    remote,
+                    posted: Instant::now(),
+                })
+            }
             None => {
                 half.release(&*self.shared.dev);
                 Err(Reason::TableFull)
@@ -457,6 +466,22 @@ impl Transport {
         // If the server took the offer it may write into our ring: quarantine it.
         self.shared
             .retire(p.half.mine.clone(), p.half.lease, p.half.bell, !took);
+    }
+
+    /// Wait up to `spin` (busy, no system call) for the answer to a pending offer; the server
+    /// usually accepts within microseconds of the connect, and a connection that is complete
+    /// before the application forks or execs is simpler to hand on.
+    pub fn complete_within(&self, p: Pending, tcp_fd: RawFd, spin: Duration) -> Outcome {
+        let t0 = Instant::now();
+        loop {
+            if self.ctrl.answer(&p.slot).is_some() {
+                return self.complete(p, tcp_fd, false);
+            }
+            if t0.elapsed() >= spin {
+                return Outcome::Waiting(p);
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// The doorbell line a pending client can poll for its answer.
@@ -509,12 +534,31 @@ impl Transport {
 
     /// In a process that just exec'd a new image: pick up the NTB connection it held on
     /// kernel socket `tcp_fd` before the exec, if any.
-    pub fn reattach(&self, tcp_fd: RawFd) -> Option<Connection> {
-        self.shared
-            .dev
-            .window_leases(ENDPOINT_TAG)
-            .into_iter()
-            .find_map(|l| Connection::reattach(self.shared.clone(), l, tcp_fd))
+    pub fn reattach(&self, tcp_fd: RawFd) -> Option<Outcome> {
+        let leases = self.shared.dev.window_leases(ENDPOINT_TAG);
+        for l in leases {
+            if let Some(c) = Connection::reattach(self.shared.clone(), l, tcp_fd) {
+                return Some(Outcome::Connected(c));
+            }
+            if let Some((half, index, generation, cookie, local, remote)) =
+                conn::HalfOpen::reattach(&*self.shared.dev, l, tcp_fd)
+            {
+                let slot = SlotGuard {
+                    index: index as usize,
+                    generation,
+                };
+                let p = Pending {
+                    slot,
+                    half,
+                    cookie,
+                    local,
+                    remote,
+                    posted: Instant::now(),
+                };
+                return Some(self.complete(p, tcp_fd, false));
+            }
+        }
+        None
     }
 
     fn finish(&self, p: Pending, a: proto::Answer, tcp_fd: RawFd) -> Outcome {

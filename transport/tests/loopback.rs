@@ -64,7 +64,11 @@ fn pair(t: &Transport, ring: u64) -> (Connection, Connection, Socket, std::net::
         .unwrap();
     let local = s.local_addr().unwrap().as_socket().unwrap();
     let pending = t
-        .offer(Endpoint::from_std(local), Endpoint::from_std(server_addr))
+        .offer(
+            Endpoint::from_std(local),
+            Endpoint::from_std(server_addr),
+            s.as_raw_fd(),
+        )
         .unwrap();
     s.connect(&server_addr.into()).unwrap();
     let (srv, peer) = l.accept().unwrap();
@@ -325,7 +329,11 @@ fn concurrent_offers_are_all_answered() {
             .unwrap();
         let local = s.local_addr().unwrap().as_socket().unwrap();
         let p = t
-            .offer(Endpoint::from_std(local), Endpoint::from_std(server_addr))
+            .offer(
+                Endpoint::from_std(local),
+                Endpoint::from_std(server_addr),
+                s.as_raw_fd(),
+            )
             .unwrap();
         clients.push((s, p));
     }
@@ -370,7 +378,11 @@ fn offers_from_threads_are_all_answered() {
                     .unwrap();
                 let local = s.local_addr().unwrap().as_socket().unwrap();
                 let p = client
-                    .offer(Endpoint::from_std(local), Endpoint::from_std(server_addr))
+                    .offer(
+                        Endpoint::from_std(local),
+                        Endpoint::from_std(server_addr),
+                        s.as_raw_fd(),
+                    )
                     .unwrap();
                 s.connect(&server_addr.into()).unwrap();
                 let ok = matches!(

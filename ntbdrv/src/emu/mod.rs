@@ -25,7 +25,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ntb_sys as sys;
@@ -306,8 +306,6 @@ pub struct EmuDevice {
     layout: Layout,
     side: SideId,
     peer: SideId,
-    /// Cached writer fds of the peer's doorbell FIFOs, by bit (opened on first use).
-    vector_writers: Mutex<Vec<Option<OwnedFd>>>,
 }
 
 const HDR_SIZE: usize = sys::NTBEMU_HEADER_SIZE as usize;
@@ -458,7 +456,6 @@ impl EmuDevice {
             layout,
             side,
             peer,
-            vector_writers: Mutex::new((0..config.n_db).map(|_| None).collect()),
         };
         Ok(dev)
     }
@@ -472,7 +469,6 @@ impl EmuDevice {
             layout: self.layout,
             side: self.side,
             peer: self.peer,
-            vector_writers: Mutex::new((0..self.config.n_db).map(|_| None).collect()),
         }
     }
 
@@ -614,21 +610,18 @@ impl EmuDevice {
         if kick == 0 {
             return;
         }
-        let Ok(mut writers) = self.vector_writers.lock() else {
-            return;
-        };
         while kick != 0 {
             let bit = kick.trailing_zeros();
             kick &= kick - 1;
-            let slot = &mut writers[bit as usize];
-            if slot.is_none() {
-                // O_RDWR, not O_WRONLY: a FIFO whose reader is gone answers a write with EPIPE
-                // and a SIGPIPE to the application; holding both ends, it always has a reader.
-                *slot = sysutil::open(&self.vector_path(side, bit), libc::O_RDWR | libc::O_NONBLOCK)
-                    .ok();
-            }
-            if let Some(fd) = slot {
-                sysutil::kick(fd);
+            // Opened for each kick and closed at once: an fd kept open here would be one the
+            // application does not know about (and might close or count). O_RDWR, not O_WRONLY:
+            // a FIFO whose reader is gone answers a write with EPIPE and a SIGPIPE to the
+            // application; holding both ends, it always has a reader.
+            if let Ok(fd) = sysutil::open(
+                &self.vector_path(side, bit),
+                libc::O_RDWR | libc::O_NONBLOCK,
+            ) {
+                sysutil::kick(&fd);
             }
         }
     }
