@@ -283,6 +283,7 @@ fn no_listener_means_tcp() {
     let r = t.offer(
         Endpoint::from_std("127.0.0.1:40000".parse().unwrap()),
         Endpoint::from_std("127.0.0.1:40001".parse().unwrap()),
+        -1,
     );
     assert_eq!(r.err(), Some(Reason::NoListener));
 }
