@@ -154,6 +154,43 @@ pub fn doorbell_vector_fd(f: &dyn Fixture) {
     );
 }
 
+/// Message-signalled vectors: the peer triggers a leased vector and its line becomes readable;
+/// leases are distinct; out-of-range vectors are refused.
+pub fn vectors_trigger_lines(f: &dyn Fixture) {
+    let (a, b) = up(f);
+    let n = b.vector_count();
+    assert!(n >= 64, "at least 64 vectors (more than doorbell bits)");
+    let v1 = b.lease_vector(1).unwrap();
+    let v2 = b.lease_vector(1).unwrap();
+    assert_ne!(v1.vector, v2.vector, "every lease gets its own vector");
+    let fd1 = b.vector_fd(v1.vector).unwrap();
+    let fd2 = b.vector_fd(v2.vector).unwrap();
+    crate::drain_vector(&fd1);
+    crate::drain_vector(&fd2);
+    a.peer_vector_trigger(v1.vector).unwrap();
+    assert!(
+        readable(&fd1, LONG),
+        "the triggered vector's line must become readable"
+    );
+    assert!(
+        !readable(&fd2, Duration::from_millis(20)),
+        "another vector stays quiet"
+    );
+    crate::drain_vector(&fd1);
+    assert!(
+        !readable(&fd1, Duration::from_millis(20)),
+        "drained line is quiet"
+    );
+    assert!(a.peer_vector_trigger(n).is_err());
+    assert!(b.vector_fd(n).is_err());
+    b.release(Lease::Vector(v1)).unwrap();
+    b.release(Lease::Vector(v2)).unwrap();
+    assert!(
+        b.release(Lease::Vector(v2)).is_err(),
+        "double release is refused"
+    );
+}
+
 /// The ntb_transport-style scratchpad handshake: each side writes the peer's bank and reads its
 /// own; out-of-range indices are refused.
 pub fn scratchpad_handshake(f: &dyn Fixture) {

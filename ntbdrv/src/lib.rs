@@ -106,11 +106,20 @@ pub struct DoorbellLease {
     pub slot: u32,
 }
 
-/// A resource lease of either kind, for [`NtbDevice::release`].
+/// An interrupt-vector lease: this host's message-signalled vector `vector` belongs to the
+/// holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VectorLease {
+    pub vector: u32,
+    pub slot: u32,
+}
+
+/// A resource lease of any kind, for [`NtbDevice::release`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lease {
     Window(WindowLease),
     Doorbell(DoorbellLease),
+    Vector(VectorLease),
 }
 
 /// A DMA channel held by this process. Dropping it stops the channel's use by this process and
@@ -179,6 +188,22 @@ pub trait NtbDevice: Send + Sync {
     /// A kernel-visible interrupt line for doorbell `bit`: the fd becomes readable when the bit
     /// is rung while unmasked. Poll it with poll/epoll; [`drain_vector`] empties it.
     fn db_vector_fd(&self, bit: u32) -> Result<OwnedFd, DoorbellError>;
+
+    // ---- message-signalled interrupt vectors ------------------------------------------------
+    // The ntb_msi model: besides the few doorbell bits, a side has many interrupt vectors that
+    // the peer triggers by writing a message through the window (an MSI data word). Each has a
+    // kernel-visible line like a doorbell bit's; there is no status register to read or clear:
+    // emptying the line is the acknowledgement, and the caller re-checks its own state.
+
+    /// How many vectors a side has.
+    fn vector_count(&self) -> u32;
+    /// Lease one of this side's vectors.
+    fn lease_vector(&self, tag: u32) -> Result<VectorLease, LeaseError>;
+    /// The kernel-visible line of this side's vector `v` (readable once triggered; empty it
+    /// with [`drain_vector`]).
+    fn vector_fd(&self, v: u32) -> Result<OwnedFd, DoorbellError>;
+    /// Trigger the peer's vector `v`.
+    fn peer_vector_trigger(&self, v: u32) -> Result<(), DoorbellError>;
 
     // ---- scratchpads ------------------------------------------------------------------------
     fn spad_count(&self) -> u32;

@@ -104,6 +104,7 @@ conformance!(
     doorbell_set_clear_mask,
     doorbell_no_lost_wakeup,
     doorbell_vector_fd,
+    vectors_trigger_lines,
     scratchpad_handshake,
     windows_visible,
     dma_transfer,

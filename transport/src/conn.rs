@@ -11,7 +11,8 @@
 //! | CREDIT (0x040) | peer (as receiver) | owner | `head` of the owner's sends (credits), "receiver sleeps", "receiver closed" |
 //! | LOCAL (0x080..) | owner | owner | consumer and producer counters, sequence numbers, counters |
 //!
-//! Sleepers are woken by doorbells: each endpoint leases one doorbell bit; a side that goes to
+//! Sleepers are woken by interrupts: each endpoint leases one message-signalled vector (the
+//! ntb_msi "virtual doorbell"; a doorbell bit would do, but a side has only a few); a side that goes to
 //! sleep says so in the other side's memory first, and the other side rings the bit only then.
 //! The TCP socket stays open and idle: it is the liveness signal (a dead peer's kernel closes it).
 
@@ -21,7 +22,7 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ntbdrv::{BusAddr, Completion, DmaDesc, DoorbellLease, Lease, NtbDevice, Region, WindowLease};
+use ntbdrv::{BusAddr, Completion, DmaDesc, Lease, NtbDevice, Region, VectorLease, WindowLease};
 
 use crate::proto::{
     Endpoint, Frame, FrameHeader, ProtoError, Ring, RingLoc, ENDPOINT_HDR, FRAME_HDR, FRAME_PAD,
@@ -132,7 +133,7 @@ pub struct Connection {
     /// Our lease: our receive ring and the peer-written words.
     mine: Region,
     my_lease: WindowLease,
-    my_bell: DoorbellLease,
+    my_bell: VectorLease,
     vector: OwnedFd,
     /// The peer's lease, through our outbound window.
     theirs: Region,
@@ -165,13 +166,13 @@ pub enum Role {
 pub(crate) struct HalfOpen {
     pub mine: Region,
     pub lease: WindowLease,
-    pub bell: DoorbellLease,
+    pub bell: VectorLease,
     pub vector: OwnedFd,
     pub loc: RingLoc,
 }
 
 impl HalfOpen {
-    /// Lease window space and a doorbell bit, and initialise our endpoint block.
+    /// Lease window space and an interrupt vector, and initialise our endpoint block.
     pub(crate) fn new(
         dev: &dyn NtbDevice,
         ring_bytes: u64,
@@ -189,7 +190,7 @@ impl HalfOpen {
             }
         }
         let lease = lease.ok_or(Reason::NoWindowSpace)?;
-        let bell = match dev.lease_doorbell(crate::ENDPOINT_TAG) {
+        let bell = match dev.lease_vector(crate::ENDPOINT_TAG) {
             Ok(b) => b,
             Err(_) => {
                 let _ = dev.release(Lease::Window(lease));
@@ -198,7 +199,7 @@ impl HalfOpen {
         };
         let undo = |dev: &dyn NtbDevice| {
             let _ = dev.release(Lease::Window(lease));
-            let _ = dev.release(Lease::Doorbell(bell));
+            let _ = dev.release(Lease::Vector(bell));
         };
         let mine = match dev
             .inbound(lease.mw)
@@ -210,7 +211,7 @@ impl HalfOpen {
                 return Err(Reason::NoWindowSpace);
             }
         };
-        let vector = match dev.db_vector_fd(bell.bit) {
+        let vector = match dev.vector_fd(bell.vector) {
             Ok(v) => v,
             Err(_) => {
                 undo(dev);
@@ -227,7 +228,7 @@ impl HalfOpen {
             pid: std::process::id(),
         };
         let _ = mine.write(INFO_BASE + 8, &info.encode());
-        word32(&mine, L_MY_BIT).store(bell.bit, Relaxed);
+        word32(&mine, L_MY_BIT).store(bell.vector, Relaxed);
         word32(&mine, L_MY_BELL_SLOT).store(bell.slot, Relaxed);
         word32(&mine, INFO_BASE).store(INFO_MAGIC, Release);
         Ok(HalfOpen {
@@ -239,7 +240,7 @@ impl HalfOpen {
                 mw: lease.mw,
                 offset: lease.offset,
                 len,
-                db_bit: bell.bit,
+                db_bit: bell.vector,
             },
         })
     }
@@ -282,16 +283,16 @@ impl HalfOpen {
         if info.pid != std::process::id() {
             return None;
         }
-        let bell = DoorbellLease {
-            bit: word32(&mine, L_MY_BIT).load(Relaxed),
+        let bell = VectorLease {
+            vector: word32(&mine, L_MY_BIT).load(Relaxed),
             slot: word32(&mine, L_MY_BELL_SLOT).load(Relaxed),
         };
-        let vector = dev.db_vector_fd(bell.bit).ok()?;
+        let vector = dev.vector_fd(bell.vector).ok()?;
         let loc = RingLoc {
             mw: lease.mw,
             offset: lease.offset,
             len: lease.len,
-            db_bit: bell.bit,
+            db_bit: bell.vector,
         };
         let index = word32(&mine, L_OFFER_SLOT).load(Relaxed);
         let generation = word32(&mine, L_OFFER_GEN).load(Relaxed);
@@ -315,7 +316,7 @@ impl HalfOpen {
     pub(crate) fn release(self, dev: &dyn NtbDevice) {
         word32(&self.mine, INFO_BASE).store(0, Release);
         let _ = dev.release(Lease::Window(self.lease));
-        let _ = dev.release(Lease::Doorbell(self.bell));
+        let _ = dev.release(Lease::Vector(self.bell));
     }
 }
 
@@ -453,7 +454,7 @@ impl Connection {
         word32(&half.mine, L_PEER_BIT).store(their_loc.db_bit, Relaxed);
         word64(&half.mine, L_PEER_OFF).store(their_loc.offset, Relaxed);
         word64(&half.mine, L_PEER_LEN).store(their_loc.len, Relaxed);
-        word32(&half.mine, L_MY_BIT).store(half.bell.bit, Relaxed);
+        word32(&half.mine, L_MY_BIT).store(half.bell.vector, Relaxed);
         word32(&half.mine, L_MY_BELL_SLOT).store(half.bell.slot, Relaxed);
         word64(&half.mine, L_SOCK_INODE).store(sys::inode(tcp_fd).unwrap_or(0), Release);
         Ok(Connection {
@@ -1030,7 +1031,7 @@ impl Connection {
     }
 
     fn ring_peer(&self) {
-        if self.dev.peer_db_set(1u64 << self.their_loc.db_bit).is_ok() {
+        if self.dev.peer_vector_trigger(self.their_loc.db_bit).is_ok() {
             self.count(Counter::DoorbellsRung, 1);
         }
     }
@@ -1138,7 +1139,6 @@ impl Connection {
     /// clear, then the caller re-checks the ring).
     fn ack_doorbell(&self) {
         ntbdrv::drain_vector(&self.vector);
-        let _ = self.dev.db_clear(1u64 << self.my_bell.bit);
     }
 
     /// Wait until the ring is readable (`read`) or has room, or the deadline passes: spin, then
@@ -1351,7 +1351,7 @@ impl Connection {
                 .find(|&p| p != 0 && p != me && ntbdrv::process::start_time(p).is_some());
             if let Some(pid) = heir {
                 let _ = self.dev.transfer(Lease::Window(self.my_lease), pid);
-                let _ = self.dev.transfer(Lease::Doorbell(self.my_bell), pid);
+                let _ = self.dev.transfer(Lease::Vector(self.my_bell), pid);
                 return false;
             }
             if t0.elapsed() > Duration::from_millis(50) {
@@ -1398,7 +1398,7 @@ impl Connection {
         };
         let mw_size = dev.mw_align(0).ok()?.size_max;
         let tx_ring = their_loc
-            .check(dev.mw_count(), mw_size, dev.db_valid_mask().count_ones())
+            .check(dev.mw_count(), mw_size, dev.vector_count())
             .ok()?;
         let rx_ring = Ring::new(lease.len.checked_sub(ENDPOINT_HDR)?)?;
         let theirs = dev
@@ -1406,11 +1406,11 @@ impl Connection {
             .ok()?
             .slice(their_loc.offset as usize, their_loc.len as usize)
             .ok()?;
-        let bell = DoorbellLease {
-            bit: word32(&mine, L_MY_BIT).load(Relaxed),
+        let bell = VectorLease {
+            vector: word32(&mine, L_MY_BIT).load(Relaxed),
             slot: word32(&mine, L_MY_BELL_SLOT).load(Relaxed),
         };
-        let vector = dev.db_vector_fd(bell.bit).ok()?;
+        let vector = dev.vector_fd(bell.vector).ok()?;
         let mut ib = [0u8; 48];
         mine.read(INFO_BASE + 8, &mut ib).ok()?;
         let info = Info::decode(&ib);

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use ntbdrv::{DmaChannel, DoorbellLease, Lease, NtbDevice, WindowLease};
+use ntbdrv::{DmaChannel, Lease, NtbDevice, VectorLease, WindowLease};
 
 pub use conn::{Connection, Counter, IoError, Readiness, RecvFlags, Role, ARM_GRACE};
 pub use proto::{Endpoint, Reason};
@@ -153,7 +153,7 @@ struct Zombie {
     /// The endpoint block: once the peer has set its FIN or RST flag it writes no more.
     block: ntbdrv::Region,
     lease: WindowLease,
-    bell: DoorbellLease,
+    bell: VectorLease,
     until: Instant,
 }
 
@@ -183,17 +183,17 @@ impl Shared {
             .as_ref()
     }
 
-    /// Return a closed endpoint's lease and doorbell bit, now or after the quarantine.
+    /// Return a closed endpoint's lease and interrupt vector, now or after the quarantine.
     pub(crate) fn retire(
         &self,
         block: ntbdrv::Region,
         lease: WindowLease,
-        bell: DoorbellLease,
+        bell: VectorLease,
         peer_done: bool,
     ) {
         if peer_done {
             let _ = self.dev.release(Lease::Window(lease));
-            let _ = self.dev.release(Lease::Doorbell(bell));
+            let _ = self.dev.release(Lease::Vector(bell));
         } else if let Ok(mut z) = self.zombies.lock() {
             z.push(Zombie {
                 block,
@@ -213,7 +213,7 @@ impl Shared {
         z.retain(|zb| {
             if zb.until <= now || conn::peer_finished(&zb.block) {
                 let _ = self.dev.release(Lease::Window(zb.lease));
-                let _ = self.dev.release(Lease::Doorbell(zb.bell));
+                let _ = self.dev.release(Lease::Vector(zb.bell));
                 self.counters.zombies_reaped.fetch_add(1, Relaxed);
                 false
             } else {
@@ -290,7 +290,7 @@ impl Transport {
         let ctrl = Control::open(&*dev).map_err(OpenError::Control)?;
         let same_host = dev.side() == dev.peer_side();
         let mw_size = dev.mw_align(0).map(|a| a.size_max).unwrap_or(0);
-        let db_bits = dev.db_valid_mask().count_ones();
+        let db_bits = dev.vector_count();
         let shared = Arc::new(Shared {
             dev,
             settings,
@@ -362,7 +362,7 @@ impl Transport {
             };
             self.ctrl.write_answer(index, generation, &a);
             if offer.ring.db_bit < self.db_bits {
-                let _ = self.shared.dev.peer_db_set(1u64 << offer.ring.db_bit);
+                let _ = self.shared.dev.peer_vector_trigger(offer.ring.db_bit);
             }
             reason
         };
@@ -405,7 +405,7 @@ impl Transport {
             ring: loc,
         };
         self.ctrl.write_answer(index, generation, &a);
-        let _ = self.shared.dev.peer_db_set(1u64 << offer.ring.db_bit);
+        let _ = self.shared.dev.peer_vector_trigger(offer.ring.db_bit);
         Ok(c)
     }
 

@@ -271,7 +271,8 @@ impl FrameHeader {
 // ---- rendezvous records ------------------------------------------------------------------------
 
 /// Where an endpoint's receive ring lives: `len` bytes at `offset` of its host's inbound window
-/// `mw`, and the doorbell bit that wakes it.
+/// `mw`, and the interrupt vector that wakes it (field `db_bit`: a doorbell bit in version 1's
+/// first design, a message-signalled vector now).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RingLoc {
     pub mw: u32,
@@ -287,7 +288,7 @@ impl RingLoc {
             return Err(ProtoError::BadRecord("window index"));
         }
         if self.db_bit >= db_bits {
-            return Err(ProtoError::BadRecord("doorbell bit"));
+            return Err(ProtoError::BadRecord("interrupt vector"));
         }
         if !self.offset.is_multiple_of(4096) || self.len <= ENDPOINT_HDR {
             return Err(ProtoError::BadRecord("ring alignment"));
@@ -540,7 +541,7 @@ pub enum Reason {
     NoAnswer = 6,
     /// No window space for the rings.
     NoWindowSpace = 7,
-    /// No doorbell bit free.
+    /// No interrupt vector (or doorbell bit) free.
     NoDoorbell = 8,
     /// The peer sent an invalid offer or answer.
     BadPeer = 9,
@@ -614,7 +615,7 @@ impl Reason {
             Reason::PeerDeclined => "the peer declined the upgrade",
             Reason::NoAnswer => "the peer did not answer the upgrade offer in time",
             Reason::NoWindowSpace => "no memory-window space left for the connection's rings",
-            Reason::NoDoorbell => "no doorbell bit left on this host",
+            Reason::NoDoorbell => "no interrupt vector left on this host",
             Reason::BadPeer => "the peer sent an invalid offer or answer",
             Reason::NoOffer => {
                 "the client made no upgrade offer (plain client or not flagged there)"

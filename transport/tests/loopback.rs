@@ -409,3 +409,25 @@ fn offers_from_threads_are_all_answered() {
         assert!(t.join().unwrap().1);
     }
 }
+
+/// More connections at once than the device has doorbell bits (each endpoint has its own
+/// interrupt vector).
+#[test]
+fn more_connections_than_doorbell_bits() {
+    let (_d, dev) = device("wide");
+    let t = transport(&dev, 16 << 10);
+    let pairs: Vec<_> = (0..100).map(|_| pair(&t, 16 << 10)).collect();
+    for (i, (c, s, _, _)) in pairs.iter().enumerate() {
+        let msg = format!("conn {i}");
+        c.send(&[msg.as_bytes()], false, None).unwrap();
+        let mut b = [0u8; 16];
+        let n = s
+            .recv(
+                &mut [&mut b[..]],
+                RecvFlags::default(),
+                Some(Duration::from_secs(5)),
+            )
+            .unwrap();
+        assert_eq!(&b[..n], msg.as_bytes());
+    }
+}

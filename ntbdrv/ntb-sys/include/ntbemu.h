@@ -30,6 +30,10 @@
 #define NTBEMU_MAX_DMA_CH 4u
 #define NTBEMU_DMA_RING_LEN 64u
 #define NTBEMU_HOST_SLOTS 1024u
+/* Interrupt vectors per side for message-signalled wake-ups (the emulated counterpart of
+ * ntb_msi's "virtual doorbells": a write of an MSI data word through the window), beside the
+ * few doorbell bits. 2048 is the MSI-X table limit. */
+#define NTBEMU_MAX_VECTORS 2048u
 
 #define NTBEMU_TOPO_LOOPBACK 1u /* one host through its own bridge: the peer of side 0 is side 0 */
 #define NTBEMU_TOPO_TWO_HOST 2u /* side 0 and side 1 are two hosts joined by the link */
@@ -187,6 +191,7 @@ struct plx_dma_desc {
 #define NTBEMU_LEASE_WINDOW 1u
 #define NTBEMU_LEASE_DOORBELL 2u
 #define NTBEMU_LEASE_DMA 3u
+#define NTBEMU_LEASE_VECTOR 4u
 
 struct ntbemu_lease {
     uint32_t kind;        /* NTBEMU_LEASE_* */

@@ -482,6 +482,7 @@ impl EmuDevice {
                     k if k == sys::NTBEMU_LEASE_WINDOW => "window",
                     k if k == sys::NTBEMU_LEASE_DOORBELL => "doorbell",
                     k if k == sys::NTBEMU_LEASE_DMA => "dma",
+                    k if k == sys::NTBEMU_LEASE_VECTOR => "vector",
                     _ => "unknown",
                 },
                 pid: s.pid,
@@ -584,6 +585,15 @@ impl EmuDevice {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         self.path.with_file_name(format!("{stem}.s{side}.db{bit}"))
+    }
+
+    fn msi_path(&self, side: SideId, v: u32) -> PathBuf {
+        let stem = self
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.path.with_file_name(format!("{stem}.s{side}.v{v}"))
     }
 
     fn vector_armed(&self, side: SideId) -> (&AtomicU32, &AtomicU32) {
@@ -1040,6 +1050,64 @@ impl NtbDevice for EmuDevice {
         Ok(fd)
     }
 
+    fn vector_count(&self) -> u32 {
+        sys::NTBEMU_MAX_VECTORS
+    }
+
+    fn lease_vector(&self, tag: u32) -> Result<crate::VectorLease, LeaseError> {
+        let t = self.table();
+        let n = sys::NTBEMU_MAX_VECTORS;
+        let (vector, slot) = match t.lease_index(sys::NTBEMU_LEASE_VECTOR, n, tag) {
+            Err(_) if t.reclaim() > 0 => t.lease_index(sys::NTBEMU_LEASE_VECTOR, n, tag),
+            r => r,
+        }
+        .map_err(|e| match e {
+            LeaseError::TableFull => LeaseError::TableFull,
+            _ => LeaseError::DoorbellsExhausted { count: n },
+        })?;
+        Ok(crate::VectorLease { vector, slot })
+    }
+
+    fn vector_fd(&self, v: u32) -> Result<OwnedFd, DoorbellError> {
+        if v >= sys::NTBEMU_MAX_VECTORS {
+            return Err(DoorbellError::Vector(format!(
+                "vector {v} does not exist (the side has {})",
+                sys::NTBEMU_MAX_VECTORS
+            )));
+        }
+        let path = self.msi_path(self.side, v);
+        sysutil::mkfifo(&path)
+            .map_err(|e| DoorbellError::Vector(format!("mkfifo {}: {e}", path.display())))?;
+        // O_RDWR keeps a writer on the FIFO, so poll never reports a hang-up.
+        sysutil::open(&path, libc::O_RDWR | libc::O_NONBLOCK)
+            .map_err(|e| DoorbellError::Vector(format!("open {}: {e}", path.display())))
+    }
+
+    fn peer_vector_trigger(&self, v: u32) -> Result<(), DoorbellError> {
+        if v >= sys::NTBEMU_MAX_VECTORS {
+            return Err(DoorbellError::Vector(format!(
+                "vector {v} does not exist (the side has {})",
+                sys::NTBEMU_MAX_VECTORS
+            )));
+        }
+        if !self.link_up() {
+            return Err(DoorbellError::LinkDown);
+        }
+        if fault::take(self, sys::NTBEMU_FAULT_LOST_DB) {
+            return Ok(()); // the message write vanished on the link
+        }
+        // The MSI message: a kick on the vector's line, opened for this write and closed at
+        // once (an fd kept here would be one the application does not know about). O_RDWR, not
+        // O_WRONLY: with no reader left a FIFO answers EPIPE and SIGPIPEs the application.
+        if let Ok(fd) = sysutil::open(
+            &self.msi_path(self.peer, v),
+            libc::O_RDWR | libc::O_NONBLOCK,
+        ) {
+            sysutil::kick(&fd);
+        }
+        Ok(())
+    }
+
     fn spad_count(&self) -> u32 {
         self.config.n_spad
     }
@@ -1169,6 +1237,7 @@ impl NtbDevice for EmuDevice {
     fn release(&self, lease: Lease) -> Result<(), LeaseError> {
         match lease {
             Lease::Window(w) => self.table().release(w.slot, sys::NTBEMU_LEASE_WINDOW),
+            Lease::Vector(v) => self.table().release(v.slot, sys::NTBEMU_LEASE_VECTOR),
             Lease::Doorbell(d) => {
                 let (lo, hi) = self.vector_armed(self.side);
                 if d.bit < 32 {
@@ -1185,6 +1254,7 @@ impl NtbDevice for EmuDevice {
         let (slot, kind) = match lease {
             Lease::Window(w) => (w.slot, sys::NTBEMU_LEASE_WINDOW),
             Lease::Doorbell(d) => (d.slot, sys::NTBEMU_LEASE_DOORBELL),
+            Lease::Vector(v) => (v.slot, sys::NTBEMU_LEASE_VECTOR),
         };
         self.table().transfer(slot, kind, pid)
     }
