@@ -460,7 +460,25 @@ pub fn recv(
         peek: flags & libc::MSG_PEEK != 0,
         waitall: flags & libc::MSG_WAITALL != 0,
     };
-    c.recv(bufs, f, sock.rcvtimeo()).map_err(io_errno)
+    let r = c.recv(bufs, f, sock.rcvtimeo());
+    match r {
+        Ok(0) => global::get().log(LogLevel::Debug, || {
+            format!(
+                "{} -> {}: recv: end of stream",
+                sock.local.to_std(),
+                sock.peer.to_std()
+            )
+        }),
+        Err(e) if e != IoError::WouldBlock => global::get().log(LogLevel::Debug, || {
+            format!(
+                "{} -> {}: recv: {e:?}",
+                sock.local.to_std(),
+                sock.peer.to_std()
+            )
+        }),
+        _ => {}
+    }
+    r.map_err(io_errno)
 }
 
 pub fn send(sock: &Sock, c: &Connection, bufs: &[&[u8]], flags: c_int) -> Result<usize, c_int> {

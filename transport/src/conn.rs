@@ -932,7 +932,9 @@ impl Connection {
     /// would cost a cross-core miss per send).
     fn place(&self, tail: u64, want: u64) -> Result<Option<crate::proto::Placement>, ProtoError> {
         let seen = self.tx_head_seen.load(Relaxed);
-        if let Some(p) = self.tx_ring.place(tail, seen, want)? {
+        // A cached value too old to make sense with our producer counter (other paths such as
+        // `send_file` move it too) is simply refreshed; only the fresh value is validated.
+        if let Ok(Some(p)) = self.tx_ring.place(tail, seen, want) {
             if p.len == want.min(self.tx_ring.max_payload()) {
                 return Ok(Some(p));
             }

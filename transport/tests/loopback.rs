@@ -431,3 +431,45 @@ fn more_connections_than_doorbell_bits() {
         assert_eq!(&b[..n], msg.as_bytes());
     }
 }
+
+/// sendfile moves the producer counter too: a later send must still see the right credits
+/// (a stale cache once reset nginx's connections after a sendfile larger than the ring).
+#[test]
+fn send_after_sendfile_larger_than_the_ring() {
+    let (d, dev) = device("sendfile");
+    let t = transport(&dev, 16 << 10);
+    let (c, s, _a, _b) = pair(&t, 16 << 10);
+    let path = d.0.join("payload");
+    let data: Vec<u8> = (0..(200u64 << 10)).map(pattern).collect();
+    std::fs::write(&path, &data).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let mut off = 0i64;
+            while (off as usize) < data.len() {
+                let left = data.len() - off as usize;
+                let n = c
+                    .send_file(file.as_raw_fd(), Some(&mut off), left, false, None)
+                    .expect("sendfile");
+                assert!(n > 0);
+            }
+            c.send(&[b"tail"], false, None)
+                .expect("a send after sendfile");
+        });
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        while got.len() < data.len() + 4 {
+            let n = s
+                .recv(
+                    &mut [&mut buf[..]],
+                    RecvFlags::default(),
+                    Some(Duration::from_secs(10)),
+                )
+                .unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got[..data.len()] == data[..], "file bytes intact");
+        assert_eq!(&got[data.len()..], b"tail");
+    });
+}
