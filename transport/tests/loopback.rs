@@ -473,3 +473,47 @@ fn send_after_sendfile_larger_than_the_ring() {
         assert_eq!(&got[data.len()..], b"tail");
     });
 }
+
+/// Ping-pong of small messages as fast as two threads can go (sockperf's pattern): every
+/// reply matches its request.
+#[test]
+fn fast_ping_pong_keeps_messages_intact() {
+    let (_d, dev) = device("pingpong");
+    let t = transport(&dev, 64 << 10);
+    let (c, s, _a, _b) = pair(&t, 64 << 10);
+    const N: u64 = 200_000;
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let mut buf = [0u8; 14];
+            for _ in 0..N {
+                let mut got = 0;
+                while got < 14 {
+                    got += s
+                        .recv(&mut [&mut buf[got..]], RecvFlags::default(), None)
+                        .unwrap();
+                }
+                buf[9] = 2;
+                s.send(&[&buf], false, None).unwrap();
+            }
+        });
+        let mut back = [0u8; 14];
+        for i in 0..N {
+            let mut msg = [0u8; 14];
+            msg[..8].copy_from_slice(&i.to_be_bytes());
+            msg[9] = 3;
+            c.send(&[&msg], false, None).unwrap();
+            let mut got = 0;
+            while got < 14 {
+                got += c
+                    .recv(&mut [&mut back[got..]], RecvFlags::default(), None)
+                    .unwrap();
+            }
+            assert_eq!(
+                u64::from_be_bytes(back[..8].try_into().unwrap()),
+                i,
+                "reply {i}"
+            );
+            assert_eq!(back[9], 2);
+        }
+    });
+}
