@@ -7,25 +7,28 @@
 #     producer memcpy in, consumer memcpy out, busy polling) with the write size as chunk size.
 # The three are interleaved (size by size inside each run); the table gives medians over runs.
 #
-# usage: benches/table3.sh [--sizes LIST] [--runs N] [--out-dir DIR] [--no-plot]
-#   --sizes LIST  comma-separated write sizes (suffix K/M = KiB/MiB; default all 23: 1,2,4,…,4M)
-#   --runs N      runs per size and path (default 3)
-#   --out-dir DIR where table3.md, table3-raw.csv and table3.png go (default benches/results)
-#   --no-plot     do not run benches/plot_table3.py
+# usage: benches/table3.sh [--sizes LIST] [--runs N] [--out-dir DIR] [--no-plot] [--from-raw CSV]
+#   --sizes LIST    comma-separated write sizes (suffix K/M = KiB/MiB; default all 23: 1,2,4,…,4M)
+#   --runs N        runs per size and path (default 3)
+#   --out-dir DIR   where table3.md, table3-raw.csv, table3-summary.csv and table3.png go
+#                   (default benches/results)
+#   --no-plot       do not run benches/plot_table3.py
+#   --from-raw CSV  measure nothing: rebuild the table and plot from an earlier table3-raw.csv
 # Needs: iperf (2.x), a release build of libpcisock.so (PCISOCK_LIB overrides its path), gcc for
 # the ring column (the column is "n/a" when shared/tools/shmbench.c is absent), python3 with
 # matplotlib for the plot (pip install matplotlib).
 # Every run is bounded by `timeout`; every process started is ended by PID.
 set -euo pipefail
 
-SIZES="" RUNS=3 OUT_DIR="" PLOT=1
+SIZES="" RUNS=3 OUT_DIR="" PLOT=1 FROM_RAW=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --sizes) SIZES="$2"; shift 2 ;;
         --runs) RUNS="$2"; shift 2 ;;
         --out-dir) OUT_DIR="$2"; shift 2 ;;
         --no-plot) PLOT=0; shift ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --from-raw) FROM_RAW="$2"; shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "table3.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -62,102 +65,118 @@ else
 fi
 human() { awk -v b="$1" 'BEGIN { if (b >= 1048576) printf "%dM", b/1048576; else if (b >= 1024) printf "%dK", b/1024; else printf "%d", b }'; }
 
-work="$(mktemp -d /tmp/pcisock-table3.XXXXXX)"
-chmod 700 "$work"
-mkdir -m 700 "$work/emu"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    sleep 0.2
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-shmbench=""
-if [[ -f "$shmsrc" ]]; then
-    command -v gcc >/dev/null || { echo "table3.sh: gcc not found (needed to build $shmsrc)" >&2; exit 2; }
-    gcc -O2 -march=native -o "$work/shmbench" "$shmsrc" || { echo "table3.sh: building $shmsrc failed" >&2; exit 2; }
-    shmbench="$work/shmbench"
-else
-    echo "table3.sh: $shmsrc absent: the ring-ceiling column will be n/a" >&2
-fi
-
-port_free() { ! grep -qi ":$(printf '%04X' "$1") 00000000:0000 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
-wait_listen() {
-    for _ in $(seq 200); do
-        grep -qi ":$(printf '%04X' "$1") [0-9A-F:]* 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
-        sleep 0.02
-    done
-    echo "table3.sh: nothing listens on port $1" >&2; return 1
-}
-port=$((20000 + RANDOM % 20000))
-while ! port_free "$port"; do port=$((port + 1)); done
-
-# Bytes per iperf run: 2^20 writes, at least 1 MiB, at most 8 GiB (≈0.2–1 s per run here).
-amount() { local a=$(( $1 * 1048576 )); (( a > 8589934592 )) && a=8589934592; (( a < 1048576 )) && a=1048576; echo "$a"; }
-# Bytes per ring run: 2^23 chunks, 16 MiB … 4 GiB; the ring is max(1 MiB, 2 × chunk).
-ring_total() { local a=$(( $1 * 8388608 )); (( a > 4294967296 )) && a=4294967296; (( a < 16777216 )) && a=16777216; echo "$a"; }
-ring_size() { local r=1048576; (( $1 * 2 > r )) && r=$(( $1 * 2 )); echo "$r"; }
-
-# One iperf2 run. $1 = ntb|tcp, $2 = size. Prints "MB/s server_bytes" (MB = 10^6 bytes; the
-# rate is the client's, the server's byte count is a cross-check; see table3.md).
-iperf_run() {
-    local mode=$1 size=$2 env=() n
-    n="$(amount "$size")"
-    if [[ $mode == ntb ]]; then
-        env=(LD_PRELOAD="$lib" PCISOCK_EMU_DIR="$work/emu" PCISOCK_PORTS="$port" PCISOCK_STRICT=1)
-    fi
-    : >"$work/s.log"
-    env "${env[@]}" iperf -s -p "$port" -y C >"$work/s.log" 2>"$work/s.err" &
-    local spid=$!; pids+=("$spid")
-    wait_listen "$port" || { kill "$spid"; return 1; }
-    local out
-    if ! out="$(env "${env[@]}" timeout 60 iperf -c 127.0.0.1 -p "$port" -l "$size" -n "$n" -y C 2>"$work/c.err")"; then
-        echo "table3.sh: iperf client ($mode, -l $size -n $n) failed or timed out: $(cat "$work/c.err")" >&2
-        kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null || true; return 1
-    fi
-    for _ in $(seq 100); do grep -q , "$work/s.log" && break; sleep 0.02; done
-    kill "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true
-    local bps sbytes
-    bps="$(echo "$out" | grep , | tail -1 | awk -F, '{print $9}')"
-    sbytes="$(grep , "$work/s.log" | tail -1 | awk -F, '{print $8}')"
-    [[ -n "$bps" ]] || { echo "table3.sh: no iperf result ($mode, -l $size): $out $(cat "$work/c.err")" >&2; return 1; }
-    awk -v b="$bps" -v s="${sbytes:-none}" 'BEGIN {printf "%.4f %s\n", b/8/1e6, s}'
-}
-
-# One ring run: prints MB/s (or n/a).
-ring_run() {
-    local size=$1
-    [[ -n "$shmbench" ]] || { echo "n/a -"; return 0; }
-    local out
-    out="$(timeout 30 "$shmbench" ring "$(ring_size "$size")" "$size" "$(ring_total "$size")" copy -1 -1 2>&1)" || {
-        echo "table3.sh: shmbench ring (chunk $size) failed: $out" >&2; echo "n/a -"; return 0; }
-    awk '{for (i = 1; i <= NF; i++) if ($i ~ /^GBps=/) {sub("GBps=", "", $i); printf "%.4f -\n", $i * 1000}}' <<<"$out"
-}
-
-median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "n/a"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-
+cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs) model $(grep -m1 '^model' /proc/cpuinfo | cut -d: -f2 | xargs)"
 raw="$OUT_DIR/table3-raw.csv"
-echo "run,size,path,MBps,server_bytes,client_bytes" >"$raw"
-started="$(date -u +%Y-%m-%dT%H:%MZ)"
-echo "table3: ${#sizes[@]} sizes × $RUNS runs × {pcisock, tcp, ring}, port $port" >&2
-for r in $(seq "$RUNS"); do
-    for size in "${sizes[@]}"; do
-        for mode in ntb tcp ring; do
-            if [[ $mode == ring ]]; then res="$(ring_run "$size")"; else res="$(iperf_run "$mode" "$size")"; fi
-            read -r mbps sbytes <<<"$res"
-            cbytes="-"; [[ $mode != ring ]] && cbytes="$(amount "$size")"
-            echo "$r,$size,$mode,$mbps,$sbytes,$cbytes" >>"$raw"
-            printf '  run %d %6s %-4s %12s MB/s%s\n' "$r" "$(human "$size")" "$mode" "$mbps" \
-                "$([[ $sbytes != - && $sbytes != "$cbytes" ]] && echo "  (iperf server counted $sbytes of $cbytes bytes)")" >&2
+median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "n/a"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+if [[ -n "$FROM_RAW" ]]; then
+    [[ -f "$FROM_RAW" ]] || { echo "table3.sh: $FROM_RAW not found" >&2; exit 2; }
+    [[ "$(realpath "$FROM_RAW")" == "$(realpath -m "$raw")" ]] || cp "$FROM_RAW" "$raw"
+    mapfile -t sizes < <(awk -F, '!/^#/ && NR > 1 && $1 ~ /^[0-9]+$/ {print $2}' "$raw" | awk '!seen[$0]++')
+    RUNS="$(awk -F, '!/^#/ && $1 ~ /^[0-9]+$/ {if ($1 > m) m = $1} END {print m}' "$raw")"
+else
+    work="$(mktemp -d /tmp/pcisock-table3.XXXXXX)"
+    chmod 700 "$work"
+    mkdir -m 700 "$work/emu"
+    pids=()
+    cleanup() {
+        for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+        sleep 0.2
+        for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+        rm -rf "$work"
+    }
+    trap cleanup EXIT INT TERM
+
+    shmbench=""
+    if [[ -f "$shmsrc" ]]; then
+        command -v gcc >/dev/null || { echo "table3.sh: gcc not found (needed to build $shmsrc)" >&2; exit 2; }
+        gcc -O2 -march=native -o "$work/shmbench" "$shmsrc" || { echo "table3.sh: building $shmsrc failed" >&2; exit 2; }
+        shmbench="$work/shmbench"
+    else
+        echo "table3.sh: $shmsrc absent: the ring-ceiling column will be n/a" >&2
+    fi
+
+    port_free() { ! grep -qi ":$(printf '%04X' "$1") 00000000:0000 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
+    wait_listen() {
+        for _ in $(seq 200); do
+            grep -qi ":$(printf '%04X' "$1") [0-9A-F:]* 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
+            sleep 0.02
+        done
+        echo "table3.sh: nothing listens on port $1" >&2; return 1
+    }
+    port=$((20000 + RANDOM % 20000))
+    while ! port_free "$port"; do port=$((port + 1)); done
+
+    # Bytes per iperf run: 2^20 writes, at least 1 MiB, at most 8 GiB (≈0.2–1 s per run here).
+    amount() { local a=$(( $1 * 1048576 )); (( a > 8589934592 )) && a=8589934592; (( a < 1048576 )) && a=1048576; echo "$a"; }
+    # Bytes per ring run: 2^23 chunks, 16 MiB … 4 GiB; the ring is max(1 MiB, 2 × chunk).
+    ring_total() { local a=$(( $1 * 8388608 )); (( a > 4294967296 )) && a=4294967296; (( a < 16777216 )) && a=16777216; echo "$a"; }
+    ring_size() { local r=1048576; (( $1 * 2 > r )) && r=$(( $1 * 2 )); echo "$r"; }
+
+    # One iperf2 run. $1 = ntb|tcp, $2 = size. Prints "MB/s server_bytes" (MB = 10^6 bytes; the
+    # rate is the client's, the server's byte count is a cross-check; see table3.md).
+    iperf_run() {
+        local mode=$1 size=$2 env=() n
+        n="$(amount "$size")"
+        if [[ $mode == ntb ]]; then
+            env=(LD_PRELOAD="$lib" PCISOCK_EMU_DIR="$work/emu" PCISOCK_PORTS="$port" PCISOCK_STRICT=1)
+        fi
+        : >"$work/s.log"
+        env "${env[@]}" iperf -s -p "$port" -y C >"$work/s.log" 2>"$work/s.err" &
+        local spid=$!; pids+=("$spid")
+        wait_listen "$port" || { kill "$spid"; return 1; }
+        local out
+        if ! out="$(env "${env[@]}" timeout 60 iperf -c 127.0.0.1 -p "$port" -l "$size" -n "$n" -y C 2>"$work/c.err")"; then
+            echo "table3.sh: iperf client ($mode, -l $size -n $n) failed or timed out: $(cat "$work/c.err")" >&2
+            kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null || true; return 1
+        fi
+        for _ in $(seq 100); do grep -q , "$work/s.log" && break; sleep 0.02; done
+        kill "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true
+        local bps sbytes
+        bps="$(echo "$out" | grep , | tail -1 | awk -F, '{print $9}')"
+        sbytes="$(grep , "$work/s.log" | tail -1 | awk -F, '{print $8}')"
+        [[ -n "$bps" ]] || { echo "table3.sh: no iperf result ($mode, -l $size): $out $(cat "$work/c.err")" >&2; return 1; }
+        awk -v b="$bps" -v s="${sbytes:-none}" 'BEGIN {printf "%.4f %s\n", b/8/1e6, s}'
+    }
+
+    # One ring run: prints MB/s (or n/a).
+    ring_run() {
+        local size=$1
+        [[ -n "$shmbench" ]] || { echo "n/a -"; return 0; }
+        local out
+        out="$(timeout 30 "$shmbench" ring "$(ring_size "$size")" "$size" "$(ring_total "$size")" copy -1 -1 2>&1)" || {
+            echo "table3.sh: shmbench ring (chunk $size) failed: $out" >&2; echo "n/a -"; return 0; }
+        awk '{for (i = 1; i <= NF; i++) if ($i ~ /^GBps=/) {sub("GBps=", "", $i); printf "%.4f -\n", $i * 1000}}' <<<"$out"
+    }
+
+    started="$(date -u +%Y-%m-%dT%H:%MZ)"
+    {
+        echo "# command: benches/table3.sh --runs $RUNS${SIZES:+ --sizes $SIZES}"
+        echo "# started: $started"
+        echo "# machine: $(nproc) vCPUs, $cpu, kernel $(uname -r), $(iperf -v 2>&1 | head -1)"
+        echo "run,size,path,MBps,server_bytes,client_bytes"
+    } >"$raw.tmp"
+    echo "table3: ${#sizes[@]} sizes × $RUNS runs × {pcisock, tcp, ring}, port $port" >&2
+    for r in $(seq "$RUNS"); do
+        for size in "${sizes[@]}"; do
+            for mode in ntb tcp ring; do
+                if [[ $mode == ring ]]; then res="$(ring_run "$size")"; else res="$(iperf_run "$mode" "$size")"; fi
+                read -r mbps sbytes <<<"$res"
+                cbytes="-"; [[ $mode != ring ]] && cbytes="$(amount "$size")"
+                echo "$r,$size,$mode,$mbps,$sbytes,$cbytes" >>"$raw.tmp"
+                printf '  run %d %6s %-4s %12s MB/s%s\n' "$r" "$(human "$size")" "$mode" "$mbps" \
+                    "$([[ $sbytes != - && $sbytes != "$cbytes" ]] && echo "  (iperf server counted $sbytes of $cbytes bytes)")" >&2
+            done
         done
     done
-done
-ended="$(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "# ended: $(date -u +%Y-%m-%dT%H:%MZ)" >>"$raw.tmp"
+    mv "$raw.tmp" "$raw"
+fi
 
-col() { awk -F, -v s="$1" -v m="$2" 'NR > 1 && $2 == s && $3 == m && $4 != "n/a" {print $4}' "$raw" | median; }
-short() { awk -F, -v s="$1" -v m="$2" 'NR > 1 && $2 == s && $3 == m && $5 != "-" && $5 != $6 {n++} END {print n + 0}' "$raw"; }
+vals() { awk -F, -v s="$1" -v m="$2" '!/^#/ && $2 == s && $3 == m && $4 != "n/a" {print $4}' "$raw"; }
+col() { vals "$1" "$2" | median; }
+span() { vals "$1" "$2" | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {if (NR) printf "%.0f–%.0f", lo, hi; else print "n/a"}'; }
+short() { awk -F, -v s="$1" -v m="$2" '!/^#/ && $2 == s && $3 == m && $5 != "-" && $5 != $6 {n++} END {print n + 0}' "$raw"; }
+meta() { awk -v k="# $1: " 'index($0, k) == 1 {print substr($0, length(k) + 1)}' "$raw"; }
 fmt() { awk -v v="$1" 'BEGIN { if (v == "n/a") print "n/a"; else if (v >= 100) printf "%.0f", v; else if (v >= 10) printf "%.1f", v; else printf "%.3g", v }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a" || b == 0) print "n/a"; else printf "%.2f", a/b }'; }
 declare -A paper=([1]=0.06 [2]=0.13 [4]=0.26 [8]=0.51 [16]=1.02 [32]=2.09 [64]=4.12 [128]=8.21 [256]=16.4
@@ -167,24 +186,23 @@ declare -A paper=([1]=0.06 [2]=0.13 [4]=0.26 [8]=0.51 [16]=1.02 [32]=2.09 [64]=4
 summary="$OUT_DIR/table3-summary.csv"
 echo "size,pcisock_MBps,tcp_MBps,ring_MBps,paper_dma_MBps" >"$summary"
 table="$(
-    echo "| write size | pcisock MB/s | TCP loopback MB/s | shm ring ceiling MB/s | pcisock / TCP | pcisock / ceiling | iperf server short counts (pcisock, TCP) | paper: DMA MB/s |"
-    echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| write size | pcisock MB/s | TCP loopback MB/s | shm ring ceiling MB/s | pcisock / TCP | pcisock / ceiling | pcisock min–max | TCP min–max | ring min–max | iperf server short counts (pcisock, TCP) | paper: DMA MB/s |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for size in "${sizes[@]}"; do
         n="$(col "$size" ntb)"; t="$(col "$size" tcp)"; g="$(col "$size" ring)"
         echo "$size,$n,$t,$g,${paper[$size]:-}" >>"$summary"
-        echo "| $(human "$size") | $(fmt "$n") | $(fmt "$t") | $(fmt "$g") | $(ratio "$n" "$t") | $(ratio "$n" "$g") | $(short "$size" ntb)/$RUNS, $(short "$size" tcp)/$RUNS | ${paper[$size]:-–} |"
+        echo "| $(human "$size") | $(fmt "$n") | $(fmt "$t") | $(fmt "$g") | $(ratio "$n" "$t") | $(ratio "$n" "$g") | $(span "$size" ntb) | $(span "$size" tcp) | $(span "$size" ring) | $(short "$size" ntb)/$RUNS, $(short "$size" tcp)/$RUNS | ${paper[$size]:-–} |"
     done
 )"
-cmd="benches/table3.sh --runs $RUNS${SIZES:+ --sizes $SIZES}"
-cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs) model $(grep -m1 '^model' /proc/cpuinfo | cut -d: -f2 | xargs)"
 {
     echo "# Table 3 / Fig. 17 reproduced: bandwidth against write size"
     echo
-    echo "Command: \`$cmd\` (from /work/main; raw runs in [table3-raw.csv](table3-raw.csv), medians in [table3-summary.csv](table3-summary.csv), plot [table3.png](table3.png))."
+    echo "Command: \`$(meta command)\` (from /work/main; raw runs in [table3-raw.csv](table3-raw.csv), medians in [table3-summary.csv](table3-summary.csv), plot [table3.png](table3.png))."
     echo
-    echo "Date: $started – $ended. Machine: $(nproc) vCPUs, $cpu, kernel $(uname -r), $(iperf -v 2>&1 | head -1). Medians of $RUNS interleaved runs (size by size: pcisock, TCP, ring)."
+    echo "Date: $(meta started) – $(meta ended). Machine: $(meta machine). Medians of $RUNS interleaved runs (size by size: pcisock, TCP, ring); MB = 10^6 bytes."
     echo
     echo "$table"
+    [[ ! -f "$OUT_DIR/table3-notes.md" ]] || { echo; cat "$OUT_DIR/table3-notes.md"; }
 } >"$OUT_DIR/table3.md"
 echo >&2
 cat "$OUT_DIR/table3.md"

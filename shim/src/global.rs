@@ -21,7 +21,12 @@ pub struct Global {
     closed: Mutex<Vec<Record>>,
     pub ntb_connections: AtomicU64,
     pub tcp_connections: AtomicU64,
+    epoch: std::time::Instant,
+    last_write_ms: AtomicU64,
 }
+
+/// Least time between two rewrites of the statistics file while connections close.
+const STATS_INTERVAL_MS: u64 = 100;
 
 static GLOBAL: OnceLock<Global> = OnceLock::new();
 
@@ -58,6 +63,8 @@ pub fn get() -> &'static Global {
             closed: Mutex::new(Vec::new()),
             ntb_connections: AtomicU64::new(0),
             tcp_connections: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+            last_write_ms: AtomicU64::new(0),
         }
     })
 }
@@ -93,7 +100,14 @@ impl Global {
             if let Ok(mut c) = self.closed.lock() {
                 c.push(rec);
             }
-            self.write_stats();
+            // Rewriting the file costs time in proportion to the connections it lists: at most
+            // every STATS_INTERVAL while connections close, and always at exit.
+            let now = self.epoch.elapsed().as_millis() as u64;
+            let last = self.last_write_ms.load(Relaxed);
+            if last == 0 || now.saturating_sub(last) >= STATS_INTERVAL_MS {
+                self.last_write_ms.store(now.max(1), Relaxed);
+                self.write_stats();
+            }
         }
     }
 
@@ -212,7 +226,9 @@ impl Record {
                 ..base(true, None)
             });
         }
-        match &*s.state.lock().ok()? {
+        // try_lock: statistics never wait for a thread that holds the entry (a client waiting for its
+        // answer holds it, and the server it waits for may be the one writing these statistics).
+        match &*s.state.try_lock().ok()? {
             State::Tcp(r) => Some(Record {
                 tx: s.tcp_tx.load(Relaxed),
                 rx: s.tcp_rx.load(Relaxed),
