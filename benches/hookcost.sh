@@ -92,11 +92,12 @@ else
 fi
 ended="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
+libinfo="$(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12), built $(date -u -r "$lib" +%Y-%m-%dT%H:%MZ)"
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs) model $(grep -m1 '^model' /proc/cpuinfo | cut -d: -f2 | xargs)"
 report="$(
     echo "# Hooked-call cost on an fd pcisock does not own"
     echo
-    echo "Command: \`benches/hookcost.sh --rounds $ROUNDS --iters $ITERS\` (source: [benches/hookcost.c](../hookcost.c)). Date: $started – $ended. Machine: $(nproc) vCPUs, $cpu, kernel $(uname -r), $(gcc --version | head -1)."
+    echo "Command: \`benches/hookcost.sh --rounds $ROUNDS --iters $ITERS\` (source: [benches/hookcost.c](../hookcost.c)). Date: $started – $ended. Machine: $(nproc) vCPUs, $cpu, kernel $(uname -r), library $libinfo, $(gcc --version | head -1)."
     echo
     echo "## Time per call ($ROUNDS interleaved rounds, $ITERS calls per loop)"
     echo

@@ -131,13 +131,14 @@ table="$(
         echo "| $size B | $(cell "$size-tcp") | $(cell "$size-poll") | $(cell "$size-doorbell") | $(cell "$size-adaptive") |"
     done
 )"
+libinfo="$(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12), built $(date -u -r "$lib" +%Y-%m-%dT%H:%MZ)"
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs) model $(grep -m1 '^model' /proc/cpuinfo | cut -d: -f2 | xargs)"
 report="$(
     echo "# Round-trip latency: sockperf ping-pong, TCP vs pcisock completion modes"
     echo
     echo "Command: \`benches/latency.sh --runs $RUNS --time $TIME --sizes $SIZES\`; per cell: \`sockperf sr --tcp -i 127.0.0.1 -p PORT\` and \`sockperf pp --tcp -i 127.0.0.1 -p PORT -m SIZE -t $TIME --full-rtt\`, pcisock cells with \`LD_PRELOAD=libpcisock.so PCISOCK_STRICT=1 PCISOCK_PORTS=PORT PCISOCK_COMPLETION=MODE\` on both sides. Unpinned."
     echo
-    echo "Date: $started – $ended. Machine: $(nproc) vCPUs, $cpu, kernel $(uname -r), $(sockperf --version 2>&1 | grep -m1 version). Median over $RUNS interleaved runs of sockperf's p50 and p99 (full round trip, µs)."
+    echo "Date: $started – $ended. Machine: $(nproc) vCPUs, $cpu, kernel $(uname -r), library $libinfo, $(sockperf --version 2>&1 | grep -m1 version). Median over $RUNS interleaved runs of sockperf's p50 and p99 (full round trip, µs)."
     echo
     echo "$table"
     echo

@@ -153,6 +153,7 @@ else
         echo "# command: benches/table3.sh --runs $RUNS${SIZES:+ --sizes $SIZES}"
         echo "# started: $started"
         echo "# machine: $(nproc) vCPUs, $cpu, kernel $(uname -r), $(iperf -v 2>&1 | head -1)"
+        echo "# library: $(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12), built $(date -u -r "$lib" +%Y-%m-%dT%H:%MZ)"
         echo "run,size,path,MBps,server_bytes,client_bytes"
     } >"$raw.tmp"
     echo "table3: ${#sizes[@]} sizes × $RUNS runs × {pcisock, tcp, ring}, port $port" >&2
@@ -199,7 +200,7 @@ table="$(
     echo
     echo "Command: \`$(meta command)\` (from /work/main; raw runs in [table3-raw.csv](table3-raw.csv), medians in [table3-summary.csv](table3-summary.csv), plot [table3.png](table3.png))."
     echo
-    echo "Date: $(meta started) – $(meta ended). Machine: $(meta machine). Medians of $RUNS interleaved runs (size by size: pcisock, TCP, ring); MB = 10^6 bytes."
+    echo "Date: $(meta started) – $(meta ended). Machine: $(meta machine).$([[ -n "$(meta library)" ]] && echo " Library: $(meta library).") Medians of $RUNS interleaved runs (size by size: pcisock, TCP, ring); MB = 10^6 bytes."
     echo
     echo "$table"
     [[ ! -f "$OUT_DIR/table3-notes.md" ]] || { echo; cat "$OUT_DIR/table3-notes.md"; }

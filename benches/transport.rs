@@ -168,7 +168,11 @@ fn pair(t: &Transport) -> (Connection, Connection, Socket, std::net::TcpStream) 
         .unwrap();
     let local = s.local_addr().unwrap().as_socket().unwrap();
     let pending = t
-        .offer(Endpoint::from_std(local), Endpoint::from_std(server_addr))
+        .offer(
+            Endpoint::from_std(local),
+            Endpoint::from_std(server_addr),
+            s.as_raw_fd(),
+        )
         .unwrap();
     s.connect(&server_addr.into()).unwrap();
     let (srv, peer) = l.accept().unwrap();

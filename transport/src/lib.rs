@@ -168,6 +168,9 @@ pub(crate) struct Shared {
     pid: u32,
 }
 
+/// How long a new connection waits for quarantined window space before it gives up.
+const LEASE_PATIENCE: Duration = Duration::from_millis(200);
+
 /// How long a closed endpoint's ring stays out of use when the peer has not confirmed it
 /// stopped writing (it may be in the middle of a write when we close).
 const QUARANTINE: Duration = Duration::from_secs(1);
@@ -376,13 +379,7 @@ impl Transport {
         if !self.link_up() {
             return Err(decline(Reason::LinkDown));
         }
-        let half = match conn::HalfOpen::new(
-            &*self.shared.dev,
-            self.shared.settings.ring_bytes,
-            Role::Server,
-            local,
-            peer,
-        ) {
+        let half = match self.half_open(Role::Server, local, peer) {
             Ok(h) => h,
             Err(r) => return Err(decline(r)),
         };
@@ -424,13 +421,7 @@ impl Transport {
         if !self.ctrl.find_listener(&remote, self.same_host) {
             return Err(Reason::NoListener);
         }
-        let half = conn::HalfOpen::new(
-            &*self.shared.dev,
-            self.shared.settings.ring_bytes,
-            Role::Client,
-            local,
-            remote,
-        )?;
+        let half = self.half_open(Role::Client, local, remote)?;
         let cookie = sys::random_u64();
         let offer = proto::Offer {
             version: proto::PROTOCOL_VERSION,
@@ -455,6 +446,42 @@ impl Transport {
             None => {
                 half.release(&*self.shared.dev);
                 Err(Reason::TableFull)
+            }
+        }
+    }
+
+    /// Lease our half of a connection. Window space held by connections that just closed comes
+    /// back as soon as their peers let go of it (see `Shared::retire`): when none is free, give
+    /// those a moment (up to `LEASE_PATIENCE`) before giving up.
+    fn half_open(
+        &self,
+        role: Role,
+        local: Endpoint,
+        peer: Endpoint,
+    ) -> Result<conn::HalfOpen, Reason> {
+        let t0 = Instant::now();
+        loop {
+            match conn::HalfOpen::new(
+                &*self.shared.dev,
+                self.shared.settings.ring_bytes,
+                role,
+                local,
+                peer,
+            ) {
+                Err(r @ (Reason::NoWindowSpace | Reason::NoDoorbell)) => {
+                    let waiting = self
+                        .shared
+                        .zombies
+                        .lock()
+                        .map(|z| !z.is_empty())
+                        .unwrap_or(false);
+                    if !waiting || t0.elapsed() >= LEASE_PATIENCE {
+                        return Err(r);
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                    self.shared.reap();
+                }
+                r => return r,
             }
         }
     }
