@@ -11,18 +11,23 @@
 #   --time S     sockperf -t (default 3 seconds)
 #   --sizes LIST comma-separated message sizes in bytes (default 64,1024,16384,65507)
 #   --out FILE   also write the markdown to FILE (e.g. benches/results/latency.md)
+#   --mps N      sockperf --mps (default 500000). sockperf 3.7 sizes its table of sequence numbers
+#                for about 1 M messages/s; over pcisock the round trip is below 1 µs and an
+#                unpaced `-t 3` run fails with "ERROR: _seqN > m_maxSequenceNo". At 500000 a
+#                message is sent at most every 2 µs, which TCP (RTT ≥ 4 µs) never reaches.
 # Needs: sockperf (apt-get install -y sockperf), a release build of libpcisock.so.
 # A failed or hung run is recorded in the table as FAIL/HANG with sockperf's own error lines.
 set -euo pipefail
 
-RUNS=3 TIME=3 SIZES="64,1024,16384,65507" OUT=""
+RUNS=3 TIME=3 SIZES="64,1024,16384,65507" OUT="" MPS=500000
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --runs) RUNS="$2"; shift 2 ;;
         --time) TIME="$2"; shift 2 ;;
         --sizes) SIZES="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --mps) MPS="$2"; shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "latency.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -55,8 +60,11 @@ wait_listen() {
     done
     return 1
 }
+# A fresh port for every run: sockperf's server does not set SO_REUSEADDR, so the previous
+# run's TIME_WAIT would make its bind fail. port_unused = no socket of any state on it.
+port_unused() { ! grep -qi "^ *[0-9]*: [0-9A-F]*:$(printf '%04X' "$1") " /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
 port=$((20000 + RANDOM % 20000))
-while ! port_free "$port"; do port=$((port + 1)); done
+next_port() { port=$((port + 1)); while ! port_unused "$port"; do port=$((port + 1)); done; }
 
 paths=(tcp poll doorbell adaptive)
 failures="$work/failures"; : >"$failures"
@@ -65,6 +73,7 @@ raw=""
 # One ping-pong. $1 = path, $2 = size. Prints "p50 p99 avg" in µs, or "FAIL"/"HANG".
 pp_run() {
     local path=$1 size=$2 env=()
+    next_port
     if [[ $path != tcp ]]; then
         env=(LD_PRELOAD="$lib" PCISOCK_EMU_DIR="$work/emu" PCISOCK_PORTS="$port" PCISOCK_STRICT=1 PCISOCK_COMPLETION="$path")
     fi
@@ -75,7 +84,7 @@ pp_run() {
         kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null || true; echo FAIL; return
     fi
     local rc=0
-    env "${env[@]}" timeout $((TIME + 20)) sockperf pp --tcp -i 127.0.0.1 -p "$port" -m "$size" -t "$TIME" --full-rtt >"$work/pp.log" 2>&1 || rc=$?
+    env "${env[@]}" timeout $((TIME + 20)) sockperf pp --tcp -i 127.0.0.1 -p "$port" -m "$size" -t "$TIME" --mps "$MPS" --full-rtt >"$work/pp.log" 2>&1 || rc=$?
     kill "$spid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$spid" 2>/dev/null || break; sleep 0.02; done
     kill -9 "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true

@@ -25,6 +25,9 @@ use crate::ops::{self, Detour};
 use crate::sock::{Sock, State};
 use crate::{global, sys, table};
 
+/// Longest kernel sleep while NTB registrations are armed, before ring state is re-checked.
+const SAFETY_NAP: Duration = Duration::from_millis(20);
+
 /// High bits of `epoll_data` that mark our own registrations (the low 32 bits hold the fd).
 const TAG: u64 = 0x5043_534B_0000_0000;
 const TAG_MASK: u64 = 0xFFFF_FFFF_0000_0000;
@@ -411,7 +414,10 @@ pub fn wait(
         let wait_for = if ready_now || spinning || expired {
             Some(Duration::ZERO)
         } else {
-            deadline.map(|d| d.saturating_duration_since(Instant::now()))
+            // Bounded while our connections are armed: an interrupt lost to a race costs at
+            // most one nap, never a hang (see transport's ARM_GRACE).
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            Some(left.map_or(SAFETY_NAP, |l| l.min(SAFETY_NAP)))
         };
         let room = max - out.len();
         let n = if room > 0 {

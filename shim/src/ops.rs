@@ -15,6 +15,9 @@ use crate::global::{self, Global};
 use crate::sock::{Sock, State};
 use crate::{sys, table};
 
+/// Longest kernel sleep in poll/select while NTB connections are armed.
+const SAFETY_NAP: Duration = Duration::from_millis(20);
+
 /// How long a blocking connect looks for the server's answer before it returns.
 const CONNECT_SPIN: Duration = Duration::from_millis(2);
 
@@ -786,8 +789,11 @@ pub fn poll(
             }
         }
         if !set.is_empty() {
+            // Bounded while connections are armed: an interrupt lost to a race costs at most one
+            // nap, never a hang (see transport's ARM_GRACE).
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let r = real_poll(&mut set, remaining);
+            let nap = remaining.map_or(SAFETY_NAP, |r| r.min(SAFETY_NAP));
+            let r = real_poll(&mut set, Some(nap));
             let err = sys::errno();
             for (c, r, w) in &armed {
                 c.disarm(*r, *w);
