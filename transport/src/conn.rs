@@ -162,6 +162,9 @@ pub enum Role {
     Server,
 }
 
+/// Smallest receive ring a connection falls back to when window space runs short.
+const MIN_ADAPTIVE_RING: u64 = 64 << 10;
+
 /// Our half of a connection before the peer's half is known (a client waiting for its answer).
 pub(crate) struct HalfOpen {
     pub mine: Region,
@@ -181,15 +184,25 @@ impl HalfOpen {
         peer: Endpoint,
     ) -> Result<HalfOpen, crate::Reason> {
         use crate::Reason;
-        let len = ENDPOINT_HDR + ring_bytes;
+        // The configured ring if there is room for it; when the windows fill up, smaller rings
+        // (down to MIN_ADAPTIVE_RING) rather than no connection: more connections, each a
+        // little slower. The peer learns the size from the offer or answer.
         let mut lease = None;
-        for mw in 0..dev.mw_count() {
-            if let Ok(l) = dev.lease_window(mw, len, crate::ENDPOINT_TAG) {
-                lease = Some(l);
+        let mut ring = ring_bytes;
+        'sizes: loop {
+            for mw in 0..dev.mw_count() {
+                if let Ok(l) = dev.lease_window(mw, ENDPOINT_HDR + ring, crate::ENDPOINT_TAG) {
+                    lease = Some(l);
+                    break 'sizes;
+                }
+            }
+            if ring / 2 < MIN_ADAPTIVE_RING.min(ring_bytes) {
                 break;
             }
+            ring /= 2;
         }
         let lease = lease.ok_or(Reason::NoWindowSpace)?;
+        let len = lease.len;
         let bell = match dev.lease_vector(crate::ENDPOINT_TAG) {
             Ok(b) => b,
             Err(_) => {

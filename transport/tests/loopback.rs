@@ -517,3 +517,74 @@ fn fast_ping_pong_keeps_messages_intact() {
         }
     });
 }
+
+/// When the windows fill up, new connections get smaller rings instead of none.
+#[test]
+fn rings_shrink_when_windows_fill() {
+    let (_d, dev) = device("shrink");
+    // 2 windows of 16 MiB: 15 endpoints of 1 MiB per window, so 15 connections if rings were
+    // fixed at 1 MiB; smaller rings fit in what is left.
+    let t = transport(&dev, 1 << 20);
+    let mut pairs = Vec::new();
+    while pairs.len() < 100 {
+        match try_pair(&t) {
+            Some(p) => pairs.push(p),
+            None => break,
+        }
+    }
+    assert!(
+        pairs.len() > 15,
+        "only {} connections: rings did not shrink",
+        pairs.len()
+    );
+    for (i, (c, s, _, _)) in pairs.iter().enumerate() {
+        let msg = vec![i as u8; 100_000];
+        std::thread::scope(|sc| {
+            sc.spawn(|| c.send(&[&msg], false, None).unwrap());
+            let mut got = vec![0u8; msg.len()];
+            let n = s
+                .recv(
+                    &mut [&mut got[..]],
+                    RecvFlags {
+                        waitall: true,
+                        ..Default::default()
+                    },
+                    Some(Duration::from_secs(10)),
+                )
+                .unwrap();
+            assert_eq!(n, msg.len());
+            assert!(got == msg, "connection {i}");
+        });
+    }
+}
+
+/// Like `pair`, but `None` when the device has no room for another connection.
+fn try_pair(t: &Transport) -> Option<(Connection, Connection, Socket, std::net::TcpStream)> {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = l.local_addr().unwrap();
+    let listener = t.listen(Endpoint::from_std(server_addr)).unwrap();
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let local = s.local_addr().unwrap().as_socket().unwrap();
+    let pending = t
+        .offer(
+            Endpoint::from_std(local),
+            Endpoint::from_std(server_addr),
+            s.as_raw_fd(),
+        )
+        .ok()?;
+    s.connect(&server_addr.into()).unwrap();
+    let (srv, peer) = l.accept().unwrap();
+    let sc = t.accept(
+        srv.as_raw_fd(),
+        Endpoint::from_std(server_addr),
+        Endpoint::from_std(peer),
+    );
+    let out = match t.complete(pending, s.as_raw_fd(), true) {
+        Outcome::Connected(c) => Some((c, sc.ok()?, s, srv)),
+        _ => None,
+    };
+    t.unlisten(listener);
+    out
+}

@@ -75,13 +75,15 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// Two 64 MiB windows, 64 doorbell bits, 16 scratchpads and one DMA channel per side (a
-    /// PEX87xx has one DMA channel), on a loopback link.
+    /// Two 256 MiB windows (room for about 250 connections with 1 MiB rings on a loopback
+    /// link; the file is sparse, so unused window space costs nothing), 64 doorbell bits, 16
+    /// scratchpads and one DMA channel per side (a PEX87xx has one DMA channel), on a loopback
+    /// link.
     fn default() -> Self {
         Self {
             topology: Topology::Loopback,
             n_mw: 2,
-            mw_size: 64 << 20,
+            mw_size: 256 << 20,
             mw_align: 4096,
             n_db: 64,
             n_spad: 16,
