@@ -74,6 +74,7 @@ fn explain_reason(r: Reason, out: &mut String) {
         Reason::TableFull => "Too many pending upgrades; 'pcisock emu reclaim' frees the leases of dead processes.",
         Reason::BadConfig => "'pcisock explain --port N' prints the configuration errors.",
         Reason::Unsupported => "The application used the socket before the upgrade finished (e.g. sent data first).",
+        Reason::ClosedBeforeAccept => "Nothing to do: the client hung up before the server got to it, and no byte was lost.",
     };
     let _ = writeln!(out, "  what to do: {hint}");
 }

@@ -1261,12 +1261,32 @@ impl Connection {
         tail.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ head.rotate_left(29) ^ flags.rotate_left(58)
     }
 
+    /// Is there a byte to read? Padding at the ring's end is not one: an application told
+    /// "readable" must not get EAGAIN (wrk counts that as a read error).
+    fn data_ready(&self) -> bool {
+        let mut head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
+        let seq = word64(&self.mine, L_RX_SEQ).load(Relaxed);
+        // SYNC POINT (ring data): as in `recv`.
+        let tail = word64(&self.mine, RX_TAIL).load(Acquire);
+        // At most one padding frame per lap of the ring.
+        for _ in 0..2 {
+            if head >= tail {
+                return false;
+            }
+            match self.frame_at(head, tail, seq) {
+                Ok(Frame::Pad { size }) => head += size,
+                // Data, or a bad frame that `recv` reports (an error is "readable" too).
+                _ => return true,
+            }
+        }
+        head < tail
+    }
+
     /// Readiness as poll/select/epoll report it.
     pub fn readiness(&self) -> Readiness {
         let flags = self.peer_flags();
         let gone = self.tcp_gone();
-        let head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
-        let data = word64(&self.mine, RX_TAIL).load(Acquire) > head;
+        let data = self.data_ready();
         let reset = flags & FLAG_RST != 0 || matches!(gone, Some(Err(_)));
         let eof = flags & FLAG_FIN != 0 || gone.is_some();
         let closed = word32(&self.mine, CR_CLOSED).load(Acquire) != 0;

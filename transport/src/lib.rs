@@ -353,7 +353,12 @@ impl Transport {
     ) -> Result<Connection, Reason> {
         self.shared.reap();
         let Some((index, generation, offer)) = self.ctrl.take_offer(&peer, &local) else {
-            return Err(Reason::NoOffer);
+            // A client that closes before the server accepts withdraws its offer first; its
+            // FIN (or RST) tells that apart from a client that never offered.
+            return Err(match sys::peek_tcp(tcp_fd) {
+                sys::Peek::Eof | sys::Peek::Reset => Reason::ClosedBeforeAccept,
+                sys::Peek::Open | sys::Peek::Data => Reason::NoOffer,
+            });
         };
         let offer = offer.map_err(|_| Reason::BadPeer)?;
         let decline = |reason: Reason| {

@@ -555,6 +555,10 @@ pub enum Reason {
     BadConfig = 13,
     /// The socket was used in a way pcisock cannot carry (e.g. data sent before the upgrade).
     Unsupported = 14,
+    /// The client closed the connection before the server accepted it, and no offer was left
+    /// (a pcisock client withdraws its offer when it closes): the server reads end-of-file, as
+    /// over TCP, and no byte travels either way.
+    ClosedBeforeAccept = 15,
 }
 
 impl Reason {
@@ -579,6 +583,7 @@ impl Reason {
             TableFull,
             BadConfig,
             Unsupported,
+            ClosedBeforeAccept,
         ]
         .into_iter()
         .find(|r| r.code() == c)
@@ -600,6 +605,7 @@ impl Reason {
             Reason::TableFull => "TableFull",
             Reason::BadConfig => "BadConfig",
             Reason::Unsupported => "Unsupported",
+            Reason::ClosedBeforeAccept => "ClosedBeforeAccept",
         }
     }
 
@@ -626,6 +632,9 @@ impl Reason {
                 "the configuration is invalid, so pcisock passes everything through"
             }
             Reason::Unsupported => "the socket was used in a way pcisock cannot carry",
+            Reason::ClosedBeforeAccept => {
+                "the client closed the connection before the server accepted it (nothing to carry)"
+            }
         }
     }
 }

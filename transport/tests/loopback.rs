@@ -292,12 +292,18 @@ fn no_listener_means_tcp() {
 fn accept_without_offer_is_tcp() {
     let (_d, dev) = device("nooffer");
     let t = transport(&dev, 16 << 10);
-    let r = t.accept(
-        0,
-        Endpoint::from_std("127.0.0.1:5001".parse().unwrap()),
-        Endpoint::from_std("127.0.0.1:40000".parse().unwrap()),
-    );
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A plain client, still connected: NoOffer.
+    let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, peer) = l.accept().unwrap();
+    let local = Endpoint::from_std(l.local_addr().unwrap());
+    let r = t.accept(s.as_raw_fd(), local, Endpoint::from_std(peer));
     assert_eq!(r.err(), Some(Reason::NoOffer));
+    // A client that hung up before the accept (a pcisock client withdraws its offer first):
+    // ClosedBeforeAccept, which nothing needs to fix.
+    drop(c);
+    let r = t.accept(s.as_raw_fd(), local, Endpoint::from_std(peer));
+    assert_eq!(r.err(), Some(Reason::ClosedBeforeAccept));
 }
 
 #[test]
