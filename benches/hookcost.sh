@@ -19,7 +19,7 @@ while [[ $# -gt 0 ]]; do
         --rounds) ROUNDS="$2"; shift 2 ;;
         --iters) ITERS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
         *) echo "hookcost.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -41,6 +41,8 @@ pre=(env LD_PRELOAD="$lib" PCISOCK_EMU_DIR="$work/emu")
 calls=(write_pipe_0 recv_ebadf fcntl_getfl)
 declare -A res
 started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+lib_id() { echo "$(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12), built $(date -u -r "$lib" +%Y-%m-%dT%H:%MZ)"; }
+libinfo="$(lib_id)"
 for r in $(seq "$ROUNDS"); do
     for mode in plain preload; do
         if [[ $mode == plain ]]; then out="$(timeout 60 "$work/hookcost" "$ITERS")"; else out="$(timeout 60 "${pre[@]}" "$work/hookcost" "$ITERS")"; fi
@@ -91,8 +93,8 @@ else
     echo "hookcost.sh: valgrind not installed: no instruction counts (apt-get install -y valgrind)" >&2
 fi
 ended="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+[[ "$(lib_id)" == "$libinfo" ]] || libinfo+=" (**rebuilt during the run**: now $(lib_id))"
 
-libinfo="$(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12), built $(date -u -r "$lib" +%Y-%m-%dT%H:%MZ)"
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs) model $(grep -m1 '^model' /proc/cpuinfo | cut -d: -f2 | xargs)"
 report="$(
     echo "# Hooked-call cost on an fd pcisock does not own"

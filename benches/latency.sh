@@ -27,7 +27,7 @@ while [[ $# -gt 0 ]]; do
         --sizes) SIZES="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --mps) MPS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
         *) echo "latency.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -109,6 +109,8 @@ pp_run() {
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "–"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 declare -A p50s p99s avgs bad
 started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+lib_id() { echo "$(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12), built $(date -u -r "$lib" +%Y-%m-%dT%H:%MZ)"; }
+libinfo="$(lib_id)"
 for r in $(seq "$RUNS"); do
     for size in "${sizes[@]}"; do
         for path in "${paths[@]}"; do
@@ -122,6 +124,7 @@ for r in $(seq "$RUNS"); do
     done
 done
 ended="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+[[ "$(lib_id)" == "$libinfo" ]] || libinfo+=" (**rebuilt during the run**: now $(lib_id))"
 
 cell() { # median p50 / p99 (µs) or the failures
     local k=$1 s=""
@@ -140,16 +143,21 @@ table="$(
         echo "| $size B | $(cell "$size-tcp") | $(cell "$size-poll") | $(cell "$size-doorbell") | $(cell "$size-adaptive") |"
     done
 )"
-libinfo="$(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12), built $(date -u -r "$lib" +%Y-%m-%dT%H:%MZ)"
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs) model $(grep -m1 '^model' /proc/cpuinfo | cut -d: -f2 | xargs)"
 report="$(
     echo "# Round-trip latency: sockperf ping-pong, TCP vs pcisock completion modes"
     echo
-    echo "Command: \`benches/latency.sh --runs $RUNS --time $TIME --sizes $SIZES\`; per cell: \`sockperf sr --tcp -i 127.0.0.1 -p PORT\` and \`sockperf pp --tcp -i 127.0.0.1 -p PORT -m SIZE -t $TIME --full-rtt\`, pcisock cells with \`LD_PRELOAD=libpcisock.so PCISOCK_STRICT=1 PCISOCK_PORTS=PORT PCISOCK_COMPLETION=MODE\` on both sides. Unpinned."
+    echo "Command: \`benches/latency.sh --runs $RUNS --time $TIME --sizes $SIZES --mps $MPS\`; per cell: \`sockperf sr --tcp -i 127.0.0.1 -p PORT\` and \`sockperf pp --tcp -i 127.0.0.1 -p PORT -m SIZE -t $TIME --mps $MPS --full-rtt\`, pcisock cells with \`LD_PRELOAD=libpcisock.so PCISOCK_STRICT=1 PCISOCK_PORTS=PORT PCISOCK_COMPLETION=MODE\` on both sides. Unpinned."
     echo
     echo "Date: $started – $ended. Machine: $(nproc) vCPUs, $cpu, kernel $(uname -r), library $libinfo, $(sockperf --version 2>&1 | grep -m1 version). Median over $RUNS interleaved runs of sockperf's p50 and p99 (full round trip, µs)."
     echo
     echo "$table"
+    echo
+    echo "Notes:"
+    echo
+    echo "- \`--mps $MPS\` paces sockperf to at most one message per $(awk -v m="$MPS" 'BEGIN {printf "%g", 1e6/m}') µs. Without it, every pcisock run of 2 s or more fails with \`sockperf: ERROR: _seqN > m_maxSequenceNo\` (client exit 6). sockperf 3.7 sizes its sequence-number table for a bounded message rate, and pcisock's sub-µs round trip exceeds that rate. The failure is sockperf's, not lost data: the same runs pass with \`-t 1\` or with \`--mps 500000\`. TCP's round trip (≥ 4 µs) never reaches the pace, so its cells are unaffected. pcisock cells faster than the pace include up to one slot of idle time between messages (not inside the measured round trip)."
+    echo "- The 64K size runs as 65507 B, because sockperf 3.7's largest message is 65507 bytes (65535 makes its server reject the message and close)."
+    echo "- Runs are unpinned on a 2-vCPU VM that is shared with other work, so placement is bimodal, per run. When sockperf's client and server end up on **one vCPU**, spinning costs the most: \\`poll\\` ≈ 230–250 µs (the spinner runs until the scheduler preempts it) and \\`adaptive\\` ≈ 2 × spin + ≈ 18 µs (≈ 118 µs with the default 50 µs spin). Pinned checks with \\`taskset\\` (\\`-t 1\\`, 1 KiB, both on cpu0) gave p50 37.6 / 118 / 227 µs at PCISOCK_SPIN_US = 10 / 50 / 200, 19.9 µs at spin 0, 20.5 µs for \\`doorbell\\` (16 KiB), 241 µs for \\`poll\\`, and 4.3 µs for TCP. Split (cpu0 / cpu1), every mode was 0.35–1.5 µs. A whole run's p50 of ≈ 120 µs (adaptive) or ≈ 230 µs (poll) is this case."
     echo
     echo "Raw runs (run, size, path, p50, p99, avg µs):"
     echo

@@ -28,7 +28,7 @@ while [[ $# -gt 0 ]]; do
         --out-dir) OUT_DIR="$2"; shift 2 ;;
         --no-plot) PLOT=0; shift ;;
         --from-raw) FROM_RAW="$2"; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
         *) echo "table3.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -170,6 +170,8 @@ else
         done
     done
     echo "# ended: $(date -u +%Y-%m-%dT%H:%MZ)" >>"$raw.tmp"
+    lib_now="$(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12), built $(date -u -r "$lib" +%Y-%m-%dT%H:%MZ)"
+    grep -qF "# library: $lib_now" "$raw.tmp" || echo "# library: **rebuilt during the run**: now $lib_now" >>"$raw.tmp"
     mv "$raw.tmp" "$raw"
 fi
 
@@ -200,7 +202,7 @@ table="$(
     echo
     echo "Command: \`$(meta command)\` (from /work/main; raw runs in [table3-raw.csv](table3-raw.csv), medians in [table3-summary.csv](table3-summary.csv), plot [table3.png](table3.png))."
     echo
-    echo "Date: $(meta started) – $(meta ended). Machine: $(meta machine).$([[ -n "$(meta library)" ]] && echo " Library: $(meta library).") Medians of $RUNS interleaved runs (size by size: pcisock, TCP, ring); MB = 10^6 bytes."
+    echo "Date: $(meta started) – $(meta ended). Machine: $(meta machine).$([[ -n "$(meta library)" ]] && echo " Library: $(meta library | paste -sd ';' | sed 's/;/; /g').") Medians of $RUNS interleaved runs (size by size: pcisock, TCP, ring); MB = 10^6 bytes."
     echo
     echo "$table"
     [[ ! -f "$OUT_DIR/table3-notes.md" ]] || { echo; cat "$OUT_DIR/table3-notes.md"; }
