@@ -367,10 +367,19 @@ pub fn wait(
         return Detour::Ours(Err(libc::EINVAL));
     }
     let deadline = timeout.map(|t| Instant::now() + t);
-    let spin = global::get()
+    let mut spin = global::get()
         .transport()
         .map(|t| t.settings().spin)
         .unwrap_or_default();
+    // Spinning on the CPU a peer needs only delays it (benches/results/same-cpu.md).
+    if spin > Duration::ZERO
+        && set.lock().is_ok_and(|regs| {
+            regs.values()
+                .any(|r| r.sock.conn.get().is_some_and(|c| c.shares_cpu_with_peer()))
+        })
+    {
+        spin = Duration::ZERO;
+    }
     let t0 = Instant::now();
     let max = events.len();
     let mut kbuf = vec![libc::epoll_event { events: 0, u64: 0 }; max];

@@ -673,7 +673,15 @@ pub fn poll(
         return Detour::Bypass;
     }
     let g = global::get();
-    let spin = g.transport().map(|t| t.settings().spin).unwrap_or_default();
+    let mut spin = g.transport().map(|t| t.settings().spin).unwrap_or_default();
+    // Spinning on the CPU a peer needs only delays it (benches/results/same-cpu.md).
+    if conns
+        .iter()
+        .flatten()
+        .any(|(_, c)| c.as_ref().is_some_and(|c| c.shares_cpu_with_peer()))
+    {
+        spin = Duration::ZERO;
+    }
     let t0 = Instant::now();
     let mut first = true;
     loop {

@@ -37,6 +37,8 @@ const RX_TX_WAITING: usize = 0x0C;
 const CR_HEAD: usize = 0x40;
 const CR_RX_SLEEPING: usize = 0x48;
 const CR_CLOSED: usize = 0x4C;
+/// The CPU the peer last waited on, plus one (0: not known). A hint for `wait`.
+const CR_PEER_CPU: usize = 0x50;
 // LOCAL lines: ours.
 const L_RX_HEAD: usize = 0x80;
 const L_RX_OFF: usize = 0x88;
@@ -148,6 +150,8 @@ pub struct Connection {
     waiters: Waiters,
     /// Consecutive empty non-blocking reads (to look at the TCP socket now and then).
     empty_reads: AtomicU32,
+    /// The CPU (plus one) we last told the peer we wait on (see `shares_cpu_with_peer`).
+    cpu_told: AtomicU32,
     /// The consumer counter the receiver last returned, as we last read it (under `tx_lock`):
     /// the sender re-reads the peer's counter only when this leaves too little room.
     tx_head_seen: AtomicU64,
@@ -488,6 +492,7 @@ impl Connection {
             rx_lock: Mutex::new(()),
             waiters: Waiters::default(),
             empty_reads: AtomicU32::new(0),
+            cpu_told: AtomicU32::new(0),
             tx_head_seen: AtomicU64::new(0),
             tx_lock: Mutex::new(()),
             settings,
@@ -1160,11 +1165,20 @@ impl Connection {
     /// sleep on the doorbell line and the TCP socket (a dead peer's kernel closes it). One
     /// thread per connection sleeps on the line; others wait for it to report a wake-up.
     fn wait(&self, read: bool, deadline: Option<Instant>) -> Wait {
-        let spin = match self.settings.completion {
+        let mut spin = match self.settings.completion {
             CompletionMode::Poll => Duration::MAX,
             CompletionMode::Doorbell => Duration::ZERO,
             CompletionMode::Adaptive => self.settings.spin,
         };
+        // Spinning on the CPU the peer needs to make progress only delays it (by a whole
+        // spin, or a time slice in poll mode): sleep at once, or yield often when polling.
+        let mut yield_every = 4096;
+        if spin > Duration::ZERO && self.shares_cpu_with_peer() {
+            if self.settings.completion == CompletionMode::Adaptive {
+                spin = Duration::ZERO;
+            }
+            yield_every = 64;
+        }
         let t0 = Instant::now();
         let mut n = 0u32;
         while !self.ready(read) {
@@ -1178,7 +1192,7 @@ impl Connection {
                 if now.duration_since(t0) >= spin {
                     break;
                 }
-                if n.is_multiple_of(4096) {
+                if n.is_multiple_of(yield_every) {
                     // Let the peer run if it shares our CPU, and notice a dead peer.
                     std::thread::yield_now();
                     if self.tcp_gone().is_some() {
@@ -1237,6 +1251,19 @@ impl Connection {
             }
             _ => Wait::Ready,
         }
+    }
+
+    /// Does the peer wait on the CPU we run on? Tells the peer our CPU too (a posted write, only
+    /// when it changed). Both are hints: the scheduler moves threads at any time.
+    pub fn shares_cpu_with_peer(&self) -> bool {
+        let Some(cpu) = sys::current_cpu() else {
+            return false;
+        };
+        let tag = cpu.wrapping_add(1);
+        if self.cpu_told.swap(tag, Relaxed) != tag {
+            word32(&self.theirs, CR_PEER_CPU).store(tag, Relaxed);
+        }
+        word32(&self.mine, CR_PEER_CPU).load(Relaxed) == tag
     }
 
     /// Has the peer's kernel closed the TCP socket (peer gone)? `Some(Ok)` = orderly (FIN),
@@ -1469,6 +1496,7 @@ impl Connection {
             rx_lock: Mutex::new(()),
             waiters: Waiters::default(),
             empty_reads: AtomicU32::new(0),
+            cpu_told: AtomicU32::new(0),
             tx_head_seen: AtomicU64::new(head_now),
             tx_lock: Mutex::new(()),
             settings,

@@ -88,6 +88,13 @@ pub(crate) fn peek_tcp(fd: RawFd) -> Peek {
     }
 }
 
+/// The CPU this thread runs on now (a hint: it may move at any time), if the kernel says.
+pub(crate) fn current_cpu() -> Option<u32> {
+    // SAFETY: sched_getcpu takes no arguments and only reads the thread's state (vDSO).
+    let c = unsafe { libc::sched_getcpu() };
+    u32::try_from(c).ok()
+}
+
 /// 64 random bits from the kernel (for offer cookies).
 pub(crate) fn random_u64() -> u64 {
     let mut v = 0u64;

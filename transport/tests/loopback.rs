@@ -594,3 +594,38 @@ fn try_pair(t: &Transport) -> Option<(Connection, Connection, Socket, std::net::
     t.unlisten(listener);
     out
 }
+
+/// Pin the calling thread to `cpu`; false if the machine has no such CPU for us.
+fn pin_to(cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within it for cpu < 1024;
+    // sched_setaffinity(0, …) only changes the calling thread's affinity.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+#[test]
+fn peers_learn_whether_they_share_a_cpu() {
+    let (_d, dev) = device("samecpu");
+    let t = transport(&dev, 64 << 10);
+    let (c, s, _a, _b) = pair(&t, 64 << 10);
+    std::thread::spawn(move || {
+        assert!(pin_to(0));
+        // The server has not waited yet: unknown, so not shared.
+        assert!(!c.shares_cpu_with_peer());
+        // The client told cpu 0, and the server runs there too.
+        assert!(s.shares_cpu_with_peer());
+        assert!(c.shares_cpu_with_peer());
+        if pin_to(1) {
+            // The client moved: the server's last word is still cpu 0 …
+            assert!(!c.shares_cpu_with_peer());
+            // … until the server (on cpu 1 too now) waits again.
+            assert!(s.shares_cpu_with_peer());
+            assert!(c.shares_cpu_with_peer());
+        }
+    })
+    .join()
+    .unwrap();
+}
