@@ -34,10 +34,8 @@ of the reason codes (or fails, with PCISOCK_STRICT=1).
 
 Exit status: 0, or 2 on a usage error (unknown reason, bad port or address).";
 
-const ALL_CODES: std::ops::RangeInclusive<u32> = 1..=14;
-
 fn all_reasons() -> impl Iterator<Item = Reason> {
-    ALL_CODES.filter_map(Reason::from_code)
+    Reason::ALL.into_iter()
 }
 
 /// A reason by name (any case) or code.
@@ -50,8 +48,15 @@ fn find_reason(word: &str) -> Option<Reason> {
 
 fn list_reasons(out: &mut String) {
     out.push_str("Reasons a flagged connection uses TCP instead of the NTB path:\n");
+    let width = all_reasons().map(|r| r.name().len()).max().unwrap_or(0);
     for r in all_reasons() {
-        let _ = writeln!(out, "  {:>2}  {:<14} {}", r.code(), r.name(), r.explain());
+        let _ = writeln!(
+            out,
+            "  {:>2}  {:<width$} {}",
+            r.code(),
+            r.name(),
+            r.explain()
+        );
     }
     out.push_str("Explain one with 'pcisock explain REASON'; decide a connection with 'pcisock explain --port N'.\n");
 }
@@ -223,7 +228,8 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
             let r = find_reason(&word).ok_or_else(|| {
                 let names: Vec<&str> = all_reasons().map(Reason::name).collect();
                 args.usage(format!(
-                    "unknown reason {word:?}: expected a code 1-14 or one of {}",
+                    "unknown reason {word:?}: expected a code 1-{} or one of {}",
+                    Reason::ALL.len(),
                     names.join(", ")
                 ))
             })?;
@@ -256,7 +262,12 @@ mod tests {
         assert_eq!(find_reason("0"), None);
         assert_eq!(find_reason("99999999999999"), None);
         assert_eq!(find_reason("Nope"), None);
-        assert_eq!(all_reasons().count(), 14);
+        assert_eq!(all_reasons().count(), 15);
+        // Codes are 1..=N, each once, so "a code 1-N" in the usage error is true.
+        for (i, r) in all_reasons().enumerate() {
+            assert_eq!(r.code() as usize, i + 1);
+            assert_eq!(Reason::from_code(r.code()), Some(r));
+        }
     }
 
     #[test]

@@ -566,7 +566,8 @@ impl Reason {
         self as u32
     }
 
-    pub fn from_code(c: u32) -> Option<Reason> {
+    /// Every reason, in code order.
+    pub const ALL: [Reason; 15] = {
         use Reason::*;
         [
             NotFlagged,
@@ -585,8 +586,10 @@ impl Reason {
             Unsupported,
             ClosedBeforeAccept,
         ]
-        .into_iter()
-        .find(|r| r.code() == c)
+    };
+
+    pub fn from_code(c: u32) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == c)
     }
 
     pub fn name(self) -> &'static str {
@@ -893,9 +896,10 @@ mod tests {
         };
         assert_eq!(ListenerEntry::decode(&l.encode()).unwrap(), l);
         assert!(l.addr.is_unspecified());
-        for c in 1..=14 {
+        for c in 1..=Reason::ALL.len() as u32 {
             assert_eq!(Reason::from_code(c).unwrap().code(), c);
         }
+        assert_eq!(Reason::from_code(Reason::ALL.len() as u32 + 1), None);
     }
 
     /// Random bytes as headers and records never panic, and never validate into something out
