@@ -206,6 +206,11 @@ fn epoll_threads() {
 }
 
 #[test]
+fn epoll_add_while_waiting() {
+    run_behaviour("epoll_add_while_waiting", expect(2, 100, 100, 0));
+}
+
+#[test]
 fn poll_select_timeout() {
     // "p", "s" and "q" sent; "q" is left unread.
     run_behaviour("poll_select_timeout", expect(2, 3, 2, 0));

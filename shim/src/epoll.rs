@@ -83,6 +83,20 @@ pub fn tracks(epfd: c_int) -> bool {
         .unwrap_or(false)
 }
 
+/// Drop the events of our own registrations (tagged) from what a kernel wait returned, keeping
+/// the others in order; returns how many are left.
+pub fn strip_ours(events: &mut [libc::epoll_event]) -> usize {
+    let mut kept = 0;
+    for i in 0..events.len() {
+        let ev = events[i];
+        if ev.u64 & TAG_MASK != TAG {
+            events[kept] = ev;
+            kept += 1;
+        }
+    }
+    kept
+}
+
 fn kernel_ctl(epfd: c_int, op: c_int, fd: c_int, events: u32, data: u64) -> c_int {
     sys::epoll_ctl(epfd, op, fd, events, data)
 }

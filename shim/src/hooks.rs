@@ -488,13 +488,27 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int
 
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    let e = sys::errno();
+    // A bound socket is registered before the kernel listens (see `register_listener`).
+    let before = match guard(|| ops::register_listener(fd)) {
+        Ok(registered) => registered,
+        Err(err) => return finish(Err(err)),
+    };
     let r = call_real!(listen(fd, backlog));
     if r != 0 {
+        if before {
+            let e = sys::errno();
+            let _ = guard(|| {
+                ops::abandon_listener(fd);
+                Ok(())
+            });
+            sys::set_errno(e);
+        }
         return r;
     }
-    let e = sys::errno();
-    match guard(|| ops::after_listen(fd)) {
-        Ok(()) => {
+    // An unbound socket got its port from `listen`: register it now.
+    match guard(|| ops::register_listener(fd)) {
+        Ok(_) => {
             sys::set_errno(e);
             0
         }
@@ -1020,6 +1034,53 @@ fn epoll_wait_with(
     }
 }
 
+/// `epoll_wait` and its relatives: ours if the set holds one of our registrations, else the
+/// kernel's (`first_real`). Another thread may register one of our fds while this thread sleeps
+/// in the kernel's wait: the events of those registrations carry our tag and must never reach
+/// the application, so they are dropped, and if nothing else came, the wait goes on as ours.
+fn epoll_wait_any(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    max: c_int,
+    timeout: Option<Duration>,
+    mask: *const libc::sigset_t,
+    first_real: impl FnOnce() -> c_int,
+) -> c_int {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let mut left = timeout;
+    let mut first_real = Some(first_real);
+    loop {
+        if let Some(r) = epoll_wait_with(epfd, events, max, left, mask) {
+            return r;
+        }
+        let n = match first_real.take() {
+            Some(f) => f(),
+            None => {
+                // Whole milliseconds, rounded up (a wait never ends early).
+                let ms = left.map_or(-1, |l| {
+                    l.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int
+                });
+                call_real!(epoll_pwait(epfd, events, max, ms, mask))
+            }
+        };
+        if n <= 0
+            || events.is_null()
+            || !crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return n;
+        }
+        let e = sys::errno();
+        // SAFETY: the kernel filled the first `n` events of the application's array.
+        let got = unsafe { std::slice::from_raw_parts_mut(events, n as usize) };
+        let kept = crate::epoll::strip_ours(got);
+        if kept > 0 {
+            sys::set_errno(e);
+            return kept as c_int;
+        }
+        left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+    }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn epoll_wait(
     epfd: c_int,
@@ -1027,10 +1088,9 @@ pub unsafe extern "C" fn epoll_wait(
     max: c_int,
     timeout: c_int,
 ) -> c_int {
-    match epoll_wait_with(epfd, events, max, ms(timeout), std::ptr::null()) {
-        Some(r) => r,
-        None => call_real!(epoll_wait(epfd, events, max, timeout)),
-    }
+    epoll_wait_any(epfd, events, max, ms(timeout), std::ptr::null(), || {
+        call_real!(epoll_wait(epfd, events, max, timeout))
+    })
 }
 
 #[no_mangle]
@@ -1041,10 +1101,9 @@ pub unsafe extern "C" fn epoll_pwait(
     timeout: c_int,
     mask: *const libc::sigset_t,
 ) -> c_int {
-    match epoll_wait_with(epfd, events, max, ms(timeout), mask) {
-        Some(r) => r,
-        None => call_real!(epoll_pwait(epfd, events, max, timeout, mask)),
-    }
+    epoll_wait_any(epfd, events, max, ms(timeout), mask, || {
+        call_real!(epoll_pwait(epfd, events, max, timeout, mask))
+    })
 }
 
 #[no_mangle]
@@ -1062,10 +1121,9 @@ pub unsafe extern "C" fn epoll_pwait2(
             t.tv_nsec.clamp(0, 999_999_999) as u32,
         )
     });
-    match epoll_wait_with(epfd, events, max, t, mask) {
-        Some(r) => r,
-        None => call_real!(epoll_pwait2(epfd, events, max, ts, mask)),
-    }
+    epoll_wait_any(epfd, events, max, t, mask, || {
+        call_real!(epoll_pwait2(epfd, events, max, ts, mask))
+    })
 }
 
 // ---- load and exit ---------------------------------------------------------------------------

@@ -64,24 +64,27 @@ fn fallback(g: &Global, sock: Sock, fd: c_int, reason: Reason) -> Result<(), c_i
 
 // ---- listen / accept -----------------------------------------------------------------------
 
-/// After a successful real `listen`: register flagged listeners.
-pub fn after_listen(fd: c_int) -> Result<(), c_int> {
+/// Register a flagged listener on the fabric. Called before the real `listen` for a bound
+/// socket (a client that finds the kernel listener must find ours too: otherwise it falls back
+/// with `NoListener`, or is refused under PCISOCK_STRICT=1), and after it for a socket that
+/// `listen` bound to an ephemeral port. `Ok(true)`: this call registered it.
+pub fn register_listener(fd: c_int) -> Result<bool, c_int> {
     if table::contains(fd) {
-        return Ok(()); // listen() again on a tracked listener (backlog change)
+        return Ok(false); // listen() again on a tracked listener (backlog change)
     }
     let g = global::get();
     let Some(local) = sys::local_addr(fd) else {
-        return Ok(());
+        return Ok(false);
     };
-    if !g.config.may_flag_port(local.port()) || !is_stream_inet(fd) {
-        return Ok(());
+    if local.port() == 0 || !g.config.may_flag_port(local.port()) || !is_stream_inet(fd) {
+        return Ok(false);
     }
     if !g
         .config
         .decide(Role::Server, local.port(), Some(local.ip()), &g.program)
         .is_ntb()
     {
-        return Ok(());
+        return Ok(false);
     }
     let ep = Endpoint::from_std(local);
     let state = match g.transport() {
@@ -113,7 +116,14 @@ pub fn after_listen(fd: c_int) -> Result<(), c_int> {
             state,
         )),
     );
-    Ok(())
+    Ok(true)
+}
+
+/// The real `listen` failed after `register_listener` registered `fd`: withdraw it.
+pub fn abandon_listener(fd: c_int) {
+    if let Some(s) = table::remove(fd) {
+        retire(s, None);
+    }
 }
 
 /// After a successful real `accept` on `lfd` returned `fd`: upgrade it if the client offered.
