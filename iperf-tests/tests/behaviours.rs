@@ -211,6 +211,12 @@ fn epoll_add_while_waiting() {
 }
 
 #[test]
+fn mmsg_ppoll() {
+    // 1000 + 24 + 5000 + 0 + 1 + 2999 bytes in one sendmmsg.
+    run_behaviour("mmsg_ppoll", expect(2, 9024, 9024, 0));
+}
+
+#[test]
 fn poll_select_timeout() {
     // "p", "s" and "q" sent; "q" is left unread.
     run_behaviour("poll_select_timeout", expect(2, 3, 2, 0));

@@ -351,6 +351,86 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
     }
 }
 
+/// recvmmsg(2) on a tracked fd: one `recvmsg` per entry, as the kernel does for a stream socket
+/// (MSG_WAITFORONE: entries after the first do not wait; a timeout is checked after each entry).
+/// An error after at least one entry ends the call with the entries received so far.
+#[no_mangle]
+pub unsafe extern "C" fn recvmmsg(
+    fd: c_int,
+    v: *mut libc::mmsghdr,
+    n: libc::c_uint,
+    flags: c_int,
+    timeout: *mut libc::timespec,
+) -> c_int {
+    if !table::contains(fd) || v.is_null() {
+        return call_real!(recvmmsg(fd, v, n, flags, timeout));
+    }
+    // SAFETY: `timeout` is null or the application's timespec.
+    let deadline = unsafe { timeout.as_ref() }.map(|t| {
+        std::time::Instant::now()
+            + Duration::new(
+                t.tv_sec.max(0) as u64,
+                t.tv_nsec.clamp(0, 999_999_999) as u32,
+            )
+    });
+    let n = n.min(libc::UIO_MAXIOV as libc::c_uint) as usize;
+    // SAFETY: the application's array of `n` entries.
+    let entries = unsafe { std::slice::from_raw_parts_mut(v, n) };
+    let mut done = 0;
+    for e in entries.iter_mut() {
+        let f = if done > 0 && flags & libc::MSG_WAITFORONE != 0 {
+            (flags & !libc::MSG_WAITFORONE) | libc::MSG_DONTWAIT
+        } else {
+            flags & !libc::MSG_WAITFORONE
+        };
+        // SAFETY: the entry's msghdr, as the application passed it.
+        let r = unsafe { recvmsg(fd, &mut e.msg_hdr, f) };
+        if r < 0 {
+            if done == 0 {
+                return -1;
+            }
+            break;
+        }
+        e.msg_len = r as libc::c_uint;
+        done += 1;
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            break;
+        }
+    }
+    done as c_int
+}
+
+/// sendmmsg(2) on a tracked fd: one `sendmsg` per entry; an error after at least one entry ends
+/// the call with the entries sent so far.
+#[no_mangle]
+pub unsafe extern "C" fn sendmmsg(
+    fd: c_int,
+    v: *mut libc::mmsghdr,
+    n: libc::c_uint,
+    flags: c_int,
+) -> c_int {
+    if !table::contains(fd) || v.is_null() {
+        return call_real!(sendmmsg(fd, v, n, flags));
+    }
+    let n = n.min(libc::UIO_MAXIOV as libc::c_uint) as usize;
+    // SAFETY: the application's array of `n` entries.
+    let entries = unsafe { std::slice::from_raw_parts_mut(v, n) };
+    let mut done = 0;
+    for e in entries.iter_mut() {
+        // SAFETY: the entry's msghdr, as the application passed it.
+        let r = unsafe { sendmsg(fd, &e.msg_hdr, flags) };
+        if r < 0 {
+            if done == 0 {
+                return -1;
+            }
+            break;
+        }
+        e.msg_len = r as libc::c_uint;
+        done += 1;
+    }
+    done as c_int
+}
+
 /// With SO_TIMESTAMP(NS) on, the kernel attaches the receive time to every recvmsg; do the same
 /// for an NTB connection (the time the bytes are handed over), or report MSG_CTRUNC.
 ///
@@ -818,6 +898,22 @@ pub unsafe extern "C" fn __poll_chk(
     }
     // SAFETY: same contract as poll.
     unsafe { poll(fds, n, timeout) }
+}
+
+/// `ppoll` of `_FORTIFY_SOURCE` builds: glibc's own would call its internal ppoll, past our hook.
+#[no_mangle]
+pub unsafe extern "C" fn __ppoll_chk(
+    fds: *mut libc::pollfd,
+    n: libc::nfds_t,
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+    fdslen: size_t,
+) -> c_int {
+    if (fdslen / std::mem::size_of::<libc::pollfd>()) < n as usize {
+        std::process::abort();
+    }
+    // SAFETY: same contract as ppoll.
+    unsafe { ppoll(fds, n, ts, mask) }
 }
 
 #[no_mangle]

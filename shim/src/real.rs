@@ -70,6 +70,8 @@ real_fns! {
     sendto: fn(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
     recvmsg: fn(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
     sendmsg: fn(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
+    recvmmsg: fn(fd: c_int, v: *mut libc::mmsghdr, n: libc::c_uint, flags: c_int, t: *mut libc::timespec) -> c_int;
+    sendmmsg: fn(fd: c_int, v: *mut libc::mmsghdr, n: libc::c_uint, flags: c_int) -> c_int;
     sendfile: fn(out_fd: c_int, in_fd: c_int, off: *mut libc::off_t, n: size_t) -> ssize_t;
     sendfile64: fn(out_fd: c_int, in_fd: c_int, off: *mut libc::off64_t, n: size_t) -> ssize_t;
     close: fn(fd: c_int) -> c_int;
