@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# Scaling (issue 5): 1, 8, 64 and 1,000 concurrent flagged connections, pcisock vs plain TCP
+# loopback, in one run: aggregate throughput, memory per connection, and which path carried the
+# connections.
+#
+# usage: benches/scaling.sh [--runs N] [--out FILE] [--counts LIST] [--time S]
+#   --runs N       interleaved rounds (default 3); the table gives medians
+#   --out FILE     markdown result (default benches/results/scaling.md): medians and every run
+#   --counts LIST  comma list of stream counts (default 1,8,64,1000)
+#   --time S       iperf -t per run (default 3)
+# Driver: iperf 2 (`iperf -s` / `iperf -c 127.0.0.1 -P N -t S -l 128K -y C`). The server runs
+# without -y C: iperf 2.1.8's CSV server aborted ("corrupted double-linked list") at -P 1000 over
+# plain TCP in a trial.
+# Variants per round and count, interleaved: tcp, ntb (PCISOCK_STRICT=1, default ring); for the
+# largest count also ntb-256K (PCISOCK_RING_SIZE=256K, strict) and ntb-nostrict (default ring,
+# PCISOCK_STRICT=0, so that refused upgrades fall back to TCP and their reason codes land in the
+# stats file).
+# Each pcisock run gets a fresh private 0700 device dir and a fresh port. Memory: VmRSS
+# (/proc/PID/status) and Pss (/proc/PID/smaps_rollup) of the iperf server and client, sampled
+# during the transfer (max of the samples). Window leases: `pcisock stats --json` during it.
+# Every process is bounded by `timeout` and ended by PID.
+set -euo pipefail
+
+RUNS=3 OUT="" COUNTS="1,8,64,1000" TSEC=3
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --runs) RUNS="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --counts) COUNTS="$2"; shift 2 ;;
+        --time) TSEC="$2"; shift 2 ;;
+        -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
+        *) echo "scaling.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --runs must be a positive integer" >&2; exit 2; }
+[[ "$TSEC" =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --time must be a positive integer" >&2; exit 2; }
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-$root/benches/results/scaling.md}"
+lib="${PCISOCK_LIB:-$root/target/release/libpcisock.so}"
+cli="$root/target/release/pcisock"
+[[ -f "$lib" ]] || { echo "scaling.sh: $lib not found: run cargo build --release" >&2; exit 2; }
+[[ -x "$cli" ]] || { echo "scaling.sh: $cli not found: run cargo build --release" >&2; exit 2; }
+for t in iperf timeout python3 pgrep; do
+    command -v "$t" >/dev/null || { echo "scaling.sh: $t not installed" >&2; exit 2; }
+done
+IFS=, read -ra counts <<<"$COUNTS"
+maxn=0
+for n in "${counts[@]}"; do
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: bad count '$n'" >&2; exit 2; }
+    (( n > maxn )) && maxn=$n
+done
+ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+mkdir -p "$(dirname "$OUT")"
+
+work="$(mktemp -d /tmp/pcisock-scaling.XXXXXX)"
+chmod 700 "$work"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    sleep 0.2
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+port_free() { ! grep -qi ":$(printf '%04X' "$1") [0-9A-F:]* 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
+wait_listen() {
+    for _ in $(seq 500); do
+        grep -qi ":$(printf '%04X' "$1") [0-9A-F:]* 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
+        sleep 0.02
+    done
+    echo "scaling.sh: nothing listens on port $1" >&2; return 1
+}
+port=$((20000 + RANDOM % 20000))
+next_port() { port=$((port + 1)); while ! port_free "$port"; do port=$((port + 1)); done; }
+# The iperf child of a `timeout` PID.
+child_of() { for _ in $(seq 50); do local c; c="$(pgrep -P "$1" | head -1 || true)"; [[ -n "$c" ]] && { echo "$c"; return 0; }; sleep 0.02; done; echo ""; }
+mem_kb() { # $1 pid -> "rss pss" (kB), 0 0 if gone
+    local r p
+    r="$(awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || true)"
+    p="$(awk '/^Pss:/ {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || true)"
+    echo "${r:-0} ${p:-0}"
+}
+
+raw="$work/raw.csv"   # every run; copied into FILE's "All runs" table
+echo "round,n,variant,mbps,streams_reported,client_errors,ntb_conns,tcp_conns,reasons,srv_rss_kb,cli_rss_kb,srv_pss_kb,cli_pss_kb,window_leases,live_ntb,errs" >"$raw"
+
+# One run. $1 = n, $2 = variant (tcp | ntb | ntb-256K | ntb-nostrict), $3 = round.
+one_run() {
+    local n=$1 v=$2 r=$3 env=() d="$work/r"
+    rm -rf "$d"; mkdir -m 700 "$d"
+    next_port
+    if [[ $v != tcp ]]; then
+        mkdir -m 700 "$d/emu"
+        env=(LD_PRELOAD="$lib" PCISOCK_EMU_DIR="$d/emu" PCISOCK_PORTS="$port" PCISOCK_STRICT=1)
+        [[ $v == ntb-256K ]] && env+=(PCISOCK_RING_SIZE=256K)
+        [[ $v == ntb-nostrict ]] && env+=(PCISOCK_STRICT=0)
+    fi
+    local tmax=$((TSEC + 40))
+    env "${env[@]}" ${env:+PCISOCK_STATS_FILE="$d/s.json"} timeout "$tmax" iperf -s -p "$port" >"$d/s.log" 2>"$d/s.err" &
+    local st=$!; pids+=("$st")
+    wait_listen "$port" || { kill "$st" 2>/dev/null || true; wait "$st" 2>/dev/null || true; pids=()
+        echo "$r,$n,$v,FAIL,0,0,,,,0,0,0,0,,,no listener: $(head -c 200 "$d/s.err" | tr '\n,' ';.')" >>"$raw"; return 0; }
+    local sp; sp="$(child_of "$st")"
+    env "${env[@]}" ${env:+PCISOCK_STATS_FILE="$d/c.json"} timeout "$tmax" iperf -c 127.0.0.1 -p "$port" -P "$n" -t "$TSEC" -l 128K -y C >"$d/c.log" 2>"$d/c.err" &
+    local ct=$!; pids+=("$ct")
+    local cp; cp="$(child_of "$ct")"
+    # Sample memory at 40%, 65% and 90% of the transfer; keep the max of each.
+    local srss=0 spss=0 crss=0 cpss=0 leases="" live="" f
+    for f in 0.4 0.25 0.25; do
+        sleep "$(awk -v t="$TSEC" -v f="$f" 'BEGIN {print t * f}')"
+        read -r a b < <(mem_kb "${sp:-0}"); (( a > srss )) && srss=$a; (( b > spss )) && spss=$b
+        read -r a b < <(mem_kb "${cp:-0}"); (( a > crss )) && crss=$a; (( b > cpss )) && cpss=$b
+        if [[ $v != tcp && $f == 0.4 ]]; then
+            PCISOCK_EMU_DIR="$d/emu" timeout 10 "$cli" stats --json >"$d/stats.json" 2>/dev/null || true
+            read -r leases live < <(python3 - "$d/stats.json" <<'EOF' || true
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except Exception:
+    print("? ?"); sys.exit(0)
+w = sum(l.get("window", 0) for l in d.get("leases", []) if l.get("owner") != "host")
+print(w, sum(1 for c in d.get("connections", []) if c.get("path") == "ntb"))
+EOF
+)
+        fi
+    done
+    local crc=0
+    wait "$ct" || crc=$?
+    kill "$st" 2>/dev/null || true; wait "$st" 2>/dev/null || true
+    pids=()
+    # Aggregate: sum of per-stream bytes / longest stream interval (client's view).
+    local agg
+    agg="$(awk -F, '$6 != -1 && NF >= 9 {b += $8; split($7, a, "-"); if (a[2] > m) m = a[2]; k++}
+        END {if (k == 0 || m == 0) print "FAIL 0"; else printf "%.1f %d\n", b / m / 1e6, k}' "$d/c.log")"
+    local cerr; cerr="$(grep -c . "$d/c.err" || true)"
+    local errs; errs="$(sort "$d/c.err" "$d/s.err" | uniq -c | sort -rn | head -3 | awk '{$1=$1; print}' | tr '\n,' ';.' )"
+    [[ $crc -ne 0 ]] && errs="client rc $crc; $errs"
+    local ntb="" tcp="" reasons=""
+    if [[ $v != tcp ]]; then
+        read -r ntb tcp reasons < <(python3 - "$d/c.json" <<'EOF' || true
+import json, sys, collections
+try:
+    d = json.load(open(sys.argv[1]))
+except Exception:
+    print("none none none"); sys.exit(0)
+c = collections.Counter(x.get("reason") or "-" for x in d.get("connections", []) if x.get("path") != "ntb")
+print(d.get("ntb_connections"), d.get("tcp_connections"), "/".join(f"{k}:{v}" for k, v in c.items()) or "-")
+EOF
+)
+    fi
+    echo "$r,$n,$v,${agg% *},${agg#* },$cerr,$ntb,$tcp,$reasons,$srss,$crss,$spss,$cpss,$leases,$live,${errs:0:300}" >>"$raw"
+    echo "scaling.sh: round $r n=$n $v: ${agg% *} MB/s, streams ${agg#* }, ntb=$ntb tcp=$tcp $reasons, rss s/c ${srss}/${crss} kB, leases $leases live $live ${errs:0:120}" >&2
+    rm -rf "$d"
+}
+
+start="$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+for r in $(seq "$RUNS"); do
+    for n in "${counts[@]}"; do
+        vs=(tcp ntb)
+        (( n == maxn )) && vs+=(ntb-256K ntb-nostrict)
+        # Alternate the order between rounds.
+        (( r % 2 == 0 )) && vs=($(printf '%s\n' "${vs[@]}" | tac))
+        for v in "${vs[@]}"; do one_run "$n" "$v" "$r"; done
+    done
+done
+end="$(date -u '+%H:%M:%S UTC')"
+
+# Summary: medians per (n, variant).
+python3 - "$raw" "$OUT" "$start" "$end" "$lib" "$*" <<'EOF'
+import csv, sys, statistics, hashlib, platform
+raw, out, start, end, lib, args = sys.argv[1:7]
+rows = list(csv.DictReader(open(raw)))
+sha = hashlib.sha256(open(lib, "rb").read()).hexdigest()[:12]
+def med(xs):
+    xs = [float(x) for x in xs if x not in ("", "FAIL", "?", "None", "none")]
+    return statistics.median(xs) if xs else None
+def f(x, fmt="{:.0f}"):
+    return "n/a" if x is None else fmt.format(x)
+ns = sorted({int(r["n"]) for r in rows})
+def sel(n, v): return [r for r in rows if int(r["n"]) == n and r["variant"] == v]
+L = []
+L.append("| N | pcisock MB/s | TCP MB/s | ratio | NTB conns (client stats, per run) | RSS/conn pcisock (srv+cli) | RSS/conn TCP (srv+cli) | Pss/conn pcisock | Pss/conn TCP |")
+L.append("|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+def memper(rs, n, a, b):
+    return med([(float(r[a]) + float(r[b])) / n for r in rs])
+for n in ns:
+    for v in ["ntb", "ntb-256K", "ntb-nostrict"]:
+        p = sel(n, v)
+        if not p: continue
+        t = sel(n, "tcp")
+        pm, tm = med([r["mbps"] for r in p]), med([r["mbps"] for r in t])
+        ratio = f(pm / tm, "{:.2f}") if pm and tm else "n/a"
+        conns = ", ".join(f'{r["ntb_conns"]}' + (f' (+{r["tcp_conns"]} tcp: {r["reasons"]})' if r["tcp_conns"] not in ("0", "", "None") or r["reasons"] not in ("-", "") else "") for r in p)
+        label = str(n) if v == "ntb" else f"{n} ({v})"
+        L.append(f"| {label} | {f(pm)} | {f(tm)} | {ratio} | {conns} | {f(memper(p, n, 'srv_rss_kb', 'cli_rss_kb'), '{:.0f} kB')} | {f(memper(t, n, 'srv_rss_kb', 'cli_rss_kb'), '{:.0f} kB')} | {f(memper(p, n, 'srv_pss_kb', 'cli_pss_kb'), '{:.0f} kB')} | {f(memper(t, n, 'srv_pss_kb', 'cli_pss_kb'), '{:.0f} kB')} |")
+D = ["| round | N | variant | MB/s | streams reported | client stderr lines | ntb | tcp | fallback reasons | RSS srv/cli kB | Pss srv/cli kB | window leases (live) | live NTB conns | stderr (top) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+for r in rows:
+    D.append(f'| {r["round"]} | {r["n"]} | {r["variant"]} | {r["mbps"]} | {r["streams_reported"]} | {r["client_errors"]} | {r["ntb_conns"]} | {r["tcp_conns"]} | {r["reasons"]} | {r["srv_rss_kb"]}/{r["cli_rss_kb"]} | {r["srv_pss_kb"]}/{r["cli_pss_kb"]} | {r["window_leases"]} | {r["live_ntb"]} | {r["errs"].replace("|", "/")} |')
+with open(out, "w") as o:
+    o.write(f"<!-- generated by benches/scaling.sh {args} -->\n## Generated tables\n\n")
+    o.write(f"Run {start} – {end}, {platform.node()}, library sha256 `{sha}`.\n\n")
+    o.write("\n".join(L) + "\n\nAll runs:\n\n" + "\n".join(D) + "\n")
+print(out)
+EOF
