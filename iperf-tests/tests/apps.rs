@@ -595,3 +595,41 @@ fn curl_from_python_http_server() {
     );
     v.finish(&f, &[&server, &curl_p]);
 }
+
+/// Under PCISOCK_STRICT=1 a flagged connect that cannot take the NTB path fails, and the stats
+/// file still says why: here the server is a plain listener (no pcisock), so `NoListener`.
+#[test]
+fn strict_refusal_is_recorded() {
+    let curl = require_bin("curl", "curl");
+    let f = Fixture::new("app_strict_refusal");
+    let port = free_port();
+    let plain = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind a plain listener");
+    let cenv = f.preload("curl").with_ports(port.to_string());
+    let url = format!("http://127.0.0.1:{port}/");
+    let (_client, r) = run_client(
+        "curl",
+        &curl,
+        &["-sS", "--max-time", "5", &url],
+        &cenv,
+        f.dir(),
+        Duration::from_secs(20),
+    );
+    drop(plain);
+    assert!(
+        r.is_err(),
+        "curl got through although strict mode refuses TCP"
+    );
+    let s = cenv.stats().expect("curl's stats file");
+    let recs: Vec<_> = s.on_port(port).collect();
+    assert!(
+        recs.iter().any(|c| c.path == "tcp"
+            && c.reason.as_deref() == Some("NoListener")
+            && c.tx_bytes == 0
+            && c.rx_bytes == 0),
+        "no NoListener record for the refused connect: {recs:?}"
+    );
+    assert_eq!(
+        s.tcp_connections, 0,
+        "a refused connect is not a TCP connection"
+    );
+}

@@ -319,6 +319,17 @@ fn connect_tcp(
         g.log(LogLevel::Error, || {
             format!("fd {fd}: PCISOCK_STRICT=1 refuses the TCP fallback ({reason})")
         });
+        // Recorded, as a server's refusals are: the stats file says why the connect failed.
+        let local = sys::local_addr(fd)
+            .map(Endpoint::from_std)
+            .unwrap_or_default();
+        drop(Sock::new(
+            Role::Client,
+            local,
+            remote,
+            nonblock,
+            State::Tcp(reason),
+        ));
         return Err(libc::ECONNREFUSED);
     }
     let r = real();
