@@ -385,15 +385,8 @@ pub fn wait(
         .transport()
         .map(|t| t.settings().spin)
         .unwrap_or_default();
-    // Spinning on the CPU a peer needs only delays it (benches/results/same-cpu.md).
-    if spin > Duration::ZERO
-        && set.lock().is_ok_and(|regs| {
-            regs.values()
-                .any(|r| r.sock.conn.get().is_some_and(|c| c.shares_cpu_with_peer()))
-        })
-    {
-        spin = Duration::ZERO;
-    }
+    // Looked at once per call, on the first pass below.
+    let mut cpu_checked = spin.is_zero();
     let t0 = Instant::now();
     let max = events.len();
     let mut kbuf = vec![libc::epoll_event { events: 0, u64: 0 }; max];
@@ -409,6 +402,16 @@ pub fn wait(
             if regs.is_empty() {
                 drop(regs);
                 return Detour::Bypass;
+            }
+            // Spinning on the CPU a peer needs only delays it (benches/results/same-cpu.md).
+            if !cpu_checked {
+                cpu_checked = true;
+                if regs
+                    .values()
+                    .any(|r| r.sock.conn.get().is_some_and(|c| c.shares_cpu_with_peer()))
+                {
+                    spin = Duration::ZERO;
+                }
             }
             settle(epfd, &mut regs);
             harvest(&mut regs, &mut out, max, &mut seen);

@@ -373,27 +373,50 @@ pub unsafe extern "C" fn recvmmsg(
                 t.tv_nsec.clamp(0, 999_999_999) as u32,
             )
     });
-    let n = n.min(libc::UIO_MAXIOV as libc::c_uint) as usize;
     // SAFETY: the application's array of `n` entries.
-    let entries = unsafe { std::slice::from_raw_parts_mut(v, n) };
+    let entries = unsafe { mmsg_entries(v, n) };
+    each_entry(
+        entries,
+        |done, m| {
+            let f = if done > 0 && flags & libc::MSG_WAITFORONE != 0 {
+                (flags & !libc::MSG_WAITFORONE) | libc::MSG_DONTWAIT
+            } else {
+                flags & !libc::MSG_WAITFORONE
+            };
+            // SAFETY: the entry's msghdr, as the application passed it.
+            unsafe { recvmsg(fd, m, f) }
+        },
+        || deadline.is_some_and(|d| std::time::Instant::now() >= d),
+    )
+}
+
+/// The application's `mmsghdr` array (at most UIO_MAXIOV entries, as the kernel takes).
+///
+/// # Safety
+/// `v` must point to `n` entries the application owns.
+unsafe fn mmsg_entries<'a>(v: *mut libc::mmsghdr, n: libc::c_uint) -> &'a mut [libc::mmsghdr] {
+    let n = n.min(libc::UIO_MAXIOV as libc::c_uint) as usize;
+    // SAFETY: per the caller's contract.
+    unsafe { std::slice::from_raw_parts_mut(v, n) }
+}
+
+/// recvmmsg/sendmmsg: `one` on each entry's msghdr (given how many are done), storing its
+/// byte count in `msg_len`, until one fails or `stop` says so. Returns the entries done, or -1
+/// (errno from `one`) if the first failed.
+fn each_entry(
+    entries: &mut [libc::mmsghdr],
+    mut one: impl FnMut(usize, &mut msghdr) -> ssize_t,
+    stop: impl Fn() -> bool,
+) -> c_int {
     let mut done = 0;
-    for e in entries.iter_mut() {
-        let f = if done > 0 && flags & libc::MSG_WAITFORONE != 0 {
-            (flags & !libc::MSG_WAITFORONE) | libc::MSG_DONTWAIT
-        } else {
-            flags & !libc::MSG_WAITFORONE
-        };
-        // SAFETY: the entry's msghdr, as the application passed it.
-        let r = unsafe { recvmsg(fd, &mut e.msg_hdr, f) };
+    for e in entries {
+        let r = one(done, &mut e.msg_hdr);
         if r < 0 {
-            if done == 0 {
-                return -1;
-            }
-            break;
+            return if done == 0 { -1 } else { done as c_int };
         }
         e.msg_len = r as libc::c_uint;
         done += 1;
-        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+        if stop() {
             break;
         }
     }
@@ -412,23 +435,14 @@ pub unsafe extern "C" fn sendmmsg(
     if !table::contains(fd) || v.is_null() {
         return call_real!(sendmmsg(fd, v, n, flags));
     }
-    let n = n.min(libc::UIO_MAXIOV as libc::c_uint) as usize;
     // SAFETY: the application's array of `n` entries.
-    let entries = unsafe { std::slice::from_raw_parts_mut(v, n) };
-    let mut done = 0;
-    for e in entries.iter_mut() {
+    let entries = unsafe { mmsg_entries(v, n) };
+    each_entry(
+        entries,
         // SAFETY: the entry's msghdr, as the application passed it.
-        let r = unsafe { sendmsg(fd, &e.msg_hdr, flags) };
-        if r < 0 {
-            if done == 0 {
-                return -1;
-            }
-            break;
-        }
-        e.msg_len = r as libc::c_uint;
-        done += 1;
-    }
-    done as c_int
+        |_, m| unsafe { sendmsg(fd, m, flags) },
+        || false,
+    )
 }
 
 /// With SO_TIMESTAMP(NS) on, the kernel attaches the receive time to every recvmsg; do the same
@@ -571,12 +585,12 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     let e = sys::errno();
     // A bound socket is registered before the kernel listens (see `register_listener`).
     let before = match guard(|| ops::register_listener(fd)) {
-        Ok(registered) => registered,
+        Ok(l) => l,
         Err(err) => return finish(Err(err)),
     };
     let r = call_real!(listen(fd, backlog));
     if r != 0 {
-        if before {
+        if before == ops::Listen::Registered {
             let e = sys::errno();
             let _ = guard(|| {
                 ops::abandon_listener(fd);
@@ -585,6 +599,10 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
             sys::set_errno(e);
         }
         return r;
+    }
+    if before != ops::Listen::Unbound {
+        sys::set_errno(e);
+        return 0;
     }
     // An unbound socket got its port from `listen`: register it now.
     match guard(|| ops::register_listener(fd)) {

@@ -67,24 +67,27 @@ fn fallback(g: &Global, sock: Sock, fd: c_int, reason: Reason) -> Result<(), c_i
 /// Register a flagged listener on the fabric. Called before the real `listen` for a bound
 /// socket (a client that finds the kernel listener must find ours too: otherwise it falls back
 /// with `NoListener`, or is refused under PCISOCK_STRICT=1), and after it for a socket that
-/// `listen` bound to an ephemeral port. `Ok(true)`: this call registered it.
-pub fn register_listener(fd: c_int) -> Result<bool, c_int> {
+/// `listen` bound to an ephemeral port.
+pub fn register_listener(fd: c_int) -> Result<Listen, c_int> {
     if table::contains(fd) {
-        return Ok(false); // listen() again on a tracked listener (backlog change)
+        return Ok(Listen::Decided); // listen() again on a tracked listener (backlog change)
     }
     let g = global::get();
     let Some(local) = sys::local_addr(fd) else {
-        return Ok(false);
+        return Ok(Listen::Decided);
     };
-    if local.port() == 0 || !g.config.may_flag_port(local.port()) || !is_stream_inet(fd) {
-        return Ok(false);
+    if local.port() == 0 {
+        return Ok(Listen::Unbound);
+    }
+    if !g.config.may_flag_port(local.port()) || !is_stream_inet(fd) {
+        return Ok(Listen::Decided);
     }
     if !g
         .config
         .decide(Role::Server, local.port(), Some(local.ip()), &g.program)
         .is_ntb()
     {
-        return Ok(false);
+        return Ok(Listen::Decided);
     }
     let ep = Endpoint::from_std(local);
     let state = match g.transport() {
@@ -116,7 +119,18 @@ pub fn register_listener(fd: c_int) -> Result<bool, c_int> {
             state,
         )),
     );
-    Ok(true)
+    Ok(Listen::Registered)
+}
+
+/// What `register_listener` did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// Registered now: withdraw it if the real `listen` fails.
+    Registered,
+    /// Nothing to register (not flagged, not a TCP socket, or already tracked).
+    Decided,
+    /// No port yet: decide again once `listen` has bound one.
+    Unbound,
 }
 
 /// The real `listen` failed after `register_listener` registered `fd`: withdraw it.

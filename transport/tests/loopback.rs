@@ -53,9 +53,15 @@ fn transport(dev: &Arc<dyn NtbDevice>, ring: u64) -> Transport {
     .unwrap()
 }
 
+type Pair = (Connection, Connection, Socket, std::net::TcpStream);
+
 /// A connected pair: (client connection, server connection, the kernel sockets).
-fn pair(t: &Transport, ring: u64) -> (Connection, Connection, Socket, std::net::TcpStream) {
-    let _ = ring;
+fn pair(t: &Transport) -> Pair {
+    connect_pair(t).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A pair, or why the upgrade did not happen.
+fn connect_pair(t: &Transport) -> Result<Pair, String> {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = l.local_addr().unwrap();
     let listener = t.listen(Endpoint::from_std(server_addr)).unwrap();
@@ -63,29 +69,31 @@ fn pair(t: &Transport, ring: u64) -> (Connection, Connection, Socket, std::net::
     s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
         .unwrap();
     let local = s.local_addr().unwrap().as_socket().unwrap();
-    let pending = t
-        .offer(
-            Endpoint::from_std(local),
-            Endpoint::from_std(server_addr),
-            s.as_raw_fd(),
-        )
-        .unwrap();
-    s.connect(&server_addr.into()).unwrap();
-    let (srv, peer) = l.accept().unwrap();
-    let sc = t
-        .accept(
+    let upgraded = (|| {
+        let pending = t
+            .offer(
+                Endpoint::from_std(local),
+                Endpoint::from_std(server_addr),
+                s.as_raw_fd(),
+            )
+            .map_err(|r| format!("offer: {r}"))?;
+        s.connect(&server_addr.into()).unwrap();
+        let (srv, peer) = l.accept().unwrap();
+        let sc = t.accept(
             srv.as_raw_fd(),
             Endpoint::from_std(server_addr),
             Endpoint::from_std(peer),
-        )
-        .unwrap();
-    let cc = match t.complete(pending, s.as_raw_fd(), true) {
-        Outcome::Connected(c) => c,
-        Outcome::Tcp(r) => panic!("client stayed on TCP: {r}"),
-        Outcome::Waiting(_) => panic!("blocking completion returned Waiting"),
-    };
+        );
+        let cc = match t.complete(pending, s.as_raw_fd(), true) {
+            Outcome::Connected(c) => c,
+            Outcome::Tcp(r) => return Err(format!("client stayed on TCP: {r}")),
+            Outcome::Waiting(_) => return Err("blocking completion returned Waiting".into()),
+        };
+        let sc = sc.map_err(|r| format!("server stayed on TCP: {r}"))?;
+        Ok((cc, sc, srv))
+    })();
     t.unlisten(listener);
-    (cc, sc, s, srv)
+    upgraded.map(|(cc, sc, srv)| (cc, sc, s, srv))
 }
 
 fn pattern(i: u64) -> u8 {
@@ -96,7 +104,7 @@ fn pattern(i: u64) -> u8 {
 fn stream_is_intact_in_both_directions() {
     let (_d, dev) = device("stream");
     let t = transport(&dev, 64 << 10);
-    let (c, s, ks, kt) = pair(&t, 64 << 10);
+    let (c, s, ks, kt) = pair(&t);
     let total: u64 = std::env::var("T_TOTAL")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -160,7 +168,7 @@ fn stream_is_intact_in_both_directions() {
 fn peek_waitall_nonblock_and_timeouts() {
     let (_d, dev) = device("flags");
     let t = transport(&dev, 16 << 10);
-    let (c, s, _ks, _kt) = pair(&t, 16 << 10);
+    let (c, s, _ks, _kt) = pair(&t);
     let mut b = [0u8; 8];
     assert_eq!(
         s.recv(
@@ -243,7 +251,7 @@ fn peek_waitall_nonblock_and_timeouts() {
 fn close_gives_eof_then_epipe() {
     let (_d, dev) = device("close");
     let t = transport(&dev, 16 << 10);
-    let (c, s, _ks, _kt) = pair(&t, 16 << 10);
+    let (c, s, _ks, _kt) = pair(&t);
     c.send(&[b"last"], false, None).unwrap();
     drop(c);
     let mut b = [0u8; 8];
@@ -266,7 +274,7 @@ fn close_gives_eof_then_epipe() {
 fn close_with_unread_data_resets() {
     let (_d, dev) = device("rst");
     let t = transport(&dev, 16 << 10);
-    let (c, s, _ks, _kt) = pair(&t, 16 << 10);
+    let (c, s, _ks, _kt) = pair(&t);
     s.send(&[b"unread"], false, None).unwrap();
     drop(c); // the client never read "unread": TCP would send RST
     let mut b = [0u8; 8];
@@ -311,7 +319,7 @@ fn many_connections_return_their_window_space() {
     let (_d, dev) = device("many");
     let t = transport(&dev, 64 << 10);
     for _ in 0..300 {
-        let (c, s, _a, _b) = pair(&t, 64 << 10);
+        let (c, s, _a, _b) = pair(&t);
         c.send(&[b"x"], false, None).unwrap();
         let mut b = [0u8; 1];
         s.recv(&mut [&mut b[..]], RecvFlags::default(), None)
@@ -422,7 +430,7 @@ fn offers_from_threads_are_all_answered() {
 fn more_connections_than_doorbell_bits() {
     let (_d, dev) = device("wide");
     let t = transport(&dev, 16 << 10);
-    let pairs: Vec<_> = (0..100).map(|_| pair(&t, 16 << 10)).collect();
+    let pairs: Vec<_> = (0..100).map(|_| pair(&t)).collect();
     for (i, (c, s, _, _)) in pairs.iter().enumerate() {
         let msg = format!("conn {i}");
         c.send(&[msg.as_bytes()], false, None).unwrap();
@@ -444,7 +452,7 @@ fn more_connections_than_doorbell_bits() {
 fn send_after_sendfile_larger_than_the_ring() {
     let (d, dev) = device("sendfile");
     let t = transport(&dev, 16 << 10);
-    let (c, s, _a, _b) = pair(&t, 16 << 10);
+    let (c, s, _a, _b) = pair(&t);
     let path = d.0.join("payload");
     let data: Vec<u8> = (0..(200u64 << 10)).map(pattern).collect();
     std::fs::write(&path, &data).unwrap();
@@ -486,7 +494,7 @@ fn send_after_sendfile_larger_than_the_ring() {
 fn fast_ping_pong_keeps_messages_intact() {
     let (_d, dev) = device("pingpong");
     let t = transport(&dev, 64 << 10);
-    let (c, s, _a, _b) = pair(&t, 64 << 10);
+    let (c, s, _a, _b) = pair(&t);
     const N: u64 = 200_000;
     std::thread::scope(|sc| {
         sc.spawn(|| {
@@ -533,7 +541,7 @@ fn rings_shrink_when_windows_fill() {
     let t = transport(&dev, 1 << 20);
     let mut pairs = Vec::new();
     while pairs.len() < 100 {
-        match try_pair(&t) {
+        match connect_pair(&t).ok() {
             Some(p) => pairs.push(p),
             None => break,
         }
@@ -565,36 +573,6 @@ fn rings_shrink_when_windows_fill() {
 }
 
 /// Like `pair`, but `None` when the device has no room for another connection.
-fn try_pair(t: &Transport) -> Option<(Connection, Connection, Socket, std::net::TcpStream)> {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server_addr = l.local_addr().unwrap();
-    let listener = t.listen(Endpoint::from_std(server_addr)).unwrap();
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let local = s.local_addr().unwrap().as_socket().unwrap();
-    let pending = t
-        .offer(
-            Endpoint::from_std(local),
-            Endpoint::from_std(server_addr),
-            s.as_raw_fd(),
-        )
-        .ok()?;
-    s.connect(&server_addr.into()).unwrap();
-    let (srv, peer) = l.accept().unwrap();
-    let sc = t.accept(
-        srv.as_raw_fd(),
-        Endpoint::from_std(server_addr),
-        Endpoint::from_std(peer),
-    );
-    let out = match t.complete(pending, s.as_raw_fd(), true) {
-        Outcome::Connected(c) => Some((c, sc.ok()?, s, srv)),
-        _ => None,
-    };
-    t.unlisten(listener);
-    out
-}
-
 /// Pin the calling thread to `cpu`; false if the machine has no such CPU for us.
 fn pin_to(cpu: usize) -> bool {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within it for cpu < 1024;
@@ -610,7 +588,7 @@ fn pin_to(cpu: usize) -> bool {
 fn peers_learn_whether_they_share_a_cpu() {
     let (_d, dev) = device("samecpu");
     let t = transport(&dev, 64 << 10);
-    let (c, s, _a, _b) = pair(&t, 64 << 10);
+    let (c, s, _a, _b) = pair(&t);
     std::thread::spawn(move || {
         assert!(pin_to(0));
         // The server has not waited yet: unknown, so not shared.
