@@ -53,27 +53,9 @@ done
 ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 mkdir -p "$(dirname "$OUT")"
 
-work="$(mktemp -d /tmp/pcisock-scaling.XXXXXX)"
-chmod 700 "$work"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    sleep 0.2
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-port_free() { ! grep -qi ":$(printf '%04X' "$1") [0-9A-F:]* 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
-wait_listen() {
-    for _ in $(seq 500); do
-        grep -qi ":$(printf '%04X' "$1") [0-9A-F:]* 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
-        sleep 0.02
-    done
-    echo "scaling.sh: nothing listens on port $1" >&2; return 1
-}
-port=$((20000 + RANDOM % 20000))
-next_port() { port=$((port + 1)); while ! port_free "$port"; do port=$((port + 1)); done; }
+# shellcheck source=common.sh
+source "$root/benches/common.sh"
+bench_init scaling.sh
 # The iperf child of a `timeout` PID.
 child_of() { for _ in $(seq 50); do local c; c="$(pgrep -P "$1" | head -1 || true)"; [[ -n "$c" ]] && { echo "$c"; return 0; }; sleep 0.02; done; echo ""; }
 mem_kb() { # $1 pid -> "rss pss" (kB), 0 0 if gone
