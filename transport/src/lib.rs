@@ -50,7 +50,9 @@ pub struct Settings {
     pub dma_threshold: usize,
     /// How long `Adaptive` spins before it sleeps.
     pub spin: Duration,
-    /// How long a client waits for the server's answer before it stays on TCP.
+    /// How long a client waits for the server's answer while the server's host accepts
+    /// nothing, before it stays on TCP (a host that keeps accepting other connections extends
+    /// the wait, up to [`ANSWER_PATIENCE_MAX`]).
     pub answer_timeout: Duration,
 }
 
@@ -65,6 +67,11 @@ impl Default for Settings {
         }
     }
 }
+
+/// The longest a client waits for its answer while the server's host keeps accepting other
+/// connections: a server with a thousand clients in its backlog reaches the last one late, and
+/// TCP would have let those clients send meanwhile.
+pub const ANSWER_PATIENCE_MAX: Duration = Duration::from_secs(60);
 
 /// Default CPU-copy/DMA threshold; see benches/results/device.md for the measurement.
 pub const DEFAULT_DMA_THRESHOLD: usize = usize::MAX;
@@ -267,6 +274,8 @@ pub struct Pending {
     local: Endpoint,
     remote: Endpoint,
     posted: Instant,
+    /// The peer host's accept count when we last saw it change, and when that was.
+    progress: (u32, Instant),
 }
 
 /// Where a pending offer stands.
@@ -352,6 +361,7 @@ impl Transport {
         peer: Endpoint,
     ) -> Result<Connection, Reason> {
         self.shared.reap();
+        self.ctrl.note_accept();
         let Some((index, generation, offer)) = self.ctrl.take_offer(&peer, &local) else {
             // A client that closes before the server accepts withdraws its offer first; its
             // FIN (or RST) tells that apart from a client that never offered.
@@ -446,6 +456,7 @@ impl Transport {
                     local,
                     remote,
                     posted: Instant::now(),
+                    progress: (self.ctrl.peer_accepts(), Instant::now()),
                 })
             }
             None => {
@@ -522,9 +533,9 @@ impl Transport {
     }
 
     /// Finish a client's upgrade once its TCP connect succeeded: wait (if `block`) for the
-    /// server's answer, up to the answer timeout, watching the TCP socket meanwhile.
-    pub fn complete(&self, p: Pending, tcp_fd: RawFd, block: bool) -> Outcome {
-        let deadline = p.posted + self.shared.settings.answer_timeout;
+    /// server's answer, watching the TCP socket meanwhile. The wait ends after the answer
+    /// timeout without an accept on the server's host, or after [`ANSWER_PATIENCE_MAX`].
+    pub fn complete(&self, mut p: Pending, tcp_fd: RawFd, block: bool) -> Outcome {
         loop {
             match self.ctrl.answer(&p.slot) {
                 Some(Ok(a)) if a.cookie == p.cookie => return self.finish(p, a, tcp_fd),
@@ -536,6 +547,12 @@ impl Transport {
                 None => {}
             }
             let now = Instant::now();
+            let accepts = self.ctrl.peer_accepts();
+            if accepts != p.progress.0 {
+                p.progress = (accepts, now);
+            }
+            let deadline = (p.progress.1 + self.shared.settings.answer_timeout)
+                .min(p.posted + ANSWER_PATIENCE_MAX.max(self.shared.settings.answer_timeout));
             // A peer that talks over TCP, or hangs up, is not upgrading.
             let tcp_says = !matches!(sys::peek_tcp(tcp_fd), sys::Peek::Open);
             if now >= deadline || tcp_says {
@@ -586,6 +603,7 @@ impl Transport {
                     local,
                     remote,
                     posted: Instant::now(),
+                    progress: (self.ctrl.peer_accepts(), Instant::now()),
                 };
                 return Some(self.complete(p, tcp_fd, false));
             }

@@ -424,6 +424,98 @@ fn offers_from_threads_are_all_answered() {
     }
 }
 
+/// A client whose server takes longer than the answer timeout to reach it in its backlog, while
+/// accepting the connections ahead of it, still gets the NTB path (a server with hundreds of
+/// clients accepts the last ones late); a server that accepts nothing is given up on.
+#[test]
+fn a_server_that_keeps_accepting_is_waited_for() {
+    let (_d, dev) = device("slowaccept");
+    let timeout = Duration::from_millis(300);
+    let open = || {
+        Transport::open(
+            dev.clone(),
+            Settings {
+                ring_bytes: 64 << 10,
+                answer_timeout: timeout,
+                ..Settings::default()
+            },
+        )
+        .unwrap()
+    };
+    let (client, server) = (open(), open());
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = l.local_addr().unwrap();
+    let _listener = server.listen(Endpoint::from_std(server_addr)).unwrap();
+
+    // Five plain connections ahead of ours in the backlog, then our offer.
+    let ahead: Vec<_> = (0..5)
+        .map(|_| std::net::TcpStream::connect(server_addr).unwrap())
+        .collect();
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let local = s.local_addr().unwrap().as_socket().unwrap();
+    let p = client
+        .offer(
+            Endpoint::from_std(local),
+            Endpoint::from_std(server_addr),
+            s.as_raw_fd(),
+        )
+        .unwrap();
+    s.connect(&server_addr.into()).unwrap();
+
+    // The server accepts one connection every half answer timeout: ours comes after 3 timeouts.
+    let srv = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            std::thread::sleep(timeout / 2);
+            let (k, peer) = l.accept().unwrap();
+            let r = server.accept(
+                k.as_raw_fd(),
+                Endpoint::from_std(server_addr),
+                Endpoint::from_std(peer),
+            );
+            got.push((peer, r.map(|_| ()), k));
+        }
+        (got, l, server)
+    });
+    let outcome = client.complete(p, s.as_raw_fd(), true);
+    let (got, l, server) = srv.join().unwrap();
+    let reasons: Vec<_> = got.iter().map(|(peer, r, _)| (*peer, *r)).collect();
+    assert!(
+        matches!(outcome, Outcome::Connected(_)),
+        "client gave up: {:?}; server accepts: {reasons:?}",
+        match outcome {
+            Outcome::Tcp(r) => r.to_string(),
+            _ => "waiting".into(),
+        }
+    );
+    assert_eq!(reasons.last().unwrap(), &(local, Ok(())));
+    for (peer, r) in &reasons[..5] {
+        assert_eq!(*r, Err(Reason::NoOffer), "{peer}");
+    }
+    drop(ahead);
+
+    // Now a server that accepts nothing more: the client stays on TCP after the timeout.
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let local = s.local_addr().unwrap().as_socket().unwrap();
+    let p = client
+        .offer(
+            Endpoint::from_std(local),
+            Endpoint::from_std(server_addr),
+            s.as_raw_fd(),
+        )
+        .unwrap();
+    s.connect(&server_addr.into()).unwrap();
+    assert!(matches!(
+        client.complete(p, s.as_raw_fd(), true),
+        Outcome::Tcp(Reason::NoAnswer)
+    ));
+    drop((l, server));
+}
+
 /// More connections at once than the device has doorbell bits (each endpoint has its own
 /// interrupt vector).
 #[test]
