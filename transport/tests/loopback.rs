@@ -11,7 +11,8 @@ use ntbdrv::emu::{Config, EmuDevice, Options};
 use ntbdrv::NtbDevice;
 use socket2::{Domain, Socket, Type};
 use transport::{
-    Connection, Counter, Endpoint, IoError, Outcome, Reason, RecvFlags, Settings, Transport,
+    Connection, Counter, Endpoint, IoError, Outcome, Pending, Reason, RecvFlags, Settings,
+    Transport,
 };
 
 struct Dir(std::path::PathBuf);
@@ -65,18 +66,14 @@ fn connect_pair(t: &Transport) -> Result<Pair, String> {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = l.local_addr().unwrap();
     let listener = t.listen(Endpoint::from_std(server_addr)).unwrap();
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let local = s.local_addr().unwrap().as_socket().unwrap();
+    let (s, _, pending) = match offer_from(t, server_addr) {
+        Ok(o) => o,
+        Err(r) => {
+            t.unlisten(listener);
+            return Err(format!("offer: {r}"));
+        }
+    };
     let upgraded = (|| {
-        let pending = t
-            .offer(
-                Endpoint::from_std(local),
-                Endpoint::from_std(server_addr),
-                s.as_raw_fd(),
-            )
-            .map_err(|r| format!("offer: {r}"))?;
         s.connect(&server_addr.into()).unwrap();
         let (srv, peer) = l.accept().unwrap();
         let sc = t.accept(
@@ -94,6 +91,21 @@ fn connect_pair(t: &Transport) -> Result<Pair, String> {
     })();
     t.unlisten(listener);
     upgraded.map(|(cc, sc, srv)| (cc, sc, s, srv))
+}
+
+/// A client socket bound to an ephemeral port with its offer to `server` posted (not yet
+/// connected): the socket, its address, and the pending offer.
+fn offer_from(t: &Transport, server: SocketAddr) -> Result<(Socket, SocketAddr, Pending), Reason> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let local = s.local_addr().unwrap().as_socket().unwrap();
+    let p = t.offer(
+        Endpoint::from_std(local),
+        Endpoint::from_std(server),
+        s.as_raw_fd(),
+    )?;
+    Ok((s, local, p))
 }
 
 fn pattern(i: u64) -> u8 {
@@ -451,17 +463,7 @@ fn a_server_that_keeps_accepting_is_waited_for() {
     let ahead: Vec<_> = (0..5)
         .map(|_| std::net::TcpStream::connect(server_addr).unwrap())
         .collect();
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let local = s.local_addr().unwrap().as_socket().unwrap();
-    let p = client
-        .offer(
-            Endpoint::from_std(local),
-            Endpoint::from_std(server_addr),
-            s.as_raw_fd(),
-        )
-        .unwrap();
+    let (s, local, p) = offer_from(&client, server_addr).unwrap();
     s.connect(&server_addr.into()).unwrap();
 
     // The server accepts one connection every half answer timeout: ours comes after 3 timeouts.
@@ -497,17 +499,7 @@ fn a_server_that_keeps_accepting_is_waited_for() {
     drop(ahead);
 
     // Now a server that accepts nothing more: the client stays on TCP after the timeout.
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let local = s.local_addr().unwrap().as_socket().unwrap();
-    let p = client
-        .offer(
-            Endpoint::from_std(local),
-            Endpoint::from_std(server_addr),
-            s.as_raw_fd(),
-        )
-        .unwrap();
+    let (s, _, p) = offer_from(&client, server_addr).unwrap();
     s.connect(&server_addr.into()).unwrap();
     assert!(matches!(
         client.complete(p, s.as_raw_fd(), true),
