@@ -11,7 +11,6 @@
 //! own watchdog (20–28 s, "TIMEOUT <program> during <phase>"), and the test stops a run at 30 s by its pid.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use iperf_tests::*;
@@ -48,23 +47,11 @@ fn source_dir() -> PathBuf {
 
 /// Compiles `behaviours/<name>.c` into `dir/<name>`.
 fn compile(name: &str, dir: &Path) -> PathBuf {
-    let src = source_dir().join(format!("{name}.c"));
-    assert!(src.is_file(), "missing program {}", src.display());
     let out = dir.join(name);
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-    let result = Command::new(&cc)
-        .args(["-O1", "-Wall", "-Werror", "-pthread", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run the C compiler `{cc}` ({e}): install gcc (scripts/setup.sh)")
-        });
-    assert!(
-        result.status.success(),
-        "{cc} failed on {}:\n{}",
-        src.display(),
-        String::from_utf8_lossy(&result.stderr)
+    iperf_tests::apps::compile_c(
+        &source_dir().join(format!("{name}.c")),
+        &out,
+        &["-O1", "-Wall", "-Werror", "-pthread"],
     );
     out
 }

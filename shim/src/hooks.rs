@@ -22,9 +22,27 @@ use libc::{c_int, c_ulong, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, s
 use crate::ops::{self, DataPath, Detour};
 use crate::{global, real, sys, table};
 
-/// Run our handling of a call, catching panics (→ EIO).
+thread_local! {
+    /// This thread is inside our handling of a call (see `guard`).
+    static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run our handling of a call, catching panics (→ EIO). While it runs, the libc calls pcisock
+/// makes itself on this thread come back into these hooks (closing its own doorbell lines when
+/// an offer settles inside `epoll_wait`, …); `nested` tells the hooks that take locks to pass
+/// those straight to the kernel.
 fn guard<T>(f: impl FnOnce() -> Result<T, c_int>) -> Result<T, c_int> {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(libc::EIO))
+    let outer = INSIDE.with(|c| c.replace(true));
+    let r = std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(libc::EIO));
+    if !outer {
+        INSIDE.with(|c| c.set(false));
+    }
+    r
+}
+
+/// The call comes from pcisock's own handling of another call on this thread.
+fn nested() -> bool {
+    INSIDE.with(|c| c.get())
 }
 
 /// Turn our result into the C convention: the value, or -1 with errno.
@@ -667,7 +685,9 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    if table::contains(fd) || crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed) {
+    if (table::contains(fd) || crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed))
+        && !nested()
+    {
         let _ = guard(|| {
             ops::before_close(fd);
             Ok(())
@@ -678,7 +698,8 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 
 /// Forget every tracked fd in `first..=last` before the kernel closes them.
 fn forget_range(first: libc::c_uint, last: libc::c_uint) {
-    if !table::any() && !crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed) {
+    if !table::any() && !crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed) || nested()
+    {
         return;
     }
     let hi = (last as usize).min(table::MAX_FD - 1);

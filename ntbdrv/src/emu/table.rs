@@ -315,10 +315,24 @@ impl<'a> HostTable<'a> {
     pub(crate) fn reclaim(&self) -> usize {
         let _g = self.lock();
         let mut freed = 0;
+        // A few processes hold thousands of leases: ask /proc once per owner, not per lease.
+        let mut known: Vec<((u32, u64), bool)> = Vec::new();
         for i in 0..self.n_slots() {
             let s = self.read(i);
             // Owner pid 0 marks a host-owned reservation, which no process death ends.
-            if s.kind != sys::NTBEMU_LEASE_FREE && s.pid != 0 && !sysutil::alive(s.pid, s.start) {
+            if s.kind == sys::NTBEMU_LEASE_FREE || s.pid == 0 {
+                continue;
+            }
+            let owner = (s.pid, s.start);
+            let alive = match known.iter().find(|(o, _)| *o == owner) {
+                Some(&(_, a)) => a,
+                None => {
+                    let a = sysutil::alive(s.pid, s.start);
+                    known.push((owner, a));
+                    a
+                }
+            };
+            if !alive {
                 self.write(
                     i,
                     Slot {
