@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# Two real kernels joined by a PCI BAR window: boot two KVM guests, each with QEMU's
+# ivshmem-doorbell device on one shared ivshmem server, joined by a virtual Ethernet link, and
+# run pcisock across them (docs/TWOHOST.md; README "Two hosts over ivshmem").
+#
+# Usage: iperf-tests/twohost.sh [boot|conformance|iperf|all]   (default: all)
+#   boot         boot both guests, run a command in each, check the ivshmem device; tear down
+#   conformance  + the ntbdrv conformance suite on the ivshmem backend inside a guest
+#   iperf        + iperf2/iperf3 under LD_PRELOAD across the guests, TCP controls, 64 MiB copy
+#   all          everything
+# Exits 0 only when every check of the chosen stage holds; prints one line per check.
+#
+# Needs (Debian packages only): qemu-system-x86, linux-image-amd64, busybox-static, cpio,
+# python3, iperf, iperf3; /dev/kvm; a release build (cargo build --release --workspace; the
+# conformance stage also builds the ntbdrv test binary). Everything the guests run comes from
+# this machine's own root filesystem, shared read-only into the guests over 9p.
+#
+# Settings: TWOHOST_DIR (work directory, default target/twohost), TWOHOST_LIMIT (seconds for the
+# whole run, default 900), TWOHOST_SHM (ivshmem size, default 256M), TWOHOST_MEM (guest MiB,
+# default 1024), TWOHOST_CPUS (guest vCPUs, default 2), TWOHOST_KERNEL (default: newest
+# /boot/vmlinuz-*), TWOHOST_KEEP=1 (leave the work directory for inspection).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STAGE=${1:-all}
+case $STAGE in boot | conformance | iperf | all) ;; *)
+    echo "usage: $0 [boot|conformance|iperf|all]" >&2
+    exit 2
+    ;;
+esac
+W=${TWOHOST_DIR:-$ROOT/target/twohost}
+LIMIT=${TWOHOST_LIMIT:-900}
+SHM=${TWOHOST_SHM:-256M}
+MEM=${TWOHOST_MEM:-1024}
+CPUS=${TWOHOST_CPUS:-2}
+BOOT_TIMEOUT=60
+REL=$ROOT/target/release
+
+say() { printf '%s\n' "$*"; }
+die() {
+    say "twohost: $*" >&2
+    exit 1
+}
+
+# ---- preflight: a clear message for each missing piece ------------------------------------------
+# Acceleration: KVM where it can run a stock kernel; else QEMU's software emulation (TCG), which
+# boots these guests in a few seconds too, only runs them slower. A PVM host (kvm_pvm, the
+# "pagetable-based VM" KVM of some cloud sandboxes) offers /dev/kvm but boots only PVM-enabled
+# guest kernels: a stock Debian kernel hangs right after "Probing EDD".
+ACCEL=${TWOHOST_ACCEL:-auto}
+if [ "$ACCEL" = auto ]; then
+    if [ ! -e /dev/kvm ]; then
+        ACCEL=tcg WHY="no KVM (/dev/kvm missing)"
+    elif [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+        ACCEL=tcg WHY="no KVM (/dev/kvm not accessible to $(id -un))"
+    elif [ -d /sys/module/kvm_pvm ]; then
+        ACCEL=tcg WHY="KVM is PVM (kvm_pvm), which cannot boot a stock kernel"
+    else
+        ACCEL=kvm WHY="KVM"
+    fi
+else
+    WHY="TWOHOST_ACCEL=$ACCEL"
+fi
+case $ACCEL in
+kvm) ACCEL_ARGS=(-enable-kvm -cpu host,-arch-capabilities) ;;
+tcg) ACCEL_ARGS=(-accel tcg,thread=multi -cpu max) ;;
+*) die "TWOHOST_ACCEL must be auto, kvm or tcg" ;;
+esac
+say "twohost: guests run under $ACCEL ($WHY)"
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing: apt-get install qemu-system-x86"
+BUSYBOX=/bin/busybox # busybox-static: the initramfs has no libc
+[ -x "$BUSYBOX" ] && ! ldd "$BUSYBOX" >/dev/null 2>&1 || die "static busybox missing: apt-get install busybox-static"
+command -v cpio >/dev/null || die "cpio missing: apt-get install cpio"
+command -v python3 >/dev/null || die "python3 missing"
+KERNEL=${TWOHOST_KERNEL:-$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)}
+[ -n "$KERNEL" ] && [ -r "$KERNEL" ] || die "no guest kernel in /boot: apt-get install linux-image-amd64"
+KVER=${KERNEL##*/vmlinuz-}
+MODDIR=/lib/modules/$KVER
+[ -r "$MODDIR/modules.dep" ] || die "no modules for $KVER in $MODDIR"
+[ -x "$REL/pcisock" ] && [ -f "$REL/libpcisock.so" ] ||
+    die "no release build in $REL: run cargo build --release --workspace"
+case $SHM in
+*M) SHM_BYTES=$((${SHM%M} << 20)) ;;
+*G) SHM_BYTES=$((${SHM%G} << 30)) ;;
+*) SHM_BYTES=$SHM ;;
+esac
+
+# ---- teardown: always, also on interrupt and on the time limit -----------------------------------
+PIDS=()
+WATCHDOG=
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM HUP
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        local alive=0
+        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.2
+    done
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null || true
+    if [ "${TWOHOST_KEEP:-0}" != 1 ] && [ $rc = 0 ]; then
+        rm -rf "$W"
+    else
+        say "twohost: work directory kept: $W (guest consoles g1.console, g2.console)" >&2
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'say "twohost: interrupted" >&2; exit 130' INT TERM HUP
+(
+    sleep "$LIMIT"
+    say "twohost: time limit of ${LIMIT}s reached, tearing down" >&2
+    kill -TERM $$
+) &
+WATCHDOG=$!
+
+# ---- the guests' initramfs: busybox, the modules for 9p and virtio-net, an /init -----------------
+rm -rf "$W"
+mkdir -p "$W/initramfs/"{bin,lib/modules,proc,sys,dev,newroot} "$W/g1" "$W/g2"
+cp "$BUSYBOX" "$W/initramfs/bin/busybox"
+declare -A SEEN=()
+MODS=()
+add_module() { # add_module kernel/path.ko: its dependencies first (modules.dep order)
+    local m=$1
+    [ -n "${SEEN[$m]:-}" ] && return
+    SEEN[$m]=1
+    local deps
+    deps=$(awk -v m="$m:" '$1 == m { $1 = ""; print }' "$MODDIR/modules.dep")
+    local d
+    for d in $deps; do add_module "$d"; done
+    MODS+=("$m")
+}
+for name in virtio_pci 9pnet_virtio 9p virtio_net; do
+    m=$(awk -F: -v n="/$name.ko" 'index($1, n) == length($1) - length(n) + 1 { print $1; exit }' "$MODDIR/modules.dep")
+    [ -n "$m" ] || die "module $name not found in $MODDIR"
+    add_module "$m"
+done
+: >"$W/initramfs/modules"
+for m in "${MODS[@]}"; do
+    f=$MODDIR/$m
+    b=$(basename "$m")
+    case $f in
+    *.ko) cp "$f" "$W/initramfs/lib/modules/$b" ;;
+    *.ko.xz) xz -dc "$f" >"$W/initramfs/lib/modules/${b%.xz}"; b=${b%.xz} ;;
+    *.ko.zst) zstd -qdc "$f" >"$W/initramfs/lib/modules/${b%.zst}"; b=${b%.zst} ;;
+    esac
+    echo "$b" >>"$W/initramfs/modules"
+done
+cat >"$W/initramfs/init" <<'EOF'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /modules); do insmod /lib/modules/$m || echo "init: insmod $m failed"; done
+n=; dir=
+for a in $(cat /proc/cmdline); do
+    case $a in twohost.n=*) n=${a#*=} ;; twohost.dir=*) dir=${a#*=} ;; esac
+done
+hostname guest$n
+ip link set lo up
+ip link set eth0 up && ip addr add 10.77.0.$n/24 dev eth0
+mkdir -p /newroot
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /newroot ||
+    { echo "init: cannot mount the host root"; poweroff -f; }
+for d in tmp run var/tmp; do mount -t tmpfs -o mode=1777 tmpfs /newroot/$d; done
+mount -t devtmpfs dev /newroot/dev
+mkdir -p /newroot/dev/shm /newroot/dev/pts
+mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
+mount -t proc proc /newroot/proc
+mount -t sysfs sys /newroot/sys
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 xfer /newroot$dir/g$n ||
+    { echo "init: cannot mount the command channel"; poweroff -f; }
+echo "init: guest $n up"
+exec chroot /newroot /bin/sh "$dir/agent.sh" "$dir/g$n"
+EOF
+chmod +x "$W/initramfs/init"
+(cd "$W/initramfs" && find . | cpio -o -H newc --quiet | gzip -1) >"$W/initrd.gz"
+
+# The agent: runs cmd.N files in order from the shared directory, writes out.N and rc.N.
+cat >"$W/agent.sh" <<'EOF'
+d=$1
+n=0
+export HOME=/tmp PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+cd /tmp
+echo up >"$d/ready"
+while :; do
+    if [ -f "$d/cmd.$n" ]; then
+        sh "$d/cmd.$n" >"$d/out.$n" 2>&1 </dev/null
+        echo $? >"$d/rc.$n.t"
+        mv "$d/rc.$n.t" "$d/rc.$n"
+        n=$((n + 1))
+    else
+        sleep 0.05
+    fi
+done
+EOF
+
+# ---- the ivshmem server and the guests -----------------------------------------------------------
+python3 "$ROOT/iperf-tests/twohost/ivshmem-server.py" "$W/ivshmem.sock" "$SHM_BYTES" 4 \
+    >"$W/ivshmem-server.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 50); do [ -S "$W/ivshmem.sock" ] && break; sleep 0.1; done
+[ -S "$W/ivshmem.sock" ] || die "the ivshmem server did not start: $(cat "$W/ivshmem-server.log")"
+
+boot() { # boot N: guest N in the background
+    local n=$1 o=$((3 - $1))
+    qemu-system-x86_64 -name "twohost-g$n" "${ACCEL_ARGS[@]}" -smp "$CPUS" -m "$MEM" \
+        -nodefaults -display none -no-reboot -monitor none \
+        -kernel "$KERNEL" -initrd "$W/initrd.gz" \
+        -append "console=ttyS0 panic=-1 quiet loglevel=3 twohost.n=$n twohost.dir=$W" \
+        -serial "file:$W/g$n.console" \
+        -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+        -virtfs "local,path=$W/g$n,mount_tag=xfer,security_model=none" \
+        -chardev "socket,path=$W/ivshmem.sock,id=ivs" \
+        -device ivshmem-doorbell,chardev=ivs,vectors=4 \
+        -netdev "dgram,id=n0,local.type=unix,local.path=$W/g$n.net,remote.type=unix,remote.path=$W/g$o.net" \
+        -device "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:0$n" \
+        >"$W/g$n.qemu.log" 2>&1 &
+    PIDS+=($!)
+}
+T0=$(date +%s%N)
+boot 1
+sleep 0.3 # the server hands out IDs in connection order: guest 1 gets ID 0
+boot 2
+for n in 1 2; do
+    for _ in $(seq $((BOOT_TIMEOUT * 10))); do
+        [ -f "$W/g$n/ready" ] && break
+        kill -0 "${PIDS[$n]}" 2>/dev/null || break # QEMU exited
+        sleep 0.1
+    done
+    [ -f "$W/g$n/ready" ] || {
+        tail -n 20 "$W/g$n.console" "$W/g$n.qemu.log" >&2 || true
+        kill -0 "${PIDS[$n]}" 2>/dev/null || die "guest $n stopped during boot (its console is above)"
+        die "guest $n did not come up within ${BOOT_TIMEOUT}s"
+    }
+done
+BOOT_S=$(awk -v a="$T0" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')
+
+echo 0 >"$W/g1.seq"
+echo 0 >"$W/g2.seq"
+# gx N TIMEOUT CMD...: run CMD in guest N, print its output, return its status.
+gx() {
+    local n=$1 t=$2
+    shift 2
+    local d=$W/g$n i
+    i=$(cat "$W/g$n.seq") # a file, not a variable: gx often runs in a $(…) subshell
+    echo $((i + 1)) >"$W/g$n.seq"
+    printf '%s\n' "$*" >"$d/.cmd"
+    mv "$d/.cmd" "$d/cmd.$i"
+    local end=$(($(date +%s) + t))
+    while [ ! -f "$d/rc.$i" ]; do
+        if [ "$(date +%s)" -ge "$end" ]; then
+            cat "$d/out.$i" 2>/dev/null || true
+            say "twohost: guest $n: no answer within ${t}s to: $*" >&2
+            return 124
+        fi
+        sleep 0.05
+    done
+    cat "$d/out.$i"
+    return "$(cat "$d/rc.$i")"
+}
+
+FAILED=0
+check() { # check NAME OK(0/1) FIGURES
+    if [ "$2" = 0 ]; then say "PASS $1: $3"; else
+        say "FAIL $1: $3"
+        FAILED=1
+    fi
+}
+
+# ---- stage: boot ---------------------------------------------------------------------------------
+ivshmem_of() { # the BDF of the guest's ivshmem device
+    gx "$1" 10 'for d in /sys/bus/pci/devices/*; do [ "$(cat $d/vendor):$(cat $d/device)" = 0x1af4:0x1110 ] && basename $d; done'
+}
+BDF1=$(ivshmem_of 1 || true)
+BDF2=$(ivshmem_of 2 || true)
+u1=$(gx 1 10 uname -r || true)
+u2=$(gx 2 10 uname -r || true)
+check boot "$([ "$u1" = "$KVER" ] && [ "$u2" = "$KVER" ] && echo 0 || echo 1)" \
+    "two guests ($KVER, $ACCEL) answered in ${BOOT_S}s; ivshmem at $BDF1 and $BDF2"
+[ -n "$BDF1" ] && [ -n "$BDF2" ] || die "no ivshmem device (1af4:1110) in a guest"
+BAR2=$(gx 1 10 "stat -c %s /sys/bus/pci/devices/$BDF1/resource2" || true)
+check ivshmem-bar "$([ "$BAR2" = "$SHM_BYTES" ] && echo 0 || echo 1)" "BAR2 is $BAR2 bytes (shm $SHM_BYTES)"
+ping_out=$(gx 1 30 busybox ping -c 3 -W 5 10.77.0.2 2>&1 || true)
+check tcp-link "$(echo "$ping_out" | grep -q ' 0% packet loss' && echo 0 || echo 1)" \
+    "$(echo "$ping_out" | grep -E 'packet loss|rtt' | tr '\n' ' ')"
+
+[ "$STAGE" = boot ] && exit $FAILED
+exit $FAILED
