@@ -77,8 +77,11 @@ KERNEL=${TWOHOST_KERNEL:-$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1
 KVER=${KERNEL##*/vmlinuz-}
 MODDIR=/lib/modules/$KVER
 [ -r "$MODDIR/modules.dep" ] || die "no modules for $KVER in $MODDIR"
-[ -x "$REL/pcisock" ] && [ -f "$REL/libpcisock.so" ] ||
-    die "no release build in $REL: run cargo build --release --workspace"
+say "twohost: building (cargo build --release --workspace)"
+(cd "$ROOT" && cargo build --release --workspace --quiet) || die "the release build failed"
+CONFORMANCE_BIN=$(cd "$ROOT" && cargo test --release -p ntbdrv --test ivshmem --no-run \
+    --message-format=json 2>/dev/null | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+[ -x "$CONFORMANCE_BIN" ] || die "could not build the ntbdrv ivshmem test binary"
 case $SHM in
 *M) SHM_BYTES=$((${SHM%M} << 20)) ;;
 *G) SHM_BYTES=$((${SHM%G} << 30)) ;;
@@ -99,7 +102,9 @@ cleanup() {
         sleep 0.2
     done
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null || true
+    if [ -n "$WATCHDOG" ]; then # the watchdog subshell and its sleep
+        kill $(pgrep -P "$WATCHDOG") "$WATCHDOG" 2>/dev/null || true
+    fi
     if [ "${TWOHOST_KEEP:-0}" != 1 ] && [ $rc = 0 ]; then
         rm -rf "$W"
     else
@@ -198,12 +203,18 @@ while :; do
 done
 EOF
 
-# ---- the ivshmem server and the guests -----------------------------------------------------------
-python3 "$ROOT/iperf-tests/twohost/ivshmem-server.py" "$W/ivshmem.sock" "$SHM_BYTES" 4 \
-    >"$W/ivshmem-server.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 50); do [ -S "$W/ivshmem.sock" ] && break; sleep 0.1; done
-[ -S "$W/ivshmem.sock" ] || die "the ivshmem server did not start: $(cat "$W/ivshmem-server.log")"
+# ---- the ivshmem servers and the guests ----------------------------------------------------------
+# Two ivshmem devices per guest, each pair on its own server: 00:04.0 carries pcisock between
+# the guests, 00:05.0 is the conformance suite's (it leaves its own state behind).
+BDF=0000:00:04.0
+TEST_BDF=0000:00:05.0
+for srv in ivshmem ivshmem-test; do
+    python3 "$ROOT/iperf-tests/twohost/ivshmem-server.py" "$W/$srv.sock" "$SHM_BYTES" 4 \
+        >"$W/$srv-server.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 50); do [ -S "$W/$srv.sock" ] && break; sleep 0.1; done
+    [ -S "$W/$srv.sock" ] || die "the ivshmem server did not start: $(cat "$W/$srv-server.log")"
+done
 
 boot() { # boot N: guest N in the background
     local n=$1 o=$((3 - $1))
@@ -215,7 +226,9 @@ boot() { # boot N: guest N in the background
         -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
         -virtfs "local,path=$W/g$n,mount_tag=xfer,security_model=none" \
         -chardev "socket,path=$W/ivshmem.sock,id=ivs" \
-        -device ivshmem-doorbell,chardev=ivs,vectors=4 \
+        -device ivshmem-doorbell,chardev=ivs,vectors=4,addr=0x4 \
+        -chardev "socket,path=$W/ivshmem-test.sock,id=ivt" \
+        -device ivshmem-doorbell,chardev=ivt,vectors=4,addr=0x5 \
         -netdev "dgram,id=n0,local.type=unix,local.path=$W/g$n.net,remote.type=unix,remote.path=$W/g$o.net" \
         -device "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:0$n" \
         >"$W/g$n.qemu.log" 2>&1 &
@@ -272,8 +285,8 @@ check() { # check NAME OK(0/1) FIGURES
 }
 
 # ---- stage: boot ---------------------------------------------------------------------------------
-ivshmem_of() { # the BDF of the guest's ivshmem device
-    gx "$1" 10 'for d in /sys/bus/pci/devices/*; do [ "$(cat $d/vendor):$(cat $d/device)" = 0x1af4:0x1110 ] && basename $d; done'
+ivshmem_of() { # the PCI addresses of the guest's ivshmem devices
+    gx "$1" 10 'for d in /sys/bus/pci/devices/*; do [ "$(cat $d/vendor):$(cat $d/device)" = 0x1af4:0x1110 ] && basename $d; done' | tr '\n' ' '
 }
 BDF1=$(ivshmem_of 1 || true)
 BDF2=$(ivshmem_of 2 || true)
@@ -281,12 +294,132 @@ u1=$(gx 1 10 uname -r || true)
 u2=$(gx 2 10 uname -r || true)
 check boot "$([ "$u1" = "$KVER" ] && [ "$u2" = "$KVER" ] && echo 0 || echo 1)" \
     "two guests ($KVER, $ACCEL) answered in ${BOOT_S}s; ivshmem at $BDF1 and $BDF2"
-[ -n "$BDF1" ] && [ -n "$BDF2" ] || die "no ivshmem device (1af4:1110) in a guest"
-BAR2=$(gx 1 10 "stat -c %s /sys/bus/pci/devices/$BDF1/resource2" || true)
+[ "$BDF1" = "$BDF $TEST_BDF " ] && [ "$BDF2" = "$BDF $TEST_BDF " ] ||
+    die "the guests do not have the ivshmem devices (1af4:1110) at $BDF and $TEST_BDF"
+BAR2=$(gx 1 10 "stat -c %s /sys/bus/pci/devices/$BDF/resource2" || true)
 check ivshmem-bar "$([ "$BAR2" = "$SHM_BYTES" ] && echo 0 || echo 1)" "BAR2 is $BAR2 bytes (shm $SHM_BYTES)"
 ping_out=$(gx 1 30 busybox ping -c 3 -W 5 10.77.0.2 2>&1 || true)
+if [ -n "${TWOHOST_DEBUG:-}" ]; then # TWOHOST_DEBUG='command': run it in both guests, print
+    gx 1 60 "$TWOHOST_DEBUG" || true
+    gx 2 60 "$TWOHOST_DEBUG" || true
+fi
 check tcp-link "$(echo "$ping_out" | grep -q ' 0% packet loss' && echo 0 || echo 1)" \
     "$(echo "$ping_out" | grep -E 'packet loss|rtt' | tr '\n' ' ')"
 
 [ "$STAGE" = boot ] && exit $FAILED
+
+# ---- stage: conformance --------------------------------------------------------------------------
+if [ "$STAGE" = conformance ] || [ "$STAGE" = all ]; then
+    for n in 1 2; do
+        t0=$(date +%s)
+        out=$(gx $n 600 "PCISOCK_IVSHMEM_TEST=$TEST_BDF $CONFORMANCE_BIN --ignored --test-threads=1 2>&1" || true)
+        echo "$out" >"$W/conformance-g$n.log"
+        res=$(echo "$out" | grep -E '^test result' | tail -1)
+        check "conformance-guest$n" "$(echo "$res" | grep -q '^test result: ok' && echo 0 || echo 1)" \
+            "ntbdrv conformance suite on ivshmem $TEST_BDF in guest $n: ${res:-no result} ($(($(date +%s) - t0)) s)"
+        [ "$res" ] || echo "$out" | tail -20 >&2
+    done
+fi
+[ "$STAGE" = conformance ] && exit $FAILED
+
+# ---- stage: iperf --------------------------------------------------------------------------------
+# pcisock in both guests over the ivshmem device; each guest's eth0 counters say what crossed
+# the virtual Ethernet link, pcisock's stats file what crossed the bridge.
+PRE="PCISOCK_DEVICE=ivshmem:$BDF LD_PRELOAD=$REL/libpcisock.so"
+SERVER=10.77.0.1
+eth() { # eth N: "rx tx" bytes of guest N's eth0
+    gx "$1" 10 'cat /sys/class/net/eth0/statistics/rx_bytes /sys/class/net/eth0/statistics/tx_bytes' | tr '\n' ' '
+}
+eth_total() { # bytes through both guests' eth0 since the snapshot "$1 $2" (g1) "$3 $4" (g2)
+    local a b
+    read -r a b <<<"$(eth 1)"
+    local c d
+    read -r c d <<<"$(eth 2)"
+    echo $((a - $1 + b - $2 + c - $3 + d - $4))
+}
+snap() { echo "$(eth 1) $(eth 2)"; }
+listening() { # listening N PORT: wait until guest N listens on PORT
+    gx "$1" 60 "for i in \$(seq 100); do grep -qE ':$(printf %04X "$2") 0+:0000 0A' /proc/net/tcp /proc/net/tcp6 2>/dev/null && exit 0; sleep 0.2; done; exit 1" >/dev/null
+}
+json() { # json FILE FIELD (a top-level number of the stats file in guest 1 or 2: "N:FILE")
+    gx "${1%%:*}" 10 "cat ${1#*:}" 2>/dev/null | sed -n "s/.*\"$2\":\([0-9]*\).*/\1/p" | head -1
+}
+mbit() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b * 8 / s / 1e6 }'; }
+RESULTS=()
+
+if [ "$STAGE" = iperf ] || [ "$STAGE" = all ]; then
+    # Bring the link up on both sides, as a host's NTB driver does when it probes the device: a
+    # pcisock listener made while the link is down is not published later (transport gap).
+    l1=$(gx 1 30 "$REL/ntbdrv-peer ivshmem $BDF auto describe" || true)
+    l2=$(gx 2 30 "$REL/ntbdrv-peer ivshmem $BDF auto describe" || true)
+    check link "$(echo "$l2" | grep -q 'link up: true' && echo 0 || echo 1)" "guest 1: $l1; guest 2: $l2"
+    DUR=${TWOHOST_IPERF_SECONDS:-5}
+    run_iperf() { # run_iperf TOOL PORT MODE(ntb|tcp|plain-client): sets BW, ETH, SBYTES
+        local tool=$1 port=$2 mode=$3 spre="" cpre=""
+        [ "$mode" = ntb ] && cpre=$PRE
+        [ "$mode" != tcp ] && spre=$PRE
+        local sargs="-s -p $port" cargs="-c $SERVER -p $port -t $DUR -f m"
+        [ "$tool" = iperf3 ] && sargs="$sargs -1"
+        gx 1 10 "rm -f /tmp/s.json; $spre PCISOCK_STATS_FILE=/tmp/s.json nohup $tool $sargs >/tmp/server.log 2>&1 & echo \$! >/tmp/server.pid" >/dev/null
+        listening 1 "$port" || { say "twohost: $tool server did not listen" >&2; return 1; }
+        local before
+        before=$(snap)
+        local out
+        out=$(gx 2 $((DUR * 6 + 60)) "rm -f /tmp/c.json; $cpre PCISOCK_STATS_FILE=/tmp/c.json $tool $cargs" || true)
+        # shellcheck disable=SC2086
+        ETH=$(eth_total $before)
+        gx 1 20 'kill $(cat /tmp/server.pid) 2>/dev/null; for i in $(seq 100); do kill -0 $(cat /tmp/server.pid) 2>/dev/null || exit 0; sleep 0.1; done' >/dev/null || true
+        if [ "$tool" = iperf ]; then
+            BW=$(echo "$out" | awk '/Mbits\/sec/ { v = $(NF-1) } END { print v }')
+        else
+            BW=$(echo "$out" | awk '/receiver/ { v = $(NF-2) } END { print v }')
+        fi
+        CNTB=$(json 2:/tmp/c.json ntb_tx_bytes)
+        SNTB=$(json 1:/tmp/s.json ntb_rx_bytes)
+        STCP=$(json 1:/tmp/s.json tcp_connections)
+        [ -n "$BW" ] || echo "$out" | tail -5 >&2
+    }
+    for tool in iperf iperf3; do
+        port=5001
+        [ $tool = iperf3 ] && port=5201
+        run_iperf $tool $port ntb || true
+        ok=1
+        [ -n "$BW" ] && [ "${SNTB:-0}" -gt 1000000 ] && [ "$ETH" -lt $((SNTB / 100)) ] && ok=0
+        check "$tool-ntb" $ok "$tool across the guests over ivshmem: $BW Mbit/s; bridge carried $SNTB bytes (server's stats), eth0 of both guests $ETH bytes"
+        RESULTS+=("| $tool | pcisock over ivshmem | ${BW:-?} | ${SNTB:-?} | $ETH |")
+        run_iperf $tool $port tcp || true
+        ok=1
+        [ -n "$BW" ] && [ "$ETH" -gt 1000000 ] && ok=0
+        check "$tool-tcp" $ok "$tool across the guests over TCP (no pcisock): $BW Mbit/s; eth0 of both guests $ETH bytes"
+        RESULTS+=("| $tool | TCP over virtio-net | ${BW:-?} | 0 | $ETH |")
+    done
+    # A plain client on a flagged port: the pcisock server falls back to TCP for it.
+    run_iperf iperf 5001 plain-client || true
+    ok=1
+    [ -n "$BW" ] && [ "$ETH" -gt 1000000 ] && [ "${SNTB:-0}" = 0 ] && [ "${STCP:-0}" -ge 1 ] && ok=0
+    check plain-peer $ok "plain iperf client to a pcisock server on flagged port 5001: $BW Mbit/s over TCP (server: $STCP TCP connection(s), $SNTB bridge bytes; eth0 $ETH bytes)"
+
+    # 64 MiB, byte for byte.
+    gx 2 60 'head -c 64M /dev/urandom >/tmp/blob' >/dev/null
+    gx 1 10 "$PRE PCISOCK_STATS_FILE=/tmp/b.json nohup python3 $ROOT/iperf-tests/twohost/blob.py recv 5001 >/tmp/blob.out 2>/tmp/blob.err & echo \$! >/tmp/blob.pid" >/dev/null
+    listening 1 5001 || say "twohost: blob receiver did not listen" >&2
+    before=$(snap)
+    t0=$(date +%s%N)
+    sent=$(gx 2 300 "$PRE python3 $ROOT/iperf-tests/twohost/blob.py send $SERVER 5001 /tmp/blob" || true)
+    secs=$(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')
+    # shellcheck disable=SC2086
+    ETH=$(eth_total $before)
+    got=$(gx 1 60 'for i in $(seq 300); do [ -s /tmp/blob.out ] && break; sleep 0.1; done; cat /tmp/blob.out' || true)
+    ok=1
+    [ -n "$sent" ] && [ "$sent" = "$got" ] && [ "${sent%% *}" = 67108864 ] && [ "$ETH" -lt 1000000 ] && ok=0
+    check copy-64MiB $ok "sent ${sent:-nothing}, received ${got:-nothing} in ${secs}s ($(mbit 67108864 "$secs") Mbit/s); eth0 $ETH bytes"
+
+    if [ -n "${TWOHOST_RESULTS:-}" ]; then
+        {
+            echo "| tool | path | Mbit/s | bytes over the bridge | bytes through eth0 (both guests, both ways) |"
+            echo "|---|---|---|---|---|"
+            printf '%s\n' "${RESULTS[@]}"
+        } >"$TWOHOST_RESULTS"
+    fi
+fi
 exit $FAILED

@@ -2,6 +2,8 @@
 //!
 //! Usage: `ntbdrv-peer DIR NAME SIDE COMMAND [ARGS]` (an emulated device `DIR/NAME.ntb`), or
 //! `ntbdrv-peer ivshmem BDF SIDE COMMAND [ARGS]` (the ivshmem device at PCI address BDF)
+//!   (SIDE may be `auto` on ivshmem: the side this machine claims)
+//!   describe                         print the device and whether the link is up
 //!   write-window MW OFFSET LEN BIT   write a pattern through outbound window MW, ring BIT
 //!   hold                             lease window space, a doorbell and a DMA channel; say
 //!                                    "holding" and wait to be killed
@@ -21,7 +23,10 @@ fn run(args: &[String]) -> Result<(), String> {
     let dev = if dir == "ivshmem" {
         ivshmem::open(&IvshmemOptions {
             bdf: Some(name.clone()),
-            side: Some(num(side)? as u32),
+            side: match side.as_str() {
+                "auto" => None,
+                s => Some(num(s)? as u32),
+            },
             dir: None,
         })
     } else {
@@ -47,6 +52,10 @@ fn run(args: &[String]) -> Result<(), String> {
                 .write(off, &pat)
                 .map_err(|e| e.to_string())?;
             dev.peer_db_set(1 << bit).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        ("describe", []) => {
+            println!("{} (link up: {})", dev.describe(), dev.link_state().up);
             Ok(())
         }
         ("hold", []) => {
