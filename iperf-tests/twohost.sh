@@ -62,7 +62,9 @@ else
     WHY="TWOHOST_ACCEL=$ACCEL"
 fi
 case $ACCEL in
-kvm) ACCEL_ARGS=(-enable-kvm -cpu host,-arch-capabilities) ;;
+kvm)
+    [ -e /dev/kvm ] || die "no KVM: /dev/kvm does not exist (TWOHOST_ACCEL=kvm asked for it)"
+    ACCEL_ARGS=(-enable-kvm -cpu host,-arch-capabilities) ;;
 tcg) ACCEL_ARGS=(-accel tcg,thread=multi -cpu max) ;;
 *) die "TWOHOST_ACCEL must be auto, kvm or tcg" ;;
 esac
@@ -162,7 +164,7 @@ mount -t devtmpfs dev /dev
 for m in $(cat /modules); do insmod /lib/modules/$m || echo "init: insmod $m failed"; done
 n=; dir=
 for a in $(cat /proc/cmdline); do
-    case $a in twohost.n=*) n=${a#*=} ;; twohost.dir=*) dir=${a#*=} ;; esac
+    case $a in twohost.n=*) n=${a#*=} ;; twohost.dir=*) dir=${a#*=} ;; twohost.hang=1) while :; do sleep 1000; done ;; esac
 done
 hostname guest$n
 ip link set lo up
@@ -216,12 +218,16 @@ for srv in ivshmem ivshmem-test; do
     [ -S "$W/$srv.sock" ] || die "the ivshmem server did not start: $(cat "$W/$srv-server.log")"
 done
 
+# TWOHOST_FAULT=guest2-hang: guest 2's /init hangs before it mounts anything and never answers
+# (to see the boot timeout and the teardown work).
+declare -A QEMU=()
 boot() { # boot N: guest N in the background
-    local n=$1 o=$((3 - $1))
+    local n=$1 o=$((3 - $1)) extra=""
+    [ "${TWOHOST_FAULT:-}" = guest2-hang ] && [ "$n" = 2 ] && extra="twohost.hang=1"
     qemu-system-x86_64 -name "twohost-g$n" "${ACCEL_ARGS[@]}" -smp "$CPUS" -m "$MEM" \
         -nodefaults -display none -no-reboot -monitor none \
         -kernel "$KERNEL" -initrd "$W/initrd.gz" \
-        -append "console=ttyS0 panic=-1 quiet loglevel=3 twohost.n=$n twohost.dir=$W" \
+        -append "console=ttyS0 panic=-1 quiet loglevel=3 twohost.n=$n twohost.dir=$W $extra" \
         -serial "file:$W/g$n.console" \
         -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
         -virtfs "local,path=$W/g$n,mount_tag=xfer,security_model=none" \
@@ -233,6 +239,7 @@ boot() { # boot N: guest N in the background
         -device "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:0$n" \
         >"$W/g$n.qemu.log" 2>&1 &
     PIDS+=($!)
+    QEMU[$n]=$!
 }
 T0=$(date +%s%N)
 boot 1
@@ -241,12 +248,12 @@ boot 2
 for n in 1 2; do
     for _ in $(seq $((BOOT_TIMEOUT * 10))); do
         [ -f "$W/g$n/ready" ] && break
-        kill -0 "${PIDS[$n]}" 2>/dev/null || break # QEMU exited
+        kill -0 "${QEMU[$n]}" 2>/dev/null || break # QEMU exited
         sleep 0.1
     done
     [ -f "$W/g$n/ready" ] || {
         tail -n 20 "$W/g$n.console" "$W/g$n.qemu.log" >&2 || true
-        kill -0 "${PIDS[$n]}" 2>/dev/null || die "guest $n stopped during boot (its console is above)"
+        kill -0 "${QEMU[$n]}" 2>/dev/null || die "guest $n stopped during boot (its console is above)"
         die "guest $n did not come up within ${BOOT_TIMEOUT}s"
     }
 done
@@ -352,7 +359,9 @@ if [ "$STAGE" = iperf ] || [ "$STAGE" = all ]; then
     # pcisock listener made while the link is down is not published later (transport gap).
     l1=$(gx 1 30 "$REL/ntbdrv-peer ivshmem $BDF auto describe" || true)
     l2=$(gx 2 30 "$REL/ntbdrv-peer ivshmem $BDF auto describe" || true)
-    check link "$(echo "$l2" | grep -q 'link up: true' && echo 0 || echo 1)" "guest 1: $l1; guest 2: $l2"
+    echo "$l2" | grep -q 'link up: true' ||
+        die "the ivshmem link did not come up: guest 1 said: $l1; guest 2 said: $l2"
+    check link 0 "guest 1: $l1; guest 2: $l2"
     DUR=${TWOHOST_IPERF_SECONDS:-5}
     run_iperf() { # run_iperf TOOL PORT MODE(ntb|tcp|plain-client): sets BW, ETH, SBYTES
         local tool=$1 port=$2 mode=$3 spre="" cpre=""
@@ -378,6 +387,11 @@ if [ "$STAGE" = iperf ] || [ "$STAGE" = all ]; then
         SNTB=$(json 1:/tmp/s.json ntb_rx_bytes)
         STCP=$(json 1:/tmp/s.json tcp_connections)
         [ -n "$BW" ] || echo "$out" | tail -5 >&2
+        if [ "$mode" = ntb ] && [ "${SNTB:-0}" = 0 ]; then # why did it stay on TCP?
+            say "twohost: $tool stayed on TCP; pcisock's reasons:" >&2
+            gx 1 10 "grep -o '\"reason\":\"[A-Za-z]*\"' /tmp/s.json | sort | uniq -c" >&2 || true
+            gx 2 10 "grep -o '\"reason\":\"[A-Za-z]*\"' /tmp/c.json | sort | uniq -c" >&2 || true
+        fi
     }
     for tool in iperf iperf3; do
         port=5001
