@@ -18,7 +18,9 @@
 # Settings: TWOHOST_DIR (work directory, default target/twohost), TWOHOST_LIMIT (seconds for the
 # whole run, default 900), TWOHOST_SHM (ivshmem size, default 256M), TWOHOST_MEM (guest MiB,
 # default 1024), TWOHOST_CPUS (guest vCPUs, default 2), TWOHOST_KERNEL (default: newest
-# /boot/vmlinuz-*), TWOHOST_KEEP=1 (leave the work directory for inspection).
+# /boot/vmlinuz-*), TWOHOST_KEEP=1 (leave the work directory for inspection), TWOHOST_ACCEL
+# (auto, kvm, tcg), TWOHOST_RING_SIZE (PCISOCK_RING_SIZE for the pcisock runs),
+# TWOHOST_RESULTS (write the iperf table there), TWOHOST_IPERF_SECONDS (default 5).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -163,9 +165,9 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /modules); do insmod /lib/modules/$m || echo "init: insmod $m failed"; done
-n=; dir=
+n=
 for a in $(cat /proc/cmdline); do
-    case $a in twohost.n=*) n=${a#*=} ;; twohost.dir=*) dir=${a#*=} ;; twohost.hang=1) while :; do sleep 1000; done ;; esac
+    case $a in twohost.n=*) n=${a#*=} ;; twohost.hang=1) while :; do sleep 1000; done ;; esac
 done
 hostname guest$n
 ip link set lo up
@@ -179,16 +181,18 @@ mkdir -p /newroot/dev/shm /newroot/dev/pts
 mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
 mount -t proc proc /newroot/proc
 mount -t sysfs sys /newroot/sys
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 xfer /newroot$dir/g$n ||
+mkdir -p /newroot/run/twohost
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 xfer /newroot/run/twohost ||
     { echo "init: cannot mount the command channel"; poweroff -f; }
 echo "init: guest $n up"
-exec chroot /newroot /bin/sh "$dir/agent.sh" "$dir/g$n"
+exec chroot /newroot /bin/sh /run/twohost/agent.sh /run/twohost
 EOF
 chmod +x "$W/initramfs/init"
 (cd "$W/initramfs" && find . | cpio -o -H newc --quiet | gzip -1) >"$W/initrd.gz"
 
-# The agent: runs cmd.N files in order from the shared directory, writes out.N and rc.N.
-cat >"$W/agent.sh" <<'EOF'
+# The agent: runs cmd.N files in order from the shared directory (/run/twohost in the guest),
+# writes out.N and rc.N.
+cat >"$W/g1/agent.sh" <<'EOF'
 d=$1
 n=0
 export HOME=/tmp PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -205,6 +209,7 @@ while :; do
     fi
 done
 EOF
+cp "$W/g1/agent.sh" "$W/g2/agent.sh"
 
 # ---- the ivshmem servers and the guests ----------------------------------------------------------
 # Two ivshmem devices per guest, each pair on its own server: 00:04.0 carries pcisock between
@@ -228,7 +233,7 @@ boot() { # boot N: guest N in the background
     qemu-system-x86_64 -name "twohost-g$n" "${ACCEL_ARGS[@]}" -smp "$CPUS" -m "$MEM" \
         -nodefaults -display none -no-reboot -monitor none \
         -kernel "$KERNEL" -initrd "$W/initrd.gz" \
-        -append "console=ttyS0 panic=-1 quiet loglevel=3 twohost.n=$n twohost.dir=$W $extra" \
+        -append "console=ttyS0 panic=-1 quiet loglevel=3 twohost.n=$n $extra" \
         -serial "file:$W/g$n.console" \
         -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
         -virtfs "local,path=$W/g$n,mount_tag=xfer,security_model=none" \
@@ -334,6 +339,7 @@ fi
 # pcisock in both guests over the ivshmem device; each guest's eth0 counters say what crossed
 # the virtual Ethernet link, pcisock's stats file what crossed the bridge.
 PRE="PCISOCK_DEVICE=ivshmem:$BDF LD_PRELOAD=$REL/libpcisock.so"
+[ -n "${TWOHOST_RING_SIZE:-}" ] && PRE="PCISOCK_RING_SIZE=$TWOHOST_RING_SIZE $PRE"
 SERVER=10.77.0.1
 eth() { # eth N: "rx tx" bytes of guest N's eth0
     gx "$1" 10 'cat /sys/class/net/eth0/statistics/rx_bytes /sys/class/net/eth0/statistics/tx_bytes' | tr '\n' ' '
