@@ -38,6 +38,8 @@ pub enum DeviceError {
     },
     /// An operating-system call failed.
     Io { what: String, err: std::io::Error },
+    /// The hardware device is not there (or is not the device it should be).
+    NoDevice(String),
 }
 
 impl fmt::Display for DeviceError {
@@ -65,6 +67,7 @@ impl fmt::Display for DeviceError {
             }
             Self::BadSetting { name, value, why } => write!(f, "{name}={value:?}: {why}"),
             Self::Io { what, err } => write!(f, "{what}: {err}"),
+            Self::NoDevice(why) => write!(f, "{why}"),
         }
     }
 }

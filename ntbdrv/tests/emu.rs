@@ -100,19 +100,7 @@ macro_rules! conformance {
     };
 }
 
-conformance!(
-    doorbell_set_clear_mask,
-    doorbell_no_lost_wakeup,
-    doorbell_vector_fd,
-    vectors_trigger_lines,
-    scratchpad_handshake,
-    windows_visible,
-    dma_transfer,
-    limits_enforced,
-    link_down,
-    windows_across_processes,
-    reclaim_after_kill,
-);
+ntbdrv::conformance_checks!(conformance);
 
 // ---- faults --------------------------------------------------------------------------------------
 

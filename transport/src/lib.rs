@@ -254,16 +254,30 @@ impl std::fmt::Display for OpenError {
 /// The transport of one process: its device, rendezvous area and settings.
 pub struct Transport {
     shared: Arc<Shared>,
-    ctrl: Control,
+    ctrl: Arc<Control>,
     same_host: bool,
     mw_size: u64,
     db_bits: u32,
 }
 
-/// A pcisock listener registered on the peer host.
+/// A pcisock listener registered on the peer host (or waiting for the link to come up).
 #[derive(Debug)]
 pub struct Listener {
-    slot: SlotGuard,
+    state: Arc<Mutex<ListenerState>>,
+}
+
+#[derive(Debug)]
+enum ListenerState {
+    /// In the peer host's listener table.
+    Published(SlotGuard),
+    /// Made while the link was down: published by a thread when the link comes up.
+    Waiting,
+    /// Withdrawn (the listening socket closed), or the table was full at link-up.
+    Gone,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A client's offer, posted before its TCP connect, waiting for the server's answer.
@@ -299,7 +313,7 @@ impl Transport {
     /// Bring the transport up on `dev`: enable the link and find the rendezvous area.
     pub fn open(dev: Arc<dyn NtbDevice>, settings: Settings) -> Result<Transport, OpenError> {
         let _ = dev.link_enable();
-        let ctrl = Control::open(&*dev).map_err(OpenError::Control)?;
+        let ctrl = Arc::new(Control::open(&*dev).map_err(OpenError::Control)?);
         let same_host = dev.side() == dev.peer_side();
         let mw_size = dev.mw_align(0).map(|a| a.size_max).unwrap_or(0);
         let db_bits = dev.vector_count();
@@ -336,20 +350,47 @@ impl Transport {
         self.shared.dev.link_state().up
     }
 
-    /// Register a listener so that flagged clients on the peer host offer upgrades.
+    /// Register a listener so that flagged clients on the peer host offer upgrades. With the
+    /// link down (two machines: the server often starts before the other host's bridge is up)
+    /// the listener is published by a thread as soon as the link comes up; until then clients
+    /// stay on TCP (`LinkDown`, `NoListener`).
     pub fn listen(&self, addr: Endpoint) -> Result<Listener, Reason> {
-        if !self.link_up() {
-            return Err(Reason::LinkDown);
+        if self.link_up() {
+            let slot = self.ctrl.add_listener(addr).ok_or(Reason::TableFull)?;
+            return Ok(Listener {
+                state: Arc::new(Mutex::new(ListenerState::Published(slot))),
+            });
         }
-        self.ctrl
-            .add_listener(addr)
-            .map(|slot| Listener { slot })
-            .ok_or(Reason::TableFull)
+        let state = Arc::new(Mutex::new(ListenerState::Waiting));
+        let (st, ctrl, dev) = (state.clone(), self.ctrl.clone(), self.shared.dev.clone());
+        std::thread::Builder::new()
+            .name("pcisock-listen".into())
+            .spawn(move || {
+                let mut seen = dev.link_state().generation;
+                while !dev.link_state().up {
+                    if !matches!(*lock(&st), ListenerState::Waiting) {
+                        return; // withdrawn before the link came up
+                    }
+                    seen = dev.link_wait(seen, Duration::from_secs(1)).generation;
+                }
+                let mut s = lock(&st);
+                if matches!(*s, ListenerState::Waiting) {
+                    *s = match ctrl.add_listener(addr) {
+                        Some(slot) => ListenerState::Published(slot),
+                        None => ListenerState::Gone,
+                    };
+                }
+            })
+            .map_err(|_| Reason::LinkDown)?;
+        Ok(Listener { state })
     }
 
     /// Withdraw a listener (the listening socket closed).
     pub fn unlisten(&self, l: Listener) {
-        self.ctrl.remove_listener(&l.slot);
+        let mut s = lock(&l.state);
+        if let ListenerState::Published(slot) = std::mem::replace(&mut *s, ListenerState::Gone) {
+            self.ctrl.remove_listener(&slot);
+        }
     }
 
     /// Server side: the kernel accepted `tcp_fd` (`local` ← `peer`); take the client's offer,

@@ -66,13 +66,15 @@ fn connect_pair(t: &Transport) -> Result<Pair, String> {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = l.local_addr().unwrap();
     let listener = t.listen(Endpoint::from_std(server_addr)).unwrap();
-    let (s, _, pending) = match offer_from(t, server_addr) {
-        Ok(o) => o,
-        Err(r) => {
-            t.unlisten(listener);
-            return Err(format!("offer: {r}"));
-        }
-    };
+    let r = upgrade(t, &l);
+    t.unlisten(listener);
+    r
+}
+
+/// Connect to `l` (a pcisock listener is registered for it) and upgrade both ends.
+fn upgrade(t: &Transport, l: &TcpListener) -> Result<Pair, String> {
+    let server_addr = l.local_addr().unwrap();
+    let (s, _, pending) = offer_from(t, server_addr).map_err(|r| format!("offer: {r}"))?;
     let upgraded = (|| {
         s.connect(&server_addr.into()).unwrap();
         let (srv, peer) = l.accept().unwrap();
@@ -89,7 +91,6 @@ fn connect_pair(t: &Transport) -> Result<Pair, String> {
         let sc = sc.map_err(|r| format!("server stayed on TCP: {r}"))?;
         Ok((cc, sc, srv))
     })();
-    t.unlisten(listener);
     upgraded.map(|(cc, sc, srv)| (cc, sc, s, srv))
 }
 
@@ -106,6 +107,39 @@ fn offer_from(t: &Transport, server: SocketAddr) -> Result<(Socket, SocketAddr, 
         s.as_raw_fd(),
     )?;
     Ok((s, local, p))
+}
+
+/// Two machines: the server often listens before the other host's bridge is up. Its listener is
+/// published when the link comes up, and clients then upgrade (ivshmem guests found this).
+#[test]
+fn a_listener_made_while_the_link_is_down_is_published_when_it_comes_up() {
+    let (_d, dev) = device("linkup");
+    let t = transport(&dev, 64 << 10);
+    dev.link_disable().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = t
+        .listen(Endpoint::from_std(l.local_addr().unwrap()))
+        .expect("a listener while the link is down");
+    let before = upgrade(&t, &l)
+        .err()
+        .expect("no upgrade while the link is down");
+    assert!(before.contains("LinkDown"), "{before}");
+    dev.link_enable().unwrap();
+    let t0 = std::time::Instant::now();
+    let (cc, sc, _s, _srv) = loop {
+        match upgrade(&t, &l) {
+            Ok(p) => break p,
+            Err(e) if e.contains("NoListener") && t0.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("after link-up: {e}"),
+        }
+    };
+    assert_eq!(cc.send(&[b"up"], false, None).unwrap(), 2);
+    let mut buf = [0u8; 2];
+    let got = sc.recv(&mut [&mut buf[..]], RecvFlags::default(), None);
+    assert_eq!((got.unwrap(), &buf), (2, b"up"));
+    t.unlisten(listener);
 }
 
 fn pattern(i: u64) -> u8 {
