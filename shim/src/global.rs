@@ -84,11 +84,16 @@ impl Global {
     pub fn transport(&self) -> Result<&Transport, &str> {
         self.transport
             .get_or_init(|| {
-                let r = Transport::open_from_env().map_err(|e| e.to_string());
-                if let Err(e) = &r {
-                    self.log(LogLevel::Warn, || format!("NTB transport unavailable: {e}"));
-                }
-                r
+                Transport::open_from_env().map_err(|e| {
+                    // A bad setting is the user's mistake to fix; a missing device is a fallback.
+                    let level = match e {
+                        transport::OpenError::Setting(_) => LogLevel::Error,
+                        _ => LogLevel::Warn,
+                    };
+                    let e = e.to_string();
+                    self.log(level, || format!("NTB transport unavailable: {e}"));
+                    e
+                })
             })
             .as_ref()
             .map_err(|e| e.as_str())
