@@ -267,7 +267,9 @@ pub struct Opened {
     pub notice: Option<String>,
 }
 
-fn open_with(ep: &Endpoint, role: Role, direct: bool) -> io::Result<File> {
+/// Open for the role; a block device written to is claimed exclusively (`excl`: O_EXCL, which
+/// the kernel refuses with EBUSY while it is mounted or claimed by someone else).
+fn open_with(ep: &Endpoint, role: Role, direct: bool, excl: bool) -> io::Result<File> {
     let mut o = OpenOptions::new();
     let mut flags = 0;
     if direct {
@@ -281,8 +283,7 @@ fn open_with(ep: &Endpoint, role: Role, direct: bool) -> io::Result<File> {
             o.write(true);
             if ep.kind == Kind::File {
                 o.create(true).mode(0o644);
-            } else {
-                // A mounted (or otherwise claimed) block device is refused with EBUSY.
+            } else if excl {
                 flags |= libc::O_EXCL;
             }
         }
@@ -306,7 +307,7 @@ pub fn open(ep: &Endpoint, role: Role, require_direct: bool) -> Result<Opened, C
         };
         CheckError(format!("{who} {}: {why}", ep.arg))
     };
-    let (file, direct, mut notice) = match open_with(ep, role, true) {
+    let (file, direct, mut notice) = match open_with(ep, role, true, true) {
         Ok(f) => (f, true, None),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             if require_direct {
@@ -316,7 +317,7 @@ pub fn open(ep: &Endpoint, role: Role, require_direct: bool) -> Result<Opened, C
                     ep.arg
                 )));
             }
-            let f = open_with(ep, role, false).map_err(fail)?;
+            let f = open_with(ep, role, false, true).map_err(fail)?;
             let n = format!(
                 "{who} {}: the filesystem refuses O_DIRECT; {} it through the page cache",
                 ep.arg,
@@ -349,7 +350,7 @@ pub fn open(ep: &Endpoint, role: Role, require_direct: bool) -> Result<Opened, C
             "{who} {}: O_DIRECT alignment {align} exceeds a page; using the page cache",
             ep.arg
         ));
-        let f = open_with(ep, role, false).map_err(fail)?;
+        let f = open_with(ep, role, false, true).map_err(fail)?;
         return Ok(Opened {
             file: f,
             direct: false,
@@ -367,9 +368,10 @@ pub fn open(ep: &Endpoint, role: Role, require_direct: bool) -> Result<Opened, C
     })
 }
 
-/// A second fd on the same endpoint without O_DIRECT, for the unaligned head and tail.
+/// A second fd on the same endpoint without O_DIRECT, for the unaligned head and tail (not
+/// exclusive: the copy's first fd holds the claim on a block device).
 pub fn open_buffered(ep: &Endpoint, role: Role) -> Result<File, CheckError> {
-    open_with(ep, role, false)
+    open_with(ep, role, false, false)
         .map_err(|e| CheckError(format!("{} {}: {}", role.name(), ep.arg, os_message(&e))))
 }
 
