@@ -623,3 +623,14 @@ fn a_mounted_block_device_is_refused() {
     let _ = Command::new("umount").arg(&mnt.0).status();
     assert_exit(&o, 1, "the device is in use (mounted");
 }
+
+#[test]
+fn the_cli_doc_shows_the_help_text() {
+    let help = Command::new(BIN).args(["dc", "--help"]).output().unwrap();
+    assert_exit(&help, 0, "");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CLI.md")).unwrap();
+    assert!(
+        doc.contains(&format!("```text\n{}```", out(&help))),
+        "docs/CLI.md does not show `pcisock dc --help` as it is"
+    );
+}

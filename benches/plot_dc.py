@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Plot the Direct Connect copy bandwidth against queue depth, like the papers' Fig. 6.
+
+usage: python3 benches/plot_dc.py [SUMMARY_CSV] [OUT_PNG]
+  defaults: benches/results/dc-summary.csv and benches/results/dc.png
+SUMMARY_CSV is written by benches/dc.sh (columns variant, qd, median_MBps, min_MBps, max_MBps, runs).
+Needs matplotlib: `pip install matplotlib` (or `apt-get install -y python3-matplotlib`).
+"""
+import csv
+import os
+import sys
+
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    sys.exit("plot_dc.py: matplotlib is not installed: pip install matplotlib")
+
+here = os.path.dirname(os.path.abspath(__file__))
+src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "results", "dc-summary.csv")
+out = sys.argv[2] if len(sys.argv) > 2 else os.path.join(here, "results", "dc.png")
+
+rows = list(csv.DictReader(open(src)))
+val = {(r["variant"], int(r["qd"])): r for r in rows}
+
+
+def series(variant):
+    qs = sorted(q for (v, q) in val if v == variant)
+    return (
+        qs,
+        [float(val[(variant, q)]["median_MBps"]) for q in qs],
+        [float(val[(variant, q)]["min_MBps"]) for q in qs],
+        [float(val[(variant, q)]["max_MBps"]) for q in qs],
+    )
+
+
+fig, ax = plt.subplots(figsize=(8, 5))
+for variant, label, style in [
+    ("window", "pcisock dc copy, NTB-window DC buffer", "o-"),
+    ("host", "same engine, host-memory buffer", "s--"),
+]:
+    qs, med, lo, hi = series(variant)
+    if qs:
+        ax.plot(qs, med, style, label=label)
+        ax.fill_between(qs, lo, hi, alpha=0.15)
+for variant, label, color in [
+    ("device-read", "device read alone (fio qd 8)", "tab:green"),
+    ("device-write", "device write alone (fio qd 8)", "tab:olive"),
+    ("device-read-while-writing", "device read while writing (fio)", "tab:cyan"),
+    ("dd", "dd bs=1M iflag=direct oflag=direct", "tab:red"),
+    ("cp", "cp + sync", "tab:purple"),
+]:
+    keys = [k for k in val if k[0] == variant]
+    if keys:
+        y = float(val[keys[0]]["median_MBps"])
+        ax.axhline(y, color=color, linestyle=":", label=f"{label}: {y:.0f}")
+ax.set_xlabel("queue depth (chunks in flight, each a linked read -> write)")
+ax.set_ylabel("copy bandwidth, MB/s (median)")
+ax.set_title("1 GiB file copy on this machine's disk (benches/dc.sh)")
+ax.set_xticks(range(1, 9))
+ax.set_ylim(bottom=0)
+ax.grid(True, alpha=0.3)
+ax.legend(fontsize=8, loc="lower right")
+fig.tight_layout()
+fig.savefig(out, dpi=120)
+print(f"plot_dc.py: wrote {out}")
