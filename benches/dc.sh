@@ -11,20 +11,21 @@
 # Every variant runs once per round, interleaved, with the page cache dropped before each run;
 # the table gives medians over the rounds. Times are wall-clock around each command.
 #
-# usage: benches/dc.sh [--runs N] [--size N] [--chunk N] [--dir DIR] [--out-dir DIR] [--no-plot]
-#                      [--from-raw CSV]
+# usage: benches/dc.sh [--runs N] [--size N] [--chunk N] [--dir DIR] [--out-dir DIR] [--name NAME]
+#                      [--no-plot] [--from-raw CSV]
 #   --runs N        rounds (default 5)
 #   --size N        bytes to copy (default 1G; suffix K, M, G)
 #   --chunk N       pcisock's --chunk and fio's block size (default: pcisock's default, 1M)
 #   --dir DIR       where the files go (default /var/tmp/pcisock-dc-bench; removed at the end)
 #   --out-dir DIR   where dc.md, dc-raw.csv, dc-summary.csv and dc.png go (default benches/results)
+#   --name NAME     name those files NAME.md, NAME-raw.csv, … instead (default dc)
 #   --no-plot       do not run benches/plot_dc.py
 #   --from-raw CSV  measure nothing: rebuild the table and plot from an earlier dc-raw.csv
 # Needs: root (to drop the page cache), fio, dd, cp, python3 (matplotlib for the plot), and a
 # release build of pcisock (cargo build --release).
 set -euo pipefail
 
-RUNS=5 SIZE=1G CHUNK=1M DIR=/var/tmp/pcisock-dc-bench OUT_DIR="" PLOT=1 FROM_RAW=""
+RUNS=5 SIZE=1G CHUNK=1M DIR=/var/tmp/pcisock-dc-bench OUT_DIR="" NAME=dc PLOT=1 FROM_RAW=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --runs) RUNS="$2"; shift 2 ;;
@@ -32,6 +33,7 @@ while [[ $# -gt 0 ]]; do
         --chunk) CHUNK="$2"; shift 2 ;;
         --dir) DIR="$2"; shift 2 ;;
         --out-dir) OUT_DIR="$2"; shift 2 ;;
+        --name) NAME="$2"; shift 2 ;;
         --no-plot) PLOT=0; shift ;;
         --from-raw) FROM_RAW="$2"; shift 2 ;;
         -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
@@ -43,9 +45,9 @@ done
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT_DIR="${OUT_DIR:-$root/benches/results}"
 mkdir -p "$OUT_DIR"
-raw="$OUT_DIR/dc-raw.csv"
-summary="$OUT_DIR/dc-summary.csv"
-md="$OUT_DIR/dc.md"
+raw="$OUT_DIR/$NAME-raw.csv"
+summary="$OUT_DIR/$NAME-summary.csv"
+md="$OUT_DIR/$NAME.md"
 bin="${PCISOCK_BIN:-$root/target/release/pcisock}"
 
 to_bytes() {
@@ -128,7 +130,7 @@ print(f\"{j[0]['read']['bw_bytes']/1e6:.1f} {j[1]['write']['bw_bytes']/1e6:.1f}\
     verify_line=$(grep '^verify:' "$DIR/verify.txt")
     machine="$(nproc) vCPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), disk $(df --output=source "$DIR" | tail -1) ($(cat /sys/block/"$(basename "$(df --output=source "$DIR" | tail -1)")"/device/model 2>/dev/null || echo virtio), $(cat /sys/block/"$(basename "$(df --output=source "$DIR" | tail -1)")"/queue/scheduler 2>/dev/null | grep -o '\[[^]]*\]' || true) scheduler), filesystem $(df --output=fstype "$DIR" | tail -1)"
     {
-        echo "# command: benches/dc.sh --runs $RUNS --size $SIZE --chunk $CHUNK --dir $DIR"
+        echo "# command: benches/dc.sh --runs $RUNS --size $SIZE --chunk $CHUNK --dir $DIR --name $NAME"
         echo "# date: $(date -u +%FT%TZ); build: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
         echo "# machine: $machine"
         echo "# load average before: $load_before; after: $load_after (other sessions build on this machine)"
@@ -138,9 +140,9 @@ else
     raw="$FROM_RAW"
 fi
 
-python3 - "$raw" "$summary" "$md" "$bytes" "$CHUNK" <<'PY'
+python3 - "$raw" "$summary" "$md" "$bytes" "$CHUNK" "$NAME" <<'PY'
 import csv, statistics, sys, os
-raw, summary, md, nbytes, chunk = sys.argv[1:6]
+raw, summary, md, nbytes, chunk, name = sys.argv[1:7]
 rows = list(csv.DictReader(open(raw)))
 by = {}
 for r in rows:
@@ -187,12 +189,23 @@ out.append(f"- best dc copy (window, qd {best_qd}) {best:.0f} MB/s = **{best / d
            f"(target >= 1.5x): **{'met' if best >= 1.5 * dd else 'not met'}**")
 out.append(f"- = **{best / ceiling:.2f}** of min(device read, device write) = {ceiling:.0f} MB/s "
            f"(target >= 0.9): **{'met' if best >= 0.9 * ceiling else 'not met'}**")
-out.append(f"- = {best / rboth:.2f} of the read bandwidth the disk gives while it also writes "
-           f"({rboth:.0f} MB/s), the ceiling of a copy whose source and destination share one disk")
+wboth = g("device-write-while-reading", 8)
+share = (rboth + wboth) / 2
+out.append(f"- = {best / share:.2f} of what the disk moves per direction when it reads and writes at "
+           f"once ((read {rboth:.0f} + write {wboth:.0f}) / 2 = {share:.0f} MB/s): the ceiling of a copy "
+           "whose source and destination share one disk")
+serial = 1 / (1 / rd + 1 / wr)
+out.append("")
+out.append("What bounds a copy here: one command at a time (dd) takes 1/R + 1/W seconds per byte, "
+           f"{serial:.0f} MB/s with the fio figures; perfect overlap of reads and writes would give "
+           f"min(R, W) = {ceiling:.0f} MB/s ({ceiling / serial:.2f}x that), but only if the disk served reads "
+           f"and writes independently. It does not: reading and writing at once, it moves "
+           f"{rboth + wboth:.0f} MB/s in all, so a copy gets about {share:.0f} MB/s, and dd already "
+           f"reaches {dd / share:.2f} of that.")
 open(md, "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PY
 
 if [[ "$PLOT" == 1 ]]; then
-    python3 "$root/benches/plot_dc.py" "$summary" "$OUT_DIR/dc.png" || echo "dc.sh: plot failed (matplotlib?)" >&2
+    python3 "$root/benches/plot_dc.py" "$summary" "$OUT_DIR/$NAME.png" || echo "dc.sh: plot failed (matplotlib?)" >&2
 fi
