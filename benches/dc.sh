@@ -166,8 +166,8 @@ out.append("# Direct Connect copy: bandwidth against queue depth (benches/dc.sh)
 out.append("```text\n" + meta.strip() + "\n```\n")
 out.append(f"A {int(nbytes) >> 20} MiB file copied on this machine's disk, chunk {chunk}; medians of "
            f"{len(by.get(('dd', 1), []))} interleaved rounds, page cache dropped before each run, wall-clock "
-           "time around each command. MB/s = 10^6 bytes per second. Raw runs: `dc-raw.csv`; "
-           "medians with min/max: `dc-summary.csv`; plot: `dc.png`.\n")
+           f"time around each command. MB/s = 10^6 bytes per second. Raw runs: `{name}-raw.csv`; "
+           f"medians with min/max: `{name}-summary.csv`; plot: `{name}.png`.\n")
 out.append("| queue depth | dc copy, window buffer | dc copy, host buffer |")
 out.append("|---:|---:|---:|")
 for q in range(1, 9):

@@ -48,7 +48,6 @@ for variant, label, style in [
 for variant, label, color in [
     ("device-read", "device read alone (fio qd 8)", "tab:green"),
     ("device-write", "device write alone (fio qd 8)", "tab:olive"),
-    ("device-read-while-writing", "device read while writing (fio)", "tab:cyan"),
     ("dd", "dd bs=1M iflag=direct oflag=direct", "tab:red"),
     ("cp", "cp + sync", "tab:purple"),
 ]:
@@ -56,6 +55,10 @@ for variant, label, color in [
     if keys:
         y = float(val[keys[0]]["median_MBps"])
         ax.axhline(y, color=color, linestyle=":", label=f"{label}: {y:.0f}")
+both = [val.get(("device-read-while-writing", 8)), val.get(("device-write-while-reading", 8))]
+if all(both):
+    y = sum(float(r["median_MBps"]) for r in both) / 2
+    ax.axhline(y, color="tab:cyan", linestyle="-.", label=f"copy ceiling on one disk (fio read+write at once, / 2): {y:.0f}")
 ax.set_xlabel("queue depth (chunks in flight, each a linked read -> write)")
 ax.set_ylabel("copy bandwidth, MB/s (median)")
 ax.set_title("1 GiB file copy on this machine's disk (benches/dc.sh)")
