@@ -38,8 +38,9 @@ def series(variant):
 
 fig, ax = plt.subplots(figsize=(8, 5))
 for variant, label, style in [
-    ("window", "pcisock dc copy, NTB-window DC buffer", "o-"),
-    ("host", "same engine, host-memory buffer", "s--"),
+    ("window-huge", "pcisock dc copy, NTB-window DC buffer (2 MiB pages)", "o-"),
+    ("host", "same engine, host-memory buffer (THP)", "s--"),
+    ("window", "pcisock dc copy, NTB-window DC buffer (4 KiB pages, /dev/shm)", "^:"),
 ]:
     qs, med, lo, hi = series(variant)
     if qs:

@@ -81,6 +81,43 @@ verification found a difference; 2 usage error.";
 /// The lease tag of DC buffers in the window ("PCDC").
 const DC_TAG: u32 = 0x5043_4443;
 
+/// A transparent huge page.
+const HUGE: usize = 2 << 20;
+
+/// Bytes of the mapping holding `addr` that the kernel maps with huge pages (`/proc/self/smaps`:
+/// AnonHugePages, ShmemPmdMapped, FilePmdMapped of that mapping), if it can tell.
+fn huge_bytes(addr: usize) -> Option<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let mut inside = false;
+    let mut kb = 0u64;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-') {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
+                if inside {
+                    break;
+                }
+                inside = (lo..hi).contains(&addr);
+                continue;
+            }
+        }
+        if inside {
+            for field in ["AnonHugePages:", "ShmemPmdMapped:", "FilePmdMapped:"] {
+                if let Some(v) = line.strip_prefix(field) {
+                    kb += v
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap_or(0);
+                }
+            }
+        }
+    }
+    inside.then_some(kb << 10)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BufferKind {
     Window,
@@ -245,16 +282,21 @@ fn dc_buffer(kind: BufferKind, len: usize) -> Result<DcBuffer, CliError> {
                 .map_err(|e| failed(format!("window DC buffer: NTB device: {e}")))?;
             let mut last = None;
             for mw in 0..dev.mw_count() {
-                let lease = match dev.lease_window(mw, len as u64, DC_TAG) {
+                // Leased with room to start the buffer on a 2 MiB boundary: where the window's
+                // memory comes in huge pages (as a real BAR is contiguous), each chunk then sits
+                // in one of them.
+                let lease = match dev.lease_window(mw, (len + HUGE - 4096) as u64, DC_TAG) {
                     Ok(l) => l,
                     Err(e) => {
                         last = Some(e.to_string());
                         continue;
                     }
                 };
-                let region = dev
-                    .inbound(mw)
-                    .and_then(|r| r.slice(lease.offset as usize, len));
+                let region = dev.inbound(mw).and_then(|r| {
+                    let at = r.as_ptr() as usize + lease.offset as usize;
+                    let pad = (HUGE - at % HUGE) % HUGE;
+                    r.slice(lease.offset as usize + pad, len)
+                });
                 let mem = match region
                     .map_err(|e| e.to_string())
                     .and_then(|r| DcMemory::window(r).map_err(|e| e.to_string()))
@@ -388,6 +430,8 @@ struct Report {
     bytes: u64,
     seconds: f64,
     fixed: bool,
+    /// Whether the DC buffer's memory is in huge pages (None: unknown).
+    huge: Option<bool>,
     /// Where the DC buffer was.
     place: String,
     buffered_bytes: u64,
@@ -525,6 +569,15 @@ fn run(
         })
         .map_err(|e| copy_failed(&e, src, dst))?;
     }
+    let huge = huge_bytes(buffer.mem.addr()).map(|b| b >= (slots * a.chunk) as u64);
+    if a.buffer == BufferKind::Window && huge == Some(false) && middle.len > 0 {
+        notices.push(
+            "the DC buffer is in 4 KiB pages (the emulated device's filesystem gives no huge \
+             pages), so each chunk is one DMA segment per page; a real window is contiguous: put \
+             PCISOCK_EMU_DIR on a tmpfs mounted with huge=always (docs/CLI.md#pcisock-dc)"
+                .to_owned(),
+        );
+    }
     let buffered_bytes = head.len + tail.len;
     if buffered_bytes > 0 {
         let sf = manager::open_buffered(src, Role::Src)?;
@@ -557,6 +610,7 @@ fn run(
         bytes: len,
         seconds,
         fixed,
+        huge,
         place: buffer.place.clone(),
         buffered_bytes,
         notices,
@@ -685,11 +739,16 @@ impl Outcome<'_> {
         let _ = writeln!(out, "  range:   bytes {}..{}", a.offset, a.offset + r.bytes);
         let _ = writeln!(
             out,
-            "  buffer:  {} ({}), {} x {} slots{}",
+            "  buffer:  {} ({}), {} x {} slots{}{}",
             a.buffer.name(),
             r.place,
             a.qd,
             size(a.chunk as u64),
+            match r.huge {
+                Some(true) => ", 2 MiB pages",
+                Some(false) => ", 4 KiB pages",
+                None => "",
+            },
             if r.fixed {
                 ", registered (fixed buffers)"
             } else {
@@ -741,7 +800,7 @@ impl Outcome<'_> {
         let _ = writeln!(
         out,
         "{{\"src\":{},\"dst\":{},\"offset\":{},\"bytes\":{},\"seconds\":{:.6},\"mb_per_s\":{:.1},\
-\"qd\":{},\"chunk\":{},\"buffer\":{},\"fixed_buffers\":{},\"buffered_bytes\":{},\"notices\":[{}],\"verify\":{}}}",
+\"qd\":{},\"chunk\":{},\"buffer\":{},\"huge_pages\":{},\"fixed_buffers\":{},\"buffered_bytes\":{},\"notices\":[{}],\"verify\":{}}}",
         side(src, s),
         side(dst, d),
         a.offset,
@@ -751,6 +810,7 @@ impl Outcome<'_> {
         a.qd,
         a.chunk,
         json::string(a.buffer.name()),
+        r.huge.map_or("null".to_owned(), |h| h.to_string()),
         r.fixed,
         r.buffered_bytes,
         notes.join(","),

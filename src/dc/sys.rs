@@ -60,11 +60,19 @@ impl DcMemory {
     /// `len` bytes of page-aligned anonymous host memory.
     pub fn host(len: usize) -> io::Result<DcMemory> {
         let mut map = memmap2::MmapMut::map_anon(len)?;
+        // Transparent huge pages where the kernel allows them: a chunk in one 2 MiB page is one
+        // DMA segment instead of one per 4 KiB page.
+        let _ = map.advise(memmap2::Advice::HugePage);
         Ok(DcMemory {
             base: map.as_mut_ptr(),
             len,
             _keep: Keep::Host(map),
         })
+    }
+
+    /// The buffer's address.
+    pub fn addr(&self) -> usize {
+        self.base as usize
     }
 
     /// Copy `dst.len()` bytes at `offset` out of the buffer (for tests and checks; never while
