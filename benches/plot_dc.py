@@ -46,20 +46,23 @@ for variant, label, style in [
     if qs:
         ax.plot(qs, med, style, label=label)
         ax.fill_between(qs, lo, hi, alpha=0.15)
+tag = "-huge" if ("device-read-huge", 8) in val else ""
+page = " (2 MiB-page buffers)" if tag else ""
 for variant, label, color in [
-    ("device-read", "device read alone (fio qd 8)", "tab:green"),
-    ("device-write", "device write alone (fio qd 8)", "tab:olive"),
+    (f"device-read{tag}", f"device read alone (fio qd 8){page}", "tab:green"),
+    (f"device-write{tag}", f"device write alone (fio qd 8){page}", "tab:olive"),
     ("dd", "dd bs=1M iflag=direct oflag=direct", "tab:red"),
     ("cp", "cp + sync", "tab:purple"),
 ]:
-    keys = [k for k in val if k[0] == variant]
-    if keys:
-        y = float(val[keys[0]]["median_MBps"])
+    if (variant, 8) in val or (variant, 1) in val:
+        r = val.get((variant, 8)) or val.get((variant, 1))
+        y = float(r["median_MBps"])
         ax.axhline(y, color=color, linestyle=":", label=f"{label}: {y:.0f}")
-both = [val.get(("device-read-while-writing", 8)), val.get(("device-write-while-reading", 8))]
+both = [val.get((f"device-read-while-writing{tag}", 8)), val.get((f"device-write-while-reading{tag}", 8))]
 if all(both):
     y = sum(float(r["median_MBps"]) for r in both) / 2
-    ax.axhline(y, color="tab:cyan", linestyle="-.", label=f"copy ceiling on one disk (fio read+write at once, / 2): {y:.0f}")
+    ax.axhline(y, color="tab:cyan", linestyle="-.",
+               label=f"copy ceiling on one disk (fio read + write at once, / 2): {y:.0f}")
 ax.set_xlabel("queue depth (chunks in flight, each a linked read -> write)")
 ax.set_ylabel("copy bandwidth, MB/s (median)")
 ax.set_title("1 GiB file copy on this machine's disk (benches/dc.sh)")

@@ -634,3 +634,40 @@ fn the_cli_doc_shows_the_help_text() {
         "docs/CLI.md does not show `pcisock dc --help` as it is"
     );
 }
+
+#[test]
+fn a_window_on_a_huge_page_tmpfs_is_in_huge_pages() {
+    let Some(w) = root_world("hugewin") else {
+        return;
+    };
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+    if thp.is_err() || thp.is_ok_and(|t| t.contains("[deny]")) {
+        eprintln!("hugewin: skipped (no shmem transparent huge pages)");
+        return;
+    }
+    let Some(m) = Mount::new("tmpfs", "huge=always,mode=0700,size=64m") else {
+        eprintln!("hugewin: skipped (cannot mount tmpfs)");
+        return;
+    };
+    let data = pattern(3 << 20, 17);
+    let src = w.file("src", &data);
+    let dst = w.data.path("dst");
+    let o = Command::new(BIN)
+        .args(["dc", "copy", "--json", "--qd", "2", s(&src), s(&dst)])
+        .env("PCISOCK_EMU_DIR", &m.0 .0)
+        .env_remove("PCISOCK_EMU_DEVICE")
+        .env_remove("PCISOCK_DEVICE")
+        .output()
+        .unwrap();
+    assert_exit(&o, 0, "");
+    let v: serde_json::Value = serde_json::from_str(out(&o).trim()).unwrap();
+    assert_eq!(v["huge_pages"], true, "{}", out(&o));
+    assert!(v["notices"].as_array().unwrap().is_empty(), "{}", out(&o));
+    assert_same(&std::fs::read(&dst).unwrap(), &data, "huge window copy");
+    // In /dev/shm (no huge pages) the same copy says so.
+    let o = w.dc(&["--json", "--qd", "2", s(&src), s(&dst)]);
+    let v: serde_json::Value = serde_json::from_str(out(&o).trim()).unwrap();
+    if v["huge_pages"] == false {
+        assert!(out(&o).contains("4 KiB pages"), "{}", out(&o));
+    }
+}

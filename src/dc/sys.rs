@@ -57,14 +57,18 @@ impl DcMemory {
         })
     }
 
-    /// `len` bytes of page-aligned anonymous host memory.
+    /// `len` bytes of anonymous host memory starting on a 2 MiB boundary, advised to use
+    /// transparent huge pages where the kernel allows them: a chunk in one 2 MiB page is one DMA
+    /// segment instead of one per 4 KiB page. (A buffer smaller than 2 MiB is given a whole
+    /// aligned 2 MiB, or the kernel could not back it with a huge page.)
     pub fn host(len: usize) -> io::Result<DcMemory> {
-        let mut map = memmap2::MmapMut::map_anon(len)?;
-        // Transparent huge pages where the kernel allows them: a chunk in one 2 MiB page is one
-        // DMA segment instead of one per 4 KiB page.
+        const HUGE: usize = 2 << 20;
+        let mut map = memmap2::MmapMut::map_anon(len.div_ceil(HUGE) * HUGE + HUGE)?;
         let _ = map.advise(memmap2::Advice::HugePage);
+        let pad = (HUGE - map.as_ptr() as usize % HUGE) % HUGE;
         Ok(DcMemory {
-            base: map.as_mut_ptr(),
+            // `pad + len` stays inside the mapping (it has `HUGE` bytes to spare).
+            base: map[pad..].as_mut_ptr(),
             len,
             _keep: Keep::Host(map),
         })
