@@ -270,6 +270,12 @@ fn killed_peer() {
 }
 
 #[test]
+fn glibc_aliases() {
+    // "hello" + "dup" from the client, "world!" from the server, each through the aliases.
+    run_behaviour("glibc_aliases", expect(2, 14, 14, 0));
+}
+
+#[test]
 fn many_short_connections() {
     // 2,001 connections (one warm-up), both ends in the process, 16 bytes each. No lo check: 2,001 TCP handshakes
     // and teardowns alone exceed the fast-path slack.

@@ -1240,6 +1240,54 @@ pub unsafe extern "C" fn epoll_pwait2(
     })
 }
 
+// ---- glibc's exported aliases -----------------------------------------------------------------
+
+// glibc exports these second names of the same functions (`nm -D libc.so.6`); a program that
+// imports one would otherwise reach the kernel socket past the side table. Each is exactly the
+// hook of its first name. (glibc's own internal calls use hidden aliases we cannot see.)
+
+#[no_mangle]
+pub unsafe extern "C" fn __read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    // SAFETY: same contract as read.
+    unsafe { read(fd, buf, n) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    // SAFETY: same contract as write.
+    unsafe { write(fd, buf, n) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
+    // SAFETY: same contract as recv.
+    unsafe { recv(fd, buf, n, flags) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
+    // SAFETY: same contract as send.
+    unsafe { send(fd, buf, n, flags) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: same contract as connect.
+    unsafe { connect(fd, addr, len) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __close(fd: c_int) -> c_int {
+    // SAFETY: same contract as close.
+    unsafe { close(fd) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    // SAFETY: same contract as fcntl.
+    unsafe { fcntl(fd, cmd, arg) }
+}
+
 // ---- load and exit ---------------------------------------------------------------------------
 
 extern "C" fn at_exit() {
