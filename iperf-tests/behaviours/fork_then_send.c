@@ -3,6 +3,12 @@
  * process, forked before any socket exists) reads all 1 MiB (checksum) and then EOF. */
 #include "common.h"
 
+/* underscore_fork_then_send.c includes this file with the sender forked by another function. */
+#ifndef SENDER_FORK
+#define SENDER_FORK fork
+#define PROGRAM "fork_then_send"
+#endif
+
 #define BYTES (1u << 20)
 
 static int run_client(int ready_fd) {
@@ -37,7 +43,7 @@ static int run_client(int ready_fd) {
 }
 
 int main(int argc, char **argv) {
-    setup("fork_then_send", argc, argv, 25);
+    setup(PROGRAM, argc, argv, 25);
     int ready[2];
     if (pipe(ready) < 0) FAIL_ERRNO("pipe");
     fflush(stdout);
@@ -53,7 +59,7 @@ int main(int argc, char **argv) {
     PHASE("accept, fork the sender");
     int s = accept_one(lfd);
     fflush(stdout);
-    pid_t sender = fork();
+    pid_t sender = SENDER_FORK();
     if (sender < 0) FAIL_ERRNO("fork sender");
     if (sender == 0) {
         child_setup();
@@ -65,7 +71,7 @@ int main(int argc, char **argv) {
             write_all(s, buf, sizeof buf, "child write on the inherited fd");
         }
         close(s);
-        exit(0);
+        _exit(0);
     }
     close(s); /* right after the fork: the child's copy keeps the connection */
     PHASE("parent: wait for the sender child and the client");

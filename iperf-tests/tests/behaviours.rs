@@ -258,6 +258,12 @@ fn fork_then_send() {
 }
 
 #[test]
+fn underscore_fork_then_send() {
+    // fork_then_send with the sender made by `_Fork`, which runs no atfork handlers.
+    run_behaviour("underscore_fork_then_send", expect(1, 0, 0, MIB));
+}
+
+#[test]
 fn exec_inherit() {
     // The parent is the echo server of the exec'd image: 28 + 1 MiB in, 1 MiB out; 2 MiB would cross lo over TCP.
     run_behaviour("exec_inherit", expect(1, MIB, MIB + 28, 2 * MIB));

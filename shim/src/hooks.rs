@@ -1297,25 +1297,49 @@ extern "C" fn at_exit() {
 /// Before fork: the child will share every NTB connection (postgres, nginx, socat hand a
 /// connection to a child and close their own copy at once).
 extern "C" fn atfork_prepare() {
-    let _ = std::panic::catch_unwind(|| {
-        for (_, sock) in table::snapshot() {
-            if let Some(c) = sock.conn.get() {
-                c.add_holder();
-            }
-        }
-    });
+    each_connection(|c| c.add_holder());
 }
 
-/// In the child after fork: record it as a holder of what it inherited.
+/// `f` on every NTB connection of the side table (in the parent, around a fork).
+fn each_connection(f: impl Fn(&transport::Connection)) {
+    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        for (_, sock) in table::snapshot() {
+            if let Some(c) = sock.conn.get() {
+                f(c);
+            }
+        }
+    }));
+}
+
+/// In the child after fork: record it as a holder of what it inherited. Async-signal-safe (no
+/// allocation, no lock), as `_Fork`'s child requires.
 extern "C" fn atfork_child() {
     let _ = std::panic::catch_unwind(|| {
         let pid = std::process::id();
-        for (_, sock) in table::snapshot() {
+        table::for_each_in_child(|sock| {
             if let Some(c) = sock.conn.get() {
                 c.adopt(pid);
             }
-        }
+        });
     });
+}
+
+/// `_Fork` (glibc 2.34+) forks without running the atfork handlers, so do their bookkeeping
+/// here. glibc's own `fork` calls its internal `_Fork` directly, not through this hook, so a
+/// `fork` is never counted twice.
+#[no_mangle]
+pub unsafe extern "C" fn _Fork() -> libc::pid_t {
+    atfork_prepare();
+    let pid = call_real!(_Fork());
+    if pid == 0 {
+        atfork_child();
+    } else if pid < 0 {
+        // No child: take back the holders announced for it.
+        let e = sys::errno();
+        each_connection(|c| c.cancel_holder());
+        sys::set_errno(e);
+    }
+    pid
 }
 
 extern "C" fn init() {

@@ -34,7 +34,7 @@ macro_rules! real_fns {
 
         $(
             /// The real function, if the C library has it.
-            #[allow(dead_code)]
+            #[allow(dead_code, non_snake_case)]
             pub fn $name() -> Option<unsafe extern "C" fn($($ty),*) -> $ret> {
                 let mut p = slots::$name.load(Relaxed);
                 if p == 0 {
@@ -94,4 +94,5 @@ real_fns! {
     dup: fn(fd: c_int) -> c_int;
     dup2: fn(old: c_int, new: c_int) -> c_int;
     dup3: fn(old: c_int, new: c_int, flags: c_int) -> c_int;
+    _Fork: fn() -> libc::pid_t;
 }
