@@ -239,6 +239,12 @@ fn half_close() {
 }
 
 #[test]
+fn splice_pipe() {
+    // 4 MiB each way: socket -> pipe -> file, then file -> pipe -> socket; 8 MiB would cross lo over TCP.
+    run_behaviour("splice_pipe", expect(2, 8 * MIB, 8 * MIB, 8 * MIB));
+}
+
+#[test]
 fn epipe_sigpipe() {
     // Two connections, both ends in the process; the writes into a closed peer carry no payload anywhere.
     run_behaviour("epipe_sigpipe", expect(4, 0, 0, 0));

@@ -568,6 +568,44 @@ pub unsafe extern "C" fn sendfile64(
     }
 }
 
+/// splice(2) with an NTB connection on one side: through `splice::splice` (a pipe on the other
+/// side; the bytes pass through our memory). Other fds, and TCP fallbacks, go to the kernel.
+#[no_mangle]
+pub unsafe extern "C" fn splice(
+    fd_in: c_int,
+    off_in: *mut libc::loff_t,
+    fd_out: c_int,
+    off_out: *mut libc::loff_t,
+    len: size_t,
+    flags: libc::c_uint,
+) -> ssize_t {
+    if !table::contains(fd_in) && !table::contains(fd_out) {
+        return call_real!(splice(fd_in, off_in, fd_out, off_out, len, flags));
+    }
+    let ours = guard(|| {
+        match crate::splice::splice(
+            fd_in,
+            !off_in.is_null(),
+            fd_out,
+            !off_out.is_null(),
+            len,
+            flags,
+        ) {
+            Detour::Bypass => Err(i32::MIN),
+            Detour::Ours(r) => r,
+        }
+    });
+    if ours != Err(i32::MIN) {
+        return fin_ssize(ours);
+    }
+    let r = call_real!(splice(fd_in, off_in, fd_out, off_out, len, flags));
+    if table::contains(fd_in) {
+        count_kernel(fd_in, r, false)
+    } else {
+        count_kernel(fd_out, r, true)
+    }
+}
+
 // ---- connection life cycle ---------------------------------------------------------------------
 
 #[no_mangle]

@@ -17,5 +17,6 @@ mod hooks;
 mod ops;
 mod real;
 mod sock;
+mod splice;
 mod sys;
 mod table;

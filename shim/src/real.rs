@@ -95,4 +95,5 @@ real_fns! {
     dup2: fn(old: c_int, new: c_int) -> c_int;
     dup3: fn(old: c_int, new: c_int, flags: c_int) -> c_int;
     _Fork: fn() -> libc::pid_t;
+    splice: fn(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: size_t, flags: libc::c_uint) -> ssize_t;
 }
