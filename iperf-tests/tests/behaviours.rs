@@ -245,6 +245,15 @@ fn splice_pipe() {
 }
 
 #[test]
+fn preadv2_pwritev2() {
+    // 1500 bytes, then RWF_NOWAIT writes until the 1 MiB ring is full (at least 512 KiB), all read back.
+    run_behaviour(
+        "preadv2_pwritev2",
+        expect(2, 1500 + 512 * 1024, 1500 + 512 * 1024, 0),
+    );
+}
+
+#[test]
 fn epipe_sigpipe() {
     // Two connections, both ends in the process; the writes into a closed peer carry no payload anywhere.
     run_behaviour("epipe_sigpipe", expect(4, 0, 0, 0));

@@ -216,6 +216,153 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssi
     }
 }
 
+/// RWF_NOSIGNAL (Linux 6.18's uapi; not in the libc crate yet): no SIGPIPE on EPIPE.
+const RWF_NOSIGNAL: c_int = 0x100;
+
+/// preadv2/pwritev2 flags on an NTB fd: the kernel's verdict for this socket, as `MSG_*` flags.
+/// Which flags a socket accepts depends on the kernel (6.18 takes HIPRI, DSYNC, SYNC, NOWAIT,
+/// APPEND, NOAPPEND and NOSIGNAL, and says EOPNOTSUPP to ATOMIC, DONTCACHE and unknown bits),
+/// so the idle kernel socket of an NTB connection is asked: a non-blocking one-byte `preadv2`
+/// with the same flags fails with EOPNOTSUPP exactly when they are not supported (a socket
+/// accepts the same flags for reads and writes, and the idle socket has no byte to take). A
+/// connection on TCP is not asked (its socket holds real bytes; the real call checks the flags),
+/// nor one still waiting for its upgrade answer (checked against 6.18's list instead).
+fn rwf_flags(fd: c_int, flags: c_int) -> Result<c_int, c_int> {
+    if flags == 0 {
+        return Ok(0);
+    }
+    let e = sys::errno();
+    // Settle a pending upgrade first, as the data call would.
+    match ops::data_path(fd, flags & libc::RWF_NOWAIT != 0) {
+        Some(Ok(DataPath::Ntb(..))) => {
+            let mut b = [0u8; 1];
+            let iov = iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
+            if call_real!(preadv2(fd, &iov, 1, -1, flags | libc::RWF_NOWAIT)) < 0 {
+                let err = sys::errno();
+                if err == libc::EOPNOTSUPP || err == libc::EINVAL {
+                    return Err(err);
+                }
+            }
+        }
+        Some(Err(_)) => {
+            let known = libc::RWF_HIPRI
+                | libc::RWF_DSYNC
+                | libc::RWF_SYNC
+                | libc::RWF_NOWAIT
+                | libc::RWF_APPEND
+                | libc::RWF_NOAPPEND
+                | RWF_NOSIGNAL;
+            if flags & !known != 0 {
+                return Err(libc::EOPNOTSUPP);
+            }
+        }
+        _ => {}
+    }
+    sys::set_errno(e);
+    let mut msg = 0;
+    if flags & libc::RWF_NOWAIT != 0 {
+        msg |= libc::MSG_DONTWAIT;
+    }
+    if flags & RWF_NOSIGNAL != 0 {
+        msg |= libc::MSG_NOSIGNAL;
+    }
+    Ok(msg)
+}
+
+/// The `MSG_*` flags of a preadv2/pwritev2 on a tracked fd, or its result already: 0 for an
+/// empty call (the kernel returns before it looks at the flags), or -1 with errno if the flags
+/// are refused.
+fn rwf_call(fd: c_int, empty: bool, flags: c_int) -> Result<c_int, ssize_t> {
+    if empty {
+        return Err(0);
+    }
+    rwf_flags(fd, flags).map_err(|e| fin_ssize(Err(e)))
+}
+
+/// preadv2: with offset −1 on a tracked fd, `readv` with the call's flags (RWF_NOWAIT: this call
+/// does not wait). Any other offset goes to the kernel, which refuses it for a socket (ESPIPE,
+/// or EINVAL below −1).
+#[no_mangle]
+pub unsafe extern "C" fn preadv2(
+    fd: c_int,
+    iov: *const iovec,
+    cnt: c_int,
+    off: libc::off_t,
+    flags: c_int,
+) -> ssize_t {
+    if !table::contains(fd) || off != -1 {
+        return call_real!(preadv2(fd, iov, cnt, off, flags));
+    }
+    // SAFETY: the application's iovec array.
+    let mut bufs = match unsafe { iovecs_mut(iov, cnt) } {
+        Ok(b) => b,
+        Err(e) => return fin_ssize(Err(e)),
+    };
+    let msg = match rwf_call(fd, bufs.iter().all(|b| b.is_empty()), flags) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match do_recv(fd, &mut bufs, msg) {
+        Some(r) => fin_ssize(r),
+        None => count_kernel(fd, call_real!(preadv2(fd, iov, cnt, off, flags)), false),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn preadv64v2(
+    fd: c_int,
+    iov: *const iovec,
+    cnt: c_int,
+    off: libc::off64_t,
+    flags: c_int,
+) -> ssize_t {
+    // SAFETY: same contract as preadv2 (off_t is 64 bits on this ABI).
+    unsafe { preadv2(fd, iov, cnt, off, flags) }
+}
+
+/// pwritev2: with offset −1 on a tracked fd, `writev` with the call's flags (RWF_NOWAIT: this
+/// call does not wait; RWF_NOSIGNAL: no SIGPIPE). Other offsets go to the kernel (ESPIPE).
+#[no_mangle]
+pub unsafe extern "C" fn pwritev2(
+    fd: c_int,
+    iov: *const iovec,
+    cnt: c_int,
+    off: libc::off_t,
+    flags: c_int,
+) -> ssize_t {
+    if !table::contains(fd) || off != -1 {
+        return call_real!(pwritev2(fd, iov, cnt, off, flags));
+    }
+    // SAFETY: the application's iovec array.
+    let bufs = match unsafe { iovecs(iov, cnt) } {
+        Ok(b) => b,
+        Err(e) => return fin_ssize(Err(e)),
+    };
+    let msg = match rwf_call(fd, bufs.iter().all(|b| b.is_empty()), flags) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match do_send(fd, &bufs, msg) {
+        Some(r) => fin_ssize(r),
+        None => count_kernel(fd, call_real!(pwritev2(fd, iov, cnt, off, flags)), true),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pwritev64v2(
+    fd: c_int,
+    iov: *const iovec,
+    cnt: c_int,
+    off: libc::off64_t,
+    flags: c_int,
+) -> ssize_t {
+    // SAFETY: same contract as pwritev2.
+    unsafe { pwritev2(fd, iov, cnt, off, flags) }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
     if !table::contains(fd) {

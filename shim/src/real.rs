@@ -95,5 +95,7 @@ real_fns! {
     dup2: fn(old: c_int, new: c_int) -> c_int;
     dup3: fn(old: c_int, new: c_int, flags: c_int) -> c_int;
     _Fork: fn() -> libc::pid_t;
+    preadv2: fn(fd: c_int, iov: *const iovec, n: c_int, off: libc::off_t, flags: c_int) -> ssize_t;
+    pwritev2: fn(fd: c_int, iov: *const iovec, n: c_int, off: libc::off_t, flags: c_int) -> ssize_t;
     splice: fn(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: size_t, flags: libc::c_uint) -> ssize_t;
 }
