@@ -254,6 +254,12 @@ fn preadv2_pwritev2() {
 }
 
 #[test]
+fn sa_restart() {
+    // 3 × 4 bytes, then two fills of the 1 MiB ring (at least 512 KiB each) and the restarted 1000-byte send.
+    run_behaviour("sa_restart", expect(2, 12 + 1000 + MIB, 12 + 1000 + MIB, 0));
+}
+
+#[test]
 fn epipe_sigpipe() {
     // Two connections, both ends in the process; the writes into a closed peer carry no payload anywhere.
     run_behaviour("epipe_sigpipe", expect(4, 0, 0, 0));

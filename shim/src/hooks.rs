@@ -20,6 +20,7 @@ use std::time::Duration;
 use libc::{c_int, c_ulong, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
 
 use crate::ops::{self, DataPath, Detour};
+use crate::signals::restarting;
 use crate::{global, real, sys, table};
 
 /// Run our handling of a call, catching panics (→ EIO).
@@ -110,7 +111,9 @@ unsafe fn iovecs_mut<'a>(iov: *const iovec, n: c_int) -> Result<Vec<&'a mut [u8]
 fn do_recv(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Option<Result<usize, c_int>> {
     match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
         Err(e) => Some(Err(e)),
-        Ok(DataPath::Ntb(s, c)) => Some(guard(|| ops::recv(&s, &c, bufs, flags))),
+        Ok(DataPath::Ntb(s, c)) => Some(guard(|| {
+            restarting(s.rcvtimeo(), || ops::recv(&s, &c, bufs, flags))
+        })),
         Ok(DataPath::Kernel) => None,
     }
 }
@@ -122,14 +125,23 @@ fn do_send(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Result<usize, c_in
             // Settled meanwhile (or no room): look again once.
             None => match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
                 Err(e) => Some(Err(e)),
-                Ok(DataPath::Ntb(s, c)) => Some(guard(|| ops::send(&s, &c, bufs, flags))),
+                Ok(DataPath::Ntb(s, c)) => Some(send_restarting(&s, &c, bufs, flags)),
                 Ok(DataPath::Kernel) => None,
             },
         },
         Err(e) => Some(Err(e)),
-        Ok(DataPath::Ntb(s, c)) => Some(guard(|| ops::send(&s, &c, bufs, flags))),
+        Ok(DataPath::Ntb(s, c)) => Some(send_restarting(&s, &c, bufs, flags)),
         Ok(DataPath::Kernel) => None,
     }
+}
+
+fn send_restarting(
+    s: &crate::sock::Sock,
+    c: &transport::Connection,
+    bufs: &[&[u8]],
+    flags: c_int,
+) -> Result<usize, c_int> {
+    guard(|| restarting(s.sndtimeo(), || ops::send(s, c, bufs, flags)))
 }
 
 /// Count bytes a flagged-but-TCP connection moved over the kernel socket.
@@ -674,7 +686,14 @@ fn do_sendfile(
 ) -> Option<Result<usize, c_int>> {
     match ops::data_path(out_fd, false)? {
         Err(e) => Some(Err(e)),
-        Ok(DataPath::Ntb(s, c)) => Some(guard(|| ops::sendfile(&s, &c, in_fd, off, n))),
+        Ok(DataPath::Ntb(s, c)) => {
+            let mut off = off;
+            Some(guard(|| {
+                restarting(s.sndtimeo(), || {
+                    ops::sendfile(&s, &c, in_fd, off.as_deref_mut(), n)
+                })
+            }))
+        }
         Ok(DataPath::Kernel) => None,
     }
 }

@@ -19,6 +19,7 @@
 use libc::{c_int, c_uint};
 
 use crate::ops::{self, DataPath, Detour};
+use crate::signals::restarting;
 use crate::{sys, table};
 
 const SPLICE_F_ALL: c_uint =
@@ -82,10 +83,11 @@ pub fn splice(
     match ops::data_path(sock_fd, false) {
         None | Some(Ok(DataPath::Kernel)) => Detour::Bypass,
         Some(Err(e)) => Detour::Ours(Err(e)),
+        // An interrupted wait moved nothing: restarted as the kernel would (`signals`).
         Some(Ok(DataPath::Ntb(s, c))) => Detour::Ours(if into_pipe {
-            to_pipe(&s, &c, pipe, len)
+            restarting(s.rcvtimeo(), || to_pipe(&s, &c, &pipe, len))
         } else {
-            from_pipe(&s, &c, pipe, len)
+            restarting(s.sndtimeo(), || from_pipe(&s, &c, &pipe, len))
         }),
     }
 }
@@ -103,7 +105,7 @@ struct Pipe {
 fn to_pipe(
     sock: &crate::sock::Sock,
     c: &transport::Connection,
-    pipe: Pipe,
+    pipe: &Pipe,
     len: usize,
 ) -> Result<usize, c_int> {
     // SPLICE_F_NONBLOCK on a pipe whose own fd blocks: write a page at a time, which a pipe with
@@ -168,7 +170,7 @@ fn to_pipe(
 fn from_pipe(
     sock: &crate::sock::Sock,
     c: &transport::Connection,
-    pipe: Pipe,
+    pipe: &Pipe,
     len: usize,
 ) -> Result<usize, c_int> {
     // Bytes in the pipe: read no more than that, so the read never waits once bytes moved.
