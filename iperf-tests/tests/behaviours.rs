@@ -88,21 +88,25 @@ fn run_once(
     (p, r)
 }
 
-fn run_behaviour(name: &'static str, e: Expect) {
+/// Compiles the program and runs the control: once on plain TCP, under the exclusive lo lock (it may push bulk TCP
+/// over lo). Returns the fixture and the program.
+fn compile_and_control(name: &str) -> (Fixture, PathBuf) {
     let f = Fixture::new(name);
     let exe = compile(name, f.dir());
-
-    // 1. The control run on plain TCP, under the exclusive lo lock (it may push bulk TCP over lo).
-    {
-        let _bulk = LoWindow::open(LoExpect::Bulk).unwrap();
-        let (p, r) = run_once("control", &exe, free_port(), None, f.dir());
-        if let Err(err) = r {
-            panic!(
-                "{name}: the control run WITHOUT the library failed, so the program is wrong (not pcisock):\n{err}\n{}",
-                p.describe()
-            );
-        }
+    let _bulk = LoWindow::open(LoExpect::Bulk).unwrap();
+    let (p, r) = run_once("control", &exe, free_port(), None, f.dir());
+    if let Err(err) = r {
+        panic!(
+            "{name}: the control run WITHOUT the library failed, so the program is wrong (not pcisock):\n{err}\n{}",
+            p.describe()
+        );
     }
+    (f, exe)
+}
+
+fn run_behaviour(name: &'static str, e: Expect) {
+    // 1. The control run on plain TCP.
+    let (f, exe) = compile_and_control(name);
 
     // 2. Under the library, strict, on a flagged port.
     let port = free_port();
@@ -198,6 +202,34 @@ fn epoll_oneshot() {
 #[test]
 fn epoll_nested() {
     run_behaviour("epoll_nested", expect(2, 7, 7, 0));
+}
+
+/// `epoll_late_accept` under the library, not strict, with a 200 ms answer timeout: the client's offer expires inside
+/// `epoll_wait` (the transport then closes the offer's doorbell line while the epoll set is locked: this deadlocked),
+/// the connection settles on TCP and the round trip works there. Exit 0, and the client's record says `NoAnswer`.
+#[test]
+fn epoll_late_accept() {
+    let name = "epoll_late_accept";
+    let (f, exe) = compile_and_control(name);
+    let port = free_port();
+    let mut env = f
+        .preload("program")
+        .with_ports(port.to_string())
+        .with_strict(false);
+    env.extra
+        .push(("PCISOCK_ANSWER_TIMEOUT_MS".into(), "200".into()));
+    let (p, r) = run_once("preloaded", &exe, port, Some(&env), f.dir());
+    let stats = env.stats();
+    let no_answer = stats.as_ref().is_ok_and(|s| {
+        s.on_port(port)
+            .any(|c| c.path == "tcp" && c.reason.as_deref() == Some("NoAnswer"))
+    });
+    if r.is_err() || !no_answer {
+        panic!(
+            "{name} on flagged port {port}: {r:?}; a NoAnswer TCP record: {no_answer} (stats: {stats:?})\n{}",
+            p.describe()
+        );
+    }
 }
 
 #[test]

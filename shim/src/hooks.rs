@@ -871,7 +871,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    if table::contains(fd) || crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed) {
+    if table::contains(fd) || crate::epoll::involves(fd) {
         let _ = guard(|| {
             ops::before_close(fd);
             Ok(())
