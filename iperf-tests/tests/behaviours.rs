@@ -233,6 +233,11 @@ fn epoll_late_accept() {
 }
 
 #[test]
+fn close_range_epoll() {
+    run_behaviour("close_range_epoll", expect(2, 1, 1, 0));
+}
+
+#[test]
 fn epoll_threads() {
     run_behaviour("epoll_threads", expect(4, 8 * MIB, 8 * MIB, 8 * MIB));
 }

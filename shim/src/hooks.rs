@@ -887,7 +887,8 @@ fn forget_range(first: libc::c_uint, last: libc::c_uint) {
     }
     let hi = (last as usize).min(table::MAX_FD - 1);
     for fd in first as usize..=hi {
-        if table::contains(fd as c_int) {
+        // An epoll set with our registrations is forgotten too, as `close` does.
+        if table::contains(fd as c_int) || crate::epoll::involves(fd as c_int) {
             let _ = guard(|| {
                 ops::before_close(fd as c_int);
                 Ok(())
