@@ -233,8 +233,8 @@ fn epoll_late_accept() {
 }
 
 #[test]
-fn close_range_epoll() {
-    run_behaviour("close_range_epoll", expect(2, 1, 1, 0));
+fn epoll_set_replaced() {
+    run_behaviour("epoll_set_replaced", expect(2, 1, 1, 0));
 }
 
 #[test]

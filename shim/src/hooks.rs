@@ -1039,7 +1039,7 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     let r = call_real!(dup2(old, new));
-    if r >= 0 && (table::contains(old) || table::contains(new)) {
+    if r >= 0 && (table::contains(old) || table::contains(new) || crate::epoll::involves(new)) {
         ops::after_dup(old, new);
     }
     r
@@ -1048,7 +1048,7 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     let r = call_real!(dup3(old, new, flags));
-    if r >= 0 && (table::contains(old) || table::contains(new)) {
+    if r >= 0 && (table::contains(old) || table::contains(new) || crate::epoll::involves(new)) {
         ops::after_dup(old, new);
     }
     r
