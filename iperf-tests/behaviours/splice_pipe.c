@@ -1,4 +1,6 @@
-/* splice_pipe: splice(2) between a connection and a pipe, both ways, as a proxy or a file receiver does.
+/* splice_pipe: splice(2) between a connection and a pipe, both ways, as a proxy or a file receiver does (and
+ * sendfile(2) from the connection into the pipe, which the kernel does as a splice: ESPIPE with an offset, EINVAL
+ * into a file).
  * 1. The argument rules of the kernel for a TCP socket: an offset on the socket is EINVAL, on the pipe ESPIPE; the
  *    pipe's read end as output is EBADF; no pipe at all is EINVAL; an unknown flag is EINVAL; len 0 returns 0; a
  *    non-blocking socket with nothing to read gives EAGAIN; a full pipe under SPLICE_F_NONBLOCK gives EAGAIN.
@@ -10,6 +12,7 @@
  *    until EAGAIN, with nobody reading yet: the bytes left in the pipe must not be lost), a thread reads it (checksum),
  *    then EOF. An empty pipe gives EAGAIN under SPLICE_F_NONBLOCK, and 0 once it has no writer. */
 #include "common.h"
+#include <sys/sendfile.h>
 
 #define BYTES (4u << 20)
 #define SEED 21
@@ -82,6 +85,20 @@ int main(int argc, char **argv) {
     set_nonblocking(s, 1);
     expect_err(splice(s, NULL, p[1], NULL, 10, 0), EAGAIN, "a non-blocking socket with nothing to read");
     set_nonblocking(s, 0);
+
+    PHASE("sendfile from the socket into the pipe");
+    write_all(client_fd, "sendfile!", 9, "client write");
+    expect_err(sendfile(p[1], s, &off, 100), ESPIPE, "sendfile from the socket with an offset");
+    expect_err(sendfile(file, s, NULL, 100), EINVAL, "sendfile from the socket into a file");
+    char sbuf[16];
+    size_t sgot = 0;
+    while (sgot < 9) {
+        ssize_t r = sendfile(p[1], s, NULL, 100);
+        if (r <= 0) fail("sendfile socket -> pipe returned %zd (%s) after %zu bytes", r, strerror(errno), sgot);
+        if (read(p[0], sbuf + sgot, (size_t)r) != r) FAIL_ERRNO("read the pipe");
+        sgot += (size_t)r;
+    }
+    if (memcmp(sbuf, "sendfile!", 9) != 0) fail("sendfile moved other bytes than the client wrote");
 
     PHASE("socket -> pipe -> file");
     pthread_t th;

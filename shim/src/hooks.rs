@@ -706,6 +706,9 @@ pub unsafe extern "C" fn sendfile(
     n: size_t,
 ) -> ssize_t {
     if !table::contains(out_fd) {
+        if let Some(r) = sendfile_from_ntb(out_fd, in_fd, !off.is_null(), n) {
+            return r;
+        }
         return call_real!(sendfile(out_fd, in_fd, off, n));
     }
     // SAFETY: `off` is null or the application's offset.
@@ -724,6 +727,9 @@ pub unsafe extern "C" fn sendfile64(
     n: size_t,
 ) -> ssize_t {
     if !table::contains(out_fd) {
+        if let Some(r) = sendfile_from_ntb(out_fd, in_fd, !off.is_null(), n) {
+            return r;
+        }
         return call_real!(sendfile64(out_fd, in_fd, off, n));
     }
     // SAFETY: `off` is null or the application's offset.
@@ -732,6 +738,34 @@ pub unsafe extern "C" fn sendfile64(
         Some(r) => fin_ssize(r),
         None => count_kernel(out_fd, call_real!(sendfile64(out_fd, in_fd, off, n)), true),
     }
+}
+
+/// `splice::splice` behind the panic guard; `None`: the real function's business.
+fn splice_ours(
+    fd_in: c_int,
+    off_in: bool,
+    fd_out: c_int,
+    off_out: bool,
+    len: size_t,
+    flags: libc::c_uint,
+) -> Option<Result<usize, c_int>> {
+    let r = guard(
+        || match crate::splice::splice(fd_in, off_in, fd_out, off_out, len, flags) {
+            Detour::Bypass => Err(i32::MIN),
+            Detour::Ours(r) => r,
+        },
+    );
+    (r != Err(i32::MIN)).then_some(r)
+}
+
+/// sendfile(2) out of an NTB connection: the kernel allows a socket as `in_fd` only into a pipe
+/// and without an offset, as a splice, so it is `splice`'s path. With an offset the real call
+/// says ESPIPE, as for any socket. `None`: not ours.
+fn sendfile_from_ntb(out_fd: c_int, in_fd: c_int, offset: bool, n: size_t) -> Option<ssize_t> {
+    if offset || !table::contains(in_fd) {
+        return None;
+    }
+    splice_ours(in_fd, false, out_fd, false, n, 0).map(fin_ssize)
 }
 
 /// splice(2) with an NTB connection on one side: through `splice::splice` (a pipe on the other
@@ -748,21 +782,15 @@ pub unsafe extern "C" fn splice(
     if !table::contains(fd_in) && !table::contains(fd_out) {
         return call_real!(splice(fd_in, off_in, fd_out, off_out, len, flags));
     }
-    let ours = guard(|| {
-        match crate::splice::splice(
-            fd_in,
-            !off_in.is_null(),
-            fd_out,
-            !off_out.is_null(),
-            len,
-            flags,
-        ) {
-            Detour::Bypass => Err(i32::MIN),
-            Detour::Ours(r) => r,
-        }
-    });
-    if ours != Err(i32::MIN) {
-        return fin_ssize(ours);
+    if let Some(r) = splice_ours(
+        fd_in,
+        !off_in.is_null(),
+        fd_out,
+        !off_out.is_null(),
+        len,
+        flags,
+    ) {
+        return fin_ssize(r);
     }
     let r = call_real!(splice(fd_in, off_in, fd_out, off_out, len, flags));
     if table::contains(fd_in) {
