@@ -4,6 +4,8 @@
  * - __write/__send go through the ring and __read/__recv read it (the stats' byte counts prove the path);
  * - __fcntl(F_SETFL, O_NONBLOCK) makes a read on an empty connection return EAGAIN at once (SO_RCVTIMEO of 2 s
  *   would make a blocking read fail late), and __fcntl(F_DUPFD) gives a second fd on the same connection;
+ * - __poll and __select see bytes waiting in the ring; __dup2 gives a second fd on the connection; __sendmmsg sends
+ *   through the ring; __socket makes the client's socket;
  * - __close forgets the fd: a pipe that gets the same number reads the pipe's byte. */
 #include "common.h"
 
@@ -14,6 +16,11 @@ extern ssize_t __send(int fd, const void *buf, size_t n, int flags);
 extern ssize_t __recv(int fd, void *buf, size_t n, int flags);
 extern int __fcntl(int fd, int cmd, ...);
 extern int __close(int fd);
+extern int __dup2(int old, int new);
+extern int __poll(struct pollfd *fds, nfds_t n, int timeout);
+extern int __select(int n, fd_set *r, fd_set *w, fd_set *e, struct timeval *tv);
+extern int __socket(int domain, int type, int protocol);
+extern int __sendmmsg(int fd, struct mmsghdr *v, unsigned n, int flags);
 
 static void expect_bytes(int fd, const char *want, const char *what) {
     char buf[64];
@@ -29,8 +36,8 @@ int main(int argc, char **argv) {
     int lfd = listen_on(port_arg);
 
     PHASE("__connect");
-    int c = socket(AF_INET, SOCK_STREAM, 0);
-    if (c < 0) FAIL_ERRNO("socket");
+    int c = __socket(AF_INET, SOCK_STREAM, 0);
+    if (c < 0) FAIL_ERRNO("__socket");
     struct sockaddr_in a = loopback(port_arg);
     if (__connect(c, (struct sockaddr *)&a, sizeof a) < 0) FAIL_ERRNO("__connect");
     int s = accept_one(lfd);
@@ -45,6 +52,33 @@ int main(int argc, char **argv) {
     if (!(wait_fd(c, POLLIN, 5000) & POLLIN)) fail("client: nothing to read within 5 s");
     ssize_t r = __recv(c, buf, sizeof buf, 0);
     if (r != 6 || memcmp(buf, "world!", 6) != 0) fail("__recv returned %zd, expected \"world!\"", r);
+
+    PHASE("__poll / __select");
+    if (__write(c, "pq", 2) != 2) FAIL_ERRNO("__write");
+    struct pollfd pfd = {s, POLLIN, 0};
+    int n = __poll(&pfd, 1, 2000);
+    if (n != 1 || !(pfd.revents & POLLIN)) fail("__poll returned %d (revents 0x%x) with bytes waiting", n, pfd.revents);
+    expect_bytes(s, "p", "server after __poll");
+    fd_set rs;
+    FD_ZERO(&rs);
+    FD_SET(s, &rs);
+    struct timeval stv = {2, 0};
+    n = __select(s + 1, &rs, NULL, NULL, &stv);
+    if (n != 1 || !FD_ISSET(s, &rs)) fail("__select returned %d with a byte waiting", n);
+    expect_bytes(s, "q", "server after __select");
+
+    PHASE("__dup2 / __sendmmsg");
+    if (__dup2(s, 50) != 50) FAIL_ERRNO("__dup2");
+    struct iovec iv[2] = {{"mm", 2}, {"sg", 2}};
+    struct mmsghdr mm[2];
+    memset(mm, 0, sizeof mm);
+    mm[0].msg_hdr.msg_iov = &iv[0];
+    mm[0].msg_hdr.msg_iovlen = 1;
+    mm[1].msg_hdr.msg_iov = &iv[1];
+    mm[1].msg_hdr.msg_iovlen = 1;
+    if (__sendmmsg(c, mm, 2, 0) != 2) FAIL_ERRNO("__sendmmsg");
+    expect_bytes(50, "mmsg", "server's __dup2 copy");
+    if (close(50) < 0) FAIL_ERRNO("close the __dup2 copy");
 
     PHASE("__fcntl F_SETFL O_NONBLOCK");
     struct timeval tv = {2, 0};

@@ -336,8 +336,8 @@ fn killed_peer() {
 
 #[test]
 fn glibc_aliases() {
-    // "hello" + "dup" from the client, "world!" from the server, each through the aliases.
-    run_behaviour("glibc_aliases", expect(2, 14, 14, 0));
+    // "hello", "pq", "mmsg" and "dup" from the client, "world!" from the server, each through the aliases.
+    run_behaviour("glibc_aliases", expect(2, 20, 20, 0));
 }
 
 #[test]

@@ -1521,6 +1521,47 @@ pub unsafe extern "C" fn __fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     unsafe { fcntl(fd, cmd, arg) }
 }
 
+#[no_mangle]
+pub unsafe extern "C" fn __dup2(old: c_int, new: c_int) -> c_int {
+    // SAFETY: same contract as dup2.
+    unsafe { dup2(old, new) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
+    // SAFETY: same contract as poll.
+    unsafe { poll(fds, n, timeout) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __select(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    tv: *mut libc::timeval,
+) -> c_int {
+    // SAFETY: same contract as select.
+    unsafe { select(nfds, r, w, e, tv) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
+    // SAFETY: same contract as socket.
+    unsafe { socket(domain, ty, proto) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __sendmmsg(
+    fd: c_int,
+    v: *mut libc::mmsghdr,
+    n: libc::c_uint,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: same contract as sendmmsg.
+    unsafe { sendmmsg(fd, v, n, flags) }
+}
+
 // ---- load and exit ---------------------------------------------------------------------------
 
 extern "C" fn at_exit() {
