@@ -323,18 +323,6 @@ pub unsafe extern "C" fn preadv2(
     }
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn preadv64v2(
-    fd: c_int,
-    iov: *const iovec,
-    cnt: c_int,
-    off: libc::off64_t,
-    flags: c_int,
-) -> ssize_t {
-    // SAFETY: same contract as preadv2 (off_t is 64 bits on this ABI).
-    unsafe { preadv2(fd, iov, cnt, off, flags) }
-}
-
 /// pwritev2: with offset −1 on a tracked fd, `writev` with the call's flags (RWF_NOWAIT: this
 /// call does not wait; RWF_NOSIGNAL: no SIGPIPE). Other offsets go to the kernel (ESPIPE).
 #[no_mangle]
@@ -361,18 +349,6 @@ pub unsafe extern "C" fn pwritev2(
         Some(r) => fin_ssize(r),
         None => count_kernel(fd, call_real!(pwritev2(fd, iov, cnt, off, flags)), true),
     }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn pwritev64v2(
-    fd: c_int,
-    iov: *const iovec,
-    cnt: c_int,
-    off: libc::off64_t,
-    flags: c_int,
-) -> ssize_t {
-    // SAFETY: same contract as pwritev2.
-    unsafe { pwritev2(fd, iov, cnt, off, flags) }
 }
 
 #[no_mangle]
@@ -1475,91 +1451,47 @@ pub unsafe extern "C" fn epoll_pwait2(
 
 // ---- glibc's exported aliases -----------------------------------------------------------------
 
-// glibc exports these second names of the same functions (`nm -D libc.so.6`); a program that
-// imports one would otherwise reach the kernel socket past the side table. Each is exactly the
-// hook of its first name. (glibc's own internal calls use hidden aliases we cannot see.)
-
-#[no_mangle]
-pub unsafe extern "C" fn __read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
-    // SAFETY: same contract as read.
-    unsafe { read(fd, buf, n) }
+/// Second names glibc exports for the same functions (`nm -D libc.so.6`; `__recv`, `__socket`
+/// and `__sendmmsg` as GLIBC_PRIVATE, which a program can still link): a program that imports
+/// one would otherwise reach the kernel socket past the side table. Each is exactly the hook of
+/// its first name. (glibc's own internal calls use hidden aliases no hook can see.)
+macro_rules! aliases {
+    ($($alias:ident => $hook:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $(
+            #[no_mangle]
+            pub unsafe extern "C" fn $alias($($arg: $ty),*) -> $ret {
+                // SAFETY: the same contract as the hook it forwards to.
+                unsafe { $hook($($arg),*) }
+            }
+        )*
+    };
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn __write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
-    // SAFETY: same contract as write.
-    unsafe { write(fd, buf, n) }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn __recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
-    // SAFETY: same contract as recv.
-    unsafe { recv(fd, buf, n, flags) }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn __send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
-    // SAFETY: same contract as send.
-    unsafe { send(fd, buf, n, flags) }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn __connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    // SAFETY: same contract as connect.
-    unsafe { connect(fd, addr, len) }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn __close(fd: c_int) -> c_int {
-    // SAFETY: same contract as close.
-    unsafe { close(fd) }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn __fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    // SAFETY: same contract as fcntl.
-    unsafe { fcntl(fd, cmd, arg) }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn __dup2(old: c_int, new: c_int) -> c_int {
-    // SAFETY: same contract as dup2.
-    unsafe { dup2(old, new) }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn __poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
-    // SAFETY: same contract as poll.
-    unsafe { poll(fds, n, timeout) }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn __select(
-    nfds: c_int,
-    r: *mut libc::fd_set,
-    w: *mut libc::fd_set,
-    e: *mut libc::fd_set,
-    tv: *mut libc::timeval,
-) -> c_int {
-    // SAFETY: same contract as select.
-    unsafe { select(nfds, r, w, e, tv) }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn __socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
-    // SAFETY: same contract as socket.
-    unsafe { socket(domain, ty, proto) }
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn __sendmmsg(
-    fd: c_int,
-    v: *mut libc::mmsghdr,
-    n: libc::c_uint,
-    flags: c_int,
-) -> c_int {
-    // SAFETY: same contract as sendmmsg.
-    unsafe { sendmmsg(fd, v, n, flags) }
+aliases! {
+    __read => read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
+    __write => write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
+    __recv => recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t;
+    __send => send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t;
+    __sendmmsg => sendmmsg(
+        fd: c_int, v: *mut libc::mmsghdr, n: libc::c_uint, flags: c_int
+    ) -> c_int;
+    __socket => socket(domain: c_int, ty: c_int, proto: c_int) -> c_int;
+    __connect => connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    __close => close(fd: c_int) -> c_int;
+    __fcntl => fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;
+    __dup2 => dup2(old: c_int, new: c_int) -> c_int;
+    __poll => poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int;
+    __select => select(
+        nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set,
+        tv: *mut libc::timeval
+    ) -> c_int;
+    // The 64-bit-offset names (off_t is 64 bits on this ABI: one address in glibc).
+    preadv64v2 => preadv2(
+        fd: c_int, iov: *const iovec, cnt: c_int, off: libc::off64_t, flags: c_int
+    ) -> ssize_t;
+    pwritev64v2 => pwritev2(
+        fd: c_int, iov: *const iovec, cnt: c_int, off: libc::off64_t, flags: c_int
+    ) -> ssize_t;
 }
 
 // ---- load and exit ---------------------------------------------------------------------------
