@@ -132,10 +132,15 @@ impl Global {
             return;
         }
         let sum = |f: fn(&Record) -> u64| recs.iter().map(f).sum::<u64>();
+        // Frames a peer got wrong (each reset a connection); never opens the transport to ask.
+        let protocol_errors = match self.transport.get() {
+            Some(Ok(t)) => t.counters().protocol_errors.load(Relaxed),
+            _ => 0,
+        };
         let mut j = String::new();
         let _ = write!(
             j,
-            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"connections\":[",
+            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"protocol_errors\":{protocol_errors},\"connections\":[",
             std::process::id(),
             json_str(&self.program),
             self.ntb_connections.load(Relaxed),

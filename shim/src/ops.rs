@@ -662,6 +662,12 @@ pub fn after_dup(old: c_int, new: c_int) {
     if old == new {
         return;
     }
+    // The dup closed what `new` was: as `close` does for it (its epoll registrations, or the
+    // epoll set it was).
+    if crate::epoll::involves(new) {
+        crate::epoll::forget_fd(new);
+        crate::epoll::forget_set(new);
+    }
     if let Some(s) = table::remove(new) {
         retire(s, None);
     }

@@ -34,7 +34,7 @@ macro_rules! real_fns {
 
         $(
             /// The real function, if the C library has it.
-            #[allow(dead_code)]
+            #[allow(dead_code, non_snake_case)]
             pub fn $name() -> Option<unsafe extern "C" fn($($ty),*) -> $ret> {
                 let mut p = slots::$name.load(Relaxed);
                 if p == 0 {
@@ -94,4 +94,8 @@ real_fns! {
     dup: fn(fd: c_int) -> c_int;
     dup2: fn(old: c_int, new: c_int) -> c_int;
     dup3: fn(old: c_int, new: c_int, flags: c_int) -> c_int;
+    _Fork: fn() -> libc::pid_t;
+    preadv2: fn(fd: c_int, iov: *const iovec, n: c_int, off: libc::off_t, flags: c_int) -> ssize_t;
+    pwritev2: fn(fd: c_int, iov: *const iovec, n: c_int, off: libc::off_t, flags: c_int) -> ssize_t;
+    splice: fn(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: size_t, flags: libc::c_uint) -> ssize_t;
 }

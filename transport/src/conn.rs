@@ -1378,6 +1378,11 @@ impl Connection {
         word32(&self.mine, L_HOLDERS).fetch_add(1, SeqCst);
     }
 
+    /// The fork announced by [`Connection::add_holder`] failed: there is no child.
+    pub fn cancel_holder(&self) {
+        word32(&self.mine, L_HOLDERS).fetch_sub(1, SeqCst);
+    }
+
     /// In a child after fork: record this process as a holder.
     pub fn adopt(&self, pid: u32) {
         for i in 0..MAX_HOLDERS {
