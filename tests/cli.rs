@@ -79,7 +79,7 @@ fn assert_code(o: &Output, code: i32) {
     );
 }
 
-const COMMANDS: [&str; 5] = ["run", "stats", "explain", "emu", "doctor"];
+const COMMANDS: [&str; 6] = ["run", "stats", "explain", "emu", "doctor", "dc"];
 
 #[test]
 fn help_lists_the_commands_and_each_has_its_own() {
@@ -87,6 +87,7 @@ fn help_lists_the_commands_and_each_has_its_own() {
     assert_code(&o, 0);
     let top = stdout(&o);
     assert!(top.contains("Usage: pcisock <COMMAND>"), "{top}");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CLI.md")).unwrap();
     for c in COMMANDS {
         assert!(
             top.contains(&format!("\n  {c} ")),
@@ -103,6 +104,10 @@ fn help_lists_the_commands_and_each_has_its_own() {
             stderr(&o).is_empty(),
             "{c} --help wrote to stderr: {}",
             stderr(&o)
+        );
+        assert!(
+            doc.contains(&format!("```text\n{}```", stdout(&o))),
+            "docs/CLI.md does not show `pcisock {c} --help` as it is"
         );
     }
     assert!(stdout(&pcisock(&["stats", "--help"], &[])).contains("PCISOCK_STATS_FILE"));
@@ -381,6 +386,56 @@ fn run_with_the_real_library() {
     let canon = std::fs::canonicalize(&lib).unwrap();
     let want = format!("{}:/other.so|6379|1|warn|/tmp/x\n", canon.display());
     assert_eq!(stdout(&o), want, "stderr: {}", stderr(&o));
+}
+
+/// A statically linked program never loads the library: `run` says so, and refuses it under
+/// strict; a dynamic one runs without a word.
+#[test]
+fn run_tells_a_static_program_from_a_dynamic_one() {
+    let Some(_) = built_library() else {
+        println!("note: libpcisock.so is not built next to {BIN}; skipping");
+        return;
+    };
+    let dir = TempDir::new("static");
+    let (src, exe) = (dir.0.join("t.c"), dir.0.join("t"));
+    std::fs::write(&src, "int main(void) { return 7; }\n").unwrap();
+    let cc = std::process::Command::new("cc")
+        .args(["-static", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .expect("cc (gcc, libc6-dev: scripts/setup.sh)");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let exe = exe.to_str().unwrap();
+
+    let o = pcisock(&["run", "--", exe], &[]);
+    assert_code(&o, 7);
+    assert!(
+        stderr(&o).contains("is statically linked"),
+        "{}",
+        stderr(&o)
+    );
+    for strict in [&["run", "--strict", "--", exe][..], &["run", "--", exe]] {
+        let env: &[(&str, &str)] = if strict.len() == 4 {
+            &[]
+        } else {
+            &[("PCISOCK_STRICT", "1")]
+        };
+        let o = pcisock(strict, env);
+        assert_code(&o, 2);
+        assert!(
+            stderr(&o).contains("refused under strict"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = pcisock(&["run", "--strict", "--", "true"], &[]);
+    assert_code(&o, 0);
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
 }
 
 #[test]
