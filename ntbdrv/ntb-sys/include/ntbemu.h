@@ -207,7 +207,8 @@ struct ntbemu_host_table {
     uint32_t lock;        /* 0 = free, else the holder's pid (a dead holder's lock is broken) */
     uint32_t n_slots;     /* NTBEMU_HOST_SLOTS */
     uint64_t generation;  /* bumped on every change */
-    uint8_t reserved[48];
+    uint32_t high_water;  /* slots at this index and above have never been used: scans stop here */
+    uint8_t reserved[44];
     struct ntbemu_lease slots[NTBEMU_HOST_SLOTS];
 };
 

@@ -1300,7 +1300,8 @@ pub struct ntbemu_host_table {
     pub lock: u32,
     pub n_slots: u32,
     pub generation: u64,
-    pub reserved: [u8; 48usize],
+    pub high_water: u32,
+    pub reserved: [u8; 44usize],
     pub slots: [ntbemu_lease; 8192usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
@@ -1313,8 +1314,10 @@ const _: () = {
         [::core::mem::offset_of!(ntbemu_host_table, n_slots) - 4usize];
     ["Offset of field: ntbemu_host_table::generation"]
         [::core::mem::offset_of!(ntbemu_host_table, generation) - 8usize];
+    ["Offset of field: ntbemu_host_table::high_water"]
+        [::core::mem::offset_of!(ntbemu_host_table, high_water) - 16usize];
     ["Offset of field: ntbemu_host_table::reserved"]
-        [::core::mem::offset_of!(ntbemu_host_table, reserved) - 16usize];
+        [::core::mem::offset_of!(ntbemu_host_table, reserved) - 20usize];
     ["Offset of field: ntbemu_host_table::slots"]
         [::core::mem::offset_of!(ntbemu_host_table, slots) - 64usize];
 };
