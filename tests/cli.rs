@@ -333,6 +333,32 @@ fn stats_and_emu_on_a_private_device() {
     );
 }
 
+/// A device left by a build with another layout version cannot be read for its leases: `emu
+/// remove` deletes it (and its interrupt lines) when no process has it mapped, and refuses while
+/// one does.
+#[test]
+fn emu_remove_takes_a_device_of_another_version() {
+    use std::os::unix::fs::FileExt;
+    let dir = TempDir::new("oldversion");
+    let dev = make_device(&dir.0);
+    let _line = dev
+        .vector_fd(3)
+        .expect("an interrupt line (a FIFO beside the device)");
+    let path = dir.0.join("loopback.ntb");
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&(ntb_sys::NTBEMU_VERSION + 7).to_le_bytes(), 8)
+        .unwrap();
+    let o = pcisock_in(&dir.0, &["emu", "remove"], &[]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("have it mapped"), "{}", stderr(&o));
+    drop(dev);
+    let o = pcisock_in(&dir.0, &["emu", "remove"], &[]);
+    assert_code(&o, 0);
+    assert!(!path.exists());
+    let left: Vec<_> = std::fs::read_dir(&dir.0).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 #[test]
 fn run_with_a_missing_library() {
     let o = pcisock(

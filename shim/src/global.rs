@@ -85,9 +85,11 @@ impl Global {
         self.transport
             .get_or_init(|| {
                 Transport::open_from_env().map_err(|e| {
-                    // A bad setting is the user's mistake to fix; a missing device is a fallback.
+                    // A bad setting is the user's mistake to fix, and under strict every flagged
+                    // connection will fail for it; otherwise a missing device is a fallback.
                     let level = match e {
                         transport::OpenError::Setting(_) => LogLevel::Error,
+                        _ if self.config.strict() => LogLevel::Error,
                         _ => LogLevel::Warn,
                     };
                     let e = e.to_string();
