@@ -10,9 +10,16 @@
  *       Connect N sockets (blocking connect), make them non-blocking, write CHUNK-byte blocks
  *       (default 131072) to whichever is writable until SECONDS have passed, close them all,
  *       then print "conns=N bytes=B secs=S" (S: from the last connect to the last write).
+ *   fanout churn HOST PORT N [HOLD]
+ *       N times in a row: connect, write 16 bytes, close (against `fanout server PORT N`). Prints
+ *       "conns=N bytes=B fds_before=F fds_after=F rss_kb_before=R rss_kb_after=R secs=S",
+ *       "before" taken after the first N/10 connections (so what a library opens once is not
+ *       counted), then sleeps HOLD seconds (default 0) before it exits, for a look at what it
+ *       still holds.
  * Any failing call prints what failed and exits 1. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -148,14 +155,65 @@ static int client(const char *host, int port, long n, long secs, long chunk) {
     return 0;
 }
 
+static int count_fds(void) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) die("opendir /proc/self/fd");
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n - 1; /* the directory's own fd */
+}
+
+static long rss_kb(void) {
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f || fscanf(f, "%ld %ld", &pages, &resident) != 2) die("/proc/self/statm");
+    fclose(f);
+    return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+static int churn(const char *host, int port, long n, long hold) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    if (inet_pton(AF_INET, host, &a.sin_addr) != 1) {
+        fprintf(stderr, "fanout: bad IPv4 address '%s'\n", host);
+        return 2;
+    }
+    long warm = n / 10;
+    int fds0 = 0;
+    long rss0 = 0;
+    double t0 = now();
+    for (long i = 0; i < n; i++) {
+        if (i == warm) {
+            fds0 = count_fds();
+            rss0 = rss_kb();
+        }
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (s < 0) die("socket");
+        if (connect(s, (struct sockaddr *)&a, sizeof a) < 0) die("connect");
+        if (write(s, "short connection", 16) != 16) die("write");
+        if (close(s) < 0) die("close");
+    }
+    printf("conns=%ld bytes=%ld fds_before=%d fds_after=%d rss_kb_before=%ld rss_kb_after=%ld secs=%.3f\n",
+           n, 16 * n, fds0, count_fds(), rss0, rss_kb(), now() - t0);
+    fflush(stdout);
+    sleep((unsigned)hold);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "server") == 0)
         return server((int)positive(argv[2], "port"), positive(argv[3], "connection count"));
     if ((argc == 6 || argc == 7) && strcmp(argv[1], "client") == 0)
         return client(argv[2], (int)positive(argv[3], "port"), positive(argv[4], "connection count"),
                       positive(argv[5], "seconds"), argc == 7 ? positive(argv[6], "chunk") : 131072);
+    if ((argc == 5 || argc == 6) && strcmp(argv[1], "churn") == 0)
+        return churn(argv[2], (int)positive(argv[3], "port"), positive(argv[4], "connection count"),
+                     argc == 6 ? positive(argv[5], "hold seconds") : 0);
     fprintf(stderr,
             "usage: fanout server PORT N\n"
-            "       fanout client HOST PORT N SECONDS [CHUNK]\n");
+            "       fanout client HOST PORT N SECONDS [CHUNK]\n"
+            "       fanout churn HOST PORT N [HOLD]\n");
     return 2;
 }
