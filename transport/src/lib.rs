@@ -147,6 +147,9 @@ impl Settings {
 pub struct ProcessCounters {
     pub protocol_errors: AtomicU64,
     pub zombies_reaped: AtomicU64,
+    /// What the first protocol error of this process was: the operation, the connection and
+    /// the broken rule (the statistics file shows it).
+    pub first_protocol_error: std::sync::OnceLock<String>,
 }
 
 struct Zombie {
