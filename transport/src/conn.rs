@@ -1373,8 +1373,13 @@ impl Connection {
         self.ring_peer();
         word32(&self.mine, INFO_BASE).store(0, Release);
         let peer_done = peer_finished(&self.mine);
-        self.shared
-            .retire(self.mine.clone(), self.my_lease, self.my_bell, peer_done);
+        self.shared.retire_connected(
+            self.mine.clone(),
+            self.my_lease,
+            self.my_bell,
+            peer_done,
+            self.theirs.clone(),
+        );
     }
 
     /// A fork is about to happen: the child will hold this connection too. Called before the
@@ -1518,6 +1523,20 @@ impl Connection {
     pub fn peer_ring(&self) -> RingLoc {
         self.their_loc
     }
+}
+
+/// Does a process that holds the endpoint block `theirs` (its creator, or a holder it was
+/// handed to) still live on this host? A pid reused by another process counts as alive: the
+/// caller then only waits longer.
+pub(crate) fn peer_alive(theirs: &Region) -> bool {
+    let mut ib = [0u8; 48];
+    let creator = theirs
+        .read(INFO_BASE + 8, &mut ib)
+        .map(|()| Info::decode(&ib).pid)
+        .unwrap_or(0);
+    std::iter::once(creator)
+        .chain((0..MAX_HOLDERS).map(|i| word32(theirs, L_HOLDER_PIDS + 4 * i).load(SeqCst)))
+        .any(|pid| pid != 0 && ntbdrv::process::pid_exists(pid))
 }
 
 /// Has the peer of this (closed) endpoint block made its last write into it?
