@@ -37,6 +37,9 @@ pub struct Stats {
     /// Ring frames a peer got wrong (each resets its connection); absent from older libraries.
     #[serde(default)]
     pub protocol_errors: u64,
+    /// The first of them: operation, connection and the rule broken.
+    #[serde(default)]
+    pub protocol_error: Option<String>,
     /// One record per connection.
     pub connections: Vec<ConnStats>,
 }
@@ -130,8 +133,9 @@ impl Stats {
         }
         if self.protocol_errors != 0 {
             errors.push(format!(
-                "protocol_errors {}: a peer broke the ring's frame rules and the connection was reset",
-                self.protocol_errors
+                "protocol_errors {}: a peer broke the ring's frame rules and the connection was reset (first: {})",
+                self.protocol_errors,
+                self.protocol_error.as_deref().unwrap_or("not recorded")
             ));
         }
         let on_port: Vec<_> = self.on_port(port).collect();

@@ -316,6 +316,18 @@ fn exec_inherit() {
 }
 
 #[test]
+fn late_close_reuse() {
+    // "one" on the first connection; "two", "owt", "three", "eerht" on the second.
+    run_behaviour("late_close_reuse", expect(4, 19, 19, 0));
+}
+
+#[test]
+fn fdopen_fclose_reuse() {
+    // Four connections carry "hi" each; the last also "back".
+    run_behaviour("fdopen_fclose_reuse", expect(8, 12, 12, 0));
+}
+
+#[test]
 fn killed_peer() {
     // The server (the parent) read at least 1 MiB before it killed the client process.
     run_behaviour("killed_peer", expect(1, 0, MIB, MIB));

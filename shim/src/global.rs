@@ -194,14 +194,18 @@ impl Global {
             return;
         }
         // Frames a peer got wrong (each reset a connection); never opens the transport to ask.
-        let protocol_errors = match self.transport.get() {
-            Some(Ok(t)) => t.counters().protocol_errors.load(Relaxed),
-            _ => 0,
+        let (protocol_errors, first) = match self.transport.get() {
+            Some(Ok(t)) => (
+                t.counters().protocol_errors.load(Relaxed),
+                t.counters().first_protocol_error.get().map(|e| json_str(e)),
+            ),
+            _ => (0, None),
         };
+        let first = first.unwrap_or_else(|| "null".into());
         let mut j = String::new();
         let _ = write!(
             j,
-            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"protocol_errors\":{protocol_errors},\"unlisted_connections\":{dropped},\"connections\":[",
+            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"protocol_errors\":{protocol_errors},\"protocol_error\":{first},\"unlisted_connections\":{dropped},\"connections\":[",
             std::process::id(),
             json_str(&self.program),
             self.ntb_connections.load(Relaxed),

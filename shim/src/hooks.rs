@@ -796,14 +796,85 @@ pub unsafe extern "C" fn splice(
 
 // ---- connection life cycle ---------------------------------------------------------------------
 
-#[no_mangle]
-pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
-    let fd = call_real!(socket(domain, ty, proto));
-    if fd >= 0 && table::contains(fd) {
-        // The kernel reused the number of an fd closed behind our back.
-        drop(table::remove(fd));
+/// A call made the new fd `fd`: if its number is still tracked, the fd it was closed behind our
+/// back, and the kernel reused the number (errno kept).
+fn fresh(fd: c_int) {
+    if fd >= 0 && (table::contains(fd) || crate::epoll::involves(fd)) {
+        let e = sys::errno();
+        let _ = guard(|| {
+            ops::forget_reused(fd);
+            Ok(())
+        });
+        sys::set_errno(e);
     }
-    fd
+}
+
+/// Calls that make one new fd: each purges a stale entry for the number it returns (libvma
+/// does the same). `open`'s variadic mode is taken as a plain third argument, as for `fcntl`.
+macro_rules! fd_creators {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {
+        $(
+            #[no_mangle]
+            pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+                let fd = call_real!($name($($arg),*));
+                fresh(fd);
+                fd
+            }
+        )*
+    };
+}
+
+fd_creators! {
+    socket(domain: c_int, ty: c_int, proto: c_int);
+    open(path: *const libc::c_char, flags: c_int, mode: libc::c_uint);
+    open64(path: *const libc::c_char, flags: c_int, mode: libc::c_uint);
+    openat(dirfd: c_int, path: *const libc::c_char, flags: c_int, mode: libc::c_uint);
+    openat64(dirfd: c_int, path: *const libc::c_char, flags: c_int, mode: libc::c_uint);
+    creat(path: *const libc::c_char, mode: libc::mode_t);
+    creat64(path: *const libc::c_char, mode: libc::mode_t);
+    __open_2(path: *const libc::c_char, flags: c_int);
+    __open64_2(path: *const libc::c_char, flags: c_int);
+    __openat_2(dirfd: c_int, path: *const libc::c_char, flags: c_int);
+    __openat64_2(dirfd: c_int, path: *const libc::c_char, flags: c_int);
+    epoll_create(size: c_int);
+    epoll_create1(flags: c_int);
+    eventfd(initval: libc::c_uint, flags: c_int);
+    signalfd(fd: c_int, mask: *const libc::sigset_t, flags: c_int);
+    timerfd_create(clock: c_int, flags: c_int);
+    memfd_create(name: *const libc::c_char, flags: libc::c_uint);
+    inotify_init();
+    inotify_init1(flags: c_int);
+}
+
+/// pipe/pipe2/socketpair: two new fds.
+fn fresh_pair(r: c_int, fds: *mut c_int) -> c_int {
+    if r == 0 && !fds.is_null() {
+        // SAFETY: the call succeeded, so the application's array holds two fds.
+        let (a, b) = unsafe { (*fds, *fds.add(1)) };
+        fresh(a);
+        fresh(b);
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pipe(fds: *mut c_int) -> c_int {
+    fresh_pair(call_real!(pipe(fds)), fds)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pipe2(fds: *mut c_int, flags: c_int) -> c_int {
+    fresh_pair(call_real!(pipe2(fds, flags)), fds)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn socketpair(
+    domain: c_int,
+    ty: c_int,
+    proto: c_int,
+    sv: *mut c_int,
+) -> c_int {
+    fresh_pair(call_real!(socketpair(domain, ty, proto, sv)), sv)
 }
 
 #[no_mangle]
@@ -1495,6 +1566,9 @@ aliases! {
         fd: c_int, v: *mut libc::mmsghdr, n: libc::c_uint, flags: c_int
     ) -> c_int;
     __socket => socket(domain: c_int, ty: c_int, proto: c_int) -> c_int;
+    __open => open(path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;
+    __open64 => open64(path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;
+    __pipe => pipe(fds: *mut c_int) -> c_int;
     __connect => connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
     __close => close(fd: c_int) -> c_int;
     __fcntl => fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;

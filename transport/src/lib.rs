@@ -154,6 +154,9 @@ impl Settings {
 pub struct ProcessCounters {
     pub protocol_errors: AtomicU64,
     pub zombies_reaped: AtomicU64,
+    /// What the first protocol error of this process was: the operation, the connection and
+    /// the broken rule (the statistics file shows it).
+    pub first_protocol_error: std::sync::OnceLock<String>,
 }
 
 struct Zombie {
@@ -162,6 +165,9 @@ struct Zombie {
     lease: WindowLease,
     bell: VectorLease,
     until: Instant,
+    /// The peer's endpoint block, when its processes run on this host: the block waits for
+    /// them (not for `until`) as long as one of them lives.
+    peer: Option<ntbdrv::Region>,
 }
 
 /// State shared by all connections of the process.
@@ -201,6 +207,34 @@ impl Shared {
         bell: VectorLease,
         peer_done: bool,
     ) {
+        self.retire_after(block, lease, bell, peer_done, None);
+    }
+
+    /// `retire` for a connection whose peer block is `theirs`. A peer that has not made its last
+    /// write (it may keep its end open for any time, as a TCP peer may, then close it, writing
+    /// FIN into our block) must not find our block given to another connection: on one host
+    /// the block waits while a process holding the peer's end lives. A peer on another host
+    /// cannot be asked: the quarantine applies.
+    pub(crate) fn retire_connected(
+        &self,
+        block: ntbdrv::Region,
+        lease: WindowLease,
+        bell: VectorLease,
+        peer_done: bool,
+        theirs: ntbdrv::Region,
+    ) {
+        let same_host = self.dev.side() == self.dev.peer_side();
+        self.retire_after(block, lease, bell, peer_done, same_host.then_some(theirs));
+    }
+
+    fn retire_after(
+        &self,
+        block: ntbdrv::Region,
+        lease: WindowLease,
+        bell: VectorLease,
+        peer_done: bool,
+        peer: Option<ntbdrv::Region>,
+    ) {
         if peer_done {
             let _ = self.dev.release(Lease::Window(lease));
             let _ = self.dev.release(Lease::Vector(bell));
@@ -210,6 +244,7 @@ impl Shared {
                 lease,
                 bell,
                 until: Instant::now() + QUARANTINE,
+                peer,
             });
         }
         self.reap();
@@ -221,7 +256,11 @@ impl Shared {
             return;
         };
         z.retain(|zb| {
-            if zb.until <= now || conn::peer_finished(&zb.block) {
+            let expired = match &zb.peer {
+                Some(theirs) => !conn::peer_alive(theirs),
+                None => zb.until <= now,
+            };
+            if expired || conn::peer_finished(&zb.block) {
                 let _ = self.dev.release(Lease::Window(zb.lease));
                 let _ = self.dev.release(Lease::Vector(zb.bell));
                 self.counters.zombies_reaped.fetch_add(1, Relaxed);
