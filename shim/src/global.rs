@@ -175,7 +175,13 @@ impl Global {
         let (mut t, mut recs, dropped) = self
             .closed
             .lock()
-            .map(|c| (c.totals, c.recent.iter().cloned().collect::<Vec<_>>(), c.dropped))
+            .map(|c| {
+                (
+                    c.totals,
+                    c.recent.iter().cloned().collect::<Vec<_>>(),
+                    c.dropped,
+                )
+            })
             .unwrap_or_default();
         let live: Vec<Record> = table::snapshot()
             .iter()

@@ -232,32 +232,21 @@ pub fn connect(fd: c_int, addr: Option<SocketAddr>, real: impl Fn() -> c_int) ->
             ))
         }
     };
-    // The offer is keyed by our port: make sure we have one before the connect.
-    let family = if remote.is_ipv6() {
-        libc::AF_INET6
-    } else {
-        libc::AF_INET
-    };
-    let mut local = sys::local_addr(fd);
-    if local.is_none_or(|a| a.port() == 0) {
-        sys::bind_ephemeral(fd, family);
-        local = sys::local_addr(fd);
-    }
-    let Some(local) = local.filter(|a| a.port() != 0) else {
-        return Detour::Ours(connect_tcp(
-            g,
-            fd,
-            remote_ep,
-            nonblock,
-            Reason::Unsupported,
-            real,
-        ));
-    };
-    let local_ep = Endpoint::from_std(local);
+    // The offer is keyed by our port. A socket the application bound has one now; otherwise
+    // the kernel picks it in connect (reusing ports in TIME_WAIT as it does for any connect,
+    // which a bind of port 0 cannot), so the offer is reserved first and posted right after.
+    let bound = sys::local_addr(fd).filter(|a| a.port() != 0);
     g.log(LogLevel::Debug, || {
-        format!("fd {fd}: offering {local} -> {remote}")
+        format!(
+            "fd {fd}: offering {} -> {remote}",
+            bound.map_or("(port to come)".to_string(), |a| a.to_string())
+        )
     });
-    let pending = match t.offer(local_ep, remote_ep, fd) {
+    let offered = match bound {
+        Some(local) => t.offer(Endpoint::from_std(local), remote_ep, fd),
+        None => t.offer_unbound(remote_ep, fd),
+    };
+    let mut pending = match offered {
         Ok(p) => p,
         Err(reason) => return Detour::Ours(connect_tcp(g, fd, remote_ep, nonblock, reason, real)),
     };
@@ -266,6 +255,25 @@ pub fn connect(fd: c_int, addr: Option<SocketAddr>, real: impl Fn() -> c_int) ->
     if r != 0 && err != libc::EINPROGRESS {
         t.cancel(pending);
         return Detour::Ours(Err(err));
+    }
+    let local_ep = match bound.or_else(|| sys::local_addr(fd).filter(|a| a.port() != 0)) {
+        Some(local) => Endpoint::from_std(local),
+        None => {
+            // Connected without a port to name (cannot happen for TCP): stay on TCP.
+            t.cancel(pending);
+            let sock = Sock::new(
+                Role::Client,
+                Endpoint::default(),
+                remote_ep,
+                nonblock,
+                State::Tcp(Reason::Unsupported),
+            );
+            let done = if r == 0 { Ok(0) } else { Err(err) };
+            return Detour::Ours(fallback(g, sock, fd, Reason::Unsupported).and(done));
+        }
+    };
+    if bound.is_none() {
+        t.publish(&mut pending, local_ep);
     }
     // The kernel connect is done (or in progress): return at once, as TCP does. A blocking
     // connect first looks for the server's answer for a moment (the server usually answers

@@ -125,33 +125,6 @@ pub fn sockopt_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
     (r == 0).then_some(v)
 }
 
-/// Bind `fd` to the unspecified address of `family`, port 0 (what connect would do), so the
-/// local port is known before the connect.
-pub fn bind_ephemeral(fd: c_int, family: c_int) -> bool {
-    // SAFETY: zeroed sockaddr_in6 / sockaddr_in are valid "any address, port 0" values.
-    unsafe {
-        if family == libc::AF_INET6 {
-            let mut a: libc::sockaddr_in6 = std::mem::zeroed();
-            a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            libc::syscall(
-                libc::SYS_bind,
-                fd,
-                &a as *const _,
-                std::mem::size_of::<libc::sockaddr_in6>(),
-            ) == 0
-        } else {
-            let mut a: libc::sockaddr_in = std::mem::zeroed();
-            a.sin_family = libc::AF_INET as libc::sa_family_t;
-            libc::syscall(
-                libc::SYS_bind,
-                fd,
-                &a as *const _,
-                std::mem::size_of::<libc::sockaddr_in>(),
-            ) == 0
-        }
-    }
-}
-
 /// F_GETFL through the raw system call.
 pub fn nonblocking(fd: c_int) -> bool {
     // SAFETY: fcntl F_GETFL has no memory arguments.

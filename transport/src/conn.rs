@@ -262,6 +262,18 @@ impl HalfOpen {
         })
     }
 
+    /// Our local endpoint became known (the kernel chose the port in connect): rewrite the
+    /// identity in our block.
+    pub(crate) fn set_local(&self, role: Role, local: Endpoint, peer: Endpoint) {
+        let info = Info {
+            role,
+            local,
+            peer,
+            pid: std::process::id(),
+        };
+        let _ = self.mine.write(INFO_BASE + 8, &info.encode());
+    }
+
     /// Record the posted offer in our block (slot, generation, cookie, the socket's inode), so a
     /// new image of this process can take the offer over after exec.
     pub(crate) fn record_offer(&self, index: u32, generation: u32, cookie: u64, tcp_fd: RawFd) {

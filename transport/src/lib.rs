@@ -184,6 +184,10 @@ pub(crate) struct Shared {
 /// How long a new connection waits for quarantined window space before it gives up.
 const LEASE_PATIENCE: Duration = Duration::from_millis(200);
 
+/// How long a server that accepted a connection waits for an offer a client of the peer host
+/// is about to post (reserved before its kernel connect chose the port; posted right after).
+const CONNECTING_PATIENCE: Duration = Duration::from_millis(200);
+
 /// How long a closed endpoint's ring stays out of use when the peer has not confirmed it
 /// stopped writing (it may be in the middle of a write when we close).
 const QUARANTINE: Duration = Duration::from_secs(1);
@@ -442,7 +446,25 @@ impl Transport {
     ) -> Result<Connection, Reason> {
         self.shared.reap();
         self.ctrl.note_accept();
-        let Some((index, generation, offer)) = self.ctrl.take_offer(&peer, &local) else {
+        let mut taken = self.ctrl.take_offer(&peer, &local);
+        // A client may be between its kernel connect and posting the offer (the kernel chose
+        // its port): wait for it while such an offer is reserved for this listener. Look for
+        // posted offers once more after each look for reserved ones: an offer posted between
+        // the two looks is no longer reserved, and is found by the second.
+        let t0 = Instant::now();
+        while taken.is_none() {
+            let reserved = self.ctrl.connecting_to(&local);
+            taken = self.ctrl.take_offer(&peer, &local);
+            if taken.is_some() || !reserved || t0.elapsed() >= CONNECTING_PATIENCE {
+                break;
+            }
+            if t0.elapsed() < Duration::from_micros(200) {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        let Some((index, generation, offer)) = taken else {
             // A client that closes before the server accepts withdraws its offer first; its
             // FIN (or RST) tells that apart from a client that never offered.
             return Err(match sys::peek_tcp(tcp_fd) {
@@ -503,11 +525,44 @@ impl Transport {
 
     /// Client side, before the TCP connect from `local` (port known) to `remote`: if the peer
     /// host has a pcisock listener there, post an offer.
+    /// Offer the upgrade of a connection whose kernel connect has not chosen our port yet: the
+    /// offer is reserved now (servers that accept meanwhile wait for it) and posted by
+    /// [`Transport::publish`] once the connect has started.
+    pub fn offer_unbound(&self, remote: Endpoint, tcp_fd: RawFd) -> Result<Pending, Reason> {
+        self.make_offer(Endpoint::default(), remote, tcp_fd, false)
+    }
+
+    /// Post an offer made by [`Transport::offer_unbound`] with the port the kernel chose.
+    pub fn publish(&self, p: &mut Pending, local: Endpoint) {
+        p.local = local;
+        p.half.set_local(Role::Client, local, p.remote);
+        let offer = proto::Offer {
+            version: proto::PROTOCOL_VERSION,
+            cookie: p.cookie,
+            client: local,
+            server: p.remote,
+            ring: p.half.loc,
+        };
+        self.ctrl.publish_offer(&p.slot, &offer);
+        p.posted = Instant::now();
+        p.progress = (self.ctrl.peer_accepts(), p.posted);
+    }
+
     pub fn offer(
         &self,
         local: Endpoint,
         remote: Endpoint,
         tcp_fd: RawFd,
+    ) -> Result<Pending, Reason> {
+        self.make_offer(local, remote, tcp_fd, true)
+    }
+
+    fn make_offer(
+        &self,
+        local: Endpoint,
+        remote: Endpoint,
+        tcp_fd: RawFd,
+        post: bool,
     ) -> Result<Pending, Reason> {
         self.shared.reap();
         if !self.link_up() {
@@ -525,7 +580,12 @@ impl Transport {
             server: remote,
             ring: half.loc,
         };
-        match self.ctrl.post_offer(&offer) {
+        let slot = if post {
+            self.ctrl.post_offer(&offer)
+        } else {
+            self.ctrl.reserve_offer(&offer)
+        };
+        match slot {
             Some(slot) => {
                 // Enough for a new image to take the offer over if the process execs first.
                 half.record_offer(slot.index as u32, slot.generation, cookie, tcp_fd);

@@ -438,6 +438,18 @@ impl Offer {
         b
     }
 
+    /// The server endpoint of an offer whose client port is not known yet (a reserved
+    /// offer): `None` for another version or port 0.
+    pub fn decode_server(b: &[u8; OFFER_SIZE - 8]) -> Option<Endpoint> {
+        if le32(&b[0..4]) != PROTOCOL_VERSION {
+            return None;
+        }
+        let mut ip = [0u8; 16];
+        ip.copy_from_slice(&b[40..56]);
+        let port = le16(&b[34..36]);
+        (port != 0).then_some(Endpoint { ip, port })
+    }
+
     pub fn decode(b: &[u8; OFFER_SIZE - 8]) -> Result<Offer, ProtoError> {
         let version = le32(&b[0..4]);
         if version != PROTOCOL_VERSION {

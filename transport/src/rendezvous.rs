@@ -54,6 +54,10 @@ pub const OFFER_FREE: u32 = 0;
 pub const OFFER_POSTED: u32 = 1;
 pub const OFFER_TAKEN: u32 = 2;
 pub const OFFER_WITHDRAWN: u32 = 3;
+/// Reserved by a client whose kernel connect is under way (its port is not known yet): a server
+/// that accepts a connection on the offer's server port and finds no posted offer waits a moment
+/// for this one to be posted.
+pub const OFFER_CONNECTING: u32 = 4;
 
 const ACTIVE: u32 = 1;
 
@@ -226,6 +230,27 @@ impl Control {
     /// Post an offer in the peer's offer table; its answer will arrive in our answer slot of the
     /// same index.
     pub fn post_offer(&self, offer: &Offer) -> Option<SlotGuard> {
+        self.write_offer(offer, OFFER_POSTED)
+    }
+
+    /// Reserve an offer slot before the kernel connect picks our port (`offer.client.port` is
+    /// 0); [`Control::publish_offer`] posts it once the port is known.
+    pub fn reserve_offer(&self, offer: &Offer) -> Option<SlotGuard> {
+        self.write_offer(offer, OFFER_CONNECTING)
+    }
+
+    /// Post a reserved offer with its client endpoint filled in.
+    pub fn publish_offer(&self, slot: &SlotGuard, offer: &Offer) {
+        let base = OFFERS + slot.index * OFFER_SIZE;
+        // A CONNECTING offer is never taken, so its body is ours to rewrite.
+        self.peer
+            .write(base + 8, &offer.encode())
+            .expect("offer record in range");
+        // SYNC POINT (offer publish): Release pairs with the Acquire load in `take_offer`.
+        u32_at(&self.peer, base).store(OFFER_POSTED, Release);
+    }
+
+    fn write_offer(&self, offer: &Offer, state: u32) -> Option<SlotGuard> {
         let slot = self.claim(OFFER_OWNERS, OFFER_SLOTS)?;
         // Our answer slot starts empty (the server writes it; nobody else uses this index).
         u32_at(&self.local, ANSWERS + slot.index * ANSWER_SIZE).store(0, SeqCst);
@@ -236,7 +261,7 @@ impl Control {
             .expect("offer record in range");
         u32_at(&self.peer, base + 4).store(slot.generation, Relaxed);
         // SYNC POINT (offer publish): Release pairs with the Acquire load in `take_offer`.
-        u32_at(&self.peer, base).store(OFFER_POSTED, Release);
+        u32_at(&self.peer, base).store(state, Release);
         Some(slot)
     }
 
@@ -263,8 +288,11 @@ impl Control {
         // SYNC POINT (offer race): this CAS and the server's CAS in `take_offer` decide who
         // owns the offer; exactly one succeeds.
         state
-            .compare_exchange(OFFER_POSTED, OFFER_WITHDRAWN, SeqCst, SeqCst)
+            .compare_exchange(OFFER_CONNECTING, OFFER_WITHDRAWN, SeqCst, SeqCst)
             .is_ok()
+            || state
+                .compare_exchange(OFFER_POSTED, OFFER_WITHDRAWN, SeqCst, SeqCst)
+                .is_ok()
     }
 
     /// Give the offer slot back.
@@ -283,6 +311,23 @@ impl Control {
     /// window; compare two values for progress, the count itself means nothing).
     pub fn peer_accepts(&self) -> u32 {
         u32_at(&self.peer, HDR_ACCEPTS).load(Relaxed)
+    }
+
+    /// Is a client of the peer host in the middle of a connect to `local` (an offer reserved,
+    /// not yet posted)?
+    pub fn connecting_to(&self, local: &Endpoint) -> bool {
+        (0..OFFER_SLOTS).any(|i| {
+            let base = OFFERS + i * OFFER_SIZE;
+            if u32_at(&self.local, base).load(Acquire) != OFFER_CONNECTING {
+                return false;
+            }
+            let mut rec = [0u8; OFFER_SIZE - 8];
+            self.local.read(base + 8, &mut rec).is_ok()
+                && Offer::decode_server(&rec).is_some_and(|s| {
+                    s.port == local.port
+                        && (s.is_unspecified() || local.is_unspecified() || s.ip == local.ip)
+                })
+        })
     }
 
     /// Find and take the posted offer for the connection just accepted. Invalid offers that
