@@ -332,6 +332,19 @@ if [ "$STAGE" = conformance ] || [ "$STAGE" = all ]; then
             "ntbdrv conformance suite on ivshmem $TEST_BDF in guest $n: ${res:-no result} ($(($(date +%s) - t0)) s)"
         [ -n "$res" ] || echo "$out" | tail -20 >&2
     done
+    # And across the two kernels: one guest writes through its outbound window and rings a
+    # doorbell, the other (sleeping in db_wait) sees the doorbell and the bytes.
+    for pair in "1 0 2 1" "2 1 1 0"; do
+        read -r wg ws rg rs <<<"$pair" # waiter guest and side, writer guest and side
+        peer="$REL/ntbdrv-peer ivshmem $TEST_BDF"
+        gx "$wg" 10 "rm -f /tmp/ww.out; $peer $ws wait-window 0 65536 1000000 11 >/tmp/ww.out 2>&1 & for i in \$(seq 100); do grep -q waiting /tmp/ww.out && exit 0; sleep 0.1; done; exit 1" >/dev/null || true
+        wr=$(gx "$rg" 30 "$peer $rs write-window 0 65536 1000000 11 && echo written" 2>&1 || true)
+        got=$(gx "$wg" 30 'for i in $(seq 150); do grep -qE "^ok|ntbdrv-peer:" /tmp/ww.out && break; sleep 0.1; done; cat /tmp/ww.out' || true)
+        ok=1
+        echo "$got" | grep -q '^ok 1000000 bytes' && ok=0
+        check "window-guest$rg-to-guest$wg" $ok \
+            "guest $rg (side $rs) wrote 1,000,000 bytes and rang doorbell 11; guest $wg (side $ws): $(echo "$got" | tail -1) (writer: $(echo "$wr" | tail -1))"
+    done
 fi
 [ "$STAGE" = conformance ] && exit $FAILED
 
