@@ -42,12 +42,7 @@ fn run(args: &[String]) -> Result<(), String> {
     dev.link_enable().map_err(|e| e.to_string())?;
     match (cmd.as_str(), rest) {
         ("write-window", [mw, off, len, bit]) => {
-            let (mw, off, len, bit) = (
-                num(mw)? as u32,
-                num(off)? as usize,
-                num(len)? as u32,
-                num(bit)?,
-            );
+            let (mw, off, len, bit) = window_args(mw, off, len, bit)?;
             dev.outbound(mw)
                 .map_err(|e| e.to_string())?
                 .write(off, &pattern(len))
@@ -56,12 +51,7 @@ fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         ("wait-window", [mw, off, len, bit]) => {
-            let (mw, off, len, bit) = (
-                num(mw)? as u32,
-                num(off)? as usize,
-                num(len)? as u32,
-                num(bit)?,
-            );
+            let (mw, off, len, bit) = window_args(mw, off, len, bit)?;
             dev.db_clear(1 << bit).map_err(|e| e.to_string())?;
             println!("waiting");
             std::io::stdout().flush().map_err(|e| e.to_string())?;
@@ -106,6 +96,22 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         _ => Err(format!("unknown command {cmd:?} {rest:?}")),
     }
+}
+
+/// The MW OFFSET LEN BIT arguments of `write-window` and `wait-window`.
+fn window_args(
+    mw: &str,
+    off: &str,
+    len: &str,
+    bit: &str,
+) -> Result<(u32, usize, u32, u64), String> {
+    let num = |s: &str| s.parse::<u64>().map_err(|e| format!("{s:?}: {e}"));
+    Ok((
+        num(mw)? as u32,
+        num(off)? as usize,
+        num(len)? as u32,
+        num(bit)?,
+    ))
 }
 
 /// The bytes `write-window` writes and `wait-window` expects.
