@@ -353,6 +353,8 @@ const _: () = {
 };
 /// A bridge-mode sleeper's nap between two looks at the words it waits on.
 const BRIDGE_NAP: Duration = Duration::from_micros(50);
+/// The same for link events.
+const BRIDGE_LINK_NAP: Duration = Duration::from_millis(2);
 
 const HDR_SIZE: usize = sys::NTBEMU_HEADER_SIZE as usize;
 
@@ -1140,7 +1142,9 @@ impl NtbDevice for EmuDevice {
                 return self.link_state();
             }
             if self.bridge.is_some() {
-                std::thread::sleep(BRIDGE_NAP.min(deadline - now));
+                // Link events are rare and not urgent: a waiter (a listener waiting for the
+                // other machine) must not cost a wake-up every 50 µs while the link is down.
+                std::thread::sleep(BRIDGE_LINK_NAP.min(deadline - now));
                 continue;
             }
             waiters.fetch_add(1, SeqCst);
