@@ -20,7 +20,8 @@
 # default 1024), TWOHOST_CPUS (guest vCPUs, default 2), TWOHOST_KERNEL (default: newest
 # /boot/vmlinuz-*), TWOHOST_KEEP=1 (leave the work directory for inspection), TWOHOST_ACCEL
 # (auto, kvm, tcg), TWOHOST_RING_SIZE (PCISOCK_RING_SIZE for the pcisock runs),
-# TWOHOST_RESULTS (write the iperf table there), TWOHOST_IPERF_SECONDS (default 5).
+# TWOHOST_RESULTS (write the iperf table there), TWOHOST_IPERF_SECONDS (default 5),
+# TWOHOST_MACHINE=q35-iommu (q35 with a virtual Intel IOMMU and intel_iommu=on: VFIO experiments).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,6 +32,14 @@ case $STAGE in boot | conformance | iperf | all) ;; *)
     ;;
 esac
 W=${TWOHOST_DIR:-$ROOT/target/twohost}
+# How the guests receive the bridge's interrupts: vfio (MSI-X through VFIO, an interrupt daemon
+# per guest; needs the q35 machine with a virtual IOMMU) or poll (each process polls).
+IRQ=${TWOHOST_IRQ:-vfio}
+case $IRQ in vfio) TWOHOST_MACHINE=${TWOHOST_MACHINE:-q35-iommu} ;; poll) ;; *)
+    echo "TWOHOST_IRQ must be vfio or poll" >&2
+    exit 2
+    ;;
+esac
 LIMIT=${TWOHOST_LIMIT:-900}
 SHM=${TWOHOST_SHM:-256M}
 MEM=${TWOHOST_MEM:-1024}
@@ -228,9 +237,13 @@ done
 # (to see the boot timeout and the teardown work).
 declare -A QEMU=()
 boot() { # boot N: guest N in the background
-    local n=$1 o=$((3 - $1)) extra=""
+    local n=$1 o=$((3 - $1)) extra="" machine=()
     [ "${TWOHOST_FAULT:-}" = guest2-hang ] && [ "$n" = 2 ] && extra="twohost.hang=1"
-    qemu-system-x86_64 -name "twohost-g$n" "${ACCEL_ARGS[@]}" -smp "$CPUS" -m "$MEM" \
+    if [ "${TWOHOST_MACHINE:-pc}" = q35-iommu ]; then # a virtual IOMMU, for VFIO in the guests
+        machine=(-machine q35 -device intel-iommu,intremap=off)
+        extra="$extra intel_iommu=on"
+    fi
+    qemu-system-x86_64 -name "twohost-g$n" "${ACCEL_ARGS[@]}" "${machine[@]}" -smp "$CPUS" -m "$MEM" \
         -nodefaults -display none -no-reboot -monitor none \
         -kernel "$KERNEL" -initrd "$W/initrd.gz" \
         -append "console=ttyS0 panic=-1 quiet loglevel=3 twohost.n=$n $extra" \
@@ -389,6 +402,13 @@ if [ "$STAGE" = iperf ] || [ "$STAGE" = all ]; then
         sleep 1 # the waiting listener is published within a few poll intervals
         check link 0 "up once the server listened: guest 1: $l1; guest 2: $l2"
     }
+    if [ "$IRQ" = vfio ]; then # one interrupt daemon per guest, before any pcisock process
+        for n in 1 2; do
+            gx $n 60 "modprobe vfio_iommu_type1 allow_unsafe_interrupts=1 && modprobe vfio-pci && { nohup $REL/ntbdrv-ivshmem-irqd $BDF >/tmp/irqd.log 2>&1 & } && for i in \$(seq 100); do grep -q ready /tmp/irqd.log && exit 0; grep -q irqd: /tmp/irqd.log && break; sleep 0.1; done; cat /tmp/irqd.log; exit 1" >/dev/null ||
+                die "guest $n: the interrupt daemon did not start: $(gx $n 10 'cat /tmp/irqd.log' || true)"
+        done
+        check irq-vfio 0 "ntbdrv-ivshmem-irqd ready in both guests (MSI-X vector 0 of $BDF through vfio-pci)"
+    fi
     DUR=${TWOHOST_IPERF_SECONDS:-5}
     run_iperf() { # run_iperf TOOL PORT MODE(ntb|tcp|plain-client): sets BW, ETH, SBYTES
         local tool=$1 port=$2 mode=$3 spre="" cpre=""
@@ -459,6 +479,13 @@ if [ "$STAGE" = iperf ] || [ "$STAGE" = all ]; then
     [ -n "$sent" ] && [ "$sent" = "$got" ] && [ "${sent%% *}" = 67108864 ] && [ "$ETH" -lt 1000000 ] && ok=0
     check copy-64MiB $ok "sent ${sent:-nothing}, received ${got:-nothing} in ${secs}s ($(mbit 67108864 "$secs") Mbit/s); eth0 $ETH bytes"
 
+    if [ "$IRQ" = vfio ]; then
+        i1=$(gx 1 10 "grep 'vfio-msix\[0\]($BDF)' /proc/interrupts | awk '{ s = 0; for (i = 2; i <= NF && \$i ~ /^[0-9]+\$/; i++) s += \$i; print s }'" || true)
+        i2=$(gx 2 10 "grep 'vfio-msix\[0\]($BDF)' /proc/interrupts | awk '{ s = 0; for (i = 2; i <= NF && \$i ~ /^[0-9]+\$/; i++) s += \$i; print s }'" || true)
+        ok=1
+        [ "${i1:-0}" -gt 0 ] && [ "${i2:-0}" -gt 0 ] && ok=0
+        check interrupts $ok "MSI-X interrupts taken through VFIO: guest 1 ${i1:-?}, guest 2 ${i2:-?}"
+    fi
     if [ -n "${TWOHOST_RESULTS:-}" ]; then
         {
             echo "| tool | path | Mbit/s | bytes over the bridge | bytes through eth0 (both guests, both ways) |"

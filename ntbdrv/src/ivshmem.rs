@@ -228,3 +228,231 @@ impl Bridge for Registers {
         }
     }
 }
+
+// ---- interrupts through VFIO ------------------------------------------------------------------
+
+/// Receive the device's MSI-X interrupt through VFIO and deliver this side's pending interrupts
+/// on this machine, until killed: the interrupt daemon `ntbdrv-ivshmem-irqd` runs this, one per
+/// machine (only one process can hold a VFIO device). `ready` is called once interrupts are
+/// wired up. The device must be bound to vfio-pci (this binds it if it has no driver) in an
+/// IOMMU group, which in a guest means a virtual IOMMU (QEMU `-machine q35 -device
+/// intel-iommu`, kernel `intel_iommu=on`; without interrupt remapping also
+/// `vfio_iommu_type1 allow_unsafe_interrupts=1`): the Debian kernel has no no-IOMMU mode.
+/// Processes mapping the BARs through sysfs are unaffected.
+pub fn serve_interrupts(
+    opts: &IvshmemOptions,
+    ready: impl FnOnce(),
+) -> Result<std::convert::Infallible, DeviceError> {
+    let sys = find(opts.bdf.as_deref())?;
+    let bdf = sys
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let vfio = Vfio::open(&sys, &bdf)?;
+    let dev = open(opts)?;
+    let marker = dev.irqd_marker();
+    std::fs::write(&marker, format!("{}\n", std::process::id())).map_err(|err| {
+        DeviceError::Io {
+            what: format!("write {}", marker.display()),
+            err,
+        }
+    })?;
+    ready();
+    loop {
+        // On the interrupt, or after 100 ms anyway (a safety net, as the transport's sleeps are).
+        vfio.wait(100);
+        dev.deliver_bridge_interrupts();
+    }
+}
+
+/// The device opened through VFIO with its MSI-X vector 0 wired to an eventfd.
+struct Vfio {
+    // Kept open: closing the container, group or device fd tears the interrupt down.
+    _container: std::os::fd::OwnedFd,
+    _group: std::os::fd::OwnedFd,
+    _device: std::os::fd::OwnedFd,
+    eventfd: std::os::fd::OwnedFd,
+}
+
+impl Vfio {
+    fn open(sys: &Path, bdf: &str) -> Result<Vfio, DeviceError> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let no = |why: String| DeviceError::NoDevice(format!("VFIO for {bdf}: {why}"));
+        let io = |what: String| move |err| DeviceError::Io { what, err };
+        // Bind to vfio-pci if the device has no driver.
+        let driver = std::fs::read_link(sys.join("driver")).ok();
+        match driver.as_ref().and_then(|d| d.file_name()) {
+            Some(d) if d == "vfio-pci" => {}
+            Some(d) => {
+                return Err(no(format!(
+                    "bound to {}, not vfio-pci",
+                    d.to_string_lossy()
+                )))
+            }
+            None => {
+                std::fs::write(sys.join("driver_override"), "vfio-pci")
+                    .map_err(io(format!("write {}/driver_override", sys.display())))?;
+                let _ = std::fs::write("/sys/bus/pci/drivers_probe", bdf);
+                let bound = std::fs::read_link(sys.join("driver"))
+                    .ok()
+                    .is_some_and(|d| d.file_name().is_some_and(|n| n == "vfio-pci"));
+                if !bound {
+                    return Err(no(
+                        "vfio-pci did not take the device (modprobe vfio-pci)".into()
+                    ));
+                }
+            }
+        }
+        let group = std::fs::read_link(sys.join("iommu_group")).map_err(|_| {
+            no(
+                "no IOMMU group: this kernel needs an IOMMU (in a guest: a virtual IOMMU and \
+                intel_iommu=on)"
+                    .into(),
+            )
+        })?;
+        let group = group
+            .file_name()
+            .map(|g| g.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let open = |p: String| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&p)
+                .map(OwnedFd::from)
+                .map_err(io(format!("open {p}")))
+        };
+        let container = open("/dev/vfio/vfio".into())?;
+        let group_fd = open(format!("/dev/vfio/{group}"))?;
+        let ioctl = |fd: &OwnedFd, req: u32, arg: usize, what: &str| {
+            // SAFETY: each request below is passed the argument its uapi definition takes: a
+            // plain integer, or a pointer to a live, correctly sized and initialised struct
+            // or buffer on our stack that outlives the call.
+            let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) };
+            if r < 0 {
+                Err(DeviceError::Io {
+                    what: format!("VFIO {what} for {bdf}"),
+                    err: std::io::Error::last_os_error(),
+                })
+            } else {
+                Ok(r)
+            }
+        };
+        if ioctl(
+            &container,
+            ntb_sys::VFIO_GET_API_VERSION,
+            0,
+            "GET_API_VERSION",
+        )? != ntb_sys::VFIO_API_VERSION as i32
+        {
+            return Err(no("unknown VFIO API version".into()));
+        }
+        let mut status = ntb_sys::vfio_group_status {
+            argsz: std::mem::size_of::<ntb_sys::vfio_group_status>() as u32,
+            flags: 0,
+        };
+        ioctl(
+            &group_fd,
+            ntb_sys::VFIO_GROUP_GET_STATUS,
+            &mut status as *mut _ as usize,
+            "GROUP_GET_STATUS",
+        )?;
+        if status.flags & ntb_sys::VFIO_GROUP_FLAGS_VIABLE == 0 {
+            return Err(no(format!(
+                "IOMMU group {group} is not viable (another device in it has a driver)"
+            )));
+        }
+        let cfd: i32 = container.as_raw_fd();
+        ioctl(
+            &group_fd,
+            ntb_sys::VFIO_GROUP_SET_CONTAINER,
+            &cfd as *const i32 as usize,
+            "GROUP_SET_CONTAINER",
+        )?;
+        ioctl(
+            &container,
+            ntb_sys::VFIO_SET_IOMMU,
+            ntb_sys::VFIO_TYPE1v2_IOMMU as usize,
+            "SET_IOMMU (without interrupt remapping: vfio_iommu_type1 allow_unsafe_interrupts=1)",
+        )?;
+        let name = std::ffi::CString::new(bdf.as_bytes()).map_err(|_| no("bad name".into()))?;
+        let device = ioctl(
+            &group_fd,
+            ntb_sys::VFIO_GROUP_GET_DEVICE_FD,
+            name.as_ptr() as usize,
+            "GROUP_GET_DEVICE_FD",
+        )?;
+        // SAFETY: the ioctl returned a new fd that nothing else owns.
+        let device = unsafe { OwnedFd::from_raw_fd(device) };
+        // MSI-X messages are memory writes by the device: they need Bus Master on.
+        let cfg = sys.join("config");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&cfg)
+            .map_err(io(format!("open {}", cfg.display())))?;
+        let mut cmd = [0u8; 2];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut cmd, ntb_sys::PCI_COMMAND as u64)
+            .map_err(io(format!("read {}", cfg.display())))?;
+        let cmd = u16::from_le_bytes(cmd) | ntb_sys::PCI_COMMAND_MASTER as u16;
+        std::os::unix::fs::FileExt::write_all_at(
+            &f,
+            &cmd.to_le_bytes(),
+            ntb_sys::PCI_COMMAND as u64,
+        )
+        .map_err(io(format!("write {}", cfg.display())))?;
+        // SAFETY: plain integer flags; returns a new fd or -1.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(DeviceError::Io {
+                what: "eventfd".into(),
+                err: std::io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: a new fd that nothing else owns.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
+        // struct vfio_irq_set followed by one eventfd (the flexible `data` array).
+        let mut set = [0u8; std::mem::size_of::<ntb_sys::vfio_irq_set>() + 4];
+        let words = [
+            set.len() as u32,
+            ntb_sys::VFIO_IRQ_SET_DATA_EVENTFD | ntb_sys::VFIO_IRQ_SET_ACTION_TRIGGER,
+            ntb_sys::VFIO_PCI_MSIX_IRQ_INDEX,
+            0,
+            1,
+            efd as u32,
+        ];
+        for (i, w) in words.iter().enumerate() {
+            set[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        ioctl(
+            &device,
+            ntb_sys::VFIO_DEVICE_SET_IRQS,
+            set.as_ptr() as usize,
+            "DEVICE_SET_IRQS (MSI-X vector 0)",
+        )?;
+        Ok(Vfio {
+            _container: container,
+            _group: group_fd,
+            _device: device,
+            eventfd,
+        })
+    }
+
+    /// Wait up to `ms` for the interrupt; true if it came (the eventfd is then drained).
+    fn wait(&self, ms: i32) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut p = libc::pollfd {
+            fd: self.eventfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd on the stack, count 1.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        if n == 1 {
+            crate::drain_vector(&self.eventfd);
+            true
+        } else {
+            false
+        }
+    }
+}
