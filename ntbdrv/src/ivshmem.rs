@@ -10,10 +10,11 @@
 //! machine. ivshmem revision 1 has no doorbell status register to poll, hence the mailbox (as
 //! Switchtec's shared memory-window doorbells keep their state in memory).
 //!
-//! Receiving: the Doorbell write raises an MSI-X interrupt in the target guest, but without a
-//! kernel driver (or VFIO) no process can wait on it, so each process polls its side's mailbox
-//! (a thread: every 50 µs while interrupts arrive, every 2 ms when idle) and kicks the
-//! machine-local FIFO lines that poll/epoll wait on. DMA: none (the device has no engine); the
+//! Receiving: the Doorbell write raises an MSI-X interrupt in the target guest. One daemon per
+//! machine ([`serve_interrupts`], `ntbdrv-ivshmem-irqd`) takes it as a VFIO eventfd and kicks
+//! the machine-local FIFO lines that poll/epoll wait on; without the daemon each process polls
+//! its side's mailbox (a thread: every 50 µs while interrupts arrive, every 2 ms when idle) and
+//! kicks the same lines. DMA: none (the device has no engine); the
 //! transport copies with the CPU. Callers: [`crate::recommended::open_default`] with
 //! `PCISOCK_DEVICE=ivshmem[:BDF]`, and the conformance tests in `ntbdrv/tests/ivshmem.rs`.
 //!
