@@ -174,9 +174,9 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /modules); do insmod /lib/modules/$m || echo "init: insmod $m failed"; done
-n=
+n= repo=
 for a in $(cat /proc/cmdline); do
-    case $a in twohost.n=*) n=${a#*=} ;; twohost.hang=1) while :; do sleep 1000; done ;; esac
+    case $a in twohost.n=*) n=${a#*=} ;; twohost.repo=*) repo=${a#*=} ;; twohost.hang=1) while :; do sleep 1000; done ;; esac
 done
 hostname guest$n
 ip link set lo up
@@ -190,6 +190,10 @@ mkdir -p /newroot/dev/shm /newroot/dev/pts
 mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
 mount -t proc proc /newroot/proc
 mount -t sysfs sys /newroot/sys
+# The repository again, read-only at its own path: a clone under /tmp would be hidden by the tmpfs.
+mkdir -p "/newroot$repo" 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose repo "/newroot$repo" ||
+    { echo "init: cannot mount the repository"; poweroff -f; }
 mkdir -p /newroot/run/twohost
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 xfer /newroot/run/twohost ||
     { echo "init: cannot mount the command channel"; poweroff -f; }
@@ -246,10 +250,11 @@ boot() { # boot N: guest N in the background
     qemu-system-x86_64 -name "twohost-g$n" "${ACCEL_ARGS[@]}" "${machine[@]}" -smp "$CPUS" -m "$MEM" \
         -nodefaults -display none -no-reboot -monitor none \
         -kernel "$KERNEL" -initrd "$W/initrd.gz" \
-        -append "console=ttyS0 panic=-1 quiet loglevel=3 twohost.n=$n $extra" \
+        -append "console=ttyS0 panic=-1 quiet loglevel=3 twohost.n=$n twohost.repo=$ROOT $extra" \
         -serial "file:$W/g$n.console" \
         -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
         -virtfs "local,path=$W/g$n,mount_tag=xfer,security_model=none" \
+        -virtfs "local,path=$ROOT,mount_tag=repo,security_model=none,readonly=on,multidevs=remap" \
         -chardev "socket,path=$W/ivshmem.sock,id=ivs" \
         -device ivshmem-doorbell,chardev=ivs,vectors=4,addr=0x4 \
         -chardev "socket,path=$W/ivshmem-test.sock,id=ivt" \
