@@ -252,13 +252,13 @@ boot() { # boot N: guest N in the background
         -kernel "$KERNEL" -initrd "$W/initrd.gz" \
         -append "console=ttyS0 panic=-1 quiet loglevel=3 twohost.n=$n twohost.repo=$ROOT $extra" \
         -serial "file:$W/g$n.console" \
-        -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-        -virtfs "local,path=$W/g$n,mount_tag=xfer,security_model=none" \
-        -virtfs "local,path=$ROOT,mount_tag=repo,security_model=none,readonly=on,multidevs=remap" \
         -chardev "socket,path=$W/ivshmem.sock,id=ivs" \
         -device ivshmem-doorbell,chardev=ivs,vectors=4,addr=0x4 \
         -chardev "socket,path=$W/ivshmem-test.sock,id=ivt" \
         -device ivshmem-doorbell,chardev=ivt,vectors=4,addr=0x5 \
+        -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+        -virtfs "local,path=$W/g$n,mount_tag=xfer,security_model=none" \
+        -virtfs "local,path=$ROOT,mount_tag=repo,security_model=none,readonly=on,multidevs=remap" \
         -netdev "dgram,id=n0,local.type=unix,local.path=$W/g$n.net,remote.type=unix,remote.path=$W/g$o.net" \
         -device "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:0$n" \
         >"$W/g$n.qemu.log" 2>&1 &
