@@ -21,7 +21,9 @@
 # /boot/vmlinuz-*), TWOHOST_KEEP=1 (leave the work directory for inspection), TWOHOST_ACCEL
 # (auto, kvm, tcg), TWOHOST_RING_SIZE (PCISOCK_RING_SIZE for the pcisock runs),
 # TWOHOST_RESULTS (write the iperf table there), TWOHOST_IPERF_SECONDS (default 5),
-# TWOHOST_MACHINE=q35-iommu (q35 with a virtual Intel IOMMU and intel_iommu=on: VFIO experiments).
+# TWOHOST_IRQ (vfio: the interrupt daemon in each guest, on q35 with a virtual IOMMU; poll),
+# TWOHOST_MACHINE (pc, q35-iommu), TWOHOST_DEBUG (a command run in both guests after boot),
+# TWOHOST_FAULT=guest2-hang (guest 2 never answers: the boot timeout and teardown).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
