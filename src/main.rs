@@ -3,11 +3,12 @@
 //! check an installation. Each subcommand lives in its own module with its `HELP` text; this file
 //! only dispatches and turns results into exit codes (0 ok, 1 failure, 2 usage error). Output is
 //! collected and written once, and a closed stdout is not an error, so nothing here panics on
-//! bad input or a vanished reader. The only unsafe code is in `ffi`.
+//! bad input or a vanished reader. The only unsafe code is in `ffi` and `dc::sys`.
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod cli;
+mod dc;
 mod device;
 mod doctor;
 mod emu;
@@ -55,6 +56,7 @@ Commands:
   explain  Explain a fallback reason, or how the configuration decides a connection
   emu      Inspect and manage the emulated NTB device (info, fault, clear, reclaim, remove)
   doctor   Check the installation: library, exported hooks, configuration, device, link
+  dc       Direct Connect: copy between block devices or files through a DC buffer (dc copy)
 
 Options:
   -h, --help     Print this help ('pcisock COMMAND --help' for a command's)
@@ -94,6 +96,11 @@ const COMMANDS: &[Command] = &[
         name: "doctor",
         help: doctor::HELP,
         main: doctor::main,
+    },
+    Command {
+        name: "dc",
+        help: dc::HELP,
+        main: dc::main,
     },
 ];
 
@@ -208,6 +215,16 @@ mod tests {
             &["explain", "--addr", "nope", "--port", "1"],
             &["explain", "NoListener", "--port", "1"],
             &["doctor", "x"],
+            &["dc"],
+            &["dc", "move"],
+            &["dc", "copy", "a"],
+            &["dc", "copy", "a", "b", "c"],
+            &["dc", "copy", "--qd", "0", "a", "b"],
+            &["dc", "copy", "--qd", "x", "a", "b"],
+            &["dc", "copy", "--chunk", "1000", "a", "b"],
+            &["dc", "copy", "--buffer", "gpu", "a", "b"],
+            &["dc", "copy", "--verify=yes", "a", "b"],
+            &["dc", "copy", "--offset", "-1", "a", "b"],
         ] {
             let (r, _) = run(bad);
             assert_eq!(r.map_err(|e| e.exit_code()).unwrap_err(), 2, "{bad:?}");

@@ -57,7 +57,9 @@ impl fmt::Display for DeviceError {
             Self::NotADevice(p) => write!(f, "{} is not an NTBEMU device file (bad magic)", p.display()),
             Self::VersionMismatch { path, ours, theirs } => write!(
                 f,
-                "{} has layout version {theirs}, this build speaks version {ours}",
+                "{} has layout version {theirs}, this build speaks version {ours} (a device \
+                 left by another build: `pcisock emu remove` deletes it, and the next process \
+                 creates a new one)",
                 path.display()
             ),
             Self::Corrupt { path, why } => write!(f, "{} is corrupt: {why}", path.display()),

@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# Direct Connect copy bandwidth (shared/papers/000_*, 001_* Fig. 5/6) reproduced on this machine's
+# disk: a 1 GiB file copied
+#   - by `pcisock dc copy` through the NTB-window DC buffer at queue depth 1…8, with the emulated
+#     device on a tmpfs mounted huge=always (the window contiguous in 2 MiB pages, as a real BAR
+#     is: "window-huge") and in /dev/shm as by default (4 KiB pages: "window"),
+#   - by the same engine through host memory (--buffer host, transparent huge pages) at queue
+#     depth 1, 2, 4, 8 (qd 1 is the papers' conventional, host-staged copy with one command in
+#     flight), and through the window in 4 KiB pages at qd 1 and 4,
+#   - by `dd bs=1M iflag=direct oflag=direct` and by `cp` (followed by `sync`, so that the
+#     bytes are on the disk as they are for the others),
+# against the ceilings: the disk's own read and write bandwidth (fio, O_DIRECT, io_uring, the
+# chunk size, iodepth 8), alone and both at once (one disk serves the copy's reads and writes).
+# Every variant runs once per round, interleaved, with the page cache dropped before each run;
+# the table gives medians over the rounds. Times are wall-clock around each command.
+#
+# usage: benches/dc.sh [--runs N] [--size N] [--chunk N] [--dir DIR] [--out-dir DIR] [--name NAME]
+#                      [--no-plot] [--from-raw CSV]
+#   --runs N        rounds (default 7)
+#   --size N        bytes to copy (default 1G; suffix K, M, G)
+#   --chunk N       pcisock's --chunk and fio's block size (default: pcisock's default, 1M)
+#   --dir DIR       where the files go (default /var/tmp/pcisock-dc-bench; removed at the end)
+#   --out-dir DIR   where dc.md, dc-raw.csv, dc-summary.csv and dc.png go (default benches/results)
+#   --name NAME     name those files NAME.md, NAME-raw.csv, … instead (default dc)
+#   --no-plot       do not run benches/plot_dc.py
+#   --from-raw CSV  measure nothing: rebuild the table and plot from an earlier dc-raw.csv
+# Needs: root (to drop the page cache), fio, dd, cp, python3 (matplotlib for the plot), and a
+# release build of pcisock (cargo build --release).
+set -euo pipefail
+
+RUNS=7 SIZE=1G CHUNK=1M DIR=/var/tmp/pcisock-dc-bench OUT_DIR="" NAME=dc PLOT=1 FROM_RAW=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --runs) RUNS="$2"; shift 2 ;;
+        --size) SIZE="$2"; shift 2 ;;
+        --chunk) CHUNK="$2"; shift 2 ;;
+        --dir) DIR="$2"; shift 2 ;;
+        --out-dir) OUT_DIR="$2"; shift 2 ;;
+        --name) NAME="$2"; shift 2 ;;
+        --no-plot) PLOT=0; shift ;;
+        --from-raw) FROM_RAW="$2"; shift 2 ;;
+        -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
+        *) echo "dc.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "dc.sh: --runs must be a positive integer" >&2; exit 2; }
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT_DIR="${OUT_DIR:-$root/benches/results}"
+mkdir -p "$OUT_DIR"
+raw="$OUT_DIR/$NAME-raw.csv"
+summary="$OUT_DIR/$NAME-summary.csv"
+md="$OUT_DIR/$NAME.md"
+bin="${PCISOCK_BIN:-$root/target/release/pcisock}"
+
+to_bytes() {
+    local s=${1^^}
+    case "$s" in
+        *K) echo $(( ${s%K} << 10 )) ;;
+        *M) echo $(( ${s%M} << 20 )) ;;
+        *G) echo $(( ${s%G} << 30 )) ;;
+        *) echo "$s" ;;
+    esac
+}
+bytes=$(to_bytes "$SIZE")
+
+if [[ -z "$FROM_RAW" ]]; then
+    [[ $(id -u) -eq 0 ]] || { echo "dc.sh: needs root (drops the page cache between runs)" >&2; exit 2; }
+    [[ -x "$bin" ]] || { echo "dc.sh: $bin not found: run cargo build --release" >&2; exit 2; }
+    command -v fio >/dev/null || { echo "dc.sh: fio not installed (apt-get install -y fio)" >&2; exit 2; }
+    mkdir -p "$DIR"
+    # Two emulated devices: one in /dev/shm as by default (4 KiB pages), and one on a private
+    # tmpfs mounted with huge=always, so that the window is contiguous in 2 MiB pages as a real
+    # BAR is (the variant "window-huge").
+    emu="$(mktemp -d /dev/shm/pcisock-dc-bench-emu.XXXXXX)"
+    emu_huge="$(mktemp -d /tmp/pcisock-dc-bench-huge.XXXXXX)"
+    chmod 700 "$emu" "$emu_huge"
+    mount -t tmpfs -o huge=always,mode=0700,size=1g pcisock-dc-bench "$emu_huge" ||
+        { echo "dc.sh: cannot mount a huge=always tmpfs on $emu_huge" >&2; exit 1; }
+    # fio's buffers in huge pages too (hugetlb, reserved here and given back at the end), so that
+    # the disk's ceiling is measured with buffers as contiguous as the DC buffer's.
+    hp_old=$(cat /proc/sys/vm/nr_hugepages)
+    echo $((hp_old + 64)) >/proc/sys/vm/nr_hugepages 2>/dev/null || true
+    fio_mems="malloc"
+    (($(cat /proc/sys/vm/nr_hugepages) >= hp_old + 16)) && fio_mems="malloc mmaphuge"
+    cleanup() {
+        umount "$emu_huge" 2>/dev/null || true
+        rm -rf "$DIR" "$emu" "$emu_huge"
+        echo "$hp_old" >/proc/sys/vm/nr_hugepages 2>/dev/null || true
+    }
+    trap cleanup EXIT
+    export PCISOCK_EMU_DIR="$emu"
+    src="$DIR/src" dst="$DIR/dst" wfile="$DIR/w"
+    echo "dc.sh: writing a $SIZE source file in $DIR" >&2
+    dd if=/dev/urandom of="$src" bs=1M count=$((bytes >> 20)) status=none
+    sync
+
+    drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+    now() { date +%s.%N; }
+    # MB/s (10^6 bytes) of a command run on a cold cache, DST removed first.
+    timed() {
+        rm -f "$dst"; drop
+        local t0 t1
+        t0=$(now)
+        "$@" >/dev/null
+        t1=$(now)
+        python3 -c "print(f'{$bytes / ($t1 - $t0) / 1e6:.1f}')"
+    }
+    fio_bw() { # fio_bw MEM RW FILE [extra] -> MB/s of that direction
+        local mem=$1 rw=$2 file=$3; shift 3
+        drop
+        fio --name=dc --filename="$file" --rw="$rw" --bs="$CHUNK" --size="$bytes" --direct=1 \
+            --ioengine=io_uring --iodepth=8 --iomem="$mem" "$@" --output-format=json 2>/dev/null |
+            python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print(f\"{j['$([[ $rw == read ]] && echo read || echo write)']['bw_bytes']/1e6:.1f}\")"
+    }
+    fio_both() { # fio_both MEM: read SRC and write W at once -> "read_MBps write_MBps"
+        local mem=$1
+        drop; rm -f "$wfile"
+        fio --output-format=json --iomem="$mem" \
+            --name=r --filename="$src" --rw=read --bs="$CHUNK" --size="$bytes" --direct=1 --ioengine=io_uring --iodepth=8 \
+            --name=w --filename="$wfile" --rw=write --bs="$CHUNK" --size="$bytes" --direct=1 --ioengine=io_uring --iodepth=8 \
+            2>/dev/null | python3 -c "
+import json,sys
+j=json.load(sys.stdin)['jobs']
+print(f\"{j[0]['read']['bw_bytes']/1e6:.1f} {j[1]['write']['bw_bytes']/1e6:.1f}\")"
+        rm -f "$wfile"
+    }
+    dc() { "$bin" dc copy --chunk "$CHUNK" "$@" "$src" "$dst"; }
+
+    echo "round,variant,qd,MBps" >"$raw"
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    for r in $(seq 1 "$RUNS"); do
+        echo "dc.sh: round $r/$RUNS" >&2
+        for mem in $fio_mems; do
+            tag=$([[ $mem == malloc ]] && echo "" || echo "-huge")
+            echo "$r,device-read$tag,8,$(fio_bw "$mem" read "$src" --readonly)" >>"$raw"
+            rm -f "$wfile"
+            echo "$r,device-write$tag,8,$(fio_bw "$mem" write "$wfile")" >>"$raw"
+            rm -f "$wfile"
+            read -r br bw <<<"$(fio_both "$mem")"
+            echo "$r,device-read-while-writing$tag,8,$br" >>"$raw"
+            echo "$r,device-write-while-reading$tag,8,$bw" >>"$raw"
+        done
+        echo "$r,dd,1,$(timed dd if="$src" of="$dst" bs=1M iflag=direct oflag=direct status=none)" >>"$raw"
+        echo "$r,cp,1,$(timed sh -c "cp '$src' '$dst' && sync")" >>"$raw"
+        for qd in 1 2 3 4 5 6 7 8; do
+            echo "$r,window-huge,$qd,$(PCISOCK_EMU_DIR="$emu_huge" timed dc --qd "$qd")" >>"$raw"
+            case $qd in 1|2|4|8) echo "$r,host,$qd,$(timed dc --qd "$qd" --buffer host)" >>"$raw" ;; esac
+            case $qd in 1|4) echo "$r,window,$qd,$(timed dc --qd "$qd")" >>"$raw" ;; esac
+        done
+    done
+    load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+    # One verified copy, so the table is known to be of correct copies.
+    rm -f "$dst"
+    PCISOCK_EMU_DIR="$emu_huge" "$bin" dc copy --qd 4 --chunk "$CHUNK" --verify "$src" "$dst" >"$DIR/verify.txt"
+    verify_line=$(grep '^verify:' "$DIR/verify.txt")
+    machine="$(nproc) vCPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), disk $(df --output=source "$DIR" | tail -1) ($(cat /sys/block/"$(basename "$(df --output=source "$DIR" | tail -1)")"/device/model 2>/dev/null || echo virtio), $(cat /sys/block/"$(basename "$(df --output=source "$DIR" | tail -1)")"/queue/scheduler 2>/dev/null | grep -o '\[[^]]*\]' || true) scheduler), filesystem $(df --output=fstype "$DIR" | tail -1)"
+    {
+        echo "# command: benches/dc.sh --runs $RUNS --size $SIZE --chunk $CHUNK --dir $DIR --name $NAME"
+        echo "# date: $(date -u +%FT%TZ); build: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+        echo "# machine: $machine"
+        echo "# load average before: $load_before; after: $load_after (other sessions build on this machine)"
+        echo "# check: $verify_line"
+    } >"$raw.meta"
+else
+    raw="$FROM_RAW"
+fi
+
+python3 - "$raw" "$summary" "$md" "$bytes" "$CHUNK" "$NAME" <<'PY'
+import csv, statistics, sys, os
+raw, summary, md, nbytes, chunk, name = sys.argv[1:7]
+rows = list(csv.DictReader(open(raw)))
+by = {}
+for r in rows:
+    by.setdefault((r["variant"], int(r["qd"])), []).append(float(r["MBps"]))
+med = {k: statistics.median(v) for k, v in by.items()}
+spread = {k: (min(v), max(v)) for k, v in by.items()}
+with open(summary, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["variant", "qd", "median_MBps", "min_MBps", "max_MBps", "runs"])
+    for k in sorted(by):
+        w.writerow([k[0], k[1], f"{med[k]:.1f}", f"{spread[k][0]:.1f}", f"{spread[k][1]:.1f}", len(by[k])])
+meta = open(raw + ".meta").read() if os.path.exists(raw + ".meta") else ""
+g = lambda v, q: med.get((v, q))
+fmt = lambda x: "n/a" if x is None else f"{x:.0f}"
+main = "window-huge" if any(k[0] == "window-huge" for k in med) else "window"
+DEFAULT_QD = 4
+# Per round: the value of each variant, for ratios taken within one round (paired).
+per_round = {}
+for r in rows:
+    per_round.setdefault(r["round"], {})[(r["variant"], int(r["qd"]))] = float(r["MBps"])
+def paired(num, den):
+    """Median over rounds of num/den (den a function of the round's values), or None."""
+    ratios = []
+    for vals in per_round.values():
+        d = den(vals)
+        if num in vals and d:
+            ratios.append(vals[num] / d)
+    return statistics.median(ratios) if ratios else None
+def min_rw(tag):
+    return lambda v: min(v.get((f"device-read{tag}", 8), 0), v.get((f"device-write{tag}", 8), 0))
+def share(tag):
+    return lambda v: (v.get((f"device-read-while-writing{tag}", 8), 0) + v.get((f"device-write-while-reading{tag}", 8), 0)) / 2
+dut = (main, DEFAULT_QD)
+huge = any(k[0] == "device-read-huge" for k in med)
+out = []
+out.append("# Direct Connect copy: bandwidth against queue depth (benches/dc.sh)\n")
+out.append("```text\n" + meta.strip() + "\n```\n")
+out.append(f"A {int(nbytes) >> 20} MiB file copied on this machine's disk, chunk {chunk}; medians of "
+           f"{len(by.get(('dd', 1), []))} interleaved rounds, page cache dropped before each run, wall-clock "
+           f"time around each command. MB/s = 10^6 bytes per second. Raw runs: `{name}-raw.csv`; "
+           f"medians with min/max: `{name}-summary.csv`; plot: `{name}.png`.\n")
+out.append("| queue depth | dc copy, window buffer (2 MiB pages) | dc copy, host buffer (THP) | dc copy, window buffer (4 KiB pages, /dev/shm) |")
+out.append("|---:|---:|---:|---:|")
+for q in range(1, 9):
+    out.append(f"| {q} | {fmt(g('window-huge', q))} | {fmt(g('host', q))} | {fmt(g('window', q))} |")
+out.append("")
+out.append("| baseline / ceiling | MB/s |")
+out.append("|---|---:|")
+out.append(f"| dd bs=1M iflag=direct oflag=direct | {fmt(g('dd', 1))} |")
+out.append(f"| cp, then sync | {fmt(g('cp', 1))} |")
+out.append(f"| host-staged, one command in flight (dc copy --buffer host --qd 1) | {fmt(g('host', 1))} |")
+for tag, what in [("", "fio's buffers in 4 KiB pages (malloc)"), ("-huge", "fio's buffers in 2 MiB pages (hugetlb)")]:
+    if g(f"device-read{tag}", 8) is None:
+        continue
+    out.append(f"| device read alone, O_DIRECT, bs {chunk}, iodepth 8, {what} | {fmt(g(f'device-read{tag}', 8))} |")
+    out.append(f"| device write alone, same | {fmt(g(f'device-write{tag}', 8))} |")
+    out.append(f"| device reading and writing at once (two fio jobs), read + write, same | "
+               f"{fmt(g(f'device-read-while-writing{tag}', 8))} + {fmt(g(f'device-write-while-reading{tag}', 8))} |")
+out.append("")
+out.append(f"Targets (issue 6): `pcisock dc copy` with its defaults (window buffer, qd {DEFAULT_QD}, chunk "
+           f"{chunk}) on the huge-page device, each ratio taken within a round (paired) and the median "
+           "over rounds:\n")
+r_dd = paired(dut, lambda v: v.get(("dd", 1)))
+out.append(f"- against dd: **{r_dd:.2f}x** (target >= 1.5x): **{'met' if r_dd >= 1.5 else 'not met'}**")
+for tag, what in [("", "4 KiB-page buffers, as fio and dd use by default"), ("-huge", "2 MiB-page buffers, as the DC buffer")]:
+    r = paired(dut, min_rw(tag))
+    if r is not None:
+        out.append(f"- against min(device read, device write) measured with {what}: **{r:.2f}** "
+                   f"(target >= 0.9): **{'met' if r >= 0.9 else 'not met'}**")
+tag = "-huge" if huge else ""
+r = paired(dut, share(tag))
+if r is not None:
+    out.append(f"- against what the disk moves per direction when it reads and writes at once "
+               f"((read + write) / 2 of the two fio jobs{', 2 MiB pages' if huge else ''}), the ceiling of a "
+               f"copy whose source and destination share one disk: **{r:.2f}**")
+best_qd = max(range(1, 9), key=lambda q: g(main, q) or 0)
+out.append(f"- best median over queue depths: qd {best_qd}, {fmt(g(main, best_qd))} MB/s; "
+           f"host-staged qd 1: {fmt(g('host', 1))} MB/s; the same window in 4 KiB pages at qd "
+           f"{DEFAULT_QD}: {fmt(g('window', DEFAULT_QD))} MB/s")
+out.append("")
+rb, wb = g(f"device-read-while-writing{tag}", 8), g(f"device-write-while-reading{tag}", 8)
+ra, wa = g(f"device-read{tag}", 8), g(f"device-write{tag}", 8)
+if None not in (rb, wb, ra, wa):
+    out.append(f"Reading: source and destination share one virtio disk here. With a reader and a writer at "
+               f"once, reads got {rb / ra:.2f} of what they get alone and writes {wb / wa:.2f}: the two "
+               "directions draw on one pool, so a copy cannot reach min(read alone, write alone); "
+               "its ceiling on one disk is the row of both fio jobs at once. What pcisock gains over dd "
+               "is pipelining (reads and writes in flight together) and a contiguous DC buffer (one "
+               "DMA segment per chunk instead of one per 4 KiB page).")
+open(md, "w").write("\n".join(out) + "\n")
+print("\n".join(out))
+PY
+
+if [[ "$PLOT" == 1 ]]; then
+    python3 "$root/benches/plot_dc.py" "$summary" "$OUT_DIR/$NAME.png" || echo "dc.sh: plot failed (matplotlib?)" >&2
+fi
