@@ -20,7 +20,10 @@
 # default 1024), TWOHOST_CPUS (guest vCPUs, default 2), TWOHOST_KERNEL (default: newest
 # /boot/vmlinuz-*), TWOHOST_KEEP=1 (leave the work directory for inspection), TWOHOST_ACCEL
 # (auto, kvm, tcg), TWOHOST_RING_SIZE (PCISOCK_RING_SIZE for the pcisock runs),
-# TWOHOST_RESULTS (write the iperf table there), TWOHOST_IPERF_SECONDS (default 5).
+# TWOHOST_RESULTS (write the iperf table there), TWOHOST_IPERF_SECONDS (default 5),
+# TWOHOST_IRQ (vfio: the interrupt daemon in each guest, on q35 with a virtual IOMMU; poll),
+# TWOHOST_MACHINE (pc, q35-iommu), TWOHOST_DEBUG (a command run in both guests after boot),
+# TWOHOST_FAULT=guest2-hang (guest 2 never answers: the boot timeout and teardown).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,6 +34,14 @@ case $STAGE in boot | conformance | iperf | all) ;; *)
     ;;
 esac
 W=${TWOHOST_DIR:-$ROOT/target/twohost}
+# How the guests receive the bridge's interrupts: vfio (MSI-X through VFIO, an interrupt daemon
+# per guest; needs the q35 machine with a virtual IOMMU) or poll (each process polls).
+IRQ=${TWOHOST_IRQ:-vfio}
+case $IRQ in vfio) TWOHOST_MACHINE=${TWOHOST_MACHINE:-q35-iommu} ;; poll) ;; *)
+    echo "TWOHOST_IRQ must be vfio or poll" >&2
+    exit 2
+    ;;
+esac
 LIMIT=${TWOHOST_LIMIT:-900}
 SHM=${TWOHOST_SHM:-256M}
 MEM=${TWOHOST_MEM:-1024}
@@ -165,9 +176,9 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in $(cat /modules); do insmod /lib/modules/$m || echo "init: insmod $m failed"; done
-n=
+n= repo=
 for a in $(cat /proc/cmdline); do
-    case $a in twohost.n=*) n=${a#*=} ;; twohost.hang=1) while :; do sleep 1000; done ;; esac
+    case $a in twohost.n=*) n=${a#*=} ;; twohost.repo=*) repo=${a#*=} ;; twohost.hang=1) while :; do sleep 1000; done ;; esac
 done
 hostname guest$n
 ip link set lo up
@@ -181,6 +192,10 @@ mkdir -p /newroot/dev/shm /newroot/dev/pts
 mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
 mount -t proc proc /newroot/proc
 mount -t sysfs sys /newroot/sys
+# The repository again, read-only at its own path: a clone under /tmp would be hidden by the tmpfs.
+mkdir -p "/newroot$repo" 2>/dev/null
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose repo "/newroot$repo" ||
+    { echo "init: cannot mount the repository"; poweroff -f; }
 mkdir -p /newroot/run/twohost
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 xfer /newroot/run/twohost ||
     { echo "init: cannot mount the command channel"; poweroff -f; }
@@ -228,19 +243,24 @@ done
 # (to see the boot timeout and the teardown work).
 declare -A QEMU=()
 boot() { # boot N: guest N in the background
-    local n=$1 o=$((3 - $1)) extra=""
+    local n=$1 o=$((3 - $1)) extra="" machine=()
     [ "${TWOHOST_FAULT:-}" = guest2-hang ] && [ "$n" = 2 ] && extra="twohost.hang=1"
-    qemu-system-x86_64 -name "twohost-g$n" "${ACCEL_ARGS[@]}" -smp "$CPUS" -m "$MEM" \
+    if [ "${TWOHOST_MACHINE:-pc}" = q35-iommu ]; then # a virtual IOMMU, for VFIO in the guests
+        machine=(-machine q35 -device intel-iommu,intremap=off)
+        extra="$extra intel_iommu=on"
+    fi
+    qemu-system-x86_64 -name "twohost-g$n" "${ACCEL_ARGS[@]}" "${machine[@]}" -smp "$CPUS" -m "$MEM" \
         -nodefaults -display none -no-reboot -monitor none \
         -kernel "$KERNEL" -initrd "$W/initrd.gz" \
-        -append "console=ttyS0 panic=-1 quiet loglevel=3 twohost.n=$n $extra" \
+        -append "console=ttyS0 panic=-1 quiet loglevel=3 twohost.n=$n twohost.repo=$ROOT $extra" \
         -serial "file:$W/g$n.console" \
-        -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-        -virtfs "local,path=$W/g$n,mount_tag=xfer,security_model=none" \
         -chardev "socket,path=$W/ivshmem.sock,id=ivs" \
         -device ivshmem-doorbell,chardev=ivs,vectors=4,addr=0x4 \
         -chardev "socket,path=$W/ivshmem-test.sock,id=ivt" \
         -device ivshmem-doorbell,chardev=ivt,vectors=4,addr=0x5 \
+        -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+        -virtfs "local,path=$W/g$n,mount_tag=xfer,security_model=none" \
+        -virtfs "local,path=$ROOT,mount_tag=repo,security_model=none,readonly=on,multidevs=remap" \
         -netdev "dgram,id=n0,local.type=unix,local.path=$W/g$n.net,remote.type=unix,remote.path=$W/g$o.net" \
         -device "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:0$n" \
         >"$W/g$n.qemu.log" 2>&1 &
@@ -332,6 +352,19 @@ if [ "$STAGE" = conformance ] || [ "$STAGE" = all ]; then
             "ntbdrv conformance suite on ivshmem $TEST_BDF in guest $n: ${res:-no result} ($(($(date +%s) - t0)) s)"
         [ -n "$res" ] || echo "$out" | tail -20 >&2
     done
+    # And across the two kernels: one guest writes through its outbound window and rings a
+    # doorbell, the other (sleeping in db_wait) sees the doorbell and the bytes.
+    for pair in "1 0 2 1" "2 1 1 0"; do
+        read -r wg ws rg rs <<<"$pair" # waiter guest and side, writer guest and side
+        peer="$REL/ntbdrv-peer ivshmem $TEST_BDF"
+        gx "$wg" 10 "rm -f /tmp/ww.out; $peer $ws wait-window 0 65536 1000000 11 >/tmp/ww.out 2>&1 & for i in \$(seq 100); do grep -q waiting /tmp/ww.out && exit 0; sleep 0.1; done; exit 1" >/dev/null || true
+        wr=$(gx "$rg" 30 "$peer $rs write-window 0 65536 1000000 11 && echo written" 2>&1 || true)
+        got=$(gx "$wg" 30 'for i in $(seq 150); do grep -qE "^ok|ntbdrv-peer:" /tmp/ww.out && break; sleep 0.1; done; cat /tmp/ww.out' || true)
+        ok=1
+        echo "$got" | grep -q '^ok 1000000 bytes' && ok=0
+        check "window-guest$rg-to-guest$wg" $ok \
+            "guest $rg (side $rs) wrote 1,000,000 bytes and rang doorbell 11; guest $wg (side $ws): $(echo "$got" | tail -1) (writer: $(echo "$wr" | tail -1))"
+    done
 fi
 [ "$STAGE" = conformance ] && exit $FAILED
 
@@ -376,6 +409,13 @@ if [ "$STAGE" = iperf ] || [ "$STAGE" = all ]; then
         sleep 1 # the waiting listener is published within a few poll intervals
         check link 0 "up once the server listened: guest 1: $l1; guest 2: $l2"
     }
+    if [ "$IRQ" = vfio ]; then # one interrupt daemon per guest, before any pcisock process
+        for n in 1 2; do
+            gx $n 60 "modprobe vfio_iommu_type1 allow_unsafe_interrupts=1 && modprobe vfio-pci && { nohup $REL/ntbdrv-ivshmem-irqd $BDF >/tmp/irqd.log 2>&1 & } && for i in \$(seq 100); do grep -q ready /tmp/irqd.log && exit 0; grep -q irqd: /tmp/irqd.log && break; sleep 0.1; done; cat /tmp/irqd.log; exit 1" >/dev/null ||
+                die "guest $n: the interrupt daemon did not start: $(gx $n 10 'cat /tmp/irqd.log' || true)"
+        done
+        check irq-vfio 0 "ntbdrv-ivshmem-irqd ready in both guests (MSI-X vector 0 of $BDF through vfio-pci)"
+    fi
     DUR=${TWOHOST_IPERF_SECONDS:-5}
     run_iperf() { # run_iperf TOOL PORT MODE(ntb|tcp|plain-client): sets BW, ETH, SBYTES
         local tool=$1 port=$2 mode=$3 spre="" cpre=""
@@ -446,6 +486,13 @@ if [ "$STAGE" = iperf ] || [ "$STAGE" = all ]; then
     [ -n "$sent" ] && [ "$sent" = "$got" ] && [ "${sent%% *}" = 67108864 ] && [ "$ETH" -lt 1000000 ] && ok=0
     check copy-64MiB $ok "sent ${sent:-nothing}, received ${got:-nothing} in ${secs}s ($(mbit 67108864 "$secs") Mbit/s); eth0 $ETH bytes"
 
+    if [ "$IRQ" = vfio ]; then
+        i1=$(gx 1 10 "grep 'vfio-msix\[0\]($BDF)' /proc/interrupts | awk '{ s = 0; for (i = 2; i <= NF && \$i ~ /^[0-9]+\$/; i++) s += \$i; print s }'" || true)
+        i2=$(gx 2 10 "grep 'vfio-msix\[0\]($BDF)' /proc/interrupts | awk '{ s = 0; for (i = 2; i <= NF && \$i ~ /^[0-9]+\$/; i++) s += \$i; print s }'" || true)
+        ok=1
+        [ "${i1:-0}" -gt 0 ] && [ "${i2:-0}" -gt 0 ] && ok=0
+        check interrupts $ok "MSI-X interrupts taken through VFIO: guest 1 ${i1:-?}, guest 2 ${i2:-?}"
+    fi
     if [ -n "${TWOHOST_RESULTS:-}" ]; then
         {
             echo "| tool | path | Mbit/s | bytes over the bridge | bytes through eth0 (both guests, both ways) |"

@@ -137,7 +137,37 @@ impl Control {
                 theirs: v,
             });
         }
-        Ok(Control { local, peer })
+        let ctrl = Control { local, peer };
+        ctrl.sweep_dead_listeners();
+        Ok(ctrl)
+    }
+
+    /// Withdraw the listeners of this host's processes that died without closing them (a
+    /// crash, SIGKILL). Their records in the peer host's table would stay ACTIVE, and a client
+    /// there would offer to them, connect, and wait out the answer timeout; the peer host cannot
+    /// tell, as it cannot see our processes. So every process that opens the area sweeps.
+    /// Returns how many it withdrew.
+    pub fn sweep_dead_listeners(&self) -> usize {
+        let me = std::process::id();
+        let mut n = 0;
+        for i in 0..LISTENER_SLOTS {
+            let pid = u32_at(&self.local, LISTENER_OWNERS + i * 16);
+            let cur = pid.load(Acquire);
+            let start = u64_at(&self.local, LISTENER_OWNERS + i * 16 + 8).load(Acquire);
+            if cur == 0 || cur == me || ntbdrv::process::alive(cur, start) {
+                continue;
+            }
+            // Take the slot from the dead owner first, so nobody publishes a new record in it
+            // while we clear the old one; then let it go.
+            if pid.compare_exchange(cur, me, SeqCst, SeqCst).is_ok() {
+                // SYNC POINT (listener publish): Release pairs with the Acquire load in
+                // `find_listener`, as a withdrawal does.
+                u32_at(&self.peer, LISTENERS + i * LISTENER_SIZE).store(0, Release);
+                self.unclaim(LISTENER_OWNERS, i);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Claim a free owner slot (pid 0, or a dead owner's) in an owner table of `n` entries.

@@ -43,6 +43,21 @@ fn device(tag: &str) -> (Dir, Arc<dyn NtbDevice>) {
     (Dir(p), Arc::new(dev))
 }
 
+/// Side `side` of a two-host device in `dir` (made by the first caller).
+fn two_host(dir: &std::path::Path, side: u32) -> Arc<dyn NtbDevice> {
+    let opts = Options {
+        dir: dir.to_path_buf(),
+        name: "th".into(),
+        side,
+        config: Config {
+            topology: ntbdrv::emu::Topology::TwoHost,
+            mw_size: 16 << 20,
+            ..Config::default()
+        },
+    };
+    Arc::new(EmuDevice::open(&opts).unwrap())
+}
+
 fn transport(dev: &Arc<dyn NtbDevice>, ring: u64) -> Transport {
     Transport::open(
         dev.clone(),
@@ -724,4 +739,60 @@ fn peers_learn_whether_they_share_a_cpu() {
     })
     .join()
     .unwrap();
+}
+
+/// Run by `a_crashed_servers_listener_is_withdrawn` in a child process: listen on side 0 of the
+/// device in `PCISOCK_TEST_DIR`, say so, and wait to be killed.
+#[test]
+#[ignore = "a helper process for a_crashed_servers_listener_is_withdrawn"]
+fn listener_process() {
+    let (Ok(dir), Ok(port)) = (
+        std::env::var("PCISOCK_TEST_DIR"),
+        std::env::var("PCISOCK_TEST_PORT"),
+    ) else {
+        return;
+    };
+    let t = transport(&two_host(std::path::Path::new(&dir), 0), 64 << 10);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let _l = t.listen(Endpoint::from_std(addr)).unwrap();
+    println!("listening");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Two hosts: a server process killed while it listens leaves its record in the *peer's*
+/// listener table, where the client host cannot tell it is dead; the next process to open the
+/// transport on the server's host withdraws it.
+#[test]
+fn a_crashed_servers_listener_is_withdrawn() {
+    use std::io::BufRead;
+    let (d, _) = device("crash");
+    let port = 40_000 + std::process::id() % 20_000;
+    let client = transport(&two_host(&d.0, 1), 64 << 10); // (the link is up once both opened)
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "listener_process", "--ignored", "--nocapture"])
+        .env("PCISOCK_TEST_DIR", &d.0)
+        .env("PCISOCK_TEST_PORT", port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    assert!(
+        out.lines().any(|l| l.unwrap().contains("listening")),
+        "the child listens"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let offer = |t: &Transport| {
+        t.offer(
+            Endpoint::from_std("127.0.0.1:39999".parse().unwrap()),
+            Endpoint::from_std(format!("127.0.0.1:{port}").parse().unwrap()),
+            -1,
+        )
+    };
+    match offer(&client) {
+        Ok(p) => client.cancel(p), // the stale record: what a client host sees after the crash
+        Err(r) => panic!("the dead server's listener should still be visible, got {r}"),
+    }
+    let _server_host = transport(&two_host(&d.0, 0), 64 << 10);
+    assert_eq!(offer(&client).err(), Some(Reason::NoListener));
 }

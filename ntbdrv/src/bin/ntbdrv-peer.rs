@@ -5,6 +5,8 @@
 //!   (SIDE may be `auto` on ivshmem: the side this machine claims)
 //!   describe                         print the device and whether the link is up
 //!   write-window MW OFFSET LEN BIT   write a pattern through outbound window MW, ring BIT
+//!   wait-window MW OFFSET LEN BIT    clear BIT, say "waiting", wait for it (10 s), then check
+//!                                    the pattern in inbound window MW and say "ok LEN bytes"
 //!   hold                             lease window space, a doorbell and a DMA channel; say
 //!                                    "holding" and wait to be killed
 use std::io::Write;
@@ -40,18 +42,36 @@ fn run(args: &[String]) -> Result<(), String> {
     dev.link_enable().map_err(|e| e.to_string())?;
     match (cmd.as_str(), rest) {
         ("write-window", [mw, off, len, bit]) => {
-            let (mw, off, len, bit) = (
-                num(mw)? as u32,
-                num(off)? as usize,
-                num(len)? as u32,
-                num(bit)?,
-            );
-            let pat: Vec<u8> = (0..len).map(|i| (i % 253) as u8 ^ 0x5A).collect();
+            let (mw, off, len, bit) = window_args(mw, off, len, bit)?;
             dev.outbound(mw)
                 .map_err(|e| e.to_string())?
-                .write(off, &pat)
+                .write(off, &pattern(len))
                 .map_err(|e| e.to_string())?;
             dev.peer_db_set(1 << bit).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        ("wait-window", [mw, off, len, bit]) => {
+            let (mw, off, len, bit) = window_args(mw, off, len, bit)?;
+            dev.db_clear(1 << bit).map_err(|e| e.to_string())?;
+            println!("waiting");
+            std::io::stdout().flush().map_err(|e| e.to_string())?;
+            let got = dev
+                .db_wait(1 << bit, Some(std::time::Duration::from_secs(10)))
+                .map_err(|e| e.to_string())?;
+            if got == 0 {
+                return Err(format!("doorbell {bit} did not ring within 10 s"));
+            }
+            let mut buf = vec![0u8; len as usize];
+            dev.inbound(mw)
+                .map_err(|e| e.to_string())?
+                .read(off, &mut buf)
+                .map_err(|e| e.to_string())?;
+            if buf != pattern(len) {
+                return Err(format!(
+                    "the {len} bytes in window {mw} are not the pattern"
+                ));
+            }
+            println!("ok {len} bytes");
             Ok(())
         }
         ("describe", []) => {
@@ -76,6 +96,27 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         _ => Err(format!("unknown command {cmd:?} {rest:?}")),
     }
+}
+
+/// The MW OFFSET LEN BIT arguments of `write-window` and `wait-window`.
+fn window_args(
+    mw: &str,
+    off: &str,
+    len: &str,
+    bit: &str,
+) -> Result<(u32, usize, u32, u64), String> {
+    let num = |s: &str| s.parse::<u64>().map_err(|e| format!("{s:?}: {e}"));
+    Ok((
+        num(mw)? as u32,
+        num(off)? as usize,
+        num(len)? as u32,
+        num(bit)?,
+    ))
+}
+
+/// The bytes `write-window` writes and `wait-window` expects.
+fn pattern(len: u32) -> Vec<u8> {
+    (0..len).map(|i| (i % 253) as u8 ^ 0x5A).collect()
 }
 
 fn main() -> ExitCode {

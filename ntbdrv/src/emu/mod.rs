@@ -353,6 +353,8 @@ const _: () = {
 };
 /// A bridge-mode sleeper's nap between two looks at the words it waits on.
 const BRIDGE_NAP: Duration = Duration::from_micros(50);
+/// The same for link events.
+const BRIDGE_LINK_NAP: Duration = Duration::from_millis(2);
 
 const HDR_SIZE: usize = sys::NTBEMU_HEADER_SIZE as usize;
 
@@ -827,10 +829,31 @@ impl EmuDevice {
         }
     }
 
+    /// Bridge mode: the interrupt daemon's marker file (it holds the daemon's pid). While a
+    /// live daemon receives the bridge's interrupts on this machine (VFIO MSI-X) and delivers
+    /// them, the per-process pollers only look every 20 ms, as a safety net.
+    pub(crate) fn irqd_marker(&self) -> PathBuf {
+        self.path.with_extension("irqd")
+    }
+
+    /// Bridge mode, for the interrupt daemon: take this side's pending interrupts and kick
+    /// their lines on this machine (what the per-process pollers do when no daemon runs).
+    pub(crate) fn deliver_bridge_interrupts(&self) {
+        self.deliver_interrupts();
+    }
+
+    fn irqd_alive(&self) -> bool {
+        std::fs::read_to_string(self.irqd_marker())
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .is_some_and(sysutil::pid_exists)
+    }
+
     /// Bridge mode: make sure this process runs a poller for this side's mailbox. The bridge
-    /// raises a real interrupt on this machine, but no driver here turns it into something a
-    /// process can wait on (that would be VFIO's MSI-X eventfds), so one thread per process
-    /// polls the mailbox: every 50 µs for 20 ms after the last interrupt, then every 2 ms.
+    /// raises a real interrupt on this machine, but without a driver no process can wait on it;
+    /// the interrupt daemon (`ntbdrv-ivshmem-irqd`, VFIO MSI-X) can, when one runs. Otherwise
+    /// one thread per process polls the mailbox: every 50 µs for 20 ms after the last
+    /// interrupt, then every 2 ms; with a live daemon, every 20 ms.
     fn start_poller(&self) {
         static STARTED: std::sync::Mutex<Vec<(u32, PathBuf)>> = std::sync::Mutex::new(Vec::new());
         let key = (sysutil::pid(), self.path.clone());
@@ -845,6 +868,7 @@ impl EmuDevice {
                 let seq = dev.map.u32_at(dev.side_off(dev.side) + MB_SEQ);
                 let mut seen = seq.load(Acquire).wrapping_sub(1);
                 let mut last = Instant::now();
+                let (mut daemon, mut checked) = (dev.irqd_alive(), Instant::now());
                 loop {
                     // SYNC POINT (bridge interrupt): Acquire pairs with the ringer's SeqCst
                     // SEQ bump in `post_interrupt`; the pending bits are then taken by swap.
@@ -854,7 +878,12 @@ impl EmuDevice {
                         last = Instant::now();
                         dev.deliver_interrupts();
                     }
-                    std::thread::sleep(if last.elapsed() < Duration::from_millis(20) {
+                    if checked.elapsed() > Duration::from_millis(100) {
+                        (daemon, checked) = (dev.irqd_alive(), Instant::now());
+                    }
+                    std::thread::sleep(if daemon {
+                        Duration::from_millis(20)
+                    } else if last.elapsed() < Duration::from_millis(20) {
                         BRIDGE_NAP
                     } else {
                         Duration::from_millis(2)
@@ -1140,7 +1169,9 @@ impl NtbDevice for EmuDevice {
                 return self.link_state();
             }
             if self.bridge.is_some() {
-                std::thread::sleep(BRIDGE_NAP.min(deadline - now));
+                // Link events are rare and not urgent: a waiter (a listener waiting for the
+                // other machine) must not cost a wake-up every 50 µs while the link is down.
+                std::thread::sleep(BRIDGE_LINK_NAP.min(deadline - now));
                 continue;
             }
             waiters.fetch_add(1, SeqCst);
