@@ -70,6 +70,11 @@ impl World {
 
     /// Run `pcisock dc copy ARGS`.
     fn dc(&self, args: &[&str]) -> Output {
+        self.dc_env(&[], args)
+    }
+
+    /// Run `pcisock dc copy ARGS` with `env` set too.
+    fn dc_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
         let mut cmd = Command::new(BIN);
         cmd.arg("dc").arg("copy").args(args);
         for (k, _) in std::env::vars_os() {
@@ -79,6 +84,7 @@ impl World {
         }
         cmd.env_remove("LD_PRELOAD")
             .env("PCISOCK_EMU_DIR", &self.emu.0)
+            .envs(env.iter().copied())
             .output()
             .expect("run pcisock")
     }
@@ -675,4 +681,21 @@ fn a_window_on_a_huge_page_tmpfs_is_in_huge_pages() {
     if v["huge_pages"] == false {
         assert!(out(&o).contains("4 KiB pages"), "{}", out(&o));
     }
+}
+
+#[test]
+fn the_window_must_hold_the_dc_buffer() {
+    let w = World::new("smallwin");
+    let data = pattern(9 << 20, 18);
+    let src = w.file("src", &data);
+    let dst = w.data.path("dst");
+    let small = [("PCISOCK_EMU_WINDOW_SIZE", "4M")];
+    // 8 x 1 MiB does not fit a 4 MiB window: refused, with what to do instead.
+    let o = w.dc_env(&small, &["--qd", "8", s(&src), s(&dst)]);
+    assert_exit(&o, 1, "no room for 8 MiB in the NTB device's windows");
+    assert!(err(&o).contains("--buffer host"), "{}", err(&o));
+    // 4 x 1 MiB fills it exactly (no room to align it to 2 MiB: it is leased unaligned).
+    let o = w.dc_env(&small, &["--qd", "4", s(&src), s(&dst)]);
+    assert_exit(&o, 0, "");
+    assert_same(&std::fs::read(&dst).unwrap(), &data, "a full window");
 }

@@ -281,11 +281,12 @@ fn dc_buffer(kind: BufferKind, len: usize) -> Result<DcBuffer, CliError> {
             let dev = ntbdrv::recommended::open_default()
                 .map_err(|e| failed(format!("window DC buffer: NTB device: {e}")))?;
             let mut last = None;
-            for mw in 0..dev.mw_count() {
-                // Leased with room to start the buffer on a 2 MiB boundary: where the window's
-                // memory comes in huge pages (as a real BAR is contiguous), each chunk then sits
-                // in one of them.
-                let lease = match dev.lease_window(mw, (len + HUGE - 4096) as u64, DC_TAG) {
+            // First with room to start the buffer on a 2 MiB boundary: where the window's memory
+            // comes in huge pages (as a real BAR is contiguous), each chunk then sits in one of
+            // them. Then, in a window too small or too full for that, exactly the buffer.
+            let tries = (0..dev.mw_count()).flat_map(|mw| [(mw, len + HUGE - 4096), (mw, len)]);
+            for (mw, want) in tries {
+                let lease = match dev.lease_window(mw, want as u64, DC_TAG) {
                     Ok(l) => l,
                     Err(e) => {
                         last = Some(e.to_string());
@@ -294,7 +295,11 @@ fn dc_buffer(kind: BufferKind, len: usize) -> Result<DcBuffer, CliError> {
                 };
                 let region = dev.inbound(mw).and_then(|r| {
                     let at = r.as_ptr() as usize + lease.offset as usize;
-                    let pad = (HUGE - at % HUGE) % HUGE;
+                    let pad = if want > len {
+                        (HUGE - at % HUGE) % HUGE
+                    } else {
+                        0
+                    };
                     r.slice(lease.offset as usize + pad, len)
                 });
                 let mem = match region
