@@ -249,6 +249,12 @@ fn json_is_one_object_and_verify_compares_both_sides() {
     assert!(v["mb_per_s"].as_f64().unwrap() > 0.0);
     assert_same(&std::fs::read(&dst).unwrap(), &data, "json copy");
 
+    // A refused copy with --json still prints one object, with the reason.
+    let o = w.dc(&["--json", s(&src), s(&src)]);
+    assert_exit(&o, 1, "are the same file");
+    let e: serde_json::Value = serde_json::from_str(out(&o).trim()).expect("an error object");
+    assert!(e["error"].as_str().unwrap().contains("are the same file"));
+
     // Text mode says the same.
     let o = w.dc(&["--verify", s(&src), s(&dst)]);
     assert_exit(&o, 0, "");

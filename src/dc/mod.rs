@@ -51,7 +51,8 @@ Options:
       --no-fixed        Do not register the DC buffer with io_uring (fixed buffers are used
                         by default)
       --verify          After the copy, read both ranges back and compare (checksums and bytes)
-      --json            Print one JSON object instead of the text report
+      --json            Print one JSON object instead of the text report ({\"error\": …} on a
+                        failure)
   -h, --help            Print this help
 
 How: the DC buffer holds qd slots of one chunk each. Each chunk is read from SRC into its
@@ -241,7 +242,12 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
             a.chunk
         )));
     }
-    copy(&a, out)
+    let result = copy(&a, out);
+    // Scripts asking for JSON get an object on a failure too (the message also goes to stderr).
+    if let (true, Err(e @ CliError::Failed(_))) = (a.json, &result) {
+        let _ = writeln!(out, "{{\"error\":{}}}", json::string(&e.to_string()));
+    }
+    result
 }
 
 /// A DC buffer and what keeps it: a window lease (released on drop) or nothing more.
