@@ -408,6 +408,7 @@ fn p2pmem_is_used_only_where_the_kernel_offers_it() {
     }
     assert_exit(&o, 1, "no PCI device on this machine publishes p2pmem");
     assert!(err(&o).contains("--buffer window"), "{}", err(&o));
+    assert!(!dst.exists(), "a refused copy created DST");
 }
 
 #[test]
@@ -700,6 +701,7 @@ fn the_window_must_hold_the_dc_buffer() {
     let o = w.dc_env(&small, &["--qd", "8", s(&src), s(&dst)]);
     assert_exit(&o, 1, "no room for 8 MiB in the NTB device's windows");
     assert!(err(&o).contains("--buffer host"), "{}", err(&o));
+    assert!(!dst.exists(), "a refused copy created DST");
     // 4 x 1 MiB fills it exactly (no room to align it to 2 MiB: it is leased unaligned).
     let o = w.dc_env(&small, &["--qd", "4", s(&src), s(&dst)]);
     assert_exit(&o, 0, "");

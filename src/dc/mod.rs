@@ -505,6 +505,9 @@ fn copy(a: &CopyArgs, out: &mut String) -> Result<u8, CliError> {
             )));
         }
     }
+    // The DC buffer before DST is opened for writing, so that no buffer means no DST touched.
+    let slots = a.qd.min(len.div_ceil(a.chunk as u64).max(1) as usize);
+    let buffer = dc_buffer(a.buffer, slots * a.chunk)?;
     let d = manager::open(&dst, Role::Dst, a.direct_only)?;
     let whole = a.offset == 0 && a.length.is_none();
     if dst.kind == Kind::File {
@@ -519,7 +522,7 @@ fn copy(a: &CopyArgs, out: &mut String) -> Result<u8, CliError> {
                 .map_err(|e| failed(format!("DST {}: setting its size to {n}: {e}", dst.arg)))?;
         }
     }
-    let r = run(a, &src, &dst, &s, &d, len)?;
+    let r = run(a, (&src, &s), (&dst, &d), &buffer, slots, len)?;
     let outcome = Outcome {
         a,
         src: &src,
@@ -544,24 +547,23 @@ fn copy(a: &CopyArgs, out: &mut String) -> Result<u8, CliError> {
     }
 }
 
+/// Move the bytes: the aligned middle through the ring and `buffer` (`slots` chunks in flight),
+/// then the unaligned head and tail through the page cache.
 fn run(
     a: &CopyArgs,
-    src: &Endpoint,
-    dst: &Endpoint,
-    s: &Opened,
-    d: &Opened,
+    (src, s): (&Endpoint, &Opened),
+    (dst, d): (&Endpoint, &Opened),
+    buffer: &DcBuffer,
+    slots: usize,
     len: u64,
 ) -> Result<Report, CliError> {
     let align = s.align.max(d.align);
     let (head, middle, tail) = split(a.offset, len, align);
-    let slots =
-        a.qd.min(middle.len.div_ceil(a.chunk as u64).max(1) as usize);
     let mut notices: Vec<String> = [&s.notice, &d.notice]
         .into_iter()
         .flatten()
         .cloned()
         .collect();
-    let buffer = dc_buffer(a.buffer, slots * a.chunk)?;
     let mut bar = ProgressBar::new(len, !a.json);
     let start = Instant::now();
     let fixed;
