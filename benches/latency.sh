@@ -40,31 +40,12 @@ lib="${PCISOCK_LIB:-$root/target/release/libpcisock.so}"
 [[ -f "$lib" ]] || { echo "latency.sh: $lib not found: run cargo build --release" >&2; exit 2; }
 command -v sockperf >/dev/null || { echo "latency.sh: sockperf not installed (apt-get install -y sockperf)" >&2; exit 2; }
 
-work="$(mktemp -d /tmp/pcisock-latency.XXXXXX)"
-chmod 700 "$work"
+# shellcheck source=common.sh
+source "$root/benches/common.sh"
+bench_init latency.sh
 mkdir -m 700 "$work/emu"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    sleep 0.2
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-port_free() { ! grep -qi ":$(printf '%04X' "$1") 00000000:0000 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
-wait_listen() {
-    for _ in $(seq 200); do
-        grep -qi ":$(printf '%04X' "$1") [0-9A-F:]* 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
-        sleep 0.02
-    done
-    return 1
-}
-# A fresh port for every run: sockperf's server does not set SO_REUSEADDR, so the previous
-# run's TIME_WAIT would make its bind fail. port_unused = no socket of any state on it.
-port_unused() { ! grep -qi "^ *[0-9]*: [0-9A-F]*:$(printf '%04X' "$1") " /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
-port=$((20000 + RANDOM % 20000))
-next_port() { port=$((port + 1)); while ! port_unused "$port"; do port=$((port + 1)); done; }
+# A fresh port for every run (next_port): sockperf's server does not set SO_REUSEADDR, so the
+# previous run's TIME_WAIT would make its bind fail.
 
 paths=(tcp poll doorbell adaptive)
 failures="$work/failures"; : >"$failures"

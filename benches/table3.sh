@@ -74,17 +74,10 @@ if [[ -n "$FROM_RAW" ]]; then
     mapfile -t sizes < <(awk -F, '!/^#/ && NR > 1 && $1 ~ /^[0-9]+$/ {print $2}' "$raw" | awk '!seen[$0]++')
     RUNS="$(awk -F, '!/^#/ && $1 ~ /^[0-9]+$/ {if ($1 > m) m = $1} END {print m}' "$raw")"
 else
-    work="$(mktemp -d /tmp/pcisock-table3.XXXXXX)"
-    chmod 700 "$work"
+    # shellcheck source=common.sh
+    source "$root/benches/common.sh"
+    bench_init table3.sh
     mkdir -m 700 "$work/emu"
-    pids=()
-    cleanup() {
-        for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-        sleep 0.2
-        for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-        rm -rf "$work"
-    }
-    trap cleanup EXIT INT TERM
 
     shmbench=""
     if [[ -f "$shmsrc" ]]; then
@@ -95,16 +88,7 @@ else
         echo "table3.sh: $shmsrc absent: the ring-ceiling column will be n/a" >&2
     fi
 
-    port_free() { ! grep -qi ":$(printf '%04X' "$1") 00000000:0000 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
-    wait_listen() {
-        for _ in $(seq 200); do
-            grep -qi ":$(printf '%04X' "$1") [0-9A-F:]* 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
-            sleep 0.02
-        done
-        echo "table3.sh: nothing listens on port $1" >&2; return 1
-    }
-    port=$((20000 + RANDOM % 20000))
-    while ! port_free "$port"; do port=$((port + 1)); done
+    next_port
 
     # Bytes per iperf run: 2^20 writes, at least 1 MiB, at most 8 GiB (≈0.2–1 s per run here).
     amount() { local a=$(( $1 * 1048576 )); (( a > 8589934592 )) && a=8589934592; (( a < 1048576 )) && a=1048576; echo "$a"; }

@@ -31,25 +31,9 @@ for tool in iperf iperf3; do
     command -v "$tool" >/dev/null || { echo "compare.sh: $tool not installed (apt-get install -y iperf iperf3)" >&2; exit 2; }
 done
 
-work="$(mktemp -d /tmp/pcisock-compare.XXXXXX)"
-chmod 700 "$work"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    sleep 0.2
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-port_free() { ! grep -qi ":$(printf '%04X' "$1") 00000000:0000 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
-wait_listen() {
-    for _ in $(seq 200); do
-        grep -qi ":$(printf '%04X' "$1") [0-9A-F:]* 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "compare.sh: nothing listens on port $1" >&2; return 1
-}
+# shellcheck source=../benches/common.sh
+source "$root/benches/common.sh"
+bench_init compare.sh
 
 # One iperf2 run: prints bits/s. $1 = ntb|tcp, $2 = port
 iperf2_run() {
@@ -87,8 +71,7 @@ median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else prin
 gbit() { awk -v b="$1" 'BEGIN {printf "%.2f", b/1e9}'; }
 
 mkdir -m 700 "$work/emu"
-port=$((20000 + RANDOM % 20000))
-while ! port_free "$port" || ! port_free $((port + 1)); do port=$((port + 2)); done
+next_port
 
 declare -A res
 echo "pcisock vs TCP loopback: iperf2 and iperf3, -n $BYTES -l $LEN, $RUNS interleaved runs each" >&2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: build (libpcisock.so included), lints, unit and conformance tests,
-# the ntb-sys bindings check, real iperf2/iperf3 runs under LD_PRELOAD, and a smoke run of the
-# benches. Ends with one line totalling every cargo test result.
+# the ntb-sys bindings check, real iperf2/iperf3 runs under LD_PRELOAD, a smoke run of the
+# benches, and the two-guest ivshmem test bed. Ends with one line totalling every cargo test result.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log="$(mktemp /tmp/pcisock-test.XXXXXX)"
@@ -15,5 +15,7 @@ cargo bench --bench device -- --test
 cargo test --release -p ntb-sys --features regenerate 2>&1 | tee -a "$log"
 # Everything else. The iperf tests find target/release/libpcisock.so built above.
 cargo test --release --workspace 2>&1 | tee -a "$log"
+# Two real kernels joined by a PCI BAR: QEMU guests over ivshmem (docs/TWOHOST.md; about 2 min).
+iperf-tests/twohost.sh all
 
 awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f; exit (f > 0) }' "$log"

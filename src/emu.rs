@@ -238,11 +238,45 @@ fn fifos(path: &Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// Processes that have the file at `path` mapped, found by device and inode in /proc/*/maps (a
+/// device file is created under a temporary name and renamed, so its maps lines name the
+/// temporary file); processes whose maps we may not read are skipped.
+fn mapping_pids(path: &Path) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(meta), Ok(procs)) = (std::fs::metadata(path), std::fs::read_dir("/proc")) else {
+        return Vec::new();
+    };
+    // glibc's major()/minor() split of dev_t, printed as /proc/PID/maps prints it.
+    let dev = meta.dev();
+    let (major, minor) = (
+        (dev >> 8) & 0xfff | (dev >> 32) & !0xfff,
+        dev & 0xff | (dev >> 12) & !0xff,
+    );
+    let id = format!("{major:02x}:{minor:02x} {}", meta.ino());
+    procs
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| {
+                m.lines().any(|l| {
+                    l.split_whitespace()
+                        .skip(3)
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        == id
+                })
+            })
+        })
+        .collect()
+}
+
 fn is_fifo_name(name: &str, prefix: &str) -> bool {
     let Some(rest) = name.strip_prefix(prefix) else {
         return false;
     };
-    let Some((side, bit)) = rest.split_once(".db") else {
+    // Doorbell-bit lines `.s<side>.db<bit>` and interrupt-vector lines `.s<side>.v<vector>`.
+    let Some((side, bit)) = rest.split_once(".db").or_else(|| rest.split_once(".v")) else {
         return false;
     };
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
@@ -250,21 +284,42 @@ fn is_fifo_name(name: &str, prefix: &str) -> bool {
 }
 
 fn remove(out: &mut String) -> Result<u8, CliError> {
-    let dev = open()?;
-    let holders = live_holders(&dev)?;
-    if !holders.is_empty() {
-        let list: Vec<String> = holders
-            .iter()
-            .map(|(side, pid)| format!("{pid} (side {side})"))
-            .collect();
-        return Err(CliError::failed(format!(
-            "not removing {}: live processes hold leases on it: {}",
-            dev.path().display(),
-            list.join(", ")
-        )));
-    }
-    let path = dev.path().to_path_buf();
-    drop(dev);
+    let path = match device::open_existing() {
+        Ok(Found::Open(dev)) => {
+            let holders = live_holders(&dev)?;
+            if !holders.is_empty() {
+                let list: Vec<String> = holders
+                    .iter()
+                    .map(|(side, pid)| format!("{pid} (side {side})"))
+                    .collect();
+                return Err(CliError::failed(format!(
+                    "not removing {}: live processes hold leases on it: {}",
+                    dev.path().display(),
+                    list.join(", ")
+                )));
+            }
+            dev.path().to_path_buf()
+        }
+        Ok(Found::Absent(path)) => return Err(CliError::failed(device::absent_message(&path))),
+        Err(e) => {
+            // A device another build made (another layout version) cannot be read for its
+            // leases; the processes that map the file are the ones that could be using it.
+            let path = ntbdrv::emu::Options::from_env()
+                .map_err(|e| CliError::failed(e.to_string()))?
+                .path();
+            if !e.contains("layout version") {
+                return Err(CliError::failed(e));
+            }
+            let users = mapping_pids(&path);
+            if !users.is_empty() {
+                return Err(CliError::failed(format!(
+                    "not removing {}: processes {users:?} have it mapped ({e})",
+                    path.display()
+                )));
+            }
+            path
+        }
+    };
     let mut removed_fifos = 0;
     for f in fifos(&path) {
         match std::fs::remove_file(&f) {
@@ -290,6 +345,8 @@ mod tests {
     #[test]
     fn fifo_names() {
         assert!(is_fifo_name("loopback.s0.db12", "loopback.s"));
+        assert!(is_fifo_name("loopback.s1.v2047", "loopback.s"));
+        assert!(!is_fifo_name("loopback.s1.v", "loopback.s"));
         assert!(!is_fifo_name("loopback.s0.db", "loopback.s"));
         assert!(!is_fifo_name("loopback.sx.db1", "loopback.s"));
         assert!(!is_fifo_name("loopback.ntb", "loopback.s"));

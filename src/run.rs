@@ -27,11 +27,13 @@ Options:
 
 Options not given leave the corresponding variable as it is in the environment. PROGRAM is run
 in place of pcisock (exec), with libpcisock.so put first in LD_PRELOAD (an existing LD_PRELOAD
-is kept after it). The library is $PCISOCK_LIB if set, else libpcisock.so next to the pcisock
-executable (or in ../lib/ or, in a cargo build tree, deps/ beside it).
+is kept after it). A statically linked PROGRAM cannot load the library: pcisock says so on
+stderr and runs it on plain TCP, or, with --strict (or PCISOCK_STRICT=1), refuses to run it.
+The library is $PCISOCK_LIB if set, else libpcisock.so next to the pcisock executable (or in
+../lib/ or, in a cargo build tree, deps/ beside it).
 
-Exit status: PROGRAM's own; 2 if the command line is wrong or the library is not found;
-1 if PROGRAM cannot be started.";
+Exit status: PROGRAM's own; 2 if the command line is wrong, the library is not found, or
+PROGRAM is statically linked under --strict; 1 if PROGRAM cannot be started.";
 
 /// The variable that overrides where the library is.
 pub const ENV_LIB: &str = "PCISOCK_LIB";
@@ -138,6 +140,54 @@ fn parse(mut args: Args) -> Result<Option<Request>, CliError> {
     Ok(Some(r))
 }
 
+/// Where `exec` would find `program`: itself if it holds a '/', else the first executable
+/// match in `$PATH`.
+fn find_program(program: &std::ffi::OsStr) -> Option<PathBuf> {
+    if program.as_bytes().contains(&b'/') {
+        return Some(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// An ELF executable without a program interpreter (PT_INTERP): the dynamic loader never runs
+/// for it, so LD_PRELOAD has no effect. False for scripts, dynamic executables and anything
+/// unreadable or not ELF.
+fn is_static_elf(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    const PT_INTERP: u32 = 3;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut h = [0u8; 64];
+    if f.read_exact(&mut h).is_err() || &h[..4] != b"\x7fELF" || h[5] != 1 {
+        return false; // not ELF, or not little-endian
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let (phoff, phentsize, phnum) = match h[4] {
+        1 => (u32_at(&h, 0x1C) as u64, u16_at(&h, 0x2A), u16_at(&h, 0x2C)),
+        2 => (
+            u64::from_le_bytes(h[0x20..0x28].try_into().unwrap()),
+            u16_at(&h, 0x36),
+            u16_at(&h, 0x38),
+        ),
+        _ => return false,
+    };
+    if phentsize < 4 || phnum == 0 || phnum > 4096 {
+        return false;
+    }
+    let mut ph = vec![0u8; (phentsize * phnum) as usize];
+    if f.seek(SeekFrom::Start(phoff)).is_err() || f.read_exact(&mut ph).is_err() {
+        return false;
+    }
+    // A static-pie executable has a dynamic section but no interpreter: it is static too.
+    !ph.chunks_exact(phentsize as usize)
+        .any(|e| u32_at(e, 0) == PT_INTERP)
+}
+
 /// `LD_PRELOAD` with `lib` first (not repeated if already listed).
 fn preload_value(lib: &Path, existing: Option<OsString>) -> OsString {
     let mut value = OsString::from(lib.as_os_str());
@@ -176,6 +226,22 @@ pub fn main(args: Args, out: &mut String) -> Result<u8, CliError> {
                 lib.display()
             ),
         ));
+    }
+    if let Some(path) = find_program(&r.program[0]) {
+        if is_static_elf(&path) {
+            let what = format!(
+                "{} is statically linked: LD_PRELOAD cannot load libpcisock.so into it, so its \
+                 connections would all stay on plain TCP",
+                path.display()
+            );
+            if r.strict || Config::from_env().0.strict() {
+                return Err(CliError::usage(
+                    "run",
+                    format!("{what} (refused under strict)"),
+                ));
+            }
+            eprintln!("pcisock run: warning: {what}");
+        }
     }
     let mut cmd = Command::new(&r.program[0]);
     cmd.args(&r.program[1..]);

@@ -79,7 +79,7 @@ fn assert_code(o: &Output, code: i32) {
     );
 }
 
-const COMMANDS: [&str; 5] = ["run", "stats", "explain", "emu", "doctor"];
+const COMMANDS: [&str; 6] = ["run", "stats", "explain", "emu", "doctor", "dc"];
 
 #[test]
 fn help_lists_the_commands_and_each_has_its_own() {
@@ -87,6 +87,7 @@ fn help_lists_the_commands_and_each_has_its_own() {
     assert_code(&o, 0);
     let top = stdout(&o);
     assert!(top.contains("Usage: pcisock <COMMAND>"), "{top}");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CLI.md")).unwrap();
     for c in COMMANDS {
         assert!(
             top.contains(&format!("\n  {c} ")),
@@ -103,6 +104,10 @@ fn help_lists_the_commands_and_each_has_its_own() {
             stderr(&o).is_empty(),
             "{c} --help wrote to stderr: {}",
             stderr(&o)
+        );
+        assert!(
+            doc.contains(&format!("```text\n{}```", stdout(&o))),
+            "docs/CLI.md does not show `pcisock {c} --help` as it is"
         );
     }
     assert!(stdout(&pcisock(&["stats", "--help"], &[])).contains("PCISOCK_STATS_FILE"));
@@ -328,6 +333,32 @@ fn stats_and_emu_on_a_private_device() {
     );
 }
 
+/// A device left by a build with another layout version cannot be read for its leases: `emu
+/// remove` deletes it (and its interrupt lines) when no process has it mapped, and refuses while
+/// one does.
+#[test]
+fn emu_remove_takes_a_device_of_another_version() {
+    use std::os::unix::fs::FileExt;
+    let dir = TempDir::new("oldversion");
+    let dev = make_device(&dir.0);
+    let _line = dev
+        .vector_fd(3)
+        .expect("an interrupt line (a FIFO beside the device)");
+    let path = dir.0.join("loopback.ntb");
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&(ntb_sys::NTBEMU_VERSION + 7).to_le_bytes(), 8)
+        .unwrap();
+    let o = pcisock_in(&dir.0, &["emu", "remove"], &[]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("have it mapped"), "{}", stderr(&o));
+    drop(dev);
+    let o = pcisock_in(&dir.0, &["emu", "remove"], &[]);
+    assert_code(&o, 0);
+    assert!(!path.exists());
+    let left: Vec<_> = std::fs::read_dir(&dir.0).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 #[test]
 fn run_with_a_missing_library() {
     let o = pcisock(
@@ -381,6 +412,56 @@ fn run_with_the_real_library() {
     let canon = std::fs::canonicalize(&lib).unwrap();
     let want = format!("{}:/other.so|6379|1|warn|/tmp/x\n", canon.display());
     assert_eq!(stdout(&o), want, "stderr: {}", stderr(&o));
+}
+
+/// A statically linked program never loads the library: `run` says so, and refuses it under
+/// strict; a dynamic one runs without a word.
+#[test]
+fn run_tells_a_static_program_from_a_dynamic_one() {
+    let Some(_) = built_library() else {
+        println!("note: libpcisock.so is not built next to {BIN}; skipping");
+        return;
+    };
+    let dir = TempDir::new("static");
+    let (src, exe) = (dir.0.join("t.c"), dir.0.join("t"));
+    std::fs::write(&src, "int main(void) { return 7; }\n").unwrap();
+    let cc = std::process::Command::new("cc")
+        .args(["-static", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .expect("cc (gcc, libc6-dev: scripts/setup.sh)");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let exe = exe.to_str().unwrap();
+
+    let o = pcisock(&["run", "--", exe], &[]);
+    assert_code(&o, 7);
+    assert!(
+        stderr(&o).contains("is statically linked"),
+        "{}",
+        stderr(&o)
+    );
+    for strict in [&["run", "--strict", "--", exe][..], &["run", "--", exe]] {
+        let env: &[(&str, &str)] = if strict.len() == 4 {
+            &[]
+        } else {
+            &[("PCISOCK_STRICT", "1")]
+        };
+        let o = pcisock(strict, env);
+        assert_code(&o, 2);
+        assert!(
+            stderr(&o).contains("refused under strict"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = pcisock(&["run", "--strict", "--", "true"], &[]);
+    assert_code(&o, 0);
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
 }
 
 #[test]

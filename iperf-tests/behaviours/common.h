@@ -222,6 +222,17 @@ static uint64_t fnv1a(uint64_t h, const void *buf, size_t len) {
 }
 #define FNV_INIT 0xcbf29ce484222325ULL
 
+/* FNV-1a of the first len bytes of the test stream with this seed (len a multiple of 64 KiB). */
+static uint64_t stream_fnv(uint64_t seed, uint64_t len) {
+    static __thread unsigned char buf[65536];
+    uint64_t h = FNV_INIT;
+    for (uint64_t off = 0; off < len; off += sizeof buf) {
+        fill_stream(buf, sizeof buf, seed, off);
+        h = fnv1a(h, buf, sizeof buf);
+    }
+    return h;
+}
+
 /* The number of open fds of this process. */
 static int count_fds(void) {
     DIR *d = opendir("/proc/self/fd");
@@ -243,6 +254,24 @@ static short wait_fd(int fd, short events, int timeout_ms) {
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) FAIL_ERRNO("poll");
         return r == 0 ? 0 : p.revents;
+    }
+}
+
+/* Reads fd (blocking) until EOF, failing if nothing comes for 5 s; returns the FNV-1a of what it read and the byte
+ * count in *got. */
+static uint64_t read_to_eof(int fd, uint64_t *got, const char *what) {
+    static __thread unsigned char buf[65536];
+    uint64_t h = FNV_INIT;
+    *got = 0;
+    for (;;) {
+        if (!(wait_fd(fd, POLLIN, 5000) & (POLLIN | POLLHUP)))
+            fail("%s: nothing within 5 s after %llu bytes", what, (unsigned long long)*got);
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) fail("%s: read after %llu bytes: %s", what, (unsigned long long)*got, strerror(errno));
+        if (n == 0) return h;
+        h = fnv1a(h, buf, (size_t)n);
+        *got += (uint64_t)n;
     }
 }
 

@@ -3,6 +3,12 @@
  * process, forked before any socket exists) reads all 1 MiB (checksum) and then EOF. */
 #include "common.h"
 
+/* underscore_fork_then_send.c includes this file with the sender forked by another function. */
+#ifndef SENDER_FORK
+#define SENDER_FORK fork
+#define PROGRAM "fork_then_send"
+#endif
+
 #define BYTES (1u << 20)
 
 static int run_client(int ready_fd) {
@@ -12,24 +18,10 @@ static int run_client(int ready_fd) {
     if (read(ready_fd, &c, 1) != 1) fail("client: ready pipe");
     int fd = connect_to(port_arg);
     PHASE("client: read 1 MiB then EOF");
-    static unsigned char buf[65536];
-    uint64_t got = 0, h = FNV_INIT;
-    for (;;) {
-        if (!(wait_fd(fd, POLLIN, 5000) & (POLLIN | POLLHUP)))
-            fail("client: nothing within 5 s after %llu of %u bytes", (unsigned long long)got, BYTES);
-        ssize_t n = read(fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) fail("client: read after %llu bytes: %s", (unsigned long long)got, strerror(errno));
-        if (n == 0) break;
-        h = fnv1a(h, buf, (size_t)n);
-        got += (uint64_t)n;
-    }
+    uint64_t got;
+    uint64_t h = read_to_eof(fd, &got, "client");
     if (got != BYTES) fail("client: EOF after %llu of %u bytes", (unsigned long long)got, BYTES);
-    uint64_t want = FNV_INIT;
-    for (uint64_t off = 0; off < BYTES; off += sizeof buf) {
-        fill_stream(buf, sizeof buf, 11, off);
-        want = fnv1a(want, buf, sizeof buf);
-    }
+    uint64_t want = stream_fnv(11, BYTES);
     if (h != want) fail("client: checksum %016llx, expected %016llx", (unsigned long long)h, (unsigned long long)want);
     close(fd);
     printf("client ok %u bytes\n", BYTES);
@@ -37,7 +29,7 @@ static int run_client(int ready_fd) {
 }
 
 int main(int argc, char **argv) {
-    setup("fork_then_send", argc, argv, 25);
+    setup(PROGRAM, argc, argv, 25);
     int ready[2];
     if (pipe(ready) < 0) FAIL_ERRNO("pipe");
     fflush(stdout);
@@ -53,7 +45,7 @@ int main(int argc, char **argv) {
     PHASE("accept, fork the sender");
     int s = accept_one(lfd);
     fflush(stdout);
-    pid_t sender = fork();
+    pid_t sender = SENDER_FORK();
     if (sender < 0) FAIL_ERRNO("fork sender");
     if (sender == 0) {
         child_setup();
@@ -65,7 +57,7 @@ int main(int argc, char **argv) {
             write_all(s, buf, sizeof buf, "child write on the inherited fd");
         }
         close(s);
-        exit(0);
+        _exit(0);
     }
     close(s); /* right after the fork: the child's copy keeps the connection */
     PHASE("parent: wait for the sender child and the client");

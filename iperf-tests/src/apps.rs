@@ -22,6 +22,28 @@ pub fn require_bin(name: &str, package: &str) -> PathBuf {
     }
 }
 
+/// Compiles the C program `src` into `out` with `cc` (or `$CC`) and `flags`; panics with the
+/// compiler's message (or the package to install) on failure.
+pub fn compile_c(src: &Path, out: &Path, flags: &[&str]) {
+    assert!(src.is_file(), "missing program {}", src.display());
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let r = Command::new(&cc)
+        .args(flags)
+        .arg("-o")
+        .arg(out)
+        .arg(src)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run the C compiler `{cc}` ({e}): install gcc (scripts/setup.sh)")
+        });
+    assert!(
+        r.status.success(),
+        "{cc} failed on {}:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
 /// `name` in `PATH`, if there.
 pub fn find_bin(name: &str) -> Option<PathBuf> {
     let direct = Path::new(name);

@@ -34,6 +34,12 @@ pub struct Stats {
     pub doorbells: u64,
     /// Polls of rings or DMA status.
     pub polls: u64,
+    /// Ring frames a peer got wrong (each resets its connection); absent from older libraries.
+    #[serde(default)]
+    pub protocol_errors: u64,
+    /// The first of them: operation, connection and the rule broken.
+    #[serde(default)]
+    pub protocol_error: Option<String>,
     /// One record per connection.
     pub connections: Vec<ConnStats>,
 }
@@ -124,6 +130,13 @@ impl Stats {
         }
         if self.tcp_connections != 0 {
             errors.push(format!("tcp_connections {} != 0", self.tcp_connections));
+        }
+        if self.protocol_errors != 0 {
+            errors.push(format!(
+                "protocol_errors {}: a peer broke the ring's frame rules and the connection was reset (first: {})",
+                self.protocol_errors,
+                self.protocol_error.as_deref().unwrap_or("not recorded")
+            ));
         }
         let on_port: Vec<_> = self.on_port(port).collect();
         if (on_port.len() as u64) < min_conns {
@@ -268,6 +281,18 @@ mod tests {
         assert!(s.check_ntb(5001, 2, 0, 0).is_err());
         assert!(s.check_ntb(5001, 1, 1, 0).is_err());
         assert!(s.check_tcp(5001, 0, |_| true).is_err());
+    }
+
+    #[test]
+    fn a_protocol_error_fails_the_fast_path_check() {
+        let s = Stats::parse(
+            &EXAMPLE.replace(r#""polls":100,"#, r#""polls":100,"protocol_errors":1,"#),
+        )
+        .unwrap();
+        assert_eq!(s.protocol_errors, 1);
+        let err = s.check_ntb(5001, 1, 0, 1 << 20).unwrap_err();
+        assert!(err.contains("protocol_errors 1"), "{err}");
+        assert_eq!(Stats::parse(EXAMPLE).unwrap().protocol_errors, 0);
     }
 
     #[test]

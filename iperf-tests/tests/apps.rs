@@ -633,3 +633,117 @@ fn strict_refusal_is_recorded() {
         "a refused connect is not a TCP connection"
     );
 }
+
+/// Compiles benches/fanout.c (the scaling driver: N connections in one process per side, epoll)
+/// into `dir`.
+fn build_fanout(dir: &Path) -> std::path::PathBuf {
+    let out = dir.join("fanout");
+    iperf_tests::apps::compile_c(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/fanout.c"),
+        &out,
+        &["-O2", "-Wall", "-Werror"],
+    );
+    out
+}
+
+/// One fanout run of `n` connections for 2 s; returns (client bytes, server bytes) or why it
+/// failed. Both processes run under `ulimit -n 8192` (a connection holds up to three fds).
+fn fanout_run(
+    f: &Fixture,
+    fanout: &Path,
+    n: usize,
+    senv: &PreloadEnv,
+    cenv: &PreloadEnv,
+    port: u16,
+) -> Result<(u64, u64), String> {
+    let sh = Path::new("/bin/sh");
+    let lim = "ulimit -n 8192 && exec \"$0\" \"$@\"";
+    let (port_s, n_s) = (port.to_string(), n.to_string());
+    let fan = fanout.to_str().expect("utf-8 path");
+    let mut server = spawn(
+        "fanout-server",
+        sh,
+        &["-c", lim, fan, "server", &port_s, &n_s],
+        senv,
+        f.dir(),
+    );
+    check(server.wait_listening(port, LISTEN_TIMEOUT), &[&server]);
+    let (client, r) = run_client(
+        "fanout-client",
+        sh,
+        &["-c", lim, fan, "client", "127.0.0.1", &port_s, &n_s, "2"],
+        cenv,
+        f.dir(),
+        CLIENT_TIMEOUT,
+    );
+    let s = server.wait_success(CLIENT_TIMEOUT);
+    if s.is_err() {
+        let _ = server.terminate();
+    }
+    let bytes = |p: &Proc| number_after(&p.stdout(), "bytes=");
+    match (r, s, bytes(&client), bytes(&server)) {
+        (Ok(()), Ok(()), Some(c), Some(s)) => Ok((c, s)),
+        (r, s, _, _) => Err(format!(
+            "client: {r:?}, server: {s:?}\n{}\n{}",
+            client.describe(),
+            server.describe()
+        )),
+    }
+}
+
+#[test]
+fn thousand_connections_at_once() {
+    let f = Fixture::new("app_fanout");
+    let fanout = build_fanout(f.dir());
+
+    // A thousand connections, all on the NTB path: 128 KiB rings, so that the 2 000 endpoints of a
+    // loopback link fit the device's two 256 MiB windows.
+    let port = free_port();
+    let ring = |e: PreloadEnv| PreloadEnv {
+        extra: vec![("PCISOCK_RING_SIZE".into(), "128K".into())],
+        ..e
+    };
+    let senv = ring(f.preload("server").with_ports(port.to_string()));
+    let cenv = ring(f.preload("client").with_ports(port.to_string()));
+    let (sent, got) =
+        fanout_run(&f, &fanout, 1000, &senv, &cenv, port).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        sent > 0 && sent == got,
+        "client wrote {sent}, server read {got}"
+    );
+    for (who, env) in [("client", &cenv), ("server", &senv)] {
+        let s = env.stats().unwrap_or_else(|e| panic!("{who}: {e}"));
+        assert_eq!(
+            (s.ntb_connections, s.tcp_connections),
+            (1000, 0),
+            "{who}: {s}"
+        );
+    }
+
+    // Default 1 MiB rings and no strict mode: the windows hold about 250 connections; the others
+    // stay on TCP with reason NoWindowSpace, every byte arrives, and nothing hangs (a settling
+    // offer used to deadlock epoll_wait; reclaiming leases used to take minutes).
+    let port = free_port();
+    let senv = f
+        .preload("server-default")
+        .with_ports(port.to_string())
+        .with_strict(false);
+    let cenv = f
+        .preload("client-default")
+        .with_ports(port.to_string())
+        .with_strict(false);
+    let (sent, got) =
+        fanout_run(&f, &fanout, 400, &senv, &cenv, port).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        sent > 0 && sent == got,
+        "client wrote {sent}, server read {got}"
+    );
+    let s = cenv.stats().expect("client stats");
+    assert_eq!(s.ntb_connections + s.tcp_connections, 400, "{s}");
+    assert!(s.ntb_connections >= 100, "{s}");
+    let other: Vec<_> = s
+        .on_port(port)
+        .filter(|c| c.path == "tcp" && c.reason.as_deref() != Some("NoWindowSpace"))
+        .collect();
+    assert!(other.is_empty(), "fell back for another reason: {other:?}");
+}

@@ -11,7 +11,6 @@
 //! own watchdog (20–28 s, "TIMEOUT <program> during <phase>"), and the test stops a run at 30 s by its pid.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use iperf_tests::*;
@@ -48,23 +47,11 @@ fn source_dir() -> PathBuf {
 
 /// Compiles `behaviours/<name>.c` into `dir/<name>`.
 fn compile(name: &str, dir: &Path) -> PathBuf {
-    let src = source_dir().join(format!("{name}.c"));
-    assert!(src.is_file(), "missing program {}", src.display());
     let out = dir.join(name);
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-    let result = Command::new(&cc)
-        .args(["-O1", "-Wall", "-Werror", "-pthread", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run the C compiler `{cc}` ({e}): install gcc (scripts/setup.sh)")
-        });
-    assert!(
-        result.status.success(),
-        "{cc} failed on {}:\n{}",
-        src.display(),
-        String::from_utf8_lossy(&result.stderr)
+    iperf_tests::apps::compile_c(
+        &source_dir().join(format!("{name}.c")),
+        &out,
+        &["-O1", "-Wall", "-Werror", "-pthread"],
     );
     out
 }
@@ -88,21 +75,25 @@ fn run_once(
     (p, r)
 }
 
-fn run_behaviour(name: &'static str, e: Expect) {
+/// Compiles the program and runs the control: once on plain TCP, under the exclusive lo lock (it may push bulk TCP
+/// over lo). Returns the fixture and the program.
+fn compile_and_control(name: &str) -> (Fixture, PathBuf) {
     let f = Fixture::new(name);
     let exe = compile(name, f.dir());
-
-    // 1. The control run on plain TCP, under the exclusive lo lock (it may push bulk TCP over lo).
-    {
-        let _bulk = LoWindow::open(LoExpect::Bulk).unwrap();
-        let (p, r) = run_once("control", &exe, free_port(), None, f.dir());
-        if let Err(err) = r {
-            panic!(
-                "{name}: the control run WITHOUT the library failed, so the program is wrong (not pcisock):\n{err}\n{}",
-                p.describe()
-            );
-        }
+    let _bulk = LoWindow::open(LoExpect::Bulk).unwrap();
+    let (p, r) = run_once("control", &exe, free_port(), None, f.dir());
+    if let Err(err) = r {
+        panic!(
+            "{name}: the control run WITHOUT the library failed, so the program is wrong (not pcisock):\n{err}\n{}",
+            p.describe()
+        );
     }
+    (f, exe)
+}
+
+fn run_behaviour(name: &'static str, e: Expect) {
+    // 1. The control run on plain TCP.
+    let (f, exe) = compile_and_control(name);
 
     // 2. Under the library, strict, on a flagged port.
     let port = free_port();
@@ -200,6 +191,39 @@ fn epoll_nested() {
     run_behaviour("epoll_nested", expect(2, 7, 7, 0));
 }
 
+/// `epoll_late_accept` under the library, not strict, with a 200 ms answer timeout: the client's offer expires inside
+/// `epoll_wait` (the transport then closes the offer's doorbell line while the epoll set is locked: this deadlocked),
+/// the connection settles on TCP and the round trip works there. Exit 0, and the client's record says `NoAnswer`.
+#[test]
+fn epoll_late_accept() {
+    let name = "epoll_late_accept";
+    let (f, exe) = compile_and_control(name);
+    let port = free_port();
+    let mut env = f
+        .preload("program")
+        .with_ports(port.to_string())
+        .with_strict(false);
+    env.extra
+        .push(("PCISOCK_ANSWER_TIMEOUT_MS".into(), "200".into()));
+    let (p, r) = run_once("preloaded", &exe, port, Some(&env), f.dir());
+    let stats = env.stats();
+    let no_answer = stats.as_ref().is_ok_and(|s| {
+        s.on_port(port)
+            .any(|c| c.path == "tcp" && c.reason.as_deref() == Some("NoAnswer"))
+    });
+    if r.is_err() || !no_answer {
+        panic!(
+            "{name} on flagged port {port}: {r:?}; a NoAnswer TCP record: {no_answer} (stats: {stats:?})\n{}",
+            p.describe()
+        );
+    }
+}
+
+#[test]
+fn epoll_set_replaced() {
+    run_behaviour("epoll_set_replaced", expect(2, 1, 1, 0));
+}
+
 #[test]
 fn epoll_threads() {
     run_behaviour("epoll_threads", expect(4, 8 * MIB, 8 * MIB, 8 * MIB));
@@ -239,6 +263,28 @@ fn half_close() {
 }
 
 #[test]
+fn splice_pipe() {
+    // 9 bytes by sendfile, then 4 MiB each way: socket -> pipe -> file, then file -> pipe -> socket; 8 MiB would
+    // cross lo over TCP.
+    run_behaviour("splice_pipe", expect(2, 8 * MIB + 9, 8 * MIB + 9, 8 * MIB));
+}
+
+#[test]
+fn preadv2_pwritev2() {
+    // 1500 bytes, then RWF_NOWAIT writes until the 1 MiB ring is full (at least 512 KiB), all read back.
+    run_behaviour(
+        "preadv2_pwritev2",
+        expect(2, 1500 + 512 * 1024, 1500 + 512 * 1024, 0),
+    );
+}
+
+#[test]
+fn sa_restart() {
+    // 3 × 4 bytes, then two fills of the 1 MiB ring (at least 512 KiB each) and the restarted 1000-byte send.
+    run_behaviour("sa_restart", expect(2, 12 + 1000 + MIB, 12 + 1000 + MIB, 0));
+}
+
+#[test]
 fn epipe_sigpipe() {
     // Two connections, both ends in the process; the writes into a closed peer carry no payload anywhere.
     run_behaviour("epipe_sigpipe", expect(4, 0, 0, 0));
@@ -258,15 +304,39 @@ fn fork_then_send() {
 }
 
 #[test]
+fn underscore_fork_then_send() {
+    // fork_then_send with the sender made by `_Fork`, which runs no atfork handlers.
+    run_behaviour("underscore_fork_then_send", expect(1, 0, 0, MIB));
+}
+
+#[test]
 fn exec_inherit() {
     // The parent is the echo server of the exec'd image: 28 + 1 MiB in, 1 MiB out; 2 MiB would cross lo over TCP.
     run_behaviour("exec_inherit", expect(1, MIB, MIB + 28, 2 * MIB));
 }
 
 #[test]
+fn late_close_reuse() {
+    // "one" on the first connection; "two", "owt", "three", "eerht" on the second.
+    run_behaviour("late_close_reuse", expect(4, 19, 19, 0));
+}
+
+#[test]
+fn fdopen_fclose_reuse() {
+    // Four connections carry "hi" each; the last also "back".
+    run_behaviour("fdopen_fclose_reuse", expect(8, 12, 12, 0));
+}
+
+#[test]
 fn killed_peer() {
     // The server (the parent) read at least 1 MiB before it killed the client process.
     run_behaviour("killed_peer", expect(1, 0, MIB, MIB));
+}
+
+#[test]
+fn glibc_aliases() {
+    // "hello", "pq", "mmsg" and "dup" from the client, "world!" from the server, each through the aliases.
+    run_behaviour("glibc_aliases", expect(2, 20, 20, 0));
 }
 
 #[test]

@@ -24,6 +24,27 @@ pub trait Fixture {
     fn peer(&self, side: SideId, args: &[&str]) -> Command;
 }
 
+/// Every check of the suite, for a backend's test file: `ntbdrv::conformance_checks!(m)` expands
+/// to `m!(check, check, …)`, so each backend runs the same list.
+#[macro_export]
+macro_rules! conformance_checks {
+    ($m:ident) => {
+        $m!(
+            doorbell_set_clear_mask,
+            doorbell_no_lost_wakeup,
+            doorbell_vector_fd,
+            vectors_trigger_lines,
+            scratchpad_handshake,
+            windows_visible,
+            dma_transfer,
+            limits_enforced,
+            link_down,
+            windows_across_processes,
+            reclaim_after_kill,
+        );
+    };
+}
+
 const LONG: Duration = Duration::from_secs(10);
 
 fn up(f: &dyn Fixture) -> (Arc<dyn NtbDevice>, Arc<dyn NtbDevice>) {

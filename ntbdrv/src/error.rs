@@ -38,6 +38,8 @@ pub enum DeviceError {
     },
     /// An operating-system call failed.
     Io { what: String, err: std::io::Error },
+    /// The hardware device is not there (or is not the device it should be).
+    NoDevice(String),
 }
 
 impl fmt::Display for DeviceError {
@@ -55,7 +57,9 @@ impl fmt::Display for DeviceError {
             Self::NotADevice(p) => write!(f, "{} is not an NTBEMU device file (bad magic)", p.display()),
             Self::VersionMismatch { path, ours, theirs } => write!(
                 f,
-                "{} has layout version {theirs}, this build speaks version {ours}",
+                "{} has layout version {theirs}, this build speaks version {ours} (a device \
+                 left by another build: `pcisock emu remove` deletes it, and the next process \
+                 creates a new one)",
                 path.display()
             ),
             Self::Corrupt { path, why } => write!(f, "{} is corrupt: {why}", path.display()),
@@ -65,6 +69,7 @@ impl fmt::Display for DeviceError {
             }
             Self::BadSetting { name, value, why } => write!(f, "{name}={value:?}: {why}"),
             Self::Io { what, err } => write!(f, "{what}: {err}"),
+            Self::NoDevice(why) => write!(f, "{why}"),
         }
     }
 }

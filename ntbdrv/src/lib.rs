@@ -2,8 +2,10 @@
 //! `struct ntb_dev_ops` plus a DMA engine, and its backends.
 //!
 //! Callers are `transport` (connections over the bridge), the `pcisock` CLI and the benches. The
-//! only backend today is [`emu`], an emulated device in shared memory that keeps hardware limits;
-//! [`recommended`] is the one place that picks the default. This crate knows nothing of sockets
+//! backends are [`emu`], an emulated device in shared memory that keeps hardware limits, and
+//! [`ivshmem`], QEMU's inter-VM shared-memory PCI device between two virtual machines (the emu
+//! layout in the device's BAR, interrupts through its Doorbell register); [`recommended`] is the
+//! one place that picks the default. This crate knows nothing of sockets
 //! and must never read memory a real bridge could not reach (for instance a peer's private
 //! memory): code that works on `emu` must work on hardware.
 #![deny(unsafe_code)]
@@ -13,6 +15,7 @@ pub mod conformance;
 pub mod emu;
 mod error;
 mod futex;
+pub mod ivshmem;
 pub mod recommended;
 mod region;
 mod sysutil;

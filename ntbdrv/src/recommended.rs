@@ -1,5 +1,6 @@
 //! The one place that picks the default device: `PCISOCK_DEVICE` names the backend (`emu`, the
-//! default, is the only one today; hardware backends join here).
+//! default; `ivshmem` or `ivshmem:<PCI address>` for QEMU's ivshmem device between two virtual
+//! machines).
 
 use std::sync::Arc;
 
@@ -14,10 +15,13 @@ pub fn open_default() -> Result<Arc<dyn NtbDevice>, DeviceError> {
         .as_deref()
     {
         None | Some("emu") => Ok(Arc::new(EmuDevice::open_from_env()?)),
+        Some(v) if v == "ivshmem" || v.starts_with("ivshmem:") => Ok(Arc::new(
+            crate::ivshmem::open(&crate::ivshmem::IvshmemOptions::from_env(v)?)?,
+        )),
         Some(other) => Err(DeviceError::BadSetting {
             name: "PCISOCK_DEVICE",
             value: other.to_string(),
-            why: "unknown backend (known: emu)".into(),
+            why: "unknown backend (known: emu, ivshmem[:<PCI address>])".into(),
         }),
     }
 }

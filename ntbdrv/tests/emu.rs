@@ -100,19 +100,7 @@ macro_rules! conformance {
     };
 }
 
-conformance!(
-    doorbell_set_clear_mask,
-    doorbell_no_lost_wakeup,
-    doorbell_vector_fd,
-    vectors_trigger_lines,
-    scratchpad_handshake,
-    windows_visible,
-    dma_transfer,
-    limits_enforced,
-    link_down,
-    windows_across_processes,
-    reclaim_after_kill,
-);
+ntbdrv::conformance_checks!(conformance);
 
 // ---- faults --------------------------------------------------------------------------------------
 
@@ -343,12 +331,12 @@ fn corrupt_truncated_and_foreign_files_are_refused() {
     assert!(matches!(
         expect_err(EmuDevice::open(&e.opts(0))),
         DeviceError::VersionMismatch {
-            ours: 1,
+            ours: ntb_sys::NTBEMU_VERSION,
             theirs: 99,
             ..
         }
     ));
-    write_at(&path, 8, &1u32.to_le_bytes());
+    write_at(&path, 8, &ntb_sys::NTBEMU_VERSION.to_le_bytes());
     EmuDevice::open(&e.opts(0)).expect("restored header opens");
 
     let len = std::fs::metadata(&path).unwrap().len();

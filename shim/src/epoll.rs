@@ -14,7 +14,7 @@
 //! the registration to the NTB form.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,32 @@ type Set = Mutex<HashMap<c_int, Reg>>;
 
 /// Has any epoll set ever held one of our registrations? (Keeps `close` of other fds cheap.)
 pub static IN_USE: AtomicBool = AtomicBool::new(false);
+
+/// Per fd number: how many registrations it has in the sets we keep, plus [`A_SET`] if it is one
+/// of those sets. `close` of any other fd takes none of this module's locks, which matters for
+/// pcisock's own fds: the transport closes them (a settled offer's doorbell line) while `wait`
+/// holds a set's lock, and looking for them there would deadlock.
+static INVOLVED: [AtomicU32; table::MAX_FD] = [const { AtomicU32::new(0) }; table::MAX_FD];
+const A_SET: u32 = 1 << 31;
+
+/// Does closing `fd` concern a set we keep (one of its registrations, or the set itself)?
+pub fn involves(fd: c_int) -> bool {
+    match INVOLVED.get(fd as usize) {
+        Some(n) => n.load(Relaxed) != 0,
+        None => IN_USE.load(Relaxed), // not counted: look
+    }
+}
+
+/// A registration of `fd` was added to (`true`) or removed from a set.
+fn count_reg(fd: c_int, added: bool) {
+    if let Some(n) = INVOLVED.get(fd as usize) {
+        if added {
+            n.fetch_add(1, Relaxed);
+        } else {
+            n.fetch_sub(1, Relaxed);
+        }
+    }
+}
 
 fn sets() -> &'static Mutex<HashMap<c_int, Arc<Set>>> {
     static SETS: OnceLock<Mutex<HashMap<c_int, Arc<Set>>>> = OnceLock::new();
@@ -172,6 +198,9 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
         let Ok(mut all) = sets().lock() else {
             return Detour::Ours(Err(libc::EIO));
         };
+        if let Some(n) = INVOLVED.get(epfd as usize) {
+            n.fetch_or(A_SET, Relaxed);
+        }
         all.entry(epfd).or_default().clone()
     };
     let Ok(mut regs) = set.lock() else {
@@ -213,6 +242,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
             if let Some(c) = sock.conn.get() {
                 c.rearm(events & READ != 0, events & WRITE != 0);
             }
+            count_reg(fd, true);
             regs.insert(
                 fd,
                 Reg {
@@ -229,6 +259,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
         }
         libc::EPOLL_CTL_DEL => match regs.remove(&fd) {
             Some(r) => {
+                count_reg(fd, false);
                 unregister(epfd, fd, r.form);
                 Detour::Ours(Ok(0))
             }
@@ -241,10 +272,14 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
 /// An fd is being closed: it leaves every epoll set we track it in (the kernel drops its own
 /// registrations when the file goes away).
 pub fn forget_fd(fd: c_int) {
+    if !involves(fd) {
+        return;
+    }
     let Ok(all) = sets().lock() else { return };
     for (epfd, set) in all.iter() {
         if let Ok(mut regs) = set.lock() {
             if let Some(r) = regs.remove(&fd) {
+                count_reg(fd, false);
                 // The doorbell line belongs to the connection, which may outlive this fd (dup).
                 let vector = match r.form {
                     Form::Ntb { vector } | Form::Pending { vector } => vector,
@@ -257,8 +292,19 @@ pub fn forget_fd(fd: c_int) {
 
 /// An epoll fd is being closed.
 pub fn forget_set(epfd: c_int) {
-    if let Ok(mut all) = sets().lock() {
-        all.remove(&epfd);
+    if !involves(epfd) {
+        return;
+    }
+    let Ok(mut all) = sets().lock() else { return };
+    if let Some(n) = INVOLVED.get(epfd as usize) {
+        n.fetch_and(!A_SET, Relaxed);
+    }
+    if let Some(set) = all.remove(&epfd) {
+        if let Ok(regs) = set.lock() {
+            for fd in regs.keys() {
+                count_reg(*fd, false);
+            }
+        }
     }
 }
 
@@ -309,6 +355,7 @@ fn settle(epfd: c_int, regs: &mut HashMap<c_int, Reg>) {
     for fd in to_kernel {
         // Settled on TCP: from now on the kernel socket, with the application's own events.
         if let Some(r) = regs.remove(&fd) {
+            count_reg(fd, false);
             kernel_ctl(epfd, libc::EPOLL_CTL_ADD, fd, r.events, r.data);
         }
     }

@@ -18,7 +18,7 @@ pub struct Global {
     pub log: LogLevel,
     pub stats_file: Option<PathBuf>,
     transport: OnceLock<Result<Transport, String>>,
-    closed: Mutex<Vec<Record>>,
+    closed: Mutex<Closed>,
     pub ntb_connections: AtomicU64,
     pub tcp_connections: AtomicU64,
     epoch: std::time::Instant,
@@ -27,6 +27,49 @@ pub struct Global {
 
 /// Least time between two rewrites of the statistics file while connections close.
 const STATS_INTERVAL_MS: u64 = 100;
+
+/// Closed connections the statistics file lists one by one (the most recent); older ones count
+/// only in the totals, so a server's memory does not grow with every connection it ever had.
+const LISTED_MAX: usize = 16384;
+
+/// What closed connections leave behind: running totals, and (with a statistics file) the most
+/// recent ones' records.
+#[derive(Default)]
+struct Closed {
+    totals: Totals,
+    recent: std::collections::VecDeque<Record>,
+    /// Closed connections no longer listed.
+    dropped: u64,
+}
+
+/// Byte and event counts summed over connections.
+#[derive(Default, Clone, Copy)]
+struct Totals {
+    ntb_tx: u64,
+    ntb_rx: u64,
+    tcp_tx: u64,
+    tcp_rx: u64,
+    dma: u64,
+    cpu: u64,
+    doorbells: u64,
+    polls: u64,
+}
+
+impl Totals {
+    fn add(&mut self, r: &Record) {
+        if r.ntb {
+            self.ntb_tx += r.tx;
+            self.ntb_rx += r.rx;
+        } else {
+            self.tcp_tx += r.tx;
+            self.tcp_rx += r.rx;
+        }
+        self.dma += r.dma;
+        self.cpu += r.cpu;
+        self.doorbells += r.doorbells;
+        self.polls += r.polls;
+    }
+}
 
 static GLOBAL: OnceLock<Global> = OnceLock::new();
 
@@ -60,7 +103,7 @@ pub fn get() -> &'static Global {
             log,
             stats_file,
             transport: OnceLock::new(),
-            closed: Mutex::new(Vec::new()),
+            closed: Mutex::new(Closed::default()),
             ntb_connections: AtomicU64::new(0),
             tcp_connections: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
@@ -84,11 +127,18 @@ impl Global {
     pub fn transport(&self) -> Result<&Transport, &str> {
         self.transport
             .get_or_init(|| {
-                let r = Transport::open_from_env().map_err(|e| e.to_string());
-                if let Err(e) = &r {
-                    self.log(LogLevel::Warn, || format!("NTB transport unavailable: {e}"));
-                }
-                r
+                Transport::open_from_env().map_err(|e| {
+                    // A bad setting is the user's mistake to fix, and under strict every flagged
+                    // connection will fail for it; otherwise a missing device is a fallback.
+                    let level = match e {
+                        transport::OpenError::Setting(_) => LogLevel::Error,
+                        _ if self.config.strict() => LogLevel::Error,
+                        _ => LogLevel::Warn,
+                    };
+                    let e = e.to_string();
+                    self.log(level, || format!("NTB transport unavailable: {e}"));
+                    e
+                })
             })
             .as_ref()
             .map_err(|e| e.as_str())
@@ -98,7 +148,14 @@ impl Global {
     pub fn retire(&self, sock: &Sock) {
         if let Some(rec) = Record::of(sock) {
             if let Ok(mut c) = self.closed.lock() {
-                c.push(rec);
+                c.totals.add(&rec);
+                if self.stats_file.is_some() {
+                    if c.recent.len() == LISTED_MAX {
+                        c.recent.pop_front();
+                        c.dropped += 1;
+                    }
+                    c.recent.push_back(rec);
+                }
             }
             // Rewriting the file costs time in proportion to the connections it lists: at most
             // every STATS_INTERVAL while connections close, and always at exit.
@@ -115,9 +172,19 @@ impl Global {
     /// live connections. Written to a temporary file and renamed, so readers never see half.
     pub fn write_stats(&self) {
         let Some(path) = &self.stats_file else { return };
-        let mut recs: Vec<Record> = self.closed.lock().map(|c| c.clone()).unwrap_or_default();
-        recs.extend(table::snapshot().iter().filter_map(|(_, s)| Record::of(s)));
+        let (mut t, mut recs, dropped) = self
+            .closed
+            .lock()
+            .map(|c| (c.totals, c.recent.iter().cloned().collect::<Vec<_>>(), c.dropped))
+            .unwrap_or_default();
+        let live: Vec<Record> = table::snapshot()
+            .iter()
+            .filter_map(|(_, s)| Record::of(s))
+            .collect();
+        live.iter().for_each(|r| t.add(r));
+        recs.extend(live);
         if recs.is_empty()
+            && dropped == 0
             && self.ntb_connections.load(Relaxed) == 0
             && self.tcp_connections.load(Relaxed) == 0
             && path.exists()
@@ -126,23 +193,31 @@ impl Global {
             // variable): do not overwrite what the process that did something wrote.
             return;
         }
-        let sum = |f: fn(&Record) -> u64| recs.iter().map(f).sum::<u64>();
+        // Frames a peer got wrong (each reset a connection); never opens the transport to ask.
+        let (protocol_errors, first) = match self.transport.get() {
+            Some(Ok(t)) => (
+                t.counters().protocol_errors.load(Relaxed),
+                t.counters().first_protocol_error.get().map(|e| json_str(e)),
+            ),
+            _ => (0, None),
+        };
+        let first = first.unwrap_or_else(|| "null".into());
         let mut j = String::new();
         let _ = write!(
             j,
-            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"connections\":[",
+            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"protocol_errors\":{protocol_errors},\"protocol_error\":{first},\"unlisted_connections\":{dropped},\"connections\":[",
             std::process::id(),
             json_str(&self.program),
             self.ntb_connections.load(Relaxed),
             self.tcp_connections.load(Relaxed),
-            sum(|r| if r.ntb { r.tx } else { 0 }),
-            sum(|r| if r.ntb { r.rx } else { 0 }),
-            sum(|r| if r.ntb { 0 } else { r.tx }),
-            sum(|r| if r.ntb { 0 } else { r.rx }),
-            sum(|r| r.dma),
-            sum(|r| r.cpu),
-            sum(|r| r.doorbells),
-            sum(|r| r.polls),
+            t.ntb_tx,
+            t.ntb_rx,
+            t.tcp_tx,
+            t.tcp_rx,
+            t.dma,
+            t.cpu,
+            t.doorbells,
+            t.polls,
         );
         for (i, r) in recs.iter().enumerate() {
             if i > 0 {

@@ -20,11 +20,30 @@ use std::time::Duration;
 use libc::{c_int, c_ulong, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
 
 use crate::ops::{self, DataPath, Detour};
+use crate::signals::restarting;
 use crate::{global, real, sys, table};
 
-/// Run our handling of a call, catching panics (→ EIO).
+thread_local! {
+    /// This thread is inside our handling of a call (see `guard`).
+    static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run our handling of a call, catching panics (→ EIO). While it runs, the libc calls pcisock
+/// makes itself on this thread come back into these hooks (closing its own doorbell lines when
+/// an offer settles inside `epoll_wait`, …); `nested` tells the hooks that take locks to pass
+/// those straight to the kernel.
 fn guard<T>(f: impl FnOnce() -> Result<T, c_int>) -> Result<T, c_int> {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(libc::EIO))
+    let outer = INSIDE.with(|c| c.replace(true));
+    let r = std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(libc::EIO));
+    if !outer {
+        INSIDE.with(|c| c.set(false));
+    }
+    r
+}
+
+/// The call comes from pcisock's own handling of another call on this thread.
+fn nested() -> bool {
+    INSIDE.with(|c| c.get())
 }
 
 /// Turn our result into the C convention: the value, or -1 with errno.
@@ -110,7 +129,9 @@ unsafe fn iovecs_mut<'a>(iov: *const iovec, n: c_int) -> Result<Vec<&'a mut [u8]
 fn do_recv(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Option<Result<usize, c_int>> {
     match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
         Err(e) => Some(Err(e)),
-        Ok(DataPath::Ntb(s, c)) => Some(guard(|| ops::recv(&s, &c, bufs, flags))),
+        Ok(DataPath::Ntb(s, c)) => Some(guard(|| {
+            restarting(s.rcvtimeo(), || ops::recv(&s, &c, bufs, flags))
+        })),
         Ok(DataPath::Kernel) => None,
     }
 }
@@ -122,14 +143,23 @@ fn do_send(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Result<usize, c_in
             // Settled meanwhile (or no room): look again once.
             None => match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
                 Err(e) => Some(Err(e)),
-                Ok(DataPath::Ntb(s, c)) => Some(guard(|| ops::send(&s, &c, bufs, flags))),
+                Ok(DataPath::Ntb(s, c)) => Some(send_restarting(&s, &c, bufs, flags)),
                 Ok(DataPath::Kernel) => None,
             },
         },
         Err(e) => Some(Err(e)),
-        Ok(DataPath::Ntb(s, c)) => Some(guard(|| ops::send(&s, &c, bufs, flags))),
+        Ok(DataPath::Ntb(s, c)) => Some(send_restarting(&s, &c, bufs, flags)),
         Ok(DataPath::Kernel) => None,
     }
+}
+
+fn send_restarting(
+    s: &crate::sock::Sock,
+    c: &transport::Connection,
+    bufs: &[&[u8]],
+    flags: c_int,
+) -> Result<usize, c_int> {
+    guard(|| restarting(s.sndtimeo(), || ops::send(s, c, bufs, flags)))
 }
 
 /// Count bytes a flagged-but-TCP connection moved over the kernel socket.
@@ -213,6 +243,129 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssi
     match do_send(fd, &bufs, 0) {
         Some(r) => fin_ssize(r),
         None => count_kernel(fd, call_real!(writev(fd, iov, cnt)), true),
+    }
+}
+
+/// RWF_NOSIGNAL (Linux 6.18's uapi; not in the libc crate yet): no SIGPIPE on EPIPE.
+const RWF_NOSIGNAL: c_int = 0x100;
+
+/// preadv2/pwritev2 flags on an NTB fd: the kernel's verdict for this socket, as `MSG_*` flags.
+/// Which flags a socket accepts depends on the kernel (6.18 takes HIPRI, DSYNC, SYNC, NOWAIT,
+/// APPEND, NOAPPEND and NOSIGNAL, and says EOPNOTSUPP to ATOMIC, DONTCACHE and unknown bits),
+/// so the idle kernel socket of an NTB connection is asked: a non-blocking one-byte `preadv2`
+/// with the same flags fails with EOPNOTSUPP exactly when they are not supported (a socket
+/// accepts the same flags for reads and writes, and the idle socket has no byte to take). A
+/// connection on TCP is not asked (its socket holds real bytes; the real call checks the flags),
+/// nor one still waiting for its upgrade answer (checked against 6.18's list instead).
+fn rwf_flags(fd: c_int, flags: c_int) -> Result<c_int, c_int> {
+    if flags == 0 {
+        return Ok(0);
+    }
+    let e = sys::errno();
+    // Settle a pending upgrade first, as the data call would.
+    match ops::data_path(fd, flags & libc::RWF_NOWAIT != 0) {
+        Some(Ok(DataPath::Ntb(..))) => {
+            let mut b = [0u8; 1];
+            let iov = iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: 1,
+            };
+            if call_real!(preadv2(fd, &iov, 1, -1, flags | libc::RWF_NOWAIT)) < 0 {
+                let err = sys::errno();
+                if err == libc::EOPNOTSUPP || err == libc::EINVAL {
+                    return Err(err);
+                }
+            }
+        }
+        Some(Err(_)) => {
+            let known = libc::RWF_HIPRI
+                | libc::RWF_DSYNC
+                | libc::RWF_SYNC
+                | libc::RWF_NOWAIT
+                | libc::RWF_APPEND
+                | libc::RWF_NOAPPEND
+                | RWF_NOSIGNAL;
+            if flags & !known != 0 {
+                return Err(libc::EOPNOTSUPP);
+            }
+        }
+        _ => {}
+    }
+    sys::set_errno(e);
+    let mut msg = 0;
+    if flags & libc::RWF_NOWAIT != 0 {
+        msg |= libc::MSG_DONTWAIT;
+    }
+    if flags & RWF_NOSIGNAL != 0 {
+        msg |= libc::MSG_NOSIGNAL;
+    }
+    Ok(msg)
+}
+
+/// The `MSG_*` flags of a preadv2/pwritev2 on a tracked fd, or its result already: 0 for an
+/// empty call (the kernel returns before it looks at the flags), or -1 with errno if the flags
+/// are refused.
+fn rwf_call(fd: c_int, empty: bool, flags: c_int) -> Result<c_int, ssize_t> {
+    if empty {
+        return Err(0);
+    }
+    rwf_flags(fd, flags).map_err(|e| fin_ssize(Err(e)))
+}
+
+/// preadv2: with offset −1 on a tracked fd, `readv` with the call's flags (RWF_NOWAIT: this call
+/// does not wait). Any other offset goes to the kernel, which refuses it for a socket (ESPIPE,
+/// or EINVAL below −1).
+#[no_mangle]
+pub unsafe extern "C" fn preadv2(
+    fd: c_int,
+    iov: *const iovec,
+    cnt: c_int,
+    off: libc::off_t,
+    flags: c_int,
+) -> ssize_t {
+    if !table::contains(fd) || off != -1 {
+        return call_real!(preadv2(fd, iov, cnt, off, flags));
+    }
+    // SAFETY: the application's iovec array.
+    let mut bufs = match unsafe { iovecs_mut(iov, cnt) } {
+        Ok(b) => b,
+        Err(e) => return fin_ssize(Err(e)),
+    };
+    let msg = match rwf_call(fd, bufs.iter().all(|b| b.is_empty()), flags) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match do_recv(fd, &mut bufs, msg) {
+        Some(r) => fin_ssize(r),
+        None => count_kernel(fd, call_real!(preadv2(fd, iov, cnt, off, flags)), false),
+    }
+}
+
+/// pwritev2: with offset −1 on a tracked fd, `writev` with the call's flags (RWF_NOWAIT: this
+/// call does not wait; RWF_NOSIGNAL: no SIGPIPE). Other offsets go to the kernel (ESPIPE).
+#[no_mangle]
+pub unsafe extern "C" fn pwritev2(
+    fd: c_int,
+    iov: *const iovec,
+    cnt: c_int,
+    off: libc::off_t,
+    flags: c_int,
+) -> ssize_t {
+    if !table::contains(fd) || off != -1 {
+        return call_real!(pwritev2(fd, iov, cnt, off, flags));
+    }
+    // SAFETY: the application's iovec array.
+    let bufs = match unsafe { iovecs(iov, cnt) } {
+        Ok(b) => b,
+        Err(e) => return fin_ssize(Err(e)),
+    };
+    let msg = match rwf_call(fd, bufs.iter().all(|b| b.is_empty()), flags) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    match do_send(fd, &bufs, msg) {
+        Some(r) => fin_ssize(r),
+        None => count_kernel(fd, call_real!(pwritev2(fd, iov, cnt, off, flags)), true),
     }
 }
 
@@ -527,7 +680,14 @@ fn do_sendfile(
 ) -> Option<Result<usize, c_int>> {
     match ops::data_path(out_fd, false)? {
         Err(e) => Some(Err(e)),
-        Ok(DataPath::Ntb(s, c)) => Some(guard(|| ops::sendfile(&s, &c, in_fd, off, n))),
+        Ok(DataPath::Ntb(s, c)) => {
+            let mut off = off;
+            Some(guard(|| {
+                restarting(s.sndtimeo(), || {
+                    ops::sendfile(&s, &c, in_fd, off.as_deref_mut(), n)
+                })
+            }))
+        }
         Ok(DataPath::Kernel) => None,
     }
 }
@@ -540,6 +700,9 @@ pub unsafe extern "C" fn sendfile(
     n: size_t,
 ) -> ssize_t {
     if !table::contains(out_fd) {
+        if let Some(r) = sendfile_from_ntb(out_fd, in_fd, !off.is_null(), n) {
+            return r;
+        }
         return call_real!(sendfile(out_fd, in_fd, off, n));
     }
     // SAFETY: `off` is null or the application's offset.
@@ -558,6 +721,9 @@ pub unsafe extern "C" fn sendfile64(
     n: size_t,
 ) -> ssize_t {
     if !table::contains(out_fd) {
+        if let Some(r) = sendfile_from_ntb(out_fd, in_fd, !off.is_null(), n) {
+            return r;
+        }
         return call_real!(sendfile64(out_fd, in_fd, off, n));
     }
     // SAFETY: `off` is null or the application's offset.
@@ -568,16 +734,147 @@ pub unsafe extern "C" fn sendfile64(
     }
 }
 
+/// `splice::splice` behind the panic guard; `None`: the real function's business.
+fn splice_ours(
+    fd_in: c_int,
+    off_in: bool,
+    fd_out: c_int,
+    off_out: bool,
+    len: size_t,
+    flags: libc::c_uint,
+) -> Option<Result<usize, c_int>> {
+    let r = guard(
+        || match crate::splice::splice(fd_in, off_in, fd_out, off_out, len, flags) {
+            Detour::Bypass => Err(i32::MIN),
+            Detour::Ours(r) => r,
+        },
+    );
+    (r != Err(i32::MIN)).then_some(r)
+}
+
+/// sendfile(2) out of an NTB connection: the kernel allows a socket as `in_fd` only into a pipe
+/// and without an offset, as a splice, so it is `splice`'s path. With an offset the real call
+/// says ESPIPE, as for any socket. `None`: not ours.
+fn sendfile_from_ntb(out_fd: c_int, in_fd: c_int, offset: bool, n: size_t) -> Option<ssize_t> {
+    if offset || !table::contains(in_fd) {
+        return None;
+    }
+    splice_ours(in_fd, false, out_fd, false, n, 0).map(fin_ssize)
+}
+
+/// splice(2) with an NTB connection on one side: through `splice::splice` (a pipe on the other
+/// side; the bytes pass through our memory). Other fds, and TCP fallbacks, go to the kernel.
+#[no_mangle]
+pub unsafe extern "C" fn splice(
+    fd_in: c_int,
+    off_in: *mut libc::loff_t,
+    fd_out: c_int,
+    off_out: *mut libc::loff_t,
+    len: size_t,
+    flags: libc::c_uint,
+) -> ssize_t {
+    if !table::contains(fd_in) && !table::contains(fd_out) {
+        return call_real!(splice(fd_in, off_in, fd_out, off_out, len, flags));
+    }
+    if let Some(r) = splice_ours(
+        fd_in,
+        !off_in.is_null(),
+        fd_out,
+        !off_out.is_null(),
+        len,
+        flags,
+    ) {
+        return fin_ssize(r);
+    }
+    let r = call_real!(splice(fd_in, off_in, fd_out, off_out, len, flags));
+    if table::contains(fd_in) {
+        count_kernel(fd_in, r, false)
+    } else {
+        count_kernel(fd_out, r, true)
+    }
+}
+
 // ---- connection life cycle ---------------------------------------------------------------------
 
-#[no_mangle]
-pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
-    let fd = call_real!(socket(domain, ty, proto));
-    if fd >= 0 && table::contains(fd) {
-        // The kernel reused the number of an fd closed behind our back.
-        drop(table::remove(fd));
+/// A call made the new fd `fd`: if its number is still tracked, the fd it was closed behind our
+/// back, and the kernel reused the number (errno kept).
+fn fresh(fd: c_int) {
+    if fd >= 0 && (table::contains(fd) || crate::epoll::involves(fd)) {
+        let e = sys::errno();
+        let _ = guard(|| {
+            ops::forget_reused(fd);
+            Ok(())
+        });
+        sys::set_errno(e);
     }
-    fd
+}
+
+/// Calls that make one new fd: each purges a stale entry for the number it returns (libvma
+/// does the same). `open`'s variadic mode is taken as a plain third argument, as for `fcntl`.
+macro_rules! fd_creators {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {
+        $(
+            #[no_mangle]
+            pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+                let fd = call_real!($name($($arg),*));
+                fresh(fd);
+                fd
+            }
+        )*
+    };
+}
+
+fd_creators! {
+    socket(domain: c_int, ty: c_int, proto: c_int);
+    open(path: *const libc::c_char, flags: c_int, mode: libc::c_uint);
+    open64(path: *const libc::c_char, flags: c_int, mode: libc::c_uint);
+    openat(dirfd: c_int, path: *const libc::c_char, flags: c_int, mode: libc::c_uint);
+    openat64(dirfd: c_int, path: *const libc::c_char, flags: c_int, mode: libc::c_uint);
+    creat(path: *const libc::c_char, mode: libc::mode_t);
+    creat64(path: *const libc::c_char, mode: libc::mode_t);
+    __open_2(path: *const libc::c_char, flags: c_int);
+    __open64_2(path: *const libc::c_char, flags: c_int);
+    __openat_2(dirfd: c_int, path: *const libc::c_char, flags: c_int);
+    __openat64_2(dirfd: c_int, path: *const libc::c_char, flags: c_int);
+    epoll_create(size: c_int);
+    epoll_create1(flags: c_int);
+    eventfd(initval: libc::c_uint, flags: c_int);
+    signalfd(fd: c_int, mask: *const libc::sigset_t, flags: c_int);
+    timerfd_create(clock: c_int, flags: c_int);
+    memfd_create(name: *const libc::c_char, flags: libc::c_uint);
+    inotify_init();
+    inotify_init1(flags: c_int);
+}
+
+/// pipe/pipe2/socketpair: two new fds.
+fn fresh_pair(r: c_int, fds: *mut c_int) -> c_int {
+    if r == 0 && !fds.is_null() {
+        // SAFETY: the call succeeded, so the application's array holds two fds.
+        let (a, b) = unsafe { (*fds, *fds.add(1)) };
+        fresh(a);
+        fresh(b);
+    }
+    r
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pipe(fds: *mut c_int) -> c_int {
+    fresh_pair(call_real!(pipe(fds)), fds)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn pipe2(fds: *mut c_int, flags: c_int) -> c_int {
+    fresh_pair(call_real!(pipe2(fds, flags)), fds)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn socketpair(
+    domain: c_int,
+    ty: c_int,
+    proto: c_int,
+    sv: *mut c_int,
+) -> c_int {
+    fresh_pair(call_real!(socketpair(domain, ty, proto, sv)), sv)
 }
 
 #[no_mangle]
@@ -667,7 +964,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    if table::contains(fd) || crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed) {
+    if (table::contains(fd) || crate::epoll::involves(fd)) && !nested() {
         let _ = guard(|| {
             ops::before_close(fd);
             Ok(())
@@ -678,12 +975,14 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 
 /// Forget every tracked fd in `first..=last` before the kernel closes them.
 fn forget_range(first: libc::c_uint, last: libc::c_uint) {
-    if !table::any() && !crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed) {
+    if !table::any() && !crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed) || nested()
+    {
         return;
     }
     let hi = (last as usize).min(table::MAX_FD - 1);
     for fd in first as usize..=hi {
-        if table::contains(fd as c_int) {
+        // An epoll set with our registrations is forgotten too, as `close` does.
+        if table::contains(fd as c_int) || crate::epoll::involves(fd as c_int) {
             let _ = guard(|| {
                 ops::before_close(fd as c_int);
                 Ok(())
@@ -834,7 +1133,7 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     let r = call_real!(dup2(old, new));
-    if r >= 0 && (table::contains(old) || table::contains(new)) {
+    if r >= 0 && (table::contains(old) || table::contains(new) || crate::epoll::involves(new)) {
         ops::after_dup(old, new);
     }
     r
@@ -843,7 +1142,7 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     let r = call_real!(dup3(old, new, flags));
-    if r >= 0 && (table::contains(old) || table::contains(new)) {
+    if r >= 0 && (table::contains(old) || table::contains(new) || crate::epoll::involves(new)) {
         ops::after_dup(old, new);
     }
     r
@@ -1240,6 +1539,54 @@ pub unsafe extern "C" fn epoll_pwait2(
     })
 }
 
+// ---- glibc's exported aliases -----------------------------------------------------------------
+
+/// Second names glibc exports for the same functions (`nm -D libc.so.6`; `__recv`, `__socket`
+/// and `__sendmmsg` as GLIBC_PRIVATE, which a program can still link): a program that imports
+/// one would otherwise reach the kernel socket past the side table. Each is exactly the hook of
+/// its first name. (glibc's own internal calls use hidden aliases no hook can see.)
+macro_rules! aliases {
+    ($($alias:ident => $hook:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $(
+            #[no_mangle]
+            pub unsafe extern "C" fn $alias($($arg: $ty),*) -> $ret {
+                // SAFETY: the same contract as the hook it forwards to.
+                unsafe { $hook($($arg),*) }
+            }
+        )*
+    };
+}
+
+aliases! {
+    __read => read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
+    __write => write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
+    __recv => recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t;
+    __send => send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t;
+    __sendmmsg => sendmmsg(
+        fd: c_int, v: *mut libc::mmsghdr, n: libc::c_uint, flags: c_int
+    ) -> c_int;
+    __socket => socket(domain: c_int, ty: c_int, proto: c_int) -> c_int;
+    __open => open(path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;
+    __open64 => open64(path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;
+    __pipe => pipe(fds: *mut c_int) -> c_int;
+    __connect => connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    __close => close(fd: c_int) -> c_int;
+    __fcntl => fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;
+    __dup2 => dup2(old: c_int, new: c_int) -> c_int;
+    __poll => poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int;
+    __select => select(
+        nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set,
+        tv: *mut libc::timeval
+    ) -> c_int;
+    // The 64-bit-offset names (off_t is 64 bits on this ABI: one address in glibc).
+    preadv64v2 => preadv2(
+        fd: c_int, iov: *const iovec, cnt: c_int, off: libc::off64_t, flags: c_int
+    ) -> ssize_t;
+    pwritev64v2 => pwritev2(
+        fd: c_int, iov: *const iovec, cnt: c_int, off: libc::off64_t, flags: c_int
+    ) -> ssize_t;
+}
+
 // ---- load and exit ---------------------------------------------------------------------------
 
 extern "C" fn at_exit() {
@@ -1249,25 +1596,49 @@ extern "C" fn at_exit() {
 /// Before fork: the child will share every NTB connection (postgres, nginx, socat hand a
 /// connection to a child and close their own copy at once).
 extern "C" fn atfork_prepare() {
-    let _ = std::panic::catch_unwind(|| {
-        for (_, sock) in table::snapshot() {
-            if let Some(c) = sock.conn.get() {
-                c.add_holder();
-            }
-        }
-    });
+    each_connection(|c| c.add_holder());
 }
 
-/// In the child after fork: record it as a holder of what it inherited.
+/// `f` on every NTB connection of the side table (in the parent, around a fork).
+fn each_connection(f: impl Fn(&transport::Connection)) {
+    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        for (_, sock) in table::snapshot() {
+            if let Some(c) = sock.conn.get() {
+                f(c);
+            }
+        }
+    }));
+}
+
+/// In the child after fork: record it as a holder of what it inherited. Async-signal-safe (no
+/// allocation, no lock), as `_Fork`'s child requires.
 extern "C" fn atfork_child() {
     let _ = std::panic::catch_unwind(|| {
         let pid = std::process::id();
-        for (_, sock) in table::snapshot() {
+        table::for_each_in_child(|sock| {
             if let Some(c) = sock.conn.get() {
                 c.adopt(pid);
             }
-        }
+        });
     });
+}
+
+/// `_Fork` (glibc 2.34+) forks without running the atfork handlers, so do their bookkeeping
+/// here. glibc's own `fork` calls its internal `_Fork` directly, not through this hook, so a
+/// `fork` is never counted twice.
+#[no_mangle]
+pub unsafe extern "C" fn _Fork() -> libc::pid_t {
+    atfork_prepare();
+    let pid = call_real!(_Fork());
+    if pid == 0 {
+        atfork_child();
+    } else if pid < 0 {
+        // No child: take back the holders announced for it.
+        let e = sys::errno();
+        each_connection(|c| c.cancel_holder());
+        sys::set_errno(e);
+    }
+    pid
 }
 
 extern "C" fn init() {

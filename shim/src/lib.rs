@@ -16,6 +16,8 @@ mod global;
 mod hooks;
 mod ops;
 mod real;
+mod signals;
 mod sock;
+mod splice;
 mod sys;
 mod table;

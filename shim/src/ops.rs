@@ -566,6 +566,19 @@ pub fn before_close(fd: c_int) {
     }
 }
 
+/// The kernel gave out the number of an fd that was closed behind our back (`fclose` of an
+/// `fdopen` stream, a raw `close` system call): forget what it was, as `close` would have,
+/// without touching the new fd.
+pub fn forget_reused(fd: c_int) {
+    if crate::epoll::involves(fd) {
+        crate::epoll::forget_fd(fd);
+        crate::epoll::forget_set(fd);
+    }
+    if let Some(s) = table::remove(fd) {
+        retire(s, None);
+    }
+}
+
 /// The last reference to a tracked fd's entry is going: flush bytes kept before the answer
 /// (while the kernel socket `fd` is still open), withdraw listeners and offers, keep the record.
 fn retire(s: Arc<Sock>, fd: Option<c_int>) {
@@ -661,6 +674,12 @@ pub fn readable_bytes(fd: c_int) -> Option<usize> {
 pub fn after_dup(old: c_int, new: c_int) {
     if old == new {
         return;
+    }
+    // The dup closed what `new` was: as `close` does for it (its epoll registrations, or the
+    // epoll set it was).
+    if crate::epoll::involves(new) {
+        crate::epoll::forget_fd(new);
+        crate::epoll::forget_set(new);
     }
     if let Some(s) = table::remove(new) {
         retire(s, None);

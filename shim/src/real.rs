@@ -34,7 +34,7 @@ macro_rules! real_fns {
 
         $(
             /// The real function, if the C library has it.
-            #[allow(dead_code)]
+            #[allow(dead_code, non_snake_case)]
             pub fn $name() -> Option<unsafe extern "C" fn($($ty),*) -> $ret> {
                 let mut p = slots::$name.load(Relaxed);
                 if p == 0 {
@@ -94,4 +94,29 @@ real_fns! {
     dup: fn(fd: c_int) -> c_int;
     dup2: fn(old: c_int, new: c_int) -> c_int;
     dup3: fn(old: c_int, new: c_int, flags: c_int) -> c_int;
+    _Fork: fn() -> libc::pid_t;
+    open: fn(path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;
+    open64: fn(path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;
+    openat: fn(dirfd: c_int, path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;
+    openat64: fn(dirfd: c_int, path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;
+    creat: fn(path: *const libc::c_char, mode: libc::mode_t) -> c_int;
+    creat64: fn(path: *const libc::c_char, mode: libc::mode_t) -> c_int;
+    __open_2: fn(path: *const libc::c_char, flags: c_int) -> c_int;
+    __open64_2: fn(path: *const libc::c_char, flags: c_int) -> c_int;
+    __openat_2: fn(dirfd: c_int, path: *const libc::c_char, flags: c_int) -> c_int;
+    __openat64_2: fn(dirfd: c_int, path: *const libc::c_char, flags: c_int) -> c_int;
+    pipe: fn(fds: *mut c_int) -> c_int;
+    pipe2: fn(fds: *mut c_int, flags: c_int) -> c_int;
+    socketpair: fn(domain: c_int, ty: c_int, proto: c_int, sv: *mut c_int) -> c_int;
+    epoll_create: fn(size: c_int) -> c_int;
+    epoll_create1: fn(flags: c_int) -> c_int;
+    eventfd: fn(initval: libc::c_uint, flags: c_int) -> c_int;
+    signalfd: fn(fd: c_int, mask: *const libc::sigset_t, flags: c_int) -> c_int;
+    timerfd_create: fn(clock: c_int, flags: c_int) -> c_int;
+    memfd_create: fn(name: *const libc::c_char, flags: libc::c_uint) -> c_int;
+    inotify_init: fn() -> c_int;
+    inotify_init1: fn(flags: c_int) -> c_int;
+    preadv2: fn(fd: c_int, iov: *const iovec, n: c_int, off: libc::off_t, flags: c_int) -> ssize_t;
+    pwritev2: fn(fd: c_int, iov: *const iovec, n: c_int, off: libc::off_t, flags: c_int) -> ssize_t;
+    splice: fn(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: size_t, flags: libc::c_uint) -> ssize_t;
 }

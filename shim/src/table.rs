@@ -126,6 +126,25 @@ fn release(p: *mut Sock) {
     drop(unsafe { Arc::from_raw(p) });
 }
 
+/// In the child after a fork: only the forking thread exists now, so a reader count another
+/// thread of the parent held at the fork can never drain; and call `f` on every tracked entry
+/// without allocating (after `_Fork` in a multithreaded parent, malloc's locks may be held by
+/// threads that no longer exist).
+pub fn for_each_in_child(mut f: impl FnMut(&Sock)) {
+    READERS.store(0, SeqCst);
+    if !any() {
+        return;
+    }
+    for slot in &SLOTS {
+        let p = slot.load(Acquire);
+        if !p.is_null() {
+            // SAFETY: a non-null slot holds a live `Arc<Sock>` owned by the table, and in the
+            // single-threaded child nobody can remove it while we look.
+            f(unsafe { &*p });
+        }
+    }
+}
+
 /// Every tracked (fd, entry), for the stats file.
 pub fn snapshot() -> Vec<(i32, Arc<Sock>)> {
     if !any() {

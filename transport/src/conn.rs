@@ -598,7 +598,7 @@ impl Connection {
             if head < tail {
                 let frame = match self.frame_at(head, tail, seq) {
                     Ok(f) => f,
-                    Err(_) => break Err(self.protocol_error()),
+                    Err(e) => break Err(self.protocol_error("recv", e)),
                 };
                 match frame {
                     Frame::Pad { size } => {
@@ -746,9 +746,15 @@ impl Connection {
         }
     }
 
-    /// The peer broke the protocol: reset the connection.
-    fn protocol_error(&self) -> IoError {
+    /// The peer broke the protocol (`why`, found by `op`): reset the connection.
+    fn protocol_error(&self, op: &str, why: ProtoError) -> IoError {
         self.shared.counters.protocol_errors.fetch_add(1, Relaxed);
+        let _ = self.shared.counters.first_protocol_error.set(format!(
+            "{op} {:?} {} -> {}: {why}",
+            self.role,
+            self.local.to_std(),
+            self.peer.to_std()
+        ));
         word32(&self.theirs, CR_CLOSED).store(1, SeqCst);
         word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_RST, SeqCst);
         self.ring_peer();
@@ -782,7 +788,7 @@ impl Connection {
             let want = (total - sent) as u64;
             let place = match self.place(tail, want) {
                 Ok(p) => p,
-                Err(_) => break Err(self.protocol_error()),
+                Err(e) => break Err(self.protocol_error("send", e)),
             };
             let Some(p) = place else {
                 if sent > 0 && nonblock {
@@ -887,7 +893,7 @@ impl Connection {
                         Wait::Interrupted => break Err(Err(IoError::Interrupted)),
                     }
                 }
-                Err(_) => break Err(Err(self.protocol_error())),
+                Err(e) => break Err(Err(self.protocol_error("sendfile", e))),
             };
             let base = ENDPOINT_HDR as usize + p.pos as usize;
             let n = match sys::read_into_region(
@@ -1367,8 +1373,13 @@ impl Connection {
         self.ring_peer();
         word32(&self.mine, INFO_BASE).store(0, Release);
         let peer_done = peer_finished(&self.mine);
-        self.shared
-            .retire(self.mine.clone(), self.my_lease, self.my_bell, peer_done);
+        self.shared.retire_connected(
+            self.mine.clone(),
+            self.my_lease,
+            self.my_bell,
+            peer_done,
+            self.theirs.clone(),
+        );
     }
 
     /// A fork is about to happen: the child will hold this connection too. Called before the
@@ -1376,6 +1387,11 @@ impl Connection {
     /// child), then [`Connection::adopt`] in the child records the child's pid.
     pub fn add_holder(&self) {
         word32(&self.mine, L_HOLDERS).fetch_add(1, SeqCst);
+    }
+
+    /// The fork announced by [`Connection::add_holder`] failed: there is no child.
+    pub fn cancel_holder(&self) {
+        word32(&self.mine, L_HOLDERS).fetch_sub(1, SeqCst);
     }
 
     /// In a child after fork: record this process as a holder.
@@ -1507,6 +1523,20 @@ impl Connection {
     pub fn peer_ring(&self) -> RingLoc {
         self.their_loc
     }
+}
+
+/// Does a process that holds the endpoint block `theirs` (its creator, or a holder it was
+/// handed to) still live on this host? A pid reused by another process counts as alive: the
+/// caller then only waits longer.
+pub(crate) fn peer_alive(theirs: &Region) -> bool {
+    let mut ib = [0u8; 48];
+    let creator = theirs
+        .read(INFO_BASE + 8, &mut ib)
+        .map(|()| Info::decode(&ib).pid)
+        .unwrap_or(0);
+    std::iter::once(creator)
+        .chain((0..MAX_HOLDERS).map(|i| word32(theirs, L_HOLDER_PIDS + 4 * i).load(SeqCst)))
+        .any(|pid| pid != 0 && ntbdrv::process::pid_exists(pid))
 }
 
 /// Has the peer of this (closed) endpoint block made its last write into it?

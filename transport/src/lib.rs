@@ -50,7 +50,9 @@ pub struct Settings {
     pub dma_threshold: usize,
     /// How long `Adaptive` spins before it sleeps.
     pub spin: Duration,
-    /// How long a client waits for the server's answer before it stays on TCP.
+    /// How long a client waits for the server's answer while the server's host accepts
+    /// nothing, before it stays on TCP (a host that keeps accepting other connections extends
+    /// the wait, up to [`ANSWER_PATIENCE_MAX`]).
     pub answer_timeout: Duration,
 }
 
@@ -65,6 +67,11 @@ impl Default for Settings {
         }
     }
 }
+
+/// The longest a client waits for its answer while the server's host keeps accepting other
+/// connections: a server with a thousand clients in its backlog reaches the last one late, and
+/// TCP would have let those clients send meanwhile.
+pub const ANSWER_PATIENCE_MAX: Duration = Duration::from_secs(60);
 
 /// Default CPU-copy/DMA threshold; see benches/results/device.md for the measurement.
 pub const DEFAULT_DMA_THRESHOLD: usize = usize::MAX;
@@ -147,6 +154,9 @@ impl Settings {
 pub struct ProcessCounters {
     pub protocol_errors: AtomicU64,
     pub zombies_reaped: AtomicU64,
+    /// What the first protocol error of this process was: the operation, the connection and
+    /// the broken rule (the statistics file shows it).
+    pub first_protocol_error: std::sync::OnceLock<String>,
 }
 
 struct Zombie {
@@ -155,6 +165,9 @@ struct Zombie {
     lease: WindowLease,
     bell: VectorLease,
     until: Instant,
+    /// The peer's endpoint block, when its processes run on this host: the block waits for
+    /// them (not for `until`) as long as one of them lives.
+    peer: Option<ntbdrv::Region>,
 }
 
 /// State shared by all connections of the process.
@@ -194,6 +207,34 @@ impl Shared {
         bell: VectorLease,
         peer_done: bool,
     ) {
+        self.retire_after(block, lease, bell, peer_done, None);
+    }
+
+    /// `retire` for a connection whose peer block is `theirs`. A peer that has not made its last
+    /// write (it may keep its end open for any time, as a TCP peer may, then close it, writing
+    /// FIN into our block) must not find our block given to another connection: on one host
+    /// the block waits while a process holding the peer's end lives. A peer on another host
+    /// cannot be asked: the quarantine applies.
+    pub(crate) fn retire_connected(
+        &self,
+        block: ntbdrv::Region,
+        lease: WindowLease,
+        bell: VectorLease,
+        peer_done: bool,
+        theirs: ntbdrv::Region,
+    ) {
+        let same_host = self.dev.side() == self.dev.peer_side();
+        self.retire_after(block, lease, bell, peer_done, same_host.then_some(theirs));
+    }
+
+    fn retire_after(
+        &self,
+        block: ntbdrv::Region,
+        lease: WindowLease,
+        bell: VectorLease,
+        peer_done: bool,
+        peer: Option<ntbdrv::Region>,
+    ) {
         if peer_done {
             let _ = self.dev.release(Lease::Window(lease));
             let _ = self.dev.release(Lease::Vector(bell));
@@ -203,6 +244,7 @@ impl Shared {
                 lease,
                 bell,
                 until: Instant::now() + QUARANTINE,
+                peer,
             });
         }
         self.reap();
@@ -214,7 +256,11 @@ impl Shared {
             return;
         };
         z.retain(|zb| {
-            if zb.until <= now || conn::peer_finished(&zb.block) {
+            let expired = match &zb.peer {
+                Some(theirs) => !conn::peer_alive(theirs),
+                None => zb.until <= now,
+            };
+            if expired || conn::peer_finished(&zb.block) {
                 let _ = self.dev.release(Lease::Window(zb.lease));
                 let _ = self.dev.release(Lease::Vector(zb.bell));
                 self.counters.zombies_reaped.fetch_add(1, Relaxed);
@@ -247,16 +293,30 @@ impl std::fmt::Display for OpenError {
 /// The transport of one process: its device, rendezvous area and settings.
 pub struct Transport {
     shared: Arc<Shared>,
-    ctrl: Control,
+    ctrl: Arc<Control>,
     same_host: bool,
     mw_size: u64,
     db_bits: u32,
 }
 
-/// A pcisock listener registered on the peer host.
+/// A pcisock listener registered on the peer host (or waiting for the link to come up).
 #[derive(Debug)]
 pub struct Listener {
-    slot: SlotGuard,
+    state: Arc<Mutex<ListenerState>>,
+}
+
+#[derive(Debug)]
+enum ListenerState {
+    /// In the peer host's listener table.
+    Published(SlotGuard),
+    /// Made while the link was down: published by a thread when the link comes up.
+    Waiting,
+    /// Withdrawn (the listening socket closed), or the table was full at link-up.
+    Gone,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A client's offer, posted before its TCP connect, waiting for the server's answer.
@@ -267,6 +327,8 @@ pub struct Pending {
     local: Endpoint,
     remote: Endpoint,
     posted: Instant,
+    /// The peer host's accept count when we last saw it change, and when that was.
+    progress: (u32, Instant),
 }
 
 /// Where a pending offer stands.
@@ -290,7 +352,7 @@ impl Transport {
     /// Bring the transport up on `dev`: enable the link and find the rendezvous area.
     pub fn open(dev: Arc<dyn NtbDevice>, settings: Settings) -> Result<Transport, OpenError> {
         let _ = dev.link_enable();
-        let ctrl = Control::open(&*dev).map_err(OpenError::Control)?;
+        let ctrl = Arc::new(Control::open(&*dev).map_err(OpenError::Control)?);
         let same_host = dev.side() == dev.peer_side();
         let mw_size = dev.mw_align(0).map(|a| a.size_max).unwrap_or(0);
         let db_bits = dev.vector_count();
@@ -327,20 +389,47 @@ impl Transport {
         self.shared.dev.link_state().up
     }
 
-    /// Register a listener so that flagged clients on the peer host offer upgrades.
+    /// Register a listener so that flagged clients on the peer host offer upgrades. With the
+    /// link down (two machines: the server often starts before the other host's bridge is up)
+    /// the listener is published by a thread as soon as the link comes up; until then clients
+    /// stay on TCP (`LinkDown`, `NoListener`).
     pub fn listen(&self, addr: Endpoint) -> Result<Listener, Reason> {
-        if !self.link_up() {
-            return Err(Reason::LinkDown);
+        if self.link_up() {
+            let slot = self.ctrl.add_listener(addr).ok_or(Reason::TableFull)?;
+            return Ok(Listener {
+                state: Arc::new(Mutex::new(ListenerState::Published(slot))),
+            });
         }
-        self.ctrl
-            .add_listener(addr)
-            .map(|slot| Listener { slot })
-            .ok_or(Reason::TableFull)
+        let state = Arc::new(Mutex::new(ListenerState::Waiting));
+        let (st, ctrl, dev) = (state.clone(), self.ctrl.clone(), self.shared.dev.clone());
+        std::thread::Builder::new()
+            .name("pcisock-listen".into())
+            .spawn(move || {
+                let mut seen = dev.link_state().generation;
+                while !dev.link_state().up {
+                    if !matches!(*lock(&st), ListenerState::Waiting) {
+                        return; // withdrawn before the link came up
+                    }
+                    seen = dev.link_wait(seen, Duration::from_secs(1)).generation;
+                }
+                let mut s = lock(&st);
+                if matches!(*s, ListenerState::Waiting) {
+                    *s = match ctrl.add_listener(addr) {
+                        Some(slot) => ListenerState::Published(slot),
+                        None => ListenerState::Gone,
+                    };
+                }
+            })
+            .map_err(|_| Reason::LinkDown)?;
+        Ok(Listener { state })
     }
 
     /// Withdraw a listener (the listening socket closed).
     pub fn unlisten(&self, l: Listener) {
-        self.ctrl.remove_listener(&l.slot);
+        let mut s = lock(&l.state);
+        if let ListenerState::Published(slot) = std::mem::replace(&mut *s, ListenerState::Gone) {
+            self.ctrl.remove_listener(&slot);
+        }
     }
 
     /// Server side: the kernel accepted `tcp_fd` (`local` ← `peer`); take the client's offer,
@@ -352,6 +441,7 @@ impl Transport {
         peer: Endpoint,
     ) -> Result<Connection, Reason> {
         self.shared.reap();
+        self.ctrl.note_accept();
         let Some((index, generation, offer)) = self.ctrl.take_offer(&peer, &local) else {
             // A client that closes before the server accepts withdraws its offer first; its
             // FIN (or RST) tells that apart from a client that never offered.
@@ -446,6 +536,7 @@ impl Transport {
                     local,
                     remote,
                     posted: Instant::now(),
+                    progress: (self.ctrl.peer_accepts(), Instant::now()),
                 })
             }
             None => {
@@ -522,9 +613,9 @@ impl Transport {
     }
 
     /// Finish a client's upgrade once its TCP connect succeeded: wait (if `block`) for the
-    /// server's answer, up to the answer timeout, watching the TCP socket meanwhile.
-    pub fn complete(&self, p: Pending, tcp_fd: RawFd, block: bool) -> Outcome {
-        let deadline = p.posted + self.shared.settings.answer_timeout;
+    /// server's answer, watching the TCP socket meanwhile. The wait ends after the answer
+    /// timeout without an accept on the server's host, or after [`ANSWER_PATIENCE_MAX`].
+    pub fn complete(&self, mut p: Pending, tcp_fd: RawFd, block: bool) -> Outcome {
         loop {
             match self.ctrl.answer(&p.slot) {
                 Some(Ok(a)) if a.cookie == p.cookie => return self.finish(p, a, tcp_fd),
@@ -536,6 +627,12 @@ impl Transport {
                 None => {}
             }
             let now = Instant::now();
+            let accepts = self.ctrl.peer_accepts();
+            if accepts != p.progress.0 {
+                p.progress = (accepts, now);
+            }
+            let deadline = (p.progress.1 + self.shared.settings.answer_timeout)
+                .min(p.posted + ANSWER_PATIENCE_MAX.max(self.shared.settings.answer_timeout));
             // A peer that talks over TCP, or hangs up, is not upgrading.
             let tcp_says = !matches!(sys::peek_tcp(tcp_fd), sys::Peek::Open);
             if now >= deadline || tcp_says {
@@ -586,6 +683,7 @@ impl Transport {
                     local,
                     remote,
                     posted: Instant::now(),
+                    progress: (self.ctrl.peer_accepts(), Instant::now()),
                 };
                 return Some(self.complete(p, tcp_fd, false));
             }

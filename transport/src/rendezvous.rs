@@ -22,22 +22,27 @@ use crate::proto::{
 };
 
 /// Bytes reserved at offset 0 of inbound window 0 on every host.
-pub const CTRL_SIZE: u64 = 64 << 10;
+pub const CTRL_SIZE: u64 = 256 << 10;
 /// Tag of the reservation in the host table.
 pub const CTRL_TAG: u32 = 0x5043_5331; // "PCS1"
 /// Magic at the start of an initialised area.
 pub const CTRL_MAGIC: u64 = 0x4c52_5443_4b53_4350; // "PCSKCTRL"
 
 pub const LISTENER_SLOTS: usize = 128;
-pub const OFFER_SLOTS: usize = 256;
+/// Offers pending at once from one host's clients to the other host's servers: enough for a
+/// thousand clients whose server accepts them late (benches/results/scaling.md).
+pub const OFFER_SLOTS: usize = 1024;
 
 const HDR_MAGIC: usize = 0x0000;
 const HDR_VERSION: usize = 0x0008;
+/// Accepts made by this host's flagged listeners (wrapping u32, local): the peer's clients read
+/// it to tell a server that is slow to accept from one that will never answer.
+const HDR_ACCEPTS: usize = 0x0010;
 const LISTENER_OWNERS: usize = 0x0040; // 128 × 16 (local)
 const LISTENERS: usize = 0x1000; // 128 × 64 (peer-written)
-const OFFER_OWNERS: usize = 0x3000; // 256 × 16 (local)
-const OFFERS: usize = 0x4000; // 256 × 128 (peer-written)
-const ANSWERS: usize = 0xC000; // 256 × 64 (peer-written)
+const OFFER_OWNERS: usize = 0x3000; // 1024 × 16 (local)
+const OFFERS: usize = 0x8000; // 1024 × 128 (peer-written)
+const ANSWERS: usize = 0x2_8000; // 1024 × 64 (peer-written)
 const _: () = assert!(LISTENER_OWNERS + LISTENER_SLOTS * 16 <= LISTENERS);
 const _: () = assert!(LISTENERS + LISTENER_SLOTS * LISTENER_SIZE <= OFFER_OWNERS);
 const _: () = assert!(OFFER_OWNERS + OFFER_SLOTS * 16 <= OFFERS);
@@ -268,6 +273,17 @@ impl Control {
     }
 
     // ---- offers (server side) -----------------------------------------------------------------
+
+    /// A flagged listener of this host accepted a connection (offer or not).
+    pub fn note_accept(&self) {
+        u32_at(&self.local, HDR_ACCEPTS).fetch_add(1, Relaxed);
+    }
+
+    /// How many accepts the peer host's flagged listeners have made (a read through the
+    /// window; compare two values for progress, the count itself means nothing).
+    pub fn peer_accepts(&self) -> u32 {
+        u32_at(&self.peer, HDR_ACCEPTS).load(Relaxed)
+    }
 
     /// Find and take the posted offer for the connection just accepted. Invalid offers that
     /// match are taken and reported, so they are not tried again.

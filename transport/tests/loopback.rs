@@ -11,7 +11,8 @@ use ntbdrv::emu::{Config, EmuDevice, Options};
 use ntbdrv::NtbDevice;
 use socket2::{Domain, Socket, Type};
 use transport::{
-    Connection, Counter, Endpoint, IoError, Outcome, Reason, RecvFlags, Settings, Transport,
+    Connection, Counter, Endpoint, IoError, Outcome, Pending, Reason, RecvFlags, Settings,
+    Transport,
 };
 
 struct Dir(std::path::PathBuf);
@@ -65,18 +66,16 @@ fn connect_pair(t: &Transport) -> Result<Pair, String> {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = l.local_addr().unwrap();
     let listener = t.listen(Endpoint::from_std(server_addr)).unwrap();
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let local = s.local_addr().unwrap().as_socket().unwrap();
+    let r = upgrade(t, &l);
+    t.unlisten(listener);
+    r
+}
+
+/// Connect to `l` (a pcisock listener is registered for it) and upgrade both ends.
+fn upgrade(t: &Transport, l: &TcpListener) -> Result<Pair, String> {
+    let server_addr = l.local_addr().unwrap();
+    let (s, _, pending) = offer_from(t, server_addr).map_err(|r| format!("offer: {r}"))?;
     let upgraded = (|| {
-        let pending = t
-            .offer(
-                Endpoint::from_std(local),
-                Endpoint::from_std(server_addr),
-                s.as_raw_fd(),
-            )
-            .map_err(|r| format!("offer: {r}"))?;
         s.connect(&server_addr.into()).unwrap();
         let (srv, peer) = l.accept().unwrap();
         let sc = t.accept(
@@ -92,8 +91,55 @@ fn connect_pair(t: &Transport) -> Result<Pair, String> {
         let sc = sc.map_err(|r| format!("server stayed on TCP: {r}"))?;
         Ok((cc, sc, srv))
     })();
-    t.unlisten(listener);
     upgraded.map(|(cc, sc, srv)| (cc, sc, s, srv))
+}
+
+/// A client socket bound to an ephemeral port with its offer to `server` posted (not yet
+/// connected): the socket, its address, and the pending offer.
+fn offer_from(t: &Transport, server: SocketAddr) -> Result<(Socket, SocketAddr, Pending), Reason> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let local = s.local_addr().unwrap().as_socket().unwrap();
+    let p = t.offer(
+        Endpoint::from_std(local),
+        Endpoint::from_std(server),
+        s.as_raw_fd(),
+    )?;
+    Ok((s, local, p))
+}
+
+/// Two machines: the server often listens before the other host's bridge is up. Its listener is
+/// published when the link comes up, and clients then upgrade (ivshmem guests found this).
+#[test]
+fn a_listener_made_while_the_link_is_down_is_published_when_it_comes_up() {
+    let (_d, dev) = device("linkup");
+    let t = transport(&dev, 64 << 10);
+    dev.link_disable().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = t
+        .listen(Endpoint::from_std(l.local_addr().unwrap()))
+        .expect("a listener while the link is down");
+    let before = upgrade(&t, &l)
+        .err()
+        .expect("no upgrade while the link is down");
+    assert!(before.contains("LinkDown"), "{before}");
+    dev.link_enable().unwrap();
+    let t0 = std::time::Instant::now();
+    let (cc, sc, _s, _srv) = loop {
+        match upgrade(&t, &l) {
+            Ok(p) => break p,
+            Err(e) if e.contains("NoListener") && t0.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("after link-up: {e}"),
+        }
+    };
+    assert_eq!(cc.send(&[b"up"], false, None).unwrap(), 2);
+    let mut buf = [0u8; 2];
+    let got = sc.recv(&mut [&mut buf[..]], RecvFlags::default(), None);
+    assert_eq!((got.unwrap(), &buf), (2, b"up"));
+    t.unlisten(listener);
 }
 
 fn pattern(i: u64) -> u8 {
@@ -422,6 +468,78 @@ fn offers_from_threads_are_all_answered() {
     for t in threads {
         assert!(t.join().unwrap().1);
     }
+}
+
+/// A client whose server takes longer than the answer timeout to reach it in its backlog, while
+/// accepting the connections ahead of it, still gets the NTB path (a server with hundreds of
+/// clients accepts the last ones late); a server that accepts nothing is given up on.
+#[test]
+fn a_server_that_keeps_accepting_is_waited_for() {
+    let (_d, dev) = device("slowaccept");
+    let timeout = Duration::from_millis(300);
+    let open = || {
+        Transport::open(
+            dev.clone(),
+            Settings {
+                ring_bytes: 64 << 10,
+                answer_timeout: timeout,
+                ..Settings::default()
+            },
+        )
+        .unwrap()
+    };
+    let (client, server) = (open(), open());
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = l.local_addr().unwrap();
+    let _listener = server.listen(Endpoint::from_std(server_addr)).unwrap();
+
+    // Five plain connections ahead of ours in the backlog, then our offer.
+    let ahead: Vec<_> = (0..5)
+        .map(|_| std::net::TcpStream::connect(server_addr).unwrap())
+        .collect();
+    let (s, local, p) = offer_from(&client, server_addr).unwrap();
+    s.connect(&server_addr.into()).unwrap();
+
+    // The server accepts one connection every half answer timeout: ours comes after 3 timeouts.
+    let srv = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            std::thread::sleep(timeout / 2);
+            let (k, peer) = l.accept().unwrap();
+            let r = server.accept(
+                k.as_raw_fd(),
+                Endpoint::from_std(server_addr),
+                Endpoint::from_std(peer),
+            );
+            got.push((peer, r.map(|_| ()), k));
+        }
+        (got, l, server)
+    });
+    let outcome = client.complete(p, s.as_raw_fd(), true);
+    let (got, l, server) = srv.join().unwrap();
+    let reasons: Vec<_> = got.iter().map(|(peer, r, _)| (*peer, *r)).collect();
+    assert!(
+        matches!(outcome, Outcome::Connected(_)),
+        "client gave up: {:?}; server accepts: {reasons:?}",
+        match outcome {
+            Outcome::Tcp(r) => r.to_string(),
+            _ => "waiting".into(),
+        }
+    );
+    assert_eq!(reasons.last().unwrap(), &(local, Ok(())));
+    for (peer, r) in &reasons[..5] {
+        assert_eq!(*r, Err(Reason::NoOffer), "{peer}");
+    }
+    drop(ahead);
+
+    // Now a server that accepts nothing more: the client stays on TCP after the timeout.
+    let (s, _, p) = offer_from(&client, server_addr).unwrap();
+    s.connect(&server_addr.into()).unwrap();
+    assert!(matches!(
+        client.complete(p, s.as_raw_fd(), true),
+        Outcome::Tcp(Reason::NoAnswer)
+    ));
+    drop((l, server));
 }
 
 /// More connections at once than the device has doorbell bits (each endpoint has its own

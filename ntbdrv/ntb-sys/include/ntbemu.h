@@ -21,7 +21,7 @@
 /* ---- device file header -------------------------------------------------------------------- */
 
 #define NTBEMU_MAGIC 0x3130554D4542544EULL /* the bytes "NTBEMU01" read as a little-endian u64 */
-#define NTBEMU_VERSION 1u
+#define NTBEMU_VERSION 2u
 
 #define NTBEMU_MAX_SIDES 2u
 #define NTBEMU_MAX_MW 8u
@@ -29,7 +29,7 @@
 #define NTBEMU_MAX_SPAD 32u
 #define NTBEMU_MAX_DMA_CH 4u
 #define NTBEMU_DMA_RING_LEN 64u
-#define NTBEMU_HOST_SLOTS 1024u
+#define NTBEMU_HOST_SLOTS 8192u /* leases per host: a thousand connections on a loopback link hold four thousand */
 /* Interrupt vectors per side for message-signalled wake-ups (the emulated counterpart of
  * ntb_msi's "virtual doorbells": a write of an MSI data word through the window), beside the
  * few doorbell bits. 2048 is the MSI-X table limit. */
@@ -207,7 +207,8 @@ struct ntbemu_host_table {
     uint32_t lock;        /* 0 = free, else the holder's pid (a dead holder's lock is broken) */
     uint32_t n_slots;     /* NTBEMU_HOST_SLOTS */
     uint64_t generation;  /* bumped on every change */
-    uint8_t reserved[48];
+    uint32_t high_water;  /* slots at this index and above have never been used: scans stop here */
+    uint8_t reserved[44];
     struct ntbemu_lease slots[NTBEMU_HOST_SLOTS];
 };
 

@@ -35,14 +35,14 @@ impl<T> ::core::fmt::Debug for __IncompleteArrayField<T> {
     }
 }
 pub const NTBEMU_MAGIC: u64 = 3544426697103397966;
-pub const NTBEMU_VERSION: u32 = 1;
+pub const NTBEMU_VERSION: u32 = 2;
 pub const NTBEMU_MAX_SIDES: u32 = 2;
 pub const NTBEMU_MAX_MW: u32 = 8;
 pub const NTBEMU_MAX_DB: u32 = 64;
 pub const NTBEMU_MAX_SPAD: u32 = 32;
 pub const NTBEMU_MAX_DMA_CH: u32 = 4;
 pub const NTBEMU_DMA_RING_LEN: u32 = 64;
-pub const NTBEMU_HOST_SLOTS: u32 = 1024;
+pub const NTBEMU_HOST_SLOTS: u32 = 8192;
 pub const NTBEMU_MAX_VECTORS: u32 = 2048;
 pub const NTBEMU_TOPO_LOOPBACK: u32 = 1;
 pub const NTBEMU_TOPO_TWO_HOST: u32 = 2;
@@ -1300,12 +1300,13 @@ pub struct ntbemu_host_table {
     pub lock: u32,
     pub n_slots: u32,
     pub generation: u64,
-    pub reserved: [u8; 48usize],
-    pub slots: [ntbemu_lease; 1024usize],
+    pub high_water: u32,
+    pub reserved: [u8; 44usize],
+    pub slots: [ntbemu_lease; 8192usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of ntbemu_host_table"][::core::mem::size_of::<ntbemu_host_table>() - 41024usize];
+    ["Size of ntbemu_host_table"][::core::mem::size_of::<ntbemu_host_table>() - 327744usize];
     ["Alignment of ntbemu_host_table"][::core::mem::align_of::<ntbemu_host_table>() - 8usize];
     ["Offset of field: ntbemu_host_table::lock"]
         [::core::mem::offset_of!(ntbemu_host_table, lock) - 0usize];
@@ -1313,8 +1314,10 @@ const _: () = {
         [::core::mem::offset_of!(ntbemu_host_table, n_slots) - 4usize];
     ["Offset of field: ntbemu_host_table::generation"]
         [::core::mem::offset_of!(ntbemu_host_table, generation) - 8usize];
+    ["Offset of field: ntbemu_host_table::high_water"]
+        [::core::mem::offset_of!(ntbemu_host_table, high_water) - 16usize];
     ["Offset of field: ntbemu_host_table::reserved"]
-        [::core::mem::offset_of!(ntbemu_host_table, reserved) - 16usize];
+        [::core::mem::offset_of!(ntbemu_host_table, reserved) - 20usize];
     ["Offset of field: ntbemu_host_table::slots"]
         [::core::mem::offset_of!(ntbemu_host_table, slots) - 64usize];
 };

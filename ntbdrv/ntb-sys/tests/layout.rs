@@ -155,6 +155,7 @@ fn ntbemu_structs_match_c() {
         lock,
         n_slots,
         generation,
+        high_water,
         reserved,
         slots
     });

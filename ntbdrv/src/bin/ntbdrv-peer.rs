@@ -1,6 +1,9 @@
-//! `ntbdrv-peer`: a second process on an emulated device, driven by the conformance suite.
+//! `ntbdrv-peer`: a second process on a device, driven by the conformance suite.
 //!
-//! Usage: `ntbdrv-peer DIR NAME SIDE COMMAND [ARGS]`
+//! Usage: `ntbdrv-peer DIR NAME SIDE COMMAND [ARGS]` (an emulated device `DIR/NAME.ntb`), or
+//! `ntbdrv-peer ivshmem BDF SIDE COMMAND [ARGS]` (the ivshmem device at PCI address BDF)
+//!   (SIDE may be `auto` on ivshmem: the side this machine claims)
+//!   describe                         print the device and whether the link is up
 //!   write-window MW OFFSET LEN BIT   write a pattern through outbound window MW, ring BIT
 //!   hold                             lease window space, a doorbell and a DMA channel; say
 //!                                    "holding" and wait to be killed
@@ -9,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use ntbdrv::emu::{EmuDevice, Options};
+use ntbdrv::ivshmem::{self, IvshmemOptions};
 use ntbdrv::NtbDevice;
 
 fn run(args: &[String]) -> Result<(), String> {
@@ -16,11 +20,23 @@ fn run(args: &[String]) -> Result<(), String> {
         return Err("usage: ntbdrv-peer DIR NAME SIDE COMMAND [ARGS]".into());
     };
     let num = |s: &str| s.parse::<u64>().map_err(|e| format!("{s:?}: {e}"));
-    let mut opts = Options::from_env().map_err(|e| e.to_string())?;
-    opts.dir = PathBuf::from(dir);
-    opts.name = name.clone();
-    opts.side = num(side)? as u32;
-    let dev = EmuDevice::open_existing(&opts.path(), opts.side).map_err(|e| e.to_string())?;
+    let dev = if dir == "ivshmem" {
+        ivshmem::open(&IvshmemOptions {
+            bdf: Some(name.clone()),
+            side: match side.as_str() {
+                "auto" => None,
+                s => Some(num(s)? as u32),
+            },
+            dir: None,
+        })
+    } else {
+        let mut opts = Options::from_env().map_err(|e| e.to_string())?;
+        opts.dir = PathBuf::from(dir);
+        opts.name = name.clone();
+        opts.side = num(side)? as u32;
+        EmuDevice::open_existing(&opts.path(), opts.side)
+    }
+    .map_err(|e| e.to_string())?;
     dev.link_enable().map_err(|e| e.to_string())?;
     match (cmd.as_str(), rest) {
         ("write-window", [mw, off, len, bit]) => {
@@ -36,6 +52,10 @@ fn run(args: &[String]) -> Result<(), String> {
                 .write(off, &pat)
                 .map_err(|e| e.to_string())?;
             dev.peer_db_set(1 << bit).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        ("describe", []) => {
+            println!("{} (link up: {})", dev.describe(), dev.link_state().up);
             Ok(())
         }
         ("hold", []) => {

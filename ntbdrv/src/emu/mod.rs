@@ -15,7 +15,7 @@
 
 mod dma;
 pub mod fault;
-mod mapping;
+pub(crate) mod mapping;
 mod table;
 
 use std::fs::File;
@@ -308,7 +308,51 @@ pub struct EmuDevice {
     layout: Layout,
     side: SideId,
     peer: SideId,
+    /// Set when the layout lives in a PCI BAR shared by two machines (see [`Bridge`]).
+    bridge: Option<Arc<dyn Bridge>>,
 }
+
+/// A device whose layout lives in memory that two *machines* share through a real bridge (a PCI
+/// BAR, such as QEMU ivshmem's BAR2), rather than in a file both "hosts" of one kernel map.
+///
+/// What one kernel gave the emulation for free is then gone: a futex on the BAR is not shared
+/// with the other kernel (and the kernel refuses futexes on a BAR mapping at all), and a FIFO
+/// path names a file on one machine only. So in bridge mode an interrupt is a *message*: the
+/// ringer sets the pending bit in the target side's mailbox in the BAR, bumps the mailbox
+/// sequence, and asks the bridge to send the target machine an interrupt
+/// ([`Bridge::kick`]); on the target machine a per-process poller thread takes the pending bits
+/// and kicks that machine's own FIFO lines. Sleepers in `db_wait` and `link_wait` poll the
+/// status words with short naps instead of futex waits.
+pub(crate) trait Bridge: Send + Sync {
+    /// "ivshmem 0000:00:04.0 (ID 1)", for `describe`.
+    fn describe(&self) -> String;
+    /// This machine's ID on the bridge.
+    fn id(&self) -> u32;
+    /// Send an interrupt to the machine with bridge ID `id` (the ivshmem Doorbell register).
+    fn kick(&self, id: u32);
+}
+
+// Bridge-mode additions to the layout (they sit in space `ntbemu.h` leaves unused).
+/// Header: per side, the bridge ID + 1 of the machine that claimed it (0 = unclaimed).
+const BRIDGE_CLAIM: usize = 0xF00;
+/// Per side, between the host table and the arena: the interrupt mailbox.
+const MAILBOX: usize = 0x10_0000;
+/// Mailbox: bumped (SeqCst) after pending bits are set.
+const MB_SEQ: usize = MAILBOX;
+/// Mailbox: doorbell bits whose interrupt is pending (two words).
+const MB_DB: usize = MAILBOX + 0x40;
+/// Mailbox: vectors whose interrupt is pending (a 2048-bit map).
+const MB_VEC: usize = MAILBOX + 0x80;
+const _: () = {
+    assert!(
+        sys::NTBEMU_SIDE_HOST_TABLE as usize + std::mem::size_of::<sys::ntbemu_host_table>()
+            <= MAILBOX
+    );
+    assert!(MB_VEC + sys::NTBEMU_MAX_VECTORS as usize / 8 <= sys::NTBEMU_SIDE_ARENA as usize);
+    assert!(BRIDGE_CLAIM + 8 <= HDR_SIZE);
+};
+/// A bridge-mode sleeper's nap between two looks at the words it waits on.
+const BRIDGE_NAP: Duration = Duration::from_micros(50);
 
 const HDR_SIZE: usize = sys::NTBEMU_HEADER_SIZE as usize;
 
@@ -368,6 +412,18 @@ impl EmuDevice {
             what: format!("mmap {}", path.display()),
             err,
         })?;
+        Self::validate(map, path, side, Some(meta.len()), None)
+    }
+
+    /// Check a mapped device's header and make the device. `file_len` is the file's length for
+    /// a device file (it must match the header); a bridge's BAR may be larger than the layout.
+    fn validate(
+        map: Mapping,
+        path: PathBuf,
+        side: SideId,
+        file_len: Option<u64>,
+        bridge: Option<Arc<dyn Bridge>>,
+    ) -> Result<Self, DeviceError> {
         let h = |f: usize| map.u32_at(f).load(Acquire);
         let h64 = |f: usize| map.u64_at(f).load(Acquire);
         type H = sys::ntbemu_header;
@@ -429,10 +485,14 @@ impl EmuDevice {
                 "header fields disagree with the configuration".into(),
             ));
         }
-        if meta.len() != layout.file_size || map.len() as u64 != layout.file_size {
+        let fits = match file_len {
+            Some(len) => len == layout.file_size && map.len() as u64 == layout.file_size,
+            None => map.len() as u64 >= layout.file_size,
+        };
+        if !fits {
             return Err(corrupt(format!(
                 "{} bytes, the header says {}",
-                meta.len(),
+                map.len(),
                 layout.file_size
             )));
         }
@@ -458,8 +518,76 @@ impl EmuDevice {
             layout,
             side,
             peer,
+            bridge,
         };
         Ok(dev)
+    }
+
+    /// Lay a two-host device out in `map`, memory a bridge shares between two machines (all
+    /// zeros when fresh), or attach to the layout the other machine already made there, and
+    /// claim `side` (or the first side not claimed by another machine). `path` names the
+    /// device on this machine: its interrupt lines (FIFOs) live beside it.
+    pub(crate) fn on_bridge(
+        map: Mapping,
+        path: PathBuf,
+        config: &Config,
+        side: Option<SideId>,
+        bridge: Arc<dyn Bridge>,
+    ) -> Result<Self, DeviceError> {
+        config.validate()?;
+        let layout = Layout::of(config);
+        if layout.file_size > map.len() as u64 {
+            return Err(DeviceError::BadConfig(format!(
+                "the shared memory has {} bytes; this layout needs {}",
+                map.len(),
+                layout.file_size
+            )));
+        }
+        if let Some(dir) = path.parent() {
+            ensure_private_dir(dir)?;
+        }
+        let done = map.u32_at(offset_of!(sys::ntbemu_header, init_done));
+        // SYNC POINT (bridge device creation): the machine whose CAS 0 → 2 wins writes the
+        // layout and publishes init_done = 1 with Release (`init`); the other waits for it with
+        // Acquire loads. The BAR is coherent memory shared by both machines (ivshmem's BAR2).
+        if done.compare_exchange(0, 2, Acquire, Relaxed).is_ok() {
+            init(&map, config, &layout);
+        } else {
+            let t0 = Instant::now();
+            while done.load(Acquire) == 2 {
+                if t0.elapsed() > Duration::from_secs(5) {
+                    return Err(DeviceError::Corrupt {
+                        path,
+                        why: "the other machine never finished laying out the device".into(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let me = bridge.id() + 1;
+        let claim = |s: SideId| map.u32_at(BRIDGE_CLAIM + 4 * s as usize);
+        let side = match side {
+            Some(s) if s < 2 => {
+                claim(s).store(me, SeqCst);
+                s
+            }
+            Some(s) => return Err(DeviceError::NoSuchSide { side: s, sides: 2 }),
+            None => (0..2)
+                .find(
+                    |&s| match claim(s).compare_exchange(0, me, SeqCst, SeqCst) {
+                        Ok(_) => true,
+                        Err(cur) => cur == me,
+                    },
+                )
+                .ok_or_else(|| {
+                    DeviceError::BadConfig(format!(
+                    "both sides of the shared memory are claimed by other machines (IDs {} and {})",
+                    claim(0).load(Acquire).wrapping_sub(1),
+                    claim(1).load(Acquire).wrapping_sub(1)
+                ))
+                })?,
+        };
+        Self::validate(map, path, side, None, Some(bridge))
     }
 
     /// A second handle on the same mapping (for the DMA engine thread).
@@ -471,6 +599,7 @@ impl EmuDevice {
             layout: self.layout,
             side: self.side,
             peer: self.peer,
+            bridge: self.bridge.clone(),
         }
     }
 
@@ -609,6 +738,18 @@ impl EmuDevice {
     /// message does on hardware): bump the sequence word, wake futex sleepers, kick the FIFOs of
     /// bits that have a listener.
     fn raise_db_interrupt(&self, side: SideId, bits: u64) {
+        if self.bridge.is_some() {
+            self.nt_reg(side, sys::NTBEMU_REG_DB_SEQ)
+                .fetch_add(1, SeqCst);
+            // As below: only bits whose line has a listener interrupt (a line armed later must
+            // not see an old ring).
+            let (lo, hi) = self.vector_armed(side);
+            let armed = lo.load(SeqCst) as u64 | (hi.load(SeqCst) as u64) << 32;
+            if bits & armed != 0 {
+                self.post_interrupt(side, bits & armed, None);
+            }
+            return;
+        }
         let seq = self.nt_reg(side, sys::NTBEMU_REG_DB_SEQ);
         // SYNC POINT (doorbell): pairs with `db_wait`'s SeqCst WAITERS increment and SEQ load —
         // either the waiter sees the new SEQ/status, or we see WAITERS > 0 and wake it.
@@ -625,16 +766,103 @@ impl EmuDevice {
         while kick != 0 {
             let bit = kick.trailing_zeros();
             kick &= kick - 1;
-            // Opened for each kick and closed at once: an fd kept open here would be one the
-            // application does not know about (and might close or count). O_RDWR, not O_WRONLY:
-            // a FIFO whose reader is gone answers a write with EPIPE and a SIGPIPE to the
-            // application; holding both ends, it always has a reader.
-            if let Ok(fd) = sysutil::open(
-                &self.vector_path(side, bit),
-                libc::O_RDWR | libc::O_NONBLOCK,
-            ) {
-                sysutil::kick(&fd);
+            kick_line(&self.vector_path(side, bit));
+        }
+    }
+
+    /// Bridge mode: post an interrupt for doorbell `bits` and/or `vector` to `side`'s mailbox
+    /// and send its machine the bridge's interrupt.
+    fn post_interrupt(&self, side: SideId, bits: u64, vector: Option<u32>) {
+        let mb = self.side_off(side);
+        if bits != 0 {
+            self.map.u32_at(mb + MB_DB).fetch_or(bits as u32, SeqCst);
+            self.map
+                .u32_at(mb + MB_DB + 4)
+                .fetch_or((bits >> 32) as u32, SeqCst);
+        }
+        if let Some(v) = vector {
+            self.map
+                .u32_at(mb + MB_VEC + 4 * (v as usize / 32))
+                .fetch_or(1 << (v % 32), SeqCst);
+        }
+        // SYNC POINT (bridge interrupt): the pending bits (SeqCst RMW, after the data the
+        // interrupt announces) come before the SEQ bump, and both before the doorbell-register
+        // write (an uncached MMIO store, ordered after them); pairs with the target's poller,
+        // which loads SEQ with Acquire and then takes the pending bits by swap.
+        self.map.u32_at(mb + MB_SEQ).fetch_add(1, SeqCst);
+        if let Some(b) = &self.bridge {
+            let id = self
+                .map
+                .u32_at(BRIDGE_CLAIM + 4 * side as usize)
+                .load(Acquire);
+            if id != 0 {
+                b.kick((id - 1) & 0xFFFF);
             }
+        }
+    }
+
+    /// Bridge mode: take this side's pending interrupts and kick their lines on this machine.
+    fn deliver_interrupts(&self) {
+        let mb = self.side_off(self.side);
+        let lo = self.map.u32_at(mb + MB_DB).swap(0, SeqCst) as u64;
+        let hi = self.map.u32_at(mb + MB_DB + 4).swap(0, SeqCst) as u64;
+        let (alo, ahi) = self.vector_armed(self.side);
+        let armed = alo.load(SeqCst) as u64 | (ahi.load(SeqCst) as u64) << 32;
+        let mut bits = (lo | hi << 32) & armed & self.db_valid_mask();
+        while bits != 0 {
+            let bit = bits.trailing_zeros();
+            bits &= bits - 1;
+            kick_line(&self.vector_path(self.side, bit));
+        }
+        for w in 0..sys::NTBEMU_MAX_VECTORS / 32 {
+            let mut v = self
+                .map
+                .u32_at(mb + MB_VEC + 4 * w as usize)
+                .swap(0, SeqCst);
+            while v != 0 {
+                let b = v.trailing_zeros();
+                v &= v - 1;
+                kick_line(&self.msi_path(self.side, w * 32 + b));
+            }
+        }
+    }
+
+    /// Bridge mode: make sure this process runs a poller for this side's mailbox. The bridge
+    /// raises a real interrupt on this machine, but no driver here turns it into something a
+    /// process can wait on (that would be VFIO's MSI-X eventfds), so one thread per process
+    /// polls the mailbox: every 50 µs for 20 ms after the last interrupt, then every 2 ms.
+    fn start_poller(&self) {
+        static STARTED: std::sync::Mutex<Vec<(u32, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+        let key = (sysutil::pid(), self.path.clone());
+        let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+        if started.contains(&key) {
+            return; // (a forked child's pid differs: it starts its own)
+        }
+        let dev = self.view();
+        let spawned = std::thread::Builder::new()
+            .name("pcisock-bridge-irq".into())
+            .spawn(move || {
+                let seq = dev.map.u32_at(dev.side_off(dev.side) + MB_SEQ);
+                let mut seen = seq.load(Acquire).wrapping_sub(1);
+                let mut last = Instant::now();
+                loop {
+                    // SYNC POINT (bridge interrupt): Acquire pairs with the ringer's SeqCst
+                    // SEQ bump in `post_interrupt`; the pending bits are then taken by swap.
+                    let now = seq.load(Acquire);
+                    if now != seen {
+                        seen = now;
+                        last = Instant::now();
+                        dev.deliver_interrupts();
+                    }
+                    std::thread::sleep(if last.elapsed() < Duration::from_millis(20) {
+                        BRIDGE_NAP
+                    } else {
+                        Duration::from_millis(2)
+                    });
+                }
+            });
+        if spawned.is_ok() {
+            started.push(key);
         }
     }
 
@@ -646,10 +874,11 @@ impl EmuDevice {
         let g = self.link_generation();
         // SYNC POINT (link event): pairs with the Acquire load in `link_wait`.
         g.fetch_add(1, SeqCst);
-        if self
-            .header_u32(offset_of!(sys::ntbemu_header, link_waiters))
-            .load(SeqCst)
-            > 0
+        if self.bridge.is_none()
+            && self
+                .header_u32(offset_of!(sys::ntbemu_header, link_waiters))
+                .load(SeqCst)
+                > 0
         {
             futex::wake_all(g);
         }
@@ -689,6 +918,16 @@ pub struct LeaseInfo {
     pub tag: u32,
     pub offset: u64,
     pub len: u64,
+}
+
+/// Kick an interrupt line (FIFO) by path. Opened for each kick and closed at once: an fd kept
+/// open here would be one the application does not know about (and might close or count).
+/// O_RDWR, not O_WRONLY: a FIFO whose reader is gone answers a write with EPIPE and a SIGPIPE to
+/// the application; holding both ends, it always has a reader.
+fn kick_line(path: &Path) {
+    if let Ok(fd) = sysutil::open(path, libc::O_RDWR | libc::O_NONBLOCK) {
+        sysutil::kick(&fd);
+    }
 }
 
 fn ensure_private_dir(dir: &Path) -> Result<(), DeviceError> {
@@ -834,6 +1073,9 @@ fn init(map: &Mapping, c: &Config, l: &Layout) {
 
 impl NtbDevice for EmuDevice {
     fn describe(&self) -> String {
+        if let Some(b) = &self.bridge {
+            return format!("{}, side {}", b.describe(), self.side);
+        }
         let topo = match self.config.topology {
             Topology::Loopback => "loopback",
             Topology::TwoHost => "two-host",
@@ -896,6 +1138,10 @@ impl NtbDevice for EmuDevice {
             let now = Instant::now();
             if now >= deadline {
                 return self.link_state();
+            }
+            if self.bridge.is_some() {
+                std::thread::sleep(BRIDGE_NAP.min(deadline - now));
+                continue;
             }
             waiters.fetch_add(1, SeqCst);
             if self.link_generation().load(SeqCst) == seen {
@@ -1019,6 +1265,11 @@ impl NtbDevice for EmuDevice {
                 },
                 None => None,
             };
+            if self.bridge.is_some() {
+                // Poll the status word (the peer machine cannot wake a futex here).
+                std::thread::sleep(remaining.map_or(BRIDGE_NAP, |r| r.min(BRIDGE_NAP)));
+                continue;
+            }
             // SYNC POINT (doorbell sleep): the SeqCst WAITERS increment and SEQ load pair with
             // `raise_db_interrupt`'s SeqCst SEQ increment and WAITERS load (no lost wake-up).
             waiters.fetch_add(1, SeqCst);
@@ -1043,11 +1294,21 @@ impl NtbDevice for EmuDevice {
         // O_RDWR keeps a writer on the FIFO, so poll never reports a hang-up.
         let fd = sysutil::open(&path, libc::O_RDWR | libc::O_NONBLOCK)
             .map_err(|e| DoorbellError::Vector(format!("open {}: {e}", path.display())))?;
+        if self.bridge.is_some() {
+            // A ring posted before this line had its listener is not this listener's interrupt
+            // (on a device file it would have kicked no FIFO). Cleared before arming: a ring
+            // after the arming is.
+            let mb = self.side_off(self.side) + MB_DB + 4 * (bit as usize / 32);
+            self.map.u32_at(mb).fetch_and(!(1 << (bit % 32)), SeqCst);
+        }
         let (lo, hi) = self.vector_armed(self.side);
         if bit < 32 {
             lo.fetch_or(1 << bit, SeqCst);
         } else {
             hi.fetch_or(1 << (bit - 32), SeqCst);
+        }
+        if self.bridge.is_some() {
+            self.start_poller();
         }
         Ok(fd)
     }
@@ -1080,6 +1341,9 @@ impl NtbDevice for EmuDevice {
         let path = self.msi_path(self.side, v);
         sysutil::mkfifo(&path)
             .map_err(|e| DoorbellError::Vector(format!("mkfifo {}: {e}", path.display())))?;
+        if self.bridge.is_some() {
+            self.start_poller();
+        }
         // O_RDWR keeps a writer on the FIFO, so poll never reports a hang-up.
         sysutil::open(&path, libc::O_RDWR | libc::O_NONBLOCK)
             .map_err(|e| DoorbellError::Vector(format!("open {}: {e}", path.display())))
@@ -1098,14 +1362,11 @@ impl NtbDevice for EmuDevice {
         if fault::take(self, sys::NTBEMU_FAULT_LOST_DB) {
             return Ok(()); // the message write vanished on the link
         }
-        // The MSI message: a kick on the vector's line, opened for this write and closed at
-        // once (an fd kept here would be one the application does not know about). O_RDWR, not
-        // O_WRONLY: with no reader left a FIFO answers EPIPE and SIGPIPEs the application.
-        if let Ok(fd) = sysutil::open(
-            &self.msi_path(self.peer, v),
-            libc::O_RDWR | libc::O_NONBLOCK,
-        ) {
-            sysutil::kick(&fd);
+        if self.bridge.is_some() {
+            self.post_interrupt(self.peer, 0, Some(v));
+        } else {
+            // The MSI message: a kick on the vector's line.
+            kick_line(&self.msi_path(self.peer, v));
         }
         Ok(())
     }

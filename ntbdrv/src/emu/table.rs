@@ -127,8 +127,30 @@ impl<'a> HostTable<'a> {
             .fetch_add(1, Relaxed);
     }
 
+    /// Slots that may hold a lease: those below the high-water mark (a thousand connections'
+    /// leases fill a few thousand of the table's slots; every lease scans only those).
+    fn used(&self) -> usize {
+        (self.high_water().load(Acquire) as usize).min(self.n_slots())
+    }
+
+    fn high_water(&self) -> &AtomicU32 {
+        self.map.u32_at(self.base + offset_of!(T, high_water))
+    }
+
+    /// A free slot (the caller holds the lock): the first freed one below the high-water mark,
+    /// else the next never-used one.
     fn free_slot(&self) -> Option<usize> {
-        (0..self.n_slots()).find(|&i| self.read(i).kind == sys::NTBEMU_LEASE_FREE)
+        let used = self.used();
+        if let Some(i) = (0..used).find(|&i| self.read(i).kind == sys::NTBEMU_LEASE_FREE) {
+            return Some(i);
+        }
+        if used == self.n_slots() {
+            return None;
+        }
+        // SYNC POINT (host table high water): Release pairs with the Acquire in `used` of
+        // lock-free readers (`pcisock stats`); the slot itself is written after this.
+        self.high_water().store(used as u32 + 1, Release);
+        Some(used)
     }
 
     fn me() -> (u32, u64) {
@@ -146,7 +168,7 @@ impl<'a> HostTable<'a> {
     ) -> Result<WindowLease, LeaseError> {
         let (pid, start) = Self::me();
         let _g = self.lock();
-        let mut used: Vec<(u64, u64)> = (0..self.n_slots())
+        let mut used: Vec<(u64, u64)> = (0..self.used())
             .map(|i| self.read(i))
             .filter(|s| s.kind == sys::NTBEMU_LEASE_WINDOW && s.index == mw)
             .map(|s| (s.offset, s.offset.saturating_add(s.len)))
@@ -193,7 +215,7 @@ impl<'a> HostTable<'a> {
     ) -> Result<WindowLease, LeaseError> {
         let _g = self.lock();
         let end = offset + len;
-        for i in 0..self.n_slots() {
+        for i in 0..self.used() {
             let s = self.read(i);
             if s.kind != sys::NTBEMU_LEASE_WINDOW || s.index != mw {
                 continue;
@@ -241,7 +263,7 @@ impl<'a> HostTable<'a> {
         let (pid, start) = Self::me();
         let _g = self.lock();
         let mut taken = vec![false; count as usize];
-        for i in 0..self.n_slots() {
+        for i in 0..self.used() {
             let s = self.read(i);
             if s.kind == kind && (s.index as usize) < taken.len() {
                 taken[s.index as usize] = true;
@@ -315,10 +337,24 @@ impl<'a> HostTable<'a> {
     pub(crate) fn reclaim(&self) -> usize {
         let _g = self.lock();
         let mut freed = 0;
-        for i in 0..self.n_slots() {
+        // A few processes hold thousands of leases: ask /proc once per owner, not per lease.
+        let mut known: Vec<((u32, u64), bool)> = Vec::new();
+        for i in 0..self.used() {
             let s = self.read(i);
             // Owner pid 0 marks a host-owned reservation, which no process death ends.
-            if s.kind != sys::NTBEMU_LEASE_FREE && s.pid != 0 && !sysutil::alive(s.pid, s.start) {
+            if s.kind == sys::NTBEMU_LEASE_FREE || s.pid == 0 {
+                continue;
+            }
+            let owner = (s.pid, s.start);
+            let alive = match known.iter().find(|(o, _)| *o == owner) {
+                Some(&(_, a)) => a,
+                None => {
+                    let a = sysutil::alive(s.pid, s.start);
+                    known.push((owner, a));
+                    a
+                }
+            };
+            if !alive {
                 self.write(
                     i,
                     Slot {
@@ -339,7 +375,7 @@ impl<'a> HostTable<'a> {
 
     /// Every lease in the table with its slot number.
     pub(crate) fn leases_with_slots(&self) -> Vec<(u32, Slot)> {
-        (0..self.n_slots())
+        (0..self.used())
             .map(|i| (i as u32, self.read(i)))
             .filter(|(_, s)| s.kind != sys::NTBEMU_LEASE_FREE)
             .collect()
@@ -347,7 +383,7 @@ impl<'a> HostTable<'a> {
 
     /// Every lease in the table (for diagnostics and tests).
     pub(crate) fn leases(&self) -> Vec<Slot> {
-        (0..self.n_slots())
+        (0..self.used())
             .map(|i| self.read(i))
             .filter(|s| s.kind != sys::NTBEMU_LEASE_FREE)
             .collect()

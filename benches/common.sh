@@ -1,0 +1,42 @@
+# Sourced by the benchmark scripts (benches/*.sh, iperf-tests/compare.sh): a private work
+# directory, the PIDs to end on exit, and TCP port helpers reading /proc/net/tcp{,6}.
+#
+#   bench_init NAME   creates $work (0700, removed on exit), empties $pids and traps
+#                     EXIT/INT/TERM so that every PID in $pids is ended (TERM, then KILL).
+#   port_listening P  something listens on port P (IPv4 or IPv6).
+#   port_unused P     no socket of any state is bound to port P (TIME_WAIT included).
+#   wait_listen P     wait up to 5 s for a listener on P; 1 (with a message) if none came.
+#   next_port         sets $port to the next unused port after $port (random start if unset).
+
+bench_init() {
+    bench_name=$1
+    work="$(mktemp -d "/tmp/pcisock-$1.XXXXXX")"
+    chmod 700 "$work"
+    pids=()
+    trap bench_cleanup EXIT INT TERM
+}
+
+bench_cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    sleep 0.2
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+
+port_listening() { grep -qi ":$(printf '%04X' "$1") [0-9A-F:]* 0A" /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
+
+port_unused() { ! grep -qi "^ *[0-9]*: [0-9A-F]*:$(printf '%04X' "$1") " /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
+
+wait_listen() {
+    for _ in $(seq 250); do
+        port_listening "$1" && return 0
+        sleep 0.02
+    done
+    echo "$bench_name: nothing listens on port $1" >&2
+    return 1
+}
+
+next_port() {
+    port=$(( ${port:-$((20000 + RANDOM % 20000))} + 1 ))
+    while ! port_unused "$port"; do port=$((port + 1)); done
+}
