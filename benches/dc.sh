@@ -228,22 +228,22 @@ for tag, what in [("", "fio's buffers in 4 KiB pages (malloc)"), ("-huge", "fio'
     out.append(f"| device reading and writing at once (two fio jobs), read + write, same | "
                f"{fmt(g(f'device-read-while-writing{tag}', 8))} + {fmt(g(f'device-write-while-reading{tag}', 8))} |")
 out.append("")
-out.append(f"Targets (issue 6): `pcisock dc copy` with its defaults (window buffer, qd {DEFAULT_QD}, chunk "
-           f"{chunk}) on the huge-page device, each ratio taken within a round (paired) and the median "
+out.append(f"Targets (issue 6): `pcisock dc copy` with the window buffer at its default qd {DEFAULT_QD}, chunk "
+           f"{chunk}, on the huge-page device, each ratio taken within a round (paired) and the median "
            "over rounds:\n")
 r_dd = paired(dut, lambda v: v.get(("dd", 1)))
-out.append(f"- against dd: **{r_dd:.2f}x** (target >= 1.5x): **{'met' if r_dd >= 1.5 else 'not met'}**")
+out.append(f"- against dd: **{r_dd:.3f}x** (target >= 1.5x): **{'met' if r_dd >= 1.5 else 'not met'}**")
 for tag, what in [("", "4 KiB-page buffers, as fio and dd use by default"), ("-huge", "2 MiB-page buffers, as the DC buffer")]:
     r = paired(dut, min_rw(tag))
     if r is not None:
-        out.append(f"- against min(device read, device write) measured with {what}: **{r:.2f}** "
+        out.append(f"- against min(device read, device write) measured with {what}: **{r:.3f}** "
                    f"(target >= 0.9): **{'met' if r >= 0.9 else 'not met'}**")
 tag = "-huge" if huge else ""
 r = paired(dut, share(tag))
 if r is not None:
     out.append(f"- against what the disk moves per direction when it reads and writes at once "
                f"((read + write) / 2 of the two fio jobs{', 2 MiB pages' if huge else ''}), the ceiling of a "
-               f"copy whose source and destination share one disk: **{r:.2f}**")
+               f"copy whose source and destination share one disk: **{r:.3f}**")
 best_qd = max(range(1, 9), key=lambda q: g(main, q) or 0)
 out.append(f"- best median over queue depths: qd {best_qd}, {fmt(g(main, best_qd))} MB/s; "
            f"host-staged qd 1: {fmt(g('host', 1))} MB/s; the same window in 4 KiB pages at qd "

@@ -51,7 +51,8 @@ Options:
       --no-fixed        Do not register the DC buffer with io_uring (fixed buffers are used
                         by default)
       --verify          After the copy, read both ranges back and compare (checksums and bytes)
-      --json            Print one JSON object instead of the text report
+      --json            Print one JSON object instead of the text report ({\"error\": …} on a
+                        failure)
   -h, --help            Print this help
 
 How: the DC buffer holds qd slots of one chunk each. Each chunk is read from SRC into its
@@ -241,7 +242,12 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
             a.chunk
         )));
     }
-    copy(&a, out)
+    let result = copy(&a, out);
+    // Scripts asking for JSON get an object on a failure too (the message also goes to stderr).
+    if let (true, Err(e @ CliError::Failed(_))) = (a.json, &result) {
+        let _ = writeln!(out, "{{\"error\":{}}}", json::string(&e.to_string()));
+    }
+    result
 }
 
 /// A DC buffer and what keeps it: a window lease (released on drop) or nothing more.
@@ -281,11 +287,12 @@ fn dc_buffer(kind: BufferKind, len: usize) -> Result<DcBuffer, CliError> {
             let dev = ntbdrv::recommended::open_default()
                 .map_err(|e| failed(format!("window DC buffer: NTB device: {e}")))?;
             let mut last = None;
-            for mw in 0..dev.mw_count() {
-                // Leased with room to start the buffer on a 2 MiB boundary: where the window's
-                // memory comes in huge pages (as a real BAR is contiguous), each chunk then sits
-                // in one of them.
-                let lease = match dev.lease_window(mw, (len + HUGE - 4096) as u64, DC_TAG) {
+            // First with room to start the buffer on a 2 MiB boundary: where the window's memory
+            // comes in huge pages (as a real BAR is contiguous), each chunk then sits in one of
+            // them. Then, in a window too small or too full for that, exactly the buffer.
+            let tries = (0..dev.mw_count()).flat_map(|mw| [(mw, len + HUGE - 4096), (mw, len)]);
+            for (mw, want) in tries {
+                let lease = match dev.lease_window(mw, want as u64, DC_TAG) {
                     Ok(l) => l,
                     Err(e) => {
                         last = Some(e.to_string());
@@ -294,7 +301,11 @@ fn dc_buffer(kind: BufferKind, len: usize) -> Result<DcBuffer, CliError> {
                 };
                 let region = dev.inbound(mw).and_then(|r| {
                     let at = r.as_ptr() as usize + lease.offset as usize;
-                    let pad = (HUGE - at % HUGE) % HUGE;
+                    let pad = if want > len {
+                        (HUGE - at % HUGE) % HUGE
+                    } else {
+                        0
+                    };
                     r.slice(lease.offset as usize + pad, len)
                 });
                 let mem = match region
@@ -494,6 +505,9 @@ fn copy(a: &CopyArgs, out: &mut String) -> Result<u8, CliError> {
             )));
         }
     }
+    // The DC buffer before DST is opened for writing, so that no buffer means no DST touched.
+    let slots = a.qd.min(len.div_ceil(a.chunk as u64).max(1) as usize);
+    let buffer = dc_buffer(a.buffer, slots * a.chunk)?;
     let d = manager::open(&dst, Role::Dst, a.direct_only)?;
     let whole = a.offset == 0 && a.length.is_none();
     if dst.kind == Kind::File {
@@ -508,7 +522,7 @@ fn copy(a: &CopyArgs, out: &mut String) -> Result<u8, CliError> {
                 .map_err(|e| failed(format!("DST {}: setting its size to {n}: {e}", dst.arg)))?;
         }
     }
-    let r = run(a, &src, &dst, &s, &d, len)?;
+    let r = run(a, (&src, &s), (&dst, &d), &buffer, slots, len)?;
     let outcome = Outcome {
         a,
         src: &src,
@@ -533,24 +547,23 @@ fn copy(a: &CopyArgs, out: &mut String) -> Result<u8, CliError> {
     }
 }
 
+/// Move the bytes: the aligned middle through the ring and `buffer` (`slots` chunks in flight),
+/// then the unaligned head and tail through the page cache.
 fn run(
     a: &CopyArgs,
-    src: &Endpoint,
-    dst: &Endpoint,
-    s: &Opened,
-    d: &Opened,
+    (src, s): (&Endpoint, &Opened),
+    (dst, d): (&Endpoint, &Opened),
+    buffer: &DcBuffer,
+    slots: usize,
     len: u64,
 ) -> Result<Report, CliError> {
     let align = s.align.max(d.align);
     let (head, middle, tail) = split(a.offset, len, align);
-    let slots =
-        a.qd.min(middle.len.div_ceil(a.chunk as u64).max(1) as usize);
     let mut notices: Vec<String> = [&s.notice, &d.notice]
         .into_iter()
         .flatten()
         .cloned()
         .collect();
-    let buffer = dc_buffer(a.buffer, slots * a.chunk)?;
     let mut bar = ProgressBar::new(len, !a.json);
     let start = Instant::now();
     let fixed;
