@@ -695,6 +695,9 @@ fn fanout_run(
 fn thousand_connections_at_once() {
     let f = Fixture::new("app_fanout");
     let fanout = build_fanout(f.dir());
+    // A thousand TCP handshakes (and, in the second run, TCP fallbacks) cross lo: no test that
+    // needs lo quiet may run meanwhile.
+    let _bulk = LoWindow::open(LoExpect::Bulk).unwrap();
 
     // A thousand connections, all on the NTB path: 128 KiB rings, so that the 2 000 endpoints of a
     // loopback link fit the device's two 256 MiB windows.
@@ -763,6 +766,8 @@ fn hundred_thousand_short_connections() {
     const N: u64 = 100_000;
     let f = Fixture::new("app_churn");
     let fanout = build_fanout(f.dir());
+    // 100,000 TCP handshakes and teardowns cross lo: no test that needs lo quiet may run meanwhile.
+    let _bulk = LoWindow::open(LoExpect::Bulk).unwrap();
     let port = free_port();
     let senv = f.preload("server").with_ports(port.to_string());
     let cenv = f.preload("client").with_ports(port.to_string());
