@@ -186,6 +186,7 @@ impl HalfOpen {
         role: Role,
         local: Endpoint,
         peer: Endpoint,
+        park: &dyn Fn(WindowLease, Region, Option<Region>),
     ) -> Result<HalfOpen, crate::Reason> {
         use crate::Reason;
         // The configured ring if there is room for it; when the windows fill up, smaller rings
@@ -193,11 +194,26 @@ impl HalfOpen {
         // little slower. The peer learns the size from the offer or answer.
         let mut lease = None;
         let mut ring = ring_bytes;
+        let mut parked = 0;
         'sizes: loop {
             for mw in 0..dev.mw_count() {
-                if let Ok(l) = dev.lease_window(mw, ENDPOINT_HDR + ring, crate::ENDPOINT_TAG) {
-                    lease = Some(l);
-                    break 'sizes;
+                while let Ok(l) = dev.lease_window(mw, ENDPOINT_HDR + ring, crate::ENDPOINT_TAG) {
+                    // A block the host table took back from a process that died while connected
+                    // may still be written by that connection's peer: keep it out of use (held
+                    // by us, as a closed endpoint's block is) and take another.
+                    let block = dev
+                        .inbound(l.mw)
+                        .and_then(|w| w.slice(l.offset as usize, l.len as usize));
+                    match block.map(|b| (previous_peer(dev, &b), b)) {
+                        Ok((Some(theirs), b)) if parked < 64 => {
+                            park(l, b, theirs);
+                            parked += 1;
+                        }
+                        _ => {
+                            lease = Some(l);
+                            break 'sizes;
+                        }
+                    }
                 }
             }
             if ring / 2 < MIN_ADAPTIVE_RING.min(ring_bytes) {
@@ -1540,6 +1556,34 @@ impl Connection {
 /// Does a process that holds the endpoint block `theirs` (its creator, or a holder it was
 /// handed to) still live on this host? A pid reused by another process counts as alive: the
 /// caller then only waits longer.
+/// For a freshly leased block: `Some` if its previous tenant died while connected (the block's
+/// identity and peer location are still there, and the peer has not made its last write), with
+/// the peer's block when the peer is on this host (the block waits while a process holding it
+/// lives; a peer on another host cannot be asked: quarantine).
+fn previous_peer(dev: &dyn NtbDevice, block: &Region) -> Option<Option<Region>> {
+    if word32(block, INFO_BASE).load(Acquire) != INFO_MAGIC || peer_finished(block) {
+        return None;
+    }
+    let len = word64(block, L_PEER_LEN).load(Acquire);
+    if len == 0 {
+        return None; // it never connected: no peer knows this block
+    }
+    let same_host = dev.side() == dev.peer_side();
+    let theirs = same_host
+        .then(|| {
+            dev.outbound(word32(block, L_PEER_MW).load(Relaxed))
+                .and_then(|w| {
+                    w.slice(
+                        word64(block, L_PEER_OFF).load(Relaxed) as usize,
+                        len as usize,
+                    )
+                })
+                .ok()
+        })
+        .flatten();
+    Some(theirs)
+}
+
 pub(crate) fn peer_alive(theirs: &Region) -> bool {
     let mut ib = [0u8; 48];
     let creator = theirs

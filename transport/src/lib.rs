@@ -163,7 +163,8 @@ struct Zombie {
     /// The endpoint block: once the peer has set its FIN or RST flag it writes no more.
     block: ntbdrv::Region,
     lease: WindowLease,
-    bell: VectorLease,
+    /// None for a block parked before it had a vector (see `HalfOpen::new`).
+    bell: Option<VectorLease>,
     until: Instant,
     /// The peer's endpoint block, when its processes run on this host: the block waits for
     /// them (not for `until`) as long as one of them lives.
@@ -246,7 +247,7 @@ impl Shared {
             z.push(Zombie {
                 block,
                 lease,
-                bell,
+                bell: Some(bell),
                 until: Instant::now() + QUARANTINE,
                 peer,
             });
@@ -266,7 +267,9 @@ impl Shared {
             };
             if expired || conn::peer_finished(&zb.block) {
                 let _ = self.dev.release(Lease::Window(zb.lease));
-                let _ = self.dev.release(Lease::Vector(zb.bell));
+                if let Some(bell) = zb.bell {
+                    let _ = self.dev.release(Lease::Vector(bell));
+                }
                 self.counters.zombies_reaped.fetch_add(1, Relaxed);
                 false
             } else {
@@ -616,6 +619,17 @@ impl Transport {
         peer: Endpoint,
     ) -> Result<conn::HalfOpen, Reason> {
         let t0 = Instant::now();
+        let park = |lease: WindowLease, block: ntbdrv::Region, peer: Option<ntbdrv::Region>| {
+            if let Ok(mut z) = self.shared.zombies.lock() {
+                z.push(Zombie {
+                    block,
+                    lease,
+                    bell: None,
+                    until: Instant::now() + QUARANTINE,
+                    peer,
+                });
+            }
+        };
         loop {
             match conn::HalfOpen::new(
                 &*self.shared.dev,
@@ -623,6 +637,7 @@ impl Transport {
                 role,
                 local,
                 peer,
+                &park,
             ) {
                 Err(r @ (Reason::NoWindowSpace | Reason::NoDoorbell)) => {
                     let waiting = self

@@ -796,3 +796,114 @@ fn a_crashed_servers_listener_is_withdrawn() {
     let _server_host = transport(&two_host(&d.0, 0), 64 << 10);
     assert_eq!(offer(&client).err(), Some(Reason::NoListener));
 }
+
+/// The client half of `a_dead_processs_block_waits_for_its_peer`, run as a child process of
+/// the test binary: connect to the listener at `PCISOCK_TEST_SERVER` over the device in
+/// `PCISOCK_TEST_DIR`, say so, then wait to be killed.
+#[test]
+#[ignore = "a helper process for a_dead_processs_block_waits_for_its_peer"]
+fn child_connects_and_waits() {
+    let (Ok(dir), Ok(server)) = (
+        std::env::var("PCISOCK_TEST_DIR"),
+        std::env::var("PCISOCK_TEST_SERVER"),
+    ) else {
+        panic!("a helper process: a_dead_processs_block_waits_for_its_peer sets its environment");
+    };
+    let opts = Options {
+        dir: dir.into(),
+        name: "lo".into(),
+        side: 0,
+        config: Config {
+            mw_size: 16 << 20,
+            ..Config::default()
+        },
+    };
+    let dev: Arc<dyn NtbDevice> = Arc::new(EmuDevice::open(&opts).unwrap());
+    let t = transport(&dev, 64 << 10);
+    let server: SocketAddr = server.parse().unwrap();
+    let (s, _, p) = offer_from(&t, server).unwrap();
+    s.connect(&server.into()).unwrap();
+    let Outcome::Connected(_c) = t.complete(p, s.as_raw_fd(), true) else {
+        panic!("the child's connection stayed on TCP");
+    };
+    println!("connected");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// A process that dies while connected leaves its block to the host table, which hands it to the
+/// next lease once the window needs it; the dead process's peer still writes into it when it
+/// closes (FIN, then GONE). The block must wait for that peer, as a closed endpoint's does, or a
+/// new connection that got it would see the old peer's end of stream.
+#[test]
+fn a_dead_processs_block_waits_for_its_peer() {
+    let (d, dev) = device("deadblock");
+    let t = transport(&dev, 64 << 10);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = l.local_addr().unwrap();
+    let _listener = t.listen(Endpoint::from_std(server)).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_connects_and_waits",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PCISOCK_TEST_DIR", &d.0)
+        .env("PCISOCK_TEST_SERVER", server.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (srv, peer) = l.accept().unwrap();
+    let old = t
+        .accept(
+            srv.as_raw_fd(),
+            Endpoint::from_std(server),
+            Endpoint::from_std(peer),
+        )
+        .unwrap_or_else(|r| panic!("the child's connection stayed on TCP: {r}"));
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("connected") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "the child ended before it connected"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The host table takes the dead child's leases back (as it does when a window fills).
+    assert!(dev.reclaim() > 0, "nothing reclaimed from the dead child");
+
+    // New connections lease first-fit: one of them is offered the child's block.
+    let pairs: Vec<Pair> = (0..2).map(|_| pair(&t)).collect();
+    // The dead child's peer closes now: its FIN and GONE go into the child's old block.
+    drop(old);
+    drop(srv);
+    for (i, (cc, sc, _, _)) in pairs.iter().enumerate() {
+        assert_eq!(cc.send(&[b"ping"], false, None).unwrap(), 4);
+        let mut buf = [0u8; 4];
+        let got = sc.recv(
+            &mut [&mut buf[..]],
+            RecvFlags::default(),
+            Some(Duration::from_secs(2)),
+        );
+        assert_eq!(
+            (got.ok(), &buf),
+            (Some(4), b"ping"),
+            "pair {i}, server side"
+        );
+        assert_eq!(sc.send(&[b"pong"], false, None).unwrap(), 4);
+        let got = cc.recv(
+            &mut [&mut buf[..]],
+            RecvFlags::default(),
+            Some(Duration::from_secs(2)),
+        );
+        assert_eq!(
+            (got.ok(), &buf),
+            (Some(4), b"pong"),
+            "pair {i}, client side"
+        );
+    }
+}
