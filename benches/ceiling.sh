@@ -67,7 +67,6 @@ run() {
     echo "$out" | grep , | tail -1 | awk -F, '{print $9}'
 }
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 minmax() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {printf "%.0f–%.0f", lo/8e6, hi/8e6}'; }
 mbs() { awk -v b="$1" 'BEGIN {printf "%.0f", b/8e6}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }

@@ -7,6 +7,8 @@
 #   port_unused P     no socket of any state is bound to port P (TIME_WAIT included).
 #   wait_listen P     wait up to 5 s for a listener on P; 1 (with a message) if none came.
 #   next_port         sets $port to the next unused port after $port (random start if unset).
+#   median [EMPTY]    the median of the numbers on stdin (separated by spaces or newlines);
+#                     EMPTY (default 0) when there are none.
 
 bench_init() {
     bench_name=$1
@@ -39,4 +41,9 @@ wait_listen() {
 next_port() {
     port=$(( ${port:-$((20000 + RANDOM % 20000))} + 1 ))
     while ! port_unused "$port"; do port=$((port + 1)); done
+}
+
+median() {
+    tr ' ' '\n' | grep . | sort -g |
+        awk -v empty="${1:-0}" '{a[NR]=$1} END {if (NR == 0) print empty; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'
 }

@@ -26,6 +26,8 @@ done
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ && "$ITERS" =~ ^[1-9][0-9]*$ ]] || { echo "hookcost.sh: --rounds and --iters must be positive integers" >&2; exit 2; }
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=common.sh
+source "$root/benches/common.sh"
 lib="${PCISOCK_LIB:-$root/target/release/libpcisock.so}"
 [[ -f "$lib" ]] || { echo "hookcost.sh: $lib not found: run cargo build --release" >&2; exit 2; }
 command -v gcc >/dev/null || { echo "hookcost.sh: gcc not found (apt-get install -y gcc)" >&2; exit 2; }
@@ -54,7 +56,6 @@ for r in $(seq "$ROUNDS"); do
     done
     echo "  round $r done" >&2
 done
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 minmax() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {printf "%s–%s", lo, hi}'; }
 
 timing="$(

@@ -96,7 +96,6 @@ pp_run() {
     echo "$p50 $p99 $avg"
 }
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "–"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 declare -A p50s p99s avgs bad
 started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 lib_id() { echo "$(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12), built $(date -u -r "$lib" +%Y-%m-%dT%H:%MZ)"; }
@@ -119,7 +118,7 @@ ended="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 cell() { # median p50 / p99 (µs) or the failures
     local k=$1 s=""
     if [[ -n "${p50s[$k]:-}" ]]; then
-        s="$(median <<<"${p50s[$k]}") / $(median <<<"${p99s[$k]}")"
+        s="$(median – <<<"${p50s[$k]}") / $(median – <<<"${p99s[$k]}")"
     fi
     if [[ -n "${bad[$k]:-}" ]]; then
         s+="${s:+ }($(wc -w <<<"${bad[$k]}")/$RUNS: ${bad[$k]% })"

@@ -35,6 +35,8 @@ done
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "table3.sh: --runs must be a positive integer" >&2; exit 2; }
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=common.sh
+source "$root/benches/common.sh"
 OUT_DIR="${OUT_DIR:-$root/benches/results}"
 lib="${PCISOCK_LIB:-$root/target/release/libpcisock.so}"
 shmsrc="${SHMBENCH_SRC:-$root/../shared/tools/shmbench.c}"
@@ -67,15 +69,12 @@ human() { awk -v b="$1" 'BEGIN { if (b >= 1048576) printf "%dM", b/1048576; else
 
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs) model $(grep -m1 '^model' /proc/cpuinfo | cut -d: -f2 | xargs)"
 raw="$OUT_DIR/table3-raw.csv"
-median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "n/a"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 if [[ -n "$FROM_RAW" ]]; then
     [[ -f "$FROM_RAW" ]] || { echo "table3.sh: $FROM_RAW not found" >&2; exit 2; }
     [[ "$(realpath "$FROM_RAW")" == "$(realpath -m "$raw")" ]] || cp "$FROM_RAW" "$raw"
     mapfile -t sizes < <(awk -F, '!/^#/ && NR > 1 && $1 ~ /^[0-9]+$/ {print $2}' "$raw" | awk '!seen[$0]++')
     RUNS="$(awk -F, '!/^#/ && $1 ~ /^[0-9]+$/ {if ($1 > m) m = $1} END {print m}' "$raw")"
 else
-    # shellcheck source=common.sh
-    source "$root/benches/common.sh"
     bench_init table3.sh
     mkdir -m 700 "$work/emu"
 
@@ -160,7 +159,7 @@ else
 fi
 
 vals() { awk -F, -v s="$1" -v m="$2" '!/^#/ && $2 == s && $3 == m && $4 != "n/a" {print $4}' "$raw"; }
-col() { vals "$1" "$2" | median; }
+col() { vals "$1" "$2" | median n/a; }
 span() { vals "$1" "$2" | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {if (NR) printf "%.0f–%.0f", lo, hi; else print "n/a"}'; }
 short() { awk -F, -v s="$1" -v m="$2" '!/^#/ && $2 == s && $3 == m && $5 != "-" && $5 != $6 {n++} END {print n + 0}' "$raw"; }
 meta() { awk -v k="# $1: " 'index($0, k) == 1 {print substr($0, length(k) + 1)}' "$raw"; }

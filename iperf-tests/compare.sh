@@ -67,7 +67,6 @@ iperf3_run() {
     python3 -c 'import json,sys; print(int(json.load(sys.stdin)["end"]["sum_sent"]["bits_per_second"]))' <<<"$out"
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 gbit() { awk -v b="$1" 'BEGIN {printf "%.2f", b/1e9}'; }
 
 mkdir -m 700 "$work/emu"

@@ -246,13 +246,13 @@ fn mapping_pids(path: &Path) -> Vec<u32> {
     let (Ok(meta), Ok(procs)) = (std::fs::metadata(path), std::fs::read_dir("/proc")) else {
         return Vec::new();
     };
-    // glibc's major()/minor() split of dev_t, printed as /proc/PID/maps prints it.
-    let dev = meta.dev();
-    let (major, minor) = (
-        (dev >> 8) & 0xfff | (dev >> 32) & !0xfff,
-        dev & 0xff | (dev >> 12) & !0xff,
+    // Device and inode as /proc/PID/maps prints them.
+    let id = format!(
+        "{:02x}:{:02x} {}",
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino()
     );
-    let id = format!("{major:02x}:{minor:02x} {}", meta.ino());
     procs
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())

@@ -194,21 +194,18 @@ impl HalfOpen {
         // little slower. The peer learns the size from the offer or answer.
         let mut lease = None;
         let mut ring = ring_bytes;
-        let mut parked = 0;
         'sizes: loop {
             for mw in 0..dev.mw_count() {
                 while let Ok(l) = dev.lease_window(mw, ENDPOINT_HDR + ring, crate::ENDPOINT_TAG) {
                     // A block the host table took back from a process that died while connected
                     // may still be written by that connection's peer: keep it out of use (held
-                    // by us, as a closed endpoint's block is) and take another.
+                    // by us, as a closed endpoint's block is) and take another. Each parked
+                    // block stays leased, so the window runs out rather than this loop.
                     let block = dev
                         .inbound(l.mw)
                         .and_then(|w| w.slice(l.offset as usize, l.len as usize));
                     match block.map(|b| (previous_peer(dev, &b), b)) {
-                        Ok((Some(theirs), b)) if parked < 64 => {
-                            park(l, b, theirs);
-                            parked += 1;
-                        }
+                        Ok((Some(theirs), b)) => park(l, b, theirs),
                         _ => {
                             lease = Some(l);
                             break 'sizes;
