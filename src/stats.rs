@@ -22,8 +22,8 @@ Options:
 
 Shows the device (path, topology, windows, doorbells, DMA channels, link, faults), the leases
 each process holds, and per connection: pid, role, local and peer address, path (ntb) and the
-counters tx/rx bytes and frames, DMA and CPU copies, doorbells rung, polls, sleeps and DMA
-fallbacks. The device is the one PCISOCK_EMU_DIR, PCISOCK_EMU_DEVICE and PCISOCK_EMU_HOST name;
+counters tx/rx bytes and frames, DMA and CPU copies, doorbells rung, polls, sleeps, DMA
+fallbacks, reads and coalesced frames (PCISOCK_RX_COALESCE_US). The device is the one PCISOCK_EMU_DIR, PCISOCK_EMU_DEVICE and PCISOCK_EMU_HOST name;
 it is never created here.
 
 Connections that fell back to TCP are not in the device: they appear, with their reason codes,

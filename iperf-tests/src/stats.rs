@@ -34,6 +34,12 @@ pub struct Stats {
     pub doorbells: u64,
     /// Polls of rings or DMA status.
     pub polls: u64,
+    /// Reads that returned NTB data; absent from older libraries.
+    #[serde(default)]
+    pub reads: u64,
+    /// Frames those reads waited for and took instead of returning (read coalescing).
+    #[serde(default)]
+    pub coalesced: u64,
     /// Ring frames a peer got wrong (each resets its connection); absent from older libraries.
     #[serde(default)]
     pub protocol_errors: u64,

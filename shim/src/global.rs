@@ -53,6 +53,8 @@ struct Totals {
     cpu: u64,
     doorbells: u64,
     polls: u64,
+    reads: u64,
+    coalesced: u64,
 }
 
 impl Totals {
@@ -68,6 +70,8 @@ impl Totals {
         self.cpu += r.cpu;
         self.doorbells += r.doorbells;
         self.polls += r.polls;
+        self.reads += r.reads;
+        self.coalesced += r.coalesced;
     }
 }
 
@@ -211,7 +215,7 @@ impl Global {
         let mut j = String::new();
         let _ = write!(
             j,
-            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"protocol_errors\":{protocol_errors},\"protocol_error\":{first},\"unlisted_connections\":{dropped},\"connections\":[",
+            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"reads\":{},\"coalesced\":{},\"protocol_errors\":{protocol_errors},\"protocol_error\":{first},\"unlisted_connections\":{dropped},\"connections\":[",
             std::process::id(),
             json_str(&self.program),
             self.ntb_connections.load(Relaxed),
@@ -224,6 +228,8 @@ impl Global {
             t.cpu,
             t.doorbells,
             t.polls,
+            t.reads,
+            t.coalesced,
         );
         for (i, r) in recs.iter().enumerate() {
             if i > 0 {
@@ -279,6 +285,8 @@ struct Record {
     cpu: u64,
     doorbells: u64,
     polls: u64,
+    reads: u64,
+    coalesced: u64,
 }
 
 impl Record {
@@ -295,6 +303,8 @@ impl Record {
             cpu: 0,
             doorbells: 0,
             polls: 0,
+            reads: 0,
+            coalesced: 0,
         };
         if let Some(c) = s.conn.get() {
             return Some(Record {
@@ -304,6 +314,8 @@ impl Record {
                 cpu: c.counter(Counter::CpuCopies),
                 doorbells: c.counter(Counter::DoorbellsRung),
                 polls: c.counter(Counter::Polls),
+                reads: c.counter(Counter::Reads),
+                coalesced: c.counter(Counter::Coalesced),
                 ..base(true, None)
             });
         }

@@ -18,7 +18,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{fence, AtomicU32, AtomicU64};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,9 +73,13 @@ pub enum Counter {
     Polls,
     Sleeps,
     DmaFallbacks,
+    /// Reads that returned data.
+    Reads,
+    /// Frames a read waited for and took instead of returning (read coalescing).
+    Coalesced,
 }
 
-pub const COUNTER_NAMES: [&str; 10] = [
+pub const COUNTER_NAMES: [&str; 12] = [
     "tx_bytes",
     "rx_bytes",
     "tx_frames",
@@ -86,6 +90,8 @@ pub const COUNTER_NAMES: [&str; 10] = [
     "polls",
     "sleeps",
     "dma_fallbacks",
+    "reads",
+    "coalesced",
 ];
 
 /// What a send or receive can fail with; the shim maps these to errno.
@@ -156,6 +162,9 @@ pub struct Connection {
     /// the sender re-reads the peer's counter only when this leaves too little room.
     tx_head_seen: AtomicU64,
     tx_lock: Mutex<()>,
+    /// Has this process sent on the connection since its last read? (A request/response
+    /// exchange: its reads are not coalesced.)
+    sent_since_read: AtomicBool,
     settings: Settings,
 }
 
@@ -520,6 +529,7 @@ impl Connection {
             cpu_told: AtomicU32::new(0),
             tx_head_seen: AtomicU64::new(0),
             tx_lock: Mutex::new(()),
+            sent_since_read: AtomicBool::new(false),
             settings,
         })
     }
@@ -616,6 +626,8 @@ impl Connection {
         let mut copied = 0usize;
         let mut credit = false;
         let mut waited = false;
+        // When read coalescing began (see `coalesce`), if it did.
+        let mut coalescing = None;
         let result = loop {
             // SYNC POINT (ring data): Acquire load of the peer's tail pairs with the Release
             // store in `publish` after the frame bytes; the bytes up to `tail` are visible.
@@ -668,6 +680,17 @@ impl Connection {
                 }
             }
             if copied > 0 && !flags.waitall {
+                if copied < want && !waited && !flags.peek && !flags.nonblock {
+                    if credit {
+                        // The sender may be waiting for room while we wait for its next frame.
+                        self.return_credits(head, off, seq, false);
+                        credit = false;
+                    }
+                    if self.coalesce(head, &mut coalescing) {
+                        self.count(Counter::Coalesced, 1);
+                        continue;
+                    }
+                }
                 break Ok(copied);
             }
             let pf = self.peer_flags();
@@ -731,8 +754,63 @@ impl Connection {
                 self.return_credits(head, off, seq, false);
             }
             self.count(Counter::RxBytes, copied as u64);
+            if copied > 0 {
+                self.count(Counter::Reads, 1);
+                if self.sent_since_read.load(Relaxed) {
+                    self.sent_since_read.store(false, Relaxed);
+                }
+            }
         }
         result
+    }
+
+    /// Read coalescing: wait a little for the next frame instead of returning a short read.
+    ///
+    /// A blocking read that found data waiting (it did not have to wait), on a connection this
+    /// process has not sent on since its last read, is reading a stream: a sender writing
+    /// small messages back to back. Returning each frame at once makes the application pay its
+    /// per-read cost per message: iperf2's server posts a report per read, and at `-l 64` it
+    /// stalled for milliseconds on its own report queue while the sender waited for credits.
+    /// TCP gives such a reader big reads. So wait up to `rx_coalesce` for the next frame, and
+    /// go on while frames keep coming within that gap, for at most 50 gaps in all (`since`
+    /// keeps when the first wait began). A request/response exchange (we sent since our last
+    /// read), a peer on our CPU, doorbell mode (no spinning) and FIN/RST end it at once.
+    /// Returns true when another frame has arrived.
+    fn coalesce(&self, head: u64, since: &mut Option<Instant>) -> bool {
+        let gap = self.settings.rx_coalesce;
+        if gap.is_zero()
+            || self.settings.completion == CompletionMode::Doorbell
+            || self.sent_since_read.load(Relaxed)
+        {
+            return false;
+        }
+        let now = Instant::now();
+        match *since {
+            Some(t0) if now.duration_since(t0) >= gap * 50 => return false,
+            Some(_) => {}
+            None => {
+                // Spinning on the CPU the sender needs would only hold it back.
+                if self.shares_cpu_with_peer() {
+                    return false;
+                }
+                *since = Some(now);
+            }
+        }
+        let mut n = 0u32;
+        loop {
+            // SYNC POINT (ring data): as in `recv`; the caller reads the frame after it.
+            if word64(&self.mine, RX_TAIL).load(Acquire) > head {
+                return true;
+            }
+            if self.peer_flags() != 0 {
+                return false;
+            }
+            n += 1;
+            if n.is_multiple_of(16) && now.elapsed() >= gap {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// Record what we consumed, and return the credits to the sender when enough have
@@ -872,8 +950,17 @@ impl Connection {
         };
         if sent > 0 {
             self.count(Counter::TxBytes, sent as u64);
+            self.note_sent();
         }
         result
+    }
+
+    /// Remember that this process sent since its last read (see `coalesce`): one plain store
+    /// per change, not per send.
+    fn note_sent(&self) {
+        if !self.sent_since_read.load(Relaxed) {
+            self.sent_since_read.store(true, Relaxed);
+        }
     }
 
     /// sendfile(2) into the connection: read up to `count` bytes of file `fd` (at `*offset`, or
@@ -973,6 +1060,9 @@ impl Connection {
             *o = v;
         }
         self.count(Counter::TxBytes, sent as u64);
+        if sent > 0 {
+            self.note_sent();
+        }
         result
     }
 
@@ -1540,6 +1630,7 @@ impl Connection {
             cpu_told: AtomicU32::new(0),
             tx_head_seen: AtomicU64::new(head_now),
             tx_lock: Mutex::new(()),
+            sent_since_read: AtomicBool::new(false),
             settings,
         })
     }

@@ -50,6 +50,10 @@ pub struct Settings {
     pub dma_threshold: usize,
     /// How long `Adaptive` spins before it sleeps.
     pub spin: Duration,
+    /// Read coalescing: a blocking read that found data waiting, on a connection that has not
+    /// sent since its last read, keeps taking frames that arrive within this long of each
+    /// other (zero: return at once, as before). See [`Connection::recv`].
+    pub rx_coalesce: Duration,
     /// How long a client waits for the server's answer while the server's host accepts
     /// nothing, before it stays on TCP (a host that keeps accepting other connections extends
     /// the wait, up to [`ANSWER_PATIENCE_MAX`]).
@@ -63,6 +67,7 @@ impl Default for Settings {
             completion: CompletionMode::Adaptive,
             dma_threshold: DEFAULT_DMA_THRESHOLD,
             spin: Duration::from_micros(50),
+            rx_coalesce: Duration::from_micros(2),
             answer_timeout: Duration::from_secs(2),
         }
     }
@@ -72,6 +77,10 @@ impl Default for Settings {
 /// connections: a server with a thousand clients in its backlog reaches the last one late, and
 /// TCP would have let those clients send meanwhile.
 pub const ANSWER_PATIENCE_MAX: Duration = Duration::from_secs(60);
+
+/// Largest `PCISOCK_RX_COALESCE_US`: coalescing is for gaps between back-to-back writes, and
+/// a read may be held for up to 50 such gaps.
+pub const MAX_RX_COALESCE_US: u64 = 1000;
 
 /// Default CPU-copy/DMA threshold; see benches/results/device.md for the measurement.
 pub const DEFAULT_DMA_THRESHOLD: usize = usize::MAX;
@@ -92,7 +101,7 @@ impl std::fmt::Display for SettingError {
 
 impl Settings {
     /// Read `PCISOCK_RING_SIZE`, `PCISOCK_COMPLETION`, `PCISOCK_DMA_THRESHOLD`,
-    /// `PCISOCK_SPIN_US` and `PCISOCK_ANSWER_TIMEOUT_MS` through `get`.
+    /// `PCISOCK_SPIN_US`, `PCISOCK_RX_COALESCE_US` and `PCISOCK_ANSWER_TIMEOUT_MS` through `get`.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Settings, SettingError> {
         let mut s = Settings::default();
         let err = |name: &'static str, value: &str, why: &str| SettingError {
@@ -138,6 +147,20 @@ impl Settings {
                 .parse()
                 .map_err(|_| err("PCISOCK_SPIN_US", &v, "microseconds"))?;
             s.spin = Duration::from_micros(us);
+        }
+        if let Some(v) = get("PCISOCK_RX_COALESCE_US").filter(|v| !v.is_empty()) {
+            let us: u64 = v
+                .parse()
+                .ok()
+                .filter(|&us| us <= MAX_RX_COALESCE_US)
+                .ok_or_else(|| {
+                    err(
+                        "PCISOCK_RX_COALESCE_US",
+                        &v,
+                        "microseconds from 0 (off) to 1000",
+                    )
+                })?;
+            s.rx_coalesce = Duration::from_micros(us);
         }
         if let Some(v) = get("PCISOCK_ANSWER_TIMEOUT_MS").filter(|v| !v.is_empty()) {
             let ms: u64 = v
@@ -811,6 +834,33 @@ impl Drop for Connection {
     fn drop(&mut self) {
         if self.release_holder() {
             self.close();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, SettingError> {
+        Settings::from_vars(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn read_coalescing_setting() {
+        assert_eq!(settings(&[]).unwrap().rx_coalesce, Duration::from_micros(2));
+        let s = settings(&[("PCISOCK_RX_COALESCE_US", "0")]).unwrap();
+        assert_eq!(s.rx_coalesce, Duration::ZERO);
+        let s = settings(&[("PCISOCK_RX_COALESCE_US", "1000")]).unwrap();
+        assert_eq!(s.rx_coalesce, Duration::from_millis(1));
+        for bad in ["1001", "-1", "2us", "x"] {
+            let e = settings(&[("PCISOCK_RX_COALESCE_US", bad)]).unwrap_err();
+            assert_eq!(e.name, "PCISOCK_RX_COALESCE_US", "{bad}");
+            assert!(e.to_string().contains("0 (off) to 1000"), "{e}");
         }
     }
 }

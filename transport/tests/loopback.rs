@@ -665,6 +665,104 @@ fn fast_ping_pong_keeps_messages_intact() {
     });
 }
 
+/// Read coalescing: a blocking read that finds data waiting on a stream keeps taking frames
+/// that arrive within the gap, and returns them in one read; it does not after this side sent
+/// (request/response), when it had to wait for the first frame, when non-blocking, or when off.
+/// The gap is long here (1 s) and the frames come 20 ms or 300 ms apart, so the outcome does
+/// not depend on timing.
+#[test]
+fn stream_reads_coalesce_and_exchanges_do_not() {
+    let (_d, dev) = device("coalesce");
+    let coalescing = |gap_ms: u64| {
+        Transport::open(
+            dev.clone(),
+            Settings {
+                ring_bytes: 64 << 10,
+                completion: transport::CompletionMode::Poll,
+                rx_coalesce: Duration::from_millis(gap_ms),
+                ..Settings::default()
+            },
+        )
+        .unwrap()
+    };
+    let t = coalescing(1000);
+    let (c, s, _a, _b) = pair(&t);
+    let msg = [7u8; 64];
+    let mut buf = [0u8; 4096];
+    let read = |flags: RecvFlags, buf: &mut [u8]| s.recv(&mut [buf], flags, None).unwrap();
+    // One frame waiting, the next 20 ms later: one read returns both.
+    std::thread::scope(|sc| {
+        c.send(&[&msg], false, None).unwrap();
+        sc.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            c.send(&[&msg], false, None).unwrap();
+        });
+        assert_eq!(read(RecvFlags::default(), &mut buf), 128);
+    });
+    assert_eq!(s.counter(Counter::Coalesced), 1);
+    assert_eq!(s.counter(Counter::Reads), 1);
+    // The same after this side sent: a request/response exchange is not held back.
+    s.send(&[b"ok"], false, None).unwrap();
+    std::thread::scope(|sc| {
+        c.send(&[&msg], false, None).unwrap();
+        sc.spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            c.send(&[&msg], false, None).unwrap();
+        });
+        assert_eq!(read(RecvFlags::default(), &mut buf), 64);
+        assert_eq!(read(RecvFlags::default(), &mut buf), 64);
+    });
+    // A read that had to wait for its first frame returns it at once.
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            c.send(&[&msg], false, None).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            c.send(&[&msg], false, None).unwrap();
+        });
+        assert_eq!(read(RecvFlags::default(), &mut buf), 64);
+        assert_eq!(read(RecvFlags::default(), &mut buf), 64);
+    });
+    // Non-blocking reads never wait.
+    c.send(&[&msg], false, None).unwrap();
+    let nonblock = RecvFlags {
+        nonblock: true,
+        ..Default::default()
+    };
+    assert_eq!(read(nonblock, &mut buf), 64);
+    assert_eq!(
+        s.counter(Counter::Coalesced),
+        1,
+        "only the first read coalesced"
+    );
+    // A read that fills its buffer returns at once; the rest stays for the next read.
+    c.send(&[&msg, &msg], false, None).unwrap();
+    assert_eq!(read(RecvFlags::default(), &mut buf[..64]), 64);
+    assert_eq!(read(nonblock, &mut buf), 64);
+    let mut b = [0u8; 2];
+    assert_eq!(c.recv(&mut [&mut b[..]], nonblock, None), Ok(2));
+    assert_eq!(&b, b"ok");
+    // Off (a zero gap): the second frame waits for the next read.
+    let t0 = coalescing(0);
+    let (c0, s0, _a0, _b0) = pair(&t0);
+    std::thread::scope(|sc| {
+        c0.send(&[&msg], false, None).unwrap();
+        sc.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            c0.send(&[&msg], false, None).unwrap();
+        });
+        assert_eq!(
+            s0.recv(&mut [&mut buf[..]], RecvFlags::default(), None),
+            Ok(64)
+        );
+        assert_eq!(
+            s0.recv(&mut [&mut buf[..]], RecvFlags::default(), None),
+            Ok(64)
+        );
+    });
+    assert_eq!(s0.counter(Counter::Coalesced), 0);
+}
+
 /// When the windows fill up, new connections get smaller rings instead of none.
 #[test]
 fn rings_shrink_when_windows_fill() {
