@@ -334,6 +334,13 @@ fn killed_peer() {
 }
 
 #[test]
+fn killed_peer_poll() {
+    // Two clients killed while writing; the server read at least 1 MiB from each, one in a poll() loop, one in an
+    // epoll_wait() loop, and both loops saw the end.
+    run_behaviour("killed_peer_poll", expect(2, 0, 2 * MIB, 2 * MIB));
+}
+
+#[test]
 fn glibc_aliases() {
     // "hello", "pq", "mmsg" and "dup" from the client, "world!" from the server, each through the aliases.
     run_behaviour("glibc_aliases", expect(2, 20, 20, 0));

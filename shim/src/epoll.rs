@@ -527,6 +527,9 @@ pub fn wait(
                     for fd in &poked_fds {
                         if let Some(c) = regs.get(fd).and_then(|r| r.sock.conn.get()) {
                             c.ack();
+                            // The event may be the TCP socket's (the peer's kernel closed it):
+                            // readiness looks at it now.
+                            c.look_at_tcp();
                         }
                     }
                     settle(epfd, &mut regs);

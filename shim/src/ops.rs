@@ -800,6 +800,8 @@ pub fn poll(
         //    application's other fds.
         let mut set: Vec<libc::pollfd> = Vec::with_capacity(fds.len() * 2);
         let mut armed: Vec<(Arc<Connection>, bool, bool)> = Vec::new();
+        // Where each armed connection's TCP socket sits in `set`.
+        let mut tcp_at: Vec<usize> = Vec::new();
         for (i, p) in fds.iter().enumerate() {
             match &conns[i] {
                 Some((s, _)) => {
@@ -818,6 +820,7 @@ pub fn poll(
                             events: libc::POLLIN,
                             revents: 0,
                         });
+                        tcp_at.push(set.len());
                         set.push(libc::pollfd {
                             fd: c.tcp_fd(),
                             events: libc::POLLIN | libc::POLLRDHUP,
@@ -865,8 +868,12 @@ pub fn poll(
             let nap = remaining.map_or(SAFETY_NAP, |r| r.min(SAFETY_NAP));
             let r = real_poll(&mut set, Some(nap));
             let err = sys::errno();
-            for (c, r, w) in &armed {
+            for ((c, r, w), &at) in armed.iter().zip(&tcp_at) {
                 c.disarm(*r, *w);
+                if set[at].revents != 0 {
+                    // The peer's kernel spoke (closed, reset): readiness must look now.
+                    c.look_at_tcp();
+                }
             }
             if r < 0 && err == libc::EINTR {
                 return Detour::Ours(Err(libc::EINTR));

@@ -18,7 +18,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -156,6 +156,11 @@ pub struct Connection {
     waiters: Waiters,
     /// Consecutive empty non-blocking reads (to look at the TCP socket now and then).
     empty_reads: AtomicU32,
+    /// Readiness checks since the TCP socket was last looked at (see `readiness`).
+    tcp_looks: AtomicU32,
+    /// What the TCP socket showed once the peer's kernel closed it (`TCP_*`): that is for good,
+    /// so it is asked no more.
+    tcp_end: AtomicU8,
     /// The CPU (plus one) we last told the peer we wait on (see `shares_cpu_with_peer`).
     cpu_told: AtomicU32,
     /// The consumer counter the receiver last returned, as we last read it (under `tx_lock`):
@@ -174,6 +179,16 @@ pub enum Role {
     Client,
     Server,
 }
+
+/// `Connection::tcp_end`: the TCP socket is open (or was, when last asked), or ended.
+const TCP_OPEN: u8 = 0;
+const TCP_EOF: u8 = 1;
+const TCP_RESET: u8 = 2;
+
+/// A readiness check looks at the TCP socket (a system call) once in this many calls; a
+/// waiter's kernel sleep watches the socket meanwhile and makes the next check look
+/// (`look_at_tcp`).
+const TCP_LOOK_EVERY: u32 = 32;
 
 /// Smallest receive ring a connection falls back to when window space runs short.
 const MIN_ADAPTIVE_RING: u64 = 64 << 10;
@@ -526,6 +541,8 @@ impl Connection {
             rx_lock: Mutex::new(()),
             waiters: Waiters::default(),
             empty_reads: AtomicU32::new(0),
+            tcp_looks: AtomicU32::new(0),
+            tcp_end: AtomicU8::new(TCP_OPEN),
             cpu_told: AtomicU32::new(0),
             tx_head_seen: AtomicU64::new(0),
             tx_lock: Mutex::new(()),
@@ -1391,11 +1408,39 @@ impl Connection {
     /// `Some(Err(Reset))` = reset. Data arriving over TCP after the upgrade also counts as
     /// gone: the peer is broken.
     fn tcp_gone(&self) -> Option<Result<(), IoError>> {
-        match sys::peek_tcp(self.tcp_fd()) {
-            sys::Peek::Open => None,
-            sys::Peek::Eof => Some(Ok(())),
-            sys::Peek::Reset | sys::Peek::Data => Some(Err(IoError::Reset)),
+        match self.tcp_end.load(Relaxed) {
+            TCP_EOF => return Some(Ok(())),
+            TCP_RESET => return Some(Err(IoError::Reset)),
+            _ => {}
         }
+        let (end, r) = match sys::peek_tcp(self.tcp_fd()) {
+            sys::Peek::Open => return None,
+            sys::Peek::Unusable => return Some(Err(IoError::Reset)),
+            sys::Peek::Eof => (TCP_EOF, Some(Ok(()))),
+            sys::Peek::Reset | sys::Peek::Data => (TCP_RESET, Some(Err(IoError::Reset))),
+        };
+        self.tcp_end.store(end, Relaxed);
+        r
+    }
+
+    /// What `readiness` needs of the TCP socket: asked once in `TCP_LOOK_EVERY` calls (a system
+    /// call per check would make every poll, select and epoll scan pay one per connection),
+    /// and always once the socket has ended.
+    fn tcp_gone_lately(&self) -> Option<Result<(), IoError>> {
+        let n = self.tcp_looks.load(Relaxed);
+        if n == 0 || self.tcp_end.load(Relaxed) != TCP_OPEN {
+            self.tcp_looks.store(TCP_LOOK_EVERY - 1, Relaxed);
+            self.tcp_gone()
+        } else {
+            self.tcp_looks.store(n - 1, Relaxed);
+            None
+        }
+    }
+
+    /// The kernel reported an event on the TCP socket (a waiter slept on it): the next
+    /// readiness check looks at it.
+    pub fn look_at_tcp(&self) {
+        self.tcp_looks.store(0, Relaxed);
     }
 
     /// A value that changes whenever something the peer did could make the connection newly
@@ -1430,10 +1475,12 @@ impl Connection {
         head < tail
     }
 
-    /// Readiness as poll/select/epoll report it.
+    /// Readiness as poll/select/epoll report it. A peer that died shows through its kernel's
+    /// close of the TCP socket, which this looks at once in `TCP_LOOK_EVERY` calls and right
+    /// after [`Connection::look_at_tcp`].
     pub fn readiness(&self) -> Readiness {
         let flags = self.peer_flags();
-        let gone = self.tcp_gone();
+        let gone = self.tcp_gone_lately();
         let data = self.data_ready();
         let reset = flags & FLAG_RST != 0 || matches!(gone, Some(Err(_)));
         let eof = flags & FLAG_FIN != 0 || gone.is_some();
@@ -1627,6 +1674,8 @@ impl Connection {
             rx_lock: Mutex::new(()),
             waiters: Waiters::default(),
             empty_reads: AtomicU32::new(0),
+            tcp_looks: AtomicU32::new(0),
+            tcp_end: AtomicU8::new(TCP_OPEN),
             cpu_told: AtomicU32::new(0),
             tx_head_seen: AtomicU64::new(head_now),
             tx_lock: Mutex::new(()),

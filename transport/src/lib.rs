@@ -494,7 +494,9 @@ impl Transport {
             // A client that closes before the server accepts withdraws its offer first; its
             // FIN (or RST) tells that apart from a client that never offered.
             return Err(match sys::peek_tcp(tcp_fd) {
-                sys::Peek::Eof | sys::Peek::Reset => Reason::ClosedBeforeAccept,
+                sys::Peek::Eof | sys::Peek::Reset | sys::Peek::Unusable => {
+                    Reason::ClosedBeforeAccept
+                }
                 sys::Peek::Open | sys::Peek::Data => Reason::NoOffer,
             });
         };

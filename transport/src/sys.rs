@@ -59,8 +59,11 @@ pub(crate) fn poll2(a: RawFd, b: RawFd, timeout: Option<Duration>) -> Result<i32
 pub(crate) enum Peek {
     Open,
     Eof,
+    /// The connection failed (reset, timed out, aborted): for good.
     Reset,
     Data,
+    /// The fd is not a usable socket (closed, or reused by another file meanwhile).
+    Unusable,
 }
 
 /// Peek one byte from a TCP socket without blocking or consuming it.
@@ -83,6 +86,7 @@ pub(crate) fn peek_tcp(fd: RawFd) -> Peek {
         0 => Peek::Eof,
         _ => match std::io::Error::last_os_error().raw_os_error() {
             Some(libc::EAGAIN) | Some(libc::EINTR) => Peek::Open,
+            Some(libc::EBADF) | Some(libc::ENOTSOCK) | Some(libc::ENOTCONN) => Peek::Unusable,
             _ => Peek::Reset,
         },
     }
