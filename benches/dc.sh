@@ -13,22 +13,28 @@
 # chunk size, iodepth 8), alone and both at once (one disk serves the copy's reads and writes).
 # Every variant runs once per round, interleaved, with the page cache dropped before each run;
 # the table gives medians over the rounds. Times are wall-clock around each command.
+# With a second device (zram by default, see --second-device), also copies between the disk and
+# that device in both directions, against min(SRC's read alone, DST's write alone): the papers'
+# case of two devices that serve their own reads and writes.
 #
 # usage: benches/dc.sh [--runs N] [--size N] [--chunk N] [--dir DIR] [--out-dir DIR] [--name NAME]
-#                      [--no-plot] [--from-raw CSV]
+#                      [--second-device zram|none|DEV] [--no-plot] [--from-raw CSV]
 #   --runs N        rounds (default 7)
 #   --size N        bytes to copy (default 1G; suffix K, M, G)
 #   --chunk N       pcisock's --chunk and fio's block size (default: pcisock's default, 1M)
 #   --dir DIR       where the files go (default /var/tmp/pcisock-dc-bench; removed at the end)
 #   --out-dir DIR   where dc.md, dc-raw.csv, dc-summary.csv and dc.png go (default benches/results)
 #   --name NAME     name those files NAME.md, NAME-raw.csv, … instead (default dc)
+#   --second-device zram (default): /dev/zram0 if it exists and is not in use (initstate 0); it
+#                   is sized for the copy and reset at the end. none: skip the two-device runs.
+#                   DEV: a block device of at least --size bytes, WHOSE CONTENTS ARE OVERWRITTEN.
 #   --no-plot       do not run benches/plot_dc.py
 #   --from-raw CSV  measure nothing: rebuild the table and plot from an earlier dc-raw.csv
 # Needs: root (to drop the page cache), fio, dd, cp, python3 (matplotlib for the plot), and a
 # release build of pcisock (cargo build --release).
 set -euo pipefail
 
-RUNS=7 SIZE=1G CHUNK=1M DIR=/var/tmp/pcisock-dc-bench OUT_DIR="" NAME=dc PLOT=1 FROM_RAW=""
+RUNS=7 SIZE=1G CHUNK=1M DIR=/var/tmp/pcisock-dc-bench OUT_DIR="" NAME=dc PLOT=1 FROM_RAW="" SECOND=zram
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --runs) RUNS="$2"; shift 2 ;;
@@ -37,6 +43,7 @@ while [[ $# -gt 0 ]]; do
         --dir) DIR="$2"; shift 2 ;;
         --out-dir) OUT_DIR="$2"; shift 2 ;;
         --name) NAME="$2"; shift 2 ;;
+        --second-device) SECOND="$2"; shift 2 ;;
         --no-plot) PLOT=0; shift ;;
         --from-raw) FROM_RAW="$2"; shift 2 ;;
         -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
@@ -83,7 +90,27 @@ if [[ -z "$FROM_RAW" ]]; then
     echo $((hp_old + 64)) >/proc/sys/vm/nr_hugepages 2>/dev/null || true
     fio_mems="malloc"
     (($(cat /proc/sys/vm/nr_hugepages) >= hp_old + 16)) && fio_mems="malloc mmaphuge"
+    # The second device. zram stores pages that do not compress (the source is urandom) as they
+    # are, so it reads and writes at memory speed with the guest's CPU, beside the disk.
+    dev2="" zram_ours=0
+    case "$SECOND" in
+        none) ;;
+        zram)
+            if [[ -e /sys/block/zram0/initstate && $(cat /sys/block/zram0/initstate) == 0 ]]; then
+                grep -qw lz4 /sys/block/zram0/comp_algorithm && echo lz4 >/sys/block/zram0/comp_algorithm
+                echo $((bytes + (16 << 20))) >/sys/block/zram0/disksize
+                dev2=/dev/zram0 zram_ours=1
+            else
+                echo "dc.sh: /dev/zram0 is missing or in use: no two-device runs (--second-device DEV)" >&2
+            fi ;;
+        *)
+            [[ -b "$SECOND" ]] || { echo "dc.sh: --second-device $SECOND is not a block device" >&2; exit 2; }
+            (($(blockdev --getsize64 "$SECOND") >= bytes)) ||
+                { echo "dc.sh: --second-device $SECOND is smaller than --size $SIZE" >&2; exit 2; }
+            dev2="$SECOND" ;;
+    esac
     cleanup() {
+        ((zram_ours)) && echo 1 >/sys/block/zram0/reset 2>/dev/null || true
         umount "$emu_huge" 2>/dev/null || true
         rm -rf "$DIR" "$emu" "$emu_huge"
         echo "$hp_old" >/proc/sys/vm/nr_hugepages 2>/dev/null || true
@@ -148,19 +175,42 @@ print(f\"{j[0]['read']['bw_bytes']/1e6:.1f} {j[1]['write']['bw_bytes']/1e6:.1f}\
             case $qd in 1|2|4|8) echo "$r,host,$qd,$(timed dc --qd "$qd" --buffer host)" >>"$raw" ;; esac
             case $qd in 1|4) echo "$r,window,$qd,$(timed dc --qd "$qd")" >>"$raw" ;; esac
         done
+        if [[ -n "$dev2" ]]; then
+            # The disk's file onto the second device, then back into a new file on the disk; the
+            # device's own bandwidth in between (its write with fresh random data in every
+            # buffer, as the copy's source is: zram takes fio's reused buffers at about a third
+            # of that speed).
+            echo "$r,disk-to-dev2,4,$(PCISOCK_EMU_DIR="$emu_huge" timed "$bin" dc copy --chunk "$CHUNK" --qd 4 "$src" "$dev2")" >>"$raw"
+            echo "$r,dev2-to-disk,4,$(PCISOCK_EMU_DIR="$emu_huge" timed "$bin" dc copy --chunk "$CHUNK" --qd 4 --length "$bytes" "$dev2" "$dst")" >>"$raw"
+            for mem in $fio_mems; do
+                tag=$([[ $mem == malloc ]] && echo "" || echo "-huge")
+                echo "$r,dev2-read$tag,8,$(fio_bw "$mem" read "$dev2" --readonly)" >>"$raw"
+                echo "$r,dev2-write$tag,8,$(fio_bw "$mem" write "$dev2" --refill_buffers)" >>"$raw"
+                # Is the second device independent of the disk? The disk's write alone again,
+                # while every vCPU spins (as zram's copies keep them busy).
+                spinners=()
+                for _ in $(seq "$(nproc)"); do sh -c 'while :; do :; done' & spinners+=($!); done
+                echo "$r,device-write-cpus-busy$tag,8,$(fio_bw "$mem" write "$wfile")" >>"$raw"
+                kill "${spinners[@]}"; wait "${spinners[@]}" 2>/dev/null || true
+                rm -f "$wfile"
+            done
+        fi
     done
     load_after=$(cut -d' ' -f1-3 /proc/loadavg)
     # One verified copy, so the table is known to be of correct copies.
     rm -f "$dst"
     PCISOCK_EMU_DIR="$emu_huge" "$bin" dc copy --qd 4 --chunk "$CHUNK" --verify "$src" "$dst" >"$DIR/verify.txt"
     verify_line=$(grep '^verify:' "$DIR/verify.txt")
+    dev2_what="${dev2:-none}"
+    ((zram_ours)) && dev2_what+=" (zram, compressor $(grep -o '\[[^]]*\]' /sys/block/zram0/comp_algorithm), $(cat /sys/block/zram0/disksize) bytes)"
     machine="$(nproc) vCPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), disk $(df --output=source "$DIR" | tail -1) ($(cat /sys/block/"$(basename "$(df --output=source "$DIR" | tail -1)")"/device/model 2>/dev/null || echo virtio), $(cat /sys/block/"$(basename "$(df --output=source "$DIR" | tail -1)")"/queue/scheduler 2>/dev/null | grep -o '\[[^]]*\]' || true) scheduler), filesystem $(df --output=fstype "$DIR" | tail -1)"
     {
-        echo "# command: benches/dc.sh --runs $RUNS --size $SIZE --chunk $CHUNK --dir $DIR --name $NAME"
+        echo "# command: benches/dc.sh --runs $RUNS --size $SIZE --chunk $CHUNK --dir $DIR --name $NAME --second-device $SECOND"
         echo "# date: $(date -u +%FT%TZ); build: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
         echo "# machine: $machine"
         echo "# load average before: $load_before; after: $load_after (other sessions build on this machine)"
         echo "# check: $verify_line"
+        echo "# second device: $dev2_what"
     } >"$raw.meta"
 else
     raw="$FROM_RAW"
@@ -252,12 +302,51 @@ out.append("")
 rb, wb = g(f"device-read-while-writing{tag}", 8), g(f"device-write-while-reading{tag}", 8)
 ra, wa = g(f"device-read{tag}", 8), g(f"device-write{tag}", 8)
 if None not in (rb, wb, ra, wa):
+    serial = 1 / (1 / ra + 1 / wa)
     out.append(f"Reading: source and destination share one virtio disk here. With a reader and a writer at "
                f"once, reads got {rb / ra:.2f} of what they get alone and writes {wb / wa:.2f}: the two "
                "directions draw on one pool, so a copy cannot reach min(read alone, write alone); "
                "its ceiling on one disk is the row of both fio jobs at once. What pcisock gains over dd "
                "is pipelining (reads and writes in flight together) and a contiguous DC buffer (one "
-               "DMA segment per chunk instead of one per 4 KiB page).")
+               "DMA segment per chunk instead of one per 4 KiB page).\n")
+    out.append(f"The pool behaves as one worker that serves a read and a write one after the other: "
+               f"a MB read takes 1/{ra:.0f} s and a MB written 1/{wa:.0f} s, so a copy, which reads and "
+               f"writes every byte, can move at most 1 / (1/{ra:.0f} + 1/{wa:.0f}) = **{serial:.0f} MB/s**, "
+               f"which is {serial / min(ra, wa):.3f} of min(read, write): on this disk no copy can reach "
+               f"the 0.9 target. Both fio jobs at once moved {(rb + wb) / 2:.0f} MB/s per direction "
+               f"({(rb + wb) / 2 / serial:.2f} of that bound); `pcisock dc copy` at qd {DEFAULT_QD} moved "
+               f"{fmt(g(main, DEFAULT_QD))} MB/s (**{(g(main, DEFAULT_QD) or 0) / serial:.2f}** of it).")
+out.append("")
+if g("disk-to-dev2", 4) is not None:
+    out.append("## Two devices\n")
+    out.append("The papers copy between two SSDs, each serving its own commands. Here the second device "
+               "is the one named in the header (zram by default: a RAM block device that stores the "
+               "source's incompressible pages as they are, served by the guest's CPU while the disk is "
+               f"served by the host). `pcisock dc copy` at qd 4, chunk {chunk}, window buffer in 2 MiB "
+               "pages; the ceiling is min(SRC's read alone, DST's write alone), fio as above (writes "
+               "with fresh random data in every buffer); ratios paired within a round, median over "
+               "rounds:\n")
+    out.append("| copy | MB/s | SRC read alone | DST write alone | copy / min(read, write) |")
+    out.append("|---|---:|---:|---:|---:|")
+    for tag in ([""] + (["-huge"] if huge else [])):
+        pages = "2 MiB-page" if tag else "4 KiB-page"
+        for var, rd, wr, what in [("disk-to-dev2", f"device-read{tag}", f"dev2-write{tag}", "disk file → second device"),
+                                  ("dev2-to-disk", f"dev2-read{tag}", f"device-write{tag}", "second device → disk file")]:
+            r = paired((var, 4), lambda v, rd=rd, wr=wr: min(v.get((rd, 8), 0), v.get((wr, 8), 0)))
+            out.append(f"| {what} (fio with {pages} buffers) | {fmt(g(var, 4))} | {fmt(g(rd, 8))} | "
+                       f"{fmt(g(wr, 8))} | **{'n/a' if r is None else f'{r:.3f}'}** |")
+    out.append("")
+    busy, alone = g(f"device-write-cpus-busy{tag}", 8), g(f"device-write{tag}", 8)
+    if busy is not None and alone:
+        pages = '2 MiB' if tag else '4 KiB'
+        out.append(f"Is the second device independent of the disk? zram's reads and writes are copies "
+                   f"by the guest's vCPUs, and the host that serves the disk runs on the same machine. "
+                   f"The disk's write alone ({pages}-page buffers) went from {alone:.0f} to "
+                   f"{busy:.0f} MB/s ({busy / alone:.2f}) while every vCPU spun in a shell loop"
+                   + (": busy vCPUs slow the disk, so the two devices share the host."
+                      if busy / alone < 0.9 else
+                      ": spinning vCPUs alone do not slow the disk measurably in this run."))
+        out.append("")
 open(md, "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PY
