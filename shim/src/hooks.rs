@@ -129,8 +129,8 @@ unsafe fn iovecs_mut<'a>(iov: *const iovec, n: c_int) -> Result<Vec<&'a mut [u8]
 fn do_recv(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Option<Result<usize, c_int>> {
     match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
         Err(e) => Some(Err(e)),
-        Ok(DataPath::Ntb(s, c)) => Some(guard(|| {
-            restarting(s.rcvtimeo(), || ops::recv(&s, &c, bufs, flags))
+        Ok(DataPath::Ntb(s)) => Some(guard(|| {
+            restarting(s.rcvtimeo(), || ops::recv(&s, s.ntb(), bufs, flags))
         })),
         Ok(DataPath::Kernel) => None,
     }
@@ -143,12 +143,12 @@ fn do_send(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Result<usize, c_in
             // Settled meanwhile (or no room): look again once.
             None => match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
                 Err(e) => Some(Err(e)),
-                Ok(DataPath::Ntb(s, c)) => Some(send_restarting(&s, &c, bufs, flags)),
+                Ok(DataPath::Ntb(s)) => Some(send_restarting(&s, s.ntb(), bufs, flags)),
                 Ok(DataPath::Kernel) => None,
             },
         },
         Err(e) => Some(Err(e)),
-        Ok(DataPath::Ntb(s, c)) => Some(send_restarting(&s, &c, bufs, flags)),
+        Ok(DataPath::Ntb(s)) => Some(send_restarting(&s, s.ntb(), bufs, flags)),
         Ok(DataPath::Kernel) => None,
     }
 }
@@ -680,11 +680,12 @@ fn do_sendfile(
 ) -> Option<Result<usize, c_int>> {
     match ops::data_path(out_fd, false)? {
         Err(e) => Some(Err(e)),
-        Ok(DataPath::Ntb(s, c)) => {
+        Ok(DataPath::Ntb(s)) => {
+            let c = s.ntb();
             let mut off = off;
             Some(guard(|| {
                 restarting(s.sndtimeo(), || {
-                    ops::sendfile(&s, &c, in_fd, off.as_deref_mut(), n)
+                    ops::sendfile(&s, c, in_fd, off.as_deref_mut(), n)
                 })
             }))
         }

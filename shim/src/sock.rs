@@ -57,6 +57,14 @@ impl Drop for Sock {
 }
 
 impl Sock {
+    /// The connection of an entry on the NTB path (`ops::DataPath::Ntb`, which is only made for
+    /// an entry whose connection is set; it is set once and never taken away).
+    pub fn ntb(&self) -> &Connection {
+        self.conn
+            .get()
+            .expect("DataPath::Ntb is only made for an entry with a connection")
+    }
+
     pub fn new(role: Role, local: Endpoint, peer: Endpoint, nonblock: bool, state: State) -> Sock {
         Sock {
             role,

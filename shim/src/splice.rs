@@ -84,10 +84,10 @@ pub fn splice(
         None | Some(Ok(DataPath::Kernel)) => Detour::Bypass,
         Some(Err(e)) => Detour::Ours(Err(e)),
         // An interrupted wait moved nothing: restarted as the kernel would (`signals`).
-        Some(Ok(DataPath::Ntb(s, c))) => Detour::Ours(if into_pipe {
-            restarting(s.rcvtimeo(), || to_pipe(&s, &c, &pipe, len))
+        Some(Ok(DataPath::Ntb(s))) => Detour::Ours(if into_pipe {
+            restarting(s.rcvtimeo(), || to_pipe(&s, s.ntb(), &pipe, len))
         } else {
-            restarting(s.sndtimeo(), || from_pipe(&s, &c, &pipe, len))
+            restarting(s.sndtimeo(), || from_pipe(&s, s.ntb(), &pipe, len))
         }),
     }
 }
