@@ -869,8 +869,12 @@ pub fn poll(
             let nap = remaining.map_or(SAFETY_NAP, |r| r.min(SAFETY_NAP));
             let r = real_poll(&mut set, Some(nap));
             let err = sys::errno();
-            for ((c, r, w), &at) in armed.iter().zip(&tcp_at) {
+            for (c, r, w) in &armed {
                 c.disarm(*r, *w);
+            }
+            // Every armed connection put its TCP socket in the set (an already-ready one
+            // emptied the set, and we did not sleep).
+            for ((c, _, _), &at) in armed.iter().zip(&tcp_at) {
                 if set[at].revents != 0 {
                     // The peer's kernel spoke (closed, reset): readiness must look now.
                     c.look_at_tcp();

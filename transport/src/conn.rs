@@ -205,7 +205,7 @@ impl SendLock {
             {
                 return SendGuard(self);
             }
-            tries += 1;
+            tries = tries.saturating_add(1);
             match tries {
                 0..64 => std::hint::spin_loop(),
                 64..128 => std::thread::yield_now(),
