@@ -30,6 +30,9 @@ Checks, in order:
                  the check loads the library (dlopen, RTLD_LOCAL), which runs its constructor
   configuration  the PCISOCK_* variables and rules file parse (else everything goes over TCP)
   directory      the device directory is ours with mode 0700, or can be created
+  pages          the directory's filesystem gives huge pages (a warning only: in 4 KiB pages the
+                 windows are not contiguous like a BAR, and 'pcisock dc copy' runs at about dd's
+                 speed)
   device         the emulated device opens, or would be created on first use
   link           the NTB link is up (a warning only: connections then fall back to TCP)
 
@@ -197,6 +200,68 @@ fn check_directory(r: &mut Report, opts: &Options) {
     }
 }
 
+/// The filesystem type and superblock options of the mount that holds `path`, from the text of
+/// /proc/self/mountinfo: the entry with the longest mount point that contains the path (the
+/// last one listed, if several are stacked there).
+fn mount_of(mountinfo: &str, path: &Path) -> Option<(String, String)> {
+    let unescape = |s: &str| {
+        s.replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\134", "\\")
+    };
+    let mut best: Option<(usize, String, String)> = None;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(point) = left.split(' ').nth(4).map(unescape) else {
+            continue;
+        };
+        let mut r = right.split(' ');
+        let fstype = r.next().unwrap_or("");
+        let options = r.nth(1).unwrap_or("");
+        if path.starts_with(&point) && best.as_ref().is_none_or(|b| point.len() >= b.0) {
+            best = Some((point.len(), fstype.to_owned(), options.to_owned()));
+        }
+    }
+    best.map(|(_, t, o)| (t, o))
+}
+
+fn check_pages(r: &mut Report, opts: &Options) {
+    let Some(dir) = existing_ancestor(&opts.dir).and_then(|d| d.canonicalize().ok()) else {
+        return;
+    };
+    let Some((fstype, options)) = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| mount_of(&m, &dir))
+    else {
+        return;
+    };
+    let huge = fstype == "hugetlbfs"
+        || (fstype == "tmpfs"
+            && options
+                .split(',')
+                .any(|o| o == "huge=always" || o == "huge=within_size"));
+    if huge {
+        r.line(
+            Status::Ok,
+            "pages",
+            format!("{} is on {fstype} ({options}): the windows are in huge pages, contiguous like a BAR", dir.display()),
+        );
+    } else {
+        r.line(
+            Status::Warn,
+            "pages",
+            format!(
+                "{} is on {fstype} without huge pages: the windows are in 4 KiB pages, and 'pcisock dc copy' \
+                 through them runs at about dd's speed. For a window as contiguous as a BAR: mount -t tmpfs -o \
+                 huge=always,mode=0700 pcisock DIR, and set PCISOCK_EMU_DIR=DIR (docs/CLI.md, pcisock dc)",
+                dir.display()
+            ),
+        );
+    }
+}
+
 fn check_device(r: &mut Report, opts: &Options) {
     match device::open_existing() {
         Ok(Found::Open(dev)) => {
@@ -284,6 +349,7 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     match Options::from_env() {
         Ok(opts) => {
             check_directory(&mut r, &opts);
+            check_pages(&mut r, &opts);
             check_device(&mut r, &opts);
         }
         Err(e) => r.line(Status::Fail, "device", format!("bad device setting: {e}")),
@@ -299,4 +365,36 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     } else {
         0
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+25 22 0:21 / /dev/shm rw,nosuid,nodev shared:4 - tmpfs tmpfs rw,size=24683656k
+30 22 0:40 / /tmp/huge\\040dir rw,relatime shared:9 - tmpfs pcisock rw,size=1048576k,huge=always
+31 30 0:41 / /tmp/huge\\040dir/inner rw,relatime shared:10 - hugetlbfs none rw,pagesize=2M
+";
+
+    #[test]
+    fn the_longest_mount_point_holding_the_path_wins() {
+        let m = |p: &str| mount_of(MOUNTINFO, Path::new(p)).map(|(t, o)| format!("{t} {o}"));
+        assert_eq!(
+            m("/dev/shm/pcisock-0").as_deref(),
+            Some("tmpfs rw,size=24683656k")
+        );
+        assert_eq!(
+            m("/tmp/huge dir/x").as_deref(),
+            Some("tmpfs rw,size=1048576k,huge=always")
+        );
+        assert_eq!(
+            m("/tmp/huge dir/inner").as_deref(),
+            Some("hugetlbfs rw,pagesize=2M")
+        );
+        // A path component is not a prefix of another: /tmp/huge dirt is on /.
+        assert_eq!(m("/tmp/huge dirt").as_deref(), Some("ext4 rw"));
+        assert_eq!(m("/var/tmp").as_deref(), Some("ext4 rw"));
+    }
 }
