@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The cost of one small write() through pcisock against TCP loopback, with no application work
+# around it: benches/writeloop.c writes N times SIZE bytes in a plain loop to a reader that
+# read()s with a 128 KiB buffer. Reports nanoseconds per write (the client's loop time / N),
+# medians over interleaved rounds, and checks that the reader got every byte.
+#
+# usage: benches/smallwrite.sh [--runs N] [--sizes LIST] [--writes N] [--lib-b PATH] [--out FILE]
+#   --runs N      rounds (default 8; the host's vCPU placement makes every cell bimodal)
+#   --sizes LIST  comma-separated write sizes in bytes (default 64,1024)
+#   --writes N    writes per run (default 2000000)
+#   --lib-b PATH  also run a second build of libpcisock.so (column "pcisock B"), interleaved, for
+#                 an A/B of a change
+#   --out FILE    also write the markdown to FILE (e.g. benches/results/smallwrite.md)
+# Needs: gcc, a release build of libpcisock.so (PCISOCK_LIB overrides its path).
+set -euo pipefail
+
+RUNS=8 SIZES="64,1024" WRITES=2000000 LIB_B="" OUT=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --runs) RUNS="$2"; shift 2 ;;
+        --sizes) SIZES="$2"; shift 2 ;;
+        --writes) WRITES="$2"; shift 2 ;;
+        --lib-b) LIB_B="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
+        *) echo "smallwrite.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "smallwrite.sh: --runs must be a positive integer" >&2; exit 2; }
+[[ "$WRITES" =~ ^[1-9][0-9]*$ ]] || { echo "smallwrite.sh: --writes must be a positive integer" >&2; exit 2; }
+IFS=, read -ra sizes <<<"$SIZES"
+for s in "${sizes[@]}"; do [[ "$s" =~ ^[1-9][0-9]*$ ]] || { echo "smallwrite.sh: bad size $s (bytes)" >&2; exit 2; }; done
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+lib="${PCISOCK_LIB:-$root/target/release/libpcisock.so}"
+[[ -f "$lib" ]] || { echo "smallwrite.sh: $lib not found: run cargo build --release" >&2; exit 2; }
+[[ -z "$LIB_B" || -f "$LIB_B" ]] || { echo "smallwrite.sh: --lib-b $LIB_B not found" >&2; exit 2; }
+command -v gcc >/dev/null || { echo "smallwrite.sh: gcc not found (apt-get install -y gcc)" >&2; exit 2; }
+
+source "$root/benches/common.sh"
+bench_init smallwrite.sh
+gcc -O2 -Wall -o "$work/writeloop" "$root/benches/writeloop.c" ||
+    { echo "smallwrite.sh: building benches/writeloop.c failed" >&2; exit 2; }
+
+# run VARIANT SIZE -> "ns_per_write" (and checks the byte count)
+run() {
+    local v=$1 size=$2 env=()
+    next_port
+    case "$v" in
+        ntb|ntb-b)
+            rm -rf "$work/emu"; mkdir -m 700 "$work/emu"
+            env=(LD_PRELOAD="$([[ $v == ntb ]] && echo "$lib" || echo "$LIB_B")" PCISOCK_EMU_DIR="$work/emu"
+                 PCISOCK_PORTS="$port" PCISOCK_STRICT=1) ;;
+    esac
+    env "${env[@]}" timeout 120 "$work/writeloop" server "$port" >"$work/server.out" 2>&1 &
+    local spid=$!; pids+=("$spid")
+    wait_listen "$port" || return 1
+    local out
+    out="$(env "${env[@]}" timeout 120 "$work/writeloop" client "$port" "$size" "$WRITES" 2>"$work/client.err")" || {
+        echo "smallwrite.sh: client ($v, $size B) failed: $(cat "$work/client.err")" >&2; kill "$spid"; return 1; }
+    wait "$spid" || { echo "smallwrite.sh: server ($v, $size B) failed: $(cat "$work/server.out")" >&2; return 1; }
+    local got
+    got="$(cat "$work/server.out")"
+    [[ "$got" == "$((size * WRITES))" ]] || {
+        echo "smallwrite.sh: $v, $size B: the reader got $got bytes, expected $((size * WRITES))" >&2; return 1; }
+    echo "${out%% *}"
+}
+
+variants=(tcp ntb)
+[[ -n "$LIB_B" ]] && variants+=(ntb-b)
+declare -A res
+started="$(date -u +%Y-%m-%dT%H:%MZ)"
+for r in $(seq "$RUNS"); do
+    for size in "${sizes[@]}"; do
+        for v in "${variants[@]}"; do
+            ns="$(run "$v" "$size")"
+            res[$size-$v]+="$ns "
+            printf '  round %d %5s B %-5s %8s ns/write\n' "$r" "$size" "$v" "$ns" >&2
+        done
+    done
+done
+
+span() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {printf "%.0f–%.0f", lo, hi}'; }
+report="$(
+    echo "# Small writes: ns per write() through pcisock and over TCP loopback"
+    echo
+    echo "Command: \`benches/smallwrite.sh --runs $RUNS --sizes $SIZES --writes $WRITES$([[ -n "$LIB_B" ]] && echo " --lib-b B")\`. Date: $started – $(date -u +%H:%MZ). Machine: $(nproc) vCPUs, kernel $(uname -r). Library: $(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12)$([[ -n "$LIB_B" ]] && echo "; B: sha256 $(sha256sum "$LIB_B" | cut -c1-12)")."
+    echo "benches/writeloop.c: $WRITES write()s of SIZE bytes in a plain loop, the reader read()s with a 128 KiB buffer; both ends under the library (PCISOCK_STRICT=1) for pcisock. Medians of $RUNS interleaved rounds (min–max); every run checked that the reader got every byte."
+    echo
+    if [[ -n "$LIB_B" ]]; then
+        echo "| write size | TCP ns/write | pcisock ns/write | pcisock B ns/write | TCP / pcisock | TCP / pcisock B |"
+        echo "|---:|---:|---:|---:|---:|---:|"
+    else
+        echo "| write size | TCP ns/write | pcisock ns/write | TCP / pcisock |"
+        echo "|---:|---:|---:|---:|"
+    fi
+    for size in "${sizes[@]}"; do
+        t="$(median <<<"${res[$size-tcp]}")" n="$(median <<<"${res[$size-ntb]}")"
+        row="| $size | $(printf '%.0f' "$t") ($(span <<<"${res[$size-tcp]}")) | $(printf '%.0f' "$n") ($(span <<<"${res[$size-ntb]}"))"
+        if [[ -n "$LIB_B" ]]; then
+            b="$(median <<<"${res[$size-ntb-b]}")"
+            row+=" | $(printf '%.0f' "$b") ($(span <<<"${res[$size-ntb-b]}")) | $(awk -v a="$t" -v b="$n" 'BEGIN {printf "%.2f", a/b}') | $(awk -v a="$t" -v b="$b" 'BEGIN {printf "%.2f", a/b}') |"
+        else
+            row+=" | $(awk -v a="$t" -v b="$n" 'BEGIN {printf "%.2f", a/b}') |"
+        fi
+        echo "$row"
+    done
+)"
+echo "$report"
+[[ -n "$OUT" ]] && echo "$report" >"$OUT"
+exit 0
