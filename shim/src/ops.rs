@@ -701,8 +701,6 @@ pub fn after_dup(old: c_int, new: c_int) {
 // ---- readiness -------------------------------------------------------------------------------
 
 /// A tracked fd in a poll set: its entry and, if on the NTB path, its connection.
-type Tracked = (Arc<Sock>, Option<Arc<Connection>>);
-
 /// `poll` over a set with tracked fds. `timeout` None = forever.
 pub fn poll(
     fds: &mut [libc::pollfd],
@@ -713,18 +711,14 @@ pub fn poll(
         return Detour::Bypass;
     }
     let deadline = timeout.map(|t| Instant::now() + t);
-    // Which entries are NTB connections (or pending offers that may become one).
-    let conns: Vec<Option<Tracked>> = fds
+    // Which entries are NTB connections (or pending offers that may become one). Their
+    // connections are borrowed from the entries below, not cloned: an `Arc` clone is a locked
+    // instruction, and the first one after a send waits for the send's ring writes to land.
+    let conns: Vec<Option<Arc<Sock>>> = fds
         .iter()
         .map(|p| {
-            table::get(p.fd).map(|s| {
-                let c = s.conn.get().cloned();
-                (s, c)
-            })
-        })
-        .map(|o| {
-            o.filter(|(s, c)| {
-                c.is_some()
+            table::get(p.fd).filter(|s| {
+                s.conn.get().is_some()
                     || matches!(
                         &*s.state.lock().expect("sock state"),
                         State::Offered(Some(_))
@@ -741,7 +735,7 @@ pub fn poll(
     if conns
         .iter()
         .flatten()
-        .any(|(_, c)| c.as_ref().is_some_and(|c| c.shares_cpu_with_peer()))
+        .any(|s| s.conn.get().is_some_and(|c| c.shares_cpu_with_peer()))
     {
         spin = Duration::ZERO;
     }
@@ -752,12 +746,17 @@ pub fn poll(
         let mut ready = 0;
         for (i, p) in fds.iter_mut().enumerate() {
             p.revents = 0;
-            if let Some((s, c)) = &conns[i] {
-                let c = c
-                    .clone()
-                    .or_else(|| settle_offer(s, p.fd, false).ok().flatten());
+            if let Some(s) = &conns[i] {
+                let settled;
+                let c = match s.conn.get() {
+                    Some(c) => Some(&**c),
+                    None => {
+                        settled = settle_offer(s, p.fd, false).ok().flatten();
+                        settled.as_deref()
+                    }
+                };
                 if let Some(c) = c {
-                    p.revents = revents(&c, p.events);
+                    p.revents = revents(c, p.events);
                 } else if s.conn.get().is_none()
                     && !matches!(&*s.state.lock().expect("sock state"), State::Offered(_))
                 {
@@ -805,7 +804,7 @@ pub fn poll(
         let mut tcp_at: Vec<usize> = Vec::new();
         for (i, p) in fds.iter().enumerate() {
             match &conns[i] {
-                Some((s, _)) => {
+                Some(s) => {
                     if let Some(c) = s.conn.get() {
                         let want_r =
                             p.events & (libc::POLLIN | libc::POLLRDNORM | libc::POLLRDHUP) != 0;

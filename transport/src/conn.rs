@@ -1441,7 +1441,11 @@ impl Connection {
             return false;
         };
         let tag = cpu.wrapping_add(1);
-        if self.cpu_told.swap(tag, Relaxed) != tag {
+        // A load and a store, not a swap: a locked instruction here would make every wait,
+        // poll and coalescing read pay for the ring writes still in flight. Two threads racing
+        // only tell the peer twice.
+        if self.cpu_told.load(Relaxed) != tag {
+            self.cpu_told.store(tag, Relaxed);
             word32(&self.theirs, CR_PEER_CPU).store(tag, Relaxed);
         }
         word32(&self.mine, CR_PEER_CPU).load(Relaxed) == tag
