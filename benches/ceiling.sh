@@ -69,7 +69,6 @@ run() {
 
 minmax() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {printf "%.0f–%.0f", lo/8e6, hi/8e6}'; }
 mbs() { awk -v b="$1" 'BEGIN {printf "%.0f", b/8e6}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
 variants=(tcp ntb copy null)
 declare -A res

@@ -9,6 +9,7 @@
 #   next_port         sets $port to the next unused port after $port (random start if unset).
 #   median [EMPTY]    the median of the numbers on stdin (separated by spaces or newlines);
 #                     EMPTY (default 0) when there are none.
+#   ratio A B         A/B with two decimals; n/a when either is n/a or B is 0.
 
 bench_init() {
     bench_name=$1
@@ -47,3 +48,5 @@ median() {
     tr ' ' '\n' | grep . | sort -g |
         awk -v empty="${1:-0}" '{a[NR]=$1} END {if (NR == 0) print empty; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'
 }
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a" || b == 0) print "n/a"; else printf "%.2f", a/b }'; }

@@ -99,9 +99,9 @@ report="$(
         row="| $size | $(printf '%.0f' "$t") ($(span <<<"${res[$size-tcp]}")) | $(printf '%.0f' "$n") ($(span <<<"${res[$size-ntb]}"))"
         if [[ -n "$LIB_B" ]]; then
             b="$(median <<<"${res[$size-ntb-b]}")"
-            row+=" | $(printf '%.0f' "$b") ($(span <<<"${res[$size-ntb-b]}")) | $(awk -v a="$t" -v b="$n" 'BEGIN {printf "%.2f", a/b}') | $(awk -v a="$t" -v b="$b" 'BEGIN {printf "%.2f", a/b}') |"
+            row+=" | $(printf '%.0f' "$b") ($(span <<<"${res[$size-ntb-b]}")) | $(ratio "$t" "$n") | $(ratio "$t" "$b") |"
         else
-            row+=" | $(awk -v a="$t" -v b="$n" 'BEGIN {printf "%.2f", a/b}') |"
+            row+=" | $(ratio "$t" "$n") |"
         fi
         echo "$row"
     done

@@ -164,7 +164,6 @@ span() { vals "$1" "$2" | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {if (NR) pr
 short() { awk -F, -v s="$1" -v m="$2" '!/^#/ && $2 == s && $3 == m && $5 != "-" && $5 != $6 {n++} END {print n + 0}' "$raw"; }
 meta() { awk -v k="# $1: " 'index($0, k) == 1 {print substr($0, length(k) + 1)}' "$raw"; }
 fmt() { awk -v v="$1" 'BEGIN { if (v == "n/a") print "n/a"; else if (v >= 100) printf "%.0f", v; else if (v >= 10) printf "%.1f", v; else printf "%.3g", v }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a" || b == 0) print "n/a"; else printf "%.2f", a/b }'; }
 declare -A paper=([1]=0.06 [2]=0.13 [4]=0.26 [8]=0.51 [16]=1.02 [32]=2.09 [64]=4.12 [128]=8.21 [256]=16.4
     [512]=32.9 [1024]=64.7 [2048]=132 [4096]=230 [8192]=376 [16384]=547 [32768]=734 [65536]=876
     [131072]=971 [262144]=1025 [524288]=1054 [1048576]=1071 [2097152]=1080 [4194304]=1084)

@@ -42,6 +42,39 @@ struct Closed {
     dropped: u64,
 }
 
+/// The event counters of an NTB connection that the statistics file sums (zero for TCP).
+#[derive(Default, Clone, Copy)]
+struct Events {
+    dma: u64,
+    cpu: u64,
+    doorbells: u64,
+    polls: u64,
+    reads: u64,
+    coalesced: u64,
+}
+
+impl Events {
+    fn of(c: &transport::Connection) -> Events {
+        Events {
+            dma: c.counter(Counter::DmaCopies),
+            cpu: c.counter(Counter::CpuCopies),
+            doorbells: c.counter(Counter::DoorbellsRung),
+            polls: c.counter(Counter::Polls),
+            reads: c.counter(Counter::Reads),
+            coalesced: c.counter(Counter::Coalesced),
+        }
+    }
+
+    fn add(&mut self, o: &Events) {
+        self.dma += o.dma;
+        self.cpu += o.cpu;
+        self.doorbells += o.doorbells;
+        self.polls += o.polls;
+        self.reads += o.reads;
+        self.coalesced += o.coalesced;
+    }
+}
+
 /// Byte and event counts summed over connections.
 #[derive(Default, Clone, Copy)]
 struct Totals {
@@ -49,12 +82,7 @@ struct Totals {
     ntb_rx: u64,
     tcp_tx: u64,
     tcp_rx: u64,
-    dma: u64,
-    cpu: u64,
-    doorbells: u64,
-    polls: u64,
-    reads: u64,
-    coalesced: u64,
+    events: Events,
 }
 
 impl Totals {
@@ -66,12 +94,7 @@ impl Totals {
             self.tcp_tx += r.tx;
             self.tcp_rx += r.rx;
         }
-        self.dma += r.dma;
-        self.cpu += r.cpu;
-        self.doorbells += r.doorbells;
-        self.polls += r.polls;
-        self.reads += r.reads;
-        self.coalesced += r.coalesced;
+        self.events.add(&r.events);
     }
 }
 
@@ -224,12 +247,12 @@ impl Global {
             t.ntb_rx,
             t.tcp_tx,
             t.tcp_rx,
-            t.dma,
-            t.cpu,
-            t.doorbells,
-            t.polls,
-            t.reads,
-            t.coalesced,
+            t.events.dma,
+            t.events.cpu,
+            t.events.doorbells,
+            t.events.polls,
+            t.events.reads,
+            t.events.coalesced,
         );
         for (i, r) in recs.iter().enumerate() {
             if i > 0 {
@@ -281,12 +304,7 @@ struct Record {
     peer: std::net::SocketAddr,
     tx: u64,
     rx: u64,
-    dma: u64,
-    cpu: u64,
-    doorbells: u64,
-    polls: u64,
-    reads: u64,
-    coalesced: u64,
+    events: Events,
 }
 
 impl Record {
@@ -299,23 +317,13 @@ impl Record {
             peer: s.peer.to_std(),
             tx: 0,
             rx: 0,
-            dma: 0,
-            cpu: 0,
-            doorbells: 0,
-            polls: 0,
-            reads: 0,
-            coalesced: 0,
+            events: Events::default(),
         };
         if let Some(c) = s.conn.get() {
             return Some(Record {
                 tx: c.counter(Counter::TxBytes),
                 rx: c.counter(Counter::RxBytes),
-                dma: c.counter(Counter::DmaCopies),
-                cpu: c.counter(Counter::CpuCopies),
-                doorbells: c.counter(Counter::DoorbellsRung),
-                polls: c.counter(Counter::Polls),
-                reads: c.counter(Counter::Reads),
-                coalesced: c.counter(Counter::Coalesced),
+                events: Events::of(c),
                 ..base(true, None)
             });
         }
