@@ -1,5 +1,5 @@
-//! The CLI's only unsafe code: loading a library with `dlopen` to check what it exports, and two
-//! process facts (uid, path access) that std does not offer.
+//! The CLI's only unsafe code: loading a library with `dlopen` to check what it exports, and three
+//! process facts (uid, path access, leaving the session) that std does not offer.
 //!
 //! # Safety
 //! Every function here passes libc only NUL-terminated strings built from Rust values that
@@ -117,6 +117,22 @@ pub fn can_create_in(dir: &Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
+/// Leave the caller's session (a detached service must not die with its starter's terminal)
+/// and point stderr at /dev/null (its starter stops reading it once the service answers).
+pub fn detach() {
+    // SAFETY: setsid takes no arguments; it fails harmlessly if we already lead a group.
+    unsafe {
+        libc::setsid();
+    }
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: both descriptors are open; dup2 replaces fd 2 atomically.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 2);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,3 +165,4 @@ mod tests {
         assert!(can_create_in(&std::env::temp_dir()) || uid() != 0);
     }
 }
+

@@ -13,6 +13,7 @@ mod device;
 mod doctor;
 mod emu;
 mod explain;
+mod fabric;
 mod ffi;
 mod json;
 mod run;
@@ -56,6 +57,7 @@ Commands:
   explain  Explain a fallback reason, or how the configuration decides a connection
   emu      Inspect and manage the emulated NTB device (info, fault, clear, reclaim, remove)
   doctor   Check the installation: library, exported hooks, configuration, device, link
+  fabric   Start, stop and inspect the host fabric service (start, stop, status)
   dc       Direct Connect: copy between block devices or files through a DC buffer (dc copy)
 
 Options:
@@ -96,6 +98,11 @@ const COMMANDS: &[Command] = &[
         name: "doctor",
         help: doctor::HELP,
         main: doctor::main,
+    },
+    Command {
+        name: "fabric",
+        help: fabric::HELP,
+        main: fabric::main,
     },
     Command {
         name: "dc",
@@ -215,6 +222,10 @@ mod tests {
             &["explain", "--addr", "nope", "--port", "1"],
             &["explain", "NoListener", "--port", "1"],
             &["doctor", "x"],
+            &["fabric"],
+            &["fabric", "x"],
+            &["fabric", "start", "--ring-size", "1000"],
+            &["fabric", "status", "--foreground"],
             &["dc"],
             &["dc", "move"],
             &["dc", "copy", "a"],

@@ -1,0 +1,298 @@
+//! The process side of the service: one connection per process (a forked child opens its
+//! own), requests with the sockets they concern, and the replies — including a `Paired` that
+//! arrives for an earlier `Connect` while another request waits (kept until asked for).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::sys;
+use crate::wire::{Addr, Refusal, Reply, Request, Status, WireError};
+
+/// A request that did not get what it asked for.
+#[derive(Debug)]
+pub enum ClientError {
+    Io(io::Error),
+    /// The service refused the request.
+    Refused(Refusal),
+    /// The service's reply was not a well-formed message.
+    Wire(WireError),
+    /// A well-formed reply of the wrong kind.
+    Unexpected(Reply),
+    /// The service closed the connection.
+    Gone,
+    TimedOut,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Io(e) => write!(f, "fabric service: {e}"),
+            ClientError::Refused(r) => write!(f, "fabric service refused: {r}"),
+            ClientError::Wire(e) => write!(f, "fabric service sent a bad reply: {e}"),
+            ClientError::Unexpected(r) => write!(f, "fabric service sent {r:?}"),
+            ClientError::Gone => f.write_str("fabric service closed the connection"),
+            ClientError::TimedOut => f.write_str("fabric service did not answer in time"),
+        }
+    }
+}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+/// A paired connection: this side's segment and the peer's, this side's interrupt line and
+/// the peer's.
+#[derive(Debug)]
+pub struct Paired {
+    pub conn: u64,
+    pub ring_bytes: u64,
+    pub server: bool,
+    pub own_segment: OwnedFd,
+    pub peer_segment: OwnedFd,
+    pub own_line: OwnedFd,
+    pub peer_line: OwnedFd,
+}
+
+/// How an offer or an accept ended.
+#[derive(Debug)]
+pub enum Pairing {
+    Paired(Paired),
+    /// Stay on TCP, with this reason code (docs/PROTOCOL.md §5).
+    Declined(u32),
+}
+
+/// A client's pending offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    pub conn: u64,
+    request: u64,
+}
+
+/// A process's connection to the service.
+pub struct Client {
+    sock: OwnedFd,
+    next: u64,
+    /// Replies that arrived while another was awaited, by request id.
+    stash: HashMap<u64, (Reply, Vec<OwnedFd>)>,
+    pub service_pid: u32,
+    pub ring_bytes: u64,
+    pub window_bytes: u64,
+}
+
+/// How long one request waits for its reply.
+const REPLY_PATIENCE: Duration = Duration::from_secs(5);
+
+impl Client {
+    /// Connect to the service at `path` and introduce this process.
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let sock = sys::connect_unix(path)?;
+        let mut c = Client {
+            sock,
+            next: 1,
+            stash: HashMap::new(),
+            service_pid: 0,
+            ring_bytes: 0,
+            window_bytes: 0,
+        };
+        match c.call(Request::Hello { pid: sys::getpid() }, None)?.0 {
+            Reply::Welcome {
+                service_pid,
+                ring_bytes,
+                window_bytes,
+            } => {
+                c.service_pid = service_pid;
+                c.ring_bytes = ring_bytes;
+                c.window_bytes = window_bytes;
+                Ok(c)
+            }
+            r => Err(ClientError::Unexpected(r)),
+        }
+    }
+
+    /// The connection's descriptor (readable when a reply, such as a `Paired` for an offer,
+    /// has arrived).
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    fn send(&mut self, r: Request, fd: Option<RawFd>) -> Result<u64, ClientError> {
+        let id = self.next;
+        self.next += 1;
+        let fds: Vec<RawFd> = fd.into_iter().collect();
+        sys::send_msg(self.sock.as_raw_fd(), &r.encode(id), &fds)?;
+        Ok(id)
+    }
+
+    /// Wait up to `patience` for the reply to `id`.
+    fn wait(
+        &mut self,
+        id: u64,
+        patience: Duration,
+    ) -> Result<Option<(Reply, Vec<OwnedFd>)>, ClientError> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(r) = self.stash.remove(&id) {
+                return Ok(Some(r));
+            }
+            let left = patience.saturating_sub(t0.elapsed());
+            let rev = sys::poll_in(&[self.sock.as_raw_fd()], left.as_millis() as i32)?;
+            if rev[0] == 0 {
+                if t0.elapsed() >= patience {
+                    return Ok(None);
+                }
+                continue;
+            }
+            let Some(m) = sys::recv_msg(self.sock.as_raw_fd())? else {
+                return Err(ClientError::Gone);
+            };
+            if m.truncated {
+                return Err(ClientError::Wire(WireError::Long(m.bytes.len())));
+            }
+            let (reply, rid) = Reply::decode(&m.bytes, m.fds.len()).map_err(ClientError::Wire)?;
+            if let Reply::Refused { why } = reply {
+                if rid == id || rid == 0 {
+                    return Err(Refusal::from_code(why)
+                        .map(ClientError::Refused)
+                        .unwrap_or(ClientError::Unexpected(reply)));
+                }
+            }
+            self.stash.insert(rid, (reply, m.fds));
+        }
+    }
+
+    fn call(
+        &mut self,
+        r: Request,
+        fd: Option<RawFd>,
+    ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+        let id = self.send(r, fd)?;
+        self.wait(id, REPLY_PATIENCE)?.ok_or(ClientError::TimedOut)
+    }
+
+    /// Publish the listening socket `fd`.
+    pub fn listen(&mut self, fd: RawFd) -> Result<u64, ClientError> {
+        match self.call(Request::Listen, Some(fd))?.0 {
+            Reply::Listening { listener } => Ok(listener),
+            r => Err(ClientError::Unexpected(r)),
+        }
+    }
+
+    pub fn unlisten(&mut self, listener: u64) -> Result<(), ClientError> {
+        self.done(Request::Unlisten { listener })
+    }
+
+    fn done(&mut self, r: Request) -> Result<(), ClientError> {
+        match self.call(r, None)?.0 {
+            Reply::Done => Ok(()),
+            r => Err(ClientError::Unexpected(r)),
+        }
+    }
+
+    /// Offer the upgrade of the client socket `fd`, about to connect to `addr`:`port` (call it
+    /// before the kernel connect). `Err(Declined)` comes back at once when nobody listens.
+    pub fn offer(
+        &mut self,
+        fd: RawFd,
+        addr: Addr,
+        port: u16,
+    ) -> Result<Result<Offer, u32>, ClientError> {
+        let id = self.send(Request::Connect { addr, port }, Some(fd))?;
+        match self
+            .wait(id, REPLY_PATIENCE)?
+            .ok_or(ClientError::TimedOut)?
+        {
+            (Reply::Offered { conn }, _) => Ok(Ok(Offer { conn, request: id })),
+            (Reply::Declined { reason }, _) => Ok(Err(reason)),
+            (r, _) => Err(ClientError::Unexpected(r)),
+        }
+    }
+
+    /// Wait up to `patience` for the server's side of an offer.
+    pub fn paired(
+        &mut self,
+        offer: Offer,
+        patience: Duration,
+    ) -> Result<Option<Pairing>, ClientError> {
+        match self.wait(offer.request, patience)? {
+            None => Ok(None),
+            Some(r) => pairing(r).map(Some),
+        }
+    }
+
+    /// Give up an offer.
+    pub fn cancel(&mut self, offer: Offer) -> Result<(), ClientError> {
+        self.done(Request::Cancel { conn: offer.conn })
+    }
+
+    /// The kernel accepted `fd`: pair it with its client's offer, if there is one.
+    pub fn accept(&mut self, fd: RawFd) -> Result<Pairing, ClientError> {
+        let r = self.call(Request::Accept, Some(fd))?;
+        pairing(r)
+    }
+
+    /// This process let go of its last reference to `conn`.
+    pub fn close(&mut self, conn: u64) -> Result<(), ClientError> {
+        self.done(Request::Close { conn })
+    }
+
+    pub fn status(&mut self) -> Result<Status, ClientError> {
+        match self.call(Request::Status, None)?.0 {
+            Reply::Status(s) => Ok(s),
+            r => Err(ClientError::Unexpected(r)),
+        }
+    }
+
+    /// Ask the service to stop (its owner or root).
+    pub fn stop(&mut self) -> Result<(), ClientError> {
+        self.done(Request::Stop)
+    }
+}
+
+fn pairing((reply, fds): (Reply, Vec<OwnedFd>)) -> Result<Pairing, ClientError> {
+    match reply {
+        Reply::Paired {
+            conn,
+            ring_bytes,
+            server,
+        } => {
+            let mut it = fds.into_iter();
+            let (Some(own_segment), Some(peer_segment), Some(own_line), Some(peer_line)) =
+                (it.next(), it.next(), it.next(), it.next())
+            else {
+                return Err(ClientError::Wire(WireError::Fds {
+                    kind: 0x84,
+                    want: 4,
+                    got: 0,
+                }));
+            };
+            Ok(Pairing::Paired(Paired {
+                conn,
+                ring_bytes,
+                server,
+                own_segment,
+                peer_segment,
+                own_line,
+                peer_line,
+            }))
+        }
+        Reply::Declined { reason } => Ok(Pairing::Declined(reason)),
+        r => Err(ClientError::Unexpected(r)),
+    }
+}
+
+/// The system service's socket.
+pub const SYSTEM_SOCKET: &str = "/run/pcisock/fabric.sock";
+
+/// This user's service socket: `$XDG_RUNTIME_DIR/pcisock/fabric.sock`, else
+/// `/dev/shm/pcisock-<uid>/fabric.sock`.
+pub fn user_socket() -> std::path::PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => Path::new(&d).join("pcisock/fabric.sock"),
+        _ => format!("/dev/shm/pcisock-{}/fabric.sock", sys::getuid()).into(),
+    }
+}

@@ -1,0 +1,602 @@
+//! The service: one thread that owns the host's pairing state and answers every local process
+//! on a `SOCK_SEQPACKET` Unix socket. It trusts nothing a client says about a connection: a
+//! claim comes with the TCP socket itself, and the addresses, the network namespace and the
+//! socket's identity are read from the kernel. It is never on a connection's data path.
+//!
+//! Every request has a bounded cost; malformed or out-of-order requests are refused with a
+//! counted reason, and a client that keeps sending garbage is disconnected while everyone
+//! else is served. A client whose process dies (its pidfd) or hangs up loses its listeners and
+//! offers at once, and its connections' window space comes back when no holder is left.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use crate::sys::{self, Cred, TcpView};
+use crate::wire::{Addr, Refusal, Reply, Request, Status};
+
+/// Service settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Receive ring bytes per connection and direction.
+    pub ring_bytes: u64,
+    /// Window space shared by all connections of the host.
+    pub window_bytes: u64,
+    /// Who may stop the service besides root.
+    pub owner_uid: u32,
+    /// How long an offer waits for its server's accept.
+    pub offer_patience: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            ring_bytes: 1 << 20,
+            window_bytes: 512 << 20,
+            owner_uid: sys::getuid(),
+            offer_patience: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Bytes of a segment's endpoint header before its ring (docs/PROTOCOL.md §2).
+pub const SEGMENT_HEADER: u64 = 4096;
+/// Listeners one process may publish.
+const MAX_LISTENERS: usize = 1024;
+/// Offers one process may have pending.
+const MAX_OFFERS: usize = 4096;
+/// Refusals after which a client is disconnected.
+const MAX_STRIKES: u32 = 16;
+/// Messages read from one client per pass (fairness).
+const PASS_BUDGET: usize = 256;
+
+// Reason codes of docs/PROTOCOL.md §5 that the service gives.
+const NO_LISTENER: u32 = 4;
+const NO_ANSWER: u32 = 6;
+const NO_WINDOW_SPACE: u32 = 7;
+const NO_OFFER: u32 = 10;
+
+struct Client {
+    sock: OwnedFd,
+    /// The kernel's credentials at connect time.
+    cred: Cred,
+    /// The process, once it said hello (None before).
+    pidfd: Option<OwnedFd>,
+    strikes: u32,
+}
+
+struct Listener {
+    owner: u64,
+    netns: u64,
+    addr: Addr,
+    port: u16,
+}
+
+struct Offer {
+    owner: u64,
+    /// The `Connect` request this offer answers.
+    request: u64,
+    /// The client's own socket, held only until the server accepts (or the offer ends): the
+    /// kernel's addresses of the connection are read from it then.
+    socket: OwnedFd,
+    netns: u64,
+    posted: Instant,
+}
+
+struct Conn {
+    /// The processes holding each end (client, server); an end with none is closed.
+    holders: [Option<u64>; 2],
+    bytes: u64,
+    /// The service's references to the two segments (dropped when the connection goes).
+    _segments: [OwnedFd; 2],
+}
+
+/// The service's state.
+pub struct Service {
+    opts: Options,
+    listener: OwnedFd,
+    clients: HashMap<u64, Client>,
+    listeners: HashMap<u64, Listener>,
+    offers: HashMap<u64, Offer>,
+    conns: HashMap<u64, Conn>,
+    next_id: u64,
+    window_used: u64,
+    counters: Counters,
+    stop: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    paired: u64,
+    declined: u64,
+    refused: HashMap<Refusal, u64>,
+    reclaimed: u64,
+}
+
+const UNSPECIFIED_V6: Addr = [0; 16];
+const UNSPECIFIED_V4: Addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+
+fn unspecified(a: &Addr) -> bool {
+    *a == UNSPECIFIED_V6 || *a == UNSPECIFIED_V4
+}
+
+impl Service {
+    /// A service answering on `listener` (a listening Unix socket from
+    /// [`sys::listen_unix`]).
+    pub fn new(listener: OwnedFd, opts: Options) -> Service {
+        Service {
+            opts,
+            listener,
+            clients: HashMap::new(),
+            listeners: HashMap::new(),
+            offers: HashMap::new(),
+            conns: HashMap::new(),
+            next_id: 1,
+            window_used: 0,
+            counters: Counters::default(),
+            stop: false,
+        }
+    }
+
+    /// Serve until a `Stop` request.
+    pub fn run(&mut self) -> io::Result<()> {
+        while !self.stop {
+            self.turn(1000)?;
+        }
+        Ok(())
+    }
+
+    /// One round: wait up to `timeout_ms` for something to do, then do all of it.
+    pub fn turn(&mut self, timeout_ms: i32) -> io::Result<()> {
+        let mut fds = vec![self.listener.as_raw_fd()];
+        let mut who = Vec::new();
+        for (&id, c) in &self.clients {
+            fds.push(c.sock.as_raw_fd());
+            who.push((id, false));
+            if let Some(p) = &c.pidfd {
+                fds.push(p.as_raw_fd());
+                who.push((id, true));
+            }
+        }
+        let rev = sys::poll_in(&fds, timeout_ms)?;
+        if rev[0] != 0 {
+            while let Some(sock) = sys::accept_unix(self.listener.as_raw_fd())? {
+                let Ok(cred) = sys::peer_cred(sock.as_raw_fd()) else {
+                    continue;
+                };
+                let id = self.id();
+                self.clients.insert(
+                    id,
+                    Client {
+                        sock,
+                        cred,
+                        pidfd: None,
+                        strikes: 0,
+                    },
+                );
+            }
+        }
+        for (i, &(id, is_pidfd)) in who.iter().enumerate() {
+            if is_pidfd && rev[i + 1] != 0 {
+                self.drop_client(id);
+            }
+        }
+        self.pass();
+        self.expire_offers();
+        Ok(())
+    }
+
+    fn id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Read what every client sent (up to a budget each) and act on it: accepts last, so that
+    /// a client's `Connect`, sent before its kernel connect began, is always known when the
+    /// server's `Accept` for that connection is handled.
+    fn pass(&mut self) {
+        let mut accepts = Vec::new();
+        let ids: Vec<u64> = self.clients.keys().copied().collect();
+        for id in ids {
+            for _ in 0..PASS_BUDGET {
+                let Some(c) = self.clients.get(&id) else {
+                    break;
+                };
+                match sys::recv_msg(c.sock.as_raw_fd()) {
+                    Ok(Some(m)) => {
+                        if let Some(a) = self.handle(id, m) {
+                            accepts.push(a);
+                        }
+                    }
+                    Ok(None) => {
+                        self.drop_client(id);
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        self.drop_client(id);
+                        break;
+                    }
+                }
+            }
+        }
+        for (client, request, socket) in accepts {
+            self.accept(client, request, socket);
+        }
+    }
+
+    fn refuse(&mut self, client: u64, request: u64, why: Refusal) {
+        *self.counters.refused.entry(why).or_default() += 1;
+        let strikes = self.clients.get_mut(&client).map(|c| {
+            c.strikes += 1;
+            c.strikes
+        });
+        self.reply(client, request, Reply::Refused { why: why.code() }, &[]);
+        if strikes.is_some_and(|s| s >= MAX_STRIKES) {
+            self.drop_client(client);
+        }
+    }
+
+    fn reply(&mut self, client: u64, request: u64, r: Reply, fds: &[RawFd]) {
+        let Some(c) = self.clients.get(&client) else {
+            return;
+        };
+        // A client that does not read its replies (its socket buffer full) is misbehaving.
+        if sys::send_msg(c.sock.as_raw_fd(), &r.encode(request), fds).is_err() {
+            self.drop_client(client);
+        }
+    }
+
+    /// Handle one message; an `Accept` is returned to be handled after the others.
+    fn handle(&mut self, client: u64, m: sys::Received) -> Option<(u64, u64, OwnedFd)> {
+        let decoded = if m.truncated {
+            None
+        } else {
+            crate::wire::Request::decode(&m.bytes, m.fds.len()).ok()
+        };
+        let Some((req, id)) = decoded else {
+            self.refuse(client, 0, Refusal::Malformed);
+            return None;
+        };
+        let c = self.clients.get(&client)?;
+        // The kernel's word on who sent this message, not the connection's first owner: a
+        // forked child writing on its parent's connection is not its parent.
+        let sender = m.cred.map_or(c.cred.pid, |cr| cr.pid);
+        let hello_done = c.pidfd.is_some();
+        match req {
+            Request::Hello { pid } => {
+                if hello_done {
+                    self.refuse(client, id, Refusal::OutOfOrder);
+                } else if pid != sender || pid != c.cred.pid {
+                    self.refuse(client, id, Refusal::NotYou);
+                } else {
+                    match sys::pidfd(pid) {
+                        Ok(p) => {
+                            if let Some(c) = self.clients.get_mut(&client) {
+                                c.pidfd = Some(p);
+                            }
+                            let w = Reply::Welcome {
+                                service_pid: sys::getpid(),
+                                ring_bytes: self.opts.ring_bytes,
+                                window_bytes: self.opts.window_bytes,
+                            };
+                            self.reply(client, id, w, &[]);
+                        }
+                        Err(_) => self.drop_client(client),
+                    }
+                }
+                return None;
+            }
+            Request::Status => {
+                let s = self.status();
+                self.reply(client, id, Reply::Status(s), &[]);
+                return None;
+            }
+            _ if !hello_done => {
+                self.refuse(client, id, Refusal::OutOfOrder);
+                return None;
+            }
+            _ if sender != c.cred.pid => {
+                self.refuse(client, id, Refusal::NotYou);
+                return None;
+            }
+            _ => {}
+        }
+        let mut fds = m.fds;
+        match req {
+            Request::Hello { .. } | Request::Status => {}
+            Request::Stop => {
+                let uid = m.cred.map_or(self.clients[&client].cred.uid, |c| c.uid);
+                if uid == 0 || uid == self.opts.owner_uid {
+                    self.reply(client, id, Reply::Done, &[]);
+                    self.stop = true;
+                } else {
+                    self.refuse(client, id, Refusal::Forbidden);
+                }
+            }
+            Request::Listen => {
+                let sock = fds.pop()?;
+                match sys::tcp_view(sock.as_raw_fd()) {
+                    Ok(Some(TcpView {
+                        listening: true,
+                        netns,
+                        local: Some((addr, port)),
+                        ..
+                    })) => {
+                        let mine = self.listeners.values().filter(|l| l.owner == client);
+                        if mine.count() >= MAX_LISTENERS {
+                            self.refuse(client, id, Refusal::Limit);
+                        } else {
+                            let l = self.id();
+                            self.listeners.insert(
+                                l,
+                                Listener {
+                                    owner: client,
+                                    netns,
+                                    addr,
+                                    port,
+                                },
+                            );
+                            self.reply(client, id, Reply::Listening { listener: l }, &[]);
+                        }
+                    }
+                    _ => self.refuse(client, id, Refusal::BadSocket),
+                }
+            }
+            Request::Unlisten { listener } => {
+                if self
+                    .listeners
+                    .get(&listener)
+                    .is_some_and(|l| l.owner == client)
+                {
+                    self.listeners.remove(&listener);
+                    self.reply(client, id, Reply::Done, &[]);
+                } else {
+                    self.refuse(client, id, Refusal::NotYours);
+                }
+            }
+            Request::Connect { addr, port } => {
+                let sock = fds.pop()?;
+                let view = match sys::tcp_view(sock.as_raw_fd()) {
+                    Ok(Some(v)) if !v.listening => v,
+                    _ => {
+                        self.refuse(client, id, Refusal::BadSocket);
+                        return None;
+                    }
+                };
+                if self.offers.values().filter(|o| o.owner == client).count() >= MAX_OFFERS {
+                    self.refuse(client, id, Refusal::Limit);
+                    return None;
+                }
+                let listening = self.listeners.values().any(|l| {
+                    l.netns == view.netns
+                        && l.port == port
+                        && (unspecified(&l.addr) || l.addr == addr)
+                });
+                if !listening {
+                    self.counters.declined += 1;
+                    self.reply(
+                        client,
+                        id,
+                        Reply::Declined {
+                            reason: NO_LISTENER,
+                        },
+                        &[],
+                    );
+                    return None;
+                }
+                let conn = self.id();
+                self.offers.insert(
+                    conn,
+                    Offer {
+                        owner: client,
+                        request: id,
+                        socket: sock,
+                        netns: view.netns,
+                        posted: Instant::now(),
+                    },
+                );
+                self.reply(client, id, Reply::Offered { conn }, &[]);
+            }
+            Request::Cancel { conn } => {
+                if self.offers.get(&conn).is_some_and(|o| o.owner == client) {
+                    self.offers.remove(&conn);
+                    self.reply(client, id, Reply::Done, &[]);
+                } else {
+                    self.refuse(client, id, Refusal::NotYours);
+                }
+            }
+            Request::Accept => {
+                let sock = fds.pop()?;
+                return Some((client, id, sock));
+            }
+            Request::Close { conn } => {
+                let held = self
+                    .conns
+                    .get(&conn)
+                    .is_some_and(|c| c.holders.contains(&Some(client)));
+                if held {
+                    self.let_go(conn, client);
+                    self.reply(client, id, Reply::Done, &[]);
+                } else {
+                    self.refuse(client, id, Refusal::NotYours);
+                }
+            }
+        }
+        None
+    }
+
+    /// The server accepted `socket`: pair it with the offer whose socket is its mirror in the
+    /// same namespace.
+    fn accept(&mut self, server: u64, request: u64, socket: OwnedFd) {
+        let view = match sys::tcp_view(socket.as_raw_fd()) {
+            Ok(Some(
+                v @ TcpView {
+                    listening: false,
+                    local: Some(_),
+                    peer: Some(_),
+                    ..
+                },
+            )) => v,
+            _ => return self.refuse(server, request, Refusal::BadSocket),
+        };
+        drop(socket);
+        let found = self.offers.iter().find_map(|(&conn, o)| {
+            if o.netns != view.netns {
+                return None;
+            }
+            let theirs = sys::tcp_view(o.socket.as_raw_fd()).ok().flatten()?;
+            (theirs.local == view.peer && theirs.peer == view.local).then_some(conn)
+        });
+        let Some(conn) = found else {
+            self.counters.declined += 1;
+            return self.reply(server, request, Reply::Declined { reason: NO_OFFER }, &[]);
+        };
+        let Some(offer) = self.offers.remove(&conn) else {
+            return;
+        };
+        let bytes = 2 * (SEGMENT_HEADER + self.opts.ring_bytes);
+        let declined = |s: &mut Service, reason: u32| {
+            s.counters.declined += 1;
+            s.reply(server, request, Reply::Declined { reason }, &[]);
+            s.reply(offer.owner, offer.request, Reply::Declined { reason }, &[]);
+        };
+        if self.window_used + bytes > self.opts.window_bytes {
+            return declined(self, NO_WINDOW_SPACE);
+        }
+        let made = (|| -> io::Result<_> {
+            let len = SEGMENT_HEADER + self.opts.ring_bytes;
+            Ok((
+                sys::segment(len)?,
+                sys::segment(len)?,
+                sys::line()?,
+                sys::line()?,
+            ))
+        })();
+        let Ok((seg_c, seg_s, line_c, line_s)) = made else {
+            return declined(self, NO_WINDOW_SPACE);
+        };
+        let ring = self.opts.ring_bytes;
+        let (sc, ss, lc, ls) = (
+            seg_c.as_raw_fd(),
+            seg_s.as_raw_fd(),
+            line_c.as_raw_fd(),
+            line_s.as_raw_fd(),
+        );
+        self.reply(
+            server,
+            request,
+            Reply::Paired {
+                conn,
+                ring_bytes: ring,
+                server: true,
+            },
+            &[ss, sc, ls, lc],
+        );
+        self.reply(
+            offer.owner,
+            offer.request,
+            Reply::Paired {
+                conn,
+                ring_bytes: ring,
+                server: false,
+            },
+            &[sc, ss, lc, ls],
+        );
+        self.window_used += bytes;
+        self.counters.paired += 1;
+        let holders = [
+            self.clients
+                .contains_key(&offer.owner)
+                .then_some(offer.owner),
+            self.clients.contains_key(&server).then_some(server),
+        ];
+        self.conns.insert(
+            conn,
+            Conn {
+                holders,
+                bytes,
+                _segments: [seg_c, seg_s],
+            },
+        );
+        if holders.iter().all(Option::is_none) {
+            self.let_go(conn, 0);
+        }
+    }
+
+    /// `client` no longer holds `conn`; the connection goes when nobody does.
+    fn let_go(&mut self, conn: u64, client: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        for h in &mut c.holders {
+            if *h == Some(client) {
+                *h = None;
+            }
+        }
+        if c.holders.iter().all(Option::is_none) {
+            let bytes = c.bytes;
+            self.conns.remove(&conn);
+            self.window_used = self.window_used.saturating_sub(bytes);
+            self.counters.reclaimed += 1;
+        }
+    }
+
+    fn expire_offers(&mut self) {
+        let now = Instant::now();
+        let patience = self.opts.offer_patience;
+        let old: Vec<u64> = self
+            .offers
+            .iter()
+            .filter(|(_, o)| now.duration_since(o.posted) >= patience)
+            .map(|(&k, _)| k)
+            .collect();
+        for conn in old {
+            if let Some(o) = self.offers.remove(&conn) {
+                self.counters.declined += 1;
+                self.reply(
+                    o.owner,
+                    o.request,
+                    Reply::Declined { reason: NO_ANSWER },
+                    &[],
+                );
+            }
+        }
+    }
+
+    /// A client hung up or its process died: everything it held goes.
+    fn drop_client(&mut self, client: u64) {
+        if self.clients.remove(&client).is_none() {
+            return;
+        }
+        self.listeners.retain(|_, l| l.owner != client);
+        self.offers.retain(|_, o| o.owner != client);
+        let held: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.holders.contains(&Some(client)))
+            .map(|(&k, _)| k)
+            .collect();
+        for conn in held {
+            self.let_go(conn, client);
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            service_pid: sys::getpid(),
+            clients: self.clients.len() as u64,
+            listeners: self.listeners.len() as u64,
+            offers: self.offers.len() as u64,
+            connections: self.conns.len() as u64,
+            window_used: self.window_used,
+            window_bytes: self.opts.window_bytes,
+            paired: self.counters.paired,
+            declined: self.counters.declined,
+            refused: self.counters.refused.values().sum(),
+            reclaimed: self.counters.reclaimed,
+        }
+    }
+}

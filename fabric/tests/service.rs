@@ -1,0 +1,371 @@
+//! The service against real sockets: pairing by possession of the TCP socket, claims by a
+//! third party, hostile requests, and the clean-up after a client's process dies.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fabric::wire::{Refusal, Reply, Request};
+use fabric::{sys, Client, ClientError, Options, Pairing};
+use socket2::{Domain, Socket, Type};
+
+struct Running {
+    socket: PathBuf,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(opts: Options) -> Running {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "pcisock-fabric-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let socket = dir.join("fabric.sock");
+    let bound = fabric::bind(&socket).expect("bind");
+    std::thread::spawn(move || bound.serve(opts));
+    Running {
+        socket,
+        _dir: TempDir(dir),
+    }
+}
+
+fn v4(a: &SocketAddr) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[10] = 0xff;
+    b[11] = 0xff;
+    match a {
+        SocketAddr::V4(a) => b[12..].copy_from_slice(&a.ip().octets()),
+        SocketAddr::V6(_) => unreachable!("the tests use IPv4"),
+    }
+    b
+}
+
+/// A client socket, offered, then connected; the server's accepted stream.
+fn offer_and_connect(
+    c: &mut Client,
+    to: SocketAddr,
+    l: &TcpListener,
+) -> (fabric::Offer, Socket, TcpStream) {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let offer = c
+        .offer(s.as_raw_fd(), v4(&to), to.port())
+        .expect("offer")
+        .expect("a listener is published");
+    s.connect(&to.into()).unwrap();
+    let (accepted, _) = l.accept().unwrap();
+    (offer, s, accepted)
+}
+
+fn map(fd: &OwnedFd) -> memmap2::MmapMut {
+    // SAFETY: a test mapping of a segment the service made; both ends write distinct bytes.
+    unsafe { memmap2::MmapMut::map_mut(fd.as_raw_fd()).expect("map segment") }
+}
+
+#[test]
+fn pairs_a_connection_by_possession_of_its_socket() {
+    let svc = start(Options::default());
+    let mut server = Client::connect(&svc.socket).unwrap();
+    let mut client = Client::connect(&svc.socket).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    server.listen(l.as_raw_fd()).unwrap();
+
+    let (offer, _csock, accepted) = offer_and_connect(&mut client, to, &l);
+    let Pairing::Paired(s) = server.accept(accepted.as_raw_fd()).unwrap() else {
+        panic!("the server's accept was declined");
+    };
+    let Pairing::Paired(c) = client
+        .paired(offer, Duration::from_secs(5))
+        .unwrap()
+        .expect("the client hears of the pairing")
+    else {
+        panic!("declined");
+    };
+    assert_eq!((s.conn, s.server, c.server), (c.conn, true, false));
+    assert_eq!(s.ring_bytes, 1 << 20);
+
+    // The server's own segment is the client's peer segment, and the reverse.
+    let (mut s_own, c_peer) = (map(&s.own_segment), map(&c.peer_segment));
+    let (mut c_own, s_peer) = (map(&c.own_segment), map(&s.peer_segment));
+    assert_eq!(s_own.len() as u64, 4096 + (1 << 20));
+    s_own[100] = 0xAB;
+    c_own[200] = 0xCD;
+    assert_eq!((c_peer[100], s_peer[200]), (0xAB, 0xCD));
+    // Sealed: nobody can shrink a segment under its peer (that would SIGBUS it).
+    let seals = sys::seals(s.own_segment.as_raw_fd()).unwrap();
+    assert_ne!(seals & libc::F_SEAL_SHRINK, 0);
+    assert_ne!(seals & libc::F_SEAL_GROW, 0);
+    let f = std::fs::File::from(c.peer_segment.try_clone().unwrap());
+    assert!(f.set_len(4096).is_err(), "a segment could be truncated");
+
+    // Ringing the peer's line wakes the peer's own line.
+    let mut ring = std::fs::File::from(s.peer_line.try_clone().unwrap());
+    ring.write_all(&1u64.to_ne_bytes()).unwrap();
+    let mut own = std::fs::File::from(c.own_line.try_clone().unwrap());
+    let mut v = [0u8; 8];
+    own.read_exact(&mut v).unwrap();
+    assert_eq!(u64::from_ne_bytes(v), 1);
+
+    let st = server.status().unwrap();
+    assert_eq!((st.connections, st.paired, st.offers), (1, 1, 0));
+    assert_eq!(st.window_used, 2 * (4096 + (1 << 20)));
+}
+
+#[test]
+fn a_third_party_can_neither_claim_nor_meddle() {
+    let svc = start(Options::default());
+    let mut server = Client::connect(&svc.socket).unwrap();
+    let mut client = Client::connect(&svc.socket).unwrap();
+    let mut other = Client::connect(&svc.socket).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    let listener = server.listen(l.as_raw_fd()).unwrap();
+
+    // The client offers and connects; before the server accepts, a third party connects too,
+    // accepts that connection on the same port and claims it: it gets no offer.
+    let (offer, _csock, accepted) = offer_and_connect(&mut client, to, &l);
+    let _theirs = TcpStream::connect(to).unwrap();
+    let (their_accepted, _) = l.accept().unwrap();
+    assert!(matches!(
+        other.accept(their_accepted.as_raw_fd()).unwrap(),
+        Pairing::Declined(10)
+    ));
+    // Not a socket, a listening socket as a client, someone else's listener or connection.
+    let file = std::fs::File::open("/proc/self/status").unwrap();
+    assert!(matches!(
+        other.accept(file.as_raw_fd()),
+        Err(ClientError::Refused(Refusal::BadSocket))
+    ));
+    assert!(matches!(
+        other.offer(l.as_raw_fd(), v4(&to), to.port()),
+        Err(ClientError::Refused(Refusal::BadSocket))
+    ));
+    assert!(matches!(
+        other.unlisten(listener),
+        Err(ClientError::Refused(Refusal::NotYours))
+    ));
+    assert!(matches!(
+        other.cancel(offer),
+        Err(ClientError::Refused(Refusal::NotYours))
+    ));
+
+    // The real pair still meets.
+    let Pairing::Paired(s) = server.accept(accepted.as_raw_fd()).unwrap() else {
+        panic!("declined");
+    };
+    assert!(matches!(
+        other.close(s.conn),
+        Err(ClientError::Refused(Refusal::NotYours))
+    ));
+    let got = client.paired(offer, Duration::from_secs(5)).unwrap();
+    assert!(matches!(got, Some(Pairing::Paired(_))));
+    // No listener on another port: declined at once, nothing held.
+    let s2 = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    assert_eq!(
+        client
+            .offer(s2.as_raw_fd(), v4(&to), to.port() ^ 1)
+            .unwrap(),
+        Err(4)
+    );
+}
+
+/// Raw seqpacket messages, as any local user could send them.
+fn raw(socket: &Path) -> OwnedFd {
+    sys::connect_unix(socket).unwrap()
+}
+
+fn refused(fd: &OwnedFd) -> Option<u32> {
+    let rev = sys::poll_in(&[fd.as_raw_fd()], 5000).unwrap();
+    if rev[0] == 0 {
+        return None;
+    }
+    let m = sys::recv_msg(fd.as_raw_fd()).unwrap()?;
+    match Reply::decode(&m.bytes, m.fds.len()).unwrap().0 {
+        Reply::Refused { why } => Some(why),
+        _ => None,
+    }
+}
+
+#[test]
+fn hostile_requests_are_refused_counted_and_the_service_keeps_serving() {
+    let svc = start(Options::default());
+    let evil = raw(&svc.socket);
+    let me = sys::getpid();
+    let file = std::fs::File::open("/proc/self/status").unwrap();
+    let mut cases: Vec<(Vec<u8>, Vec<i32>, Refusal)> = vec![
+        (b"garbage".to_vec(), vec![], Refusal::Malformed),
+        (vec![0xff; 1000], vec![], Refusal::Malformed),
+        (
+            Request::Status.encode(1)[..15].to_vec(),
+            vec![],
+            Refusal::Malformed,
+        ),
+        // Before hello.
+        (
+            Request::Listen.encode(2),
+            vec![file.as_raw_fd()],
+            Refusal::OutOfOrder,
+        ),
+        // Somebody else's pid.
+        (Request::Hello { pid: 1 }.encode(3), vec![], Refusal::NotYou),
+    ];
+    let mut bad_kind = Request::Status.encode(4);
+    bad_kind[6] = 0x70;
+    cases.push((bad_kind, vec![], Refusal::Malformed));
+    // A descriptor where none belongs.
+    cases.push((
+        Request::Status.encode(5),
+        vec![file.as_raw_fd()],
+        Refusal::Malformed,
+    ));
+    for (i, (bytes, fds, want)) in cases.iter().enumerate() {
+        sys::send_msg(evil.as_raw_fd(), bytes, fds).unwrap();
+        assert_eq!(refused(&evil), Some(want.code()), "case {i}");
+    }
+    // After a proper hello: a second hello, and claims with the wrong descriptors.
+    sys::send_msg(evil.as_raw_fd(), &Request::Hello { pid: me }.encode(9), &[]).unwrap();
+    let rev = sys::poll_in(&[evil.as_raw_fd()], 5000).unwrap();
+    assert_ne!(rev[0], 0);
+    let m = sys::recv_msg(evil.as_raw_fd()).unwrap().unwrap();
+    assert!(matches!(
+        Reply::decode(&m.bytes, 0).unwrap().0,
+        Reply::Welcome { .. }
+    ));
+    sys::send_msg(
+        evil.as_raw_fd(),
+        &Request::Hello { pid: me }.encode(10),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(refused(&evil), Some(Refusal::OutOfOrder.code()));
+    sys::send_msg(
+        evil.as_raw_fd(),
+        &Request::Listen.encode(11),
+        &[file.as_raw_fd()],
+    )
+    .unwrap();
+    assert_eq!(refused(&evil), Some(Refusal::BadSocket.code()));
+
+    // A client that keeps sending garbage is cut off; the service serves everyone else.
+    let spammer = raw(&svc.socket);
+    let mut cut_off = false;
+    for _ in 0..64 {
+        if sys::send_msg(spammer.as_raw_fd(), b"x", &[]).is_err() {
+            cut_off = true;
+            break;
+        }
+    }
+    let t0 = Instant::now();
+    while !cut_off && t0.elapsed() < Duration::from_secs(10) {
+        match sys::recv_msg(spammer.as_raw_fd()) {
+            Ok(None) | Err(_) => cut_off = true,
+            Ok(Some(_)) => {}
+        }
+    }
+    assert!(cut_off, "a client sending garbage was never disconnected");
+
+    let mut good = Client::connect(&svc.socket).unwrap();
+    let st = good.status().unwrap();
+    assert_eq!(st.refused, 9 + 16, "every refusal is counted");
+    assert_eq!(st.listeners, 0);
+}
+
+/// A process (python, as any program could) that says hello, publishes a listener and offers a
+/// connection, then keeps its service connection open in a forked child and dies.
+fn python_client(socket: &Path, port: u16) -> Child {
+    let script = format!(
+        r#"
+import os, socket, struct, sys, time
+MAGIC = int.from_bytes(b"PCFB", "little")
+def msg(kind, rid, words=()):
+    return struct.pack("<IHHQ", MAGIC, 1, kind, rid) + b"".join(struct.pack("<Q", w) for w in words)
+u = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+u.connect({socket:?})
+u.send(msg(1, 1, [os.getpid()])); u.recv(256)
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
+socket.send_fds(u, [msg(2, 2)], [l.fileno()]); u.recv(256)
+c = socket.socket()
+addr = bytes(10) + b"\xff\xff" + bytes([127, 0, 0, 1])
+socket.send_fds(u, [msg(4, 3, [int.from_bytes(addr[:8], "little"), int.from_bytes(addr[8:], "little"), {port}])], [c.fileno()])
+u.recv(256)
+parent = os.getpid()
+if os.fork() == 0:
+    # Keep the inherited service connection open a while after the parent dies.
+    while os.getppid() == parent:
+        time.sleep(0.05)
+    time.sleep(3); os._exit(0)
+print("ready", flush=True)
+time.sleep(60)
+"#,
+        socket = socket.to_str().unwrap(),
+        port = port,
+    );
+    Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3")
+}
+
+#[test]
+fn a_dead_process_leaves_nothing_behind() {
+    let svc = start(Options::default());
+    let mut me = Client::connect(&svc.socket).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    me.listen(l.as_raw_fd()).unwrap();
+    let mut py = python_client(&svc.socket, l.local_addr().unwrap().port());
+    let mut line = [0u8; 6];
+    py.stdout.as_mut().unwrap().read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"ready\n");
+    let st = me.status().unwrap();
+    assert_eq!((st.clients, st.listeners, st.offers), (2, 2, 1));
+
+    // Its forked child keeps the service connection open; the process itself dies.
+    // SAFETY: kill(2) on the child we started and have not reaped.
+    assert_eq!(unsafe { libc::kill(py.id() as i32, libc::SIGKILL) }, 0);
+    py.wait().unwrap();
+    let t0 = Instant::now();
+    let st = loop {
+        let st = me.status().unwrap();
+        if st.listeners == 1 || t0.elapsed() > Duration::from_secs(10) {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!((st.clients, st.listeners, st.offers), (1, 1, 0));
+
+    // Connections: both holders gone, the window space comes back.
+    let mut client = Client::connect(&svc.socket).unwrap();
+    let to = l.local_addr().unwrap();
+    let (_offer, _c, accepted) = offer_and_connect(&mut client, to, &l);
+    assert!(matches!(
+        me.accept(accepted.as_raw_fd()).unwrap(),
+        Pairing::Paired(_)
+    ));
+    assert_eq!(me.status().unwrap().connections, 1);
+    drop(client);
+    let mut watcher = Client::connect(&svc.socket).unwrap();
+    drop(me);
+    let t0 = Instant::now();
+    let st = loop {
+        let st = watcher.status().unwrap();
+        if st.connections == 0 || t0.elapsed() > Duration::from_secs(10) {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!((st.connections, st.window_used, st.reclaimed), (0, 0, 1));
+}

@@ -1,0 +1,226 @@
+//! `pcisock fabric`: start, stop and inspect the host fabric service (docs/HOST-SERVICE.md).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fabric::Options;
+
+use crate::cli::{unknown_option, Arg, Args, CliError};
+
+pub const HELP: &str = "\
+Start, stop and inspect the host fabric service: the one owner of this host's NTB fabric, which
+pairs flagged connections of every user and process by possession of their TCP sockets.
+
+Usage: pcisock fabric start [--foreground] [--socket PATH] [--ring-size SIZE] [--window-size SIZE]
+       pcisock fabric stop [--socket PATH]
+       pcisock fabric status [--socket PATH]
+
+Options:
+  --socket PATH       The service's socket. Default for start: /run/pcisock/fabric.sock as
+                      root (the system service, which every local user can reach), else this
+                      user's ($XDG_RUNTIME_DIR/pcisock/fabric.sock or
+                      /dev/shm/pcisock-UID/fabric.sock). Default for stop and status: the one a
+                      process would use (PCISOCK_FABRIC, else the system service if it
+                      answers, else this user's).
+  --foreground        Serve in this process instead of detaching (for systemd and tests)
+  --ring-size SIZE    Receive ring per connection and direction (power of two; default 1M)
+  --window-size SIZE  Window space shared by all connections (default 512M)
+  -h, --help          Print this help
+
+'start' returns once the service answers; it fails (exit 1) if another service already
+holds the socket. 'stop' is allowed to the service's owner and root.
+
+Exit status: 0 ok, 1 if the service cannot be started, reached or stopped, 2 on a usage error.";
+
+struct Opts {
+    socket: Option<PathBuf>,
+    foreground: bool,
+    ring: Option<u64>,
+    window: Option<u64>,
+}
+
+fn options(args: &mut Args, start: bool) -> Result<Option<Opts>, CliError> {
+    let mut o = Opts {
+        socket: None,
+        foreground: false,
+        ring: None,
+        window: None,
+    };
+    let size = |args: &Args, name: &str, v: &str| {
+        ntbdrv::emu::parse_size(v).map_err(|e| args.usage(format!("{name} {v:?}: {e}")))
+    };
+    while let Some(arg) = args.next()? {
+        match arg {
+            Arg::Option { name, .. } if name == "-h" || name == "--help" => return Ok(None),
+            Arg::Option { name, inline } if name == "--socket" => {
+                o.socket = Some(args.value(&name, inline)?.into());
+            }
+            Arg::Option { name, inline } if start && name == "--foreground" => {
+                args.no_value(&name, inline)?;
+                o.foreground = true;
+            }
+            Arg::Option { name, inline } if start && name == "--ring-size" => {
+                let v = args.value(&name, inline)?;
+                let n = size(args, &name, &v)?;
+                if !n.is_power_of_two() || !(4096..=1 << 30).contains(&n) {
+                    return Err(args.usage(format!("{name} {v:?}: a power of two from 4K to 1G")));
+                }
+                o.ring = Some(n);
+            }
+            Arg::Option { name, inline } if start && name == "--window-size" => {
+                let v = args.value(&name, inline)?;
+                o.window = Some(size(args, &name, &v)?);
+            }
+            Arg::Option { name, .. } => return Err(unknown_option("fabric", &name)),
+            Arg::Word(w) => return Err(args.usage(format!("unexpected argument {w:?}"))),
+            Arg::EndOfOptions => args.finish()?,
+        }
+    }
+    Ok(Some(o))
+}
+
+fn default_start_socket() -> PathBuf {
+    if crate::ffi::uid() == 0 {
+        PathBuf::from(fabric::client::SYSTEM_SOCKET)
+    } else {
+        fabric::client::user_socket()
+    }
+}
+
+fn reach(socket: &Option<PathBuf>) -> PathBuf {
+    socket
+        .clone()
+        .unwrap_or_else(|| fabric::socket_for_process(|k| std::env::var(k).ok()))
+}
+
+pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
+    let sub = match args.next()? {
+        None => return Err(args.usage("missing subcommand: start, stop or status")),
+        Some(Arg::Option { name, .. }) if name == "-h" || name == "--help" => {
+            out.push_str(HELP);
+            out.push('\n');
+            return Ok(0);
+        }
+        Some(Arg::Word(w)) if ["start", "stop", "status"].contains(&w.as_str()) => w,
+        Some(other) => return Err(args.usage(format!("unknown subcommand {other:?}"))),
+    };
+    let Some(o) = options(&mut args, sub == "start")? else {
+        out.push_str(HELP);
+        out.push('\n');
+        return Ok(0);
+    };
+    match sub.as_str() {
+        "start" => start(o, out),
+        "stop" => {
+            let socket = reach(&o.socket);
+            let mut c = fabric::Client::connect(&socket)
+                .map_err(|e| CliError::failed(format!("{}: {e}", socket.display())))?;
+            c.stop()
+                .map_err(|e| CliError::failed(format!("{}: {e}", socket.display())))?;
+            let _ = writeln!(out, "stopped the fabric service at {}", socket.display());
+            Ok(0)
+        }
+        _ => {
+            let socket = reach(&o.socket);
+            let s = fabric::Client::connect(&socket)
+                .and_then(|mut c| c.status())
+                .map_err(|e| {
+                    CliError::failed(format!(
+                        "no fabric service answers at {}: {e}",
+                        socket.display()
+                    ))
+                })?;
+            let _ = writeln!(
+                out,
+                "fabric service pid {} at {}\n  clients {}  listeners {}  pending offers {}  connections {}\n  window space {} of {} bytes\n  paired {}  declined {}  refused requests {}  connections reclaimed {}",
+                s.service_pid,
+                socket.display(),
+                s.clients,
+                s.listeners,
+                s.offers,
+                s.connections,
+                s.window_used,
+                s.window_bytes,
+                s.paired,
+                s.declined,
+                s.refused,
+                s.reclaimed
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn start(o: Opts, out: &mut String) -> Result<u8, CliError> {
+    let socket = o.socket.clone().unwrap_or_else(default_start_socket);
+    let mut opts = Options::default();
+    if let Some(r) = o.ring {
+        opts.ring_bytes = r;
+    }
+    if let Some(w) = o.window {
+        opts.window_bytes = w;
+    }
+    if o.foreground {
+        let bound = fabric::bind(&socket).map_err(|e| CliError::failed(e.to_string()))?;
+        if std::env::var_os("PCISOCK_FABRIC_DETACH").is_some() {
+            crate::ffi::detach();
+        }
+        bound
+            .serve(opts)
+            .map_err(|e| CliError::failed(format!("fabric service: {e}")))?;
+        return Ok(0);
+    }
+    // Detach: the same binary, serving in the foreground of its own session, with no stdio
+    // and without any preloaded library of ours.
+    let exe = std::env::current_exe().map_err(|e| CliError::failed(e.to_string()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["fabric", "start", "--foreground", "--socket"])
+        .arg(&socket)
+        .env_remove("LD_PRELOAD")
+        .env("PCISOCK_FABRIC_DETACH", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(r) = o.ring {
+        cmd.arg("--ring-size").arg(r.to_string());
+    }
+    if let Some(w) = o.window {
+        cmd.arg("--window-size").arg(w.to_string());
+    }
+    let mut child = cmd.spawn().map_err(|e| CliError::failed(e.to_string()))?;
+    let t0 = Instant::now();
+    loop {
+        if let Ok(mut c) = fabric::Client::connect(&socket) {
+            if let Ok(s) = c.status() {
+                if s.service_pid == child.id() {
+                    let _ = writeln!(
+                        out,
+                        "started the fabric service (pid {}) at {}",
+                        s.service_pid,
+                        socket.display()
+                    );
+                    return Ok(0);
+                }
+            }
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            let mut why = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut why);
+            }
+            return Err(CliError::failed(
+                why.trim().trim_start_matches("pcisock: ").to_string(),
+            ));
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            return Err(CliError::failed(format!(
+                "the fabric service (pid {}) did not answer at {} within 10 s",
+                child.id(),
+                socket.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
