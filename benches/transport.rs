@@ -162,7 +162,9 @@ impl Drop for DeviceDir {
 fn pair(t: &Transport) -> (Connection, Connection, Socket, std::net::TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = l.local_addr().unwrap();
-    let listener = t.listen(Endpoint::from_std(server_addr)).unwrap();
+    let listener = t
+        .listen(l.as_raw_fd(), Endpoint::from_std(server_addr))
+        .unwrap();
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
         .unwrap();

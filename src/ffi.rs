@@ -165,4 +165,3 @@ mod tests {
         assert!(can_create_in(&std::env::temp_dir()) || uid() != 0);
     }
 }
-

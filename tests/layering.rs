@@ -52,7 +52,7 @@ fn crates_depend_downward_only() {
         ("ntbdrv/ntb-sys", &[]),
         ("ntbdrv", &["ntb-sys"]),
         ("fabric", &["ntbdrv"]),
-        ("transport", &["ntbdrv"]),
+        ("transport", &["ntbdrv", "fabric"]),
         ("shim", &["transport"]),
         ("iperf-tests", &[]),
     ];

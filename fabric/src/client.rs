@@ -121,10 +121,14 @@ impl Client {
     }
 
     fn send(&mut self, r: Request, fd: Option<RawFd>) -> Result<u64, ClientError> {
+        let fds: Vec<RawFd> = fd.into_iter().collect();
+        self.send_fds(r, &fds)
+    }
+
+    fn send_fds(&mut self, r: Request, fds: &[RawFd]) -> Result<u64, ClientError> {
         let id = self.next;
         self.next += 1;
-        let fds: Vec<RawFd> = fd.into_iter().collect();
-        sys::send_msg(self.sock.as_raw_fd(), &r.encode(id), &fds)?;
+        sys::send_msg(self.sock.as_raw_fd(), &r.encode(id), fds)?;
         Ok(id)
     }
 
@@ -194,14 +198,17 @@ impl Client {
     }
 
     /// Offer the upgrade of the client socket `fd`, about to connect to `addr`:`port` (call it
-    /// before the kernel connect). `Err(Declined)` comes back at once when nobody listens.
+    /// before the kernel connect), with `line`, an eventfd of ours: the service rings it when
+    /// the offer is answered, and it becomes the connection's interrupt line. `Err(reason)`
+    /// comes back at once when nobody listens.
     pub fn offer(
         &mut self,
         fd: RawFd,
+        line: RawFd,
         addr: Addr,
         port: u16,
     ) -> Result<Result<Offer, u32>, ClientError> {
-        let id = self.send(Request::Connect { addr, port }, Some(fd))?;
+        let id = self.send_fds(Request::Connect { addr, port }, &[fd, line])?;
         match self
             .wait(id, REPLY_PATIENCE)?
             .ok_or(ClientError::TimedOut)?

@@ -80,6 +80,8 @@ struct Offer {
     /// The client's own socket, held only until the server accepts (or the offer ends): the
     /// kernel's addresses of the connection are read from it then.
     socket: OwnedFd,
+    /// The client's interrupt line (an eventfd it made): rung when the offer is answered.
+    line: OwnedFd,
     netns: u64,
     posted: Instant,
 }
@@ -319,12 +321,15 @@ impl Service {
             Request::Listen => {
                 let sock = fds.pop()?;
                 match sys::tcp_view(sock.as_raw_fd()) {
+                    // Bound and not connected: listening, or about to (a listener is registered
+                    // before the kernel listens, so that no client finds it missing). Holding a
+                    // socket bound to the address is the proof.
                     Ok(Some(TcpView {
-                        listening: true,
                         netns,
                         local: Some((addr, port)),
+                        peer: None,
                         ..
-                    })) => {
+                    })) if port != 0 => {
                         let mine = self.listeners.values().filter(|l| l.owner == client);
                         if mine.count() >= MAX_LISTENERS {
                             self.refuse(client, id, Refusal::Limit);
@@ -358,7 +363,12 @@ impl Service {
                 }
             }
             Request::Connect { addr, port } => {
+                let line = fds.pop()?;
                 let sock = fds.pop()?;
+                if !sys::is_eventfd(line.as_raw_fd()) {
+                    self.refuse(client, id, Refusal::BadSocket);
+                    return None;
+                }
                 let view = match sys::tcp_view(sock.as_raw_fd()) {
                     Ok(Some(v)) if !v.listening => v,
                     _ => {
@@ -394,6 +404,7 @@ impl Service {
                         owner: client,
                         request: id,
                         socket: sock,
+                        line,
                         netns: view.netns,
                         posted: Instant::now(),
                     },
@@ -462,22 +473,19 @@ impl Service {
             s.counters.declined += 1;
             s.reply(server, request, Reply::Declined { reason }, &[]);
             s.reply(offer.owner, offer.request, Reply::Declined { reason }, &[]);
+            sys::ring(offer.line.as_raw_fd());
         };
         if self.window_used + bytes > self.opts.window_bytes {
             return declined(self, NO_WINDOW_SPACE);
         }
         let made = (|| -> io::Result<_> {
             let len = SEGMENT_HEADER + self.opts.ring_bytes;
-            Ok((
-                sys::segment(len)?,
-                sys::segment(len)?,
-                sys::line()?,
-                sys::line()?,
-            ))
+            Ok((sys::segment(len)?, sys::segment(len)?, sys::line()?))
         })();
-        let Ok((seg_c, seg_s, line_c, line_s)) = made else {
+        let Ok((seg_c, seg_s, line_s)) = made else {
             return declined(self, NO_WINDOW_SPACE);
         };
+        let line_c = &offer.line;
         let ring = self.opts.ring_bytes;
         let (sc, ss, lc, ls) = (
             seg_c.as_raw_fd(),
@@ -505,6 +513,7 @@ impl Service {
             },
             &[sc, ss, lc, ls],
         );
+        sys::ring(lc);
         self.window_used += bytes;
         self.counters.paired += 1;
         let holders = [

@@ -527,6 +527,20 @@ pub fn line() -> io::Result<OwnedFd> {
     })
 }
 
+/// Is `fd` an eventfd? (A line a client hands over must be one: the service and the peer
+/// write 8-byte counts into it.)
+pub fn is_eventfd(fd: RawFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .is_ok_and(|p| p.as_os_str() == "anon_inode:[eventfd]")
+}
+
+/// Add one to an eventfd (ring an interrupt line).
+pub fn ring(fd: RawFd) -> bool {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live stack buffer.
+    unsafe { libc::syscall(libc::SYS_write, fd, one.as_ptr(), one.len()) == 8 }
+}
+
 /// A pidfd for `pid` (readable once the process has exited).
 pub fn pidfd(pid: u32) -> io::Result<OwnedFd> {
     // SAFETY: plain integers.

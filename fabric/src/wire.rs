@@ -33,8 +33,9 @@ pub enum Request {
     Unlisten { listener: u64 },
     /// A client is about to connect to `addr`:`port`; carries its socket, sent before the
     /// kernel connect starts (the service reads the connection's real addresses from the socket
-    /// when the server accepts; the claimed destination only answers "is there a listener").
-    /// The service replies `Offered` or `Declined`.
+    /// when the server accepts; the claimed destination only answers "is there a listener"),
+    /// and an eventfd: the client's interrupt line, which the service rings when the offer is
+    /// paired or declined. The service replies `Offered` or `Declined`.
     Connect { addr: Addr, port: u16 },
     /// The client gives up an offer (its connect failed, or it closes).
     Cancel { conn: u64 },
@@ -223,7 +224,7 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
     Some(match kind {
         K_HELLO => (1, 0),
         K_LISTEN | K_ACCEPT => (0, 1),
-        K_CONNECT => (3, 1),
+        K_CONNECT => (3, 2),
         K_UNLISTEN | K_CANCEL | K_CLOSE => (1, 0),
         K_STATUS | K_STOP => (0, 0),
         K_WELCOME => (3, 0),

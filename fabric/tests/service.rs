@@ -59,8 +59,9 @@ fn offer_and_connect(
     l: &TcpListener,
 ) -> (fabric::Offer, Socket, TcpStream) {
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let line = sys::line().unwrap();
     let offer = c
-        .offer(s.as_raw_fd(), v4(&to), to.port())
+        .offer(s.as_raw_fd(), line.as_raw_fd(), v4(&to), to.port())
         .expect("offer")
         .expect("a listener is published");
     s.connect(&to.into()).unwrap();
@@ -110,11 +111,18 @@ fn pairs_a_connection_by_possession_of_its_socket() {
     let f = std::fs::File::from(c.peer_segment.try_clone().unwrap());
     assert!(f.set_len(4096).is_err(), "a segment could be truncated");
 
-    // Ringing the peer's line wakes the peer's own line.
-    let mut ring = std::fs::File::from(s.peer_line.try_clone().unwrap());
-    ring.write_all(&1u64.to_ne_bytes()).unwrap();
+    // The client's line was rung when the pairing was sent; ringing the peer's line from the
+    // server wakes the client's own line.
     let mut own = std::fs::File::from(c.own_line.try_clone().unwrap());
     let mut v = [0u8; 8];
+    own.read_exact(&mut v).unwrap();
+    assert_eq!(
+        u64::from_ne_bytes(v),
+        1,
+        "the pairing rang the client's line once"
+    );
+    let mut ring = std::fs::File::from(s.peer_line.try_clone().unwrap());
+    ring.write_all(&1u64.to_ne_bytes()).unwrap();
     own.read_exact(&mut v).unwrap();
     assert_eq!(u64::from_ne_bytes(v), 1);
 
@@ -148,8 +156,15 @@ fn a_third_party_can_neither_claim_nor_meddle() {
         other.accept(file.as_raw_fd()),
         Err(ClientError::Refused(Refusal::BadSocket))
     ));
+    let line = sys::line().unwrap();
     assert!(matches!(
-        other.offer(l.as_raw_fd(), v4(&to), to.port()),
+        other.offer(l.as_raw_fd(), line.as_raw_fd(), v4(&to), to.port()),
+        Err(ClientError::Refused(Refusal::BadSocket))
+    ));
+    // A "line" that is not an eventfd (here: a TCP socket the server would write into).
+    let s3 = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    assert!(matches!(
+        other.offer(s3.as_raw_fd(), accepted.as_raw_fd(), v4(&to), to.port()),
         Err(ClientError::Refused(Refusal::BadSocket))
     ));
     assert!(matches!(
@@ -175,7 +190,7 @@ fn a_third_party_can_neither_claim_nor_meddle() {
     let s2 = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     assert_eq!(
         client
-            .offer(s2.as_raw_fd(), v4(&to), to.port() ^ 1)
+            .offer(s2.as_raw_fd(), line.as_raw_fd(), v4(&to), to.port() ^ 1)
             .unwrap(),
         Err(4)
     );
@@ -297,8 +312,9 @@ u.send(msg(1, 1, [os.getpid()])); u.recv(256)
 l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
 socket.send_fds(u, [msg(2, 2)], [l.fileno()]); u.recv(256)
 c = socket.socket()
+efd = os.eventfd(0)
 addr = bytes(10) + b"\xff\xff" + bytes([127, 0, 0, 1])
-socket.send_fds(u, [msg(4, 3, [int.from_bytes(addr[:8], "little"), int.from_bytes(addr[8:], "little"), {port}])], [c.fileno()])
+socket.send_fds(u, [msg(4, 3, [int.from_bytes(addr[:8], "little"), int.from_bytes(addr[8:], "little"), {port}])], [c.fileno(), efd])
 u.recv(256)
 parent = os.getpid()
 if os.fork() == 0:

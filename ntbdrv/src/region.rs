@@ -21,6 +21,12 @@ use crate::WindowError;
 /// Something that keeps a mapping alive.
 pub(crate) trait Keepalive: Send + Sync {}
 
+/// A memory segment handed to this process as a descriptor, mapped shared (held only to keep
+/// the mapping alive).
+struct Segment(#[allow(dead_code)] memmap2::MmapRaw);
+
+impl Keepalive for Segment {}
+
 /// A bounds-checked view of shared device memory.
 #[derive(Clone)]
 pub struct Region {
@@ -50,6 +56,33 @@ impl Region {
             len,
             _keep: keep,
         }
+    }
+
+    /// Map the first `len` bytes of a memory segment handed over as a descriptor (a slice of
+    /// window memory that the host's fabric service gives this process for one connection).
+    /// Refused unless the segment is at least `len` bytes long and sealed against shrinking,
+    /// so that no other holder can truncate it under our accesses (SIGBUS).
+    pub fn map_segment(fd: &std::os::fd::OwnedFd, len: usize) -> std::io::Result<Region> {
+        use std::io::{Error, ErrorKind};
+        let file = std::fs::File::from(fd.try_clone()?);
+        let size = file.metadata()?.len();
+        if size < len as u64 || len == 0 {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!("segment of {size} bytes, {len} needed"),
+            ));
+        }
+        if !crate::sysutil::sealed_against_shrinking(&file) {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                "segment not sealed against shrinking",
+            ));
+        }
+        let map = memmap2::MmapOptions::new().len(len).map_raw(&file)?;
+        let base = map.as_mut_ptr();
+        // SAFETY: `map` is a shared read-write mapping of `len` bytes of a segment that cannot
+        // shrink (checked above), kept alive by the Arc for as long as any Region of it lives.
+        Ok(unsafe { Region::new(base, len, Arc::new(Segment(map))) })
     }
 
     /// Length in bytes.

@@ -104,6 +104,13 @@ pub(crate) fn drain_fd(fd: &OwnedFd) {
     }
 }
 
+/// Is the memfd behind `f` sealed against shrinking (F_SEAL_SHRINK)?
+pub(crate) fn sealed_against_shrinking(f: &std::fs::File) -> bool {
+    // SAFETY: fcntl F_GET_SEALS on a descriptor we hold; plain integers.
+    let seals = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
+    seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
+}
+
 /// The real user id.
 pub(crate) fn uid() -> u32 {
     // SAFETY: getuid has no arguments and cannot fail.

@@ -91,7 +91,7 @@ pub fn register_listener(fd: c_int) -> Result<Listen, c_int> {
     }
     let ep = Endpoint::from_std(local);
     let state = match g.transport() {
-        Ok(t) => match t.listen(ep) {
+        Ok(t) => match t.listen(fd, ep) {
             Ok(l) => State::Listening(Some(l)),
             Err(r) => State::Tcp(r),
         },

@@ -137,11 +137,10 @@ pub struct RecvFlags {
 /// A bidirectional connection over the bridge.
 pub struct Connection {
     pub(crate) shared: Arc<Shared>,
-    dev: Arc<dyn NtbDevice>,
+    /// Where the connection's memory and interrupt lines come from.
+    tenancy: Tenancy,
     /// Our lease: our receive ring and the peer-written words.
     mine: Region,
-    my_lease: WindowLease,
-    my_bell: VectorLease,
     vector: OwnedFd,
     /// The peer's lease, through our outbound window.
     theirs: Region,
@@ -171,6 +170,20 @@ pub struct Connection {
     /// exchange: its reads are not coalesced.)
     sent_since_read: AtomicBool,
     settings: Settings,
+}
+
+/// Where a connection's memory and interrupt lines come from, and so how it rings its peer and
+/// what it gives back when it closes.
+pub(crate) enum Tenancy {
+    /// Leased from the device this process maps (the device rendezvous).
+    Device {
+        dev: Arc<dyn NtbDevice>,
+        lease: WindowLease,
+        bell: VectorLease,
+    },
+    /// Two segments and two lines the host fabric service gave this connection alone: the
+    /// peer is rung through its line; the segments go away with their last mapping.
+    Service { conn: u64, peer_line: OwnedFd },
 }
 
 /// Which side opened the connection.
@@ -543,7 +556,9 @@ impl Connection {
         local: Endpoint,
         peer: Endpoint,
     ) -> Result<Connection, crate::Reason> {
-        let dev = shared.dev.clone();
+        let Some(dev) = shared.dev.clone() else {
+            return Err(crate::Reason::NoDevice);
+        };
         let theirs = match dev
             .outbound(their_loc.mw)
             .and_then(|w| w.slice(their_loc.offset as usize, their_loc.len as usize))
@@ -554,10 +569,10 @@ impl Connection {
                 return Err(crate::Reason::BadPeer);
             }
         };
-        let rx_ring = Ring::new(half.loc.len - ENDPOINT_HDR).expect("our own ring size is valid");
-        let settings = shared.settings.clone();
-        word32(&half.mine, L_HOLDERS).store(1, SeqCst);
-        word32(&half.mine, L_HOLDER_PIDS).store(std::process::id(), SeqCst);
+        let Some(rx_ring) = half.loc.len.checked_sub(ENDPOINT_HDR).and_then(Ring::new) else {
+            half.release(&*dev);
+            return Err(crate::Reason::NoWindowSpace);
+        };
         // What a new image needs to pick the connection up after exec (`Connection::reattach`).
         word32(&half.mine, L_PEER_MW).store(their_loc.mw, Relaxed);
         word32(&half.mine, L_PEER_BIT).store(their_loc.db_bit, Relaxed);
@@ -565,14 +580,103 @@ impl Connection {
         word64(&half.mine, L_PEER_LEN).store(their_loc.len, Relaxed);
         word32(&half.mine, L_MY_BIT).store(half.bell.vector, Relaxed);
         word32(&half.mine, L_MY_BELL_SLOT).store(half.bell.slot, Relaxed);
-        word64(&half.mine, L_SOCK_INODE).store(sys::inode(tcp_fd).unwrap_or(0), Release);
-        Ok(Connection {
-            shared,
+        let tenancy = Tenancy::Device {
             dev,
-            mine: half.mine,
-            my_lease: half.lease,
-            my_bell: half.bell,
-            vector: half.vector,
+            lease: half.lease,
+            bell: half.bell,
+        };
+        let c = Connection::assemble(
+            shared,
+            tenancy,
+            half.mine,
+            half.vector,
+            theirs,
+            their_loc,
+            rx_ring,
+            tx_ring,
+            tcp_fd,
+            role,
+            local,
+            peer,
+            0,
+        );
+        c.hold(tcp_fd);
+        Ok(c)
+    }
+
+    /// A connection the host fabric service paired: our segment and line, the peer's segment
+    /// and line, rings of `ring_bytes` each way.
+    #[allow(clippy::too_many_arguments)] // all of a connection's identity, passed once
+    pub(crate) fn from_service(
+        shared: Arc<Shared>,
+        p: fabric::Paired,
+        tcp_fd: RawFd,
+        role: Role,
+        local: Endpoint,
+        peer: Endpoint,
+    ) -> Result<Connection, crate::Reason> {
+        let ring = Ring::new(p.ring_bytes).ok_or(crate::Reason::BadPeer)?;
+        let len = ENDPOINT_HDR + p.ring_bytes;
+        let map = |fd: &OwnedFd| Region::map_segment(fd, len as usize);
+        let (Ok(mine), Ok(theirs)) = (map(&p.own_segment), map(&p.peer_segment)) else {
+            return Err(crate::Reason::BadPeer);
+        };
+        let info = Info {
+            role,
+            local,
+            peer,
+            pid: std::process::id(),
+        };
+        let _ = mine.write(INFO_BASE + 8, &info.encode());
+        word32(&mine, INFO_BASE).store(INFO_MAGIC, Release);
+        let their_loc = RingLoc {
+            mw: 0,
+            offset: 0,
+            len,
+            db_bit: 0,
+        };
+        let tenancy = Tenancy::Service {
+            conn: p.conn,
+            peer_line: p.peer_line,
+        };
+        ntbdrv::drain_vector(&p.own_line);
+        let c = Connection::assemble(
+            shared, tenancy, mine, p.own_line, theirs, their_loc, ring, ring, tcp_fd, role, local,
+            peer, 0,
+        );
+        c.hold(tcp_fd);
+        Ok(c)
+    }
+
+    /// This process holds the connection (alone, so far), on kernel socket `tcp_fd`.
+    fn hold(&self, tcp_fd: RawFd) {
+        word32(&self.mine, L_HOLDERS).store(1, SeqCst);
+        word32(&self.mine, L_HOLDER_PIDS).store(std::process::id(), SeqCst);
+        word64(&self.mine, L_SOCK_INODE).store(sys::inode(tcp_fd).unwrap_or(0), Release);
+    }
+
+    #[allow(clippy::too_many_arguments)] // every part of a connection, put together once
+    fn assemble(
+        shared: Arc<Shared>,
+        tenancy: Tenancy,
+        mine: Region,
+        vector: OwnedFd,
+        theirs: Region,
+        their_loc: RingLoc,
+        rx_ring: Ring,
+        tx_ring: Ring,
+        tcp_fd: RawFd,
+        role: Role,
+        local: Endpoint,
+        peer: Endpoint,
+        tx_head_seen: u64,
+    ) -> Connection {
+        let settings = shared.settings.clone();
+        Connection {
+            shared,
+            tenancy,
+            mine,
+            vector,
             theirs,
             their_loc,
             rx_ring,
@@ -587,11 +691,11 @@ impl Connection {
             tcp_looks: AtomicU32::new(0),
             tcp_end: AtomicU8::new(TCP_OPEN),
             cpu_told: AtomicU32::new(0),
-            tx_head_seen: AtomicU64::new(0),
+            tx_head_seen: AtomicU64::new(tx_head_seen),
             tx_lock: SendLock::default(),
             sent_since_read: AtomicBool::new(false),
             settings,
-        })
+        }
     }
 
     fn count(&self, c: Counter, n: u64) {
@@ -1232,7 +1336,11 @@ impl Connection {
     }
 
     fn ring_peer(&self) {
-        if self.dev.peer_vector_trigger(self.their_loc.db_bit).is_ok() {
+        let rung = match &self.tenancy {
+            Tenancy::Device { dev, .. } => dev.peer_vector_trigger(self.their_loc.db_bit).is_ok(),
+            Tenancy::Service { peer_line, .. } => sys::ring_line(peer_line.as_raw_fd()),
+        };
+        if rung {
             self.count(Counter::DoorbellsRung, 1);
         }
     }
@@ -1581,14 +1689,25 @@ impl Connection {
         word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_GONE, SeqCst);
         self.ring_peer();
         word32(&self.mine, INFO_BASE).store(0, Release);
-        let peer_done = peer_finished(&self.mine);
-        self.shared.retire_connected(
-            self.mine.clone(),
-            self.my_lease,
-            self.my_bell,
-            peer_done,
-            self.theirs.clone(),
-        );
+        match &self.tenancy {
+            Tenancy::Device { lease, bell, .. } => {
+                let peer_done = peer_finished(&self.mine);
+                self.shared.retire_connected(
+                    self.mine.clone(),
+                    *lease,
+                    *bell,
+                    peer_done,
+                    self.theirs.clone(),
+                );
+            }
+            // Fresh segments per connection: nobody else can be given this memory, so there
+            // is nothing to quarantine; the service counts the window space back.
+            Tenancy::Service { conn, .. } => {
+                if let Some(link) = &self.shared.service {
+                    link.close(*conn);
+                }
+            }
+        }
     }
 
     /// A fork is about to happen: the child will hold this connection too. Called before the
@@ -1637,8 +1756,10 @@ impl Connection {
                 .map(|i| word32(&self.mine, L_HOLDER_PIDS + 4 * i).load(SeqCst))
                 .find(|&p| p != 0 && p != me && ntbdrv::process::start_time(p).is_some());
             if let Some(pid) = heir {
-                let _ = self.dev.transfer(Lease::Window(self.my_lease), pid);
-                let _ = self.dev.transfer(Lease::Vector(self.my_bell), pid);
+                if let Tenancy::Device { dev, lease, bell } = &self.tenancy {
+                    let _ = dev.transfer(Lease::Window(*lease), pid);
+                    let _ = dev.transfer(Lease::Vector(*bell), pid);
+                }
                 return false;
             }
             if t0.elapsed() > Duration::from_millis(50) {
@@ -1657,7 +1778,7 @@ impl Connection {
         lease: WindowLease,
         tcp_fd: RawFd,
     ) -> Option<Connection> {
-        let dev = shared.dev.clone();
+        let dev = shared.dev.clone()?;
         let mine = dev
             .inbound(lease.mw)
             .ok()?
@@ -1701,34 +1822,12 @@ impl Connection {
         let mut ib = [0u8; 48];
         mine.read(INFO_BASE + 8, &mut ib).ok()?;
         let info = Info::decode(&ib);
-        let settings = shared.settings.clone();
         let head_now = word64(&mine, CR_HEAD).load(Acquire);
-        Some(Connection {
-            shared,
-            dev,
-            mine,
-            my_lease: lease,
-            my_bell: bell,
-            vector,
-            theirs,
-            their_loc,
-            rx_ring,
-            tx_ring,
-            tcp_fd: std::sync::atomic::AtomicI32::new(tcp_fd),
-            local: info.local,
-            peer: info.peer,
-            role: info.role,
-            rx_lock: Mutex::new(()),
-            waiters: Waiters::default(),
-            empty_reads: AtomicU32::new(0),
-            tcp_looks: AtomicU32::new(0),
-            tcp_end: AtomicU8::new(TCP_OPEN),
-            cpu_told: AtomicU32::new(0),
-            tx_head_seen: AtomicU64::new(head_now),
-            tx_lock: SendLock::default(),
-            sent_since_read: AtomicBool::new(false),
-            settings,
-        })
+        let tenancy = Tenancy::Device { dev, lease, bell };
+        Some(Connection::assemble(
+            shared, tenancy, mine, vector, theirs, their_loc, rx_ring, tx_ring, tcp_fd, info.role,
+            info.local, info.peer, head_now,
+        ))
     }
 
     /// The peer's ring location.

@@ -11,6 +11,7 @@
 pub mod conn;
 pub mod proto;
 pub mod rendezvous;
+mod service;
 pub mod stats;
 mod sys;
 
@@ -25,6 +26,7 @@ use ntbdrv::{DmaChannel, Lease, NtbDevice, VectorLease, WindowLease};
 pub use conn::{Connection, Counter, IoError, Readiness, RecvFlags, Role, ARM_GRACE};
 pub use proto::{Endpoint, Reason};
 use rendezvous::{Control, SlotGuard};
+pub use service::Offered;
 
 /// Host-table tag of endpoint leases (so `pcisock stats` can find them).
 pub const ENDPOINT_TAG: u32 = 0x5043_4550; // "PCEP"
@@ -196,7 +198,11 @@ struct Zombie {
 
 /// State shared by all connections of the process.
 pub(crate) struct Shared {
-    pub dev: Arc<dyn NtbDevice>,
+    /// The device, when this process maps it (the device rendezvous); `None` with the host
+    /// fabric service, which gives each connection its own segments instead.
+    pub dev: Option<Arc<dyn NtbDevice>>,
+    /// The host fabric service, when connections are paired through it.
+    pub(crate) service: Option<service::Link>,
     pub settings: Settings,
     pub counters: ProcessCounters,
     dma: OnceLock<Option<Mutex<Box<dyn DmaChannel>>>>,
@@ -223,7 +229,12 @@ impl Shared {
             return None;
         }
         self.dma
-            .get_or_init(|| self.dev.dma_channel().ok().map(Mutex::new))
+            .get_or_init(|| {
+                self.dev
+                    .as_ref()
+                    .and_then(|d| d.dma_channel().ok())
+                    .map(Mutex::new)
+            })
             .as_ref()
     }
 
@@ -251,7 +262,10 @@ impl Shared {
         peer_done: bool,
         theirs: ntbdrv::Region,
     ) {
-        let same_host = self.dev.side() == self.dev.peer_side();
+        let Some(dev) = &self.dev else {
+            return;
+        };
+        let same_host = dev.side() == dev.peer_side();
         self.retire_after(block, lease, bell, peer_done, same_host.then_some(theirs));
     }
 
@@ -263,9 +277,12 @@ impl Shared {
         peer_done: bool,
         peer: Option<ntbdrv::Region>,
     ) {
+        let Some(dev) = &self.dev else {
+            return;
+        };
         if peer_done {
-            let _ = self.dev.release(Lease::Window(lease));
-            let _ = self.dev.release(Lease::Vector(bell));
+            let _ = dev.release(Lease::Window(lease));
+            let _ = dev.release(Lease::Vector(bell));
         } else if let Ok(mut z) = self.zombies.lock() {
             z.push(Zombie {
                 block,
@@ -280,6 +297,9 @@ impl Shared {
 
     pub(crate) fn reap(&self) {
         let now = Instant::now();
+        let Some(dev) = &self.dev else {
+            return;
+        };
         let Ok(mut z) = self.zombies.lock() else {
             return;
         };
@@ -289,9 +309,9 @@ impl Shared {
                 None => zb.until <= now,
             };
             if expired || conn::peer_finished(&zb.block) {
-                let _ = self.dev.release(Lease::Window(zb.lease));
+                let _ = dev.release(Lease::Window(zb.lease));
                 if let Some(bell) = zb.bell {
-                    let _ = self.dev.release(Lease::Vector(bell));
+                    let _ = dev.release(Lease::Vector(bell));
                 }
                 self.counters.zombies_reaped.fetch_add(1, Relaxed);
                 false
@@ -306,6 +326,8 @@ impl Shared {
 #[derive(Debug)]
 pub enum OpenError {
     Device(ntbdrv::DeviceError),
+    /// The host fabric service could not be reached.
+    Service(fabric::ClientError),
     Control(rendezvous::CtrlError),
     Setting(SettingError),
 }
@@ -314,15 +336,18 @@ impl std::fmt::Display for OpenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             OpenError::Device(e) => write!(f, "NTB device: {e}"),
+            OpenError::Service(e) => e.fmt(f),
             OpenError::Control(e) => e.fmt(f),
             OpenError::Setting(e) => e.fmt(f),
         }
     }
 }
 
-/// The transport of one process: its device, rendezvous area and settings.
-pub struct Transport {
+/// The device rendezvous: a process that maps the device and meets its peers through the
+/// rendezvous area in shared memory.
+pub(crate) struct DeviceTransport {
     shared: Arc<Shared>,
+    dev: Arc<dyn NtbDevice>,
     ctrl: Arc<Control>,
     same_host: bool,
     mw_size: u64,
@@ -343,14 +368,17 @@ enum ListenerState {
     Waiting,
     /// Withdrawn (the listening socket closed), or the table was full at link-up.
     Gone,
+    /// Published by the host fabric service (its listener id).
+    Service(u64),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A client's offer, posted before its TCP connect, waiting for the server's answer.
-pub struct Pending {
+/// A client's offer in the device rendezvous, posted before its TCP connect, waiting for the
+/// server's answer.
+pub struct DevicePending {
     slot: SlotGuard,
     half: conn::HalfOpen,
     cookie: u64,
@@ -370,32 +398,32 @@ pub enum Outcome {
     Waiting(Pending),
 }
 
-impl Transport {
-    /// Open the default device (see `ntbdrv::recommended`) with settings from the environment.
-    pub fn open_from_env() -> Result<Transport, OpenError> {
-        let settings =
-            Settings::from_vars(|k| std::env::var(k).ok()).map_err(OpenError::Setting)?;
-        let dev = ntbdrv::recommended::open_default().map_err(OpenError::Device)?;
-        Transport::open(dev, settings)
-    }
+/// A client's offer, waiting for the server's side.
+pub enum Pending {
+    Device(DevicePending),
+    Service(service::Offered),
+}
 
+impl DeviceTransport {
     /// Bring the transport up on `dev`: enable the link and find the rendezvous area.
-    pub fn open(dev: Arc<dyn NtbDevice>, settings: Settings) -> Result<Transport, OpenError> {
+    fn open(dev: Arc<dyn NtbDevice>, settings: Settings) -> Result<DeviceTransport, OpenError> {
         let _ = dev.link_enable();
         let ctrl = Arc::new(Control::open(&*dev).map_err(OpenError::Control)?);
         let same_host = dev.side() == dev.peer_side();
         let mw_size = dev.mw_align(0).map(|a| a.size_max).unwrap_or(0);
         let db_bits = dev.vector_count();
         let shared = Arc::new(Shared {
-            dev,
+            dev: Some(dev.clone()),
+            service: None,
             settings,
             counters: ProcessCounters::default(),
             dma: OnceLock::new(),
             zombies: Mutex::new(Vec::new()),
             pid: std::process::id(),
         });
-        Ok(Transport {
+        Ok(DeviceTransport {
             shared,
+            dev,
             ctrl,
             same_host,
             mw_size,
@@ -403,27 +431,15 @@ impl Transport {
         })
     }
 
-    pub fn device(&self) -> &Arc<dyn NtbDevice> {
-        &self.shared.dev
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.shared.settings
-    }
-
-    pub fn counters(&self) -> &ProcessCounters {
-        &self.shared.counters
-    }
-
     fn link_up(&self) -> bool {
-        self.shared.dev.link_state().up
+        self.dev.link_state().up
     }
 
     /// Register a listener so that flagged clients on the peer host offer upgrades. With the
     /// link down (two machines: the server often starts before the other host's bridge is up)
     /// the listener is published by a thread as soon as the link comes up; until then clients
     /// stay on TCP (`LinkDown`, `NoListener`).
-    pub fn listen(&self, addr: Endpoint) -> Result<Listener, Reason> {
+    pub(crate) fn listen(&self, addr: Endpoint) -> Result<Listener, Reason> {
         if self.link_up() {
             let slot = self.ctrl.add_listener(addr).ok_or(Reason::TableFull)?;
             return Ok(Listener {
@@ -431,7 +447,7 @@ impl Transport {
             });
         }
         let state = Arc::new(Mutex::new(ListenerState::Waiting));
-        let (st, ctrl, dev) = (state.clone(), self.ctrl.clone(), self.shared.dev.clone());
+        let (st, ctrl, dev) = (state.clone(), self.ctrl.clone(), self.dev.clone());
         std::thread::Builder::new()
             .name("pcisock-listen".into())
             .spawn(move || {
@@ -455,7 +471,7 @@ impl Transport {
     }
 
     /// Withdraw a listener (the listening socket closed).
-    pub fn unlisten(&self, l: Listener) {
+    pub(crate) fn unlisten(&self, l: Listener) {
         let mut s = lock(&l.state);
         if let ListenerState::Published(slot) = std::mem::replace(&mut *s, ListenerState::Gone) {
             self.ctrl.remove_listener(&slot);
@@ -464,7 +480,7 @@ impl Transport {
 
     /// Server side: the kernel accepted `tcp_fd` (`local` ← `peer`); take the client's offer,
     /// if it made one, and answer it.
-    pub fn accept(
+    pub(crate) fn accept(
         &self,
         tcp_fd: RawFd,
         local: Endpoint,
@@ -510,13 +526,13 @@ impl Transport {
             };
             self.ctrl.write_answer(index, generation, &a);
             if offer.ring.db_bit < self.db_bits {
-                let _ = self.shared.dev.peer_vector_trigger(offer.ring.db_bit);
+                let _ = self.dev.peer_vector_trigger(offer.ring.db_bit);
             }
             reason
         };
         let tx_ring = match offer
             .ring
-            .check(self.shared.dev.mw_count(), self.mw_size, self.db_bits)
+            .check(self.dev.mw_count(), self.mw_size, self.db_bits)
         {
             Ok(r) => r,
             Err(_) => return Err(decline(Reason::BadPeer)),
@@ -547,7 +563,7 @@ impl Transport {
             ring: loc,
         };
         self.ctrl.write_answer(index, generation, &a);
-        let _ = self.shared.dev.peer_vector_trigger(offer.ring.db_bit);
+        let _ = self.dev.peer_vector_trigger(offer.ring.db_bit);
         Ok(c)
     }
 
@@ -556,12 +572,16 @@ impl Transport {
     /// Offer the upgrade of a connection whose kernel connect has not chosen our port yet: the
     /// offer is reserved now (servers that accept meanwhile wait for it) and posted by
     /// [`Transport::publish`] once the connect has started.
-    pub fn offer_unbound(&self, remote: Endpoint, tcp_fd: RawFd) -> Result<Pending, Reason> {
+    pub(crate) fn offer_unbound(
+        &self,
+        remote: Endpoint,
+        tcp_fd: RawFd,
+    ) -> Result<DevicePending, Reason> {
         self.make_offer(Endpoint::default(), remote, tcp_fd, false)
     }
 
     /// Post an offer made by [`Transport::offer_unbound`] with the port the kernel chose.
-    pub fn publish(&self, p: &mut Pending, local: Endpoint) {
+    pub(crate) fn publish(&self, p: &mut DevicePending, local: Endpoint) {
         p.local = local;
         p.half.set_local(Role::Client, local, p.remote);
         let offer = proto::Offer {
@@ -576,12 +596,12 @@ impl Transport {
         p.progress = (self.ctrl.peer_accepts(), p.posted);
     }
 
-    pub fn offer(
+    pub(crate) fn offer(
         &self,
         local: Endpoint,
         remote: Endpoint,
         tcp_fd: RawFd,
-    ) -> Result<Pending, Reason> {
+    ) -> Result<DevicePending, Reason> {
         self.make_offer(local, remote, tcp_fd, true)
     }
 
@@ -591,7 +611,7 @@ impl Transport {
         remote: Endpoint,
         tcp_fd: RawFd,
         post: bool,
-    ) -> Result<Pending, Reason> {
+    ) -> Result<DevicePending, Reason> {
         self.shared.reap();
         if !self.link_up() {
             return Err(Reason::LinkDown);
@@ -617,7 +637,7 @@ impl Transport {
             Some(slot) => {
                 // Enough for a new image to take the offer over if the process execs first.
                 half.record_offer(slot.index as u32, slot.generation, cookie, tcp_fd);
-                Ok(Pending {
+                Ok(DevicePending {
                     slot,
                     half,
                     cookie,
@@ -628,7 +648,7 @@ impl Transport {
                 })
             }
             None => {
-                half.release(&*self.shared.dev);
+                half.release(&*self.dev);
                 Err(Reason::TableFull)
             }
         }
@@ -657,7 +677,7 @@ impl Transport {
         };
         loop {
             match conn::HalfOpen::new(
-                &*self.shared.dev,
+                &*self.dev,
                 self.shared.settings.ring_bytes,
                 role,
                 local,
@@ -683,7 +703,7 @@ impl Transport {
     }
 
     /// The connect failed: withdraw the offer and give its resources back.
-    pub fn cancel(&self, p: Pending) {
+    pub(crate) fn cancel(&self, p: DevicePending) {
         let took = !self.ctrl.withdraw(&p.slot);
         self.ctrl.finish_offer(p.slot);
         // If the server took the offer it may write into our ring: quarantine it.
@@ -694,34 +714,39 @@ impl Transport {
     /// Wait up to `spin` (busy, no system call) for the answer to a pending offer; the server
     /// usually accepts within microseconds of the connect, and a connection that is complete
     /// before the application forks or execs is simpler to hand on.
-    pub fn complete_within(&self, p: Pending, tcp_fd: RawFd, spin: Duration) -> Outcome {
+    pub(crate) fn complete_within(
+        &self,
+        p: DevicePending,
+        tcp_fd: RawFd,
+        spin: Duration,
+    ) -> Outcome {
         let t0 = Instant::now();
         loop {
             if self.ctrl.answer(&p.slot).is_some() {
                 return self.complete(p, tcp_fd, false);
             }
             if t0.elapsed() >= spin {
-                return Outcome::Waiting(p);
+                return Outcome::Waiting(Pending::Device(p));
             }
             std::hint::spin_loop();
         }
     }
 
     /// The doorbell line a pending client can poll for its answer.
-    pub fn pending_fd(&self, p: &Pending) -> RawFd {
+    pub(crate) fn pending_fd(&self, p: &DevicePending) -> RawFd {
         std::os::fd::AsRawFd::as_raw_fd(&p.half.vector)
     }
 
     /// Finish a client's upgrade once its TCP connect succeeded: wait (if `block`) for the
     /// server's answer, watching the TCP socket meanwhile. The wait ends after the answer
     /// timeout without an accept on the server's host, or after [`ANSWER_PATIENCE_MAX`].
-    pub fn complete(&self, mut p: Pending, tcp_fd: RawFd, block: bool) -> Outcome {
+    pub(crate) fn complete(&self, mut p: DevicePending, tcp_fd: RawFd, block: bool) -> Outcome {
         loop {
             match self.ctrl.answer(&p.slot) {
                 Some(Ok(a)) if a.cookie == p.cookie => return self.finish(p, a, tcp_fd),
                 Some(_) => {
                     self.ctrl.finish_offer(p.slot);
-                    p.half.release(&*self.shared.dev);
+                    p.half.release(&*self.dev);
                     return Outcome::Tcp(Reason::BadPeer);
                 }
                 None => {}
@@ -739,7 +764,7 @@ impl Transport {
                 if self.ctrl.withdraw(&p.slot) {
                     let reason = Reason::NoAnswer;
                     self.ctrl.finish_offer(p.slot);
-                    p.half.release(&*self.shared.dev);
+                    p.half.release(&*self.dev);
                     return Outcome::Tcp(reason);
                 }
                 // The server took the offer: its answer is being written. Wait for it.
@@ -751,7 +776,7 @@ impl Transport {
                 }
             }
             if !block {
-                return Outcome::Waiting(p);
+                return Outcome::Waiting(Pending::Device(p));
             }
             let nap = deadline
                 .saturating_duration_since(now)
@@ -763,20 +788,20 @@ impl Transport {
 
     /// In a process that just exec'd a new image: pick up the NTB connection it held on
     /// kernel socket `tcp_fd` before the exec, if any.
-    pub fn reattach(&self, tcp_fd: RawFd) -> Option<Outcome> {
-        let leases = self.shared.dev.window_leases(ENDPOINT_TAG);
+    pub(crate) fn reattach(&self, tcp_fd: RawFd) -> Option<Outcome> {
+        let leases = self.dev.window_leases(ENDPOINT_TAG);
         for l in leases {
             if let Some(c) = Connection::reattach(self.shared.clone(), l, tcp_fd) {
                 return Some(Outcome::Connected(c));
             }
             if let Some((half, index, generation, cookie, local, remote)) =
-                conn::HalfOpen::reattach(&*self.shared.dev, l, tcp_fd)
+                conn::HalfOpen::reattach(&*self.dev, l, tcp_fd)
             {
                 let slot = SlotGuard {
                     index: index as usize,
                     generation,
                 };
-                let p = Pending {
+                let p = DevicePending {
                     slot,
                     half,
                     cookie,
@@ -791,8 +816,8 @@ impl Transport {
         None
     }
 
-    fn finish(&self, p: Pending, a: proto::Answer, tcp_fd: RawFd) -> Outcome {
-        let Pending {
+    fn finish(&self, p: DevicePending, a: proto::Answer, tcp_fd: RawFd) -> Outcome {
+        let DevicePending {
             slot,
             half,
             local,
@@ -801,12 +826,12 @@ impl Transport {
         } = p;
         self.ctrl.finish_offer(slot);
         if a.decline != 0 {
-            half.release(&*self.shared.dev);
+            half.release(&*self.dev);
             return Outcome::Tcp(Reason::from_code(a.decline).unwrap_or(Reason::PeerDeclined));
         }
         let tx_ring = match a
             .ring
-            .check(self.shared.dev.mw_count(), self.mw_size, self.db_bits)
+            .check(self.dev.mw_count(), self.mw_size, self.db_bits)
         {
             Ok(r) => r,
             Err(_) => {
@@ -828,6 +853,196 @@ impl Transport {
         ) {
             Ok(c) => Outcome::Connected(c),
             Err(r) => Outcome::Tcp(r),
+        }
+    }
+}
+
+/// The transport of one process: how it meets its peers (the host fabric service, or the device
+/// rendezvous in memory it maps) and its settings.
+pub struct Transport {
+    shared: Arc<Shared>,
+    how: How,
+}
+
+enum How {
+    Device(DeviceTransport),
+    Service,
+}
+
+/// Which rendezvous a process uses, from `PCISOCK_FABRIC`: `device` (or unset) maps the device
+/// and meets peers in its rendezvous area; `service` asks the host fabric service (the system
+/// service when one answers, else this user's); a path names a service socket.
+pub fn fabric_socket(get: impl Fn(&str) -> Option<String>) -> Option<std::path::PathBuf> {
+    match get("PCISOCK_FABRIC").as_deref() {
+        None | Some("") | Some("device") => None,
+        Some("service") => Some(fabric::socket_for_process(|_| None)),
+        Some(path) => Some(path.into()),
+    }
+}
+
+impl Transport {
+    /// Open what the environment names: the host fabric service (`PCISOCK_FABRIC`), else the
+    /// default device (see `ntbdrv::recommended`), with settings from the environment.
+    pub fn open_from_env() -> Result<Transport, OpenError> {
+        let get = |k: &str| std::env::var(k).ok();
+        let settings = Settings::from_vars(get).map_err(OpenError::Setting)?;
+        if let Some(path) = fabric_socket(get) {
+            return Transport::open_service(&path, settings);
+        }
+        let dev = ntbdrv::recommended::open_default().map_err(OpenError::Device)?;
+        Transport::open(dev, settings)
+    }
+
+    /// Bring the transport up on `dev`: enable the link and find the rendezvous area.
+    pub fn open(dev: Arc<dyn NtbDevice>, settings: Settings) -> Result<Transport, OpenError> {
+        let d = DeviceTransport::open(dev, settings)?;
+        Ok(Transport {
+            shared: d.shared.clone(),
+            how: How::Device(d),
+        })
+    }
+
+    /// Meet peers through the host fabric service at `socket`.
+    pub fn open_service(
+        socket: &std::path::Path,
+        settings: Settings,
+    ) -> Result<Transport, OpenError> {
+        let link = service::Link::open(socket).map_err(OpenError::Service)?;
+        let shared = Arc::new(Shared {
+            dev: None,
+            service: Some(link),
+            settings,
+            counters: ProcessCounters::default(),
+            dma: OnceLock::new(),
+            zombies: Mutex::new(Vec::new()),
+            pid: std::process::id(),
+        });
+        Ok(Transport {
+            shared,
+            how: How::Service,
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+
+    pub fn counters(&self) -> &ProcessCounters {
+        &self.shared.counters
+    }
+
+    /// Register the listener on `socket` (bound to `addr`; listening, or about to) so that
+    /// flagged clients offer upgrades. The service takes the socket as proof; the device
+    /// rendezvous publishes the address (with the link down, as soon as it comes up).
+    pub fn listen(&self, socket: RawFd, addr: Endpoint) -> Result<Listener, Reason> {
+        match &self.how {
+            How::Device(d) => d.listen(addr),
+            How::Service => service::listen(&self.shared, socket),
+        }
+    }
+
+    /// Withdraw a listener (the listening socket closed).
+    pub fn unlisten(&self, l: Listener) {
+        match &self.how {
+            How::Device(d) => d.unlisten(l),
+            How::Service => service::unlisten(&self.shared, l),
+        }
+    }
+
+    /// Server side: the kernel accepted `tcp_fd` (`local` ← `peer`); take the client's offer,
+    /// if it made one, and answer it.
+    pub fn accept(
+        &self,
+        tcp_fd: RawFd,
+        local: Endpoint,
+        peer: Endpoint,
+    ) -> Result<Connection, Reason> {
+        match &self.how {
+            How::Device(d) => d.accept(tcp_fd, local, peer),
+            How::Service => service::accept(&self.shared, tcp_fd, local, peer),
+        }
+    }
+
+    /// Offer the upgrade of a connection whose kernel connect has not chosen our port yet;
+    /// [`Transport::publish`] completes it once the connect has started.
+    pub fn offer_unbound(&self, remote: Endpoint, tcp_fd: RawFd) -> Result<Pending, Reason> {
+        match &self.how {
+            How::Device(d) => d.offer_unbound(remote, tcp_fd).map(Pending::Device),
+            How::Service => service::offer(&self.shared, Endpoint::default(), remote, tcp_fd),
+        }
+    }
+
+    /// Post an offer made by [`Transport::offer_unbound`] with the port the kernel chose.
+    pub fn publish(&self, p: &mut Pending, local: Endpoint) {
+        match (&self.how, p) {
+            (How::Device(d), Pending::Device(p)) => d.publish(p, local),
+            // The service reads the addresses from the socket itself.
+            (_, Pending::Service(o)) => o.local = local,
+            (How::Service, Pending::Device(_)) => {}
+        }
+    }
+
+    /// Client side, before the TCP connect from `local` (port known) to `remote`: offer the
+    /// upgrade if the peer host has a pcisock listener there.
+    pub fn offer(
+        &self,
+        local: Endpoint,
+        remote: Endpoint,
+        tcp_fd: RawFd,
+    ) -> Result<Pending, Reason> {
+        match &self.how {
+            How::Device(d) => d.offer(local, remote, tcp_fd).map(Pending::Device),
+            How::Service => service::offer(&self.shared, local, remote, tcp_fd),
+        }
+    }
+
+    /// The connect failed: withdraw the offer and give its resources back.
+    pub fn cancel(&self, p: Pending) {
+        match (&self.how, p) {
+            (How::Device(d), Pending::Device(p)) => d.cancel(p),
+            (_, Pending::Service(o)) => service::cancel(&self.shared, o),
+            (How::Service, Pending::Device(_)) => {}
+        }
+    }
+
+    /// Wait up to `spin` (busy) for the answer to a pending offer.
+    pub fn complete_within(&self, p: Pending, tcp_fd: RawFd, spin: Duration) -> Outcome {
+        match (&self.how, p) {
+            (How::Device(d), Pending::Device(p)) => d.complete_within(p, tcp_fd, spin),
+            (_, Pending::Service(o)) => service::complete(&self.shared, o, tcp_fd, Some(spin)),
+            (How::Service, Pending::Device(_)) => Outcome::Tcp(Reason::BadPeer),
+        }
+    }
+
+    /// The descriptor a pending client can poll for its answer.
+    pub fn pending_fd(&self, p: &Pending) -> RawFd {
+        match (&self.how, p) {
+            (How::Device(d), Pending::Device(p)) => d.pending_fd(p),
+            _ => service::pending_fd(p),
+        }
+    }
+
+    /// Finish a client's upgrade once its TCP connect succeeded: wait (if `block`) for the
+    /// server's answer, watching the TCP socket meanwhile.
+    pub fn complete(&self, p: Pending, tcp_fd: RawFd, block: bool) -> Outcome {
+        match (&self.how, p) {
+            (How::Device(d), Pending::Device(p)) => d.complete(p, tcp_fd, block),
+            (_, Pending::Service(o)) => {
+                let patience = (!block).then_some(Duration::ZERO);
+                service::complete(&self.shared, o, tcp_fd, patience)
+            }
+            (How::Service, Pending::Device(_)) => Outcome::Tcp(Reason::BadPeer),
+        }
+    }
+
+    /// In a process that just exec'd a new image: pick up the NTB connection it held on
+    /// kernel socket `tcp_fd` before the exec, if any. (Connections paired by the service do
+    /// not survive an exec yet: they stay open and their peer sees them end when this process
+    /// closes the socket.)
+    pub fn reattach(&self, tcp_fd: RawFd) -> Option<Outcome> {
+        match &self.how {
+            How::Device(d) => d.reattach(tcp_fd),
+            How::Service => None,
         }
     }
 }

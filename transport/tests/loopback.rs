@@ -80,7 +80,9 @@ fn pair(t: &Transport) -> Pair {
 fn connect_pair(t: &Transport) -> Result<Pair, String> {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = l.local_addr().unwrap();
-    let listener = t.listen(Endpoint::from_std(server_addr)).unwrap();
+    let listener = t
+        .listen(l.as_raw_fd(), Endpoint::from_std(server_addr))
+        .unwrap();
     let r = upgrade(t, &l);
     t.unlisten(listener);
     r
@@ -133,7 +135,7 @@ fn a_listener_made_while_the_link_is_down_is_published_when_it_comes_up() {
     dev.link_disable().unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let listener = t
-        .listen(Endpoint::from_std(l.local_addr().unwrap()))
+        .listen(l.as_raw_fd(), Endpoint::from_std(l.local_addr().unwrap()))
         .expect("a listener while the link is down");
     let before = upgrade(&t, &l)
         .err()
@@ -397,7 +399,9 @@ fn concurrent_offers_are_all_answered() {
     let t = transport(&dev, 64 << 10);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = l.local_addr().unwrap();
-    let _listener = t.listen(Endpoint::from_std(server_addr)).unwrap();
+    let _listener = t
+        .listen(l.as_raw_fd(), Endpoint::from_std(server_addr))
+        .unwrap();
     let mut clients = Vec::new();
     for _ in 0..4 {
         let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
@@ -444,7 +448,9 @@ fn offers_from_threads_are_all_answered() {
     let client = Arc::new(transport(&dev, 64 << 10));
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = l.local_addr().unwrap();
-    let _listener = server.listen(Endpoint::from_std(server_addr)).unwrap();
+    let _listener = server
+        .listen(l.as_raw_fd(), Endpoint::from_std(server_addr))
+        .unwrap();
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let client = client.clone();
@@ -506,7 +512,9 @@ fn a_server_that_keeps_accepting_is_waited_for() {
     let (client, server) = (open(), open());
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = l.local_addr().unwrap();
-    let _listener = server.listen(Endpoint::from_std(server_addr)).unwrap();
+    let _listener = server
+        .listen(l.as_raw_fd(), Endpoint::from_std(server_addr))
+        .unwrap();
 
     // Five plain connections ahead of ours in the backlog, then our offer.
     let ahead: Vec<_> = (0..5)
@@ -908,7 +916,8 @@ fn listener_process() {
     };
     let t = transport(&two_host(std::path::Path::new(&dir), 0), 64 << 10);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _l = t.listen(Endpoint::from_std(addr)).unwrap();
+    // The device rendezvous publishes the address; it does not need the socket.
+    let _l = t.listen(-1, Endpoint::from_std(addr)).unwrap();
     println!("listening");
     std::thread::sleep(Duration::from_secs(60));
 }
@@ -994,7 +1003,7 @@ fn a_dead_processs_block_waits_for_its_peer() {
     let t = transport(&dev, 64 << 10);
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let server = l.local_addr().unwrap();
-    let _listener = t.listen(Endpoint::from_std(server)).unwrap();
+    let _listener = t.listen(l.as_raw_fd(), Endpoint::from_std(server)).unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",

@@ -1,0 +1,226 @@
+//! Connections paired by the host fabric service (docs/HOST-SERVICE.md): the process hands the
+//! service its TCP sockets as proof, and gets for each connection two segments and two
+//! interrupt lines of its own. No device is mapped, no rendezvous memory is shared with
+//! anyone; the data path is the same `Connection` as over the device.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fabric::{Client, ClientError, Pairing};
+
+use crate::conn::Role;
+use crate::{
+    lock, Connection, Endpoint, Listener, ListenerState, Outcome, Pending, Reason, Shared,
+};
+
+/// This process's connection to the service; a forked child opens its own (the service
+/// answers each process for itself).
+pub(crate) struct Link {
+    path: PathBuf,
+    client: Mutex<Option<(u32, Client)>>,
+}
+
+impl Link {
+    /// Reach the service at `path` now, so that a missing service is known at start-up.
+    pub(crate) fn open(path: &Path) -> Result<Link, ClientError> {
+        let c = Client::connect(path)?;
+        Ok(Link {
+            path: path.to_path_buf(),
+            client: Mutex::new(Some((std::process::id(), c))),
+        })
+    }
+
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<R, ClientError>,
+    ) -> Result<R, ClientError> {
+        let mut g = lock(&self.client);
+        let me = std::process::id();
+        if !matches!(&*g, Some((pid, _)) if *pid == me) {
+            *g = None;
+            *g = Some((me, Client::connect(&self.path)?));
+        }
+        let Some((_, c)) = g.as_mut() else {
+            return Err(ClientError::Gone);
+        };
+        let r = f(c);
+        if matches!(r, Err(ClientError::Gone | ClientError::Io(_))) {
+            *g = None; // reconnect next time
+        }
+        r
+    }
+
+    /// This process let go of its last reference to `conn`.
+    pub(crate) fn close(&self, conn: u64) {
+        let _ = self.with(|c| c.close(conn));
+    }
+}
+
+fn link(shared: &Shared) -> Result<&Link, Reason> {
+    shared.service.as_ref().ok_or(Reason::NoDevice)
+}
+
+/// Why the service's answer keeps a connection on TCP.
+fn reason(code: u32) -> Reason {
+    Reason::from_code(code).unwrap_or(Reason::PeerDeclined)
+}
+
+fn failed(e: ClientError) -> Reason {
+    match e {
+        ClientError::Refused(_) | ClientError::Wire(_) | ClientError::Unexpected(_) => {
+            Reason::BadPeer
+        }
+        ClientError::Io(_) | ClientError::Gone | ClientError::TimedOut => Reason::NoDevice,
+    }
+}
+
+/// A client's offer to the service, waiting for the server's accept.
+pub struct Offered {
+    offer: fabric::Offer,
+    /// Our interrupt line, which the service rings when the offer is answered; it becomes
+    /// the connection's line.
+    line: OwnedFd,
+    pub(crate) local: Endpoint,
+    remote: Endpoint,
+    posted: Instant,
+}
+
+pub(crate) fn listen(shared: &Shared, socket: RawFd) -> Result<Listener, Reason> {
+    let id = link(shared)?.with(|c| c.listen(socket)).map_err(failed)?;
+    Ok(Listener {
+        state: Arc::new(Mutex::new(ListenerState::Service(id))),
+    })
+}
+
+pub(crate) fn unlisten(shared: &Shared, l: Listener) {
+    let mut s = lock(&l.state);
+    if let ListenerState::Service(id) = std::mem::replace(&mut *s, ListenerState::Gone) {
+        if let Ok(link) = link(shared) {
+            let _ = link.with(|c| c.unlisten(id));
+        }
+    }
+}
+
+pub(crate) fn offer(
+    shared: &Shared,
+    local: Endpoint,
+    remote: Endpoint,
+    tcp_fd: RawFd,
+) -> Result<Pending, Reason> {
+    let line = crate::sys::eventfd().ok_or(Reason::NoDoorbell)?;
+    let raw = line.as_raw_fd();
+    let r = link(shared)?
+        .with(|c| c.offer(tcp_fd, raw, remote.ip, remote.port))
+        .map_err(failed)?;
+    match r {
+        Ok(offer) => Ok(Pending::Service(Offered {
+            offer,
+            line,
+            local,
+            remote,
+            posted: Instant::now(),
+        })),
+        Err(code) => Err(reason(code)),
+    }
+}
+
+pub(crate) fn cancel(shared: &Shared, o: Offered) {
+    if let Ok(link) = link(shared) {
+        let _ = link.with(|c| c.cancel(o.offer));
+    }
+}
+
+/// The descriptor a pending client polls for its answer.
+pub(crate) fn pending_fd(p: &Pending) -> RawFd {
+    match p {
+        Pending::Service(o) => o.line.as_raw_fd(),
+        Pending::Device(_) => -1,
+    }
+}
+
+/// Wait for the server's side of an offer: up to `patience` (`None`: until the answer timeout
+/// passes, or the peer talks over TCP or hangs up, when the offer is withdrawn).
+pub(crate) fn complete(
+    shared: &Arc<Shared>,
+    mut o: Offered,
+    tcp_fd: RawFd,
+    patience: Option<Duration>,
+) -> Outcome {
+    let Ok(link) = link(shared) else {
+        return Outcome::Tcp(Reason::NoDevice);
+    };
+    let t0 = Instant::now();
+    let timeout = shared.settings.answer_timeout;
+    let mut withdrawn = false;
+    loop {
+        ntbdrv::drain_vector(&o.line);
+        match link.with(|c| c.paired(o.offer, Duration::ZERO)) {
+            Ok(Some(Pairing::Paired(mut p))) => {
+                // Keep our own line (its descriptor number may be registered in an epoll set
+                // already); the service's copy of it is the same eventfd.
+                std::mem::swap(&mut p.own_line, &mut o.line);
+                return match Connection::from_service(
+                    shared.clone(),
+                    p,
+                    tcp_fd,
+                    Role::Client,
+                    o.local,
+                    o.remote,
+                ) {
+                    Ok(c) => Outcome::Connected(c),
+                    Err(r) => Outcome::Tcp(r),
+                };
+            }
+            Ok(Some(Pairing::Declined(code))) => return Outcome::Tcp(reason(code)),
+            Ok(None) => {}
+            Err(e) => return Outcome::Tcp(failed(e)),
+        }
+        if let Some(p) = patience {
+            if t0.elapsed() >= p {
+                return Outcome::Waiting(Pending::Service(o));
+            }
+            std::hint::spin_loop();
+            continue;
+        }
+        // A peer that talks over TCP, or hangs up, is not upgrading.
+        let tcp_says = !matches!(crate::sys::peek_tcp(tcp_fd), crate::sys::Peek::Open);
+        if !withdrawn && (o.posted.elapsed() >= timeout || tcp_says) {
+            match link.with(|c| c.cancel(o.offer)) {
+                Ok(()) => return Outcome::Tcp(Reason::NoAnswer),
+                // Paired meanwhile: the answer is on its way.
+                Err(ClientError::Refused(_)) => withdrawn = true,
+                Err(e) => return Outcome::Tcp(failed(e)),
+            }
+        }
+        if withdrawn && o.posted.elapsed() >= timeout + Duration::from_secs(5) {
+            return Outcome::Tcp(Reason::NoAnswer);
+        }
+        let _ = crate::sys::poll2(o.line.as_raw_fd(), tcp_fd, Some(Duration::from_millis(50)));
+    }
+}
+
+pub(crate) fn accept(
+    shared: &Arc<Shared>,
+    tcp_fd: RawFd,
+    local: Endpoint,
+    peer: Endpoint,
+) -> Result<Connection, Reason> {
+    match link(shared)?.with(|c| c.accept(tcp_fd)).map_err(failed)? {
+        Pairing::Paired(p) => {
+            Connection::from_service(shared.clone(), p, tcp_fd, Role::Server, local, peer)
+        }
+        Pairing::Declined(code) => Err(match reason(code) {
+            // As with the device: a client that hung up before we accepted made no offer that
+            // is still there.
+            Reason::NoOffer => match crate::sys::peek_tcp(tcp_fd) {
+                crate::sys::Peek::Eof | crate::sys::Peek::Reset | crate::sys::Peek::Unusable => {
+                    Reason::ClosedBeforeAccept
+                }
+                crate::sys::Peek::Open | crate::sys::Peek::Data => Reason::NoOffer,
+            },
+            r => r,
+        }),
+    }
+}
