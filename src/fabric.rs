@@ -13,7 +13,8 @@ pub const HELP: &str = "\
 Start, stop and inspect the host fabric service: the one owner of this host's NTB fabric, which
 pairs flagged connections of every user and process by possession of their TCP sockets.
 
-Usage: pcisock fabric start [--foreground] [--socket PATH] [--ring-size SIZE] [--window-size SIZE]
+Usage: pcisock fabric start [--foreground] [--on-demand] [--socket PATH] [--ring-size SIZE]
+                            [--window-size SIZE]
        pcisock fabric stop [--socket PATH]
        pcisock fabric status [--socket PATH]
 
@@ -25,6 +26,9 @@ Options:
                       process would use (PCISOCK_FABRIC, else the system service if it
                       answers, else this user's).
   --foreground        Serve in this process instead of detaching (for systemd and tests)
+  --on-demand         Exit after a minute with no client, listener or connection (how
+                      libpcisock.so starts a service when none answers); without it the
+                      service runs until 'pcisock fabric stop'
   --ring-size SIZE    Receive ring per connection and direction (power of two; default 1M)
   --window-size SIZE  Window space shared by all connections (default 512M)
   -h, --help          Print this help
@@ -37,6 +41,7 @@ Exit status: 0 ok, 1 if the service cannot be started, reached or stopped, 2 on 
 struct Opts {
     socket: Option<PathBuf>,
     foreground: bool,
+    on_demand: bool,
     ring: Option<u64>,
     window: Option<u64>,
 }
@@ -45,6 +50,7 @@ fn options(args: &mut Args, start: bool) -> Result<Option<Opts>, CliError> {
     let mut o = Opts {
         socket: None,
         foreground: false,
+        on_demand: false,
         ring: None,
         window: None,
     };
@@ -60,6 +66,10 @@ fn options(args: &mut Args, start: bool) -> Result<Option<Opts>, CliError> {
             Arg::Option { name, inline } if start && name == "--foreground" => {
                 args.no_value(&name, inline)?;
                 o.foreground = true;
+            }
+            Arg::Option { name, inline } if start && name == "--on-demand" => {
+                args.no_value(&name, inline)?;
+                o.on_demand = true;
             }
             Arg::Option { name, inline } if start && name == "--ring-size" => {
                 let v = args.value(&name, inline)?;
@@ -155,6 +165,9 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
 
 fn start(o: Opts, out: &mut String) -> Result<u8, CliError> {
     let socket = o.socket.clone().unwrap_or_else(default_start_socket);
+    if o.on_demand && !o.foreground && fabric::Client::connect(&socket).is_ok() {
+        return Ok(0); // somebody started it meanwhile
+    }
     let mut opts = Options::default();
     if let Some(r) = o.ring {
         opts.ring_bytes = r;
@@ -162,9 +175,16 @@ fn start(o: Opts, out: &mut String) -> Result<u8, CliError> {
     if let Some(w) = o.window {
         opts.window_bytes = w;
     }
+    if o.on_demand {
+        opts.idle_exit = Some(Duration::from_secs(60));
+    }
+    let detached = std::env::var_os("PCISOCK_FABRIC_DETACH").is_some();
+    if o.foreground && detached {
+        crate::ffi::close_inherited();
+    }
     if o.foreground {
         let bound = fabric::bind(&socket).map_err(|e| CliError::failed(e.to_string()))?;
-        if std::env::var_os("PCISOCK_FABRIC_DETACH").is_some() {
+        if detached {
             crate::ffi::detach();
         }
         bound
@@ -188,6 +208,9 @@ fn start(o: Opts, out: &mut String) -> Result<u8, CliError> {
     }
     if let Some(w) = o.window {
         cmd.arg("--window-size").arg(w.to_string());
+    }
+    if o.on_demand {
+        cmd.arg("--on-demand");
     }
     let mut child = cmd.spawn().map_err(|e| CliError::failed(e.to_string()))?;
     let t0 = Instant::now();

@@ -117,6 +117,15 @@ pub fn can_create_in(dir: &Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
+/// Close every descriptor from 3 up: a service started on demand from inside an application
+/// must not keep the application's sockets (a listening port would stay bound).
+pub fn close_inherited() {
+    // SAFETY: close_range on descriptors this process owns; nothing in it uses them after.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
+}
+
 /// Leave the caller's session (a detached service must not die with its starter's terminal)
 /// and point stderr at /dev/null (its starter stops reading it once the service answers).
 pub fn detach() {

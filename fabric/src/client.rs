@@ -242,6 +242,13 @@ impl Client {
         pairing(r)
     }
 
+    /// This process holds `fd`, a socket of a paired connection (after fork or exec): count it
+    /// as a holder and get the connection's segments and lines again.
+    pub fn hold(&mut self, fd: RawFd) -> Result<Pairing, ClientError> {
+        let r = self.call(Request::Hold, Some(fd))?;
+        pairing(r)
+    }
+
     /// This process let go of its last reference to `conn`.
     pub fn close(&mut self, conn: u64) -> Result<(), ClientError> {
         self.done(Request::Close { conn })

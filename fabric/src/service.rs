@@ -27,6 +27,9 @@ pub struct Options {
     pub owner_uid: u32,
     /// How long an offer waits for its server's accept.
     pub offer_patience: Duration,
+    /// Exit after this long with no client, listener, offer or connection (a service started
+    /// on demand); `None`: run until stopped.
+    pub idle_exit: Option<Duration>,
 }
 
 impl Default for Options {
@@ -36,6 +39,7 @@ impl Default for Options {
             window_bytes: 512 << 20,
             owner_uid: sys::getuid(),
             offer_patience: Duration::from_secs(60),
+            idle_exit: None,
         }
     }
 }
@@ -50,6 +54,8 @@ const MAX_OFFERS: usize = 4096;
 const MAX_STRIKES: u32 = 16;
 /// Messages read from one client per pass (fairness).
 const PASS_BUDGET: usize = 256;
+/// How often orphaned connections are looked up in the kernel's socket table.
+const ORPHAN_LOOK_MS: i32 = 250;
 
 // Reason codes of docs/PROTOCOL.md §5 that the service gives.
 const NO_LISTENER: u32 = 4;
@@ -87,11 +93,22 @@ struct Offer {
 }
 
 struct Conn {
-    /// The processes holding each end (client, server); an end with none is closed.
-    holders: [Option<u64>; 2],
+    /// The processes holding either end (pids): the one that connected or accepted, and those
+    /// that proved they hold one of its sockets since (`Hold`: forked children, new images).
+    holders: Vec<u32>,
+    netns: u64,
+    /// Client end, server end.
+    ends: [End; 2],
     bytes: u64,
-    /// The service's references to the two segments (dropped when the connection goes).
-    _segments: [OwnedFd; 2],
+}
+
+/// One end of a paired connection.
+struct End {
+    /// The end's TCP socket (its inode): a `Hold` must hand over this socket.
+    inode: u64,
+    /// The end's segment and line (handed out again on `Hold`).
+    segment: OwnedFd,
+    line: OwnedFd,
 }
 
 /// The service's state.
@@ -102,6 +119,16 @@ pub struct Service {
     listeners: HashMap<u64, Listener>,
     offers: HashMap<u64, Offer>,
     conns: HashMap<u64, Conn>,
+    /// pidfds of the processes holding connections.
+    holders: HashMap<u32, OwnedFd>,
+    /// Connections whose holders are all gone, but whose sockets may live on in processes the
+    /// service never heard of (a child forked without a word): reclaimed when the kernel has
+    /// neither socket any more.
+    orphans: Vec<u64>,
+    /// When the orphans were last looked at.
+    orphans_seen: Instant,
+    /// The service's own network namespace (its sockets table is the one it can read).
+    netns: u64,
     next_id: u64,
     window_used: u64,
     counters: Counters,
@@ -134,6 +161,10 @@ impl Service {
             listeners: HashMap::new(),
             offers: HashMap::new(),
             conns: HashMap::new(),
+            holders: HashMap::new(),
+            orphans: Vec::new(),
+            orphans_seen: Instant::now(),
+            netns: sys::own_netns().unwrap_or(0),
             next_id: 1,
             window_used: 0,
             counters: Counters::default(),
@@ -141,10 +172,24 @@ impl Service {
         }
     }
 
-    /// Serve until a `Stop` request.
+    /// Serve until a `Stop` request (or, started on demand, until idle for long enough).
     pub fn run(&mut self) -> io::Result<()> {
+        let mut idle_since = Instant::now();
         while !self.stop {
             self.turn(1000)?;
+            let idle = self.clients.is_empty()
+                && self.listeners.is_empty()
+                && self.offers.is_empty()
+                && self.conns.is_empty();
+            if !idle {
+                idle_since = Instant::now();
+            } else if self
+                .opts
+                .idle_exit
+                .is_some_and(|d| idle_since.elapsed() >= d)
+            {
+                break;
+            }
         }
         Ok(())
     }
@@ -161,7 +206,20 @@ impl Service {
                 who.push((id, true));
             }
         }
+        let holders: Vec<u32> = self.holders.keys().copied().collect();
+        let first_holder = fds.len();
+        fds.extend(self.holders.values().map(|p| p.as_raw_fd()));
+        let timeout_ms = if self.orphans.is_empty() {
+            timeout_ms
+        } else {
+            timeout_ms.min(ORPHAN_LOOK_MS)
+        };
         let rev = sys::poll_in(&fds, timeout_ms)?;
+        for (i, pid) in holders.into_iter().enumerate() {
+            if rev[first_holder + i] != 0 {
+                self.holder_died(pid);
+            }
+        }
         if rev[0] != 0 {
             while let Some(sock) = sys::accept_unix(self.listener.as_raw_fd())? {
                 let Ok(cred) = sys::peer_cred(sock.as_raw_fd()) else {
@@ -186,6 +244,7 @@ impl Service {
         }
         self.pass();
         self.expire_offers();
+        self.reclaim_orphans();
         Ok(())
     }
 
@@ -423,13 +482,17 @@ impl Service {
                 let sock = fds.pop()?;
                 return Some((client, id, sock));
             }
+            Request::Hold => {
+                let sock = fds.pop()?;
+                self.hold(client, id, sender, sock);
+            }
             Request::Close { conn } => {
                 let held = self
                     .conns
                     .get(&conn)
-                    .is_some_and(|c| c.holders.contains(&Some(client)));
+                    .is_some_and(|c| c.holders.contains(&sender));
                 if held {
-                    self.let_go(conn, client);
+                    self.let_go(conn, sender);
                     self.reply(client, id, Reply::Done, &[]);
                 } else {
                     self.refuse(client, id, Refusal::NotYours);
@@ -485,6 +548,13 @@ impl Service {
         let Ok((seg_c, seg_s, line_s)) = made else {
             return declined(self, NO_WINDOW_SPACE);
         };
+        let Some(client_inode) = sys::tcp_view(offer.socket.as_raw_fd())
+            .ok()
+            .flatten()
+            .map(|v| v.inode)
+        else {
+            return declined(self, NO_OFFER);
+        };
         let line_c = &offer.line;
         let ring = self.opts.ring_bytes;
         let (sc, ss, lc, ls) = (
@@ -516,40 +586,173 @@ impl Service {
         sys::ring(lc);
         self.window_used += bytes;
         self.counters.paired += 1;
-        let holders = [
-            self.clients
-                .contains_key(&offer.owner)
-                .then_some(offer.owner),
-            self.clients.contains_key(&server).then_some(server),
-        ];
+        let pid_of = |s: &Service, c: u64| s.clients.get(&c).map(|c| c.cred.pid);
+        let holders: Vec<u32> = [pid_of(self, offer.owner), pid_of(self, server)]
+            .into_iter()
+            .flatten()
+            .collect();
+        let Offer { line, .. } = offer;
         self.conns.insert(
             conn,
             Conn {
-                holders,
+                holders: Vec::new(),
+                netns: view.netns,
+                ends: [
+                    End {
+                        inode: client_inode,
+                        segment: seg_c,
+                        line,
+                    },
+                    End {
+                        inode: view.inode,
+                        segment: seg_s,
+                        line: line_s,
+                    },
+                ],
                 bytes,
-                _segments: [seg_c, seg_s],
             },
         );
-        if holders.iter().all(Option::is_none) {
-            self.let_go(conn, 0);
+        for pid in holders {
+            self.add_holder(conn, pid);
+        }
+        self.check_orphan(conn);
+    }
+
+    /// `pid` holds `conn` (watched until it dies).
+    fn add_holder(&mut self, conn: u64, pid: u32) {
+        if !self.holders.contains_key(&pid) {
+            match sys::pidfd(pid) {
+                Ok(p) => {
+                    self.holders.insert(pid, p);
+                }
+                Err(_) => return, // already gone
+            }
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.holders.contains(&pid) {
+                c.holders.push(pid);
+            }
         }
     }
 
-    /// `client` no longer holds `conn`; the connection goes when nobody does.
-    fn let_go(&mut self, conn: u64, client: u64) {
-        let Some(c) = self.conns.get_mut(&conn) else {
+    /// A process proved it holds one of a connection's sockets: count it as a holder and give
+    /// it that end's segments and lines.
+    fn hold(&mut self, client: u64, request: u64, pid: u32, socket: OwnedFd) {
+        let Ok(Some(view)) = sys::tcp_view(socket.as_raw_fd()) else {
+            return self.refuse(client, request, Refusal::BadSocket);
+        };
+        let found = self.conns.iter().find_map(|(&id, c)| {
+            let side = c.ends.iter().position(|e| e.inode == view.inode)?;
+            (c.netns == view.netns).then_some((id, side))
+        });
+        let Some((conn, side)) = found else {
+            return self.reply(client, request, Reply::Declined { reason: NO_OFFER }, &[]);
+        };
+        self.add_holder(conn, pid);
+        self.orphans.retain(|&o| o != conn);
+        let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        for h in &mut c.holders {
-            if *h == Some(client) {
-                *h = None;
-            }
+        let (me, peer) = (&c.ends[side], &c.ends[1 - side]);
+        let fds = [
+            me.segment.as_raw_fd(),
+            peer.segment.as_raw_fd(),
+            me.line.as_raw_fd(),
+            peer.line.as_raw_fd(),
+        ];
+        let r = Reply::Paired {
+            conn,
+            ring_bytes: c.bytes / 2 - SEGMENT_HEADER,
+            server: side == 1,
+        };
+        self.reply(client, request, r, &fds);
+    }
+
+    /// A holder's process died: it holds nothing any more.
+    fn holder_died(&mut self, pid: u32) {
+        self.holders.remove(&pid);
+        let held: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.holders.contains(&pid))
+            .map(|(&k, _)| k)
+            .collect();
+        for conn in held {
+            self.let_go(conn, pid);
         }
-        if c.holders.iter().all(Option::is_none) {
-            let bytes = c.bytes;
-            self.conns.remove(&conn);
-            self.window_used = self.window_used.saturating_sub(bytes);
+    }
+
+    /// `pid` no longer holds `conn`; the connection goes when nobody does.
+    fn let_go(&mut self, conn: u64, pid: u32) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.holders.retain(|&h| h != pid);
+        }
+        if !self.conns.values().any(|c| c.holders.contains(&pid)) {
+            self.holders.remove(&pid);
+        }
+        self.check_orphan(conn);
+    }
+
+    /// A connection nobody is known to hold: gone now if the kernel has neither of its
+    /// sockets, else looked at again until it has not (a process that inherited a socket
+    /// without telling us still holds the connection).
+    fn check_orphan(&mut self, conn: u64) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if !c.holders.is_empty() {
+            return;
+        }
+        if self.sockets_alive(conn) {
+            if !self.orphans.contains(&conn) {
+                self.orphans.push(conn);
+            }
+        } else {
+            self.reclaim(conn);
+        }
+    }
+
+    /// Does the kernel still have either socket of `conn`? Known only in the service's own
+    /// network namespace; elsewhere a connection with no holders is gone.
+    fn sockets_alive(&self, conn: u64) -> bool {
+        let Some(c) = self.conns.get(&conn) else {
+            return false;
+        };
+        if c.netns != self.netns || self.netns == 0 {
+            return false;
+        }
+        let live = sys::tcp_inodes();
+        c.ends.iter().any(|e| live.contains(&e.inode))
+    }
+
+    fn reclaim(&mut self, conn: u64) {
+        self.orphans.retain(|&o| o != conn);
+        if let Some(c) = self.conns.remove(&conn) {
+            self.window_used = self.window_used.saturating_sub(c.bytes);
             self.counters.reclaimed += 1;
+        }
+    }
+
+    fn reclaim_orphans(&mut self) {
+        if self.orphans.is_empty()
+            || self.orphans_seen.elapsed() < Duration::from_millis(ORPHAN_LOOK_MS as u64)
+        {
+            return;
+        }
+        self.orphans_seen = Instant::now();
+        let live = sys::tcp_inodes();
+        let gone: Vec<u64> = self
+            .orphans
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.conns
+                    .get(id)
+                    .is_none_or(|c| !c.ends.iter().any(|e| live.contains(&e.inode)))
+            })
+            .collect();
+        for conn in gone {
+            self.reclaim(conn);
         }
     }
 
@@ -575,22 +778,15 @@ impl Service {
         }
     }
 
-    /// A client hung up or its process died: everything it held goes.
+    /// A client hung up or its process died: its listeners and offers go.
     fn drop_client(&mut self, client: u64) {
         if self.clients.remove(&client).is_none() {
             return;
         }
+        // Its connections are held by its pid, not by this service connection: a process
+        // that exec'd has closed the latter and still holds the former.
         self.listeners.retain(|_, l| l.owner != client);
         self.offers.retain(|_, o| o.owner != client);
-        let held: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.holders.contains(&Some(client)))
-            .map(|(&k, _)| k)
-            .collect();
-        for conn in held {
-            self.let_go(conn, client);
-        }
     }
 
     pub fn status(&self) -> Status {

@@ -42,6 +42,10 @@ pub enum Request {
     /// The kernel accepted a connection; carries the accepted socket. Replies `Paired` or
     /// `Declined`.
     Accept,
+    /// This process holds the TCP socket it hands over (after a fork, or in a new image after
+    /// exec): count it as a holder of the connection that socket carries and give it that
+    /// connection's segments and lines again. Replies `Paired` or `Declined`.
+    Hold,
     /// This process let go of its last reference to a connection.
     Close { conn: u64 },
     /// What the service holds (counts only).
@@ -210,6 +214,7 @@ const K_ACCEPT: u16 = 6;
 const K_CLOSE: u16 = 7;
 const K_STATUS: u16 = 8;
 const K_STOP: u16 = 9;
+const K_HOLD: u16 = 10;
 const K_WELCOME: u16 = 0x81;
 const K_LISTENING: u16 = 0x82;
 const K_OFFERED: u16 = 0x83;
@@ -223,7 +228,7 @@ const K_REFUSED: u16 = 0x88;
 fn shape(kind: u16) -> Option<(usize, usize)> {
     Some(match kind {
         K_HELLO => (1, 0),
-        K_LISTEN | K_ACCEPT => (0, 1),
+        K_LISTEN | K_ACCEPT | K_HOLD => (0, 1),
         K_CONNECT => (3, 2),
         K_UNLISTEN | K_CANCEL | K_CLOSE => (1, 0),
         K_STATUS | K_STOP => (0, 0),
@@ -331,6 +336,7 @@ impl Request {
             Request::Connect { .. } => K_CONNECT,
             Request::Cancel { .. } => K_CANCEL,
             Request::Accept => K_ACCEPT,
+            Request::Hold => K_HOLD,
             Request::Close { .. } => K_CLOSE,
             Request::Status => K_STATUS,
             Request::Stop => K_STOP,
@@ -351,7 +357,9 @@ impl Request {
                 let (a, b) = addr_words(&addr);
                 vec![a, b, port as u64]
             }
-            Request::Listen | Request::Accept | Request::Status | Request::Stop => vec![],
+            Request::Listen | Request::Hold | Request::Accept | Request::Status | Request::Stop => {
+                vec![]
+            }
         };
         encode(self.kind(), id, &words)
     }
@@ -371,6 +379,7 @@ impl Request {
             },
             K_CANCEL => Request::Cancel { conn: w[0] },
             K_ACCEPT => Request::Accept,
+            K_HOLD => Request::Hold,
             K_CLOSE => Request::Close { conn: w[0] },
             K_STATUS => Request::Status,
             K_STOP => Request::Stop,
@@ -500,6 +509,7 @@ mod tests {
             },
             Request::Cancel { conn: u64::MAX },
             Request::Accept,
+            Request::Hold,
             Request::Close { conn: 3 },
             Request::Status,
             Request::Stop,

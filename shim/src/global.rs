@@ -154,7 +154,10 @@ impl Global {
     pub fn transport(&self) -> Result<&Transport, &str> {
         self.transport
             .get_or_init(|| {
-                Transport::open_from_env().map_err(|e| {
+                let starter = sys::library_dir()
+                    .map(|d| d.join("pcisock"))
+                    .filter(|p| p.is_file());
+                Transport::open_from_env(starter).map_err(|e| {
                     // A bad setting is the user's mistake to fix, and under strict every flagged
                     // connection will fail for it; otherwise a missing device is a fallback.
                     let level = match e {

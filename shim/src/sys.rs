@@ -210,3 +210,21 @@ pub fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, events: u32, data: u64) -> c
         0
     }
 }
+
+/// The directory libpcisock.so was loaded from (where `pcisock`, which starts the host fabric
+/// service on demand, is installed beside it).
+pub fn library_dir() -> Option<std::path::PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: Dl_info is plain data; all zeros is a valid value.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    let here = library_dir as *const () as *const libc::c_void;
+    // SAFETY: `here` is an address inside this library; `info` is a live Dl_info.
+    if unsafe { libc::dladdr(here, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dladdr succeeded, so dli_fname is a NUL-terminated path owned by the loader.
+    let name = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(name.to_bytes()));
+    let path = std::fs::canonicalize(path).ok()?;
+    path.parent().map(|p| p.to_path_buf())
+}

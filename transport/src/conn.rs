@@ -1701,12 +1701,9 @@ impl Connection {
                 );
             }
             // Fresh segments per connection: nobody else can be given this memory, so there
-            // is nothing to quarantine; the service counts the window space back.
-            Tenancy::Service { conn, .. } => {
-                if let Some(link) = &self.shared.service {
-                    link.close(*conn);
-                }
-            }
+            // is nothing to quarantine (the service counts the window space back once no
+            // process holds the connection: see `release_holder`).
+            Tenancy::Service { .. } => {}
         }
     }
 
@@ -1738,6 +1735,9 @@ impl Connection {
     /// caller then closes it); otherwise the leases move to a remaining live holder, so the
     /// connection outlives this process.
     pub(crate) fn release_holder(&self) -> bool {
+        if let (Tenancy::Service { conn, .. }, Some(link)) = (&self.tenancy, &self.shared.service) {
+            link.close(*conn);
+        }
         let me = std::process::id();
         for i in 0..MAX_HOLDERS {
             let _ =
@@ -1826,6 +1826,42 @@ impl Connection {
         let tenancy = Tenancy::Device { dev, lease, bell };
         Some(Connection::assemble(
             shared, tenancy, mine, vector, theirs, their_loc, rx_ring, tx_ring, tcp_fd, info.role,
+            info.local, info.peer, head_now,
+        ))
+    }
+
+    /// After exec (or in a process that proved it holds the socket): rebuild the connection
+    /// the service paired, from the segments it handed over again, if it is still open.
+    pub(crate) fn reattach_service(
+        shared: Arc<Shared>,
+        p: fabric::Paired,
+        tcp_fd: RawFd,
+    ) -> Option<Connection> {
+        let ring = Ring::new(p.ring_bytes)?;
+        let len = ENDPOINT_HDR.checked_add(p.ring_bytes)?;
+        let mine = Region::map_segment(&p.own_segment, len as usize).ok()?;
+        let theirs = Region::map_segment(&p.peer_segment, len as usize).ok()?;
+        if word32(&mine, INFO_BASE).load(Acquire) != INFO_MAGIC
+            || word32(&mine, L_STATE).load(Acquire) & ST_CLOSED != 0
+        {
+            return None;
+        }
+        let mut ib = [0u8; 48];
+        mine.read(INFO_BASE + 8, &mut ib).ok()?;
+        let info = Info::decode(&ib);
+        let head_now = word64(&mine, CR_HEAD).load(Acquire);
+        let their_loc = RingLoc {
+            mw: 0,
+            offset: 0,
+            len,
+            db_bit: 0,
+        };
+        let tenancy = Tenancy::Service {
+            conn: p.conn,
+            peer_line: p.peer_line,
+        };
+        Some(Connection::assemble(
+            shared, tenancy, mine, p.own_line, theirs, their_loc, ring, ring, tcp_fd, info.role,
             info.local, info.peer, head_now,
         ))
     }

@@ -869,28 +869,77 @@ enum How {
     Service,
 }
 
-/// Which rendezvous a process uses, from `PCISOCK_FABRIC`: `device` (or unset) maps the device
-/// and meets peers in its rendezvous area; `service` asks the host fabric service (the system
-/// service when one answers, else this user's); a path names a service socket.
-pub fn fabric_socket(get: impl Fn(&str) -> Option<String>) -> Option<std::path::PathBuf> {
+/// How a process meets its peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rendezvous {
+    /// It maps the device and meets its peers in the rendezvous area there.
+    Device,
+    /// It asks the host fabric service at `socket`; `start`: start one there if none answers.
+    Service {
+        socket: std::path::PathBuf,
+        start: bool,
+    },
+}
+
+/// Which rendezvous the environment asks for. `PCISOCK_FABRIC=device` maps the device;
+/// `PCISOCK_FABRIC=service` asks the host fabric service (the system service when one answers,
+/// else this user's, started on demand); a path names a service socket. Unset: the service,
+/// unless the environment names a particular device to map (`PCISOCK_EMU_DIR`,
+/// `PCISOCK_EMU_DEVICE`, `PCISOCK_EMU_HOST`, `PCISOCK_EMU_TOPOLOGY`, or a `PCISOCK_DEVICE` other
+/// than `emu`): two hosts still meet through the device.
+pub fn rendezvous(get: impl Fn(&str) -> Option<String>) -> Rendezvous {
+    let set = |k: &str| get(k).is_some_and(|v| !v.is_empty());
+    let service = || Rendezvous::Service {
+        socket: service::default_socket(),
+        start: true,
+    };
     match get("PCISOCK_FABRIC").as_deref() {
-        None | Some("") | Some("device") => None,
-        Some("service") => Some(fabric::socket_for_process(|_| None)),
-        Some(path) => Some(path.into()),
+        Some("device") => Rendezvous::Device,
+        Some("service") => service(),
+        Some(path) if !path.is_empty() => Rendezvous::Service {
+            socket: path.into(),
+            start: false,
+        },
+        _ => {
+            let device_named = [
+                "PCISOCK_EMU_DIR",
+                "PCISOCK_EMU_DEVICE",
+                "PCISOCK_EMU_HOST",
+                "PCISOCK_EMU_TOPOLOGY",
+            ]
+            .iter()
+            .any(|k| set(k))
+                || get("PCISOCK_DEVICE").is_some_and(|v| !v.is_empty() && v != "emu");
+            if device_named {
+                Rendezvous::Device
+            } else {
+                service()
+            }
+        }
     }
 }
 
 impl Transport {
-    /// Open what the environment names: the host fabric service (`PCISOCK_FABRIC`), else the
-    /// default device (see `ntbdrv::recommended`), with settings from the environment.
-    pub fn open_from_env() -> Result<Transport, OpenError> {
+    /// Open what the environment names (see [`rendezvous`]) with settings from the
+    /// environment. `starter`: the `pcisock` program that starts a service on demand
+    /// (`PCISOCK_FABRIC_BIN` overrides it).
+    pub fn open_from_env(starter: Option<std::path::PathBuf>) -> Result<Transport, OpenError> {
         let get = |k: &str| std::env::var(k).ok();
         let settings = Settings::from_vars(get).map_err(OpenError::Setting)?;
-        if let Some(path) = fabric_socket(get) {
-            return Transport::open_service(&path, settings);
+        match rendezvous(get) {
+            Rendezvous::Service { socket, start } => {
+                let starter = get("PCISOCK_FABRIC_BIN")
+                    .filter(|v| !v.is_empty())
+                    .map(std::path::PathBuf::from)
+                    .or(starter)
+                    .filter(|_| start);
+                Transport::open_service(&socket, starter.as_deref(), settings)
+            }
+            Rendezvous::Device => {
+                let dev = ntbdrv::recommended::open_default().map_err(OpenError::Device)?;
+                Transport::open(dev, settings)
+            }
         }
-        let dev = ntbdrv::recommended::open_default().map_err(OpenError::Device)?;
-        Transport::open(dev, settings)
     }
 
     /// Bring the transport up on `dev`: enable the link and find the rendezvous area.
@@ -902,12 +951,14 @@ impl Transport {
         })
     }
 
-    /// Meet peers through the host fabric service at `socket`.
+    /// Meet peers through the host fabric service at `socket`; if none answers and `starter`
+    /// names the `pcisock` program, start one there first.
     pub fn open_service(
         socket: &std::path::Path,
+        starter: Option<&std::path::Path>,
         settings: Settings,
     ) -> Result<Transport, OpenError> {
-        let link = service::Link::open(socket).map_err(OpenError::Service)?;
+        let link = service::Link::open(socket, starter).map_err(OpenError::Service)?;
         let shared = Arc::new(Shared {
             dev: None,
             service: Some(link),
@@ -1036,13 +1087,11 @@ impl Transport {
     }
 
     /// In a process that just exec'd a new image: pick up the NTB connection it held on
-    /// kernel socket `tcp_fd` before the exec, if any. (Connections paired by the service do
-    /// not survive an exec yet: they stay open and their peer sees them end when this process
-    /// closes the socket.)
+    /// kernel socket `tcp_fd` before the exec, if any.
     pub fn reattach(&self, tcp_fd: RawFd) -> Option<Outcome> {
         match &self.how {
             How::Device(d) => d.reattach(tcp_fd),
-            How::Service => None,
+            How::Service => service::reattach(&self.shared, tcp_fd),
         }
     }
 }

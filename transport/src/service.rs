@@ -23,9 +23,18 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// Reach the service at `path` now, so that a missing service is known at start-up.
-    pub(crate) fn open(path: &Path) -> Result<Link, ClientError> {
-        let c = Client::connect(path)?;
+    /// Reach the service at `path` now, so that a missing service is known at start-up; if
+    /// none answers and `starter` names the `pcisock` program, start one there (detached, in
+    /// its own session, without our preload) and wait for it.
+    pub(crate) fn open(path: &Path, starter: Option<&Path>) -> Result<Link, ClientError> {
+        let c = match (Client::connect(path), starter) {
+            (Ok(c), _) => c,
+            (Err(_), Some(bin)) => {
+                start(bin, path)?;
+                Client::connect(path)?
+            }
+            (Err(e), None) => return Err(e),
+        };
         Ok(Link {
             path: path.to_path_buf(),
             client: Mutex::new(Some((std::process::id(), c))),
@@ -56,6 +65,34 @@ impl Link {
     pub(crate) fn close(&self, conn: u64) {
         let _ = self.with(|c| c.close(conn));
     }
+}
+
+/// Start a service at `socket` with `pcisock fabric start --on-demand` (which returns once it
+/// answers). Another process starting one at the same moment is fine: one of them wins the
+/// socket's lock and both then connect to it.
+fn start(bin: &Path, socket: &Path) -> Result<(), ClientError> {
+    let out = std::process::Command::new(bin)
+        .args(["fabric", "start", "--on-demand", "--socket"])
+        .arg(socket)
+        .env_remove("LD_PRELOAD")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    match out {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ClientError::Io(e)),
+    }
+}
+
+/// The service a process uses by default: the system service when one answers; else, for
+/// root, the system service's socket (root starts it); else this user's.
+pub(crate) fn default_socket() -> PathBuf {
+    let system = Path::new(fabric::client::SYSTEM_SOCKET);
+    if fabric::sys::connect_unix(system).is_ok() || fabric::sys::getuid() == 0 {
+        return system.to_path_buf();
+    }
+    fabric::client::user_socket()
 }
 
 fn link(shared: &Shared) -> Result<&Link, Reason> {
@@ -222,5 +259,17 @@ pub(crate) fn accept(
             },
             r => r,
         }),
+    }
+}
+
+/// In a new image after exec: the connection the service paired that `tcp_fd` carries, if
+/// this process holds it (the socket is the proof).
+pub(crate) fn reattach(shared: &Arc<Shared>, tcp_fd: RawFd) -> Option<Outcome> {
+    let link = link(shared).ok()?;
+    match link.with(|c| c.hold(tcp_fd)).ok()? {
+        Pairing::Paired(p) => {
+            Connection::reattach_service(shared.clone(), p, tcp_fd).map(Outcome::Connected)
+        }
+        Pairing::Declined(_) => None,
     }
 }
