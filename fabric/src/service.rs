@@ -620,10 +620,10 @@ impl Service {
 
     /// `pid` holds `conn` (watched until it dies).
     fn add_holder(&mut self, conn: u64, pid: u32) {
-        if !self.holders.contains_key(&pid) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.holders.entry(pid) {
             match sys::pidfd(pid) {
                 Ok(p) => {
-                    self.holders.insert(pid, p);
+                    e.insert(p);
                 }
                 Err(_) => return, // already gone
             }
