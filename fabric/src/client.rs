@@ -158,6 +158,9 @@ impl Client {
                 return Err(ClientError::Wire(WireError::Long(m.bytes.len())));
             }
             let (reply, rid) = Reply::decode(&m.bytes, m.fds.len()).map_err(ClientError::Wire)?;
+            // Out of the application's descriptor numbers at once: a reply may wait here a
+            // while for the request it answers (see `sys::move_high`).
+            let fds: Vec<OwnedFd> = m.fds.into_iter().map(sys::move_high).collect();
             if let Reply::Refused { why } = reply {
                 if rid == id || rid == 0 {
                     return Err(Refusal::from_code(why)
@@ -165,7 +168,7 @@ impl Client {
                         .unwrap_or(ClientError::Unexpected(reply)));
                 }
             }
-            self.stash.insert(rid, (reply, m.fds));
+            self.stash.insert(rid, (reply, fds));
         }
     }
 

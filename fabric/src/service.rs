@@ -77,6 +77,11 @@ struct Listener {
     netns: u64,
     addr: Addr,
     port: u16,
+    /// The listening socket (its inode): the listener is published while it exists.
+    inode: u64,
+    /// Its owner withdrew it or went away; it goes once the kernel no longer has the socket
+    /// (a forked child or a daemonized server may hold it still).
+    orphan: bool,
 }
 
 struct Offer {
@@ -209,7 +214,7 @@ impl Service {
         let holders: Vec<u32> = self.holders.keys().copied().collect();
         let first_holder = fds.len();
         fds.extend(self.holders.values().map(|p| p.as_raw_fd()));
-        let timeout_ms = if self.orphans.is_empty() {
+        let timeout_ms = if self.orphans.is_empty() && !self.listeners.values().any(|l| l.orphan) {
             timeout_ms
         } else {
             timeout_ms.min(ORPHAN_LOOK_MS)
@@ -385,6 +390,7 @@ impl Service {
                     // socket bound to the address is the proof.
                     Ok(Some(TcpView {
                         netns,
+                        inode,
                         local: Some((addr, port)),
                         peer: None,
                         ..
@@ -401,6 +407,8 @@ impl Service {
                                     netns,
                                     addr,
                                     port,
+                                    inode,
+                                    orphan: false,
                                 },
                             );
                             self.reply(client, id, Reply::Listening { listener: l }, &[]);
@@ -615,7 +623,7 @@ impl Service {
         for pid in holders {
             self.add_holder(conn, pid);
         }
-        self.check_orphan(conn);
+        self.orphan_if_unheld(conn);
     }
 
     /// `pid` holds `conn` (watched until it dies).
@@ -678,51 +686,42 @@ impl Service {
             .map(|(&k, _)| k)
             .collect();
         for conn in held {
-            self.let_go(conn, pid);
+            self.forget_holder(conn, pid);
+            self.orphan_if_unheld(conn);
         }
     }
 
-    /// `pid` no longer holds `conn`; the connection goes when nobody does.
+    /// `pid` let go of `conn` (it said so): the connection goes when no holder is left.
     fn let_go(&mut self, conn: u64, pid: u32) {
+        self.forget_holder(conn, pid);
+        if self.conns.get(&conn).is_some_and(|c| c.holders.is_empty()) {
+            self.reclaim(conn);
+        }
+    }
+
+    fn forget_holder(&mut self, conn: u64, pid: u32) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.holders.retain(|&h| h != pid);
         }
         if !self.conns.values().any(|c| c.holders.contains(&pid)) {
             self.holders.remove(&pid);
         }
-        self.check_orphan(conn);
     }
 
-    /// A connection nobody is known to hold: gone now if the kernel has neither of its
-    /// sockets, else looked at again until it has not (a process that inherited a socket
-    /// without telling us still holds the connection).
-    fn check_orphan(&mut self, conn: u64) {
-        let Some(c) = self.conns.get(&conn) else {
-            return;
-        };
-        if !c.holders.is_empty() {
-            return;
-        }
-        if self.sockets_alive(conn) {
-            if !self.orphans.contains(&conn) {
-                self.orphans.push(conn);
-            }
-        } else {
-            self.reclaim(conn);
+    /// A holder of `conn` died without letting go: if no holder is left, the connection goes
+    /// once the kernel has neither of its sockets (looked up every `ORPHAN_LOOK_MS`: a process
+    /// that inherited a socket without telling us still holds the connection).
+    fn orphan_if_unheld(&mut self, conn: u64) {
+        if self.conns.get(&conn).is_some_and(|c| c.holders.is_empty())
+            && !self.orphans.contains(&conn)
+        {
+            self.orphans.push(conn);
         }
     }
 
-    /// Does the kernel still have either socket of `conn`? Known only in the service's own
-    /// network namespace; elsewhere a connection with no holders is gone.
-    fn sockets_alive(&self, conn: u64) -> bool {
-        let Some(c) = self.conns.get(&conn) else {
-            return false;
-        };
-        if c.netns != self.netns || self.netns == 0 {
-            return false;
-        }
-        let live = sys::tcp_inodes();
-        c.ends.iter().any(|e| live.contains(&e.inode))
+    /// Is the kernel's socket table of `c`'s namespace readable here (the service's own)?
+    fn sees_sockets_of(&self, c: &Conn) -> bool {
+        self.netns != 0 && c.netns == self.netns
     }
 
     fn reclaim(&mut self, conn: u64) {
@@ -734,21 +733,23 @@ impl Service {
     }
 
     fn reclaim_orphans(&mut self) {
-        if self.orphans.is_empty()
+        let listeners = self.listeners.values().any(|l| l.orphan);
+        if (self.orphans.is_empty() && !listeners)
             || self.orphans_seen.elapsed() < Duration::from_millis(ORPHAN_LOOK_MS as u64)
         {
             return;
         }
         self.orphans_seen = Instant::now();
+        self.reclaim_listeners();
         let live = sys::tcp_inodes();
         let gone: Vec<u64> = self
             .orphans
             .iter()
             .copied()
             .filter(|id| {
-                self.conns
-                    .get(id)
-                    .is_none_or(|c| !c.ends.iter().any(|e| live.contains(&e.inode)))
+                self.conns.get(id).is_none_or(|c| {
+                    !self.sees_sockets_of(c) || !c.ends.iter().any(|e| live.contains(&e.inode))
+                })
             })
             .collect();
         for conn in gone {
@@ -785,8 +786,26 @@ impl Service {
         }
         // Its connections are held by its pid, not by this service connection: a process
         // that exec'd has closed the latter and still holds the former.
-        self.listeners.retain(|_, l| l.owner != client);
+        for l in self.listeners.values_mut() {
+            if l.owner == client {
+                l.orphan = true;
+            }
+        }
+        self.reclaim_listeners();
         self.offers.retain(|_, o| o.owner != client);
+    }
+
+    /// Withdraw orphaned listeners whose socket the kernel no longer has (outside the
+    /// service's own namespace, whose socket table it cannot read, at once).
+    fn reclaim_listeners(&mut self) {
+        if !self.listeners.values().any(|l| l.orphan) {
+            return;
+        }
+        let live = sys::tcp_inodes();
+        let netns = self.netns;
+        self.listeners.retain(|_, l| {
+            !l.orphan || (netns != 0 && l.netns == netns && live.contains(&l.inode))
+        });
     }
 
     pub fn status(&self) -> Status {

@@ -62,9 +62,10 @@ fn seqpacket() -> io::Result<OwnedFd> {
     })
 }
 
-/// A connected `SOCK_SEQPACKET` socket to the service at `path`.
+/// A connected `SOCK_SEQPACKET` socket to the service at `path` (a client's: kept out of the
+/// application's descriptor numbers, see [`move_high`]).
 pub fn connect_unix(path: &Path) -> io::Result<OwnedFd> {
-    let fd = seqpacket()?;
+    let fd = move_high(seqpacket()?);
     let (sa, len) = sockaddr_un(path)?;
     // SAFETY: `sa` is a live sockaddr_un of `len` bytes.
     check(unsafe {
@@ -594,4 +595,36 @@ pub fn getpid() -> u32 {
 pub fn getuid() -> u32 {
     // SAFETY: no arguments.
     unsafe { libc::syscall(libc::SYS_getuid) as u32 }
+}
+
+/// Move one of our own descriptors out of the application's way: to the lowest free number
+/// at or above half the soft descriptor limit (an application sizes its tables by the numbers
+/// it expects, e.g. wrk's event loop holds 10 + 3 per connection). Keeps `fd` where it is if
+/// nothing up there is free.
+pub fn move_high(fd: OwnedFd) -> OwnedFd {
+    // SAFETY: rlimit is plain data; all zeros is a valid value.
+    let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: getrlimit writes into a live rlimit.
+    if unsafe { libc::syscall(libc::SYS_getrlimit, libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return fd;
+    }
+    let floor = (rl.rlim_cur / 2).clamp(64, i32::MAX as u64) as libc::c_int;
+    if fd.as_raw_fd() >= floor {
+        return fd;
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own; plain integers.
+    let high = unsafe {
+        libc::syscall(
+            libc::SYS_fcntl,
+            fd.as_raw_fd(),
+            libc::F_DUPFD_CLOEXEC,
+            floor,
+        )
+    };
+    if high < 0 {
+        return fd;
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns; `fd` is dropped
+    // (closed) in its place.
+    unsafe { OwnedFd::from_raw_fd(high as RawFd) }
 }

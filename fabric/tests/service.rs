@@ -115,6 +115,8 @@ fn pairs_a_connection_by_possession_of_its_socket() {
     // server wakes the client's own line.
     let mut own = std::fs::File::from(c.own_line.try_clone().unwrap());
     let mut v = [0u8; 8];
+    // (The service rings the line right after it sends the reply.)
+    assert_ne!(sys::poll_in(&[c.own_line.as_raw_fd()], 5000).unwrap()[0], 0);
     own.read_exact(&mut v).unwrap();
     assert_eq!(
         u64::from_ne_bytes(v),
@@ -383,29 +385,13 @@ fn a_dead_process_leaves_nothing_behind() {
         client.hold(unrelated.as_raw_fd()).unwrap(),
         Pairing::Declined(10)
     ));
-    // This process lets go of it; the sockets still exist, so the connection stays...
+    // This process, its only holder, lets go of it: its window space comes back at once.
     me.close(s.conn).unwrap();
     assert!(matches!(
         me.close(s.conn),
         Err(ClientError::Refused(Refusal::NotYours))
     ));
-    std::thread::sleep(Duration::from_millis(600));
-    let st = me.status().unwrap();
-    assert_eq!(
-        (st.connections, st.reclaimed),
-        (1, 0),
-        "reclaimed while its sockets live"
-    );
-    // ...until the kernel has neither socket.
     drop((csock, accepted, unrelated));
-    let _ = l.accept();
-    let t0 = Instant::now();
-    let st = loop {
-        let st = me.status().unwrap();
-        if st.connections == 0 || t0.elapsed() > Duration::from_secs(10) {
-            break st;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let st = me.status().unwrap();
     assert_eq!((st.connections, st.window_used, st.reclaimed), (0, 0, 1));
 }

@@ -146,7 +146,7 @@ pub(crate) fn offer(
     remote: Endpoint,
     tcp_fd: RawFd,
 ) -> Result<Pending, Reason> {
-    let line = crate::sys::eventfd().ok_or(Reason::NoDoorbell)?;
+    let line = fabric::sys::move_high(crate::sys::eventfd().ok_or(Reason::NoDoorbell)?);
     let raw = line.as_raw_fd();
     let r = link(shared)?
         .with(|c| c.offer(tcp_fd, raw, remote.ip, remote.port))
@@ -195,6 +195,7 @@ pub(crate) fn complete(
         ntbdrv::drain_vector(&o.line);
         match link.with(|c| c.paired(o.offer, Duration::ZERO)) {
             Ok(Some(Pairing::Paired(mut p))) => {
+                p.peer_line = fabric::sys::move_high(p.peer_line);
                 // Keep our own line (its descriptor number may be registered in an epoll set
                 // already); the service's copy of it is the same eventfd.
                 std::mem::swap(&mut p.own_line, &mut o.line);
@@ -245,7 +246,9 @@ pub(crate) fn accept(
     peer: Endpoint,
 ) -> Result<Connection, Reason> {
     match link(shared)?.with(|c| c.accept(tcp_fd)).map_err(failed)? {
-        Pairing::Paired(p) => {
+        Pairing::Paired(mut p) => {
+            p.own_line = fabric::sys::move_high(p.own_line);
+            p.peer_line = fabric::sys::move_high(p.peer_line);
             Connection::from_service(shared.clone(), p, tcp_fd, Role::Server, local, peer)
         }
         Pairing::Declined(code) => Err(match reason(code) {
@@ -267,7 +270,9 @@ pub(crate) fn accept(
 pub(crate) fn reattach(shared: &Arc<Shared>, tcp_fd: RawFd) -> Option<Outcome> {
     let link = link(shared).ok()?;
     match link.with(|c| c.hold(tcp_fd)).ok()? {
-        Pairing::Paired(p) => {
+        Pairing::Paired(mut p) => {
+            p.own_line = fabric::sys::move_high(p.own_line);
+            p.peer_line = fabric::sys::move_high(p.peer_line);
             Connection::reattach_service(shared.clone(), p, tcp_fd).map(Outcome::Connected)
         }
         Pairing::Declined(_) => None,
