@@ -25,7 +25,7 @@ pub(crate) struct Link {
 impl Link {
     /// Reach the service at `path` now, so that a missing service is known at start-up; if
     /// none answers and `starter` names the `pcisock` program, start one there (detached, in
-    /// its own session, without our preload) and wait for it.
+    /// its own session) and wait for it.
     pub(crate) fn open(path: &Path, starter: Option<&Path>) -> Result<Link, ClientError> {
         let c = match (Client::connect(path), starter) {
             (Ok(c), _) => c,
@@ -68,13 +68,14 @@ impl Link {
 }
 
 /// Start a service at `socket` with `pcisock fabric start --on-demand` (which returns once it
-/// answers). Another process starting one at the same moment is fine: one of them wins the
-/// socket's lock and both then connect to it.
+/// answers), with an empty environment: nothing of the application's (its preloads, its
+/// settings) reaches the service. Another process starting one at the same moment is fine: one
+/// of them wins the socket's lock and both then connect to it.
 fn start(bin: &Path, socket: &Path) -> Result<(), ClientError> {
     let out = std::process::Command::new(bin)
         .args(["fabric", "start", "--on-demand", "--socket"])
         .arg(socket)
-        .env_remove("LD_PRELOAD")
+        .env_clear()
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
