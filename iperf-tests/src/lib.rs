@@ -157,10 +157,16 @@ pub struct PreloadEnv {
 }
 
 impl PreloadEnv {
-    /// Sets the variables on `cmd`.
+    /// Sets the variables on `cmd`. With `PCISOCK_TEST_FABRIC=SOCKET` in the test runner's
+    /// environment, the process meets its peers through the host fabric service at SOCKET
+    /// (`PCISOCK_FABRIC`) instead of the fixture's device, so the whole matrix can run over
+    /// the service.
     pub fn apply(&self, cmd: &mut Command) {
         cmd.env("LD_PRELOAD", &self.lib);
         cmd.env("PCISOCK_EMU_DIR", &self.emu_dir);
+        if let Some(s) = std::env::var_os("PCISOCK_TEST_FABRIC").filter(|s| !s.is_empty()) {
+            cmd.env("PCISOCK_FABRIC", s);
+        }
         cmd.env("PCISOCK_STATS_FILE", &self.stats_file);
         if self.strict {
             cmd.env("PCISOCK_STRICT", "1");
