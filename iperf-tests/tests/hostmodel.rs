@@ -104,10 +104,55 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Start a new service on the same socket (after this one was killed).
+    fn restart(&mut self, f: &Fixture) {
+        let cli = iperf_tests::Lib::cli().unwrap_or_else(|e| panic!("{e}"));
+        let sock_s = self.socket.display().to_string();
+        self.proc = check(
+            Proc::spawn(
+                "fabric2",
+                command(
+                    &cli,
+                    &["fabric", "start", "--foreground", "--socket", &sock_s],
+                    None,
+                ),
+                f.dir(),
+            ),
+            &[],
+        );
+        let t0 = Instant::now();
+        while self.status().is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the new service did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.proc.terminate();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The payload's marker (every byte a client sends is from it; servers check they read
+/// nothing else). It travels in the environment, which other users cannot read.
+fn marker_of(f: &Fixture) -> String {
+    format!("pcisock-marker-{}-{}-", f.name, std::process::id())
+}
+
+trait Marked {
+    fn marked(self, marker: &str) -> Self;
+}
+
+impl Marked for PreloadEnv {
+    fn marked(mut self, marker: &str) -> Self {
+        self.extra.push(("HM_MARKER".into(), marker.into()));
+        self
     }
 }
 
@@ -120,21 +165,29 @@ fn open_up(dir: &Path) {
 /// Python socket programs: `server` accepts (one connection per `conns`) and counts the bytes
 /// it reads, checking each holds only the marker; `client` sends `bytes` of the marker.
 const PY: &str = r#"
-import os, socket, sys
+import os, socket, sys, time
 mode, port = sys.argv[1], int(sys.argv[2])
 if mode == "client":
-    n, marker = int(sys.argv[3]), sys.argv[4].encode()
-    s = socket.create_connection(("127.0.0.1", port))
+    n, marker = int(sys.argv[3]), os.environ["HM_MARKER"].encode()
+    src = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    pace = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if src:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", src))
+    s.connect(("127.0.0.1", port))
     chunk = marker * (65536 // len(marker))
     sent = 0
     while sent < n:
         sent += s.send(chunk[: n - sent])
+        if pace:
+            time.sleep(pace)
     s.shutdown(socket.SHUT_WR)
     assert s.recv(16) == b"ok", "no ok from the server"
     print("sent", sent, flush=True)
     sys.exit(0)
 
-shape, conns, marker = sys.argv[3], int(sys.argv[4]), sys.argv[5].encode()
+shape, conns, marker = sys.argv[3], int(sys.argv[4]), os.environ["HM_MARKER"].encode()
 l = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 l.bind(("127.0.0.1", port))
@@ -143,19 +196,29 @@ l.listen(64)
 def serve():
     for _ in range(conns):
         c, _ = l.accept()
-        got, rest = 0, b""
+        got = 0
         while True:
             b = c.recv(1 << 20)
             if not b:
                 break
+            # Every byte must be the marker's, in order: another connection's bytes would not be.
+            off = got % len(marker)
+            want = (marker * (len(b) // len(marker) + 2))[off : off + len(b)]
+            if b != want:
+                print("foreign bytes at", got, flush=True)
+                os._exit(3)
             got += len(b)
-            rest = (rest + b)[-len(marker):]
         c.sendall(b"ok")
         c.close()
         print("got", got, flush=True)
 
 if shape == "plain":
     print("listening", flush=True)
+    serve()
+elif shape == "late":
+    # Accept a while after the clients connected (their offers wait meanwhile).
+    print("listening", flush=True)
+    time.sleep(1.5)
     serve()
 elif shape == "children-close":
     # A pre-fork pattern: the children close their inherited copy of the listener.
@@ -177,6 +240,29 @@ elif shape == "daemon":
         os._exit(0)
     os.setsid()
     serve()
+elif shape == "hold":
+    # Many clients at once: each connection is read until EOF (or reset), then closed.
+    import selectors
+    sel = selectors.DefaultSelector()
+    l.setblocking(False)
+    sel.register(l, selectors.EVENT_READ)
+    print("listening", flush=True)
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is l:
+                try:
+                    c, _ = l.accept()
+                except BlockingIOError:
+                    continue
+                sel.register(c, selectors.EVENT_READ)
+                continue
+            try:
+                b = key.fileobj.recv(65536)
+            except ConnectionError:
+                b = b""
+            if not b:
+                sel.unregister(key.fileobj)
+                key.fileobj.close()
 elif shape == "privdrop":
     # Listen as root, then serve as nobody.
     import pwd
@@ -233,16 +319,16 @@ fn transfer(
     let prog_s = prog.display().to_string();
     let port = free_port();
     let port_s = port.to_string();
-    let marker = format!("pcisock-{}-{}", f.name, std::process::id());
+    let marker = marker_of(f);
     let n_s = clients.len().to_string();
-    let senv = svc.env(f, "server", port);
+    let senv = svc.env(f, "server", port).marked(&marker);
     let mut server = check(
         Proc::spawn(
             "server",
             as_user(
                 server_user,
                 "/usr/bin/python3",
-                &[&prog_s, "server", &port_s, shape, &n_s, &marker],
+                &[&prog_s, "server", &port_s, shape, &n_s],
                 &senv,
             ),
             f.dir(),
@@ -258,14 +344,14 @@ fn transfer(
     let bytes_s = bytes.to_string();
     let mut procs = Vec::new();
     for (i, user) in clients.iter().enumerate() {
-        let cenv = svc.env(f, &format!("client{i}"), port);
+        let cenv = svc.env(f, &format!("client{i}"), port).marked(&marker);
         let mut c = check(
             Proc::spawn(
                 &format!("client{i}"),
                 as_user(
                     user,
                     "/usr/bin/python3",
-                    &[&prog_s, "client", &port_s, &bytes_s, &marker],
+                    &[&prog_s, "client", &port_s, &bytes_s],
                     &cenv,
                 ),
                 f.dir(),
@@ -487,4 +573,454 @@ fn nginx_with_the_stock_config_serves_over_ntb() {
     assert!(!out.contains("Socket errors"), "wrk saw errors:\n{out}");
     assert!(!out.contains("Non-2xx"), "wrk saw errors:\n{out}");
     assert!(svc.count("paired") >= 4 + 16, "{:?}", svc.status());
+}
+
+/// A server and a client (its own user) streaming for a few seconds, paced: (server, client).
+fn paced_pair(
+    f: &Fixture,
+    svc: &Service,
+    client_user: &str,
+    bytes: u64,
+    pace: &str,
+) -> (Proc, Proc, String) {
+    let prog_s = py(f).display().to_string();
+    let port = free_port();
+    let port_s = port.to_string();
+    let marker = marker_of(f);
+    let senv = svc.env(f, "server", port).marked(&marker);
+    let mut server = check(
+        Proc::spawn(
+            "server",
+            as_user(
+                "root",
+                "/usr/bin/python3",
+                &[&prog_s, "server", &port_s, "plain", "1"],
+                &senv,
+            ),
+            f.dir(),
+        ),
+        &[],
+    );
+    check(
+        server.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+        &[&server],
+    );
+    let cenv = svc.env(f, "client0", port).marked(&marker);
+    let bytes_s = bytes.to_string();
+    let client = check(
+        Proc::spawn(
+            "client0",
+            as_user(
+                client_user,
+                "/usr/bin/python3",
+                &[&prog_s, "client", &port_s, &bytes_s, "0", pace],
+                &cenv,
+            ),
+            f.dir(),
+        ),
+        &[&server],
+    );
+    (server, client, marker)
+}
+
+/// While a root server and a `nobody` client stream, a third user looks everywhere it can
+/// (shared memory, temporary and runtime directories, every process's descriptors it may
+/// open) for the payload: it finds none. Only the two processes map their connection.
+#[test]
+fn a_third_user_finds_none_of_the_payload() {
+    let f = Fixture::new("hm_third_user");
+    let svc = Service::start(&f);
+    let (mut server, mut client, marker) = paced_pair(&f, &svc, "nobody", 48 * MIB, "0.004");
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        client.is_running(),
+        "the stream ended before the search: {}",
+        client.describe()
+    );
+    let search = r#"
+import os, sys
+marker = sys.argv[1].encode()
+found = []
+def look(path):
+    try:
+        with open(path, "rb") as fh:
+            while True:
+                b = fh.read(1 << 20)
+                if not b:
+                    return
+                if marker in b:
+                    found.append(path)
+                    return
+    except Exception:
+        pass
+for top in ["/dev/shm", "/tmp", "/run", "/var/tmp"]:
+    for root, dirs, files in os.walk(top):
+        for n in files:
+            look(os.path.join(root, n))
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                look(f"/proc/{pid}/fd/{fd}")
+        except Exception:
+            pass
+print("found", len(found), found[:5], flush=True)
+"#;
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=backup",
+            "--regid=backup",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            search,
+        ])
+        .arg(&marker)
+        .env_clear()
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the search failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("found 0 "),
+        "a third user read the payload: {text}"
+    );
+    check(
+        client.wait_success(Duration::from_secs(60)),
+        &[&client, &server],
+    );
+    check(server.wait_success(Duration::from_secs(20)), &[&server]);
+}
+
+/// The service is killed in the middle of a stream and started again: the stream is not on
+/// its path and completes, byte for byte, on the NTB path; new connections meet through the
+/// new service.
+#[test]
+fn a_service_restart_loses_no_connection() {
+    let f = Fixture::new("hm_restart");
+    let mut svc = Service::start(&f);
+    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
+    let (mut server, mut client, _) = paced_pair(&f, &svc, "root", 32 * MIB, "0.004");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(client.is_running(), "the stream ended before the restart");
+    let _ = svc.proc.terminate();
+    svc.restart(&f);
+    check(
+        client.wait_success(Duration::from_secs(60)),
+        &[&client, &server],
+    );
+    check(server.wait_success(Duration::from_secs(20)), &[&server]);
+    let delta = lo.delta().unwrap();
+    drop(lo);
+    assert!(
+        delta.tx_bytes < QUIET,
+        "{} bytes crossed lo: the stream left the NTB path",
+        delta.tx_bytes
+    );
+    // The new service pairs new connections.
+    transfer(&f, &svc, "plain", "root", &["root"], 4 * MIB);
+    assert_eq!(svc.count("paired"), 1);
+}
+
+/// A network namespace of the test's own with lo up; removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: &str) -> Netns {
+        let n = format!("pcisock-{name}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &n]).status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &n])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add {n}");
+        let ok = Command::new("ip")
+            .args(["netns", "exec", &n, "ip", "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        Netns(n)
+    }
+
+    fn lo_tx(&self) -> u64 {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.0,
+                "cat",
+                "/sys/class/net/lo/statistics/tx_bytes",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Two namespaces on one host, the same addresses and ports in both, at the same moment
+/// (identical 4-tuples): each connection pairs within its own namespace (the service keys
+/// every rendezvous by the namespace's cookie), each server reads only its own client's bytes,
+/// and neither namespace's lo carries them.
+#[test]
+fn two_namespaces_with_identical_four_tuples_never_meet() {
+    let f = Fixture::new("hm_netns");
+    let svc = Service::start(&f);
+    let prog_s = py(&f).display().to_string();
+    let (port, src) = (7301u16, 7302u16);
+    let (port_s, src_s) = (port.to_string(), src.to_string());
+    let spaces = [Netns::new("hm-a"), Netns::new("hm-b")];
+    let before: Vec<u64> = spaces.iter().map(Netns::lo_tx).collect();
+    let mut servers = Vec::new();
+    for (i, ns) in spaces.iter().enumerate() {
+        let env = svc
+            .env(&f, &format!("server{i}"), port)
+            .marked(&format!("{}{i}", marker_of(&f)));
+        let mut p = check(
+            Proc::spawn(
+                &format!("server{i}"),
+                command(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        &ns.0,
+                        "/usr/bin/python3",
+                        &prog_s,
+                        "server",
+                        &port_s,
+                        "late",
+                        "1",
+                    ],
+                    Some(&env),
+                ),
+                f.dir(),
+            ),
+            &[],
+        );
+        check(
+            p.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+            &[&p],
+        );
+        servers.push(p);
+    }
+    let mut clients = Vec::new();
+    for (i, ns) in spaces.iter().enumerate() {
+        let env = svc
+            .env(&f, &format!("client{i}"), port)
+            .marked(&format!("{}{i}", marker_of(&f)));
+        clients.push(check(
+            Proc::spawn(
+                &format!("client{i}"),
+                command(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        &ns.0,
+                        "/usr/bin/python3",
+                        &prog_s,
+                        "client",
+                        &port_s,
+                        &(16 * MIB).to_string(),
+                        &src_s,
+                        "0.001",
+                    ],
+                    Some(&env),
+                ),
+                f.dir(),
+            ),
+            &[],
+        ));
+    }
+    for (c, s) in clients.iter_mut().zip(servers.iter_mut()) {
+        check(c.wait_success(Duration::from_secs(60)), &[c, s]);
+        check(s.wait_success(Duration::from_secs(20)), &[s]);
+    }
+    for (ns, b) in spaces.iter().zip(before) {
+        let d = ns.lo_tx() - b;
+        assert!(
+            d < QUIET,
+            "{}: {d} bytes crossed its lo: not the NTB path",
+            ns.0
+        );
+    }
+    assert_eq!(svc.count("paired"), 2);
+}
+
+/// A hundred clients killed with SIGKILL in the middle of their connections: their server
+/// reads their ends, and within 15 s the service holds nothing of them.
+#[test]
+fn a_hundred_killed_peers_leave_nothing_behind() {
+    let f = Fixture::new("hm_killed");
+    let svc = Service::start(&f);
+    let prog_s = py(&f).display().to_string();
+    let port = free_port();
+    let port_s = port.to_string();
+    let marker = marker_of(&f);
+    let senv = svc.env(&f, "server", port).marked(&marker);
+    let mut server = check(
+        Proc::spawn(
+            "server",
+            command(
+                "/usr/bin/python3",
+                &[&prog_s, "server", &port_s, "hold", "0"],
+                Some(&senv),
+            ),
+            f.dir(),
+        ),
+        &[],
+    );
+    check(
+        server.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+        &[&server],
+    );
+    let clients = r#"
+import os, socket, sys, time
+port = int(sys.argv[1])
+marker = os.environ["HM_MARKER"].encode()
+kids = []
+for _ in range(100):
+    pid = os.fork()
+    if pid == 0:
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(marker * 100)
+        time.sleep(120)
+        os._exit(0)
+    kids.append(pid)
+print("connected", flush=True)
+time.sleep(120)
+"#;
+    let cenv = svc.env(&f, "clients", port).marked(&marker);
+    let mut c = check(
+        Proc::spawn(
+            "clients",
+            command("/usr/bin/python3", &["-c", clients, &port_s], Some(&cenv)),
+            f.dir(),
+        ),
+        &[&server],
+    );
+    check(
+        c.wait_stdout(Duration::from_secs(30), |o| o.contains("connected")),
+        &[&c, &server],
+    );
+    let t0 = Instant::now();
+    while svc.count("connections") < 100 && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        svc.count("connections"),
+        100,
+        "not every client is on the NTB path"
+    );
+    // SIGKILL the whole group of client processes.
+    let kids = iperf_tests::apps::descendants(c.pid());
+    for (pid, _) in &kids {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    let _ = c.terminate();
+    let t0 = Instant::now();
+    while svc.count("connections") > 0 && t0.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        svc.count("connections"),
+        0,
+        "connections of killed peers left behind"
+    );
+    assert_eq!(
+        svc.count("space"),
+        0,
+        "window space of killed peers left behind"
+    );
+    let _ = server.terminate();
+}
+
+/// The namespace is part of every key: a pcisock client in namespace B (whose own server is a
+/// plain one) and a plain client in namespace A connect with the same 4-tuple, at the same
+/// moment, to ports where only A's server runs under pcisock. A's server must not be paired
+/// with B's client: it reads exactly its own plain client's bytes, over TCP, and B's client
+/// carries its bytes to its own server.
+#[test]
+fn a_namespace_cannot_reach_another_namespaces_listener() {
+    let f = Fixture::new("hm_netns_apart");
+    let svc = Service::start(&f);
+    let prog_s = py(&f).display().to_string();
+    let (port, src) = (7311u16, 7312u16);
+    let (port_s, src_s) = (port.to_string(), src.to_string());
+    let (a, b) = (Netns::new("hm-apart-a"), Netns::new("hm-apart-b"));
+    let ma = format!("{}A", marker_of(&f));
+    let mb = format!("{}B", marker_of(&f));
+    let in_ns = |ns: &Netns, args: &[&str]| {
+        let mut v = vec![
+            "netns",
+            "exec",
+            ns.0.as_str(),
+            "/usr/bin/python3",
+            prog_s.as_str(),
+        ];
+        v.extend_from_slice(args);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let spawn = |name: &str, args: Vec<String>, env: Option<&PreloadEnv>, marker: &str| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = command("ip", &args, env);
+        cmd.env("HM_MARKER", marker);
+        check(Proc::spawn(name, cmd, f.dir()), &[])
+    };
+    // A: a pcisock server that accepts late; B: a plain server.
+    let aenv = svc.env(&f, "server_a", port).with_strict(false).marked(&ma);
+    let mut sa = spawn(
+        "server_a",
+        in_ns(&a, &["server", &port_s, "late", "1"]),
+        Some(&aenv),
+        &ma,
+    );
+    let mut sb = spawn(
+        "server_b",
+        in_ns(&b, &["server", &port_s, "plain", "1"]),
+        None,
+        &mb,
+    );
+    for s in [&mut sa, &mut sb] {
+        check(
+            s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+            &[],
+        );
+    }
+    // B: a pcisock client (not strict); A: a plain client. Same 4-tuple.
+    let benv = svc.env(&f, "client_b", port).with_strict(false).marked(&mb);
+    let n = (4 * MIB).to_string();
+    let mut cb = spawn(
+        "client_b",
+        in_ns(&b, &["client", &port_s, &n, &src_s, "0.001"]),
+        Some(&benv),
+        &mb,
+    );
+    let mut ca = spawn(
+        "client_a",
+        in_ns(&a, &["client", &port_s, &n, &src_s, "0.001"]),
+        None,
+        &ma,
+    );
+    for (c, s) in [(&mut ca, &mut sa), (&mut cb, &mut sb)] {
+        check(c.wait_success(Duration::from_secs(60)), &[c, s]);
+        check(s.wait_success(Duration::from_secs(20)), &[s]);
+    }
+    assert_eq!(
+        svc.count("paired"),
+        0,
+        "a connection was paired across namespaces"
+    );
 }
