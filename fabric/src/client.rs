@@ -66,6 +66,15 @@ pub enum Pairing {
     Declined(u32),
 }
 
+/// What a `Hold` found.
+#[derive(Debug)]
+pub enum Held {
+    Paired(Paired),
+    /// An offer still waiting for its server, with its interrupt line.
+    Offer(Offer, OwnedFd),
+    Declined(u32),
+}
+
 /// A client's pending offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Offer {
@@ -245,16 +254,31 @@ impl Client {
         pairing(r)
     }
 
-    /// This process holds `fd`, a socket of a paired connection (after fork or exec): count it
-    /// as a holder and get the connection's segments and lines again.
-    pub fn hold(&mut self, fd: RawFd) -> Result<Pairing, ClientError> {
-        let r = self.call(Request::Hold, Some(fd))?;
-        pairing(r)
+    /// This process holds `fd`, a socket of a paired connection, or of an offer it made
+    /// before (after fork or exec): count it as a holder and get the connection's segments and
+    /// lines again, or take the offer back.
+    pub fn hold(&mut self, fd: RawFd) -> Result<Held, ClientError> {
+        let id = self.send(Request::Hold, Some(fd))?;
+        match self.wait(id, REPLY_PATIENCE)?.ok_or(ClientError::TimedOut)? {
+            (Reply::Reoffered { conn }, fds) => match fds.into_iter().next() {
+                Some(line) => Ok(Held::Offer(Offer { conn, request: id }, line)),
+                None => Err(ClientError::Wire(WireError::Fds {
+                    kind: 0x89,
+                    want: 1,
+                    got: 0,
+                })),
+            },
+            r => Ok(match pairing(r)? {
+                Pairing::Paired(p) => Held::Paired(p),
+                Pairing::Declined(code) => Held::Declined(code),
+            }),
+        }
     }
 
-    /// This process let go of its last reference to `conn`.
-    pub fn close(&mut self, conn: u64) -> Result<(), ClientError> {
-        self.done(Request::Close { conn })
+    /// This process let go of its last reference to its end of `conn` (`server`: the
+    /// accepting end).
+    pub fn close(&mut self, conn: u64, server: bool) -> Result<(), ClientError> {
+        self.done(Request::Close { conn, server })
     }
 
     pub fn status(&mut self) -> Result<Status, ClientError> {

@@ -85,7 +85,11 @@ struct Listener {
 }
 
 struct Offer {
+    /// The service connection it was made on (0: that one closed while the process lives,
+    /// as across an exec; the process takes it back with `Hold`).
     owner: u64,
+    /// The process that made it.
+    pid: u32,
     /// The `Connect` request this offer answers.
     request: u64,
     /// The client's own socket, held only until the server accepts (or the offer ends): the
@@ -98,9 +102,10 @@ struct Offer {
 }
 
 struct Conn {
-    /// The processes holding either end (pids): the one that connected or accepted, and those
-    /// that proved they hold one of its sockets since (`Hold`: forked children, new images).
-    holders: Vec<u32>,
+    /// The processes holding each end, as (pid, end: 0 client, 1 server): the one that
+    /// connected or accepted, and those that proved they hold one of its sockets since (`Hold`:
+    /// forked children, new images). One process may hold both ends.
+    holders: Vec<(u32, usize)>,
     netns: u64,
     /// Client end, server end.
     ends: [End; 2],
@@ -295,8 +300,14 @@ impl Service {
 
     fn refuse(&mut self, client: u64, request: u64, why: Refusal) {
         *self.counters.refused.entry(why).or_default() += 1;
+        // Garbage counts against the client; a claim the service turns down (not yours, not a
+        // socket, over a limit) is an answer, not misbehaviour.
+        let garbage = matches!(
+            why,
+            Refusal::Malformed | Refusal::OutOfOrder | Refusal::NotYou
+        );
         let strikes = self.clients.get_mut(&client).map(|c| {
-            c.strikes += 1;
+            c.strikes += garbage as u32;
             c.strikes
         });
         self.reply(client, request, Reply::Refused { why: why.code() }, &[]);
@@ -469,6 +480,7 @@ impl Service {
                     conn,
                     Offer {
                         owner: client,
+                        pid: sender,
                         request: id,
                         socket: sock,
                         line,
@@ -494,13 +506,14 @@ impl Service {
                 let sock = fds.pop()?;
                 self.hold(client, id, sender, sock);
             }
-            Request::Close { conn } => {
+            Request::Close { conn, server } => {
+                let end = server as usize;
                 let held = self
                     .conns
                     .get(&conn)
-                    .is_some_and(|c| c.holders.contains(&sender));
+                    .is_some_and(|c| c.holders.contains(&(sender, end)));
                 if held {
-                    self.let_go(conn, sender);
+                    self.let_go(conn, sender, end);
                     self.reply(client, id, Reply::Done, &[]);
                 } else {
                     self.refuse(client, id, Refusal::NotYours);
@@ -595,10 +608,13 @@ impl Service {
         self.window_used += bytes;
         self.counters.paired += 1;
         let pid_of = |s: &Service, c: u64| s.clients.get(&c).map(|c| c.cred.pid);
-        let holders: Vec<u32> = [pid_of(self, offer.owner), pid_of(self, server)]
-            .into_iter()
-            .flatten()
-            .collect();
+        let holders: Vec<(u32, usize)> = [
+            pid_of(self, offer.owner).map(|p| (p, 0)),
+            pid_of(self, server).map(|p| (p, 1)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let Offer { line, .. } = offer;
         self.conns.insert(
             conn,
@@ -620,25 +636,20 @@ impl Service {
                 bytes,
             },
         );
-        for pid in holders {
-            self.add_holder(conn, pid);
+        for (pid, end) in holders {
+            self.add_holder(conn, pid, end);
         }
         self.orphan_if_unheld(conn);
     }
 
-    /// `pid` holds `conn` (watched until it dies).
-    fn add_holder(&mut self, conn: u64, pid: u32) {
-        if let std::collections::hash_map::Entry::Vacant(e) = self.holders.entry(pid) {
-            match sys::pidfd(pid) {
-                Ok(p) => {
-                    e.insert(p);
-                }
-                Err(_) => return, // already gone
-            }
+    /// `pid` holds end `end` of `conn` (watched until it dies).
+    fn add_holder(&mut self, conn: u64, pid: u32, end: usize) {
+        if !self.watch(pid) {
+            return; // already gone
         }
         if let Some(c) = self.conns.get_mut(&conn) {
-            if !c.holders.contains(&pid) {
-                c.holders.push(pid);
+            if !c.holders.contains(&(pid, end)) {
+                c.holders.push((pid, end));
             }
         }
     }
@@ -654,9 +665,9 @@ impl Service {
             (c.netns == view.netns).then_some((id, side))
         });
         let Some((conn, side)) = found else {
-            return self.reply(client, request, Reply::Declined { reason: NO_OFFER }, &[]);
+            return self.hold_offer(client, request, pid, &view);
         };
-        self.add_holder(conn, pid);
+        self.add_holder(conn, pid, side);
         self.orphans.retain(|&o| o != conn);
         let Some(c) = self.conns.get(&conn) else {
             return;
@@ -676,35 +687,57 @@ impl Service {
         self.reply(client, request, r, &fds);
     }
 
+    /// A process takes back an offer it made before (its service connection closed, as at an
+    /// exec): the offer answers this request from now on; the reply carries its line.
+    fn hold_offer(&mut self, client: u64, request: u64, pid: u32, view: &TcpView) {
+        let found = self.offers.iter_mut().find(|(_, o)| {
+            o.pid == pid
+                && o.netns == view.netns
+                && sys::tcp_view(o.socket.as_raw_fd())
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v.inode == view.inode)
+        });
+        let Some((&conn, o)) = found else {
+            return self.reply(client, request, Reply::Declined { reason: NO_OFFER }, &[]);
+        };
+        o.owner = client;
+        o.request = request;
+        let line = o.line.as_raw_fd();
+        self.reply(client, request, Reply::Reoffered { conn }, &[line]);
+    }
+
     /// A holder's process died: it holds nothing any more.
     fn holder_died(&mut self, pid: u32) {
         self.holders.remove(&pid);
+        self.offers.retain(|_, o| o.pid != pid);
         let held: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.holders.contains(&pid))
+            .filter(|(_, c)| c.holders.iter().any(|h| h.0 == pid))
             .map(|(&k, _)| k)
             .collect();
         for conn in held {
-            self.forget_holder(conn, pid);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.holders.retain(|h| h.0 != pid);
+            }
             self.orphan_if_unheld(conn);
         }
     }
 
-    /// `pid` let go of `conn` (it said so): the connection goes when no holder is left.
-    fn let_go(&mut self, conn: u64, pid: u32) {
-        self.forget_holder(conn, pid);
+    /// `pid` let go of end `end` of `conn` (it said so): the connection goes when no holder
+    /// is left.
+    fn let_go(&mut self, conn: u64, pid: u32, end: usize) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.holders.retain(|&h| h != (pid, end));
+        }
+        if !self.conns.values().any(|c| c.holders.iter().any(|h| h.0 == pid))
+            && !self.offers.values().any(|o| o.pid == pid)
+        {
+            self.holders.remove(&pid);
+        }
         if self.conns.get(&conn).is_some_and(|c| c.holders.is_empty()) {
             self.reclaim(conn);
-        }
-    }
-
-    fn forget_holder(&mut self, conn: u64, pid: u32) {
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.holders.retain(|&h| h != pid);
-        }
-        if !self.conns.values().any(|c| c.holders.contains(&pid)) {
-            self.holders.remove(&pid);
         }
     }
 
@@ -792,7 +825,31 @@ impl Service {
             }
         }
         self.reclaim_listeners();
-        self.offers.retain(|_, o| o.owner != client);
+        // Its offers wait for the process itself (a new image after exec takes them back with
+        // `Hold`), and go when it dies or their patience ends.
+        let mut alive = Vec::new();
+        for o in self.offers.values_mut().filter(|o| o.owner == client) {
+            o.owner = 0;
+            alive.push(o.pid);
+        }
+        for pid in alive {
+            if !self.watch(pid) {
+                self.offers.retain(|_, o| o.pid != pid);
+            }
+        }
+    }
+
+    /// Watch `pid` (its pidfd among the holders'); false if it is gone already.
+    fn watch(&mut self, pid: u32) -> bool {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.holders.entry(pid) {
+            match sys::pidfd(pid) {
+                Ok(p) => {
+                    e.insert(p);
+                }
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     /// Withdraw orphaned listeners whose socket the kernel no longer has (outside the

@@ -46,8 +46,9 @@ pub enum Request {
     /// exec): count it as a holder of the connection that socket carries and give it that
     /// connection's segments and lines again. Replies `Paired` or `Declined`.
     Hold,
-    /// This process let go of its last reference to a connection.
-    Close { conn: u64 },
+    /// This process let go of its last reference to one end of a connection (`server`: the
+    /// accepting end; a process may hold both ends of a connection to itself).
+    Close { conn: u64, server: bool },
     /// What the service holds (counts only).
     Status,
     /// Stop the service (its owner or root only).
@@ -68,6 +69,11 @@ pub enum Reply {
     /// A client's offer is registered; `Paired` follows (with the `Connect`'s request id) when
     /// the server accepts.
     Offered {
+        conn: u64,
+    },
+    /// An offer made before is this process's again (after `Hold`); carries the offer's
+    /// interrupt line. `Paired` or `Declined` follows with the `Hold`'s request id.
+    Reoffered {
         conn: u64,
     },
     /// The connection is paired; carries four descriptors: this side's segment, the peer's
@@ -223,6 +229,7 @@ const K_DECLINED: u16 = 0x85;
 const K_DONE: u16 = 0x86;
 const K_STATUS_REPLY: u16 = 0x87;
 const K_REFUSED: u16 = 0x88;
+const K_REOFFERED: u16 = 0x89;
 
 /// (body words, descriptors) of each kind; `None` for an unknown kind.
 fn shape(kind: u16) -> Option<(usize, usize)> {
@@ -230,10 +237,12 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_HELLO => (1, 0),
         K_LISTEN | K_ACCEPT | K_HOLD => (0, 1),
         K_CONNECT => (3, 2),
-        K_UNLISTEN | K_CANCEL | K_CLOSE => (1, 0),
+        K_UNLISTEN | K_CANCEL => (1, 0),
+        K_CLOSE => (2, 0),
         K_STATUS | K_STOP => (0, 0),
         K_WELCOME => (3, 0),
         K_LISTENING | K_OFFERED => (1, 0),
+        K_REOFFERED => (1, 1),
         K_PAIRED => (3, 4),
         K_DECLINED | K_REFUSED => (1, 0),
         K_DONE => (0, 0),
@@ -352,7 +361,8 @@ impl Request {
         let words: Vec<u64> = match *self {
             Request::Hello { pid } => vec![pid as u64],
             Request::Unlisten { listener } => vec![listener],
-            Request::Cancel { conn } | Request::Close { conn } => vec![conn],
+            Request::Cancel { conn } => vec![conn],
+            Request::Close { conn, server } => vec![conn, server as u64],
             Request::Connect { addr, port } => {
                 let (a, b) = addr_words(&addr);
                 vec![a, b, port as u64]
@@ -380,7 +390,14 @@ impl Request {
             K_CANCEL => Request::Cancel { conn: w[0] },
             K_ACCEPT => Request::Accept,
             K_HOLD => Request::Hold,
-            K_CLOSE => Request::Close { conn: w[0] },
+            K_CLOSE => Request::Close {
+                conn: w[0],
+                server: match w[1] {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Value { kind, word: 1 }),
+                },
+            },
             K_STATUS => Request::Status,
             K_STOP => Request::Stop,
             _ => return Err(WireError::Kind(kind)),
@@ -395,6 +412,7 @@ impl Reply {
             Reply::Welcome { .. } => K_WELCOME,
             Reply::Listening { .. } => K_LISTENING,
             Reply::Offered { .. } => K_OFFERED,
+            Reply::Reoffered { .. } => K_REOFFERED,
             Reply::Paired { .. } => K_PAIRED,
             Reply::Declined { .. } => K_DECLINED,
             Reply::Done => K_DONE,
@@ -416,7 +434,7 @@ impl Reply {
                 window_bytes,
             } => vec![service_pid as u64, ring_bytes, window_bytes],
             Reply::Listening { listener } => vec![listener],
-            Reply::Offered { conn } => vec![conn],
+            Reply::Offered { conn } | Reply::Reoffered { conn } => vec![conn],
             Reply::Paired {
                 conn,
                 ring_bytes,
@@ -453,6 +471,7 @@ impl Reply {
             },
             K_LISTENING => Reply::Listening { listener: w[0] },
             K_OFFERED => Reply::Offered { conn: w[0] },
+            K_REOFFERED => Reply::Reoffered { conn: w[0] },
             K_PAIRED => Reply::Paired {
                 conn: w[0],
                 ring_bytes: w[1],
@@ -510,7 +529,10 @@ mod tests {
             Request::Cancel { conn: u64::MAX },
             Request::Accept,
             Request::Hold,
-            Request::Close { conn: 3 },
+            Request::Close {
+                conn: 3,
+                server: true,
+            },
             Request::Status,
             Request::Stop,
         ]
@@ -525,6 +547,7 @@ mod tests {
             },
             Reply::Listening { listener: 9 },
             Reply::Offered { conn: 10 },
+            Reply::Reoffered { conn: 12 },
             Reply::Paired {
                 conn: 11,
                 ring_bytes: 4096,

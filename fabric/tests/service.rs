@@ -376,19 +376,21 @@ fn a_dead_process_leaves_nothing_behind() {
     ));
     assert_eq!(me.status().unwrap().connections, 1);
     // Whoever holds a socket of it (a forked child, a new image after exec) gets it again.
-    let Pairing::Paired(again) = client.hold(accepted.as_raw_fd()).unwrap() else {
+    let fabric::Held::Paired(again) = client.hold(accepted.as_raw_fd()).unwrap() else {
         panic!("hold declined");
     };
     assert_eq!((again.conn, again.server), (s.conn, true));
     let unrelated = TcpStream::connect(to).unwrap();
     assert!(matches!(
         client.hold(unrelated.as_raw_fd()).unwrap(),
-        Pairing::Declined(10)
+        fabric::Held::Declined(10)
     ));
-    // This process, its only holder, lets go of it: its window space comes back at once.
-    me.close(s.conn).unwrap();
+    // This process, holding both ends, lets go of them: the window space comes back at once.
+    me.close(s.conn, true).unwrap();
+    assert_eq!(me.status().unwrap().connections, 1, "one end is still held");
+    client.close(s.conn, false).unwrap();
     assert!(matches!(
-        me.close(s.conn),
+        me.close(s.conn, true),
         Err(ClientError::Refused(Refusal::NotYours))
     ));
     drop((csock, accepted, unrelated));

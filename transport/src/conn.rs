@@ -1736,7 +1736,7 @@ impl Connection {
     /// connection outlives this process.
     pub(crate) fn release_holder(&self) -> bool {
         if let (Tenancy::Service { conn, .. }, Some(link)) = (&self.tenancy, &self.shared.service) {
-            link.close(*conn);
+            link.close(*conn, self.role == Role::Server);
         }
         let me = std::process::id();
         for i in 0..MAX_HOLDERS {

@@ -61,9 +61,9 @@ impl Link {
         r
     }
 
-    /// This process let go of its last reference to `conn`.
-    pub(crate) fn close(&self, conn: u64) {
-        let _ = self.with(|c| c.close(conn));
+    /// This process let go of its last reference to its end of `conn`.
+    pub(crate) fn close(&self, conn: u64, server: bool) {
+        let _ = self.with(|c| c.close(conn, server));
     }
 }
 
@@ -216,13 +216,8 @@ pub(crate) fn complete(
             Ok(None) => {}
             Err(e) => return Outcome::Tcp(failed(e)),
         }
-        if let Some(p) = patience {
-            if t0.elapsed() >= p {
-                return Outcome::Waiting(Pending::Service(o));
-            }
-            std::hint::spin_loop();
-            continue;
-        }
+        // The answer timeout holds for a non-blocking completion too (an application waiting
+        // in epoll for a server that does not accept settles on TCP, as with the device).
         // A peer that talks over TCP, or hangs up, is not upgrading.
         let tcp_says = !matches!(crate::sys::peek_tcp(tcp_fd), crate::sys::Peek::Open);
         if !withdrawn && (o.posted.elapsed() >= timeout || tcp_says) {
@@ -235,6 +230,13 @@ pub(crate) fn complete(
         }
         if withdrawn && o.posted.elapsed() >= timeout + Duration::from_secs(5) {
             return Outcome::Tcp(Reason::NoAnswer);
+        }
+        if let Some(p) = patience {
+            if t0.elapsed() >= p {
+                return Outcome::Waiting(Pending::Service(o));
+            }
+            std::hint::spin_loop();
+            continue;
         }
         let _ = crate::sys::poll2(o.line.as_raw_fd(), tcp_fd, Some(Duration::from_millis(50)));
     }
@@ -271,11 +273,24 @@ pub(crate) fn accept(
 pub(crate) fn reattach(shared: &Arc<Shared>, tcp_fd: RawFd) -> Option<Outcome> {
     let link = link(shared).ok()?;
     match link.with(|c| c.hold(tcp_fd)).ok()? {
-        Pairing::Paired(mut p) => {
+        fabric::Held::Paired(mut p) => {
             p.own_line = fabric::sys::move_high(p.own_line);
             p.peer_line = fabric::sys::move_high(p.peer_line);
             Connection::reattach_service(shared.clone(), p, tcp_fd).map(Outcome::Connected)
         }
-        Pairing::Declined(_) => None,
+        // An offer this process made before its exec: it waits on for its server.
+        fabric::Held::Offer(offer, line) => {
+            let view = fabric::sys::tcp_view(tcp_fd).ok()??;
+            let ep = |(ip, port)| Endpoint { ip, port };
+            let o = Offered {
+                offer,
+                line: fabric::sys::move_high(line),
+                local: view.local.map(ep).unwrap_or_default(),
+                remote: view.peer.map(ep)?,
+                posted: Instant::now(),
+            };
+            Some(complete(shared, o, tcp_fd, Some(Duration::ZERO)))
+        }
+        fabric::Held::Declined(_) => None,
     }
 }
