@@ -20,6 +20,15 @@ use crate::{
 pub(crate) struct Link {
     path: PathBuf,
     client: Mutex<Option<(u32, Client)>>,
+    /// Requests that need no answer, made while the connection was busy (see [`Link::fire`]).
+    deferred: Mutex<Vec<Fire>>,
+}
+
+/// A request that needs no answer.
+enum Fire {
+    Close(u64, bool),
+    Cancel(fabric::Offer),
+    Unlisten(u64),
 }
 
 impl Link {
@@ -38,6 +47,7 @@ impl Link {
         Ok(Link {
             path: path.to_path_buf(),
             client: Mutex::new(Some((std::process::id(), c))),
+            deferred: Mutex::new(Vec::new()),
         })
     }
 
@@ -54,6 +64,14 @@ impl Link {
         let Some((_, c)) = g.as_mut() else {
             return Err(ClientError::Gone);
         };
+        let deferred = std::mem::take(&mut *lock(&self.deferred));
+        for d in deferred {
+            let _ = match d {
+                Fire::Close(conn, server) => c.close(conn, server),
+                Fire::Cancel(offer) => c.cancel(offer),
+                Fire::Unlisten(id) => c.unlisten(id),
+            };
+        }
         let r = f(c);
         if matches!(r, Err(ClientError::Gone | ClientError::Io(_))) {
             *g = None; // reconnect next time
@@ -61,9 +79,26 @@ impl Link {
         r
     }
 
+    /// Send a request that needs no answer now, or with the next request if the connection
+    /// is busy. It may be busy in this very thread: closing one of our own descriptors inside
+    /// [`Link::with`] runs the application's close path, which can let go of a stale
+    /// connection (an fd the application closed behind our back) and so come here.
+    fn fire(&self, f: Fire) {
+        let free = self.client.try_lock().is_ok();
+        if free {
+            let _ = self.with(|c| match f {
+                Fire::Close(conn, server) => c.close(conn, server),
+                Fire::Cancel(offer) => c.cancel(offer),
+                Fire::Unlisten(id) => c.unlisten(id),
+            });
+        } else {
+            lock(&self.deferred).push(f);
+        }
+    }
+
     /// This process let go of its last reference to its end of `conn`.
     pub(crate) fn close(&self, conn: u64, server: bool) {
-        let _ = self.with(|c| c.close(conn, server));
+        self.fire(Fire::Close(conn, server));
     }
 }
 
@@ -136,7 +171,7 @@ pub(crate) fn unlisten(shared: &Shared, l: Listener) {
     let mut s = lock(&l.state);
     if let ListenerState::Service(id) = std::mem::replace(&mut *s, ListenerState::Gone) {
         if let Ok(link) = link(shared) {
-            let _ = link.with(|c| c.unlisten(id));
+            link.fire(Fire::Unlisten(id));
         }
     }
 }
@@ -166,7 +201,7 @@ pub(crate) fn offer(
 
 pub(crate) fn cancel(shared: &Shared, o: Offered) {
     if let Ok(link) = link(shared) {
-        let _ = link.with(|c| c.cancel(o.offer));
+        link.fire(Fire::Cancel(o.offer));
     }
 }
 
