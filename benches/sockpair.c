@@ -7,13 +7,14 @@
  *       stream:   read() to EOF with a buffer of max(SIZE, 128 KiB), then write the byte count
  *                 (8 bytes) back and close;
  *       pingpong: read SIZE bytes, write them back, until EOF.
+ *       Prints the number of EAGAIN retries (below).
  *   sockpair stream tcp PORT | unix PATH SIZE SECONDS
  *       write() SIZE bytes at a time for SECONDS, shutdown(SHUT_WR), wait for the server's count.
- *       Prints "MB_per_s bytes writes" (MB = 10^6 B); the time runs from the first write until the
+ *       Prints "MB_per_s bytes writes eagain" (MB = 10^6 B); the time runs from the first write until the
  *       count arrives, so every byte was read by the server. Exit 1 if the count differs.
  *   sockpair pingpong tcp PORT | unix PATH SIZE SECONDS
  *       1,000 untimed round trips, then round trips of SIZE bytes for SECONDS, each timed.
- *       Prints "p50_us p99_us round_trips" (full round trip). TCP_NODELAY on TCP sockets.
+ *       Prints "p50_us p99_us round_trips eagain" (full round trip). TCP_NODELAY on TCP sockets.
  *
  * TCP connects to 127.0.0.1. Exit status 1 on any error, 2 on bad usage. */
 #define _GNU_SOURCE
@@ -37,6 +38,11 @@ static double now(void) {
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
+
+/* Blocking reads that failed with EAGAIN and were retried. A blocking socket should never give
+ * EAGAIN, but a socket in a sockmap sometimes does (tcp_bpf's receive path, seen on 6.18); the
+ * count is printed so that the result file shows it. */
+static unsigned long long eagain;
 
 static void die(const char *what) {
     perror(what);
@@ -70,7 +76,7 @@ static void read_exact(int fd, void *buf, size_t n) {
     while (off < n) {
         ssize_t r = read(fd, (char *)buf + off, n - off);
         if (r == 0) { fprintf(stderr, "sockpair: unexpected EOF\n"); exit(1); }
-        if (r < 0) { if (errno == EINTR) continue; die("read"); }
+        if (r < 0) { if (errno == EINTR) continue; if (errno == EAGAIN) { eagain++; continue; } die("read"); }
         off += r;
     }
 }
@@ -110,7 +116,7 @@ static int serve(struct sockaddr_storage *a, socklen_t len) {
         for (;;) {
             ssize_t r = read(c, buf, cap);
             if (r == 0) break;
-            if (r < 0) { if (errno == EINTR) continue; die("read"); }
+            if (r < 0) { if (errno == EINTR) continue; if (errno == EAGAIN) { eagain++; continue; } die("read"); }
             total += r;
         }
         write_all(c, &total, sizeof total);
@@ -124,7 +130,7 @@ static int serve(struct sockaddr_storage *a, socklen_t len) {
                 ssize_t r = read(c, buf + off, size - off);
                 if (r == 0 && off == 0) goto done;
                 if (r == 0) { fprintf(stderr, "sockpair: EOF inside a message\n"); return 1; }
-                if (r < 0) { if (errno == EINTR) continue; die("read"); }
+                if (r < 0) { if (errno == EINTR) continue; if (errno == EAGAIN) { eagain++; continue; } die("read"); }
                 off += r;
             }
             write_all(c, buf, size);
@@ -135,6 +141,7 @@ static int serve(struct sockaddr_storage *a, socklen_t len) {
     }
 done:
     close(c);
+    printf("%llu\n", eagain);
     return 0;
 }
 
@@ -192,7 +199,7 @@ int main(int argc, char **argv) {
                     (unsigned long long)sent);
             return 1;
         }
-        printf("%.2f %llu %llu\n", sent / t / 1e6, (unsigned long long)sent, (unsigned long long)writes);
+        printf("%.2f %llu %llu %llu\n", sent / t / 1e6, (unsigned long long)sent, (unsigned long long)writes, eagain);
         return 0;
     }
 
@@ -215,6 +222,6 @@ int main(int argc, char **argv) {
     }
     close(s);
     qsort(rtt, n, sizeof *rtt, cmp_double);
-    printf("%.3f %.3f %zu\n", rtt[n / 2] * 1e6, rtt[(size_t)(n * 0.99)] * 1e6, n);
+    printf("%.3f %.3f %zu %llu\n", rtt[n / 2] * 1e6, rtt[(size_t)(n * 0.99)] * 1e6, n, eagain);
     return 0;
 }
