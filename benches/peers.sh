@@ -98,8 +98,11 @@ peers_cleanup() {
     bench_cleanup # ends the loader (which detaches) and the run's processes, removes $work
     if [[ -n "$cg" && -d "$cg" ]]; then
         for _ in $(seq 50); do rmdir "$cg" 2>/dev/null && break; sleep 0.1; done
-        [[ -d "$cg" ]] && echo "peers.sh: could not remove $cg (still holds: $(tr '\n' ' ' <"$cg/cgroup.procs"))" >&2
+        if [[ -d "$cg" ]]; then
+            echo "peers.sh: could not remove $cg (still holds: $(tr '\n' ' ' <"$cg/cgroup.procs"))" >&2
+        fi
     fi
+    return 0 # the script's own exit status stands
 }
 trap peers_cleanup EXIT
 trap 'exit 130' INT TERM
@@ -116,6 +119,16 @@ gcc -O2 -Wall -o "$work/loader" "$root/benches/sockmap/loader.c" -lbpf ||
 cg="$cg_root/pcisock-peers.$$"
 mkdir "$cg"
 
+# uds_listening PATH: wait up to 5 s until a Unix socket listens on PATH (/proc/net/unix flag
+# __SO_ACCEPTCON; the file appears at bind(), before listen()).
+uds_listening() {
+    for _ in $(seq 250); do
+        awk -v p="$1" '$4 == "00010000" && $8 == p {f = 1} END {exit !f}' /proc/net/unix && return 0
+        sleep 0.02
+    done
+    echo "peers.sh: nothing listens on $1" >&2
+    return 1
+}
 lo_rx() { awk '/^ *lo:/ {sub(/^ *lo:/, ""); print $1}' /proc/net/dev; }
 
 # Every process a run starts is in $pids until it has been waited for; end_run ends and reaps
@@ -181,7 +194,7 @@ run() {
     fi
     spid=$!; pids+=("$spid")
     if [[ $t == uds ]]; then
-        for _ in $(seq 250); do [[ -S "$addr" ]] && break; sleep 0.02; done
+        uds_listening "$addr" || return 1
     else
         wait_listen "$port" || return 1
     fi
@@ -353,6 +366,15 @@ report="$(
         echo "| $([[ $col == 5 ]] && echo p50 || echo p99) µs | $t | $u | $s | $p | $(ratio "$p" "$t") | $(ratio "$p" "$s") | $(ratio "$p" "$u") |"
     done
     echo
+    echo "Each round's p50 (µs), to show the levels the medians mix: the kernel sockets (TCP, UDS, sockmap) put a waiting reader to sleep, and on this guest waking it costs a few µs in some rounds and tens of µs in others (an idle vCPU halts and the host has to run it again: shared/research/baseline.md §0); pcisock's waiting reader spins first (adaptive completion, the default):"
+    echo
+    echo "| transport |$(for r in $(seq "$RUNS"); do printf ' round %d |' "$r"; done)"
+    echo "|---|$(for r in $(seq "$RUNS"); do printf -- '---:|'; done)"
+    for t in "${transports[@]}"; do
+        echo "| $t |$(for r in $(seq "$RUNS"); do
+            printf ' %s |' "$(awk -F, -v r="$r" -v t="$t" '!/^#/ && $1 == r && $2 == "pingpong" && $4 == t {print $5}' "$raw")"; done)"
+    done
+    echo
     echo "## Which path carried the bytes"
     echo
     echo "Per run, the lo interface's rx byte counter (/proc/net/dev, the whole machine's) before and after, against the payload the run moved (ping-pong: both directions), and the sockmap programs' own count of redirected bytes:"
@@ -362,6 +384,9 @@ report="$(
     echo "| TCP | $(share tcp) | ≥ 1: the payload crossed lo |"
     echo "| sockmap | $(share sockmap) | < 0.05: handshake and FIN only; the sk_msg program counted ≥ $(redir) × the payload as redirected, and the sock_ops program put ≥ $(awk -F, '!/^#/ && $4 == "sockmap" && $10 ~ /^[0-9]+$/ {print $10}' "$raw" | sort -g | head -1) sockets into the map in every run |"
     echo "| pcisock | $(share pcisock) | < 0.05: the rendezvous only |"
+    echo
+    eag="$(awk -F, '!/^#/ && $12 ~ /^[0-9]+$/ && $12 > 0 {n[$4] += $12; r[$4]++} END {for (t in n) printf "%s%s: %d in %d runs", (i++ ? "; " : ""), t, n[t], r[t]}' "$raw")"
+    echo "Blocking reads that returned EAGAIN (sockpair retries them and counts them; a blocking socket should never return it): ${eag:-none}."
     echo
     if (( nfail == 0 )); then
         echo "All $nruns runs passed these checks (and sockpair's reader got every byte in each stream run)."
