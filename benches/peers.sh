@@ -366,13 +366,13 @@ report="$(
         echo "| $([[ $col == 5 ]] && echo p50 || echo p99) µs | $t | $u | $s | $p | $(ratio "$p" "$t") | $(ratio "$p" "$s") | $(ratio "$p" "$u") |"
     done
     echo
-    echo "Each round's p50 (µs), to show the levels the medians mix: the kernel sockets (TCP, UDS, sockmap) put a waiting reader to sleep, and on this guest waking it costs a few µs in some rounds and tens of µs in others (an idle vCPU halts and the host has to run it again: shared/research/baseline.md §0); pcisock's waiting reader spins first (adaptive completion, the default):"
+    echo "Each round's p50 / p99 (µs), to show the levels the medians mix: the kernel sockets (TCP, UDS, sockmap) put a waiting reader to sleep, and on this guest waking it costs a few µs in some rounds and tens of µs in others (an idle vCPU halts and the host has to run it again: shared/research/baseline.md §0); pcisock's waiting reader spins first (adaptive completion, the default):"
     echo
     echo "| transport |$(for r in $(seq "$RUNS"); do printf ' round %d |' "$r"; done)"
     echo "|---|$(for r in $(seq "$RUNS"); do printf -- '---:|'; done)"
     for t in "${transports[@]}"; do
         echo "| $t |$(for r in $(seq "$RUNS"); do
-            printf ' %s |' "$(awk -F, -v r="$r" -v t="$t" '!/^#/ && $1 == r && $2 == "pingpong" && $4 == t {print $5}' "$raw")"; done)"
+            printf ' %s |' "$(awk -F, -v r="$r" -v t="$t" '!/^#/ && $1 == r && $2 == "pingpong" && $4 == t {print $5 " / " $6}' "$raw")"; done)"
     done
     echo
     echo "## Which path carried the bytes"
