@@ -6,7 +6,8 @@
 # Per round, for each write size: benches/sockpair.c's stream (the same C program over every
 # transport: write() SIZE bytes for --seconds, then wait until the reader has read them all) and
 # iperf2 -l SIZE -t SECONDS (TCP, sockmap, pcisock: iperf2 has no Unix sockets); then a 64-byte
-# ping-pong (sockpair pingpong, p50 and p99 of the round trip, for 2 × --seconds).
+# ping-pong (sockpair pingpong, p50 and p99 of the round trip, for 2 × --seconds) three times:
+# unpinned, both ends on CPU 0 (taskset), and server on CPU 0 with the client on CPU 1.
 #
 # Every run is checked: sockpair's reader got every byte; the lo rx byte counter (/proc/net/dev)
 # grew by at least the payload over TCP and by less than 5 % of it over sockmap and pcisock; the
@@ -173,11 +174,17 @@ prefix() {
 }
 
 # run TEST TRANSPORT SIZE: sets $result to "value p99 payload lo_rx redirected added eagain" (value:
-# MB/s, or p50 µs for pingpong; eagain: blocking reads sockpair retried after EAGAIN, both ends); returns 1 (with a message) if the run failed. Runs in this shell, not in
-# a $(…) subshell, so that it can wait for its processes and the exit trap knows them.
+# MB/s, or p50 µs for pingpong*; eagain: blocking reads sockpair retried after EAGAIN, both ends);
+# returns 1 (with a message) if the run failed. TEST pingpong-same pins both ends to CPU 0,
+# pingpong-split the server to CPU 0 and the client to CPU 1. Runs in this shell, not in a $(…)
+# subshell, so that it can wait for its processes and the exit trap knows them.
 run() {
-    local test=$1 t=$2 size=$3 where addr lo0 lo1 out value p99=- payload spid
+    local test=$1 t=$2 size=$3 where addr lo0 lo1 out value p99=- payload spid spin=() cpin=()
     redirected=- added=- eagain=- result=""
+    case "$test" in
+        pingpong-same) spin=(taskset -c 0) cpin=(taskset -c 0) ;;
+        pingpong-split) spin=(taskset -c 0) cpin=(taskset -c 1) ;;
+    esac
     next_port
     if [[ $t == uds ]]; then
         where=unix addr="$work/uds.sock"; rm -f "$addr"
@@ -190,7 +197,7 @@ run() {
     if [[ $test == iperf ]]; then
         "${pre[@]}" timeout 60 iperf -s -p "$port" -y C >"$work/s.log" 2>"$work/s.err" &
     else
-        "${pre[@]}" timeout 60 "$work/sockpair" server "$where" "$addr" >"$work/s.log" 2>"$work/s.err" &
+        "${pre[@]}" "${spin[@]}" timeout 60 "$work/sockpair" server "$where" "$addr" >"$work/s.log" 2>"$work/s.err" &
     fi
     spid=$!; pids+=("$spid")
     if [[ $t == uds ]]; then
@@ -199,9 +206,9 @@ run() {
         wait_listen "$port" || return 1
     fi
     local c=("$work/sockpair" "$test" "$where" "$addr" "$size" "$SECS")
-    [[ $test == pingpong ]] && c=("$work/sockpair" pingpong "$where" "$addr" "$size" "$LAT_SECS")
+    [[ $test == pingpong* ]] && c=("$work/sockpair" pingpong "$where" "$addr" "$size" "$LAT_SECS")
     [[ $test == iperf ]] && c=(iperf -c 127.0.0.1 -p "$port" -l "$size" -t "$SECS" -y C)
-    if ! out="$("${pre[@]}" timeout 60 "${c[@]}" 2>"$work/c.err")"; then
+    if ! out="$("${pre[@]}" "${cpin[@]}" timeout 60 "${c[@]}" 2>"$work/c.err")"; then
         echo "peers.sh: $test over $t, $size B failed: $(cat "$work/c.err") $(cat "$work/s.err")" >&2
         return 1
     fi
@@ -223,7 +230,7 @@ run() {
             [[ -n "$line" ]] || { echo "peers.sh: no iperf result over $t, $size B: $out" >&2; return 1; }
             value="$(awk -F, '{printf "%.2f", $9 / 8 / 1e6}' <<<"$line")"
             payload="$(awk -F, '{print $8}' <<<"$line")" ;;
-        pingpong)
+        pingpong*)
             local n
             read -r value p99 n eagain <<<"$out"
             payload=$(( (n + 1000) * size * 2 )) ;;
@@ -244,6 +251,8 @@ check() {
 }
 
 transports=(tcp uds sockmap pcisock)
+pingpongs=(pingpong pingpong-same pingpong-split)
+(( $(nproc) >= 2 )) || pingpongs=(pingpong pingpong-same)
 raw="$OUT_DIR/$NAME-raw.csv"
 started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 rev="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
@@ -263,8 +272,8 @@ record() { # round test size transport
     read -r value p99 payload lo red added eagain <<<"$result"
     local ck; ck="$(check "$4" "$payload" "$lo" "${red/-/0}" "${added/-/0}")"
     echo "$1,$2,$3,$4,$value,$p99,$payload,$lo,$red,$added,$ck,$eagain" >>"$raw.tmp"
-    printf '  round %d %-8s %7s %-7s %10s%s  lo %s of %s B%s  %s\n' "$1" "$2" "$(human "$3")" "$4" "$value" \
-        "$([[ $2 == pingpong ]] && echo " µs p50, p99 $p99" || echo " MB/s")" "$lo" "$payload" \
+    printf '  round %d %-14s %7s %-7s %10s%s  lo %s of %s B%s  %s\n' "$1" "$2" "$(human "$3")" "$4" "$value" \
+        "$([[ $2 == pingpong* ]] && echo " µs p50, p99 $p99" || echo " MB/s")" "$lo" "$payload" \
         "$([[ $red != - ]] && echo ", redirected $red, $added sockets in the map")" "$ck$([[ $eagain != - && $eagain != 0 ]] && echo ", $eagain EAGAIN retries")" >&2
 }
 
@@ -274,7 +283,9 @@ for r in $(seq "$RUNS"); do
         for t in "${transports[@]}"; do record "$r" stream "$size" "$t"; done
         for t in tcp sockmap pcisock; do record "$r" iperf "$size" "$t"; done
     done
-    for t in "${transports[@]}"; do record "$r" pingpong "$LAT_SIZE" "$t"; done
+    for test in "${pingpongs[@]}"; do
+        for t in "${transports[@]}"; do record "$r" "$test" "$LAT_SIZE" "$t"; done
+    done
 done
 echo "# ended: $(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$raw.tmp"
 mv "$raw.tmp" "$raw"
@@ -284,13 +295,15 @@ vals() { awk -F, -v t="$1" -v s="$2" -v p="$3" -v c="${4:-5}" '!/^#/ && $2 == t 
 med() { vals "$@" | median n/a; }
 lo_hi() { vals "$@" | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {if (NR) printf "%s–%s", lo, hi; else print "n/a"}'; }
 fmt_span() { local s; s="$(lo_hi "$@")"; [[ $s == n/a ]] && echo n/a || echo "$(fmt "${s%%–*}")–$(fmt "${s##*–}")"; }
+# ratio3 A B: A/B to three significant digits (latency ratios span 0.001 … 10)
+ratio3() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a" || b == 0) print "n/a"; else printf "%.3g", a/b }'; }
 fmt() { awk -v v="$1" 'BEGIN { if (v == "n/a") print "n/a"; else if (v >= 100) printf "%.0f", v; else if (v >= 10) printf "%.1f", v; else printf "%.3g", v }'; }
 meta() { awk -v k="# $1: " 'index($0, k) == 1 {print substr($0, length(k) + 1)}' "$raw"; }
 
 summary="$OUT_DIR/$NAME-summary.csv"
 echo "test,size,transport,median,min,max,p99_median" >"$summary"
-for test in stream iperf pingpong; do
-    szs=("${sizes[@]}"); [[ $test == pingpong ]] && szs=("$LAT_SIZE")
+for test in stream iperf "${pingpongs[@]}"; do
+    szs=("${sizes[@]}"); [[ $test == pingpong* ]] && szs=("$LAT_SIZE")
     for size in "${szs[@]}"; do
         for t in "${transports[@]}"; do
             [[ $test == iperf && $t == uds ]] && continue
@@ -356,17 +369,24 @@ report="$(
     echo
     echo "## Round-trip latency, $LAT_SIZE-byte ping-pong"
     echo
-    echo "benches/sockpair.c \`pingpong\`: 1,000 untimed round trips, then $LAT_SECS s of round trips, each timed with CLOCK_MONOTONIC (full round trip, µs); TCP_NODELAY on TCP. Medians over rounds of each run's p50 and p99; below 1 the pcisock column is that many times lower."
+    echo "benches/sockpair.c \`pingpong\`: 1,000 untimed round trips, then $LAT_SECS s of round trips, each timed with CLOCK_MONOTONIC (full round trip, µs); TCP_NODELAY on TCP. Three placements: unpinned (where the scheduler puts the two processes), both ends pinned to CPU 0 with taskset, and the server on CPU 0 with the client on CPU 1. Medians over rounds of each run's p50 and p99; a ratio below 1 means pcisock's round trip is that fraction of the other's."
     echo
-    echo "| | TCP | UDS | sockmap | pcisock | pcisock / TCP | pcisock / sockmap | pcisock / UDS |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-    for col in 5 6; do
-        t="$(med pingpong "$LAT_SIZE" tcp "$col")" u="$(med pingpong "$LAT_SIZE" uds "$col")"
-        s="$(med pingpong "$LAT_SIZE" sockmap "$col")" p="$(med pingpong "$LAT_SIZE" pcisock "$col")"
-        echo "| $([[ $col == 5 ]] && echo p50 || echo p99) µs | $t | $u | $s | $p | $(ratio "$p" "$t") | $(ratio "$p" "$s") | $(ratio "$p" "$u") |"
+    echo "| placement | | TCP | UDS | sockmap | pcisock | pcisock / TCP | pcisock / sockmap | pcisock / UDS |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    for test in "${pingpongs[@]}"; do
+        case "$test" in
+            pingpong) place="unpinned" ;;
+            pingpong-same) place="same CPU (both on 0)" ;;
+            pingpong-split) place="two CPUs (0 and 1)" ;;
+        esac
+        for col in 5 6; do
+            t="$(med "$test" "$LAT_SIZE" tcp "$col")" u="$(med "$test" "$LAT_SIZE" uds "$col")"
+            s="$(med "$test" "$LAT_SIZE" sockmap "$col")" p="$(med "$test" "$LAT_SIZE" pcisock "$col")"
+            echo "| $([[ $col == 5 ]] && echo "$place") | $([[ $col == 5 ]] && echo p50 || echo p99) µs | $t | $u | $s | $p | $(ratio3 "$p" "$t") | $(ratio3 "$p" "$s") | $(ratio3 "$p" "$u") |"
+        done
     done
     echo
-    echo "Each round's p50 / p99 (µs), to show the levels the medians mix: the kernel sockets (TCP, UDS, sockmap) put a waiting reader to sleep, and on this guest waking it costs a few µs in some rounds and tens of µs in others (an idle vCPU halts and the host has to run it again: shared/research/baseline.md §0); pcisock's waiting reader spins first (adaptive completion, the default):"
+    echo "Unpinned, each round's p50 / p99 (µs): which level a round lands on follows where the scheduler put the two ends (compare the pinned rows above). Kernel sockets put a waiting reader to sleep: on one CPU a wake-up is a context switch, across the two vCPUs of this guest it wakes a halted vCPU, which the host has to run again (shared/research/baseline.md §0). pcisock's waiting reader spins first across CPUs, and sleeps at once when its peer last waited on the same CPU (adaptive completion, the default):"
     echo
     echo "| transport |$(for r in $(seq "$RUNS"); do printf ' round %d |' "$r"; done)"
     echo "|---|$(for r in $(seq "$RUNS"); do printf -- '---:|'; done)"

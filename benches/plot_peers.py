@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Plot benches/peers.sh's medians: throughput against write size, one line per transport
-(sockpair stream solid, iperf2 dashed), and the 64-byte ping-pong round trip's p50 and p99 beside it.
+(sockpair stream solid, iperf2 dashed), and the 64-byte ping-pong round trip's p50 and p99 beside it,
+unpinned, both ends on one CPU, and on two CPUs.
 
 usage: python3 benches/plot_peers.py [SUMMARY_CSV] [OUT_PNG]
   defaults: benches/results/peers-summary.csv and benches/results/peers.png
-SUMMARY_CSV has columns test (stream|iperf|pingpong), size, transport, median, min, max, p99_median.
+SUMMARY_CSV has columns test (stream|iperf|pingpong|pingpong-same|pingpong-split), size, transport, median, min, max, p99_median.
 Needs matplotlib: `pip install matplotlib`.
 """
 import csv
@@ -62,29 +63,30 @@ ax.set_title("Throughput against write size")
 ax.grid(True, which="both", alpha=0.3)
 ax.legend(fontsize=8)
 
-names, p50, p99, colors = [], [], [], []
-for key, label, color in TRANSPORTS:
-    r = [r for r in rows if r["test"] == "pingpong" and r["transport"] == key]
-    if r:
-        names.append(label)
-        p50.append(float(r[0]["median"]))
-        p99.append(float(r[0]["p99_median"]))
-        colors.append(color)
-xs = range(len(names))
-w = 0.38
-b1 = lat.bar([x - w / 2 for x in xs], p50, w, color=colors, label="p50")
-b2 = lat.bar([x + w / 2 for x in xs], p99, w, color=colors, alpha=0.45, hatch="//", label="p99")
-for bars in (b1, b2):
+PLACEMENTS = [("pingpong", "unpinned"), ("pingpong-same", "same CPU"), ("pingpong-split", "two CPUs")]
+groups = [(test, name) for test, name in PLACEMENTS if any(r["test"] == test for r in rows)]
+w = 0.8 / len(TRANSPORTS)
+for i, (key, label, color) in enumerate(TRANSPORTS):
+    xs, p50, p99 = [], [], []
+    for g, (test, _) in enumerate(groups):
+        r = [r for r in rows if r["test"] == test and r["transport"] == key]
+        if r:
+            xs.append(g - 0.4 + w * (i + 0.5))
+            p50.append(float(r[0]["median"]))
+            p99.append(float(r[0]["p99_median"]))
+    bars = lat.bar(xs, p50, w, color=color, label=label)
+    lat.scatter(xs, p99, marker="_", s=120, color="black", zorder=3, label="p99" if i == 0 else None)
     for b in bars:
-        lat.annotate(f"{b.get_height():.3g}", (b.get_x() + b.get_width() / 2, b.get_height()),
-                     ha="center", va="bottom", fontsize=8)
-lat.set_xticks(list(xs))
-lat.set_xticklabels(names, fontsize=8)
+        lat.annotate(f"{b.get_height():.2g}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                     ha="center", va="bottom", fontsize=7)
+lat.set_xticks(range(len(groups)))
+lat.set_xticklabels([name for _, name in groups])
 lat.set_yscale("log")
 lat.set_ylabel("round trip, µs (median of runs)")
-size = next((r["size"] for r in rows if r["test"] == "pingpong"), "64")
-lat.set_title(f"{size}-byte ping-pong round trip: p50 (solid), p99 (hatched)")
+size = next((r["size"] for r in rows if r["test"].startswith("pingpong")), "64")
+lat.set_title(f"{size}-byte ping-pong round trip: p50 (bars), p99 (dashes)")
 lat.grid(True, axis="y", which="both", alpha=0.3)
+lat.legend(fontsize=8)
 
 fig.tight_layout()
 fig.savefig(out, dpi=110)
