@@ -166,7 +166,9 @@ sockmap_down() {
 prefix() {
     pre=()
     case "$1" in
-        sockmap) pre=(sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$cg") ;;
+        sockmap) # the inner shell joins the cgroup, then execs the command ($$ and $1 are its own)
+            # shellcheck disable=SC2016
+            pre=(sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$cg") ;;
         pcisock)
             rm -rf "$work/emu"; mkdir -m 700 "$work/emu"
             pre=(env LD_PRELOAD="$lib" PCISOCK_EMU_DIR="$work/emu" PCISOCK_PORTS="$port" PCISOCK_STRICT=1) ;;
