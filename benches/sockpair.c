@@ -10,18 +10,23 @@
  *       Prints the number of EAGAIN retries (below).
  *   sockpair stream tcp PORT | unix PATH SIZE SECONDS
  *       write() SIZE bytes at a time for SECONDS, shutdown(SHUT_WR), wait for the server's count.
- *       Prints "MB_per_s bytes writes eagain" (MB = 10^6 B); the time runs from the first write until the
+ *       Prints "MB_per_s bytes writes eagain tcp_bytes" (MB = 10^6 B); the time runs from the first write until the
  *       count arrives, so every byte was read by the server. Exit 1 if the count differs.
  *   sockpair pingpong tcp PORT | unix PATH SIZE SECONDS
  *       1,000 untimed round trips, then round trips of SIZE bytes for SECONDS, each timed.
- *       Prints "p50_us p99_us round_trips eagain" (full round trip). TCP_NODELAY on TCP sockets.
+ *       Prints "p50_us p99_us round_trips eagain tcp_bytes" (full round trip). TCP_NODELAY on TCP.
+ *
+ * tcp_bytes is what the kernel's TCP carried on the client's socket, bytes acked plus bytes received
+ * (TCP_INFO), read before close: about the payload over plain TCP, about 0 when the sockmap
+ * redirect or pcisock carried it (the preload leaves getsockopt(TCP_INFO) to the kernel's socket);
+ * "-" for a Unix socket. Unlike the lo counters it sees no other process's traffic.
  *
  * TCP connects to 127.0.0.1. Exit status 1 on any error, 2 on bad usage. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
+#include <linux/tcp.h> /* struct tcp_info with tcpi_bytes_acked/received (glibc's lacks them) */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -145,6 +150,15 @@ done:
     return 0;
 }
 
+static void print_tcp_bytes(int fd, int family) {
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    memset(&ti, 0, sizeof ti);
+    if (family != AF_INET) { printf(" -\n"); return; }
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len)) die("TCP_INFO");
+    printf(" %llu\n", (unsigned long long)(ti.tcpi_bytes_acked + ti.tcpi_bytes_received));
+}
+
 static int cmp_double(const void *x, const void *y) {
     double a = *(const double *)x, b = *(const double *)y;
     return (a > b) - (a < b);
@@ -199,7 +213,8 @@ int main(int argc, char **argv) {
                     (unsigned long long)sent);
             return 1;
         }
-        printf("%.2f %llu %llu %llu\n", sent / t / 1e6, (unsigned long long)sent, (unsigned long long)writes, eagain);
+        printf("%.2f %llu %llu %llu", sent / t / 1e6, (unsigned long long)sent, (unsigned long long)writes, eagain);
+        print_tcp_bytes(s, a.ss_family);
         return 0;
     }
 
@@ -220,8 +235,9 @@ int main(int argc, char **argv) {
         rtt[n++] = t1 - t0;
         if (n == cap || t1 >= end) break;
     }
-    close(s);
     qsort(rtt, n, sizeof *rtt, cmp_double);
-    printf("%.3f %.3f %zu %llu\n", rtt[n / 2] * 1e6, rtt[(size_t)(n * 0.99)] * 1e6, n, eagain);
+    printf("%.3f %.3f %zu %llu", rtt[n / 2] * 1e6, rtt[(size_t)(n * 0.99)] * 1e6, n, eagain);
+    print_tcp_bytes(s, a.ss_family);
+    close(s);
     return 0;
 }
