@@ -117,6 +117,11 @@ clang -O2 -g -Wall -target bpf -I"/usr/include/$(gcc -print-multiarch)" \
 gcc -O2 -Wall -o "$work/loader" "$root/benches/sockmap/loader.c" -lbpf ||
     { echo "peers.sh: building benches/sockmap/loader.c failed (apt-get install -y libbpf-dev)" >&2; exit 2; }
 
+# A run that was killed outright (SIGKILL: no trap) leaves its empty cgroup directory behind; its
+# loader ends itself with its parent (PR_SET_PDEATHSIG). Remove such leftovers of dead runs.
+for d in "$cg_root"/pcisock-peers.*; do
+    if [[ -d "$d" ]] && ! kill -0 "${d##*.}" 2>/dev/null; then rmdir "$d" 2>/dev/null || true; fi
+done
 cg="$cg_root/pcisock-peers.$$"
 mkdir "$cg"
 

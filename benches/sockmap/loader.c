@@ -9,8 +9,10 @@
  *
  *   sockets_added=N msgs_redirected=N bytes_redirected=N msgs_passed=N
  *
- * and exits 0. Nothing is pinned: if the loader dies any other way, the kernel drops the link and
- * the maps with its file descriptors, so no program stays attached after it is gone.
+ * and exits 0. It does the same when its parent dies (PR_SET_PDEATHSIG), so a benchmark script that
+ * is killed outright does not leave it running. Nothing is pinned: if the loader dies any other
+ * way, the kernel drops the link and the maps with its file descriptors, so no program stays
+ * attached after it is gone.
  * Needs root (CAP_BPF, CAP_NET_ADMIN), libbpf. Exit status 1 on any error. */
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -20,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 static const char *const tally_names[] = {"sockets_added", "msgs_redirected", "bytes_redirected", "msgs_passed"};
@@ -75,6 +78,8 @@ int main(int argc, char **argv) {
     sigaddset(&stop, SIGINT);
     sigaddset(&stop, SIGHUP);
     sigprocmask(SIG_BLOCK, &stop, NULL);
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) || getppid() != parent) return fail("parent gone", ESRCH);
 
     int cg = open(argv[2], O_RDONLY | O_DIRECTORY);
     if (cg < 0) return fail(argv[2], errno);
