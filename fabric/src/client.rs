@@ -88,6 +88,8 @@ pub struct Client {
     next: u64,
     /// Replies that arrived while another was awaited, by request id.
     stash: HashMap<u64, (Reply, Vec<OwnedFd>)>,
+    /// Requests sent without waiting for their answer: their replies are dropped on arrival.
+    ignored: std::collections::HashSet<u64>,
     pub service_pid: u32,
     pub ring_bytes: u64,
     pub window_bytes: u64,
@@ -104,6 +106,7 @@ impl Client {
             sock,
             next: 1,
             stash: HashMap::new(),
+            ignored: std::collections::HashSet::new(),
             service_pid: 0,
             ring_bytes: 0,
             window_bytes: 0,
@@ -169,6 +172,9 @@ impl Client {
             let (reply, rid) = Reply::decode(&m.bytes, m.fds.len()).map_err(ClientError::Wire)?;
             // Out of the application's descriptor numbers at once: a reply may wait here a
             // while for the request it answers (see `sys::move_high`).
+            if self.ignored.remove(&rid) {
+                continue; // the answer to a request sent without waiting
+            }
             let fds: Vec<OwnedFd> = m.fds.into_iter().map(sys::move_high).collect();
             if let Reply::Refused { why } = reply {
                 if rid == id || rid == 0 {
@@ -200,6 +206,30 @@ impl Client {
 
     pub fn unlisten(&mut self, listener: u64) -> Result<(), ClientError> {
         self.done(Request::Unlisten { listener })
+    }
+
+    /// Send a request whose answer nobody waits for (its reply is dropped when it arrives);
+    /// first take in what has arrived, so that such replies never pile up.
+    fn send_only(&mut self, r: Request) -> Result<(), ClientError> {
+        let _ = self.wait(0, Duration::ZERO);
+        let id = self.send(r, None)?;
+        self.ignored.insert(id);
+        Ok(())
+    }
+
+    /// Let go of this process's end of `conn` without waiting for the answer.
+    pub fn close_nowait(&mut self, conn: u64, server: bool) -> Result<(), ClientError> {
+        self.send_only(Request::Close { conn, server })
+    }
+
+    /// Give up an offer without waiting for the answer.
+    pub fn cancel_nowait(&mut self, offer: Offer) -> Result<(), ClientError> {
+        self.send_only(Request::Cancel { conn: offer.conn })
+    }
+
+    /// Withdraw a listener without waiting for the answer.
+    pub fn unlisten_nowait(&mut self, listener: u64) -> Result<(), ClientError> {
+        self.send_only(Request::Unlisten { listener })
     }
 
     fn done(&mut self, r: Request) -> Result<(), ClientError> {

@@ -67,9 +67,9 @@ impl Link {
         let deferred = std::mem::take(&mut *lock(&self.deferred));
         for d in deferred {
             let _ = match d {
-                Fire::Close(conn, server) => c.close(conn, server),
-                Fire::Cancel(offer) => c.cancel(offer),
-                Fire::Unlisten(id) => c.unlisten(id),
+                Fire::Close(conn, server) => c.close_nowait(conn, server),
+                Fire::Cancel(offer) => c.cancel_nowait(offer),
+                Fire::Unlisten(id) => c.unlisten_nowait(id),
             };
         }
         let r = f(c);
@@ -87,9 +87,9 @@ impl Link {
         let free = self.client.try_lock().is_ok();
         if free {
             let _ = self.with(|c| match f {
-                Fire::Close(conn, server) => c.close(conn, server),
-                Fire::Cancel(offer) => c.cancel(offer),
-                Fire::Unlisten(id) => c.unlisten(id),
+                Fire::Close(conn, server) => c.close_nowait(conn, server),
+                Fire::Cancel(offer) => c.cancel_nowait(offer),
+                Fire::Unlisten(id) => c.unlisten_nowait(id),
             });
         } else {
             lock(&self.deferred).push(f);
