@@ -29,7 +29,8 @@ Options:
   --on-demand         Exit after a minute with no client, listener or connection (how
                       libpcisock.so starts a service when none answers); without it the
                       service runs until 'pcisock fabric stop'
-  --ring-size SIZE    Receive ring per connection and direction (power of two; default 1M)
+  --ring-size SIZE    The largest receive ring a connection gets per direction (power of two;
+                      default 1M; less when its ends ask for less or space runs short)
   --window-size SIZE  Window space shared by all connections (default 512M)
   -h, --help          Print this help
 

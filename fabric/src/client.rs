@@ -249,8 +249,9 @@ impl Client {
         line: RawFd,
         addr: Addr,
         port: u16,
+        ring: u64,
     ) -> Result<Result<Offer, u32>, ClientError> {
-        let id = self.send_fds(Request::Connect { addr, port }, &[fd, line])?;
+        let id = self.send_fds(Request::Connect { addr, port, ring }, &[fd, line])?;
         match self
             .wait(id, REPLY_PATIENCE)?
             .ok_or(ClientError::TimedOut)?
@@ -278,9 +279,10 @@ impl Client {
         self.done(Request::Cancel { conn: offer.conn })
     }
 
-    /// The kernel accepted `fd`: pair it with its client's offer, if there is one.
-    pub fn accept(&mut self, fd: RawFd) -> Result<Pairing, ClientError> {
-        let r = self.call(Request::Accept, Some(fd))?;
+    /// The kernel accepted `fd`: pair it with its client's offer, if there is one, with rings
+    /// of at most `ring` bytes.
+    pub fn accept(&mut self, fd: RawFd, ring: u64) -> Result<Pairing, ClientError> {
+        let r = self.call(Request::Accept { ring }, Some(fd))?;
         pairing(r)
     }
 

@@ -46,6 +46,8 @@ impl Default for Options {
 
 /// Bytes of a segment's endpoint header before its ring (docs/PROTOCOL.md §2).
 pub const SEGMENT_HEADER: u64 = 4096;
+/// The smallest ring a connection gets when window space runs short.
+const MIN_RING: u64 = 64 << 10;
 /// Listeners one process may publish.
 const MAX_LISTENERS: usize = 1024;
 /// Offers one process may have pending.
@@ -85,6 +87,8 @@ struct Listener {
 }
 
 struct Offer {
+    /// The receive ring the client asked for.
+    ring: u64,
     /// The service connection it was made on (0: that one closed while the process lives,
     /// as across an exec; the process takes it back with `Hold`).
     owner: u64,
@@ -99,6 +103,8 @@ struct Offer {
     line: OwnedFd,
     netns: u64,
     posted: Instant,
+    /// Its connected addresses are in `Service::offer_index`.
+    indexed: bool,
 }
 
 struct Conn {
@@ -128,6 +134,8 @@ pub struct Service {
     clients: HashMap<u64, Client>,
     listeners: HashMap<u64, Listener>,
     offers: HashMap<u64, Offer>,
+    /// Offers by (namespace, client address, server address), once connected.
+    offer_index: HashMap<(u64, (Addr, u16), (Addr, u16)), u64>,
     conns: HashMap<u64, Conn>,
     /// pidfds of the processes holding connections.
     holders: HashMap<u32, OwnedFd>,
@@ -164,12 +172,14 @@ impl Service {
     /// A service answering on `listener` (a listening Unix socket from
     /// [`sys::listen_unix`]).
     pub fn new(listener: OwnedFd, opts: Options) -> Service {
+        sys::raise_fd_limit();
         Service {
             opts,
             listener,
             clients: HashMap::new(),
             listeners: HashMap::new(),
             offers: HashMap::new(),
+            offer_index: HashMap::new(),
             conns: HashMap::new(),
             holders: HashMap::new(),
             orphans: Vec::new(),
@@ -293,8 +303,8 @@ impl Service {
                 }
             }
         }
-        for (client, request, socket) in accepts {
-            self.accept(client, request, socket);
+        for (client, request, socket, ring) in accepts {
+            self.accept(client, request, socket, ring);
         }
     }
 
@@ -327,7 +337,7 @@ impl Service {
     }
 
     /// Handle one message; an `Accept` is returned to be handled after the others.
-    fn handle(&mut self, client: u64, m: sys::Received) -> Option<(u64, u64, OwnedFd)> {
+    fn handle(&mut self, client: u64, m: sys::Received) -> Option<(u64, u64, OwnedFd, u64)> {
         let decoded = if m.truncated {
             None
         } else {
@@ -440,7 +450,7 @@ impl Service {
                     self.refuse(client, id, Refusal::NotYours);
                 }
             }
-            Request::Connect { addr, port } => {
+            Request::Connect { addr, port, ring } => {
                 let line = fds.pop()?;
                 let sock = fds.pop()?;
                 if !sys::is_eventfd(line.as_raw_fd()) {
@@ -481,11 +491,13 @@ impl Service {
                     Offer {
                         owner: client,
                         pid: sender,
+                        ring,
                         request: id,
                         socket: sock,
                         line,
                         netns: view.netns,
                         posted: Instant::now(),
+                        indexed: false,
                     },
                 );
                 self.reply(client, id, Reply::Offered { conn }, &[]);
@@ -498,9 +510,9 @@ impl Service {
                     self.refuse(client, id, Refusal::NotYours);
                 }
             }
-            Request::Accept => {
+            Request::Accept { ring } => {
                 let sock = fds.pop()?;
-                return Some((client, id, sock));
+                return Some((client, id, sock, ring));
             }
             Request::Hold => {
                 let sock = fds.pop()?;
@@ -525,7 +537,7 @@ impl Service {
 
     /// The server accepted `socket`: pair it with the offer whose socket is its mirror in the
     /// same namespace.
-    fn accept(&mut self, server: u64, request: u64, socket: OwnedFd) {
+    fn accept(&mut self, server: u64, request: u64, socket: OwnedFd, ring: u64) {
         let view = match sys::tcp_view(socket.as_raw_fd()) {
             Ok(Some(
                 v @ TcpView {
@@ -538,13 +550,7 @@ impl Service {
             _ => return self.refuse(server, request, Refusal::BadSocket),
         };
         drop(socket);
-        let found = self.offers.iter().find_map(|(&conn, o)| {
-            if o.netns != view.netns {
-                return None;
-            }
-            let theirs = sys::tcp_view(o.socket.as_raw_fd()).ok().flatten()?;
-            (theirs.local == view.peer && theirs.peer == view.local).then_some(conn)
-        });
+        let found = self.find_offer(view.netns, view.peer, view.local);
         let Some(conn) = found else {
             self.counters.declined += 1;
             return self.reply(server, request, Reply::Declined { reason: NO_OFFER }, &[]);
@@ -552,7 +558,23 @@ impl Service {
         let Some(offer) = self.offers.remove(&conn) else {
             return;
         };
-        let bytes = 2 * (SEGMENT_HEADER + self.opts.ring_bytes);
+        // The configured ring when there is room for it; as window space runs short, smaller
+        // rings (down to MIN_RING) rather than no connection: more connections, each a little
+        // slower (as the device rendezvous does).
+        // What both ends asked for, within the service's limit, a power of two of at least
+        // MIN_RING (the protocol's ring sizes).
+        let asked = ring.min(offer.ring).min(self.opts.ring_bytes).max(MIN_RING);
+        let mut ring = if asked.is_power_of_two() {
+            asked
+        } else {
+            asked.next_power_of_two() / 2
+        };
+        while self.window_used + 2 * (SEGMENT_HEADER + ring) > self.opts.window_bytes
+            && ring / 2 >= MIN_RING.min(self.opts.ring_bytes)
+        {
+            ring /= 2;
+        }
+        let bytes = 2 * (SEGMENT_HEADER + ring);
         let declined = |s: &mut Service, reason: u32| {
             s.counters.declined += 1;
             s.reply(server, request, Reply::Declined { reason }, &[]);
@@ -563,7 +585,7 @@ impl Service {
             return declined(self, NO_WINDOW_SPACE);
         }
         let made = (|| -> io::Result<_> {
-            let len = SEGMENT_HEADER + self.opts.ring_bytes;
+            let len = SEGMENT_HEADER + ring;
             Ok((sys::segment(len)?, sys::segment(len)?, sys::line()?))
         })();
         let Ok((seg_c, seg_s, line_s)) = made else {
@@ -577,7 +599,6 @@ impl Service {
             return declined(self, NO_OFFER);
         };
         let line_c = &offer.line;
-        let ring = self.opts.ring_bytes;
         let (sc, ss, lc, ls) = (
             seg_c.as_raw_fd(),
             seg_s.as_raw_fd(),
@@ -790,7 +811,47 @@ impl Service {
         }
     }
 
+    /// The offer whose client socket is connected from `local` to `peer` in namespace
+    /// `netns`. Each offer's addresses are read from its socket once, after its connect, and
+    /// indexed: with a thousand offers waiting, an accept costs a look-up, not a thousand
+    /// system calls.
+    fn find_offer(&mut self, netns: u64, peer: Option<(Addr, u16)>, local: Option<(Addr, u16)>) -> Option<u64> {
+        let key = (netns, peer?, local?);
+        if let Some(&conn) = self.offer_index.get(&key) {
+            if self.offers.contains_key(&conn) {
+                return Some(conn);
+            }
+            self.offer_index.remove(&key);
+        }
+        let unseen: Vec<u64> = self
+            .offers
+            .iter()
+            .filter(|(_, o)| !o.indexed && o.netns == netns)
+            .map(|(&c, _)| c)
+            .collect();
+        let mut found = None;
+        for conn in unseen {
+            let Some(o) = self.offers.get_mut(&conn) else {
+                continue;
+            };
+            let Some(v) = sys::tcp_view(o.socket.as_raw_fd()).ok().flatten() else {
+                continue;
+            };
+            if let (Some(l), Some(p)) = (v.local, v.peer) {
+                o.indexed = true;
+                self.offer_index.insert((o.netns, l, p), conn);
+                if (o.netns, l, p) == key {
+                    found = Some(conn);
+                    break;
+                }
+            }
+        }
+        found
+    }
+
     fn expire_offers(&mut self) {
+        let offers = &self.offers;
+        self.offer_index.retain(|_, c| offers.contains_key(c));
         let now = Instant::now();
         let patience = self.opts.offer_patience;
         let old: Vec<u64> = self

@@ -628,3 +628,25 @@ pub fn move_high(fd: OwnedFd) -> OwnedFd {
     // (closed) in its place.
     unsafe { OwnedFd::from_raw_fd(high as RawFd) }
 }
+
+/// Raise this process's soft descriptor limit to its hard limit (the service holds four
+/// descriptors per connection: two segments and two lines). Returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: rlimit is plain data; all zeros is a valid value.
+    let mut rl: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: getrlimit writes into a live rlimit.
+    if unsafe { libc::syscall(libc::SYS_getrlimit, libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return 0;
+    }
+    if rl.rlim_cur < rl.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: rl.rlim_max,
+            rlim_max: rl.rlim_max,
+        };
+        // SAFETY: setrlimit reads a live rlimit.
+        if unsafe { libc::syscall(libc::SYS_setrlimit, libc::RLIMIT_NOFILE, &want) } == 0 {
+            return want.rlim_cur;
+        }
+    }
+    rl.rlim_cur
+}

@@ -36,12 +36,14 @@ pub enum Request {
     /// when the server accepts; the claimed destination only answers "is there a listener"),
     /// and an eventfd: the client's interrupt line, which the service rings when the offer is
     /// paired or declined. The service replies `Offered` or `Declined`.
-    Connect { addr: Addr, port: u16 },
+    Connect { addr: Addr, port: u16, ring: u64 },
     /// The client gives up an offer (its connect failed, or it closes).
     Cancel { conn: u64 },
     /// The kernel accepted a connection; carries the accepted socket. Replies `Paired` or
-    /// `Declined`.
-    Accept,
+    /// `Declined`. `ring` (as in `Connect`): the receive ring this process asks for; a pair
+    /// gets the smaller of its two ends' and the service's, smaller still when window space
+    /// runs short.
+    Accept { ring: u64 },
     /// This process holds the TCP socket it hands over (after a fork, or in a new image after
     /// exec): count it as a holder of the connection that socket carries and give it that
     /// connection's segments and lines again. Replies `Paired` or `Declined`.
@@ -235,8 +237,9 @@ const K_REOFFERED: u16 = 0x89;
 fn shape(kind: u16) -> Option<(usize, usize)> {
     Some(match kind {
         K_HELLO => (1, 0),
-        K_LISTEN | K_ACCEPT | K_HOLD => (0, 1),
-        K_CONNECT => (3, 2),
+        K_LISTEN | K_HOLD => (0, 1),
+        K_ACCEPT => (1, 1),
+        K_CONNECT => (4, 2),
         K_UNLISTEN | K_CANCEL => (1, 0),
         K_CLOSE => (2, 0),
         K_STATUS | K_STOP => (0, 0),
@@ -344,7 +347,7 @@ impl Request {
             Request::Unlisten { .. } => K_UNLISTEN,
             Request::Connect { .. } => K_CONNECT,
             Request::Cancel { .. } => K_CANCEL,
-            Request::Accept => K_ACCEPT,
+            Request::Accept { .. } => K_ACCEPT,
             Request::Hold => K_HOLD,
             Request::Close { .. } => K_CLOSE,
             Request::Status => K_STATUS,
@@ -363,11 +366,12 @@ impl Request {
             Request::Unlisten { listener } => vec![listener],
             Request::Cancel { conn } => vec![conn],
             Request::Close { conn, server } => vec![conn, server as u64],
-            Request::Connect { addr, port } => {
+            Request::Connect { addr, port, ring } => {
                 let (a, b) = addr_words(&addr);
-                vec![a, b, port as u64]
+                vec![a, b, port as u64, ring]
             }
-            Request::Listen | Request::Hold | Request::Accept | Request::Status | Request::Stop => {
+            Request::Accept { ring } => vec![ring],
+            Request::Listen | Request::Hold | Request::Status | Request::Stop => {
                 vec![]
             }
         };
@@ -386,9 +390,10 @@ impl Request {
             K_CONNECT => Request::Connect {
                 addr: words_addr(w[0], w[1]),
                 port: u16::try_from(w[2]).map_err(|_| WireError::Value { kind, word: 2 })?,
+                ring: w[3],
             },
             K_CANCEL => Request::Cancel { conn: w[0] },
-            K_ACCEPT => Request::Accept,
+            K_ACCEPT => Request::Accept { ring: w[0] },
             K_HOLD => Request::Hold,
             K_CLOSE => Request::Close {
                 conn: w[0],
@@ -525,9 +530,10 @@ mod tests {
             Request::Connect {
                 addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1],
                 port: 5201,
+                ring: 1 << 20,
             },
             Request::Cancel { conn: u64::MAX },
-            Request::Accept,
+            Request::Accept { ring: 128 << 10 },
             Request::Hold,
             Request::Close {
                 conn: 3,
@@ -622,7 +628,7 @@ mod tests {
             Err(WireError::Fds { .. })
         ));
         assert!(matches!(
-            Request::decode(&Request::Accept.encode(1), 0),
+            Request::decode(&Request::Accept { ring: 4096 }.encode(1), 0),
             Err(WireError::Fds { .. })
         ));
         // A pid that does not fit 32 bits.

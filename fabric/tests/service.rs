@@ -61,7 +61,7 @@ fn offer_and_connect(
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     let line = sys::line().unwrap();
     let offer = c
-        .offer(s.as_raw_fd(), line.as_raw_fd(), v4(&to), to.port())
+        .offer(s.as_raw_fd(), line.as_raw_fd(), v4(&to), to.port(), 1 << 20)
         .expect("offer")
         .expect("a listener is published");
     s.connect(&to.into()).unwrap();
@@ -84,7 +84,7 @@ fn pairs_a_connection_by_possession_of_its_socket() {
     server.listen(l.as_raw_fd()).unwrap();
 
     let (offer, _csock, accepted) = offer_and_connect(&mut client, to, &l);
-    let Pairing::Paired(s) = server.accept(accepted.as_raw_fd()).unwrap() else {
+    let Pairing::Paired(s) = server.accept(accepted.as_raw_fd(), 1 << 20).unwrap() else {
         panic!("the server's accept was declined");
     };
     let Pairing::Paired(c) = client
@@ -149,24 +149,24 @@ fn a_third_party_can_neither_claim_nor_meddle() {
     let _theirs = TcpStream::connect(to).unwrap();
     let (their_accepted, _) = l.accept().unwrap();
     assert!(matches!(
-        other.accept(their_accepted.as_raw_fd()).unwrap(),
+        other.accept(their_accepted.as_raw_fd(), 1 << 20).unwrap(),
         Pairing::Declined(10)
     ));
     // Not a socket, a listening socket as a client, someone else's listener or connection.
     let file = std::fs::File::open("/proc/self/status").unwrap();
     assert!(matches!(
-        other.accept(file.as_raw_fd()),
+        other.accept(file.as_raw_fd(), 1 << 20),
         Err(ClientError::Refused(Refusal::BadSocket))
     ));
     let line = sys::line().unwrap();
     assert!(matches!(
-        other.offer(l.as_raw_fd(), line.as_raw_fd(), v4(&to), to.port()),
+        other.offer(l.as_raw_fd(), line.as_raw_fd(), v4(&to), to.port(), 1 << 20),
         Err(ClientError::Refused(Refusal::BadSocket))
     ));
     // A "line" that is not an eventfd (here: a TCP socket the server would write into).
     let s3 = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     assert!(matches!(
-        other.offer(s3.as_raw_fd(), accepted.as_raw_fd(), v4(&to), to.port()),
+        other.offer(s3.as_raw_fd(), accepted.as_raw_fd(), v4(&to), to.port(), 1 << 20),
         Err(ClientError::Refused(Refusal::BadSocket))
     ));
     assert!(matches!(
@@ -179,7 +179,7 @@ fn a_third_party_can_neither_claim_nor_meddle() {
     ));
 
     // The real pair still meets.
-    let Pairing::Paired(s) = server.accept(accepted.as_raw_fd()).unwrap() else {
+    let Pairing::Paired(s) = server.accept(accepted.as_raw_fd(), 1 << 20).unwrap() else {
         panic!("declined");
     };
     // (Connections are held by process: `other`, in this same process, could close it.)
@@ -190,7 +190,7 @@ fn a_third_party_can_neither_claim_nor_meddle() {
     let s2 = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     assert_eq!(
         client
-            .offer(s2.as_raw_fd(), line.as_raw_fd(), v4(&to), to.port() ^ 1)
+            .offer(s2.as_raw_fd(), line.as_raw_fd(), v4(&to), to.port() ^ 1, 1 << 20)
             .unwrap(),
         Err(4)
     );
@@ -314,7 +314,7 @@ socket.send_fds(u, [msg(2, 2)], [l.fileno()]); u.recv(256)
 c = socket.socket()
 efd = os.eventfd(0)
 addr = bytes(10) + b"\xff\xff" + bytes([127, 0, 0, 1])
-socket.send_fds(u, [msg(4, 3, [int.from_bytes(addr[:8], "little"), int.from_bytes(addr[8:], "little"), {port}])], [c.fileno(), efd])
+socket.send_fds(u, [msg(4, 3, [int.from_bytes(addr[:8], "little"), int.from_bytes(addr[8:], "little"), {port}, 1 << 20])], [c.fileno(), efd])
 u.recv(256)
 parent = os.getpid()
 if os.fork() == 0:
@@ -367,7 +367,7 @@ fn a_dead_process_leaves_nothing_behind() {
     let mut client = Client::connect(&svc.socket).unwrap();
     let to = l.local_addr().unwrap();
     let (offer, csock, accepted) = offer_and_connect(&mut client, to, &l);
-    let Pairing::Paired(s) = me.accept(accepted.as_raw_fd()).unwrap() else {
+    let Pairing::Paired(s) = me.accept(accepted.as_raw_fd(), 1 << 20).unwrap() else {
         panic!("declined");
     };
     assert!(matches!(

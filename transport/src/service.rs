@@ -185,7 +185,7 @@ pub(crate) fn offer(
     let line = fabric::sys::move_high(crate::sys::eventfd().ok_or(Reason::NoDoorbell)?);
     let raw = line.as_raw_fd();
     let r = link(shared)?
-        .with(|c| c.offer(tcp_fd, raw, remote.ip, remote.port))
+        .with(|c| c.offer(tcp_fd, raw, remote.ip, remote.port, shared.settings.ring_bytes))
         .map_err(failed)?;
     match r {
         Ok(offer) => Ok(Pending::Service(Offered {
@@ -283,7 +283,8 @@ pub(crate) fn accept(
     local: Endpoint,
     peer: Endpoint,
 ) -> Result<Connection, Reason> {
-    match link(shared)?.with(|c| c.accept(tcp_fd)).map_err(failed)? {
+    let ring = shared.settings.ring_bytes;
+    match link(shared)?.with(|c| c.accept(tcp_fd, ring)).map_err(failed)? {
         Pairing::Paired(mut p) => {
             p.own_line = fabric::sys::move_high(p.own_line);
             p.peer_line = fabric::sys::move_high(p.peer_line);
