@@ -107,6 +107,9 @@ struct Offer {
     indexed: bool,
 }
 
+/// (namespace cookie, client address and port, server address and port).
+type OfferKey = (u64, (Addr, u16), (Addr, u16));
+
 struct Conn {
     /// The processes holding each end, as (pid, end: 0 client, 1 server): the one that
     /// connected or accepted, and those that proved they hold one of its sockets since (`Hold`:
@@ -135,7 +138,7 @@ pub struct Service {
     listeners: HashMap<u64, Listener>,
     offers: HashMap<u64, Offer>,
     /// Offers by (namespace, client address, server address), once connected.
-    offer_index: HashMap<(u64, (Addr, u16), (Addr, u16)), u64>,
+    offer_index: HashMap<OfferKey, u64>,
     conns: HashMap<u64, Conn>,
     /// pidfds of the processes holding connections.
     holders: HashMap<u32, OwnedFd>,
