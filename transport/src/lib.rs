@@ -11,6 +11,7 @@
 pub mod conn;
 pub mod proto;
 pub mod rendezvous;
+pub mod sockdiag;
 pub mod stats;
 mod sys;
 
