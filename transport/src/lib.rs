@@ -334,6 +334,8 @@ pub struct Transport {
 #[derive(Debug)]
 pub struct Listener {
     state: Arc<Mutex<ListenerState>>,
+    /// The kernel's listening socket, once it listens (see [`Transport::kernel_listens`]).
+    socket: Arc<Mutex<proto::SocketId>>,
 }
 
 #[derive(Debug)]
@@ -424,15 +426,24 @@ impl Transport {
     /// link down (two machines: the server often starts before the other host's bridge is up)
     /// the listener is published by a thread as soon as the link comes up; until then clients
     /// stay on TCP (`LinkDown`, `NoListener`).
+    ///
+    /// Until [`Transport::kernel_listens`] names the kernel's listening socket, the listener
+    /// lives as long as this process; from then on, as long as that socket, whoever holds it.
     pub fn listen(&self, addr: Endpoint) -> Result<Listener, Reason> {
+        let socket = Arc::new(Mutex::new(proto::SocketId::default()));
         if self.link_up() {
-            let slot = self.ctrl.add_listener(addr).ok_or(Reason::TableFull)?;
+            let slot = self
+                .ctrl
+                .add_listener(addr, proto::SocketId::default())
+                .ok_or(Reason::TableFull)?;
             return Ok(Listener {
                 state: Arc::new(Mutex::new(ListenerState::Published(slot))),
+                socket,
             });
         }
         let state = Arc::new(Mutex::new(ListenerState::Waiting));
         let (st, ctrl, dev) = (state.clone(), self.ctrl.clone(), self.shared.dev.clone());
+        let sock = socket.clone();
         std::thread::Builder::new()
             .name("pcisock-listen".into())
             .spawn(move || {
@@ -445,17 +456,45 @@ impl Transport {
                 }
                 let mut s = lock(&st);
                 if matches!(*s, ListenerState::Waiting) {
-                    *s = match ctrl.add_listener(addr) {
+                    *s = match ctrl.add_listener(addr, *lock(&sock)) {
                         Some(slot) => ListenerState::Published(slot),
                         None => ListenerState::Gone,
                     };
                 }
             })
             .map_err(|_| Reason::LinkDown)?;
-        Ok(Listener { state })
+        Ok(Listener { state, socket })
     }
 
-    /// Withdraw a listener (the listening socket closed).
+    /// The kernel listens on `fd`, the socket of listener `l`: record its identity, so the
+    /// listener is judged by that socket (a forked child or a daemon that outlives the process
+    /// that listened keeps it published).
+    pub fn kernel_listens(&self, l: &Listener, fd: RawFd) {
+        let Ok(id) = sockdiag::socket_id(fd) else {
+            return; // judged by this process, as before
+        };
+        // Under the state lock: the link-up thread publishes with whatever socket is known.
+        let s = lock(&l.state);
+        *lock(&l.socket) = id;
+        if let ListenerState::Published(slot) = &*s {
+            self.ctrl.set_listener_socket(slot, id);
+        }
+    }
+
+    /// This process closed its last fd of listener `l`'s socket (call it after the close):
+    /// withdraw the listener, unless the kernel's listening socket lives on in another process
+    /// (a pre-fork server's child closing its inherited copy must not withdraw its parent's).
+    pub fn close_listener(&self, l: Listener) {
+        let socket = *lock(&l.socket);
+        let lives_on = socket.inode != 0
+            && sockdiag::netns().is_ok_and(|ns| ns == socket.netns)
+            && sockdiag::listening(None).is_ok_and(|v| v.contains(&socket.inode));
+        if !lives_on {
+            self.unlisten(l);
+        }
+    }
+
+    /// Withdraw a listener now.
     pub fn unlisten(&self, l: Listener) {
         let mut s = lock(&l.state);
         if let ListenerState::Published(slot) = std::mem::replace(&mut *s, ListenerState::Gone) {

@@ -383,7 +383,24 @@ pub struct ListenerEntry {
     pub addr: Endpoint,
     pub pid: u32,
     pub start_time: u64,
+    /// The kernel's listening socket (zero until the kernel listens, or if unknown): a listener
+    /// lives as long as this socket does, whoever holds it.
+    pub socket: SocketId,
 }
+
+/// The identity of a listening socket: its inode and its network namespace's inode (zero:
+/// unknown). See `sockdiag`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SocketId {
+    pub inode: u64,
+    pub netns: u64,
+}
+
+/// Offsets in a listener record (from its state word) of the listening socket's inode and its
+/// network namespace's inode: 8-byte aligned, as they are filled in after the record is
+/// published (atomically, once the kernel listens).
+pub const LISTENER_INODE: usize = 40;
+pub const LISTENER_NETNS: usize = 48;
 
 impl ListenerEntry {
     pub fn encode(&self) -> [u8; LISTENER_SIZE - 8] {
@@ -392,6 +409,8 @@ impl ListenerEntry {
         b[16..18].copy_from_slice(&self.addr.port.to_le_bytes());
         b[20..24].copy_from_slice(&self.pid.to_le_bytes());
         b[24..32].copy_from_slice(&self.start_time.to_le_bytes());
+        b[LISTENER_INODE - 8..LISTENER_INODE].copy_from_slice(&self.socket.inode.to_le_bytes());
+        b[LISTENER_NETNS - 8..LISTENER_NETNS].copy_from_slice(&self.socket.netns.to_le_bytes());
         b
     }
 
@@ -406,6 +425,10 @@ impl ListenerEntry {
             addr: Endpoint { ip, port },
             pid: le32(&b[20..24]),
             start_time: le64(&b[24..32]),
+            socket: SocketId {
+                inode: le64(&b[LISTENER_INODE - 8..LISTENER_INODE]),
+                netns: le64(&b[LISTENER_NETNS - 8..LISTENER_NETNS]),
+            },
         })
     }
 }
@@ -905,6 +928,7 @@ mod tests {
             addr: Endpoint::from_std("0.0.0.0:5201".parse().unwrap()),
             pid: 5,
             start_time: 6,
+            socket: SocketId { inode: 7, netns: 8 },
         };
         assert_eq!(ListenerEntry::decode(&l.encode()).unwrap(), l);
         assert!(l.addr.is_unspecified());

@@ -15,21 +15,14 @@
 use std::io;
 use std::os::fd::RawFd;
 
-/// The identity of a listening socket: its inode and its network namespace's inode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct SocketId {
-    pub inode: u64,
-    pub netns: u64,
-}
+pub use crate::proto::SocketId;
 
-impl SocketId {
-    /// The socket `fd` refers to, in this process's network namespace.
-    pub fn of(fd: RawFd) -> io::Result<SocketId> {
-        Ok(SocketId {
-            inode: crate::sys::inode(fd).ok_or_else(io::Error::last_os_error)?,
-            netns: netns()?,
-        })
-    }
+/// The socket `fd` refers to, in this process's network namespace.
+pub fn socket_id(fd: RawFd) -> io::Result<SocketId> {
+    Ok(SocketId {
+        inode: crate::sys::inode(fd).ok_or_else(io::Error::last_os_error)?,
+        netns: netns()?,
+    })
 }
 
 /// The inode of this process's network namespace (`/proc/self/ns/net`).
@@ -205,7 +198,7 @@ mod tests {
     }
 
     fn id(fd: &impl AsRawFd) -> SocketId {
-        SocketId::of(fd.as_raw_fd()).unwrap()
+        socket_id(fd.as_raw_fd()).unwrap()
     }
 
     #[test]

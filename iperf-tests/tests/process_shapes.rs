@@ -1,0 +1,136 @@
+//! Servers started the way they are deployed (`shapes/server.py`): a forking server whose children
+//! close their inherited copy of the listening socket, a daemonizing server (the process that
+//! listened exits, its child serves), and a server that drops privileges after `listen`. A
+//! listener must stay published exactly as long as the kernel's listening socket exists, whoever
+//! holds it. Each test runs a preloaded client (`shapes/client.py`) making several connections
+//! one after the other and checks the client's stats file, the server's own count of the bytes
+//! and the loopback counters.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use iperf_tests::apps::require_bin;
+use iperf_tests::*;
+
+const MIB: u64 = 1024 * 1024;
+/// Connections per test, one after the other: the second and later ones find the listener only
+/// if the first one's server-side process shapes left it published.
+const CONNS: u64 = 3;
+const PER_CONN: u64 = 8 * MIB;
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("shapes")
+        .join(name)
+}
+
+fn python() -> PathBuf {
+    require_bin("python3", "python3")
+}
+
+/// Starts `server.py MODE PORT CONNS` under the library; returns it once the kernel listens.
+fn start_server(f: &Fixture, mode: &str, port: u16, env: &PreloadEnv) -> Proc {
+    let args = [
+        script("server.py").display().to_string(),
+        mode.to_owned(),
+        port.to_string(),
+        CONNS.to_string(),
+    ];
+    let mut p = check(
+        Proc::spawn("server", command(python(), &args, Some(env)), f.dir()),
+        &[],
+    );
+    check(p.wait_stdout(TIMEOUT, |o| o.contains("ready")), &[]);
+    check(wait_listening(port, TIMEOUT), &[&p]);
+    p
+}
+
+/// Runs `client.py PORT CONNS PER_CONN` under the library to a successful exit.
+fn run_client(f: &Fixture, port: u16, env: &PreloadEnv) -> (Proc, Result<(), String>) {
+    let args = [
+        script("client.py").display().to_string(),
+        port.to_string(),
+        CONNS.to_string(),
+        PER_CONN.to_string(),
+    ];
+    let mut c = check(
+        Proc::spawn("client", command(python(), &args, Some(env)), f.dir()),
+        &[],
+    );
+    let r = c.wait_success(TIMEOUT);
+    (c, r)
+}
+
+/// Waits until nothing listens on `port` any more (the last server process exited).
+fn wait_closed(port: u16) -> Result<(), String> {
+    let t = Instant::now();
+    while is_listening(port)? {
+        if t.elapsed() > TIMEOUT {
+            return Err(format!("port {port} still listens after {TIMEOUT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A server shape that must keep every connection on the NTB path.
+fn run_ntb_shape(name: &str, mode: &str) -> Proc {
+    let f = Fixture::new(name);
+    let port = free_port();
+    let server_env = f.preload("server").with_ports(port.to_string());
+    let client_env = f.preload("client").with_ports(port.to_string());
+    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
+    let mut server = start_server(&f, mode, port, &server_env);
+    let (client, r) = run_client(&f, port, &client_env);
+    let delta = lo.delta().unwrap();
+    drop(lo);
+    let mut errors = Vec::new();
+    errors.extend(r.err().map(|e| format!("client: {e}")));
+    match client_env.stats() {
+        Ok(s) => errors.extend(
+            s.check_ntb(port, CONNS, CONNS * PER_CONN, 0)
+                .err()
+                .map(|e| format!("client stats: {e}")),
+        ),
+        Err(e) => errors.push(e),
+    }
+    errors.extend(
+        delta
+            .check_fast_path(CONNS * PER_CONN)
+            .err()
+            .map(|e| format!("lo: {e}")),
+    );
+    errors.extend(wait_closed(port).err());
+    if !errors.is_empty() {
+        let _ = server.terminate();
+        check::<()>(
+            Err(format!(
+                "{name} (logs in {}):\n- {}",
+                f.dir().display(),
+                errors.join("\n- ")
+            )),
+            &[&server, &client],
+        );
+    }
+    server
+}
+
+/// Parent listens and forks a child per connection; each child closes its copy of the listener
+/// and serves. Before the fix the first child's close withdrew the parent's listener and every
+/// later client got `NoListener` (refused under strict).
+#[test]
+fn forked_children_that_close_the_listener_keep_it_published() {
+    let mut server = run_ntb_shape("prefork_close", "prefork");
+    check(server.wait_success(TIMEOUT), &[&server]);
+}
+
+/// The process that listened exits at once; its child serves. Before the fix the listener was
+/// judged by the exited parent's pid: clients skipped it (`NoListener`) and the next process to
+/// open the rendezvous area withdrew it.
+#[test]
+fn a_daemonizing_server_keeps_its_listener() {
+    let mut server = run_ntb_shape("daemonize", "daemon");
+    // The parent exited right after the child took over.
+    check(server.wait_success(TIMEOUT), &[&server]);
+}
