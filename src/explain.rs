@@ -80,6 +80,7 @@ fn explain_reason(r: Reason, out: &mut String) {
         Reason::BadConfig => "'pcisock explain --port N' prints the configuration errors.",
         Reason::Unsupported => "The application used the socket before the upgrade finished (e.g. sent data first).",
         Reason::ClosedBeforeAccept => "Nothing to do: the client hung up before the server got to it, and no byte was lost.",
+        Reason::NoPermission => "The process changed user after the device was opened (workers that drop privileges after listen, e.g. nginx's 'user www-data;', or a setuid after listen), or PCISOCK_EMU_DIR names another user's device: each user's emulated device is private to that user (directory mode 0700). Run all of the server's processes as one user (nginx 'user root;', or start the server as the user its workers run as). PCISOCK_LOG=warn names the file that was refused.",
     };
     let _ = writeln!(out, "  what to do: {hint}");
 }

@@ -173,6 +173,25 @@ fn explain_a_reason() {
     }
 }
 
+/// A permission problem has its own reason, and its advice names the cause and the fixes (not
+/// "too many connections", which is what `NoDoorbell` says).
+#[test]
+fn explain_no_permission() {
+    let o = pcisock(&["explain", "16"], &[]);
+    assert_code(&o, 0);
+    let text = stdout(&o);
+    assert!(text.starts_with("NoPermission (code 16)"), "{text}");
+    for needle in [
+        "drop privileges",
+        "0700",
+        "another user's device",
+        "user root;",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing: {text}");
+    }
+    assert!(!text.contains("reclaim"), "{text}");
+}
+
 #[test]
 fn explain_a_connection() {
     let o = pcisock(&["explain", "--port", "5001", "--role", "client"], &[]);

@@ -134,3 +134,58 @@ fn a_daemonizing_server_keeps_its_listener() {
     // The parent exited right after the child took over.
     check(server.wait_success(TIMEOUT), &[&server]);
 }
+
+/// Listens as root, then setuid(nobody) and serves. In the current model each user has its own
+/// device directory (0700), so the server can no longer make its connections' interrupt lines
+/// there: every connection falls back to TCP, and must say why exactly (`NoPermission` on both
+/// sides; before, `NoDoorbell`, "no interrupt vector left", which sent users after leaks).
+#[test]
+fn a_server_that_drops_privileges_after_listen_falls_back_with_no_permission() {
+    // SAFETY: getuid has no arguments and cannot fail.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: dropping privileges needs root");
+        return;
+    }
+    let f = Fixture::new("dropuid");
+    let port = free_port();
+    let server_env = f
+        .preload("server")
+        .with_ports(port.to_string())
+        .with_strict(false);
+    let client_env = f
+        .preload("client")
+        .with_ports(port.to_string())
+        .with_strict(false);
+    let lo = LoWindow::open(LoExpect::Bulk).unwrap();
+    let mut server = start_server(&f, "dropuid", port, &server_env);
+    let (client, r) = run_client(&f, port, &client_env);
+    let delta = lo.delta().unwrap();
+    drop(lo);
+    let mut errors = Vec::new();
+    errors.extend(r.err().map(|e| format!("client: {e}")));
+    match client_env.stats() {
+        Ok(s) => errors.extend(
+            s.check_tcp(port, CONNS, |r| r == "NoPermission")
+                .err()
+                .map(|e| format!("client stats: {e}")),
+        ),
+        Err(e) => errors.push(e),
+    }
+    errors.extend(
+        delta
+            .check_tcp(CONNS * PER_CONN)
+            .err()
+            .map(|e| format!("lo: {e}")),
+    );
+    errors.extend(server.wait_success(TIMEOUT).err());
+    if !errors.is_empty() {
+        check::<()>(
+            Err(format!(
+                "dropuid (logs in {}):\n- {}",
+                f.dir().display(),
+                errors.join("\n- ")
+            )),
+            &[&server, &client],
+        );
+    }
+}

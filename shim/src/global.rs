@@ -17,7 +17,8 @@ pub struct Global {
     pub program: String,
     pub log: LogLevel,
     pub stats_file: Option<PathBuf>,
-    transport: OnceLock<Result<Transport, String>>,
+    /// The transport, or why it could not be opened (the fallback reason and the error).
+    transport: OnceLock<Result<Transport, (Reason, String)>>,
     closed: Mutex<Closed>,
     pub ntb_connections: AtomicU64,
     pub tcp_connections: AtomicU64,
@@ -162,13 +163,24 @@ impl Global {
                         _ if self.config.strict() => LogLevel::Error,
                         _ => LogLevel::Warn,
                     };
+                    let reason = e.reason();
                     let e = e.to_string();
-                    self.log(level, || format!("NTB transport unavailable: {e}"));
-                    e
+                    self.log(level, || {
+                        format!("NTB transport unavailable: {e} ({reason})")
+                    });
+                    (reason, e)
                 })
             })
             .as_ref()
-            .map_err(|e| e.as_str())
+            .map_err(|(_, e)| e.as_str())
+    }
+
+    /// Why flagged connections stay on TCP when the transport cannot be opened.
+    pub fn unavailable(&self) -> Reason {
+        match self.transport.get() {
+            Some(Err((r, _))) => *r,
+            _ => Reason::NoDevice,
+        }
     }
 
     /// A tracked fd is closing: keep its record and rewrite the statistics file.

@@ -95,7 +95,7 @@ pub fn register_listener(fd: c_int) -> Result<Listen, c_int> {
             Ok(l) => State::Listening(Some(l)),
             Err(r) => State::Tcp(r),
         },
-        Err(_) => State::Tcp(Reason::NoDevice),
+        Err(_) => State::Tcp(g.unavailable()),
     };
     if let State::Tcp(r) = &state {
         g.log(LogLevel::Warn, || {
@@ -188,7 +188,7 @@ pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> 
                 }
                 Err(r) => r,
             },
-            Err(_) => Reason::NoDevice,
+            Err(_) => g.unavailable(),
         }
     };
     g.log(LogLevel::Debug, || {
@@ -240,7 +240,7 @@ pub fn connect(fd: c_int, addr: Option<SocketAddr>, real: impl Fn() -> c_int) ->
                 fd,
                 remote_ep,
                 nonblock,
-                Reason::NoDevice,
+                g.unavailable(),
                 real,
             ))
         }

@@ -310,9 +310,12 @@ impl HalfOpen {
         };
         let vector = match dev.vector_fd(bell.vector) {
             Ok(v) => v,
-            Err(_) => {
+            Err(e) => {
                 undo(dev);
-                return Err(Reason::NoDoorbell);
+                return Err(match e {
+                    ntbdrv::DoorbellError::Denied(_) => Reason::NoPermission,
+                    _ => Reason::NoDoorbell,
+                });
             }
         };
         ntbdrv::drain_vector(&vector);

@@ -311,6 +311,27 @@ pub enum OpenError {
     Setting(SettingError),
 }
 
+impl OpenError {
+    /// The reason a flagged connection of a process whose transport failed to open stays on
+    /// TCP: `NoPermission` when the device's directory or file is another user's or not open to
+    /// this process, `BadConfig` for a bad setting, `NoDevice` otherwise.
+    pub fn reason(&self) -> Reason {
+        use ntbdrv::DeviceError as D;
+        match self {
+            OpenError::Device(D::ForeignDirectory { .. } | D::ForeignFile { .. }) => {
+                Reason::NoPermission
+            }
+            OpenError::Device(D::Io { err, .. })
+                if matches!(err.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) =>
+            {
+                Reason::NoPermission
+            }
+            OpenError::Setting(_) => Reason::BadConfig,
+            _ => Reason::NoDevice,
+        }
+    }
+}
+
 impl std::fmt::Display for OpenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -890,6 +911,33 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.to_string())
         })
+    }
+
+    /// A transport that cannot open the device says exactly why its connections stay on TCP.
+    #[test]
+    fn open_errors_map_to_exact_reasons() {
+        use ntbdrv::DeviceError as D;
+        let io = |errno| {
+            OpenError::Device(D::Io {
+                what: "open /x".into(),
+                err: std::io::Error::from_raw_os_error(errno),
+            })
+        };
+        assert_eq!(io(libc::EACCES).reason(), Reason::NoPermission);
+        assert_eq!(io(libc::EPERM).reason(), Reason::NoPermission);
+        assert_eq!(io(libc::ENOSPC).reason(), Reason::NoDevice);
+        let foreign = OpenError::Device(D::ForeignDirectory {
+            path: "/x".into(),
+            owner: 0,
+            mode: 0o700,
+        });
+        assert_eq!(foreign.reason(), Reason::NoPermission);
+        assert_eq!(
+            OpenError::Device(D::NotADevice("/x".into())).reason(),
+            Reason::NoDevice
+        );
+        let bad = settings(&[("PCISOCK_RING_SIZE", "3")]).unwrap_err();
+        assert_eq!(OpenError::Setting(bad).reason(), Reason::BadConfig);
     }
 
     #[test]

@@ -594,6 +594,10 @@ pub enum Reason {
     /// (a pcisock client withdraws its offer when it closes): the server reads end-of-file, as
     /// over TCP, and no byte travels either way.
     ClosedBeforeAccept = 15,
+    /// This process may not use the NTB device's files: its directory, device file or an
+    /// interrupt line (FIFO) is another user's, or not open to it (EACCES, EPERM) — typically
+    /// a worker that dropped privileges after its master opened the device.
+    NoPermission = 16,
 }
 
 impl Reason {
@@ -602,7 +606,7 @@ impl Reason {
     }
 
     /// Every reason, in code order.
-    pub const ALL: [Reason; 15] = {
+    pub const ALL: [Reason; 16] = {
         use Reason::*;
         [
             NotFlagged,
@@ -620,6 +624,7 @@ impl Reason {
             BadConfig,
             Unsupported,
             ClosedBeforeAccept,
+            NoPermission,
         ]
     };
 
@@ -644,6 +649,7 @@ impl Reason {
             Reason::BadConfig => "BadConfig",
             Reason::Unsupported => "Unsupported",
             Reason::ClosedBeforeAccept => "ClosedBeforeAccept",
+            Reason::NoPermission => "NoPermission",
         }
     }
 
@@ -672,6 +678,9 @@ impl Reason {
             Reason::Unsupported => "the socket was used in a way pcisock cannot carry",
             Reason::ClosedBeforeAccept => {
                 "the client closed the connection before the server accepted it (nothing to carry)"
+            }
+            Reason::NoPermission => {
+                "this process may not open the NTB device's files (another user's, e.g. after a privilege drop)"
             }
         }
     }

@@ -1320,11 +1320,10 @@ impl NtbDevice for EmuDevice {
             });
         }
         let path = self.vector_path(self.side, bit);
-        sysutil::mkfifo(&path)
-            .map_err(|e| DoorbellError::Vector(format!("mkfifo {}: {e}", path.display())))?;
+        sysutil::mkfifo(&path).map_err(|e| DoorbellError::line("mkfifo", &path, e))?;
         // O_RDWR keeps a writer on the FIFO, so poll never reports a hang-up.
         let fd = sysutil::open(&path, libc::O_RDWR | libc::O_NONBLOCK)
-            .map_err(|e| DoorbellError::Vector(format!("open {}: {e}", path.display())))?;
+            .map_err(|e| DoorbellError::line("open", &path, e))?;
         if self.bridge.is_some() {
             // A ring posted before this line had its listener is not this listener's interrupt
             // (on a device file it would have kicked no FIFO). Cleared before arming: a ring
@@ -1370,14 +1369,13 @@ impl NtbDevice for EmuDevice {
             )));
         }
         let path = self.msi_path(self.side, v);
-        sysutil::mkfifo(&path)
-            .map_err(|e| DoorbellError::Vector(format!("mkfifo {}: {e}", path.display())))?;
+        sysutil::mkfifo(&path).map_err(|e| DoorbellError::line("mkfifo", &path, e))?;
         if self.bridge.is_some() {
             self.start_poller();
         }
         // O_RDWR keeps a writer on the FIFO, so poll never reports a hang-up.
         sysutil::open(&path, libc::O_RDWR | libc::O_NONBLOCK)
-            .map_err(|e| DoorbellError::Vector(format!("open {}: {e}", path.display())))
+            .map_err(|e| DoorbellError::line("open", &path, e))
     }
 
     fn peer_vector_trigger(&self, v: u32) -> Result<(), DoorbellError> {
