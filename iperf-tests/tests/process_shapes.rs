@@ -74,11 +74,49 @@ fn wait_closed(port: u16) -> Result<(), String> {
     Ok(())
 }
 
+/// The env of a server whose processes each write their own stats file into `dir`.
+fn per_process_env(f: &Fixture, port: u16) -> (PreloadEnv, PathBuf) {
+    let dir = f.dir().join("server-stats");
+    std::fs::create_dir(&dir).unwrap();
+    let mut env = f.preload("server").with_ports(port.to_string());
+    env.stats_file = PathBuf::from(format!("{}/", dir.display()));
+    (env, dir)
+}
+
+/// The server's processes, summed over their stats files: every connection accepted on the
+/// NTB path, none fell back, and the NTB bytes received cover the payload.
+fn check_server_stats(dir: &Path, port: u16) -> Result<(), String> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let p = e.map_err(|e| e.to_string())?.path();
+        if p.extension().is_some_and(|x| x == "json") {
+            files.push(Stats::load(&p)?);
+        }
+    }
+    let ntb: u64 = files.iter().map(|s| s.ntb_connections).sum();
+    let tcp: u64 = files.iter().map(|s| s.tcp_connections).sum();
+    let rx: u64 = files.iter().map(|s| s.ntb_rx_bytes).sum();
+    let on_tcp: Vec<_> = files
+        .iter()
+        .flat_map(|s| s.on_port(port))
+        .filter(|c| c.path != "ntb")
+        .collect();
+    if ntb < CONNS || tcp != 0 || rx < CONNS * PER_CONN || !on_tcp.is_empty() {
+        return Err(format!(
+            "server stats over {} files: ntb_connections {ntb} (want >= {CONNS}), \
+             tcp_connections {tcp} (want 0), ntb_rx_bytes {rx} (want >= {}), not on NTB: {on_tcp:?}",
+            files.len(),
+            CONNS * PER_CONN
+        ));
+    }
+    Ok(())
+}
+
 /// A server shape that must keep every connection on the NTB path.
 fn run_ntb_shape(name: &str, mode: &str) -> Proc {
     let f = Fixture::new(name);
     let port = free_port();
-    let server_env = f.preload("server").with_ports(port.to_string());
+    let (server_env, server_stats) = per_process_env(&f, port);
     let client_env = f.preload("client").with_ports(port.to_string());
     let lo = LoWindow::open(LoExpect::Quiet).unwrap();
     let mut server = start_server(&f, mode, port, &server_env);
@@ -102,6 +140,7 @@ fn run_ntb_shape(name: &str, mode: &str) -> Proc {
             .map(|e| format!("lo: {e}")),
     );
     errors.extend(wait_closed(port).err());
+    errors.extend(check_server_stats(&server_stats, port).err());
     if !errors.is_empty() {
         let _ = server.terminate();
         check::<()>(

@@ -1650,6 +1650,7 @@ fn each_connection(f: impl Fn(&transport::Connection)) {
 extern "C" fn atfork_child() {
     let _ = std::panic::catch_unwind(|| {
         let pid = std::process::id();
+        global::get().forked();
         table::for_each_in_child(|sock| {
             if let Some(c) = sock.conn.get() {
                 c.adopt(pid);
