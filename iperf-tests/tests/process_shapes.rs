@@ -115,10 +115,12 @@ fn check_server_stats(dir: &Path, port: u16) -> Result<(), String> {
 /// A server shape that must keep every connection on the NTB path.
 fn run_ntb_shape(name: &str, mode: &str) -> Proc {
     let f = Fixture::new(name);
+    // The port is chosen once the lo lock is held: a port picked before a long wait for it
+    // may be taken meanwhile.
+    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
     let port = free_port();
     let (server_env, server_stats) = per_process_env(&f, port);
     let client_env = f.preload("client").with_ports(port.to_string());
-    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
     let mut server = start_server(&f, mode, port, &server_env);
     let (client, r) = run_client(&f, port, &client_env);
     let delta = lo.delta().unwrap();
@@ -186,6 +188,7 @@ fn a_server_that_drops_privileges_after_listen_falls_back_with_no_permission() {
         return;
     }
     let f = Fixture::new("dropuid");
+    let lo = LoWindow::open(LoExpect::Bulk).unwrap();
     let port = free_port();
     let server_env = f
         .preload("server")
@@ -195,7 +198,6 @@ fn a_server_that_drops_privileges_after_listen_falls_back_with_no_permission() {
         .preload("client")
         .with_ports(port.to_string())
         .with_strict(false);
-    let lo = LoWindow::open(LoExpect::Bulk).unwrap();
     let mut server = start_server(&f, "dropuid", port, &server_env);
     let (client, r) = run_client(&f, port, &client_env);
     let delta = lo.delta().unwrap();

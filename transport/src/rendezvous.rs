@@ -279,7 +279,7 @@ impl Control {
     /// Is there a live pcisock listener on the peer host for `server`? `same_host` lets us check
     /// the listener's socket (or, before it listens, its process) on a loopback link.
     pub fn find_listener(&self, server: &Endpoint, same_host: bool) -> bool {
-        let live = Liveness::new(Some(server.port));
+        let live = Liveness::new(Some(server));
         for i in 0..LISTENER_SLOTS {
             let base = LISTENERS + i * LISTENER_SIZE;
             if u32_at(&self.local, base).load(Acquire) != ACTIVE {
@@ -470,15 +470,18 @@ impl Control {
 /// us (the socket is known and in our network namespace), else by the publishing process. The
 /// kernel's list of listening sockets is asked once per judge, on first need.
 struct Liveness {
+    /// The address a client connects to (16 bytes, IPv4-mapped) and its port, if any.
+    at: Option<([u8; 16], u16)>,
     port: Option<u16>,
     netns: Option<u64>,
     listening: std::cell::OnceCell<Option<Vec<u64>>>,
 }
 
 impl Liveness {
-    fn new(port: Option<u16>) -> Liveness {
+    fn new(at: Option<&Endpoint>) -> Liveness {
         Liveness {
-            port,
+            at: at.map(|e| (e.ip, e.port)),
+            port: at.map(|e| e.port),
             netns: sockdiag::netns().ok(),
             listening: std::cell::OnceCell::new(),
         }
@@ -487,6 +490,12 @@ impl Liveness {
     /// Does the listener published by `pid` (started at `start`) on `socket` still live?
     fn listener(&self, pid: u32, start: u64, socket: SocketId) -> bool {
         if socket.inode != 0 && Some(socket.netns) == self.netns {
+            // One socket on a client's connect: ask for it alone.
+            if let Some((ip, port)) = self.at {
+                if let Ok(yes) = sockdiag::is_listening_at(socket.inode, &ip, port) {
+                    return yes;
+                }
+            }
             let list = self
                 .listening
                 .get_or_init(|| sockdiag::listening(self.port).ok());

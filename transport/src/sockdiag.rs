@@ -48,14 +48,46 @@ pub fn listening(port: Option<u16>) -> io::Result<Vec<u64>> {
     let mut out = Vec::new();
     let sock = Netlink::open()?;
     for family in [libc::AF_INET, libc::AF_INET6] {
-        sock.dump(family as u8, port, &mut out)?;
+        sock.dump(family as u8, port, None, &mut out)?;
     }
     Ok(out)
 }
 
-/// Is the socket `inode` listening (on `port`) in this network namespace?
+/// Is the socket `inode` listening on `port` at `ip` (16 bytes, IPv4 as IPv4-mapped; all zeros
+/// or 0.0.0.0: any address) in this network namespace? First an exact lookup of the listener a
+/// connection to that address would reach (no walk of the kernel's listening table); if that
+/// finds another socket (a more specific listener, a SO_REUSEPORT sibling) or none, the answer
+/// of [`is_listening`].
+pub fn is_listening_at(inode: u64, ip: &[u8; 16], port: u16) -> io::Result<bool> {
+    const MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    let (family, addr): (u8, Vec<u8>) = if ip[..12] == MAPPED || ip == &[0; 16] {
+        let v4 = &ip[12..];
+        let v4 = if v4 == [0; 4] {
+            &[127, 0, 0, 1][..]
+        } else {
+            v4
+        };
+        (libc::AF_INET as u8, v4.to_vec())
+    } else {
+        (libc::AF_INET6 as u8, ip.to_vec())
+    };
+    if Netlink::open()?.lookup(family, &addr, port)? == Some(inode) {
+        return Ok(true);
+    }
+    is_listening(inode, port)
+}
+
+/// Is the socket `inode` listening on `port` in this network namespace? Cheaper than
+/// [`listening`] on a connect's path: it stops at the first family that lists the socket (the
+/// socket is then closed with the rest of the reply unread).
 pub fn is_listening(inode: u64, port: u16) -> io::Result<bool> {
-    Ok(listening(Some(port))?.contains(&inode))
+    let mut out = Vec::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        if Netlink::open()?.dump(family as u8, Some(port), Some(inode), &mut out)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 struct Netlink(RawFd);
@@ -84,18 +116,35 @@ impl Netlink {
         Ok(Netlink(fd as RawFd))
     }
 
-    /// One dump request for `family`'s listening TCP sockets; appends their inodes.
-    fn dump(&self, family: u8, port: Option<u16>, out: &mut Vec<u64>) -> io::Result<()> {
+    /// The inode of the listening socket that a connection to `addr` (4 or 16 bytes, network
+    /// order) port `port` would reach, if any: an exact lookup (no NLM_F_DUMP).
+    fn lookup(&self, family: u8, addr: &[u8], port: u16) -> io::Result<Option<u64>> {
         let mut req = [0u8; NLMSG_HDR + REQ_LEN];
         req[0..4].copy_from_slice(&((NLMSG_HDR + REQ_LEN) as u32).to_ne_bytes());
         req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-        req[6..8].copy_from_slice(&flags.to_ne_bytes());
-        req[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence
+        req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+        req[8..12].copy_from_slice(&2u32.to_ne_bytes()); // sequence
         let r = &mut req[NLMSG_HDR..];
         r[0] = family;
         r[1] = libc::IPPROTO_TCP as u8;
         r[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        // struct inet_diag_sockid at 8: sport, dport (network order), src[16], dst[16], if,
+        // cookie[2] (INET_DIAG_NOCOOKIE: any socket).
+        r[8..10].copy_from_slice(&port.to_be_bytes());
+        r[12..12 + addr.len()].copy_from_slice(addr);
+        r[48..56].fill(0xff);
+        self.send(&req)?;
+        let mut buf = vec![0u8; 4096];
+        let n = self.recv(&mut buf)?;
+        let mut out = Vec::new();
+        match parse_states(&buf[..n], None, &mut out, 1 << TCP_LISTEN) {
+            Ok(_) => Ok(out.first().copied()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn send(&self, req: &[u8]) -> io::Result<()> {
         // SAFETY: `sockaddr_nl` is plain old data; zero is valid (pid 0: the kernel).
         let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         to.nl_family = libc::AF_NETLINK as u16;
@@ -114,7 +163,10 @@ impl Netlink {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut buf = vec![0u8; 32 << 10];
+        Ok(())
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             // SAFETY: `buf` is a live buffer of the length passed; null address arguments.
             let n = unsafe {
@@ -128,22 +180,63 @@ impl Netlink {
                     std::ptr::null::<u8>(),
                 )
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e);
             }
-            if parse(&buf[..n as usize], port, out)? {
-                return Ok(());
+        }
+    }
+
+    /// One dump request for `family`'s listening TCP sockets; appends their inodes. With
+    /// `want`, returns true as soon as that inode is listed (the rest of the reply unread: the
+    /// socket must not be used again).
+    fn dump(
+        &self,
+        family: u8,
+        port: Option<u16>,
+        want: Option<u64>,
+        out: &mut Vec<u64>,
+    ) -> io::Result<bool> {
+        let mut req = [0u8; NLMSG_HDR + REQ_LEN];
+        req[0..4].copy_from_slice(&((NLMSG_HDR + REQ_LEN) as u32).to_ne_bytes());
+        req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+        req[6..8].copy_from_slice(&flags.to_ne_bytes());
+        req[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence
+        let r = &mut req[NLMSG_HDR..];
+        r[0] = family;
+        r[1] = libc::IPPROTO_TCP as u8;
+        r[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        self.send(&req)?;
+        let mut buf = vec![0u8; 32 << 10];
+        loop {
+            let n = self.recv(&mut buf)?;
+            let done = parse(&buf[..n], port, out)?;
+            if want.is_some_and(|w| out.contains(&w)) {
+                return Ok(true);
+            }
+            if done {
+                return Ok(false);
             }
         }
     }
 }
 
 /// Parse one datagram of a dump reply; true once the dump is done.
-fn parse(mut b: &[u8], port: Option<u16>, out: &mut Vec<u64>) -> io::Result<bool> {
+fn parse(b: &[u8], port: Option<u16>, out: &mut Vec<u64>) -> io::Result<bool> {
+    parse_states(b, port, out, !0)
+}
+
+/// [`parse`], keeping only sockets whose state is in the bit set `states`.
+fn parse_states(
+    mut b: &[u8],
+    port: Option<u16>,
+    out: &mut Vec<u64>,
+    states: u32,
+) -> io::Result<bool> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed sock_diag reply");
     while b.len() >= NLMSG_HDR {
         let len = u32::from_ne_bytes(b[0..4].try_into().map_err(|_| bad())?) as usize;
@@ -171,7 +264,8 @@ fn parse(mut b: &[u8], port: Option<u16>, out: &mut Vec<u64>) -> io::Result<bool
                         .try_into()
                         .map_err(|_| bad())?,
                 );
-                if port.is_none_or(|p| p == sport) {
+                let state = 1u32.checked_shl(body[1] as u32).unwrap_or(0);
+                if port.is_none_or(|p| p == sport) && states & state != 0 {
                     out.push(inode as u64);
                 }
             }
@@ -214,6 +308,62 @@ mod tests {
         assert!(!is_listening(me.inode, port.wrapping_add(1).max(1)).unwrap());
         drop(l);
         assert!(!is_listening(me.inode, port).unwrap());
+    }
+
+    /// The exact lookup finds the listener a connection would reach, by its address or (for a
+    /// wildcard listener) by loopback; a specific listener that shadows a wildcard one on the
+    /// same port still leaves the wildcard one judged alive (by the table walk).
+    #[test]
+    fn the_exact_lookup_finds_the_listener() {
+        let _serial = serial();
+        let mapped = |a: [u8; 4]| {
+            let mut ip = [0u8; 16];
+            ip[10] = 0xff;
+            ip[11] = 0xff;
+            ip[12..].copy_from_slice(&a);
+            ip
+        };
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let me = id(&l).inode;
+        let nl = Netlink::open().unwrap();
+        assert_eq!(
+            nl.lookup(libc::AF_INET as u8, &[127, 0, 0, 1], port)
+                .unwrap(),
+            Some(me)
+        );
+        assert!(is_listening_at(me, &mapped([127, 0, 0, 1]), port).unwrap());
+        assert!(is_listening_at(me, &[0; 16], port).unwrap());
+        // A wildcard listener on another port, shadowed on 127.0.0.2 by a specific one.
+        let any = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        any.set_reuse_address(true).unwrap();
+        any.bind(&"0.0.0.0:0".parse::<std::net::SocketAddr>().unwrap().into())
+            .unwrap();
+        any.listen(1).unwrap();
+        let aport = any.local_addr().unwrap().as_socket().unwrap().port();
+        let spec =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        spec.set_reuse_address(true).unwrap();
+        let addr2: std::net::SocketAddr = format!("127.0.0.2:{aport}").parse().unwrap();
+        if spec.bind(&addr2.into()).is_ok() && spec.listen(1).is_ok() {
+            let (a, s2) = (id(&any).inode, id(&spec).inode);
+            let nl = Netlink::open().unwrap();
+            assert_eq!(
+                nl.lookup(libc::AF_INET as u8, &[127, 0, 0, 2], aport)
+                    .unwrap(),
+                Some(s2)
+            );
+            assert!(is_listening_at(a, &mapped([127, 0, 0, 2]), aport).unwrap());
+            assert!(is_listening_at(s2, &mapped([127, 0, 0, 2]), aport).unwrap());
+        }
+        drop(l);
+        let nl = Netlink::open().unwrap();
+        assert_eq!(
+            nl.lookup(libc::AF_INET as u8, &[127, 0, 0, 1], port)
+                .unwrap(),
+            None
+        );
+        assert!(!is_listening_at(me, &mapped([127, 0, 0, 1]), port).unwrap());
     }
 
     #[test]
