@@ -637,6 +637,56 @@ mod tests {
     }
 
     #[test]
+    fn the_report_sums_files_and_leaves_out_unflagged_connections() {
+        let mut t = Tally::default();
+        assert_eq!(t.line(), None);
+        t.add(r#"{"pid":1,"ntb_connections":3,"tcp_connections":0,"fallbacks":{},"x":1}"#);
+        assert_eq!(t.line(), None, "all on NTB: silent");
+        t.add(r#"{"pid":2,"ntb_connections":0,"tcp_connections":3,"fallbacks":{"NoListener":1,"NoPermission":2}}"#);
+        t.add(r#"{"pid":3,"ntb_connections":1,"tcp_connections":2,"fallbacks":{"NotFlagged":1,"NoListener":1}}"#);
+        assert_eq!(
+            t.line().unwrap(),
+            "pcisock run: 4 of 8 flagged connections fell back to TCP: 2 NoListener (4), \
+             2 NoPermission (16); 'pcisock explain REASON' says why"
+        );
+        // A file of an older library, without the breakdown.
+        let mut t = Tally::default();
+        t.add(r#"{"ntb_connections":0,"tcp_connections":1,"connections":[]}"#);
+        assert_eq!(
+            t.line().unwrap(),
+            "pcisock run: 1 of 1 flagged connection fell back to TCP: 1 unknown; \
+             'pcisock explain REASON' says why"
+        );
+    }
+
+    #[test]
+    fn stats_files_follow_the_librarys_names() {
+        let d = std::env::temp_dir().join(format!("pcisock-run-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        for n in [
+            "pcisock-12.json",
+            "pcisock-7.json",
+            "pcisock-x.json",
+            "s.12.out",
+            "s.tmp",
+        ] {
+            std::fs::write(d.join(n), "{}").unwrap();
+        }
+        let names = |v: Vec<PathBuf>| -> Vec<String> {
+            v.iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(stats_files(&d)),
+            vec!["pcisock-12.json", "pcisock-7.json"]
+        );
+        assert_eq!(names(stats_files(&d.join("s.%p.out"))), vec!["s.12.out"]);
+        assert_eq!(stats_files(&d.join("one.json")), vec![d.join("one.json")]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn preload_goes_first_once() {
         let lib = Path::new("/x/libpcisock.so");
         assert_eq!(preload_value(lib, None), OsString::from("/x/libpcisock.so"));

@@ -668,3 +668,58 @@ fn which(name: &str) -> Result<PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+/// `doctor` flags what dead processes and closed connections leave behind (a lease whose owner
+/// is gone, an interrupt line no lease holds) and names the fix; `emu reclaim` then frees the
+/// lease and removes that line, and only that line (a leased vector's line stays).
+#[test]
+fn doctor_flags_stale_state_and_reclaim_clears_it() {
+    let dir = TempDir::new("stale");
+    let dev = make_device(&dir.0);
+    // A lease handed to a process that then dies.
+    let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+    let lease = dev.lease_window(0, 4096, 0x7465_7374).expect("lease");
+    dev.transfer(ntbdrv::Lease::Window(lease), child.id())
+        .expect("transfer");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // An interrupt line with no lease (a closed connection's), and a leased one.
+    drop(dev.vector_fd(5).expect("line"));
+    let held = dev.lease_vector(0x7465_7374).expect("vector");
+    let _held_line = dev.vector_fd(held.vector).expect("line");
+    let idle = dir.0.join("loopback.s0.v5");
+    let busy = dir.0.join(format!("loopback.s0.v{}", held.vector));
+    assert!(idle.exists() && busy.exists());
+
+    let stale_line = |o: &Output| {
+        stdout(o)
+            .lines()
+            .find(|l| l.contains(" stale "))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no stale check: {}", stdout(o)))
+    };
+    let o = pcisock_in(&dir.0, &["doctor"], &[]);
+    let line = stale_line(&o);
+    assert!(line.starts_with("[warn] stale"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "1 lease(s) of 1 process(es) that are gone (pids {})",
+            child.id()
+        )),
+        "{line}"
+    );
+    assert!(line.contains("1 interrupt line(s) (FIFOs)"), "{line}");
+    assert!(line.contains("'pcisock emu reclaim' frees them"), "{line}");
+
+    let o = pcisock_in(&dir.0, &["emu", "reclaim"], &[]);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("freed 1 lease(s) of processes that are gone; removed 1 interrupt"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!idle.exists(), "the idle line is still there");
+    assert!(busy.exists(), "reclaim removed a leased vector's line");
+    let o = pcisock_in(&dir.0, &["doctor"], &[]);
+    assert!(stale_line(&o).starts_with("[ ok ] stale"), "{}", stdout(&o));
+}

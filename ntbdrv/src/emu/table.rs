@@ -381,6 +381,13 @@ impl<'a> HostTable<'a> {
             .collect()
     }
 
+    /// Run `f` on the table's leases with the table locked: no lease is made or ended
+    /// meanwhile.
+    pub(crate) fn with_leases<R>(&self, f: impl FnOnce(&[Slot]) -> R) -> R {
+        let _g = self.lock();
+        f(&self.leases())
+    }
+
     /// Every lease in the table (for diagnostics and tests).
     pub(crate) fn leases(&self) -> Vec<Slot> {
         (0..self.used())
