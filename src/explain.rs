@@ -76,7 +76,7 @@ fn explain_reason(r: Reason, out: &mut String) {
         Reason::BadPeer => "The two sides run different pcisock versions, or the peer is misbehaving.",
         Reason::NoOffer => "Run the client under pcisock too, with the port flagged there.",
         Reason::NotInet => "Only IPv4/IPv6 TCP sockets can use the NTB path.",
-        Reason::TableFull => "Too many pending upgrades; 'pcisock emu reclaim' frees the leases of dead processes.",
+        Reason::TableFull => "Too many pending upgrades or leases at once (each connection holds a few of the host table's lease slots); 'pcisock emu reclaim' frees the leases of dead processes.",
         Reason::BadConfig => "'pcisock explain --port N' prints the configuration errors.",
         Reason::Unsupported => "The application used the socket before the upgrade finished (e.g. sent data first).",
         Reason::ClosedBeforeAccept => "Nothing to do: the client hung up before the server got to it, and no byte was lost.",

@@ -725,7 +725,7 @@ impl Transport {
                 peer,
                 &park,
             ) {
-                Err(r @ (Reason::NoWindowSpace | Reason::NoDoorbell)) => {
+                Err(r @ (Reason::NoWindowSpace | Reason::NoDoorbell | Reason::TableFull)) => {
                     let waiting = self
                         .shared
                         .zombies

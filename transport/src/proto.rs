@@ -584,7 +584,7 @@ pub enum Reason {
     NoOffer = 10,
     /// Not an IPv4/IPv6 stream socket.
     NotInet = 11,
-    /// The rendezvous tables are full.
+    /// The rendezvous tables, or the host resource table's lease slots, are full.
     TableFull = 12,
     /// The configuration is invalid (pass-through).
     BadConfig = 13,
@@ -671,7 +671,9 @@ impl Reason {
                 "the client made no upgrade offer (plain client or not flagged there)"
             }
             Reason::NotInet => "not an IPv4/IPv6 stream socket",
-            Reason::TableFull => "the rendezvous tables are full",
+            Reason::TableFull => {
+                "the rendezvous tables or the host's lease table (window and vector leases) are full"
+            }
             Reason::BadConfig => {
                 "the configuration is invalid, so pcisock passes everything through"
             }

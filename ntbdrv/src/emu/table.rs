@@ -271,7 +271,11 @@ impl<'a> HostTable<'a> {
         }
         let Some(index) = taken.iter().position(|t| !t) else {
             return Err(match kind {
-                k if k == sys::NTBEMU_LEASE_DOORBELL => LeaseError::DoorbellsExhausted { count },
+                // Doorbell bits and interrupt vectors (message-signalled doorbells) run out;
+                // the table's slots are another matter (TableFull).
+                k if k == sys::NTBEMU_LEASE_DOORBELL || k == sys::NTBEMU_LEASE_VECTOR => {
+                    LeaseError::DoorbellsExhausted { count }
+                }
                 _ => LeaseError::TableFull,
             });
         };
