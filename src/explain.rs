@@ -67,7 +67,7 @@ fn explain_reason(r: Reason, out: &mut String) {
         Reason::NotFlagged => "Flag the port with PCISOCK_PORTS or a rules file (PCISOCK_CONF); check with 'pcisock explain --port N'.",
         Reason::NoDevice => "Run 'pcisock doctor'; PCISOCK_LOG=warn shows the device error in the application.",
         Reason::LinkDown => "'pcisock emu info' shows the link and any injected fault ('pcisock emu clear' removes faults).",
-        Reason::NoListener => "Run the server under pcisock too (pcisock run -- SERVER), with the port flagged there.",
+        Reason::NoListener => "Run the server under pcisock too (pcisock run -- SERVER), with the port flagged there. If it is: the two must use the same device, and each user has their own emulated device ('pcisock doctor' names it, PCISOCK_EMU_DIR moves it), so run both as the same user.",
         Reason::PeerDeclined => "The peer's configuration does not flag this port or program; check 'pcisock explain' on the peer.",
         Reason::NoAnswer => "The peer is slow or stuck; check the peer with 'pcisock stats' and the link with 'pcisock emu info'.",
         Reason::NoWindowSpace | Reason::NoDoorbell => {
