@@ -5,6 +5,8 @@
     server.py daemon PORT N      listen, fork, the parent exits at once; the child serves N
                                  connections (a daemonizing server)
     server.py dropuid PORT N     listen as root, setuid(nobody), then serve N connections
+    server.py exec PORT N        listen, start a new program (fork + exec) that serves N
+                                 connections on the inherited socket; the parent closes its copy
 
 Serving a connection: read until EOF, then answer with the number of bytes read. Prints "ready"
 once the kernel listens. Every process has a 30 s watchdog.
@@ -28,6 +30,13 @@ def serve(c):
     c.sendall(str(total).encode())
     c.close()
 
+
+if mode == "serve-fd":  # the exec'd program of "exec": the listener is fd argv[4]
+    s = socket.socket(fileno=int(sys.argv[4]))
+    for _ in range(n):
+        c, _ = s.accept()
+        serve(c)
+    sys.exit(0)
 
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -66,5 +75,15 @@ elif mode == "dropuid":
     for _ in range(n):
         c, _ = s.accept()
         serve(c)
+elif mode == "exec":
+    import subprocess
+
+    fd = s.fileno()
+    child = subprocess.Popen(
+        [sys.executable, __file__, "serve-fd", str(port), str(n), str(fd)], pass_fds=[fd]
+    )
+    s.close()  # only the new program holds the listener now
+    print("ready", flush=True)
+    sys.exit(child.wait())
 else:
     sys.exit(f"unknown mode {mode}")

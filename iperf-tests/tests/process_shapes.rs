@@ -1,6 +1,7 @@
 //! Servers started the way they are deployed (`shapes/server.py`): a forking server whose children
 //! close their inherited copy of the listening socket, a daemonizing server (the process that
-//! listened exits, its child serves), and a server that drops privileges after `listen`. A
+//! listened exits, its child serves), a server that hands its listening socket to a program it
+//! starts (fork + exec), and a server that drops privileges after `listen`. A
 //! listener must stay published exactly as long as the kernel's listening socket exists, whoever
 //! holds it. Each test runs a preloaded client (`shapes/client.py`) making several connections
 //! one after the other and checks the client's stats file, the server's own count of the bytes
@@ -173,6 +174,17 @@ fn forked_children_that_close_the_listener_keep_it_published() {
 fn a_daemonizing_server_keeps_its_listener() {
     let mut server = run_ntb_shape("daemonize", "daemon");
     // The parent exited right after the child took over.
+    check(server.wait_success(TIMEOUT), &[&server]);
+}
+
+/// The process that listened starts a new program (fork + exec) that serves on the inherited
+/// socket, and closes its own copy. The new image takes over the listener published before the
+/// exec (found by the socket's inode) and answers the offers. Before: the parent's close
+/// withdrew the listener (`NoListener`); with only the socket-liveness fix, the listener stayed
+/// published but nobody answered (`NoAnswer` after 2 s).
+#[test]
+fn a_listener_handed_to_an_execed_program_stays_on_ntb() {
+    let mut server = run_ntb_shape("exec_handover", "exec");
     check(server.wait_success(TIMEOUT), &[&server]);
 }
 

@@ -945,6 +945,40 @@ fn revents(c: &Connection, events: i16) -> i16 {
 /// At load: a process that exec'd a new image keeps the fds of the old one. Pick up the NTB
 /// connections it held on inherited sockets, so they go on over the bridge (socat's
 /// `EXEC:…,nofork`, a shell that runs a filter on its socket).
+/// At load: an inherited listening socket whose listener was published before the exec (by
+/// this process or the one it inherited the socket from) is taken over, so this image answers
+/// the offers that clients make to it. One not flagged for this program is left alone.
+fn adopt_listener(g: &Global, fd: c_int) {
+    let Some(local) = sys::local_addr(fd) else {
+        return;
+    };
+    if !g.config.may_flag_port(local.port())
+        || !g
+            .config
+            .decide(Role::Server, local.port(), Some(local.ip()), &g.program)
+            .is_ntb()
+    {
+        return;
+    }
+    let Ok(t) = g.transport() else { return };
+    let Some(l) = t.adopt_listener(fd) else {
+        return;
+    };
+    g.log(LogLevel::Info, || {
+        format!("fd {fd}: listener {local} taken over from before exec")
+    });
+    table::insert(
+        fd,
+        Arc::new(Sock::new(
+            Role::Server,
+            Endpoint::from_std(local),
+            Endpoint::default(),
+            sys::nonblocking(fd),
+            State::Listening(Some(l)),
+        )),
+    );
+}
+
 pub fn reattach_inherited() {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return;
@@ -958,6 +992,10 @@ pub fn reattach_inherited() {
         let is_socket =
             std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
         if !is_socket || !is_stream_inet(fd) {
+            continue;
+        }
+        if sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1) {
+            adopt_listener(g, fd);
             continue;
         }
         let (Some(local), Some(peer)) = (sys::local_addr(fd), sys::peer_addr(fd)) else {

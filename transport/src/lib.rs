@@ -502,6 +502,19 @@ impl Transport {
         }
     }
 
+    /// In a process that just exec'd a new image: the listener published (by this process
+    /// before the exec, or by the process it inherited the socket from) for the kernel
+    /// listening socket `fd`, if any. The new image takes it over: it answers the offers, and
+    /// withdraws it when the socket is gone.
+    pub fn adopt_listener(&self, fd: RawFd) -> Option<Listener> {
+        let id = sockdiag::socket_id(fd).ok()?;
+        let slot = self.ctrl.listener_of(id)?;
+        Some(Listener {
+            state: Arc::new(Mutex::new(ListenerState::Published(slot))),
+            socket: Arc::new(Mutex::new(id)),
+        })
+    }
+
     /// This process closed its last fd of listener `l`'s socket (call it after the close):
     /// withdraw the listener, unless the kernel's listening socket lives on in another process
     /// (a pre-fork server's child closing its inherited copy must not withdraw its parent's).

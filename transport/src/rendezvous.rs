@@ -269,6 +269,18 @@ impl Control {
         u64_at(&self.peer, base + LISTENER_INODE).store(socket.inode, Release);
     }
 
+    /// Our host's published listener on the kernel listening socket `socket`, if any (a new
+    /// image after exec takes over the listener its process published before).
+    pub fn listener_of(&self, socket: SocketId) -> Option<SlotGuard> {
+        (0..LISTENER_SLOTS).find_map(|i| {
+            let owned = u32_at(&self.local, LISTENER_OWNERS + i * 16).load(Acquire) != 0;
+            (owned && socket.inode != 0 && self.listener_socket(i) == socket).then(|| SlotGuard {
+                index: i,
+                generation: u32_at(&self.local, LISTENER_OWNERS + i * 16 + 4).load(Acquire),
+            })
+        })
+    }
+
     /// Withdraw a listener.
     pub fn remove_listener(&self, slot: &SlotGuard) {
         let base = LISTENERS + slot.index * LISTENER_SIZE;
