@@ -7,6 +7,13 @@
     server.py dropuid PORT N     listen as root, setuid(nobody), then serve N connections
     server.py exec PORT N        listen, start a new program (fork + exec) that serves N
                                  connections on the inherited socket; the parent closes its copy
+    server.py workers PORT N     listen, fork 3 workers that all accept on the one socket (the
+                                 master keeps its copy), until SIGTERM
+    server.py reuseport PORT N   fork 3 workers, each with its own SO_REUSEPORT listening socket
+                                 on the port, until SIGTERM
+
+On SIGTERM the master of "workers"/"reuseport" stops its workers and every process exits
+cleanly (so the library writes its statistics at exit).
 
 Serving a connection: read until EOF, then answer with the number of bytes read. Prints "ready"
 once the kernel listens. Every process has a 30 s watchdog.
@@ -37,6 +44,47 @@ if mode == "serve-fd":  # the exec'd program of "exec": the listener is fd argv[
         c, _ = s.accept()
         serve(c)
     sys.exit(0)
+
+def workers_until_sigterm(work):
+    # Each worker runs work() until SIGTERM; the master stops them on its own SIGTERM.
+    pids = []
+    ready_r, ready_w = os.pipe()
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            work(ready_w)
+            os._exit(1)
+        pids.append(pid)
+    for _ in pids:
+        os.read(ready_r, 1)
+
+    def stop(*_):
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    print("ready", flush=True)
+    while True:
+        signal.pause()
+
+
+if mode == "reuseport":
+
+    def own_listener(ready_w):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen(16)
+        os.write(ready_w, b"x")
+        while True:
+            c, _ = s.accept()
+            serve(c)
+
+    workers_until_sigterm(own_listener)
 
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -75,6 +123,15 @@ elif mode == "dropuid":
     for _ in range(n):
         c, _ = s.accept()
         serve(c)
+elif mode == "workers":
+
+    def shared_listener(ready_w):
+        os.write(ready_w, b"x")
+        while True:
+            c, _ = s.accept()
+            serve(c)
+
+    workers_until_sigterm(shared_listener)
 elif mode == "exec":
     import subprocess
 

@@ -115,6 +115,12 @@ fn check_server_stats(dir: &Path, port: u16) -> Result<(), String> {
 
 /// A server shape that must keep every connection on the NTB path.
 fn run_ntb_shape(name: &str, mode: &str) -> Proc {
+    run_ntb_shape_then(name, mode, |_| {})
+}
+
+/// [`run_ntb_shape`], with `after_client` run on the server once the client is done (e.g. to
+/// stop a server that serves until SIGTERM).
+fn run_ntb_shape_then(name: &str, mode: &str, after_client: impl FnOnce(&mut Proc)) -> Proc {
     let f = Fixture::new(name);
     // The port is chosen once the lo lock is held: a port picked before a long wait for it
     // may be taken meanwhile.
@@ -126,6 +132,7 @@ fn run_ntb_shape(name: &str, mode: &str) -> Proc {
     let (client, r) = run_client(&f, port, &client_env);
     let delta = lo.delta().unwrap();
     drop(lo);
+    after_client(&mut server);
     let mut errors = Vec::new();
     errors.extend(r.err().map(|e| format!("client: {e}")));
     match client_env.stats() {
@@ -185,6 +192,29 @@ fn a_daemonizing_server_keeps_its_listener() {
 #[test]
 fn a_listener_handed_to_an_execed_program_stays_on_ntb() {
     let mut server = run_ntb_shape("exec_handover", "exec");
+    check(server.wait_success(TIMEOUT), &[&server]);
+}
+
+/// Stops a server that serves until SIGTERM, and expects it to exit cleanly.
+fn sigterm(server: &mut Proc) {
+    // SAFETY: a signal to our own child, which we have not reaped.
+    unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) };
+}
+
+/// A master that keeps its listening socket and three forked workers accepting on it (as
+/// nginx and Apache's prefork do).
+#[test]
+fn forked_workers_accepting_on_one_socket_stay_on_ntb() {
+    let mut server = run_ntb_shape_then("workers", "workers", sigterm);
+    check(server.wait_success(TIMEOUT), &[&server]);
+}
+
+/// Three workers, each with its own SO_REUSEPORT listening socket on the port: three listener
+/// entries; the kernel spreads the connections, and the offer follows each one to the worker
+/// that accepts it.
+#[test]
+fn a_so_reuseport_group_stays_on_ntb() {
+    let mut server = run_ntb_shape_then("reuseport", "reuseport", sigterm);
     check(server.wait_success(TIMEOUT), &[&server]);
 }
 
