@@ -4,10 +4,10 @@
 //! (connections on path `ntb`, NTB byte counts covering the payload), the servers' stats files, and the loopback
 //! counters (lo carried less than 5% of the payload + 64 KiB).
 //!
-//! Multi-process servers (nginx master + workers, socat's child per connection) share one `PCISOCK_STATS_FILE`,
-//! which each process rewrites at every close and at exit, so the file holds the totals of whichever process wrote
-//! last: for those the server-side check is only "no flagged connection fell back to TCP", and the byte proof is
-//! the client's file and lo.
+//! nginx (master + workers) writes one stats file per process (`PCISOCK_STATS_FILE=DIR/`), so the workers'
+//! NTB bytes are checked too. socat's child per connection still shares one `PCISOCK_STATS_FILE`, which each
+//! process rewrites at every close and at exit (the totals of whichever process wrote last): for it the server-side
+//! check is only "no flagged connection fell back to TCP", and the byte proof is the client's file and lo.
 //!
 //! A missing binary fails the test with the Debian package to install (scripts/setup.sh).
 
@@ -249,7 +249,11 @@ fn nginx_sendfile_curl_and_wrk() {
     let error_log = f.dir().join("error.log").display().to_string();
     let conf_s = conf.display().to_string();
 
-    let senv = f.preload("nginx").with_ports(&*port_s);
+    // One stats file per nginx process (master and workers).
+    let nginx_stats = f.dir().join("nginx-stats");
+    fs::create_dir_all(&nginx_stats).unwrap();
+    let mut senv = f.preload("nginx").with_ports(&*port_s);
+    senv.stats_file = std::path::PathBuf::from(format!("{}/", nginx_stats.display()));
     let curl_env = f.preload("curl").with_ports(&*port_s);
     let wrk_env = f.preload("wrk").with_ports(&*port_s);
     let mut server = ProcTree::new(spawn(
@@ -341,10 +345,24 @@ fn nginx_sendfile_curl_and_wrk() {
             "nginx processes {killed:?} outlived the master's SIGTERM and were killed"
         ));
     }
-    // The master writes the file last and served nothing itself: only "nothing fell back to TCP" is checked.
+    // Each nginx process's own file: nothing fell back to TCP, and the workers together sent the
+    // download and the pages over NTB.
     v.push(
-        "nginx stats (last writer)",
-        senv.stats().and_then(|s| s.check_ntb(port, 0, 0, 0)),
+        "nginx stats (per process)",
+        Stats::load_dir(&nginx_stats).and_then(|all| {
+            for s in &all {
+                s.check_ntb(port, 0, 0, 0)?;
+            }
+            let tx: u64 = all.iter().map(|s| s.ntb_tx_bytes).sum();
+            let want = 64 * MIB + requests * 4096;
+            if tx < want {
+                return Err(format!(
+                    "ntb_tx_bytes over {} nginx processes {tx} < {want}",
+                    all.len()
+                ));
+            }
+            Ok(())
+        }),
     );
     v.finish(&f, &[&server.proc, &curl_p, &wrk_p]);
 }
