@@ -485,7 +485,7 @@ struct Liveness {
     /// The address a client connects to (16 bytes, IPv4-mapped) and its port, if any.
     at: Option<([u8; 16], u16)>,
     port: Option<u16>,
-    netns: Option<u64>,
+    netns: std::cell::OnceCell<Option<u64>>,
     listening: std::cell::OnceCell<Option<Vec<u64>>>,
 }
 
@@ -494,20 +494,27 @@ impl Liveness {
         Liveness {
             at: at.map(|e| (e.ip, e.port)),
             port: at.map(|e| e.port),
-            netns: sockdiag::netns().ok(),
+            netns: std::cell::OnceCell::new(),
             listening: std::cell::OnceCell::new(),
         }
     }
 
     /// Does the listener published by `pid` (started at `start`) on `socket` still live?
     fn listener(&self, pid: u32, start: u64, socket: SocketId) -> bool {
-        if socket.inode != 0 && Some(socket.netns) == self.netns {
-            // One socket on a client's connect: ask for it alone.
-            if let Some((ip, port)) = self.at {
-                if let Ok(yes) = sockdiag::is_listening_at(socket.inode, &ip, port) {
-                    return yes;
-                }
+        if socket.inode == 0 {
+            return ntbdrv::process::alive(pid, start);
+        }
+        // A client's connect: the listener its connection would reach is this socket (the
+        // common case, one lookup). A socket inode is unique across namespaces, so a hit needs
+        // no namespace check.
+        if let Some((ip, port)) = self.at {
+            if sockdiag::reached_at(socket.inode, &ip, port).unwrap_or(false) {
+                return true;
             }
+        }
+        // Otherwise the kernel's LISTEN table can only judge a socket of our namespace.
+        let ours = *self.netns.get_or_init(|| sockdiag::netns().ok()) == Some(socket.netns);
+        if ours {
             let list = self
                 .listening
                 .get_or_init(|| sockdiag::listening(self.port).ok());

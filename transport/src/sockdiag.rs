@@ -59,6 +59,13 @@ pub fn listening(port: Option<u16>) -> io::Result<Vec<u64>> {
 /// finds another socket (a more specific listener, a SO_REUSEPORT sibling) or none, the answer
 /// of [`is_listening`].
 pub fn is_listening_at(inode: u64, ip: &[u8; 16], port: u16) -> io::Result<bool> {
+    Ok(reached_at(inode, ip, port)? || is_listening(inode, port)?)
+}
+
+/// Is `inode` the listening socket that a connection to `ip`:`port` would reach in this
+/// network namespace (one exact lookup)? True proves the socket listens (socket inodes are
+/// unique across namespaces); false proves nothing: ask [`is_listening_at`].
+pub fn reached_at(inode: u64, ip: &[u8; 16], port: u16) -> io::Result<bool> {
     const MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
     let (family, addr): (u8, Vec<u8>) = if ip[..12] == MAPPED || ip == &[0; 16] {
         let v4 = &ip[12..];
@@ -71,10 +78,7 @@ pub fn is_listening_at(inode: u64, ip: &[u8; 16], port: u16) -> io::Result<bool>
     } else {
         (libc::AF_INET6 as u8, ip.to_vec())
     };
-    if Netlink::open()?.lookup(family, &addr, port)? == Some(inode) {
-        return Ok(true);
-    }
-    is_listening(inode, port)
+    Ok(Netlink::open()?.lookup(family, &addr, port)? == Some(inode))
 }
 
 /// Is the socket `inode` listening on `port` in this network namespace? Cheaper than
