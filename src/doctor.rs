@@ -35,6 +35,10 @@ Checks, in order:
                  speed)
   device         the emulated device opens, or would be created on first use
   link           the NTB link is up (a warning only: connections then fall back to TCP)
+  stale          no leases of processes that are gone (they keep window space and interrupt
+                 vectors taken: 'pcisock emu reclaim'), and no interrupt lines (FIFOs) in the
+                 device directory that no lease holds (left by closed connections and dead
+                 processes; 'pcisock emu reclaim' removes them) (warnings only)
 
 Exit status: 0 if every check passes (warnings allowed), 1 if any fails, 2 on a usage error.";
 
@@ -280,6 +284,7 @@ fn check_device(r: &mut Report, opts: &Options) {
                     c.n_dma_ch
                 ),
             );
+            check_stale(r, &dev);
             let link = dev.link_state();
             let faults = device::fault_names(dev.faults().flags());
             if link.up {
@@ -324,6 +329,74 @@ fn check_device(r: &mut Report, opts: &Options) {
             r.line(Status::Fail, "device", e);
             r.line(Status::Fail, "link", "not checked (no device)");
         }
+    }
+}
+
+/// Leases of dead processes and idle interrupt lines, on every side of the device.
+fn check_stale(r: &mut Report, dev: &ntbdrv::emu::EmuDevice) {
+    let sides = match dev.config().topology {
+        ntbdrv::emu::Topology::Loopback => 1,
+        ntbdrv::emu::Topology::TwoHost => 2,
+    };
+    let mut dead_leases = 0;
+    let mut dead_pids: Vec<u32> = Vec::new();
+    let mut idle = 0;
+    for side in 0..sides {
+        let other;
+        let d = if side == dev.side() {
+            dev
+        } else {
+            match ntbdrv::emu::EmuDevice::open_existing(dev.path(), side) {
+                Ok(o) => {
+                    other = o;
+                    &other
+                }
+                Err(_) => continue,
+            }
+        };
+        for l in d.leases() {
+            // Owner pid 0: a host-owned reservation (the rendezvous area), never stale.
+            if l.pid != 0 && !ntbdrv::process::alive(l.pid, l.start) {
+                dead_leases += 1;
+                if !dead_pids.contains(&l.pid) {
+                    dead_pids.push(l.pid);
+                }
+            }
+        }
+        idle += d.idle_lines().len();
+    }
+    let mut problems = Vec::new();
+    if dead_leases > 0 {
+        dead_pids.sort_unstable();
+        let shown: Vec<String> = dead_pids.iter().take(8).map(|p| p.to_string()).collect();
+        let more = if dead_pids.len() > 8 { ", …" } else { "" };
+        problems.push(format!(
+            "{dead_leases} lease(s) of {} process(es) that are gone (pids {}{more}) keep window              space and interrupt vectors taken, and connection set-up slows down as they pile up",
+            dead_pids.len(),
+            shown.join(", ")
+        ));
+    }
+    if idle > 0 {
+        problems.push(format!(
+            "{idle} interrupt line(s) (FIFOs) in {} that no lease holds, left by closed              connections and dead processes",
+            dev.path()
+                .parent()
+                .unwrap_or(Path::new("."))
+                .display()
+        ));
+    }
+    if problems.is_empty() {
+        r.line(
+            Status::Ok,
+            "stale",
+            "no leases of dead processes, no idle interrupt lines",
+        );
+    } else {
+        r.line(
+            Status::Warn,
+            "stale",
+            format!("{}: 'pcisock emu reclaim' frees them", problems.join("; ")),
+        );
     }
 }
 

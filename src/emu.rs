@@ -20,7 +20,8 @@ Usage: pcisock emu info                              Show the device, its link, 
        pcisock emu fault dma-slow --delay-us N       Delay every DMA descriptor by N microseconds
        pcisock emu fault lost-doorbell [--count N]   Lose the next N doorbells (0 = all; default 0)
        pcisock emu clear                             Clear every fault
-       pcisock emu reclaim                           Free the leases of processes that are gone
+       pcisock emu reclaim                           Free the leases of processes that are gone,
+                                                     and remove interrupt lines no lease holds
        pcisock emu remove                            Delete the device file and its doorbell FIFOs
 
 Options:
@@ -116,7 +117,12 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
             }
             let dev = open()?;
             let freed = dev.reclaim();
-            let _ = writeln!(out, "freed {freed} lease(s) of processes that are gone");
+            let lines = dev.remove_idle_lines();
+            let _ = writeln!(
+                out,
+                "freed {freed} lease(s) of processes that are gone; removed {lines} interrupt \
+                 line(s) no lease holds"
+            );
             Ok(0)
         }
         "remove" => {

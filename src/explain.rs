@@ -67,7 +67,7 @@ fn explain_reason(r: Reason, out: &mut String) {
         Reason::NotFlagged => "Flag the port with PCISOCK_PORTS or a rules file (PCISOCK_CONF); check with 'pcisock explain --port N'.",
         Reason::NoDevice => "Run 'pcisock doctor'; PCISOCK_LOG=warn shows the device error in the application.",
         Reason::LinkDown => "'pcisock emu info' shows the link and any injected fault ('pcisock emu clear' removes faults).",
-        Reason::NoListener => "Run the server under pcisock too (pcisock run -- SERVER), with the port flagged there.",
+        Reason::NoListener => "Run the server under pcisock too (pcisock run -- SERVER), with the port flagged there. If it is: the two must use the same device, and each user has their own emulated device ('pcisock doctor' names it, PCISOCK_EMU_DIR moves it), so run both as the same user.",
         Reason::PeerDeclined => "The peer's configuration does not flag this port or program; check 'pcisock explain' on the peer.",
         Reason::NoAnswer => "The peer is slow or stuck; check the peer with 'pcisock stats' and the link with 'pcisock emu info'.",
         Reason::NoWindowSpace | Reason::NoDoorbell => {
@@ -76,10 +76,11 @@ fn explain_reason(r: Reason, out: &mut String) {
         Reason::BadPeer => "The two sides run different pcisock versions, or the peer is misbehaving.",
         Reason::NoOffer => "Run the client under pcisock too, with the port flagged there.",
         Reason::NotInet => "Only IPv4/IPv6 TCP sockets can use the NTB path.",
-        Reason::TableFull => "Too many pending upgrades; 'pcisock emu reclaim' frees the leases of dead processes.",
+        Reason::TableFull => "Too many pending upgrades or leases at once (each connection holds a few of the host table's lease slots); 'pcisock emu reclaim' frees the leases of dead processes.",
         Reason::BadConfig => "'pcisock explain --port N' prints the configuration errors.",
         Reason::Unsupported => "The application used the socket before the upgrade finished (e.g. sent data first).",
         Reason::ClosedBeforeAccept => "Nothing to do: the client hung up before the server got to it, and no byte was lost.",
+        Reason::NoPermission => "The process changed user after the device was opened (workers that drop privileges after listen, e.g. nginx's 'user www-data;', or a setuid after listen), or PCISOCK_EMU_DIR names another user's device: each user's emulated device is private to that user (directory mode 0700). Run all of the server's processes as one user (nginx 'user root;', or start the server as the user its workers run as). PCISOCK_LOG=warn names the file that was refused.",
     };
     let _ = writeln!(out, "  what to do: {hint}");
 }
@@ -262,7 +263,7 @@ mod tests {
         assert_eq!(find_reason("0"), None);
         assert_eq!(find_reason("99999999999999"), None);
         assert_eq!(find_reason("Nope"), None);
-        assert_eq!(all_reasons().count(), 15);
+        assert_eq!(all_reasons().count(), 16);
         // Codes are 1..=N, each once, so "a code 1-N" in the usage error is true.
         for (i, r) in all_reasons().enumerate() {
             assert_eq!(r.code() as usize, i + 1);

@@ -21,19 +21,32 @@ Options:
       --strict           A flagged connection that cannot use the NTB path fails instead of
                          falling back to TCP (sets PCISOCK_STRICT=1)
       --log LEVEL        off, error, warn, info or debug (sets PCISOCK_LOG; default off)
-      --stats-file PATH  Write the process's connection counters, NTB and TCP fallbacks, to PATH
-                         (sets PCISOCK_STATS_FILE)
+      --stats-file PATH  Write each process's connection counters, NTB and TCP fallbacks, to PATH
+                         (sets PCISOCK_STATS_FILE): a directory (or a path ending in /) gets
+                         one file per process, DIR/pcisock-PID.json; %p in PATH is replaced by
+                         the pid; any other PATH is one file that each process rewrites
+  -q, --quiet            No fallback report: run PROGRAM in place of pcisock (exec)
   -h, --help             Print this help
 
-Options not given leave the corresponding variable as it is in the environment. PROGRAM is run
-in place of pcisock (exec), with libpcisock.so put first in LD_PRELOAD (an existing LD_PRELOAD
-is kept after it). A statically linked PROGRAM cannot load the library: pcisock says so on
-stderr and runs it on plain TCP, or, with --strict (or PCISOCK_STRICT=1), refuses to run it.
-The library is $PCISOCK_LIB if set, else libpcisock.so next to the pcisock executable (or in
-../lib/ or, in a cargo build tree, deps/ beside it).
+Options not given leave the corresponding variable as it is in the environment. PROGRAM gets
+libpcisock.so put first in LD_PRELOAD (an existing LD_PRELOAD is kept after it). pcisock waits
+for it and, when it exits, prints one line on stderr if flagged connections of PROGRAM or of
+its child processes fell back to TCP, with the count for each reason code ('pcisock explain
+REASON' says why and what to do), and nothing if they all used the NTB path. It reads the
+processes' statistics files for this: those of --stats-file or PCISOCK_STATS_FILE if given
+(a single shared file shows only the process that wrote it last), else files in a private
+directory that it removes afterwards. While waiting it passes SIGTERM, SIGHUP, SIGUSR1 and
+SIGUSR2 on to PROGRAM and ignores SIGINT and SIGQUIT (the terminal sends those to PROGRAM
+itself). With --quiet, PROGRAM replaces pcisock (exec) and nothing is reported.
 
-Exit status: PROGRAM's own; 2 if the command line is wrong, the library is not found, or
-PROGRAM is statically linked under --strict; 1 if PROGRAM cannot be started.";
+A statically linked PROGRAM cannot load the library: pcisock says so on stderr and runs it on
+plain TCP, or, with --strict (or PCISOCK_STRICT=1), refuses to run it. The library is
+$PCISOCK_LIB if set, else libpcisock.so next to the pcisock executable (or in ../lib/ or, in a
+cargo build tree, deps/ beside it).
+
+Exit status: PROGRAM's own (killed by a signal: pcisock ends by the same signal); 2 if the
+command line is wrong, the library is not found, or PROGRAM is statically linked under
+--strict; 1 if PROGRAM cannot be started.";
 
 /// The variable that overrides where the library is.
 pub const ENV_LIB: &str = "PCISOCK_LIB";
@@ -86,6 +99,7 @@ struct Request {
     strict: bool,
     log: Option<String>,
     stats_file: Option<OsString>,
+    quiet: bool,
     program: Vec<OsString>,
 }
 
@@ -105,6 +119,10 @@ fn parse(mut args: Args) -> Result<Option<Request>, CliError> {
                 "--strict" => {
                     args.no_value(&name, inline)?;
                     r.strict = true;
+                }
+                "-q" | "--quiet" => {
+                    args.no_value(&name, inline)?;
+                    r.quiet = true;
                 }
                 "--stats-file" => {
                     let v = args.value(&name, inline)?;
@@ -259,14 +277,312 @@ pub fn main(args: Args, out: &mut String) -> Result<u8, CliError> {
         cmd.env(ENV_LOG, l);
     }
     if let Some(f) = &r.stats_file {
-        cmd.env("PCISOCK_STATS_FILE", f);
+        cmd.env(ENV_STATS, f);
     }
-    // exec only returns on failure.
-    let err = cmd.exec();
-    Err(CliError::failed(format!(
-        "cannot run {}: {err}",
-        Path::new(&r.program[0]).display()
-    )))
+    let cannot = |err: std::io::Error| {
+        CliError::failed(format!(
+            "cannot run {}: {err}",
+            Path::new(&r.program[0]).display()
+        ))
+    };
+    if r.quiet {
+        // exec only returns on failure.
+        return Err(cannot(cmd.exec()));
+    }
+    let stats = StatsPlace::choose(r.stats_file.as_deref())?;
+    cmd.env(ENV_STATS, stats.template());
+    let started = std::time::SystemTime::now();
+    let mut child = cmd.spawn().map_err(cannot)?;
+    signals::forward_to(child.id());
+    let status = child.wait();
+    signals::restore();
+    let tally = Tally::read(&stats.files(started));
+    if let Some(line) = tally.line() {
+        eprintln!("{line}");
+    }
+    drop(stats);
+    let status = status.map_err(|e| CliError::failed(format!("waiting for the program: {e}")))?;
+    Ok(signals::exit_like(status))
+}
+
+/// The variable that names the statistics files.
+const ENV_STATS: &str = "PCISOCK_STATS_FILE";
+
+/// Where the program's processes write their statistics for the report.
+enum StatsPlace {
+    /// A template given by the user (`--stats-file` or `PCISOCK_STATS_FILE`).
+    Given(PathBuf),
+    /// Our own directory, removed when done.
+    Private(PathBuf),
+}
+
+impl StatsPlace {
+    fn choose(option: Option<&std::ffi::OsStr>) -> Result<StatsPlace, CliError> {
+        let given = option
+            .map(OsString::from)
+            .or_else(|| std::env::var_os(ENV_STATS).filter(|v| !v.is_empty()));
+        if let Some(g) = given {
+            return Ok(StatsPlace::Given(PathBuf::from(g)));
+        }
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|d| d.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("pcisock-run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir); // a leftover of an earlier pcisock with our pid
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| {
+                CliError::failed(format!(
+                    "cannot make {} for the fallback report: {e} (--quiet runs without it)",
+                    dir.display()
+                ))
+            })?;
+        Ok(StatsPlace::Private(dir))
+    }
+
+    /// The value of PCISOCK_STATS_FILE.
+    fn template(&self) -> OsString {
+        match self {
+            StatsPlace::Given(p) => p.clone().into_os_string(),
+            StatsPlace::Private(d) => {
+                let mut v = d.clone().into_os_string();
+                v.push("/");
+                v
+            }
+        }
+    }
+
+    /// The statistics files written since `since`.
+    fn files(&self, since: std::time::SystemTime) -> Vec<PathBuf> {
+        let template = match self {
+            StatsPlace::Given(p) => p.clone(),
+            StatsPlace::Private(d) => d.join(""),
+        };
+        stats_files(&template)
+            .into_iter()
+            .filter(|f| {
+                std::fs::metadata(f)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t >= since)
+            })
+            .collect()
+    }
+}
+
+impl Drop for StatsPlace {
+    fn drop(&mut self) {
+        if let StatsPlace::Private(d) = self {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// The files a PCISOCK_STATS_FILE value stands for, as the library names them: `%p` replaced
+/// by a pid; a directory's (or a path ending in /) `pcisock-PID.json`; else the path itself.
+fn stats_files(template: &Path) -> Vec<PathBuf> {
+    let b = template.as_os_str().as_bytes();
+    let per_pid = |dir: &Path, prefix: &[u8], suffix: &[u8]| -> Vec<PathBuf> {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut v: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let n = e.file_name();
+                let n = n.as_bytes();
+                n.len() > prefix.len() + suffix.len()
+                    && n.starts_with(prefix)
+                    && n.ends_with(suffix)
+                    && n[prefix.len()..n.len() - suffix.len()]
+                        .iter()
+                        .all(u8::is_ascii_digit)
+            })
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    };
+    if let Some(name) = template
+        .file_name()
+        .filter(|n| n.as_bytes().windows(2).any(|w| w == b"%p"))
+    {
+        let n = name.as_bytes();
+        let at = n.windows(2).position(|w| w == b"%p").unwrap_or(0);
+        let dir = template.parent().filter(|p| !p.as_os_str().is_empty());
+        return per_pid(dir.unwrap_or(Path::new(".")), &n[..at], &n[at + 2..]);
+    }
+    if b.ends_with(b"/") || template.is_dir() {
+        return per_pid(template, b"pcisock-", b".json");
+    }
+    vec![template.to_path_buf()]
+}
+
+/// Connections of the program's processes, summed over their statistics files.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    ntb: u64,
+    /// Flagged connections that fell back, by reason name (in code order), and those whose
+    /// file names no reason (an older library).
+    fallbacks: std::collections::BTreeMap<(u32, String), u64>,
+}
+
+impl Tally {
+    fn read(files: &[PathBuf]) -> Tally {
+        let mut t = Tally::default();
+        for f in files {
+            if let Ok(text) = std::fs::read_to_string(f) {
+                t.add(&text);
+            }
+        }
+        t
+    }
+
+    /// Add one statistics file's counts (the library's own JSON: flat numbers, and
+    /// `"fallbacks":{"Name":n,...}` with no nesting).
+    fn add(&mut self, json: &str) {
+        let number = |key: &str| -> u64 {
+            let k = format!("\"{key}\":");
+            json.find(&k)
+                .map(|i| &json[i + k.len()..])
+                .and_then(|rest| {
+                    let end = rest
+                        .find(|c: char| !c.is_ascii_digit())
+                        .unwrap_or(rest.len());
+                    rest[..end].parse().ok()
+                })
+                .unwrap_or(0)
+        };
+        self.ntb += number("ntb_connections");
+        let tcp = number("tcp_connections");
+        let Some(i) = json.find("\"fallbacks\":{") else {
+            if tcp > 0 {
+                *self
+                    .fallbacks
+                    .entry((u32::MAX, "unknown".into()))
+                    .or_default() += tcp;
+            }
+            return;
+        };
+        let body = &json[i + "\"fallbacks\":{".len()..];
+        let body = &body[..body.find('}').unwrap_or(0)];
+        for item in body.split(',').filter(|s| !s.is_empty()) {
+            let Some((name, n)) = item.split_once(':') else {
+                continue;
+            };
+            let name = name.trim_matches('"');
+            let n: u64 = n.parse().unwrap_or(0);
+            let code = transport::Reason::ALL
+                .into_iter()
+                .find(|r| r.name() == name)
+                .map_or(u32::MAX, |r| r.code());
+            if code == transport::Reason::NotFlagged.code() {
+                continue; // not a flagged connection
+            }
+            *self.fallbacks.entry((code, name.to_owned())).or_default() += n;
+        }
+    }
+
+    /// The report line, if any flagged connection fell back.
+    fn line(&self) -> Option<String> {
+        let fell: u64 = self.fallbacks.values().sum();
+        if fell == 0 {
+            return None;
+        }
+        let mut by: Vec<_> = self.fallbacks.iter().filter(|(_, n)| **n > 0).collect();
+        by.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let parts: Vec<String> = by
+            .iter()
+            .map(|((code, name), n)| {
+                if *code == u32::MAX {
+                    format!("{n} {name}")
+                } else {
+                    format!("{n} {name} ({code})")
+                }
+            })
+            .collect();
+        let total = fell + self.ntb;
+        let conns = if total == 1 {
+            "connection"
+        } else {
+            "connections"
+        };
+        Some(format!(
+            "pcisock run: {fell} of {total} flagged {conns} fell back to TCP: {}; 'pcisock explain REASON' says why",
+            parts.join(", ")
+        ))
+    }
+}
+
+mod signals {
+    //! Passing signals on to the program while pcisock waits for it, and ending like it.
+    //!
+    //! # Safety
+    //! Signal dispositions of this process only; the handler makes one async-signal-safe call
+    //! (kill) with a pid read from an atomic.
+    #![allow(unsafe_code)]
+    use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
+
+    static CHILD: AtomicI32 = AtomicI32::new(0);
+    const FORWARDED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2];
+    const IGNORED: [libc::c_int; 2] = [libc::SIGINT, libc::SIGQUIT];
+
+    extern "C" fn forward(sig: libc::c_int) {
+        let pid = CHILD.load(Relaxed);
+        if pid > 0 {
+            // SAFETY: kill is async-signal-safe and takes plain integers.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    /// Set after the spawn, so the program inherits none of these dispositions.
+    pub fn forward_to(pid: u32) {
+        CHILD.store(pid as i32, Relaxed);
+        for sig in FORWARDED {
+            // SAFETY: installing a handler that only makes an async-signal-safe call.
+            unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
+        }
+        for sig in IGNORED {
+            // SAFETY: plain integers.
+            unsafe { libc::signal(sig, libc::SIG_IGN) };
+        }
+    }
+
+    pub fn restore() {
+        CHILD.store(0, Relaxed);
+        for sig in FORWARDED.into_iter().chain(IGNORED) {
+            // SAFETY: plain integers.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
+
+    /// The exit code for the program's status; a program killed by a signal makes pcisock end
+    /// by the same signal (without a core file of its own).
+    pub fn exit_like(status: std::process::ExitStatus) -> u8 {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(code) = status.code() {
+            return code as u8;
+        }
+        let sig = status.signal().unwrap_or(libc::SIGKILL);
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a live rlimit; then plain integers. raise returns only if the signal does not
+        // end the process.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+        (128 + sig) as u8
+    }
 }
 
 #[cfg(test)]
@@ -318,6 +634,56 @@ mod tests {
             assert_eq!(e.exit_code(), 2, "{bad:?}");
         }
         assert!(parse_words(&["--help"]).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_report_sums_files_and_leaves_out_unflagged_connections() {
+        let mut t = Tally::default();
+        assert_eq!(t.line(), None);
+        t.add(r#"{"pid":1,"ntb_connections":3,"tcp_connections":0,"fallbacks":{},"x":1}"#);
+        assert_eq!(t.line(), None, "all on NTB: silent");
+        t.add(r#"{"pid":2,"ntb_connections":0,"tcp_connections":3,"fallbacks":{"NoListener":1,"NoPermission":2}}"#);
+        t.add(r#"{"pid":3,"ntb_connections":1,"tcp_connections":2,"fallbacks":{"NotFlagged":1,"NoListener":1}}"#);
+        assert_eq!(
+            t.line().unwrap(),
+            "pcisock run: 4 of 8 flagged connections fell back to TCP: 2 NoListener (4), \
+             2 NoPermission (16); 'pcisock explain REASON' says why"
+        );
+        // A file of an older library, without the breakdown.
+        let mut t = Tally::default();
+        t.add(r#"{"ntb_connections":0,"tcp_connections":1,"connections":[]}"#);
+        assert_eq!(
+            t.line().unwrap(),
+            "pcisock run: 1 of 1 flagged connection fell back to TCP: 1 unknown; \
+             'pcisock explain REASON' says why"
+        );
+    }
+
+    #[test]
+    fn stats_files_follow_the_librarys_names() {
+        let d = std::env::temp_dir().join(format!("pcisock-run-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        for n in [
+            "pcisock-12.json",
+            "pcisock-7.json",
+            "pcisock-x.json",
+            "s.12.out",
+            "s.tmp",
+        ] {
+            std::fs::write(d.join(n), "{}").unwrap();
+        }
+        let names = |v: Vec<PathBuf>| -> Vec<String> {
+            v.iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(stats_files(&d)),
+            vec!["pcisock-12.json", "pcisock-7.json"]
+        );
+        assert_eq!(names(stats_files(&d.join("s.%p.out"))), vec!["s.12.out"]);
+        assert_eq!(stats_files(&d.join("one.json")), vec![d.join("one.json")]);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

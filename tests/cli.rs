@@ -173,6 +173,25 @@ fn explain_a_reason() {
     }
 }
 
+/// A permission problem has its own reason, and its advice names the cause and the fixes (not
+/// "too many connections", which is what `NoDoorbell` says).
+#[test]
+fn explain_no_permission() {
+    let o = pcisock(&["explain", "16"], &[]);
+    assert_code(&o, 0);
+    let text = stdout(&o);
+    assert!(text.starts_with("NoPermission (code 16)"), "{text}");
+    for needle in [
+        "drop privileges",
+        "0700",
+        "another user's device",
+        "user root;",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing: {text}");
+    }
+    assert!(!text.contains("reclaim"), "{text}");
+}
+
 #[test]
 fn explain_a_connection() {
     let o = pcisock(&["explain", "--port", "5001", "--role", "client"], &[]);
@@ -497,4 +516,210 @@ fn doctor_checks_the_library_exports() {
             "note: libpcisock.so is not built next to {BIN}; skipping the real-library doctor run"
         );
     }
+}
+
+/// A plain (not preloaded) TCP listener that accepts `n` connections and closes them.
+fn plain_listener(n: usize) -> (u16, std::thread::JoinHandle<()>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let t = std::thread::spawn(move || {
+        for _ in 0..n {
+            drop(l.accept());
+        }
+    });
+    (port, t)
+}
+
+/// bash connecting to `port` once itself and once in each of two forked subshells, then
+/// exiting with 7.
+fn three_connections(port: u16) -> String {
+    let c = format!("/dev/tcp/127.0.0.1/{port}");
+    format!("exec 3<>{c}; exec 3>&-; (exec 4<>{c}); (exec 4<>{c}); exit 7")
+}
+
+/// `pcisock run` reports, in exactly one stderr line, the flagged connections of the program
+/// and of its forked children that fell back to TCP, with their reason codes; the program's
+/// exit status is kept. Each process wrote its own statistics file (a shared one would show
+/// only the last writer's connections).
+#[test]
+fn run_reports_the_fallbacks_of_the_program_and_its_children() {
+    if built_library().is_none() {
+        println!("note: libpcisock.so is not built next to {BIN}; skipping");
+        return;
+    }
+    let (port, t) = plain_listener(3);
+    let stats = TempDir::new("run-stats");
+    let dir = format!("{}/", stats.0.display());
+    let script = three_connections(port);
+    let o = pcisock(
+        &[
+            "run",
+            "--ports",
+            &port.to_string(),
+            "--stats-file",
+            &dir,
+            "--",
+            "bash",
+            "-c",
+            &script,
+        ],
+        &[],
+    );
+    t.join().unwrap();
+    assert_code(&o, 7);
+    assert_eq!(
+        stderr(&o),
+        "pcisock run: 3 of 3 flagged connections fell back to TCP: 3 NoListener (4); \
+         'pcisock explain REASON' says why\n"
+    );
+    // bash and its two subshells: three files, one connection each.
+    let files: Vec<_> = std::fs::read_dir(&stats.0)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(files.len(), 3, "{files:?}");
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(
+            text.contains("\"tcp_connections\":1,")
+                && text.contains("\"fallbacks\":{\"NoListener\":1}"),
+            "{}: {text}",
+            f.display()
+        );
+    }
+
+    // --quiet: the same program, no report, the same exit status.
+    let (port, t) = plain_listener(3);
+    let script = three_connections(port);
+    let o = pcisock(
+        &[
+            "run",
+            "--quiet",
+            "--ports",
+            &port.to_string(),
+            "--",
+            "bash",
+            "-c",
+            &script,
+        ],
+        &[],
+    );
+    t.join().unwrap();
+    assert_code(&o, 7);
+    assert_eq!(stderr(&o), "");
+}
+
+/// Nothing is printed when every flagged connection used the NTB path (the statistics show
+/// that they did), and a program killed by a signal makes `pcisock run` end the same way.
+#[test]
+fn run_is_silent_when_all_connections_used_ntb() {
+    use std::os::unix::process::ExitStatusExt;
+    if built_library().is_none() {
+        println!("note: libpcisock.so is not built next to {BIN}; skipping");
+        return;
+    }
+    let Ok(python) = which("python3") else {
+        println!("note: no python3; skipping");
+        return;
+    };
+    let stats = TempDir::new("run-ntb");
+    let dir = format!("{}/", stats.0.display());
+    let program = "import socket\n\
+        s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)\n\
+        c = socket.create_connection(s.getsockname()); a, _ = s.accept()\n\
+        c.sendall(b'x' * 100000); c.close()\n\
+        n = 0\n\
+        while True:\n    b = a.recv(65536)\n    if not b: break\n    n += len(b)\n\
+        assert n == 100000, n\n";
+    let o = pcisock(
+        &[
+            "run",
+            "--ports",
+            "*",
+            "--strict",
+            "--stats-file",
+            &dir,
+            "--",
+            python.to_str().unwrap(),
+            "-c",
+            program,
+        ],
+        &[],
+    );
+    assert_code(&o, 0);
+    assert_eq!(stderr(&o), "");
+    let files: Vec<_> = std::fs::read_dir(&stats.0).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+    assert!(
+        text.contains("\"ntb_connections\":2,") && text.contains("\"tcp_connections\":0,"),
+        "{text}"
+    );
+
+    let o = pcisock(&["run", "--", "sh", "-c", "kill -TERM $$"], &[]);
+    assert_eq!(o.status.signal(), Some(libc::SIGTERM), "{o:?}");
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
+/// `doctor` flags what dead processes and closed connections leave behind (a lease whose owner
+/// is gone, an interrupt line no lease holds) and names the fix; `emu reclaim` then frees the
+/// lease and removes that line, and only that line (a leased vector's line stays).
+#[test]
+fn doctor_flags_stale_state_and_reclaim_clears_it() {
+    let dir = TempDir::new("stale");
+    let dev = make_device(&dir.0);
+    // A lease handed to a process that then dies.
+    let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+    let lease = dev.lease_window(0, 4096, 0x7465_7374).expect("lease");
+    dev.transfer(ntbdrv::Lease::Window(lease), child.id())
+        .expect("transfer");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // An interrupt line with no lease (a closed connection's), and a leased one.
+    drop(dev.vector_fd(5).expect("line"));
+    let held = dev.lease_vector(0x7465_7374).expect("vector");
+    let _held_line = dev.vector_fd(held.vector).expect("line");
+    let idle = dir.0.join("loopback.s0.v5");
+    let busy = dir.0.join(format!("loopback.s0.v{}", held.vector));
+    assert!(idle.exists() && busy.exists());
+
+    let stale_line = |o: &Output| {
+        stdout(o)
+            .lines()
+            .find(|l| l.contains(" stale "))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no stale check: {}", stdout(o)))
+    };
+    let o = pcisock_in(&dir.0, &["doctor"], &[]);
+    let line = stale_line(&o);
+    assert!(line.starts_with("[warn] stale"), "{line}");
+    assert!(
+        line.contains(&format!(
+            "1 lease(s) of 1 process(es) that are gone (pids {})",
+            child.id()
+        )),
+        "{line}"
+    );
+    assert!(line.contains("1 interrupt line(s) (FIFOs)"), "{line}");
+    assert!(line.contains("'pcisock emu reclaim' frees them"), "{line}");
+
+    let o = pcisock_in(&dir.0, &["emu", "reclaim"], &[]);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("freed 1 lease(s) of processes that are gone; removed 1 interrupt"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!idle.exists(), "the idle line is still there");
+    assert!(busy.exists(), "reclaim removed a leased vector's line");
+    let o = pcisock_in(&dir.0, &["doctor"], &[]);
+    assert!(stale_line(&o).starts_with("[ ok ] stale"), "{}", stdout(&o));
 }

@@ -99,6 +99,18 @@ impl Stats {
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// Reads every stats file in `dir` (`PCISOCK_STATS_FILE=DIR/`: one `pcisock-PID.json` per
+    /// process), sorted by name.
+    pub fn load_dir(dir: &Path) -> Result<Vec<Stats>, String> {
+        let mut paths: Vec<_> = fs::read_dir(dir)
+            .map_err(|e| format!("stats directory {}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        paths.iter().map(|p| Self::load(p)).collect()
+    }
+
     /// Bytes both ways over the NTB path.
     pub fn ntb_bytes(&self) -> u64 {
         self.ntb_tx_bytes + self.ntb_rx_bytes

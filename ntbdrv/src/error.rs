@@ -132,6 +132,20 @@ pub enum DoorbellError {
     LinkDown,
     /// The interrupt line could not be opened.
     Vector(String),
+    /// The interrupt line could not be made or opened for lack of permission (EACCES, EPERM):
+    /// e.g. a process that dropped privileges after the device was opened.
+    Denied(String),
+}
+
+impl DoorbellError {
+    /// The interrupt line `path` could not be made or opened (`what`: "mkfifo", "open").
+    pub fn line(what: &str, path: &std::path::Path, e: std::io::Error) -> DoorbellError {
+        let msg = format!("{what} {}: {e}", path.display());
+        match e.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) => DoorbellError::Denied(msg),
+            _ => DoorbellError::Vector(msg),
+        }
+    }
 }
 
 impl fmt::Display for DoorbellError {
@@ -145,6 +159,9 @@ impl fmt::Display for DoorbellError {
             }
             Self::LinkDown => f.write_str("the link is down"),
             Self::Vector(why) => write!(f, "doorbell interrupt line: {why}"),
+            Self::Denied(why) => {
+                write!(f, "doorbell interrupt line: permission denied: {why}")
+            }
         }
     }
 }

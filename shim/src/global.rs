@@ -16,14 +16,24 @@ pub struct Global {
     pub config: Config,
     pub program: String,
     pub log: LogLevel,
+    /// `PCISOCK_STATS_FILE` as given (see [`Global::stats_path`]).
     pub stats_file: Option<PathBuf>,
-    transport: OnceLock<Result<Transport, String>>,
+    /// The statistics go to one file per process (a directory, or `%p` in the name): a forked
+    /// child starts its own counts.
+    per_process: bool,
+    /// Flagged connections that fell back to TCP, by reason code.
+    fallbacks: [AtomicU64; FALLBACK_CODES],
+    /// The transport, or why it could not be opened (the fallback reason and the error).
+    transport: OnceLock<Result<Transport, (Reason, String)>>,
     closed: Mutex<Closed>,
     pub ntb_connections: AtomicU64,
     pub tcp_connections: AtomicU64,
     epoch: std::time::Instant,
     last_write_ms: AtomicU64,
 }
+
+/// Reason codes counted in the statistics file's `fallbacks` (codes are small integers).
+const FALLBACK_CODES: usize = 32;
 
 /// Least time between two rewrites of the statistics file while connections close.
 const STATS_INTERVAL_MS: u64 = 100;
@@ -124,11 +134,18 @@ pub fn get() -> &'static Global {
             sys::log_raw(&m);
         }
         let stats_file = std::env::var_os("PCISOCK_STATS_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
+        let per_process = stats_file.as_ref().is_some_and(|f| {
+            use std::os::unix::ffi::OsStrExt;
+            let b = f.as_os_str().as_bytes();
+            b.windows(2).any(|w| w == b"%p") || b.ends_with(b"/") || f.is_dir()
+        });
         Global {
             config,
             program,
             log,
             stats_file,
+            per_process,
+            fallbacks: std::array::from_fn(|_| AtomicU64::new(0)),
             transport: OnceLock::new(),
             closed: Mutex::new(Closed::default()),
             ntb_connections: AtomicU64::new(0),
@@ -165,13 +182,76 @@ impl Global {
                         _ if self.config.strict() => LogLevel::Error,
                         _ => LogLevel::Warn,
                     };
+                    let reason = e.reason();
                     let e = e.to_string();
-                    self.log(level, || format!("NTB transport unavailable: {e}"));
-                    e
+                    self.log(level, || {
+                        format!("NTB transport unavailable: {e} ({reason})")
+                    });
+                    (reason, e)
                 })
             })
             .as_ref()
-            .map_err(|e| e.as_str())
+            .map_err(|(_, e)| e.as_str())
+    }
+
+    /// Why flagged connections stay on TCP when the transport cannot be opened.
+    pub fn unavailable(&self) -> Reason {
+        match self.transport.get() {
+            Some(Err((r, _))) => *r,
+            _ => Reason::NoDevice,
+        }
+    }
+
+    /// A flagged connection of this process stays on TCP for `reason`.
+    pub fn count_fallback(&self, reason: Reason) {
+        self.tcp_connections.fetch_add(1, Relaxed);
+        if let Some(n) = self.fallbacks.get(reason.code() as usize) {
+            n.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Where this process writes its statistics: `PCISOCK_STATS_FILE` itself; with `%p` in it,
+    /// that replaced by the pid; if it names a directory (or ends in `/`),
+    /// `DIR/pcisock-PID.json` in it. Asked at each write: a forked child writes its own file.
+    pub fn stats_path(&self) -> Option<PathBuf> {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let t = self.stats_file.as_ref()?;
+        let pid = std::process::id().to_string();
+        let b = t.as_os_str().as_bytes();
+        if b.windows(2).any(|w| w == b"%p") {
+            let mut out = Vec::with_capacity(b.len() + 8);
+            let mut i = 0;
+            while i < b.len() {
+                if b[i..].starts_with(b"%p") {
+                    out.extend_from_slice(pid.as_bytes());
+                    i += 2;
+                } else {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+            return Some(PathBuf::from(std::ffi::OsString::from_vec(out)));
+        }
+        if self.per_process {
+            return Some(t.join(format!("pcisock-{pid}.json")));
+        }
+        Some(t.clone())
+    }
+
+    /// In a forked child: with one statistics file per process, the child counts only what it
+    /// does itself (its parent's connections and fallbacks are in the parent's file).
+    pub fn forked(&self) {
+        if !self.per_process {
+            return; // one shared file: the last writer's totals, as before
+        }
+        // try_lock: a lock another thread of the parent held at the fork stays held here.
+        if let Ok(mut c) = self.closed.try_lock() {
+            *c = Closed::default();
+        }
+        self.ntb_connections.store(0, Relaxed);
+        self.tcp_connections.store(0, Relaxed);
+        self.fallbacks.iter().for_each(|n| n.store(0, Relaxed));
+        self.last_write_ms.store(0, Relaxed);
     }
 
     /// A tracked fd is closing: keep its record and rewrite the statistics file.
@@ -201,7 +281,10 @@ impl Global {
     /// Write the statistics file (`PCISOCK_STATS_FILE`), if asked for: totals over closed and
     /// live connections. Written to a temporary file and renamed, so readers never see half.
     pub fn write_stats(&self) {
-        let Some(path) = &self.stats_file else { return };
+        let Some(path) = self.stats_path() else {
+            return;
+        };
+        let path = &path;
         let (mut t, mut recs, dropped) = self
             .closed
             .lock()
@@ -223,10 +306,11 @@ impl Global {
             && dropped == 0
             && self.ntb_connections.load(Relaxed) == 0
             && self.tcp_connections.load(Relaxed) == 0
-            && path.exists()
+            && (self.per_process || path.exists())
         {
             // Nothing flagged happened here (e.g. a wrapper like `timeout` that inherited the
-            // variable): do not overwrite what the process that did something wrote.
+            // variable): do not overwrite what the process that did something wrote, and with
+            // a file per process, leave none.
             return;
         }
         // Frames a peer got wrong (each reset a connection); never opens the transport to ask.
@@ -238,10 +322,18 @@ impl Global {
             _ => (0, None),
         };
         let first = first.unwrap_or_else(|| "null".into());
+        let mut fallbacks = String::new();
+        for (code, n) in self.fallbacks.iter().enumerate() {
+            let n = n.load(Relaxed);
+            if let (true, Some(r)) = (n > 0, Reason::from_code(code as u32)) {
+                let sep = if fallbacks.is_empty() { "" } else { "," };
+                let _ = write!(fallbacks, "{sep}\"{}\":{n}", r.name());
+            }
+        }
         let mut j = String::new();
         let _ = write!(
             j,
-            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"reads\":{},\"coalesced\":{},\"protocol_errors\":{protocol_errors},\"protocol_error\":{first},\"unlisted_connections\":{dropped},\"connections\":[",
+            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"reads\":{},\"coalesced\":{},\"protocol_errors\":{protocol_errors},\"protocol_error\":{first},\"fallbacks\":{{{fallbacks}}},\"unlisted_connections\":{dropped},\"connections\":[",
             std::process::id(),
             json_str(&self.program),
             self.ntb_connections.load(Relaxed),

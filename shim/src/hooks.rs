@@ -899,12 +899,24 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
         return r;
     }
     if before != ops::Listen::Unbound {
+        if before == ops::Listen::Registered {
+            let _ = guard(|| {
+                ops::kernel_listens(fd);
+                Ok(())
+            });
+        }
         sys::set_errno(e);
         return 0;
     }
     // An unbound socket got its port from `listen`: register it now.
     match guard(|| ops::register_listener(fd)) {
-        Ok(_) => {
+        Ok(l) => {
+            if l == ops::Listen::Registered {
+                let _ = guard(|| {
+                    ops::kernel_listens(fd);
+                    Ok(())
+                });
+            }
             sys::set_errno(e);
             0
         }
@@ -965,31 +977,49 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    let mut closing = None;
     if (table::contains(fd) || crate::epoll::involves(fd)) && !nested() {
         let _ = guard(|| {
-            ops::before_close(fd);
+            closing = ops::before_close(fd);
             Ok(())
         });
     }
-    call_real!(close(fd))
+    let r = call_real!(close(fd));
+    after_close(closing.into_iter());
+    r
 }
 
-/// Forget every tracked fd in `first..=last` before the kernel closes them.
-fn forget_range(first: libc::c_uint, last: libc::c_uint) {
+/// Listeners whose fds were just closed: settle them (errno kept).
+fn after_close(closing: impl Iterator<Item = ops::Closing>) {
+    let e = sys::errno();
+    for c in closing {
+        let _ = guard(|| {
+            ops::after_close(c);
+            Ok(())
+        });
+    }
+    sys::set_errno(e);
+}
+
+/// Forget every tracked fd in `first..=last` before the kernel closes them; returns the
+/// listeners to settle after the close.
+fn forget_range(first: libc::c_uint, last: libc::c_uint) -> Vec<ops::Closing> {
+    let mut closing = Vec::new();
     if !table::any() && !crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed) || nested()
     {
-        return;
+        return closing;
     }
     let hi = (last as usize).min(table::MAX_FD - 1);
     for fd in first as usize..=hi {
         // An epoll set with our registrations is forgotten too, as `close` does.
         if table::contains(fd as c_int) || crate::epoll::involves(fd as c_int) {
             let _ = guard(|| {
-                ops::before_close(fd as c_int);
+                closing.extend(ops::before_close(fd as c_int));
                 Ok(())
             });
         }
     }
+    closing
 }
 
 #[no_mangle]
@@ -999,22 +1029,25 @@ pub unsafe extern "C" fn close_range(
     flags: c_int,
 ) -> c_int {
     // CLOSE_RANGE_CLOEXEC only marks the fds; they stay open in this image.
+    let mut closing = Vec::new();
     if flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0 {
-        forget_range(first, last);
+        closing = forget_range(first, last);
     }
-    match real::close_range() {
+    let r = match real::close_range() {
         // SAFETY: forwarding the application's own arguments.
         Some(f) => unsafe { f(first, last, flags) },
         None => {
             // SAFETY: no memory arguments.
             unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) as c_int }
         }
-    }
+    };
+    after_close(closing.into_iter());
+    r
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn closefrom(first: c_int) {
-    forget_range(first.max(0) as libc::c_uint, libc::c_uint::MAX);
+    let closing = forget_range(first.max(0) as libc::c_uint, libc::c_uint::MAX);
     if let Some(f) = real::closefrom() {
         // SAFETY: forwarding the application's own argument.
         unsafe { f(first) }
@@ -1029,6 +1062,7 @@ pub unsafe extern "C" fn closefrom(first: c_int) {
             )
         };
     }
+    after_close(closing.into_iter());
 }
 
 #[no_mangle]
@@ -1616,6 +1650,7 @@ fn each_connection(f: impl Fn(&transport::Connection)) {
 extern "C" fn atfork_child() {
     let _ = std::panic::catch_unwind(|| {
         let pid = std::process::id();
+        global::get().forked();
         table::for_each_in_child(|sock| {
             if let Some(c) = sock.conn.get() {
                 c.adopt(pid);

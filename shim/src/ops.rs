@@ -57,7 +57,7 @@ fn fallback(g: &Global, sock: Sock, fd: c_int, reason: Reason) -> Result<(), c_i
         });
         return Err(libc::ECONNREFUSED);
     }
-    g.tcp_connections.fetch_add(1, Relaxed);
+    g.count_fallback(reason);
     table::insert(fd, Arc::new(sock));
     Ok(())
 }
@@ -95,7 +95,7 @@ pub fn register_listener(fd: c_int) -> Result<Listen, c_int> {
             Ok(l) => State::Listening(Some(l)),
             Err(r) => State::Tcp(r),
         },
-        Err(_) => State::Tcp(Reason::NoDevice),
+        Err(_) => State::Tcp(g.unavailable()),
     };
     if let State::Tcp(r) = &state {
         g.log(LogLevel::Warn, || {
@@ -136,8 +136,21 @@ pub enum Listen {
 /// The real `listen` failed after `register_listener` registered `fd`: withdraw it.
 pub fn abandon_listener(fd: c_int) {
     if let Some(s) = table::remove(fd) {
-        retire(s, None);
+        settle(retire(s, Some(fd)));
     }
+}
+
+/// The real `listen` succeeded on the registered listener `fd`: from now on the listener lives
+/// as long as the kernel's listening socket, whoever holds it.
+pub fn kernel_listens(fd: c_int) {
+    let Some(s) = table::get(fd) else { return };
+    let g = global::get();
+    let Ok(t) = g.transport() else { return };
+    if let Ok(st) = s.state.lock() {
+        if let State::Listening(Some(l)) = &*st {
+            t.kernel_listens(l, fd);
+        }
+    };
 }
 
 /// After a successful real `accept` on `lfd` returned `fd`: upgrade it if the client offered.
@@ -175,7 +188,7 @@ pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> 
                 }
                 Err(r) => r,
             },
-            Err(_) => Reason::NoDevice,
+            Err(_) => g.unavailable(),
         }
     };
     g.log(LogLevel::Debug, || {
@@ -227,7 +240,7 @@ pub fn connect(fd: c_int, addr: Option<SocketAddr>, real: impl Fn() -> c_int) ->
                 fd,
                 remote_ep,
                 nonblock,
-                Reason::NoDevice,
+                g.unavailable(),
                 real,
             ))
         }
@@ -435,7 +448,7 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
                 sys::shutdown_both(fd);
                 return Err(libc::ECONNREFUSED);
             }
-            g.tcp_connections.fetch_add(1, Relaxed);
+            g.count_fallback(reason);
             if !early.is_empty() {
                 sys::send_all(fd, &early)?;
                 sock.tcp_tx.fetch_add(early.len() as u64, Relaxed);
@@ -564,14 +577,33 @@ pub fn sendfile(
 
 // ---- control ---------------------------------------------------------------------------------
 
-/// `close`: forget the fd (before the real close, so a reused fd number is never ours).
-pub fn before_close(fd: c_int) {
+/// A listener whose last fd in this process is being closed: settled by [`after_close`] once
+/// the real close is done.
+#[must_use]
+pub struct Closing(transport::Listener);
+
+/// `close`: forget the fd (before the real close, so a reused fd number is never ours). A
+/// listener comes back, to be handed to [`after_close`] after the real close.
+pub fn before_close(fd: c_int) -> Option<Closing> {
     if crate::epoll::IN_USE.load(Relaxed) {
         crate::epoll::forget_fd(fd);
         crate::epoll::forget_set(fd);
     }
-    if let Some(s) = table::remove(fd) {
-        retire(s, Some(fd));
+    table::remove(fd).and_then(|s| retire(s, Some(fd)))
+}
+
+/// After the real close of a listener's last fd here: withdraw it unless the kernel's
+/// listening socket lives on in another process (a forked child's or parent's copy).
+pub fn after_close(c: Closing) {
+    if let Ok(t) = global::get().transport() {
+        t.close_listener(c.0);
+    }
+}
+
+/// A listener whose fd is already closed: settle it now.
+fn settle(c: Option<Closing>) {
+    if let Some(c) = c {
+        after_close(c);
     }
 }
 
@@ -584,14 +616,16 @@ pub fn forget_reused(fd: c_int) {
         crate::epoll::forget_set(fd);
     }
     if let Some(s) = table::remove(fd) {
-        retire(s, None);
+        settle(retire(s, None));
     }
 }
 
 /// The last reference to a tracked fd's entry is going: flush bytes kept before the answer
-/// (while the kernel socket `fd` is still open), withdraw listeners and offers, keep the record.
-fn retire(s: Arc<Sock>, fd: Option<c_int>) {
+/// (while the kernel socket `fd` is still open), withdraw offers, keep the record. A listener
+/// is returned, to be settled once its fd is closed ([`after_close`]).
+fn retire(s: Arc<Sock>, fd: Option<c_int>) -> Option<Closing> {
     let g = global::get();
+    let mut closing = None;
     if Arc::strong_count(&s) == 1 {
         // (Its statistics record is kept when the entry is dropped: see `Sock::drop`.)
         // Bytes sent before the answer must still reach the peer, whichever path it is.
@@ -600,11 +634,7 @@ fn retire(s: Arc<Sock>, fd: Option<c_int>) {
         }
         if let Ok(mut st) = s.state.lock() {
             match std::mem::replace(&mut *st, State::Ntb) {
-                State::Listening(Some(l)) => {
-                    if let Ok(t) = g.transport() {
-                        t.unlisten(l);
-                    }
-                }
+                State::Listening(Some(l)) => closing = Some(Closing(l)),
                 State::Offered(Some(p)) => {
                     if let Ok(t) = g.transport() {
                         t.cancel(p);
@@ -614,6 +644,7 @@ fn retire(s: Arc<Sock>, fd: Option<c_int>) {
             }
         }
     }
+    closing
 }
 
 pub fn shutdown(fd: c_int, how: c_int) -> Detour<c_int> {
@@ -691,7 +722,7 @@ pub fn after_dup(old: c_int, new: c_int) {
         crate::epoll::forget_set(new);
     }
     if let Some(s) = table::remove(new) {
-        retire(s, None);
+        settle(retire(s, None));
     }
     if let Some(s) = table::get(old) {
         table::insert(new, s);
@@ -914,6 +945,40 @@ fn revents(c: &Connection, events: i16) -> i16 {
 /// At load: a process that exec'd a new image keeps the fds of the old one. Pick up the NTB
 /// connections it held on inherited sockets, so they go on over the bridge (socat's
 /// `EXEC:…,nofork`, a shell that runs a filter on its socket).
+/// At load: an inherited listening socket whose listener was published before the exec (by
+/// this process or the one it inherited the socket from) is taken over, so this image answers
+/// the offers that clients make to it. One not flagged for this program is left alone.
+fn adopt_listener(g: &Global, fd: c_int) {
+    let Some(local) = sys::local_addr(fd) else {
+        return;
+    };
+    if !g.config.may_flag_port(local.port())
+        || !g
+            .config
+            .decide(Role::Server, local.port(), Some(local.ip()), &g.program)
+            .is_ntb()
+    {
+        return;
+    }
+    let Ok(t) = g.transport() else { return };
+    let Some(l) = t.adopt_listener(fd) else {
+        return;
+    };
+    g.log(LogLevel::Info, || {
+        format!("fd {fd}: listener {local} taken over from before exec")
+    });
+    table::insert(
+        fd,
+        Arc::new(Sock::new(
+            Role::Server,
+            Endpoint::from_std(local),
+            Endpoint::default(),
+            sys::nonblocking(fd),
+            State::Listening(Some(l)),
+        )),
+    );
+}
+
 pub fn reattach_inherited() {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return;
@@ -927,6 +992,10 @@ pub fn reattach_inherited() {
         let is_socket =
             std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
         if !is_socket || !is_stream_inet(fd) {
+            continue;
+        }
+        if sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1) {
+            adopt_listener(g, fd);
             continue;
         }
         let (Some(local), Some(peer)) = (sys::local_addr(fd), sys::peer_addr(fd)) else {

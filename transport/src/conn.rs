@@ -274,9 +274,18 @@ impl HalfOpen {
         // little slower. The peer learns the size from the offer or answer.
         let mut lease = None;
         let mut ring = ring_bytes;
+        // The host resource table ran out of lease slots (not of window space).
+        let mut table_full = false;
         'sizes: loop {
             for mw in 0..dev.mw_count() {
-                while let Ok(l) = dev.lease_window(mw, ENDPOINT_HDR + ring, crate::ENDPOINT_TAG) {
+                loop {
+                    let l = match dev.lease_window(mw, ENDPOINT_HDR + ring, crate::ENDPOINT_TAG) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            table_full |= matches!(e, ntbdrv::LeaseError::TableFull);
+                            break;
+                        }
+                    };
                     // A block the host table took back from a process that died while connected
                     // may still be written by that connection's peer: keep it out of use (held
                     // by us, as a closed endpoint's block is) and take another. Each parked
@@ -298,13 +307,20 @@ impl HalfOpen {
             }
             ring /= 2;
         }
-        let lease = lease.ok_or(Reason::NoWindowSpace)?;
+        let lease = lease.ok_or(if table_full {
+            Reason::TableFull
+        } else {
+            Reason::NoWindowSpace
+        })?;
         let len = lease.len;
         let bell = match dev.lease_vector(crate::ENDPOINT_TAG) {
             Ok(b) => b,
-            Err(_) => {
+            Err(e) => {
                 let _ = dev.release(Lease::Window(lease));
-                return Err(Reason::NoDoorbell);
+                return Err(match e {
+                    ntbdrv::LeaseError::TableFull => Reason::TableFull,
+                    _ => Reason::NoDoorbell,
+                });
             }
         };
         let undo = |dev: &dyn NtbDevice| {
@@ -323,9 +339,12 @@ impl HalfOpen {
         };
         let vector = match dev.vector_fd(bell.vector) {
             Ok(v) => v,
-            Err(_) => {
+            Err(e) => {
                 undo(dev);
-                return Err(Reason::NoDoorbell);
+                return Err(match e {
+                    ntbdrv::DoorbellError::Denied(_) => Reason::NoPermission,
+                    _ => Reason::NoDoorbell,
+                });
             }
         };
         ntbdrv::drain_vector(&vector);

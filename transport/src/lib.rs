@@ -12,6 +12,7 @@ pub mod conn;
 pub mod proto;
 pub mod rendezvous;
 mod service;
+pub mod sockdiag;
 pub mod stats;
 mod sys;
 
@@ -332,6 +333,27 @@ pub enum OpenError {
     Setting(SettingError),
 }
 
+impl OpenError {
+    /// The reason a flagged connection of a process whose transport failed to open stays on
+    /// TCP: `NoPermission` when the device's directory or file is another user's or not open to
+    /// this process, `BadConfig` for a bad setting, `NoDevice` otherwise.
+    pub fn reason(&self) -> Reason {
+        use ntbdrv::DeviceError as D;
+        match self {
+            OpenError::Device(D::ForeignDirectory { .. } | D::ForeignFile { .. }) => {
+                Reason::NoPermission
+            }
+            OpenError::Device(D::Io { err, .. })
+                if matches!(err.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) =>
+            {
+                Reason::NoPermission
+            }
+            OpenError::Setting(_) => Reason::BadConfig,
+            _ => Reason::NoDevice,
+        }
+    }
+}
+
 impl std::fmt::Display for OpenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -358,6 +380,8 @@ pub(crate) struct DeviceTransport {
 #[derive(Debug)]
 pub struct Listener {
     state: Arc<Mutex<ListenerState>>,
+    /// The kernel's listening socket, once it listens (see [`Transport::kernel_listens`]).
+    socket: Arc<Mutex<proto::SocketId>>,
 }
 
 #[derive(Debug)]
@@ -439,15 +463,24 @@ impl DeviceTransport {
     /// link down (two machines: the server often starts before the other host's bridge is up)
     /// the listener is published by a thread as soon as the link comes up; until then clients
     /// stay on TCP (`LinkDown`, `NoListener`).
+    ///
+    /// Until [`Transport::kernel_listens`] names the kernel's listening socket, the listener
+    /// lives as long as this process; from then on, as long as that socket, whoever holds it.
     pub(crate) fn listen(&self, addr: Endpoint) -> Result<Listener, Reason> {
+        let socket = Arc::new(Mutex::new(proto::SocketId::default()));
         if self.link_up() {
-            let slot = self.ctrl.add_listener(addr).ok_or(Reason::TableFull)?;
+            let slot = self
+                .ctrl
+                .add_listener(addr, proto::SocketId::default())
+                .ok_or(Reason::TableFull)?;
             return Ok(Listener {
                 state: Arc::new(Mutex::new(ListenerState::Published(slot))),
+                socket,
             });
         }
         let state = Arc::new(Mutex::new(ListenerState::Waiting));
         let (st, ctrl, dev) = (state.clone(), self.ctrl.clone(), self.dev.clone());
+        let sock = socket.clone();
         std::thread::Builder::new()
             .name("pcisock-listen".into())
             .spawn(move || {
@@ -460,17 +493,58 @@ impl DeviceTransport {
                 }
                 let mut s = lock(&st);
                 if matches!(*s, ListenerState::Waiting) {
-                    *s = match ctrl.add_listener(addr) {
+                    *s = match ctrl.add_listener(addr, *lock(&sock)) {
                         Some(slot) => ListenerState::Published(slot),
                         None => ListenerState::Gone,
                     };
                 }
             })
             .map_err(|_| Reason::LinkDown)?;
-        Ok(Listener { state })
+        Ok(Listener { state, socket })
     }
 
-    /// Withdraw a listener (the listening socket closed).
+    /// The kernel listens on `fd`, the socket of listener `l`: record its identity, so the
+    /// listener is judged by that socket (a forked child or a daemon that outlives the process
+    /// that listened keeps it published).
+    pub(crate) fn kernel_listens(&self, l: &Listener, fd: RawFd) {
+        let Ok(id) = sockdiag::socket_id(fd) else {
+            return; // judged by this process, as before
+        };
+        // Under the state lock: the link-up thread publishes with whatever socket is known.
+        let s = lock(&l.state);
+        *lock(&l.socket) = id;
+        if let ListenerState::Published(slot) = &*s {
+            self.ctrl.set_listener_socket(slot, id);
+        }
+    }
+
+    /// In a process that just exec'd a new image: the listener published (by this process
+    /// before the exec, or by the process it inherited the socket from) for the kernel
+    /// listening socket `fd`, if any. The new image takes it over: it answers the offers, and
+    /// withdraws it when the socket is gone.
+    pub(crate) fn adopt_listener(&self, fd: RawFd) -> Option<Listener> {
+        let id = sockdiag::socket_id(fd).ok()?;
+        let slot = self.ctrl.listener_of(id)?;
+        Some(Listener {
+            state: Arc::new(Mutex::new(ListenerState::Published(slot))),
+            socket: Arc::new(Mutex::new(id)),
+        })
+    }
+
+    /// This process closed its last fd of listener `l`'s socket (call it after the close):
+    /// withdraw the listener, unless the kernel's listening socket lives on in another process
+    /// (a pre-fork server's child closing its inherited copy must not withdraw its parent's).
+    pub(crate) fn close_listener(&self, l: Listener) {
+        let socket = *lock(&l.socket);
+        let lives_on = socket.inode != 0
+            && sockdiag::netns().is_ok_and(|ns| ns == socket.netns)
+            && sockdiag::listening(None).is_ok_and(|v| v.contains(&socket.inode));
+        if !lives_on {
+            self.unlisten(l);
+        }
+    }
+
+    /// Withdraw a listener now.
     pub(crate) fn unlisten(&self, l: Listener) {
         let mut s = lock(&l.state);
         if let ListenerState::Published(slot) = std::mem::replace(&mut *s, ListenerState::Gone) {
@@ -684,7 +758,7 @@ impl DeviceTransport {
                 peer,
                 &park,
             ) {
-                Err(r @ (Reason::NoWindowSpace | Reason::NoDoorbell)) => {
+                Err(r @ (Reason::NoWindowSpace | Reason::NoDoorbell | Reason::TableFull)) => {
                     let waiting = self
                         .shared
                         .zombies
@@ -992,10 +1066,38 @@ impl Transport {
         }
     }
 
-    /// Withdraw a listener (the listening socket closed).
+    /// Withdraw a listener now.
     pub fn unlisten(&self, l: Listener) {
         match &self.how {
             How::Device(d) => d.unlisten(l),
+            How::Service => service::unlisten(&self.shared, l),
+        }
+    }
+
+    /// The kernel listens on `fd`, the socket of listener `l`: from now on the listener lives
+    /// exactly as long as that socket, whoever holds it. (The service reads the socket's
+    /// identity itself when the listener is registered.)
+    pub fn kernel_listens(&self, l: &Listener, fd: RawFd) {
+        if let How::Device(d) = &self.how {
+            d.kernel_listens(l, fd);
+        }
+    }
+
+    /// In a new image after exec: the listener published for the inherited listening socket
+    /// `fd`, taken over by this image (with the service: registered again from here).
+    pub fn adopt_listener(&self, fd: RawFd) -> Option<Listener> {
+        match &self.how {
+            How::Device(d) => d.adopt_listener(fd),
+            How::Service => service::listen(&self.shared, fd).ok(),
+        }
+    }
+
+    /// This process closed its last fd of listener `l`'s socket: withdraw it unless the
+    /// kernel's listening socket lives on in another process (the service keeps it exactly as
+    /// long as the socket exists).
+    pub fn close_listener(&self, l: Listener) {
+        match &self.how {
+            How::Device(d) => d.close_listener(l),
             How::Service => service::unlisten(&self.shared, l),
         }
     }
@@ -1114,6 +1216,33 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.to_string())
         })
+    }
+
+    /// A transport that cannot open the device says exactly why its connections stay on TCP.
+    #[test]
+    fn open_errors_map_to_exact_reasons() {
+        use ntbdrv::DeviceError as D;
+        let io = |errno| {
+            OpenError::Device(D::Io {
+                what: "open /x".into(),
+                err: std::io::Error::from_raw_os_error(errno),
+            })
+        };
+        assert_eq!(io(libc::EACCES).reason(), Reason::NoPermission);
+        assert_eq!(io(libc::EPERM).reason(), Reason::NoPermission);
+        assert_eq!(io(libc::ENOSPC).reason(), Reason::NoDevice);
+        let foreign = OpenError::Device(D::ForeignDirectory {
+            path: "/x".into(),
+            owner: 0,
+            mode: 0o700,
+        });
+        assert_eq!(foreign.reason(), Reason::NoPermission);
+        assert_eq!(
+            OpenError::Device(D::NotADevice("/x".into())).reason(),
+            Reason::NoDevice
+        );
+        let bad = settings(&[("PCISOCK_RING_SIZE", "3")]).unwrap_err();
+        assert_eq!(OpenError::Setting(bad).reason(), Reason::BadConfig);
     }
 
     #[test]

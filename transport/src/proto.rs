@@ -383,7 +383,24 @@ pub struct ListenerEntry {
     pub addr: Endpoint,
     pub pid: u32,
     pub start_time: u64,
+    /// The kernel's listening socket (zero until the kernel listens, or if unknown): a listener
+    /// lives as long as this socket does, whoever holds it.
+    pub socket: SocketId,
 }
+
+/// The identity of a listening socket: its inode and its network namespace's inode (zero:
+/// unknown). See `sockdiag`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SocketId {
+    pub inode: u64,
+    pub netns: u64,
+}
+
+/// Offsets in a listener record (from its state word) of the listening socket's inode and its
+/// network namespace's inode: 8-byte aligned, as they are filled in after the record is
+/// published (atomically, once the kernel listens).
+pub const LISTENER_INODE: usize = 40;
+pub const LISTENER_NETNS: usize = 48;
 
 impl ListenerEntry {
     pub fn encode(&self) -> [u8; LISTENER_SIZE - 8] {
@@ -392,6 +409,8 @@ impl ListenerEntry {
         b[16..18].copy_from_slice(&self.addr.port.to_le_bytes());
         b[20..24].copy_from_slice(&self.pid.to_le_bytes());
         b[24..32].copy_from_slice(&self.start_time.to_le_bytes());
+        b[LISTENER_INODE - 8..LISTENER_INODE].copy_from_slice(&self.socket.inode.to_le_bytes());
+        b[LISTENER_NETNS - 8..LISTENER_NETNS].copy_from_slice(&self.socket.netns.to_le_bytes());
         b
     }
 
@@ -406,6 +425,10 @@ impl ListenerEntry {
             addr: Endpoint { ip, port },
             pid: le32(&b[20..24]),
             start_time: le64(&b[24..32]),
+            socket: SocketId {
+                inode: le64(&b[LISTENER_INODE - 8..LISTENER_INODE]),
+                netns: le64(&b[LISTENER_NETNS - 8..LISTENER_NETNS]),
+            },
         })
     }
 }
@@ -561,7 +584,7 @@ pub enum Reason {
     NoOffer = 10,
     /// Not an IPv4/IPv6 stream socket.
     NotInet = 11,
-    /// The rendezvous tables are full.
+    /// The rendezvous tables, or the host resource table's lease slots, are full.
     TableFull = 12,
     /// The configuration is invalid (pass-through).
     BadConfig = 13,
@@ -571,6 +594,10 @@ pub enum Reason {
     /// (a pcisock client withdraws its offer when it closes): the server reads end-of-file, as
     /// over TCP, and no byte travels either way.
     ClosedBeforeAccept = 15,
+    /// This process may not use the NTB device's files: its directory, device file or an
+    /// interrupt line (FIFO) is another user's, or not open to it (EACCES, EPERM) — typically
+    /// a worker that dropped privileges after its master opened the device.
+    NoPermission = 16,
 }
 
 impl Reason {
@@ -579,7 +606,7 @@ impl Reason {
     }
 
     /// Every reason, in code order.
-    pub const ALL: [Reason; 15] = {
+    pub const ALL: [Reason; 16] = {
         use Reason::*;
         [
             NotFlagged,
@@ -597,6 +624,7 @@ impl Reason {
             BadConfig,
             Unsupported,
             ClosedBeforeAccept,
+            NoPermission,
         ]
     };
 
@@ -621,6 +649,7 @@ impl Reason {
             Reason::BadConfig => "BadConfig",
             Reason::Unsupported => "Unsupported",
             Reason::ClosedBeforeAccept => "ClosedBeforeAccept",
+            Reason::NoPermission => "NoPermission",
         }
     }
 
@@ -642,13 +671,18 @@ impl Reason {
                 "the client made no upgrade offer (plain client or not flagged there)"
             }
             Reason::NotInet => "not an IPv4/IPv6 stream socket",
-            Reason::TableFull => "the rendezvous tables are full",
+            Reason::TableFull => {
+                "the rendezvous tables or the host's lease table (window and vector leases) are full"
+            }
             Reason::BadConfig => {
                 "the configuration is invalid, so pcisock passes everything through"
             }
             Reason::Unsupported => "the socket was used in a way pcisock cannot carry",
             Reason::ClosedBeforeAccept => {
                 "the client closed the connection before the server accepted it (nothing to carry)"
+            }
+            Reason::NoPermission => {
+                "this process may not open the NTB device's files (another user's, e.g. after a privilege drop)"
             }
         }
     }
@@ -905,6 +939,7 @@ mod tests {
             addr: Endpoint::from_std("0.0.0.0:5201".parse().unwrap()),
             pid: 5,
             start_time: 6,
+            socket: SocketId { inode: 7, netns: 8 },
         };
         assert_eq!(ListenerEntry::decode(&l.encode()).unwrap(), l);
         assert!(l.addr.is_unspecified());

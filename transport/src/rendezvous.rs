@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use ntbdrv::{NtbDevice, Region};
 
 use crate::proto::{
-    Answer, Endpoint, ListenerEntry, Offer, ProtoError, ANSWER_SIZE, LISTENER_SIZE, OFFER_SIZE,
-    PROTOCOL_VERSION,
+    Answer, Endpoint, ListenerEntry, Offer, ProtoError, SocketId, ANSWER_SIZE, LISTENER_INODE,
+    LISTENER_NETNS, LISTENER_SIZE, OFFER_SIZE, PROTOCOL_VERSION,
 };
+use crate::sockdiag;
 
 /// Bytes reserved at offset 0 of inbound window 0 on every host.
 pub const CTRL_SIZE: u64 = 256 << 10;
@@ -41,11 +42,15 @@ const HDR_ACCEPTS: usize = 0x0010;
 const LISTENER_OWNERS: usize = 0x0040; // 128 × 16 (local)
 const LISTENERS: usize = 0x1000; // 128 × 64 (peer-written)
 const OFFER_OWNERS: usize = 0x3000; // 1024 × 16 (local)
+/// The listening socket of each of our listener slots: inode u64, network namespace u64 (local;
+/// zero until the kernel listens). A listener lives as long as that socket, whoever holds it.
+const LISTENER_SOCKETS: usize = 0x7000; // 128 × 16 (local)
 const OFFERS: usize = 0x8000; // 1024 × 128 (peer-written)
 const ANSWERS: usize = 0x2_8000; // 1024 × 64 (peer-written)
 const _: () = assert!(LISTENER_OWNERS + LISTENER_SLOTS * 16 <= LISTENERS);
 const _: () = assert!(LISTENERS + LISTENER_SLOTS * LISTENER_SIZE <= OFFER_OWNERS);
-const _: () = assert!(OFFER_OWNERS + OFFER_SLOTS * 16 <= OFFERS);
+const _: () = assert!(OFFER_OWNERS + OFFER_SLOTS * 16 <= LISTENER_SOCKETS);
+const _: () = assert!(LISTENER_SOCKETS + LISTENER_SLOTS * 16 <= OFFERS);
 const _: () = assert!(OFFERS + OFFER_SLOTS * OFFER_SIZE <= ANSWERS);
 const _: () = assert!(ANSWERS + OFFER_SLOTS * ANSWER_SIZE <= CTRL_SIZE as usize);
 
@@ -142,19 +147,20 @@ impl Control {
         Ok(ctrl)
     }
 
-    /// Withdraw the listeners of this host's processes that died without closing them (a
-    /// crash, SIGKILL). Their records in the peer host's table would stay ACTIVE, and a client
-    /// there would offer to them, connect, and wait out the answer timeout; the peer host cannot
-    /// tell, as it cannot see our processes. So every process that opens the area sweeps.
-    /// Returns how many it withdrew.
+    /// Withdraw the listeners of this host whose listening socket is gone without a withdrawal
+    /// (its last holder crashed or was SIGKILLed). Their records in the peer host's table would
+    /// stay ACTIVE, and a client there would offer to them, connect, and wait out the answer
+    /// timeout; the peer host cannot tell, as it cannot see our sockets. So every process that
+    /// opens the area sweeps. Returns how many it withdrew.
     pub fn sweep_dead_listeners(&self) -> usize {
         let me = std::process::id();
+        let live = Liveness::new(None);
         let mut n = 0;
         for i in 0..LISTENER_SLOTS {
             let pid = u32_at(&self.local, LISTENER_OWNERS + i * 16);
             let cur = pid.load(Acquire);
             let start = u64_at(&self.local, LISTENER_OWNERS + i * 16 + 8).load(Acquire);
-            if cur == 0 || cur == me || ntbdrv::process::alive(cur, start) {
+            if cur == 0 || cur == me || live.listener(cur, start, self.listener_socket(i)) {
                 continue;
             }
             // Take the slot from the dead owner first, so nobody publishes a new record in it
@@ -170,19 +176,40 @@ impl Control {
         n
     }
 
-    /// Claim a free owner slot (pid 0, or a dead owner's) in an owner table of `n` entries.
+    /// The listening socket recorded for our listener slot `i` (zeros: none yet).
+    fn listener_socket(&self, i: usize) -> SocketId {
+        SocketId {
+            // SYNC POINT (listener socket): Acquire pairs with the Release store of the inode
+            // in `set_listener_socket`, which is written after the namespace.
+            inode: u64_at(&self.local, LISTENER_SOCKETS + i * 16).load(Acquire),
+            netns: u64_at(&self.local, LISTENER_SOCKETS + i * 16 + 8).load(Relaxed),
+        }
+    }
+
+    /// Claim a free owner slot (pid 0, or a dead owner's) in an owner table of `n` entries. A
+    /// listener slot's owner is dead when its listening socket is (see [`Liveness`]).
     fn claim(&self, table: usize, n: usize) -> Option<SlotGuard> {
         let me = std::process::id();
         let start = ntbdrv::process::start_time(me).unwrap_or(0);
+        let live = Liveness::new(None);
+        let alive = |i: usize, pid: u32, start: u64| {
+            if table == LISTENER_OWNERS {
+                live.listener(pid, start, self.listener_socket(i))
+            } else {
+                ntbdrv::process::alive(pid, start)
+            }
+        };
         for pass in 0..2 {
             for i in 0..n {
                 let pid = u32_at(&self.local, table + i * 16);
                 let st = u64_at(&self.local, table + i * 16 + 8);
                 let cur = pid.load(Acquire);
-                let free =
-                    cur == 0 || (pass == 1 && !ntbdrv::process::alive(cur, st.load(Acquire)));
+                let free = cur == 0 || (pass == 1 && !alive(i, cur, st.load(Acquire)));
                 if free && pid.compare_exchange(cur, me, SeqCst, SeqCst).is_ok() {
                     st.store(start, Release);
+                    if table == LISTENER_OWNERS {
+                        self.store_listener_socket(i, SocketId::default());
+                    }
                     let generation = u32_at(&self.local, table + i * 16 + 4)
                         .fetch_add(1, SeqCst)
                         .wrapping_add(1);
@@ -202,15 +229,18 @@ impl Control {
 
     // ---- listeners ----------------------------------------------------------------------------
 
-    /// Publish a listener in the peer's table.
-    pub fn add_listener(&self, addr: Endpoint) -> Option<SlotGuard> {
+    /// Publish a listener in the peer's table; `socket` is the kernel's listening socket, if it
+    /// listens already (else see [`Control::set_listener_socket`]).
+    pub fn add_listener(&self, addr: Endpoint, socket: SocketId) -> Option<SlotGuard> {
         let slot = self.claim(LISTENER_OWNERS, LISTENER_SLOTS)?;
+        self.store_listener_socket(slot.index, socket);
         let base = LISTENERS + slot.index * LISTENER_SIZE;
         let pid = std::process::id();
         let e = ListenerEntry {
             addr,
             pid,
             start_time: ntbdrv::process::start_time(pid).unwrap_or(0),
+            socket,
         };
         u32_at(&self.peer, base).store(0, SeqCst);
         self.peer
@@ -222,6 +252,35 @@ impl Control {
         Some(slot)
     }
 
+    fn store_listener_socket(&self, i: usize, socket: SocketId) {
+        u64_at(&self.local, LISTENER_SOCKETS + i * 16 + 8).store(socket.netns, Relaxed);
+        // SYNC POINT (listener socket): Release pairs with the Acquire in `listener_socket`.
+        u64_at(&self.local, LISTENER_SOCKETS + i * 16).store(socket.inode, Release);
+    }
+
+    /// The kernel now listens on a published listener's socket: from here on the listener lives
+    /// exactly as long as that socket (until then, as long as the process that published it).
+    pub fn set_listener_socket(&self, slot: &SlotGuard, socket: SocketId) {
+        self.store_listener_socket(slot.index, socket);
+        let base = LISTENERS + slot.index * LISTENER_SIZE;
+        u64_at(&self.peer, base + LISTENER_NETNS).store(socket.netns, Relaxed);
+        // SYNC POINT (listener socket): Release pairs with the Acquire load of the inode in
+        // `find_listener` (the namespace is written first).
+        u64_at(&self.peer, base + LISTENER_INODE).store(socket.inode, Release);
+    }
+
+    /// Our host's published listener on the kernel listening socket `socket`, if any (a new
+    /// image after exec takes over the listener its process published before).
+    pub fn listener_of(&self, socket: SocketId) -> Option<SlotGuard> {
+        (0..LISTENER_SLOTS).find_map(|i| {
+            let owned = u32_at(&self.local, LISTENER_OWNERS + i * 16).load(Acquire) != 0;
+            (owned && socket.inode != 0 && self.listener_socket(i) == socket).then(|| SlotGuard {
+                index: i,
+                generation: u32_at(&self.local, LISTENER_OWNERS + i * 16 + 4).load(Acquire),
+            })
+        })
+    }
+
     /// Withdraw a listener.
     pub fn remove_listener(&self, slot: &SlotGuard) {
         let base = LISTENERS + slot.index * LISTENER_SIZE;
@@ -230,8 +289,9 @@ impl Control {
     }
 
     /// Is there a live pcisock listener on the peer host for `server`? `same_host` lets us check
-    /// the listener's process on a loopback link.
+    /// the listener's socket (or, before it listens, its process) on a loopback link.
     pub fn find_listener(&self, server: &Endpoint, same_host: bool) -> bool {
+        let live = Liveness::new(Some(server));
         for i in 0..LISTENER_SLOTS {
             let base = LISTENERS + i * LISTENER_SIZE;
             if u32_at(&self.local, base).load(Acquire) != ACTIVE {
@@ -241,13 +301,18 @@ impl Control {
             if self.local.read(base + 8, &mut rec).is_err() {
                 continue;
             }
-            let Ok(e) = ListenerEntry::decode(&rec) else {
+            let Ok(mut e) = ListenerEntry::decode(&rec) else {
                 continue;
             };
+            // The socket may be filled in while we read: take it whole.
+            // SYNC POINT (listener socket): Acquire pairs with the Release in
+            // `set_listener_socket`.
+            e.socket.inode = u64_at(&self.local, base + LISTENER_INODE).load(Acquire);
+            e.socket.netns = u64_at(&self.local, base + LISTENER_NETNS).load(Relaxed);
             if e.addr.port != server.port || !(e.addr.is_unspecified() || e.addr.ip == server.ip) {
                 continue;
             }
-            if same_host && !ntbdrv::process::alive(e.pid, e.start_time) {
+            if same_host && !live.listener(e.pid, e.start_time, e.socket) {
                 continue;
             }
             return true;
@@ -410,5 +475,53 @@ impl Control {
         u32_at(&self.peer, base + 4).store(generation, Relaxed);
         // SYNC POINT (answer): Release pairs with the client's Acquire in `answer`.
         u32_at(&self.peer, base).store(ACTIVE, Release);
+    }
+}
+
+/// Judges listener entries of this host: by their listening socket when the kernel can tell
+/// us (the socket is known and in our network namespace), else by the publishing process. The
+/// kernel's list of listening sockets is asked once per judge, on first need.
+struct Liveness {
+    /// The address a client connects to (16 bytes, IPv4-mapped) and its port, if any.
+    at: Option<([u8; 16], u16)>,
+    port: Option<u16>,
+    netns: std::cell::OnceCell<Option<u64>>,
+    listening: std::cell::OnceCell<Option<Vec<u64>>>,
+}
+
+impl Liveness {
+    fn new(at: Option<&Endpoint>) -> Liveness {
+        Liveness {
+            at: at.map(|e| (e.ip, e.port)),
+            port: at.map(|e| e.port),
+            netns: std::cell::OnceCell::new(),
+            listening: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Does the listener published by `pid` (started at `start`) on `socket` still live?
+    fn listener(&self, pid: u32, start: u64, socket: SocketId) -> bool {
+        if socket.inode == 0 {
+            return ntbdrv::process::alive(pid, start);
+        }
+        // A client's connect: the listener its connection would reach is this socket (the
+        // common case, one lookup). A socket inode is unique across namespaces, so a hit needs
+        // no namespace check.
+        if let Some((ip, port)) = self.at {
+            if sockdiag::reached_at(socket.inode, &ip, port).unwrap_or(false) {
+                return true;
+            }
+        }
+        // Otherwise the kernel's LISTEN table can only judge a socket of our namespace.
+        let ours = *self.netns.get_or_init(|| sockdiag::netns().ok()) == Some(socket.netns);
+        if ours {
+            let list = self
+                .listening
+                .get_or_init(|| sockdiag::listening(self.port).ok());
+            if let Some(list) = list {
+                return list.contains(&socket.inode);
+            }
+        }
+        ntbdrv::process::alive(pid, start)
     }
 }

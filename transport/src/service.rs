@@ -164,6 +164,8 @@ pub(crate) fn listen(shared: &Shared, socket: RawFd) -> Result<Listener, Reason>
     let id = link(shared)?.with(|c| c.listen(socket)).map_err(failed)?;
     Ok(Listener {
         state: Arc::new(Mutex::new(ListenerState::Service(id))),
+        // The service judges the listener by its socket itself.
+        socket: Arc::new(Mutex::new(crate::proto::SocketId::default())),
     })
 }
 

@@ -1070,3 +1070,57 @@ fn a_dead_processs_block_waits_for_its_peer() {
         );
     }
 }
+
+/// A host table with no lease slot left is `TableFull`, not `NoWindowSpace`: the windows have
+/// room, the table that records leases does not (`pcisock explain` gives another fix).
+#[test]
+fn a_full_host_table_is_reported_as_table_full() {
+    let (_d, dev) = device("tablefull");
+    let t = transport(&dev, 64 << 10);
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    let _l = t.listen(server.as_raw_fd(), Endpoint::from_std(addr)).unwrap();
+    // Window 1, then interrupt vectors, then window 0, until the table has no slot left (the
+    // windows alone hold fewer leases of 4 KiB than the table has slots).
+    let mut held = Vec::new();
+    let full = |e: &ntbdrv::LeaseError| matches!(e, ntbdrv::LeaseError::TableFull);
+    'fill: for step in 0..3 {
+        loop {
+            let r = match step {
+                0 => dev
+                    .lease_window(1, 4096, 0x7465_7374)
+                    .map(ntbdrv::Lease::Window),
+                1 => dev.lease_vector(0x7465_7374).map(ntbdrv::Lease::Vector),
+                _ => dev
+                    .lease_window(0, 4096, 0x7465_7374)
+                    .map(ntbdrv::Lease::Window),
+            };
+            match r {
+                Ok(l) => held.push(l),
+                Err(e) if full(&e) => break 'fill,
+                Err(_) => break,
+            }
+        }
+    }
+    assert!(
+        dev.lease_window(0, 4096, 1).is_err_and(|e| full(&e)),
+        "the table did not fill ({} leases)",
+        held.len()
+    );
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let local = sock.local_addr().unwrap().as_socket().unwrap();
+    match t.offer(
+        Endpoint::from_std(local),
+        Endpoint::from_std(addr),
+        sock.as_raw_fd(),
+    ) {
+        Err(Reason::TableFull) => {}
+        Err(r) => panic!("a full host table gave {r}"),
+        Ok(_) => panic!("an offer with a full host table"),
+    }
+    for l in held {
+        dev.release(l).unwrap();
+    }
+}

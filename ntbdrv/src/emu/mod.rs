@@ -619,11 +619,66 @@ impl EmuDevice {
                     _ => "unknown",
                 },
                 pid: s.pid,
+                start: s.start,
                 index: s.index,
                 tag: s.tag,
                 offset: s.offset,
                 len: s.len,
             })
+            .collect()
+    }
+
+    /// This side's interrupt-vector lines (FIFOs) that no lease holds: a closed connection's
+    /// line stays for the next lease of its vector to reuse. Their paths.
+    pub fn idle_lines(&self) -> Vec<PathBuf> {
+        self.table()
+            .with_leases(|leases| self.idle_lines_given(leases))
+    }
+
+    /// Remove this side's idle interrupt-vector lines (see [`EmuDevice::idle_lines`]); returns
+    /// how many. Under the host table's lock, so a vector leased meanwhile keeps its line (a
+    /// new lease makes its line after the lease). Not on a bridge, whose lines the interrupt
+    /// daemon may hold.
+    pub fn remove_idle_lines(&self) -> usize {
+        if self.bridge.is_some() {
+            return 0;
+        }
+        self.table().with_leases(|leases| {
+            self.idle_lines_given(leases)
+                .iter()
+                .filter(|p| std::fs::remove_file(p).is_ok())
+                .count()
+        })
+    }
+
+    fn idle_lines_given(&self, leases: &[table::Slot]) -> Vec<PathBuf> {
+        let held: std::collections::HashSet<u32> = leases
+            .iter()
+            .filter(|s| s.kind == sys::NTBEMU_LEASE_VECTOR)
+            .map(|s| s.index)
+            .collect();
+        let Some(stem) = self.path.file_stem().and_then(|s| s.to_str()) else {
+            return Vec::new();
+        };
+        let prefix = format!("{stem}.s{}.v", self.side);
+        let Some(dir) = self.path.parent() else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        use std::os::unix::fs::FileTypeExt;
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_fifo()))
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(&prefix))
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .is_some_and(|v| !held.contains(&v))
+            })
+            .map(|e| e.path())
             .collect()
     }
 
@@ -943,6 +998,8 @@ impl EmuDevice {
 pub struct LeaseInfo {
     pub kind: &'static str,
     pub pid: u32,
+    /// The owner's start time (with the pid, tells a live owner from a recycled pid).
+    pub start: u64,
     pub index: u32,
     pub tag: u32,
     pub offset: u64,
@@ -1320,11 +1377,10 @@ impl NtbDevice for EmuDevice {
             });
         }
         let path = self.vector_path(self.side, bit);
-        sysutil::mkfifo(&path)
-            .map_err(|e| DoorbellError::Vector(format!("mkfifo {}: {e}", path.display())))?;
+        sysutil::mkfifo(&path).map_err(|e| DoorbellError::line("mkfifo", &path, e))?;
         // O_RDWR keeps a writer on the FIFO, so poll never reports a hang-up.
         let fd = sysutil::open(&path, libc::O_RDWR | libc::O_NONBLOCK)
-            .map_err(|e| DoorbellError::Vector(format!("open {}: {e}", path.display())))?;
+            .map_err(|e| DoorbellError::line("open", &path, e))?;
         if self.bridge.is_some() {
             // A ring posted before this line had its listener is not this listener's interrupt
             // (on a device file it would have kicked no FIFO). Cleared before arming: a ring
@@ -1370,14 +1426,13 @@ impl NtbDevice for EmuDevice {
             )));
         }
         let path = self.msi_path(self.side, v);
-        sysutil::mkfifo(&path)
-            .map_err(|e| DoorbellError::Vector(format!("mkfifo {}: {e}", path.display())))?;
+        sysutil::mkfifo(&path).map_err(|e| DoorbellError::line("mkfifo", &path, e))?;
         if self.bridge.is_some() {
             self.start_poller();
         }
         // O_RDWR keeps a writer on the FIFO, so poll never reports a hang-up.
         sysutil::open(&path, libc::O_RDWR | libc::O_NONBLOCK)
-            .map_err(|e| DoorbellError::Vector(format!("open {}: {e}", path.display())))
+            .map_err(|e| DoorbellError::line("open", &path, e))
     }
 
     fn peer_vector_trigger(&self, v: u32) -> Result<(), DoorbellError> {

@@ -271,7 +271,11 @@ impl<'a> HostTable<'a> {
         }
         let Some(index) = taken.iter().position(|t| !t) else {
             return Err(match kind {
-                k if k == sys::NTBEMU_LEASE_DOORBELL => LeaseError::DoorbellsExhausted { count },
+                // Doorbell bits and interrupt vectors (message-signalled doorbells) run out;
+                // the table's slots are another matter (TableFull).
+                k if k == sys::NTBEMU_LEASE_DOORBELL || k == sys::NTBEMU_LEASE_VECTOR => {
+                    LeaseError::DoorbellsExhausted { count }
+                }
                 _ => LeaseError::TableFull,
             });
         };
@@ -379,6 +383,13 @@ impl<'a> HostTable<'a> {
             .map(|i| (i as u32, self.read(i)))
             .filter(|(_, s)| s.kind != sys::NTBEMU_LEASE_FREE)
             .collect()
+    }
+
+    /// Run `f` on the table's leases with the table locked: no lease is made or ended
+    /// meanwhile.
+    pub(crate) fn with_leases<R>(&self, f: impl FnOnce(&[Slot]) -> R) -> R {
+        let _g = self.lock();
+        f(&self.leases())
     }
 
     /// Every lease in the table (for diagnostics and tests).
