@@ -170,12 +170,9 @@ impl Client {
                 return Err(ClientError::Wire(WireError::Long(m.bytes.len())));
             }
             let (reply, rid) = Reply::decode(&m.bytes, m.fds.len()).map_err(ClientError::Wire)?;
-            // Out of the application's descriptor numbers at once: a reply may wait here a
-            // while for the request it answers (see `sys::move_high`).
             if self.ignored.remove(&rid) {
                 continue; // the answer to a request sent without waiting
             }
-            let fds: Vec<OwnedFd> = m.fds.into_iter().map(sys::move_high).collect();
             if let Reply::Refused { why } = reply {
                 if rid == id || rid == 0 {
                     return Err(Refusal::from_code(why)
@@ -183,7 +180,16 @@ impl Client {
                         .unwrap_or(ClientError::Unexpected(reply)));
                 }
             }
-            self.stash.insert(rid, (reply, fds));
+            if rid == id && !matches!(reply, Reply::Offered { .. }) {
+                return Ok(Some((reply, m.fds)));
+            }
+            // Kept for a later request: out of the application's descriptor numbers meanwhile
+            // (see `sys::move_high`).
+            let fds: Vec<OwnedFd> = m.fds.into_iter().map(sys::move_high).collect();
+            // An `Offered` never hides the final answer to the same `Connect`.
+            if !(matches!(reply, Reply::Offered { .. }) && self.stash.contains_key(&rid)) {
+                self.stash.insert(rid, (reply, fds));
+            }
         }
     }
 
@@ -224,7 +230,9 @@ impl Client {
 
     /// Give up an offer without waiting for the answer.
     pub fn cancel_nowait(&mut self, offer: Offer) -> Result<(), ClientError> {
-        self.send_only(Request::Cancel { conn: offer.conn })
+        self.send_only(Request::Cancel {
+            request: offer.request,
+        })
     }
 
     /// Withdraw a listener without waiting for the answer.
@@ -263,20 +271,44 @@ impl Client {
     }
 
     /// Wait up to `patience` for the server's side of an offer.
+    /// The same as [`Client::offer`] without waiting: the answer (`Offered`, then `Paired`, or
+    /// `Declined`) is taken in by [`Client::paired`]. The `Connect` is in the service's
+    /// socket before this returns, so before the caller's kernel connect starts: the service
+    /// always knows of the offer when the server's `Accept` for that connection arrives.
+    pub fn offer_nowait(
+        &mut self,
+        fd: RawFd,
+        line: RawFd,
+        addr: Addr,
+        port: u16,
+        ring: u64,
+    ) -> Result<Offer, ClientError> {
+        let id = self.send_fds(Request::Connect { addr, port, ring }, &[fd, line])?;
+        Ok(Offer { conn: 0, request: id })
+    }
+
+    /// Wait up to `patience` for the server's side of an offer (an `Offered` on the way is
+    /// taken in: it names the offer's connection).
     pub fn paired(
         &mut self,
-        offer: Offer,
+        offer: &mut Offer,
         patience: Duration,
     ) -> Result<Option<Pairing>, ClientError> {
-        match self.wait(offer.request, patience)? {
-            None => Ok(None),
-            Some(r) => pairing(r).map(Some),
+        let t0 = Instant::now();
+        loop {
+            match self.wait(offer.request, patience.saturating_sub(t0.elapsed()))? {
+                None => return Ok(None),
+                Some((Reply::Offered { conn }, _)) => offer.conn = conn,
+                Some(r) => return pairing(r).map(Some),
+            }
         }
     }
 
     /// Give up an offer.
     pub fn cancel(&mut self, offer: Offer) -> Result<(), ClientError> {
-        self.done(Request::Cancel { conn: offer.conn })
+        self.done(Request::Cancel {
+            request: offer.request,
+        })
     }
 
     /// The kernel accepted `fd`: pair it with its client's offer, if there is one, with rings

@@ -486,6 +486,8 @@ impl Service {
                         },
                         &[],
                     );
+                    // The client may be waiting on its line (it need not wait for this reply).
+                    sys::ring(line.as_raw_fd());
                     return None;
                 }
                 let conn = self.id();
@@ -505,8 +507,13 @@ impl Service {
                 );
                 self.reply(client, id, Reply::Offered { conn }, &[]);
             }
-            Request::Cancel { conn } => {
-                if self.offers.get(&conn).is_some_and(|o| o.owner == client) {
+            Request::Cancel { request } => {
+                let found = self
+                    .offers
+                    .iter()
+                    .find(|(_, o)| o.owner == client && o.request == request)
+                    .map(|(&c, _)| c);
+                if let Some(conn) = found {
                     self.offers.remove(&conn);
                     self.reply(client, id, Reply::Done, &[]);
                 } else {

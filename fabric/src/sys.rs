@@ -602,13 +602,18 @@ pub fn getuid() -> u32 {
 /// it expects, e.g. wrk's event loop holds 10 + 3 per connection). Keeps `fd` where it is if
 /// nothing up there is free.
 pub fn move_high(fd: OwnedFd) -> OwnedFd {
-    // SAFETY: rlimit is plain data; all zeros is a valid value.
-    let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: getrlimit writes into a live rlimit.
-    if unsafe { libc::syscall(libc::SYS_getrlimit, libc::RLIMIT_NOFILE, &mut rl) } != 0 {
-        return fd;
-    }
-    let floor = (rl.rlim_cur / 2).clamp(64, i32::MAX as u64) as libc::c_int;
+    // The limit is read once: a process that raises it later keeps the first floor, which is
+    // only a choice of numbers.
+    static FLOOR: std::sync::OnceLock<libc::c_int> = std::sync::OnceLock::new();
+    let floor = *FLOOR.get_or_init(|| {
+        // SAFETY: rlimit is plain data; all zeros is a valid value.
+        let mut rl: libc::rlimit = unsafe { zeroed() };
+        // SAFETY: getrlimit writes into a live rlimit.
+        if unsafe { libc::syscall(libc::SYS_getrlimit, libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+            return libc::c_int::MAX;
+        }
+        (rl.rlim_cur / 2).clamp(64, i32::MAX as u64) as libc::c_int
+    });
     if fd.as_raw_fd() >= floor {
         return fd;
     }

@@ -37,8 +37,9 @@ pub enum Request {
     /// and an eventfd: the client's interrupt line, which the service rings when the offer is
     /// paired or declined. The service replies `Offered` or `Declined`.
     Connect { addr: Addr, port: u16, ring: u64 },
-    /// The client gives up an offer (its connect failed, or it closes).
-    Cancel { conn: u64 },
+    /// The client gives up an offer (its connect failed, or it closes): the offer that the
+    /// `Connect` (or `Hold`) with this request id made or took back.
+    Cancel { request: u64 },
     /// The kernel accepted a connection; carries the accepted socket. Replies `Paired` or
     /// `Declined`. `ring` (as in `Connect`): the receive ring this process asks for; a pair
     /// gets the smaller of its two ends' and the service's, smaller still when window space
@@ -364,7 +365,7 @@ impl Request {
         let words: Vec<u64> = match *self {
             Request::Hello { pid } => vec![pid as u64],
             Request::Unlisten { listener } => vec![listener],
-            Request::Cancel { conn } => vec![conn],
+            Request::Cancel { request } => vec![request],
             Request::Close { conn, server } => vec![conn, server as u64],
             Request::Connect { addr, port, ring } => {
                 let (a, b) = addr_words(&addr);
@@ -392,7 +393,7 @@ impl Request {
                 port: u16::try_from(w[2]).map_err(|_| WireError::Value { kind, word: 2 })?,
                 ring: w[3],
             },
-            K_CANCEL => Request::Cancel { conn: w[0] },
+            K_CANCEL => Request::Cancel { request: w[0] },
             K_ACCEPT => Request::Accept { ring: w[0] },
             K_HOLD => Request::Hold,
             K_CLOSE => Request::Close {
@@ -532,7 +533,7 @@ mod tests {
                 port: 5201,
                 ring: 1 << 20,
             },
-            Request::Cancel { conn: u64::MAX },
+            Request::Cancel { request: u64::MAX },
             Request::Accept { ring: 128 << 10 },
             Request::Hold,
             Request::Close {

@@ -83,12 +83,12 @@ fn pairs_a_connection_by_possession_of_its_socket() {
     let to = l.local_addr().unwrap();
     server.listen(l.as_raw_fd()).unwrap();
 
-    let (offer, _csock, accepted) = offer_and_connect(&mut client, to, &l);
+    let (mut offer, _csock, accepted) = offer_and_connect(&mut client, to, &l);
     let Pairing::Paired(s) = server.accept(accepted.as_raw_fd(), 1 << 20).unwrap() else {
         panic!("the server's accept was declined");
     };
     let Pairing::Paired(c) = client
-        .paired(offer, Duration::from_secs(5))
+        .paired(&mut offer, Duration::from_secs(5))
         .unwrap()
         .expect("the client hears of the pairing")
     else {
@@ -145,7 +145,7 @@ fn a_third_party_can_neither_claim_nor_meddle() {
 
     // The client offers and connects; before the server accepts, a third party connects too,
     // accepts that connection on the same port and claims it: it gets no offer.
-    let (offer, _csock, accepted) = offer_and_connect(&mut client, to, &l);
+    let (mut offer, _csock, accepted) = offer_and_connect(&mut client, to, &l);
     let _theirs = TcpStream::connect(to).unwrap();
     let (their_accepted, _) = l.accept().unwrap();
     assert!(matches!(
@@ -184,7 +184,7 @@ fn a_third_party_can_neither_claim_nor_meddle() {
     };
     // (Connections are held by process: `other`, in this same process, could close it.)
     let _ = s;
-    let got = client.paired(offer, Duration::from_secs(5)).unwrap();
+    let got = client.paired(&mut offer, Duration::from_secs(5)).unwrap();
     assert!(matches!(got, Some(Pairing::Paired(_))));
     // No listener on another port: declined at once, nothing held.
     let s2 = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
@@ -366,12 +366,12 @@ fn a_dead_process_leaves_nothing_behind() {
     // A connection lives while a holder lives or the kernel still has one of its sockets.
     let mut client = Client::connect(&svc.socket).unwrap();
     let to = l.local_addr().unwrap();
-    let (offer, csock, accepted) = offer_and_connect(&mut client, to, &l);
+    let (mut offer, csock, accepted) = offer_and_connect(&mut client, to, &l);
     let Pairing::Paired(s) = me.accept(accepted.as_raw_fd(), 1 << 20).unwrap() else {
         panic!("declined");
     };
     assert!(matches!(
-        client.paired(offer, Duration::from_secs(5)).unwrap(),
+        client.paired(&mut offer, Duration::from_secs(5)).unwrap(),
         Some(Pairing::Paired(_))
     ));
     assert_eq!(me.status().unwrap().connections, 1);

@@ -186,19 +186,18 @@ pub(crate) fn offer(
 ) -> Result<Pending, Reason> {
     let line = fabric::sys::move_high(crate::sys::eventfd().ok_or(Reason::NoDoorbell)?);
     let raw = line.as_raw_fd();
-    let r = link(shared)?
-        .with(|c| c.offer(tcp_fd, raw, remote.ip, remote.port, shared.settings.ring_bytes))
+    // Not waiting for the service's word: whether a listener exists comes back with the
+    // pairing (the line is rung either way); the connect does not wait a round trip for it.
+    let offer = link(shared)?
+        .with(|c| c.offer_nowait(tcp_fd, raw, remote.ip, remote.port, shared.settings.ring_bytes))
         .map_err(failed)?;
-    match r {
-        Ok(offer) => Ok(Pending::Service(Offered {
-            offer,
-            line,
-            local,
-            remote,
-            posted: Instant::now(),
-        })),
-        Err(code) => Err(reason(code)),
-    }
+    Ok(Pending::Service(Offered {
+        offer,
+        line,
+        local,
+        remote,
+        posted: Instant::now(),
+    }))
 }
 
 pub(crate) fn cancel(shared: &Shared, o: Offered) {
@@ -231,7 +230,7 @@ pub(crate) fn complete(
     let mut withdrawn = false;
     loop {
         ntbdrv::drain_vector(&o.line);
-        match link.with(|c| c.paired(o.offer, Duration::ZERO)) {
+        match link.with(|c| c.paired(&mut o.offer, Duration::ZERO)) {
             Ok(Some(Pairing::Paired(mut p))) => {
                 p.peer_line = fabric::sys::move_high(p.peer_line);
                 // Keep our own line (its descriptor number may be registered in an epoll set
