@@ -132,7 +132,14 @@ fn register(epfd: c_int, fd: c_int, form: Form, app_events: u32) -> Result<(), c
     let tag = TAG | fd as u32 as u64;
     let excl = app_events & libc::EPOLLEXCLUSIVE as u32;
     let (sock_events, vector) = match form {
-        Form::Ntb { vector } => ((libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | excl, vector),
+        // Edge-triggered: the socket of a peer that has gone stays readable (EOF) for as long
+        // as the application keeps the fd, and a level-triggered registration would wake
+        // every wait at once. One event per change of the socket is all readiness needs: the
+        // end it saw is remembered by the connection (`look_at_tcp`).
+        Form::Ntb { vector } => (
+            (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32 | excl,
+            vector,
+        ),
         Form::Pending { vector } => (
             app_events & !(libc::EPOLLET | libc::EPOLLONESHOT) as u32,
             vector,
@@ -376,12 +383,14 @@ fn harvest(
             continue;
         }
         let Some(c) = r.sock.conn.get() else { continue };
+        // Activity before readiness: what the peer does between the two reads shows as a new
+        // edge next time, instead of being taken for already reported.
+        let a = c.activity();
         let ev = to_epoll(c.readiness(), r.events);
         if ev == 0 {
             continue;
         }
         if r.events & libc::EPOLLET as u32 != 0 {
-            let a = c.activity();
             if r.last_activity == Some(a) {
                 continue;
             }

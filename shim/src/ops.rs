@@ -800,8 +800,8 @@ pub fn poll(
         //    application's other fds.
         let mut set: Vec<libc::pollfd> = Vec::with_capacity(fds.len() * 2);
         let mut armed: Vec<(Arc<Connection>, bool, bool)> = Vec::new();
-        // Where each armed connection's TCP socket sits in `set`.
-        let mut tcp_at: Vec<usize> = Vec::new();
+        // Where each armed connection's TCP socket sits in `set`, if it is watched.
+        let mut tcp_at: Vec<Option<usize>> = Vec::new();
         for (i, p) in fds.iter().enumerate() {
             match &conns[i] {
                 Some(s) => {
@@ -820,12 +820,18 @@ pub fn poll(
                             events: libc::POLLIN,
                             revents: 0,
                         });
-                        tcp_at.push(set.len());
-                        set.push(libc::pollfd {
-                            fd: c.tcp_fd(),
-                            events: libc::POLLIN | libc::POLLRDHUP,
-                            revents: 0,
-                        });
+                        // A socket that has ended stays readable (EOF): watching it would end
+                        // every sleep at once, and readiness already knows.
+                        if c.tcp_ended() {
+                            tcp_at.push(None);
+                        } else {
+                            tcp_at.push(Some(set.len()));
+                            set.push(libc::pollfd {
+                                fd: c.tcp_fd(),
+                                events: libc::POLLIN | libc::POLLRDHUP,
+                                revents: 0,
+                            });
+                        }
                     } else {
                         // A pending offer: the answer rings our doorbell line; the kernel
                         // reports the TCP connect.
@@ -871,10 +877,10 @@ pub fn poll(
             for (c, r, w) in &armed {
                 c.disarm(*r, *w);
             }
-            // Every armed connection put its TCP socket in the set (an already-ready one
-            // emptied the set, and we did not sleep).
-            for ((c, _, _), &at) in armed.iter().zip(&tcp_at) {
-                if set[at].revents != 0 {
+            // Every armed connection put its TCP socket in the set unless it had ended (an
+            // already-ready one emptied the set, and we did not sleep).
+            for ((c, _, _), at) in armed.iter().zip(&tcp_at) {
+                if at.is_some_and(|at| set[at].revents != 0) {
                     // The peer's kernel spoke (closed, reset): readiness must look now.
                     c.look_at_tcp();
                 }

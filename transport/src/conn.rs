@@ -769,9 +769,11 @@ impl Connection {
                 break Ok(copied);
             }
             // Has the peer died? (Its kernel closed the TCP socket.) A system call: asked after
-            // a wait, and on every 64th empty non-blocking read, not on the hot path.
-            let look =
-                waited || (flags.nonblock && self.empty_reads.fetch_add(1, Relaxed) % 64 == 63);
+            // a wait, and on every 64th empty non-blocking read, not on the hot path; an end
+            // already seen (readiness reported it) is answered without one.
+            let look = waited
+                || self.tcp_ended()
+                || (flags.nonblock && self.empty_reads.fetch_add(1, Relaxed) % 64 == 63);
             if let Some(e) = look.then(|| self.tcp_gone()).flatten() {
                 if word64(&self.mine, RX_TAIL).load(Acquire) > head {
                     continue;
@@ -954,6 +956,11 @@ impl Connection {
                 Err(e) => break Err(self.protocol_error("send", e)),
             };
             let Some(p) = place else {
+                // A full ring whose reader has gone never drains: fail as TCP does once the
+                // peer's reset arrives, instead of waiting (or spinning) for ever.
+                if let Some(e) = self.reader_gone(!nonblock) {
+                    break if sent > 0 { Ok(sent) } else { Err(e) };
+                }
                 if sent > 0 && nonblock {
                     break Ok(sent);
                 }
@@ -1052,6 +1059,10 @@ impl Connection {
             let p = match self.tx_ring.place(tail, head, (count - sent) as u64) {
                 Ok(Some(p)) => p,
                 Ok(None) => {
+                    // As in `send`: a full ring whose reader has gone never drains.
+                    if let Some(e) = self.reader_gone(!nonblock) {
+                        break if sent > 0 { Ok(sent) } else { Err(Err(e)) };
+                    }
                     if nonblock || sent > 0 {
                         break if sent > 0 {
                             Ok(sent)
@@ -1470,6 +1481,29 @@ impl Connection {
         r
     }
 
+    /// Has the peer's kernel closed the TCP socket, as far as we know without a system call?
+    /// (Sticky: a socket that ended stays ended.) A waiter stops watching a socket that ended:
+    /// it stays readable for ever and would wake every sleep at once.
+    pub fn tcp_ended(&self) -> bool {
+        self.tcp_end.load(Relaxed) != TCP_OPEN
+    }
+
+    /// The send side's view of a dead peer, for a sender facing a full ring: `Some` if the
+    /// peer's kernel closed the TCP socket (asked with a system call when `look`, else only
+    /// what is already known), as the error the send reports.
+    fn reader_gone(&self, look: bool) -> Option<IoError> {
+        let gone = if look {
+            self.tcp_gone()
+        } else {
+            match self.tcp_end.load(Relaxed) {
+                TCP_EOF => Some(Ok(())),
+                TCP_RESET => Some(Err(IoError::Reset)),
+                _ => None,
+            }
+        };
+        gone.map(|g| g.err().unwrap_or(IoError::BrokenPipe))
+    }
+
     /// What `readiness` needs of the TCP socket: asked once in `TCP_LOOK_EVERY` calls (a system
     /// call per check would make every poll, select and epoll scan pay one per connection),
     /// and always once the socket has ended.
@@ -1491,13 +1525,16 @@ impl Connection {
     }
 
     /// A value that changes whenever something the peer did could make the connection newly
-    /// readable or writable (data produced, credits returned, flags set): edge-triggered
-    /// readiness reports an edge when it moves.
+    /// readable or writable (data produced, credits returned, flags set, its kernel's close of
+    /// the TCP socket seen): edge-triggered readiness reports an edge when it moves. A peer
+    /// that exits without closing shows only through the TCP socket, and an edge-triggered
+    /// reader (nginx) must hear of it, or it keeps the dead connection.
     pub fn activity(&self) -> u64 {
         let tail = word64(&self.mine, RX_TAIL).load(Acquire);
         let head = word64(&self.mine, CR_HEAD).load(Acquire);
         let flags = word32(&self.mine, RX_FLAGS).load(Acquire) as u64
-            | (word32(&self.mine, CR_CLOSED).load(Acquire) as u64) << 8;
+            | (word32(&self.mine, CR_CLOSED).load(Acquire) as u64) << 8
+            | (self.tcp_end.load(Relaxed) as u64) << 16;
         tail.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ head.rotate_left(29) ^ flags.rotate_left(58)
     }
 
@@ -1535,7 +1572,9 @@ impl Connection {
         let st = self.shared_state();
         Readiness {
             readable: data || eof || reset,
-            writable: self.ready(false) || reset || closed,
+            // A send to a peer whose kernel closed the TCP socket does not block either: it
+            // fills the ring or fails (see `reader_gone`).
+            writable: self.ready(false) || reset || closed || gone.is_some(),
             rdhup: eof,
             hup: reset || (eof && (closed || st & ST_SHUT_WR != 0)),
             error: reset,
