@@ -1570,13 +1570,17 @@ impl Connection {
         let eof = flags & FLAG_FIN != 0 || gone.is_some();
         let closed = word32(&self.mine, CR_CLOSED).load(Acquire) != 0;
         let st = self.shared_state();
+        // As the kernel's tcp_poll: hang-up when both directions are shut (the peer's FIN or our
+        // SHUT_RD, and our SHUT_WR), or on a reset; the peer's close alone is only EOF. (A server
+        // that keeps a connection the client closed, asking for no events, must not be woken.)
+        let shut_rd = eof || st & ST_SHUT_RD != 0;
         Readiness {
             readable: data || eof || reset,
             // A send to a peer whose kernel closed the TCP socket does not block either: it
             // fills the ring or fails (see `reader_gone`).
             writable: self.ready(false) || reset || closed || gone.is_some(),
             rdhup: eof,
-            hup: reset || (eof && (closed || st & ST_SHUT_WR != 0)),
+            hup: reset || (shut_rd && st & ST_SHUT_WR != 0),
             error: reset,
         }
     }
