@@ -25,9 +25,6 @@ use crate::ops::{self, Detour};
 use crate::sock::{Sock, State};
 use crate::{global, sys, table};
 
-/// Longest kernel sleep while NTB registrations are armed, before ring state is re-checked.
-const SAFETY_NAP: Duration = Duration::from_millis(20);
-
 /// High bits of `epoll_data` that mark our own registrations (the low 32 bits hold the fd).
 const TAG: u64 = 0x5043_534B_0000_0000;
 const TAG_MASK: u64 = 0xFFFF_FFFF_0000_0000;
@@ -140,8 +137,10 @@ fn register(epfd: c_int, fd: c_int, form: Form, app_events: u32) -> Result<(), c
             (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32 | excl,
             vector,
         ),
+        // Edge-triggered too: a connected socket stays writable while the offer waits for its
+        // answer, which rings the offer's line; one event per change of the socket settles it.
         Form::Pending { vector } => (
-            app_events & !(libc::EPOLLET | libc::EPOLLONESHOT) as u32,
+            app_events & !libc::EPOLLONESHOT as u32 | libc::EPOLLET as u32,
             vector,
         ),
     };
@@ -172,10 +171,34 @@ fn register(epfd: c_int, fd: c_int, form: Form, app_events: u32) -> Result<(), c
 
 fn unregister(epfd: c_int, fd: c_int, form: Form) {
     kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
-    let vector = match form {
-        Form::Ntb { vector } | Form::Pending { vector } => vector,
-    };
+    kernel_ctl(epfd, libc::EPOLL_CTL_DEL, form.vector(), 0, 0);
+}
+
+impl Form {
+    fn vector(self) -> c_int {
+        match self {
+            Form::Ntb { vector } | Form::Pending { vector } => vector,
+        }
+    }
+}
+
+/// A registration whose doorbell line is `vector` left the set (`regs` no longer holds it).
+/// The kernel keeps one registration per line and set, tagged with the fd that added it: if
+/// another fd of the same connection (a dup) is still registered, it takes the line over;
+/// otherwise the line goes. (Left behind under the departed fd's tag, the line would wake the
+/// set without ever being emptied, or, deleted, leave the dup with no doorbell at all.)
+fn release_vector(epfd: c_int, regs: &HashMap<c_int, Reg>, vector: c_int) {
     kernel_ctl(epfd, libc::EPOLL_CTL_DEL, vector, 0, 0);
+    if let Some((other, r)) = regs.iter().find(|(_, r)| r.form.vector() == vector) {
+        let excl = r.events & libc::EPOLLEXCLUSIVE as u32;
+        kernel_ctl(
+            epfd,
+            libc::EPOLL_CTL_ADD,
+            vector,
+            libc::EPOLLIN as u32 | excl,
+            TAG | *other as u32 as u64,
+        );
+    }
 }
 
 /// The form a tracked fd needs now, if it is one we evaluate (an NTB connection or a pending
@@ -267,7 +290,8 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
         libc::EPOLL_CTL_DEL => match regs.remove(&fd) {
             Some(r) => {
                 count_reg(fd, false);
-                unregister(epfd, fd, r.form);
+                kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
+                release_vector(epfd, &regs, r.form.vector());
                 Detour::Ours(Ok(0))
             }
             None => Detour::Bypass,
@@ -288,10 +312,7 @@ pub fn forget_fd(fd: c_int) {
             if let Some(r) = regs.remove(&fd) {
                 count_reg(fd, false);
                 // The doorbell line belongs to the connection, which may outlive this fd (dup).
-                let vector = match r.form {
-                    Form::Ntb { vector } | Form::Pending { vector } => vector,
-                };
-                kernel_ctl(*epfd, libc::EPOLL_CTL_DEL, vector, 0, 0);
+                release_vector(*epfd, &regs, r.form.vector());
             }
         }
     }
@@ -446,11 +467,13 @@ pub fn wait(
     let t0 = Instant::now();
     let max = events.len();
     let mut kbuf = vec![libc::epoll_event { events: 0, u64: 0 }; max];
+    let mut naps = ops::Naps::new();
     loop {
         let mut out: Vec<libc::epoll_event> = Vec::with_capacity(max);
         // Our fds already reported by this call (each at most once per call, as the kernel does).
         let mut seen: Vec<c_int> = Vec::new();
         let armed;
+        let spin_phase;
         {
             let Ok(mut regs) = set.lock() else {
                 return Detour::Ours(Err(libc::EIO));
@@ -471,7 +494,8 @@ pub fn wait(
             }
             settle(epfd, &mut regs);
             harvest(&mut regs, &mut out, max, &mut seen);
-            armed = if out.is_empty() && t0.elapsed() >= spin {
+            spin_phase = out.is_empty() && t0.elapsed() < spin;
+            armed = if out.is_empty() && !spin_phase {
                 arm(&regs)
             } else {
                 Vec::new()
@@ -491,28 +515,33 @@ pub fn wait(
         }
         let ready_now = !out.is_empty();
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
-        let spinning = !ready_now && armed.is_empty() && !expired;
+        // Spinning only for the spin time: past it, the kernel sleeps even with nothing to arm
+        // (one-shot registrations waiting to be re-armed, offers waiting for their answer, which
+        // wake us through their own kernel registrations).
+        let spinning = !ready_now && spin_phase && !expired;
         // The kernel's part: at once if we have something (or are still spinning), else block.
         let wait_for = if ready_now || spinning || expired {
-            Some(Duration::ZERO)
+            Duration::ZERO
         } else {
             // Bounded while our connections are armed: an interrupt lost to a race costs at
-            // most one nap, never a hang (see transport's ARM_GRACE).
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            Some(left.map_or(SAFETY_NAP, |l| l.min(SAFETY_NAP)))
+            // most one nap, never a hang (see `ops::Naps`).
+            naps.next(deadline.map(|d| d.saturating_duration_since(Instant::now())))
         };
         let room = max - out.len();
         let n = if room > 0 {
-            real_wait(&mut kbuf[..room], wait_for)
+            real_wait(&mut kbuf[..room], Some(wait_for))
         } else {
             0
         };
         let err = sys::errno();
-        // The registrations stay armed (`rearm`): an epoll set inside another one must still
-        // be woken while nobody waits on it directly.
-        for (c, _, _) in &armed {
-            c.ack();
+        if n == 0 && !wait_for.is_zero() {
+            naps.quiet();
         }
+        // The registrations stay armed (`rearm`): an epoll set inside another one must still
+        // be woken while nobody waits on it directly. Only the doorbell lines that fired are
+        // emptied (below): a read of every armed line after every sleep cost a quiet server a
+        // system call per connection per nap.
+        drop(armed);
         if n < 0 {
             if err == libc::EINTR && out.is_empty() {
                 return Detour::Ours(Err(libc::EINTR));
@@ -530,6 +559,7 @@ pub fn wait(
                 }
             }
             if poked {
+                naps.woke();
                 if let Ok(mut regs) = set.lock() {
                     // Empty the doorbell lines that fired, so this set (and a set that holds
                     // it) stops looking readable to the kernel once the ring is drained.

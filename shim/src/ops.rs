@@ -15,8 +15,40 @@ use crate::global::{self, Global};
 use crate::sock::{Sock, State};
 use crate::{sys, table};
 
-/// Longest kernel sleep in poll/select while NTB connections are armed.
+/// The first kernel sleep of poll/select/epoll_wait while NTB connections are armed.
 const SAFETY_NAP: Duration = Duration::from_millis(20);
+
+/// The longest: how long a doorbell the device lost can go unnoticed on a quiet connection.
+const LONGEST_NAP: Duration = Duration::from_millis(320);
+
+/// The bounded kernel sleeps of a readiness wait on armed NTB connections. A peer that published
+/// just as we armed may not ring us (transport's `ARM_GRACE`); the first nap after arming is
+/// short, so that costs at most [`SAFETY_NAP`]. Once a nap has passed with nothing new, our
+/// flags are long visible and any later publish rings: further naps only guard against a lost
+/// doorbell, and double up to [`LONGEST_NAP`] so that a process with quiet connections sleeps
+/// (a few wake-ups a second, not fifty). Anything that wakes the wait starts over.
+pub(crate) struct Naps(Duration);
+
+impl Naps {
+    pub(crate) fn new() -> Naps {
+        Naps(SAFETY_NAP)
+    }
+
+    /// The next sleep, within `remaining` of the caller's own timeout (None = none).
+    pub(crate) fn next(&self, remaining: Option<Duration>) -> Duration {
+        remaining.map_or(self.0, |r| r.min(self.0))
+    }
+
+    /// The sleep ended with nothing to report: sleep longer next time.
+    pub(crate) fn quiet(&mut self) {
+        self.0 = (self.0 * 2).min(LONGEST_NAP);
+    }
+
+    /// Something happened: the next sleep after arming is short again.
+    pub(crate) fn woke(&mut self) {
+        self.0 = SAFETY_NAP;
+    }
+}
 
 /// How long a blocking connect looks for the server's answer before it returns.
 const CONNECT_SPIN: Duration = Duration::from_millis(2);
@@ -741,6 +773,7 @@ pub fn poll(
     }
     let t0 = Instant::now();
     let mut first = true;
+    let mut naps = Naps::new();
     loop {
         // 1. Readiness of our connections, and a non-blocking look at the kernel fds.
         let mut ready = 0;
@@ -869,11 +902,15 @@ pub fn poll(
         }
         if !set.is_empty() {
             // Bounded while connections are armed: an interrupt lost to a race costs at most one
-            // nap, never a hang (see transport's ARM_GRACE).
+            // nap, never a hang (see `Naps`).
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let nap = remaining.map_or(SAFETY_NAP, |r| r.min(SAFETY_NAP));
-            let r = real_poll(&mut set, Some(nap));
+            let r = real_poll(&mut set, Some(naps.next(remaining)));
             let err = sys::errno();
+            if r == 0 {
+                naps.quiet();
+            } else {
+                naps.woke();
+            }
             for (c, r, w) in &armed {
                 c.disarm(*r, *w);
             }
