@@ -3,7 +3,8 @@
 //! A connection on the NTB path has no kernel-visible data, so registering its socket would
 //! report the wrong readiness. Instead `epoll_ctl` registers, in the application's epoll fd and
 //! under an internal tag, the connection's doorbell line (which fires when the peer rings us) and
-//! its TCP socket for input only (which fires when the peer's kernel closes it), and remembers
+//! its TCP socket for input only, edge-triggered (which fires once when the peer's kernel closes
+//! it: a socket at EOF stays readable, and must not wake every wait), and remembers
 //! the application's events and data. `epoll_wait` answers from ring state: level-triggered
 //! registrations are re-checked on every call (a drained doorbell line must not hide data still
 //! in the ring), edge-triggered ones report when the peer did something new since the last
