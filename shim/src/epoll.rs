@@ -301,8 +301,8 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
     }
 }
 
-/// An fd is being closed: it leaves every epoll set we track it in (the kernel drops its own
-/// registrations when the file goes away).
+/// An fd is being closed (called before the real close): it leaves every epoll set we track it
+/// in, with its kernel registrations.
 pub fn forget_fd(fd: c_int) {
     if !involves(fd) {
         return;
@@ -312,6 +312,10 @@ pub fn forget_fd(fd: c_int) {
         if let Ok(mut regs) = set.lock() {
             if let Some(r) = regs.remove(&fd) {
                 count_reg(fd, false);
+                // The kernel drops a registration when its file closes, not its fd: a dup or a
+                // forked child keeps the socket open, and the registration (tagged with this fd)
+                // would go on reporting the socket's events here. The fd is still open.
+                kernel_ctl(*epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
                 // The doorbell line belongs to the connection, which may outlive this fd (dup).
                 release_vector(*epfd, &regs, r.form.vector());
             }
