@@ -296,4 +296,34 @@ static void wait_child(pid_t pid, int timeout_ms, const char *what) {
     }
 }
 
+/* User + system CPU time of this process (all threads) so far, in clock ticks, by the kernel's own account. */
+static uint64_t cpu_ticks_self(void) {
+    char buf[2048];
+    int fd = open("/proc/self/stat", O_RDONLY);
+    if (fd < 0) FAIL_ERRNO("open /proc/self/stat");
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) FAIL_ERRNO("read /proc/self/stat");
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p) fail("no ')' in /proc/self/stat");
+    unsigned long long utime = 0, stime = 0;
+    /* After ") ": state (field 3) ... utime (14), stime (15). */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+        fail("cannot parse /proc/self/stat");
+    return utime + stime;
+}
+
+/* Fails if this process spent more than 5% (+1 tick: the account is in whole ticks) of the clock ticks between
+ * `t0_ms` (now_ms()) and now on the CPU since `ticks0` (cpu_ticks_self()): a wait with nothing to do must sleep. */
+static void check_idle(const char *what, uint64_t ticks0, double t0_ms) {
+    uint64_t spent = cpu_ticks_self() - ticks0;
+    double window = (now_ms() - t0_ms) / 1000.0 * (double)sysconf(_SC_CLK_TCK);
+    uint64_t limit = (uint64_t)(window * 0.05) + 1;
+    printf("%s: %llu of %.0f ticks on the CPU\n", what, (unsigned long long)spent, window);
+    if (spent > limit)
+        fail("%s: %llu of %.0f ticks on the CPU (limit %llu): it did not sleep", what, (unsigned long long)spent,
+             window, (unsigned long long)limit);
+}
+
 #endif

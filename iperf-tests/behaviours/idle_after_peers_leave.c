@@ -48,37 +48,14 @@ static enum mode mode;
 static int lfd, stop_pipe[2];
 static volatile int ends_seen, served;
 
-static uint64_t cpu_ticks_self(void) {
-    char buf[2048];
-    int fd = open("/proc/self/stat", O_RDONLY);
-    if (fd < 0) FAIL_ERRNO("open /proc/self/stat");
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0) FAIL_ERRNO("read /proc/self/stat");
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    if (!p) fail("no ')' in /proc/self/stat");
-    unsigned long long utime = 0, stime = 0;
-    /* After ") ": state (field 3) ... utime (14), stime (15). */
-    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
-        fail("cannot parse /proc/self/stat");
-    return utime + stime;
-}
-
 /* CPU ticks this process spends over an idle window; fails above 5% of it (plus one tick: whole ticks). */
 static void idle_window(const char *what) {
-    long hz = sysconf(_SC_CLK_TCK);
+    char label[160];
+    snprintf(label, sizeof label, "%s server, %s", mode_name[mode], what);
     uint64_t t0 = cpu_ticks_self();
     double w0 = now_ms();
     sleep_ms(WINDOW_MS);
-    uint64_t spent = cpu_ticks_self() - t0;
-    double window_ticks = (now_ms() - w0) / 1000.0 * (double)hz;
-    uint64_t limit = (uint64_t)(window_ticks * 0.05) + 1;
-    printf("%s, %s: %llu of %.0f ticks on the CPU\n", mode_name[mode], what, (unsigned long long)spent,
-           window_ticks);
-    if (spent > limit)
-        fail("%s server, %s: %llu of %.0f ticks on the CPU in an idle window (limit %llu): it did not sleep",
-             mode_name[mode], what, (unsigned long long)spent, window_ticks, (unsigned long long)limit);
+    check_idle(label, t0, w0);
 }
 
 /* Reads what is there (until EAGAIN), answers each whole message; returns 1 at the connection's end. */

@@ -364,3 +364,10 @@ fn idle_after_peers_leave() {
     let bytes = 3 * 6 * 200 * 64;
     run_behaviour("idle_after_peers_leave", expect(18, bytes, bytes, 0));
 }
+
+#[test]
+fn idle_waits() {
+    // A one-shot pair (1 B client -> server) and a late-accepted pair (6 B greeting server -> client), both ends
+    // in the process; it counts the CPU ticks of its two idle waits itself (/proc/self/stat) and fails above 5%.
+    run_behaviour("idle_waits", expect(4, 7, 7, 0));
+}
