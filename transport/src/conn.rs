@@ -497,8 +497,10 @@ struct Waiters {
     cv: std::sync::Condvar,
 }
 
-/// Longest sleep on the doorbell line before re-checking (bounds the cost of a lost wake-up).
+/// First sleep on the doorbell line before re-checking (bounds the cost of a lost wake-up).
 const LEADER_NAP: Duration = Duration::from_millis(20);
+/// Longest, after naps that ran out with nothing ready (see `wait`).
+const LONGEST_LEADER_NAP: Duration = Duration::from_millis(320);
 /// Longest wait for the leader before re-checking.
 const FOLLOWER_NAP: Duration = Duration::from_millis(10);
 
@@ -1413,12 +1415,26 @@ impl Connection {
             std::hint::spin_loop();
         }
         self.count(Counter::Sleeps, 1);
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let r = match self.waiters.leader.try_lock() {
             Ok(_leader) => {
-                // Bounded, so a wake-up lost to a racing waiter costs at most this much.
-                let nap = remaining.map_or(LEADER_NAP, |r| r.min(LEADER_NAP));
-                let r = sys::poll2(self.vector.as_raw_fd(), self.tcp_fd(), Some(nap));
+                // Bounded, so a wake-up lost to a racing waiter costs at most this much. A nap
+                // that ran out with nothing ready is followed by a longer one, still armed
+                // (our flag is long visible by then: only a lost doorbell is left to guard
+                // against), so an idle blocking reader wakes a few times a second, not fifty,
+                // and does not spin again between naps.
+                let mut nap = LEADER_NAP;
+                let r = loop {
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    let this = left.map_or(nap, |l| l.min(nap));
+                    let r = sys::poll2(self.vector.as_raw_fd(), self.tcp_fd(), Some(this));
+                    let quiet = matches!(r, Err(libc::ETIMEDOUT))
+                        && !self.ready(read)
+                        && left.is_none_or(|l| l > this);
+                    if !quiet {
+                        break r;
+                    }
+                    nap = (nap * 2).min(LONGEST_LEADER_NAP);
+                };
                 self.ack_doorbell();
                 if let Ok(mut g) = self.waiters.generation.lock() {
                     *g = g.wrapping_add(1);
@@ -1427,6 +1443,7 @@ impl Connection {
                 r
             }
             Err(_) => {
+                let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                 let nap = remaining.map_or(FOLLOWER_NAP, |r| r.min(FOLLOWER_NAP));
                 if let Ok(g) = self.waiters.generation.lock() {
                     let g0 = *g;
