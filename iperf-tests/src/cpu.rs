@@ -24,6 +24,31 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// How many times the threads of `pid` went to sleep and were woken (the sum of `voluntary_ctxt_switches` over
+/// `/proc/<pid>/task/*/status`): a process that polls on a timer shows it here even when each round costs less
+/// than a clock tick.
+pub fn wakeups(pid: u32) -> Result<u64, String> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for e in fs::read_dir(&dir)
+        .map_err(|e| format!("{dir}: {e}"))?
+        .flatten()
+    {
+        // A thread that ended meanwhile has no status any more: it adds nothing.
+        if let Ok(text) = fs::read_to_string(e.path().join("status")) {
+            total += parse_voluntary_switches(&text).unwrap_or(0);
+        }
+    }
+    Ok(total)
+}
+
+fn parse_voluntary_switches(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Clock ticks per second (`_SC_CLK_TCK`).
 pub fn ticks_per_second() -> u64 {
     crate::sys::clock_ticks_per_second()
@@ -36,6 +61,8 @@ pub struct IdleCpu {
     pub window: Duration,
     /// `(pid, CPU ticks spent in the window)` per process.
     pub ticks: Vec<(u32, u64)>,
+    /// `(pid, wake-ups in the window)` per process (see [`wakeups`]).
+    pub wakeups: Vec<(u32, u64)>,
     /// Clock ticks per second.
     pub hz: u64,
 }
@@ -46,17 +73,20 @@ impl IdleCpu {
     pub fn measure(pids: &[u32], window: Duration) -> Result<IdleCpu, String> {
         let before = pids
             .iter()
-            .map(|&p| cpu_ticks(p))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|&p| Ok((cpu_ticks(p)?, wakeups(p)?)))
+            .collect::<Result<Vec<_>, String>>()?;
         let t0 = Instant::now();
         thread::sleep(window);
         let mut ticks = Vec::with_capacity(pids.len());
-        for (&pid, b) in pids.iter().zip(before) {
-            ticks.push((pid, cpu_ticks(pid)?.saturating_sub(b)));
+        let mut woke = Vec::with_capacity(pids.len());
+        for (&pid, (t, w)) in pids.iter().zip(before) {
+            ticks.push((pid, cpu_ticks(pid)?.saturating_sub(t)));
+            woke.push((pid, wakeups(pid)?.saturating_sub(w)));
         }
         Ok(IdleCpu {
             window: t0.elapsed(),
             ticks,
+            wakeups: woke,
             hz: ticks_per_second(),
         })
     }
@@ -95,6 +125,29 @@ impl IdleCpu {
     }
 }
 
+impl IdleCpu {
+    /// Every process woke at most `per_second` times a second of the window on average (a server with idle
+    /// connections may re-check them now and then; it must not poll them on a short timer).
+    pub fn check_wakeups(&self, per_second: f64) -> Result<(), String> {
+        let limit = (self.window.as_secs_f64() * per_second).ceil() as u64;
+        let busy: Vec<String> = self
+            .wakeups
+            .iter()
+            .filter(|&&(_, w)| w > limit)
+            .map(|&(pid, w)| format!("pid {pid} woke {w} times"))
+            .collect();
+        if busy.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "idle but waking up (limit {limit} in the {:.1} s window, {per_second} a second): {}",
+                self.window.as_secs_f64(),
+                busy.join("; ")
+            ))
+        }
+    }
+}
+
 impl std::fmt::Display for IdleCpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -103,8 +156,8 @@ impl std::fmt::Display for IdleCpu {
             self.window.as_secs_f64(),
             self.window_ticks()
         )?;
-        for (pid, t) in &self.ticks {
-            write!(f, " pid {pid} {t} ticks")?;
+        for ((pid, t), (_, w)) in self.ticks.iter().zip(&self.wakeups) {
+            write!(f, " pid {pid} {t} ticks {w} wake-ups")?;
         }
         Ok(())
     }
@@ -125,6 +178,7 @@ mod tests {
         let busy = IdleCpu {
             window: Duration::from_secs(2),
             ticks: vec![(1, 0), (2, 150)],
+            wakeups: vec![(1, 3), (2, 40)],
             hz: 100,
         };
         let err = busy.check(0.05).unwrap_err();
@@ -135,6 +189,23 @@ mod tests {
             ..busy
         };
         assert!(idle.check(0.05).is_ok());
+        // 2 s at 10 a second: 20 allowed.
+        let err = idle.check_wakeups(10.0).unwrap_err();
+        assert!(err.contains("pid 2 woke 40 times"), "{err}");
+        assert!(!err.contains("pid 1 "), "{err}");
+    }
+
+    #[test]
+    fn parses_voluntary_switches_and_counts_a_sleeping_thread() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t42\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(parse_voluntary_switches(status), Some(42));
+        let me = std::process::id();
+        let before = wakeups(me).unwrap();
+        thread::sleep(Duration::from_millis(5));
+        assert!(
+            wakeups(me).unwrap() > before,
+            "a sleep is a voluntary switch"
+        );
     }
 
     #[test]

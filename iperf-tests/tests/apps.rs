@@ -534,8 +534,41 @@ fn nginx_idle_after_keepalive_clients_leave() {
         }
         Err(e) => v.errors.push(format!("idle nginx: {e}")),
     }
+    // Idle keep-alive connections that stay open: the workers may look at them now and then (a lost doorbell is
+    // all there is to guard against), but must not poll them on a short timer.
+    let hold_env = f.preload("holder").with_ports(&*port_s);
+    let mut holder = spawn(
+        "holder",
+        &python3(),
+        &["-c", HOLD_KEEPALIVE, &port_s, &HELD.to_string()],
+        &hold_env,
+        f.dir(),
+    );
+    match holder.wait_stdout(Duration::from_secs(20), |o| o.contains("holding")) {
+        Ok(()) => match IdleCpu::measure(&pids, IDLE_WINDOW) {
+            Ok(idle) => {
+                eprintln!("nginx with {HELD} idle keep-alive connections: {idle}");
+                v.push("nginx, idle connections open", idle.check(IDLE_MAX_SHARE));
+                v.push(
+                    "nginx, idle connections open",
+                    idle.check_wakeups(IDLE_MAX_WAKEUPS),
+                );
+            }
+            Err(e) => v.errors.push(format!("nginx, idle connections open: {e}")),
+        },
+        Err(e) => v.errors.push(format!("keep-alive holder: {e}")),
+    }
     // The next load after the idle window: served as the first, all on NTB (counts, not rates).
     let second = wrk_on_ntb(&f, &wrk, "wrk-second", port, 64, &url, &mut v);
+    // The holder writes its stats file at exit (SIGINT: a clean exit for Python).
+    let _ = interrupt(&mut holder);
+    let _ = holder.wait_timeout(Duration::from_secs(5));
+    v.push(
+        "holder stats",
+        hold_env
+            .stats()
+            .and_then(|s| s.check_ntb(port, HELD, 0, HELD * 4096)),
+    );
 
     let killed = server.stop();
     if !killed.is_empty() {
@@ -547,7 +580,49 @@ fn nginx_idle_after_keepalive_clients_leave() {
         "nginx stats (last writer)",
         senv.stats().and_then(|s| s.check_ntb(port, 0, 0, 0)),
     );
-    v.finish(&f, &[&server.proc, &first, &second]);
+    v.finish(&f, &[&server.proc, &first, &second, &holder]);
+}
+
+/// Keep-alive connections held open by [`HOLD_KEEPALIVE`] in the nginx idle test.
+const HELD: u64 = 32;
+/// Wake-ups a second an idle server may make on average (its own timers, and a look at quiet connections).
+const IDLE_MAX_WAKEUPS: f64 = 10.0;
+
+/// Python: `PORT N` -> N keep-alive connections to 127.0.0.1:PORT, one GET /index.html (4096 bytes) on each, read
+/// in full; prints "holding N", then sleeps with them open until interrupted. Its stats file is written at exit.
+const HOLD_KEEPALIVE: &str = r#"
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+held = []
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += s.recv(65536)
+    head, body = got.split(b"\r\n\r\n", 1)
+    length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0])
+    while len(body) < length:
+        body += s.recv(65536)
+    held.append(s)
+print("holding", n, flush=True)
+try:
+    time.sleep(120)
+except KeyboardInterrupt:
+    pass
+"#;
+
+/// The real Python interpreter (a pyenv shim is a shell script).
+fn python3() -> std::path::PathBuf {
+    let launcher = require_bin("python3", "python3");
+    std::process::Command::new(&launcher)
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or(launcher)
 }
 
 #[test]
