@@ -246,6 +246,8 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
             if op == libc::EPOLL_CTL_ADD && regs.contains_key(&fd) {
                 return Detour::Ours(Err(libc::EEXIST));
             }
+            // A new arming: epoll waits start their naps over (see `ops::Naps::resume`).
+            ops::ARMINGS.fetch_add(1, Relaxed);
             if op == libc::EPOLL_CTL_MOD {
                 match regs.get_mut(&fd) {
                     Some(r) => {
@@ -379,6 +381,7 @@ fn settle(epfd: c_int, regs: &mut HashMap<c_int, Reg>) {
             Some((f, Ok(()))) => {
                 r.form = f;
                 if let Some(c) = r.sock.conn.get() {
+                    ops::ARMINGS.fetch_add(1, Relaxed);
                     c.rearm(r.events & READ != 0, r.events & WRITE != 0);
                 }
             }
@@ -472,7 +475,7 @@ pub fn wait(
     let t0 = Instant::now();
     let max = events.len();
     let mut kbuf = vec![libc::epoll_event { events: 0, u64: 0 }; max];
-    let mut naps = ops::Naps::new();
+    let mut naps = ops::Naps::resume();
     loop {
         let mut out: Vec<libc::epoll_event> = Vec::with_capacity(max);
         // Our fds already reported by this call (each at most once per call, as the kernel does).
@@ -519,6 +522,9 @@ pub fn wait(
             }
         }
         let ready_now = !out.is_empty();
+        if ready_now {
+            naps.woke();
+        }
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
         // Spinning only for the spin time: past it, the kernel sleeps even with nothing to arm
         // (one-shot registrations waiting to be re-armed, offers waiting for their answer, which
@@ -549,6 +555,7 @@ pub fn wait(
         drop(armed);
         if n < 0 {
             if err == libc::EINTR && out.is_empty() {
+                naps.keep();
                 return Detour::Ours(Err(libc::EINTR));
             }
         } else {
@@ -584,6 +591,7 @@ pub fn wait(
         if !out.is_empty() || expired {
             let k = out.len().min(max);
             events[..k].copy_from_slice(&out[..k]);
+            naps.keep();
             return Detour::Ours(Ok(k as c_int));
         }
         if spinning {

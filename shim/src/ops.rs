@@ -48,6 +48,34 @@ impl Naps {
     pub(crate) fn woke(&mut self) {
         self.0 = SAFETY_NAP;
     }
+
+    /// The naps of an `epoll_wait` by this thread: where its previous one left them, if no
+    /// registration was added or changed since (in any set), else from the start. An app that
+    /// waits with a short timeout (redis: 100 ms) would otherwise start over at every call.
+    /// (epoll's registrations stay armed between calls; poll and select arm afresh each call
+    /// and always start at [`SAFETY_NAP`].)
+    pub(crate) fn resume() -> Naps {
+        let (armings, nap) = CARRIED.with(|c| c.get());
+        if armings == ARMINGS.load(Relaxed) {
+            Naps(nap)
+        } else {
+            Naps::new()
+        }
+    }
+
+    /// The `epoll_wait` returns: keep where the naps are for this thread's next one.
+    pub(crate) fn keep(&self) {
+        CARRIED.with(|c| c.set((ARMINGS.load(Relaxed), self.0)));
+    }
+}
+
+/// Bumped by every epoll registration of an NTB connection (a new arming): see [`Naps::resume`].
+pub(crate) static ARMINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// `(ARMINGS, next nap)` when this thread's last `epoll_wait` returned.
+    static CARRIED: std::cell::Cell<(u64, Duration)> =
+        const { std::cell::Cell::new((u64::MAX, SAFETY_NAP)) };
 }
 
 /// How long a blocking connect looks for the server's answer before it returns.
