@@ -261,6 +261,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                                 return Detour::Ours(Err(e));
                             }
                         }
+                        wake_if_ready(&sock, events);
                         return Detour::Ours(Ok(0));
                     }
                     None => return Detour::Bypass, // registered with the kernel before we tracked it
@@ -275,6 +276,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
             if let Some(c) = sock.conn.get() {
                 c.rearm(events & READ != 0, events & WRITE != 0);
             }
+            wake_if_ready(&sock, events);
             count_reg(fd, true);
             regs.insert(
                 fd,
@@ -300,6 +302,17 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
             None => Detour::Bypass,
         },
         _ => Detour::Ours(Err(libc::EINVAL)),
+    }
+}
+
+/// A registration was added or changed (a one-shot re-armed): if it is ready now, wake the
+/// threads that sleep in this set's kernel wait, as the kernel's `epoll_ctl` does. Nothing
+/// else would: the peer rang (or not) before, and its line was emptied meanwhile.
+fn wake_if_ready(sock: &Sock, events: u32) {
+    if let Some(c) = sock.conn.get() {
+        if to_epoll(c.readiness(), events) != 0 {
+            c.kick_local();
+        }
     }
 }
 

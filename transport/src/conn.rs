@@ -1349,6 +1349,13 @@ impl Connection {
         }
     }
 
+    /// Wake whoever sleeps on this connection's interrupt line (an epoll set whose registration
+    /// was re-armed or added while data was already waiting: nothing will ring for it), as the
+    /// kernel's epoll_ctl wakes the waiters of a set when a registration is ready at once.
+    pub fn kick_local(&self) {
+        ntbdrv::kick_vector(&self.vector);
+    }
+
     /// Clear our doorbell: empty the interrupt line and the status bit (the kernel discipline:
     /// clear, then the caller re-checks the ring).
     fn ack_doorbell(&self) {
