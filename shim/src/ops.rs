@@ -690,6 +690,9 @@ pub fn shutdown(fd: c_int, how: c_int) -> Detour<c_int> {
         _ => return Detour::Ours(Err(libc::EINVAL)),
     };
     c.shutdown(rd, wr);
+    // Our own readiness changed (hang-up, EOF for reads): wake this process's sleepers on the
+    // connection, as the kernel does on shutdown.
+    c.kick_local();
     Detour::Ours(Ok(0))
 }
 
