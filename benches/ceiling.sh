@@ -9,6 +9,9 @@
 #   null  benches/nullwrite.c: write() on the socket returns at once (iperf2's own loop alone).
 # null/tcp is the largest ratio to TCP any transport can show in iperf2 on this machine;
 # copy/tcp the largest a transport that copies each byte once can show.
+# For tcp and ntb it also reports CPU seconds per GB moved: user + system time of the iperf
+# client (the shell's `times` for the child) and server (/proc/PID/stat, read after the client
+# has finished and before the server is stopped), over the bytes of the run.
 #
 # usage: benches/ceiling.sh [--runs N] [--sizes LIST] [--out FILE]
 #   --runs N      interleaved rounds (default 7); the table gives medians
@@ -47,7 +50,14 @@ bytes() { local s=$1; case "$s" in *K) echo $(( ${s%K} << 10 ));; *M) echo $(( $
 # Bytes per run: 2^20 writes, clamped to 64 MiB … 8 GiB.
 amount() { local a=$(( $(bytes "$1") << 20 )); (( a > 8589934592 )) && a=8589934592; (( a < 67108864 )) && a=67108864; echo "$a"; }
 
-# One run: prints the client's rate in bits/s. $1 = variant, $2 = size.
+hz="$(getconf CLK_TCK)"
+# CPU seconds (user + system) of a live process, from /proc/PID/stat.
+proc_cpu() { awk -v hz="$hz" '{sub(/^.*\) /, ""); print ($12 + $13) / hz}' "/proc/$1/stat"; }
+# Seconds in bash's `times` format (e.g. 1m2.345s).
+tsec() { awk '{split($0, a, "m"); sub(/s$/, "", a[2]); print a[1] * 60 + a[2]}' <<<"$1"; }
+
+# One run: prints the client's rate in bits/s and the CPU seconds of client + server. $1 =
+# variant, $2 = size.
 run() {
     local v=$1 size=$2 senv=() cenv=()
     next_port
@@ -60,25 +70,34 @@ run() {
     env "${senv[@]}" iperf -s -p "$port" >"$work/s.log" 2>&1 &
     local spid=$!; pids+=("$spid")
     wait_listen "$port" || return 1
-    local out
-    out="$(env "${cenv[@]}" timeout 120 iperf -c 127.0.0.1 -p "$port" -l "$size" -n "$(amount "$size")" -y C 2>"$work/c.err")" || {
+    local out ccpu scpu
+    # In a subshell, so that `times` reports this client's children only.
+    out="$(env "${cenv[@]}" timeout 120 iperf -c 127.0.0.1 -p "$port" -l "$size" -n "$(amount "$size")" -y C 2>"$work/c.err"; rc=$?; times >"$work/times"; exit $rc)" || {
         echo "ceiling.sh: iperf client ($v, -l $size) failed: $(cat "$work/c.err")" >&2; kill "$spid"; return 1; }
+    read -r cu cs < <(sed -n 2p "$work/times")
+    ccpu="$(awk -v a="$(tsec "$cu")" -v b="$(tsec "$cs")" 'BEGIN {print a + b}')"
+    scpu="$(proc_cpu "$spid")"
     kill "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true
-    echo "$out" | grep , | tail -1 | awk -F, '{print $9}'
+    echo "$(echo "$out" | grep , | tail -1 | awk -F, '{print $9}') $(awk -v a="$ccpu" -v b="$scpu" 'BEGIN {print a + b}')"
 }
 
 minmax() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {printf "%.0f–%.0f", lo/8e6, hi/8e6}'; }
 mbs() { awk -v b="$1" 'BEGIN {printf "%.0f", b/8e6}'; }
+range() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {printf "%.3f–%.3f", lo, hi}'; }
 
 variants=(tcp ntb copy null)
-declare -A res
+declare -A res cpu
 started="$(date -u +%Y-%m-%dT%H:%MZ)"
 for r in $(seq "$RUNS"); do
     for size in "${sizes[@]}"; do
         for v in "${variants[@]}"; do
-            bps="$(run "$v" "$size")"
+            read -r bps secs < <(run "$v" "$size") || true
+            [[ -n "${secs:-}" ]] || exit 1
             res[$size-$v]+="$bps "
-            printf '  round %d -l %-4s %-4s %8s MB/s\n' "$r" "$size" "$v" "$(mbs "$bps")" >&2
+            # CPU seconds per GB (10^9 bytes) of this run.
+            spg="$(awk -v s="$secs" -v b="$(amount "$size")" 'BEGIN {printf "%.3f", s / (b / 1e9)}')"
+            cpu[$size-$v]+="$spg "
+            printf '  round %d -l %-4s %-4s %8s MB/s %7s CPU s/GB\n' "$r" "$size" "$v" "$(mbs "$bps")" "$spg" >&2
         done
     done
 done
@@ -95,6 +114,15 @@ report="$(
         declare -A m=()
         for v in "${variants[@]}"; do m[$v]="$(median <<<"${res[$size-$v]}")"; done
         echo "| $size | $(mbs "${m[tcp]}") ($(minmax <<<"${res[$size-tcp]}")) | $(mbs "${m[ntb]}") ($(minmax <<<"${res[$size-ntb]}")) | $(mbs "${m[copy]}") ($(minmax <<<"${res[$size-copy]}")) | $(mbs "${m[null]}") ($(minmax <<<"${res[$size-null]}")) | $(ratio "${m[ntb]}" "${m[tcp]}") | $(ratio "${m[copy]}" "${m[tcp]}") | $(ratio "${m[null]}" "${m[tcp]}") |"
+    done
+    echo
+    echo "CPU seconds per GB moved (10^9 bytes; user + system of the iperf client and server, medians; min–max in brackets). The one-copy and no-op rows have no receiver and are left out."
+    echo
+    echo "| -l | TCP | pcisock | pcisock / TCP |"
+    echo "|---:|---:|---:|---:|"
+    for size in "${sizes[@]}"; do
+        ct="$(median <<<"${cpu[$size-tcp]}")" cn="$(median <<<"${cpu[$size-ntb]}")"
+        echo "| $size | $(printf '%.3f' "$ct") ($(range <<<"${cpu[$size-tcp]}")) | $(printf '%.3f' "$cn") ($(range <<<"${cpu[$size-ntb]}")) | $(ratio "$cn" "$ct") |"
     done
 )"
 echo "$report"

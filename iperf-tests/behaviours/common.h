@@ -296,4 +296,64 @@ static void wait_child(pid_t pid, int timeout_ms, const char *what) {
     }
 }
 
+/* User + system CPU time of this process (all threads) so far, in clock ticks, by the kernel's own account. */
+static uint64_t cpu_ticks_self(void) {
+    char buf[2048];
+    int fd = open("/proc/self/stat", O_RDONLY);
+    if (fd < 0) FAIL_ERRNO("open /proc/self/stat");
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) FAIL_ERRNO("read /proc/self/stat");
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p) fail("no ')' in /proc/self/stat");
+    unsigned long long utime = 0, stime = 0;
+    /* After ") ": state (field 3) ... utime (14), stime (15). */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
+        fail("cannot parse /proc/self/stat");
+    return utime + stime;
+}
+
+/* How many times the threads of this process went to sleep and were woken so far (voluntary_ctxt_switches summed
+ * over /proc/self/task/<tid>/status). */
+static uint64_t wakeups_self(void) {
+    DIR *d = opendir("/proc/self/task");
+    if (!d) FAIL_ERRNO("opendir /proc/self/task");
+    uint64_t total = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char path[300], line[256];
+        snprintf(path, sizeof path, "/proc/self/task/%s/status", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f) continue; /* the thread ended meanwhile */
+        while (fgets(line, sizeof line, f)) {
+            unsigned long long v;
+            if (sscanf(line, "voluntary_ctxt_switches: %llu", &v) == 1) total += v;
+        }
+        fclose(f);
+    }
+    closedir(d);
+    return total;
+}
+
+/* An idle window started at `t0_ms` (now_ms()), with `ticks0` = cpu_ticks_self() and `wake0` = wakeups_self().
+ * Fails if this process spent more than 5% (+1 tick: the account is in whole ticks) of the window's clock ticks on
+ * the CPU, or woke more than 10 times a second of it (+2: the waiting thread's own start and end): a wait with
+ * nothing to do must sleep, not poll on a short timer. */
+static void check_idle(const char *what, uint64_t ticks0, uint64_t wake0, double t0_ms) {
+    uint64_t spent = cpu_ticks_self() - ticks0, woke = wakeups_self() - wake0;
+    double secs = (now_ms() - t0_ms) / 1000.0;
+    double window = secs * (double)sysconf(_SC_CLK_TCK);
+    uint64_t limit = (uint64_t)(window * 0.05) + 1, wake_limit = (uint64_t)(secs * 10) + 2;
+    printf("%s: %llu of %.0f ticks on the CPU, %llu wake-ups in %.1f s\n", what, (unsigned long long)spent, window,
+           (unsigned long long)woke, secs);
+    if (spent > limit)
+        fail("%s: %llu of %.0f ticks on the CPU (limit %llu): it did not sleep", what, (unsigned long long)spent,
+             window, (unsigned long long)limit);
+    if (woke > wake_limit)
+        fail("%s: %llu wake-ups in %.1f s (limit %llu): it polled instead of sleeping", what, (unsigned long long)woke,
+             secs, (unsigned long long)wake_limit);
+}
+
 #endif

@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod apps;
+pub mod cpu;
 pub mod fs;
 pub mod iperf2;
 pub mod iperf3;
@@ -20,6 +21,7 @@ mod sys;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub use crate::cpu::IdleCpu;
 pub use crate::fs::{EmuDir, FileLock, LockMode, TempDir};
 pub use crate::iperf2::{
     parse_iperf2_csv, Amount, Iperf2Client, Iperf2Output, Iperf2Record, Iperf2Server,

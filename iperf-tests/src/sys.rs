@@ -50,3 +50,14 @@ pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid(2) has no arguments, cannot fail and touches no memory.
     unsafe { libc::geteuid() }
 }
+
+/// The kernel's clock tick rate (`sysconf(_SC_CLK_TCK)`), the unit of the CPU times in `/proc/<pid>/stat`.
+pub(crate) fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf(3) takes an integer name and reads no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as u64
+    } else {
+        100
+    }
+}

@@ -193,6 +193,84 @@ fn redis_benchmark_set_get() {
     v.finish(&f, &[&server, &bench]);
 }
 
+/// redis after redis-benchmark's 50 clients have gone: the server sleeps (CPU ticks over an idle window), and its
+/// clients were all on NTB.
+#[test]
+fn redis_idle_after_benchmark() {
+    let server_bin = require_bin("redis-server", "redis-server");
+    let bench_bin = require_bin("redis-benchmark", "redis-tools");
+    let f = Fixture::new("app_redis_idle");
+    let port = free_port();
+    let port_s = port.to_string();
+    let senv = f.preload("redis-server").with_ports(&*port_s);
+    let cenv = f.preload("redis-benchmark").with_ports(&*port_s);
+    let dir = f.dir().display().to_string();
+    let mut server = spawn(
+        "redis-server",
+        &server_bin,
+        &[
+            "--port",
+            &port_s,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            &dir,
+        ],
+        &senv,
+        f.dir(),
+    );
+    check(server.wait_listening(port, LISTEN_TIMEOUT), &[]);
+    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
+    let (bench, r) = run_client(
+        "redis-benchmark",
+        &bench_bin,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port_s,
+            "-t",
+            "set,get",
+            "-n",
+            "20000",
+            "-q",
+        ],
+        &cenv,
+        f.dir(),
+        CLIENT_TIMEOUT,
+    );
+    let delta = lo.delta().unwrap();
+    drop(lo);
+    let mut v = Verdict::new("redis_idle_after_benchmark");
+    let ok = r.is_ok();
+    v.push("redis-benchmark", r);
+    if ok {
+        v.push("lo", delta.check_fast_path(1_200_000));
+    }
+    v.push(
+        "redis-benchmark stats",
+        cenv.stats()
+            .and_then(|s| s.check_ntb(port, 50, 1_000_000, 200_000)),
+    );
+    match IdleCpu::measure(&[server.pid()], IDLE_WINDOW) {
+        Ok(idle) => {
+            eprintln!("redis after redis-benchmark: {idle}");
+            v.push("idle redis-server", idle.check(IDLE_MAX_SHARE));
+        }
+        Err(e) => v.errors.push(format!("idle redis-server: {e}")),
+    }
+    let _ = server.terminate();
+    v.finish(&f, &[&server, &bench]);
+}
+
 fn nginx_conf(dir: &Path, port: u16) -> String {
     let d = dir.display();
     format!(
@@ -365,6 +443,204 @@ fn nginx_sendfile_curl_and_wrk() {
         }),
     );
     v.finish(&f, &[&server.proc, &curl_p, &wrk_p]);
+}
+
+/// How long a server whose clients have gone is watched, and the share of it it may spend on the CPU.
+const IDLE_WINDOW: Duration = Duration::from_secs(3);
+const IDLE_MAX_SHARE: f64 = 0.05;
+
+/// One wrk run against `url` (preloaded, its own stats file `role`): its process, the requests it completed, and
+/// the errors of the run (wrk failed, completed nothing, saw broken connections, or a connection was not on NTB).
+fn wrk_on_ntb(
+    f: &Fixture,
+    wrk: &Path,
+    role: &'static str,
+    port: u16,
+    conns: u64,
+    url: &str,
+    v: &mut Verdict,
+) -> Proc {
+    let env = f.preload(role).with_ports(port.to_string());
+    let c = format!("-c{conns}");
+    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
+    let (p, r) = run_client(
+        role,
+        wrk,
+        &["-t2", &c, "-d1s", url],
+        &env,
+        f.dir(),
+        Duration::from_secs(30),
+    );
+    let delta = lo.delta().unwrap();
+    drop(lo);
+    let ok = r.is_ok();
+    v.push(role, r);
+    let out = p.stdout();
+    let requests = number_before(&out, "requests in").unwrap_or(0);
+    if requests == 0 {
+        v.errors
+            .push(format!("{role} completed no request: {}", out.trim()));
+    }
+    if let Some(line) = out.lines().find(|l| l.contains("Socket errors:")) {
+        v.errors.push(format!(
+            "{role} saw broken connections ({requests} requests): {}",
+            line.trim()
+        ));
+    }
+    if ok && requests > 0 {
+        v.push(
+            &format!("lo ({role})"),
+            delta.check_fast_path(requests * 4096),
+        );
+    }
+    v.push(
+        &format!("{role} stats"),
+        env.stats()
+            .and_then(|s| s.check_ntb(port, conns, 0, requests * 4096)),
+    );
+    p
+}
+
+/// nginx (keep-alive, two workers) after its keep-alive clients have gone: the master and both workers sleep
+/// (CPU ticks over an idle window, counted by the kernel), and a second load is served as the first, every
+/// connection on NTB with no socket error. wrk exits without closing its connections, so the workers learn of the
+/// end only from the kernel's close of each TCP socket.
+#[test]
+fn nginx_idle_after_keepalive_clients_leave() {
+    let nginx = require_bin("nginx", "nginx");
+    let wrk = require_bin("wrk", "wrk");
+    let f = Fixture::new("app_nginx_idle");
+    let port = free_port();
+    let port_s = port.to_string();
+    let root = f.dir().join("www");
+    fs::create_dir_all(&root).unwrap();
+    fs::create_dir_all(f.dir().join("tmp")).unwrap();
+    write_payload(&root.join("index.html"), 4096, 1).unwrap();
+    let conf = f.dir().join("nginx.conf");
+    // keepalive_timeout 30 s: longer than the idle window, so nginx closes a connection only when it hears its end.
+    fs::write(&conf, nginx_conf(f.dir(), port)).unwrap();
+    let prefix = format!("{}/", f.dir().display());
+    let error_log = f.dir().join("error.log").display().to_string();
+    let conf_s = conf.display().to_string();
+    let senv = f.preload("nginx").with_ports(&*port_s);
+    let mut server = ProcTree::new(spawn(
+        "nginx",
+        &nginx,
+        &["-p", &prefix, "-c", &conf_s, "-e", &error_log],
+        &senv,
+        f.dir(),
+    ));
+    check(server.proc.wait_listening(port, LISTEN_TIMEOUT), &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    server.note_descendants();
+    let url = format!("http://127.0.0.1:{port}/index.html");
+
+    let mut v = Verdict::new("nginx_idle_after_keepalive_clients_leave");
+    let first = wrk_on_ntb(&f, &wrk, "wrk-first", port, 8, &url, &mut v);
+    server.note_descendants();
+    let mut pids = vec![server.proc.pid()];
+    pids.extend(server.seen().iter().map(|&(pid, _)| pid));
+    if pids.len() < 3 {
+        v.errors.push(format!(
+            "expected the nginx master and 2 workers, found pids {pids:?}"
+        ));
+    }
+    match IdleCpu::measure(&pids, IDLE_WINDOW) {
+        Ok(idle) => {
+            eprintln!("nginx after wrk: {idle}");
+            v.push("idle nginx", idle.check(IDLE_MAX_SHARE));
+        }
+        Err(e) => v.errors.push(format!("idle nginx: {e}")),
+    }
+    // Idle keep-alive connections that stay open: the workers may look at them now and then (a lost doorbell is
+    // all there is to guard against), but must not poll them on a short timer.
+    let hold_env = f.preload("holder").with_ports(&*port_s);
+    let mut holder = spawn(
+        "holder",
+        &python3(),
+        &["-c", HOLD_KEEPALIVE, &port_s, &HELD.to_string()],
+        &hold_env,
+        f.dir(),
+    );
+    match holder.wait_stdout(Duration::from_secs(20), |o| o.contains("holding")) {
+        Ok(()) => match IdleCpu::measure(&pids, IDLE_WINDOW) {
+            Ok(idle) => {
+                eprintln!("nginx with {HELD} idle keep-alive connections: {idle}");
+                v.push("nginx, idle connections open", idle.check(IDLE_MAX_SHARE));
+                v.push(
+                    "nginx, idle connections open",
+                    idle.check_wakeups(IDLE_MAX_WAKEUPS),
+                );
+            }
+            Err(e) => v.errors.push(format!("nginx, idle connections open: {e}")),
+        },
+        Err(e) => v.errors.push(format!("keep-alive holder: {e}")),
+    }
+    // The next load after the idle window: served as the first, all on NTB (counts, not rates).
+    let second = wrk_on_ntb(&f, &wrk, "wrk-second", port, 64, &url, &mut v);
+    // The holder writes its stats file at exit (SIGINT: a clean exit for Python).
+    let _ = interrupt(&mut holder);
+    let _ = holder.wait_timeout(Duration::from_secs(5));
+    v.push(
+        "holder stats",
+        hold_env
+            .stats()
+            .and_then(|s| s.check_ntb(port, HELD, 0, HELD * 4096)),
+    );
+
+    let killed = server.stop();
+    if !killed.is_empty() {
+        v.errors.push(format!(
+            "nginx processes {killed:?} outlived the master's SIGTERM and were killed"
+        ));
+    }
+    v.push(
+        "nginx stats (last writer)",
+        senv.stats().and_then(|s| s.check_ntb(port, 0, 0, 0)),
+    );
+    v.finish(&f, &[&server.proc, &first, &second, &holder]);
+}
+
+/// Keep-alive connections held open by [`HOLD_KEEPALIVE`] in the nginx idle test.
+const HELD: u64 = 32;
+/// Wake-ups a second an idle server may make on average (its own timers, and a look at quiet connections).
+const IDLE_MAX_WAKEUPS: f64 = 10.0;
+
+/// Python: `PORT N` -> N keep-alive connections to 127.0.0.1:PORT, one GET /index.html (4096 bytes) on each, read
+/// in full; prints "holding N", then sleeps with them open until interrupted. Its stats file is written at exit.
+const HOLD_KEEPALIVE: &str = r#"
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+held = []
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += s.recv(65536)
+    head, body = got.split(b"\r\n\r\n", 1)
+    length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0])
+    while len(body) < length:
+        body += s.recv(65536)
+    held.append(s)
+print("holding", n, flush=True)
+try:
+    time.sleep(120)
+except KeyboardInterrupt:
+    pass
+"#;
+
+/// The real Python interpreter (a pyenv shim is a shell script).
+fn python3() -> std::path::PathBuf {
+    let launcher = require_bin("python3", "python3");
+    std::process::Command::new(&launcher)
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or(launcher)
 }
 
 #[test]

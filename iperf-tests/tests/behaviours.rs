@@ -355,3 +355,19 @@ fn many_short_connections() {
         expect(2 * 2001, 2001 * 16, 2001 * 16, 0),
     );
 }
+
+#[test]
+fn idle_after_peers_leave() {
+    // Three servers (epoll edge, epoll level, poll), each with 6 server-side connections of 200 64-byte round
+    // trips; the clients are forked processes that leave without writing stats. The program itself counts the
+    // CPU ticks of its idle windows (/proc/self/stat) and fails above 5%.
+    let bytes = 3 * 6 * 200 * 64;
+    run_behaviour("idle_after_peers_leave", expect(18, bytes, bytes, 0));
+}
+
+#[test]
+fn idle_waits() {
+    // A one-shot pair (1 B client -> server) and a late-accepted pair (6 B greeting server -> client), both ends
+    // in the process; it counts the CPU ticks of its two idle waits itself (/proc/self/stat) and fails above 5%.
+    run_behaviour("idle_waits", expect(4, 7, 7, 0));
+}

@@ -252,3 +252,10 @@ pub trait NtbDevice: Send + Sync {
 pub fn drain_vector(fd: &OwnedFd) {
     sysutil::drain_fd(fd);
 }
+
+/// Make a doorbell vector fd returned by [`NtbDevice::db_vector_fd`] readable, as if it fired,
+/// without ringing anything on the device: wakes whoever of this host sleeps on the line (an
+/// epoll set whose registration became ready by a change of its own, not by the peer).
+pub fn kick_vector(fd: &OwnedFd) {
+    sysutil::kick(fd);
+}

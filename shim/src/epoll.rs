@@ -3,7 +3,8 @@
 //! A connection on the NTB path has no kernel-visible data, so registering its socket would
 //! report the wrong readiness. Instead `epoll_ctl` registers, in the application's epoll fd and
 //! under an internal tag, the connection's doorbell line (which fires when the peer rings us) and
-//! its TCP socket for input only (which fires when the peer's kernel closes it), and remembers
+//! its TCP socket for input only, edge-triggered (which fires once when the peer's kernel closes
+//! it: a socket at EOF stays readable, and must not wake every wait), and remembers
 //! the application's events and data. `epoll_wait` answers from ring state: level-triggered
 //! registrations are re-checked on every call (a drained doorbell line must not hide data still
 //! in the ring), edge-triggered ones report when the peer did something new since the last
@@ -24,9 +25,6 @@ use transport::Connection;
 use crate::ops::{self, Detour};
 use crate::sock::{Sock, State};
 use crate::{global, sys, table};
-
-/// Longest kernel sleep while NTB registrations are armed, before ring state is re-checked.
-const SAFETY_NAP: Duration = Duration::from_millis(20);
 
 /// High bits of `epoll_data` that mark our own registrations (the low 32 bits hold the fd).
 const TAG: u64 = 0x5043_534B_0000_0000;
@@ -132,9 +130,18 @@ fn register(epfd: c_int, fd: c_int, form: Form, app_events: u32) -> Result<(), c
     let tag = TAG | fd as u32 as u64;
     let excl = app_events & libc::EPOLLEXCLUSIVE as u32;
     let (sock_events, vector) = match form {
-        Form::Ntb { vector } => ((libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | excl, vector),
+        // Edge-triggered: the socket of a peer that has gone stays readable (EOF) for as long
+        // as the application keeps the fd, and a level-triggered registration would wake
+        // every wait at once. One event per change of the socket is all readiness needs: the
+        // end it saw is remembered by the connection (`look_at_tcp`).
+        Form::Ntb { vector } => (
+            (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32 | excl,
+            vector,
+        ),
+        // Edge-triggered too: a connected socket stays writable while the offer waits for its
+        // answer, which rings the offer's line; one event per change of the socket settles it.
         Form::Pending { vector } => (
-            app_events & !(libc::EPOLLET | libc::EPOLLONESHOT) as u32,
+            app_events & !libc::EPOLLONESHOT as u32 | libc::EPOLLET as u32,
             vector,
         ),
     };
@@ -165,10 +172,34 @@ fn register(epfd: c_int, fd: c_int, form: Form, app_events: u32) -> Result<(), c
 
 fn unregister(epfd: c_int, fd: c_int, form: Form) {
     kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
-    let vector = match form {
-        Form::Ntb { vector } | Form::Pending { vector } => vector,
-    };
+    kernel_ctl(epfd, libc::EPOLL_CTL_DEL, form.vector(), 0, 0);
+}
+
+impl Form {
+    fn vector(self) -> c_int {
+        match self {
+            Form::Ntb { vector } | Form::Pending { vector } => vector,
+        }
+    }
+}
+
+/// A registration whose doorbell line is `vector` left the set (`regs` no longer holds it).
+/// The kernel keeps one registration per line and set, tagged with the fd that added it: if
+/// another fd of the same connection (a dup) is still registered, it takes the line over;
+/// otherwise the line goes. (Left behind under the departed fd's tag, the line would wake the
+/// set without ever being emptied, or, deleted, leave the dup with no doorbell at all.)
+fn release_vector(epfd: c_int, regs: &HashMap<c_int, Reg>, vector: c_int) {
     kernel_ctl(epfd, libc::EPOLL_CTL_DEL, vector, 0, 0);
+    if let Some((other, r)) = regs.iter().find(|(_, r)| r.form.vector() == vector) {
+        let excl = r.events & libc::EPOLLEXCLUSIVE as u32;
+        kernel_ctl(
+            epfd,
+            libc::EPOLL_CTL_ADD,
+            vector,
+            libc::EPOLLIN as u32 | excl,
+            TAG | *other as u32 as u64,
+        );
+    }
 }
 
 /// The form a tracked fd needs now, if it is one we evaluate (an NTB connection or a pending
@@ -215,6 +246,8 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
             if op == libc::EPOLL_CTL_ADD && regs.contains_key(&fd) {
                 return Detour::Ours(Err(libc::EEXIST));
             }
+            // A new arming: epoll waits start their naps over (see `ops::Naps::resume`).
+            ops::ARMINGS.fetch_add(1, Relaxed);
             if op == libc::EPOLL_CTL_MOD {
                 match regs.get_mut(&fd) {
                     Some(r) => {
@@ -228,6 +261,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                                 return Detour::Ours(Err(e));
                             }
                         }
+                        wake_if_ready(&sock, events);
                         return Detour::Ours(Ok(0));
                     }
                     None => return Detour::Bypass, // registered with the kernel before we tracked it
@@ -242,6 +276,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
             if let Some(c) = sock.conn.get() {
                 c.rearm(events & READ != 0, events & WRITE != 0);
             }
+            wake_if_ready(&sock, events);
             count_reg(fd, true);
             regs.insert(
                 fd,
@@ -260,7 +295,8 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
         libc::EPOLL_CTL_DEL => match regs.remove(&fd) {
             Some(r) => {
                 count_reg(fd, false);
-                unregister(epfd, fd, r.form);
+                kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
+                release_vector(epfd, &regs, r.form.vector());
                 Detour::Ours(Ok(0))
             }
             None => Detour::Bypass,
@@ -269,8 +305,19 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
     }
 }
 
-/// An fd is being closed: it leaves every epoll set we track it in (the kernel drops its own
-/// registrations when the file goes away).
+/// A registration was added or changed (a one-shot re-armed): if it is ready now, wake the
+/// threads that sleep in this set's kernel wait, as the kernel's `epoll_ctl` does. Nothing
+/// else would: the peer rang (or not) before, and its line was emptied meanwhile.
+fn wake_if_ready(sock: &Sock, events: u32) {
+    if let Some(c) = sock.conn.get() {
+        if to_epoll(c.readiness(), events) != 0 {
+            c.kick_local();
+        }
+    }
+}
+
+/// An fd is being closed (called before the real close): it leaves every epoll set we track it
+/// in, with its kernel registrations.
 pub fn forget_fd(fd: c_int) {
     if !involves(fd) {
         return;
@@ -280,11 +327,12 @@ pub fn forget_fd(fd: c_int) {
         if let Ok(mut regs) = set.lock() {
             if let Some(r) = regs.remove(&fd) {
                 count_reg(fd, false);
+                // The kernel drops a registration when its file closes, not its fd: a dup or a
+                // forked child keeps the socket open, and the registration (tagged with this fd)
+                // would go on reporting the socket's events here. The fd is still open.
+                kernel_ctl(*epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
                 // The doorbell line belongs to the connection, which may outlive this fd (dup).
-                let vector = match r.form {
-                    Form::Ntb { vector } | Form::Pending { vector } => vector,
-                };
-                kernel_ctl(*epfd, libc::EPOLL_CTL_DEL, vector, 0, 0);
+                release_vector(*epfd, &regs, r.form.vector());
             }
         }
     }
@@ -346,6 +394,7 @@ fn settle(epfd: c_int, regs: &mut HashMap<c_int, Reg>) {
             Some((f, Ok(()))) => {
                 r.form = f;
                 if let Some(c) = r.sock.conn.get() {
+                    ops::ARMINGS.fetch_add(1, Relaxed);
                     c.rearm(r.events & READ != 0, r.events & WRITE != 0);
                 }
             }
@@ -376,12 +425,14 @@ fn harvest(
             continue;
         }
         let Some(c) = r.sock.conn.get() else { continue };
+        // Activity before readiness: what the peer does between the two reads shows as a new
+        // edge next time, instead of being taken for already reported.
+        let a = c.activity();
         let ev = to_epoll(c.readiness(), r.events);
         if ev == 0 {
             continue;
         }
         if r.events & libc::EPOLLET as u32 != 0 {
-            let a = c.activity();
             if r.last_activity == Some(a) {
                 continue;
             }
@@ -437,11 +488,13 @@ pub fn wait(
     let t0 = Instant::now();
     let max = events.len();
     let mut kbuf = vec![libc::epoll_event { events: 0, u64: 0 }; max];
+    let mut naps = ops::Naps::resume();
     loop {
         let mut out: Vec<libc::epoll_event> = Vec::with_capacity(max);
         // Our fds already reported by this call (each at most once per call, as the kernel does).
         let mut seen: Vec<c_int> = Vec::new();
         let armed;
+        let spin_phase;
         {
             let Ok(mut regs) = set.lock() else {
                 return Detour::Ours(Err(libc::EIO));
@@ -462,7 +515,8 @@ pub fn wait(
             }
             settle(epfd, &mut regs);
             harvest(&mut regs, &mut out, max, &mut seen);
-            armed = if out.is_empty() && t0.elapsed() >= spin {
+            spin_phase = out.is_empty() && t0.elapsed() < spin;
+            armed = if out.is_empty() && !spin_phase {
                 arm(&regs)
             } else {
                 Vec::new()
@@ -481,31 +535,40 @@ pub fn wait(
             }
         }
         let ready_now = !out.is_empty();
+        if ready_now {
+            naps.woke();
+        }
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
-        let spinning = !ready_now && armed.is_empty() && !expired;
+        // Spinning only for the spin time: past it, the kernel sleeps even with nothing to arm
+        // (one-shot registrations waiting to be re-armed, offers waiting for their answer, which
+        // wake us through their own kernel registrations).
+        let spinning = !ready_now && spin_phase && !expired;
         // The kernel's part: at once if we have something (or are still spinning), else block.
         let wait_for = if ready_now || spinning || expired {
-            Some(Duration::ZERO)
+            Duration::ZERO
         } else {
             // Bounded while our connections are armed: an interrupt lost to a race costs at
-            // most one nap, never a hang (see transport's ARM_GRACE).
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            Some(left.map_or(SAFETY_NAP, |l| l.min(SAFETY_NAP)))
+            // most one nap, never a hang (see `ops::Naps`).
+            naps.next(deadline.map(|d| d.saturating_duration_since(Instant::now())))
         };
         let room = max - out.len();
         let n = if room > 0 {
-            real_wait(&mut kbuf[..room], wait_for)
+            real_wait(&mut kbuf[..room], Some(wait_for))
         } else {
             0
         };
         let err = sys::errno();
-        // The registrations stay armed (`rearm`): an epoll set inside another one must still
-        // be woken while nobody waits on it directly.
-        for (c, _, _) in &armed {
-            c.ack();
+        if n == 0 && !wait_for.is_zero() {
+            naps.quiet();
         }
+        // The registrations stay armed (`rearm`): an epoll set inside another one must still
+        // be woken while nobody waits on it directly. Only the doorbell lines that fired are
+        // emptied (below): a read of every armed line after every sleep cost a quiet server a
+        // system call per connection per nap.
+        drop(armed);
         if n < 0 {
             if err == libc::EINTR && out.is_empty() {
+                naps.keep();
                 return Detour::Ours(Err(libc::EINTR));
             }
         } else {
@@ -521,6 +584,7 @@ pub fn wait(
                 }
             }
             if poked {
+                naps.woke();
                 if let Ok(mut regs) = set.lock() {
                     // Empty the doorbell lines that fired, so this set (and a set that holds
                     // it) stops looking readable to the kernel once the ring is drained.
@@ -540,6 +604,7 @@ pub fn wait(
         if !out.is_empty() || expired {
             let k = out.len().min(max);
             events[..k].copy_from_slice(&out[..k]);
+            naps.keep();
             return Detour::Ours(Ok(k as c_int));
         }
         if spinning {

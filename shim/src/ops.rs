@@ -15,8 +15,68 @@ use crate::global::{self, Global};
 use crate::sock::{Sock, State};
 use crate::{sys, table};
 
-/// Longest kernel sleep in poll/select while NTB connections are armed.
+/// The first kernel sleep of poll/select/epoll_wait while NTB connections are armed.
 const SAFETY_NAP: Duration = Duration::from_millis(20);
+
+/// The longest: how long a doorbell the device lost can go unnoticed on a quiet connection.
+const LONGEST_NAP: Duration = Duration::from_millis(320);
+
+/// The bounded kernel sleeps of a readiness wait on armed NTB connections. A peer that published
+/// just as we armed may not ring us (transport's `ARM_GRACE`); the first nap after arming is
+/// short, so that costs at most [`SAFETY_NAP`]. Once a nap has passed with nothing new, our
+/// flags are long visible and any later publish rings: further naps only guard against a lost
+/// doorbell, and double up to [`LONGEST_NAP`] so that a process with quiet connections sleeps
+/// (a few wake-ups a second, not fifty). Anything that wakes the wait starts over.
+pub(crate) struct Naps(Duration);
+
+impl Naps {
+    pub(crate) fn new() -> Naps {
+        Naps(SAFETY_NAP)
+    }
+
+    /// The next sleep, within `remaining` of the caller's own timeout (None = none).
+    pub(crate) fn next(&self, remaining: Option<Duration>) -> Duration {
+        remaining.map_or(self.0, |r| r.min(self.0))
+    }
+
+    /// The sleep ended with nothing to report: sleep longer next time.
+    pub(crate) fn quiet(&mut self) {
+        self.0 = (self.0 * 2).min(LONGEST_NAP);
+    }
+
+    /// Something happened: the next sleep after arming is short again.
+    pub(crate) fn woke(&mut self) {
+        self.0 = SAFETY_NAP;
+    }
+
+    /// The naps of an `epoll_wait` by this thread: where its previous one left them, if no
+    /// registration was added or changed since (in any set), else from the start. An app that
+    /// waits with a short timeout (redis: 100 ms) would otherwise start over at every call.
+    /// (epoll's registrations stay armed between calls; poll and select arm afresh each call
+    /// and always start at [`SAFETY_NAP`].)
+    pub(crate) fn resume() -> Naps {
+        let (armings, nap) = CARRIED.with(|c| c.get());
+        if armings == ARMINGS.load(Relaxed) {
+            Naps(nap)
+        } else {
+            Naps::new()
+        }
+    }
+
+    /// The `epoll_wait` returns: keep where the naps are for this thread's next one.
+    pub(crate) fn keep(&self) {
+        CARRIED.with(|c| c.set((ARMINGS.load(Relaxed), self.0)));
+    }
+}
+
+/// Bumped by every epoll registration of an NTB connection (a new arming): see [`Naps::resume`].
+pub(crate) static ARMINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// `(ARMINGS, next nap)` when this thread's last `epoll_wait` returned.
+    static CARRIED: std::cell::Cell<(u64, Duration)> =
+        const { std::cell::Cell::new((u64::MAX, SAFETY_NAP)) };
+}
 
 /// How long a blocking connect looks for the server's answer before it returns.
 const CONNECT_SPIN: Duration = Duration::from_millis(2);
@@ -661,6 +721,9 @@ pub fn shutdown(fd: c_int, how: c_int) -> Detour<c_int> {
         _ => return Detour::Ours(Err(libc::EINVAL)),
     };
     c.shutdown(rd, wr);
+    // Our own readiness changed (hang-up, EOF for reads): wake this process's sleepers on the
+    // connection, as the kernel does on shutdown.
+    c.kick_local();
     Detour::Ours(Ok(0))
 }
 
@@ -772,6 +835,7 @@ pub fn poll(
     }
     let t0 = Instant::now();
     let mut first = true;
+    let mut naps = Naps::new();
     loop {
         // 1. Readiness of our connections, and a non-blocking look at the kernel fds.
         let mut ready = 0;
@@ -831,8 +895,8 @@ pub fn poll(
         //    application's other fds.
         let mut set: Vec<libc::pollfd> = Vec::with_capacity(fds.len() * 2);
         let mut armed: Vec<(Arc<Connection>, bool, bool)> = Vec::new();
-        // Where each armed connection's TCP socket sits in `set`.
-        let mut tcp_at: Vec<usize> = Vec::new();
+        // Where each armed connection's TCP socket sits in `set`, if it is watched.
+        let mut tcp_at: Vec<Option<usize>> = Vec::new();
         for (i, p) in fds.iter().enumerate() {
             match &conns[i] {
                 Some(s) => {
@@ -851,12 +915,18 @@ pub fn poll(
                             events: libc::POLLIN,
                             revents: 0,
                         });
-                        tcp_at.push(set.len());
-                        set.push(libc::pollfd {
-                            fd: c.tcp_fd(),
-                            events: libc::POLLIN | libc::POLLRDHUP,
-                            revents: 0,
-                        });
+                        // A socket that has ended stays readable (EOF): watching it would end
+                        // every sleep at once, and readiness already knows.
+                        if c.tcp_ended() {
+                            tcp_at.push(None);
+                        } else {
+                            tcp_at.push(Some(set.len()));
+                            set.push(libc::pollfd {
+                                fd: c.tcp_fd(),
+                                events: libc::POLLIN | libc::POLLRDHUP,
+                                revents: 0,
+                            });
+                        }
                     } else {
                         // A pending offer: the answer rings our doorbell line; the kernel
                         // reports the TCP connect.
@@ -894,18 +964,22 @@ pub fn poll(
         }
         if !set.is_empty() {
             // Bounded while connections are armed: an interrupt lost to a race costs at most one
-            // nap, never a hang (see transport's ARM_GRACE).
+            // nap, never a hang (see `Naps`).
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let nap = remaining.map_or(SAFETY_NAP, |r| r.min(SAFETY_NAP));
-            let r = real_poll(&mut set, Some(nap));
+            let r = real_poll(&mut set, Some(naps.next(remaining)));
             let err = sys::errno();
+            if r == 0 {
+                naps.quiet();
+            } else {
+                naps.woke();
+            }
             for (c, r, w) in &armed {
                 c.disarm(*r, *w);
             }
-            // Every armed connection put its TCP socket in the set (an already-ready one
-            // emptied the set, and we did not sleep).
-            for ((c, _, _), &at) in armed.iter().zip(&tcp_at) {
-                if set[at].revents != 0 {
+            // Every armed connection put its TCP socket in the set unless it had ended (an
+            // already-ready one emptied the set, and we did not sleep).
+            for ((c, _, _), at) in armed.iter().zip(&tcp_at) {
+                if at.is_some_and(|at| set[at].revents != 0) {
                     // The peer's kernel spoke (closed, reset): readiness must look now.
                     c.look_at_tcp();
                 }

@@ -529,8 +529,10 @@ struct Waiters {
     cv: std::sync::Condvar,
 }
 
-/// Longest sleep on the doorbell line before re-checking (bounds the cost of a lost wake-up).
+/// First sleep on the doorbell line before re-checking (bounds the cost of a lost wake-up).
 const LEADER_NAP: Duration = Duration::from_millis(20);
+/// Longest, after naps that ran out with nothing ready (see `wait`).
+const LONGEST_LEADER_NAP: Duration = Duration::from_millis(320);
 /// Longest wait for the leader before re-checking.
 const FOLLOWER_NAP: Duration = Duration::from_millis(10);
 
@@ -892,9 +894,11 @@ impl Connection {
                 break Ok(copied);
             }
             // Has the peer died? (Its kernel closed the TCP socket.) A system call: asked after
-            // a wait, and on every 64th empty non-blocking read, not on the hot path.
-            let look =
-                waited || (flags.nonblock && self.empty_reads.fetch_add(1, Relaxed) % 64 == 63);
+            // a wait, and on every 64th empty non-blocking read, not on the hot path; an end
+            // already seen (readiness reported it) is answered without one.
+            let look = waited
+                || self.tcp_ended()
+                || (flags.nonblock && self.empty_reads.fetch_add(1, Relaxed) % 64 == 63);
             if let Some(e) = look.then(|| self.tcp_gone()).flatten() {
                 if word64(&self.mine, RX_TAIL).load(Acquire) > head {
                     continue;
@@ -1077,6 +1081,11 @@ impl Connection {
                 Err(e) => break Err(self.protocol_error("send", e)),
             };
             let Some(p) = place else {
+                // A full ring whose reader has gone never drains: fail as TCP does once the
+                // peer's reset arrives, instead of waiting (or spinning) for ever.
+                if let Some(e) = self.reader_gone(!nonblock) {
+                    break if sent > 0 { Ok(sent) } else { Err(e) };
+                }
                 if sent > 0 && nonblock {
                     break Ok(sent);
                 }
@@ -1175,6 +1184,10 @@ impl Connection {
             let p = match self.tx_ring.place(tail, head, (count - sent) as u64) {
                 Ok(Some(p)) => p,
                 Ok(None) => {
+                    // As in `send`: a full ring whose reader has gone never drains.
+                    if let Some(e) = self.reader_gone(!nonblock) {
+                        break if sent > 0 { Ok(sent) } else { Err(Err(e)) };
+                    }
                     if nonblock || sent > 0 {
                         break if sent > 0 {
                             Ok(sent)
@@ -1463,6 +1476,13 @@ impl Connection {
         }
     }
 
+    /// Wake whoever sleeps on this connection's interrupt line (an epoll set whose registration
+    /// was re-armed or added while data was already waiting: nothing will ring for it), as the
+    /// kernel's epoll_ctl wakes the waiters of a set when a registration is ready at once.
+    pub fn kick_local(&self) {
+        ntbdrv::kick_vector(&self.vector);
+    }
+
     /// Clear our doorbell: empty the interrupt line and the status bit (the kernel discipline:
     /// clear, then the caller re-checks the ring).
     fn ack_doorbell(&self) {
@@ -1529,12 +1549,26 @@ impl Connection {
             std::hint::spin_loop();
         }
         self.count(Counter::Sleeps, 1);
-        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let r = match self.waiters.leader.try_lock() {
             Ok(_leader) => {
-                // Bounded, so a wake-up lost to a racing waiter costs at most this much.
-                let nap = remaining.map_or(LEADER_NAP, |r| r.min(LEADER_NAP));
-                let r = sys::poll2(self.vector.as_raw_fd(), self.tcp_fd(), Some(nap));
+                // Bounded, so a wake-up lost to a racing waiter costs at most this much. A nap
+                // that ran out with nothing ready is followed by a longer one, still armed
+                // (our flag is long visible by then: only a lost doorbell is left to guard
+                // against), so an idle blocking reader wakes a few times a second, not fifty,
+                // and does not spin again between naps.
+                let mut nap = LEADER_NAP;
+                let r = loop {
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    let this = left.map_or(nap, |l| l.min(nap));
+                    let r = sys::poll2(self.vector.as_raw_fd(), self.tcp_fd(), Some(this));
+                    let quiet = matches!(r, Err(libc::ETIMEDOUT))
+                        && !self.ready(read)
+                        && left.is_none_or(|l| l > this);
+                    if !quiet {
+                        break r;
+                    }
+                    nap = (nap * 2).min(LONGEST_LEADER_NAP);
+                };
                 self.ack_doorbell();
                 if let Ok(mut g) = self.waiters.generation.lock() {
                     *g = g.wrapping_add(1);
@@ -1543,6 +1577,7 @@ impl Connection {
                 r
             }
             Err(_) => {
+                let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                 let nap = remaining.map_or(FOLLOWER_NAP, |r| r.min(FOLLOWER_NAP));
                 if let Ok(g) = self.waiters.generation.lock() {
                     let g0 = *g;
@@ -1597,6 +1632,29 @@ impl Connection {
         r
     }
 
+    /// Has the peer's kernel closed the TCP socket, as far as we know without a system call?
+    /// (Sticky: a socket that ended stays ended.) A waiter stops watching a socket that ended:
+    /// it stays readable for ever and would wake every sleep at once.
+    pub fn tcp_ended(&self) -> bool {
+        self.tcp_end.load(Relaxed) != TCP_OPEN
+    }
+
+    /// The send side's view of a dead peer, for a sender facing a full ring: `Some` if the
+    /// peer's kernel closed the TCP socket (asked with a system call when `look`, else only
+    /// what is already known), as the error the send reports.
+    fn reader_gone(&self, look: bool) -> Option<IoError> {
+        let gone = if look {
+            self.tcp_gone()
+        } else {
+            match self.tcp_end.load(Relaxed) {
+                TCP_EOF => Some(Ok(())),
+                TCP_RESET => Some(Err(IoError::Reset)),
+                _ => None,
+            }
+        };
+        gone.map(|g| g.err().unwrap_or(IoError::BrokenPipe))
+    }
+
     /// What `readiness` needs of the TCP socket: asked once in `TCP_LOOK_EVERY` calls (a system
     /// call per check would make every poll, select and epoll scan pay one per connection),
     /// and always once the socket has ended.
@@ -1618,13 +1676,16 @@ impl Connection {
     }
 
     /// A value that changes whenever something the peer did could make the connection newly
-    /// readable or writable (data produced, credits returned, flags set): edge-triggered
-    /// readiness reports an edge when it moves.
+    /// readable or writable (data produced, credits returned, flags set, its kernel's close of
+    /// the TCP socket seen): edge-triggered readiness reports an edge when it moves. A peer
+    /// that exits without closing shows only through the TCP socket, and an edge-triggered
+    /// reader (nginx) must hear of it, or it keeps the dead connection.
     pub fn activity(&self) -> u64 {
         let tail = word64(&self.mine, RX_TAIL).load(Acquire);
         let head = word64(&self.mine, CR_HEAD).load(Acquire);
         let flags = word32(&self.mine, RX_FLAGS).load(Acquire) as u64
-            | (word32(&self.mine, CR_CLOSED).load(Acquire) as u64) << 8;
+            | (word32(&self.mine, CR_CLOSED).load(Acquire) as u64) << 8
+            | (self.tcp_end.load(Relaxed) as u64) << 16;
         tail.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ head.rotate_left(29) ^ flags.rotate_left(58)
     }
 
@@ -1660,11 +1721,17 @@ impl Connection {
         let eof = flags & FLAG_FIN != 0 || gone.is_some();
         let closed = word32(&self.mine, CR_CLOSED).load(Acquire) != 0;
         let st = self.shared_state();
+        // As the kernel's tcp_poll: hang-up when both directions are shut (the peer's FIN or our
+        // SHUT_RD, and our SHUT_WR), or on a reset; the peer's close alone is only EOF. (A server
+        // that keeps a connection the client closed, asking for no events, must not be woken.)
+        let shut_rd = eof || st & ST_SHUT_RD != 0;
         Readiness {
             readable: data || eof || reset,
-            writable: self.ready(false) || reset || closed,
+            // A send to a peer whose kernel closed the TCP socket does not block either: it
+            // fills the ring or fails (see `reader_gone`).
+            writable: self.ready(false) || reset || closed || gone.is_some(),
             rdhup: eof,
-            hup: reset || (eof && (closed || st & ST_SHUT_WR != 0)),
+            hup: reset || (shut_rd && st & ST_SHUT_WR != 0),
             error: reset,
         }
     }

@@ -329,8 +329,67 @@ fn close_gives_eof_then_epipe() {
         0,
         "EOF after the data"
     );
-    assert!(s.readiness().rdhup);
+    let r = s.readiness();
+    assert!(r.rdhup);
+    // As tcp_poll: the peer's close is EOF; hang-up needs our side shut too.
+    assert!(!r.hup, "the peer's close alone is not a hang-up");
     assert_eq!(s.send(&[b"x"], false, None), Err(IoError::BrokenPipe));
+    s.shutdown(false, true);
+    assert!(s.readiness().hup, "both directions shut: hang-up");
+}
+
+/// A peer process that exits without closing (wrk does) shows only through its kernel's close
+/// of the TCP socket: an edge for edge-triggered readiness, EOF for a non-blocking read, and a
+/// send that would wait for its credits for ever fails instead.
+#[test]
+fn a_peer_that_exits_without_closing_is_an_edge_eof_and_epipe() {
+    let (_d, dev) = device("exit");
+    let t = transport(&dev, 16 << 10);
+    let (c, s, ks, _kt) = pair(&t);
+    let before = s.activity();
+    // The process exits: the kernel closes its socket, nothing runs the connection's close.
+    std::mem::forget(c);
+    drop(ks);
+    // What an epoll or poll wake-up on the TCP socket does (`look_at_tcp`); the FIN may take a
+    // moment to arrive.
+    let mut seen = false;
+    for _ in 0..2000 {
+        s.look_at_tcp();
+        if s.readiness().rdhup {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(seen, "the TCP socket's end never showed in readiness");
+    assert_ne!(
+        s.activity(),
+        before,
+        "an edge-triggered reader must be told of the end"
+    );
+    let mut b = [0u8; 8];
+    let nonblock = RecvFlags {
+        nonblock: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        s.recv(&mut [&mut b[..]], nonblock, None),
+        Ok(0),
+        "EOF, not EAGAIN, once readiness reported the end"
+    );
+    // Nobody drains the ring: a blocking send fills it and then fails rather than wait.
+    let big = vec![7u8; 64 << 10];
+    let first = s.send(&[&big], false, Some(Duration::from_secs(2)));
+    assert!(
+        matches!(first, Ok(n) if n < big.len()),
+        "the first send fills the ring: {first:?}"
+    );
+    assert!(s.readiness().writable, "a send would not block: it fails");
+    assert_eq!(
+        s.send(&[&big], false, Some(Duration::from_secs(2))),
+        Err(IoError::BrokenPipe)
+    );
+    assert_eq!(s.send(&[&big], true, None), Err(IoError::BrokenPipe));
 }
 
 #[test]
