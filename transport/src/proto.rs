@@ -38,6 +38,12 @@ pub enum ProtoError {
     BadFrame { pos: u64, len: u32, flags: u16 },
     /// A frame out of sequence.
     BadSequence { expected: u64, got: u64 },
+    /// The receiver's offset in a frame (its own) is not inside the frame the peer's header
+    /// describes now: the header was rewritten after it was published.
+    BadOffset { off: u64, len: u64 },
+    /// A receive went this many turns without a byte, a data frame or a wait: the peer keeps
+    /// the reader busy without sending.
+    NoProgress { turns: u32 },
     /// A rendezvous record with an invalid field.
     BadRecord(&'static str),
     /// A record from another protocol version.
@@ -61,6 +67,12 @@ impl fmt::Display for ProtoError {
             }
             Self::BadSequence { expected, got } => {
                 write!(f, "frame sequence {got}, expected {expected}")
+            }
+            Self::BadOffset { off, len } => {
+                write!(f, "read {off} bytes of a frame now {len} bytes long")
+            }
+            Self::NoProgress { turns } => {
+                write!(f, "{turns} turns of a receive without progress")
             }
             Self::BadRecord(why) => write!(f, "bad rendezvous record: {why}"),
             Self::Version { ours, theirs } => {
@@ -215,8 +227,10 @@ impl Ring {
         }
         let to_end = self.cap - pos;
         if hdr.flags == FRAME_PAD {
+            // A pad frame only fills space too small for a frame (see `place`): a pad anywhere
+            // else would let a peer keep the reader skipping pads without sending.
             let size = FRAME_HDR + hdr.len as u64;
-            if size != to_end || size > avail {
+            if size != to_end || to_end >= FRAME_HDR + FRAME_ALIGN || size > avail {
                 return Err(bad());
             }
             return Ok(Frame::Pad { size });
@@ -733,20 +747,31 @@ mod tests {
         );
         let huge = FrameHeader { len: u32::MAX, ..h };
         assert!(r.check_frame(0, 8192, &huge, 7).is_err());
+        // The only pad a sender writes: the last 16 bytes, too few for a frame.
         let pad = FrameHeader {
-            len: 8192 - 64 - 16,
+            len: 0,
             flags: FRAME_PAD,
             seq: 7,
         };
         assert_eq!(
-            r.check_frame(64, 8192 + 64, &pad, 7).unwrap(),
-            Frame::Pad { size: 8192 - 64 }
+            r.check_frame(8192 - 16, 8192 + 64, &pad, 7).unwrap(),
+            Frame::Pad { size: 16 }
         );
-        let short_pad = FrameHeader { len: 16, ..pad };
         assert!(
-            r.check_frame(64, 8192, &short_pad, 7).is_err(),
+            r.check_frame(8192 - 32, 8192 + 64, &pad, 7).is_err(),
             "a pad must reach the end"
         );
+        // A pad over space a frame fits in (a whole lap of pads, say) is a peer stalling us.
+        let long_pad = FrameHeader {
+            len: 8192 - 64 - 16,
+            ..pad
+        };
+        assert!(r.check_frame(64, 8192 + 64, &long_pad, 7).is_err());
+        let lap = FrameHeader {
+            len: 8192 - 16,
+            ..pad
+        };
+        assert!(r.check_frame(0, 8192, &lap, 7).is_err());
         assert!(r.check_frame(8, 200, &h, 7).is_err(), "misaligned head");
         assert!(matches!(
             r.check_tail(10, 20),
