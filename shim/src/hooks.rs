@@ -1036,9 +1036,10 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
     if !table::contains(fd) {
         return call_real!(shutdown(fd, how));
     }
-    match ops::shutdown(fd, how) {
-        Detour::Bypass => call_real!(shutdown(fd, how)),
-        Detour::Ours(r) => finish(r),
+    match guard(|| Ok(ops::shutdown(fd, how))) {
+        Ok(Detour::Bypass) => call_real!(shutdown(fd, how)),
+        Ok(Detour::Ours(r)) => finish(r),
+        Err(e) => finish(Err(e)),
     }
 }
 
@@ -1074,10 +1075,14 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
         return call_real!(ioctl(fd, req, arg));
     }
     if req == libc::FIONREAD as c_ulong && arg != 0 {
-        if let Some(n) = ops::readable_bytes(fd) {
-            // SAFETY: FIONREAD's argument is an int the application owns.
-            unsafe { *(arg as *mut c_int) = n.min(c_int::MAX as usize) as c_int };
-            return 0;
+        match guard(|| Ok(ops::readable_bytes(fd))) {
+            Ok(Some(n)) => {
+                // SAFETY: FIONREAD's argument is an int the application owns.
+                unsafe { *(arg as *mut c_int) = n.min(c_int::MAX as usize) as c_int };
+                return 0;
+            }
+            Ok(None) => {}
+            Err(e) => return finish::<c_int>(Err(e)),
         }
     }
     let r = call_real!(ioctl(fd, req, arg));
