@@ -444,3 +444,68 @@ fn concurrent_creation_yields_one_device() {
         "all threads attached to the same device"
     );
 }
+
+/// Run `f` on another thread; fail if it does not return within a generous bound (a hang
+/// detector, not a timing assertion).
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{what} did not return"))
+}
+
+#[test]
+fn dma_never_writes_into_a_source_mapping() {
+    // The application's send buffer is mapped for the engine to read. Whoever can write the
+    // descriptors (anyone attached to the device) must not turn it into a destination.
+    let e = Emu::new("dma_src_only", Topology::TwoHost);
+    let (a, b) = pair(&e);
+    let ch = a.dma_channel().unwrap();
+    let buf = vec![0x11u8; 4096];
+    let bus = ch.map_host(buf.as_ptr(), buf.len()).unwrap();
+    b.outbound(0).unwrap().write(0, &[0x22u8; 4096]).unwrap();
+    ch.submit(
+        &[DmaDesc {
+            src: ch.local_window_addr(0, 0).unwrap(),
+            dst: bus,
+            len: 4096,
+        }],
+        false,
+    )
+    .unwrap();
+    assert!(matches!(
+        ch.wait(Completion::Poll, Some(Duration::from_secs(5))),
+        Err(DmaError::TransferFailed { index: 0 })
+    ));
+    assert!(
+        buf.iter().all(|&x| x == 0x11),
+        "the source buffer was written"
+    );
+    ch.unmap_host(bus).unwrap();
+}
+
+#[test]
+fn dropping_a_channel_does_not_wait_for_a_delayed_engine() {
+    let e = Emu::new("dma_drop_slow", Topology::TwoHost);
+    let (a, _b) = pair(&e);
+    let ch = a.dma_channel().unwrap();
+    let buf: &'static [u8] = Box::leak(vec![0x5Au8; 4096].into_boxed_slice());
+    let bus = ch.map_host(buf.as_ptr(), buf.len()).unwrap();
+    // Any process attached to the device can set the delay word: an hour per descriptor.
+    a.faults().inject(Fault::DmaSlow {
+        delay: Duration::from_secs(3600),
+    });
+    let descs: Vec<DmaDesc> = (0..4)
+        .map(|i| DmaDesc {
+            src: bus,
+            dst: ch.peer_window_addr(0, i * 4096).unwrap(),
+            len: 4096,
+        })
+        .collect();
+    ch.submit(&descs, false).unwrap();
+    assert!(ch.status().in_progress);
+    within("dropping the DMA channel", move || drop(ch));
+    a.faults().clear();
+}
