@@ -46,8 +46,13 @@ pub fn alive(pid: u32, start: u64) -> bool {
     fields.nth(18).and_then(|s| s.parse::<u64>().ok()) == Some(start)
 }
 
-/// Is any process with this pid alive? (Used to break a dead holder's lock.)
+/// Is any process with this pid alive? (Used to break a dead holder's lock.) A value that is no
+/// process id (0, or one kill(2) would read as a process group or "every process": above
+/// `i32::MAX`) is not one: pids are read from memory others can write.
 pub fn pid_exists(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
     // SAFETY: kill with signal 0 sends nothing; it only checks existence and permission.
     let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
     r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)

@@ -509,3 +509,34 @@ fn dropping_a_channel_does_not_wait_for_a_delayed_engine() {
     within("dropping the DMA channel", move || drop(ch));
     a.faults().clear();
 }
+
+#[test]
+fn a_forged_host_table_lock_is_broken() {
+    // The host table's lock word holds its holder's pid; anyone attached to the device can
+    // write it. A live pid (1) or a value kill(2) reads as "every process" (u32::MAX is -1)
+    // must not wedge the table: the lease still comes, after a bounded wait.
+    use std::os::unix::fs::FileExt;
+    let e = Emu::new("forged_lock", Topology::Loopback);
+    let a = Arc::new(e.emu(0));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(a.path())
+        .unwrap();
+    let mut b = [0u8; 8];
+    file.read_exact_at(
+        &mut b,
+        std::mem::offset_of!(ntb_sys::ntbemu_header, side_base) as u64,
+    )
+    .unwrap();
+    let table = u64::from_le_bytes(b) + ntb_sys::NTBEMU_SIDE_HOST_TABLE as u64;
+    for forged in [1u32, u32::MAX] {
+        file.write_all_at(&forged.to_le_bytes(), table).unwrap();
+        let a2 = a.clone();
+        let lease = within("a lease behind a forged lock", move || {
+            a2.lease_window(0, 8192, 0x5445_5354)
+        })
+        .unwrap();
+        a.release(ntbdrv::Lease::Window(lease)).unwrap();
+    }
+}
