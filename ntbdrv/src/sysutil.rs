@@ -90,6 +90,28 @@ pub(crate) fn open(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Open the FIFO at `path` (an interrupt line) read-write and non-blocking. The path is not
+/// followed if it is a symlink, and whatever it names must be a FIFO: a file or device planted
+/// there is closed again, never written.
+pub(crate) fn open_fifo(path: &Path) -> io::Result<OwnedFd> {
+    let fd = open(path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOFOLLOW)?;
+    // SAFETY: fstat fills a plain struct we own from an fd we own.
+    let mode = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        st.st_mode
+    };
+    if mode & libc::S_IFMT != libc::S_IFIFO {
+        return Err(io::Error::other(format!(
+            "{} is not a FIFO (mode {mode:o})",
+            path.display()
+        )));
+    }
+    Ok(fd)
+}
+
 /// Write one byte (an interrupt "kick") to a non-blocking fd; a full pipe already holds a kick.
 pub(crate) fn kick(fd: &OwnedFd) {
     let b = 1u8;

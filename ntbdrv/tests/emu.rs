@@ -540,3 +540,25 @@ fn a_forged_host_table_lock_is_broken() {
         a.release(ntbdrv::Lease::Window(lease)).unwrap();
     }
 }
+
+#[test]
+fn a_symlink_in_place_of_an_interrupt_line_is_refused() {
+    // The lines are FIFOs next to the device file. Something else planted at a line's path (a
+    // symlink to a file) is neither opened nor written by a ring.
+    let e = Emu::new("fifo_symlink", Topology::Loopback);
+    let a = e.emu(0);
+    a.link_enable().unwrap();
+    let victim = e.dir.0.join("victim");
+    std::fs::write(&victim, b"untouched").unwrap();
+    let line = e.dir.0.join("dev.s0.v7");
+    std::os::unix::fs::symlink(&victim, &line).unwrap();
+    assert!(a.vector_fd(7).is_err(), "a symlink opened as a line");
+    let _ = a.peer_vector_trigger(7);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+    // A regular file in its place is no line either.
+    std::fs::remove_file(&line).unwrap();
+    std::fs::write(&line, b"").unwrap();
+    assert!(a.vector_fd(7).is_err(), "a regular file opened as a line");
+    let _ = a.peer_vector_trigger(7);
+    assert_eq!(std::fs::read(&line).unwrap(), b"");
+}
