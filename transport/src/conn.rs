@@ -1139,6 +1139,8 @@ impl Connection {
         let TxPos { mut tail, mut seq } = self.tx_pos();
         let (mut bi, mut bo) = (0usize, 0usize);
         let mut sent = 0usize;
+        // Woken, but still no room: has the peer died? (See `dead_peer`.)
+        let mut woke_in_vain = false;
         let result = loop {
             if let Some(e) = self.send_blocked() {
                 break if sent > 0 { Ok(sent) } else { Err(e) };
@@ -1155,6 +1157,12 @@ impl Connection {
                 if nonblock {
                     break Err(IoError::WouldBlock);
                 }
+                if woke_in_vain {
+                    if let Some(e) = self.dead_peer() {
+                        break if sent > 0 { Ok(sent) } else { Err(e) };
+                    }
+                }
+                woke_in_vain = true;
                 match self.wait(false, deadline.at()) {
                     Wait::Ready => continue,
                     Wait::TimedOut => {
@@ -1173,6 +1181,7 @@ impl Connection {
                     }
                 }
             };
+            woke_in_vain = false;
             if let Some((pos, n)) = p.pad {
                 let h = FrameHeader {
                     len: (n - FRAME_HDR) as u32,
@@ -1237,6 +1246,7 @@ impl Connection {
         let TxPos { mut tail, mut seq } = self.tx_pos();
         let mut off = offset.as_ref().map(|o| **o);
         let mut sent = 0usize;
+        let mut woke_in_vain = false;
         let result = loop {
             if let Some(e) = self.send_blocked() {
                 break if sent > 0 { Ok(sent) } else { Err(Err(e)) };
@@ -1254,6 +1264,12 @@ impl Connection {
                             Err(Err(IoError::WouldBlock))
                         };
                     }
+                    if woke_in_vain {
+                        if let Some(e) = self.dead_peer() {
+                            break Err(Err(e));
+                        }
+                    }
+                    woke_in_vain = true;
                     match self.wait(false, deadline.at()) {
                         Wait::Ready => continue,
                         Wait::TimedOut => break Err(Err(IoError::TimedOut)),
@@ -1262,6 +1278,7 @@ impl Connection {
                 }
                 Err(e) => break Err(Err(self.protocol_error("sendfile", e))),
             };
+            woke_in_vain = false;
             let base = ENDPOINT_HDR as usize + p.pos as usize;
             let n = match sys::read_into_region(
                 fd,
@@ -1445,6 +1462,15 @@ impl Connection {
         if self.dev.peer_vector_trigger(self.their_loc.db_bit).is_ok() {
             self.count(Counter::DoorbellsRung, 1);
         }
+    }
+
+    /// A sender woke without room: if the peer is gone (its kernel closed the TCP socket without
+    /// the peer closing the connection: it died), no credit will ever come, and the send fails
+    /// (ECONNRESET) instead of waiting, or spinning on the socket's readiness, for ever. Asked
+    /// only after a wake-up that brought no room, so a sender streaming into a busy receiver
+    /// pays no system call.
+    fn dead_peer(&self) -> Option<IoError> {
+        self.tcp_gone().map(|r| r.err().unwrap_or(IoError::Reset))
     }
 
     /// Why a send cannot proceed, if it cannot.

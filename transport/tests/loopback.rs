@@ -1243,3 +1243,25 @@ fn a_forked_child_and_its_parent_read_and_send_in_turn() {
     }
     assert_eq!(got, b"abcdef", "the parent sends after its child");
 }
+
+#[test]
+fn a_blocking_send_to_a_dead_peer_with_a_full_ring_ends() {
+    // The peer's process is gone without closing (its kernel closed the TCP socket; nothing
+    // was written into our block) and its ring is full: the send can never go on, and must
+    // not spin forever.
+    let (_d, dev) = device("deadfull");
+    let t = transport(&dev, 16 << 10);
+    let (c, s, ks, kt) = pair(&t);
+    std::mem::forget(s); // never closed: no FIN, no "closed" flag
+    let big = vec![3u8; 64 << 10];
+    assert!(c.send(&[&big], true, None).unwrap() > 0);
+    drop(kt); // the peer's kernel closes its socket
+    let c = Arc::new(c);
+    let c2 = c.clone();
+    let r = within("a blocking send", move || c2.send(&[&big], false, None));
+    assert!(
+        matches!(r, Err(IoError::Reset | IoError::BrokenPipe)),
+        "{r:?}"
+    );
+    drop(ks);
+}
