@@ -16,6 +16,9 @@
 //! sleep says so in the other side's memory first, and the other side rings the bit only then.
 //! The TCP socket stays open and idle: it is the liveness signal (a dead peer's kernel closes it).
 
+// The data path: nothing a peer writes may make it panic.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8};
@@ -538,11 +541,16 @@ impl Info {
     }
 }
 
+// The offsets are this module's constants, inside the 4 KiB endpoint header, and every region
+// they are used on is a whole endpoint block (ours, or the peer's, whose length `RingLoc::check`
+// validated): nothing a peer writes reaches these `expect`s.
+#[allow(clippy::expect_used)]
 pub(crate) fn word32(r: &Region, off: usize) -> &AtomicU32 {
     r.atomic_u32(off)
         .expect("endpoint layout offsets are in range and aligned")
 }
 
+#[allow(clippy::expect_used)]
 pub(crate) fn word64(r: &Region, off: usize) -> &AtomicU64 {
     r.atomic_u64(off)
         .expect("endpoint layout offsets are in range and aligned")
@@ -889,9 +897,12 @@ impl Connection {
                             + FRAME_HDR as usize;
                         let mut unreadable = false;
                         while off < len && bi < bufs.len() {
-                            let dst = &mut bufs[bi][bo..];
+                            let Some(buf) = bufs.get_mut(bi) else { break };
+                            let whole = buf.len();
+                            let dst = buf.get_mut(bo..).unwrap_or_default();
                             let n = dst.len().min((len - off) as usize);
-                            if self.mine.read(base + off as usize, &mut dst[..n]).is_err() {
+                            let dst = dst.get_mut(..n).unwrap_or_default();
+                            if self.mine.read(base + off as usize, dst).is_err() {
                                 unreadable = true;
                                 break;
                             }
@@ -901,7 +912,7 @@ impl Connection {
                             if n > 0 {
                                 idle = 0;
                             }
-                            if bo == bufs[bi].len() {
+                            if bo >= whole {
                                 bi += 1;
                                 bo = 0;
                             }
@@ -1376,16 +1387,17 @@ impl Connection {
     fn copy_out(&self, bufs: &[&[u8]], bi: &mut usize, bo: &mut usize, at: usize, len: usize) {
         let mut done = 0;
         while done < len {
-            let src = &bufs[*bi][*bo..];
+            let Some(buf) = bufs.get(*bi) else { break };
+            let src = buf.get(*bo..).unwrap_or_default();
             let n = src.len().min(len - done);
-            let chunk = &src[..n];
+            let chunk = src.get(..n).unwrap_or_default();
             if !(n >= self.settings.dma_threshold && self.dma_copy(chunk, at + done)) {
                 let _ = self.theirs.write(at + done, chunk);
                 self.count(Counter::CpuCopies, 1);
             }
             done += n;
             *bo += n;
-            if *bo == bufs[*bi].len() {
+            if *bo >= buf.len() {
                 *bi += 1;
                 *bo = 0;
             }

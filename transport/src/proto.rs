@@ -6,6 +6,12 @@
 //! validated before it is used; a value that breaks the protocol is a [`ProtoError`], and the
 //! caller resets the connection. `docs/PROTOCOL.md` describes the same layout in prose.
 
+// Decodes what peers write: it must never panic on it.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::fmt;
 
 /// Version of the protocol, carried in every offer and answer and in the control header.
@@ -318,36 +324,48 @@ impl RingLoc {
     }
 
     fn put(&self, b: &mut [u8]) {
-        b[0..4].copy_from_slice(&self.mw.to_le_bytes());
-        b[4..8].copy_from_slice(&self.db_bit.to_le_bytes());
-        b[8..16].copy_from_slice(&self.offset.to_le_bytes());
-        b[16..24].copy_from_slice(&self.len.to_le_bytes());
+        put(b, 0, &self.mw.to_le_bytes());
+        put(b, 4, &self.db_bit.to_le_bytes());
+        put(b, 8, &self.offset.to_le_bytes());
+        put(b, 16, &self.len.to_le_bytes());
     }
 
     fn get(b: &[u8]) -> RingLoc {
         RingLoc {
-            mw: le32(&b[0..4]),
-            db_bit: le32(&b[4..8]),
-            offset: le64(&b[8..16]),
-            len: le64(&b[16..24]),
+            mw: le32(b.get(0..4).unwrap_or_default()),
+            db_bit: le32(b.get(4..8).unwrap_or_default()),
+            offset: le64(b.get(8..16).unwrap_or_default()),
+            len: le64(b.get(16..24).unwrap_or_default()),
         }
     }
 }
 
+/// Copy `v` into `b` at `at` (the record buffers are sized for their layout; a short one is
+/// left short rather than panicking).
+fn put(b: &mut [u8], at: usize, v: &[u8]) {
+    if let Some(d) = b.get_mut(at..at.saturating_add(v.len())) {
+        d.copy_from_slice(v);
+    }
+}
+
+// Little-endian integers from the start of `b` (0 if `b` is too short: never a panic on bytes
+// a peer wrote).
 fn le32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[..4]);
-    u32::from_le_bytes(a)
+    b.get(..4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
 }
 
 fn le64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(a)
+    b.get(..8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 fn le16(b: &[u8]) -> u16 {
-    u16::from_le_bytes([b[0], b[1]])
+    b.get(..2)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u16::from_le_bytes)
 }
 
 /// An IP endpoint: the address as 16 bytes (IPv4 as IPv4-mapped IPv6) and a port.
