@@ -9,7 +9,10 @@
 //! |---|---|---|---|
 //! | RX (0x000) | peer (as sender) | owner | `tail` (bytes produced), FIN/RST flags, "sender waits for credits" |
 //! | CREDIT (0x040) | peer (as receiver) | owner | `head` of the owner's sends (credits), "receiver sleeps", "receiver closed" |
-//! | LOCAL (0x080..) | owner | owner | consumer and producer counters, sequence numbers, counters |
+//! | LOCAL (0x080..) | owner | owner | a copy of the cursors (the owner's own are private), state, counters |
+//!
+//! The peer can write the whole block: every value read from it is checked before use (see
+//! "What a peer can write" in docs/PROTOCOL.md), and this side's cursors live in process memory.
 //!
 //! Sleepers are woken by interrupts: each endpoint leases one message-signalled vector (the
 //! ntb_msi "virtual doorbell"; a doorbell bit would do, but a side has only a few); a side that goes to
