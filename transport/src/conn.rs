@@ -997,7 +997,16 @@ impl Connection {
             }
             waited = true;
             idle = 0;
-            match self.wait(true, deadline.at()) {
+            let until = deadline.at();
+            match self.wait(true, until) {
+                // SO_RCVTIMEO holds even if every wake-up is in vain.
+                Wait::Ready if until.is_some_and(|d| Instant::now() >= d) => {
+                    break if copied > 0 {
+                        Ok(copied)
+                    } else {
+                        Err(IoError::TimedOut)
+                    };
+                }
                 Wait::Ready => {}
                 Wait::TimedOut => {
                     break if copied > 0 {
@@ -1507,8 +1516,11 @@ impl Connection {
 
     fn ready(&self, read: bool) -> bool {
         if read {
+            // Exactly what ends a `recv`: bytes, FIN or RST (a flag that does not, GONE alone
+            // say, would make a waiting `recv` spin).
             let head = self.rx_pos().head;
-            word64(&self.mine, RX_TAIL).load(Acquire) > head || self.peer_flags() != 0
+            word64(&self.mine, RX_TAIL).load(Acquire) > head
+                || self.peer_flags() & (FLAG_FIN | FLAG_RST) != 0
         } else {
             // A bad counter makes the connection "ready": the send reports it.
             let tail = self.tx_pos().tail;

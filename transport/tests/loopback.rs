@@ -1265,3 +1265,26 @@ fn a_blocking_send_to_a_dead_peer_with_a_full_ring_ends() {
     );
     drop(ks);
 }
+
+#[test]
+fn a_gone_flag_alone_does_not_make_a_blocking_recv_spin_past_its_timeout() {
+    // GONE without FIN or RST (only a hostile peer writes that) made the connection "ready" for
+    // a waiting reader that then found nothing to do, and woke again at once, for ever.
+    let (_d, dev) = device("goneonly");
+    let t = transport(&dev, 16 << 10);
+    let (c, s, _ks, _kt) = pair(&t);
+    victims_block(&dev, &c)
+        .atomic_u32(0x08)
+        .unwrap()
+        .store(4, std::sync::atomic::Ordering::Release);
+    let s = Arc::new(s);
+    let r = within("a blocking recv with a timeout", move || {
+        let mut b = [0u8; 16];
+        s.recv(
+            &mut [&mut b[..]],
+            RecvFlags::default(),
+            Some(Duration::from_millis(30)),
+        )
+    });
+    assert_eq!(r, Err(IoError::TimedOut));
+}
