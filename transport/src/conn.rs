@@ -238,6 +238,10 @@ struct TxPos {
 /// `d` bytes apart lie at most `d / MIN_DATA_FRAME` data frames.
 const MIN_DATA_FRAME: u64 = FRAME_HDR + crate::proto::FRAME_ALIGN;
 
+/// No byte counter of a real stream reaches this (2^62 bytes: 146 years at 1 TB/s); a copy of
+/// one at or above it came from the peer.
+const COUNTER_LIMIT: u64 = 1 << 62;
+
 /// Iterations of `recv`'s loop without a byte copied, a data frame consumed or a wait before
 /// the peer is judged to be stalling us (a legitimate stream needs at most three: a pad frame,
 /// a re-check after FIN, a re-check after the TCP socket ended).
@@ -758,6 +762,7 @@ impl Connection {
         let seq = word64(&self.mine, L_RX_SEQ).load(Relaxed);
         let ahead = head - ours.head;
         let consistent = head.is_multiple_of(crate::proto::FRAME_ALIGN)
+            && head < COUNTER_LIMIT
             && off < self.rx_ring.max_payload()
             && seq >= ours.seq
             && seq - ours.seq <= ahead / MIN_DATA_FRAME;
@@ -781,6 +786,7 @@ impl Connection {
         let seq = word64(&self.mine, L_TX_SEQ).load(Relaxed);
         let ahead = tail - ours.tail;
         let consistent = tail.is_multiple_of(crate::proto::FRAME_ALIGN)
+            && tail < COUNTER_LIMIT
             && seq >= ours.seq
             && seq - ours.seq <= ahead / MIN_DATA_FRAME;
         if consistent {
@@ -931,7 +937,7 @@ impl Connection {
                         if off == len {
                             idle = 0;
                             head += size;
-                            seq += 1;
+                            seq = seq.wrapping_add(1);
                             off = 0;
                             credit = true;
                             self.count(Counter::RxFrames, 1);
@@ -1224,7 +1230,7 @@ impl Connection {
                 seq,
             };
             let _ = self.theirs.write(base, &h.encode());
-            seq += 1;
+            seq = seq.wrapping_add(1);
             tail = p.new_tail;
             sent += len;
             self.set_tx_pos(TxPos { tail, seq });
@@ -1333,7 +1339,7 @@ impl Connection {
                 }
                 .encode(),
             );
-            seq += 1;
+            seq = seq.wrapping_add(1);
             // A short read makes a shorter frame: the tail follows the bytes actually read.
             tail = p.new_tail - (FRAME_HDR + crate::proto::align_frame(p.len))
                 + FRAME_HDR

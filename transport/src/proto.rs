@@ -161,6 +161,11 @@ impl Ring {
     /// ring's end is too small, a pad frame fills it first.
     pub fn place(&self, tail: u64, head: u64, want: u64) -> Result<Option<Placement>, ProtoError> {
         let free = self.free(tail, head)?;
+        // A producer counter so large that the next frame would overflow it is no counter a
+        // real stream reaches (2^64 bytes); it came from memory a peer can write.
+        if tail.checked_add(self.cap).is_none() {
+            return Err(ProtoError::BadCredit { head, tail });
+        }
         let pos = self.pos(tail);
         let to_end = self.cap - pos;
         let want = want.clamp(1, self.max_payload());
@@ -798,6 +803,18 @@ mod tests {
         assert!(matches!(
             r.check_tail(20000, 0),
             Err(ProtoError::BadTail { .. })
+        ));
+    }
+
+    #[test]
+    fn a_producer_counter_about_to_overflow_is_refused() {
+        // Such a counter can only come from memory a peer wrote (an exec'd image starts from
+        // the block's copy): placing after it would wrap the counter.
+        let r = Ring::new(4096).unwrap();
+        let tail = u64::MAX - 15;
+        assert!(matches!(
+            r.place(tail, tail - 100, 10),
+            Err(ProtoError::BadCredit { .. })
         ));
     }
 

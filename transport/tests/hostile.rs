@@ -102,8 +102,11 @@ fn within<T: Send + 'static>(what: String, f: impl FnOnce() -> T + Send + 'stati
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("{what}: the victim hangs"))
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{what}: the victim hangs"),
+        Err(_) => panic!("{what}: the victim panicked"),
+    }
 }
 
 struct Rng(u64);
