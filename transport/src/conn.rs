@@ -211,7 +211,8 @@ impl Cursors {
             rx_head: AtomicU64::new(rx.head),
             rx_off: AtomicU64::new(rx.off),
             rx_seq: AtomicU64::new(rx.seq),
-            rx_returned: AtomicU64::new(rx.head),
+            // Unknown: whatever the image before exec returned, the next flush returns all.
+            rx_returned: AtomicU64::new(0),
             rx_tail_seen: AtomicU64::new(rx.head),
             tx_tail: AtomicU64::new(tx.tail),
             tx_seq: AtomicU64::new(tx.seq),
