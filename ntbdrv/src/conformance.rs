@@ -314,7 +314,7 @@ pub fn dma_transfer(f: &dyn Fixture) {
     }
     // Local window to host memory (the receive direction).
     let mut dst = vec![0u8; 4096];
-    let dbus = ch.map_host(dst.as_mut_ptr(), dst.len()).unwrap();
+    let dbus = ch.map_host_mut(dst.as_mut_ptr(), dst.len()).unwrap();
     a.inbound(0).unwrap().write(8192, &src[..4096]).unwrap();
     ch.submit(
         &[DmaDesc {

@@ -130,10 +130,15 @@ pub enum Lease {
 pub trait DmaChannel: Send + Sync {
     /// The channel's index on this side.
     fn index(&self) -> u32;
-    /// Make `len` bytes of this process's memory at `ptr` reachable by the engine (the emulated
-    /// counterpart of `VFIO_IOMMU_MAP_DMA`) and return their bus address.
+    /// Make `len` bytes of this process's memory at `ptr` readable by the engine (the emulated
+    /// counterpart of `VFIO_IOMMU_MAP_DMA` without `VFIO_DMA_MAP_FLAG_WRITE`) and return their
+    /// bus address. The engine never writes there, whatever a descriptor says: this is how an
+    /// application's send buffer is mapped.
     fn map_host(&self, ptr: *const u8, len: usize) -> Result<BusAddr, DmaError>;
-    /// Undo [`DmaChannel::map_host`].
+    /// Make `len` bytes at `ptr` readable and writable by the engine: a destination (a receive
+    /// buffer). The caller must own that memory exclusively until it unmaps it.
+    fn map_host_mut(&self, ptr: *mut u8, len: usize) -> Result<BusAddr, DmaError>;
+    /// Undo [`DmaChannel::map_host`] or [`DmaChannel::map_host_mut`].
     fn unmap_host(&self, addr: BusAddr) -> Result<(), DmaError>;
     /// Bus address of `offset` in this side's inbound window `mw`.
     fn local_window_addr(&self, mw: u32, offset: u64) -> Result<BusAddr, DmaError>;

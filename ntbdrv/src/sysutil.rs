@@ -46,8 +46,13 @@ pub fn alive(pid: u32, start: u64) -> bool {
     fields.nth(18).and_then(|s| s.parse::<u64>().ok()) == Some(start)
 }
 
-/// Is any process with this pid alive? (Used to break a dead holder's lock.)
+/// Is any process with this pid alive? (Used to break a dead holder's lock.) A value that is no
+/// process id (0, or one kill(2) would read as a process group or "every process": above
+/// `i32::MAX`) is not one: pids are read from memory others can write.
 pub fn pid_exists(pid: u32) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
     // SAFETY: kill with signal 0 sends nothing; it only checks existence and permission.
     let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
     r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
@@ -83,6 +88,28 @@ pub(crate) fn open(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     }
     // SAFETY: `fd` was just returned by open and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Open the FIFO at `path` (an interrupt line) read-write and non-blocking. The path is not
+/// followed if it is a symlink, and whatever it names must be a FIFO: a file or device planted
+/// there is closed again, never written.
+pub(crate) fn open_fifo(path: &Path) -> io::Result<OwnedFd> {
+    let fd = open(path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOFOLLOW)?;
+    // SAFETY: fstat fills a plain struct we own from an fd we own.
+    let mode = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        st.st_mode
+    };
+    if mode & libc::S_IFMT != libc::S_IFIFO {
+        return Err(io::Error::other(format!(
+            "{} is not a FIFO (mode {mode:o})",
+            path.display()
+        )));
+    }
+    Ok(fd)
 }
 
 /// Write one byte (an interrupt "kick") to a non-blocking fd; a full pipe already holds a kick.

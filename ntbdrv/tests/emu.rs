@@ -444,3 +444,121 @@ fn concurrent_creation_yields_one_device() {
         "all threads attached to the same device"
     );
 }
+
+/// Run `f` on another thread; fail if it does not return within a generous bound (a hang
+/// detector, not a timing assertion).
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{what} did not return"))
+}
+
+#[test]
+fn dma_never_writes_into_a_source_mapping() {
+    // The application's send buffer is mapped for the engine to read. Whoever can write the
+    // descriptors (anyone attached to the device) must not turn it into a destination.
+    let e = Emu::new("dma_src_only", Topology::TwoHost);
+    let (a, b) = pair(&e);
+    let ch = a.dma_channel().unwrap();
+    let buf = vec![0x11u8; 4096];
+    let bus = ch.map_host(buf.as_ptr(), buf.len()).unwrap();
+    b.outbound(0).unwrap().write(0, &[0x22u8; 4096]).unwrap();
+    ch.submit(
+        &[DmaDesc {
+            src: ch.local_window_addr(0, 0).unwrap(),
+            dst: bus,
+            len: 4096,
+        }],
+        false,
+    )
+    .unwrap();
+    assert!(matches!(
+        ch.wait(Completion::Poll, Some(Duration::from_secs(5))),
+        Err(DmaError::TransferFailed { index: 0 })
+    ));
+    assert!(
+        buf.iter().all(|&x| x == 0x11),
+        "the source buffer was written"
+    );
+    ch.unmap_host(bus).unwrap();
+}
+
+#[test]
+fn dropping_a_channel_does_not_wait_for_a_delayed_engine() {
+    let e = Emu::new("dma_drop_slow", Topology::TwoHost);
+    let (a, _b) = pair(&e);
+    let ch = a.dma_channel().unwrap();
+    let buf: &'static [u8] = Box::leak(vec![0x5Au8; 4096].into_boxed_slice());
+    let bus = ch.map_host(buf.as_ptr(), buf.len()).unwrap();
+    // Any process attached to the device can set the delay word: an hour per descriptor.
+    a.faults().inject(Fault::DmaSlow {
+        delay: Duration::from_secs(3600),
+    });
+    let descs: Vec<DmaDesc> = (0..4)
+        .map(|i| DmaDesc {
+            src: bus,
+            dst: ch.peer_window_addr(0, i * 4096).unwrap(),
+            len: 4096,
+        })
+        .collect();
+    ch.submit(&descs, false).unwrap();
+    assert!(ch.status().in_progress);
+    within("dropping the DMA channel", move || drop(ch));
+    a.faults().clear();
+}
+
+#[test]
+fn a_forged_host_table_lock_is_broken() {
+    // The host table's lock word holds its holder's pid; anyone attached to the device can
+    // write it. A live pid (1) or a value kill(2) reads as "every process" (u32::MAX is -1)
+    // must not wedge the table: the lease still comes, after a bounded wait.
+    use std::os::unix::fs::FileExt;
+    let e = Emu::new("forged_lock", Topology::Loopback);
+    let a = Arc::new(e.emu(0));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(a.path())
+        .unwrap();
+    let mut b = [0u8; 8];
+    file.read_exact_at(
+        &mut b,
+        std::mem::offset_of!(ntb_sys::ntbemu_header, side_base) as u64,
+    )
+    .unwrap();
+    let table = u64::from_le_bytes(b) + ntb_sys::NTBEMU_SIDE_HOST_TABLE as u64;
+    for forged in [1u32, u32::MAX] {
+        file.write_all_at(&forged.to_le_bytes(), table).unwrap();
+        let a2 = a.clone();
+        let lease = within("a lease behind a forged lock", move || {
+            a2.lease_window(0, 8192, 0x5445_5354)
+        })
+        .unwrap();
+        a.release(ntbdrv::Lease::Window(lease)).unwrap();
+    }
+}
+
+#[test]
+fn a_symlink_in_place_of_an_interrupt_line_is_refused() {
+    // The lines are FIFOs next to the device file. Something else planted at a line's path (a
+    // symlink to a file) is neither opened nor written by a ring.
+    let e = Emu::new("fifo_symlink", Topology::Loopback);
+    let a = e.emu(0);
+    a.link_enable().unwrap();
+    let victim = e.dir.0.join("victim");
+    std::fs::write(&victim, b"untouched").unwrap();
+    let line = e.dir.0.join("dev.s0.v7");
+    std::os::unix::fs::symlink(&victim, &line).unwrap();
+    assert!(a.vector_fd(7).is_err(), "a symlink opened as a line");
+    let _ = a.peer_vector_trigger(7);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+    // A regular file in its place is no line either.
+    std::fs::remove_file(&line).unwrap();
+    std::fs::write(&line, b"").unwrap();
+    assert!(a.vector_fd(7).is_err(), "a regular file opened as a line");
+    let _ = a.peer_vector_trigger(7);
+    assert_eq!(std::fs::read(&line).unwrap(), b"");
+}

@@ -41,6 +41,15 @@ fn guard<T>(f: impl FnOnce() -> Result<T, c_int>) -> Result<T, c_int> {
     r
 }
 
+/// Bookkeeping after a call that already succeeded (fd flags, timeouts, dups): inside the
+/// guard like everything else, and a failure there changes nothing for the application.
+fn quietly(f: impl FnOnce()) {
+    let _ = guard(|| {
+        f();
+        Ok(())
+    });
+}
+
 /// The call comes from pcisock's own handling of another call on this thread.
 fn nested() -> bool {
     INSIDE.with(|c| c.get())
@@ -138,10 +147,11 @@ fn do_recv(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Option<Result<usi
 
 fn do_send(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Result<usize, c_int>> {
     match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
-        Err(libc::EAGAIN) => match ops::stash_early(fd, bufs) {
-            Some(n) => Some(Ok(n)),
+        Err(libc::EAGAIN) => match guard(|| Ok(ops::stash_early(fd, bufs))) {
+            Err(e) => Some(Err(e)),
+            Ok(Some(n)) => Some(Ok(n)),
             // Settled meanwhile (or no room): look again once.
-            None => match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
+            Ok(None) => match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
                 Err(e) => Some(Err(e)),
                 Ok(DataPath::Ntb(s)) => Some(send_restarting(&s, s.ntb(), bufs, flags)),
                 Ok(DataPath::Kernel) => None,
@@ -604,7 +614,7 @@ pub unsafe extern "C" fn sendmmsg(
 /// # Safety
 /// `m.msg_control` must be null or point to `m.msg_controllen` writable bytes.
 unsafe fn receive_timestamp(fd: c_int, m: &mut msghdr) {
-    let kind = ops::timestamping(fd);
+    let kind = guard(|| Ok(ops::timestamping(fd))).unwrap_or(0);
     let (ty, payload): (c_int, [u8; 16]) = match kind {
         1 => {
             let mut tv = libc::timeval {
@@ -1070,9 +1080,10 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
     if !table::contains(fd) {
         return call_real!(shutdown(fd, how));
     }
-    match ops::shutdown(fd, how) {
-        Detour::Bypass => call_real!(shutdown(fd, how)),
-        Detour::Ours(r) => finish(r),
+    match guard(|| Ok(ops::shutdown(fd, how))) {
+        Ok(Detour::Bypass) => call_real!(shutdown(fd, how)),
+        Ok(Detour::Ours(r)) => finish(r),
+        Err(e) => finish(Err(e)),
     }
 }
 
@@ -1083,8 +1094,8 @@ fn after_fcntl(fd: c_int, cmd: c_int, arg: c_ulong, r: c_int) -> c_int {
         return r;
     }
     match cmd {
-        libc::F_SETFL => ops::set_nonblock(fd, arg as c_int & libc::O_NONBLOCK != 0),
-        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => ops::after_dup(fd, r),
+        libc::F_SETFL => quietly(|| ops::set_nonblock(fd, arg as c_int & libc::O_NONBLOCK != 0)),
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => quietly(|| ops::after_dup(fd, r)),
         _ => {}
     }
     r
@@ -1108,16 +1119,21 @@ pub unsafe extern "C" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
         return call_real!(ioctl(fd, req, arg));
     }
     if req == libc::FIONREAD as c_ulong && arg != 0 {
-        if let Some(n) = ops::readable_bytes(fd) {
-            // SAFETY: FIONREAD's argument is an int the application owns.
-            unsafe { *(arg as *mut c_int) = n.min(c_int::MAX as usize) as c_int };
-            return 0;
+        match guard(|| Ok(ops::readable_bytes(fd))) {
+            Ok(Some(n)) => {
+                // SAFETY: FIONREAD's argument is an int the application owns.
+                unsafe { *(arg as *mut c_int) = n.min(c_int::MAX as usize) as c_int };
+                return 0;
+            }
+            Ok(None) => {}
+            Err(e) => return finish::<c_int>(Err(e)),
         }
     }
     let r = call_real!(ioctl(fd, req, arg));
     if r == 0 && req == libc::FIONBIO as c_ulong && arg != 0 {
         // SAFETY: FIONBIO's argument is an int the application owns.
-        ops::set_nonblock(fd, unsafe { *(arg as *const c_int) } != 0);
+        let on = unsafe { *(arg as *const c_int) } != 0;
+        quietly(|| ops::set_nonblock(fd, on));
     }
     r
 }
@@ -1140,7 +1156,7 @@ pub unsafe extern "C" fn setsockopt(
     {
         // SAFETY: the option value is an int.
         let on = unsafe { *(val as *const c_int) } != 0;
-        ops::set_timestamping(fd, if name == libc::SO_TIMESTAMP { 1 } else { 2 }, on);
+        quietly(|| ops::set_timestamping(fd, if name == libc::SO_TIMESTAMP { 1 } else { 2 }, on));
     }
     if r == 0
         && table::contains(fd)
@@ -1151,7 +1167,7 @@ pub unsafe extern "C" fn setsockopt(
     {
         // SAFETY: the option value is a timeval of the given length.
         let tv = unsafe { *(val as *const libc::timeval) };
-        ops::set_timeout(fd, name == libc::SO_RCVTIMEO, tv);
+        quietly(|| ops::set_timeout(fd, name == libc::SO_RCVTIMEO, tv));
     }
     r
 }
@@ -1160,7 +1176,7 @@ pub unsafe extern "C" fn setsockopt(
 pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
     let r = call_real!(dup(fd));
     if r >= 0 && (table::contains(fd) || table::contains(r)) {
-        ops::after_dup(fd, r);
+        quietly(|| ops::after_dup(fd, r));
     }
     r
 }
@@ -1169,7 +1185,7 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     let r = call_real!(dup2(old, new));
     if r >= 0 && (table::contains(old) || table::contains(new) || crate::epoll::involves(new)) {
-        ops::after_dup(old, new);
+        quietly(|| ops::after_dup(old, new));
     }
     r
 }
@@ -1178,7 +1194,7 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     let r = call_real!(dup3(old, new, flags));
     if r >= 0 && (table::contains(old) || table::contains(new) || crate::epoll::involves(new)) {
-        ops::after_dup(old, new);
+        quietly(|| ops::after_dup(old, new));
     }
     r
 }

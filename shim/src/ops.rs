@@ -102,6 +102,21 @@ fn io_errno(e: IoError) -> c_int {
     }
 }
 
+/// errno for a failed call on an NTB connection; a protocol error (the peer broke the ring's
+/// rules, and the connection was reset and counted) is logged at `warn`.
+fn conn_errno(sock: &Sock, op: &str, e: IoError) -> c_int {
+    if e == IoError::Protocol {
+        global::get().log(LogLevel::Warn, || {
+            format!(
+                "{} -> {}: {op}: the peer broke the protocol; connection reset",
+                sock.local.to_std(),
+                sock.peer.to_std()
+            )
+        });
+    }
+    io_errno(e)
+}
+
 fn fallback(g: &Global, sock: Sock, fd: c_int, reason: Reason) -> Result<(), c_int> {
     g.log(LogLevel::Info, || {
         format!(
@@ -553,7 +568,19 @@ pub fn stash_early(fd: c_int, bufs: &[&[u8]]) -> Option<usize> {
     (n > 0).then_some(n)
 }
 
+/// Which path a data call on `fd` takes (settling a pending upgrade first); `None`: not ours.
+///
+/// Called by hooks before their own guard: a panic in here (settling an offer builds the
+/// connection from what the peer answered) is caught and becomes EIO, never unwinds into the
+/// application.
 pub fn data_path(fd: c_int, dontwait: bool) -> Option<Result<DataPath, c_int>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        data_path_unguarded(fd, dontwait)
+    }))
+    .unwrap_or(Some(Err(libc::EIO)))
+}
+
+fn data_path_unguarded(fd: c_int, dontwait: bool) -> Option<Result<DataPath, c_int>> {
     let sock = table::get(fd)?;
     if sock.conn.get().is_some() {
         return Some(Ok(DataPath::Ntb(sock)));
@@ -598,7 +625,7 @@ pub fn recv(
         }),
         _ => {}
     }
-    r.map_err(io_errno)
+    r.map_err(|e| conn_errno(sock, "recv", e))
 }
 
 pub fn send(sock: &Sock, c: &Connection, bufs: &[&[u8]], flags: c_int) -> Result<usize, c_int> {
@@ -606,7 +633,7 @@ pub fn send(sock: &Sock, c: &Connection, bufs: &[&[u8]], flags: c_int) -> Result
     match c.send(bufs, nonblock, sock.sndtimeo()) {
         Ok(n) => Ok(n),
         Err(e) => {
-            let errno = io_errno(e);
+            let errno = conn_errno(sock, "send", e);
             if errno == libc::EPIPE && flags & libc::MSG_NOSIGNAL == 0 {
                 sys::raise_sigpipe();
             }
@@ -626,7 +653,7 @@ pub fn sendfile(
         Ok(n) => Ok(n),
         Err(Ok(errno)) => Err(errno),
         Err(Err(e)) => {
-            let errno = io_errno(e);
+            let errno = conn_errno(sock, "sendfile", e);
             if errno == libc::EPIPE {
                 sys::raise_sigpipe();
             }

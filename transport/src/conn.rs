@@ -9,12 +9,18 @@
 //! |---|---|---|---|
 //! | RX (0x000) | peer (as sender) | owner | `tail` (bytes produced), FIN/RST flags, "sender waits for credits" |
 //! | CREDIT (0x040) | peer (as receiver) | owner | `head` of the owner's sends (credits), "receiver sleeps", "receiver closed" |
-//! | LOCAL (0x080..) | owner | owner | consumer and producer counters, sequence numbers, counters |
+//! | LOCAL (0x080..) | owner | owner | a copy of the cursors (the owner's own are private), state, counters |
+//!
+//! The peer can write the whole block: every value read from it is checked before use (see
+//! "What a peer can write" in docs/PROTOCOL.md), and this side's cursors live in process memory.
 //!
 //! Sleepers are woken by interrupts: each endpoint leases one message-signalled vector (the
 //! ntb_msi "virtual doorbell"; a doorbell bit would do, but a side has only a few); a side that goes to
 //! sleep says so in the other side's memory first, and the other side rings the bit only then.
 //! The TCP socket stays open and idle: it is the liveness signal (a dead peer's kernel closes it).
+
+// The data path: nothing a peer writes may make it panic.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
@@ -39,12 +45,12 @@ const CR_RX_SLEEPING: usize = 0x48;
 const CR_CLOSED: usize = 0x4C;
 /// The CPU the peer last waited on, plus one (0: not known). A hint for `wait`.
 const CR_PEER_CPU: usize = 0x50;
-// LOCAL lines: ours.
+// LOCAL lines: ours, but in the block the peer can write. The cursors here are only a copy of
+// the private ones in `Cursors`, for the other processes holding the connection (see
+// `Connection::rx_pos`).
 const L_RX_HEAD: usize = 0x80;
 const L_RX_OFF: usize = 0x88;
 const L_RX_SEQ: usize = 0x90;
-/// The consumer counter last written into the sender's CREDIT line.
-const L_RX_RETURNED: usize = 0x98;
 const L_TX_TAIL: usize = 0xC0;
 const L_TX_SEQ: usize = 0xC8;
 // Counters (ours): read by `pcisock stats` through the device.
@@ -162,9 +168,12 @@ pub struct Connection {
     tcp_end: AtomicU8,
     /// The CPU (plus one) we last told the peer we wait on (see `shares_cpu_with_peer`).
     cpu_told: AtomicU32,
-    /// The consumer counter the receiver last returned, as we last read it (under `tx_lock`):
-    /// the sender re-reads the peer's counter only when this leaves too little room.
+    /// The consumer counter the receiver last returned, the highest valid value we read: the
+    /// sender re-reads the peer's counter only when this leaves too little room.
     tx_head_seen: AtomicU64,
+    /// Where we are in both rings (private: see `Cursors`; boxed, so that `Outcome`, which
+    /// carries a connection by value, stays small).
+    cur: Box<Cursors>,
     tx_lock: SendLock,
     /// Has this process sent on the connection since its last read? (A request/response
     /// exchange: its reads are not coalesced.)
@@ -185,6 +194,89 @@ pub(crate) enum Tenancy {
     /// peer is rung through its line; the segments go away with their last mapping.
     Service { conn: u64, peer_line: OwnedFd },
 }
+
+/// This side's position in both rings, in process memory. The peer can write anything in our
+/// endpoint block, so nothing read from there decides where we read or write: the block's
+/// LOCAL line holds only a copy, a hint for the other processes that hold the connection (a
+/// forked child reads on, an exec'd image picks the connection up), taken only when it moved
+/// ahead of ours and is consistent with it (`Connection::rx_pos`, `tx_pos`).
+#[derive(Default)]
+struct Cursors {
+    /// Consumer counter: bytes of our ring consumed.
+    rx_head: AtomicU64,
+    /// Bytes of the frame at `rx_head` already read.
+    rx_off: AtomicU64,
+    /// Sequence number of the next data frame we receive.
+    rx_seq: AtomicU64,
+    /// The consumer counter last written into the sender's CREDIT line.
+    rx_returned: AtomicU64,
+    /// The highest producer counter the peer published (it never moves backwards).
+    rx_tail_seen: AtomicU64,
+    /// Producer counter: bytes produced into the peer's ring.
+    tx_tail: AtomicU64,
+    /// Sequence number of the next data frame we send.
+    tx_seq: AtomicU64,
+}
+
+impl Cursors {
+    /// A new image has no private cursors: it starts from the block's copy (left by the image
+    /// before exec, or written by the peer: every value is validated where it is used, as the
+    /// peer's own fields are).
+    fn from_block(mine: &Region) -> Cursors {
+        Cursors::seeded(
+            RxPos {
+                head: word64(mine, L_RX_HEAD).load(Relaxed),
+                off: word64(mine, L_RX_OFF).load(Relaxed),
+                seq: word64(mine, L_RX_SEQ).load(Relaxed),
+            },
+            TxPos {
+                tail: word64(mine, L_TX_TAIL).load(Relaxed),
+                seq: word64(mine, L_TX_SEQ).load(Relaxed),
+            },
+        )
+    }
+
+    fn seeded(rx: RxPos, tx: TxPos) -> Cursors {
+        Cursors {
+            rx_head: AtomicU64::new(rx.head),
+            rx_off: AtomicU64::new(rx.off),
+            rx_seq: AtomicU64::new(rx.seq),
+            // Unknown: whatever the image before exec returned, the next flush returns all.
+            rx_returned: AtomicU64::new(0),
+            rx_tail_seen: AtomicU64::new(rx.head),
+            tx_tail: AtomicU64::new(tx.tail),
+            tx_seq: AtomicU64::new(tx.seq),
+        }
+    }
+}
+
+/// A receive position: consumer counter, offset in the frame there, next sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RxPos {
+    head: u64,
+    off: u64,
+    seq: u64,
+}
+
+/// A send position: producer counter and next sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TxPos {
+    tail: u64,
+    seq: u64,
+}
+
+/// The smallest data frame: a header and one aligned payload unit. Between two positions
+/// `d` bytes apart lie at most `d / MIN_DATA_FRAME` data frames.
+const MIN_DATA_FRAME: u64 = FRAME_HDR + crate::proto::FRAME_ALIGN;
+
+/// No byte counter of a real stream reaches this (2^62 bytes: 146 years at 1 TB/s); a copy of
+/// one at or above it came from the peer.
+const COUNTER_LIMIT: u64 = 1 << 62;
+
+/// Iterations of `recv`'s loop without a byte copied, a data frame consumed or a wait before
+/// the peer is judged to be stalling us (a legitimate stream needs at most three: a pad frame,
+/// a re-check after FIN, a re-check after the TCP socket ended).
+const MAX_IDLE_TURNS: u32 = 16;
 
 /// Which side opened the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -506,11 +598,16 @@ impl Info {
     }
 }
 
+// The offsets are this module's constants, inside the 4 KiB endpoint header, and every region
+// they are used on is a whole endpoint block (ours, or the peer's, whose length `RingLoc::check`
+// validated): nothing a peer writes reaches these `expect`s.
+#[allow(clippy::expect_used)]
 pub(crate) fn word32(r: &Region, off: usize) -> &AtomicU32 {
     r.atomic_u32(off)
         .expect("endpoint layout offsets are in range and aligned")
 }
 
+#[allow(clippy::expect_used)]
 pub(crate) fn word64(r: &Region, off: usize) -> &AtomicU64 {
     r.atomic_u64(off)
         .expect("endpoint layout offsets are in range and aligned")
@@ -590,6 +687,8 @@ impl Connection {
                 return Err(crate::Reason::BadPeer);
             }
         };
+        // Our lease's length comes from the device's window alignment, which a peer can
+        // influence (the shared header in bridge mode): a lease that makes no ring is refused.
         let Some(rx_ring) = half.loc.len.checked_sub(ENDPOINT_HDR).and_then(Ring::new) else {
             half.release(&*dev);
             return Err(crate::Reason::NoWindowSpace);
@@ -619,7 +718,7 @@ impl Connection {
             role,
             local,
             peer,
-            0,
+            Box::default(),
         );
         c.hold(tcp_fd);
         Ok(c)
@@ -662,8 +761,19 @@ impl Connection {
         };
         ntbdrv::drain_vector(&p.own_line);
         let c = Connection::assemble(
-            shared, tenancy, mine, p.own_line, theirs, their_loc, ring, ring, tcp_fd, role, local,
-            peer, 0,
+            shared,
+            tenancy,
+            mine,
+            p.own_line,
+            theirs,
+            their_loc,
+            ring,
+            ring,
+            tcp_fd,
+            role,
+            local,
+            peer,
+            Box::default(),
         );
         c.hold(tcp_fd);
         Ok(c)
@@ -690,7 +800,7 @@ impl Connection {
         role: Role,
         local: Endpoint,
         peer: Endpoint,
-        tx_head_seen: u64,
+        cur: Box<Cursors>,
     ) -> Connection {
         let settings = shared.settings.clone();
         Connection {
@@ -712,7 +822,8 @@ impl Connection {
             tcp_looks: AtomicU32::new(0),
             tcp_end: AtomicU8::new(TCP_OPEN),
             cpu_told: AtomicU32::new(0),
-            tx_head_seen: AtomicU64::new(tx_head_seen),
+            tx_head_seen: AtomicU64::new(0),
+            cur,
             tx_lock: SendLock::default(),
             sent_since_read: AtomicBool::new(false),
             settings,
@@ -749,28 +860,120 @@ impl Connection {
 
     // ---- receive ------------------------------------------------------------------------------
 
-    /// Bytes ready to read now (FIONREAD), counting whole published frames.
+    /// Bytes ready to read now (FIONREAD), counting whole published frames. A bad frame ends
+    /// the count (the next `recv` reports it); the walk is bounded by the ring's size, since
+    /// every frame moves the position forward and the tail is read once.
     pub fn readable_bytes(&self) -> usize {
         let _g = self.rx_lock.lock();
-        let mut head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
-        let off = word64(&self.mine, L_RX_OFF).load(Relaxed);
-        let mut seq = word64(&self.mine, L_RX_SEQ).load(Relaxed);
+        let RxPos {
+            mut head,
+            off,
+            mut seq,
+        } = self.rx_pos();
         let tail = word64(&self.mine, RX_TAIL).load(Acquire);
         let mut total = 0u64;
-        let mut first = true;
+        let mut skip = off;
         while head < tail {
             match self.frame_at(head, tail, seq) {
-                Ok(Frame::Pad { size }) => head += size,
+                Ok(Frame::Pad { size }) if skip == 0 => head = head.saturating_add(size),
                 Ok(Frame::Data { len, size }) => {
-                    total += len - if first { off } else { 0 };
-                    first = false;
-                    head += size;
-                    seq += 1;
+                    // The frame's length is the peer's word; the offset is ours.
+                    let Some(n) = len.checked_sub(skip).filter(|&n| n > 0) else {
+                        break;
+                    };
+                    total = total.saturating_add(n);
+                    skip = 0;
+                    head = head.saturating_add(size);
+                    seq = seq.wrapping_add(1);
                 }
-                Err(_) => break,
+                _ => break,
             }
         }
-        total as usize
+        usize::try_from(total).unwrap_or(usize::MAX)
+    }
+
+    /// Our receive position: the private one, or the copy in our block if another process
+    /// holding the connection (a forked child, an exec'd image) read on and moved it ahead.
+    /// The copy is taken only when it is consistent with ours: ahead, frame-aligned, its offset
+    /// inside a frame, and its sequence number no further ahead than
+    /// the frames that fit between the two. Anything else is the peer's writing and is ignored;
+    /// what is taken is validated again where it is used (`check_frame`, the offset against
+    /// the frame's length), as the peer's own fields are.
+    fn rx_pos(&self) -> RxPos {
+        let ours = RxPos {
+            head: self.cur.rx_head.load(Relaxed),
+            off: self.cur.rx_off.load(Relaxed),
+            seq: self.cur.rx_seq.load(Relaxed),
+        };
+        let head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
+        let off = word64(&self.mine, L_RX_OFF).load(Relaxed);
+        if (head, off) <= (ours.head, ours.off) {
+            return ours;
+        }
+        let seq = word64(&self.mine, L_RX_SEQ).load(Relaxed);
+        let ahead = head - ours.head;
+        let consistent = head.is_multiple_of(crate::proto::FRAME_ALIGN)
+            && head < COUNTER_LIMIT
+            && off < self.rx_ring.max_payload()
+            && seq >= ours.seq
+            && seq - ours.seq <= ahead / MIN_DATA_FRAME;
+        if consistent {
+            RxPos { head, off, seq }
+        } else {
+            ours
+        }
+    }
+
+    /// Our send position, as `rx_pos` for the producer counter.
+    fn tx_pos(&self) -> TxPos {
+        let ours = TxPos {
+            tail: self.cur.tx_tail.load(Relaxed),
+            seq: self.cur.tx_seq.load(Relaxed),
+        };
+        let tail = word64(&self.mine, L_TX_TAIL).load(Relaxed);
+        if tail <= ours.tail {
+            return ours;
+        }
+        let seq = word64(&self.mine, L_TX_SEQ).load(Relaxed);
+        let ahead = tail - ours.tail;
+        let consistent = tail.is_multiple_of(crate::proto::FRAME_ALIGN)
+            && tail < COUNTER_LIMIT
+            && seq >= ours.seq
+            && seq - ours.seq <= ahead / MIN_DATA_FRAME;
+        if consistent {
+            TxPos { tail, seq }
+        } else {
+            ours
+        }
+    }
+
+    /// Record our send position (privately, and the copy in the block).
+    fn set_tx_pos(&self, p: TxPos) {
+        self.cur.tx_tail.store(p.tail, Relaxed);
+        self.cur.tx_seq.store(p.seq, Relaxed);
+        word64(&self.mine, L_TX_TAIL).store(p.tail, Relaxed);
+        word64(&self.mine, L_TX_SEQ).store(p.seq, Relaxed);
+    }
+
+    /// The peer's producer counter, loaded once: never behind what it published before. (That
+    /// it is at most a ring ahead of our consumer counter is checked with the frame it
+    /// announces, `check_frame`; a tail not ahead of it announces nothing.)
+    fn rx_tail(&self) -> Result<u64, ProtoError> {
+        // SYNC POINT (ring data): Acquire load of the peer's tail pairs with the Release
+        // store in `publish` after the frame bytes; the bytes up to `tail` are visible.
+        let tail = word64(&self.mine, RX_TAIL).load(Acquire);
+        let seen = self.cur.rx_tail_seen.load(Relaxed);
+        if tail != seen {
+            if tail < seen {
+                return Err(ProtoError::BadTail {
+                    tail,
+                    head: seen,
+                    cap: self.rx_ring.cap(),
+                });
+            }
+            self.cur.rx_tail_seen.store(tail, Relaxed);
+        }
+        Ok(tail)
     }
 
     fn frame_at(&self, head: u64, tail: u64, seq: u64) -> Result<Frame, ProtoError> {
@@ -804,19 +1007,29 @@ impl Connection {
         }
         let mut deadline = Deadline::new(timeout);
         let _g = self.rx_lock.lock().map_err(|_| IoError::Protocol)?;
-        let mut head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
-        let mut off = word64(&self.mine, L_RX_OFF).load(Relaxed);
-        let mut seq = word64(&self.mine, L_RX_SEQ).load(Relaxed);
+        let start = self.rx_pos();
+        let RxPos {
+            mut head,
+            mut off,
+            mut seq,
+        } = start;
         let (mut bi, mut bo) = (0usize, 0usize); // position in bufs
         let mut copied = 0usize;
         let mut credit = false;
         let mut waited = false;
         // When read coalescing began (see `coalesce`), if it did.
         let mut coalescing = None;
+        // Turns of the loop since the last byte, data frame or wait (see `MAX_IDLE_TURNS`).
+        let mut idle = 0u32;
         let result = loop {
-            // SYNC POINT (ring data): Acquire load of the peer's tail pairs with the Release
-            // store in `publish` after the frame bytes; the bytes up to `tail` are visible.
-            let tail = word64(&self.mine, RX_TAIL).load(Acquire);
+            idle += 1;
+            if idle > MAX_IDLE_TURNS {
+                break Err(self.protocol_error("recv", ProtoError::NoProgress { turns: idle }));
+            }
+            let tail = match self.rx_tail() {
+                Ok(t) => t,
+                Err(e) => break Err(self.protocol_error("recv", e)),
+            };
             if head < tail {
                 let frame = match self.frame_at(head, tail, seq) {
                     Ok(f) => f,
@@ -824,35 +1037,58 @@ impl Connection {
                 };
                 match frame {
                     Frame::Pad { size } => {
-                        if !flags.peek {
-                            head += size;
-                            credit = true;
-                        } else {
-                            head += size;
+                        if off != 0 {
+                            let e = ProtoError::BadOffset { off, len: 0 };
+                            break Err(self.protocol_error("recv", e));
                         }
+                        head += size;
+                        credit |= !flags.peek;
                         continue;
                     }
                     Frame::Data { len, size } => {
+                        // The length is the peer's (and may have been rewritten since we read
+                        // part of the frame); the offset is ours.
+                        if off >= len {
+                            let e = ProtoError::BadOffset { off, len };
+                            break Err(self.protocol_error("recv", e));
+                        }
                         let base = ENDPOINT_HDR as usize
                             + self.rx_ring.pos(head) as usize
                             + FRAME_HDR as usize;
+                        let mut unreadable = false;
                         while off < len && bi < bufs.len() {
-                            let dst = &mut bufs[bi][bo..];
+                            let Some(buf) = bufs.get_mut(bi) else { break };
+                            let whole = buf.len();
+                            let dst = buf.get_mut(bo..).unwrap_or_default();
                             let n = dst.len().min((len - off) as usize);
-                            if self.mine.read(base + off as usize, &mut dst[..n]).is_err() {
+                            let dst = dst.get_mut(..n).unwrap_or_default();
+                            if self.mine.read(base + off as usize, dst).is_err() {
+                                unreadable = true;
                                 break;
                             }
                             off += n as u64;
                             bo += n;
                             copied += n;
-                            if bo == bufs[bi].len() {
+                            if n > 0 {
+                                idle = 0;
+                            }
+                            if bo >= whole {
                                 bi += 1;
                                 bo = 0;
                             }
                         }
+                        if unreadable {
+                            let e = ProtoError::BadFrame {
+                                pos: self.rx_ring.pos(head),
+                                len: len as u32,
+                                flags: 0,
+                            };
+                            break Err(self.protocol_error("recv", e));
+                        }
                         if off == len {
+                            idle = 0;
                             head += size;
-                            seq += 1;
+                            seq = seq.wrapping_add(1);
                             off = 0;
                             credit = true;
                             self.count(Counter::RxFrames, 1);
@@ -887,7 +1123,8 @@ impl Connection {
                 };
             }
             if pf & FLAG_FIN != 0 {
-                // FIN is set after the last tail: re-check the tail before reporting EOF.
+                // FIN is set after the last tail: re-check the tail before reporting EOF (the
+                // next turn validates it; it cannot move back).
                 if word64(&self.mine, RX_TAIL).load(Acquire) > head {
                     continue;
                 }
@@ -918,7 +1155,17 @@ impl Connection {
                 credit = false;
             }
             waited = true;
-            match self.wait(true, deadline.at()) {
+            idle = 0;
+            let until = deadline.at();
+            match self.wait(true, until) {
+                // SO_RCVTIMEO holds even if every wake-up is in vain.
+                Wait::Ready if until.is_some_and(|d| Instant::now() >= d) => {
+                    break if copied > 0 {
+                        Ok(copied)
+                    } else {
+                        Err(IoError::TimedOut)
+                    };
+                }
                 Wait::Ready => {}
                 Wait::TimedOut => {
                     break if copied > 0 {
@@ -937,7 +1184,7 @@ impl Connection {
             }
         };
         if !flags.peek {
-            if credit || off != word64(&self.mine, L_RX_OFF).load(Relaxed) {
+            if credit || off != start.off || head != start.head {
                 self.return_credits(head, off, seq, false);
             }
             self.count(Counter::RxBytes, copied as u64);
@@ -1004,6 +1251,10 @@ impl Connection {
     /// gathered (a quarter of the ring), when the sender waits for them, or when `force`d
     /// (before we sleep or arm, so a sender is never left waiting on credits we hold).
     fn return_credits(&self, head: u64, off: u64, seq: u64, force: bool) {
+        self.cur.rx_head.store(head, Relaxed);
+        self.cur.rx_off.store(off, Relaxed);
+        self.cur.rx_seq.store(seq, Relaxed);
+        // The copy for the other processes holding the connection (see `rx_pos`).
         word64(&self.mine, L_RX_HEAD).store(head, Relaxed);
         word64(&self.mine, L_RX_OFF).store(off, Relaxed);
         word64(&self.mine, L_RX_SEQ).store(seq, Relaxed);
@@ -1011,19 +1262,19 @@ impl Connection {
     }
 
     fn flush_credits(&self, force: bool) {
-        let head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
-        let returned = word64(&self.mine, L_RX_RETURNED).load(Relaxed);
+        let head = self.cur.rx_head.load(Relaxed);
+        let returned = self.cur.rx_returned.load(Relaxed);
         if head == returned {
             return;
         }
-        if !force && head - returned < self.rx_ring.cap() / 4 {
+        if !force && head.saturating_sub(returned) < self.rx_ring.cap() / 4 {
             fence(SeqCst);
             // SYNC POINT (credit wake-up): a sender waiting for credits gets them at once.
             if word32(&self.mine, RX_TX_WAITING).load(SeqCst) == 0 {
                 return;
             }
         }
-        word64(&self.mine, L_RX_RETURNED).store(head, Relaxed);
+        self.cur.rx_returned.store(head, Relaxed);
         // SYNC POINT (credits): Release store of our consumer counter into the sender's memory
         // pairs with its Acquire load in `send`; the space before `head` is free for reuse.
         word64(&self.theirs, CR_HEAD).store(head, Release);
@@ -1067,10 +1318,11 @@ impl Connection {
         }
         let mut deadline = Deadline::new(timeout);
         let _g = self.tx_lock.lock();
-        let mut tail = word64(&self.mine, L_TX_TAIL).load(Relaxed);
-        let mut seq = word64(&self.mine, L_TX_SEQ).load(Relaxed);
+        let TxPos { mut tail, mut seq } = self.tx_pos();
         let (mut bi, mut bo) = (0usize, 0usize);
         let mut sent = 0usize;
+        // Woken, but still no room: has the peer died? (See `dead_peer`.)
+        let mut woke_in_vain = false;
         let result = loop {
             if let Some(e) = self.send_blocked() {
                 break if sent > 0 { Ok(sent) } else { Err(e) };
@@ -1092,6 +1344,12 @@ impl Connection {
                 if nonblock {
                     break Err(IoError::WouldBlock);
                 }
+                if woke_in_vain {
+                    if let Some(e) = self.dead_peer() {
+                        break if sent > 0 { Ok(sent) } else { Err(e) };
+                    }
+                }
+                woke_in_vain = true;
                 match self.wait(false, deadline.at()) {
                     Wait::Ready => continue,
                     Wait::TimedOut => {
@@ -1110,6 +1368,7 @@ impl Connection {
                     }
                 }
             };
+            woke_in_vain = false;
             if let Some((pos, n)) = p.pad {
                 let h = FrameHeader {
                     len: (n - FRAME_HDR) as u32,
@@ -1129,11 +1388,10 @@ impl Connection {
                 seq,
             };
             let _ = self.theirs.write(base, &h.encode());
-            seq += 1;
+            seq = seq.wrapping_add(1);
             tail = p.new_tail;
             sent += len;
-            word64(&self.mine, L_TX_TAIL).store(tail, Relaxed);
-            word64(&self.mine, L_TX_SEQ).store(seq, Relaxed);
+            self.set_tx_pos(TxPos { tail, seq });
             self.publish(tail);
             self.count(Counter::TxFrames, 1);
             if sent == total {
@@ -1172,16 +1430,18 @@ impl Connection {
         }
         let mut deadline = Deadline::new(timeout);
         let _g = self.tx_lock.lock();
-        let mut tail = word64(&self.mine, L_TX_TAIL).load(Relaxed);
-        let mut seq = word64(&self.mine, L_TX_SEQ).load(Relaxed);
+        let TxPos { mut tail, mut seq } = self.tx_pos();
         let mut off = offset.as_ref().map(|o| **o);
         let mut sent = 0usize;
+        let mut woke_in_vain = false;
         let result = loop {
             if let Some(e) = self.send_blocked() {
                 break if sent > 0 { Ok(sent) } else { Err(Err(e)) };
             }
-            let head = word64(&self.mine, CR_HEAD).load(Acquire);
-            let p = match self.tx_ring.place(tail, head, (count - sent) as u64) {
+            let p = match self
+                .credits(tail)
+                .and_then(|head| self.tx_ring.place(tail, head, (count - sent) as u64))
+            {
                 Ok(Some(p)) => p,
                 Ok(None) => {
                     // As in `send`: a full ring whose reader has gone never drains.
@@ -1195,6 +1455,12 @@ impl Connection {
                             Err(Err(IoError::WouldBlock))
                         };
                     }
+                    if woke_in_vain {
+                        if let Some(e) = self.dead_peer() {
+                            break Err(Err(e));
+                        }
+                    }
+                    woke_in_vain = true;
                     match self.wait(false, deadline.at()) {
                         Wait::Ready => continue,
                         Wait::TimedOut => break Err(Err(IoError::TimedOut)),
@@ -1203,6 +1469,7 @@ impl Connection {
                 }
                 Err(e) => break Err(Err(self.protocol_error("sendfile", e))),
             };
+            woke_in_vain = false;
             let base = ENDPOINT_HDR as usize + p.pos as usize;
             let n = match sys::read_into_region(
                 fd,
@@ -1234,7 +1501,7 @@ impl Connection {
                 }
                 .encode(),
             );
-            seq += 1;
+            seq = seq.wrapping_add(1);
             // A short read makes a shorter frame: the tail follows the bytes actually read.
             tail = p.new_tail - (FRAME_HDR + crate::proto::align_frame(p.len))
                 + FRAME_HDR
@@ -1243,8 +1510,7 @@ impl Connection {
             if let Some(o) = off.as_mut() {
                 *o += n as i64;
             }
-            word64(&self.mine, L_TX_TAIL).store(tail, Relaxed);
-            word64(&self.mine, L_TX_SEQ).store(seq, Relaxed);
+            self.set_tx_pos(TxPos { tail, seq });
             self.publish(tail);
             self.count(Counter::TxFrames, 1);
             self.count(Counter::CpuCopies, 1);
@@ -1267,17 +1533,33 @@ impl Connection {
     /// would cost a cross-core miss per send).
     fn place(&self, tail: u64, want: u64) -> Result<Option<crate::proto::Placement>, ProtoError> {
         let seen = self.tx_head_seen.load(Relaxed);
-        // A cached value too old to make sense with our producer counter (other paths such as
-        // `send_file` move it too) is simply refreshed; only the fresh value is validated.
+        // A cached value that does not fit our producer counter (an exec'd image starts from
+        // 0; a sibling process may have sent meanwhile) is simply refreshed.
         if let Ok(Some(p)) = self.tx_ring.place(tail, seen, want) {
             if p.len == want.min(self.tx_ring.max_payload()) {
                 return Ok(Some(p));
             }
         }
+        let head = self.credits(tail)?;
+        self.tx_ring.place(tail, head, want)
+    }
+
+    /// The receiver's consumer counter, loaded once and validated against our producer
+    /// counter: ahead of it is a protocol error; behind what it returned before, it counts as
+    /// what it returned before (credits never go backwards, so a wait for room that was seen
+    /// ends).
+    fn credits(&self, tail: u64) -> Result<u64, ProtoError> {
         // SYNC POINT (credits): Acquire pairs with the receiver's Release in `flush_credits`.
         let head = word64(&self.mine, CR_HEAD).load(Acquire);
+        if head > tail {
+            return Err(ProtoError::BadCredit { head, tail });
+        }
+        let seen = self.tx_head_seen.load(Relaxed);
+        if seen <= tail && seen > head {
+            return Ok(seen);
+        }
         self.tx_head_seen.store(head, Relaxed);
-        self.tx_ring.place(tail, head, want)
+        Ok(head)
     }
 
     /// Copy `len` bytes of `bufs` (from position bi/bo) into the peer's ring at `at`, by CPU or
@@ -1285,16 +1567,17 @@ impl Connection {
     fn copy_out(&self, bufs: &[&[u8]], bi: &mut usize, bo: &mut usize, at: usize, len: usize) {
         let mut done = 0;
         while done < len {
-            let src = &bufs[*bi][*bo..];
+            let Some(buf) = bufs.get(*bi) else { break };
+            let src = buf.get(*bo..).unwrap_or_default();
             let n = src.len().min(len - done);
-            let chunk = &src[..n];
+            let chunk = src.get(..n).unwrap_or_default();
             if !(n >= self.settings.dma_threshold && self.dma_copy(chunk, at + done)) {
                 let _ = self.theirs.write(at + done, chunk);
                 self.count(Counter::CpuCopies, 1);
             }
             done += n;
             *bo += n;
-            if *bo == bufs[*bi].len() {
+            if *bo >= buf.len() {
                 *bi += 1;
                 *bo = 0;
             }
@@ -1377,6 +1660,15 @@ impl Connection {
         }
     }
 
+    /// A sender woke without room: if the peer is gone (its kernel closed the TCP socket without
+    /// the peer closing the connection: it died), no credit will ever come, and the send fails
+    /// (ECONNRESET) instead of waiting, or spinning on the socket's readiness, for ever. Asked
+    /// only after a wake-up that brought no room, so a sender streaming into a busy receiver
+    /// pays no system call.
+    fn dead_peer(&self) -> Option<IoError> {
+        self.tcp_gone().map(|r| r.err().unwrap_or(IoError::Reset))
+    }
+
     /// Why a send cannot proceed, if it cannot.
     fn send_blocked(&self) -> Option<IoError> {
         let st = self.shared_state();
@@ -1396,13 +1688,16 @@ impl Connection {
 
     fn ready(&self, read: bool) -> bool {
         if read {
-            let head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
-            word64(&self.mine, RX_TAIL).load(Acquire) > head || self.peer_flags() != 0
+            // Exactly what ends a `recv`: bytes, FIN or RST (a flag that does not, GONE alone
+            // say, would make a waiting `recv` spin).
+            let head = self.rx_pos().head;
+            word64(&self.mine, RX_TAIL).load(Acquire) > head
+                || self.peer_flags() & (FLAG_FIN | FLAG_RST) != 0
         } else {
-            let tail = word64(&self.mine, L_TX_TAIL).load(Relaxed);
-            let head = word64(&self.mine, CR_HEAD).load(Acquire);
-            self.tx_ring
-                .place(tail, head, 1)
+            // A bad counter makes the connection "ready": the send reports it.
+            let tail = self.tx_pos().tail;
+            self.credits(tail)
+                .and_then(|head| self.tx_ring.place(tail, head, 1))
                 .map(|p| p.is_some())
                 .unwrap_or(true)
                 || self.send_blocked().is_some()
@@ -1692,8 +1987,7 @@ impl Connection {
     /// Is there a byte to read? Padding at the ring's end is not one: an application told
     /// "readable" must not get EAGAIN (wrk counts that as a read error).
     fn data_ready(&self) -> bool {
-        let mut head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
-        let seq = word64(&self.mine, L_RX_SEQ).load(Relaxed);
+        let RxPos { mut head, seq, .. } = self.rx_pos();
         // SYNC POINT (ring data): as in `recv`.
         let tail = word64(&self.mine, RX_TAIL).load(Acquire);
         // At most one padding frame per lap of the ring.
@@ -1702,7 +1996,7 @@ impl Connection {
                 return false;
             }
             match self.frame_at(head, tail, seq) {
-                Ok(Frame::Pad { size }) => head += size,
+                Ok(Frame::Pad { size }) => head = head.saturating_add(size),
                 // Data, or a bad frame that `recv` reports (an error is "readable" too).
                 _ => return true,
             }
@@ -1761,10 +2055,7 @@ impl Connection {
     /// The last reference is going away: tell the peer (FIN, or RST if we drop unread data, as
     /// TCP does) and return our resources once the peer can no longer write into them.
     pub(crate) fn close(&self) {
-        let unread = {
-            let head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
-            word64(&self.mine, RX_TAIL).load(Acquire) > head
-        };
+        let unread = word64(&self.mine, RX_TAIL).load(Acquire) > self.rx_pos().head;
         let flag = if unread { FLAG_RST } else { FLAG_FIN };
         word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR | ST_SHUT_RD | ST_CLOSED, SeqCst);
         word32(&self.theirs, CR_CLOSED).store(1, SeqCst);
@@ -1908,11 +2199,11 @@ impl Connection {
         let mut ib = [0u8; 48];
         mine.read(INFO_BASE + 8, &mut ib).ok()?;
         let info = Info::decode(&ib);
-        let head_now = word64(&mine, CR_HEAD).load(Acquire);
         let tenancy = Tenancy::Device { dev, lease, bell };
+        let cur = Box::new(Cursors::from_block(&mine));
         Some(Connection::assemble(
             shared, tenancy, mine, vector, theirs, their_loc, rx_ring, tx_ring, tcp_fd, info.role,
-            info.local, info.peer, head_now,
+            info.local, info.peer, cur,
         ))
     }
 
@@ -1935,7 +2226,6 @@ impl Connection {
         let mut ib = [0u8; 48];
         mine.read(INFO_BASE + 8, &mut ib).ok()?;
         let info = Info::decode(&ib);
-        let head_now = word64(&mine, CR_HEAD).load(Acquire);
         let their_loc = RingLoc {
             mw: 0,
             offset: 0,
@@ -1946,9 +2236,10 @@ impl Connection {
             conn: p.conn,
             peer_line: p.peer_line,
         };
+        let cur = Box::new(Cursors::from_block(&mine));
         Some(Connection::assemble(
             shared, tenancy, mine, p.own_line, theirs, their_loc, ring, ring, tcp_fd, info.role,
-            info.local, info.peer, head_now,
+            info.local, info.peer, cur,
         ))
     }
 

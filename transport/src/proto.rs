@@ -6,6 +6,12 @@
 //! validated before it is used; a value that breaks the protocol is a [`ProtoError`], and the
 //! caller resets the connection. `docs/PROTOCOL.md` describes the same layout in prose.
 
+// Decodes what peers write: it must never panic on it.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::fmt;
 
 /// Version of the protocol, carried in every offer and answer and in the control header.
@@ -38,6 +44,12 @@ pub enum ProtoError {
     BadFrame { pos: u64, len: u32, flags: u16 },
     /// A frame out of sequence.
     BadSequence { expected: u64, got: u64 },
+    /// The receiver's offset in a frame (its own) is not inside the frame the peer's header
+    /// describes now: the header was rewritten after it was published.
+    BadOffset { off: u64, len: u64 },
+    /// A receive went this many turns without a byte, a data frame or a wait: the peer keeps
+    /// the reader busy without sending.
+    NoProgress { turns: u32 },
     /// A rendezvous record with an invalid field.
     BadRecord(&'static str),
     /// A record from another protocol version.
@@ -61,6 +73,12 @@ impl fmt::Display for ProtoError {
             }
             Self::BadSequence { expected, got } => {
                 write!(f, "frame sequence {got}, expected {expected}")
+            }
+            Self::BadOffset { off, len } => {
+                write!(f, "read {off} bytes of a frame now {len} bytes long")
+            }
+            Self::NoProgress { turns } => {
+                write!(f, "{turns} turns of a receive without progress")
             }
             Self::BadRecord(why) => write!(f, "bad rendezvous record: {why}"),
             Self::Version { ours, theirs } => {
@@ -143,6 +161,11 @@ impl Ring {
     /// ring's end is too small, a pad frame fills it first.
     pub fn place(&self, tail: u64, head: u64, want: u64) -> Result<Option<Placement>, ProtoError> {
         let free = self.free(tail, head)?;
+        // A producer counter so large that the next frame would overflow it is no counter a
+        // real stream reaches (2^64 bytes); it came from memory a peer can write.
+        if tail.checked_add(self.cap).is_none() {
+            return Err(ProtoError::BadCredit { head, tail });
+        }
         let pos = self.pos(tail);
         let to_end = self.cap - pos;
         let want = want.clamp(1, self.max_payload());
@@ -215,8 +238,10 @@ impl Ring {
         }
         let to_end = self.cap - pos;
         if hdr.flags == FRAME_PAD {
+            // A pad frame only fills space too small for a frame (see `place`): a pad anywhere
+            // else would let a peer keep the reader skipping pads without sending.
             let size = FRAME_HDR + hdr.len as u64;
-            if size != to_end || size > avail {
+            if size != to_end || to_end >= FRAME_HDR + FRAME_ALIGN || size > avail {
                 return Err(bad());
             }
             return Ok(Frame::Pad { size });
@@ -304,36 +329,48 @@ impl RingLoc {
     }
 
     fn put(&self, b: &mut [u8]) {
-        b[0..4].copy_from_slice(&self.mw.to_le_bytes());
-        b[4..8].copy_from_slice(&self.db_bit.to_le_bytes());
-        b[8..16].copy_from_slice(&self.offset.to_le_bytes());
-        b[16..24].copy_from_slice(&self.len.to_le_bytes());
+        put(b, 0, &self.mw.to_le_bytes());
+        put(b, 4, &self.db_bit.to_le_bytes());
+        put(b, 8, &self.offset.to_le_bytes());
+        put(b, 16, &self.len.to_le_bytes());
     }
 
     fn get(b: &[u8]) -> RingLoc {
         RingLoc {
-            mw: le32(&b[0..4]),
-            db_bit: le32(&b[4..8]),
-            offset: le64(&b[8..16]),
-            len: le64(&b[16..24]),
+            mw: le32(b.get(0..4).unwrap_or_default()),
+            db_bit: le32(b.get(4..8).unwrap_or_default()),
+            offset: le64(b.get(8..16).unwrap_or_default()),
+            len: le64(b.get(16..24).unwrap_or_default()),
         }
     }
 }
 
+/// Copy `v` into `b` at `at` (the record buffers are sized for their layout; a short one is
+/// left short rather than panicking).
+fn put(b: &mut [u8], at: usize, v: &[u8]) {
+    if let Some(d) = b.get_mut(at..at.saturating_add(v.len())) {
+        d.copy_from_slice(v);
+    }
+}
+
+// Little-endian integers from the start of `b` (0 if `b` is too short: never a panic on bytes
+// a peer wrote).
 fn le32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[..4]);
-    u32::from_le_bytes(a)
+    b.get(..4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
 }
 
 fn le64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(a)
+    b.get(..8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 fn le16(b: &[u8]) -> u16 {
-    u16::from_le_bytes([b[0], b[1]])
+    b.get(..2)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u16::from_le_bytes)
 }
 
 /// An IP endpoint: the address as 16 bytes (IPv4 as IPv4-mapped IPv6) and a port.
@@ -767,20 +804,31 @@ mod tests {
         );
         let huge = FrameHeader { len: u32::MAX, ..h };
         assert!(r.check_frame(0, 8192, &huge, 7).is_err());
+        // The only pad a sender writes: the last 16 bytes, too few for a frame.
         let pad = FrameHeader {
-            len: 8192 - 64 - 16,
+            len: 0,
             flags: FRAME_PAD,
             seq: 7,
         };
         assert_eq!(
-            r.check_frame(64, 8192 + 64, &pad, 7).unwrap(),
-            Frame::Pad { size: 8192 - 64 }
+            r.check_frame(8192 - 16, 8192 + 64, &pad, 7).unwrap(),
+            Frame::Pad { size: 16 }
         );
-        let short_pad = FrameHeader { len: 16, ..pad };
         assert!(
-            r.check_frame(64, 8192, &short_pad, 7).is_err(),
+            r.check_frame(8192 - 32, 8192 + 64, &pad, 7).is_err(),
             "a pad must reach the end"
         );
+        // A pad over space a frame fits in (a whole lap of pads, say) is a peer stalling us.
+        let long_pad = FrameHeader {
+            len: 8192 - 64 - 16,
+            ..pad
+        };
+        assert!(r.check_frame(64, 8192 + 64, &long_pad, 7).is_err());
+        let lap = FrameHeader {
+            len: 8192 - 16,
+            ..pad
+        };
+        assert!(r.check_frame(0, 8192, &lap, 7).is_err());
         assert!(r.check_frame(8, 200, &h, 7).is_err(), "misaligned head");
         assert!(matches!(
             r.check_tail(10, 20),
@@ -789,6 +837,18 @@ mod tests {
         assert!(matches!(
             r.check_tail(20000, 0),
             Err(ProtoError::BadTail { .. })
+        ));
+    }
+
+    #[test]
+    fn a_producer_counter_about_to_overflow_is_refused() {
+        // Such a counter can only come from memory a peer wrote (an exec'd image starts from
+        // the block's copy): placing after it would wrap the counter.
+        let r = Ring::new(4096).unwrap();
+        let tail = u64::MAX - 15;
+        assert!(matches!(
+            r.place(tail, tail - 100, 10),
+            Err(ProtoError::BadCredit { .. })
         ));
     }
 

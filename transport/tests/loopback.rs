@@ -4,6 +4,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1182,4 +1183,230 @@ fn a_full_host_table_is_reported_as_table_full() {
     for l in held {
         dev.release(l).unwrap();
     }
+}
+
+// ---- hostile peers -------------------------------------------------------------------------------
+//
+// The peer can write anything anywhere in our endpoint block (its outbound window reaches all of
+// it). These tests play such a peer by writing into the victim's block directly, after a real
+// exchange, and check that the victim sees at worst an error on that connection.
+
+/// The victim's endpoint block as its peer reaches it: through the peer's outbound window
+/// (`peer` is the victim's peer connection, which knows where the victim's ring is).
+fn victims_block(dev: &Arc<dyn NtbDevice>, peer: &Connection) -> ntbdrv::Region {
+    let loc = peer.peer_ring();
+    dev.outbound(loc.mw)
+        .unwrap()
+        .slice(loc.offset as usize, loc.len as usize)
+        .unwrap()
+}
+
+/// Run `f` on another thread and fail the test if it does not return within a generous bound
+/// (a watchdog for hangs, not a timing assertion: the calls under test never sleep this long).
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what} did not return: the victim hangs"))
+}
+
+const NONBLOCK: RecvFlags = RecvFlags {
+    nonblock: true,
+    peek: false,
+    waitall: false,
+};
+
+/// Write a frame header (length, flags, sequence) at ring position `pos` of a victim's block.
+fn write_header(block: &ntbdrv::Region, pos: usize, len: u32, flags: u16, seq: u64) {
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&len.to_le_bytes());
+    h[4..6].copy_from_slice(&flags.to_le_bytes());
+    h[8..16].copy_from_slice(&seq.to_le_bytes());
+    block.write(4096 + pos, &h).unwrap();
+}
+
+/// A published 1000-byte frame of which the victim read 500 bytes.
+fn half_read_frame(
+    tag: &str,
+) -> (
+    Dir,
+    Arc<dyn NtbDevice>,
+    Transport,
+    Arc<Connection>,
+    Connection,
+) {
+    let (d, dev) = device(tag);
+    let t = transport(&dev, 16 << 10);
+    let (c, s, ks, kt) = pair(&t);
+    std::mem::forget((ks, kt)); // keep the kernel sockets open (the liveness signal)
+    let data: Vec<u8> = (0..1000).map(pattern).collect();
+    c.send(&[&data], false, None).unwrap();
+    let mut b = [0u8; 500];
+    assert_eq!(s.recv(&mut [&mut b[..]], NONBLOCK, None), Ok(500));
+    assert_eq!(&b[..], &data[..500]);
+    (d, dev, t, Arc::new(s), c)
+}
+
+#[test]
+fn a_frame_header_shrunk_under_the_read_offset_resets_instead_of_spinning() {
+    let (_d, dev, t, s, c) = half_read_frame("shrink");
+    // The same sequence number, a length below what was already read.
+    write_header(&victims_block(&dev, &c), 0, 100, 0, 0);
+    let s2 = s.clone();
+    let r = within("recv", move || {
+        let mut b = [0u8; 1000];
+        s2.recv(&mut [&mut b[..]], NONBLOCK, None)
+    });
+    assert_eq!(r, Err(IoError::Protocol));
+    assert_eq!(t.counters().protocol_errors.load(Relaxed), 1);
+}
+
+#[test]
+fn readable_bytes_survives_a_shrunk_frame_header() {
+    let (_d, dev, _t, s, c) = half_read_frame("fionread");
+    assert_eq!(s.readable_bytes(), 500);
+    write_header(&victims_block(&dev, &c), 0, 100, 0, 0);
+    let n = within("readable_bytes", move || s.readable_bytes());
+    assert!(n <= 1000, "FIONREAD reports {n} bytes of a 1000-byte frame");
+}
+
+#[test]
+fn the_read_offset_in_the_block_is_not_the_receivers_state() {
+    let (_d, dev, _t, s, c) = half_read_frame("offword");
+    // The LOCAL line (0x80: consumer counter, 0x88: offset in the frame, 0x90: sequence) is in
+    // the block too: the peer can write it.
+    let block = victims_block(&dev, &c);
+    block.atomic_u64(0x88).unwrap().store(5000, Relaxed);
+    let s2 = s.clone();
+    let r = within("recv", move || {
+        let mut b = [0u8; 1000];
+        s2.recv(&mut [&mut b[..]], NONBLOCK, None)
+            .map(|n| b[..n].to_vec())
+    });
+    match r {
+        Ok(got) => assert_eq!(got, (500..1000).map(pattern).collect::<Vec<_>>()),
+        Err(e) => assert_eq!(e, IoError::Protocol),
+    }
+    // Moving the offset back does not make the victim read bytes twice.
+    let (_d2, dev2, _t2, s, c) = half_read_frame("offback");
+    victims_block(&dev2, &c)
+        .atomic_u64(0x88)
+        .unwrap()
+        .store(0, Relaxed);
+    let mut b = [0u8; 1000];
+    let n = s.recv(&mut [&mut b[..]], NONBLOCK, None).unwrap();
+    assert_eq!(&b[..n], &(500..1000).map(pattern).collect::<Vec<_>>()[..]);
+}
+
+#[test]
+fn a_pad_frame_that_is_not_at_the_rings_end_is_a_protocol_error() {
+    // A pad frame only ever fills the last 16 bytes of the ring (a whole frame fits anywhere
+    // else); a pad at position 0 spanning the whole ring is a peer stalling the reader with pads.
+    let (_d, dev) = device("padflood");
+    let t = transport(&dev, 16 << 10);
+    let (c, s, _ks, _kt) = pair(&t);
+    let cap = 16u64 << 10;
+    let block = victims_block(&dev, &c);
+    write_header(&block, 0, (cap - 16) as u32, 1, 0);
+    block
+        .atomic_u64(0)
+        .unwrap()
+        .store(cap, std::sync::atomic::Ordering::Release);
+    let mut b = [0u8; 64];
+    assert_eq!(
+        s.recv(&mut [&mut b[..]], NONBLOCK, None),
+        Err(IoError::Protocol)
+    );
+}
+
+#[test]
+fn a_forked_child_and_its_parent_read_and_send_in_turn() {
+    // The cursors are private to each process; the copy in the block lets the parent go on
+    // where its forked child stopped (and is taken only when it is consistent: the tests above).
+    let (_d, dev) = device("forkturns");
+    let t = transport(&dev, 16 << 10);
+    let (c, s, _ks, _kt) = pair(&t);
+    let data: Vec<u8> = (0..2000).map(pattern).collect();
+    c.send(&[&data[..1000]], false, None).unwrap();
+    c.send(&[&data[1000..]], false, None).unwrap();
+    // SAFETY: the child only receives and sends on the connection (no allocation on these
+    // paths) and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let mut b = [0u8; 1500];
+        let ok = s.recv(&mut [&mut b[..]], NONBLOCK, None) == Ok(1500)
+            && b[..] == data[..1500]
+            && s.send(&[b"abc"], true, None) == Ok(3);
+        // SAFETY: ends the forked child without running the parent's destructors.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    assert!(pid > 0);
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    let mut b = [0u8; 1000];
+    let n = s.recv(&mut [&mut b[..]], NONBLOCK, None).unwrap();
+    assert_eq!(
+        &b[..n],
+        &data[1500..],
+        "the parent reads on after its child"
+    );
+    s.send(&[b"def"], false, None).unwrap();
+    let mut b = [0u8; 16];
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        let n = c
+            .recv(&mut [&mut b[..]], RecvFlags::default(), None)
+            .unwrap();
+        got.extend_from_slice(&b[..n]);
+    }
+    assert_eq!(got, b"abcdef", "the parent sends after its child");
+}
+
+#[test]
+fn a_blocking_send_to_a_dead_peer_with_a_full_ring_ends() {
+    // The peer's process is gone without closing (its kernel closed the TCP socket; nothing
+    // was written into our block) and its ring is full: the send can never go on, and must
+    // not spin forever.
+    let (_d, dev) = device("deadfull");
+    let t = transport(&dev, 16 << 10);
+    let (c, s, ks, kt) = pair(&t);
+    std::mem::forget(s); // never closed: no FIN, no "closed" flag
+    let big = vec![3u8; 64 << 10];
+    assert!(c.send(&[&big], true, None).unwrap() > 0);
+    drop(kt); // the peer's kernel closes its socket
+    let c = Arc::new(c);
+    let c2 = c.clone();
+    let r = within("a blocking send", move || c2.send(&[&big], false, None));
+    assert!(
+        matches!(r, Err(IoError::Reset | IoError::BrokenPipe)),
+        "{r:?}"
+    );
+    drop(ks);
+}
+
+#[test]
+fn a_gone_flag_alone_does_not_make_a_blocking_recv_spin_past_its_timeout() {
+    // GONE without FIN or RST (only a hostile peer writes that) made the connection "ready" for
+    // a waiting reader that then found nothing to do, and woke again at once, for ever.
+    let (_d, dev) = device("goneonly");
+    let t = transport(&dev, 16 << 10);
+    let (c, s, _ks, _kt) = pair(&t);
+    victims_block(&dev, &c)
+        .atomic_u32(0x08)
+        .unwrap()
+        .store(4, std::sync::atomic::Ordering::Release);
+    let s = Arc::new(s);
+    let r = within("a blocking recv with a timeout", move || {
+        let mut b = [0u8; 16];
+        s.recv(
+            &mut [&mut b[..]],
+            RecvFlags::default(),
+            Some(Duration::from_millis(30)),
+        )
+    });
+    assert_eq!(r, Err(IoError::TimedOut));
 }

@@ -96,6 +96,7 @@ static const struct ntbsys_field FIELDS[] = {
     F(ntbemu_host_table, n_slots),
     F(ntbemu_host_table, generation),
     F(ntbemu_host_table, high_water),
+    F(ntbemu_host_table, lock_seq),
     F(ntbemu_host_table, reserved),
     F(ntbemu_host_table, slots),
 

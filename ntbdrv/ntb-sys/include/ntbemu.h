@@ -204,11 +204,13 @@ struct ntbemu_lease {
 };
 
 struct ntbemu_host_table {
-    uint32_t lock;        /* 0 = free, else the holder's pid (a dead holder's lock is broken) */
+    uint32_t lock;        /* 0 = free, else the holder's pid (a dead holder's lock is broken, and
+                             so is one held unchanged for NTBEMU_LOCK_HOLD_MAX_MS) */
     uint32_t n_slots;     /* NTBEMU_HOST_SLOTS */
     uint64_t generation;  /* bumped on every change */
     uint32_t high_water;  /* slots at this index and above have never been used: scans stop here */
-    uint8_t reserved[44];
+    uint32_t lock_seq;    /* bumped by every holder as it takes the lock (0 in older files) */
+    uint8_t reserved[40];
     struct ntbemu_lease slots[NTBEMU_HOST_SLOTS];
 };
 

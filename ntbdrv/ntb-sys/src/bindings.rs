@@ -1301,7 +1301,8 @@ pub struct ntbemu_host_table {
     pub n_slots: u32,
     pub generation: u64,
     pub high_water: u32,
-    pub reserved: [u8; 44usize],
+    pub lock_seq: u32,
+    pub reserved: [u8; 40usize],
     pub slots: [ntbemu_lease; 8192usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
@@ -1316,8 +1317,10 @@ const _: () = {
         [::core::mem::offset_of!(ntbemu_host_table, generation) - 8usize];
     ["Offset of field: ntbemu_host_table::high_water"]
         [::core::mem::offset_of!(ntbemu_host_table, high_water) - 16usize];
+    ["Offset of field: ntbemu_host_table::lock_seq"]
+        [::core::mem::offset_of!(ntbemu_host_table, lock_seq) - 20usize];
     ["Offset of field: ntbemu_host_table::reserved"]
-        [::core::mem::offset_of!(ntbemu_host_table, reserved) - 20usize];
+        [::core::mem::offset_of!(ntbemu_host_table, reserved) - 24usize];
     ["Offset of field: ntbemu_host_table::slots"]
         [::core::mem::offset_of!(ntbemu_host_table, slots) - 64usize];
 };

@@ -156,6 +156,7 @@ fn ntbemu_structs_match_c() {
         n_slots,
         generation,
         high_water,
+        lock_seq,
         reserved,
         slots
     });

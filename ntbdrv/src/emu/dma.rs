@@ -9,8 +9,15 @@
 //!
 //! # Safety
 //! The engine turns bus addresses into pointers only through `resolve`, which checks them
-//! against the device's windows and this process's registered host ranges; the copies then stay
-//! inside those ranges.
+//! against the device's windows and this process's registered host ranges (a destination only
+//! against ranges registered writable, `map_host_mut`); the copies then stay inside those
+//! ranges. The host-range table stays locked from the check to the end of the copy, so an
+//! `unmap_host` (after which the caller may free the memory) waits for a copy in flight.
+//!
+//! The descriptors and the fault words live in the device file, which any process attached to
+//! the device can write: nothing the engine does on their word may hang its owner. `Drop` stops
+//! the engine (which looks at its stop flag between descriptors and during an injected delay)
+//! and waits for it a bounded time.
 #![allow(unsafe_code)]
 
 use std::mem::offset_of;
@@ -37,8 +44,22 @@ const ENGINE_SPIN: Duration = Duration::from_micros(20);
 
 type D = sys::plx_dma_desc;
 
-/// Host ranges this process mapped for DMA: (start address, length).
-type HostMaps = Arc<Mutex<Vec<(u64, u64)>>>;
+/// A host range this process mapped for DMA.
+#[derive(Clone, Copy, Debug)]
+struct HostMap {
+    start: u64,
+    len: u64,
+    /// Registered as a destination (`map_host_mut`); otherwise the engine only reads it.
+    writable: bool,
+}
+
+type HostMaps = Arc<Mutex<Vec<HostMap>>>;
+
+/// How long `Drop` waits for the engine thread to stop before leaving it (and the channel's
+/// lease, which returns to the host when the process exits) behind.
+const ENGINE_STOP_WAIT: Duration = Duration::from_secs(2);
+/// The engine looks at its stop flag this often during an injected delay.
+const DELAY_SLICE: Duration = Duration::from_millis(1);
 
 pub(crate) struct EmuDma {
     dev: Arc<EmuDevice>,
@@ -101,20 +122,66 @@ impl EmuDma {
             index: self.index,
         }
     }
+
+    fn map(&self, start: u64, len: usize, writable: bool) -> Result<BusAddr, DmaError> {
+        if len == 0
+            || start
+                .checked_add(len as u64)
+                .is_none_or(|end| end > sys::NTBEMU_BUS_HOST)
+        {
+            return Err(DmaError::Mapping(format!(
+                "cannot map {len} bytes at {start:#x}"
+            )));
+        }
+        let mut maps = self
+            .maps
+            .lock()
+            .map_err(|_| DmaError::Mapping("mapping table poisoned".into()))?;
+        if maps.len() >= 4096 {
+            return Err(DmaError::Mapping("too many host mappings".into()));
+        }
+        maps.push(HostMap {
+            start,
+            len: len as u64,
+            writable,
+        });
+        Ok(BusAddr(sys::NTBEMU_BUS_HOST + start))
+    }
 }
 
 impl Drop for EmuDma {
     fn drop(&mut self) {
-        let _ = self.wait(Completion::Poll, Some(Duration::from_secs(5)));
+        // A batch still running belongs to an owner that gave up on it: the engine abandons it
+        // at its next descriptor (or delay slice) rather than making the drop wait for it.
         self.stop.store(true, SeqCst);
         let bell = self.ch().reg(sys::NTBEMU_DMA_DOORBELL);
         bell.store(0, SeqCst);
         futex::wake_all(bell);
-        if let Some(h) = self.engine.take() {
-            let _ = h.join();
+        // No host range stays reachable: this waits only for a copy in flight (bounded by its
+        // length), never for a delay.
+        if let Ok(mut m) = self.maps.lock() {
+            m.clear();
         }
-        self.ch().reg(sys::NTBEMU_DMA_OWNER_PID).store(0, SeqCst);
-        let _ = self.dev.table().release(self.slot, sys::NTBEMU_LEASE_DMA);
+        let stopped = match self.engine.take() {
+            Some(h) => {
+                let t0 = Instant::now();
+                while !h.is_finished() && t0.elapsed() < ENGINE_STOP_WAIT {
+                    std::thread::sleep(DELAY_SLICE);
+                }
+                let done = h.is_finished();
+                if done {
+                    let _ = h.join();
+                }
+                done
+            }
+            None => true,
+        };
+        if stopped {
+            self.ch().reg(sys::NTBEMU_DMA_OWNER_PID).store(0, SeqCst);
+            let _ = self.dev.table().release(self.slot, sys::NTBEMU_LEASE_DMA);
+        }
+        // Otherwise the engine thread still runs: keep the channel leased, so no other owner
+        // gets a channel two engines serve.
     }
 }
 
@@ -167,25 +234,11 @@ impl DmaChannel for EmuDma {
     }
 
     fn map_host(&self, ptr: *const u8, len: usize) -> Result<BusAddr, DmaError> {
-        let start = ptr as u64;
-        if len == 0
-            || start
-                .checked_add(len as u64)
-                .is_none_or(|end| end > sys::NTBEMU_BUS_HOST)
-        {
-            return Err(DmaError::Mapping(format!(
-                "cannot map {len} bytes at {ptr:p}"
-            )));
-        }
-        let mut maps = self
-            .maps
-            .lock()
-            .map_err(|_| DmaError::Mapping("mapping table poisoned".into()))?;
-        if maps.len() >= 4096 {
-            return Err(DmaError::Mapping("too many host mappings".into()));
-        }
-        maps.push((start, len as u64));
-        Ok(BusAddr(sys::NTBEMU_BUS_HOST + start))
+        self.map(ptr as u64, len, false)
+    }
+
+    fn map_host_mut(&self, ptr: *mut u8, len: usize) -> Result<BusAddr, DmaError> {
+        self.map(ptr as u64, len, true)
     }
 
     fn unmap_host(&self, addr: BusAddr) -> Result<(), DmaError> {
@@ -199,7 +252,7 @@ impl DmaChannel for EmuDma {
             .map_err(|_| DmaError::Mapping("mapping table poisoned".into()))?;
         let i = maps
             .iter()
-            .rposition(|&(s, _)| s == start)
+            .rposition(|m| m.start == start)
             .ok_or(DmaError::BadAddress(addr))?;
         maps.swap_remove(i);
         Ok(())
@@ -345,8 +398,10 @@ impl DmaChannel for EmuDma {
     }
 }
 
-/// Where a descriptor's bus address points, checked.
-fn resolve(dev: &EmuDevice, maps: &HostMaps, addr: u64, len: u64) -> Option<*mut u8> {
+/// Where a descriptor's bus address points, checked: a window, or a host range the owner
+/// registered (for a destination, one registered writable). `maps` is the locked host-range
+/// table, held by the caller until the copy ends.
+fn resolve(dev: &EmuDevice, maps: &[HostMap], addr: u64, len: u64, write: bool) -> Option<*mut u8> {
     let c = &dev.config;
     let arena = c.n_mw as u64 * c.mw_size;
     let end = addr.checked_add(len)?;
@@ -368,10 +423,10 @@ fn resolve(dev: &EmuDevice, maps: &HostMaps, addr: u64, len: u64) -> Option<*mut
     }
     if addr >= sys::NTBEMU_BUS_HOST {
         let start = addr - sys::NTBEMU_BUS_HOST;
-        let maps = maps.lock().ok()?;
+        let end = start.checked_add(len)?;
         if maps
             .iter()
-            .any(|&(s, l)| start >= s && start + len <= s + l)
+            .any(|m| start >= m.start && end <= m.start + m.len && (m.writable || !write))
         {
             return Some(start as *mut u8);
         }
@@ -398,12 +453,27 @@ fn engine(dev: &EmuDevice, index: u32, maps: &HostMaps, stop: &AtomicBool) {
             continue;
         }
         ctrl.fetch_and(!sys::PLX_DMA_CTRL_START, SeqCst);
-        run_batch(&ch, maps);
+        run_batch(&ch, maps, stop);
         idle_since = Instant::now();
     }
 }
 
-fn run_batch(ch: &Channel<'_>, maps: &HostMaps) {
+/// Sleep `d` (an injected delay), looking at `stop` every `DELAY_SLICE`; false if stopped.
+fn delay(d: Duration, stop: &AtomicBool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if stop.load(Acquire) {
+            return false;
+        }
+        let left = d.saturating_sub(t0.elapsed());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(DELAY_SLICE));
+    }
+}
+
+fn run_batch(ch: &Channel<'_>, maps: &HostMaps, stop: &AtomicBool) {
     let dev = ch.dev;
     let count = (ch.reg(sys::PLX_DMA_RING_COUNT).load(Acquire) as usize).min(RING_LEN);
     let mut intr = 0u32;
@@ -422,21 +492,29 @@ fn run_batch(ch: &Channel<'_>, maps: &HostMaps) {
             | ch.desc_u32(i, offset_of!(D, dst_addr_lo)).load(Relaxed) as u64;
         let src = ((hi >> 16) as u64) << 32
             | ch.desc_u32(i, offset_of!(D, src_addr_lo)).load(Relaxed) as u64;
-        if let Some(d) = fault::dma_delay(dev) {
-            std::thread::sleep(d);
-        }
-        let wb = if fault::take(dev, sys::NTBEMU_FAULT_DMA_ERROR) {
+        // The owner dropped the channel: abandon the batch (as a failed read).
+        let stopped = fault::dma_delay(dev).is_some_and(|d| !delay(d, stop)) || stop.load(Acquire);
+        let wb = if stopped || fault::take(dev, sys::NTBEMU_FAULT_DMA_ERROR) {
             sys::PLX_DESC_WB_RD_FAIL
         } else {
-            match (resolve(dev, maps, src, len), resolve(dev, maps, dst, len)) {
-                (None, _) => sys::PLX_DESC_WB_RD_FAIL,
-                (_, None) => sys::PLX_DESC_WB_WR_FAIL,
-                (Some(s), Some(d)) => {
-                    // SAFETY: `resolve` checked both ranges lie inside the device mapping or a
-                    // host range the owning process registered; `copy` tolerates overlap.
-                    unsafe { std::ptr::copy(s, d, len as usize) };
-                    sys::PLX_DESC_WB_SUCCESS
-                }
+            // Held until the copy ends: an unmap (after which the memory may be freed) waits.
+            match maps.lock() {
+                Err(_) => sys::PLX_DESC_WB_RD_FAIL,
+                Ok(m) => match (
+                    resolve(dev, &m, src, len, false),
+                    resolve(dev, &m, dst, len, true),
+                ) {
+                    (None, _) => sys::PLX_DESC_WB_RD_FAIL,
+                    (_, None) => sys::PLX_DESC_WB_WR_FAIL,
+                    (Some(s), Some(d)) => {
+                        // SAFETY: `resolve` checked both ranges lie inside the device mapping
+                        // or a host range the owning process registered (the destination one
+                        // registered writable), and the lock held on the table keeps them
+                        // registered until the copy ends; `copy` tolerates overlap.
+                        unsafe { std::ptr::copy(s, d, len as usize) };
+                        sys::PLX_DESC_WB_SUCCESS
+                    }
+                },
             }
         };
         // Write-back: VALID cleared, status bit set (Release: after the bytes).

@@ -1009,9 +1009,10 @@ pub struct LeaseInfo {
 /// Kick an interrupt line (FIFO) by path. Opened for each kick and closed at once: an fd kept
 /// open here would be one the application does not know about (and might close or count).
 /// O_RDWR, not O_WRONLY: a FIFO whose reader is gone answers a write with EPIPE and a SIGPIPE to
-/// the application; holding both ends, it always has a reader.
+/// the application; holding both ends, it always has a reader. Only a FIFO is written
+/// (`sysutil::open_fifo`).
 fn kick_line(path: &Path) {
-    if let Ok(fd) = sysutil::open(path, libc::O_RDWR | libc::O_NONBLOCK) {
+    if let Ok(fd) = sysutil::open_fifo(path) {
         sysutil::kick(&fd);
     }
 }
@@ -1379,8 +1380,8 @@ impl NtbDevice for EmuDevice {
         let path = self.vector_path(self.side, bit);
         sysutil::mkfifo(&path).map_err(|e| DoorbellError::line("mkfifo", &path, e))?;
         // O_RDWR keeps a writer on the FIFO, so poll never reports a hang-up.
-        let fd = sysutil::open(&path, libc::O_RDWR | libc::O_NONBLOCK)
-            .map_err(|e| DoorbellError::line("open", &path, e))?;
+        let fd =
+            sysutil::open_fifo(&path).map_err(|e| DoorbellError::line("open", &path, e))?;
         if self.bridge.is_some() {
             // A ring posted before this line had its listener is not this listener's interrupt
             // (on a device file it would have kicked no FIFO). Cleared before arming: a ring
@@ -1431,8 +1432,7 @@ impl NtbDevice for EmuDevice {
             self.start_poller();
         }
         // O_RDWR keeps a writer on the FIFO, so poll never reports a hang-up.
-        sysutil::open(&path, libc::O_RDWR | libc::O_NONBLOCK)
-            .map_err(|e| DoorbellError::line("open", &path, e))
+        sysutil::open_fifo(&path).map_err(|e| DoorbellError::line("open", &path, e))
     }
 
     fn peer_vector_trigger(&self, v: u32) -> Result<(), DoorbellError> {

@@ -3,11 +3,17 @@
 //! Window space, doorbell bits and DMA channels are leased through `struct ntbemu_host_table` in
 //! the device file. Each lease names its process by pid and start time; a lease whose process is
 //! gone is reclaimed. The table is guarded by a lock word holding the holder's pid, so a holder
-//! that died inside the critical section cannot wedge the host: its lock is broken.
+//! that died inside the critical section cannot wedge the host: its lock is broken. Any process
+//! attached to the device can write the word, and a live pid (1) in it says nothing about who
+//! holds the lock: a lock seen held by the same holder, with no new acquisition (`lock_seq`),
+//! for `LOCK_HOLD_MAX` is broken too. Critical sections take microseconds (a scan of the used
+//! slots; a reclaim reads /proc once per lease), so only a stopped or forged holder lasts that
+//! long.
 
 use std::mem::offset_of;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::{Duration, Instant};
 
 use ntb_sys as sys;
 
@@ -20,6 +26,9 @@ type T = sys::ntbemu_host_table;
 type L = sys::ntbemu_lease;
 
 const SLOT_SIZE: usize = std::mem::size_of::<L>();
+
+/// How long one holder may keep the table lock before a waiter breaks it (see the module doc).
+const LOCK_HOLD_MAX: Duration = Duration::from_secs(2);
 
 pub(crate) struct HostTable<'a> {
     map: &'a Mapping,
@@ -56,24 +65,45 @@ impl<'a> HostTable<'a> {
 
     fn lock(&self) -> Guard<'a> {
         let lock = self.map.u32_at(self.base + offset_of!(T, lock));
+        let seq = self.map.u32_at(self.base + offset_of!(T, lock_seq));
         let me = sysutil::pid();
+        let taken = || {
+            seq.fetch_add(1, Relaxed);
+            Guard { lock }
+        };
         let mut spins = 0u32;
+        // The holder and acquisition count we saw, and since when.
+        let mut seen: Option<(u32, u32, Instant)> = None;
         loop {
             match lock.compare_exchange(0, me, Acquire, Relaxed) {
-                Ok(_) => return Guard { lock },
+                Ok(_) => return taken(),
                 Err(holder) => {
-                    spins += 1;
-                    if spins.is_multiple_of(64) && (holder == me || !sysutil::pid_exists(holder)) {
+                    spins = spins.saturating_add(1);
+                    if spins.is_multiple_of(64) {
+                        let s = seq.load(Relaxed);
+                        let stuck = match seen {
+                            Some((h, q, since)) if h == holder && q == s => {
+                                since.elapsed() >= LOCK_HOLD_MAX
+                            }
+                            _ => {
+                                seen = Some((holder, s, Instant::now()));
+                                false
+                            }
+                        };
                         // The holder died (or is a previous incarnation of our pid after fork
-                        // and exec): break its lock.
-                        if lock.compare_exchange(holder, me, Acquire, Relaxed).is_ok() {
-                            return Guard { lock };
+                        // and exec), or has held it too long: break its lock.
+                        if (stuck || holder == me || !sysutil::pid_exists(holder))
+                            && lock.compare_exchange(holder, me, Acquire, Relaxed).is_ok()
+                        {
+                            return taken();
                         }
                     }
                     if spins < 16 {
                         std::hint::spin_loop();
-                    } else {
+                    } else if spins < 4096 {
                         std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(Duration::from_micros(200));
                     }
                 }
             }
