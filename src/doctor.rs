@@ -400,6 +400,55 @@ fn check_stale(r: &mut Report, dev: &ntbdrv::emu::EmuDevice) {
     }
 }
 
+/// How this environment's processes meet (docs/HOST-SERVICE.md), and whether the service they
+/// would use answers. True when they use the service (the device checks do not apply then).
+fn check_fabric(r: &mut Report) -> bool {
+    let (socket, start) = match transport::rendezvous(|k| std::env::var(k).ok()) {
+        transport::Rendezvous::Device => {
+            r.line(
+                Status::Ok,
+                "fabric",
+                "processes map the device named below and meet in its rendezvous area (PCISOCK_FABRIC=device, or a device named in the environment)",
+            );
+            return false;
+        }
+        transport::Rendezvous::Service { socket, start } => (socket, start),
+    };
+    match fabric::Client::connect(&socket).and_then(|mut c| c.status()) {
+        Ok(s) => r.line(
+            Status::Ok,
+            "fabric",
+            format!(
+                "host fabric service pid {} at {}: {} connections, {} listeners, window space {} of {} bytes",
+                s.service_pid,
+                socket.display(),
+                s.connections,
+                s.listeners,
+                s.window_used,
+                s.window_bytes
+            ),
+        ),
+        Err(_) if start => r.line(
+            Status::Warn,
+            "fabric",
+            format!(
+                "no host fabric service answers at {} yet: the first preloaded process starts one (or: pcisock fabric start)",
+                socket.display()
+            ),
+        ),
+        Err(e) => r.line(
+            Status::Fail,
+            "fabric",
+            format!(
+                "no host fabric service at {} ({e}); PCISOCK_FABRIC names it: start it with 'pcisock fabric start --socket {}'",
+                socket.display(),
+                socket.display()
+            ),
+        ),
+    }
+    true
+}
+
 pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     while let Some(arg) = args.next()? {
         match arg {
@@ -419,6 +468,19 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     };
     check_library(&mut r);
     check_config(&mut r);
+    if check_fabric(&mut r) {
+        out.push_str(&r.out);
+        out.push_str(if r.failed {
+            "some checks failed\n"
+        } else {
+            "all checks passed\n"
+        });
+        return Ok(if r.failed {
+            crate::cli::EXIT_FAILURE
+        } else {
+            0
+        });
+    }
     match Options::from_env() {
         Ok(opts) => {
             check_directory(&mut r, &opts);

@@ -26,7 +26,10 @@ counters tx/rx bytes and frames, DMA and CPU copies, doorbells rung, polls, slee
 fallbacks, reads and coalesced frames (PCISOCK_RX_COALESCE_US). The device is the one PCISOCK_EMU_DIR, PCISOCK_EMU_DEVICE and PCISOCK_EMU_HOST name;
 it is never created here.
 
-Connections that fell back to TCP are not in the device: they appear, with their reason codes,
+Through the host fabric service (the default on one host) connections are not in a device
+this command can read: it prints the service's counts first (pcisock fabric status), and each
+process's PCISOCK_STATS_FILE lists its own connections. Connections that fell back to TCP are
+not in the device: they appear, with their reason codes,
 in the per-process stats file (pcisock run --stats-file PATH, or PCISOCK_STATS_FILE).
 Decode a reason with 'pcisock explain REASON'.
 
@@ -102,6 +105,28 @@ fn json_object(dev: &EmuDevice) -> String {
     )
 }
 
+/// The host fabric service this environment's processes use, if one answers: connections
+/// through it are held by their processes (each one's stats file lists its own).
+fn fabric_summary(out: &mut String) {
+    let transport::Rendezvous::Service { socket, .. } =
+        transport::rendezvous(|k| std::env::var(k).ok())
+    else {
+        return;
+    };
+    if let Ok(s) = fabric::Client::connect(&socket).and_then(|mut c| c.status()) {
+        let _ = writeln!(
+            out,
+            "fabric:     service pid {} at {}: {} connections, {} listeners, window space {} of {} bytes\n            (per connection: each process's PCISOCK_STATS_FILE)",
+            s.service_pid,
+            socket.display(),
+            s.connections,
+            s.listeners,
+            s.window_used,
+            s.window_bytes
+        );
+    }
+}
+
 pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     let mut as_json = false;
     while let Some(arg) = args.next()? {
@@ -121,6 +146,9 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
             Arg::Word(w) => return Err(args.usage(format!("unexpected argument {w:?}"))),
             Arg::EndOfOptions => args.finish()?,
         }
+    }
+    if !as_json {
+        fabric_summary(out);
     }
     match device::open_existing().map_err(CliError::failed)? {
         Found::Absent(path) => {
