@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: build (libpcisock.so included), lints, unit and conformance tests,
-# the ntb-sys bindings check, real iperf2/iperf3 runs under LD_PRELOAD, a smoke run of the
-# benches, and the two-guest ivshmem test bed. Ends with one line totalling every cargo test result.
+# the ntb-sys bindings check, real iperf2/iperf3 runs under LD_PRELOAD (through a device, then
+# again through the host fabric service), a smoke run of the benches, and the two-guest ivshmem
+# test bed. Ends with one line totalling every cargo test result.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log="$(mktemp /tmp/pcisock-test.XXXXXX)"
@@ -15,6 +16,13 @@ cargo bench --bench device -- --test
 cargo test --release -p ntb-sys --features regenerate 2>&1 | tee -a "$log"
 # Everything else. The iperf tests find target/release/libpcisock.so built above.
 cargo test --release --workspace 2>&1 | tee -a "$log"
+# The application matrix again, its processes meeting through a host fabric service of this run
+# (how processes meet on one host by default: docs/HOST-SERVICE.md) instead of a device they map.
+svc="/run/pcisock-ci-$$/fabric.sock"
+target/release/pcisock fabric start --socket "$svc"
+trap 'target/release/pcisock fabric stop --socket "$svc" >/dev/null 2>&1 || true; rm -rf "$(dirname "$svc")" "$log"' EXIT
+PCISOCK_TEST_FABRIC="$svc" cargo test --release -p iperf-tests --test behaviours --test apps \
+    --test iperf2 --test iperf3 --test echo 2>&1 | tee -a "$log"
 # Two real kernels joined by a PCI BAR: QEMU guests over ivshmem (docs/TWOHOST.md; about 2 min).
 iperf-tests/twohost.sh all
 

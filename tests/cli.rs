@@ -79,7 +79,7 @@ fn assert_code(o: &Output, code: i32) {
     );
 }
 
-const COMMANDS: [&str; 6] = ["run", "stats", "explain", "emu", "doctor", "dc"];
+const COMMANDS: [&str; 7] = ["run", "stats", "explain", "emu", "doctor", "fabric", "dc"];
 
 #[test]
 fn help_lists_the_commands_and_each_has_its_own() {
