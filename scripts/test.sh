@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: build (libpcisock.so included), lints, unit and conformance tests,
+# The whole test suite: formatting, build (libpcisock.so included), lints, unit and conformance tests,
 # the ntb-sys bindings check, real iperf2/iperf3 runs under LD_PRELOAD (through a device, then
 # again through the host fabric service), a smoke run of the benches, and the two-guest ivshmem
 # test bed. Ends with one line totalling every cargo test result.
@@ -8,6 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log="$(mktemp /tmp/pcisock-test.XXXXXX)"
 trap 'rm -f "$log"' EXIT
 
+cargo fmt --all -- --check
 cargo build --release --workspace --all-targets
 cargo clippy --release --workspace --all-targets -- -D warnings
 # The benches must run (criterion's --test mode: each once, nothing timed or asserted).

@@ -284,7 +284,10 @@ impl Client {
         ring: u64,
     ) -> Result<Offer, ClientError> {
         let id = self.send_fds(Request::Connect { addr, port, ring }, &[fd, line])?;
-        Ok(Offer { conn: 0, request: id })
+        Ok(Offer {
+            conn: 0,
+            request: id,
+        })
     }
 
     /// Wait up to `patience` for the server's side of an offer (an `Offered` on the way is
@@ -323,7 +326,10 @@ impl Client {
     /// lines again, or take the offer back.
     pub fn hold(&mut self, fd: RawFd) -> Result<Held, ClientError> {
         let id = self.send(Request::Hold, Some(fd))?;
-        match self.wait(id, REPLY_PATIENCE)?.ok_or(ClientError::TimedOut)? {
+        match self
+            .wait(id, REPLY_PATIENCE)?
+            .ok_or(ClientError::TimedOut)?
+        {
             (Reply::Reoffered { conn }, fds) => match fds.into_iter().next() {
                 Some(line) => Ok(Held::Offer(Offer { conn, request: id }, line)),
                 None => Err(ClientError::Wire(WireError::Fds {

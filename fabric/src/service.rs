@@ -762,7 +762,10 @@ impl Service {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.holders.retain(|&h| h != (pid, end));
         }
-        if !self.conns.values().any(|c| c.holders.iter().any(|h| h.0 == pid))
+        if !self
+            .conns
+            .values()
+            .any(|c| c.holders.iter().any(|h| h.0 == pid))
             && !self.offers.values().any(|o| o.pid == pid)
         {
             self.holders.remove(&pid);
@@ -825,7 +828,12 @@ impl Service {
     /// `netns`. Each offer's addresses are read from its socket once, after its connect, and
     /// indexed: with a thousand offers waiting, an accept costs a look-up, not a thousand
     /// system calls.
-    fn find_offer(&mut self, netns: u64, peer: Option<(Addr, u16)>, local: Option<(Addr, u16)>) -> Option<u64> {
+    fn find_offer(
+        &mut self,
+        netns: u64,
+        peer: Option<(Addr, u16)>,
+        local: Option<(Addr, u16)>,
+    ) -> Option<u64> {
         let key = (netns, peer?, local?);
         if let Some(&conn) = self.offer_index.get(&key) {
             if self.offers.contains_key(&conn) {

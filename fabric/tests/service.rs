@@ -166,7 +166,13 @@ fn a_third_party_can_neither_claim_nor_meddle() {
     // A "line" that is not an eventfd (here: a TCP socket the server would write into).
     let s3 = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     assert!(matches!(
-        other.offer(s3.as_raw_fd(), accepted.as_raw_fd(), v4(&to), to.port(), 1 << 20),
+        other.offer(
+            s3.as_raw_fd(),
+            accepted.as_raw_fd(),
+            v4(&to),
+            to.port(),
+            1 << 20
+        ),
         Err(ClientError::Refused(Refusal::BadSocket))
     ));
     assert!(matches!(
@@ -190,7 +196,13 @@ fn a_third_party_can_neither_claim_nor_meddle() {
     let s2 = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     assert_eq!(
         client
-            .offer(s2.as_raw_fd(), line.as_raw_fd(), v4(&to), to.port() ^ 1, 1 << 20)
+            .offer(
+                s2.as_raw_fd(),
+                line.as_raw_fd(),
+                v4(&to),
+                to.port() ^ 1,
+                1 << 20
+            )
             .unwrap(),
         Err(4)
     );

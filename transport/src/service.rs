@@ -189,7 +189,15 @@ pub(crate) fn offer(
     // Not waiting for the service's word: whether a listener exists comes back with the
     // pairing (the line is rung either way); the connect does not wait a round trip for it.
     let offer = link(shared)?
-        .with(|c| c.offer_nowait(tcp_fd, raw, remote.ip, remote.port, shared.settings.ring_bytes))
+        .with(|c| {
+            c.offer_nowait(
+                tcp_fd,
+                raw,
+                remote.ip,
+                remote.port,
+                shared.settings.ring_bytes,
+            )
+        })
         .map_err(failed)?;
     Ok(Pending::Service(Offered {
         offer,
@@ -285,7 +293,10 @@ pub(crate) fn accept(
     peer: Endpoint,
 ) -> Result<Connection, Reason> {
     let ring = shared.settings.ring_bytes;
-    match link(shared)?.with(|c| c.accept(tcp_fd, ring)).map_err(failed)? {
+    match link(shared)?
+        .with(|c| c.accept(tcp_fd, ring))
+        .map_err(failed)?
+    {
         Pairing::Paired(mut p) => {
             p.own_line = fabric::sys::move_high(p.own_line);
             p.peer_line = fabric::sys::move_high(p.peer_line);

@@ -1139,7 +1139,9 @@ fn a_full_host_table_is_reported_as_table_full() {
     let t = transport(&dev, 64 << 10);
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = server.local_addr().unwrap();
-    let _l = t.listen(server.as_raw_fd(), Endpoint::from_std(addr)).unwrap();
+    let _l = t
+        .listen(server.as_raw_fd(), Endpoint::from_std(addr))
+        .unwrap();
     // Window 1, then interrupt vectors, then window 0, until the table has no slot left (the
     // windows alone hold fewer leases of 4 KiB than the table has slots).
     let mut held = Vec::new();

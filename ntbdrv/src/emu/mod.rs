@@ -1380,8 +1380,7 @@ impl NtbDevice for EmuDevice {
         let path = self.vector_path(self.side, bit);
         sysutil::mkfifo(&path).map_err(|e| DoorbellError::line("mkfifo", &path, e))?;
         // O_RDWR keeps a writer on the FIFO, so poll never reports a hang-up.
-        let fd =
-            sysutil::open_fifo(&path).map_err(|e| DoorbellError::line("open", &path, e))?;
+        let fd = sysutil::open_fifo(&path).map_err(|e| DoorbellError::line("open", &path, e))?;
         if self.bridge.is_some() {
             // A ring posted before this line had its listener is not this listener's interrupt
             // (on a device file it would have kicked no FIFO). Cleared before arming: a ring
