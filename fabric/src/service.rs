@@ -107,6 +107,9 @@ struct Offer {
     indexed: bool,
 }
 
+/// An accept to handle: (client, request id, the accepted socket, the ring it asks for).
+type Accepted = (u64, u64, OwnedFd, u64);
+
 /// (namespace cookie, client address and port, server address and port).
 type OfferKey = (u64, (Addr, u16), (Addr, u16));
 
@@ -281,17 +284,26 @@ impl Service {
     /// a client's `Connect`, sent before its kernel connect began, is always known when the
     /// server's `Accept` for that connection is handled.
     fn pass(&mut self) {
-        let mut accepts = Vec::new();
+        let mut accepts = self.read(PASS_BUDGET);
+        while let Some((client, request, socket, ring)) = accepts.pop_front() {
+            self.accept(client, request, socket, ring, &mut accepts);
+        }
+    }
+
+    /// Read up to `budget` messages from each client and act on them, except accepts, which
+    /// are returned in arrival order.
+    fn read(&mut self, budget: usize) -> std::collections::VecDeque<Accepted> {
+        let mut accepts = std::collections::VecDeque::new();
         let ids: Vec<u64> = self.clients.keys().copied().collect();
         for id in ids {
-            for _ in 0..PASS_BUDGET {
+            for _ in 0..budget {
                 let Some(c) = self.clients.get(&id) else {
                     break;
                 };
                 match sys::recv_msg(c.sock.as_raw_fd()) {
                     Ok(Some(m)) => {
                         if let Some(a) = self.handle(id, m) {
-                            accepts.push(a);
+                            accepts.push_back(a);
                         }
                     }
                     Ok(None) => {
@@ -306,9 +318,7 @@ impl Service {
                 }
             }
         }
-        for (client, request, socket, ring) in accepts {
-            self.accept(client, request, socket, ring);
-        }
+        accepts
     }
 
     fn refuse(&mut self, client: u64, request: u64, why: Refusal) {
@@ -340,7 +350,7 @@ impl Service {
     }
 
     /// Handle one message; an `Accept` is returned to be handled after the others.
-    fn handle(&mut self, client: u64, m: sys::Received) -> Option<(u64, u64, OwnedFd, u64)> {
+    fn handle(&mut self, client: u64, m: sys::Received) -> Option<Accepted> {
         let decoded = if m.truncated {
             None
         } else {
@@ -547,7 +557,14 @@ impl Service {
 
     /// The server accepted `socket`: pair it with the offer whose socket is its mirror in the
     /// same namespace.
-    fn accept(&mut self, server: u64, request: u64, socket: OwnedFd, ring: u64) {
+    fn accept(
+        &mut self,
+        server: u64,
+        request: u64,
+        socket: OwnedFd,
+        ring: u64,
+        later: &mut std::collections::VecDeque<Accepted>,
+    ) {
         let view = match sys::tcp_view(socket.as_raw_fd()) {
             Ok(Some(
                 v @ TcpView {
@@ -560,7 +577,15 @@ impl Service {
             _ => return self.refuse(server, request, Refusal::BadSocket),
         };
         drop(socket);
-        let found = self.find_offer(view.netns, view.peer, view.local);
+        let mut found = self.find_offer(view.netns, view.peer, view.local);
+        if found.is_none() {
+            // The client's `Connect` was in the service's socket before its kernel connect
+            // began, so before this accept: if a client's budget left it unread in this pass,
+            // read everything now (accepts found meanwhile wait their turn).
+            let more = self.read(1 << 16);
+            later.extend(more);
+            found = self.find_offer(view.netns, view.peer, view.local);
+        }
         let Some(conn) = found else {
             self.counters.declined += 1;
             return self.reply(server, request, Reply::Declined { reason: NO_OFFER }, &[]);

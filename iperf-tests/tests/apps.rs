@@ -1138,12 +1138,13 @@ fn hundred_thousand_short_connections() {
     }
 }
 
-/// nginx as Debian ships it runs its workers as www-data (`user www-data;`): the root master
-/// opens the device, the workers cannot make their connections' interrupt lines in root's 0700
-/// device directory. Until a host-wide fabric service exists every connection stays on TCP,
-/// and it must say exactly why: `NoPermission` (it said `NoDoorbell`, "no interrupt vector
-/// left"), in the workers' own stats files (one per process) and the client's, and in the one
-/// line `pcisock run` prints when the client exits.
+/// nginx as Debian ships it runs its workers as www-data (`user www-data;`). Processes that
+/// map the device themselves (`PCISOCK_FABRIC=device`; the host fabric service, the default,
+/// carries these workers' connections: hostmodel.rs) cannot: the root master opens the
+/// device, the workers cannot make their connections' interrupt lines in root's 0700 device
+/// directory. Every connection stays on TCP, and it must say exactly why: `NoPermission` (it
+/// said `NoDoorbell`, "no interrupt vector left"), in the workers' own stats files (one per
+/// process) and the client's, and in the one line `pcisock run` prints when the client exits.
 #[test]
 fn nginx_www_data_workers_fall_back_with_no_permission() {
     // SAFETY: getuid has no arguments and cannot fail.
@@ -1186,9 +1187,13 @@ fn nginx_www_data_workers_fall_back_with_no_permission() {
     let prefix = format!("{}/", f.dir().display());
     let error_log = f.dir().join("error.log").display().to_string();
     let conf_s = conf.display().to_string();
-    let mut senv = f.preload("nginx").with_ports(&*port_s).with_strict(false);
+    let device = |mut e: PreloadEnv| {
+        e.extra.push(("PCISOCK_FABRIC".into(), "device".into()));
+        e
+    };
+    let mut senv = device(f.preload("nginx").with_ports(&*port_s).with_strict(false));
     senv.stats_file = std::path::PathBuf::from(format!("{}/", stats_dir.display()));
-    let curl_env = f.preload("curl").with_ports(&*port_s).with_strict(false);
+    let curl_env = device(f.preload("curl").with_ports(&*port_s).with_strict(false));
     let mut server = ProcTree::new(spawn(
         "nginx",
         &nginx,
