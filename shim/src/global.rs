@@ -171,9 +171,19 @@ impl Global {
     pub fn transport(&self) -> Result<&Transport, &str> {
         self.transport
             .get_or_init(|| {
+                // The `pcisock` that starts a service on demand: beside the library (a build
+                // tree), else on PATH (an installed /usr/lib + /usr/bin layout).
+                let on_path = || {
+                    std::env::var_os("PATH").and_then(|p| {
+                        std::env::split_paths(&p)
+                            .map(|d| d.join("pcisock"))
+                            .find(|p| p.is_file())
+                    })
+                };
                 let starter = sys::library_dir()
                     .map(|d| d.join("pcisock"))
-                    .filter(|p| p.is_file());
+                    .filter(|p| p.is_file())
+                    .or_else(on_path);
                 Transport::open_from_env(starter).map_err(|e| {
                     // A bad setting is the user's mistake to fix, and under strict every flagged
                     // connection will fail for it; otherwise a missing device is a fallback.
