@@ -67,7 +67,7 @@ fn explain_reason(r: Reason, out: &mut String) {
         Reason::NotFlagged => "Flag the port with PCISOCK_PORTS or a rules file (PCISOCK_CONF); check with 'pcisock explain --port N'.",
         Reason::NoDevice => "Run 'pcisock doctor'; PCISOCK_LOG=warn shows the device error in the application.",
         Reason::LinkDown => "'pcisock emu info' shows the link and any injected fault ('pcisock emu clear' removes faults).",
-        Reason::NoListener => "Run the server under pcisock too (pcisock run -- SERVER), with the port flagged there. If it is: the two must use the same device, and each user has their own emulated device ('pcisock doctor' names it, PCISOCK_EMU_DIR moves it), so run both as the same user.",
+        Reason::NoListener => "Run the server under pcisock too (pcisock run -- SERVER), with the port flagged there. If it is: the two must meet through the same host fabric service ('pcisock doctor' names the one this environment uses). Processes of different users meet only through the system service: start it as root ('pcisock fabric start', or the systemd unit), or start the server as root (it starts the system service on demand). Two processes that map a device (PCISOCK_FABRIC=device, PCISOCK_EMU_DIR) must map the same one, and each user has their own.",
         Reason::PeerDeclined => "The peer's configuration does not flag this port or program; check 'pcisock explain' on the peer.",
         Reason::NoAnswer => "The peer is slow or stuck; check the peer with 'pcisock stats' and the link with 'pcisock emu info'.",
         Reason::NoWindowSpace | Reason::NoDoorbell => {
@@ -80,7 +80,7 @@ fn explain_reason(r: Reason, out: &mut String) {
         Reason::BadConfig => "'pcisock explain --port N' prints the configuration errors.",
         Reason::Unsupported => "The application used the socket before the upgrade finished (e.g. sent data first).",
         Reason::ClosedBeforeAccept => "Nothing to do: the client hung up before the server got to it, and no byte was lost.",
-        Reason::NoPermission => "The process changed user after the device was opened (workers that drop privileges after listen, e.g. nginx's 'user www-data;', or a setuid after listen), or PCISOCK_EMU_DIR names another user's device: each user's emulated device is private to that user (directory mode 0700). Run all of the server's processes as one user (nginx 'user root;', or start the server as the user its workers run as). PCISOCK_LOG=warn names the file that was refused.",
+        Reason::NoPermission => "A process that maps the device itself (PCISOCK_FABRIC=device, or a device named by PCISOCK_EMU_DIR and friends) changed user after the device was opened (workers that drop privileges after listen, e.g. nginx's 'user www-data;', or a setuid after listen), or names another user's device: each user's emulated device is private to that user (directory mode 0700). Let the processes meet through the host fabric service instead (the default: unset PCISOCK_FABRIC and the PCISOCK_EMU_* variables), which serves every user; or run all of the server's processes as one user. PCISOCK_LOG=warn names the file that was refused.",
     };
     let _ = writeln!(out, "  what to do: {hint}");
 }
