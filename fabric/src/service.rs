@@ -140,6 +140,8 @@ pub struct Service {
     clients: HashMap<u64, Client>,
     listeners: HashMap<u64, Listener>,
     offers: HashMap<u64, Offer>,
+    /// Accepts read and not handled yet (handled after every other request of the same pass).
+    accepts: std::collections::VecDeque<Accepted>,
     /// Offers by (namespace, client address, server address), once connected.
     offer_index: HashMap<OfferKey, u64>,
     conns: HashMap<u64, Conn>,
@@ -185,6 +187,7 @@ impl Service {
             clients: HashMap::new(),
             listeners: HashMap::new(),
             offers: HashMap::new(),
+            accepts: std::collections::VecDeque::new(),
             offer_index: HashMap::new(),
             conns: HashMap::new(),
             holders: HashMap::new(),
@@ -284,16 +287,15 @@ impl Service {
     /// a client's `Connect`, sent before its kernel connect began, is always known when the
     /// server's `Accept` for that connection is handled.
     fn pass(&mut self) {
-        let mut accepts = self.read(PASS_BUDGET);
-        while let Some((client, request, socket, ring)) = accepts.pop_front() {
-            self.accept(client, request, socket, ring, &mut accepts);
+        self.read(PASS_BUDGET);
+        while let Some((client, request, socket, ring)) = self.accepts.pop_front() {
+            self.accept(client, request, socket, ring);
         }
     }
 
     /// Read up to `budget` messages from each client and act on them, except accepts, which
-    /// are returned in arrival order.
-    fn read(&mut self, budget: usize) -> std::collections::VecDeque<Accepted> {
-        let mut accepts = std::collections::VecDeque::new();
+    /// queue in arrival order (`Service::accepts`).
+    fn read(&mut self, budget: usize) {
         let ids: Vec<u64> = self.clients.keys().copied().collect();
         for id in ids {
             for _ in 0..budget {
@@ -303,7 +305,7 @@ impl Service {
                 match sys::recv_msg(c.sock.as_raw_fd()) {
                     Ok(Some(m)) => {
                         if let Some(a) = self.handle(id, m) {
-                            accepts.push_back(a);
+                            self.accepts.push_back(a);
                         }
                     }
                     Ok(None) => {
@@ -318,7 +320,14 @@ impl Service {
                 }
             }
         }
-        accepts
+    }
+
+    /// Every client's waiting messages, read now: a request that found nothing it names (an
+    /// accept without its offer, a hold without its connection) may have overtaken the message
+    /// that makes it, sent earlier on another service connection (a `Connect` sent before the
+    /// kernel connect, or before an exec).
+    fn catch_up(&mut self) {
+        self.read(1 << 16);
     }
 
     fn refuse(&mut self, client: u64, request: u64, why: Refusal) {
@@ -557,14 +566,7 @@ impl Service {
 
     /// The server accepted `socket`: pair it with the offer whose socket is its mirror in the
     /// same namespace.
-    fn accept(
-        &mut self,
-        server: u64,
-        request: u64,
-        socket: OwnedFd,
-        ring: u64,
-        later: &mut std::collections::VecDeque<Accepted>,
-    ) {
+    fn accept(&mut self, server: u64, request: u64, socket: OwnedFd, ring: u64) {
         let view = match sys::tcp_view(socket.as_raw_fd()) {
             Ok(Some(
                 v @ TcpView {
@@ -582,8 +584,7 @@ impl Service {
             // The client's `Connect` was in the service's socket before its kernel connect
             // began, so before this accept: if a client's budget left it unread in this pass,
             // read everything now (accepts found meanwhile wait their turn).
-            let more = self.read(1 << 16);
-            later.extend(more);
+            self.catch_up();
             found = self.find_offer(view.netns, view.peer, view.local);
         }
         let Some(conn) = found else {
@@ -716,10 +717,17 @@ impl Service {
         let Ok(Some(view)) = sys::tcp_view(socket.as_raw_fd()) else {
             return self.refuse(client, request, Refusal::BadSocket);
         };
-        let found = self.conns.iter().find_map(|(&id, c)| {
-            let side = c.ends.iter().position(|e| e.inode == view.inode)?;
-            (c.netns == view.netns).then_some((id, side))
-        });
+        let look = |s: &Service| {
+            s.conns.iter().find_map(|(&id, c)| {
+                let side = c.ends.iter().position(|e| e.inode == view.inode)?;
+                (c.netns == view.netns).then_some((id, side))
+            })
+        };
+        let mut found = look(self);
+        if found.is_none() && !self.holds_offer(pid, &view) {
+            self.catch_up();
+            found = look(self);
+        }
         let Some((conn, side)) = found else {
             return self.hold_offer(client, request, pid, &view);
         };
@@ -741,6 +749,18 @@ impl Service {
             server: side == 1,
         };
         self.reply(client, request, r, &fds);
+    }
+
+    /// Does `pid` have an offer whose socket is `view`'s?
+    fn holds_offer(&self, pid: u32, view: &TcpView) -> bool {
+        self.offers.values().any(|o| {
+            o.pid == pid
+                && o.netns == view.netns
+                && sys::tcp_view(o.socket.as_raw_fd())
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v.inode == view.inode)
+        })
     }
 
     /// A process takes back an offer it made before (its service connection closed, as at an

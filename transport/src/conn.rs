@@ -2218,14 +2218,9 @@ impl Connection {
         let len = ENDPOINT_HDR.checked_add(p.ring_bytes)?;
         let mine = Region::map_segment(&p.own_segment, len as usize).ok()?;
         let theirs = Region::map_segment(&p.peer_segment, len as usize).ok()?;
-        if word32(&mine, INFO_BASE).load(Acquire) != INFO_MAGIC
-            || word32(&mine, L_STATE).load(Acquire) & ST_CLOSED != 0
-        {
+        if word32(&mine, L_STATE).load(Acquire) & ST_CLOSED != 0 {
             return None;
         }
-        let mut ib = [0u8; 48];
-        mine.read(INFO_BASE + 8, &mut ib).ok()?;
-        let info = Info::decode(&ib);
         let their_loc = RingLoc {
             mw: 0,
             offset: 0,
@@ -2236,11 +2231,49 @@ impl Connection {
             conn: p.conn,
             peer_line: p.peer_line,
         };
-        let cur = Box::new(Cursors::from_block(&mine));
-        Some(Connection::assemble(
-            shared, tenancy, mine, p.own_line, theirs, their_loc, ring, ring, tcp_fd, info.role,
-            info.local, info.peer, cur,
-        ))
+        if word32(&mine, INFO_BASE).load(Acquire) == INFO_MAGIC {
+            // This process used the connection before (its image before exec): go on from
+            // where the block's hints say it was.
+            let mut ib = [0u8; 48];
+            mine.read(INFO_BASE + 8, &mut ib).ok()?;
+            let info = Info::decode(&ib);
+            let cur = Box::new(Cursors::from_block(&mine));
+            return Some(Connection::assemble(
+                shared, tenancy, mine, p.own_line, theirs, their_loc, ring, ring, tcp_fd,
+                info.role, info.local, info.peer, cur,
+            ));
+        }
+        // Paired after the image before exec stopped waiting for it: this end was never
+        // used, so it starts fresh, its identity read from the socket.
+        let view = fabric::sys::tcp_view(tcp_fd).ok()??;
+        let ep = |(ip, port)| Endpoint { ip, port };
+        let (local, peer) = (view.local.map(ep)?, view.peer.map(ep)?);
+        let role = if p.server { Role::Server } else { Role::Client };
+        let info = Info {
+            role,
+            local,
+            peer,
+            pid: std::process::id(),
+        };
+        let _ = mine.write(INFO_BASE + 8, &info.encode());
+        word32(&mine, INFO_BASE).store(INFO_MAGIC, Release);
+        let c = Connection::assemble(
+            shared,
+            tenancy,
+            mine,
+            p.own_line,
+            theirs,
+            their_loc,
+            ring,
+            ring,
+            tcp_fd,
+            role,
+            local,
+            peer,
+            Box::default(),
+        );
+        c.hold(tcp_fd);
+        Some(c)
     }
 
     /// The peer's ring location.
