@@ -268,7 +268,12 @@ impl Service {
         }
         for (i, &(id, is_pidfd)) in who.iter().enumerate() {
             if is_pidfd && rev[i + 1] != 0 {
+                // The process died: its service connection and everything it held go.
+                let pid = self.clients.get(&id).map(|c| c.cred.pid);
                 self.drop_client(id);
+                if let Some(pid) = pid {
+                    self.holder_died(pid);
+                }
             }
         }
         self.pass();
@@ -938,8 +943,13 @@ impl Service {
 
     /// A client hung up or its process died: its listeners and offers go.
     fn drop_client(&mut self, client: u64) {
-        if self.clients.remove(&client).is_none() {
+        let Some(gone) = self.clients.remove(&client) else {
             return;
+        };
+        // Its connections outlive its service connection (an exec): watch the process itself.
+        let pid = gone.cred.pid;
+        if self.conns.values().any(|c| c.holders.iter().any(|h| h.0 == pid)) && !self.watch(pid) {
+            self.holder_died(pid);
         }
         // Its connections are held by its pid, not by this service connection: a process
         // that exec'd has closed the latter and still holds the former.
@@ -965,6 +975,15 @@ impl Service {
 
     /// Watch `pid` (its pidfd among the holders'); false if it is gone already.
     fn watch(&mut self, pid: u32) -> bool {
+        // A process with a service connection is watched through that connection's pidfd
+        // (no pidfd to open and close per connection it makes).
+        if self
+            .clients
+            .values()
+            .any(|c| c.cred.pid == pid && c.pidfd.is_some())
+        {
+            return true;
+        }
         if let std::collections::hash_map::Entry::Vacant(e) = self.holders.entry(pid) {
             match sys::pidfd(pid) {
                 Ok(p) => {

@@ -276,10 +276,14 @@ pub(crate) fn complete(
             return Outcome::Tcp(Reason::NoAnswer);
         }
         if let Some(p) = patience {
-            if t0.elapsed() >= p {
+            // Not a busy spin: the service rings our line when it answers, so sleep on it
+            // for what is left (a spinning client took the CPU the server and the service
+            // needed to answer it).
+            let left = p.saturating_sub(t0.elapsed());
+            if left.is_zero() {
                 return Outcome::Waiting(Pending::Service(o));
             }
-            std::hint::spin_loop();
+            let _ = crate::sys::poll2(o.line.as_raw_fd(), tcp_fd, Some(left));
             continue;
         }
         let _ = crate::sys::poll2(o.line.as_raw_fd(), tcp_fd, Some(Duration::from_millis(50)));
