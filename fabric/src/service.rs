@@ -948,7 +948,12 @@ impl Service {
         };
         // Its connections outlive its service connection (an exec): watch the process itself.
         let pid = gone.cred.pid;
-        if self.conns.values().any(|c| c.holders.iter().any(|h| h.0 == pid)) && !self.watch(pid) {
+        if self
+            .conns
+            .values()
+            .any(|c| c.holders.iter().any(|h| h.0 == pid))
+            && !self.watch(pid)
+        {
             self.holder_died(pid);
         }
         // Its connections are held by its pid, not by this service connection: a process
