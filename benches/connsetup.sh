@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Connection set-up rate: benches/connsetup.c opens a connection, sends one 64-byte request,
-# reads a 64-byte answer and closes, in a loop, against a server that serves each connection
-# the same way. Three columns, interleaved round by round: plain TCP; pcisock through the host
-# fabric service (a private service of this run); pcisock through a device both ends map
-# (PCISOCK_EMU_DIR, the device rendezvous). Both pcisock columns run strict, so every counted
-# connection went over the NTB path. Reports connections a second (medians) and the ratios.
+# Connection set-up rate, two ways: benches/connsetup.c opens a connection, sends one 64-byte
+# request, reads a 64-byte answer and closes, in a loop, against a server that serves each
+# connection the same way; and nginx (one worker) serving a 16 KiB page to
+# `wrk -c16 -H 'Connection: close'` (a new connection per request). Three columns, interleaved
+# round by round: plain TCP; pcisock through the host fabric service (a private service of this
+# run); pcisock through a device both ends map (PCISOCK_EMU_DIR, the device rendezvous). The
+# pcisock columns of the loop run strict, so every counted connection went over the NTB path.
+# Reports connections (requests) a second, medians, and the ratios.
 #
 # usage: benches/connsetup.sh [--runs N] [--seconds S] [--out FILE]
 #   --runs N      rounds (default 5)
@@ -41,6 +43,54 @@ svc_dir="/run/pcisock-connsetup-$$"
 stop_service() { "$cli" fabric stop --socket "$svc_dir/fabric.sock" >/dev/null 2>&1 || true; rm -rf "$svc_dir"; }
 trap 'stop_service; bench_cleanup' EXIT INT TERM
 
+# The environment of column $1 for port $2.
+env_of() {
+    case "$1" in
+        tcp) echo "X_PCISOCK_BENCH=tcp" ;;
+        service) echo "LD_PRELOAD=$lib PCISOCK_PORTS=$2 PCISOCK_FABRIC=$svc_dir/fabric.sock" ;;
+        device) echo "LD_PRELOAD=$lib PCISOCK_PORTS=$2 PCISOCK_EMU_DIR=$work/emu" ;;
+    esac
+}
+
+# One nginx run of column $1 (one worker, 16 KiB page, a new connection per request):
+# prints requests a second.
+run_nginx() {
+    local mode=$1
+    next_port
+    mkdir -p "$work/ngx/www" "$work/ngx/tmp"
+    head -c 16384 /dev/urandom >"$work/ngx/www/page"
+    cat >"$work/ngx/nginx.conf" <<CONF
+user root;
+daemon off;
+worker_processes 1;
+pid $work/ngx/nginx.pid;
+error_log $work/ngx/error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $work/ngx/tmp;
+    sendfile on;
+    server { listen 127.0.0.1:$port; root $work/ngx/www; }
+}
+CONF
+    # shellcheck disable=SC2046
+    env $(env_of "$mode" "$port") nginx -c "$work/ngx/nginx.conf" >/dev/null 2>&1 &
+    local np=$!
+    pids+=("$np")
+    wait_listen "$port"
+    local out
+    # shellcheck disable=SC2046
+    out=$(env $(env_of "$mode" "$port") wrk -c16 -t1 -d"${SECONDS_PER}s" -H 'Connection: close' \
+        "http://127.0.0.1:$port/page" 2>&1)
+    kill "$np" 2>/dev/null || true
+    wait "$np" 2>/dev/null || true
+    if grep -q "Socket errors\|Non-2xx" <<<"$out"; then
+        echo "connsetup.sh: nginx $mode: wrk saw errors" >&2
+        grep "Socket errors\|Non-2xx" <<<"$out" >&2
+    fi
+    awk '/Requests\/sec/ {print int($2)}' <<<"$out"
+}
+
 # One run of column $1: prints connections a second.
 run() {
     local mode=$1 env=()
@@ -61,18 +111,22 @@ run() {
     awk '{print $6}' <<<"$out"
 }
 
-declare -A rates
+declare -A rates ngx
 modes=(tcp service device)
 for r in $(seq "$RUNS"); do
     for m in "${modes[@]}"; do
         rates[$m]+="$(run "$m") "
+        ngx[$m]+="$(run_nginx "$m") "
     done
-    echo "round $r: tcp ${rates[tcp]##* } ..." >&2
+    echo "round $r done" >&2
 done
 
 tcp=$(median <<<"${rates[tcp]}")
 svc=$(median <<<"${rates[service]}")
 dev=$(median <<<"${rates[device]}")
+ntcp=$(median <<<"${ngx[tcp]}")
+nsvc=$(median <<<"${ngx[service]}")
+ndev=$(median <<<"${ngx[device]}")
 md="# Connection set-up rate
 
 \`benches/connsetup.sh --runs $RUNS --seconds $SECONDS_PER\` on $(date -u +%Y-%m-%dT%H:%MZ),
@@ -85,6 +139,14 @@ connection the same way. Medians of $RUNS interleaved rounds (connections a seco
 | TCP loopback | $tcp | 1.00 | ${rates[tcp]}|
 | pcisock, host fabric service | $svc | $(ratio "$svc" "$tcp") | ${rates[service]}|
 | pcisock, device rendezvous | $dev | $(ratio "$dev" "$tcp") | ${rates[device]}|
+
+nginx, one worker, a 16 KiB page, \`wrk -c16 -t1 -H 'Connection: close'\` (requests a second):
+
+| path | requests/s | ÷ TCP | runs |
+|---|---:|---:|---|
+| TCP loopback | $ntcp | 1.00 | ${ngx[tcp]}|
+| pcisock, host fabric service | $nsvc | $(ratio "$nsvc" "$ntcp") | ${ngx[service]}|
+| pcisock, device rendezvous | $ndev | $(ratio "$ndev" "$ntcp") | ${ngx[device]}|
 "
 echo "$md"
 [[ -z "$OUT" ]] || printf '%s' "$md" >"$OUT"
