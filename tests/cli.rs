@@ -185,7 +185,7 @@ fn explain_no_permission() {
         "drop privileges",
         "0700",
         "another user's device",
-        "user root;",
+        "host fabric service",
     ] {
         assert!(text.contains(needle), "{needle:?} missing: {text}");
     }
