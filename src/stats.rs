@@ -27,8 +27,9 @@ fallbacks, reads and coalesced frames (PCISOCK_RX_COALESCE_US). The device is th
 it is never created here.
 
 Through the host fabric service (the default on one host) connections are not in a device
-this command can read: it prints the service's counts first (pcisock fabric status), and each
-process's PCISOCK_STATS_FILE lists its own connections. Connections that fell back to TCP are
+this command can read: it prints the service's counts and its live connections first (client
+and server address and pid, ring size); each process's PCISOCK_STATS_FILE has its connections'
+counters. Connections that fell back to TCP are
 not in the device: they appear, with their reason codes,
 in the per-process stats file (pcisock run --stats-file PATH, or PCISOCK_STATS_FILE).
 Decode a reason with 'pcisock explain REASON'.
@@ -113,18 +114,44 @@ fn fabric_summary(out: &mut String) {
     else {
         return;
     };
-    if let Ok(s) = fabric::Client::connect(&socket).and_then(|mut c| c.status()) {
+    let Ok(mut c) = fabric::Client::connect(&socket) else {
+        return;
+    };
+    let (Ok(s), Ok(list)) = (c.status(), c.list()) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "fabric:     service pid {} at {}: {} connections, {} listeners, window space {} of {} bytes",
+        s.service_pid,
+        socket.display(),
+        s.connections,
+        s.listeners,
+        s.window_used,
+        s.window_bytes
+    );
+    if !list.is_empty() {
+        let _ = writeln!(out, "  CONN  CLIENT (PID)  ->  SERVER (PID)  RING");
+    }
+    let ep = |(a, port): (fabric::wire::Addr, u16)| {
+        transport::Endpoint { ip: a, port }.to_std().to_string()
+    };
+    for e in list {
         let _ = writeln!(
             out,
-            "fabric:     service pid {} at {}: {} connections, {} listeners, window space {} of {} bytes\n            (per connection: each process's PCISOCK_STATS_FILE)",
-            s.service_pid,
-            socket.display(),
-            s.connections,
-            s.listeners,
-            s.window_used,
-            s.window_bytes
+            "  {}  {} ({})  ->  {} ({})  {} KiB",
+            e.conn,
+            ep(e.client),
+            e.client_pid,
+            ep(e.server),
+            e.server_pid,
+            e.ring_bytes >> 10
         );
     }
+    let _ = writeln!(
+        out,
+        "            (counters per connection: each process's PCISOCK_STATS_FILE)"
+    );
 }
 
 pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {

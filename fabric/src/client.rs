@@ -358,6 +358,23 @@ impl Client {
         }
     }
 
+    /// The live connections.
+    pub fn list(&mut self) -> Result<Vec<crate::wire::Entry>, ClientError> {
+        let id = self.send(Request::List, None)?;
+        let mut out = Vec::new();
+        loop {
+            match self
+                .wait(id, REPLY_PATIENCE)?
+                .ok_or(ClientError::TimedOut)?
+                .0
+            {
+                Reply::Entry(e) => out.push(e),
+                Reply::Done => return Ok(out),
+                r => return Err(ClientError::Unexpected(r)),
+            }
+        }
+    }
+
     /// Ask the service to stop (its owner or root).
     pub fn stop(&mut self) -> Result<(), ClientError> {
         self.done(Request::Stop)

@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::sys::{self, Cred, TcpView};
-use crate::wire::{Addr, Refusal, Reply, Request, Status};
+use crate::wire::{Addr, Entry, Refusal, Reply, Request, Status};
 
 /// Service settings.
 #[derive(Clone, Debug)]
@@ -114,6 +114,9 @@ type Accepted = (u64, u64, OwnedFd, u64);
 type OfferKey = (u64, (Addr, u16), (Addr, u16));
 
 struct Conn {
+    /// The client's and the server's address and port.
+    client: (Addr, u16),
+    server: (Addr, u16),
     /// The processes holding each end, as (pid, end: 0 client, 1 server): the one that
     /// connected or accepted, and those that proved they hold one of its sockets since (`Hold`:
     /// forked children, new images). One process may hold both ends.
@@ -408,6 +411,31 @@ impl Service {
                 self.reply(client, id, Reply::Status(s), &[]);
                 return None;
             }
+            Request::List => {
+                // What `ss -tn` shows any local user: the connections' addresses, their
+                // holders' pids and ring sizes (no byte of them).
+                let entries: Vec<Entry> = self
+                    .conns
+                    .iter()
+                    .map(|(&conn, c)| {
+                        let holder =
+                            |end: usize| c.holders.iter().find(|h| h.1 == end).map_or(0, |h| h.0);
+                        Entry {
+                            conn,
+                            ring_bytes: (c.bytes / 2).saturating_sub(SEGMENT_HEADER),
+                            client_pid: holder(0),
+                            server_pid: holder(1),
+                            client: c.client,
+                            server: c.server,
+                        }
+                    })
+                    .collect();
+                for e in entries {
+                    self.reply(client, id, Reply::Entry(e), &[]);
+                }
+                self.reply(client, id, Reply::Done, &[]);
+                return None;
+            }
             _ if !hello_done => {
                 self.refuse(client, id, Refusal::OutOfOrder);
                 return None;
@@ -420,7 +448,7 @@ impl Service {
         }
         let mut fds = m.fds;
         match req {
-            Request::Hello { .. } | Request::Status => {}
+            Request::Hello { .. } | Request::Status | Request::List => {}
             Request::Stop => {
                 let uid = m.cred.map_or(self.clients[&client].cred.uid, |c| c.uid);
                 if uid == 0 || uid == self.opts.owner_uid {
@@ -681,6 +709,8 @@ impl Service {
         self.conns.insert(
             conn,
             Conn {
+                client: view.peer.unwrap_or(([0; 16], 0)),
+                server: view.local.unwrap_or(([0; 16], 0)),
                 holders: Vec::new(),
                 netns: view.netns,
                 ends: [

@@ -54,6 +54,8 @@ pub enum Request {
     Close { conn: u64, server: bool },
     /// What the service holds (counts only).
     Status,
+    /// The live connections: one `Entry` each, then `Done`.
+    List,
     /// Stop the service (its owner or root only).
     Stop,
 }
@@ -96,6 +98,20 @@ pub enum Reply {
     Refused {
         why: u32,
     },
+    /// One live connection (an answer to `List`).
+    Entry(Entry),
+}
+
+/// A live connection as `List` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub conn: u64,
+    pub ring_bytes: u64,
+    /// A process holding the client end and one holding the server end (0: none known).
+    pub client_pid: u32,
+    pub server_pid: u32,
+    pub client: (Addr, u16),
+    pub server: (Addr, u16),
 }
 
 /// The service's counts, as `Status` reports them.
@@ -224,6 +240,7 @@ const K_CLOSE: u16 = 7;
 const K_STATUS: u16 = 8;
 const K_STOP: u16 = 9;
 const K_HOLD: u16 = 10;
+const K_LIST: u16 = 11;
 const K_WELCOME: u16 = 0x81;
 const K_LISTENING: u16 = 0x82;
 const K_OFFERED: u16 = 0x83;
@@ -233,6 +250,7 @@ const K_DONE: u16 = 0x86;
 const K_STATUS_REPLY: u16 = 0x87;
 const K_REFUSED: u16 = 0x88;
 const K_REOFFERED: u16 = 0x89;
+const K_ENTRY: u16 = 0x8A;
 
 /// (body words, descriptors) of each kind; `None` for an unknown kind.
 fn shape(kind: u16) -> Option<(usize, usize)> {
@@ -243,7 +261,8 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_CONNECT => (4, 2),
         K_UNLISTEN | K_CANCEL => (1, 0),
         K_CLOSE => (2, 0),
-        K_STATUS | K_STOP => (0, 0),
+        K_STATUS | K_STOP | K_LIST => (0, 0),
+        K_ENTRY => (9, 0),
         K_WELCOME => (3, 0),
         K_LISTENING | K_OFFERED => (1, 0),
         K_REOFFERED => (1, 1),
@@ -352,6 +371,7 @@ impl Request {
             Request::Hold => K_HOLD,
             Request::Close { .. } => K_CLOSE,
             Request::Status => K_STATUS,
+            Request::List => K_LIST,
             Request::Stop => K_STOP,
         }
     }
@@ -372,7 +392,7 @@ impl Request {
                 vec![a, b, port as u64, ring]
             }
             Request::Accept { ring } => vec![ring],
-            Request::Listen | Request::Hold | Request::Status | Request::Stop => {
+            Request::Listen | Request::Hold | Request::Status | Request::List | Request::Stop => {
                 vec![]
             }
         };
@@ -396,6 +416,7 @@ impl Request {
             K_CANCEL => Request::Cancel { request: w[0] },
             K_ACCEPT => Request::Accept { ring: w[0] },
             K_HOLD => Request::Hold,
+            K_LIST => Request::List,
             K_CLOSE => Request::Close {
                 conn: w[0],
                 server: match w[1] {
@@ -424,6 +445,7 @@ impl Reply {
             Reply::Done => K_DONE,
             Reply::Status(_) => K_STATUS_REPLY,
             Reply::Refused { .. } => K_REFUSED,
+            Reply::Entry(_) => K_ENTRY,
         }
     }
 
@@ -449,6 +471,21 @@ impl Reply {
             Reply::Declined { reason } => vec![reason as u64],
             Reply::Refused { why } => vec![why as u64],
             Reply::Done => vec![],
+            Reply::Entry(e) => {
+                let (ca, cb) = addr_words(&e.client.0);
+                let (sa, sb) = addr_words(&e.server.0);
+                vec![
+                    e.conn,
+                    e.ring_bytes,
+                    e.client_pid as u64,
+                    e.server_pid as u64,
+                    ca,
+                    cb,
+                    sa,
+                    sb,
+                    (e.client.1 as u64) | (e.server.1 as u64) << 16,
+                ]
+            }
             Reply::Status(s) => vec![
                 s.service_pid as u64,
                 s.clients,
@@ -490,6 +527,19 @@ impl Reply {
             K_DECLINED => Reply::Declined {
                 reason: u32_word(kind, &w, 0)?,
             },
+            K_ENTRY => {
+                if w[8] >> 32 != 0 {
+                    return Err(WireError::Value { kind, word: 8 });
+                }
+                Reply::Entry(Entry {
+                    conn: w[0],
+                    ring_bytes: w[1],
+                    client_pid: u32_word(kind, &w, 2)?,
+                    server_pid: u32_word(kind, &w, 3)?,
+                    client: (words_addr(w[4], w[5]), (w[8] & 0xffff) as u16),
+                    server: (words_addr(w[6], w[7]), (w[8] >> 16 & 0xffff) as u16),
+                })
+            }
             K_REFUSED => Reply::Refused {
                 why: u32_word(kind, &w, 0)?,
             },
@@ -541,6 +591,7 @@ mod tests {
                 server: true,
             },
             Request::Status,
+            Request::List,
             Request::Stop,
         ]
     }
@@ -576,6 +627,14 @@ mod tests {
                 reclaimed: 10,
             }),
             Reply::Refused { why: 3 },
+            Reply::Entry(Entry {
+                conn: 9,
+                ring_bytes: 65536,
+                client_pid: 100,
+                server_pid: 200,
+                client: ([1; 16], 40000),
+                server: ([2; 16], 5201),
+            }),
         ]
     }
 

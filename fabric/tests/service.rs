@@ -130,6 +130,18 @@ fn pairs_a_connection_by_possession_of_its_socket() {
 
     let st = server.status().unwrap();
     assert_eq!((st.connections, st.paired, st.offers), (1, 1, 0));
+    // The live connection as `List` shows it: the kernel's addresses, the holders, the ring.
+    let list = client.list().unwrap();
+    assert_eq!(list.len(), 1);
+    let e = list[0];
+    let me = sys::getpid();
+    assert_eq!(
+        (e.conn, e.client_pid, e.server_pid, e.ring_bytes),
+        (s.conn, me, me, 1 << 20)
+    );
+    let csock_addr = _csock.local_addr().unwrap().as_socket().unwrap();
+    assert_eq!(e.client, (v4(&csock_addr), csock_addr.port()));
+    assert_eq!(e.server, (v4(&to), to.port()));
     assert_eq!(st.window_used, 2 * (4096 + (1 << 20)));
 }
 
