@@ -735,7 +735,11 @@ fn fabric_start_status_stop() {
     let sock_s = sock.to_str().unwrap();
     let o = pcisock(&["fabric", "start", "--socket", sock_s], &[]);
     assert_code(&o, 0);
-    assert!(stdout(&o).starts_with("started the fabric service (pid "), "{}", stdout(&o));
+    assert!(
+        stdout(&o).starts_with("started the fabric service (pid "),
+        "{}",
+        stdout(&o)
+    );
     let o = pcisock(&["fabric", "status", "--socket", sock_s], &[]);
     assert_code(&o, 0);
     let text = stdout(&o);
@@ -743,7 +747,11 @@ fn fabric_start_status_stop() {
     assert!(text.contains("window space 0 of 536870912 bytes"), "{text}");
     let again = pcisock(&["fabric", "start", "--socket", sock_s], &[]);
     assert_code(&again, 1);
-    assert!(stderr(&again).contains("already runs"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already runs"),
+        "{}",
+        stderr(&again)
+    );
     let o = pcisock(&["fabric", "stop", "--socket", sock_s], &[]);
     assert_code(&o, 0);
     let o = pcisock(&["fabric", "status", "--socket", sock_s], &[]);

@@ -755,6 +755,9 @@ impl Connection {
             len,
             db_bit: 0,
         };
+        if let Some(link) = &shared.service {
+            link.note_held(p.conn, tcp_fd);
+        }
         let tenancy = Tenancy::Service {
             conn: p.conn,
             peer_line: p.peer_line,
@@ -2220,6 +2223,9 @@ impl Connection {
         let theirs = Region::map_segment(&p.peer_segment, len as usize).ok()?;
         if word32(&mine, L_STATE).load(Acquire) & ST_CLOSED != 0 {
             return None;
+        }
+        if let Some(link) = &shared.service {
+            link.note_held(p.conn, tcp_fd);
         }
         let their_loc = RingLoc {
             mw: 0,

@@ -22,6 +22,10 @@ pub(crate) struct Link {
     client: Mutex<Option<(u32, Client)>>,
     /// Requests that need no answer, made while the connection was busy (see [`Link::fire`]).
     deferred: Mutex<Vec<Fire>>,
+    /// The paired connections this process holds, with their socket: told to every new
+    /// service connection with `Hold`, so a restarted service learns them again and a forked
+    /// child that talks to the service counts as their holder.
+    held: Mutex<Vec<(u64, RawFd)>>,
 }
 
 /// A request that needs no answer.
@@ -48,35 +52,53 @@ impl Link {
             path: path.to_path_buf(),
             client: Mutex::new(Some((std::process::id(), c))),
             deferred: Mutex::new(Vec::new()),
+            held: Mutex::new(Vec::new()),
         })
     }
 
+    /// Run `f` on this process's service connection: a new one after a fork (each process
+    /// its own), and again once on a new one when the service went away (restarted) under it.
     fn with<R>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<R, ClientError>,
+        mut f: impl FnMut(&mut Client) -> Result<R, ClientError>,
     ) -> Result<R, ClientError> {
         let mut g = lock(&self.client);
-        let me = std::process::id();
-        if !matches!(&*g, Some((pid, _)) if *pid == me) {
-            *g = None;
-            *g = Some((me, Client::connect(&self.path)?));
-        }
-        let Some((_, c)) = g.as_mut() else {
-            return Err(ClientError::Gone);
-        };
-        let deferred = std::mem::take(&mut *lock(&self.deferred));
-        for d in deferred {
-            let _ = match d {
-                Fire::Close(conn, server) => c.close_nowait(conn, server),
-                Fire::Cancel(offer) => c.cancel_nowait(offer),
-                Fire::Unlisten(id) => c.unlisten_nowait(id),
+        for attempt in 0..2 {
+            let me = std::process::id();
+            let fresh = !matches!(&*g, Some((pid, _)) if *pid == me);
+            if fresh {
+                *g = None;
+                *g = Some((me, Client::connect(&self.path)?));
+            }
+            let Some((_, c)) = g.as_mut() else {
+                return Err(ClientError::Gone);
             };
+            if fresh {
+                // A new service connection: this process (a forked child, or one whose
+                // service restarted) tells it what it holds, with the sockets as proof.
+                let held = lock(&self.held).clone();
+                for (_, fd) in held {
+                    let _ = c.hold(fd);
+                }
+            }
+            let deferred = std::mem::take(&mut *lock(&self.deferred));
+            for d in deferred {
+                let _ = match d {
+                    Fire::Close(conn, server) => c.close_nowait(conn, server),
+                    Fire::Cancel(offer) => c.cancel_nowait(offer),
+                    Fire::Unlisten(id) => c.unlisten_nowait(id),
+                };
+            }
+            let r = f(c);
+            if matches!(r, Err(ClientError::Gone | ClientError::Io(_))) {
+                *g = None; // reconnect
+                if attempt == 0 && !fresh {
+                    continue; // the service went away since our last request: try its successor
+                }
+            }
+            return r;
         }
-        let r = f(c);
-        if matches!(r, Err(ClientError::Gone | ClientError::Io(_))) {
-            *g = None; // reconnect next time
-        }
-        r
+        Err(ClientError::Gone)
     }
 
     /// Send a request that needs no answer now, or with the next request if the connection
@@ -98,7 +120,15 @@ impl Link {
 
     /// This process let go of its last reference to its end of `conn`.
     pub(crate) fn close(&self, conn: u64, server: bool) {
+        lock(&self.held).retain(|h| h.0 != conn);
         self.fire(Fire::Close(conn, server));
+    }
+
+    /// This process holds `conn` on socket `tcp_fd`.
+    pub(crate) fn note_held(&self, conn: u64, tcp_fd: RawFd) {
+        let mut h = lock(&self.held);
+        h.retain(|x| x.0 != conn);
+        h.push((conn, tcp_fd));
     }
 }
 
