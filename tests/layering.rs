@@ -8,11 +8,13 @@ use std::path::Path;
 /// Workspace crates named in the `[dependencies]`, `[dev-dependencies]` and
 /// `[build-dependencies]` tables of a manifest.
 fn internal_deps(manifest: &Path) -> BTreeSet<String> {
-    const INTERNAL: [&str; 7] = [
+    const INTERNAL: [&str; 9] = [
         "ntb-sys",
         "ntbdrv",
         "fabric",
         "pcisock-fabric",
+        "policy",
+        "pcisock-policy",
         "transport",
         "pcisock-transport",
         "pcisock-shim",
@@ -38,6 +40,7 @@ fn internal_deps(manifest: &Path) -> BTreeSet<String> {
             out.insert(match name {
                 "pcisock-transport" => "transport".to_string(),
                 "pcisock-fabric" => "fabric".to_string(),
+                "pcisock-policy" => "policy".to_string(),
                 _ => name.to_string(),
             });
         }
@@ -48,12 +51,13 @@ fn internal_deps(manifest: &Path) -> BTreeSet<String> {
 #[test]
 fn crates_depend_downward_only() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let allowed: [(&str, &[&str]); 6] = [
+    let allowed: [(&str, &[&str]); 7] = [
         ("ntbdrv/ntb-sys", &[]),
         ("ntbdrv", &["ntb-sys"]),
         ("fabric", &["ntbdrv"]),
         ("transport", &["ntbdrv", "fabric"]),
-        ("shim", &["transport"]),
+        ("policy", &[]),
+        ("shim", &["transport", "policy"]),
         ("iperf-tests", &[]),
     ];
     for (dir, ok) in allowed {

@@ -9,7 +9,8 @@
 // The unit-test build leaves the hooks out, so the code they call looks unused there.
 #![cfg_attr(test, allow(dead_code))]
 
-pub mod config;
+/// The flagging policy (its own crate, shared with the CLI).
+pub use policy as config;
 mod epoll;
 mod global;
 #[cfg(not(test))]

@@ -1,5 +1,8 @@
 //! Which TCP connections are *flagged*, i.e. tried on the NTB fast path.
 //!
+//! Used by the shim (libpcisock.so) and by the `pcisock` CLI (`explain`, `run`, `doctor`), so both
+//! read the `PCISOCK_*` variables the same way, from one compiled copy of the policy.
+//!
 //! The shim builds one [`Config`] at load time from the `PCISOCK_*` environment variables (and the rules
 //! file `PCISOCK_CONF` names), then asks [`Config::decide`] once per `connect()` / `listen()`, and
 //! [`Config::may_flag_port`] on hot paths to skip work for ports no rule can flag. This module is pure
@@ -12,6 +15,7 @@
 //! 2. the ports of `PCISOCK_PORTS` (both roles, any address, any program);
 //! 3. the built-in default ports 5001 and 5201 (unless `PCISOCK_DEFAULT_PORTS=0`);
 //! 4. the file's `default` line (`tcp` if it has none), or TCP when there is no file.
+#![deny(unsafe_code)]
 
 use std::fmt;
 use std::io::Read;
