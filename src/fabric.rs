@@ -100,10 +100,15 @@ fn default_start_socket() -> PathBuf {
     }
 }
 
+/// The service this environment's processes would use (`PCISOCK_FABRIC`, see
+/// `transport::rendezvous`); where they map a device instead, the default service.
 fn reach(socket: &Option<PathBuf>) -> PathBuf {
     socket
         .clone()
-        .unwrap_or_else(|| fabric::socket_for_process(|k| std::env::var(k).ok()))
+        .unwrap_or_else(|| match transport::rendezvous(|k| std::env::var(k).ok()) {
+            transport::Rendezvous::Service { socket, .. } => socket,
+            transport::Rendezvous::Device => fabric::client::default_socket(),
+        })
 }
 
 pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {

@@ -133,9 +133,7 @@ fn fabric_summary(out: &mut String) {
     if !list.is_empty() {
         let _ = writeln!(out, "  CONN  CLIENT (PID)  ->  SERVER (PID)  RING");
     }
-    let ep = |(a, port): (fabric::wire::Addr, u16)| {
-        transport::Endpoint { ip: a, port }.to_std().to_string()
-    };
+    let ep = |a: (fabric::wire::Addr, u16)| transport::Endpoint::from(a).to_std().to_string();
     for e in list {
         let _ = writeln!(
             out,

@@ -416,6 +416,16 @@ fn pairing((reply, fds): (Reply, Vec<OwnedFd>)) -> Result<Pairing, ClientError> 
 /// The system service's socket.
 pub const SYSTEM_SOCKET: &str = "/run/pcisock/fabric.sock";
 
+/// The service a process uses by default: the system service when one answers; else, for
+/// root, the system service's socket (root starts it there); else this user's.
+pub fn default_socket() -> std::path::PathBuf {
+    let system = Path::new(SYSTEM_SOCKET);
+    if sys::connect_unix(system).is_ok() || sys::getuid() == 0 {
+        return system.to_path_buf();
+    }
+    user_socket()
+}
+
 /// This user's service socket: `$XDG_RUNTIME_DIR/pcisock/fabric.sock`, else
 /// `/dev/shm/pcisock-<uid>/fabric.sock`.
 pub fn user_socket() -> std::path::PathBuf {

@@ -112,16 +112,3 @@ impl Bound {
         r
     }
 }
-
-/// The socket a process should use: `PCISOCK_FABRIC` when set, else the system service's when
-/// one answers there, else this user's.
-pub fn socket_for_process(get: impl Fn(&str) -> Option<String>) -> PathBuf {
-    if let Some(p) = get("PCISOCK_FABRIC").filter(|p| !p.is_empty()) {
-        return p.into();
-    }
-    let system = Path::new(client::SYSTEM_SOCKET);
-    if sys::connect_unix(system).is_ok() {
-        return system.to_path_buf();
-    }
-    client::user_socket()
-}

@@ -759,12 +759,18 @@ impl Service {
             })
         };
         let mut found = look(self);
-        if found.is_none() && !self.holds_offer(pid, &view) {
+        if found.is_none() {
+            if let Some(offer) = self.offer_of(pid, &view) {
+                return self.hold_offer(client, request, offer);
+            }
             self.catch_up();
             found = look(self);
         }
         let Some((conn, side)) = found else {
-            return self.hold_offer(client, request, pid, &view);
+            return match self.offer_of(pid, &view) {
+                Some(offer) => self.hold_offer(client, request, offer),
+                None => self.reply(client, request, Reply::Declined { reason: NO_OFFER }, &[]),
+            };
         };
         self.add_holder(conn, pid, side);
         self.orphans.retain(|&o| o != conn);
@@ -786,31 +792,24 @@ impl Service {
         self.reply(client, request, r, &fds);
     }
 
-    /// Does `pid` have an offer whose socket is `view`'s?
-    fn holds_offer(&self, pid: u32, view: &TcpView) -> bool {
-        self.offers.values().any(|o| {
-            o.pid == pid
+    /// The offer `pid` made on the socket `view` describes, if any.
+    fn offer_of(&self, pid: u32, view: &TcpView) -> Option<u64> {
+        self.offers.iter().find_map(|(&conn, o)| {
+            (o.pid == pid
                 && o.netns == view.netns
                 && sys::tcp_view(o.socket.as_raw_fd())
                     .ok()
                     .flatten()
-                    .is_some_and(|v| v.inode == view.inode)
+                    .is_some_and(|v| v.inode == view.inode))
+            .then_some(conn)
         })
     }
 
-    /// A process takes back an offer it made before (its service connection closed, as at an
-    /// exec): the offer answers this request from now on; the reply carries its line.
-    fn hold_offer(&mut self, client: u64, request: u64, pid: u32, view: &TcpView) {
-        let found = self.offers.iter_mut().find(|(_, o)| {
-            o.pid == pid
-                && o.netns == view.netns
-                && sys::tcp_view(o.socket.as_raw_fd())
-                    .ok()
-                    .flatten()
-                    .is_some_and(|v| v.inode == view.inode)
-        });
-        let Some((&conn, o)) = found else {
-            return self.reply(client, request, Reply::Declined { reason: NO_OFFER }, &[]);
+    /// A process takes back offer `conn` it made before (its service connection closed, as at
+    /// an exec): the offer answers this request from now on; the reply carries its line.
+    fn hold_offer(&mut self, client: u64, request: u64, conn: u64) {
+        let Some(o) = self.offers.get_mut(&conn) else {
+            return;
         };
         o.owner = client;
         o.request = request;
@@ -887,8 +886,8 @@ impl Service {
             return;
         }
         self.orphans_seen = Instant::now();
-        self.reclaim_listeners();
         let live = sys::tcp_inodes();
+        self.withdraw_dead_listeners(&live);
         let gone: Vec<u64> = self
             .orphans
             .iter()
@@ -1037,6 +1036,11 @@ impl Service {
             return;
         }
         let live = sys::tcp_inodes();
+        self.withdraw_dead_listeners(&live);
+    }
+
+    /// Withdraw the orphaned listeners whose socket is not among the `live` inodes.
+    fn withdraw_dead_listeners(&mut self, live: &std::collections::HashSet<u64>) {
         let netns = self.netns;
         self.listeners.retain(|_, l| {
             !l.orphan || (netns != 0 && l.netns == netns && live.contains(&l.inode))

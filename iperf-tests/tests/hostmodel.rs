@@ -165,7 +165,10 @@ fn open_up(dir: &Path) {
 /// Python socket programs: `server` accepts (one connection per `conns`) and counts the bytes
 /// it reads, checking each holds only the marker; `client` sends `bytes` of the marker.
 const PY: &str = r#"
-import os, socket, sys, time
+import os, signal, socket, sys, time
+# A bounded life: a daemonized server leaves the harness's process tree, and must not outlive
+# a failed test waiting for a client that never comes.
+signal.alarm(120)
 mode, port = sys.argv[1], int(sys.argv[2])
 if mode == "client":
     n, marker = int(sys.argv[3]), os.environ["HM_MARKER"].encode()
@@ -239,6 +242,7 @@ elif shape == "daemon":
         print("listening", flush=True)
         os._exit(0)
     os.setsid()
+    signal.alarm(120)  # a forked child does not inherit the alarm
     serve()
 elif shape == "hold":
     # Many clients at once: each connection is read until EOF (or reset), then closed.

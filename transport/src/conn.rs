@@ -278,6 +278,34 @@ const COUNTER_LIMIT: u64 = 1 << 62;
 /// a re-check after FIN, a re-check after the TCP socket ended).
 const MAX_IDLE_TURNS: u32 = 16;
 
+/// The two segments of a connection the service paired, mapped: ours and the peer's, each an
+/// endpoint header and a ring of the pair's size.
+struct Segments {
+    ring: Ring,
+    mine: Region,
+    theirs: Region,
+    loc: RingLoc,
+}
+
+impl Segments {
+    fn map(p: &fabric::Paired) -> Option<Segments> {
+        let ring = Ring::new(p.ring_bytes)?;
+        let len = ENDPOINT_HDR.checked_add(p.ring_bytes)?;
+        let map = |fd: &OwnedFd| Region::map_segment(fd, len as usize).ok();
+        Some(Segments {
+            ring,
+            mine: map(&p.own_segment)?,
+            theirs: map(&p.peer_segment)?,
+            loc: RingLoc {
+                mw: 0,
+                offset: 0,
+                len,
+                db_bit: 0,
+            },
+        })
+    }
+}
+
 /// Which side opened the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -735,26 +763,31 @@ impl Connection {
         local: Endpoint,
         peer: Endpoint,
     ) -> Result<Connection, crate::Reason> {
-        let ring = Ring::new(p.ring_bytes).ok_or(crate::Reason::BadPeer)?;
-        let len = ENDPOINT_HDR + p.ring_bytes;
-        let map = |fd: &OwnedFd| Region::map_segment(fd, len as usize);
-        let (Ok(mine), Ok(theirs)) = (map(&p.own_segment), map(&p.peer_segment)) else {
-            return Err(crate::Reason::BadPeer);
-        };
+        let seg = Segments::map(&p).ok_or(crate::Reason::BadPeer)?;
+        Ok(Connection::service_fresh(
+            shared, p, seg, tcp_fd, role, local, peer,
+        ))
+    }
+
+    /// A new end of a connection the service paired: identity written, held by this process.
+    #[allow(clippy::too_many_arguments)] // all of a connection's identity, passed once
+    fn service_fresh(
+        shared: Arc<Shared>,
+        p: fabric::Paired,
+        seg: Segments,
+        tcp_fd: RawFd,
+        role: Role,
+        local: Endpoint,
+        peer: Endpoint,
+    ) -> Connection {
         let info = Info {
             role,
             local,
             peer,
             pid: std::process::id(),
         };
-        let _ = mine.write(INFO_BASE + 8, &info.encode());
-        word32(&mine, INFO_BASE).store(INFO_MAGIC, Release);
-        let their_loc = RingLoc {
-            mw: 0,
-            offset: 0,
-            len,
-            db_bit: 0,
-        };
+        let _ = seg.mine.write(INFO_BASE + 8, &info.encode());
+        word32(&seg.mine, INFO_BASE).store(INFO_MAGIC, Release);
         if let Some(link) = &shared.service {
             link.note_held(p.conn, tcp_fd);
         }
@@ -766,12 +799,12 @@ impl Connection {
         let c = Connection::assemble(
             shared,
             tenancy,
-            mine,
+            seg.mine,
             p.own_line,
-            theirs,
-            their_loc,
-            ring,
-            ring,
+            seg.theirs,
+            seg.loc,
+            seg.ring,
+            seg.ring,
             tcp_fd,
             role,
             local,
@@ -779,7 +812,7 @@ impl Connection {
             Box::default(),
         );
         c.hold(tcp_fd);
-        Ok(c)
+        c
     }
 
     /// This process holds the connection (alone, so far), on kernel socket `tcp_fd`.
@@ -1656,7 +1689,7 @@ impl Connection {
     fn ring_peer(&self) {
         let rung = match &self.tenancy {
             Tenancy::Device { dev, .. } => dev.peer_vector_trigger(self.their_loc.db_bit).is_ok(),
-            Tenancy::Service { peer_line, .. } => sys::ring_line(peer_line.as_raw_fd()),
+            Tenancy::Service { peer_line, .. } => fabric::sys::ring(peer_line.as_raw_fd()),
         };
         if rung {
             self.count(Counter::DoorbellsRung, 1);
@@ -2217,69 +2250,37 @@ impl Connection {
         p: fabric::Paired,
         tcp_fd: RawFd,
     ) -> Option<Connection> {
-        let ring = Ring::new(p.ring_bytes)?;
-        let len = ENDPOINT_HDR.checked_add(p.ring_bytes)?;
-        let mine = Region::map_segment(&p.own_segment, len as usize).ok()?;
-        let theirs = Region::map_segment(&p.peer_segment, len as usize).ok()?;
-        if word32(&mine, L_STATE).load(Acquire) & ST_CLOSED != 0 {
+        let seg = Segments::map(&p)?;
+        if word32(&seg.mine, L_STATE).load(Acquire) & ST_CLOSED != 0 {
             return None;
         }
+        if word32(&seg.mine, INFO_BASE).load(Acquire) != INFO_MAGIC {
+            // Paired after the image before exec stopped waiting for it: this end was never
+            // used, so it starts fresh, its identity read from the socket.
+            let view = fabric::sys::tcp_view(tcp_fd).ok()??;
+            let (local, peer) = (Endpoint::from(view.local?), Endpoint::from(view.peer?));
+            let role = if p.server { Role::Server } else { Role::Client };
+            return Some(Connection::service_fresh(
+                shared, p, seg, tcp_fd, role, local, peer,
+            ));
+        }
+        // This process used the connection before (its image before exec): go on from where
+        // the block's hints say it was.
+        let mut ib = [0u8; 48];
+        seg.mine.read(INFO_BASE + 8, &mut ib).ok()?;
+        let info = Info::decode(&ib);
         if let Some(link) = &shared.service {
             link.note_held(p.conn, tcp_fd);
         }
-        let their_loc = RingLoc {
-            mw: 0,
-            offset: 0,
-            len,
-            db_bit: 0,
-        };
         let tenancy = Tenancy::Service {
             conn: p.conn,
             peer_line: p.peer_line,
         };
-        if word32(&mine, INFO_BASE).load(Acquire) == INFO_MAGIC {
-            // This process used the connection before (its image before exec): go on from
-            // where the block's hints say it was.
-            let mut ib = [0u8; 48];
-            mine.read(INFO_BASE + 8, &mut ib).ok()?;
-            let info = Info::decode(&ib);
-            let cur = Box::new(Cursors::from_block(&mine));
-            return Some(Connection::assemble(
-                shared, tenancy, mine, p.own_line, theirs, their_loc, ring, ring, tcp_fd,
-                info.role, info.local, info.peer, cur,
-            ));
-        }
-        // Paired after the image before exec stopped waiting for it: this end was never
-        // used, so it starts fresh, its identity read from the socket.
-        let view = fabric::sys::tcp_view(tcp_fd).ok()??;
-        let ep = |(ip, port)| Endpoint { ip, port };
-        let (local, peer) = (view.local.map(ep)?, view.peer.map(ep)?);
-        let role = if p.server { Role::Server } else { Role::Client };
-        let info = Info {
-            role,
-            local,
-            peer,
-            pid: std::process::id(),
-        };
-        let _ = mine.write(INFO_BASE + 8, &info.encode());
-        word32(&mine, INFO_BASE).store(INFO_MAGIC, Release);
-        let c = Connection::assemble(
-            shared,
-            tenancy,
-            mine,
-            p.own_line,
-            theirs,
-            their_loc,
-            ring,
-            ring,
-            tcp_fd,
-            role,
-            local,
-            peer,
-            Box::default(),
-        );
-        c.hold(tcp_fd);
-        Some(c)
+        let cur = Box::new(Cursors::from_block(&seg.mine));
+        Some(Connection::assemble(
+            shared, tenancy, seg.mine, p.own_line, seg.theirs, seg.loc, seg.ring, seg.ring, tcp_fd,
+            info.role, info.local, info.peer, cur,
+        ))
     }
 
     /// The peer's ring location.

@@ -964,7 +964,7 @@ pub enum Rendezvous {
 pub fn rendezvous(get: impl Fn(&str) -> Option<String>) -> Rendezvous {
     let set = |k: &str| get(k).is_some_and(|v| !v.is_empty());
     let service = || Rendezvous::Service {
-        socket: service::default_socket(),
+        socket: fabric::client::default_socket(),
         start: true,
     };
     match get("PCISOCK_FABRIC").as_deref() {

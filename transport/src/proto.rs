@@ -380,6 +380,13 @@ pub struct Endpoint {
     pub port: u16,
 }
 
+/// An address and port as the kernel's view of a socket gives them (IPv4 as IPv4-mapped IPv6).
+impl From<([u8; 16], u16)> for Endpoint {
+    fn from((ip, port): ([u8; 16], u16)) -> Endpoint {
+        Endpoint { ip, port }
+    }
+}
+
 impl Endpoint {
     pub fn from_std(addr: std::net::SocketAddr) -> Endpoint {
         let ip = match addr.ip() {

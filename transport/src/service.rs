@@ -151,16 +151,6 @@ fn start(bin: &Path, socket: &Path) -> Result<(), ClientError> {
     }
 }
 
-/// The service a process uses by default: the system service when one answers; else, for
-/// root, the system service's socket (root starts it); else this user's.
-pub(crate) fn default_socket() -> PathBuf {
-    let system = Path::new(fabric::client::SYSTEM_SOCKET);
-    if fabric::sys::connect_unix(system).is_ok() || fabric::sys::getuid() == 0 {
-        return system.to_path_buf();
-    }
-    fabric::client::user_socket()
-}
-
 fn link(shared: &Shared) -> Result<&Link, Reason> {
     shared.service.as_ref().ok_or(Reason::NoDevice)
 }
@@ -214,7 +204,7 @@ pub(crate) fn offer(
     remote: Endpoint,
     tcp_fd: RawFd,
 ) -> Result<Pending, Reason> {
-    let line = fabric::sys::move_high(crate::sys::eventfd().ok_or(Reason::NoDoorbell)?);
+    let line = fabric::sys::move_high(fabric::sys::line().map_err(|_| Reason::NoDoorbell)?);
     let raw = line.as_raw_fd();
     // Not waiting for the service's word: whether a listener exists comes back with the
     // pairing (the line is rung either way); the connect does not wait a round trip for it.
@@ -363,12 +353,11 @@ pub(crate) fn reattach(shared: &Arc<Shared>, tcp_fd: RawFd) -> Option<Outcome> {
         // An offer this process made before its exec: it waits on for its server.
         fabric::Held::Offer(offer, line) => {
             let view = fabric::sys::tcp_view(tcp_fd).ok()??;
-            let ep = |(ip, port)| Endpoint { ip, port };
             let o = Offered {
                 offer,
                 line: fabric::sys::move_high(line),
-                local: view.local.map(ep).unwrap_or_default(),
-                remote: view.peer.map(ep)?,
+                local: view.local.map(Endpoint::from).unwrap_or_default(),
+                remote: view.peer.map(Endpoint::from)?,
                 posted: Instant::now(),
             };
             Some(complete(shared, o, tcp_fd, Some(Duration::ZERO)))

@@ -154,26 +154,3 @@ pub(crate) fn inode(fd: RawFd) -> Option<u64> {
     let r = unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) };
     (r == 0).then_some(st.st_ino)
 }
-
-/// Ring an interrupt line handed over by the host fabric service (an eventfd): add one.
-pub(crate) fn ring_line(fd: RawFd) -> bool {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: writes 8 bytes from a live stack buffer.
-    let r = unsafe { libc::syscall(libc::SYS_write, fd, one.as_ptr(), one.len()) };
-    r == 8
-}
-
-/// A new interrupt line of our own (a non-blocking eventfd).
-pub(crate) fn eventfd() -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: plain integers.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_eventfd2,
-            0,
-            libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
-        )
-    };
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) })
-}
