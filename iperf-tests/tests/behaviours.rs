@@ -297,6 +297,15 @@ fn dup_then_close() {
 }
 
 #[test]
+fn fdtable_races() {
+    // Five connections, both ends in the process; at least 20,000 messages of 64 bytes on connections 1, 2 and 4.
+    run_behaviour(
+        "fdtable_races",
+        expect(10, 3 * 20_000 * 64, 3 * 20_000 * 64, 3 * MIB),
+    );
+}
+
+#[test]
 fn fork_then_send() {
     // The parent writes its stats last: the accepted connection (its bytes were sent by the forked child). The
     // client is another process. The lo bound proves the 1 MiB did not cross TCP.

@@ -988,13 +988,17 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let mut closing = None;
-    if (table::contains(fd) || crate::epoll::involves(fd)) && !nested() {
+    let ours = (table::contains(fd) || crate::epoll::involves(fd)) && !nested();
+    if ours {
         let _ = guard(|| {
-            closing = ops::before_close(fd);
+            closing = ops::begin_close(fd);
             Ok(())
         });
     }
     let r = call_real!(close(fd));
+    if ours {
+        table::close_end(fd);
+    }
     after_close(closing.into_iter());
     r
 }
@@ -1695,6 +1699,7 @@ pub unsafe extern "C" fn _Fork() -> libc::pid_t {
 
 extern "C" fn init() {
     real::resolve_all();
+    table::init_fences();
     std::panic::set_hook(Box::new(|info| {
         let g = global::get();
         g.log(crate::config::LogLevel::Error, || {
