@@ -172,6 +172,20 @@ fn send_restarting(
     guard(|| restarting(s.sndtimeo(), || ops::send(s, c, bufs, flags)))
 }
 
+/// The common send on an NTB connection, before any other work: the whole buffer in one frame
+/// with the credits already seen, never waiting (`Connection::try_send`). `None`: nothing was
+/// sent, and the general path (`do_send`) takes the call. Only for flags it cannot change
+/// (`MSG_DONTWAIT`: it never waits anyway; `MSG_NOSIGNAL`: it never fails).
+#[inline]
+fn try_send(fd: c_int, buf: &[u8], flags: c_int) -> Option<usize> {
+    if flags & !(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) != 0 {
+        return None;
+    }
+    std::panic::catch_unwind(|| table::pin(fd)?.conn.get()?.try_send(buf))
+        .ok()
+        .flatten()
+}
+
 /// Count bytes a flagged-but-TCP connection moved over the kernel socket.
 fn count_kernel(fd: c_int, r: ssize_t, tx: bool) -> ssize_t {
     if r > 0 {
@@ -218,6 +232,9 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssiz
     }
     // SAFETY: the application's buffer of `n` bytes.
     let b = unsafe { slice(buf, n) };
+    if let Some(k) = try_send(fd, b, 0) {
+        return k as ssize_t;
+    }
     match do_send(fd, &[b], 0) {
         Some(r) => fin_ssize(r),
         None => count_kernel(fd, call_real!(write(fd, buf, n)), true),
@@ -462,6 +479,9 @@ pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c
     }
     // SAFETY: the application's buffer of `n` bytes.
     let b = unsafe { slice(buf, n) };
+    if let Some(k) = try_send(fd, b, flags) {
+        return k as ssize_t;
+    }
     match do_send(fd, &[b], flags) {
         Some(r) => fin_ssize(r),
         None => count_kernel(fd, call_real!(send(fd, buf, n, flags)), true),
