@@ -151,7 +151,7 @@ struct CopyArgs {
 }
 
 fn parse_size_arg(name: &str, v: &str) -> Result<u64, CliError> {
-    ntbdrv::emu::parse_size(v).map_err(|e| CliError::usage("dc", format!("{name} {v:?}: {e}")))
+    ntbdrv::parse_size(v).map_err(|e| CliError::usage("dc", format!("{name} {v:?}: {e}")))
 }
 
 fn help(out: &mut String) -> Result<u8, CliError> {

@@ -34,7 +34,7 @@ use crate::{sysutil, NtbDevice, SideId};
 /// ([`Bridge::kick`]); on the target machine a per-process poller thread takes the pending bits
 /// and kicks that machine's own FIFO lines. Sleepers in `db_wait` and `link_wait` poll the
 /// status words with short naps instead of futex waits.
-pub(crate) trait Bridge: Send + Sync {
+pub trait Bridge: Send + Sync {
     /// "ivshmem 0000:00:04.0 (ID 1)", for `describe`.
     fn describe(&self) -> String;
     /// This machine's ID on the bridge.

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use ntb_sys as sys;
 
 use crate::error::DeviceError;
+use crate::units::parse_size;
 use crate::{sysutil, SideId};
 
 /// Link topology of an emulated device.
@@ -169,19 +170,6 @@ where
             })
         })
         .transpose()
-}
-
-/// Parse a size such as `4096`, `64K`, `64M`, `1G` (binary units).
-pub fn parse_size(v: &str) -> Result<u64, String> {
-    let v = v.trim();
-    let (num, mul) = match v.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&v[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&v[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&v[..i], 1 << 30),
-        _ => (v, 1),
-    };
-    let n: u64 = num.parse().map_err(|e| format!("{e}"))?;
-    n.checked_mul(mul).ok_or_else(|| "too large".to_string())
 }
 
 fn parse_size_env(name: &'static str) -> Result<Option<u64>, DeviceError> {

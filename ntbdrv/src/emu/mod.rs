@@ -43,9 +43,9 @@ use crate::futex;
 use crate::region::Region;
 use crate::{NtbDevice, SideId};
 
-pub(crate) use bridge::Bridge;
+pub use bridge::Bridge;
 use config::Layout;
-pub use config::{parse_size, Config, Options, Topology};
+pub use config::{Config, Options, Topology};
 pub use fault::Fault;
 use mapping::Mapping;
 
