@@ -32,7 +32,7 @@ pub use error::{
     DeviceError, DmaError, DoorbellError, LeaseError, LinkError, ScratchpadError, WindowError,
 };
 pub use region::Region;
-pub use units::parse_size;
+pub use units::{format_size, parse_size};
 
 /// The two sides of a bridge. On a loopback link the peer of side 0 is side 0 itself.
 pub type SideId = u32;

@@ -2,7 +2,8 @@
 //! because the device's own settings (`PCISOCK_EMU_WINDOW_SIZE`) take them, and the layers above
 //! (transport's ring settings, the CLI's options) read theirs the same way.
 //!
-//! Owns: the one parser of size strings. Must never accept a value that overflows `u64`.
+//! Owns: the one parser and the one formatter of sizes. Must never accept a value that
+//! overflows `u64`.
 
 /// Parse a size such as `4096`, `64K`, `64M`, `1G` (binary units; the suffix in either case).
 pub fn parse_size(v: &str) -> Result<u64, String> {
@@ -17,9 +18,40 @@ pub fn parse_size(v: &str) -> Result<u64, String> {
     n.checked_mul(mul).ok_or_else(|| "too large".to_string())
 }
 
+/// A size for people: `64 MiB`, `4 KiB`, `100 B` when it is a whole number of the unit, else
+/// one decimal (`1.5 GiB`, `976.6 KiB`).
+pub fn format_size(n: u64) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if n >= 1 << shift {
+            return if n & ((1 << shift) - 1) == 0 {
+                format!("{} {unit}", n >> shift)
+            } else {
+                format!("{:.1} {unit}", n as f64 / (1u64 << shift) as f64)
+            };
+        }
+    }
+    format!("{n} B")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{format_size, parse_size};
+
+    #[test]
+    fn sizes_format_whole_units_exactly_and_others_to_a_decimal() {
+        assert_eq!(format_size(64 << 20), "64 MiB");
+        assert_eq!(format_size(4096), "4 KiB");
+        assert_eq!(format_size(100), "100 B");
+        assert_eq!(format_size(0), "0 B");
+        assert_eq!(format_size(3 << 29), "1.5 GiB");
+        assert_eq!(format_size(1_000_000), "976.6 KiB");
+        for n in [1u64, 4096, 64 << 20, 1 << 30] {
+            assert_eq!(
+                parse_size(&format_size(n).replace(' ', "").replace("iB", "")),
+                Ok(n)
+            );
+        }
+    }
 
     #[test]
     fn sizes_parse_with_binary_suffixes() {
