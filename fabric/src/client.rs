@@ -360,7 +360,27 @@ impl Client {
 
     /// The live connections.
     pub fn list(&mut self) -> Result<Vec<crate::wire::Entry>, ClientError> {
-        let id = self.send(Request::List, None)?;
+        self.collect(Request::List, |r| match r {
+            Reply::Entry(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    /// The recent fallbacks of every process on this service, oldest first.
+    pub fn history(&mut self) -> Result<Vec<crate::wire::Fallen>, ClientError> {
+        self.collect(Request::History, |r| match r {
+            Reply::Fallen(f) => Some(f),
+            _ => None,
+        })
+    }
+
+    /// The replies to `r` that `item` takes, up to the `Done` that ends them.
+    fn collect<T>(
+        &mut self,
+        r: Request,
+        item: impl Fn(Reply) -> Option<T>,
+    ) -> Result<Vec<T>, ClientError> {
+        let id = self.send(r, None)?;
         let mut out = Vec::new();
         loop {
             match self
@@ -368,11 +388,23 @@ impl Client {
                 .ok_or(ClientError::TimedOut)?
                 .0
             {
-                Reply::Entry(e) => out.push(e),
                 Reply::Done => return Ok(out),
-                r => return Err(ClientError::Unexpected(r)),
+                r => out.push(item(r).ok_or(ClientError::Unexpected(r))?),
             }
         }
+    }
+
+    /// Tell the service that the connection on socket `fd` stays on TCP for `reason` (for
+    /// its host-wide history). One-way: the service never answers it.
+    pub fn fallback_nowait(
+        &mut self,
+        fd: RawFd,
+        reason: u32,
+        server: bool,
+    ) -> Result<(), ClientError> {
+        let _ = self.wait(0, Duration::ZERO);
+        self.send(Request::Fallback { reason, server }, Some(fd))?;
+        Ok(())
     }
 
     /// Ask the service to stop (its owner or root).

@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::sys::{self, Cred, TcpView};
-use crate::wire::{Addr, Entry, Refusal, Reply, Request, Status};
+use crate::wire::{Addr, Entry, Fallen, Refusal, Reply, Request, Status};
 
 /// Service settings.
 #[derive(Clone, Debug)]
@@ -58,6 +58,8 @@ const MAX_STRIKES: u32 = 16;
 const PASS_BUDGET: usize = 256;
 /// How often orphaned connections are looked up in the kernel's socket table.
 const ORPHAN_LOOK_MS: i32 = 250;
+/// Fallbacks kept in the host-wide history (the oldest go first).
+const HISTORY: usize = 64;
 
 // Reason codes of docs/PROTOCOL.md §5 that the service gives.
 const NO_LISTENER: u32 = 4;
@@ -161,6 +163,8 @@ pub struct Service {
     next_id: u64,
     window_used: u64,
     counters: Counters,
+    /// The recent fallbacks processes reported (`Fallback`), oldest first.
+    history: std::collections::VecDeque<Fallen>,
     stop: bool,
 }
 
@@ -200,6 +204,7 @@ impl Service {
             next_id: 1,
             window_used: 0,
             counters: Counters::default(),
+            history: std::collections::VecDeque::with_capacity(HISTORY),
             stop: false,
         }
     }
@@ -436,6 +441,16 @@ impl Service {
                 self.reply(client, id, Reply::Done, &[]);
                 return None;
             }
+            Request::History => {
+                // Addresses, pids and uids of connections that stayed on TCP: what `ss -tnp`
+                // and /proc show any local user.
+                let all: Vec<Fallen> = self.history.iter().copied().collect();
+                for f in all {
+                    self.reply(client, id, Reply::Fallen(f), &[]);
+                }
+                self.reply(client, id, Reply::Done, &[]);
+                return None;
+            }
             _ if !hello_done => {
                 self.refuse(client, id, Refusal::OutOfOrder);
                 return None;
@@ -448,7 +463,36 @@ impl Service {
         }
         let mut fds = m.fds;
         match req {
-            Request::Hello { .. } | Request::Status | Request::List => {}
+            Request::Hello { .. } | Request::Status | Request::List | Request::History => {}
+            Request::Fallback { reason, server } => {
+                // Never answered (the sender does not wait): a socket that is not a connected
+                // TCP socket is only counted.
+                let sock = fds.pop()?;
+                let who = m.cred.unwrap_or(self.clients[&client].cred);
+                match sys::tcp_view(sock.as_raw_fd()) {
+                    Ok(Some(TcpView {
+                        local: Some(local),
+                        peer: Some(peer),
+                        ..
+                    })) => {
+                        if self.history.len() >= HISTORY {
+                            self.history.pop_front();
+                        }
+                        self.history.push_back(Fallen {
+                            when: std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs()),
+                            pid: who.pid,
+                            uid: who.uid,
+                            reason,
+                            server,
+                            local,
+                            peer,
+                        });
+                    }
+                    _ => *self.counters.refused.entry(Refusal::BadSocket).or_default() += 1,
+                }
+            }
             Request::Stop => {
                 let uid = m.cred.map_or(self.clients[&client].cred.uid, |c| c.uid);
                 if uid == 0 || uid == self.opts.owner_uid {

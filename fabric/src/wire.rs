@@ -58,6 +58,14 @@ pub enum Request {
     List,
     /// Stop the service (its owner or root only).
     Stop,
+    /// A connection of this process stays on TCP, with a reason code (docs/PROTOCOL.md §5):
+    /// kept in the service's host-wide history of recent fallbacks. Carries the socket (the
+    /// addresses recorded are the kernel's, not the sender's word). Never answered, not even
+    /// by a refusal: the sender does not wait, and nothing of it may pile up on either side.
+    Fallback { reason: u32, server: bool },
+    /// The recent fallbacks of every process on this service, oldest first: one `Fallen`
+    /// each, then `Done`.
+    History,
 }
 
 /// What the service answers.
@@ -100,6 +108,25 @@ pub enum Reply {
     },
     /// One live connection (an answer to `List`).
     Entry(Entry),
+    /// One recent fallback (an answer to `History`).
+    Fallen(Fallen),
+}
+
+/// A connection that stayed on TCP, as `History` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fallen {
+    /// When the service heard of it (seconds since the Unix epoch).
+    pub when: u64,
+    /// Who reported it (the kernel's credentials of the sender).
+    pub pid: u32,
+    pub uid: u32,
+    /// The reason code (docs/PROTOCOL.md §5; the service does not interpret it).
+    pub reason: u32,
+    /// The accepting end (else the connecting one).
+    pub server: bool,
+    /// The socket's addresses as the kernel has them.
+    pub local: (Addr, u16),
+    pub peer: (Addr, u16),
 }
 
 /// A live connection as `List` reports it.
@@ -241,6 +268,8 @@ const K_STATUS: u16 = 8;
 const K_STOP: u16 = 9;
 const K_HOLD: u16 = 10;
 const K_LIST: u16 = 11;
+const K_FALLBACK: u16 = 12;
+const K_HISTORY: u16 = 13;
 const K_WELCOME: u16 = 0x81;
 const K_LISTENING: u16 = 0x82;
 const K_OFFERED: u16 = 0x83;
@@ -251,6 +280,7 @@ const K_STATUS_REPLY: u16 = 0x87;
 const K_REFUSED: u16 = 0x88;
 const K_REOFFERED: u16 = 0x89;
 const K_ENTRY: u16 = 0x8A;
+const K_FALLEN: u16 = 0x8B;
 
 /// (body words, descriptors) of each kind; `None` for an unknown kind.
 fn shape(kind: u16) -> Option<(usize, usize)> {
@@ -261,7 +291,9 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_CONNECT => (4, 2),
         K_UNLISTEN | K_CANCEL => (1, 0),
         K_CLOSE => (2, 0),
-        K_STATUS | K_STOP | K_LIST => (0, 0),
+        K_STATUS | K_STOP | K_LIST | K_HISTORY => (0, 0),
+        K_FALLBACK => (2, 1),
+        K_FALLEN => (8, 0),
         K_ENTRY => (9, 0),
         K_WELCOME => (3, 0),
         K_LISTENING | K_OFFERED => (1, 0),
@@ -359,6 +391,14 @@ fn u32_word(kind: u16, words: &[u64], i: usize) -> Result<u32, WireError> {
     u32::try_from(words[i]).map_err(|_| WireError::Value { kind, word: i })
 }
 
+fn bool_word(kind: u16, words: &[u64], i: usize) -> Result<bool, WireError> {
+    match words[i] {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(WireError::Value { kind, word: i }),
+    }
+}
+
 impl Request {
     fn kind(&self) -> u16 {
         match self {
@@ -373,6 +413,8 @@ impl Request {
             Request::Status => K_STATUS,
             Request::List => K_LIST,
             Request::Stop => K_STOP,
+            Request::Fallback { .. } => K_FALLBACK,
+            Request::History => K_HISTORY,
         }
     }
 
@@ -392,9 +434,13 @@ impl Request {
                 vec![a, b, port as u64, ring]
             }
             Request::Accept { ring } => vec![ring],
-            Request::Listen | Request::Hold | Request::Status | Request::List | Request::Stop => {
-                vec![]
-            }
+            Request::Fallback { reason, server } => vec![reason as u64, server as u64],
+            Request::Listen
+            | Request::Hold
+            | Request::Status
+            | Request::List
+            | Request::Stop
+            | Request::History => vec![],
         };
         encode(self.kind(), id, &words)
     }
@@ -427,6 +473,11 @@ impl Request {
             },
             K_STATUS => Request::Status,
             K_STOP => Request::Stop,
+            K_FALLBACK => Request::Fallback {
+                reason: u32_word(kind, &w, 0)?,
+                server: bool_word(kind, &w, 1)?,
+            },
+            K_HISTORY => Request::History,
             _ => return Err(WireError::Kind(kind)),
         };
         Ok((r, id))
@@ -446,6 +497,7 @@ impl Reply {
             Reply::Status(_) => K_STATUS_REPLY,
             Reply::Refused { .. } => K_REFUSED,
             Reply::Entry(_) => K_ENTRY,
+            Reply::Fallen(_) => K_FALLEN,
         }
     }
 
@@ -484,6 +536,20 @@ impl Reply {
                     sa,
                     sb,
                     (e.client.1 as u64) | (e.server.1 as u64) << 16,
+                ]
+            }
+            Reply::Fallen(f) => {
+                let (la, lb) = addr_words(&f.local.0);
+                let (pa, pb) = addr_words(&f.peer.0);
+                vec![
+                    f.when,
+                    f.pid as u64 | (f.uid as u64) << 32,
+                    f.reason as u64 | (f.server as u64) << 32,
+                    la,
+                    lb,
+                    pa,
+                    pb,
+                    f.local.1 as u64 | (f.peer.1 as u64) << 16,
                 ]
             }
             Reply::Status(s) => vec![
@@ -543,6 +609,23 @@ impl Reply {
             K_REFUSED => Reply::Refused {
                 why: u32_word(kind, &w, 0)?,
             },
+            K_FALLEN => {
+                if w[2] >> 33 != 0 || w[7] >> 32 != 0 {
+                    return Err(WireError::Value {
+                        kind,
+                        word: if w[2] >> 33 != 0 { 2 } else { 7 },
+                    });
+                }
+                Reply::Fallen(Fallen {
+                    when: w[0],
+                    pid: w[1] as u32,
+                    uid: (w[1] >> 32) as u32,
+                    reason: w[2] as u32,
+                    server: w[2] >> 32 == 1,
+                    local: (words_addr(w[3], w[4]), (w[7] & 0xffff) as u16),
+                    peer: (words_addr(w[5], w[6]), (w[7] >> 16 & 0xffff) as u16),
+                })
+            }
             K_DONE => Reply::Done,
             K_STATUS_REPLY => Reply::Status(Status {
                 service_pid: u32_word(kind, &w, 0)?,
@@ -593,6 +676,11 @@ mod tests {
             Request::Status,
             Request::List,
             Request::Stop,
+            Request::Fallback {
+                reason: 4,
+                server: false,
+            },
+            Request::History,
         ]
     }
 
@@ -634,6 +722,15 @@ mod tests {
                 server_pid: 200,
                 client: ([1; 16], 40000),
                 server: ([2; 16], 5201),
+            }),
+            Reply::Fallen(Fallen {
+                when: 1_800_000_000,
+                pid: 4242,
+                uid: 33,
+                reason: 4,
+                server: true,
+                local: ([3; 16], 80),
+                peer: ([4; 16], 51234),
             }),
         ]
     }

@@ -421,3 +421,44 @@ fn a_dead_process_leaves_nothing_behind() {
     let st = me.status().unwrap();
     assert_eq!((st.connections, st.window_used, st.reclaimed), (0, 0, 1));
 }
+
+#[test]
+fn fallbacks_are_kept_with_the_kernels_addresses_never_answered_and_bounded() {
+    let svc = start(Options::default());
+    let mut c = Client::connect(&svc.socket).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    let s = TcpStream::connect(to).unwrap();
+    let (accepted, _) = l.accept().unwrap();
+    c.fallback_nowait(s.as_raw_fd(), 4, false).unwrap();
+    c.fallback_nowait(accepted.as_raw_fd(), 6, true).unwrap();
+    // A descriptor that is not a connected TCP socket is counted, not kept, and not answered.
+    let before = c.status().unwrap().refused;
+    let line = sys::line().unwrap();
+    c.fallback_nowait(line.as_raw_fd(), 4, false).unwrap();
+    c.fallback_nowait(l.as_raw_fd(), 4, true).unwrap();
+    // None of the four reports is answered: nothing arrives on the client's connection.
+    assert_eq!(sys::poll_in(&[c.fd()], 300).unwrap(), vec![0]);
+    let h = c.history().unwrap();
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!(c.status().unwrap().refused, before + 2);
+    let me = std::process::id();
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let ours = s.local_addr().unwrap().port();
+    assert_eq!(
+        (h[0].pid, h[0].uid, h[0].reason, h[0].server),
+        (me, uid, 4, false)
+    );
+    assert_eq!((h[0].local.1, h[0].peer.1), (ours, to.port()));
+    assert_eq!((h[0].local.0, h[0].peer.0), (v4(&to), v4(&to)));
+    assert_eq!((h[1].reason, h[1].server), (6, true));
+    assert_eq!((h[1].local.1, h[1].peer.1), (to.port(), ours));
+    // The history keeps the newest 64.
+    for _ in 0..70 {
+        c.fallback_nowait(s.as_raw_fd(), 9, false).unwrap();
+    }
+    let h = c.history().unwrap();
+    assert_eq!(h.len(), 64);
+    assert!(h.iter().all(|f| f.reason == 9), "the oldest went first");
+}

@@ -1027,4 +1027,30 @@ fn a_namespace_cannot_reach_another_namespaces_listener() {
         0,
         "a connection was paired across namespaces"
     );
+    // Both fallbacks are in the service's host-wide history, with the kernel's addresses
+    // (each process in its own namespace) and the exact reasons: B's client found no
+    // listener in its namespace, A's server found no offer for its plain client.
+    let cli = iperf_tests::Lib::cli().unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(cli)
+        .arg("stats")
+        .env("PCISOCK_FABRIC", &svc.socket)
+        .output()
+        .expect("pcisock stats");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |side: &str, reason: &str| {
+        text.lines().any(|l| {
+            l.contains(&format!(" {side} "))
+                && l.contains(&format!(":{src} "))
+                && l.contains(&format!(":{port} "))
+                && l.ends_with(reason)
+        })
+    };
+    assert!(
+        text.contains("recent fallbacks to TCP") && line("client", "NoListener"),
+        "client B's fallback is not in the history:\n{text}"
+    );
+    assert!(
+        line("server", "NoOffer"),
+        "server A's fallback is not in the history:\n{text}"
+    );
 }

@@ -340,6 +340,22 @@ pub(crate) fn accept(
     }
 }
 
+/// Tell the service that the connection on `tcp_fd` stays on TCP (its fallback history). Only
+/// when the service connection is free: a report is not worth a deferral (the socket may be
+/// gone by the time a deferred request goes out), nor a wait.
+pub(crate) fn report_fallback(shared: &Shared, tcp_fd: RawFd, reason: Reason, server: bool) {
+    let Ok(link) = link(shared) else {
+        return;
+    };
+    // No service to tell, or one that is not answering.
+    if reason == Reason::NoDevice {
+        return;
+    }
+    if link.client.try_lock().is_ok() {
+        let _ = link.with(|c| c.fallback_nowait(tcp_fd, reason.code(), server));
+    }
+}
+
 /// In a new image after exec: the connection the service paired that `tcp_fd` carries, if
 /// this process holds it (the socket is the proof).
 pub(crate) fn reattach(shared: &Arc<Shared>, tcp_fd: RawFd) -> Option<Outcome> {
