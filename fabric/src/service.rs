@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
+use crate::sockdiag;
 use crate::sys::{self, Cred, TcpView};
 use crate::wire::{Addr, Entry, Fallen, Refusal, Reply, Request, Status};
 
@@ -656,6 +657,9 @@ impl Service {
             _ => return self.refuse(server, request, Refusal::BadSocket),
         };
         drop(socket);
+        if let Some(local) = view.local {
+            self.adopt_listener(server, view.netns, local);
+        }
         let mut found = self.find_offer(view.netns, view.peer, view.local);
         if found.is_none() {
             // The client's `Connect` was in the service's socket before its kernel connect
@@ -930,15 +934,21 @@ impl Service {
             return;
         }
         self.orphans_seen = Instant::now();
-        let live = sys::tcp_inodes();
-        self.withdraw_dead_listeners(&live);
+        self.withdraw_dead_listeners();
+        // One exact look-up per end (by its 4-tuple), not a walk of the kernel's table: with
+        // thousands of connections on the host that walk was the service's largest cost.
         let gone: Vec<u64> = self
             .orphans
             .iter()
             .copied()
             .filter(|id| {
                 self.conns.get(id).is_none_or(|c| {
-                    !self.sees_sockets_of(c) || !c.ends.iter().any(|e| live.contains(&e.inode))
+                    let ends = [(c.client, c.server), (c.server, c.client)];
+                    !self.sees_sockets_of(c)
+                        || !c.ends.iter().zip(ends).any(|(e, (local, peer))| {
+                            // A failed look-up keeps the connection (it is asked again).
+                            sockdiag::connected(e.inode, local, peer).unwrap_or(true)
+                        })
                 })
             })
             .collect();
@@ -1076,19 +1086,39 @@ impl Service {
     /// Withdraw orphaned listeners whose socket the kernel no longer has (outside the
     /// service's own namespace, whose socket table it cannot read, at once).
     fn reclaim_listeners(&mut self) {
-        if !self.listeners.values().any(|l| l.orphan) {
-            return;
+        if self.listeners.values().any(|l| l.orphan) {
+            self.withdraw_dead_listeners();
         }
-        let live = sys::tcp_inodes();
-        self.withdraw_dead_listeners(&live);
     }
 
-    /// Withdraw the orphaned listeners whose socket is not among the `live` inodes.
-    fn withdraw_dead_listeners(&mut self, live: &std::collections::HashSet<u64>) {
+    /// Withdraw the orphaned listeners whose socket the kernel no longer has listening.
+    fn withdraw_dead_listeners(&mut self) {
         let netns = self.netns;
         self.listeners.retain(|_, l| {
-            !l.orphan || (netns != 0 && l.netns == netns && live.contains(&l.inode))
+            !l.orphan
+                || (netns != 0
+                    && l.netns == netns
+                    // A failed look-up keeps the listener (it is asked again).
+                    && sockdiag::is_listening_at(l.inode, &l.addr, l.port).unwrap_or(true))
         });
+    }
+
+    /// A process accepted a connection on the listener at `local` in `netns`: if that
+    /// listener is an orphan (its publisher went away: a daemonizing parent, say), this
+    /// process holds it now as far as anyone can tell, and its life says how long the listener
+    /// lives; the kernel is asked again only once that process is gone. Without this a
+    /// daemonized server's listener was looked up four times a second for as long as it ran.
+    fn adopt_listener(&mut self, client: u64, netns: u64, local: (Addr, u16)) {
+        for l in self.listeners.values_mut() {
+            if l.orphan
+                && l.netns == netns
+                && l.port == local.1
+                && (l.addr == local.0 || unspecified(&l.addr))
+            {
+                l.orphan = false;
+                l.owner = client;
+            }
+        }
     }
 
     pub fn status(&self) -> Status {

@@ -462,3 +462,52 @@ fn fallbacks_are_kept_with_the_kernels_addresses_never_answered_and_bounded() {
     assert_eq!(h.len(), 64);
     assert!(h.iter().all(|f| f.reason == 9), "the oldest went first");
 }
+
+/// A listener whose publisher hung up lives exactly as long as the kernel has its socket
+/// listening (asked by sock_diag), and a process that accepts on it holds it from then on.
+#[test]
+fn an_orphaned_listener_lives_while_its_socket_listens() {
+    let svc = start(Options::default());
+    let listeners = |c: &mut Client| c.status().unwrap().listeners;
+    let mut watcher = Client::connect(&svc.socket).unwrap();
+    let wait_for = |c: &mut Client, want: u64| {
+        let t0 = Instant::now();
+        while listeners(c) != want {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "listeners never {want}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Published, then its publisher goes (the socket stays open here, as in a daemon's child).
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut publisher = Client::connect(&svc.socket).unwrap();
+    publisher.listen(l.as_raw_fd()).unwrap();
+    drop(publisher);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(listeners(&mut watcher), 1, "the socket still listens");
+    // The kernel closes it: withdrawn within a few looks.
+    drop(l);
+    wait_for(&mut watcher, 0);
+
+    // Again; this time a process accepts on it before the socket closes: it holds the
+    // listener now, so the listener stays while that process does, and goes with it.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    let mut publisher = Client::connect(&svc.socket).unwrap();
+    publisher.listen(l.as_raw_fd()).unwrap();
+    drop(publisher);
+    let mut acceptor = Client::connect(&svc.socket).unwrap();
+    let _c = TcpStream::connect(to).unwrap();
+    let (s, _) = l.accept().unwrap();
+    assert!(matches!(
+        acceptor.accept(s.as_raw_fd(), 1 << 20),
+        Ok(Pairing::Declined(_))
+    ));
+    drop(l);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(listeners(&mut watcher), 1, "adopted by the acceptor");
+    drop(acceptor);
+    wait_for(&mut watcher, 0);
+}
