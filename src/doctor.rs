@@ -286,7 +286,7 @@ fn check_device(r: &mut Report, opts: &Options) {
             );
             check_stale(r, &dev);
             let link = dev.link_state();
-            let faults = device::fault_names(dev.faults().flags());
+            let faults = dev.faults().names();
             if link.up {
                 r.line(
                     Status::Ok,

@@ -56,7 +56,7 @@ fn options(args: &mut Args, start: bool) -> Result<Option<Opts>, CliError> {
         window: None,
     };
     let size = |args: &Args, name: &str, v: &str| {
-        ntbdrv::emu::parse_size(v).map_err(|e| args.usage(format!("{name} {v:?}: {e}")))
+        ntbdrv::parse_size(v).map_err(|e| args.usage(format!("{name} {v:?}: {e}")))
     };
     while let Some(arg) = args.next()? {
         match arg {

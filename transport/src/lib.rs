@@ -120,7 +120,7 @@ impl Settings {
             why: why.into(),
         };
         if let Some(v) = get("PCISOCK_RING_SIZE").filter(|v| !v.is_empty()) {
-            let n = ntbdrv::emu::parse_size(&v).map_err(|e| err("PCISOCK_RING_SIZE", &v, &e))?;
+            let n = ntbdrv::parse_size(&v).map_err(|e| err("PCISOCK_RING_SIZE", &v, &e))?;
             if proto::Ring::new(n).is_none() {
                 return Err(err(
                     "PCISOCK_RING_SIZE",
@@ -148,8 +148,7 @@ impl Settings {
             s.dma_threshold = if v == "off" {
                 usize::MAX
             } else {
-                ntbdrv::emu::parse_size(&v).map_err(|e| err("PCISOCK_DMA_THRESHOLD", &v, &e))?
-                    as usize
+                ntbdrv::parse_size(&v).map_err(|e| err("PCISOCK_DMA_THRESHOLD", &v, &e))? as usize
             };
         }
         if let Some(v) = get("PCISOCK_SPIN_US").filter(|v| !v.is_empty()) {
