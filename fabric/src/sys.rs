@@ -329,11 +329,24 @@ pub fn recv_msg(sock: RawFd) -> io::Result<Option<Received>> {
 /// Wait for readability of `fds` (POLLIN), up to `timeout_ms` (-1: forever). Returns the
 /// revents per fd.
 pub fn poll_in(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<i16>> {
+    let fds: Vec<(RawFd, i16)> = fds.iter().map(|&fd| (fd, libc::POLLIN)).collect();
+    poll(&fds, timeout_ms)
+}
+
+/// A new descriptor of the file `fd` refers to (close-on-exec).
+pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: plain integers; the kernel validates `fd`.
+    owned(unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 0) })
+}
+
+/// Wait for the events asked of each fd, up to `timeout_ms` (-1: forever). Returns the
+/// revents per fd.
+pub fn poll(fds: &[(RawFd, i16)], timeout_ms: i32) -> io::Result<Vec<i16>> {
     let mut p: Vec<libc::pollfd> = fds
         .iter()
-        .map(|&fd| libc::pollfd {
+        .map(|&(fd, events)| libc::pollfd {
             fd,
-            events: libc::POLLIN,
+            events,
             revents: 0,
         })
         .collect();

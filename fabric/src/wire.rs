@@ -10,13 +10,13 @@
 /// "PCFB".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// The service protocol's version; a message of another version is refused.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts.
 pub const MAX_MESSAGE: usize = 256;
 /// The most descriptors a message carries.
-pub const MAX_FDS: usize = 4;
+pub const MAX_FDS: usize = 3;
 
 /// Bytes of a peer's address in a message (IPv4 as IPv4-mapped IPv6).
 pub type Addr = [u8; 16];
@@ -25,7 +25,9 @@ pub type Addr = [u8; 16];
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
     /// First message on a connection: the caller's pid as it believes it (the service checks it
-    /// against the kernel's credentials).
+    /// against the kernel's credentials); carries the process's interrupt line (an eventfd): its
+    /// peers ring it for every connection this process makes or accepts on this service
+    /// connection, and the service rings it when an offer is answered.
     Hello { pid: u32 },
     /// Publish a listener; carries the listening socket.
     Listen,
@@ -33,9 +35,9 @@ pub enum Request {
     Unlisten { listener: u64 },
     /// A client is about to connect to `addr`:`port`; carries its socket, sent before the
     /// kernel connect starts (the service reads the connection's real addresses from the socket
-    /// when the server accepts; the claimed destination only answers "is there a listener"),
-    /// and an eventfd: the client's interrupt line, which the service rings when the offer is
-    /// paired or declined. The service replies `Offered` or `Declined`.
+    /// when the server accepts; the claimed destination only answers "is there a listener").
+    /// The service rings the process's line (`Hello`) when the offer is paired or declined,
+    /// and replies `Offered` or `Declined`.
     Connect { addr: Addr, port: u16, ring: u64 },
     /// The client gives up an offer (its connect failed, or it closes): the offer that the
     /// `Connect` (or `Hold`) with this request id made or took back.
@@ -75,6 +77,8 @@ pub enum Reply {
         service_pid: u32,
         ring_bytes: u64,
         window_bytes: u64,
+        /// The service's name for the line the `Hello` carried.
+        line: u64,
     },
     Listening {
         listener: u64,
@@ -85,16 +89,23 @@ pub enum Reply {
         conn: u64,
     },
     /// An offer made before is this process's again (after `Hold`); carries the offer's
-    /// interrupt line. `Paired` or `Declined` follows with the `Hold`'s request id.
+    /// interrupt line (named `line`). `Paired` or `Declined` follows with the `Hold`'s request
+    /// id.
     Reoffered {
         conn: u64,
+        line: u64,
     },
-    /// The connection is paired; carries four descriptors: this side's segment, the peer's
-    /// segment, this side's interrupt line, the peer's.
+    /// The connection is paired; carries three descriptors: the connection's memory (one
+    /// segment: the client end's block, then the server end's, each `4096 + ring_bytes`),
+    /// this end's interrupt line and the peer end's. A line is shared by every connection of
+    /// the process that gave it (`Hello`): `own_line` and `peer_line` name them, so that a
+    /// process keeps one descriptor per line, not per connection.
     Paired {
         conn: u64,
         ring_bytes: u64,
         server: bool,
+        own_line: u64,
+        peer_line: u64,
     },
     /// The connection stays on TCP, with a reason code (docs/PROTOCOL.md §5).
     Declined {
@@ -285,20 +296,20 @@ const K_FALLEN: u16 = 0x8B;
 /// (body words, descriptors) of each kind; `None` for an unknown kind.
 fn shape(kind: u16) -> Option<(usize, usize)> {
     Some(match kind {
-        K_HELLO => (1, 0),
+        K_HELLO => (1, 1),
         K_LISTEN | K_HOLD => (0, 1),
         K_ACCEPT => (1, 1),
-        K_CONNECT => (4, 2),
+        K_CONNECT => (4, 1),
         K_UNLISTEN | K_CANCEL => (1, 0),
         K_CLOSE => (2, 0),
         K_STATUS | K_STOP | K_LIST | K_HISTORY => (0, 0),
         K_FALLBACK => (2, 1),
         K_FALLEN => (8, 0),
         K_ENTRY => (9, 0),
-        K_WELCOME => (3, 0),
+        K_WELCOME => (4, 0),
         K_LISTENING | K_OFFERED => (1, 0),
-        K_REOFFERED => (1, 1),
-        K_PAIRED => (3, 4),
+        K_REOFFERED => (2, 1),
+        K_PAIRED => (5, 3),
         K_DECLINED | K_REFUSED => (1, 0),
         K_DONE => (0, 0),
         K_STATUS_REPLY => (11, 0),
@@ -512,14 +523,18 @@ impl Reply {
                 service_pid,
                 ring_bytes,
                 window_bytes,
-            } => vec![service_pid as u64, ring_bytes, window_bytes],
+                line,
+            } => vec![service_pid as u64, ring_bytes, window_bytes, line],
             Reply::Listening { listener } => vec![listener],
-            Reply::Offered { conn } | Reply::Reoffered { conn } => vec![conn],
+            Reply::Offered { conn } => vec![conn],
+            Reply::Reoffered { conn, line } => vec![conn, line],
             Reply::Paired {
                 conn,
                 ring_bytes,
                 server,
-            } => vec![conn, ring_bytes, server as u64],
+                own_line,
+                peer_line,
+            } => vec![conn, ring_bytes, server as u64, own_line, peer_line],
             Reply::Declined { reason } => vec![reason as u64],
             Reply::Refused { why } => vec![why as u64],
             Reply::Done => vec![],
@@ -577,10 +592,14 @@ impl Reply {
                 service_pid: u32_word(kind, &w, 0)?,
                 ring_bytes: w[1],
                 window_bytes: w[2],
+                line: w[3],
             },
             K_LISTENING => Reply::Listening { listener: w[0] },
             K_OFFERED => Reply::Offered { conn: w[0] },
-            K_REOFFERED => Reply::Reoffered { conn: w[0] },
+            K_REOFFERED => Reply::Reoffered {
+                conn: w[0],
+                line: w[1],
+            },
             K_PAIRED => Reply::Paired {
                 conn: w[0],
                 ring_bytes: w[1],
@@ -589,6 +608,8 @@ impl Reply {
                     1 => true,
                     _ => return Err(WireError::Value { kind, word: 2 }),
                 },
+                own_line: w[3],
+                peer_line: w[4],
             },
             K_DECLINED => Reply::Declined {
                 reason: u32_word(kind, &w, 0)?,
@@ -690,14 +711,17 @@ mod tests {
                 service_pid: 1,
                 ring_bytes: 1 << 20,
                 window_bytes: 512 << 20,
+                line: 3,
             },
             Reply::Listening { listener: 9 },
             Reply::Offered { conn: 10 },
-            Reply::Reoffered { conn: 12 },
+            Reply::Reoffered { conn: 12, line: 4 },
             Reply::Paired {
                 conn: 11,
                 ring_bytes: 4096,
                 server: true,
+                own_line: 5,
+                peer_line: 6,
             },
             Reply::Declined { reason: 4 },
             Reply::Done,
@@ -750,7 +774,7 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_refused() {
-        let good = Request::Hello { pid: 1 }.encode(1);
+        let good = Request::Cancel { request: 1 }.encode(1);
         assert_eq!(
             Request::decode(&good[..HEADER - 1], 0),
             Err(WireError::Short(15))
@@ -791,15 +815,15 @@ mod tests {
         // A pid that does not fit 32 bits.
         let b = encode(K_HELLO, 1, &[1 << 40]);
         assert!(matches!(
-            Request::decode(&b, 0),
+            Request::decode(&b, 1),
             Err(WireError::Value { .. })
         ));
         // A reply kind is not a request, and the reverse.
         assert!(Request::decode(&Reply::Done.encode(1), 0).is_err());
         assert!(Reply::decode(&Request::Status.encode(1), 0).is_err());
         // `server` is a boolean.
-        let b = encode(K_PAIRED, 1, &[1, 4096, 2]);
-        assert!(matches!(Reply::decode(&b, 4), Err(WireError::Value { .. })));
+        let b = encode(K_PAIRED, 1, &[1, 4096, 2, 1, 2]);
+        assert!(matches!(Reply::decode(&b, 3), Err(WireError::Value { .. })));
     }
 
     /// Every byte string up to a few bytes past a header, and random ones, decode to an error
