@@ -471,24 +471,34 @@ fn pairing((reply, fds): (Reply, Vec<OwnedFd>)) -> Result<Pairing, ClientError> 
     }
 }
 
-/// The system service's socket.
-pub const SYSTEM_SOCKET: &str = "/run/pcisock/fabric.sock";
+/// The file name of a default service socket: it carries the service protocol's version, so
+/// that after an upgrade the processes of the new version start and meet their own service
+/// while those of the old one keep theirs (a service refuses another version's messages: with
+/// one name for all versions, every new process fell back to TCP until the old service went).
+pub fn socket_name() -> String {
+    format!("fabric-v{}.sock", crate::wire::VERSION)
+}
+
+/// The system service's socket: `/run/pcisock/fabric-vN.sock`.
+pub fn system_socket() -> std::path::PathBuf {
+    Path::new("/run/pcisock").join(socket_name())
+}
 
 /// The service a process uses by default: the system service when one answers; else, for
 /// root, the system service's socket (root starts it there); else this user's.
 pub fn default_socket() -> std::path::PathBuf {
-    let system = Path::new(SYSTEM_SOCKET);
-    if sys::connect_unix(system).is_ok() || sys::getuid() == 0 {
-        return system.to_path_buf();
+    let system = system_socket();
+    if sys::connect_unix(&system).is_ok() || sys::getuid() == 0 {
+        return system;
     }
     user_socket()
 }
 
-/// This user's service socket: `$XDG_RUNTIME_DIR/pcisock/fabric.sock`, else
-/// `/dev/shm/pcisock-<uid>/fabric.sock`.
+/// This user's service socket: `$XDG_RUNTIME_DIR/pcisock/fabric-vN.sock`, else
+/// `/dev/shm/pcisock-<uid>/fabric-vN.sock`.
 pub fn user_socket() -> std::path::PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => Path::new(&d).join("pcisock/fabric.sock"),
-        _ => format!("/dev/shm/pcisock-{}/fabric.sock", sys::getuid()).into(),
+        Some(d) if !d.is_empty() => Path::new(&d).join("pcisock").join(socket_name()),
+        _ => Path::new(&format!("/dev/shm/pcisock-{}", sys::getuid())).join(socket_name()),
     }
 }
