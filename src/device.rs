@@ -54,26 +54,6 @@ pub fn size(n: u64) -> String {
     format!("{n} B")
 }
 
-/// The names of injected fault flags.
-pub fn fault_names(flags: u32) -> Vec<String> {
-    let known = [
-        (ntb_sys::NTBEMU_FAULT_LINK_DOWN, "link-down"),
-        (ntb_sys::NTBEMU_FAULT_DMA_ERROR, "dma-error"),
-        (ntb_sys::NTBEMU_FAULT_DMA_SLOW, "dma-slow"),
-        (ntb_sys::NTBEMU_FAULT_LOST_DB, "lost-doorbell"),
-    ];
-    let mut names: Vec<String> = known
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, n)| (*n).to_owned())
-        .collect();
-    let rest = known.iter().fold(flags, |f, (bit, _)| f & !bit);
-    if rest != 0 {
-        names.push(format!("unknown({rest:#x})"));
-    }
-    names
-}
-
 /// Lease counts of one process on this side's host table.
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseCount {
@@ -140,7 +120,7 @@ pub fn summary_text(dev: &EmuDevice, out: &mut String) {
     } else {
         let _ = writeln!(out, "link:       down (generation {})", link.generation);
     }
-    let names = fault_names(faults.flags());
+    let names = faults.names();
     let shown = if names.is_empty() {
         "none".to_owned()
     } else {
@@ -184,10 +164,7 @@ pub fn summary_json(dev: &EmuDevice) -> String {
     let c = dev.config();
     let link = dev.link_state();
     let faults = dev.faults();
-    let fault_list: Vec<String> = fault_names(faults.flags())
-        .iter()
-        .map(|n| json::string(n))
-        .collect();
+    let fault_list: Vec<String> = faults.names().iter().map(|n| json::string(n)).collect();
     format!(
         "{{\"path\":{},\"topology\":{},\"side\":{},\"peer_side\":{},\"windows\":{},\"window_size\":{},\"doorbells\":{},\
 \"scratchpads\":{},\"dma_channels\":{},\"link\":{{\"up\":{},\"speed_gen\":{},\"width\":{},\"generation\":{}}},\
@@ -255,16 +232,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_and_faults() {
+    fn sizes() {
         assert_eq!(size(64 << 20), "64 MiB");
         assert_eq!(size(4096), "4 KiB");
         assert_eq!(size(100), "100 B");
         assert_eq!(size(0), "0 B");
-        assert_eq!(fault_names(0), Vec::<String>::new());
-        assert_eq!(
-            fault_names(ntb_sys::NTBEMU_FAULT_LINK_DOWN | 0x100),
-            vec!["link-down", "unknown(0x100)"]
-        );
     }
 
     #[test]

@@ -102,7 +102,7 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
                 return help(out);
             }
             let dev = open()?;
-            let before = device::fault_names(dev.faults().flags());
+            let before = dev.faults().names();
             dev.faults().clear();
             if before.is_empty() {
                 out.push_str("no faults were in force\n");
