@@ -365,6 +365,7 @@ const REVOKED: u64 = u64::MAX;
 
 /// A token per thread, for the send lock's bias (0: the thread is past its thread-local
 /// destructors, so it gets no bias).
+#[inline]
 fn thread_token() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     thread_local! {
@@ -769,12 +770,14 @@ impl Info {
 // they are used on is a whole endpoint block (ours, or the peer's, whose length `RingLoc::check`
 // validated): nothing a peer writes reaches these `expect`s.
 #[allow(clippy::expect_used)]
+#[inline]
 pub(crate) fn word32(r: &Region, off: usize) -> &AtomicU32 {
     r.atomic_u32(off)
         .expect("endpoint layout offsets are in range and aligned")
 }
 
 #[allow(clippy::expect_used)]
+#[inline]
 pub(crate) fn word64(r: &Region, off: usize) -> &AtomicU64 {
     r.atomic_u64(off)
         .expect("endpoint layout offsets are in range and aligned")
@@ -1006,6 +1009,7 @@ impl Connection {
         }
     }
 
+    #[inline]
     fn count(&self, c: Counter, n: u64) {
         // Statistics only: a plain add (no locked instruction on the hot path); a rare race
         // between this process's send and receive paths may lose a count of the shared ones.
@@ -1101,6 +1105,7 @@ impl Connection {
     }
 
     /// Our send position, as `rx_pos` for the producer counter.
+    #[inline]
     fn tx_pos(&self) -> TxPos {
         let ours = TxPos {
             tail: self.cur.tx_tail.load(Relaxed),
@@ -1124,6 +1129,7 @@ impl Connection {
     }
 
     /// Record our send position (privately, and the copy in the block).
+    #[inline]
     fn set_tx_pos(&self, p: TxPos) {
         self.cur.tx_tail.store(p.tail, Relaxed);
         self.cur.tx_seq.store(p.seq, Relaxed);
@@ -1650,6 +1656,7 @@ impl Connection {
 
     /// Remember that this process sent since its last read (see `coalesce`): one plain store
     /// per change, not per send.
+    #[inline]
     fn note_sent(&self) {
         if !self.sent_since_read.load(Relaxed) {
             self.sent_since_read.store(true, Relaxed);
@@ -1876,6 +1883,7 @@ impl Connection {
     }
 
     /// Publish our producer counter to the peer and ring it if it sleeps.
+    #[inline]
     fn publish(&self, tail: u64) {
         // SYNC POINT (ring data): Release store of tail after the frame bytes; pairs with the
         // receiver's Acquire load in `recv`.
@@ -1913,6 +1921,7 @@ impl Connection {
     }
 
     /// Why a send cannot proceed, if it cannot.
+    #[inline]
     fn send_blocked(&self) -> Option<IoError> {
         let st = self.shared_state();
         if st & ST_SHUT_WR != 0 {
@@ -2312,6 +2321,7 @@ impl Connection {
 
     // ---- teardown -----------------------------------------------------------------------------
 
+    #[inline]
     fn shared_state(&self) -> u32 {
         word32(&self.mine, L_STATE).load(Acquire)
     }

@@ -130,15 +130,18 @@ impl Ring {
         (cap.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&cap)).then_some(Ring { cap })
     }
 
+    #[inline]
     pub fn cap(&self) -> u64 {
         self.cap
     }
 
+    #[inline]
     pub fn pos(&self, counter: u64) -> u64 {
         counter & (self.cap - 1)
     }
 
     /// Largest payload of one frame in this ring.
+    #[inline]
     pub fn max_payload(&self) -> u64 {
         (self.cap / 4).min(MAX_FRAME_PAYLOAD) - FRAME_HDR
     }
@@ -293,6 +296,7 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
+    #[inline]
     pub fn encode(&self) -> [u8; 16] {
         let mut b = [0u8; 16];
         b[0..4].copy_from_slice(&self.len.to_le_bytes());
