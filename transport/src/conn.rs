@@ -821,6 +821,10 @@ impl Deadline {
     }
 }
 
+/// How long a waiter whose peer shares its CPU yields to it before it sleeps (adaptive) or
+/// polls (poll mode): a few of the peer's turns.
+const SAME_CPU_YIELD: Duration = Duration::from_micros(50);
+
 /// After arming, how long a waiter keeps re-checking before it sleeps: longer than a store
 /// buffer takes to drain, so a publish whose flag check raced with our arming is still seen.
 pub const ARM_GRACE: Duration = Duration::from_micros(5);
@@ -2081,9 +2085,15 @@ impl Connection {
             CompletionMode::Adaptive => self.settings.spin,
         };
         // Spinning on the CPU the peer needs to make progress only delays it (by a whole
-        // spin, or a time slice in poll mode): sleep at once, or yield often when polling.
+        // spin, or a time slice in poll mode). Give it the CPU instead: yield to it for a
+        // while (a runnable peer runs at once, as the kernel switches a TCP reader's CPU to its
+        // writer), then sleep (adaptive), or go on polling with a yield every 64 checks.
         let mut yield_every = 4096;
-        if spin > Duration::ZERO && self.shares_cpu_with_peer() {
+        let same_cpu = spin > Duration::ZERO && self.shares_cpu_with_peer();
+        if same_cpu {
+            if let Some(w) = self.yield_to_peer(read, deadline) {
+                return w;
+            }
             if self.settings.completion == CompletionMode::Adaptive {
                 spin = Duration::ZERO;
             }
@@ -2123,7 +2133,11 @@ impl Connection {
             return Wait::Ready;
         }
         // The grace period (see `publish`): a peer that published just before it could see
-        // our flag is caught here instead of costing a nap.
+        // our flag is caught here instead of costing a nap. A peer on our CPU cannot publish
+        // while we spin: let it run once instead.
+        if same_cpu {
+            std::thread::yield_now();
+        }
         let g0 = Instant::now();
         while g0.elapsed() < ARM_GRACE {
             if self.ready(read) {
@@ -2178,6 +2192,30 @@ impl Connection {
             }
             _ => Wait::Ready,
         }
+    }
+
+    /// The peer shares our CPU: yield to it until the ring is ready, for at most
+    /// [`SAME_CPU_YIELD`] (a runnable peer takes the CPU at each yield; an idle one costs a
+    /// system call per turn). `Some` if the wait is over (ready, or the deadline passed).
+    fn yield_to_peer(&self, read: bool, deadline: Option<Instant>) -> Option<Wait> {
+        let t0 = Instant::now();
+        let mut n = 0u64;
+        let w = loop {
+            if self.ready(read) {
+                break Some(Wait::Ready);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break Some(Wait::TimedOut);
+            }
+            if now.duration_since(t0) >= SAME_CPU_YIELD {
+                break None;
+            }
+            n += 1;
+            std::thread::yield_now();
+        };
+        self.count(Counter::Polls, n);
+        w
     }
 
     /// Does the peer wait on the CPU we run on? Tells the peer our CPU too (a posted write, only
