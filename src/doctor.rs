@@ -9,7 +9,7 @@ use std::path::Path;
 use ntbdrv::emu::Options;
 use ntbdrv::NtbDevice;
 
-use crate::cli::{unknown_option, Arg, Args, CliError};
+use crate::cli::{unexpected, Arg, Args, CliError};
 use crate::config::Config;
 use crate::device::{self, Found};
 use crate::ffi::{self, Library, Symbol};
@@ -279,7 +279,7 @@ fn check_device(r: &mut Report, opts: &Options) {
                     device::topology_name(c.topology),
                     dev.side(),
                     c.n_mw,
-                    device::size(c.mw_size),
+                    ntbdrv::format_size(c.mw_size),
                     c.n_db,
                     c.n_dma_ch
                 ),
@@ -320,7 +320,7 @@ fn check_device(r: &mut Report, opts: &Options) {
                     path.display(),
                     device::topology_name(c.topology),
                     c.n_mw,
-                    device::size(c.mw_size)
+                    ntbdrv::format_size(c.mw_size)
                 ),
             );
             r.line(Status::Ok, "link", "not known until the device exists");
@@ -450,17 +450,15 @@ fn check_fabric(r: &mut Report) -> bool {
 }
 
 pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
-    while let Some(arg) = args.next()? {
-        match arg {
-            Arg::Option { name, .. } if name == "-h" || name == "--help" => {
-                out.push_str(HELP);
-                out.push('\n');
-                return Ok(0);
-            }
-            Arg::Option { name, .. } => return Err(unknown_option("doctor", &name)),
-            Arg::Word(w) => return Err(args.usage(format!("unexpected argument {w:?}"))),
-            Arg::EndOfOptions => args.finish()?,
+    // doctor takes no arguments but -h/--help.
+    match args.next()? {
+        None => {}
+        Some(Arg::Short('h') | Arg::Long("help")) => {
+            out.push_str(HELP);
+            out.push('\n');
+            return Ok(0);
         }
+        Some(arg) => return Err(unexpected("doctor", arg)),
     }
     let mut r = Report {
         out: String::new(),
