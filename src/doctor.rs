@@ -29,10 +29,13 @@ Checks, in order:
   exports        it defines every hook of the list this pcisock was built with (shim/exports.txt);
                  the check loads the library (dlopen, RTLD_LOCAL), which runs its constructor
   configuration  the PCISOCK_* variables and rules file parse (else everything goes over TCP)
+  fabric         a host fabric service answers (where processes meet through one; the checks
+                 below but pages are then the service's), or processes map the device directly
   directory      the device directory is ours with mode 0700, or can be created
-  pages          the directory's filesystem gives huge pages (a warning only: in 4 KiB pages the
-                 windows are not contiguous like a BAR, and 'pcisock dc copy' runs at about dd's
-                 speed)
+  pages          the DC buffer of 'pcisock dc copy' can be contiguous like a BAR: the device
+                 directory's filesystem gives huge pages, or it is a tmpfs without them and the
+                 kernel collapses the buffer into 2 MiB pages on request (MADV_COLLAPSE); a
+                 warning only: in 4 KiB pages a dc copy runs at about dd's speed
   device         the emulated device opens, or would be created on first use
   link           the NTB link is up (a warning only: connections then fall back to TCP)
   stale          no leases of processes that are gone (they keep window space and interrupt
@@ -252,17 +255,36 @@ fn check_pages(r: &mut Report, opts: &Options) {
             "pages",
             format!("{} is on {fstype} ({options}): the windows are in huge pages, contiguous like a BAR", dir.display()),
         );
+        return;
+    }
+    // tmpfs without huge=: dc copy collapses its DC buffer into 2 MiB pages itself, where the
+    // kernel collapses shared memory on request (the probe does exactly that, on a memfd).
+    let probe = if fstype == "tmpfs" {
+        dc::collapse_probe().map_err(|e| e.to_string())
     } else {
-        r.line(
-            Status::Warn,
+        Err(format!("{fstype} is not tmpfs"))
+    };
+    match probe {
+        Ok(()) => r.line(
+            Status::Ok,
             "pages",
             format!(
                 "{} is on {fstype} without huge pages: the windows are in 4 KiB pages, and 'pcisock dc copy' \
-                 through them runs at about dd's speed. For a window as contiguous as a BAR: mount -t tmpfs -o \
-                 huge=always,mode=0700 pcisock DIR, and set PCISOCK_EMU_DIR=DIR (docs/CLI.md, pcisock dc)",
+                 collapses its DC buffer in them into 2 MiB pages (MADV_COLLAPSE), contiguous like a BAR",
                 dir.display()
             ),
-        );
+        ),
+        Err(why) => r.line(
+            Status::Warn,
+            "pages",
+            format!(
+                "{} is on {fstype} without huge pages, and they cannot be collapsed into 2 MiB pages ({why}): \
+                 the windows are in 4 KiB pages, and 'pcisock dc copy' through them runs at about dd's speed. \
+                 For a window as contiguous as a BAR: mount -t tmpfs -o huge=always,mode=0700 pcisock DIR, \
+                 and set PCISOCK_EMU_DIR=DIR (docs/CLI.md, pcisock dc)",
+                dir.display()
+            ),
+        ),
     }
 }
 
@@ -467,6 +489,10 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     check_library(&mut r);
     check_config(&mut r);
     if check_fabric(&mut r) {
+        // dc copy leases its buffer from the device whoever carries the connections.
+        if let Ok(opts) = Options::from_env() {
+            check_pages(&mut r, &opts);
+        }
         out.push_str(&r.out);
         out.push_str(if r.failed {
             "some checks failed\n"
