@@ -245,9 +245,9 @@ else
     raw="$FROM_RAW"
 fi
 
-python3 - "$raw" "$summary" "$md" "$bytes" "$CHUNK" "$NAME" <<'PY'
+python3 - "$raw" "$summary" "$md" "$bytes" "$CHUNK" "$NAME" "$PLOT" <<'PY'
 import csv, statistics, sys, os
-raw, summary, md, nbytes, chunk, name = sys.argv[1:7]
+raw, summary, md, nbytes, chunk, name, plot = sys.argv[1:8]
 rows = list(csv.DictReader(open(raw)))
 by = {}
 for r in rows:
@@ -288,17 +288,22 @@ out.append("```text\n" + meta.strip() + "\n```\n")
 out.append(f"A {int(nbytes) >> 20} MiB file copied on this machine's disk, chunk {chunk}; medians of "
            f"{len(by.get(('dd', 1), []))} interleaved rounds, page cache dropped before each run, wall-clock "
            f"time around each command. MB/s = 10^6 bytes per second. Raw runs: `{name}-raw.csv`; "
-           f"medians with min/max: `{name}-summary.csv`; plot: `{name}.png`.\n")
+           f"medians with min/max: `{name}-summary.csv`" + (f"; plot: `{name}.png`" if plot == "1" else "") + ".\n")
 out.append("| queue depth | dc copy, window buffer (2 MiB pages) | dc copy, host buffer (THP) | dc copy, window buffer (/dev/shm, as by default) |")
 out.append("|---:|---:|---:|---:|")
 for q in range(1, 9):
-    out.append(f"| {q} | {fmt(g('window-huge', q))} | {fmt(g('host', q))} | {fmt(g('window', q))} |")
+    if any(g(v, q) is not None for v in ("window-huge", "host", "window")):
+        out.append(f"| {q} | {fmt(g('window-huge', q))} | {fmt(g('host', q))} | {fmt(g('window', q))} |")
 out.append("")
 out.append("| baseline / ceiling | MB/s |")
 out.append("|---|---:|")
 out.append(f"| dd bs=1M iflag=direct oflag=direct | {fmt(g('dd', 1))} |")
-out.append(f"| cp, then sync | {fmt(g('cp', 1))} |")
-out.append(f"| host-staged, one command in flight (dc copy --buffer host --qd 1) | {fmt(g('host', 1))} |")
+if g("window-before", 4) is not None:
+    out.append(f"| dc copy, window buffer (/dev/shm), qd 4, the `before:` build | {fmt(g('window-before', 4))} |")
+if g("cp", 1) is not None:
+    out.append(f"| cp, then sync | {fmt(g('cp', 1))} |")
+if g("host", 1) is not None:
+    out.append(f"| host-staged, one command in flight (dc copy --buffer host --qd 1) | {fmt(g('host', 1))} |")
 for tag, what in [("", "fio's buffers in 4 KiB pages (malloc)"), ("-huge", "fio's buffers in 2 MiB pages (hugetlb)")]:
     if g(f"device-read{tag}", 8) is None:
         continue
