@@ -20,10 +20,12 @@ Usage: pcisock fabric start [--foreground] [--on-demand] [--socket PATH] [--ring
        pcisock fabric status [--socket PATH]
 
 Options:
-  --socket PATH       The service's socket. Default for start: /run/pcisock/fabric.sock as
-                      root (the system service, which every local user can reach), else this
-                      user's ($XDG_RUNTIME_DIR/pcisock/fabric.sock or
-                      /dev/shm/pcisock-UID/fabric.sock). Default for stop and status: the one a
+  --socket PATH       The service's socket. Default for start: /run/pcisock/fabric-v2.sock
+                      as root (the system service, which every local user can reach), else
+                      this user's ($XDG_RUNTIME_DIR/pcisock/fabric-v2.sock or
+                      /dev/shm/pcisock-UID/fabric-v2.sock; v2: the service protocol's version,
+                      so that two versions' services never share a socket). Default for stop
+                      and status: the one a
                       process would use (PCISOCK_FABRIC, else the system service if it
                       answers, else this user's).
   --foreground        Serve in this process instead of detaching (for systemd and tests)
@@ -87,7 +89,7 @@ fn options(args: &mut Args, start: bool) -> Result<Option<Opts>, CliError> {
 
 fn default_start_socket() -> PathBuf {
     if crate::ffi::uid() == 0 {
-        PathBuf::from(fabric::client::SYSTEM_SOCKET)
+        fabric::client::system_socket()
     } else {
         fabric::client::user_socket()
     }
@@ -252,5 +254,20 @@ fn start(o: Opts, out: &mut String) -> Result<u8, CliError> {
             )));
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The help names the default sockets, whose names carry the protocol's version: it must
+    /// name this build's.
+    #[test]
+    fn the_help_names_this_versions_sockets() {
+        let name = fabric::client::socket_name();
+        assert!(super::HELP.contains(&name), "the help does not name {name}");
+        assert_eq!(
+            fabric::client::system_socket(),
+            std::path::Path::new("/run/pcisock").join(&name)
+        );
     }
 }

@@ -29,9 +29,10 @@ it is never created here.
 Through the host fabric service (the default on one host) connections are not in a device
 this command can read: it prints the service's counts and its live connections first (client
 and server address and pid, ring size); each process's PCISOCK_STATS_FILE has its connections'
-counters. Connections that fell back to TCP are
-not in the device: they appear, with their reason codes,
-in the per-process stats file (pcisock run --stats-file PATH, or PCISOCK_STATS_FILE).
+counters; then the recent connections of every process on the host that stayed on TCP (the
+last 64: age, pid, uid, side, addresses as the kernel had them, reason). Over a device,
+connections that fell back to TCP appear, with their reason codes, in the per-process stats
+file (pcisock run --stats-file PATH, or PCISOCK_STATS_FILE).
 Decode a reason with 'pcisock explain REASON'.
 
 Exit status: 0 (also when there is no device yet), 1 if the device cannot be read, 2 on a usage error.";
@@ -175,6 +176,31 @@ fn fabric_summary(out: &mut String) {
         out,
         "            (counters per connection: each process's PCISOCK_STATS_FILE)"
     );
+    let history = c.history().unwrap_or_default();
+    if history.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  recent fallbacks to TCP, host-wide, oldest first:\n  AGE  PID  UID  SIDE  LOCAL  ->  PEER  REASON"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for f in history {
+        let reason = transport::Reason::from_code(f.reason)
+            .map_or_else(|| format!("code {}", f.reason), |r| r.to_string());
+        let _ = writeln!(
+            out,
+            "  {}s  {}  {}  {}  {}  ->  {}  {reason}",
+            now.saturating_sub(f.when),
+            f.pid,
+            f.uid,
+            if f.server { "server" } else { "client" },
+            ep(f.local),
+            ep(f.peer),
+        );
+    }
 }
 
 pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {

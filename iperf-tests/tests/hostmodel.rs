@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use iperf_tests::fabric::Service;
 use iperf_tests::{
     check, command, free_port, Fixture, LoExpect, LoWindow, PreloadEnv, Proc, Stats,
 };
@@ -19,125 +20,6 @@ const MIB: u64 = 1 << 20;
 /// At most this much may cross lo while a test moves its payload over the NTB path (the TCP
 /// handshakes and closes of a few connections).
 const QUIET: u64 = 256 << 10;
-
-/// A fabric service of the test's own.
-struct Service {
-    proc: Proc,
-    socket: PathBuf,
-    dir: PathBuf,
-}
-
-impl Service {
-    fn start(f: &Fixture) -> Service {
-        let dir = PathBuf::from(format!(
-            "/run/pcisock-test-{}-{}",
-            std::process::id(),
-            f.name
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        let socket = dir.join("fabric.sock");
-        let cli = iperf_tests::Lib::cli().unwrap_or_else(|e| panic!("{e}"));
-        let sock_s = socket.display().to_string();
-        let proc = check(
-            Proc::spawn(
-                "fabric",
-                command(
-                    &cli,
-                    &["fabric", "start", "--foreground", "--socket", &sock_s],
-                    None,
-                ),
-                f.dir(),
-            ),
-            &[],
-        );
-        let svc = Service { proc, socket, dir };
-        let t0 = Instant::now();
-        while svc.status().is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "the service did not answer: {}",
-                svc.proc.describe()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        svc
-    }
-
-    /// `pcisock fabric status` as (name, value) pairs.
-    fn status(&self) -> Result<Vec<(String, u64)>, String> {
-        let cli = iperf_tests::Lib::cli()?;
-        let out = Command::new(cli)
-            .args(["fabric", "status", "--socket"])
-            .arg(&self.socket)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let words: Vec<&str> = text.split_whitespace().collect();
-        let mut pairs = Vec::new();
-        for w in words.windows(2) {
-            if let Ok(n) = w[1].parse() {
-                pairs.push((w[0].to_string(), n));
-            }
-        }
-        Ok(pairs)
-    }
-
-    fn count(&self, name: &str) -> u64 {
-        let st = self.status().unwrap_or_else(|e| panic!("status: {e}"));
-        st.iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| *v)
-            .unwrap_or_else(|| panic!("no {name} in {st:?}"))
-    }
-
-    /// The env of a preloaded process using this service, writing its stats file into the
-    /// fixture's directory (opened to every user by [`py`]).
-    fn env(&self, f: &Fixture, role: &str, port: u16) -> PreloadEnv {
-        let mut e = f.preload(role).with_ports(port.to_string());
-        e.stats_file = f.dir().join(format!("{role}.stats.json"));
-        e.extra
-            .push(("PCISOCK_FABRIC".into(), self.socket.display().to_string()));
-        e
-    }
-}
-
-impl Service {
-    /// Start a new service on the same socket (after this one was killed).
-    fn restart(&mut self, f: &Fixture) {
-        let cli = iperf_tests::Lib::cli().unwrap_or_else(|e| panic!("{e}"));
-        let sock_s = self.socket.display().to_string();
-        self.proc = check(
-            Proc::spawn(
-                "fabric2",
-                command(
-                    &cli,
-                    &["fabric", "start", "--foreground", "--socket", &sock_s],
-                    None,
-                ),
-                f.dir(),
-            ),
-            &[],
-        );
-        let t0 = Instant::now();
-        while self.status().is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "the new service did not answer"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.proc.terminate();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// The payload's marker (every byte a client sends is from it; servers check they read
 /// nothing else). It travels in the environment, which other users cannot read.
@@ -1026,5 +908,31 @@ fn a_namespace_cannot_reach_another_namespaces_listener() {
         svc.count("paired"),
         0,
         "a connection was paired across namespaces"
+    );
+    // Both fallbacks are in the service's host-wide history, with the kernel's addresses
+    // (each process in its own namespace) and the exact reasons: B's client found no
+    // listener in its namespace, A's server found no offer for its plain client.
+    let cli = iperf_tests::Lib::cli().unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(cli)
+        .arg("stats")
+        .env("PCISOCK_FABRIC", &svc.socket)
+        .output()
+        .expect("pcisock stats");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |side: &str, reason: &str| {
+        text.lines().any(|l| {
+            l.contains(&format!(" {side} "))
+                && l.contains(&format!(":{src} "))
+                && l.contains(&format!(":{port} "))
+                && l.ends_with(reason)
+        })
+    };
+    assert!(
+        text.contains("recent fallbacks to TCP") && line("client", "NoListener"),
+        "client B's fallback is not in the history:\n{text}"
+    );
+    assert!(
+        line("server", "NoOffer"),
+        "server A's fallback is not in the history:\n{text}"
     );
 }
