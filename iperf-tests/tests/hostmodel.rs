@@ -936,3 +936,78 @@ fn a_namespace_cannot_reach_another_namespaces_listener() {
         "server A's fallback is not in the history:\n{text}"
     );
 }
+
+/// A server that works through a long backlog (one accept every 100 ms) reaches its last
+/// clients long after their answer timeout (300 ms here): they wait on while their listener
+/// keeps accepting, and every one of the 15 connections goes over NTB (strict: a fallback
+/// would fail the client).
+#[test]
+fn clients_in_a_long_backlog_wait_for_their_server() {
+    const SERVER: &str = r#"
+import socket, sys, time
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", int(sys.argv[1]))); l.listen(64); print("listening", flush=True)
+for _ in range(int(sys.argv[2])):
+    time.sleep(0.1)
+    c, _ = l.accept()
+    b = b""
+    while len(b) < 5:
+        b += c.recv(5 - len(b))
+    c.sendall(b"ok" + b)
+    c.close()
+"#;
+    const CLIENTS: &str = r#"
+import socket, sys, threading
+port, n, bad = int(sys.argv[1]), int(sys.argv[2]), []
+def one(i):
+    try:
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"%05d" % i)
+        b = b""
+        while len(b) < 7:
+            r = s.recv(7 - len(b))
+            if not r:
+                break
+            b += r
+        if b != b"ok%05d" % i:
+            bad.append((i, b))
+        s.close()
+    except OSError as e:
+        bad.append((i, e))
+ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print("bad", bad, flush=True)
+sys.exit(1 if bad else 0)
+"#;
+    let f = Fixture::new("hm_backlog");
+    let svc = Service::start(&f);
+    let port = free_port();
+    let (port_s, n) = (port.to_string(), "15");
+    let py = |name: &str, code: &str, env: &PreloadEnv| {
+        let mut e = env.clone();
+        e.extra
+            .push(("PCISOCK_ANSWER_TIMEOUT_MS".into(), "300".into()));
+        check(
+            Proc::spawn(
+                name,
+                command("/usr/bin/python3", &["-c", code, &port_s, n], Some(&e)),
+                f.dir(),
+            ),
+            &[],
+        )
+    };
+    let senv = svc.env(&f, "server", port);
+    let mut s = py("server", SERVER, &senv);
+    check(
+        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+        &[&s],
+    );
+    let cenv = svc.env(&f, "clients", port);
+    let mut c = py("clients", CLIENTS, &cenv);
+    check(c.wait_success(Duration::from_secs(60)), &[&c, &s]);
+    check(s.wait_success(Duration::from_secs(20)), &[&s]);
+    let stats = cenv.stats().unwrap_or_else(|e| panic!("client stats: {e}"));
+    let ntb = stats.on_port(port).filter(|c| c.path == "ntb").count();
+    assert_eq!(ntb, 15, "client connections on NTB ({stats:?})");
+}
