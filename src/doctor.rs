@@ -29,8 +29,12 @@ Checks, in order:
   exports        it defines every hook of the list this pcisock was built with (shim/exports.txt);
                  the check loads the library (dlopen, RTLD_LOCAL), which runs its constructor
   configuration  the PCISOCK_* variables and rules file parse (else everything goes over TCP)
-  fabric         a host fabric service answers (where processes meet through one; the checks
-                 below but pages are then the service's), or processes map the device directly
+  fabric         how processes meet: through the host fabric service, which answers at the
+                 socket they would use with this build's protocol version (a service of another
+                 version fails the check); other versions' services beside it (a warning: their
+                 processes meet only their own kind) and sockets no service answers on (stale, a
+                 warning); or they map the device directly. With the service, of the checks
+                 below only pages applies (the DC buffer is the device's either way).
   directory      the device directory is ours with mode 0700, or can be created
   pages          the DC buffer of 'pcisock dc copy' can be contiguous like a BAR: the device
                  directory's filesystem gives huge pages, or it is a tmpfs without them and the
@@ -458,6 +462,16 @@ fn check_fabric(r: &mut Report) -> bool {
                 socket.display()
             ),
         ),
+        Err(fabric::ClientError::Wire(fabric::wire::WireError::Version(v))) => r.line(
+            Status::Fail,
+            "fabric",
+            format!(
+                "the service at {} speaks protocol {v}, this build {}: every connection stays on TCP. Stop it ('pcisock fabric stop --socket {}' with that version's pcisock, or kill it) and start this version's",
+                socket.display(),
+                fabric::wire::VERSION,
+                socket.display()
+            ),
+        ),
         Err(e) => r.line(
             Status::Fail,
             "fabric",
@@ -468,7 +482,60 @@ fn check_fabric(r: &mut Report) -> bool {
             ),
         ),
     }
+    check_other_services(r, &socket);
     true
+}
+
+/// The other service sockets beside the default ones: another version's service (its
+/// processes meet only each other) or a socket file no service answers on (left by a service
+/// that was killed).
+fn check_other_services(r: &mut Report, ours: &Path) {
+    let mut dirs = vec![
+        fabric::client::system_socket(),
+        fabric::client::user_socket(),
+    ];
+    dirs.push(ours.to_path_buf());
+    let mut dirs: Vec<std::path::PathBuf> = dirs
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut found: Vec<std::path::PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with("fabric") && name.ends_with(".sock") && p != ours
+            })
+            .collect();
+        found.sort();
+        for p in found {
+            match fabric::Client::connect(&p) {
+                Ok(_) => {} // this version's service at another path: fine
+                Err(fabric::ClientError::Wire(fabric::wire::WireError::Version(v))) => r.line(
+                    Status::Warn,
+                    "fabric",
+                    format!(
+                        "a service of protocol {v} (another pcisock version) answers at {}: its processes and this version's meet only their own kind (connections between them stay on TCP)",
+                        p.display()
+                    ),
+                ),
+                Err(_) => r.line(
+                    Status::Warn,
+                    "stale",
+                    format!(
+                        "{}: a service socket no service answers on (left by a service that was killed); remove it",
+                        p.display()
+                    ),
+                ),
+            }
+        }
+    }
 }
 
 pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
