@@ -9,7 +9,7 @@ use std::path::Path;
 use ntbdrv::emu::Options;
 use ntbdrv::NtbDevice;
 
-use crate::cli::{unknown_option, Arg, Args, CliError};
+use crate::cli::{unexpected, Arg, Args, CliError};
 use crate::config::Config;
 use crate::device::{self, Found};
 use crate::ffi::{self, Library, Symbol};
@@ -33,11 +33,13 @@ Checks, in order:
                  socket they would use with this build's protocol version (a service of another
                  version fails the check); other versions' services beside it (a warning: their
                  processes meet only their own kind) and sockets no service answers on (stale, a
-                 warning). With the service, the device checks below do not apply.
+                 warning); or they map the device directly. With the service, of the checks
+                 below only pages applies (the DC buffer is the device's either way).
   directory      the device directory is ours with mode 0700, or can be created
-  pages          the directory's filesystem gives huge pages (a warning only: in 4 KiB pages the
-                 windows are not contiguous like a BAR, and 'pcisock dc copy' runs at about dd's
-                 speed)
+  pages          the DC buffer of 'pcisock dc copy' can be contiguous like a BAR: the device
+                 directory's filesystem gives huge pages, or it is a tmpfs without them and the
+                 kernel collapses the buffer into 2 MiB pages on request (MADV_COLLAPSE); a
+                 warning only: in 4 KiB pages a dc copy runs at about dd's speed
   device         the emulated device opens, or would be created on first use
   link           the NTB link is up (a warning only: connections then fall back to TCP)
   stale          no leases of processes that are gone (they keep window space and interrupt
@@ -257,17 +259,36 @@ fn check_pages(r: &mut Report, opts: &Options) {
             "pages",
             format!("{} is on {fstype} ({options}): the windows are in huge pages, contiguous like a BAR", dir.display()),
         );
+        return;
+    }
+    // tmpfs without huge=: dc copy collapses its DC buffer into 2 MiB pages itself, where the
+    // kernel collapses shared memory on request (the probe does exactly that, on a memfd).
+    let probe = if fstype == "tmpfs" {
+        ntbdrv::emu::collapse_probe().map_err(|e| e.to_string())
     } else {
-        r.line(
-            Status::Warn,
+        Err(format!("{fstype} is not tmpfs"))
+    };
+    match probe {
+        Ok(()) => r.line(
+            Status::Ok,
             "pages",
             format!(
                 "{} is on {fstype} without huge pages: the windows are in 4 KiB pages, and 'pcisock dc copy' \
-                 through them runs at about dd's speed. For a window as contiguous as a BAR: mount -t tmpfs -o \
-                 huge=always,mode=0700 pcisock DIR, and set PCISOCK_EMU_DIR=DIR (docs/CLI.md, pcisock dc)",
+                 collapses its DC buffer in them into 2 MiB pages (MADV_COLLAPSE), contiguous like a BAR",
                 dir.display()
             ),
-        );
+        ),
+        Err(why) => r.line(
+            Status::Warn,
+            "pages",
+            format!(
+                "{} is on {fstype} without huge pages, and they cannot be collapsed into 2 MiB pages ({why}): \
+                 the windows are in 4 KiB pages, and 'pcisock dc copy' through them runs at about dd's speed. \
+                 For a window as contiguous as a BAR: mount -t tmpfs -o huge=always,mode=0700 pcisock DIR, \
+                 and set PCISOCK_EMU_DIR=DIR (docs/CLI.md, pcisock dc)",
+                dir.display()
+            ),
+        ),
     }
 }
 
@@ -284,7 +305,7 @@ fn check_device(r: &mut Report, opts: &Options) {
                     device::topology_name(c.topology),
                     dev.side(),
                     c.n_mw,
-                    device::size(c.mw_size),
+                    ntbdrv::format_size(c.mw_size),
                     c.n_db,
                     c.n_dma_ch
                 ),
@@ -325,7 +346,7 @@ fn check_device(r: &mut Report, opts: &Options) {
                     path.display(),
                     device::topology_name(c.topology),
                     c.n_mw,
-                    device::size(c.mw_size)
+                    ntbdrv::format_size(c.mw_size)
                 ),
             );
             r.line(Status::Ok, "link", "not known until the device exists");
@@ -518,17 +539,15 @@ fn check_other_services(r: &mut Report, ours: &Path) {
 }
 
 pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
-    while let Some(arg) = args.next()? {
-        match arg {
-            Arg::Option { name, .. } if name == "-h" || name == "--help" => {
-                out.push_str(HELP);
-                out.push('\n');
-                return Ok(0);
-            }
-            Arg::Option { name, .. } => return Err(unknown_option("doctor", &name)),
-            Arg::Word(w) => return Err(args.usage(format!("unexpected argument {w:?}"))),
-            Arg::EndOfOptions => args.finish()?,
+    // doctor takes no arguments but -h/--help.
+    match args.next()? {
+        None => {}
+        Some(Arg::Short('h') | Arg::Long("help")) => {
+            out.push_str(HELP);
+            out.push('\n');
+            return Ok(0);
         }
+        Some(arg) => return Err(unexpected("doctor", arg)),
     }
     let mut r = Report {
         out: String::new(),
@@ -537,6 +556,10 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     check_library(&mut r);
     check_config(&mut r);
     if check_fabric(&mut r) {
+        // dc copy leases its buffer from the device whoever carries the connections.
+        if let Ok(opts) = Options::from_env() {
+            check_pages(&mut r, &opts);
+        }
         out.push_str(&r.out);
         out.push_str(if r.failed {
             "some checks failed\n"

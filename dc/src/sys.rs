@@ -25,6 +25,9 @@ use std::os::fd::AsRawFd;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
+/// A transparent huge page.
+const HUGE: usize = 2 << 20;
+
 /// What keeps the DC buffer's memory mapped.
 enum Keep {
     /// Part of an inbound NTB memory window (the region holds the device mapping alive).
@@ -62,7 +65,6 @@ impl DcMemory {
     /// segment instead of one per 4 KiB page. (A buffer smaller than 2 MiB is given a whole
     /// aligned 2 MiB, or the kernel could not back it with a huge page.)
     pub fn host(len: usize) -> io::Result<DcMemory> {
-        const HUGE: usize = 2 << 20;
         let mut map = memmap2::MmapMut::map_anon(len.div_ceil(HUGE) * HUGE + HUGE)?;
         let _ = map.advise(memmap2::Advice::HugePage);
         let pad = (HUGE - map.as_ptr() as usize % HUGE) % HUGE;

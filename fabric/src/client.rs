@@ -253,6 +253,7 @@ impl Client {
     pub fn cancel_nowait(&mut self, offer: Offer) -> Result<(), ClientError> {
         self.send_only(Request::Cancel {
             request: offer.request,
+            stalled_only: false,
         })
     }
 
@@ -329,7 +330,22 @@ impl Client {
     pub fn cancel(&mut self, offer: Offer) -> Result<(), ClientError> {
         self.done(Request::Cancel {
             request: offer.request,
+            stalled_only: false,
         })
+    }
+
+    /// Give up an offer if it is stalled: `Ok(false)` when the host's servers accepted other
+    /// connections since it was made or last asked about (its server may reach it yet: wait
+    /// on), `Ok(true)` when it was given up.
+    pub fn cancel_if_stalled(&mut self, offer: Offer) -> Result<bool, ClientError> {
+        match self.done(Request::Cancel {
+            request: offer.request,
+            stalled_only: true,
+        }) {
+            Ok(()) => Ok(true),
+            Err(ClientError::Refused(Refusal::Progressing)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The kernel accepted `fd`: pair it with its client's offer, if there is one, with rings

@@ -112,6 +112,8 @@ struct Listener {
     /// Its owner withdrew it or went away; it goes once the kernel no longer has the socket
     /// (a forked child or a daemonized server may hold it still).
     orphan: bool,
+    /// Connections accepted on it (its servers' progress: see `Offer::seen`).
+    accepted: u64,
 }
 
 struct Offer {
@@ -131,6 +133,11 @@ struct Offer {
     line: Rc<Line>,
     netns: u64,
     posted: Instant,
+    /// Where its client connects (the claimed destination: which listeners' progress counts).
+    dest: (Addr, u16),
+    /// The accepts of those listeners when it was made, or when its client last asked whether
+    /// it is stalled (`Cancel` with `stalled_only`).
+    seen: u64,
     /// Its connected addresses are in `Service::offer_index`.
     indexed: bool,
 }
@@ -201,6 +208,15 @@ struct Counters {
     declined: u64,
     refused: HashMap<Refusal, u64>,
     reclaimed: u64,
+}
+
+impl Listener {
+    /// Whether a connection to `dest` in `netns` reaches this listener.
+    fn serves(&self, netns: u64, dest: (Addr, u16)) -> bool {
+        self.netns == netns
+            && self.port == dest.1
+            && (self.addr == dest.0 || unspecified(&self.addr))
+    }
 }
 
 const UNSPECIFIED_V6: Addr = [0; 16];
@@ -604,6 +620,7 @@ impl Service {
                                     port,
                                     inode,
                                     orphan: false,
+                                    accepted: 0,
                                 },
                             );
                             self.reply(client, id, Reply::Listening { listener: l }, &[]);
@@ -638,11 +655,10 @@ impl Service {
                     self.refuse(client, id, Refusal::Limit);
                     return None;
                 }
-                let listening = self.listeners.values().any(|l| {
-                    l.netns == view.netns
-                        && l.port == port
-                        && (unspecified(&l.addr) || l.addr == addr)
-                });
+                let listening = self
+                    .listeners
+                    .values()
+                    .any(|l| l.serves(view.netns, (addr, port)));
                 if !listening {
                     self.counters.declined += 1;
                     self.reply(
@@ -669,18 +685,39 @@ impl Service {
                         line,
                         netns: view.netns,
                         posted: Instant::now(),
+                        dest: (addr, port),
+                        seen: self.accepted_at(view.netns, (addr, port)),
                         indexed: false,
                     },
                 );
                 self.reply(client, id, Reply::Offered { conn }, &[]);
             }
-            Request::Cancel { request } => {
+            Request::Cancel {
+                request,
+                stalled_only,
+            } => {
                 let found = self
                     .offers
                     .iter()
                     .find(|(_, o)| o.owner == client && o.request == request)
                     .map(|(&c, _)| c);
-                if let Some(conn) = found {
+                let patience = self.opts.offer_patience;
+                let now = found
+                    .and_then(|c| self.offers.get(&c))
+                    .map(|o| self.accepted_at(o.netns, o.dest));
+                let progressing = found
+                    .and_then(|c| self.offers.get_mut(&c))
+                    .zip(now)
+                    .is_some_and(|(o, now)| {
+                        let moved = o.seen != now && o.posted.elapsed() < patience;
+                        o.seen = now;
+                        moved
+                    });
+                if stalled_only && progressing {
+                    // As the device rendezvous does with its accept counter: a server working
+                    // through a long backlog reaches its last clients late.
+                    self.refuse(client, id, Refusal::Progressing);
+                } else if let Some(conn) = found {
                     self.offers.remove(&conn);
                     self.reply(client, id, Reply::Done, &[]);
                 } else {
@@ -729,6 +766,11 @@ impl Service {
         drop(socket);
         if let Some(local) = view.local {
             self.adopt_listener(server, view.netns, local);
+            for l in self.listeners.values_mut() {
+                if l.serves(view.netns, local) {
+                    l.accepted += 1;
+                }
+            }
         }
         let mut found = self.find_offer(view.netns, view.peer, view.local);
         if found.is_none() {
@@ -1183,15 +1225,20 @@ impl Service {
     /// daemonized server's listener was looked up four times a second for as long as it ran.
     fn adopt_listener(&mut self, client: u64, netns: u64, local: (Addr, u16)) {
         for l in self.listeners.values_mut() {
-            if l.orphan
-                && l.netns == netns
-                && l.port == local.1
-                && (l.addr == local.0 || unspecified(&l.addr))
-            {
+            if l.orphan && l.serves(netns, local) {
                 l.orphan = false;
                 l.owner = client;
             }
         }
+    }
+
+    /// The accepts of the listeners that serve `dest` in `netns`.
+    fn accepted_at(&self, netns: u64, dest: (Addr, u16)) -> u64 {
+        self.listeners
+            .values()
+            .filter(|l| l.serves(netns, dest))
+            .map(|l| l.accepted)
+            .sum()
     }
 
     pub fn status(&self) -> Status {

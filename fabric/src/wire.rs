@@ -40,8 +40,11 @@ pub enum Request {
     /// and replies `Offered` or `Declined`.
     Connect { addr: Addr, port: u16, ring: u64 },
     /// The client gives up an offer (its connect failed, or it closes): the offer that the
-    /// `Connect` (or `Hold`) with this request id made or took back.
-    Cancel { request: u64 },
+    /// `Connect` (or `Hold`) with this request id made or took back. `stalled_only`: only if
+    /// the host's servers accepted nothing since the offer was made or last asked about
+    /// (refused with `Progressing` otherwise: a server with a long backlog reaches its last
+    /// clients late, and they wait on).
+    Cancel { request: u64, stalled_only: bool },
     /// The kernel accepted a connection; carries the accepted socket. Replies `Paired` or
     /// `Declined`. `ring` (as in `Connect`): the receive ring this process asks for; a pair
     /// gets the smaller of its two ends' and the service's, smaller still when window space
@@ -186,10 +189,12 @@ pub enum Refusal {
     Limit = 6,
     /// Only the service's owner or root may do that.
     Forbidden = 7,
+    /// A `Cancel` that asked for stalled offers only: servers accepted since, wait on.
+    Progressing = 8,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::Malformed,
         Refusal::OutOfOrder,
         Refusal::NotYou,
@@ -197,6 +202,7 @@ impl Refusal {
         Refusal::NotYours,
         Refusal::Limit,
         Refusal::Forbidden,
+        Refusal::Progressing,
     ];
 
     pub fn code(self) -> u32 {
@@ -218,6 +224,7 @@ impl std::fmt::Display for Refusal {
             Refusal::NotYours => "not this process's listener or connection",
             Refusal::Limit => "too many listeners or offers held",
             Refusal::Forbidden => "only the service's owner or root may do that",
+            Refusal::Progressing => "the host's servers are accepting: not stalled",
         })
     }
 }
@@ -300,7 +307,8 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_LISTEN | K_HOLD => (0, 1),
         K_ACCEPT => (1, 1),
         K_CONNECT => (4, 1),
-        K_UNLISTEN | K_CANCEL => (1, 0),
+        K_UNLISTEN => (1, 0),
+        K_CANCEL => (2, 0),
         K_CLOSE => (2, 0),
         K_STATUS | K_STOP | K_LIST | K_HISTORY => (0, 0),
         K_FALLBACK => (2, 1),
@@ -438,7 +446,10 @@ impl Request {
         let words: Vec<u64> = match *self {
             Request::Hello { pid } => vec![pid as u64],
             Request::Unlisten { listener } => vec![listener],
-            Request::Cancel { request } => vec![request],
+            Request::Cancel {
+                request,
+                stalled_only,
+            } => vec![request, stalled_only as u64],
             Request::Close { conn, server } => vec![conn, server as u64],
             Request::Connect { addr, port, ring } => {
                 let (a, b) = addr_words(&addr);
@@ -470,7 +481,10 @@ impl Request {
                 port: u16::try_from(w[2]).map_err(|_| WireError::Value { kind, word: 2 })?,
                 ring: w[3],
             },
-            K_CANCEL => Request::Cancel { request: w[0] },
+            K_CANCEL => Request::Cancel {
+                request: w[0],
+                stalled_only: bool_word(kind, &w, 1)?,
+            },
             K_ACCEPT => Request::Accept { ring: w[0] },
             K_HOLD => Request::Hold,
             K_LIST => Request::List,
@@ -687,7 +701,10 @@ mod tests {
                 port: 5201,
                 ring: 1 << 20,
             },
-            Request::Cancel { request: u64::MAX },
+            Request::Cancel {
+                request: u64::MAX,
+                stalled_only: true,
+            },
             Request::Accept { ring: 128 << 10 },
             Request::Hold,
             Request::Close {
@@ -774,7 +791,11 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_refused() {
-        let good = Request::Cancel { request: 1 }.encode(1);
+        let good = Request::Cancel {
+            request: 1,
+            stalled_only: false,
+        }
+        .encode(1);
         assert_eq!(
             Request::decode(&good[..HEADER - 1], 0),
             Err(WireError::Short(15))

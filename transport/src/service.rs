@@ -239,7 +239,9 @@ pub struct Offered {
     line: Arc<OwnedFd>,
     pub(crate) local: Endpoint,
     remote: Endpoint,
-    posted: Instant,
+    /// When the offer was made, or the host's servers last accepted a connection as far as
+    /// this client knows (the answer timeout counts from it).
+    progress: Instant,
 }
 
 pub(crate) fn listen(shared: &Shared, socket: RawFd) -> Result<Listener, Reason> {
@@ -281,7 +283,7 @@ pub(crate) fn offer(
         line,
         local,
         remote,
-        posted: Instant::now(),
+        progress: Instant::now(),
     }))
 }
 
@@ -343,15 +345,25 @@ pub(crate) fn complete(
         // in epoll for a server that does not accept settles on TCP, as with the device).
         // A peer that talks over TCP, or hangs up, is not upgrading.
         let tcp_says = !matches!(crate::sys::peek_tcp(tcp_fd), crate::sys::Peek::Open);
-        if !withdrawn && (o.posted.elapsed() >= timeout || tcp_says) {
-            match link.with(|c| c.cancel(o.offer)) {
-                Ok(()) => return Outcome::Tcp(Reason::NoAnswer),
+        if !withdrawn && (o.progress.elapsed() >= timeout || tcp_says) {
+            // The timeout counts from the host's servers' last progress: while they accept
+            // other connections the service refuses to call the offer stalled (a server
+            // working through a long backlog reaches its last clients late), up to its own
+            // patience for an offer.
+            let r = if tcp_says {
+                link.with(|c| c.cancel(o.offer)).map(|()| true)
+            } else {
+                link.with(|c| c.cancel_if_stalled(o.offer))
+            };
+            match r {
+                Ok(true) => return Outcome::Tcp(Reason::NoAnswer),
+                Ok(false) => o.progress = Instant::now(),
                 // Paired meanwhile: the answer is on its way.
                 Err(ClientError::Refused(_)) => withdrawn = true,
                 Err(e) => return Outcome::Tcp(failed(e)),
             }
         }
-        if withdrawn && o.posted.elapsed() >= timeout + Duration::from_secs(5) {
+        if withdrawn && o.progress.elapsed() >= timeout + Duration::from_secs(5) {
             return Outcome::Tcp(Reason::NoAnswer);
         }
         if let Some(p) = patience {
@@ -434,7 +446,7 @@ pub(crate) fn reattach(shared: &Arc<Shared>, tcp_fd: RawFd) -> Option<Outcome> {
                 line: link.line(svc, line),
                 local: view.local.map(Endpoint::from).unwrap_or_default(),
                 remote: view.peer.map(Endpoint::from)?,
-                posted: Instant::now(),
+                progress: Instant::now(),
             };
             Some(complete(shared, o, tcp_fd, Some(Duration::ZERO)))
         }
