@@ -39,14 +39,18 @@ shm_src="$root/../shared/tools/shmbench.c"
 [[ -f "$lib" && -x "$cli" ]] || { echo "pingpong.sh: $lib or $cli not found: run cargo build --release" >&2; exit 2; }
 [[ -z "$LIB_B" || -f "$LIB_B" ]] || { echo "pingpong.sh: --lib-b $LIB_B not found" >&2; exit 2; }
 [[ -f "$shm_src" ]] || { echo "pingpong.sh: $shm_src not found (the floor)" >&2; exit 2; }
-command -v gcc >/dev/null && command -v taskset >/dev/null || { echo "pingpong.sh: needs gcc and taskset" >&2; exit 2; }
+if ! command -v gcc >/dev/null || ! command -v taskset >/dev/null; then
+    echo "pingpong.sh: needs gcc and taskset" >&2; exit 2
+fi
 (( $(nproc) >= 2 )) || { echo "pingpong.sh: needs 2 CPUs" >&2; exit 2; }
 
+# shellcheck source=benches/common.sh
 source "$root/benches/common.sh"
 bench_init pingpong.sh
-gcc -O2 -Wall -o "$work/sockpair" "$root/benches/sockpair.c" &&
-    gcc -O2 -march=native -o "$work/shmbench" "$shm_src" ||
-    { echo "pingpong.sh: building sockpair or shmbench failed" >&2; exit 2; }
+if ! gcc -O2 -Wall -o "$work/sockpair" "$root/benches/sockpair.c" ||
+    ! gcc -O2 -march=native -o "$work/shmbench" "$shm_src"; then
+    echo "pingpong.sh: building sockpair or shmbench failed" >&2; exit 2
+fi
 mkdir -m 700 "$work/svc"
 "$cli" fabric start --socket "$work/svc/fabric.sock" >/dev/null ||
     { echo "pingpong.sh: could not start a host fabric service" >&2; exit 2; }
