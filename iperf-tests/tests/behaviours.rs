@@ -299,9 +299,13 @@ fn dup_then_close() {
 #[test]
 fn fdtable_races() {
     // Five connections, both ends in the process; at least 20,000 messages of 64 bytes on connections 1, 2 and 4.
+    // No lo bound: the program runs for a second or more (until 200 signal handlers have written), long enough for
+    // other tests' handshakes in overlapping quiet windows to exceed it; a byte that reached a kernel socket instead
+    // of the ring shows anyway, as data on TCP after the upgrade (the reader's connection is reset) or a short
+    // count at the reader, and strict mode keeps every connection off TCP.
     run_behaviour(
         "fdtable_races",
-        expect(10, 3 * 20_000 * 64, 3 * 20_000 * 64, 3 * MIB),
+        expect(10, 3 * 20_000 * 64, 3 * 20_000 * 64, 0),
     );
 }
 
