@@ -201,6 +201,8 @@ struct Hazard {
     slot: &'static AtomicPtr<Sock>,
     used: NonNull<Cell<u32>>,
     bit: u32,
+    /// The table slot the entry was pinned from.
+    from: &'static AtomicPtr<Sock>,
 }
 
 impl Hazard {
@@ -232,7 +234,10 @@ impl Drop for Pinned {
             Some(h) => {
                 // Our accesses to the entry are done before a remover can see the slot empty.
                 h.clear();
-                if RETIRED_COUNT.load(Relaxed) != 0 {
+                // Only a pin whose entry left the table meanwhile can have held up its release:
+                // other calls do not pay for the retired list while a blocked call holds an
+                // entry on it.
+                if h.from.load(Relaxed) != self.sock.as_ptr() && RETIRED_COUNT.load(Relaxed) != 0 {
                     reclaim();
                 }
             }
@@ -283,6 +288,7 @@ pub fn pin(fd: i32) -> Option<Pinned> {
             slot: rec.slots.get(i as usize)?,
             used: NonNull::from(&m.used),
             bit: 1 << i,
+            from: slot,
         })
     }) else {
         return pin_slow(fd, slot);
