@@ -489,12 +489,56 @@ fn to_epoll(r: transport::Readiness, interest: u32) -> u32 {
 }
 
 /// Move pending registrations whose offer has settled to their final form.
-fn settle(epfd: c_int, regs: &mut HashMap<c_int, Reg>) {
+/// Only those that may have news are looked at: their answer arrived or their time is up
+/// (`Transport::pending_news`, one look for all), or their socket had an event (`poked`). A
+/// client with thousands of connects waiting for their answers pays per answer, not per
+/// waiting connect and wait.
+fn settle(epfd: c_int, regs: &mut HashMap<c_int, Reg>, poked: &[c_int]) {
+    let pending: Vec<c_int> = regs
+        .iter()
+        .filter(|(_, r)| matches!(r.form, Form::Pending { .. }))
+        .map(|(fd, _)| *fd)
+        .collect();
+    if pending.is_empty() {
+        return;
+    }
+    let news: std::collections::HashSet<c_int> = match global::get().transport() {
+        Ok(t) => {
+            let guards: Vec<_> = pending
+                .iter()
+                .map(|fd| regs[fd].sock.state.lock().ok())
+                .collect();
+            let offers: Vec<Option<&transport::Pending>> = guards
+                .iter()
+                .map(|g| match g.as_deref() {
+                    Some(State::Offered(Some(p))) => Some(p),
+                    _ => None,
+                })
+                .collect();
+            let known: Vec<&transport::Pending> = offers.iter().flatten().copied().collect();
+            let mut answers = t.pending_news(&known).into_iter();
+            let flags: Vec<bool> = offers
+                .iter()
+                .map(|o| o.is_none() || answers.next().unwrap_or(true))
+                .collect();
+            drop(guards);
+            pending
+                .iter()
+                .zip(flags)
+                .filter(|(fd, news)| *news || poked.contains(fd))
+                .map(|(fd, _)| *fd)
+                .collect()
+        }
+        Err(_) => pending.into_iter().collect(),
+    };
     let mut to_kernel = Vec::new();
     for (fd, r) in regs.iter_mut() {
         let Form::Pending { .. } = r.form else {
             continue;
         };
+        if !news.contains(fd) {
+            continue;
+        }
         // A non-blocking look: the answer may be there now.
         let _ = ops::data_path(*fd, true);
         let now = form_of(&r.sock);
@@ -625,7 +669,7 @@ pub fn wait(
                     spin = Duration::ZERO;
                 }
             }
-            settle(epfd, &mut regs);
+            settle(epfd, &mut regs, &[]);
             harvest(&mut regs, &mut out, max, &mut seen);
             spin_phase = out.is_empty() && t0.elapsed() < spin;
             armed = if out.is_empty() && !spin_phase {
@@ -711,7 +755,7 @@ pub fn wait(
                             c.look_at_tcp();
                         }
                     }
-                    settle(epfd, &mut regs);
+                    settle(epfd, &mut regs, &poked_fds);
                     harvest(&mut regs, &mut out, max, &mut seen);
                 }
             }

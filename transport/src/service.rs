@@ -240,6 +240,10 @@ pub struct Offered {
     pub(crate) local: Endpoint,
     remote: Endpoint,
     posted: Instant,
+    /// When its TCP connect was first seen done (the first completion attempt): the answer
+    /// timeout counts from then. A connect the kernel takes long over (a full backlog: SYNs
+    /// retried after 1 s, 3 s) is no sign of a server that does not answer.
+    connected: Option<Instant>,
 }
 
 pub(crate) fn listen(shared: &Shared, socket: RawFd) -> Result<Listener, Reason> {
@@ -282,6 +286,7 @@ pub(crate) fn offer(
         local,
         remote,
         posted: Instant::now(),
+        connected: None,
     }))
 }
 
@@ -300,6 +305,25 @@ pub(crate) fn pending_fd(p: &Pending) -> RawFd {
     }
 }
 
+/// Which of `offers` may have news (one look at the service's socket for all of them): its
+/// answer arrived, or its answer timeout passed. The others need no look until then (or until
+/// their TCP socket shows something): an application waiting on thousands of pending connects
+/// pays for the ones that moved, not for all of them on every wait.
+pub(crate) fn news(shared: &Shared, offers: &[&Offered]) -> Vec<bool> {
+    let timeout = shared.settings.answer_timeout;
+    let Ok(link) = link(shared) else {
+        return vec![true; offers.len()];
+    };
+    link.with(|c| {
+        c.take_replies()?;
+        Ok(offers
+            .iter()
+            .map(|o| o.connected.unwrap_or(o.posted).elapsed() >= timeout || c.answered(&o.offer))
+            .collect())
+    })
+    .unwrap_or_else(|_| vec![true; offers.len()])
+}
+
 /// Wait for the server's side of an offer: up to `patience` (`None`: until the answer timeout
 /// passes, or the peer talks over TCP or hangs up, when the offer is withdrawn).
 pub(crate) fn complete(
@@ -313,6 +337,7 @@ pub(crate) fn complete(
     };
     let t0 = Instant::now();
     let timeout = shared.settings.answer_timeout;
+    let since = *o.connected.get_or_insert(t0);
     let mut withdrawn = false;
     loop {
         // Registered before the look: a ring after it reaches our sleep below.
@@ -343,7 +368,7 @@ pub(crate) fn complete(
         // in epoll for a server that does not accept settles on TCP, as with the device).
         // A peer that talks over TCP, or hangs up, is not upgrading.
         let tcp_says = !matches!(crate::sys::peek_tcp(tcp_fd), crate::sys::Peek::Open);
-        if !withdrawn && (o.posted.elapsed() >= timeout || tcp_says) {
+        if !withdrawn && (since.elapsed() >= timeout || tcp_says) {
             match link.with(|c| c.cancel(o.offer)) {
                 Ok(()) => return Outcome::Tcp(Reason::NoAnswer),
                 // Paired meanwhile: the answer is on its way.
@@ -351,7 +376,7 @@ pub(crate) fn complete(
                 Err(e) => return Outcome::Tcp(failed(e)),
             }
         }
-        if withdrawn && o.posted.elapsed() >= timeout + Duration::from_secs(5) {
+        if withdrawn && since.elapsed() >= timeout + Duration::from_secs(5) {
             return Outcome::Tcp(Reason::NoAnswer);
         }
         if let Some(p) = patience {
@@ -419,6 +444,7 @@ pub(crate) fn reattach(shared: &Arc<Shared>, tcp_fd: RawFd) -> Option<Outcome> {
                 local: view.local.map(Endpoint::from).unwrap_or_default(),
                 remote: view.peer.map(Endpoint::from)?,
                 posted: Instant::now(),
+                connected: None,
             };
             Some(complete(shared, o, tcp_fd, Some(Duration::ZERO)))
         }
