@@ -253,6 +253,7 @@ impl Client {
     pub fn cancel_nowait(&mut self, offer: Offer) -> Result<(), ClientError> {
         self.send_only(Request::Cancel {
             request: offer.request,
+            unless_accepting: false,
         })
     }
 
@@ -339,11 +340,19 @@ impl Client {
             .is_some_and(|(r, _)| !matches!(r, Reply::Offered { .. }))
     }
 
-    /// Give up an offer.
-    pub fn cancel(&mut self, offer: Offer) -> Result<(), ClientError> {
-        self.done(Request::Cancel {
+    /// Give up an offer: `Ok(true)` when it is withdrawn; with `unless_accepting`,
+    /// `Ok(false)` when the service keeps it because the server is accepting connections (its
+    /// turn is coming).
+    pub fn cancel(&mut self, offer: Offer, unless_accepting: bool) -> Result<bool, ClientError> {
+        let r = Request::Cancel {
             request: offer.request,
-        })
+            unless_accepting,
+        };
+        match self.call(r, None)?.0 {
+            Reply::Done => Ok(true),
+            Reply::Wait => Ok(false),
+            r => Err(ClientError::Unexpected(r)),
+        }
     }
 
     /// The kernel accepted `fd`: pair it with its client's offer, if there is one, with rings

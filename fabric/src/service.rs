@@ -68,6 +68,14 @@ const MAX_STRIKES: u32 = 16;
 const MAX_OUTBOX: usize = 16384;
 /// Messages read from one client per pass (fairness).
 const PASS_BUDGET: usize = 256;
+/// How often offers are looked at for their patience.
+const EXPIRE_LOOK: Duration = Duration::from_millis(100);
+/// Accepts that found no offer, remembered (see `Service::unoffered`).
+const UNOFFERED_KEPT: usize = 4096;
+/// A listener that accepted a connection this recently is making progress: a late client's
+/// `Cancel` is answered `Wait` (as the device rendezvous extends a client's wait while the
+/// server host's accept counter moves).
+const ACCEPT_PROGRESS: Duration = Duration::from_secs(2);
 /// How often orphaned connections are looked up in the kernel's socket table.
 const ORPHAN_LOOK_MS: i32 = 250;
 
@@ -109,6 +117,8 @@ struct Listener {
     /// Its owner withdrew it or went away; it goes once the kernel no longer has the socket
     /// (a forked child or a daemonized server may hold it still).
     orphan: bool,
+    /// When a connection to it was last accepted (see `ACCEPT_PROGRESS`).
+    accepted_at: Option<Instant>,
 }
 
 struct Offer {
@@ -126,10 +136,15 @@ struct Offer {
     socket: OwnedFd,
     /// The client's interrupt line: rung when the offer is answered.
     line: Rc<Line>,
+    /// The destination it claimed (only to judge whether its server makes progress).
+    to: (Addr, u16),
     netns: u64,
     posted: Instant,
-    /// Its connected addresses are in `Service::offer_index`.
+    /// Its addresses are in `Service::offer_index`.
     indexed: bool,
+    /// Indexed by the destination it claimed, before the kernel connected it (see
+    /// `find_offer`): checked against its socket when found.
+    provisional: bool,
 }
 
 /// An accept to handle: (client, request id, the accepted socket, the ring it asks for).
@@ -173,6 +188,9 @@ pub struct Service {
     accepts: std::collections::VecDeque<Accepted>,
     /// Offers by (namespace, client address, server address), once connected.
     offer_index: HashMap<OfferKey, u64>,
+    /// Connections whose accept found no offer lately (oldest first): a client's offer for
+    /// one of them is never answered, so it is not told to wait (`Cancel`).
+    unoffered: std::collections::VecDeque<OfferKey>,
     conns: HashMap<u64, Conn>,
     /// pidfds of the processes holding connections.
     holders: HashMap<u32, OwnedFd>,
@@ -182,6 +200,8 @@ pub struct Service {
     orphans: Vec<u64>,
     /// When the orphans were last looked at.
     orphans_seen: Instant,
+    /// When offers were last looked at for their patience (see `expire_offers`).
+    offers_seen: Instant,
     /// The service's own network namespace (its sockets table is the one it can read).
     netns: u64,
     next_id: u64,
@@ -218,10 +238,12 @@ impl Service {
             offers: HashMap::new(),
             accepts: std::collections::VecDeque::new(),
             offer_index: HashMap::new(),
+            unoffered: Default::default(),
             conns: HashMap::new(),
             holders: HashMap::new(),
             orphans: Vec::new(),
             orphans_seen: Instant::now(),
+            offers_seen: Instant::now(),
             netns: sys::own_netns().unwrap_or(0),
             next_id: 1,
             window_used: 0,
@@ -559,6 +581,7 @@ impl Service {
                                     port,
                                     inode,
                                     orphan: false,
+                                    accepted_at: None,
                                 },
                             );
                             self.reply(client, id, Reply::Listening { listener: l }, &[]);
@@ -622,22 +645,34 @@ impl Service {
                         request: id,
                         socket: sock,
                         line,
+                        to: (addr, port),
                         netns: view.netns,
                         posted: Instant::now(),
                         indexed: false,
+                        provisional: false,
                     },
                 );
                 self.reply(client, id, Reply::Offered { conn }, &[]);
             }
-            Request::Cancel { request } => {
+            Request::Cancel {
+                request,
+                unless_accepting,
+            } => {
                 let found = self
                     .offers
                     .iter()
                     .find(|(_, o)| o.owner == client && o.request == request)
                     .map(|(&c, _)| c);
                 if let Some(conn) = found {
-                    self.offers.remove(&conn);
-                    self.reply(client, id, Reply::Done, &[]);
+                    if unless_accepting
+                        && self.accepting(&self.offers[&conn])
+                        && !self.unoffered_offer(&self.offers[&conn])
+                    {
+                        self.reply(client, id, Reply::Wait, &[]);
+                    } else {
+                        self.offers.remove(&conn);
+                        self.reply(client, id, Reply::Done, &[]);
+                    }
                 } else {
                     self.refuse(client, id, Refusal::NotYours);
                 }
@@ -682,6 +717,16 @@ impl Service {
             _ => return self.refuse(server, request, Refusal::BadSocket),
         };
         drop(socket);
+        if let Some((addr, port)) = view.local {
+            for l in self.listeners.values_mut() {
+                if l.netns == view.netns
+                    && l.port == port
+                    && (unspecified(&l.addr) || l.addr == addr)
+                {
+                    l.accepted_at = Some(Instant::now());
+                }
+            }
+        }
         let mut found = self.find_offer(view.netns, view.peer, view.local);
         if found.is_none() {
             // The client's `Connect` was in the service's socket before its kernel connect
@@ -692,6 +737,12 @@ impl Service {
         }
         let Some(conn) = found else {
             self.counters.declined += 1;
+            if let (Some(p), Some(l)) = (view.peer, view.local) {
+                if self.unoffered.len() >= UNOFFERED_KEPT {
+                    self.unoffered.pop_front();
+                }
+                self.unoffered.push_back((view.netns, p, l));
+            }
             return self.reply(server, request, Reply::Declined { reason: NO_OFFER }, &[]);
         };
         let Some(offer) = self.offers.remove(&conn) else {
@@ -804,6 +855,30 @@ impl Service {
             self.add_holder(conn, pid, end);
         }
         self.orphan_if_unheld(conn);
+    }
+
+    /// Is the server of offer `o` making progress: did a listener it may reach accept a
+    /// connection within `ACCEPT_PROGRESS`, while the offer is within its patience?
+    fn accepting(&self, o: &Offer) -> bool {
+        o.posted.elapsed() < self.opts.offer_patience
+            && self.listeners.values().any(|l| {
+                l.netns == o.netns
+                    && l.port == o.to.1
+                    && (unspecified(&l.addr) || l.addr == o.to.0)
+                    && l.accepted_at.is_some_and(|t| t.elapsed() < ACCEPT_PROGRESS)
+            })
+    }
+
+    /// Was offer `o`'s connection accepted without finding it (its server took it for a plain
+    /// client's)?
+    fn unoffered_offer(&self, o: &Offer) -> bool {
+        let Some(v) = sys::tcp_view(o.socket.as_raw_fd()).ok().flatten() else {
+            return true;
+        };
+        match (v.local, v.peer) {
+            (Some(l), Some(p)) => self.unoffered.contains(&(o.netns, l, p)),
+            _ => false,
+        }
     }
 
     /// `pid` holds end `end` of `conn` (watched until it dies).
@@ -988,7 +1063,14 @@ impl Service {
     ) -> Option<u64> {
         let key = (netns, peer?, local?);
         if let Some(&conn) = self.offer_index.get(&key) {
-            if self.offers.contains_key(&conn) {
+            let sure = self.offers.get(&conn).is_some_and(|o| {
+                !o.provisional
+                    || sys::tcp_view(o.socket.as_raw_fd())
+                        .ok()
+                        .flatten()
+                        .is_some_and(|v| v.local == Some(key.1) && v.peer == Some(key.2))
+            });
+            if sure {
                 return Some(conn);
             }
             self.offer_index.remove(&key);
@@ -1014,12 +1096,46 @@ impl Service {
                     found = Some(conn);
                     break;
                 }
+            } else if let Some(l) = v.local.filter(|l| l.1 != 0) {
+                // Still connecting (a full backlog keeps thousands so for seconds): indexed by
+                // the destination it claimed, so that it is not looked at again on every
+                // accept that misses (each look is several system calls).
+                o.indexed = true;
+                o.provisional = true;
+                self.offer_index.insert((o.netns, l, o.to), conn);
+            }
+        }
+        if found.is_none() {
+            // An offer indexed by a claimed destination that was not where it connected (a
+            // rare case: a redirect): one more look at those.
+            let provisional: Vec<u64> = self
+                .offers
+                .iter()
+                .filter(|(_, o)| o.provisional && o.netns == netns && o.to != key.2)
+                .map(|(&c, _)| c)
+                .collect();
+            for conn in provisional {
+                let Some(o) = self.offers.get(&conn) else {
+                    continue;
+                };
+                let v = sys::tcp_view(o.socket.as_raw_fd()).ok().flatten();
+                if v.is_some_and(|v| v.local == Some(key.1) && v.peer == Some(key.2)) {
+                    found = Some(conn);
+                    break;
+                }
             }
         }
         found
     }
 
+    /// Offers past their patience go (looked for every `EXPIRE_LOOK`, not on every turn: with
+    /// thousands of offers waiting, a look at each per message was most of the service's
+    /// time).
     fn expire_offers(&mut self) {
+        if self.offers_seen.elapsed() < EXPIRE_LOOK {
+            return;
+        }
+        self.offers_seen = Instant::now();
         let offers = &self.offers;
         self.offer_index.retain(|_, c| offers.contains_key(c));
         let now = Instant::now();

@@ -39,9 +39,14 @@ pub enum Request {
     /// The service rings the process's line (`Hello`) when the offer is paired or declined,
     /// and replies `Offered` or `Declined`.
     Connect { addr: Addr, port: u16, ring: u64 },
-    /// The client gives up an offer (its connect failed, or it closes): the offer that the
-    /// `Connect` (or `Hold`) with this request id made or took back.
-    Cancel { request: u64 },
+    /// The client gives up an offer (its connect failed, or it closes, or its answer is late):
+    /// the offer that the `Connect` (or `Hold`) with this request id made or took back.
+    /// Replies `Done`; with `unless_accepting`, `Wait` instead when the server's listener is
+    /// accepting connections (the offer stays: a busy server reaches it).
+    Cancel {
+        request: u64,
+        unless_accepting: bool,
+    },
     /// The kernel accepted a connection; carries the accepted socket. Replies `Paired` or
     /// `Declined`. `ring` (as in `Connect`): the receive ring this process asks for; a pair
     /// gets the smaller of its two ends' and the service's, smaller still when window space
@@ -111,6 +116,9 @@ pub enum Reply {
     },
     /// One live connection (an answer to `List`).
     Entry(Entry),
+    /// An offer's `Cancel` is not done: the server's listener accepted a connection within
+    /// the last seconds, so the offer's turn is coming (a busy server, a long backlog).
+    Wait,
 }
 
 /// A live connection as `List` reports it.
@@ -262,6 +270,7 @@ const K_STATUS_REPLY: u16 = 0x87;
 const K_REFUSED: u16 = 0x88;
 const K_REOFFERED: u16 = 0x89;
 const K_ENTRY: u16 = 0x8A;
+const K_WAIT: u16 = 0x8B;
 
 /// (body words, descriptors) of each kind; `None` for an unknown kind.
 fn shape(kind: u16) -> Option<(usize, usize)> {
@@ -270,7 +279,8 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_LISTEN | K_HOLD => (0, 1),
         K_ACCEPT => (1, 1),
         K_CONNECT => (4, 1),
-        K_UNLISTEN | K_CANCEL => (1, 0),
+        K_UNLISTEN => (1, 0),
+        K_CANCEL => (2, 0),
         K_CLOSE => (2, 0),
         K_STATUS | K_STOP | K_LIST => (0, 0),
         K_ENTRY => (9, 0),
@@ -279,7 +289,7 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_REOFFERED => (2, 1),
         K_PAIRED => (5, 3),
         K_DECLINED | K_REFUSED => (1, 0),
-        K_DONE => (0, 0),
+        K_DONE | K_WAIT => (0, 0),
         K_STATUS_REPLY => (11, 0),
         _ => return None,
     })
@@ -396,7 +406,10 @@ impl Request {
         let words: Vec<u64> = match *self {
             Request::Hello { pid } => vec![pid as u64],
             Request::Unlisten { listener } => vec![listener],
-            Request::Cancel { request } => vec![request],
+            Request::Cancel {
+                request,
+                unless_accepting,
+            } => vec![request, unless_accepting as u64],
             Request::Close { conn, server } => vec![conn, server as u64],
             Request::Connect { addr, port, ring } => {
                 let (a, b) = addr_words(&addr);
@@ -424,7 +437,14 @@ impl Request {
                 port: u16::try_from(w[2]).map_err(|_| WireError::Value { kind, word: 2 })?,
                 ring: w[3],
             },
-            K_CANCEL => Request::Cancel { request: w[0] },
+            K_CANCEL => Request::Cancel {
+                request: w[0],
+                unless_accepting: match w[1] {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Value { kind, word: 1 }),
+                },
+            },
             K_ACCEPT => Request::Accept { ring: w[0] },
             K_HOLD => Request::Hold,
             K_LIST => Request::List,
@@ -457,6 +477,7 @@ impl Reply {
             Reply::Status(_) => K_STATUS_REPLY,
             Reply::Refused { .. } => K_REFUSED,
             Reply::Entry(_) => K_ENTRY,
+            Reply::Wait => K_WAIT,
         }
     }
 
@@ -485,7 +506,7 @@ impl Reply {
             } => vec![conn, ring_bytes, server as u64, own_line, peer_line],
             Reply::Declined { reason } => vec![reason as u64],
             Reply::Refused { why } => vec![why as u64],
-            Reply::Done => vec![],
+            Reply::Done | Reply::Wait => vec![],
             Reply::Entry(e) => {
                 let (ca, cb) = addr_words(&e.client.0);
                 let (sa, sb) = addr_words(&e.server.0);
@@ -565,6 +586,7 @@ impl Reply {
                 why: u32_word(kind, &w, 0)?,
             },
             K_DONE => Reply::Done,
+            K_WAIT => Reply::Wait,
             K_STATUS_REPLY => Reply::Status(Status {
                 service_pid: u32_word(kind, &w, 0)?,
                 clients: w[1],
@@ -604,7 +626,10 @@ mod tests {
                 port: 5201,
                 ring: 1 << 20,
             },
-            Request::Cancel { request: u64::MAX },
+            Request::Cancel {
+                request: u64::MAX,
+                unless_accepting: true,
+            },
             Request::Accept { ring: 128 << 10 },
             Request::Hold,
             Request::Close {
@@ -637,6 +662,7 @@ mod tests {
             },
             Reply::Declined { reason: 4 },
             Reply::Done,
+            Reply::Wait,
             Reply::Status(Status {
                 service_pid: 5,
                 clients: 1,
@@ -677,7 +703,11 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_refused() {
-        let good = Request::Cancel { request: 1 }.encode(1);
+        let good = Request::Cancel {
+            request: 1,
+            unless_accepting: false,
+        }
+        .encode(1);
         assert_eq!(
             Request::decode(&good[..HEADER - 1], 0),
             Err(WireError::Short(15))

@@ -188,7 +188,7 @@ fn a_third_party_can_neither_claim_nor_meddle() {
         Err(ClientError::Refused(Refusal::NotYours))
     ));
     assert!(matches!(
-        other.cancel(offer),
+        other.cancel(offer, false),
         Err(ClientError::Refused(Refusal::NotYours))
     ));
 
@@ -426,4 +426,31 @@ fn a_dead_process_leaves_nothing_behind() {
     drop((csock, accepted, unrelated));
     let st = me.status().unwrap();
     assert_eq!((st.connections, st.window_used, st.reclaimed), (0, 0, 1));
+}
+
+/// A late client's `Cancel` may ask to be kept while its server makes progress: it is answered
+/// `Wait` (the offer stays) once the server's listener accepted a connection lately, and
+/// withdrawn otherwise; a plain `Cancel` always withdraws.
+#[test]
+fn a_late_client_waits_while_its_server_accepts() {
+    let svc = start(Options::default());
+    let mut server = Client::connect(&svc.socket).unwrap();
+    let mut client = Client::connect(&svc.socket).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    server.listen(l.as_raw_fd()).unwrap();
+    // Nothing accepted yet: withdrawn.
+    let (first, _s1, a1) = offer_and_connect(&mut client, to, &l);
+    assert!(client.cancel(first, true).unwrap());
+    // The server accepts that connection (its offer is gone: it stays on TCP)...
+    assert!(matches!(
+        server.accept(a1.as_raw_fd(), 1 << 20).unwrap(),
+        Pairing::Declined(10)
+    ));
+    // ...so the next late client is told to wait, and its offer stays.
+    let (second, _s2, _a2) = offer_and_connect(&mut client, to, &l);
+    assert!(!client.cancel(second, true).unwrap());
+    assert_eq!(server.status().unwrap().offers, 1);
+    assert!(client.cancel(second, false).unwrap());
+    assert_eq!(server.status().unwrap().offers, 0);
 }

@@ -337,7 +337,7 @@ pub(crate) fn complete(
     };
     let t0 = Instant::now();
     let timeout = shared.settings.answer_timeout;
-    let since = *o.connected.get_or_insert(t0);
+    let mut since = *o.connected.get_or_insert(t0);
     let mut withdrawn = false;
     loop {
         // Registered before the look: a ring after it reaches our sleep below.
@@ -369,8 +369,16 @@ pub(crate) fn complete(
         // A peer that talks over TCP, or hangs up, is not upgrading.
         let tcp_says = !matches!(crate::sys::peek_tcp(tcp_fd), crate::sys::Peek::Open);
         if !withdrawn && (since.elapsed() >= timeout || tcp_says) {
-            match link.with(|c| c.cancel(o.offer)) {
-                Ok(()) => return Outcome::Tcp(Reason::NoAnswer),
+            // A peer that talked over TCP or hung up is not upgrading: withdraw regardless.
+            match link.with(|c| c.cancel(o.offer, !tcp_says)) {
+                Ok(true) => return Outcome::Tcp(Reason::NoAnswer),
+                // The server is accepting connections (a busy one, a long backlog): its turn
+                // for ours is coming; another timeout from now (the service's patience
+                // bounds it).
+                Ok(false) => {
+                    since = Instant::now();
+                    o.connected = Some(since);
+                }
                 // Paired meanwhile: the answer is on its way.
                 Err(ClientError::Refused(_)) => withdrawn = true,
                 Err(e) => return Outcome::Tcp(failed(e)),
