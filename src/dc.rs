@@ -7,10 +7,10 @@ use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
 
 use dc::{BufferKind, Copied, DcError, Request, SideReport, Verify};
+use ntbdrv::format_size;
 
-use crate::cli::{parse_number, unknown_option, Arg, Args, CliError};
-use crate::device::size;
-use crate::json;
+use crate::cli::{parse_number, unexpected, Arg, Args, CliError};
+use serde::Serialize;
 
 pub const HELP: &str = "\
 Copy between block devices or files through a DC buffer (Direct Connect), without staging the
@@ -89,13 +89,16 @@ fn help(out: &mut String) -> Result<u8, CliError> {
 
 pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     match args.next()? {
-        Some(Arg::Word(w)) if w == "copy" => {}
-        Some(Arg::Option { name, .. }) if name == "-h" || name == "--help" => return help(out),
-        Some(Arg::Option { name, .. }) => return Err(unknown_option("dc", &name)),
-        Some(Arg::Word(w)) => {
-            return Err(args.usage(format!("unknown dc subcommand {w:?}: expected copy")))
+        Some(Arg::Value(w)) if w == "copy" => {}
+        Some(Arg::Short('h') | Arg::Long("help")) => return help(out),
+        Some(Arg::Value(w)) => {
+            return Err(args.usage(format!(
+                "unknown dc subcommand {:?}: expected copy",
+                w.to_string_lossy()
+            )))
         }
-        None | Some(Arg::EndOfOptions) => return Err(args.usage("missing subcommand: copy")),
+        Some(arg) => return Err(unexpected("dc", arg)),
+        None => return Err(args.usage("missing subcommand: copy")),
     }
     let mut words = Vec::new();
     let mut a = CopyArgs {
@@ -103,49 +106,31 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
         verify: false,
         json: false,
     };
-    let mut only_words = false;
     while let Some(arg) = args.next()? {
         match arg {
-            Arg::Word(w) => words.push(w),
-            Arg::EndOfOptions if !only_words => only_words = true,
-            Arg::EndOfOptions => words.push("--".into()),
-            Arg::Option { name, inline } if only_words => {
-                let _ = inline;
-                words.push(name);
+            Arg::Value(w) => words.push(args.string(w)?),
+            Arg::Short('h') | Arg::Long("help") => return help(out),
+            Arg::Long("offset") => a.req.offset = parse_size_arg("--offset", &args.value()?)?,
+            Arg::Long("length") => a.req.length = Some(parse_size_arg("--length", &args.value()?)?),
+            Arg::Long("qd") => a.req.qd = parse_number("dc", "--qd", &args.value()?)?,
+            Arg::Long("chunk") => a.req.chunk = parse_size_arg("--chunk", &args.value()?)? as usize,
+            Arg::Long("buffer") => {
+                a.req.buffer = match args.value()?.as_str() {
+                    "window" => BufferKind::Window,
+                    "p2pmem" => BufferKind::P2pmem,
+                    "host" => BufferKind::Host,
+                    other => {
+                        return Err(args.usage(format!(
+                            "--buffer {other:?}: expected window, p2pmem or host"
+                        )))
+                    }
+                }
             }
-            Arg::Option { name, .. } if name == "-h" || name == "--help" => return help(out),
-            Arg::Option { name, inline } => match name.as_str() {
-                "--offset" => a.req.offset = parse_size_arg(&name, &args.value(&name, inline)?)?,
-                "--length" => {
-                    a.req.length = Some(parse_size_arg(&name, &args.value(&name, inline)?)?)
-                }
-                "--qd" => a.req.qd = parse_number("dc", &name, &args.value(&name, inline)?)?,
-                "--chunk" => {
-                    a.req.chunk = parse_size_arg(&name, &args.value(&name, inline)?)? as usize
-                }
-                "--buffer" => {
-                    a.req.buffer = match args.value(&name, inline)?.as_str() {
-                        "window" => BufferKind::Window,
-                        "p2pmem" => BufferKind::P2pmem,
-                        "host" => BufferKind::Host,
-                        other => {
-                            return Err(args.usage(format!(
-                                "--buffer {other:?}: expected window, p2pmem or host"
-                            )))
-                        }
-                    }
-                }
-                "--direct-only" | "--no-fixed" | "--verify" | "--json" => {
-                    args.no_value(&name, inline)?;
-                    match name.as_str() {
-                        "--direct-only" => a.req.direct_only = true,
-                        "--no-fixed" => a.req.fixed = false,
-                        "--verify" => a.verify = true,
-                        _ => a.json = true,
-                    }
-                }
-                _ => return Err(unknown_option("dc", &name)),
-            },
+            Arg::Long("direct-only") => a.req.direct_only = true,
+            Arg::Long("no-fixed") => a.req.fixed = false,
+            Arg::Long("verify") => a.verify = true,
+            Arg::Long("json") => a.json = true,
+            arg => return Err(unexpected("dc", arg)),
         }
     }
     let [src, dst]: [String; 2] = words.try_into().map_err(|w: Vec<String>| {
@@ -160,7 +145,7 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     let result = copy(&a, out);
     // Scripts asking for JSON get an object on a failure too (the message also goes to stderr).
     if let (true, Err(e @ CliError::Failed(_))) = (a.json, &result) {
-        let _ = writeln!(out, "{{\"error\":{}}}", json::string(&e.to_string()));
+        let _ = writeln!(out, "{}", serde_json::json!({ "error": e.to_string() }));
     }
     result
 }
@@ -236,8 +221,8 @@ impl ProgressBar {
             "#".repeat(filled),
             " ".repeat(width - filled),
             frac * 100.0,
-            human(done),
-            human(total),
+            format_size(done),
+            format_size(total),
             done as f64 / secs / 1e6
         );
     }
@@ -247,16 +232,6 @@ impl ProgressBar {
             let _ = write!(std::io::stderr(), "\r{}\r", " ".repeat(78));
         }
     }
-}
-
-/// `1.0 GiB`, `3.5 MiB`, `100 B`.
-fn human(n: u64) -> String {
-    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if n >= 1 << shift {
-            return format!("{:.1} {unit}", n as f64 / (1u64 << shift) as f64);
-        }
-    }
-    format!("{n} B")
 }
 
 /// One side's line of the text report.
@@ -288,7 +263,7 @@ impl Outcome<'_> {
         let _ = writeln!(
             out,
             "copied {} ({} bytes) in {:.3} s: {:.0} MB/s",
-            human(r.bytes),
+            format_size(r.bytes),
             r.bytes,
             r.seconds,
             r.bytes as f64 / r.seconds.max(1e-9) / 1e6
@@ -307,7 +282,7 @@ impl Outcome<'_> {
             a.buffer.name(),
             r.place,
             a.qd,
-            size(a.chunk as u64),
+            format_size(a.chunk as u64),
             match r.huge {
                 Some(true) => ", 2 MiB pages",
                 Some(false) => ", 4 KiB pages",
@@ -339,46 +314,76 @@ impl Outcome<'_> {
 
     fn json(&self, out: &mut String) {
         let (a, r) = (&self.a.req, self.r);
-        let side = |side: &SideReport| {
-            format!(
-                "{{\"arg\":{},\"path\":{},\"kind\":{},\"size\":{},\"direct\":{},\"align\":{}}}",
-                json::string(&side.arg),
-                json::string(&side.path.display().to_string()),
-                json::string(side.kind.name()),
-                side.size,
-                side.direct,
-                side.align
-            )
+        let side = |side: &SideReport| SideJson {
+            arg: side.arg.clone(),
+            path: side.path.display().to_string(),
+            kind: side.kind.name(),
+            size: side.size,
+            direct: side.direct,
+            align: side.align,
         };
-        let verify = match self.verify {
-        None => "null".to_owned(),
-        Some(v) => format!(
-            "{{\"src_checksum\":\"{:016x}\",\"dst_checksum\":\"{:016x}\",\"identical\":{},\"first_difference\":{}}}",
-            v.src_sum,
-            v.dst_sum,
-            v.identical(),
-            v.first_difference.map_or("null".to_owned(), |o| o.to_string())
-        ),
-    };
-        let notes: Vec<String> = r.notices.iter().map(|n| json::string(n)).collect();
+        let report = ReportJson {
+            src: side(&r.src),
+            dst: side(&r.dst),
+            offset: r.offset,
+            bytes: r.bytes,
+            seconds: (r.seconds * 1e6).round() / 1e6,
+            mb_per_s: (r.bytes as f64 / r.seconds.max(1e-9) / 1e5).round() / 10.0,
+            qd: a.qd,
+            chunk: a.chunk,
+            buffer: a.buffer.name(),
+            huge_pages: r.huge,
+            fixed_buffers: r.fixed,
+            buffered_bytes: r.buffered_bytes,
+            notices: r.notices.clone(),
+            verify: self.verify.map(|v| VerifyJson {
+                src_checksum: format!("{:016x}", v.src_sum),
+                dst_checksum: format!("{:016x}", v.dst_sum),
+                identical: v.identical(),
+                first_difference: v.first_difference,
+            }),
+        };
         let _ = writeln!(
-        out,
-        "{{\"src\":{},\"dst\":{},\"offset\":{},\"bytes\":{},\"seconds\":{:.6},\"mb_per_s\":{:.1},\
-\"qd\":{},\"chunk\":{},\"buffer\":{},\"huge_pages\":{},\"fixed_buffers\":{},\"buffered_bytes\":{},\"notices\":[{}],\"verify\":{}}}",
-        side(&r.src),
-        side(&r.dst),
-        r.offset,
-        r.bytes,
-        r.seconds,
-        r.bytes as f64 / r.seconds.max(1e-9) / 1e6,
-        a.qd,
-        a.chunk,
-        json::string(a.buffer.name()),
-        r.huge.map_or("null".to_owned(), |h| h.to_string()),
-        r.fixed,
-        r.buffered_bytes,
-        notes.join(","),
-        verify
-    );
+            out,
+            "{}",
+            serde_json::to_string(&report).unwrap_or_default()
+        );
     }
+}
+
+/// `dc copy --json`: one object per copy.
+#[derive(Serialize)]
+struct ReportJson {
+    src: SideJson,
+    dst: SideJson,
+    offset: u64,
+    bytes: u64,
+    seconds: f64,
+    mb_per_s: f64,
+    qd: usize,
+    chunk: usize,
+    buffer: &'static str,
+    huge_pages: Option<bool>,
+    fixed_buffers: bool,
+    buffered_bytes: u64,
+    notices: Vec<String>,
+    verify: Option<VerifyJson>,
+}
+
+#[derive(Serialize)]
+struct SideJson {
+    arg: String,
+    path: String,
+    kind: &'static str,
+    size: u64,
+    direct: bool,
+    align: u64,
+}
+
+#[derive(Serialize)]
+struct VerifyJson {
+    src_checksum: String,
+    dst_checksum: String,
+    identical: bool,
+    first_difference: Option<u64>,
 }

@@ -15,7 +15,6 @@ mod emu;
 mod explain;
 mod fabric;
 mod ffi;
-mod json;
 mod run;
 mod stats;
 

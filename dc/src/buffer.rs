@@ -48,6 +48,8 @@ pub(crate) struct DcBuffer {
     /// Where it is, for the report.
     pub(crate) place: String,
     lease: Option<(Arc<dyn NtbDevice>, WindowLease)>,
+    /// Why a window buffer could not be collapsed into huge pages, if it could not.
+    pub(crate) collapse: Option<String>,
 }
 
 impl Drop for DcBuffer {
@@ -69,15 +71,18 @@ pub(crate) fn dc_buffer(kind: BufferKind, len: usize) -> Result<DcBuffer, DcErro
             mem: DcMemory::host(len).map_err(|e| failed(format!("host DC buffer: {e}")))?,
             place: "host memory (anonymous mapping)".into(),
             lease: None,
+            collapse: None,
         }),
         BufferKind::Window => {
             let dev = ntbdrv::recommended::open_default()
                 .map_err(|e| failed(format!("window DC buffer: NTB device: {e}")))?;
             let mut last = None;
-            // First with room to start the buffer on a 2 MiB boundary: where the window's memory
-            // comes in huge pages (as a real BAR is contiguous), each chunk then sits in one of
-            // them. Then, in a window too small or too full for that, exactly the buffer.
-            let tries = (0..dev.mw_count()).flat_map(|mw| [(mw, len + HUGE - 4096), (mw, len)]);
+            // First with room for the buffer in whole 2 MiB pages from a 2 MiB boundary: where
+            // the window's memory comes in huge pages (as a real BAR is contiguous; on tmpfs
+            // without them, collapsed below), each chunk then sits in one of them. Then, in a
+            // window too small or too full for that, exactly the buffer.
+            let whole = len.div_ceil(HUGE) * HUGE;
+            let tries = (0..dev.mw_count()).flat_map(|mw| [(mw, whole + HUGE - 4096), (mw, len)]);
             for (mw, want) in tries {
                 let lease = match dev.lease_window(mw, want as u64, DC_TAG) {
                     Ok(l) => l,
@@ -88,12 +93,12 @@ pub(crate) fn dc_buffer(kind: BufferKind, len: usize) -> Result<DcBuffer, DcErro
                 };
                 let region = dev.inbound(mw).and_then(|r| {
                     let at = r.as_ptr() as usize + lease.offset as usize;
-                    let pad = if want > len {
-                        (HUGE - at % HUGE) % HUGE
+                    let (pad, n) = if want > len {
+                        ((HUGE - at % HUGE) % HUGE, whole)
                     } else {
-                        0
+                        (0, len)
                     };
-                    r.slice(lease.offset as usize + pad, len)
+                    r.slice(lease.offset as usize + pad, n)
                 });
                 let mem = match region
                     .map_err(|e| e.to_string())
@@ -110,10 +115,14 @@ pub(crate) fn dc_buffer(kind: BufferKind, len: usize) -> Result<DcBuffer, DcErro
                     dev.describe(),
                     lease.offset
                 );
+                // Contiguous like a BAR: collapsed into huge pages where the filesystem did not
+                // give them (a range already in huge pages is left as it is).
+                let collapse = mem.collapse_huge().err().map(|e| e.to_string());
                 return Ok(DcBuffer {
                     mem,
                     place,
                     lease: Some((dev, lease)),
+                    collapse,
                 });
             }
             Err(failed(format!(
@@ -154,6 +163,7 @@ pub(crate) fn dc_buffer(kind: BufferKind, len: usize) -> Result<DcBuffer, DcErro
                 mem,
                 place: format!("p2pmem of PCI device {bdf}"),
                 lease: None,
+                collapse: None,
             })
         }
     }

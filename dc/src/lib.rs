@@ -26,6 +26,7 @@ pub use buffer::BufferKind;
 pub use manager::Kind;
 use manager::{CheckError, Endpoint, Opened, Role};
 use operator::{CopyError, Span};
+pub use sys::collapse_probe;
 use sys::Ring;
 
 /// What to copy and how.
@@ -280,12 +281,14 @@ pub fn copy(a: &Request, progress: &mut dyn FnMut(u64, u64)) -> Result<Copied, D
     }
     let huge = buffer::huge_bytes(buffer.mem.addr()).map(|b| b >= (slots * a.chunk) as u64);
     if a.buffer == BufferKind::Window && huge == Some(false) && middle.len > 0 {
-        notices.push(
-            "the DC buffer is in 4 KiB pages (the emulated device's filesystem gives no huge \
-             pages), so each chunk is one DMA segment per page; a real window is contiguous: put \
-             PCISOCK_EMU_DIR on a tmpfs mounted with huge=always (docs/CLI.md#pcisock-dc)"
-                .to_owned(),
-        );
+        let why = buffer.collapse.as_deref().map_or(String::new(), |e| {
+            format!(" (collapsing it into 2 MiB pages failed: {e})")
+        });
+        notices.push(format!(
+            "the DC buffer is in 4 KiB pages{why}, so each chunk is one DMA segment per page; a \
+             real window is contiguous: put PCISOCK_EMU_DIR on a tmpfs mounted with huge=always \
+             (docs/CLI.md#pcisock-dc)"
+        ));
     }
     let buffered_bytes = head.len + tail.len;
     if buffered_bytes > 0 {

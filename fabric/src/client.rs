@@ -253,7 +253,7 @@ impl Client {
     pub fn cancel_nowait(&mut self, offer: Offer) -> Result<(), ClientError> {
         self.send_only(Request::Cancel {
             request: offer.request,
-            unless_accepting: false,
+            stalled_only: false,
         })
     }
 
@@ -340,18 +340,25 @@ impl Client {
             .is_some_and(|(r, _)| !matches!(r, Reply::Offered { .. }))
     }
 
-    /// Give up an offer: `Ok(true)` when it is withdrawn; with `unless_accepting`,
-    /// `Ok(false)` when the service keeps it because the server is accepting connections (its
-    /// turn is coming).
-    pub fn cancel(&mut self, offer: Offer, unless_accepting: bool) -> Result<bool, ClientError> {
-        let r = Request::Cancel {
+    /// Give up an offer.
+    pub fn cancel(&mut self, offer: Offer) -> Result<(), ClientError> {
+        self.done(Request::Cancel {
             request: offer.request,
-            unless_accepting,
-        };
-        match self.call(r, None)?.0 {
-            Reply::Done => Ok(true),
-            Reply::Wait => Ok(false),
-            r => Err(ClientError::Unexpected(r)),
+            stalled_only: false,
+        })
+    }
+
+    /// Give up an offer if it is stalled: `Ok(false)` when the host's servers accepted other
+    /// connections since it was made or last asked about (its server may reach it yet: wait
+    /// on), `Ok(true)` when it was given up.
+    pub fn cancel_if_stalled(&mut self, offer: Offer) -> Result<bool, ClientError> {
+        match self.done(Request::Cancel {
+            request: offer.request,
+            stalled_only: true,
+        }) {
+            Ok(()) => Ok(true),
+            Err(ClientError::Refused(Refusal::Progressing)) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -404,7 +411,27 @@ impl Client {
 
     /// The live connections.
     pub fn list(&mut self) -> Result<Vec<crate::wire::Entry>, ClientError> {
-        let id = self.send(Request::List, None)?;
+        self.collect(Request::List, |r| match r {
+            Reply::Entry(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    /// The recent fallbacks of every process on this service, oldest first.
+    pub fn history(&mut self) -> Result<Vec<crate::wire::Fallen>, ClientError> {
+        self.collect(Request::History, |r| match r {
+            Reply::Fallen(f) => Some(f),
+            _ => None,
+        })
+    }
+
+    /// The replies to `r` that `item` takes, up to the `Done` that ends them.
+    fn collect<T>(
+        &mut self,
+        r: Request,
+        item: impl Fn(Reply) -> Option<T>,
+    ) -> Result<Vec<T>, ClientError> {
+        let id = self.send(r, None)?;
         let mut out = Vec::new();
         loop {
             match self
@@ -412,11 +439,23 @@ impl Client {
                 .ok_or(ClientError::TimedOut)?
                 .0
             {
-                Reply::Entry(e) => out.push(e),
                 Reply::Done => return Ok(out),
-                r => return Err(ClientError::Unexpected(r)),
+                r => out.push(item(r).ok_or(ClientError::Unexpected(r))?),
             }
         }
+    }
+
+    /// Tell the service that the connection on socket `fd` stays on TCP for `reason` (for
+    /// its host-wide history). One-way: the service never answers it.
+    pub fn fallback_nowait(
+        &mut self,
+        fd: RawFd,
+        reason: u32,
+        server: bool,
+    ) -> Result<(), ClientError> {
+        let _ = self.wait(0, Duration::ZERO);
+        self.send(Request::Fallback { reason, server }, Some(fd))?;
+        Ok(())
     }
 
     /// Ask the service to stop (its owner or root).
@@ -462,24 +501,34 @@ fn pairing((reply, fds): (Reply, Vec<OwnedFd>)) -> Result<Pairing, ClientError> 
     }
 }
 
-/// The system service's socket.
-pub const SYSTEM_SOCKET: &str = "/run/pcisock/fabric.sock";
+/// The file name of a default service socket: it carries the service protocol's version, so
+/// that after an upgrade the processes of the new version start and meet their own service
+/// while those of the old one keep theirs (a service refuses another version's messages: with
+/// one name for all versions, every new process fell back to TCP until the old service went).
+pub fn socket_name() -> String {
+    format!("fabric-v{}.sock", crate::wire::VERSION)
+}
+
+/// The system service's socket: `/run/pcisock/fabric-vN.sock`.
+pub fn system_socket() -> std::path::PathBuf {
+    Path::new("/run/pcisock").join(socket_name())
+}
 
 /// The service a process uses by default: the system service when one answers; else, for
 /// root, the system service's socket (root starts it there); else this user's.
 pub fn default_socket() -> std::path::PathBuf {
-    let system = Path::new(SYSTEM_SOCKET);
-    if sys::connect_unix(system).is_ok() || sys::getuid() == 0 {
-        return system.to_path_buf();
+    let system = system_socket();
+    if sys::connect_unix(&system).is_ok() || sys::getuid() == 0 {
+        return system;
     }
     user_socket()
 }
 
-/// This user's service socket: `$XDG_RUNTIME_DIR/pcisock/fabric.sock`, else
-/// `/dev/shm/pcisock-<uid>/fabric.sock`.
+/// This user's service socket: `$XDG_RUNTIME_DIR/pcisock/fabric-vN.sock`, else
+/// `/dev/shm/pcisock-<uid>/fabric-vN.sock`.
 pub fn user_socket() -> std::path::PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => Path::new(&d).join("pcisock/fabric.sock"),
-        _ => format!("/dev/shm/pcisock-{}/fabric.sock", sys::getuid()).into(),
+        Some(d) if !d.is_empty() => Path::new(&d).join("pcisock").join(socket_name()),
+        _ => Path::new(&format!("/dev/shm/pcisock-{}", sys::getuid())).join(socket_name()),
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod service;
+pub mod sockdiag;
 pub mod sys;
 pub mod wire;
 

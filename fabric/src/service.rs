@@ -14,8 +14,9 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::sockdiag;
 use crate::sys::{self, Cred, TcpView};
-use crate::wire::{Addr, Entry, Refusal, Reply, Request, Status};
+use crate::wire::{Addr, Entry, Fallen, Refusal, Reply, Request, Status};
 
 /// Service settings.
 #[derive(Clone, Debug)]
@@ -70,14 +71,10 @@ const MAX_OUTBOX: usize = 16384;
 const PASS_BUDGET: usize = 256;
 /// How often offers are looked at for their patience.
 const EXPIRE_LOOK: Duration = Duration::from_millis(100);
-/// Accepts that found no offer, remembered (see `Service::unoffered`).
-const UNOFFERED_KEPT: usize = 4096;
-/// A listener that accepted a connection this recently is making progress: a late client's
-/// `Cancel` is answered `Wait` (as the device rendezvous extends a client's wait while the
-/// server host's accept counter moves).
-const ACCEPT_PROGRESS: Duration = Duration::from_secs(2);
 /// How often orphaned connections are looked up in the kernel's socket table.
 const ORPHAN_LOOK_MS: i32 = 250;
+/// Fallbacks kept in the host-wide history (the oldest go first).
+const HISTORY: usize = 64;
 
 // Reason codes of docs/PROTOCOL.md §5 that the service gives.
 const NO_LISTENER: u32 = 4;
@@ -117,8 +114,8 @@ struct Listener {
     /// Its owner withdrew it or went away; it goes once the kernel no longer has the socket
     /// (a forked child or a daemonized server may hold it still).
     orphan: bool,
-    /// When a connection to it was last accepted (see `ACCEPT_PROGRESS`).
-    accepted_at: Option<Instant>,
+    /// Connections accepted on it (its servers' progress: see `Offer::seen`).
+    accepted: u64,
 }
 
 struct Offer {
@@ -136,11 +133,14 @@ struct Offer {
     socket: OwnedFd,
     /// The client's interrupt line: rung when the offer is answered.
     line: Rc<Line>,
-    /// The destination it claimed (only to judge whether its server makes progress).
-    to: (Addr, u16),
     netns: u64,
     posted: Instant,
-    /// Its addresses are in `Service::offer_index`.
+    /// Where its client connects (the claimed destination: which listeners' progress counts).
+    dest: (Addr, u16),
+    /// The accepts of those listeners when it was made, or when its client last asked whether
+    /// it is stalled (`Cancel` with `stalled_only`).
+    seen: u64,
+    /// Its connected addresses are in `Service::offer_index`.
     indexed: bool,
     /// Indexed by the destination it claimed, before the kernel connected it (see
     /// `find_offer`): checked against its socket when found.
@@ -188,9 +188,6 @@ pub struct Service {
     accepts: std::collections::VecDeque<Accepted>,
     /// Offers by (namespace, client address, server address), once connected.
     offer_index: HashMap<OfferKey, u64>,
-    /// Connections whose accept found no offer lately (oldest first): a client's offer for
-    /// one of them is never answered, so it is not told to wait (`Cancel`).
-    unoffered: std::collections::VecDeque<OfferKey>,
     conns: HashMap<u64, Conn>,
     /// pidfds of the processes holding connections.
     holders: HashMap<u32, OwnedFd>,
@@ -207,6 +204,8 @@ pub struct Service {
     next_id: u64,
     window_used: u64,
     counters: Counters,
+    /// The recent fallbacks processes reported (`Fallback`), oldest first.
+    history: std::collections::VecDeque<Fallen>,
     stop: bool,
 }
 
@@ -216,6 +215,15 @@ struct Counters {
     declined: u64,
     refused: HashMap<Refusal, u64>,
     reclaimed: u64,
+}
+
+impl Listener {
+    /// Whether a connection to `dest` in `netns` reaches this listener.
+    fn serves(&self, netns: u64, dest: (Addr, u16)) -> bool {
+        self.netns == netns
+            && self.port == dest.1
+            && (self.addr == dest.0 || unspecified(&self.addr))
+    }
 }
 
 const UNSPECIFIED_V6: Addr = [0; 16];
@@ -238,7 +246,6 @@ impl Service {
             offers: HashMap::new(),
             accepts: std::collections::VecDeque::new(),
             offer_index: HashMap::new(),
-            unoffered: Default::default(),
             conns: HashMap::new(),
             holders: HashMap::new(),
             orphans: Vec::new(),
@@ -248,6 +255,7 @@ impl Service {
             next_id: 1,
             window_used: 0,
             counters: Counters::default(),
+            history: std::collections::VecDeque::with_capacity(HISTORY),
             stop: false,
         }
     }
@@ -532,6 +540,16 @@ impl Service {
                 self.reply(client, id, Reply::Done, &[]);
                 return None;
             }
+            Request::History => {
+                // Addresses, pids and uids of connections that stayed on TCP: what `ss -tnp`
+                // and /proc show any local user.
+                let all: Vec<Fallen> = self.history.iter().copied().collect();
+                for f in all {
+                    self.reply(client, id, Reply::Fallen(f), &[]);
+                }
+                self.reply(client, id, Reply::Done, &[]);
+                return None;
+            }
             _ if !hello_done => {
                 self.refuse(client, id, Refusal::OutOfOrder);
                 return None;
@@ -544,7 +562,36 @@ impl Service {
         }
         let mut fds = m.fds;
         match req {
-            Request::Hello { .. } | Request::Status | Request::List => {}
+            Request::Hello { .. } | Request::Status | Request::List | Request::History => {}
+            Request::Fallback { reason, server } => {
+                // Never answered (the sender does not wait): a socket that is not a connected
+                // TCP socket is only counted.
+                let sock = fds.pop()?;
+                let who = m.cred.unwrap_or(self.clients[&client].cred);
+                match sys::tcp_view(sock.as_raw_fd()) {
+                    Ok(Some(TcpView {
+                        local: Some(local),
+                        peer: Some(peer),
+                        ..
+                    })) => {
+                        if self.history.len() >= HISTORY {
+                            self.history.pop_front();
+                        }
+                        self.history.push_back(Fallen {
+                            when: std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs()),
+                            pid: who.pid,
+                            uid: who.uid,
+                            reason,
+                            server,
+                            local,
+                            peer,
+                        });
+                    }
+                    _ => *self.counters.refused.entry(Refusal::BadSocket).or_default() += 1,
+                }
+            }
             Request::Stop => {
                 let uid = m.cred.map_or(self.clients[&client].cred.uid, |c| c.uid);
                 if uid == 0 || uid == self.opts.owner_uid {
@@ -581,7 +628,7 @@ impl Service {
                                     port,
                                     inode,
                                     orphan: false,
-                                    accepted_at: None,
+                                    accepted: 0,
                                 },
                             );
                             self.reply(client, id, Reply::Listening { listener: l }, &[]);
@@ -616,11 +663,10 @@ impl Service {
                     self.refuse(client, id, Refusal::Limit);
                     return None;
                 }
-                let listening = self.listeners.values().any(|l| {
-                    l.netns == view.netns
-                        && l.port == port
-                        && (unspecified(&l.addr) || l.addr == addr)
-                });
+                let listening = self
+                    .listeners
+                    .values()
+                    .any(|l| l.serves(view.netns, (addr, port)));
                 if !listening {
                     self.counters.declined += 1;
                     self.reply(
@@ -645,9 +691,10 @@ impl Service {
                         request: id,
                         socket: sock,
                         line,
-                        to: (addr, port),
                         netns: view.netns,
                         posted: Instant::now(),
+                        dest: (addr, port),
+                        seen: self.accepted_at(view.netns, (addr, port)),
                         indexed: false,
                         provisional: false,
                     },
@@ -656,23 +703,32 @@ impl Service {
             }
             Request::Cancel {
                 request,
-                unless_accepting,
+                stalled_only,
             } => {
                 let found = self
                     .offers
                     .iter()
                     .find(|(_, o)| o.owner == client && o.request == request)
                     .map(|(&c, _)| c);
-                if let Some(conn) = found {
-                    if unless_accepting
-                        && self.accepting(&self.offers[&conn])
-                        && !self.unoffered_offer(&self.offers[&conn])
-                    {
-                        self.reply(client, id, Reply::Wait, &[]);
-                    } else {
-                        self.offers.remove(&conn);
-                        self.reply(client, id, Reply::Done, &[]);
-                    }
+                let patience = self.opts.offer_patience;
+                let now = found
+                    .and_then(|c| self.offers.get(&c))
+                    .map(|o| self.accepted_at(o.netns, o.dest));
+                let progressing = found
+                    .and_then(|c| self.offers.get_mut(&c))
+                    .zip(now)
+                    .is_some_and(|(o, now)| {
+                        let moved = o.seen != now && o.posted.elapsed() < patience;
+                        o.seen = now;
+                        moved
+                    });
+                if stalled_only && progressing {
+                    // As the device rendezvous does with its accept counter: a server working
+                    // through a long backlog reaches its last clients late.
+                    self.refuse(client, id, Refusal::Progressing);
+                } else if let Some(conn) = found {
+                    self.offers.remove(&conn);
+                    self.reply(client, id, Reply::Done, &[]);
                 } else {
                     self.refuse(client, id, Refusal::NotYours);
                 }
@@ -717,13 +773,11 @@ impl Service {
             _ => return self.refuse(server, request, Refusal::BadSocket),
         };
         drop(socket);
-        if let Some((addr, port)) = view.local {
+        if let Some(local) = view.local {
+            self.adopt_listener(server, view.netns, local);
             for l in self.listeners.values_mut() {
-                if l.netns == view.netns
-                    && l.port == port
-                    && (unspecified(&l.addr) || l.addr == addr)
-                {
-                    l.accepted_at = Some(Instant::now());
+                if l.serves(view.netns, local) {
+                    l.accepted += 1;
                 }
             }
         }
@@ -737,12 +791,6 @@ impl Service {
         }
         let Some(conn) = found else {
             self.counters.declined += 1;
-            if let (Some(p), Some(l)) = (view.peer, view.local) {
-                if self.unoffered.len() >= UNOFFERED_KEPT {
-                    self.unoffered.pop_front();
-                }
-                self.unoffered.push_back((view.netns, p, l));
-            }
             return self.reply(server, request, Reply::Declined { reason: NO_OFFER }, &[]);
         };
         let Some(offer) = self.offers.remove(&conn) else {
@@ -855,30 +903,6 @@ impl Service {
             self.add_holder(conn, pid, end);
         }
         self.orphan_if_unheld(conn);
-    }
-
-    /// Is the server of offer `o` making progress: did a listener it may reach accept a
-    /// connection within `ACCEPT_PROGRESS`, while the offer is within its patience?
-    fn accepting(&self, o: &Offer) -> bool {
-        o.posted.elapsed() < self.opts.offer_patience
-            && self.listeners.values().any(|l| {
-                l.netns == o.netns
-                    && l.port == o.to.1
-                    && (unspecified(&l.addr) || l.addr == o.to.0)
-                    && l.accepted_at.is_some_and(|t| t.elapsed() < ACCEPT_PROGRESS)
-            })
-    }
-
-    /// Was offer `o`'s connection accepted without finding it (its server took it for a plain
-    /// client's)?
-    fn unoffered_offer(&self, o: &Offer) -> bool {
-        let Some(v) = sys::tcp_view(o.socket.as_raw_fd()).ok().flatten() else {
-            return true;
-        };
-        match (v.local, v.peer) {
-            (Some(l), Some(p)) => self.unoffered.contains(&(o.netns, l, p)),
-            _ => false,
-        }
     }
 
     /// `pid` holds end `end` of `conn` (watched until it dies).
@@ -1034,15 +1058,21 @@ impl Service {
             return;
         }
         self.orphans_seen = Instant::now();
-        let live = sys::tcp_inodes();
-        self.withdraw_dead_listeners(&live);
+        self.withdraw_dead_listeners();
+        // One exact look-up per end (by its 4-tuple), not a walk of the kernel's table: with
+        // thousands of connections on the host that walk was the service's largest cost.
         let gone: Vec<u64> = self
             .orphans
             .iter()
             .copied()
             .filter(|id| {
                 self.conns.get(id).is_none_or(|c| {
-                    !self.sees_sockets_of(c) || !c.ends.iter().any(|e| live.contains(&e.inode))
+                    let ends = [(c.client, c.server), (c.server, c.client)];
+                    !self.sees_sockets_of(c)
+                        || !c.ends.iter().zip(ends).any(|(e, (local, peer))| {
+                            // A failed look-up keeps the connection (it is asked again).
+                            sockdiag::connected(e.inode, local, peer).unwrap_or(true)
+                        })
                 })
             })
             .collect();
@@ -1102,7 +1132,7 @@ impl Service {
                 // accept that misses (each look is several system calls).
                 o.indexed = true;
                 o.provisional = true;
-                self.offer_index.insert((o.netns, l, o.to), conn);
+                self.offer_index.insert((o.netns, l, o.dest), conn);
             }
         }
         if found.is_none() {
@@ -1111,7 +1141,7 @@ impl Service {
             let provisional: Vec<u64> = self
                 .offers
                 .iter()
-                .filter(|(_, o)| o.provisional && o.netns == netns && o.to != key.2)
+                .filter(|(_, o)| o.provisional && o.netns == netns && o.dest != key.2)
                 .map(|(&c, _)| c)
                 .collect();
             for conn in provisional {
@@ -1221,19 +1251,44 @@ impl Service {
     /// Withdraw orphaned listeners whose socket the kernel no longer has (outside the
     /// service's own namespace, whose socket table it cannot read, at once).
     fn reclaim_listeners(&mut self) {
-        if !self.listeners.values().any(|l| l.orphan) {
-            return;
+        if self.listeners.values().any(|l| l.orphan) {
+            self.withdraw_dead_listeners();
         }
-        let live = sys::tcp_inodes();
-        self.withdraw_dead_listeners(&live);
     }
 
-    /// Withdraw the orphaned listeners whose socket is not among the `live` inodes.
-    fn withdraw_dead_listeners(&mut self, live: &std::collections::HashSet<u64>) {
+    /// Withdraw the orphaned listeners whose socket the kernel no longer has listening.
+    fn withdraw_dead_listeners(&mut self) {
         let netns = self.netns;
         self.listeners.retain(|_, l| {
-            !l.orphan || (netns != 0 && l.netns == netns && live.contains(&l.inode))
+            !l.orphan
+                || (netns != 0
+                    && l.netns == netns
+                    // A failed look-up keeps the listener (it is asked again).
+                    && sockdiag::is_listening_at(l.inode, &l.addr, l.port).unwrap_or(true))
         });
+    }
+
+    /// A process accepted a connection on the listener at `local` in `netns`: if that
+    /// listener is an orphan (its publisher went away: a daemonizing parent, say), this
+    /// process holds it now as far as anyone can tell, and its life says how long the listener
+    /// lives; the kernel is asked again only once that process is gone. Without this a
+    /// daemonized server's listener was looked up four times a second for as long as it ran.
+    fn adopt_listener(&mut self, client: u64, netns: u64, local: (Addr, u16)) {
+        for l in self.listeners.values_mut() {
+            if l.orphan && l.serves(netns, local) {
+                l.orphan = false;
+                l.owner = client;
+            }
+        }
+    }
+
+    /// The accepts of the listeners that serve `dest` in `netns`.
+    fn accepted_at(&self, netns: u64, dest: (Addr, u16)) -> u64 {
+        self.listeners
+            .values()
+            .filter(|l| l.serves(netns, dest))
+            .map(|l| l.accepted)
+            .sum()
     }
 
     pub fn status(&self) -> Status {

@@ -555,24 +555,6 @@ pub fn ring(fd: RawFd) -> bool {
     unsafe { libc::syscall(libc::SYS_write, fd, one.as_ptr(), one.len()) == 8 }
 }
 
-/// The inodes of every TCP socket in this process's network namespace (the kernel's table in
-/// /proc/net/tcp and tcp6): which connections still have a socket somewhere.
-pub fn tcp_inodes() -> std::collections::HashSet<u64> {
-    let mut out = std::collections::HashSet::new();
-    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(f) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            if let Some(ino) = line.split_whitespace().nth(9).and_then(|w| w.parse().ok()) {
-                out.insert(ino);
-            }
-        }
-    }
-    out.remove(&0);
-    out
-}
-
 /// The cookie of this process's network namespace (from a socket of its own).
 pub fn own_netns() -> Option<u64> {
     // SAFETY: plain integers.

@@ -39,14 +39,12 @@ pub enum Request {
     /// The service rings the process's line (`Hello`) when the offer is paired or declined,
     /// and replies `Offered` or `Declined`.
     Connect { addr: Addr, port: u16, ring: u64 },
-    /// The client gives up an offer (its connect failed, or it closes, or its answer is late):
-    /// the offer that the `Connect` (or `Hold`) with this request id made or took back.
-    /// Replies `Done`; with `unless_accepting`, `Wait` instead when the server's listener is
-    /// accepting connections (the offer stays: a busy server reaches it).
-    Cancel {
-        request: u64,
-        unless_accepting: bool,
-    },
+    /// The client gives up an offer (its connect failed, or it closes): the offer that the
+    /// `Connect` (or `Hold`) with this request id made or took back. `stalled_only`: only if
+    /// the host's servers accepted nothing since the offer was made or last asked about
+    /// (refused with `Progressing` otherwise: a server with a long backlog reaches its last
+    /// clients late, and they wait on).
+    Cancel { request: u64, stalled_only: bool },
     /// The kernel accepted a connection; carries the accepted socket. Replies `Paired` or
     /// `Declined`. `ring` (as in `Connect`): the receive ring this process asks for; a pair
     /// gets the smaller of its two ends' and the service's, smaller still when window space
@@ -65,6 +63,14 @@ pub enum Request {
     List,
     /// Stop the service (its owner or root only).
     Stop,
+    /// A connection of this process stays on TCP, with a reason code (docs/PROTOCOL.md §5):
+    /// kept in the service's host-wide history of recent fallbacks. Carries the socket (the
+    /// addresses recorded are the kernel's, not the sender's word). Never answered, not even
+    /// by a refusal: the sender does not wait, and nothing of it may pile up on either side.
+    Fallback { reason: u32, server: bool },
+    /// The recent fallbacks of every process on this service, oldest first: one `Fallen`
+    /// each, then `Done`.
+    History,
 }
 
 /// What the service answers.
@@ -116,9 +122,25 @@ pub enum Reply {
     },
     /// One live connection (an answer to `List`).
     Entry(Entry),
-    /// An offer's `Cancel` is not done: the server's listener accepted a connection within
-    /// the last seconds, so the offer's turn is coming (a busy server, a long backlog).
-    Wait,
+    /// One recent fallback (an answer to `History`).
+    Fallen(Fallen),
+}
+
+/// A connection that stayed on TCP, as `History` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fallen {
+    /// When the service heard of it (seconds since the Unix epoch).
+    pub when: u64,
+    /// Who reported it (the kernel's credentials of the sender).
+    pub pid: u32,
+    pub uid: u32,
+    /// The reason code (docs/PROTOCOL.md §5; the service does not interpret it).
+    pub reason: u32,
+    /// The accepting end (else the connecting one).
+    pub server: bool,
+    /// The socket's addresses as the kernel has them.
+    pub local: (Addr, u16),
+    pub peer: (Addr, u16),
 }
 
 /// A live connection as `List` reports it.
@@ -167,10 +189,12 @@ pub enum Refusal {
     Limit = 6,
     /// Only the service's owner or root may do that.
     Forbidden = 7,
+    /// A `Cancel` that asked for stalled offers only: servers accepted since, wait on.
+    Progressing = 8,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::Malformed,
         Refusal::OutOfOrder,
         Refusal::NotYou,
@@ -178,6 +202,7 @@ impl Refusal {
         Refusal::NotYours,
         Refusal::Limit,
         Refusal::Forbidden,
+        Refusal::Progressing,
     ];
 
     pub fn code(self) -> u32 {
@@ -199,6 +224,7 @@ impl std::fmt::Display for Refusal {
             Refusal::NotYours => "not this process's listener or connection",
             Refusal::Limit => "too many listeners or offers held",
             Refusal::Forbidden => "only the service's owner or root may do that",
+            Refusal::Progressing => "the host's servers are accepting: not stalled",
         })
     }
 }
@@ -260,6 +286,8 @@ const K_STATUS: u16 = 8;
 const K_STOP: u16 = 9;
 const K_HOLD: u16 = 10;
 const K_LIST: u16 = 11;
+const K_FALLBACK: u16 = 12;
+const K_HISTORY: u16 = 13;
 const K_WELCOME: u16 = 0x81;
 const K_LISTENING: u16 = 0x82;
 const K_OFFERED: u16 = 0x83;
@@ -270,7 +298,7 @@ const K_STATUS_REPLY: u16 = 0x87;
 const K_REFUSED: u16 = 0x88;
 const K_REOFFERED: u16 = 0x89;
 const K_ENTRY: u16 = 0x8A;
-const K_WAIT: u16 = 0x8B;
+const K_FALLEN: u16 = 0x8B;
 
 /// (body words, descriptors) of each kind; `None` for an unknown kind.
 fn shape(kind: u16) -> Option<(usize, usize)> {
@@ -282,14 +310,16 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_UNLISTEN => (1, 0),
         K_CANCEL => (2, 0),
         K_CLOSE => (2, 0),
-        K_STATUS | K_STOP | K_LIST => (0, 0),
+        K_STATUS | K_STOP | K_LIST | K_HISTORY => (0, 0),
+        K_FALLBACK => (2, 1),
+        K_FALLEN => (8, 0),
         K_ENTRY => (9, 0),
         K_WELCOME => (4, 0),
         K_LISTENING | K_OFFERED => (1, 0),
         K_REOFFERED => (2, 1),
         K_PAIRED => (5, 3),
         K_DECLINED | K_REFUSED => (1, 0),
-        K_DONE | K_WAIT => (0, 0),
+        K_DONE => (0, 0),
         K_STATUS_REPLY => (11, 0),
         _ => return None,
     })
@@ -380,6 +410,14 @@ fn u32_word(kind: u16, words: &[u64], i: usize) -> Result<u32, WireError> {
     u32::try_from(words[i]).map_err(|_| WireError::Value { kind, word: i })
 }
 
+fn bool_word(kind: u16, words: &[u64], i: usize) -> Result<bool, WireError> {
+    match words[i] {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(WireError::Value { kind, word: i }),
+    }
+}
+
 impl Request {
     fn kind(&self) -> u16 {
         match self {
@@ -394,6 +432,8 @@ impl Request {
             Request::Status => K_STATUS,
             Request::List => K_LIST,
             Request::Stop => K_STOP,
+            Request::Fallback { .. } => K_FALLBACK,
+            Request::History => K_HISTORY,
         }
     }
 
@@ -408,17 +448,21 @@ impl Request {
             Request::Unlisten { listener } => vec![listener],
             Request::Cancel {
                 request,
-                unless_accepting,
-            } => vec![request, unless_accepting as u64],
+                stalled_only,
+            } => vec![request, stalled_only as u64],
             Request::Close { conn, server } => vec![conn, server as u64],
             Request::Connect { addr, port, ring } => {
                 let (a, b) = addr_words(&addr);
                 vec![a, b, port as u64, ring]
             }
             Request::Accept { ring } => vec![ring],
-            Request::Listen | Request::Hold | Request::Status | Request::List | Request::Stop => {
-                vec![]
-            }
+            Request::Fallback { reason, server } => vec![reason as u64, server as u64],
+            Request::Listen
+            | Request::Hold
+            | Request::Status
+            | Request::List
+            | Request::Stop
+            | Request::History => vec![],
         };
         encode(self.kind(), id, &words)
     }
@@ -439,11 +483,7 @@ impl Request {
             },
             K_CANCEL => Request::Cancel {
                 request: w[0],
-                unless_accepting: match w[1] {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(WireError::Value { kind, word: 1 }),
-                },
+                stalled_only: bool_word(kind, &w, 1)?,
             },
             K_ACCEPT => Request::Accept { ring: w[0] },
             K_HOLD => Request::Hold,
@@ -458,6 +498,11 @@ impl Request {
             },
             K_STATUS => Request::Status,
             K_STOP => Request::Stop,
+            K_FALLBACK => Request::Fallback {
+                reason: u32_word(kind, &w, 0)?,
+                server: bool_word(kind, &w, 1)?,
+            },
+            K_HISTORY => Request::History,
             _ => return Err(WireError::Kind(kind)),
         };
         Ok((r, id))
@@ -477,7 +522,7 @@ impl Reply {
             Reply::Status(_) => K_STATUS_REPLY,
             Reply::Refused { .. } => K_REFUSED,
             Reply::Entry(_) => K_ENTRY,
-            Reply::Wait => K_WAIT,
+            Reply::Fallen(_) => K_FALLEN,
         }
     }
 
@@ -506,7 +551,7 @@ impl Reply {
             } => vec![conn, ring_bytes, server as u64, own_line, peer_line],
             Reply::Declined { reason } => vec![reason as u64],
             Reply::Refused { why } => vec![why as u64],
-            Reply::Done | Reply::Wait => vec![],
+            Reply::Done => vec![],
             Reply::Entry(e) => {
                 let (ca, cb) = addr_words(&e.client.0);
                 let (sa, sb) = addr_words(&e.server.0);
@@ -520,6 +565,20 @@ impl Reply {
                     sa,
                     sb,
                     (e.client.1 as u64) | (e.server.1 as u64) << 16,
+                ]
+            }
+            Reply::Fallen(f) => {
+                let (la, lb) = addr_words(&f.local.0);
+                let (pa, pb) = addr_words(&f.peer.0);
+                vec![
+                    f.when,
+                    f.pid as u64 | (f.uid as u64) << 32,
+                    f.reason as u64 | (f.server as u64) << 32,
+                    la,
+                    lb,
+                    pa,
+                    pb,
+                    f.local.1 as u64 | (f.peer.1 as u64) << 16,
                 ]
             }
             Reply::Status(s) => vec![
@@ -585,8 +644,24 @@ impl Reply {
             K_REFUSED => Reply::Refused {
                 why: u32_word(kind, &w, 0)?,
             },
+            K_FALLEN => {
+                if w[2] >> 33 != 0 || w[7] >> 32 != 0 {
+                    return Err(WireError::Value {
+                        kind,
+                        word: if w[2] >> 33 != 0 { 2 } else { 7 },
+                    });
+                }
+                Reply::Fallen(Fallen {
+                    when: w[0],
+                    pid: w[1] as u32,
+                    uid: (w[1] >> 32) as u32,
+                    reason: w[2] as u32,
+                    server: w[2] >> 32 == 1,
+                    local: (words_addr(w[3], w[4]), (w[7] & 0xffff) as u16),
+                    peer: (words_addr(w[5], w[6]), (w[7] >> 16 & 0xffff) as u16),
+                })
+            }
             K_DONE => Reply::Done,
-            K_WAIT => Reply::Wait,
             K_STATUS_REPLY => Reply::Status(Status {
                 service_pid: u32_word(kind, &w, 0)?,
                 clients: w[1],
@@ -628,7 +703,7 @@ mod tests {
             },
             Request::Cancel {
                 request: u64::MAX,
-                unless_accepting: true,
+                stalled_only: true,
             },
             Request::Accept { ring: 128 << 10 },
             Request::Hold,
@@ -639,6 +714,11 @@ mod tests {
             Request::Status,
             Request::List,
             Request::Stop,
+            Request::Fallback {
+                reason: 4,
+                server: false,
+            },
+            Request::History,
         ]
     }
 
@@ -662,7 +742,6 @@ mod tests {
             },
             Reply::Declined { reason: 4 },
             Reply::Done,
-            Reply::Wait,
             Reply::Status(Status {
                 service_pid: 5,
                 clients: 1,
@@ -685,6 +764,15 @@ mod tests {
                 client: ([1; 16], 40000),
                 server: ([2; 16], 5201),
             }),
+            Reply::Fallen(Fallen {
+                when: 1_800_000_000,
+                pid: 4242,
+                uid: 33,
+                reason: 4,
+                server: true,
+                local: ([3; 16], 80),
+                peer: ([4; 16], 51234),
+            }),
         ]
     }
 
@@ -705,7 +793,7 @@ mod tests {
     fn malformed_messages_are_refused() {
         let good = Request::Cancel {
             request: 1,
-            unless_accepting: false,
+            stalled_only: false,
         }
         .encode(1);
         assert_eq!(

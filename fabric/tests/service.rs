@@ -188,7 +188,7 @@ fn a_third_party_can_neither_claim_nor_meddle() {
         Err(ClientError::Refused(Refusal::NotYours))
     ));
     assert!(matches!(
-        other.cancel(offer, false),
+        other.cancel(offer),
         Err(ClientError::Refused(Refusal::NotYours))
     ));
 
@@ -428,29 +428,125 @@ fn a_dead_process_leaves_nothing_behind() {
     assert_eq!((st.connections, st.window_used, st.reclaimed), (0, 0, 1));
 }
 
-/// A late client's `Cancel` may ask to be kept while its server makes progress: it is answered
-/// `Wait` (the offer stays) once the server's listener accepted a connection lately, and
-/// withdrawn otherwise; a plain `Cancel` always withdraws.
 #[test]
-fn a_late_client_waits_while_its_server_accepts() {
+fn fallbacks_are_kept_with_the_kernels_addresses_never_answered_and_bounded() {
+    let svc = start(Options::default());
+    let mut c = Client::connect(&svc.socket).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    let s = TcpStream::connect(to).unwrap();
+    let (accepted, _) = l.accept().unwrap();
+    c.fallback_nowait(s.as_raw_fd(), 4, false).unwrap();
+    c.fallback_nowait(accepted.as_raw_fd(), 6, true).unwrap();
+    // A descriptor that is not a connected TCP socket is counted, not kept, and not answered.
+    let before = c.status().unwrap().refused;
+    let line = sys::line().unwrap();
+    c.fallback_nowait(line.as_raw_fd(), 4, false).unwrap();
+    c.fallback_nowait(l.as_raw_fd(), 4, true).unwrap();
+    // None of the four reports is answered: nothing arrives on the client's connection.
+    assert_eq!(sys::poll_in(&[c.fd()], 300).unwrap(), vec![0]);
+    let h = c.history().unwrap();
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!(c.status().unwrap().refused, before + 2);
+    let me = std::process::id();
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let ours = s.local_addr().unwrap().port();
+    assert_eq!(
+        (h[0].pid, h[0].uid, h[0].reason, h[0].server),
+        (me, uid, 4, false)
+    );
+    assert_eq!((h[0].local.1, h[0].peer.1), (ours, to.port()));
+    assert_eq!((h[0].local.0, h[0].peer.0), (v4(&to), v4(&to)));
+    assert_eq!((h[1].reason, h[1].server), (6, true));
+    assert_eq!((h[1].local.1, h[1].peer.1), (to.port(), ours));
+    // The history keeps the newest 64.
+    for _ in 0..70 {
+        c.fallback_nowait(s.as_raw_fd(), 9, false).unwrap();
+    }
+    let h = c.history().unwrap();
+    assert_eq!(h.len(), 64);
+    assert!(h.iter().all(|f| f.reason == 9), "the oldest went first");
+}
+
+/// A listener whose publisher hung up lives exactly as long as the kernel has its socket
+/// listening (asked by sock_diag), and a process that accepts on it holds it from then on.
+#[test]
+fn an_orphaned_listener_lives_while_its_socket_listens() {
+    let svc = start(Options::default());
+    let listeners = |c: &mut Client| c.status().unwrap().listeners;
+    let mut watcher = Client::connect(&svc.socket).unwrap();
+    let wait_for = |c: &mut Client, want: u64| {
+        let t0 = Instant::now();
+        while listeners(c) != want {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "listeners never {want}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Published, then its publisher goes (the socket stays open here, as in a daemon's child).
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut publisher = Client::connect(&svc.socket).unwrap();
+    publisher.listen(l.as_raw_fd()).unwrap();
+    drop(publisher);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(listeners(&mut watcher), 1, "the socket still listens");
+    // The kernel closes it: withdrawn within a few looks.
+    drop(l);
+    wait_for(&mut watcher, 0);
+
+    // Again; this time a process accepts on it before the socket closes: it holds the
+    // listener now, so the listener stays while that process does, and goes with it.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    let mut publisher = Client::connect(&svc.socket).unwrap();
+    publisher.listen(l.as_raw_fd()).unwrap();
+    drop(publisher);
+    let mut acceptor = Client::connect(&svc.socket).unwrap();
+    let _c = TcpStream::connect(to).unwrap();
+    let (s, _) = l.accept().unwrap();
+    assert!(matches!(
+        acceptor.accept(s.as_raw_fd(), 1 << 20),
+        Ok(Pairing::Declined(_))
+    ));
+    drop(l);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(listeners(&mut watcher), 1, "adopted by the acceptor");
+    drop(acceptor);
+    wait_for(&mut watcher, 0);
+}
+
+/// A client whose answer is late asks the service to give its offer up only if its servers made
+/// no progress: while the listener it connects to accepts other connections, the offer stands
+/// (refused `Progressing`); once nothing was accepted since it last asked, it goes. Another
+/// listener's accepts are not its servers' progress.
+#[test]
+fn an_offer_stands_while_its_listener_accepts_others() {
     let svc = start(Options::default());
     let mut server = Client::connect(&svc.socket).unwrap();
     let mut client = Client::connect(&svc.socket).unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let to = l.local_addr().unwrap();
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
     server.listen(l.as_raw_fd()).unwrap();
-    // Nothing accepted yet: withdrawn.
-    let (first, _s1, a1) = offer_and_connect(&mut client, to, &l);
-    assert!(client.cancel(first, true).unwrap());
-    // The server accepts that connection (its offer is gone: it stays on TCP)...
+    server.listen(other.as_raw_fd()).unwrap();
+    let to = l.local_addr().unwrap();
+    let (_o1, _c1, a1) = offer_and_connect(&mut client, to, &l);
+    let (o2, _c2, _a2) = offer_and_connect(&mut client, to, &l);
+    let (o3, _c3, _a3) = offer_and_connect(&mut client, other.local_addr().unwrap(), &other);
     assert!(matches!(
-        server.accept(a1.as_raw_fd(), 1 << 20).unwrap(),
-        Pairing::Declined(10)
+        server.accept(a1.as_raw_fd(), 1 << 20),
+        Ok(Pairing::Paired(_))
     ));
-    // ...so the next late client is told to wait, and its offer stays.
-    let (second, _s2, _a2) = offer_and_connect(&mut client, to, &l);
-    assert!(!client.cancel(second, true).unwrap());
-    assert_eq!(server.status().unwrap().offers, 1);
-    assert!(client.cancel(second, false).unwrap());
-    assert_eq!(server.status().unwrap().offers, 0);
+    // o2's listener accepted since o2 was made: it stands.
+    assert!(!client.cancel_if_stalled(o2).unwrap());
+    // Nothing since it last asked: it goes (and is gone: a plain cancel finds nothing).
+    assert!(client.cancel_if_stalled(o2).unwrap());
+    assert!(matches!(
+        client.cancel(o2),
+        Err(ClientError::Refused(Refusal::NotYours))
+    ));
+    // o3 waits on another listener, which accepted nothing.
+    assert!(client.cancel_if_stalled(o3).unwrap());
 }

@@ -21,7 +21,7 @@
 //! # Safety
 //! The only unsafe code is the volatile access to two 32-bit registers of BAR0 (IVPosition at 8,
 //! Doorbell at 12), inside a mapping of the device's `resource0` file that lives as long as the
-//! [`Registers`] value and is at least 16 bytes long (checked). BAR2 is mapped by
+//! `Registers` value and is at least 16 bytes long (checked). BAR2 is mapped by
 //! `emu::mapping::Mapping`, which hands out only bounds-checked atomics and regions. Everything
 //! the other machine writes into BAR2 is untrusted: the layout is validated on attach as a
 //! device file is, and the mailbox bits only select interrupt lines that exist.

@@ -132,7 +132,7 @@ fn fallback(g: &Global, sock: Sock, fd: c_int, reason: Reason) -> Result<(), c_i
         });
         return Err(libc::ECONNREFUSED);
     }
-    g.count_fallback(reason);
+    g.count_fallback(fd, reason, sock.role);
     table::insert(fd, Arc::new(sock));
     Ok(())
 }
@@ -523,7 +523,7 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
                 sys::shutdown_both(fd);
                 return Err(libc::ECONNREFUSED);
             }
-            g.count_fallback(reason);
+            g.count_fallback(fd, reason, sock.role);
             if !early.is_empty() {
                 sys::send_all(fd, &early)?;
                 sock.tcp_tx.fetch_add(early.len() as u64, Relaxed);

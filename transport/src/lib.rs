@@ -1232,6 +1232,15 @@ impl Transport {
         }
     }
 
+    /// The connection on kernel socket `tcp_fd` stays on TCP for `reason` (`server`: the
+    /// accepting end): told to the host fabric service, which keeps a host-wide history of
+    /// recent fallbacks (`pcisock stats`). Does not wait; nothing to do over a device.
+    pub fn report_fallback(&self, tcp_fd: RawFd, reason: Reason, server: bool) {
+        if let How::Service = self.how {
+            service::report_fallback(&self.shared, tcp_fd, reason, server);
+        }
+    }
+
     /// In a process that just exec'd a new image: pick up the NTB connection it held on
     /// kernel socket `tcp_fd` before the exec, if any.
     pub fn reattach(&self, tcp_fd: RawFd) -> Option<Outcome> {

@@ -239,11 +239,9 @@ pub struct Offered {
     line: Arc<OwnedFd>,
     pub(crate) local: Endpoint,
     remote: Endpoint,
-    posted: Instant,
-    /// When its TCP connect was first seen done (the first completion attempt): the answer
-    /// timeout counts from then. A connect the kernel takes long over (a full backlog: SYNs
-    /// retried after 1 s, 3 s) is no sign of a server that does not answer.
-    connected: Option<Instant>,
+    /// When the offer was made, or the host's servers last accepted a connection as far as
+    /// this client knows (the answer timeout counts from it).
+    progress: Instant,
 }
 
 pub(crate) fn listen(shared: &Shared, socket: RawFd) -> Result<Listener, Reason> {
@@ -285,8 +283,7 @@ pub(crate) fn offer(
         line,
         local,
         remote,
-        posted: Instant::now(),
-        connected: None,
+        progress: Instant::now(),
     }))
 }
 
@@ -318,7 +315,7 @@ pub(crate) fn news(shared: &Shared, offers: &[&Offered]) -> Vec<bool> {
         c.take_replies()?;
         Ok(offers
             .iter()
-            .map(|o| o.connected.unwrap_or(o.posted).elapsed() >= timeout || c.answered(&o.offer))
+            .map(|o| o.progress.elapsed() >= timeout || c.answered(&o.offer))
             .collect())
     })
     .unwrap_or_else(|_| vec![true; offers.len()])
@@ -337,7 +334,6 @@ pub(crate) fn complete(
     };
     let t0 = Instant::now();
     let timeout = shared.settings.answer_timeout;
-    let mut since = *o.connected.get_or_insert(t0);
     let mut withdrawn = false;
     loop {
         // Registered before the look: a ring after it reaches our sleep below.
@@ -368,23 +364,25 @@ pub(crate) fn complete(
         // in epoll for a server that does not accept settles on TCP, as with the device).
         // A peer that talks over TCP, or hangs up, is not upgrading.
         let tcp_says = !matches!(crate::sys::peek_tcp(tcp_fd), crate::sys::Peek::Open);
-        if !withdrawn && (since.elapsed() >= timeout || tcp_says) {
-            // A peer that talked over TCP or hung up is not upgrading: withdraw regardless.
-            match link.with(|c| c.cancel(o.offer, !tcp_says)) {
+        if !withdrawn && (o.progress.elapsed() >= timeout || tcp_says) {
+            // The timeout counts from the host's servers' last progress: while they accept
+            // other connections the service refuses to call the offer stalled (a server
+            // working through a long backlog reaches its last clients late), up to its own
+            // patience for an offer.
+            let r = if tcp_says {
+                link.with(|c| c.cancel(o.offer)).map(|()| true)
+            } else {
+                link.with(|c| c.cancel_if_stalled(o.offer))
+            };
+            match r {
                 Ok(true) => return Outcome::Tcp(Reason::NoAnswer),
-                // The server is accepting connections (a busy one, a long backlog): its turn
-                // for ours is coming; another timeout from now (the service's patience
-                // bounds it).
-                Ok(false) => {
-                    since = Instant::now();
-                    o.connected = Some(since);
-                }
+                Ok(false) => o.progress = Instant::now(),
                 // Paired meanwhile: the answer is on its way.
                 Err(ClientError::Refused(_)) => withdrawn = true,
                 Err(e) => return Outcome::Tcp(failed(e)),
             }
         }
-        if withdrawn && since.elapsed() >= timeout + Duration::from_secs(5) {
+        if withdrawn && o.progress.elapsed() >= timeout + Duration::from_secs(5) {
             return Outcome::Tcp(Reason::NoAnswer);
         }
         if let Some(p) = patience {
@@ -434,6 +432,22 @@ pub(crate) fn accept(
     }
 }
 
+/// Tell the service that the connection on `tcp_fd` stays on TCP (its fallback history). Only
+/// when the service connection is free: a report is not worth a deferral (the socket may be
+/// gone by the time a deferred request goes out), nor a wait.
+pub(crate) fn report_fallback(shared: &Shared, tcp_fd: RawFd, reason: Reason, server: bool) {
+    let Ok(link) = link(shared) else {
+        return;
+    };
+    // No service to tell, or one that is not answering.
+    if reason == Reason::NoDevice {
+        return;
+    }
+    if link.client.try_lock().is_ok() {
+        let _ = link.with(|c| c.fallback_nowait(tcp_fd, reason.code(), server));
+    }
+}
+
 /// In a new image after exec: the connection the service paired that `tcp_fd` carries, if
 /// this process holds it (the socket is the proof).
 pub(crate) fn reattach(shared: &Arc<Shared>, tcp_fd: RawFd) -> Option<Outcome> {
@@ -451,8 +465,7 @@ pub(crate) fn reattach(shared: &Arc<Shared>, tcp_fd: RawFd) -> Option<Outcome> {
                 line: link.line(svc, line),
                 local: view.local.map(Endpoint::from).unwrap_or_default(),
                 remote: view.peer.map(Endpoint::from)?,
-                posted: Instant::now(),
-                connected: None,
+                progress: Instant::now(),
             };
             Some(complete(shared, o, tcp_fd, Some(Duration::ZERO)))
         }

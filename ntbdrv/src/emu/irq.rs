@@ -58,8 +58,9 @@ impl EmuDevice {
             return;
         }
         let seq = self.nt_reg(side, sys::NTBEMU_REG_DB_SEQ);
-        // SYNC POINT (doorbell): pairs with `db_wait`'s SeqCst WAITERS increment and SEQ load —
-        // either the waiter sees the new SEQ/status, or we see WAITERS > 0 and wake it.
+        // SYNC POINT (doorbell interrupt): pairs with `db_wait`'s SeqCst WAITERS increment and
+        // SEQ load — either the waiter sees the new SEQ/status, or we see WAITERS > 0 and wake
+        // it.
         seq.fetch_add(1, SeqCst);
         if self.nt_reg(side, sys::NTBEMU_REG_DB_WAITERS).load(SeqCst) > 0 {
             futex::wake_all(seq);
