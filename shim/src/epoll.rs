@@ -15,7 +15,7 @@
 //! the registration to the NTB form.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed, Ordering::Release};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -434,6 +434,10 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
             let Some(form) = form_of(&sock) else {
                 return Detour::Bypass;
             };
+            // Before our first tagged registration reaches the kernel: a thread already asleep
+            // in this set's kernel wait may be woken by it, and must then know to strip our
+            // events (`epoll_wait_any`); set after, it returned one to the application.
+            IN_USE.store(true, Release);
             if let Err(e) = register(epfd, fd, form, events) {
                 return Detour::Ours(Err(e));
             }
@@ -455,7 +459,6 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                     form,
                 },
             );
-            IN_USE.store(true, Relaxed);
             Detour::Ours(Ok(0))
         }
         libc::EPOLL_CTL_DEL => match regs.remove(&fd) {

@@ -1553,7 +1553,7 @@ fn epoll_wait_any(
         };
         if n <= 0
             || events.is_null()
-            || !crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed)
+            || !crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Acquire)
         {
             return n;
         }
