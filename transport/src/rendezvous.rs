@@ -10,11 +10,26 @@
 //! And the tables only this host writes: which listener and offer slots (in the peer's tables)
 //! this host's processes own, with the owner's pid and start time so a dead owner's slot is
 //! reclaimed. On a loopback link "the peer" is this host, and every table is in one area.
+//!
+//! Built with `--cfg loom`, the same code runs over a model of the area ([`model`]) whose words
+//! are loom's atomics, with two slots per table: `tests/loom_rendezvous.rs` checks its
+//! orderings there (docs/MEMORY-ORDERING.md).
 
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+#[cfg(not(loom))]
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use ntbdrv::{NtbDevice, Region};
+use ntbdrv::NtbDevice;
+// The memory the tables are in: a mapped window, or under loom its model.
+#[cfg(not(loom))]
+use ntbdrv::Region as Area;
+
+#[cfg(loom)]
+pub mod model;
+#[cfg(loom)]
+use model::Area;
 
 use crate::proto::{
     Answer, Endpoint, ListenerEntry, Offer, ProtoError, SocketId, ANSWER_SIZE, LISTENER_INODE,
@@ -29,10 +44,18 @@ pub const CTRL_TAG: u32 = 0x5043_5331; // "PCS1"
 /// Magic at the start of an initialised area.
 pub const CTRL_MAGIC: u64 = 0x4c52_5443_4b53_4350; // "PCSKCTRL"
 
+#[cfg(not(loom))]
 pub const LISTENER_SLOTS: usize = 128;
 /// Offers pending at once from one host's clients to the other host's servers: enough for a
 /// thousand clients whose server accepts them late (benches/results/scaling.md).
+#[cfg(not(loom))]
 pub const OFFER_SLOTS: usize = 1024;
+/// Under loom two slots per table (the same layout, fewer slots in use): enough for every race
+/// of two parties, and a scan stays a few steps for the model to interleave.
+#[cfg(loom)]
+pub const LISTENER_SLOTS: usize = 2;
+#[cfg(loom)]
+pub const OFFER_SLOTS: usize = 2;
 
 const HDR_MAGIC: usize = 0x0000;
 const HDR_VERSION: usize = 0x0008;
@@ -76,6 +99,9 @@ pub enum CtrlError {
         ours: u32,
         theirs: u32,
     },
+    /// A loom build models the area; it opens no device's.
+    #[cfg(loom)]
+    Modelled,
 }
 
 impl std::fmt::Display for CtrlError {
@@ -89,14 +115,16 @@ impl std::fmt::Display for CtrlError {
                     "rendezvous area speaks protocol {theirs}, we speak {ours}"
                 )
             }
+            #[cfg(loom)]
+            CtrlError::Modelled => write!(f, "a loom build opens no device's rendezvous area"),
         }
     }
 }
 
 /// This host's rendezvous area (`local`) and the peer's (`peer`, through the outbound window).
 pub struct Control {
-    local: Region,
-    peer: Region,
+    local: Area,
+    peer: Area,
 }
 
 /// A slot this process owns in one of the owner tables.
@@ -106,18 +134,27 @@ pub struct SlotGuard {
     pub generation: u32,
 }
 
-fn u32_at(r: &Region, off: usize) -> &AtomicU32 {
+fn u32_at(r: &Area, off: usize) -> &AtomicU32 {
     r.atomic_u32(off)
         .expect("rendezvous layout offsets are in range and aligned")
 }
 
-fn u64_at(r: &Region, off: usize) -> &AtomicU64 {
+fn u64_at(r: &Area, off: usize) -> &AtomicU64 {
     r.atomic_u64(off)
         .expect("rendezvous layout offsets are in range and aligned")
 }
 
+/// This process's id (under loom, the process its thread plays: [`model::pid`]).
+#[cfg(not(loom))]
+fn my_pid() -> u32 {
+    std::process::id()
+}
+#[cfg(loom)]
+use model::pid as my_pid;
+
 impl Control {
     /// Reserve (or find) this host's area and map the peer's.
+    #[cfg(not(loom))]
     pub fn open(dev: &dyn NtbDevice) -> Result<Control, CtrlError> {
         dev.reserve_window(0, 0, CTRL_SIZE, CTRL_TAG)
             .map_err(CtrlError::Lease)?;
@@ -129,6 +166,62 @@ impl Control {
             .outbound(0)
             .and_then(|w| w.slice(0, CTRL_SIZE as usize))
             .map_err(CtrlError::Window)?;
+        Control::over(local, peer)
+    }
+
+    /// Under loom the area is a model (loom's atomics cannot live in a mapping): see
+    /// [`Control::model`].
+    #[cfg(loom)]
+    pub fn open(_dev: &dyn NtbDevice) -> Result<Control, CtrlError> {
+        Err(CtrlError::Modelled)
+    }
+
+    /// A fresh modelled area on a loopback link (ours and the peer's are one), laid out in
+    /// cells as the code reaches it: every word with its width, each record's bytes in a few
+    /// cells. Call it inside `loom::model`, before spawning the threads that share it.
+    #[cfg(loom)]
+    pub fn model() -> Control {
+        let mut cells = vec![(HDR_MAGIC, 8), (HDR_VERSION, 4), (HDR_ACCEPTS, 4)];
+        let owners = |table: usize, n: usize| {
+            (0..n).flat_map(move |i| {
+                let b = table + i * 16;
+                [(b, 4), (b + 4, 4), (b + 8, 8)] // pid, generation, start time
+            })
+        };
+        cells.extend(owners(LISTENER_OWNERS, LISTENER_SLOTS));
+        cells.extend((0..LISTENER_SLOTS).flat_map(|i| {
+            let b = LISTENERS + i * LISTENER_SIZE;
+            // state, generation; address; port, pid, start time; socket; the rest
+            [(b, 4), (b + 4, 4), (b + 8, 16), (b + 24, 16)]
+                .into_iter()
+                .chain([
+                    (b + LISTENER_INODE, 8),
+                    (b + LISTENER_NETNS, 8),
+                    (b + 56, 8),
+                ])
+        }));
+        cells.extend(owners(OFFER_OWNERS, OFFER_SLOTS));
+        cells.extend((0..LISTENER_SLOTS).flat_map(|i| {
+            let b = LISTENER_SOCKETS + i * 16;
+            [(b, 8), (b + 8, 8)] // inode, namespace
+        }));
+        cells.extend((0..OFFER_SLOTS).flat_map(|i| {
+            let b = OFFERS + i * OFFER_SIZE;
+            // state and generation; version and cookie; the endpoints; the ring and the rest
+            [(b, 4), (b + 4, 4), (b + 8, 16), (b + 24, 40), (b + 64, 64)]
+        }));
+        cells.extend((0..OFFER_SLOTS).flat_map(|i| {
+            let b = ANSWERS + i * ANSWER_SIZE;
+            // state, generation; version, decline and cookie; the ring and the rest
+            [(b, 4), (b + 4, 4), (b + 8, 16), (b + 24, 40)]
+        }));
+        cells.sort_unstable();
+        let area = model::Area::new(CTRL_SIZE as usize, cells);
+        Control::over(area.clone(), area).expect("a fresh model is stamped")
+    }
+
+    /// The tables in `local` (ours) and `peer` (the peer's, reached through the bridge).
+    fn over(local: Area, peer: Area) -> Result<Control, CtrlError> {
         // A fresh area is all zeros, which are empty tables; stamp it once.
         let magic = u64_at(&local, HDR_MAGIC);
         if magic.load(Acquire) != CTRL_MAGIC {
@@ -153,7 +246,7 @@ impl Control {
     /// timeout; the peer host cannot tell, as it cannot see our sockets. So every process that
     /// opens the area sweeps. Returns how many it withdrew.
     pub fn sweep_dead_listeners(&self) -> usize {
-        let me = std::process::id();
+        let me = my_pid();
         let live = Liveness::new(None);
         let mut n = 0;
         for i in 0..LISTENER_SLOTS {
@@ -189,7 +282,7 @@ impl Control {
     /// Claim a free owner slot (pid 0, or a dead owner's) in an owner table of `n` entries. A
     /// listener slot's owner is dead when its listening socket is (see [`Liveness`]).
     fn claim(&self, table: usize, n: usize) -> Option<SlotGuard> {
-        let me = std::process::id();
+        let me = my_pid();
         let start = ntbdrv::process::start_time(me).unwrap_or(0);
         let live = Liveness::new(None);
         let alive = |i: usize, pid: u32, start: u64| {
@@ -235,7 +328,7 @@ impl Control {
         let slot = self.claim(LISTENER_OWNERS, LISTENER_SLOTS)?;
         self.store_listener_socket(slot.index, socket);
         let base = LISTENERS + slot.index * LISTENER_SIZE;
-        let pid = std::process::id();
+        let pid = my_pid();
         let e = ListenerEntry {
             addr,
             pid,
@@ -293,22 +386,9 @@ impl Control {
     pub fn find_listener(&self, server: &Endpoint, same_host: bool) -> bool {
         let live = Liveness::new(Some(server));
         for i in 0..LISTENER_SLOTS {
-            let base = LISTENERS + i * LISTENER_SIZE;
-            if u32_at(&self.local, base).load(Acquire) != ACTIVE {
-                continue;
-            }
-            let mut rec = [0u8; LISTENER_SIZE - 8];
-            if self.local.read(base + 8, &mut rec).is_err() {
-                continue;
-            }
-            let Ok(mut e) = ListenerEntry::decode(&rec) else {
+            let Some(e) = self.listener_entry(i) else {
                 continue;
             };
-            // The socket may be filled in while we read: take it whole.
-            // SYNC POINT (listener socket): Acquire pairs with the Release in
-            // `set_listener_socket`.
-            e.socket.inode = u64_at(&self.local, base + LISTENER_INODE).load(Acquire);
-            e.socket.netns = u64_at(&self.local, base + LISTENER_NETNS).load(Relaxed);
             if e.addr.port != server.port || !(e.addr.is_unspecified() || e.addr.ip == server.ip) {
                 continue;
             }
@@ -318,6 +398,31 @@ impl Control {
             return true;
         }
         false
+    }
+
+    /// The peer's listener published in slot `i` of our table, if any (one whose record does
+    /// not decode is none).
+    fn listener_entry(&self, i: usize) -> Option<ListenerEntry> {
+        let base = LISTENERS + i * LISTENER_SIZE;
+        // SYNC POINT (listener publish): Acquire pairs with the Release store in `add_listener`.
+        if u32_at(&self.local, base).load(Acquire) != ACTIVE {
+            return None;
+        }
+        let mut rec = [0u8; LISTENER_SIZE - 8];
+        self.local.read(base + 8, &mut rec).ok()?;
+        let mut e = ListenerEntry::decode(&rec).ok()?;
+        // The socket may be filled in while we read: take it whole.
+        // SYNC POINT (listener socket): Acquire pairs with the Release in
+        // `set_listener_socket`.
+        e.socket.inode = u64_at(&self.local, base + LISTENER_INODE).load(Acquire);
+        e.socket.netns = u64_at(&self.local, base + LISTENER_NETNS).load(Relaxed);
+        Some(e)
+    }
+
+    /// [`Control::find_listener`]'s view of slot `i`, for the model checks.
+    #[cfg(loom)]
+    pub fn model_listener(&self, i: usize) -> Option<ListenerEntry> {
+        self.listener_entry(i)
     }
 
     // ---- offers (client side) -----------------------------------------------------------------
