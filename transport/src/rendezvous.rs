@@ -77,7 +77,9 @@ const _: () = assert!(LISTENER_SOCKETS + LISTENER_SLOTS * 16 <= OFFERS);
 const _: () = assert!(OFFERS + OFFER_SLOTS * OFFER_SIZE <= ANSWERS);
 const _: () = assert!(ANSWERS + OFFER_SLOTS * ANSWER_SIZE <= CTRL_SIZE as usize);
 
-/// Offer states (the offer's first word, in the server host's memory).
+/// Offer states (the offer's first word, in the server host's memory). The state and the
+/// generation after it are read and written as one 64-bit word ([`offer_word`]), so the server's
+/// take compares the generation too: it takes the very offer whose record it read.
 pub const OFFER_FREE: u32 = 0;
 pub const OFFER_POSTED: u32 = 1;
 pub const OFFER_TAKEN: u32 = 2;
@@ -144,6 +146,17 @@ fn u64_at(r: &Area, off: usize) -> &AtomicU64 {
         .expect("rendezvous layout offsets are in range and aligned")
 }
 
+/// An offer's state and generation as the one 64-bit word they form (little-endian: the state
+/// at the record's offset 0, the generation at 4).
+fn offer_word(state: u32, generation: u32) -> u64 {
+    u64::from(state) | (u64::from(generation) << 32)
+}
+
+/// The state half of an offer's word.
+fn offer_state(word: u64) -> u32 {
+    word as u32
+}
+
 /// This process's id (under loom, the process its thread plays: [`model::pid`]).
 #[cfg(not(loom))]
 fn my_pid() -> u32 {
@@ -208,7 +221,7 @@ impl Control {
         cells.extend((0..OFFER_SLOTS).flat_map(|i| {
             let b = OFFERS + i * OFFER_SIZE;
             // state and generation; version and cookie; the endpoints; the ring and the rest
-            [(b, 4), (b + 4, 4), (b + 8, 16), (b + 24, 40), (b + 64, 64)]
+            [(b, 8), (b + 8, 16), (b + 24, 40), (b + 64, 64)]
         }));
         cells.extend((0..OFFER_SLOTS).flat_map(|i| {
             let b = ANSWERS + i * ANSWER_SIZE;
@@ -447,7 +460,7 @@ impl Control {
             .write(base + 8, &offer.encode())
             .expect("offer record in range");
         // SYNC POINT (offer publish): Release pairs with the Acquire load in `take_offer`.
-        u32_at(&self.peer, base).store(OFFER_POSTED, Release);
+        u64_at(&self.peer, base).store(offer_word(OFFER_POSTED, slot.generation), Release);
     }
 
     fn write_offer(&self, offer: &Offer, state: u32) -> Option<SlotGuard> {
@@ -455,13 +468,13 @@ impl Control {
         // Our answer slot starts empty (the server writes it; nobody else uses this index).
         u32_at(&self.local, ANSWERS + slot.index * ANSWER_SIZE).store(0, SeqCst);
         let base = OFFERS + slot.index * OFFER_SIZE;
-        u32_at(&self.peer, base).store(OFFER_FREE, SeqCst);
+        let word = u64_at(&self.peer, base);
+        word.store(offer_word(OFFER_FREE, slot.generation), SeqCst);
         self.peer
             .write(base + 8, &offer.encode())
             .expect("offer record in range");
-        u32_at(&self.peer, base + 4).store(slot.generation, Relaxed);
         // SYNC POINT (offer publish): Release pairs with the Acquire load in `take_offer`.
-        u32_at(&self.peer, base).store(state, Release);
+        word.store(offer_word(state, slot.generation), Release);
         Some(slot)
     }
 
@@ -484,14 +497,15 @@ impl Control {
 
     /// Withdraw an unanswered offer. False if the server took it first (an answer is coming).
     pub fn withdraw(&self, slot: &SlotGuard) -> bool {
-        let state = u32_at(&self.peer, OFFERS + slot.index * OFFER_SIZE);
+        let word = u64_at(&self.peer, OFFERS + slot.index * OFFER_SIZE);
+        let g = slot.generation;
+        let withdrawn = offer_word(OFFER_WITHDRAWN, g);
         // SYNC POINT (offer race): this CAS and the server's CAS in `take_offer` decide who
         // owns the offer; exactly one succeeds.
-        state
-            .compare_exchange(OFFER_CONNECTING, OFFER_WITHDRAWN, SeqCst, SeqCst)
+        word.compare_exchange(offer_word(OFFER_CONNECTING, g), withdrawn, SeqCst, SeqCst)
             .is_ok()
-            || state
-                .compare_exchange(OFFER_POSTED, OFFER_WITHDRAWN, SeqCst, SeqCst)
+            || word
+                .compare_exchange(offer_word(OFFER_POSTED, g), withdrawn, SeqCst, SeqCst)
                 .is_ok()
     }
 
@@ -518,7 +532,8 @@ impl Control {
     pub fn connecting_to(&self, local: &Endpoint) -> bool {
         (0..OFFER_SLOTS).any(|i| {
             let base = OFFERS + i * OFFER_SIZE;
-            if u32_at(&self.local, base).load(Acquire) != OFFER_CONNECTING {
+            // SYNC POINT (offer publish): Acquire pairs with the Release store in `write_offer`.
+            if offer_state(u64_at(&self.local, base).load(Acquire)) != OFFER_CONNECTING {
                 return false;
             }
             let mut rec = [0u8; OFFER_SIZE - 8];
@@ -534,7 +549,10 @@ impl Control {
     /// does not decode matches no connection and is left as it is (its client withdraws it when
     /// its wait for an answer ends); the record is read again after the take, and that copy is
     /// the one returned (should it fail to decode, the caller gives the connection up as a bad
-    /// peer, unanswered: the client's wait for an answer ends it).
+    /// peer, unanswered: the client's wait for an answer ends it). The take compares the
+    /// generation with the state: an offer withdrawn and a new one posted in its slot after we
+    /// read the record (a new claim, a new generation) is not taken on the old one's strength,
+    /// and the generation returned, which the answer carries, is the taken offer's.
     pub fn take_offer(
         &self,
         peer: &Endpoint,
@@ -542,11 +560,14 @@ impl Control {
     ) -> Option<(usize, u32, Result<Offer, ProtoError>)> {
         for i in 0..OFFER_SLOTS {
             let base = OFFERS + i * OFFER_SIZE;
-            let state = u32_at(&self.local, base);
-            if state.load(Acquire) != OFFER_POSTED {
+            let word = u64_at(&self.local, base);
+            // SYNC POINT (offer publish): Acquire pairs with the Release store in
+            // `write_offer` or `publish_offer`.
+            let seen = word.load(Acquire);
+            if offer_state(seen) != OFFER_POSTED {
                 continue;
             }
-            let generation = u32_at(&self.local, base + 4).load(Relaxed);
+            let generation = (seen >> 32) as u32;
             let mut rec = [0u8; OFFER_SIZE - 8];
             if self.local.read(base + 8, &mut rec).is_err() {
                 continue;
@@ -559,8 +580,10 @@ impl Control {
             if !matches {
                 continue;
             }
-            if state
-                .compare_exchange(OFFER_POSTED, OFFER_TAKEN, SeqCst, SeqCst)
+            // SYNC POINT (offer race): this CAS and the client's in `withdraw` decide who owns
+            // the offer; exactly one succeeds.
+            if word
+                .compare_exchange(seen, offer_word(OFFER_TAKEN, generation), SeqCst, SeqCst)
                 .is_ok()
             {
                 // Re-read after the CAS: the record cannot change once taken.

@@ -103,6 +103,13 @@ fn take_and_answer(ctrl: &Control, client_port: u16) -> Option<u64> {
     Some(offer.cookie)
 }
 
+/// Post `offer`, withdraw it and give its slot back: its record stays behind in the slot.
+fn leave_withdrawn_offer(ctrl: &Control, offer: Offer) {
+    let slot = ctrl.post_offer(&offer).unwrap();
+    assert!(ctrl.withdraw(&slot));
+    ctrl.finish_offer(slot);
+}
+
 fn answered(ctrl: &Control, slot: &SlotGuard) -> Option<Answer> {
     ctrl.answer(slot)
         .map(|a| a.expect("an answer seen whole decodes"))
@@ -116,9 +123,7 @@ fn answered(ctrl: &Control, slot: &SlotGuard) -> Option<Answer> {
 fn a_client_posts_while_the_server_takes() {
     check("post/take", || {
         let ctrl = Arc::new(Control::model());
-        let old = ctrl.post_offer(&offer(1, OTHER)).unwrap();
-        assert!(ctrl.withdraw(&old));
-        ctrl.finish_offer(old);
+        leave_withdrawn_offer(&ctrl, offer(1, OTHER));
 
         let c = ctrl.clone();
         let client = thread::spawn(move || c.post_offer(&offer(2, MINE)).unwrap());
@@ -197,6 +202,29 @@ fn a_reserved_offer_is_posted_while_the_server_looks() {
             Some(cookie) => assert_eq!(answered(&ctrl, &slot), Some(answer(cookie))),
             None => assert!(ctrl.withdraw(&slot)),
         }
+    });
+}
+
+/// Offer publish, reserved: a client reserves an offer for another listener's port in a slot
+/// whose withdrawn offer was for this server's port, while the server asks whether a client is
+/// connecting to it. The reservation is seen whole: its own server port, not the old record's.
+#[test]
+fn an_offer_is_reserved_while_the_server_asks() {
+    check("reserve/connecting_to", || {
+        let ctrl = Arc::new(Control::model());
+        leave_withdrawn_offer(&ctrl, offer(1, OTHER));
+
+        let c = ctrl.clone();
+        let client = thread::spawn(move || {
+            let mut reserved = offer(2, 0);
+            reserved.server.port = SERVER + 1;
+            c.reserve_offer(&reserved).unwrap()
+        });
+        let c = ctrl.clone();
+        let server = thread::spawn(move || c.connecting_to(&ep(SERVER)));
+        client.join().unwrap();
+        assert!(!server.join().unwrap(), "a reservation for another port");
+        assert!(ctrl.connecting_to(&ep(SERVER + 1)));
     });
 }
 
