@@ -4,7 +4,7 @@
 //! The caller (the shim, or a test) keeps the real kernel TCP socket and hands this crate its
 //! fd and addresses; the transport never puts a byte on that socket and never mentions how it
 //! was called (it knows nothing of LD_PRELOAD). Protocol logic lives in [`proto`] (pure); the
-//! shared-memory tables in [`rendezvous`]; a connection's rings in [`conn`].
+//! shared-memory tables in [`mod@rendezvous`]; a connection's rings in [`conn`].
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -1000,7 +1000,7 @@ pub fn rendezvous(get: impl Fn(&str) -> Option<String>) -> Rendezvous {
 }
 
 impl Transport {
-    /// Open what the environment names (see [`rendezvous`]) with settings from the
+    /// Open what the environment names (see [`rendezvous()`]) with settings from the
     /// environment. `starter`: the `pcisock` program that starts a service on demand
     /// (`PCISOCK_FABRIC_BIN` overrides it).
     pub fn open_from_env(starter: Option<std::path::PathBuf>) -> Result<Transport, OpenError> {
@@ -1180,6 +1180,26 @@ impl Transport {
             (How::Device(d), Pending::Device(p)) => d.pending_fd(p),
             _ => service::pending_fd(p),
         }
+    }
+
+    /// Which of these pending offers may have news (their answer arrived, or their time is
+    /// up): the rest need no [`Transport::complete`] until then, or until their TCP socket
+    /// shows something. A device offer always may.
+    pub fn pending_news(&self, ps: &[&Pending]) -> Vec<bool> {
+        let offers: Vec<&Offered> = ps
+            .iter()
+            .filter_map(|p| match p {
+                Pending::Service(o) => Some(o),
+                Pending::Device(_) => None,
+            })
+            .collect();
+        let mut news = service::news(&self.shared, &offers).into_iter();
+        ps.iter()
+            .map(|p| match p {
+                Pending::Service(_) => news.next().unwrap_or(true),
+                Pending::Device(_) => true,
+            })
+            .collect()
     }
 
     /// Is a pending offer's line this process's shared line (never emptied: sleep on
