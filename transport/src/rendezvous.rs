@@ -11,7 +11,7 @@
 //! this host's processes own, with the owner's pid and start time so a dead owner's slot is
 //! reclaimed. On a loopback link "the peer" is this host, and every table is in one area.
 //!
-//! Built with `--cfg loom`, the same code runs over a model of the area ([`model`]) whose words
+//! Built with `--cfg loom`, the same code runs over a model of the area (`model`) whose words
 //! are loom's atomics, with two slots per table: `tests/loom_rendezvous.rs` checks its
 //! orderings there (docs/MEMORY-ORDERING.md).
 
@@ -78,7 +78,7 @@ const _: () = assert!(OFFERS + OFFER_SLOTS * OFFER_SIZE <= ANSWERS);
 const _: () = assert!(ANSWERS + OFFER_SLOTS * ANSWER_SIZE <= CTRL_SIZE as usize);
 
 /// Offer states (the offer's first word, in the server host's memory). The state and the
-/// generation after it are read and written as one 64-bit word ([`offer_word`]), so the server's
+/// generation after it are read and written as one 64-bit word (`offer_word`), so the server's
 /// take compares the generation too: it takes the very offer whose record it read.
 pub const OFFER_FREE: u32 = 0;
 pub const OFFER_POSTED: u32 = 1;
