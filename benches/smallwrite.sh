@@ -11,10 +11,12 @@
 #   --lib-b PATH  also run a second build of libpcisock.so (column "pcisock B"), interleaved, for
 #                 an A/B of a change
 #   --out FILE    also write the markdown to FILE (e.g. benches/results/smallwrite.md)
+#   --mode M      how the two ends meet: device (default: a private emulated device both map) or
+#                 service (a private host fabric service, the default on one host)
 # Needs: gcc, a release build of libpcisock.so (PCISOCK_LIB overrides its path).
 set -euo pipefail
 
-RUNS=8 SIZES="64,1024" WRITES=2000000 LIB_B="" OUT=""
+RUNS=8 SIZES="64,1024" WRITES=2000000 LIB_B="" OUT="" MODE=device
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --runs) RUNS="$2"; shift 2 ;;
@@ -22,12 +24,14 @@ while [[ $# -gt 0 ]]; do
         --writes) WRITES="$2"; shift 2 ;;
         --lib-b) LIB_B="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
+        --mode) MODE="$2"; shift 2 ;;
         -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
         *) echo "smallwrite.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "smallwrite.sh: --runs must be a positive integer" >&2; exit 2; }
 [[ "$WRITES" =~ ^[1-9][0-9]*$ ]] || { echo "smallwrite.sh: --writes must be a positive integer" >&2; exit 2; }
+[[ "$MODE" == device || "$MODE" == service ]] || { echo "smallwrite.sh: --mode is device or service" >&2; exit 2; }
 IFS=, read -ra sizes <<<"$SIZES"
 for s in "${sizes[@]}"; do [[ "$s" =~ ^[1-9][0-9]*$ ]] || { echo "smallwrite.sh: bad size $s (bytes)" >&2; exit 2; }; done
 
@@ -39,6 +43,14 @@ command -v gcc >/dev/null || { echo "smallwrite.sh: gcc not found (apt-get insta
 
 source "$root/benches/common.sh"
 bench_init smallwrite.sh
+cli="$root/target/release/pcisock"
+if [[ "$MODE" == service ]]; then
+    [[ -x "$cli" ]] || { echo "smallwrite.sh: $cli not found: run cargo build --release" >&2; exit 2; }
+    mkdir -m 700 "$work/svc"
+    "$cli" fabric start --socket "$work/svc/fabric.sock" >/dev/null ||
+        { echo "smallwrite.sh: could not start a host fabric service" >&2; exit 2; }
+    trap '"$cli" fabric stop --socket "$work/svc/fabric.sock" >/dev/null 2>&1 || true; bench_cleanup' EXIT INT TERM
+fi
 gcc -O2 -Wall -o "$work/writeloop" "$root/benches/writeloop.c" ||
     { echo "smallwrite.sh: building benches/writeloop.c failed" >&2; exit 2; }
 
@@ -48,9 +60,13 @@ run() {
     next_port
     case "$v" in
         ntb|ntb-b)
-            rm -rf "$work/emu"; mkdir -m 700 "$work/emu"
-            env=(LD_PRELOAD="$([[ $v == ntb ]] && echo "$lib" || echo "$LIB_B")" PCISOCK_EMU_DIR="$work/emu"
-                 PCISOCK_PORTS="$port" PCISOCK_STRICT=1) ;;
+            env=(LD_PRELOAD="$([[ $v == ntb ]] && echo "$lib" || echo "$LIB_B")" PCISOCK_PORTS="$port" PCISOCK_STRICT=1)
+            if [[ "$MODE" == service ]]; then
+                env+=(PCISOCK_FABRIC="$work/svc/fabric.sock")
+            else
+                rm -rf "$work/emu"; mkdir -m 700 "$work/emu"
+                env+=(PCISOCK_EMU_DIR="$work/emu")
+            fi ;;
     esac
     env "${env[@]}" timeout 120 "$work/writeloop" server "$port" >"$work/server.out" 2>&1 &
     local spid=$!; pids+=("$spid")
@@ -84,8 +100,8 @@ span() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {prin
 report="$(
     echo "# Small writes: ns per write() through pcisock and over TCP loopback"
     echo
-    echo "Command: \`benches/smallwrite.sh --runs $RUNS --sizes $SIZES --writes $WRITES$([[ -n "$LIB_B" ]] && echo " --lib-b B")\`. Date: $started – $(date -u +%H:%MZ). Machine: $(nproc) vCPUs, kernel $(uname -r). Library: $(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12)$([[ -n "$LIB_B" ]] && echo "; B: sha256 $(sha256sum "$LIB_B" | cut -c1-12)")."
-    echo "benches/writeloop.c: $WRITES write()s of SIZE bytes in a plain loop, the reader read()s with a 128 KiB buffer; both ends under the library (PCISOCK_STRICT=1) for pcisock. Medians of $RUNS interleaved rounds (min–max); every run checked that the reader got every byte."
+    echo "Command: \`benches/smallwrite.sh --runs $RUNS --sizes $SIZES --writes $WRITES --mode $MODE$([[ -n "$LIB_B" ]] && echo " --lib-b B")\`. Date: $started – $(date -u +%H:%MZ). Machine: $(nproc) vCPUs, kernel $(uname -r). Library: $(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12)$([[ -n "$LIB_B" ]] && echo "; B: sha256 $(sha256sum "$LIB_B" | cut -c1-12)")."
+    echo "benches/writeloop.c: $WRITES write()s of SIZE bytes in a plain loop, the reader read()s with a 128 KiB buffer; both ends under the library (PCISOCK_STRICT=1) for pcisock, meeting through $([[ $MODE == service ]] && echo "a private host fabric service" || echo "a private emulated device"). Medians of $RUNS interleaved rounds (min–max); every run checked that the reader got every byte."
     echo
     if [[ -n "$LIB_B" ]]; then
         echo "| write size | TCP ns/write | pcisock ns/write | pcisock B ns/write | TCP / pcisock | TCP / pcisock B |"

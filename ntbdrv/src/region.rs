@@ -106,6 +106,7 @@ impl Region {
         self.len == 0
     }
 
+    #[inline]
     fn check(&self, offset: usize, len: usize) -> Result<(), WindowError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => Ok(()),
@@ -129,6 +130,7 @@ impl Region {
     }
 
     /// Copy `src` into the region at `offset` (a posted write across the bridge).
+    #[inline]
     pub fn write(&self, offset: usize, src: &[u8]) -> Result<(), WindowError> {
         self.check(offset, src.len())?;
         // SAFETY: the destination range is inside the mapping (checked) and cannot overlap `src`,
@@ -189,6 +191,7 @@ impl Region {
     }
 
     /// The 32-bit word at `offset`, for synchronisation.
+    #[inline]
     pub fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, WindowError> {
         self.check(offset, 4)?;
         if !offset.is_multiple_of(4) || !(self.base as usize).is_multiple_of(4) {
@@ -203,6 +206,7 @@ impl Region {
     }
 
     /// The 64-bit word at `offset`, for synchronisation.
+    #[inline]
     pub fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, WindowError> {
         self.check(offset, 8)?;
         if !offset.is_multiple_of(8) || !(self.base as usize).is_multiple_of(8) {

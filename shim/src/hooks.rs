@@ -172,6 +172,20 @@ fn send_restarting(
     guard(|| restarting(s.sndtimeo(), || ops::send(s, c, bufs, flags)))
 }
 
+/// The common send on an NTB connection, before any other work: the whole buffer in one frame
+/// with the credits already seen, never waiting (`Connection::try_send`). `None`: nothing was
+/// sent, and the general path (`do_send`) takes the call. Only for flags it cannot change
+/// (`MSG_DONTWAIT`: it never waits anyway; `MSG_NOSIGNAL`: it never fails).
+#[inline]
+fn try_send(fd: c_int, buf: &[u8], flags: c_int) -> Option<usize> {
+    if flags & !(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) != 0 {
+        return None;
+    }
+    std::panic::catch_unwind(|| table::pin(fd)?.conn.get()?.try_send(buf))
+        .ok()
+        .flatten()
+}
+
 /// Count bytes a flagged-but-TCP connection moved over the kernel socket.
 fn count_kernel(fd: c_int, r: ssize_t, tx: bool) -> ssize_t {
     if r > 0 {
@@ -218,6 +232,9 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssiz
     }
     // SAFETY: the application's buffer of `n` bytes.
     let b = unsafe { slice(buf, n) };
+    if let Some(k) = try_send(fd, b, 0) {
+        return k as ssize_t;
+    }
     match do_send(fd, &[b], 0) {
         Some(r) => fin_ssize(r),
         None => count_kernel(fd, call_real!(write(fd, buf, n)), true),
@@ -462,6 +479,9 @@ pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c
     }
     // SAFETY: the application's buffer of `n` bytes.
     let b = unsafe { slice(buf, n) };
+    if let Some(k) = try_send(fd, b, flags) {
+        return k as ssize_t;
+    }
     match do_send(fd, &[b], flags) {
         Some(r) => fin_ssize(r),
         None => count_kernel(fd, call_real!(send(fd, buf, n, flags)), true),
@@ -988,13 +1008,17 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let mut closing = None;
-    if (table::contains(fd) || crate::epoll::involves(fd)) && !nested() {
+    let ours = (table::contains(fd) || crate::epoll::involves(fd)) && !nested();
+    if ours {
         let _ = guard(|| {
-            closing = ops::before_close(fd);
+            closing = ops::begin_close(fd);
             Ok(())
         });
     }
     let r = call_real!(close(fd));
+    if ours {
+        table::close_end(fd);
+    }
     after_close(closing.into_iter());
     r
 }
@@ -1695,6 +1719,7 @@ pub unsafe extern "C" fn _Fork() -> libc::pid_t {
 
 extern "C" fn init() {
     real::resolve_all();
+    table::init_fences();
     std::panic::set_hook(Box::new(|info| {
         let g = global::get();
         g.log(crate::config::LogLevel::Error, || {

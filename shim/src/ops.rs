@@ -538,10 +538,11 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
 }
 
 /// The data path of a tracked fd: its entry, whose connection is set ([`Sock::ntb`]), or
-/// `Kernel` to use the kernel socket. The connection is borrowed from the entry, not cloned:
-/// an `Arc` clone and its drop are two locked instructions on every data call.
+/// `Kernel` to use the kernel socket. The entry is pinned in the fd table (a hazard pointer,
+/// no locked instruction) and the connection borrowed from it, not cloned: an `Arc` clone and
+/// its drop are two locked instructions on every data call.
 pub enum DataPath {
-    Ntb(Arc<Sock>),
+    Ntb(table::Pinned),
     Kernel,
 }
 
@@ -581,7 +582,7 @@ pub fn data_path(fd: c_int, dontwait: bool) -> Option<Result<DataPath, c_int>> {
 }
 
 fn data_path_unguarded(fd: c_int, dontwait: bool) -> Option<Result<DataPath, c_int>> {
-    let sock = table::get(fd)?;
+    let sock = table::pin(fd)?;
     if sock.conn.get().is_some() {
         return Some(Ok(DataPath::Ntb(sock)));
     }
@@ -669,14 +670,26 @@ pub fn sendfile(
 #[must_use]
 pub struct Closing(transport::Listener);
 
-/// `close`: forget the fd (before the real close, so a reused fd number is never ours). A
+/// `close_range`: forget the fd (before the real close, so a reused fd number is never ours). A
 /// listener comes back, to be handed to [`after_close`] after the real close.
 pub fn before_close(fd: c_int) -> Option<Closing> {
+    forget_epoll(fd);
+    table::remove(fd).and_then(|s| retire(s, Some(fd)))
+}
+
+/// `close`: as [`before_close`], but the fd stays marked as closing until the caller's
+/// `table::close_end` after the real close, so that another thread's call on it in between
+/// waits instead of reaching the kernel socket.
+pub fn begin_close(fd: c_int) -> Option<Closing> {
+    forget_epoll(fd);
+    table::close_begin(fd).and_then(|s| retire(s, Some(fd)))
+}
+
+fn forget_epoll(fd: c_int) {
     if crate::epoll::IN_USE.load(Relaxed) {
         crate::epoll::forget_fd(fd);
         crate::epoll::forget_set(fd);
     }
-    table::remove(fd).and_then(|s| retire(s, Some(fd)))
 }
 
 /// After the real close of a listener's last fd here: withdraw it unless the kernel's
@@ -811,11 +824,14 @@ pub fn after_dup(old: c_int, new: c_int) {
         crate::epoll::forget_fd(new);
         crate::epoll::forget_set(new);
     }
-    if let Some(s) = table::remove(new) {
+    // Replace `new`'s entry in one step: a write on `new` racing a dup2 onto it finds one
+    // entry or the other, never none (it would go to the kernel socket, outside the stream).
+    let prev = match table::get(old) {
+        Some(s) => table::replace(new, s).ok().flatten(),
+        None => table::remove(new),
+    };
+    if let Some(s) = prev {
         settle(retire(s, None));
-    }
-    if let Some(s) = table::get(old) {
-        table::insert(new, s);
     }
 }
 

@@ -228,3 +228,31 @@ pub fn library_dir() -> Option<std::path::PathBuf> {
     let path = std::fs::canonicalize(path).ok()?;
     path.parent().map(|p| p.to_path_buf())
 }
+
+/// `membarrier(2)` commands (linux/membarrier.h).
+const MEMBARRIER_CMD_QUERY: c_int = 0;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: c_int = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: c_int = 1 << 4;
+
+fn membarrier(cmd: c_int) -> libc::c_long {
+    // SAFETY: membarrier takes no memory arguments (flags 0, cpu_id 0).
+    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) }
+}
+
+/// Register this process image for private expedited membarriers (the fd table's asymmetric
+/// fence); false if the kernel does not offer them.
+pub fn membarrier_register() -> bool {
+    let q = membarrier(MEMBARRIER_CMD_QUERY);
+    q >= 0
+        && q & libc::c_long::from(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0
+        && membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
+}
+
+/// A full memory barrier on every CPU running a thread of this process, now. A process image
+/// the registration does not cover (a child made by a raw `clone`, which skips the fork
+/// handlers) registers and tries again; false if it still fails.
+pub fn membarrier_private_expedited() -> bool {
+    membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0
+        || (membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
+            && membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0)
+}

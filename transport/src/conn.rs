@@ -24,7 +24,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8};
+use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -339,28 +339,61 @@ pub enum Role {
 
 /// The send side's lock, held across a whole send (which may wait for credits).
 ///
-/// Taking it is one compare-and-swap; releasing it is a plain store. A `std::sync::Mutex`
-/// releases with a locked exchange, and a locked instruction right after the ring writes makes
-/// the sender wait until their cache lines have reached the receiver's CPU: that wait was 80 %
-/// of a 64-byte send's time (perf, iperf2 `-l 64`). A thread that finds the lock taken spins a
-/// little, then yields, then naps (at most 1 ms at a time): two threads sending on one
-/// connection at once is rare, and the holder may be waiting for credits.
+/// No locked instruction for the thread that sends on the connection: the lock is *biased* to
+/// the first thread that sends by [`Connection::try_send`] (the common small send), which then
+/// enters with plain stores (its `owner_in` flag, then a re-check that the lock is free and
+/// still biased to it). Any other thread takes the lock with a compare-and-swap, and the first
+/// such thread revokes the bias for good: it makes the owner's flag visible with one
+/// `membarrier` (an asymmetric fence) and waits for the owner to leave. A locked instruction
+/// right after the ring writes makes the sender wait until their cache lines have reached the
+/// receiver's CPU (perf, iperf2 `-l 64`: 80 % of a 64-byte send with a `Mutex`), so every
+/// release is a plain store. A thread that finds the lock taken spins a little, then yields,
+/// then naps (at most 1 ms at a time): two threads sending on one connection at once is rare,
+/// and the holder may be waiting for credits. Without `membarrier` there is no bias.
 #[derive(Default)]
-struct SendLock(AtomicBool);
+struct SendLock {
+    held: AtomicBool,
+    /// The thread token ([`thread_token`]) of the bias owner; [`UNBIASED`] before any, or
+    /// [`REVOKED`].
+    owner: AtomicU64,
+    /// The owner is inside a send it entered by the biased way (written by the owner only).
+    owner_in: AtomicBool,
+}
 
-struct SendGuard<'a>(&'a SendLock);
+const UNBIASED: u64 = 0;
+const REVOKED: u64 = u64::MAX;
+
+/// A token per thread, for the send lock's bias (0: the thread is past its thread-local
+/// destructors, so it gets no bias).
+#[inline]
+fn thread_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static TOKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    TOKEN
+        .try_with(|t| match t.get() {
+            0 => {
+                let v = NEXT.fetch_add(1, Relaxed);
+                t.set(v);
+                v
+            }
+            v => v,
+        })
+        .unwrap_or(0)
+}
+
+struct SendGuard<'a> {
+    lock: &'a SendLock,
+    biased: bool,
+}
 
 impl SendLock {
     fn lock(&self) -> SendGuard<'_> {
         let mut tries = 0u32;
         loop {
-            if !self.0.load(Relaxed)
-                && self
-                    .0
-                    .compare_exchange_weak(false, true, Acquire, Relaxed)
-                    .is_ok()
-            {
-                return SendGuard(self);
+            if let Some(g) = self.try_lock() {
+                return g;
             }
             tries = tries.saturating_add(1);
             match tries {
@@ -372,11 +405,94 @@ impl SendLock {
             }
         }
     }
+
+    /// Take the lock by compare-and-swap if it is free, without waiting (then wait out a bias
+    /// owner inside, revoking the bias if it is not ours).
+    fn try_lock(&self) -> Option<SendGuard<'_>> {
+        if self.held.load(Relaxed)
+            || self
+                .held
+                .compare_exchange(false, true, Acquire, Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        match self.owner.load(SeqCst) {
+            UNBIASED | REVOKED => {}
+            o if o == thread_token() => {}
+            _ => self.revoke(),
+        }
+        // An owner that entered before the revocation is still in: wait it out.
+        while self.owner_in.load(Acquire) {
+            std::hint::spin_loop();
+        }
+        Some(SendGuard {
+            lock: self,
+            biased: false,
+        })
+    }
+
+    /// End the bias (we hold `held`): after the barrier, an owner either shows in `owner_in`
+    /// or finds the bias gone when it re-checks.
+    #[cold]
+    fn revoke(&self) {
+        self.owner.store(REVOKED, SeqCst);
+        // SYNC POINT (send lock bias): the heavy half of the asymmetric fence; pairs with the
+        // compiler fence in `try_lock_biased`. The process registered when the bias was given,
+        // and a forked child registers on the spot, so it does not fail; if it did, an owner
+        // already past its re-check could be missed by the load of `owner_in` that follows.
+        if !sys::membarrier() {
+            fence(SeqCst);
+        }
+    }
+
+    /// The sender's way in: by plain stores if the lock is biased to this thread (the first
+    /// thread to come here takes the bias), else by compare-and-swap; `None` if taken.
+    #[inline]
+    fn try_lock_biased(&self) -> Option<SendGuard<'_>> {
+        let me = thread_token();
+        let mut o = self.owner.load(Relaxed);
+        if o == UNBIASED && me != 0 && sys::membarrier_ready() {
+            o = match self.owner.compare_exchange(UNBIASED, me, SeqCst, Relaxed) {
+                Ok(_) => me,
+                Err(other) => other,
+            };
+        }
+        if o != me || me == 0 {
+            return self.try_lock();
+        }
+        if self.owner_in.load(Relaxed) {
+            // Only we write it: a signal handler of ours interrupted our own send.
+            return None;
+        }
+        self.owner_in.store(true, Relaxed);
+        // SYNC POINT (send lock bias): the light half of the asymmetric fence (our flag before
+        // our loads of `held` and `owner`); pairs with the membarrier in `revoke`.
+        compiler_fence(SeqCst);
+        if !self.held.load(Relaxed) && self.owner.load(Relaxed) == me {
+            return Some(SendGuard {
+                lock: self,
+                biased: true,
+            });
+        }
+        self.owner_in.store(false, Release);
+        None
+    }
+
+    /// In a forked child: the owner may have been another thread, inside a send, that does
+    /// not exist here.
+    fn forked(&self) {
+        self.owner_in.store(false, SeqCst);
+    }
 }
 
 impl Drop for SendGuard<'_> {
     fn drop(&mut self) {
-        self.0 .0.store(false, Release);
+        if self.biased {
+            self.lock.owner_in.store(false, Release);
+        } else {
+            self.lock.held.store(false, Release);
+        }
     }
 }
 
@@ -654,12 +770,14 @@ impl Info {
 // they are used on is a whole endpoint block (ours, or the peer's, whose length `RingLoc::check`
 // validated): nothing a peer writes reaches these `expect`s.
 #[allow(clippy::expect_used)]
+#[inline]
 pub(crate) fn word32(r: &Region, off: usize) -> &AtomicU32 {
     r.atomic_u32(off)
         .expect("endpoint layout offsets are in range and aligned")
 }
 
 #[allow(clippy::expect_used)]
+#[inline]
 pub(crate) fn word64(r: &Region, off: usize) -> &AtomicU64 {
     r.atomic_u64(off)
         .expect("endpoint layout offsets are in range and aligned")
@@ -702,6 +820,10 @@ impl Deadline {
         Some(*self.at.get_or_insert_with(|| Instant::now() + t))
     }
 }
+
+/// How long a waiter whose peer shares its CPU yields to it before it sleeps (adaptive) or
+/// polls (poll mode): a few of the peer's turns.
+const SAME_CPU_YIELD: Duration = Duration::from_micros(50);
 
 /// After arming, how long a waiter keeps re-checking before it sleeps: longer than a store
 /// buffer takes to drain, so a publish whose flag check raced with our arming is still seen.
@@ -891,6 +1013,7 @@ impl Connection {
         }
     }
 
+    #[inline]
     fn count(&self, c: Counter, n: u64) {
         // Statistics only: a plain add (no locked instruction on the hot path); a rare race
         // between this process's send and receive paths may lose a count of the shared ones.
@@ -986,6 +1109,7 @@ impl Connection {
     }
 
     /// Our send position, as `rx_pos` for the producer counter.
+    #[inline]
     fn tx_pos(&self) -> TxPos {
         let ours = TxPos {
             tail: self.cur.tx_tail.load(Relaxed),
@@ -1009,6 +1133,7 @@ impl Connection {
     }
 
     /// Record our send position (privately, and the copy in the block).
+    #[inline]
     fn set_tx_pos(&self, p: TxPos) {
         self.cur.tx_tail.store(p.tail, Relaxed);
         self.cur.tx_seq.store(p.seq, Relaxed);
@@ -1430,31 +1555,8 @@ impl Connection {
                 }
             };
             woke_in_vain = false;
-            if let Some((pos, n)) = p.pad {
-                let h = FrameHeader {
-                    len: (n - FRAME_HDR) as u32,
-                    flags: FRAME_PAD,
-                    seq,
-                };
-                let _ = self
-                    .theirs
-                    .write(ENDPOINT_HDR as usize + pos as usize, &h.encode());
-            }
-            let base = ENDPOINT_HDR as usize + p.pos as usize;
-            let len = p.len as usize;
-            self.copy_out(bufs, &mut bi, &mut bo, base + FRAME_HDR as usize, len);
-            let h = FrameHeader {
-                len: len as u32,
-                flags: 0,
-                seq,
-            };
-            let _ = self.theirs.write(base, &h.encode());
-            seq = seq.wrapping_add(1);
-            tail = p.new_tail;
-            sent += len;
-            self.set_tx_pos(TxPos { tail, seq });
-            self.publish(tail);
-            self.count(Counter::TxFrames, 1);
+            (tail, seq) = self.put_frame(&p, seq, bufs, &mut bi, &mut bo);
+            sent += p.len as usize;
             if sent == total {
                 break Ok(sent);
             }
@@ -1466,8 +1568,99 @@ impl Connection {
         result
     }
 
+    /// The common send, all or nothing and never waiting: `buf` whole in one frame, if the
+    /// credits we last saw leave room for it, no other thread is sending, and nothing stops
+    /// sends (shutdown, reset, a closed reader). `None`: nothing was sent; [`Connection::send`]
+    /// does the rest (waits, errors, several frames). No locked instruction besides the send
+    /// lock's.
+    #[inline]
+    pub fn try_send(&self, buf: &[u8]) -> Option<usize> {
+        let want = buf.len() as u64;
+        // A DMA copy, a pad frame before the ring's end: the general path.
+        if want == 0
+            || want > self.tx_ring.max_payload()
+            || buf.len() >= self.settings.dma_threshold
+        {
+            return None;
+        }
+        let _g = self.tx_lock.try_lock_biased()?;
+        if self.send_blocked().is_some() {
+            return None;
+        }
+        let TxPos { tail, seq } = self.tx_pos();
+        // The credits we last saw, and only if they leave no room, the receiver's counter.
+        let (pos, new_tail) =
+            match self
+                .tx_ring
+                .place_whole(tail, self.tx_head_seen.load(Relaxed), want)
+            {
+                Some(p) => p,
+                None => self
+                    .tx_ring
+                    .place_whole(tail, self.credits(tail).ok()?, want)?,
+            };
+        let base = ENDPOINT_HDR as usize + pos as usize;
+        let h = FrameHeader {
+            len: want as u32,
+            flags: 0,
+            seq,
+        };
+        // Both in range: `place` put the frame inside the ring, which the region holds.
+        self.theirs.write(base + FRAME_HDR as usize, buf).ok()?;
+        self.theirs.write(base, &h.encode()).ok()?;
+        self.set_tx_pos(TxPos {
+            tail: new_tail,
+            seq: seq.wrapping_add(1),
+        });
+        self.publish(new_tail);
+        self.count(Counter::CpuCopies, 1);
+        self.count(Counter::TxFrames, 1);
+        self.count(Counter::TxBytes, want);
+        self.note_sent();
+        Some(buf.len())
+    }
+
+    /// Write one placed frame (and the pad frame before it) from `bufs` at (`bi`, `bo`),
+    /// publish it, and return the new producer counter and sequence number.
+    #[inline]
+    fn put_frame(
+        &self,
+        p: &crate::proto::Placement,
+        seq: u64,
+        bufs: &[&[u8]],
+        bi: &mut usize,
+        bo: &mut usize,
+    ) -> (u64, u64) {
+        if let Some((pos, n)) = p.pad {
+            let h = FrameHeader {
+                len: (n - FRAME_HDR) as u32,
+                flags: FRAME_PAD,
+                seq,
+            };
+            let _ = self
+                .theirs
+                .write(ENDPOINT_HDR as usize + pos as usize, &h.encode());
+        }
+        let base = ENDPOINT_HDR as usize + p.pos as usize;
+        let len = p.len as usize;
+        self.copy_out(bufs, bi, bo, base + FRAME_HDR as usize, len);
+        let h = FrameHeader {
+            len: len as u32,
+            flags: 0,
+            seq,
+        };
+        let _ = self.theirs.write(base, &h.encode());
+        let seq = seq.wrapping_add(1);
+        let tail = p.new_tail;
+        self.set_tx_pos(TxPos { tail, seq });
+        self.publish(tail);
+        self.count(Counter::TxFrames, 1);
+        (tail, seq)
+    }
+
     /// Remember that this process sent since its last read (see `coalesce`): one plain store
     /// per change, not per send.
+    #[inline]
     fn note_sent(&self) {
         if !self.sent_since_read.load(Relaxed) {
             self.sent_since_read.store(true, Relaxed);
@@ -1694,6 +1887,7 @@ impl Connection {
     }
 
     /// Publish our producer counter to the peer and ring it if it sleeps.
+    #[inline]
     fn publish(&self, tail: u64) {
         // SYNC POINT (ring data): Release store of tail after the frame bytes; pairs with the
         // receiver's Acquire load in `recv`.
@@ -1731,6 +1925,7 @@ impl Connection {
     }
 
     /// Why a send cannot proceed, if it cannot.
+    #[inline]
     fn send_blocked(&self) -> Option<IoError> {
         let st = self.shared_state();
         if st & ST_SHUT_WR != 0 {
@@ -1890,9 +2085,15 @@ impl Connection {
             CompletionMode::Adaptive => self.settings.spin,
         };
         // Spinning on the CPU the peer needs to make progress only delays it (by a whole
-        // spin, or a time slice in poll mode): sleep at once, or yield often when polling.
+        // spin, or a time slice in poll mode). Give it the CPU instead: yield to it for a
+        // while (a runnable peer runs at once, as the kernel switches a TCP reader's CPU to its
+        // writer), then sleep (adaptive), or go on polling with a yield every 64 checks.
         let mut yield_every = 4096;
-        if spin > Duration::ZERO && self.shares_cpu_with_peer() {
+        let same_cpu = spin > Duration::ZERO && self.shares_cpu_with_peer();
+        if same_cpu {
+            if let Some(w) = self.yield_to_peer(read, deadline) {
+                return w;
+            }
             if self.settings.completion == CompletionMode::Adaptive {
                 spin = Duration::ZERO;
             }
@@ -1900,7 +2101,14 @@ impl Connection {
         }
         let t0 = Instant::now();
         let mut n = 0u32;
+        // A reader spins on the next frame's lines too (see `touch_next_frame`).
+        let next = if read {
+            self.rx_ring.pos(self.rx_pos().head) as usize
+        } else {
+            usize::MAX
+        };
         while !self.ready(read) {
+            self.touch_next_frame(next);
             n += 1;
             if n.is_multiple_of(64) {
                 let now = Instant::now();
@@ -1932,7 +2140,11 @@ impl Connection {
             return Wait::Ready;
         }
         // The grace period (see `publish`): a peer that published just before it could see
-        // our flag is caught here instead of costing a nap.
+        // our flag is caught here instead of costing a nap. A peer on our CPU cannot publish
+        // while we spin: let it run once instead.
+        if same_cpu {
+            std::thread::yield_now();
+        }
         let g0 = Instant::now();
         while g0.elapsed() < ARM_GRACE {
             if self.ready(read) {
@@ -1987,6 +2199,51 @@ impl Connection {
             }
             _ => Wait::Ready,
         }
+    }
+
+    /// A spinning reader loads the first two cache lines where the next frame will land (ring
+    /// position `pos`; `usize::MAX`: not a reader), beside the producer counter: when the
+    /// sender writes the frame and then the counter, all three lines come over in parallel,
+    /// instead of the frame's after the counter's. The values are not used (`recv` reads the
+    /// frame once the counter announces it), so a peer writing anything there changes nothing.
+    #[inline]
+    fn touch_next_frame(&self, pos: usize) {
+        if pos == usize::MAX {
+            return;
+        }
+        let at = ENDPOINT_HDR as usize + pos;
+        if let Ok(w) = self.mine.atomic_u64(at) {
+            std::hint::black_box(w.load(Relaxed));
+        }
+        if (pos + 64) < self.rx_ring.cap() as usize {
+            if let Ok(w) = self.mine.atomic_u64(at + 64) {
+                std::hint::black_box(w.load(Relaxed));
+            }
+        }
+    }
+
+    /// The peer shares our CPU: yield to it until the ring is ready, for at most
+    /// [`SAME_CPU_YIELD`] (a runnable peer takes the CPU at each yield; an idle one costs a
+    /// system call per turn). `Some` if the wait is over (ready, or the deadline passed).
+    fn yield_to_peer(&self, read: bool, deadline: Option<Instant>) -> Option<Wait> {
+        let t0 = Instant::now();
+        let mut n = 0u64;
+        let w = loop {
+            if self.ready(read) {
+                break Some(Wait::Ready);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break Some(Wait::TimedOut);
+            }
+            if now.duration_since(t0) >= SAME_CPU_YIELD {
+                break None;
+            }
+            n += 1;
+            std::thread::yield_now();
+        };
+        self.count(Counter::Polls, n);
+        w
     }
 
     /// Does the peer wait on the CPU we run on? Tells the peer our CPU too (a posted write, only
@@ -2130,6 +2387,7 @@ impl Connection {
 
     // ---- teardown -----------------------------------------------------------------------------
 
+    #[inline]
     fn shared_state(&self) -> u32 {
         word32(&self.mine, L_STATE).load(Acquire)
     }
@@ -2196,6 +2454,7 @@ impl Connection {
 
     /// In a child after fork: record this process as a holder.
     pub fn adopt(&self, pid: u32) {
+        self.tx_lock.forked();
         for i in 0..MAX_HOLDERS {
             if word32(&self.mine, L_HOLDER_PIDS + 4 * i)
                 .compare_exchange(0, pid, SeqCst, SeqCst)

@@ -130,15 +130,18 @@ impl Ring {
         (cap.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&cap)).then_some(Ring { cap })
     }
 
+    #[inline]
     pub fn cap(&self) -> u64 {
         self.cap
     }
 
+    #[inline]
     pub fn pos(&self, counter: u64) -> u64 {
         counter & (self.cap - 1)
     }
 
     /// Largest payload of one frame in this ring.
+    #[inline]
     pub fn max_payload(&self) -> u64 {
         (self.cap / 4).min(MAX_FRAME_PAYLOAD) - FRAME_HDR
     }
@@ -204,6 +207,23 @@ impl Ring {
             len,
             new_tail: t + size,
         }))
+    }
+
+    /// The common placement, cheaply: a frame holding all `want` bytes that fits before the
+    /// ring's end and in the room `head` leaves, with no pad frame; returns its position and
+    /// the producer counter after it. `None` in every other case, impossible counters included
+    /// (`place` sorts those out); where it answers, it answers as `place` does.
+    #[inline]
+    pub fn place_whole(&self, tail: u64, head: u64, want: u64) -> Option<(u64, u64)> {
+        if want == 0 || want > self.max_payload() {
+            return None;
+        }
+        let size = FRAME_HDR + align_frame(want);
+        let used = tail.checked_sub(head)?;
+        tail.checked_add(self.cap)?;
+        let pos = self.pos(tail);
+        (used <= self.cap && self.cap - used >= size && self.cap - pos >= size)
+            .then_some((pos, tail + size))
     }
 
     /// Validate the producer counter read from shared memory against our consumer counter.
@@ -276,6 +296,7 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
+    #[inline]
     pub fn encode(&self) -> [u8; 16] {
         let mut b = [0u8; 16];
         b[0..4].copy_from_slice(&self.len.to_le_bytes());
@@ -765,6 +786,30 @@ mod tests {
         assert_eq!(r.free(tail, 0).unwrap(), 4096 - tail);
         // Credits return: room again.
         assert!(r.place(tail, tail, 100).unwrap().is_some());
+    }
+
+    #[test]
+    fn place_whole_agrees_with_place() {
+        let r = Ring::new(4096).unwrap();
+        let mut answered = 0;
+        for tail in (0..3 * 4096u64).step_by(16).chain([u64::MAX - 100, !15]) {
+            for used in [0u64, 16, 100, 1000, 4000, 4096, 4097, 5000] {
+                let head = tail.wrapping_sub(used);
+                for want in [0u64, 1, 15, 16, 17, 64, 1000, 1008, 1009, 4000] {
+                    let Some((pos, new_tail)) = r.place_whole(tail, head, want) else {
+                        continue;
+                    };
+                    answered += 1;
+                    let p = r.place(tail, head, want).unwrap().unwrap();
+                    assert_eq!(
+                        (p.pad, p.pos, p.len, p.new_tail),
+                        (None, pos, want, new_tail),
+                        "tail {tail} head {head} want {want}"
+                    );
+                }
+            }
+        }
+        assert!(answered > 1000, "{answered}");
     }
 
     #[test]
