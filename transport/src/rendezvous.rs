@@ -10,11 +10,26 @@
 //! And the tables only this host writes: which listener and offer slots (in the peer's tables)
 //! this host's processes own, with the owner's pid and start time so a dead owner's slot is
 //! reclaimed. On a loopback link "the peer" is this host, and every table is in one area.
+//!
+//! Built with `--cfg loom`, the same code runs over a model of the area (`model`) whose words
+//! are loom's atomics, with two slots per table: `tests/loom_rendezvous.rs` checks its
+//! orderings there (docs/MEMORY-ORDERING.md).
 
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+#[cfg(not(loom))]
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use ntbdrv::{NtbDevice, Region};
+use ntbdrv::NtbDevice;
+// The memory the tables are in: a mapped window, or under loom its model.
+#[cfg(not(loom))]
+use ntbdrv::Region as Area;
+
+#[cfg(loom)]
+pub mod model;
+#[cfg(loom)]
+use model::Area;
 
 use crate::proto::{
     Answer, Endpoint, ListenerEntry, Offer, ProtoError, SocketId, ANSWER_SIZE, LISTENER_INODE,
@@ -29,10 +44,18 @@ pub const CTRL_TAG: u32 = 0x5043_5331; // "PCS1"
 /// Magic at the start of an initialised area.
 pub const CTRL_MAGIC: u64 = 0x4c52_5443_4b53_4350; // "PCSKCTRL"
 
+#[cfg(not(loom))]
 pub const LISTENER_SLOTS: usize = 128;
 /// Offers pending at once from one host's clients to the other host's servers: enough for a
 /// thousand clients whose server accepts them late (benches/results/scaling.md).
+#[cfg(not(loom))]
 pub const OFFER_SLOTS: usize = 1024;
+/// Under loom two slots per table (the same layout, fewer slots in use): enough for every race
+/// of two parties, and a scan stays a few steps for the model to interleave.
+#[cfg(loom)]
+pub const LISTENER_SLOTS: usize = 2;
+#[cfg(loom)]
+pub const OFFER_SLOTS: usize = 2;
 
 const HDR_MAGIC: usize = 0x0000;
 const HDR_VERSION: usize = 0x0008;
@@ -54,7 +77,9 @@ const _: () = assert!(LISTENER_SOCKETS + LISTENER_SLOTS * 16 <= OFFERS);
 const _: () = assert!(OFFERS + OFFER_SLOTS * OFFER_SIZE <= ANSWERS);
 const _: () = assert!(ANSWERS + OFFER_SLOTS * ANSWER_SIZE <= CTRL_SIZE as usize);
 
-/// Offer states (the offer's first word, in the server host's memory).
+/// Offer states (the offer's first word, in the server host's memory). The state and the
+/// generation after it are read and written as one 64-bit word (`offer_word`), so the server's
+/// take compares the generation too: it takes the very offer whose record it read.
 pub const OFFER_FREE: u32 = 0;
 pub const OFFER_POSTED: u32 = 1;
 pub const OFFER_TAKEN: u32 = 2;
@@ -76,6 +101,9 @@ pub enum CtrlError {
         ours: u32,
         theirs: u32,
     },
+    /// A loom build models the area; it opens no device's.
+    #[cfg(loom)]
+    Modelled,
 }
 
 impl std::fmt::Display for CtrlError {
@@ -89,14 +117,16 @@ impl std::fmt::Display for CtrlError {
                     "rendezvous area speaks protocol {theirs}, we speak {ours}"
                 )
             }
+            #[cfg(loom)]
+            CtrlError::Modelled => write!(f, "a loom build opens no device's rendezvous area"),
         }
     }
 }
 
 /// This host's rendezvous area (`local`) and the peer's (`peer`, through the outbound window).
 pub struct Control {
-    local: Region,
-    peer: Region,
+    local: Area,
+    peer: Area,
 }
 
 /// A slot this process owns in one of the owner tables.
@@ -106,18 +136,38 @@ pub struct SlotGuard {
     pub generation: u32,
 }
 
-fn u32_at(r: &Region, off: usize) -> &AtomicU32 {
+fn u32_at(r: &Area, off: usize) -> &AtomicU32 {
     r.atomic_u32(off)
         .expect("rendezvous layout offsets are in range and aligned")
 }
 
-fn u64_at(r: &Region, off: usize) -> &AtomicU64 {
+fn u64_at(r: &Area, off: usize) -> &AtomicU64 {
     r.atomic_u64(off)
         .expect("rendezvous layout offsets are in range and aligned")
 }
 
+/// An offer's state and generation as the one 64-bit word they form (little-endian: the state
+/// at the record's offset 0, the generation at 4).
+fn offer_word(state: u32, generation: u32) -> u64 {
+    u64::from(state) | (u64::from(generation) << 32)
+}
+
+/// The state half of an offer's word.
+fn offer_state(word: u64) -> u32 {
+    word as u32
+}
+
+/// This process's id (under loom, the process its thread plays: [`model::pid`]).
+#[cfg(not(loom))]
+fn my_pid() -> u32 {
+    std::process::id()
+}
+#[cfg(loom)]
+use model::pid as my_pid;
+
 impl Control {
     /// Reserve (or find) this host's area and map the peer's.
+    #[cfg(not(loom))]
     pub fn open(dev: &dyn NtbDevice) -> Result<Control, CtrlError> {
         dev.reserve_window(0, 0, CTRL_SIZE, CTRL_TAG)
             .map_err(CtrlError::Lease)?;
@@ -129,6 +179,62 @@ impl Control {
             .outbound(0)
             .and_then(|w| w.slice(0, CTRL_SIZE as usize))
             .map_err(CtrlError::Window)?;
+        Control::over(local, peer)
+    }
+
+    /// Under loom the area is a model (loom's atomics cannot live in a mapping): see
+    /// [`Control::model`].
+    #[cfg(loom)]
+    pub fn open(_dev: &dyn NtbDevice) -> Result<Control, CtrlError> {
+        Err(CtrlError::Modelled)
+    }
+
+    /// A fresh modelled area on a loopback link (ours and the peer's are one), laid out in
+    /// cells as the code reaches it: every word with its width, each record's bytes in a few
+    /// cells. Call it inside `loom::model`, before spawning the threads that share it.
+    #[cfg(loom)]
+    pub fn model() -> Control {
+        let mut cells = vec![(HDR_MAGIC, 8), (HDR_VERSION, 4), (HDR_ACCEPTS, 4)];
+        let owners = |table: usize, n: usize| {
+            (0..n).flat_map(move |i| {
+                let b = table + i * 16;
+                [(b, 4), (b + 4, 4), (b + 8, 8)] // pid, generation, start time
+            })
+        };
+        cells.extend(owners(LISTENER_OWNERS, LISTENER_SLOTS));
+        cells.extend((0..LISTENER_SLOTS).flat_map(|i| {
+            let b = LISTENERS + i * LISTENER_SIZE;
+            // state, generation; address; port, pid, start time; socket; the rest
+            [(b, 4), (b + 4, 4), (b + 8, 16), (b + 24, 16)]
+                .into_iter()
+                .chain([
+                    (b + LISTENER_INODE, 8),
+                    (b + LISTENER_NETNS, 8),
+                    (b + 56, 8),
+                ])
+        }));
+        cells.extend(owners(OFFER_OWNERS, OFFER_SLOTS));
+        cells.extend((0..LISTENER_SLOTS).flat_map(|i| {
+            let b = LISTENER_SOCKETS + i * 16;
+            [(b, 8), (b + 8, 8)] // inode, namespace
+        }));
+        cells.extend((0..OFFER_SLOTS).flat_map(|i| {
+            let b = OFFERS + i * OFFER_SIZE;
+            // state and generation; version and cookie; the endpoints; the ring and the rest
+            [(b, 8), (b + 8, 16), (b + 24, 40), (b + 64, 64)]
+        }));
+        cells.extend((0..OFFER_SLOTS).flat_map(|i| {
+            let b = ANSWERS + i * ANSWER_SIZE;
+            // state, generation; version, decline and cookie; the ring and the rest
+            [(b, 4), (b + 4, 4), (b + 8, 16), (b + 24, 40)]
+        }));
+        cells.sort_unstable();
+        let area = model::Area::new(CTRL_SIZE as usize, cells);
+        Control::over(area.clone(), area).expect("a fresh model is stamped")
+    }
+
+    /// The tables in `local` (ours) and `peer` (the peer's, reached through the bridge).
+    fn over(local: Area, peer: Area) -> Result<Control, CtrlError> {
         // A fresh area is all zeros, which are empty tables; stamp it once.
         let magic = u64_at(&local, HDR_MAGIC);
         if magic.load(Acquire) != CTRL_MAGIC {
@@ -153,7 +259,7 @@ impl Control {
     /// timeout; the peer host cannot tell, as it cannot see our sockets. So every process that
     /// opens the area sweeps. Returns how many it withdrew.
     pub fn sweep_dead_listeners(&self) -> usize {
-        let me = std::process::id();
+        let me = my_pid();
         let live = Liveness::new(None);
         let mut n = 0;
         for i in 0..LISTENER_SLOTS {
@@ -189,7 +295,7 @@ impl Control {
     /// Claim a free owner slot (pid 0, or a dead owner's) in an owner table of `n` entries. A
     /// listener slot's owner is dead when its listening socket is (see [`Liveness`]).
     fn claim(&self, table: usize, n: usize) -> Option<SlotGuard> {
-        let me = std::process::id();
+        let me = my_pid();
         let start = ntbdrv::process::start_time(me).unwrap_or(0);
         let live = Liveness::new(None);
         let alive = |i: usize, pid: u32, start: u64| {
@@ -235,7 +341,7 @@ impl Control {
         let slot = self.claim(LISTENER_OWNERS, LISTENER_SLOTS)?;
         self.store_listener_socket(slot.index, socket);
         let base = LISTENERS + slot.index * LISTENER_SIZE;
-        let pid = std::process::id();
+        let pid = my_pid();
         let e = ListenerEntry {
             addr,
             pid,
@@ -293,22 +399,9 @@ impl Control {
     pub fn find_listener(&self, server: &Endpoint, same_host: bool) -> bool {
         let live = Liveness::new(Some(server));
         for i in 0..LISTENER_SLOTS {
-            let base = LISTENERS + i * LISTENER_SIZE;
-            if u32_at(&self.local, base).load(Acquire) != ACTIVE {
-                continue;
-            }
-            let mut rec = [0u8; LISTENER_SIZE - 8];
-            if self.local.read(base + 8, &mut rec).is_err() {
-                continue;
-            }
-            let Ok(mut e) = ListenerEntry::decode(&rec) else {
+            let Some(e) = self.listener_entry(i) else {
                 continue;
             };
-            // The socket may be filled in while we read: take it whole.
-            // SYNC POINT (listener socket): Acquire pairs with the Release in
-            // `set_listener_socket`.
-            e.socket.inode = u64_at(&self.local, base + LISTENER_INODE).load(Acquire);
-            e.socket.netns = u64_at(&self.local, base + LISTENER_NETNS).load(Relaxed);
             if e.addr.port != server.port || !(e.addr.is_unspecified() || e.addr.ip == server.ip) {
                 continue;
             }
@@ -318,6 +411,31 @@ impl Control {
             return true;
         }
         false
+    }
+
+    /// The peer's listener published in slot `i` of our table, if any (one whose record does
+    /// not decode is none).
+    fn listener_entry(&self, i: usize) -> Option<ListenerEntry> {
+        let base = LISTENERS + i * LISTENER_SIZE;
+        // SYNC POINT (listener publish): Acquire pairs with the Release store in `add_listener`.
+        if u32_at(&self.local, base).load(Acquire) != ACTIVE {
+            return None;
+        }
+        let mut rec = [0u8; LISTENER_SIZE - 8];
+        self.local.read(base + 8, &mut rec).ok()?;
+        let mut e = ListenerEntry::decode(&rec).ok()?;
+        // The socket may be filled in while we read: take it whole.
+        // SYNC POINT (listener socket): Acquire pairs with the Release in
+        // `set_listener_socket`.
+        e.socket.inode = u64_at(&self.local, base + LISTENER_INODE).load(Acquire);
+        e.socket.netns = u64_at(&self.local, base + LISTENER_NETNS).load(Relaxed);
+        Some(e)
+    }
+
+    /// [`Control::find_listener`]'s view of slot `i`, for the model checks.
+    #[cfg(loom)]
+    pub fn model_listener(&self, i: usize) -> Option<ListenerEntry> {
+        self.listener_entry(i)
     }
 
     // ---- offers (client side) -----------------------------------------------------------------
@@ -342,7 +460,7 @@ impl Control {
             .write(base + 8, &offer.encode())
             .expect("offer record in range");
         // SYNC POINT (offer publish): Release pairs with the Acquire load in `take_offer`.
-        u32_at(&self.peer, base).store(OFFER_POSTED, Release);
+        u64_at(&self.peer, base).store(offer_word(OFFER_POSTED, slot.generation), Release);
     }
 
     fn write_offer(&self, offer: &Offer, state: u32) -> Option<SlotGuard> {
@@ -350,13 +468,13 @@ impl Control {
         // Our answer slot starts empty (the server writes it; nobody else uses this index).
         u32_at(&self.local, ANSWERS + slot.index * ANSWER_SIZE).store(0, SeqCst);
         let base = OFFERS + slot.index * OFFER_SIZE;
-        u32_at(&self.peer, base).store(OFFER_FREE, SeqCst);
+        let word = u64_at(&self.peer, base);
+        word.store(offer_word(OFFER_FREE, slot.generation), SeqCst);
         self.peer
             .write(base + 8, &offer.encode())
             .expect("offer record in range");
-        u32_at(&self.peer, base + 4).store(slot.generation, Relaxed);
         // SYNC POINT (offer publish): Release pairs with the Acquire load in `take_offer`.
-        u32_at(&self.peer, base).store(state, Release);
+        word.store(offer_word(state, slot.generation), Release);
         Some(slot)
     }
 
@@ -379,14 +497,15 @@ impl Control {
 
     /// Withdraw an unanswered offer. False if the server took it first (an answer is coming).
     pub fn withdraw(&self, slot: &SlotGuard) -> bool {
-        let state = u32_at(&self.peer, OFFERS + slot.index * OFFER_SIZE);
+        let word = u64_at(&self.peer, OFFERS + slot.index * OFFER_SIZE);
+        let g = slot.generation;
+        let withdrawn = offer_word(OFFER_WITHDRAWN, g);
         // SYNC POINT (offer race): this CAS and the server's CAS in `take_offer` decide who
         // owns the offer; exactly one succeeds.
-        state
-            .compare_exchange(OFFER_CONNECTING, OFFER_WITHDRAWN, SeqCst, SeqCst)
+        word.compare_exchange(offer_word(OFFER_CONNECTING, g), withdrawn, SeqCst, SeqCst)
             .is_ok()
-            || state
-                .compare_exchange(OFFER_POSTED, OFFER_WITHDRAWN, SeqCst, SeqCst)
+            || word
+                .compare_exchange(offer_word(OFFER_POSTED, g), withdrawn, SeqCst, SeqCst)
                 .is_ok()
     }
 
@@ -413,7 +532,8 @@ impl Control {
     pub fn connecting_to(&self, local: &Endpoint) -> bool {
         (0..OFFER_SLOTS).any(|i| {
             let base = OFFERS + i * OFFER_SIZE;
-            if u32_at(&self.local, base).load(Acquire) != OFFER_CONNECTING {
+            // SYNC POINT (offer publish): Acquire pairs with the Release store in `write_offer`.
+            if offer_state(u64_at(&self.local, base).load(Acquire)) != OFFER_CONNECTING {
                 return false;
             }
             let mut rec = [0u8; OFFER_SIZE - 8];
@@ -429,7 +549,10 @@ impl Control {
     /// does not decode matches no connection and is left as it is (its client withdraws it when
     /// its wait for an answer ends); the record is read again after the take, and that copy is
     /// the one returned (should it fail to decode, the caller gives the connection up as a bad
-    /// peer, unanswered: the client's wait for an answer ends it).
+    /// peer, unanswered: the client's wait for an answer ends it). The take compares the
+    /// generation with the state: an offer withdrawn and a new one posted in its slot after we
+    /// read the record (a new claim, a new generation) is not taken on the old one's strength,
+    /// and the generation returned, which the answer carries, is the taken offer's.
     pub fn take_offer(
         &self,
         peer: &Endpoint,
@@ -437,11 +560,14 @@ impl Control {
     ) -> Option<(usize, u32, Result<Offer, ProtoError>)> {
         for i in 0..OFFER_SLOTS {
             let base = OFFERS + i * OFFER_SIZE;
-            let state = u32_at(&self.local, base);
-            if state.load(Acquire) != OFFER_POSTED {
+            let word = u64_at(&self.local, base);
+            // SYNC POINT (offer publish): Acquire pairs with the Release store in
+            // `write_offer` or `publish_offer`.
+            let seen = word.load(Acquire);
+            if offer_state(seen) != OFFER_POSTED {
                 continue;
             }
-            let generation = u32_at(&self.local, base + 4).load(Relaxed);
+            let generation = (seen >> 32) as u32;
             let mut rec = [0u8; OFFER_SIZE - 8];
             if self.local.read(base + 8, &mut rec).is_err() {
                 continue;
@@ -454,8 +580,10 @@ impl Control {
             if !matches {
                 continue;
             }
-            if state
-                .compare_exchange(OFFER_POSTED, OFFER_TAKEN, SeqCst, SeqCst)
+            // SYNC POINT (offer race): this CAS and the client's in `withdraw` decide who owns
+            // the offer; exactly one succeeds.
+            if word
+                .compare_exchange(seen, offer_word(OFFER_TAKEN, generation), SeqCst, SeqCst)
                 .is_ok()
             {
                 // Re-read after the CAS: the record cannot change once taken.
