@@ -14,6 +14,7 @@ pub mod rendezvous;
 mod service;
 pub mod sockdiag;
 pub mod stats;
+pub mod switchover;
 mod sys;
 
 use std::os::fd::RawFd;
