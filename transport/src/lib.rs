@@ -62,6 +62,12 @@ pub struct Settings {
     /// nothing, before it stays on TCP (a host that keeps accepting other connections extends
     /// the wait, up to [`ANSWER_PATIENCE_MAX`]).
     pub answer_timeout: Duration,
+    /// `PCISOCK_STRICT=1`: a connection whose NTB path fails is reset (ECONNRESET) instead of
+    /// going on over its TCP socket.
+    pub strict: bool,
+    /// A send that waits this long for credits while the peer's TCP socket is open moves the
+    /// connection to TCP (`PCISOCK_FAILOVER_MS`; zero: never for that reason).
+    pub failover_after: Duration,
 }
 
 impl Default for Settings {
@@ -73,6 +79,8 @@ impl Default for Settings {
             spin: Duration::from_micros(50),
             rx_coalesce: Duration::from_micros(2),
             answer_timeout: Duration::from_secs(2),
+            strict: false,
+            failover_after: Duration::from_secs(1),
         }
     }
 }
@@ -171,6 +179,13 @@ impl Settings {
                 .parse()
                 .map_err(|_| err("PCISOCK_ANSWER_TIMEOUT_MS", &v, "milliseconds"))?;
             s.answer_timeout = Duration::from_millis(ms.max(1));
+        }
+        s.strict = get("PCISOCK_STRICT").is_some_and(|v| v == "1");
+        if let Some(v) = get("PCISOCK_FAILOVER_MS").filter(|v| !v.is_empty()) {
+            let ms: u64 = v
+                .parse()
+                .map_err(|_| err("PCISOCK_FAILOVER_MS", &v, "milliseconds (0: off)"))?;
+            s.failover_after = Duration::from_millis(ms);
         }
         Ok(s)
     }
