@@ -2292,7 +2292,15 @@ impl Connection {
     pub(crate) fn close(&self) {
         self.drain_tcp_at_close();
         let unread = word64(&self.mine, RX_TAIL).load(Acquire) > self.rx_pos().head;
-        let flag = if unread { FLAG_RST } else { FLAG_FIN };
+        let flag = if self.fo.tx_off() {
+            // Our stream is on the TCP socket (`failover`): the kernel's FIN or RST ends it
+            // after our last record; a FIN in the ring would end it before them.
+            0
+        } else if unread {
+            FLAG_RST
+        } else {
+            FLAG_FIN
+        };
         word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR | ST_SHUT_RD | ST_CLOSED, SeqCst);
         word32(&self.theirs, CR_CLOSED).store(1, SeqCst);
         word32(&self.theirs, RX_FLAGS).fetch_or(flag, SeqCst);
