@@ -54,6 +54,16 @@ fn role_name(r: transport::Role) -> &'static str {
     }
 }
 
+/// The PATH of a live NTB connection: `tcp-failover` while its sending side is on its TCP
+/// socket after a fault (it returns to the ring when the link is back).
+fn path_name(on_tcp: bool) -> &'static str {
+    if on_tcp {
+        "tcp-failover"
+    } else {
+        "ntb"
+    }
+}
+
 fn text(dev: &EmuDevice, out: &mut String) {
     device::summary_text(dev, out);
     device::leases_text(dev, out);
@@ -74,7 +84,7 @@ fn text(dev: &EmuDevice, out: &mut String) {
             role_name(s.info.role).to_owned(),
             s.info.local.to_std().to_string(),
             s.info.peer.to_std().to_string(),
-            "ntb".to_owned(),
+            path_name(s.on_tcp).to_owned(),
         ];
         row.extend(s.counters.iter().map(u64::to_string));
         rows.push(row);
@@ -89,11 +99,12 @@ fn json_object(dev: &EmuDevice) -> String {
             let counters: Vec<String> =
                 COUNTER_NAMES.iter().zip(s.counters.iter()).map(|(n, v)| format!("{}:{v}", json::string(n))).collect();
             format!(
-                "{{\"pid\":{},\"role\":{},\"local\":{},\"peer\":{},\"path\":\"ntb\",\"window\":{mw},\"counters\":{{{}}}}}",
+                "{{\"pid\":{},\"role\":{},\"local\":{},\"peer\":{},\"path\":\"{}\",\"window\":{mw},\"counters\":{{{}}}}}",
                 s.info.pid,
                 json::string(role_name(s.info.role)),
                 json::string(&s.info.local.to_std().to_string()),
                 json::string(&s.info.peer.to_std().to_string()),
+                path_name(s.on_tcp),
                 counters.join(",")
             )
         })
