@@ -21,9 +21,11 @@ Options:
   -h, --help     Print this help
 
 Shows the device (path, topology, windows, doorbells, DMA channels, link, faults), the leases
-each process holds, and per connection: pid, role, local and peer address, path (ntb) and the
-counters tx/rx bytes and frames, DMA and CPU copies, doorbells rung, polls, sleeps, DMA
-fallbacks, reads and coalesced frames (PCISOCK_RX_COALESCE_US). The device is the one PCISOCK_EMU_DIR, PCISOCK_EMU_DEVICE and PCISOCK_EMU_HOST name;
+each process holds, and per connection: pid, role, local and peer address, path (ntb, or
+tcp-failover while its sending side is on its TCP socket after a link fault) and the counters
+tx/rx bytes and frames, DMA and CPU copies, doorbells rung, polls, sleeps, DMA fallbacks, reads
+and coalesced frames (PCISOCK_RX_COALESCE_US), failovers and fail-backs, bytes sent and received
+over TCP after a failover and microseconds on TCP. The device is the one PCISOCK_EMU_DIR, PCISOCK_EMU_DEVICE and PCISOCK_EMU_HOST name;
 it is never created here.
 
 Through the host fabric service (the default on one host) connections are not in a device

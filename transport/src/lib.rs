@@ -180,7 +180,10 @@ impl Settings {
                 .map_err(|_| err("PCISOCK_ANSWER_TIMEOUT_MS", &v, "milliseconds"))?;
             s.answer_timeout = Duration::from_millis(ms.max(1));
         }
-        s.strict = get("PCISOCK_STRICT").is_some_and(|v| v == "1");
+        // The shim validates the value (docs/CONFIG.md); here only "on" matters.
+        s.strict = get("PCISOCK_STRICT").is_some_and(|v| {
+            matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes")
+        });
         if let Some(v) = get("PCISOCK_FAILOVER_MS").filter(|v| !v.is_empty()) {
             let ms: u64 = v
                 .parse()
