@@ -3,7 +3,8 @@
 # disk: a 1 GiB file copied
 #   - by `pcisock dc copy` through the NTB-window DC buffer at queue depth 1…8, with the emulated
 #     device on a tmpfs mounted huge=always (the window contiguous in 2 MiB pages, as a real BAR
-#     is: "window-huge") and in /dev/shm as by default (4 KiB pages: "window"),
+#     is: "window-huge") and in /dev/shm as by default ("window": a tmpfs without huge pages,
+#     where dc copy collapses its DC buffer into 2 MiB pages itself, MADV_COLLAPSE),
 #   - by the same engine through host memory (--buffer host, transparent huge pages) at queue
 #     depth 1, 2, 4, 8 (qd 1 is the papers' conventional, host-staged copy with one command in
 #     flight), and through the window in 4 KiB pages at qd 1 and 4,
@@ -19,6 +20,7 @@
 #
 # usage: benches/dc.sh [--runs N] [--size N] [--chunk N] [--dir DIR] [--out-dir DIR] [--name NAME]
 #                      [--second-device zram|none|DEV] [--no-plot] [--from-raw CSV]
+#                      [--quick] [--before BIN]
 #   --runs N        rounds (default 7)
 #   --size N        bytes to copy (default 1G; suffix K, M, G)
 #   --chunk N       pcisock's --chunk and fio's block size (default: pcisock's default, 1M)
@@ -30,11 +32,17 @@
 #                   DEV: a block device of at least --size bytes, WHOSE CONTENTS ARE OVERWRITTEN.
 #   --no-plot       do not run benches/plot_dc.py
 #   --from-raw CSV  measure nothing: rebuild the table and plot from an earlier dc-raw.csv
+#   --quick         only the default machine's case: dd, and dc copy at qd 4 with the window in
+#                   /dev/shm ("window"), on the huge tmpfs ("window-huge") and in host memory;
+#                   no fio ceilings, no second device, no plot
+#   --before BIN    also run BIN (an earlier pcisock build) as "window-before", device in
+#                   /dev/shm, qd 4: the same copy before a change, interleaved with it
 # Needs: root (to drop the page cache), fio, dd, cp, python3 (matplotlib for the plot), and a
 # release build of pcisock (cargo build --release).
 set -euo pipefail
 
 RUNS=7 SIZE=1G CHUNK=1M DIR=/var/tmp/pcisock-dc-bench OUT_DIR="" NAME=dc PLOT=1 FROM_RAW="" SECOND=zram
+QUICK=0 BEFORE=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --runs) RUNS="$2"; shift 2 ;;
@@ -46,6 +54,8 @@ while [[ $# -gt 0 ]]; do
         --second-device) SECOND="$2"; shift 2 ;;
         --no-plot) PLOT=0; shift ;;
         --from-raw) FROM_RAW="$2"; shift 2 ;;
+        --quick) QUICK=1 SECOND=none PLOT=0; shift ;;
+        --before) BEFORE="$2"; shift 2 ;;
         -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
         *) echo "dc.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -74,14 +84,18 @@ bytes=$(to_bytes "$SIZE")
 if [[ -z "$FROM_RAW" ]]; then
     [[ $(id -u) -eq 0 ]] || { echo "dc.sh: needs root (drops the page cache between runs)" >&2; exit 2; }
     [[ -x "$bin" ]] || { echo "dc.sh: $bin not found: run cargo build --release" >&2; exit 2; }
-    command -v fio >/dev/null || { echo "dc.sh: fio not installed (apt-get install -y fio)" >&2; exit 2; }
+    ((QUICK)) || command -v fio >/dev/null || { echo "dc.sh: fio not installed (apt-get install -y fio)" >&2; exit 2; }
+    [[ -z "$BEFORE" || -x "$BEFORE" ]] || { echo "dc.sh: --before $BEFORE is not an executable" >&2; exit 2; }
     mkdir -p "$DIR"
     # Two emulated devices: one in /dev/shm as by default (4 KiB pages), and one on a private
     # tmpfs mounted with huge=always, so that the window is contiguous in 2 MiB pages as a real
     # BAR is (the variant "window-huge").
     emu="$(mktemp -d /dev/shm/pcisock-dc-bench-emu.XXXXXX)"
+    # The --before build's own device (collapsed huge pages in one device's file would help any
+    # build that maps it: the block layer merges physically contiguous pages).
+    emu_before="$(mktemp -d /dev/shm/pcisock-dc-bench-before.XXXXXX)"
     emu_huge="$(mktemp -d /tmp/pcisock-dc-bench-huge.XXXXXX)"
-    chmod 700 "$emu" "$emu_huge"
+    chmod 700 "$emu" "$emu_huge" "$emu_before"
     mount -t tmpfs -o huge=always,mode=0700,size=1g pcisock-dc-bench "$emu_huge" ||
         { echo "dc.sh: cannot mount a huge=always tmpfs on $emu_huge" >&2; exit 1; }
     # fio's buffers in huge pages too (hugetlb, reserved here and given back at the end), so that
@@ -112,7 +126,7 @@ if [[ -z "$FROM_RAW" ]]; then
     cleanup() {
         ((zram_ours)) && echo 1 >/sys/block/zram0/reset 2>/dev/null || true
         umount "$emu_huge" 2>/dev/null || true
-        rm -rf "$DIR" "$emu" "$emu_huge"
+        rm -rf "$DIR" "$emu" "$emu_huge" "$emu_before"
         echo "$hp_old" >/proc/sys/vm/nr_hugepages 2>/dev/null || true
     }
     trap cleanup EXIT
@@ -158,6 +172,15 @@ print(f\"{j[0]['read']['bw_bytes']/1e6:.1f} {j[1]['write']['bw_bytes']/1e6:.1f}\
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     for r in $(seq 1 "$RUNS"); do
         echo "dc.sh: round $r/$RUNS" >&2
+        if ((QUICK)); then
+            echo "$r,dd,1,$(timed dd if="$src" of="$dst" bs=1M iflag=direct oflag=direct status=none)" >>"$raw"
+            echo "$r,window,4,$(timed dc --qd 4)" >>"$raw"
+            [[ -n "$BEFORE" ]] &&
+                echo "$r,window-before,4,$(PCISOCK_EMU_DIR="$emu_before" timed "$BEFORE" dc copy --chunk "$CHUNK" --qd 4 "$src" "$dst")" >>"$raw"
+            echo "$r,window-huge,4,$(PCISOCK_EMU_DIR="$emu_huge" timed dc --qd 4)" >>"$raw"
+            echo "$r,host,4,$(timed dc --qd 4 --buffer host)" >>"$raw"
+            continue
+        fi
         for mem in $fio_mems; do
             tag=$([[ $mem == malloc ]] && echo "" || echo "-huge")
             echo "$r,device-read$tag,8,$(fio_bw "$mem" read "$src" --readonly)" >>"$raw"
@@ -174,6 +197,8 @@ print(f\"{j[0]['read']['bw_bytes']/1e6:.1f} {j[1]['write']['bw_bytes']/1e6:.1f}\
             echo "$r,window-huge,$qd,$(PCISOCK_EMU_DIR="$emu_huge" timed dc --qd "$qd")" >>"$raw"
             case $qd in 1|2|4|8) echo "$r,host,$qd,$(timed dc --qd "$qd" --buffer host)" >>"$raw" ;; esac
             case $qd in 1|4) echo "$r,window,$qd,$(timed dc --qd "$qd")" >>"$raw" ;; esac
+            [[ $qd == 4 && -n "$BEFORE" ]] &&
+                echo "$r,window-before,4,$(PCISOCK_EMU_DIR="$emu_before" timed "$BEFORE" dc copy --chunk "$CHUNK" --qd 4 "$src" "$dst")" >>"$raw"
         done
         if [[ -n "$dev2" ]]; then
             # The disk's file onto the second device, then back into a new file on the disk; the
@@ -197,28 +222,32 @@ print(f\"{j[0]['read']['bw_bytes']/1e6:.1f} {j[1]['write']['bw_bytes']/1e6:.1f}\
         fi
     done
     load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-    # One verified copy, so the table is known to be of correct copies.
+    # One verified copy, so the table is known to be of correct copies (with the device in
+    # /dev/shm, as by default: the buffer line says which pages it had).
     rm -f "$dst"
-    PCISOCK_EMU_DIR="$emu_huge" "$bin" dc copy --qd 4 --chunk "$CHUNK" --verify "$src" "$dst" >"$DIR/verify.txt"
+    "$bin" dc copy --qd 4 --chunk "$CHUNK" --verify "$src" "$dst" >"$DIR/verify.txt"
+    buffer_line=$(grep '^  buffer:' "$DIR/verify.txt" | sed 's/^ *//')
     verify_line=$(grep '^verify:' "$DIR/verify.txt")
     dev2_what="${dev2:-none}"
     ((zram_ours)) && dev2_what+=" (zram, compressor $(grep -o '\[[^]]*\]' /sys/block/zram0/comp_algorithm), $(cat /sys/block/zram0/disksize) bytes)"
     machine="$(nproc) vCPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), disk $(df --output=source "$DIR" | tail -1) ($(cat /sys/block/"$(basename "$(df --output=source "$DIR" | tail -1)")"/device/model 2>/dev/null || echo virtio), $(cat /sys/block/"$(basename "$(df --output=source "$DIR" | tail -1)")"/queue/scheduler 2>/dev/null | grep -o '\[[^]]*\]' || true) scheduler), filesystem $(df --output=fstype "$DIR" | tail -1)"
     {
-        echo "# command: benches/dc.sh --runs $RUNS --size $SIZE --chunk $CHUNK --dir $DIR --name $NAME --second-device $SECOND"
+        echo "# command: benches/dc.sh --runs $RUNS --size $SIZE --chunk $CHUNK --dir $DIR --name $NAME --second-device $SECOND$( ((QUICK)) && echo " --quick")$([[ -n "$BEFORE" ]] && echo " --before $BEFORE")"
         echo "# date: $(date -u +%FT%TZ); build: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
         echo "# machine: $machine"
         echo "# load average before: $load_before; after: $load_after (other sessions build on this machine)"
         echo "# check: $verify_line"
+        echo "# default machine's DC buffer: $buffer_line"
+        [[ -n "$BEFORE" ]] && echo "# before: $BEFORE ($("$BEFORE" --version 2>&1))"
         echo "# second device: $dev2_what"
     } >"$raw.meta"
 else
     raw="$FROM_RAW"
 fi
 
-python3 - "$raw" "$summary" "$md" "$bytes" "$CHUNK" "$NAME" <<'PY'
+python3 - "$raw" "$summary" "$md" "$bytes" "$CHUNK" "$NAME" "$PLOT" <<'PY'
 import csv, statistics, sys, os
-raw, summary, md, nbytes, chunk, name = sys.argv[1:7]
+raw, summary, md, nbytes, chunk, name, plot = sys.argv[1:8]
 rows = list(csv.DictReader(open(raw)))
 by = {}
 for r in rows:
@@ -259,17 +288,22 @@ out.append("```text\n" + meta.strip() + "\n```\n")
 out.append(f"A {int(nbytes) >> 20} MiB file copied on this machine's disk, chunk {chunk}; medians of "
            f"{len(by.get(('dd', 1), []))} interleaved rounds, page cache dropped before each run, wall-clock "
            f"time around each command. MB/s = 10^6 bytes per second. Raw runs: `{name}-raw.csv`; "
-           f"medians with min/max: `{name}-summary.csv`; plot: `{name}.png`.\n")
-out.append("| queue depth | dc copy, window buffer (2 MiB pages) | dc copy, host buffer (THP) | dc copy, window buffer (4 KiB pages, /dev/shm) |")
+           f"medians with min/max: `{name}-summary.csv`" + (f"; plot: `{name}.png`" if plot == "1" else "") + ".\n")
+out.append("| queue depth | dc copy, window buffer (2 MiB pages) | dc copy, host buffer (THP) | dc copy, window buffer (/dev/shm, as by default) |")
 out.append("|---:|---:|---:|---:|")
 for q in range(1, 9):
-    out.append(f"| {q} | {fmt(g('window-huge', q))} | {fmt(g('host', q))} | {fmt(g('window', q))} |")
+    if any(g(v, q) is not None for v in ("window-huge", "host", "window")):
+        out.append(f"| {q} | {fmt(g('window-huge', q))} | {fmt(g('host', q))} | {fmt(g('window', q))} |")
 out.append("")
 out.append("| baseline / ceiling | MB/s |")
 out.append("|---|---:|")
 out.append(f"| dd bs=1M iflag=direct oflag=direct | {fmt(g('dd', 1))} |")
-out.append(f"| cp, then sync | {fmt(g('cp', 1))} |")
-out.append(f"| host-staged, one command in flight (dc copy --buffer host --qd 1) | {fmt(g('host', 1))} |")
+if g("window-before", 4) is not None:
+    out.append(f"| dc copy, window buffer (/dev/shm), qd 4, the `before:` build | {fmt(g('window-before', 4))} |")
+if g("cp", 1) is not None:
+    out.append(f"| cp, then sync | {fmt(g('cp', 1))} |")
+if g("host", 1) is not None:
+    out.append(f"| host-staged, one command in flight (dc copy --buffer host --qd 1) | {fmt(g('host', 1))} |")
 for tag, what in [("", "fio's buffers in 4 KiB pages (malloc)"), ("-huge", "fio's buffers in 2 MiB pages (hugetlb)")]:
     if g(f"device-read{tag}", 8) is None:
         continue
@@ -283,6 +317,16 @@ out.append(f"Targets (issue 6): `pcisock dc copy` with the window buffer at its 
            "over rounds:\n")
 r_dd = paired(dut, lambda v: v.get(("dd", 1)))
 out.append(f"- against dd: **{r_dd:.3f}x** (target >= 1.5x): **{'met' if r_dd >= 1.5 else 'not met'}**")
+r_def = paired(("window", DEFAULT_QD), lambda v: v.get(("dd", 1)))
+if r_def is not None:
+    out.append(f"- the default machine (device in /dev/shm, nothing mounted), window buffer at qd {DEFAULT_QD}, "
+               f"against dd: **{r_def:.3f}x** (target >= 1.5x, issue 15 item 7): "
+               f"**{'met' if r_def >= 1.5 else 'not met'}**")
+r_b = paired(("window-before", DEFAULT_QD), lambda v: v.get(("dd", 1)))
+r_ab = paired(("window", DEFAULT_QD), lambda v: v.get(("window-before", DEFAULT_QD)))
+if r_b is not None and r_ab is not None:
+    out.append(f"- the same copy with the build named in the header's `before:` line: **{r_b:.3f}x** dd; "
+               f"this build against it, paired: **{r_ab:.3f}x**")
 for tag, what in [("", "4 KiB-page buffers, as fio and dd use by default"), ("-huge", "2 MiB-page buffers, as the DC buffer")]:
     r = paired(dut, min_rw(tag))
     if r is not None:
@@ -296,8 +340,8 @@ if r is not None:
                f"copy whose source and destination share one disk: **{r:.3f}**")
 best_qd = max(range(1, 9), key=lambda q: g(main, q) or 0)
 out.append(f"- best median over queue depths: qd {best_qd}, {fmt(g(main, best_qd))} MB/s; "
-           f"host-staged qd 1: {fmt(g('host', 1))} MB/s; the same window in 4 KiB pages at qd "
-           f"{DEFAULT_QD}: {fmt(g('window', DEFAULT_QD))} MB/s")
+           f"host-staged qd 1: {fmt(g('host', 1))} MB/s; the window buffer at qd "
+           f"{DEFAULT_QD}, device in /dev/shm: {fmt(g('window', DEFAULT_QD))} MB/s")
 out.append("")
 rb, wb = g(f"device-read-while-writing{tag}", 8), g(f"device-write-while-reading{tag}", 8)
 ra, wa = g(f"device-read{tag}", 8), g(f"device-write{tag}", 8)

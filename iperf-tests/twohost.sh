@@ -94,7 +94,7 @@ MODDIR=/lib/modules/$KVER
 [ -r "$MODDIR/modules.dep" ] || die "no modules for $KVER in $MODDIR"
 say "twohost: building (cargo build --release --workspace)"
 (cd "$ROOT" && cargo build --release --workspace --quiet) || die "the release build failed"
-CONFORMANCE_BIN=$(cd "$ROOT" && cargo test --release -p ntbdrv --test ivshmem --no-run \
+CONFORMANCE_BIN=$(cd "$ROOT" && cargo test --release -p ntbdrv-conformance --test ivshmem --no-run \
     --message-format=json 2>/dev/null | grep '"name":"ivshmem","src_path"' |
     sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1 || true)
 [ -x "$CONFORMANCE_BIN" ] || die "could not build the ntbdrv ivshmem test binary"

@@ -1,10 +1,12 @@
 //! Command-line plumbing shared by the subcommands: the error type that decides the exit code,
-//! and a small option reader (`--name VALUE`, `--name=VALUE`, flags, `--`). It never panics on
-//! bad input: everything unexpected becomes [`CliError::Usage`].
+//! and [`Args`], one subcommand's arguments read by `lexopt` (`--name VALUE`, `--name=VALUE`,
+//! `-h`, flags, `--`) with its errors worded as usage errors of that subcommand. It never panics
+//! on bad input: everything unexpected becomes [`CliError::Usage`].
 
-use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
+
+pub use lexopt::Arg;
 
 /// Exit code of a usage error (unknown command or option, bad value).
 pub const EXIT_USAGE: u8 = 2;
@@ -59,111 +61,81 @@ impl fmt::Display for CliError {
     }
 }
 
-/// One item of a command line as [`Args::next`] reads it.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Arg {
-    /// `--name` or `-x`, with the value given as `--name=value`, if any.
-    Option {
-        name: String,
-        inline: Option<String>,
-    },
-    /// A word that is not an option (UTF-8 only; see [`Args::rest`] for raw program arguments).
-    Word(String),
-    /// `--`: everything after it is positional.
-    EndOfOptions,
-}
-
 /// The remaining arguments of one subcommand.
 pub struct Args {
     command: &'static str,
-    items: VecDeque<OsString>,
+    parser: lexopt::Parser,
 }
 
 impl Args {
     pub fn new(command: &'static str, items: impl IntoIterator<Item = OsString>) -> Args {
         Args {
             command,
-            items: items.into_iter().collect(),
+            parser: lexopt::Parser::from_args(items),
         }
-    }
-
-    /// The subcommand these arguments belong to (for error messages).
-    pub fn command(&self) -> &'static str {
-        self.command
     }
 
     pub fn usage(&self, message: impl Into<String>) -> CliError {
         CliError::usage(self.command, message)
     }
 
-    /// The next item, or `None` at the end. Non-UTF-8 options and words are usage errors.
-    pub fn next(&mut self) -> Result<Option<Arg>, CliError> {
-        let Some(raw) = self.items.pop_front() else {
-            return Ok(None);
-        };
-        let Some(s) = raw.to_str() else {
-            return Err(self.usage(format!("argument {raw:?} is not valid UTF-8")));
-        };
-        if s == "--" {
-            return Ok(Some(Arg::EndOfOptions));
-        }
-        if s.len() > 1 && s.starts_with('-') && !is_negative_number(s) {
-            let (name, inline) = match s.split_once('=') {
-                Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
-                _ => (s.to_owned(), None),
-            };
-            return Ok(Some(Arg::Option { name, inline }));
-        }
-        Ok(Some(Arg::Word(s.to_owned())))
+    fn error(&self, e: lexopt::Error) -> CliError {
+        usage_error(self.command, e)
     }
 
-    /// The value of option `name`: its inline `=value`, else the next argument.
-    pub fn value(&mut self, name: &str, inline: Option<String>) -> Result<String, CliError> {
-        if let Some(v) = inline {
-            return Ok(v);
-        }
-        match self.items.pop_front() {
-            Some(v) => v
-                .into_string()
-                .map_err(|v| self.usage(format!("the value of {name} ({v:?}) is not valid UTF-8"))),
-            None => Err(self.usage(format!("{name} needs a value"))),
-        }
+    /// The next item, or `None` at the end. After `--` every item is a [`Arg::Value`].
+    pub fn next(&mut self) -> Result<Option<Arg<'_>>, CliError> {
+        let command = self.command;
+        self.parser.next().map_err(|e| usage_error(command, e))
     }
 
-    /// Reject an inline value on a flag that takes none (`--strict=yes`).
-    pub fn no_value(&self, name: &str, inline: Option<String>) -> Result<(), CliError> {
-        match inline {
-            Some(v) => Err(self.usage(format!("{name} takes no value (got {name}={v})"))),
-            None => Ok(()),
-        }
+    /// The value of the option just read: its `=value`, else the next argument (even one that
+    /// starts with `-`), as UTF-8.
+    pub fn value(&mut self) -> Result<String, CliError> {
+        let v = self.parser.value().map_err(|e| self.error(e))?;
+        self.string(v)
+    }
+
+    /// A word as UTF-8.
+    pub fn string(&self, v: OsString) -> Result<String, CliError> {
+        v.into_string()
+            .map_err(|v| self.usage(format!("argument {v:?} is not valid UTF-8")))
     }
 
     /// Everything not read yet, as given (for a program and its arguments).
-    pub fn rest(&mut self) -> Vec<OsString> {
-        self.items.drain(..).collect()
-    }
-
-    /// Put a word back at the front (it starts the program's command line).
-    pub fn push_front(&mut self, item: OsString) {
-        self.items.push_front(item);
-    }
-
-    /// Fail unless every argument was read.
-    pub fn finish(&mut self) -> Result<(), CliError> {
-        match self.items.front() {
-            None => Ok(()),
-            Some(extra) => Err(self.usage(format!("unexpected argument {extra:?}"))),
+    pub fn rest(&mut self) -> Result<Vec<OsString>, CliError> {
+        match self.parser.raw_args() {
+            Ok(raw) => Ok(raw.collect()),
+            Err(e) => Err(self.error(e)),
         }
     }
 }
 
-fn is_negative_number(s: &str) -> bool {
-    s.len() > 1 && s[1..].chars().all(|c| c.is_ascii_digit())
+/// A lexopt error as a usage error of `command`, in our words.
+fn usage_error(command: &'static str, e: lexopt::Error) -> CliError {
+    use lexopt::Error as E;
+    CliError::usage(
+        command,
+        match e {
+            E::MissingValue { option: Some(name) } => format!("{name} needs a value"),
+            E::MissingValue { option: None } => "a value is missing".to_owned(),
+            E::UnexpectedOption(name) => format!("unknown option {name}"),
+            E::UnexpectedArgument(v) => format!("unexpected argument {v:?}"),
+            E::UnexpectedValue { option, value } => {
+                format!(
+                    "{option} takes no value (got {option}={})",
+                    value.to_string_lossy()
+                )
+            }
+            E::NonUnicodeValue(v) => format!("argument {v:?} is not valid UTF-8"),
+            e @ (E::ParsingFailed { .. } | E::Custom(_)) => e.to_string(),
+        },
+    )
 }
 
-/// An unknown option of `command`.
-pub fn unknown_option(command: &'static str, name: &str) -> CliError {
-    CliError::usage(command, format!("unknown option {name}"))
+/// An option or word `command` does not take.
+pub fn unexpected(command: &'static str, arg: Arg<'_>) -> CliError {
+    usage_error(command, arg.unexpected())
 }
 
 /// Parse a number option, naming the option in the error.
@@ -200,42 +172,35 @@ mod tests {
             "--",
             "-x",
         ]);
-        assert_eq!(
-            a.next().unwrap(),
-            Some(Arg::Option {
-                name: "--port".into(),
-                inline: None
-            })
-        );
-        assert_eq!(a.value("--port", None).unwrap(), "80");
-        let Some(Arg::Option { name, inline }) = a.next().unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            (name.as_str(), inline.as_deref()),
-            ("--role", Some("client"))
-        );
-        assert_eq!(
-            a.next().unwrap(),
-            Some(Arg::Option {
-                name: "-h".into(),
-                inline: None
-            })
-        );
-        assert_eq!(a.next().unwrap(), Some(Arg::Word("NoListener".into())));
-        assert_eq!(a.next().unwrap(), Some(Arg::EndOfOptions));
-        assert_eq!(a.rest(), vec![OsString::from("-x")]);
-        assert!(a.finish().is_ok());
+        assert_eq!(a.next().unwrap(), Some(Arg::Long("port")));
+        assert_eq!(a.value().unwrap(), "80");
+        assert_eq!(a.next().unwrap(), Some(Arg::Long("role")));
+        assert_eq!(a.value().unwrap(), "client");
+        assert_eq!(a.next().unwrap(), Some(Arg::Short('h')));
+        assert_eq!(a.next().unwrap(), Some(Arg::Value("NoListener".into())));
+        assert_eq!(a.next().unwrap(), Some(Arg::Value("-x".into())));
+        assert_eq!(a.next().unwrap(), None);
     }
 
     #[test]
-    fn missing_value_and_extra_arguments_are_usage_errors() {
+    fn bad_arguments_are_usage_errors_in_our_words() {
         let mut a = args(&["--port"]);
         a.next().unwrap();
-        assert_eq!(a.value("--port", None).unwrap_err().exit_code(), EXIT_USAGE);
-        let mut a = args(&["x"]);
-        assert_eq!(a.finish().unwrap_err().exit_code(), EXIT_USAGE);
-        assert!(args(&[]).no_value("--strict", Some("1".into())).is_err());
+        let e = a.value().unwrap_err();
+        assert_eq!(e.exit_code(), EXIT_USAGE);
+        assert!(e.to_string().starts_with("--port needs a value"), "{e}");
+        let mut a = args(&["--strict=1"]);
+        assert_eq!(a.next().unwrap(), Some(Arg::Long("strict")));
+        let e = a.next().unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--strict takes no value (got --strict=1)"),
+            "{e}"
+        );
+        let mut a = args(&["--bogus"]);
+        let arg = a.next().unwrap().unwrap();
+        let e = unexpected("test", arg);
+        assert!(e.to_string().starts_with("unknown option --bogus"), "{e}");
         assert!(parse_number::<u16>("t", "--port", "70000").is_err());
         assert_eq!(parse_number::<u16>("t", "--port", "80").unwrap(), 80);
     }
@@ -244,12 +209,19 @@ mod tests {
     fn non_utf8_is_a_usage_error() {
         use std::os::unix::ffi::OsStringExt;
         let mut a = Args::new("test", [OsString::from_vec(vec![0xff, 0xfe])]);
-        assert_eq!(a.next().unwrap_err().exit_code(), EXIT_USAGE);
+        let Some(Arg::Value(v)) = a.next().unwrap() else {
+            panic!()
+        };
+        assert_eq!(a.string(v).unwrap_err().exit_code(), EXIT_USAGE);
     }
 
     #[test]
-    fn negative_numbers_are_words() {
-        let mut a = args(&["-5"]);
-        assert_eq!(a.next().unwrap(), Some(Arg::Word("-5".into())));
+    fn a_program_and_its_arguments_stay_as_given() {
+        let mut a = args(&["prog", "--flag", "-x"]);
+        assert_eq!(a.next().unwrap(), Some(Arg::Value("prog".into())));
+        assert_eq!(
+            a.rest().unwrap(),
+            vec![OsString::from("--flag"), OsString::from("-x")]
+        );
     }
 }

@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use ntbdrv::emu::{EmuDevice, Options, Topology};
-use ntbdrv::NtbDevice;
+use ntbdrv::{format_size, NtbDevice};
 
-use crate::json;
+use serde::Serialize;
 
 /// The device named by the environment, if its file exists.
 pub enum Found {
@@ -42,36 +42,6 @@ pub fn topology_name(t: Topology) -> &'static str {
         Topology::Loopback => "loopback",
         Topology::TwoHost => "two-host",
     }
-}
-
-/// `64 MiB`, `4 KiB`, `100 B`.
-pub fn size(n: u64) -> String {
-    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if n >= 1 << shift && n & ((1 << shift) - 1) == 0 {
-            return format!("{} {unit}", n >> shift);
-        }
-    }
-    format!("{n} B")
-}
-
-/// The names of injected fault flags.
-pub fn fault_names(flags: u32) -> Vec<String> {
-    let known = [
-        (ntb_sys::NTBEMU_FAULT_LINK_DOWN, "link-down"),
-        (ntb_sys::NTBEMU_FAULT_DMA_ERROR, "dma-error"),
-        (ntb_sys::NTBEMU_FAULT_DMA_SLOW, "dma-slow"),
-        (ntb_sys::NTBEMU_FAULT_LOST_DB, "lost-doorbell"),
-    ];
-    let mut names: Vec<String> = known
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|(_, n)| (*n).to_owned())
-        .collect();
-    let rest = known.iter().fold(flags, |f, (bit, _)| f & !bit);
-    if rest != 0 {
-        names.push(format!("unknown({rest:#x})"));
-    }
-    names
 }
 
 /// Lease counts of one process on this side's host table.
@@ -126,8 +96,8 @@ pub fn summary_text(dev: &EmuDevice, out: &mut String) {
         out,
         "windows:    {} x {} (alignment {})",
         c.n_mw,
-        size(c.mw_size),
-        size(c.mw_align)
+        format_size(c.mw_size),
+        format_size(c.mw_align)
     );
     let _ = writeln!(out, "doorbells:  {} bits, {} scratchpads", c.n_db, c.n_spad);
     let _ = writeln!(out, "dma:        {} channel(s)", c.n_dma_ch);
@@ -140,7 +110,7 @@ pub fn summary_text(dev: &EmuDevice, out: &mut String) {
     } else {
         let _ = writeln!(out, "link:       down (generation {})", link.generation);
     }
-    let names = fault_names(faults.flags());
+    let names = faults.names();
     let shown = if names.is_empty() {
         "none".to_owned()
     } else {
@@ -179,52 +149,77 @@ pub fn leases_text(dev: &EmuDevice, out: &mut String) {
     }
 }
 
-/// The device summary as a JSON object.
-pub fn summary_json(dev: &EmuDevice) -> String {
+/// The device summary, for `--json`.
+#[derive(Serialize)]
+pub struct SummaryJson {
+    path: String,
+    topology: &'static str,
+    side: u32,
+    peer_side: u32,
+    windows: u32,
+    window_size: u64,
+    doorbells: u32,
+    scratchpads: u32,
+    dma_channels: u32,
+    link: LinkJson,
+    faults: Vec<String>,
+    fault_hits: u64,
+}
+
+#[derive(Serialize)]
+struct LinkJson {
+    up: bool,
+    speed_gen: u8,
+    width: u8,
+    generation: u32,
+}
+
+pub fn summary_json(dev: &EmuDevice) -> SummaryJson {
     let c = dev.config();
     let link = dev.link_state();
     let faults = dev.faults();
-    let fault_list: Vec<String> = fault_names(faults.flags())
-        .iter()
-        .map(|n| json::string(n))
-        .collect();
-    format!(
-        "{{\"path\":{},\"topology\":{},\"side\":{},\"peer_side\":{},\"windows\":{},\"window_size\":{},\"doorbells\":{},\
-\"scratchpads\":{},\"dma_channels\":{},\"link\":{{\"up\":{},\"speed_gen\":{},\"width\":{},\"generation\":{}}},\
-\"faults\":[{}],\"fault_hits\":{}}}",
-        json::string(&dev.path().display().to_string()),
-        json::string(topology_name(c.topology)),
-        dev.side(),
-        dev.peer_side(),
-        c.n_mw,
-        c.mw_size,
-        c.n_db,
-        c.n_spad,
-        c.n_dma_ch,
-        link.up,
-        link.speed_gen,
-        link.width,
-        link.generation,
-        fault_list.join(","),
-        faults.hits()
-    )
+    SummaryJson {
+        path: dev.path().display().to_string(),
+        topology: topology_name(c.topology),
+        side: dev.side(),
+        peer_side: dev.peer_side(),
+        windows: c.n_mw,
+        window_size: c.mw_size,
+        doorbells: c.n_db,
+        scratchpads: c.n_spad,
+        dma_channels: c.n_dma_ch,
+        link: LinkJson {
+            up: link.up,
+            speed_gen: link.speed_gen,
+            width: link.width,
+            generation: link.generation,
+        },
+        faults: faults.names(),
+        fault_hits: faults.hits(),
+    }
 }
 
-/// The lease counts as a JSON array.
-pub fn leases_json(dev: &EmuDevice) -> String {
-    let items: Vec<String> = leases_by_pid(dev)
+/// One process's lease counts, for `--json`.
+#[derive(Serialize)]
+pub struct LeasesJson {
+    pid: u32,
+    owner: &'static str,
+    window: usize,
+    doorbell: usize,
+    dma: usize,
+}
+
+pub fn leases_json(dev: &EmuDevice) -> Vec<LeasesJson> {
+    leases_by_pid(dev)
         .iter()
-        .map(|(pid, c)| {
-            format!(
-                "{{\"pid\":{pid},\"owner\":{},\"window\":{},\"doorbell\":{},\"dma\":{}}}",
-                json::string(owner_state(*pid)),
-                c.window,
-                c.doorbell,
-                c.dma
-            )
+        .map(|(pid, c)| LeasesJson {
+            pid: *pid,
+            owner: owner_state(*pid),
+            window: c.window,
+            doorbell: c.doorbell,
+            dma: c.dma,
         })
-        .collect();
-    format!("[{}]", items.join(","))
+        .collect()
 }
 
 /// Left-aligned columns, two spaces apart, indented by two.
@@ -253,19 +248,6 @@ pub fn table(rows: &[Vec<String>], out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_and_faults() {
-        assert_eq!(size(64 << 20), "64 MiB");
-        assert_eq!(size(4096), "4 KiB");
-        assert_eq!(size(100), "100 B");
-        assert_eq!(size(0), "0 B");
-        assert_eq!(fault_names(0), Vec::<String>::new());
-        assert_eq!(
-            fault_names(ntb_sys::NTBEMU_FAULT_LINK_DOWN | 0x100),
-            vec!["link-down", "unknown(0x100)"]
-        );
-    }
 
     #[test]
     fn table_aligns() {

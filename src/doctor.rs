@@ -9,7 +9,7 @@ use std::path::Path;
 use ntbdrv::emu::Options;
 use ntbdrv::NtbDevice;
 
-use crate::cli::{unknown_option, Arg, Args, CliError};
+use crate::cli::{unexpected, Arg, Args, CliError};
 use crate::config::Config;
 use crate::device::{self, Found};
 use crate::ffi::{self, Library, Symbol};
@@ -29,10 +29,17 @@ Checks, in order:
   exports        it defines every hook of the list this pcisock was built with (shim/exports.txt);
                  the check loads the library (dlopen, RTLD_LOCAL), which runs its constructor
   configuration  the PCISOCK_* variables and rules file parse (else everything goes over TCP)
+  fabric         how processes meet: through the host fabric service, which answers at the
+                 socket they would use with this build's protocol version (a service of another
+                 version fails the check); other versions' services beside it (a warning: their
+                 processes meet only their own kind) and sockets no service answers on (stale, a
+                 warning); or they map the device directly. With the service, of the checks
+                 below only pages applies (the DC buffer is the device's either way).
   directory      the device directory is ours with mode 0700, or can be created
-  pages          the directory's filesystem gives huge pages (a warning only: in 4 KiB pages the
-                 windows are not contiguous like a BAR, and 'pcisock dc copy' runs at about dd's
-                 speed)
+  pages          the DC buffer of 'pcisock dc copy' can be contiguous like a BAR: the device
+                 directory's filesystem gives huge pages, or it is a tmpfs without them and the
+                 kernel collapses the buffer into 2 MiB pages on request (MADV_COLLAPSE); a
+                 warning only: in 4 KiB pages a dc copy runs at about dd's speed
   device         the emulated device opens, or would be created on first use
   link           the NTB link is up (a warning only: connections then fall back to TCP)
   stale          no leases of processes that are gone (they keep window space and interrupt
@@ -252,17 +259,36 @@ fn check_pages(r: &mut Report, opts: &Options) {
             "pages",
             format!("{} is on {fstype} ({options}): the windows are in huge pages, contiguous like a BAR", dir.display()),
         );
+        return;
+    }
+    // tmpfs without huge=: dc copy collapses its DC buffer into 2 MiB pages itself, where the
+    // kernel collapses shared memory on request (the probe does exactly that, on a memfd).
+    let probe = if fstype == "tmpfs" {
+        dc::collapse_probe().map_err(|e| e.to_string())
     } else {
-        r.line(
-            Status::Warn,
+        Err(format!("{fstype} is not tmpfs"))
+    };
+    match probe {
+        Ok(()) => r.line(
+            Status::Ok,
             "pages",
             format!(
                 "{} is on {fstype} without huge pages: the windows are in 4 KiB pages, and 'pcisock dc copy' \
-                 through them runs at about dd's speed. For a window as contiguous as a BAR: mount -t tmpfs -o \
-                 huge=always,mode=0700 pcisock DIR, and set PCISOCK_EMU_DIR=DIR (docs/CLI.md, pcisock dc)",
+                 collapses its DC buffer in them into 2 MiB pages (MADV_COLLAPSE), contiguous like a BAR",
                 dir.display()
             ),
-        );
+        ),
+        Err(why) => r.line(
+            Status::Warn,
+            "pages",
+            format!(
+                "{} is on {fstype} without huge pages, and they cannot be collapsed into 2 MiB pages ({why}): \
+                 the windows are in 4 KiB pages, and 'pcisock dc copy' through them runs at about dd's speed. \
+                 For a window as contiguous as a BAR: mount -t tmpfs -o huge=always,mode=0700 pcisock DIR, \
+                 and set PCISOCK_EMU_DIR=DIR (docs/CLI.md, pcisock dc)",
+                dir.display()
+            ),
+        ),
     }
 }
 
@@ -279,14 +305,14 @@ fn check_device(r: &mut Report, opts: &Options) {
                     device::topology_name(c.topology),
                     dev.side(),
                     c.n_mw,
-                    device::size(c.mw_size),
+                    ntbdrv::format_size(c.mw_size),
                     c.n_db,
                     c.n_dma_ch
                 ),
             );
             check_stale(r, &dev);
             let link = dev.link_state();
-            let faults = device::fault_names(dev.faults().flags());
+            let faults = dev.faults().names();
             if link.up {
                 r.line(
                     Status::Ok,
@@ -320,7 +346,7 @@ fn check_device(r: &mut Report, opts: &Options) {
                     path.display(),
                     device::topology_name(c.topology),
                     c.n_mw,
-                    device::size(c.mw_size)
+                    ntbdrv::format_size(c.mw_size)
                 ),
             );
             r.line(Status::Ok, "link", "not known until the device exists");
@@ -436,6 +462,16 @@ fn check_fabric(r: &mut Report) -> bool {
                 socket.display()
             ),
         ),
+        Err(fabric::ClientError::Wire(fabric::wire::WireError::Version(v))) => r.line(
+            Status::Fail,
+            "fabric",
+            format!(
+                "the service at {} speaks protocol {v}, this build {}: every connection stays on TCP. Stop it ('pcisock fabric stop --socket {}' with that version's pcisock, or kill it) and start this version's",
+                socket.display(),
+                fabric::wire::VERSION,
+                socket.display()
+            ),
+        ),
         Err(e) => r.line(
             Status::Fail,
             "fabric",
@@ -446,21 +482,72 @@ fn check_fabric(r: &mut Report) -> bool {
             ),
         ),
     }
+    check_other_services(r, &socket);
     true
 }
 
-pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
-    while let Some(arg) = args.next()? {
-        match arg {
-            Arg::Option { name, .. } if name == "-h" || name == "--help" => {
-                out.push_str(HELP);
-                out.push('\n');
-                return Ok(0);
+/// The other service sockets beside the default ones: another version's service (its
+/// processes meet only each other) or a socket file no service answers on (left by a service
+/// that was killed).
+fn check_other_services(r: &mut Report, ours: &Path) {
+    let mut dirs = vec![
+        fabric::client::system_socket(),
+        fabric::client::user_socket(),
+    ];
+    dirs.push(ours.to_path_buf());
+    let mut dirs: Vec<std::path::PathBuf> = dirs
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut found: Vec<std::path::PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with("fabric") && name.ends_with(".sock") && p != ours
+            })
+            .collect();
+        found.sort();
+        for p in found {
+            match fabric::Client::connect(&p) {
+                Ok(_) => {} // this version's service at another path: fine
+                Err(fabric::ClientError::Wire(fabric::wire::WireError::Version(v))) => r.line(
+                    Status::Warn,
+                    "fabric",
+                    format!(
+                        "a service of protocol {v} (another pcisock version) answers at {}: its processes and this version's meet only their own kind (connections between them stay on TCP)",
+                        p.display()
+                    ),
+                ),
+                Err(_) => r.line(
+                    Status::Warn,
+                    "stale",
+                    format!(
+                        "{}: a service socket no service answers on (left by a service that was killed); remove it",
+                        p.display()
+                    ),
+                ),
             }
-            Arg::Option { name, .. } => return Err(unknown_option("doctor", &name)),
-            Arg::Word(w) => return Err(args.usage(format!("unexpected argument {w:?}"))),
-            Arg::EndOfOptions => args.finish()?,
         }
+    }
+}
+
+pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
+    // doctor takes no arguments but -h/--help.
+    match args.next()? {
+        None => {}
+        Some(Arg::Short('h') | Arg::Long("help")) => {
+            out.push_str(HELP);
+            out.push('\n');
+            return Ok(0);
+        }
+        Some(arg) => return Err(unexpected("doctor", arg)),
     }
     let mut r = Report {
         out: String::new(),
@@ -469,6 +556,10 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     check_library(&mut r);
     check_config(&mut r);
     if check_fabric(&mut r) {
+        // dc copy leases its buffer from the device whoever carries the connections.
+        if let Ok(opts) = Options::from_env() {
+            check_pages(&mut r, &opts);
+        }
         out.push_str(&r.out);
         out.push_str(if r.failed {
             "some checks failed\n"

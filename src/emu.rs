@@ -8,7 +8,7 @@ use std::time::Duration;
 use ntbdrv::emu::{EmuDevice, Fault, Topology};
 use ntbdrv::NtbDevice;
 
-use crate::cli::{parse_number, unknown_option, Arg, Args, CliError};
+use crate::cli::{parse_number, unexpected, Arg, Args, CliError};
 use crate::device::{self, Found};
 
 pub const HELP: &str = "\
@@ -54,17 +54,14 @@ fn options(args: &mut Args, allowed: &[&str]) -> Result<Option<FaultOpts>, CliEr
     };
     while let Some(arg) = args.next()? {
         match arg {
-            Arg::Option { name, .. } if name == "-h" || name == "--help" => return Ok(None),
-            Arg::Option { name, inline } if allowed.contains(&name.as_str()) => {
-                let v = args.value(&name, inline)?;
-                match name.as_str() {
-                    "--count" => o.count = Some(parse_number("emu", &name, &v)?),
-                    _ => o.delay_us = Some(parse_number("emu", &name, &v)?),
-                }
+            Arg::Short('h') | Arg::Long("help") => return Ok(None),
+            Arg::Long("count") if allowed.contains(&"--count") => {
+                o.count = Some(parse_number("emu", "--count", &args.value()?)?)
             }
-            Arg::Option { name, .. } => return Err(unknown_option("emu", &name)),
-            Arg::Word(w) => return Err(args.usage(format!("unexpected argument {w:?}"))),
-            Arg::EndOfOptions => args.finish()?,
+            Arg::Long("delay-us") if allowed.contains(&"--delay-us") => {
+                o.delay_us = Some(parse_number("emu", "--delay-us", &args.value()?)?)
+            }
+            arg => return Err(unexpected("emu", arg)),
         }
     }
     Ok(Some(o))
@@ -79,12 +76,9 @@ fn help(out: &mut String) -> Result<u8, CliError> {
 pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     let sub = match args.next()? {
         None => return Err(args.usage("missing subcommand: info, fault, clear, reclaim or remove")),
-        Some(Arg::Option { name, .. }) if name == "-h" || name == "--help" => return help(out),
-        Some(Arg::Option { name, .. }) => return Err(unknown_option("emu", &name)),
-        Some(Arg::EndOfOptions) => {
-            return Err(args.usage("missing subcommand: info, fault, clear, reclaim or remove"))
-        }
-        Some(Arg::Word(w)) => w,
+        Some(Arg::Short('h') | Arg::Long("help")) => return help(out),
+        Some(Arg::Value(w)) => args.string(w)?,
+        Some(arg) => return Err(unexpected("emu", arg)),
     };
     match sub.as_str() {
         "info" => {
@@ -102,7 +96,7 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
                 return help(out);
             }
             let dev = open()?;
-            let before = device::fault_names(dev.faults().flags());
+            let before = dev.faults().names();
             dev.faults().clear();
             if before.is_empty() {
                 out.push_str("no faults were in force\n");
@@ -139,8 +133,8 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
 
 fn fault(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     let kind = match args.next()? {
-        Some(Arg::Word(w)) => w,
-        Some(Arg::Option { name, .. }) if name == "-h" || name == "--help" => return help(out),
+        Some(Arg::Value(w)) => args.string(w)?,
+        Some(Arg::Short('h') | Arg::Long("help")) => return help(out),
         _ => {
             return Err(args.usage("missing fault: link-down, dma-error, dma-slow or lost-doorbell"))
         }

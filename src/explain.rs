@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use transport::Reason;
 
-use crate::cli::{parse_number, unknown_option, Arg, Args, CliError};
+use crate::cli::{parse_number, unexpected, Arg, Args, CliError};
 use crate::config::{Config, Role, ENV_CONF, ENV_DEFAULT_PORTS, ENV_PORTS, ENV_STRICT};
 
 pub const HELP: &str = "\
@@ -179,48 +179,46 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     let mut querying = false;
     while let Some(arg) = args.next()? {
         match arg {
-            Arg::Option { name, inline } => {
-                match name.as_str() {
-                    "-h" | "--help" => {
-                        out.push_str(HELP);
-                        out.push('\n');
-                        return Ok(0);
-                    }
-                    "--port" => {
-                        let v = args.value(&name, inline)?;
+            Arg::Short('h') | Arg::Long("help") => {
+                out.push_str(HELP);
+                out.push('\n');
+                return Ok(0);
+            }
+            Arg::Value(w) if reason.is_none() => reason = Some(args.string(w)?),
+            Arg::Value(w) => {
+                return Err(args.usage(format!("unexpected argument {:?}", w.to_string_lossy())))
+            }
+            arg => {
+                match arg {
+                    Arg::Long("port") => {
+                        let v = args.value()?;
                         let port: u16 = parse_number("explain", "--port", &v)?;
                         if port == 0 {
                             return Err(args.usage("--port 0: ports are 1 to 65535"));
                         }
                         q.port = Some(port);
                     }
-                    "--role" => {
-                        q.role = Some(
-                            match args.value(&name, inline)?.to_ascii_lowercase().as_str() {
-                                "client" => Role::Client,
-                                "server" => Role::Server,
-                                other => {
-                                    return Err(args.usage(format!(
-                                        "--role {other:?}: expected client or server"
-                                    )))
-                                }
-                            },
-                        )
+                    Arg::Long("role") => {
+                        q.role = Some(match args.value()?.to_ascii_lowercase().as_str() {
+                            "client" => Role::Client,
+                            "server" => Role::Server,
+                            other => {
+                                return Err(args
+                                    .usage(format!("--role {other:?}: expected client or server")))
+                            }
+                        })
                     }
-                    "--addr" => {
-                        let v = args.value(&name, inline)?;
+                    Arg::Long("addr") => {
+                        let v = args.value()?;
                         q.addr = Some(v.trim().parse().map_err(|_| {
                             args.usage(format!("--addr {v:?} is not an IP address"))
                         })?);
                     }
-                    "--program" => q.program = Some(args.value(&name, inline)?),
-                    _ => return Err(unknown_option("explain", &name)),
+                    Arg::Long("program") => q.program = Some(args.value()?),
+                    arg => return Err(unexpected("explain", arg)),
                 }
                 querying = true;
             }
-            Arg::Word(w) if reason.is_none() => reason = Some(w),
-            Arg::Word(w) => return Err(args.usage(format!("unexpected argument {w:?}"))),
-            Arg::EndOfOptions => {}
         }
     }
     match (reason, querying) {

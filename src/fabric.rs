@@ -1,5 +1,6 @@
 //! `pcisock fabric`: start, stop and inspect the host fabric service (docs/HOST-SERVICE.md).
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fabric::Options;
 
-use crate::cli::{unknown_option, Arg, Args, CliError};
+use crate::cli::{unexpected, Arg, Args, CliError};
 
 pub const HELP: &str = "\
 Start, stop and inspect the host fabric service: the one owner of this host's NTB fabric, which
@@ -19,10 +20,12 @@ Usage: pcisock fabric start [--foreground] [--on-demand] [--socket PATH] [--ring
        pcisock fabric status [--socket PATH]
 
 Options:
-  --socket PATH       The service's socket. Default for start: /run/pcisock/fabric.sock as
-                      root (the system service, which every local user can reach), else this
-                      user's ($XDG_RUNTIME_DIR/pcisock/fabric.sock or
-                      /dev/shm/pcisock-UID/fabric.sock). Default for stop and status: the one a
+  --socket PATH       The service's socket. Default for start: /run/pcisock/fabric-v2.sock
+                      as root (the system service, which every local user can reach), else
+                      this user's ($XDG_RUNTIME_DIR/pcisock/fabric-v2.sock or
+                      /dev/shm/pcisock-UID/fabric-v2.sock; v2: the service protocol's version,
+                      so that two versions' services never share a socket). Default for stop
+                      and status: the one a
                       process would use (PCISOCK_FABRIC, else the system service if it
                       answers, else this user's).
   --foreground        Serve in this process instead of detaching (for systemd and tests)
@@ -56,37 +59,29 @@ fn options(args: &mut Args, start: bool) -> Result<Option<Opts>, CliError> {
         window: None,
     };
     let size = |args: &Args, name: &str, v: &str| {
-        ntbdrv::emu::parse_size(v).map_err(|e| args.usage(format!("{name} {v:?}: {e}")))
+        ntbdrv::parse_size(v).map_err(|e| args.usage(format!("{name} {v:?}: {e}")))
     };
     while let Some(arg) = args.next()? {
         match arg {
-            Arg::Option { name, .. } if name == "-h" || name == "--help" => return Ok(None),
-            Arg::Option { name, inline } if name == "--socket" => {
-                o.socket = Some(args.value(&name, inline)?.into());
-            }
-            Arg::Option { name, inline } if start && name == "--foreground" => {
-                args.no_value(&name, inline)?;
-                o.foreground = true;
-            }
-            Arg::Option { name, inline } if start && name == "--on-demand" => {
-                args.no_value(&name, inline)?;
-                o.on_demand = true;
-            }
-            Arg::Option { name, inline } if start && name == "--ring-size" => {
-                let v = args.value(&name, inline)?;
-                let n = size(args, &name, &v)?;
+            Arg::Short('h') | Arg::Long("help") => return Ok(None),
+            Arg::Long("socket") => o.socket = Some(args.value()?.into()),
+            Arg::Long("foreground") if start => o.foreground = true,
+            Arg::Long("on-demand") if start => o.on_demand = true,
+            Arg::Long("ring-size") if start => {
+                let v = args.value()?;
+                let n = size(args, "--ring-size", &v)?;
                 if !n.is_power_of_two() || !(4096..=1 << 30).contains(&n) {
-                    return Err(args.usage(format!("{name} {v:?}: a power of two from 4K to 1G")));
+                    return Err(
+                        args.usage(format!("--ring-size {v:?}: a power of two from 4K to 1G"))
+                    );
                 }
                 o.ring = Some(n);
             }
-            Arg::Option { name, inline } if start && name == "--window-size" => {
-                let v = args.value(&name, inline)?;
-                o.window = Some(size(args, &name, &v)?);
+            Arg::Long("window-size") if start => {
+                let v = args.value()?;
+                o.window = Some(size(args, "--window-size", &v)?);
             }
-            Arg::Option { name, .. } => return Err(unknown_option("fabric", &name)),
-            Arg::Word(w) => return Err(args.usage(format!("unexpected argument {w:?}"))),
-            Arg::EndOfOptions => args.finish()?,
+            arg => return Err(unexpected("fabric", arg)),
         }
     }
     Ok(Some(o))
@@ -94,7 +89,7 @@ fn options(args: &mut Args, start: bool) -> Result<Option<Opts>, CliError> {
 
 fn default_start_socket() -> PathBuf {
     if crate::ffi::uid() == 0 {
-        PathBuf::from(fabric::client::SYSTEM_SOCKET)
+        fabric::client::system_socket()
     } else {
         fabric::client::user_socket()
     }
@@ -114,13 +109,21 @@ fn reach(socket: &Option<PathBuf>) -> PathBuf {
 pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     let sub = match args.next()? {
         None => return Err(args.usage("missing subcommand: start, stop or status")),
-        Some(Arg::Option { name, .. }) if name == "-h" || name == "--help" => {
+        Some(Arg::Short('h') | Arg::Long("help")) => {
             out.push_str(HELP);
             out.push('\n');
             return Ok(0);
         }
-        Some(Arg::Word(w)) if ["start", "stop", "status"].contains(&w.as_str()) => w,
-        Some(other) => return Err(args.usage(format!("unknown subcommand {other:?}"))),
+        Some(Arg::Value(w)) if ["start", "stop", "status"].map(OsString::from).contains(&w) => {
+            args.string(w)?
+        }
+        Some(Arg::Value(w)) => {
+            return Err(args.usage(format!(
+                "unknown fabric subcommand {:?}: expected start, stop or status",
+                w.to_string_lossy()
+            )))
+        }
+        Some(arg) => return Err(unexpected("fabric", arg)),
     };
     let Some(o) = options(&mut args, sub == "start")? else {
         out.push_str(HELP);
@@ -251,5 +254,20 @@ fn start(o: Opts, out: &mut String) -> Result<u8, CliError> {
             )));
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The help names the default sockets, whose names carry the protocol's version: it must
+    /// name this build's.
+    #[test]
+    fn the_help_names_this_versions_sockets() {
+        let name = fabric::client::socket_name();
+        assert!(super::HELP.contains(&name), "the help does not name {name}");
+        assert_eq!(
+            fabric::client::system_socket(),
+            std::path::Path::new("/run/pcisock").join(&name)
+        );
     }
 }

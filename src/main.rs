@@ -3,7 +3,7 @@
 //! check an installation. Each subcommand lives in its own module with its `HELP` text; this file
 //! only dispatches and turns results into exit codes (0 ok, 1 failure, 2 usage error). Output is
 //! collected and written once, and a closed stdout is not an error, so nothing here panics on
-//! bad input or a vanished reader. The only unsafe code is in `ffi`, `dc::sys` and `run::signals`.
+//! bad input or a vanished reader. The only unsafe code is in `ffi` and `run::signals`.
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -15,7 +15,6 @@ mod emu;
 mod explain;
 mod fabric;
 mod ffi;
-mod json;
 mod run;
 mod stats;
 

@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::cli::{unknown_option, Arg, Args, CliError};
+use crate::cli::{unexpected, Arg, Args, CliError};
 use crate::config::{Config, ENV_LOG, ENV_PORTS, ENV_STRICT};
 
 pub const HELP: &str = "\
@@ -107,35 +107,27 @@ fn parse(mut args: Args) -> Result<Option<Request>, CliError> {
     let mut r = Request::default();
     while let Some(arg) = args.next()? {
         match arg {
-            Arg::EndOfOptions => break,
-            Arg::Word(w) => {
-                args.push_front(w.into());
+            // The program (after `--` or not): it and everything after it go to it as given.
+            Arg::Value(program) => {
+                r.program.push(program);
+                r.program.extend(args.rest()?);
                 break;
             }
-            Arg::Option { name, inline } => match name.as_str() {
-                "-h" | "--help" => return Ok(None),
-                "--ports" => r.ports = Some(args.value(&name, inline)?),
-                "--log" => r.log = Some(args.value(&name, inline)?),
-                "--strict" => {
-                    args.no_value(&name, inline)?;
-                    r.strict = true;
+            Arg::Short('h') | Arg::Long("help") => return Ok(None),
+            Arg::Long("ports") => r.ports = Some(args.value()?),
+            Arg::Long("log") => r.log = Some(args.value()?),
+            Arg::Long("strict") => r.strict = true,
+            Arg::Short('q') | Arg::Long("quiet") => r.quiet = true,
+            Arg::Long("stats-file") => {
+                let v = args.value()?;
+                if v.is_empty() {
+                    return Err(args.usage("--stats-file needs a path"));
                 }
-                "-q" | "--quiet" => {
-                    args.no_value(&name, inline)?;
-                    r.quiet = true;
-                }
-                "--stats-file" => {
-                    let v = args.value(&name, inline)?;
-                    if v.is_empty() {
-                        return Err(args.usage("--stats-file needs a path"));
-                    }
-                    r.stats_file = Some(v.into());
-                }
-                _ => return Err(unknown_option(args.command(), &name)),
-            },
+                r.stats_file = Some(v.into());
+            }
+            arg => return Err(unexpected("run", arg)),
         }
     }
-    r.program = args.rest();
     match r.program.first() {
         Some(p) if !p.is_empty() => {}
         _ => return Err(args.usage("no program given: pcisock run [OPTIONS] -- PROGRAM [ARGS...]")),
@@ -440,24 +432,15 @@ impl Tally {
         t
     }
 
-    /// Add one statistics file's counts (the library's own JSON: flat numbers, and
-    /// `"fallbacks":{"Name":n,...}` with no nesting).
+    /// Add one statistics file's counts (the library's JSON: `ntb_connections`,
+    /// `tcp_connections`, and `fallbacks` by reason name). A file that is not JSON counts nothing.
     fn add(&mut self, json: &str) {
-        let number = |key: &str| -> u64 {
-            let k = format!("\"{key}\":");
-            json.find(&k)
-                .map(|i| &json[i + k.len()..])
-                .and_then(|rest| {
-                    let end = rest
-                        .find(|c: char| !c.is_ascii_digit())
-                        .unwrap_or(rest.len());
-                    rest[..end].parse().ok()
-                })
-                .unwrap_or(0)
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+            return;
         };
-        self.ntb += number("ntb_connections");
-        let tcp = number("tcp_connections");
-        let Some(i) = json.find("\"fallbacks\":{") else {
+        self.ntb += v["ntb_connections"].as_u64().unwrap_or(0);
+        let tcp = v["tcp_connections"].as_u64().unwrap_or(0);
+        let Some(fallbacks) = v["fallbacks"].as_object() else {
             if tcp > 0 {
                 *self
                     .fallbacks
@@ -466,14 +449,8 @@ impl Tally {
             }
             return;
         };
-        let body = &json[i + "\"fallbacks\":{".len()..];
-        let body = &body[..body.find('}').unwrap_or(0)];
-        for item in body.split(',').filter(|s| !s.is_empty()) {
-            let Some((name, n)) = item.split_once(':') else {
-                continue;
-            };
-            let name = name.trim_matches('"');
-            let n: u64 = n.parse().unwrap_or(0);
+        for (name, n) in fallbacks {
+            let n = n.as_u64().unwrap_or(0);
             let code = transport::Reason::ALL
                 .into_iter()
                 .find(|r| r.name() == name)

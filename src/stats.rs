@@ -7,9 +7,9 @@ use ntbdrv::emu::EmuDevice;
 use transport::conn::COUNTER_NAMES;
 use transport::stats::EndpointStats;
 
-use crate::cli::{unknown_option, Arg, Args, CliError};
+use crate::cli::{unexpected, Arg, Args, CliError};
 use crate::device::{self, Found};
-use crate::json;
+use serde::Serialize;
 
 pub const HELP: &str = "\
 List the live NTB connections of this host's (emulated) device, with their counters.
@@ -31,9 +31,10 @@ it is never created here.
 Through the host fabric service (the default on one host) connections are not in a device
 this command can read: it prints the service's counts and its live connections first (client
 and server address and pid, ring size); each process's PCISOCK_STATS_FILE has its connections'
-counters. Connections that fell back to TCP are
-not in the device: they appear, with their reason codes,
-in the per-process stats file (pcisock run --stats-file PATH, or PCISOCK_STATS_FILE).
+counters; then the recent connections of every process on the host that stayed on TCP (the
+last 64: age, pid, uid, side, addresses as the kernel had them, reason). Over a device,
+connections that fell back to TCP appear, with their reason codes, in the per-process stats
+file (pcisock run --stats-file PATH, or PCISOCK_STATS_FILE).
 Decode a reason with 'pcisock explain REASON'.
 
 Exit status: 0 (also when there is no device yet), 1 if the device cannot be read, 2 on a usage error.";
@@ -94,29 +95,53 @@ fn text(dev: &EmuDevice, out: &mut String) {
     device::table(&rows, out);
 }
 
+/// `stats --json`: the device, its lease table and the live connections.
+#[derive(Serialize)]
+struct StatsJson {
+    device: device::SummaryJson,
+    leases: Vec<device::LeasesJson>,
+    connections: Vec<ConnectionJson>,
+}
+
+#[derive(Serialize)]
+struct ConnectionJson {
+    pid: u32,
+    role: &'static str,
+    local: String,
+    peer: String,
+    path: &'static str,
+    window: u32,
+    counters: Counters,
+}
+
+/// A connection's counters as an object, keyed by name in [`COUNTER_NAMES`]' order.
+struct Counters(Vec<u64>);
+
+impl Serialize for Counters {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(COUNTER_NAMES.iter().zip(&self.0))
+    }
+}
+
 fn json_object(dev: &EmuDevice) -> String {
-    let conns: Vec<String> = endpoints(dev)
+    let connections = endpoints(dev)
         .iter()
-        .map(|(mw, s)| {
-            let counters: Vec<String> =
-                COUNTER_NAMES.iter().zip(s.counters.iter()).map(|(n, v)| format!("{}:{v}", json::string(n))).collect();
-            format!(
-                "{{\"pid\":{},\"role\":{},\"local\":{},\"peer\":{},\"path\":\"{}\",\"window\":{mw},\"counters\":{{{}}}}}",
-                s.info.pid,
-                json::string(role_name(s.info.role)),
-                json::string(&s.info.local.to_std().to_string()),
-                json::string(&s.info.peer.to_std().to_string()),
-                path_name(s.on_tcp),
-                counters.join(",")
-            )
+        .map(|(mw, s)| ConnectionJson {
+            pid: s.info.pid,
+            role: role_name(s.info.role),
+            local: s.info.local.to_std().to_string(),
+            peer: s.info.peer.to_std().to_string(),
+            path: path_name(s.on_tcp),
+            window: *mw,
+            counters: Counters(s.counters.to_vec()),
         })
         .collect();
-    format!(
-        "{{\"device\":{},\"leases\":{},\"connections\":[{}]}}\n",
-        device::summary_json(dev),
-        device::leases_json(dev),
-        conns.join(",")
-    )
+    let all = StatsJson {
+        device: device::summary_json(dev),
+        leases: device::leases_json(dev),
+        connections,
+    };
+    serde_json::to_string(&all).unwrap_or_default() + "\n"
 }
 
 /// The host fabric service this environment's processes use, if one answers: connections
@@ -163,26 +188,44 @@ fn fabric_summary(out: &mut String) {
         out,
         "            (counters per connection: each process's PCISOCK_STATS_FILE)"
     );
+    let history = c.history().unwrap_or_default();
+    if history.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  recent fallbacks to TCP, host-wide, oldest first:\n  AGE  PID  UID  SIDE  LOCAL  ->  PEER  REASON"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for f in history {
+        let reason = transport::Reason::from_code(f.reason)
+            .map_or_else(|| format!("code {}", f.reason), |r| r.to_string());
+        let _ = writeln!(
+            out,
+            "  {}s  {}  {}  {}  {}  ->  {}  {reason}",
+            now.saturating_sub(f.when),
+            f.pid,
+            f.uid,
+            if f.server { "server" } else { "client" },
+            ep(f.local),
+            ep(f.peer),
+        );
+    }
 }
 
 pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     let mut as_json = false;
     while let Some(arg) = args.next()? {
         match arg {
-            Arg::Option { name, inline } => match name.as_str() {
-                "-h" | "--help" => {
-                    out.push_str(HELP);
-                    out.push('\n');
-                    return Ok(0);
-                }
-                "--json" => {
-                    args.no_value(&name, inline)?;
-                    as_json = true;
-                }
-                _ => return Err(unknown_option("stats", &name)),
-            },
-            Arg::Word(w) => return Err(args.usage(format!("unexpected argument {w:?}"))),
-            Arg::EndOfOptions => args.finish()?,
+            Arg::Short('h') | Arg::Long("help") => {
+                out.push_str(HELP);
+                out.push('\n');
+                return Ok(0);
+            }
+            Arg::Long("json") => as_json = true,
+            arg => return Err(unexpected("stats", arg)),
         }
     }
     if !as_json {
@@ -191,12 +234,14 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
     match device::open_existing().map_err(CliError::failed)? {
         Found::Absent(path) => {
             if as_json {
-                let _ = writeln!(
-                    out,
-                    "{{\"device\":null,\"path\":{},\"message\":{},\"leases\":[],\"connections\":[]}}",
-                    json::string(&path.display().to_string()),
-                    json::string(&device::absent_message(&path))
-                );
+                let absent = serde_json::json!({
+                    "device": null,
+                    "path": path.display().to_string(),
+                    "message": device::absent_message(&path),
+                    "leases": [],
+                    "connections": [],
+                });
+                let _ = writeln!(out, "{absent}");
             } else {
                 out.push_str(&device::absent_message(&path));
                 out.push('\n');

@@ -767,3 +767,86 @@ fn fabric_start_status_stop() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `pcisock doctor` over a service: the service it would use answers (ok); beside it, a service
+/// of another protocol version (a warning naming it) and a socket file nobody answers on
+/// (stale, a warning); pointed at the other version's service, the check fails and says why.
+#[test]
+fn doctor_names_other_versions_and_stale_service_sockets() {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let dir =
+        std::env::temp_dir().join(format!("pcisock-cli-doctor-fabric-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ours = dir.join(format!("fabric-v{}.sock", fabric_wire_version()));
+    let ours_s = ours.to_str().unwrap().to_string();
+    assert_code(&pcisock(&["fabric", "start", "--socket", &ours_s], &[]), 0);
+    // Another version's service: answers every message with a header of protocol 1.
+    let old = dir.join("fabric-v1.sock");
+    let l = Socket::new(Domain::UNIX, Type::from(libc::SOCK_SEQPACKET), None).unwrap();
+    l.bind(&SockAddr::unix(&old).unwrap()).unwrap();
+    l.listen(8).unwrap();
+    std::thread::spawn(move || {
+        while let Ok((c, _)) = l.accept() {
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+            let _ = c.recv(&mut buf);
+            let mut m = Vec::new();
+            m.extend_from_slice(b"PCFB");
+            m.extend_from_slice(&1u16.to_le_bytes());
+            m.extend_from_slice(&0x88u16.to_le_bytes());
+            m.extend_from_slice(&0u64.to_le_bytes());
+            m.extend_from_slice(&1u64.to_le_bytes());
+            let _ = c.send(&m);
+        }
+    });
+    // A socket file with nobody behind it.
+    let stale = dir.join("fabric.sock");
+    drop({
+        let s = Socket::new(Domain::UNIX, Type::from(libc::SOCK_SEQPACKET), None).unwrap();
+        s.bind(&SockAddr::unix(&stale).unwrap()).unwrap();
+        s
+    });
+    let o = pcisock(&["doctor"], &[("PCISOCK_FABRIC", &ours_s)]);
+    let text = stdout(&o);
+    assert_code(&o, 0);
+    let line_of = |what: &str| {
+        text.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(line_of(&ours_s).starts_with("[ ok ] fabric"), "{text}");
+    let o1 = line_of(old.to_str().unwrap());
+    assert!(
+        o1.starts_with("[warn] fabric") && o1.contains("protocol 1"),
+        "{text}"
+    );
+    let st = line_of(stale.to_str().unwrap());
+    assert!(st.starts_with("[warn] stale"), "{text}");
+    let old_s = old.to_str().unwrap().to_string();
+    let o = pcisock(&["doctor"], &[("PCISOCK_FABRIC", &old_s)]);
+    assert_code(&o, 1);
+    let text = stdout(&o);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("[FAIL] fabric") && l.contains("speaks protocol 1")),
+        "{text}"
+    );
+    let _ = pcisock(&["fabric", "stop", "--socket", &ours_s], &[]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The service protocol's version this pcisock speaks (the number in its default sockets'
+/// names, which `fabric --help` shows).
+fn fabric_wire_version() -> String {
+    let o = pcisock(&["fabric", "--help"], &[]);
+    let text = stdout(&o);
+    let at = text
+        .find("fabric-v")
+        .expect("the help names the default socket")
+        + "fabric-v".len();
+    text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect()
+}

@@ -682,11 +682,41 @@ fn a_window_on_a_huge_page_tmpfs_is_in_huge_pages() {
         None => panic!("huge_pages unknown: {}", out(&o)),
     }
     assert_same(&std::fs::read(&dst).unwrap(), &data, "huge window copy");
-    // In /dev/shm (no huge pages) the same copy says so.
+}
+
+#[test]
+fn a_window_on_plain_shared_memory_is_collapsed_into_huge_pages() {
+    // The default machine: the device in /dev/shm, a tmpfs without huge=, nothing mounted. dc
+    // copy collapses its DC buffer into 2 MiB pages (MADV_COLLAPSE) where the kernel can.
+    let w = World::new("collapse");
+    let data = pattern(3 << 20, 19);
+    let src = w.file("src", &data);
+    let dst = w.data.path("dst");
     let o = w.dc(&["--json", "--qd", "2", s(&src), s(&dst)]);
+    assert_exit(&o, 0, "");
+    assert_same(
+        &std::fs::read(&dst).unwrap(),
+        &data,
+        "collapsed window copy",
+    );
     let v: serde_json::Value = serde_json::from_str(out(&o).trim()).unwrap();
-    if v["huge_pages"] == false {
-        assert!(out(&o).contains("4 KiB pages"), "{}", out(&o));
+    let notes = v["notices"].to_string();
+    match (dc::collapse_probe(), v["huge_pages"].as_bool()) {
+        (_, Some(true)) => assert!(!notes.contains("4 KiB pages"), "{notes}"),
+        // No huge page for the probe either: the report says why the buffer has none.
+        (Err(_), Some(false)) => {
+            assert!(
+                notes.contains("collapsing it into 2 MiB pages failed"),
+                "{notes}"
+            )
+        }
+        // The kernel collapses shared memory, but found no free 2 MiB of memory this time.
+        (Ok(()), Some(false)) => assert!(
+            notes.contains("Cannot allocate memory")
+                || notes.contains("Resource temporarily unavailable"),
+            "the kernel collapses shared memory, yet the DC buffer is in 4 KiB pages: {notes}"
+        ),
+        (_, None) => panic!("huge_pages unknown: {}", out(&o)),
     }
 }
 

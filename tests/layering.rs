@@ -1,83 +1,213 @@
 //! The layers depend downward only: ntb-sys → ntbdrv → transport → shim (→ the CLI on top), and
-//! the integration tests use none of them (they drive real binaries). Checked from each crate's
-//! manifest, so a new `[dependencies]` line that breaks the layering fails here.
+//! the integration tests use none of them (they drive real binaries). Checked from cargo's own
+//! view of the workspace (`cargo metadata`, `cargo tree`), so a new package, or a new
+//! `[dependencies]` line that breaks the layering, fails here; and libpcisock.so's dependency
+//! graph is proved free of test-only crates.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::process::Command;
 
-/// Workspace crates named in the `[dependencies]`, `[dev-dependencies]` and
-/// `[build-dependencies]` tables of a manifest.
-fn internal_deps(manifest: &Path) -> BTreeSet<String> {
-    const INTERNAL: [&str; 9] = [
-        "ntb-sys",
-        "ntbdrv",
-        "fabric",
-        "pcisock-fabric",
-        "policy",
-        "pcisock-policy",
-        "transport",
-        "pcisock-transport",
-        "pcisock-shim",
-    ];
-    let text =
-        std::fs::read_to_string(manifest).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
-    let mut in_deps = false;
-    let mut out = BTreeSet::new();
-    for line in text.lines() {
-        let l = line.trim();
-        if l.starts_with('[') {
-            in_deps = matches!(
-                l,
-                "[dependencies]" | "[dev-dependencies]" | "[build-dependencies]"
+use serde_json::Value;
+
+/// Run cargo (the one running this test) in the workspace and return its stdout.
+fn cargo(args: &[&str]) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(&cargo)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("{cargo} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cargo} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A workspace package as `cargo metadata` describes it.
+struct Package {
+    /// Its directory, relative to the workspace root ("" for the root package).
+    dir: String,
+    /// Declared dependencies: (name, kind), kind one of "normal", "dev", "build".
+    deps: Vec<(String, String)>,
+    /// `[package.metadata.pcisock] test-only = true`: nothing of the product may depend on it.
+    test_only: bool,
+}
+
+fn workspace() -> BTreeMap<String, Package> {
+    let meta: Value = serde_json::from_str(&cargo(&[
+        "metadata",
+        "--no-deps",
+        "--format-version",
+        "1",
+        "--offline",
+    ]))
+    .unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut out = BTreeMap::new();
+    for p in meta["packages"].as_array().unwrap() {
+        let manifest = Path::new(p["manifest_path"].as_str().unwrap());
+        let dir = manifest
+            .parent()
+            .unwrap()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let deps = p["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["name"].as_str().unwrap().to_owned(),
+                    d["kind"].as_str().unwrap_or("normal").to_owned(),
+                )
+            })
+            .collect();
+        let test_only = p["metadata"]["pcisock"]["test-only"].as_bool() == Some(true);
+        out.insert(
+            p["name"].as_str().unwrap().to_owned(),
+            Package {
+                dir,
+                deps,
+                test_only,
+            },
+        );
+    }
+    out
+}
+
+/// Every workspace package and the workspace packages it may depend on (any kind). A package
+/// missing here fails the test: a new crate must say where it sits.
+const ALLOWED: [(&str, &[&str]); 10] = [
+    ("ntb-sys", &[]),
+    ("ntbdrv", &["ntb-sys"]),
+    ("ntbdrv-conformance", &["ntbdrv", "ntb-sys"]),
+    ("pcisock-fabric", &["ntbdrv"]),
+    ("pcisock-transport", &["ntbdrv", "pcisock-fabric"]),
+    ("pcisock-policy", &[]),
+    // Direct Connect: storage copies through an NTB window; no sockets, no transport.
+    ("pcisock-dc", &["ntbdrv"]),
+    ("pcisock-shim", &["pcisock-transport", "pcisock-policy"]),
+    ("iperf-tests", &[]),
+    // The CLI: the layers' public APIs; ntb-sys only for a test that corrupts a device header.
+    (
+        "pcisock",
+        &[
+            "ntbdrv",
+            "pcisock-dc",
+            "pcisock-fabric",
+            "pcisock-policy",
+            "pcisock-transport",
+            "pcisock-shim",
+            "ntb-sys",
+        ],
+    ),
+];
+
+#[test]
+fn every_package_depends_downward_only() {
+    let ws = workspace();
+    let allowed: BTreeMap<&str, &[&str]> = ALLOWED.into_iter().collect();
+    for (name, p) in &ws {
+        let Some(ok) = allowed.get(name.as_str()) else {
+            panic!(
+                "package {name} ({}) is not in tests/layering.rs's table: say which layers it may use",
+                p.dir
             );
-            continue;
+        };
+        for (dep, kind) in &p.deps {
+            if ws.contains_key(dep) {
+                assert!(
+                    ok.contains(&dep.as_str()),
+                    "{name} must not depend on {dep} ({kind}; allowed: {ok:?})"
+                );
+            }
         }
-        if !in_deps || l.is_empty() || l.starts_with('#') {
-            continue;
+    }
+    // The root package is checked too: it is the CLI, at the top.
+    assert_eq!(ws["pcisock"].dir, "");
+    // The CLI reaches the device through ntbdrv's API, never its C definitions.
+    let cli_sys: Vec<_> = ws["pcisock"]
+        .deps
+        .iter()
+        .filter(|(d, k)| d == "ntb-sys" && k != "dev")
+        .collect();
+    assert!(cli_sys.is_empty(), "the CLI must not depend on ntb-sys");
+    // Test-only packages are marked as such.
+    for name in ["ntbdrv-conformance", "iperf-tests"] {
+        assert!(ws[name].test_only, "{name} must say test-only = true");
+    }
+}
+
+/// Crates that exist for tests: the workspace's test-only packages, their dependencies, and
+/// every crate some package uses only as a dev-dependency.
+fn test_only_crates(ws: &BTreeMap<String, Package>) -> BTreeSet<String> {
+    let product_uses: BTreeSet<&str> = ws
+        .values()
+        .filter(|p| !p.test_only)
+        .flat_map(|p| p.deps.iter())
+        .filter(|(_, k)| k != "dev")
+        .map(|(d, _)| d.as_str())
+        .collect();
+    let mut out = BTreeSet::new();
+    for (name, p) in ws {
+        if p.test_only {
+            out.insert(name.clone());
         }
-        let name = l.split(['=', '.', ' ']).next().unwrap_or("").trim();
-        if INTERNAL.contains(&name) {
-            out.insert(match name {
-                "pcisock-transport" => "transport".to_string(),
-                "pcisock-fabric" => "fabric".to_string(),
-                "pcisock-policy" => "policy".to_string(),
-                _ => name.to_string(),
-            });
+        for (dep, kind) in &p.deps {
+            if (p.test_only || kind == "dev") && !product_uses.contains(dep.as_str()) {
+                out.insert(dep.clone());
+            }
         }
     }
     out
 }
 
 #[test]
-fn crates_depend_downward_only() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let allowed: [(&str, &[&str]); 7] = [
-        ("ntbdrv/ntb-sys", &[]),
-        ("ntbdrv", &["ntb-sys"]),
-        ("fabric", &["ntbdrv"]),
-        ("transport", &["ntbdrv", "fabric"]),
-        ("policy", &[]),
-        ("shim", &["transport", "policy"]),
-        ("iperf-tests", &[]),
-    ];
-    for (dir, ok) in allowed {
-        let deps = internal_deps(&root.join(dir).join("Cargo.toml"));
-        let bad: Vec<_> = deps.iter().filter(|d| !ok.contains(&d.as_str())).collect();
-        assert!(
-            bad.is_empty(),
-            "{dir} must not depend on {bad:?} (allowed: {ok:?})"
-        );
+fn the_library_links_no_test_only_crate() {
+    let ws = workspace();
+    let test_only = test_only_crates(&ws);
+    for known in ["ntbdrv-conformance", "iperf-tests", "criterion"] {
+        assert!(test_only.contains(known), "{known} must count as test-only");
     }
-    // The workspace table maps `transport` to the package pcisock-transport: keep it that way.
-    let ws = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
-    assert!(ws.contains("transport = { path = \"transport\", package = \"pcisock-transport\" }"));
+    // libpcisock.so is the shim's cdylib: everything it is built from (build scripts included).
+    let tree = cargo(&[
+        "tree",
+        "-p",
+        "pcisock-shim",
+        "-e",
+        "normal,build",
+        "--prefix",
+        "none",
+        "--format",
+        "{p}",
+        "--offline",
+    ]);
+    let linked: BTreeSet<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(
+        linked.contains("pcisock-shim") && linked.contains("ntbdrv"),
+        "cargo tree said: {tree}"
+    );
+    let bad: Vec<_> = linked.iter().filter(|c| test_only.contains(**c)).collect();
+    assert!(
+        bad.is_empty(),
+        "libpcisock.so's dependency graph holds test-only crates: {bad:?}"
+    );
 }
 
 #[test]
 fn layers_do_not_name_what_is_above_them() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     // (directory, words its code must not use): the device knows no sockets; the transport
-    // knows nothing of LD_PRELOAD or errno.
+    // knows nothing of LD_PRELOAD or errno; the layers above use ntbdrv's API, not the
+    // emulation's internals or the device's C definitions.
     for (dir, words) in [
         (
             "ntbdrv/src",
@@ -85,10 +215,12 @@ fn layers_do_not_name_what_is_above_them() {
         ),
         (
             "transport/src",
-            &["LD_PRELOAD", "__errno_location", "dlsym"][..],
+            &["LD_PRELOAD", "__errno_location", "dlsym", "emu::parse_size"][..],
         ),
         // The service knows sockets, but not how its clients intercept them.
         ("fabric/src", &["LD_PRELOAD", "dlsym"][..]),
+        // The CLI: ntbdrv's API only (fault names, sizes), never the C definitions.
+        ("src", &["ntb_sys", "NTBEMU_", "emu::parse_size"][..]),
     ] {
         for entry in walk(&root.join(dir)) {
             let text = std::fs::read_to_string(&entry).unwrap();
@@ -103,9 +235,30 @@ fn layers_do_not_name_what_is_above_them() {
     }
 }
 
+#[test]
+fn no_module_is_borrowed_from_another_crate() {
+    // `#[path]` pointing out of a crate compiles one file into two crates (the policy once was);
+    // a shared concept is a crate of its own.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ws = workspace();
+    for p in ws.values() {
+        for entry in walk(&root.join(&p.dir).join("src")) {
+            let text = std::fs::read_to_string(&entry).unwrap();
+            let hits: Vec<_> = text
+                .lines()
+                .filter(|l| l.trim_start().starts_with("#[path") && l.contains(".."))
+                .collect();
+            assert!(hits.is_empty(), "{}: {hits:?}", entry.display());
+        }
+    }
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries {
         let p = e.unwrap().path();
         if p.is_dir() {
             out.extend(walk(&p));

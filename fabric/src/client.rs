@@ -45,17 +45,25 @@ impl From<io::Error> for ClientError {
     }
 }
 
-/// A paired connection: this side's segment and the peer's, this side's interrupt line and
-/// the peer's.
+/// A paired connection: its memory (the client end's block, then the server end's, each
+/// `4096 + ring_bytes`), this side's interrupt line and the peer's, with the service's names
+/// for the two lines (a line is one per process, shared by its connections: a process that
+/// has a line of that name already keeps one descriptor of it).
 #[derive(Debug)]
 pub struct Paired {
     pub conn: u64,
     pub ring_bytes: u64,
     pub server: bool,
-    pub own_segment: OwnedFd,
-    pub peer_segment: OwnedFd,
-    pub own_line: OwnedFd,
-    pub peer_line: OwnedFd,
+    pub segment: OwnedFd,
+    pub own_line: Line,
+    pub peer_line: Line,
+}
+
+/// An interrupt line (an eventfd) and the service's name for it.
+#[derive(Debug)]
+pub struct Line {
+    pub id: u64,
+    pub fd: OwnedFd,
 }
 
 /// How an offer or an accept ended.
@@ -71,7 +79,7 @@ pub enum Pairing {
 pub enum Held {
     Paired(Paired),
     /// An offer still waiting for its server, with its interrupt line.
-    Offer(Offer, OwnedFd),
+    Offer(Offer, Line),
     Declined(u32),
 }
 
@@ -93,15 +101,19 @@ pub struct Client {
     pub service_pid: u32,
     pub ring_bytes: u64,
     pub window_bytes: u64,
+    /// This process's interrupt line, given with `Hello` (taken by whoever waits on it).
+    pub line: Option<Line>,
 }
 
 /// How long one request waits for its reply.
 const REPLY_PATIENCE: Duration = Duration::from_secs(5);
 
 impl Client {
-    /// Connect to the service at `path` and introduce this process.
+    /// Connect to the service at `path` and introduce this process, with a new interrupt
+    /// line (see [`Client::line`]).
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
         let sock = sys::connect_unix(path)?;
+        let line = sys::move_high(sys::line()?);
         let mut c = Client {
             sock,
             next: 1,
@@ -110,16 +122,25 @@ impl Client {
             service_pid: 0,
             ring_bytes: 0,
             window_bytes: 0,
+            line: None,
         };
-        match c.call(Request::Hello { pid: sys::getpid() }, None)?.0 {
+        match c
+            .call(
+                Request::Hello { pid: sys::getpid() },
+                Some(line.as_raw_fd()),
+            )?
+            .0
+        {
             Reply::Welcome {
                 service_pid,
                 ring_bytes,
                 window_bytes,
+                line: id,
             } => {
                 c.service_pid = service_pid;
                 c.ring_bytes = ring_bytes;
                 c.window_bytes = window_bytes;
+                c.line = Some(Line { id, fd: line });
                 Ok(c)
             }
             r => Err(ClientError::Unexpected(r)),
@@ -232,6 +253,7 @@ impl Client {
     pub fn cancel_nowait(&mut self, offer: Offer) -> Result<(), ClientError> {
         self.send_only(Request::Cancel {
             request: offer.request,
+            stalled_only: false,
         })
     }
 
@@ -248,18 +270,16 @@ impl Client {
     }
 
     /// Offer the upgrade of the client socket `fd`, about to connect to `addr`:`port` (call it
-    /// before the kernel connect), with `line`, an eventfd of ours: the service rings it when
-    /// the offer is answered, and it becomes the connection's interrupt line. `Err(reason)`
-    /// comes back at once when nobody listens.
+    /// before the kernel connect): the service rings this process's line when the offer is
+    /// answered. `Err(reason)` comes back at once when nobody listens.
     pub fn offer(
         &mut self,
         fd: RawFd,
-        line: RawFd,
         addr: Addr,
         port: u16,
         ring: u64,
     ) -> Result<Result<Offer, u32>, ClientError> {
-        let id = self.send_fds(Request::Connect { addr, port, ring }, &[fd, line])?;
+        let id = self.send_fds(Request::Connect { addr, port, ring }, &[fd])?;
         match self
             .wait(id, REPLY_PATIENCE)?
             .ok_or(ClientError::TimedOut)?
@@ -278,12 +298,11 @@ impl Client {
     pub fn offer_nowait(
         &mut self,
         fd: RawFd,
-        line: RawFd,
         addr: Addr,
         port: u16,
         ring: u64,
     ) -> Result<Offer, ClientError> {
-        let id = self.send_fds(Request::Connect { addr, port, ring }, &[fd, line])?;
+        let id = self.send_fds(Request::Connect { addr, port, ring }, &[fd])?;
         Ok(Offer {
             conn: 0,
             request: id,
@@ -311,7 +330,22 @@ impl Client {
     pub fn cancel(&mut self, offer: Offer) -> Result<(), ClientError> {
         self.done(Request::Cancel {
             request: offer.request,
+            stalled_only: false,
         })
+    }
+
+    /// Give up an offer if it is stalled: `Ok(false)` when the host's servers accepted other
+    /// connections since it was made or last asked about (its server may reach it yet: wait
+    /// on), `Ok(true)` when it was given up.
+    pub fn cancel_if_stalled(&mut self, offer: Offer) -> Result<bool, ClientError> {
+        match self.done(Request::Cancel {
+            request: offer.request,
+            stalled_only: true,
+        }) {
+            Ok(()) => Ok(true),
+            Err(ClientError::Refused(Refusal::Progressing)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The kernel accepted `fd`: pair it with its client's offer, if there is one, with rings
@@ -330,8 +364,11 @@ impl Client {
             .wait(id, REPLY_PATIENCE)?
             .ok_or(ClientError::TimedOut)?
         {
-            (Reply::Reoffered { conn }, fds) => match fds.into_iter().next() {
-                Some(line) => Ok(Held::Offer(Offer { conn, request: id }, line)),
+            (Reply::Reoffered { conn, line }, fds) => match fds.into_iter().next() {
+                Some(fd) => Ok(Held::Offer(
+                    Offer { conn, request: id },
+                    Line { id: line, fd },
+                )),
                 None => Err(ClientError::Wire(WireError::Fds {
                     kind: 0x89,
                     want: 1,
@@ -360,7 +397,27 @@ impl Client {
 
     /// The live connections.
     pub fn list(&mut self) -> Result<Vec<crate::wire::Entry>, ClientError> {
-        let id = self.send(Request::List, None)?;
+        self.collect(Request::List, |r| match r {
+            Reply::Entry(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    /// The recent fallbacks of every process on this service, oldest first.
+    pub fn history(&mut self) -> Result<Vec<crate::wire::Fallen>, ClientError> {
+        self.collect(Request::History, |r| match r {
+            Reply::Fallen(f) => Some(f),
+            _ => None,
+        })
+    }
+
+    /// The replies to `r` that `item` takes, up to the `Done` that ends them.
+    fn collect<T>(
+        &mut self,
+        r: Request,
+        item: impl Fn(Reply) -> Option<T>,
+    ) -> Result<Vec<T>, ClientError> {
+        let id = self.send(r, None)?;
         let mut out = Vec::new();
         loop {
             match self
@@ -368,11 +425,23 @@ impl Client {
                 .ok_or(ClientError::TimedOut)?
                 .0
             {
-                Reply::Entry(e) => out.push(e),
                 Reply::Done => return Ok(out),
-                r => return Err(ClientError::Unexpected(r)),
+                r => out.push(item(r).ok_or(ClientError::Unexpected(r))?),
             }
         }
+    }
+
+    /// Tell the service that the connection on socket `fd` stays on TCP for `reason` (for
+    /// its host-wide history). One-way: the service never answers it.
+    pub fn fallback_nowait(
+        &mut self,
+        fd: RawFd,
+        reason: u32,
+        server: bool,
+    ) -> Result<(), ClientError> {
+        let _ = self.wait(0, Duration::ZERO);
+        self.send(Request::Fallback { reason, server }, Some(fd))?;
+        Ok(())
     }
 
     /// Ask the service to stop (its owner or root).
@@ -387,14 +456,14 @@ fn pairing((reply, fds): (Reply, Vec<OwnedFd>)) -> Result<Pairing, ClientError> 
             conn,
             ring_bytes,
             server,
+            own_line,
+            peer_line,
         } => {
             let mut it = fds.into_iter();
-            let (Some(own_segment), Some(peer_segment), Some(own_line), Some(peer_line)) =
-                (it.next(), it.next(), it.next(), it.next())
-            else {
+            let (Some(segment), Some(own), Some(peer)) = (it.next(), it.next(), it.next()) else {
                 return Err(ClientError::Wire(WireError::Fds {
                     kind: 0x84,
-                    want: 4,
+                    want: 3,
                     got: 0,
                 }));
             };
@@ -402,10 +471,15 @@ fn pairing((reply, fds): (Reply, Vec<OwnedFd>)) -> Result<Pairing, ClientError> 
                 conn,
                 ring_bytes,
                 server,
-                own_segment,
-                peer_segment,
-                own_line,
-                peer_line,
+                segment,
+                own_line: Line {
+                    id: own_line,
+                    fd: own,
+                },
+                peer_line: Line {
+                    id: peer_line,
+                    fd: peer,
+                },
             }))
         }
         Reply::Declined { reason } => Ok(Pairing::Declined(reason)),
@@ -413,24 +487,34 @@ fn pairing((reply, fds): (Reply, Vec<OwnedFd>)) -> Result<Pairing, ClientError> 
     }
 }
 
-/// The system service's socket.
-pub const SYSTEM_SOCKET: &str = "/run/pcisock/fabric.sock";
+/// The file name of a default service socket: it carries the service protocol's version, so
+/// that after an upgrade the processes of the new version start and meet their own service
+/// while those of the old one keep theirs (a service refuses another version's messages: with
+/// one name for all versions, every new process fell back to TCP until the old service went).
+pub fn socket_name() -> String {
+    format!("fabric-v{}.sock", crate::wire::VERSION)
+}
+
+/// The system service's socket: `/run/pcisock/fabric-vN.sock`.
+pub fn system_socket() -> std::path::PathBuf {
+    Path::new("/run/pcisock").join(socket_name())
+}
 
 /// The service a process uses by default: the system service when one answers; else, for
 /// root, the system service's socket (root starts it there); else this user's.
 pub fn default_socket() -> std::path::PathBuf {
-    let system = Path::new(SYSTEM_SOCKET);
-    if sys::connect_unix(system).is_ok() || sys::getuid() == 0 {
-        return system.to_path_buf();
+    let system = system_socket();
+    if sys::connect_unix(&system).is_ok() || sys::getuid() == 0 {
+        return system;
     }
     user_socket()
 }
 
-/// This user's service socket: `$XDG_RUNTIME_DIR/pcisock/fabric.sock`, else
-/// `/dev/shm/pcisock-<uid>/fabric.sock`.
+/// This user's service socket: `$XDG_RUNTIME_DIR/pcisock/fabric-vN.sock`, else
+/// `/dev/shm/pcisock-<uid>/fabric-vN.sock`.
 pub fn user_socket() -> std::path::PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => Path::new(&d).join("pcisock/fabric.sock"),
-        _ => format!("/dev/shm/pcisock-{}/fabric.sock", sys::getuid()).into(),
+        Some(d) if !d.is_empty() => Path::new(&d).join("pcisock").join(socket_name()),
+        _ => Path::new(&format!("/dev/shm/pcisock-{}", sys::getuid())).join(socket_name()),
     }
 }

@@ -4,8 +4,8 @@
 //! Processes ask it, over a Unix socket, to publish listeners and to pair connections; they
 //! prove every claim by handing over the TCP socket itself, and the service reads the
 //! connection's addresses and network namespace from the kernel. A pair gets its own memory
-//! (two sealed segments) and two interrupt lines, passed as descriptors to its two processes
-//! only. The service is never on the data path. [`wire`] is the request codec (pure);
+//! (one sealed segment holding both ends' blocks), passed as a descriptor to its two processes
+//! only, with the interrupt line of each (one per process, shared by its connections). The service is never on the data path. [`wire`] is the request codec (pure);
 //! [`service`] the service; [`client`] the process side. This crate knows sockets but nothing
 //! of LD_PRELOAD.
 #![deny(unsafe_code)]
@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod service;
+pub mod sockdiag;
 pub mod sys;
 pub mod wire;
 
@@ -21,7 +22,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-pub use client::{Client, ClientError, Held, Offer, Paired, Pairing};
+pub use client::{Client, ClientError, Held, Line, Offer, Paired, Pairing};
 pub use service::{Options, Service};
 
 /// A bound service socket, with the lock that makes its holder the only service on that path.

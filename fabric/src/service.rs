@@ -11,10 +11,12 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::sockdiag;
 use crate::sys::{self, Cred, TcpView};
-use crate::wire::{Addr, Entry, Refusal, Reply, Request, Status};
+use crate::wire::{Addr, Entry, Fallen, Refusal, Reply, Request, Status};
 
 /// Service settings.
 #[derive(Clone, Debug)]
@@ -46,18 +48,31 @@ impl Default for Options {
 
 /// Bytes of a segment's endpoint header before its ring (docs/PROTOCOL.md §2).
 pub const SEGMENT_HEADER: u64 = 4096;
-/// The smallest ring a connection gets when window space runs short.
-const MIN_RING: u64 = 64 << 10;
+/// The ring every connection gets once the share of window space for larger rings is taken
+/// (and the smallest one a connection gets at all).
+const MIN_RING: u64 = 16 << 10;
+/// The part of the window space (1/SHARE) that rings larger than `MIN_RING` may take: the
+/// rest stays for thousands of connections of `MIN_RING` (512 MiB: 64 connections of 1 MiB
+/// each way and then about 9,800 of 16 KiB), instead of the first 250 connections taking it
+/// all.
+const LARGE_SHARE: u64 = 4;
 /// Listeners one process may publish.
 const MAX_LISTENERS: usize = 1024;
-/// Offers one process may have pending.
-const MAX_OFFERS: usize = 4096;
+/// Offers one process may have pending (a client opening thousands of connections at once
+/// has as many offers waiting for the server's accepts).
+const MAX_OFFERS: usize = 16384;
 /// Refusals after which a client is disconnected.
 const MAX_STRIKES: u32 = 16;
+/// Replies kept for a client whose socket is full (it reads them as its connections settle:
+/// a client opening thousands of connections at once has thousands of answers coming);
+/// beyond this it is not reading at all, and is disconnected.
+const MAX_OUTBOX: usize = 16384;
 /// Messages read from one client per pass (fairness).
 const PASS_BUDGET: usize = 256;
 /// How often orphaned connections are looked up in the kernel's socket table.
 const ORPHAN_LOOK_MS: i32 = 250;
+/// Fallbacks kept in the host-wide history (the oldest go first).
+const HISTORY: usize = 64;
 
 // Reason codes of docs/PROTOCOL.md §5 that the service gives.
 const NO_LISTENER: u32 = 4;
@@ -71,7 +86,20 @@ struct Client {
     cred: Cred,
     /// The process, once it said hello (None before).
     pidfd: Option<OwnedFd>,
+    /// The process's interrupt line (given with hello): the line of every connection end it
+    /// makes or accepts on this service connection.
+    line: Option<Rc<Line>>,
     strikes: u32,
+    /// Replies its socket had no room for yet, in order (sent when it has).
+    outbox: std::collections::VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+}
+
+/// An interrupt line (an eventfd a process gave with its hello), kept while its process's
+/// service connection, an offer or a connection end refers to it: one descriptor per process,
+/// not per connection.
+struct Line {
+    id: u64,
+    fd: OwnedFd,
 }
 
 struct Listener {
@@ -84,6 +112,8 @@ struct Listener {
     /// Its owner withdrew it or went away; it goes once the kernel no longer has the socket
     /// (a forked child or a daemonized server may hold it still).
     orphan: bool,
+    /// Connections accepted on it (its servers' progress: see `Offer::seen`).
+    accepted: u64,
 }
 
 struct Offer {
@@ -99,10 +129,15 @@ struct Offer {
     /// The client's own socket, held only until the server accepts (or the offer ends): the
     /// kernel's addresses of the connection are read from it then.
     socket: OwnedFd,
-    /// The client's interrupt line (an eventfd it made): rung when the offer is answered.
-    line: OwnedFd,
+    /// The client's interrupt line: rung when the offer is answered.
+    line: Rc<Line>,
     netns: u64,
     posted: Instant,
+    /// Where its client connects (the claimed destination: which listeners' progress counts).
+    dest: (Addr, u16),
+    /// The accepts of those listeners when it was made, or when its client last asked whether
+    /// it is stalled (`Cancel` with `stalled_only`).
+    seen: u64,
     /// Its connected addresses are in `Service::offer_index`.
     indexed: bool,
 }
@@ -124,6 +159,8 @@ struct Conn {
     netns: u64,
     /// Client end, server end.
     ends: [End; 2],
+    /// The connection's memory: both ends' blocks (handed out again on `Hold`).
+    segment: OwnedFd,
     bytes: u64,
 }
 
@@ -131,9 +168,8 @@ struct Conn {
 struct End {
     /// The end's TCP socket (its inode): a `Hold` must hand over this socket.
     inode: u64,
-    /// The end's segment and line (handed out again on `Hold`).
-    segment: OwnedFd,
-    line: OwnedFd,
+    /// The line of the process that made this end (handed out again on `Hold`).
+    line: Rc<Line>,
 }
 
 /// The service's state.
@@ -161,6 +197,8 @@ pub struct Service {
     next_id: u64,
     window_used: u64,
     counters: Counters,
+    /// The recent fallbacks processes reported (`Fallback`), oldest first.
+    history: std::collections::VecDeque<Fallen>,
     stop: bool,
 }
 
@@ -170,6 +208,15 @@ struct Counters {
     declined: u64,
     refused: HashMap<Refusal, u64>,
     reclaimed: u64,
+}
+
+impl Listener {
+    /// Whether a connection to `dest` in `netns` reaches this listener.
+    fn serves(&self, netns: u64, dest: (Addr, u16)) -> bool {
+        self.netns == netns
+            && self.port == dest.1
+            && (self.addr == dest.0 || unspecified(&self.addr))
+    }
 }
 
 const UNSPECIFIED_V6: Addr = [0; 16];
@@ -200,6 +247,7 @@ impl Service {
             next_id: 1,
             window_used: 0,
             counters: Counters::default(),
+            history: std::collections::VecDeque::with_capacity(HISTORY),
             stop: false,
         }
     }
@@ -228,25 +276,31 @@ impl Service {
 
     /// One round: wait up to `timeout_ms` for something to do, then do all of it.
     pub fn turn(&mut self, timeout_ms: i32) -> io::Result<()> {
-        let mut fds = vec![self.listener.as_raw_fd()];
+        let mut fds = vec![(self.listener.as_raw_fd(), libc::POLLIN)];
         let mut who = Vec::new();
         for (&id, c) in &self.clients {
-            fds.push(c.sock.as_raw_fd());
+            // A client with replies waiting for room: wake when it has some.
+            let out = if c.outbox.is_empty() {
+                0
+            } else {
+                libc::POLLOUT
+            };
+            fds.push((c.sock.as_raw_fd(), libc::POLLIN | out));
             who.push((id, false));
             if let Some(p) = &c.pidfd {
-                fds.push(p.as_raw_fd());
+                fds.push((p.as_raw_fd(), libc::POLLIN));
                 who.push((id, true));
             }
         }
         let holders: Vec<u32> = self.holders.keys().copied().collect();
         let first_holder = fds.len();
-        fds.extend(self.holders.values().map(|p| p.as_raw_fd()));
+        fds.extend(self.holders.values().map(|p| (p.as_raw_fd(), libc::POLLIN)));
         let timeout_ms = if self.orphans.is_empty() && !self.listeners.values().any(|l| l.orphan) {
             timeout_ms
         } else {
             timeout_ms.min(ORPHAN_LOOK_MS)
         };
-        let rev = sys::poll_in(&fds, timeout_ms)?;
+        let rev = sys::poll(&fds, timeout_ms)?;
         for (i, pid) in holders.into_iter().enumerate() {
             if rev[first_holder + i] != 0 {
                 self.holder_died(pid);
@@ -264,12 +318,17 @@ impl Service {
                         sock,
                         cred,
                         pidfd: None,
+                        line: None,
                         strikes: 0,
+                        outbox: Default::default(),
                     },
                 );
             }
         }
         for (i, &(id, is_pidfd)) in who.iter().enumerate() {
+            if !is_pidfd && rev[i + 1] & libc::POLLOUT != 0 {
+                self.flush(id);
+            }
             if is_pidfd && rev[i + 1] != 0 {
                 // The process died: its service connection and everything it held go.
                 let pid = self.clients.get(&id).map(|c| c.cred.pid);
@@ -357,12 +416,40 @@ impl Service {
     }
 
     fn reply(&mut self, client: u64, request: u64, r: Reply, fds: &[RawFd]) {
-        let Some(c) = self.clients.get(&client) else {
+        let Some(c) = self.clients.get_mut(&client) else {
             return;
         };
-        // A client that does not read its replies (its socket buffer full) is misbehaving.
-        if sys::send_msg(c.sock.as_raw_fd(), &r.encode(request), fds).is_err() {
-            self.drop_client(client);
+        let bytes = r.encode(request);
+        if c.outbox.is_empty() {
+            match sys::send_msg(c.sock.as_raw_fd(), &bytes, fds) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return self.drop_client(client),
+            }
+        }
+        // No room in its socket now: kept, in order, until there is (a client that does not
+        // read its replies at all is cut off).
+        let copies: io::Result<Vec<OwnedFd>> = fds.iter().map(|&fd| sys::dup(fd)).collect();
+        match copies {
+            Ok(copies) if c.outbox.len() < MAX_OUTBOX => c.outbox.push_back((bytes, copies)),
+            _ => self.drop_client(client),
+        }
+    }
+
+    /// Send what a client's socket had no room for, as far as it has now.
+    fn flush(&mut self, client: u64) {
+        let Some(c) = self.clients.get_mut(&client) else {
+            return;
+        };
+        while let Some((bytes, fds)) = c.outbox.front() {
+            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            match sys::send_msg(c.sock.as_raw_fd(), bytes, &raw) {
+                Ok(()) => {
+                    c.outbox.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.drop_client(client),
+            }
         }
     }
 
@@ -384,20 +471,29 @@ impl Service {
         let hello_done = c.pidfd.is_some();
         match req {
             Request::Hello { pid } => {
+                let line = m.fds.into_iter().next();
                 if hello_done {
                     self.refuse(client, id, Refusal::OutOfOrder);
                 } else if pid != sender || pid != c.cred.pid {
                     self.refuse(client, id, Refusal::NotYou);
+                } else if !line
+                    .as_ref()
+                    .is_some_and(|l| sys::is_eventfd(l.as_raw_fd()))
+                {
+                    self.refuse(client, id, Refusal::BadSocket);
                 } else {
                     match sys::pidfd(pid) {
                         Ok(p) => {
-                            if let Some(c) = self.clients.get_mut(&client) {
+                            let line_id = self.id();
+                            if let (Some(c), Some(fd)) = (self.clients.get_mut(&client), line) {
                                 c.pidfd = Some(p);
+                                c.line = Some(Rc::new(Line { id: line_id, fd }));
                             }
                             let w = Reply::Welcome {
                                 service_pid: sys::getpid(),
                                 ring_bytes: self.opts.ring_bytes,
                                 window_bytes: self.opts.window_bytes,
+                                line: line_id,
                             };
                             self.reply(client, id, w, &[]);
                         }
@@ -436,6 +532,16 @@ impl Service {
                 self.reply(client, id, Reply::Done, &[]);
                 return None;
             }
+            Request::History => {
+                // Addresses, pids and uids of connections that stayed on TCP: what `ss -tnp`
+                // and /proc show any local user.
+                let all: Vec<Fallen> = self.history.iter().copied().collect();
+                for f in all {
+                    self.reply(client, id, Reply::Fallen(f), &[]);
+                }
+                self.reply(client, id, Reply::Done, &[]);
+                return None;
+            }
             _ if !hello_done => {
                 self.refuse(client, id, Refusal::OutOfOrder);
                 return None;
@@ -448,7 +554,36 @@ impl Service {
         }
         let mut fds = m.fds;
         match req {
-            Request::Hello { .. } | Request::Status | Request::List => {}
+            Request::Hello { .. } | Request::Status | Request::List | Request::History => {}
+            Request::Fallback { reason, server } => {
+                // Never answered (the sender does not wait): a socket that is not a connected
+                // TCP socket is only counted.
+                let sock = fds.pop()?;
+                let who = m.cred.unwrap_or(self.clients[&client].cred);
+                match sys::tcp_view(sock.as_raw_fd()) {
+                    Ok(Some(TcpView {
+                        local: Some(local),
+                        peer: Some(peer),
+                        ..
+                    })) => {
+                        if self.history.len() >= HISTORY {
+                            self.history.pop_front();
+                        }
+                        self.history.push_back(Fallen {
+                            when: std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs()),
+                            pid: who.pid,
+                            uid: who.uid,
+                            reason,
+                            server,
+                            local,
+                            peer,
+                        });
+                    }
+                    _ => *self.counters.refused.entry(Refusal::BadSocket).or_default() += 1,
+                }
+            }
             Request::Stop => {
                 let uid = m.cred.map_or(self.clients[&client].cred.uid, |c| c.uid);
                 if uid == 0 || uid == self.opts.owner_uid {
@@ -485,6 +620,7 @@ impl Service {
                                     port,
                                     inode,
                                     orphan: false,
+                                    accepted: 0,
                                 },
                             );
                             self.reply(client, id, Reply::Listening { listener: l }, &[]);
@@ -506,12 +642,8 @@ impl Service {
                 }
             }
             Request::Connect { addr, port, ring } => {
-                let line = fds.pop()?;
                 let sock = fds.pop()?;
-                if !sys::is_eventfd(line.as_raw_fd()) {
-                    self.refuse(client, id, Refusal::BadSocket);
-                    return None;
-                }
+                let line = self.clients.get(&client)?.line.clone()?;
                 let view = match sys::tcp_view(sock.as_raw_fd()) {
                     Ok(Some(v)) if !v.listening => v,
                     _ => {
@@ -523,11 +655,10 @@ impl Service {
                     self.refuse(client, id, Refusal::Limit);
                     return None;
                 }
-                let listening = self.listeners.values().any(|l| {
-                    l.netns == view.netns
-                        && l.port == port
-                        && (unspecified(&l.addr) || l.addr == addr)
-                });
+                let listening = self
+                    .listeners
+                    .values()
+                    .any(|l| l.serves(view.netns, (addr, port)));
                 if !listening {
                     self.counters.declined += 1;
                     self.reply(
@@ -539,7 +670,7 @@ impl Service {
                         &[],
                     );
                     // The client may be waiting on its line (it need not wait for this reply).
-                    sys::ring(line.as_raw_fd());
+                    sys::ring(line.fd.as_raw_fd());
                     return None;
                 }
                 let conn = self.id();
@@ -554,18 +685,39 @@ impl Service {
                         line,
                         netns: view.netns,
                         posted: Instant::now(),
+                        dest: (addr, port),
+                        seen: self.accepted_at(view.netns, (addr, port)),
                         indexed: false,
                     },
                 );
                 self.reply(client, id, Reply::Offered { conn }, &[]);
             }
-            Request::Cancel { request } => {
+            Request::Cancel {
+                request,
+                stalled_only,
+            } => {
                 let found = self
                     .offers
                     .iter()
                     .find(|(_, o)| o.owner == client && o.request == request)
                     .map(|(&c, _)| c);
-                if let Some(conn) = found {
+                let patience = self.opts.offer_patience;
+                let now = found
+                    .and_then(|c| self.offers.get(&c))
+                    .map(|o| self.accepted_at(o.netns, o.dest));
+                let progressing = found
+                    .and_then(|c| self.offers.get_mut(&c))
+                    .zip(now)
+                    .is_some_and(|(o, now)| {
+                        let moved = o.seen != now && o.posted.elapsed() < patience;
+                        o.seen = now;
+                        moved
+                    });
+                if stalled_only && progressing {
+                    // As the device rendezvous does with its accept counter: a server working
+                    // through a long backlog reaches its last clients late.
+                    self.refuse(client, id, Refusal::Progressing);
+                } else if let Some(conn) = found {
                     self.offers.remove(&conn);
                     self.reply(client, id, Reply::Done, &[]);
                 } else {
@@ -612,6 +764,14 @@ impl Service {
             _ => return self.refuse(server, request, Refusal::BadSocket),
         };
         drop(socket);
+        if let Some(local) = view.local {
+            self.adopt_listener(server, view.netns, local);
+            for l in self.listeners.values_mut() {
+                if l.serves(view.netns, local) {
+                    l.accepted += 1;
+                }
+            }
+        }
         let mut found = self.find_offer(view.netns, view.peer, view.local);
         if found.is_none() {
             // The client's `Connect` was in the service's socket before its kernel connect
@@ -638,9 +798,10 @@ impl Service {
         } else {
             asked.next_power_of_two() / 2
         };
-        while self.window_used + 2 * (SEGMENT_HEADER + ring) > self.opts.window_bytes
-            && ring / 2 >= MIN_RING.min(self.opts.ring_bytes)
-        {
+        // Rings above MIN_RING only within their share of the window; MIN_RING for the rest.
+        let floor = MIN_RING.min(self.opts.ring_bytes);
+        let large = self.opts.window_bytes / LARGE_SHARE;
+        while ring / 2 >= floor && self.window_used + 2 * (SEGMENT_HEADER + ring) > large {
             ring /= 2;
         }
         let bytes = 2 * (SEGMENT_HEADER + ring);
@@ -648,16 +809,15 @@ impl Service {
             s.counters.declined += 1;
             s.reply(server, request, Reply::Declined { reason }, &[]);
             s.reply(offer.owner, offer.request, Reply::Declined { reason }, &[]);
-            sys::ring(offer.line.as_raw_fd());
+            sys::ring(offer.line.fd.as_raw_fd());
         };
         if self.window_used + bytes > self.opts.window_bytes {
             return declined(self, NO_WINDOW_SPACE);
         }
-        let made = (|| -> io::Result<_> {
-            let len = SEGMENT_HEADER + ring;
-            Ok((sys::segment(len)?, sys::segment(len)?, sys::line()?))
-        })();
-        let Ok((seg_c, seg_s, line_s)) = made else {
+        let Some(line_s) = self.clients.get(&server).and_then(|c| c.line.clone()) else {
+            return declined(self, NO_OFFER);
+        };
+        let Ok(segment) = sys::segment(bytes) else {
             return declined(self, NO_WINDOW_SPACE);
         };
         let Some(client_inode) = sys::tcp_view(offer.socket.as_raw_fd())
@@ -668,11 +828,10 @@ impl Service {
             return declined(self, NO_OFFER);
         };
         let line_c = &offer.line;
-        let (sc, ss, lc, ls) = (
-            seg_c.as_raw_fd(),
-            seg_s.as_raw_fd(),
-            line_c.as_raw_fd(),
-            line_s.as_raw_fd(),
+        let (seg, lc, ls) = (
+            segment.as_raw_fd(),
+            line_c.fd.as_raw_fd(),
+            line_s.fd.as_raw_fd(),
         );
         self.reply(
             server,
@@ -681,8 +840,10 @@ impl Service {
                 conn,
                 ring_bytes: ring,
                 server: true,
+                own_line: line_s.id,
+                peer_line: line_c.id,
             },
-            &[ss, sc, ls, lc],
+            &[seg, ls, lc],
         );
         self.reply(
             offer.owner,
@@ -691,8 +852,10 @@ impl Service {
                 conn,
                 ring_bytes: ring,
                 server: false,
+                own_line: line_c.id,
+                peer_line: line_s.id,
             },
-            &[sc, ss, lc, ls],
+            &[seg, lc, ls],
         );
         sys::ring(lc);
         self.window_used += bytes;
@@ -716,15 +879,14 @@ impl Service {
                 ends: [
                     End {
                         inode: client_inode,
-                        segment: seg_c,
                         line,
                     },
                     End {
                         inode: view.inode,
-                        segment: seg_s,
                         line: line_s,
                     },
                 ],
+                segment,
                 bytes,
             },
         );
@@ -779,15 +941,16 @@ impl Service {
         };
         let (me, peer) = (&c.ends[side], &c.ends[1 - side]);
         let fds = [
-            me.segment.as_raw_fd(),
-            peer.segment.as_raw_fd(),
-            me.line.as_raw_fd(),
-            peer.line.as_raw_fd(),
+            c.segment.as_raw_fd(),
+            me.line.fd.as_raw_fd(),
+            peer.line.fd.as_raw_fd(),
         ];
         let r = Reply::Paired {
             conn,
             ring_bytes: c.bytes / 2 - SEGMENT_HEADER,
             server: side == 1,
+            own_line: me.line.id,
+            peer_line: peer.line.id,
         };
         self.reply(client, request, r, &fds);
     }
@@ -813,8 +976,8 @@ impl Service {
         };
         o.owner = client;
         o.request = request;
-        let line = o.line.as_raw_fd();
-        self.reply(client, request, Reply::Reoffered { conn }, &[line]);
+        let (fd, line) = (o.line.fd.as_raw_fd(), o.line.id);
+        self.reply(client, request, Reply::Reoffered { conn, line }, &[fd]);
     }
 
     /// A holder's process died: it holds nothing any more.
@@ -886,15 +1049,21 @@ impl Service {
             return;
         }
         self.orphans_seen = Instant::now();
-        let live = sys::tcp_inodes();
-        self.withdraw_dead_listeners(&live);
+        self.withdraw_dead_listeners();
+        // One exact look-up per end (by its 4-tuple), not a walk of the kernel's table: with
+        // thousands of connections on the host that walk was the service's largest cost.
         let gone: Vec<u64> = self
             .orphans
             .iter()
             .copied()
             .filter(|id| {
                 self.conns.get(id).is_none_or(|c| {
-                    !self.sees_sockets_of(c) || !c.ends.iter().any(|e| live.contains(&e.inode))
+                    let ends = [(c.client, c.server), (c.server, c.client)];
+                    !self.sees_sockets_of(c)
+                        || !c.ends.iter().zip(ends).any(|(e, (local, peer))| {
+                            // A failed look-up keeps the connection (it is asked again).
+                            sockdiag::connected(e.inode, local, peer).unwrap_or(true)
+                        })
                 })
             })
             .collect();
@@ -1032,19 +1201,44 @@ impl Service {
     /// Withdraw orphaned listeners whose socket the kernel no longer has (outside the
     /// service's own namespace, whose socket table it cannot read, at once).
     fn reclaim_listeners(&mut self) {
-        if !self.listeners.values().any(|l| l.orphan) {
-            return;
+        if self.listeners.values().any(|l| l.orphan) {
+            self.withdraw_dead_listeners();
         }
-        let live = sys::tcp_inodes();
-        self.withdraw_dead_listeners(&live);
     }
 
-    /// Withdraw the orphaned listeners whose socket is not among the `live` inodes.
-    fn withdraw_dead_listeners(&mut self, live: &std::collections::HashSet<u64>) {
+    /// Withdraw the orphaned listeners whose socket the kernel no longer has listening.
+    fn withdraw_dead_listeners(&mut self) {
         let netns = self.netns;
         self.listeners.retain(|_, l| {
-            !l.orphan || (netns != 0 && l.netns == netns && live.contains(&l.inode))
+            !l.orphan
+                || (netns != 0
+                    && l.netns == netns
+                    // A failed look-up keeps the listener (it is asked again).
+                    && sockdiag::is_listening_at(l.inode, &l.addr, l.port).unwrap_or(true))
         });
+    }
+
+    /// A process accepted a connection on the listener at `local` in `netns`: if that
+    /// listener is an orphan (its publisher went away: a daemonizing parent, say), this
+    /// process holds it now as far as anyone can tell, and its life says how long the listener
+    /// lives; the kernel is asked again only once that process is gone. Without this a
+    /// daemonized server's listener was looked up four times a second for as long as it ran.
+    fn adopt_listener(&mut self, client: u64, netns: u64, local: (Addr, u16)) {
+        for l in self.listeners.values_mut() {
+            if l.orphan && l.serves(netns, local) {
+                l.orphan = false;
+                l.owner = client;
+            }
+        }
+    }
+
+    /// The accepts of the listeners that serve `dest` in `netns`.
+    fn accepted_at(&self, netns: u64, dest: (Addr, u16)) -> u64 {
+        self.listeners
+            .values()
+            .filter(|l| l.serves(netns, dest))
+            .map(|l| l.accepted)
+            .sum()
     }
 
     pub fn status(&self) -> Status {

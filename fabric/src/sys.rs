@@ -329,11 +329,24 @@ pub fn recv_msg(sock: RawFd) -> io::Result<Option<Received>> {
 /// Wait for readability of `fds` (POLLIN), up to `timeout_ms` (-1: forever). Returns the
 /// revents per fd.
 pub fn poll_in(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<i16>> {
+    let fds: Vec<(RawFd, i16)> = fds.iter().map(|&fd| (fd, libc::POLLIN)).collect();
+    poll(&fds, timeout_ms)
+}
+
+/// A new descriptor of the file `fd` refers to (close-on-exec).
+pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: plain integers; the kernel validates `fd`.
+    owned(unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 0) })
+}
+
+/// Wait for the events asked of each fd, up to `timeout_ms` (-1: forever). Returns the
+/// revents per fd.
+pub fn poll(fds: &[(RawFd, i16)], timeout_ms: i32) -> io::Result<Vec<i16>> {
     let mut p: Vec<libc::pollfd> = fds
         .iter()
-        .map(|&fd| libc::pollfd {
+        .map(|&(fd, events)| libc::pollfd {
             fd,
-            events: libc::POLLIN,
+            events,
             revents: 0,
         })
         .collect();
@@ -540,24 +553,6 @@ pub fn ring(fd: RawFd) -> bool {
     let one = 1u64.to_ne_bytes();
     // SAFETY: writes 8 bytes from a live stack buffer.
     unsafe { libc::syscall(libc::SYS_write, fd, one.as_ptr(), one.len()) == 8 }
-}
-
-/// The inodes of every TCP socket in this process's network namespace (the kernel's table in
-/// /proc/net/tcp and tcp6): which connections still have a socket somewhere.
-pub fn tcp_inodes() -> std::collections::HashSet<u64> {
-    let mut out = std::collections::HashSet::new();
-    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(f) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            if let Some(ino) = line.split_whitespace().nth(9).and_then(|w| w.parse().ok()) {
-                out.insert(ino);
-            }
-        }
-    }
-    out.remove(&0);
-    out
 }
 
 /// The cookie of this process's network namespace (from a socket of its own).

@@ -10,13 +10,13 @@
 /// "PCFB".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// The service protocol's version; a message of another version is refused.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts.
 pub const MAX_MESSAGE: usize = 256;
 /// The most descriptors a message carries.
-pub const MAX_FDS: usize = 4;
+pub const MAX_FDS: usize = 3;
 
 /// Bytes of a peer's address in a message (IPv4 as IPv4-mapped IPv6).
 pub type Addr = [u8; 16];
@@ -25,7 +25,9 @@ pub type Addr = [u8; 16];
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
     /// First message on a connection: the caller's pid as it believes it (the service checks it
-    /// against the kernel's credentials).
+    /// against the kernel's credentials); carries the process's interrupt line (an eventfd): its
+    /// peers ring it for every connection this process makes or accepts on this service
+    /// connection, and the service rings it when an offer is answered.
     Hello { pid: u32 },
     /// Publish a listener; carries the listening socket.
     Listen,
@@ -33,13 +35,16 @@ pub enum Request {
     Unlisten { listener: u64 },
     /// A client is about to connect to `addr`:`port`; carries its socket, sent before the
     /// kernel connect starts (the service reads the connection's real addresses from the socket
-    /// when the server accepts; the claimed destination only answers "is there a listener"),
-    /// and an eventfd: the client's interrupt line, which the service rings when the offer is
-    /// paired or declined. The service replies `Offered` or `Declined`.
+    /// when the server accepts; the claimed destination only answers "is there a listener").
+    /// The service rings the process's line (`Hello`) when the offer is paired or declined,
+    /// and replies `Offered` or `Declined`.
     Connect { addr: Addr, port: u16, ring: u64 },
     /// The client gives up an offer (its connect failed, or it closes): the offer that the
-    /// `Connect` (or `Hold`) with this request id made or took back.
-    Cancel { request: u64 },
+    /// `Connect` (or `Hold`) with this request id made or took back. `stalled_only`: only if
+    /// the host's servers accepted nothing since the offer was made or last asked about
+    /// (refused with `Progressing` otherwise: a server with a long backlog reaches its last
+    /// clients late, and they wait on).
+    Cancel { request: u64, stalled_only: bool },
     /// The kernel accepted a connection; carries the accepted socket. Replies `Paired` or
     /// `Declined`. `ring` (as in `Connect`): the receive ring this process asks for; a pair
     /// gets the smaller of its two ends' and the service's, smaller still when window space
@@ -58,6 +63,14 @@ pub enum Request {
     List,
     /// Stop the service (its owner or root only).
     Stop,
+    /// A connection of this process stays on TCP, with a reason code (docs/PROTOCOL.md §5):
+    /// kept in the service's host-wide history of recent fallbacks. Carries the socket (the
+    /// addresses recorded are the kernel's, not the sender's word). Never answered, not even
+    /// by a refusal: the sender does not wait, and nothing of it may pile up on either side.
+    Fallback { reason: u32, server: bool },
+    /// The recent fallbacks of every process on this service, oldest first: one `Fallen`
+    /// each, then `Done`.
+    History,
 }
 
 /// What the service answers.
@@ -67,6 +80,8 @@ pub enum Reply {
         service_pid: u32,
         ring_bytes: u64,
         window_bytes: u64,
+        /// The service's name for the line the `Hello` carried.
+        line: u64,
     },
     Listening {
         listener: u64,
@@ -77,16 +92,23 @@ pub enum Reply {
         conn: u64,
     },
     /// An offer made before is this process's again (after `Hold`); carries the offer's
-    /// interrupt line. `Paired` or `Declined` follows with the `Hold`'s request id.
+    /// interrupt line (named `line`). `Paired` or `Declined` follows with the `Hold`'s request
+    /// id.
     Reoffered {
         conn: u64,
+        line: u64,
     },
-    /// The connection is paired; carries four descriptors: this side's segment, the peer's
-    /// segment, this side's interrupt line, the peer's.
+    /// The connection is paired; carries three descriptors: the connection's memory (one
+    /// segment: the client end's block, then the server end's, each `4096 + ring_bytes`),
+    /// this end's interrupt line and the peer end's. A line is shared by every connection of
+    /// the process that gave it (`Hello`): `own_line` and `peer_line` name them, so that a
+    /// process keeps one descriptor per line, not per connection.
     Paired {
         conn: u64,
         ring_bytes: u64,
         server: bool,
+        own_line: u64,
+        peer_line: u64,
     },
     /// The connection stays on TCP, with a reason code (docs/PROTOCOL.md §5).
     Declined {
@@ -100,6 +122,25 @@ pub enum Reply {
     },
     /// One live connection (an answer to `List`).
     Entry(Entry),
+    /// One recent fallback (an answer to `History`).
+    Fallen(Fallen),
+}
+
+/// A connection that stayed on TCP, as `History` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fallen {
+    /// When the service heard of it (seconds since the Unix epoch).
+    pub when: u64,
+    /// Who reported it (the kernel's credentials of the sender).
+    pub pid: u32,
+    pub uid: u32,
+    /// The reason code (docs/PROTOCOL.md §5; the service does not interpret it).
+    pub reason: u32,
+    /// The accepting end (else the connecting one).
+    pub server: bool,
+    /// The socket's addresses as the kernel has them.
+    pub local: (Addr, u16),
+    pub peer: (Addr, u16),
 }
 
 /// A live connection as `List` reports it.
@@ -148,10 +189,12 @@ pub enum Refusal {
     Limit = 6,
     /// Only the service's owner or root may do that.
     Forbidden = 7,
+    /// A `Cancel` that asked for stalled offers only: servers accepted since, wait on.
+    Progressing = 8,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 7] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::Malformed,
         Refusal::OutOfOrder,
         Refusal::NotYou,
@@ -159,6 +202,7 @@ impl Refusal {
         Refusal::NotYours,
         Refusal::Limit,
         Refusal::Forbidden,
+        Refusal::Progressing,
     ];
 
     pub fn code(self) -> u32 {
@@ -180,6 +224,7 @@ impl std::fmt::Display for Refusal {
             Refusal::NotYours => "not this process's listener or connection",
             Refusal::Limit => "too many listeners or offers held",
             Refusal::Forbidden => "only the service's owner or root may do that",
+            Refusal::Progressing => "the host's servers are accepting: not stalled",
         })
     }
 }
@@ -241,6 +286,8 @@ const K_STATUS: u16 = 8;
 const K_STOP: u16 = 9;
 const K_HOLD: u16 = 10;
 const K_LIST: u16 = 11;
+const K_FALLBACK: u16 = 12;
+const K_HISTORY: u16 = 13;
 const K_WELCOME: u16 = 0x81;
 const K_LISTENING: u16 = 0x82;
 const K_OFFERED: u16 = 0x83;
@@ -251,22 +298,26 @@ const K_STATUS_REPLY: u16 = 0x87;
 const K_REFUSED: u16 = 0x88;
 const K_REOFFERED: u16 = 0x89;
 const K_ENTRY: u16 = 0x8A;
+const K_FALLEN: u16 = 0x8B;
 
 /// (body words, descriptors) of each kind; `None` for an unknown kind.
 fn shape(kind: u16) -> Option<(usize, usize)> {
     Some(match kind {
-        K_HELLO => (1, 0),
+        K_HELLO => (1, 1),
         K_LISTEN | K_HOLD => (0, 1),
         K_ACCEPT => (1, 1),
-        K_CONNECT => (4, 2),
-        K_UNLISTEN | K_CANCEL => (1, 0),
+        K_CONNECT => (4, 1),
+        K_UNLISTEN => (1, 0),
+        K_CANCEL => (2, 0),
         K_CLOSE => (2, 0),
-        K_STATUS | K_STOP | K_LIST => (0, 0),
+        K_STATUS | K_STOP | K_LIST | K_HISTORY => (0, 0),
+        K_FALLBACK => (2, 1),
+        K_FALLEN => (8, 0),
         K_ENTRY => (9, 0),
-        K_WELCOME => (3, 0),
+        K_WELCOME => (4, 0),
         K_LISTENING | K_OFFERED => (1, 0),
-        K_REOFFERED => (1, 1),
-        K_PAIRED => (3, 4),
+        K_REOFFERED => (2, 1),
+        K_PAIRED => (5, 3),
         K_DECLINED | K_REFUSED => (1, 0),
         K_DONE => (0, 0),
         K_STATUS_REPLY => (11, 0),
@@ -359,6 +410,14 @@ fn u32_word(kind: u16, words: &[u64], i: usize) -> Result<u32, WireError> {
     u32::try_from(words[i]).map_err(|_| WireError::Value { kind, word: i })
 }
 
+fn bool_word(kind: u16, words: &[u64], i: usize) -> Result<bool, WireError> {
+    match words[i] {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(WireError::Value { kind, word: i }),
+    }
+}
+
 impl Request {
     fn kind(&self) -> u16 {
         match self {
@@ -373,6 +432,8 @@ impl Request {
             Request::Status => K_STATUS,
             Request::List => K_LIST,
             Request::Stop => K_STOP,
+            Request::Fallback { .. } => K_FALLBACK,
+            Request::History => K_HISTORY,
         }
     }
 
@@ -385,16 +446,23 @@ impl Request {
         let words: Vec<u64> = match *self {
             Request::Hello { pid } => vec![pid as u64],
             Request::Unlisten { listener } => vec![listener],
-            Request::Cancel { request } => vec![request],
+            Request::Cancel {
+                request,
+                stalled_only,
+            } => vec![request, stalled_only as u64],
             Request::Close { conn, server } => vec![conn, server as u64],
             Request::Connect { addr, port, ring } => {
                 let (a, b) = addr_words(&addr);
                 vec![a, b, port as u64, ring]
             }
             Request::Accept { ring } => vec![ring],
-            Request::Listen | Request::Hold | Request::Status | Request::List | Request::Stop => {
-                vec![]
-            }
+            Request::Fallback { reason, server } => vec![reason as u64, server as u64],
+            Request::Listen
+            | Request::Hold
+            | Request::Status
+            | Request::List
+            | Request::Stop
+            | Request::History => vec![],
         };
         encode(self.kind(), id, &words)
     }
@@ -413,7 +481,10 @@ impl Request {
                 port: u16::try_from(w[2]).map_err(|_| WireError::Value { kind, word: 2 })?,
                 ring: w[3],
             },
-            K_CANCEL => Request::Cancel { request: w[0] },
+            K_CANCEL => Request::Cancel {
+                request: w[0],
+                stalled_only: bool_word(kind, &w, 1)?,
+            },
             K_ACCEPT => Request::Accept { ring: w[0] },
             K_HOLD => Request::Hold,
             K_LIST => Request::List,
@@ -427,6 +498,11 @@ impl Request {
             },
             K_STATUS => Request::Status,
             K_STOP => Request::Stop,
+            K_FALLBACK => Request::Fallback {
+                reason: u32_word(kind, &w, 0)?,
+                server: bool_word(kind, &w, 1)?,
+            },
+            K_HISTORY => Request::History,
             _ => return Err(WireError::Kind(kind)),
         };
         Ok((r, id))
@@ -446,6 +522,7 @@ impl Reply {
             Reply::Status(_) => K_STATUS_REPLY,
             Reply::Refused { .. } => K_REFUSED,
             Reply::Entry(_) => K_ENTRY,
+            Reply::Fallen(_) => K_FALLEN,
         }
     }
 
@@ -460,14 +537,18 @@ impl Reply {
                 service_pid,
                 ring_bytes,
                 window_bytes,
-            } => vec![service_pid as u64, ring_bytes, window_bytes],
+                line,
+            } => vec![service_pid as u64, ring_bytes, window_bytes, line],
             Reply::Listening { listener } => vec![listener],
-            Reply::Offered { conn } | Reply::Reoffered { conn } => vec![conn],
+            Reply::Offered { conn } => vec![conn],
+            Reply::Reoffered { conn, line } => vec![conn, line],
             Reply::Paired {
                 conn,
                 ring_bytes,
                 server,
-            } => vec![conn, ring_bytes, server as u64],
+                own_line,
+                peer_line,
+            } => vec![conn, ring_bytes, server as u64, own_line, peer_line],
             Reply::Declined { reason } => vec![reason as u64],
             Reply::Refused { why } => vec![why as u64],
             Reply::Done => vec![],
@@ -484,6 +565,20 @@ impl Reply {
                     sa,
                     sb,
                     (e.client.1 as u64) | (e.server.1 as u64) << 16,
+                ]
+            }
+            Reply::Fallen(f) => {
+                let (la, lb) = addr_words(&f.local.0);
+                let (pa, pb) = addr_words(&f.peer.0);
+                vec![
+                    f.when,
+                    f.pid as u64 | (f.uid as u64) << 32,
+                    f.reason as u64 | (f.server as u64) << 32,
+                    la,
+                    lb,
+                    pa,
+                    pb,
+                    f.local.1 as u64 | (f.peer.1 as u64) << 16,
                 ]
             }
             Reply::Status(s) => vec![
@@ -511,10 +606,14 @@ impl Reply {
                 service_pid: u32_word(kind, &w, 0)?,
                 ring_bytes: w[1],
                 window_bytes: w[2],
+                line: w[3],
             },
             K_LISTENING => Reply::Listening { listener: w[0] },
             K_OFFERED => Reply::Offered { conn: w[0] },
-            K_REOFFERED => Reply::Reoffered { conn: w[0] },
+            K_REOFFERED => Reply::Reoffered {
+                conn: w[0],
+                line: w[1],
+            },
             K_PAIRED => Reply::Paired {
                 conn: w[0],
                 ring_bytes: w[1],
@@ -523,6 +622,8 @@ impl Reply {
                     1 => true,
                     _ => return Err(WireError::Value { kind, word: 2 }),
                 },
+                own_line: w[3],
+                peer_line: w[4],
             },
             K_DECLINED => Reply::Declined {
                 reason: u32_word(kind, &w, 0)?,
@@ -543,6 +644,23 @@ impl Reply {
             K_REFUSED => Reply::Refused {
                 why: u32_word(kind, &w, 0)?,
             },
+            K_FALLEN => {
+                if w[2] >> 33 != 0 || w[7] >> 32 != 0 {
+                    return Err(WireError::Value {
+                        kind,
+                        word: if w[2] >> 33 != 0 { 2 } else { 7 },
+                    });
+                }
+                Reply::Fallen(Fallen {
+                    when: w[0],
+                    pid: w[1] as u32,
+                    uid: (w[1] >> 32) as u32,
+                    reason: w[2] as u32,
+                    server: w[2] >> 32 == 1,
+                    local: (words_addr(w[3], w[4]), (w[7] & 0xffff) as u16),
+                    peer: (words_addr(w[5], w[6]), (w[7] >> 16 & 0xffff) as u16),
+                })
+            }
             K_DONE => Reply::Done,
             K_STATUS_REPLY => Reply::Status(Status {
                 service_pid: u32_word(kind, &w, 0)?,
@@ -583,7 +701,10 @@ mod tests {
                 port: 5201,
                 ring: 1 << 20,
             },
-            Request::Cancel { request: u64::MAX },
+            Request::Cancel {
+                request: u64::MAX,
+                stalled_only: true,
+            },
             Request::Accept { ring: 128 << 10 },
             Request::Hold,
             Request::Close {
@@ -593,6 +714,11 @@ mod tests {
             Request::Status,
             Request::List,
             Request::Stop,
+            Request::Fallback {
+                reason: 4,
+                server: false,
+            },
+            Request::History,
         ]
     }
 
@@ -602,14 +728,17 @@ mod tests {
                 service_pid: 1,
                 ring_bytes: 1 << 20,
                 window_bytes: 512 << 20,
+                line: 3,
             },
             Reply::Listening { listener: 9 },
             Reply::Offered { conn: 10 },
-            Reply::Reoffered { conn: 12 },
+            Reply::Reoffered { conn: 12, line: 4 },
             Reply::Paired {
                 conn: 11,
                 ring_bytes: 4096,
                 server: true,
+                own_line: 5,
+                peer_line: 6,
             },
             Reply::Declined { reason: 4 },
             Reply::Done,
@@ -635,6 +764,15 @@ mod tests {
                 client: ([1; 16], 40000),
                 server: ([2; 16], 5201),
             }),
+            Reply::Fallen(Fallen {
+                when: 1_800_000_000,
+                pid: 4242,
+                uid: 33,
+                reason: 4,
+                server: true,
+                local: ([3; 16], 80),
+                peer: ([4; 16], 51234),
+            }),
         ]
     }
 
@@ -653,7 +791,11 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_refused() {
-        let good = Request::Hello { pid: 1 }.encode(1);
+        let good = Request::Cancel {
+            request: 1,
+            stalled_only: false,
+        }
+        .encode(1);
         assert_eq!(
             Request::decode(&good[..HEADER - 1], 0),
             Err(WireError::Short(15))
@@ -694,15 +836,15 @@ mod tests {
         // A pid that does not fit 32 bits.
         let b = encode(K_HELLO, 1, &[1 << 40]);
         assert!(matches!(
-            Request::decode(&b, 0),
+            Request::decode(&b, 1),
             Err(WireError::Value { .. })
         ));
         // A reply kind is not a request, and the reverse.
         assert!(Request::decode(&Reply::Done.encode(1), 0).is_err());
         assert!(Reply::decode(&Request::Status.encode(1), 0).is_err());
         // `server` is a boolean.
-        let b = encode(K_PAIRED, 1, &[1, 4096, 2]);
-        assert!(matches!(Reply::decode(&b, 4), Err(WireError::Value { .. })));
+        let b = encode(K_PAIRED, 1, &[1, 4096, 2, 1, 2]);
+        assert!(matches!(Reply::decode(&b, 3), Err(WireError::Value { .. })));
     }
 
     /// Every byte string up to a few bytes past a header, and random ones, decode to an error

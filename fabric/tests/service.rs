@@ -59,9 +59,8 @@ fn offer_and_connect(
     l: &TcpListener,
 ) -> (fabric::Offer, Socket, TcpStream) {
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let line = sys::line().unwrap();
     let offer = c
-        .offer(s.as_raw_fd(), line.as_raw_fd(), v4(&to), to.port(), 1 << 20)
+        .offer(s.as_raw_fd(), v4(&to), to.port(), 1 << 20)
         .expect("offer")
         .expect("a listener is published");
     s.connect(&to.into()).unwrap();
@@ -97,33 +96,43 @@ fn pairs_a_connection_by_possession_of_its_socket() {
     assert_eq!((s.conn, s.server, c.server), (c.conn, true, false));
     assert_eq!(s.ring_bytes, 1 << 20);
 
-    // The server's own segment is the client's peer segment, and the reverse.
-    let (mut s_own, c_peer) = (map(&s.own_segment), map(&c.peer_segment));
-    let (mut c_own, s_peer) = (map(&c.own_segment), map(&s.peer_segment));
-    assert_eq!(s_own.len() as u64, 4096 + (1 << 20));
-    s_own[100] = 0xAB;
-    c_own[200] = 0xCD;
-    assert_eq!((c_peer[100], s_peer[200]), (0xAB, 0xCD));
+    // One segment holds both ends' blocks (the client's, then the server's), the same memory
+    // for both processes.
+    let (mut s_map, c_map) = (map(&s.segment), map(&c.segment));
+    let block = 4096 + (1 << 20);
+    assert_eq!(s_map.len(), 2 * block);
+    s_map[block + 100] = 0xAB;
+    s_map[200] = 0xCD;
+    assert_eq!((c_map[block + 100], c_map[200]), (0xAB, 0xCD));
     // Sealed: nobody can shrink a segment under its peer (that would SIGBUS it).
-    let seals = sys::seals(s.own_segment.as_raw_fd()).unwrap();
+    let seals = sys::seals(s.segment.as_raw_fd()).unwrap();
     assert_ne!(seals & libc::F_SEAL_SHRINK, 0);
     assert_ne!(seals & libc::F_SEAL_GROW, 0);
-    let f = std::fs::File::from(c.peer_segment.try_clone().unwrap());
+    let f = std::fs::File::from(c.segment.try_clone().unwrap());
     assert!(f.set_len(4096).is_err(), "a segment could be truncated");
 
+    // Lines are one per process: each end's own line is the one its process said hello with,
+    // and the peer's is the other's.
+    let (cl, sl) = (client.line.as_ref().unwrap(), server.line.as_ref().unwrap());
+    assert_eq!((c.own_line.id, c.peer_line.id), (cl.id, sl.id));
+    assert_eq!((s.own_line.id, s.peer_line.id), (sl.id, cl.id));
+    assert_ne!(cl.id, sl.id);
     // The client's line was rung when the pairing was sent; ringing the peer's line from the
     // server wakes the client's own line.
-    let mut own = std::fs::File::from(c.own_line.try_clone().unwrap());
+    let mut own = std::fs::File::from(c.own_line.fd.try_clone().unwrap());
     let mut v = [0u8; 8];
     // (The service rings the line right after it sends the reply.)
-    assert_ne!(sys::poll_in(&[c.own_line.as_raw_fd()], 5000).unwrap()[0], 0);
+    assert_ne!(
+        sys::poll_in(&[c.own_line.fd.as_raw_fd()], 5000).unwrap()[0],
+        0
+    );
     own.read_exact(&mut v).unwrap();
     assert_eq!(
         u64::from_ne_bytes(v),
         1,
         "the pairing rang the client's line once"
     );
-    let mut ring = std::fs::File::from(s.peer_line.try_clone().unwrap());
+    let mut ring = std::fs::File::from(s.peer_line.fd.try_clone().unwrap());
     ring.write_all(&1u64.to_ne_bytes()).unwrap();
     own.read_exact(&mut v).unwrap();
     assert_eq!(u64::from_ne_bytes(v), 1);
@@ -170,21 +179,8 @@ fn a_third_party_can_neither_claim_nor_meddle() {
         other.accept(file.as_raw_fd(), 1 << 20),
         Err(ClientError::Refused(Refusal::BadSocket))
     ));
-    let line = sys::line().unwrap();
     assert!(matches!(
-        other.offer(l.as_raw_fd(), line.as_raw_fd(), v4(&to), to.port(), 1 << 20),
-        Err(ClientError::Refused(Refusal::BadSocket))
-    ));
-    // A "line" that is not an eventfd (here: a TCP socket the server would write into).
-    let s3 = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    assert!(matches!(
-        other.offer(
-            s3.as_raw_fd(),
-            accepted.as_raw_fd(),
-            v4(&to),
-            to.port(),
-            1 << 20
-        ),
+        other.offer(l.as_raw_fd(), v4(&to), to.port(), 1 << 20),
         Err(ClientError::Refused(Refusal::BadSocket))
     ));
     assert!(matches!(
@@ -208,13 +204,7 @@ fn a_third_party_can_neither_claim_nor_meddle() {
     let s2 = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     assert_eq!(
         client
-            .offer(
-                s2.as_raw_fd(),
-                line.as_raw_fd(),
-                v4(&to),
-                to.port() ^ 1,
-                1 << 20
-            )
+            .offer(s2.as_raw_fd(), v4(&to), to.port() ^ 1, 1 << 20)
             .unwrap(),
         Err(4)
     );
@@ -243,6 +233,7 @@ fn hostile_requests_are_refused_counted_and_the_service_keeps_serving() {
     let evil = raw(&svc.socket);
     let me = sys::getpid();
     let file = std::fs::File::open("/proc/self/status").unwrap();
+    let line = sys::line().unwrap();
     let mut cases: Vec<(Vec<u8>, Vec<i32>, Refusal)> = vec![
         (b"garbage".to_vec(), vec![], Refusal::Malformed),
         (vec![0xff; 1000], vec![], Refusal::Malformed),
@@ -258,7 +249,17 @@ fn hostile_requests_are_refused_counted_and_the_service_keeps_serving() {
             Refusal::OutOfOrder,
         ),
         // Somebody else's pid.
-        (Request::Hello { pid: 1 }.encode(3), vec![], Refusal::NotYou),
+        (
+            Request::Hello { pid: 1 }.encode(3),
+            vec![line.as_raw_fd()],
+            Refusal::NotYou,
+        ),
+        // A "line" that is not an eventfd (a file the peers would write into).
+        (
+            Request::Hello { pid: me }.encode(6),
+            vec![file.as_raw_fd()],
+            Refusal::BadSocket,
+        ),
     ];
     let mut bad_kind = Request::Status.encode(4);
     bad_kind[6] = 0x70;
@@ -274,7 +275,12 @@ fn hostile_requests_are_refused_counted_and_the_service_keeps_serving() {
         assert_eq!(refused(&evil), Some(want.code()), "case {i}");
     }
     // After a proper hello: a second hello, and claims with the wrong descriptors.
-    sys::send_msg(evil.as_raw_fd(), &Request::Hello { pid: me }.encode(9), &[]).unwrap();
+    sys::send_msg(
+        evil.as_raw_fd(),
+        &Request::Hello { pid: me }.encode(9),
+        &[line.as_raw_fd()],
+    )
+    .unwrap();
     let rev = sys::poll_in(&[evil.as_raw_fd()], 5000).unwrap();
     assert_ne!(rev[0], 0);
     let m = sys::recv_msg(evil.as_raw_fd()).unwrap().unwrap();
@@ -285,7 +291,7 @@ fn hostile_requests_are_refused_counted_and_the_service_keeps_serving() {
     sys::send_msg(
         evil.as_raw_fd(),
         &Request::Hello { pid: me }.encode(10),
-        &[],
+        &[line.as_raw_fd()],
     )
     .unwrap();
     assert_eq!(refused(&evil), Some(Refusal::OutOfOrder.code()));
@@ -317,7 +323,7 @@ fn hostile_requests_are_refused_counted_and_the_service_keeps_serving() {
 
     let mut good = Client::connect(&svc.socket).unwrap();
     let st = good.status().unwrap();
-    assert_eq!(st.refused, 9 + 16, "every refusal is counted");
+    assert_eq!(st.refused, 10 + 16, "every refusal is counted");
     assert_eq!(st.listeners, 0);
 }
 
@@ -329,16 +335,16 @@ fn python_client(socket: &Path, port: u16) -> Child {
 import os, socket, struct, sys, time
 MAGIC = int.from_bytes(b"PCFB", "little")
 def msg(kind, rid, words=()):
-    return struct.pack("<IHHQ", MAGIC, 1, kind, rid) + b"".join(struct.pack("<Q", w) for w in words)
+    return struct.pack("<IHHQ", MAGIC, 2, kind, rid) + b"".join(struct.pack("<Q", w) for w in words)
 u = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 u.connect({socket:?})
-u.send(msg(1, 1, [os.getpid()])); u.recv(256)
+efd = os.eventfd(0)
+socket.send_fds(u, [msg(1, 1, [os.getpid()])], [efd]); u.recv(256)
 l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
 socket.send_fds(u, [msg(2, 2)], [l.fileno()]); u.recv(256)
 c = socket.socket()
-efd = os.eventfd(0)
 addr = bytes(10) + b"\xff\xff" + bytes([127, 0, 0, 1])
-socket.send_fds(u, [msg(4, 3, [int.from_bytes(addr[:8], "little"), int.from_bytes(addr[8:], "little"), {port}, 1 << 20])], [c.fileno(), efd])
+socket.send_fds(u, [msg(4, 3, [int.from_bytes(addr[:8], "little"), int.from_bytes(addr[8:], "little"), {port}, 1 << 20])], [c.fileno()])
 u.recv(256)
 parent = os.getpid()
 if os.fork() == 0:
@@ -420,4 +426,127 @@ fn a_dead_process_leaves_nothing_behind() {
     drop((csock, accepted, unrelated));
     let st = me.status().unwrap();
     assert_eq!((st.connections, st.window_used, st.reclaimed), (0, 0, 1));
+}
+
+#[test]
+fn fallbacks_are_kept_with_the_kernels_addresses_never_answered_and_bounded() {
+    let svc = start(Options::default());
+    let mut c = Client::connect(&svc.socket).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    let s = TcpStream::connect(to).unwrap();
+    let (accepted, _) = l.accept().unwrap();
+    c.fallback_nowait(s.as_raw_fd(), 4, false).unwrap();
+    c.fallback_nowait(accepted.as_raw_fd(), 6, true).unwrap();
+    // A descriptor that is not a connected TCP socket is counted, not kept, and not answered.
+    let before = c.status().unwrap().refused;
+    let line = sys::line().unwrap();
+    c.fallback_nowait(line.as_raw_fd(), 4, false).unwrap();
+    c.fallback_nowait(l.as_raw_fd(), 4, true).unwrap();
+    // None of the four reports is answered: nothing arrives on the client's connection.
+    assert_eq!(sys::poll_in(&[c.fd()], 300).unwrap(), vec![0]);
+    let h = c.history().unwrap();
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!(c.status().unwrap().refused, before + 2);
+    let me = std::process::id();
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let ours = s.local_addr().unwrap().port();
+    assert_eq!(
+        (h[0].pid, h[0].uid, h[0].reason, h[0].server),
+        (me, uid, 4, false)
+    );
+    assert_eq!((h[0].local.1, h[0].peer.1), (ours, to.port()));
+    assert_eq!((h[0].local.0, h[0].peer.0), (v4(&to), v4(&to)));
+    assert_eq!((h[1].reason, h[1].server), (6, true));
+    assert_eq!((h[1].local.1, h[1].peer.1), (to.port(), ours));
+    // The history keeps the newest 64.
+    for _ in 0..70 {
+        c.fallback_nowait(s.as_raw_fd(), 9, false).unwrap();
+    }
+    let h = c.history().unwrap();
+    assert_eq!(h.len(), 64);
+    assert!(h.iter().all(|f| f.reason == 9), "the oldest went first");
+}
+
+/// A listener whose publisher hung up lives exactly as long as the kernel has its socket
+/// listening (asked by sock_diag), and a process that accepts on it holds it from then on.
+#[test]
+fn an_orphaned_listener_lives_while_its_socket_listens() {
+    let svc = start(Options::default());
+    let listeners = |c: &mut Client| c.status().unwrap().listeners;
+    let mut watcher = Client::connect(&svc.socket).unwrap();
+    let wait_for = |c: &mut Client, want: u64| {
+        let t0 = Instant::now();
+        while listeners(c) != want {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "listeners never {want}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Published, then its publisher goes (the socket stays open here, as in a daemon's child).
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut publisher = Client::connect(&svc.socket).unwrap();
+    publisher.listen(l.as_raw_fd()).unwrap();
+    drop(publisher);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(listeners(&mut watcher), 1, "the socket still listens");
+    // The kernel closes it: withdrawn within a few looks.
+    drop(l);
+    wait_for(&mut watcher, 0);
+
+    // Again; this time a process accepts on it before the socket closes: it holds the
+    // listener now, so the listener stays while that process does, and goes with it.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    let mut publisher = Client::connect(&svc.socket).unwrap();
+    publisher.listen(l.as_raw_fd()).unwrap();
+    drop(publisher);
+    let mut acceptor = Client::connect(&svc.socket).unwrap();
+    let _c = TcpStream::connect(to).unwrap();
+    let (s, _) = l.accept().unwrap();
+    assert!(matches!(
+        acceptor.accept(s.as_raw_fd(), 1 << 20),
+        Ok(Pairing::Declined(_))
+    ));
+    drop(l);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(listeners(&mut watcher), 1, "adopted by the acceptor");
+    drop(acceptor);
+    wait_for(&mut watcher, 0);
+}
+
+/// A client whose answer is late asks the service to give its offer up only if its servers made
+/// no progress: while the listener it connects to accepts other connections, the offer stands
+/// (refused `Progressing`); once nothing was accepted since it last asked, it goes. Another
+/// listener's accepts are not its servers' progress.
+#[test]
+fn an_offer_stands_while_its_listener_accepts_others() {
+    let svc = start(Options::default());
+    let mut server = Client::connect(&svc.socket).unwrap();
+    let mut client = Client::connect(&svc.socket).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    server.listen(l.as_raw_fd()).unwrap();
+    server.listen(other.as_raw_fd()).unwrap();
+    let to = l.local_addr().unwrap();
+    let (_o1, _c1, a1) = offer_and_connect(&mut client, to, &l);
+    let (o2, _c2, _a2) = offer_and_connect(&mut client, to, &l);
+    let (o3, _c3, _a3) = offer_and_connect(&mut client, other.local_addr().unwrap(), &other);
+    assert!(matches!(
+        server.accept(a1.as_raw_fd(), 1 << 20),
+        Ok(Pairing::Paired(_))
+    ));
+    // o2's listener accepted since o2 was made: it stands.
+    assert!(!client.cancel_if_stalled(o2).unwrap());
+    // Nothing since it last asked: it goes (and is gone: a plain cancel finds nothing).
+    assert!(client.cancel_if_stalled(o2).unwrap());
+    assert!(matches!(
+        client.cancel(o2),
+        Err(ClientError::Refused(Refusal::NotYours))
+    ));
+    // o3 waits on another listener, which accepted nothing.
+    assert!(client.cancel_if_stalled(o3).unwrap());
 }

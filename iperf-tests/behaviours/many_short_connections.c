@@ -1,5 +1,5 @@
 /* many_short_connections: 2,000 cycles of socket/connect/send 16 bytes/close against an accepting server thread
- * that reads each to EOF; within 20 s; afterwards the process has exactly as many open fds as before the cycles
+ * that reads each to EOF; within 20 s; afterwards the process has no more open fds than before the cycles
  * (measured after one warm-up connection, so a library may keep what it opens once). */
 #include "common.h"
 
@@ -54,7 +54,9 @@ int main(int argc, char **argv) {
     pthread_join(t, NULL);
     if (bad) fail("%d connections delivered wrong data", bad);
     int fds_after = count_fds();
-    if (fds_after != fds_before) fail("fd leak: %d open fds before the cycles, %d after", fds_before, fds_after);
+    /* Fewer is no leak: what the library keeps per thread (a sleeping thread's wake set) goes with the server
+     * thread, joined above. */
+    if (fds_after > fds_before) fail("fd leak: %d open fds before the cycles, %d after", fds_before, fds_after);
     PHASE("close and exit");
     close(lfd);
     printf("ok cycles=%d ms=%.0f fds=%d\n", CYCLES, dt, fds_after);

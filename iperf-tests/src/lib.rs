@@ -10,6 +10,7 @@
 
 pub mod apps;
 pub mod cpu;
+pub mod fabric;
 pub mod fs;
 pub mod iperf2;
 pub mod iperf3;

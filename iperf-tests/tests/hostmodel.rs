@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use iperf_tests::fabric::Service;
 use iperf_tests::{
     check, command, free_port, Fixture, LoExpect, LoWindow, PreloadEnv, Proc, Stats,
 };
@@ -19,125 +20,6 @@ const MIB: u64 = 1 << 20;
 /// At most this much may cross lo while a test moves its payload over the NTB path (the TCP
 /// handshakes and closes of a few connections).
 const QUIET: u64 = 256 << 10;
-
-/// A fabric service of the test's own.
-struct Service {
-    proc: Proc,
-    socket: PathBuf,
-    dir: PathBuf,
-}
-
-impl Service {
-    fn start(f: &Fixture) -> Service {
-        let dir = PathBuf::from(format!(
-            "/run/pcisock-test-{}-{}",
-            std::process::id(),
-            f.name
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        let socket = dir.join("fabric.sock");
-        let cli = iperf_tests::Lib::cli().unwrap_or_else(|e| panic!("{e}"));
-        let sock_s = socket.display().to_string();
-        let proc = check(
-            Proc::spawn(
-                "fabric",
-                command(
-                    &cli,
-                    &["fabric", "start", "--foreground", "--socket", &sock_s],
-                    None,
-                ),
-                f.dir(),
-            ),
-            &[],
-        );
-        let svc = Service { proc, socket, dir };
-        let t0 = Instant::now();
-        while svc.status().is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "the service did not answer: {}",
-                svc.proc.describe()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        svc
-    }
-
-    /// `pcisock fabric status` as (name, value) pairs.
-    fn status(&self) -> Result<Vec<(String, u64)>, String> {
-        let cli = iperf_tests::Lib::cli()?;
-        let out = Command::new(cli)
-            .args(["fabric", "status", "--socket"])
-            .arg(&self.socket)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let words: Vec<&str> = text.split_whitespace().collect();
-        let mut pairs = Vec::new();
-        for w in words.windows(2) {
-            if let Ok(n) = w[1].parse() {
-                pairs.push((w[0].to_string(), n));
-            }
-        }
-        Ok(pairs)
-    }
-
-    fn count(&self, name: &str) -> u64 {
-        let st = self.status().unwrap_or_else(|e| panic!("status: {e}"));
-        st.iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| *v)
-            .unwrap_or_else(|| panic!("no {name} in {st:?}"))
-    }
-
-    /// The env of a preloaded process using this service, writing its stats file into the
-    /// fixture's directory (opened to every user by [`py`]).
-    fn env(&self, f: &Fixture, role: &str, port: u16) -> PreloadEnv {
-        let mut e = f.preload(role).with_ports(port.to_string());
-        e.stats_file = f.dir().join(format!("{role}.stats.json"));
-        e.extra
-            .push(("PCISOCK_FABRIC".into(), self.socket.display().to_string()));
-        e
-    }
-}
-
-impl Service {
-    /// Start a new service on the same socket (after this one was killed).
-    fn restart(&mut self, f: &Fixture) {
-        let cli = iperf_tests::Lib::cli().unwrap_or_else(|e| panic!("{e}"));
-        let sock_s = self.socket.display().to_string();
-        self.proc = check(
-            Proc::spawn(
-                "fabric2",
-                command(
-                    &cli,
-                    &["fabric", "start", "--foreground", "--socket", &sock_s],
-                    None,
-                ),
-                f.dir(),
-            ),
-            &[],
-        );
-        let t0 = Instant::now();
-        while self.status().is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "the new service did not answer"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.proc.terminate();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// The payload's marker (every byte a client sends is from it; servers check they read
 /// nothing else). It travels in the environment, which other users cannot read.
@@ -1027,4 +909,232 @@ fn a_namespace_cannot_reach_another_namespaces_listener() {
         0,
         "a connection was paired across namespaces"
     );
+    // Both fallbacks are in the service's host-wide history, with the kernel's addresses
+    // (each process in its own namespace) and the exact reasons: B's client found no
+    // listener in its namespace, A's server found no offer for its plain client.
+    let cli = iperf_tests::Lib::cli().unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(cli)
+        .arg("stats")
+        .env("PCISOCK_FABRIC", &svc.socket)
+        .output()
+        .expect("pcisock stats");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |side: &str, reason: &str| {
+        text.lines().any(|l| {
+            l.contains(&format!(" {side} "))
+                && l.contains(&format!(":{src} "))
+                && l.contains(&format!(":{port} "))
+                && l.ends_with(reason)
+        })
+    };
+    assert!(
+        text.contains("recent fallbacks to TCP") && line("client", "NoListener"),
+        "client B's fallback is not in the history:\n{text}"
+    );
+    assert!(
+        line("server", "NoOffer"),
+        "server A's fallback is not in the history:\n{text}"
+    );
+}
+
+/// A server that works through a long backlog (one accept every 100 ms) reaches its last
+/// clients long after their answer timeout (300 ms here): they wait on while their listener
+/// keeps accepting, and every one of the 15 connections goes over NTB (strict: a fallback
+/// would fail the client).
+#[test]
+fn clients_in_a_long_backlog_wait_for_their_server() {
+    const SERVER: &str = r#"
+import socket, sys, time
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", int(sys.argv[1]))); l.listen(64); print("listening", flush=True)
+for _ in range(int(sys.argv[2])):
+    time.sleep(0.1)
+    c, _ = l.accept()
+    b = b""
+    while len(b) < 5:
+        b += c.recv(5 - len(b))
+    c.sendall(b"ok" + b)
+    c.close()
+"#;
+    const CLIENTS: &str = r#"
+import socket, sys, threading
+port, n, bad = int(sys.argv[1]), int(sys.argv[2]), []
+def one(i):
+    try:
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"%05d" % i)
+        b = b""
+        while len(b) < 7:
+            r = s.recv(7 - len(b))
+            if not r:
+                break
+            b += r
+        if b != b"ok%05d" % i:
+            bad.append((i, b))
+        s.close()
+    except OSError as e:
+        bad.append((i, e))
+ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print("bad", bad, flush=True)
+sys.exit(1 if bad else 0)
+"#;
+    let f = Fixture::new("hm_backlog");
+    let svc = Service::start(&f);
+    let port = free_port();
+    let (port_s, n) = (port.to_string(), "15");
+    let py = |name: &str, code: &str, env: &PreloadEnv| {
+        let mut e = env.clone();
+        e.extra
+            .push(("PCISOCK_ANSWER_TIMEOUT_MS".into(), "300".into()));
+        check(
+            Proc::spawn(
+                name,
+                command("/usr/bin/python3", &["-c", code, &port_s, n], Some(&e)),
+                f.dir(),
+            ),
+            &[],
+        )
+    };
+    let senv = svc.env(&f, "server", port);
+    let mut s = py("server", SERVER, &senv);
+    check(
+        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+        &[&s],
+    );
+    let cenv = svc.env(&f, "clients", port);
+    let mut c = py("clients", CLIENTS, &cenv);
+    check(c.wait_success(Duration::from_secs(60)), &[&c, &s]);
+    check(s.wait_success(Duration::from_secs(20)), &[&s]);
+    let stats = cenv.stats().unwrap_or_else(|e| panic!("client stats: {e}"));
+    let ntb = stats.on_port(port).filter(|c| c.path == "ntb").count();
+    assert_eq!(ntb, 15, "client connections on NTB ({stats:?})");
+}
+
+/// Two network namespaces joined by a veth pair act as two hosts over the emulated two-host
+/// link (each namespace one side of the device): a client in one sends 16 MiB to a server in
+/// the other, both strict, the server checks the bytes' SHA-256, and the veth between them
+/// carries only the TCP handshakes while the payload crosses the emulated NTB link.
+#[test]
+fn two_namespaces_joined_by_a_veth_are_two_hosts() {
+    const SERVER: &str = r#"
+import hashlib, socket, sys
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[2], int(sys.argv[1]))); l.listen(4); print("listening", flush=True)
+c, _ = l.accept(); h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    h.update(b); n += len(b)
+c.sendall(("%d %s" % (n, h.hexdigest())).encode()); c.close()
+"#;
+    const CLIENT: &str = r#"
+import hashlib, socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+block = bytes((i * 7 + 3) % 251 for i in range(1 << 20)); h = hashlib.sha256()
+s = socket.create_connection(("10.199.0.2", port))
+for _ in range(n >> 20):
+    s.sendall(block); h.update(block)
+s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    b = s.recv(256)
+    if not b:
+        break
+    got += b
+want = "%d %s" % (n, h.hexdigest())
+print("server says", got.decode(), flush=True)
+sys.exit(0 if got.decode() == want else 1)
+"#;
+    let f = Fixture::new("hm_two_hosts");
+    let (a, b) = (Netns::new("hm-2h-a"), Netns::new("hm-2h-b"));
+    let tag = std::process::id() % 100_000;
+    let (va, vb) = (format!("pca{tag}"), format!("pcb{tag}"));
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip").args(args).status().unwrap();
+        assert!(ok.success(), "ip {args:?}");
+    };
+    ip(&[
+        "link", "add", &va, "netns", &a.0, "type", "veth", "peer", "name", &vb, "netns", &b.0,
+    ]);
+    for (ns, dev, addr) in [(&a, &va, "10.199.0.1/24"), (&b, &vb, "10.199.0.2/24")] {
+        ip(&["-n", &ns.0, "addr", "add", addr, "dev", dev]);
+        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
+    }
+    let veth_bytes = || -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &a.0, "cat"])
+            .arg(format!("/sys/class/net/{va}/statistics/tx_bytes"))
+            .arg(format!("/sys/class/net/{va}/statistics/rx_bytes"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(|w| w.parse::<u64>().unwrap())
+            .sum()
+    };
+    let port = free_port();
+    let port_s = port.to_string();
+    let n = (16 * MIB).to_string();
+    let side = |role: &str, host: &str| {
+        let mut e = f.preload(role).with_ports(port_s.clone());
+        e.extra
+            .push(("PCISOCK_EMU_TOPOLOGY".into(), "two-host".into()));
+        e.extra.push(("PCISOCK_EMU_HOST".into(), host.into()));
+        e
+    };
+    let in_ns = |name: &str, ns: &Netns, code: &str, args: &[&str], env: &PreloadEnv| {
+        let mut v = vec![
+            "netns",
+            "exec",
+            ns.0.as_str(),
+            "/usr/bin/python3",
+            "-c",
+            code,
+        ];
+        v.extend_from_slice(args);
+        check(
+            Proc::spawn(name, command("ip", &v, Some(env)), f.dir()),
+            &[],
+        )
+    };
+    // Host A has a pcisock process before the server starts (its link side is up), as on two
+    // machines in service: a listener published while the link is down reaches the peer only
+    // once the link comes up, by a thread, so a client racing the link's first coming up
+    // could miss it.
+    let other = free_port().to_string();
+    let mut penv = side("presence", "0");
+    penv = penv.with_ports(format!("{port_s},{other}"));
+    let mut presence = in_ns("presence", &a, SERVER, &[&other, "10.199.0.1"], &penv);
+    check(
+        presence.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+        &[&presence],
+    );
+    let senv = side("server", "1");
+    let mut s = in_ns("server", &b, SERVER, &[&port_s, "10.199.0.2"], &senv);
+    check(
+        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+        &[&s],
+    );
+    let before = veth_bytes();
+    let cenv = side("client", "0");
+    let mut c = in_ns("client", &a, CLIENT, &[&port_s, &n], &cenv);
+    check(c.wait_success(Duration::from_secs(60)), &[&c, &s]);
+    check(s.wait_success(Duration::from_secs(20)), &[&s]);
+    let _ = presence.terminate();
+    let carried = veth_bytes() - before;
+    assert!(
+        carried < QUIET,
+        "the veth carried {carried} bytes while 16 MiB crossed: the payload went over TCP"
+    );
+    for e in [&cenv, &senv] {
+        let st = e.stats().unwrap_or_else(|e| panic!("stats: {e}"));
+        assert_eq!(
+            st.on_port(port).filter(|c| c.path == "ntb").count(),
+            1,
+            "{st:?}"
+        );
+    }
 }

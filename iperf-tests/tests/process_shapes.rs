@@ -195,10 +195,13 @@ fn a_listener_handed_to_an_execed_program_stays_on_ntb() {
     check(server.wait_success(TIMEOUT), &[&server]);
 }
 
-/// Stops a server that serves until SIGTERM, and expects it to exit cleanly.
+/// Stops a server that serves until SIGTERM, and waits for it (the caller then expects a clean
+/// exit): its workers write their stats files as they exit, after their listening sockets
+/// close, so the files are read once the master, which waits for its workers, is gone.
 fn sigterm(server: &mut Proc) {
     // SAFETY: a signal to our own child, which we have not reaped.
     unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) };
+    let _ = server.wait_timeout(TIMEOUT);
 }
 
 /// A master that keeps its listening socket and three forked workers accepting on it (as

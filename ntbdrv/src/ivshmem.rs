@@ -16,12 +16,12 @@
 //! its side's mailbox (a thread: every 50 µs while interrupts arrive, every 2 ms when idle) and
 //! kicks the same lines. DMA: none (the device has no engine); the
 //! transport copies with the CPU. Callers: [`crate::recommended::open_default`] with
-//! `PCISOCK_DEVICE=ivshmem[:BDF]`, and the conformance tests in `ntbdrv/tests/ivshmem.rs`.
+//! `PCISOCK_DEVICE=ivshmem[:BDF]`, and the conformance tests in `ntbdrv/conformance/tests/ivshmem.rs`.
 //!
 //! # Safety
 //! The only unsafe code is the volatile access to two 32-bit registers of BAR0 (IVPosition at 8,
 //! Doorbell at 12), inside a mapping of the device's `resource0` file that lives as long as the
-//! [`Registers`] value and is at least 16 bytes long (checked). BAR2 is mapped by
+//! `Registers` value and is at least 16 bytes long (checked). BAR2 is mapped by
 //! `emu::mapping::Mapping`, which hands out only bounds-checked atomics and regions. Everything
 //! the other machine writes into BAR2 is untrusted: the layout is validated on attach as a
 //! device file is, and the mailbox bits only select interrupt lines that exist.
@@ -174,6 +174,24 @@ pub fn open(opts: &IvshmemOptions) -> Result<EmuDevice, DeviceError> {
     let dir = opts.dir.clone().unwrap_or_else(Options::default_dir);
     let path = dir.join(format!("ivshmem-{bdf}.ntb"));
     EmuDevice::on_bridge(bar2, path, &config, opts.side, Arc::new(regs))
+}
+
+/// Attach to the emulated layout in `bar`, a file that stands for a bridge's shared memory (the
+/// host side of an ivshmem memory backend, or a plain file in tests), laying it out if it is
+/// fresh, with `bridge` carrying the interrupts to the other machine. `lines` names the device on
+/// this machine: its interrupt lines (FIFOs) live beside it. `side` as in [`IvshmemOptions`].
+pub fn open_shared_file(
+    bar: &File,
+    lines: PathBuf,
+    side: Option<SideId>,
+    bridge: Arc<dyn Bridge>,
+) -> Result<EmuDevice, DeviceError> {
+    let map = Mapping::new(bar).map_err(|err| DeviceError::Io {
+        what: format!("mmap the shared memory for {}", lines.display()),
+        err,
+    })?;
+    let config = config_for(map.len() as u64)?;
+    EmuDevice::on_bridge(map, lines, &config, side, bridge)
 }
 
 /// BAR0 of the device: IVPosition (our ID) and the Doorbell register.
@@ -455,136 +473,5 @@ impl Vfio {
         } else {
             false
         }
-    }
-}
-
-/// Bridge mode without a guest: the layout in a plain shared file standing in for BAR2, and a
-/// bridge whose "Doorbell register" only counts. The receiving side's pollers must deliver
-/// every interrupt from the mailbox alone, so the suite checks the bridge-mode paths (claims,
-/// layout by CAS, mailbox, pollers, polled waits) on every build, not only in the test bed.
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::conformance::{self, Fixture};
-    use crate::NtbDevice;
-    use std::process::Command;
-    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
-
-    struct CountingBridge {
-        id: u32,
-        kicks: Arc<AtomicU32>,
-    }
-
-    impl Bridge for CountingBridge {
-        fn describe(&self) -> String {
-            format!("test bridge (ID {})", self.id)
-        }
-        fn id(&self) -> u32 {
-            self.id
-        }
-        fn kick(&self, _id: u32) {
-            self.kicks.fetch_add(1, Relaxed);
-        }
-    }
-
-    struct FileBar {
-        dir: PathBuf,
-        kicks: Arc<AtomicU32>,
-    }
-
-    impl FileBar {
-        const SIZE: u64 = 64 << 20;
-        fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!(
-                "ntbdrv-bridge-{tag}-{}-{:?}",
-                std::process::id(),
-                std::time::SystemTime::now()
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            let f = File::create(dir.join("bar2")).unwrap();
-            f.set_len(Self::SIZE).unwrap();
-            FileBar {
-                dir,
-                kicks: Arc::new(AtomicU32::new(0)),
-            }
-        }
-    }
-
-    impl Drop for FileBar {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
-    impl Fixture for FileBar {
-        fn open(&self, side: SideId) -> Arc<dyn NtbDevice> {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(self.dir.join("bar2"))
-                .unwrap();
-            let bridge = CountingBridge {
-                id: 10 + side,
-                kicks: self.kicks.clone(),
-            };
-            let lines = self.dir.join("lines").join(format!("side{side}.ntb"));
-            Arc::new(
-                EmuDevice::on_bridge(
-                    Mapping::new(&f).unwrap(),
-                    lines,
-                    &config_for(Self::SIZE).unwrap(),
-                    Some(side),
-                    Arc::new(bridge),
-                )
-                .unwrap(),
-            )
-        }
-        fn sides(&self) -> (SideId, SideId) {
-            (0, 1)
-        }
-        fn peer(&self, _side: SideId, _args: &[&str]) -> Command {
-            unreachable!("the process-based checks run in the guests (iperf-tests/twohost.sh)")
-        }
-    }
-
-    macro_rules! bridge_check {
-        (windows_across_processes) => {
-            #[test]
-            #[ignore = "needs the peer process binary: runs in the twohost.sh guests"]
-            fn windows_across_processes() {}
-        };
-        (reclaim_after_kill) => {
-            #[test]
-            #[ignore = "needs the peer process binary: runs in the twohost.sh guests"]
-            fn reclaim_after_kill() {}
-        };
-        ($name:ident) => {
-            #[test]
-            fn $name() {
-                conformance::$name(&FileBar::new(stringify!($name)));
-            }
-        };
-    }
-    macro_rules! bridge_checks {
-        ($($name:ident),* $(,)?) => { $(bridge_check!($name);)* };
-    }
-    crate::conformance_checks!(bridge_checks);
-
-    #[test]
-    fn interrupts_ring_the_bridge_and_sides_are_claimed_by_id() {
-        let f = FileBar::new("kicks");
-        let (a, b) = (f.open(0), f.open(1));
-        a.link_enable().unwrap();
-        b.link_enable().unwrap();
-        let v = b.lease_vector(1).unwrap();
-        let _line = b.vector_fd(v.vector).unwrap();
-        let before = f.kicks.load(Relaxed);
-        a.peer_vector_trigger(v.vector).unwrap();
-        assert_eq!(
-            f.kicks.load(Relaxed),
-            before + 1,
-            "one Doorbell write per interrupt"
-        );
-        assert!(a.describe().contains("ID 10") && b.describe().contains("side 1"));
     }
 }

@@ -11,7 +11,6 @@
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
-pub mod conformance;
 pub mod emu;
 mod error;
 mod futex;
@@ -19,6 +18,7 @@ pub mod ivshmem;
 pub mod recommended;
 mod region;
 mod sysutil;
+mod units;
 
 /// Process identity helpers shared with the layers above (liveness checks of lease owners).
 pub mod process {
@@ -32,6 +32,7 @@ pub use error::{
     DeviceError, DmaError, DoorbellError, LeaseError, LinkError, ScratchpadError, WindowError,
 };
 pub use region::Region;
+pub use units::{format_size, parse_size};
 
 /// The two sides of a bridge. On a loopback link the peer of side 0 is side 0 itself.
 pub type SideId = u32;

@@ -16,7 +16,7 @@ pub(crate) fn pid() -> u32 {
     std::process::id()
 }
 
-/// Start time of `pid` in clock ticks since boot (field 22 of /proc/<pid>/stat), or None if the
+/// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`), or None if the
 /// process does not exist.
 pub fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -28,7 +28,91 @@ use crate::{global, sys, table};
 
 /// High bits of `epoll_data` that mark our own registrations (the low 32 bits hold the fd).
 const TAG: u64 = 0x5043_534B_0000_0000;
+/// The same for the set's shared lines (the low 32 bits hold the `LineSet`'s fd).
+const LINE_TAG: u64 = 0x5043_534C_0000_0000;
 const TAG_MASK: u64 = 0xFFFF_FFFF_0000_0000;
+
+fn is_ours(data: u64) -> bool {
+    data & TAG_MASK == TAG || data & TAG_MASK == LINE_TAG
+}
+
+/// An epoll set's shared interrupt lines (the processes' lines from the fabric service, each
+/// used by many connections): one `LineSet` per set, registered once in it, with how many of
+/// the set's registrations use each line. A shared line is never emptied (it wakes many
+/// sleepers); the `LineSet` takes each ring as an edge and is emptied when it wakes a wait.
+struct Hub {
+    lines: transport::LineSet,
+    uses: HashMap<c_int, usize>,
+}
+
+fn hubs() -> &'static Mutex<HashMap<c_int, Hub>> {
+    static HUBS: OnceLock<Mutex<HashMap<c_int, Hub>>> = OnceLock::new();
+    HUBS.get_or_init(Default::default)
+}
+
+/// A registration of `epfd` uses shared line `line`.
+fn add_line(epfd: c_int, line: c_int) -> Result<(), c_int> {
+    let Ok(mut hubs) = hubs().lock() else {
+        return Err(libc::EIO);
+    };
+    let hub = match hubs.entry(epfd) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let lines = transport::LineSet::new().ok_or(libc::ENOMEM)?;
+            let tag = LINE_TAG | lines.fd() as u32 as u64;
+            match kernel_ctl(
+                epfd,
+                libc::EPOLL_CTL_ADD,
+                lines.fd(),
+                libc::EPOLLIN as u32,
+                tag,
+            ) {
+                0 => {}
+                e => return Err(e),
+            }
+            e.insert(Hub {
+                lines,
+                uses: HashMap::new(),
+            })
+        }
+    };
+    let n = hub.uses.entry(line).or_default();
+    if *n == 0 && !hub.lines.add(line) {
+        hub.uses.remove(&line);
+        return Err(libc::ENOMEM);
+    }
+    *n += 1;
+    Ok(())
+}
+
+/// A registration of `epfd` that used shared line `line` left.
+fn drop_line(epfd: c_int, line: c_int) {
+    let Ok(mut hubs) = hubs().lock() else { return };
+    let Some(hub) = hubs.get_mut(&epfd) else {
+        return;
+    };
+    if let Some(n) = hub.uses.get_mut(&line) {
+        *n -= 1;
+        if *n == 0 {
+            hub.uses.remove(&line);
+            hub.lines.remove(line);
+        }
+    }
+    if hub.uses.is_empty() {
+        if let Some(hub) = hubs.remove(&epfd) {
+            kernel_ctl(epfd, libc::EPOLL_CTL_DEL, hub.lines.fd(), 0, 0);
+        }
+    }
+}
+
+/// A wait on `epfd` woke for its shared lines: empty its `LineSet`.
+fn take_lines(epfd: c_int) {
+    if let Ok(hubs) = hubs().lock() {
+        if let Some(hub) = hubs.get(&epfd) {
+            hub.lines.take();
+        }
+    }
+}
 
 /// Events an application may ask for that we evaluate ourselves.
 const READ: u32 = (libc::EPOLLIN | libc::EPOLLRDNORM | libc::EPOLLRDHUP) as u32;
@@ -50,10 +134,12 @@ struct Reg {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Form {
     /// NTB: doorbell line `vector` and the TCP socket (input only), both under our tag.
-    Ntb { vector: c_int },
+    /// `shared`: the line is the process's line from the service, used by many connections
+    /// (see `add_line`).
+    Ntb { vector: c_int, shared: bool },
     /// Pending offer: the kernel socket with the application's events under our tag, and the
     /// offer's doorbell line.
-    Pending { vector: c_int },
+    Pending { vector: c_int, shared: bool },
 }
 
 type Set = Mutex<HashMap<c_int, Reg>>;
@@ -113,7 +199,7 @@ pub fn strip_ours(events: &mut [libc::epoll_event]) -> usize {
     let mut kept = 0;
     for i in 0..events.len() {
         let ev = events[i];
-        if ev.u64 & TAG_MASK != TAG {
+        if !is_ours(ev.u64) {
             events[kept] = ev;
             kept += 1;
         }
@@ -129,20 +215,22 @@ fn kernel_ctl(epfd: c_int, op: c_int, fd: c_int, events: u32, data: u64) -> c_in
 fn register(epfd: c_int, fd: c_int, form: Form, app_events: u32) -> Result<(), c_int> {
     let tag = TAG | fd as u32 as u64;
     let excl = app_events & libc::EPOLLEXCLUSIVE as u32;
-    let (sock_events, vector) = match form {
+    let (sock_events, vector, shared) = match form {
         // Edge-triggered: the socket of a peer that has gone stays readable (EOF) for as long
         // as the application keeps the fd, and a level-triggered registration would wake
         // every wait at once. One event per change of the socket is all readiness needs: the
         // end it saw is remembered by the connection (`look_at_tcp`).
-        Form::Ntb { vector } => (
+        Form::Ntb { vector, shared } => (
             (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32 | excl,
             vector,
+            shared,
         ),
         // Edge-triggered too: a connected socket stays writable while the offer waits for its
         // answer, which rings the offer's line; one event per change of the socket settles it.
-        Form::Pending { vector } => (
+        Form::Pending { vector, shared } => (
             app_events & !libc::EPOLLONESHOT as u32 | libc::EPOLLET as u32,
             vector,
+            shared,
         ),
     };
     match kernel_ctl(epfd, libc::EPOLL_CTL_ADD, fd, sock_events, tag) {
@@ -154,6 +242,11 @@ fn register(epfd: c_int, fd: c_int, form: Form, app_events: u32) -> Result<(), c
             }
         }
         e => return Err(e),
+    }
+    if shared {
+        return add_line(epfd, vector).inspect_err(|_| {
+            kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
+        });
     }
     match kernel_ctl(
         epfd,
@@ -172,13 +265,23 @@ fn register(epfd: c_int, fd: c_int, form: Form, app_events: u32) -> Result<(), c
 
 fn unregister(epfd: c_int, fd: c_int, form: Form) {
     kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
-    kernel_ctl(epfd, libc::EPOLL_CTL_DEL, form.vector(), 0, 0);
+    if form.shared() {
+        drop_line(epfd, form.vector());
+    } else {
+        kernel_ctl(epfd, libc::EPOLL_CTL_DEL, form.vector(), 0, 0);
+    }
 }
 
 impl Form {
     fn vector(self) -> c_int {
         match self {
-            Form::Ntb { vector } | Form::Pending { vector } => vector,
+            Form::Ntb { vector, .. } | Form::Pending { vector, .. } => vector,
+        }
+    }
+
+    fn shared(self) -> bool {
+        match self {
+            Form::Ntb { shared, .. } | Form::Pending { shared, .. } => shared,
         }
     }
 }
@@ -188,7 +291,11 @@ impl Form {
 /// another fd of the same connection (a dup) is still registered, it takes the line over;
 /// otherwise the line goes. (Left behind under the departed fd's tag, the line would wake the
 /// set without ever being emptied, or, deleted, leave the dup with no doorbell at all.)
-fn release_vector(epfd: c_int, regs: &HashMap<c_int, Reg>, vector: c_int) {
+fn release_vector(epfd: c_int, regs: &HashMap<c_int, Reg>, form: Form) {
+    let vector = form.vector();
+    if form.shared() {
+        return drop_line(epfd, vector);
+    }
     kernel_ctl(epfd, libc::EPOLL_CTL_DEL, vector, 0, 0);
     if let Some((other, r)) = regs.iter().find(|(_, r)| r.form.vector() == vector) {
         let excl = r.events & libc::EPOLLEXCLUSIVE as u32;
@@ -208,6 +315,7 @@ fn form_of(sock: &Sock) -> Option<Form> {
     if let Some(c) = sock.conn.get() {
         return Some(Form::Ntb {
             vector: c.vector_fd(),
+            shared: c.shared_line(),
         });
     }
     let st = sock.state.lock().ok()?;
@@ -215,6 +323,7 @@ fn form_of(sock: &Sock) -> Option<Form> {
         let t = global::get().transport().ok()?;
         return Some(Form::Pending {
             vector: t.pending_fd(p),
+            shared: t.pending_shared(p),
         });
     }
     None
@@ -296,7 +405,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
             Some(r) => {
                 count_reg(fd, false);
                 kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
-                release_vector(epfd, &regs, r.form.vector());
+                release_vector(epfd, &regs, r.form);
                 Detour::Ours(Ok(0))
             }
             None => Detour::Bypass,
@@ -332,7 +441,7 @@ pub fn forget_fd(fd: c_int) {
                 // would go on reporting the socket's events here. The fd is still open.
                 kernel_ctl(*epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
                 // The doorbell line belongs to the connection, which may outlive this fd (dup).
-                release_vector(*epfd, &regs, r.form.vector());
+                release_vector(*epfd, &regs, r.form);
             }
         }
     }
@@ -353,6 +462,9 @@ pub fn forget_set(epfd: c_int) {
                 count_reg(*fd, false);
             }
         }
+    }
+    if let Ok(mut h) = hubs().lock() {
+        h.remove(&epfd);
     }
 }
 
@@ -576,7 +688,10 @@ pub fn wait(
             let mut poked_fds = Vec::new();
             for ev in &kbuf[..n as usize] {
                 let data = ev.u64;
-                if data & TAG_MASK == TAG {
+                if data & TAG_MASK == LINE_TAG {
+                    take_lines(epfd);
+                    poked = true; // re-evaluated below
+                } else if data & TAG_MASK == TAG {
                     poked = true; // one of ours moved: re-evaluated below
                     poked_fds.push((data & 0xFFFF_FFFF) as c_int);
                 } else {

@@ -229,11 +229,16 @@ impl Global {
         }
     }
 
-    /// A flagged connection of this process stays on TCP for `reason`.
-    pub fn count_fallback(&self, reason: Reason) {
+    /// A flagged connection of this process, on kernel socket `fd`, stays on TCP for
+    /// `reason`: counted here, and told to the host fabric service (its host-wide history) if
+    /// the transport is open already (a fallback never opens it).
+    pub fn count_fallback(&self, fd: libc::c_int, reason: Reason, role: Role) {
         self.tcp_connections.fetch_add(1, Relaxed);
         if let Some(n) = self.fallbacks.get(reason.code() as usize) {
             n.fetch_add(1, Relaxed);
+        }
+        if let Some(Ok(t)) = self.transport.get() {
+            t.report_fallback(fd, reason, role == Role::Server);
         }
     }
 

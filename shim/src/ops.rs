@@ -132,7 +132,7 @@ fn fallback(g: &Global, sock: Sock, fd: c_int, reason: Reason) -> Result<(), c_i
         });
         return Err(libc::ECONNREFUSED);
     }
-    g.count_fallback(reason);
+    g.count_fallback(fd, reason, sock.role);
     table::insert(fd, Arc::new(sock));
     Ok(())
 }
@@ -523,7 +523,7 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
                 sys::shutdown_both(fd);
                 return Err(libc::ECONNREFUSED);
             }
-            g.count_fallback(reason);
+            g.count_fallback(fd, reason, sock.role);
             if !early.is_empty() {
                 sys::send_all(fd, &early)?;
                 sock.tcp_tx.fetch_add(early.len() as u64, Relaxed);
@@ -931,6 +931,8 @@ pub fn poll(
                         let want_r =
                             p.events & (libc::POLLIN | libc::POLLRDNORM | libc::POLLRDHUP) != 0;
                         let want_w = p.events & (libc::POLLOUT | libc::POLLWRNORM) != 0;
+                        // Before arming: a ring after the arming must reach what we sleep on.
+                        let line = c.sleep_fd();
                         let already = c.arm(want_r, want_w);
                         armed.push((c.clone(), want_r, want_w));
                         if already {
@@ -938,7 +940,7 @@ pub fn poll(
                             break;
                         }
                         set.push(libc::pollfd {
-                            fd: c.vector_fd(),
+                            fd: line,
                             events: libc::POLLIN,
                             revents: 0,
                         });
@@ -961,7 +963,7 @@ pub fn poll(
                             if let State::Offered(Some(pend)) = &mut *st {
                                 if let Ok(t) = g.transport() {
                                     set.push(libc::pollfd {
-                                        fd: t.pending_fd(pend),
+                                        fd: t.pending_sleep_fd(pend),
                                         events: libc::POLLIN,
                                         revents: 0,
                                     });
@@ -995,6 +997,8 @@ pub fn poll(
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let r = real_poll(&mut set, Some(naps.next(remaining)));
             let err = sys::errno();
+            // The wake set's edges are taken; what they announced is re-checked above.
+            transport::wake_consume();
             if r == 0 {
                 naps.quiet();
             } else {

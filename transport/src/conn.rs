@@ -162,7 +162,11 @@ pub struct Connection {
     tenancy: Tenancy,
     /// Our lease: our receive ring and the peer-written words.
     mine: Region,
-    vector: OwnedFd,
+    /// Our interrupt line: the device vector this connection leased (emptied after it fires),
+    /// or this process's line from the host fabric service, shared by its connections and
+    /// never emptied (see `sys::wake_fd`).
+    vector: Arc<OwnedFd>,
+    shared_line: bool,
     /// The peer's lease, through our outbound window.
     theirs: Region,
     their_loc: RingLoc,
@@ -208,9 +212,10 @@ pub(crate) enum Tenancy {
         lease: WindowLease,
         bell: VectorLease,
     },
-    /// Two segments and two lines the host fabric service gave this connection alone: the
-    /// peer is rung through its line; the segments go away with their last mapping.
-    Service { conn: u64, peer_line: OwnedFd },
+    /// The segment the host fabric service gave this connection alone, and the peer process's
+    /// line (shared by that process's connections): the peer is rung through it; the segment
+    /// goes away with its last mapping.
+    Service { conn: u64, peer_line: Arc<OwnedFd> },
 }
 
 /// This side's position in both rings, in process memory. The peer can write anything in our
@@ -296,8 +301,20 @@ const COUNTER_LIMIT: u64 = 1 << 62;
 /// a re-check after FIN, a re-check after the TCP socket ended).
 const MAX_IDLE_TURNS: u32 = 16;
 
-/// The two segments of a connection the service paired, mapped: ours and the peer's, each an
-/// endpoint header and a ring of the pair's size.
+/// A connection the host fabric service paired, its lines resolved to this process's copies
+/// (one descriptor per line, shared by the connections that use it).
+pub(crate) struct ServicePair {
+    pub conn: u64,
+    pub ring_bytes: u64,
+    pub server: bool,
+    /// Both ends' blocks: the client's, then the server's.
+    pub segment: OwnedFd,
+    pub own_line: Arc<OwnedFd>,
+    pub peer_line: Arc<OwnedFd>,
+}
+
+/// The connection's segment, mapped once: our block and the peer's, each an endpoint header
+/// and a ring of the pair's size.
 struct Segments {
     ring: Ring,
     mine: Region,
@@ -306,14 +323,21 @@ struct Segments {
 }
 
 impl Segments {
-    fn map(p: &fabric::Paired) -> Option<Segments> {
+    fn map(p: &ServicePair) -> Option<Segments> {
         let ring = Ring::new(p.ring_bytes)?;
-        let len = ENDPOINT_HDR.checked_add(p.ring_bytes)?;
-        let map = |fd: &OwnedFd| Region::map_segment(fd, len as usize).ok();
+        let len = ENDPOINT_HDR.checked_add(p.ring_bytes)? as usize;
+        let both = Region::map_segment(&p.segment, len.checked_mul(2)?).ok()?;
+        let (client, server) = (both.slice(0, len).ok()?, both.slice(len, len).ok()?);
+        let (mine, theirs) = if p.server {
+            (server, client)
+        } else {
+            (client, server)
+        };
+        let len = len as u64;
         Some(Segments {
             ring,
-            mine: map(&p.own_segment)?,
-            theirs: map(&p.peer_segment)?,
+            mine,
+            theirs,
             loc: RingLoc {
                 mw: 0,
                 offset: 0,
@@ -763,7 +787,7 @@ impl Connection {
             shared,
             tenancy,
             half.mine,
-            half.vector,
+            Arc::new(half.vector),
             theirs,
             their_loc,
             rx_ring,
@@ -783,7 +807,7 @@ impl Connection {
     #[allow(clippy::too_many_arguments)] // all of a connection's identity, passed once
     pub(crate) fn from_service(
         shared: Arc<Shared>,
-        p: fabric::Paired,
+        p: ServicePair,
         tcp_fd: RawFd,
         role: Role,
         local: Endpoint,
@@ -799,7 +823,7 @@ impl Connection {
     #[allow(clippy::too_many_arguments)] // all of a connection's identity, passed once
     fn service_fresh(
         shared: Arc<Shared>,
-        p: fabric::Paired,
+        p: ServicePair,
         seg: Segments,
         tcp_fd: RawFd,
         role: Role,
@@ -821,7 +845,6 @@ impl Connection {
             conn: p.conn,
             peer_line: p.peer_line,
         };
-        ntbdrv::drain_vector(&p.own_line);
         let c = Connection::assemble(
             shared,
             tenancy,
@@ -853,7 +876,7 @@ impl Connection {
         shared: Arc<Shared>,
         tenancy: Tenancy,
         mine: Region,
-        vector: OwnedFd,
+        vector: Arc<OwnedFd>,
         theirs: Region,
         their_loc: RingLoc,
         rx_ring: Ring,
@@ -869,11 +892,13 @@ impl Connection {
             Tenancy::Device { dev, .. } => dev.link_state().generation,
             Tenancy::Service { .. } => 0,
         };
+        let shared_line = matches!(tenancy, Tenancy::Service { .. });
         Connection {
             shared,
             tenancy,
             mine,
             vector,
+            shared_line,
             theirs,
             their_loc,
             rx_ring,
@@ -1967,13 +1992,48 @@ impl Connection {
     /// was re-armed or added while data was already waiting: nothing will ring for it), as the
     /// kernel's epoll_ctl wakes the waiters of a set when a registration is ready at once.
     pub fn kick_local(&self) {
-        ntbdrv::kick_vector(&self.vector);
+        if self.shared_line {
+            fabric::sys::ring(self.vector.as_raw_fd());
+        } else {
+            ntbdrv::kick_vector(&self.vector);
+        }
+    }
+
+    /// Is our interrupt line this process's line from the service, shared by its connections
+    /// and never emptied (an epoll set registers it edge-triggered, once; `poll` sleeps on
+    /// [`Connection::sleep_fd`] instead)?
+    pub fn shared_line(&self) -> bool {
+        self.shared_line
+    }
+
+    /// What a thread sleeps on to hear our interrupt line: the line itself (a device vector),
+    /// or this thread's wake set with the line registered in it (a shared line). Call it
+    /// before arming; after the sleep, [`Connection::woke`].
+    pub fn sleep_fd(&self) -> RawFd {
+        if self.shared_line {
+            sys::wake_fd(self.vector.as_raw_fd()).unwrap_or(-1)
+        } else {
+            self.vector.as_raw_fd()
+        }
+    }
+
+    /// After a sleep on [`Connection::sleep_fd`]: take what woke us (the line, or this
+    /// thread's wake set's edges), then the caller re-checks the ring.
+    pub fn woke(&self) {
+        if self.shared_line {
+            sys::wake_consume();
+        } else {
+            ntbdrv::drain_vector(&self.vector);
+        }
     }
 
     /// Clear our doorbell: empty the interrupt line and the status bit (the kernel discipline:
-    /// clear, then the caller re-checks the ring).
+    /// clear, then the caller re-checks the ring). A shared line is never emptied: each of its
+    /// sleepers takes its own edge (`woke`).
     fn ack_doorbell(&self) {
-        ntbdrv::drain_vector(&self.vector);
+        if !self.shared_line {
+            ntbdrv::drain_vector(&self.vector);
+        }
     }
 
     /// Wait until the ring is readable (`read`) or has room, or the deadline passes: spin, then
@@ -2028,6 +2088,8 @@ impl Connection {
             return self.switch_in_wait(read);
         }
         self.idle_checks(read);
+        // Before arming: a ring after the arming must reach what we sleep on.
+        let sleep_fd = self.sleep_fd();
         if self.arm(read, !read) {
             self.disarm(read, !read);
             return Wait::Ready;
@@ -2054,7 +2116,7 @@ impl Connection {
                 let r = loop {
                     let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     let this = left.map_or(nap, |l| l.min(nap));
-                    let r = sys::poll2(self.vector.as_raw_fd(), self.tcp_fd(), Some(this));
+                    let r = sys::poll2(sleep_fd, self.tcp_fd(), Some(this));
                     let quiet = matches!(r, Err(libc::ETIMEDOUT))
                         && !self.ready(read)
                         && left.is_none_or(|l| l > this)
@@ -2064,7 +2126,7 @@ impl Connection {
                     }
                     nap = (nap * 2).min(LONGEST_LEADER_NAP);
                 };
-                self.ack_doorbell();
+                self.woke();
                 if let Ok(mut g) = self.waiters.generation.lock() {
                     *g = g.wrapping_add(1);
                 }
@@ -2446,8 +2508,19 @@ impl Connection {
         let tenancy = Tenancy::Device { dev, lease, bell };
         let cur = Box::new(Cursors::from_block(&mine));
         Some(Connection::assemble(
-            shared, tenancy, mine, vector, theirs, their_loc, rx_ring, tx_ring, tcp_fd, info.role,
-            info.local, info.peer, cur,
+            shared,
+            tenancy,
+            mine,
+            Arc::new(vector),
+            theirs,
+            their_loc,
+            rx_ring,
+            tx_ring,
+            tcp_fd,
+            info.role,
+            info.local,
+            info.peer,
+            cur,
         ))
     }
 
@@ -2455,7 +2528,7 @@ impl Connection {
     /// the service paired, from the segments it handed over again, if it is still open.
     pub(crate) fn reattach_service(
         shared: Arc<Shared>,
-        p: fabric::Paired,
+        p: ServicePair,
         tcp_fd: RawFd,
     ) -> Option<Connection> {
         let seg = Segments::map(&p)?;

@@ -29,6 +29,13 @@ pub use conn::{Connection, Counter, IoError, Readiness, RecvFlags, Role, ARM_GRA
 pub use proto::{Endpoint, Reason};
 use rendezvous::{Control, SlotGuard};
 pub use service::Offered;
+pub use sys::LineSet;
+
+/// After a sleep on a wake set (`Connection::sleep_fd`, `Transport::pending_sleep_fd`): take
+/// its edges, then re-check what was waited for.
+pub fn wake_consume() {
+    sys::wake_consume();
+}
 
 /// Host-table tag of endpoint leases (so `pcisock stats` can find them).
 pub const ENDPOINT_TAG: u32 = 0x5043_4550; // "PCEP"
@@ -122,7 +129,7 @@ impl Settings {
             why: why.into(),
         };
         if let Some(v) = get("PCISOCK_RING_SIZE").filter(|v| !v.is_empty()) {
-            let n = ntbdrv::emu::parse_size(&v).map_err(|e| err("PCISOCK_RING_SIZE", &v, &e))?;
+            let n = ntbdrv::parse_size(&v).map_err(|e| err("PCISOCK_RING_SIZE", &v, &e))?;
             if proto::Ring::new(n).is_none() {
                 return Err(err(
                     "PCISOCK_RING_SIZE",
@@ -150,8 +157,7 @@ impl Settings {
             s.dma_threshold = if v == "off" {
                 usize::MAX
             } else {
-                ntbdrv::emu::parse_size(&v).map_err(|e| err("PCISOCK_DMA_THRESHOLD", &v, &e))?
-                    as usize
+                ntbdrv::parse_size(&v).map_err(|e| err("PCISOCK_DMA_THRESHOLD", &v, &e))? as usize
             };
         }
         if let Some(v) = get("PCISOCK_SPIN_US").filter(|v| !v.is_empty()) {
@@ -1186,11 +1192,29 @@ impl Transport {
         }
     }
 
-    /// The descriptor a pending client can poll for its answer.
+    /// The descriptor the answer to a pending offer rings: an epoll set registers it
+    /// edge-triggered (see [`Transport::pending_shared`]).
     pub fn pending_fd(&self, p: &Pending) -> RawFd {
         match (&self.how, p) {
             (How::Device(d), Pending::Device(p)) => d.pending_fd(p),
             _ => service::pending_fd(p),
+        }
+    }
+
+    /// Is a pending offer's line this process's shared line (never emptied: sleep on
+    /// [`Transport::pending_sleep_fd`], not on the line)?
+    pub fn pending_shared(&self, p: &Pending) -> bool {
+        matches!(p, Pending::Service(_))
+    }
+
+    /// What a thread sleeps on (`poll`) to hear the answer to a pending offer: its line, or
+    /// this thread's wake set with the shared line in it (then [`wake_consume`] after).
+    pub fn pending_sleep_fd(&self, p: &Pending) -> RawFd {
+        let fd = self.pending_fd(p);
+        if self.pending_shared(p) {
+            sys::wake_fd(fd).unwrap_or(-1)
+        } else {
+            fd
         }
     }
 
@@ -1204,6 +1228,15 @@ impl Transport {
                 service::complete(&self.shared, o, tcp_fd, patience)
             }
             (How::Service, Pending::Device(_)) => Outcome::Tcp(Reason::BadPeer),
+        }
+    }
+
+    /// The connection on kernel socket `tcp_fd` stays on TCP for `reason` (`server`: the
+    /// accepting end): told to the host fabric service, which keeps a host-wide history of
+    /// recent fallbacks (`pcisock stats`). Does not wait; nothing to do over a device.
+    pub fn report_fallback(&self, tcp_fd: RawFd, reason: Reason, server: bool) {
+        if let How::Service = self.how {
+            service::report_fallback(&self.shared, tcp_fd, reason, server);
         }
     }
 

@@ -425,8 +425,11 @@ impl Control {
         })
     }
 
-    /// Find and take the posted offer for the connection just accepted. Invalid offers that
-    /// match are taken and reported, so they are not tried again.
+    /// Find and take the posted offer for the connection just accepted. An offer whose record
+    /// does not decode matches no connection and is left as it is (its client withdraws it when
+    /// its wait for an answer ends); the record is read again after the take, and that copy is
+    /// the one returned (should it fail to decode, the caller gives the connection up as a bad
+    /// peer, unanswered: the client's wait for an answer ends it).
     pub fn take_offer(
         &self,
         peer: &Endpoint,

@@ -1,16 +1,22 @@
 //! Connections paired by the host fabric service (docs/HOST-SERVICE.md): the process hands the
-//! service its TCP sockets as proof, and gets for each connection two segments and two
-//! interrupt lines of its own. No device is mapped, no rendezvous memory is shared with
+//! service its TCP sockets as proof, and gets for each connection one segment of its own and
+//! the peer process's interrupt line. No device is mapped, no rendezvous memory is shared with
 //! anyone; the data path is the same `Connection` as over the device.
+//!
+//! Descriptors: per connection only the application's TCP socket; per process one line of its
+//! own (given with the service's hello; a new one per service connection, so a forked child
+//! has its own) and one per peer process, each shared by the connections that use it (the
+//! service names lines, and a line named twice is kept once).
 
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use fabric::{Client, ClientError, Pairing};
 
-use crate::conn::Role;
+use crate::conn::{Role, ServicePair};
 use crate::{
     lock, Connection, Endpoint, Listener, ListenerState, Outcome, Pending, Reason, Shared,
 };
@@ -26,6 +32,11 @@ pub(crate) struct Link {
     /// service connection with `Hold`, so a restarted service learns them again and a forked
     /// child that talks to the service counts as their holder.
     held: Mutex<Vec<(u64, RawFd)>>,
+    /// This process's interrupt line on its current service connection (pid, line).
+    own: Mutex<Option<(u32, Arc<OwnedFd>)>>,
+    /// The lines this process keeps, by (service pid, the service's name for the line): a
+    /// line named again (another connection with the same peer process) is the same one.
+    lines: Mutex<HashMap<(u32, u64), Weak<OwnedFd>>>,
 }
 
 /// A request that needs no answer.
@@ -48,12 +59,63 @@ impl Link {
             }
             (Err(e), None) => return Err(e),
         };
-        Ok(Link {
+        let link = Link {
             path: path.to_path_buf(),
-            client: Mutex::new(Some((std::process::id(), c))),
+            client: Mutex::new(None),
             deferred: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
-        })
+            own: Mutex::new(None),
+            lines: Mutex::new(HashMap::new()),
+        };
+        let c = link.introduced(c);
+        *lock(&link.client) = Some((std::process::id(), c));
+        Ok(link)
+    }
+
+    /// A new service connection: its line becomes this process's own.
+    fn introduced(&self, mut c: Client) -> Client {
+        if let Some(l) = c.line.take() {
+            let fd = Arc::new(l.fd);
+            lock(&self.lines).insert((c.service_pid, l.id), Arc::downgrade(&fd));
+            *lock(&self.own) = Some((std::process::id(), fd));
+        }
+        c
+    }
+
+    /// This process's own line (on its current service connection).
+    fn own_line(&self) -> Option<Arc<OwnedFd>> {
+        let me = std::process::id();
+        lock(&self.own)
+            .as_ref()
+            .filter(|(pid, _)| *pid == me)
+            .map(|(_, l)| l.clone())
+    }
+
+    /// The one copy of a line the service `service` named `l.id` (`l.fd` closed if this
+    /// process has it already).
+    fn line(&self, service: u32, l: fabric::Line) -> Arc<OwnedFd> {
+        let mut lines = lock(&self.lines);
+        if let Some(have) = lines.get(&(service, l.id)).and_then(Weak::upgrade) {
+            return have;
+        }
+        if lines.len() >= 64 && lines.len().is_power_of_two() {
+            lines.retain(|_, w| w.strong_count() > 0);
+        }
+        let fd = Arc::new(fabric::sys::move_high(l.fd));
+        lines.insert((service, l.id), Arc::downgrade(&fd));
+        fd
+    }
+
+    /// A pairing the service `service` sent, with its lines resolved to our copies.
+    fn pair(&self, service: u32, p: fabric::Paired) -> ServicePair {
+        ServicePair {
+            conn: p.conn,
+            ring_bytes: p.ring_bytes,
+            server: p.server,
+            segment: p.segment,
+            own_line: self.line(service, p.own_line),
+            peer_line: self.line(service, p.peer_line),
+        }
     }
 
     /// Run `f` on this process's service connection: a new one after a fork (each process
@@ -68,7 +130,7 @@ impl Link {
             let fresh = !matches!(&*g, Some((pid, _)) if *pid == me);
             if fresh {
                 *g = None;
-                *g = Some((me, Client::connect(&self.path)?));
+                *g = Some((me, self.introduced(Client::connect(&self.path)?)));
             }
             let Some((_, c)) = g.as_mut() else {
                 return Err(ClientError::Gone);
@@ -172,12 +234,14 @@ fn failed(e: ClientError) -> Reason {
 /// A client's offer to the service, waiting for the server's accept.
 pub struct Offered {
     offer: fabric::Offer,
-    /// Our interrupt line, which the service rings when the offer is answered; it becomes
-    /// the connection's line.
-    line: OwnedFd,
+    /// This process's line, which the service rings when the offer is answered (shared: a
+    /// wait sleeps on `sys::wake_fd`).
+    line: Arc<OwnedFd>,
     pub(crate) local: Endpoint,
     remote: Endpoint,
-    posted: Instant,
+    /// When the offer was made, or the host's servers last accepted a connection as far as
+    /// this client knows (the answer timeout counts from it).
+    progress: Instant,
 }
 
 pub(crate) fn listen(shared: &Shared, socket: RawFd) -> Result<Listener, Reason> {
@@ -204,27 +268,22 @@ pub(crate) fn offer(
     remote: Endpoint,
     tcp_fd: RawFd,
 ) -> Result<Pending, Reason> {
-    let line = fabric::sys::move_high(fabric::sys::line().map_err(|_| Reason::NoDoorbell)?);
-    let raw = line.as_raw_fd();
     // Not waiting for the service's word: whether a listener exists comes back with the
     // pairing (the line is rung either way); the connect does not wait a round trip for it.
-    let offer = link(shared)?
+    let link = link(shared)?;
+    let (offer, line) = link
         .with(|c| {
-            c.offer_nowait(
-                tcp_fd,
-                raw,
-                remote.ip,
-                remote.port,
-                shared.settings.ring_bytes,
-            )
+            let o = c.offer_nowait(tcp_fd, remote.ip, remote.port, shared.settings.ring_bytes)?;
+            Ok((o, link.own_line()))
         })
         .map_err(failed)?;
+    let line = line.ok_or(Reason::NoDoorbell)?;
     Ok(Pending::Service(Offered {
         offer,
         line,
         local,
         remote,
-        posted: Instant::now(),
+        progress: Instant::now(),
     }))
 }
 
@@ -234,7 +293,8 @@ pub(crate) fn cancel(shared: &Shared, o: Offered) {
     }
 }
 
-/// The descriptor a pending client polls for its answer.
+/// The descriptor a pending client's answer rings: this process's line (shared, never
+/// emptied: an epoll set registers it edge-triggered; a thread sleeps on `sys::wake_fd`).
 pub(crate) fn pending_fd(p: &Pending) -> RawFd {
     match p {
         Pending::Service(o) => o.line.as_raw_fd(),
@@ -257,13 +317,14 @@ pub(crate) fn complete(
     let timeout = shared.settings.answer_timeout;
     let mut withdrawn = false;
     loop {
-        ntbdrv::drain_vector(&o.line);
-        match link.with(|c| c.paired(&mut o.offer, Duration::ZERO)) {
-            Ok(Some(Pairing::Paired(mut p))) => {
-                p.peer_line = fabric::sys::move_high(p.peer_line);
-                // Keep our own line (its descriptor number may be registered in an epoll set
-                // already); the service's copy of it is the same eventfd.
-                std::mem::swap(&mut p.own_line, &mut o.line);
+        // Registered before the look: a ring after it reaches our sleep below.
+        let sleep_fd = crate::sys::wake_fd(o.line.as_raw_fd()).unwrap_or(-1);
+        match link.with(|c| {
+            let svc = c.service_pid;
+            c.paired(&mut o.offer, Duration::ZERO).map(|p| (svc, p))
+        }) {
+            Ok((svc, Some(Pairing::Paired(p)))) => {
+                let p = link.pair(svc, p);
                 return match Connection::from_service(
                     shared.clone(),
                     p,
@@ -276,23 +337,33 @@ pub(crate) fn complete(
                     Err(r) => Outcome::Tcp(r),
                 };
             }
-            Ok(Some(Pairing::Declined(code))) => return Outcome::Tcp(reason(code)),
-            Ok(None) => {}
+            Ok((_, Some(Pairing::Declined(code)))) => return Outcome::Tcp(reason(code)),
+            Ok((_, None)) => {}
             Err(e) => return Outcome::Tcp(failed(e)),
         }
         // The answer timeout holds for a non-blocking completion too (an application waiting
         // in epoll for a server that does not accept settles on TCP, as with the device).
         // A peer that talks over TCP, or hangs up, is not upgrading.
         let tcp_says = !matches!(crate::sys::peek_tcp(tcp_fd), crate::sys::Peek::Open);
-        if !withdrawn && (o.posted.elapsed() >= timeout || tcp_says) {
-            match link.with(|c| c.cancel(o.offer)) {
-                Ok(()) => return Outcome::Tcp(Reason::NoAnswer),
+        if !withdrawn && (o.progress.elapsed() >= timeout || tcp_says) {
+            // The timeout counts from the host's servers' last progress: while they accept
+            // other connections the service refuses to call the offer stalled (a server
+            // working through a long backlog reaches its last clients late), up to its own
+            // patience for an offer.
+            let r = if tcp_says {
+                link.with(|c| c.cancel(o.offer)).map(|()| true)
+            } else {
+                link.with(|c| c.cancel_if_stalled(o.offer))
+            };
+            match r {
+                Ok(true) => return Outcome::Tcp(Reason::NoAnswer),
+                Ok(false) => o.progress = Instant::now(),
                 // Paired meanwhile: the answer is on its way.
                 Err(ClientError::Refused(_)) => withdrawn = true,
                 Err(e) => return Outcome::Tcp(failed(e)),
             }
         }
-        if withdrawn && o.posted.elapsed() >= timeout + Duration::from_secs(5) {
+        if withdrawn && o.progress.elapsed() >= timeout + Duration::from_secs(5) {
             return Outcome::Tcp(Reason::NoAnswer);
         }
         if let Some(p) = patience {
@@ -303,10 +374,12 @@ pub(crate) fn complete(
             if left.is_zero() {
                 return Outcome::Waiting(Pending::Service(o));
             }
-            let _ = crate::sys::poll2(o.line.as_raw_fd(), tcp_fd, Some(left));
+            let _ = crate::sys::poll2(sleep_fd, tcp_fd, Some(left));
+            crate::sys::wake_consume();
             continue;
         }
-        let _ = crate::sys::poll2(o.line.as_raw_fd(), tcp_fd, Some(Duration::from_millis(50)));
+        let _ = crate::sys::poll2(sleep_fd, tcp_fd, Some(Duration::from_millis(50)));
+        crate::sys::wake_consume();
     }
 }
 
@@ -317,16 +390,16 @@ pub(crate) fn accept(
     peer: Endpoint,
 ) -> Result<Connection, Reason> {
     let ring = shared.settings.ring_bytes;
-    match link(shared)?
-        .with(|c| c.accept(tcp_fd, ring))
+    let link = link(shared)?;
+    match link
+        .with(|c| Ok((c.service_pid, c.accept(tcp_fd, ring)?)))
         .map_err(failed)?
     {
-        Pairing::Paired(mut p) => {
-            p.own_line = fabric::sys::move_high(p.own_line);
-            p.peer_line = fabric::sys::move_high(p.peer_line);
+        (svc, Pairing::Paired(p)) => {
+            let p = link.pair(svc, p);
             Connection::from_service(shared.clone(), p, tcp_fd, Role::Server, local, peer)
         }
-        Pairing::Declined(code) => Err(match reason(code) {
+        (_, Pairing::Declined(code)) => Err(match reason(code) {
             // As with the device: a client that hung up before we accepted made no offer that
             // is still there.
             Reason::NoOffer => match crate::sys::peek_tcp(tcp_fd) {
@@ -340,28 +413,43 @@ pub(crate) fn accept(
     }
 }
 
+/// Tell the service that the connection on `tcp_fd` stays on TCP (its fallback history). Only
+/// when the service connection is free: a report is not worth a deferral (the socket may be
+/// gone by the time a deferred request goes out), nor a wait.
+pub(crate) fn report_fallback(shared: &Shared, tcp_fd: RawFd, reason: Reason, server: bool) {
+    let Ok(link) = link(shared) else {
+        return;
+    };
+    // No service to tell, or one that is not answering.
+    if reason == Reason::NoDevice {
+        return;
+    }
+    if link.client.try_lock().is_ok() {
+        let _ = link.with(|c| c.fallback_nowait(tcp_fd, reason.code(), server));
+    }
+}
+
 /// In a new image after exec: the connection the service paired that `tcp_fd` carries, if
 /// this process holds it (the socket is the proof).
 pub(crate) fn reattach(shared: &Arc<Shared>, tcp_fd: RawFd) -> Option<Outcome> {
     let link = link(shared).ok()?;
-    match link.with(|c| c.hold(tcp_fd)).ok()? {
-        fabric::Held::Paired(mut p) => {
-            p.own_line = fabric::sys::move_high(p.own_line);
-            p.peer_line = fabric::sys::move_high(p.peer_line);
+    match link.with(|c| Ok((c.service_pid, c.hold(tcp_fd)?))).ok()? {
+        (svc, fabric::Held::Paired(p)) => {
+            let p = link.pair(svc, p);
             Connection::reattach_service(shared.clone(), p, tcp_fd).map(Outcome::Connected)
         }
         // An offer this process made before its exec: it waits on for its server.
-        fabric::Held::Offer(offer, line) => {
+        (svc, fabric::Held::Offer(offer, line)) => {
             let view = fabric::sys::tcp_view(tcp_fd).ok()??;
             let o = Offered {
                 offer,
-                line: fabric::sys::move_high(line),
+                line: link.line(svc, line),
                 local: view.local.map(Endpoint::from).unwrap_or_default(),
                 remote: view.peer.map(Endpoint::from)?,
-                posted: Instant::now(),
+                progress: Instant::now(),
             };
             Some(complete(shared, o, tcp_fd, Some(Duration::ZERO)))
         }
-        fabric::Held::Declined(_) => None,
+        (_, fabric::Held::Declined(_)) => None,
     }
 }

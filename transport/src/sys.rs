@@ -283,3 +283,156 @@ fn last_errno() -> i32 {
         .raw_os_error()
         .unwrap_or(libc::EIO)
 }
+
+/// A new epoll instance (close-on-exec, kept out of the application's low descriptor numbers).
+fn ep_new() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: plain integers.
+    let fd = unsafe { libc::syscall(libc::SYS_epoll_create1, libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a new descriptor nobody else owns.
+    Some(fabric::sys::move_high(unsafe {
+        OwnedFd::from_raw_fd(fd as RawFd)
+    }))
+}
+
+/// Register `fd` in epoll instance `ep` for input, edge-triggered (already there: fine).
+fn ep_add_edge(ep: RawFd, fd: RawFd) -> bool {
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+        u64: fd as u64,
+    };
+    // SAFETY: a live epoll_event; the kernel validates both descriptors.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_epoll_ctl,
+            ep,
+            libc::EPOLL_CTL_ADD,
+            fd,
+            &mut ev as *mut libc::epoll_event,
+        )
+    };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST)
+}
+
+fn ep_del(ep: RawFd, fd: RawFd) {
+    let mut ev = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: a live epoll_event (ignored for DEL); plain integers.
+    unsafe {
+        libc::syscall(
+            libc::SYS_epoll_ctl,
+            ep,
+            libc::EPOLL_CTL_DEL,
+            fd,
+            &mut ev as *mut libc::epoll_event,
+        )
+    };
+}
+
+/// Take every event waiting in epoll instance `ep`, without sleeping.
+fn ep_consume(ep: RawFd) {
+    let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 16];
+    loop {
+        // SAFETY: a live array of 16 epoll_events; timeout 0; no signal mask.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_epoll_pwait,
+                ep,
+                evs.as_mut_ptr(),
+                evs.len() as i32,
+                0i32,
+                std::ptr::null::<u8>(),
+                8usize,
+            )
+        };
+        if n < evs.len() as i64 {
+            break;
+        }
+    }
+}
+
+/// A set of shared interrupt lines as one descriptor, readable from the first ring of any of
+/// them after it was last emptied ([`LineSet::take`]) until it is emptied again: what an
+/// application's epoll set watches (one registration per set, whatever number of connections
+/// and lines; a set inside another set stays quiet while no line rings).
+pub struct LineSet {
+    ep: std::os::fd::OwnedFd,
+}
+
+impl LineSet {
+    pub fn new() -> Option<LineSet> {
+        ep_new().map(|ep| LineSet { ep })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.ep.as_raw_fd()
+    }
+
+    /// Watch `line`. A line that has been rung before shows as rung at once: that is taken
+    /// here (the caller looks at what it waits for anyway).
+    pub fn add(&self, line: RawFd) -> bool {
+        let ok = ep_add_edge(self.fd(), line);
+        ep_consume(self.fd());
+        ok
+    }
+
+    pub fn remove(&self, line: RawFd) {
+        ep_del(self.fd(), line);
+    }
+
+    /// Empty the set (after it woke a wait, before the wait looks at what it waits for).
+    pub fn take(&self) {
+        ep_consume(self.fd());
+    }
+}
+
+/// This thread's wake set: a private epoll instance in which the interrupt lines this thread
+/// sleeps on are registered edge-triggered. A line the host fabric service gave is one per
+/// process, shared by its connections, and never emptied (emptying it would take the wake-up
+/// from every other sleeper on it: other threads, the application's epoll sets); each wake set
+/// gets its own edge per ring instead, and consumes only that.
+struct WakeSet {
+    pid: u32,
+    ep: std::os::fd::OwnedFd,
+}
+
+thread_local! {
+    static WAKE: std::cell::RefCell<Option<WakeSet>> = const { std::cell::RefCell::new(None) };
+}
+
+/// This thread's wake set's descriptor, with `line` registered in it (edge-triggered): readable
+/// once the line was rung after this call. Register before arming the flag that asks the peer
+/// to ring. `None` if no epoll instance could be made (the caller sleeps in naps).
+pub(crate) fn wake_fd(line: RawFd) -> Option<RawFd> {
+    use std::os::fd::AsRawFd;
+    WAKE.try_with(|w| {
+        let mut w = w.borrow_mut();
+        let me = std::process::id();
+        if w.as_ref().is_none_or(|s| s.pid != me) {
+            // A forked child must not share its parent's instance (each would consume the
+            // other's edges): a new one per process.
+            *w = Some(WakeSet {
+                pid: me,
+                ep: ep_new()?,
+            });
+        }
+        let ep = w.as_ref()?.ep.as_raw_fd();
+        ep_add_edge(ep, line).then_some(ep)
+    })
+    .ok()
+    .flatten()
+}
+
+/// Take the edges this thread's wake set has collected (after a sleep on it, before the
+/// caller re-checks what it waits for).
+pub(crate) fn wake_consume() {
+    use std::os::fd::AsRawFd;
+    let _ = WAKE.try_with(|w| {
+        if let Some(s) = w.borrow().as_ref().filter(|s| s.pid == std::process::id()) {
+            ep_consume(s.ep.as_raw_fd());
+        }
+    });
+}

@@ -24,7 +24,37 @@ pub enum Fault {
     LostDoorbell { count: u32 },
 }
 
+/// Every fault's flag in the header and its name (as `pcisock emu fault` takes and reports it).
+const NAMES: [(u32, &str); 4] = [
+    (sys::NTBEMU_FAULT_LINK_DOWN, "link-down"),
+    (sys::NTBEMU_FAULT_DMA_ERROR, "dma-error"),
+    (sys::NTBEMU_FAULT_DMA_SLOW, "dma-slow"),
+    (sys::NTBEMU_FAULT_LOST_DB, "lost-doorbell"),
+];
+
+/// The names of the faults in `flags`, and `unknown(0x…)` for flags this build does not know.
+pub fn names(flags: u32) -> Vec<String> {
+    let mut out: Vec<String> = NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| (*n).to_owned())
+        .collect();
+    let rest = NAMES.iter().fold(flags, |f, (bit, _)| f & !bit);
+    if rest != 0 {
+        out.push(format!("unknown({rest:#x})"));
+    }
+    out
+}
+
 impl Fault {
+    /// The fault's name: `link-down`, `dma-error`, `dma-slow` or `lost-doorbell`.
+    pub fn name(self) -> &'static str {
+        NAMES
+            .iter()
+            .find(|(bit, _)| *bit == self.flag())
+            .map_or("unknown", |(_, n)| n)
+    }
+
     fn flag(self) -> u32 {
         match self {
             Fault::LinkDown => sys::NTBEMU_FAULT_LINK_DOWN,
@@ -80,6 +110,11 @@ impl Faults<'_> {
             .load(Acquire)
     }
 
+    /// The names of the faults in force (see [`names`]).
+    pub fn names(&self) -> Vec<String> {
+        names(self.flags())
+    }
+
     /// How many faults were actually injected since the device was made.
     pub fn hits(&self) -> u64 {
         self.dev.map.u64_at(offset_of!(H, fault_hits)).load(Acquire)
@@ -131,4 +166,28 @@ pub(super) fn dma_delay(dev: &EmuDevice) -> Option<Duration> {
             .u64_at(offset_of!(H, fault_dma_delay_ns))
             .load(Acquire),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_names_cover_every_flag_and_say_unknown() {
+        assert_eq!(names(0), Vec::<String>::new());
+        assert_eq!(
+            names(sys::NTBEMU_FAULT_LINK_DOWN | 0x100),
+            vec!["link-down", "unknown(0x100)"]
+        );
+        for f in [
+            Fault::LinkDown,
+            Fault::DmaError { count: 1 },
+            Fault::DmaSlow {
+                delay: Duration::ZERO,
+            },
+            Fault::LostDoorbell { count: 0 },
+        ] {
+            assert_eq!(names(f.flag()), vec![f.name()]);
+        }
+    }
 }

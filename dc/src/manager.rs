@@ -5,7 +5,7 @@
 //! and what O_DIRECT needs: the alignment of each side, and whether its filesystem takes
 //! O_DIRECT at all.
 //!
-//! Called by `dc copy`; it never moves data (the operator does). Every refusal is a
+//! Called by [`crate::copy`]; it never moves data (the operator does). Every refusal is a
 //! [`CheckError`] with a message naming the argument.
 
 use std::fs::{File, Metadata, OpenOptions};
@@ -13,7 +13,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::sys;
+use crate::sys;
 
 /// A refused copy: the message says which argument and why.
 #[derive(Debug)]

@@ -9,9 +9,9 @@
 use std::process::Command;
 use std::sync::Arc;
 
-use ntbdrv::conformance::{self, Fixture};
 use ntbdrv::ivshmem::{self, IvshmemOptions};
 use ntbdrv::{NtbDevice, SideId};
+use ntbdrv_conformance::{self as conformance, Fixture};
 
 struct Ivshmem {
     bdf: String,
@@ -56,7 +56,7 @@ macro_rules! conformance {
     };
 }
 
-ntbdrv::conformance_checks!(conformance);
+ntbdrv_conformance::conformance_checks!(conformance);
 
 #[test]
 fn layout_fits_the_shared_memory() {

@@ -2,7 +2,7 @@
 //! the DC buffer, each chunk in its own slot as a linked read → write (the write starts when
 //! the read has filled the slot), and a new chunk starts in a slot as soon as its write is done.
 //!
-//! Called by `dc copy` with a ring the manager has set up; it never opens files or chooses
+//! Called by [`crate::copy`] with a ring it has set up; it never opens files or chooses
 //! the buffer. Short reads and writes are finished by resubmitting the rest, EAGAIN and EINTR
 //! are retried, and any other failure stops new work, lets what is in flight complete, and is
 //! returned: a copy is only `Ok` when every byte of every chunk was written.
@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-use super::sys::{Op, Ring, Side};
+use crate::sys::{Op, Ring, Side};
 
 /// The part of a copy the ring does: `len` bytes from `src_off` to `dst_off`.
 #[derive(Clone, Copy, Debug)]
@@ -236,7 +236,7 @@ pub fn copy_buffered(src: &File, dst: &File, span: Span, buf: &mut [u8]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dc::sys::DcMemory;
+    use crate::sys::DcMemory;
 
     fn files(tag: &str, data: &[u8]) -> (std::path::PathBuf, File, File) {
         let dir = std::env::temp_dir().join(format!("pcisock-dc-op-{tag}-{}", std::process::id()));

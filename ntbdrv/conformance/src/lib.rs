@@ -3,6 +3,11 @@
 //! Backends run it from their own test files with a [`Fixture`] that opens the two sides of one
 //! link and can start a peer process (the `ntbdrv-peer` binary) on a side. Each check panics
 //! with a message that says what broke; it is test code, called only from tests.
+//!
+//! This crate is test-only (`ntbdrv-conformance`, never a dependency of the product): it owns
+//! the suite, the `ntbdrv-peer` process and the backends' test files (`tests/`). It must never be
+//! needed by a production crate, and it reaches a device only through ntbdrv's public API.
+#![deny(unsafe_code)]
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
@@ -10,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::{
+use ntbdrv::{
     Completion, DmaDesc, DmaError, DoorbellError, Lease, LeaseError, NtbDevice, SideId, WindowError,
 };
 
@@ -79,7 +84,7 @@ pub fn doorbell_set_clear_mask(f: &dyn Fixture) {
     b.db_set_mask(bit).unwrap();
     assert_eq!(b.db_read_mask() & bit, bit);
     let fd = b.db_vector_fd(3).unwrap();
-    crate::drain_vector(&fd);
+    ntbdrv::drain_vector(&fd);
     a.peer_db_set(bit).unwrap();
     assert_eq!(b.db_read() & bit, bit, "a masked bit still latches");
     assert!(
@@ -91,7 +96,7 @@ pub fn doorbell_set_clear_mask(f: &dyn Fixture) {
         readable(&fd, LONG),
         "unmasking a pending bit must raise its interrupt"
     );
-    crate::drain_vector(&fd);
+    ntbdrv::drain_vector(&fd);
     b.db_clear(bit).unwrap();
 
     let valid = b.db_valid_mask();
@@ -158,7 +163,7 @@ pub fn doorbell_vector_fd(f: &dyn Fixture) {
     let bit = 5;
     b.db_clear(1 << bit).unwrap();
     let fd = b.db_vector_fd(bit).unwrap();
-    crate::drain_vector(&fd);
+    ntbdrv::drain_vector(&fd);
     assert!(
         !readable(&fd, Duration::from_millis(20)),
         "no interrupt before the ring"
@@ -168,7 +173,7 @@ pub fn doorbell_vector_fd(f: &dyn Fixture) {
         readable(&fd, LONG),
         "the rung bit's line must become readable"
     );
-    crate::drain_vector(&fd);
+    ntbdrv::drain_vector(&fd);
     assert!(
         !readable(&fd, Duration::from_millis(20)),
         "drained line must be quiet"
@@ -186,8 +191,8 @@ pub fn vectors_trigger_lines(f: &dyn Fixture) {
     assert_ne!(v1.vector, v2.vector, "every lease gets its own vector");
     let fd1 = b.vector_fd(v1.vector).unwrap();
     let fd2 = b.vector_fd(v2.vector).unwrap();
-    crate::drain_vector(&fd1);
-    crate::drain_vector(&fd2);
+    ntbdrv::drain_vector(&fd1);
+    ntbdrv::drain_vector(&fd2);
     a.peer_vector_trigger(v1.vector).unwrap();
     assert!(
         readable(&fd1, LONG),
@@ -197,7 +202,7 @@ pub fn vectors_trigger_lines(f: &dyn Fixture) {
         !readable(&fd2, Duration::from_millis(20)),
         "another vector stays quiet"
     );
-    crate::drain_vector(&fd1);
+    ntbdrv::drain_vector(&fd1);
     assert!(
         !readable(&fd1, Duration::from_millis(20)),
         "drained line is quiet"
@@ -296,7 +301,7 @@ pub fn dma_transfer(f: &dyn Fixture) {
                 len: half,
             },
             DmaDesc {
-                src: crate::BusAddr(bus.0 + half as u64),
+                src: ntbdrv::BusAddr(bus.0 + half as u64),
                 dst: ch.peer_window_addr(0, half as u64).unwrap(),
                 len: half,
             },
@@ -345,7 +350,7 @@ pub fn dma_transfer(f: &dyn Fixture) {
         Err(DmaError::TooLong { .. })
     ));
     // An address nobody mapped fails the transfer, with the error bit, not a crash.
-    let stray = crate::BusAddr(bus.0 + (64 << 20));
+    let stray = ntbdrv::BusAddr(bus.0 + (64 << 20));
     ch.submit(
         &[DmaDesc {
             src: stray,

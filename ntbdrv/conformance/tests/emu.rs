@@ -7,9 +7,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ntbdrv::conformance::{self, Fixture};
 use ntbdrv::emu::{Config, EmuDevice, Fault, Options, Topology};
 use ntbdrv::{Completion, DeviceError, DmaDesc, DmaError, DoorbellError, NtbDevice, SideId};
+use ntbdrv_conformance::{self as conformance, Fixture};
 
 /// A private device directory per test, removed at the end.
 struct TempDir(PathBuf);
@@ -100,7 +100,7 @@ macro_rules! conformance {
     };
 }
 
-ntbdrv::conformance_checks!(conformance);
+ntbdrv_conformance::conformance_checks!(conformance);
 
 // ---- faults --------------------------------------------------------------------------------------
 

@@ -1,0 +1,116 @@
+//! A host fabric service of a test's own (docs/HOST-SERVICE.md): started on a private socket
+//! under /run (`PCISOCK_FABRIC=PATH` in the env of the processes that use it), asked for its
+//! counts with `pcisock fabric status`, stopped when dropped.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::{check, command, Fixture, PreloadEnv, Proc};
+
+/// A fabric service of the test's own.
+pub struct Service {
+    pub proc: Proc,
+    pub socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Service {
+    pub fn start(f: &Fixture) -> Service {
+        let dir = PathBuf::from(format!(
+            "/run/pcisock-test-{}-{}",
+            std::process::id(),
+            f.name
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        let socket = dir.join("fabric.sock");
+        let proc = Self::spawn(f, "fabric", &socket);
+        let svc = Service { proc, socket, dir };
+        svc.wait_answer();
+        svc
+    }
+
+    /// `pcisock fabric start --foreground` on `socket`.
+    fn spawn(f: &Fixture, name: &str, socket: &std::path::Path) -> Proc {
+        let cli = crate::Lib::cli().unwrap_or_else(|e| panic!("{e}"));
+        let sock_s = socket.display().to_string();
+        check(
+            Proc::spawn(
+                name,
+                command(
+                    &cli,
+                    &["fabric", "start", "--foreground", "--socket", &sock_s],
+                    None,
+                ),
+                f.dir(),
+            ),
+            &[],
+        )
+    }
+
+    fn wait_answer(&self) {
+        let t0 = Instant::now();
+        while self.status().is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the service did not answer: {}",
+                self.proc.describe()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `pcisock fabric status` as (name, value) pairs.
+    pub fn status(&self) -> Result<Vec<(String, u64)>, String> {
+        let cli = crate::Lib::cli()?;
+        let out = Command::new(cli)
+            .args(["fabric", "status", "--socket"])
+            .arg(&self.socket)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let mut pairs = Vec::new();
+        for w in words.windows(2) {
+            if let Ok(n) = w[1].parse() {
+                pairs.push((w[0].to_string(), n));
+            }
+        }
+        Ok(pairs)
+    }
+
+    pub fn count(&self, name: &str) -> u64 {
+        let st = self.status().unwrap_or_else(|e| panic!("status: {e}"));
+        st.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {name} in {st:?}"))
+    }
+
+    /// The env of a preloaded process using this service, writing its stats file into the
+    /// fixture's directory (opened to every user by [`py`]).
+    pub fn env(&self, f: &Fixture, role: &str, port: u16) -> PreloadEnv {
+        let mut e = f.preload(role).with_ports(port.to_string());
+        e.stats_file = f.dir().join(format!("{role}.stats.json"));
+        e.extra
+            .push(("PCISOCK_FABRIC".into(), self.socket.display().to_string()));
+        e
+    }
+
+    /// Start a new service on the same socket (after this one was killed).
+    pub fn restart(&mut self, f: &Fixture) {
+        self.proc = Self::spawn(f, "fabric2", &self.socket);
+        self.wait_answer();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.proc.terminate();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
