@@ -692,6 +692,11 @@ impl Connection {
         self.counter(Counter::TcpMicros) + spell
     }
 
+    /// Do our sends go to the TCP socket now (a waiting writer waits for room there)?
+    pub fn sending_on_tcp(&self) -> bool {
+        self.fo.tx_off()
+    }
+
     /// Is the connection carried over TCP now (either direction)?
     pub fn on_tcp(&self) -> bool {
         self.fo.tx_off() || self.fo.rx_off()
