@@ -138,9 +138,27 @@ impl Connection {
         if self.fo.tx_off() {
             return false;
         }
-        self.fo.tx_want.load(Relaxed)
-            || self.link_up() != Some(self.fo.link_gen.load(Relaxed))
-            || self.stalled(stalled_since)
+        self.fo.tx_want.load(Relaxed) || self.link_moved() || self.stalled(stalled_since)
+    }
+
+    /// Is the link down, or did it go down and up since we joined the ring with bytes of ours
+    /// the receiver has not consumed (which a real bridge may have dropped)? A link that
+    /// flapped while everything we sent was consumed lost nothing: the ring goes on.
+    fn link_moved(&self) -> bool {
+        let seen = self.fo.link_gen.load(Relaxed);
+        match self.link_up() {
+            Some(g) if g == seen => false,
+            None => true,
+            Some(g) => {
+                let tail = self.tx_pos().tail;
+                if self.credits(tail) == Ok(tail) {
+                    self.fo.link_gen.store(g, Relaxed);
+                    false
+                } else {
+                    true
+                }
+            }
+        }
     }
 
     /// A wait for credits that has seen none for the progress timeout, with the peer's TCP
@@ -232,6 +250,8 @@ impl Connection {
         }
         tx.back_at = Some(Instant::now());
         self.fo.link_gen.store(gen, Relaxed);
+        // A request to leave made while we were on TCP is answered.
+        self.fo.tx_want.store(false, Relaxed);
         self.fo.tx_off.store(false, SeqCst);
         word32(&self.mine, L_STATE).fetch_and(!ST_ON_TCP, SeqCst);
         self.count(Counter::Failbacks, 1);
