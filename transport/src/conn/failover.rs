@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use super::{
     word32, word64, Connection, Counter, IoError, Readiness, RecvFlags, RxPos, Tenancy, TxPos,
-    CR_CLOSED, FLAG_RST, L_SOCK_INODE, L_STATE, RX_FLAGS, ST_ON_TCP, ST_SHUT_RD, ST_SHUT_WR,
+    CR_CLOSED, CR_RX_SLEEPING, FLAG_RST, L_SOCK_INODE, L_STATE, RX_FLAGS, ST_ON_TCP, ST_SHUT_RD,
+    ST_SHUT_WR,
 };
 use crate::proto::ProtoError;
 use crate::switchover::{
@@ -161,11 +162,16 @@ impl Connection {
         }
     }
 
-    /// A wait for credits that has seen none for the progress timeout, with the peer's TCP
-    /// socket open (a dead peer is not a failover: its socket ends).
+    /// A wait for credits that has seen none for the progress timeout while the receiver says
+    /// it sleeps waiting for data (it cannot see what we published: the path is broken, not
+    /// the reader slow — an application that does not read is a zero window, as on TCP), and
+    /// the peer's TCP socket is open (a dead peer is not a failover: its socket ends).
     fn stalled(&self, since: Option<Instant>) -> bool {
         let limit = self.settings.failover_after;
-        !limit.is_zero() && since.is_some_and(|t| t.elapsed() >= limit) && self.tcp_gone().is_none()
+        !limit.is_zero()
+            && since.is_some_and(|t| t.elapsed() >= limit)
+            && word32(&self.mine, CR_RX_SLEEPING).load(Relaxed) != 0
+            && self.tcp_gone().is_none()
     }
 
     /// Strict mode: fail the connection instead of moving it (ECONNRESET on both ends).
