@@ -25,6 +25,14 @@ pub(crate) fn poll2(a: RawFd, b: RawFd, timeout: Option<Duration>) -> Result<i32
             revents: 0,
         },
     ];
+    match ppoll(&mut fds, timeout)? {
+        0 => Err(libc::ETIMEDOUT),
+        n => Ok(n),
+    }
+}
+
+/// ppoll(2) on `fds` with no signal mask: the number of ready fds (0 on timeout) or the errno.
+fn ppoll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> Result<i32, i32> {
     let ts = timeout.map(|t| libc::timespec {
         tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
         tv_nsec: t.subsec_nanos() as libc::c_long,
@@ -32,24 +40,20 @@ pub(crate) fn poll2(a: RawFd, b: RawFd, timeout: Option<Duration>) -> Result<i32
     let tsp = ts
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `fds` is a live array of 2 pollfds; `tsp` is null or a live timespec; no signal
-    // mask is passed (null).
+    // SAFETY: `fds` is a live array of `fds.len()` pollfds; `tsp` is null or a live timespec;
+    // no signal mask is passed (null).
     let r = unsafe {
         libc::syscall(
             libc::SYS_ppoll,
             fds.as_mut_ptr(),
-            2usize,
+            fds.len(),
             tsp,
             std::ptr::null::<u8>(),
             8usize,
         )
     };
     if r < 0 {
-        Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO))
-    } else if r == 0 {
-        Err(libc::ETIMEDOUT)
+        Err(last_errno())
     } else {
         Ok(r as i32)
     }
@@ -215,34 +219,13 @@ pub(crate) fn send_nowait(fd: RawFd, bufs: &[&[u8]]) -> Result<usize, i32> {
 /// Wait until `fd` has one of `events`, or `timeout` passes; returns the events seen (0 on
 /// timeout) or the errno.
 pub(crate) fn poll1(fd: RawFd, events: i16, timeout: Option<Duration>) -> Result<i16, i32> {
-    let mut p = libc::pollfd {
+    let mut p = [libc::pollfd {
         fd,
         events,
         revents: 0,
-    };
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_nsec: t.subsec_nanos() as libc::c_long,
-    });
-    let tsp = ts
-        .as_ref()
-        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: one live pollfd; `tsp` is null or a live timespec; no signal mask.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_ppoll,
-            &mut p as *mut libc::pollfd,
-            1usize,
-            tsp,
-            std::ptr::null::<u8>(),
-            8usize,
-        )
-    };
-    if r < 0 {
-        Err(last_errno())
-    } else {
-        Ok(p.revents)
-    }
+    }];
+    ppoll(&mut p, timeout)?;
+    Ok(p[0].revents)
 }
 
 /// shutdown(2) of the sending side of socket `fd`.
