@@ -81,23 +81,68 @@ fn data_conn(s: &Stats, port: u16) -> ConnStats {
         .unwrap_or_else(|| panic!("no connection on port {port} in {s}"))
 }
 
+/// An iperf3 stream of `secs` seconds between two preloaded processes on a fresh device: the fixture, the
+/// server, the client process, and both envs (the lo lock is taken first and held by the caller).
+struct Stream {
+    f: Fixture,
+    port: u16,
+    se: PreloadEnv,
+    ce: PreloadEnv,
+    server: Iperf3Server,
+    client: Proc,
+}
+
+impl Stream {
+    fn start(name: &str, secs: u32) -> Stream {
+        let f = Fixture::new(name);
+        let port = free_port();
+        let (se, ce) = (env(&f, "server", port), env(&f, "client", port));
+        let server = Iperf3Server::start(port, Some(&se), f.dir()).unwrap();
+        let args = Iperf3Client {
+            amount: Amount::Secs(secs),
+            ..Iperf3Client::new(port, 0)
+        }
+        .args();
+        let client = Proc::spawn(
+            "iperf3-client",
+            command("iperf3", &args, Some(&ce)),
+            f.dir(),
+        )
+        .unwrap();
+        Stream {
+            f,
+            port,
+            se,
+            ce,
+            server,
+            client,
+        }
+    }
+
+    /// Both ends finished cleanly and agree; the client's report.
+    fn finish(&mut self) -> Iperf3Output {
+        let status = self.client.wait_success(Duration::from_secs(30));
+        let out = check(
+            status.and_then(|()| parse_iperf3_json(&self.client.stdout())),
+            &[&self.client, &self.server.proc],
+        );
+        let sout = check(
+            self.server.finish(Duration::from_secs(10)),
+            &[&self.server.proc],
+        );
+        check(
+            sout.check_server_agrees(&out),
+            &[&self.client, &self.server.proc],
+        );
+        out
+    }
+}
+
 #[test]
 fn link_down_for_4s_mid_stream_moves_to_tcp_and_back() {
-    let f = Fixture::new("failover_link_down");
-    let port = free_port();
-    let (se, ce) = (env(&f, "server", port), env(&f, "client", port));
     let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
-    let mut server = Iperf3Server::start(port, Some(&se), f.dir()).unwrap();
-    let client = Iperf3Client {
-        amount: Amount::Secs(10),
-        ..Iperf3Client::new(port, 0)
-    };
-    let mut cproc = Proc::spawn(
-        "iperf3-client",
-        command("iperf3", &client.args(), Some(&ce)),
-        f.dir(),
-    )
-    .unwrap();
+    let mut st = Stream::start("failover_link_down", 10);
+    let (f, port) = (&st.f, st.port);
     let t0 = Instant::now();
     // Samples of lo: before the fault, across it, and after it.
     let at = |s: u64| Duration::from_millis(s);
@@ -114,17 +159,9 @@ fn link_down_for_4s_mid_stream_moves_to_tcp_and_back() {
     let back = tcp_received(port);
     sleep_until(t0, at(9500));
     let late = tcp_received(port);
-    let status = cproc.wait_success(Duration::from_secs(30));
-    let out = check(
-        status.and_then(|()| parse_iperf3_json(&cproc.stdout())),
-        &[&cproc, &server.proc],
-    );
-    let sout = check(server.finish(Duration::from_secs(10)), &[&server.proc]);
+    st.finish();
 
     let mut errors = Vec::new();
-    if let Err(e) = sout.check_server_agrees(&out) {
-        errors.push(e);
-    }
     // While the link is down the stream goes on over TCP: every second of the outage moves bytes across lo.
     for (i, w) in during.windows(2).enumerate() {
         let b = w[1] - w[0];
@@ -142,7 +179,7 @@ fn link_down_for_4s_mid_stream_moves_to_tcp_and_back() {
             "{after} bytes over TCP from 1 s to 2.5 s after the link came back: not back on NTB"
         ));
     }
-    let stats = ce.stats().unwrap();
+    let stats = st.ce.stats().unwrap();
     let c = data_conn(&stats, port);
     if c.failovers < 1 || c.failbacks < 1 || c.failover_tx_bytes < 32 * MIB || c.on_tcp {
         errors.push(format!(
@@ -153,7 +190,7 @@ fn link_down_for_4s_mid_stream_moves_to_tcp_and_back() {
     if stats.tcp_connections != 0 || stats.protocol_errors != 0 {
         errors.push(format!("client: {stats}"));
     }
-    let s = se.stats().unwrap();
+    let s = st.se.stats().unwrap();
     if data_conn(&s, port).failover_rx_bytes < 32 * MIB || s.protocol_errors != 0 {
         errors.push(format!("server: {s}"));
     }
@@ -161,28 +198,16 @@ fn link_down_for_4s_mid_stream_moves_to_tcp_and_back() {
         errors.is_empty(),
         "{}\nclient {c:?}\nserver {s}\n{}\n{}",
         errors.join("\n"),
-        cproc.describe(),
-        server.proc.describe()
+        st.client.describe(),
+        st.server.proc.describe()
     );
 }
 
 #[test]
 fn a_flapping_link_does_not_thrash() {
-    let f = Fixture::new("failover_flapping");
-    let port = free_port();
-    let (se, ce) = (env(&f, "server", port), env(&f, "client", port));
     let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
-    let mut server = Iperf3Server::start(port, Some(&se), f.dir()).unwrap();
-    let client = Iperf3Client {
-        amount: Amount::Secs(7),
-        ..Iperf3Client::new(port, 0)
-    };
-    let mut cproc = Proc::spawn(
-        "iperf3-client",
-        command("iperf3", &client.args(), Some(&ce)),
-        f.dir(),
-    )
-    .unwrap();
+    let mut st = Stream::start("failover_flapping", 7);
+    let (f, port) = (&st.f, st.port);
     // 40 flaps (down, then up) in 7 s.
     let t0 = Instant::now();
     for i in 0..40u64 {
@@ -191,14 +216,8 @@ fn a_flapping_link_does_not_thrash() {
         sleep_until(t0, Duration::from_millis(i * 170 + 185));
         link(f.emu_dir(), false);
     }
-    let status = cproc.wait_success(Duration::from_secs(30));
-    let out = check(
-        status.and_then(|()| parse_iperf3_json(&cproc.stdout())),
-        &[&cproc, &server.proc],
-    );
-    let sout = check(server.finish(Duration::from_secs(10)), &[&server.proc]);
-    check(sout.check_server_agrees(&out), &[&cproc, &server.proc]);
-    let stats = ce.stats().unwrap();
+    let out = st.finish();
+    let stats = st.ce.stats().unwrap();
     let c = data_conn(&stats, port);
     // Back-off: the hold on TCP doubles with each failover that follows a fail-back closely, so 40 flaps
     // move the connection a handful of times, not 40.
