@@ -264,7 +264,7 @@ fn check_pages(r: &mut Report, opts: &Options) {
     // tmpfs without huge=: dc copy collapses its DC buffer into 2 MiB pages itself, where the
     // kernel collapses shared memory on request (the probe does exactly that, on a memfd).
     let probe = if fstype == "tmpfs" {
-        dc::collapse_probe().map_err(|e| e.to_string())
+        ntbdrv::emu::collapse_probe().map_err(|e| e.to_string())
     } else {
         Err(format!("{fstype} is not tmpfs"))
     };

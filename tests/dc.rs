@@ -701,7 +701,7 @@ fn a_window_on_plain_shared_memory_is_collapsed_into_huge_pages() {
     );
     let v: serde_json::Value = serde_json::from_str(out(&o).trim()).unwrap();
     let notes = v["notices"].to_string();
-    match (dc::collapse_probe(), v["huge_pages"].as_bool()) {
+    match (ntbdrv::emu::collapse_probe(), v["huge_pages"].as_bool()) {
         (_, Some(true)) => assert!(!notes.contains("4 KiB pages"), "{notes}"),
         // No huge page for the probe either: the report says why the buffer has none.
         (Err(_), Some(false)) => {

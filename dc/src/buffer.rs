@@ -100,10 +100,13 @@ pub(crate) fn dc_buffer(kind: BufferKind, len: usize) -> Result<DcBuffer, DcErro
                     };
                     r.slice(lease.offset as usize + pad, n)
                 });
-                let mem = match region
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| DcMemory::window(r).map_err(|e| e.to_string()))
-                {
+                // Contiguous like a BAR: collapsed into huge pages where the filesystem did not
+                // give them (a range already in huge pages is left as it is).
+                let mut collapse = None;
+                let mem = match region.map_err(|e| e.to_string()).and_then(|r| {
+                    collapse = r.collapse_huge().err().map(|e| e.to_string());
+                    DcMemory::window(r).map_err(|e| e.to_string())
+                }) {
                     Ok(m) => m,
                     Err(e) => {
                         let _ = dev.release(Lease::Window(lease));
@@ -115,9 +118,6 @@ pub(crate) fn dc_buffer(kind: BufferKind, len: usize) -> Result<DcBuffer, DcErro
                     dev.describe(),
                     lease.offset
                 );
-                // Contiguous like a BAR: collapsed into huge pages where the filesystem did not
-                // give them (a range already in huge pages is left as it is).
-                let collapse = mem.collapse_huge().err().map(|e| e.to_string());
                 return Ok(DcBuffer {
                     mem,
                     place,

@@ -26,7 +26,6 @@ pub use buffer::BufferKind;
 pub use manager::Kind;
 use manager::{CheckError, Endpoint, Opened, Role};
 use operator::{CopyError, Span};
-pub use sys::collapse_probe;
 use sys::Ring;
 
 /// What to copy and how.

@@ -28,71 +28,6 @@ use io_uring::{opcode, squeue, types, IoUring};
 /// A transparent huge page.
 const HUGE: usize = 2 << 20;
 
-/// `madvise` advice to collapse a range into huge pages now (Linux 6.1; not in the libc crate).
-const MADV_COLLAPSE: libc::c_int = 25;
-
-/// Populate `len` bytes at `addr` (2 MiB-aligned, inside a mapping of ours) for writing, then
-/// collapse them into huge pages.
-fn collapse(addr: usize, len: usize) -> io::Result<()> {
-    for advice in [libc::MADV_POPULATE_WRITE, MADV_COLLAPSE] {
-        // SAFETY: the range is inside a shared or anonymous mapping this process owns; neither
-        // advice changes the bytes there (populating fills holes with zero pages of the file,
-        // collapsing copies the pages into a huge page and maps that instead).
-        if unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Whether this kernel collapses shared memory (tmpfs, memfd) into huge pages on request: a
-/// 2 MiB memfd, mapped on a 2 MiB boundary, populated and collapsed. What a DC buffer in a
-/// window of a device on tmpfs without `huge=` relies on.
-pub fn collapse_probe() -> io::Result<()> {
-    // SAFETY: the name is a NUL-terminated literal; the flags are plain integers.
-    let fd = unsafe { libc::memfd_create(c"pcisock-dc-probe".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own; File closes it.
-    let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    file.set_len(HUGE as u64)?;
-    // SAFETY: a fresh private reservation of address space with no access.
-    let res = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            2 * HUGE,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if res == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    let at = (res as usize).div_ceil(HUGE) * HUGE;
-    // SAFETY: `at..at + HUGE` is inside our reservation, which nothing else uses.
-    let map = unsafe {
-        libc::mmap(
-            at as *mut libc::c_void,
-            HUGE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_FIXED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    let result = if map == libc::MAP_FAILED {
-        Err(io::Error::last_os_error())
-    } else {
-        collapse(at, HUGE)
-    };
-    // SAFETY: the whole reservation (with the probe mapping inside it) is ours and unused.
-    unsafe { libc::munmap(res, 2 * HUGE) };
-    result
-}
-
 /// What keeps the DC buffer's memory mapped.
 enum Keep {
     /// Part of an inbound NTB memory window (the region holds the device mapping alive).
@@ -139,23 +74,6 @@ impl DcMemory {
             len,
             _keep: Keep::Host(map),
         })
-    }
-
-    /// Back the buffer's 2 MiB-aligned part with huge pages now, as a BAR is contiguous: what a
-    /// window needs whose file's filesystem gives only 4 KiB pages (tmpfs without `huge=`, as
-    /// /dev/shm usually is). The range is populated first (the kernel collapses only pages that
-    /// are there; holes become zero pages of the file, data already there stays) and then
-    /// collapsed (`MADV_COLLAPSE`, Linux 6.1, which does not depend on the THP sysfs settings
-    /// unless shmem's is `deny`). Returns the bytes now in huge pages; an error says why none
-    /// are (an old kernel, a filesystem that cannot, or a mapping not aligned with its file).
-    pub fn collapse_huge(&self) -> io::Result<usize> {
-        let start = (self.base as usize).div_ceil(HUGE) * HUGE;
-        let end = (self.base as usize + self.len) / HUGE * HUGE;
-        if end <= start {
-            return Ok(0);
-        }
-        collapse(start, end - start)?;
-        Ok(end - start)
     }
 
     /// The buffer's address.

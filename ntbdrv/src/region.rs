@@ -86,6 +86,17 @@ impl Region {
     }
 
     /// Length in bytes.
+    /// Ask the kernel to back this region's 2 MiB-aligned part with huge pages now, as a BAR
+    /// is contiguous: what a window of the emulated device needs where its file's filesystem
+    /// gives 4 KiB pages (tmpfs without `huge=`, as /dev/shm usually is). The device file is
+    /// mapped on a 2 MiB boundary, so a region starting on one can be collapsed. Returns the
+    /// bytes now in huge pages; an error says why none are (an old kernel, a filesystem that
+    /// cannot, shmem huge pages set to `deny`, no free 2 MiB of memory). The bytes are not
+    /// changed (holes become zeros, as they read already).
+    pub fn collapse_huge(&self) -> std::io::Result<usize> {
+        crate::emu::mapping::collapse(self.base, self.len)
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

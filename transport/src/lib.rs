@@ -4,7 +4,7 @@
 //! The caller (the shim, or a test) keeps the real kernel TCP socket and hands this crate its
 //! fd and addresses; the transport never puts a byte on that socket and never mentions how it
 //! was called (it knows nothing of LD_PRELOAD). Protocol logic lives in [`proto`] (pure); the
-//! shared-memory tables in [`rendezvous`]; a connection's rings in [`conn`].
+//! shared-memory tables in [`mod@rendezvous`]; a connection's rings in [`conn`].
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -1019,7 +1019,7 @@ pub fn rendezvous(get: impl Fn(&str) -> Option<String>) -> Rendezvous {
 }
 
 impl Transport {
-    /// Open what the environment names (see [`rendezvous`]) with settings from the
+    /// Open what the environment names (see [`rendezvous()`]) with settings from the
     /// environment. `starter`: the `pcisock` program that starts a service on demand
     /// (`PCISOCK_FABRIC_BIN` overrides it).
     pub fn open_from_env(starter: Option<std::path::PathBuf>) -> Result<Transport, OpenError> {

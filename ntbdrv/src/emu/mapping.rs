@@ -142,6 +142,45 @@ impl Mapping {
     }
 }
 
+/// `madvise` advice to collapse a range into huge pages now (Linux 6.1; not in the libc crate).
+const MADV_COLLAPSE: libc::c_int = 25;
+
+/// Back the 2 MiB-aligned part of `base..base + len` (memory of a shared or anonymous mapping
+/// that stays mapped for the call) with huge pages now: populated for writing first (the kernel
+/// collapses only pages that are there; holes become zero pages of the file, data already there
+/// stays), then collapsed (`MADV_COLLAPSE`, independent of the THP settings unless shmem's is
+/// `deny`). Returns the bytes now in huge pages. Neither advice changes the bytes.
+pub(crate) fn collapse(base: *mut u8, len: usize) -> io::Result<usize> {
+    let start = (base as usize).div_ceil(HUGE) * HUGE;
+    let end = (base as usize).saturating_add(len) / HUGE * HUGE;
+    if end <= start {
+        return Ok(0);
+    }
+    for advice in [libc::MADV_POPULATE_WRITE, MADV_COLLAPSE] {
+        // SAFETY: the range lies inside the caller's live mapping; madvise with these advices
+        // does not change its contents or unmap it.
+        if unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(end - start)
+}
+
+/// Whether this kernel collapses shared memory (tmpfs, memfd) into huge pages on request: a
+/// 2 MiB memfd mapped as a device file is, populated and collapsed.
+pub(crate) fn collapse_probe() -> io::Result<()> {
+    // SAFETY: the name is a NUL-terminated literal; the flags are plain integers.
+    let fd = unsafe { libc::memfd_create(c"ntbdrv-collapse-probe".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns; the File closes it.
+    let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    file.set_len(HUGE as u64)?;
+    let map = Mapping::new(&file)?;
+    collapse(map.base(), map.len()).map(|_| ())
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: our own mapping of `len` bytes at `base`; no reference into it outlives

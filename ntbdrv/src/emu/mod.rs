@@ -281,6 +281,13 @@ impl EmuDevice {
     }
 }
 
+/// Whether this kernel collapses shared memory into huge pages on request
+/// ([`Region::collapse_huge`] on a window of a device on tmpfs without `huge=`): tried on a
+/// 2 MiB memfd mapped as a device file is. For `pcisock doctor`.
+pub fn collapse_probe() -> std::io::Result<()> {
+    mapping::collapse_probe()
+}
+
 /// One lease in a host table, for diagnostics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseInfo {
