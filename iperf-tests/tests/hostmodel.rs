@@ -1108,7 +1108,10 @@ sys.exit(0 if got.decode() == want else 1)
 
     let f = Fixture::new(name);
     // Names of their own: the two tests that use this run at once in one process.
-    let (a, b) = (Netns::new(&format!("{name}-a")), Netns::new(&format!("{name}-b")));
+    let (a, b) = (
+        Netns::new(&format!("{name}-a")),
+        Netns::new(&format!("{name}-b")),
+    );
     let tag = std::process::id() % 10_000 * 10 + name.len() as u32 % 10;
     let (va, vb) = (format!("pca{tag}"), format!("pcb{tag}"));
     let ip = |args: &[&str]| {
