@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# Scaling (issue 5): 1, 8, 64 and 1,000 concurrent flagged connections, pcisock vs plain TCP
-# loopback, in one run: aggregate throughput, memory per connection, and which path carried the
-# connections.
+# Scaling: N concurrent flagged connections, pcisock vs plain TCP loopback, interleaved in one
+# run, with memory and descriptors per connection and which path carried the connections.
 #
-# usage: benches/scaling.sh [--runs N] [--out FILE] [--counts LIST] [--time S]
+# usage: benches/scaling.sh [--app nginx|fanout] [--runs N] [--out FILE] [--counts LIST] [--time S]
+#   --app A        nginx (default; issue 15): wrk -c N -t 2 against nginx (one worker, keep-alive,
+#                  a 17-byte `return 200`), processes meeting through a fabric service of this
+#                  run (the default on one host); fanout (issue 5): benches/fanout.c, bulk
+#                  writes, through a private device
 #   --runs N       interleaved rounds (default 3); the table gives medians
-#   --out FILE     markdown result (default benches/results/scaling.md): medians and every run
-#   --counts LIST  comma list of stream counts (default 1,8,64,1000)
-#   --time S       seconds of writing per run (default 3)
-# Driver: benches/fanout.c (`fanout server PORT N` / `fanout client 127.0.0.1 PORT N S`: N
+#   --out FILE     markdown result (default benches/results/scaling.md for nginx,
+#                  benches/results/scaling-fanout.md for fanout): medians and every run
+#   --counts LIST  comma list of connection counts (default 1,64,1000,8000 for nginx,
+#                  1,8,64,1000 for fanout)
+#   --time S       seconds per run (default 5 for nginx, 3 for fanout)
+# nginx: per round and count, tcp and pcisock (order reversed on even rounds). pcisock: both
+# sides LD_PRELOAD with PCISOCK_PORTS=PORT and PCISOCK_FABRIC=the run's service; not strict (a
+# connection that does not make it is counted by its reason in wrk's stats file). Sampled in
+# the middle of the run: the nginx worker's and wrk's VmRSS, Pss and open descriptors
+# (/proc/PID/fd), the service's descriptors and its count of connections. Needs nginx and wrk;
+# descriptors up to 20,000 (ulimit -Hn).
+# fanout driver: benches/fanout.c (`fanout server PORT N` / `fanout client 127.0.0.1 PORT N S`: N
 # connections in one process per side, epoll, 128 KiB writes for S seconds; the client's bytes /
 # seconds is the rate, and the server must have read exactly those bytes). Not iperf 2: iperf
 # 2.1.8 writes into its own freed per-stream objects with a hundred streams or more (valgrind
@@ -24,9 +35,10 @@
 # Every process is bounded by `timeout` and ended by PID.
 set -euo pipefail
 
-RUNS=3 OUT="" COUNTS="1,8,64,1000" TSEC=3
+RUNS=3 OUT="" COUNTS="" TSEC="" APP=nginx
 while [[ $# -gt 0 ]]; do
     case "$1" in
+        --app) APP="$2"; shift 2 ;;
         --runs) RUNS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --counts) COUNTS="$2"; shift 2 ;;
@@ -35,11 +47,20 @@ while [[ $# -gt 0 ]]; do
         *) echo "scaling.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+case "$APP" in
+    nginx) COUNTS="${COUNTS:-1,64,1000,8000}" TSEC="${TSEC:-5}" ;;
+    fanout) COUNTS="${COUNTS:-1,8,64,1000}" TSEC="${TSEC:-3}" ;;
+    *) echo "scaling.sh: --app is nginx or fanout" >&2; exit 2 ;;
+esac
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --runs must be a positive integer" >&2; exit 2; }
 [[ "$TSEC" =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --time must be a positive integer" >&2; exit 2; }
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${OUT:-$root/benches/results/scaling.md}"
+if [[ $APP == nginx ]]; then
+    OUT="${OUT:-$root/benches/results/scaling.md}"
+else
+    OUT="${OUT:-$root/benches/results/scaling-fanout.md}"
+fi
 lib="${PCISOCK_LIB:-$root/target/release/libpcisock.so}"
 cli="$root/target/release/pcisock"
 [[ -f "$lib" ]] || { echo "scaling.sh: $lib not found: run cargo build --release" >&2; exit 2; }
@@ -51,12 +72,18 @@ IFS=, read -ra counts <<<"$COUNTS"
 for n in "${counts[@]}"; do
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: bad count '$n'" >&2; exit 2; }
 done
-ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# (Soft and hard: bash's ulimit -n sets both, so the nginx mode, which needs more, does its own.)
+[[ $APP == fanout ]] && { ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)"; }
 mkdir -p "$(dirname "$OUT")"
 
 # shellcheck source=common.sh
 source "$root/benches/common.sh"
 bench_init scaling.sh
+if [[ $APP == nginx ]]; then
+    # shellcheck source=scaling-nginx.sh
+    source "$root/benches/scaling-nginx.sh"
+    exit 0
+fi
 gcc -O2 -Wall -o "$work/fanout" "$root/benches/fanout.c" || { echo "scaling.sh: building benches/fanout.c failed" >&2; exit 2; }
 # The child of a `timeout` PID.
 child_of() { for _ in $(seq 50); do local c; c="$(pgrep -P "$1" | head -1 || true)"; [[ -n "$c" ]] && { echo "$c"; return 0; }; sleep 0.02; done; echo ""; }

@@ -326,6 +326,20 @@ impl Client {
         }
     }
 
+    /// Take in every reply that has arrived (kept for the requests that will ask for them),
+    /// without waiting.
+    pub fn take_replies(&mut self) -> Result<(), ClientError> {
+        self.wait(0, Duration::ZERO).map(|_| ())
+    }
+
+    /// Has the final answer (`Paired` or `Declined`) to `offer` arrived and been taken in
+    /// ([`Client::take_replies`])?
+    pub fn answered(&self, offer: &Offer) -> bool {
+        self.stash
+            .get(&offer.request)
+            .is_some_and(|(r, _)| !matches!(r, Reply::Offered { .. }))
+    }
+
     /// Give up an offer.
     pub fn cancel(&mut self, offer: Offer) -> Result<(), ClientError> {
         self.done(Request::Cancel {

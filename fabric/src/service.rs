@@ -69,6 +69,8 @@ const MAX_STRIKES: u32 = 16;
 const MAX_OUTBOX: usize = 16384;
 /// Messages read from one client per pass (fairness).
 const PASS_BUDGET: usize = 256;
+/// How often offers are looked at for their patience.
+const EXPIRE_LOOK: Duration = Duration::from_millis(100);
 /// How often orphaned connections are looked up in the kernel's socket table.
 const ORPHAN_LOOK_MS: i32 = 250;
 /// Fallbacks kept in the host-wide history (the oldest go first).
@@ -140,6 +142,9 @@ struct Offer {
     seen: u64,
     /// Its connected addresses are in `Service::offer_index`.
     indexed: bool,
+    /// Indexed by the destination it claimed, before the kernel connected it (see
+    /// `find_offer`): checked against its socket when found.
+    provisional: bool,
 }
 
 /// An accept to handle: (client, request id, the accepted socket, the ring it asks for).
@@ -192,6 +197,8 @@ pub struct Service {
     orphans: Vec<u64>,
     /// When the orphans were last looked at.
     orphans_seen: Instant,
+    /// When offers were last looked at for their patience (see `expire_offers`).
+    offers_seen: Instant,
     /// The service's own network namespace (its sockets table is the one it can read).
     netns: u64,
     next_id: u64,
@@ -243,6 +250,7 @@ impl Service {
             holders: HashMap::new(),
             orphans: Vec::new(),
             orphans_seen: Instant::now(),
+            offers_seen: Instant::now(),
             netns: sys::own_netns().unwrap_or(0),
             next_id: 1,
             window_used: 0,
@@ -688,6 +696,7 @@ impl Service {
                         dest: (addr, port),
                         seen: self.accepted_at(view.netns, (addr, port)),
                         indexed: false,
+                        provisional: false,
                     },
                 );
                 self.reply(client, id, Reply::Offered { conn }, &[]);
@@ -1084,7 +1093,14 @@ impl Service {
     ) -> Option<u64> {
         let key = (netns, peer?, local?);
         if let Some(&conn) = self.offer_index.get(&key) {
-            if self.offers.contains_key(&conn) {
+            let sure = self.offers.get(&conn).is_some_and(|o| {
+                !o.provisional
+                    || sys::tcp_view(o.socket.as_raw_fd())
+                        .ok()
+                        .flatten()
+                        .is_some_and(|v| v.local == Some(key.1) && v.peer == Some(key.2))
+            });
+            if sure {
                 return Some(conn);
             }
             self.offer_index.remove(&key);
@@ -1110,12 +1126,46 @@ impl Service {
                     found = Some(conn);
                     break;
                 }
+            } else if let Some(l) = v.local.filter(|l| l.1 != 0) {
+                // Still connecting (a full backlog keeps thousands so for seconds): indexed by
+                // the destination it claimed, so that it is not looked at again on every
+                // accept that misses (each look is several system calls).
+                o.indexed = true;
+                o.provisional = true;
+                self.offer_index.insert((o.netns, l, o.dest), conn);
+            }
+        }
+        if found.is_none() {
+            // An offer indexed by a claimed destination that was not where it connected (a
+            // rare case: a redirect): one more look at those.
+            let provisional: Vec<u64> = self
+                .offers
+                .iter()
+                .filter(|(_, o)| o.provisional && o.netns == netns && o.dest != key.2)
+                .map(|(&c, _)| c)
+                .collect();
+            for conn in provisional {
+                let Some(o) = self.offers.get(&conn) else {
+                    continue;
+                };
+                let v = sys::tcp_view(o.socket.as_raw_fd()).ok().flatten();
+                if v.is_some_and(|v| v.local == Some(key.1) && v.peer == Some(key.2)) {
+                    found = Some(conn);
+                    break;
+                }
             }
         }
         found
     }
 
+    /// Offers past their patience go (looked for every `EXPIRE_LOOK`, not on every turn: with
+    /// thousands of offers waiting, a look at each per message was most of the service's
+    /// time).
     fn expire_offers(&mut self) {
+        if self.offers_seen.elapsed() < EXPIRE_LOOK {
+            return;
+        }
+        self.offers_seen = Instant::now();
         let offers = &self.offers;
         self.offer_index.retain(|_, c| offers.contains_key(c));
         let now = Instant::now();

@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use libc::c_int;
-use transport::Connection;
 
 use crate::ops::{self, Detour};
 use crate::sock::{Sock, State};
@@ -142,7 +141,61 @@ enum Form {
     Pending { vector: c_int, shared: bool },
 }
 
-type Set = Mutex<HashMap<c_int, Reg>>;
+/// One epoll set's registrations, and what `epoll_wait` needs to look at only some of them.
+///
+/// A wait evaluates the registrations that may have changed, not all of them: those the
+/// application added or changed, those reported ready last time (level-triggered ones are
+/// reported for as long as they stay ready), those whose TCP socket or own line had an event.
+/// All of them only when a shared line rang (a peer rang for one or more of them: which ones,
+/// the line does not say), and at least every `FULL_EVERY` (a wake-up lost, a flag that a
+/// blocking waiter of the same connection cleared). So a server with thousands of idle
+/// connections and a few busy ones pays per busy connection on most waits, and a burst of
+/// accepts does not cost a look at every connection per accept.
+#[derive(Default)]
+struct SetState {
+    regs: HashMap<c_int, Reg>,
+    /// Registrations to evaluate on the next wait (see above).
+    cand: std::collections::HashSet<c_int>,
+    /// When every registration was last evaluated (None: never).
+    full_at: Option<Instant>,
+    /// Every registration must be evaluated next (a shared line rang).
+    full_due: bool,
+    /// Every registration's flags must be set again in the peers' memory before the next
+    /// sleep (a peer takes a flag when it rings; a shared line does not say whose).
+    arm_due: bool,
+    /// When every registration was last armed (None: never).
+    armed_at: Option<Instant>,
+    /// A registration may be a pending offer (`settle` has something to do).
+    pending: bool,
+}
+
+impl std::ops::Deref for SetState {
+    type Target = HashMap<c_int, Reg>;
+    fn deref(&self) -> &Self::Target {
+        &self.regs
+    }
+}
+
+impl std::ops::DerefMut for SetState {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.regs
+    }
+}
+
+impl SetState {
+    fn full_now(&self) -> bool {
+        self.full_due || self.full_at.is_none_or(|t| t.elapsed() >= FULL_EVERY)
+    }
+
+    fn arm_all_now(&self) -> bool {
+        self.arm_due || self.armed_at.is_none_or(|t| t.elapsed() >= FULL_EVERY)
+    }
+}
+
+/// The longest an epoll set goes without evaluating every registration.
+const FULL_EVERY: Duration = Duration::from_millis(5);
+
+type Set = Mutex<SetState>;
 
 /// Has any epoll set ever held one of our registrations? (Keeps `close` of other fds cheap.)
 pub static IN_USE: AtomicBool = AtomicBool::new(false);
@@ -362,8 +415,10 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
             // A new arming: epoll waits start their naps over (see `ops::Naps::resume`).
             ops::ARMINGS.fetch_add(1, Relaxed);
             if op == libc::EPOLL_CTL_MOD {
-                match regs.get_mut(&fd) {
+                let st = &mut *regs;
+                match st.regs.get_mut(&fd) {
                     Some(r) => {
+                        st.cand.insert(fd);
                         r.events = events;
                         r.data = data;
                         r.disabled = false;
@@ -391,6 +446,8 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
             }
             wake_if_ready(&sock, events);
             count_reg(fd, true);
+            regs.cand.insert(fd);
+            regs.pending |= matches!(form, Form::Pending { .. });
             regs.insert(
                 fd,
                 Reg {
@@ -493,9 +550,59 @@ fn to_epoll(r: transport::Readiness, interest: u32) -> u32 {
 }
 
 /// Move pending registrations whose offer has settled to their final form.
-fn settle(epfd: c_int, regs: &mut HashMap<c_int, Reg>) {
+/// Only those that may have news are looked at: their answer arrived or their time is up
+/// (`Transport::pending_news`, one look for all), or their socket had an event (`poked`). A
+/// client with thousands of connects waiting for their answers pays per answer, not per
+/// waiting connect and wait.
+fn settle(epfd: c_int, regs: &mut SetState, poked: &[c_int]) {
+    if !regs.pending {
+        return;
+    }
+    let pending: Vec<c_int> = regs
+        .iter()
+        .filter(|(_, r)| matches!(r.form, Form::Pending { .. }))
+        .map(|(fd, _)| *fd)
+        .collect();
+    if pending.is_empty() {
+        regs.pending = false;
+        return;
+    }
+    let news: std::collections::HashSet<c_int> = match global::get().transport() {
+        Ok(t) => {
+            let guards: Vec<_> = pending
+                .iter()
+                .map(|fd| regs[fd].sock.state.lock().ok())
+                .collect();
+            let offers: Vec<Option<&transport::Pending>> = guards
+                .iter()
+                .map(|g| match g.as_deref() {
+                    Some(State::Offered(Some(p))) => Some(p),
+                    _ => None,
+                })
+                .collect();
+            let known: Vec<&transport::Pending> = offers.iter().flatten().copied().collect();
+            let mut answers = t.pending_news(&known).into_iter();
+            let flags: Vec<bool> = offers
+                .iter()
+                .map(|o| o.is_none() || answers.next().unwrap_or(true))
+                .collect();
+            drop(guards);
+            pending
+                .iter()
+                .zip(flags)
+                .filter(|(fd, news)| *news || poked.contains(fd))
+                .map(|(fd, _)| *fd)
+                .collect()
+        }
+        Err(_) => pending.into_iter().collect(),
+    };
     let mut to_kernel = Vec::new();
-    for (fd, r) in regs.iter_mut() {
+    let mut to_ntb = Vec::new();
+    for &fd in &news {
+        let Some(r) = regs.regs.get_mut(&fd) else {
+            continue;
+        };
+        let fd = &fd;
         let Form::Pending { .. } = r.form else {
             continue;
         };
@@ -509,6 +616,7 @@ fn settle(epfd: c_int, regs: &mut HashMap<c_int, Reg>) {
         match now.map(|f| (f, register(epfd, *fd, f, r.events))) {
             Some((f, Ok(()))) => {
                 r.form = f;
+                to_ntb.push(*fd);
                 if let Some(c) = r.sock.conn.get() {
                     ops::ARMINGS.fetch_add(1, Relaxed);
                     c.rearm(r.events & READ != 0, r.events & WRITE != 0);
@@ -517,6 +625,7 @@ fn settle(epfd: c_int, regs: &mut HashMap<c_int, Reg>) {
             _ => to_kernel.push(*fd),
         }
     }
+    regs.cand.extend(to_ntb);
     for fd in to_kernel {
         // Settled on TCP: from now on the kernel socket, with the application's own events.
         if let Some(r) = regs.remove(&fd) {
@@ -527,17 +636,33 @@ fn settle(epfd: c_int, regs: &mut HashMap<c_int, Reg>) {
 }
 
 /// Our registrations that are ready now, as (events, data); edge and one-shot state updated.
+/// Evaluates every registration if `full`, else the candidates (see [`SetState`]); leaves as
+/// candidates for the next wait the level-triggered ones that are ready and those it had no
+/// room to report.
 fn harvest(
-    regs: &mut HashMap<c_int, Reg>,
+    st: &mut SetState,
     out: &mut Vec<libc::epoll_event>,
     max: usize,
     seen: &mut Vec<c_int>,
+    full: bool,
 ) {
-    for (fd, r) in regs.iter_mut() {
-        if out.len() >= max {
-            break;
+    let fds: Vec<c_int> = if full {
+        st.full_at = Some(Instant::now());
+        st.full_due = false;
+        st.cand.clear();
+        st.regs.keys().copied().collect()
+    } else {
+        st.cand.drain().collect()
+    };
+    for fd in fds {
+        let Some(r) = st.regs.get_mut(&fd) else {
+            continue;
+        };
+        if r.disabled {
+            continue;
         }
-        if r.disabled || seen.contains(fd) {
+        if out.len() >= max || seen.contains(&fd) {
+            st.cand.insert(fd);
             continue;
         }
         let Some(c) = r.sock.conn.get() else { continue };
@@ -553,6 +678,8 @@ fn harvest(
                 continue;
             }
             r.last_activity = Some(a);
+        } else {
+            st.cand.insert(fd);
         }
         if r.events & libc::EPOLLONESHOT as u32 != 0 {
             r.disabled = true;
@@ -561,23 +688,39 @@ fn harvest(
             events: ev,
             u64: r.data,
         });
-        seen.push(*fd);
+        seen.push(fd);
     }
 }
 
-fn arm(regs: &HashMap<c_int, Reg>) -> Vec<(Arc<Connection>, bool, bool)> {
-    let mut armed = Vec::new();
-    for r in regs.values() {
+/// Before a sleep: ask the peers to ring (see `Connection::rearm`) for every registration if
+/// that is due (a shared line rang, or `FULL_EVERY` passed), else only for the candidates
+/// (flags the peers took since are those of connections that rang: the line said so). True if
+/// anything was armed (the caller then re-checks for `ARM_GRACE`).
+fn arm(st: &mut SetState) -> bool {
+    let all = st.arm_all_now();
+    if all {
+        st.arm_due = false;
+        st.armed_at = Some(Instant::now());
+    }
+    let mut any = false;
+    let mut one = |r: &Reg| {
         if r.disabled {
-            continue;
+            return;
         }
         if let Some(c) = r.sock.conn.get() {
-            let (rd, wr) = (r.events & READ != 0, r.events & WRITE != 0);
-            c.rearm(rd, wr);
-            armed.push((c.clone(), rd, wr));
+            c.rearm(r.events & READ != 0, r.events & WRITE != 0);
+            any = true;
         }
+    };
+    if all {
+        st.regs.values().for_each(&mut one);
+    } else {
+        st.cand
+            .iter()
+            .filter_map(|fd| st.regs.get(fd))
+            .for_each(one);
     }
-    armed
+    any
 }
 
 /// `epoll_wait`/`epoll_pwait`/`epoll_pwait2` on a set with NTB registrations. `real_wait`
@@ -609,7 +752,6 @@ pub fn wait(
         let mut out: Vec<libc::epoll_event> = Vec::with_capacity(max);
         // Our fds already reported by this call (each at most once per call, as the kernel does).
         let mut seen: Vec<c_int> = Vec::new();
-        let armed;
         let spin_phase;
         {
             let Ok(mut regs) = set.lock() else {
@@ -620,29 +762,31 @@ pub fn wait(
                 return Detour::Bypass;
             }
             // Spinning on the CPU a peer needs only delays it (benches/results/same-cpu.md).
+            // (A look at a few registrations: the peers of one application tend to share.)
             if !cpu_checked {
                 cpu_checked = true;
                 if regs
                     .values()
+                    .take(16)
                     .any(|r| r.sock.conn.get().is_some_and(|c| c.shares_cpu_with_peer()))
                 {
                     spin = Duration::ZERO;
                 }
             }
-            settle(epfd, &mut regs);
-            harvest(&mut regs, &mut out, max, &mut seen);
+            settle(epfd, &mut regs, &[]);
+            let full = regs.full_now();
+            harvest(&mut regs, &mut out, max, &mut seen, full);
             spin_phase = out.is_empty() && t0.elapsed() < spin;
-            armed = if out.is_empty() && !spin_phase {
-                arm(&regs)
-            } else {
-                Vec::new()
-            };
-            if !armed.is_empty() {
+            let full = regs.arm_all_now();
+            if out.is_empty() && !spin_phase && arm(&mut regs) {
                 // Armed: re-check for a moment, so a peer that published just before it could
-                // see our flag is not missed (see `transport::ARM_GRACE`).
+                // see our flag is not missed (see `transport::ARM_GRACE`). What changed while
+                // the flags were down is looked for once in every registration armed.
                 let g0 = Instant::now();
+                let mut first = full;
                 loop {
-                    harvest(&mut regs, &mut out, max, &mut seen);
+                    harvest(&mut regs, &mut out, max, &mut seen, first);
+                    first = false;
                     if !out.is_empty() || g0.elapsed() >= transport::ARM_GRACE {
                         break;
                     }
@@ -681,7 +825,12 @@ pub fn wait(
         // be woken while nobody waits on it directly. Only the doorbell lines that fired are
         // emptied (below): a read of every armed line after every sleep cost a quiet server a
         // system call per connection per nap.
-        drop(armed);
+        if n == 0 && !wait_for.is_zero() {
+            // A nap ran out: look at everything (a wake-up may have been lost).
+            if let Ok(mut regs) = set.lock() {
+                regs.full_due = true;
+            }
+        }
         if n < 0 {
             if err == libc::EINTR && out.is_empty() {
                 naps.keep();
@@ -689,12 +838,14 @@ pub fn wait(
             }
         } else {
             let mut poked = false;
+            let mut rang = false;
             let mut poked_fds = Vec::new();
             for ev in &kbuf[..n as usize] {
                 let data = ev.u64;
                 if data & TAG_MASK == LINE_TAG {
                     take_lines(epfd);
                     poked = true; // re-evaluated below
+                    rang = true;
                 } else if data & TAG_MASK == TAG {
                     poked = true; // one of ours moved: re-evaluated below
                     poked_fds.push((data & 0xFFFF_FFFF) as c_int);
@@ -715,8 +866,16 @@ pub fn wait(
                             c.look_at_tcp();
                         }
                     }
-                    settle(epfd, &mut regs);
-                    harvest(&mut regs, &mut out, max, &mut seen);
+                    regs.cand.extend(poked_fds.iter().copied());
+                    if rang {
+                        // A peer rang for some of them (which, the line does not say), and
+                        // took their flags.
+                        regs.full_due = true;
+                        regs.arm_due = true;
+                    }
+                    settle(epfd, &mut regs, &poked_fds);
+                    let full = regs.full_now();
+                    harvest(&mut regs, &mut out, max, &mut seen, full);
                 }
             }
         }

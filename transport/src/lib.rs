@@ -1201,6 +1201,26 @@ impl Transport {
         }
     }
 
+    /// Which of these pending offers may have news (their answer arrived, or their time is
+    /// up): the rest need no [`Transport::complete`] until then, or until their TCP socket
+    /// shows something. A device offer always may.
+    pub fn pending_news(&self, ps: &[&Pending]) -> Vec<bool> {
+        let offers: Vec<&Offered> = ps
+            .iter()
+            .filter_map(|p| match p {
+                Pending::Service(o) => Some(o),
+                Pending::Device(_) => None,
+            })
+            .collect();
+        let mut news = service::news(&self.shared, &offers).into_iter();
+        ps.iter()
+            .map(|p| match p {
+                Pending::Service(_) => news.next().unwrap_or(true),
+                Pending::Device(_) => true,
+            })
+            .collect()
+    }
+
     /// Is a pending offer's line this process's shared line (never emptied: sleep on
     /// [`Transport::pending_sleep_fd`], not on the line)?
     pub fn pending_shared(&self, p: &Pending) -> bool {

@@ -302,6 +302,25 @@ pub(crate) fn pending_fd(p: &Pending) -> RawFd {
     }
 }
 
+/// Which of `offers` may have news (one look at the service's socket for all of them): its
+/// answer arrived, or its answer timeout passed. The others need no look until then (or until
+/// their TCP socket shows something): an application waiting on thousands of pending connects
+/// pays for the ones that moved, not for all of them on every wait.
+pub(crate) fn news(shared: &Shared, offers: &[&Offered]) -> Vec<bool> {
+    let timeout = shared.settings.answer_timeout;
+    let Ok(link) = link(shared) else {
+        return vec![true; offers.len()];
+    };
+    link.with(|c| {
+        c.take_replies()?;
+        Ok(offers
+            .iter()
+            .map(|o| o.progress.elapsed() >= timeout || c.answered(&o.offer))
+            .collect())
+    })
+    .unwrap_or_else(|_| vec![true; offers.len()])
+}
+
 /// Wait for the server's side of an offer: up to `patience` (`None`: until the answer timeout
 /// passes, or the peer talks over TCP or hangs up, when the offer is withdrawn).
 pub(crate) fn complete(
