@@ -66,7 +66,7 @@ fn explain_reason(r: Reason, out: &mut String) {
     let hint = match r {
         Reason::NotFlagged => "Flag the port with PCISOCK_PORTS or a rules file (PCISOCK_CONF); check with 'pcisock explain --port N'.",
         Reason::NoDevice => "Run 'pcisock doctor'; PCISOCK_LOG=warn shows the device error in the application.",
-        Reason::LinkDown => "'pcisock emu info' shows the link and any injected fault ('pcisock emu clear' removes faults).",
+        Reason::LinkDown => "'pcisock emu info' shows the link and any injected fault ('pcisock emu clear' removes faults). A connection already on the NTB path when the link goes down is not cut: it fails over to its own TCP socket and returns when the link is back ('pcisock stats': PATH tcp-failover, FAILOVERS, FAILBACKS, TCP_US; PCISOCK_STRICT=1 resets it instead).",
         Reason::NoListener => "Run the server under pcisock too (pcisock run -- SERVER), with the port flagged there. If it is: the two must meet through the same host fabric service ('pcisock doctor' names the one this environment uses). Processes of different users meet only through the system service: start it as root ('pcisock fabric start', or the systemd unit), or start the server as root (it starts the system service on demand). Two processes that map a device (PCISOCK_FABRIC=device, PCISOCK_EMU_DIR) must map the same one, and each user has their own.",
         Reason::PeerDeclined => "The peer's configuration does not flag this port or program; check 'pcisock explain' on the peer.",
         Reason::NoAnswer => "The peer is slow or stuck; check the peer with 'pcisock stats' and the link with 'pcisock emu info'.",

@@ -21,9 +21,11 @@ Options:
   -h, --help     Print this help
 
 Shows the device (path, topology, windows, doorbells, DMA channels, link, faults), the leases
-each process holds, and per connection: pid, role, local and peer address, path (ntb) and the
-counters tx/rx bytes and frames, DMA and CPU copies, doorbells rung, polls, sleeps, DMA
-fallbacks, reads and coalesced frames (PCISOCK_RX_COALESCE_US). The device is the one PCISOCK_EMU_DIR, PCISOCK_EMU_DEVICE and PCISOCK_EMU_HOST name;
+each process holds, and per connection: pid, role, local and peer address, path (ntb, or
+tcp-failover while its sending side is on its TCP socket after a link fault) and the counters
+tx/rx bytes and frames, DMA and CPU copies, doorbells rung, polls, sleeps, DMA fallbacks, reads
+and coalesced frames (PCISOCK_RX_COALESCE_US), failovers and fail-backs, bytes sent and received
+over TCP after a failover and microseconds on TCP. The device is the one PCISOCK_EMU_DIR, PCISOCK_EMU_DEVICE and PCISOCK_EMU_HOST name;
 it is never created here.
 
 Through the host fabric service (the default on one host) connections are not in a device
@@ -55,6 +57,16 @@ fn role_name(r: transport::Role) -> &'static str {
     }
 }
 
+/// The PATH of a live NTB connection: `tcp-failover` while its sending side is on its TCP
+/// socket after a fault (it returns to the ring when the link is back).
+fn path_name(on_tcp: bool) -> &'static str {
+    if on_tcp {
+        "tcp-failover"
+    } else {
+        "ntb"
+    }
+}
+
 fn text(dev: &EmuDevice, out: &mut String) {
     device::summary_text(dev, out);
     device::leases_text(dev, out);
@@ -75,7 +87,7 @@ fn text(dev: &EmuDevice, out: &mut String) {
             role_name(s.info.role).to_owned(),
             s.info.local.to_std().to_string(),
             s.info.peer.to_std().to_string(),
-            "ntb".to_owned(),
+            path_name(s.on_tcp).to_owned(),
         ];
         row.extend(s.counters.iter().map(u64::to_string));
         rows.push(row);
@@ -119,7 +131,7 @@ fn json_object(dev: &EmuDevice) -> String {
             role: role_name(s.info.role),
             local: s.info.local.to_std().to_string(),
             peer: s.info.peer.to_std().to_string(),
-            path: "ntb",
+            path: path_name(s.on_tcp),
             window: *mw,
             counters: Counters(s.counters.to_vec()),
         })

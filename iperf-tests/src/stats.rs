@@ -40,6 +40,19 @@ pub struct Stats {
     /// Frames those reads waited for and took instead of returning (read coalescing).
     #[serde(default)]
     pub coalesced: u64,
+    /// Times NTB connections moved to their TCP socket after a fault, and back.
+    #[serde(default)]
+    pub failovers: u64,
+    #[serde(default)]
+    pub failbacks: u64,
+    /// Stream bytes NTB connections sent and received over their TCP socket after a failover.
+    #[serde(default)]
+    pub failover_tx_bytes: u64,
+    #[serde(default)]
+    pub failover_rx_bytes: u64,
+    /// Time (µs) NTB connections' sending sides spent on TCP.
+    #[serde(default)]
+    pub failover_tcp_us: u64,
     /// Ring frames a peer got wrong (each resets its connection); absent from older libraries.
     #[serde(default)]
     pub protocol_errors: u64,
@@ -67,6 +80,18 @@ pub struct ConnStats {
     pub tx_bytes: u64,
     /// Payload bytes received.
     pub rx_bytes: u64,
+    /// Failovers and fail-backs of this connection, the bytes it carried over TCP meanwhile, and
+    /// whether it was on TCP when recorded.
+    #[serde(default)]
+    pub failovers: u64,
+    #[serde(default)]
+    pub failbacks: u64,
+    #[serde(default)]
+    pub failover_tx_bytes: u64,
+    #[serde(default)]
+    pub failover_rx_bytes: u64,
+    #[serde(default)]
+    pub on_tcp: bool,
 }
 
 /// The port of an `ip:port` or `[v6]:port` address.

@@ -1018,6 +1018,63 @@ sys.exit(1 if bad else 0)
 /// carries only the TCP handshakes while the payload crosses the emulated NTB link.
 #[test]
 fn two_namespaces_joined_by_a_veth_are_two_hosts() {
+    let r = two_hosts("hm_two_hosts", 16 * MIB, None);
+    assert!(
+        r.carried < QUIET,
+        "the veth carried {} bytes while 16 MiB crossed: the payload went over TCP",
+        r.carried
+    );
+    for st in [&r.client, &r.server] {
+        assert_eq!(
+            st.on_port(r.port).filter(|c| c.path == "ntb").count(),
+            1,
+            "{st:?}"
+        );
+    }
+}
+
+/// Failover between two emulated hosts: a link-down of 1 s in the middle of a sha-256-checked
+/// transfer moves it onto the veth (the network between the namespaces: its counters are the
+/// kernel's evidence) and back, with every byte intact.
+#[test]
+fn a_link_down_between_two_hosts_moves_the_stream_to_the_network_and_back() {
+    let r = two_hosts(
+        "hm_two_hosts_failover",
+        3 << 30,
+        Some((Duration::from_millis(300), Duration::from_secs(1))),
+    );
+    assert!(
+        r.during > 8 * MIB,
+        "the veth carried only {} bytes during the outage: the stream stalled",
+        r.during
+    );
+    let c = r
+        .client
+        .on_port(r.port)
+        .max_by_key(|c| c.tx_bytes)
+        .unwrap_or_else(|| panic!("{:?}", r.client));
+    assert!(
+        c.failovers >= 1 && c.failbacks >= 1 && c.failover_tx_bytes > 0 && c.tx_bytes > 0,
+        "{c:?}"
+    );
+}
+
+/// What [`two_hosts`] saw.
+struct TwoHosts {
+    port: u16,
+    /// Bytes on the veth from the client's start to its end, and during the injected outage.
+    carried: u64,
+    during: u64,
+    client: iperf_tests::Stats,
+    server: iperf_tests::Stats,
+}
+
+/// Two namespaces joined by a veth, one side each of a two-host device: a client in the first
+/// sends `n` bytes to a server in the second, which answers with their count and sha-256 (the
+/// client exits 0 only if they match). With `fault` = (after, for), the link is held down
+/// from `after` the client's start for `for` (the processes are then not strict: they fail
+/// over).
+fn two_hosts(name: &str, n: u64, fault: Option<(Duration, Duration)>) -> TwoHosts {
     const SERVER: &str = r#"
 import hashlib, socket, sys
 l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -1048,9 +1105,14 @@ want = "%d %s" % (n, h.hexdigest())
 print("server says", got.decode(), flush=True)
 sys.exit(0 if got.decode() == want else 1)
 "#;
-    let f = Fixture::new("hm_two_hosts");
-    let (a, b) = (Netns::new("hm-2h-a"), Netns::new("hm-2h-b"));
-    let tag = std::process::id() % 100_000;
+
+    let f = Fixture::new(name);
+    // Names of their own: the two tests that use this run at once in one process.
+    let (a, b) = (
+        Netns::new(&format!("{name}-a")),
+        Netns::new(&format!("{name}-b")),
+    );
+    let tag = std::process::id() % 10_000 * 10 + name.len() as u32 % 10;
     let (va, vb) = (format!("pca{tag}"), format!("pcb{tag}"));
     let ip = |args: &[&str]| {
         let ok = Command::new("ip").args(args).status().unwrap();
@@ -1077,9 +1139,12 @@ sys.exit(0 if got.decode() == want else 1)
     };
     let port = free_port();
     let port_s = port.to_string();
-    let n = (16 * MIB).to_string();
+    let n = n.to_string();
     let side = |role: &str, host: &str| {
-        let mut e = f.preload(role).with_ports(port_s.clone());
+        let mut e = f
+            .preload(role)
+            .with_ports(port_s.clone())
+            .with_strict(fault.is_none());
         e.extra
             .push(("PCISOCK_EMU_TOPOLOGY".into(), "two-host".into()));
         e.extra.push(("PCISOCK_EMU_HOST".into(), host.into()));
@@ -1121,20 +1186,33 @@ sys.exit(0 if got.decode() == want else 1)
     let before = veth_bytes();
     let cenv = side("client", "0");
     let mut c = in_ns("client", &a, CLIENT, &[&port_s, &n], &cenv);
+    let mut during = 0;
+    if let Some((after, hold)) = fault {
+        let emu = |args: &[&str]| {
+            let out = Command::new(iperf_tests::Lib::cli().unwrap())
+                .args(args)
+                .env("PCISOCK_EMU_DIR", f.emu_dir())
+                .env("PCISOCK_EMU_TOPOLOGY", "two-host")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "pcisock {args:?}");
+        };
+        std::thread::sleep(after);
+        let t = veth_bytes();
+        emu(&["emu", "fault", "link-down"]);
+        std::thread::sleep(hold);
+        during = veth_bytes() - t;
+        emu(&["emu", "clear"]);
+    }
     check(c.wait_success(Duration::from_secs(60)), &[&c, &s]);
     check(s.wait_success(Duration::from_secs(20)), &[&s]);
     let _ = presence.terminate();
-    let carried = veth_bytes() - before;
-    assert!(
-        carried < QUIET,
-        "the veth carried {carried} bytes while 16 MiB crossed: the payload went over TCP"
-    );
-    for e in [&cenv, &senv] {
-        let st = e.stats().unwrap_or_else(|e| panic!("stats: {e}"));
-        assert_eq!(
-            st.on_port(port).filter(|c| c.path == "ntb").count(),
-            1,
-            "{st:?}"
-        );
+    let stats = |e: &PreloadEnv| e.stats().unwrap_or_else(|e| panic!("stats: {e}"));
+    TwoHosts {
+        port,
+        carried: veth_bytes() - before,
+        during,
+        client: stats(&cenv),
+        server: stats(&senv),
     }
 }

@@ -273,8 +273,12 @@ fn register(epfd: c_int, fd: c_int, form: Form, app_events: u32) -> Result<(), c
         // as the application keeps the fd, and a level-triggered registration would wake
         // every wait at once. One event per change of the socket is all readiness needs: the
         // end it saw is remembered by the connection (`look_at_tcp`).
+        // EPOLLOUT when the application asks for it: idle on the ring (one event when added),
+        // it is what wakes a writer whose sends moved to the socket after a failover.
         Form::Ntb { vector, shared } => (
-            (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32 | excl,
+            (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32
+                | (app_events & libc::EPOLLOUT as u32)
+                | excl,
             vector,
             shared,
         ),

@@ -61,6 +61,13 @@ struct Events {
     polls: u64,
     reads: u64,
     coalesced: u64,
+    /// Failover to the connection's TCP socket and back, the bytes it carried then, and the
+    /// time spent there (µs).
+    failovers: u64,
+    failbacks: u64,
+    fo_tx: u64,
+    fo_rx: u64,
+    tcp_us: u64,
 }
 
 impl Events {
@@ -72,6 +79,11 @@ impl Events {
             polls: c.counter(Counter::Polls),
             reads: c.counter(Counter::Reads),
             coalesced: c.counter(Counter::Coalesced),
+            failovers: c.counter(Counter::Failovers),
+            failbacks: c.counter(Counter::Failbacks),
+            fo_tx: c.counter(Counter::TcpTxBytes),
+            fo_rx: c.counter(Counter::TcpRxBytes),
+            tcp_us: c.tcp_micros(),
         }
     }
 
@@ -82,6 +94,11 @@ impl Events {
         self.polls += o.polls;
         self.reads += o.reads;
         self.coalesced += o.coalesced;
+        self.failovers += o.failovers;
+        self.failbacks += o.failbacks;
+        self.fo_tx += o.fo_tx;
+        self.fo_rx += o.fo_rx;
+        self.tcp_us += o.tcp_us;
     }
 }
 
@@ -348,7 +365,7 @@ impl Global {
         let mut j = String::new();
         let _ = write!(
             j,
-            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"reads\":{},\"coalesced\":{},\"protocol_errors\":{protocol_errors},\"protocol_error\":{first},\"fallbacks\":{{{fallbacks}}},\"unlisted_connections\":{dropped},\"connections\":[",
+            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"reads\":{},\"coalesced\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"protocol_errors\":{protocol_errors},\"protocol_error\":{first},\"fallbacks\":{{{fallbacks}}},\"unlisted_connections\":{dropped},\"connections\":[",
             std::process::id(),
             json_str(&self.program),
             self.ntb_connections.load(Relaxed),
@@ -363,6 +380,11 @@ impl Global {
             t.events.polls,
             t.events.reads,
             t.events.coalesced,
+            t.events.failovers,
+            t.events.failbacks,
+            t.events.fo_tx,
+            t.events.fo_rx,
+            t.events.tcp_us,
         );
         for (i, r) in recs.iter().enumerate() {
             if i > 0 {
@@ -370,14 +392,20 @@ impl Global {
             }
             let _ = write!(
                 j,
-                "{{\"role\":\"{}\",\"path\":\"{}\",\"reason\":{},\"local\":\"{}\",\"peer\":\"{}\",\"tx_bytes\":{},\"rx_bytes\":{}}}",
+                "{{\"role\":\"{}\",\"path\":\"{}\",\"reason\":{},\"local\":\"{}\",\"peer\":\"{}\",\"tx_bytes\":{},\"rx_bytes\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"on_tcp\":{}}}",
                 r.role,
                 if r.ntb { "ntb" } else { "tcp" },
                 r.reason.map_or("null".to_string(), |x| format!("\"{x}\"")),
                 r.local,
                 r.peer,
                 r.tx,
-                r.rx
+                r.rx,
+                r.events.failovers,
+                r.events.failbacks,
+                r.events.fo_tx,
+                r.events.fo_rx,
+                r.events.tcp_us,
+                r.on_tcp,
             );
         }
         j.push_str("]}\n");
@@ -415,6 +443,8 @@ struct Record {
     tx: u64,
     rx: u64,
     events: Events,
+    /// Carried over its TCP socket after a failover when recorded.
+    on_tcp: bool,
 }
 
 impl Record {
@@ -428,12 +458,14 @@ impl Record {
             tx: 0,
             rx: 0,
             events: Events::default(),
+            on_tcp: false,
         };
         if let Some(c) = s.conn.get() {
             return Some(Record {
                 tx: c.counter(Counter::TxBytes),
                 rx: c.counter(Counter::RxBytes),
                 events: Events::of(c),
+                on_tcp: c.on_tcp(),
                 ..base(true, None)
             });
         }

@@ -966,9 +966,16 @@ pub fn poll(
                             tcp_at.push(None);
                         } else {
                             tcp_at.push(Some(set.len()));
+                            // After a failover the sends go to the socket: room there is
+                            // what a writer waits for.
+                            let out = if want_w && c.sending_on_tcp() {
+                                libc::POLLOUT
+                            } else {
+                                0
+                            };
                             set.push(libc::pollfd {
                                 fd: c.tcp_fd(),
-                                events: libc::POLLIN | libc::POLLRDHUP,
+                                events: libc::POLLIN | libc::POLLRDHUP | out,
                                 revents: 0,
                             });
                         }

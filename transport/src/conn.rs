@@ -35,6 +35,8 @@ use crate::proto::{
 };
 use crate::{sys, CompletionMode, Settings, Shared};
 
+mod failover;
+
 // RX line: written by the peer.
 const RX_TAIL: usize = 0x00;
 const RX_FLAGS: usize = 0x08;
@@ -83,9 +85,17 @@ pub enum Counter {
     Reads,
     /// Frames a read waited for and took instead of returning (read coalescing).
     Coalesced,
+    /// Times our sending direction left the ring for the TCP socket, and came back.
+    Failovers,
+    Failbacks,
+    /// Stream bytes sent and received over the TCP socket after a failover.
+    TcpTxBytes,
+    TcpRxBytes,
+    /// Time our sending direction spent on TCP (finished spells), in microseconds.
+    TcpMicros,
 }
 
-pub const COUNTER_NAMES: [&str; 12] = [
+pub const COUNTER_NAMES: [&str; 17] = [
     "tx_bytes",
     "rx_bytes",
     "tx_frames",
@@ -98,6 +108,11 @@ pub const COUNTER_NAMES: [&str; 12] = [
     "dma_fallbacks",
     "reads",
     "coalesced",
+    "failovers",
+    "failbacks",
+    "tcp_tx_bytes",
+    "tcp_rx_bytes",
+    "tcp_us",
 ];
 
 /// What a send or receive can fail with; the shim maps these to errno.
@@ -183,6 +198,9 @@ pub struct Connection {
     /// exchange: its reads are not coalesced.)
     sent_since_read: AtomicBool,
     settings: Settings,
+    /// Failover to the TCP socket and back (`failover`); boxed, read by one load on the fast
+    /// path.
+    fo: Box<failover::Failover>,
 }
 
 /// Where a connection's memory and interrupt lines come from, and so how it rings its peer and
@@ -984,6 +1002,10 @@ impl Connection {
         cur: Box<Cursors>,
     ) -> Connection {
         let settings = shared.settings.clone();
+        let link_gen = match &tenancy {
+            Tenancy::Device { dev, .. } => dev.link_state().generation,
+            Tenancy::Service { .. } => 0,
+        };
         let shared_line = matches!(tenancy, Tenancy::Service { .. });
         Connection {
             shared,
@@ -1010,6 +1032,7 @@ impl Connection {
             tx_lock: SendLock::default(),
             sent_since_read: AtomicBool::new(false),
             settings,
+            fo: Box::new(failover::Failover::new(link_gen)),
         }
     }
 
@@ -1048,6 +1071,9 @@ impl Connection {
     /// the count (the next `recv` reports it); the walk is bounded by the ring's size, since
     /// every frame moves the position forward and the tail is read once.
     pub fn readable_bytes(&self) -> usize {
+        if self.fo.rx_off() {
+            return self.readable_switched();
+        }
         let _g = self.rx_lock.lock();
         let RxPos {
             mut head,
@@ -1187,6 +1213,25 @@ impl Connection {
         flags: RecvFlags,
         timeout: Option<Duration>,
     ) -> Result<usize, IoError> {
+        if self.fo.rx_off() {
+            return self.recv_switched(bufs, flags, timeout);
+        }
+        match self.recv_ring(bufs, flags, timeout, u64::MAX) {
+            // The ring stopped at a switch of the peer's (see `failover`).
+            Ok(0) if self.fo.rx_off() => self.recv_switched(bufs, flags, timeout),
+            r => r,
+        }
+    }
+
+    /// Receive from the ring, reading no further than producer counter `limit` (a drain stops
+    /// at the peer's END); stops with `Ok(0)` and `fo.rx_off` set where the peer switched.
+    fn recv_ring(
+        &self,
+        bufs: &mut [&mut [u8]],
+        flags: RecvFlags,
+        timeout: Option<Duration>,
+        limit: u64,
+    ) -> Result<usize, IoError> {
         let want: usize = bufs.iter().map(|b| b.len()).sum();
         if want == 0 {
             return Ok(0);
@@ -1213,12 +1258,20 @@ impl Connection {
                 break Err(self.protocol_error("recv", ProtoError::NoProgress { turns: idle }));
             }
             let tail = match self.rx_tail() {
-                Ok(t) => t,
+                Ok(t) => t.min(limit),
                 Err(e) => break Err(self.protocol_error("recv", e)),
             };
             if head < tail {
                 let frame = match self.frame_at(head, tail, seq) {
                     Ok(f) => f,
+                    // A frame of the sender's next epoch: it came back to the ring after TCP
+                    // bytes we have not read (see `switchover`).
+                    Err(ProtoError::BadSequence { expected, got })
+                        if crate::switchover::is_later_epoch(expected, got) =>
+                    {
+                        self.fo.engage_rx();
+                        break Ok(copied);
+                    }
                     Err(e) => break Err(self.protocol_error("recv", e)),
                 };
                 match frame {
@@ -1286,6 +1339,14 @@ impl Connection {
                     }
                 }
             }
+            if limit != u64::MAX {
+                // Draining up to an END: what is below it is all there is on the ring.
+                break if copied > 0 || head >= limit {
+                    Ok(copied)
+                } else {
+                    Err(IoError::WouldBlock)
+                };
+            }
             if copied > 0 && !flags.waitall {
                 if copied < want && !waited && !flags.peek && !flags.nonblock {
                     if credit {
@@ -1316,13 +1377,23 @@ impl Connection {
                 }
                 break Ok(copied);
             }
+            if self.fo.spoke() {
+                // The peer wrote on the TCP socket: it switched (`failover`).
+                self.fo.engage_rx();
+                break Ok(copied);
+            }
             // Has the peer died? (Its kernel closed the TCP socket.) A system call: asked after
             // a wait, and on every 64th empty non-blocking read, not on the hot path; an end
             // already seen (readiness reported it) is answered without one.
             let look = waited
                 || self.tcp_ended()
                 || (flags.nonblock && self.empty_reads.fetch_add(1, Relaxed) % 64 == 63);
-            if let Some(e) = look.then(|| self.tcp_gone()).flatten() {
+            let gone = look.then(|| self.tcp_gone()).flatten();
+            if self.fo.spoke() {
+                self.fo.engage_rx();
+                break Ok(copied);
+            }
+            if let Some(e) = gone {
                 if word64(&self.mine, RX_TAIL).load(Acquire) > head {
                     continue;
                 }
@@ -1498,17 +1569,51 @@ impl Connection {
         nonblock: bool,
         timeout: Option<Duration>,
     ) -> Result<usize, IoError> {
+        if self.fo.tx_off() {
+            return self.send_switched(bufs, nonblock, timeout);
+        }
+        let mut moved = false;
+        let r = self.send_ring(bufs, nonblock, timeout, &mut moved);
+        if !moved {
+            return r;
+        }
+        // The ring failed under this send: the rest goes over TCP (see `failover`).
+        let sent = r?;
+        let rest = failover::skip(bufs, sent);
+        match self.send_switched(&rest, nonblock, timeout) {
+            Ok(n) => Ok(sent + n),
+            Err(_) if sent > 0 => Ok(sent),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Send into the ring; sets `moved` (with the sent count so far) when the ring failed and
+    /// this side left it.
+    fn send_ring(
+        &self,
+        bufs: &[&[u8]],
+        nonblock: bool,
+        timeout: Option<Duration>,
+        moved: &mut bool,
+    ) -> Result<usize, IoError> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if total == 0 {
             return Ok(0);
         }
         let mut deadline = Deadline::new(timeout);
         let _g = self.tx_lock.lock();
+        if self.fo.tx_off() {
+            // A reader left the ring for us between our check and the lock.
+            *moved = true;
+            return Ok(0);
+        }
         let TxPos { mut tail, mut seq } = self.tx_pos();
         let (mut bi, mut bo) = (0usize, 0usize);
         let mut sent = 0usize;
         // Woken, but still no room: has the peer died? (See `dead_peer`.)
         let mut woke_in_vain = false;
+        // Since when this send waits for credits (the progress timeout of `failover`).
+        let mut stalled: Option<Instant> = None;
         let result = loop {
             if let Some(e) = self.send_blocked() {
                 break if sent > 0 { Ok(sent) } else { Err(e) };
@@ -1523,6 +1628,16 @@ impl Connection {
                 // peer's reset arrives, instead of waiting (or spinning) for ever.
                 if let Some(e) = self.reader_gone(!nonblock) {
                     break if sent > 0 { Ok(sent) } else { Err(e) };
+                }
+                let since = *stalled.get_or_insert_with(Instant::now);
+                if self.switch_due(Some(since)) {
+                    match self.leave_ring(tail) {
+                        Ok(()) => {
+                            *moved = true;
+                            break Ok(sent);
+                        }
+                        Err(e) => break if sent > 0 { Ok(sent) } else { Err(e) },
+                    }
                 }
                 if sent > 0 && nonblock {
                     break Ok(sent);
@@ -1555,6 +1670,7 @@ impl Connection {
                 }
             };
             woke_in_vain = false;
+            stalled = None;
             (tail, seq) = self.put_frame(&p, seq, bufs, &mut bi, &mut bo);
             sent += p.len as usize;
             if sent == total {
@@ -1584,7 +1700,9 @@ impl Connection {
             return None;
         }
         let _g = self.tx_lock.try_lock_biased()?;
-        if self.send_blocked().is_some() {
+        // Sending on TCP (failover): the general path, which carries it there. Under the lock,
+        // so a switch made by a send in flight is seen.
+        if self.fo.tx_off() || self.send_blocked().is_some() {
             return None;
         }
         let TxPos { tail, seq } = self.tx_pos();
@@ -1682,8 +1800,15 @@ impl Connection {
         if count == 0 {
             return Ok(0);
         }
+        if self.fo.tx_off() {
+            return self.send_file_switched(fd, offset, count, nonblock, timeout);
+        }
         let mut deadline = Deadline::new(timeout);
         let _g = self.tx_lock.lock();
+        if self.fo.tx_off() {
+            drop(_g);
+            return self.send_file_switched(fd, offset, count, nonblock, timeout);
+        }
         let TxPos { mut tail, mut seq } = self.tx_pos();
         let mut off = offset.as_ref().map(|o| **o);
         let mut sent = 0usize;
@@ -1701,6 +1826,17 @@ impl Connection {
                     // As in `send`: a full ring whose reader has gone never drains.
                     if let Some(e) = self.reader_gone(!nonblock) {
                         break if sent > 0 { Ok(sent) } else { Err(Err(e)) };
+                    }
+                    if self.switch_due(None) {
+                        // The next call goes over TCP (see `failover`).
+                        if let Err(e) = self.leave_ring(tail) {
+                            break if sent > 0 { Ok(sent) } else { Err(Err(e)) };
+                        }
+                        if sent > 0 {
+                            break Ok(sent);
+                        }
+                        drop(_g);
+                        return self.send_file_switched(fd, offset, count, nonblock, timeout);
                     }
                     if nonblock || sent > 0 {
                         break if sent > 0 {
@@ -1943,6 +2079,20 @@ impl Connection {
     // ---- waiting ------------------------------------------------------------------------------
 
     fn ready(&self, read: bool) -> bool {
+        // Only the direction asked about: the other may be on TCP and idle.
+        let off = if read {
+            self.fo.rx_off()
+        } else {
+            self.fo.tx_off()
+        };
+        if off {
+            return self.ready_switched(read);
+        }
+        self.ready_ring(read) || (read && self.fo.spoke())
+    }
+
+    /// `ready` on the ring alone.
+    fn ready_ring(&self, read: bool) -> bool {
         if read {
             // Exactly what ends a `recv`: bytes, FIN or RST (a flag that does not, GONE alone
             // say, would make a waiting `recv` spin).
@@ -2119,6 +2269,9 @@ impl Connection {
                 if now.duration_since(t0) >= spin {
                     break;
                 }
+                if n.is_multiple_of(1024) && self.switch_due(None) {
+                    return self.switch_in_wait(read);
+                }
                 if n.is_multiple_of(yield_every) {
                     // Let the peer run if it shares our CPU, and notice a dead peer.
                     std::thread::yield_now();
@@ -2133,6 +2286,10 @@ impl Connection {
         if self.ready(read) {
             return Wait::Ready;
         }
+        if self.switch_due(None) {
+            return self.switch_in_wait(read);
+        }
+        self.idle_checks(read);
         // Before arming: a ring after the arming must reach what we sleep on.
         let sleep_fd = self.sleep_fd();
         if self.arm(read, !read) {
@@ -2168,7 +2325,8 @@ impl Connection {
                     let r = sys::poll2(sleep_fd, self.tcp_fd(), Some(this));
                     let quiet = matches!(r, Err(libc::ETIMEDOUT))
                         && !self.ready(read)
-                        && left.is_none_or(|l| l > this);
+                        && left.is_none_or(|l| l > this)
+                        && !self.switch_due(None);
                     if !quiet {
                         break r;
                     }
@@ -2246,6 +2404,23 @@ impl Connection {
         w
     }
 
+    /// A wait found that our sending direction should leave the ring: a sender goes back to
+    /// its loop (which leaves); a reader makes the sending side leave and waits on.
+    fn switch_in_wait(&self, read: bool) -> Wait {
+        if read {
+            self.leave_ring_soon();
+        }
+        Wait::Ready
+    }
+
+    /// A reader about to sleep: a sending side left on TCP by an earlier fault, which no send
+    /// brings back, comes back now if it may.
+    fn idle_checks(&self, read: bool) {
+        if read && self.fo.tx_off() {
+            self.back_if_idle();
+        }
+    }
+
     /// Does the peer wait on the CPU we run on? Tells the peer our CPU too (a posted write, only
     /// when it changed). Both are hints: the scheduler moves threads at any time.
     pub fn shares_cpu_with_peer(&self) -> bool {
@@ -2274,9 +2449,14 @@ impl Connection {
         }
         let (end, r) = match sys::peek_tcp(self.tcp_fd()) {
             sys::Peek::Open => return None,
+            // A record: the peer switched to TCP (`failover`); the socket is open.
+            sys::Peek::Data => {
+                self.fo.peer_spoke();
+                return None;
+            }
             sys::Peek::Unusable => return Some(Err(IoError::Reset)),
             sys::Peek::Eof => (TCP_EOF, Some(Ok(()))),
-            sys::Peek::Reset | sys::Peek::Data => (TCP_RESET, Some(Err(IoError::Reset))),
+            sys::Peek::Reset => (TCP_RESET, Some(Err(IoError::Reset))),
         };
         self.tcp_end.store(end, Relaxed);
         r
@@ -2363,9 +2543,12 @@ impl Connection {
     /// close of the TCP socket, which this looks at once in `TCP_LOOK_EVERY` calls and right
     /// after [`Connection::look_at_tcp`].
     pub fn readiness(&self) -> Readiness {
+        if self.fo.rx_off() || self.fo.tx_off() {
+            return self.readiness_switched();
+        }
         let flags = self.peer_flags();
         let gone = self.tcp_gone_lately();
-        let data = self.data_ready();
+        let data = self.data_ready() || self.fo.spoke();
         let reset = flags & FLAG_RST != 0 || matches!(gone, Some(Err(_)));
         let eof = flags & FLAG_FIN != 0 || gone.is_some();
         let closed = word32(&self.mine, CR_CLOSED).load(Acquire) != 0;
@@ -2374,11 +2557,17 @@ impl Connection {
         // SHUT_RD, and our SHUT_WR), or on a reset; the peer's close alone is only EOF. (A server
         // that keeps a connection the client closed, asking for no events, must not be woken.)
         let shut_rd = eof || st & ST_SHUT_RD != 0;
+        let writable = self.ready(false);
+        if !writable && gone.is_none() && self.switch_due(None) {
+            // A full ring on a failed link: the next send goes over TCP (`failover`).
+            self.leave_ring_soon();
+            return self.readiness_switched();
+        }
         Readiness {
             readable: data || eof || reset,
             // A send to a peer whose kernel closed the TCP socket does not block either: it
             // fills the ring or fails (see `reader_gone`).
-            writable: self.ready(false) || reset || closed || gone.is_some(),
+            writable: writable || reset || closed || gone.is_some(),
             rdhup: eof,
             hup: reset || (shut_rd && st & ST_SHUT_WR != 0),
             error: reset,
@@ -2396,7 +2585,11 @@ impl Connection {
     pub fn shutdown(&self, read: bool, write: bool) {
         if write {
             let _g = self.tx_lock.lock();
-            if word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR, SeqCst) & ST_SHUT_WR == 0 {
+            if self.fo.tx_off() {
+                // On TCP: the kernel's FIN ends the stream after the last record.
+                word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR, SeqCst);
+                sys::shutdown_write(self.tcp_fd());
+            } else if word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR, SeqCst) & ST_SHUT_WR == 0 {
                 // SYNC POINT (FIN): after our last tail store; pairs with the Acquire load of
                 // RX_FLAGS in the peer's `recv`.
                 word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_FIN, SeqCst);
@@ -2411,8 +2604,17 @@ impl Connection {
     /// The last reference is going away: tell the peer (FIN, or RST if we drop unread data, as
     /// TCP does) and return our resources once the peer can no longer write into them.
     pub(crate) fn close(&self) {
+        self.drain_tcp_at_close();
         let unread = word64(&self.mine, RX_TAIL).load(Acquire) > self.rx_pos().head;
-        let flag = if unread { FLAG_RST } else { FLAG_FIN };
+        let flag = if self.fo.tx_off() {
+            // Our stream is on the TCP socket (`failover`): the kernel's FIN or RST ends it
+            // after our last record; a FIN in the ring would end it before them.
+            0
+        } else if unread {
+            FLAG_RST
+        } else {
+            FLAG_FIN
+        };
         word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR | ST_SHUT_RD | ST_CLOSED, SeqCst);
         word32(&self.theirs, CR_CLOSED).store(1, SeqCst);
         word32(&self.theirs, RX_FLAGS).fetch_or(flag, SeqCst);
@@ -2689,3 +2891,6 @@ const MAX_HOLDERS: usize = 4;
 const ST_SHUT_RD: u32 = 1;
 const ST_SHUT_WR: u32 = 2;
 const ST_CLOSED: u32 = 4;
+/// Our sending direction is on the TCP socket after a failover (for `pcisock stats`).
+pub(crate) const ST_ON_TCP: u32 = 8;
+pub(crate) const L_STATE_PUB: usize = L_STATE;

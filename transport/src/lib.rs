@@ -14,6 +14,7 @@ pub mod rendezvous;
 mod service;
 pub mod sockdiag;
 pub mod stats;
+pub mod switchover;
 mod sys;
 
 use std::os::fd::RawFd;
@@ -68,6 +69,12 @@ pub struct Settings {
     /// nothing, before it stays on TCP (a host that keeps accepting other connections extends
     /// the wait, up to [`ANSWER_PATIENCE_MAX`]).
     pub answer_timeout: Duration,
+    /// `PCISOCK_STRICT=1`: a connection whose NTB path fails is reset (ECONNRESET) instead of
+    /// going on over its TCP socket.
+    pub strict: bool,
+    /// A send that waits this long for credits while the peer's TCP socket is open moves the
+    /// connection to TCP (`PCISOCK_FAILOVER_MS`; zero: never for that reason).
+    pub failover_after: Duration,
 }
 
 impl Default for Settings {
@@ -79,6 +86,8 @@ impl Default for Settings {
             spin: Duration::from_micros(50),
             rx_coalesce: Duration::from_micros(2),
             answer_timeout: Duration::from_secs(2),
+            strict: false,
+            failover_after: Duration::from_secs(1),
         }
     }
 }
@@ -176,6 +185,16 @@ impl Settings {
                 .parse()
                 .map_err(|_| err("PCISOCK_ANSWER_TIMEOUT_MS", &v, "milliseconds"))?;
             s.answer_timeout = Duration::from_millis(ms.max(1));
+        }
+        // The shim validates the value (docs/CONFIG.md); here only "on" matters.
+        s.strict = get("PCISOCK_STRICT").is_some_and(|v| {
+            matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes")
+        });
+        if let Some(v) = get("PCISOCK_FAILOVER_MS").filter(|v| !v.is_empty()) {
+            let ms: u64 = v
+                .parse()
+                .map_err(|_| err("PCISOCK_FAILOVER_MS", &v, "milliseconds (0: off)"))?;
+            s.failover_after = Duration::from_millis(ms);
         }
         Ok(s)
     }

@@ -12,6 +12,8 @@ use crate::conn::{self, Info, COUNTER_NAMES};
 pub struct EndpointStats {
     pub info: Info,
     pub counters: [u64; COUNTER_NAMES.len()],
+    /// Its sending side is on the TCP socket after a failover.
+    pub on_tcp: bool,
 }
 
 /// Read the endpoint in the window lease `mw`/`offset`/`len` of this host, if one lives there.
@@ -32,8 +34,10 @@ pub fn read_endpoint(dev: &dyn NtbDevice, mw: u32, offset: u64, len: u64) -> Opt
     for (i, c) in counters.iter_mut().enumerate() {
         *c = conn::word64(&r, conn::C_BASE + 8 * i).load(std::sync::atomic::Ordering::Relaxed);
     }
+    let state = conn::word32(&r, conn::L_STATE_PUB).load(std::sync::atomic::Ordering::Relaxed);
     Some(EndpointStats {
         info: Info::decode(&b),
         counters,
+        on_tcp: state & conn::ST_ON_TCP != 0,
     })
 }

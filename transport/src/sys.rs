@@ -25,6 +25,14 @@ pub(crate) fn poll2(a: RawFd, b: RawFd, timeout: Option<Duration>) -> Result<i32
             revents: 0,
         },
     ];
+    match ppoll(&mut fds, timeout)? {
+        0 => Err(libc::ETIMEDOUT),
+        n => Ok(n),
+    }
+}
+
+/// ppoll(2) on `fds` with no signal mask: the number of ready fds (0 on timeout) or the errno.
+fn ppoll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> Result<i32, i32> {
     let ts = timeout.map(|t| libc::timespec {
         tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
         tv_nsec: t.subsec_nanos() as libc::c_long,
@@ -32,24 +40,20 @@ pub(crate) fn poll2(a: RawFd, b: RawFd, timeout: Option<Duration>) -> Result<i32
     let tsp = ts
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: `fds` is a live array of 2 pollfds; `tsp` is null or a live timespec; no signal
-    // mask is passed (null).
+    // SAFETY: `fds` is a live array of `fds.len()` pollfds; `tsp` is null or a live timespec;
+    // no signal mask is passed (null).
     let r = unsafe {
         libc::syscall(
             libc::SYS_ppoll,
             fds.as_mut_ptr(),
-            2usize,
+            fds.len(),
             tsp,
             std::ptr::null::<u8>(),
             8usize,
         )
     };
     if r < 0 {
-        Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO))
-    } else if r == 0 {
-        Err(libc::ETIMEDOUT)
+        Err(last_errno())
     } else {
         Ok(r as i32)
     }
@@ -153,6 +157,114 @@ pub(crate) fn inode(fd: RawFd) -> Option<u64> {
     // SAFETY: a live stat buffer.
     let r = unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) };
     (r == 0).then_some(st.st_ino)
+}
+
+/// Receive up to `buf.len()` bytes from socket `fd` without blocking (0: end of stream).
+pub(crate) fn recv_nowait(fd: RawFd, buf: &mut [u8]) -> Result<usize, i32> {
+    // SAFETY: `buf` is a live, writable buffer of the stated length; null address arguments
+    // are allowed by recvfrom.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            fd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            std::ptr::null::<u8>(),
+            std::ptr::null::<u8>(),
+        )
+    };
+    if r < 0 {
+        Err(last_errno())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Send the gathered `bufs` on socket `fd` without blocking and without SIGPIPE; returns the
+/// bytes the kernel took.
+pub(crate) fn send_nowait(fd: RawFd, bufs: &[&[u8]]) -> Result<usize, i32> {
+    let iov: Vec<libc::iovec> = bufs
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    if iov.is_empty() {
+        return Ok(0);
+    }
+    // SAFETY: `msghdr` is plain old data; zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: `msg` points at `iov`, which lives across the call and describes live buffers
+    // the kernel only reads.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sendmsg,
+            fd,
+            &msg as *const libc::msghdr,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if r < 0 {
+        Err(last_errno())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Wait until `fd` has one of `events`, or `timeout` passes; returns the events seen (0 on
+/// timeout) or the errno.
+pub(crate) fn poll1(fd: RawFd, events: i16, timeout: Option<Duration>) -> Result<i16, i32> {
+    let mut p = [libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }];
+    ppoll(&mut p, timeout)?;
+    Ok(p[0].revents)
+}
+
+/// shutdown(2) of the sending side of socket `fd`.
+pub(crate) fn shutdown_write(fd: RawFd) {
+    // SAFETY: plain integers.
+    let _ = unsafe { libc::syscall(libc::SYS_shutdown, fd, libc::SHUT_WR) };
+}
+
+/// Read up to `buf.len()` bytes of file `fd` (at `offset`, or at its position).
+pub(crate) fn read_file(fd: RawFd, buf: &mut [u8], offset: Option<i64>) -> Result<usize, i32> {
+    // SAFETY: `buf` is a live, writable buffer of the stated length.
+    let r = unsafe {
+        match offset {
+            Some(off) => libc::syscall(libc::SYS_pread64, fd, buf.as_mut_ptr(), buf.len(), off),
+            None => libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()),
+        }
+    };
+    if r < 0 {
+        Err(last_errno())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Move file `fd`'s position back by `n` bytes (a read took more than was sent).
+pub(crate) fn seek_back(fd: RawFd, n: i64) -> Result<(), i32> {
+    // SAFETY: plain integers.
+    let r = unsafe { libc::syscall(libc::SYS_lseek, fd, -n, libc::SEEK_CUR) };
+    if r < 0 {
+        Err(last_errno())
+    } else {
+        Ok(())
+    }
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// A new epoll instance (close-on-exec, kept out of the application's low descriptor numbers).

@@ -1496,3 +1496,112 @@ fn biased_send_lock_keeps_concurrent_senders_apart() {
         });
     }
 }
+
+/// The device of `device(tag)` opened a second time, for injecting faults.
+fn faults_of(dir: &Dir) -> EmuDevice {
+    EmuDevice::open(&Options {
+        dir: dir.0.clone(),
+        name: "lo".into(),
+        side: 0,
+        config: Config {
+            mw_size: 16 << 20,
+            ..Config::default()
+        },
+    })
+    .unwrap()
+}
+
+/// Read exactly `n` bytes (blocking) and check them against `pattern` from `at`.
+fn read_exact_pattern(s: &Connection, at: u64, n: u64) {
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 7000];
+    while got < n {
+        let want = buf.len().min((n - got) as usize);
+        let k = s
+            .recv(
+                &mut [&mut buf[..want]],
+                RecvFlags::default(),
+                Some(Duration::from_secs(10)),
+            )
+            .unwrap();
+        assert!(k > 0, "EOF after {got} of {n} bytes");
+        for (i, b) in buf[..k].iter().enumerate() {
+            assert_eq!(
+                *b,
+                pattern(at + got + i as u64),
+                "byte {}",
+                at + got + i as u64
+            );
+        }
+        got += k as u64;
+    }
+}
+
+#[test]
+fn a_link_fault_moves_the_stream_to_tcp_and_back_byte_exact() {
+    let (d, dev) = device("failover");
+    let faults = faults_of(&d);
+    let t = transport(&dev, 64 << 10);
+    let (c, s, _ks, _kt) = pair(&t);
+    let data: Vec<u8> = (0..(1u64 << 20)).map(pattern).collect();
+    // Fill the ring and more: the sender waits for credits, sees the link go down, and goes on
+    // over TCP while the receiver still has the ring's bytes to drain.
+    let (c, sent) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| {
+            c.send(&[&data[..512 << 10]], false, None).unwrap();
+            c
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        faults.faults().inject(ntbdrv::emu::Fault::LinkDown);
+        // A peek on the draining side leaves the bytes where they are.
+        let mut p = [0u8; 5];
+        let n = s
+            .recv(
+                &mut [&mut p[..]],
+                RecvFlags {
+                    peek: true,
+                    ..Default::default()
+                },
+                None,
+            )
+            .unwrap();
+        assert!(
+            n > 0
+                && p[..n]
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == pattern(i as u64))
+        );
+        read_exact_pattern(&s, 0, 512 << 10);
+        (h.join().unwrap(), 512u64 << 10)
+    });
+    assert!(
+        c.counter(Counter::Failovers) >= 1,
+        "the sender did not fail over"
+    );
+    assert!(c.counter(Counter::TcpTxBytes) > 0 && s.counter(Counter::TcpRxBytes) > 0);
+    assert!(c.on_tcp());
+    // The link comes back; after the hold the next send returns to the ring.
+    faults.faults().clear();
+    std::thread::sleep(Duration::from_millis(150));
+    let ring_before = c.counter(Counter::TxBytes);
+    c.send(&[&data[sent as usize..(sent as usize + 1000)]], false, None)
+        .unwrap();
+    assert_eq!(c.counter(Counter::Failbacks), 1, "not back on the ring");
+    assert!(c.counter(Counter::TxBytes) >= ring_before + 1000);
+    // Another fault while the reader has not read the bytes sent since: they are kept, in order.
+    faults.faults().inject(ntbdrv::emu::Fault::LinkDown);
+    let rest = &data[(sent as usize + 1000)..];
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            c.send(&[rest], false, None).unwrap();
+            // Half-close on TCP: the reader gets every byte, then EOF.
+            c.shutdown(false, true);
+        });
+        read_exact_pattern(&s, sent, (data.len() as u64) - sent);
+    });
+    let mut b = [0u8; 1];
+    assert_eq!(s.recv(&mut [&mut b[..]], RecvFlags::default(), None), Ok(0));
+    assert_eq!(c.counter(Counter::Failovers), 2);
+    faults.faults().clear();
+}

@@ -1,0 +1,337 @@
+//! Failover: a live NTB connection over the emulated device survives the link going down by going on over its own
+//! TCP socket, and returns to the ring when the link is back.
+//!
+//! The processes map the fixture's device themselves (`PCISOCK_FABRIC=device`: a link fault is a device fault) and
+//! are not strict (strict mode resets instead: `strict_mode_resets_instead_of_failing_over`). Faults are injected
+//! with the CLI (`pcisock emu fault link-down` / `pcisock emu clear`), as an operator would. Which path carried
+//! the bytes, and when, is read from the kernel's own per-connection counters (`ss -ti`: `bytes_received` of the
+//! server's sockets on the test port), which other traffic on lo cannot disturb (the lo lock is held anyway:
+//! these tests push bulk TCP over lo); the library's stats file says how often each connection moved.
+
+use std::path::Path;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use iperf_tests::*;
+
+const MIB: u64 = 1 << 20;
+
+/// A preloaded, non-strict process on the device, with `port` flagged.
+fn env(f: &Fixture, role: &str, port: u16) -> PreloadEnv {
+    let mut e = f
+        .preload(role)
+        .with_strict(false)
+        .with_ports(port.to_string());
+    e.extra.push(("PCISOCK_FABRIC".into(), "device".into()));
+    e
+}
+
+/// `pcisock emu fault link-down` (down) or `pcisock emu clear` on the fixture's device.
+fn link(emu_dir: &Path, down: bool) {
+    let cli = Lib::cli().unwrap_or_else(|e| panic!("{e}"));
+    let args: &[&str] = if down {
+        &["emu", "fault", "link-down"]
+    } else {
+        &["emu", "clear"]
+    };
+    let out = Command::new(cli)
+        .args(args)
+        .env("PCISOCK_EMU_DIR", emu_dir)
+        .output()
+        .expect("run pcisock emu");
+    assert!(
+        out.status.success(),
+        "pcisock {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Bytes the kernel received on the established TCP sockets whose local port is `port` (the server's side of
+/// the test's connections), from `ss -tin`.
+fn tcp_received(port: u16) -> u64 {
+    let filter = format!("( sport = :{port} )");
+    let out = Command::new("ss")
+        .args(["-tinH", "state", "established", &filter])
+        .output()
+        .expect("run ss");
+    assert!(
+        out.status.success(),
+        "ss: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("bytes_received:"))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
+fn sleep_until(t0: Instant, at: Duration) {
+    if let Some(d) = at.checked_sub(t0.elapsed()) {
+        thread::sleep(d);
+    }
+}
+
+/// The stats of the one connection on `port` that carried the stream (the most bytes, either way).
+fn data_conn(s: &Stats, port: u16) -> ConnStats {
+    s.on_port(port)
+        .max_by_key(|c| c.tx_bytes + c.rx_bytes + c.failover_tx_bytes + c.failover_rx_bytes)
+        .cloned()
+        .unwrap_or_else(|| panic!("no connection on port {port} in {s}"))
+}
+
+/// An iperf3 stream of `secs` seconds between two preloaded processes on a fresh device: the fixture, the
+/// server, the client process, and both envs (the lo lock is taken first and held by the caller).
+struct Stream {
+    f: Fixture,
+    port: u16,
+    se: PreloadEnv,
+    ce: PreloadEnv,
+    server: Iperf3Server,
+    client: Proc,
+}
+
+impl Stream {
+    fn start(name: &str, secs: u32) -> Stream {
+        let f = Fixture::new(name);
+        let port = free_port();
+        let (se, ce) = (env(&f, "server", port), env(&f, "client", port));
+        let server = Iperf3Server::start(port, Some(&se), f.dir()).unwrap();
+        let args = Iperf3Client {
+            amount: Amount::Secs(secs),
+            ..Iperf3Client::new(port, 0)
+        }
+        .args();
+        let client = Proc::spawn(
+            "iperf3-client",
+            command("iperf3", &args, Some(&ce)),
+            f.dir(),
+        )
+        .unwrap();
+        Stream {
+            f,
+            port,
+            se,
+            ce,
+            server,
+            client,
+        }
+    }
+
+    /// Both ends finished cleanly and agree; the client's report.
+    fn finish(&mut self) -> Iperf3Output {
+        let status = self.client.wait_success(Duration::from_secs(30));
+        let out = check(
+            status.and_then(|()| parse_iperf3_json(&self.client.stdout())),
+            &[&self.client, &self.server.proc],
+        );
+        let sout = check(
+            self.server.finish(Duration::from_secs(10)),
+            &[&self.server.proc],
+        );
+        check(
+            sout.check_server_agrees(&out),
+            &[&self.client, &self.server.proc],
+        );
+        out
+    }
+}
+
+#[test]
+fn link_down_for_4s_mid_stream_moves_to_tcp_and_back() {
+    let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
+    let mut st = Stream::start("failover_link_down", 10);
+    let (f, port) = (&st.f, st.port);
+    let t0 = Instant::now();
+    // Samples of lo: before the fault, across it, and after it.
+    let at = |s: u64| Duration::from_millis(s);
+    sleep_until(t0, at(3000));
+    link(f.emu_dir(), true);
+    let mut during = Vec::new();
+    for ms in [3500, 4500, 5500, 6500] {
+        sleep_until(t0, at(ms));
+        during.push(tcp_received(port));
+    }
+    sleep_until(t0, at(7000));
+    link(f.emu_dir(), false);
+    sleep_until(t0, at(8000));
+    let back = tcp_received(port);
+    sleep_until(t0, at(9500));
+    let late = tcp_received(port);
+    st.finish();
+
+    let mut errors = Vec::new();
+    // While the link is down the stream goes on over TCP: every second of the outage moves bytes across lo.
+    for (i, w) in during.windows(2).enumerate() {
+        let b = w[1] - w[0];
+        if b < 8 * MIB {
+            errors.push(format!(
+                "second {} of the outage: only {b} bytes over TCP (the stream stalled instead of failing over)",
+                i + 1
+            ));
+        }
+    }
+    // A second after the link is back the stream is on the ring again: lo is quiet while iperf3 goes on.
+    let after = late - back;
+    if after > MIB {
+        errors.push(format!(
+            "{after} bytes over TCP from 1 s to 2.5 s after the link came back: not back on NTB"
+        ));
+    }
+    let stats = st.ce.stats().unwrap();
+    let c = data_conn(&stats, port);
+    if c.failovers < 1 || c.failbacks < 1 || c.failover_tx_bytes < 32 * MIB || c.on_tcp {
+        errors.push(format!(
+            "client data connection: failovers {}, failbacks {}, {} bytes over TCP, on TCP at the end: {}",
+            c.failovers, c.failbacks, c.failover_tx_bytes, c.on_tcp
+        ));
+    }
+    if stats.tcp_connections != 0 || stats.protocol_errors != 0 {
+        errors.push(format!("client: {stats}"));
+    }
+    let s = st.se.stats().unwrap();
+    if data_conn(&s, port).failover_rx_bytes < 32 * MIB || s.protocol_errors != 0 {
+        errors.push(format!("server: {s}"));
+    }
+    assert!(
+        errors.is_empty(),
+        "{}\nclient {c:?}\nserver {s}\n{}\n{}",
+        errors.join("\n"),
+        st.client.describe(),
+        st.server.proc.describe()
+    );
+}
+
+#[test]
+fn a_flapping_link_does_not_thrash() {
+    let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
+    let mut st = Stream::start("failover_flapping", 7);
+    let (f, port) = (&st.f, st.port);
+    // 40 flaps (down, then up) in 7 s.
+    let t0 = Instant::now();
+    for i in 0..40u64 {
+        sleep_until(t0, Duration::from_millis(i * 170 + 100));
+        link(f.emu_dir(), true);
+        sleep_until(t0, Duration::from_millis(i * 170 + 185));
+        link(f.emu_dir(), false);
+    }
+    let out = st.finish();
+    let stats = st.ce.stats().unwrap();
+    let c = data_conn(&stats, port);
+    // Back-off: the hold on TCP doubles with each failover that follows a fail-back closely, so 40 flaps
+    // move the connection a handful of times, not 40.
+    assert!(
+        (1..=12).contains(&c.failovers) && c.failbacks <= c.failovers && stats.protocol_errors == 0,
+        "client data connection moved {} times and back {} times in 40 flaps\n{stats}",
+        c.failovers,
+        c.failbacks
+    );
+    assert!(out.sum_received.bytes > 0);
+}
+
+/// The echo tool checks every byte it gets back against the stream it sent.
+fn echo_across_faults(
+    name: &str,
+    bytes: u64,
+    faults: u32,
+    strict: bool,
+) -> (Fixture, Proc, Proc, Stats) {
+    let f = Fixture::new(name);
+    let port = free_port();
+    let (se, ce) = (
+        env(&f, "server", port).with_strict(strict),
+        env(&f, "client", port).with_strict(strict),
+    );
+    let echo = Lib::locate()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("echo")
+        .to_string_lossy()
+        .into_owned();
+    let port_s = port.to_string();
+    let mut server = Proc::spawn(
+        "echo-server",
+        command(&echo, &["serve", &port_s], Some(&se)),
+        f.dir(),
+    )
+    .unwrap();
+    server
+        .wait_listening(port, Duration::from_secs(10))
+        .unwrap();
+    let mut client = Proc::spawn(
+        "echo-client",
+        command(
+            &echo,
+            &["send", &port_s, &bytes.to_string(), "77"],
+            Some(&ce),
+        ),
+        f.dir(),
+    )
+    .unwrap();
+    // Faults of varying length and spacing while the stream runs.
+    let mut rng = 0x1234_5678u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for _ in 0..faults {
+        if !client.is_running() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20 + next() % 60));
+        link(f.emu_dir(), true);
+        thread::sleep(Duration::from_millis(10 + next() % 120));
+        link(f.emu_dir(), false);
+    }
+    let _ = client.wait_timeout(Duration::from_secs(60));
+    let _ = server.wait_timeout(Duration::from_secs(10));
+    let stats = ce.stats().unwrap_or_else(|e| panic!("{e}"));
+    (f, client, server, stats)
+}
+
+#[test]
+fn echo_is_byte_identical_across_many_faults() {
+    let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
+    let (_f, mut client, mut server, stats) =
+        echo_across_faults("failover_echo", 384 * MIB + 4321, 60, false);
+    check(
+        client.wait_success(Duration::from_secs(1)),
+        &[&client, &server],
+    );
+    check(
+        server.wait_success(Duration::from_secs(1)),
+        &[&client, &server],
+    );
+    assert!(
+        client.stdout().starts_with("ok bytes="),
+        "{}",
+        client.describe()
+    );
+    assert!(
+        stats.failovers >= 2 && stats.failbacks >= 1 && stats.protocol_errors == 0,
+        "the faults did not move the connection: {stats}"
+    );
+}
+
+#[test]
+fn strict_mode_resets_instead_of_failing_over() {
+    let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
+    let (_f, mut client, server, stats) =
+        echo_across_faults("failover_strict", 4096 * MIB, 3, true);
+    let st = client.wait_timeout(Duration::from_secs(1)).unwrap();
+    assert!(
+        !st.success() && client.stderr().contains("reset"),
+        "a strict connection must fail with ECONNRESET on a link fault\n{}\n{}",
+        client.describe(),
+        server.describe()
+    );
+    assert_eq!(
+        stats.failover_tx_bytes + stats.failover_rx_bytes,
+        0,
+        "{stats}"
+    );
+}

@@ -1,0 +1,795 @@
+//! Failover: a connection whose NTB path fails goes on over its own TCP socket, and comes back.
+//!
+//! Called by `Connection`'s send, receive and readiness paths, only when the connection is off
+//! the ring (one relaxed load decides) or when a wait on the ring gives a reason to look
+//! (`switch_due`). The protocol — what is sent at a switch and what a received record means —
+//! is the pure `switchover` module; this is its I/O: detection, the TCP socket, the bytes
+//! taken from it, fail-back with back-off, and the counters. It never writes a byte on the TCP
+//! socket of a connection that was not upgraded (both ends are pcisock), so a plain peer never
+//! sees a record.
+//!
+//! Detection (each end, for the direction it sends): the device's link is down or its
+//! generation moved since this end joined the ring; the peer spoke on the TCP socket (it
+//! switched); or a wait for credits saw no progress for `PCISOCK_FAILOVER_MS` while the peer's
+//! TCP socket stayed open. A peer whose TCP socket ended died: that is EOF or ECONNRESET as
+//! before, never a failover. Under `PCISOCK_STRICT=1` a connection resets instead.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{
+    word32, word64, Connection, Counter, IoError, Readiness, RecvFlags, RxPos, Tenancy, TxPos,
+    CR_CLOSED, CR_RX_SLEEPING, FLAG_RST, L_SOCK_INODE, L_STATE, RX_FLAGS, ST_ON_TCP, ST_SHUT_RD,
+    ST_SHUT_WR,
+};
+use crate::proto::ProtoError;
+use crate::switchover::{
+    next_epoch, Reader, RxEvent, RxMode, RxSwitch, Step, TxSwitch, MAX_RECORD, RECORD_HDR,
+};
+use crate::sys;
+
+/// First time a connection stays on TCP before it tries the ring again.
+const HOLD_MIN: Duration = Duration::from_millis(100);
+/// Longest (a link that keeps flapping).
+const HOLD_MAX: Duration = Duration::from_secs(3);
+/// A fail-over within this long of a fail-back doubles the hold (back-off).
+const FLAP_WINDOW: Duration = Duration::from_secs(2);
+/// Bytes taken from the TCP socket at a time.
+const TCP_CHUNK: usize = 256 << 10;
+/// How long a drain waits for ring bytes the END says were published (a bridge that dropped
+/// them never delivers them: then the connection is reset, never silently short).
+const DRAIN_PATIENCE: Duration = Duration::from_secs(1);
+
+/// A connection's failover state. The first two words are all the fast path reads.
+#[derive(Default)]
+pub(super) struct Failover {
+    /// Our receiving direction is off the plain ring: `recv` goes through `recv_switched`.
+    rx_off: AtomicBool,
+    /// Our sending direction is on TCP: `send` goes through `send_switched`.
+    tx_off: AtomicBool,
+    /// The peer wrote on the TCP socket (a record): look at it.
+    spoke: AtomicBool,
+    /// A receiver saw a reason to leave the ring while a sender held the send lock.
+    tx_want: AtomicBool,
+    /// Strict mode tripped: the connection is reset.
+    broken: AtomicBool,
+    /// The link generation when we (re)joined the ring.
+    link_gen: AtomicU32,
+    rx: Mutex<RxSide>,
+    tx: Mutex<TxSide>,
+}
+
+#[derive(Default)]
+struct RxSide {
+    sw: Option<RxSwitch>,
+    reader: Reader,
+    /// Bytes taken from the TCP socket and not parsed yet.
+    raw: Vec<u8>,
+    /// Stream bytes parsed out of DATA records, not read by the application yet.
+    deliver: VecDeque<u8>,
+    /// The TCP socket reached its end (0) or failed.
+    end: Option<Result<(), IoError>>,
+}
+
+#[derive(Default)]
+struct TxSide {
+    sw: TxSwitch,
+    /// On TCP since.
+    since: Option<Instant>,
+    /// How long to stay on TCP before trying the ring again.
+    hold: Duration,
+    /// The last fail-back.
+    back_at: Option<Instant>,
+}
+
+impl Failover {
+    pub(super) fn new(link_gen: u32) -> Failover {
+        let f = Failover::default();
+        f.link_gen.store(link_gen, Relaxed);
+        f
+    }
+
+    #[inline]
+    pub(super) fn rx_off(&self) -> bool {
+        self.rx_off.load(Relaxed)
+    }
+
+    #[inline]
+    pub(super) fn tx_off(&self) -> bool {
+        self.tx_off.load(Relaxed)
+    }
+
+    /// The peer wrote on the TCP socket (seen by a peek).
+    pub(super) fn peer_spoke(&self) {
+        self.spoke.store(true, Relaxed);
+    }
+
+    pub(super) fn spoke(&self) -> bool {
+        self.spoke.load(Relaxed)
+    }
+
+    pub(super) fn engage_rx(&self) {
+        self.rx_off.store(true, Relaxed);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Connection {
+    /// The device's link as this connection sees it: `Some(generation)` if up.
+    fn link_up(&self) -> Option<u32> {
+        match &self.tenancy {
+            Tenancy::Device { dev, .. } => {
+                let s = dev.link_state();
+                s.up.then_some(s.generation)
+            }
+            // Segments the service handed us are memory of this host: no link to lose.
+            Tenancy::Service { .. } => Some(self.fo.link_gen.load(Relaxed)),
+        }
+    }
+
+    /// Should our sending direction leave the ring? Asked by waits, not by the fast path.
+    /// `stalled_since`: when a send began waiting for credits it has not had since.
+    pub(super) fn switch_due(&self, stalled_since: Option<Instant>) -> bool {
+        if self.fo.tx_off() {
+            return false;
+        }
+        self.fo.tx_want.load(Relaxed) || self.link_moved() || self.stalled(stalled_since)
+    }
+
+    /// Is the link down, or did it go down and up since we joined the ring with bytes of ours
+    /// the receiver has not consumed (which a real bridge may have dropped)? A link that
+    /// flapped while everything we sent was consumed lost nothing: the ring goes on.
+    fn link_moved(&self) -> bool {
+        let seen = self.fo.link_gen.load(Relaxed);
+        match self.link_up() {
+            Some(g) if g == seen => false,
+            None => true,
+            Some(g) => {
+                let tail = self.tx_pos().tail;
+                if self.credits(tail) == Ok(tail) {
+                    self.fo.link_gen.store(g, Relaxed);
+                    false
+                } else {
+                    true
+                }
+            }
+        }
+    }
+
+    /// A wait for credits that has seen none for the progress timeout while the receiver says
+    /// it sleeps waiting for data (it cannot see what we published: the path is broken, not
+    /// the reader slow — an application that does not read is a zero window, as on TCP), and
+    /// the peer's TCP socket is open (a dead peer is not a failover: its socket ends).
+    fn stalled(&self, since: Option<Instant>) -> bool {
+        let limit = self.settings.failover_after;
+        !limit.is_zero()
+            && since.is_some_and(|t| t.elapsed() >= limit)
+            && word32(&self.mine, CR_RX_SLEEPING).load(Relaxed) != 0
+            && self.tcp_gone().is_none()
+    }
+
+    /// Strict mode: fail the connection instead of moving it (ECONNRESET on both ends).
+    fn trip(&self) -> IoError {
+        if !self.fo.broken.swap(true, SeqCst) {
+            word32(&self.theirs, CR_CLOSED).store(1, SeqCst);
+            word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_RST, SeqCst);
+            self.ring_peer();
+            sys::shutdown_write(self.tcp_fd());
+        }
+        IoError::Reset
+    }
+
+    /// Leave the ring for our sending direction, with the send lock held and our producer
+    /// counter at `tail`: the END goes out first on TCP.
+    pub(super) fn leave_ring(&self, tail: u64) -> Result<(), IoError> {
+        if self.settings.strict {
+            return Err(self.trip());
+        }
+        let mut tx = lock(&self.fo.tx);
+        let fin = self.shared_state() & ST_SHUT_WR != 0;
+        let Some(end) = tx.sw.leave_ring(tail, fin) else {
+            return Ok(());
+        };
+        self.fo.tx_want.store(false, Relaxed);
+        let now = Instant::now();
+        if tx
+            .back_at
+            .is_some_and(|b| now.duration_since(b) < FLAP_WINDOW)
+        {
+            tx.hold = (tx.hold * 2).clamp(HOLD_MIN, HOLD_MAX);
+        } else {
+            tx.hold = HOLD_MIN;
+        }
+        tx.since = Some(now);
+        self.fo.tx_off.store(true, SeqCst);
+        word32(&self.mine, L_STATE).fetch_or(ST_ON_TCP, SeqCst);
+        self.count(Counter::Failovers, 1);
+        self.write_all_tcp(&[&end.encode()])?;
+        if fin {
+            sys::shutdown_write(self.tcp_fd());
+        }
+        Ok(())
+    }
+
+    /// A reader (or a waiter) found a reason to switch: leave the ring for sending too, now if
+    /// no send holds the lock, else the sender does at its next wait.
+    pub(super) fn leave_ring_soon(&self) {
+        if self.fo.tx_off() {
+            return;
+        }
+        match self.tx_lock.try_lock() {
+            Some(_g) => {
+                let _ = self.leave_ring(self.tx_pos().tail);
+            }
+            None => self.fo.tx_want.store(true, Relaxed),
+        }
+    }
+
+    /// Back to the ring, with the send lock held, if the link is up and the hold has passed.
+    fn try_back_to_ring(&self) -> bool {
+        let Some(gen) = self.link_up() else {
+            return false;
+        };
+        let mut tx = lock(&self.fo.tx);
+        if tx.since.is_none_or(|s| s.elapsed() < tx.hold) {
+            return false;
+        }
+        let Some((back, resume)) = tx.sw.back_to_ring() else {
+            return false;
+        };
+        if self.write_all_tcp(&[&back.encode()]).is_err() {
+            return false;
+        }
+        let TxPos { seq, .. } = self.tx_pos();
+        self.set_tx_pos(TxPos {
+            tail: resume,
+            seq: next_epoch(seq),
+        });
+        if let Some(s) = tx.since.take() {
+            self.count(Counter::TcpMicros, s.elapsed().as_micros() as u64);
+        }
+        tx.back_at = Some(Instant::now());
+        self.fo.link_gen.store(gen, Relaxed);
+        // A request to leave made while we were on TCP is answered.
+        self.fo.tx_want.store(false, Relaxed);
+        self.fo.tx_off.store(false, SeqCst);
+        word32(&self.mine, L_STATE).fetch_and(!ST_ON_TCP, SeqCst);
+        self.count(Counter::Failbacks, 1);
+        true
+    }
+
+    // ---- sending on TCP -------------------------------------------------------------------
+
+    /// `send` while our sending direction is on TCP: DATA records.
+    pub(super) fn send_switched(
+        &self,
+        bufs: &[&[u8]],
+        nonblock: bool,
+        timeout: Option<Duration>,
+    ) -> Result<usize, IoError> {
+        if self.fo.broken.load(Relaxed) {
+            return Err(IoError::Reset);
+        }
+        {
+            let _g = self.tx_lock.lock();
+            if !self.fo.tx_off() {
+                drop(_g);
+                return self.send(bufs, nonblock, timeout);
+            }
+            if self.try_back_to_ring() {
+                drop(_g);
+                return self.send(bufs, nonblock, timeout);
+            }
+            if let Some(e) = self.send_blocked() {
+                return Err(e);
+            }
+            let deadline = timeout.map(|t| Instant::now() + t);
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            let mut sent = 0usize;
+            while sent < total {
+                let rest = skip(bufs, sent);
+                let want = (total - sent).min(MAX_RECORD as usize);
+                let mut next = lock(&self.fo.tx).sw;
+                let Some(rec) = next.data(want) else { break };
+                let hdr = rec.encode();
+                let mut parts: Vec<&[u8]> = vec![&hdr];
+                parts.extend(take(&rest, rec.len as usize));
+                // The first byte of a record commits it: the rest follows even if we must
+                // wait for it (a record is never left half sent).
+                let n = loop {
+                    match sys::send_nowait(self.tcp_fd(), &parts) {
+                        Ok(n) if n > 0 => break Ok(n),
+                        Ok(_) | Err(libc::EAGAIN) => {
+                            if nonblock {
+                                break Err(IoError::WouldBlock);
+                            }
+                            match self.wait_tcp(libc::POLLOUT, deadline) {
+                                Ok(()) => continue,
+                                Err(e) => break Err(e),
+                            }
+                        }
+                        Err(e) => break Err(tcp_error(e)),
+                    }
+                };
+                let n = match n {
+                    Ok(n) => n,
+                    Err(e) => {
+                        if sent > 0 {
+                            break;
+                        }
+                        return Err(e);
+                    }
+                };
+                lock(&self.fo.tx).sw = next;
+                if n < hdr.len() + rec.len as usize {
+                    let whole = hdr.len() + rec.len as usize;
+                    self.write_rest(&parts, n, whole)?;
+                }
+                sent += rec.len as usize;
+            }
+            self.count(Counter::TcpTxBytes, sent as u64);
+            if sent > 0 {
+                self.note_sent();
+            }
+            Ok(sent)
+        }
+    }
+
+    /// Write the rest of a record the kernel took `done` of `whole` bytes of, waiting as long
+    /// as it takes (the peer reads, or its socket ends).
+    fn write_rest(&self, parts: &[&[u8]], mut done: usize, whole: usize) -> Result<(), IoError> {
+        while done < whole {
+            let rest = skip(parts, done);
+            match sys::send_nowait(self.tcp_fd(), &rest) {
+                Ok(n) if n > 0 => done += n,
+                Ok(_) | Err(libc::EAGAIN) | Err(libc::EINTR) => {
+                    match self.wait_tcp(libc::POLLOUT, None) {
+                        Ok(()) | Err(IoError::Interrupted) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(tcp_error(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Write a whole control record (or any bytes) to the TCP socket.
+    fn write_all_tcp(&self, parts: &[&[u8]]) -> Result<(), IoError> {
+        let whole = parts.iter().map(|p| p.len()).sum();
+        self.write_rest(parts, 0, whole)
+    }
+
+    /// Wait for `events` on the TCP socket (bounded naps, so a deadline is honoured).
+    fn wait_tcp(&self, events: i16, deadline: Option<Instant>) -> Result<(), IoError> {
+        let nap = Duration::from_millis(100);
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Err(IoError::TimedOut);
+        }
+        match sys::poll1(
+            self.tcp_fd(),
+            events,
+            Some(left.map_or(nap, |l| l.min(nap))),
+        ) {
+            Ok(r) if r & (libc::POLLERR | libc::POLLNVAL) != 0 && r & events == 0 => {
+                Err(IoError::Reset)
+            }
+            Ok(_) => Ok(()),
+            Err(libc::EINTR) => Err(IoError::Interrupted),
+            Err(_) => Err(IoError::Reset),
+        }
+    }
+
+    /// `sendfile` while on TCP: read the file, send it as records.
+    pub(super) fn send_file_switched(
+        &self,
+        fd: std::os::fd::RawFd,
+        offset: Option<&mut i64>,
+        count: usize,
+        nonblock: bool,
+        timeout: Option<Duration>,
+    ) -> Result<usize, Result<i32, IoError>> {
+        let mut buf = vec![0u8; count.min(MAX_RECORD as usize)];
+        let off = offset.as_ref().map(|o| **o);
+        let n = sys::read_file(fd, &mut buf, off).map_err(Ok)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        let sent = self
+            .send_switched(&[buf.get(..n).unwrap_or_default()], nonblock, timeout)
+            .map_err(Err)?;
+        match offset {
+            Some(o) => *o += sent as i64,
+            None if sent < n => {
+                // The file position moved past what went out: put it back.
+                let _ = sys::seek_back(fd, (n - sent) as i64);
+            }
+            None => {}
+        }
+        Ok(sent)
+    }
+
+    // ---- receiving --------------------------------------------------------------------------
+
+    /// `recv` while our receiving direction is off the plain ring: drain the ring up to the
+    /// END, then the bytes of DATA records, and back to the ring after a BACK.
+    pub(super) fn recv_switched(
+        &self,
+        bufs: &mut [&mut [u8]],
+        flags: RecvFlags,
+        timeout: Option<Duration>,
+    ) -> Result<usize, IoError> {
+        if self.fo.broken.load(Relaxed) {
+            return Err(IoError::Reset);
+        }
+        self.back_if_idle();
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        if want == 0 {
+            return Ok(0);
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut drain_since: Option<Instant> = None;
+        loop {
+            let mut rx = lock(&self.fo.rx);
+            let cap = self.rx_ring.cap();
+            let mode = rx.sw.get_or_insert_with(|| RxSwitch::new(cap)).mode();
+            match mode {
+                RxMode::Drain { end } => {
+                    drop(rx);
+                    let f = RecvFlags {
+                        nonblock: true,
+                        ..flags
+                    };
+                    let r = self.recv_ring(bufs, f, None, end);
+                    let RxPos { head, off, .. } = self.rx_pos();
+                    let mut rx = lock(&self.fo.rx);
+                    let done = match rx.sw.as_mut().map(|s| s.drained(head, off)) {
+                        Some(Ok(d)) => d,
+                        Some(Err(e)) => return Err(self.protocol_error("failover", e)),
+                        None => false,
+                    };
+                    match r {
+                        Ok(n) if n > 0 => return Ok(n),
+                        Err(e) if e != IoError::WouldBlock => return Err(e),
+                        _ => {}
+                    }
+                    if !done {
+                        // Ring bytes the END announced that have not landed (yet).
+                        let t0 = *drain_since.get_or_insert_with(Instant::now);
+                        if t0.elapsed() > DRAIN_PATIENCE {
+                            let e = ProtoError::BadRecord("ring bytes before the END never landed");
+                            return Err(self.protocol_error("failover", e));
+                        }
+                        drop(rx);
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    continue;
+                }
+                RxMode::Ring if rx.deliver.is_empty() => {
+                    // Between switches: the ring, unless a record waits (an END).
+                    match self.pump(&mut rx) {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => return Err(e),
+                    }
+                    if !matches!(rx.sw.map(|s| s.mode()), Some(RxMode::Ring))
+                        || !rx.deliver.is_empty()
+                    {
+                        continue;
+                    }
+                    // Nothing waits on TCP: back to the plain ring.
+                    self.fo.rx_off.store(false, Relaxed);
+                    drop(rx);
+                    match self.recv_ring(bufs, flags, timeout, u64::MAX) {
+                        // It stopped at the sender's next epoch again, whose END has not
+                        // arrived on TCP yet: wait for it there.
+                        Ok(0) if self.fo.rx_off() => {
+                            if flags.nonblock {
+                                return Err(IoError::WouldBlock);
+                            }
+                            self.wait_tcp(libc::POLLIN | libc::POLLRDHUP, deadline)?;
+                        }
+                        r => return r,
+                    }
+                    continue;
+                }
+                RxMode::Ring | RxMode::Tcp => {
+                    if !rx.deliver.is_empty() {
+                        let n = serve(&mut rx.deliver, bufs, flags.peek);
+                        if !flags.peek {
+                            self.count(Counter::TcpRxBytes, n as u64);
+                            self.note_read();
+                        }
+                        return Ok(n);
+                    }
+                    if mode == RxMode::Ring {
+                        continue;
+                    }
+                    match self.pump(&mut rx) {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => return Err(e),
+                    }
+                    if rx.sw.is_some_and(|s| s.fin()) {
+                        return Ok(0);
+                    }
+                    if let Some(end) = rx.end {
+                        return end.map(|()| 0);
+                    }
+                    drop(rx);
+                    if flags.nonblock {
+                        return Err(IoError::WouldBlock);
+                    }
+                    match self.wait_tcp(libc::POLLIN | libc::POLLRDHUP, deadline) {
+                        Ok(()) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Take what the TCP socket has and parse it. Returns whether anything changed (bytes to
+    /// deliver, a mode change); ends of the socket are recorded in `rx.end`.
+    fn pump(&self, rx: &mut RxSide) -> Result<bool, IoError> {
+        let mut changed = false;
+        // Parse what we have first.
+        loop {
+            let Some(sw) = rx.sw.as_mut() else {
+                return Ok(changed);
+            };
+            let mode = sw.mode();
+            // Nothing is parsed while draining (TCP bytes never overtake ring bytes), nor an
+            // END while bytes of the last TCP spell are still to deliver.
+            if matches!(mode, RxMode::Drain { .. })
+                || (mode == RxMode::Ring && !rx.deliver.is_empty())
+            {
+                return Ok(changed);
+            }
+            let RxPos { head, off, .. } = self.rx_pos();
+            match rx.reader.step(&rx.raw, sw, head, off) {
+                Err(e) => return Err(self.protocol_error("failover", e)),
+                Ok(Step::Payload(n)) => {
+                    rx.deliver.extend(rx.raw.drain(..n));
+                    changed = true;
+                }
+                Ok(Step::Control(ev)) => {
+                    rx.raw.drain(..RECORD_HDR);
+                    changed = true;
+                    match ev {
+                        RxEvent::Switched { .. } => {
+                            if self.settings.strict {
+                                return Err(self.trip());
+                            }
+                            // The peer left the ring: so do we, for our direction.
+                            self.leave_ring_soon();
+                        }
+                        RxEvent::Back => {
+                            // The ring goes on in the sender's next epoch; give it every
+                            // credit now (one returned while the link was down may be lost).
+                            let RxPos { head, off, seq } = self.rx_pos();
+                            self.cur.rx_returned.store(u64::MAX, Relaxed);
+                            self.return_credits(head, off, next_epoch(seq), true);
+                        }
+                        RxEvent::Data { .. } => {}
+                    }
+                }
+                Ok(Step::NeedMore) => {
+                    if rx.end.is_some() {
+                        return Ok(changed);
+                    }
+                    let at = rx.raw.len();
+                    rx.raw.resize(at + TCP_CHUNK, 0);
+                    let r =
+                        sys::recv_nowait(self.tcp_fd(), rx.raw.get_mut(at..).unwrap_or_default());
+                    match r {
+                        Ok(0) => {
+                            rx.raw.truncate(at);
+                            rx.end = Some(Ok(()));
+                            return Ok(true);
+                        }
+                        Ok(n) => {
+                            rx.raw.truncate(at + n);
+                            changed = true;
+                        }
+                        Err(e) => {
+                            rx.raw.truncate(at);
+                            if e == libc::EAGAIN || e == libc::EINTR {
+                                self.fo.spoke.store(false, Relaxed);
+                                return Ok(changed);
+                            }
+                            rx.end = Some(Err(tcp_error(e)));
+                            return Ok(true);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A sending side on TCP that no send is using comes back when it may (an application
+    /// that only reads on this connection never sends to bring it back).
+    pub(super) fn back_if_idle(&self) {
+        if self.fo.tx_off() {
+            if let Some(_g) = self.tx_lock.try_lock() {
+                if self.fo.tx_off() {
+                    self.try_back_to_ring();
+                }
+            }
+        }
+    }
+
+    /// Readiness while either direction is off the ring.
+    pub(super) fn readiness_switched(&self) -> Readiness {
+        self.back_if_idle();
+        if !(self.fo.rx_off() || self.fo.tx_off()) {
+            return self.readiness();
+        }
+        let broken = self.fo.broken.load(Relaxed);
+        let ev = sys::poll1(
+            self.tcp_fd(),
+            libc::POLLIN | libc::POLLOUT | libc::POLLRDHUP,
+            Some(Duration::ZERO),
+        )
+        .unwrap_or(libc::POLLERR);
+        let readable = if self.fo.rx_off() {
+            let rx = lock(&self.fo.rx);
+            !rx.deliver.is_empty()
+                || rx.end.is_some()
+                || rx.raw.len() >= RECORD_HDR
+                || ev & (libc::POLLIN | libc::POLLRDHUP | libc::POLLHUP) != 0
+                || match rx.sw.map(|s| s.mode()) {
+                    Some(RxMode::Drain { .. }) | Some(RxMode::Ring) | None => self.data_ready(),
+                    Some(RxMode::Tcp) => false,
+                }
+        } else {
+            self.data_ready()
+                || self.fo.spoke()
+                || self.peer_flags() & (super::FLAG_FIN | FLAG_RST) != 0
+        };
+        let writable = if self.fo.tx_off() {
+            ev & libc::POLLOUT != 0
+        } else {
+            self.ready_ring(false)
+        };
+        let st = self.shared_state();
+        let reset = broken || ev & libc::POLLERR != 0;
+        let rdhup = ev & libc::POLLRDHUP != 0;
+        Readiness {
+            readable: readable || reset,
+            writable: writable || reset,
+            rdhup,
+            hup: reset || (rdhup || st & ST_SHUT_RD != 0) && st & ST_SHUT_WR != 0,
+            error: reset,
+        }
+    }
+
+    /// Bytes ready to read (FIONREAD) while off the ring.
+    pub(super) fn readable_switched(&self) -> usize {
+        lock(&self.fo.rx).deliver.len()
+    }
+
+    /// Is there something for a waiter (`read`: to read; else room to send) off the ring?
+    pub(super) fn ready_switched(&self, read: bool) -> bool {
+        let r = self.readiness_switched();
+        if read {
+            r.readable
+        } else {
+            r.writable
+        }
+    }
+
+    /// Before the last close: bytes left on the TCP socket by a switch the application never
+    /// read up to (an END after the ring's FIN) would make the kernel reset the peer.
+    pub(super) fn drain_tcp_at_close(&self) {
+        if !(self.fo.rx_off() || self.fo.spoke() || self.fo.tx_off()) {
+            return;
+        }
+        // Only our own socket: the application may have closed the fd already, and the number
+        // may name another file now.
+        let ours = word64(&self.mine, L_SOCK_INODE).load(Relaxed);
+        if ours == 0 || sys::inode(self.tcp_fd()) != Some(ours) {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        for _ in 0..64 {
+            if !matches!(sys::recv_nowait(self.tcp_fd(), &mut buf), Ok(n) if n > 0) {
+                break;
+            }
+        }
+        let tx = lock(&self.fo.tx);
+        if let Some(s) = tx.since {
+            self.count(Counter::TcpMicros, s.elapsed().as_micros() as u64);
+        }
+    }
+
+    /// Time on TCP so far, with the current spell, in microseconds.
+    pub fn tcp_micros(&self) -> u64 {
+        let spell = lock(&self.fo.tx)
+            .since
+            .map_or(0, |s| s.elapsed().as_micros() as u64);
+        self.counter(Counter::TcpMicros) + spell
+    }
+
+    /// Do our sends go to the TCP socket now (a waiting writer waits for room there)?
+    pub fn sending_on_tcp(&self) -> bool {
+        self.fo.tx_off()
+    }
+
+    /// Is the connection carried over TCP now (either direction)?
+    pub fn on_tcp(&self) -> bool {
+        self.fo.tx_off() || self.fo.rx_off()
+    }
+
+    fn note_read(&self) {
+        if self.sent_since_read.load(Relaxed) {
+            self.sent_since_read.store(false, Relaxed);
+        }
+    }
+}
+
+/// Copy stream bytes out of `q` into `bufs` (leaving them with `peek`).
+fn serve(q: &mut VecDeque<u8>, bufs: &mut [&mut [u8]], peek: bool) -> usize {
+    let mut n = 0;
+    let (a, b) = q.as_slices();
+    let mut src = a.iter().chain(b.iter());
+    'out: for buf in bufs.iter_mut() {
+        for d in buf.iter_mut() {
+            match src.next() {
+                Some(s) => {
+                    *d = *s;
+                    n += 1;
+                }
+                None => break 'out,
+            }
+        }
+    }
+    if !peek {
+        q.drain(..n);
+    }
+    n
+}
+
+/// The slices of `bufs` after the first `n` bytes.
+pub(super) fn skip<'a>(bufs: &[&'a [u8]], mut n: usize) -> Vec<&'a [u8]> {
+    let mut out = Vec::with_capacity(bufs.len());
+    for b in bufs {
+        if n >= b.len() {
+            n -= b.len();
+        } else {
+            out.push(b.get(n..).unwrap_or_default());
+            n = 0;
+        }
+    }
+    out
+}
+
+/// The first `n` bytes of `bufs`.
+fn take<'a>(bufs: &[&'a [u8]], mut n: usize) -> Vec<&'a [u8]> {
+    let mut out = Vec::with_capacity(bufs.len());
+    for b in bufs {
+        if n == 0 {
+            break;
+        }
+        let k = b.len().min(n);
+        out.push(b.get(..k).unwrap_or_default());
+        n -= k;
+    }
+    out
+}
+
+fn tcp_error(e: i32) -> IoError {
+    match e {
+        libc::EPIPE => IoError::BrokenPipe,
+        libc::EAGAIN => IoError::WouldBlock,
+        libc::EINTR => IoError::Interrupted,
+        _ => IoError::Reset,
+    }
+}
