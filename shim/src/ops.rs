@@ -493,6 +493,14 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
     match outcome {
         Outcome::Connected(c) => {
             let c = Arc::new(c);
+            // The bytes kept before the answer go first: the connection is published (and so
+            // reachable by another thread's send without the state lock we hold) only after
+            // them, or that send could overtake them.
+            let flushed = if early.is_empty() {
+                Ok(0)
+            } else {
+                c.send(&[&early], false, None)
+            };
             let _ = sock.conn.set(c.clone());
             *st = State::Ntb;
             g.ntb_connections.fetch_add(1, Relaxed);
@@ -502,9 +510,7 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
                     sock.peer.to_std()
                 )
             });
-            if !early.is_empty() {
-                c.send(&[&early], false, None).map_err(io_errno)?;
-            }
+            flushed.map_err(io_errno)?;
             Ok(Some(c))
         }
         Outcome::Tcp(reason) => {
