@@ -16,10 +16,10 @@
 //! orderings there (docs/MEMORY-ORDERING.md).
 
 #[cfg(loom)]
-use loom::sync::atomic::{AtomicU32, AtomicU64};
+use loom::sync::atomic::{fence, AtomicU32, AtomicU64};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 #[cfg(not(loom))]
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64};
 
 use ntbdrv::NtbDevice;
 // The memory the tables are in: a mapped window, or under loom its model.
@@ -492,6 +492,17 @@ impl Control {
         if self.local.read(base + 8, &mut rec).is_err() {
             return Some(Err(ProtoError::BadRecord("answer out of range")));
         }
+        // SYNC POINT (answer rewrite): read again, as a seqlock does: a server answering an
+        // earlier use of this slot very late (its client gave the slot up) may be rewriting it
+        // while we read. Our answer still there, whole: the record is it; else, not yet.
+        // (Acquire on the state again: if it is a late rewrite's ACTIVE, that rewrite's
+        // generation comes with it and tells.)
+        fence(Acquire);
+        if u32_at(&self.local, base).load(Acquire) != ACTIVE
+            || u32_at(&self.local, base + 4).load(Relaxed) != slot.generation
+        {
+            return None;
+        }
         Some(Answer::decode(&rec))
     }
 
@@ -600,6 +611,9 @@ impl Control {
     pub fn write_answer(&self, index: usize, generation: u32, answer: &Answer) {
         let base = ANSWERS + index * ANSWER_SIZE;
         u32_at(&self.peer, base).store(0, SeqCst);
+        // SYNC POINT (answer rewrite): the slot reads as unanswered before any byte of the
+        // record changes (a client reading it meanwhile then drops what it read).
+        fence(Release);
         self.peer
             .write(base + 8, &answer.encode())
             .expect("answer record in range");

@@ -407,3 +407,33 @@ fn another_connection_s_offer_takes_the_slot_while_the_server_takes() {
         withdrawn_and_posted_again(OTHER)
     });
 }
+
+/// Answer rewrite: a server answers an earlier use of a slot so late that its client gave the
+/// slot up and another offer took it, was taken and answered; the late answer rewrites the slot
+/// while that client reads its own. The client sees its whole answer or none (it looks again
+/// later), never the late one and never a mix of the two.
+#[test]
+fn a_late_answer_rewrites_the_slot_while_the_client_reads() {
+    check("answer rewrite", || {
+        let ctrl = Arc::new(Control::model());
+        // The first client's offer is taken, never answered in time; the client gives up.
+        let first = ctrl.post_offer(&offer(1, OTHER)).unwrap();
+        let (late_index, late_gen, _) = ctrl.take_offer(&ep(OTHER), &ep(SERVER)).unwrap();
+        ctrl.finish_offer(first);
+        // Another offer takes the slot and is answered.
+        let slot = Arc::new(ctrl.post_offer(&offer(2, MINE)).unwrap());
+        assert_eq!(slot.index, late_index, "the new offer reuses the slot");
+        assert_eq!(take_and_answer(&ctrl, MINE), Some(2));
+
+        let c = ctrl.clone();
+        let late = thread::spawn(move || c.write_answer(late_index, late_gen, &answer(1)));
+        let (c, s) = (ctrl.clone(), slot.clone());
+        let client = thread::spawn(move || c.answer(&s));
+        late.join().unwrap();
+        match client.join().unwrap() {
+            None => {}
+            Some(Ok(a)) => assert_eq!(a, answer(2), "the client took another answer"),
+            Some(Err(e)) => panic!("the client read a torn answer: {e:?}"),
+        }
+    });
+}
