@@ -1213,6 +1213,43 @@ impl Connection {
         flags: RecvFlags,
         timeout: Option<Duration>,
     ) -> Result<usize, IoError> {
+        let first = self.recv_once(bufs, flags, timeout);
+        if !flags.waitall || flags.peek {
+            return first;
+        }
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        // MSG_WAITALL: the ring fills the whole request itself; over TCP (a failover) each
+        // record comes on its own, and a switch can end a read early: go on until the request
+        // is full, the stream ends, or an error or the timeout comes (the bytes so far are
+        // returned then, the error with the next call, as the kernel does).
+        let Ok(mut got) = first else {
+            return first;
+        };
+        if got == 0 || got >= want {
+            return Ok(got);
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        while got < want {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                break;
+            }
+            let mut rest = failover::skip_mut(bufs, got);
+            match self.recv_once(&mut rest, flags, left) {
+                Ok(n) if n > 0 => got += n,
+                _ => break,
+            }
+        }
+        Ok(got)
+    }
+
+    /// One receive: from the ring, or from the TCP socket while this direction is switched.
+    fn recv_once(
+        &self,
+        bufs: &mut [&mut [u8]],
+        flags: RecvFlags,
+        timeout: Option<Duration>,
+    ) -> Result<usize, IoError> {
         if self.fo.rx_off() {
             return self.recv_switched(bufs, flags, timeout);
         }

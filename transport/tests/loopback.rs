@@ -1598,7 +1598,24 @@ fn a_link_fault_moves_the_stream_to_tcp_and_back_byte_exact() {
             // Half-close on TCP: the reader gets every byte, then EOF.
             c.shutdown(false, true);
         });
-        read_exact_pattern(&s, sent, (data.len() as u64) - sent);
+        // MSG_WAITALL across a switch and many TCP records: one call, the whole request.
+        let mut got = vec![0u8; data.len() - sent as usize];
+        let (a, b) = got.split_at_mut(1000);
+        let n = s
+            .recv(
+                &mut [a, b],
+                RecvFlags {
+                    waitall: true,
+                    ..Default::default()
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!(n, got.len(), "MSG_WAITALL returned short on the TCP path");
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == pattern(sent + i as u64)));
     });
     let mut b = [0u8; 1];
     assert_eq!(s.recv(&mut [&mut b[..]], RecvFlags::default(), None), Ok(0));

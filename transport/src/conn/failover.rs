@@ -771,6 +771,20 @@ pub(super) fn skip<'a>(bufs: &[&'a [u8]], mut n: usize) -> Vec<&'a [u8]> {
     out
 }
 
+/// `bufs` (receive buffers) without their first `n` bytes.
+pub(super) fn skip_mut<'a>(bufs: &'a mut [&mut [u8]], mut n: usize) -> Vec<&'a mut [u8]> {
+    let mut out = Vec::with_capacity(bufs.len());
+    for b in bufs.iter_mut() {
+        if n >= b.len() {
+            n -= b.len();
+        } else {
+            out.push(b.get_mut(n..).unwrap_or_default());
+            n = 0;
+        }
+    }
+    out
+}
+
 /// The first `n` bytes of `bufs`.
 fn take<'a>(bufs: &[&'a [u8]], mut n: usize) -> Vec<&'a [u8]> {
     let mut out = Vec::with_capacity(bufs.len());
