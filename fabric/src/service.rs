@@ -710,19 +710,8 @@ impl Service {
                     .iter()
                     .find(|(_, o)| o.owner == client && o.request == request)
                     .map(|(&c, _)| c);
-                let patience = self.opts.offer_patience;
-                let now = found
-                    .and_then(|c| self.offers.get(&c))
-                    .map(|o| self.accepted_at(o.netns, o.dest));
-                let progressing = found
-                    .and_then(|c| self.offers.get_mut(&c))
-                    .zip(now)
-                    .is_some_and(|(o, now)| {
-                        let moved = o.seen != now && o.posted.elapsed() < patience;
-                        o.seen = now;
-                        moved
-                    });
-                if stalled_only && progressing {
+                let progressing = stalled_only && found.is_some_and(|c| self.progressed(c));
+                if progressing {
                     // As the device rendezvous does with its accept counter: a server working
                     // through a long backlog reaches its last clients late.
                     self.refuse(client, id, Refusal::Progressing);
@@ -774,12 +763,7 @@ impl Service {
         };
         drop(socket);
         if let Some(local) = view.local {
-            self.adopt_listener(server, view.netns, local);
-            for l in self.listeners.values_mut() {
-                if l.serves(view.netns, local) {
-                    l.accepted += 1;
-                }
-            }
+            self.accepted_on(server, view.netns, local);
         }
         let mut found = self.find_offer(view.netns, view.peer, view.local);
         if found.is_none() {
@@ -1268,18 +1252,40 @@ impl Service {
         });
     }
 
-    /// A process accepted a connection on the listener at `local` in `netns`: if that
-    /// listener is an orphan (its publisher went away: a daemonizing parent, say), this
-    /// process holds it now as far as anyone can tell, and its life says how long the listener
-    /// lives; the kernel is asked again only once that process is gone. Without this a
-    /// daemonized server's listener was looked up four times a second for as long as it ran.
-    fn adopt_listener(&mut self, client: u64, netns: u64, local: (Addr, u16)) {
-        for l in self.listeners.values_mut() {
-            if l.orphan && l.serves(netns, local) {
+    /// A process accepted a connection on the listener at `local` in `netns`: count it (its
+    /// servers' progress, see `Offer::seen`); and if that listener is an orphan (its publisher
+    /// went away: a daemonizing parent, say), this process holds it now as far as anyone can
+    /// tell, and its life says how long the listener lives; the kernel is asked again only once
+    /// that process is gone. Without this a daemonized server's listener was looked up four
+    /// times a second for as long as it ran.
+    fn accepted_on(&mut self, client: u64, netns: u64, local: (Addr, u16)) {
+        for l in self
+            .listeners
+            .values_mut()
+            .filter(|l| l.serves(netns, local))
+        {
+            l.accepted += 1;
+            if l.orphan {
                 l.orphan = false;
                 l.owner = client;
             }
         }
+    }
+
+    /// Did the listeners offer `conn` waits on accept anything since it was made or last
+    /// asked about, within its patience? (Remembers what it saw.)
+    fn progressed(&mut self, conn: u64) -> bool {
+        let Some((netns, dest)) = self.offers.get(&conn).map(|o| (o.netns, o.dest)) else {
+            return false;
+        };
+        let now = self.accepted_at(netns, dest);
+        let patience = self.opts.offer_patience;
+        let Some(o) = self.offers.get_mut(&conn) else {
+            return false;
+        };
+        let moved = o.seen != now && o.posted.elapsed() < patience;
+        o.seen = now;
+        moved
     }
 
     /// The accepts of the listeners that serve `dest` in `netns`.

@@ -86,7 +86,7 @@ pub fn connected(inode: u64, local: (Addr, u16), peer: (Addr, u16)) -> io::Resul
     }
     if family == libc::AF_INET as u8 {
         // An IPv6 socket connected to an IPv4 peer, asked in its own family.
-        return Ok(Netlink::open()?.lookup(
+        return Ok(nl.lookup(
             libc::AF_INET6 as u8,
             (&local.0, local.1),
             (&peer.0, peer.1),

@@ -165,12 +165,6 @@ struct SetState {
     arm_due: bool,
     /// When every registration was last armed (None: never).
     armed_at: Option<Instant>,
-    /// Registrations whose flags must be set again before the next sleep: those whose own
-    /// doorbell rang (the peer took their flag to ring it) and those reported since (an
-    /// edge-triggered one leaves the candidates when reported). Without this a reported
-    /// connection stayed unarmed until the next full arming: its peer's next message rang
-    /// nothing and waited for a nap (device mode, nginx: ~10 ms a request).
-    rearm: std::collections::HashSet<c_int>,
     /// A registration may be a pending offer (`settle` has something to do).
     pending: bool,
     /// The set has held a registration with a line of its own (a device's doorbell line, not
@@ -704,7 +698,6 @@ fn harvest(
             u64: r.data,
         });
         seen.push(fd);
-        st.rearm.insert(fd);
     }
 }
 
@@ -733,11 +726,9 @@ fn arm(st: &mut SetState) -> bool {
     } else {
         st.cand
             .iter()
-            .chain(st.rearm.iter().filter(|fd| !st.cand.contains(fd)))
             .filter_map(|fd| st.regs.get(fd))
             .for_each(one);
     }
-    st.rearm.clear();
     any
 }
 
@@ -885,7 +876,6 @@ pub fn wait(
                         }
                     }
                     regs.cand.extend(poked_fds.iter().copied());
-                    regs.rearm.extend(poked_fds.iter().copied());
                     if rang {
                         // A peer rang for some of them (which, the line does not say), and
                         // took their flags.
