@@ -317,6 +317,13 @@ fn fork_then_send() {
 }
 
 #[test]
+fn fork_while_connecting() {
+    // The forked child closes its copy while the sender thread waits for the server's answer: the child exits, the
+    // 1 MiB crosses on the connection the sender completes after the fork.
+    run_behaviour("fork_while_connecting", expect(2, MIB, MIB, MIB));
+}
+
+#[test]
 fn underscore_fork_then_send() {
     // fork_then_send with the sender made by `_Fork`, which runs no atfork handlers.
     run_behaviour("underscore_fork_then_send", expect(1, 0, 0, MIB));

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 
 use transport::{Counter, Reason, Transport};
@@ -26,6 +26,9 @@ pub struct Global {
     /// The transport, or why it could not be opened (the fallback reason and the error).
     transport: OnceLock<Result<Transport, (Reason, String)>>,
     closed: Mutex<Closed>,
+    /// In a forked child: `closed` was held at the fork by a thread of the parent that does not
+    /// exist here, so it is never taken again (the records of closed connections are lost).
+    closed_abandoned: AtomicBool,
     pub ntb_connections: AtomicU64,
     pub tcp_connections: AtomicU64,
     epoch: std::time::Instant,
@@ -165,6 +168,7 @@ pub fn get() -> &'static Global {
             fallbacks: std::array::from_fn(|_| AtomicU64::new(0)),
             transport: OnceLock::new(),
             closed: Mutex::new(Closed::default()),
+            closed_abandoned: AtomicBool::new(false),
             ntb_connections: AtomicU64::new(0),
             tcp_connections: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
@@ -273,11 +277,19 @@ impl Global {
     /// In a forked child: with one statistics file per process, the child counts only what it
     /// does itself (its parent's connections and fallbacks are in the parent's file).
     pub fn forked(&self) {
+        // try_lock: a lock another thread of the parent held at the fork stays held here.
+        let closed = match self.closed.try_lock() {
+            Ok(c) => Some(c),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.closed_abandoned.store(true, Relaxed);
+                None
+            }
+        };
         if !self.per_process {
             return; // one shared file: the last writer's totals, as before
         }
-        // try_lock: a lock another thread of the parent held at the fork stays held here.
-        if let Ok(mut c) = self.closed.try_lock() {
+        if let Some(mut c) = closed {
             *c = Closed::default();
         }
         self.ntb_connections.store(0, Relaxed);
@@ -286,10 +298,18 @@ impl Global {
         self.last_write_ms.store(0, Relaxed);
     }
 
+    /// The records of closed connections, unless a forked child lost them (`forked`).
+    fn closed(&self) -> Option<std::sync::MutexGuard<'_, Closed>> {
+        if self.closed_abandoned.load(Relaxed) {
+            return None;
+        }
+        self.closed.lock().ok()
+    }
+
     /// A tracked fd is closing: keep its record and rewrite the statistics file.
     pub fn retire(&self, sock: &Sock) {
         if let Some(rec) = Record::of(sock) {
-            if let Ok(mut c) = self.closed.lock() {
+            if let Some(mut c) = self.closed() {
                 c.totals.add(&rec);
                 if self.stats_file.is_some() {
                     if c.recent.len() == LISTED_MAX {
@@ -318,8 +338,7 @@ impl Global {
         };
         let path = &path;
         let (mut t, mut recs, dropped) = self
-            .closed
-            .lock()
+            .closed()
             .map(|c| {
                 (
                     c.totals,

@@ -1671,32 +1671,13 @@ extern "C" fn at_exit() {
 /// Before fork: the child will share every NTB connection (postgres, nginx, socat hand a
 /// connection to a child and close their own copy at once).
 extern "C" fn atfork_prepare() {
-    each_connection(|c| c.add_holder());
-}
-
-/// `f` on every NTB connection of the side table (in the parent, around a fork).
-fn each_connection(f: impl Fn(&transport::Connection)) {
-    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        for (_, sock) in table::snapshot() {
-            if let Some(c) = sock.conn.get() {
-                f(c);
-            }
-        }
-    }));
+    crate::fork::prepare();
 }
 
 /// In the child after fork: record it as a holder of what it inherited. Async-signal-safe (no
 /// allocation, no lock), as `_Fork`'s child requires.
 extern "C" fn atfork_child() {
-    let _ = std::panic::catch_unwind(|| {
-        let pid = std::process::id();
-        global::get().forked();
-        table::for_each_in_child(|sock| {
-            if let Some(c) = sock.conn.get() {
-                c.adopt(pid);
-            }
-        });
-    });
+    crate::fork::child();
 }
 
 /// `_Fork` (glibc 2.34+) forks without running the atfork handlers, so do their bookkeeping
@@ -1711,7 +1692,7 @@ pub unsafe extern "C" fn _Fork() -> libc::pid_t {
     } else if pid < 0 {
         // No child: take back the holders announced for it.
         let e = sys::errno();
-        each_connection(|c| c.cancel_holder());
+        crate::fork::failed();
         sys::set_errno(e);
     }
     pid

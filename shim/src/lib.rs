@@ -12,6 +12,7 @@
 /// The flagging policy (its own crate, shared with the CLI).
 pub use policy as config;
 mod epoll;
+mod fork;
 mod global;
 #[cfg(not(test))]
 mod hooks;

@@ -466,6 +466,16 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
     }
     let g = global::get();
     let mut st = sock.state.lock().map_err(|_| libc::EIO)?;
+    if let State::Forsaken = &*st {
+        g.log(LogLevel::Error, || {
+            format!(
+                "fd {fd}: inherited at a fork while another thread of the parent was connecting \
+                 or closing it; which path it took is not known here, so this process cannot \
+                 use it (EIO)"
+            )
+        });
+        return Err(libc::EIO);
+    }
     let State::Offered(p) = &mut *st else {
         return Ok(sock.conn.get().cloned());
     };
@@ -758,6 +768,13 @@ pub fn shutdown(fd: c_int, how: c_int) -> Detour<c_int> {
         return Detour::Bypass;
     };
     let Some(c) = s.conn.get() else {
+        // A shutdown of the kernel socket would reach a peer whose stream is not on it.
+        if s.state
+            .lock()
+            .is_ok_and(|st| matches!(*st, State::Forsaken))
+        {
+            return Detour::Ours(Err(libc::EIO));
+        }
         return Detour::Bypass;
     };
     let (rd, wr) = match how {

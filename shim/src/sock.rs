@@ -31,6 +31,8 @@ pub struct Sock {
     pub timestamp: std::sync::atomic::AtomicU8,
     /// The application's fds that refer to this entry (dup, dup2, F_DUPFD share it).
     pub fds: Mutex<Vec<i32>>,
+    /// Which fork counted this entry's connection as shared with the child (`fork`).
+    pub fork_mark: AtomicU64,
 }
 
 /// Most bytes held in `Sock::early` (like a small socket send buffer).
@@ -46,6 +48,10 @@ pub enum State {
     Ntb,
     /// A flagged connection that stays on TCP, and why.
     Tcp(Reason),
+    /// In a forked child: inherited while another thread of the parent was completing or
+    /// closing it, so this process cannot know which path it took; its data calls fail with
+    /// EIO (see `fork`).
+    Forsaken,
 }
 
 impl Drop for Sock {
@@ -80,6 +86,7 @@ impl Sock {
             early: Mutex::new(Vec::new()),
             timestamp: std::sync::atomic::AtomicU8::new(0),
             fds: Mutex::new(Vec::new()),
+            fork_mark: AtomicU64::new(0),
         }
     }
 

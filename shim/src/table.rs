@@ -615,8 +615,10 @@ fn wait_readers() {
 /// or the retired list's lock that another thread of the parent held at the fork can never be
 /// given back: reset them (the retired entries are released by the next reclaim). Then call
 /// `f` on every tracked entry without allocating (after `_Fork` in a multithreaded parent,
-/// malloc's locks may be held by threads that no longer exist).
-pub fn for_each_in_child(mut f: impl FnMut(&Sock)) {
+/// malloc's locks may be held by threads that no longer exist). When `f` returns an entry, the
+/// fd's slot takes it instead, and the old entry's count is leaked: the child must never drop
+/// an entry a vanished thread of the parent was changing (see `fork::child`).
+pub fn for_each_in_child(mut f: impl FnMut(&Sock) -> Option<Arc<Sock>>) {
     READERS.store(0, SeqCst);
     RETIRED_LOCK.store(false, SeqCst);
     let me = MINE.try_with(|m| m.record.get()).unwrap_or(NO_RECORD);
@@ -644,7 +646,10 @@ pub fn for_each_in_child(mut f: impl FnMut(&Sock)) {
         if !p.is_null() {
             // SAFETY: a non-null slot holds a live `Arc<Sock>` owned by the table, and in the
             // single-threaded child nobody can remove it while we look.
-            f(unsafe { &*p });
+            if let Some(instead) = f(unsafe { &*p }) {
+                // The table's count of the old entry is never given back (leaked on purpose).
+                slot.store(Arc::into_raw(instead) as *mut Sock, SeqCst);
+            }
         }
     }
 }

@@ -1,0 +1,132 @@
+//! fork: which NTB connections a child shares with its parent, and which entries it must leave
+//! alone.
+//!
+//! Before the fork ([`prepare`]) every NTB connection in the side table gets one more holder,
+//! so that a parent that closes its copy at once does not end the connection under the child;
+//! the child ([`child`]) then records its pid with each. Two things can happen meanwhile in the
+//! parent's other threads, and the child sees their half-done work:
+//! - a connection published after `prepare` looked at the table (a client's upgrade completing
+//!   on its first `send`, an `accept`): its holder count does not include the child, so the
+//!   child's close would be taken for the last one and end the parent's connection;
+//! - an entry whose lock a thread held at the fork (a client waiting for its answer holds its
+//!   entry's state): that thread does not exist in the child, and the child's first `close` of
+//!   the fd would wait for it forever.
+//!
+//! The child swaps such entries for one [`State::Forsaken`] entry: it cannot tell which path the
+//! connection took, so its data calls on the fd fail with EIO (logged); it never takes the old
+//! entry's locks, never drops it (its contents may be half-written), and gives back the holder
+//! it was counted as, if any. Real programs fork with their connections settled (or exec at
+//! once); the test `fdtable_races` forks while another thread completes one.
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
+
+use transport::Endpoint;
+
+use crate::config::Role;
+use crate::sock::{Sock, State};
+use crate::{global, table};
+
+/// Forks `prepare` has begun in this process (the number of the current one).
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// The entry a child puts in place of one it cannot use (made by `prepare`, which may allocate).
+static FORSAKEN: OnceLock<Arc<Sock>> = OnceLock::new();
+
+/// `Sock::fork_mark` of an entry the child has forsaken (its holder given back).
+const MARK_FORSAKEN: u64 = u64::MAX;
+
+/// `Sock::fork_mark` of an entry the child of fork `n` has adopted.
+fn mark_adopted(n: u64) -> u64 {
+    !n
+}
+
+/// Before fork (in the parent): one more holder for every NTB connection of the side table
+/// (once per connection, however many fds share it), each marked with this fork's number.
+pub fn prepare() {
+    let n = FORKS.fetch_add(1, SeqCst) + 1;
+    FORSAKEN.get_or_init(|| {
+        Arc::new(Sock::new(
+            Role::Client,
+            Endpoint::default(),
+            Endpoint::default(),
+            false,
+            State::Forsaken,
+        ))
+    });
+    each_connection(|sock, c| {
+        if sock.fork_mark.swap(n, SeqCst) != n {
+            c.add_holder();
+        }
+    });
+}
+
+/// The fork that [`prepare`] announced failed: there is no child; take the holders back.
+pub fn failed() {
+    let n = FORKS.load(SeqCst);
+    each_connection(|sock, c| {
+        if sock
+            .fork_mark
+            .compare_exchange(n, 0, SeqCst, SeqCst)
+            .is_ok()
+        {
+            c.cancel_holder();
+        }
+    });
+}
+
+/// In the parent, around a fork: `f` on every NTB connection of the side table.
+fn each_connection(f: impl Fn(&Sock, &transport::Connection)) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for (_, sock) in table::snapshot() {
+            if let Some(c) = sock.conn.get() {
+                f(&sock, c);
+            }
+        }
+    }));
+}
+
+/// Is `m` held by a thread that no longer exists (in a child, where only this thread runs)?
+fn stuck<T>(m: &Mutex<T>) -> bool {
+    matches!(m.try_lock(), Err(TryLockError::WouldBlock))
+}
+
+/// In the child after fork: record it as a holder of the connections it was counted for, and
+/// forsake the entries it cannot use (see the module doc). Async-signal-safe: no allocation,
+/// no lock that another thread could hold (as `_Fork`'s child requires).
+pub fn child() {
+    let _ = std::panic::catch_unwind(|| {
+        let pid = std::process::id();
+        let n = FORKS.load(SeqCst);
+        global::get().forked();
+        let forsaken = FORSAKEN.get();
+        table::for_each_in_child(|sock| {
+            let busy = stuck(&sock.state) || stuck(&sock.early) || stuck(&sock.fds);
+            let mark = sock.fork_mark.load(SeqCst);
+            let c = sock.conn.get();
+            let keep = match c {
+                _ if mark == MARK_FORSAKEN => false,
+                Some(_) if mark == mark_adopted(n) => true,
+                Some(c) if mark == n => {
+                    if busy {
+                        c.cancel_holder();
+                        sock.fork_mark.store(MARK_FORSAKEN, SeqCst);
+                        false
+                    } else {
+                        c.adopt(pid);
+                        sock.fork_mark.store(mark_adopted(n), SeqCst);
+                        true
+                    }
+                }
+                // Published after `prepare` counted: not ours to hold.
+                Some(_) => false,
+                None => !busy,
+            };
+            if keep {
+                return None;
+            }
+            sock.fork_mark.store(MARK_FORSAKEN, SeqCst);
+            forsaken.cloned()
+        });
+    });
+}
