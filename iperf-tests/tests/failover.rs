@@ -335,3 +335,151 @@ fn strict_mode_resets_instead_of_failing_over() {
         "{stats}"
     );
 }
+
+/// `total_commands_processed` of the redis-server on `port`, asked with a plain redis-cli (not preloaded: a
+/// short TCP connection, closed before the next sample of the server's established sockets).
+fn redis_commands(cli: &Path, port: u16) -> u64 {
+    let out = Command::new(cli)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "INFO", "stats"])
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("redis-cli INFO: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// redis waits only in epoll_wait and its replies never fill a ring: neither end ever waits in a send or a receive,
+/// so only readiness can notice the link going away. Across a 2.5 s link-down the requests go on over the
+/// connections' TCP sockets (the kernel's counters of the server's sockets grow, and redis counts commands), and a
+/// second after the link is back they are on the ring again (the kernel's counters stand still while redis goes on
+/// counting).
+#[test]
+fn an_epoll_only_server_fails_over_and_back() {
+    let server_bin = iperf_tests::apps::require_bin("redis-server", "redis-server");
+    let bench_bin = iperf_tests::apps::require_bin("redis-benchmark", "redis-tools");
+    let cli = iperf_tests::apps::require_bin("redis-cli", "redis-tools");
+    let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
+    let f = Fixture::new("failover_redis");
+    let port = free_port();
+    let port_s = port.to_string();
+    let (se, ce) = (
+        env(&f, "redis-server", port),
+        env(&f, "redis-benchmark", port),
+    );
+    let dir = f.dir().display().to_string();
+    let mut server = Proc::spawn(
+        "redis-server",
+        command(
+            &server_bin,
+            &[
+                "--port",
+                &port_s,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                &dir,
+            ],
+            Some(&se),
+        ),
+        f.dir(),
+    )
+    .unwrap();
+    server
+        .wait_listening(port, Duration::from_secs(10))
+        .unwrap();
+    let mut bench = Proc::spawn(
+        "redis-benchmark",
+        command(
+            &bench_bin,
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port_s,
+                "-t",
+                "set",
+                "-n",
+                "100000000",
+                "-c",
+                "4",
+                "-q",
+            ],
+            Some(&ce),
+        ),
+        f.dir(),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let at = |ms: u64| Duration::from_millis(ms);
+    let sample = || (redis_commands(&cli, port), tcp_received(port));
+    sleep_until(t0, at(1500));
+    let before = sample();
+    link(f.emu_dir(), true);
+    sleep_until(t0, at(2500));
+    let out1 = sample();
+    sleep_until(t0, at(3500));
+    let out2 = sample();
+    sleep_until(t0, at(4000));
+    link(f.emu_dir(), false);
+    sleep_until(t0, at(5500));
+    let back1 = sample();
+    sleep_until(t0, at(7000));
+    let back2 = sample();
+    let running = bench.is_running();
+    let _ = bench.terminate();
+    let _ = server.terminate();
+
+    eprintln!(
+        "redis (commands, bytes over TCP): before {before:?}, outage {out1:?} {out2:?}, back {back1:?} {back2:?}"
+    );
+    let mut errors = Vec::new();
+    if !running {
+        errors.push("redis-benchmark stopped before the end of the test".to_owned());
+    }
+    // The second second of the outage: requests complete, over TCP (a SET of redis-benchmark is 45 bytes).
+    let (cmds, bytes) = (out2.0 - out1.0, out2.1 - out1.1);
+    if cmds < 1000 || bytes < 20 * cmds {
+        errors.push(format!(
+            "second 2 of the outage: {cmds} commands, {bytes} bytes over TCP (the connections did not fail over)"
+        ));
+    }
+    // Back on the ring: redis goes on, lo does not.
+    let (cmds, bytes) = (back2.0 - back1.0, back2.1 - back1.1);
+    if cmds < 1000 || bytes > 64 << 10 {
+        errors.push(format!(
+            "1.5 s to 3 s after the link came back: {cmds} commands, {bytes} bytes over TCP (not back on NTB)"
+        ));
+    }
+    let s = se.stats().unwrap_or_else(|e| panic!("{e}"));
+    let moved = s
+        .on_port(port)
+        .filter(|c| c.failovers >= 1 && c.failbacks >= 1)
+        .count();
+    if moved < 4 || s.protocol_errors != 0 {
+        errors.push(format!(
+            "redis-server: {moved} of the benchmark's 4 connections moved to TCP and back\n{s}"
+        ));
+    }
+    if let Ok(c) = ce.stats() {
+        if c.protocol_errors != 0 {
+            errors.push(format!("redis-benchmark: {c}"));
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{}\nsamples (commands, bytes over TCP): before {before:?}, outage {out1:?} {out2:?}, back {back1:?} {back2:?}\n{}\n{}",
+        errors.join("\n"),
+        bench.describe(),
+        server.describe()
+    );
+}
