@@ -483,3 +483,130 @@ fn an_epoll_only_server_fails_over_and_back() {
         server.describe()
     );
 }
+
+/// `pcisock stats` on the fixture's device.
+fn device_stats(emu_dir: &Path) -> String {
+    let cli = Lib::cli().unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(cli)
+        .arg("stats")
+        .env("PCISOCK_EMU_DIR", emu_dir)
+        .output()
+        .expect("run pcisock stats");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Connections made while the link is down stay on TCP, with the reason (`LinkDown`) in the clients' stats and the
+/// link's state in `pcisock stats`; nothing waits for the link. Connections made once it is back use the ring.
+#[test]
+fn connections_made_while_the_link_is_down_stay_on_tcp_and_say_why() {
+    let server_bin = iperf_tests::apps::require_bin("redis-server", "redis-server");
+    let bench_bin = iperf_tests::apps::require_bin("redis-benchmark", "redis-tools");
+    let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
+    let f = Fixture::new("failover_start_down");
+    let port = free_port();
+    let port_s = port.to_string();
+    let se = env(&f, "redis-server", port);
+    let dir = f.dir().display().to_string();
+    let mut server = Proc::spawn(
+        "redis-server",
+        command(
+            &server_bin,
+            &[
+                "--port",
+                &port_s,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                &dir,
+            ],
+            Some(&se),
+        ),
+        f.dir(),
+    )
+    .unwrap();
+    server
+        .wait_listening(port, Duration::from_secs(10))
+        .unwrap();
+    let bench = |role: &str| {
+        let ce = env(&f, role, port);
+        let mut p = Proc::spawn(
+            role,
+            command(
+                &bench_bin,
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port_s,
+                    "-t",
+                    "set",
+                    "-n",
+                    "20000",
+                    "-c",
+                    "4",
+                    "-q",
+                ],
+                Some(&ce),
+            ),
+            f.dir(),
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        let done = p.wait_success(Duration::from_secs(30));
+        (p, done, t0.elapsed(), ce.stats())
+    };
+    link(f.emu_dir(), true);
+    let (down, down_done, down_took, down_stats) = bench("bench-link-down");
+    let shown = device_stats(f.emu_dir());
+    link(f.emu_dir(), false);
+    let (up, up_done, _, up_stats) = bench("bench-link-up");
+    let _ = server.terminate();
+
+    eprintln!("redis-benchmark with the link down took {down_took:?}\n{shown}");
+    let mut errors = Vec::new();
+    if let Err(e) = &down_done {
+        errors.push(format!(
+            "redis-benchmark with the link down: {e} after {down_took:?}"
+        ));
+    }
+    match &down_stats {
+        Ok(s) => {
+            if let Err(e) = s.check_tcp(port, 4, |r| r == "LinkDown") {
+                errors.push(format!("with the link down: {e}"));
+            }
+        }
+        Err(e) => errors.push(e.clone()),
+    }
+    if !shown
+        .lines()
+        .any(|l| l.contains("link") && l.contains("down"))
+    {
+        errors.push(format!(
+            "`pcisock stats` does not say the link is down:\n{shown}"
+        ));
+    }
+    if let Err(e) = &up_done {
+        errors.push(format!("redis-benchmark with the link up: {e}"));
+    }
+    match &up_stats {
+        Ok(s) if s.on_port(port).filter(|c| c.path == "ntb").count() >= 4 => {}
+        Ok(s) => errors.push(format!("with the link back, not on NTB: {s}")),
+        Err(e) => errors.push(e.clone()),
+    }
+    assert!(
+        errors.is_empty(),
+        "{}\n{}\n{}\n{}",
+        errors.join("\n"),
+        down.describe(),
+        up.describe(),
+        server.describe()
+    );
+}
