@@ -610,3 +610,124 @@ fn connections_made_while_the_link_is_down_stay_on_tcp_and_say_why() {
         server.describe()
     );
 }
+
+/// nginx and wrk, both edge-triggered epoll applications on rings that never fill (4 KiB responses), across a
+/// 2.5 s link-down: the requests go on over TCP (the kernel's counters of nginx's sockets grow), wrk sees no socket
+/// error, and a second after the link is back the kernel's counters stand still while wrk goes on.
+#[test]
+fn edge_triggered_nginx_and_wrk_fail_over_and_back() {
+    let nginx = iperf_tests::apps::require_bin("nginx", "nginx");
+    let wrk = iperf_tests::apps::require_bin("wrk", "wrk");
+    let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
+    let f = Fixture::new("failover_nginx");
+    let port = free_port();
+    let d = f.dir().display().to_string();
+    std::fs::create_dir_all(f.dir().join("www")).unwrap();
+    std::fs::create_dir_all(f.dir().join("tmp")).unwrap();
+    iperf_tests::apps::write_payload(&f.dir().join("www/index.html"), 4096, 1).unwrap();
+    let conf = f.dir().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root;\ndaemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log info;\nevents {{ worker_connections 64; }}\nhttp {{\n\
+             access_log off;\nclient_body_temp_path {d}/tmp/body;\nproxy_temp_path {d}/tmp/proxy;\n\
+             fastcgi_temp_path {d}/tmp/fastcgi;\nuwsgi_temp_path {d}/tmp/uwsgi;\nscgi_temp_path {d}/tmp/scgi;\n\
+             keepalive_timeout 30;\nkeepalive_requests 100000000;\n\
+             server {{ listen 127.0.0.1:{port}; root {d}/www; }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let mut se = env(&f, "nginx", port);
+    let stats_dir = f.dir().join("nginx-stats");
+    std::fs::create_dir_all(&stats_dir).unwrap();
+    se.stats_file = std::path::PathBuf::from(format!("{}/", stats_dir.display()));
+    let ce = env(&f, "wrk", port);
+    let prefix = format!("{d}/");
+    let conf_s = conf.display().to_string();
+    let error_log = format!("{d}/error.log");
+    let mut server = iperf_tests::apps::ProcTree::new(
+        Proc::spawn(
+            "nginx",
+            command(
+                &nginx,
+                &["-p", &prefix, "-c", &conf_s, "-e", &error_log],
+                Some(&se),
+            ),
+            f.dir(),
+        )
+        .unwrap(),
+    );
+    server
+        .proc
+        .wait_listening(port, Duration::from_secs(10))
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    server.note_descendants();
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    let mut client = Proc::spawn(
+        "wrk",
+        command(&wrk, &["-t1", "-c4", "-d7s", &url], Some(&ce)),
+        f.dir(),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let at = |ms: u64| Duration::from_millis(ms);
+    sleep_until(t0, at(1500));
+    let before = tcp_received(port);
+    link(f.emu_dir(), true);
+    sleep_until(t0, at(2500));
+    let out1 = tcp_received(port);
+    sleep_until(t0, at(3500));
+    let out2 = tcp_received(port);
+    sleep_until(t0, at(4000));
+    link(f.emu_dir(), false);
+    sleep_until(t0, at(5000));
+    let back1 = tcp_received(port);
+    sleep_until(t0, at(6500));
+    let back2 = tcp_received(port);
+    let done = client.wait_success(Duration::from_secs(20));
+    let _ = server.stop();
+    let out = client.stdout();
+    eprintln!(
+        "nginx bytes over TCP: before {before}, outage {out1} {out2}, back {back1} {back2}\n{out}"
+    );
+
+    let mut errors = Vec::new();
+    if let Err(e) = done {
+        errors.push(format!("wrk: {e}"));
+    }
+    if out.contains("Socket errors") || out.contains("Non-2xx") {
+        errors.push("wrk saw errors".to_owned());
+    }
+    // A request of wrk is about 60 bytes: a thousand requests in the outage's second second, over TCP.
+    if out2 - out1 < 60_000 {
+        errors.push(format!(
+            "second 2 of the outage: {} bytes over TCP (the connections did not fail over)",
+            out2 - out1
+        ));
+    }
+    if back2 - back1 > 64 << 10 {
+        errors.push(format!(
+            "{} bytes over TCP from 1 s to 2.5 s after the link came back: not back on NTB",
+            back2 - back1
+        ));
+    }
+    let c = ce.stats().unwrap_or_else(|e| panic!("{e}"));
+    let moved = c
+        .on_port(port)
+        .filter(|c| c.failovers >= 1 && c.failbacks >= 1)
+        .count();
+    if moved < 4 || c.protocol_errors != 0 {
+        errors.push(format!(
+            "wrk: {moved} of its 4 connections moved to TCP and back\n{c}"
+        ));
+    }
+    assert!(
+        errors.is_empty(),
+        "{}\n{}\n{}",
+        errors.join("\n"),
+        client.describe(),
+        server.proc.describe()
+    );
+}

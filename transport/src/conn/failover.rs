@@ -664,6 +664,10 @@ impl Connection {
                         }
                         Ok(n) => {
                             rx.raw.truncate(at + n);
+                            // Taken off the socket outside the application's read (readiness):
+                            // the kernel drops the edge-triggered event of bytes already read,
+                            // so this is the edge.
+                            self.fo.note_event();
                             changed = true;
                         }
                         Err(e) => {
@@ -823,7 +827,10 @@ impl Connection {
                 rx.raw.truncate(at);
                 rx.end = Some(Ok(()));
             }
-            Ok(n) => rx.raw.truncate(at + n),
+            Ok(n) => {
+                rx.raw.truncate(at + n);
+                self.fo.note_event();
+            }
             Err(e) => {
                 rx.raw.truncate(at);
                 if e != libc::EAGAIN && e != libc::EINTR {
