@@ -61,16 +61,20 @@ pub(crate) struct LinkLook {
 }
 
 impl LinkLook {
-    /// `Some(generation)` if the link is up: asked now if `fresh`, else the last look if it
-    /// is recent. Process-local words, Relaxed: a thread may pair a new time with the answer
+    /// `Some(generation)` if the link is up: asked now if `fresh` (a wait: the cache is left
+    /// alone, so a waiting sender writes nothing a reader shares), else the last look if it is
+    /// recent. Process-local words, Relaxed: a thread may pair a new time with the answer
     /// before, which is one look (at most 1 ms) old — a hint either way, as the link can
     /// change right after any look.
     fn get(&self, dev: &dyn NtbDevice, fresh: bool) -> Option<u32> {
+        if fresh {
+            let s = dev.link_state();
+            return s.up.then_some(s.generation);
+        }
         static FIRST: OnceLock<Instant> = OnceLock::new();
         let now = FIRST.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1;
         let at = self.at.load(Relaxed);
-        let recent = at != 0 && now.saturating_sub(at) < LINK_LOOK_EVERY.as_nanos() as u64;
-        let word = if recent && !fresh {
+        let word = if at != 0 && now.saturating_sub(at) < LINK_LOOK_EVERY.as_nanos() as u64 {
             self.word.load(Relaxed)
         } else {
             let s = dev.link_state();
