@@ -21,7 +21,9 @@
 //!
 //! This file holds the connection and its construction; the paths live in submodules: `block`
 //! (the endpoint block's layout and word accessors), `cursors` (this side's ring positions),
-//! `half_open` (our half before the peer's is known), `send`, `recv`, `sendlock`, `wait`
+//! `half_open` (our half before the peer's is known), `send`, `recv`, `ringsync` (the loads,
+//! stores and fences that publish frames, return credits and arm doorbells, model-checked under
+//! loom), `sendlock`, `wait`
 //! (arming, the doorbell, waiting, readiness), `holders` (shutdown, close, fork and exec
 //! hand-over) and `failover` (the TCP socket as a fallback path).
 
@@ -45,6 +47,11 @@ mod failover;
 mod half_open;
 mod holders;
 mod recv;
+// The ring's synchronising sequences; public to the loom models (`tests/loom_ring.rs`).
+#[cfg(loom)]
+pub mod ringsync;
+#[cfg(not(loom))]
+mod ringsync;
 mod send;
 mod sendlock;
 mod wait;

@@ -2,16 +2,15 @@
 //! coalescing, credit return, and FIONREAD. Called by the shim's read hooks; nothing the peer
 //! writes may make it panic or read outside our ring.
 
-use std::sync::atomic::fence;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
 use super::block::{
-    word32, word64, CR_CLOSED, CR_HEAD, FLAG_FIN, FLAG_RST, L_RX_HEAD, L_RX_OFF, L_RX_SEQ,
-    RX_FLAGS, RX_TAIL, RX_TX_WAITING,
+    word32, word64, CR_CLOSED, FLAG_FIN, FLAG_RST, L_RX_HEAD, L_RX_OFF, L_RX_SEQ, RX_FLAGS, RX_TAIL,
 };
 use super::cursors::RxPos;
 use super::failover;
+use super::ringsync;
 use super::wait::{Deadline, Wait};
 use super::{Connection, Counter, IoError, RecvFlags};
 use crate::proto::{Frame, FrameHeader, ProtoError, ENDPOINT_HDR, FRAME_HDR};
@@ -62,21 +61,7 @@ impl Connection {
     /// it is at most a ring ahead of our consumer counter is checked with the frame it
     /// announces, `check_frame`; a tail not ahead of it announces nothing.)
     fn rx_tail(&self) -> Result<u64, ProtoError> {
-        // SYNC POINT (ring data): Acquire load of the peer's tail pairs with the Release
-        // store in `publish` after the frame bytes; the bytes up to `tail` are visible.
-        let tail = word64(&self.mine, RX_TAIL).load(Acquire);
-        let seen = self.cur.rx_tail_seen.load(Relaxed);
-        if tail != seen {
-            if tail < seen {
-                return Err(ProtoError::BadTail {
-                    tail,
-                    head: seen,
-                    cap: self.rx_ring.cap(),
-                });
-            }
-            self.cur.rx_tail_seen.store(tail, Relaxed);
-        }
-        Ok(tail)
+        ringsync::rx_tail(&self.mine, &self.cur.rx_tail_seen, self.rx_ring.cap())
     }
 
     pub(super) fn frame_at(&self, head: u64, tail: u64, seq: u64) -> Result<Frame, ProtoError> {
@@ -448,26 +433,15 @@ impl Connection {
 
     pub(super) fn flush_credits(&self, force: bool) {
         let head = self.cur.rx_head.load(Relaxed);
-        let returned = self.cur.rx_returned.load(Relaxed);
-        if head == returned {
-            return;
-        }
-        if !force && head.saturating_sub(returned) < self.rx_ring.cap() / 4 {
-            fence(SeqCst);
-            // SYNC POINT (credit wake-up): a sender waiting for credits gets them at once.
-            if word32(&self.mine, RX_TX_WAITING).load(SeqCst) == 0 {
-                return;
-            }
-        }
-        self.cur.rx_returned.store(head, Relaxed);
-        // SYNC POINT (credits): Release store of our consumer counter into the sender's memory
-        // pairs with its Acquire load in `send`; the space before `head` is free for reuse.
-        word64(&self.theirs, CR_HEAD).store(head, Release);
-        fence(SeqCst);
-        // SYNC POINT (credit wake-up): pairs with the sender's SeqCst store of TX_WAITING; one
-        // ring per arming, as in `publish`.
-        let waiting = word32(&self.mine, RX_TX_WAITING);
-        if waiting.load(SeqCst) != 0 && waiting.compare_exchange(1, 0, SeqCst, Relaxed).is_ok() {
+        let cap = self.rx_ring.cap();
+        if ringsync::flush_credits(
+            &self.theirs,
+            &self.mine,
+            head,
+            &self.cur.rx_returned,
+            cap,
+            force,
+        ) {
             self.ring_peer();
         }
     }

@@ -3,16 +3,15 @@
 //! shim's write hooks; it never writes outside the peer's ring or beyond the credits it saw.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::time::{Duration, Instant};
 
 use ntbdrv::{BusAddr, Completion, DmaDesc};
 
-use super::block::{
-    word32, word64, CR_CLOSED, CR_HEAD, CR_RX_SLEEPING, FLAG_RST, RX_FLAGS, RX_TAIL, ST_SHUT_WR,
-};
+use super::block::{word32, CR_CLOSED, FLAG_RST, RX_FLAGS, ST_SHUT_WR};
 use super::cursors::TxPos;
 use super::failover;
+use super::ringsync;
 use super::wait::{Deadline, Wait};
 use super::{Connection, Counter, IoError, Tenancy};
 use crate::proto::{FrameHeader, ProtoError, ENDPOINT_HDR, FRAME_HDR, FRAME_PAD};
@@ -397,17 +396,7 @@ impl Connection {
     /// what it returned before (credits never go backwards, so a wait for room that was seen
     /// ends).
     pub(super) fn credits(&self, tail: u64) -> Result<u64, ProtoError> {
-        // SYNC POINT (credits): Acquire pairs with the receiver's Release in `flush_credits`.
-        let head = word64(&self.mine, CR_HEAD).load(Acquire);
-        if head > tail {
-            return Err(ProtoError::BadCredit { head, tail });
-        }
-        let seen = self.tx_head_seen.load(Relaxed);
-        if seen <= tail && seen > head {
-            return Ok(seen);
-        }
-        self.tx_head_seen.store(head, Relaxed);
-        Ok(head)
+        ringsync::credits(&self.mine, tail, &self.tx_head_seen)
     }
 
     /// Copy `len` bytes of `bufs` (from position bi/bo) into the peer's ring at `at`, by CPU or
@@ -483,18 +472,8 @@ impl Connection {
     /// Publish our producer counter to the peer and ring it if it sleeps.
     #[inline]
     fn publish(&self, tail: u64) {
-        // SYNC POINT (ring data): Release store of tail after the frame bytes; pairs with the
-        // receiver's Acquire load in `recv`.
-        word64(&self.theirs, RX_TAIL).store(tail, Release);
-        // SYNC POINT (data wake-up): no full fence here — it would cost a cross-core cache
-        // line transfer per send, as much as the rest of the send. The load may pass our tail
-        // store (store buffer), so a receiver arming at that instant can miss it; the receiver
-        // covers that window by re-checking for `ARM_GRACE` after arming, and never sleeps
-        // longer than `LEADER_NAP` (see `wait`).
-        let sleeping = word32(&self.mine, CR_RX_SLEEPING);
-        // One ring per arming: the first sender to see the flag takes it (the receiver re-arms
-        // before it sleeps again), so a stream of sends to a waking receiver costs one doorbell.
-        if sleeping.load(Relaxed) != 0 && sleeping.compare_exchange(1, 0, SeqCst, Relaxed).is_ok() {
+        ringsync::publish_tail(&self.theirs, tail);
+        if ringsync::take_data_arming(&self.mine) {
             self.ring_peer();
         }
     }

@@ -4,16 +4,19 @@
 //! wake-up (clear, read back, re-check the ring).
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
-use std::sync::atomic::{fence, AtomicU32};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ntbdrv::Region;
+
 use super::block::{
-    word32, word64, CR_CLOSED, CR_HEAD, CR_PEER_CPU, CR_RX_SLEEPING, FLAG_FIN, FLAG_RST, RX_FLAGS,
-    RX_TAIL, RX_TX_WAITING, ST_SHUT_RD, ST_SHUT_WR,
+    word32, word64, CR_CLOSED, CR_HEAD, CR_PEER_CPU, FLAG_FIN, FLAG_RST, RX_FLAGS, RX_TAIL,
+    ST_SHUT_RD, ST_SHUT_WR,
 };
 use super::cursors::RxPos;
+use super::ringsync::{self, Arming};
 use super::{Connection, Counter, IoError, Readiness, ARM_GRACE};
 use crate::proto::{Frame, ENDPOINT_HDR};
 use crate::{sys, CompletionMode};
@@ -116,16 +119,12 @@ impl Connection {
         if read {
             // Whoever waits for data must not hold back the sender's credits.
             self.flush_credits(true);
-            self.waiters.rx.fetch_add(1, SeqCst);
-            // SYNC POINT (data wake-up): see `publish`.
-            word32(&self.theirs, CR_RX_SLEEPING).store(1, SeqCst);
+            ringsync::arm_waiter(&self.theirs, Arming::Data, &self.waiters.rx);
         }
         if write {
-            self.waiters.tx.fetch_add(1, SeqCst);
-            // SYNC POINT (credit wake-up): see `return_credits`.
-            word32(&self.theirs, RX_TX_WAITING).store(1, SeqCst);
+            ringsync::arm_waiter(&self.theirs, Arming::Credits, &self.waiters.tx);
         }
-        fence(SeqCst);
+        ringsync::armed::<Region>();
         (read && self.ready(true)) || (write && self.ready(false))
     }
 
@@ -135,12 +134,12 @@ impl Connection {
     pub fn rearm(&self, read: bool, write: bool) {
         if read {
             self.flush_credits(true);
-            word32(&self.theirs, CR_RX_SLEEPING).store(1, SeqCst);
+            ringsync::arm(&self.theirs, Arming::Data);
         }
         if write {
-            word32(&self.theirs, RX_TX_WAITING).store(1, SeqCst);
+            ringsync::arm(&self.theirs, Arming::Credits);
         }
-        fence(SeqCst);
+        ringsync::armed::<Region>();
     }
 
     /// Is the connection readable (`read`) or writable (`write`) now? (For a caller that armed
@@ -151,17 +150,11 @@ impl Connection {
 
     /// Undo one [`Connection::arm`] with the same arguments, after waking.
     pub fn disarm(&self, read: bool, write: bool) {
-        for (on, count, off) in [
-            (read, &self.waiters.rx, CR_RX_SLEEPING),
-            (write, &self.waiters.tx, RX_TX_WAITING),
-        ] {
-            if on && count.fetch_sub(1, SeqCst) == 1 {
-                word32(&self.theirs, off).store(0, SeqCst);
-                // A waiter that armed meanwhile must keep its flag.
-                if count.load(SeqCst) > 0 {
-                    word32(&self.theirs, off).store(1, SeqCst);
-                }
-            }
+        if read {
+            ringsync::disarm(&self.theirs, Arming::Data, &self.waiters.rx);
+        }
+        if write {
+            ringsync::disarm(&self.theirs, Arming::Credits, &self.waiters.tx);
         }
         if self.waiters.rx.load(SeqCst) == 0 && self.waiters.tx.load(SeqCst) == 0 {
             self.ack_doorbell();
