@@ -28,7 +28,12 @@
 //! hand-over) and `failover` (the TCP socket as a fallback path).
 
 // The data path: nothing a peer writes may make it panic.
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
@@ -508,6 +513,8 @@ impl Connection {
     }
 
     #[inline]
+    // `c` is one of the 17 counters: its offset is inside the counter block.
+    #[allow(clippy::arithmetic_side_effects)]
     fn count(&self, c: Counter, n: u64) {
         // Statistics only: a plain add (no locked instruction on the hot path); a rare race
         // between this process's send and receive paths may lose a count of the shared ones.
@@ -516,6 +523,8 @@ impl Connection {
     }
 
     /// A counter's value.
+    // As in `count`: a constant offset.
+    #[allow(clippy::arithmetic_side_effects)]
     pub fn counter(&self, c: Counter) -> u64 {
         word64(&self.mine, C_BASE + 8 * c as usize).load(Relaxed)
     }

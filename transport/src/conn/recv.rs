@@ -6,14 +6,15 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
 use super::block::{
-    word32, word64, CR_CLOSED, FLAG_FIN, FLAG_RST, L_RX_HEAD, L_RX_OFF, L_RX_SEQ, RX_FLAGS, RX_TAIL,
+    ring_at, word32, word64, CR_CLOSED, FLAG_FIN, FLAG_RST, L_RX_HEAD, L_RX_OFF, L_RX_SEQ,
+    RX_FLAGS, RX_TAIL,
 };
 use super::cursors::RxPos;
 use super::failover;
 use super::ringsync;
 use super::wait::{Deadline, Wait};
 use super::{Connection, Counter, IoError, RecvFlags};
-use crate::proto::{Frame, FrameHeader, ProtoError, ENDPOINT_HDR, FRAME_HDR};
+use crate::proto::{Frame, FrameHeader, ProtoError, FRAME_HDR};
 use crate::CompletionMode;
 
 /// Iterations of `recv`'s loop without a byte copied, a data frame consumed or a wait before
@@ -66,7 +67,7 @@ impl Connection {
 
     pub(super) fn frame_at(&self, head: u64, tail: u64, seq: u64) -> Result<Frame, ProtoError> {
         let mut hb = [0u8; 16];
-        let at = ENDPOINT_HDR as usize + self.rx_ring.pos(head) as usize;
+        let at = ring_at(self.rx_ring.pos(head));
         self.mine
             .read(at, &mut hb)
             .map_err(|_| ProtoError::BadTail {
@@ -104,7 +105,8 @@ impl Connection {
         if got == 0 || got >= want {
             return Ok(got);
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long for the clock is no deadline.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         while got < want {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
@@ -112,7 +114,7 @@ impl Connection {
             }
             let mut rest = failover::skip_mut(bufs, got);
             match self.recv_once(&mut rest, flags, left) {
-                Ok(n) if n > 0 => got += n,
+                Ok(n) if n > 0 => got = got.saturating_add(n),
                 _ => break,
             }
         }
@@ -166,7 +168,7 @@ impl Connection {
         // Turns of the loop since the last byte, data frame or wait (see `MAX_IDLE_TURNS`).
         let mut idle = 0u32;
         let result = loop {
-            idle += 1;
+            idle = idle.saturating_add(1);
             if idle > MAX_IDLE_TURNS {
                 break Err(self.protocol_error("recv", ProtoError::NoProgress { turns: idle }));
             }
@@ -193,7 +195,8 @@ impl Connection {
                             let e = ProtoError::BadOffset { off, len: 0 };
                             break Err(self.protocol_error("recv", e));
                         }
-                        head += size;
+                        // `check_frame` put the frame below `tail`: no overflow.
+                        head = head.saturating_add(size);
                         credit |= !flags.peek;
                         continue;
                     }
@@ -204,28 +207,32 @@ impl Connection {
                             let e = ProtoError::BadOffset { off, len };
                             break Err(self.protocol_error("recv", e));
                         }
-                        let base = ENDPOINT_HDR as usize
-                            + self.rx_ring.pos(head) as usize
-                            + FRAME_HDR as usize;
+                        let base =
+                            ring_at(self.rx_ring.pos(head)).saturating_add(FRAME_HDR as usize);
                         let mut unreadable = false;
                         while off < len && bi < bufs.len() {
                             let Some(buf) = bufs.get_mut(bi) else { break };
                             let whole = buf.len();
                             let dst = buf.get_mut(bo..).unwrap_or_default();
-                            let n = dst.len().min((len - off) as usize);
+                            let n = dst.len().min(len.saturating_sub(off) as usize);
                             let dst = dst.get_mut(..n).unwrap_or_default();
-                            if self.mine.read(base + off as usize, dst).is_err() {
+                            if self
+                                .mine
+                                .read(base.saturating_add(off as usize), dst)
+                                .is_err()
+                            {
                                 unreadable = true;
                                 break;
                             }
-                            off += n as u64;
-                            bo += n;
-                            copied += n;
+                            // At most the frame's and the buffers' lengths.
+                            off = off.saturating_add(n as u64);
+                            bo = bo.saturating_add(n);
+                            copied = copied.saturating_add(n);
                             if n > 0 {
                                 idle = 0;
                             }
                             if bo >= whole {
-                                bi += 1;
+                                bi = bi.saturating_add(1);
                                 bo = 0;
                             }
                         }
@@ -239,7 +246,7 @@ impl Connection {
                         }
                         if off == len {
                             idle = 0;
-                            head += size;
+                            head = head.saturating_add(size);
                             seq = seq.wrapping_add(1);
                             off = 0;
                             credit = true;
@@ -390,7 +397,7 @@ impl Connection {
         }
         let now = Instant::now();
         match *since {
-            Some(t0) if now.duration_since(t0) >= gap * 50 => return false,
+            Some(t0) if now.duration_since(t0) >= gap.saturating_mul(50) => return false,
             Some(_) => {}
             None => {
                 // Spinning on the CPU the sender needs would only hold it back.
@@ -409,7 +416,7 @@ impl Connection {
             if self.peer_flags() != 0 {
                 return false;
             }
-            n += 1;
+            n = n.wrapping_add(1);
             if n.is_multiple_of(16) && now.elapsed() >= gap {
                 return false;
             }

@@ -135,6 +135,7 @@ impl Block for crate::rendezvous::model::Area {
 /// ring's (`RX` and `CREDIT` lines) and the frame slots are checked for data races (a read and
 /// a write of one slot not ordered by happens-before fail the model).
 #[cfg(loom)]
+#[allow(clippy::arithmetic_side_effects)] // the model's layout: constants, never peer input
 pub fn model_block(slot: usize) -> crate::rendezvous::model::Area {
     use super::block::{CR_CLOSED, RX_FLAGS};
     use crate::proto::{ENDPOINT_HDR, FRAME_HDR, MIN_RING};

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use ntbdrv::Region;
 
 use super::block::{
-    word32, word64, CR_CLOSED, CR_HEAD, CR_PEER_CPU, FLAG_FIN, FLAG_RST, RX_FLAGS, RX_TAIL,
-    ST_SHUT_RD, ST_SHUT_WR,
+    ring_at, word32, word64, CR_CLOSED, CR_HEAD, CR_PEER_CPU, FLAG_FIN, FLAG_RST, RX_FLAGS,
+    RX_TAIL, ST_SHUT_RD, ST_SHUT_WR,
 };
 use super::cursors::RxPos;
 use super::ringsync::{self, Arming};
 use super::{Connection, Counter, IoError, Readiness, ARM_GRACE};
-use crate::proto::{Frame, ENDPOINT_HDR};
+use crate::proto::Frame;
 use crate::{sys, CompletionMode};
 
 /// `Connection::tcp_end`: the TCP socket is open (or was, when last asked), or ended.
@@ -65,7 +65,14 @@ impl Deadline {
 
     pub(super) fn at(&mut self) -> Option<Instant> {
         let t = self.timeout?;
-        Some(*self.at.get_or_insert_with(|| Instant::now() + t))
+        if self.at.is_none() {
+            // A timeout too long for the clock is no deadline.
+            self.at = Instant::now().checked_add(t);
+            if self.at.is_none() {
+                self.timeout = None;
+            }
+        }
+        self.at
     }
 }
 
@@ -251,7 +258,7 @@ impl Connection {
         };
         while !self.ready(read) {
             self.touch_next_frame(next);
-            n += 1;
+            n = n.wrapping_add(1);
             if n.is_multiple_of(64) {
                 let now = Instant::now();
                 if deadline.is_some_and(|d| now >= d) {
@@ -322,7 +329,7 @@ impl Connection {
                     if !quiet {
                         break r;
                     }
-                    nap = (nap * 2).min(LONGEST_LEADER_NAP);
+                    nap = nap.saturating_mul(2).min(LONGEST_LEADER_NAP);
                 };
                 self.woke();
                 if let Ok(mut g) = self.waiters.generation.lock() {
@@ -361,12 +368,12 @@ impl Connection {
         if pos == usize::MAX {
             return;
         }
-        let at = ENDPOINT_HDR as usize + pos;
+        let at = ring_at(pos as u64);
         if let Ok(w) = self.mine.atomic_u64(at) {
             std::hint::black_box(w.load(Relaxed));
         }
-        if (pos + 64) < self.rx_ring.cap() as usize {
-            if let Ok(w) = self.mine.atomic_u64(at + 64) {
+        if pos.saturating_add(64) < self.rx_ring.cap() as usize {
+            if let Ok(w) = self.mine.atomic_u64(at.saturating_add(64)) {
                 std::hint::black_box(w.load(Relaxed));
             }
         }
@@ -389,7 +396,7 @@ impl Connection {
             if now.duration_since(t0) >= SAME_CPU_YIELD {
                 break None;
             }
-            n += 1;
+            n = n.wrapping_add(1);
             std::thread::yield_now();
         };
         self.count(Counter::Polls, n);
@@ -486,7 +493,7 @@ impl Connection {
             self.tcp_looks.store(TCP_LOOK_EVERY - 1, Relaxed);
             self.tcp_gone()
         } else {
-            self.tcp_looks.store(n - 1, Relaxed);
+            self.tcp_looks.store(n.saturating_sub(1), Relaxed);
             None
         }
     }
