@@ -35,9 +35,7 @@ impl Connection {
                 word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR, SeqCst);
                 sys::shutdown_write(self.tcp_fd());
             } else if word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR, SeqCst) & ST_SHUT_WR == 0 {
-                // SYNC POINT (FIN): after our last tail store; pairs with the Acquire load of
-                // RX_FLAGS in the peer's `recv`.
-                word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_FIN, SeqCst);
+                super::ringsync::send_fin(&self.theirs);
                 self.ring_peer();
             }
         }

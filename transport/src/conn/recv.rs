@@ -80,7 +80,7 @@ impl Connection {
     }
 
     pub(super) fn peer_flags(&self) -> u32 {
-        word32(&self.mine, RX_FLAGS).load(Acquire)
+        ringsync::peer_flags(&self.mine)
     }
 
     /// Receive into `bufs` (scatter), TCP-style: returns 0 at EOF.
@@ -292,7 +292,7 @@ impl Connection {
             if pf & FLAG_FIN != 0 {
                 // FIN is set after the last tail: re-check the tail before reporting EOF (the
                 // next turn validates it; it cannot move back).
-                if word64(&self.mine, RX_TAIL).load(Acquire) > head {
+                if ringsync::data_after(&self.mine, head) {
                     continue;
                 }
                 break Ok(copied);

@@ -16,7 +16,9 @@ use std::sync::atomic::Ordering::{self, Acquire, Relaxed, Release, SeqCst};
 
 use ntbdrv::Region;
 
-use super::block::{word32, word64, CR_HEAD, CR_RX_SLEEPING, RX_TAIL, RX_TX_WAITING};
+use super::block::{
+    word32, word64, CR_HEAD, CR_RX_SLEEPING, FLAG_FIN, RX_FLAGS, RX_TAIL, RX_TX_WAITING,
+};
 use crate::proto::ProtoError;
 
 /// One shared word of `T` (a `u32` or a `u64`): the operations the ring's sequences use.
@@ -24,6 +26,7 @@ pub trait Word<T> {
     fn load(&self, order: Ordering) -> T;
     fn store(&self, v: T, order: Ordering);
     fn compare_exchange(&self, current: T, new: T, ok: Ordering, err: Ordering) -> Result<T, T>;
+    fn fetch_or(&self, v: T, order: Ordering) -> T;
 }
 
 /// A count of this process's waiters of one kind (process memory; a loom atomic in the models,
@@ -83,6 +86,10 @@ macro_rules! word {
             ) -> Result<$t, $t> {
                 <$atomic>::compare_exchange(self, current, new, ok, err)
             }
+            #[inline(always)]
+            fn fetch_or(&self, v: $t, order: Ordering) -> $t {
+                <$atomic>::fetch_or(self, v, order)
+            }
         }
     };
 }
@@ -130,6 +137,10 @@ impl Block for crate::rendezvous::model::Area {
     }
 }
 
+/// The FIN bit of the sender's flags, for the loom models.
+#[cfg(loom)]
+pub const FIN: u32 = FLAG_FIN;
+
 /// An endpoint block with a ring of [`crate::proto::MIN_RING`] bytes cut in frame slots of
 /// `slot` bytes (a header cell and a payload cell each), for the loom models: its words are the
 /// ring's (`RX` and `CREDIT` lines) and the frame slots are checked for data races (a read and
@@ -137,7 +148,7 @@ impl Block for crate::rendezvous::model::Area {
 #[cfg(loom)]
 #[allow(clippy::arithmetic_side_effects)] // the model's layout: constants, never peer input
 pub fn model_block(slot: usize) -> crate::rendezvous::model::Area {
-    use super::block::{CR_CLOSED, RX_FLAGS};
+    use super::block::CR_CLOSED;
     use crate::proto::{ENDPOINT_HDR, FRAME_HDR, MIN_RING};
     let hdr = ENDPOINT_HDR as usize;
     let mut cells = vec![
@@ -201,7 +212,32 @@ pub fn credits<B: Block>(mine: &B, tail: u64, seen: &LocalU64) -> Result<u64, Pr
     Ok(head)
 }
 
+/// Tell the receiver (its block, `theirs`) that no frame follows the ones published: called
+/// after the last [`publish_tail`].
+#[inline]
+pub fn send_fin<B: Block>(theirs: &B) {
+    // SYNC POINT (FIN): after our last tail store; pairs with the Acquire load of RX_FLAGS in
+    // the peer's `peer_flags`.
+    theirs.w32(RX_FLAGS).fetch_or(FLAG_FIN, SeqCst);
+}
+
 // ---- the consumer --------------------------------------------------------------------------
+
+/// The sender's flags in our block (`mine`): FIN, RST, GONE.
+#[inline(always)]
+pub fn peer_flags<B: Block>(mine: &B) -> u32 {
+    // SYNC POINT (FIN): Acquire pairs with `send_fin`; a FIN seen comes after every producer
+    // counter the sender published, which `data_after` then sees.
+    mine.w32(RX_FLAGS).load(Acquire)
+}
+
+/// Is anything published beyond consumer counter `head`? Asked again after a FIN, before EOF
+/// (the FIN follows the last producer counter, which an earlier look may have missed).
+#[inline(always)]
+pub fn data_after<B: Block>(mine: &B, head: u64) -> bool {
+    // SYNC POINT (ring data): as in `rx_tail`.
+    mine.w64(RX_TAIL).load(Acquire) > head
+}
 
 /// The sender's producer counter (in our block, `mine`), loaded once: never behind `seen`, the
 /// highest one it published before (kept up to date here). A ring of `cap` bytes.
