@@ -349,8 +349,9 @@ pub fn disarm<B: Block>(theirs: &B, what: Arming, count: &impl WaiterCount) {
         // A waiter that armed meanwhile must keep its flag. Read with an RMW, which reads the
         // latest count: a waiter whose increment comes after it read ours, so our clear is
         // ordered before its flag store; one whose increment came before is counted here. (A
-        // SeqCst load would do in C11 too, but loom models SeqCst loads and stores as AcqRel
-        // and then finds the flag cleared under a sleeper: tests/loom_ring.rs.)
+        // SeqCst load would do in C11 too, but loom does not give SeqCst loads and stores their
+        // total order (tokio-rs/loom#180) and then finds the flag cleared under a sleeper:
+        // tests/loom_ring.rs.)
         if count.fetch_add(0, SeqCst) > 0 {
             flag.store(1, SeqCst);
         }
