@@ -167,10 +167,6 @@ impl Ring {
     /// Place a frame of up to `want` payload bytes (`want >= 1`), or `None` if the ring has no
     /// room for even one byte (wait for credits). Frames never wrap: if the space before the
     /// ring's end is too small, a pad frame fills it first.
-    // Every step is bounded by the checks before it: `free` and `to_end` are at most `cap`,
-    // `tail + cap` does not overflow (checked first), `avail` is at least a minimal frame where
-    // a header is taken from it, and the frame ends at most `cap` past `tail`.
-    #[allow(clippy::arithmetic_side_effects)]
     pub fn place(&self, tail: u64, head: u64, want: u64) -> Result<Option<Placement>, ProtoError> {
         let free = self.free(tail, head)?;
         // A producer counter so large that the next frame would overflow it is no counter a
@@ -178,8 +174,10 @@ impl Ring {
         if tail.checked_add(self.cap).is_none() {
             return Err(ProtoError::BadCredit { head, tail });
         }
+        // Below, every difference is of a larger value by a smaller one (checked before it) and
+        // every sum stays within `tail + cap`: the saturating forms never saturate.
         let pos = self.pos(tail);
-        let to_end = self.cap - pos;
+        let to_end = self.cap.saturating_sub(pos);
         let want = want.clamp(1, self.max_payload());
         let mut pad = None;
         let (mut fpos, mut avail, mut t) = (pos, free, tail);
@@ -190,20 +188,20 @@ impl Ring {
             }
             pad = Some((pos, to_end));
             fpos = 0;
-            avail = free - to_end;
-            t = tail + to_end;
+            avail = free.saturating_sub(to_end);
+            t = tail.saturating_add(to_end);
         } else {
             avail = avail.min(to_end);
         }
         if avail < FRAME_HDR + FRAME_ALIGN {
             return Ok(None);
         }
-        let len = want.min(avail - FRAME_HDR);
-        let mut size = FRAME_HDR + align_frame(len);
+        let len = want.min(avail.saturating_sub(FRAME_HDR));
+        let mut size = FRAME_HDR.saturating_add(align_frame(len));
         let len = if size > avail {
             // Alignment would overrun the space: shrink the payload to an aligned length.
-            size = avail - avail % FRAME_ALIGN;
-            size - FRAME_HDR
+            size = avail & !(FRAME_ALIGN - 1);
+            size.saturating_sub(FRAME_HDR)
         } else {
             len
         };
@@ -214,7 +212,7 @@ impl Ring {
             pad,
             pos: fpos,
             len,
-            new_tail: t + size,
+            new_tail: t.saturating_add(size),
         }))
     }
 
