@@ -15,8 +15,9 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 cargo bench --bench device -- --test
 # ntb-sys: the vendored bindings must be what bindgen produces from the header (needs libclang).
 cargo test --release -p ntb-sys --features regenerate 2>&1 | tee -a "$log"
-# Everything else. The iperf tests find target/release/libpcisock.so built above.
-cargo test --release --workspace 2>&1 | tee -a "$log"
+# Everything else. The iperf tests find target/release/libpcisock.so built above. Every test target
+# runs even after one fails, so one run shows every failure.
+cargo test --release --workspace --no-fail-fast 2>&1 | tee -a "$log"
 # The rendezvous area's sync points model-checked under loom (docs/MEMORY-ORDERING.md, "Model-checked
 # under loom"): the real rendezvous.rs over loom's model of the area, built with --cfg loom in a
 # target directory of its own so the main build is not rebuilt. One summary line.
@@ -39,7 +40,7 @@ rm -f "$loomlog"
 svc="/run/pcisock-ci-$$/fabric.sock"
 target/release/pcisock fabric start --socket "$svc"
 trap 'target/release/pcisock fabric stop --socket "$svc" >/dev/null 2>&1 || true; rm -rf "$(dirname "$svc")" "$log"' EXIT
-PCISOCK_TEST_FABRIC="$svc" cargo test --release -p iperf-tests --test behaviours --test apps \
+PCISOCK_TEST_FABRIC="$svc" cargo test --release --no-fail-fast -p iperf-tests --test behaviours --test apps \
     --test iperf2 --test iperf3 --test echo 2>&1 | tee -a "$log"
 # Two real kernels joined by a PCI BAR: QEMU guests over ivshmem (docs/TWOHOST.md; about 2 min).
 iperf-tests/twohost.sh all

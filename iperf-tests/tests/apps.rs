@@ -13,7 +13,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use iperf_tests::apps::{
     interrupt, require_bin, sha256, version_line, wait_stats, write_payload, ProcTree,
@@ -799,6 +799,13 @@ fn sockperf_ping_pong() {
     );
     let delta = lo.delta().unwrap();
     drop(lo);
+    // The server writes its stats file when it closes the connection, on the client's EOF; a
+    // SIGTERM kills it without its exit handlers, so let it see the EOF first (a busy machine
+    // can take a while to schedule it).
+    let t0 = Instant::now();
+    while !senv.stats_file.exists() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let _ = server.terminate();
     let mut v = Verdict::new("sockperf_ping_pong");
     let ok = r.is_ok();
