@@ -4,9 +4,9 @@
 //! The processes map the fixture's device themselves (`PCISOCK_FABRIC=device`: a link fault is a device fault) and
 //! are not strict (strict mode resets instead: `strict_mode_resets_instead_of_failing_over`). Faults are injected
 //! with the CLI (`pcisock emu fault link-down` / `pcisock emu clear`), as an operator would. Which path carried
-//! the bytes, and when, is read from the kernel's own per-connection counters (`ss -ti`: `bytes_received` of the
-//! server's sockets on the test port), which other traffic on lo cannot disturb (the lo lock is held anyway:
-//! these tests push bulk TCP over lo); the library's stats file says how often each connection moved.
+//! the bytes, and when, is read from the kernel's own counters of the stream's socket (`ss -ti`: `bytes_received`
+//! of the server's socket, by its exact 4-tuple), which other traffic on lo cannot disturb (the lo lock is held
+//! anyway: these tests push bulk TCP over lo); the library's stats file says how often each connection moved.
 
 use std::path::Path;
 use std::process::Command;
@@ -47,24 +47,28 @@ fn link(emu_dir: &Path, down: bool) {
     );
 }
 
-/// Bytes the kernel received on the established TCP sockets whose local port is `port` (the server's side of
-/// the test's connections), from `ss -tin`.
-fn tcp_received(port: u16) -> u64 {
-    let filter = format!("( sport = :{port} )");
-    let out = Command::new("ss")
-        .args(["-tinH", "state", "established", &filter])
-        .output()
-        .expect("run ss");
-    assert!(
-        out.status.success(),
-        "ss: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("bytes_received:"))
-        .filter_map(|n| n.parse::<u64>().ok())
-        .sum()
+/// The server's established TCP sockets on `port` (the test's connections) at one moment, as the kernel counts
+/// them (`ss -tin`).
+struct Sample {
+    at: Instant,
+    socks: Vec<TcpSocket>,
+}
+
+fn sample(port: u16) -> Sample {
+    Sample {
+        at: Instant::now(),
+        socks: tcp_sockets(port),
+    }
+}
+
+impl Sample {
+    /// The bytes the server's socket from `peer` had received, if it was there.
+    fn received(&self, peer: &str) -> Option<u64> {
+        self.socks
+            .iter()
+            .find(|s| s.peer == peer)
+            .map(|s| s.bytes_received)
+    }
 }
 
 fn sleep_until(t0: Instant, at: Duration) {
@@ -144,40 +148,86 @@ fn link_down_for_4s_mid_stream_moves_to_tcp_and_back() {
     let mut st = Stream::start("failover_link_down", 10);
     let (f, port) = (&st.f, st.port);
     let t0 = Instant::now();
-    // Samples of lo: before the fault, across it, and after it.
+    // Samples of the server's sockets: across the fault, and after it.
     let at = |s: u64| Duration::from_millis(s);
     sleep_until(t0, at(3000));
     link(f.emu_dir(), true);
     let mut during = Vec::new();
     for ms in [3500, 4500, 5500, 6500] {
         sleep_until(t0, at(ms));
-        during.push(tcp_received(port));
+        during.push(sample(port));
     }
     sleep_until(t0, at(7000));
     link(f.emu_dir(), false);
     sleep_until(t0, at(8000));
-    let back = tcp_received(port);
-    sleep_until(t0, at(9500));
-    let late = tcp_received(port);
+    let back = sample(port);
+    // Until 9.5 s, while the stream (10 s from about t0) runs: the last of these that still sees it counts.
+    let mut after = Vec::new();
+    for ms in (8250..=9500).step_by(250) {
+        sleep_until(t0, at(ms));
+        after.push(sample(port));
+    }
     st.finish();
 
     let mut errors = Vec::new();
-    // While the link is down the stream goes on over TCP: every second of the outage moves bytes across lo.
+    // The stream's own socket, by its exact 4-tuple (the other one is iperf3's control connection): the server's
+    // socket that had received the most when the outage ended. Its counters are the kernel's, and other traffic
+    // on lo does not move them.
+    let peer = during
+        .last()
+        .and_then(|s| s.socks.iter().max_by_key(|s| s.bytes_received))
+        .map(|s| s.peer.clone())
+        .unwrap_or_default();
+    // While the link is down the stream goes on over TCP: every second of the outage moves bytes on its socket
+    // (at least 8 MiB/s over the time actually between two samples; a stream that stalls instead of failing over
+    // moves none, and TCP on lo moves hundreds of MB/s even on a loaded machine).
     for (i, w) in during.windows(2).enumerate() {
-        let b = w[1] - w[0];
-        if b < 8 * MIB {
-            errors.push(format!(
-                "second {} of the outage: only {b} bytes over TCP (the stream stalled instead of failing over)",
+        match (w[0].received(&peer), w[1].received(&peer)) {
+            (Some(a), Some(b)) => {
+                let secs = w[1].at.duration_since(w[0].at).as_secs_f64();
+                let moved = b.saturating_sub(a);
+                eprintln!(
+                    "outage second {}: {:.0} MiB/s over TCP",
+                    i + 1,
+                    moved as f64 / secs / MIB as f64
+                );
+                if (moved as f64) < 8.0 * MIB as f64 * secs {
+                    errors.push(format!(
+                        "second {} of the outage: only {moved} bytes over TCP in {secs:.2} s (the stream stalled \
+                         instead of failing over)",
+                        i + 1
+                    ));
+                }
+            }
+            _ => errors.push(format!(
+                "second {} of the outage: no stream socket from {peer:?} on port {port}",
                 i + 1
-            ));
+            )),
         }
     }
-    // A second after the link is back the stream is on the ring again: lo is quiet while iperf3 goes on.
-    let after = late - back;
-    if after > MIB {
-        errors.push(format!(
-            "{after} bytes over TCP from 1 s to 2.5 s after the link came back: not back on NTB"
-        ));
+    // A second after the link is back the stream is on the ring again: its socket is quiet while iperf3 goes on
+    // (at most 1 MiB over at least 0.5 s of the 1.5 s after; on TCP it would be hundreds of MiB).
+    let last = after
+        .iter()
+        .rev()
+        .find_map(|s| s.received(&peer).map(|b| (s.at, b)));
+    match (back.received(&peer), last) {
+        (Some(b0), Some((t1, b1))) if t1.duration_since(back.at) >= Duration::from_millis(500) => {
+            let moved = b1.saturating_sub(b0);
+            eprintln!(
+                "after the link came back: {moved} bytes over TCP in {:.2} s",
+                t1.duration_since(back.at).as_secs_f64()
+            );
+            if moved > MIB {
+                errors.push(format!(
+                    "{moved} bytes over TCP in the {:.2} s from 1 s after the link came back: not back on NTB",
+                    t1.duration_since(back.at).as_secs_f64()
+                ));
+            }
+        }
+        _ => errors.push(format!(
+            "the stream's socket from {peer:?} was not seen for 0.5 s from 1 s after the link came back"
+        )),
     }
     let stats = st.ce.stats().unwrap();
     let c = data_conn(&stats, port);
@@ -350,6 +400,18 @@ fn redis_commands(cli: &Path, port: u16) -> u64 {
         .unwrap_or_else(|| panic!("redis-cli INFO: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// Bytes the server's sockets received between two samples of `tcp_sockets`, over the sockets in both (a short
+/// connection that came or went between them, redis-cli's, is left out).
+fn received_between(a: &[TcpSocket], b: &[TcpSocket]) -> u64 {
+    b.iter()
+        .filter_map(|s| {
+            a.iter()
+                .find(|t| t.peer == s.peer)
+                .map(|t| s.bytes_received.saturating_sub(t.bytes_received))
+        })
+        .sum()
+}
+
 /// redis waits only in epoll_wait and its replies never fill a ring: neither end ever waits in a send or a receive,
 /// so only readiness can notice the link going away. Across a 2.5 s link-down the requests go on over the
 /// connections' TCP sockets (the kernel's counters of the server's sockets grow, and redis counts commands), and a
@@ -421,7 +483,7 @@ fn an_epoll_only_server_fails_over_and_back() {
     .unwrap();
     let t0 = Instant::now();
     let at = |ms: u64| Duration::from_millis(ms);
-    let sample = || (redis_commands(&cli, port), tcp_received(port));
+    let sample = || (redis_commands(&cli, port), tcp_sockets(port));
     sleep_until(t0, at(1500));
     let before = sample();
     link(f.emu_dir(), true);
@@ -439,22 +501,30 @@ fn an_epoll_only_server_fails_over_and_back() {
     let _ = bench.terminate();
     let _ = server.terminate();
 
-    eprintln!(
-        "redis (commands, bytes over TCP): before {before:?}, outage {out1:?} {out2:?}, back {back1:?} {back2:?}"
-    );
+    // (commands, bytes over TCP) in each interval between the samples.
+    let step = |a: &(u64, Vec<TcpSocket>), b: &(u64, Vec<TcpSocket>)| {
+        (b.0.saturating_sub(a.0), received_between(&a.1, &b.1))
+    };
+    let steps = [
+        step(&before, &out1),
+        step(&out1, &out2),
+        step(&out2, &back1),
+        step(&back1, &back2),
+    ];
+    eprintln!("redis (commands, bytes over TCP) from the link-down on: {steps:?}");
     let mut errors = Vec::new();
     if !running {
         errors.push("redis-benchmark stopped before the end of the test".to_owned());
     }
     // The second second of the outage: requests complete, over TCP (a SET of redis-benchmark is 45 bytes).
-    let (cmds, bytes) = (out2.0 - out1.0, out2.1 - out1.1);
+    let (cmds, bytes) = steps[1];
     if cmds < 1000 || bytes < 20 * cmds {
         errors.push(format!(
             "second 2 of the outage: {cmds} commands, {bytes} bytes over TCP (the connections did not fail over)"
         ));
     }
     // Back on the ring: redis goes on, lo does not.
-    let (cmds, bytes) = (back2.0 - back1.0, back2.1 - back1.1);
+    let (cmds, bytes) = steps[3];
     if cmds < 1000 || bytes > 64 << 10 {
         errors.push(format!(
             "1.5 s to 3 s after the link came back: {cmds} commands, {bytes} bytes over TCP (not back on NTB)"
@@ -477,7 +547,7 @@ fn an_epoll_only_server_fails_over_and_back() {
     }
     assert!(
         errors.is_empty(),
-        "{}\nsamples (commands, bytes over TCP): before {before:?}, outage {out1:?} {out2:?}, back {back1:?} {back2:?}\n{}\n{}",
+        "{}\n(commands, bytes over TCP) from the link-down on: {steps:?}\n{}\n{}",
         errors.join("\n"),
         bench.describe(),
         server.describe()
@@ -674,23 +744,29 @@ fn edge_triggered_nginx_and_wrk_fail_over_and_back() {
     let t0 = Instant::now();
     let at = |ms: u64| Duration::from_millis(ms);
     sleep_until(t0, at(1500));
-    let before = tcp_received(port);
+    let before = tcp_sockets(port);
     link(f.emu_dir(), true);
     sleep_until(t0, at(2500));
-    let out1 = tcp_received(port);
+    let out1 = tcp_sockets(port);
     sleep_until(t0, at(3500));
-    let out2 = tcp_received(port);
+    let out2 = tcp_sockets(port);
     sleep_until(t0, at(4000));
     link(f.emu_dir(), false);
     sleep_until(t0, at(5000));
-    let back1 = tcp_received(port);
+    let back1 = tcp_sockets(port);
     sleep_until(t0, at(6500));
-    let back2 = tcp_received(port);
+    let back2 = tcp_sockets(port);
     let done = client.wait_success(Duration::from_secs(20));
     let _ = server.stop();
     let out = client.stdout();
     eprintln!(
-        "nginx bytes over TCP: before {before}, outage {out1} {out2}, back {back1} {back2}\n{out}"
+        "nginx bytes over TCP from the link-down on: {:?}\n{out}",
+        [
+            received_between(&before, &out1),
+            received_between(&out1, &out2),
+            received_between(&out2, &back1),
+            received_between(&back1, &back2)
+        ]
     );
 
     let mut errors = Vec::new();
@@ -701,16 +777,18 @@ fn edge_triggered_nginx_and_wrk_fail_over_and_back() {
         errors.push("wrk saw errors".to_owned());
     }
     // A request of wrk is about 60 bytes: a thousand requests in the outage's second second, over TCP.
-    if out2 - out1 < 60_000 {
+    let outage = received_between(&out1, &out2);
+    let after = received_between(&back1, &back2);
+    if outage < 60_000 {
         errors.push(format!(
             "second 2 of the outage: {} bytes over TCP (the connections did not fail over)",
-            out2 - out1
+            outage
         ));
     }
-    if back2 - back1 > 64 << 10 {
+    if after > 64 << 10 {
         errors.push(format!(
             "{} bytes over TCP from 1 s to 2.5 s after the link came back: not back on NTB",
-            back2 - back1
+            after
         ));
     }
     let c = ce.stats().unwrap_or_else(|e| panic!("{e}"));
