@@ -1802,3 +1802,78 @@ fn fionread_counts_the_ring_up_to_the_end_and_the_records_after_it() {
     }
     assert!(buf == data);
 }
+
+/// A peer that half-closes while its direction is on TCP (failover) still reads: its kernel's FIN after its last
+/// record is not its death, so a send of ours that waits for its credits on the ring goes on until they come (it
+/// failed with EPIPE: `failover::echo_is_byte_identical_across_many_faults` did so in about 1 run of 7).
+#[test]
+fn a_half_close_on_tcp_is_not_the_peers_death() {
+    const N: usize = 256 << 10;
+    let (_d, dev) = device("fo-halfclose");
+    let t = transport(&dev, 64 << 10);
+    let (cc, sc, _s, _srv) = pair(&t);
+    let cc = Arc::new(cc);
+    let sc = Arc::new(sc);
+    dev.link_disable().unwrap();
+    std::thread::sleep(Duration::from_millis(5)); // past the process's last look at the link
+    cc.readiness();
+    sc.look_at_tcp();
+    sc.readiness();
+    assert!(cc.sending_on_tcp() && sc.sending_on_tcp(), "not on TCP");
+    // The client's last bytes and its half-close, over TCP; the server reads them and the end.
+    assert_eq!(cc.send(&[b"last words"], false, None), Ok(10));
+    cc.shutdown(false, true);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = Vec::new();
+    loop {
+        match sc.recv(
+            &mut [&mut buf[..]],
+            RecvFlags::default(),
+            Some(Duration::from_secs(5)),
+        ) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("server's read: {e:?}"),
+        }
+    }
+    assert_eq!(got, b"last words");
+    // The link is back: the server's direction returns to the ring; the client's stays ended on TCP.
+    dev.link_enable().unwrap();
+    assert!(
+        eventually(|| {
+            sc.readiness();
+            !sc.sending_on_tcp()
+        }),
+        "the server's direction did not come back to the ring"
+    );
+    // Four rings' worth: the server's send waits for credits that the client returns as it reads.
+    let reader = {
+        let cc = cc.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 8 << 10];
+            let mut n = 0usize;
+            while n < N {
+                std::thread::sleep(Duration::from_millis(2));
+                match cc.recv(
+                    &mut [&mut buf[..]],
+                    RecvFlags::default(),
+                    Some(Duration::from_secs(5)),
+                ) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) => panic!("client's read: {e:?}"),
+                }
+            }
+            n
+        })
+    };
+    let data = vec![7u8; N];
+    let mut sent = 0;
+    while sent < N {
+        match sc.send(&[&data[sent..]], false, Some(Duration::from_secs(10))) {
+            Ok(k) => sent += k,
+            Err(e) => panic!("the server's send after {sent} bytes: {e:?} (the client's half-close taken for its death)"),
+        }
+    }
+    assert_eq!(reader.join().unwrap(), N);
+}

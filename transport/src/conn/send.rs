@@ -502,7 +502,11 @@ impl Connection {
     /// only after a wake-up that brought no room, so a sender streaming into a busy receiver
     /// pays no system call.
     fn dead_peer(&self) -> Option<IoError> {
-        self.tcp_gone().map(|r| r.err().unwrap_or(IoError::Reset))
+        match self.tcp_gone()? {
+            // The peer's half-close while its direction is on TCP: it still reads.
+            Ok(()) if self.peer_half_closed() => None,
+            r => Some(r.err().unwrap_or(IoError::Reset)),
+        }
     }
 
     /// Why a send cannot proceed, if it cannot.

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use ntbdrv::Region;
 
 use super::block::{
-    ring_at, word32, word64, CR_CLOSED, CR_HEAD, CR_PEER_CPU, FLAG_FIN, FLAG_RST, RX_FLAGS,
-    RX_TAIL, ST_SHUT_RD, ST_SHUT_WR,
+    peer_alive, ring_at, word32, word64, CR_CLOSED, CR_HEAD, CR_PEER_CPU, FLAG_FIN, FLAG_RST,
+    RX_FLAGS, RX_TAIL, ST_SHUT_RD, ST_SHUT_WR,
 };
 use super::cursors::RxPos;
 use super::ringsync::{self, Arming};
-use super::{Connection, Counter, IoError, Readiness, ARM_GRACE};
+use super::{Connection, Counter, IoError, Readiness, Tenancy, ARM_GRACE};
 use crate::proto::{Frame, ProtoError};
 use crate::{sys, CompletionMode};
 
@@ -481,7 +481,28 @@ impl Connection {
                 _ => None,
             }
         };
-        gone.map(|g| g.err().unwrap_or(IoError::BrokenPipe))
+        match gone? {
+            Ok(()) if self.peer_half_closed() => None,
+            g => Some(g.err().unwrap_or(IoError::BrokenPipe)),
+        }
+    }
+
+    /// Is the end of the TCP socket the peer's half-close rather than its death? Only while the
+    /// peer's direction is on the socket (`failover`): its `shutdown(SHUT_WR)` is then the
+    /// kernel's FIN after its last record, which a dead peer's kernel sends too. The peer's
+    /// process tells them apart when it is on this host (the service's segments; a loopback
+    /// device); a peer on another host cannot be asked, and its end counts as its death (PROTOCOL
+    /// §6). A hostile peer that forges live pids only keeps our sends to it waiting, as a zero
+    /// window would.
+    pub(super) fn peer_half_closed(&self) -> bool {
+        if !self.fo.rx_off() {
+            return false;
+        }
+        let here = match &self.tenancy {
+            Tenancy::Service { .. } => true,
+            Tenancy::Device { dev, .. } => dev.side() == dev.peer_side(),
+        };
+        here && peer_alive(&self.theirs)
     }
 
     /// What `readiness` needs of the TCP socket: asked once in `TCP_LOOK_EVERY` calls (a system
