@@ -369,6 +369,17 @@ impl Client {
         pairing(r)
     }
 
+    /// The same as [`Client::accept`] without waiting: the answer is taken in by
+    /// [`Client::paired`] with the returned request (the service rings this process's line
+    /// when it has answered).
+    pub fn accept_nowait(&mut self, fd: RawFd, ring: u64) -> Result<Offer, ClientError> {
+        let id = self.send(Request::Accept { ring }, Some(fd))?;
+        Ok(Offer {
+            conn: 0,
+            request: id,
+        })
+    }
+
     /// This process holds `fd`, a socket of a paired connection, or of an offer it made
     /// before (after fork or exec): count it as a holder and get the connection's segments and
     /// lines again, or take the offer back.

@@ -759,7 +759,10 @@ impl Service {
                     ..
                 },
             )) => v,
-            _ => return self.refuse(server, request, Refusal::BadSocket),
+            _ => {
+                self.refuse(server, request, Refusal::BadSocket);
+                return self.ring_server(server);
+            }
         };
         drop(socket);
         if let Some(local) = view.local {
@@ -775,10 +778,11 @@ impl Service {
         }
         let Some(conn) = found else {
             self.counters.declined += 1;
-            return self.reply(server, request, Reply::Declined { reason: NO_OFFER }, &[]);
+            self.reply(server, request, Reply::Declined { reason: NO_OFFER }, &[]);
+            return self.ring_server(server);
         };
         let Some(offer) = self.offers.remove(&conn) else {
-            return;
+            return self.ring_server(server);
         };
         // The configured ring when there is room for it; as window space runs short, smaller
         // rings (down to MIN_RING) rather than no connection: more connections, each a little
@@ -801,6 +805,7 @@ impl Service {
         let declined = |s: &mut Service, reason: u32| {
             s.counters.declined += 1;
             s.reply(server, request, Reply::Declined { reason }, &[]);
+            s.ring_server(server);
             s.reply(offer.owner, offer.request, Reply::Declined { reason }, &[]);
             sys::ring(offer.line.fd.as_raw_fd());
         };
@@ -851,6 +856,7 @@ impl Service {
             &[seg, lc, ls],
         );
         sys::ring(lc);
+        sys::ring(ls);
         self.window_used += bytes;
         self.counters.paired += 1;
         let pid_of = |s: &Service, c: u64| s.clients.get(&c).map(|c| c.cred.pid);
@@ -887,6 +893,16 @@ impl Service {
             self.add_holder(conn, pid, end);
         }
         self.orphan_if_unheld(conn);
+    }
+
+    /// The answer to an `Accept` of `server` is in its socket: ring its line. The server does
+    /// not wait inside `accept` for it (it completes the connection at first use, as a client
+    /// does its connect), so a thread or an epoll set waiting on that connection sleeps on the
+    /// line, not on the service's socket.
+    fn ring_server(&self, server: u64) {
+        if let Some(l) = self.clients.get(&server).and_then(|c| c.line.as_ref()) {
+            sys::ring(l.fd.as_raw_fd());
+        }
     }
 
     /// `pid` holds end `end` of `conn` (watched until it dies).

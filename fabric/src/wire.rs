@@ -10,7 +10,7 @@
 /// "PCFB".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// The service protocol's version; a message of another version is refused.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts.
@@ -46,9 +46,11 @@ pub enum Request {
     /// clients late, and they wait on).
     Cancel { request: u64, stalled_only: bool },
     /// The kernel accepted a connection; carries the accepted socket. Replies `Paired` or
-    /// `Declined`. `ring` (as in `Connect`): the receive ring this process asks for; a pair
-    /// gets the smaller of its two ends' and the service's, smaller still when window space
-    /// runs short.
+    /// `Declined` (or `Refused`), and rings the process's line (`Hello`) when it has: the
+    /// server does not wait for the answer inside `accept`, it completes the connection at
+    /// its first use (since version 3). `ring` (as in `Connect`): the receive ring this
+    /// process asks for; a pair gets the smaller of its two ends' and the service's, smaller
+    /// still when window space runs short.
     Accept { ring: u64 },
     /// This process holds the TCP socket it hands over (after a fork, or in a new image after
     /// exec): count it as a holder of the connection that socket carries and give it that

@@ -1,7 +1,10 @@
 //! fork: which NTB connections a child shares with its parent, and which entries it must leave
 //! alone.
 //!
-//! Before the fork ([`prepare`]) every NTB connection in the side table gets one more holder,
+//! Before the fork ([`prepare`]) an accepted connection still waiting for the host fabric
+//! service's answer is completed (`ops::settle_accepts`: the answer comes at once, to this
+//! process's service connection, which a child does not share); then every NTB connection in the
+//! side table gets one more holder,
 //! so that a parent that closes its copy at once does not end the connection under the child;
 //! the child ([`child`]) then records its pid with each. Two things can happen meanwhile in the
 //! parent's other threads, and the child sees their half-done work:
@@ -44,6 +47,9 @@ fn mark_adopted(n: u64) -> u64 {
 /// Before fork (in the parent): one more holder for every NTB connection of the side table
 /// (once per connection, however many fds share it), each marked with this fork's number.
 pub fn prepare() {
+    // Accepted connections whose answer is on its way are completed first (see
+    // `ops::settle_accepts`): the child never inherits one half-made.
+    crate::ops::settle_accepts();
     let n = FORKS.fetch_add(1, SeqCst) + 1;
     FORSAKEN.get_or_init(|| {
         Arc::new(Sock::new(

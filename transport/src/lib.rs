@@ -1141,6 +1141,33 @@ impl Transport {
         }
     }
 
+    /// Server side, as [`Transport::accept`] but without waiting for the answer where it takes
+    /// a round trip (the host fabric service): `Waiting` then, and the connection completes at
+    /// its first use with [`Transport::complete`], as a client's does. Over a device the
+    /// answer is written at once, and this is `accept`.
+    pub fn accept_started(&self, tcp_fd: RawFd, local: Endpoint, peer: Endpoint) -> Outcome {
+        let r = match &self.how {
+            How::Device(d) => d.accept(tcp_fd, local, peer),
+            How::Service => {
+                return match service::accept_started(&self.shared, tcp_fd, local, peer) {
+                    Ok(p) => Outcome::Waiting(p),
+                    Err(r) => Outcome::Tcp(r),
+                }
+            }
+        };
+        match r {
+            Ok(c) => Outcome::Connected(c),
+            Err(r) => Outcome::Tcp(r),
+        }
+    }
+
+    /// Is `p` a server's accept started by [`Transport::accept_started`] (not a client's
+    /// offer)? Its answer comes at once, so a fork or a close waits for it
+    /// ([`Transport::complete`]) rather than leave the child or the service guessing.
+    pub fn pending_is_accept(&self, p: &Pending) -> bool {
+        service::is_accept(p)
+    }
+
     /// Offer the upgrade of a connection whose kernel connect has not chosen our port yet;
     /// [`Transport::publish`] completes it once the connect has started.
     pub fn offer_unbound(&self, remote: Endpoint, tcp_fd: RawFd) -> Result<Pending, Reason> {
