@@ -20,11 +20,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{
-    word32, word64, Connection, Counter, IoError, Readiness, RecvFlags, RxPos, Tenancy, TxPos,
-    CR_CLOSED, CR_RX_SLEEPING, FLAG_RST, L_SOCK_INODE, L_STATE, RX_FLAGS, ST_ON_TCP, ST_SHUT_RD,
-    ST_SHUT_WR,
+use super::block::{
+    word32, word64, CR_CLOSED, CR_RX_SLEEPING, FLAG_RST, L_SOCK_INODE, L_STATE, RX_FLAGS,
+    ST_ON_TCP, ST_SHUT_RD, ST_SHUT_WR,
 };
+use super::cursors::{RxPos, TxPos};
+use super::{Connection, Counter, IoError, Readiness, RecvFlags, Tenancy};
 use crate::proto::ProtoError;
 use crate::switchover::{
     next_epoch, Reader, RxEvent, RxMode, RxSwitch, Step, TxSwitch, MAX_RECORD, RECORD_HDR,
@@ -652,7 +653,7 @@ impl Connection {
         } else {
             self.data_ready()
                 || self.fo.spoke()
-                || self.peer_flags() & (super::FLAG_FIN | FLAG_RST) != 0
+                || self.peer_flags() & (super::block::FLAG_FIN | FLAG_RST) != 0
         };
         let writable = if self.fo.tx_off() {
             ev & libc::POLLOUT != 0

@@ -1,0 +1,250 @@
+//! The exported hooks: each has the C signature of the libc function it replaces, checks the fd
+//! side table, and either calls the real function (an untracked fd pays one table load) or
+//! hands plain Rust values to `ops`. errno is set here, in one place (`finish`), and preserved
+//! on every path we do not handle ourselves. A panic inside our handling is caught and becomes
+//! EIO; it never crosses into the application.
+//!
+//! Compiled out of the crate's own unit tests (`cfg(not(test))`), so the test binary does not
+//! interpose on itself. The exported list is `shim/exports.txt` (checked by the build script).
+//!
+//! # Safety
+//! The hooks receive raw pointers from the application with the contracts of their libc
+//! counterparts (a buffer of `n` bytes, an iovec array of `iovcnt` entries, …). Each block
+//! builds slices only from non-null pointers and the lengths the same call carries.
+#![allow(unsafe_code)]
+#![allow(clippy::missing_safety_doc)]
+
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use libc::{c_int, c_ulong, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
+
+use crate::ops::{self, DataPath, Detour};
+use crate::signals::restarting;
+use crate::{global, real, sys, table};
+
+thread_local! {
+    /// This thread is inside our handling of a call (see `guard`).
+    static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run our handling of a call, catching panics (→ EIO). While it runs, the libc calls pcisock
+/// makes itself on this thread come back into these hooks (closing its own doorbell lines when
+/// an offer settles inside `epoll_wait`, …); `nested` tells the hooks that take locks to pass
+/// those straight to the kernel.
+fn guard<T>(f: impl FnOnce() -> Result<T, c_int>) -> Result<T, c_int> {
+    let outer = INSIDE.with(|c| c.replace(true));
+    let r = std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(libc::EIO));
+    if !outer {
+        INSIDE.with(|c| c.set(false));
+    }
+    r
+}
+
+/// Bookkeeping after a call that already succeeded (fd flags, timeouts, dups): inside the
+/// guard like everything else, and a failure there changes nothing for the application.
+fn quietly(f: impl FnOnce()) {
+    let _ = guard(|| {
+        f();
+        Ok(())
+    });
+}
+
+/// The call comes from pcisock's own handling of another call on this thread.
+fn nested() -> bool {
+    INSIDE.with(|c| c.get())
+}
+
+/// Turn our result into the C convention: the value, or -1 with errno.
+fn finish<T: From<i8>>(r: Result<T, c_int>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => {
+            sys::set_errno(e);
+            T::from(-1)
+        }
+    }
+}
+
+fn fin_ssize(r: Result<usize, c_int>) -> ssize_t {
+    finish(r.map(|n| n as ssize_t))
+}
+
+macro_rules! call_real {
+    ($name:ident ( $($a:expr),* )) => {
+        match real::$name() {
+            // SAFETY: forwarding the application's own arguments to the real function.
+            Some(f) => unsafe { f($($a),*) },
+            None => {
+                sys::set_errno(libc::ENOSYS);
+                -1
+            }
+        }
+    };
+}
+
+/// Bytes at `buf` (`n` long) as a slice; empty if null or zero.
+unsafe fn slice<'a>(buf: *const c_void, n: size_t) -> &'a [u8] {
+    if buf.is_null() || n == 0 {
+        &[]
+    } else {
+        // SAFETY: the caller passes the application's buffer and its length.
+        unsafe { std::slice::from_raw_parts(buf as *const u8, n) }
+    }
+}
+
+unsafe fn slice_mut<'a>(buf: *mut c_void, n: size_t) -> &'a mut [u8] {
+    if buf.is_null() || n == 0 {
+        &mut []
+    } else {
+        // SAFETY: the caller passes the application's buffer and its length.
+        unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, n) }
+    }
+}
+
+unsafe fn iovecs<'a>(iov: *const iovec, n: c_int) -> Result<Vec<&'a [u8]>, c_int> {
+    if !(0..=libc::UIO_MAXIOV).contains(&n) {
+        return Err(libc::EINVAL);
+    }
+    if n == 0 || iov.is_null() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: `iov` holds `n` iovecs (the application's contract).
+    let v = unsafe { std::slice::from_raw_parts(iov, n as usize) };
+    // SAFETY: each iovec describes a readable buffer.
+    Ok(v.iter()
+        .map(|e| unsafe { slice(e.iov_base, e.iov_len) })
+        .collect())
+}
+
+unsafe fn iovecs_mut<'a>(iov: *const iovec, n: c_int) -> Result<Vec<&'a mut [u8]>, c_int> {
+    if !(0..=libc::UIO_MAXIOV).contains(&n) {
+        return Err(libc::EINVAL);
+    }
+    if n == 0 || iov.is_null() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: `iov` holds `n` iovecs (the application's contract).
+    let v = unsafe { std::slice::from_raw_parts(iov, n as usize) };
+    // SAFETY: each iovec describes a writable buffer, and they do not overlap.
+    Ok(v.iter()
+        .map(|e| unsafe { slice_mut(e.iov_base, e.iov_len) })
+        .collect())
+}
+
+mod data;
+mod fdctl;
+mod life;
+mod readiness;
+
+use data::*;
+use fdctl::*;
+use life::*;
+use readiness::*;
+
+// ---- glibc's exported aliases -----------------------------------------------------------------
+
+/// Second names glibc exports for the same functions (`nm -D libc.so.6`; `__recv`, `__socket`
+/// and `__sendmmsg` as GLIBC_PRIVATE, which a program can still link): a program that imports
+/// one would otherwise reach the kernel socket past the side table. Each is exactly the hook of
+/// its first name. (glibc's own internal calls use hidden aliases no hook can see.)
+macro_rules! aliases {
+    ($($alias:ident => $hook:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        $(
+            #[no_mangle]
+            pub unsafe extern "C" fn $alias($($arg: $ty),*) -> $ret {
+                // SAFETY: the same contract as the hook it forwards to.
+                unsafe { $hook($($arg),*) }
+            }
+        )*
+    };
+}
+
+aliases! {
+    __read => read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
+    __write => write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
+    __recv => recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t;
+    __send => send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t;
+    __sendmmsg => sendmmsg(
+        fd: c_int, v: *mut libc::mmsghdr, n: libc::c_uint, flags: c_int
+    ) -> c_int;
+    __socket => socket(domain: c_int, ty: c_int, proto: c_int) -> c_int;
+    __open => open(path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;
+    __open64 => open64(path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;
+    __pipe => pipe(fds: *mut c_int) -> c_int;
+    __connect => connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    __close => close(fd: c_int) -> c_int;
+    __fcntl => fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;
+    __dup2 => dup2(old: c_int, new: c_int) -> c_int;
+    __poll => poll(fds: *mut libc::pollfd, n: libc::nfds_t, timeout: c_int) -> c_int;
+    __select => select(
+        nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set,
+        tv: *mut libc::timeval
+    ) -> c_int;
+    // The 64-bit-offset names (off_t is 64 bits on this ABI: one address in glibc).
+    preadv64v2 => preadv2(
+        fd: c_int, iov: *const iovec, cnt: c_int, off: libc::off64_t, flags: c_int
+    ) -> ssize_t;
+    pwritev64v2 => pwritev2(
+        fd: c_int, iov: *const iovec, cnt: c_int, off: libc::off64_t, flags: c_int
+    ) -> ssize_t;
+}
+
+// ---- load and exit ---------------------------------------------------------------------------
+
+extern "C" fn at_exit() {
+    let _ = std::panic::catch_unwind(|| global::get().write_stats());
+}
+
+/// Before fork: the child will share every NTB connection (postgres, nginx, socat hand a
+/// connection to a child and close their own copy at once).
+extern "C" fn atfork_prepare() {
+    crate::fork::prepare();
+}
+
+/// In the child after fork: record it as a holder of what it inherited. Async-signal-safe (no
+/// allocation, no lock), as `_Fork`'s child requires.
+extern "C" fn atfork_child() {
+    crate::fork::child();
+}
+
+/// `_Fork` (glibc 2.34+) forks without running the atfork handlers, so do their bookkeeping
+/// here. glibc's own `fork` calls its internal `_Fork` directly, not through this hook, so a
+/// `fork` is never counted twice.
+#[no_mangle]
+pub unsafe extern "C" fn _Fork() -> libc::pid_t {
+    atfork_prepare();
+    let pid = call_real!(_Fork());
+    if pid == 0 {
+        atfork_child();
+    } else if pid < 0 {
+        // No child: take back the holders announced for it.
+        let e = sys::errno();
+        crate::fork::failed();
+        sys::set_errno(e);
+    }
+    pid
+}
+
+extern "C" fn init() {
+    real::resolve_all();
+    table::init_fences();
+    std::panic::set_hook(Box::new(|info| {
+        let g = global::get();
+        g.log(crate::config::LogLevel::Error, || {
+            format!("internal error (the call fails with EIO): {info}")
+        });
+    }));
+    // SAFETY: registering plain extern "C" fns with no arguments as fork handlers.
+    unsafe { libc::pthread_atfork(Some(atfork_prepare), None, Some(atfork_child)) };
+    let _ = std::panic::catch_unwind(ops::reattach_inherited);
+    let g = global::get();
+    if g.stats_file.is_some() {
+        // SAFETY: registering a plain extern "C" fn with no arguments.
+        unsafe { libc::atexit(at_exit) };
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = init;

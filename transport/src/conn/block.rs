@@ -1,0 +1,131 @@
+//! The endpoint block's layout: where each word of a connection's lease lies (the RX and CREDIT
+//! lines the peer writes, our LOCAL lines, counters, identity), the accessors for those words, and
+//! what a block tells about its tenants (`peer_alive`, `peer_finished`). Used by every part of
+//! `conn`, by `pcisock stats` (through `stats`) and by the device rendezvous's quarantine of
+//! reused blocks; it never trusts a value read from a block (the callers validate them).
+
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use ntbdrv::{NtbDevice, Region};
+
+use super::Info;
+
+// RX line: written by the peer.
+pub(super) const RX_TAIL: usize = 0x00;
+pub(super) const RX_FLAGS: usize = 0x08;
+pub(super) const RX_TX_WAITING: usize = 0x0C;
+// CREDIT line: written by the peer.
+pub(super) const CR_HEAD: usize = 0x40;
+pub(super) const CR_RX_SLEEPING: usize = 0x48;
+pub(super) const CR_CLOSED: usize = 0x4C;
+/// The CPU the peer last waited on, plus one (0: not known). A hint for `wait`.
+pub(super) const CR_PEER_CPU: usize = 0x50;
+// LOCAL lines: ours, but in the block the peer can write. The cursors here are only a copy of
+// the private ones in `Cursors`, for the other processes holding the connection (see
+// `Connection::rx_pos`).
+pub(super) const L_RX_HEAD: usize = 0x80;
+pub(super) const L_RX_OFF: usize = 0x88;
+pub(super) const L_RX_SEQ: usize = 0x90;
+pub(super) const L_TX_TAIL: usize = 0xC0;
+pub(super) const L_TX_SEQ: usize = 0xC8;
+// Counters (ours): read by `pcisock stats` through the device.
+pub(crate) const C_BASE: usize = 0x100;
+// Identity block (ours).
+pub(crate) const INFO_BASE: usize = 0x200;
+pub(crate) const INFO_MAGIC: u32 = 0x5043_4550; // "PCEP"
+
+/// FIN: the sender will send no more. RST: the sender aborted. GONE: the peer closed and will
+/// never write into this endpoint block again (its last write): the block may be reused.
+pub(super) const FLAG_FIN: u32 = 1;
+pub(super) const FLAG_RST: u32 = 2;
+pub(super) const FLAG_GONE: u32 = 4;
+
+// The offsets are this module's constants, inside the 4 KiB endpoint header, and every region
+// they are used on is a whole endpoint block (ours, or the peer's, whose length `RingLoc::check`
+// validated): nothing a peer writes reaches these `expect`s.
+#[allow(clippy::expect_used)]
+#[inline]
+pub(crate) fn word32(r: &Region, off: usize) -> &AtomicU32 {
+    r.atomic_u32(off)
+        .expect("endpoint layout offsets are in range and aligned")
+}
+
+#[allow(clippy::expect_used)]
+#[inline]
+pub(crate) fn word64(r: &Region, off: usize) -> &AtomicU64 {
+    r.atomic_u64(off)
+        .expect("endpoint layout offsets are in range and aligned")
+}
+
+/// Does a process that holds the endpoint block `theirs` (its creator, or a holder it was
+/// handed to) still live on this host? A pid reused by another process counts as alive: the
+/// caller then only waits longer.
+/// For a freshly leased block: `Some` if its previous tenant died while connected (the block's
+/// identity and peer location are still there, and the peer has not made its last write), with
+/// the peer's block when the peer is on this host (the block waits while a process holding it
+/// lives; a peer on another host cannot be asked: quarantine).
+pub(super) fn previous_peer(dev: &dyn NtbDevice, block: &Region) -> Option<Option<Region>> {
+    if word32(block, INFO_BASE).load(Acquire) != INFO_MAGIC || peer_finished(block) {
+        return None;
+    }
+    let len = word64(block, L_PEER_LEN).load(Acquire);
+    if len == 0 {
+        return None; // it never connected: no peer knows this block
+    }
+    let same_host = dev.side() == dev.peer_side();
+    let theirs = same_host
+        .then(|| {
+            dev.outbound(word32(block, L_PEER_MW).load(Relaxed))
+                .and_then(|w| {
+                    w.slice(
+                        word64(block, L_PEER_OFF).load(Relaxed) as usize,
+                        len as usize,
+                    )
+                })
+                .ok()
+        })
+        .flatten();
+    Some(theirs)
+}
+
+pub(crate) fn peer_alive(theirs: &Region) -> bool {
+    let mut ib = [0u8; 48];
+    let creator = theirs
+        .read(INFO_BASE + 8, &mut ib)
+        .map(|()| Info::decode(&ib).pid)
+        .unwrap_or(0);
+    std::iter::once(creator)
+        .chain((0..MAX_HOLDERS).map(|i| word32(theirs, L_HOLDER_PIDS + 4 * i).load(SeqCst)))
+        .any(|pid| pid != 0 && ntbdrv::process::pid_exists(pid))
+}
+
+/// Has the peer of this (closed) endpoint block made its last write into it?
+pub(crate) fn peer_finished(block: &Region) -> bool {
+    word32(block, RX_FLAGS).load(Acquire) & FLAG_GONE != 0
+}
+
+// Where the peer's ring is and who we are: read back by `reattach` in an exec'd image.
+pub(super) const L_PEER_MW: usize = 0xD0;
+pub(super) const L_PEER_BIT: usize = 0xD4;
+pub(super) const L_PEER_OFF: usize = 0xD8;
+pub(super) const L_PEER_LEN: usize = 0xE0;
+pub(super) const L_SOCK_INODE: usize = 0xE8;
+pub(super) const L_MY_BIT: usize = 0xF0;
+pub(super) const L_MY_BELL_SLOT: usize = 0xF4;
+/// While the offer is pending (the peer's ring length is still 0): its slot and generation; the
+/// cookie is kept where the peer's ring offset will go.
+pub(super) const L_OFFER_SLOT: usize = 0xA8;
+pub(super) const L_OFFER_GEN: usize = 0xAC;
+pub(super) const L_STATE: usize = 0xA0;
+/// Processes holding this endpoint (a forked child shares its parent's connections).
+pub(super) const L_HOLDERS: usize = 0xA4;
+/// Their pids, up to `MAX_HOLDERS` (for handing the leases on when one leaves).
+pub(super) const L_HOLDER_PIDS: usize = 0xB0;
+pub(super) const MAX_HOLDERS: usize = 4;
+pub(super) const ST_SHUT_RD: u32 = 1;
+pub(super) const ST_SHUT_WR: u32 = 2;
+pub(super) const ST_CLOSED: u32 = 4;
+/// Our sending direction is on the TCP socket after a failover (for `pcisock stats`).
+pub(crate) const ST_ON_TCP: u32 = 8;
+pub(crate) const L_STATE_PUB: usize = L_STATE;

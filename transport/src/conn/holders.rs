@@ -1,0 +1,265 @@
+//! Teardown and hand-over: shutdown and close, the holders of a connection across fork
+//! (`add_holder`, `adopt`, `release_holder`), and rebuilding it after exec (`reattach`). Called
+//! by the shim's close, shutdown, fork and exec handling; it never returns the leases while
+//! another process holds the connection or the peer can still write into them.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ntbdrv::{Lease, VectorLease, WindowLease};
+
+use super::block::{
+    peer_finished, word32, word64, CR_CLOSED, FLAG_FIN, FLAG_GONE, FLAG_RST, INFO_BASE, INFO_MAGIC,
+    L_HOLDERS, L_HOLDER_PIDS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN, L_PEER_MW,
+    L_PEER_OFF, L_SOCK_INODE, L_STATE, MAX_HOLDERS, RX_FLAGS, RX_TAIL, ST_CLOSED, ST_SHUT_RD,
+    ST_SHUT_WR,
+};
+use super::cursors::Cursors;
+use super::{Connection, Info, Role, Segments, ServicePair, Tenancy};
+use crate::proto::{Endpoint, Ring, RingLoc, ENDPOINT_HDR};
+use crate::{sys, Shared};
+
+impl Connection {
+    #[inline]
+    pub(super) fn shared_state(&self) -> u32 {
+        word32(&self.mine, L_STATE).load(Acquire)
+    }
+
+    /// shutdown(2): SHUT_WR sends FIN through the ring; SHUT_RD stops reading.
+    pub fn shutdown(&self, read: bool, write: bool) {
+        if write {
+            let _g = self.tx_lock.lock();
+            if self.fo.tx_off() {
+                // On TCP: the kernel's FIN ends the stream after the last record.
+                word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR, SeqCst);
+                sys::shutdown_write(self.tcp_fd());
+            } else if word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR, SeqCst) & ST_SHUT_WR == 0 {
+                // SYNC POINT (FIN): after our last tail store; pairs with the Acquire load of
+                // RX_FLAGS in the peer's `recv`.
+                word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_FIN, SeqCst);
+                self.ring_peer();
+            }
+        }
+        if read {
+            word32(&self.mine, L_STATE).fetch_or(ST_SHUT_RD, SeqCst);
+        }
+    }
+
+    /// The last reference is going away: tell the peer (FIN, or RST if we drop unread data, as
+    /// TCP does) and return our resources once the peer can no longer write into them.
+    pub(crate) fn close(&self) {
+        self.drain_tcp_at_close();
+        let unread = word64(&self.mine, RX_TAIL).load(Acquire) > self.rx_pos().head;
+        let flag = if self.fo.tx_off() {
+            // Our stream is on the TCP socket (`failover`): the kernel's FIN or RST ends it
+            // after our last record; a FIN in the ring would end it before them.
+            0
+        } else if unread {
+            FLAG_RST
+        } else {
+            FLAG_FIN
+        };
+        word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR | ST_SHUT_RD | ST_CLOSED, SeqCst);
+        word32(&self.theirs, CR_CLOSED).store(1, SeqCst);
+        word32(&self.theirs, RX_FLAGS).fetch_or(flag, SeqCst);
+        // SYNC POINT (endpoint release): our last write into the peer's block; pairs with the
+        // Acquire load in `peer_finished`, after which the peer may give the block to another
+        // connection.
+        word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_GONE, SeqCst);
+        self.ring_peer();
+        word32(&self.mine, INFO_BASE).store(0, Release);
+        match &self.tenancy {
+            Tenancy::Device { lease, bell, .. } => {
+                let peer_done = peer_finished(&self.mine);
+                self.shared.retire_connected(
+                    self.mine.clone(),
+                    *lease,
+                    *bell,
+                    peer_done,
+                    self.theirs.clone(),
+                );
+            }
+            // Fresh segments per connection: nobody else can be given this memory, so there
+            // is nothing to quarantine (the service counts the window space back once no
+            // process holds the connection: see `release_holder`).
+            Tenancy::Service { .. } => {}
+        }
+    }
+
+    /// A fork is about to happen: the child will hold this connection too. Called before the
+    /// fork (so a parent that closes its copy at once does not close the connection under the
+    /// child), then [`Connection::adopt`] in the child records the child's pid.
+    pub fn add_holder(&self) {
+        word32(&self.mine, L_HOLDERS).fetch_add(1, SeqCst);
+    }
+
+    /// The fork announced by [`Connection::add_holder`] failed: there is no child.
+    pub fn cancel_holder(&self) {
+        word32(&self.mine, L_HOLDERS).fetch_sub(1, SeqCst);
+    }
+
+    /// In a child after fork: record this process as a holder.
+    pub fn adopt(&self, pid: u32) {
+        self.tx_lock.forked();
+        for i in 0..MAX_HOLDERS {
+            if word32(&self.mine, L_HOLDER_PIDS + 4 * i)
+                .compare_exchange(0, pid, SeqCst, SeqCst)
+                .is_ok()
+            {
+                break;
+            }
+        }
+    }
+
+    /// This process lets go of the connection. Returns true if it was the last holder (the
+    /// caller then closes it); otherwise the leases move to a remaining live holder, so the
+    /// connection outlives this process.
+    pub(crate) fn release_holder(&self) -> bool {
+        if let (Tenancy::Service { conn, .. }, Some(link)) = (&self.tenancy, &self.shared.service) {
+            link.close(*conn, self.role == Role::Server);
+        }
+        let me = std::process::id();
+        for i in 0..MAX_HOLDERS {
+            let _ =
+                word32(&self.mine, L_HOLDER_PIDS + 4 * i).compare_exchange(me, 0, SeqCst, SeqCst);
+        }
+        let before = word32(&self.mine, L_HOLDERS).fetch_sub(1, SeqCst);
+        if before <= 1 {
+            word32(&self.mine, L_HOLDERS).store(0, SeqCst);
+            return true;
+        }
+        // Another process holds it: hand it our leases. A child that was just forked records
+        // its pid right after the fork; give it a moment to appear.
+        let t0 = Instant::now();
+        loop {
+            let heir = (0..MAX_HOLDERS)
+                .map(|i| word32(&self.mine, L_HOLDER_PIDS + 4 * i).load(SeqCst))
+                .find(|&p| p != 0 && p != me && ntbdrv::process::start_time(p).is_some());
+            if let Some(pid) = heir {
+                if let Tenancy::Device { dev, lease, bell } = &self.tenancy {
+                    let _ = dev.transfer(Lease::Window(*lease), pid);
+                    let _ = dev.transfer(Lease::Vector(*bell), pid);
+                }
+                return false;
+            }
+            if t0.elapsed() > Duration::from_millis(50) {
+                // The count says someone holds it, but we cannot name them: keep the leases
+                // (they return to the host when this process exits) and leave it open.
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// After exec: rebuild the connection this process held on kernel socket `tcp_fd` before
+    /// it replaced its image, from the endpoint block in `lease` (found by the socket's inode).
+    pub(crate) fn reattach(
+        shared: Arc<Shared>,
+        lease: WindowLease,
+        tcp_fd: RawFd,
+    ) -> Option<Connection> {
+        let dev = shared.dev.clone()?;
+        let mine = dev
+            .inbound(lease.mw)
+            .ok()?
+            .slice(lease.offset as usize, lease.len as usize)
+            .ok()?;
+        if word32(&mine, INFO_BASE).load(Acquire) != INFO_MAGIC {
+            return None;
+        }
+        let inode = sys::inode(tcp_fd)?;
+        if inode == 0 || word64(&mine, L_SOCK_INODE).load(Acquire) != inode {
+            return None;
+        }
+        if word32(&mine, L_STATE).load(Acquire) & ST_CLOSED != 0 {
+            return None;
+        }
+        let me = std::process::id();
+        if !(0..MAX_HOLDERS).any(|i| word32(&mine, L_HOLDER_PIDS + 4 * i).load(SeqCst) == me) {
+            return None;
+        }
+        let their_loc = RingLoc {
+            mw: word32(&mine, L_PEER_MW).load(Relaxed),
+            db_bit: word32(&mine, L_PEER_BIT).load(Relaxed),
+            offset: word64(&mine, L_PEER_OFF).load(Relaxed),
+            len: word64(&mine, L_PEER_LEN).load(Relaxed),
+        };
+        let mw_size = dev.mw_align(0).ok()?.size_max;
+        let tx_ring = their_loc
+            .check(dev.mw_count(), mw_size, dev.vector_count())
+            .ok()?;
+        let rx_ring = Ring::new(lease.len.checked_sub(ENDPOINT_HDR)?)?;
+        let theirs = dev
+            .outbound(their_loc.mw)
+            .ok()?
+            .slice(their_loc.offset as usize, their_loc.len as usize)
+            .ok()?;
+        let bell = VectorLease {
+            vector: word32(&mine, L_MY_BIT).load(Relaxed),
+            slot: word32(&mine, L_MY_BELL_SLOT).load(Relaxed),
+        };
+        let vector = dev.vector_fd(bell.vector).ok()?;
+        let mut ib = [0u8; 48];
+        mine.read(INFO_BASE + 8, &mut ib).ok()?;
+        let info = Info::decode(&ib);
+        let tenancy = Tenancy::Device { dev, lease, bell };
+        let cur = Box::new(Cursors::from_block(&mine));
+        Some(Connection::assemble(
+            shared,
+            tenancy,
+            mine,
+            Arc::new(vector),
+            theirs,
+            their_loc,
+            rx_ring,
+            tx_ring,
+            tcp_fd,
+            info.role,
+            info.local,
+            info.peer,
+            cur,
+        ))
+    }
+
+    /// After exec (or in a process that proved it holds the socket): rebuild the connection
+    /// the service paired, from the segments it handed over again, if it is still open.
+    pub(crate) fn reattach_service(
+        shared: Arc<Shared>,
+        p: ServicePair,
+        tcp_fd: RawFd,
+    ) -> Option<Connection> {
+        let seg = Segments::map(&p)?;
+        if word32(&seg.mine, L_STATE).load(Acquire) & ST_CLOSED != 0 {
+            return None;
+        }
+        if word32(&seg.mine, INFO_BASE).load(Acquire) != INFO_MAGIC {
+            // Paired after the image before exec stopped waiting for it: this end was never
+            // used, so it starts fresh, its identity read from the socket.
+            let view = fabric::sys::tcp_view(tcp_fd).ok()??;
+            let (local, peer) = (Endpoint::from(view.local?), Endpoint::from(view.peer?));
+            let role = if p.server { Role::Server } else { Role::Client };
+            return Some(Connection::service_fresh(
+                shared, p, seg, tcp_fd, role, local, peer,
+            ));
+        }
+        // This process used the connection before (its image before exec): go on from where
+        // the block's hints say it was.
+        let mut ib = [0u8; 48];
+        seg.mine.read(INFO_BASE + 8, &mut ib).ok()?;
+        let info = Info::decode(&ib);
+        if let Some(link) = &shared.service {
+            link.note_held(p.conn, tcp_fd);
+        }
+        let tenancy = Tenancy::Service {
+            conn: p.conn,
+            peer_line: p.peer_line,
+        };
+        let cur = Box::new(Cursors::from_block(&seg.mine));
+        Some(Connection::assemble(
+            shared, tenancy, seg.mine, p.own_line, seg.theirs, seg.loc, seg.ring, seg.ring, tcp_fd,
+            info.role, info.local, info.peer, cur,
+        ))
+    }
+}

@@ -1,0 +1,489 @@
+//! The receive path: `recv` from the ring (or the TCP socket while switched), read
+//! coalescing, credit return, and FIONREAD. Called by the shim's read hooks; nothing the peer
+//! writes may make it panic or read outside our ring.
+
+use std::sync::atomic::fence;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::time::{Duration, Instant};
+
+use super::block::{
+    word32, word64, CR_CLOSED, CR_HEAD, FLAG_FIN, FLAG_RST, L_RX_HEAD, L_RX_OFF, L_RX_SEQ,
+    RX_FLAGS, RX_TAIL, RX_TX_WAITING,
+};
+use super::cursors::RxPos;
+use super::failover;
+use super::wait::{Deadline, Wait};
+use super::{Connection, Counter, IoError, RecvFlags};
+use crate::proto::{Frame, FrameHeader, ProtoError, ENDPOINT_HDR, FRAME_HDR};
+use crate::CompletionMode;
+
+/// Iterations of `recv`'s loop without a byte copied, a data frame consumed or a wait before
+/// the peer is judged to be stalling us (a legitimate stream needs at most three: a pad frame,
+/// a re-check after FIN, a re-check after the TCP socket ended).
+const MAX_IDLE_TURNS: u32 = 16;
+
+impl Connection {
+    /// Bytes ready to read now (FIONREAD), counting whole published frames. A bad frame ends
+    /// the count (the next `recv` reports it); the walk is bounded by the ring's size, since
+    /// every frame moves the position forward and the tail is read once.
+    pub fn readable_bytes(&self) -> usize {
+        if self.fo.rx_off() {
+            return self.readable_switched();
+        }
+        let _g = self.rx_lock.lock();
+        let RxPos {
+            mut head,
+            off,
+            mut seq,
+        } = self.rx_pos();
+        let tail = word64(&self.mine, RX_TAIL).load(Acquire);
+        let mut total = 0u64;
+        let mut skip = off;
+        while head < tail {
+            match self.frame_at(head, tail, seq) {
+                Ok(Frame::Pad { size }) if skip == 0 => head = head.saturating_add(size),
+                Ok(Frame::Data { len, size }) => {
+                    // The frame's length is the peer's word; the offset is ours.
+                    let Some(n) = len.checked_sub(skip).filter(|&n| n > 0) else {
+                        break;
+                    };
+                    total = total.saturating_add(n);
+                    skip = 0;
+                    head = head.saturating_add(size);
+                    seq = seq.wrapping_add(1);
+                }
+                _ => break,
+            }
+        }
+        usize::try_from(total).unwrap_or(usize::MAX)
+    }
+
+    /// The peer's producer counter, loaded once: never behind what it published before. (That
+    /// it is at most a ring ahead of our consumer counter is checked with the frame it
+    /// announces, `check_frame`; a tail not ahead of it announces nothing.)
+    fn rx_tail(&self) -> Result<u64, ProtoError> {
+        // SYNC POINT (ring data): Acquire load of the peer's tail pairs with the Release
+        // store in `publish` after the frame bytes; the bytes up to `tail` are visible.
+        let tail = word64(&self.mine, RX_TAIL).load(Acquire);
+        let seen = self.cur.rx_tail_seen.load(Relaxed);
+        if tail != seen {
+            if tail < seen {
+                return Err(ProtoError::BadTail {
+                    tail,
+                    head: seen,
+                    cap: self.rx_ring.cap(),
+                });
+            }
+            self.cur.rx_tail_seen.store(tail, Relaxed);
+        }
+        Ok(tail)
+    }
+
+    pub(super) fn frame_at(&self, head: u64, tail: u64, seq: u64) -> Result<Frame, ProtoError> {
+        let mut hb = [0u8; 16];
+        let at = ENDPOINT_HDR as usize + self.rx_ring.pos(head) as usize;
+        self.mine
+            .read(at, &mut hb)
+            .map_err(|_| ProtoError::BadTail {
+                tail,
+                head,
+                cap: self.rx_ring.cap(),
+            })?;
+        self.rx_ring
+            .check_frame(head, tail, &FrameHeader::decode(&hb), seq)
+    }
+
+    pub(super) fn peer_flags(&self) -> u32 {
+        word32(&self.mine, RX_FLAGS).load(Acquire)
+    }
+
+    /// Receive into `bufs` (scatter), TCP-style: returns 0 at EOF.
+    pub fn recv(
+        &self,
+        bufs: &mut [&mut [u8]],
+        flags: RecvFlags,
+        timeout: Option<Duration>,
+    ) -> Result<usize, IoError> {
+        let first = self.recv_once(bufs, flags, timeout);
+        if !flags.waitall || flags.peek {
+            return first;
+        }
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        // MSG_WAITALL: the ring fills the whole request itself; over TCP (a failover) each
+        // record comes on its own, and a switch can end a read early: go on until the request
+        // is full, the stream ends, or an error or the timeout comes (the bytes so far are
+        // returned then, the error with the next call, as the kernel does).
+        let Ok(mut got) = first else {
+            return first;
+        };
+        if got == 0 || got >= want {
+            return Ok(got);
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        while got < want {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                break;
+            }
+            let mut rest = failover::skip_mut(bufs, got);
+            match self.recv_once(&mut rest, flags, left) {
+                Ok(n) if n > 0 => got += n,
+                _ => break,
+            }
+        }
+        Ok(got)
+    }
+
+    /// One receive: from the ring, or from the TCP socket while this direction is switched.
+    fn recv_once(
+        &self,
+        bufs: &mut [&mut [u8]],
+        flags: RecvFlags,
+        timeout: Option<Duration>,
+    ) -> Result<usize, IoError> {
+        if self.fo.rx_off() {
+            return self.recv_switched(bufs, flags, timeout);
+        }
+        match self.recv_ring(bufs, flags, timeout, u64::MAX) {
+            // The ring stopped at a switch of the peer's (see `failover`).
+            Ok(0) if self.fo.rx_off() => self.recv_switched(bufs, flags, timeout),
+            r => r,
+        }
+    }
+
+    /// Receive from the ring, reading no further than producer counter `limit` (a drain stops
+    /// at the peer's END); stops with `Ok(0)` and `fo.rx_off` set where the peer switched.
+    pub(super) fn recv_ring(
+        &self,
+        bufs: &mut [&mut [u8]],
+        flags: RecvFlags,
+        timeout: Option<Duration>,
+        limit: u64,
+    ) -> Result<usize, IoError> {
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        if want == 0 {
+            return Ok(0);
+        }
+        let mut deadline = Deadline::new(timeout);
+        let _g = self.rx_lock.lock().map_err(|_| IoError::Protocol)?;
+        let start = self.rx_pos();
+        let RxPos {
+            mut head,
+            mut off,
+            mut seq,
+        } = start;
+        let (mut bi, mut bo) = (0usize, 0usize); // position in bufs
+        let mut copied = 0usize;
+        let mut credit = false;
+        let mut waited = false;
+        // When read coalescing began (see `coalesce`), if it did.
+        let mut coalescing = None;
+        // Turns of the loop since the last byte, data frame or wait (see `MAX_IDLE_TURNS`).
+        let mut idle = 0u32;
+        let result = loop {
+            idle += 1;
+            if idle > MAX_IDLE_TURNS {
+                break Err(self.protocol_error("recv", ProtoError::NoProgress { turns: idle }));
+            }
+            let tail = match self.rx_tail() {
+                Ok(t) => t.min(limit),
+                Err(e) => break Err(self.protocol_error("recv", e)),
+            };
+            if head < tail {
+                let frame = match self.frame_at(head, tail, seq) {
+                    Ok(f) => f,
+                    // A frame of the sender's next epoch: it came back to the ring after TCP
+                    // bytes we have not read (see `switchover`).
+                    Err(ProtoError::BadSequence { expected, got })
+                        if crate::switchover::is_later_epoch(expected, got) =>
+                    {
+                        self.fo.engage_rx();
+                        break Ok(copied);
+                    }
+                    Err(e) => break Err(self.protocol_error("recv", e)),
+                };
+                match frame {
+                    Frame::Pad { size } => {
+                        if off != 0 {
+                            let e = ProtoError::BadOffset { off, len: 0 };
+                            break Err(self.protocol_error("recv", e));
+                        }
+                        head += size;
+                        credit |= !flags.peek;
+                        continue;
+                    }
+                    Frame::Data { len, size } => {
+                        // The length is the peer's (and may have been rewritten since we read
+                        // part of the frame); the offset is ours.
+                        if off >= len {
+                            let e = ProtoError::BadOffset { off, len };
+                            break Err(self.protocol_error("recv", e));
+                        }
+                        let base = ENDPOINT_HDR as usize
+                            + self.rx_ring.pos(head) as usize
+                            + FRAME_HDR as usize;
+                        let mut unreadable = false;
+                        while off < len && bi < bufs.len() {
+                            let Some(buf) = bufs.get_mut(bi) else { break };
+                            let whole = buf.len();
+                            let dst = buf.get_mut(bo..).unwrap_or_default();
+                            let n = dst.len().min((len - off) as usize);
+                            let dst = dst.get_mut(..n).unwrap_or_default();
+                            if self.mine.read(base + off as usize, dst).is_err() {
+                                unreadable = true;
+                                break;
+                            }
+                            off += n as u64;
+                            bo += n;
+                            copied += n;
+                            if n > 0 {
+                                idle = 0;
+                            }
+                            if bo >= whole {
+                                bi += 1;
+                                bo = 0;
+                            }
+                        }
+                        if unreadable {
+                            let e = ProtoError::BadFrame {
+                                pos: self.rx_ring.pos(head),
+                                len: len as u32,
+                                flags: 0,
+                            };
+                            break Err(self.protocol_error("recv", e));
+                        }
+                        if off == len {
+                            idle = 0;
+                            head += size;
+                            seq = seq.wrapping_add(1);
+                            off = 0;
+                            credit = true;
+                            self.count(Counter::RxFrames, 1);
+                        }
+                        if copied == want {
+                            break Ok(copied);
+                        }
+                        continue;
+                    }
+                }
+            }
+            if limit != u64::MAX {
+                // Draining up to an END: what is below it is all there is on the ring.
+                break if copied > 0 || head >= limit {
+                    Ok(copied)
+                } else {
+                    Err(IoError::WouldBlock)
+                };
+            }
+            if copied > 0 && !flags.waitall {
+                if copied < want && !waited && !flags.peek && !flags.nonblock {
+                    if credit {
+                        // The sender may be waiting for room while we wait for its next frame.
+                        self.return_credits(head, off, seq, false);
+                        credit = false;
+                    }
+                    if self.coalesce(head, &mut coalescing) {
+                        self.count(Counter::Coalesced, 1);
+                        continue;
+                    }
+                }
+                break Ok(copied);
+            }
+            let pf = self.peer_flags();
+            if pf & FLAG_RST != 0 {
+                break if copied > 0 {
+                    Ok(copied)
+                } else {
+                    Err(IoError::Reset)
+                };
+            }
+            if pf & FLAG_FIN != 0 {
+                // FIN is set after the last tail: re-check the tail before reporting EOF (the
+                // next turn validates it; it cannot move back).
+                if word64(&self.mine, RX_TAIL).load(Acquire) > head {
+                    continue;
+                }
+                break Ok(copied);
+            }
+            if self.fo.spoke() {
+                // The peer wrote on the TCP socket: it switched (`failover`).
+                self.fo.engage_rx();
+                break Ok(copied);
+            }
+            // Has the peer died? (Its kernel closed the TCP socket.) A system call: asked after
+            // a wait, and on every 64th empty non-blocking read, not on the hot path; an end
+            // already seen (readiness reported it) is answered without one.
+            let look = waited
+                || self.tcp_ended()
+                || (flags.nonblock && self.empty_reads.fetch_add(1, Relaxed) % 64 == 63);
+            let gone = look.then(|| self.tcp_gone()).flatten();
+            if self.fo.spoke() {
+                self.fo.engage_rx();
+                break Ok(copied);
+            }
+            if let Some(e) = gone {
+                if word64(&self.mine, RX_TAIL).load(Acquire) > head {
+                    continue;
+                }
+                break if copied > 0 { Ok(copied) } else { e.map(|_| 0) };
+            }
+            if flags.nonblock {
+                break if copied > 0 {
+                    Ok(copied)
+                } else {
+                    Err(IoError::WouldBlock)
+                };
+            }
+            if !flags.peek && credit {
+                // Return credits before sleeping, so a sender blocked on a full ring can go on.
+                self.return_credits(head, off, seq, true);
+                credit = false;
+            }
+            waited = true;
+            idle = 0;
+            let until = deadline.at();
+            match self.wait(true, until) {
+                // SO_RCVTIMEO holds even if every wake-up is in vain.
+                Wait::Ready if until.is_some_and(|d| Instant::now() >= d) => {
+                    break if copied > 0 {
+                        Ok(copied)
+                    } else {
+                        Err(IoError::TimedOut)
+                    };
+                }
+                Wait::Ready => {}
+                Wait::TimedOut => {
+                    break if copied > 0 {
+                        Ok(copied)
+                    } else {
+                        Err(IoError::TimedOut)
+                    }
+                }
+                Wait::Interrupted => {
+                    break if copied > 0 {
+                        Ok(copied)
+                    } else {
+                        Err(IoError::Interrupted)
+                    }
+                }
+            }
+        };
+        if !flags.peek {
+            if credit || off != start.off || head != start.head {
+                self.return_credits(head, off, seq, false);
+            }
+            self.count(Counter::RxBytes, copied as u64);
+            if copied > 0 {
+                self.count(Counter::Reads, 1);
+                if self.sent_since_read.load(Relaxed) {
+                    self.sent_since_read.store(false, Relaxed);
+                }
+            }
+        }
+        result
+    }
+
+    /// Read coalescing: wait a little for the next frame instead of returning a short read.
+    ///
+    /// A blocking read that found data waiting (it did not have to wait), on a connection this
+    /// process has not sent on since its last read, is reading a stream: a sender writing
+    /// small messages back to back. Returning each frame at once makes the application pay its
+    /// per-read cost per message: iperf2's server posts a report per read, and at `-l 64` it
+    /// stalled for milliseconds on its own report queue while the sender waited for credits.
+    /// TCP gives such a reader big reads. So wait up to `rx_coalesce` for the next frame, and
+    /// go on while frames keep coming within that gap, for at most 50 gaps in all (`since`
+    /// keeps when the first wait began). A request/response exchange (we sent since our last
+    /// read), a peer on our CPU, doorbell mode (no spinning) and FIN/RST end it at once.
+    /// Returns true when another frame has arrived.
+    fn coalesce(&self, head: u64, since: &mut Option<Instant>) -> bool {
+        let gap = self.settings.rx_coalesce;
+        if gap.is_zero()
+            || self.settings.completion == CompletionMode::Doorbell
+            || self.sent_since_read.load(Relaxed)
+        {
+            return false;
+        }
+        let now = Instant::now();
+        match *since {
+            Some(t0) if now.duration_since(t0) >= gap * 50 => return false,
+            Some(_) => {}
+            None => {
+                // Spinning on the CPU the sender needs would only hold it back.
+                if self.shares_cpu_with_peer() {
+                    return false;
+                }
+                *since = Some(now);
+            }
+        }
+        let mut n = 0u32;
+        loop {
+            // SYNC POINT (ring data): as in `recv`; the caller reads the frame after it.
+            if word64(&self.mine, RX_TAIL).load(Acquire) > head {
+                return true;
+            }
+            if self.peer_flags() != 0 {
+                return false;
+            }
+            n += 1;
+            if n.is_multiple_of(16) && now.elapsed() >= gap {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Record what we consumed, and return the credits to the sender when enough have
+    /// gathered (a quarter of the ring), when the sender waits for them, or when `force`d
+    /// (before we sleep or arm, so a sender is never left waiting on credits we hold).
+    pub(super) fn return_credits(&self, head: u64, off: u64, seq: u64, force: bool) {
+        self.cur.rx_head.store(head, Relaxed);
+        self.cur.rx_off.store(off, Relaxed);
+        self.cur.rx_seq.store(seq, Relaxed);
+        // The copy for the other processes holding the connection (see `rx_pos`).
+        word64(&self.mine, L_RX_HEAD).store(head, Relaxed);
+        word64(&self.mine, L_RX_OFF).store(off, Relaxed);
+        word64(&self.mine, L_RX_SEQ).store(seq, Relaxed);
+        self.flush_credits(force);
+    }
+
+    pub(super) fn flush_credits(&self, force: bool) {
+        let head = self.cur.rx_head.load(Relaxed);
+        let returned = self.cur.rx_returned.load(Relaxed);
+        if head == returned {
+            return;
+        }
+        if !force && head.saturating_sub(returned) < self.rx_ring.cap() / 4 {
+            fence(SeqCst);
+            // SYNC POINT (credit wake-up): a sender waiting for credits gets them at once.
+            if word32(&self.mine, RX_TX_WAITING).load(SeqCst) == 0 {
+                return;
+            }
+        }
+        self.cur.rx_returned.store(head, Relaxed);
+        // SYNC POINT (credits): Release store of our consumer counter into the sender's memory
+        // pairs with its Acquire load in `send`; the space before `head` is free for reuse.
+        word64(&self.theirs, CR_HEAD).store(head, Release);
+        fence(SeqCst);
+        // SYNC POINT (credit wake-up): pairs with the sender's SeqCst store of TX_WAITING; one
+        // ring per arming, as in `publish`.
+        let waiting = word32(&self.mine, RX_TX_WAITING);
+        if waiting.load(SeqCst) != 0 && waiting.compare_exchange(1, 0, SeqCst, Relaxed).is_ok() {
+            self.ring_peer();
+        }
+    }
+
+    /// The peer broke the protocol (`why`, found by `op`): reset the connection.
+    pub(super) fn protocol_error(&self, op: &str, why: ProtoError) -> IoError {
+        self.shared.counters.protocol_errors.fetch_add(1, Relaxed);
+        let _ = self.shared.counters.first_protocol_error.set(format!(
+            "{op} {:?} {} -> {}: {why}",
+            self.role,
+            self.local.to_std(),
+            self.peer.to_std()
+        ));
+        word32(&self.theirs, CR_CLOSED).store(1, SeqCst);
+        word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_RST, SeqCst);
+        self.ring_peer();
+        IoError::Protocol
+    }
+}

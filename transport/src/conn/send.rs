@@ -1,0 +1,536 @@
+//! The send path: `send`, the lock-free common `try_send`, `send_file`, frame placement
+//! against the credits, the copy out (CPU or DMA), and publishing to the peer. Called by the
+//! shim's write hooks; it never writes outside the peer's ring or beyond the credits it saw.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::time::{Duration, Instant};
+
+use ntbdrv::{BusAddr, Completion, DmaDesc};
+
+use super::block::{
+    word32, word64, CR_CLOSED, CR_HEAD, CR_RX_SLEEPING, FLAG_RST, RX_FLAGS, RX_TAIL, ST_SHUT_WR,
+};
+use super::cursors::TxPos;
+use super::failover;
+use super::wait::{Deadline, Wait};
+use super::{Connection, Counter, IoError, Tenancy};
+use crate::proto::{FrameHeader, ProtoError, ENDPOINT_HDR, FRAME_HDR, FRAME_PAD};
+use crate::{sys, CompletionMode};
+
+impl Connection {
+    /// Send `bufs` (gather). Blocking sends return once every byte is in the ring; non-blocking
+    /// ones send what fits (EAGAIN if nothing).
+    pub fn send(
+        &self,
+        bufs: &[&[u8]],
+        nonblock: bool,
+        timeout: Option<Duration>,
+    ) -> Result<usize, IoError> {
+        if self.fo.tx_off() {
+            return self.send_switched(bufs, nonblock, timeout);
+        }
+        let mut moved = false;
+        let r = self.send_ring(bufs, nonblock, timeout, &mut moved);
+        if !moved {
+            return r;
+        }
+        // The ring failed under this send: the rest goes over TCP (see `failover`).
+        let sent = r?;
+        let rest = failover::skip(bufs, sent);
+        match self.send_switched(&rest, nonblock, timeout) {
+            Ok(n) => Ok(sent + n),
+            Err(_) if sent > 0 => Ok(sent),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Send into the ring; sets `moved` (with the sent count so far) when the ring failed and
+    /// this side left it.
+    fn send_ring(
+        &self,
+        bufs: &[&[u8]],
+        nonblock: bool,
+        timeout: Option<Duration>,
+        moved: &mut bool,
+    ) -> Result<usize, IoError> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Ok(0);
+        }
+        let mut deadline = Deadline::new(timeout);
+        let _g = self.tx_lock.lock();
+        if self.fo.tx_off() {
+            // A reader left the ring for us between our check and the lock.
+            *moved = true;
+            return Ok(0);
+        }
+        let TxPos { mut tail, mut seq } = self.tx_pos();
+        let (mut bi, mut bo) = (0usize, 0usize);
+        let mut sent = 0usize;
+        // Woken, but still no room: has the peer died? (See `dead_peer`.)
+        let mut woke_in_vain = false;
+        // Since when this send waits for credits (the progress timeout of `failover`).
+        let mut stalled: Option<Instant> = None;
+        let result = loop {
+            if let Some(e) = self.send_blocked() {
+                break if sent > 0 { Ok(sent) } else { Err(e) };
+            }
+            let want = (total - sent) as u64;
+            let place = match self.place(tail, want) {
+                Ok(p) => p,
+                Err(e) => break Err(self.protocol_error("send", e)),
+            };
+            let Some(p) = place else {
+                // A full ring whose reader has gone never drains: fail as TCP does once the
+                // peer's reset arrives, instead of waiting (or spinning) for ever.
+                if let Some(e) = self.reader_gone(!nonblock) {
+                    break if sent > 0 { Ok(sent) } else { Err(e) };
+                }
+                let since = *stalled.get_or_insert_with(Instant::now);
+                if self.switch_due(Some(since)) {
+                    match self.leave_ring(tail) {
+                        Ok(()) => {
+                            *moved = true;
+                            break Ok(sent);
+                        }
+                        Err(e) => break if sent > 0 { Ok(sent) } else { Err(e) },
+                    }
+                }
+                if sent > 0 && nonblock {
+                    break Ok(sent);
+                }
+                if nonblock {
+                    break Err(IoError::WouldBlock);
+                }
+                if woke_in_vain {
+                    if let Some(e) = self.dead_peer() {
+                        break if sent > 0 { Ok(sent) } else { Err(e) };
+                    }
+                }
+                woke_in_vain = true;
+                match self.wait(false, deadline.at()) {
+                    Wait::Ready => continue,
+                    Wait::TimedOut => {
+                        break if sent > 0 {
+                            Ok(sent)
+                        } else {
+                            Err(IoError::TimedOut)
+                        }
+                    }
+                    Wait::Interrupted => {
+                        break if sent > 0 {
+                            Ok(sent)
+                        } else {
+                            Err(IoError::Interrupted)
+                        }
+                    }
+                }
+            };
+            woke_in_vain = false;
+            stalled = None;
+            (tail, seq) = self.put_frame(&p, seq, bufs, &mut bi, &mut bo);
+            sent += p.len as usize;
+            if sent == total {
+                break Ok(sent);
+            }
+        };
+        if sent > 0 {
+            self.count(Counter::TxBytes, sent as u64);
+            self.note_sent();
+        }
+        result
+    }
+
+    /// The common send, all or nothing and never waiting: `buf` whole in one frame, if the
+    /// credits we last saw leave room for it, no other thread is sending, and nothing stops
+    /// sends (shutdown, reset, a closed reader). `None`: nothing was sent; [`Connection::send`]
+    /// does the rest (waits, errors, several frames). No locked instruction besides the send
+    /// lock's.
+    #[inline]
+    pub fn try_send(&self, buf: &[u8]) -> Option<usize> {
+        let want = buf.len() as u64;
+        // A DMA copy, a pad frame before the ring's end: the general path.
+        if want == 0
+            || want > self.tx_ring.max_payload()
+            || buf.len() >= self.settings.dma_threshold
+        {
+            return None;
+        }
+        let _g = self.tx_lock.try_lock_biased()?;
+        // Sending on TCP (failover): the general path, which carries it there. Under the lock,
+        // so a switch made by a send in flight is seen.
+        if self.fo.tx_off() || self.send_blocked().is_some() {
+            return None;
+        }
+        let TxPos { tail, seq } = self.tx_pos();
+        // The credits we last saw, and only if they leave no room, the receiver's counter.
+        let (pos, new_tail) =
+            match self
+                .tx_ring
+                .place_whole(tail, self.tx_head_seen.load(Relaxed), want)
+            {
+                Some(p) => p,
+                None => self
+                    .tx_ring
+                    .place_whole(tail, self.credits(tail).ok()?, want)?,
+            };
+        let base = ENDPOINT_HDR as usize + pos as usize;
+        let h = FrameHeader {
+            len: want as u32,
+            flags: 0,
+            seq,
+        };
+        // Both in range: `place` put the frame inside the ring, which the region holds.
+        self.theirs.write(base + FRAME_HDR as usize, buf).ok()?;
+        self.theirs.write(base, &h.encode()).ok()?;
+        self.set_tx_pos(TxPos {
+            tail: new_tail,
+            seq: seq.wrapping_add(1),
+        });
+        self.publish(new_tail);
+        self.count(Counter::CpuCopies, 1);
+        self.count(Counter::TxFrames, 1);
+        self.count(Counter::TxBytes, want);
+        self.note_sent();
+        Some(buf.len())
+    }
+
+    /// Write one placed frame (and the pad frame before it) from `bufs` at (`bi`, `bo`),
+    /// publish it, and return the new producer counter and sequence number.
+    #[inline]
+    fn put_frame(
+        &self,
+        p: &crate::proto::Placement,
+        seq: u64,
+        bufs: &[&[u8]],
+        bi: &mut usize,
+        bo: &mut usize,
+    ) -> (u64, u64) {
+        if let Some((pos, n)) = p.pad {
+            let h = FrameHeader {
+                len: (n - FRAME_HDR) as u32,
+                flags: FRAME_PAD,
+                seq,
+            };
+            let _ = self
+                .theirs
+                .write(ENDPOINT_HDR as usize + pos as usize, &h.encode());
+        }
+        let base = ENDPOINT_HDR as usize + p.pos as usize;
+        let len = p.len as usize;
+        self.copy_out(bufs, bi, bo, base + FRAME_HDR as usize, len);
+        let h = FrameHeader {
+            len: len as u32,
+            flags: 0,
+            seq,
+        };
+        let _ = self.theirs.write(base, &h.encode());
+        let seq = seq.wrapping_add(1);
+        let tail = p.new_tail;
+        self.set_tx_pos(TxPos { tail, seq });
+        self.publish(tail);
+        self.count(Counter::TxFrames, 1);
+        (tail, seq)
+    }
+
+    /// Remember that this process sent since its last read (see `coalesce`): one plain store
+    /// per change, not per send.
+    #[inline]
+    pub(super) fn note_sent(&self) {
+        if !self.sent_since_read.load(Relaxed) {
+            self.sent_since_read.store(true, Relaxed);
+        }
+    }
+
+    /// sendfile(2) into the connection: read up to `count` bytes of file `fd` (at `*offset`, or
+    /// at its file position) straight into the peer's ring, with no staging copy in our memory.
+    /// Returns the bytes sent (0 at end of file); a file error is `Err(Ok(errno))`, a
+    /// connection error `Err(Err(IoError))`.
+    pub fn send_file(
+        &self,
+        fd: RawFd,
+        offset: Option<&mut i64>,
+        count: usize,
+        nonblock: bool,
+        timeout: Option<Duration>,
+    ) -> Result<usize, Result<i32, IoError>> {
+        if count == 0 {
+            return Ok(0);
+        }
+        if self.fo.tx_off() {
+            return self.send_file_switched(fd, offset, count, nonblock, timeout);
+        }
+        let mut deadline = Deadline::new(timeout);
+        let _g = self.tx_lock.lock();
+        if self.fo.tx_off() {
+            drop(_g);
+            return self.send_file_switched(fd, offset, count, nonblock, timeout);
+        }
+        let TxPos { mut tail, mut seq } = self.tx_pos();
+        let mut off = offset.as_ref().map(|o| **o);
+        let mut sent = 0usize;
+        let mut woke_in_vain = false;
+        let result = loop {
+            if let Some(e) = self.send_blocked() {
+                break if sent > 0 { Ok(sent) } else { Err(Err(e)) };
+            }
+            let p = match self
+                .credits(tail)
+                .and_then(|head| self.tx_ring.place(tail, head, (count - sent) as u64))
+            {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    // As in `send`: a full ring whose reader has gone never drains.
+                    if let Some(e) = self.reader_gone(!nonblock) {
+                        break if sent > 0 { Ok(sent) } else { Err(Err(e)) };
+                    }
+                    if self.switch_due(None) {
+                        // The next call goes over TCP (see `failover`).
+                        if let Err(e) = self.leave_ring(tail) {
+                            break if sent > 0 { Ok(sent) } else { Err(Err(e)) };
+                        }
+                        if sent > 0 {
+                            break Ok(sent);
+                        }
+                        drop(_g);
+                        return self.send_file_switched(fd, offset, count, nonblock, timeout);
+                    }
+                    if nonblock || sent > 0 {
+                        break if sent > 0 {
+                            Ok(sent)
+                        } else {
+                            Err(Err(IoError::WouldBlock))
+                        };
+                    }
+                    if woke_in_vain {
+                        if let Some(e) = self.dead_peer() {
+                            break Err(Err(e));
+                        }
+                    }
+                    woke_in_vain = true;
+                    match self.wait(false, deadline.at()) {
+                        Wait::Ready => continue,
+                        Wait::TimedOut => break Err(Err(IoError::TimedOut)),
+                        Wait::Interrupted => break Err(Err(IoError::Interrupted)),
+                    }
+                }
+                Err(e) => break Err(Err(self.protocol_error("sendfile", e))),
+            };
+            woke_in_vain = false;
+            let base = ENDPOINT_HDR as usize + p.pos as usize;
+            let n = match sys::read_into_region(
+                fd,
+                &self.theirs,
+                base + FRAME_HDR as usize,
+                p.len as usize,
+                off,
+            ) {
+                Ok(0) => break Ok(sent),
+                Ok(n) => n,
+                Err(e) => break if sent > 0 { Ok(sent) } else { Err(Ok(e)) },
+            };
+            if let Some((pos, n)) = p.pad {
+                let h = FrameHeader {
+                    len: (n - FRAME_HDR) as u32,
+                    flags: FRAME_PAD,
+                    seq,
+                };
+                let _ = self
+                    .theirs
+                    .write(ENDPOINT_HDR as usize + pos as usize, &h.encode());
+            }
+            let _ = self.theirs.write(
+                base,
+                &FrameHeader {
+                    len: n as u32,
+                    flags: 0,
+                    seq,
+                }
+                .encode(),
+            );
+            seq = seq.wrapping_add(1);
+            // A short read makes a shorter frame: the tail follows the bytes actually read.
+            tail = p.new_tail - (FRAME_HDR + crate::proto::align_frame(p.len))
+                + FRAME_HDR
+                + crate::proto::align_frame(n as u64);
+            sent += n;
+            if let Some(o) = off.as_mut() {
+                *o += n as i64;
+            }
+            self.set_tx_pos(TxPos { tail, seq });
+            self.publish(tail);
+            self.count(Counter::TxFrames, 1);
+            self.count(Counter::CpuCopies, 1);
+            if sent == count || n < p.len as usize {
+                break Ok(sent);
+            }
+        };
+        if let (Some(o), Some(v)) = (offset, off) {
+            *o = v;
+        }
+        self.count(Counter::TxBytes, sent as u64);
+        if sent > 0 {
+            self.note_sent();
+        }
+        result
+    }
+
+    /// Place a frame using the credits we last saw; only when they leave no room, read the
+    /// receiver's counter again (a cache line the receiver writes: reading it on every send
+    /// would cost a cross-core miss per send).
+    fn place(&self, tail: u64, want: u64) -> Result<Option<crate::proto::Placement>, ProtoError> {
+        let seen = self.tx_head_seen.load(Relaxed);
+        // A cached value that does not fit our producer counter (an exec'd image starts from
+        // 0; a sibling process may have sent meanwhile) is simply refreshed.
+        if let Ok(Some(p)) = self.tx_ring.place(tail, seen, want) {
+            if p.len == want.min(self.tx_ring.max_payload()) {
+                return Ok(Some(p));
+            }
+        }
+        let head = self.credits(tail)?;
+        self.tx_ring.place(tail, head, want)
+    }
+
+    /// The receiver's consumer counter, loaded once and validated against our producer
+    /// counter: ahead of it is a protocol error; behind what it returned before, it counts as
+    /// what it returned before (credits never go backwards, so a wait for room that was seen
+    /// ends).
+    pub(super) fn credits(&self, tail: u64) -> Result<u64, ProtoError> {
+        // SYNC POINT (credits): Acquire pairs with the receiver's Release in `flush_credits`.
+        let head = word64(&self.mine, CR_HEAD).load(Acquire);
+        if head > tail {
+            return Err(ProtoError::BadCredit { head, tail });
+        }
+        let seen = self.tx_head_seen.load(Relaxed);
+        if seen <= tail && seen > head {
+            return Ok(seen);
+        }
+        self.tx_head_seen.store(head, Relaxed);
+        Ok(head)
+    }
+
+    /// Copy `len` bytes of `bufs` (from position bi/bo) into the peer's ring at `at`, by CPU or
+    /// by the DMA engine.
+    fn copy_out(&self, bufs: &[&[u8]], bi: &mut usize, bo: &mut usize, at: usize, len: usize) {
+        let mut done = 0;
+        while done < len {
+            let Some(buf) = bufs.get(*bi) else { break };
+            let src = buf.get(*bo..).unwrap_or_default();
+            let n = src.len().min(len - done);
+            let chunk = src.get(..n).unwrap_or_default();
+            if !(n >= self.settings.dma_threshold && self.dma_copy(chunk, at + done)) {
+                let _ = self.theirs.write(at + done, chunk);
+                self.count(Counter::CpuCopies, 1);
+            }
+            done += n;
+            *bo += n;
+            if *bo >= buf.len() {
+                *bi += 1;
+                *bo = 0;
+            }
+        }
+    }
+
+    /// Copy by DMA into the peer's ring; false if no channel or the transfer failed (the caller
+    /// then copies by CPU, so no byte is lost).
+    fn dma_copy(&self, chunk: &[u8], at: usize) -> bool {
+        let Some(ch) = self.shared.dma() else {
+            return false;
+        };
+        let ch = match ch.lock() {
+            Ok(c) => c,
+            Err(_) => return false,
+        };
+        let Ok(src) = ch.map_host(chunk.as_ptr(), chunk.len()) else {
+            return false;
+        };
+        let ok = (|| {
+            let dst = ch
+                .peer_window_addr(self.their_loc.mw, self.their_loc.offset + at as u64)
+                .ok()?;
+            let mut descs = Vec::with_capacity(chunk.len().div_ceil(1 << 20));
+            let mut o = 0usize;
+            while o < chunk.len() {
+                let n = (chunk.len() - o).min(1 << 20);
+                descs.push(DmaDesc {
+                    src: BusAddr(src.0 + o as u64),
+                    dst: BusAddr(dst.0 + o as u64),
+                    len: n as u32,
+                });
+                o += n;
+            }
+            for batch in descs.chunks(64) {
+                let how = match self.settings.completion {
+                    CompletionMode::Doorbell => Completion::Interrupt,
+                    _ => Completion::Poll,
+                };
+                ch.submit(batch, how == Completion::Interrupt).ok()?;
+                ch.wait(how, Some(Duration::from_secs(5))).ok()?;
+            }
+            Some(())
+        })()
+        .is_some();
+        let _ = ch.unmap_host(src);
+        if ok {
+            self.count(Counter::DmaCopies, 1);
+        } else {
+            self.count(Counter::DmaFallbacks, 1);
+        }
+        ok
+    }
+
+    /// Publish our producer counter to the peer and ring it if it sleeps.
+    #[inline]
+    fn publish(&self, tail: u64) {
+        // SYNC POINT (ring data): Release store of tail after the frame bytes; pairs with the
+        // receiver's Acquire load in `recv`.
+        word64(&self.theirs, RX_TAIL).store(tail, Release);
+        // SYNC POINT (data wake-up): no full fence here — it would cost a cross-core cache
+        // line transfer per send, as much as the rest of the send. The load may pass our tail
+        // store (store buffer), so a receiver arming at that instant can miss it; the receiver
+        // covers that window by re-checking for `ARM_GRACE` after arming, and never sleeps
+        // longer than `LEADER_NAP` (see `wait`).
+        let sleeping = word32(&self.mine, CR_RX_SLEEPING);
+        // One ring per arming: the first sender to see the flag takes it (the receiver re-arms
+        // before it sleeps again), so a stream of sends to a waking receiver costs one doorbell.
+        if sleeping.load(Relaxed) != 0 && sleeping.compare_exchange(1, 0, SeqCst, Relaxed).is_ok() {
+            self.ring_peer();
+        }
+    }
+
+    pub(super) fn ring_peer(&self) {
+        let rung = match &self.tenancy {
+            Tenancy::Device { dev, .. } => dev.peer_vector_trigger(self.their_loc.db_bit).is_ok(),
+            Tenancy::Service { peer_line, .. } => fabric::sys::ring(peer_line.as_raw_fd()),
+        };
+        if rung {
+            self.count(Counter::DoorbellsRung, 1);
+        }
+    }
+
+    /// A sender woke without room: if the peer is gone (its kernel closed the TCP socket without
+    /// the peer closing the connection: it died), no credit will ever come, and the send fails
+    /// (ECONNRESET) instead of waiting, or spinning on the socket's readiness, for ever. Asked
+    /// only after a wake-up that brought no room, so a sender streaming into a busy receiver
+    /// pays no system call.
+    fn dead_peer(&self) -> Option<IoError> {
+        self.tcp_gone().map(|r| r.err().unwrap_or(IoError::Reset))
+    }
+
+    /// Why a send cannot proceed, if it cannot.
+    #[inline]
+    pub(super) fn send_blocked(&self) -> Option<IoError> {
+        let st = self.shared_state();
+        if st & ST_SHUT_WR != 0 {
+            return Some(IoError::ShutDown);
+        }
+        if word32(&self.mine, RX_FLAGS).load(Acquire) & FLAG_RST != 0 {
+            return Some(IoError::Reset);
+        }
+        if word32(&self.mine, CR_CLOSED).load(Acquire) != 0 {
+            return Some(IoError::BrokenPipe);
+        }
+        None
+    }
+}
