@@ -157,7 +157,7 @@ Base build (\`--base $BASE\`): the service path with that build, its own private
 fi
 md="# Connection set-up rate
 
-\`benches/connsetup.sh --runs $RUNS --seconds $SECONDS_PER\` on $(date -u +%Y-%m-%dT%H:%MZ),
+\`benches/connsetup.sh --runs $RUNS --seconds $SECONDS_PER${BASE:+ --base $BASE}\` on $(date -u +%Y-%m-%dT%H:%MZ),
 $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), build $(git -C "$root" rev-parse --short HEAD).
 One client loop: connect, a 64-byte request, a 64-byte answer, close; a server that serves each
 connection the same way. Medians of $RUNS interleaved rounds (connections a second).$base_note
