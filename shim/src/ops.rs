@@ -584,16 +584,17 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
 /// completed now, the connection is handed on whole, as a settled one always was.
 pub fn settle_accepts() {
     let _ = std::panic::catch_unwind(|| {
-        let Ok(t) = global::get().transport() else {
-            return;
-        };
         for (fd, sock) in table::snapshot() {
             // An entry another thread holds is being settled by it (or is a client's, waiting
-            // for its server): left to the child's rules (`fork::child`).
+            // for its server): left to the child's rules (`fork::child`). The transport is
+            // only asked about a pending entry (which it made): a fork never opens it.
             let waiting = sock.conn.get().is_none()
-                && sock.state.try_lock().is_ok_and(
-                    |st| matches!(&*st, State::Offered(Some(p)) if t.pending_is_accept(p)),
-                );
+                && sock.state.try_lock().is_ok_and(|st| match &*st {
+                    State::Offered(Some(p)) => global::get()
+                        .transport()
+                        .is_ok_and(|t| t.pending_is_accept(p)),
+                    _ => false,
+                });
             if waiting {
                 let _ = settle_offer(&sock, fd, true);
             }

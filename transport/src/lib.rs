@@ -447,10 +447,19 @@ pub enum Outcome {
     Waiting(Pending),
 }
 
-/// A client's offer, waiting for the server's side.
+/// A client's offer, waiting for the server's side (or, through the host fabric service, a
+/// server's accept waiting for the service's answer: [`Pending::is_accept`]).
 pub enum Pending {
     Device(DevicePending),
     Service(service::Offered),
+}
+
+impl Pending {
+    /// A server's accept started by [`Transport::accept_started`], not a client's offer. Pure
+    /// (no lock, no allocation): a forked child asks it.
+    pub fn is_accept(&self) -> bool {
+        service::is_accept(self)
+    }
 }
 
 impl DeviceTransport {
@@ -1165,7 +1174,7 @@ impl Transport {
     /// offer)? Its answer comes at once, so a fork or a close waits for it
     /// ([`Transport::complete`]) rather than leave the child or the service guessing.
     pub fn pending_is_accept(&self, p: &Pending) -> bool {
-        service::is_accept(p)
+        p.is_accept()
     }
 
     /// Offer the upgrade of a connection whose kernel connect has not chosen our port yet;
