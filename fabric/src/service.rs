@@ -147,8 +147,9 @@ struct Offer {
     provisional: bool,
 }
 
-/// An accept to handle: (client, request id, the accepted socket, the ring it asks for).
-type Accepted = (u64, u64, OwnedFd, u64);
+/// An accept to handle: (client, request id, the accepted socket, the ring it asks for,
+/// whether to ring its line when answered: `Accept`'s `nowait`).
+type Accepted = (u64, u64, OwnedFd, u64, bool);
 
 /// (namespace cookie, client address and port, server address and port).
 type OfferKey = (u64, (Addr, u16), (Addr, u16));
@@ -363,8 +364,11 @@ impl Service {
     /// server's `Accept` for that connection is handled.
     fn pass(&mut self) {
         self.read(PASS_BUDGET);
-        while let Some((client, request, socket, ring)) = self.accepts.pop_front() {
+        while let Some((client, request, socket, ring, nowait)) = self.accepts.pop_front() {
             self.accept(client, request, socket, ring);
+            if nowait {
+                self.ring_server(client);
+            }
         }
     }
 
@@ -722,9 +726,9 @@ impl Service {
                     self.refuse(client, id, Refusal::NotYours);
                 }
             }
-            Request::Accept { ring } => {
+            Request::Accept { ring, nowait } => {
                 let sock = fds.pop()?;
-                return Some((client, id, sock, ring));
+                return Some((client, id, sock, ring, nowait));
             }
             Request::Hold => {
                 let sock = fds.pop()?;
@@ -759,10 +763,7 @@ impl Service {
                     ..
                 },
             )) => v,
-            _ => {
-                self.refuse(server, request, Refusal::BadSocket);
-                return self.ring_server(server);
-            }
+            _ => return self.refuse(server, request, Refusal::BadSocket),
         };
         drop(socket);
         if let Some(local) = view.local {
@@ -778,11 +779,10 @@ impl Service {
         }
         let Some(conn) = found else {
             self.counters.declined += 1;
-            self.reply(server, request, Reply::Declined { reason: NO_OFFER }, &[]);
-            return self.ring_server(server);
+            return self.reply(server, request, Reply::Declined { reason: NO_OFFER }, &[]);
         };
         let Some(offer) = self.offers.remove(&conn) else {
-            return self.ring_server(server);
+            return;
         };
         // The configured ring when there is room for it; as window space runs short, smaller
         // rings (down to MIN_RING) rather than no connection: more connections, each a little
@@ -805,7 +805,6 @@ impl Service {
         let declined = |s: &mut Service, reason: u32| {
             s.counters.declined += 1;
             s.reply(server, request, Reply::Declined { reason }, &[]);
-            s.ring_server(server);
             s.reply(offer.owner, offer.request, Reply::Declined { reason }, &[]);
             sys::ring(offer.line.fd.as_raw_fd());
         };
@@ -856,7 +855,6 @@ impl Service {
             &[seg, lc, ls],
         );
         sys::ring(lc);
-        sys::ring(ls);
         self.window_used += bytes;
         self.counters.paired += 1;
         let pid_of = |s: &Service, c: u64| s.clients.get(&c).map(|c| c.cred.pid);
@@ -895,10 +893,10 @@ impl Service {
         self.orphan_if_unheld(conn);
     }
 
-    /// The answer to an `Accept` of `server` is in its socket: ring its line. The server does
-    /// not wait inside `accept` for it (it completes the connection at first use, as a client
-    /// does its connect), so a thread or an epoll set waiting on that connection sleeps on the
-    /// line, not on the service's socket.
+    /// The answer to a `nowait` `Accept` of `server` is in its socket: ring its line. The
+    /// server did not wait inside `accept` for it (it completes the connection at first use, as
+    /// a client does its connect), so a thread or an epoll set waiting on that connection
+    /// sleeps on the line, not on the service's socket.
     fn ring_server(&self, server: u64) {
         if let Some(l) = self.clients.get(&server).and_then(|c| c.line.as_ref()) {
             sys::ring(l.fd.as_raw_fd());

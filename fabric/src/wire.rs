@@ -46,12 +46,14 @@ pub enum Request {
     /// clients late, and they wait on).
     Cancel { request: u64, stalled_only: bool },
     /// The kernel accepted a connection; carries the accepted socket. Replies `Paired` or
-    /// `Declined` (or `Refused`), and rings the process's line (`Hello`) when it has: the
-    /// server does not wait for the answer inside `accept`, it completes the connection at
-    /// its first use (since version 3). `ring` (as in `Connect`): the receive ring this
-    /// process asks for; a pair gets the smaller of its two ends' and the service's, smaller
-    /// still when window space runs short.
-    Accept { ring: u64 },
+    /// `Declined` (or `Refused`). `nowait` (since version 3): the server does not wait for the
+    /// answer (a non-blocking accept completes the connection at its first use), so the
+    /// service rings the process's line (`Hello`) once it has answered; a server that waits
+    /// for the reply is not rung (a ring nobody waits for would wake its next sleep for
+    /// nothing). `ring` (as in `Connect`): the receive ring this process asks for; a pair gets
+    /// the smaller of its two ends' and the service's, smaller still when window space runs
+    /// short.
+    Accept { ring: u64, nowait: bool },
     /// This process holds the TCP socket it hands over (after a fork, or in a new image after
     /// exec): count it as a holder of the connection that socket carries and give it that
     /// connection's segments and lines again. Replies `Paired` or `Declined`.
@@ -307,7 +309,7 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
     Some(match kind {
         K_HELLO => (1, 1),
         K_LISTEN | K_HOLD => (0, 1),
-        K_ACCEPT => (1, 1),
+        K_ACCEPT => (2, 1),
         K_CONNECT => (4, 1),
         K_UNLISTEN => (1, 0),
         K_CANCEL => (2, 0),
@@ -457,7 +459,7 @@ impl Request {
                 let (a, b) = addr_words(&addr);
                 vec![a, b, port as u64, ring]
             }
-            Request::Accept { ring } => vec![ring],
+            Request::Accept { ring, nowait } => vec![ring, nowait as u64],
             Request::Fallback { reason, server } => vec![reason as u64, server as u64],
             Request::Listen
             | Request::Hold
@@ -487,7 +489,10 @@ impl Request {
                 request: w[0],
                 stalled_only: bool_word(kind, &w, 1)?,
             },
-            K_ACCEPT => Request::Accept { ring: w[0] },
+            K_ACCEPT => Request::Accept {
+                ring: w[0],
+                nowait: bool_word(kind, &w, 1)?,
+            },
             K_HOLD => Request::Hold,
             K_LIST => Request::List,
             K_CLOSE => Request::Close {
@@ -707,7 +712,10 @@ mod tests {
                 request: u64::MAX,
                 stalled_only: true,
             },
-            Request::Accept { ring: 128 << 10 },
+            Request::Accept {
+                ring: 128 << 10,
+                nowait: true,
+            },
             Request::Hold,
             Request::Close {
                 conn: 3,
@@ -832,7 +840,14 @@ mod tests {
             Err(WireError::Fds { .. })
         ));
         assert!(matches!(
-            Request::decode(&Request::Accept { ring: 4096 }.encode(1), 0),
+            Request::decode(
+                &Request::Accept {
+                    ring: 4096,
+                    nowait: false,
+                }
+                .encode(1),
+                0
+            ),
             Err(WireError::Fds { .. })
         ));
         // A pid that does not fit 32 bits.

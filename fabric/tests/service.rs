@@ -154,9 +154,9 @@ fn pairs_a_connection_by_possession_of_its_socket() {
     assert_eq!(st.window_used, 2 * (4096 + (1 << 20)));
 }
 
-/// The server does not wait for the answer to its `Accept` (version 3): the service rings the
-/// server's line once it has answered, paired or declined, so a server sleeping on its line
-/// (a read, an epoll set) hears of it.
+/// A server that does not wait for the answer to its `Accept` (`nowait`, version 3) has its
+/// line rung once the service answered, paired or declined, so a server sleeping on its line
+/// (a read, an epoll set) hears of it; one that waits for the reply is not rung.
 #[test]
 fn an_accept_answer_rings_the_servers_line() {
     let svc = start(Options::default());
@@ -201,6 +201,19 @@ fn an_accept_answer_rings_the_servers_line() {
         server.paired(&mut a, Duration::ZERO).unwrap(),
         Some(Pairing::Declined(_))
     ));
+
+    // A server that waits for the answer is not rung (its next sleep would wake for nothing).
+    let _plain = TcpStream::connect(to).unwrap();
+    let (accepted, _) = l.accept().unwrap();
+    assert!(matches!(
+        server.accept(accepted.as_raw_fd(), 1 << 20).unwrap(),
+        Pairing::Declined(_)
+    ));
+    assert_eq!(
+        sys::poll_in(&[line.fd.as_raw_fd()], 200).unwrap()[0],
+        0,
+        "a waited-for accept rang the server's line"
+    );
 }
 
 #[test]
