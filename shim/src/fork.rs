@@ -5,8 +5,9 @@
 //! service's answer is completed (`ops::settle_accepts`: the answer comes at once, to this
 //! process's service connection, which a child does not share); then every NTB connection in
 //! the side table gets one more holder, so that a parent that closes its copy at once does not
-//! end the connection under the child; the child ([`child`]) then records its pid with each. Two things can happen meanwhile in the
-//! parent's other threads, and the child sees their half-done work:
+//! end the connection under the child; the child ([`child`]) then records its pid with each.
+//! Two things can happen meanwhile in the parent's other threads, and the child sees their
+//! half-done work:
 //! - a connection published after `prepare` looked at the table (a client's upgrade completing
 //!   on its first `send`, an `accept`): its holder count does not include the child, so the
 //!   child's close would be taken for the last one and end the parent's connection;
