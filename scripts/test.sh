@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, build (libpcisock.so included), lints, unit and conformance tests,
-# the ntb-sys bindings check, the loom models of the rendezvous area, real iperf2/iperf3 runs under LD_PRELOAD (through a device, then
+# the ntb-sys bindings check, the loom models of the rendezvous area and the rings, real iperf2/iperf3 runs under LD_PRELOAD (through a device, then
 # again through the host fabric service), a smoke run of the benches, and the two-guest ivshmem
 # test bed. Ends with one line totalling every cargo test result.
 set -euo pipefail
@@ -15,21 +15,24 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 cargo bench --bench device -- --test
 # ntb-sys: the vendored bindings must be what bindgen produces from the header (needs libclang).
 cargo test --release -p ntb-sys --features regenerate 2>&1 | tee -a "$log"
-# Everything else. The iperf tests find target/release/libpcisock.so built above.
-cargo test --release --workspace 2>&1 | tee -a "$log"
-# The rendezvous area's sync points model-checked under loom (docs/MEMORY-ORDERING.md, "Model-checked
-# under loom"): the real rendezvous.rs over loom's model of the area, built with --cfg loom in a
-# target directory of its own so the main build is not rebuilt. One summary line.
+# Everything else. The iperf tests find target/release/libpcisock.so built above. Every test target
+# runs even after one fails, so one run shows every failure.
+cargo test --release --workspace --no-fail-fast 2>&1 | tee -a "$log"
+# The rendezvous area's and the rings' sync points model-checked under loom (docs/MEMORY-ORDERING.md,
+# "Model-checked under loom"): the real rendezvous.rs and conn/ringsync.rs over loom's model of the
+# area and of the endpoint blocks, built with --cfg loom in a target directory of its own so the
+# main build is not rebuilt. One summary line for both.
 loomlog="$(mktemp /tmp/pcisock-loom.XXXXXX)"
 loom_t0=$SECONDS
 loom_rc=0
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" cargo test --release \
-    -p pcisock-transport --test loom_rendezvous --target-dir target/loom -- --nocapture \
+    --no-fail-fast -p pcisock-transport --test loom_rendezvous --test loom_ring --target-dir target/loom \
+    -- --nocapture \
     >"$loomlog" 2>&1 || loom_rc=$?
 cat "$loomlog" >>"$log"
 awk -v secs=$((SECONDS - loom_t0)) -v bound="${LOOM_MAX_PREEMPTIONS:-3}" '
     /loom model .*: [0-9]+ executions/ { runs += $(NF - 1) }
-    /^test result:/ { ok = $4; bad = $6 }
+    /^test result:/ { ok += $4; bad += $6 }
     END { printf "loom: %d models, %d passed, %d failed, %d executions, %d s with the build (LOOM_MAX_PREEMPTIONS=%s)\n",
           ok + bad, ok, bad, runs, secs, bound }' "$loomlog"
 [ "$loom_rc" -eq 0 ] || { tail -n 40 "$loomlog"; rm -f "$loomlog"; exit "$loom_rc"; }
@@ -39,7 +42,7 @@ rm -f "$loomlog"
 svc="/run/pcisock-ci-$$/fabric.sock"
 target/release/pcisock fabric start --socket "$svc"
 trap 'target/release/pcisock fabric stop --socket "$svc" >/dev/null 2>&1 || true; rm -rf "$(dirname "$svc")" "$log"' EXIT
-PCISOCK_TEST_FABRIC="$svc" cargo test --release -p iperf-tests --test behaviours --test apps \
+PCISOCK_TEST_FABRIC="$svc" cargo test --release --no-fail-fast -p iperf-tests --test behaviours --test apps \
     --test iperf2 --test iperf3 --test echo 2>&1 | tee -a "$log"
 # Two real kernels joined by a PCI BAR: QEMU guests over ivshmem (docs/TWOHOST.md; about 2 min).
 iperf-tests/twohost.sh all

@@ -29,8 +29,8 @@ pub use crate::iperf2::{
 };
 pub use crate::iperf3::{parse_iperf3_json, Iperf3Client, Iperf3Output, Iperf3Server, Iperf3Sum};
 pub use crate::net::{
-    free_port, free_ports, is_listening, listening_ports, wait_listening, LoCounters, LoDelta,
-    LoExpect, LoWindow,
+    free_port, free_ports, is_listening, listening_ports, parse_ss_tin, tcp_sockets,
+    wait_listening, LoCounters, LoDelta, LoExpect, LoWindow, TcpSocket,
 };
 pub use crate::proc::{command, Proc};
 pub use crate::stats::{ConnStats, Stats};

@@ -53,6 +53,14 @@ pub struct Stats {
     /// Time (µs) NTB connections' sending sides spent on TCP.
     #[serde(default)]
     pub failover_tcp_us: u64,
+    /// Sleeps of poll/select/epoll over NTB connections that ran out their time (a nap against a lost doorbell,
+    /// or the caller's timeout) instead of being woken; absent from older libraries.
+    #[serde(default)]
+    pub wait_timeouts: u64,
+    /// Ready connections (fds, epoll registrations) found right after such a sleep: each is a wake-up that
+    /// never came, and an application that waited for a timer (see [`Stats::check_late_wakeups`]).
+    #[serde(default)]
+    pub late_wakeups: u64,
     /// Ring frames a peer got wrong (each resets its connection); absent from older libraries.
     #[serde(default)]
     pub protocol_errors: u64,
@@ -265,11 +273,45 @@ impl Stats {
     }
 }
 
+/// Checks that the processes of a request/response run (`all`: client and server processes) waited for a timer on
+/// at most `max_share` of their `requests` (plus `slack`, a few races at the ends of the run): each of the
+/// library's `late_wakeups` is a connection found ready only when a sleep ran out its time, a doorbell lost. Such a
+/// run still carries every byte over NTB, only slower (nginx over the device once served 780 requests a second
+/// instead of 200,000, its wake-ups lost), so the byte and path checks alone never see it; and a count, unlike a
+/// request rate, does not depend on how loaded the machine is.
+pub fn check_late_wakeups(
+    all: &[&Stats],
+    requests: u64,
+    max_share: f64,
+    slack: u64,
+) -> Result<(), String> {
+    let late: u64 = all.iter().map(|s| s.late_wakeups).sum();
+    let timeouts: u64 = all.iter().map(|s| s.wait_timeouts).sum();
+    let allowed = (requests as f64 * max_share) as u64 + slack;
+    if late > allowed {
+        let per: Vec<String> = all
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}[{}] {} late of {} timed-out sleeps",
+                    s.program, s.pid, s.late_wakeups, s.wait_timeouts
+                )
+            })
+            .collect();
+        return Err(format!(
+            "{late} late wake-ups for {requests} requests (allowed {allowed}; {timeouts} sleeps ran out their time): \
+             connections were found ready only when a nap or timeout ended a sleep, their doorbells lost ({})",
+            per.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}[{}]: ntb {} conns tx {} rx {}; tcp {} conns tx {} rx {}; dma {} cpu {} doorbells {} polls {}",
+            "{}[{}]: ntb {} conns tx {} rx {}; tcp {} conns tx {} rx {}; dma {} cpu {} doorbells {} polls {}; late wake-ups {} of {} timed-out sleeps",
             self.program,
             self.pid,
             self.ntb_connections,
@@ -281,7 +323,9 @@ impl fmt::Display for Stats {
             self.dma_copies,
             self.cpu_copies,
             self.doorbells,
-            self.polls
+            self.polls,
+            self.late_wakeups,
+            self.wait_timeouts
         )?;
         for c in &self.connections {
             write!(f, "\n    {} {} -> {} {}", c.role, c.local, c.peer, c.path)?;
@@ -356,6 +400,24 @@ mod tests {
             .unwrap()
             .check_ntb(5001, 1, 0, 1 << 20)
             .is_err());
+    }
+
+    #[test]
+    fn late_wake_ups_beyond_the_share_fail() {
+        let mut s = Stats::parse(EXAMPLE).unwrap();
+        assert_eq!((s.late_wakeups, s.wait_timeouts), (0, 0), "absent: zero");
+        s.late_wakeups = 12;
+        let t = Stats {
+            pid: 124,
+            late_wakeups: 9,
+            ..s.clone()
+        };
+        assert!(check_late_wakeups(&[&s, &t], 20_000, 0.001, 1).is_ok());
+        let e = check_late_wakeups(&[&s, &t], 19_000, 0.001, 1).unwrap_err();
+        assert!(
+            e.contains("21 late wake-ups for 19000 requests (allowed 20"),
+            "{e}"
+        );
     }
 
     #[test]

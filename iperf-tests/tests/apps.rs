@@ -13,7 +13,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use iperf_tests::apps::{
     interrupt, require_bin, sha256, version_line, wait_stats, write_payload, ProcTree,
@@ -442,8 +442,37 @@ fn nginx_sendfile_curl_and_wrk() {
             Ok(())
         }),
     );
+    // Every request was answered when it was ready, not when a timer ran out: the count of late wake-ups in
+    // wrk's and the nginx processes' files (see `check_late_wakeups`; lost epoll wake-ups once made this run
+    // 780 requests a second with every byte still on NTB).
+    v.push(
+        "late wake-ups (wrk and nginx)",
+        wrk_env.stats().and_then(|w| {
+            let all = Stats::load_dir(&nginx_stats)?;
+            let procs: Vec<&Stats> = all.iter().chain([&w]).collect();
+            let late: Vec<String> = procs
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{}[{}] {}/{}",
+                        s.program, s.pid, s.late_wakeups, s.wait_timeouts
+                    )
+                })
+                .collect();
+            eprintln!(
+                "wrk: {requests} requests; late wake-ups / timed-out sleeps: {}",
+                late.join(", ")
+            );
+            stats::check_late_wakeups(&procs, requests, LATE_MAX_SHARE, LATE_SLACK)
+        }),
+    );
     v.finish(&f, &[&server.proc, &curl_p, &wrk_p]);
 }
+
+/// Of a request/response run's requests, the share that may have waited for a timer (a wake-up lost), and a few
+/// more for races at the ends of the run (see `stats::check_late_wakeups`).
+const LATE_MAX_SHARE: f64 = 0.001;
+const LATE_SLACK: u64 = 20;
 
 /// How long a server whose clients have gone is watched, and the share of it it may spend on the CPU.
 const IDLE_WINDOW: Duration = Duration::from_secs(3);
@@ -770,6 +799,13 @@ fn sockperf_ping_pong() {
     );
     let delta = lo.delta().unwrap();
     drop(lo);
+    // The server writes its stats file when it closes the connection, on the client's EOF; a
+    // SIGTERM kills it without its exit handlers, so let it see the EOF first (a busy machine
+    // can take a while to schedule it).
+    let t0 = Instant::now();
+    while !senv.stats_file.exists() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let _ = server.terminate();
     let mut v = Verdict::new("sockperf_ping_pong");
     let ok = r.is_ok();

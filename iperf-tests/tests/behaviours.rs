@@ -30,6 +30,9 @@ struct Expect {
     /// Payload that would cross loopback over TCP; the lo bound is checked when it is at least 1 MiB (below that,
     /// TCP handshakes dominate and the bound proves nothing).
     lo_payload: u64,
+    /// Waits of the main process that its peer ends (a message, room); when non-zero, at most 1% of them (and two
+    /// more) may end late, by a timer (`stats::check_late_wakeups`).
+    waits: u64,
 }
 
 const fn expect(conns: u64, tx: u64, rx: u64, lo_payload: u64) -> Expect {
@@ -38,6 +41,13 @@ const fn expect(conns: u64, tx: u64, rx: u64, lo_payload: u64) -> Expect {
         tx,
         rx,
         lo_payload,
+        waits: 0,
+    }
+}
+
+impl Expect {
+    const fn woken(self, waits: u64) -> Expect {
+        Expect { waits, ..self }
     }
 }
 
@@ -117,6 +127,13 @@ fn run_behaviour(name: &'static str, e: Expect) {
     match env.stats() {
         Ok(s) => {
             errors.extend(s.check_ntb(port, e.conns, e.tx, e.rx).err());
+            if e.waits > 0 {
+                errors.extend(stats::check_late_wakeups(&[&s], e.waits, 0.01, 2).err());
+            }
+            eprintln!(
+                "{name}: {} late wake-ups of {} timed-out sleeps",
+                s.late_wakeups, s.wait_timeouts
+            );
         }
         Err(err) => errors.push(err),
     }
@@ -177,6 +194,18 @@ fn epoll_edge_out_full() {
     run_behaviour(
         "epoll_edge_out_full",
         expect(2, 16 * MIB, 16 * MIB, 16 * MIB),
+    );
+}
+
+#[test]
+fn epoll_wakeups() {
+    // 200 waits for EPOLLOUT (added by EPOLL_CTL_MOD after EAGAIN), then 200 one-shot request/response exchanges
+    // of 64 bytes re-armed by a worker while the waiter sleeps; each wait must be ended by the client, not a timer.
+    // The server's two connections: at least the first ring's worth out plus the answers, the requests and the
+    // client's 16-byte summary in.
+    run_behaviour(
+        "epoll_wakeups",
+        expect(2, 200 * 64 + 200, 200 * 64 + 16, 0).woken(400),
     );
 }
 

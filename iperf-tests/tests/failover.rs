@@ -4,9 +4,9 @@
 //! The processes map the fixture's device themselves (`PCISOCK_FABRIC=device`: a link fault is a device fault) and
 //! are not strict (strict mode resets instead: `strict_mode_resets_instead_of_failing_over`). Faults are injected
 //! with the CLI (`pcisock emu fault link-down` / `pcisock emu clear`), as an operator would. Which path carried
-//! the bytes, and when, is read from the kernel's own per-connection counters (`ss -ti`: `bytes_received` of the
-//! server's sockets on the test port), which other traffic on lo cannot disturb (the lo lock is held anyway:
-//! these tests push bulk TCP over lo); the library's stats file says how often each connection moved.
+//! the bytes, and when, is read from the kernel's own counters of the stream's socket (`ss -ti`: `bytes_received`
+//! of the server's socket, by its exact 4-tuple), which other traffic on lo cannot disturb (the lo lock is held
+//! anyway: these tests push bulk TCP over lo); the library's stats file says how often each connection moved.
 
 use std::path::Path;
 use std::process::Command;
@@ -47,24 +47,28 @@ fn link(emu_dir: &Path, down: bool) {
     );
 }
 
-/// Bytes the kernel received on the established TCP sockets whose local port is `port` (the server's side of
-/// the test's connections), from `ss -tin`.
-fn tcp_received(port: u16) -> u64 {
-    let filter = format!("( sport = :{port} )");
-    let out = Command::new("ss")
-        .args(["-tinH", "state", "established", &filter])
-        .output()
-        .expect("run ss");
-    assert!(
-        out.status.success(),
-        "ss: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("bytes_received:"))
-        .filter_map(|n| n.parse::<u64>().ok())
-        .sum()
+/// The server's established TCP sockets on `port` (the test's connections) at one moment, as the kernel counts
+/// them (`ss -tin`).
+struct Sample {
+    at: Instant,
+    socks: Vec<TcpSocket>,
+}
+
+fn sample(port: u16) -> Sample {
+    Sample {
+        at: Instant::now(),
+        socks: tcp_sockets(port),
+    }
+}
+
+impl Sample {
+    /// The bytes the server's socket from `peer` had received, if it was there.
+    fn received(&self, peer: &str) -> Option<u64> {
+        self.socks
+            .iter()
+            .find(|s| s.peer == peer)
+            .map(|s| s.bytes_received)
+    }
 }
 
 fn sleep_until(t0: Instant, at: Duration) {
@@ -144,40 +148,86 @@ fn link_down_for_4s_mid_stream_moves_to_tcp_and_back() {
     let mut st = Stream::start("failover_link_down", 10);
     let (f, port) = (&st.f, st.port);
     let t0 = Instant::now();
-    // Samples of lo: before the fault, across it, and after it.
+    // Samples of the server's sockets: across the fault, and after it.
     let at = |s: u64| Duration::from_millis(s);
     sleep_until(t0, at(3000));
     link(f.emu_dir(), true);
     let mut during = Vec::new();
     for ms in [3500, 4500, 5500, 6500] {
         sleep_until(t0, at(ms));
-        during.push(tcp_received(port));
+        during.push(sample(port));
     }
     sleep_until(t0, at(7000));
     link(f.emu_dir(), false);
     sleep_until(t0, at(8000));
-    let back = tcp_received(port);
-    sleep_until(t0, at(9500));
-    let late = tcp_received(port);
+    let back = sample(port);
+    // Until 9.5 s, while the stream (10 s from about t0) runs: the last of these that still sees it counts.
+    let mut after = Vec::new();
+    for ms in (8250..=9500).step_by(250) {
+        sleep_until(t0, at(ms));
+        after.push(sample(port));
+    }
     st.finish();
 
     let mut errors = Vec::new();
-    // While the link is down the stream goes on over TCP: every second of the outage moves bytes across lo.
+    // The stream's own socket, by its exact 4-tuple (the other one is iperf3's control connection): the server's
+    // socket that had received the most when the outage ended. Its counters are the kernel's, and other traffic
+    // on lo does not move them.
+    let peer = during
+        .last()
+        .and_then(|s| s.socks.iter().max_by_key(|s| s.bytes_received))
+        .map(|s| s.peer.clone())
+        .unwrap_or_default();
+    // While the link is down the stream goes on over TCP: every second of the outage moves bytes on its socket
+    // (at least 8 MiB/s over the time actually between two samples; a stream that stalls instead of failing over
+    // moves none, and TCP on lo moves hundreds of MB/s even on a loaded machine).
     for (i, w) in during.windows(2).enumerate() {
-        let b = w[1] - w[0];
-        if b < 8 * MIB {
-            errors.push(format!(
-                "second {} of the outage: only {b} bytes over TCP (the stream stalled instead of failing over)",
+        match (w[0].received(&peer), w[1].received(&peer)) {
+            (Some(a), Some(b)) => {
+                let secs = w[1].at.duration_since(w[0].at).as_secs_f64();
+                let moved = b.saturating_sub(a);
+                eprintln!(
+                    "outage second {}: {:.0} MiB/s over TCP",
+                    i + 1,
+                    moved as f64 / secs / MIB as f64
+                );
+                if (moved as f64) < 8.0 * MIB as f64 * secs {
+                    errors.push(format!(
+                        "second {} of the outage: only {moved} bytes over TCP in {secs:.2} s (the stream stalled \
+                         instead of failing over)",
+                        i + 1
+                    ));
+                }
+            }
+            _ => errors.push(format!(
+                "second {} of the outage: no stream socket from {peer:?} on port {port}",
                 i + 1
-            ));
+            )),
         }
     }
-    // A second after the link is back the stream is on the ring again: lo is quiet while iperf3 goes on.
-    let after = late - back;
-    if after > MIB {
-        errors.push(format!(
-            "{after} bytes over TCP from 1 s to 2.5 s after the link came back: not back on NTB"
-        ));
+    // A second after the link is back the stream is on the ring again: its socket is quiet while iperf3 goes on
+    // (at most 1 MiB over at least 0.5 s of the 1.5 s after; on TCP it would be hundreds of MiB).
+    let last = after
+        .iter()
+        .rev()
+        .find_map(|s| s.received(&peer).map(|b| (s.at, b)));
+    match (back.received(&peer), last) {
+        (Some(b0), Some((t1, b1))) if t1.duration_since(back.at) >= Duration::from_millis(500) => {
+            let moved = b1.saturating_sub(b0);
+            eprintln!(
+                "after the link came back: {moved} bytes over TCP in {:.2} s",
+                t1.duration_since(back.at).as_secs_f64()
+            );
+            if moved > MIB {
+                errors.push(format!(
+                    "{moved} bytes over TCP in the {:.2} s from 1 s after the link came back: not back on NTB",
+                    t1.duration_since(back.at).as_secs_f64()
+                ));
+            }
+        }
+        _ => errors.push(format!(
+            "the stream's socket from {peer:?} was not seen for 0.5 s from 1 s after the link came back"
+        )),
     }
     let stats = st.ce.stats().unwrap();
     let c = data_conn(&stats, port);

@@ -1,7 +1,8 @@
 //! The host model (docs/HOST-SERVICE.md): processes of any user and any shape meet through the
 //! host fabric service, each getting its own connections' memory only. Every check proves the
-//! path with the kernel's loopback counters (a quiet lo while megabytes moved) besides
-//! pcisock's own statistics.
+//! path with the kernel's counters besides pcisock's own statistics: a quiet lo while megabytes
+//! moved, or, where a stream runs for seconds (long enough for other traffic on the machine to
+//! cross lo), the stream's own TCP socket (`ss -ti`), which nothing else moves.
 //!
 //! Each test runs its own service on a private socket under /run (`PCISOCK_FABRIC=PATH`), so
 //! tests do not share state with each other or with a system service on the machine.
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use iperf_tests::fabric::Service;
 use iperf_tests::{
-    check, command, free_port, Fixture, LoExpect, LoWindow, PreloadEnv, Proc, Stats,
+    check, command, free_port, tcp_sockets, Fixture, LoExpect, LoWindow, PreloadEnv, Proc, Stats,
+    TcpSocket,
 };
 
 const MIB: u64 = 1 << 20;
@@ -484,7 +486,7 @@ fn paced_pair(
     client_user: &str,
     bytes: u64,
     pace: &str,
-) -> (Proc, Proc, String) {
+) -> (Proc, Proc, String, u16) {
     let prog_s = py(f).display().to_string();
     let port = free_port();
     let port_s = port.to_string();
@@ -522,7 +524,7 @@ fn paced_pair(
         ),
         &[&server],
     );
-    (server, client, marker)
+    (server, client, marker, port)
 }
 
 /// While a root server and a `nobody` client stream, a third user looks everywhere it can
@@ -532,7 +534,7 @@ fn paced_pair(
 fn a_third_user_finds_none_of_the_payload() {
     let f = Fixture::new("hm_third_user");
     let svc = Service::start(&f);
-    let (mut server, mut client, marker) = paced_pair(&f, &svc, "nobody", 48 * MIB, "0.004");
+    let (mut server, mut client, marker, _) = paced_pair(&f, &svc, "nobody", 48 * MIB, "0.004");
     std::thread::sleep(Duration::from_millis(700));
     assert!(
         client.is_running(),
@@ -600,29 +602,53 @@ print("found", len(found), found[:5], flush=True)
 
 /// The service is killed in the middle of a stream and started again: the stream is not on
 /// its path and completes, byte for byte, on the NTB path; new connections meet through the
-/// new service.
+/// new service. Which path carried the stream is read from the kernel's counters of its own
+/// TCP socket (`ss -ti` every 100 ms, by its 4-tuple), not from lo, which every other process
+/// on the machine shares.
 #[test]
 fn a_service_restart_loses_no_connection() {
     let f = Fixture::new("hm_restart");
     let mut svc = Service::start(&f);
-    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
-    let (mut server, mut client, _) = paced_pair(&f, &svc, "root", 32 * MIB, "0.004");
+    let (mut server, mut client, _, port) = paced_pair(&f, &svc, "root", 32 * MIB, "0.004");
+    let watch = SocketWatch::start(port);
     std::thread::sleep(Duration::from_millis(500));
     assert!(client.is_running(), "the stream ended before the restart");
     let _ = svc.proc.terminate();
     svc.restart(&f);
+    let restarted = Instant::now();
     check(
         client.wait_success(Duration::from_secs(60)),
         &[&client, &server],
     );
     check(server.wait_success(Duration::from_secs(20)), &[&server]);
-    let delta = lo.delta().unwrap();
-    drop(lo);
+    let samples = watch.stop();
+    // The server accepts one connection on the port: the stream's. It must have been watched
+    // after the restart, and carried (nearly) nothing on TCP over its whole life: 32 MiB would
+    // have crossed it had the stream left the NTB path.
+    let after = samples
+        .iter()
+        .filter(|(at, socks)| *at > restarted && !socks.is_empty())
+        .count();
+    let most = samples
+        .iter()
+        .flat_map(|(_, socks)| socks.iter())
+        .max_by_key(|s| s.bytes_received);
     assert!(
-        delta.tx_bytes < QUIET,
-        "{} bytes crossed lo: the stream left the NTB path",
-        delta.tx_bytes
+        after >= 3,
+        "the stream's socket was seen in {after} samples after the restart: too few to tell its path"
     );
+    eprintln!(
+        "the stream's socket, most received on TCP: {most:?} ({after} samples after the restart)"
+    );
+    if let Some(s) = most {
+        assert!(
+            s.bytes_received < QUIET,
+            "{} bytes crossed the stream's TCP socket ({} -> {}): it left the NTB path",
+            s.bytes_received,
+            s.peer,
+            s.local
+        );
+    }
     // The new service pairs new connections.
     transfer(&f, &svc, "plain", "root", &["root"], 4 * MIB);
     assert_eq!(svc.count("paired"), 1);
@@ -737,6 +763,34 @@ fn an_accept_returns_without_waiting_for_the_service() {
         "{} bytes over NTB",
         st.ntb_tx_bytes
     );
+}
+
+/// The server's established TCP sockets on a port, sampled every 100 ms on a thread of its own
+/// until [`SocketWatch::stop`] (the kernel's own counters of those sockets).
+struct SocketWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Instant, Vec<TcpSocket>)>>,
+}
+
+impl SocketWatch {
+    fn start(port: u16) -> SocketWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push((Instant::now(), tcp_sockets(port)));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            samples
+        });
+        SocketWatch { stop, thread }
+    }
+
+    fn stop(self) -> Vec<(Instant, Vec<TcpSocket>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("the socket watch panicked")
+    }
 }
 
 /// A network namespace of the test's own with lo up; removed on drop.

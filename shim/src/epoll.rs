@@ -434,6 +434,17 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                                 return Detour::Ours(Err(e));
                             }
                         }
+                        // Armed here, as ADD does, before the look at readiness: a thread may
+                        // already sleep in this set, armed while the registration was a spent
+                        // one-shot (skipped) or asked for other events, and the peer took the
+                        // flag when it rang for what fired. A wait's own arming does not make
+                        // up for it either: a set of shared lines arms only its candidates,
+                        // which the look before it has used up. Unarmed, the peer's next
+                        // message or credit rang nothing and the sleeper woke by its nap
+                        // (behaviour epoll_wakeups: 199 waits of 400 ended late).
+                        if let Some(c) = sock.conn.get() {
+                            c.rearm(events & READ != 0, events & WRITE != 0);
+                        }
                         wake_if_ready(&sock, events);
                         return Detour::Ours(Ok(0));
                     }
@@ -757,6 +768,9 @@ pub fn wait(
     let max = events.len();
     let mut kbuf = vec![libc::epoll_event { events: 0, u64: 0 }; max];
     let mut naps = ops::Naps::resume();
+    // The last sleep ran out its time: what the next look finds ready is late (see
+    // `Global::woke_by_timer`).
+    let mut timed_out = false;
     loop {
         let mut out: Vec<libc::epoll_event> = Vec::with_capacity(max);
         // Our fds already reported by this call (each at most once per call, as the kernel does).
@@ -785,6 +799,9 @@ pub fn wait(
             settle(epfd, &mut regs, &[]);
             let full = regs.full_now();
             harvest(&mut regs, &mut out, max, &mut seen, full);
+            if std::mem::take(&mut timed_out) {
+                global::get().woke_by_timer(out.len());
+            }
             spin_phase = out.is_empty() && t0.elapsed() < spin;
             let full = regs.arm_all_now();
             if out.is_empty() && !spin_phase && arm(&mut regs) {
@@ -836,6 +853,7 @@ pub fn wait(
         // system call per connection per nap.
         if n == 0 && !wait_for.is_zero() {
             // A nap ran out: look at everything (a wake-up may have been lost).
+            timed_out = true;
             if let Ok(mut regs) = set.lock() {
                 regs.full_due = true;
             }

@@ -31,6 +31,14 @@ pub struct Global {
     closed_abandoned: AtomicBool,
     pub ntb_connections: AtomicU64,
     pub tcp_connections: AtomicU64,
+    /// Sleeps of poll/select/epoll over NTB connections that ran out their time (a nap against
+    /// a lost doorbell, or the caller's own timeout) instead of being woken.
+    wait_timeouts: AtomicU64,
+    /// Readiness of our connections found right after such a sleep (each ready fd or epoll
+    /// registration counts once): a doorbell that should have woken the sleeper did not ring,
+    /// or rang nothing it watched, and the application waited for a timer (see
+    /// [`Global::woke_by_timer`]).
+    late_wakeups: AtomicU64,
     epoch: std::time::Instant,
     last_write_ms: AtomicU64,
 }
@@ -171,6 +179,8 @@ pub fn get() -> &'static Global {
             closed_abandoned: AtomicBool::new(false),
             ntb_connections: AtomicU64::new(0),
             tcp_connections: AtomicU64::new(0),
+            wait_timeouts: AtomicU64::new(0),
+            late_wakeups: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             last_write_ms: AtomicU64::new(0),
         }
@@ -223,6 +233,19 @@ impl Global {
             })
             .as_ref()
             .map_err(|(_, e)| e.as_str())
+    }
+
+    /// A sleep of poll/select/epoll over NTB connections ran out its time, and the first look
+    /// after it found `ready` of our connections (fds or epoll registrations) ready. Those are
+    /// late: the peer published, but no wake-up reached the sleeper, so it woke only by its
+    /// timer. Lost wake-ups leave no other trace (the bytes still arrive, only later), and the
+    /// statistics file's `late_wakeups` against the requests served is how the tests catch
+    /// them. (A publish in the microseconds between the timeout and the look counts too: rare.)
+    pub fn woke_by_timer(&self, ready: usize) {
+        self.wait_timeouts.fetch_add(1, Relaxed);
+        if ready > 0 {
+            self.late_wakeups.fetch_add(ready as u64, Relaxed);
+        }
     }
 
     /// Why flagged connections stay on TCP when the transport cannot be opened.
@@ -294,6 +317,8 @@ impl Global {
         }
         self.ntb_connections.store(0, Relaxed);
         self.tcp_connections.store(0, Relaxed);
+        self.wait_timeouts.store(0, Relaxed);
+        self.late_wakeups.store(0, Relaxed);
         self.fallbacks.iter().for_each(|n| n.store(0, Relaxed));
         self.last_write_ms.store(0, Relaxed);
     }
@@ -384,7 +409,7 @@ impl Global {
         let mut j = String::new();
         let _ = write!(
             j,
-            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"reads\":{},\"coalesced\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"protocol_errors\":{protocol_errors},\"protocol_error\":{first},\"fallbacks\":{{{fallbacks}}},\"unlisted_connections\":{dropped},\"connections\":[",
+            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"reads\":{},\"coalesced\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"wait_timeouts\":{},\"late_wakeups\":{},\"protocol_errors\":{protocol_errors},\"protocol_error\":{first},\"fallbacks\":{{{fallbacks}}},\"unlisted_connections\":{dropped},\"connections\":[",
             std::process::id(),
             json_str(&self.program),
             self.ntb_connections.load(Relaxed),
@@ -404,6 +429,8 @@ impl Global {
             t.events.fo_tx,
             t.events.fo_rx,
             t.events.tcp_us,
+            self.wait_timeouts.load(Relaxed),
+            self.late_wakeups.load(Relaxed),
         );
         for (i, r) in recs.iter().enumerate() {
             if i > 0 {

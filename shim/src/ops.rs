@@ -960,9 +960,13 @@ pub fn poll(
     let t0 = Instant::now();
     let mut first = true;
     let mut naps = Naps::new();
+    // The last sleep ran out its time: what the next look finds ready is late (see
+    // `Global::woke_by_timer`).
+    let mut timed_out = false;
     loop {
         // 1. Readiness of our connections, and a non-blocking look at the kernel fds.
         let mut ready = 0;
+        let mut ours_ready = 0;
         for (i, p) in fds.iter_mut().enumerate() {
             p.revents = 0;
             if let Some(s) = &conns[i] {
@@ -976,6 +980,7 @@ pub fn poll(
                 };
                 if let Some(c) = c {
                     p.revents = revents(c, p.events);
+                    ours_ready += usize::from(p.revents != 0);
                 } else if s.conn.get().is_none()
                     && !matches!(&*s.state.lock().expect("sock state"), State::Offered(_))
                 {
@@ -1005,6 +1010,9 @@ pub fn poll(
             if p.revents != 0 {
                 ready += 1;
             }
+        }
+        if std::mem::take(&mut timed_out) {
+            g.woke_by_timer(ours_ready);
         }
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
         if ready > 0 || expired {
@@ -1105,6 +1113,7 @@ pub fn poll(
             transport::wake_consume();
             if r == 0 {
                 naps.quiet();
+                timed_out = true;
             } else {
                 naps.woke();
             }

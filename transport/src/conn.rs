@@ -21,12 +21,19 @@
 //!
 //! This file holds the connection and its construction; the paths live in submodules: `block`
 //! (the endpoint block's layout and word accessors), `cursors` (this side's ring positions),
-//! `half_open` (our half before the peer's is known), `send`, `recv`, `sendlock`, `wait`
+//! `half_open` (our half before the peer's is known), `send`, `recv`, `ringsync` (the loads,
+//! stores and fences that publish frames, return credits and arm doorbells, model-checked under
+//! loom), `sendlock`, `wait`
 //! (arming, the doorbell, waiting, readiness), `holders` (shutdown, close, fork and exec
 //! hand-over) and `failover` (the TCP socket as a fallback path).
 
 // The data path: nothing a peer writes may make it panic.
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
@@ -45,6 +52,11 @@ mod failover;
 mod half_open;
 mod holders;
 mod recv;
+// The ring's synchronising sequences; public to the loom models (`tests/loom_ring.rs`).
+#[cfg(loom)]
+pub mod ringsync;
+#[cfg(not(loom))]
+mod ringsync;
 mod send;
 mod sendlock;
 mod wait;
@@ -501,6 +513,8 @@ impl Connection {
     }
 
     #[inline]
+    // `c` is one of the 17 counters: its offset is inside the counter block.
+    #[allow(clippy::arithmetic_side_effects)]
     fn count(&self, c: Counter, n: u64) {
         // Statistics only: a plain add (no locked instruction on the hot path); a rare race
         // between this process's send and receive paths may lose a count of the shared ones.
@@ -509,6 +523,8 @@ impl Connection {
     }
 
     /// A counter's value.
+    // As in `count`: a constant offset.
+    #[allow(clippy::arithmetic_side_effects)]
     pub fn counter(&self, c: Counter) -> u64 {
         word64(&self.mine, C_BASE + 8 * c as usize).load(Relaxed)
     }

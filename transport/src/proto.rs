@@ -9,7 +9,12 @@
 // Decodes what peers write: it must never panic on it.
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
 )]
 
 use std::fmt;
@@ -90,9 +95,10 @@ impl fmt::Display for ProtoError {
 
 impl std::error::Error for ProtoError {}
 
-/// Round `n` up to the frame alignment.
+/// Round `n` up to the frame alignment (a length within 15 of `u64::MAX`, which no frame has,
+/// rounds down instead of overflowing: callers compare the size against the ring's room).
 pub fn align_frame(n: u64) -> u64 {
-    n.div_ceil(FRAME_ALIGN) * FRAME_ALIGN
+    n.saturating_add(FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1)
 }
 
 /// Geometry of one ring: `cap` bytes of data, a power of two. Producer (`tail`) and consumer
@@ -136,12 +142,16 @@ impl Ring {
     }
 
     #[inline]
+    // `cap` is private and at least MIN_RING (`Ring::new`): no underflow.
+    #[allow(clippy::arithmetic_side_effects)]
     pub fn pos(&self, counter: u64) -> u64 {
         counter & (self.cap - 1)
     }
 
     /// Largest payload of one frame in this ring.
     #[inline]
+    // `cap / 4` is at least MIN_RING / 4 = 1024 (`Ring::new`), more than FRAME_HDR.
+    #[allow(clippy::arithmetic_side_effects)]
     pub fn max_payload(&self) -> u64 {
         (self.cap / 4).min(MAX_FRAME_PAYLOAD) - FRAME_HDR
     }
@@ -149,14 +159,9 @@ impl Ring {
     /// Bytes the producer may still use, given the consumer counter the peer returned; an
     /// impossible counter is a protocol error.
     pub fn free(&self, tail: u64, head: u64) -> Result<u64, ProtoError> {
-        if head > tail {
-            return Err(ProtoError::BadCredit { head, tail });
-        }
-        let used = tail - head;
-        if used > self.cap {
-            return Err(ProtoError::BadCredit { head, tail });
-        }
-        Ok(self.cap - used)
+        tail.checked_sub(head)
+            .and_then(|used| self.cap.checked_sub(used))
+            .ok_or(ProtoError::BadCredit { head, tail })
     }
 
     /// Place a frame of up to `want` payload bytes (`want >= 1`), or `None` if the ring has no
@@ -169,8 +174,10 @@ impl Ring {
         if tail.checked_add(self.cap).is_none() {
             return Err(ProtoError::BadCredit { head, tail });
         }
+        // Below, every difference is of a larger value by a smaller one (checked before it) and
+        // every sum stays within `tail + cap`: the saturating forms never saturate.
         let pos = self.pos(tail);
-        let to_end = self.cap - pos;
+        let to_end = self.cap.saturating_sub(pos);
         let want = want.clamp(1, self.max_payload());
         let mut pad = None;
         let (mut fpos, mut avail, mut t) = (pos, free, tail);
@@ -181,20 +188,20 @@ impl Ring {
             }
             pad = Some((pos, to_end));
             fpos = 0;
-            avail = free - to_end;
-            t = tail + to_end;
+            avail = free.saturating_sub(to_end);
+            t = tail.saturating_add(to_end);
         } else {
             avail = avail.min(to_end);
         }
         if avail < FRAME_HDR + FRAME_ALIGN {
             return Ok(None);
         }
-        let len = want.min(avail - FRAME_HDR);
-        let mut size = FRAME_HDR + align_frame(len);
+        let len = want.min(avail.saturating_sub(FRAME_HDR));
+        let mut size = FRAME_HDR.saturating_add(align_frame(len));
         let len = if size > avail {
             // Alignment would overrun the space: shrink the payload to an aligned length.
-            size = avail - avail % FRAME_ALIGN;
-            size - FRAME_HDR
+            size = avail & !(FRAME_ALIGN - 1);
+            size.saturating_sub(FRAME_HDR)
         } else {
             len
         };
@@ -205,7 +212,7 @@ impl Ring {
             pad,
             pos: fpos,
             len,
-            new_tail: t + size,
+            new_tail: t.saturating_add(size),
         }))
     }
 
@@ -218,27 +225,31 @@ impl Ring {
         if want == 0 || want > self.max_payload() {
             return None;
         }
-        let size = FRAME_HDR + align_frame(want);
-        let used = tail.checked_sub(head)?;
+        // `want` is at most `max_payload` (checked above): the frame's size is small.
+        let size = FRAME_HDR.wrapping_add(align_frame(want));
+        let room = self.cap.checked_sub(tail.checked_sub(head)?)?;
         tail.checked_add(self.cap)?;
         let pos = self.pos(tail);
-        (used <= self.cap && self.cap - used >= size && self.cap - pos >= size)
-            .then_some((pos, tail + size))
+        // `pos` is below `cap`; the frame ends at most `cap` past `tail`, which does not overflow.
+        (room >= size && self.cap.wrapping_sub(pos) >= size)
+            .then_some((pos, tail.wrapping_add(size)))
     }
 
     /// Validate the producer counter read from shared memory against our consumer counter.
     pub fn check_tail(&self, tail: u64, head: u64) -> Result<u64, ProtoError> {
-        if tail < head || tail - head > self.cap {
-            return Err(ProtoError::BadTail {
+        tail.checked_sub(head)
+            .filter(|&d| d <= self.cap)
+            .ok_or(ProtoError::BadTail {
                 tail,
                 head,
                 cap: self.cap,
-            });
-        }
-        Ok(tail - head)
+            })
     }
 
     /// Validate a frame header found at consumer counter `head` with producer counter `tail`.
+    // `pos` is below `cap`; the header's length is a u32, far from overflowing a u64 with a
+    // header and alignment added.
+    #[allow(clippy::arithmetic_side_effects)]
     pub fn check_frame(
         &self,
         head: u64,
@@ -346,7 +357,10 @@ impl RingLoc {
         {
             return Err(ProtoError::BadRecord("ring outside its window"));
         }
-        Ring::new(self.len - ENDPOINT_HDR).ok_or(ProtoError::BadRecord("ring capacity"))
+        self.len
+            .checked_sub(ENDPOINT_HDR)
+            .and_then(Ring::new)
+            .ok_or(ProtoError::BadRecord("ring capacity"))
     }
 
     fn put(&self, b: &mut [u8]) {

@@ -43,7 +43,12 @@
 // Decodes what a peer writes: it must never panic on it.
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
 )]
 
 use crate::proto::{ProtoError, FRAME_ALIGN};
@@ -63,7 +68,8 @@ const EPOCH_SHIFT: u32 = 48;
 /// BACK, on both sides).
 pub fn next_epoch(seq: u64) -> u64 {
     let count = seq & ((1 << EPOCH_SHIFT) - 1);
-    (((seq >> EPOCH_SHIFT) + 1) << EPOCH_SHIFT) | count
+    // The epoch is 16 bits: after the last one the next is 0 again (the shift drops the carry).
+    (((seq >> EPOCH_SHIFT).wrapping_add(1)) << EPOCH_SHIFT) | count
 }
 
 /// A frame numbered `got` where `expected` was due is the same frame of a later epoch: the
@@ -172,7 +178,8 @@ impl TxSwitch {
         if len == 0 {
             return None;
         }
-        self.tcp = Some(off + u64::from(len));
+        // Our own byte count on TCP: 2^64 bytes is no stream's.
+        self.tcp = Some(off.saturating_add(u64::from(len)));
         Some(Record {
             kind: Kind::Data,
             flags: 0,
@@ -268,7 +275,8 @@ impl RxSwitch {
                 // The ring stream cannot end before what we consumed (those bytes would come
                 // twice) nor more than a ring ahead of it, and frames end 16-aligned.
                 let behind = end < head || (end == head && off != 0);
-                if behind || end - head > self.cap || !end.is_multiple_of(FRAME_ALIGN) {
+                let ahead = end.saturating_sub(head);
+                if behind || ahead > self.cap || !end.is_multiple_of(FRAME_ALIGN) {
                     return Err(ProtoError::BadRecord("END outside the ring's stream"));
                 }
                 self.mode = RxMode::Drain { end };
@@ -283,7 +291,10 @@ impl RxSwitch {
                 if r.arg != self.tcp_off {
                     return Err(ProtoError::BadRecord("DATA out of sequence"));
                 }
-                self.tcp_off += u64::from(r.len);
+                self.tcp_off = self
+                    .tcp_off
+                    .checked_add(u64::from(r.len))
+                    .ok_or(ProtoError::BadRecord("DATA beyond the stream's end"))?;
                 Ok(RxEvent::Data { len: r.len })
             }
             (RxMode::Tcp, Kind::Back) if !self.fin => {
@@ -351,7 +362,7 @@ impl Reader {
                 return Ok(Step::NeedMore);
             }
             let n = (input.len() as u64).min(self.left);
-            self.left -= n;
+            self.left = self.left.saturating_sub(n);
             return Ok(Step::Payload(n as usize));
         }
         let Some(h) = input.first_chunk::<RECORD_HDR>() else {

@@ -311,6 +311,50 @@ fn peek_waitall_nonblock_and_timeouts() {
     );
 }
 
+/// A timeout too long for the clock (SO_RCVTIMEO / SO_SNDTIMEO near their maximum) is no
+/// deadline: the calls wait as without one, and never panic computing when it would end.
+#[test]
+fn timeouts_too_long_for_the_clock_are_no_deadline() {
+    let (_d, dev) = device("longtimeout");
+    let t = transport(&dev, 16 << 10);
+    let (c, s, _ks, _kt) = pair(&t);
+    let forever = Some(Duration::MAX);
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            c.send(&[b"abcd"], false, forever).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            c.send(&[b"efgh"], false, forever).unwrap();
+        });
+        let mut w = [0u8; 8];
+        let n = s
+            .recv(
+                &mut [&mut w[..]],
+                RecvFlags {
+                    waitall: true,
+                    ..Default::default()
+                },
+                forever,
+            )
+            .unwrap();
+        assert_eq!(&w[..n], b"abcdefgh");
+    });
+    // A sender that waits for room, with such a timeout, until the reader drains the ring.
+    let big = vec![7u8; 64 << 10];
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let mut sink = vec![0u8; 64 << 10];
+            let mut got = 0;
+            while got < big.len() {
+                got += s
+                    .recv(&mut [&mut sink[..]], RecvFlags::default(), forever)
+                    .unwrap();
+            }
+        });
+        assert_eq!(c.send(&[&big], false, forever), Ok(big.len()));
+    });
+}
+
 #[test]
 fn close_gives_eof_then_epipe() {
     let (_d, dev) = device("close");

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use ntbdrv::{NtbDevice, Region};
 
 use super::Info;
+use crate::proto::ENDPOINT_HDR;
 
 // RX line: written by the peer.
 pub(super) const RX_TAIL: usize = 0x00;
@@ -96,7 +97,7 @@ pub(crate) fn peer_alive(theirs: &Region) -> bool {
         .map(|()| Info::decode(&ib).pid)
         .unwrap_or(0);
     std::iter::once(creator)
-        .chain((0..MAX_HOLDERS).map(|i| word32(theirs, L_HOLDER_PIDS + 4 * i).load(SeqCst)))
+        .chain((0..MAX_HOLDERS).map(|i| word32(theirs, holder_pid(i)).load(SeqCst)))
         .any(|pid| pid != 0 && ntbdrv::process::pid_exists(pid))
 }
 
@@ -123,6 +124,28 @@ pub(super) const L_HOLDERS: usize = 0xA4;
 /// Their pids, up to `MAX_HOLDERS` (for handing the leases on when one leaves).
 pub(super) const L_HOLDER_PIDS: usize = 0xB0;
 pub(super) const MAX_HOLDERS: usize = 4;
+
+/// Where the ring byte at position `pos` (below the ring's capacity) is in the block.
+// A ring position is below the ring's capacity, at most `MAX_RING` (2^30): no overflow.
+#[allow(clippy::arithmetic_side_effects)]
+#[inline(always)]
+pub(super) const fn ring_at(pos: u64) -> usize {
+    (ENDPOINT_HDR + pos) as usize
+}
+
+/// Where the payload of the frame at ring position `pos` starts, as [`ring_at`].
+#[allow(clippy::arithmetic_side_effects)]
+#[inline(always)]
+pub(super) const fn payload_at(pos: u64) -> usize {
+    (ENDPOINT_HDR + pos + crate::proto::FRAME_HDR) as usize
+}
+
+/// Where holder `i`'s pid is (`i` below [`MAX_HOLDERS`]).
+// Every caller ranges `i` over `0..MAX_HOLDERS`: the offset is inside the holder table.
+#[allow(clippy::arithmetic_side_effects)]
+pub(super) const fn holder_pid(i: usize) -> usize {
+    L_HOLDER_PIDS + 4 * i
+}
 pub(super) const ST_SHUT_RD: u32 = 1;
 pub(super) const ST_SHUT_WR: u32 = 2;
 pub(super) const ST_CLOSED: u32 = 4;

@@ -110,12 +110,13 @@ impl Connection {
             return ours;
         }
         let seq = word64(&self.mine, L_RX_SEQ).load(Relaxed);
-        let ahead = head - ours.head;
+        // Ahead of ours (checked above), and `seq` checked before it is subtracted.
+        let ahead = head.saturating_sub(ours.head);
         let consistent = head.is_multiple_of(crate::proto::FRAME_ALIGN)
             && head < COUNTER_LIMIT
             && off < self.rx_ring.max_payload()
             && seq >= ours.seq
-            && seq - ours.seq <= ahead / MIN_DATA_FRAME;
+            && seq.saturating_sub(ours.seq) <= ahead / MIN_DATA_FRAME;
         if consistent {
             RxPos { head, off, seq }
         } else {
@@ -135,11 +136,11 @@ impl Connection {
             return ours;
         }
         let seq = word64(&self.mine, L_TX_SEQ).load(Relaxed);
-        let ahead = tail - ours.tail;
+        let ahead = tail.saturating_sub(ours.tail);
         let consistent = tail.is_multiple_of(crate::proto::FRAME_ALIGN)
             && tail < COUNTER_LIMIT
             && seq >= ours.seq
-            && seq - ours.seq <= ahead / MIN_DATA_FRAME;
+            && seq.saturating_sub(ours.seq) <= ahead / MIN_DATA_FRAME;
         if consistent {
             TxPos { tail, seq }
         } else {

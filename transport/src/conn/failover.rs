@@ -203,7 +203,7 @@ impl Connection {
             .back_at
             .is_some_and(|b| now.duration_since(b) < FLAP_WINDOW)
         {
-            tx.hold = (tx.hold * 2).clamp(HOLD_MIN, HOLD_MAX);
+            tx.hold = tx.hold.saturating_mul(2).clamp(HOLD_MIN, HOLD_MAX);
         } else {
             tx.hold = HOLD_MIN;
         }
@@ -290,12 +290,12 @@ impl Connection {
             if let Some(e) = self.send_blocked() {
                 return Err(e);
             }
-            let deadline = timeout.map(|t| Instant::now() + t);
+            let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
             let total: usize = bufs.iter().map(|b| b.len()).sum();
             let mut sent = 0usize;
             while sent < total {
                 let rest = skip(bufs, sent);
-                let want = (total - sent).min(MAX_RECORD as usize);
+                let want = total.saturating_sub(sent).min(MAX_RECORD as usize);
                 let mut next = lock(&self.fo.tx).sw;
                 let Some(rec) = next.data(want) else { break };
                 let hdr = rec.encode();
@@ -328,11 +328,11 @@ impl Connection {
                     }
                 };
                 lock(&self.fo.tx).sw = next;
-                if n < hdr.len() + rec.len as usize {
-                    let whole = hdr.len() + rec.len as usize;
+                let whole = hdr.len().saturating_add(rec.len as usize);
+                if n < whole {
                     self.write_rest(&parts, n, whole)?;
                 }
-                sent += rec.len as usize;
+                sent = sent.saturating_add(rec.len as usize);
             }
             self.count(Counter::TcpTxBytes, sent as u64);
             if sent > 0 {
@@ -348,7 +348,7 @@ impl Connection {
         while done < whole {
             let rest = skip(parts, done);
             match sys::send_nowait(self.tcp_fd(), &rest) {
-                Ok(n) if n > 0 => done += n,
+                Ok(n) if n > 0 => done = done.saturating_add(n),
                 Ok(_) | Err(libc::EAGAIN) | Err(libc::EINTR) => {
                     match self.wait_tcp(libc::POLLOUT, None) {
                         Ok(()) | Err(IoError::Interrupted) => {}
@@ -407,10 +407,10 @@ impl Connection {
             .send_switched(&[buf.get(..n).unwrap_or_default()], nonblock, timeout)
             .map_err(Err)?;
         match offset {
-            Some(o) => *o += sent as i64,
+            Some(o) => *o = o.saturating_add(sent as i64),
             None if sent < n => {
                 // The file position moved past what went out: put it back.
-                let _ = sys::seek_back(fd, (n - sent) as i64);
+                let _ = sys::seek_back(fd, n.saturating_sub(sent) as i64);
             }
             None => {}
         }
@@ -435,7 +435,7 @@ impl Connection {
         if want == 0 {
             return Ok(0);
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut drain_since: Option<Instant> = None;
         loop {
             let mut rx = lock(&self.fo.rx);
@@ -587,7 +587,7 @@ impl Connection {
                         return Ok(changed);
                     }
                     let at = rx.raw.len();
-                    rx.raw.resize(at + TCP_CHUNK, 0);
+                    rx.raw.resize(at.saturating_add(TCP_CHUNK), 0);
                     let r =
                         sys::recv_nowait(self.tcp_fd(), rx.raw.get_mut(at..).unwrap_or_default());
                     match r {
@@ -597,7 +597,7 @@ impl Connection {
                             return Ok(true);
                         }
                         Ok(n) => {
-                            rx.raw.truncate(at + n);
+                            rx.raw.truncate(at.saturating_add(n));
                             changed = true;
                         }
                         Err(e) => {
@@ -716,7 +716,7 @@ impl Connection {
         let spell = lock(&self.fo.tx)
             .since
             .map_or(0, |s| s.elapsed().as_micros() as u64);
-        self.counter(Counter::TcpMicros) + spell
+        self.counter(Counter::TcpMicros).saturating_add(spell)
     }
 
     /// Do our sends go to the TCP socket now (a waiting writer waits for room there)?
@@ -738,7 +738,7 @@ impl Connection {
 
 /// Copy stream bytes out of `q` into `bufs` (leaving them with `peek`).
 fn serve(q: &mut VecDeque<u8>, bufs: &mut [&mut [u8]], peek: bool) -> usize {
-    let mut n = 0;
+    let mut n = 0usize;
     let (a, b) = q.as_slices();
     let mut src = a.iter().chain(b.iter());
     'out: for buf in bufs.iter_mut() {
@@ -746,7 +746,7 @@ fn serve(q: &mut VecDeque<u8>, bufs: &mut [&mut [u8]], peek: bool) -> usize {
             match src.next() {
                 Some(s) => {
                     *d = *s;
-                    n += 1;
+                    n = n.saturating_add(1);
                 }
                 None => break 'out,
             }
@@ -763,7 +763,7 @@ pub(super) fn skip<'a>(bufs: &[&'a [u8]], mut n: usize) -> Vec<&'a [u8]> {
     let mut out = Vec::with_capacity(bufs.len());
     for b in bufs {
         if n >= b.len() {
-            n -= b.len();
+            n = n.saturating_sub(b.len());
         } else {
             out.push(b.get(n..).unwrap_or_default());
             n = 0;
@@ -777,7 +777,7 @@ pub(super) fn skip_mut<'a>(bufs: &'a mut [&mut [u8]], mut n: usize) -> Vec<&'a m
     let mut out = Vec::with_capacity(bufs.len());
     for b in bufs.iter_mut() {
         if n >= b.len() {
-            n -= b.len();
+            n = n.saturating_sub(b.len());
         } else {
             out.push(b.get_mut(n..).unwrap_or_default());
             n = 0;
@@ -795,7 +795,7 @@ fn take<'a>(bufs: &[&'a [u8]], mut n: usize) -> Vec<&'a [u8]> {
         }
         let k = b.len().min(n);
         out.push(b.get(..k).unwrap_or_default());
-        n -= k;
+        n = n.saturating_sub(k);
     }
     out
 }

@@ -49,7 +49,11 @@ impl HalfOpen {
         'sizes: loop {
             for mw in 0..dev.mw_count() {
                 loop {
-                    let l = match dev.lease_window(mw, ENDPOINT_HDR + ring, crate::ENDPOINT_TAG) {
+                    let l = match dev.lease_window(
+                        mw,
+                        ENDPOINT_HDR.saturating_add(ring),
+                        crate::ENDPOINT_TAG,
+                    ) {
                         Ok(l) => l,
                         Err(e) => {
                             table_full |= matches!(e, ntbdrv::LeaseError::TableFull);

@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 use ntbdrv::{Lease, VectorLease, WindowLease};
 
 use super::block::{
-    peer_finished, word32, word64, CR_CLOSED, FLAG_FIN, FLAG_GONE, FLAG_RST, INFO_BASE, INFO_MAGIC,
-    L_HOLDERS, L_HOLDER_PIDS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN, L_PEER_MW,
-    L_PEER_OFF, L_SOCK_INODE, L_STATE, MAX_HOLDERS, RX_FLAGS, RX_TAIL, ST_CLOSED, ST_SHUT_RD,
-    ST_SHUT_WR,
+    holder_pid, peer_finished, word32, word64, CR_CLOSED, FLAG_FIN, FLAG_GONE, FLAG_RST, INFO_BASE,
+    INFO_MAGIC, L_HOLDERS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN, L_PEER_MW, L_PEER_OFF,
+    L_SOCK_INODE, L_STATE, MAX_HOLDERS, RX_FLAGS, RX_TAIL, ST_CLOSED, ST_SHUT_RD, ST_SHUT_WR,
 };
 use super::cursors::Cursors;
 use super::{Connection, Info, Role, Segments, ServicePair, Tenancy};
@@ -36,9 +35,7 @@ impl Connection {
                 word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR, SeqCst);
                 sys::shutdown_write(self.tcp_fd());
             } else if word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR, SeqCst) & ST_SHUT_WR == 0 {
-                // SYNC POINT (FIN): after our last tail store; pairs with the Acquire load of
-                // RX_FLAGS in the peer's `recv`.
-                word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_FIN, SeqCst);
+                super::ringsync::send_fin(&self.theirs);
                 self.ring_peer();
             }
         }
@@ -104,7 +101,7 @@ impl Connection {
     pub fn adopt(&self, pid: u32) {
         self.tx_lock.forked();
         for i in 0..MAX_HOLDERS {
-            if word32(&self.mine, L_HOLDER_PIDS + 4 * i)
+            if word32(&self.mine, holder_pid(i))
                 .compare_exchange(0, pid, SeqCst, SeqCst)
                 .is_ok()
             {
@@ -122,8 +119,7 @@ impl Connection {
         }
         let me = std::process::id();
         for i in 0..MAX_HOLDERS {
-            let _ =
-                word32(&self.mine, L_HOLDER_PIDS + 4 * i).compare_exchange(me, 0, SeqCst, SeqCst);
+            let _ = word32(&self.mine, holder_pid(i)).compare_exchange(me, 0, SeqCst, SeqCst);
         }
         let before = word32(&self.mine, L_HOLDERS).fetch_sub(1, SeqCst);
         if before <= 1 {
@@ -135,7 +131,7 @@ impl Connection {
         let t0 = Instant::now();
         loop {
             let heir = (0..MAX_HOLDERS)
-                .map(|i| word32(&self.mine, L_HOLDER_PIDS + 4 * i).load(SeqCst))
+                .map(|i| word32(&self.mine, holder_pid(i)).load(SeqCst))
                 .find(|&p| p != 0 && p != me && ntbdrv::process::start_time(p).is_some());
             if let Some(pid) = heir {
                 if let Tenancy::Device { dev, lease, bell } = &self.tenancy {
@@ -177,7 +173,7 @@ impl Connection {
             return None;
         }
         let me = std::process::id();
-        if !(0..MAX_HOLDERS).any(|i| word32(&mine, L_HOLDER_PIDS + 4 * i).load(SeqCst) == me) {
+        if !(0..MAX_HOLDERS).any(|i| word32(&mine, holder_pid(i)).load(SeqCst) == me) {
             return None;
         }
         let their_loc = RingLoc {

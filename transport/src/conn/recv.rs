@@ -2,19 +2,19 @@
 //! coalescing, credit return, and FIONREAD. Called by the shim's read hooks; nothing the peer
 //! writes may make it panic or read outside our ring.
 
-use std::sync::atomic::fence;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
 use super::block::{
-    word32, word64, CR_CLOSED, CR_HEAD, FLAG_FIN, FLAG_RST, L_RX_HEAD, L_RX_OFF, L_RX_SEQ,
-    RX_FLAGS, RX_TAIL, RX_TX_WAITING,
+    ring_at, word32, word64, CR_CLOSED, FLAG_FIN, FLAG_RST, L_RX_HEAD, L_RX_OFF, L_RX_SEQ,
+    RX_FLAGS, RX_TAIL,
 };
 use super::cursors::RxPos;
 use super::failover;
+use super::ringsync;
 use super::wait::{Deadline, Wait};
 use super::{Connection, Counter, IoError, RecvFlags};
-use crate::proto::{Frame, FrameHeader, ProtoError, ENDPOINT_HDR, FRAME_HDR};
+use crate::proto::{Frame, FrameHeader, ProtoError, FRAME_HDR};
 use crate::CompletionMode;
 
 /// Iterations of `recv`'s loop without a byte copied, a data frame consumed or a wait before
@@ -62,26 +62,12 @@ impl Connection {
     /// it is at most a ring ahead of our consumer counter is checked with the frame it
     /// announces, `check_frame`; a tail not ahead of it announces nothing.)
     fn rx_tail(&self) -> Result<u64, ProtoError> {
-        // SYNC POINT (ring data): Acquire load of the peer's tail pairs with the Release
-        // store in `publish` after the frame bytes; the bytes up to `tail` are visible.
-        let tail = word64(&self.mine, RX_TAIL).load(Acquire);
-        let seen = self.cur.rx_tail_seen.load(Relaxed);
-        if tail != seen {
-            if tail < seen {
-                return Err(ProtoError::BadTail {
-                    tail,
-                    head: seen,
-                    cap: self.rx_ring.cap(),
-                });
-            }
-            self.cur.rx_tail_seen.store(tail, Relaxed);
-        }
-        Ok(tail)
+        ringsync::rx_tail(&self.mine, &self.cur.rx_tail_seen, self.rx_ring.cap())
     }
 
     pub(super) fn frame_at(&self, head: u64, tail: u64, seq: u64) -> Result<Frame, ProtoError> {
         let mut hb = [0u8; 16];
-        let at = ENDPOINT_HDR as usize + self.rx_ring.pos(head) as usize;
+        let at = ring_at(self.rx_ring.pos(head));
         self.mine
             .read(at, &mut hb)
             .map_err(|_| ProtoError::BadTail {
@@ -94,7 +80,7 @@ impl Connection {
     }
 
     pub(super) fn peer_flags(&self) -> u32 {
-        word32(&self.mine, RX_FLAGS).load(Acquire)
+        ringsync::peer_flags(&self.mine)
     }
 
     /// Receive into `bufs` (scatter), TCP-style: returns 0 at EOF.
@@ -119,7 +105,8 @@ impl Connection {
         if got == 0 || got >= want {
             return Ok(got);
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout too long for the clock is no deadline.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         while got < want {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
@@ -127,7 +114,7 @@ impl Connection {
             }
             let mut rest = failover::skip_mut(bufs, got);
             match self.recv_once(&mut rest, flags, left) {
-                Ok(n) if n > 0 => got += n,
+                Ok(n) if n > 0 => got = got.saturating_add(n),
                 _ => break,
             }
         }
@@ -181,7 +168,7 @@ impl Connection {
         // Turns of the loop since the last byte, data frame or wait (see `MAX_IDLE_TURNS`).
         let mut idle = 0u32;
         let result = loop {
-            idle += 1;
+            idle = idle.saturating_add(1);
             if idle > MAX_IDLE_TURNS {
                 break Err(self.protocol_error("recv", ProtoError::NoProgress { turns: idle }));
             }
@@ -208,7 +195,8 @@ impl Connection {
                             let e = ProtoError::BadOffset { off, len: 0 };
                             break Err(self.protocol_error("recv", e));
                         }
-                        head += size;
+                        // `check_frame` put the frame below `tail`: no overflow.
+                        head = head.saturating_add(size);
                         credit |= !flags.peek;
                         continue;
                     }
@@ -219,28 +207,32 @@ impl Connection {
                             let e = ProtoError::BadOffset { off, len };
                             break Err(self.protocol_error("recv", e));
                         }
-                        let base = ENDPOINT_HDR as usize
-                            + self.rx_ring.pos(head) as usize
-                            + FRAME_HDR as usize;
+                        let base =
+                            ring_at(self.rx_ring.pos(head)).saturating_add(FRAME_HDR as usize);
                         let mut unreadable = false;
                         while off < len && bi < bufs.len() {
                             let Some(buf) = bufs.get_mut(bi) else { break };
                             let whole = buf.len();
                             let dst = buf.get_mut(bo..).unwrap_or_default();
-                            let n = dst.len().min((len - off) as usize);
+                            let n = dst.len().min(len.saturating_sub(off) as usize);
                             let dst = dst.get_mut(..n).unwrap_or_default();
-                            if self.mine.read(base + off as usize, dst).is_err() {
+                            if self
+                                .mine
+                                .read(base.saturating_add(off as usize), dst)
+                                .is_err()
+                            {
                                 unreadable = true;
                                 break;
                             }
-                            off += n as u64;
-                            bo += n;
-                            copied += n;
+                            // At most the frame's and the buffers' lengths.
+                            off = off.saturating_add(n as u64);
+                            bo = bo.saturating_add(n);
+                            copied = copied.saturating_add(n);
                             if n > 0 {
                                 idle = 0;
                             }
                             if bo >= whole {
-                                bi += 1;
+                                bi = bi.saturating_add(1);
                                 bo = 0;
                             }
                         }
@@ -254,7 +246,7 @@ impl Connection {
                         }
                         if off == len {
                             idle = 0;
-                            head += size;
+                            head = head.saturating_add(size);
                             seq = seq.wrapping_add(1);
                             off = 0;
                             credit = true;
@@ -300,7 +292,7 @@ impl Connection {
             if pf & FLAG_FIN != 0 {
                 // FIN is set after the last tail: re-check the tail before reporting EOF (the
                 // next turn validates it; it cannot move back).
-                if word64(&self.mine, RX_TAIL).load(Acquire) > head {
+                if ringsync::data_after(&self.mine, head) {
                     continue;
                 }
                 break Ok(copied);
@@ -405,7 +397,7 @@ impl Connection {
         }
         let now = Instant::now();
         match *since {
-            Some(t0) if now.duration_since(t0) >= gap * 50 => return false,
+            Some(t0) if now.duration_since(t0) >= gap.saturating_mul(50) => return false,
             Some(_) => {}
             None => {
                 // Spinning on the CPU the sender needs would only hold it back.
@@ -424,7 +416,7 @@ impl Connection {
             if self.peer_flags() != 0 {
                 return false;
             }
-            n += 1;
+            n = n.wrapping_add(1);
             if n.is_multiple_of(16) && now.elapsed() >= gap {
                 return false;
             }
@@ -448,26 +440,15 @@ impl Connection {
 
     pub(super) fn flush_credits(&self, force: bool) {
         let head = self.cur.rx_head.load(Relaxed);
-        let returned = self.cur.rx_returned.load(Relaxed);
-        if head == returned {
-            return;
-        }
-        if !force && head.saturating_sub(returned) < self.rx_ring.cap() / 4 {
-            fence(SeqCst);
-            // SYNC POINT (credit wake-up): a sender waiting for credits gets them at once.
-            if word32(&self.mine, RX_TX_WAITING).load(SeqCst) == 0 {
-                return;
-            }
-        }
-        self.cur.rx_returned.store(head, Relaxed);
-        // SYNC POINT (credits): Release store of our consumer counter into the sender's memory
-        // pairs with its Acquire load in `send`; the space before `head` is free for reuse.
-        word64(&self.theirs, CR_HEAD).store(head, Release);
-        fence(SeqCst);
-        // SYNC POINT (credit wake-up): pairs with the sender's SeqCst store of TX_WAITING; one
-        // ring per arming, as in `publish`.
-        let waiting = word32(&self.mine, RX_TX_WAITING);
-        if waiting.load(SeqCst) != 0 && waiting.compare_exchange(1, 0, SeqCst, Relaxed).is_ok() {
+        let cap = self.rx_ring.cap();
+        if ringsync::flush_credits(
+            &self.theirs,
+            &self.mine,
+            head,
+            &self.cur.rx_returned,
+            cap,
+            force,
+        ) {
             self.ring_peer();
         }
     }

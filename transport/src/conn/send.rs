@@ -3,19 +3,18 @@
 //! shim's write hooks; it never writes outside the peer's ring or beyond the credits it saw.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::time::{Duration, Instant};
 
 use ntbdrv::{BusAddr, Completion, DmaDesc};
 
-use super::block::{
-    word32, word64, CR_CLOSED, CR_HEAD, CR_RX_SLEEPING, FLAG_RST, RX_FLAGS, RX_TAIL, ST_SHUT_WR,
-};
+use super::block::{payload_at, ring_at, word32, CR_CLOSED, FLAG_RST, RX_FLAGS, ST_SHUT_WR};
 use super::cursors::TxPos;
 use super::failover;
+use super::ringsync;
 use super::wait::{Deadline, Wait};
 use super::{Connection, Counter, IoError, Tenancy};
-use crate::proto::{FrameHeader, ProtoError, ENDPOINT_HDR, FRAME_HDR, FRAME_PAD};
+use crate::proto::{FrameHeader, ProtoError, FRAME_HDR, FRAME_PAD};
 use crate::{sys, CompletionMode};
 
 impl Connection {
@@ -39,7 +38,7 @@ impl Connection {
         let sent = r?;
         let rest = failover::skip(bufs, sent);
         match self.send_switched(&rest, nonblock, timeout) {
-            Ok(n) => Ok(sent + n),
+            Ok(n) => Ok(sent.saturating_add(n)),
             Err(_) if sent > 0 => Ok(sent),
             Err(e) => Err(e),
         }
@@ -76,7 +75,7 @@ impl Connection {
             if let Some(e) = self.send_blocked() {
                 break if sent > 0 { Ok(sent) } else { Err(e) };
             }
-            let want = (total - sent) as u64;
+            let want = total.saturating_sub(sent) as u64;
             let place = match self.place(tail, want) {
                 Ok(p) => p,
                 Err(e) => break Err(self.protocol_error("send", e)),
@@ -130,7 +129,7 @@ impl Connection {
             woke_in_vain = false;
             stalled = None;
             (tail, seq) = self.put_frame(&p, seq, bufs, &mut bi, &mut bo);
-            sent += p.len as usize;
+            sent = sent.saturating_add(p.len as usize);
             if sent == total {
                 break Ok(sent);
             }
@@ -175,14 +174,14 @@ impl Connection {
                     .tx_ring
                     .place_whole(tail, self.credits(tail).ok()?, want)?,
             };
-        let base = ENDPOINT_HDR as usize + pos as usize;
+        let base = ring_at(pos);
         let h = FrameHeader {
             len: want as u32,
             flags: 0,
             seq,
         };
         // Both in range: `place` put the frame inside the ring, which the region holds.
-        self.theirs.write(base + FRAME_HDR as usize, buf).ok()?;
+        self.theirs.write(payload_at(pos), buf).ok()?;
         self.theirs.write(base, &h.encode()).ok()?;
         self.set_tx_pos(TxPos {
             tail: new_tail,
@@ -209,17 +208,15 @@ impl Connection {
     ) -> (u64, u64) {
         if let Some((pos, n)) = p.pad {
             let h = FrameHeader {
-                len: (n - FRAME_HDR) as u32,
+                len: n.saturating_sub(FRAME_HDR) as u32,
                 flags: FRAME_PAD,
                 seq,
             };
-            let _ = self
-                .theirs
-                .write(ENDPOINT_HDR as usize + pos as usize, &h.encode());
+            let _ = self.theirs.write(ring_at(pos), &h.encode());
         }
-        let base = ENDPOINT_HDR as usize + p.pos as usize;
+        let base = ring_at(p.pos);
         let len = p.len as usize;
-        self.copy_out(bufs, bi, bo, base + FRAME_HDR as usize, len);
+        self.copy_out(bufs, bi, bo, payload_at(p.pos), len);
         let h = FrameHeader {
             len: len as u32,
             flags: 0,
@@ -275,10 +272,10 @@ impl Connection {
             if let Some(e) = self.send_blocked() {
                 break if sent > 0 { Ok(sent) } else { Err(Err(e)) };
             }
-            let p = match self
-                .credits(tail)
-                .and_then(|head| self.tx_ring.place(tail, head, (count - sent) as u64))
-            {
+            let p = match self.credits(tail).and_then(|head| {
+                self.tx_ring
+                    .place(tail, head, count.saturating_sub(sent) as u64)
+            }) {
                 Ok(Some(p)) => p,
                 Ok(None) => {
                     // As in `send`: a full ring whose reader has gone never drains.
@@ -318,11 +315,11 @@ impl Connection {
                 Err(e) => break Err(Err(self.protocol_error("sendfile", e))),
             };
             woke_in_vain = false;
-            let base = ENDPOINT_HDR as usize + p.pos as usize;
+            let base = ring_at(p.pos);
             let n = match sys::read_into_region(
                 fd,
                 &self.theirs,
-                base + FRAME_HDR as usize,
+                payload_at(p.pos),
                 p.len as usize,
                 off,
             ) {
@@ -332,13 +329,11 @@ impl Connection {
             };
             if let Some((pos, n)) = p.pad {
                 let h = FrameHeader {
-                    len: (n - FRAME_HDR) as u32,
+                    len: n.saturating_sub(FRAME_HDR) as u32,
                     flags: FRAME_PAD,
                     seq,
                 };
-                let _ = self
-                    .theirs
-                    .write(ENDPOINT_HDR as usize + pos as usize, &h.encode());
+                let _ = self.theirs.write(ring_at(pos), &h.encode());
             }
             let _ = self.theirs.write(
                 base,
@@ -351,12 +346,13 @@ impl Connection {
             );
             seq = seq.wrapping_add(1);
             // A short read makes a shorter frame: the tail follows the bytes actually read.
-            tail = p.new_tail - (FRAME_HDR + crate::proto::align_frame(p.len))
-                + FRAME_HDR
-                + crate::proto::align_frame(n as u64);
-            sent += n;
+            tail = p
+                .new_tail
+                .saturating_sub(crate::proto::align_frame(p.len))
+                .saturating_add(crate::proto::align_frame(n as u64));
+            sent = sent.saturating_add(n);
             if let Some(o) = off.as_mut() {
-                *o += n as i64;
+                *o = o.saturating_add(n as i64);
             }
             self.set_tx_pos(TxPos { tail, seq });
             self.publish(tail);
@@ -397,17 +393,7 @@ impl Connection {
     /// what it returned before (credits never go backwards, so a wait for room that was seen
     /// ends).
     pub(super) fn credits(&self, tail: u64) -> Result<u64, ProtoError> {
-        // SYNC POINT (credits): Acquire pairs with the receiver's Release in `flush_credits`.
-        let head = word64(&self.mine, CR_HEAD).load(Acquire);
-        if head > tail {
-            return Err(ProtoError::BadCredit { head, tail });
-        }
-        let seen = self.tx_head_seen.load(Relaxed);
-        if seen <= tail && seen > head {
-            return Ok(seen);
-        }
-        self.tx_head_seen.store(head, Relaxed);
-        Ok(head)
+        ringsync::credits(&self.mine, tail, &self.tx_head_seen)
     }
 
     /// Copy `len` bytes of `bufs` (from position bi/bo) into the peer's ring at `at`, by CPU or
@@ -417,16 +403,17 @@ impl Connection {
         while done < len {
             let Some(buf) = bufs.get(*bi) else { break };
             let src = buf.get(*bo..).unwrap_or_default();
-            let n = src.len().min(len - done);
+            let n = src.len().min(len.saturating_sub(done));
             let chunk = src.get(..n).unwrap_or_default();
-            if !(n >= self.settings.dma_threshold && self.dma_copy(chunk, at + done)) {
-                let _ = self.theirs.write(at + done, chunk);
+            if !(n >= self.settings.dma_threshold && self.dma_copy(chunk, at.saturating_add(done)))
+            {
+                let _ = self.theirs.write(at.saturating_add(done), chunk);
                 self.count(Counter::CpuCopies, 1);
             }
-            done += n;
-            *bo += n;
+            done = done.saturating_add(n);
+            *bo = bo.saturating_add(n);
             if *bo >= buf.len() {
-                *bi += 1;
+                *bi = bi.saturating_add(1);
                 *bo = 0;
             }
         }
@@ -447,18 +434,21 @@ impl Connection {
         };
         let ok = (|| {
             let dst = ch
-                .peer_window_addr(self.their_loc.mw, self.their_loc.offset + at as u64)
+                .peer_window_addr(
+                    self.their_loc.mw,
+                    self.their_loc.offset.saturating_add(at as u64),
+                )
                 .ok()?;
             let mut descs = Vec::with_capacity(chunk.len().div_ceil(1 << 20));
             let mut o = 0usize;
             while o < chunk.len() {
-                let n = (chunk.len() - o).min(1 << 20);
+                let n = chunk.len().saturating_sub(o).min(1 << 20);
                 descs.push(DmaDesc {
-                    src: BusAddr(src.0 + o as u64),
-                    dst: BusAddr(dst.0 + o as u64),
+                    src: BusAddr(src.0.saturating_add(o as u64)),
+                    dst: BusAddr(dst.0.saturating_add(o as u64)),
                     len: n as u32,
                 });
-                o += n;
+                o = o.saturating_add(n);
             }
             for batch in descs.chunks(64) {
                 let how = match self.settings.completion {
@@ -483,18 +473,8 @@ impl Connection {
     /// Publish our producer counter to the peer and ring it if it sleeps.
     #[inline]
     fn publish(&self, tail: u64) {
-        // SYNC POINT (ring data): Release store of tail after the frame bytes; pairs with the
-        // receiver's Acquire load in `recv`.
-        word64(&self.theirs, RX_TAIL).store(tail, Release);
-        // SYNC POINT (data wake-up): no full fence here — it would cost a cross-core cache
-        // line transfer per send, as much as the rest of the send. The load may pass our tail
-        // store (store buffer), so a receiver arming at that instant can miss it; the receiver
-        // covers that window by re-checking for `ARM_GRACE` after arming, and never sleeps
-        // longer than `LEADER_NAP` (see `wait`).
-        let sleeping = word32(&self.mine, CR_RX_SLEEPING);
-        // One ring per arming: the first sender to see the flag takes it (the receiver re-arms
-        // before it sleeps again), so a stream of sends to a waking receiver costs one doorbell.
-        if sleeping.load(Relaxed) != 0 && sleeping.compare_exchange(1, 0, SeqCst, Relaxed).is_ok() {
+        ringsync::publish_tail(&self.theirs, tail);
+        if ringsync::take_data_arming(&self.mine) {
             self.ring_peer();
         }
     }

@@ -73,7 +73,7 @@ impl SendLock {
                 0..64 => std::hint::spin_loop(),
                 64..128 => std::thread::yield_now(),
                 _ => std::thread::sleep(Duration::from_micros(
-                    (10u64 << ((tries - 128).min(7))).min(1000),
+                    (10u64 << (tries.saturating_sub(128).min(7))).min(1000),
                 )),
             }
         }

@@ -4,18 +4,21 @@
 //! wake-up (clear, read back, re-check the ring).
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
-use std::sync::atomic::{fence, AtomicU32};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ntbdrv::Region;
+
 use super::block::{
-    word32, word64, CR_CLOSED, CR_HEAD, CR_PEER_CPU, CR_RX_SLEEPING, FLAG_FIN, FLAG_RST, RX_FLAGS,
-    RX_TAIL, RX_TX_WAITING, ST_SHUT_RD, ST_SHUT_WR,
+    ring_at, word32, word64, CR_CLOSED, CR_HEAD, CR_PEER_CPU, FLAG_FIN, FLAG_RST, RX_FLAGS,
+    RX_TAIL, ST_SHUT_RD, ST_SHUT_WR,
 };
 use super::cursors::RxPos;
+use super::ringsync::{self, Arming};
 use super::{Connection, Counter, IoError, Readiness, ARM_GRACE};
-use crate::proto::{Frame, ENDPOINT_HDR};
+use crate::proto::Frame;
 use crate::{sys, CompletionMode};
 
 /// `Connection::tcp_end`: the TCP socket is open (or was, when last asked), or ended.
@@ -62,7 +65,14 @@ impl Deadline {
 
     pub(super) fn at(&mut self) -> Option<Instant> {
         let t = self.timeout?;
-        Some(*self.at.get_or_insert_with(|| Instant::now() + t))
+        if self.at.is_none() {
+            // A timeout too long for the clock is no deadline.
+            self.at = Instant::now().checked_add(t);
+            if self.at.is_none() {
+                self.timeout = None;
+            }
+        }
+        self.at
     }
 }
 
@@ -116,16 +126,12 @@ impl Connection {
         if read {
             // Whoever waits for data must not hold back the sender's credits.
             self.flush_credits(true);
-            self.waiters.rx.fetch_add(1, SeqCst);
-            // SYNC POINT (data wake-up): see `publish`.
-            word32(&self.theirs, CR_RX_SLEEPING).store(1, SeqCst);
+            ringsync::arm_waiter(&self.theirs, Arming::Data, &self.waiters.rx);
         }
         if write {
-            self.waiters.tx.fetch_add(1, SeqCst);
-            // SYNC POINT (credit wake-up): see `return_credits`.
-            word32(&self.theirs, RX_TX_WAITING).store(1, SeqCst);
+            ringsync::arm_waiter(&self.theirs, Arming::Credits, &self.waiters.tx);
         }
-        fence(SeqCst);
+        ringsync::armed::<Region>();
         (read && self.ready(true)) || (write && self.ready(false))
     }
 
@@ -135,12 +141,12 @@ impl Connection {
     pub fn rearm(&self, read: bool, write: bool) {
         if read {
             self.flush_credits(true);
-            word32(&self.theirs, CR_RX_SLEEPING).store(1, SeqCst);
+            ringsync::arm(&self.theirs, Arming::Data);
         }
         if write {
-            word32(&self.theirs, RX_TX_WAITING).store(1, SeqCst);
+            ringsync::arm(&self.theirs, Arming::Credits);
         }
-        fence(SeqCst);
+        ringsync::armed::<Region>();
     }
 
     /// Is the connection readable (`read`) or writable (`write`) now? (For a caller that armed
@@ -151,17 +157,11 @@ impl Connection {
 
     /// Undo one [`Connection::arm`] with the same arguments, after waking.
     pub fn disarm(&self, read: bool, write: bool) {
-        for (on, count, off) in [
-            (read, &self.waiters.rx, CR_RX_SLEEPING),
-            (write, &self.waiters.tx, RX_TX_WAITING),
-        ] {
-            if on && count.fetch_sub(1, SeqCst) == 1 {
-                word32(&self.theirs, off).store(0, SeqCst);
-                // A waiter that armed meanwhile must keep its flag.
-                if count.load(SeqCst) > 0 {
-                    word32(&self.theirs, off).store(1, SeqCst);
-                }
-            }
+        if read {
+            ringsync::disarm(&self.theirs, Arming::Data, &self.waiters.rx);
+        }
+        if write {
+            ringsync::disarm(&self.theirs, Arming::Credits, &self.waiters.tx);
         }
         if self.waiters.rx.load(SeqCst) == 0 && self.waiters.tx.load(SeqCst) == 0 {
             self.ack_doorbell();
@@ -258,7 +258,7 @@ impl Connection {
         };
         while !self.ready(read) {
             self.touch_next_frame(next);
-            n += 1;
+            n = n.wrapping_add(1);
             if n.is_multiple_of(64) {
                 let now = Instant::now();
                 if deadline.is_some_and(|d| now >= d) {
@@ -329,7 +329,7 @@ impl Connection {
                     if !quiet {
                         break r;
                     }
-                    nap = (nap * 2).min(LONGEST_LEADER_NAP);
+                    nap = nap.saturating_mul(2).min(LONGEST_LEADER_NAP);
                 };
                 self.woke();
                 if let Ok(mut g) = self.waiters.generation.lock() {
@@ -368,12 +368,12 @@ impl Connection {
         if pos == usize::MAX {
             return;
         }
-        let at = ENDPOINT_HDR as usize + pos;
+        let at = ring_at(pos as u64);
         if let Ok(w) = self.mine.atomic_u64(at) {
             std::hint::black_box(w.load(Relaxed));
         }
-        if (pos + 64) < self.rx_ring.cap() as usize {
-            if let Ok(w) = self.mine.atomic_u64(at + 64) {
+        if pos.saturating_add(64) < self.rx_ring.cap() as usize {
+            if let Ok(w) = self.mine.atomic_u64(at.saturating_add(64)) {
                 std::hint::black_box(w.load(Relaxed));
             }
         }
@@ -396,7 +396,7 @@ impl Connection {
             if now.duration_since(t0) >= SAME_CPU_YIELD {
                 break None;
             }
-            n += 1;
+            n = n.wrapping_add(1);
             std::thread::yield_now();
         };
         self.count(Counter::Polls, n);
@@ -493,7 +493,7 @@ impl Connection {
             self.tcp_looks.store(TCP_LOOK_EVERY - 1, Relaxed);
             self.tcp_gone()
         } else {
-            self.tcp_looks.store(n - 1, Relaxed);
+            self.tcp_looks.store(n.saturating_sub(1), Relaxed);
             None
         }
     }

@@ -30,17 +30,23 @@ enum Cell {
     Bytes {
         at: AtomicUsize,
         values: Mutex<Vec<Box<[u8]>>>,
+        /// In an exclusive area ([`Area::new_exclusive`]): loom's record of who read and wrote
+        /// the cell, so a read and a write not ordered by happens-before fail the model (the
+        /// cell itself holds nothing; the value is in `values`). Behind a std mutex, outside
+        /// loom's view as `values` is, which only makes it shareable.
+        race: Option<Mutex<loom::cell::UnsafeCell<()>>>,
     },
 }
 
 impl Cell {
-    fn new(len: usize) -> Cell {
+    fn new(len: usize, exclusive: bool) -> Cell {
         match len {
             4 => Cell::U32(AtomicU32::new(0)),
             8 => Cell::U64(AtomicU64::new(0)),
             _ => Cell::Bytes {
                 at: AtomicUsize::new(0),
                 values: Mutex::new(vec![vec![0u8; len].into_boxed_slice()]),
+                race: exclusive.then(|| Mutex::new(loom::cell::UnsafeCell::new(()))),
             },
         }
     }
@@ -57,7 +63,10 @@ impl Cell {
         match self {
             Cell::U32(w) => w.store(u32::from_le_bytes(word(src)), Relaxed),
             Cell::U64(w) => w.store(u64::from_le_bytes(word(src)), Relaxed),
-            Cell::Bytes { at, values } => {
+            Cell::Bytes { at, values, race } => {
+                if let Some(r) = race {
+                    lock(r).with_mut(|_| ());
+                }
                 // The value is stored before its index is: the list is outside loom's view
                 // (a std mutex), the index is what loom orders.
                 let mut v = lock(values);
@@ -73,7 +82,10 @@ impl Cell {
         match self {
             Cell::U32(w) => dst.copy_from_slice(&w.load(Relaxed).to_le_bytes()),
             Cell::U64(w) => dst.copy_from_slice(&w.load(Relaxed).to_le_bytes()),
-            Cell::Bytes { at, values } => {
+            Cell::Bytes { at, values, race } => {
+                if let Some(r) = race {
+                    lock(r).with(|_| ());
+                }
                 let i = at.load(Relaxed);
                 dst.copy_from_slice(&lock(values)[i]);
             }
@@ -113,6 +125,17 @@ impl Area {
     /// 4 and 8 are words, other lengths record bytes). Call it inside the loom model, before the
     /// threads that share it are spawned.
     pub fn new(len: usize, cells: impl IntoIterator<Item = (usize, usize)>) -> Area {
+        Area::build(len, cells, false)
+    }
+
+    /// As [`Area::new`], but its record cells must never be read and written concurrently (a
+    /// ring's frame slots): loom fails the model when a read and a write of one are not ordered
+    /// by happens-before, whatever values they saw.
+    pub fn new_exclusive(len: usize, cells: impl IntoIterator<Item = (usize, usize)>) -> Area {
+        Area::build(len, cells, true)
+    }
+
+    fn build(len: usize, cells: impl IntoIterator<Item = (usize, usize)>, exclusive: bool) -> Area {
         let mut map = BTreeMap::new();
         let mut end = 0;
         for (off, n) in cells {
@@ -123,7 +146,7 @@ impl Area {
             );
             assert!(n != 4 || off % 4 == 0, "model word {off:#x} misaligned");
             assert!(n != 8 || off % 8 == 0, "model word {off:#x} misaligned");
-            map.insert(off, Cell::new(n));
+            map.insert(off, Cell::new(n, exclusive));
             end = off + n;
         }
         Area {

@@ -1,0 +1,359 @@
+//! The ring's synchronising sequences: publishing a frame (the producer counter), taking it
+//! (its Acquire load, never moving back), returning and reading credits, and the doorbell
+//! handshake on both sides (arm, re-check, and the peer's "ring only an armed sleeper"). Called
+//! by the send, receive and wait paths with the endpoint blocks (`Region`s); it never decides
+//! where bytes go (the callers do, with `proto::Ring`), only in which order the words that
+//! announce them are written and read.
+//!
+//! The sequences are generic over the memory ([`Block`]) so that the same code runs under loom:
+//! built with `--cfg loom`, `tests/loom_ring.rs` runs them over `rendezvous::model::Area`
+//! (every word a loom atomic, each frame slot a cell whose unordered accesses loom reports),
+//! and docs/MEMORY-ORDERING.md lists what each model checks. Over a `Region` every call is
+//! inlined into the one load, store or fence it was before (no indirection on the fast path).
+
+use std::sync::atomic::AtomicU64 as LocalU64;
+use std::sync::atomic::Ordering::{self, Acquire, Relaxed, Release, SeqCst};
+
+use ntbdrv::Region;
+
+use super::block::{
+    word32, word64, CR_HEAD, CR_RX_SLEEPING, FLAG_FIN, RX_FLAGS, RX_TAIL, RX_TX_WAITING,
+};
+use crate::proto::ProtoError;
+
+/// One shared word of `T` (a `u32` or a `u64`): the operations the ring's sequences use.
+pub trait Word<T> {
+    fn load(&self, order: Ordering) -> T;
+    fn store(&self, v: T, order: Ordering);
+    fn compare_exchange(&self, current: T, new: T, ok: Ordering, err: Ordering) -> Result<T, T>;
+    fn fetch_or(&self, v: T, order: Ordering) -> T;
+}
+
+/// A count of this process's waiters of one kind (process memory; a loom atomic in the models,
+/// so that loom interleaves the waiters at it too).
+pub trait WaiterCount {
+    fn fetch_add(&self, v: u32, order: Ordering) -> u32;
+    fn fetch_sub(&self, v: u32, order: Ordering) -> u32;
+}
+
+macro_rules! count {
+    ($atomic:ty) => {
+        impl WaiterCount for $atomic {
+            #[inline(always)]
+            fn fetch_sub(&self, v: u32, order: Ordering) -> u32 {
+                <$atomic>::fetch_sub(self, v, order)
+            }
+            #[inline(always)]
+            fn fetch_add(&self, v: u32, order: Ordering) -> u32 {
+                <$atomic>::fetch_add(self, v, order)
+            }
+        }
+    };
+}
+
+count!(std::sync::atomic::AtomicU32);
+#[cfg(loom)]
+count!(loom::sync::atomic::AtomicU32);
+
+/// An endpoint block as the ring's sequences reach it: its words by offset, and the fence of
+/// the memory model the words live in.
+pub trait Block {
+    type W32: Word<u32>;
+    type W64: Word<u64>;
+    fn w32(&self, off: usize) -> &Self::W32;
+    fn w64(&self, off: usize) -> &Self::W64;
+    fn fence(order: Ordering);
+}
+
+macro_rules! word {
+    ($t:ty, $atomic:ty) => {
+        impl Word<$t> for $atomic {
+            #[inline(always)]
+            fn load(&self, order: Ordering) -> $t {
+                <$atomic>::load(self, order)
+            }
+            #[inline(always)]
+            fn store(&self, v: $t, order: Ordering) {
+                <$atomic>::store(self, v, order)
+            }
+            #[inline(always)]
+            fn compare_exchange(
+                &self,
+                current: $t,
+                new: $t,
+                ok: Ordering,
+                err: Ordering,
+            ) -> Result<$t, $t> {
+                <$atomic>::compare_exchange(self, current, new, ok, err)
+            }
+            #[inline(always)]
+            fn fetch_or(&self, v: $t, order: Ordering) -> $t {
+                <$atomic>::fetch_or(self, v, order)
+            }
+        }
+    };
+}
+
+word!(u32, std::sync::atomic::AtomicU32);
+word!(u64, std::sync::atomic::AtomicU64);
+
+impl Block for Region {
+    type W32 = std::sync::atomic::AtomicU32;
+    type W64 = std::sync::atomic::AtomicU64;
+    #[inline(always)]
+    fn w32(&self, off: usize) -> &Self::W32 {
+        word32(self, off)
+    }
+    #[inline(always)]
+    fn w64(&self, off: usize) -> &Self::W64 {
+        word64(self, off)
+    }
+    #[inline(always)]
+    fn fence(order: Ordering) {
+        std::sync::atomic::fence(order)
+    }
+}
+
+#[cfg(loom)]
+word!(u32, loom::sync::atomic::AtomicU32);
+#[cfg(loom)]
+word!(u64, loom::sync::atomic::AtomicU64);
+
+// The model's offsets are the block's constants, every one a cell of `model_block`: a layout
+// mismatch is a bug of the model build, never reached by the product.
+#[cfg(loom)]
+#[allow(clippy::expect_used)]
+impl Block for crate::rendezvous::model::Area {
+    type W32 = loom::sync::atomic::AtomicU32;
+    type W64 = loom::sync::atomic::AtomicU64;
+    fn w32(&self, off: usize) -> &Self::W32 {
+        self.atomic_u32(off).expect("a word of the modelled block")
+    }
+    fn w64(&self, off: usize) -> &Self::W64 {
+        self.atomic_u64(off).expect("a word of the modelled block")
+    }
+    fn fence(order: Ordering) {
+        loom::sync::atomic::fence(order)
+    }
+}
+
+/// The FIN bit of the sender's flags, for the loom models.
+#[cfg(loom)]
+pub const FIN: u32 = FLAG_FIN;
+
+/// An endpoint block with a ring of [`crate::proto::MIN_RING`] bytes cut in frame slots of
+/// `slot` bytes (a header cell and a payload cell each), for the loom models: its words are the
+/// ring's (`RX` and `CREDIT` lines) and the frame slots are checked for data races (a read and
+/// a write of one slot not ordered by happens-before fail the model).
+#[cfg(loom)]
+#[allow(clippy::arithmetic_side_effects)] // the model's layout: constants, never peer input
+pub fn model_block(slot: usize) -> crate::rendezvous::model::Area {
+    use super::block::CR_CLOSED;
+    use crate::proto::{ENDPOINT_HDR, FRAME_HDR, MIN_RING};
+    let hdr = ENDPOINT_HDR as usize;
+    let mut cells = vec![
+        (RX_TAIL, 8),
+        (RX_FLAGS, 4),
+        (RX_TX_WAITING, 4),
+        (CR_HEAD, 8),
+        (CR_RX_SLEEPING, 4),
+        (CR_CLOSED, 4),
+    ];
+    let h = FRAME_HDR as usize;
+    for at in (0..MIN_RING as usize).step_by(slot) {
+        cells.push((hdr + at, h));
+        cells.push((hdr + at + h, slot - h));
+    }
+    crate::rendezvous::model::Area::new_exclusive(hdr + MIN_RING as usize, cells)
+}
+
+// ---- the producer --------------------------------------------------------------------------
+
+/// Publish producer counter `tail` into the receiver's block (`theirs`), after the bytes of
+/// every frame below it.
+#[inline(always)]
+pub fn publish_tail<B: Block>(theirs: &B, tail: u64) {
+    // SYNC POINT (ring data): Release store of tail after the frame bytes; pairs with the
+    // receiver's Acquire load in `rx_tail`.
+    theirs.w64(RX_TAIL).store(tail, Release);
+}
+
+/// After [`publish_tail`]: is the receiver asleep, armed for data (its flag in our block,
+/// `mine`)? Takes the arming if so: the caller rings it (one ring per arming).
+#[inline(always)]
+pub fn take_data_arming<B: Block>(mine: &B) -> bool {
+    // SYNC POINT (data wake-up): no full fence before this load — it would cost a cross-core
+    // cache line transfer per send, as much as the rest of the send. The load may pass the tail
+    // store (store buffer), so a receiver arming at that instant can miss it; the receiver
+    // covers that window by re-checking for `ARM_GRACE` after arming, and never sleeps longer
+    // than `LEADER_NAP` (see `wait`). The first sender to see the flag takes it (the receiver
+    // re-arms before it sleeps again), so a stream of sends to a waking receiver costs one
+    // doorbell.
+    let sleeping = mine.w32(CR_RX_SLEEPING);
+    sleeping.load(Relaxed) != 0 && sleeping.compare_exchange(1, 0, SeqCst, Relaxed).is_ok()
+}
+
+/// The receiver's consumer counter (in our block, `mine`), loaded once and validated against
+/// our producer counter `tail`: ahead of it is a protocol error; behind `seen` (the highest
+/// valid value read before, kept up to date here), it counts as `seen` (credits never go
+/// backwards).
+#[inline(always)]
+pub fn credits<B: Block>(mine: &B, tail: u64, seen: &LocalU64) -> Result<u64, ProtoError> {
+    // SYNC POINT (credits): Acquire pairs with the receiver's Release in `flush_credits`.
+    let head = mine.w64(CR_HEAD).load(Acquire);
+    if head > tail {
+        return Err(ProtoError::BadCredit { head, tail });
+    }
+    let before = seen.load(Relaxed);
+    if before <= tail && before > head {
+        return Ok(before);
+    }
+    seen.store(head, Relaxed);
+    Ok(head)
+}
+
+/// Tell the receiver (its block, `theirs`) that no frame follows the ones published: called
+/// after the last [`publish_tail`].
+#[inline]
+pub fn send_fin<B: Block>(theirs: &B) {
+    // SYNC POINT (FIN): after our last tail store; pairs with the Acquire load of RX_FLAGS in
+    // the peer's `peer_flags`.
+    theirs.w32(RX_FLAGS).fetch_or(FLAG_FIN, SeqCst);
+}
+
+// ---- the consumer --------------------------------------------------------------------------
+
+/// The sender's flags in our block (`mine`): FIN, RST, GONE.
+#[inline(always)]
+pub fn peer_flags<B: Block>(mine: &B) -> u32 {
+    // SYNC POINT (FIN): Acquire pairs with `send_fin`; a FIN seen comes after every producer
+    // counter the sender published, which `data_after` then sees.
+    mine.w32(RX_FLAGS).load(Acquire)
+}
+
+/// Is anything published beyond consumer counter `head`? Asked again after a FIN, before EOF
+/// (the FIN follows the last producer counter, which an earlier look may have missed).
+#[inline(always)]
+pub fn data_after<B: Block>(mine: &B, head: u64) -> bool {
+    // SYNC POINT (ring data): as in `rx_tail`.
+    mine.w64(RX_TAIL).load(Acquire) > head
+}
+
+/// The sender's producer counter (in our block, `mine`), loaded once: never behind `seen`, the
+/// highest one it published before (kept up to date here). A ring of `cap` bytes.
+#[inline(always)]
+pub fn rx_tail<B: Block>(mine: &B, seen: &LocalU64, cap: u64) -> Result<u64, ProtoError> {
+    // SYNC POINT (ring data): Acquire load of the peer's tail pairs with the Release
+    // store in `publish_tail` after the frame bytes; the bytes up to `tail` are visible.
+    let tail = mine.w64(RX_TAIL).load(Acquire);
+    let before = seen.load(Relaxed);
+    if tail != before {
+        if tail < before {
+            return Err(ProtoError::BadTail {
+                tail,
+                head: before,
+                cap,
+            });
+        }
+        seen.store(tail, Relaxed);
+    }
+    Ok(tail)
+}
+
+/// Return consumer counter `head` to the sender (its block, `theirs`) when enough has gathered
+/// (a quarter of a ring of `cap` bytes since `returned`, the counter last returned, kept up to
+/// date here), when the sender waits for credits (its flag in our block, `mine`), or when
+/// `force`d. True when the sender was armed for credits: the caller rings it.
+#[inline]
+pub fn flush_credits<B: Block>(
+    theirs: &B,
+    mine: &B,
+    head: u64,
+    returned: &LocalU64,
+    cap: u64,
+    force: bool,
+) -> bool {
+    let before = returned.load(Relaxed);
+    if head == before {
+        return false;
+    }
+    if !force && head.saturating_sub(before) < cap / 4 {
+        B::fence(SeqCst);
+        // SYNC POINT (credit wake-up): a sender waiting for credits gets them at once.
+        if mine.w32(RX_TX_WAITING).load(SeqCst) == 0 {
+            return false;
+        }
+    }
+    returned.store(head, Relaxed);
+    // SYNC POINT (credits): Release store of our consumer counter into the sender's memory
+    // pairs with its Acquire load in `credits`; the space before `head` is free for reuse.
+    theirs.w64(CR_HEAD).store(head, Release);
+    B::fence(SeqCst);
+    // SYNC POINT (credit wake-up): pairs with the sender's SeqCst store of TX_WAITING in
+    // `arm`, then its fence and its re-check of the credits; one ring per arming, as in
+    // `take_data_arming`.
+    let waiting = mine.w32(RX_TX_WAITING);
+    waiting.load(SeqCst) != 0 && waiting.compare_exchange(1, 0, SeqCst, Relaxed).is_ok()
+}
+
+// ---- the doorbell handshake ----------------------------------------------------------------
+
+/// What a waiter arms in the peer's block: a ring when data comes (a receiver) or when credits
+/// come (a sender).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arming {
+    Data,
+    Credits,
+}
+
+impl Arming {
+    #[inline(always)]
+    fn offset(self) -> usize {
+        match self {
+            Arming::Data => CR_RX_SLEEPING,
+            Arming::Credits => RX_TX_WAITING,
+        }
+    }
+}
+
+/// Ask the peer (its block, `theirs`) to ring us for `what`. The caller then calls [`armed`]
+/// and re-checks the ring before it sleeps.
+#[inline(always)]
+pub fn arm<B: Block>(theirs: &B, what: Arming) {
+    // SYNC POINT (data wake-up), SYNC POINT (credit wake-up): SeqCst store of the flag, then
+    // (`armed`) a SeqCst fence before the re-check; pairs with `take_data_arming` and with
+    // `flush_credits`.
+    theirs.w32(what.offset()).store(1, SeqCst);
+}
+
+/// As [`arm`], for a waiter of this process counted in `count` (undone by [`disarm`]).
+#[inline(always)]
+pub fn arm_waiter<B: Block>(theirs: &B, what: Arming, count: &impl WaiterCount) {
+    count.fetch_add(1, SeqCst);
+    arm(theirs, what);
+}
+
+/// The fence between arming and re-checking the ring.
+#[inline(always)]
+pub fn armed<B: Block>() {
+    B::fence(SeqCst);
+}
+
+/// Undo one arming for `what` after waking; `count` is this process's number of waiters of that
+/// kind (including us). The last one clears the flag; a waiter that armed meanwhile keeps it.
+#[inline]
+pub fn disarm<B: Block>(theirs: &B, what: Arming, count: &impl WaiterCount) {
+    if count.fetch_sub(1, SeqCst) == 1 {
+        let flag = theirs.w32(what.offset());
+        flag.store(0, SeqCst);
+        // A waiter that armed meanwhile must keep its flag. Read with an RMW, which reads the
+        // latest count: a waiter whose increment comes after it read ours, so our clear is
+        // ordered before its flag store; one whose increment came before is counted here. (A
+        // SeqCst load would do in C11 too, but loom does not give SeqCst loads and stores their
+        // total order (tokio-rs/loom#180) and then finds the flag cleared under a sleeper:
+        // tests/loom_ring.rs.)
+        if count.fetch_add(0, SeqCst) > 0 {
+            flag.store(1, SeqCst);
+        }
+    }
+}
