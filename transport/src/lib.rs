@@ -235,6 +235,8 @@ pub(crate) struct Shared {
     zombies: Mutex<Vec<Zombie>>,
     /// The process that opened the transport (a forked child shares this state).
     pid: u32,
+    /// The device's link as last asked, shared by the connections' readiness checks.
+    pub(crate) link: conn::LinkLook,
 }
 
 /// How long a new connection waits for quarantined window space before it gives up.
@@ -478,6 +480,7 @@ impl DeviceTransport {
             dma: OnceLock::new(),
             zombies: Mutex::new(Vec::new()),
             pid: std::process::id(),
+            link: Default::default(),
         });
         Ok(DeviceTransport {
             shared,
@@ -1075,6 +1078,7 @@ impl Transport {
             dma: OnceLock::new(),
             zombies: Mutex::new(Vec::new()),
             pid: std::process::id(),
+            link: Default::default(),
         });
         Ok(Transport {
             shared,

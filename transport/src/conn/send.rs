@@ -481,7 +481,14 @@ impl Connection {
 
     pub(super) fn ring_peer(&self) {
         let rung = match &self.tenancy {
-            Tenancy::Device { dev, .. } => dev.peer_vector_trigger(self.their_loc.db_bit).is_ok(),
+            Tenancy::Device { dev, .. } => match dev.peer_vector_trigger(self.their_loc.db_bit) {
+                Ok(()) => true,
+                Err(ntbdrv::DoorbellError::LinkDown) => {
+                    self.fo.doorbell_failed();
+                    false
+                }
+                Err(_) => false,
+            },
             Tenancy::Service { peer_line, .. } => fabric::sys::ring(peer_line.as_raw_fd()),
         };
         if rung {
