@@ -52,7 +52,7 @@ static void *watcher(void *arg) {
             ssize_t n = recv(s, &b, 1, MSG_PEEK);
             if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
                 FAIL_ERRNO("watcher: recv(MSG_PEEK)");
-            if (n == 0) fail("watcher: EOF before the end");
+            if (n == 0 && watch_mode != 0) fail("watcher: EOF before the end");
         }
         watches++;
         sleep_ms(3);
@@ -76,6 +76,8 @@ static void serve(int from, int n) {
         fill_stream(want, MSG, 17, (uint64_t)i * MSG);
         if (memcmp(buf, want, MSG) != 0) fail("request %d is wrong", i);
         for (int j = 0; j < MSG; j++) buf[j] = (unsigned char)~buf[j];
+        /* The client closes after the last response: the watcher stops before it could see that. */
+        if (i == 2 * ROUNDS - 1) watch_mode = 0;
         write_all(s, buf, MSG, "server: response");
     }
 }
@@ -109,7 +111,6 @@ int main(int argc, char **argv) {
     PHASE("epoll_wait beside a blocking recv(MSG_PEEK) of the same connection");
     watch_mode = 2;
     serve(ROUNDS, ROUNDS);
-    watch_mode = 0;
     pthread_join(t, NULL);
     wait_child(pid, 10000, "the client");
     close(s);

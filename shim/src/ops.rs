@@ -905,6 +905,10 @@ pub fn poll(
     // The last sleep ran out its time: what the next look finds ready is late (see
     // `Global::woke_by_timer`).
     let mut timed_out = false;
+    // The last sleep was ended by something (a doorbell line, say), and how many in a row found
+    // nothing of ours ready after it: see the drain before the sleep below.
+    let mut woke = false;
+    let mut idle_wakes = 0u32;
     loop {
         // 1. Readiness of our connections, and a non-blocking look at the kernel fds.
         let mut ready = 0;
@@ -960,10 +964,23 @@ pub fn poll(
         if ready > 0 || expired {
             return Detour::Ours(Ok(ready));
         }
+        if std::mem::take(&mut woke) {
+            idle_wakes += 1;
+        }
         if t0.elapsed() < spin || first {
             first = false;
             std::hint::spin_loop();
             continue;
+        }
+        // A device's doorbell line that an epoll registration also watches is left to the epoll
+        // set to empty (`Connection::disarm`): emptied at once, it could take the wake-up of a
+        // thread asleep in that set. Left readable with no set waiting, it would end each sleep
+        // here at once: a sleep that woke for nothing of ours empties it.
+        if idle_wakes > 0 {
+            idle_wakes = 0;
+            for c in conns.iter().flatten().filter_map(|s| s.conn.get()) {
+                c.ack();
+            }
         }
         // 2. Sleep in the kernel: our connections' doorbell lines and TCP sockets, plus the
         //    application's other fds.
@@ -1058,6 +1075,7 @@ pub fn poll(
                 timed_out = true;
             } else {
                 naps.woke();
+                woke = true;
             }
             for (c, r, w) in &armed {
                 c.disarm(*r, *w);
