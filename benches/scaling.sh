@@ -13,6 +13,8 @@
 #   --counts LIST  comma list of connection counts (default 1,64,1000,8000 for nginx,
 #                  1,8,64,1000 for fanout)
 #   --time S       seconds per run (default 5 for nginx, 3 for fanout)
+# PCISOCK_LIB and PCISOCK_CLI (environment) name another build's libpcisock.so and pcisock (the
+# service the nginx runs meet through): a base build for an A/B of a change.
 # nginx: per round and count, tcp and pcisock (order reversed on even rounds). pcisock: both
 # sides LD_PRELOAD with PCISOCK_PORTS=PORT and PCISOCK_FABRIC=the run's service; not strict (a
 # connection that does not make it is counted by its reason in wrk's stats file). Sampled in
@@ -62,7 +64,7 @@ else
     OUT="${OUT:-$root/benches/results/scaling-fanout.md}"
 fi
 lib="${PCISOCK_LIB:-$root/target/release/libpcisock.so}"
-cli="$root/target/release/pcisock"
+cli="${PCISOCK_CLI:-$root/target/release/pcisock}"
 [[ -f "$lib" ]] || { echo "scaling.sh: $lib not found: run cargo build --release" >&2; exit 2; }
 [[ -x "$cli" ]] || { echo "scaling.sh: $cli not found: run cargo build --release" >&2; exit 2; }
 for t in gcc timeout python3 pgrep; do

@@ -365,8 +365,25 @@ impl Client {
     /// The kernel accepted `fd`: pair it with its client's offer, if there is one, with rings
     /// of at most `ring` bytes.
     pub fn accept(&mut self, fd: RawFd, ring: u64) -> Result<Pairing, ClientError> {
-        let r = self.call(Request::Accept { ring }, Some(fd))?;
+        let r = self.call(
+            Request::Accept {
+                ring,
+                nowait: false,
+            },
+            Some(fd),
+        )?;
         pairing(r)
+    }
+
+    /// The same as [`Client::accept`] without waiting: the answer is taken in by
+    /// [`Client::paired`] with the returned request (the service rings this process's line
+    /// when it has answered).
+    pub fn accept_nowait(&mut self, fd: RawFd, ring: u64) -> Result<Offer, ClientError> {
+        let id = self.send(Request::Accept { ring, nowait: true }, Some(fd))?;
+        Ok(Offer {
+            conn: 0,
+            request: id,
+        })
     }
 
     /// This process holds `fd`, a socket of a paired connection, or of an offer it made

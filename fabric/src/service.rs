@@ -147,8 +147,9 @@ struct Offer {
     provisional: bool,
 }
 
-/// An accept to handle: (client, request id, the accepted socket, the ring it asks for).
-type Accepted = (u64, u64, OwnedFd, u64);
+/// An accept to handle: (client, request id, the accepted socket, the ring it asks for,
+/// whether to ring its line when answered: `Accept`'s `nowait`).
+type Accepted = (u64, u64, OwnedFd, u64, bool);
 
 /// (namespace cookie, client address and port, server address and port).
 type OfferKey = (u64, (Addr, u16), (Addr, u16));
@@ -363,8 +364,11 @@ impl Service {
     /// server's `Accept` for that connection is handled.
     fn pass(&mut self) {
         self.read(PASS_BUDGET);
-        while let Some((client, request, socket, ring)) = self.accepts.pop_front() {
+        while let Some((client, request, socket, ring, nowait)) = self.accepts.pop_front() {
             self.accept(client, request, socket, ring);
+            if nowait {
+                self.ring_server(client);
+            }
         }
     }
 
@@ -722,9 +726,9 @@ impl Service {
                     self.refuse(client, id, Refusal::NotYours);
                 }
             }
-            Request::Accept { ring } => {
+            Request::Accept { ring, nowait } => {
                 let sock = fds.pop()?;
-                return Some((client, id, sock, ring));
+                return Some((client, id, sock, ring, nowait));
             }
             Request::Hold => {
                 let sock = fds.pop()?;
@@ -887,6 +891,16 @@ impl Service {
             self.add_holder(conn, pid, end);
         }
         self.orphan_if_unheld(conn);
+    }
+
+    /// The answer to a `nowait` `Accept` of `server` is in its socket: ring its line. The
+    /// server did not wait inside `accept` for it (it completes the connection at first use, as
+    /// a client does its connect), so a thread or an epoll set waiting on that connection
+    /// sleeps on the line, not on the service's socket.
+    fn ring_server(&self, server: u64) {
+        if let Some(l) = self.clients.get(&server).and_then(|c| c.line.as_ref()) {
+            sys::ring(l.fd.as_raw_fd());
+        }
     }
 
     /// `pid` holds end `end` of `conn` (watched until it dies).

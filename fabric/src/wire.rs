@@ -10,7 +10,7 @@
 /// "PCFB".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// The service protocol's version; a message of another version is refused.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts.
@@ -46,10 +46,14 @@ pub enum Request {
     /// clients late, and they wait on).
     Cancel { request: u64, stalled_only: bool },
     /// The kernel accepted a connection; carries the accepted socket. Replies `Paired` or
-    /// `Declined`. `ring` (as in `Connect`): the receive ring this process asks for; a pair
-    /// gets the smaller of its two ends' and the service's, smaller still when window space
-    /// runs short.
-    Accept { ring: u64 },
+    /// `Declined` (or `Refused`). `nowait` (since version 3): the server does not wait for the
+    /// answer (a non-blocking accept completes the connection at its first use), so the
+    /// service rings the process's line (`Hello`) once it has answered; a server that waits
+    /// for the reply is not rung (a ring nobody waits for would wake its next sleep for
+    /// nothing). `ring` (as in `Connect`): the receive ring this process asks for; a pair gets
+    /// the smaller of its two ends' and the service's, smaller still when window space runs
+    /// short.
+    Accept { ring: u64, nowait: bool },
     /// This process holds the TCP socket it hands over (after a fork, or in a new image after
     /// exec): count it as a holder of the connection that socket carries and give it that
     /// connection's segments and lines again. Replies `Paired` or `Declined`.
@@ -305,7 +309,7 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
     Some(match kind {
         K_HELLO => (1, 1),
         K_LISTEN | K_HOLD => (0, 1),
-        K_ACCEPT => (1, 1),
+        K_ACCEPT => (2, 1),
         K_CONNECT => (4, 1),
         K_UNLISTEN => (1, 0),
         K_CANCEL => (2, 0),
@@ -455,7 +459,7 @@ impl Request {
                 let (a, b) = addr_words(&addr);
                 vec![a, b, port as u64, ring]
             }
-            Request::Accept { ring } => vec![ring],
+            Request::Accept { ring, nowait } => vec![ring, nowait as u64],
             Request::Fallback { reason, server } => vec![reason as u64, server as u64],
             Request::Listen
             | Request::Hold
@@ -485,7 +489,10 @@ impl Request {
                 request: w[0],
                 stalled_only: bool_word(kind, &w, 1)?,
             },
-            K_ACCEPT => Request::Accept { ring: w[0] },
+            K_ACCEPT => Request::Accept {
+                ring: w[0],
+                nowait: bool_word(kind, &w, 1)?,
+            },
             K_HOLD => Request::Hold,
             K_LIST => Request::List,
             K_CLOSE => Request::Close {
@@ -705,7 +712,10 @@ mod tests {
                 request: u64::MAX,
                 stalled_only: true,
             },
-            Request::Accept { ring: 128 << 10 },
+            Request::Accept {
+                ring: 128 << 10,
+                nowait: true,
+            },
             Request::Hold,
             Request::Close {
                 conn: 3,
@@ -830,7 +840,14 @@ mod tests {
             Err(WireError::Fds { .. })
         ));
         assert!(matches!(
-            Request::decode(&Request::Accept { ring: 4096 }.encode(1), 0),
+            Request::decode(
+                &Request::Accept {
+                    ring: 4096,
+                    nowait: false,
+                }
+                .encode(1),
+                0
+            ),
             Err(WireError::Fds { .. })
         ));
         // A pid that does not fit 32 bits.

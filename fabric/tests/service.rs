@@ -154,6 +154,68 @@ fn pairs_a_connection_by_possession_of_its_socket() {
     assert_eq!(st.window_used, 2 * (4096 + (1 << 20)));
 }
 
+/// A server that does not wait for the answer to its `Accept` (`nowait`, version 3) has its
+/// line rung once the service answered, paired or declined, so a server sleeping on its line
+/// (a read, an epoll set) hears of it; one that waits for the reply is not rung.
+#[test]
+fn an_accept_answer_rings_the_servers_line() {
+    let svc = start(Options::default());
+    let mut server = Client::connect(&svc.socket).unwrap();
+    let mut client = Client::connect(&svc.socket).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    server.listen(l.as_raw_fd()).unwrap();
+    let line = server.line.take().expect("the server's line");
+    let rang = |fd: &OwnedFd| {
+        if sys::poll_in(&[fd.as_raw_fd()], 5000).unwrap()[0] == 0 {
+            return 0;
+        }
+        let mut v = [0u8; 8];
+        std::fs::File::from(fd.try_clone().unwrap())
+            .read_exact(&mut v)
+            .unwrap();
+        u64::from_ne_bytes(v)
+    };
+
+    // Paired.
+    let (_offer, _csock, accepted) = offer_and_connect(&mut client, to, &l);
+    let mut a = server.accept_nowait(accepted.as_raw_fd(), 1 << 20).unwrap();
+    assert!(
+        rang(&line.fd) >= 1,
+        "the pairing did not ring the server's line"
+    );
+    let Some(Pairing::Paired(p)) = server.paired(&mut a, Duration::ZERO).unwrap() else {
+        panic!("the answer is not there when the line rings");
+    };
+    assert!(p.server);
+
+    // Declined: a plain TCP client made no offer.
+    let _plain = TcpStream::connect(to).unwrap();
+    let (accepted, _) = l.accept().unwrap();
+    let mut a = server.accept_nowait(accepted.as_raw_fd(), 1 << 20).unwrap();
+    assert!(
+        rang(&line.fd) >= 1,
+        "the decline did not ring the server's line"
+    );
+    assert!(matches!(
+        server.paired(&mut a, Duration::ZERO).unwrap(),
+        Some(Pairing::Declined(_))
+    ));
+
+    // A server that waits for the answer is not rung (its next sleep would wake for nothing).
+    let _plain = TcpStream::connect(to).unwrap();
+    let (accepted, _) = l.accept().unwrap();
+    assert!(matches!(
+        server.accept(accepted.as_raw_fd(), 1 << 20).unwrap(),
+        Pairing::Declined(_)
+    ));
+    assert_eq!(
+        sys::poll_in(&[line.fd.as_raw_fd()], 200).unwrap()[0],
+        0,
+        "a waited-for accept rang the server's line"
+    );
+}
+
 #[test]
 fn a_third_party_can_neither_claim_nor_meddle() {
     let svc = start(Options::default());
@@ -334,8 +396,9 @@ fn python_client(socket: &Path, port: u16) -> Child {
         r#"
 import os, socket, struct, sys, time
 MAGIC = int.from_bytes(b"PCFB", "little")
+VERSION = {version}
 def msg(kind, rid, words=()):
-    return struct.pack("<IHHQ", MAGIC, 2, kind, rid) + b"".join(struct.pack("<Q", w) for w in words)
+    return struct.pack("<IHHQ", MAGIC, VERSION, kind, rid) + b"".join(struct.pack("<Q", w) for w in words)
 u = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 u.connect({socket:?})
 efd = os.eventfd(0)
@@ -357,6 +420,7 @@ time.sleep(60)
 "#,
         socket = socket.to_str().unwrap(),
         port = port,
+        version = fabric::wire::VERSION,
     );
     Command::new("python3")
         .arg("-c")

@@ -325,6 +325,14 @@ fn sa_restart() {
 }
 
 #[test]
+fn accept_nonblocking() {
+    // The server (main process, writes its stats last) accepts three connections with accept4(SOCK_NONBLOCK): one
+    // closed before any use, one handed to a forked child that sends 1 MiB, one answered from an edge-triggered
+    // epoll wait (64 bytes each way). The client is another process. The lo bound proves the 1 MiB did not cross TCP.
+    run_behaviour("accept_nonblocking", expect(3, 64, 64, MIB));
+}
+
+#[test]
 fn epipe_sigpipe() {
     // Two connections, both ends in the process; the writes into a closed peer carry no payload anywhere.
     run_behaviour("epipe_sigpipe", expect(4, 0, 0, 0));

@@ -80,9 +80,18 @@ l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 l.bind(("127.0.0.1", port))
 l.listen(64)
 
-def serve():
+def serve(announce=False):
     for _ in range(conns):
-        c, _ = l.accept()
+        if announce:
+            # An event loop's accept (accept4 with SOCK_NONBLOCK), said when it returned.
+            import ctypes
+            fd = ctypes.CDLL(None).accept4(l.fileno(), None, None, socket.SOCK_NONBLOCK)
+            assert fd >= 0, "accept4"
+            print("accepted", flush=True)
+            c = socket.socket(fileno=fd)
+            c.setblocking(True)
+        else:
+            c, _ = l.accept()
         got = 0
         while True:
             b = c.recv(1 << 20)
@@ -102,6 +111,13 @@ def serve():
 if shape == "plain":
     print("listening", flush=True)
     serve()
+elif shape == "announce":
+    # Accepts once the file named by the fifth argument exists; says when each accept
+    # returned, before the connection's first use.
+    print("listening", flush=True)
+    while not os.path.exists(sys.argv[5]):
+        time.sleep(0.01)
+    serve(True)
 elif shape == "late":
     # Accept a while after the clients connected (their offers wait meanwhile).
     print("listening", flush=True)
@@ -636,6 +652,117 @@ fn a_service_restart_loses_no_connection() {
     // The new service pairs new connections.
     transfer(&f, &svc, "plain", "root", &["root"], 4 * MIB);
     assert_eq!(svc.count("paired"), 1);
+}
+
+/// Through the service a non-blocking accept (an event loop's) does not wait for the service's
+/// answer: the connection completes at its first use. With the service stopped (SIGSTOP), the
+/// server's `accept4` still returns (before, it waited for the answer until its request timed
+/// out, 5 s, and then stayed on TCP); once the service runs again, the bytes go over NTB.
+#[test]
+fn an_accept_returns_without_waiting_for_the_service() {
+    let f = Fixture::new("hm_accept_nowait");
+    let svc = Service::start(&f);
+    let prog = py(&f);
+    let prog_s = prog.display().to_string();
+    let port = free_port();
+    let port_s = port.to_string();
+    let marker = marker_of(&f);
+    let go = f.dir().join("go");
+    let go_s = go.display().to_string();
+    let senv = svc.env(&f, "server", port).marked(&marker);
+    let mut server = check(
+        Proc::spawn(
+            "server",
+            command(
+                "/usr/bin/python3",
+                &[&prog_s, "server", &port_s, "announce", "1", &go_s],
+                Some(&senv),
+            ),
+            f.dir(),
+        ),
+        &[],
+    );
+    check(
+        server.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+        &[&server],
+    );
+    iperf_tests::wait_listening(port, Duration::from_secs(10)).unwrap();
+    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
+    // The client connects (its offer is in the service) and waits for its answer, longer than
+    // the service will be stopped.
+    let mut cenv = svc.env(&f, "client0", port).marked(&marker);
+    cenv.extra
+        .push(("PCISOCK_ANSWER_TIMEOUT_MS".into(), "30000".into()));
+    let bytes = 4 * MIB;
+    let bytes_s = bytes.to_string();
+    let mut client = check(
+        Proc::spawn(
+            "client0",
+            command(
+                "/usr/bin/python3",
+                &[&prog_s, "client", &port_s, &bytes_s],
+                Some(&cenv),
+            ),
+            f.dir(),
+        ),
+        &[&server],
+    );
+    // Connected in the kernel: a connection to the port is in its backlog.
+    let established = format!(":{port:04X} 01 ");
+    let t0 = Instant::now();
+    while !fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
+        t.lines().any(|l| {
+            l.split_whitespace()
+                .nth(2)
+                .is_some_and(|r| r.ends_with(&format!(":{port:04X}")))
+                && l.contains(" 01 ")
+        })
+    }) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the client never connected ({established})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    /// Lets the service run again however the test ends.
+    struct Stopped(u32);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.0.to_string()])
+                .status();
+        }
+    }
+    let svc_pid = svc.proc.pid();
+    let stopped = Stopped(svc_pid);
+    assert!(Command::new("kill")
+        .args(["-STOP", &svc_pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    fs::write(&go, b"").unwrap();
+    let accepted = server.wait_stdout(Duration::from_secs(3), |o| o.contains("accepted"));
+    drop(stopped);
+    check(accepted, &[&server, &client]);
+    check(
+        client.wait_success(Duration::from_secs(60)),
+        &[&client, &server],
+    );
+    check(server.wait_success(Duration::from_secs(20)), &[&server]);
+    let delta = lo.delta().unwrap();
+    drop(lo);
+    assert!(
+        delta.tx_bytes < QUIET,
+        "{} bytes crossed lo: not the NTB path",
+        delta.tx_bytes
+    );
+    let st = Stats::load(&f.dir().join("client0.stats.json")).unwrap();
+    assert!(
+        st.ntb_tx_bytes >= bytes,
+        "{} bytes over NTB",
+        st.ntb_tx_bytes
+    );
 }
 
 /// The server's established TCP sockets on a port, sampled every 100 ms on a thread of its own

@@ -708,7 +708,10 @@ fn harvest(
             continue;
         }
         if r.events & libc::EPOLLET as u32 != 0 {
-            if r.last_activity == Some(a) {
+            // Readiness itself may take news in (a failed-over connection's records read off
+            // its TCP socket, whose kernel event then never comes): that is an edge too. The
+            // activity before it is kept, so the next check reports once more at most.
+            if r.last_activity == Some(a) && c.activity() == a {
                 continue;
             }
             r.last_activity = Some(a);

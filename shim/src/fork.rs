@@ -1,16 +1,23 @@
 //! fork: which NTB connections a child shares with its parent, and which entries it must leave
 //! alone.
 //!
-//! Before the fork ([`prepare`]) every NTB connection in the side table gets one more holder,
-//! so that a parent that closes its copy at once does not end the connection under the child;
-//! the child ([`child`]) then records its pid with each. Two things can happen meanwhile in the
-//! parent's other threads, and the child sees their half-done work:
+//! Before the fork ([`prepare`]) an accepted connection still waiting for the host fabric
+//! service's answer is completed (`ops::settle_accepts`: the answer comes at once, to this
+//! process's service connection, which a child does not share); then every NTB connection in
+//! the side table gets one more holder, so that a parent that closes its copy at once does not
+//! end the connection under the child; the child ([`child`]) then records its pid with each.
+//! Two things can happen meanwhile in the parent's other threads, and the child sees their
+//! half-done work:
 //! - a connection published after `prepare` looked at the table (a client's upgrade completing
 //!   on its first `send`, an `accept`): its holder count does not include the child, so the
 //!   child's close would be taken for the last one and end the parent's connection;
 //! - an entry whose lock a thread held at the fork (a client waiting for its answer holds its
 //!   entry's state): that thread does not exist in the child, and the child's first `close` of
 //!   the fd would wait for it forever.
+//!
+//! The same goes for an accepted connection still waiting for the host fabric service's
+//! answer that `prepare` did not complete (accepted by another thread after it looked): the
+//! answer goes to the parent's service connection.
 //!
 //! The child swaps such entries for one [`State::Forsaken`] entry: it cannot tell which path the
 //! connection took, so its data calls on the fd fail with EIO (logged); it never takes the old
@@ -44,6 +51,9 @@ fn mark_adopted(n: u64) -> u64 {
 /// Before fork (in the parent): one more holder for every NTB connection of the side table
 /// (once per connection, however many fds share it), each marked with this fork's number.
 pub fn prepare() {
+    // Accepted connections whose answer is on its way are completed first (see
+    // `ops::settle_accepts`): the child never inherits one half-made.
+    crate::ops::settle_accepts();
     let n = FORKS.fetch_add(1, SeqCst) + 1;
     FORSAKEN.get_or_init(|| {
         Arc::new(Sock::new(
@@ -86,6 +96,16 @@ fn each_connection(f: impl Fn(&Sock, &transport::Connection)) {
     }));
 }
 
+/// An accepted connection still waiting for the service's answer, which goes to the parent's
+/// service connection: `prepare` completed those it could, so one here was accepted by another
+/// thread after it looked (or is held by one); the child cannot complete it.
+fn accepting(sock: &Sock) -> bool {
+    match sock.state.try_lock() {
+        Ok(st) => matches!(&*st, State::Offered(Some(p)) if p.is_accept()),
+        Err(_) => false,
+    }
+}
+
 /// Is `m` held by a thread that no longer exists (in a child, where only this thread runs)?
 fn stuck<T>(m: &Mutex<T>) -> bool {
     matches!(m.try_lock(), Err(TryLockError::WouldBlock))
@@ -120,7 +140,7 @@ pub fn child() {
                 }
                 // Published after `prepare` counted: not ours to hold.
                 Some(_) => false,
-                None => !busy,
+                None => !busy && !accepting(sock),
             };
             if keep {
                 return None;

@@ -250,9 +250,22 @@ pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> 
     let reason = if !listening {
         l.tcp_reason().unwrap_or(Reason::NoDevice)
     } else {
+        // A blocking fd's first use would wait for the service's answer anyway: it completes
+        // here, as it always did. A non-blocking one (an event loop: nginx) returns at once and
+        // completes at first use, so the server goes on with its other connections meanwhile.
+        let started = |t: &transport::Transport| {
+            if nonblock {
+                t.accept_started(fd, local, peer)
+            } else {
+                match t.accept(fd, local, peer) {
+                    Ok(c) => Outcome::Connected(c),
+                    Err(r) => Outcome::Tcp(r),
+                }
+            }
+        };
         match g.transport() {
-            Ok(t) => match t.accept(fd, local, peer) {
-                Ok(conn) => {
+            Ok(t) => match started(t) {
+                Outcome::Connected(conn) => {
                     let _ = sock.conn.set(Arc::new(conn));
                     g.ntb_connections.fetch_add(1, Relaxed);
                     g.log(LogLevel::Info, || {
@@ -261,7 +274,17 @@ pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> 
                     table::insert(fd, Arc::new(sock));
                     return Ok(());
                 }
-                Err(r) => r,
+                // Through the service: its answer comes to the first use of the fd (as a
+                // client's does: `settle_offer`), so accept returns without a round trip.
+                Outcome::Waiting(p) => {
+                    *sock.state.lock().map_err(|_| libc::EIO)? = State::Offered(Some(p));
+                    g.log(LogLevel::Debug, || {
+                        format!("fd {fd}: accepted {}, upgrade asked for", peer.to_std())
+                    });
+                    table::insert(fd, Arc::new(sock));
+                    return Ok(());
+                }
+                Outcome::Tcp(r) => r,
             },
             Err(_) => g.unavailable(),
         }
@@ -515,10 +538,11 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
             *st = State::Ntb;
             g.ntb_connections.fetch_add(1, Relaxed);
             g.log(LogLevel::Info, || {
-                format!(
-                    "fd {fd}: connected to {} on the NTB path",
-                    sock.peer.to_std()
-                )
+                let how = match sock.role {
+                    Role::Client => "connected to",
+                    Role::Server => "accepted",
+                };
+                format!("fd {fd}: {how} {} on the NTB path", sock.peer.to_std())
             });
             flushed.map_err(io_errno)?;
             Ok(Some(c))
@@ -527,7 +551,8 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
             *st = State::Tcp(reason);
             g.log(LogLevel::Info, || {
                 format!(
-                    "fd {fd}: client {} stays on TCP: {reason} ({})",
+                    "fd {fd}: {} {} stays on TCP: {reason} ({})",
+                    sock.role,
                     sock.peer.to_std(),
                     reason.explain()
                 )
@@ -551,6 +576,30 @@ fn settle_offer(sock: &Sock, fd: c_int, block: bool) -> Result<Option<Arc<Connec
             Err(libc::EAGAIN)
         }
     }
+}
+
+/// Before a fork: complete every accepted connection still waiting for the service's answer
+/// (which comes at once). The answer goes to this process's service connection, which a child
+/// does not share (it opens its own), so a child that inherited the fd could never complete it;
+/// completed now, the connection is handed on whole, as a settled one always was.
+pub fn settle_accepts() {
+    let _ = std::panic::catch_unwind(|| {
+        for (fd, sock) in table::snapshot() {
+            // An entry another thread holds is being settled by it (or is a client's, waiting
+            // for its server): left to the child's rules (`fork::child`). The transport is
+            // only asked about a pending entry (which it made): a fork never opens it.
+            let waiting = sock.conn.get().is_none()
+                && sock.state.try_lock().is_ok_and(|st| match &*st {
+                    State::Offered(Some(p)) => global::get()
+                        .transport()
+                        .is_ok_and(|t| t.pending_is_accept(p)),
+                    _ => false,
+                });
+            if waiting {
+                let _ = settle_offer(&sock, fd, true);
+            }
+        }
+    });
 }
 
 /// The data path of a tracked fd: its entry, whose connection is set ([`Sock::ntb`]), or
@@ -744,8 +793,17 @@ fn retire(s: Arc<Sock>, fd: Option<c_int>) -> Option<Closing> {
     let mut closing = None;
     if Arc::strong_count(&s) == 1 {
         // (Its statistics record is kept when the entry is dropped: see `Sock::drop`.)
-        // Bytes sent before the answer must still reach the peer, whichever path it is.
-        if let Some(fd) = fd.filter(|_| s.early.lock().is_ok_and(|e| !e.is_empty())) {
+        // Bytes sent before the answer must still reach the peer, whichever path it is; and an
+        // accepted connection closed before its first use is completed, so that it closes as
+        // one (the peer reads EOF, the service hears of it) rather than vanish unanswered.
+        let accepting = || {
+            s.state.lock().is_ok_and(|st| {
+                matches!(&*st, State::Offered(Some(p))
+                    if g.transport().is_ok_and(|t| t.pending_is_accept(p)))
+            })
+        };
+        if let Some(fd) = fd.filter(|_| s.early.lock().is_ok_and(|e| !e.is_empty()) || accepting())
+        {
             let _ = settle_offer(&s, fd, true);
         }
         if let Ok(mut st) = s.state.lock() {

@@ -65,6 +65,7 @@ pub(crate) use block::{
     peer_alive, peer_finished, word32, word64, C_BASE, INFO_BASE, INFO_MAGIC, L_STATE_PUB,
     ST_ON_TCP,
 };
+pub(crate) use failover::LinkLook;
 pub(crate) use half_open::HalfOpen;
 
 use block::{

@@ -235,6 +235,8 @@ pub(crate) struct Shared {
     zombies: Mutex<Vec<Zombie>>,
     /// The process that opened the transport (a forked child shares this state).
     pid: u32,
+    /// The device's link as last asked, shared by the connections' readiness checks.
+    pub(crate) link: conn::LinkLook,
 }
 
 /// How long a new connection waits for quarantined window space before it gives up.
@@ -447,10 +449,19 @@ pub enum Outcome {
     Waiting(Pending),
 }
 
-/// A client's offer, waiting for the server's side.
+/// A client's offer, waiting for the server's side (or, through the host fabric service, a
+/// server's accept waiting for the service's answer: [`Pending::is_accept`]).
 pub enum Pending {
     Device(DevicePending),
     Service(service::Offered),
+}
+
+impl Pending {
+    /// A server's accept started by [`Transport::accept_started`], not a client's offer. Pure
+    /// (no lock, no allocation): a forked child asks it.
+    pub fn is_accept(&self) -> bool {
+        service::is_accept(self)
+    }
 }
 
 impl DeviceTransport {
@@ -469,6 +480,7 @@ impl DeviceTransport {
             dma: OnceLock::new(),
             zombies: Mutex::new(Vec::new()),
             pid: std::process::id(),
+            link: Default::default(),
         });
         Ok(DeviceTransport {
             shared,
@@ -1066,6 +1078,7 @@ impl Transport {
             dma: OnceLock::new(),
             zombies: Mutex::new(Vec::new()),
             pid: std::process::id(),
+            link: Default::default(),
         });
         Ok(Transport {
             shared,
@@ -1139,6 +1152,33 @@ impl Transport {
             How::Device(d) => d.accept(tcp_fd, local, peer),
             How::Service => service::accept(&self.shared, tcp_fd, local, peer),
         }
+    }
+
+    /// Server side, as [`Transport::accept`] but without waiting for the answer where it takes
+    /// a round trip (the host fabric service): `Waiting` then, and the connection completes at
+    /// its first use with [`Transport::complete`], as a client's does. Over a device the
+    /// answer is written at once, and this is `accept`.
+    pub fn accept_started(&self, tcp_fd: RawFd, local: Endpoint, peer: Endpoint) -> Outcome {
+        let r = match &self.how {
+            How::Device(d) => d.accept(tcp_fd, local, peer),
+            How::Service => {
+                return match service::accept_started(&self.shared, tcp_fd, local, peer) {
+                    Ok(p) => Outcome::Waiting(p),
+                    Err(r) => Outcome::Tcp(r),
+                }
+            }
+        };
+        match r {
+            Ok(c) => Outcome::Connected(c),
+            Err(r) => Outcome::Tcp(r),
+        }
+    }
+
+    /// Is `p` a server's accept started by [`Transport::accept_started`] (not a client's
+    /// offer)? Its answer comes at once, so a fork or a close waits for it
+    /// ([`Transport::complete`]) rather than leave the child or the service guessing.
+    pub fn pending_is_accept(&self, p: &Pending) -> bool {
+        p.is_accept()
     }
 
     /// Offer the upgrade of a connection whose kernel connect has not chosen our port yet;

@@ -231,9 +231,13 @@ fn failed(e: ClientError) -> Reason {
     }
 }
 
-/// A client's offer to the service, waiting for the server's accept.
+/// A client's offer to the service, waiting for the server's accept; or a server's accept,
+/// waiting for the service's answer (`server`).
 pub struct Offered {
     offer: fabric::Offer,
+    /// The accepting end: the request is an `Accept`, which the service answers at once (it
+    /// rings our line when it has); the connection completes at its first use.
+    server: bool,
     /// This process's line, which the service rings when the offer is answered (shared: a
     /// wait sleeps on `sys::wake_fd`).
     line: Arc<OwnedFd>,
@@ -280,6 +284,7 @@ pub(crate) fn offer(
     let line = line.ok_or(Reason::NoDoorbell)?;
     Ok(Pending::Service(Offered {
         offer,
+        server: false,
         line,
         local,
         remote,
@@ -287,11 +292,24 @@ pub(crate) fn offer(
     }))
 }
 
-pub(crate) fn cancel(shared: &Shared, o: Offered) {
-    if let Ok(link) = link(shared) {
-        link.fire(Fire::Cancel(o.offer));
+/// Give up a pending offer. A server's accept has nothing to withdraw (the service answers it
+/// at once, and a pairing makes this process a holder of the server end): its answer is taken
+/// in, and a connection it paired is let go of at once, as a close would.
+pub(crate) fn cancel(shared: &Shared, mut o: Offered) {
+    let Ok(link) = link(shared) else {
+        return;
+    };
+    if !o.server {
+        return link.fire(Fire::Cancel(o.offer));
+    }
+    if let Ok(Some(Pairing::Paired(p))) = link.with(|c| c.paired(&mut o.offer, ANSWER_PATIENCE)) {
+        link.close(p.conn, true);
     }
 }
+
+/// How long a server waits for the service's answer to its `Accept` (which the service gives
+/// at once): as long as any request waits for its reply.
+const ANSWER_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The descriptor a pending client's answer rings: this process's line (shared, never
 /// emptied: an epoll set registers it edge-triggered; a thread sleeps on `sys::wake_fd`).
@@ -344,11 +362,12 @@ pub(crate) fn complete(
         }) {
             Ok((svc, Some(Pairing::Paired(p)))) => {
                 let p = link.pair(svc, p);
+                let role = if o.server { Role::Server } else { Role::Client };
                 return match Connection::from_service(
                     shared.clone(),
                     p,
                     tcp_fd,
-                    Role::Client,
+                    role,
                     o.local,
                     o.remote,
                 ) {
@@ -356,9 +375,28 @@ pub(crate) fn complete(
                     Err(r) => Outcome::Tcp(r),
                 };
             }
+            Ok((_, Some(Pairing::Declined(code)))) if o.server => {
+                return Outcome::Tcp(accept_declined(code, tcp_fd))
+            }
             Ok((_, Some(Pairing::Declined(code)))) => return Outcome::Tcp(reason(code)),
             Ok((_, None)) => {}
             Err(e) => return Outcome::Tcp(failed(e)),
+        }
+        if o.server {
+            // The service answers an accept at once: only a service gone quiet (or one that
+            // restarted under us and never saw the request) keeps us waiting this long.
+            if o.progress.elapsed() >= ANSWER_PATIENCE {
+                return Outcome::Tcp(Reason::NoDevice);
+            }
+            let left = patience.map_or(Duration::from_millis(50), |p| {
+                p.saturating_sub(t0.elapsed())
+            });
+            if left.is_zero() {
+                return Outcome::Waiting(Pending::Service(o));
+            }
+            let _ = crate::sys::poll2(sleep_fd, -1, Some(left));
+            crate::sys::wake_consume();
+            continue;
         }
         // The answer timeout holds for a non-blocking completion too (an application waiting
         // in epoll for a server that does not accept settles on TCP, as with the device).
@@ -402,6 +440,52 @@ pub(crate) fn complete(
     }
 }
 
+/// Start the upgrade of the connection the kernel accepted on `tcp_fd`: the `Accept` goes to
+/// the service without waiting for its answer, and the connection completes at its first use
+/// ([`complete`], as a client's connect does): an accept costs no round trip to the service,
+/// and a server accepting a burst of connections sends their accepts one after the other.
+pub(crate) fn accept_started(
+    shared: &Shared,
+    tcp_fd: RawFd,
+    local: Endpoint,
+    peer: Endpoint,
+) -> Result<Pending, Reason> {
+    let ring = shared.settings.ring_bytes;
+    let link = link(shared)?;
+    let (offer, line) = link
+        .with(|c| Ok((c.accept_nowait(tcp_fd, ring)?, link.own_line())))
+        .map_err(failed)?;
+    let line = line.ok_or(Reason::NoDoorbell)?;
+    Ok(Pending::Service(Offered {
+        offer,
+        server: true,
+        line,
+        local,
+        remote: peer,
+        progress: Instant::now(),
+    }))
+}
+
+/// Is `p` a server's accept waiting for the service's answer (not a client's offer)?
+pub(crate) fn is_accept(p: &Pending) -> bool {
+    matches!(p, Pending::Service(o) if o.server)
+}
+
+/// Why an accept the service declined stays on TCP.
+fn accept_declined(code: u32, tcp_fd: RawFd) -> Reason {
+    match reason(code) {
+        // As with the device: a client that hung up before we accepted made no offer that
+        // is still there.
+        Reason::NoOffer => match crate::sys::peek_tcp(tcp_fd) {
+            crate::sys::Peek::Eof | crate::sys::Peek::Reset | crate::sys::Peek::Unusable => {
+                Reason::ClosedBeforeAccept
+            }
+            crate::sys::Peek::Open | crate::sys::Peek::Data => Reason::NoOffer,
+        },
+        r => r,
+    }
+}
+
 pub(crate) fn accept(
     shared: &Arc<Shared>,
     tcp_fd: RawFd,
@@ -418,17 +502,7 @@ pub(crate) fn accept(
             let p = link.pair(svc, p);
             Connection::from_service(shared.clone(), p, tcp_fd, Role::Server, local, peer)
         }
-        (_, Pairing::Declined(code)) => Err(match reason(code) {
-            // As with the device: a client that hung up before we accepted made no offer that
-            // is still there.
-            Reason::NoOffer => match crate::sys::peek_tcp(tcp_fd) {
-                crate::sys::Peek::Eof | crate::sys::Peek::Reset | crate::sys::Peek::Unusable => {
-                    Reason::ClosedBeforeAccept
-                }
-                crate::sys::Peek::Open | crate::sys::Peek::Data => Reason::NoOffer,
-            },
-            r => r,
-        }),
+        (_, Pairing::Declined(code)) => Err(accept_declined(code, tcp_fd)),
     }
 }
 
@@ -462,6 +536,7 @@ pub(crate) fn reattach(shared: &Arc<Shared>, tcp_fd: RawFd) -> Option<Outcome> {
             let view = fabric::sys::tcp_view(tcp_fd).ok()??;
             let o = Offered {
                 offer,
+                server: false,
                 line: link.line(svc, line),
                 local: view.local.map(Endpoint::from).unwrap_or_default(),
                 remote: view.peer.map(Endpoint::from)?,

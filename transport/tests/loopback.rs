@@ -1666,3 +1666,214 @@ fn a_link_fault_moves_the_stream_to_tcp_and_back_byte_exact() {
     assert_eq!(c.counter(Counter::Failovers), 2);
     faults.faults().clear();
 }
+
+/// Waits (up to 2 s) until `ok` holds, calling it again and again; the last answer.
+fn eventually(mut ok: impl FnMut() -> bool) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(2) {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    ok()
+}
+
+fn nonblock() -> RecvFlags {
+    RecvFlags {
+        nonblock: true,
+        ..Default::default()
+    }
+}
+
+/// An application that only waits in poll/epoll on a ring that never fills never sends or receives on a failing
+/// ring: readiness alone takes an idle connection off a downed link (each end its sending side), reports the
+/// records the peer sent as readable only when they carry bytes (an END alone is nothing to read: a blocking reader
+/// told otherwise sleeps in its read), and brings both sides back once the link is up again.
+#[test]
+fn readiness_alone_moves_an_idle_connection_off_a_downed_link_and_back() {
+    let (_d, dev) = device("fo-ready");
+    let t = transport(&dev, 64 << 10);
+    let (cc, sc, _s, _srv) = pair(&t);
+    let mut buf = [0u8; 64];
+    assert_eq!(cc.send(&[b"ping"], false, None).unwrap(), 4);
+    assert_eq!(sc.recv(&mut [&mut buf[..]], nonblock(), None), Ok(4));
+    dev.link_disable().unwrap();
+    std::thread::sleep(Duration::from_millis(5)); // past the process's last look at the link
+    let r = cc.readiness();
+    assert!(
+        cc.sending_on_tcp(),
+        "the client's readiness did not leave the ring: {r:?}"
+    );
+    sc.look_at_tcp(); // as an epoll wait does when the socket has news
+    let r = sc.readiness();
+    assert!(
+        sc.sending_on_tcp(),
+        "the server's readiness did not leave the ring: {r:?}"
+    );
+    assert!(!r.readable, "an END alone was reported readable: {r:?}");
+    assert!(
+        !cc.readiness().readable,
+        "an END alone was reported readable"
+    );
+    // A request and its answer, over TCP.
+    assert_eq!(cc.send(&[b"request"], false, None), Ok(7));
+    assert!(
+        eventually(|| sc.readiness().readable),
+        "the request is not readable"
+    );
+    assert_eq!(sc.recv(&mut [&mut buf[..]], nonblock(), None), Ok(7));
+    assert_eq!(&buf[..7], b"request");
+    assert!(!sc.readiness().readable);
+    assert_eq!(sc.send(&[b"answer"], false, None), Ok(6));
+    assert!(
+        eventually(|| cc.readiness().readable),
+        "the answer is not readable"
+    );
+    assert_eq!(cc.recv(&mut [&mut buf[..]], nonblock(), None), Ok(6));
+    assert_eq!(&buf[..6], b"answer");
+    let on_tcp = (
+        cc.counter(Counter::TcpTxBytes),
+        sc.counter(Counter::TcpTxBytes),
+    );
+    assert_eq!(on_tcp, (7, 6));
+    // The link is back: after the hold, readiness brings both sending sides back to the ring.
+    dev.link_enable().unwrap();
+    assert!(
+        eventually(|| {
+            cc.readiness();
+            sc.readiness();
+            !cc.sending_on_tcp() && !sc.sending_on_tcp()
+        }),
+        "not back on the ring"
+    );
+    let ring = cc.counter(Counter::TxBytes);
+    assert_eq!(cc.send(&[b"again"], false, None), Ok(5));
+    assert!(eventually(|| sc.readiness().readable));
+    assert_eq!(sc.recv(&mut [&mut buf[..]], nonblock(), None), Ok(5));
+    assert_eq!(&buf[..5], b"again");
+    assert_eq!(
+        cc.counter(Counter::TxBytes),
+        ring + 5,
+        "not sent on the ring"
+    );
+    for c in [&cc, &sc] {
+        assert_eq!(
+            (c.counter(Counter::Failovers), c.counter(Counter::Failbacks)),
+            (1, 1)
+        );
+    }
+}
+
+/// FIONREAD while the ring is drained up to the peer's END: the ring's bytes below the END and the payload of the
+/// DATA records after it (not their headers), as the reads then return them. The sender fills the ring on a downed
+/// link, and its wait for room sends the rest over TCP.
+#[test]
+fn fionread_counts_the_ring_up_to_the_end_and_the_records_after_it() {
+    const N: usize = 100_000;
+    let (_d, dev) = device("fo-fionread");
+    let t = transport(&dev, 64 << 10);
+    let (cc, sc, _s, _srv) = pair(&t);
+    let data: Vec<u8> = (0..N).map(|i| (i % 251) as u8).collect();
+    dev.link_disable().unwrap();
+    assert_eq!(
+        cc.send(&[&data], false, Some(Duration::from_secs(10))),
+        Ok(N)
+    );
+    let on_tcp = cc.counter(Counter::TcpTxBytes) as usize;
+    assert!(on_tcp > 0 && on_tcp < N, "{on_tcp} of {N} bytes over TCP");
+    assert!(
+        eventually(|| sc.readable_bytes() >= N),
+        "FIONREAD {} of {N} ({on_tcp} over TCP)",
+        sc.readable_bytes()
+    );
+    assert_eq!(sc.readable_bytes(), N);
+    let mut buf = vec![0u8; N];
+    // Part of the ring: the rest of it and the records remain.
+    assert_eq!(sc.recv(&mut [&mut buf[..1000]], nonblock(), None), Ok(1000));
+    assert_eq!(sc.readable_bytes(), N - 1000);
+    let mut got = 1000;
+    while got < N {
+        let n = sc
+            .recv(&mut [&mut buf[got..]], nonblock(), None)
+            .unwrap_or_else(|e| panic!("after {got}: {e:?}"));
+        got += n;
+        assert_eq!(sc.readable_bytes(), N - got, "after {got}");
+    }
+    assert!(buf == data);
+}
+
+/// A peer that half-closes while its direction is on TCP (failover) still reads: its kernel's FIN after its last
+/// record is not its death, so a send of ours that waits for its credits on the ring goes on until they come (it
+/// failed with EPIPE: `failover::echo_is_byte_identical_across_many_faults` did so in about 1 run of 7).
+#[test]
+fn a_half_close_on_tcp_is_not_the_peers_death() {
+    const N: usize = 256 << 10;
+    let (_d, dev) = device("fo-halfclose");
+    let t = transport(&dev, 64 << 10);
+    let (cc, sc, _s, _srv) = pair(&t);
+    let cc = Arc::new(cc);
+    let sc = Arc::new(sc);
+    dev.link_disable().unwrap();
+    std::thread::sleep(Duration::from_millis(5)); // past the process's last look at the link
+    cc.readiness();
+    sc.look_at_tcp();
+    sc.readiness();
+    assert!(cc.sending_on_tcp() && sc.sending_on_tcp(), "not on TCP");
+    // The client's last bytes and its half-close, over TCP; the server reads them and the end.
+    assert_eq!(cc.send(&[b"last words"], false, None), Ok(10));
+    cc.shutdown(false, true);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = Vec::new();
+    loop {
+        match sc.recv(
+            &mut [&mut buf[..]],
+            RecvFlags::default(),
+            Some(Duration::from_secs(5)),
+        ) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("server's read: {e:?}"),
+        }
+    }
+    assert_eq!(got, b"last words");
+    // The link is back: the server's direction returns to the ring; the client's stays ended on TCP.
+    dev.link_enable().unwrap();
+    assert!(
+        eventually(|| {
+            sc.readiness();
+            !sc.sending_on_tcp()
+        }),
+        "the server's direction did not come back to the ring"
+    );
+    // Four rings' worth: the server's send waits for credits that the client returns as it reads.
+    let reader = {
+        let cc = cc.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 8 << 10];
+            let mut n = 0usize;
+            while n < N {
+                std::thread::sleep(Duration::from_millis(2));
+                match cc.recv(
+                    &mut [&mut buf[..]],
+                    RecvFlags::default(),
+                    Some(Duration::from_secs(5)),
+                ) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) => panic!("client's read: {e:?}"),
+                }
+            }
+            n
+        })
+    };
+    let data = vec![7u8; N];
+    let mut sent = 0;
+    while sent < N {
+        match sc.send(&[&data[sent..]], false, Some(Duration::from_secs(10))) {
+            Ok(k) => sent += k,
+            Err(e) => panic!("the server's send after {sent} bytes: {e:?} (the client's half-close taken for its death)"),
+        }
+    }
+    assert_eq!(reader.join().unwrap(), N);
+}

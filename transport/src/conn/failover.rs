@@ -16,12 +16,14 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU32};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use ntbdrv::NtbDevice;
+
 use super::block::{
-    word32, word64, CR_CLOSED, CR_RX_SLEEPING, FLAG_RST, L_SOCK_INODE, L_STATE, RX_FLAGS,
+    word32, word64, CR_CLOSED, CR_RX_SLEEPING, FLAG_FIN, FLAG_RST, L_SOCK_INODE, L_STATE, RX_FLAGS,
     ST_ON_TCP, ST_SHUT_RD, ST_SHUT_WR,
 };
 use super::cursors::{RxPos, TxPos};
@@ -43,6 +45,47 @@ const TCP_CHUNK: usize = 256 << 10;
 /// How long a drain waits for ring bytes the END says were published (a bridge that dropped
 /// them never delivers them: then the connection is reset, never silently short).
 const DRAIN_PATIENCE: Duration = Duration::from_secs(1);
+/// How long one look at the device's link serves every connection of the process.
+const LINK_LOOK_EVERY: Duration = Duration::from_millis(1);
+
+/// The device's link as this process last asked it. Asking is a register read on hardware (and
+/// a store as well on the emulated device), and readiness asks for every connection at every
+/// check of an epoll set: one answer serves them all for [`LINK_LOOK_EVERY`].
+#[derive(Default)]
+pub(crate) struct LinkLook {
+    /// When the link was last asked: nanoseconds since the process's first look, plus one
+    /// (0: never).
+    at: AtomicU64,
+    /// The answer: bit 32 up, bits 0..32 the link generation.
+    word: AtomicU64,
+}
+
+impl LinkLook {
+    /// `Some(generation)` if the link is up: asked now if `fresh` (a wait: the cache is left
+    /// alone, so a waiting sender writes nothing a reader shares), else the last look if it is
+    /// recent. Process-local words, Relaxed: a thread may pair a new time with the answer
+    /// before, which is one look (at most 1 ms) old — a hint either way, as the link can
+    /// change right after any look.
+    fn get(&self, dev: &dyn NtbDevice, fresh: bool) -> Option<u32> {
+        if fresh {
+            let s = dev.link_state();
+            return s.up.then_some(s.generation);
+        }
+        static FIRST: OnceLock<Instant> = OnceLock::new();
+        let now = (FIRST.get_or_init(Instant::now).elapsed().as_nanos() as u64).saturating_add(1);
+        let at = self.at.load(Relaxed);
+        let word = if at != 0 && now.saturating_sub(at) < LINK_LOOK_EVERY.as_nanos() as u64 {
+            self.word.load(Relaxed)
+        } else {
+            let s = dev.link_state();
+            let w = u64::from(s.up) << 32 | u64::from(s.generation);
+            self.word.store(w, Relaxed);
+            self.at.store(now, Relaxed);
+            w
+        };
+        (word >> 32 != 0).then_some(word as u32)
+    }
+}
 
 /// A connection's failover state. The first two words are all the fast path reads.
 #[derive(Default)]
@@ -59,6 +102,9 @@ pub(super) struct Failover {
     broken: AtomicBool,
     /// The link generation when we (re)joined the ring.
     link_gen: AtomicU32,
+    /// Bumped by whatever changes the connection off the ring's counters (a switch, records
+    /// taken in, an event on the TCP socket): edge-triggered epoll sees it in `activity`.
+    events: AtomicU32,
     rx: Mutex<RxSide>,
     tx: Mutex<TxSide>,
 }
@@ -115,6 +161,23 @@ impl Failover {
     pub(super) fn engage_rx(&self) {
         self.rx_off.store(true, Relaxed);
     }
+
+    /// Something changed that the ring's counters do not show (see `events`).
+    pub(super) fn note_event(&self) {
+        self.events.fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn events(&self) -> u32 {
+        self.events.load(Relaxed)
+    }
+
+    /// A doorbell could not be rung because the link is down: our sending direction leaves
+    /// the ring at its next wait or readiness check (the caller may hold the send lock).
+    pub(super) fn doorbell_failed(&self) {
+        if !self.tx_off() {
+            self.tx_want.store(true, Relaxed);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -122,13 +185,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Connection {
-    /// The device's link as this connection sees it: `Some(generation)` if up.
-    fn link_up(&self) -> Option<u32> {
+    /// The device's link as this connection sees it: `Some(generation)` if up; asked now if
+    /// `fresh`, else as this process last looked (see `LinkLook`).
+    fn link_up(&self, fresh: bool) -> Option<u32> {
         match &self.tenancy {
-            Tenancy::Device { dev, .. } => {
-                let s = dev.link_state();
-                s.up.then_some(s.generation)
-            }
+            Tenancy::Device { dev, .. } => self.shared.link.get(&**dev, fresh),
             // Segments the service handed us are memory of this host: no link to lose.
             Tenancy::Service { .. } => Some(self.fo.link_gen.load(Relaxed)),
         }
@@ -140,15 +201,22 @@ impl Connection {
         if self.fo.tx_off() {
             return false;
         }
-        self.fo.tx_want.load(Relaxed) || self.link_moved() || self.stalled(stalled_since)
+        self.fo.tx_want.load(Relaxed) || self.link_moved(true) || self.stalled(stalled_since)
+    }
+
+    /// `switch_due` for readiness, which is asked for every connection at every check of a
+    /// set: the link as this process last looked at it (at most `LINK_LOOK_EVERY` ago). A
+    /// wait, which a sender on a dead link would spend writing into it, asks afresh.
+    pub(super) fn switch_due_lately(&self) -> bool {
+        !self.fo.tx_off() && (self.fo.tx_want.load(Relaxed) || self.link_moved(false))
     }
 
     /// Is the link down, or did it go down and up since we joined the ring with bytes of ours
     /// the receiver has not consumed (which a real bridge may have dropped)? A link that
     /// flapped while everything we sent was consumed lost nothing: the ring goes on.
-    fn link_moved(&self) -> bool {
+    fn link_moved(&self, fresh: bool) -> bool {
         let seen = self.fo.link_gen.load(Relaxed);
-        match self.link_up() {
+        match self.link_up(fresh) {
             Some(g) if g == seen => false,
             None => true,
             Some(g) => {
@@ -210,6 +278,7 @@ impl Connection {
         tx.since = Some(now);
         self.fo.tx_off.store(true, SeqCst);
         word32(&self.mine, L_STATE).fetch_or(ST_ON_TCP, SeqCst);
+        self.fo.note_event();
         self.count(Counter::Failovers, 1);
         self.write_all_tcp(&[&end.encode()])?;
         if fin {
@@ -234,13 +303,13 @@ impl Connection {
 
     /// Back to the ring, with the send lock held, if the link is up and the hold has passed.
     fn try_back_to_ring(&self) -> bool {
-        let Some(gen) = self.link_up() else {
-            return false;
-        };
         let mut tx = lock(&self.fo.tx);
         if tx.since.is_none_or(|s| s.elapsed() < tx.hold) {
             return false;
         }
+        let Some(gen) = self.link_up(true) else {
+            return false;
+        };
         let Some((back, resume)) = tx.sw.back_to_ring() else {
             return false;
         };
@@ -261,6 +330,7 @@ impl Connection {
         self.fo.tx_want.store(false, Relaxed);
         self.fo.tx_off.store(false, SeqCst);
         word32(&self.mine, L_STATE).fetch_and(!ST_ON_TCP, SeqCst);
+        self.fo.note_event();
         self.count(Counter::Failbacks, 1);
         true
     }
@@ -598,6 +668,10 @@ impl Connection {
                         }
                         Ok(n) => {
                             rx.raw.truncate(at.saturating_add(n));
+                            // Taken off the socket outside the application's read (readiness):
+                            // the kernel drops the edge-triggered event of bytes already read,
+                            // so this is the edge.
+                            self.fo.note_event();
                             changed = true;
                         }
                         Err(e) => {
@@ -627,12 +701,12 @@ impl Connection {
         }
     }
 
-    /// Readiness while either direction is off the ring.
+    /// Readiness while either direction is off the ring, or about to leave it (a switch
+    /// was asked for while a send held the lock), or the peer spoke on the TCP socket. The
+    /// records waiting there are taken in first: a socket that holds only an END or a BACK is
+    /// not a byte to read (a blocking reader told otherwise would sleep in its read).
     pub(super) fn readiness_switched(&self) -> Readiness {
         self.back_if_idle();
-        if !(self.fo.rx_off() || self.fo.tx_off()) {
-            return self.readiness();
-        }
         let broken = self.fo.broken.load(Relaxed);
         let ev = sys::poll1(
             self.tcp_fd(),
@@ -640,20 +714,20 @@ impl Connection {
             Some(Duration::ZERO),
         )
         .unwrap_or(libc::POLLERR);
+        if !self.fo.rx_off() && ev & libc::POLLIN != 0 {
+            // Bytes on the socket: the peer's records (it switched), or its end.
+            let _ = self.tcp_gone();
+        }
+        if self.fo.spoke() {
+            self.fo.engage_rx();
+        }
         let readable = if self.fo.rx_off() {
-            let rx = lock(&self.fo.rx);
-            !rx.deliver.is_empty()
-                || rx.end.is_some()
-                || rx.raw.len() >= RECORD_HDR
-                || ev & (libc::POLLIN | libc::POLLRDHUP | libc::POLLHUP) != 0
-                || match rx.sw.map(|s| s.mode()) {
-                    Some(RxMode::Drain { .. }) | Some(RxMode::Ring) | None => self.data_ready(),
-                    Some(RxMode::Tcp) => false,
-                }
+            self.readable_off_ring()
         } else {
+            // The ring, or the peer's kernel closing the socket (it died: EOF or reset).
             self.data_ready()
-                || self.fo.spoke()
-                || self.peer_flags() & (super::block::FLAG_FIN | FLAG_RST) != 0
+                || self.peer_flags() & (FLAG_FIN | FLAG_RST) != 0
+                || ev & (libc::POLLRDHUP | libc::POLLHUP) != 0
         };
         let writable = if self.fo.tx_off() {
             ev & libc::POLLOUT != 0
@@ -672,9 +746,102 @@ impl Connection {
         }
     }
 
-    /// Bytes ready to read (FIONREAD) while off the ring.
+    /// Would a read return now (bytes, the end of the stream, an error) while our receiving
+    /// side is off the plain ring? Takes in what the TCP socket holds and parses what may be
+    /// parsed (as `recv_switched` would), and notices a drain that is complete.
+    fn readable_off_ring(&self) -> bool {
+        let mut rx = lock(&self.fo.rx);
+        let cap = self.rx_ring.cap();
+        loop {
+            let mode = rx.sw.get_or_insert_with(|| RxSwitch::new(cap)).mode();
+            if !rx.deliver.is_empty() || rx.end.is_some() {
+                return true;
+            }
+            match mode {
+                RxMode::Drain { .. } => {
+                    let RxPos { head, off, .. } = self.rx_pos();
+                    match rx.sw.as_mut().map(|s| s.drained(head, off)) {
+                        Some(Ok(true)) => continue,
+                        Some(Ok(false)) => {
+                            return self.data_ready() || self.peer_flags() & FLAG_RST != 0
+                        }
+                        // The read reports it.
+                        Some(Err(_)) | None => return true,
+                    }
+                }
+                RxMode::Tcp => match self.pump(&mut rx) {
+                    Ok(true) => continue,
+                    Ok(false) => return rx.sw.is_some_and(|s| s.fin()),
+                    Err(_) => return true,
+                },
+                RxMode::Ring => match self.pump(&mut rx) {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        // Nothing waits on TCP: back to the plain ring (as `recv_switched`
+                        // does; a side that never reads comes back too).
+                        self.fo.rx_off.store(false, Relaxed);
+                        return self.data_ready() || self.peer_flags() & (FLAG_FIN | FLAG_RST) != 0;
+                    }
+                    Err(_) => return true,
+                },
+            }
+        }
+    }
+
+    /// Bytes ready to read (FIONREAD) while our receiving side is off the plain ring (or the
+    /// peer spoke on the TCP socket): the stream bytes taken from DATA records, the ring's
+    /// bytes up to the END while draining (and all of them between switches), and the payload
+    /// of the DATA records already taken in that follow the END. Headers are not stream bytes.
     pub(super) fn readable_switched(&self) -> usize {
-        lock(&self.fo.rx).deliver.len()
+        if self.fo.spoke() {
+            self.fo.engage_rx();
+        }
+        // Take in and parse what may be parsed now (a finished drain moves on to TCP).
+        self.readable_off_ring();
+        let (queued, limit) = {
+            let mut rx = lock(&self.fo.rx);
+            let mut n = rx.deliver.len();
+            let limit = match rx.sw.map(|s| s.mode()) {
+                Some(RxMode::Drain { end }) => {
+                    self.take_in_raw(&mut rx);
+                    n = n.saturating_add(payload_after_drain(&rx, end));
+                    Some(end)
+                }
+                Some(RxMode::Ring) | None => Some(u64::MAX),
+                Some(RxMode::Tcp) => None,
+            };
+            (n, limit)
+        };
+        // The ring is counted under its own lock, after ours (a waiting reader holds the
+        // ring's and may take ours).
+        queued.saturating_add(limit.map_or(0, |l| self.ring_bytes(l)))
+    }
+
+    /// While draining, take what the TCP socket holds without parsing it (the records follow
+    /// the ring's bytes), up to one chunk in all.
+    fn take_in_raw(&self, rx: &mut RxSide) {
+        let at = rx.raw.len();
+        if at >= TCP_CHUNK || rx.end.is_some() {
+            return;
+        }
+        rx.raw.resize(TCP_CHUNK, 0);
+        let r = sys::recv_nowait(self.tcp_fd(), rx.raw.get_mut(at..).unwrap_or_default());
+        match r {
+            Ok(0) => {
+                rx.raw.truncate(at);
+                rx.end = Some(Ok(()));
+            }
+            Ok(n) => {
+                rx.raw.truncate(at.saturating_add(n));
+                self.fo.note_event();
+            }
+            Err(e) => {
+                rx.raw.truncate(at);
+                if e != libc::EAGAIN && e != libc::EINTR {
+                    rx.end = Some(Err(tcp_error(e)));
+                }
+            }
+        }
     }
 
     /// Is there something for a waiter (`read`: to read; else room to send) off the ring?
@@ -732,6 +899,28 @@ impl Connection {
     fn note_read(&self) {
         if self.sent_since_read.load(Relaxed) {
             self.sent_since_read.store(false, Relaxed);
+        }
+    }
+}
+
+/// The payload bytes of the DATA records in `rx.raw` that follow an END at `end` whose ring
+/// part is still being drained (up to a BACK, after which the stream goes on in the ring).
+fn payload_after_drain(rx: &RxSide, end: u64) -> usize {
+    let Some(mut sw) = rx.sw else { return 0 };
+    if sw.drained(end, 0) != Ok(true) {
+        return 0;
+    }
+    let mut reader = rx.reader;
+    let (mut at, mut n) = (0usize, 0usize);
+    loop {
+        let input = rx.raw.get(at..).unwrap_or_default();
+        match reader.step(input, &mut sw, end, 0) {
+            Ok(Step::Payload(k)) => {
+                at = at.saturating_add(k);
+                n = n.saturating_add(k);
+            }
+            Ok(Step::Control(RxEvent::Data { .. })) => at = at.saturating_add(RECORD_HDR),
+            _ => return n,
         }
     }
 }

@@ -27,16 +27,33 @@ impl Connection {
     /// the count (the next `recv` reports it); the walk is bounded by the ring's size, since
     /// every frame moves the position forward and the tail is read once.
     pub fn readable_bytes(&self) -> usize {
-        if self.fo.rx_off() {
-            return self.readable_switched();
+        if !(self.fo.rx_off() || self.fo.spoke()) {
+            let ring = self.ring_bytes(u64::MAX);
+            // The records of a peer that switched count too: looked for on the TCP socket
+            // when the ring holds nothing (they may be all there is), else as readiness looks
+            // (now and then, and after an event on the socket).
+            let _ = if ring == 0 {
+                self.tcp_gone()
+            } else {
+                self.tcp_gone_lately()
+            };
+            if !self.fo.spoke() {
+                return ring;
+            }
         }
+        self.readable_switched()
+    }
+
+    /// Bytes of the whole published frames below producer counter `limit` (see
+    /// `readable_bytes`).
+    pub(super) fn ring_bytes(&self, limit: u64) -> usize {
         let _g = self.rx_lock.lock();
         let RxPos {
             mut head,
             off,
             mut seq,
         } = self.rx_pos();
-        let tail = word64(&self.mine, RX_TAIL).load(Acquire);
+        let tail = word64(&self.mine, RX_TAIL).load(Acquire).min(limit);
         let mut total = 0u64;
         let mut skip = off;
         while head < tail {

@@ -481,7 +481,14 @@ impl Connection {
 
     pub(super) fn ring_peer(&self) {
         let rung = match &self.tenancy {
-            Tenancy::Device { dev, .. } => dev.peer_vector_trigger(self.their_loc.db_bit).is_ok(),
+            Tenancy::Device { dev, .. } => match dev.peer_vector_trigger(self.their_loc.db_bit) {
+                Ok(()) => true,
+                Err(ntbdrv::DoorbellError::LinkDown) => {
+                    self.fo.doorbell_failed();
+                    false
+                }
+                Err(_) => false,
+            },
             Tenancy::Service { peer_line, .. } => fabric::sys::ring(peer_line.as_raw_fd()),
         };
         if rung {
@@ -495,7 +502,11 @@ impl Connection {
     /// only after a wake-up that brought no room, so a sender streaming into a busy receiver
     /// pays no system call.
     fn dead_peer(&self) -> Option<IoError> {
-        self.tcp_gone().map(|r| r.err().unwrap_or(IoError::Reset))
+        match self.tcp_gone()? {
+            // The peer's half-close while its direction is on TCP: it still reads.
+            Ok(()) if self.peer_half_closed() => None,
+            r => Some(r.err().unwrap_or(IoError::Reset)),
+        }
     }
 
     /// Why a send cannot proceed, if it cannot.

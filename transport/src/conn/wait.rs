@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use ntbdrv::Region;
 
 use super::block::{
-    ring_at, word32, word64, CR_CLOSED, CR_HEAD, CR_PEER_CPU, FLAG_FIN, FLAG_RST, RX_FLAGS,
-    RX_TAIL, ST_SHUT_RD, ST_SHUT_WR,
+    peer_alive, ring_at, word32, word64, CR_CLOSED, CR_HEAD, CR_PEER_CPU, FLAG_FIN, FLAG_RST,
+    RX_FLAGS, RX_TAIL, ST_SHUT_RD, ST_SHUT_WR,
 };
 use super::cursors::RxPos;
 use super::ringsync::{self, Arming};
-use super::{Connection, Counter, IoError, Readiness, ARM_GRACE};
-use crate::proto::Frame;
+use super::{Connection, Counter, IoError, Readiness, Tenancy, ARM_GRACE};
+use crate::proto::{Frame, ProtoError};
 use crate::{sys, CompletionMode};
 
 /// `Connection::tcp_end`: the TCP socket is open (or was, when last asked), or ended.
@@ -536,13 +536,34 @@ impl Connection {
                 _ => None,
             }
         };
-        gone.map(|g| g.err().unwrap_or(IoError::BrokenPipe))
+        match gone? {
+            Ok(()) if self.peer_half_closed() => None,
+            g => Some(g.err().unwrap_or(IoError::BrokenPipe)),
+        }
+    }
+
+    /// Is the end of the TCP socket the peer's half-close rather than its death? Only while the
+    /// peer's direction is on the socket (`failover`): its `shutdown(SHUT_WR)` is then the
+    /// kernel's FIN after its last record, which a dead peer's kernel sends too. The peer's
+    /// process tells them apart when it is on this host (the service's segments; a loopback
+    /// device); a peer on another host cannot be asked, and its end counts as its death (PROTOCOL
+    /// §6). A hostile peer that forges live pids only keeps our sends to it waiting, as a zero
+    /// window would.
+    pub(super) fn peer_half_closed(&self) -> bool {
+        if !self.fo.rx_off() {
+            return false;
+        }
+        let here = match &self.tenancy {
+            Tenancy::Service { .. } => true,
+            Tenancy::Device { dev, .. } => dev.side() == dev.peer_side(),
+        };
+        here && peer_alive(&self.theirs)
     }
 
     /// What `readiness` needs of the TCP socket: asked once in `TCP_LOOK_EVERY` calls (a system
     /// call per check would make every poll, select and epoll scan pay one per connection),
     /// and always once the socket has ended.
-    fn tcp_gone_lately(&self) -> Option<Result<(), IoError>> {
+    pub(super) fn tcp_gone_lately(&self) -> Option<Result<(), IoError>> {
         let n = self.tcp_looks.load(Relaxed);
         if n == 0 || self.tcp_end.load(Relaxed) != TCP_OPEN {
             self.tcp_looks.store(TCP_LOOK_EVERY - 1, Relaxed);
@@ -557,6 +578,9 @@ impl Connection {
     /// readiness check looks at it.
     pub fn look_at_tcp(&self) {
         self.tcp_looks.store(0, Relaxed);
+        // Records on the socket change nothing on the ring: an edge-triggered registration
+        // must see a new edge (`activity`).
+        self.fo.note_event();
     }
 
     /// A value that changes whenever something the peer did could make the connection newly
@@ -569,7 +593,8 @@ impl Connection {
         let head = word64(&self.mine, CR_HEAD).load(Acquire);
         let flags = word32(&self.mine, RX_FLAGS).load(Acquire) as u64
             | (word32(&self.mine, CR_CLOSED).load(Acquire) as u64) << 8
-            | (self.tcp_end.load(Relaxed) as u64) << 16;
+            | (self.tcp_end.load(Relaxed) as u64) << 16
+            | (self.fo.events() as u64) << 24;
         tail.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ head.rotate_left(29) ^ flags.rotate_left(58)
     }
 
@@ -586,6 +611,13 @@ impl Connection {
             }
             match self.frame_at(head, tail, seq) {
                 Ok(Frame::Pad { size }) => head = head.saturating_add(size),
+                // A frame of the sender's next epoch: the records before it (on the TCP
+                // socket) come first, and say when it is readable.
+                Err(ProtoError::BadSequence { expected, got })
+                    if crate::switchover::is_later_epoch(expected, got) =>
+                {
+                    return false
+                }
                 // Data, or a bad frame that `recv` reports (an error is "readable" too).
                 _ => return true,
             }
@@ -602,6 +634,20 @@ impl Connection {
         }
         let flags = self.peer_flags();
         let gone = self.tcp_gone_lately();
+        if gone.is_none() {
+            // An application that only waits here (epoll, on a ring that never fills) never
+            // sends or receives on a failing ring: the path is checked here too (one process
+            // look at the link a millisecond). Our sending side leaves if it is due (the link
+            // is down, or was lost with bytes unconsumed, or a doorbell could not be rung);
+            // the records of a peer that left are taken in before anything is reported.
+            let due = self.switch_due_lately();
+            if due || self.fo.spoke() {
+                if due {
+                    self.leave_ring_soon();
+                }
+                return self.readiness_switched();
+            }
+        }
         let data = self.data_ready() || self.fo.spoke();
         let reset = flags & FLAG_RST != 0 || matches!(gone, Some(Err(_)));
         let eof = flags & FLAG_FIN != 0 || gone.is_some();
@@ -612,11 +658,6 @@ impl Connection {
         // that keeps a connection the client closed, asking for no events, must not be woken.)
         let shut_rd = eof || st & ST_SHUT_RD != 0;
         let writable = self.ready(false);
-        if !writable && gone.is_none() && self.switch_due(None) {
-            // A full ring on a failed link: the next send goes over TCP (`failover`).
-            self.leave_ring_soon();
-            return self.readiness_switched();
-        }
         Readiness {
             readable: data || eof || reset,
             // A send to a peer whose kernel closed the TCP socket does not block either: it
