@@ -963,10 +963,9 @@ pub fn poll(
     // The last sleep ran out its time: what the next look finds ready is late (see
     // `Global::woke_by_timer`).
     let mut timed_out = false;
-    // The last sleep was ended by something (a doorbell line, say), and how many in a row found
-    // nothing of ours ready after it: see the drain before the sleep below.
-    let mut woke = false;
-    let mut idle_wakes = 0u32;
+    // Connections whose doorbell line, watched by an epoll registration too, ended the last
+    // sleep: see the drain before the sleep below.
+    let mut rung: Vec<Arc<Connection>> = Vec::new();
     loop {
         // 1. Readiness of our connections, and a non-blocking look at the kernel fds.
         let mut ready = 0;
@@ -1022,9 +1021,6 @@ pub fn poll(
         if ready > 0 || expired {
             return Detour::Ours(Ok(ready));
         }
-        if std::mem::take(&mut woke) {
-            idle_wakes += 1;
-        }
         if t0.elapsed() < spin || first {
             first = false;
             std::hint::spin_loop();
@@ -1033,12 +1029,9 @@ pub fn poll(
         // A device's doorbell line that an epoll registration also watches is left to the epoll
         // set to empty (`Connection::disarm`): emptied at once, it could take the wake-up of a
         // thread asleep in that set. Left readable with no set waiting, it would end each sleep
-        // here at once: a sleep that woke for nothing of ours empties it.
-        if idle_wakes > 0 {
-            idle_wakes = 0;
-            for c in conns.iter().flatten().filter_map(|s| s.conn.get()) {
-                c.ack();
-            }
+        // here at once: a line that woke us for nothing of ours is emptied.
+        for c in rung.drain(..) {
+            c.ack();
         }
         // 2. Sleep in the kernel: our connections' doorbell lines and TCP sockets, plus the
         //    application's other fds.
@@ -1046,6 +1039,8 @@ pub fn poll(
         let mut armed: Vec<(Arc<Connection>, bool, bool)> = Vec::new();
         // Where each armed connection's TCP socket sits in `set`, if it is watched.
         let mut tcp_at: Vec<Option<usize>> = Vec::new();
+        // Where each armed connection's doorbell line sits in `set`.
+        let mut line_at: Vec<usize> = Vec::new();
         for (i, p) in fds.iter().enumerate() {
             match &conns[i] {
                 Some(s) => {
@@ -1061,6 +1056,7 @@ pub fn poll(
                             set.clear();
                             break;
                         }
+                        line_at.push(set.len());
                         set.push(libc::pollfd {
                             fd: line,
                             events: libc::POLLIN,
@@ -1133,13 +1129,17 @@ pub fn poll(
                 timed_out = true;
             } else {
                 naps.woke();
-                woke = true;
             }
             for (c, r, w) in &armed {
                 c.disarm(*r, *w);
             }
             // Every armed connection put its TCP socket in the set unless it had ended (an
             // already-ready one emptied the set, and we did not sleep).
+            for ((c, _, _), at) in armed.iter().zip(&line_at) {
+                if r > 0 && set[*at].revents != 0 && c.registered() && !c.shared_line() {
+                    rung.push(c.clone());
+                }
+            }
             for ((c, _, _), at) in armed.iter().zip(&tcp_at) {
                 if at.is_some_and(|at| set[at].revents != 0) {
                     // The peer's kernel spoke (closed, reset): readiness must look now.

@@ -181,7 +181,7 @@ impl Connection {
     /// them. The last waiter empties our doorbell line, unless an epoll registration watches
     /// it: the ring that woke us may also have woken a thread asleep in that epoll set, which
     /// looks at the line only when it runs and would find it empty (its set empties it,
-    /// [`Connection::ack`]; a poll that keeps waking for nothing, [`Connection::ack`] too).
+    /// [`Connection::ack`], as does a poll or a leader that the line woke for nothing).
     pub fn disarm(&self, read: bool, write: bool) {
         if read {
             ringsync::disarm(&self.theirs, Arming::Data, &self.waiters.rx);
@@ -203,7 +203,7 @@ impl Connection {
     }
 
     /// Does an epoll registration ask for rings on this connection ([`Connection::interest`])?
-    fn registered(&self) -> bool {
+    pub fn registered(&self) -> bool {
         (self.waiters.rx.load(Relaxed) | self.waiters.tx.load(Relaxed)) > ringsync::WAITING
     }
 
