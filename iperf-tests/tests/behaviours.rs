@@ -210,6 +210,17 @@ fn epoll_wakeups() {
 }
 
 #[test]
+fn epoll_beside_waits() {
+    // 200 request/response exchanges of 64 bytes, each request 2 ms after the last response, while the server's
+    // main thread sleeps in epoll_wait and a second thread waits on the same connection for a moment every few
+    // milliseconds (poll, then a blocking MSG_PEEK): each epoll wait must be ended by the client, not a timer.
+    run_behaviour(
+        "epoll_beside_waits",
+        expect(1, 200 * 64, 200 * 64, 0).woken(200),
+    );
+}
+
+#[test]
 fn epoll_oneshot() {
     // The client sends "a", "b", "c"; the server reads "ab".
     run_behaviour("epoll_oneshot", expect(2, 3, 2, 0));

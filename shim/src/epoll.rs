@@ -128,6 +128,15 @@ struct Reg {
     disabled: bool,
     /// How it is registered in the kernel now.
     form: Form,
+    /// Its interest in the connection's rings while it is an enabled NTB registration: keeps a
+    /// thread's wait on the same connection (poll, a blocking recv or send) from withdrawing,
+    /// when it ends, the rings this registration asked for (`Connection::interest`).
+    interest: Option<transport::Interest>,
+}
+
+/// The interest of a registration asking for `events` in connection `c`.
+fn interest(c: &Arc<transport::Connection>, events: u32) -> transport::Interest {
+    c.interest(events & READ != 0, events & WRITE != 0)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -443,6 +452,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                         // message or credit rang nothing and the sleeper woke by its nap
                         // (behaviour epoll_wakeups: 199 waits of 400 ended late).
                         if let Some(c) = sock.conn.get() {
+                            r.interest = Some(interest(c, events));
                             c.rearm(events & READ != 0, events & WRITE != 0);
                         }
                         wake_if_ready(&sock, events);
@@ -461,9 +471,11 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
             if let Err(e) = register(epfd, fd, form, events) {
                 return Detour::Ours(Err(e));
             }
-            if let Some(c) = sock.conn.get() {
+            let interest = sock.conn.get().map(|c| {
+                let i = interest(c, events);
                 c.rearm(events & READ != 0, events & WRITE != 0);
-            }
+                i
+            });
             wake_if_ready(&sock, events);
             count_reg(fd, true);
             regs.cand.insert(fd);
@@ -478,6 +490,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                     last_activity: None,
                     disabled: false,
                     form,
+                    interest,
                 },
             );
             Detour::Ours(Ok(0))
@@ -639,6 +652,7 @@ fn settle(epfd: c_int, regs: &mut SetState, poked: &[c_int]) {
                 to_ntb.push(*fd);
                 if let Some(c) = r.sock.conn.get() {
                     ops::ARMINGS.fetch_add(1, Relaxed);
+                    r.interest = Some(interest(c, r.events));
                     c.rearm(r.events & READ != 0, r.events & WRITE != 0);
                 }
             }
@@ -705,7 +719,9 @@ fn harvest(
             st.cand.insert(fd);
         }
         if r.events & libc::EPOLLONESHOT as u32 != 0 {
+            // Spent until EPOLL_CTL_MOD: it asks for no ring.
             r.disabled = true;
+            r.interest = None;
         }
         out.push(libc::epoll_event {
             events: ev,

@@ -963,6 +963,9 @@ pub fn poll(
     // The last sleep ran out its time: what the next look finds ready is late (see
     // `Global::woke_by_timer`).
     let mut timed_out = false;
+    // Connections whose doorbell line, watched by an epoll registration too, ended the last
+    // sleep: see the drain before the sleep below.
+    let mut rung: Vec<Arc<Connection>> = Vec::new();
     loop {
         // 1. Readiness of our connections, and a non-blocking look at the kernel fds.
         let mut ready = 0;
@@ -1023,12 +1026,21 @@ pub fn poll(
             std::hint::spin_loop();
             continue;
         }
+        // A device's doorbell line that an epoll registration also watches is left to the epoll
+        // set to empty (`Connection::disarm`): emptied at once, it could take the wake-up of a
+        // thread asleep in that set. Left readable with no set waiting, it would end each sleep
+        // here at once: a line that woke us for nothing of ours is emptied.
+        for c in rung.drain(..) {
+            c.ack();
+        }
         // 2. Sleep in the kernel: our connections' doorbell lines and TCP sockets, plus the
         //    application's other fds.
         let mut set: Vec<libc::pollfd> = Vec::with_capacity(fds.len() * 2);
         let mut armed: Vec<(Arc<Connection>, bool, bool)> = Vec::new();
         // Where each armed connection's TCP socket sits in `set`, if it is watched.
         let mut tcp_at: Vec<Option<usize>> = Vec::new();
+        // Where each armed connection's doorbell line sits in `set`.
+        let mut line_at: Vec<usize> = Vec::new();
         for (i, p) in fds.iter().enumerate() {
             match &conns[i] {
                 Some(s) => {
@@ -1044,6 +1056,7 @@ pub fn poll(
                             set.clear();
                             break;
                         }
+                        line_at.push(set.len());
                         set.push(libc::pollfd {
                             fd: line,
                             events: libc::POLLIN,
@@ -1122,6 +1135,11 @@ pub fn poll(
             }
             // Every armed connection put its TCP socket in the set unless it had ended (an
             // already-ready one emptied the set, and we did not sleep).
+            for ((c, _, _), at) in armed.iter().zip(&line_at) {
+                if r > 0 && set[*at].revents != 0 && c.registered() && !c.shared_line() {
+                    rung.push(c.clone());
+                }
+            }
             for ((c, _, _), at) in armed.iter().zip(&tcp_at) {
                 if at.is_some_and(|at| set[at].revents != 0) {
                     // The peer's kernel spoke (closed, reset): readiness must look now.

@@ -74,6 +74,7 @@ use block::{
 };
 use cursors::Cursors;
 use sendlock::SendLock;
+pub use wait::Interest;
 use wait::{Waiters, TCP_OPEN};
 
 /// Per-connection counters, in the endpoint's lease.

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use ntbdrv::{DmaChannel, Lease, NtbDevice, VectorLease, WindowLease};
 
-pub use conn::{Connection, Counter, IoError, Readiness, RecvFlags, Role, ARM_GRACE};
+pub use conn::{Connection, Counter, Interest, IoError, Readiness, RecvFlags, Role, ARM_GRACE};
 pub use proto::{Endpoint, Reason};
 use rendezvous::{Control, SlotGuard};
 pub use service::Offered;

@@ -374,3 +374,31 @@ fn data_wakeup_two_waiters() {
         );
     });
 }
+
+/// An epoll registration of the receiving process asks for data (counted, `register`, then
+/// armed before its set sleeps) while another thread of the process waits for data on the same
+/// connection and wakes: that waiter's disarm leaves the flag set for the set's sleeper. (Not
+/// counted, the registration lost its flag to the waiter's disarm: behaviour
+/// epoll_beside_waits.)
+#[test]
+fn data_wakeup_beside_a_registration() {
+    check("data wake-up beside an epoll registration", || {
+        let p = Arc::new(Pair::new(1024));
+        let waiters = Arc::new(AtomicU32::new(0));
+        let (q, w) = (p.clone(), waiters.clone());
+        let woken = thread::spawn(move || {
+            ringsync::arm_waiter(&q.sender, Arming::Data, &*w);
+            ringsync::armed::<Area>();
+            ringsync::disarm(&q.sender, Arming::Data, &*w);
+        });
+        assert!(ringsync::register(&*waiters));
+        ringsync::arm(&p.sender, Arming::Data);
+        ringsync::armed::<Area>();
+        woken.join().unwrap();
+        // The set asleep: the sender's look must find the flag.
+        assert!(
+            ringsync::take_data_arming(&p.sender),
+            "an epoll set sleeps with its flag cleared by another thread's disarm"
+        );
+    });
+}

@@ -29,16 +29,31 @@ pub trait Word<T> {
     fn fetch_or(&self, v: T, order: Ordering) -> T;
 }
 
-/// A count of this process's waiters of one kind (process memory; a loom atomic in the models,
-/// so that loom interleaves the waiters at it too).
+/// A count of this process's interest of one kind in a connection (process memory; a loom atomic
+/// in the models, so that loom interleaves the waiters at it too): each waiting thread counts 1
+/// ([`arm_waiter`]), each epoll registration [`REGISTERED`] ([`register`]).
 pub trait WaiterCount {
+    fn load(&self, order: Ordering) -> u32;
     fn fetch_add(&self, v: u32, order: Ordering) -> u32;
     fn fetch_sub(&self, v: u32, order: Ordering) -> u32;
 }
 
+/// What an epoll registration adds to a [`WaiterCount`]: the low half of the count is the
+/// waiting threads ([`WAITING`]), the high half the registrations.
+pub const REGISTERED: u32 = 1 << 16;
+/// The waiting threads' half of a [`WaiterCount`].
+pub const WAITING: u32 = REGISTERED - 1;
+/// Registrations beyond this many are not counted (see [`register`]); far below the count's
+/// capacity, so that registrations racing past the check cannot wrap it.
+const MOST_REGISTERED: u32 = 1 << 15;
+
 macro_rules! count {
     ($atomic:ty) => {
         impl WaiterCount for $atomic {
+            #[inline(always)]
+            fn load(&self, order: Ordering) -> u32 {
+                <$atomic>::load(self, order)
+            }
             #[inline(always)]
             fn fetch_sub(&self, v: u32, order: Ordering) -> u32 {
                 <$atomic>::fetch_sub(self, v, order)
@@ -333,22 +348,46 @@ pub fn arm_waiter<B: Block>(theirs: &B, what: Arming, count: &impl WaiterCount) 
     arm(theirs, what);
 }
 
+/// Count a standing interest in a kind of ring (an epoll registration, which [`arm`]s before each
+/// of its sleeps and stays interested between them) in `count`, before its first [`arm`]: while
+/// it is counted, no waiter's [`disarm`] clears the flag under it. Undone by [`unregister`].
+/// False (not counted: its sleeps then end by their naps when a waiter's disarm clears the flag)
+/// if the connection has [`MOST_REGISTERED`] registrations already.
+#[inline]
+pub fn register(count: &impl WaiterCount) -> bool {
+    if count.load(Relaxed) / REGISTERED >= MOST_REGISTERED {
+        return false;
+    }
+    count.fetch_add(REGISTERED, SeqCst);
+    true
+}
+
+/// Undo one [`register`] that returned true. The flag is left as it is: set, it costs the peer
+/// one ring (it takes the flag when it rings) and a reader of this process one wake-up at most.
+#[inline]
+pub fn unregister(count: &impl WaiterCount) {
+    count.fetch_sub(REGISTERED, SeqCst);
+}
+
 /// The fence between arming and re-checking the ring.
 #[inline(always)]
 pub fn armed<B: Block>() {
     B::fence(SeqCst);
 }
 
-/// Undo one arming for `what` after waking; `count` is this process's number of waiters of that
-/// kind (including us). The last one clears the flag; a waiter that armed meanwhile keeps it.
+/// Undo one arming for `what` after waking; `count` is this process's interest of that kind
+/// (our own included: waiters and epoll registrations, see [`WaiterCount`]). The last one clears
+/// the flag, so it never clears under a registration, which wants a ring at any time; a waiter
+/// that armed or a registration made meanwhile keeps it.
 #[inline]
 pub fn disarm<B: Block>(theirs: &B, what: Arming, count: &impl WaiterCount) {
     if count.fetch_sub(1, SeqCst) == 1 {
         let flag = theirs.w32(what.offset());
         flag.store(0, SeqCst);
-        // A waiter that armed meanwhile must keep its flag. Read with an RMW, which reads the
-        // latest count: a waiter whose increment comes after it read ours, so our clear is
-        // ordered before its flag store; one whose increment came before is counted here. (A
+        // A waiter that armed (or a registration made) meanwhile must keep its flag. Read with
+        // an RMW, which reads the latest count: a waiter whose increment comes after it read
+        // ours, so our clear is ordered before its flag store; one whose increment came before
+        // is counted here. (A
         // SeqCst load would do in C11 too, but loom does not give SeqCst loads and stores their
         // total order (tokio-rs/loom#180) and then finds the flag cleared under a sleeper:
         // tests/loom_ring.rs.)

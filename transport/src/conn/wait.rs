@@ -6,7 +6,7 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ntbdrv::Region;
@@ -31,10 +31,12 @@ const TCP_RESET: u8 = 2;
 /// (`look_at_tcp`).
 const TCP_LOOK_EVERY: u32 = 32;
 
-/// Threads of this process waiting on the connection.
+/// Threads of this process waiting on the connection, and its epoll registrations.
 #[derive(Default)]
 pub(super) struct Waiters {
-    /// Waiting for data / for credits (each arms its flag in the peer's memory).
+    /// Interested in data / in credits: the threads waiting (each arms its flag in the peer's
+    /// memory) in the low half ([`ringsync::WAITING`]), the epoll registrations asking for
+    /// them ([`Interest`]) in the high half. The flag is cleared only when both are none.
     rx: AtomicU32,
     tx: AtomicU32,
     /// Held by the one thread sleeping on the doorbell line.
@@ -50,6 +52,25 @@ const LEADER_NAP: Duration = Duration::from_millis(20);
 const LONGEST_LEADER_NAP: Duration = Duration::from_millis(320);
 /// Longest wait for the leader before re-checking.
 const FOLLOWER_NAP: Duration = Duration::from_millis(10);
+
+/// An epoll registration's interest in a connection's rings, counted while it lives (see
+/// [`Connection::interest`]).
+pub struct Interest {
+    conn: Arc<Connection>,
+    read: bool,
+    write: bool,
+}
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        if self.read {
+            ringsync::unregister(&self.conn.waiters.rx);
+        }
+        if self.write {
+            ringsync::unregister(&self.conn.waiters.tx);
+        }
+    }
+}
 
 /// A timeout that starts counting when it is first needed (so calls that never wait never
 /// read the clock).
@@ -155,7 +176,12 @@ impl Connection {
         (read && self.ready(true)) || (write && self.ready(false))
     }
 
-    /// Undo one [`Connection::arm`] with the same arguments, after waking.
+    /// Undo one [`Connection::arm`] with the same arguments, after waking. The flags stay set
+    /// while another thread waits or an epoll registration ([`Connection::interest`]) asks for
+    /// them. The last waiter empties our doorbell line, unless an epoll registration watches
+    /// it: the ring that woke us may also have woken a thread asleep in that epoll set, which
+    /// looks at the line only when it runs and would find it empty (its set empties it,
+    /// [`Connection::ack`], as does a poll or a leader that the line woke for nothing).
     pub fn disarm(&self, read: bool, write: bool) {
         if read {
             ringsync::disarm(&self.theirs, Arming::Data, &self.waiters.rx);
@@ -171,8 +197,32 @@ impl Connection {
     /// After a wake-up on the doorbell line (epoll): empty it, unless a thread of this process
     /// is sleeping on it (that thread empties it itself).
     pub fn ack(&self) {
-        if self.waiters.rx.load(SeqCst) == 0 && self.waiters.tx.load(SeqCst) == 0 {
+        if self.nobody_waits() {
             self.ack_doorbell();
+        }
+    }
+
+    /// Does an epoll registration ask for rings on this connection ([`Connection::interest`])?
+    pub fn registered(&self) -> bool {
+        (self.waiters.rx.load(Relaxed) | self.waiters.tx.load(Relaxed)) > ringsync::WAITING
+    }
+
+    /// No thread of this process waits on the connection (epoll registrations aside).
+    fn nobody_waits(&self) -> bool {
+        self.waiters.rx.load(SeqCst) & ringsync::WAITING == 0
+            && self.waiters.tx.load(SeqCst) & ringsync::WAITING == 0
+    }
+
+    /// An epoll registration's standing interest in data (`read`) and/or credits (`write`):
+    /// until the returned [`Interest`] is dropped, no waiter's [`Connection::disarm`] clears
+    /// those flags in the peer's memory (a thread asleep in the epoll set would miss the next
+    /// message or credits, and wake only by its nap). Take it before the registration's first
+    /// [`Connection::rearm`].
+    pub fn interest(self: &Arc<Self>, read: bool, write: bool) -> Interest {
+        Interest {
+            read: read && ringsync::register(&self.waiters.rx),
+            write: write && ringsync::register(&self.waiters.tx),
+            conn: self.clone(),
         }
     }
 
@@ -331,7 +381,12 @@ impl Connection {
                     }
                     nap = nap.saturating_mul(2).min(LONGEST_LEADER_NAP);
                 };
-                self.woke();
+                // A device's line that an epoll registration watches stays readable while what
+                // we waited for is ready: the ring may be a thread's in that epoll set too (see
+                // `disarm`). The next wake-up that finds nothing empties it.
+                if self.shared_line || !self.registered() || !self.ready(read) {
+                    self.woke();
+                }
                 if let Ok(mut g) = self.waiters.generation.lock() {
                     *g = g.wrapping_add(1);
                 }
