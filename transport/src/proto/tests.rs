@@ -1,0 +1,332 @@
+use super::*;
+
+#[test]
+fn ring_rejects_bad_capacity() {
+    assert!(Ring::new(4095).is_none());
+    assert!(Ring::new(3 << 12).is_none());
+    assert!(Ring::new(MAX_RING * 2).is_none());
+    assert_eq!(Ring::new(1 << 20).unwrap().cap(), 1 << 20);
+}
+
+#[test]
+fn place_fills_then_waits_for_credits() {
+    let r = Ring::new(4096).unwrap();
+    let mut tail = 0;
+    let mut frames = 0;
+    while let Some(p) = r.place(tail, 0, 100).unwrap() {
+        assert_eq!(p.len, 100);
+        assert!(p.pos + FRAME_HDR + align_frame(p.len) <= r.cap());
+        tail = p.new_tail;
+        frames += 1;
+    }
+    assert_eq!(frames, 4096 / (16 + 112));
+    assert_eq!(r.free(tail, 0).unwrap(), 4096 - tail);
+    // Credits return: room again.
+    assert!(r.place(tail, tail, 100).unwrap().is_some());
+}
+
+#[test]
+fn place_whole_agrees_with_place() {
+    let r = Ring::new(4096).unwrap();
+    let mut answered = 0;
+    for tail in (0..3 * 4096u64).step_by(16).chain([u64::MAX - 100, !15]) {
+        for used in [0u64, 16, 100, 1000, 4000, 4096, 4097, 5000] {
+            let head = tail.wrapping_sub(used);
+            for want in [0u64, 1, 15, 16, 17, 64, 1000, 1008, 1009, 4000] {
+                let Some((pos, new_tail)) = r.place_whole(tail, head, want) else {
+                    continue;
+                };
+                answered += 1;
+                let p = r.place(tail, head, want).unwrap().unwrap();
+                assert_eq!(
+                    (p.pad, p.pos, p.len, p.new_tail),
+                    (None, pos, want, new_tail),
+                    "tail {tail} head {head} want {want}"
+                );
+            }
+        }
+    }
+    assert!(answered > 1000, "{answered}");
+}
+
+#[test]
+fn place_pads_at_the_end() {
+    let r = Ring::new(4096).unwrap();
+    // Producer at 4096-32: a frame of 100 does not fit in 32 bytes... it fits 16 payload.
+    let p = r.place(4096 - 32, 4096 - 32, 100).unwrap().unwrap();
+    assert_eq!((p.pad, p.pos, p.len), (None, 4096 - 32, 16));
+    // At 4096-16 only a header fits: pad, then place at 0.
+    let p = r.place(4096 - 16, 4096 - 16, 100).unwrap().unwrap();
+    assert_eq!(p.pad, Some((4096 - 16, 16)));
+    assert_eq!(p.pos, 0);
+    assert_eq!(p.new_tail, 4096 + 16 + 112);
+    // Pad needed but no credits for it.
+    assert_eq!(r.place(8192 - 16, 4096, 100).unwrap(), None);
+}
+
+#[test]
+fn frames_round_trip_and_validate() {
+    let r = Ring::new(8192).unwrap();
+    let h = FrameHeader {
+        len: 100,
+        flags: 0,
+        seq: 7,
+    };
+    assert_eq!(FrameHeader::decode(&h.encode()), h);
+    assert_eq!(
+        r.check_frame(0, 128, &h, 7).unwrap(),
+        Frame::Data {
+            len: 100,
+            size: 128
+        }
+    );
+    assert!(matches!(
+        r.check_frame(0, 128, &h, 8),
+        Err(ProtoError::BadSequence { .. })
+    ));
+    assert!(
+        matches!(
+            r.check_frame(0, 100, &h, 7),
+            Err(ProtoError::BadFrame { .. })
+        ),
+        "frame beyond tail"
+    );
+    let huge = FrameHeader { len: u32::MAX, ..h };
+    assert!(r.check_frame(0, 8192, &huge, 7).is_err());
+    // The only pad a sender writes: the last 16 bytes, too few for a frame.
+    let pad = FrameHeader {
+        len: 0,
+        flags: FRAME_PAD,
+        seq: 7,
+    };
+    assert_eq!(
+        r.check_frame(8192 - 16, 8192 + 64, &pad, 7).unwrap(),
+        Frame::Pad { size: 16 }
+    );
+    assert!(
+        r.check_frame(8192 - 32, 8192 + 64, &pad, 7).is_err(),
+        "a pad must reach the end"
+    );
+    // A pad over space a frame fits in (a whole lap of pads, say) is a peer stalling us.
+    let long_pad = FrameHeader {
+        len: 8192 - 64 - 16,
+        ..pad
+    };
+    assert!(r.check_frame(64, 8192 + 64, &long_pad, 7).is_err());
+    let lap = FrameHeader {
+        len: 8192 - 16,
+        ..pad
+    };
+    assert!(r.check_frame(0, 8192, &lap, 7).is_err());
+    assert!(r.check_frame(8, 200, &h, 7).is_err(), "misaligned head");
+    assert!(matches!(
+        r.check_tail(10, 20),
+        Err(ProtoError::BadTail { .. })
+    ));
+    assert!(matches!(
+        r.check_tail(20000, 0),
+        Err(ProtoError::BadTail { .. })
+    ));
+}
+
+#[test]
+fn a_producer_counter_about_to_overflow_is_refused() {
+    // Such a counter can only come from memory a peer wrote (an exec'd image starts from
+    // the block's copy): placing after it would wrap the counter.
+    let r = Ring::new(4096).unwrap();
+    let tail = u64::MAX - 15;
+    assert!(matches!(
+        r.place(tail, tail - 100, 10),
+        Err(ProtoError::BadCredit { .. })
+    ));
+}
+
+#[test]
+fn credits_are_validated() {
+    let r = Ring::new(4096).unwrap();
+    assert_eq!(r.free(100, 50).unwrap(), 4096 - 50);
+    assert!(matches!(
+        r.free(100, 200),
+        Err(ProtoError::BadCredit { .. })
+    ));
+    assert!(matches!(
+        r.free(10_000, 0),
+        Err(ProtoError::BadCredit { .. })
+    ));
+}
+
+/// A producer and consumer driven by the pure functions alone move a byte stream intact
+/// through a small ring, across many wraps, with random write and read sizes.
+#[test]
+fn stream_through_ring_model() {
+    let r = Ring::new(4096).unwrap();
+    let mut mem = vec![0u8; 4096];
+    let (mut tail, mut head, mut tx_seq, mut rx_seq) = (0u64, 0u64, 0u64, 0u64);
+    let mut rng = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let (mut sent, mut got) = (0u64, Vec::new());
+    let total = 200_000u64;
+    while (got.len() as u64) < total {
+        // produce
+        let want = 1 + next() % 700;
+        if sent < total {
+            if let Some(p) = r.place(tail, head, want.min(total - sent)).unwrap() {
+                if let Some((pp, n)) = p.pad {
+                    let h = FrameHeader {
+                        len: (n - FRAME_HDR) as u32,
+                        flags: FRAME_PAD,
+                        seq: tx_seq,
+                    };
+                    mem[pp as usize..pp as usize + 16].copy_from_slice(&h.encode());
+                }
+                let h = FrameHeader {
+                    len: p.len as u32,
+                    flags: 0,
+                    seq: tx_seq,
+                };
+                tx_seq += 1;
+                let at = p.pos as usize;
+                mem[at..at + 16].copy_from_slice(&h.encode());
+                for i in 0..p.len {
+                    mem[at + 16 + i as usize] = ((sent + i) % 251) as u8;
+                }
+                sent += p.len;
+                tail = p.new_tail;
+            }
+        }
+        // consume one frame
+        if head < tail {
+            let at = r.pos(head) as usize;
+            let mut hb = [0u8; 16];
+            hb.copy_from_slice(&mem[at..at + 16]);
+            match r
+                .check_frame(head, tail, &FrameHeader::decode(&hb), rx_seq)
+                .unwrap()
+            {
+                Frame::Pad { size } => head += size,
+                Frame::Data { len, size } => {
+                    got.extend_from_slice(&mem[at + 16..at + 16 + len as usize]);
+                    head += size;
+                    rx_seq += 1;
+                }
+            }
+        }
+    }
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == (i as u64 % 251) as u8));
+    assert!(tail > 20 * 4096, "the model wrapped many times");
+}
+
+#[test]
+fn records_round_trip_and_validate() {
+    let ring = RingLoc {
+        mw: 1,
+        offset: 8192,
+        len: 4096 + (1 << 20),
+        db_bit: 9,
+    };
+    let o = Offer {
+        version: PROTOCOL_VERSION,
+        cookie: 0xfeed,
+        client: Endpoint::from_std("127.0.0.1:40000".parse().unwrap()),
+        server: Endpoint::from_std("[::1]:5001".parse().unwrap()),
+        ring,
+    };
+    assert_eq!(Offer::decode(&o.encode()).unwrap(), o);
+    assert!(o.matches(
+        &Endpoint::from_std("127.0.0.1:40000".parse().unwrap()),
+        &Endpoint::from_std("[::1]:5001".parse().unwrap())
+    ));
+    assert!(!o.matches(
+        &Endpoint::from_std("127.0.0.2:40000".parse().unwrap()),
+        &Endpoint::from_std("[::1]:5001".parse().unwrap())
+    ));
+    let mut bad = o.encode();
+    bad[0] = 9;
+    assert!(matches!(
+        Offer::decode(&bad),
+        Err(ProtoError::Version { theirs: 9, .. })
+    ));
+    let a = Answer {
+        version: PROTOCOL_VERSION,
+        cookie: 0xfeed,
+        decline: 0,
+        ring,
+    };
+    assert_eq!(Answer::decode(&a.encode()).unwrap(), a);
+    assert_eq!(ring.check(2, 64 << 20, 64).unwrap().cap(), 1 << 20);
+    assert!(RingLoc { mw: 2, ..ring }.check(2, 64 << 20, 64).is_err());
+    assert!(RingLoc {
+        offset: 64 << 20,
+        ..ring
+    }
+    .check(2, 64 << 20, 64)
+    .is_err());
+    assert!(RingLoc {
+        len: 4096 + 1000,
+        ..ring
+    }
+    .check(2, 64 << 20, 64)
+    .is_err());
+    assert!(RingLoc { db_bit: 64, ..ring }
+        .check(2, 64 << 20, 64)
+        .is_err());
+    assert!(RingLoc {
+        offset: u64::MAX - 10,
+        ..ring
+    }
+    .check(2, 64 << 20, 64)
+    .is_err());
+    let l = ListenerEntry {
+        addr: Endpoint::from_std("0.0.0.0:5201".parse().unwrap()),
+        pid: 5,
+        start_time: 6,
+        socket: SocketId { inode: 7, netns: 8 },
+    };
+    assert_eq!(ListenerEntry::decode(&l.encode()).unwrap(), l);
+    assert!(l.addr.is_unspecified());
+    for c in 1..=Reason::ALL.len() as u32 {
+        assert_eq!(Reason::from_code(c).unwrap().code(), c);
+    }
+    assert_eq!(Reason::from_code(Reason::ALL.len() as u32 + 1), None);
+}
+
+/// Random bytes as headers and records never panic, and never validate into something out
+/// of bounds (the property the fuzz targets check at scale).
+#[test]
+fn random_input_is_rejected_or_in_bounds() {
+    let r = Ring::new(1 << 16).unwrap();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..200_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&x.to_le_bytes());
+        b[8..].copy_from_slice(&x.rotate_left(17).to_le_bytes());
+        let head = (x >> 7) & !15 & 0xFFFF_FFFF;
+        let tail = head + (x >> 40) % (1 << 17);
+        if let Ok(f) = r.check_frame(head, tail, &FrameHeader::decode(&b), x.rotate_left(3) & 1) {
+            let size = match f {
+                Frame::Data { size, .. } | Frame::Pad { size } => size,
+            };
+            assert!(r.pos(head) + size <= r.cap() && size <= tail - head);
+        }
+        let mut rec = [0u8; OFFER_SIZE - 8];
+        for (i, c) in rec.chunks_mut(8).enumerate() {
+            c.copy_from_slice(&x.rotate_left(i as u32).to_le_bytes());
+        }
+        if let Ok(o) = Offer::decode(&rec) {
+            if let Ok(ring) = o.ring.check(2, 64 << 20, 64) {
+                assert!(o.ring.offset + o.ring.len <= 64 << 20 && ring.cap() >= MIN_RING);
+            }
+        }
+    }
+}
