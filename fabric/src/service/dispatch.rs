@@ -1,0 +1,400 @@
+//! The request side of the service: each client's messages read (a bounded number per pass),
+//! decoded and acted on, and the replies sent or kept in the client's outbox. Called by the
+//! service's loop ([`Service::turn`]); a request never blocks the service, and garbage is
+//! refused with a counted reason (a client with too many strikes is dropped).
+
+use super::*;
+
+impl Service {
+    /// Read what every client sent (up to a budget each) and act on it: accepts last, so that
+    /// a client's `Connect`, sent before its kernel connect began, is always known when the
+    /// server's `Accept` for that connection is handled.
+    pub(super) fn pass(&mut self) {
+        self.read(PASS_BUDGET);
+        while let Some((client, request, socket, ring, nowait)) = self.accepts.pop_front() {
+            self.accept(client, request, socket, ring);
+            if nowait {
+                self.ring_server(client);
+            }
+        }
+    }
+
+    /// Read up to `budget` messages from each client and act on them, except accepts, which
+    /// queue in arrival order (`Service::accepts`).
+    pub(super) fn read(&mut self, budget: usize) {
+        let ids: Vec<u64> = self.clients.keys().copied().collect();
+        for id in ids {
+            for _ in 0..budget {
+                let Some(c) = self.clients.get(&id) else {
+                    break;
+                };
+                match sys::recv_msg(c.sock.as_raw_fd()) {
+                    Ok(Some(m)) => {
+                        if let Some(a) = self.handle(id, m) {
+                            self.accepts.push_back(a);
+                        }
+                    }
+                    Ok(None) => {
+                        self.drop_client(id);
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        self.drop_client(id);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every client's waiting messages, read now: a request that found nothing it names (an
+    /// accept without its offer, a hold without its connection) may have overtaken the message
+    /// that makes it, sent earlier on another service connection (a `Connect` sent before the
+    /// kernel connect, or before an exec).
+    pub(super) fn catch_up(&mut self) {
+        self.read(1 << 16);
+    }
+
+    pub(super) fn refuse(&mut self, client: u64, request: u64, why: Refusal) {
+        *self.counters.refused.entry(why).or_default() += 1;
+        // Garbage counts against the client; a claim the service turns down (not yours, not a
+        // socket, over a limit) is an answer, not misbehaviour.
+        let garbage = matches!(
+            why,
+            Refusal::Malformed | Refusal::OutOfOrder | Refusal::NotYou
+        );
+        let strikes = self.clients.get_mut(&client).map(|c| {
+            c.strikes += garbage as u32;
+            c.strikes
+        });
+        self.reply(client, request, Reply::Refused { why: why.code() }, &[]);
+        if strikes.is_some_and(|s| s >= MAX_STRIKES) {
+            self.drop_client(client);
+        }
+    }
+
+    pub(super) fn reply(&mut self, client: u64, request: u64, r: Reply, fds: &[RawFd]) {
+        let Some(c) = self.clients.get_mut(&client) else {
+            return;
+        };
+        let bytes = r.encode(request);
+        if c.outbox.is_empty() {
+            match sys::send_msg(c.sock.as_raw_fd(), &bytes, fds) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return self.drop_client(client),
+            }
+        }
+        // No room in its socket now: kept, in order, until there is (a client that does not
+        // read its replies at all is cut off).
+        let copies: io::Result<Vec<OwnedFd>> = fds.iter().map(|&fd| sys::dup(fd)).collect();
+        match copies {
+            Ok(copies) if c.outbox.len() < MAX_OUTBOX => c.outbox.push_back((bytes, copies)),
+            _ => self.drop_client(client),
+        }
+    }
+
+    /// Send what a client's socket had no room for, as far as it has now.
+    pub(super) fn flush(&mut self, client: u64) {
+        let Some(c) = self.clients.get_mut(&client) else {
+            return;
+        };
+        while let Some((bytes, fds)) = c.outbox.front() {
+            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            match sys::send_msg(c.sock.as_raw_fd(), bytes, &raw) {
+                Ok(()) => {
+                    c.outbox.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.drop_client(client),
+            }
+        }
+    }
+
+    /// Handle one message; an `Accept` is returned to be handled after the others.
+    pub(super) fn handle(&mut self, client: u64, m: sys::Received) -> Option<Accepted> {
+        let decoded = if m.truncated {
+            None
+        } else {
+            crate::wire::Request::decode(&m.bytes, m.fds.len()).ok()
+        };
+        let Some((req, id)) = decoded else {
+            self.refuse(client, 0, Refusal::Malformed);
+            return None;
+        };
+        let c = self.clients.get(&client)?;
+        // The kernel's word on who sent this message, not the connection's first owner: a
+        // forked child writing on its parent's connection is not its parent.
+        let sender = m.cred.map_or(c.cred.pid, |cr| cr.pid);
+        let hello_done = c.pidfd.is_some();
+        match req {
+            Request::Hello { pid } => {
+                let line = m.fds.into_iter().next();
+                if hello_done {
+                    self.refuse(client, id, Refusal::OutOfOrder);
+                } else if pid != sender || pid != c.cred.pid {
+                    self.refuse(client, id, Refusal::NotYou);
+                } else if !line
+                    .as_ref()
+                    .is_some_and(|l| sys::is_eventfd(l.as_raw_fd()))
+                {
+                    self.refuse(client, id, Refusal::BadSocket);
+                } else {
+                    match sys::pidfd(pid) {
+                        Ok(p) => {
+                            let line_id = self.id();
+                            if let (Some(c), Some(fd)) = (self.clients.get_mut(&client), line) {
+                                c.pidfd = Some(p);
+                                c.line = Some(Rc::new(Line { id: line_id, fd }));
+                            }
+                            let w = Reply::Welcome {
+                                service_pid: sys::getpid(),
+                                ring_bytes: self.opts.ring_bytes,
+                                window_bytes: self.opts.window_bytes,
+                                line: line_id,
+                            };
+                            self.reply(client, id, w, &[]);
+                        }
+                        Err(_) => self.drop_client(client),
+                    }
+                }
+                return None;
+            }
+            Request::Status => {
+                let s = self.status();
+                self.reply(client, id, Reply::Status(s), &[]);
+                return None;
+            }
+            Request::List => {
+                // What `ss -tn` shows any local user: the connections' addresses, their
+                // holders' pids and ring sizes (no byte of them).
+                let entries: Vec<Entry> = self
+                    .conns
+                    .iter()
+                    .map(|(&conn, c)| {
+                        let holder =
+                            |end: usize| c.holders.iter().find(|h| h.1 == end).map_or(0, |h| h.0);
+                        Entry {
+                            conn,
+                            ring_bytes: (c.bytes / 2).saturating_sub(SEGMENT_HEADER),
+                            client_pid: holder(0),
+                            server_pid: holder(1),
+                            client: c.client,
+                            server: c.server,
+                        }
+                    })
+                    .collect();
+                for e in entries {
+                    self.reply(client, id, Reply::Entry(e), &[]);
+                }
+                self.reply(client, id, Reply::Done, &[]);
+                return None;
+            }
+            Request::History => {
+                // Addresses, pids and uids of connections that stayed on TCP: what `ss -tnp`
+                // and /proc show any local user.
+                let all: Vec<Fallen> = self.history.iter().copied().collect();
+                for f in all {
+                    self.reply(client, id, Reply::Fallen(f), &[]);
+                }
+                self.reply(client, id, Reply::Done, &[]);
+                return None;
+            }
+            _ if !hello_done => {
+                self.refuse(client, id, Refusal::OutOfOrder);
+                return None;
+            }
+            _ if sender != c.cred.pid => {
+                self.refuse(client, id, Refusal::NotYou);
+                return None;
+            }
+            _ => {}
+        }
+        let mut fds = m.fds;
+        match req {
+            Request::Hello { .. } | Request::Status | Request::List | Request::History => {}
+            Request::Fallback { reason, server } => {
+                // Never answered (the sender does not wait): a socket that is not a connected
+                // TCP socket is only counted.
+                let sock = fds.pop()?;
+                let who = m.cred.unwrap_or(self.clients[&client].cred);
+                match sys::tcp_view(sock.as_raw_fd()) {
+                    Ok(Some(TcpView {
+                        local: Some(local),
+                        peer: Some(peer),
+                        ..
+                    })) => {
+                        if self.history.len() >= HISTORY {
+                            self.history.pop_front();
+                        }
+                        self.history.push_back(Fallen {
+                            when: std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs()),
+                            pid: who.pid,
+                            uid: who.uid,
+                            reason,
+                            server,
+                            local,
+                            peer,
+                        });
+                    }
+                    _ => *self.counters.refused.entry(Refusal::BadSocket).or_default() += 1,
+                }
+            }
+            Request::Stop => {
+                let uid = m.cred.map_or(self.clients[&client].cred.uid, |c| c.uid);
+                if uid == 0 || uid == self.opts.owner_uid {
+                    self.reply(client, id, Reply::Done, &[]);
+                    self.stop = true;
+                } else {
+                    self.refuse(client, id, Refusal::Forbidden);
+                }
+            }
+            Request::Listen => {
+                let sock = fds.pop()?;
+                match sys::tcp_view(sock.as_raw_fd()) {
+                    // Bound and not connected: listening, or about to (a listener is registered
+                    // before the kernel listens, so that no client finds it missing). Holding a
+                    // socket bound to the address is the proof.
+                    Ok(Some(TcpView {
+                        netns,
+                        inode,
+                        local: Some((addr, port)),
+                        peer: None,
+                        ..
+                    })) if port != 0 => {
+                        let mine = self.listeners.values().filter(|l| l.owner == client);
+                        if mine.count() >= MAX_LISTENERS {
+                            self.refuse(client, id, Refusal::Limit);
+                        } else {
+                            let l = self.id();
+                            self.listeners.insert(
+                                l,
+                                Listener {
+                                    owner: client,
+                                    netns,
+                                    addr,
+                                    port,
+                                    inode,
+                                    orphan: false,
+                                    accepted: 0,
+                                },
+                            );
+                            self.reply(client, id, Reply::Listening { listener: l }, &[]);
+                        }
+                    }
+                    _ => self.refuse(client, id, Refusal::BadSocket),
+                }
+            }
+            Request::Unlisten { listener } => {
+                if self
+                    .listeners
+                    .get(&listener)
+                    .is_some_and(|l| l.owner == client)
+                {
+                    self.listeners.remove(&listener);
+                    self.reply(client, id, Reply::Done, &[]);
+                } else {
+                    self.refuse(client, id, Refusal::NotYours);
+                }
+            }
+            Request::Connect { addr, port, ring } => {
+                let sock = fds.pop()?;
+                let line = self.clients.get(&client)?.line.clone()?;
+                let view = match sys::tcp_view(sock.as_raw_fd()) {
+                    Ok(Some(v)) if !v.listening => v,
+                    _ => {
+                        self.refuse(client, id, Refusal::BadSocket);
+                        return None;
+                    }
+                };
+                if self.offers.values().filter(|o| o.owner == client).count() >= MAX_OFFERS {
+                    self.refuse(client, id, Refusal::Limit);
+                    return None;
+                }
+                let listening = self
+                    .listeners
+                    .values()
+                    .any(|l| l.serves(view.netns, (addr, port)));
+                if !listening {
+                    self.counters.declined += 1;
+                    self.reply(
+                        client,
+                        id,
+                        Reply::Declined {
+                            reason: NO_LISTENER,
+                        },
+                        &[],
+                    );
+                    // The client may be waiting on its line (it need not wait for this reply).
+                    sys::ring(line.fd.as_raw_fd());
+                    return None;
+                }
+                let conn = self.id();
+                self.offers.insert(
+                    conn,
+                    Offer {
+                        owner: client,
+                        pid: sender,
+                        ring,
+                        request: id,
+                        socket: sock,
+                        line,
+                        netns: view.netns,
+                        posted: Instant::now(),
+                        dest: (addr, port),
+                        seen: self.accepted_at(view.netns, (addr, port)),
+                        indexed: false,
+                        provisional: false,
+                    },
+                );
+                self.reply(client, id, Reply::Offered { conn }, &[]);
+            }
+            Request::Cancel {
+                request,
+                stalled_only,
+            } => {
+                let found = self
+                    .offers
+                    .iter()
+                    .find(|(_, o)| o.owner == client && o.request == request)
+                    .map(|(&c, _)| c);
+                let progressing = stalled_only && found.is_some_and(|c| self.progressed(c));
+                if progressing {
+                    // As the device rendezvous does with its accept counter: a server working
+                    // through a long backlog reaches its last clients late.
+                    self.refuse(client, id, Refusal::Progressing);
+                } else if let Some(conn) = found {
+                    self.offers.remove(&conn);
+                    self.reply(client, id, Reply::Done, &[]);
+                } else {
+                    self.refuse(client, id, Refusal::NotYours);
+                }
+            }
+            Request::Accept { ring, nowait } => {
+                let sock = fds.pop()?;
+                return Some((client, id, sock, ring, nowait));
+            }
+            Request::Hold => {
+                let sock = fds.pop()?;
+                self.hold(client, id, sender, sock);
+            }
+            Request::Close { conn, server } => {
+                let end = server as usize;
+                let held = self
+                    .conns
+                    .get(&conn)
+                    .is_some_and(|c| c.holders.contains(&(sender, end)));
+                if held {
+                    self.let_go(conn, sender, end);
+                    self.reply(client, id, Reply::Done, &[]);
+                } else {
+                    self.refuse(client, id, Refusal::NotYours);
+                }
+            }
+        }
+        None
+    }
+}
