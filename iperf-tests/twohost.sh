@@ -3,10 +3,12 @@
 # ivshmem-doorbell device on one shared ivshmem server, joined by a virtual Ethernet link, and
 # run pcisock across them (docs/TWOHOST.md; README "Two hosts over ivshmem").
 #
-# Usage: iperf-tests/twohost.sh [boot|conformance|iperf|all]   (default: all)
+# Usage: iperf-tests/twohost.sh [boot|conformance|iperf|failover|all]   (default: all)
 #   boot         boot both guests, run a command in each, check the ivshmem device; tear down
 #   conformance  + the ntbdrv conformance suite on the ivshmem backend inside a guest
 #   iperf        + iperf2/iperf3 under LD_PRELOAD across the guests, TCP controls, 64 MiB copy
+#   failover     boot, then a stream across the guests while the bridge's link goes down and
+#                comes back (without the conformance and iperf checks)
 #   all          everything
 # Exits 0 only when every check of the chosen stage holds; prints one line per check.
 #
@@ -23,13 +25,14 @@
 # TWOHOST_RESULTS (write the iperf table there), TWOHOST_IPERF_SECONDS (default 5),
 # TWOHOST_IRQ (vfio: the interrupt daemon in each guest, on q35 with a virtual IOMMU; poll),
 # TWOHOST_MACHINE (pc, q35-iommu), TWOHOST_DEBUG (a command run in both guests after boot),
-# TWOHOST_FAULT=guest2-hang (guest 2 never answers: the boot timeout and teardown).
+# TWOHOST_FAULT=guest2-hang (guest 2 never answers: the boot timeout and teardown),
+# TWOHOST_FAULT=strict-failover (the failover check's processes are strict: it must FAIL).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STAGE=${1:-all}
-case $STAGE in boot | conformance | iperf | all) ;; *)
-    echo "usage: $0 [boot|conformance|iperf|all]" >&2
+case $STAGE in boot | conformance | iperf | failover | all) ;; *)
+    echo "usage: $0 [boot|conformance|iperf|failover|all]" >&2
     exit 2
     ;;
 esac
@@ -394,7 +397,7 @@ json() { # json FILE FIELD (a top-level number of the stats file in guest 1 or 2
 mbit() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b * 8 / s / 1e6 }'; }
 RESULTS=()
 
-if [ "$STAGE" = iperf ] || [ "$STAGE" = all ]; then
+if [ "$STAGE" = iperf ] || [ "$STAGE" = failover ] || [ "$STAGE" = all ]; then
     # Guest 1 enables its side of the link (as its NTB driver would at probe); guest 2 does so
     # only after the first pcisock server listens, so that server's listener is made while the
     # link is down and must be published when the link comes up (two machines rarely start
@@ -451,7 +454,7 @@ if [ "$STAGE" = iperf ] || [ "$STAGE" = all ]; then
             gx 2 10 "grep -o '\"reason\":\"[A-Za-z]*\"' /tmp/c.json | sort | uniq -c" >&2 || true
         fi
     }
-    for tool in iperf iperf3; do
+    [ "$STAGE" = failover ] || for tool in iperf iperf3; do
         port=5001
         [ $tool = iperf3 ] && port=5201
         run_iperf $tool $port ntb || true
@@ -465,26 +468,71 @@ if [ "$STAGE" = iperf ] || [ "$STAGE" = all ]; then
         check "$tool-tcp" $ok "$tool across the guests over TCP (no pcisock): $BW Mbit/s; eth0 of both guests $ETH bytes"
         RESULTS+=("| $tool | TCP over virtio-net | ${BW:-?} | 0 | $ETH |")
     done
-    # A plain client on a flagged port: the pcisock server falls back to TCP for it.
-    run_iperf iperf 5001 plain-client || true
-    ok=1
-    [ -n "$BW" ] && [ "$ETH" -gt 1000000 ] && [ "${SNTB:-0}" = 0 ] && [ "${STCP:-0}" -ge 1 ] && ok=0
-    check plain-peer $ok "plain iperf client to a pcisock server on flagged port 5001: $BW Mbit/s over TCP (server: $STCP TCP connection(s), $SNTB bridge bytes; eth0 $ETH bytes)"
+    if [ "$STAGE" != failover ]; then
+        # A plain client on a flagged port: the pcisock server falls back to TCP for it.
+        run_iperf iperf 5001 plain-client || true
+        ok=1
+        [ -n "$BW" ] && [ "$ETH" -gt 1000000 ] && [ "${SNTB:-0}" = 0 ] && [ "${STCP:-0}" -ge 1 ] && ok=0
+        check plain-peer $ok "plain iperf client to a pcisock server on flagged port 5001: $BW Mbit/s over TCP (server: $STCP TCP connection(s), $SNTB bridge bytes; eth0 $ETH bytes)"
 
-    # 64 MiB, byte for byte.
-    gx 2 60 'head -c 64M /dev/urandom >/tmp/blob' >/dev/null
-    gx 1 10 "$PRE PCISOCK_STATS_FILE=/tmp/b.json nohup python3 $ROOT/iperf-tests/twohost/blob.py recv 5001 >/tmp/blob.out 2>/tmp/blob.err & echo \$! >/tmp/blob.pid" >/dev/null
-    listening 1 5001 || say "twohost: blob receiver did not listen" >&2
-    before=$(snap)
-    t0=$(date +%s%N)
-    sent=$(gx 2 300 "$PRE python3 $ROOT/iperf-tests/twohost/blob.py send $SERVER 5001 /tmp/blob" || true)
-    secs=$(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')
-    # shellcheck disable=SC2086
-    ETH=$(eth_total $before)
-    got=$(gx 1 60 'for i in $(seq 300); do [ -s /tmp/blob.out ] && break; sleep 0.1; done; cat /tmp/blob.out' || true)
-    ok=1
-    [ -n "$sent" ] && [ "$sent" = "$got" ] && [ "${sent%% *}" = 67108864 ] && [ "$ETH" -lt 1000000 ] && ok=0
-    check copy-64MiB $ok "sent ${sent:-nothing}, received ${got:-nothing} in ${secs}s ($(mbit 67108864 "$secs") Mbit/s); eth0 $ETH bytes"
+        # 64 MiB, byte for byte.
+        gx 2 60 'head -c 64M /dev/urandom >/tmp/blob' >/dev/null
+        gx 1 10 "$PRE PCISOCK_STATS_FILE=/tmp/b.json nohup python3 $ROOT/iperf-tests/twohost/blob.py recv 5001 >/tmp/blob.out 2>/tmp/blob.err & echo \$! >/tmp/blob.pid" >/dev/null
+        listening 1 5001 || say "twohost: blob receiver did not listen" >&2
+        before=$(snap)
+        t0=$(date +%s%N)
+        sent=$(gx 2 300 "$PRE python3 $ROOT/iperf-tests/twohost/blob.py send $SERVER 5001 /tmp/blob" || true)
+        secs=$(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN { printf "%.2f", (b - a) / 1e9 }')
+        # shellcheck disable=SC2086
+        ETH=$(eth_total $before)
+        got=$(gx 1 60 'for i in $(seq 300); do [ -s /tmp/blob.out ] && break; sleep 0.1; done; cat /tmp/blob.out' || true)
+        ok=1
+        [ -n "$sent" ] && [ "$sent" = "$got" ] && [ "${sent%% *}" = 67108864 ] && [ "$ETH" -lt 1000000 ] && ok=0
+        check copy-64MiB $ok "sent ${sent:-nothing}, received ${got:-nothing} in ${secs}s ($(mbit 67108864 "$secs") Mbit/s); eth0 $ETH bytes"
+    fi
+
+    # Failover: an 11 s stream from guest 2 to guest 1 (not strict: PCISOCK_STRICT=0) goes on
+    # while guest 1 takes its side of the bridge's link down (2 s after the connection, for 4 s:
+    # for guest 2 its peer's side is gone; the link status drops on both) and brings it back.
+    # Guest 1 samples the kernel's counter of the stream's own TCP socket (failover.py): quiet
+    # before the fault, carrying the stream during it, quiet again from 1 s after the link is
+    # back. Both ends' SHA-256 must agree, and the stats files count the moves (the sender's
+    # second failover at its close is its reading the receiver's END from the outage only then:
+    # docs/TWOHOST.md).
+    if [ "$STAGE" != iperf ]; then
+        FO_PORT=5003
+        FO_STRICT=0
+        [ "${TWOHOST_FAULT:-}" = strict-failover ] && FO_STRICT=1
+        FPRE="PCISOCK_STRICT=$FO_STRICT PCISOCK_PORTS=$FO_PORT $PRE"
+        gx 1 10 "rm -f /tmp/f.json /tmp/f.out /tmp/fo.out; $FPRE PCISOCK_STATS_FILE=/tmp/f.json nohup python3 $ROOT/iperf-tests/twohost/blob.py recv $FO_PORT >/tmp/f.out 2>/tmp/f.err & echo \$! >/tmp/f.pid" >/dev/null
+        listening 1 $FO_PORT || say "twohost: the failover receiver did not listen" >&2
+        if [ -z "${LINK_DONE:-}" ]; then
+            LINK_DONE=1
+            link_up_in_guest2
+        fi
+        gx 1 10 "nohup python3 $ROOT/iperf-tests/twohost/failover.py $FO_PORT 2 4 $REL/ntbdrv-peer $BDF >/tmp/fo.out 2>&1 & echo \$! >/tmp/fo.pid" >/dev/null
+        t0=$(date +%s%N)
+        sent=$(gx 2 120 "rm -f /tmp/fc.json; $FPRE PCISOCK_STATS_FILE=/tmp/fc.json python3 $ROOT/iperf-tests/twohost/blob.py stream $SERVER $FO_PORT 11" 2>&1 || true)
+        secs=$(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')
+        got=$(gx 1 60 'for i in $(seq 300); do [ -s /tmp/f.out ] && break; sleep 0.1; done; cat /tmp/f.out' || true)
+        fo=$(gx 1 60 'p=$(cat /tmp/fo.pid); for i in $(seq 300); do kill -0 $p 2>/dev/null || break; sleep 0.1; done; cat /tmp/fo.out' || true)
+        CFO=$(json 2:/tmp/fc.json failovers)
+        CFB=$(json 2:/tmp/fc.json failbacks)
+        CFT=$(json 2:/tmp/fc.json failover_tx_bytes)
+        CTX=$(json 2:/tmp/fc.json ntb_tx_bytes)
+        CPE=$(json 2:/tmp/fc.json protocol_errors)
+        SFR=$(json 1:/tmp/f.json failover_rx_bytes)
+        SFO=$(json 1:/tmp/f.json failovers)
+        SFB=$(json 1:/tmp/f.json failbacks)
+        [ "${TWOHOST_KEEP:-0}" = 1 ] && { gx 1 10 'cp /tmp/f.json /run/twohost/' >/dev/null; gx 2 10 'cp /tmp/fc.json /run/twohost/' >/dev/null; } || true
+        SPE=$(json 1:/tmp/f.json protocol_errors)
+        ontcp=$(gx 2 10 "grep -c '\"on_tcp\":true' /tmp/fc.json" 2>/dev/null || true)
+        ok=1
+        [ -n "$sent" ] && [ "$sent" = "$got" ] && echo "$fo" | grep -q '^ok:' &&
+            [ "${CFO:-0}" -ge 1 ] && [ "${CFB:-0}" -ge 1 ] && [ "${CFT:-0}" -gt 0 ] && [ "${CTX:-0}" -gt 0 ] &&
+            [ "${SFR:-0}" -gt 0 ] && [ "${CPE:-1}" = 0 ] && [ "${SPE:-1}" = 0 ] && ok=0
+        check failover $ok "11 s stream from guest 2, guest 1's side of the link down from 2 s for 4 s: sent $(echo "${sent:-nothing}" | tail -1), received ${got:-nothing} (${secs}s); $(echo "$fo" | tail -1); sender: $CFO failover(s), $CFB failback(s), ${CFT:-?} bytes over TCP, ${CTX:-?} over the bridge, $CPE protocol errors, on TCP at the end: ${ontcp:-?}; receiver: ${SFR:-?} bytes over TCP, $SPE protocol errors, its own direction (idle) moved $SFO time(s) and back $SFB"
+    fi
 
     if [ "$IRQ" = vfio ]; then
         i1=$(gx 1 10 "grep 'vfio-msix\[0\]($BDF)' /proc/interrupts | awk '{ s = 0; for (i = 2; i <= NF && \$i ~ /^[0-9]+\$/; i++) s += \$i; print s }'" || true)

@@ -5,10 +5,16 @@ carries them), one connection, SHA-256 on both ends.
   blob.py recv PORT            accept one connection, read to EOF, print "BYTES SHA256"
   blob.py send HOST PORT FILE  send FILE, shut down the write side, wait for the peer to close,
                                print "BYTES SHA256"
+  blob.py stream HOST PORT SECONDS
+                               send pseudo-random bytes in writes of varying size (1 B to
+                               256 KiB) for SECONDS from
+                               the connection's start, then as `send`
 """
 import hashlib
+import random
 import socket
 import sys
+import time
 
 
 def main():
@@ -38,8 +44,24 @@ def main():
         conn.close()
         h.update(data)
         n = len(data)
+    elif mode == "stream":
+        rng = random.Random(77)
+        data = memoryview(rng.randbytes(4 << 20))
+        conn = socket.create_connection((sys.argv[2], int(sys.argv[3])))
+        end = time.monotonic() + float(sys.argv[4])  # from the connection's start
+        off = 0
+        while time.monotonic() < end:
+            size = min(rng.randint(1, 256 << 10), len(data) - off)
+            chunk = data[off : off + size]
+            conn.sendall(chunk)
+            h.update(chunk)
+            n += size
+            off = (off + size) % len(data)
+        conn.shutdown(socket.SHUT_WR)
+        conn.recv(1)
+        conn.close()
     else:
-        sys.exit("usage: blob.py recv PORT | send HOST PORT FILE")
+        sys.exit("usage: blob.py recv PORT | send HOST PORT FILE | stream HOST PORT SECONDS")
     print(n, h.hexdigest(), flush=True)
 
 

@@ -80,6 +80,27 @@ pub fn is_later_epoch(expected: u64, got: u64) -> bool {
     got & low == expected & low && got != expected
 }
 
+/// Do the records at the start of `wire` (complete ones, read from the peer's socket) hold a
+/// BACK? An END read late may have its BACK right behind it: the peer left the ring and came
+/// back while we were not reading, and following it off the ring would only cost a spell on TCP.
+/// Stops at the first incomplete or malformed record (the reader reports those).
+pub fn back_follows(wire: &[u8]) -> bool {
+    let mut at = 0usize;
+    while let Some(h) = wire.get(at..).and_then(|w| w.first_chunk::<RECORD_HDR>()) {
+        let Ok(r) = Record::decode(h) else {
+            return false;
+        };
+        match r.kind {
+            Kind::Back => return true,
+            Kind::End => at = at.saturating_add(RECORD_HDR),
+            Kind::Data => {
+                at = at.saturating_add(RECORD_HDR).saturating_add(r.len as usize);
+            }
+        }
+    }
+    false
+}
+
 /// What a record is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -380,6 +401,42 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A BACK behind an END is found across DATA records; an incomplete or malformed record
+    /// stops the look.
+    #[test]
+    fn a_back_behind_an_end_is_found() {
+        let rec = |kind, len: u32| {
+            Record {
+                kind,
+                flags: 0,
+                len,
+                arg: 0,
+            }
+            .encode()
+            .to_vec()
+        };
+        let mut w = rec(Kind::Data, 5);
+        w.extend_from_slice(b"hello");
+        assert!(!back_follows(&w));
+        w.extend(rec(Kind::End, 0));
+        assert!(!back_follows(&w));
+        let mut with_back = w.clone();
+        with_back.extend(rec(Kind::Back, 0));
+        assert!(back_follows(&with_back));
+        assert!(
+            !back_follows(&with_back[..with_back.len() - 1]),
+            "incomplete"
+        );
+        let mut bad = w.clone();
+        bad.extend_from_slice(&[0u8; RECORD_HDR]);
+        bad.extend(rec(Kind::Back, 0));
+        assert!(!back_follows(&bad), "past a malformed record");
+        // A DATA record whose payload is not all here hides what follows it.
+        let mut short = rec(Kind::Data, 100);
+        short.extend(rec(Kind::Back, 0));
+        assert!(!back_follows(&short));
+    }
 
     /// The sender's and receiver's view of one direction, with a ring that either lands every
     /// write or loses the unpublished ones (the machines do not care which: the END carries

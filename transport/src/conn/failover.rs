@@ -30,7 +30,8 @@ use super::cursors::{RxPos, TxPos};
 use super::{Connection, Counter, IoError, Readiness, RecvFlags, Tenancy};
 use crate::proto::ProtoError;
 use crate::switchover::{
-    next_epoch, Reader, RxEvent, RxMode, RxSwitch, Step, TxSwitch, MAX_RECORD, RECORD_HDR,
+    back_follows, next_epoch, Reader, RxEvent, RxMode, RxSwitch, Step, TxSwitch, MAX_RECORD,
+    RECORD_HDR,
 };
 use crate::sys;
 

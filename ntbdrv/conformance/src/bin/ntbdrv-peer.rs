@@ -9,6 +9,11 @@
 //!                                    the pattern in inbound window MW and say "ok LEN bytes"
 //!   hold                             lease window space, a doorbell and a DMA channel; say
 //!                                    "holding" and wait to be killed
+//!   link-down                        disable this side's link (as the NTB driver of a machine
+//!                                    that goes away does): the link is down for both sides
+//!                                    until this side enables it again
+//!   link-up                          enable this side's link again
+//! Every command but `link-down` enables this side's link first.
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,8 +44,17 @@ fn run(args: &[String]) -> Result<(), String> {
         EmuDevice::open_existing(&opts.path(), opts.side)
     }
     .map_err(|e| e.to_string())?;
+    if cmd == "link-down" && rest.is_empty() {
+        dev.link_disable().map_err(|e| e.to_string())?;
+        println!("link up: {}", dev.link_state().up);
+        return Ok(());
+    }
     dev.link_enable().map_err(|e| e.to_string())?;
     match (cmd.as_str(), rest) {
+        ("link-up", []) => {
+            println!("link up: {}", dev.link_state().up);
+            Ok(())
+        }
         ("write-window", [mw, off, len, bit]) => {
             let (mw, off, len, bit) = window_args(mw, off, len, bit)?;
             dev.outbound(mw)

@@ -309,8 +309,11 @@ impl Connection {
                             if self.settings.strict {
                                 return Err(self.trip());
                             }
-                            // The peer left the ring: so do we, for our direction.
-                            self.leave_ring_soon();
+                            // The peer left the ring: so do we, for our direction (unless
+                            // its BACK is already behind the END: a stale END read late).
+                            if !back_follows(&rx.raw) {
+                                self.leave_ring_soon();
+                            }
                         }
                         RxEvent::Back => {
                             // The ring goes on in the sender's next epoch; give it every
