@@ -33,9 +33,8 @@ pub struct DevicePending {
     cookie: u64,
     local: Endpoint,
     remote: Endpoint,
-    posted: Instant,
-    /// The peer host's accept count when we last saw it change, and when that was.
-    progress: (u32, Instant),
+    /// Its wait for the server's answer.
+    wait: handshake::AnswerWait,
 }
 
 impl DeviceTransport {
@@ -280,8 +279,7 @@ impl DeviceTransport {
             ring: p.half.loc,
         };
         self.ctrl.publish_offer(&p.slot, &offer);
-        p.posted = Instant::now();
-        p.progress = (self.ctrl.peer_accepts(), p.posted);
+        p.wait = self.answer_wait();
     }
 
     pub(crate) fn offer(
@@ -331,8 +329,7 @@ impl DeviceTransport {
                     cookie,
                     local,
                     remote,
-                    posted: Instant::now(),
-                    progress: (self.ctrl.peer_accepts(), Instant::now()),
+                    wait: self.answer_wait(),
                 })
             }
             None => {
@@ -427,51 +424,70 @@ impl DeviceTransport {
 
     /// Finish a client's upgrade once its TCP connect succeeded: wait (if `block`) for the
     /// server's answer, watching the TCP socket meanwhile. The wait ends after the answer
-    /// timeout without an accept on the server's host, or after [`ANSWER_PATIENCE_MAX`].
+    /// timeout without an accept on the server's host, or after [`ANSWER_PATIENCE_MAX`]. This
+    /// loop only looks and acts; [`handshake::AnswerWait`] decides.
     pub(crate) fn complete(&self, mut p: DevicePending, tcp_fd: RawFd, block: bool) -> Outcome {
+        use handshake::{Action, Seen, TcpSays};
         loop {
-            match self.ctrl.answer(&p.slot) {
-                Some(Ok(a)) if a.cookie == p.cookie => return self.finish(p, a, tcp_fd),
-                Some(_) => {
+            let answer = self.ctrl.answer(&p.slot);
+            let seen = match &answer {
+                Some(Ok(a)) if a.cookie == p.cookie => Seen::Ours,
+                Some(_) => Seen::Foreign,
+                None => Seen::Nothing,
+            };
+            let now = Instant::now();
+            let peer_accepts = self.ctrl.peer_accepts();
+            // A peer that talks over TCP, or hangs up, is not upgrading.
+            let tcp = match seen {
+                Seen::Nothing if !matches!(sys::peek_tcp(tcp_fd), sys::Peek::Open) => {
+                    TcpSays::TalksOrHungUp
+                }
+                _ => TcpSays::Quiet,
+            };
+            let o = handshake::Observed {
+                answer: seen,
+                peer_accepts,
+                tcp,
+            };
+            let mut action = p.wait.step(now, o, block);
+            if action == Action::Withdraw {
+                let ok = self.ctrl.withdraw(&p.slot);
+                action = p.wait.withdrawn(now, ok, block);
+            }
+            match (action, answer) {
+                (Action::Finish, Some(Ok(a))) => return self.finish(p, a, tcp_fd),
+                (Action::Finish | Action::BadPeer, _) => {
                     self.ctrl.finish_offer(p.slot);
                     p.half.release(&*self.dev);
                     return Outcome::Tcp(Reason::BadPeer);
                 }
-                None => {}
-            }
-            let now = Instant::now();
-            let accepts = self.ctrl.peer_accepts();
-            if accepts != p.progress.0 {
-                p.progress = (accepts, now);
-            }
-            let deadline = (p.progress.1 + self.shared.settings.answer_timeout)
-                .min(p.posted + ANSWER_PATIENCE_MAX.max(self.shared.settings.answer_timeout));
-            // A peer that talks over TCP, or hangs up, is not upgrading.
-            let tcp_says = !matches!(sys::peek_tcp(tcp_fd), sys::Peek::Open);
-            if now >= deadline || tcp_says {
-                if self.ctrl.withdraw(&p.slot) {
-                    let reason = Reason::NoAnswer;
+                (Action::GiveUp { quarantine: false }, _) => {
                     self.ctrl.finish_offer(p.slot);
                     p.half.release(&*self.dev);
-                    return Outcome::Tcp(reason);
+                    return Outcome::Tcp(Reason::NoAnswer);
                 }
-                // The server took the offer: its answer is being written. Wait for it.
-                if now >= deadline + Duration::from_secs(10) {
+                // The server took the offer: it may still write into our ring.
+                (Action::GiveUp { quarantine: true }, _) => {
                     self.ctrl.finish_offer(p.slot);
                     self.shared
                         .retire(p.half.mine.clone(), p.half.lease, p.half.bell, false);
                     return Outcome::Tcp(Reason::NoAnswer);
                 }
+                (Action::Pending, _) => return Outcome::Waiting(Pending::Device(p)),
+                (Action::Nap(nap), _) => {
+                    let _ = sys::poll2(self.pending_fd(&p), tcp_fd, Some(nap));
+                    ntbdrv::drain_vector(&p.half.vector);
+                }
+                // `withdrawn` never asks for another withdraw; were it to, look again.
+                (Action::Withdraw, _) => {}
             }
-            if !block {
-                return Outcome::Waiting(Pending::Device(p));
-            }
-            let nap = deadline
-                .saturating_duration_since(now)
-                .clamp(Duration::from_micros(100), Duration::from_millis(50));
-            let _ = sys::poll2(self.pending_fd(&p), tcp_fd, Some(nap));
-            ntbdrv::drain_vector(&p.half.vector);
         }
+    }
+
+    /// A new wait for the answer to an offer posted now.
+    fn answer_wait(&self) -> handshake::AnswerWait {
+        let timeout = self.shared.settings.answer_timeout;
+        handshake::AnswerWait::new(Instant::now(), self.ctrl.peer_accepts(), timeout)
     }
 
     /// In a process that just exec'd a new image: pick up the NTB connection it held on
@@ -495,8 +511,7 @@ impl DeviceTransport {
                     cookie,
                     local,
                     remote,
-                    posted: Instant::now(),
-                    progress: (self.ctrl.peer_accepts(), Instant::now()),
+                    wait: self.answer_wait(),
                 };
                 return Some(self.complete(p, tcp_fd, false));
             }

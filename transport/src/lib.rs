@@ -10,6 +10,7 @@
 
 pub mod conn;
 mod device;
+mod handshake;
 pub mod proto;
 pub mod rendezvous;
 mod service;
