@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 
 use transport::{Counter, Reason, Transport};
@@ -41,8 +41,6 @@ pub struct Global {
     late_wakeups: AtomicU64,
     epoch: std::time::Instant,
     last_write_ms: AtomicU64,
-    /// A thread will rewrite the statistics file shortly (`write_later`).
-    writer_pending: AtomicBool,
 }
 
 /// Reason codes counted in the statistics file's `fallbacks` (codes are small integers).
@@ -185,7 +183,6 @@ pub fn get() -> &'static Global {
             late_wakeups: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             last_write_ms: AtomicU64::new(0),
-            writer_pending: AtomicBool::new(false),
         }
     })
 }
@@ -312,8 +309,6 @@ impl Global {
                 None
             }
         };
-        // The parent's pending writer thread is not the child's.
-        self.writer_pending.store(false, SeqCst);
         if !self.per_process {
             return; // one shared file: the last writer's totals, as before
         }
@@ -356,35 +351,7 @@ impl Global {
             if last == 0 || now.saturating_sub(last) >= STATS_INTERVAL_MS {
                 self.last_write_ms.store(now.max(1), Relaxed);
                 self.write_stats();
-            } else if self.stats_file.is_some() {
-                self.write_later(STATS_INTERVAL_MS.saturating_sub(now.saturating_sub(last)));
             }
-        }
-    }
-
-    /// A rewrite was skipped (the last was less than STATS_INTERVAL ago): make it once the
-    /// interval has passed, from a short-lived thread, so that the file does not keep the
-    /// counts of before the last closes for as long as the process then stays idle (a server
-    /// back in `accept`, ended by a SIGTERM that runs no exit handler). One such thread at a
-    /// time; none if threads cannot be made (the file is then written at the next close or at
-    /// exit, as before).
-    fn write_later(&self, after_ms: u64) {
-        if self.writer_pending.swap(true, SeqCst) {
-            return;
-        }
-        let spawned = std::thread::Builder::new()
-            .name("pcisock-stats".into())
-            .stack_size(64 << 10)
-            .spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(after_ms.max(1)));
-                let g = get();
-                g.writer_pending.store(false, SeqCst);
-                let now = g.epoch.elapsed().as_millis() as u64;
-                g.last_write_ms.store(now.max(1), Relaxed);
-                g.write_stats();
-            });
-        if spawned.is_err() {
-            self.writer_pending.store(false, SeqCst);
         }
     }
 
