@@ -1,0 +1,164 @@
+//! The transport's settings (`PCISOCK_*` variables that shape rings, waits and timeouts): their
+//! defaults, limits and parsing.
+
+use super::*;
+
+/// How a side learns that the other side moved (data, credits, DMA completion).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompletionMode {
+    /// Spin: lowest latency, one busy core per waiting thread.
+    Poll,
+    /// Sleep at once and be woken by a doorbell interrupt.
+    Doorbell,
+    /// Spin for a bounded time, then sleep on the doorbell.
+    Adaptive,
+}
+
+/// Transport settings (from `PCISOCK_*` variables; see docs/CONFIG.md).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Receive ring capacity per connection and direction (a power of two).
+    pub ring_bytes: u64,
+    pub completion: CompletionMode,
+    /// Copies of at least this many bytes go to the DMA engine; smaller ones are CPU copies.
+    pub dma_threshold: usize,
+    /// How long `Adaptive` spins before it sleeps.
+    pub spin: Duration,
+    /// Read coalescing: a blocking read that found data waiting, on a connection that has not
+    /// sent since its last read, keeps taking frames that arrive within this long of each
+    /// other (zero: return at once, as before). See [`Connection::recv`].
+    pub rx_coalesce: Duration,
+    /// How long a client waits for the server's answer while the server's host accepts
+    /// nothing, before it stays on TCP (a host that keeps accepting other connections extends
+    /// the wait, up to [`ANSWER_PATIENCE_MAX`]).
+    pub answer_timeout: Duration,
+    /// `PCISOCK_STRICT=1`: a connection whose NTB path fails is reset (ECONNRESET) instead of
+    /// going on over its TCP socket.
+    pub strict: bool,
+    /// A send that waits this long for credits while the peer's TCP socket is open moves the
+    /// connection to TCP (`PCISOCK_FAILOVER_MS`; zero: never for that reason).
+    pub failover_after: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            ring_bytes: 1 << 20,
+            completion: CompletionMode::Adaptive,
+            dma_threshold: DEFAULT_DMA_THRESHOLD,
+            spin: Duration::from_micros(50),
+            rx_coalesce: Duration::from_micros(2),
+            answer_timeout: Duration::from_secs(2),
+            strict: false,
+            failover_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The longest a client waits for its answer while the server's host keeps accepting other
+/// connections: a server with a thousand clients in its backlog reaches the last one late, and
+/// TCP would have let those clients send meanwhile.
+pub const ANSWER_PATIENCE_MAX: Duration = Duration::from_secs(60);
+
+/// Largest `PCISOCK_RX_COALESCE_US`: coalescing is for gaps between back-to-back writes, and
+/// a read may be held for up to 50 such gaps.
+pub const MAX_RX_COALESCE_US: u64 = 1000;
+
+/// Default CPU-copy/DMA threshold; see benches/results/device.md for the measurement.
+pub const DEFAULT_DMA_THRESHOLD: usize = usize::MAX;
+
+/// A bad transport setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    pub name: &'static str,
+    pub value: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for SettingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={:?}: {}", self.name, self.value, self.why)
+    }
+}
+
+impl Settings {
+    /// Read `PCISOCK_RING_SIZE`, `PCISOCK_COMPLETION`, `PCISOCK_DMA_THRESHOLD`,
+    /// `PCISOCK_SPIN_US`, `PCISOCK_RX_COALESCE_US` and `PCISOCK_ANSWER_TIMEOUT_MS` through `get`.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Settings, SettingError> {
+        let mut s = Settings::default();
+        let err = |name: &'static str, value: &str, why: &str| SettingError {
+            name,
+            value: value.into(),
+            why: why.into(),
+        };
+        if let Some(v) = get("PCISOCK_RING_SIZE").filter(|v| !v.is_empty()) {
+            let n = ntbdrv::parse_size(&v).map_err(|e| err("PCISOCK_RING_SIZE", &v, &e))?;
+            if proto::Ring::new(n).is_none() {
+                return Err(err(
+                    "PCISOCK_RING_SIZE",
+                    &v,
+                    "a power of two between 4K and 1G",
+                ));
+            }
+            s.ring_bytes = n;
+        }
+        if let Some(v) = get("PCISOCK_COMPLETION").filter(|v| !v.is_empty()) {
+            s.completion = match v.as_str() {
+                "poll" => CompletionMode::Poll,
+                "doorbell" => CompletionMode::Doorbell,
+                "adaptive" => CompletionMode::Adaptive,
+                _ => {
+                    return Err(err(
+                        "PCISOCK_COMPLETION",
+                        &v,
+                        "expected poll, doorbell or adaptive",
+                    ))
+                }
+            };
+        }
+        if let Some(v) = get("PCISOCK_DMA_THRESHOLD").filter(|v| !v.is_empty()) {
+            s.dma_threshold = if v == "off" {
+                usize::MAX
+            } else {
+                ntbdrv::parse_size(&v).map_err(|e| err("PCISOCK_DMA_THRESHOLD", &v, &e))? as usize
+            };
+        }
+        if let Some(v) = get("PCISOCK_SPIN_US").filter(|v| !v.is_empty()) {
+            let us: u64 = v
+                .parse()
+                .map_err(|_| err("PCISOCK_SPIN_US", &v, "microseconds"))?;
+            s.spin = Duration::from_micros(us);
+        }
+        if let Some(v) = get("PCISOCK_RX_COALESCE_US").filter(|v| !v.is_empty()) {
+            let us: u64 = v
+                .parse()
+                .ok()
+                .filter(|&us| us <= MAX_RX_COALESCE_US)
+                .ok_or_else(|| {
+                    err(
+                        "PCISOCK_RX_COALESCE_US",
+                        &v,
+                        "microseconds from 0 (off) to 1000",
+                    )
+                })?;
+            s.rx_coalesce = Duration::from_micros(us);
+        }
+        if let Some(v) = get("PCISOCK_ANSWER_TIMEOUT_MS").filter(|v| !v.is_empty()) {
+            let ms: u64 = v
+                .parse()
+                .map_err(|_| err("PCISOCK_ANSWER_TIMEOUT_MS", &v, "milliseconds"))?;
+            s.answer_timeout = Duration::from_millis(ms.max(1));
+        }
+        // The shim validates the value (docs/CONFIG.md); here only "on" matters.
+        s.strict = get("PCISOCK_STRICT").is_some_and(|v| {
+            matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes")
+        });
+        if let Some(v) = get("PCISOCK_FAILOVER_MS").filter(|v| !v.is_empty()) {
+            let ms: u64 = v
+                .parse()
+                .map_err(|_| err("PCISOCK_FAILOVER_MS", &v, "milliseconds (0: off)"))?;
+            s.failover_after = Duration::from_millis(ms);
+        }
+        Ok(s)
+    }
+}
