@@ -1,0 +1,380 @@
+//! `epoll_wait` over a set with NTB registrations: settling pending ones, harvesting readiness
+//! from the rings, and arming before a sleep in the kernel. The registrations themselves are
+//! the parent module's.
+
+use super::*;
+
+pub(super) fn to_epoll(r: transport::Readiness, interest: u32) -> u32 {
+    let mut out = 0u32;
+    if r.readable {
+        out |= interest & (libc::EPOLLIN | libc::EPOLLRDNORM) as u32;
+    }
+    if r.writable {
+        out |= interest & WRITE;
+    }
+    if r.rdhup {
+        out |= interest & libc::EPOLLRDHUP as u32;
+    }
+    if r.hup {
+        out |= libc::EPOLLHUP as u32;
+    }
+    if r.error {
+        out |= libc::EPOLLERR as u32;
+    }
+    out
+}
+
+/// Move pending registrations whose offer has settled to their final form.
+/// Only those that may have news are looked at: their answer arrived or their time is up
+/// (`Transport::pending_news`, one look for all), or their socket had an event (`poked`). A
+/// client with thousands of connects waiting for their answers pays per answer, not per
+/// waiting connect and wait.
+fn settle(epfd: c_int, regs: &mut SetState, poked: &[c_int]) {
+    if !regs.pending {
+        return;
+    }
+    let pending: Vec<c_int> = regs
+        .iter()
+        .filter(|(_, r)| matches!(r.form, Form::Pending { .. }))
+        .map(|(fd, _)| *fd)
+        .collect();
+    if pending.is_empty() {
+        regs.pending = false;
+        return;
+    }
+    let news: std::collections::HashSet<c_int> = match global::get().transport() {
+        Ok(t) => {
+            let guards: Vec<_> = pending
+                .iter()
+                .map(|fd| regs[fd].sock.state.lock().ok())
+                .collect();
+            let offers: Vec<Option<&transport::Pending>> = guards
+                .iter()
+                .map(|g| match g.as_deref() {
+                    Some(State::Offered(Some(p))) => Some(p),
+                    _ => None,
+                })
+                .collect();
+            let known: Vec<&transport::Pending> = offers.iter().flatten().copied().collect();
+            let mut answers = t.pending_news(&known).into_iter();
+            let flags: Vec<bool> = offers
+                .iter()
+                .map(|o| o.is_none() || answers.next().unwrap_or(true))
+                .collect();
+            drop(guards);
+            pending
+                .iter()
+                .zip(flags)
+                .filter(|(fd, news)| *news || poked.contains(fd))
+                .map(|(fd, _)| *fd)
+                .collect()
+        }
+        Err(_) => pending.into_iter().collect(),
+    };
+    let mut to_kernel = Vec::new();
+    let mut to_ntb = Vec::new();
+    for &fd in &news {
+        let Some(r) = regs.regs.get_mut(&fd) else {
+            continue;
+        };
+        let fd = &fd;
+        let Form::Pending { .. } = r.form else {
+            continue;
+        };
+        // A non-blocking look: the answer may be there now.
+        let _ = ops::data_path(*fd, true);
+        let now = form_of(&r.sock);
+        if now == Some(r.form) {
+            continue;
+        }
+        unregister(epfd, *fd, r.form);
+        match now.map(|f| (f, register(epfd, *fd, f, r.events))) {
+            Some((f, Ok(()))) => {
+                r.form = f;
+                to_ntb.push(*fd);
+                if let Some(c) = r.sock.conn.get() {
+                    ops::ARMINGS.fetch_add(1, Relaxed);
+                    r.interest = Some(interest(c, r.events));
+                    c.rearm(r.events & READ != 0, r.events & WRITE != 0);
+                }
+            }
+            _ => to_kernel.push(*fd),
+        }
+    }
+    regs.cand.extend(to_ntb);
+    for fd in to_kernel {
+        // Settled on TCP: from now on the kernel socket, with the application's own events.
+        if let Some(r) = regs.remove(&fd) {
+            count_reg(fd, false);
+            kernel_ctl(epfd, libc::EPOLL_CTL_ADD, fd, r.events, r.data);
+        }
+    }
+}
+
+/// Our registrations that are ready now, as (events, data); edge and one-shot state updated.
+/// Evaluates every registration if `full`, else the candidates (see [`SetState`]); leaves as
+/// candidates for the next wait the level-triggered ones that are ready and those it had no
+/// room to report.
+fn harvest(
+    st: &mut SetState,
+    out: &mut Vec<libc::epoll_event>,
+    max: usize,
+    seen: &mut Vec<c_int>,
+    full: bool,
+) {
+    let fds: Vec<c_int> = if full {
+        st.full_at = Some(Instant::now());
+        st.full_due = false;
+        st.cand.clear();
+        st.regs.keys().copied().collect()
+    } else {
+        st.cand.drain().collect()
+    };
+    for fd in fds {
+        let Some(r) = st.regs.get_mut(&fd) else {
+            continue;
+        };
+        if r.disabled {
+            continue;
+        }
+        if out.len() >= max || seen.contains(&fd) {
+            st.cand.insert(fd);
+            continue;
+        }
+        let Some(c) = r.sock.conn.get() else { continue };
+        // Activity before readiness: what the peer does between the two reads shows as a new
+        // edge next time, instead of being taken for already reported.
+        let a = c.activity();
+        let ev = to_epoll(c.readiness(), r.events);
+        if ev == 0 {
+            continue;
+        }
+        if r.events & libc::EPOLLET as u32 != 0 {
+            // Readiness itself may take news in (a failed-over connection's records read off
+            // its TCP socket, whose kernel event then never comes): that is an edge too. The
+            // activity before it is kept, so the next check reports once more at most.
+            if r.last_activity == Some(a) && c.activity() == a {
+                continue;
+            }
+            r.last_activity = Some(a);
+        } else {
+            st.cand.insert(fd);
+        }
+        if r.events & libc::EPOLLONESHOT as u32 != 0 {
+            // Spent until EPOLL_CTL_MOD: it asks for no ring.
+            r.disabled = true;
+            r.interest = None;
+        }
+        out.push(libc::epoll_event {
+            events: ev,
+            u64: r.data,
+        });
+        seen.push(fd);
+    }
+}
+
+/// Before a sleep: ask the peers to ring (see `Connection::rearm`) for every registration if
+/// that is due (a shared line rang, or `FULL_EVERY` passed), else only for the candidates
+/// (flags the peers took since are those of connections that rang: the line said so). True if
+/// anything was armed (the caller then re-checks for `ARM_GRACE`).
+fn arm(st: &mut SetState) -> bool {
+    let all = st.arm_all_now();
+    if all {
+        st.arm_due = false;
+        st.armed_at = Some(Instant::now());
+    }
+    let mut any = false;
+    let mut one = |r: &Reg| {
+        if r.disabled {
+            return;
+        }
+        if let Some(c) = r.sock.conn.get() {
+            c.rearm(r.events & READ != 0, r.events & WRITE != 0);
+            any = true;
+        }
+    };
+    if all {
+        st.regs.values().for_each(&mut one);
+    } else {
+        st.cand
+            .iter()
+            .filter_map(|fd| st.regs.get(fd))
+            .for_each(one);
+    }
+    any
+}
+
+/// `epoll_wait`/`epoll_pwait`/`epoll_pwait2` on a set with NTB registrations. `real_wait`
+/// calls the kernel with a timeout (None = forever).
+pub fn wait(
+    epfd: c_int,
+    events: &mut [libc::epoll_event],
+    timeout: Option<Duration>,
+    real_wait: &dyn Fn(&mut [libc::epoll_event], Option<Duration>) -> c_int,
+) -> Detour<c_int> {
+    let Some(set) = set_of(epfd) else {
+        return Detour::Bypass;
+    };
+    if events.is_empty() {
+        return Detour::Ours(Err(libc::EINVAL));
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut spin = global::get()
+        .transport()
+        .map(|t| t.settings().spin)
+        .unwrap_or_default();
+    // Looked at once per call, on the first pass below.
+    let mut cpu_checked = spin.is_zero();
+    let t0 = Instant::now();
+    let max = events.len();
+    let mut kbuf = vec![libc::epoll_event { events: 0, u64: 0 }; max];
+    let mut naps = ops::Naps::resume();
+    // The last sleep ran out its time: what the next look finds ready is late (see
+    // `Global::woke_by_timer`).
+    let mut timed_out = false;
+    loop {
+        let mut out: Vec<libc::epoll_event> = Vec::with_capacity(max);
+        // Our fds already reported by this call (each at most once per call, as the kernel does).
+        let mut seen: Vec<c_int> = Vec::new();
+        let spin_phase;
+        {
+            let Ok(mut regs) = set.lock() else {
+                return Detour::Ours(Err(libc::EIO));
+            };
+            if regs.is_empty() {
+                drop(regs);
+                return Detour::Bypass;
+            }
+            // Spinning on the CPU a peer needs only delays it (benches/results/same-cpu.md).
+            // (A look at a few registrations: the peers of one application tend to share.)
+            if !cpu_checked {
+                cpu_checked = true;
+                if regs
+                    .values()
+                    .take(16)
+                    .any(|r| r.sock.conn.get().is_some_and(|c| c.shares_cpu_with_peer()))
+                {
+                    spin = Duration::ZERO;
+                }
+            }
+            settle(epfd, &mut regs, &[]);
+            let full = regs.full_now();
+            harvest(&mut regs, &mut out, max, &mut seen, full);
+            if std::mem::take(&mut timed_out) {
+                global::get().woke_by_timer(out.len());
+            }
+            spin_phase = out.is_empty() && t0.elapsed() < spin;
+            let full = regs.arm_all_now();
+            if out.is_empty() && !spin_phase && arm(&mut regs) {
+                // Armed: re-check for a moment, so a peer that published just before it could
+                // see our flag is not missed (see `transport::ARM_GRACE`). What changed while
+                // the flags were down is looked for once in every registration armed.
+                let g0 = Instant::now();
+                let mut first = full;
+                loop {
+                    harvest(&mut regs, &mut out, max, &mut seen, first);
+                    first = false;
+                    if !out.is_empty() || g0.elapsed() >= transport::ARM_GRACE {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        let ready_now = !out.is_empty();
+        if ready_now {
+            naps.woke();
+        }
+        let expired = deadline.is_some_and(|d| Instant::now() >= d);
+        // Spinning only for the spin time: past it, the kernel sleeps even with nothing to arm
+        // (one-shot registrations waiting to be re-armed, offers waiting for their answer, which
+        // wake us through their own kernel registrations).
+        let spinning = !ready_now && spin_phase && !expired;
+        // The kernel's part: at once if we have something (or are still spinning), else block.
+        let wait_for = if ready_now || spinning || expired {
+            Duration::ZERO
+        } else {
+            // Bounded while our connections are armed: an interrupt lost to a race costs at
+            // most one nap, never a hang (see `ops::Naps`).
+            naps.next(deadline.map(|d| d.saturating_duration_since(Instant::now())))
+        };
+        let room = max - out.len();
+        let n = if room > 0 {
+            real_wait(&mut kbuf[..room], Some(wait_for))
+        } else {
+            0
+        };
+        let err = sys::errno();
+        if n == 0 && !wait_for.is_zero() {
+            naps.quiet();
+        }
+        // The registrations stay armed (`rearm`): an epoll set inside another one must still
+        // be woken while nobody waits on it directly. Only the doorbell lines that fired are
+        // emptied (below): a read of every armed line after every sleep cost a quiet server a
+        // system call per connection per nap.
+        if n == 0 && !wait_for.is_zero() {
+            // A nap ran out: look at everything (a wake-up may have been lost).
+            timed_out = true;
+            if let Ok(mut regs) = set.lock() {
+                regs.full_due = true;
+            }
+        }
+        if n < 0 {
+            if err == libc::EINTR && out.is_empty() {
+                naps.keep();
+                return Detour::Ours(Err(libc::EINTR));
+            }
+        } else {
+            let mut poked = false;
+            let mut rang = false;
+            let mut poked_fds = Vec::new();
+            for ev in &kbuf[..n as usize] {
+                let data = ev.u64;
+                if data & TAG_MASK == LINE_TAG {
+                    take_lines(epfd);
+                    poked = true; // re-evaluated below
+                    rang = true;
+                } else if data & TAG_MASK == TAG {
+                    poked = true; // one of ours moved: re-evaluated below
+                    poked_fds.push((data & 0xFFFF_FFFF) as c_int);
+                } else {
+                    out.push(*ev);
+                }
+            }
+            if poked {
+                naps.woke();
+                if let Ok(mut regs) = set.lock() {
+                    // Empty the doorbell lines that fired, so this set (and a set that holds
+                    // it) stops looking readable to the kernel once the ring is drained.
+                    for fd in &poked_fds {
+                        if let Some(c) = regs.get(fd).and_then(|r| r.sock.conn.get()) {
+                            c.ack();
+                            // The event may be the TCP socket's (the peer's kernel closed it):
+                            // readiness looks at it now.
+                            c.look_at_tcp();
+                        }
+                    }
+                    regs.cand.extend(poked_fds.iter().copied());
+                    if rang {
+                        // A peer rang for some of them (which, the line does not say), and
+                        // took their flags.
+                        regs.full_due = true;
+                        regs.arm_due = true;
+                    }
+                    settle(epfd, &mut regs, &poked_fds);
+                    let full = regs.full_now();
+                    harvest(&mut regs, &mut out, max, &mut seen, full);
+                }
+            }
+        }
+        if !out.is_empty() || expired {
+            let k = out.len().min(max);
+            events[..k].copy_from_slice(&out[..k]);
+            naps.keep();
+            return Detour::Ours(Ok(k as c_int));
+        }
+        if spinning {
+            std::hint::spin_loop();
+        }
+    }
+}
