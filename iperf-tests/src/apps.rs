@@ -260,6 +260,65 @@ pub fn interrupt(proc: &mut Proc) -> Result<(), String> {
         .map_err(|e| format!("SIGINT {}: {e}", proc.name()))
 }
 
+/// The number after `marker` in a program's report (`SentMessages=155127`, `processed: 435`):
+/// the digits after it, past any blanks.
+pub fn number_after(text: &str, marker: &str) -> Option<u64> {
+    let i = text.find(marker)? + marker.len();
+    let digits: String = text[i..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// `redis-server`'s arguments as the tests run it: on 127.0.0.1:`port`, nothing saved, in the
+/// foreground, its files in `dir`.
+pub fn redis_server_args<'a>(port: &'a str, dir: &'a str) -> [&'a str; 14] {
+    [
+        "--port",
+        port,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+        "--daemonize",
+        "no",
+        "--dir",
+        dir,
+    ]
+}
+
+/// `program args` run as `user` (its primary group, no supplementary groups) with `env`; root
+/// runs it as is.
+pub fn as_user(
+    user: &str,
+    program: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+    env: Option<&crate::PreloadEnv>,
+) -> Command {
+    if user == "root" {
+        return crate::command(program, args, env);
+    }
+    let group = Command::new("id")
+        .args(["-gn", user])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mut full: Vec<std::ffi::OsString> = vec![
+        format!("--reuid={user}").into(),
+        format!("--regid={group}").into(),
+        "--clear-groups".into(),
+        program.as_ref().to_owned(),
+    ];
+    full.extend(args.iter().map(|&a| a.into()));
+    crate::command("setpriv", &full, env)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use iperf_tests::apps::{
-    interrupt, require_bin, sha256, version_line, wait_stats, write_payload, ProcTree,
+    interrupt, number_after, redis_server_args, require_bin, sha256, version_line, wait_stats,
+    write_payload, ProcTree,
 };
 use iperf_tests::*;
 
@@ -102,13 +103,6 @@ fn number_before(text: &str, marker: &str) -> Option<u64> {
     text[..i].split_whitespace().last()?.parse().ok()
 }
 
-/// The number after `marker` (e.g. "SentMessages=").
-fn number_after(text: &str, marker: &str) -> Option<u64> {
-    let i = text.find(marker)? + marker.len();
-    let digits: String = text[i..].chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
 #[test]
 fn redis_benchmark_set_get() {
     let server_bin = require_bin("redis-server", "redis-server");
@@ -123,22 +117,7 @@ fn redis_benchmark_set_get() {
     let mut server = spawn(
         "redis-server",
         &server_bin,
-        &[
-            "--port",
-            &port_s,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            &dir,
-        ],
+        &redis_server_args(&port_s, &dir),
         &senv,
         f.dir(),
     );
@@ -208,22 +187,7 @@ fn redis_idle_after_benchmark() {
     let mut server = spawn(
         "redis-server",
         &server_bin,
-        &[
-            "--port",
-            &port_s,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            &dir,
-        ],
+        &redis_server_args(&port_s, &dir),
         &senv,
         f.dir(),
     );

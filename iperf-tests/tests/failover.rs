@@ -13,6 +13,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use iperf_tests::apps::redis_server_args;
 use iperf_tests::*;
 
 const MIB: u64 = 1 << 20;
@@ -433,26 +434,7 @@ fn an_epoll_only_server_fails_over_and_back() {
     let dir = f.dir().display().to_string();
     let mut server = Proc::spawn(
         "redis-server",
-        command(
-            &server_bin,
-            &[
-                "--port",
-                &port_s,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-                "--daemonize",
-                "no",
-                "--dir",
-                &dir,
-            ],
-            Some(&se),
-        ),
+        command(&server_bin, &redis_server_args(&port_s, &dir), Some(&se)),
         f.dir(),
     )
     .unwrap();
@@ -579,26 +561,7 @@ fn connections_made_while_the_link_is_down_stay_on_tcp_and_say_why() {
     let dir = f.dir().display().to_string();
     let mut server = Proc::spawn(
         "redis-server",
-        command(
-            &server_bin,
-            &[
-                "--port",
-                &port_s,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "no",
-                "--daemonize",
-                "no",
-                "--dir",
-                &dir,
-            ],
-            Some(&se),
-        ),
+        command(&server_bin, &redis_server_args(&port_s, &dir), Some(&se)),
         f.dir(),
     )
     .unwrap();

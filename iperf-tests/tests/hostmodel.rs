@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use iperf_tests::apps::as_user;
 use iperf_tests::fabric::Service;
 use iperf_tests::{
     check, command, free_port, tcp_sockets, Fixture, LoExpect, LoWindow, PreloadEnv, Proc, Stats,
@@ -187,28 +188,6 @@ fn py(f: &Fixture) -> PathBuf {
     p
 }
 
-/// `cmd` run as `user` (root runs it as is).
-fn as_user(user: &str, program: &str, args: &[&str], env: &PreloadEnv) -> Command {
-    let mut full: Vec<String> = Vec::new();
-    if user != "root" {
-        full.extend([
-            format!("--reuid={user}"),
-            format!("--regid={}", group_of(user)),
-            "--clear-groups".into(),
-            program.into(),
-        ]);
-    }
-    full.extend(args.iter().map(|s| s.to_string()));
-    let prog = if user == "root" { program } else { "setpriv" };
-    let args: Vec<&str> = full.iter().map(String::as_str).collect();
-    command(prog, &args, Some(env))
-}
-
-fn group_of(user: &str) -> String {
-    let out = Command::new("id").args(["-gn", user]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// A server of `shape` as `server_user` and one client per entry of `clients` (a user each),
 /// each sending `bytes`; the bytes must cross on the NTB path.
 fn transfer(
@@ -233,7 +212,7 @@ fn transfer(
                 server_user,
                 "/usr/bin/python3",
                 &[&prog_s, "server", &port_s, shape, &n_s],
-                &senv,
+                Some(&senv),
             ),
             f.dir(),
         ),
@@ -256,7 +235,7 @@ fn transfer(
                     user,
                     "/usr/bin/python3",
                     &[&prog_s, "client", &port_s, &bytes_s],
-                    &cenv,
+                    Some(&cenv),
                 ),
                 f.dir(),
             ),
@@ -499,7 +478,7 @@ fn paced_pair(
                 "root",
                 "/usr/bin/python3",
                 &[&prog_s, "server", &port_s, "plain", "1"],
-                &senv,
+                Some(&senv),
             ),
             f.dir(),
         ),
@@ -518,7 +497,7 @@ fn paced_pair(
                 client_user,
                 "/usr/bin/python3",
                 &[&prog_s, "client", &port_s, &bytes_s, "0", pace],
-                &cenv,
+                Some(&cenv),
             ),
             f.dir(),
         ),

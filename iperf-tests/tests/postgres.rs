@@ -6,13 +6,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use iperf_tests::apps::{as_user, number_after};
 use iperf_tests::fabric::Service;
-use iperf_tests::{
-    check, command, free_port, Fixture, LoExpect, LoWindow, PreloadEnv, Proc, Stats,
-};
+use iperf_tests::{check, free_port, Fixture, LoExpect, LoWindow, Proc, Stats};
 
 const MIB: u64 = 1 << 20;
 /// At most this much may cross lo while pgbench loads its tables over the NTB path (the
@@ -40,32 +38,12 @@ fn pg_bin(name: &str) -> PathBuf {
     })
 }
 
-/// `program args` run as the user `user` (its primary group, no supplementary groups).
-fn as_user(user: &str, program: &Path, args: &[&str], env: Option<&PreloadEnv>) -> Command {
-    let group = Command::new("id").args(["-gn", user]).output().unwrap();
-    let group = String::from_utf8_lossy(&group.stdout).trim().to_string();
-    let mut full: Vec<String> = vec![
-        format!("--reuid={user}"),
-        format!("--regid={group}"),
-        "--clear-groups".into(),
-        program.display().to_string(),
-    ];
-    full.extend(args.iter().map(|s| s.to_string()));
-    command("setpriv", &full, env)
-}
-
 /// A directory every user may write (the cluster's socket directory, the statistics).
 fn open_dir(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     fs::create_dir_all(dir).unwrap();
     fs::set_permissions(dir, fs::Permissions::from_mode(0o1777)).unwrap();
     dir.to_path_buf()
-}
-
-/// The number after `marker` in pgbench's report.
-fn number_after(text: &str, marker: &str) -> Option<u64> {
-    let rest = &text[text.find(marker)? + marker.len()..];
-    rest.split_whitespace().next()?.parse().ok()
 }
 
 /// Stops the cluster when the test ends, however it ends.
