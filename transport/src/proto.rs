@@ -1,5 +1,7 @@
-//! The wire protocol, as pure functions: ring geometry, frame headers, credit accounting, and
-//! the rendezvous records (listener entries, offers, answers).
+//! The wire protocol, as pure functions: ring geometry, frame headers, credit accounting, and the
+//! rendezvous records (listener entries, offers, answers). It must never panic on what a peer
+//! wrote, nor read the clock, memory or a socket: callers pass values in and act on what comes
+//! back.
 //!
 //! No I/O, no unsafe, no clocks: `ring`, `rendezvous` and the fuzz targets drive it. Everything
 //! a peer writes into shared memory comes through here as plain bytes or integers and is
@@ -294,6 +296,91 @@ impl Ring {
             len: hdr.len as u64,
             size,
         })
+    }
+}
+
+/// A placed frame as the sender writes it: the pad frame before it (if any) and its own header,
+/// and where the stream stands after it. Both send paths (`send`, `send_file`) number and close
+/// their frames through [`Placement::write`], so sequencing has one rule in one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameWrite {
+    /// The pad frame's header and its ring position, written before the frame.
+    pub pad: Option<(u64, FrameHeader)>,
+    /// Ring position of the frame's header; the payload follows it.
+    pub pos: u64,
+    /// The frame's header.
+    pub header: FrameHeader,
+    /// The producer counter after the frame (what the sender publishes).
+    pub tail: u64,
+    /// The sequence number of the next data frame.
+    pub next_seq: u64,
+}
+
+impl Placement {
+    /// This frame carrying `n` payload bytes as data frame number `seq`: `n` is at most the
+    /// placed length (a sendfile read that came up short makes a shorter frame, and the
+    /// producer counter follows the bytes actually written; an `n` outside `1..=len` is clamped
+    /// into it, so a frame never claims bytes that were not placed); a pad frame before it
+    /// carries the same number without using it.
+    pub fn write(&self, seq: u64, n: u64) -> FrameWrite {
+        let n = n.clamp(1, self.len.max(1));
+        // A pad frame is at least a header (`place` pads only from a 16-aligned position), and
+        // a payload at most `max_payload`: both lengths fit their u32.
+        let pad = self.pad.map(|(pos, size)| {
+            let h = FrameHeader {
+                len: size.saturating_sub(FRAME_HDR) as u32,
+                flags: FRAME_PAD,
+                seq,
+            };
+            (pos, h)
+        });
+        // The frame's aligned payload shrinks by what a short read left out.
+        let tail = self
+            .new_tail
+            .saturating_sub(align_frame(self.len))
+            .saturating_add(align_frame(n));
+        FrameWrite {
+            pad,
+            pos: self.pos,
+            header: FrameHeader {
+                len: n as u32,
+                flags: 0,
+                seq,
+            },
+            tail,
+            next_seq: seq.wrapping_add(1),
+        }
+    }
+}
+
+/// The receiver's credit policy: when it hands its consumer counter back to the sender. Each
+/// return is a store into the sender's memory (across the bridge, and into a cache line the
+/// sender reads), so credits gather until a quarter of the ring is free again; a sender that
+/// waits for them, or a receiver about to sleep or arm (`force`), gets them at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreditReturn {
+    /// Nothing was consumed since the last return.
+    Nothing,
+    /// Less than a quarter of the ring gathered: return only if the sender waits for credits.
+    IfSenderWaits,
+    /// Return now.
+    Now,
+}
+
+/// Credits gather until this share of the ring (1/`CREDIT_BATCH`) is free again.
+pub const CREDIT_BATCH: u64 = 4;
+
+/// What the receiver of a ring of `cap` bytes does with its consumer counter `head`, having
+/// last returned `returned`; `force`: it is about to sleep or arm, and must leave no sender
+/// waiting on credits it holds.
+#[inline]
+pub fn credit_return(cap: u64, head: u64, returned: u64, force: bool) -> CreditReturn {
+    if head == returned {
+        CreditReturn::Nothing
+    } else if !force && head.saturating_sub(returned) < cap / CREDIT_BATCH {
+        CreditReturn::IfSenderWaits
+    } else {
+        CreditReturn::Now
     }
 }
 

@@ -1,6 +1,7 @@
-//! The receive path: `recv` from the ring (or the TCP socket while switched), read
-//! coalescing, credit return, and FIONREAD. Called by the shim's read hooks; nothing the peer
-//! writes may make it panic or read outside our ring.
+//! The receive path: `recv` from the ring (or the TCP socket while switched), read coalescing,
+//! credit return, and FIONREAD. Called by the shim's read hooks; nothing the peer writes may make
+//! it panic or read outside our ring. Owns: the consumer side of our ring, read coalescing and
+//! FIONREAD; the credit policy itself is `proto::credit_return`'s.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
