@@ -430,6 +430,22 @@ impl Connection {
         };
         let _ = seg.own_block.write(INFO_BASE + 8, &info.encode());
         atomic_u32_at(&seg.own_block, INFO_BASE).store(INFO_MAGIC, Release);
+        let c = Connection::from_segments(shared, p, seg, tcp_fd, info, Box::default());
+        c.hold(tcp_fd);
+        c
+    }
+
+    /// A connection the service paired, from its mapped segments: the service told that this
+    /// process holds it on `tcp_fd`, its identity `info`, its cursors `cur` (fresh, or from the
+    /// block after exec).
+    fn from_segments(
+        shared: Arc<ProcessState>,
+        p: ServicePair,
+        seg: Segments,
+        tcp_fd: RawFd,
+        info: Info,
+        cur: Box<Cursors>,
+    ) -> Connection {
         if let Some(link) = &shared.service {
             link.note_held(p.conn, tcp_fd);
         }
@@ -437,7 +453,7 @@ impl Connection {
             conn: p.conn,
             peer_line: p.peer_line,
         };
-        let c = Connection::assemble(
+        Connection::assemble(
             shared,
             tenancy,
             seg.own_block,
@@ -447,13 +463,11 @@ impl Connection {
             seg.ring,
             seg.ring,
             tcp_fd,
-            role,
-            local,
-            peer,
-            Box::default(),
-        );
-        c.hold(tcp_fd);
-        c
+            info.role,
+            info.local,
+            info.peer,
+            cur,
+        )
     }
 
     /// This process holds the connection (alone, so far), on kernel socket `tcp_fd`.

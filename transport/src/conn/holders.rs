@@ -251,28 +251,7 @@ impl Connection {
         let mut ib = [0u8; 48];
         seg.own_block.read(INFO_BASE + 8, &mut ib).ok()?;
         let info = Info::decode(&ib);
-        if let Some(link) = &shared.service {
-            link.note_held(p.conn, tcp_fd);
-        }
-        let tenancy = Tenancy::Service {
-            conn: p.conn,
-            peer_line: p.peer_line,
-        };
         let cur = Box::new(Cursors::from_block(&seg.own_block));
-        Some(Connection::assemble(
-            shared,
-            tenancy,
-            seg.own_block,
-            p.own_line,
-            seg.peer_block,
-            seg.loc,
-            seg.ring,
-            seg.ring,
-            tcp_fd,
-            info.role,
-            info.local,
-            info.peer,
-            cur,
-        ))
+        Some(Connection::from_segments(shared, p, seg, tcp_fd, info, cur))
     }
 }
