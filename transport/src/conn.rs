@@ -1,4 +1,6 @@
 //! One connection over the bridge: a ring per direction, each in its receiver's inbound window.
+//! This module owns the connection's construction and its identity; it must never trust a word of
+//! the block the peer writes, nor keep a cursor anywhere the peer can reach.
 //!
 //! Our lease (in our host's inbound window) holds our receive ring and the words the peer
 //! writes to talk to us; the peer's lease, reached through our outbound window, holds the ring

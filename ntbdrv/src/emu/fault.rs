@@ -1,5 +1,8 @@
 //! Fault injection: faults live in the device header, so a test or `pcisock emu fault` in one
-//! process affects every process attached to the device, as a misbehaving link would.
+//! process affects every process attached to the device, as a misbehaving link would. Owns: the
+//! fault flags, their names (as `pcisock emu fault` takes them) and the hit counter. Must never
+//! fake a fault inside one process only: a fault is state of the device, seen by every process
+//! attached to it.
 
 use std::mem::offset_of;
 use std::sync::atomic::Ordering::{Acquire, SeqCst};

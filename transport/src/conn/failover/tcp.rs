@@ -1,6 +1,7 @@
 //! Failover's I/O while a direction is off the ring: records on the TCP socket (sending them,
-//! taking them in, readiness and FIONREAD from them), and the bytes a close drains. The state
-//! and the decisions to leave and return are the parent module's.
+//! taking them in, readiness and FIONREAD from them), and the bytes a close drains. The state and
+//! the decisions to leave and return are the parent module's. It never writes a record on a
+//! connection whose peer is not pcisock (it runs only once the ring was in use).
 
 use super::*;
 
