@@ -30,7 +30,12 @@ impl Drop for Dir {
 }
 
 fn device() -> (Dir, Arc<dyn NtbDevice>) {
-    let p = std::env::temp_dir().join(format!("transport-hostile-{}", std::process::id()));
+    device_with("hostile", 4096)
+}
+
+/// A device of 32 MiB windows leased in multiples of `mw_align` bytes.
+fn device_with(tag: &str, mw_align: u64) -> (Dir, Arc<dyn NtbDevice>) {
+    let p = std::env::temp_dir().join(format!("transport-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir(&p).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -40,6 +45,7 @@ fn device() -> (Dir, Arc<dyn NtbDevice>) {
         side: 0,
         config: Config {
             mw_size: 32 << 20,
+            mw_align,
             ..Config::default()
         },
     };
@@ -459,4 +465,86 @@ fn a_hostile_peer_breaks_only_its_own_connection() {
         t.counters().protocol_errors.load(Relaxed),
     );
     assert!(out.reset > 0, "no case was detected as a broken protocol");
+}
+
+/// Issue 13: the receiving ring's size was `.expect`ed from the lease's length, which the device
+/// rounds up to its window alignment, read from the device's shared header when the device is
+/// opened (in bridge mode the peer machine writes that header). A server that saw a 64 KiB
+/// alignment where its client saw 4 KiB took a valid offer, leased 64 KiB for a 16 KiB ring, and
+/// the 60 KiB left (no power of two) panicked the accept (across the C ABI under the shim). Now
+/// the lease that makes no ring is refused: both sides stay on TCP.
+#[test]
+fn a_lease_that_makes_no_ring_is_tcp_not_a_panic() {
+    use std::os::unix::fs::FileExt;
+    let (d, client_dev) = device_with("hostile-align", 4096);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.0.join("lo.ntb"))
+        .unwrap();
+    let at = std::mem::offset_of!(ntb_sys::ntbemu_header, config)
+        + std::mem::offset_of!(ntb_sys::ntbemu_config, mw_align);
+    file.write_all_at(&(64u64 << 10).to_le_bytes(), at as u64)
+        .unwrap();
+    let server_dev: Arc<dyn NtbDevice> = Arc::new(
+        EmuDevice::open(&Options {
+            dir: d.0.clone(),
+            name: "lo".into(),
+            side: 0,
+            config: Config::default(),
+        })
+        .unwrap(),
+    );
+    let open = |dev| {
+        Arc::new(
+            Transport::open(
+                dev,
+                Settings {
+                    ring_bytes: CAP,
+                    ..Settings::default()
+                },
+            )
+            .unwrap(),
+        )
+    };
+    let (tc, ts) = (open(client_dev), open(server_dev));
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = l.local_addr().unwrap();
+    let listener = ts
+        .listen(l.as_raw_fd(), Endpoint::from_std(server))
+        .unwrap();
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let local = s.local_addr().unwrap().as_socket().unwrap();
+    let (tc2, ts2) = (tc.clone(), ts.clone());
+    let (client, accepted) = within("connect and accept".into(), move || {
+        let pending = tc2
+            .offer(
+                Endpoint::from_std(local),
+                Endpoint::from_std(server),
+                s.as_raw_fd(),
+            )
+            .unwrap();
+        s.connect(&server.into()).unwrap();
+        let (k, peer) = l.accept().unwrap();
+        let accepted = ts2
+            .accept(
+                k.as_raw_fd(),
+                Endpoint::from_std(server),
+                Endpoint::from_std(peer),
+            )
+            .err();
+        let client = match tc2.complete(pending, s.as_raw_fd(), true) {
+            Outcome::Connected(_) => "connected".to_string(),
+            Outcome::Tcp(r) => format!("tcp {r:?}"),
+            Outcome::Waiting(_) => "waiting".to_string(),
+        };
+        (client, accepted)
+    });
+    ts.unlisten(listener);
+    assert!(
+        accepted.is_some(),
+        "the server upgraded over a ring that is no power of two"
+    );
+    assert_ne!(client, "connected", "the client upgraded without a server");
 }
