@@ -163,6 +163,8 @@ const L_RX_HEAD: usize = 0x80;
 const L_RX_OFF: usize = 0x88;
 const L_RX_SEQ: usize = 0x90;
 const L_STATE: usize = 0xA0;
+const L_HOLDERS: usize = 0xA4;
+const L_HOLDER_PIDS: usize = 0xB0;
 const L_TX_TAIL: usize = 0xC0;
 const L_TX_SEQ: usize = 0xC8;
 
@@ -547,4 +549,47 @@ fn a_lease_that_makes_no_ring_is_tcp_not_a_panic() {
         "the server upgraded over a ring that is no power of two"
     );
     assert_ne!(client, "connected", "the client upgraded without a server");
+}
+
+/// Issue 13, device mode: the holder count and pids are in the victim's block, which the peer
+/// writes. A count forged high made the victim's close wait 50 ms for an heir and then leave the
+/// connection open (no FIN for the peer, the leases kept); a live pid forged into the table (1)
+/// was handed the leases, for good. The victim knows in its own memory that it never forked
+/// with the connection: its close ends the connection at once (the peer reads EOF).
+#[test]
+fn forged_holders_neither_keep_a_connection_open_nor_take_its_leases() {
+    let (_d, dev) = device_with("hostile-holders", 4096);
+    let t = Transport::open(
+        dev.clone(),
+        Settings {
+            ring_bytes: CAP,
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    for (what, pids) in [
+        ("a count of 1000", [0u32; 4]),
+        ("a count of 1000 and pid 1", [1, 1, 1, 1]),
+    ] {
+        let Pair { c, s, _k } = pair(&t);
+        let block = victims_block(&dev, &c);
+        apply(&block, Write64::U32(L_HOLDERS, 1000));
+        for (i, pid) in pids.into_iter().enumerate() {
+            apply(&block, Write64::U32(L_HOLDER_PIDS + 4 * i, pid));
+        }
+        within(format!("{what}: the victim's close"), move || drop(s));
+        let got = within(format!("{what}: the peer's read"), move || {
+            let mut b = [0u8; 16];
+            c.recv(
+                &mut [&mut b[..]],
+                RecvFlags::default(),
+                Some(Duration::from_secs(2)),
+            )
+        });
+        assert_eq!(
+            got,
+            Ok(0),
+            "{what}: the victim's close left the connection open"
+        );
+    }
 }
