@@ -19,10 +19,9 @@ use std::time::{Duration, Instant};
 use ntbdrv::{Lease, VectorLease, WindowLease};
 
 use super::block::{
-    atomic_u32_at, atomic_u64_at, holder_pid, peer_finished, CR_CLOSED, FLAG_FIN, FLAG_GONE,
-    FLAG_RST, INFO_BASE, INFO_MAGIC, L_HOLDERS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN,
-    L_PEER_MW, L_PEER_OFF, L_SOCK_INODE, L_STATE, MAX_HOLDERS, RX_FLAGS, RX_TAIL, ST_CLOSED,
-    ST_SHUT_RD, ST_SHUT_WR,
+    atomic_u32_at, atomic_u64_at, holder_pid, peer_finished, FLAG_FIN, FLAG_RST, INFO_BASE,
+    INFO_MAGIC, L_HOLDERS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN, L_PEER_MW, L_PEER_OFF,
+    L_SOCK_INODE, L_STATE, MAX_HOLDERS, RX_TAIL, ST_CLOSED, ST_SHUT_RD, ST_SHUT_WR,
 };
 use super::cursors::Cursors;
 use super::{Connection, Info, Role, Segments, ServicePair, Tenancy};
@@ -128,12 +127,7 @@ impl Connection {
         };
         atomic_u32_at(&self.own_block, L_STATE)
             .fetch_or(ST_SHUT_WR | ST_SHUT_RD | ST_CLOSED, SeqCst);
-        atomic_u32_at(&self.peer_block, CR_CLOSED).store(1, SeqCst);
-        atomic_u32_at(&self.peer_block, RX_FLAGS).fetch_or(flag, SeqCst);
-        // SYNC POINT (endpoint release): our last write into the peer's block; pairs with the
-        // Acquire load in `peer_finished`, after which the peer may give the block to another
-        // connection.
-        atomic_u32_at(&self.peer_block, RX_FLAGS).fetch_or(FLAG_GONE, SeqCst);
+        super::ringsync::release(&self.peer_block, flag);
         self.ring_peer();
         atomic_u32_at(&self.own_block, INFO_BASE).store(0, Release);
         match &self.tenancy {
