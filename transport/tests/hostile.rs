@@ -480,12 +480,20 @@ fn a_lease_that_makes_no_ring_is_tcp_not_a_panic() {
     use std::os::unix::fs::FileExt;
     let (d, client_dev) = device_with("hostile-align", 4096);
     let file = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .open(d.0.join("lo.ntb"))
         .unwrap();
-    let at = std::mem::offset_of!(ntb_sys::ntbemu_header, config)
-        + std::mem::offset_of!(ntb_sys::ntbemu_config, mw_align);
-    file.write_all_at(&(64u64 << 10).to_le_bytes(), at as u64)
+    // The header's configuration holds the window size and, right after it, the alignment
+    // (ntbemu.h: `uint64_t mw_size, mw_align`): find that pair in the header's first page.
+    let mut head = vec![0u8; 4096];
+    file.read_exact_at(&mut head, 0).unwrap();
+    let pair: Vec<u8> = [(32u64 << 20).to_le_bytes(), 4096u64.to_le_bytes()].concat();
+    let found: Vec<usize> = (0..head.len() - 16)
+        .filter(|&i| head[i..i + 16] == pair[..])
+        .collect();
+    assert_eq!(found.len(), 1, "the configuration in the device header");
+    file.write_all_at(&(64u64 << 10).to_le_bytes(), found[0] as u64 + 8)
         .unwrap();
     let server_dev: Arc<dyn NtbDevice> = Arc::new(
         EmuDevice::open(&Options {
