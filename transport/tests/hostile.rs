@@ -601,3 +601,66 @@ fn forged_holders_neither_keep_a_connection_open_nor_take_its_leases() {
         );
     }
 }
+
+/// Device mode, one host: our closed block waits while a process holding the peer's end lives
+/// (the pids in the peer's block). A peer whose last listed process exits right after forking (a
+/// daemonizing server) leaves a moment in which its child has not recorded its pid yet: the
+/// block must not be given to another connection then (the child's close would write into it).
+/// Here the peer's block names only a dead process when our end closes, and the "child" records
+/// itself 30 ms later: the block stays out of use until the peer really lets go (GONE). Before,
+/// the first look after our close gave the block back at once.
+#[test]
+fn a_closed_block_waits_for_a_peer_child_that_records_itself_late() {
+    const INFO_PID: usize = 0x208;
+    let (_d, dev) = device_with("hostile-daemon", 4096);
+    let t = Transport::open(
+        dev.clone(),
+        Settings {
+            ring_bytes: CAP,
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    let Pair { c, s, _k } = pair(&t);
+    // The peer's (the client's) block, as we (the server) reach it.
+    let loc = s.peer_ring();
+    let peer_block = dev
+        .outbound(loc.mw)
+        .unwrap()
+        .slice(loc.offset as usize, loc.len as usize)
+        .unwrap();
+    let dead = {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    };
+    apply(&peer_block, Write64::U32(INFO_PID, dead));
+    for i in 0..4 {
+        apply(&peer_block, Write64::U32(L_HOLDER_PIDS + 4 * i, 0));
+    }
+    apply(&peer_block, Write64::U32(L_HOLDER_PIDS, dead));
+    let reaped = || t.counters().quarantined_reaped.load(Relaxed);
+    let before = reaped();
+    drop(s);
+    std::thread::sleep(Duration::from_millis(30));
+    // The child records itself (this process holds the client's end).
+    apply(
+        &peer_block,
+        Write64::U32(L_HOLDER_PIDS + 4, std::process::id()),
+    );
+    // Connections made meanwhile look at the quarantine (each pair, closed, leaves one block
+    // that its own second close reaps).
+    for _ in 0..3 {
+        drop(pair(&t));
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    assert_eq!(
+        reaped(),
+        before + 3,
+        "our closed block was given back while the peer's child could still write into it"
+    );
+    // The peer lets go: GONE, and the block goes at the next look (its close's).
+    drop(c);
+    assert_eq!(reaped(), before + 4, "the block never left the quarantine");
+}
