@@ -1,5 +1,6 @@
 //! Model checks of the emulated device's sync points (docs/MEMORY-ORDERING.md: doorbell status,
-//! doorbell interrupt and sleep, link event, DMA start, engine wake-up, DMA completion) under
+//! doorbell interrupt and sleep, link event, DMA start, engine wake-up, DMA completion, host
+//! table lock) under
 //! loom, running the real sequences of `ntbdrv/src/emu/sync.rs` (the ones `EmuDevice` and its
 //! DMA engine call) over loom's atomics and a modelled futex (`sync::ModelFutex`: the word's
 //! check and the sleep are one step, as under the kernel's futex lock; no timeout, so a lost
@@ -213,5 +214,29 @@ fn dma_completion() {
             );
         }
         engine.join().unwrap();
+    });
+}
+
+/// Two processes (pids 1 and 2) take the host table's lock as `HostTable::lock` does
+/// (`try_lock`, again while it is held), change a slot (read it, write it) and give the lock back
+/// (`unlock`): the changes never overlap (loom checks the slot) and none is lost.
+#[test]
+fn host_table_lock() {
+    check("host table lock", || {
+        let lock = Arc::new(AtomicU32::new(0));
+        let slot = Arc::new(Data::default());
+        let lease = |lock: &AtomicU32, slot: &Data, me: u32| {
+            while sync::try_lock(lock, me).is_err() {
+                thread::yield_now();
+            }
+            let n = slot.read();
+            slot.write(n + 1);
+            sync::unlock(lock);
+        };
+        let (l, s) = (lock.clone(), slot.clone());
+        let other = thread::spawn(move || lease(&l, &s, 2));
+        lease(&lock, &slot, 1);
+        other.join().unwrap();
+        assert_eq!(slot.read(), 2, "a lease lost");
     });
 }

@@ -1,7 +1,8 @@
 //! The emulated device's synchronising sequences: a doorbell bit set and read, an event counter
 //! announced to its futex sleepers (doorbell interrupts, DMA completion, link events), a DMA
 //! batch started and the engine's sleep, a descriptor written back and IN_PROGRESS cleared after
-//! the bytes. Called by `device.rs`, `mod.rs` and `dma.rs` with the device's registers; it never
+//! the bytes, the host table's lock taken and given back. Called by `device.rs`, `mod.rs`,
+//! `dma.rs` and `table.rs` with the device's registers; it never
 //! decides what a bit or a batch means, only in which order the words are written and read.
 //!
 //! Generic over the word ([`Word`]) and the sleep ([`Sleep`]) so that the same code runs under
@@ -11,7 +12,7 @@
 //! was before.
 
 use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::{self, Acquire, Release, SeqCst};
+use std::sync::atomic::Ordering::{self, Acquire, Relaxed, Release, SeqCst};
 use std::time::Duration;
 
 use ntb_sys as sys;
@@ -25,6 +26,13 @@ pub trait Word {
     fn fetch_sub(&self, v: u32, order: Ordering) -> u32;
     fn fetch_or(&self, v: u32, order: Ordering) -> u32;
     fn fetch_and(&self, v: u32, order: Ordering) -> u32;
+    fn compare_exchange(
+        &self,
+        current: u32,
+        new: u32,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u32, u32>;
 }
 
 macro_rules! word {
@@ -57,6 +65,16 @@ macro_rules! word {
             #[inline(always)]
             fn fetch_and(&self, v: u32, order: Ordering) -> u32 {
                 <$atomic>::fetch_and(self, v, order)
+            }
+            #[inline(always)]
+            fn compare_exchange(
+                &self,
+                current: u32,
+                new: u32,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<u32, u32> {
+                <$atomic>::compare_exchange(self, current, new, success, failure)
             }
         }
     };
@@ -256,4 +274,28 @@ pub fn end_batch<S: Sleep>(s: &S, ctrl: &S::W, done_seq: &S::W, waiters: &S::W, 
 pub fn in_progress<W: Word>(ctrl: &W) -> bool {
     // SYNC POINT (DMA completion): Acquire pairs with the engine's Release clear in `end_batch`.
     ctrl.load(Acquire) & sys::PLX_DMA_CTRL_IN_PROGRESS != 0
+}
+
+// ---- the host table's lock ----------------------------------------------------------------------
+
+/// Take the host table's lock word for `me` (a pid; 0 is free), or say who holds it.
+#[inline]
+pub fn try_lock<W: Word>(lock: &W, me: u32) -> Result<(), u32> {
+    // SYNC POINT (host table lock): Acquire pairs with the Release in `unlock`: the slots as the
+    // last holder left them.
+    lock.compare_exchange(0, me, Acquire, Relaxed).map(|_| ())
+}
+
+/// Take the lock from `holder` (dead, or holding it too long): true if it was still its.
+#[inline]
+pub fn break_lock<W: Word>(lock: &W, holder: u32, me: u32) -> bool {
+    // SYNC POINT (host table lock): as in `try_lock`.
+    lock.compare_exchange(holder, me, Acquire, Relaxed).is_ok()
+}
+
+/// Give the lock back, after every write to the slots.
+#[inline]
+pub fn unlock<W: Word>(lock: &W) {
+    // SYNC POINT (host table lock): Release pairs with the Acquire CAS in `try_lock`.
+    lock.store(0, Release);
 }
