@@ -28,18 +28,21 @@ pub mod fault;
 mod file;
 mod irq;
 pub(crate) mod mapping;
+#[cfg(loom)]
+pub mod sync;
+#[cfg(not(loom))]
+mod sync;
 mod table;
 
 use std::mem::offset_of;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::{Acquire, SeqCst};
+use std::sync::atomic::Ordering::Acquire;
 use std::sync::Arc;
 
 use ntb_sys as sys;
 
 use crate::error::*;
-use crate::futex;
 use crate::region::Region;
 use crate::{NtbDevice, SideId};
 
@@ -243,17 +246,14 @@ impl EmuDevice {
     }
 
     fn bump_link(&self) {
-        let g = self.link_generation();
-        // SYNC POINT (link event): pairs with the Acquire load in `link_wait`.
-        g.fetch_add(1, SeqCst);
-        if self.bridge.is_none()
-            && self
-                .header_u32(offset_of!(sys::ntbemu_header, link_waiters))
-                .load(SeqCst)
-                > 0
-        {
-            futex::wake_all(g);
-        }
+        // Link event: pairs with the Acquire load in `link_wait` and its sleep. No futex
+        // crosses a bridge (its sleepers poll).
+        sync::announce(
+            &sync::Futex,
+            self.link_generation(),
+            self.header_u32(offset_of!(sys::ntbemu_header, link_waiters)),
+            self.bridge.is_none(),
+        );
     }
 
     fn link_up(&self) -> bool {
