@@ -9,8 +9,8 @@
 //! sees a record.
 //!
 //! Detection (each end, for the direction it sends): the device's link is down or its
-//! generation moved since this end joined the ring; the peer spoke on the TCP socket (it
-//! switched); or a wait for credits saw no progress for `PCISOCK_FAILOVER_MS` while the peer's
+//! generation moved since this end joined the ring; a doorbell failed, or a DMA transfer
+//! failed again on its retry; the peer spoke on the TCP socket (it switched); or a wait for credits saw no progress for `PCISOCK_FAILOVER_MS` while the peer's
 //! TCP socket stayed open. A peer whose TCP socket ended died: that is EOF or ECONNRESET as
 //! before, never a failover. Under `PCISOCK_STRICT=1` a connection resets instead.
 
@@ -175,6 +175,13 @@ impl Failover {
     /// A doorbell could not be rung because the link is down: our sending direction leaves
     /// the ring at its next wait or readiness check (the caller may hold the send lock).
     pub(super) fn doorbell_failed(&self) {
+        self.path_failed();
+    }
+
+    /// Something on the path to the peer failed (a doorbell on a link that is down, a DMA
+    /// transfer that failed again on its retry): our sending direction leaves the ring at its
+    /// next wait or readiness check (the caller may hold the send lock).
+    pub(super) fn path_failed(&self) {
         if !self.tx_off() {
             self.tx_want.store(true, Relaxed);
         }
