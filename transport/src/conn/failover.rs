@@ -30,8 +30,8 @@ use super::cursors::{RxPos, TxPos};
 use super::{Connection, Counter, IoError, Readiness, RecvFlags, Tenancy};
 use crate::proto::ProtoError;
 use crate::switchover::{
-    back_follows, next_epoch, Reader, RxEvent, RxMode, RxSwitch, Step, TxSwitch, MAX_RECORD,
-    RECORD_HDR,
+    back_follows, next_epoch, shut_ahead, Reader, RxEvent, RxMode, RxSwitch, Step, TxSwitch,
+    MAX_RECORD, RECORD_HDR,
 };
 use crate::sys;
 
@@ -293,6 +293,23 @@ impl Connection {
             sys::shutdown_write(self.tcp_fd());
         }
         Ok(())
+    }
+
+    /// `shutdown(SHUT_WR)` while our sending direction is on TCP, with the send lock held: the
+    /// SHUT record goes out before the kernel's FIN (a peer on another host cannot ask our
+    /// process whether that FIN is a half-close or our death: the record says so).
+    pub(super) fn send_shut_record(&self) {
+        let shut = lock(&self.fo.tx).sw.shut();
+        if let Some(r) = shut {
+            let _ = self.write_all_tcp(&[&r.encode()]);
+        }
+    }
+
+    /// Did the peer say it shut down writing (a SHUT, or an END with FIN) in the records read
+    /// or taken in so far? Then the end of its TCP socket is a half-close.
+    pub(super) fn peer_said_shut(&self) -> bool {
+        let rx = lock(&self.fo.rx);
+        rx.sw.is_some_and(|s| s.fin()) || shut_ahead(&rx.reader, &rx.raw)
     }
 
     /// A reader (or a waiter) found a reason to switch: leave the ring for sending too, now if

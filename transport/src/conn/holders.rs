@@ -32,8 +32,10 @@ impl Connection {
         if write {
             let _g = self.tx_lock.lock();
             if self.fo.tx_off() {
-                // On TCP: the kernel's FIN ends the stream after the last record.
+                // On TCP: a SHUT record, then the kernel's FIN, end the stream after the last
+                // record (the SHUT tells the peer the FIN is a half-close, not our death).
                 atomic_u32_at(&self.own_block, L_STATE).fetch_or(ST_SHUT_WR, SeqCst);
+                self.send_shut_record();
                 sys::shutdown_write(self.tcp_fd());
             } else if atomic_u32_at(&self.own_block, L_STATE).fetch_or(ST_SHUT_WR, SeqCst)
                 & ST_SHUT_WR

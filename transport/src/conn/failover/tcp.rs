@@ -322,7 +322,7 @@ impl Connection {
                             self.cur.rx_returned.store(u64::MAX, Relaxed);
                             self.return_credits(head, off, next_epoch(seq), true);
                         }
-                        RxEvent::Data { .. } => {}
+                        RxEvent::Data { .. } | RxEvent::Shut => {}
                     }
                 }
                 Ok(Step::NeedMore) => {
