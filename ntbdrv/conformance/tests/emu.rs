@@ -562,3 +562,55 @@ fn a_symlink_in_place_of_an_interrupt_line_is_refused() {
     let _ = a.peer_vector_trigger(7);
     assert_eq!(std::fs::read(&line).unwrap(), b"");
 }
+
+/// A link event interrupts, as a link-state-change interrupt does on hardware: the line of every
+/// leased vector on every side becomes readable when the link goes down and again when it comes
+/// back (a connection's sleeper then fails over at once, not at the end of its nap), and a
+/// line no lease holds is left alone.
+#[test]
+fn link_events_kick_every_leased_vector_line() {
+    for topology in [Topology::TwoHost, Topology::Loopback] {
+        let e = Emu::new("link_events_kick", topology);
+        let (sa, sb) = e.sides();
+        let (a, b) = (e.emu(sa), e.emu(sb));
+        a.link_enable().unwrap();
+        b.link_enable().unwrap();
+        let (va, vb) = (a.lease_vector(1).unwrap(), b.lease_vector(1).unwrap());
+        let lines = [
+            a.vector_fd(va.vector).unwrap(),
+            b.vector_fd(vb.vector).unwrap(),
+        ];
+        // A line that was leased and released: no lease holds it now.
+        let vc = b.lease_vector(1).unwrap();
+        let idle = b.vector_fd(vc.vector).unwrap();
+        b.release(ntbdrv::Lease::Vector(vc)).unwrap();
+        let quiet = |what: &str| {
+            for (i, fd) in lines.iter().chain([&idle]).enumerate() {
+                ntbdrv::drain_vector(fd);
+                assert!(
+                    !conformance::readable(fd, Duration::from_millis(10)),
+                    "{topology:?}: line {i} readable {what}"
+                );
+            }
+        };
+        quiet("before any link event");
+        for (what, down) in [("link down", true), ("link up", false)] {
+            if down {
+                a.faults().inject(Fault::LinkDown);
+            } else {
+                a.faults().clear();
+            }
+            for (i, fd) in lines.iter().enumerate() {
+                assert!(
+                    conformance::readable(fd, Duration::ZERO),
+                    "{topology:?}: {what} did not kick the line of side {i}'s vector"
+                );
+            }
+            assert!(
+                !conformance::readable(&idle, Duration::ZERO),
+                "{topology:?}: {what} kicked a line no lease holds"
+            );
+            quiet("after draining");
+        }
+    }
+}

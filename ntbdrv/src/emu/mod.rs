@@ -246,13 +246,17 @@ impl EmuDevice {
         let g = self.link_generation();
         // SYNC POINT (link event): pairs with the Acquire load in `link_wait`.
         g.fetch_add(1, SeqCst);
-        if self.bridge.is_none()
-            && self
+        if self.bridge.is_none() {
+            if self
                 .header_u32(offset_of!(sys::ntbemu_header, link_waiters))
                 .load(SeqCst)
                 > 0
-        {
-            futex::wake_all(g);
+            {
+                futex::wake_all(g);
+            }
+            // A link event interrupts, as a link-state-change interrupt does on hardware:
+            // every connection's line, so its sleeper looks at the link now.
+            self.kick_vector_lines();
         }
     }
 
