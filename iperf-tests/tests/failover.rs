@@ -1099,3 +1099,94 @@ time.sleep(120)
         server.describe()
     );
 }
+
+/// A connection held by a parent and its forked child, the child writing across two link-downs while the parent
+/// only watches the socket with poll (readiness checks, which can move a direction off the ring or back), then the
+/// parent writing the last block: the server's count and sha-256 of what it received match what the two sent.
+#[test]
+fn a_forked_child_writing_across_failovers_keeps_the_stream_right() {
+    const SERVER: &str = r#"
+import hashlib, socket, sys
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", int(sys.argv[1]))); l.listen(4); print("listening", flush=True)
+c, _ = l.accept(); h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    h.update(b); n += len(b)
+c.sendall(("%d %s" % (n, h.hexdigest())).encode()); c.close()
+"#;
+    const CLIENT: &str = r#"
+import hashlib, os, select, socket, sys, time
+port, secs = int(sys.argv[1]), float(sys.argv[2])
+block = bytes((i * 7 + 3) % 251 for i in range(1 << 16))
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(block); print("connected", flush=True)
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    n, t0 = 0, time.monotonic()
+    while time.monotonic() - t0 < secs:
+        s.sendall(block); n += 1
+        time.sleep(0.001)
+    os.write(w, str(n).encode()); os._exit(0)
+os.close(w)
+p = select.poll(); p.register(s, select.POLLIN)
+while os.waitpid(pid, os.WNOHANG)[0] == 0:
+    p.poll(20)
+n = 2 + int(os.read(r, 64))
+s.sendall(block); s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    b = s.recv(256)
+    if not b:
+        break
+    got += b
+h = hashlib.sha256()
+for _ in range(n):
+    h.update(block)
+want = "%d %s" % (n << 16, h.hexdigest())
+print("server says", got.decode(), "want", want, flush=True)
+sys.exit(0 if got.decode() == want else 1)
+"#;
+    let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
+    let f = Fixture::new("failover_forked_child");
+    let port = free_port();
+    let port_s = port.to_string();
+    let (se, ce) = (env(&f, "server", port), env(&f, "client", port));
+    let py = |name: &str, code: &str, args: &[&str], e: &PreloadEnv| {
+        let mut v = vec!["-c", code];
+        v.extend_from_slice(args);
+        check(
+            Proc::spawn(name, command("/usr/bin/python3", &v, Some(e)), f.dir()),
+            &[],
+        )
+    };
+    let mut server = py("server", SERVER, &[&port_s], &se);
+    check(
+        server.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+        &[&server],
+    );
+    let mut client = py("client", CLIENT, &[&port_s, "2.5"], &ce);
+    check(
+        client.wait_stdout(Duration::from_secs(20), |o| o.contains("connected")),
+        &[&client, &server],
+    );
+    let t0 = Instant::now();
+    for (down, up) in [(400, 800), (1500, 1900)] {
+        sleep_until(t0, Duration::from_millis(down));
+        link(f.emu_dir(), true);
+        sleep_until(t0, Duration::from_millis(up));
+        link(f.emu_dir(), false);
+    }
+    let cdone = client.wait_success(Duration::from_secs(30));
+    let sdone = server.wait_success(Duration::from_secs(10));
+    check(cdone.and(sdone), &[&client, &server]);
+    let s = se.stats().unwrap_or_else(|e| panic!("{e}"));
+    let c = data_conn(&s, port);
+    assert!(
+        c.failovers >= 1 && c.failover_rx_bytes > 0 && s.protocol_errors == 0,
+        "the server's connection did not see the client's direction fail over: {c:?}\n{s}"
+    );
+}

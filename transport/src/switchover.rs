@@ -76,6 +76,11 @@ pub fn next_epoch(seq: u64) -> u64 {
     (((seq >> EPOCH_SHIFT).wrapping_add(1)) << EPOCH_SHIFT) | count
 }
 
+/// The frame count of a sequence number, without its epoch.
+pub fn seq_count(seq: u64) -> u64 {
+    seq & ((1 << EPOCH_SHIFT) - 1)
+}
+
 /// A frame numbered `got` where `expected` was due is the same frame of a later epoch: the
 /// sender went back to the ring (once or more, each after an END and a BACK) after TCP records
 /// this receiver has not read yet.
@@ -261,6 +266,22 @@ impl TxSwitch {
 }
 
 impl TxSwitch {
+    /// Bytes sent on TCP since the END, while on TCP.
+    pub fn sent_on_tcp(&self) -> Option<u64> {
+        self.tcp
+    }
+
+    /// The switch as another process holding the connection left it (a forked child that
+    /// sent last): on TCP with `sent` bytes since an END at `end` (the producer counter, which
+    /// does not move while on TCP), or on the ring; `shut` if writing was shut down.
+    pub fn taken_over(sent: Option<u64>, end: u64, shut: bool) -> TxSwitch {
+        TxSwitch {
+            tcp: sent,
+            end,
+            shut: shut && sent.is_some(),
+        }
+    }
+
     /// Shut down writing while on TCP: the SHUT to send before the kernel's FIN. `None` on the
     /// ring (the ring's FIN says it there) or if already sent.
     pub fn shut(&mut self) -> Option<Record> {

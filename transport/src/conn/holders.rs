@@ -30,6 +30,8 @@ impl Connection {
     /// shutdown(2): SHUT_WR sends FIN through the ring; SHUT_RD stops reading.
     pub fn shutdown(&self, read: bool, write: bool) {
         if write {
+            // Another holder may have sent last (a forked child): its view of the switch.
+            self.claim_tx_view();
             let _g = self.tx_lock.lock();
             if self.fo.tx_off() {
                 // On TCP: a SHUT record, then the kernel's FIN, end the stream after the last
@@ -53,6 +55,8 @@ impl Connection {
     /// The last reference is going away: tell the peer (FIN, or RST if we drop unread data, as
     /// TCP does) and return our resources once the peer can no longer write into them.
     pub(crate) fn close(&self) {
+        // The last holder: the sending direction is where whoever sent last left it.
+        self.claim_tx_view();
         self.drain_tcp_at_close();
         let unread = atomic_u64_at(&self.own_block, RX_TAIL).load(Acquire) > self.rx_pos().head;
         let flag = if self.fo.tx_off() {
@@ -107,6 +111,7 @@ impl Connection {
     /// In a child after fork: record this process as a holder.
     pub fn adopt(&self, pid: u32) {
         self.tx_lock.forked();
+        self.fo.forked(pid);
         for i in 0..MAX_HOLDERS {
             if atomic_u32_at(&self.own_block, holder_pid(i))
                 .compare_exchange(0, pid, SeqCst, SeqCst)

@@ -26,6 +26,7 @@ impl Connection {
         nonblock: bool,
         timeout: Option<Duration>,
     ) -> Result<usize, IoError> {
+        self.claim_tx_view();
         if self.fo.tx_off() {
             return self.send_switched(bufs, nonblock, timeout);
         }
@@ -255,6 +256,7 @@ impl Connection {
         if count == 0 {
             return Ok(0);
         }
+        self.claim_tx_view();
         if self.fo.tx_off() {
             return self.send_file_switched(fd, offset, count, nonblock, timeout);
         }
