@@ -614,3 +614,44 @@ fn link_events_kick_every_leased_vector_line() {
         }
     }
 }
+
+/// A side that brings its link up bumps the link generation before the link reads up, so a
+/// reader that sees the link up sees the generation of that event, never the one the link
+/// had while down (a connection returning to the ring in that window would record a
+/// generation that moves a moment later, and leave the ring again for nothing). With both
+/// sides up at generation g0, a link-down leaves a generation of the other parity; one thread
+/// takes side 0's link down and up while another reads the link state twice in a row: a
+/// generation of a link-down in the first read, the link up in the second, and the same
+/// generation there is the window.
+#[test]
+fn a_link_that_reads_up_has_the_generation_of_its_coming_up() {
+    let e = Emu::new("link_up_generation", Topology::TwoHost);
+    let (a, b) = pair(&e);
+    let g0 = b.link_state().generation;
+    assert!(b.link_state().up);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let bad = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut bad = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let first = b.link_state().generation;
+                let then = b.link_state();
+                let down_generation = first.wrapping_sub(g0) % 2 != 0;
+                if down_generation && then.up && then.generation == first && bad.len() < 5 {
+                    bad.push(first);
+                }
+            }
+            bad
+        });
+        for _ in 0..1_000_000 {
+            a.link_disable().unwrap();
+            a.link_enable().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap()
+    });
+    assert!(
+        bad.is_empty(),
+        "the link read up at generations {bad:?}, which it had while down (g0 = {g0})"
+    );
+}

@@ -242,10 +242,26 @@ impl EmuDevice {
         self.header_u32(offset_of!(sys::ntbemu_header, link_generation))
     }
 
+    /// A link event that already changed what `link_up` reads (the link went down): a new
+    /// generation, then the waiters are told.
     fn bump_link(&self) {
+        self.new_link_generation();
+        self.announce_link();
+    }
+
+    /// The first half of a link event whose change is still to be made: the generation moves
+    /// *before* the link reads up, so a reader that sees it up sees the generation of its
+    /// coming up (never the one it had while down). Then make the change and `announce_link`.
+    fn new_link_generation(&self) {
+        // SYNC POINT (link event): pairs with the Acquire load in `link_wait` and in
+        // `link_state` (which reads the link first, then the generation: a reader that sees
+        // the link up after the change sees this increment).
+        self.link_generation().fetch_add(1, SeqCst);
+    }
+
+    /// Tell the link's waiters and sleepers that it changed (after the change).
+    fn announce_link(&self) {
         let g = self.link_generation();
-        // SYNC POINT (link event): pairs with the Acquire load in `link_wait`.
-        g.fetch_add(1, SeqCst);
         if self.bridge.is_none() {
             if self
                 .header_u32(offset_of!(sys::ntbemu_header, link_waiters))
