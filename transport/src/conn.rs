@@ -211,6 +211,9 @@ pub struct Connection {
     /// Failover to the TCP socket and back (`failover`); boxed, read by one load on the fast
     /// path.
     fo: Box<failover::Failover>,
+    /// What this process knows, in its own memory, of the other processes holding the
+    /// connection (the holder words in the block are the peer's to write: `holders`).
+    family: Box<holders::Family>,
 }
 
 /// Where a connection's memory and interrupt lines come from, and so how it rings its peer and
@@ -512,6 +515,7 @@ impl Connection {
             sent_since_read: AtomicBool::new(false),
             settings,
             fo: Box::new(failover::Failover::new(link_gen)),
+            family: Box::new(holders::Family::new(sys::inode(tcp_fd).unwrap_or(0))),
         }
     }
 

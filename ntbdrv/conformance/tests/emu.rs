@@ -487,6 +487,54 @@ fn dma_never_writes_into_a_source_mapping() {
 }
 
 #[test]
+fn unmapping_a_destination_waits_for_the_copy_into_it() {
+    // After `unmap_host` returns the caller may free or reuse the memory: a copy the engine
+    // already checked against the range must not go on writing into it. The engine checked
+    // the ranges, let go of the table, then copied, so an unmap during a long copy returned at
+    // once and the copy went on (here: over what the owner wrote after the unmap).
+    let mut e = Emu::new("dma_unmap_in_flight", Topology::TwoHost);
+    const LEN: usize = 64 << 20;
+    e.config.mw_size = LEN as u64;
+    let (a, b) = pair(&e);
+    b.outbound(0).unwrap().write(0, &vec![0x33u8; LEN]).unwrap();
+    let ch = a.dma_channel().unwrap();
+    let mut dst = vec![0u8; LEN];
+    let base = dst.as_mut_ptr();
+    let bus = ch.map_host_mut(base, LEN).unwrap();
+    ch.submit(
+        &[DmaDesc {
+            src: ch.local_window_addr(0, 0).unwrap(),
+            dst: bus,
+            len: LEN as u32,
+        }],
+        false,
+    )
+    .unwrap();
+    // Wait for the copy to be under way (a byte 1 MiB in has landed: memmove writes the very
+    // first and last bytes of a large copy at its end), then take the range back.
+    let t0 = std::time::Instant::now();
+    // SAFETY: `dst` lives for the whole test and 1 MiB is inside it; the engine writes it
+    // concurrently, so every look is a volatile read of one byte.
+    while unsafe { base.add(1 << 20).read_volatile() } != 0x33 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the copy never started"
+        );
+        std::hint::spin_loop();
+    }
+    ch.unmap_host(bus).unwrap();
+    // The owner reuses its memory.
+    let reused = LEN - (2 << 20)..LEN - (1 << 20);
+    // SAFETY: as above (the range is inside `dst`); the engine must not write here any more.
+    unsafe { std::ptr::write_bytes(base.add(reused.start), 0x77, reused.len()) };
+    let _ = ch.wait(Completion::Poll, Some(Duration::from_secs(10)));
+    assert!(
+        dst[reused].iter().all(|&x| x == 0x77),
+        "the engine wrote into a range after it was unmapped"
+    );
+}
+
+#[test]
 fn dropping_a_channel_does_not_wait_for_a_delayed_engine() {
     let e = Emu::new("dma_drop_slow", Topology::TwoHost);
     let (a, _b) = pair(&e);

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use ntb_sys as sys;
 
 use super::EmuDevice;
-use crate::{futex, sysutil, SideId};
+use crate::{sysutil, SideId};
 
 impl EmuDevice {
     pub(super) fn vector_path(&self, side: SideId, bit: u32) -> PathBuf {
@@ -57,14 +57,14 @@ impl EmuDevice {
             }
             return;
         }
-        let seq = self.nt_reg(side, sys::NTBEMU_REG_DB_SEQ);
-        // SYNC POINT (doorbell interrupt): pairs with `db_wait`'s SeqCst WAITERS increment and
-        // SEQ load — either the waiter sees the new SEQ/status, or we see WAITERS > 0 and wake
-        // it.
-        seq.fetch_add(1, SeqCst);
-        if self.nt_reg(side, sys::NTBEMU_REG_DB_WAITERS).load(SeqCst) > 0 {
-            futex::wake_all(seq);
-        }
+        // Doorbell interrupt: pairs with `db_wait`'s sleep — either the waiter sees the new SEQ
+        // or status, or we see it counted and wake it.
+        super::sync::announce(
+            &super::sync::Futex,
+            self.nt_reg(side, sys::NTBEMU_REG_DB_SEQ),
+            self.nt_reg(side, sys::NTBEMU_REG_DB_WAITERS),
+            true,
+        );
         let (lo, hi) = self.vector_armed(side);
         let armed = lo.load(SeqCst) as u64 | (hi.load(SeqCst) as u64) << 32;
         let mut kick = bits & armed;

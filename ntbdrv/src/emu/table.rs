@@ -53,8 +53,8 @@ struct Guard<'a> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        // SYNC POINT (host table lock): Release pairs with the Acquire CAS in `HostTable::lock`.
-        self.lock.store(0, Release);
+        // Host table lock: see `sync::unlock`.
+        super::sync::unlock(self.lock);
     }
 }
 
@@ -75,8 +75,8 @@ impl<'a> HostTable<'a> {
         // The holder and acquisition count we saw, and since when.
         let mut seen: Option<(u32, u32, Instant)> = None;
         loop {
-            match lock.compare_exchange(0, me, Acquire, Relaxed) {
-                Ok(_) => return taken(),
+            match super::sync::try_lock(lock, me) {
+                Ok(()) => return taken(),
                 Err(holder) => {
                     spins = spins.saturating_add(1);
                     if spins.is_multiple_of(64) {
@@ -93,7 +93,7 @@ impl<'a> HostTable<'a> {
                         // The holder died (or is a previous incarnation of our pid after fork
                         // and exec), or has held it too long: break its lock.
                         if (stuck || holder == me || !sysutil::pid_exists(holder))
-                            && lock.compare_exchange(holder, me, Acquire, Relaxed).is_ok()
+                            && super::sync::break_lock(lock, holder, me)
                         {
                             return taken();
                         }

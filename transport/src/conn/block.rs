@@ -108,7 +108,7 @@ pub(crate) fn peer_alive(peer_block: &Region) -> bool {
 
 /// Has the peer of this (closed) endpoint block made its last write into it?
 pub(crate) fn peer_finished(block: &Region) -> bool {
-    atomic_u32_at(block, RX_FLAGS).load(Acquire) & FLAG_GONE != 0
+    super::ringsync::peer_finished(block)
 }
 
 // Where the peer's ring is and who we are: read back by `reattach` in an exec'd image.

@@ -17,8 +17,8 @@ use std::sync::atomic::Ordering::{self, Acquire, Relaxed, Release, SeqCst};
 use ntbdrv::Region;
 
 use super::block::{
-    atomic_u32_at, atomic_u64_at, CR_HEAD, CR_RX_SLEEPING, FLAG_FIN, RX_FLAGS, RX_TAIL,
-    RX_TX_WAITING,
+    atomic_u32_at, atomic_u64_at, CR_CLOSED, CR_HEAD, CR_RX_SLEEPING, FLAG_FIN, FLAG_GONE,
+    RX_FLAGS, RX_TAIL, RX_TX_WAITING,
 };
 use crate::proto::ProtoError;
 
@@ -156,6 +156,9 @@ impl Block for crate::rendezvous::model::Area {
 /// The FIN bit of the sender's flags, for the loom models.
 #[cfg(loom)]
 pub const FIN: u32 = FLAG_FIN;
+/// The RST bit, for the loom models.
+#[cfg(loom)]
+pub const RST: u32 = super::block::FLAG_RST;
 
 /// An endpoint block with a ring of [`crate::proto::MIN_RING`] bytes cut in frame slots of
 /// `slot` bytes (a header cell and a payload cell each), for the loom models: its words are the
@@ -164,7 +167,6 @@ pub const FIN: u32 = FLAG_FIN;
 #[cfg(loom)]
 #[allow(clippy::arithmetic_side_effects)] // the model's layout: constants, never peer input
 pub fn model_block(slot: usize) -> crate::rendezvous::model::Area {
-    use super::block::CR_CLOSED;
     use crate::proto::{ENDPOINT_HDR, FRAME_HDR, MIN_RING};
     let hdr = ENDPOINT_HDR as usize;
     let mut cells = vec![
@@ -235,6 +237,28 @@ pub fn send_fin<B: Block>(peer_block: &B) {
     // SYNC POINT (FIN): after our last tail store; pairs with the Acquire load of RX_FLAGS in
     // the peer's `peer_flags`.
     peer_block.w32(RX_FLAGS).fetch_or(FLAG_FIN, SeqCst);
+}
+
+/// Close our end: the closing side's last writes into the peer's block (`peer_block`): `closed`
+/// (the peer's sends fail), `flag` (FIN, RST, or none when our stream ended on the TCP socket),
+/// then GONE, after which we never write into that block again.
+#[inline]
+pub fn release<B: Block>(peer_block: &B, flag: u32) {
+    peer_block.w32(CR_CLOSED).store(1, SeqCst);
+    peer_block.w32(RX_FLAGS).fetch_or(flag, SeqCst);
+    // SYNC POINT (endpoint release): our last write into the peer's block; pairs with the
+    // Acquire load in `peer_finished`, after which the peer may give the block to another
+    // connection.
+    peer_block.w32(RX_FLAGS).fetch_or(FLAG_GONE, SeqCst);
+}
+
+/// Has the peer of our (closed) block (`own_block`) made its last write into it? Then the block
+/// may be given to another connection.
+#[inline]
+pub fn peer_finished<B: Block>(own_block: &B) -> bool {
+    // SYNC POINT (endpoint release): Acquire pairs with the SeqCst GONE in the peer's
+    // `release`: every write of the peer into this block happens before our reuse of it.
+    own_block.w32(RX_FLAGS).load(Acquire) & FLAG_GONE != 0
 }
 
 // ---- the consumer --------------------------------------------------------------------------
