@@ -17,6 +17,10 @@
 //!   offset of the first one since the END (a check against a lost or doubled record).
 //! - **BACK** (sender → receiver over TCP): "the TCP part ends after `arg` bytes; the stream
 //!   continues in the ring at the producer counter where END left it".
+//! - **SHUT** (sender → receiver over TCP, after END): "the sender shut down writing after `arg`
+//!   bytes since the END": the stream ends there, and the kernel's FIN that follows is a
+//!   half-close, not the sender's death (a receiver on another host cannot ask the sender's
+//!   process; [`shut_ahead`]).
 //!
 //! A receiver on the ring cannot know that the sender left it and came back (the END is on
 //! TCP, which it does not read while the ring has data): frames written after a BACK would be
@@ -34,11 +38,11 @@
 //! | bytes | field |
 //! |---|---|
 //! | 0 | magic `0xF5` |
-//! | 1 | kind: 1 DATA, 2 END, 3 BACK |
+//! | 1 | kind: 1 DATA, 2 END, 3 BACK, 4 SHUT |
 //! | 2 | flags: END bit 0 = FIN (the sender shut down writing before the switch) |
 //! | 3 | zero |
 //! | 4..8 | payload length (DATA: 1 ..= `MAX_RECORD`; others 0) |
-//! | 8..16 | argument (END: producer counter; DATA: offset since END; BACK: bytes since END) |
+//! | 8..16 | argument (END: producer counter; DATA: offset since END; BACK, SHUT: bytes since END) |
 
 // Decodes what a peer writes: it must never panic on it.
 #![cfg_attr(
@@ -72,6 +76,11 @@ pub fn next_epoch(seq: u64) -> u64 {
     (((seq >> EPOCH_SHIFT).wrapping_add(1)) << EPOCH_SHIFT) | count
 }
 
+/// The frame count of a sequence number, without its epoch.
+pub fn seq_count(seq: u64) -> u64 {
+    seq & ((1 << EPOCH_SHIFT) - 1)
+}
+
 /// A frame numbered `got` where `expected` was due is the same frame of a later epoch: the
 /// sender went back to the ring (once or more, each after an END and a BACK) after TCP records
 /// this receiver has not read yet.
@@ -92,7 +101,31 @@ pub fn back_follows(wire: &[u8]) -> bool {
         };
         match r.kind {
             Kind::Back => return true,
+            Kind::Shut => return false,
             Kind::End => at = at.saturating_add(RECORD_HDR),
+            Kind::Data => {
+                at = at.saturating_add(RECORD_HDR).saturating_add(r.len as usize);
+            }
+        }
+    }
+    false
+}
+
+/// Do the records in `wire` (taken from the peer's socket and not parsed yet, `reader` being
+/// where the parse stands) say the peer shut down writing: a SHUT, or an END with FIN? Then
+/// the end of its TCP socket after them is its half-close, not its death. Looks without
+/// parsing (a draining receiver may not parse yet); stops at the first incomplete or malformed
+/// record (the reader reports those).
+pub fn shut_ahead(reader: &Reader, wire: &[u8]) -> bool {
+    let mut at = usize::try_from(reader.left).unwrap_or(usize::MAX);
+    while let Some(h) = wire.get(at..).and_then(|w| w.first_chunk::<RECORD_HDR>()) {
+        let Ok(r) = Record::decode(h) else {
+            return false;
+        };
+        match r.kind {
+            Kind::Shut => return true,
+            Kind::End if r.flags & END_FIN != 0 => return true,
+            Kind::End | Kind::Back => at = at.saturating_add(RECORD_HDR),
             Kind::Data => {
                 at = at.saturating_add(RECORD_HDR).saturating_add(r.len as usize);
             }
@@ -107,6 +140,7 @@ pub enum Kind {
     Data = 1,
     End = 2,
     Back = 3,
+    Shut = 4,
 }
 
 /// A record header.
@@ -141,12 +175,13 @@ impl Record {
             1 => Kind::Data,
             2 => Kind::End,
             3 => Kind::Back,
+            4 => Kind::Shut,
             _ => return Err(ProtoError::BadRecord("switch record: bad kind")),
         };
         let ok = match kind {
             Kind::Data => flags == 0 && (1..=MAX_RECORD).contains(&len),
             Kind::End => flags & !END_FIN == 0 && len == 0,
-            Kind::Back => flags == 0 && len == 0,
+            Kind::Back | Kind::Shut => flags == 0 && len == 0,
         };
         if !ok {
             return Err(ProtoError::BadRecord("switch record: bad flags or length"));
@@ -167,6 +202,8 @@ pub struct TxSwitch {
     tcp: Option<u64>,
     /// The producer counter where the ring stream stopped (the ring resumes there).
     end: u64,
+    /// Shut down writing while on TCP (SHUT sent): nothing follows, not even a BACK.
+    shut: bool,
 }
 
 impl TxSwitch {
@@ -194,7 +231,7 @@ impl TxSwitch {
     /// `None` on the ring (or for zero bytes). The caller sends exactly `len` payload bytes
     /// after it.
     pub fn data(&mut self, want: usize) -> Option<Record> {
-        let off = self.tcp?;
+        let off = self.tcp.filter(|_| !self.shut)?;
         let len = u32::try_from(want).unwrap_or(MAX_RECORD).min(MAX_RECORD);
         if len == 0 {
             return None;
@@ -212,6 +249,9 @@ impl TxSwitch {
     /// Go back to the ring: the BACK to send, and the producer counter the ring resumes at.
     /// `None` if on the ring already.
     pub fn back_to_ring(&mut self) -> Option<(Record, u64)> {
+        if self.shut {
+            return None;
+        }
         let sent = self.tcp.take()?;
         Some((
             Record {
@@ -222,6 +262,40 @@ impl TxSwitch {
             },
             self.end,
         ))
+    }
+}
+
+impl TxSwitch {
+    /// Bytes sent on TCP since the END, while on TCP.
+    pub fn sent_on_tcp(&self) -> Option<u64> {
+        self.tcp
+    }
+
+    /// The switch as another process holding the connection left it (a forked child that
+    /// sent last): on TCP with `sent` bytes since an END at `end` (the producer counter, which
+    /// does not move while on TCP), or on the ring; `shut` if writing was shut down.
+    pub fn taken_over(sent: Option<u64>, end: u64, shut: bool) -> TxSwitch {
+        TxSwitch {
+            tcp: sent,
+            end,
+            shut: shut && sent.is_some(),
+        }
+    }
+
+    /// Shut down writing while on TCP: the SHUT to send before the kernel's FIN. `None` on the
+    /// ring (the ring's FIN says it there) or if already sent.
+    pub fn shut(&mut self) -> Option<Record> {
+        let sent = self.tcp?;
+        if self.shut {
+            return None;
+        }
+        self.shut = true;
+        Some(Record {
+            kind: Kind::Shut,
+            flags: 0,
+            len: 0,
+            arg: sent,
+        })
     }
 }
 
@@ -245,6 +319,8 @@ pub enum RxEvent {
     Data { len: u32 },
     /// The sender went back to the ring.
     Back,
+    /// The sender shut down writing: the stream ends here.
+    Shut,
 }
 
 /// The receiving side of one direction.
@@ -255,7 +331,7 @@ pub struct RxSwitch {
     tcp_off: u64,
     /// The ring's capacity (an END can be at most this far ahead of our consumer counter).
     cap: u64,
-    /// The stream ends at the END's counter (FIN before the switch).
+    /// The stream ends: at the END's counter (FIN before the switch), or at a SHUT.
     fin: bool,
 }
 
@@ -273,7 +349,7 @@ impl RxSwitch {
         self.mode
     }
 
-    /// The END said FIN: after the drain the stream is at its end.
+    /// The END said FIN (after the drain the stream is at its end), or a SHUT ended it.
     pub fn fin(&self) -> bool {
         self.fin
     }
@@ -324,6 +400,13 @@ impl RxSwitch {
                 }
                 self.mode = RxMode::Ring;
                 Ok(RxEvent::Back)
+            }
+            (RxMode::Tcp, Kind::Shut) if !self.fin => {
+                if r.arg != self.tcp_off {
+                    return Err(ProtoError::BadRecord("SHUT after another byte count"));
+                }
+                self.fin = true;
+                Ok(RxEvent::Shut)
             }
             _ => Err(ProtoError::BadRecord("switch record in the wrong state")),
         }
@@ -559,6 +642,12 @@ mod tests {
     fn records_round_trip_and_reject_garbage() {
         for r in [
             Record {
+                kind: Kind::Shut,
+                flags: 0,
+                len: 0,
+                arg: 5,
+            },
+            Record {
                 kind: Kind::Data,
                 flags: 0,
                 len: 7,
@@ -694,6 +783,53 @@ mod tests {
             arg: 0,
         };
         assert!(rx.on_record(&d, p.head, 0).is_err());
+    }
+
+    /// A shutdown on TCP: SHUT after the DATA ends the stream there (EOF after every byte),
+    /// nothing may follow it, and a look at the unparsed records finds it, past DATA payloads
+    /// and from the middle of one, as it finds an END with FIN; the death of a sender (its
+    /// kernel's FIN with no SHUT) shows nothing.
+    #[test]
+    fn a_shut_on_tcp_ends_the_stream_and_is_seen_ahead() {
+        let mut p = Pipe::new();
+        p.send(b"ring");
+        p.leave(false);
+        p.send(b"tcp bytes");
+        let before_shut = p.wire.clone();
+        assert!(!shut_ahead(&Reader::default(), &before_shut), "a death");
+        let shut = p.tx.shut().unwrap();
+        assert_eq!(shut.arg, 9);
+        assert!(p.tx.shut().is_none(), "once");
+        assert!(p.tx.back_to_ring().is_none(), "no BACK after a SHUT");
+        assert!(p.tx.data(1).is_none(), "no DATA after a SHUT");
+        p.wire.extend_from_slice(&shut.encode());
+        assert!(shut_ahead(&Reader::default(), &p.wire));
+        // From inside the DATA payload (the END and DATA headers and 4 bytes parsed).
+        let inside = Reader { left: 5 };
+        assert!(shut_ahead(&inside, &p.wire[2 * RECORD_HDR + 4..]));
+        assert!(!shut_ahead(
+            &inside,
+            &p.wire[2 * RECORD_HDR + 4..p.wire.len() - 1]
+        ));
+        p.receive().unwrap();
+        assert_eq!(p.delivered, b"ringtcp bytes");
+        assert!(p.rx.fin());
+        let d = Record {
+            kind: Kind::Data,
+            flags: 0,
+            len: 1,
+            arg: 9,
+        };
+        assert!(p.rx.clone().on_record(&d, p.head, 0).is_err());
+        // A SHUT that claims another byte count, or on the ring: refused.
+        let mut rx = RxSwitch::new(4096);
+        assert!(rx.on_record(&shut, 0, 0).is_err());
+        let end = TxSwitch::default().leave_ring(0, false).unwrap();
+        rx.on_record(&end, 0, 0).unwrap();
+        assert!(rx.on_record(&Record { arg: 1, ..shut }, 0, 0).is_err());
+        // An END with FIN is a half-close too.
+        let fin_end = TxSwitch::default().leave_ring(0, true).unwrap().encode();
+        assert!(shut_ahead(&Reader::default(), &fin_end));
     }
 
     #[test]

@@ -95,13 +95,15 @@ impl Faults<'_> {
 
     /// Clear every fault.
     pub fn clear(&self) {
-        let prev = self
-            .dev
-            .map
-            .u32_at(offset_of!(H, fault_flags))
-            .swap(0, SeqCst);
+        let flags = self.dev.map.u32_at(offset_of!(H, fault_flags));
+        // A held-down link comes up: the generation moves before it reads up (as in
+        // `link_enable`).
+        if flags.load(SeqCst) & sys::NTBEMU_FAULT_LINK_DOWN != 0 {
+            self.dev.new_link_generation();
+        }
+        let prev = flags.swap(0, SeqCst);
         if prev & sys::NTBEMU_FAULT_LINK_DOWN != 0 {
-            self.dev.bump_link();
+            self.dev.announce_link();
         }
     }
 

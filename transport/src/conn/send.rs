@@ -26,6 +26,7 @@ impl Connection {
         nonblock: bool,
         timeout: Option<Duration>,
     ) -> Result<usize, IoError> {
+        self.claim_tx_view();
         if self.fo.tx_off() {
             return self.send_switched(bufs, nonblock, timeout);
         }
@@ -253,6 +254,7 @@ impl Connection {
         if count == 0 {
             return Ok(0);
         }
+        self.claim_tx_view();
         if self.fo.tx_off() {
             return self.send_file_switched(fd, offset, count, nonblock, timeout);
         }
@@ -392,19 +394,29 @@ impl Connection {
         }
     }
 
-    /// Copy by DMA into the peer's ring; false if no channel or the transfer failed (the caller
-    /// then copies by CPU, so no byte is lost).
+    /// Copy by DMA into the peer's ring; false if no channel or the transfer failed twice (the
+    /// caller then copies by CPU, so no byte is lost). A transfer that fails again on its retry
+    /// says the path is bad: our sending direction leaves the ring at its next wait or
+    /// readiness check (failover), as after a doorbell that failed.
     fn dma_copy(&self, chunk: &[u8], at: usize) -> bool {
-        let Some(ch) = self.shared.dma() else {
-            return false;
-        };
-        let ch = match ch.lock() {
-            Ok(c) => c,
-            Err(_) => return false,
-        };
-        let Ok(src) = ch.map_host(chunk.as_ptr(), chunk.len()) else {
-            return false;
-        };
+        match self.dma_transfer(chunk, at) {
+            Some(true) => true,
+            None => false,
+            Some(false) => {
+                if self.dma_transfer(chunk, at) == Some(true) {
+                    return true;
+                }
+                self.fo.path_failed();
+                false
+            }
+        }
+    }
+
+    /// One DMA transfer of `chunk` into the peer's ring at `at`: `None` if there is no channel
+    /// to try, else whether it completed.
+    fn dma_transfer(&self, chunk: &[u8], at: usize) -> Option<bool> {
+        let ch = self.shared.dma()?.lock().ok()?;
+        let src = ch.map_host(chunk.as_ptr(), chunk.len()).ok()?;
         let ok = (|| {
             let dst = ch
                 .peer_window_addr(
@@ -440,7 +452,7 @@ impl Connection {
         } else {
             self.count(Counter::DmaFallbacks, 1);
         }
-        ok
+        Some(ok)
     }
 
     /// Publish our producer counter to the peer and ring it if it sleeps.
