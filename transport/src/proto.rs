@@ -353,6 +353,85 @@ impl Placement {
     }
 }
 
+/// A receiver's position in its ring: the consumer counter, the bytes of the frame there that
+/// were read already, and the sequence number of the next data frame. It lives in the
+/// receiver's private memory; the peer only ever sees a copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadPos {
+    pub head: u64,
+    pub off: u64,
+    pub seq: u64,
+}
+
+/// One step of a read: copy `n` payload bytes from ring position `from`, then stand at `next`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadStep {
+    /// Ring position of the first payload byte to copy (a frame never crosses the ring's end).
+    pub from: u64,
+    /// Bytes to copy: at most what the buffer has room for and what the frame has left.
+    pub n: u64,
+    /// The position after the copy: past the frame (its sequence number used) once it was read
+    /// whole, and at once for a pad frame.
+    pub next: ReadPos,
+}
+
+impl ReadStep {
+    /// The step took the reader past its frame.
+    pub fn passed_frame(&self, from: &ReadPos) -> bool {
+        self.next.head != from.head
+    }
+}
+
+impl Ring {
+    /// The receiver at `at`, facing `frame` (validated by [`Ring::check_frame`] at `at.head`),
+    /// with `room` bytes of buffer left: what it copies and where it then stands. The frame's
+    /// length is the peer's (it may have rewritten the header since the reader took part of the
+    /// frame), the offset is ours: an offset the frame does not have is an error, never a
+    /// step that makes no progress. A pad frame is skipped whole, and only from its start.
+    // `check_frame` put the frame (header, payload, padding) below the ring's end, so the
+    // sums stay below `cap`, and `off < len` before each subtraction.
+    #[allow(clippy::arithmetic_side_effects)]
+    #[inline]
+    pub fn read_step(&self, at: ReadPos, frame: Frame, room: u64) -> Result<ReadStep, ProtoError> {
+        match frame {
+            Frame::Pad { size } => {
+                if at.off != 0 {
+                    return Err(ProtoError::BadOffset {
+                        off: at.off,
+                        len: 0,
+                    });
+                }
+                Ok(ReadStep {
+                    from: self.pos(at.head),
+                    n: 0,
+                    next: ReadPos {
+                        head: at.head.wrapping_add(size),
+                        ..at
+                    },
+                })
+            }
+            Frame::Data { len, size } => {
+                if at.off >= len {
+                    return Err(ProtoError::BadOffset { off: at.off, len });
+                }
+                let n = room.min(len - at.off);
+                let from = self.pos(at.head) + FRAME_HDR + at.off;
+                let off = at.off + n;
+                let next = if off == len {
+                    ReadPos {
+                        head: at.head.wrapping_add(size),
+                        off: 0,
+                        seq: at.seq.wrapping_add(1),
+                    }
+                } else {
+                    ReadPos { off, ..at }
+                };
+                Ok(ReadStep { from, n, next })
+            }
+        }
+    }
+}
+
 /// The receiver's credit policy: when it hands its consumer counter back to the sender. Each
 /// return is a store into the sender's memory (across the bridge, and into a cache line the
 /// sender reads), so credits gather until a quarter of the ring is free again; a sender that

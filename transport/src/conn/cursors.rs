@@ -68,13 +68,9 @@ impl Cursors {
     }
 }
 
-/// A receive position: consumer counter, offset in the frame there, next sequence number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct RxPos {
-    pub(super) head: u64,
-    pub(super) off: u64,
-    pub(super) seq: u64,
-}
+/// A receive position: consumer counter, offset in the frame there, next sequence number (the
+/// protocol's [`ReadPos`](crate::proto::ReadPos), whose steps `Ring::read_step` computes).
+pub(super) use crate::proto::ReadPos as RxPos;
 
 /// A send position: producer counter and next sequence number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

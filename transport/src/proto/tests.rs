@@ -517,3 +517,118 @@ fn random_input_is_rejected_or_in_bounds() {
         }
     }
 }
+
+#[test]
+fn a_frame_is_read_in_steps_and_then_passed() {
+    let r = Ring::new(4096).unwrap();
+    // A frame at counter 8192 + 256 (third lap), 1000 payload bytes.
+    let frame = Frame::Data {
+        len: 1000,
+        size: FRAME_HDR + align_frame(1000),
+    };
+    let mut at = ReadPos {
+        head: 8192 + 256,
+        off: 0,
+        seq: 7,
+    };
+    let mut got = Vec::new();
+    for room in [300, 0, 300, 4096] {
+        let step = r.read_step(at, frame, room).unwrap();
+        assert_eq!(step.from, 256 + FRAME_HDR + at.off);
+        got.push(step.n);
+        assert_eq!(step.passed_frame(&at), at.off + step.n == 1000);
+        at = step.next;
+    }
+    assert_eq!(got, [300, 0, 300, 400]);
+    assert_eq!(
+        at,
+        ReadPos {
+            head: 8192 + 256 + FRAME_HDR + align_frame(1000),
+            off: 0,
+            seq: 8,
+        }
+    );
+}
+
+#[test]
+fn an_offset_the_frame_does_not_have_is_an_error_not_a_stall() {
+    let r = Ring::new(4096).unwrap();
+    // The reader took 500 bytes of a 1000-byte frame; the peer then rewrote its length to 100
+    // (issue 13: the old loop copied nothing and went round for ever).
+    let at = ReadPos {
+        head: 0,
+        off: 500,
+        seq: 0,
+    };
+    let shrunk = Frame::Data {
+        len: 100,
+        size: FRAME_HDR + align_frame(100),
+    };
+    assert_eq!(
+        r.read_step(at, shrunk, 64),
+        Err(ProtoError::BadOffset { off: 500, len: 100 })
+    );
+    let exact = Frame::Data {
+        len: 500,
+        size: FRAME_HDR + align_frame(500),
+    };
+    assert_eq!(
+        r.read_step(at, exact, 64),
+        Err(ProtoError::BadOffset { off: 500, len: 500 })
+    );
+    // A pad frame is skipped whole, from its start only.
+    let pad = Frame::Pad { size: 32 };
+    let at_pad = ReadPos {
+        head: 4096 - 32,
+        off: 0,
+        seq: 3,
+    };
+    let step = r.read_step(at_pad, pad, 100).unwrap();
+    assert_eq!((step.n, step.next.head, step.next.seq), (0, 4096, 3));
+    assert!(step.passed_frame(&at_pad));
+    assert_eq!(
+        r.read_step(ReadPos { off: 1, ..at_pad }, pad, 100),
+        Err(ProtoError::BadOffset { off: 1, len: 0 })
+    );
+}
+
+#[test]
+fn every_step_stays_inside_the_frame() {
+    let r = Ring::new(1 << 16).unwrap();
+    for len in [1u64, 15, 16, 17, 1000, 4096, r.max_payload()] {
+        let size = FRAME_HDR + align_frame(len);
+        let frame = Frame::Data { len, size };
+        for head in [0u64, 16, (1 << 16) - size, (5 << 16) + 32] {
+            if r.pos(head) + size > r.cap() {
+                continue;
+            }
+            for room in [1u64, 7, 64, 1 << 20] {
+                let mut at = ReadPos {
+                    head,
+                    off: 0,
+                    seq: 1,
+                };
+                let mut total = 0;
+                loop {
+                    let step = r.read_step(at, frame, room).unwrap();
+                    assert!(step.n >= 1, "room {room} left, yet no byte taken");
+                    assert!(step.from + step.n <= r.pos(head) + size);
+                    total += step.n;
+                    if step.passed_frame(&at) {
+                        assert_eq!(
+                            step.next,
+                            ReadPos {
+                                head: head + size,
+                                off: 0,
+                                seq: 2
+                            }
+                        );
+                        break;
+                    }
+                    at = step.next;
+                }
+                assert_eq!(total, len);
+            }
+        }
+    }
+}
