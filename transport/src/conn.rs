@@ -69,8 +69,8 @@ pub(crate) use failover::LinkLook;
 pub(crate) use half_open::HalfOpen;
 
 use block::{
-    L_HOLDERS, L_HOLDER_PIDS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN, L_PEER_MW,
-    L_PEER_OFF, L_SOCK_INODE,
+    CR_PEER_CPU, L_HOLDERS, L_HOLDER_PIDS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN,
+    L_PEER_MW, L_PEER_OFF, L_SOCK_INODE, PEER_MADE,
 };
 use cursors::Cursors;
 use sendlock::SendLock;
@@ -485,7 +485,7 @@ impl Connection {
             Tenancy::Service { .. } => 0,
         };
         let shared_line = matches!(tenancy, Tenancy::Service { .. });
-        Connection {
+        let c = Connection {
             shared,
             tenancy,
             mine,
@@ -511,7 +511,11 @@ impl Connection {
             sent_since_read: AtomicBool::new(false),
             settings,
             fo: Box::new(failover::Failover::new(link_gen)),
-        }
+        };
+        // Tell the peer that this end is made (no CPU yet: that is told at its first wait): a
+        // waiter whose peer's word is still 0 sleeps at once instead of spinning (see `wait`).
+        word32(&c.theirs, CR_PEER_CPU).store(PEER_MADE, Relaxed);
+        c
     }
 
     #[inline]
