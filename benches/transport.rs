@@ -157,7 +157,7 @@ impl Drop for DeviceDir {
     }
 }
 
-/// A connected pair over the device (as in transport/tests/loopback.rs): client, server, and the
+/// A connected pair over the device (as in transport/tests/common/mod.rs): client, server, and the
 /// kernel sockets that must stay open while the pair is used.
 fn pair(t: &Transport) -> (Connection, Connection, Socket, std::net::TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

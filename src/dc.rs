@@ -161,7 +161,7 @@ fn copy(a: &CopyArgs, out: &mut String) -> Result<u8, CliError> {
     } else {
         None
     };
-    let outcome = Outcome {
+    let outcome = CopyReport {
         a,
         r: &copied,
         verify: verify.as_ref(),
@@ -251,13 +251,13 @@ fn side_text(out: &mut String, label: &str, side: &SideReport, extra: &str) {
 }
 
 /// A finished copy and what it was asked to do, for the report.
-struct Outcome<'a> {
+struct CopyReport<'a> {
     a: &'a CopyArgs,
     r: &'a Copied,
     verify: Option<&'a Verify>,
 }
 
-impl Outcome<'_> {
+impl CopyReport<'_> {
     fn text(&self, out: &mut String) {
         let (a, r) = (&self.a.req, self.r);
         let _ = writeln!(

@@ -1,6 +1,6 @@
 //! Docs that a script can check against the code: the sync-point index in
 //! docs/MEMORY-ORDERING.md against the `SYNC POINT (name)` comments in every crate's sources.
-//! (docs/CLI.md against each `--help` is tests/cli.rs's.)
+//! (docs/CLI.md against each `--help` is tests/cli/main.rs's.)
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

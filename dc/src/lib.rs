@@ -24,7 +24,7 @@ use std::time::Instant;
 
 pub use buffer::BufferKind;
 pub use manager::Kind;
-use manager::{CheckError, Endpoint, Opened, Role};
+use manager::{CheckError, CopyEnd, CopySide, Opened};
 use operator::{CopyError, Span};
 use sys::Ring;
 
@@ -129,7 +129,7 @@ pub struct SideReport {
 }
 
 impl SideReport {
-    fn of(ep: &Endpoint, o: &Opened) -> SideReport {
+    fn of(ep: &CopyEnd, o: &Opened) -> SideReport {
         SideReport {
             arg: ep.arg.clone(),
             path: ep.path.clone(),
@@ -207,9 +207,9 @@ fn refused(e: impl fmt::Display) -> DcError {
 /// (often; the caller throttles what it draws).
 pub fn copy(a: &Request, progress: &mut dyn FnMut(u64, u64)) -> Result<Copied, DcError> {
     a.check().map_err(DcError::Refused)?;
-    let src = manager::resolve(&a.src, Role::Src)?;
-    let dst = manager::resolve(&a.dst, Role::Dst)?;
-    let s = manager::open(&src, Role::Src, a.direct_only)?;
+    let src = manager::resolve(&a.src, CopySide::Src)?;
+    let dst = manager::resolve(&a.dst, CopySide::Dst)?;
+    let s = manager::open(&src, CopySide::Src, a.direct_only)?;
     let src_size = s.size;
     if a.offset > src_size {
         return Err(refused(format!(
@@ -228,7 +228,7 @@ pub fn copy(a: &Request, progress: &mut dyn FnMut(u64, u64)) -> Result<Copied, D
     manager::check_overlap(&src, &dst, a.offset, a.offset, len)?;
     if dst.kind == Kind::Block {
         // Checked before opening for writing, so a refused copy leaves DST untouched.
-        let probe = manager::open(&dst, Role::Src, false)?;
+        let probe = manager::open(&dst, CopySide::Src, false)?;
         if probe.size < end {
             return Err(refused(format!(
                 "DST {} is smaller than the copy: it has {} bytes and the copy ends at byte \
@@ -240,7 +240,7 @@ pub fn copy(a: &Request, progress: &mut dyn FnMut(u64, u64)) -> Result<Copied, D
     // The DC buffer before DST is opened for writing, so that no buffer means no DST touched.
     let slots = a.qd.min(len.div_ceil(a.chunk as u64).max(1) as usize);
     let buffer = buffer::dc_buffer(a.buffer, slots * a.chunk)?;
-    let d = manager::open(&dst, Role::Dst, a.direct_only)?;
+    let d = manager::open(&dst, CopySide::Dst, a.direct_only)?;
     let whole = a.offset == 0 && a.length.is_none();
     if dst.kind == Kind::File {
         let target = if whole {
@@ -291,8 +291,8 @@ pub fn copy(a: &Request, progress: &mut dyn FnMut(u64, u64)) -> Result<Copied, D
     }
     let buffered_bytes = head.len + tail.len;
     if buffered_bytes > 0 {
-        let sf = manager::open_buffered(&src, Role::Src)?;
-        let df = manager::open_buffered(&dst, Role::Dst)?;
+        let sf = manager::open_buffered(&src, CopySide::Src)?;
+        let df = manager::open_buffered(&dst, CopySide::Dst)?;
         let mut staging = vec![0u8; align.max(4096) as usize];
         for span in [head, tail] {
             operator::copy_buffered(&sf, &df, span, &mut staging)
@@ -325,7 +325,7 @@ pub fn copy(a: &Request, progress: &mut dyn FnMut(u64, u64)) -> Result<Copied, D
     })
 }
 
-fn copy_failed(e: &CopyError, src: &Endpoint, dst: &Endpoint) -> DcError {
+fn copy_failed(e: &CopyError, src: &CopyEnd, dst: &CopyEnd) -> DcError {
     failed(format!(
         "copy from {} to {} FAILED: {e}; DST holds an incomplete copy",
         src.arg, dst.arg

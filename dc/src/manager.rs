@@ -45,7 +45,7 @@ enum Backing {
 
 /// One side of a copy, resolved.
 #[derive(Debug)]
-pub struct Endpoint {
+pub struct CopyEnd {
     /// The argument as given.
     pub arg: String,
     /// Where it resolved to (symlinks such as /dev/disk/by-id/… followed).
@@ -58,16 +58,16 @@ pub struct Endpoint {
 
 /// Which side an endpoint is, for messages.
 #[derive(Clone, Copy)]
-pub enum Role {
+pub enum CopySide {
     Src,
     Dst,
 }
 
-impl Role {
+impl CopySide {
     fn name(self) -> &'static str {
         match self {
-            Role::Src => "SRC",
-            Role::Dst => "DST",
+            CopySide::Src => "SRC",
+            CopySide::Dst => "DST",
         }
     }
 }
@@ -83,7 +83,7 @@ fn os_message(e: &io::Error) -> String {
 
 /// Resolve a name: an existing path (followed through symlinks); else, for a bare name, a block
 /// device /dev/NAME or /dev/disk/by-id/NAME; else (destination only) a file to create.
-pub fn resolve(arg: &str, role: Role) -> Result<Endpoint, CheckError> {
+pub fn resolve(arg: &str, role: CopySide) -> Result<CopyEnd, CheckError> {
     let who = role.name();
     let given = Path::new(arg);
     let mut candidates = vec![given.to_path_buf()];
@@ -104,7 +104,7 @@ pub fn resolve(arg: &str, role: Role) -> Result<Endpoint, CheckError> {
         let path = std::fs::canonicalize(c).unwrap_or_else(|_| c.clone());
         return endpoint(arg, path, &md, role);
     }
-    if let Role::Src = role {
+    if let CopySide::Src = role {
         return Err(CheckError(format!("SRC {arg}: no such file or device")));
     }
     let parent = match given.parent() {
@@ -117,7 +117,7 @@ pub fn resolve(arg: &str, role: Role) -> Result<Endpoint, CheckError> {
             parent.display()
         )));
     }
-    Ok(Endpoint {
+    Ok(CopyEnd {
         arg: arg.to_owned(),
         path: given.to_path_buf(),
         kind: Kind::File,
@@ -126,7 +126,12 @@ pub fn resolve(arg: &str, role: Role) -> Result<Endpoint, CheckError> {
     })
 }
 
-fn endpoint(arg: &str, path: PathBuf, md: &Metadata, role: Role) -> Result<Endpoint, CheckError> {
+fn endpoint(
+    arg: &str,
+    path: PathBuf,
+    md: &Metadata,
+    role: CopySide,
+) -> Result<CopyEnd, CheckError> {
     let who = role.name();
     let ft = md.file_type();
     let (kind, backing) = if ft.is_file() {
@@ -156,7 +161,7 @@ fn endpoint(arg: &str, path: PathBuf, md: &Metadata, role: Role) -> Result<Endpo
             "{who} {arg}: {what}; dc copy takes regular files and block devices"
         )));
     };
-    Ok(Endpoint {
+    Ok(CopyEnd {
         arg: arg.to_owned(),
         path,
         kind,
@@ -215,8 +220,8 @@ fn disk_backing(rdev: u64) -> (Backing, u64) {
 
 /// Refuse a copy whose source and destination ranges are the same storage, or overlap on it.
 pub fn check_overlap(
-    src: &Endpoint,
-    dst: &Endpoint,
+    src: &CopyEnd,
+    dst: &CopyEnd,
     src_off: u64,
     dst_off: u64,
     len: u64,
@@ -269,17 +274,17 @@ pub struct Opened {
 
 /// Open for the role; a block device written to is claimed exclusively (`excl`: O_EXCL, which
 /// the kernel refuses with EBUSY while it is mounted or claimed by someone else).
-fn open_with(ep: &Endpoint, role: Role, direct: bool, excl: bool) -> io::Result<File> {
+fn open_with(ep: &CopyEnd, role: CopySide, direct: bool, excl: bool) -> io::Result<File> {
     let mut o = OpenOptions::new();
     let mut flags = 0;
     if direct {
         flags |= libc::O_DIRECT;
     }
     match role {
-        Role::Src => {
+        CopySide::Src => {
             o.read(true);
         }
-        Role::Dst => {
+        CopySide::Dst => {
             o.write(true);
             if ep.kind == Kind::File {
                 o.create(true).mode(0o644);
@@ -293,7 +298,7 @@ fn open_with(ep: &Endpoint, role: Role, direct: bool, excl: bool) -> io::Result<
 
 /// Open `ep` for its role: O_DIRECT if the filesystem takes it, else through the page cache
 /// with a notice (or an error, with `require_direct`).
-pub fn open(ep: &Endpoint, role: Role, require_direct: bool) -> Result<Opened, CheckError> {
+pub fn open(ep: &CopyEnd, role: CopySide, require_direct: bool) -> Result<Opened, CheckError> {
     let who = role.name();
     let fail = |e: io::Error| {
         let why = match e.raw_os_error() {
@@ -322,8 +327,8 @@ pub fn open(ep: &Endpoint, role: Role, require_direct: bool) -> Result<Opened, C
                 "{who} {}: the filesystem refuses O_DIRECT; {} it through the page cache",
                 ep.arg,
                 match role {
-                    Role::Src => "reading",
-                    Role::Dst => "writing",
+                    CopySide::Src => "reading",
+                    CopySide::Dst => "writing",
                 }
             );
             (f, false, Some(n))
@@ -370,7 +375,7 @@ pub fn open(ep: &Endpoint, role: Role, require_direct: bool) -> Result<Opened, C
 
 /// A second fd on the same endpoint without O_DIRECT, for the unaligned head and tail (not
 /// exclusive: the copy's first fd holds the claim on a block device).
-pub fn open_buffered(ep: &Endpoint, role: Role) -> Result<File, CheckError> {
+pub fn open_buffered(ep: &CopyEnd, role: CopySide) -> Result<File, CheckError> {
     open_with(ep, role, false, false)
         .map_err(|e| CheckError(format!("{} {}: {}", role.name(), ep.arg, os_message(&e))))
 }
@@ -397,8 +402,8 @@ pub fn p2pmem_devices() -> Vec<(String, u64)> {
 mod tests {
     use super::*;
 
-    fn ep(backing: Backing, base: u64, kind: Kind) -> Endpoint {
-        Endpoint {
+    fn ep(backing: Backing, base: u64, kind: Kind) -> CopyEnd {
+        CopyEnd {
             arg: "x".into(),
             path: "/x".into(),
             kind,

@@ -1,4 +1,4 @@
-//! Setups for real applications under the library (tests/apps.rs): finding a Debian binary (or failing with the
+//! Setups for real applications under the library (tests/apps/): finding a Debian binary (or failing with the
 //! package to install), its version line, deterministic payload files and their SHA-256, waiting on a stats file,
 //! and stopping every process of a multi-process server (nginx workers, socat children) by pid. It never signals a
 //! process that is not a descendant of a child this test started.

@@ -12,11 +12,11 @@ use crate::config::{Config, LogLevel, Role};
 use crate::sock::{Sock, State};
 use crate::{sys, table};
 
-pub struct Global {
+pub struct ShimState {
     pub config: Config,
     pub program: String,
     pub log: LogLevel,
-    /// `PCISOCK_STATS_FILE` as given (see [`Global::stats_path`]).
+    /// `PCISOCK_STATS_FILE` as given (see [`ShimState::stats_path`]).
     pub stats_file: Option<PathBuf>,
     /// The statistics go to one file per process (a directory, or `%p` in the name): a forked
     /// child starts its own counts.
@@ -37,7 +37,7 @@ pub struct Global {
     /// Readiness of our connections found right after such a sleep (each ready fd or epoll
     /// registration counts once): a doorbell that should have woken the sleeper did not ring,
     /// or rang nothing it watched, and the application waited for a timer (see
-    /// [`Global::woke_by_timer`]).
+    /// [`ShimState::woke_by_timer`]).
     late_wakeups: AtomicU64,
     epoch: std::time::Instant,
     last_write_ms: AtomicU64,
@@ -136,10 +136,10 @@ impl Totals {
     }
 }
 
-static GLOBAL: OnceLock<Global> = OnceLock::new();
+static GLOBAL: OnceLock<ShimState> = OnceLock::new();
 
 /// The process's shim state, built on first use from the environment.
-pub fn get() -> &'static Global {
+pub fn get() -> &'static ShimState {
     GLOBAL.get_or_init(|| {
         let (config, errors) = Config::from_env();
         let log = config.log_level();
@@ -167,7 +167,7 @@ pub fn get() -> &'static Global {
             let b = f.as_os_str().as_bytes();
             b.windows(2).any(|w| w == b"%p") || b.ends_with(b"/") || f.is_dir()
         });
-        Global {
+        ShimState {
             config,
             program,
             log,
@@ -187,7 +187,7 @@ pub fn get() -> &'static Global {
     })
 }
 
-impl Global {
+impl ShimState {
     /// Log a message at `level` if `PCISOCK_LOG` allows it (raw write to stderr).
     pub fn log(&self, level: LogLevel, msg: impl FnOnce() -> String) {
         if self.log != LogLevel::Off && self.log.enables(level) {

@@ -11,7 +11,7 @@ use libc::c_int;
 use transport::{Connection, Endpoint, IoError, Outcome, Reason, RecvFlags};
 
 use crate::config::{LogLevel, Role};
-use crate::global::{self, Global};
+use crate::global::{self, ShimState};
 use crate::sock::{Sock, State};
 use crate::{sys, table};
 
@@ -79,7 +79,7 @@ fn conn_errno(sock: &Sock, op: &str, e: IoError) -> c_int {
     io_errno(e)
 }
 
-fn fallback(g: &Global, sock: Sock, fd: c_int, reason: Reason) -> Result<(), c_int> {
+fn fallback(g: &ShimState, sock: Sock, fd: c_int, reason: Reason) -> Result<(), c_int> {
     g.log(LogLevel::Info, || {
         format!(
             "fd {fd}: {} {} stays on TCP: {reason} ({})",

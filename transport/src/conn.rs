@@ -44,7 +44,7 @@ use std::time::Duration;
 use ntbdrv::{NtbDevice, Region, VectorLease, WindowLease};
 
 use crate::proto::{Endpoint, Ring, RingLoc, ENDPOINT_HDR};
-use crate::{sys, Settings, Shared};
+use crate::{sys, ProcessState, Settings};
 
 mod block;
 mod cursors;
@@ -62,8 +62,8 @@ mod sendlock;
 mod wait;
 
 pub(crate) use block::{
-    peer_alive, peer_finished, word32, word64, C_BASE, INFO_BASE, INFO_MAGIC, L_STATE_PUB,
-    ST_ON_TCP,
+    atomic_u32_at, atomic_u64_at, peer_alive, peer_finished, C_BASE, INFO_BASE, INFO_MAGIC,
+    L_STATE_PUB, ST_ON_TCP,
 };
 pub(crate) use failover::LinkLook;
 pub(crate) use half_open::HalfOpen;
@@ -167,18 +167,18 @@ pub struct RecvFlags {
 
 /// A bidirectional connection over the bridge.
 pub struct Connection {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<ProcessState>,
     /// Where the connection's memory and interrupt lines come from.
     tenancy: Tenancy,
     /// Our lease: our receive ring and the peer-written words.
-    mine: Region,
+    own_block: Region,
     /// Our interrupt line: the device vector this connection leased (emptied after it fires),
     /// or this process's line from the host fabric service, shared by its connections and
     /// never emptied (see `sys::wake_fd`).
     vector: Arc<OwnedFd>,
     shared_line: bool,
     /// The peer's lease, through our outbound window.
-    theirs: Region,
+    peer_block: Region,
     their_loc: RingLoc,
     rx_ring: Ring,
     tx_ring: Ring,
@@ -244,8 +244,8 @@ pub(crate) struct ServicePair {
 /// and a ring of the pair's size.
 struct Segments {
     ring: Ring,
-    mine: Region,
-    theirs: Region,
+    own_block: Region,
+    peer_block: Region,
     loc: RingLoc,
 }
 
@@ -255,7 +255,7 @@ impl Segments {
         let len = ENDPOINT_HDR.checked_add(p.ring_bytes)? as usize;
         let both = Region::map_segment(&p.segment, len.checked_mul(2)?).ok()?;
         let (client, server) = (both.slice(0, len).ok()?, both.slice(len, len).ok()?);
-        let (mine, theirs) = if p.server {
+        let (own_block, peer_block) = if p.server {
             (server, client)
         } else {
             (client, server)
@@ -263,8 +263,8 @@ impl Segments {
         let len = len as u64;
         Some(Segments {
             ring,
-            mine,
-            theirs,
+            own_block,
+            peer_block,
             loc: RingLoc {
                 mw: 0,
                 offset: 0,
@@ -335,7 +335,7 @@ impl Connection {
     /// Join our half with the peer's ring location (validated by the caller).
     #[allow(clippy::too_many_arguments)] // all of a connection's identity, passed once
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        shared: Arc<ProcessState>,
         half: HalfOpen,
         their_loc: RingLoc,
         tx_ring: Ring,
@@ -347,7 +347,7 @@ impl Connection {
         let Some(dev) = shared.dev.clone() else {
             return Err(crate::Reason::NoDevice);
         };
-        let theirs = match dev
+        let peer_block = match dev
             .outbound(their_loc.mw)
             .and_then(|w| w.slice(their_loc.offset as usize, their_loc.len as usize))
         {
@@ -364,12 +364,12 @@ impl Connection {
             return Err(crate::Reason::NoWindowSpace);
         };
         // What a new image needs to pick the connection up after exec (`Connection::reattach`).
-        word32(&half.mine, L_PEER_MW).store(their_loc.mw, Relaxed);
-        word32(&half.mine, L_PEER_BIT).store(their_loc.db_bit, Relaxed);
-        word64(&half.mine, L_PEER_OFF).store(their_loc.offset, Relaxed);
-        word64(&half.mine, L_PEER_LEN).store(their_loc.len, Relaxed);
-        word32(&half.mine, L_MY_BIT).store(half.bell.vector, Relaxed);
-        word32(&half.mine, L_MY_BELL_SLOT).store(half.bell.slot, Relaxed);
+        atomic_u32_at(&half.own_block, L_PEER_MW).store(their_loc.mw, Relaxed);
+        atomic_u32_at(&half.own_block, L_PEER_BIT).store(their_loc.db_bit, Relaxed);
+        atomic_u64_at(&half.own_block, L_PEER_OFF).store(their_loc.offset, Relaxed);
+        atomic_u64_at(&half.own_block, L_PEER_LEN).store(their_loc.len, Relaxed);
+        atomic_u32_at(&half.own_block, L_MY_BIT).store(half.bell.vector, Relaxed);
+        atomic_u32_at(&half.own_block, L_MY_BELL_SLOT).store(half.bell.slot, Relaxed);
         let tenancy = Tenancy::Device {
             dev,
             lease: half.lease,
@@ -378,9 +378,9 @@ impl Connection {
         let c = Connection::assemble(
             shared,
             tenancy,
-            half.mine,
+            half.own_block,
             Arc::new(half.vector),
-            theirs,
+            peer_block,
             their_loc,
             rx_ring,
             tx_ring,
@@ -398,7 +398,7 @@ impl Connection {
     /// and line, rings of `ring_bytes` each way.
     #[allow(clippy::too_many_arguments)] // all of a connection's identity, passed once
     pub(crate) fn from_service(
-        shared: Arc<Shared>,
+        shared: Arc<ProcessState>,
         p: ServicePair,
         tcp_fd: RawFd,
         role: Role,
@@ -414,7 +414,7 @@ impl Connection {
     /// A new end of a connection the service paired: identity written, held by this process.
     #[allow(clippy::too_many_arguments)] // all of a connection's identity, passed once
     fn service_fresh(
-        shared: Arc<Shared>,
+        shared: Arc<ProcessState>,
         p: ServicePair,
         seg: Segments,
         tcp_fd: RawFd,
@@ -428,8 +428,8 @@ impl Connection {
             peer,
             pid: std::process::id(),
         };
-        let _ = seg.mine.write(INFO_BASE + 8, &info.encode());
-        word32(&seg.mine, INFO_BASE).store(INFO_MAGIC, Release);
+        let _ = seg.own_block.write(INFO_BASE + 8, &info.encode());
+        atomic_u32_at(&seg.own_block, INFO_BASE).store(INFO_MAGIC, Release);
         if let Some(link) = &shared.service {
             link.note_held(p.conn, tcp_fd);
         }
@@ -440,9 +440,9 @@ impl Connection {
         let c = Connection::assemble(
             shared,
             tenancy,
-            seg.mine,
+            seg.own_block,
             p.own_line,
-            seg.theirs,
+            seg.peer_block,
             seg.loc,
             seg.ring,
             seg.ring,
@@ -458,18 +458,19 @@ impl Connection {
 
     /// This process holds the connection (alone, so far), on kernel socket `tcp_fd`.
     fn hold(&self, tcp_fd: RawFd) {
-        word32(&self.mine, L_HOLDERS).store(1, SeqCst);
-        word32(&self.mine, L_HOLDER_PIDS).store(std::process::id(), SeqCst);
-        word64(&self.mine, L_SOCK_INODE).store(sys::inode(tcp_fd).unwrap_or(0), Release);
+        atomic_u32_at(&self.own_block, L_HOLDERS).store(1, SeqCst);
+        atomic_u32_at(&self.own_block, L_HOLDER_PIDS).store(std::process::id(), SeqCst);
+        atomic_u64_at(&self.own_block, L_SOCK_INODE)
+            .store(sys::inode(tcp_fd).unwrap_or(0), Release);
     }
 
     #[allow(clippy::too_many_arguments)] // every part of a connection, put together once
     fn assemble(
-        shared: Arc<Shared>,
+        shared: Arc<ProcessState>,
         tenancy: Tenancy,
-        mine: Region,
+        own_block: Region,
         vector: Arc<OwnedFd>,
-        theirs: Region,
+        peer_block: Region,
         their_loc: RingLoc,
         rx_ring: Ring,
         tx_ring: Ring,
@@ -488,10 +489,10 @@ impl Connection {
         let c = Connection {
             shared,
             tenancy,
-            mine,
+            own_block,
             vector,
             shared_line,
-            theirs,
+            peer_block,
             their_loc,
             rx_ring,
             tx_ring,
@@ -514,7 +515,7 @@ impl Connection {
         };
         // Tell the peer that this end is made (no CPU yet: that is told at its first wait): a
         // waiter whose peer's word is still 0 sleeps at once instead of spinning (see `wait`).
-        word32(&c.theirs, CR_PEER_CPU).store(PEER_MADE, Relaxed);
+        atomic_u32_at(&c.peer_block, CR_PEER_CPU).store(PEER_MADE, Relaxed);
         c
     }
 
@@ -524,7 +525,7 @@ impl Connection {
     fn count(&self, c: Counter, n: u64) {
         // Statistics only: a plain add (no locked instruction on the hot path); a rare race
         // between this process's send and receive paths may lose a count of the shared ones.
-        let w = word64(&self.mine, C_BASE + 8 * c as usize);
+        let w = atomic_u64_at(&self.own_block, C_BASE + 8 * c as usize);
         w.store(w.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
@@ -532,7 +533,7 @@ impl Connection {
     // As in `count`: a constant offset.
     #[allow(clippy::arithmetic_side_effects)]
     pub fn counter(&self, c: Counter) -> u64 {
-        word64(&self.mine, C_BASE + 8 * c as usize).load(Relaxed)
+        atomic_u64_at(&self.own_block, C_BASE + 8 * c as usize).load(Relaxed)
     }
 
     /// The kernel TCP socket this connection shadows.

@@ -17,9 +17,9 @@ const CONNECTING_PATIENCE: Duration = Duration::from_millis(200);
 /// The device rendezvous: a process that maps the device and meets its peers through the
 /// rendezvous area in shared memory.
 pub(crate) struct DeviceTransport {
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<ProcessState>,
     dev: Arc<dyn NtbDevice>,
-    ctrl: Arc<Control>,
+    ctrl: Arc<RendezvousArea>,
     same_host: bool,
     mw_size: u64,
     db_bits: u32,
@@ -44,17 +44,17 @@ impl DeviceTransport {
         settings: Settings,
     ) -> Result<DeviceTransport, OpenError> {
         let _ = dev.link_enable();
-        let ctrl = Arc::new(Control::open(&*dev).map_err(OpenError::Control)?);
+        let ctrl = Arc::new(RendezvousArea::open(&*dev).map_err(OpenError::RendezvousArea)?);
         let same_host = dev.side() == dev.peer_side();
         let mw_size = dev.mw_align(0).map(|a| a.size_max).unwrap_or(0);
         let db_bits = dev.vector_count();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ProcessState {
             dev: Some(dev.clone()),
             service: None,
             settings,
             counters: ProcessCounters::default(),
             dma: OnceLock::new(),
-            zombies: Mutex::new(Vec::new()),
+            quarantined: Mutex::new(Vec::new()),
             pid: std::process::id(),
             link: Default::default(),
         });
@@ -340,7 +340,7 @@ impl DeviceTransport {
     }
 
     /// Lease our half of a connection. Window space held by connections that just closed comes
-    /// back as soon as their peers let go of it (see `Shared::retire`): when none is free, give
+    /// back as soon as their peers let go of it (see `ProcessState::retire`): when none is free, give
     /// those a moment (up to `LEASE_PATIENCE`) before giving up.
     fn half_open(
         &self,
@@ -350,8 +350,8 @@ impl DeviceTransport {
     ) -> Result<conn::HalfOpen, Reason> {
         let t0 = Instant::now();
         let park = |lease: WindowLease, block: ntbdrv::Region, peer: Option<ntbdrv::Region>| {
-            if let Ok(mut z) = self.shared.zombies.lock() {
-                z.push(Zombie {
+            if let Ok(mut z) = self.shared.quarantined.lock() {
+                z.push(QuarantinedBlock {
                     block,
                     lease,
                     bell: None,
@@ -372,7 +372,7 @@ impl DeviceTransport {
                 Err(r @ (Reason::NoWindowSpace | Reason::NoDoorbell | Reason::TableFull)) => {
                     let waiting = self
                         .shared
-                        .zombies
+                        .quarantined
                         .lock()
                         .map(|z| !z.is_empty())
                         .unwrap_or(false);
@@ -393,7 +393,7 @@ impl DeviceTransport {
         self.ctrl.finish_offer(p.slot);
         // If the server took the offer it may write into our ring: quarantine it.
         self.shared
-            .retire(p.half.mine.clone(), p.half.lease, p.half.bell, !took);
+            .retire(p.half.own_block.clone(), p.half.lease, p.half.bell, !took);
     }
 
     /// Wait up to `spin` (busy, no system call) for the answer to a pending offer; the server
@@ -470,7 +470,7 @@ impl DeviceTransport {
                 (Action::GiveUp { quarantine: true }, _) => {
                     self.ctrl.finish_offer(p.slot);
                     self.shared
-                        .retire(p.half.mine.clone(), p.half.lease, p.half.bell, false);
+                        .retire(p.half.own_block.clone(), p.half.lease, p.half.bell, false);
                     return Outcome::Tcp(Reason::NoAnswer);
                 }
                 (Action::Pending, _) => return Outcome::Waiting(Pending::Device(p)),
@@ -540,7 +540,7 @@ impl DeviceTransport {
             Err(_) => {
                 // The server thinks it is connected: it may write into our ring.
                 self.shared
-                    .retire(half.mine.clone(), half.lease, half.bell, false);
+                    .retire(half.own_block.clone(), half.lease, half.bell, false);
                 return Outcome::Tcp(Reason::BadPeer);
             }
         };

@@ -33,14 +33,14 @@ pub use conn::{Connection, Counter, Interest, IoError, Readiness, RecvFlags, Rol
 pub use device::DevicePending;
 use device::DeviceTransport;
 pub use proto::{Endpoint, Reason};
-use rendezvous::{Control, SlotGuard};
+use rendezvous::{RendezvousArea, SlotGuard};
 pub use service::Offered;
 pub use settings::{
     CompletionMode, SettingError, Settings, ANSWER_PATIENCE_MAX, DEFAULT_DMA_THRESHOLD,
     MAX_RX_COALESCE_US,
 };
 pub use shared::ProcessCounters;
-pub(crate) use shared::{Shared, Zombie, QUARANTINE};
+pub(crate) use shared::{ProcessState, QuarantinedBlock, QUARANTINE};
 pub use sys::LineSet;
 
 /// After a sleep on a wake set (`Connection::sleep_fd`, `Transport::pending_sleep_fd`): take
@@ -58,7 +58,7 @@ pub enum OpenError {
     Device(ntbdrv::DeviceError),
     /// The host fabric service could not be reached.
     Service(fabric::ClientError),
-    Control(rendezvous::CtrlError),
+    RendezvousArea(rendezvous::CtrlError),
     Setting(SettingError),
 }
 
@@ -88,7 +88,7 @@ impl std::fmt::Display for OpenError {
         match self {
             OpenError::Device(e) => write!(f, "NTB device: {e}"),
             OpenError::Service(e) => e.fmt(f),
-            OpenError::Control(e) => e.fmt(f),
+            OpenError::RendezvousArea(e) => e.fmt(f),
             OpenError::Setting(e) => e.fmt(f),
         }
     }
@@ -145,7 +145,7 @@ impl Pending {
 /// The transport of one process: how it meets its peers (the host fabric service, or the device
 /// rendezvous in memory it maps) and its settings.
 pub struct Transport {
-    shared: Arc<Shared>,
+    shared: Arc<ProcessState>,
     how: How,
 }
 
@@ -244,13 +244,13 @@ impl Transport {
         settings: Settings,
     ) -> Result<Transport, OpenError> {
         let link = service::Link::open(socket, starter).map_err(OpenError::Service)?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ProcessState {
             dev: None,
             service: Some(link),
             settings,
             counters: ProcessCounters::default(),
             dma: OnceLock::new(),
-            zombies: Mutex::new(Vec::new()),
+            quarantined: Mutex::new(Vec::new()),
             pid: std::process::id(),
             link: Default::default(),
         });

@@ -58,7 +58,7 @@ pub enum ProtoError {
     /// A rendezvous record with an invalid field.
     BadRecord(&'static str),
     /// A record from another protocol version.
-    Version { ours: u32, theirs: u32 },
+    Version { ours: u32, peer_block: u32 },
 }
 
 impl fmt::Display for ProtoError {
@@ -86,8 +86,8 @@ impl fmt::Display for ProtoError {
                 write!(f, "{turns} turns of a receive without progress")
             }
             Self::BadRecord(why) => write!(f, "bad rendezvous record: {why}"),
-            Self::Version { ours, theirs } => {
-                write!(f, "protocol version {theirs}, we speak {ours}")
+            Self::Version { ours, peer_block } => {
+                write!(f, "protocol version {peer_block}, we speak {ours}")
             }
         }
     }
@@ -557,7 +557,7 @@ impl Offer {
         if version != PROTOCOL_VERSION {
             return Err(ProtoError::Version {
                 ours: PROTOCOL_VERSION,
-                theirs: version,
+                peer_block: version,
             });
         }
         let mut cip = [0u8; 16];
@@ -624,7 +624,7 @@ impl Answer {
         if version != PROTOCOL_VERSION {
             return Err(ProtoError::Version {
                 ours: PROTOCOL_VERSION,
-                theirs: version,
+                peer_block: version,
             });
         }
         Ok(Answer {

@@ -99,7 +99,7 @@ pub enum CtrlError {
     /// The area holds another protocol version's tables.
     Version {
         ours: u32,
-        theirs: u32,
+        peer_block: u32,
     },
     /// A loom build models the area; it opens no device's.
     #[cfg(loom)]
@@ -111,10 +111,10 @@ impl std::fmt::Display for CtrlError {
         match self {
             CtrlError::Lease(e) => write!(f, "cannot reserve the rendezvous area: {e}"),
             CtrlError::Window(e) => write!(f, "rendezvous area: {e}"),
-            CtrlError::Version { ours, theirs } => {
+            CtrlError::Version { ours, peer_block } => {
                 write!(
                     f,
-                    "rendezvous area speaks protocol {theirs}, we speak {ours}"
+                    "rendezvous area speaks protocol {peer_block}, we speak {ours}"
                 )
             }
             #[cfg(loom)]
@@ -124,7 +124,7 @@ impl std::fmt::Display for CtrlError {
 }
 
 /// This host's rendezvous area (`local`) and the peer's (`peer`, through the outbound window).
-pub struct Control {
+pub struct RendezvousArea {
     local: Area,
     peer: Area,
 }
@@ -165,10 +165,10 @@ fn my_pid() -> u32 {
 #[cfg(loom)]
 use model::pid as my_pid;
 
-impl Control {
+impl RendezvousArea {
     /// Reserve (or find) this host's area and map the peer's.
     #[cfg(not(loom))]
-    pub fn open(dev: &dyn NtbDevice) -> Result<Control, CtrlError> {
+    pub fn open(dev: &dyn NtbDevice) -> Result<RendezvousArea, CtrlError> {
         dev.reserve_window(0, 0, CTRL_SIZE, CTRL_TAG)
             .map_err(CtrlError::Lease)?;
         let local = dev
@@ -179,13 +179,13 @@ impl Control {
             .outbound(0)
             .and_then(|w| w.slice(0, CTRL_SIZE as usize))
             .map_err(CtrlError::Window)?;
-        Control::over(local, peer)
+        RendezvousArea::over(local, peer)
     }
 
     /// Under loom the area is a model (loom's atomics cannot live in a mapping): see
-    /// [`Control::model`].
+    /// [`RendezvousArea::model`].
     #[cfg(loom)]
-    pub fn open(_dev: &dyn NtbDevice) -> Result<Control, CtrlError> {
+    pub fn open(_dev: &dyn NtbDevice) -> Result<RendezvousArea, CtrlError> {
         Err(CtrlError::Modelled)
     }
 
@@ -193,7 +193,7 @@ impl Control {
     /// cells as the code reaches it: every word with its width, each record's bytes in a few
     /// cells. Call it inside `loom::model`, before spawning the threads that share it.
     #[cfg(loom)]
-    pub fn model() -> Control {
+    pub fn model() -> RendezvousArea {
         let mut cells = vec![(HDR_MAGIC, 8), (HDR_VERSION, 4), (HDR_ACCEPTS, 4)];
         let owners = |table: usize, n: usize| {
             (0..n).flat_map(move |i| {
@@ -230,11 +230,11 @@ impl Control {
         }));
         cells.sort_unstable();
         let area = model::Area::new(CTRL_SIZE as usize, cells);
-        Control::over(area.clone(), area).expect("a fresh model is stamped")
+        RendezvousArea::over(area.clone(), area).expect("a fresh model is stamped")
     }
 
     /// The tables in `local` (ours) and `peer` (the peer's, reached through the bridge).
-    fn over(local: Area, peer: Area) -> Result<Control, CtrlError> {
+    fn over(local: Area, peer: Area) -> Result<RendezvousArea, CtrlError> {
         // A fresh area is all zeros, which are empty tables; stamp it once.
         let magic = u64_at(&local, HDR_MAGIC);
         if magic.load(Acquire) != CTRL_MAGIC {
@@ -245,10 +245,10 @@ impl Control {
         if v != PROTOCOL_VERSION {
             return Err(CtrlError::Version {
                 ours: PROTOCOL_VERSION,
-                theirs: v,
+                peer_block: v,
             });
         }
-        let ctrl = Control { local, peer };
+        let ctrl = RendezvousArea { local, peer };
         ctrl.sweep_dead_listeners();
         Ok(ctrl)
     }
@@ -336,7 +336,7 @@ impl Control {
     // ---- listeners ----------------------------------------------------------------------------
 
     /// Publish a listener in the peer's table; `socket` is the kernel's listening socket, if it
-    /// listens already (else see [`Control::set_listener_socket`]).
+    /// listens already (else see [`RendezvousArea::set_listener_socket`]).
     pub fn add_listener(&self, addr: Endpoint, socket: SocketId) -> Option<SlotGuard> {
         let slot = self.claim(LISTENER_OWNERS, LISTENER_SLOTS)?;
         self.store_listener_socket(slot.index, socket);
@@ -432,7 +432,7 @@ impl Control {
         Some(e)
     }
 
-    /// [`Control::find_listener`]'s view of slot `i`, for the model checks.
+    /// [`RendezvousArea::find_listener`]'s view of slot `i`, for the model checks.
     #[cfg(loom)]
     pub fn model_listener(&self, i: usize) -> Option<ListenerEntry> {
         self.listener_entry(i)
@@ -447,7 +447,7 @@ impl Control {
     }
 
     /// Reserve an offer slot before the kernel connect picks our port (`offer.client.port` is
-    /// 0); [`Control::publish_offer`] posts it once the port is known.
+    /// 0); [`RendezvousArea::publish_offer`] posts it once the port is known.
     pub fn reserve_offer(&self, offer: &Offer) -> Option<SlotGuard> {
         self.write_offer(offer, OFFER_CONNECTING)
     }

@@ -18,7 +18,7 @@ use fabric::{Client, ClientError, Pairing};
 
 use crate::conn::{Role, ServicePair};
 use crate::{
-    lock, Connection, Endpoint, Listener, ListenerState, Outcome, Pending, Reason, Shared,
+    lock, Connection, Endpoint, Listener, ListenerState, Outcome, Pending, ProcessState, Reason,
 };
 
 /// This process's connection to the service; a forked child opens its own (the service
@@ -216,7 +216,7 @@ fn start(bin: &Path, socket: &Path) -> Result<(), ClientError> {
     }
 }
 
-fn link(shared: &Shared) -> Result<&Link, Reason> {
+fn link(shared: &ProcessState) -> Result<&Link, Reason> {
     shared.service.as_ref().ok_or(Reason::NoDevice)
 }
 
@@ -251,7 +251,7 @@ pub struct Offered {
     progress: Instant,
 }
 
-pub(crate) fn listen(shared: &Shared, socket: RawFd) -> Result<Listener, Reason> {
+pub(crate) fn listen(shared: &ProcessState, socket: RawFd) -> Result<Listener, Reason> {
     let id = link(shared)?.with(|c| c.listen(socket)).map_err(failed)?;
     Ok(Listener {
         state: Arc::new(Mutex::new(ListenerState::Service(id))),
@@ -260,7 +260,7 @@ pub(crate) fn listen(shared: &Shared, socket: RawFd) -> Result<Listener, Reason>
     })
 }
 
-pub(crate) fn unlisten(shared: &Shared, l: Listener) {
+pub(crate) fn unlisten(shared: &ProcessState, l: Listener) {
     let mut s = lock(&l.state);
     if let ListenerState::Service(id) = std::mem::replace(&mut *s, ListenerState::Gone) {
         if let Ok(link) = link(shared) {
@@ -270,7 +270,7 @@ pub(crate) fn unlisten(shared: &Shared, l: Listener) {
 }
 
 pub(crate) fn offer(
-    shared: &Shared,
+    shared: &ProcessState,
     local: Endpoint,
     remote: Endpoint,
     tcp_fd: RawFd,
@@ -298,7 +298,7 @@ pub(crate) fn offer(
 /// Give up a pending offer. A server's accept has nothing to withdraw (the service answers it
 /// at once, and a pairing makes this process a holder of the server end): its answer is taken
 /// in, and a connection it paired is let go of at once, as a close would.
-pub(crate) fn cancel(shared: &Shared, mut o: Offered) {
+pub(crate) fn cancel(shared: &ProcessState, mut o: Offered) {
     let Ok(link) = link(shared) else {
         return;
     };
@@ -327,7 +327,7 @@ pub(crate) fn pending_fd(p: &Pending) -> RawFd {
 /// answer arrived, or its answer timeout passed. The others need no look until then (or until
 /// their TCP socket shows something): an application waiting on thousands of pending connects
 /// pays for the ones that moved, not for all of them on every wait.
-pub(crate) fn news(shared: &Shared, offers: &[&Offered]) -> Vec<bool> {
+pub(crate) fn news(shared: &ProcessState, offers: &[&Offered]) -> Vec<bool> {
     let timeout = shared.settings.answer_timeout;
     let Ok(link) = link(shared) else {
         return vec![true; offers.len()];
@@ -345,7 +345,7 @@ pub(crate) fn news(shared: &Shared, offers: &[&Offered]) -> Vec<bool> {
 /// Wait for the server's side of an offer: up to `patience` (`None`: until the answer timeout
 /// passes, or the peer talks over TCP or hangs up, when the offer is withdrawn).
 pub(crate) fn complete(
-    shared: &Arc<Shared>,
+    shared: &Arc<ProcessState>,
     mut o: Offered,
     tcp_fd: RawFd,
     patience: Option<Duration>,
@@ -448,7 +448,7 @@ pub(crate) fn complete(
 /// ([`complete`], as a client's connect does): an accept costs no round trip to the service,
 /// and a server accepting a burst of connections sends their accepts one after the other.
 pub(crate) fn accept_started(
-    shared: &Shared,
+    shared: &ProcessState,
     tcp_fd: RawFd,
     local: Endpoint,
     peer: Endpoint,
@@ -490,7 +490,7 @@ fn accept_declined(code: u32, tcp_fd: RawFd) -> Reason {
 }
 
 pub(crate) fn accept(
-    shared: &Arc<Shared>,
+    shared: &Arc<ProcessState>,
     tcp_fd: RawFd,
     local: Endpoint,
     peer: Endpoint,
@@ -512,7 +512,7 @@ pub(crate) fn accept(
 /// Tell the service that the connection on `tcp_fd` stays on TCP (its fallback history). Only
 /// when the service connection is free: a report is not worth a deferral (the socket may be
 /// gone by the time a deferred request goes out), nor a wait.
-pub(crate) fn report_fallback(shared: &Shared, tcp_fd: RawFd, reason: Reason, server: bool) {
+pub(crate) fn report_fallback(shared: &ProcessState, tcp_fd: RawFd, reason: Reason, server: bool) {
     let Ok(link) = link(shared) else {
         return;
     };
@@ -527,7 +527,7 @@ pub(crate) fn report_fallback(shared: &Shared, tcp_fd: RawFd, reason: Reason, se
 
 /// In a new image after exec: the connection the service paired that `tcp_fd` carries, if
 /// this process holds it (the socket is the proof).
-pub(crate) fn reattach(shared: &Arc<Shared>, tcp_fd: RawFd) -> Option<Outcome> {
+pub(crate) fn reattach(shared: &Arc<ProcessState>, tcp_fd: RawFd) -> Option<Outcome> {
     let link = link(shared).ok()?;
     match link.with(|c| Ok((c.service_pid, c.hold(tcp_fd)?))).ok()? {
         (svc, fabric::Held::Paired(p)) => {

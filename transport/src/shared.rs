@@ -8,13 +8,13 @@ use super::*;
 #[derive(Default)]
 pub struct ProcessCounters {
     pub protocol_errors: AtomicU64,
-    pub zombies_reaped: AtomicU64,
+    pub quarantined_reaped: AtomicU64,
     /// What the first protocol error of this process was: the operation, the connection and
     /// the broken rule (the statistics file shows it).
     pub first_protocol_error: std::sync::OnceLock<String>,
 }
 
-pub(crate) struct Zombie {
+pub(crate) struct QuarantinedBlock {
     /// The endpoint block: once the peer has set its FIN or RST flag it writes no more.
     pub(crate) block: ntbdrv::Region,
     pub(crate) lease: WindowLease,
@@ -27,7 +27,7 @@ pub(crate) struct Zombie {
 }
 
 /// State shared by all connections of the process.
-pub(crate) struct Shared {
+pub(crate) struct ProcessState {
     /// The device, when this process maps it (the device rendezvous); `None` with the host
     /// fabric service, which gives each connection its own segments instead.
     pub dev: Option<Arc<dyn NtbDevice>>,
@@ -36,7 +36,7 @@ pub(crate) struct Shared {
     pub settings: Settings,
     pub counters: ProcessCounters,
     pub(crate) dma: OnceLock<Option<Mutex<Box<dyn DmaChannel>>>>,
-    pub(crate) zombies: Mutex<Vec<Zombie>>,
+    pub(crate) quarantined: Mutex<Vec<QuarantinedBlock>>,
     /// The process that opened the transport (a forked child shares this state).
     pub(crate) pid: u32,
     /// The device's link as last asked, shared by the connections' readiness checks.
@@ -47,7 +47,7 @@ pub(crate) struct Shared {
 /// stopped writing (it may be in the middle of a write when we close).
 pub(crate) const QUARANTINE: Duration = Duration::from_secs(1);
 
-impl Shared {
+impl ProcessState {
     pub(crate) fn dma(&self) -> Option<&Mutex<Box<dyn DmaChannel>>> {
         // A forked child inherits the channel object but not its engine thread: it copies by CPU.
         if self.pid != std::process::id() {
@@ -74,7 +74,7 @@ impl Shared {
         self.retire_after(block, lease, bell, peer_done, None);
     }
 
-    /// `retire` for a connection whose peer block is `theirs`. A peer that has not made its last
+    /// `retire` for a connection whose peer block is `peer_block`. A peer that has not made its last
     /// write (it may keep its end open for any time, as a TCP peer may, then close it, writing
     /// FIN into our block) must not find our block given to another connection: on one host
     /// the block waits while a process holding the peer's end lives. A peer on another host
@@ -85,13 +85,19 @@ impl Shared {
         lease: WindowLease,
         bell: VectorLease,
         peer_done: bool,
-        theirs: ntbdrv::Region,
+        peer_block: ntbdrv::Region,
     ) {
         let Some(dev) = &self.dev else {
             return;
         };
         let same_host = dev.side() == dev.peer_side();
-        self.retire_after(block, lease, bell, peer_done, same_host.then_some(theirs));
+        self.retire_after(
+            block,
+            lease,
+            bell,
+            peer_done,
+            same_host.then_some(peer_block),
+        );
     }
 
     fn retire_after(
@@ -108,8 +114,8 @@ impl Shared {
         if peer_done {
             let _ = dev.release(Lease::Window(lease));
             let _ = dev.release(Lease::Vector(bell));
-        } else if let Ok(mut z) = self.zombies.lock() {
-            z.push(Zombie {
+        } else if let Ok(mut z) = self.quarantined.lock() {
+            z.push(QuarantinedBlock {
                 block,
                 lease,
                 bell: Some(bell),
@@ -125,12 +131,12 @@ impl Shared {
         let Some(dev) = &self.dev else {
             return;
         };
-        let Ok(mut z) = self.zombies.lock() else {
+        let Ok(mut z) = self.quarantined.lock() else {
             return;
         };
         z.retain(|zb| {
             let expired = match &zb.peer {
-                Some(theirs) => !conn::peer_alive(theirs),
+                Some(peer_block) => !conn::peer_alive(peer_block),
                 None => zb.until <= now,
             };
             if expired || conn::peer_finished(&zb.block) {
@@ -138,7 +144,7 @@ impl Shared {
                 if let Some(bell) = zb.bell {
                     let _ = dev.release(Lease::Vector(bell));
                 }
-                self.counters.zombies_reaped.fetch_add(1, Relaxed);
+                self.counters.quarantined_reaped.fetch_add(1, Relaxed);
                 false
             } else {
                 true

@@ -23,7 +23,7 @@ pub fn read_endpoint(dev: &dyn NtbDevice, mw: u32, offset: u64, len: u64) -> Opt
         .ok()?
         .slice(offset as usize, len as usize)
         .ok()?;
-    if conn::word32(&r, conn::INFO_BASE).load(std::sync::atomic::Ordering::Acquire)
+    if conn::atomic_u32_at(&r, conn::INFO_BASE).load(std::sync::atomic::Ordering::Acquire)
         != conn::INFO_MAGIC
     {
         return None;
@@ -32,9 +32,11 @@ pub fn read_endpoint(dev: &dyn NtbDevice, mw: u32, offset: u64, len: u64) -> Opt
     r.read(conn::INFO_BASE + 8, &mut b).ok()?;
     let mut counters = [0u64; COUNTER_NAMES.len()];
     for (i, c) in counters.iter_mut().enumerate() {
-        *c = conn::word64(&r, conn::C_BASE + 8 * i).load(std::sync::atomic::Ordering::Relaxed);
+        *c = conn::atomic_u64_at(&r, conn::C_BASE + 8 * i)
+            .load(std::sync::atomic::Ordering::Relaxed);
     }
-    let state = conn::word32(&r, conn::L_STATE_PUB).load(std::sync::atomic::Ordering::Relaxed);
+    let state =
+        conn::atomic_u32_at(&r, conn::L_STATE_PUB).load(std::sync::atomic::Ordering::Relaxed);
     Some(EndpointStats {
         info: Info::decode(&b),
         counters,

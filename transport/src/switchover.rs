@@ -359,7 +359,7 @@ pub enum Step {
     /// The next `n` input bytes are stream data.
     Payload(usize),
     /// A record header was consumed (`RECORD_HDR` input bytes) and means this.
-    Control(RxEvent),
+    RendezvousArea(RxEvent),
     /// Not enough input for a header.
     NeedMore,
 }
@@ -394,7 +394,7 @@ impl Reader {
         if let RxEvent::Data { len } = ev {
             self.left = u64::from(len);
         }
-        Ok(Step::Control(ev))
+        Ok(Step::RendezvousArea(ev))
     }
 }
 
@@ -540,7 +540,7 @@ mod tests {
                         self.delivered.extend_from_slice(&self.wire[..n]);
                         self.wire.drain(..n);
                     }
-                    Step::Control(ev) => {
+                    Step::RendezvousArea(ev) => {
                         if ev == RxEvent::Back {
                             self.rx_seq = next_epoch(self.rx_seq);
                         }
@@ -639,7 +639,7 @@ mod tests {
         let ev = p.reader.step(&p.wire, &mut p.rx, 0, 0).unwrap();
         assert_eq!(
             ev,
-            Step::Control(RxEvent::Switched {
+            Step::RendezvousArea(RxEvent::Switched {
                 end: 32,
                 fin: false
             })
@@ -784,7 +784,7 @@ mod tests {
                         got.extend_from_slice(&wire[at..at + n]);
                         at += n;
                     }
-                    Step::Control(_) => at += RECORD_HDR,
+                    Step::RendezvousArea(_) => at += RECORD_HDR,
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! Model checks of the rendezvous area's shared-memory protocol (docs/MEMORY-ORDERING.md, the
 //! transport's listener, offer and answer sync points) under loom, running the real code of
-//! `transport/src/rendezvous.rs` over its loom model ([`Control::model`]: one loopback area, two
+//! `transport/src/rendezvous.rs` over its loom model ([`RendezvousArea::model`]: one loopback area, two
 //! slots per table).
 //!
 //! Each model sets the area up in the model's main thread (so every thread sees that), then
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use loom::thread;
 use transport::proto::{Answer, Endpoint, ListenerEntry, Offer, RingLoc, SocketId};
 use transport::proto::{ProtoError, PROTOCOL_VERSION};
-use transport::rendezvous::{model, Control, SlotGuard};
+use transport::rendezvous::{model, RendezvousArea, SlotGuard};
 
 /// Preemptions per execution when LOOM_MAX_PREEMPTIONS does not say: every race below needs at
 /// most two (a party stopped between its read and its write, another stopped inside its
@@ -91,7 +91,7 @@ type Taken = Option<(usize, u32, Result<Offer, ProtoError>)>;
 /// The server side of an accept from 127.0.0.1:`client_port`: take the matching offer and, if
 /// one was taken, answer it as `accept` does (with the index and generation the take returned).
 /// Returns the cookie it answered.
-fn take_and_answer(ctrl: &Control, client_port: u16) -> Option<u64> {
+fn take_and_answer(ctrl: &RendezvousArea, client_port: u16) -> Option<u64> {
     let taken: Taken = ctrl.take_offer(&ep(client_port), &ep(SERVER));
     let (index, generation, offer) = taken?;
     let offer = offer.expect("a taken offer decodes");
@@ -104,13 +104,13 @@ fn take_and_answer(ctrl: &Control, client_port: u16) -> Option<u64> {
 }
 
 /// Post `offer`, withdraw it and give its slot back: its record stays behind in the slot.
-fn leave_withdrawn_offer(ctrl: &Control, offer: Offer) {
+fn leave_withdrawn_offer(ctrl: &RendezvousArea, offer: Offer) {
     let slot = ctrl.post_offer(&offer).unwrap();
     assert!(ctrl.withdraw(&slot));
     ctrl.finish_offer(slot);
 }
 
-fn answered(ctrl: &Control, slot: &SlotGuard) -> Option<Answer> {
+fn answered(ctrl: &RendezvousArea, slot: &SlotGuard) -> Option<Answer> {
     ctrl.answer(slot)
         .map(|a| a.expect("an answer seen whole decodes"))
 }
@@ -122,7 +122,7 @@ fn answered(ctrl: &Control, slot: &SlotGuard) -> Option<Answer> {
 #[test]
 fn a_client_posts_while_the_server_takes() {
     check("post/take", || {
-        let ctrl = Arc::new(Control::model());
+        let ctrl = Arc::new(RendezvousArea::model());
         leave_withdrawn_offer(&ctrl, offer(1, OTHER));
 
         let c = ctrl.clone();
@@ -151,7 +151,7 @@ fn a_client_posts_while_the_server_takes() {
 #[test]
 fn a_client_withdraws_while_the_server_takes() {
     check("withdraw/take", || {
-        let ctrl = Arc::new(Control::model());
+        let ctrl = Arc::new(RendezvousArea::model());
         let slot = Arc::new(ctrl.post_offer(&offer(1, MINE)).unwrap());
 
         let (c, s) = (ctrl.clone(), slot.clone());
@@ -177,7 +177,7 @@ fn a_client_withdraws_while_the_server_takes() {
 #[test]
 fn a_reserved_offer_is_posted_while_the_server_looks() {
     check("reserve/publish/take", || {
-        let ctrl = Arc::new(Control::model());
+        let ctrl = Arc::new(RendezvousArea::model());
         let mut reserved = offer(1, MINE);
         reserved.client.port = 0;
         let slot = ctrl.reserve_offer(&reserved).unwrap();
@@ -211,7 +211,7 @@ fn a_reserved_offer_is_posted_while_the_server_looks() {
 #[test]
 fn an_offer_is_reserved_while_the_server_asks() {
     check("reserve/connecting_to", || {
-        let ctrl = Arc::new(Control::model());
+        let ctrl = Arc::new(RendezvousArea::model());
         leave_withdrawn_offer(&ctrl, offer(1, OTHER));
 
         let c = ctrl.clone();
@@ -234,7 +234,7 @@ fn an_offer_is_reserved_while_the_server_asks() {
 #[test]
 fn the_server_answers_while_the_client_reads() {
     check("answer", || {
-        let ctrl = Arc::new(Control::model());
+        let ctrl = Arc::new(RendezvousArea::model());
         let first = ctrl.post_offer(&offer(1, OTHER)).unwrap();
         assert_eq!(take_and_answer(&ctrl, OTHER), Some(1));
         assert_eq!(answered(&ctrl, &first), Some(answer(1)));
@@ -260,7 +260,7 @@ fn the_server_answers_while_the_client_reads() {
 #[test]
 fn a_listener_is_published_while_a_client_looks() {
     check("listener publish", || {
-        let ctrl = Arc::new(Control::model());
+        let ctrl = Arc::new(RendezvousArea::model());
         let old = ctrl
             .add_listener(ep(SERVER + 1), SocketId::default())
             .unwrap();
@@ -294,7 +294,7 @@ fn a_listener_is_published_while_a_client_looks() {
 #[test]
 fn a_listener_s_socket_is_set_while_it_is_read() {
     check("listener socket", || {
-        let ctrl = Arc::new(Control::model());
+        let ctrl = Arc::new(RendezvousArea::model());
         let socket = SocketId {
             inode: 11,
             netns: 21,
@@ -329,7 +329,7 @@ fn a_dead_listener_is_swept_while_another_is_published() {
     /// A pid that no process has (above `i32::MAX`).
     const DEAD: u32 = 0x8000_0001;
     check("listener sweep", || {
-        let ctrl = Arc::new(Control::model());
+        let ctrl = Arc::new(RendezvousArea::model());
         model::play_pid(DEAD);
         ctrl.add_listener(ep(SERVER + 1), SocketId::default())
             .unwrap();
@@ -360,7 +360,7 @@ fn a_dead_listener_is_swept_while_another_is_published() {
 /// takes. Whatever the server took, it took it whole and for its own connection, and its
 /// answer (carrying the taken offer's generation) reaches the client that made that offer.
 fn withdrawn_and_posted_again(again: u16) {
-    let ctrl = Arc::new(Control::model());
+    let ctrl = Arc::new(RendezvousArea::model());
     let first = Arc::new(ctrl.post_offer(&offer(1, MINE)).unwrap());
 
     let (c, f) = (ctrl.clone(), first.clone());
@@ -415,7 +415,7 @@ fn another_connection_s_offer_takes_the_slot_while_the_server_takes() {
 #[test]
 fn a_late_answer_rewrites_the_slot_while_the_client_reads() {
     check("answer rewrite", || {
-        let ctrl = Arc::new(Control::model());
+        let ctrl = Arc::new(RendezvousArea::model());
         // The first client's offer is taken, never answered in time; the client gives up.
         let first = ctrl.post_offer(&offer(1, OTHER)).unwrap();
         let (late_index, late_gen, _) = ctrl.take_offer(&ep(OTHER), &ep(SERVER)).unwrap();

@@ -230,7 +230,7 @@ pub fn wait(
     let mut kbuf = vec![libc::epoll_event { events: 0, u64: 0 }; max];
     let mut naps = ops::Naps::resume();
     // The last sleep ran out its time: what the next look finds ready is late (see
-    // `Global::woke_by_timer`).
+    // `ShimState::woke_by_timer`).
     let mut timed_out = false;
     loop {
         let mut out: Vec<libc::epoll_event> = Vec::with_capacity(max);

@@ -3,7 +3,7 @@
 use super::*;
 
 /// Receive on a tracked fd; `None` means "use the kernel socket" (bytes counted by the caller).
-fn do_recv(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Option<Result<usize, c_int>> {
+fn recv_if_ours(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Option<Result<usize, c_int>> {
     match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
         Err(e) => Some(Err(e)),
         Ok(DataPath::Ntb(s)) => Some(guard(|| {
@@ -13,7 +13,7 @@ fn do_recv(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Option<Result<usi
     }
 }
 
-fn do_send(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Result<usize, c_int>> {
+fn send_if_ours(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Result<usize, c_int>> {
     match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
         Err(libc::EAGAIN) => match guard(|| Ok(ops::stash_early(fd, bufs))) {
             Err(e) => Some(Err(e)),
@@ -42,7 +42,7 @@ fn send_restarting(
 
 /// The common send on an NTB connection, before any other work: the whole buffer in one frame
 /// with the credits already seen, never waiting (`Connection::try_send`). `None`: nothing was
-/// sent, and the general path (`do_send`) takes the call. Only for flags it cannot change
+/// sent, and the general path (`send_if_ours`) takes the call. Only for flags it cannot change
 /// (`MSG_DONTWAIT`: it never waits anyway; `MSG_NOSIGNAL`: it never fails).
 #[inline]
 fn try_send(fd: c_int, buf: &[u8], flags: c_int) -> Option<usize> {
@@ -72,8 +72,8 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
     }
     // SAFETY: the application's buffer of `n` bytes.
     let b = unsafe { slice_mut(buf, n) };
-    match do_recv(fd, &mut [b], 0) {
-        Some(r) => fin_ssize(r),
+    match recv_if_ours(fd, &mut [b], 0) {
+        Some(r) => finish_ssize(r),
         None => count_kernel(fd, call_real!(read(fd, buf, n)), false),
     }
 }
@@ -103,8 +103,8 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssiz
     if let Some(k) = try_send(fd, b, 0) {
         return k as ssize_t;
     }
-    match do_send(fd, &[b], 0) {
-        Some(r) => fin_ssize(r),
+    match send_if_ours(fd, &[b], 0) {
+        Some(r) => finish_ssize(r),
         None => count_kernel(fd, call_real!(write(fd, buf, n)), true),
     }
 }
@@ -117,10 +117,10 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssiz
     // SAFETY: the application's iovec array.
     let mut bufs = match unsafe { iovecs_mut(iov, cnt) } {
         Ok(b) => b,
-        Err(e) => return fin_ssize(Err(e)),
+        Err(e) => return finish_ssize(Err(e)),
     };
-    match do_recv(fd, &mut bufs, 0) {
-        Some(r) => fin_ssize(r),
+    match recv_if_ours(fd, &mut bufs, 0) {
+        Some(r) => finish_ssize(r),
         None => count_kernel(fd, call_real!(readv(fd, iov, cnt)), false),
     }
 }
@@ -133,10 +133,10 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssi
     // SAFETY: the application's iovec array.
     let bufs = match unsafe { iovecs(iov, cnt) } {
         Ok(b) => b,
-        Err(e) => return fin_ssize(Err(e)),
+        Err(e) => return finish_ssize(Err(e)),
     };
-    match do_send(fd, &bufs, 0) {
-        Some(r) => fin_ssize(r),
+    match send_if_ours(fd, &bufs, 0) {
+        Some(r) => finish_ssize(r),
         None => count_kernel(fd, call_real!(writev(fd, iov, cnt)), true),
     }
 }
@@ -204,7 +204,7 @@ fn rwf_call(fd: c_int, empty: bool, flags: c_int) -> Result<c_int, ssize_t> {
     if empty {
         return Err(0);
     }
-    rwf_flags(fd, flags).map_err(|e| fin_ssize(Err(e)))
+    rwf_flags(fd, flags).map_err(|e| finish_ssize(Err(e)))
 }
 
 /// preadv2: with offset −1 on a tracked fd, `readv` with the call's flags (RWF_NOWAIT: this call
@@ -224,14 +224,14 @@ pub unsafe extern "C" fn preadv2(
     // SAFETY: the application's iovec array.
     let mut bufs = match unsafe { iovecs_mut(iov, cnt) } {
         Ok(b) => b,
-        Err(e) => return fin_ssize(Err(e)),
+        Err(e) => return finish_ssize(Err(e)),
     };
     let msg = match rwf_call(fd, bufs.iter().all(|b| b.is_empty()), flags) {
         Ok(m) => m,
         Err(r) => return r,
     };
-    match do_recv(fd, &mut bufs, msg) {
-        Some(r) => fin_ssize(r),
+    match recv_if_ours(fd, &mut bufs, msg) {
+        Some(r) => finish_ssize(r),
         None => count_kernel(fd, call_real!(preadv2(fd, iov, cnt, off, flags)), false),
     }
 }
@@ -252,14 +252,14 @@ pub unsafe extern "C" fn pwritev2(
     // SAFETY: the application's iovec array.
     let bufs = match unsafe { iovecs(iov, cnt) } {
         Ok(b) => b,
-        Err(e) => return fin_ssize(Err(e)),
+        Err(e) => return finish_ssize(Err(e)),
     };
     let msg = match rwf_call(fd, bufs.iter().all(|b| b.is_empty()), flags) {
         Ok(m) => m,
         Err(r) => return r,
     };
-    match do_send(fd, &bufs, msg) {
-        Some(r) => fin_ssize(r),
+    match send_if_ours(fd, &bufs, msg) {
+        Some(r) => finish_ssize(r),
         None => count_kernel(fd, call_real!(pwritev2(fd, iov, cnt, off, flags)), true),
     }
 }
@@ -271,8 +271,8 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
     }
     // SAFETY: the application's buffer of `n` bytes.
     let b = unsafe { slice_mut(buf, n) };
-    match do_recv(fd, &mut [b], flags) {
-        Some(r) => fin_ssize(r),
+    match recv_if_ours(fd, &mut [b], flags) {
+        Some(r) => finish_ssize(r),
         None => count_kernel(fd, call_real!(recv(fd, buf, n, flags)), false),
     }
 }
@@ -306,14 +306,14 @@ pub unsafe extern "C" fn recvfrom(
     }
     // SAFETY: the application's buffer of `n` bytes.
     let b = unsafe { slice_mut(buf, n) };
-    match do_recv(fd, &mut [b], flags) {
+    match recv_if_ours(fd, &mut [b], flags) {
         Some(r) => {
             if r.is_ok() && !alen.is_null() {
                 // A connected stream socket reports no source address.
                 // SAFETY: the application passed a valid length pointer.
                 unsafe { *alen = 0 };
             }
-            fin_ssize(r)
+            finish_ssize(r)
         }
         None => count_kernel(
             fd,
@@ -350,8 +350,8 @@ pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c
     if let Some(k) = try_send(fd, b, flags) {
         return k as ssize_t;
     }
-    match do_send(fd, &[b], flags) {
-        Some(r) => fin_ssize(r),
+    match send_if_ours(fd, &[b], flags) {
+        Some(r) => finish_ssize(r),
         None => count_kernel(fd, call_real!(send(fd, buf, n, flags)), true),
     }
 }
@@ -370,8 +370,8 @@ pub unsafe extern "C" fn sendto(
     }
     // SAFETY: the application's buffer of `n` bytes.
     let b = unsafe { slice(buf, n) };
-    match do_send(fd, &[b], flags) {
-        Some(r) => fin_ssize(r),
+    match send_if_ours(fd, &[b], flags) {
+        Some(r) => finish_ssize(r),
         None => count_kernel(fd, call_real!(sendto(fd, buf, n, flags, addr, alen)), true),
     }
 }
@@ -386,9 +386,9 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
     // SAFETY: its iovec array.
     let mut bufs = match unsafe { iovecs_mut(m.msg_iov, m.msg_iovlen as c_int) } {
         Ok(b) => b,
-        Err(e) => return fin_ssize(Err(e)),
+        Err(e) => return finish_ssize(Err(e)),
     };
-    match do_recv(fd, &mut bufs, flags) {
+    match recv_if_ours(fd, &mut bufs, flags) {
         Some(r) => {
             if r.is_ok() {
                 m.msg_namelen = 0;
@@ -396,7 +396,7 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
                 // SAFETY: `m` is the application's msghdr with its control buffer.
                 unsafe { receive_timestamp(fd, m) };
             }
-            fin_ssize(r)
+            finish_ssize(r)
         }
         None => count_kernel(fd, call_real!(recvmsg(fd, msg, flags)), false),
     }
@@ -562,15 +562,15 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
     // SAFETY: its iovec array.
     let bufs = match unsafe { iovecs(m.msg_iov, m.msg_iovlen as c_int) } {
         Ok(b) => b,
-        Err(e) => return fin_ssize(Err(e)),
+        Err(e) => return finish_ssize(Err(e)),
     };
-    match do_send(fd, &bufs, flags) {
-        Some(r) => fin_ssize(r),
+    match send_if_ours(fd, &bufs, flags) {
+        Some(r) => finish_ssize(r),
         None => count_kernel(fd, call_real!(sendmsg(fd, msg, flags)), true),
     }
 }
 
-fn do_sendfile(
+fn sendfile_if_ours(
     out_fd: c_int,
     in_fd: c_int,
     off: Option<&mut i64>,
@@ -606,8 +606,8 @@ pub unsafe extern "C" fn sendfile(
     }
     // SAFETY: `off` is null or the application's offset.
     let o = unsafe { off.as_mut() };
-    match do_sendfile(out_fd, in_fd, o, n) {
-        Some(r) => fin_ssize(r),
+    match sendfile_if_ours(out_fd, in_fd, o, n) {
+        Some(r) => finish_ssize(r),
         None => count_kernel(out_fd, call_real!(sendfile(out_fd, in_fd, off, n)), true),
     }
 }
@@ -627,8 +627,8 @@ pub unsafe extern "C" fn sendfile64(
     }
     // SAFETY: `off` is null or the application's offset.
     let o = unsafe { off.as_mut() };
-    match do_sendfile(out_fd, in_fd, o, n) {
-        Some(r) => fin_ssize(r),
+    match sendfile_if_ours(out_fd, in_fd, o, n) {
+        Some(r) => finish_ssize(r),
         None => count_kernel(out_fd, call_real!(sendfile64(out_fd, in_fd, off, n)), true),
     }
 }
@@ -658,7 +658,7 @@ fn sendfile_from_ntb(out_fd: c_int, in_fd: c_int, offset: bool, n: size_t) -> Op
     if offset || !table::contains(in_fd) {
         return None;
     }
-    splice_ours(in_fd, false, out_fd, false, n, 0).map(fin_ssize)
+    splice_ours(in_fd, false, out_fd, false, n, 0).map(finish_ssize)
 }
 
 /// splice(2) with an NTB connection on one side: through `splice::splice` (a pipe on the other
@@ -683,7 +683,7 @@ pub unsafe extern "C" fn splice(
         len,
         flags,
     ) {
-        return fin_ssize(r);
+        return finish_ssize(r);
     }
     let r = call_real!(splice(fd_in, off_in, fd_out, off_out, len, flags));
     if table::contains(fd_in) {

@@ -66,7 +66,7 @@ fn finish<T: From<i8>>(r: Result<T, c_int>) -> T {
     }
 }
 
-fn fin_ssize(r: Result<usize, c_int>) -> ssize_t {
+fn finish_ssize(r: Result<usize, c_int>) -> ssize_t {
     finish(r.map(|n| n as ssize_t))
 }
 

@@ -140,7 +140,7 @@ pub fn connect(fd: c_int, addr: Option<SocketAddr>, real: impl Fn() -> c_int) ->
 }
 
 pub(super) fn connect_tcp(
-    g: &Global,
+    g: &ShimState,
     fd: c_int,
     remote: Endpoint,
     nonblock: bool,

@@ -179,7 +179,7 @@ pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> 
 /// At load: an inherited listening socket whose listener was published before the exec (by
 /// this process or the one it inherited the socket from) is taken over, so this image answers
 /// the offers that clients make to it. One not flagged for this program is left alone.
-pub(super) fn adopt_listener(g: &Global, fd: c_int) {
+pub(super) fn adopt_listener(g: &ShimState, fd: c_int) {
     let Some(local) = sys::local_addr(fd) else {
         return;
     };

@@ -5,14 +5,14 @@
 use super::*;
 
 /// The first kernel sleep of poll/select/epoll_wait while NTB connections are armed.
-const SAFETY_NAP: Duration = Duration::from_millis(20);
+const LOST_WAKEUP_NAP: Duration = Duration::from_millis(20);
 
 /// The longest: how long a doorbell the device lost can go unnoticed on a quiet connection.
 const LONGEST_NAP: Duration = Duration::from_millis(320);
 
 /// The bounded kernel sleeps of a readiness wait on armed NTB connections. A peer that published
 /// just as we armed may not ring us (transport's `ARM_GRACE`); the first nap after arming is
-/// short, so that costs at most [`SAFETY_NAP`]. Once a nap has passed with nothing new, our
+/// short, so that costs at most [`LOST_WAKEUP_NAP`]. Once a nap has passed with nothing new, our
 /// flags are long visible and any later publish rings: further naps only guard against a lost
 /// doorbell, and double up to [`LONGEST_NAP`] so that a process with quiet connections sleeps
 /// (a few wake-ups a second, not fifty). Anything that wakes the wait starts over.
@@ -20,7 +20,7 @@ pub(crate) struct Naps(Duration);
 
 impl Naps {
     pub(crate) fn new() -> Naps {
-        Naps(SAFETY_NAP)
+        Naps(LOST_WAKEUP_NAP)
     }
 
     /// The next sleep, within `remaining` of the caller's own timeout (None = none).
@@ -35,14 +35,14 @@ impl Naps {
 
     /// Something happened: the next sleep after arming is short again.
     pub(crate) fn woke(&mut self) {
-        self.0 = SAFETY_NAP;
+        self.0 = LOST_WAKEUP_NAP;
     }
 
     /// The naps of an `epoll_wait` by this thread: where its previous one left them, if no
     /// registration was added or changed since (in any set), else from the start. An app that
     /// waits with a short timeout (redis: 100 ms) would otherwise start over at every call.
     /// (epoll's registrations stay armed between calls; poll and select arm afresh each call
-    /// and always start at [`SAFETY_NAP`].)
+    /// and always start at [`LOST_WAKEUP_NAP`].)
     pub(crate) fn resume() -> Naps {
         let (armings, nap) = CARRIED.with(|c| c.get());
         if armings == ARMINGS.load(Relaxed) {
@@ -64,7 +64,7 @@ pub(crate) static ARMINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::Ato
 thread_local! {
     /// `(ARMINGS, next nap)` when this thread's last `epoll_wait` returned.
     static CARRIED: std::cell::Cell<(u64, Duration)> =
-        const { std::cell::Cell::new((u64::MAX, SAFETY_NAP)) };
+        const { std::cell::Cell::new((u64::MAX, LOST_WAKEUP_NAP)) };
 }
 
 /// A tracked fd in a poll set: its entry and, if on the NTB path, its connection.
@@ -110,7 +110,7 @@ pub fn poll(
     let mut first = true;
     let mut naps = Naps::new();
     // The last sleep ran out its time: what the next look finds ready is late (see
-    // `Global::woke_by_timer`).
+    // `ShimState::woke_by_timer`).
     let mut timed_out = false;
     // Connections whose doorbell line, watched by an epoll registration too, ended the last
     // sleep: see the drain before the sleep below.

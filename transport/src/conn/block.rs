@@ -50,19 +50,19 @@ pub(super) const FLAG_GONE: u32 = 4;
 // validated): nothing a peer writes reaches these `expect`s.
 #[allow(clippy::expect_used)]
 #[inline]
-pub(crate) fn word32(r: &Region, off: usize) -> &AtomicU32 {
+pub(crate) fn atomic_u32_at(r: &Region, off: usize) -> &AtomicU32 {
     r.atomic_u32(off)
         .expect("endpoint layout offsets are in range and aligned")
 }
 
 #[allow(clippy::expect_used)]
 #[inline]
-pub(crate) fn word64(r: &Region, off: usize) -> &AtomicU64 {
+pub(crate) fn atomic_u64_at(r: &Region, off: usize) -> &AtomicU64 {
     r.atomic_u64(off)
         .expect("endpoint layout offsets are in range and aligned")
 }
 
-/// Does a process that holds the endpoint block `theirs` (its creator, or a holder it was
+/// Does a process that holds the endpoint block `peer_block` (its creator, or a holder it was
 /// handed to) still live on this host? A pid reused by another process counts as alive: the
 /// caller then only waits longer.
 /// For a freshly leased block: `Some` if its previous tenant died while connected (the block's
@@ -70,43 +70,43 @@ pub(crate) fn word64(r: &Region, off: usize) -> &AtomicU64 {
 /// the peer's block when the peer is on this host (the block waits while a process holding it
 /// lives; a peer on another host cannot be asked: quarantine).
 pub(super) fn previous_peer(dev: &dyn NtbDevice, block: &Region) -> Option<Option<Region>> {
-    if word32(block, INFO_BASE).load(Acquire) != INFO_MAGIC || peer_finished(block) {
+    if atomic_u32_at(block, INFO_BASE).load(Acquire) != INFO_MAGIC || peer_finished(block) {
         return None;
     }
-    let len = word64(block, L_PEER_LEN).load(Acquire);
+    let len = atomic_u64_at(block, L_PEER_LEN).load(Acquire);
     if len == 0 {
         return None; // it never connected: no peer knows this block
     }
     let same_host = dev.side() == dev.peer_side();
-    let theirs = same_host
+    let peer_block = same_host
         .then(|| {
-            dev.outbound(word32(block, L_PEER_MW).load(Relaxed))
+            dev.outbound(atomic_u32_at(block, L_PEER_MW).load(Relaxed))
                 .and_then(|w| {
                     w.slice(
-                        word64(block, L_PEER_OFF).load(Relaxed) as usize,
+                        atomic_u64_at(block, L_PEER_OFF).load(Relaxed) as usize,
                         len as usize,
                     )
                 })
                 .ok()
         })
         .flatten();
-    Some(theirs)
+    Some(peer_block)
 }
 
-pub(crate) fn peer_alive(theirs: &Region) -> bool {
+pub(crate) fn peer_alive(peer_block: &Region) -> bool {
     let mut ib = [0u8; 48];
-    let creator = theirs
+    let creator = peer_block
         .read(INFO_BASE + 8, &mut ib)
         .map(|()| Info::decode(&ib).pid)
         .unwrap_or(0);
     std::iter::once(creator)
-        .chain((0..MAX_HOLDERS).map(|i| word32(theirs, holder_pid(i)).load(SeqCst)))
+        .chain((0..MAX_HOLDERS).map(|i| atomic_u32_at(peer_block, holder_pid(i)).load(SeqCst)))
         .any(|pid| pid != 0 && ntbdrv::process::pid_exists(pid))
 }
 
 /// Has the peer of this (closed) endpoint block made its last write into it?
 pub(crate) fn peer_finished(block: &Region) -> bool {
-    word32(block, RX_FLAGS).load(Acquire) & FLAG_GONE != 0
+    atomic_u32_at(block, RX_FLAGS).load(Acquire) & FLAG_GONE != 0
 }
 
 // Where the peer's ring is and who we are: read back by `reattach` in an exec'd image.

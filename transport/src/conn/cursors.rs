@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use ntbdrv::Region;
 
-use super::block::{word64, L_RX_HEAD, L_RX_OFF, L_RX_SEQ, L_TX_SEQ, L_TX_TAIL};
+use super::block::{atomic_u64_at, L_RX_HEAD, L_RX_OFF, L_RX_SEQ, L_TX_SEQ, L_TX_TAIL};
 use super::Connection;
 use crate::proto::FRAME_HDR;
 
@@ -39,16 +39,16 @@ impl Cursors {
     /// A new image has no private cursors: it starts from the block's copy (left by the image
     /// before exec, or written by the peer: every value is validated where it is used, as the
     /// peer's own fields are).
-    pub(super) fn from_block(mine: &Region) -> Cursors {
+    pub(super) fn from_block(own_block: &Region) -> Cursors {
         Cursors::seeded(
             RxPos {
-                head: word64(mine, L_RX_HEAD).load(Relaxed),
-                off: word64(mine, L_RX_OFF).load(Relaxed),
-                seq: word64(mine, L_RX_SEQ).load(Relaxed),
+                head: atomic_u64_at(own_block, L_RX_HEAD).load(Relaxed),
+                off: atomic_u64_at(own_block, L_RX_OFF).load(Relaxed),
+                seq: atomic_u64_at(own_block, L_RX_SEQ).load(Relaxed),
             },
             TxPos {
-                tail: word64(mine, L_TX_TAIL).load(Relaxed),
-                seq: word64(mine, L_TX_SEQ).load(Relaxed),
+                tail: atomic_u64_at(own_block, L_TX_TAIL).load(Relaxed),
+                seq: atomic_u64_at(own_block, L_TX_SEQ).load(Relaxed),
             },
         )
     }
@@ -104,12 +104,12 @@ impl Connection {
             off: self.cur.rx_off.load(Relaxed),
             seq: self.cur.rx_seq.load(Relaxed),
         };
-        let head = word64(&self.mine, L_RX_HEAD).load(Relaxed);
-        let off = word64(&self.mine, L_RX_OFF).load(Relaxed);
+        let head = atomic_u64_at(&self.own_block, L_RX_HEAD).load(Relaxed);
+        let off = atomic_u64_at(&self.own_block, L_RX_OFF).load(Relaxed);
         if (head, off) <= (ours.head, ours.off) {
             return ours;
         }
-        let seq = word64(&self.mine, L_RX_SEQ).load(Relaxed);
+        let seq = atomic_u64_at(&self.own_block, L_RX_SEQ).load(Relaxed);
         // Ahead of ours (checked above), and `seq` checked before it is subtracted.
         let ahead = head.saturating_sub(ours.head);
         let consistent = head.is_multiple_of(crate::proto::FRAME_ALIGN)
@@ -131,11 +131,11 @@ impl Connection {
             tail: self.cur.tx_tail.load(Relaxed),
             seq: self.cur.tx_seq.load(Relaxed),
         };
-        let tail = word64(&self.mine, L_TX_TAIL).load(Relaxed);
+        let tail = atomic_u64_at(&self.own_block, L_TX_TAIL).load(Relaxed);
         if tail <= ours.tail {
             return ours;
         }
-        let seq = word64(&self.mine, L_TX_SEQ).load(Relaxed);
+        let seq = atomic_u64_at(&self.own_block, L_TX_SEQ).load(Relaxed);
         let ahead = tail.saturating_sub(ours.tail);
         let consistent = tail.is_multiple_of(crate::proto::FRAME_ALIGN)
             && tail < COUNTER_LIMIT
@@ -153,7 +153,7 @@ impl Connection {
     pub(super) fn set_tx_pos(&self, p: TxPos) {
         self.cur.tx_tail.store(p.tail, Relaxed);
         self.cur.tx_seq.store(p.seq, Relaxed);
-        word64(&self.mine, L_TX_TAIL).store(p.tail, Relaxed);
-        word64(&self.mine, L_TX_SEQ).store(p.seq, Relaxed);
+        atomic_u64_at(&self.own_block, L_TX_TAIL).store(p.tail, Relaxed);
+        atomic_u64_at(&self.own_block, L_TX_SEQ).store(p.seq, Relaxed);
     }
 }

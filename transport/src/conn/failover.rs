@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use ntbdrv::NtbDevice;
 
 use super::block::{
-    word32, word64, CR_CLOSED, CR_RX_SLEEPING, FLAG_FIN, FLAG_RST, L_SOCK_INODE, L_STATE, RX_FLAGS,
-    ST_ON_TCP, ST_SHUT_RD, ST_SHUT_WR,
+    atomic_u32_at, atomic_u64_at, CR_CLOSED, CR_RX_SLEEPING, FLAG_FIN, FLAG_RST, L_SOCK_INODE,
+    L_STATE, RX_FLAGS, ST_ON_TCP, ST_SHUT_RD, ST_SHUT_WR,
 };
 use super::cursors::{RxPos, TxPos};
 use super::{Connection, Counter, IoError, Readiness, RecvFlags, Tenancy};
@@ -240,15 +240,15 @@ impl Connection {
         let limit = self.settings.failover_after;
         !limit.is_zero()
             && since.is_some_and(|t| t.elapsed() >= limit)
-            && word32(&self.mine, CR_RX_SLEEPING).load(Relaxed) != 0
+            && atomic_u32_at(&self.own_block, CR_RX_SLEEPING).load(Relaxed) != 0
             && self.tcp_gone().is_none()
     }
 
     /// Strict mode: fail the connection instead of moving it (ECONNRESET on both ends).
     fn trip(&self) -> IoError {
         if !self.fo.broken.swap(true, SeqCst) {
-            word32(&self.theirs, CR_CLOSED).store(1, SeqCst);
-            word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_RST, SeqCst);
+            atomic_u32_at(&self.peer_block, CR_CLOSED).store(1, SeqCst);
+            atomic_u32_at(&self.peer_block, RX_FLAGS).fetch_or(FLAG_RST, SeqCst);
             self.ring_peer();
             sys::shutdown_write(self.tcp_fd());
         }
@@ -278,7 +278,7 @@ impl Connection {
         }
         tx.since = Some(now);
         self.fo.tx_off.store(true, SeqCst);
-        word32(&self.mine, L_STATE).fetch_or(ST_ON_TCP, SeqCst);
+        atomic_u32_at(&self.own_block, L_STATE).fetch_or(ST_ON_TCP, SeqCst);
         self.fo.note_event();
         self.count(Counter::Failovers, 1);
         self.write_all_tcp(&[&end.encode()])?;
@@ -330,7 +330,7 @@ impl Connection {
         // A request to leave made while we were on TCP is answered.
         self.fo.tx_want.store(false, Relaxed);
         self.fo.tx_off.store(false, SeqCst);
-        word32(&self.mine, L_STATE).fetch_and(!ST_ON_TCP, SeqCst);
+        atomic_u32_at(&self.own_block, L_STATE).fetch_and(!ST_ON_TCP, SeqCst);
         self.fo.note_event();
         self.count(Counter::Failbacks, 1);
         true

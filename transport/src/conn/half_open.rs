@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use ntbdrv::{Lease, NtbDevice, Region, VectorLease, WindowLease};
 
 use super::block::{
-    previous_peer, word32, word64, INFO_BASE, INFO_MAGIC, L_MY_BELL_SLOT, L_MY_BIT, L_OFFER_GEN,
-    L_OFFER_SLOT, L_PEER_LEN, L_PEER_OFF, L_SOCK_INODE,
+    atomic_u32_at, atomic_u64_at, previous_peer, INFO_BASE, INFO_MAGIC, L_MY_BELL_SLOT, L_MY_BIT,
+    L_OFFER_GEN, L_OFFER_SLOT, L_PEER_LEN, L_PEER_OFF, L_SOCK_INODE,
 };
 use super::{Info, Role};
 use crate::proto::{Endpoint, RingLoc, ENDPOINT_HDR};
@@ -21,7 +21,7 @@ const MIN_ADAPTIVE_RING: u64 = 64 << 10;
 
 /// Our half of a connection before the peer's half is known (a client waiting for its answer).
 pub(crate) struct HalfOpen {
-    pub mine: Region,
+    pub own_block: Region,
     pub lease: WindowLease,
     pub bell: VectorLease,
     pub vector: OwnedFd,
@@ -68,7 +68,7 @@ impl HalfOpen {
                         .inbound(l.mw)
                         .and_then(|w| w.slice(l.offset as usize, l.len as usize));
                     match block.map(|b| (previous_peer(dev, &b), b)) {
-                        Ok((Some(theirs), b)) => park(l, b, theirs),
+                        Ok((Some(peer_block), b)) => park(l, b, peer_block),
                         _ => {
                             lease = Some(l);
                             break 'sizes;
@@ -101,7 +101,7 @@ impl HalfOpen {
             let _ = dev.release(Lease::Window(lease));
             let _ = dev.release(Lease::Vector(bell));
         };
-        let mine = match dev
+        let own_block = match dev
             .inbound(lease.mw)
             .and_then(|w| w.slice(lease.offset as usize, len as usize))
         {
@@ -123,19 +123,19 @@ impl HalfOpen {
         };
         ntbdrv::drain_vector(&vector);
         // A fresh endpoint block: zero the header (the previous tenant's words), then identity.
-        let _ = mine.fill(0, ENDPOINT_HDR as usize, 0);
+        let _ = own_block.fill(0, ENDPOINT_HDR as usize, 0);
         let info = Info {
             role,
             local,
             peer,
             pid: std::process::id(),
         };
-        let _ = mine.write(INFO_BASE + 8, &info.encode());
-        word32(&mine, L_MY_BIT).store(bell.vector, Relaxed);
-        word32(&mine, L_MY_BELL_SLOT).store(bell.slot, Relaxed);
-        word32(&mine, INFO_BASE).store(INFO_MAGIC, Release);
+        let _ = own_block.write(INFO_BASE + 8, &info.encode());
+        atomic_u32_at(&own_block, L_MY_BIT).store(bell.vector, Relaxed);
+        atomic_u32_at(&own_block, L_MY_BELL_SLOT).store(bell.slot, Relaxed);
+        atomic_u32_at(&own_block, INFO_BASE).store(INFO_MAGIC, Release);
         Ok(HalfOpen {
-            mine,
+            own_block,
             lease,
             bell,
             vector,
@@ -157,17 +157,18 @@ impl HalfOpen {
             peer,
             pid: std::process::id(),
         };
-        let _ = self.mine.write(INFO_BASE + 8, &info.encode());
+        let _ = self.own_block.write(INFO_BASE + 8, &info.encode());
     }
 
     /// Record the posted offer in our block (slot, generation, cookie, the socket's inode), so a
     /// new image of this process can take the offer over after exec.
     pub(crate) fn record_offer(&self, index: u32, generation: u32, cookie: u64, tcp_fd: RawFd) {
-        word32(&self.mine, L_OFFER_SLOT).store(index, Relaxed);
-        word32(&self.mine, L_OFFER_GEN).store(generation, Relaxed);
-        word64(&self.mine, L_PEER_OFF).store(cookie, Relaxed);
-        word64(&self.mine, L_PEER_LEN).store(0, Relaxed);
-        word64(&self.mine, L_SOCK_INODE).store(sys::inode(tcp_fd).unwrap_or(0), Release);
+        atomic_u32_at(&self.own_block, L_OFFER_SLOT).store(index, Relaxed);
+        atomic_u32_at(&self.own_block, L_OFFER_GEN).store(generation, Relaxed);
+        atomic_u64_at(&self.own_block, L_PEER_OFF).store(cookie, Relaxed);
+        atomic_u64_at(&self.own_block, L_PEER_LEN).store(0, Relaxed);
+        atomic_u64_at(&self.own_block, L_SOCK_INODE)
+            .store(sys::inode(tcp_fd).unwrap_or(0), Release);
     }
 
     /// After exec: our half of a connection whose offer was still pending, found by the
@@ -178,29 +179,29 @@ impl HalfOpen {
         lease: WindowLease,
         tcp_fd: RawFd,
     ) -> Option<(HalfOpen, u32, u32, u64, Endpoint, Endpoint)> {
-        let mine = dev
+        let own_block = dev
             .inbound(lease.mw)
             .ok()?
             .slice(lease.offset as usize, lease.len as usize)
             .ok()?;
-        if word32(&mine, INFO_BASE).load(Acquire) != INFO_MAGIC
-            || word64(&mine, L_PEER_LEN).load(Acquire) != 0
+        if atomic_u32_at(&own_block, INFO_BASE).load(Acquire) != INFO_MAGIC
+            || atomic_u64_at(&own_block, L_PEER_LEN).load(Acquire) != 0
         {
             return None;
         }
         let inode = sys::inode(tcp_fd)?;
-        if inode == 0 || word64(&mine, L_SOCK_INODE).load(Acquire) != inode {
+        if inode == 0 || atomic_u64_at(&own_block, L_SOCK_INODE).load(Acquire) != inode {
             return None;
         }
         let mut ib = [0u8; 48];
-        mine.read(INFO_BASE + 8, &mut ib).ok()?;
+        own_block.read(INFO_BASE + 8, &mut ib).ok()?;
         let info = Info::decode(&ib);
         if info.pid != std::process::id() {
             return None;
         }
         let bell = VectorLease {
-            vector: word32(&mine, L_MY_BIT).load(Relaxed),
-            slot: word32(&mine, L_MY_BELL_SLOT).load(Relaxed),
+            vector: atomic_u32_at(&own_block, L_MY_BIT).load(Relaxed),
+            slot: atomic_u32_at(&own_block, L_MY_BELL_SLOT).load(Relaxed),
         };
         let vector = dev.vector_fd(bell.vector).ok()?;
         let loc = RingLoc {
@@ -209,12 +210,12 @@ impl HalfOpen {
             len: lease.len,
             db_bit: bell.vector,
         };
-        let index = word32(&mine, L_OFFER_SLOT).load(Relaxed);
-        let generation = word32(&mine, L_OFFER_GEN).load(Relaxed);
-        let cookie = word64(&mine, L_PEER_OFF).load(Relaxed);
+        let index = atomic_u32_at(&own_block, L_OFFER_SLOT).load(Relaxed);
+        let generation = atomic_u32_at(&own_block, L_OFFER_GEN).load(Relaxed);
+        let cookie = atomic_u64_at(&own_block, L_PEER_OFF).load(Relaxed);
         Some((
             HalfOpen {
-                mine,
+                own_block,
                 lease,
                 bell,
                 vector,
@@ -229,7 +230,7 @@ impl HalfOpen {
     }
 
     pub(crate) fn release(self, dev: &dyn NtbDevice) {
-        word32(&self.mine, INFO_BASE).store(0, Release);
+        atomic_u32_at(&self.own_block, INFO_BASE).store(0, Release);
         let _ = dev.release(Lease::Window(self.lease));
         let _ = dev.release(Lease::Vector(self.bell));
     }

@@ -11,19 +11,20 @@ use std::time::{Duration, Instant};
 use ntbdrv::{Lease, VectorLease, WindowLease};
 
 use super::block::{
-    holder_pid, peer_finished, word32, word64, CR_CLOSED, FLAG_FIN, FLAG_GONE, FLAG_RST, INFO_BASE,
-    INFO_MAGIC, L_HOLDERS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN, L_PEER_MW, L_PEER_OFF,
-    L_SOCK_INODE, L_STATE, MAX_HOLDERS, RX_FLAGS, RX_TAIL, ST_CLOSED, ST_SHUT_RD, ST_SHUT_WR,
+    atomic_u32_at, atomic_u64_at, holder_pid, peer_finished, CR_CLOSED, FLAG_FIN, FLAG_GONE,
+    FLAG_RST, INFO_BASE, INFO_MAGIC, L_HOLDERS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN,
+    L_PEER_MW, L_PEER_OFF, L_SOCK_INODE, L_STATE, MAX_HOLDERS, RX_FLAGS, RX_TAIL, ST_CLOSED,
+    ST_SHUT_RD, ST_SHUT_WR,
 };
 use super::cursors::Cursors;
 use super::{Connection, Info, Role, Segments, ServicePair, Tenancy};
 use crate::proto::{Endpoint, Ring, RingLoc, ENDPOINT_HDR};
-use crate::{sys, Shared};
+use crate::{sys, ProcessState};
 
 impl Connection {
     #[inline]
     pub(super) fn shared_state(&self) -> u32 {
-        word32(&self.mine, L_STATE).load(Acquire)
+        atomic_u32_at(&self.own_block, L_STATE).load(Acquire)
     }
 
     /// shutdown(2): SHUT_WR sends FIN through the ring; SHUT_RD stops reading.
@@ -32,15 +33,18 @@ impl Connection {
             let _g = self.tx_lock.lock();
             if self.fo.tx_off() {
                 // On TCP: the kernel's FIN ends the stream after the last record.
-                word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR, SeqCst);
+                atomic_u32_at(&self.own_block, L_STATE).fetch_or(ST_SHUT_WR, SeqCst);
                 sys::shutdown_write(self.tcp_fd());
-            } else if word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR, SeqCst) & ST_SHUT_WR == 0 {
-                super::ringsync::send_fin(&self.theirs);
+            } else if atomic_u32_at(&self.own_block, L_STATE).fetch_or(ST_SHUT_WR, SeqCst)
+                & ST_SHUT_WR
+                == 0
+            {
+                super::ringsync::send_fin(&self.peer_block);
                 self.ring_peer();
             }
         }
         if read {
-            word32(&self.mine, L_STATE).fetch_or(ST_SHUT_RD, SeqCst);
+            atomic_u32_at(&self.own_block, L_STATE).fetch_or(ST_SHUT_RD, SeqCst);
         }
     }
 
@@ -48,7 +52,7 @@ impl Connection {
     /// TCP does) and return our resources once the peer can no longer write into them.
     pub(crate) fn close(&self) {
         self.drain_tcp_at_close();
-        let unread = word64(&self.mine, RX_TAIL).load(Acquire) > self.rx_pos().head;
+        let unread = atomic_u64_at(&self.own_block, RX_TAIL).load(Acquire) > self.rx_pos().head;
         let flag = if self.fo.tx_off() {
             // Our stream is on the TCP socket (`failover`): the kernel's FIN or RST ends it
             // after our last record; a FIN in the ring would end it before them.
@@ -58,24 +62,25 @@ impl Connection {
         } else {
             FLAG_FIN
         };
-        word32(&self.mine, L_STATE).fetch_or(ST_SHUT_WR | ST_SHUT_RD | ST_CLOSED, SeqCst);
-        word32(&self.theirs, CR_CLOSED).store(1, SeqCst);
-        word32(&self.theirs, RX_FLAGS).fetch_or(flag, SeqCst);
+        atomic_u32_at(&self.own_block, L_STATE)
+            .fetch_or(ST_SHUT_WR | ST_SHUT_RD | ST_CLOSED, SeqCst);
+        atomic_u32_at(&self.peer_block, CR_CLOSED).store(1, SeqCst);
+        atomic_u32_at(&self.peer_block, RX_FLAGS).fetch_or(flag, SeqCst);
         // SYNC POINT (endpoint release): our last write into the peer's block; pairs with the
         // Acquire load in `peer_finished`, after which the peer may give the block to another
         // connection.
-        word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_GONE, SeqCst);
+        atomic_u32_at(&self.peer_block, RX_FLAGS).fetch_or(FLAG_GONE, SeqCst);
         self.ring_peer();
-        word32(&self.mine, INFO_BASE).store(0, Release);
+        atomic_u32_at(&self.own_block, INFO_BASE).store(0, Release);
         match &self.tenancy {
             Tenancy::Device { lease, bell, .. } => {
-                let peer_done = peer_finished(&self.mine);
+                let peer_done = peer_finished(&self.own_block);
                 self.shared.retire_connected(
-                    self.mine.clone(),
+                    self.own_block.clone(),
                     *lease,
                     *bell,
                     peer_done,
-                    self.theirs.clone(),
+                    self.peer_block.clone(),
                 );
             }
             // Fresh segments per connection: nobody else can be given this memory, so there
@@ -89,19 +94,19 @@ impl Connection {
     /// fork (so a parent that closes its copy at once does not close the connection under the
     /// child), then [`Connection::adopt`] in the child records the child's pid.
     pub fn add_holder(&self) {
-        word32(&self.mine, L_HOLDERS).fetch_add(1, SeqCst);
+        atomic_u32_at(&self.own_block, L_HOLDERS).fetch_add(1, SeqCst);
     }
 
     /// The fork announced by [`Connection::add_holder`] failed: there is no child.
     pub fn cancel_holder(&self) {
-        word32(&self.mine, L_HOLDERS).fetch_sub(1, SeqCst);
+        atomic_u32_at(&self.own_block, L_HOLDERS).fetch_sub(1, SeqCst);
     }
 
     /// In a child after fork: record this process as a holder.
     pub fn adopt(&self, pid: u32) {
         self.tx_lock.forked();
         for i in 0..MAX_HOLDERS {
-            if word32(&self.mine, holder_pid(i))
+            if atomic_u32_at(&self.own_block, holder_pid(i))
                 .compare_exchange(0, pid, SeqCst, SeqCst)
                 .is_ok()
             {
@@ -119,11 +124,12 @@ impl Connection {
         }
         let me = std::process::id();
         for i in 0..MAX_HOLDERS {
-            let _ = word32(&self.mine, holder_pid(i)).compare_exchange(me, 0, SeqCst, SeqCst);
+            let _ = atomic_u32_at(&self.own_block, holder_pid(i))
+                .compare_exchange(me, 0, SeqCst, SeqCst);
         }
-        let before = word32(&self.mine, L_HOLDERS).fetch_sub(1, SeqCst);
+        let before = atomic_u32_at(&self.own_block, L_HOLDERS).fetch_sub(1, SeqCst);
         if before <= 1 {
-            word32(&self.mine, L_HOLDERS).store(0, SeqCst);
+            atomic_u32_at(&self.own_block, L_HOLDERS).store(0, SeqCst);
             return true;
         }
         // Another process holds it: hand it our leases. A child that was just forked records
@@ -131,7 +137,7 @@ impl Connection {
         let t0 = Instant::now();
         loop {
             let heir = (0..MAX_HOLDERS)
-                .map(|i| word32(&self.mine, holder_pid(i)).load(SeqCst))
+                .map(|i| atomic_u32_at(&self.own_block, holder_pid(i)).load(SeqCst))
                 .find(|&p| p != 0 && p != me && ntbdrv::process::start_time(p).is_some());
             if let Some(pid) = heir {
                 if let Tenancy::Device { dev, lease, bell } = &self.tenancy {
@@ -152,62 +158,62 @@ impl Connection {
     /// After exec: rebuild the connection this process held on kernel socket `tcp_fd` before
     /// it replaced its image, from the endpoint block in `lease` (found by the socket's inode).
     pub(crate) fn reattach(
-        shared: Arc<Shared>,
+        shared: Arc<ProcessState>,
         lease: WindowLease,
         tcp_fd: RawFd,
     ) -> Option<Connection> {
         let dev = shared.dev.clone()?;
-        let mine = dev
+        let own_block = dev
             .inbound(lease.mw)
             .ok()?
             .slice(lease.offset as usize, lease.len as usize)
             .ok()?;
-        if word32(&mine, INFO_BASE).load(Acquire) != INFO_MAGIC {
+        if atomic_u32_at(&own_block, INFO_BASE).load(Acquire) != INFO_MAGIC {
             return None;
         }
         let inode = sys::inode(tcp_fd)?;
-        if inode == 0 || word64(&mine, L_SOCK_INODE).load(Acquire) != inode {
+        if inode == 0 || atomic_u64_at(&own_block, L_SOCK_INODE).load(Acquire) != inode {
             return None;
         }
-        if word32(&mine, L_STATE).load(Acquire) & ST_CLOSED != 0 {
+        if atomic_u32_at(&own_block, L_STATE).load(Acquire) & ST_CLOSED != 0 {
             return None;
         }
         let me = std::process::id();
-        if !(0..MAX_HOLDERS).any(|i| word32(&mine, holder_pid(i)).load(SeqCst) == me) {
+        if !(0..MAX_HOLDERS).any(|i| atomic_u32_at(&own_block, holder_pid(i)).load(SeqCst) == me) {
             return None;
         }
         let their_loc = RingLoc {
-            mw: word32(&mine, L_PEER_MW).load(Relaxed),
-            db_bit: word32(&mine, L_PEER_BIT).load(Relaxed),
-            offset: word64(&mine, L_PEER_OFF).load(Relaxed),
-            len: word64(&mine, L_PEER_LEN).load(Relaxed),
+            mw: atomic_u32_at(&own_block, L_PEER_MW).load(Relaxed),
+            db_bit: atomic_u32_at(&own_block, L_PEER_BIT).load(Relaxed),
+            offset: atomic_u64_at(&own_block, L_PEER_OFF).load(Relaxed),
+            len: atomic_u64_at(&own_block, L_PEER_LEN).load(Relaxed),
         };
         let mw_size = dev.mw_align(0).ok()?.size_max;
         let tx_ring = their_loc
             .check(dev.mw_count(), mw_size, dev.vector_count())
             .ok()?;
         let rx_ring = Ring::new(lease.len.checked_sub(ENDPOINT_HDR)?)?;
-        let theirs = dev
+        let peer_block = dev
             .outbound(their_loc.mw)
             .ok()?
             .slice(their_loc.offset as usize, their_loc.len as usize)
             .ok()?;
         let bell = VectorLease {
-            vector: word32(&mine, L_MY_BIT).load(Relaxed),
-            slot: word32(&mine, L_MY_BELL_SLOT).load(Relaxed),
+            vector: atomic_u32_at(&own_block, L_MY_BIT).load(Relaxed),
+            slot: atomic_u32_at(&own_block, L_MY_BELL_SLOT).load(Relaxed),
         };
         let vector = dev.vector_fd(bell.vector).ok()?;
         let mut ib = [0u8; 48];
-        mine.read(INFO_BASE + 8, &mut ib).ok()?;
+        own_block.read(INFO_BASE + 8, &mut ib).ok()?;
         let info = Info::decode(&ib);
         let tenancy = Tenancy::Device { dev, lease, bell };
-        let cur = Box::new(Cursors::from_block(&mine));
+        let cur = Box::new(Cursors::from_block(&own_block));
         Some(Connection::assemble(
             shared,
             tenancy,
-            mine,
+            own_block,
             Arc::new(vector),
-            theirs,
+            peer_block,
             their_loc,
             rx_ring,
             tx_ring,
@@ -222,15 +228,15 @@ impl Connection {
     /// After exec (or in a process that proved it holds the socket): rebuild the connection
     /// the service paired, from the segments it handed over again, if it is still open.
     pub(crate) fn reattach_service(
-        shared: Arc<Shared>,
+        shared: Arc<ProcessState>,
         p: ServicePair,
         tcp_fd: RawFd,
     ) -> Option<Connection> {
         let seg = Segments::map(&p)?;
-        if word32(&seg.mine, L_STATE).load(Acquire) & ST_CLOSED != 0 {
+        if atomic_u32_at(&seg.own_block, L_STATE).load(Acquire) & ST_CLOSED != 0 {
             return None;
         }
-        if word32(&seg.mine, INFO_BASE).load(Acquire) != INFO_MAGIC {
+        if atomic_u32_at(&seg.own_block, INFO_BASE).load(Acquire) != INFO_MAGIC {
             // Paired after the image before exec stopped waiting for it: this end was never
             // used, so it starts fresh, its identity read from the socket.
             let view = fabric::sys::tcp_view(tcp_fd).ok()??;
@@ -243,7 +249,7 @@ impl Connection {
         // This process used the connection before (its image before exec): go on from where
         // the block's hints say it was.
         let mut ib = [0u8; 48];
-        seg.mine.read(INFO_BASE + 8, &mut ib).ok()?;
+        seg.own_block.read(INFO_BASE + 8, &mut ib).ok()?;
         let info = Info::decode(&ib);
         if let Some(link) = &shared.service {
             link.note_held(p.conn, tcp_fd);
@@ -252,10 +258,21 @@ impl Connection {
             conn: p.conn,
             peer_line: p.peer_line,
         };
-        let cur = Box::new(Cursors::from_block(&seg.mine));
+        let cur = Box::new(Cursors::from_block(&seg.own_block));
         Some(Connection::assemble(
-            shared, tenancy, seg.mine, p.own_line, seg.theirs, seg.loc, seg.ring, seg.ring, tcp_fd,
-            info.role, info.local, info.peer, cur,
+            shared,
+            tenancy,
+            seg.own_block,
+            p.own_line,
+            seg.peer_block,
+            seg.loc,
+            seg.ring,
+            seg.ring,
+            tcp_fd,
+            info.role,
+            info.local,
+            info.peer,
+            cur,
         ))
     }
 }

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
 use super::block::{
-    ring_at, word32, word64, CR_CLOSED, FLAG_FIN, FLAG_RST, L_RX_HEAD, L_RX_OFF, L_RX_SEQ,
-    RX_FLAGS, RX_TAIL,
+    atomic_u32_at, atomic_u64_at, ring_at, CR_CLOSED, FLAG_FIN, FLAG_RST, L_RX_HEAD, L_RX_OFF,
+    L_RX_SEQ, RX_FLAGS, RX_TAIL,
 };
 use super::cursors::RxPos;
 use super::failover;
@@ -53,7 +53,9 @@ impl Connection {
             off,
             mut seq,
         } = self.rx_pos();
-        let tail = word64(&self.mine, RX_TAIL).load(Acquire).min(limit);
+        let tail = atomic_u64_at(&self.own_block, RX_TAIL)
+            .load(Acquire)
+            .min(limit);
         let mut total = 0u64;
         let mut skip = off;
         while head < tail {
@@ -79,13 +81,13 @@ impl Connection {
     /// it is at most a ring ahead of our consumer counter is checked with the frame it
     /// announces, `check_frame`; a tail not ahead of it announces nothing.)
     fn rx_tail(&self) -> Result<u64, ProtoError> {
-        ringsync::rx_tail(&self.mine, &self.cur.rx_tail_seen, self.rx_ring.cap())
+        ringsync::rx_tail(&self.own_block, &self.cur.rx_tail_seen, self.rx_ring.cap())
     }
 
     pub(super) fn frame_at(&self, head: u64, tail: u64, seq: u64) -> Result<Frame, ProtoError> {
         let mut hb = [0u8; 16];
         let at = ring_at(self.rx_ring.pos(head));
-        self.mine
+        self.own_block
             .read(at, &mut hb)
             .map_err(|_| ProtoError::BadTail {
                 tail,
@@ -97,7 +99,7 @@ impl Connection {
     }
 
     pub(super) fn peer_flags(&self) -> u32 {
-        ringsync::peer_flags(&self.mine)
+        ringsync::peer_flags(&self.own_block)
     }
 
     /// Receive into `bufs` (scatter), TCP-style: returns 0 at EOF.
@@ -234,7 +236,7 @@ impl Connection {
                             let n = dst.len().min(len.saturating_sub(off) as usize);
                             let dst = dst.get_mut(..n).unwrap_or_default();
                             if self
-                                .mine
+                                .own_block
                                 .read(base.saturating_add(off as usize), dst)
                                 .is_err()
                             {
@@ -309,7 +311,7 @@ impl Connection {
             if pf & FLAG_FIN != 0 {
                 // FIN is set after the last tail: re-check the tail before reporting EOF (the
                 // next turn validates it; it cannot move back).
-                if ringsync::data_after(&self.mine, head) {
+                if ringsync::data_after(&self.own_block, head) {
                     continue;
                 }
                 break Ok(copied);
@@ -331,7 +333,7 @@ impl Connection {
                 break Ok(copied);
             }
             if let Some(e) = gone {
-                if word64(&self.mine, RX_TAIL).load(Acquire) > head {
+                if atomic_u64_at(&self.own_block, RX_TAIL).load(Acquire) > head {
                     continue;
                 }
                 break if copied > 0 { Ok(copied) } else { e.map(|_| 0) };
@@ -427,7 +429,7 @@ impl Connection {
         let mut n = 0u32;
         loop {
             // SYNC POINT (ring data): as in `recv`; the caller reads the frame after it.
-            if word64(&self.mine, RX_TAIL).load(Acquire) > head {
+            if atomic_u64_at(&self.own_block, RX_TAIL).load(Acquire) > head {
                 return true;
             }
             if self.peer_flags() != 0 {
@@ -449,9 +451,9 @@ impl Connection {
         self.cur.rx_off.store(off, Relaxed);
         self.cur.rx_seq.store(seq, Relaxed);
         // The copy for the other processes holding the connection (see `rx_pos`).
-        word64(&self.mine, L_RX_HEAD).store(head, Relaxed);
-        word64(&self.mine, L_RX_OFF).store(off, Relaxed);
-        word64(&self.mine, L_RX_SEQ).store(seq, Relaxed);
+        atomic_u64_at(&self.own_block, L_RX_HEAD).store(head, Relaxed);
+        atomic_u64_at(&self.own_block, L_RX_OFF).store(off, Relaxed);
+        atomic_u64_at(&self.own_block, L_RX_SEQ).store(seq, Relaxed);
         self.flush_credits(force);
     }
 
@@ -459,8 +461,8 @@ impl Connection {
         let head = self.cur.rx_head.load(Relaxed);
         let cap = self.rx_ring.cap();
         if ringsync::flush_credits(
-            &self.theirs,
-            &self.mine,
+            &self.peer_block,
+            &self.own_block,
             head,
             &self.cur.rx_returned,
             cap,
@@ -479,8 +481,8 @@ impl Connection {
             self.local.to_std(),
             self.peer.to_std()
         ));
-        word32(&self.theirs, CR_CLOSED).store(1, SeqCst);
-        word32(&self.theirs, RX_FLAGS).fetch_or(FLAG_RST, SeqCst);
+        atomic_u32_at(&self.peer_block, CR_CLOSED).store(1, SeqCst);
+        atomic_u32_at(&self.peer_block, RX_FLAGS).fetch_or(FLAG_RST, SeqCst);
         self.ring_peer();
         IoError::Protocol
     }

@@ -17,7 +17,8 @@ use std::sync::atomic::Ordering::{self, Acquire, Relaxed, Release, SeqCst};
 use ntbdrv::Region;
 
 use super::block::{
-    word32, word64, CR_HEAD, CR_RX_SLEEPING, FLAG_FIN, RX_FLAGS, RX_TAIL, RX_TX_WAITING,
+    atomic_u32_at, atomic_u64_at, CR_HEAD, CR_RX_SLEEPING, FLAG_FIN, RX_FLAGS, RX_TAIL,
+    RX_TX_WAITING,
 };
 use crate::proto::ProtoError;
 
@@ -117,11 +118,11 @@ impl Block for Region {
     type W64 = std::sync::atomic::AtomicU64;
     #[inline(always)]
     fn w32(&self, off: usize) -> &Self::W32 {
-        word32(self, off)
+        atomic_u32_at(self, off)
     }
     #[inline(always)]
     fn w64(&self, off: usize) -> &Self::W64 {
-        word64(self, off)
+        atomic_u64_at(self, off)
     }
     #[inline(always)]
     fn fence(order: Ordering) {
@@ -184,19 +185,19 @@ pub fn model_block(slot: usize) -> crate::rendezvous::model::Area {
 
 // ---- the producer --------------------------------------------------------------------------
 
-/// Publish producer counter `tail` into the receiver's block (`theirs`), after the bytes of
+/// Publish producer counter `tail` into the receiver's block (`peer_block`), after the bytes of
 /// every frame below it.
 #[inline(always)]
-pub fn publish_tail<B: Block>(theirs: &B, tail: u64) {
+pub fn publish_tail<B: Block>(peer_block: &B, tail: u64) {
     // SYNC POINT (ring data): Release store of tail after the frame bytes; pairs with the
     // receiver's Acquire load in `rx_tail`.
-    theirs.w64(RX_TAIL).store(tail, Release);
+    peer_block.w64(RX_TAIL).store(tail, Release);
 }
 
 /// After [`publish_tail`]: is the receiver asleep, armed for data (its flag in our block,
-/// `mine`)? Takes the arming if so: the caller rings it (one ring per arming).
+/// `own_block`)? Takes the arming if so: the caller rings it (one ring per arming).
 #[inline(always)]
-pub fn take_data_arming<B: Block>(mine: &B) -> bool {
+pub fn take_data_arming<B: Block>(own_block: &B) -> bool {
     // SYNC POINT (data wake-up): no full fence before this load — it would cost a cross-core
     // cache line transfer per send, as much as the rest of the send. The load may pass the tail
     // store (store buffer), so a receiver arming at that instant can miss it; the receiver
@@ -204,18 +205,18 @@ pub fn take_data_arming<B: Block>(mine: &B) -> bool {
     // than `LEADER_NAP` (see `wait`). The first sender to see the flag takes it (the receiver
     // re-arms before it sleeps again), so a stream of sends to a waking receiver costs one
     // doorbell.
-    let sleeping = mine.w32(CR_RX_SLEEPING);
+    let sleeping = own_block.w32(CR_RX_SLEEPING);
     sleeping.load(Relaxed) != 0 && sleeping.compare_exchange(1, 0, SeqCst, Relaxed).is_ok()
 }
 
-/// The receiver's consumer counter (in our block, `mine`), loaded once and validated against
+/// The receiver's consumer counter (in our block, `own_block`), loaded once and validated against
 /// our producer counter `tail`: ahead of it is a protocol error; behind `seen` (the highest
 /// valid value read before, kept up to date here), it counts as `seen` (credits never go
 /// backwards).
 #[inline(always)]
-pub fn credits<B: Block>(mine: &B, tail: u64, seen: &LocalU64) -> Result<u64, ProtoError> {
+pub fn credits<B: Block>(own_block: &B, tail: u64, seen: &LocalU64) -> Result<u64, ProtoError> {
     // SYNC POINT (credits): Acquire pairs with the receiver's Release in `flush_credits`.
-    let head = mine.w64(CR_HEAD).load(Acquire);
+    let head = own_block.w64(CR_HEAD).load(Acquire);
     if head > tail {
         return Err(ProtoError::BadCredit { head, tail });
     }
@@ -227,40 +228,40 @@ pub fn credits<B: Block>(mine: &B, tail: u64, seen: &LocalU64) -> Result<u64, Pr
     Ok(head)
 }
 
-/// Tell the receiver (its block, `theirs`) that no frame follows the ones published: called
+/// Tell the receiver (its block, `peer_block`) that no frame follows the ones published: called
 /// after the last [`publish_tail`].
 #[inline]
-pub fn send_fin<B: Block>(theirs: &B) {
+pub fn send_fin<B: Block>(peer_block: &B) {
     // SYNC POINT (FIN): after our last tail store; pairs with the Acquire load of RX_FLAGS in
     // the peer's `peer_flags`.
-    theirs.w32(RX_FLAGS).fetch_or(FLAG_FIN, SeqCst);
+    peer_block.w32(RX_FLAGS).fetch_or(FLAG_FIN, SeqCst);
 }
 
 // ---- the consumer --------------------------------------------------------------------------
 
-/// The sender's flags in our block (`mine`): FIN, RST, GONE.
+/// The sender's flags in our block (`own_block`): FIN, RST, GONE.
 #[inline(always)]
-pub fn peer_flags<B: Block>(mine: &B) -> u32 {
+pub fn peer_flags<B: Block>(own_block: &B) -> u32 {
     // SYNC POINT (FIN): Acquire pairs with `send_fin`; a FIN seen comes after every producer
     // counter the sender published, which `data_after` then sees.
-    mine.w32(RX_FLAGS).load(Acquire)
+    own_block.w32(RX_FLAGS).load(Acquire)
 }
 
 /// Is anything published beyond consumer counter `head`? Asked again after a FIN, before EOF
 /// (the FIN follows the last producer counter, which an earlier look may have missed).
 #[inline(always)]
-pub fn data_after<B: Block>(mine: &B, head: u64) -> bool {
+pub fn data_after<B: Block>(own_block: &B, head: u64) -> bool {
     // SYNC POINT (ring data): as in `rx_tail`.
-    mine.w64(RX_TAIL).load(Acquire) > head
+    own_block.w64(RX_TAIL).load(Acquire) > head
 }
 
-/// The sender's producer counter (in our block, `mine`), loaded once: never behind `seen`, the
+/// The sender's producer counter (in our block, `own_block`), loaded once: never behind `seen`, the
 /// highest one it published before (kept up to date here). A ring of `cap` bytes.
 #[inline(always)]
-pub fn rx_tail<B: Block>(mine: &B, seen: &LocalU64, cap: u64) -> Result<u64, ProtoError> {
+pub fn rx_tail<B: Block>(own_block: &B, seen: &LocalU64, cap: u64) -> Result<u64, ProtoError> {
     // SYNC POINT (ring data): Acquire load of the peer's tail pairs with the Release
     // store in `publish_tail` after the frame bytes; the bytes up to `tail` are visible.
-    let tail = mine.w64(RX_TAIL).load(Acquire);
+    let tail = own_block.w64(RX_TAIL).load(Acquire);
     let before = seen.load(Relaxed);
     if tail != before {
         if tail < before {
@@ -275,14 +276,14 @@ pub fn rx_tail<B: Block>(mine: &B, seen: &LocalU64, cap: u64) -> Result<u64, Pro
     Ok(tail)
 }
 
-/// Return consumer counter `head` to the sender (its block, `theirs`) when enough has gathered
+/// Return consumer counter `head` to the sender (its block, `peer_block`) when enough has gathered
 /// (a quarter of a ring of `cap` bytes since `returned`, the counter last returned, kept up to
-/// date here), when the sender waits for credits (its flag in our block, `mine`), or when
+/// date here), when the sender waits for credits (its flag in our block, `own_block`), or when
 /// `force`d. True when the sender was armed for credits: the caller rings it.
 #[inline]
 pub fn flush_credits<B: Block>(
-    theirs: &B,
-    mine: &B,
+    peer_block: &B,
+    own_block: &B,
     head: u64,
     returned: &LocalU64,
     cap: u64,
@@ -295,19 +296,19 @@ pub fn flush_credits<B: Block>(
     if !force && head.saturating_sub(before) < cap / 4 {
         B::fence(SeqCst);
         // SYNC POINT (credit wake-up): a sender waiting for credits gets them at once.
-        if mine.w32(RX_TX_WAITING).load(SeqCst) == 0 {
+        if own_block.w32(RX_TX_WAITING).load(SeqCst) == 0 {
             return false;
         }
     }
     returned.store(head, Relaxed);
     // SYNC POINT (credits): Release store of our consumer counter into the sender's memory
     // pairs with its Acquire load in `credits`; the space before `head` is free for reuse.
-    theirs.w64(CR_HEAD).store(head, Release);
+    peer_block.w64(CR_HEAD).store(head, Release);
     B::fence(SeqCst);
     // SYNC POINT (credit wake-up): pairs with the sender's SeqCst store of TX_WAITING in
     // `arm`, then its fence and its re-check of the credits; one ring per arming, as in
     // `take_data_arming`.
-    let waiting = mine.w32(RX_TX_WAITING);
+    let waiting = own_block.w32(RX_TX_WAITING);
     waiting.load(SeqCst) != 0 && waiting.compare_exchange(1, 0, SeqCst, Relaxed).is_ok()
 }
 
@@ -331,21 +332,21 @@ impl Arming {
     }
 }
 
-/// Ask the peer (its block, `theirs`) to ring us for `what`. The caller then calls [`armed`]
+/// Ask the peer (its block, `peer_block`) to ring us for `what`. The caller then calls [`armed`]
 /// and re-checks the ring before it sleeps.
 #[inline(always)]
-pub fn arm<B: Block>(theirs: &B, what: Arming) {
+pub fn arm<B: Block>(peer_block: &B, what: Arming) {
     // SYNC POINT (data wake-up), SYNC POINT (credit wake-up): SeqCst store of the flag, then
     // (`armed`) a SeqCst fence before the re-check; pairs with `take_data_arming` and with
     // `flush_credits`.
-    theirs.w32(what.offset()).store(1, SeqCst);
+    peer_block.w32(what.offset()).store(1, SeqCst);
 }
 
 /// As [`arm`], for a waiter of this process counted in `count` (undone by [`disarm`]).
 #[inline(always)]
-pub fn arm_waiter<B: Block>(theirs: &B, what: Arming, count: &impl WaiterCount) {
+pub fn arm_waiter<B: Block>(peer_block: &B, what: Arming, count: &impl WaiterCount) {
     count.fetch_add(1, SeqCst);
-    arm(theirs, what);
+    arm(peer_block, what);
 }
 
 /// Count a standing interest in a kind of ring (an epoll registration, which [`arm`]s before each
@@ -380,9 +381,9 @@ pub fn armed<B: Block>() {
 /// the flag, so it never clears under a registration, which wants a ring at any time; a waiter
 /// that armed or a registration made meanwhile keeps it.
 #[inline]
-pub fn disarm<B: Block>(theirs: &B, what: Arming, count: &impl WaiterCount) {
+pub fn disarm<B: Block>(peer_block: &B, what: Arming, count: &impl WaiterCount) {
     if count.fetch_sub(1, SeqCst) == 1 {
-        let flag = theirs.w32(what.offset());
+        let flag = peer_block.w32(what.offset());
         flag.store(0, SeqCst);
         // A waiter that armed (or a registration made) meanwhile must keep its flag. Read with
         // an RMW, which reads the latest count: a waiter whose increment comes after it read

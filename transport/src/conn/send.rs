@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ntbdrv::{BusAddr, Completion, DmaDesc};
 
-use super::block::{payload_at, ring_at, word32, CR_CLOSED, FLAG_RST, RX_FLAGS, ST_SHUT_WR};
+use super::block::{atomic_u32_at, payload_at, ring_at, CR_CLOSED, FLAG_RST, RX_FLAGS, ST_SHUT_WR};
 use super::cursors::TxPos;
 use super::failover;
 use super::ringsync;
@@ -181,8 +181,8 @@ impl Connection {
             seq,
         };
         // Both in range: `place` put the frame inside the ring, which the region holds.
-        self.theirs.write(payload_at(pos), buf).ok()?;
-        self.theirs.write(base, &h.encode()).ok()?;
+        self.peer_block.write(payload_at(pos), buf).ok()?;
+        self.peer_block.write(base, &h.encode()).ok()?;
         self.set_tx_pos(TxPos {
             tail: new_tail,
             seq: seq.wrapping_add(1),
@@ -212,7 +212,7 @@ impl Connection {
                 flags: FRAME_PAD,
                 seq,
             };
-            let _ = self.theirs.write(ring_at(pos), &h.encode());
+            let _ = self.peer_block.write(ring_at(pos), &h.encode());
         }
         let base = ring_at(p.pos);
         let len = p.len as usize;
@@ -222,7 +222,7 @@ impl Connection {
             flags: 0,
             seq,
         };
-        let _ = self.theirs.write(base, &h.encode());
+        let _ = self.peer_block.write(base, &h.encode());
         let seq = seq.wrapping_add(1);
         let tail = p.new_tail;
         self.set_tx_pos(TxPos { tail, seq });
@@ -318,7 +318,7 @@ impl Connection {
             let base = ring_at(p.pos);
             let n = match sys::read_into_region(
                 fd,
-                &self.theirs,
+                &self.peer_block,
                 payload_at(p.pos),
                 p.len as usize,
                 off,
@@ -333,9 +333,9 @@ impl Connection {
                     flags: FRAME_PAD,
                     seq,
                 };
-                let _ = self.theirs.write(ring_at(pos), &h.encode());
+                let _ = self.peer_block.write(ring_at(pos), &h.encode());
             }
-            let _ = self.theirs.write(
+            let _ = self.peer_block.write(
                 base,
                 &FrameHeader {
                     len: n as u32,
@@ -393,7 +393,7 @@ impl Connection {
     /// what it returned before (credits never go backwards, so a wait for room that was seen
     /// ends).
     pub(super) fn credits(&self, tail: u64) -> Result<u64, ProtoError> {
-        ringsync::credits(&self.mine, tail, &self.tx_head_seen)
+        ringsync::credits(&self.own_block, tail, &self.tx_head_seen)
     }
 
     /// Copy `len` bytes of `bufs` (from position bi/bo) into the peer's ring at `at`, by CPU or
@@ -407,7 +407,7 @@ impl Connection {
             let chunk = src.get(..n).unwrap_or_default();
             if !(n >= self.settings.dma_threshold && self.dma_copy(chunk, at.saturating_add(done)))
             {
-                let _ = self.theirs.write(at.saturating_add(done), chunk);
+                let _ = self.peer_block.write(at.saturating_add(done), chunk);
                 self.count(Counter::CpuCopies, 1);
             }
             done = done.saturating_add(n);
@@ -473,8 +473,8 @@ impl Connection {
     /// Publish our producer counter to the peer and ring it if it sleeps.
     #[inline]
     fn publish(&self, tail: u64) {
-        ringsync::publish_tail(&self.theirs, tail);
-        if ringsync::take_data_arming(&self.mine) {
+        ringsync::publish_tail(&self.peer_block, tail);
+        if ringsync::take_data_arming(&self.own_block) {
             self.ring_peer();
         }
     }
@@ -516,10 +516,10 @@ impl Connection {
         if st & ST_SHUT_WR != 0 {
             return Some(IoError::ShutDown);
         }
-        if word32(&self.mine, RX_FLAGS).load(Acquire) & FLAG_RST != 0 {
+        if atomic_u32_at(&self.own_block, RX_FLAGS).load(Acquire) & FLAG_RST != 0 {
             return Some(IoError::Reset);
         }
-        if word32(&self.mine, CR_CLOSED).load(Acquire) != 0 {
+        if atomic_u32_at(&self.own_block, CR_CLOSED).load(Acquire) != 0 {
             return Some(IoError::BrokenPipe);
         }
         None

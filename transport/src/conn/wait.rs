@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use ntbdrv::Region;
 
 use super::block::{
-    peer_alive, ring_at, word32, word64, CR_CLOSED, CR_HEAD, CR_PEER_CPU, FLAG_FIN, FLAG_RST,
-    RX_FLAGS, RX_TAIL, ST_SHUT_RD, ST_SHUT_WR,
+    atomic_u32_at, atomic_u64_at, peer_alive, ring_at, CR_CLOSED, CR_HEAD, CR_PEER_CPU, FLAG_FIN,
+    FLAG_RST, RX_FLAGS, RX_TAIL, ST_SHUT_RD, ST_SHUT_WR,
 };
 use super::cursors::RxPos;
 use super::ringsync::{self, Arming};
@@ -127,7 +127,7 @@ impl Connection {
             // Exactly what ends a `recv`: bytes, FIN or RST (a flag that does not, GONE alone
             // say, would make a waiting `recv` spin).
             let head = self.rx_pos().head;
-            word64(&self.mine, RX_TAIL).load(Acquire) > head
+            atomic_u64_at(&self.own_block, RX_TAIL).load(Acquire) > head
                 || self.peer_flags() & (FLAG_FIN | FLAG_RST) != 0
         } else {
             // A bad counter makes the connection "ready": the send reports it.
@@ -147,10 +147,10 @@ impl Connection {
         if read {
             // Whoever waits for data must not hold back the sender's credits.
             self.flush_credits(true);
-            ringsync::arm_waiter(&self.theirs, Arming::Data, &self.waiters.rx);
+            ringsync::arm_waiter(&self.peer_block, Arming::Data, &self.waiters.rx);
         }
         if write {
-            ringsync::arm_waiter(&self.theirs, Arming::Credits, &self.waiters.tx);
+            ringsync::arm_waiter(&self.peer_block, Arming::Credits, &self.waiters.tx);
         }
         ringsync::armed::<Region>();
         (read && self.ready(true)) || (write && self.ready(false))
@@ -162,10 +162,10 @@ impl Connection {
     pub fn rearm(&self, read: bool, write: bool) {
         if read {
             self.flush_credits(true);
-            ringsync::arm(&self.theirs, Arming::Data);
+            ringsync::arm(&self.peer_block, Arming::Data);
         }
         if write {
-            ringsync::arm(&self.theirs, Arming::Credits);
+            ringsync::arm(&self.peer_block, Arming::Credits);
         }
         ringsync::armed::<Region>();
     }
@@ -184,10 +184,10 @@ impl Connection {
     /// [`Connection::ack`], as does a poll or a leader that the line woke for nothing).
     pub fn disarm(&self, read: bool, write: bool) {
         if read {
-            ringsync::disarm(&self.theirs, Arming::Data, &self.waiters.rx);
+            ringsync::disarm(&self.peer_block, Arming::Data, &self.waiters.rx);
         }
         if write {
-            ringsync::disarm(&self.theirs, Arming::Credits, &self.waiters.tx);
+            ringsync::disarm(&self.peer_block, Arming::Credits, &self.waiters.tx);
         }
         if self.waiters.rx.load(SeqCst) == 0 && self.waiters.tx.load(SeqCst) == 0 {
             self.ack_doorbell();
@@ -296,7 +296,7 @@ impl Connection {
         // connection set-up loop over the service ran at 0.6 of its rate). Sleep at once.
         if self.settings.completion == CompletionMode::Adaptive
             && !same_cpu
-            && word32(&self.mine, CR_PEER_CPU).load(Relaxed) == 0
+            && atomic_u32_at(&self.own_block, CR_PEER_CPU).load(Relaxed) == 0
         {
             spin = Duration::ZERO;
         }
@@ -435,11 +435,11 @@ impl Connection {
             return;
         }
         let at = ring_at(pos as u64);
-        if let Ok(w) = self.mine.atomic_u64(at) {
+        if let Ok(w) = self.own_block.atomic_u64(at) {
             std::hint::black_box(w.load(Relaxed));
         }
         if pos.saturating_add(64) < self.rx_ring.cap() as usize {
-            if let Ok(w) = self.mine.atomic_u64(at.saturating_add(64)) {
+            if let Ok(w) = self.own_block.atomic_u64(at.saturating_add(64)) {
                 std::hint::black_box(w.load(Relaxed));
             }
         }
@@ -498,9 +498,9 @@ impl Connection {
         // only tell the peer twice.
         if self.cpu_told.load(Relaxed) != tag {
             self.cpu_told.store(tag, Relaxed);
-            word32(&self.theirs, CR_PEER_CPU).store(tag, Relaxed);
+            atomic_u32_at(&self.peer_block, CR_PEER_CPU).store(tag, Relaxed);
         }
-        word32(&self.mine, CR_PEER_CPU).load(Relaxed) == tag
+        atomic_u32_at(&self.own_block, CR_PEER_CPU).load(Relaxed) == tag
     }
 
     /// Has the peer's kernel closed the TCP socket (peer gone)? `Some(Ok)` = orderly (FIN),
@@ -568,7 +568,7 @@ impl Connection {
             Tenancy::Service { .. } => true,
             Tenancy::Device { dev, .. } => dev.side() == dev.peer_side(),
         };
-        here && peer_alive(&self.theirs)
+        here && peer_alive(&self.peer_block)
     }
 
     /// What `readiness` needs of the TCP socket: asked once in `TCP_LOOK_EVERY` calls (a system
@@ -600,10 +600,10 @@ impl Connection {
     /// that exits without closing shows only through the TCP socket, and an edge-triggered
     /// reader (nginx) must hear of it, or it keeps the dead connection.
     pub fn activity(&self) -> u64 {
-        let tail = word64(&self.mine, RX_TAIL).load(Acquire);
-        let head = word64(&self.mine, CR_HEAD).load(Acquire);
-        let flags = word32(&self.mine, RX_FLAGS).load(Acquire) as u64
-            | (word32(&self.mine, CR_CLOSED).load(Acquire) as u64) << 8
+        let tail = atomic_u64_at(&self.own_block, RX_TAIL).load(Acquire);
+        let head = atomic_u64_at(&self.own_block, CR_HEAD).load(Acquire);
+        let flags = atomic_u32_at(&self.own_block, RX_FLAGS).load(Acquire) as u64
+            | (atomic_u32_at(&self.own_block, CR_CLOSED).load(Acquire) as u64) << 8
             | (self.tcp_end.load(Relaxed) as u64) << 16
             | (self.fo.events() as u64) << 24;
         tail.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ head.rotate_left(29) ^ flags.rotate_left(58)
@@ -614,7 +614,7 @@ impl Connection {
     pub(super) fn data_ready(&self) -> bool {
         let RxPos { mut head, seq, .. } = self.rx_pos();
         // SYNC POINT (ring data): as in `recv`.
-        let tail = word64(&self.mine, RX_TAIL).load(Acquire);
+        let tail = atomic_u64_at(&self.own_block, RX_TAIL).load(Acquire);
         // At most one padding frame per lap of the ring.
         for _ in 0..2 {
             if head >= tail {
@@ -662,7 +662,7 @@ impl Connection {
         let data = self.data_ready() || self.fo.spoke();
         let reset = flags & FLAG_RST != 0 || matches!(gone, Some(Err(_)));
         let eof = flags & FLAG_FIN != 0 || gone.is_some();
-        let closed = word32(&self.mine, CR_CLOSED).load(Acquire) != 0;
+        let closed = atomic_u32_at(&self.own_block, CR_CLOSED).load(Acquire) != 0;
         let st = self.shared_state();
         // As the kernel's tcp_poll: hang-up when both directions are shut (the peer's FIN or our
         // SHUT_RD, and our SHUT_WR), or on a reset; the peer's close alone is only EOF. (A server

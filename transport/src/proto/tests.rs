@@ -252,7 +252,7 @@ fn records_round_trip_and_validate() {
     bad[0] = 9;
     assert!(matches!(
         Offer::decode(&bad),
-        Err(ProtoError::Version { theirs: 9, .. })
+        Err(ProtoError::Version { peer_block: 9, .. })
     ));
     let a = Answer {
         version: PROTOCOL_VERSION,

@@ -1,7 +1,7 @@
 //! The rendezvous area as loom sees it (built with `--cfg loom` only): the same code as over the
 //! device's mapping, its words reached through loom's atomics instead of the mapping's.
 //!
-//! Who uses it: `transport/tests/loom_rendezvous.rs`, through [`super::Control::model`]. loom's
+//! Who uses it: `transport/tests/loom_rendezvous.rs`, through [`super::RendezvousArea::model`]. loom's
 //! atomics cannot live in a mapping, so the area is a set of *cells* laid out like the real
 //! one: each synchronising word is a loom atomic of its width, and the bytes of each record are a
 //! few cells of their own, written and read with Relaxed atomics (a cell larger than 8 bytes

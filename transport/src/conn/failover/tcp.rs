@@ -301,7 +301,7 @@ impl Connection {
                     rx.deliver.extend(rx.raw.drain(..n));
                     changed = true;
                 }
-                Ok(Step::Control(ev)) => {
+                Ok(Step::RendezvousArea(ev)) => {
                     rx.raw.drain(..RECORD_HDR);
                     changed = true;
                     match ev {
@@ -535,7 +535,7 @@ impl Connection {
         }
         // Only our own socket: the application may have closed the fd already, and the number
         // may name another file now.
-        let ours = word64(&self.mine, L_SOCK_INODE).load(Relaxed);
+        let ours = atomic_u64_at(&self.own_block, L_SOCK_INODE).load(Relaxed);
         if ours == 0 || sys::inode(self.tcp_fd()) != Some(ours) {
             return;
         }
@@ -592,7 +592,7 @@ fn payload_after_drain(rx: &RxSide, end: u64) -> usize {
                 at = at.saturating_add(k);
                 n = n.saturating_add(k);
             }
-            Ok(Step::Control(RxEvent::Data { .. })) => at = at.saturating_add(RECORD_HDR),
+            Ok(Step::RendezvousArea(RxEvent::Data { .. })) => at = at.saturating_add(RECORD_HDR),
             _ => return n,
         }
     }
