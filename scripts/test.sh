@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, build (libpcisock.so included), lints, unit and conformance tests,
-# the ntb-sys bindings check, the loom models of the rendezvous area and the rings, real iperf2/iperf3 runs under LD_PRELOAD (through a device, then
+# the ntb-sys bindings check, the loom models of the rendezvous area, the rings and the device, real iperf2/iperf3 runs under LD_PRELOAD (through a device, then
 # again through the host fabric service), a smoke run of the benches, and the two-guest ivshmem
 # test bed. Ends with one line totalling every cargo test result.
 set -euo pipefail
@@ -18,10 +18,11 @@ cargo test --release -p ntb-sys --features regenerate 2>&1 | tee -a "$log"
 # Everything else. The iperf tests find target/release/libpcisock.so built above. Every test target
 # runs even after one fails, so one run shows every failure.
 cargo test --release --workspace --no-fail-fast 2>&1 | tee -a "$log"
-# The rendezvous area's and the rings' sync points model-checked under loom (docs/MEMORY-ORDERING.md,
-# "Model-checked under loom"): the real rendezvous.rs and conn/ringsync.rs over loom's model of the
-# area and of the endpoint blocks, built with --cfg loom in a target directory of its own so the
-# main build is not rebuilt. One summary line for both.
+# The rendezvous area's, the rings' and the emulated device's sync points model-checked under loom
+# (docs/MEMORY-ORDERING.md, "Model-checked under loom"): the real rendezvous.rs, conn/ringsync.rs and
+# ntbdrv's emu/sync.rs over loom's model of the area, of the endpoint blocks and of the device's
+# registers and futex, built with --cfg loom in a target directory of its own so the main build is
+# not rebuilt. One summary line for all three.
 loomlog="$(mktemp /tmp/pcisock-loom.XXXXXX)"
 loom_t0=$SECONDS
 loom_rc=0
@@ -29,6 +30,9 @@ RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" cargo t
     --no-fail-fast -p pcisock-transport --test loom_rendezvous --test loom_ring --target-dir target/loom \
     -- --nocapture \
     >"$loomlog" 2>&1 || loom_rc=$?
+RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" cargo test --release \
+    --no-fail-fast -p ntbdrv --test loom_device --target-dir target/loom -- --nocapture \
+    >>"$loomlog" 2>&1 || loom_rc=$?
 cat "$loomlog" >>"$log"
 awk -v secs=$((SECONDS - loom_t0)) -v bound="${LOOM_MAX_PREEMPTIONS:-3}" '
     /loom model .*: [0-9]+ executions/ { runs += $(NF - 1) }

@@ -1,6 +1,7 @@
 //! `pcisock doctor`: checks an installation end to end — the library is found and exports every
-//! hook of the golden list this build was made with, the configuration parses, the device
-//! directory is private, the device opens (or would be created), the link is up.
+//! hook of the golden list this build was made with, the configuration parses, the device directory
+//! is private, the device opens (or would be created), the link is up. It only looks: it never
+//! creates the device, starts a service or changes a file, and says what to run instead.
 
 use std::fmt::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -34,7 +35,9 @@ Checks, in order:
                  version fails the check); other versions' services beside it (a warning: their
                  processes meet only their own kind) and sockets no service answers on (stale, a
                  warning); or they map the device directly. With the service, of the checks
-                 below only pages applies (the DC buffer is the device's either way).
+                 below only pages applies (the DC buffer is the device's either way). Mapping
+                 the device directly trusts every process of the user (docs/HOST-SERVICE.md,
+                 threat model): a single trusted user's mode.
   directory      the device directory is ours with mode 0700, or can be created
   pages          the DC buffer of 'pcisock dc copy' can be contiguous like a BAR: the device
                  directory's filesystem gives huge pages, or it is a tmpfs without them and the
@@ -434,7 +437,7 @@ fn check_fabric(r: &mut Report) -> bool {
             r.line(
                 Status::Ok,
                 "fabric",
-                "processes map the device named below and meet in its rendezvous area (PCISOCK_FABRIC=device, or a device named in the environment)",
+                "processes map the device named below and meet in its rendezvous area (PCISOCK_FABRIC=device, or a device named in the environment); this mode trusts every process of the user: any of them can write the device (other connections' rings, the rendezvous tables) or truncate its file, which kills every process mapping it (SIGBUS). For processes that must not trust each other, use the host fabric service (PCISOCK_FABRIC unset, no device named)",
             );
             return false;
         }

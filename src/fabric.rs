@@ -1,4 +1,6 @@
-//! `pcisock fabric`: start, stop and inspect the host fabric service (docs/HOST-SERVICE.md).
+//! `pcisock fabric`: start, stop and inspect the host fabric service (docs/HOST-SERVICE.md). It
+//! never pairs connections itself: the service does (the `fabric` crate); this module only starts,
+//! stops and asks it.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;

@@ -110,6 +110,18 @@ fn pairs_a_connection_by_possession_of_its_socket() {
     assert_ne!(seals & libc::F_SEAL_GROW, 0);
     let f = std::fs::File::from(c.segment.try_clone().unwrap());
     assert!(f.set_len(4096).is_err(), "a segment could be truncated");
+    // Nor through a file of its own: another process of the same user opening the segment by
+    // its /proc path (the seals are the memory's, not the descriptor's). The device file of
+    // device mode has no such protection (docs/HOST-SERVICE.md, threat model).
+    let reopened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{}", s.segment.as_raw_fd()))
+        .unwrap();
+    assert!(
+        reopened.set_len(4096).is_err() && reopened.set_len(0).is_err(),
+        "a segment reopened by its path could be truncated"
+    );
 
     // Lines are one per process: each end's own line is the one its process said hello with,
     // and the peer's is the other's.

@@ -357,6 +357,7 @@ impl DeviceTransport {
                     bell: None,
                     until: Instant::now() + QUARANTINE,
                     peer,
+                    peer_gone_since: None,
                 });
             }
         };

@@ -1,6 +1,7 @@
 //! What every connection of a process shares: the device, its DMA channel, the process-wide
-//! counters, and the endpoint blocks closed connections leave in quarantine until their peers
-//! are done with them.
+//! counters, and the endpoint blocks closed connections leave in quarantine until their peers are
+//! done with them. Owns: `ProcessState`, the quarantine and the process counters. Must never hand a
+//! quarantined block to a new connection while its old peer may still write into it.
 
 use super::*;
 
@@ -24,7 +25,15 @@ pub(crate) struct QuarantinedBlock {
     /// The peer's endpoint block, when its processes run on this host: the block waits for
     /// them (not for `until`) as long as one of them lives.
     pub(crate) peer: Option<ntbdrv::Region>,
+    /// Since when no process of the peer's was seen alive (see [`HOLDER_GRACE`]).
+    pub(crate) peer_gone_since: Option<Instant>,
 }
+
+/// How long the peer's processes must stay gone before its block is taken for dead: a child
+/// the peer's last process forked records its pid in the peer's block right after the fork, and
+/// a parent that exits at once (a daemonizing server) leaves a moment in which no listed holder
+/// lives while the child will still write into our block.
+pub(crate) const HOLDER_GRACE: Duration = Duration::from_millis(100);
 
 /// State shared by all connections of the process.
 pub(crate) struct ProcessState {
@@ -121,6 +130,7 @@ impl ProcessState {
                 bell: Some(bell),
                 until: Instant::now() + QUARANTINE,
                 peer,
+                peer_gone_since: None,
             });
         }
         self.reap();
@@ -134,9 +144,16 @@ impl ProcessState {
         let Ok(mut z) = self.quarantined.lock() else {
             return;
         };
-        z.retain(|zb| {
+        z.retain_mut(|zb| {
             let expired = match &zb.peer {
-                Some(peer_block) => !conn::peer_alive(peer_block),
+                Some(peer_block) if conn::peer_alive(peer_block) => {
+                    zb.peer_gone_since = None;
+                    false
+                }
+                Some(_) => {
+                    let since = *zb.peer_gone_since.get_or_insert(now);
+                    now.saturating_duration_since(since) >= HOLDER_GRACE
+                }
                 None => zb.until <= now,
             };
             if expired || conn::peer_finished(&zb.block) {

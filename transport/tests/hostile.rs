@@ -30,7 +30,12 @@ impl Drop for Dir {
 }
 
 fn device() -> (Dir, Arc<dyn NtbDevice>) {
-    let p = std::env::temp_dir().join(format!("transport-hostile-{}", std::process::id()));
+    device_with("hostile", 4096)
+}
+
+/// A device of 32 MiB windows leased in multiples of `mw_align` bytes.
+fn device_with(tag: &str, mw_align: u64) -> (Dir, Arc<dyn NtbDevice>) {
+    let p = std::env::temp_dir().join(format!("transport-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir(&p).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -40,6 +45,7 @@ fn device() -> (Dir, Arc<dyn NtbDevice>) {
         side: 0,
         config: Config {
             mw_size: 32 << 20,
+            mw_align,
             ..Config::default()
         },
     };
@@ -157,6 +163,8 @@ const L_RX_HEAD: usize = 0x80;
 const L_RX_OFF: usize = 0x88;
 const L_RX_SEQ: usize = 0x90;
 const L_STATE: usize = 0xA0;
+const L_HOLDERS: usize = 0xA4;
+const L_HOLDER_PIDS: usize = 0xB0;
 const L_TX_TAIL: usize = 0xC0;
 const L_TX_SEQ: usize = 0xC8;
 
@@ -459,4 +467,200 @@ fn a_hostile_peer_breaks_only_its_own_connection() {
         t.counters().protocol_errors.load(Relaxed),
     );
     assert!(out.reset > 0, "no case was detected as a broken protocol");
+}
+
+/// Issue 13: the receiving ring's size was `.expect`ed from the lease's length, which the device
+/// rounds up to its window alignment, read from the device's shared header when the device is
+/// opened (in bridge mode the peer machine writes that header). A server that saw a 64 KiB
+/// alignment where its client saw 4 KiB took a valid offer, leased 64 KiB for a 16 KiB ring, and
+/// the 60 KiB left (no power of two) panicked the accept (across the C ABI under the shim). Now
+/// the lease that makes no ring is refused: both sides stay on TCP.
+#[test]
+fn a_lease_that_makes_no_ring_is_tcp_not_a_panic() {
+    use std::os::unix::fs::FileExt;
+    let (d, client_dev) = device_with("hostile-align", 4096);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(d.0.join("lo.ntb"))
+        .unwrap();
+    // The header's configuration holds the window size and, right after it, the alignment
+    // (ntbemu.h: `uint64_t mw_size, mw_align`): find that pair in the header's first page.
+    let mut head = vec![0u8; 4096];
+    file.read_exact_at(&mut head, 0).unwrap();
+    let pair: Vec<u8> = [(32u64 << 20).to_le_bytes(), 4096u64.to_le_bytes()].concat();
+    let found: Vec<usize> = (0..head.len() - 16)
+        .filter(|&i| head[i..i + 16] == pair[..])
+        .collect();
+    assert_eq!(found.len(), 1, "the configuration in the device header");
+    file.write_all_at(&(64u64 << 10).to_le_bytes(), found[0] as u64 + 8)
+        .unwrap();
+    let server_dev: Arc<dyn NtbDevice> = Arc::new(
+        EmuDevice::open(&Options {
+            dir: d.0.clone(),
+            name: "lo".into(),
+            side: 0,
+            config: Config::default(),
+        })
+        .unwrap(),
+    );
+    let open = |dev| {
+        Arc::new(
+            Transport::open(
+                dev,
+                Settings {
+                    ring_bytes: CAP,
+                    ..Settings::default()
+                },
+            )
+            .unwrap(),
+        )
+    };
+    let (tc, ts) = (open(client_dev), open(server_dev));
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = l.local_addr().unwrap();
+    let listener = ts
+        .listen(l.as_raw_fd(), Endpoint::from_std(server))
+        .unwrap();
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let local = s.local_addr().unwrap().as_socket().unwrap();
+    let (tc2, ts2) = (tc.clone(), ts.clone());
+    let (client, accepted) = within("connect and accept".into(), move || {
+        let pending = tc2
+            .offer(
+                Endpoint::from_std(local),
+                Endpoint::from_std(server),
+                s.as_raw_fd(),
+            )
+            .unwrap();
+        s.connect(&server.into()).unwrap();
+        let (k, peer) = l.accept().unwrap();
+        let accepted = ts2
+            .accept(
+                k.as_raw_fd(),
+                Endpoint::from_std(server),
+                Endpoint::from_std(peer),
+            )
+            .err();
+        let client = match tc2.complete(pending, s.as_raw_fd(), true) {
+            Outcome::Connected(_) => "connected".to_string(),
+            Outcome::Tcp(r) => format!("tcp {r:?}"),
+            Outcome::Waiting(_) => "waiting".to_string(),
+        };
+        (client, accepted)
+    });
+    ts.unlisten(listener);
+    assert!(
+        accepted.is_some(),
+        "the server upgraded over a ring that is no power of two"
+    );
+    assert_ne!(client, "connected", "the client upgraded without a server");
+}
+
+/// Issue 13, device mode: the holder count and pids are in the victim's block, which the peer
+/// writes. A count forged high made the victim's close wait 50 ms for an heir and then leave the
+/// connection open (no FIN for the peer, the leases kept); a live pid forged into the table (1)
+/// was handed the leases, for good. The victim knows in its own memory that it never forked
+/// with the connection: its close ends the connection at once (the peer reads EOF).
+#[test]
+fn forged_holders_neither_keep_a_connection_open_nor_take_its_leases() {
+    let (_d, dev) = device_with("hostile-holders", 4096);
+    let t = Transport::open(
+        dev.clone(),
+        Settings {
+            ring_bytes: CAP,
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    for (what, pids) in [
+        ("a count of 1000", [0u32; 4]),
+        ("a count of 1000 and pid 1", [1, 1, 1, 1]),
+    ] {
+        let Pair { c, s, _k } = pair(&t);
+        let block = victims_block(&dev, &c);
+        apply(&block, Write64::U32(L_HOLDERS, 1000));
+        for (i, pid) in pids.into_iter().enumerate() {
+            apply(&block, Write64::U32(L_HOLDER_PIDS + 4 * i, pid));
+        }
+        within(format!("{what}: the victim's close"), move || drop(s));
+        let got = within(format!("{what}: the peer's read"), move || {
+            let mut b = [0u8; 16];
+            c.recv(
+                &mut [&mut b[..]],
+                RecvFlags::default(),
+                Some(Duration::from_secs(2)),
+            )
+        });
+        assert_eq!(
+            got,
+            Ok(0),
+            "{what}: the victim's close left the connection open"
+        );
+    }
+}
+
+/// Device mode, one host: our closed block waits while a process holding the peer's end lives
+/// (the pids in the peer's block). A peer whose last listed process exits right after forking (a
+/// daemonizing server) leaves a moment in which its child has not recorded its pid yet: the
+/// block must not be given to another connection then (the child's close would write into it).
+/// Here the peer's block names only a dead process when our end closes, and the "child" records
+/// itself 30 ms later: the block stays out of use until the peer really lets go (GONE). Before,
+/// the first look after our close gave the block back at once.
+#[test]
+fn a_closed_block_waits_for_a_peer_child_that_records_itself_late() {
+    const INFO_PID: usize = 0x208;
+    let (_d, dev) = device_with("hostile-daemon", 4096);
+    let t = Transport::open(
+        dev.clone(),
+        Settings {
+            ring_bytes: CAP,
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    let Pair { c, s, _k } = pair(&t);
+    // The peer's (the client's) block, as we (the server) reach it.
+    let loc = s.peer_ring();
+    let peer_block = dev
+        .outbound(loc.mw)
+        .unwrap()
+        .slice(loc.offset as usize, loc.len as usize)
+        .unwrap();
+    let dead = {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    };
+    apply(&peer_block, Write64::U32(INFO_PID, dead));
+    for i in 0..4 {
+        apply(&peer_block, Write64::U32(L_HOLDER_PIDS + 4 * i, 0));
+    }
+    apply(&peer_block, Write64::U32(L_HOLDER_PIDS, dead));
+    let reaped = || t.counters().quarantined_reaped.load(Relaxed);
+    let before = reaped();
+    drop(s);
+    std::thread::sleep(Duration::from_millis(30));
+    // The child records itself (this process holds the client's end).
+    apply(
+        &peer_block,
+        Write64::U32(L_HOLDER_PIDS + 4, std::process::id()),
+    );
+    // Connections made meanwhile look at the quarantine (each pair, closed, leaves one block
+    // that its own second close reaps).
+    for _ in 0..3 {
+        drop(pair(&t));
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    assert_eq!(
+        reaped(),
+        before + 3,
+        "our closed block was given back while the peer's child could still write into it"
+    );
+    // The peer lets go: GONE, and the block goes at the next look (its close's).
+    drop(c);
+    assert_eq!(reaped(), before + 4, "the block never left the quarantine");
 }

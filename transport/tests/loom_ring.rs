@@ -182,6 +182,41 @@ fn fin() {
     });
 }
 
+/// Endpoint release: the peer sends a frame and closes (`release`: `closed`, RST for the unread
+/// frame, then GONE, its last write into our block) while our closed end's block waits in
+/// quarantine; when `peer_finished` sees GONE the block goes to a new connection, whose first
+/// frame is written into the same slot. Loom checks the slot: the new tenant's write must come
+/// after the old peer's (a late write of the old peer would land in the new connection).
+#[test]
+fn endpoint_release() {
+    check("endpoint release", || {
+        let p = Arc::new(Pair::new(1024));
+        let s = p.clone();
+        let peer = thread::spawn(move || {
+            s.send(0, 0, 0).unwrap();
+            ringsync::release(&s.receiver, ringsync::RST);
+        });
+        // The quarantine's looks (`ProcessState::reap`): the block is reused only once GONE is
+        // seen; until then it stays out of use.
+        for _ in 0..2 {
+            if ringsync::peer_finished(&p.receiver) {
+                p.receiver
+                    .write(ENDPOINT_HDR as usize, &[0xEEu8; FRAME_HDR as usize])
+                    .unwrap();
+                p.receiver
+                    .write(
+                        (ENDPOINT_HDR + FRAME_HDR) as usize,
+                        &vec![0xEEu8; 1024 - 16],
+                    )
+                    .unwrap();
+                break;
+            }
+            thread::yield_now();
+        }
+        peer.join().unwrap();
+    });
+}
+
 /// A full ring (four frames): the receiver reads the first frame and returns its credits
 /// (`flush_credits`), while the sender waits for room (`credits`) and writes its fifth frame
 /// into the slot the first one left: it never writes the slot before the receiver's read of it

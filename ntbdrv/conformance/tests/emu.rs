@@ -487,6 +487,54 @@ fn dma_never_writes_into_a_source_mapping() {
 }
 
 #[test]
+fn unmapping_a_destination_waits_for_the_copy_into_it() {
+    // After `unmap_host` returns the caller may free or reuse the memory: a copy the engine
+    // already checked against the range must not go on writing into it. The engine checked
+    // the ranges, let go of the table, then copied, so an unmap during a long copy returned at
+    // once and the copy went on (here: over what the owner wrote after the unmap).
+    let mut e = Emu::new("dma_unmap_in_flight", Topology::TwoHost);
+    const LEN: usize = 64 << 20;
+    e.config.mw_size = LEN as u64;
+    let (a, b) = pair(&e);
+    b.outbound(0).unwrap().write(0, &vec![0x33u8; LEN]).unwrap();
+    let ch = a.dma_channel().unwrap();
+    let mut dst = vec![0u8; LEN];
+    let base = dst.as_mut_ptr();
+    let bus = ch.map_host_mut(base, LEN).unwrap();
+    ch.submit(
+        &[DmaDesc {
+            src: ch.local_window_addr(0, 0).unwrap(),
+            dst: bus,
+            len: LEN as u32,
+        }],
+        false,
+    )
+    .unwrap();
+    // Wait for the copy to be under way (a byte 1 MiB in has landed: memmove writes the very
+    // first and last bytes of a large copy at its end), then take the range back.
+    let t0 = std::time::Instant::now();
+    // SAFETY: `dst` lives for the whole test and 1 MiB is inside it; the engine writes it
+    // concurrently, so every look is a volatile read of one byte.
+    while unsafe { base.add(1 << 20).read_volatile() } != 0x33 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the copy never started"
+        );
+        std::hint::spin_loop();
+    }
+    ch.unmap_host(bus).unwrap();
+    // The owner reuses its memory.
+    let reused = LEN - (2 << 20)..LEN - (1 << 20);
+    // SAFETY: as above (the range is inside `dst`); the engine must not write here any more.
+    unsafe { std::ptr::write_bytes(base.add(reused.start), 0x77, reused.len()) };
+    let _ = ch.wait(Completion::Poll, Some(Duration::from_secs(10)));
+    assert!(
+        dst[reused].iter().all(|&x| x == 0x77),
+        "the engine wrote into a range after it was unmapped"
+    );
+}
+
+#[test]
 fn dropping_a_channel_does_not_wait_for_a_delayed_engine() {
     let e = Emu::new("dma_drop_slow", Topology::TwoHost);
     let (a, _b) = pair(&e);
@@ -561,4 +609,97 @@ fn a_symlink_in_place_of_an_interrupt_line_is_refused() {
     assert!(a.vector_fd(7).is_err(), "a regular file opened as a line");
     let _ = a.peer_vector_trigger(7);
     assert_eq!(std::fs::read(&line).unwrap(), b"");
+}
+
+/// A link event interrupts, as a link-state-change interrupt does on hardware: the line of every
+/// leased vector on every side becomes readable when the link goes down and again when it comes
+/// back (a connection's sleeper then fails over at once, not at the end of its nap), and a
+/// line no lease holds is left alone.
+#[test]
+fn link_events_kick_every_leased_vector_line() {
+    for topology in [Topology::TwoHost, Topology::Loopback] {
+        let e = Emu::new("link_events_kick", topology);
+        let (sa, sb) = e.sides();
+        let (a, b) = (e.emu(sa), e.emu(sb));
+        a.link_enable().unwrap();
+        b.link_enable().unwrap();
+        let (va, vb) = (a.lease_vector(1).unwrap(), b.lease_vector(1).unwrap());
+        let lines = [
+            a.vector_fd(va.vector).unwrap(),
+            b.vector_fd(vb.vector).unwrap(),
+        ];
+        // A line that was leased and released: no lease holds it now.
+        let vc = b.lease_vector(1).unwrap();
+        let idle = b.vector_fd(vc.vector).unwrap();
+        b.release(ntbdrv::Lease::Vector(vc)).unwrap();
+        let quiet = |what: &str| {
+            for (i, fd) in lines.iter().chain([&idle]).enumerate() {
+                ntbdrv::drain_vector(fd);
+                assert!(
+                    !conformance::readable(fd, Duration::from_millis(10)),
+                    "{topology:?}: line {i} readable {what}"
+                );
+            }
+        };
+        quiet("before any link event");
+        for (what, down) in [("link down", true), ("link up", false)] {
+            if down {
+                a.faults().inject(Fault::LinkDown);
+            } else {
+                a.faults().clear();
+            }
+            for (i, fd) in lines.iter().enumerate() {
+                assert!(
+                    conformance::readable(fd, Duration::ZERO),
+                    "{topology:?}: {what} did not kick the line of side {i}'s vector"
+                );
+            }
+            assert!(
+                !conformance::readable(&idle, Duration::ZERO),
+                "{topology:?}: {what} kicked a line no lease holds"
+            );
+            quiet("after draining");
+        }
+    }
+}
+
+/// A side that brings its link up bumps the link generation before the link reads up, so a
+/// reader that sees the link up sees the generation of that event, never the one the link
+/// had while down (a connection returning to the ring in that window would record a
+/// generation that moves a moment later, and leave the ring again for nothing). With both
+/// sides up at generation g0, a link-down leaves a generation of the other parity; one thread
+/// takes side 0's link down and up while another reads the link state twice in a row: a
+/// generation of a link-down in the first read, the link up in the second, and the same
+/// generation there is the window.
+#[test]
+fn a_link_that_reads_up_has_the_generation_of_its_coming_up() {
+    let e = Emu::new("link_up_generation", Topology::TwoHost);
+    let (a, b) = pair(&e);
+    let g0 = b.link_state().generation;
+    assert!(b.link_state().up);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let bad = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut bad = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let first = b.link_state().generation;
+                let then = b.link_state();
+                let down_generation = first.wrapping_sub(g0) % 2 != 0;
+                if down_generation && then.up && then.generation == first && bad.len() < 5 {
+                    bad.push(first);
+                }
+            }
+            bad
+        });
+        for _ in 0..1_000_000 {
+            a.link_disable().unwrap();
+            a.link_enable().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap()
+    });
+    assert!(
+        bad.is_empty(),
+        "the link read up at generations {bad:?}, which it had while down (g0 = {g0})"
+    );
 }

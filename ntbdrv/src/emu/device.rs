@@ -15,10 +15,10 @@ use ntb_sys as sys;
 use super::bridge::{BRIDGE_LINK_NAP, BRIDGE_NAP, MB_DB};
 use super::config::Topology;
 use super::irq::kick_line;
-use super::{dma, fault, EmuDevice};
+use super::{dma, fault, sync, EmuDevice};
 use crate::error::*;
 use crate::region::Region;
-use crate::{futex, sysutil};
+use crate::sysutil;
 use crate::{DmaChannel, DoorbellLease, Lease, LinkState, MwAlign, NtbDevice, SideId, WindowLease};
 
 impl NtbDevice for EmuDevice {
@@ -55,11 +55,14 @@ impl NtbDevice for EmuDevice {
     }
 
     fn link_enable(&self) -> Result<(), LinkError> {
-        let prev = self
-            .nt_reg(self.side, sys::NTBEMU_REG_LINK_CTRL)
-            .fetch_or(1, SeqCst);
-        if prev & 1 == 0 {
-            self.bump_link();
+        let ctrl = self.nt_reg(self.side, sys::NTBEMU_REG_LINK_CTRL);
+        if ctrl.load(SeqCst) & 1 == 0 {
+            // The generation first, then the link up (`new_link_generation`); two enables at
+            // once may both bump it, which only says "something changed" once more.
+            self.new_link_generation();
+            if ctrl.fetch_or(1, SeqCst) & 1 == 0 {
+                self.announce_link();
+            }
         }
         if fault::active(self, sys::NTBEMU_FAULT_LINK_DOWN) {
             return Err(LinkError::HeldDown);
@@ -95,11 +98,13 @@ impl NtbDevice for EmuDevice {
                 std::thread::sleep(BRIDGE_LINK_NAP.min(deadline - now));
                 continue;
             }
-            waiters.fetch_add(1, SeqCst);
-            if self.link_generation().load(SeqCst) == seen {
-                futex::wait(self.link_generation(), seen, Some(deadline - now));
-            }
-            waiters.fetch_sub(1, SeqCst);
+            sync::sleep_unless(
+                &sync::Futex,
+                self.link_generation(),
+                waiters,
+                || self.link_generation().load(SeqCst) == seen,
+                Some(deadline - now),
+            );
         }
     }
 
@@ -139,9 +144,7 @@ impl NtbDevice for EmuDevice {
 
     fn db_read(&self) -> u64 {
         let (lo, hi) = self.db_status_words(self.side);
-        // SYNC POINT (doorbell status): Acquire pairs with the peer's SeqCst fetch_or in
-        // `peer_db_set`, which follows its writes of the data the doorbell announces.
-        lo.load(Acquire) as u64 | (hi.load(Acquire) as u64) << 32
+        sync::pending_bits(lo, hi)
     }
 
     fn db_clear(&self, bits: u64) -> Result<(), DoorbellError> {
@@ -187,10 +190,7 @@ impl NtbDevice for EmuDevice {
             return Ok(()); // the posted write vanished on the link
         }
         let (lo, hi) = self.db_status_words(self.peer);
-        // SYNC POINT (doorbell status): SeqCst RMW publishes everything written before it (the
-        // ring data the doorbell announces); pairs with the Acquire in `db_read` / `db_wait`.
-        lo.fetch_or(bits as u32, SeqCst);
-        hi.fetch_or((bits >> 32) as u32, SeqCst);
+        sync::ring_bits(lo, hi, bits);
         let (mlo, mhi) = self.db_mask_words(self.peer);
         let mask = mlo.load(SeqCst) as u64 | (mhi.load(SeqCst) as u64) << 32;
         let fire = bits & !mask;
@@ -222,14 +222,14 @@ impl NtbDevice for EmuDevice {
                 std::thread::sleep(remaining.map_or(BRIDGE_NAP, |r| r.min(BRIDGE_NAP)));
                 continue;
             }
-            // SYNC POINT (doorbell sleep): the SeqCst WAITERS increment and SEQ load pair with
-            // `raise_db_interrupt`'s SeqCst SEQ increment and WAITERS load (no lost wake-up).
-            waiters.fetch_add(1, SeqCst);
-            let s = seq.load(SeqCst);
-            if self.db_read() & bits == 0 {
-                futex::wait(seq, s, remaining);
-            }
-            waiters.fetch_sub(1, SeqCst);
+            // Doorbell sleep: pairs with `raise_db_interrupt` (no lost wake-up).
+            sync::sleep_unless(
+                &sync::Futex,
+                seq,
+                waiters,
+                || self.db_read() & bits == 0,
+                remaining,
+            );
         }
     }
 

@@ -1,7 +1,9 @@
-//! The emulated DMA engine: a PLX-style channel (registers at `0x200 + 0x100*c` of the side's
-//! DMA page, descriptors in the side's ring area) run by a thread of the process that leased
-//! the channel — the process is the channel's "IOMMU domain", so host memory it maps for DMA is
-//! reachable by the engine and nothing else is.
+//! The emulated DMA engine: a PLX-style channel (registers at `0x200 + 0x100*c` of the side's DMA
+//! page, descriptors in the side's ring area) run by a thread of the process that leased the
+//! channel — the process is the channel's "IOMMU domain", so host memory it maps for DMA is
+//! reachable by the engine and nothing else is. Owns: the engine thread and what the channel
+//! registers mean. Must never copy to or from memory outside the device's windows and the host
+//! ranges its process registered, nor clear IN_PROGRESS before the bytes are stored.
 //!
 //! A batch starts when the submitter writes CTRL with START and IN_PROGRESS; the engine copies
 //! each descriptor, writes back its status, and clears IN_PROGRESS only after the last byte is
@@ -29,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use ntb_sys as sys;
 
-use super::{fault, EmuDevice};
+use super::{fault, sync, EmuDevice};
 use crate::error::{DmaError, LeaseError};
 use crate::futex;
 use crate::{BusAddr, Completion, DmaChannel, DmaDesc, DmaStatus};
@@ -214,10 +216,10 @@ impl<'a> Channel<'a> {
     }
 
     fn status(&self) -> DmaStatus {
-        let ctrl = self.reg(sys::PLX_DMA_CTRL).load(Acquire);
+        let in_progress = sync::in_progress(self.reg(sys::PLX_DMA_CTRL));
         let intr = self.intr_status().load(Acquire) >> 16;
         DmaStatus {
-            in_progress: ctrl & sys::PLX_DMA_CTRL_IN_PROGRESS != 0,
+            in_progress,
             error: intr & (sys::PLX_DMA_INTR_ERROR | sys::PLX_DMA_INTR_INVALID_DESC) != 0,
             done: self.reg(sys::PLX_DMA_RING_NEXT).load(Acquire),
         }
@@ -325,22 +327,18 @@ impl DmaChannel for EmuDma {
         ch.reg(sys::PLX_DMA_RING_NEXT).store(0, Relaxed);
         // Clear the W1C status of the previous batch.
         ch.intr_status().store(0, Relaxed);
-        // SYNC POINT (DMA start): this SeqCst store publishes the descriptors written above;
-        // pairs with the engine's Acquire load of CTRL.
-        ch.reg(sys::PLX_DMA_CTRL).store(
+        // DMA start and engine wake-up: the descriptors written above are published by the
+        // start; a sleeping engine is woken.
+        sync::start_batch(
+            &sync::Futex,
+            ch.reg(sys::PLX_DMA_CTRL),
+            ch.reg(sys::NTBEMU_DMA_DOORBELL),
             sys::PLX_DMA_CTRL_START
                 | sys::PLX_DMA_CTRL_IN_PROGRESS
                 | sys::PLX_DMA_CTRL_MODE_SGL_OFFCHIP
                 | sys::PLX_DMA_CTRL_RING_STOP
                 | sys::PLX_DMA_CTRL_WRITE_BACK,
-            SeqCst,
         );
-        // SYNC POINT (engine wake-up): the engine stores 1 in DOORBELL (SeqCst) before it
-        // re-checks CTRL and sleeps; we store START (SeqCst) before reading DOORBELL.
-        let bell = ch.reg(sys::NTBEMU_DMA_DOORBELL);
-        if bell.swap(0, SeqCst) == 1 {
-            futex::wake_all(bell);
-        }
         Ok(())
     }
 
@@ -355,8 +353,8 @@ impl DmaChannel for EmuDma {
         let waiters = ch.reg(sys::NTBEMU_DMA_DONE_WAITERS);
         let mut spins = 0u32;
         loop {
-            // SYNC POINT (DMA completion): Acquire load of IN_PROGRESS pairs with the engine's
-            // Release clear after the last byte; seeing it clear means the bytes are visible.
+            // DMA completion: `status` loads IN_PROGRESS with Acquire (`sync::in_progress`);
+            // seeing it clear means the bytes are visible.
             let s = ch.status();
             if !s.in_progress {
                 if s.error {
@@ -381,17 +379,18 @@ impl DmaChannel for EmuDma {
                     }
                 }
                 Completion::Interrupt => {
-                    waiters.fetch_add(1, SeqCst);
-                    let v = seq.load(SeqCst);
-                    if ch.status().in_progress {
-                        // Bounded sleep: a batch submitted without INT_WHEN_DONE raises no
-                        // interrupt, and the wait must not hang on it.
-                        let nap = remaining.map_or(Duration::from_millis(10), |r| {
-                            r.min(Duration::from_millis(10))
-                        });
-                        futex::wait(seq, v, Some(nap));
-                    }
-                    waiters.fetch_sub(1, SeqCst);
+                    // Bounded sleep: a batch submitted without INT_WHEN_DONE raises no
+                    // interrupt, and the wait must not hang on it.
+                    let nap = remaining.map_or(Duration::from_millis(10), |r| {
+                        r.min(Duration::from_millis(10))
+                    });
+                    sync::sleep_unless(
+                        &sync::Futex,
+                        seq,
+                        waiters,
+                        || ch.status().in_progress,
+                        Some(nap),
+                    );
                 }
             }
         }
@@ -440,15 +439,18 @@ fn engine(dev: &EmuDevice, index: u32, maps: &HostMaps, stop: &AtomicBool) {
     let bell = ch.reg(sys::NTBEMU_DMA_DOORBELL);
     let mut idle_since = Instant::now();
     while !stop.load(Acquire) {
-        if ctrl.load(Acquire) & sys::PLX_DMA_CTRL_START == 0 {
+        if !sync::batch_started(ctrl) {
             if idle_since.elapsed() < ENGINE_SPIN {
                 std::hint::spin_loop();
                 continue;
             }
-            bell.store(1, SeqCst);
-            if ctrl.load(SeqCst) & sys::PLX_DMA_CTRL_START == 0 && !stop.load(SeqCst) {
-                futex::wait(bell, 1, Some(Duration::from_millis(100)));
-            }
+            sync::engine_idle(
+                &sync::Futex,
+                ctrl,
+                bell,
+                || stop.load(SeqCst),
+                Some(Duration::from_millis(100)),
+            );
             idle_since = Instant::now();
             continue;
         }
@@ -518,8 +520,10 @@ fn run_batch(ch: &Channel<'_>, maps: &HostMaps, stop: &AtomicBool) {
             }
         };
         // Write-back: VALID cleared, status bit set (Release: after the bytes).
-        ch.desc_u32(i, offset_of!(D, flags_and_size))
-            .store(wb | len as u32, Release);
+        sync::write_back(
+            ch.desc_u32(i, offset_of!(D, flags_and_size)),
+            wb | len as u32,
+        );
         if wb != sys::PLX_DESC_WB_SUCCESS {
             intr |= sys::PLX_DMA_INTR_ERROR;
             break;
@@ -531,13 +535,11 @@ fn run_batch(ch: &Channel<'_>, maps: &HostMaps, stop: &AtomicBool) {
     }
     ch.reg(sys::PLX_DMA_RING_NEXT).store(done, Release);
     ch.intr_status().fetch_or(intr << 16, Release);
-    // SYNC POINT (DMA completion): Release clear of IN_PROGRESS after every byte and write-back;
-    // pairs with the Acquire load in `Channel::status` (pollers) and in `wait`.
-    ch.reg(sys::PLX_DMA_CTRL)
-        .fetch_and(!sys::PLX_DMA_CTRL_IN_PROGRESS, Release);
-    let seq = ch.reg(sys::NTBEMU_DMA_DONE_SEQ);
-    seq.fetch_add(1, SeqCst);
-    if want_irq && ch.reg(sys::NTBEMU_DMA_DONE_WAITERS).load(SeqCst) > 0 {
-        futex::wake_all(seq);
-    }
+    sync::end_batch(
+        &sync::Futex,
+        ch.reg(sys::PLX_DMA_CTRL),
+        ch.reg(sys::NTBEMU_DMA_DONE_SEQ),
+        ch.reg(sys::NTBEMU_DMA_DONE_WAITERS),
+        want_irq,
+    );
 }

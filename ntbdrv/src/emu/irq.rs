@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use ntb_sys as sys;
 
 use super::EmuDevice;
-use crate::{futex, sysutil, SideId};
+use crate::{sysutil, SideId};
 
 impl EmuDevice {
     pub(super) fn vector_path(&self, side: SideId, bit: u32) -> PathBuf {
@@ -57,14 +57,14 @@ impl EmuDevice {
             }
             return;
         }
-        let seq = self.nt_reg(side, sys::NTBEMU_REG_DB_SEQ);
-        // SYNC POINT (doorbell interrupt): pairs with `db_wait`'s SeqCst WAITERS increment and
-        // SEQ load — either the waiter sees the new SEQ/status, or we see WAITERS > 0 and wake
-        // it.
-        seq.fetch_add(1, SeqCst);
-        if self.nt_reg(side, sys::NTBEMU_REG_DB_WAITERS).load(SeqCst) > 0 {
-            futex::wake_all(seq);
-        }
+        // Doorbell interrupt: pairs with `db_wait`'s sleep — either the waiter sees the new SEQ
+        // or status, or we see it counted and wake it.
+        super::sync::announce(
+            &super::sync::Futex,
+            self.nt_reg(side, sys::NTBEMU_REG_DB_SEQ),
+            self.nt_reg(side, sys::NTBEMU_REG_DB_WAITERS),
+            true,
+        );
         let (lo, hi) = self.vector_armed(side);
         let armed = lo.load(SeqCst) as u64 | (hi.load(SeqCst) as u64) << 32;
         let mut kick = bits & armed;
@@ -75,6 +75,31 @@ impl EmuDevice {
             let bit = kick.trailing_zeros();
             kick &= kick - 1;
             kick_line(&self.vector_path(side, bit));
+        }
+    }
+}
+
+impl EmuDevice {
+    /// A link event: kick the line of every leased interrupt vector on every side of the
+    /// device, so that a process sleeping on one (a connection's reader or sender, an epoll
+    /// set watching it) looks at the link at once rather than at the end of its nap. A line
+    /// kicked for nothing costs its sleeper one wake-up per link event. After the generation
+    /// moved (`bump_link`): a sleeper the kick wakes sees the new link state.
+    pub(super) fn kick_vector_lines(&self) {
+        let sides: SideId = match self.config.topology {
+            super::Topology::Loopback => 1,
+            super::Topology::TwoHost => 2,
+        };
+        for side in 0..sides {
+            let table = super::table::HostTable::new(
+                &self.map,
+                self.side_off(side) + sys::NTBEMU_SIDE_HOST_TABLE as usize,
+            );
+            for lease in table.leases() {
+                if lease.kind == sys::NTBEMU_LEASE_VECTOR {
+                    kick_line(&self.msi_path(side, lease.index));
+                }
+            }
         }
     }
 }

@@ -1,4 +1,6 @@
-//! The host resource table: how the processes of one host share its side of the device.
+//! The host resource table: how the processes of one host share its side of the device. Owns: the
+//! table, its lock word and the reclaim of dead holders' leases. Must never give one resource to
+//! two live leases, nor let a dead, stopped or forged holder wedge the host.
 //!
 //! Window space, doorbell bits and DMA channels are leased through `struct ntbemu_host_table` in
 //! the device file. Each lease names its process by pid and start time; a lease whose process is
@@ -53,8 +55,8 @@ struct Guard<'a> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        // SYNC POINT (host table lock): Release pairs with the Acquire CAS in `HostTable::lock`.
-        self.lock.store(0, Release);
+        // Host table lock: see `sync::unlock`.
+        super::sync::unlock(self.lock);
     }
 }
 
@@ -75,8 +77,8 @@ impl<'a> HostTable<'a> {
         // The holder and acquisition count we saw, and since when.
         let mut seen: Option<(u32, u32, Instant)> = None;
         loop {
-            match lock.compare_exchange(0, me, Acquire, Relaxed) {
-                Ok(_) => return taken(),
+            match super::sync::try_lock(lock, me) {
+                Ok(()) => return taken(),
                 Err(holder) => {
                     spins = spins.saturating_add(1);
                     if spins.is_multiple_of(64) {
@@ -93,7 +95,7 @@ impl<'a> HostTable<'a> {
                         // The holder died (or is a previous incarnation of our pid after fork
                         // and exec), or has held it too long: break its lock.
                         if (stuck || holder == me || !sysutil::pid_exists(holder))
-                            && lock.compare_exchange(holder, me, Acquire, Relaxed).is_ok()
+                            && super::sync::break_lock(lock, holder, me)
                         {
                             return taken();
                         }

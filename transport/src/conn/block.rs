@@ -33,6 +33,11 @@ pub(super) const L_RX_OFF: usize = 0x88;
 pub(super) const L_RX_SEQ: usize = 0x90;
 pub(super) const L_TX_TAIL: usize = 0xC0;
 pub(super) const L_TX_SEQ: usize = 0xC8;
+/// Failover's view of our sending direction, for the other processes holding the connection
+/// (`Connection::claim_tx_view`): bytes sent on TCP since the END while ON_TCP (u64), and the
+/// pid of the process whose view is current, the last to send or switch (u32, 0: none yet).
+pub(super) const L_TX_TCP_SENT: usize = 0x98;
+pub(super) const L_TX_SENDER: usize = 0xF8;
 // Counters (ours): read by `pcisock stats` through the device.
 pub(crate) const C_BASE: usize = 0x100;
 // Identity block (ours).
@@ -106,7 +111,7 @@ pub(crate) fn peer_alive(peer_block: &Region) -> bool {
 
 /// Has the peer of this (closed) endpoint block made its last write into it?
 pub(crate) fn peer_finished(block: &Region) -> bool {
-    atomic_u32_at(block, RX_FLAGS).load(Acquire) & FLAG_GONE != 0
+    super::ringsync::peer_finished(block)
 }
 
 // Where the peer's ring is and who we are: read back by `reattach` in an exec'd image.

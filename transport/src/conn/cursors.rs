@@ -11,6 +11,7 @@ use ntbdrv::Region;
 use super::block::{atomic_u64_at, L_RX_HEAD, L_RX_OFF, L_RX_SEQ, L_TX_SEQ, L_TX_TAIL};
 use super::Connection;
 use crate::proto::FRAME_HDR;
+use crate::switchover::seq_count;
 
 /// This side's position in both rings, in process memory. The peer can write anything in our
 /// endpoint block, so nothing read from there decides where we read or write: the block's
@@ -137,10 +138,13 @@ impl Connection {
         }
         let seq = atomic_u64_at(&self.own_block, L_TX_SEQ).load(Relaxed);
         let ahead = tail.saturating_sub(ours.tail);
+        // Frames counted without the epoch: the holder that wrote the copy may have gone to TCP
+        // and back since (each fail-back starts a new epoch, `switchover`).
+        let (count, our_count) = (seq_count(seq), seq_count(ours.seq));
         let consistent = tail.is_multiple_of(crate::proto::FRAME_ALIGN)
             && tail < COUNTER_LIMIT
-            && seq >= ours.seq
-            && seq.saturating_sub(ours.seq) <= ahead / MIN_DATA_FRAME;
+            && count >= our_count
+            && count.saturating_sub(our_count) <= ahead / MIN_DATA_FRAME;
         if consistent {
             TxPos { tail, seq }
         } else {

@@ -2,24 +2,87 @@
 //! (`add_holder`, `adopt`, `release_holder`), and rebuilding it after exec (`reattach`). Called
 //! by the shim's close, shutdown, fork and exec handling; it never returns the leases while
 //! another process holds the connection or the peer can still write into them.
+//!
+//! The holder words (count and pids) are in our endpoint block, which the peer can write too.
+//! They are only a directory for our own processes: whether anyone else holds the connection is
+//! decided by what this process knows in its own memory ([`Family`]: it forked with the
+//! connection, was forked with it, or picked it up after exec) and, if so, by possession: an
+//! heir named in the block must be a live process holding the connection's TCP socket. A forged
+//! count or pid neither keeps a connection open nor makes a close wait.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ntbdrv::{Lease, VectorLease, WindowLease};
 
 use super::block::{
-    atomic_u32_at, atomic_u64_at, holder_pid, peer_finished, CR_CLOSED, FLAG_FIN, FLAG_GONE,
-    FLAG_RST, INFO_BASE, INFO_MAGIC, L_HOLDERS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN,
-    L_PEER_MW, L_PEER_OFF, L_SOCK_INODE, L_STATE, MAX_HOLDERS, RX_FLAGS, RX_TAIL, ST_CLOSED,
-    ST_SHUT_RD, ST_SHUT_WR,
+    atomic_u32_at, atomic_u64_at, holder_pid, peer_finished, FLAG_FIN, FLAG_RST, INFO_BASE,
+    INFO_MAGIC, L_HOLDERS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN, L_PEER_MW, L_PEER_OFF,
+    L_SOCK_INODE, L_STATE, MAX_HOLDERS, RX_TAIL, ST_CLOSED, ST_SHUT_RD, ST_SHUT_WR,
 };
 use super::cursors::Cursors;
 use super::{Connection, Info, Role, Segments, ServicePair, Tenancy};
 use crate::proto::{Endpoint, Ring, RingLoc, ENDPOINT_HDR};
 use crate::{sys, ProcessState};
+
+/// How long a process that forked with a connection waits, at its close, for the child's pid to
+/// appear in the block (the child records it right after the fork).
+const HEIR_WAIT: Duration = Duration::from_millis(50);
+
+/// Within this long after this process announced a fork of the connection, a close with no
+/// heir found waits [`HEIR_WAIT`] for one; later, the children have long recorded themselves.
+const FORK_FRESH: Duration = Duration::from_secs(1);
+
+/// A connection's holders as this process knows them, in its own memory (copied into a forked
+/// child with the rest of it).
+pub(super) struct Family {
+    /// Other processes may hold the connection: this one forked with it (or is a child that
+    /// was forked with it), or picked it up after exec. False for the connection's only
+    /// process, whose close then never looks at the holder words.
+    shared: AtomicBool,
+    /// When this process last announced a fork of the connection ([`Family::since`]'s clock, in
+    /// milliseconds, plus one; 0: never).
+    forked_ms: AtomicU64,
+    /// The TCP socket's inode, read from our own descriptor: what an heir must hold.
+    sock_inode: u64,
+}
+
+impl Family {
+    pub(super) fn new(sock_inode: u64) -> Family {
+        Family {
+            shared: AtomicBool::new(false),
+            forked_ms: AtomicU64::new(0),
+            sock_inode,
+        }
+    }
+
+    /// Milliseconds on this process's clock for [`Family::forked_ms`].
+    fn since() -> u64 {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        let ms = EPOCH.get_or_init(Instant::now).elapsed().as_millis();
+        u64::try_from(ms).unwrap_or(u64::MAX).saturating_add(1)
+    }
+
+    /// Did this process announce a fork of the connection less than [`FORK_FRESH`] ago?
+    fn fork_is_fresh(&self) -> bool {
+        let at = self.forked_ms.load(Relaxed);
+        at != 0 && Family::since().saturating_sub(at) < FORK_FRESH.as_millis() as u64
+    }
+}
+
+/// Does process `pid` hold a descriptor of the socket with inode `inode`? None if its
+/// descriptors cannot be read (another user's process).
+fn holds_socket(pid: u32, inode: u64) -> Option<bool> {
+    let want = format!("socket:[{inode}]");
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        dir.flatten()
+            .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == want.as_str())),
+    )
+}
 
 impl Connection {
     #[inline]
@@ -30,10 +93,14 @@ impl Connection {
     /// shutdown(2): SHUT_WR sends FIN through the ring; SHUT_RD stops reading.
     pub fn shutdown(&self, read: bool, write: bool) {
         if write {
+            // Another holder may have sent last (a forked child): its view of the switch.
+            self.claim_tx_view();
             let _g = self.tx_lock.lock();
             if self.fo.tx_off() {
-                // On TCP: the kernel's FIN ends the stream after the last record.
+                // On TCP: a SHUT record, then the kernel's FIN, end the stream after the last
+                // record (the SHUT tells the peer the FIN is a half-close, not our death).
                 atomic_u32_at(&self.own_block, L_STATE).fetch_or(ST_SHUT_WR, SeqCst);
+                self.send_shut_record();
                 sys::shutdown_write(self.tcp_fd());
             } else if atomic_u32_at(&self.own_block, L_STATE).fetch_or(ST_SHUT_WR, SeqCst)
                 & ST_SHUT_WR
@@ -51,6 +118,8 @@ impl Connection {
     /// The last reference is going away: tell the peer (FIN, or RST if we drop unread data, as
     /// TCP does) and return our resources once the peer can no longer write into them.
     pub(crate) fn close(&self) {
+        // The last holder: the sending direction is where whoever sent last left it.
+        self.claim_tx_view();
         self.drain_tcp_at_close();
         let unread = atomic_u64_at(&self.own_block, RX_TAIL).load(Acquire) > self.rx_pos().head;
         let flag = if self.fo.tx_off() {
@@ -64,12 +133,7 @@ impl Connection {
         };
         atomic_u32_at(&self.own_block, L_STATE)
             .fetch_or(ST_SHUT_WR | ST_SHUT_RD | ST_CLOSED, SeqCst);
-        atomic_u32_at(&self.peer_block, CR_CLOSED).store(1, SeqCst);
-        atomic_u32_at(&self.peer_block, RX_FLAGS).fetch_or(flag, SeqCst);
-        // SYNC POINT (endpoint release): our last write into the peer's block; pairs with the
-        // Acquire load in `peer_finished`, after which the peer may give the block to another
-        // connection.
-        atomic_u32_at(&self.peer_block, RX_FLAGS).fetch_or(FLAG_GONE, SeqCst);
+        super::ringsync::release(&self.peer_block, flag);
         self.ring_peer();
         atomic_u32_at(&self.own_block, INFO_BASE).store(0, Release);
         match &self.tenancy {
@@ -94,6 +158,8 @@ impl Connection {
     /// fork (so a parent that closes its copy at once does not close the connection under the
     /// child), then [`Connection::adopt`] in the child records the child's pid.
     pub fn add_holder(&self) {
+        self.family.shared.store(true, SeqCst);
+        self.family.forked_ms.store(Family::since(), SeqCst);
         atomic_u32_at(&self.own_block, L_HOLDERS).fetch_add(1, SeqCst);
     }
 
@@ -105,6 +171,11 @@ impl Connection {
     /// In a child after fork: record this process as a holder.
     pub fn adopt(&self, pid: u32) {
         self.tx_lock.forked();
+        self.fo.forked(pid);
+        // The fork was announced by the parent: `shared` is set in this copy already. The
+        // parent's fork is not this child's: it waits for no heir of its own.
+        self.family.shared.store(true, SeqCst);
+        self.family.forked_ms.store(0, SeqCst);
         for i in 0..MAX_HOLDERS {
             if atomic_u32_at(&self.own_block, holder_pid(i))
                 .compare_exchange(0, pid, SeqCst, SeqCst)
@@ -127,32 +198,46 @@ impl Connection {
             let _ = atomic_u32_at(&self.own_block, holder_pid(i))
                 .compare_exchange(me, 0, SeqCst, SeqCst);
         }
-        let before = atomic_u32_at(&self.own_block, L_HOLDERS).fetch_sub(1, SeqCst);
-        if before <= 1 {
-            atomic_u32_at(&self.own_block, L_HOLDERS).store(0, SeqCst);
+        // The count is kept for `pcisock stats` and older builds; it decides nothing (the
+        // peer can write it).
+        let _ = atomic_u32_at(&self.own_block, L_HOLDERS)
+            .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
+        if !self.family.shared.load(SeqCst) {
             return true;
         }
-        // Another process holds it: hand it our leases. A child that was just forked records
-        // its pid right after the fork; give it a moment to appear.
+        // Another process of ours may hold it: hand it our leases. A child forked a moment ago
+        // records its pid right after the fork; give it a moment to appear.
         let t0 = Instant::now();
+        let wait = self.family.fork_is_fresh();
         loop {
-            let heir = (0..MAX_HOLDERS)
-                .map(|i| atomic_u32_at(&self.own_block, holder_pid(i)).load(SeqCst))
-                .find(|&p| p != 0 && p != me && ntbdrv::process::start_time(p).is_some());
-            if let Some(pid) = heir {
+            if let Some(pid) = self.heir(me) {
                 if let Tenancy::Device { dev, lease, bell } = &self.tenancy {
                     let _ = dev.transfer(Lease::Window(*lease), pid);
                     let _ = dev.transfer(Lease::Vector(*bell), pid);
                 }
                 return false;
             }
-            if t0.elapsed() > Duration::from_millis(50) {
-                // The count says someone holds it, but we cannot name them: keep the leases
-                // (they return to the host when this process exits) and leave it open.
-                return false;
+            if !wait || t0.elapsed() > HEIR_WAIT {
+                // No process of ours holds the connection's socket: we were the last.
+                return true;
             }
             std::thread::yield_now();
         }
+    }
+
+    /// A process named in the block's holder table, other than `me`, that lives and holds the
+    /// connection's TCP socket. A process whose descriptors we may not read (another user's)
+    /// counts only if it is our parent: a forked child that dropped privileges closing before
+    /// the server that forked it.
+    fn heir(&self, me: u32) -> Option<u32> {
+        (0..MAX_HOLDERS)
+            .map(|i| atomic_u32_at(&self.own_block, holder_pid(i)).load(SeqCst))
+            .filter(|&p| p != 0 && p != me && ntbdrv::process::start_time(p).is_some())
+            .find(|&p| {
+                self.family.sock_inode != 0
+                    && holds_socket(p, self.family.sock_inode)
+                        .unwrap_or_else(|| p == std::os::unix::process::parent_id())
+            })
     }
 
     /// After exec: rebuild the connection this process held on kernel socket `tcp_fd` before
@@ -208,7 +293,7 @@ impl Connection {
         let info = Info::decode(&ib);
         let tenancy = Tenancy::Device { dev, lease, bell };
         let cur = Box::new(Cursors::from_block(&own_block));
-        Some(Connection::assemble(
+        Some(Connection::exec_heir(Connection::assemble(
             shared,
             tenancy,
             own_block,
@@ -222,7 +307,14 @@ impl Connection {
             info.local,
             info.peer,
             cur,
-        ))
+        )))
+    }
+
+    /// A connection picked up after exec: the image before it may have shared it with forked
+    /// children, which this one cannot know.
+    fn exec_heir(self) -> Connection {
+        self.family.shared.store(true, SeqCst);
+        self
     }
 
     /// After exec (or in a process that proved it holds the socket): rebuild the connection
@@ -251,28 +343,9 @@ impl Connection {
         let mut ib = [0u8; 48];
         seg.own_block.read(INFO_BASE + 8, &mut ib).ok()?;
         let info = Info::decode(&ib);
-        if let Some(link) = &shared.service {
-            link.note_held(p.conn, tcp_fd);
-        }
-        let tenancy = Tenancy::Service {
-            conn: p.conn,
-            peer_line: p.peer_line,
-        };
         let cur = Box::new(Cursors::from_block(&seg.own_block));
-        Some(Connection::assemble(
-            shared,
-            tenancy,
-            seg.own_block,
-            p.own_line,
-            seg.peer_block,
-            seg.loc,
-            seg.ring,
-            seg.ring,
-            tcp_fd,
-            info.role,
-            info.local,
-            info.peer,
-            cur,
-        ))
+        Some(Connection::exec_heir(Connection::from_segments(
+            shared, p, seg, tcp_fd, info, cur,
+        )))
     }
 }

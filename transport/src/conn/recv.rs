@@ -1,6 +1,7 @@
-//! The receive path: `recv` from the ring (or the TCP socket while switched), read
-//! coalescing, credit return, and FIONREAD. Called by the shim's read hooks; nothing the peer
-//! writes may make it panic or read outside our ring.
+//! The receive path: `recv` from the ring (or the TCP socket while switched), read coalescing,
+//! credit return, and FIONREAD. Called by the shim's read hooks. Owns: the consumer side of our
+//! ring (the credit policy itself is `proto::credit_return`'s). Whatever the peer writes, it must
+//! never panic, read outside our ring, or return credits for bytes it has not consumed.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};

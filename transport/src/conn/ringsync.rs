@@ -17,10 +17,10 @@ use std::sync::atomic::Ordering::{self, Acquire, Relaxed, Release, SeqCst};
 use ntbdrv::Region;
 
 use super::block::{
-    atomic_u32_at, atomic_u64_at, CR_HEAD, CR_RX_SLEEPING, FLAG_FIN, RX_FLAGS, RX_TAIL,
-    RX_TX_WAITING,
+    atomic_u32_at, atomic_u64_at, CR_CLOSED, CR_HEAD, CR_RX_SLEEPING, FLAG_FIN, FLAG_GONE,
+    RX_FLAGS, RX_TAIL, RX_TX_WAITING,
 };
-use crate::proto::ProtoError;
+use crate::proto::{credit_return, CreditReturn, ProtoError};
 
 /// One shared word of `T` (a `u32` or a `u64`): the operations the ring's sequences use.
 pub trait Word<T> {
@@ -156,6 +156,9 @@ impl Block for crate::rendezvous::model::Area {
 /// The FIN bit of the sender's flags, for the loom models.
 #[cfg(loom)]
 pub const FIN: u32 = FLAG_FIN;
+/// The RST bit, for the loom models.
+#[cfg(loom)]
+pub const RST: u32 = super::block::FLAG_RST;
 
 /// An endpoint block with a ring of [`crate::proto::MIN_RING`] bytes cut in frame slots of
 /// `slot` bytes (a header cell and a payload cell each), for the loom models: its words are the
@@ -164,7 +167,6 @@ pub const FIN: u32 = FLAG_FIN;
 #[cfg(loom)]
 #[allow(clippy::arithmetic_side_effects)] // the model's layout: constants, never peer input
 pub fn model_block(slot: usize) -> crate::rendezvous::model::Area {
-    use super::block::CR_CLOSED;
     use crate::proto::{ENDPOINT_HDR, FRAME_HDR, MIN_RING};
     let hdr = ENDPOINT_HDR as usize;
     let mut cells = vec![
@@ -237,6 +239,28 @@ pub fn send_fin<B: Block>(peer_block: &B) {
     peer_block.w32(RX_FLAGS).fetch_or(FLAG_FIN, SeqCst);
 }
 
+/// Close our end: the closing side's last writes into the peer's block (`peer_block`): `closed`
+/// (the peer's sends fail), `flag` (FIN, RST, or none when our stream ended on the TCP socket),
+/// then GONE, after which we never write into that block again.
+#[inline]
+pub fn release<B: Block>(peer_block: &B, flag: u32) {
+    peer_block.w32(CR_CLOSED).store(1, SeqCst);
+    peer_block.w32(RX_FLAGS).fetch_or(flag, SeqCst);
+    // SYNC POINT (endpoint release): our last write into the peer's block; pairs with the
+    // Acquire load in `peer_finished`, after which the peer may give the block to another
+    // connection.
+    peer_block.w32(RX_FLAGS).fetch_or(FLAG_GONE, SeqCst);
+}
+
+/// Has the peer of our (closed) block (`own_block`) made its last write into it? Then the block
+/// may be given to another connection.
+#[inline]
+pub fn peer_finished<B: Block>(own_block: &B) -> bool {
+    // SYNC POINT (endpoint release): Acquire pairs with the SeqCst GONE in the peer's
+    // `release`: every write of the peer into this block happens before our reuse of it.
+    own_block.w32(RX_FLAGS).load(Acquire) & FLAG_GONE != 0
+}
+
 // ---- the consumer --------------------------------------------------------------------------
 
 /// The sender's flags in our block (`own_block`): FIN, RST, GONE.
@@ -276,10 +300,11 @@ pub fn rx_tail<B: Block>(own_block: &B, seen: &LocalU64, cap: u64) -> Result<u64
     Ok(tail)
 }
 
-/// Return consumer counter `head` to the sender (its block, `peer_block`) when enough has gathered
-/// (a quarter of a ring of `cap` bytes since `returned`, the counter last returned, kept up to
-/// date here), when the sender waits for credits (its flag in our block, `own_block`), or when
-/// `force`d. True when the sender was armed for credits: the caller rings it.
+/// Return consumer counter `head` to the sender (its block, `peer_block`) when the credit policy
+/// ([`credit_return`]: a quarter of a ring of `cap` bytes gathered since `returned`, the counter
+/// last returned, kept up to date here; or `force`d) says so, or it says "if the sender waits"
+/// and the sender's flag in our block (`own_block`) is set. True when the sender was armed for
+/// credits: the caller rings it.
 #[inline]
 pub fn flush_credits<B: Block>(
     peer_block: &B,
@@ -289,16 +314,16 @@ pub fn flush_credits<B: Block>(
     cap: u64,
     force: bool,
 ) -> bool {
-    let before = returned.load(Relaxed);
-    if head == before {
-        return false;
-    }
-    if !force && head.saturating_sub(before) < cap / 4 {
-        B::fence(SeqCst);
-        // SYNC POINT (credit wake-up): a sender waiting for credits gets them at once.
-        if own_block.w32(RX_TX_WAITING).load(SeqCst) == 0 {
-            return false;
+    match credit_return(cap, head, returned.load(Relaxed), force) {
+        CreditReturn::Nothing => return false,
+        CreditReturn::IfSenderWaits => {
+            B::fence(SeqCst);
+            // SYNC POINT (credit wake-up): a sender waiting for credits gets them at once.
+            if own_block.w32(RX_TX_WAITING).load(SeqCst) == 0 {
+                return false;
+            }
         }
+        CreditReturn::Now => {}
     }
     returned.store(head, Relaxed);
     // SYNC POINT (credits): Release store of our consumer counter into the sender's memory

@@ -1,0 +1,242 @@
+//! Model checks of the emulated device's sync points (docs/MEMORY-ORDERING.md: doorbell status,
+//! doorbell interrupt and sleep, link event, DMA start, engine wake-up, DMA completion, host
+//! table lock) under
+//! loom, running the real sequences of `ntbdrv/src/emu/sync.rs` (the ones `EmuDevice` and its
+//! DMA engine call) over loom's atomics and a modelled futex (`sync::ModelFutex`: the word's
+//! check and the sleep are one step, as under the kernel's futex lock; no timeout, so a lost
+//! wake-up leaves a sleeper asleep for good and loom reports the deadlock). The data a sync point
+//! announces (ring bytes, a DMA descriptor, the bytes a DMA copied) is tracked by a loom
+//! `UnsafeCell` ([`Data`]): a read not ordered after its write by happens-before fails the model,
+//! whatever value it saw.
+//!
+//! Built and run only with `--cfg loom` (scripts/test.sh):
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release -p ntbdrv \
+//!     --test loom_device --target-dir target/loom
+//! ```
+#![cfg(loom)]
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use loom::sync::atomic::AtomicU32;
+use loom::thread;
+use ntb_sys as sys;
+use ntbdrv::emu::sync::{self, ModelFutex};
+
+/// Preemptions per execution when LOOM_MAX_PREEMPTIONS does not say (as the transport's models).
+const DEFAULT_PREEMPTIONS: usize = 3;
+
+/// Run `f` under loom, print how many executions it explored (the CI summary adds them up).
+fn check(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let mut b = loom::model::Builder::new();
+    if b.preemption_bound.is_none() {
+        b.preemption_bound = Some(DEFAULT_PREEMPTIONS);
+    }
+    b.check(move || {
+        counted.fetch_add(1, Relaxed);
+        f()
+    });
+    println!("loom model {name}: {} executions", runs.load(Relaxed));
+}
+
+/// Data a sync point announces: loom's record of who wrote and read it (a read not ordered after
+/// the write by happens-before fails the model, whatever value it saw) beside the value itself
+/// (outside loom's view, as the transport's model area keeps its bytes).
+#[derive(Default)]
+struct Data {
+    race: std::sync::Mutex<loom::cell::UnsafeCell<()>>,
+    value: std::sync::atomic::AtomicU32,
+}
+
+impl Data {
+    fn write(&self, v: u32) {
+        self.race.lock().unwrap().with_mut(|_| ());
+        self.value.store(v, Relaxed);
+    }
+    fn read(&self) -> u32 {
+        self.race.lock().unwrap().with(|_| ());
+        self.value.load(Relaxed)
+    }
+}
+
+/// One side's doorbell registers and the data a ring announces.
+#[derive(Default)]
+struct Doorbell {
+    status_lo: AtomicU32,
+    status_hi: AtomicU32,
+    seq: AtomicU32,
+    waiters: AtomicU32,
+    futex: ModelFutex,
+    /// What the ringer wrote before ringing (the ring data of a connection).
+    data: Data,
+}
+
+/// The ringer writes data and rings bit 0 (`peer_db_set`: `ring_bits`, then
+/// `raise_db_interrupt`: `announce`); the rung side waits for the bit as `db_wait` does (look,
+/// then `sleep_unless`, again) and reads the data. It is never left asleep (doorbell interrupt
+/// and sleep) and reads the data after its write (doorbell status).
+#[test]
+fn doorbell() {
+    check("doorbell", || {
+        let d = Arc::new(Doorbell::default());
+        let r = d.clone();
+        let ringer = thread::spawn(move || {
+            r.data.write(7);
+            sync::ring_bits(&r.status_lo, &r.status_hi, 1);
+            sync::announce(&r.futex, &r.seq, &r.waiters, true);
+        });
+        loop {
+            if sync::pending_bits(&d.status_lo, &d.status_hi) & 1 != 0 {
+                assert_eq!(d.data.read(), 7);
+                break;
+            }
+            sync::sleep_unless(
+                &d.futex,
+                &d.seq,
+                &d.waiters,
+                || sync::pending_bits(&d.status_lo, &d.status_hi) & 1 == 0,
+                None,
+            );
+        }
+        ringer.join().unwrap();
+    });
+}
+
+/// The link changes (`bump_link`: `announce` on the generation) while a thread waits for it as
+/// `link_wait` does; the waiter is never left asleep.
+#[test]
+fn link_event() {
+    check("link event", || {
+        let d = Arc::new(Doorbell::default());
+        let c = d.clone();
+        let changer = thread::spawn(move || {
+            sync::announce(&c.futex, &c.seq, &c.waiters, true);
+        });
+        let seen = 0;
+        while d.seq.load(std::sync::atomic::Ordering::Acquire) == seen {
+            sync::sleep_unless(
+                &d.futex,
+                &d.seq,
+                &d.waiters,
+                || d.seq.load(std::sync::atomic::Ordering::SeqCst) == seen,
+                None,
+            );
+        }
+        changer.join().unwrap();
+    });
+}
+
+/// A DMA channel's registers, a descriptor and the bytes a batch copies.
+#[derive(Default)]
+struct Channel {
+    ctrl: AtomicU32,
+    bell: AtomicU32,
+    done_seq: AtomicU32,
+    waiters: AtomicU32,
+    desc_flags: AtomicU32,
+    futex: ModelFutex,
+    /// A descriptor's addresses (written Relaxed by `submit` in the device; a cell here, so an
+    /// engine reading it unordered fails).
+    desc: Data,
+    /// The destination of the copy.
+    dst: Data,
+}
+
+/// A batch is submitted (`submit`: the descriptor, then `start_batch`) while the engine idles
+/// (`engine`: `batch_started`, else `engine_idle`, again): the engine is never left asleep with
+/// a batch started (engine wake-up) and reads the whole descriptor (DMA start).
+#[test]
+fn dma_start() {
+    check("DMA start", || {
+        let ch = Arc::new(Channel::default());
+        let s = ch.clone();
+        let submitter = thread::spawn(move || {
+            s.desc.write(0xD5);
+            sync::start_batch(
+                &s.futex,
+                &s.ctrl,
+                &s.bell,
+                sys::PLX_DMA_CTRL_START | sys::PLX_DMA_CTRL_IN_PROGRESS,
+            );
+        });
+        loop {
+            if sync::batch_started(&ch.ctrl) {
+                assert_eq!(ch.desc.read(), 0xD5);
+                break;
+            }
+            sync::engine_idle(&ch.futex, &ch.ctrl, &ch.bell, || false, None);
+        }
+        submitter.join().unwrap();
+    });
+}
+
+/// The engine copies, writes the descriptor back and ends the batch (`run_batch`: the bytes,
+/// `write_back`, `end_batch`) while the submitter waits for it with interrupts (`wait`:
+/// `in_progress`, else `sleep_unless`, again): it is never left asleep, and once IN_PROGRESS is
+/// clear the copied bytes and the write-back are visible (DMA completion).
+#[test]
+fn dma_completion() {
+    check("DMA completion", || {
+        let ch = Arc::new(Channel::default());
+        ch.ctrl.store(
+            sys::PLX_DMA_CTRL_IN_PROGRESS,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        ch.desc_flags
+            .store(sys::PLX_DESC_VALID, std::sync::atomic::Ordering::Relaxed);
+        let e = ch.clone();
+        let engine = thread::spawn(move || {
+            e.dst.write(0xC0);
+            sync::write_back(&e.desc_flags, sys::PLX_DESC_WB_SUCCESS);
+            sync::end_batch(&e.futex, &e.ctrl, &e.done_seq, &e.waiters, true);
+        });
+        loop {
+            if !sync::in_progress(&ch.ctrl) {
+                assert_eq!(ch.dst.read(), 0xC0);
+                assert_eq!(
+                    ch.desc_flags.load(std::sync::atomic::Ordering::Relaxed),
+                    sys::PLX_DESC_WB_SUCCESS,
+                    "IN_PROGRESS clear before the write-back"
+                );
+                break;
+            }
+            sync::sleep_unless(
+                &ch.futex,
+                &ch.done_seq,
+                &ch.waiters,
+                || sync::in_progress(&ch.ctrl),
+                None,
+            );
+        }
+        engine.join().unwrap();
+    });
+}
+
+/// Two processes (pids 1 and 2) take the host table's lock as `HostTable::lock` does
+/// (`try_lock`, again while it is held), change a slot (read it, write it) and give the lock back
+/// (`unlock`): the changes never overlap (loom checks the slot) and none is lost.
+#[test]
+fn host_table_lock() {
+    check("host table lock", || {
+        let lock = Arc::new(AtomicU32::new(0));
+        let slot = Arc::new(Data::default());
+        let lease = |lock: &AtomicU32, slot: &Data, me: u32| {
+            while sync::try_lock(lock, me).is_err() {
+                thread::yield_now();
+            }
+            let n = slot.read();
+            slot.write(n + 1);
+            sync::unlock(lock);
+        };
+        let (l, s) = (lock.clone(), slot.clone());
+        let other = thread::spawn(move || lease(&l, &s, 2));
+        lease(&lock, &slot, 1);
+        other.join().unwrap();
+        assert_eq!(slot.read(), 2, "a lease lost");
+    });
+}
