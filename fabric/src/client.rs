@@ -1,6 +1,10 @@
 //! The process side of the service: one connection per process (a forked child opens its
 //! own), requests with the sockets they concern, and the replies — including a `Paired` that
 //! arrives for an earlier `Connect` while another request waits (kept until asked for).
+//! Used by the transport's service path and by the CLI. It never waits for a reply longer than
+//! its patience (`REPLY_PATIENCE`, or what the caller gives; the one-way requests wait for
+//! nothing), and never maps or reads connections' memory: the segments and lines it receives go
+//! to its caller as descriptors.
 
 use std::collections::HashMap;
 use std::io;

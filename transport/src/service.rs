@@ -7,6 +7,11 @@
 //! own (given with the service's hello; a new one per service connection, so a forked child
 //! has its own) and one per peer process, each shared by the connections that use it (the
 //! service names lines, and a line named twice is kept once).
+//!
+//! It must never map memory it was not given for a connection of its own, never take the
+//! service's word for a connection it cannot prove with its own socket, and never wait for the
+//! service on the data path: once paired, a connection runs without it (a service restart loses
+//! no established connection).
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

@@ -1,3 +1,6 @@
+//! The wire codec's tests: every request and reply round-trips, and malformed, truncated or
+//! oversized messages are refused with the error that names them.
+
 use super::*;
 
 fn all_requests() -> Vec<Request> {
