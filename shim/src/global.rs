@@ -43,6 +43,8 @@ pub struct ShimState {
     late_wakeups: AtomicU64,
     epoch: std::time::Instant,
     last_write_ms: AtomicU64,
+    /// Records of closed connections came in since the file was last written.
+    unwritten: AtomicBool,
 }
 
 /// Reason codes counted in the statistics file's `fallbacks` (codes are small integers).
@@ -141,6 +143,11 @@ impl Totals {
 static GLOBAL: OnceLock<ShimState> = OnceLock::new();
 
 /// The process's shim state, built on first use from the environment.
+/// The state, if something made it already (a close of an fd we never saw does not).
+pub fn made() -> Option<&'static ShimState> {
+    GLOBAL.get()
+}
+
 pub fn get() -> &'static ShimState {
     GLOBAL.get_or_init(|| {
         let (config, errors) = Config::from_env();
@@ -185,6 +192,7 @@ pub fn get() -> &'static ShimState {
             late_wakeups: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             last_write_ms: AtomicU64::new(0),
+            unwritten: AtomicBool::new(false),
         }
     })
 }
@@ -323,6 +331,10 @@ impl ShimState {
         self.late_wakeups.store(0, Relaxed);
         self.fallbacks.iter().for_each(|n| n.store(0, Relaxed));
         self.last_write_ms.store(0, Relaxed);
+        // The parent's unwritten records are the parent's: this child writes its file when it
+        // has records of its own (else its first close would write at once, and its own
+        // record, coming within the interval, would wait for an exit that `_exit` skips).
+        self.unwritten.store(false, Relaxed);
     }
 
     /// The records of closed connections, unless a forked child lost them (`forked`).
@@ -333,8 +345,10 @@ impl ShimState {
         self.closed.lock().ok()
     }
 
-    /// A tracked fd is closing: keep its record and rewrite the statistics file.
-    pub fn retire(&self, sock: &Sock) {
+    /// A tracked fd's entry is gone: keep its record (the statistics file takes it at the next
+    /// [`ShimState::stats_due`] or at exit). Called from `Sock`'s `Drop`, so it only counts:
+    /// no file is written from a destructor.
+    pub fn record_closed(&self, sock: &Sock) {
         if let Some(rec) = Record::of(sock) {
             if let Some(mut c) = self.closed() {
                 c.totals.add(&rec);
@@ -346,14 +360,24 @@ impl ShimState {
                     c.recent.push_back(rec);
                 }
             }
-            // Rewriting the file costs time in proportion to the connections it lists: at most
-            // every STATS_INTERVAL while connections close, and always at exit.
-            let now = self.epoch.elapsed().as_millis() as u64;
-            let last = self.last_write_ms.load(Relaxed);
-            if last == 0 || now.saturating_sub(last) >= STATS_INTERVAL_MS {
-                self.last_write_ms.store(now.max(1), Relaxed);
-                self.write_stats();
-            }
+            self.unwritten.store(true, Relaxed);
+        }
+    }
+
+    /// After a close (`close`, `close_range`, `closefrom`, `dup2`/`dup3` over a tracked fd):
+    /// rewrite the statistics file if records came in since it was written. Rewriting costs time
+    /// in proportion to the connections it lists: at most every STATS_INTERVAL while connections
+    /// close, and always at exit.
+    pub fn stats_due(&self) {
+        if self.stats_file.is_none() || !self.unwritten.load(Relaxed) {
+            return;
+        }
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_write_ms.load(Relaxed);
+        if last == 0 || now.saturating_sub(last) >= STATS_INTERVAL_MS {
+            self.last_write_ms.store(now.max(1), Relaxed);
+            self.unwritten.store(false, Relaxed);
+            self.write_stats();
         }
     }
 

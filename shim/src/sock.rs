@@ -58,9 +58,10 @@ pub enum State {
 
 impl Drop for Sock {
     /// Every tracked fd's entry leaves exactly one record in the statistics, however it ends
-    /// (close, dup2 over it, close_range, exit).
+    /// (close, dup2 over it, close_range, exit). Only counted here: the file is written by the
+    /// close hooks (`ShimState::stats_due`) and at exit.
     fn drop(&mut self) {
-        crate::global::get().retire(self);
+        crate::global::get().record_closed(self);
     }
 }
 

@@ -200,12 +200,19 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     r
 }
 
-/// Listeners whose fds were just closed: settle them (errno kept).
+/// Listeners whose fds were just closed: settle them; then the statistics file, if closed
+/// connections' records came in (errno kept).
 fn after_close(closing: impl Iterator<Item = ops::Closing>) {
     let e = sys::errno();
     for c in closing {
         let _ = guard(|| {
             ops::after_close(c);
+            Ok(())
+        });
+    }
+    if let Some(g) = global::made().filter(|_| !nested()) {
+        let _ = guard(|| {
+            g.stats_due();
             Ok(())
         });
     }

@@ -188,5 +188,6 @@ pub fn after_dup(old: c_int, new: c_int) {
     };
     if let Some(s) = prev {
         settle(retire(s, None));
+        crate::global::get().stats_due();
     }
 }
