@@ -1,6 +1,6 @@
-//! Model checks of the emulated device's sync points (docs/MEMORY-ORDERING.md: doorbell status,
-//! doorbell interrupt and sleep, link event, DMA start, engine wake-up, DMA completion, host
-//! table lock) under
+//! Model checks of the emulated device's sync points (docs/MEMORY-ORDERING.md: device creation,
+//! bridge device creation, doorbell status, doorbell interrupt and sleep, link event, DMA start,
+//! engine wake-up, DMA completion, host table lock) under
 //! loom, running the real sequences of `ntbdrv/src/emu/sync.rs` (the ones `EmuDevice` and its
 //! DMA engine call) over loom's atomics and a modelled futex (`sync::ModelFutex`: the word's
 //! check and the sleep are one step, as under the kernel's futex lock; no timeout, so a lost
@@ -238,5 +238,59 @@ fn host_table_lock() {
         lease(&lock, &slot, 1);
         other.join().unwrap();
         assert_eq!(slot.read(), 2, "a lease lost");
+    });
+}
+
+/// A process lays a device out (`init`: the header's words Relaxed, then `publish_device`) while
+/// another attaches (`validate`: `device_ready`, then the header): an attacher that takes the
+/// device reads the whole header (device creation). In a file the link into place already keeps
+/// a half-made device out of sight; the model checks the flag as if it were the only guard (on a
+/// bridge it is).
+#[test]
+fn device_creation() {
+    check("device creation", || {
+        let done = Arc::new(AtomicU32::new(0));
+        let header = Arc::new(Data::default());
+        let (d, h) = (done.clone(), header.clone());
+        let creator = thread::spawn(move || {
+            h.write(sys::NTBEMU_VERSION);
+            sync::publish_device(&*d);
+        });
+        if sync::device_ready(&*done) {
+            assert_eq!(header.read(), sys::NTBEMU_VERSION);
+        }
+        creator.join().unwrap();
+    });
+}
+
+/// Two machines attach to a bridge's fresh memory at once (`on_bridge`): the one whose
+/// `claim_layout` wins lays the device out and publishes it, the other waits while
+/// `layout_pending`; both then take the device (`validate`: `device_ready`) and read the header.
+/// Exactly one writes the layout (loom checks the header's cell: two writers race), and nobody
+/// reads it half-written (bridge device creation).
+#[test]
+fn bridge_device_creation() {
+    check("bridge device creation", || {
+        let done = Arc::new(AtomicU32::new(0));
+        let header = Arc::new(Data::default());
+        let attach = |done: &AtomicU32, header: &Data| {
+            if sync::claim_layout(done) {
+                header.write(sys::NTBEMU_VERSION);
+                sync::publish_device(done);
+            } else {
+                while sync::layout_pending(done) {
+                    thread::yield_now();
+                }
+            }
+            assert!(
+                sync::device_ready(done),
+                "a machine took an unfinished device"
+            );
+            assert_eq!(header.read(), sys::NTBEMU_VERSION);
+        };
+        let (d, h) = (done.clone(), header.clone());
+        let other = thread::spawn(move || attach(&d, &h));
+        attach(&done, &header);
+        other.join().unwrap();
     });
 }

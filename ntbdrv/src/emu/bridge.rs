@@ -9,7 +9,7 @@
 
 use std::mem::offset_of;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use super::config::{Config, Layout};
 use super::file::{ensure_private_dir, init};
 use super::irq::kick_line;
 use super::mapping::Mapping;
+use super::sync;
 use super::{EmuDevice, HDR_SIZE};
 use crate::error::DeviceError;
 use crate::{sysutil, NtbDevice, SideId};
@@ -92,14 +93,14 @@ impl EmuDevice {
             ensure_private_dir(dir)?;
         }
         let done = map.u32_at(offset_of!(sys::ntbemu_header, init_done));
-        // SYNC POINT (bridge device creation): the machine whose CAS 0 → 2 wins writes the
-        // layout and publishes init_done = 1 with Release (`init`); the other waits for it with
-        // Acquire loads. The BAR is coherent memory shared by both machines (ivshmem's BAR2).
-        if done.compare_exchange(0, 2, Acquire, Relaxed).is_ok() {
+        // The machine whose claim (CAS 0 → 2) wins writes the layout and publishes init_done = 1
+        // (`init`); the other waits for it (`sync`'s bridge device creation). The BAR is coherent
+        // memory shared by both machines (ivshmem's BAR2).
+        if sync::claim_layout(done) {
             init(&map, config, &layout);
         } else {
             let t0 = Instant::now();
-            while done.load(Acquire) == 2 {
+            while sync::layout_pending(done) {
                 if t0.elapsed() > Duration::from_secs(5) {
                     return Err(DeviceError::Corrupt {
                         path,

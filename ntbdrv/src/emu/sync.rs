@@ -1,8 +1,10 @@
-//! The emulated device's synchronising sequences: a doorbell bit set and read, an event counter
-//! announced to its futex sleepers (doorbell interrupts, DMA completion, link events), a DMA
-//! batch started and the engine's sleep, a descriptor written back and IN_PROGRESS cleared after
-//! the bytes, the host table's lock taken and given back. Called by `device.rs`, `mod.rs`,
-//! `dma.rs` and `table.rs` with the device's registers; it never
+//! The emulated device's synchronising sequences: the device laid out and published (in a file,
+//! or in a bridge's memory by the one machine that claims it), a doorbell bit set and read, an
+//! event counter announced to its futex sleepers (doorbell interrupts, DMA completion, link
+//! events), a DMA batch started and the engine's sleep, a descriptor written back and
+//! IN_PROGRESS cleared after the bytes, the host table's lock taken and given back. Called by
+//! `file.rs`, `bridge.rs`, `device.rs`, `mod.rs`, `dma.rs` and `table.rs` with the device's
+//! registers; it never
 //! decides what a bit or a batch means, only in which order the words are written and read.
 //!
 //! Generic over the word ([`Word`]) and the sleep ([`Sleep`]) so that the same code runs under
@@ -144,6 +146,41 @@ impl Sleep for ModelFutex {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         self.woken.notify_all();
     }
+}
+
+// ---- the device's creation -----------------------------------------------------------------
+
+/// Publish a laid-out device: `init_done` = 1, after every word of its header and registers.
+#[inline]
+pub fn publish_device<W: Word>(done: &W) {
+    // SYNC POINT (device creation), SYNC POINT (bridge device creation): Release after the
+    // layout's Relaxed stores; pairs with the Acquire in `device_ready` (and in
+    // `layout_pending`, on a bridge).
+    done.store(1, Release);
+}
+
+/// Is the device laid out (`init_done` = 1), its header complete to read?
+#[inline]
+pub fn device_ready<W: Word>(done: &W) -> bool {
+    // SYNC POINT (device creation): Acquire pairs with the Release in `publish_device`.
+    done.load(Acquire) == 1
+}
+
+/// Bridge mode: claim the laying out of the device in fresh (zeroed) shared memory, `init_done`
+/// 0 → 2. True if this machine won and must lay it out, then `publish_device`.
+#[inline]
+pub fn claim_layout<W: Word>(done: &W) -> bool {
+    // SYNC POINT (bridge device creation): one CAS, so exactly one machine lays the device out
+    // even when both attach at once.
+    done.compare_exchange(0, 2, Acquire, Relaxed).is_ok()
+}
+
+/// Bridge mode: is the other machine still laying the device out (`init_done` = 2)?
+#[inline]
+pub fn layout_pending<W: Word>(done: &W) -> bool {
+    // SYNC POINT (bridge device creation): Acquire pairs with the Release in `publish_device`:
+    // the first look that sees it done sees the whole layout.
+    done.load(Acquire) == 2
 }
 
 // ---- doorbells -------------------------------------------------------------------------------
