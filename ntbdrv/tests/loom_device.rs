@@ -1,6 +1,6 @@
 //! Model checks of the emulated device's sync points (docs/MEMORY-ORDERING.md: device creation,
 //! bridge device creation, doorbell status, doorbell interrupt and sleep, link event, DMA start,
-//! engine wake-up, DMA completion, host table lock) under
+//! engine wake-up, DMA completion, host table lock, host table high water, scratchpad) under
 //! loom, running the real sequences of `ntbdrv/src/emu/sync.rs` (the ones `EmuDevice` and its
 //! DMA engine call) over loom's atomics and a modelled futex (`sync::ModelFutex`: the word's
 //! check and the sleep are one step, as under the kernel's futex lock; no timeout, so a lost
@@ -292,5 +292,82 @@ fn bridge_device_creation() {
         let other = thread::spawn(move || attach(&d, &h));
         attach(&done, &header);
         other.join().unwrap();
+    });
+}
+
+/// A host table's slot: `kind` (a loom word) and the other fields (a cell, written Relaxed under
+/// the lock in the device).
+#[derive(Default)]
+struct Slot {
+    kind: AtomicU32,
+    fields: Data,
+}
+
+/// Two processes lease a slot as `HostTable::lease_window` does under the lock (`try_lock`; the
+/// next never-used slot: `high_water`, `raise_high_water`; the fields, then `publish_slot`;
+/// `unlock`) while `pcisock stats` reads the table without it (`leases`: `high_water`, then each
+/// slot below it: `slot_kind`, and the fields of a leased one). A reader that sees the mark at 2
+/// sees the first lease in slot 0 (host table high water), and the fields of every slot it sees
+/// leased (the slots' `kind`, host table lock).
+#[test]
+fn host_table_high_water() {
+    check("host table high water", || {
+        let lock = Arc::new(AtomicU32::new(0));
+        let mark = Arc::new(AtomicU32::new(0));
+        let slots: Arc<[Slot; 2]> = Arc::default();
+        let lease = |lock: &AtomicU32, mark: &AtomicU32, slots: &[Slot; 2], me: u32| {
+            while sync::try_lock(lock, me).is_err() {
+                thread::yield_now();
+            }
+            let used = sync::high_water(mark);
+            sync::raise_high_water(mark, used + 1);
+            let s = &slots[used as usize];
+            s.fields.write(me);
+            sync::publish_slot(&s.kind, sys::NTBEMU_LEASE_WINDOW);
+            sync::unlock(lock);
+        };
+        let (l, m, s) = (lock.clone(), mark.clone(), slots.clone());
+        let first = thread::spawn(move || lease(&l, &m, &s, 1));
+        let (l, m, s) = (lock.clone(), mark.clone(), slots.clone());
+        let second = thread::spawn(move || lease(&l, &m, &s, 2));
+        // The reader in a thread of its own too: loom then runs it before, between and after the
+        // leases (in the model's main thread, loom ran it before both in every execution).
+        let reader = thread::spawn(move || {
+            let used = sync::high_water(&*mark);
+            for (i, s) in slots.iter().enumerate().take(used as usize) {
+                let kind = sync::slot_kind(&s.kind);
+                if kind == sys::NTBEMU_LEASE_FREE {
+                    assert!(
+                        i + 1 == used as usize,
+                        "slot {i} seen free below the mark {used}: a lease made before it was missed"
+                    );
+                } else {
+                    assert!(matches!(s.fields.read(), 1 | 2));
+                }
+            }
+        });
+        first.join().unwrap();
+        second.join().unwrap();
+        reader.join().unwrap();
+    });
+}
+
+/// One side writes what a scratchpad value announces (a cell), then the value into the peer's
+/// scratchpad (`peer_spad_write`: `spad_store`); the peer reads its scratchpad (`spad_read`:
+/// `spad_load`) and, seeing the value, what it announces (scratchpad).
+#[test]
+fn scratchpad() {
+    check("scratchpad", || {
+        let reg = Arc::new(AtomicU32::new(0));
+        let meaning = Arc::new(Data::default());
+        let (r, m) = (reg.clone(), meaning.clone());
+        let writer = thread::spawn(move || {
+            m.write(0x5A);
+            sync::spad_store(&*r, 1);
+        });
+        if sync::spad_load(&*reg) == 1 {
+            assert_eq!(meaning.read(), 0x5A);
+        }
+        writer.join().unwrap();
     });
 }

@@ -2,7 +2,8 @@
 //! or in a bridge's memory by the one machine that claims it), a doorbell bit set and read, an
 //! event counter announced to its futex sleepers (doorbell interrupts, DMA completion, link
 //! events), a DMA batch started and the engine's sleep, a descriptor written back and
-//! IN_PROGRESS cleared after the bytes, the host table's lock taken and given back. Called by
+//! IN_PROGRESS cleared after the bytes, a scratchpad written and read, the host table's lock
+//! taken and given back, its slots and high-water mark published. Called by
 //! `file.rs`, `bridge.rs`, `device.rs`, `mod.rs`, `dma.rs` and `table.rs` with the device's
 //! registers; it never
 //! decides what a bit or a batch means, only in which order the words are written and read.
@@ -313,6 +314,23 @@ pub fn in_progress<W: Word>(ctrl: &W) -> bool {
     ctrl.load(Acquire) & sys::PLX_DMA_CTRL_IN_PROGRESS != 0
 }
 
+// ---- scratchpads -------------------------------------------------------------------------------
+
+/// Write a scratchpad register (ours or the peer's), after whatever its value announces.
+#[inline(always)]
+pub fn spad_store<W: Word>(reg: &W, v: u32) {
+    // SYNC POINT (scratchpad): Release pairs with the Acquire in `spad_load` (the bank owner's
+    // `spad_read`, or our `peer_spad_read`).
+    reg.store(v, Release);
+}
+
+/// Read a scratchpad register: seeing a value means seeing what was written before it.
+#[inline(always)]
+pub fn spad_load<W: Word>(reg: &W) -> u32 {
+    // SYNC POINT (scratchpad): Acquire pairs with the Release in `spad_store`.
+    reg.load(Acquire)
+}
+
 // ---- the host table's lock ----------------------------------------------------------------------
 
 /// Take the host table's lock word for `me` (a pid; 0 is free), or say who holds it.
@@ -335,4 +353,36 @@ pub fn break_lock<W: Word>(lock: &W, holder: u32, me: u32) -> bool {
 pub fn unlock<W: Word>(lock: &W) {
     // SYNC POINT (host table lock): Release pairs with the Acquire CAS in `try_lock`.
     lock.store(0, Release);
+}
+
+/// Under the lock: a slot's `kind`, stored after the slot's other fields (Relaxed).
+#[inline(always)]
+pub fn publish_slot<W: Word>(kind: &W, v: u32) {
+    // SYNC POINT (host table lock): Release, for readers outside the lock (`pcisock stats`),
+    // who load `kind` with Acquire in `slot_kind` and then the fields.
+    kind.store(v, Release);
+}
+
+/// A slot's `kind`, then its fields may be read (with or without the lock).
+#[inline(always)]
+pub fn slot_kind<W: Word>(kind: &W) -> u32 {
+    // SYNC POINT (host table lock): Acquire pairs with the Release in `publish_slot`.
+    kind.load(Acquire)
+}
+
+/// Under the lock: raise the table's high-water mark to `to`, before the slot below it is
+/// written.
+#[inline(always)]
+pub fn raise_high_water<W: Word>(mark: &W, to: u32) {
+    // SYNC POINT (host table high water): Release pairs with the Acquire in `high_water`: a
+    // reader that sees the mark sees every lease made before it moved (the slots the earlier
+    // holders wrote under the lock).
+    mark.store(to, Release);
+}
+
+/// The table's high-water mark: every slot that may hold a lease is below it.
+#[inline(always)]
+pub fn high_water<W: Word>(mark: &W) -> u32 {
+    // SYNC POINT (host table high water): Acquire pairs with the Release in `raise_high_water`.
+    mark.load(Acquire)
 }
