@@ -1,6 +1,6 @@
 //! Model checks of the emulated device's sync points (docs/MEMORY-ORDERING.md: device creation,
 //! bridge device creation, doorbell status, doorbell interrupt and sleep, link event, DMA start,
-//! engine wake-up, DMA completion, host table lock, host table high water, scratchpad) under
+//! engine wake-up, DMA completion, host table lock, host table high water, scratchpad, bridge interrupt) under
 //! loom, running the real sequences of `ntbdrv/src/emu/sync.rs` (the ones `EmuDevice` and its
 //! DMA engine call) over loom's atomics and a modelled futex (`sync::ModelFutex`: the word's
 //! check and the sleep are one step, as under the kernel's futex lock; no timeout, so a lost
@@ -369,5 +369,55 @@ fn scratchpad() {
             assert_eq!(meaning.read(), 0x5A);
         }
         writer.join().unwrap();
+    });
+}
+
+/// Two ringers on the other machine each write the data an interrupt announces and post its bit
+/// into our mailbox (`post_interrupt`: `post_pending`, `bump_mailbox`) while our poller polls
+/// (`start_poller`: `mailbox_seq`; when it moved, `deliver_interrupts`: `take_pending`). Once the
+/// poller has seen SEQ at 2 and taken the bits, it has both (no lost interrupt), and it reads each
+/// bit's data after its write (bridge interrupt).
+#[test]
+fn bridge_interrupt() {
+    check("bridge interrupt", || {
+        let seq = Arc::new(AtomicU32::new(0));
+        let pending = Arc::new(AtomicU32::new(0));
+        let data: Arc<[Data; 2]> = Arc::default();
+        let ringers: Vec<_> = (0..2)
+            .map(|i| {
+                let (seq, pending, data) = (seq.clone(), pending.clone(), data.clone());
+                thread::spawn(move || {
+                    data[i].write(0xB0 + i as u32);
+                    sync::post_pending(&*pending, 1 << i);
+                    sync::bump_mailbox(&*seq);
+                })
+            })
+            .collect();
+        let poller = thread::spawn(move || {
+            let mut seen = sync::mailbox_seq(&*seq).wrapping_sub(1);
+            let mut got = 0u32;
+            loop {
+                let now = sync::mailbox_seq(&*seq);
+                if now != seen {
+                    seen = now;
+                    let bits = sync::take_pending(&*pending);
+                    for (i, d) in data.iter().enumerate() {
+                        if bits & 1 << i != 0 {
+                            assert_eq!(d.read(), 0xB0 + i as u32);
+                        }
+                    }
+                    got |= bits;
+                    if seen == 2 {
+                        assert_eq!(got, 3, "SEQ moved past a post whose bit was not taken");
+                        break;
+                    }
+                }
+                thread::yield_now();
+            }
+        });
+        for r in ringers {
+            r.join().unwrap();
+        }
+        poller.join().unwrap();
     });
 }

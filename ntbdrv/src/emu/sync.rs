@@ -2,7 +2,8 @@
 //! or in a bridge's memory by the one machine that claims it), a doorbell bit set and read, an
 //! event counter announced to its futex sleepers (doorbell interrupts, DMA completion, link
 //! events), a DMA batch started and the engine's sleep, a descriptor written back and
-//! IN_PROGRESS cleared after the bytes, a scratchpad written and read, the host table's lock
+//! IN_PROGRESS cleared after the bytes, a bridge's interrupt posted and taken, a scratchpad
+//! written and read, the host table's lock
 //! taken and given back, its slots and high-water mark published. Called by
 //! `file.rs`, `bridge.rs`, `device.rs`, `mod.rs`, `dma.rs` and `table.rs` with the device's
 //! registers; it never
@@ -312,6 +313,42 @@ pub fn end_batch<S: Sleep>(s: &S, ctrl: &S::W, done_seq: &S::W, waiters: &S::W, 
 pub fn in_progress<W: Word>(ctrl: &W) -> bool {
     // SYNC POINT (DMA completion): Acquire pairs with the engine's Release clear in `end_batch`.
     ctrl.load(Acquire) & sys::PLX_DMA_CTRL_IN_PROGRESS != 0
+}
+
+// ---- bridge mode: the interrupt mailbox ---------------------------------------------------------
+
+/// Post pending interrupt `bits` into a word of the target side's mailbox, after the data they
+/// announce; `bump_mailbox` follows.
+#[inline(always)]
+pub fn post_pending<W: Word>(word: &W, bits: u32) {
+    // SYNC POINT (bridge interrupt): SeqCst RMW after the data the interrupt announces; pairs
+    // with the poller's swap in `take_pending`.
+    word.fetch_or(bits, SeqCst);
+}
+
+/// Announce the bits just posted: bump the mailbox's SEQ (then the bridge's doorbell write, an
+/// uncached MMIO store ordered after it on x86).
+#[inline(always)]
+pub fn bump_mailbox<W: Word>(seq: &W) {
+    // SYNC POINT (bridge interrupt): after the bits; pairs with the Acquire in `mailbox_seq`: a
+    // poller that sees the new SEQ takes the bits posted before it.
+    seq.fetch_add(1, SeqCst);
+}
+
+/// The poller's look at the mailbox's SEQ: if it moved, `take_pending` every word.
+#[inline(always)]
+pub fn mailbox_seq<W: Word>(seq: &W) -> u32 {
+    // SYNC POINT (bridge interrupt): Acquire pairs with the ringer's SeqCst bump in
+    // `bump_mailbox`.
+    seq.load(Acquire)
+}
+
+/// Take a mailbox word's pending bits (the poller's, or the interrupt daemon's).
+#[inline(always)]
+pub fn take_pending<W: Word>(word: &W) -> u32 {
+    // SYNC POINT (bridge interrupt): SeqCst swap; reads the ringers' `post_pending` RMWs, and
+    // with them the data they announce. Bits posted after it come with a later SEQ.
+    word.swap(0, SeqCst)
 }
 
 // ---- scratchpads -------------------------------------------------------------------------------
