@@ -1,6 +1,8 @@
 //! Build script of the `pcisock` CLI: turns the shim's golden export list (`shim/exports.txt`, the
 //! same file libpcisock.so's version script is generated from) into `$OUT_DIR/hooks.rs`, so that
-//! `pcisock doctor` checks an installed library against exactly the hooks this build expects.
+//! `pcisock doctor` checks an installed library against exactly the hooks this build expects. It
+//! writes nothing outside `$OUT_DIR` and never guesses: a hook missing from the list, or a
+//! malformed line, fails the build.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

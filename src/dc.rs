@@ -1,6 +1,7 @@
 //! `pcisock dc copy`: the command line of a Direct Connect copy. The copy itself is the `dc`
-//! crate's (resolving and checking both sides, the DC buffer, the io_uring pipeline); this
-//! module only reads the arguments, draws the progress bar and writes the report (text or JSON).
+//! crate's (resolving and checking both sides, the DC buffer, the io_uring pipeline); this module
+//! only reads the arguments, draws the progress bar and writes the report (text or JSON). It never
+//! copies a byte itself.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};

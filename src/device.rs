@@ -1,5 +1,6 @@
-//! The emulated device as `stats`, `emu` and `doctor` see it: opened from the environment
-//! without ever creating it, and described for people (text) and programs (JSON).
+//! The emulated device as `stats`, `emu` and `doctor` see it: opened from the environment without
+//! ever creating it, and described for people (text) and programs (JSON). It never creates a device
+//! nor takes a lease (looking must change nothing).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

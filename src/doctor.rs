@@ -1,6 +1,7 @@
 //! `pcisock doctor`: checks an installation end to end — the library is found and exports every
-//! hook of the golden list this build was made with, the configuration parses, the device
-//! directory is private, the device opens (or would be created), the link is up.
+//! hook of the golden list this build was made with, the configuration parses, the device directory
+//! is private, the device opens (or would be created), the link is up. It only looks: it never
+//! creates the device, starts a service or changes a file, and says what to run instead.
 
 use std::fmt::Write as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

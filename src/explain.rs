@@ -1,5 +1,6 @@
-//! `pcisock explain`: what a fallback reason code means, or how the current configuration
-//! (the same `PCISOCK_*` variables and rules file the library reads) decides a connection.
+//! `pcisock explain`: what a fallback reason code means, or how the current configuration (the same
+//! `PCISOCK_*` variables and rules file the library reads) decides a connection. It never opens the
+//! device or a socket: the answer comes from the reason codes and the policy alone.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;

@@ -1,9 +1,11 @@
-//! `pcisock`: the command-line tool of pcisock — run a program with libpcisock.so preloaded,
-//! list live NTB connections, explain fallbacks and configuration, manage the emulated device,
-//! check an installation. Each subcommand lives in its own module with its `HELP` text; this file
-//! only dispatches and turns results into exit codes (0 ok, 1 failure, 2 usage error). Output is
-//! collected and written once, and a closed stdout is not an error, so nothing here panics on
-//! bad input or a vanished reader. The only unsafe code is in `ffi` and `run::signals`.
+//! `pcisock`: the command-line tool of pcisock — run a program with libpcisock.so preloaded, list
+//! live NTB connections, explain fallbacks and configuration, manage the emulated device, check an
+//! installation. Each subcommand lives in its own module with its `HELP` text; this file only
+//! dispatches and turns results into exit codes (0 ok, 1 failure, 2 usage error). Output is
+//! collected and written once, and a closed stdout is not an error, so nothing here panics on bad
+//! input or a vanished reader. The only unsafe code is in `ffi` and `run::signals`. A subcommand
+//! never exits the process itself (only `run --quiet` replaces it, by exec): it returns its output
+//! and its code here.
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 

@@ -1,5 +1,8 @@
 //! `pcisock run`: exec a program with libpcisock.so preloaded (like `onload` or `smc_run`), and
-//! where that library is found (shared with `pcisock doctor`).
+//! where that library is found (shared with `pcisock doctor`). It never changes the program's
+//! arguments, and its environment only by LD_PRELOAD and the `PCISOCK_*` variables its options name
+//! (and the statistics files it reads back); pcisock only waits beside the program, passing signals
+//! on.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;

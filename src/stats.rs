@@ -1,5 +1,6 @@
 //! `pcisock stats`: the live NTB connections of this host, read out of the device's host table
-//! (every endpoint keeps its identity and counters in its own window lease).
+//! (every endpoint keeps its identity and counters in its own window lease). It only reads: it
+//! never takes a lease nor writes into the device.
 
 use std::fmt::Write as _;
 

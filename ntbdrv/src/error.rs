@@ -1,4 +1,6 @@
-//! One small error enum per operation group, each with `Display`.
+//! One small error enum per operation group, each with `Display`. Callers match on them; this
+//! module holds no logic and never decides what a caller does about an error (a fallback, a retry,
+//! a reason code is the caller's).
 
 use std::fmt;
 use std::path::PathBuf;

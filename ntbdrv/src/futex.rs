@@ -1,5 +1,7 @@
 //! Process-shared futex wait and wake on 32-bit words in shared memory: how the emulated device
-//! delivers its interrupts (doorbells, DMA completion, link events) to sleeping threads.
+//! delivers its interrupts (doorbells, DMA completion, link events) to sleeping threads. Called by
+//! the emulated device's doorbell, DMA and link code. Every wait is bounded by the caller's timeout
+//! and callers re-check their condition: a futex word must never be the only record of an event.
 //!
 //! # Safety
 //! The words are `AtomicU32`s inside a `MAP_SHARED` file mapping, so the kernel keys the futex on

@@ -1,5 +1,6 @@
 //! `ivshmem`: QEMU's inter-VM shared-memory PCI device (1af4:1110, `ivshmem-doorbell`) as an NTB,
-//! driven from guest user space.
+//! driven from guest user space. Must never reach the other machine by anything but BAR2 and the
+//! Doorbell register: no file, futex or socket of one guest is visible to the other.
 //!
 //! Two virtual machines see one shared memory object as their device's BAR2 and can interrupt
 //! each other through the Doorbell register in BAR0 (`(peer ID << 16) | vector`). That is all a

@@ -1,6 +1,7 @@
 //! The one place that picks the default device: `PCISOCK_DEVICE` names the backend (`emu`, the
 //! default; `ivshmem` or `ivshmem:<PCI address>` for QEMU's ivshmem device between two virtual
-//! machines).
+//! machines). Called by `transport` and the CLI; nothing else may choose a backend (the default,
+//! `emu`, is named only here), and it never falls back to another backend than the one asked for.
 
 use std::sync::Arc;
 

@@ -1,4 +1,7 @@
-//! Small operating-system helpers: process liveness and identity, FIFOs, draining fds.
+//! Small operating-system helpers: process liveness and identity, FIFOs, draining fds. Called by
+//! the emulated device (leases, interrupt lines, the device file). It never follows a symlink to an
+//! interrupt line nor writes to anything but a FIFO it checked; what a pid means is the caller's to
+//! decide (`alive` takes the start time too).
 //!
 //! # Safety
 //! Thin wrappers over libc calls with plain integer or C-string arguments; each block says which

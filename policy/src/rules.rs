@@ -1,5 +1,7 @@
-//! The rules file (`PCISOCK_CONF`) and the variables' values: parsing and matching, pure. What a rule
-//! means and the precedence between sources are [`crate::Config::decide`]'s (docs/CONFIG.md).
+//! The rules file (`PCISOCK_CONF`) and the variables' values: parsing and matching, pure. What a
+//! rule means and the precedence between sources are [`crate::Config::decide`]'s (docs/CONFIG.md).
+//! Used by `Config::from_env_vars` and `decide` only; like the crate it must never panic on input
+//! or do I/O beyond reading the rules file it is given.
 
 use super::*;
 

@@ -1,5 +1,7 @@
-//! Process-wide state of the shim: configuration, the transport (opened on first use), logging
-//! and the per-process statistics file.
+//! Process-wide state of the shim: configuration, the transport (opened on first use), logging and
+//! the per-process statistics file. Owns: `ShimState` (built once, at load or on first use) and the
+//! statistics file. Must never write to the application's stdout or stderr unless `PCISOCK_LOG`
+//! asks, nor open the transport before a flagged socket needs it.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! What each intercepted call does for a tracked fd. Every op returns a [`Detour`]: either the
-//! result of our own handling, or [`Detour::Bypass`] — call the real libc function unchanged.
-//! Ops take plain Rust values (slices, addresses); `hooks` turns C arguments into them and back.
+//! result of our own handling, or [`Detour::Bypass`] — call the real libc function unchanged. Ops
+//! take plain Rust values (slices, addresses); `hooks` turns C arguments into them and back. It
+//! never sets errno and never touches C pointers: that is `hooks`'.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;

@@ -1,4 +1,6 @@
-//! The real libc functions behind our hooks, found with `dlsym(RTLD_NEXT, …)`.
+//! The real libc functions behind our hooks, found with `dlsym(RTLD_NEXT, …)`. It must never call
+//! through an unresolved slot (the caller falls back to the raw system call) nor resolve to one of
+//! our own hooks.
 //!
 //! Every slot is resolved eagerly by the library constructor and lazily on first use if a hook
 //! runs before it (another library's constructor may call `write` first). A missing symbol

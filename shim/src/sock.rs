@@ -1,4 +1,6 @@
-//! What the shim knows about one tracked fd.
+//! What the shim knows about one tracked fd. Owned by the side table (`table`), shared by the fds
+//! that dup it and freed only when no pin holds it; it does no I/O itself and never decides
+//! anything: its fields are what the hooks and `ops` recorded.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};

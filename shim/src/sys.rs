@@ -1,4 +1,6 @@
-//! errno, raw-syscall logging and socket-address helpers for the hooks.
+//! errno, raw-syscall logging and socket-address helpers for the hooks. Owns the errno accessors
+//! (only `hooks` sets errno, never `ops` or `transport`) and the one raw write of a log line, which
+//! callers make only when `PCISOCK_LOG` asks.
 //!
 //! # Safety
 //! Each block passes pointers to live stack values of the stated sizes, or addresses the caller

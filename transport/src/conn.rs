@@ -1,4 +1,6 @@
 //! One connection over the bridge: a ring per direction, each in its receiver's inbound window.
+//! This module owns the connection's construction and its identity; it must never trust a word of
+//! the block the peer writes, nor keep a cursor anywhere the peer can reach.
 //!
 //! Our lease (in our host's inbound window) holds our receive ring and the words the peer
 //! writes to talk to us; the peer's lease, reached through our outbound window, holds the ring
@@ -73,8 +75,8 @@ pub(crate) use failover::LinkLook;
 pub(crate) use half_open::HalfOpen;
 
 use block::{
-    L_HOLDERS, L_HOLDER_PIDS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN, L_PEER_MW,
-    L_PEER_OFF, L_SOCK_INODE,
+    CR_PEER_CPU, L_HOLDERS, L_HOLDER_PIDS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN,
+    L_PEER_MW, L_PEER_OFF, L_SOCK_INODE, PEER_MADE,
 };
 use cursors::Cursors;
 use sendlock::SendLock;
@@ -437,6 +439,22 @@ impl Connection {
         };
         let _ = seg.own_block.write(INFO_BASE + 8, &info.encode());
         atomic_u32_at(&seg.own_block, INFO_BASE).store(INFO_MAGIC, Release);
+        let c = Connection::from_segments(shared, p, seg, tcp_fd, info, Box::default());
+        c.hold(tcp_fd);
+        c
+    }
+
+    /// A connection the service paired, from its mapped segments: the service told that this
+    /// process holds it on `tcp_fd`, its identity `info`, its cursors `cur` (fresh, or from the
+    /// block after exec).
+    fn from_segments(
+        shared: Arc<ProcessState>,
+        p: ServicePair,
+        seg: Segments,
+        tcp_fd: RawFd,
+        info: Info,
+        cur: Box<Cursors>,
+    ) -> Connection {
         if let Some(link) = &shared.service {
             link.note_held(p.conn, tcp_fd);
         }
@@ -444,7 +462,7 @@ impl Connection {
             conn: p.conn,
             peer_line: p.peer_line,
         };
-        let c = Connection::assemble(
+        Connection::assemble(
             shared,
             tenancy,
             seg.own_block,
@@ -454,13 +472,11 @@ impl Connection {
             seg.ring,
             seg.ring,
             tcp_fd,
-            role,
-            local,
-            peer,
-            Box::default(),
-        );
-        c.hold(tcp_fd);
-        c
+            info.role,
+            info.local,
+            info.peer,
+            cur,
+        )
     }
 
     /// This process holds the connection (alone, so far), on kernel socket `tcp_fd`.
@@ -493,7 +509,7 @@ impl Connection {
             Tenancy::Service { .. } => 0,
         };
         let shared_line = matches!(tenancy, Tenancy::Service { .. });
-        Connection {
+        let c = Connection {
             shared,
             tenancy,
             own_block,
@@ -520,7 +536,11 @@ impl Connection {
             settings,
             fo: Box::new(failover::Failover::new(link_gen)),
             family: Box::new(holders::Family::new(sys::inode(tcp_fd).unwrap_or(0))),
-        }
+        };
+        // Tell the peer that this end is made (no CPU yet: that is told at its first wait): a
+        // waiter whose peer's word is still 0 sleeps at once instead of spinning (see `wait`).
+        atomic_u32_at(&c.peer_block, CR_PEER_CPU).store(PEER_MADE, Relaxed);
+        c
     }
 
     #[inline]

@@ -1,5 +1,7 @@
-//! The rendezvous area: how a flagged client finds a pcisock listener on the peer host and how
-//! the two agree to carry one TCP connection over the bridge, without a byte on the TCP stream.
+//! The rendezvous area: how a flagged client finds a pcisock listener on the peer host and how the
+//! two agree to carry one TCP connection over the bridge, without a byte on the TCP stream. Owns:
+//! the tables' layout and the claim, publication and reclaim of their slots. Must never act on a
+//! record before it is validated, nor write a slot this host has not claimed.
 //!
 //! Each host reserves the first [`CTRL_SIZE`] bytes of its inbound window 0. The tables there
 //! that the *peer* writes (write remote, read local):

@@ -1,5 +1,6 @@
 //! The transport's settings (`PCISOCK_*` variables that shape rings, waits and timeouts): their
-//! defaults, limits and parsing.
+//! defaults, limits and parsing. Read once when the transport opens (`Settings::from_vars`); a bad
+//! value is a `SettingError`, never a panic nor a silent default.
 
 use super::*;
 

@@ -1,6 +1,7 @@
 //! What every connection of a process shares: the device, its DMA channel, the process-wide
-//! counters, and the endpoint blocks closed connections leave in quarantine until their peers
-//! are done with them.
+//! counters, and the endpoint blocks closed connections leave in quarantine until their peers are
+//! done with them. Owns: `ProcessState`, the quarantine and the process counters. Must never hand a
+//! quarantined block to a new connection while its old peer may still write into it.
 
 use super::*;
 

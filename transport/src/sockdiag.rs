@@ -1,6 +1,6 @@
-//! A socket's identity (its inode and network namespace), and the kernel's word on which
-//! sockets listen: `fabric::sockdiag` (NETLINK_SOCK_DIAG), which the host fabric service uses
-//! too.
+//! A socket's identity (its inode and network namespace), and the kernel's word on which sockets
+//! listen: `fabric::sockdiag` (NETLINK_SOCK_DIAG), which the host fabric service uses too. It never
+//! reads a socket's bytes, only what the kernel says about it.
 
 use std::io;
 use std::os::fd::RawFd;

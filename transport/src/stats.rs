@@ -1,4 +1,5 @@
-//! Reading live connections' identity and counters out of the device, for `pcisock stats`.
+//! Reading live connections' identity and counters out of the device, for `pcisock stats`. It only
+//! reads: it never writes into a block, and a block without a valid identity is skipped.
 //!
 //! Every endpoint keeps its identity and counters in its own lease (see `conn`), so another
 //! process can list them without asking the process that owns them.

@@ -17,6 +17,10 @@
 //!   offset of the first one since the END (a check against a lost or doubled record).
 //! - **BACK** (sender → receiver over TCP): "the TCP part ends after `arg` bytes; the stream
 //!   continues in the ring at the producer counter where END left it".
+//! - **SHUT** (sender → receiver over TCP, after END): "the sender shut down writing after `arg`
+//!   bytes since the END": the stream ends there, and the kernel's FIN that follows is a
+//!   half-close, not the sender's death (a receiver on another host cannot ask the sender's
+//!   process; [`shut_ahead`]).
 //!
 //! A receiver on the ring cannot know that the sender left it and came back (the END is on
 //! TCP, which it does not read while the ring has data): frames written after a BACK would be
@@ -34,11 +38,11 @@
 //! | bytes | field |
 //! |---|---|
 //! | 0 | magic `0xF5` |
-//! | 1 | kind: 1 DATA, 2 END, 3 BACK |
+//! | 1 | kind: 1 DATA, 2 END, 3 BACK, 4 SHUT |
 //! | 2 | flags: END bit 0 = FIN (the sender shut down writing before the switch) |
 //! | 3 | zero |
 //! | 4..8 | payload length (DATA: 1 ..= `MAX_RECORD`; others 0) |
-//! | 8..16 | argument (END: producer counter; DATA: offset since END; BACK: bytes since END) |
+//! | 8..16 | argument (END: producer counter; DATA: offset since END; BACK, SHUT: bytes since END) |
 
 // Decodes what a peer writes: it must never panic on it.
 #![cfg_attr(
@@ -72,6 +76,11 @@ pub fn next_epoch(seq: u64) -> u64 {
     (((seq >> EPOCH_SHIFT).wrapping_add(1)) << EPOCH_SHIFT) | count
 }
 
+/// The frame count of a sequence number, without its epoch.
+pub fn seq_count(seq: u64) -> u64 {
+    seq & ((1 << EPOCH_SHIFT) - 1)
+}
+
 /// A frame numbered `got` where `expected` was due is the same frame of a later epoch: the
 /// sender went back to the ring (once or more, each after an END and a BACK) after TCP records
 /// this receiver has not read yet.
@@ -92,7 +101,31 @@ pub fn back_follows(wire: &[u8]) -> bool {
         };
         match r.kind {
             Kind::Back => return true,
+            Kind::Shut => return false,
             Kind::End => at = at.saturating_add(RECORD_HDR),
+            Kind::Data => {
+                at = at.saturating_add(RECORD_HDR).saturating_add(r.len as usize);
+            }
+        }
+    }
+    false
+}
+
+/// Do the records in `wire` (taken from the peer's socket and not parsed yet, `reader` being
+/// where the parse stands) say the peer shut down writing: a SHUT, or an END with FIN? Then
+/// the end of its TCP socket after them is its half-close, not its death. Looks without
+/// parsing (a draining receiver may not parse yet); stops at the first incomplete or malformed
+/// record (the reader reports those).
+pub fn shut_ahead(reader: &Reader, wire: &[u8]) -> bool {
+    let mut at = usize::try_from(reader.left).unwrap_or(usize::MAX);
+    while let Some(h) = wire.get(at..).and_then(|w| w.first_chunk::<RECORD_HDR>()) {
+        let Ok(r) = Record::decode(h) else {
+            return false;
+        };
+        match r.kind {
+            Kind::Shut => return true,
+            Kind::End if r.flags & END_FIN != 0 => return true,
+            Kind::End | Kind::Back => at = at.saturating_add(RECORD_HDR),
             Kind::Data => {
                 at = at.saturating_add(RECORD_HDR).saturating_add(r.len as usize);
             }
@@ -107,6 +140,7 @@ pub enum Kind {
     Data = 1,
     End = 2,
     Back = 3,
+    Shut = 4,
 }
 
 /// A record header.
@@ -141,12 +175,13 @@ impl Record {
             1 => Kind::Data,
             2 => Kind::End,
             3 => Kind::Back,
+            4 => Kind::Shut,
             _ => return Err(ProtoError::BadRecord("switch record: bad kind")),
         };
         let ok = match kind {
             Kind::Data => flags == 0 && (1..=MAX_RECORD).contains(&len),
             Kind::End => flags & !END_FIN == 0 && len == 0,
-            Kind::Back => flags == 0 && len == 0,
+            Kind::Back | Kind::Shut => flags == 0 && len == 0,
         };
         if !ok {
             return Err(ProtoError::BadRecord("switch record: bad flags or length"));
@@ -167,6 +202,8 @@ pub struct TxSwitch {
     tcp: Option<u64>,
     /// The producer counter where the ring stream stopped (the ring resumes there).
     end: u64,
+    /// Shut down writing while on TCP (SHUT sent): nothing follows, not even a BACK.
+    shut: bool,
 }
 
 impl TxSwitch {
@@ -194,7 +231,7 @@ impl TxSwitch {
     /// `None` on the ring (or for zero bytes). The caller sends exactly `len` payload bytes
     /// after it.
     pub fn data(&mut self, want: usize) -> Option<Record> {
-        let off = self.tcp?;
+        let off = self.tcp.filter(|_| !self.shut)?;
         let len = u32::try_from(want).unwrap_or(MAX_RECORD).min(MAX_RECORD);
         if len == 0 {
             return None;
@@ -212,6 +249,9 @@ impl TxSwitch {
     /// Go back to the ring: the BACK to send, and the producer counter the ring resumes at.
     /// `None` if on the ring already.
     pub fn back_to_ring(&mut self) -> Option<(Record, u64)> {
+        if self.shut {
+            return None;
+        }
         let sent = self.tcp.take()?;
         Some((
             Record {
@@ -222,6 +262,40 @@ impl TxSwitch {
             },
             self.end,
         ))
+    }
+}
+
+impl TxSwitch {
+    /// Bytes sent on TCP since the END, while on TCP.
+    pub fn sent_on_tcp(&self) -> Option<u64> {
+        self.tcp
+    }
+
+    /// The switch as another process holding the connection left it (a forked child that
+    /// sent last): on TCP with `sent` bytes since an END at `end` (the producer counter, which
+    /// does not move while on TCP), or on the ring; `shut` if writing was shut down.
+    pub fn taken_over(sent: Option<u64>, end: u64, shut: bool) -> TxSwitch {
+        TxSwitch {
+            tcp: sent,
+            end,
+            shut: shut && sent.is_some(),
+        }
+    }
+
+    /// Shut down writing while on TCP: the SHUT to send before the kernel's FIN. `None` on the
+    /// ring (the ring's FIN says it there) or if already sent.
+    pub fn shut(&mut self) -> Option<Record> {
+        let sent = self.tcp?;
+        if self.shut {
+            return None;
+        }
+        self.shut = true;
+        Some(Record {
+            kind: Kind::Shut,
+            flags: 0,
+            len: 0,
+            arg: sent,
+        })
     }
 }
 
@@ -245,6 +319,8 @@ pub enum RxEvent {
     Data { len: u32 },
     /// The sender went back to the ring.
     Back,
+    /// The sender shut down writing: the stream ends here.
+    Shut,
 }
 
 /// The receiving side of one direction.
@@ -255,7 +331,7 @@ pub struct RxSwitch {
     tcp_off: u64,
     /// The ring's capacity (an END can be at most this far ahead of our consumer counter).
     cap: u64,
-    /// The stream ends at the END's counter (FIN before the switch).
+    /// The stream ends: at the END's counter (FIN before the switch), or at a SHUT.
     fin: bool,
 }
 
@@ -273,7 +349,7 @@ impl RxSwitch {
         self.mode
     }
 
-    /// The END said FIN: after the drain the stream is at its end.
+    /// The END said FIN (after the drain the stream is at its end), or a SHUT ended it.
     pub fn fin(&self) -> bool {
         self.fin
     }
@@ -324,6 +400,13 @@ impl RxSwitch {
                 }
                 self.mode = RxMode::Ring;
                 Ok(RxEvent::Back)
+            }
+            (RxMode::Tcp, Kind::Shut) if !self.fin => {
+                if r.arg != self.tcp_off {
+                    return Err(ProtoError::BadRecord("SHUT after another byte count"));
+                }
+                self.fin = true;
+                Ok(RxEvent::Shut)
             }
             _ => Err(ProtoError::BadRecord("switch record in the wrong state")),
         }
@@ -399,396 +482,4 @@ impl Reader {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A BACK behind an END is found across DATA records; an incomplete or malformed record
-    /// stops the look.
-    #[test]
-    fn a_back_behind_an_end_is_found() {
-        let rec = |kind, len: u32| {
-            Record {
-                kind,
-                flags: 0,
-                len,
-                arg: 0,
-            }
-            .encode()
-            .to_vec()
-        };
-        let mut w = rec(Kind::Data, 5);
-        w.extend_from_slice(b"hello");
-        assert!(!back_follows(&w));
-        w.extend(rec(Kind::End, 0));
-        assert!(!back_follows(&w));
-        let mut with_back = w.clone();
-        with_back.extend(rec(Kind::Back, 0));
-        assert!(back_follows(&with_back));
-        assert!(
-            !back_follows(&with_back[..with_back.len() - 1]),
-            "incomplete"
-        );
-        let mut bad = w.clone();
-        bad.extend_from_slice(&[0u8; RECORD_HDR]);
-        bad.extend(rec(Kind::Back, 0));
-        assert!(!back_follows(&bad), "past a malformed record");
-        // A DATA record whose payload is not all here hides what follows it.
-        let mut short = rec(Kind::Data, 100);
-        short.extend(rec(Kind::Back, 0));
-        assert!(!back_follows(&short));
-    }
-
-    /// The sender's and receiver's view of one direction, with a ring that either lands every
-    /// write or loses the unpublished ones (the machines do not care which: the END carries
-    /// only what was published).
-    struct Pipe {
-        tx: TxSwitch,
-        rx: RxSwitch,
-        reader: Reader,
-        /// Bytes on TCP not yet read.
-        wire: Vec<u8>,
-        /// Ring frames published: (producer counter after it, sequence number, payload).
-        ring: Vec<(u64, u64, Vec<u8>)>,
-        tx_seq: u64,
-        rx_seq: u64,
-        tail: u64,
-        head: u64,
-        delivered: Vec<u8>,
-    }
-
-    impl Pipe {
-        fn new() -> Pipe {
-            Pipe {
-                tx: TxSwitch::default(),
-                rx: RxSwitch::new(1 << 16),
-                reader: Reader::default(),
-                wire: Vec::new(),
-                ring: Vec::new(),
-                tx_seq: 0,
-                rx_seq: 0,
-                tail: 0,
-                head: 0,
-                delivered: Vec::new(),
-            }
-        }
-
-        fn send(&mut self, bytes: &[u8]) {
-            if self.tx.on_tcp() {
-                let mut rest = bytes;
-                while !rest.is_empty() {
-                    let r = self.tx.data(rest.len()).unwrap();
-                    self.wire.extend_from_slice(&r.encode());
-                    let (now, later) = rest.split_at(r.len as usize);
-                    self.wire.extend_from_slice(now);
-                    rest = later;
-                }
-            } else {
-                self.tail += 16 + (bytes.len() as u64).div_ceil(16) * 16;
-                self.ring.push((self.tail, self.tx_seq, bytes.to_vec()));
-                self.tx_seq += 1;
-            }
-        }
-
-        fn leave(&mut self, fin: bool) {
-            let r = self.tx.leave_ring(self.tail, fin).unwrap();
-            self.wire.extend_from_slice(&r.encode());
-        }
-
-        fn back(&mut self) {
-            let (r, resume) = self.tx.back_to_ring().unwrap();
-            assert_eq!(resume, self.tail);
-            self.tx_seq = next_epoch(self.tx_seq);
-            self.wire.extend_from_slice(&r.encode());
-        }
-
-        /// The receiver reads what it can, in order, as `failover` does.
-        fn receive(&mut self) -> Result<(), ProtoError> {
-            loop {
-                let limit = self.rx.ring_limit(self.head);
-                let mut progressed = false;
-                // Ring frames below the limit.
-                while let Some((end, seq, p)) = self.ring.first().cloned() {
-                    if end > limit || !matches!(self.rx.mode(), RxMode::Ring | RxMode::Drain { .. })
-                    {
-                        break;
-                    }
-                    if seq != self.rx_seq {
-                        // Only a frame of the next epoch may come out of order: read TCP.
-                        assert!(is_later_epoch(self.rx_seq, seq));
-                        break;
-                    }
-                    self.rx_seq += 1;
-                    self.delivered.extend_from_slice(&p);
-                    self.head = end;
-                    self.ring.remove(0);
-                    progressed = true;
-                }
-                self.rx.drained(self.head, 0)?;
-                match self.rx.mode() {
-                    RxMode::Ring if progressed && !self.ring.is_empty() => continue,
-                    // The ring is short of the END (writes that never landed): stuck.
-                    RxMode::Drain { .. } => return Ok(()),
-                    _ => {}
-                }
-                match self.reader.step(&self.wire, &mut self.rx, self.head, 0)? {
-                    Step::NeedMore => {
-                        if !progressed {
-                            return Ok(());
-                        }
-                    }
-                    Step::Payload(n) => {
-                        self.delivered.extend_from_slice(&self.wire[..n]);
-                        self.wire.drain(..n);
-                    }
-                    Step::RendezvousArea(ev) => {
-                        if ev == RxEvent::Back {
-                            self.rx_seq = next_epoch(self.rx_seq);
-                        }
-                        self.wire.drain(..RECORD_HDR);
-                    }
-                }
-            }
-        }
-    }
-
-    fn bytes(from: u8, n: usize) -> Vec<u8> {
-        (0..n).map(|i| from.wrapping_add(i as u8)).collect()
-    }
-
-    #[test]
-    fn records_round_trip_and_reject_garbage() {
-        for r in [
-            Record {
-                kind: Kind::Data,
-                flags: 0,
-                len: 7,
-                arg: 99,
-            },
-            Record {
-                kind: Kind::End,
-                flags: END_FIN,
-                len: 0,
-                arg: 4096,
-            },
-            Record {
-                kind: Kind::Back,
-                flags: 0,
-                len: 0,
-                arg: 12,
-            },
-        ] {
-            assert_eq!(Record::decode(&r.encode()), Ok(r));
-        }
-        let good = Record {
-            kind: Kind::Data,
-            flags: 0,
-            len: 7,
-            arg: 0,
-        }
-        .encode();
-        for (i, v) in [(0, 0u8), (1, 9), (2, 1), (3, 1)] {
-            let mut b = good;
-            b[i] = v;
-            assert!(Record::decode(&b).is_err(), "byte {i} = {v}");
-        }
-        let mut b = good;
-        b[4..8].copy_from_slice(&(MAX_RECORD + 1).to_le_bytes());
-        assert!(Record::decode(&b).is_err());
-        b[4..8].copy_from_slice(&0u32.to_le_bytes());
-        assert!(Record::decode(&b).is_err());
-        // Plain application bytes (what a non-pcisock peer would send) are no record.
-        assert!(Record::decode(b"GET / HTTP/1.1\r\n").is_err());
-    }
-
-    #[test]
-    fn ring_then_tcp_then_ring_keeps_every_byte_once_in_order() {
-        let mut p = Pipe::new();
-        let mut want = Vec::new();
-        for (i, n) in [5usize, 100, 3].iter().enumerate() {
-            let b = bytes(i as u8 * 10, *n);
-            want.extend_from_slice(&b);
-            p.send(&b);
-        }
-        // The receiver has read part of the ring before the switch.
-        let (end, _, first) = p.ring.remove(0);
-        p.delivered.extend_from_slice(&first);
-        p.head = end;
-        p.rx_seq = 1;
-        p.leave(false);
-        for n in [1usize, 300_000, 17] {
-            let b = bytes(n as u8, n);
-            want.extend_from_slice(&b);
-            p.send(&b);
-        }
-        p.back();
-        let b = bytes(7, 40);
-        want.extend_from_slice(&b);
-        p.send(&b);
-        p.receive().unwrap();
-        assert_eq!(p.delivered, want);
-        assert_eq!(p.rx.mode(), RxMode::Ring);
-    }
-
-    #[test]
-    fn the_ring_is_drained_before_tcp_bytes_even_when_they_arrive_first() {
-        let mut p = Pipe::new();
-        p.send(b"ring");
-        p.leave(false);
-        p.send(b"tcp");
-        // The receiver sees the END before it looked at its ring.
-        let ev = p.reader.step(&p.wire, &mut p.rx, 0, 0).unwrap();
-        assert_eq!(
-            ev,
-            Step::RendezvousArea(RxEvent::Switched {
-                end: 32,
-                fin: false
-            })
-        );
-        p.wire.drain(..RECORD_HDR);
-        assert_eq!(p.rx.ring_limit(0), 32);
-        p.receive().unwrap();
-        assert_eq!(p.delivered, b"ringtcp");
-        assert_eq!(p.rx.mode(), RxMode::Tcp);
-    }
-
-    #[test]
-    fn switching_with_nothing_in_flight_and_flapping() {
-        let mut p = Pipe::new();
-        let mut want = Vec::new();
-        for round in 0..40u8 {
-            p.leave(false);
-            p.back();
-            let b = bytes(round, 1 + round as usize);
-            want.extend_from_slice(&b);
-            p.send(&b);
-            if round % 3 == 0 {
-                p.leave(false);
-                let b = bytes(round ^ 0x55, 33);
-                want.extend_from_slice(&b);
-                p.send(&b);
-                p.back();
-            }
-            if round % 5 == 0 {
-                p.receive().unwrap();
-            }
-        }
-        p.receive().unwrap();
-        assert_eq!(p.delivered, want);
-    }
-
-    #[test]
-    fn an_end_after_fin_ends_the_stream() {
-        let mut p = Pipe::new();
-        p.send(b"last");
-        p.leave(true);
-        p.receive().unwrap();
-        assert_eq!(p.delivered, b"last");
-        assert!(p.rx.fin());
-        assert_eq!(p.rx.mode(), RxMode::Tcp);
-        // Nothing may follow a FIN.
-        let mut rx = p.rx;
-        let d = Record {
-            kind: Kind::Data,
-            flags: 0,
-            len: 1,
-            arg: 0,
-        };
-        assert!(rx.on_record(&d, p.head, 0).is_err());
-    }
-
-    #[test]
-    fn ends_that_would_duplicate_or_overrun_are_refused() {
-        let end = |arg| Record {
-            kind: Kind::End,
-            flags: 0,
-            len: 0,
-            arg,
-        };
-        // Behind what we consumed: those bytes would be delivered twice.
-        assert!(RxSwitch::new(4096).on_record(&end(32), 64, 0).is_err());
-        // At our head but we are inside a frame there.
-        assert!(RxSwitch::new(4096).on_record(&end(64), 64, 5).is_err());
-        // More than a ring ahead, or not frame-aligned.
-        assert!(RxSwitch::new(4096)
-            .on_record(&end(64 + 4097), 64, 0)
-            .is_err());
-        assert!(RxSwitch::new(4096).on_record(&end(72), 64, 0).is_err());
-        // DATA or BACK before any END, a second END, DATA out of sequence.
-        let mut rx = RxSwitch::new(4096);
-        let d = |arg| Record {
-            kind: Kind::Data,
-            flags: 0,
-            len: 4,
-            arg,
-        };
-        assert!(rx.on_record(&d(0), 0, 0).is_err());
-        assert_eq!(
-            rx.on_record(&end(0), 0, 0),
-            Ok(RxEvent::Switched { end: 0, fin: false })
-        );
-        assert!(rx.on_record(&end(0), 0, 0).is_err());
-        assert!(rx.on_record(&d(1), 0, 0).is_err());
-        assert_eq!(rx.on_record(&d(0), 0, 0), Ok(RxEvent::Data { len: 4 }));
-        let back = |arg| Record {
-            kind: Kind::Back,
-            flags: 0,
-            len: 0,
-            arg,
-        };
-        // A BACK that claims another byte count: a record was lost or doubled.
-        assert!(rx.clone().on_record(&back(3), 0, 0).is_err());
-        assert_eq!(rx.on_record(&back(4), 0, 0), Ok(RxEvent::Back));
-    }
-
-    #[test]
-    fn a_drain_past_the_end_is_an_error() {
-        let mut rx = RxSwitch::new(4096);
-        let end = Record {
-            kind: Kind::End,
-            flags: 0,
-            len: 0,
-            arg: 128,
-        };
-        rx.on_record(&end, 64, 0).unwrap();
-        assert_eq!(rx.drained(96, 0), Ok(false));
-        assert_eq!(rx.drained(128, 8), Ok(false));
-        assert!(rx.drained(144, 0).is_err());
-    }
-
-    #[test]
-    fn epochs() {
-        assert_eq!(next_epoch(5), (1 << 48) | 5);
-        assert!(is_later_epoch(5, (1 << 48) | 5));
-        assert!(is_later_epoch(5, (2 << 48) | 5));
-        assert!(!is_later_epoch(5, 6));
-        assert!(!is_later_epoch(5, 5));
-        assert!(!is_later_epoch(5, (1 << 48) | 6));
-    }
-
-    #[test]
-    fn payload_split_across_reads() {
-        let mut tx = TxSwitch::default();
-        let mut rx = RxSwitch::new(4096);
-        let mut wire = tx.leave_ring(0, false).unwrap().encode().to_vec();
-        wire.extend_from_slice(&tx.data(10).unwrap().encode());
-        wire.extend_from_slice(b"0123456789");
-        let mut reader = Reader::default();
-        let mut got = Vec::new();
-        let mut at = 0;
-        // Feed one byte at a time: headers wait for 16 bytes, payload comes out byte by byte.
-        for upto in 1..=wire.len() {
-            loop {
-                match reader.step(&wire[at..upto], &mut rx, 0, 0).unwrap() {
-                    Step::NeedMore => break,
-                    Step::Payload(n) => {
-                        got.extend_from_slice(&wire[at..at + n]);
-                        at += n;
-                    }
-                    Step::RendezvousArea(_) => at += RECORD_HDR,
-                }
-            }
-        }
-        assert_eq!(got, b"0123456789");
-        assert!(reader.at_boundary());
-    }
-}
+mod tests;

@@ -7,12 +7,15 @@
 //!   writes of varying size, shuts down its write side, reads everything back and compares it with the stream.
 //!   Prints `ok bytes=N fnv1a=HEX` and exits 0 only if every byte came back in order; otherwise prints where it
 //!   differed and exits 1.
+//! - `echo send PORT BYTES SEED MIB_PER_S`: the same, the writes paced to that rate (a stream that lasts a known
+//!   time, for tests that inject faults while it runs).
 #![deny(unsafe_code)]
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::thread;
+use std::time::{Duration, Instant};
 
 /// splitmix64: the stream generator and the write-size generator.
 struct Rng(u64);
@@ -70,7 +73,7 @@ fn serve(port: u16) -> io::Result<()> {
     Ok(())
 }
 
-fn send(port: u16, bytes: u64, seed: u64) -> io::Result<bool> {
+fn send(port: u16, bytes: u64, seed: u64, mib_per_s: Option<u64>) -> io::Result<bool> {
     let conn = TcpStream::connect(("127.0.0.1", port))?;
     let mut writer = conn.try_clone()?;
     let sender = thread::spawn(move || -> io::Result<()> {
@@ -78,7 +81,16 @@ fn send(port: u16, bytes: u64, seed: u64) -> io::Result<bool> {
         let mut sizes = Rng(seed ^ 0x5151_5151);
         let mut buf = vec![0u8; 1 << 20];
         let mut left = bytes;
+        let start = Instant::now();
         while left > 0 {
+            if let Some(rate) = mib_per_s.filter(|r| *r > 0) {
+                // Paced: byte `sent` goes out no earlier than sent / rate after the start.
+                let sent = bytes - left;
+                let due = Duration::from_secs_f64(sent as f64 / (rate << 20) as f64);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    thread::sleep(wait);
+                }
+            }
             // Write sizes from 1 byte to 1 MiB, log-uniform, so small and large frames both occur.
             let r = sizes.next();
             let max = 1u64 << (r % 21);
@@ -139,7 +151,7 @@ fn send(port: u16, bytes: u64, seed: u64) -> io::Result<bool> {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: echo serve PORT | echo send PORT BYTES SEED");
+    eprintln!("usage: echo serve PORT | echo send PORT BYTES SEED [MIB_PER_S]");
     ExitCode::from(2)
 }
 
@@ -153,7 +165,15 @@ fn main() -> ExitCode {
         },
         [cmd, port, bytes, seed] if cmd == "send" => {
             match (port.parse(), parse(bytes), parse(seed)) {
-                (Ok(port), Some(bytes), Some(seed)) => send(port, bytes, seed),
+                (Ok(port), Some(bytes), Some(seed)) => send(port, bytes, seed, None),
+                _ => return usage(),
+            }
+        }
+        [cmd, port, bytes, seed, rate] if cmd == "send" => {
+            match (port.parse(), parse(bytes), parse(seed), parse(rate)) {
+                (Ok(port), Some(bytes), Some(seed), Some(rate)) => {
+                    send(port, bytes, seed, Some(rate))
+                }
                 _ => return usage(),
             }
         }

@@ -382,7 +382,7 @@ except KeyboardInterrupt:
 "#;
 /// nginx as Debian ships it runs its workers as www-data (`user www-data;`). Processes that
 /// map the device themselves (`PCISOCK_FABRIC=device`; the host fabric service, the default,
-/// carries these workers' connections: hostmodel.rs) cannot: the root master opens the
+/// carries these workers' connections: hostmodel/nginx.rs) cannot: the root master opens the
 /// device, the workers cannot make their connections' interrupt lines in root's 0700 device
 /// directory. Every connection stays on TCP, and it must say exactly why: `NoPermission` (it
 /// said `NoDoorbell`, "no interrupt vector left"), in the workers' own stats files (one per

@@ -118,7 +118,8 @@ pub fn doorbell_set_clear_mask(f: &dyn Fixture) {
     assert!(b.db_vector_fd(64).is_err(), "bit 64 does not exist");
 }
 
-fn readable(fd: &std::os::fd::OwnedFd, timeout: Duration) -> bool {
+/// Does `fd` (an interrupt line) become readable within `timeout`?
+pub fn readable(fd: &std::os::fd::OwnedFd, timeout: Duration) -> bool {
     let mut p = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,

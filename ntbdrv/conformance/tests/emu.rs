@@ -610,3 +610,96 @@ fn a_symlink_in_place_of_an_interrupt_line_is_refused() {
     let _ = a.peer_vector_trigger(7);
     assert_eq!(std::fs::read(&line).unwrap(), b"");
 }
+
+/// A link event interrupts, as a link-state-change interrupt does on hardware: the line of every
+/// leased vector on every side becomes readable when the link goes down and again when it comes
+/// back (a connection's sleeper then fails over at once, not at the end of its nap), and a
+/// line no lease holds is left alone.
+#[test]
+fn link_events_kick_every_leased_vector_line() {
+    for topology in [Topology::TwoHost, Topology::Loopback] {
+        let e = Emu::new("link_events_kick", topology);
+        let (sa, sb) = e.sides();
+        let (a, b) = (e.emu(sa), e.emu(sb));
+        a.link_enable().unwrap();
+        b.link_enable().unwrap();
+        let (va, vb) = (a.lease_vector(1).unwrap(), b.lease_vector(1).unwrap());
+        let lines = [
+            a.vector_fd(va.vector).unwrap(),
+            b.vector_fd(vb.vector).unwrap(),
+        ];
+        // A line that was leased and released: no lease holds it now.
+        let vc = b.lease_vector(1).unwrap();
+        let idle = b.vector_fd(vc.vector).unwrap();
+        b.release(ntbdrv::Lease::Vector(vc)).unwrap();
+        let quiet = |what: &str| {
+            for (i, fd) in lines.iter().chain([&idle]).enumerate() {
+                ntbdrv::drain_vector(fd);
+                assert!(
+                    !conformance::readable(fd, Duration::from_millis(10)),
+                    "{topology:?}: line {i} readable {what}"
+                );
+            }
+        };
+        quiet("before any link event");
+        for (what, down) in [("link down", true), ("link up", false)] {
+            if down {
+                a.faults().inject(Fault::LinkDown);
+            } else {
+                a.faults().clear();
+            }
+            for (i, fd) in lines.iter().enumerate() {
+                assert!(
+                    conformance::readable(fd, Duration::ZERO),
+                    "{topology:?}: {what} did not kick the line of side {i}'s vector"
+                );
+            }
+            assert!(
+                !conformance::readable(&idle, Duration::ZERO),
+                "{topology:?}: {what} kicked a line no lease holds"
+            );
+            quiet("after draining");
+        }
+    }
+}
+
+/// A side that brings its link up bumps the link generation before the link reads up, so a
+/// reader that sees the link up sees the generation of that event, never the one the link
+/// had while down (a connection returning to the ring in that window would record a
+/// generation that moves a moment later, and leave the ring again for nothing). With both
+/// sides up at generation g0, a link-down leaves a generation of the other parity; one thread
+/// takes side 0's link down and up while another reads the link state twice in a row: a
+/// generation of a link-down in the first read, the link up in the second, and the same
+/// generation there is the window.
+#[test]
+fn a_link_that_reads_up_has_the_generation_of_its_coming_up() {
+    let e = Emu::new("link_up_generation", Topology::TwoHost);
+    let (a, b) = pair(&e);
+    let g0 = b.link_state().generation;
+    assert!(b.link_state().up);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let bad = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut bad = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let first = b.link_state().generation;
+                let then = b.link_state();
+                let down_generation = first.wrapping_sub(g0) % 2 != 0;
+                if down_generation && then.up && then.generation == first && bad.len() < 5 {
+                    bad.push(first);
+                }
+            }
+            bad
+        });
+        for _ in 0..1_000_000 {
+            a.link_disable().unwrap();
+            a.link_enable().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap()
+    });
+    assert!(
+        bad.is_empty(),
+        "the link read up at generations {bad:?}, which it had while down (g0 = {g0})"
+    );
+}

@@ -1,5 +1,7 @@
-//! Raw definitions shared with C: the emulated NTB device (`include/ntbemu.h`) and the kernel
-//! uapi the hardware backends use (`<linux/vfio.h>`, `<linux/pci_regs.h>`).
+//! Raw definitions shared with C: the emulated NTB device (`include/ntbemu.h`) and the kernel uapi
+//! the hardware backends use (`<linux/vfio.h>`, `<linux/pci_regs.h>`). Definitions only: this crate
+//! must never hold logic, I/O or a layout written by hand where bindgen or the C compiler can say
+//! it.
 //!
 //! Everything from the headers comes from bindgen: [`bindings`](self) is the vendored
 //! `src/bindings.rs`, generated from `include/wrapper.h` with the fixed options in `build.rs`

@@ -1,4 +1,6 @@
-//! `ntbdrv-ivshmem-irqd`: the ivshmem backend's interrupt daemon, one per machine.
+//! `ntbdrv-ivshmem-irqd`: the ivshmem backend's interrupt daemon, one per machine. It owns the VFIO
+//! interrupt wiring of one machine; it must never read or write a window's bytes or any
+//! connection's state, only move interrupts to lines.
 //!
 //! Usage: `ntbdrv-ivshmem-irqd [BDF]` (as root). Wires the ivshmem device's MSI-X vector to an
 //! eventfd through VFIO and, on each interrupt, delivers this side's pending doorbells and

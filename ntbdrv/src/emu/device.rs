@@ -55,11 +55,14 @@ impl NtbDevice for EmuDevice {
     }
 
     fn link_enable(&self) -> Result<(), LinkError> {
-        let prev = self
-            .nt_reg(self.side, sys::NTBEMU_REG_LINK_CTRL)
-            .fetch_or(1, SeqCst);
-        if prev & 1 == 0 {
-            self.bump_link();
+        let ctrl = self.nt_reg(self.side, sys::NTBEMU_REG_LINK_CTRL);
+        if ctrl.load(SeqCst) & 1 == 0 {
+            // The generation first, then the link up (`new_link_generation`); two enables at
+            // once may both bump it, which only says "something changed" once more.
+            self.new_link_generation();
+            if ctrl.fetch_or(1, SeqCst) & 1 == 0 {
+                self.announce_link();
+            }
         }
         if fault::active(self, sys::NTBEMU_FAULT_LINK_DOWN) {
             return Err(LinkError::HeldDown);

@@ -1,7 +1,9 @@
-//! The emulated DMA engine: a PLX-style channel (registers at `0x200 + 0x100*c` of the side's
-//! DMA page, descriptors in the side's ring area) run by a thread of the process that leased
-//! the channel — the process is the channel's "IOMMU domain", so host memory it maps for DMA is
-//! reachable by the engine and nothing else is.
+//! The emulated DMA engine: a PLX-style channel (registers at `0x200 + 0x100*c` of the side's DMA
+//! page, descriptors in the side's ring area) run by a thread of the process that leased the
+//! channel — the process is the channel's "IOMMU domain", so host memory it maps for DMA is
+//! reachable by the engine and nothing else is. Owns: the engine thread and what the channel
+//! registers mean. Must never copy to or from memory outside the device's windows and the host
+//! ranges its process registered, nor clear IN_PROGRESS before the bytes are stored.
 //!
 //! A batch starts when the submitter writes CTRL with START and IN_PROGRESS; the engine copies
 //! each descriptor, writes back its status, and clears IN_PROGRESS only after the last byte is

@@ -1,5 +1,8 @@
 //! Fault injection: faults live in the device header, so a test or `pcisock emu fault` in one
-//! process affects every process attached to the device, as a misbehaving link would.
+//! process affects every process attached to the device, as a misbehaving link would. Owns: the
+//! fault flags, their names (as `pcisock emu fault` takes them) and the hit counter. Must never
+//! fake a fault inside one process only: a fault is state of the device, seen by every process
+//! attached to it.
 
 use std::mem::offset_of;
 use std::sync::atomic::Ordering::{Acquire, SeqCst};
@@ -92,13 +95,15 @@ impl Faults<'_> {
 
     /// Clear every fault.
     pub fn clear(&self) {
-        let prev = self
-            .dev
-            .map
-            .u32_at(offset_of!(H, fault_flags))
-            .swap(0, SeqCst);
+        let flags = self.dev.map.u32_at(offset_of!(H, fault_flags));
+        // A held-down link comes up: the generation moves before it reads up (as in
+        // `link_enable`).
+        if flags.load(SeqCst) & sys::NTBEMU_FAULT_LINK_DOWN != 0 {
+            self.dev.new_link_generation();
+        }
+        let prev = flags.swap(0, SeqCst);
         if prev & sys::NTBEMU_FAULT_LINK_DOWN != 0 {
-            self.dev.bump_link();
+            self.dev.announce_link();
         }
     }
 

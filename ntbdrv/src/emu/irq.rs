@@ -79,6 +79,31 @@ impl EmuDevice {
     }
 }
 
+impl EmuDevice {
+    /// A link event: kick the line of every leased interrupt vector on every side of the
+    /// device, so that a process sleeping on one (a connection's reader or sender, an epoll
+    /// set watching it) looks at the link at once rather than at the end of its nap. A line
+    /// kicked for nothing costs its sleeper one wake-up per link event. After the generation
+    /// moved (`bump_link`): a sleeper the kick wakes sees the new link state.
+    pub(super) fn kick_vector_lines(&self) {
+        let sides: SideId = match self.config.topology {
+            super::Topology::Loopback => 1,
+            super::Topology::TwoHost => 2,
+        };
+        for side in 0..sides {
+            let table = super::table::HostTable::new(
+                &self.map,
+                self.side_off(side) + sys::NTBEMU_SIDE_HOST_TABLE as usize,
+            );
+            for lease in table.leases() {
+                if lease.kind == sys::NTBEMU_LEASE_VECTOR {
+                    kick_line(&self.msi_path(side, lease.index));
+                }
+            }
+        }
+    }
+}
+
 /// Kick an interrupt line (FIFO) by path. Opened for each kick and closed at once: an fd kept
 /// open here would be one the application does not know about (and might close or count).
 /// O_RDWR, not O_WRONLY: a FIFO whose reader is gone answers a write with EPIPE and a SIGPIPE to

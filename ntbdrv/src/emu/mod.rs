@@ -245,15 +245,36 @@ impl EmuDevice {
         self.header_u32(offset_of!(sys::ntbemu_header, link_generation))
     }
 
+    /// A link event that already changed what `link_up` reads (the link went down): a new
+    /// generation, then the waiters are told.
     fn bump_link(&self) {
+        self.new_link_generation();
+        self.announce_link();
+    }
+
+    /// The first half of a link event whose change is still to be made: the generation moves
+    /// *before* the link reads up, so a reader that sees it up sees the generation of its
+    /// coming up (never the one it had while down; `link_state` reads the link first, then
+    /// the generation with Acquire). Then make the change and `announce_link`.
+    fn new_link_generation(&self) {
+        sync::bump(self.link_generation());
+    }
+
+    /// Tell the link's waiters and sleepers that it changed (after the change).
+    fn announce_link(&self) {
         // Link event: pairs with the Acquire load in `link_wait` and its sleep. No futex
         // crosses a bridge (its sleepers poll).
-        sync::announce(
+        sync::wake_after_bump(
             &sync::Futex,
             self.link_generation(),
             self.header_u32(offset_of!(sys::ntbemu_header, link_waiters)),
             self.bridge.is_none(),
         );
+        if self.bridge.is_none() {
+            // A link event interrupts, as a link-state-change interrupt does on hardware:
+            // every connection's line, so its sleeper looks at the link now.
+            self.kick_vector_lines();
+        }
     }
 
     fn link_up(&self) -> bool {

@@ -210,14 +210,30 @@ pub fn pending_bits<W: Word>(lo: &W, hi: &W) -> u64 {
 /// bump it, then wake its sleepers if `waiters` says there are any (and `wake`).
 #[inline]
 pub fn announce<S: Sleep>(s: &S, seq: &S::W, waiters: &S::W, wake: bool) {
+    bump(seq);
+    wake_after_bump(s, seq, waiters, wake);
+}
+
+/// The first half of [`announce`]: the counter moves. A link coming up bumps its generation
+/// before the link reads up (and wakes its sleepers after, [`wake_after_bump`]), so a reader
+/// that sees the link up sees the new generation.
+#[inline]
+pub fn bump<W: Word>(seq: &W) {
     // SYNC POINT (doorbell interrupt), SYNC POINT (link event), SYNC POINT (DMA completion): the
-    // SeqCst increment, then the SeqCst load of the sleepers' count, pair with `sleep_unless`'s
-    // SeqCst increment of the count and load of the counter: either the sleeper sees the new
-    // counter (or the event itself), or we see the sleeper and wake it. No lost wake-up. (The
-    // fence is the language's word for what the RMW already is on x86, a full barrier: loom
-    // lets a SeqCst RMW and a SeqCst load of another word pass each other, tokio-rs/loom#180,
-    // and finds the sleeper asleep without it.)
+    // SeqCst increment, then (in `wake_after_bump`) the SeqCst load of the sleepers' count, pair
+    // with `sleep_unless`'s SeqCst increment of the count and load of the counter: either the
+    // sleeper sees the new counter (or the event itself), or we see the sleeper and wake it. No
+    // lost wake-up.
     seq.fetch_add(1, SeqCst);
+}
+
+/// The second half of [`announce`], after [`bump`] (and whatever the event changes between
+/// them): wake the counter's sleepers if `waiters` says there are any (and `wake`).
+#[inline]
+pub fn wake_after_bump<S: Sleep>(s: &S, seq: &S::W, waiters: &S::W, wake: bool) {
+    // (The fence is the language's word for what the RMW already is on x86, a full barrier:
+    // loom lets a SeqCst RMW and a SeqCst load of another word pass each other,
+    // tokio-rs/loom#180, and finds the sleeper asleep without it.)
     s.fence(SeqCst);
     if wake && waiters.load(SeqCst) > 0 {
         s.wake_all(seq);

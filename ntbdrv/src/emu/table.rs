@@ -1,4 +1,6 @@
-//! The host resource table: how the processes of one host share its side of the device.
+//! The host resource table: how the processes of one host share its side of the device. Owns: the
+//! table, its lock word and the reclaim of dead holders' leases. Must never give one resource to
+//! two live leases, nor let a dead, stopped or forged holder wedge the host.
 //!
 //! Window space, doorbell bits and DMA channels are leased through `struct ntbemu_host_table` in
 //! the device file. Each lease names its process by pid and start time; a lease whose process is

@@ -1,6 +1,7 @@
-//! `epoll_wait` over a set with NTB registrations: settling pending ones, harvesting readiness
-//! from the rings, and arming before a sleep in the kernel. The registrations themselves are
-//! the parent module's.
+//! `epoll_wait` over a set with NTB registrations: settling pending ones, harvesting readiness from
+//! the rings, and arming before a sleep in the kernel. The registrations themselves are the parent
+//! module's. Called by the `epoll_wait` hooks. It must never sleep in the kernel without arming the
+//! rings it answers for first, nor report a one-shot registration that fired and was not re-armed.
 
 use super::*;
 

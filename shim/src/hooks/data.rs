@@ -1,4 +1,6 @@
-//! Data calls: read, write, send, recv and their relatives, sendfile and splice.
+//! Data calls: read, write, send, recv and their relatives, sendfile and splice. Owns the data
+//! hooks' C signatures and their hand-over to `ops`; an untracked fd goes to libc after one table
+//! load. It never touches the ring nor decides a path itself.
 
 use super::*;
 

@@ -1,4 +1,7 @@
-//! fd control: fcntl, ioctl, setsockopt, dup.
+//! fd control: fcntl, ioctl, setsockopt, dup. Owns the hooks' C signatures. fcntl, setsockopt and
+//! dup always reach the kernel first, and for a tracked fd `ops` only follows what the kernel did
+//! (O_NONBLOCK, timeouts, a tracked copy): it never answers one of them for the kernel. Only
+//! FIONREAD on an NTB connection is answered without it, from the ring.
 
 use super::*;
 

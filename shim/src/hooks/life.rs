@@ -1,4 +1,6 @@
-//! Connection life cycle: fd creators, listen, accept, connect, close, shutdown.
+//! Connection life cycle: fd creators, listen, accept, connect, close, shutdown. Owns the hooks' C
+//! signatures. connect, accept and close always reach the kernel; it never decides whether a
+//! connection is flagged (`policy`, through `ops`).
 
 use super::*;
 

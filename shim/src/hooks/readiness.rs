@@ -1,4 +1,5 @@
-//! Readiness: poll, ppoll, select, pselect, and epoll.
+//! Readiness: poll, ppoll, select, pselect, and epoll. Owns the hooks' C signatures; a set without
+//! NTB fds goes to libc unchanged, and it never reads ring state itself (`ops::poll`, `epoll` do).
 
 use super::*;
 

@@ -1,6 +1,7 @@
-//! The fd bookkeeping of tracked sockets: close (an entry retired, its listener withdrawn after
-//! the real close), a reused fd number forgotten, `shutdown`, the socket options the bridge
-//! honours and `dup`. Called by `hooks`; the real call is always made by the caller.
+//! The fd bookkeeping of tracked sockets: close (an entry retired, its listener withdrawn after the
+//! real close), a reused fd number forgotten, `shutdown`, the socket options the bridge honours and
+//! `dup`. Called by `hooks`; the real call is always made by the caller, never here, and ending a
+//! connection that other holders share (a forked child) is left to `transport`.
 
 use super::*;
 

@@ -22,6 +22,9 @@ pub(super) const CR_RX_SLEEPING: usize = 0x48;
 pub(super) const CR_CLOSED: usize = 0x4C;
 /// The CPU the peer last waited on, plus one (0: not known). A hint for `wait`.
 pub(super) const CR_PEER_CPU: usize = 0x50;
+/// `CR_PEER_CPU` of an end whose peer is made but has not told a CPU yet (a CPU is told as
+/// its number plus one, so this is never one); 0 there: the peer's end is not made yet.
+pub(super) const PEER_MADE: u32 = u32::MAX;
 // LOCAL lines: ours, but in the block the peer can write. The cursors here are only a copy of
 // the private ones in `Cursors`, for the other processes holding the connection (see
 // `Connection::rx_pos`).
@@ -30,6 +33,11 @@ pub(super) const L_RX_OFF: usize = 0x88;
 pub(super) const L_RX_SEQ: usize = 0x90;
 pub(super) const L_TX_TAIL: usize = 0xC0;
 pub(super) const L_TX_SEQ: usize = 0xC8;
+/// Failover's view of our sending direction, for the other processes holding the connection
+/// (`Connection::claim_tx_view`): bytes sent on TCP since the END while ON_TCP (u64), and the
+/// pid of the process whose view is current, the last to send or switch (u32, 0: none yet).
+pub(super) const L_TX_TCP_SENT: usize = 0x98;
+pub(super) const L_TX_SENDER: usize = 0xF8;
 // Counters (ours): read by `pcisock stats` through the device.
 pub(crate) const C_BASE: usize = 0x100;
 // Identity block (ours).

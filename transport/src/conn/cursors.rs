@@ -11,6 +11,7 @@ use ntbdrv::Region;
 use super::block::{atomic_u64_at, L_RX_HEAD, L_RX_OFF, L_RX_SEQ, L_TX_SEQ, L_TX_TAIL};
 use super::Connection;
 use crate::proto::FRAME_HDR;
+use crate::switchover::seq_count;
 
 /// This side's position in both rings, in process memory. The peer can write anything in our
 /// endpoint block, so nothing read from there decides where we read or write: the block's
@@ -67,13 +68,9 @@ impl Cursors {
     }
 }
 
-/// A receive position: consumer counter, offset in the frame there, next sequence number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct RxPos {
-    pub(super) head: u64,
-    pub(super) off: u64,
-    pub(super) seq: u64,
-}
+/// A receive position: consumer counter, offset in the frame there, next sequence number (the
+/// protocol's [`ReadPos`](crate::proto::ReadPos), whose steps `Ring::read_step` computes).
+pub(super) use crate::proto::ReadPos as RxPos;
 
 /// A send position: producer counter and next sequence number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,10 +134,13 @@ impl Connection {
         }
         let seq = atomic_u64_at(&self.own_block, L_TX_SEQ).load(Relaxed);
         let ahead = tail.saturating_sub(ours.tail);
+        // Frames counted without the epoch: the holder that wrote the copy may have gone to TCP
+        // and back since (each fail-back starts a new epoch, `switchover`).
+        let (count, our_count) = (seq_count(seq), seq_count(ours.seq));
         let consistent = tail.is_multiple_of(crate::proto::FRAME_ALIGN)
             && tail < COUNTER_LIMIT
-            && seq >= ours.seq
-            && seq.saturating_sub(ours.seq) <= ahead / MIN_DATA_FRAME;
+            && count >= our_count
+            && count.saturating_sub(our_count) <= ahead / MIN_DATA_FRAME;
         if consistent {
             TxPos { tail, seq }
         } else {

@@ -9,8 +9,8 @@
 //! sees a record.
 //!
 //! Detection (each end, for the direction it sends): the device's link is down or its
-//! generation moved since this end joined the ring; the peer spoke on the TCP socket (it
-//! switched); or a wait for credits saw no progress for `PCISOCK_FAILOVER_MS` while the peer's
+//! generation moved since this end joined the ring; a doorbell failed, or a DMA transfer
+//! failed again on its retry; the peer spoke on the TCP socket (it switched); or a wait for credits saw no progress for `PCISOCK_FAILOVER_MS` while the peer's
 //! TCP socket stayed open. A peer whose TCP socket ended died: that is EOF or ECONNRESET as
 //! before, never a failover. Under `PCISOCK_STRICT=1` a connection resets instead.
 
@@ -24,14 +24,15 @@ use ntbdrv::NtbDevice;
 
 use super::block::{
     atomic_u32_at, atomic_u64_at, CR_CLOSED, CR_RX_SLEEPING, FLAG_FIN, FLAG_RST, L_SOCK_INODE,
-    L_STATE, RX_FLAGS, ST_ON_TCP, ST_SHUT_RD, ST_SHUT_WR,
+    L_STATE, L_TX_SENDER, L_TX_SEQ, L_TX_TAIL, L_TX_TCP_SENT, RX_FLAGS, ST_ON_TCP, ST_SHUT_RD,
+    ST_SHUT_WR,
 };
 use super::cursors::{RxPos, TxPos};
 use super::{Connection, Counter, IoError, Readiness, RecvFlags, Tenancy};
 use crate::proto::ProtoError;
 use crate::switchover::{
-    back_follows, next_epoch, Reader, RxEvent, RxMode, RxSwitch, Step, TxSwitch, MAX_RECORD,
-    RECORD_HDR,
+    back_follows, is_later_epoch, next_epoch, shut_ahead, Reader, RxEvent, RxMode, RxSwitch, Step,
+    TxSwitch, MAX_RECORD, RECORD_HDR,
 };
 use crate::sys;
 
@@ -101,6 +102,8 @@ pub(super) struct Failover {
     tx_want: AtomicBool,
     /// Strict mode tripped: the connection is reset.
     broken: AtomicBool,
+    /// This process's pid (0: not known yet); set again in a forked child (`adopt`).
+    me: AtomicU32,
     /// The link generation when we (re)joined the ring.
     link_gen: AtomicU32,
     /// Bumped by whatever changes the connection off the ring's counters (a switch, records
@@ -163,6 +166,22 @@ impl Failover {
         self.rx_off.store(true, Relaxed);
     }
 
+    /// In a child after fork: its pid, for `claim_tx_view`.
+    pub(super) fn forked(&self, pid: u32) {
+        self.me.store(pid, Relaxed);
+    }
+
+    fn me(&self) -> u32 {
+        match self.me.load(Relaxed) {
+            0 => {
+                let p = std::process::id();
+                self.me.store(p, Relaxed);
+                p
+            }
+            p => p,
+        }
+    }
+
     /// Something changed that the ring's counters do not show (see `events`).
     pub(super) fn note_event(&self) {
         self.events.fetch_add(1, Relaxed);
@@ -175,6 +194,13 @@ impl Failover {
     /// A doorbell could not be rung because the link is down: our sending direction leaves
     /// the ring at its next wait or readiness check (the caller may hold the send lock).
     pub(super) fn doorbell_failed(&self) {
+        self.path_failed();
+    }
+
+    /// Something on the path to the peer failed (a doorbell on a link that is down, a DMA
+    /// transfer that failed again on its retry): our sending direction leaves the ring at its
+    /// next wait or readiness check (the caller may hold the send lock).
+    pub(super) fn path_failed(&self) {
         if !self.tx_off() {
             self.tx_want.store(true, Relaxed);
         }
@@ -186,6 +212,60 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Connection {
+    /// Is this process's view of our sending direction's switch the current one: did it send
+    /// or switch last (or nobody yet)? A process holding the connection that does not send (a
+    /// parent that only polls while its forked child writes) must not move the direction off
+    /// the ring or back: its view (producer counter, bytes sent on TCP) is stale, and an END or
+    /// BACK from it would break the stream.
+    pub(super) fn tx_view_current(&self) -> bool {
+        let who = atomic_u32_at(&self.own_block, L_TX_SENDER).load(Relaxed);
+        who == 0 || who == self.fo.me()
+    }
+
+    /// Before this process sends: if another process holding the connection sent or switched
+    /// last, take its view of our sending direction from the block's LOCAL line (on TCP or
+    /// not, bytes sent there since the END, the ring's sequence epoch after its fail-back) and
+    /// become the process whose view is current. One load and a compare when nothing changed.
+    pub(super) fn claim_tx_view(&self) {
+        let me = self.fo.me();
+        let sender = atomic_u32_at(&self.own_block, L_TX_SENDER);
+        if sender.load(Relaxed) == me {
+            return;
+        }
+        let st = self.shared_state();
+        let on_tcp = st & ST_ON_TCP != 0;
+        let ours = self.tx_pos();
+        // A fail-back moves the sequence to the next epoch without moving the producer
+        // counter, so `tx_pos` (which takes the copy only when it is ahead) does not see it.
+        let tail = atomic_u64_at(&self.own_block, L_TX_TAIL).load(Relaxed);
+        let seq = atomic_u64_at(&self.own_block, L_TX_SEQ).load(Relaxed);
+        if tail == ours.tail && is_later_epoch(ours.seq, seq) {
+            self.set_tx_pos(TxPos { tail, seq });
+        }
+        let sent = on_tcp.then(|| atomic_u64_at(&self.own_block, L_TX_TCP_SENT).load(Relaxed));
+        {
+            let mut tx = lock(&self.fo.tx);
+            tx.sw = TxSwitch::taken_over(sent, ours.tail, st & ST_SHUT_WR != 0);
+            tx.since = match (on_tcp, tx.since) {
+                (true, None) => Some(Instant::now()),
+                (true, s) => s,
+                (false, _) => None,
+            };
+            tx.hold = tx.hold.max(HOLD_MIN);
+        }
+        self.fo.tx_off.store(on_tcp, SeqCst);
+        sender.store(me, Relaxed);
+    }
+
+    /// Record, for the other processes holding the connection, that this process's view of
+    /// the sending direction is current and how many bytes it sent on TCP since the END.
+    fn publish_tx_view(&self, sent: Option<u64>) {
+        if let Some(n) = sent {
+            atomic_u64_at(&self.own_block, L_TX_TCP_SENT).store(n, Relaxed);
+        }
+        atomic_u32_at(&self.own_block, L_TX_SENDER).store(self.fo.me(), Relaxed);
+    }
+
     /// The device's link as this connection sees it: `Some(generation)` if up; asked now if
     /// `fresh`, else as this process last looked (see `LinkLook`).
     fn link_up(&self, fresh: bool) -> Option<u32> {
@@ -277,6 +357,7 @@ impl Connection {
             tx.hold = HOLD_MIN;
         }
         tx.since = Some(now);
+        self.publish_tx_view(Some(0));
         self.fo.tx_off.store(true, SeqCst);
         atomic_u32_at(&self.own_block, L_STATE).fetch_or(ST_ON_TCP, SeqCst);
         self.fo.note_event();
@@ -288,10 +369,27 @@ impl Connection {
         Ok(())
     }
 
+    /// `shutdown(SHUT_WR)` while our sending direction is on TCP, with the send lock held: the
+    /// SHUT record goes out before the kernel's FIN (a peer on another host cannot ask our
+    /// process whether that FIN is a half-close or our death: the record says so).
+    pub(super) fn send_shut_record(&self) {
+        let shut = lock(&self.fo.tx).sw.shut();
+        if let Some(r) = shut {
+            let _ = self.write_all_tcp(&[&r.encode()]);
+        }
+    }
+
+    /// Did the peer say it shut down writing (a SHUT, or an END with FIN) in the records read
+    /// or taken in so far? Then the end of its TCP socket is a half-close.
+    pub(super) fn peer_said_shut(&self) -> bool {
+        let rx = lock(&self.fo.rx);
+        rx.sw.is_some_and(|s| s.fin()) || shut_ahead(&rx.reader, &rx.raw)
+    }
+
     /// A reader (or a waiter) found a reason to switch: leave the ring for sending too, now if
     /// no send holds the lock, else the sender does at its next wait.
     pub(super) fn leave_ring_soon(&self) {
-        if self.fo.tx_off() {
+        if self.fo.tx_off() || !self.tx_view_current() {
             return;
         }
         match self.tx_lock.try_lock() {
@@ -326,6 +424,7 @@ impl Connection {
             self.count(Counter::TcpMicros, s.elapsed().as_micros() as u64);
         }
         tx.back_at = Some(Instant::now());
+        self.publish_tx_view(None);
         self.fo.link_gen.store(gen, Relaxed);
         // A request to leave made while we were on TCP is answered.
         self.fo.tx_want.store(false, Relaxed);

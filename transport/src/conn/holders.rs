@@ -93,10 +93,14 @@ impl Connection {
     /// shutdown(2): SHUT_WR sends FIN through the ring; SHUT_RD stops reading.
     pub fn shutdown(&self, read: bool, write: bool) {
         if write {
+            // Another holder may have sent last (a forked child): its view of the switch.
+            self.claim_tx_view();
             let _g = self.tx_lock.lock();
             if self.fo.tx_off() {
-                // On TCP: the kernel's FIN ends the stream after the last record.
+                // On TCP: a SHUT record, then the kernel's FIN, end the stream after the last
+                // record (the SHUT tells the peer the FIN is a half-close, not our death).
                 atomic_u32_at(&self.own_block, L_STATE).fetch_or(ST_SHUT_WR, SeqCst);
+                self.send_shut_record();
                 sys::shutdown_write(self.tcp_fd());
             } else if atomic_u32_at(&self.own_block, L_STATE).fetch_or(ST_SHUT_WR, SeqCst)
                 & ST_SHUT_WR
@@ -114,6 +118,8 @@ impl Connection {
     /// The last reference is going away: tell the peer (FIN, or RST if we drop unread data, as
     /// TCP does) and return our resources once the peer can no longer write into them.
     pub(crate) fn close(&self) {
+        // The last holder: the sending direction is where whoever sent last left it.
+        self.claim_tx_view();
         self.drain_tcp_at_close();
         let unread = atomic_u64_at(&self.own_block, RX_TAIL).load(Acquire) > self.rx_pos().head;
         let flag = if self.fo.tx_off() {
@@ -165,6 +171,7 @@ impl Connection {
     /// In a child after fork: record this process as a holder.
     pub fn adopt(&self, pid: u32) {
         self.tx_lock.forked();
+        self.fo.forked(pid);
         // The fork was announced by the parent: `shared` is set in this copy already. The
         // parent's fork is not this child's: it waits for no heir of its own.
         self.family.shared.store(true, SeqCst);
@@ -336,28 +343,9 @@ impl Connection {
         let mut ib = [0u8; 48];
         seg.own_block.read(INFO_BASE + 8, &mut ib).ok()?;
         let info = Info::decode(&ib);
-        if let Some(link) = &shared.service {
-            link.note_held(p.conn, tcp_fd);
-        }
-        let tenancy = Tenancy::Service {
-            conn: p.conn,
-            peer_line: p.peer_line,
-        };
         let cur = Box::new(Cursors::from_block(&seg.own_block));
-        Some(Connection::exec_heir(Connection::assemble(
-            shared,
-            tenancy,
-            seg.own_block,
-            p.own_line,
-            seg.peer_block,
-            seg.loc,
-            seg.ring,
-            seg.ring,
-            tcp_fd,
-            info.role,
-            info.local,
-            info.peer,
-            cur,
+        Some(Connection::exec_heir(Connection::from_segments(
+            shared, p, seg, tcp_fd, info, cur,
         )))
     }
 }

@@ -1,6 +1,7 @@
-//! The receive path: `recv` from the ring (or the TCP socket while switched), read
-//! coalescing, credit return, and FIONREAD. Called by the shim's read hooks; nothing the peer
-//! writes may make it panic or read outside our ring.
+//! The receive path: `recv` from the ring (or the TCP socket while switched), read coalescing,
+//! credit return, and FIONREAD. Called by the shim's read hooks. Owns: the consumer side of our
+//! ring (the credit policy itself is `proto::credit_return`'s). Whatever the peer writes, it must
+//! never panic, read outside our ring, or return credits for bytes it has not consumed.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use super::failover;
 use super::ringsync;
 use super::wait::{Deadline, Wait};
 use super::{Connection, Counter, IoError, RecvFlags};
-use crate::proto::{Frame, FrameHeader, ProtoError, FRAME_HDR};
+use crate::proto::{Frame, FrameHeader, ProtoError};
 use crate::CompletionMode;
 
 /// Iterations of `recv`'s loop without a byte copied, a data frame consumed or a wait before
@@ -208,75 +209,76 @@ impl Connection {
                     }
                     Err(e) => break Err(self.protocol_error("recv", e)),
                 };
-                match frame {
-                    Frame::Pad { size } => {
-                        if off != 0 {
-                            let e = ProtoError::BadOffset { off, len: 0 };
-                            break Err(self.protocol_error("recv", e));
+                let at = RxPos { head, off, seq };
+                if let Frame::Pad { .. } = frame {
+                    match self.rx_ring.read_step(at, frame, 0) {
+                        Ok(step) => {
+                            head = step.next.head;
+                            credit |= !flags.peek;
+                            continue;
                         }
-                        // `check_frame` put the frame below `tail`: no overflow.
-                        head = head.saturating_add(size);
-                        credit |= !flags.peek;
-                        continue;
-                    }
-                    Frame::Data { len, size } => {
-                        // The length is the peer's (and may have been rewritten since we read
-                        // part of the frame); the offset is ours.
-                        if off >= len {
-                            let e = ProtoError::BadOffset { off, len };
-                            break Err(self.protocol_error("recv", e));
-                        }
-                        let base =
-                            ring_at(self.rx_ring.pos(head)).saturating_add(FRAME_HDR as usize);
-                        let mut unreadable = false;
-                        while off < len && bi < bufs.len() {
-                            let Some(buf) = bufs.get_mut(bi) else { break };
-                            let whole = buf.len();
-                            let dst = buf.get_mut(bo..).unwrap_or_default();
-                            let n = dst.len().min(len.saturating_sub(off) as usize);
-                            let dst = dst.get_mut(..n).unwrap_or_default();
-                            if self
-                                .own_block
-                                .read(base.saturating_add(off as usize), dst)
-                                .is_err()
-                            {
-                                unreadable = true;
-                                break;
-                            }
-                            // At most the frame's and the buffers' lengths.
-                            off = off.saturating_add(n as u64);
-                            bo = bo.saturating_add(n);
-                            copied = copied.saturating_add(n);
-                            if n > 0 {
-                                idle = 0;
-                            }
-                            if bo >= whole {
-                                bi = bi.saturating_add(1);
-                                bo = 0;
-                            }
-                        }
-                        if unreadable {
-                            let e = ProtoError::BadFrame {
-                                pos: self.rx_ring.pos(head),
-                                len: len as u32,
-                                flags: 0,
-                            };
-                            break Err(self.protocol_error("recv", e));
-                        }
-                        if off == len {
-                            idle = 0;
-                            head = head.saturating_add(size);
-                            seq = seq.wrapping_add(1);
-                            off = 0;
-                            credit = true;
-                            self.count(Counter::RxFrames, 1);
-                        }
-                        if copied == want {
-                            break Ok(copied);
-                        }
-                        continue;
+                        Err(e) => break Err(self.protocol_error("recv", e)),
                     }
                 }
+                // Copy out of the frame buffer by buffer: each step is the protocol's
+                // (`Ring::read_step`), which checks our offset against the frame's length.
+                let mut failed = None;
+                let mut passed = false;
+                while bi < bufs.len() {
+                    let Some(buf) = bufs.get_mut(bi) else { break };
+                    let whole = buf.len();
+                    let dst = buf.get_mut(bo..).unwrap_or_default();
+                    let at = RxPos { head, off, seq };
+                    let step = match self.rx_ring.read_step(at, frame, dst.len() as u64) {
+                        Ok(step) => step,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    };
+                    // At most the buffer's room: `n` fits a usize.
+                    let n = step.n as usize;
+                    let dst = dst.get_mut(..n).unwrap_or_default();
+                    if self.own_block.read(ring_at(step.from), dst).is_err() {
+                        let len = match frame {
+                            Frame::Data { len, .. } => len as u32,
+                            Frame::Pad { .. } => 0,
+                        };
+                        failed = Some(ProtoError::BadFrame {
+                            pos: self.rx_ring.pos(head),
+                            len,
+                            flags: 0,
+                        });
+                        break;
+                    }
+                    // At most the frame's and the buffers' lengths.
+                    bo = bo.saturating_add(n);
+                    copied = copied.saturating_add(n);
+                    if n > 0 {
+                        idle = 0;
+                    }
+                    if bo >= whole {
+                        bi = bi.saturating_add(1);
+                        bo = 0;
+                    }
+                    passed = step.passed_frame(&at);
+                    RxPos { head, off, seq } = step.next;
+                    if passed {
+                        break;
+                    }
+                }
+                if let Some(e) = failed {
+                    break Err(self.protocol_error("recv", e));
+                }
+                if passed {
+                    idle = 0;
+                    credit = true;
+                    self.count(Counter::RxFrames, 1);
+                }
+                if copied == want {
+                    break Ok(copied);
+                }
+                continue;
             }
             if limit != u64::MAX {
                 // Draining up to an END: what is below it is all there is on the ring.

@@ -20,7 +20,7 @@ use super::block::{
     atomic_u32_at, atomic_u64_at, CR_CLOSED, CR_HEAD, CR_RX_SLEEPING, FLAG_FIN, FLAG_GONE,
     RX_FLAGS, RX_TAIL, RX_TX_WAITING,
 };
-use crate::proto::ProtoError;
+use crate::proto::{credit_return, CreditReturn, ProtoError};
 
 /// One shared word of `T` (a `u32` or a `u64`): the operations the ring's sequences use.
 pub trait Word<T> {
@@ -300,10 +300,11 @@ pub fn rx_tail<B: Block>(own_block: &B, seen: &LocalU64, cap: u64) -> Result<u64
     Ok(tail)
 }
 
-/// Return consumer counter `head` to the sender (its block, `peer_block`) when enough has gathered
-/// (a quarter of a ring of `cap` bytes since `returned`, the counter last returned, kept up to
-/// date here), when the sender waits for credits (its flag in our block, `own_block`), or when
-/// `force`d. True when the sender was armed for credits: the caller rings it.
+/// Return consumer counter `head` to the sender (its block, `peer_block`) when the credit policy
+/// ([`credit_return`]: a quarter of a ring of `cap` bytes gathered since `returned`, the counter
+/// last returned, kept up to date here; or `force`d) says so, or it says "if the sender waits"
+/// and the sender's flag in our block (`own_block`) is set. True when the sender was armed for
+/// credits: the caller rings it.
 #[inline]
 pub fn flush_credits<B: Block>(
     peer_block: &B,
@@ -313,16 +314,16 @@ pub fn flush_credits<B: Block>(
     cap: u64,
     force: bool,
 ) -> bool {
-    let before = returned.load(Relaxed);
-    if head == before {
-        return false;
-    }
-    if !force && head.saturating_sub(before) < cap / 4 {
-        B::fence(SeqCst);
-        // SYNC POINT (credit wake-up): a sender waiting for credits gets them at once.
-        if own_block.w32(RX_TX_WAITING).load(SeqCst) == 0 {
-            return false;
+    match credit_return(cap, head, returned.load(Relaxed), force) {
+        CreditReturn::Nothing => return false,
+        CreditReturn::IfSenderWaits => {
+            B::fence(SeqCst);
+            // SYNC POINT (credit wake-up): a sender waiting for credits gets them at once.
+            if own_block.w32(RX_TX_WAITING).load(SeqCst) == 0 {
+                return false;
+            }
         }
+        CreditReturn::Now => {}
     }
     returned.store(head, Relaxed);
     // SYNC POINT (credits): Release store of our consumer counter into the sender's memory

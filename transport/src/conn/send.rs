@@ -14,7 +14,7 @@ use super::failover;
 use super::ringsync;
 use super::wait::{Deadline, Wait};
 use super::{Connection, Counter, IoError, Tenancy};
-use crate::proto::{FrameHeader, ProtoError, FRAME_HDR, FRAME_PAD};
+use crate::proto::{FrameHeader, FrameWrite, Placement, ProtoError};
 use crate::{sys, CompletionMode};
 
 impl Connection {
@@ -26,6 +26,7 @@ impl Connection {
         nonblock: bool,
         timeout: Option<Duration>,
     ) -> Result<usize, IoError> {
+        self.claim_tx_view();
         if self.fo.tx_off() {
             return self.send_switched(bufs, nonblock, timeout);
         }
@@ -195,40 +196,38 @@ impl Connection {
         Some(buf.len())
     }
 
-    /// Write one placed frame (and the pad frame before it) from `bufs` at (`bi`, `bo`),
-    /// publish it, and return the new producer counter and sequence number.
+    /// Copy one placed frame's payload from `bufs` at (`bi`, `bo`), write its headers, publish
+    /// it, and return the new producer counter and sequence number.
     #[inline]
     fn put_frame(
         &self,
-        p: &crate::proto::Placement,
+        p: &Placement,
         seq: u64,
         bufs: &[&[u8]],
         bi: &mut usize,
         bo: &mut usize,
     ) -> (u64, u64) {
-        if let Some((pos, n)) = p.pad {
-            let h = FrameHeader {
-                len: n.saturating_sub(FRAME_HDR) as u32,
-                flags: FRAME_PAD,
-                seq,
-            };
+        self.copy_out(bufs, bi, bo, payload_at(p.pos), p.len as usize);
+        let at = self.commit_frame(&p.write(seq, p.len));
+        (at.tail, at.seq)
+    }
+
+    /// A frame whose payload is in the peer's ring: write its headers (the pad frame's, then its
+    /// own), record the new send position, publish it (ringing the peer if it sleeps), count it.
+    #[inline]
+    fn commit_frame(&self, w: &FrameWrite) -> TxPos {
+        if let Some((pos, h)) = w.pad {
             let _ = self.peer_block.write(ring_at(pos), &h.encode());
         }
-        let base = ring_at(p.pos);
-        let len = p.len as usize;
-        self.copy_out(bufs, bi, bo, payload_at(p.pos), len);
-        let h = FrameHeader {
-            len: len as u32,
-            flags: 0,
-            seq,
+        let _ = self.peer_block.write(ring_at(w.pos), &w.header.encode());
+        let at = TxPos {
+            tail: w.tail,
+            seq: w.next_seq,
         };
-        let _ = self.peer_block.write(base, &h.encode());
-        let seq = seq.wrapping_add(1);
-        let tail = p.new_tail;
-        self.set_tx_pos(TxPos { tail, seq });
-        self.publish(tail);
+        self.set_tx_pos(at);
+        self.publish(w.tail);
         self.count(Counter::TxFrames, 1);
-        (tail, seq)
+        at
     }
 
     /// Remember that this process sent since its last read (see `coalesce`): one plain store
@@ -255,6 +254,7 @@ impl Connection {
         if count == 0 {
             return Ok(0);
         }
+        self.claim_tx_view();
         if self.fo.tx_off() {
             return self.send_file_switched(fd, offset, count, nonblock, timeout);
         }
@@ -315,7 +315,6 @@ impl Connection {
                 Err(e) => break Err(Err(self.protocol_error("sendfile", e))),
             };
             woke_in_vain = false;
-            let base = ring_at(p.pos);
             let n = match sys::read_into_region(
                 fd,
                 &self.peer_block,
@@ -327,36 +326,12 @@ impl Connection {
                 Ok(n) => n,
                 Err(e) => break if sent > 0 { Ok(sent) } else { Err(Ok(e)) },
             };
-            if let Some((pos, n)) = p.pad {
-                let h = FrameHeader {
-                    len: n.saturating_sub(FRAME_HDR) as u32,
-                    flags: FRAME_PAD,
-                    seq,
-                };
-                let _ = self.peer_block.write(ring_at(pos), &h.encode());
-            }
-            let _ = self.peer_block.write(
-                base,
-                &FrameHeader {
-                    len: n as u32,
-                    flags: 0,
-                    seq,
-                }
-                .encode(),
-            );
-            seq = seq.wrapping_add(1);
             // A short read makes a shorter frame: the tail follows the bytes actually read.
-            tail = p
-                .new_tail
-                .saturating_sub(crate::proto::align_frame(p.len))
-                .saturating_add(crate::proto::align_frame(n as u64));
+            TxPos { tail, seq } = self.commit_frame(&p.write(seq, n as u64));
             sent = sent.saturating_add(n);
             if let Some(o) = off.as_mut() {
                 *o = o.saturating_add(n as i64);
             }
-            self.set_tx_pos(TxPos { tail, seq });
-            self.publish(tail);
-            self.count(Counter::TxFrames, 1);
             self.count(Counter::CpuCopies, 1);
             if sent == count || n < p.len as usize {
                 break Ok(sent);
@@ -375,7 +350,7 @@ impl Connection {
     /// Place a frame using the credits we last saw; only when they leave no room, read the
     /// receiver's counter again (a cache line the receiver writes: reading it on every send
     /// would cost a cross-core miss per send).
-    fn place(&self, tail: u64, want: u64) -> Result<Option<crate::proto::Placement>, ProtoError> {
+    fn place(&self, tail: u64, want: u64) -> Result<Option<Placement>, ProtoError> {
         let seen = self.tx_head_seen.load(Relaxed);
         // A cached value that does not fit our producer counter (an exec'd image starts from
         // 0; a sibling process may have sent meanwhile) is simply refreshed.
@@ -419,19 +394,29 @@ impl Connection {
         }
     }
 
-    /// Copy by DMA into the peer's ring; false if no channel or the transfer failed (the caller
-    /// then copies by CPU, so no byte is lost).
+    /// Copy by DMA into the peer's ring; false if no channel or the transfer failed twice (the
+    /// caller then copies by CPU, so no byte is lost). A transfer that fails again on its retry
+    /// says the path is bad: our sending direction leaves the ring at its next wait or
+    /// readiness check (failover), as after a doorbell that failed.
     fn dma_copy(&self, chunk: &[u8], at: usize) -> bool {
-        let Some(ch) = self.shared.dma() else {
-            return false;
-        };
-        let ch = match ch.lock() {
-            Ok(c) => c,
-            Err(_) => return false,
-        };
-        let Ok(src) = ch.map_host(chunk.as_ptr(), chunk.len()) else {
-            return false;
-        };
+        match self.dma_transfer(chunk, at) {
+            Some(true) => true,
+            None => false,
+            Some(false) => {
+                if self.dma_transfer(chunk, at) == Some(true) {
+                    return true;
+                }
+                self.fo.path_failed();
+                false
+            }
+        }
+    }
+
+    /// One DMA transfer of `chunk` into the peer's ring at `at`: `None` if there is no channel
+    /// to try, else whether it completed.
+    fn dma_transfer(&self, chunk: &[u8], at: usize) -> Option<bool> {
+        let ch = self.shared.dma()?.lock().ok()?;
+        let src = ch.map_host(chunk.as_ptr(), chunk.len()).ok()?;
         let ok = (|| {
             let dst = ch
                 .peer_window_addr(
@@ -467,7 +452,7 @@ impl Connection {
         } else {
             self.count(Counter::DmaFallbacks, 1);
         }
-        ok
+        Some(ok)
     }
 
     /// Publish our producer counter to the peer and ring it if it sleeps.

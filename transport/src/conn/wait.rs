@@ -289,6 +289,17 @@ impl Connection {
         // writer), then sleep (adaptive), or go on polling with a yield every 64 checks.
         let mut yield_every = 4096;
         let same_cpu = spin > Duration::ZERO && self.shares_cpu_with_peer();
+        // A peer that has not made its end yet (every end says so when it is made:
+        // `Connection::assemble`) cannot write within a spin: it is still being paired, or
+        // runnable on this very CPU behind us (a server that spun here for the first request
+        // of each new connection kept its client, woken on the same CPU, from sending it: the
+        // connection set-up loop over the service ran at 0.6 of its rate). Sleep at once.
+        if self.settings.completion == CompletionMode::Adaptive
+            && !same_cpu
+            && atomic_u32_at(&self.own_block, CR_PEER_CPU).load(Relaxed) == 0
+        {
+            spin = Duration::ZERO;
+        }
         if same_cpu {
             if let Some(w) = self.yield_to_peer(read, deadline) {
                 return w;
@@ -544,11 +555,12 @@ impl Connection {
 
     /// Is the end of the TCP socket the peer's half-close rather than its death? Only while the
     /// peer's direction is on the socket (`failover`): its `shutdown(SHUT_WR)` is then the
-    /// kernel's FIN after its last record, which a dead peer's kernel sends too. The peer's
-    /// process tells them apart when it is on this host (the service's segments; a loopback
-    /// device); a peer on another host cannot be asked, and its end counts as its death (PROTOCOL
-    /// §6). A hostile peer that forges live pids only keeps our sends to it waiting, as a zero
-    /// window would.
+    /// kernel's FIN after its last record, which a dead peer's kernel sends too. When the peer
+    /// is on this host (the service's segments; a loopback device) its process tells them
+    /// apart (it may have half-closed and died since); a peer on another host cannot be asked:
+    /// there its SHUT record before the FIN (or an END with FIN) says it half-closed (PROTOCOL
+    /// §6). A hostile peer that forges live pids or a SHUT only keeps our sends to it waiting,
+    /// as a zero window would.
     pub(super) fn peer_half_closed(&self) -> bool {
         if !self.fo.rx_off() {
             return false;
@@ -557,7 +569,11 @@ impl Connection {
             Tenancy::Service { .. } => true,
             Tenancy::Device { dev, .. } => dev.side() == dev.peer_side(),
         };
-        here && peer_alive(&self.peer_block)
+        if here {
+            peer_alive(&self.peer_block)
+        } else {
+            self.peer_said_shut()
+        }
     }
 
     /// What `readiness` needs of the TCP socket: asked once in `TCP_LOOK_EVERY` calls (a system

@@ -1,3 +1,6 @@
+//! The device client's answer wait, transition by transition: plain times and observations in,
+//! the action out.
+
 use super::*;
 
 const T: Duration = Duration::from_secs(2);

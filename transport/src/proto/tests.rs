@@ -1,3 +1,6 @@
+//! The protocol's deterministic tests: ring geometry, frame placement, writing and validation,
+//! the credit policy, and the rendezvous records, each driven with plain values.
+
 use super::*;
 
 #[test]
@@ -158,6 +161,203 @@ fn credits_are_validated() {
 /// A producer and consumer driven by the pure functions alone move a byte stream intact
 /// through a small ring, across many wraps, with random write and read sizes.
 #[test]
+fn credits_return_when_a_quarter_of_the_ring_has_gathered() {
+    use CreditReturn::{IfSenderWaits, Nothing, Now};
+    let cap = 4096;
+    let q = cap / 4;
+    for (head, returned, force, want) in [
+        (0, 0, false, Nothing),
+        // Nothing new, even before a sleep.
+        (5000, 5000, true, Nothing),
+        (16, 0, false, IfSenderWaits),
+        (q - 16, 0, false, IfSenderWaits),
+        (q - 16, 0, true, Now),
+        (q, 0, false, Now),
+        (3 * cap, 0, false, Now),
+        (10 * cap + q - 16, 10 * cap, false, IfSenderWaits),
+        (10 * cap + q, 10 * cap, false, Now),
+        (u64::MAX - 15, u64::MAX - 15 - q, false, Now),
+    ] {
+        assert_eq!(
+            credit_return(cap, head, returned, force),
+            want,
+            "head {head} returned {returned} force {force}"
+        );
+    }
+    // The batch is a share of the ring, whatever its size.
+    assert_eq!(credit_return(1 << 20, 255 << 10, 0, false), IfSenderWaits);
+    assert_eq!(credit_return(1 << 20, 256 << 10, 0, false), Now);
+}
+
+#[test]
+fn frame_writes_number_data_frames_and_pads_carry_the_next_number() {
+    let r = Ring::new(4096).unwrap();
+    // A frame without a pad.
+    let p = r.place(0, 0, 100).unwrap().unwrap();
+    let w = p.write(0, 100);
+    let data = |len, seq| FrameHeader { len, flags: 0, seq };
+    assert_eq!((w.pad, w.pos, w.header), (None, 0, data(100, 0)));
+    assert_eq!((w.tail, w.next_seq), (p.new_tail, 1));
+    // At 4096-16 only a header fits: a pad frame there, then the frame at 0; the pad carries
+    // the frame's number without using it.
+    let p = r.place(4096 - 16, 4096 - 16, 100).unwrap().unwrap();
+    let w = p.write(7, 100);
+    let pad = FrameHeader {
+        len: 0,
+        flags: FRAME_PAD,
+        seq: 7,
+    };
+    assert_eq!(w.pad, Some((4096 - 16, pad)));
+    assert_eq!((w.pos, w.header), (0, data(100, 7)));
+    assert_eq!((w.tail, w.next_seq), (p.new_tail, 8));
+    // The receiver takes them as written: the pad, then data frame 7.
+    assert_eq!(
+        r.check_frame(4096 - 16, w.tail, &pad, 7),
+        Ok(Frame::Pad { size: 16 })
+    );
+    assert_eq!(
+        r.check_frame(4096, w.tail, &w.header, 7),
+        Ok(Frame::Data {
+            len: 100,
+            size: 16 + 112
+        })
+    );
+    assert!(r.check_frame(4096, w.tail, &w.header, 8).is_err());
+}
+
+#[test]
+fn a_short_write_makes_a_shorter_frame() {
+    let r = Ring::new(4096).unwrap();
+    let p = r.place(0, 0, 1000).unwrap().unwrap();
+    assert_eq!(p.len, 1000);
+    // A read that came up short (sendfile): 300 of the 1000 placed bytes.
+    let w = p.write(0, 300);
+    assert_eq!(w.header.len, 300);
+    assert_eq!(w.tail, 16 + 304);
+    assert_eq!(
+        r.check_frame(0, w.tail, &w.header, 0),
+        Ok(Frame::Data {
+            len: 300,
+            size: 320
+        })
+    );
+    // The next frame starts where this one ends.
+    assert_eq!(r.place(w.tail, 0, 10).unwrap().unwrap().pos, 320);
+    // No frame claims bytes that were not placed, and none is empty.
+    assert_eq!(p.write(0, 5000), p.write(0, 1000));
+    assert_eq!(p.write(0, 1000).tail, p.new_tail);
+    assert_eq!(p.write(0, 0).header.len, 1);
+}
+
+/// The receiving end of the ring models below: take the frame at `head` out of `mem` (a pad
+/// frame, or data frame number `rx_seq`, whose payload goes to `got`), validated as `recv` does.
+fn take_frame(
+    r: &Ring,
+    mem: &[u8],
+    tail: u64,
+    head: &mut u64,
+    rx_seq: &mut u64,
+    got: &mut Vec<u8>,
+) {
+    let at = r.pos(*head) as usize;
+    let hb: [u8; 16] = mem[at..at + 16].try_into().unwrap();
+    match r
+        .check_frame(*head, tail, &FrameHeader::decode(&hb), *rx_seq)
+        .unwrap()
+    {
+        Frame::Pad { size } => *head += size,
+        Frame::Data { len, size } => {
+            got.extend_from_slice(&mem[at + 16..at + 16 + len as usize]);
+            *head += size;
+            *rx_seq += 1;
+        }
+    }
+}
+
+/// A sender and a receiver over one ring as a connection runs them: frames placed against the
+/// credits the receiver last returned and written with `Placement::write` (some short, as
+/// sendfile's reads can be), credits returned as `credit_return` says. The stream arrives
+/// whole and in order, a sender that waits for room always gets it, and credits the sender did
+/// not ask for go back at most once per quarter of the ring consumed.
+#[test]
+fn the_credit_policy_keeps_a_stream_flowing_with_few_returns() {
+    let cap = 4096u64;
+    let r = Ring::new(cap).unwrap();
+    let mut mem = vec![0u8; cap as usize];
+    let (mut tail, mut seq, mut credited, mut waiting) = (0u64, 0u64, 0u64, false);
+    let (mut head, mut rx_seq, mut returned) = (0u64, 0u64, 0u64);
+    let (mut unasked, mut asked) = (0u64, 0u64);
+    let mut rng = 0x0bad_cafe_1234_5678u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let total = 300_000u64;
+    let (mut sent, mut got) = (0u64, Vec::new());
+    let mut steps = 0u64;
+    while (got.len() as u64) < total {
+        steps += 1;
+        assert!(
+            steps < 10 * total,
+            "stalled: tail {tail} head {head} returned {returned} waiting {waiting}"
+        );
+        // The sender: a frame if the credits it saw leave room, else it waits for credits.
+        if sent < total && !waiting {
+            let want = (1 + next() % 900).min(total - sent);
+            match r.place(tail, credited, want).unwrap() {
+                Some(p) => {
+                    let n = if next() % 4 == 0 {
+                        1 + next() % p.len
+                    } else {
+                        p.len
+                    };
+                    let w = p.write(seq, n);
+                    if let Some((at, h)) = w.pad {
+                        mem[at as usize..at as usize + 16].copy_from_slice(&h.encode());
+                    }
+                    let at = w.pos as usize;
+                    mem[at..at + 16].copy_from_slice(&w.header.encode());
+                    for i in 0..n {
+                        mem[at + 16 + i as usize] = ((sent + i) % 251) as u8;
+                    }
+                    (tail, seq) = (w.tail, w.next_seq);
+                    sent += n;
+                }
+                None => waiting = true,
+            }
+        }
+        // The receiver, a little slower than the sender (so the sender fills the ring and
+        // waits): one frame, if one was published, then its credit decision.
+        if head < tail && next() % 3 != 0 {
+            take_frame(&r, &mem, tail, &mut head, &mut rx_seq, &mut got);
+        }
+        match credit_return(cap, head, returned, false) {
+            CreditReturn::Nothing => {}
+            CreditReturn::IfSenderWaits if !waiting => {}
+            CreditReturn::IfSenderWaits => {
+                (returned, credited, waiting) = (head, head, false);
+                asked += 1;
+            }
+            CreditReturn::Now => {
+                (returned, credited, waiting) = (head, head, false);
+                unasked += 1;
+            }
+        }
+    }
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == (i as u64 % 251) as u8));
+    assert!(asked > 0 && unasked > 0, "asked {asked} unasked {unasked}");
+    assert!(
+        unasked <= head / (cap / CREDIT_BATCH),
+        "{unasked} returns nobody waited for over {head} bytes"
+    );
+}
+
+#[test]
 fn stream_through_ring_model() {
     let r = Ring::new(4096).unwrap();
     let mut mem = vec![0u8; 4096];
@@ -201,20 +401,7 @@ fn stream_through_ring_model() {
         }
         // consume one frame
         if head < tail {
-            let at = r.pos(head) as usize;
-            let mut hb = [0u8; 16];
-            hb.copy_from_slice(&mem[at..at + 16]);
-            match r
-                .check_frame(head, tail, &FrameHeader::decode(&hb), rx_seq)
-                .unwrap()
-            {
-                Frame::Pad { size } => head += size,
-                Frame::Data { len, size } => {
-                    got.extend_from_slice(&mem[at + 16..at + 16 + len as usize]);
-                    head += size;
-                    rx_seq += 1;
-                }
-            }
+            take_frame(&r, &mem, tail, &mut head, &mut rx_seq, &mut got);
         }
     }
     assert!(got
@@ -326,6 +513,121 @@ fn random_input_is_rejected_or_in_bounds() {
         if let Ok(o) = Offer::decode(&rec) {
             if let Ok(ring) = o.ring.check(2, 64 << 20, 64) {
                 assert!(o.ring.offset + o.ring.len <= 64 << 20 && ring.cap() >= MIN_RING);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_frame_is_read_in_steps_and_then_passed() {
+    let r = Ring::new(4096).unwrap();
+    // A frame at counter 8192 + 256 (third lap), 1000 payload bytes.
+    let frame = Frame::Data {
+        len: 1000,
+        size: FRAME_HDR + align_frame(1000),
+    };
+    let mut at = ReadPos {
+        head: 8192 + 256,
+        off: 0,
+        seq: 7,
+    };
+    let mut got = Vec::new();
+    for room in [300, 0, 300, 4096] {
+        let step = r.read_step(at, frame, room).unwrap();
+        assert_eq!(step.from, 256 + FRAME_HDR + at.off);
+        got.push(step.n);
+        assert_eq!(step.passed_frame(&at), at.off + step.n == 1000);
+        at = step.next;
+    }
+    assert_eq!(got, [300, 0, 300, 400]);
+    assert_eq!(
+        at,
+        ReadPos {
+            head: 8192 + 256 + FRAME_HDR + align_frame(1000),
+            off: 0,
+            seq: 8,
+        }
+    );
+}
+
+#[test]
+fn an_offset_the_frame_does_not_have_is_an_error_not_a_stall() {
+    let r = Ring::new(4096).unwrap();
+    // The reader took 500 bytes of a 1000-byte frame; the peer then rewrote its length to 100
+    // (issue 13: the old loop copied nothing and went round for ever).
+    let at = ReadPos {
+        head: 0,
+        off: 500,
+        seq: 0,
+    };
+    let shrunk = Frame::Data {
+        len: 100,
+        size: FRAME_HDR + align_frame(100),
+    };
+    assert_eq!(
+        r.read_step(at, shrunk, 64),
+        Err(ProtoError::BadOffset { off: 500, len: 100 })
+    );
+    let exact = Frame::Data {
+        len: 500,
+        size: FRAME_HDR + align_frame(500),
+    };
+    assert_eq!(
+        r.read_step(at, exact, 64),
+        Err(ProtoError::BadOffset { off: 500, len: 500 })
+    );
+    // A pad frame is skipped whole, from its start only.
+    let pad = Frame::Pad { size: 32 };
+    let at_pad = ReadPos {
+        head: 4096 - 32,
+        off: 0,
+        seq: 3,
+    };
+    let step = r.read_step(at_pad, pad, 100).unwrap();
+    assert_eq!((step.n, step.next.head, step.next.seq), (0, 4096, 3));
+    assert!(step.passed_frame(&at_pad));
+    assert_eq!(
+        r.read_step(ReadPos { off: 1, ..at_pad }, pad, 100),
+        Err(ProtoError::BadOffset { off: 1, len: 0 })
+    );
+}
+
+#[test]
+fn every_step_stays_inside_the_frame() {
+    let r = Ring::new(1 << 16).unwrap();
+    for len in [1u64, 15, 16, 17, 1000, 4096, r.max_payload()] {
+        let size = FRAME_HDR + align_frame(len);
+        let frame = Frame::Data { len, size };
+        for head in [0u64, 16, (1 << 16) - size, (5 << 16) + 32] {
+            if r.pos(head) + size > r.cap() {
+                continue;
+            }
+            for room in [1u64, 7, 64, 1 << 20] {
+                let mut at = ReadPos {
+                    head,
+                    off: 0,
+                    seq: 1,
+                };
+                let mut total = 0;
+                loop {
+                    let step = r.read_step(at, frame, room).unwrap();
+                    assert!(step.n >= 1, "room {room} left, yet no byte taken");
+                    assert!(step.from + step.n <= r.pos(head) + size);
+                    total += step.n;
+                    if step.passed_frame(&at) {
+                        assert_eq!(
+                            step.next,
+                            ReadPos {
+                                head: head + size,
+                                off: 0,
+                                seq: 2
+                            }
+                        );
+                        break;
+                    }
+                    at = step.next;
+                }
+                assert_eq!(total, len);
             }
         }
     }

@@ -1,4 +1,6 @@
-//! `ntbdrv-peer`: a second process on a device, driven by the conformance suite.
+//! `ntbdrv-peer`: a second process on a device, driven by the conformance suite. A test tool of the
+//! test-only conformance package: nothing of the product may run it, and it never repairs what it
+//! finds (a wrong pattern or a timeout is reported and the exit status says so).
 //!
 //! Usage: `ntbdrv-peer DIR NAME SIDE COMMAND [ARGS]` (an emulated device `DIR/NAME.ntb`), or
 //! `ntbdrv-peer ivshmem BDF SIDE COMMAND [ARGS]` (the ivshmem device at PCI address BDF)

@@ -1,6 +1,7 @@
 //! Failover's I/O while a direction is off the ring: records on the TCP socket (sending them,
-//! taking them in, readiness and FIONREAD from them), and the bytes a close drains. The state
-//! and the decisions to leave and return are the parent module's.
+//! taking them in, readiness and FIONREAD from them), and the bytes a close drains. The state and
+//! the decisions to leave and return are the parent module's. It never writes a record on a
+//! connection whose peer is not pcisock (it runs only once the ring was in use).
 
 use super::*;
 
@@ -68,6 +69,7 @@ impl Connection {
                     }
                 };
                 lock(&self.fo.tx).sw = next;
+                self.publish_tx_view(next.sent_on_tcp());
                 let whole = hdr.len().saturating_add(rec.len as usize);
                 if n < whole {
                     self.write_rest(&parts, n, whole)?;
@@ -322,7 +324,7 @@ impl Connection {
                             self.cur.rx_returned.store(u64::MAX, Relaxed);
                             self.return_credits(head, off, next_epoch(seq), true);
                         }
-                        RxEvent::Data { .. } => {}
+                        RxEvent::Data { .. } | RxEvent::Shut => {}
                     }
                 }
                 Ok(Step::NeedMore) => {
@@ -365,7 +367,7 @@ impl Connection {
     /// A sending side on TCP that no send is using comes back when it may (an application
     /// that only reads on this connection never sends to bring it back).
     pub(in crate::conn) fn back_if_idle(&self) {
-        if self.fo.tx_off() {
+        if self.fo.tx_off() && self.tx_view_current() {
             if let Some(_g) = self.tx_lock.try_lock() {
                 if self.fo.tx_off() {
                     self.try_back_to_ring();
