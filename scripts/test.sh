@@ -18,20 +18,24 @@ cargo test --release -p ntb-sys --features regenerate 2>&1 | tee -a "$log"
 # Everything else. The iperf tests find target/release/libpcisock.so built above. Every test target
 # runs even after one fails, so one run shows every failure.
 cargo test --release --workspace --no-fail-fast 2>&1 | tee -a "$log"
-# The rendezvous area's, the rings' and the emulated device's sync points model-checked under loom
-# (docs/MEMORY-ORDERING.md, "Model-checked under loom"): the real rendezvous.rs, conn/ringsync.rs and
-# ntbdrv's emu/sync.rs over loom's model of the area, of the endpoint blocks and of the device's
+# The rendezvous area's, the rings', the send lock's, the fd table's and the emulated device's sync
+# points model-checked under loom (docs/MEMORY-ORDERING.md, "Model-checked under loom"): the real
+# rendezvous.rs, conn/ringsync.rs, conn/sendlock.rs, the shim's hazard.rs and ntbdrv's emu/sync.rs
+# over loom's model of the area, of the endpoint blocks, of membarrier and of the device's
 # registers and futex, built with --cfg loom in a target directory of its own so the main build is
-# not rebuilt. One summary line for all three.
+# not rebuilt. One summary line for all five.
 loomlog="$(mktemp /tmp/pcisock-loom.XXXXXX)"
 loom_t0=$SECONDS
 loom_rc=0
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" cargo test --release \
-    --no-fail-fast -p pcisock-transport --test loom_rendezvous --test loom_ring --target-dir target/loom \
-    -- --nocapture \
+    --no-fail-fast -p pcisock-transport --test loom_rendezvous --test loom_ring --test loom_sendlock \
+    --target-dir target/loom -- --nocapture \
     >"$loomlog" 2>&1 || loom_rc=$?
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" cargo test --release \
     --no-fail-fast -p ntbdrv --test loom_device --target-dir target/loom -- --nocapture \
+    >>"$loomlog" 2>&1 || loom_rc=$?
+RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" cargo test --release \
+    --no-fail-fast -p pcisock-shim --test loom_table --target-dir target/loom -- --nocapture \
     >>"$loomlog" 2>&1 || loom_rc=$?
 cat "$loomlog" >>"$log"
 awk -v secs=$((SECONDS - loom_t0)) -v bound="${LOOM_MAX_PREEMPTIONS:-3}" '

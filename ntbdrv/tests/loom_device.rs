@@ -1,6 +1,6 @@
-//! Model checks of the emulated device's sync points (docs/MEMORY-ORDERING.md: doorbell status,
-//! doorbell interrupt and sleep, link event, DMA start, engine wake-up, DMA completion, host
-//! table lock) under
+//! Model checks of the emulated device's sync points (docs/MEMORY-ORDERING.md: device creation,
+//! bridge device creation, doorbell status, doorbell interrupt and sleep, link event, DMA start,
+//! engine wake-up, DMA completion, host table lock, host table high water, scratchpad, bridge interrupt) under
 //! loom, running the real sequences of `ntbdrv/src/emu/sync.rs` (the ones `EmuDevice` and its
 //! DMA engine call) over loom's atomics and a modelled futex (`sync::ModelFutex`: the word's
 //! check and the sleep are one step, as under the kernel's futex lock; no timeout, so a lost
@@ -238,5 +238,186 @@ fn host_table_lock() {
         lease(&lock, &slot, 1);
         other.join().unwrap();
         assert_eq!(slot.read(), 2, "a lease lost");
+    });
+}
+
+/// A process lays a device out (`init`: the header's words Relaxed, then `publish_device`) while
+/// another attaches (`validate`: `device_ready`, then the header): an attacher that takes the
+/// device reads the whole header (device creation). In a file the link into place already keeps
+/// a half-made device out of sight; the model checks the flag as if it were the only guard (on a
+/// bridge it is).
+#[test]
+fn device_creation() {
+    check("device creation", || {
+        let done = Arc::new(AtomicU32::new(0));
+        let header = Arc::new(Data::default());
+        let (d, h) = (done.clone(), header.clone());
+        let creator = thread::spawn(move || {
+            h.write(sys::NTBEMU_VERSION);
+            sync::publish_device(&*d);
+        });
+        if sync::device_ready(&*done) {
+            assert_eq!(header.read(), sys::NTBEMU_VERSION);
+        }
+        creator.join().unwrap();
+    });
+}
+
+/// Two machines attach to a bridge's fresh memory at once (`on_bridge`): the one whose
+/// `claim_layout` wins lays the device out and publishes it, the other waits while
+/// `layout_pending`; both then take the device (`validate`: `device_ready`) and read the header.
+/// Exactly one writes the layout (loom checks the header's cell: two writers race), and nobody
+/// reads it half-written (bridge device creation).
+#[test]
+fn bridge_device_creation() {
+    check("bridge device creation", || {
+        let done = Arc::new(AtomicU32::new(0));
+        let header = Arc::new(Data::default());
+        let attach = |done: &AtomicU32, header: &Data| {
+            if sync::claim_layout(done) {
+                header.write(sys::NTBEMU_VERSION);
+                sync::publish_device(done);
+            } else {
+                while sync::layout_pending(done) {
+                    thread::yield_now();
+                }
+            }
+            assert!(
+                sync::device_ready(done),
+                "a machine took an unfinished device"
+            );
+            assert_eq!(header.read(), sys::NTBEMU_VERSION);
+        };
+        let (d, h) = (done.clone(), header.clone());
+        let other = thread::spawn(move || attach(&d, &h));
+        attach(&done, &header);
+        other.join().unwrap();
+    });
+}
+
+/// A host table's slot: `kind` (a loom word) and the other fields (a cell, written Relaxed under
+/// the lock in the device).
+#[derive(Default)]
+struct Slot {
+    kind: AtomicU32,
+    fields: Data,
+}
+
+/// Two processes lease a slot as `HostTable::lease_window` does under the lock (`try_lock`; the
+/// next never-used slot: `high_water`, `raise_high_water`; the fields, then `publish_slot`;
+/// `unlock`) while `pcisock stats` reads the table without it (`leases`: `high_water`, then each
+/// slot below it: `slot_kind`, and the fields of a leased one). A reader that sees the mark at 2
+/// sees the first lease in slot 0 (host table high water), and the fields of every slot it sees
+/// leased (the slots' `kind`, host table lock).
+#[test]
+fn host_table_high_water() {
+    check("host table high water", || {
+        let lock = Arc::new(AtomicU32::new(0));
+        let mark = Arc::new(AtomicU32::new(0));
+        let slots: Arc<[Slot; 2]> = Arc::default();
+        let lease = |lock: &AtomicU32, mark: &AtomicU32, slots: &[Slot; 2], me: u32| {
+            while sync::try_lock(lock, me).is_err() {
+                thread::yield_now();
+            }
+            let used = sync::high_water(mark);
+            sync::raise_high_water(mark, used + 1);
+            let s = &slots[used as usize];
+            s.fields.write(me);
+            sync::publish_slot(&s.kind, sys::NTBEMU_LEASE_WINDOW);
+            sync::unlock(lock);
+        };
+        let (l, m, s) = (lock.clone(), mark.clone(), slots.clone());
+        let first = thread::spawn(move || lease(&l, &m, &s, 1));
+        let (l, m, s) = (lock.clone(), mark.clone(), slots.clone());
+        let second = thread::spawn(move || lease(&l, &m, &s, 2));
+        // The reader in a thread of its own too: loom then runs it before, between and after the
+        // leases (in the model's main thread, loom ran it before both in every execution).
+        let reader = thread::spawn(move || {
+            let used = sync::high_water(&*mark);
+            for (i, s) in slots.iter().enumerate().take(used as usize) {
+                let kind = sync::slot_kind(&s.kind);
+                if kind == sys::NTBEMU_LEASE_FREE {
+                    assert!(
+                        i + 1 == used as usize,
+                        "slot {i} seen free below the mark {used}: a lease made before it was missed"
+                    );
+                } else {
+                    assert!(matches!(s.fields.read(), 1 | 2));
+                }
+            }
+        });
+        first.join().unwrap();
+        second.join().unwrap();
+        reader.join().unwrap();
+    });
+}
+
+/// One side writes what a scratchpad value announces (a cell), then the value into the peer's
+/// scratchpad (`peer_spad_write`: `spad_store`); the peer reads its scratchpad (`spad_read`:
+/// `spad_load`) and, seeing the value, what it announces (scratchpad).
+#[test]
+fn scratchpad() {
+    check("scratchpad", || {
+        let reg = Arc::new(AtomicU32::new(0));
+        let meaning = Arc::new(Data::default());
+        let (r, m) = (reg.clone(), meaning.clone());
+        let writer = thread::spawn(move || {
+            m.write(0x5A);
+            sync::spad_store(&*r, 1);
+        });
+        if sync::spad_load(&*reg) == 1 {
+            assert_eq!(meaning.read(), 0x5A);
+        }
+        writer.join().unwrap();
+    });
+}
+
+/// Two ringers on the other machine each write the data an interrupt announces and post its bit
+/// into our mailbox (`post_interrupt`: `post_pending`, `bump_mailbox`) while our poller polls
+/// (`start_poller`: `mailbox_seq`; when it moved, `deliver_interrupts`: `take_pending`). Once the
+/// poller has seen SEQ at 2 and taken the bits, it has both (no lost interrupt), and it reads each
+/// bit's data after its write (bridge interrupt).
+#[test]
+fn bridge_interrupt() {
+    check("bridge interrupt", || {
+        let seq = Arc::new(AtomicU32::new(0));
+        let pending = Arc::new(AtomicU32::new(0));
+        let data: Arc<[Data; 2]> = Arc::default();
+        let ringers: Vec<_> = (0..2)
+            .map(|i| {
+                let (seq, pending, data) = (seq.clone(), pending.clone(), data.clone());
+                thread::spawn(move || {
+                    data[i].write(0xB0 + i as u32);
+                    sync::post_pending(&*pending, 1 << i);
+                    sync::bump_mailbox(&*seq);
+                })
+            })
+            .collect();
+        let poller = thread::spawn(move || {
+            let mut seen = sync::mailbox_seq(&*seq).wrapping_sub(1);
+            let mut got = 0u32;
+            loop {
+                let now = sync::mailbox_seq(&*seq);
+                if now != seen {
+                    seen = now;
+                    let bits = sync::take_pending(&*pending);
+                    for (i, d) in data.iter().enumerate() {
+                        if bits & 1 << i != 0 {
+                            assert_eq!(d.read(), 0xB0 + i as u32);
+                        }
+                    }
+                    got |= bits;
+                    if seen == 2 {
+                        assert_eq!(got, 3, "SEQ moved past a post whose bit was not taken");
+                        break;
+                    }
+                }
+                thread::yield_now();
+            }
+        });
+        for r in ringers {
+            r.join().unwrap();
+        }
+        poller.join().unwrap();
     });
 }

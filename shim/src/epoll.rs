@@ -564,5 +564,5 @@ pub fn forget_set(epfd: c_int) {
 
 mod waiting;
 use waiting::to_epoll;
-#[cfg_attr(test, allow(unused_imports))]
+#[cfg_attr(any(test, loom), allow(unused_imports))]
 pub use waiting::wait;

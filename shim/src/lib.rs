@@ -6,15 +6,21 @@
 //! stderr unless `PCISOCK_LOG` asks (or the configuration is bad: one message at start).
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
-// The unit-test build leaves the hooks out, so the code they call looks unused there.
-#![cfg_attr(test, allow(dead_code))]
+// The unit-test build (and the loom build, for `tests/loom_table.rs`) leaves the hooks out, so
+// the code they call looks unused there.
+#![cfg_attr(any(test, loom), allow(dead_code))]
 
 /// The flagging policy (its own crate, shared with the CLI).
 pub use policy as config;
 mod epoll;
 mod fork;
 mod global;
-#[cfg(not(test))]
+// The fd table's hazard-pointer sequences; public to the loom model (`tests/loom_table.rs`).
+#[cfg(loom)]
+pub mod hazard;
+#[cfg(not(loom))]
+mod hazard;
+#[cfg(not(any(test, loom)))]
 mod hooks;
 mod ops;
 mod real;

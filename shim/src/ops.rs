@@ -23,20 +23,20 @@ mod listen;
 mod ready;
 
 // The ops `hooks` calls (`hooks` is compiled out of the crate's unit tests).
-#[cfg_attr(test, allow(unused_imports))]
+#[cfg_attr(any(test, loom), allow(unused_imports))]
 pub use connect::{connect, settle_accepts};
-#[cfg_attr(test, allow(unused_imports))]
+#[cfg_attr(any(test, loom), allow(unused_imports))]
 pub use control::{
     after_close, after_dup, before_close, begin_close, forget_reused, readable_bytes, set_nonblock,
     set_timeout, set_timestamping, shutdown, timestamping, Closing,
 };
-#[cfg_attr(test, allow(unused_imports))]
+#[cfg_attr(any(test, loom), allow(unused_imports))]
 pub use data::{data_path, recv, send, sendfile, stash_early, DataPath};
-#[cfg_attr(test, allow(unused_imports))]
+#[cfg_attr(any(test, loom), allow(unused_imports))]
 pub use listen::{
     abandon_listener, after_accept, kernel_listens, reattach_inherited, register_listener, Listen,
 };
-#[cfg_attr(test, allow(unused_imports))]
+#[cfg_attr(any(test, loom), allow(unused_imports))]
 pub use ready::poll;
 pub(crate) use ready::{Naps, ARMINGS};
 

@@ -37,6 +37,7 @@ use std::sync::atomic::{
 };
 use std::sync::Arc;
 
+use crate::hazard;
 use crate::sock::Sock;
 
 /// fds at or above this are never tracked (their connections stay on TCP).
@@ -209,7 +210,7 @@ impl Hazard {
     /// Empty the slot and give it back to the thread.
     #[inline]
     fn clear(&self) {
-        self.slot.store(std::ptr::null_mut(), Release);
+        hazard::unprotect(self.slot);
         compiler_fence(SeqCst);
         // SAFETY: `used` is this thread's cell (a `Pinned` never leaves its thread), and the
         // thread's locals outlive every call it makes.
@@ -294,11 +295,8 @@ pub fn pin(fd: i32) -> Option<Pinned> {
         return pin_slow(fd, slot);
     };
     loop {
-        h.slot.store(p, Relaxed);
-        // SYNC POINT (fd table): our hazard store before the re-load; pairs with the swap and
-        // `heavy_barrier` in `retire_ptr`.
-        light_barrier(mode);
-        let q = slot.load(Acquire);
+        // Our hazard store, our half of the fence, the re-load (`hazard`'s fd table).
+        let q = hazard::protect(h.slot, slot, p, || light_barrier(mode));
         if q == p {
             return NonNull::new(p).map(|sock| Pinned {
                 sock,
@@ -558,7 +556,7 @@ fn hazard_holds(p: *mut Sock) -> bool {
         .get(..high)
         .unwrap_or_default()
         .iter()
-        .any(|rec| rec.slots.iter().any(|s| s.load(SeqCst) == p))
+        .any(|rec| hazard::held(&rec.slots, p))
 }
 
 /// Give up the table's strong count of `p`, which was just swapped out of the table: now if no

@@ -60,6 +60,10 @@ pub mod ringsync;
 #[cfg(not(loom))]
 mod ringsync;
 mod send;
+// The send lock; public to its loom model (`tests/loom_sendlock.rs`).
+#[cfg(loom)]
+pub mod sendlock;
+#[cfg(not(loom))]
 mod sendlock;
 mod wait;
 

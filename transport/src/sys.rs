@@ -421,10 +421,14 @@ pub(crate) fn wake_consume() {
 }
 
 /// `membarrier(2)` commands (linux/membarrier.h).
+#[cfg_attr(loom, allow(dead_code))] // the loom build's send lock models membarrier
 const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
+#[cfg_attr(loom, allow(dead_code))] // the loom build's send lock models membarrier
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+#[cfg_attr(loom, allow(dead_code))] // the loom build's send lock models membarrier
 const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
 
+#[cfg_attr(loom, allow(dead_code))] // the loom build's send lock models membarrier
 fn membarrier_cmd(cmd: libc::c_int) -> libc::c_long {
     // SAFETY: membarrier takes no memory arguments (flags 0, cpu_id 0).
     unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) }
@@ -432,6 +436,7 @@ fn membarrier_cmd(cmd: libc::c_int) -> libc::c_long {
 
 /// Can this process make private expedited membarriers (registered now if it was not)? Asked
 /// once per process image.
+#[cfg_attr(loom, allow(dead_code))] // the loom build's send lock models membarrier
 pub(crate) fn membarrier_ready() -> bool {
     static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *READY.get_or_init(|| {
@@ -445,6 +450,7 @@ pub(crate) fn membarrier_ready() -> bool {
 /// A full memory barrier on every CPU that runs a thread of this process (the heavy half of an
 /// asymmetric fence). A process image the registration does not cover (a forked child)
 /// registers and tries again; false if the kernel still refuses.
+#[cfg_attr(loom, allow(dead_code))] // the loom build's send lock models membarrier
 pub(crate) fn membarrier() -> bool {
     membarrier_cmd(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0
         || (membarrier_cmd(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0

@@ -9,7 +9,7 @@
 
 use std::mem::offset_of;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use super::config::{Config, Layout};
 use super::file::{ensure_private_dir, init};
 use super::irq::kick_line;
 use super::mapping::Mapping;
+use super::sync;
 use super::{EmuDevice, HDR_SIZE};
 use crate::error::DeviceError;
 use crate::{sysutil, NtbDevice, SideId};
@@ -92,14 +93,14 @@ impl EmuDevice {
             ensure_private_dir(dir)?;
         }
         let done = map.u32_at(offset_of!(sys::ntbemu_header, init_done));
-        // SYNC POINT (bridge device creation): the machine whose CAS 0 → 2 wins writes the
-        // layout and publishes init_done = 1 with Release (`init`); the other waits for it with
-        // Acquire loads. The BAR is coherent memory shared by both machines (ivshmem's BAR2).
-        if done.compare_exchange(0, 2, Acquire, Relaxed).is_ok() {
+        // The machine whose claim (CAS 0 → 2) wins writes the layout and publishes init_done = 1
+        // (`init`); the other waits for it (`sync`'s bridge device creation). The BAR is coherent
+        // memory shared by both machines (ivshmem's BAR2).
+        if sync::claim_layout(done) {
             init(&map, config, &layout);
         } else {
             let t0 = Instant::now();
-            while done.load(Acquire) == 2 {
+            while sync::layout_pending(done) {
                 if t0.elapsed() > Duration::from_secs(5) {
                     return Err(DeviceError::Corrupt {
                         path,
@@ -138,22 +139,20 @@ impl EmuDevice {
     /// and send its machine the bridge's interrupt.
     pub(super) fn post_interrupt(&self, side: SideId, bits: u64, vector: Option<u32>) {
         let mb = self.side_off(side);
+        // The pending bits (after the data the interrupt announces) come before the SEQ bump,
+        // and both before the doorbell-register write; the target's poller loads SEQ, then
+        // takes the pending bits (`sync`'s bridge interrupt).
         if bits != 0 {
-            self.map.u32_at(mb + MB_DB).fetch_or(bits as u32, SeqCst);
-            self.map
-                .u32_at(mb + MB_DB + 4)
-                .fetch_or((bits >> 32) as u32, SeqCst);
+            sync::post_pending(self.map.u32_at(mb + MB_DB), bits as u32);
+            sync::post_pending(self.map.u32_at(mb + MB_DB + 4), (bits >> 32) as u32);
         }
         if let Some(v) = vector {
-            self.map
-                .u32_at(mb + MB_VEC + 4 * (v as usize / 32))
-                .fetch_or(1 << (v % 32), SeqCst);
+            sync::post_pending(
+                self.map.u32_at(mb + MB_VEC + 4 * (v as usize / 32)),
+                1 << (v % 32),
+            );
         }
-        // SYNC POINT (bridge interrupt): the pending bits (SeqCst RMW, after the data the
-        // interrupt announces) come before the SEQ bump, and both before the doorbell-register
-        // write (an uncached MMIO store, ordered after them); pairs with the target's poller,
-        // which loads SEQ with Acquire and then takes the pending bits by swap.
-        self.map.u32_at(mb + MB_SEQ).fetch_add(1, SeqCst);
+        sync::bump_mailbox(self.map.u32_at(mb + MB_SEQ));
         if let Some(b) = &self.bridge {
             let id = self
                 .map
@@ -168,8 +167,8 @@ impl EmuDevice {
     /// Bridge mode: take this side's pending interrupts and kick their lines on this machine.
     fn deliver_interrupts(&self) {
         let mb = self.side_off(self.side);
-        let lo = self.map.u32_at(mb + MB_DB).swap(0, SeqCst) as u64;
-        let hi = self.map.u32_at(mb + MB_DB + 4).swap(0, SeqCst) as u64;
+        let lo = sync::take_pending(self.map.u32_at(mb + MB_DB)) as u64;
+        let hi = sync::take_pending(self.map.u32_at(mb + MB_DB + 4)) as u64;
         let (alo, ahi) = self.vector_armed(self.side);
         let armed = alo.load(SeqCst) as u64 | (ahi.load(SeqCst) as u64) << 32;
         let mut bits = (lo | hi << 32) & armed & self.db_valid_mask();
@@ -179,10 +178,7 @@ impl EmuDevice {
             kick_line(&self.vector_path(self.side, bit));
         }
         for w in 0..sys::NTBEMU_MAX_VECTORS / 32 {
-            let mut v = self
-                .map
-                .u32_at(mb + MB_VEC + 4 * w as usize)
-                .swap(0, SeqCst);
+            let mut v = sync::take_pending(self.map.u32_at(mb + MB_VEC + 4 * w as usize));
             while v != 0 {
                 let b = v.trailing_zeros();
                 v &= v - 1;
@@ -228,13 +224,12 @@ impl EmuDevice {
             .name("pcisock-bridge-irq".into())
             .spawn(move || {
                 let seq = dev.map.u32_at(dev.side_off(dev.side) + MB_SEQ);
-                let mut seen = seq.load(Acquire).wrapping_sub(1);
+                let mut seen = sync::mailbox_seq(seq).wrapping_sub(1);
                 let mut last = Instant::now();
                 let (mut daemon, mut checked) = (dev.irqd_alive(), Instant::now());
                 loop {
-                    // SYNC POINT (bridge interrupt): Acquire pairs with the ringer's SeqCst
-                    // SEQ bump in `post_interrupt`; the pending bits are then taken by swap.
-                    let now = seq.load(Acquire);
+                    // A new SEQ: the pending bits posted before it are ours to take.
+                    let now = sync::mailbox_seq(seq);
                     if now != seen {
                         seen = now;
                         last = Instant::now();

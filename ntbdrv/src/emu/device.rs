@@ -7,7 +7,7 @@
 
 use std::mem::offset_of;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
 use ntb_sys as sys;
@@ -325,15 +325,14 @@ impl NtbDevice for EmuDevice {
 
     fn spad_read(&self, idx: u32) -> Result<u32, ScratchpadError> {
         self.spad_check(idx)?;
-        Ok(self
-            .nt_reg(self.side, sys::ntbemu_reg_spad(idx))
-            .load(Acquire))
+        Ok(sync::spad_load(
+            self.nt_reg(self.side, sys::ntbemu_reg_spad(idx)),
+        ))
     }
 
     fn spad_write(&self, idx: u32, val: u32) -> Result<(), ScratchpadError> {
         self.spad_check(idx)?;
-        self.nt_reg(self.side, sys::ntbemu_reg_spad(idx))
-            .store(val, Release);
+        sync::spad_store(self.nt_reg(self.side, sys::ntbemu_reg_spad(idx)), val);
         Ok(())
     }
 
@@ -342,9 +341,9 @@ impl NtbDevice for EmuDevice {
         if !self.link_up() {
             return Err(ScratchpadError::LinkDown);
         }
-        Ok(self
-            .nt_reg(self.peer, sys::ntbemu_reg_spad(idx))
-            .load(Acquire))
+        Ok(sync::spad_load(
+            self.nt_reg(self.peer, sys::ntbemu_reg_spad(idx)),
+        ))
     }
 
     fn peer_spad_write(&self, idx: u32, val: u32) -> Result<(), ScratchpadError> {
@@ -352,9 +351,7 @@ impl NtbDevice for EmuDevice {
         if !self.link_up() {
             return Err(ScratchpadError::LinkDown);
         }
-        // SYNC POINT (scratchpad): Release pairs with the Acquire in the peer's `spad_read`.
-        self.nt_reg(self.peer, sys::ntbemu_reg_spad(idx))
-            .store(val, Release);
+        sync::spad_store(self.nt_reg(self.peer, sys::ntbemu_reg_spad(idx)), val);
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::mem::offset_of;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::Arc;
 
 use ntb_sys as sys;
@@ -17,6 +17,7 @@ use ntb_sys as sys;
 use super::bridge::Bridge;
 use super::config::{Config, Layout, Options, Topology};
 use super::mapping::Mapping;
+use super::sync;
 use super::{EmuDevice, HDR_SIZE};
 use crate::error::DeviceError;
 use crate::{sysutil, SideId};
@@ -92,8 +93,8 @@ impl EmuDevice {
         let h = |f: usize| map.u32_at(f).load(Acquire);
         let h64 = |f: usize| map.u64_at(f).load(Acquire);
         type H = sys::ntbemu_header;
-        // A creator publishes init_done last (Release); a file still being made is not ours to read.
-        if h(offset_of!(H, init_done)) != 1 {
+        // A creator publishes init_done last; a file still being made is not ours to read.
+        if !sync::device_ready(map.u32_at(offset_of!(H, init_done))) {
             return Err(DeviceError::Corrupt {
                 path,
                 why: "initialisation never finished".into(),
@@ -326,6 +327,5 @@ pub(super) fn init(map: &Mapping, c: &Config, l: &Layout) {
             sys::NTBEMU_HOST_SLOTS,
         );
     }
-    // SYNC POINT (device creation): pairs with the Acquire load of init_done in `attach`.
-    map.u32_at(offset_of!(H, init_done)).store(1, Release);
+    sync::publish_device(map.u32_at(offset_of!(H, init_done)));
 }

@@ -1,8 +1,12 @@
-//! The emulated device's synchronising sequences: a doorbell bit set and read, an event counter
-//! announced to its futex sleepers (doorbell interrupts, DMA completion, link events), a DMA
-//! batch started and the engine's sleep, a descriptor written back and IN_PROGRESS cleared after
-//! the bytes, the host table's lock taken and given back. Called by `device.rs`, `mod.rs`,
-//! `dma.rs` and `table.rs` with the device's registers; it never
+//! The emulated device's synchronising sequences: the device laid out and published (in a file,
+//! or in a bridge's memory by the one machine that claims it), a doorbell bit set and read, an
+//! event counter announced to its futex sleepers (doorbell interrupts, DMA completion, link
+//! events), a DMA batch started and the engine's sleep, a descriptor written back and
+//! IN_PROGRESS cleared after the bytes, a bridge's interrupt posted and taken, a scratchpad
+//! written and read, the host table's lock
+//! taken and given back, its slots and high-water mark published. Called by
+//! `file.rs`, `bridge.rs`, `device.rs`, `mod.rs`, `dma.rs` and `table.rs` with the device's
+//! registers; it never
 //! decides what a bit or a batch means, only in which order the words are written and read.
 //!
 //! Generic over the word ([`Word`]) and the sleep ([`Sleep`]) so that the same code runs under
@@ -144,6 +148,41 @@ impl Sleep for ModelFutex {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         self.woken.notify_all();
     }
+}
+
+// ---- the device's creation -----------------------------------------------------------------
+
+/// Publish a laid-out device: `init_done` = 1, after every word of its header and registers.
+#[inline]
+pub fn publish_device<W: Word>(done: &W) {
+    // SYNC POINT (device creation), SYNC POINT (bridge device creation): Release after the
+    // layout's Relaxed stores; pairs with the Acquire in `device_ready` (and in
+    // `layout_pending`, on a bridge).
+    done.store(1, Release);
+}
+
+/// Is the device laid out (`init_done` = 1), its header complete to read?
+#[inline]
+pub fn device_ready<W: Word>(done: &W) -> bool {
+    // SYNC POINT (device creation): Acquire pairs with the Release in `publish_device`.
+    done.load(Acquire) == 1
+}
+
+/// Bridge mode: claim the laying out of the device in fresh (zeroed) shared memory, `init_done`
+/// 0 → 2. True if this machine won and must lay it out, then `publish_device`.
+#[inline]
+pub fn claim_layout<W: Word>(done: &W) -> bool {
+    // SYNC POINT (bridge device creation): one CAS, so exactly one machine lays the device out
+    // even when both attach at once.
+    done.compare_exchange(0, 2, Acquire, Relaxed).is_ok()
+}
+
+/// Bridge mode: is the other machine still laying the device out (`init_done` = 2)?
+#[inline]
+pub fn layout_pending<W: Word>(done: &W) -> bool {
+    // SYNC POINT (bridge device creation): Acquire pairs with the Release in `publish_device`:
+    // the first look that sees it done sees the whole layout.
+    done.load(Acquire) == 2
 }
 
 // ---- doorbells -------------------------------------------------------------------------------
@@ -292,6 +331,59 @@ pub fn in_progress<W: Word>(ctrl: &W) -> bool {
     ctrl.load(Acquire) & sys::PLX_DMA_CTRL_IN_PROGRESS != 0
 }
 
+// ---- bridge mode: the interrupt mailbox ---------------------------------------------------------
+
+/// Post pending interrupt `bits` into a word of the target side's mailbox, after the data they
+/// announce; `bump_mailbox` follows.
+#[inline(always)]
+pub fn post_pending<W: Word>(word: &W, bits: u32) {
+    // SYNC POINT (bridge interrupt): SeqCst RMW after the data the interrupt announces; pairs
+    // with the poller's swap in `take_pending`.
+    word.fetch_or(bits, SeqCst);
+}
+
+/// Announce the bits just posted: bump the mailbox's SEQ (then the bridge's doorbell write, an
+/// uncached MMIO store ordered after it on x86).
+#[inline(always)]
+pub fn bump_mailbox<W: Word>(seq: &W) {
+    // SYNC POINT (bridge interrupt): after the bits; pairs with the Acquire in `mailbox_seq`: a
+    // poller that sees the new SEQ takes the bits posted before it.
+    seq.fetch_add(1, SeqCst);
+}
+
+/// The poller's look at the mailbox's SEQ: if it moved, `take_pending` every word.
+#[inline(always)]
+pub fn mailbox_seq<W: Word>(seq: &W) -> u32 {
+    // SYNC POINT (bridge interrupt): Acquire pairs with the ringer's SeqCst bump in
+    // `bump_mailbox`.
+    seq.load(Acquire)
+}
+
+/// Take a mailbox word's pending bits (the poller's, or the interrupt daemon's).
+#[inline(always)]
+pub fn take_pending<W: Word>(word: &W) -> u32 {
+    // SYNC POINT (bridge interrupt): SeqCst swap; reads the ringers' `post_pending` RMWs, and
+    // with them the data they announce. Bits posted after it come with a later SEQ.
+    word.swap(0, SeqCst)
+}
+
+// ---- scratchpads -------------------------------------------------------------------------------
+
+/// Write a scratchpad register (ours or the peer's), after whatever its value announces.
+#[inline(always)]
+pub fn spad_store<W: Word>(reg: &W, v: u32) {
+    // SYNC POINT (scratchpad): Release pairs with the Acquire in `spad_load` (the bank owner's
+    // `spad_read`, or our `peer_spad_read`).
+    reg.store(v, Release);
+}
+
+/// Read a scratchpad register: seeing a value means seeing what was written before it.
+#[inline(always)]
+pub fn spad_load<W: Word>(reg: &W) -> u32 {
+    // SYNC POINT (scratchpad): Acquire pairs with the Release in `spad_store`.
+    reg.load(Acquire)
+}
+
 // ---- the host table's lock ----------------------------------------------------------------------
 
 /// Take the host table's lock word for `me` (a pid; 0 is free), or say who holds it.
@@ -314,4 +406,36 @@ pub fn break_lock<W: Word>(lock: &W, holder: u32, me: u32) -> bool {
 pub fn unlock<W: Word>(lock: &W) {
     // SYNC POINT (host table lock): Release pairs with the Acquire CAS in `try_lock`.
     lock.store(0, Release);
+}
+
+/// Under the lock: a slot's `kind`, stored after the slot's other fields (Relaxed).
+#[inline(always)]
+pub fn publish_slot<W: Word>(kind: &W, v: u32) {
+    // SYNC POINT (host table lock): Release, for readers outside the lock (`pcisock stats`),
+    // who load `kind` with Acquire in `slot_kind` and then the fields.
+    kind.store(v, Release);
+}
+
+/// A slot's `kind`, then its fields may be read (with or without the lock).
+#[inline(always)]
+pub fn slot_kind<W: Word>(kind: &W) -> u32 {
+    // SYNC POINT (host table lock): Acquire pairs with the Release in `publish_slot`.
+    kind.load(Acquire)
+}
+
+/// Under the lock: raise the table's high-water mark to `to`, before the slot below it is
+/// written.
+#[inline(always)]
+pub fn raise_high_water<W: Word>(mark: &W, to: u32) {
+    // SYNC POINT (host table high water): Release pairs with the Acquire in `high_water`: a
+    // reader that sees the mark sees every lease made before it moved (the slots the earlier
+    // holders wrote under the lock).
+    mark.store(to, Release);
+}
+
+/// The table's high-water mark: every slot that may hold a lease is below it.
+#[inline(always)]
+pub fn high_water<W: Word>(mark: &W) -> u32 {
+    // SYNC POINT (host table high water): Acquire pairs with the Release in `raise_high_water`.
+    mark.load(Acquire)
 }

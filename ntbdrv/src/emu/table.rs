@@ -13,13 +13,14 @@
 //! long.
 
 use std::mem::offset_of;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
 use ntb_sys as sys;
 
 use super::mapping::Mapping;
+use super::sync;
 use crate::error::LeaseError;
 use crate::sysutil;
 use crate::WindowLease;
@@ -134,7 +135,7 @@ impl<'a> HostTable<'a> {
 
     pub(crate) fn read(&self, i: usize) -> Slot {
         Slot {
-            kind: self.u32f(i, offset_of!(L, kind)).load(Acquire),
+            kind: sync::slot_kind(self.u32f(i, offset_of!(L, kind))),
             pid: self.u32f(i, offset_of!(L, owner_pid)).load(Relaxed),
             start: self.u64f(i, offset_of!(L, owner_start)).load(Relaxed),
             index: self.u32f(i, offset_of!(L, index)).load(Relaxed),
@@ -153,7 +154,7 @@ impl<'a> HostTable<'a> {
         self.u64f(i, offset_of!(L, offset)).store(s.offset, Relaxed);
         self.u64f(i, offset_of!(L, len)).store(s.len, Relaxed);
         // Readers outside the lock (`pcisock stats`) see `kind` last.
-        self.u32f(i, offset_of!(L, kind)).store(s.kind, Release);
+        sync::publish_slot(self.u32f(i, offset_of!(L, kind)), s.kind);
         self.map
             .u64_at(self.base + offset_of!(T, generation))
             .fetch_add(1, Relaxed);
@@ -162,7 +163,7 @@ impl<'a> HostTable<'a> {
     /// Slots that may hold a lease: those below the high-water mark (a thousand connections'
     /// leases fill a few thousand of the table's slots; every lease scans only those).
     fn used(&self) -> usize {
-        (self.high_water().load(Acquire) as usize).min(self.n_slots())
+        (sync::high_water(self.high_water()) as usize).min(self.n_slots())
     }
 
     fn high_water(&self) -> &AtomicU32 {
@@ -179,9 +180,9 @@ impl<'a> HostTable<'a> {
         if used == self.n_slots() {
             return None;
         }
-        // SYNC POINT (host table high water): Release pairs with the Acquire in `used` of
-        // lock-free readers (`pcisock stats`); the slot itself is written after this.
-        self.high_water().store(used as u32 + 1, Release);
+        // The slot itself is written after this (lock-free readers, `pcisock stats`, look at
+        // `kind` to know whether it is written yet).
+        sync::raise_high_water(self.high_water(), used as u32 + 1);
         Some(used)
     }
 

@@ -1,18 +1,89 @@
 //! The send side's lock (`SendLock`), biased to the thread that sends on the connection. Taken by
 //! the send paths (and failover's switch, and close); it never puts a locked instruction on the
 //! bias owner's way.
+//!
+//! Built with `--cfg loom` (public then, for `tests/loom_sendlock.rs`), its words are loom's
+//! atomics and the two halves of the asymmetric fence are what `membarrier` guarantees them to
+//! be when they meet, SeqCst fences (docs/MEMORY-ORDERING.md, "the asymmetric fences"); the
+//! production build is unchanged.
 
+#[cfg(loom)]
+use loom::sync::atomic::{fence, AtomicBool, AtomicU64};
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+#[cfg(not(loom))]
 use std::sync::atomic::{compiler_fence, fence, AtomicBool, AtomicU64};
+#[cfg(not(loom))]
 use std::time::Duration;
 
+#[cfg(not(loom))]
 use crate::sys;
+
+/// The light half of the asymmetric fence: a compiler fence, which the heavy half
+/// ([`heavy_fence`], `membarrier`) makes a full barrier in this thread whenever it runs. Under
+/// loom, a SeqCst fence.
+#[inline(always)]
+fn light_fence() {
+    #[cfg(not(loom))]
+    compiler_fence(SeqCst);
+    #[cfg(loom)]
+    fence(SeqCst);
+}
+
+/// The heavy half: `membarrier` (a full barrier on every CPU running a thread of the process),
+/// or, if the kernel refused it, a full fence of our own (then a light half that ran before may
+/// be missed: see `revoke`). Under loom, a SeqCst fence.
+#[inline]
+fn heavy_fence() {
+    #[cfg(not(loom))]
+    if !sys::membarrier() {
+        fence(SeqCst);
+    }
+    #[cfg(loom)]
+    fence(SeqCst);
+}
+
+/// Can the bias be given (the process is registered for `membarrier`)? Always under loom.
+#[inline(always)]
+fn bias_allowed() -> bool {
+    #[cfg(not(loom))]
+    return sys::membarrier_ready();
+    #[cfg(loom)]
+    return true;
+}
+
+/// A contender's pause between tries (`tries` so far): spin, then yield, then nap. Under loom,
+/// a yield (loom runs another thread).
+#[inline]
+fn pause(tries: u32) {
+    #[cfg(not(loom))]
+    match tries {
+        0..64 => std::hint::spin_loop(),
+        64..128 => std::thread::yield_now(),
+        _ => std::thread::sleep(Duration::from_micros(
+            (10u64 << (tries.saturating_sub(128).min(7))).min(1000),
+        )),
+    }
+    #[cfg(loom)]
+    {
+        let _ = tries;
+        loom::thread::yield_now();
+    }
+}
+
+/// A spin while waiting out the bias owner.
+#[inline(always)]
+fn spin() {
+    #[cfg(not(loom))]
+    std::hint::spin_loop();
+    #[cfg(loom)]
+    loom::hint::spin_loop();
+}
 
 /// The send side's lock, held across a whole send (which may wait for credits).
 ///
 /// No locked instruction for the thread that sends on the connection: the lock is *biased* to
-/// the first thread that sends by [`Connection::try_send`] (the common small send), which then
-/// enters with plain stores (its `owner_in` flag, then a re-check that the lock is free and
+/// the first thread that sends by [`Connection::try_send`] (the common small send), which from
+/// its next send on enters with plain stores (its `owner_in` flag, then a re-check that the lock is free and
 /// still biased to it). Any other thread takes the lock with a compare-and-swap, and the first
 /// such thread revokes the bias for good: it makes the owner's flag visible with one
 /// `membarrier` (an asymmetric fence) and waits for the owner to leave. A locked instruction
@@ -24,7 +95,7 @@ use crate::sys;
 ///
 /// [`Connection::try_send`]: super::Connection::try_send
 #[derive(Default)]
-pub(super) struct SendLock {
+pub struct SendLock {
     held: AtomicBool,
     /// The thread token ([`thread_token`]) of the bias owner; [`UNBIASED`] before any, or
     /// [`REVOKED`].
@@ -40,9 +111,14 @@ const REVOKED: u64 = u64::MAX;
 /// destructors, so it gets no bias).
 #[inline]
 fn thread_token() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    #[cfg(not(loom))]
     thread_local! {
         static TOKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    #[cfg(loom)]
+    loom::thread_local! {
+        static TOKEN: std::cell::Cell<u64> = std::cell::Cell::new(0);
     }
     TOKEN
         .try_with(|t| match t.get() {
@@ -56,32 +132,26 @@ fn thread_token() -> u64 {
         .unwrap_or(0)
 }
 
-pub(super) struct SendGuard<'a> {
+pub struct SendGuard<'a> {
     lock: &'a SendLock,
     biased: bool,
 }
 
 impl SendLock {
-    pub(super) fn lock(&self) -> SendGuard<'_> {
+    pub fn lock(&self) -> SendGuard<'_> {
         let mut tries = 0u32;
         loop {
             if let Some(g) = self.try_lock() {
                 return g;
             }
             tries = tries.saturating_add(1);
-            match tries {
-                0..64 => std::hint::spin_loop(),
-                64..128 => std::thread::yield_now(),
-                _ => std::thread::sleep(Duration::from_micros(
-                    (10u64 << (tries.saturating_sub(128).min(7))).min(1000),
-                )),
-            }
+            pause(tries);
         }
     }
 
     /// Take the lock by compare-and-swap if it is free, without waiting (then wait out a bias
     /// owner inside, revoking the bias if it is not ours).
-    pub(super) fn try_lock(&self) -> Option<SendGuard<'_>> {
+    pub fn try_lock(&self) -> Option<SendGuard<'_>> {
         if self.held.load(Relaxed)
             || self
                 .held
@@ -97,7 +167,7 @@ impl SendLock {
         }
         // An owner that entered before the revocation is still in: wait it out.
         while self.owner_in.load(Acquire) {
-            std::hint::spin_loop();
+            spin();
         }
         Some(SendGuard {
             lock: self,
@@ -114,20 +184,22 @@ impl SendLock {
         // compiler fence in `try_lock_biased`. The process registered when the bias was given,
         // and a forked child registers on the spot, so it does not fail; if it did, an owner
         // already past its re-check could be missed by the load of `owner_in` that follows.
-        if !sys::membarrier() {
-            fence(SeqCst);
-        }
+        heavy_fence();
     }
 
     /// The sender's way in: by plain stores if the lock is biased to this thread (the first
     /// thread to come here takes the bias), else by compare-and-swap; `None` if taken.
     #[inline]
-    pub(super) fn try_lock_biased(&self) -> Option<SendGuard<'_>> {
+    pub fn try_lock_biased(&self) -> Option<SendGuard<'_>> {
         let me = thread_token();
         let mut o = self.owner.load(Relaxed);
-        if o == UNBIASED && me != 0 && sys::membarrier_ready() {
+        if o == UNBIASED && me != 0 && bias_allowed() {
             o = match self.owner.compare_exchange(UNBIASED, me, SeqCst, Relaxed) {
-                Ok(_) => me,
+                // The bias is ours from the next send on: this one takes `held` by CAS, which
+                // orders it (and every biased send after it) after any sender that took the
+                // lock while there was no bias to revoke, and that thread's look at `owner` may
+                // have missed ours (the loom model finds both inside at once without this).
+                Ok(_) => return self.try_lock(),
                 Err(other) => other,
             };
         }
@@ -141,7 +213,7 @@ impl SendLock {
         self.owner_in.store(true, Relaxed);
         // SYNC POINT (send lock bias): the light half of the asymmetric fence (our flag before
         // our loads of `held` and `owner`); pairs with the membarrier in `revoke`.
-        compiler_fence(SeqCst);
+        light_fence();
         if !self.held.load(Relaxed) && self.owner.load(Relaxed) == me {
             return Some(SendGuard {
                 lock: self,
@@ -154,7 +226,7 @@ impl SendLock {
 
     /// In a forked child: the owner may have been another thread, inside a send, that does
     /// not exist here.
-    pub(super) fn forked(&self) {
+    pub fn forked(&self) {
         self.owner_in.store(false, SeqCst);
     }
 }
