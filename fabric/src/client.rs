@@ -1,6 +1,10 @@
 //! The process side of the service: one connection per process (a forked child opens its
 //! own), requests with the sockets they concern, and the replies — including a `Paired` that
 //! arrives for an earlier `Connect` while another request waits (kept until asked for).
+//! Used by the transport's service path and by the CLI. It never waits for a reply longer than
+//! its patience (`REPLY_PATIENCE`, or what the caller gives; the one-way requests wait for
+//! nothing), and never maps or reads connections' memory: the segments and lines it receives go
+//! to its caller as descriptors.
 
 use std::collections::HashMap;
 use std::io;
@@ -96,8 +100,6 @@ pub struct Client {
     next: u64,
     /// Replies that arrived while another was awaited, by request id.
     stash: HashMap<u64, (Reply, Vec<OwnedFd>)>,
-    /// Requests sent without waiting for their answer: their replies are dropped on arrival.
-    ignored: std::collections::HashSet<u64>,
     pub service_pid: u32,
     pub ring_bytes: u64,
     pub window_bytes: u64,
@@ -118,7 +120,6 @@ impl Client {
             sock,
             next: 1,
             stash: HashMap::new(),
-            ignored: std::collections::HashSet::new(),
             service_pid: 0,
             ring_bytes: 0,
             window_bytes: 0,
@@ -191,9 +192,6 @@ impl Client {
                 return Err(ClientError::Wire(WireError::Long(m.bytes.len())));
             }
             let (reply, rid) = Reply::decode(&m.bytes, m.fds.len()).map_err(ClientError::Wire)?;
-            if self.ignored.remove(&rid) {
-                continue; // the answer to a request sent without waiting
-            }
             if let Reply::Refused { why } = reply {
                 if rid == id || rid == 0 {
                     return Err(Refusal::from_code(why)
@@ -231,35 +229,24 @@ impl Client {
         }
     }
 
+    /// Withdraw a listener. One-way: the service never answers it (a listener that is not
+    /// ours is only counted as refused).
     pub fn unlisten(&mut self, listener: u64) -> Result<(), ClientError> {
-        self.done(Request::Unlisten { listener })
+        self.send(Request::Unlisten { listener }, None).map(|_| ())
     }
 
-    /// Send a request whose answer nobody waits for (its reply is dropped when it arrives);
-    /// first take in what has arrived, so that such replies never pile up.
-    fn send_only(&mut self, r: Request) -> Result<(), ClientError> {
-        let _ = self.wait(0, Duration::ZERO);
-        let id = self.send(r, None)?;
-        self.ignored.insert(id);
-        Ok(())
-    }
-
-    /// Let go of this process's end of `conn` without waiting for the answer.
-    pub fn close_nowait(&mut self, conn: u64, server: bool) -> Result<(), ClientError> {
-        self.send_only(Request::Close { conn, server })
-    }
-
-    /// Give up an offer without waiting for the answer.
+    /// Give up an offer without waiting: the service does not answer (the offer's own answer,
+    /// if it was paired or declined before, may still arrive; nobody asks for it).
     pub fn cancel_nowait(&mut self, offer: Offer) -> Result<(), ClientError> {
-        self.send_only(Request::Cancel {
-            request: offer.request,
-            stalled_only: false,
-        })
-    }
-
-    /// Withdraw a listener without waiting for the answer.
-    pub fn unlisten_nowait(&mut self, listener: u64) -> Result<(), ClientError> {
-        self.send_only(Request::Unlisten { listener })
+        self.send(
+            Request::Cancel {
+                request: offer.request,
+                stalled_only: false,
+                quiet: true,
+            },
+            None,
+        )
+        .map(|_| ())
     }
 
     fn done(&mut self, r: Request) -> Result<(), ClientError> {
@@ -279,7 +266,15 @@ impl Client {
         port: u16,
         ring: u64,
     ) -> Result<Result<Offer, u32>, ClientError> {
-        let id = self.send_fds(Request::Connect { addr, port, ring }, &[fd])?;
+        let id = self.send_fds(
+            Request::Connect {
+                addr,
+                port,
+                ring,
+                quiet: false,
+            },
+            &[fd],
+        )?;
         match self
             .wait(id, REPLY_PATIENCE)?
             .ok_or(ClientError::TimedOut)?
@@ -302,7 +297,16 @@ impl Client {
         port: u16,
         ring: u64,
     ) -> Result<Offer, ClientError> {
-        let id = self.send_fds(Request::Connect { addr, port, ring }, &[fd])?;
+        // `quiet`: no `Offered` (nobody waits for it; the final answer names the connection).
+        let id = self.send_fds(
+            Request::Connect {
+                addr,
+                port,
+                ring,
+                quiet: true,
+            },
+            &[fd],
+        )?;
         Ok(Offer {
             conn: 0,
             request: id,
@@ -345,6 +349,7 @@ impl Client {
         self.done(Request::Cancel {
             request: offer.request,
             stalled_only: false,
+            quiet: false,
         })
     }
 
@@ -355,6 +360,7 @@ impl Client {
         match self.done(Request::Cancel {
             request: offer.request,
             stalled_only: true,
+            quiet: false,
         }) {
             Ok(()) => Ok(true),
             Err(ClientError::Refused(Refusal::Progressing)) => Ok(false),
@@ -414,9 +420,10 @@ impl Client {
     }
 
     /// This process let go of its last reference to its end of `conn` (`server`: the
-    /// accepting end).
+    /// accepting end). One-way: the service never answers it (an end that is not ours is only
+    /// counted as refused).
     pub fn close(&mut self, conn: u64, server: bool) -> Result<(), ClientError> {
-        self.done(Request::Close { conn, server })
+        self.send(Request::Close { conn, server }, None).map(|_| ())
     }
 
     pub fn status(&mut self) -> Result<Status, ClientError> {

@@ -10,7 +10,7 @@
 /// "PCFB".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// The service protocol's version; a message of another version is refused.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts.
@@ -31,20 +31,32 @@ pub enum Request {
     Hello { pid: u32 },
     /// Publish a listener; carries the listening socket.
     Listen,
-    /// Withdraw a listener this process published.
+    /// Withdraw a listener this process published. Never answered (since version 4; a
+    /// listener that is not the sender's is only counted as refused): nobody waits for it.
     Unlisten { listener: u64 },
     /// A client is about to connect to `addr`:`port`; carries its socket, sent before the
     /// kernel connect starts (the service reads the connection's real addresses from the socket
     /// when the server accepts; the claimed destination only answers "is there a listener").
     /// The service rings the process's line (`Hello`) when the offer is paired or declined,
-    /// and replies `Offered` or `Declined`.
-    Connect { addr: Addr, port: u16, ring: u64 },
+    /// and replies `Offered` (unless `quiet`, since version 4: a client that does not wait
+    /// for it, a pipelined connect), then `Paired` or `Declined`.
+    Connect {
+        addr: Addr,
+        port: u16,
+        ring: u64,
+        quiet: bool,
+    },
     /// The client gives up an offer (its connect failed, or it closes): the offer that the
     /// `Connect` (or `Hold`) with this request id made or took back. `stalled_only`: only if
     /// the host's servers accepted nothing since the offer was made or last asked about
     /// (refused with `Progressing` otherwise: a server with a long backlog reaches its last
-    /// clients late, and they wait on).
-    Cancel { request: u64, stalled_only: bool },
+    /// clients late, and they wait on). `quiet` (since version 4): not answered at all (a
+    /// client that gives up an offer and does not wait: its connect failed, or it closed).
+    Cancel {
+        request: u64,
+        stalled_only: bool,
+        quiet: bool,
+    },
     /// The kernel accepted a connection; carries the accepted socket. Replies `Paired` or
     /// `Declined` (or `Refused`). `nowait` (since version 3): the server does not wait for the
     /// answer (a non-blocking accept completes the connection at its first use), so the
@@ -59,7 +71,9 @@ pub enum Request {
     /// connection's segments and lines again. Replies `Paired` or `Declined`.
     Hold,
     /// This process let go of its last reference to one end of a connection (`server`: the
-    /// accepting end; a process may hold both ends of a connection to itself).
+    /// accepting end; a process may hold both ends of a connection to itself). Never
+    /// answered (since version 4; a connection end the sender does not hold is only counted as
+    /// refused): nobody waits for it.
     Close { conn: u64, server: bool },
     /// What the service holds (counts only).
     Status,
@@ -310,9 +324,9 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_HELLO => (1, 1),
         K_LISTEN | K_HOLD => (0, 1),
         K_ACCEPT => (2, 1),
-        K_CONNECT => (4, 1),
+        K_CONNECT => (5, 1),
         K_UNLISTEN => (1, 0),
-        K_CANCEL => (2, 0),
+        K_CANCEL => (3, 0),
         K_CLOSE => (2, 0),
         K_STATUS | K_STOP | K_LIST | K_HISTORY => (0, 0),
         K_FALLBACK => (2, 1),
@@ -453,11 +467,17 @@ impl Request {
             Request::Cancel {
                 request,
                 stalled_only,
-            } => vec![request, stalled_only as u64],
+                quiet,
+            } => vec![request, stalled_only as u64, quiet as u64],
             Request::Close { conn, server } => vec![conn, server as u64],
-            Request::Connect { addr, port, ring } => {
+            Request::Connect {
+                addr,
+                port,
+                ring,
+                quiet,
+            } => {
                 let (a, b) = addr_words(&addr);
-                vec![a, b, port as u64, ring]
+                vec![a, b, port as u64, ring, quiet as u64]
             }
             Request::Accept { ring, nowait } => vec![ring, nowait as u64],
             Request::Fallback { reason, server } => vec![reason as u64, server as u64],
@@ -484,10 +504,12 @@ impl Request {
                 addr: words_addr(w[0], w[1]),
                 port: u16::try_from(w[2]).map_err(|_| WireError::Value { kind, word: 2 })?,
                 ring: w[3],
+                quiet: bool_word(kind, &w, 4)?,
             },
             K_CANCEL => Request::Cancel {
                 request: w[0],
                 stalled_only: bool_word(kind, &w, 1)?,
+                quiet: bool_word(kind, &w, 2)?,
             },
             K_ACCEPT => Request::Accept {
                 ring: w[0],

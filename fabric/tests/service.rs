@@ -257,10 +257,13 @@ fn a_third_party_can_neither_claim_nor_meddle() {
         other.offer(l.as_raw_fd(), v4(&to), to.port(), 1 << 20),
         Err(ClientError::Refused(Refusal::BadSocket))
     ));
-    assert!(matches!(
-        other.unlisten(listener),
-        Err(ClientError::Refused(Refusal::NotYours))
-    ));
+    // Unlisten is never answered (wire version 4): a listener that is not the sender's is
+    // only counted as refused, and stays.
+    let before = other.status().unwrap();
+    other.unlisten(listener).unwrap();
+    let after = other.status().unwrap();
+    assert_eq!(after.refused, before.refused + 1);
+    assert_eq!(after.listeners, before.listeners);
     assert!(matches!(
         other.cancel(offer),
         Err(ClientError::Refused(Refusal::NotYours))
@@ -419,7 +422,7 @@ l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
 socket.send_fds(u, [msg(2, 2)], [l.fileno()]); u.recv(256)
 c = socket.socket()
 addr = bytes(10) + b"\xff\xff" + bytes([127, 0, 0, 1])
-socket.send_fds(u, [msg(4, 3, [int.from_bytes(addr[:8], "little"), int.from_bytes(addr[8:], "little"), {port}, 1 << 20])], [c.fileno()])
+socket.send_fds(u, [msg(4, 3, [int.from_bytes(addr[:8], "little"), int.from_bytes(addr[8:], "little"), {port}, 1 << 20, 0])], [c.fileno()])
 u.recv(256)
 parent = os.getpid()
 if os.fork() == 0:
@@ -495,10 +498,11 @@ fn a_dead_process_leaves_nothing_behind() {
     me.close(s.conn, true).unwrap();
     assert_eq!(me.status().unwrap().connections, 1, "one end is still held");
     client.close(s.conn, false).unwrap();
-    assert!(matches!(
-        me.close(s.conn, true),
-        Err(ClientError::Refused(Refusal::NotYours))
-    ));
+    // Close is never answered (wire version 4): an end the sender no longer holds is only
+    // counted as refused.
+    let refused = me.status().unwrap().refused;
+    me.close(s.conn, true).unwrap();
+    assert_eq!(me.status().unwrap().refused, refused + 1);
     drop((csock, accepted, unrelated));
     let st = me.status().unwrap();
     assert_eq!((st.connections, st.window_used, st.reclaimed), (0, 0, 1));
@@ -625,4 +629,52 @@ fn an_offer_stands_while_its_listener_accepts_others() {
     ));
     // o3 waits on another listener, which accepted nothing.
     assert!(client.cancel_if_stalled(o3).unwrap());
+}
+
+/// Requests nobody waits for are never answered (wire version 4): a pipelined `Connect` gets
+/// no `Offered`, and `Close`, `Unlisten` and a quiet `Cancel` get nothing, refused or not (a
+/// refusal is only counted). Each answer was a message the service sent and the process read
+/// for nothing, on the path of every connection.
+#[test]
+fn one_way_requests_are_never_answered() {
+    let svc = start(Options::default());
+    let mut server = Client::connect(&svc.socket).unwrap();
+    let mut client = Client::connect(&svc.socket).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    let listener = server.listen(l.as_raw_fd()).unwrap();
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let mut offer = client
+        .offer_nowait(s.as_raw_fd(), v4(&to), to.port(), 1 << 20)
+        .unwrap();
+    assert_eq!(
+        sys::poll_in(&[client.fd()], 300).unwrap(),
+        vec![0],
+        "a pipelined connect was answered before its pairing"
+    );
+    s.connect(&to.into()).unwrap();
+    let (accepted, _) = l.accept().unwrap();
+    let Pairing::Paired(p) = server.accept(accepted.as_raw_fd(), 1 << 20).unwrap() else {
+        panic!("declined");
+    };
+    assert!(matches!(
+        client.paired(&mut offer, Duration::from_secs(5)).unwrap(),
+        Some(Pairing::Paired(_))
+    ));
+    let before = server.status().unwrap();
+    server.close(p.conn, true).unwrap();
+    // Refused, only counted: an end no longer held, someone else's listener, an offer gone.
+    server.close(p.conn, true).unwrap();
+    client.unlisten(listener).unwrap();
+    client.cancel_nowait(offer).unwrap();
+    server.unlisten(listener).unwrap();
+    assert_eq!(
+        sys::poll_in(&[server.fd(), client.fd()], 300).unwrap(),
+        vec![0, 0],
+        "a one-way request was answered"
+    );
+    let after = server.status().unwrap();
+    assert_eq!(after.refused, before.refused + 3);
+    assert_eq!((before.listeners, after.listeners), (1, 0));
+    drop((s, accepted));
 }

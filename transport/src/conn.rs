@@ -71,8 +71,8 @@ pub(crate) use failover::LinkLook;
 pub(crate) use half_open::HalfOpen;
 
 use block::{
-    L_HOLDERS, L_HOLDER_PIDS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN, L_PEER_MW,
-    L_PEER_OFF, L_SOCK_INODE,
+    CR_PEER_CPU, L_HOLDERS, L_HOLDER_PIDS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN,
+    L_PEER_MW, L_PEER_OFF, L_SOCK_INODE, PEER_MADE,
 };
 use cursors::Cursors;
 use sendlock::SendLock;
@@ -505,7 +505,7 @@ impl Connection {
             Tenancy::Service { .. } => 0,
         };
         let shared_line = matches!(tenancy, Tenancy::Service { .. });
-        Connection {
+        let c = Connection {
             shared,
             tenancy,
             own_block,
@@ -532,7 +532,11 @@ impl Connection {
             settings,
             fo: Box::new(failover::Failover::new(link_gen)),
             family: Box::new(holders::Family::new(sys::inode(tcp_fd).unwrap_or(0))),
-        }
+        };
+        // Tell the peer that this end is made (no CPU yet: that is told at its first wait): a
+        // waiter whose peer's word is still 0 sleeps at once instead of spinning (see `wait`).
+        atomic_u32_at(&c.peer_block, CR_PEER_CPU).store(PEER_MADE, Relaxed);
+        c
     }
 
     #[inline]

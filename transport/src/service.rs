@@ -7,6 +7,11 @@
 //! own (given with the service's hello; a new one per service connection, so a forked child
 //! has its own) and one per peer process, each shared by the connections that use it (the
 //! service names lines, and a line named twice is kept once).
+//!
+//! It must never map memory it was not given for a connection of its own, never take the
+//! service's word for a connection it cannot prove with its own socket, and never wait for the
+//! service on the data path: once paired, a connection runs without it (a service restart loses
+//! no established connection).
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -39,11 +44,22 @@ pub(crate) struct Link {
     lines: Mutex<HashMap<(u32, u64), Weak<OwnedFd>>>,
 }
 
-/// A request that needs no answer.
+/// A request that needs no answer (the service gives none: wire version 4).
+#[derive(Clone, Copy)]
 enum Fire {
     Close(u64, bool),
     Cancel(fabric::Offer),
     Unlisten(u64),
+}
+
+impl Fire {
+    fn send(self, c: &mut Client) -> Result<(), ClientError> {
+        match self {
+            Fire::Close(conn, server) => c.close(conn, server),
+            Fire::Cancel(offer) => c.cancel_nowait(offer),
+            Fire::Unlisten(id) => c.unlisten(id),
+        }
+    }
 }
 
 impl Link {
@@ -145,11 +161,7 @@ impl Link {
             }
             let deferred = std::mem::take(&mut *lock(&self.deferred));
             for d in deferred {
-                let _ = match d {
-                    Fire::Close(conn, server) => c.close_nowait(conn, server),
-                    Fire::Cancel(offer) => c.cancel_nowait(offer),
-                    Fire::Unlisten(id) => c.unlisten_nowait(id),
-                };
+                let _ = d.send(c);
             }
             let r = f(c);
             if matches!(r, Err(ClientError::Gone | ClientError::Io(_))) {
@@ -170,11 +182,7 @@ impl Link {
     fn fire(&self, f: Fire) {
         let free = self.client.try_lock().is_ok();
         if free {
-            let _ = self.with(|c| match f {
-                Fire::Close(conn, server) => c.close_nowait(conn, server),
-                Fire::Cancel(offer) => c.cancel_nowait(offer),
-                Fire::Unlisten(id) => c.unlisten_nowait(id),
-            });
+            let _ = self.with(|c| f.send(c));
         } else {
             lock(&self.deferred).push(f);
         }

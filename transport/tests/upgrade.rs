@@ -12,7 +12,7 @@ use std::time::Duration;
 use ntbdrv::emu::{Config, EmuDevice, Options};
 use ntbdrv::NtbDevice;
 use socket2::{Domain, Socket, Type};
-use transport::{Endpoint, Outcome, Reason, RecvFlags, Settings, Transport};
+use transport::{Counter, Endpoint, Outcome, Reason, RecvFlags, Settings, Transport};
 
 use common::*;
 
@@ -585,4 +585,51 @@ fn a_full_host_table_is_reported_as_table_full() {
     for l in held {
         dev.release(l).unwrap();
     }
+}
+
+/// A reader whose peer has not made its end yet sleeps at once: it does not spin (the peer is
+/// still being paired, or runnable on this very CPU behind the spinner: a server spinning for
+/// the first request of each new connection kept its client from sending it).
+#[test]
+fn a_reader_does_not_spin_for_a_peer_not_made_yet() {
+    let (_d, dev) = device("notmade");
+    let t = transport(&dev, 64 << 10);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = l.local_addr().unwrap();
+    let listener = t
+        .listen(l.as_raw_fd(), Endpoint::from_std(server_addr))
+        .unwrap();
+    let (s, _, pending) = offer_from(&t, server_addr).unwrap();
+    s.connect(&server_addr.into()).unwrap();
+    let (srv, peer) = l.accept().unwrap();
+    let sc = t
+        .accept(
+            srv.as_raw_fd(),
+            Endpoint::from_std(server_addr),
+            Endpoint::from_std(peer),
+        )
+        .unwrap();
+    // The client's end is not made: the read waits 20 ms without a spin (one round of
+    // checks, 64, before it looks at the clock; a 50 µs spin is thousands).
+    let mut buf = [0u8; 64];
+    assert!(sc
+        .recv(
+            &mut [&mut buf],
+            RecvFlags::default(),
+            Some(Duration::from_millis(20))
+        )
+        .is_err());
+    let polls = sc.counter(Counter::Polls);
+    assert!(polls <= 64, "{polls} checks for a peer not made yet");
+    // Once it is, the pair works as any other.
+    let Outcome::Connected(cc) = t.complete(pending, s.as_raw_fd(), true) else {
+        panic!("client stayed on TCP");
+    };
+    cc.send(&[b"hi"], false, None).unwrap();
+    assert_eq!(
+        sc.recv(&mut [&mut buf], RecvFlags::default(), None)
+            .unwrap(),
+        2
+    );
+    t.unlisten(listener);
 }

@@ -112,7 +112,16 @@ impl Service {
         }
     }
 
-    /// Handle one message; an `Accept` is returned to be handled after the others.
+    /// A refusal of a request that is never answered (`Close`, `Unlisten`, a quiet `Cancel`):
+    /// only counted. Such a request is no garbage (a stale connection id after a restart, say),
+    /// so it is no strike either.
+    fn refuse_quietly(&mut self, why: Refusal) {
+        *self.counters.refused.entry(why).or_default() += 1;
+    }
+
+    /// Handle one message; an `Accept` is returned to be handled after the others. Decoding
+    /// and the check of who sends happen here; each family of requests has its own handler
+    /// below.
     pub(super) fn handle(&mut self, client: u64, m: sys::Received) -> Option<Accepted> {
         let decoded = if m.truncated {
             None
@@ -127,44 +136,103 @@ impl Service {
         // The kernel's word on who sent this message, not the connection's first owner: a
         // forked child writing on its parent's connection is not its parent.
         let sender = m.cred.map_or(c.cred.pid, |cr| cr.pid);
+        let who = m.cred.unwrap_or(c.cred);
         let hello_done = c.pidfd.is_some();
+        let mut fds = m.fds;
         match req {
             Request::Hello { pid } => {
-                let line = m.fds.into_iter().next();
-                if hello_done {
-                    self.refuse(client, id, Refusal::OutOfOrder);
-                } else if pid != sender || pid != c.cred.pid {
-                    self.refuse(client, id, Refusal::NotYou);
-                } else if !line
-                    .as_ref()
-                    .is_some_and(|l| sys::is_eventfd(l.as_raw_fd()))
-                {
-                    self.refuse(client, id, Refusal::BadSocket);
-                } else {
-                    match sys::pidfd(pid) {
-                        Ok(p) => {
-                            let line_id = self.id();
-                            if let (Some(c), Some(fd)) = (self.clients.get_mut(&client), line) {
-                                c.pidfd = Some(p);
-                                c.line = Some(Rc::new(Line { id: line_id, fd }));
-                            }
-                            let w = Reply::Welcome {
-                                service_pid: sys::getpid(),
-                                ring_bytes: self.opts.ring_bytes,
-                                window_bytes: self.opts.window_bytes,
-                                line: line_id,
-                            };
-                            self.reply(client, id, w, &[]);
-                        }
-                        Err(_) => self.drop_client(client),
-                    }
-                }
+                self.hello(client, id, pid, sender, fds.into_iter().next());
                 return None;
             }
+            Request::Status | Request::List | Request::History => {
+                self.report(client, id, req);
+                return None;
+            }
+            _ if !hello_done => {
+                self.refuse(client, id, Refusal::OutOfOrder);
+                return None;
+            }
+            _ if sender != c.cred.pid => {
+                self.refuse(client, id, Refusal::NotYou);
+                return None;
+            }
+            _ => {}
+        }
+        match req {
+            Request::Hello { .. } | Request::Status | Request::List | Request::History => {}
+            Request::Fallback { reason, server } => self.fallback(who, reason, server, fds.pop()?),
+            Request::Stop => {
+                if who.uid == 0 || who.uid == self.opts.owner_uid {
+                    self.reply(client, id, Reply::Done, &[]);
+                    self.stop = true;
+                } else {
+                    self.refuse(client, id, Refusal::Forbidden);
+                }
+            }
+            Request::Listen => self.listen(client, id, fds.pop()?),
+            Request::Unlisten { listener } => self.unlisten(client, listener),
+            Request::Connect {
+                addr,
+                port,
+                ring,
+                quiet,
+            } => self.connect(client, id, sender, (addr, port), ring, quiet, fds.pop()?),
+            Request::Cancel {
+                request,
+                stalled_only,
+                quiet,
+            } => self.cancel(client, id, request, stalled_only, quiet),
+            Request::Accept { ring, nowait } => {
+                return Some((client, id, fds.pop()?, ring, nowait));
+            }
+            Request::Hold => self.hold(client, id, sender, fds.pop()?),
+            Request::Close { conn, server } => self.close(conn, sender, server as usize),
+        }
+        None
+    }
+
+    /// `Hello`: the process's pidfd and interrupt line, once.
+    fn hello(&mut self, client: u64, id: u64, pid: u32, sender: u32, line: Option<OwnedFd>) {
+        let Some(c) = self.clients.get(&client) else {
+            return;
+        };
+        if c.pidfd.is_some() {
+            return self.refuse(client, id, Refusal::OutOfOrder);
+        }
+        if pid != sender || pid != c.cred.pid {
+            return self.refuse(client, id, Refusal::NotYou);
+        }
+        if !line
+            .as_ref()
+            .is_some_and(|l| sys::is_eventfd(l.as_raw_fd()))
+        {
+            return self.refuse(client, id, Refusal::BadSocket);
+        }
+        match sys::pidfd(pid) {
+            Ok(p) => {
+                let line_id = self.id();
+                if let (Some(c), Some(fd)) = (self.clients.get_mut(&client), line) {
+                    c.pidfd = Some(p);
+                    c.line = Some(Rc::new(Line { id: line_id, fd }));
+                }
+                let w = Reply::Welcome {
+                    service_pid: sys::getpid(),
+                    ring_bytes: self.opts.ring_bytes,
+                    window_bytes: self.opts.window_bytes,
+                    line: line_id,
+                };
+                self.reply(client, id, w, &[]);
+            }
+            Err(_) => self.drop_client(client),
+        }
+    }
+
+    /// `Status`, `List`, `History`: what any local user may see.
+    fn report(&mut self, client: u64, id: u64, req: Request) {
+        match req {
             Request::Status => {
                 let s = self.status();
                 self.reply(client, id, Reply::Status(s), &[]);
-                return None;
             }
             Request::List => {
                 // What `ss -tn` shows any local user: the connections' addresses, their
@@ -189,7 +257,6 @@ impl Service {
                     self.reply(client, id, Reply::Entry(e), &[]);
                 }
                 self.reply(client, id, Reply::Done, &[]);
-                return None;
             }
             Request::History => {
                 // Addresses, pids and uids of connections that stayed on TCP: what `ss -tnp`
@@ -199,202 +266,188 @@ impl Service {
                     self.reply(client, id, Reply::Fallen(f), &[]);
                 }
                 self.reply(client, id, Reply::Done, &[]);
-                return None;
-            }
-            _ if !hello_done => {
-                self.refuse(client, id, Refusal::OutOfOrder);
-                return None;
-            }
-            _ if sender != c.cred.pid => {
-                self.refuse(client, id, Refusal::NotYou);
-                return None;
             }
             _ => {}
         }
-        let mut fds = m.fds;
-        match req {
-            Request::Hello { .. } | Request::Status | Request::List | Request::History => {}
-            Request::Fallback { reason, server } => {
-                // Never answered (the sender does not wait): a socket that is not a connected
-                // TCP socket is only counted.
-                let sock = fds.pop()?;
-                let who = m.cred.unwrap_or(self.clients[&client].cred);
-                match sys::tcp_view(sock.as_raw_fd()) {
-                    Ok(Some(TcpView {
-                        local: Some(local),
-                        peer: Some(peer),
-                        ..
-                    })) => {
-                        if self.history.len() >= HISTORY {
-                            self.history.pop_front();
-                        }
-                        self.history.push_back(Fallen {
-                            when: std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_secs()),
-                            pid: who.pid,
-                            uid: who.uid,
-                            reason,
-                            server,
-                            local,
-                            peer,
-                        });
-                    }
-                    _ => *self.counters.refused.entry(Refusal::BadSocket).or_default() += 1,
+    }
+
+    /// `Fallback`: kept in the host-wide history. Never answered (the sender does not wait): a
+    /// socket that is not a connected TCP socket is only counted.
+    fn fallback(&mut self, who: Cred, reason: u32, server: bool, sock: OwnedFd) {
+        match sys::tcp_view(sock.as_raw_fd()) {
+            Ok(Some(TcpView {
+                local: Some(local),
+                peer: Some(peer),
+                ..
+            })) => {
+                if self.history.len() >= HISTORY {
+                    self.history.pop_front();
                 }
+                self.history.push_back(Fallen {
+                    when: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    pid: who.pid,
+                    uid: who.uid,
+                    reason,
+                    server,
+                    local,
+                    peer,
+                });
             }
-            Request::Stop => {
-                let uid = m.cred.map_or(self.clients[&client].cred.uid, |c| c.uid);
-                if uid == 0 || uid == self.opts.owner_uid {
-                    self.reply(client, id, Reply::Done, &[]);
-                    self.stop = true;
-                } else {
-                    self.refuse(client, id, Refusal::Forbidden);
-                }
-            }
-            Request::Listen => {
-                let sock = fds.pop()?;
-                match sys::tcp_view(sock.as_raw_fd()) {
-                    // Bound and not connected: listening, or about to (a listener is registered
-                    // before the kernel listens, so that no client finds it missing). Holding a
-                    // socket bound to the address is the proof.
-                    Ok(Some(TcpView {
-                        netns,
-                        inode,
-                        local: Some((addr, port)),
-                        peer: None,
-                        ..
-                    })) if port != 0 => {
-                        let mine = self.listeners.values().filter(|l| l.owner == client);
-                        if mine.count() >= MAX_LISTENERS {
-                            self.refuse(client, id, Refusal::Limit);
-                        } else {
-                            let l = self.id();
-                            self.listeners.insert(
-                                l,
-                                Listener {
-                                    owner: client,
-                                    netns,
-                                    addr,
-                                    port,
-                                    inode,
-                                    orphan: false,
-                                    accepted: 0,
-                                },
-                            );
-                            self.reply(client, id, Reply::Listening { listener: l }, &[]);
-                        }
-                    }
-                    _ => self.refuse(client, id, Refusal::BadSocket),
-                }
-            }
-            Request::Unlisten { listener } => {
-                if self
-                    .listeners
-                    .get(&listener)
-                    .is_some_and(|l| l.owner == client)
-                {
-                    self.listeners.remove(&listener);
-                    self.reply(client, id, Reply::Done, &[]);
-                } else {
-                    self.refuse(client, id, Refusal::NotYours);
-                }
-            }
-            Request::Connect { addr, port, ring } => {
-                let sock = fds.pop()?;
-                let line = self.clients.get(&client)?.line.clone()?;
-                let view = match sys::tcp_view(sock.as_raw_fd()) {
-                    Ok(Some(v)) if !v.listening => v,
-                    _ => {
-                        self.refuse(client, id, Refusal::BadSocket);
-                        return None;
-                    }
-                };
-                if self.offers.values().filter(|o| o.owner == client).count() >= MAX_OFFERS {
-                    self.refuse(client, id, Refusal::Limit);
-                    return None;
-                }
-                let listening = self
-                    .listeners
-                    .values()
-                    .any(|l| l.serves(view.netns, (addr, port)));
-                if !listening {
-                    self.counters.declined += 1;
-                    self.reply(
-                        client,
-                        id,
-                        Reply::Declined {
-                            reason: NO_LISTENER,
-                        },
-                        &[],
-                    );
-                    // The client may be waiting on its line (it need not wait for this reply).
-                    sys::ring(line.fd.as_raw_fd());
-                    return None;
-                }
-                let conn = self.id();
-                self.offers.insert(
-                    conn,
-                    Offer {
-                        owner: client,
-                        pid: sender,
-                        ring,
-                        request: id,
-                        socket: sock,
-                        line,
-                        netns: view.netns,
-                        posted: Instant::now(),
-                        dest: (addr, port),
-                        seen: self.accepted_at(view.netns, (addr, port)),
-                        indexed: false,
-                        provisional: false,
-                    },
-                );
-                self.reply(client, id, Reply::Offered { conn }, &[]);
-            }
-            Request::Cancel {
-                request,
-                stalled_only,
-            } => {
-                let found = self
-                    .offers
-                    .iter()
-                    .find(|(_, o)| o.owner == client && o.request == request)
-                    .map(|(&c, _)| c);
-                let progressing = stalled_only && found.is_some_and(|c| self.progressed(c));
-                if progressing {
-                    // As the device rendezvous does with its accept counter: a server working
-                    // through a long backlog reaches its last clients late.
-                    self.refuse(client, id, Refusal::Progressing);
-                } else if let Some(conn) = found {
-                    self.offers.remove(&conn);
-                    self.reply(client, id, Reply::Done, &[]);
-                } else {
-                    self.refuse(client, id, Refusal::NotYours);
-                }
-            }
-            Request::Accept { ring, nowait } => {
-                let sock = fds.pop()?;
-                return Some((client, id, sock, ring, nowait));
-            }
-            Request::Hold => {
-                let sock = fds.pop()?;
-                self.hold(client, id, sender, sock);
-            }
-            Request::Close { conn, server } => {
-                let end = server as usize;
-                let held = self
-                    .conns
-                    .get(&conn)
-                    .is_some_and(|c| c.holders.contains(&(sender, end)));
-                if held {
-                    self.let_go(conn, sender, end);
-                    self.reply(client, id, Reply::Done, &[]);
-                } else {
-                    self.refuse(client, id, Refusal::NotYours);
-                }
-            }
+            _ => self.refuse_quietly(Refusal::BadSocket),
         }
-        None
+    }
+
+    /// `Listen`: publish the listener bound on `sock`.
+    fn listen(&mut self, client: u64, id: u64, sock: OwnedFd) {
+        match sys::tcp_view(sock.as_raw_fd()) {
+            // Bound and not connected: listening, or about to (a listener is registered
+            // before the kernel listens, so that no client finds it missing). Holding a
+            // socket bound to the address is the proof.
+            Ok(Some(TcpView {
+                netns,
+                inode,
+                local: Some((addr, port)),
+                peer: None,
+                ..
+            })) if port != 0 => {
+                let mine = self.listeners.values().filter(|l| l.owner == client);
+                if mine.count() >= MAX_LISTENERS {
+                    self.refuse(client, id, Refusal::Limit);
+                } else {
+                    let l = self.id();
+                    self.listeners.insert(
+                        l,
+                        Listener {
+                            owner: client,
+                            netns,
+                            addr,
+                            port,
+                            inode,
+                            orphan: false,
+                            accepted: 0,
+                        },
+                    );
+                    self.reply(client, id, Reply::Listening { listener: l }, &[]);
+                }
+            }
+            _ => self.refuse(client, id, Refusal::BadSocket),
+        }
+    }
+
+    /// `Unlisten`: never answered.
+    fn unlisten(&mut self, client: u64, listener: u64) {
+        if self
+            .listeners
+            .get(&listener)
+            .is_some_and(|l| l.owner == client)
+        {
+            self.listeners.remove(&listener);
+        } else {
+            self.refuse_quietly(Refusal::NotYours);
+        }
+    }
+
+    /// `Connect`: an offer for the listener at `dest`, on the client's socket `sock`.
+    #[allow(clippy::too_many_arguments)] // one request's fields, passed once
+    fn connect(
+        &mut self,
+        client: u64,
+        id: u64,
+        sender: u32,
+        dest: (Addr, u16),
+        ring: u64,
+        quiet: bool,
+        sock: OwnedFd,
+    ) {
+        let Some(line) = self.clients.get(&client).and_then(|c| c.line.clone()) else {
+            return;
+        };
+        let view = match sys::tcp_view(sock.as_raw_fd()) {
+            Ok(Some(v)) if !v.listening => v,
+            _ => return self.refuse(client, id, Refusal::BadSocket),
+        };
+        if self.offers.values().filter(|o| o.owner == client).count() >= MAX_OFFERS {
+            return self.refuse(client, id, Refusal::Limit);
+        }
+        let listening = self.listeners.values().any(|l| l.serves(view.netns, dest));
+        if !listening {
+            self.counters.declined += 1;
+            self.reply(
+                client,
+                id,
+                Reply::Declined {
+                    reason: NO_LISTENER,
+                },
+                &[],
+            );
+            // The client may be waiting on its line (it need not wait for this reply).
+            sys::ring(line.fd.as_raw_fd());
+            return;
+        }
+        let conn = self.id();
+        self.offers.insert(
+            conn,
+            Offer {
+                owner: client,
+                pid: sender,
+                ring,
+                request: id,
+                socket: sock,
+                line,
+                netns: view.netns,
+                posted: Instant::now(),
+                dest,
+                seen: self.accepted_at(view.netns, dest),
+                indexed: false,
+                provisional: false,
+            },
+        );
+        if !quiet {
+            self.reply(client, id, Reply::Offered { conn }, &[]);
+        }
+    }
+
+    /// `Cancel`: withdraw the offer that request `request` made (`quiet`: no answer at all).
+    fn cancel(&mut self, client: u64, id: u64, request: u64, stalled_only: bool, quiet: bool) {
+        let found = self
+            .offers
+            .iter()
+            .find(|(_, o)| o.owner == client && o.request == request)
+            .map(|(&c, _)| c);
+        let progressing = stalled_only && found.is_some_and(|c| self.progressed(c));
+        let refuse = |s: &mut Service, why| {
+            if quiet {
+                s.refuse_quietly(why)
+            } else {
+                s.refuse(client, id, why)
+            }
+        };
+        if progressing {
+            // As the device rendezvous does with its accept counter: a server working
+            // through a long backlog reaches its last clients late.
+            refuse(self, Refusal::Progressing);
+        } else if let Some(conn) = found {
+            self.offers.remove(&conn);
+            if !quiet {
+                self.reply(client, id, Reply::Done, &[]);
+            }
+        } else {
+            refuse(self, Refusal::NotYours);
+        }
+    }
+
+    /// `Close`: the sender let go of its end `end` of `conn`. Never answered.
+    fn close(&mut self, conn: u64, sender: u32, end: usize) {
+        let held = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.holders.contains(&(sender, end)));
+        if held {
+            self.let_go(conn, sender, end);
+        } else {
+            self.refuse_quietly(Refusal::NotYours);
+        }
     }
 }

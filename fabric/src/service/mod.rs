@@ -243,6 +243,7 @@ impl Service {
     /// [`sys::listen_unix`]).
     pub fn new(listener: OwnedFd, opts: Options) -> Service {
         sys::raise_fd_limit();
+        sys::batch_scheduling();
         Service {
             opts,
             listener,

@@ -1,3 +1,6 @@
+//! The wire codec's tests: every request and reply round-trips, and malformed, truncated or
+//! oversized messages are refused with the error that names them.
+
 use super::*;
 
 fn all_requests() -> Vec<Request> {
@@ -9,10 +12,12 @@ fn all_requests() -> Vec<Request> {
             addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1],
             port: 5201,
             ring: 1 << 20,
+            quiet: true,
         },
         Request::Cancel {
             request: u64::MAX,
             stalled_only: true,
+            quiet: false,
         },
         Request::Accept {
             ring: 128 << 10,
@@ -106,6 +111,7 @@ fn malformed_messages_are_refused() {
     let good = Request::Cancel {
         request: 1,
         stalled_only: false,
+        quiet: false,
     }
     .encode(1);
     assert_eq!(

@@ -204,6 +204,9 @@ fn transfer(
     let port_s = port.to_string();
     let marker = marker_of(f);
     let n_s = clients.len().to_string();
+    // The lo lock first: the server's alarm(120) runs from its start, and a wait for the lock
+    // behind other tests must not eat it.
+    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
     let senv = svc.env(f, "server", port).marked(&marker);
     let mut server = check(
         Proc::spawn(
@@ -223,7 +226,6 @@ fn transfer(
         &[&server],
     );
     iperf_tests::wait_listening(port, Duration::from_secs(10)).unwrap();
-    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
     let bytes_s = bytes.to_string();
     let mut procs = Vec::new();
     for (i, user) in clients.iter().enumerate() {

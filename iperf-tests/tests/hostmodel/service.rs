@@ -71,6 +71,8 @@ fn an_accept_returns_without_waiting_for_the_service() {
     let marker = marker_of(&f);
     let go = f.dir().join("go");
     let go_s = go.display().to_string();
+    // The lo lock before the server starts (its alarm runs from then).
+    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
     let senv = svc.env(&f, "server", port).marked(&marker);
     let mut server = check(
         Proc::spawn(
@@ -89,7 +91,6 @@ fn an_accept_returns_without_waiting_for_the_service() {
         &[&server],
     );
     iperf_tests::wait_listening(port, Duration::from_secs(10)).unwrap();
-    let lo = LoWindow::open(LoExpect::Quiet).unwrap();
     // The client connects (its offer is in the service) and waits for its answer, longer than
     // the service will be stopped.
     let mut cenv = svc.env(&f, "client0", port).marked(&marker);

@@ -22,6 +22,9 @@ pub(super) const CR_RX_SLEEPING: usize = 0x48;
 pub(super) const CR_CLOSED: usize = 0x4C;
 /// The CPU the peer last waited on, plus one (0: not known). A hint for `wait`.
 pub(super) const CR_PEER_CPU: usize = 0x50;
+/// `CR_PEER_CPU` of an end whose peer is made but has not told a CPU yet (a CPU is told as
+/// its number plus one, so this is never one); 0 there: the peer's end is not made yet.
+pub(super) const PEER_MADE: u32 = u32::MAX;
 // LOCAL lines: ours, but in the block the peer can write. The cursors here are only a copy of
 // the private ones in `Cursors`, for the other processes holding the connection (see
 // `Connection::rx_pos`).

@@ -289,6 +289,17 @@ impl Connection {
         // writer), then sleep (adaptive), or go on polling with a yield every 64 checks.
         let mut yield_every = 4096;
         let same_cpu = spin > Duration::ZERO && self.shares_cpu_with_peer();
+        // A peer that has not made its end yet (every end says so when it is made:
+        // `Connection::assemble`) cannot write within a spin: it is still being paired, or
+        // runnable on this very CPU behind us (a server that spun here for the first request
+        // of each new connection kept its client, woken on the same CPU, from sending it: the
+        // connection set-up loop over the service ran at 0.6 of its rate). Sleep at once.
+        if self.settings.completion == CompletionMode::Adaptive
+            && !same_cpu
+            && atomic_u32_at(&self.own_block, CR_PEER_CPU).load(Relaxed) == 0
+        {
+            spin = Duration::ZERO;
+        }
         if same_cpu {
             if let Some(w) = self.yield_to_peer(read, deadline) {
                 return w;
