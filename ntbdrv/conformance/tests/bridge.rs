@@ -122,3 +122,56 @@ fn interrupts_ring_the_bridge_and_sides_are_claimed_by_id() {
     );
     assert!(a.describe().contains("ID 10") && b.describe().contains("side 1"));
 }
+
+/// A link event on a bridge interrupts as it does on the emulated device (and as a
+/// link-state-change interrupt does on hardware): when the peer takes the link down, and when
+/// it brings it back, each machine's poller kicks the line of every vector leased on its side,
+/// so a sleeper on one (a connection's reader, an epoll set) looks at the link at once rather
+/// than at the end of its nap; a line no lease holds is left alone.
+#[test]
+fn a_link_event_kicks_every_leased_vector_line_of_this_machine() {
+    use std::time::Duration;
+    let f = FileBar::new("link_kick");
+    let (a, b) = (f.open(0), f.open(1));
+    a.link_enable().unwrap();
+    b.link_enable().unwrap();
+    let (va, vb) = (a.lease_vector(1).unwrap(), b.lease_vector(1).unwrap());
+    let lines = [
+        a.vector_fd(va.vector).unwrap(),
+        b.vector_fd(vb.vector).unwrap(),
+    ];
+    // A line that was leased and released: no lease holds it now.
+    let vc = b.lease_vector(1).unwrap();
+    let idle = b.vector_fd(vc.vector).unwrap();
+    b.release(ntbdrv::Lease::Vector(vc)).unwrap();
+    let quiet = |what: &str| {
+        for (i, fd) in lines.iter().chain([&idle]).enumerate() {
+            ntbdrv::drain_vector(fd);
+            assert!(
+                !conformance::readable(fd, Duration::from_millis(20)),
+                "line {i} readable {what}"
+            );
+        }
+    };
+    quiet("before any link event");
+    // Side 0 is the peer of side 1 (whose machine only reads the link from the shared memory).
+    for (what, down) in [("link down", true), ("link up", false)] {
+        if down {
+            a.link_disable().unwrap();
+        } else {
+            a.link_enable().unwrap();
+        }
+        assert_eq!(b.link_state().up, !down);
+        for (i, fd) in lines.iter().enumerate() {
+            assert!(
+                conformance::readable(fd, Duration::from_millis(100)),
+                "{what} did not wake a sleeper on side {i}'s vector line within 100 ms"
+            );
+        }
+        assert!(
+            !conformance::readable(&idle, Duration::from_millis(20)),
+            "{what} kicked a line no lease holds"
+        );
+        quiet("after draining");
+    }
+}

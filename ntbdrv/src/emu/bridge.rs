@@ -55,12 +55,15 @@ const MB_SEQ: usize = MAILBOX;
 pub(super) const MB_DB: usize = MAILBOX + 0x40;
 /// Mailbox: vectors whose interrupt is pending (a 2048-bit map).
 const MB_VEC: usize = MAILBOX + 0x80;
+/// Mailbox: the link as this side's machine last delivered it to its lines
+/// ([`EmuDevice::link_word`]), so that one poller per machine kicks them per link change.
+const MB_LINK: usize = MB_VEC + sys::NTBEMU_MAX_VECTORS as usize / 8;
 const _: () = {
     assert!(
         sys::NTBEMU_SIDE_HOST_TABLE as usize + std::mem::size_of::<sys::ntbemu_host_table>()
             <= MAILBOX
     );
-    assert!(MB_VEC + sys::NTBEMU_MAX_VECTORS as usize / 8 <= sys::NTBEMU_SIDE_ARENA as usize);
+    assert!(MB_LINK + 4 <= sys::NTBEMU_SIDE_ARENA as usize);
     assert!(BRIDGE_CLAIM + 8 <= HDR_SIZE);
 };
 /// A bridge-mode sleeper's nap between two looks at the words it waits on.
@@ -200,6 +203,43 @@ impl EmuDevice {
         self.deliver_interrupts();
     }
 
+    /// Bridge mode: the link as the poller sees it, in one word: the generation, shifted, and
+    /// whether the link is up (a link coming up bumps the generation before it reads up, so a
+    /// poller may see the new generation with the link still down, then the link up).
+    fn link_word(&self) -> u32 {
+        // SYNC POINT (bridge link event): Acquire pairs with the SeqCst bump of the generation
+        // (`sync::bump`, from `new_link_generation`) by either machine; the link words are
+        // loaded with Acquire in `link_up`.
+        let generation = self.link_generation().load(Acquire);
+        generation.wrapping_shl(1) | self.link_up() as u32
+    }
+
+    /// Bridge mode, from the poller: a link event, as a link-state-change interrupt would
+    /// deliver it. If the link moved since this poller's last look (`seen`), and no other
+    /// poller of this machine delivered that state yet (a CAS on the side's `MB_LINK`), kick
+    /// the line of every vector leased on this machine's side: a connection's sleeper (a
+    /// blocking call, an epoll set) then looks at the link at once, not at the end of its
+    /// nap. Only loads while nothing moves.
+    fn deliver_link_event(&self, seen: &mut u32) {
+        let now = self.link_word();
+        if now == *seen {
+            return;
+        }
+        *seen = now;
+        let delivered = self.map.u32_at(self.side_off(self.side) + MB_LINK);
+        // SYNC POINT (bridge link event): the CAS picks one poller of this machine per state
+        // seen; the kicks (FIFO writes) come after the loads in `link_word`, and a sleeper
+        // woken by one reads the line before it asks `link_state`, so it sees that state.
+        let last = delivered.load(SeqCst);
+        if last != now
+            && delivered
+                .compare_exchange(last, now, SeqCst, SeqCst)
+                .is_ok()
+        {
+            self.kick_leased_vector_lines(self.side);
+        }
+    }
+
     fn irqd_alive(&self) -> bool {
         std::fs::read_to_string(self.irqd_marker())
             .ok()
@@ -211,7 +251,8 @@ impl EmuDevice {
     /// raises a real interrupt on this machine, but without a driver no process can wait on it;
     /// the interrupt daemon (`ntbdrv-ivshmem-irqd`, VFIO MSI-X) can, when one runs. Otherwise
     /// one thread per process polls the mailbox: every 50 µs for 20 ms after the last
-    /// interrupt, then every 2 ms; with a live daemon, every 20 ms.
+    /// interrupt, then every 2 ms; with a live daemon, every 20 ms. At each look it also
+    /// looks at the link, which no bridge interrupt announces (`deliver_link_event`).
     pub(super) fn start_poller(&self) {
         static STARTED: std::sync::Mutex<Vec<(u32, PathBuf)>> = std::sync::Mutex::new(Vec::new());
         let key = (sysutil::pid(), self.path.clone());
@@ -227,6 +268,7 @@ impl EmuDevice {
                 let mut seen = sync::mailbox_seq(seq).wrapping_sub(1);
                 let mut last = Instant::now();
                 let (mut daemon, mut checked) = (dev.irqd_alive(), Instant::now());
+                let mut link = dev.link_word();
                 loop {
                     // A new SEQ: the pending bits posted before it are ours to take.
                     let now = sync::mailbox_seq(seq);
@@ -235,6 +277,7 @@ impl EmuDevice {
                         last = Instant::now();
                         dev.deliver_interrupts();
                     }
+                    dev.deliver_link_event(&mut link);
                     if checked.elapsed() > Duration::from_millis(100) {
                         (daemon, checked) = (dev.irqd_alive(), Instant::now());
                     }

@@ -91,14 +91,20 @@ impl EmuDevice {
             super::Topology::TwoHost => 2,
         };
         for side in 0..sides {
-            let table = super::table::HostTable::new(
-                &self.map,
-                self.side_off(side) + sys::NTBEMU_SIDE_HOST_TABLE as usize,
-            );
-            for lease in table.leases() {
-                if lease.kind == sys::NTBEMU_LEASE_VECTOR {
-                    kick_line(&self.msi_path(side, lease.index));
-                }
+            self.kick_leased_vector_lines(side);
+        }
+    }
+
+    /// Kick the line of every vector leased on `side` (the link event's interrupt on one side;
+    /// on a bridge, this machine's poller does it for its own side: `bridge.rs`).
+    pub(super) fn kick_leased_vector_lines(&self, side: SideId) {
+        let table = super::table::HostTable::new(
+            &self.map,
+            self.side_off(side) + sys::NTBEMU_SIDE_HOST_TABLE as usize,
+        );
+        for lease in table.leases() {
+            if lease.kind == sys::NTBEMU_LEASE_VECTOR {
+                kick_line(&self.msi_path(side, lease.index));
             }
         }
     }

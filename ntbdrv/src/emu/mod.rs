@@ -272,7 +272,8 @@ impl EmuDevice {
         );
         if self.bridge.is_none() {
             // A link event interrupts, as a link-state-change interrupt does on hardware:
-            // every connection's line, so its sleeper looks at the link now.
+            // every connection's line, so its sleeper looks at the link now. (On a bridge each
+            // machine's poller does it for its side: `deliver_link_event`.)
             self.kick_vector_lines();
         }
     }
