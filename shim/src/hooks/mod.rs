@@ -1,8 +1,10 @@
 //! The exported hooks: each has the C signature of the libc function it replaces, checks the fd
 //! side table, and either calls the real function (an untracked fd pays one table load) or
-//! hands plain Rust values to `ops`. errno is set here, in one place (`finish`), and preserved
-//! on every path we do not handle ourselves. A panic inside our handling is caught and becomes
-//! EIO; it never crosses into the application.
+//! hands plain Rust values to `ops`. errno is set in one place (`boundary::finish`), and
+//! preserved on every path we do not handle ourselves. A panic inside our handling is caught
+//! (`boundary::guard`) and becomes EIO; it never crosses into the application. Arguments are
+//! decoded from the C ABI in `abi`; the exports are grouped by family (`data`, `life`, `fdctl`,
+//! `readiness`); this file keeps the glibc aliases, fork and exit handlers and the initializer.
 //!
 //! Compiled out of the crate's own unit tests (`cfg(not(test))`), so the test binary does not
 //! interpose on itself. The exported list is `shim/exports.txt` (checked by the build script).
@@ -14,7 +16,6 @@
 #![allow(unsafe_code)]
 #![allow(clippy::missing_safety_doc)]
 
-use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use libc::{c_int, c_ulong, c_void, iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t};
@@ -23,114 +24,12 @@ use crate::ops::{self, DataPath, Detour};
 use crate::signals::restarting;
 use crate::{global, real, sys, table};
 
-thread_local! {
-    /// This thread is inside our handling of a call (see `guard`).
-    static INSIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
+#[macro_use]
+mod boundary;
+mod abi;
 
-/// Run our handling of a call, catching panics (→ EIO). While it runs, the libc calls pcisock
-/// makes itself on this thread come back into these hooks (closing its own doorbell lines when
-/// an offer settles inside `epoll_wait`, …); `nested` tells the hooks that take locks to pass
-/// those straight to the kernel.
-fn guard<T>(f: impl FnOnce() -> Result<T, c_int>) -> Result<T, c_int> {
-    let outer = INSIDE.with(|c| c.replace(true));
-    let r = std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(libc::EIO));
-    if !outer {
-        INSIDE.with(|c| c.set(false));
-    }
-    r
-}
-
-/// Bookkeeping after a call that already succeeded (fd flags, timeouts, dups): inside the
-/// guard like everything else, and a failure there changes nothing for the application.
-fn quietly(f: impl FnOnce()) {
-    let _ = guard(|| {
-        f();
-        Ok(())
-    });
-}
-
-/// The call comes from pcisock's own handling of another call on this thread.
-fn nested() -> bool {
-    INSIDE.with(|c| c.get())
-}
-
-/// Turn our result into the C convention: the value, or -1 with errno.
-fn finish<T: From<i8>>(r: Result<T, c_int>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => {
-            sys::set_errno(e);
-            T::from(-1)
-        }
-    }
-}
-
-fn finish_ssize(r: Result<usize, c_int>) -> ssize_t {
-    finish(r.map(|n| n as ssize_t))
-}
-
-macro_rules! call_real {
-    ($name:ident ( $($a:expr),* )) => {
-        match real::$name() {
-            // SAFETY: forwarding the application's own arguments to the real function.
-            Some(f) => unsafe { f($($a),*) },
-            None => {
-                sys::set_errno(libc::ENOSYS);
-                -1
-            }
-        }
-    };
-}
-
-/// Bytes at `buf` (`n` long) as a slice; empty if null or zero.
-unsafe fn slice<'a>(buf: *const c_void, n: size_t) -> &'a [u8] {
-    if buf.is_null() || n == 0 {
-        &[]
-    } else {
-        // SAFETY: the caller passes the application's buffer and its length.
-        unsafe { std::slice::from_raw_parts(buf as *const u8, n) }
-    }
-}
-
-unsafe fn slice_mut<'a>(buf: *mut c_void, n: size_t) -> &'a mut [u8] {
-    if buf.is_null() || n == 0 {
-        &mut []
-    } else {
-        // SAFETY: the caller passes the application's buffer and its length.
-        unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, n) }
-    }
-}
-
-unsafe fn iovecs<'a>(iov: *const iovec, n: c_int) -> Result<Vec<&'a [u8]>, c_int> {
-    if !(0..=libc::UIO_MAXIOV).contains(&n) {
-        return Err(libc::EINVAL);
-    }
-    if n == 0 || iov.is_null() {
-        return Ok(Vec::new());
-    }
-    // SAFETY: `iov` holds `n` iovecs (the application's contract).
-    let v = unsafe { std::slice::from_raw_parts(iov, n as usize) };
-    // SAFETY: each iovec describes a readable buffer.
-    Ok(v.iter()
-        .map(|e| unsafe { slice(e.iov_base, e.iov_len) })
-        .collect())
-}
-
-unsafe fn iovecs_mut<'a>(iov: *const iovec, n: c_int) -> Result<Vec<&'a mut [u8]>, c_int> {
-    if !(0..=libc::UIO_MAXIOV).contains(&n) {
-        return Err(libc::EINVAL);
-    }
-    if n == 0 || iov.is_null() {
-        return Ok(Vec::new());
-    }
-    // SAFETY: `iov` holds `n` iovecs (the application's contract).
-    let v = unsafe { std::slice::from_raw_parts(iov, n as usize) };
-    // SAFETY: each iovec describes a writable buffer, and they do not overlap.
-    Ok(v.iter()
-        .map(|e| unsafe { slice_mut(e.iov_base, e.iov_len) })
-        .collect())
-}
+use abi::*;
+use boundary::*;
 
 mod data;
 mod fdctl;
