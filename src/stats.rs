@@ -18,7 +18,8 @@ List the live NTB connections of this host's (emulated) device, with their count
 Usage: pcisock stats [--json]
 
 Options:
-      --json     Print one JSON object: {\"device\":…, \"leases\":[…], \"connections\":[…]}
+      --json     Print one JSON object: {\"fabric\":…, \"device\":…, \"leases\":[…],
+                 \"connections\":[…]} (\"fabric\": null when no service answers)
   -h, --help     Print this help
 
 Shows the device (path, topology, windows, doorbells, DMA channels, link, faults), the leases
@@ -30,10 +31,11 @@ over TCP after a failover and microseconds on TCP. The device is the one PCISOCK
 it is never created here.
 
 Through the host fabric service (the default on one host) connections are not in a device
-this command can read: it prints the service's counts and its live connections first (client
-and server address and pid, ring size); each process's PCISOCK_STATS_FILE has its connections'
-counters; then the recent connections of every process on the host that stayed on TCP (the
-last 64: age, pid, uid, side, addresses as the kernel had them, reason). Over a device,
+this command can read: it prints the service's counts and its live connections first, one row
+per end (connection, pid, role, local and peer address, path, ring size and the same counters,
+which the service reads from the connection's memory: 0 for an end not made yet); then the
+recent connections of every process on the host that stayed on TCP (the last 64: age, pid,
+uid, side, addresses as the kernel had them, reason). Over a device,
 connections that fell back to TCP appear, with their reason codes, in the per-process stats
 file (pcisock run --stats-file PATH, or PCISOCK_STATS_FILE).
 Decode a reason with 'pcisock explain REASON'.
@@ -99,6 +101,8 @@ fn text(dev: &EmuDevice, out: &mut String) {
 /// `stats --json`: the device, its lease table and the live connections.
 #[derive(Serialize)]
 struct StatsJson {
+    /// The host fabric service, if one answers (`null` otherwise).
+    fabric: Option<FabricJson>,
     device: device::SummaryJson,
     leases: Vec<device::LeasesJson>,
     connections: Vec<ConnectionJson>,
@@ -124,7 +128,7 @@ impl Serialize for Counters {
     }
 }
 
-fn json_object(dev: &EmuDevice) -> String {
+fn json_object(dev: &EmuDevice, fabric: Option<FabricJson>) -> String {
     let connections = endpoints(dev)
         .iter()
         .map(|(mw, s)| ConnectionJson {
@@ -138,6 +142,7 @@ fn json_object(dev: &EmuDevice) -> String {
         })
         .collect();
     let all = StatsJson {
+        fabric,
         device: device::summary_json(dev),
         leases: device::leases_json(dev),
         connections,
@@ -145,52 +150,101 @@ fn json_object(dev: &EmuDevice) -> String {
     serde_json::to_string(&all).unwrap_or_default() + "\n"
 }
 
-/// The host fabric service this environment's processes use, if one answers: connections
-/// through it are held by their processes (each one's stats file lists its own).
-fn fabric_summary(out: &mut String) {
+/// The host fabric service this environment's processes use, if one answers: its counts, its
+/// live connections with each end's counters (read by the service from the connection's
+/// segment) and the host's recent fallbacks.
+struct Fabric {
+    socket: std::path::PathBuf,
+    status: fabric::wire::Status,
+    list: Vec<fabric::wire::Entry>,
+    history: Vec<fabric::wire::Fallen>,
+}
+
+fn fabric_service() -> Option<Fabric> {
     let transport::Rendezvous::Service { socket, .. } =
         transport::rendezvous(|k| std::env::var(k).ok())
     else {
-        return;
+        return None;
     };
-    let Ok(mut c) = fabric::Client::connect(&socket) else {
-        return;
-    };
-    let (Ok(s), Ok(list)) = (c.status(), c.list()) else {
-        return;
-    };
+    let mut c = fabric::Client::connect(&socket).ok()?;
+    let (status, list) = (c.status().ok()?, c.list().ok()?);
+    let history = c.history().unwrap_or_default();
+    Some(Fabric {
+        socket,
+        status,
+        list,
+        history,
+    })
+}
+
+fn addr(a: (fabric::wire::Addr, u16)) -> String {
+    transport::Endpoint::from(a).to_std().to_string()
+}
+
+/// One end of a service connection, as a row: (pid, role, local, peer, its counters).
+fn service_ends(
+    e: &fabric::wire::Entry,
+) -> [(
+    u32,
+    &'static str,
+    String,
+    String,
+    &fabric::wire::EndCounters,
+); 2] {
+    [
+        (
+            e.client_pid,
+            "client",
+            addr(e.client),
+            addr(e.server),
+            &e.ends[0],
+        ),
+        (
+            e.server_pid,
+            "server",
+            addr(e.server),
+            addr(e.client),
+            &e.ends[1],
+        ),
+    ]
+}
+
+fn fabric_text(f: &Fabric, out: &mut String) {
+    let s = &f.status;
     let _ = writeln!(
         out,
         "fabric:     service pid {} at {}: {} connections, {} listeners, window space {} of {} bytes",
         s.service_pid,
-        socket.display(),
+        f.socket.display(),
         s.connections,
         s.listeners,
         s.window_used,
         s.window_bytes
     );
-    if !list.is_empty() {
-        let _ = writeln!(out, "  CONN  CLIENT (PID)  ->  SERVER (PID)  RING");
+    if !f.list.is_empty() {
+        let mut header: Vec<String> = ["CONN", "PID", "ROLE", "LOCAL", "PEER", "PATH", "RING"]
+            .map(String::from)
+            .to_vec();
+        header.extend(COUNTER_NAMES.iter().map(|n| n.to_ascii_uppercase()));
+        let mut rows = vec![header];
+        for e in &f.list {
+            for (pid, role, local, peer, end) in service_ends(e) {
+                let mut row = vec![
+                    e.conn.to_string(),
+                    pid.to_string(),
+                    role.to_owned(),
+                    local,
+                    peer,
+                    path_name(end.on_tcp).to_owned(),
+                    format!("{}K", e.ring_bytes >> 10),
+                ];
+                row.extend(end.counters.iter().map(u64::to_string));
+                rows.push(row);
+            }
+        }
+        device::table(&rows, out);
     }
-    let ep = |a: (fabric::wire::Addr, u16)| transport::Endpoint::from(a).to_std().to_string();
-    for e in list {
-        let _ = writeln!(
-            out,
-            "  {}  {} ({})  ->  {} ({})  {} KiB",
-            e.conn,
-            ep(e.client),
-            e.client_pid,
-            ep(e.server),
-            e.server_pid,
-            e.ring_bytes >> 10
-        );
-    }
-    let _ = writeln!(
-        out,
-        "            (counters per connection: each process's PCISOCK_STATS_FILE)"
-    );
-    let history = c.history().unwrap_or_default();
-    if history.is_empty() {
+    if f.history.is_empty() {
         return;
     }
     let _ = writeln!(
@@ -200,19 +254,110 @@ fn fabric_summary(out: &mut String) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    for f in history {
-        let reason = transport::Reason::from_code(f.reason)
-            .map_or_else(|| format!("code {}", f.reason), |r| r.to_string());
+    for h in &f.history {
         let _ = writeln!(
             out,
-            "  {}s  {}  {}  {}  {}  ->  {}  {reason}",
-            now.saturating_sub(f.when),
-            f.pid,
-            f.uid,
-            if f.server { "server" } else { "client" },
-            ep(f.local),
-            ep(f.peer),
+            "  {}s  {}  {}  {}  {}  ->  {}  {}",
+            now.saturating_sub(h.when),
+            h.pid,
+            h.uid,
+            side_name(h.server),
+            addr(h.local),
+            addr(h.peer),
+            reason_name(h.reason),
         );
+    }
+}
+
+fn side_name(server: bool) -> &'static str {
+    if server {
+        "server"
+    } else {
+        "client"
+    }
+}
+
+fn reason_name(code: u32) -> String {
+    transport::Reason::from_code(code).map_or_else(|| format!("code {code}"), |r| r.to_string())
+}
+
+/// `stats --json`'s `fabric`: the service, one entry per connection end (as `connections` of
+/// a device), the recent fallbacks.
+#[derive(Serialize)]
+struct FabricJson {
+    socket: String,
+    service_pid: u32,
+    listeners: u64,
+    window_used: u64,
+    window_bytes: u64,
+    connections: Vec<ServiceEndJson>,
+    fallbacks: Vec<FallbackJson>,
+}
+
+#[derive(Serialize)]
+struct ServiceEndJson {
+    conn: u64,
+    pid: u32,
+    role: &'static str,
+    local: String,
+    peer: String,
+    path: &'static str,
+    ring_bytes: u64,
+    counters: Counters,
+}
+
+#[derive(Serialize)]
+struct FallbackJson {
+    when: u64,
+    pid: u32,
+    uid: u32,
+    side: &'static str,
+    local: String,
+    peer: String,
+    reason: u32,
+    reason_name: String,
+}
+
+fn fabric_json(f: &Fabric) -> FabricJson {
+    let connections = f
+        .list
+        .iter()
+        .flat_map(|e| {
+            service_ends(e)
+                .map(|(pid, role, local, peer, end)| ServiceEndJson {
+                    conn: e.conn,
+                    pid,
+                    role,
+                    local,
+                    peer,
+                    path: path_name(end.on_tcp),
+                    ring_bytes: e.ring_bytes,
+                    counters: Counters(end.counters.to_vec()),
+                })
+                .into_iter()
+        })
+        .collect();
+    FabricJson {
+        socket: f.socket.display().to_string(),
+        service_pid: f.status.service_pid,
+        listeners: f.status.listeners,
+        window_used: f.status.window_used,
+        window_bytes: f.status.window_bytes,
+        connections,
+        fallbacks: f
+            .history
+            .iter()
+            .map(|h| FallbackJson {
+                when: h.when,
+                pid: h.pid,
+                uid: h.uid,
+                side: side_name(h.server),
+                local: addr(h.local),
+                peer: addr(h.peer),
+                reason: h.reason,
+                reason_name: reason_name(h.reason),
+            })
+            .collect(),
     }
 }
 
@@ -229,13 +374,16 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
             arg => return Err(unexpected("stats", arg)),
         }
     }
-    if !as_json {
-        fabric_summary(out);
+    let service = fabric_service();
+    if let (false, Some(f)) = (as_json, &service) {
+        fabric_text(f, out);
     }
+    let service = service.as_ref().map(fabric_json);
     match device::open_existing().map_err(CliError::failed)? {
         Found::Absent(path) => {
             if as_json {
                 let absent = serde_json::json!({
+                    "fabric": service,
                     "device": null,
                     "path": path.display().to_string(),
                     "message": device::absent_message(&path),
@@ -248,7 +396,7 @@ pub fn main(mut args: Args, out: &mut String) -> Result<u8, CliError> {
                 out.push('\n');
             }
         }
-        Found::Open(dev) if as_json => out.push_str(&json_object(&dev)),
+        Found::Open(dev) if as_json => out.push_str(&json_object(&dev, service)),
         Found::Open(dev) => text(&dev, out),
     }
     Ok(0)

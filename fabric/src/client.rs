@@ -436,7 +436,7 @@ impl Client {
     /// The live connections.
     pub fn list(&mut self) -> Result<Vec<crate::wire::Entry>, ClientError> {
         self.collect(Request::List, |r| match r {
-            Reply::Entry(e) => Some(e),
+            Reply::Entry(e) => Some(**e),
             _ => None,
         })
     }
@@ -444,7 +444,7 @@ impl Client {
     /// The recent fallbacks of every process on this service, oldest first.
     pub fn history(&mut self) -> Result<Vec<crate::wire::Fallen>, ClientError> {
         self.collect(Request::History, |r| match r {
-            Reply::Fallen(f) => Some(f),
+            Reply::Fallen(f) => Some(*f),
             _ => None,
         })
     }
@@ -453,7 +453,7 @@ impl Client {
     fn collect<T>(
         &mut self,
         r: Request,
-        item: impl Fn(Reply) -> Option<T>,
+        item: impl Fn(&Reply) -> Option<T>,
     ) -> Result<Vec<T>, ClientError> {
         let id = self.send(r, None)?;
         let mut out = Vec::new();
@@ -464,7 +464,7 @@ impl Client {
                 .0
             {
                 Reply::Done => return Ok(out),
-                r => out.push(item(r).ok_or(ClientError::Unexpected(r))?),
+                r => out.push(item(&r).ok_or(ClientError::Unexpected(r))?),
             }
         }
     }

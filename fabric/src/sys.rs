@@ -333,6 +333,23 @@ pub fn poll_in(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<i16>> {
     poll(&fds, timeout_ms)
 }
 
+/// Read up to `buf.len()` bytes of the file `fd` at `offset` (the service reads a segment's
+/// counter words this way, never mapping it): the bytes read.
+pub fn pread(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes; the kernel writes at most
+    // that many and validates `fd`.
+    let n = check(unsafe {
+        libc::syscall(
+            libc::SYS_pread64,
+            fd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            offset as libc::off_t,
+        )
+    })?;
+    Ok(n as usize)
+}
+
 /// A new descriptor of the file `fd` refers to (close-on-exec).
 pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: plain integers; the kernel validates `fd`.

@@ -10,11 +10,12 @@
 /// "PCFB".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// The service protocol's version; a message of another version is refused.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
-/// The largest message either side sends or accepts.
-pub const MAX_MESSAGE: usize = 256;
+/// The largest message either side sends or accepts (an `Entry`, the longest, is 368 bytes
+/// since version 5).
+pub const MAX_MESSAGE: usize = 512;
 /// The most descriptors a message carries.
 pub const MAX_FDS: usize = 3;
 
@@ -92,7 +93,7 @@ pub enum Request {
 }
 
 /// What the service answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     Welcome {
         service_pid: u32,
@@ -138,8 +139,8 @@ pub enum Reply {
     Refused {
         why: u32,
     },
-    /// One live connection (an answer to `List`).
-    Entry(Entry),
+    /// One live connection (an answer to `List`; boxed: it is the largest by far).
+    Entry(Box<Entry>),
     /// One recent fallback (an answer to `History`).
     Fallen(Fallen),
 }
@@ -171,6 +172,22 @@ pub struct Entry {
     pub server_pid: u32,
     pub client: (Addr, u16),
     pub server: (Addr, u16),
+    /// The client end's and the server end's counters (since version 5), as the service read
+    /// them from the connection's segment: words its two processes write, and either of them
+    /// can write anything there. For display only.
+    pub ends: [EndCounters; 2],
+}
+
+/// Counters in an endpoint block (docs/PROTOCOL.md §2: the words at 0x100, in the order of
+/// `transport::conn::COUNTER_NAMES`).
+pub const END_COUNTERS: usize = 17;
+
+/// One end's counters, as `List` reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndCounters {
+    /// Its sending side is on the TCP socket after a failover (state bit ON_TCP).
+    pub on_tcp: bool,
+    pub counters: [u64; END_COUNTERS],
 }
 
 /// The service's counts, as `Status` reports them.
@@ -318,6 +335,10 @@ const K_REOFFERED: u16 = 0x89;
 const K_ENTRY: u16 = 0x8A;
 const K_FALLEN: u16 = 0x8B;
 
+/// Words of an `Entry`: its 9, a word of flags (bit 0: the client end is on TCP, bit 1: the
+/// server end), each end's counters.
+const ENTRY_WORDS: usize = 10 + 2 * END_COUNTERS;
+
 /// (body words, descriptors) of each kind; `None` for an unknown kind.
 fn shape(kind: u16) -> Option<(usize, usize)> {
     Some(match kind {
@@ -331,7 +352,7 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_STATUS | K_STOP | K_LIST | K_HISTORY => (0, 0),
         K_FALLBACK => (2, 1),
         K_FALLEN => (8, 0),
-        K_ENTRY => (9, 0),
+        K_ENTRY => (ENTRY_WORDS, 0),
         K_WELCOME => (4, 0),
         K_LISTENING | K_OFFERED => (1, 0),
         K_REOFFERED => (2, 1),
@@ -581,10 +602,11 @@ impl Reply {
             Reply::Declined { reason } => vec![reason as u64],
             Reply::Refused { why } => vec![why as u64],
             Reply::Done => vec![],
-            Reply::Entry(e) => {
+            Reply::Entry(ref e) => {
                 let (ca, cb) = addr_words(&e.client.0);
                 let (sa, sb) = addr_words(&e.server.0);
-                vec![
+                let flags = e.ends[0].on_tcp as u64 | (e.ends[1].on_tcp as u64) << 1;
+                let mut w = vec![
                     e.conn,
                     e.ring_bytes,
                     e.client_pid as u64,
@@ -594,7 +616,12 @@ impl Reply {
                     sa,
                     sb,
                     (e.client.1 as u64) | (e.server.1 as u64) << 16,
-                ]
+                    flags,
+                ];
+                for end in &e.ends {
+                    w.extend_from_slice(&end.counters);
+                }
+                w
             }
             Reply::Fallen(f) => {
                 let (la, lb) = addr_words(&f.local.0);
@@ -661,14 +688,26 @@ impl Reply {
                 if w[8] >> 32 != 0 {
                     return Err(WireError::Value { kind, word: 8 });
                 }
-                Reply::Entry(Entry {
+                if w[9] >> 2 != 0 {
+                    return Err(WireError::Value { kind, word: 9 });
+                }
+                let end = |i: usize| {
+                    let mut counters = [0u64; END_COUNTERS];
+                    counters.copy_from_slice(&w[10 + i * END_COUNTERS..][..END_COUNTERS]);
+                    EndCounters {
+                        on_tcp: w[9] >> i & 1 == 1,
+                        counters,
+                    }
+                };
+                Reply::Entry(Box::new(Entry {
                     conn: w[0],
                     ring_bytes: w[1],
                     client_pid: u32_word(kind, &w, 2)?,
                     server_pid: u32_word(kind, &w, 3)?,
                     client: (words_addr(w[4], w[5]), (w[8] & 0xffff) as u16),
                     server: (words_addr(w[6], w[7]), (w[8] >> 16 & 0xffff) as u16),
-                })
+                    ends: [end(0), end(1)],
+                }))
             }
             K_REFUSED => Reply::Refused {
                 why: u32_word(kind, &w, 0)?,

@@ -164,6 +164,25 @@ fn pairs_a_connection_by_possession_of_its_socket() {
     assert_eq!(e.client, (v4(&csock_addr), csock_addr.port()));
     assert_eq!(e.server, (v4(&to), to.port()));
     assert_eq!(st.window_used, 2 * (4096 + (1 << 20)));
+    // Each end's counters, read by the service from the segment: nothing written yet, zeros.
+    assert_eq!(e.ends, [fabric::wire::EndCounters::default(); 2]);
+    // Whatever the connection's processes (or a hostile peer) write there is copied out as it
+    // is, for display: the client end's counters, the server end's state word (ON_TCP with
+    // every other bit set too) and its last counter.
+    use fabric::service::{BLOCK_COUNTERS, BLOCK_STATE};
+    for i in 0..fabric::wire::END_COUNTERS {
+        let at = BLOCK_COUNTERS + 8 * i;
+        s_map[at..at + 8].copy_from_slice(&(u64::MAX - i as u64).to_ne_bytes());
+    }
+    s_map[block + BLOCK_STATE..][..4].copy_from_slice(&u32::MAX.to_ne_bytes());
+    let last = block + BLOCK_COUNTERS + 8 * (fabric::wire::END_COUNTERS - 1);
+    s_map[last..last + 8].copy_from_slice(&12345u64.to_ne_bytes());
+    let e = client.list().unwrap()[0];
+    assert!(!e.ends[0].on_tcp && e.ends[1].on_tcp);
+    assert_eq!(e.ends[0].counters[0], u64::MAX);
+    assert_eq!(e.ends[0].counters[16], u64::MAX - 16);
+    assert_eq!(e.ends[1].counters[..16], [0; 16]);
+    assert_eq!(e.ends[1].counters[16], 12345);
 }
 
 /// A server that does not wait for the answer to its `Accept` (`nowait`, version 3) has its

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use crate::sockdiag;
 use crate::sys::{self, Cred, TcpView};
-use crate::wire::{Addr, Entry, Fallen, Refusal, Reply, Request, Status};
+use crate::wire::{
+    Addr, EndCounters, Entry, Fallen, Refusal, Reply, Request, Status, END_COUNTERS,
+};
 
 mod dispatch;
 mod liveness;
@@ -52,6 +54,13 @@ impl Default for Options {
 
 /// Bytes of a segment's endpoint header before its ring (docs/PROTOCOL.md §2).
 pub const SEGMENT_HEADER: u64 = 4096;
+/// Where the words `List` reports lie in an endpoint block (docs/PROTOCOL.md §2; the
+/// transport checks at compile time that its layout says the same): the state bits and the
+/// counters.
+pub const BLOCK_STATE: usize = 0xA0;
+pub const BLOCK_COUNTERS: usize = 0x100;
+/// The state bit of an end whose sending side is on TCP.
+pub const STATE_ON_TCP: u32 = 8;
 /// The ring every connection gets once the share of window space for larger rings is taken
 /// (and the smallest one a connection gets at all).
 const MIN_RING: u64 = 16 << 10;

@@ -73,14 +73,33 @@ fn all_replies() -> Vec<Reply> {
             reclaimed: 10,
         }),
         Reply::Refused { why: 3 },
-        Reply::Entry(Entry {
+        Reply::Entry(Box::new(Entry {
             conn: 9,
             ring_bytes: 65536,
             client_pid: 100,
             server_pid: 200,
             client: ([1; 16], 40000),
             server: ([2; 16], 5201),
-        }),
+            ends: [
+                EndCounters {
+                    on_tcp: false,
+                    counters: std::array::from_fn(|i| i as u64 * 1000),
+                },
+                EndCounters {
+                    on_tcp: true,
+                    counters: [u64::MAX; END_COUNTERS],
+                },
+            ],
+        })),
+        Reply::Entry(Box::new(Entry {
+            conn: 10,
+            ring_bytes: 16384,
+            client_pid: 0,
+            server_pid: 0,
+            client: ([5; 16], 1),
+            server: ([6; 16], 2),
+            ends: [EndCounters::default(); 2],
+        })),
         Reply::Fallen(Fallen {
             when: 1_800_000_000,
             pid: 4242,
@@ -102,6 +121,7 @@ fn every_message_round_trips() {
     }
     for (i, r) in all_replies().into_iter().enumerate() {
         let b = r.encode(i as u64);
+        assert!(b.len() <= MAX_MESSAGE);
         assert_eq!(Reply::decode(&b, r.fds()), Ok((r, i as u64)));
     }
 }
@@ -170,6 +190,35 @@ fn malformed_messages_are_refused() {
     // `server` is a boolean.
     let b = encode(K_PAIRED, 1, &[1, 4096, 2, 1, 2]);
     assert!(matches!(Reply::decode(&b, 3), Err(WireError::Value { .. })));
+    // An entry's flags are a bit per end, no more; its ports 16 bits each.
+    let mut w = vec![0u64; ENTRY_WORDS];
+    w[9] = 0b11;
+    assert!(
+        matches!(Reply::decode(&encode(K_ENTRY, 1, &w), 0), Ok((Reply::Entry(e), 1))
+        if e.ends.iter().all(|e| e.on_tcp))
+    );
+    w[9] = 1 << 2;
+    assert_eq!(
+        Reply::decode(&encode(K_ENTRY, 1, &w), 0),
+        Err(WireError::Value {
+            kind: K_ENTRY,
+            word: 9
+        })
+    );
+    w[9] = 0;
+    w[8] = 1 << 32;
+    assert_eq!(
+        Reply::decode(&encode(K_ENTRY, 1, &w), 0),
+        Err(WireError::Value {
+            kind: K_ENTRY,
+            word: 8
+        })
+    );
+    // An entry of version 4's 9 words is refused.
+    assert!(matches!(
+        Reply::decode(&encode(K_ENTRY, 1, &w[..9]), 0),
+        Err(WireError::Body { .. })
+    ));
 }
 
 /// Every byte string up to a few bytes past a header, and random ones, decode to an error

@@ -160,3 +160,12 @@ pub(super) const ST_CLOSED: u32 = 4;
 /// Our sending direction is on the TCP socket after a failover (for `pcisock stats`).
 pub(crate) const ST_ON_TCP: u32 = 8;
 pub(crate) const L_STATE_PUB: usize = L_STATE;
+
+// The host fabric service reads an end's counters out of its segment for `pcisock stats`
+// (fabric::service, `List`) without depending on this crate: its idea of the layout is this.
+const _: () = {
+    use fabric::service as svc;
+    assert!(svc::BLOCK_STATE == L_STATE && svc::STATE_ON_TCP == ST_ON_TCP);
+    assert!(svc::BLOCK_COUNTERS == C_BASE);
+    assert!(fabric::wire::END_COUNTERS == super::COUNTER_NAMES.len());
+};
