@@ -9,15 +9,45 @@ use std::time::{Duration, Instant};
 
 use crate::fs::{FileLock, LockMode};
 
-/// A port that was free on 127.0.0.1 a moment ago (bind port 0, read it, close). Never 5001 or 5201.
+/// A port that was free on 127.0.0.1 a moment ago, below the kernel's ephemeral range (a port
+/// from inside it, as binding port 0 gives, can be taken meanwhile as the local port of any
+/// client's connect on the machine — another test's thousand short connections — and the
+/// test's server then fails to bind it). Never 5001 or 5201. Ports are handed out in a
+/// process-wide sequence from a start drawn from the pid and the clock, so tests of one
+/// process do not get the same port, and test processes start far apart.
 pub fn free_port() -> u16 {
-    loop {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = listener.local_addr().expect("local_addr").port();
-        if port != 5001 && port != 5201 {
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (lo, hi) = below_ephemeral();
+    let span = u32::from(hi - lo) + 1;
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Relaxed);
+        let port = lo + (seed.wrapping_add(n.wrapping_mul(7919)) % span) as u16;
+        if port == 5001 || port == 5201 {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no free port in {lo}..={hi}");
+}
+
+/// Ports below the ephemeral range of `/proc/sys/net/ipv4/ip_local_port_range` (Linux's default
+/// 32768–60999 gives 20000–32767), at least 1024.
+fn below_ephemeral() -> (u16, u16) {
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let hi = low.saturating_sub(1).max(2048);
+    let lo = hi.saturating_sub(12767).max(1024);
+    (lo, hi)
 }
 
 /// `n` distinct free ports.
