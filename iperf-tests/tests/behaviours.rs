@@ -366,6 +366,13 @@ fn fdtable_races() {
 }
 
 #[test]
+fn vfork_exec() {
+    // Both ends in one process: 6 bytes + 1 MiB each way counted once per end; the MiB must not
+    // cross lo (before the vfork fix it all went over TCP).
+    run_behaviour("vfork_exec", expect(2, MIB + 6, MIB + 6, MIB));
+}
+
+#[test]
 fn fork_then_send() {
     // The parent writes its stats last: the accepted connection (its bytes were sent by the forked child). The
     // client is another process. The lo bound proves the 1 MiB did not cross TCP.

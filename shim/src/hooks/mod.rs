@@ -110,6 +110,24 @@ extern "C" fn atfork_child() {
 /// `_Fork` (glibc 2.34+) forks without running the atfork handlers, so do their bookkeeping
 /// here. glibc's own `fork` calls its internal `_Fork` directly, not through this hook, so a
 /// `fork` is never counted twice.
+/// `vfork` is a `fork` here. A vfork child shares its parent's memory until it execs or exits,
+/// and what it calls first runs our hooks on the parent's state: Python's subprocess (vfork,
+/// then `close_range` over the inherited fds, then exec) took every NTB connection out of its
+/// parent's table, whose bytes then went over TCP. A fork gives the child its own copy, handled
+/// as any fork (holders counted; its close of an inherited fd leaves the parent's connection
+/// alone). The cost is fork's page-table copy; a program may not rely on anything vfork shares.
+#[no_mangle]
+pub unsafe extern "C" fn vfork() -> libc::pid_t {
+    // SAFETY: fork has no arguments; glibc runs the atfork handlers (ours among them).
+    unsafe { libc::fork() }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn __vfork() -> libc::pid_t {
+    // SAFETY: as `vfork`.
+    unsafe { libc::fork() }
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn _Fork() -> libc::pid_t {
     atfork_prepare();
