@@ -13,33 +13,15 @@
 //! ```
 #![cfg(loom)]
 
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+mod loom_check;
+use loom_check::check;
+
 use std::sync::Arc;
 
 use loom::thread;
 use transport::proto::{Answer, Endpoint, ListenerEntry, Offer, RingLoc, SocketId};
 use transport::proto::{ProtoError, PROTOCOL_VERSION};
 use transport::rendezvous::{model, RendezvousArea, SlotGuard};
-
-/// Preemptions per execution when LOOM_MAX_PREEMPTIONS does not say: every race below needs at
-/// most two (a party stopped between its read and its write, another stopped inside its
-/// rewrite), and three keeps the whole file at a few seconds.
-const DEFAULT_PREEMPTIONS: usize = 3;
-
-/// Run `f` under loom, print how many executions it explored (the CI summary adds them up).
-fn check(name: &str, f: impl Fn() + Sync + Send + 'static) {
-    let runs = Arc::new(AtomicUsize::new(0));
-    let counted = runs.clone();
-    let mut b = loom::model::Builder::new();
-    if b.preemption_bound.is_none() {
-        b.preemption_bound = Some(DEFAULT_PREEMPTIONS);
-    }
-    b.check(move || {
-        counted.fetch_add(1, Relaxed);
-        f()
-    });
-    println!("loom model {name}: {} executions", runs.load(Relaxed));
-}
 
 /// 127.0.0.1:`port`, as the kernel's view of a socket gives it (IPv4-mapped).
 fn ep(port: u16) -> Endpoint {

@@ -18,8 +18,11 @@
 //! ```
 #![cfg(loom)]
 
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicU64 as LocalU64, AtomicUsize};
+mod loom_check;
+use loom_check::check;
+
+use std::sync::atomic::AtomicU64 as LocalU64;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use loom::sync::atomic::AtomicU32;
@@ -27,24 +30,6 @@ use loom::thread;
 use transport::conn::ringsync::{self, Arming};
 use transport::proto::{Frame, FrameHeader, Ring, ENDPOINT_HDR, FRAME_HDR, MIN_RING};
 use transport::rendezvous::model::Area;
-
-/// Preemptions per execution when LOOM_MAX_PREEMPTIONS does not say (as loom_rendezvous.rs).
-const DEFAULT_PREEMPTIONS: usize = 3;
-
-/// Run `f` under loom, print how many executions it explored (the CI summary adds them up).
-fn check(name: &str, f: impl Fn() + Sync + Send + 'static) {
-    let runs = Arc::new(AtomicUsize::new(0));
-    let counted = runs.clone();
-    let mut b = loom::model::Builder::new();
-    if b.preemption_bound.is_none() {
-        b.preemption_bound = Some(DEFAULT_PREEMPTIONS);
-    }
-    b.check(move || {
-        counted.fetch_add(1, Relaxed);
-        f()
-    });
-    println!("loom model {name}: {} executions", runs.load(Relaxed));
-}
 
 /// The ring of the model: the smallest a connection has.
 fn ring() -> Ring {

@@ -14,30 +14,14 @@
 //! ```
 #![cfg(loom)]
 
-use std::sync::atomic::AtomicUsize;
+mod loom_check;
+use loom_check::check;
+
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use loom::thread;
 use transport::conn::sendlock::SendLock;
-
-/// Preemptions per execution when LOOM_MAX_PREEMPTIONS does not say (as the other models).
-const DEFAULT_PREEMPTIONS: usize = 3;
-
-/// Run `f` under loom, print how many executions it explored (the CI summary adds them up).
-fn check(name: &str, f: impl Fn() + Sync + Send + 'static) {
-    let runs = Arc::new(AtomicUsize::new(0));
-    let counted = runs.clone();
-    let mut b = loom::model::Builder::new();
-    if b.preemption_bound.is_none() {
-        b.preemption_bound = Some(DEFAULT_PREEMPTIONS);
-    }
-    b.check(move || {
-        counted.fetch_add(1, Relaxed);
-        f()
-    });
-    println!("loom model {name}: {} executions", runs.load(Relaxed));
-}
 
 /// What the lock guards (the ring's producer side; here a count of sends): loom's record of who
 /// wrote it (a write not ordered after the last access by happens-before fails the model) beside

@@ -530,3 +530,50 @@ pub fn reclaim_after_kill(f: &dyn Fixture) {
     }
     assert!(t0.elapsed() < LONG);
 }
+
+/// A link event kicks the line of every vector leased on both sides, as a link-state-change
+/// interrupt does on hardware, and leaves alone a line no lease holds. `toggle(down)` takes the
+/// link down (`true`) or brings it back (`false`); after each, every leased line must be
+/// readable within `within`, and the released line must stay quiet for `quiet`. `label` starts
+/// every message.
+pub fn link_events_kick_leased_lines(
+    a: &dyn NtbDevice,
+    b: &dyn NtbDevice,
+    label: &str,
+    within: Duration,
+    quiet: Duration,
+    mut toggle: impl FnMut(bool),
+) {
+    a.link_enable().unwrap();
+    b.link_enable().unwrap();
+    let (va, vb) = (a.lease_vector(1).unwrap(), b.lease_vector(1).unwrap());
+    let lines = [
+        a.vector_fd(va.vector).unwrap(),
+        b.vector_fd(vb.vector).unwrap(),
+    ];
+    // A line that was leased and released: no lease holds it now.
+    let vc = b.lease_vector(1).unwrap();
+    let idle = b.vector_fd(vc.vector).unwrap();
+    b.release(ntbdrv::Lease::Vector(vc)).unwrap();
+    let all_quiet = |what: &str| {
+        for (i, fd) in lines.iter().chain([&idle]).enumerate() {
+            ntbdrv::drain_vector(fd);
+            assert!(!readable(fd, quiet), "{label}: line {i} readable {what}");
+        }
+    };
+    all_quiet("before any link event");
+    for (what, down) in [("link down", true), ("link up", false)] {
+        toggle(down);
+        for (i, fd) in lines.iter().enumerate() {
+            assert!(
+                readable(fd, within),
+                "{label}: {what} did not kick side {i}'s vector line within {within:?}"
+            );
+        }
+        assert!(
+            !readable(&idle, quiet),
+            "{label}: {what} kicked a line no lease holds"
+        );
+        all_quiet("after draining");
+    }
+}

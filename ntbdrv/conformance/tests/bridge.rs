@@ -133,45 +133,20 @@ fn a_link_event_kicks_every_leased_vector_line_of_this_machine() {
     use std::time::Duration;
     let f = FileBar::new("link_kick");
     let (a, b) = (f.open(0), f.open(1));
-    a.link_enable().unwrap();
-    b.link_enable().unwrap();
-    let (va, vb) = (a.lease_vector(1).unwrap(), b.lease_vector(1).unwrap());
-    let lines = [
-        a.vector_fd(va.vector).unwrap(),
-        b.vector_fd(vb.vector).unwrap(),
-    ];
-    // A line that was leased and released: no lease holds it now.
-    let vc = b.lease_vector(1).unwrap();
-    let idle = b.vector_fd(vc.vector).unwrap();
-    b.release(ntbdrv::Lease::Vector(vc)).unwrap();
-    let quiet = |what: &str| {
-        for (i, fd) in lines.iter().chain([&idle]).enumerate() {
-            ntbdrv::drain_vector(fd);
-            assert!(
-                !conformance::readable(fd, Duration::from_millis(20)),
-                "line {i} readable {what}"
-            );
-        }
-    };
-    quiet("before any link event");
     // Side 0 is the peer of side 1 (whose machine only reads the link from the shared memory).
-    for (what, down) in [("link down", true), ("link up", false)] {
-        if down {
-            a.link_disable().unwrap();
-        } else {
-            a.link_enable().unwrap();
-        }
-        assert_eq!(b.link_state().up, !down);
-        for (i, fd) in lines.iter().enumerate() {
-            assert!(
-                conformance::readable(fd, Duration::from_millis(100)),
-                "{what} did not wake a sleeper on side {i}'s vector line within 100 ms"
-            );
-        }
-        assert!(
-            !conformance::readable(&idle, Duration::from_millis(20)),
-            "{what} kicked a line no lease holds"
-        );
-        quiet("after draining");
-    }
+    conformance::link_events_kick_leased_lines(
+        &*a,
+        &*b,
+        "bridge",
+        Duration::from_millis(100),
+        Duration::from_millis(20),
+        |down| {
+            if down {
+                a.link_disable().unwrap();
+            } else {
+                a.link_enable().unwrap();
+            }
+            assert_eq!(b.link_state().up, !down);
+        },
+    );
 }

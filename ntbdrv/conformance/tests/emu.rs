@@ -621,45 +621,20 @@ fn link_events_kick_every_leased_vector_line() {
         let e = Emu::new("link_events_kick", topology);
         let (sa, sb) = e.sides();
         let (a, b) = (e.emu(sa), e.emu(sb));
-        a.link_enable().unwrap();
-        b.link_enable().unwrap();
-        let (va, vb) = (a.lease_vector(1).unwrap(), b.lease_vector(1).unwrap());
-        let lines = [
-            a.vector_fd(va.vector).unwrap(),
-            b.vector_fd(vb.vector).unwrap(),
-        ];
-        // A line that was leased and released: no lease holds it now.
-        let vc = b.lease_vector(1).unwrap();
-        let idle = b.vector_fd(vc.vector).unwrap();
-        b.release(ntbdrv::Lease::Vector(vc)).unwrap();
-        let quiet = |what: &str| {
-            for (i, fd) in lines.iter().chain([&idle]).enumerate() {
-                ntbdrv::drain_vector(fd);
-                assert!(
-                    !conformance::readable(fd, Duration::from_millis(10)),
-                    "{topology:?}: line {i} readable {what}"
-                );
-            }
-        };
-        quiet("before any link event");
-        for (what, down) in [("link down", true), ("link up", false)] {
-            if down {
-                a.faults().inject(Fault::LinkDown);
-            } else {
-                a.faults().clear();
-            }
-            for (i, fd) in lines.iter().enumerate() {
-                assert!(
-                    conformance::readable(fd, Duration::ZERO),
-                    "{topology:?}: {what} did not kick the line of side {i}'s vector"
-                );
-            }
-            assert!(
-                !conformance::readable(&idle, Duration::ZERO),
-                "{topology:?}: {what} kicked a line no lease holds"
-            );
-            quiet("after draining");
-        }
+        conformance::link_events_kick_leased_lines(
+            &a,
+            &b,
+            &format!("{topology:?}"),
+            Duration::ZERO,
+            Duration::from_millis(10),
+            |down| {
+                if down {
+                    a.faults().inject(Fault::LinkDown);
+                } else {
+                    a.faults().clear();
+                }
+            },
+        );
     }
 }
 

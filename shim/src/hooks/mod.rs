@@ -124,8 +124,8 @@ pub unsafe extern "C" fn vfork() -> libc::pid_t {
 
 #[no_mangle]
 pub unsafe extern "C" fn __vfork() -> libc::pid_t {
-    // SAFETY: as `vfork`.
-    unsafe { libc::fork() }
+    // SAFETY: as `vfork`, which it is.
+    unsafe { vfork() }
 }
 
 #[no_mangle]
