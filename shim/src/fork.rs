@@ -5,7 +5,9 @@
 //! service's answer is completed (`ops::settle_accepts`: the answer comes at once, to this
 //! process's service connection, which a child does not share); then every NTB connection in
 //! the side table gets one more holder, so that a parent that closes its copy at once does not
-//! end the connection under the child; the child ([`child`]) then records its pid with each.
+//! end the connection under the child. Once `fork` returns in the parent ([`parent`]) it names
+//! the child's pid with each (before the program can close its copy, however late the child
+//! runs); the child ([`child`]) does the same from its side.
 //! Two things can happen meanwhile in the parent's other threads, and the child sees their
 //! half-done work:
 //! - a connection published after `prepare` looked at the table (a client's upgrade completing
@@ -37,6 +39,11 @@ use crate::{global, table};
 /// Forks `prepare` has begun in this process (the number of the current one).
 static FORKS: AtomicU64 = AtomicU64::new(0);
 
+thread_local! {
+    /// The number of the fork this thread's `prepare` announced (for [`parent`]).
+    static MY_FORK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// The entry a child puts in place of one it cannot use (made by `prepare`, which may allocate).
 static FORSAKEN: OnceLock<Arc<Sock>> = OnceLock::new();
 
@@ -55,6 +62,7 @@ pub fn prepare() {
     // `ops::settle_accepts`): the child never inherits one half-made.
     crate::ops::settle_accepts();
     let n = FORKS.fetch_add(1, SeqCst) + 1;
+    let _ = MY_FORK.try_with(|m| m.set(n));
     FORSAKEN.get_or_init(|| {
         Arc::new(Sock::new(
             Role::Client,
@@ -81,6 +89,22 @@ pub fn failed() {
             .is_ok()
         {
             c.cancel_holder();
+        }
+    });
+}
+
+/// In the parent, once the fork this thread's [`prepare`] announced has returned child `pid`:
+/// name the child as a holder of every connection that fork counted it for.
+pub fn parent(pid: libc::pid_t) {
+    let Ok(n) = MY_FORK.try_with(|m| m.replace(0)) else {
+        return;
+    };
+    if n == 0 {
+        return;
+    }
+    each_connection(|sock, c| {
+        if sock.fork_mark.load(SeqCst) == n {
+            c.add_child(pid as u32);
         }
     });
 }
@@ -117,6 +141,7 @@ fn stuck<T>(m: &Mutex<T>) -> bool {
 pub fn child() {
     let _ = std::panic::catch_unwind(|| {
         let pid = std::process::id();
+        let parent = std::os::unix::process::parent_id();
         let n = FORKS.load(SeqCst);
         global::get().forked();
         let forsaken = FORSAKEN.get();
@@ -129,7 +154,7 @@ pub fn child() {
                 Some(_) if mark == mark_adopted(n) => true,
                 Some(c) if mark == n => {
                     if busy {
-                        c.cancel_holder();
+                        c.forsake(pid, parent);
                         sock.fork_mark.store(MARK_FORSAKEN, SeqCst);
                         false
                     } else {

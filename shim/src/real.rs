@@ -97,6 +97,7 @@ real_fns! {
     dup2: fn(old: c_int, new: c_int) -> c_int;
     dup3: fn(old: c_int, new: c_int, flags: c_int) -> c_int;
     _Fork: fn() -> libc::pid_t;
+    fork: fn() -> libc::pid_t;
     open: fn(path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;
     open64: fn(path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;
     openat: fn(dirfd: c_int, path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;

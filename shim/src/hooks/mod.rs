@@ -118,8 +118,27 @@ extern "C" fn atfork_child() {
 /// alone). The cost is fork's page-table copy; a program may not rely on anything vfork shares.
 #[no_mangle]
 pub unsafe extern "C" fn vfork() -> libc::pid_t {
-    // SAFETY: fork has no arguments; glibc runs the atfork handlers (ours among them).
-    unsafe { libc::fork() }
+    // SAFETY: our `fork`, which has no arguments.
+    unsafe { fork() }
+}
+
+/// glibc's `fork` runs our atfork handlers; in the parent, once it returns, the child is named
+/// as a holder of every connection it shares (`fork::parent`) before the program can close its
+/// own copy.
+#[no_mangle]
+pub unsafe extern "C" fn fork() -> libc::pid_t {
+    let pid = call_real!(fork());
+    if pid != 0 {
+        let e = sys::errno();
+        if pid > 0 {
+            crate::fork::parent(pid);
+        } else {
+            // No child (glibc ran no handler of ours for the failure): take the holders back.
+            crate::fork::failed();
+        }
+        sys::set_errno(e);
+    }
+    pid
 }
 
 #[no_mangle]
@@ -134,7 +153,9 @@ pub unsafe extern "C" fn _Fork() -> libc::pid_t {
     let pid = call_real!(_Fork());
     if pid == 0 {
         atfork_child();
-    } else if pid < 0 {
+    } else if pid > 0 {
+        crate::fork::parent(pid);
+    } else {
         // No child: take back the holders announced for it.
         let e = sys::errno();
         crate::fork::failed();

@@ -9,11 +9,17 @@
 //! connection, was forked with it, or picked it up after exec) and, if so, by possession: an
 //! heir named in the block must be a live process holding the connection's TCP socket. A forged
 //! count or pid neither keeps a connection open nor makes a close wait.
+//!
+//! A forked child is named in the block by its parent as soon as `fork` returns there
+//! ([`Connection::add_child`]), before the parent's program can close its copy: the parent never
+//! takes a child that has not run yet for gone, however late the scheduler runs it. Each holder
+//! clears its own pid before it looks for another, so of two holders closing at once at least
+//! one sees the other gone; if both do, the first to mark the block closed closes it.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ntbdrv::{Lease, VectorLease, WindowLease};
@@ -28,13 +34,9 @@ use super::{Connection, Info, Role, Segments, ServicePair, Tenancy};
 use crate::proto::{Endpoint, Ring, RingLoc, ENDPOINT_HDR};
 use crate::{sys, ProcessState};
 
-/// How long a process that forked with a connection waits, at its close, for the child's pid to
-/// appear in the block (the child records it right after the fork).
-const HEIR_WAIT: Duration = Duration::from_millis(50);
-
-/// Within this long after this process announced a fork of the connection, a close with no
-/// heir found waits [`HEIR_WAIT`] for one; later, the children have long recorded themselves.
-const FORK_FRESH: Duration = Duration::from_secs(1);
+/// How long a child that gives its holder back at the fork (`forsake`) waits for its parent to
+/// have named it in the block, so that it can take its name out again.
+const NAMED_WAIT: Duration = Duration::from_secs(2);
 
 /// A connection's holders as this process knows them, in its own memory (copied into a forked
 /// child with the rest of it).
@@ -43,9 +45,6 @@ pub(super) struct Family {
     /// was forked with it), or picked it up after exec. False for the connection's only
     /// process, whose close then never looks at the holder words.
     shared: AtomicBool,
-    /// When this process last announced a fork of the connection ([`Family::since`]'s clock, in
-    /// milliseconds, plus one; 0: never).
-    forked_ms: AtomicU64,
     /// The TCP socket's inode, read from our own descriptor: what an heir must hold.
     sock_inode: u64,
 }
@@ -54,22 +53,8 @@ impl Family {
     pub(super) fn new(sock_inode: u64) -> Family {
         Family {
             shared: AtomicBool::new(false),
-            forked_ms: AtomicU64::new(0),
             sock_inode,
         }
-    }
-
-    /// Milliseconds on this process's clock for [`Family::forked_ms`].
-    fn since() -> u64 {
-        static EPOCH: OnceLock<Instant> = OnceLock::new();
-        let ms = EPOCH.get_or_init(Instant::now).elapsed().as_millis();
-        u64::try_from(ms).unwrap_or(u64::MAX).saturating_add(1)
-    }
-
-    /// Did this process announce a fork of the connection less than [`FORK_FRESH`] ago?
-    fn fork_is_fresh(&self) -> bool {
-        let at = self.forked_ms.load(Relaxed);
-        at != 0 && Family::since().saturating_sub(at) < FORK_FRESH.as_millis() as u64
     }
 }
 
@@ -155,11 +140,10 @@ impl Connection {
     }
 
     /// A fork is about to happen: the child will hold this connection too. Called before the
-    /// fork (so a parent that closes its copy at once does not close the connection under the
-    /// child), then [`Connection::adopt`] in the child records the child's pid.
+    /// fork; then [`Connection::add_child`] in the parent names the child once `fork` returns,
+    /// and [`Connection::adopt`] in the child does the same from its side.
     pub fn add_holder(&self) {
         self.family.shared.store(true, SeqCst);
-        self.family.forked_ms.store(Family::since(), SeqCst);
         atomic_u32_at(&self.own_block, L_HOLDERS).fetch_add(1, SeqCst);
     }
 
@@ -168,21 +152,56 @@ impl Connection {
         atomic_u32_at(&self.own_block, L_HOLDERS).fetch_sub(1, SeqCst);
     }
 
+    /// In the parent, as soon as the fork announced by [`Connection::add_holder`] returned:
+    /// name child `pid` in the block, so that a close of the parent's copy right after the fork
+    /// hands the connection to the child even if the child has not run yet.
+    pub fn add_child(&self, pid: u32) {
+        self.name_holder(pid);
+    }
+
+    /// Name `pid` in the block's holder table unless it is there already (the parent and the
+    /// child both name the child, in either order).
+    fn name_holder(&self, pid: u32) {
+        let slot = |i| atomic_u32_at(&self.own_block, holder_pid(i));
+        if (0..MAX_HOLDERS).any(|i| slot(i).load(SeqCst) == pid) {
+            return;
+        }
+        for i in 0..MAX_HOLDERS {
+            if slot(i).compare_exchange(0, pid, SeqCst, SeqCst).is_ok() {
+                break;
+            }
+        }
+    }
+
     /// In a child after fork: record this process as a holder.
     pub fn adopt(&self, pid: u32) {
         self.tx_lock.forked();
         self.fo.forked(pid);
-        // The fork was announced by the parent: `shared` is set in this copy already. The
-        // parent's fork is not this child's: it waits for no heir of its own.
+        // The fork was announced by the parent: `shared` is set in this copy already.
         self.family.shared.store(true, SeqCst);
-        self.family.forked_ms.store(0, SeqCst);
-        for i in 0..MAX_HOLDERS {
-            if atomic_u32_at(&self.own_block, holder_pid(i))
-                .compare_exchange(0, pid, SeqCst, SeqCst)
-                .is_ok()
-            {
-                break;
+        self.name_holder(pid);
+    }
+
+    /// In a child after fork that cannot use this connection (its entry was half-changed by a
+    /// thread of the parent, see the shim's fork handling): give back the holder the parent
+    /// announced for it. The parent names the child when its `fork` returns, which may be
+    /// after this runs: wait (a bounded time, and only while the parent lives) for that name to
+    /// take it out, so that the parent never hands the connection to a child that will not
+    /// close it. Async-signal-safe: atomics, `getppid` and the monotonic clock only.
+    pub fn forsake(&self, pid: u32, parent: u32) {
+        atomic_u32_at(&self.own_block, L_HOLDERS).fetch_sub(1, SeqCst);
+        let t0 = Instant::now();
+        loop {
+            let mut found = false;
+            for i in 0..MAX_HOLDERS {
+                found |= atomic_u32_at(&self.own_block, holder_pid(i))
+                    .compare_exchange(pid, 0, SeqCst, SeqCst)
+                    .is_ok();
             }
+            if found || std::os::unix::process::parent_id() != parent || t0.elapsed() > NAMED_WAIT {
+                return;
+            }
+            std::thread::yield_now();
         }
     }
 
@@ -205,24 +224,18 @@ impl Connection {
         if !self.family.shared.load(SeqCst) {
             return true;
         }
-        // Another process of ours may hold it: hand it our leases. A child forked a moment ago
-        // records its pid right after the fork; give it a moment to appear.
-        let t0 = Instant::now();
-        let wait = self.family.fork_is_fresh();
-        loop {
-            if let Some(pid) = self.heir(me) {
-                if let Tenancy::Device { dev, lease, bell } = &self.tenancy {
-                    let _ = dev.transfer(Lease::Window(*lease), pid);
-                    let _ = dev.transfer(Lease::Vector(*bell), pid);
-                }
-                return false;
+        // Another process of ours may hold it: hand it our leases. Our pid is out of the table
+        // (above), so another holder closing at the same time sees us gone, or we see it gone.
+        if let Some(pid) = self.heir(me) {
+            if let Tenancy::Device { dev, lease, bell } = &self.tenancy {
+                let _ = dev.transfer(Lease::Window(*lease), pid);
+                let _ = dev.transfer(Lease::Vector(*bell), pid);
             }
-            if !wait || t0.elapsed() > HEIR_WAIT {
-                // No process of ours holds the connection's socket: we were the last.
-                return true;
-            }
-            std::thread::yield_now();
+            return false;
         }
+        // No process of ours holds the connection's socket: we were the last, unless another
+        // holder that closed at the same moment found the same and marked the block first.
+        atomic_u32_at(&self.own_block, L_STATE).fetch_or(ST_CLOSED, SeqCst) & ST_CLOSED == 0
     }
 
     /// A process named in the block's holder table, other than `me`, that lives and holds the
