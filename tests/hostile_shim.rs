@@ -8,7 +8,9 @@
 //! goes to stderr.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
+
+use iperf_tests::net::free_port;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::ExitStatusExt;
@@ -57,14 +59,6 @@ fn compile(src: &Path, out: &Path) {
         .status()
         .expect("gcc (apt-get install -y gcc)");
     assert!(st.success(), "gcc {}", src.display());
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn under_shim(cmd: &mut Command, lib: &Path, emu: &Path) {
