@@ -93,7 +93,8 @@ const ALLOWED: [(&str, &[&str]); 10] = [
     ("pcisock-dc", &["ntbdrv"]),
     ("pcisock-shim", &["pcisock-transport", "pcisock-policy"]),
     ("iperf-tests", &[]),
-    // The CLI: the layers' public APIs; ntb-sys only for a test that corrupts a device header.
+    // The CLI: the layers' public APIs; ntb-sys only for a test that corrupts a device header,
+    // iperf-tests only for tests (its port picker; it is test-only, checked below).
     (
         "pcisock",
         &[
@@ -104,6 +105,7 @@ const ALLOWED: [(&str, &[&str]); 10] = [
             "pcisock-transport",
             "pcisock-shim",
             "ntb-sys",
+            "iperf-tests",
         ],
     ),
 ];
