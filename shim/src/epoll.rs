@@ -405,6 +405,11 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
     let Some(sock) = table::get(fd) else {
         return Detour::Bypass;
     };
+    if op != libc::EPOLL_CTL_DEL {
+        // A registration in the kernel's form would miss the ring once the connection moved
+        // there: not carried by the late upgrade yet, so the candidacy ends.
+        crate::late::end(&sock);
+    }
     let set = {
         let Ok(mut all) = sets().lock() else {
             return Detour::Ours(Err(libc::EIO));
