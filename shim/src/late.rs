@@ -88,6 +88,25 @@ pub fn end(sock: &Sock) {
     }
 }
 
+/// Does `sock` answer late offers at readiness checks (a server candidate)?
+pub fn answers(sock: &Sock) -> bool {
+    sock.role == Role::Server && candidate(sock)
+}
+
+/// How long a readiness wait (poll, select) over a server candidate sleeps between looks for
+/// its client's late offer.
+pub const LOOK_NAP: Duration = NAP_UP;
+
+/// A readiness check over a server candidate: answer its client's late offer if one is posted
+/// (a look at most every 10 ms). Never waits.
+pub fn look(sock: &Sock, fd: c_int) {
+    if let Some(l) = sock.late.get() {
+        if sock.role == Role::Server {
+            tick(sock, fd, l, false);
+        }
+    }
+}
+
 /// Flags a candidate's reads and sends carry through the gate; others (MSG_OOB, MSG_ERRQUEUE…)
 /// end the candidacy.
 const RECV_FLAGS: c_int = libc::MSG_DONTWAIT

@@ -20,15 +20,39 @@ fn echo_bin() -> String {
 /// the link is back, while the paced stream goes on.
 #[test]
 fn a_connection_made_while_the_link_is_down_moves_onto_the_ring_once_it_is_up() {
+    let echo = echo_bin();
+    moves_onto_the_ring("late_upgrade", &echo, &["serve"]);
+}
+
+/// The same with a server that waits in `poll` before each read (Python's `select.poll`): it answers the client's
+/// late offer from its readiness wait, where the client's offer finds it (the client sends nothing meanwhile).
+#[test]
+fn a_server_waiting_in_poll_answers_a_late_offer() {
+    let py = iperf_tests::apps::require_bin("python3", "python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("shapes")
+        .join("poll_echo.py");
+    moves_onto_the_ring(
+        "late_upgrade_poll",
+        &py.display().to_string(),
+        &[&script.display().to_string()],
+    );
+}
+
+/// An echo server (`server` with `server_args` and the port) and the echo tool's client, both preloaded, the
+/// client connecting while the link is down; see the tests above.
+fn moves_onto_the_ring(name: &str, server_bin: &str, server_args: &[&str]) {
     let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
-    let f = Fixture::new("late_upgrade");
+    let f = Fixture::new(name);
     let port = free_port();
     let (se, ce) = (env(&f, "server", port), env(&f, "client", port));
     let echo = echo_bin();
     let port_s = port.to_string();
+    let mut args: Vec<&str> = server_args.to_vec();
+    args.push(&port_s);
     let mut server = Proc::spawn(
         "echo-server",
-        command(&echo, &["serve", &port_s], Some(&se)),
+        command(server_bin, &args, Some(&se)),
         f.dir(),
     )
     .unwrap();
