@@ -405,10 +405,10 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
     let Some(sock) = table::get(fd) else {
         return Detour::Bypass;
     };
-    if op != libc::EPOLL_CTL_DEL {
-        // A registration in the kernel's form would miss the ring once the connection moved
-        // there: not carried by the late upgrade yet, so the candidacy ends.
-        crate::late::end(&sock);
+    // A candidate of a late upgrade keeps the kernel's registration, recorded to move to the
+    // NTB form at the pairing (`late`).
+    if let Some(r) = crate::late::epoll_ctl(&sock, epfd, op, fd, event) {
+        return Detour::Ours(r);
     }
     let set = {
         let Ok(mut all) = sets().lock() else {

@@ -4,14 +4,16 @@
 //! the plain byte counts (`Sock::tcp_tx`, `Sock::tcp_rx`) are exact whenever the gate is closed
 //! and no byte is read as plain once the peer may be writing records. With the gate closed the
 //! client offers the late upgrade (at a blocking data call, once the link is up and its hold
-//! has passed) and the server answers it (at any data call, and while one waits); the
-//! connection then goes on as an NTB connection. Called by the data hooks for a candidate's
-//! entry (`ops::DataPath::Late`), by `epoll_ctl`, `shutdown`, `sendfile`, `splice` and `fork`,
-//! which end the candidacy (not carried yet). It never writes a byte on the socket the
-//! application did not send.
+//! has passed) and the server answers it (at any data call, while one waits, and at readiness
+//! checks: poll and select through `ops::poll`, `epoll_wait` through `look_set`); the
+//! connection then goes on as an NTB connection, its epoll registrations (kept in the kernel's
+//! form and recorded here meanwhile) moved to the NTB form. Called by the data hooks for a
+//! candidate's entry (`ops::DataPath::Late`), by readiness and `epoll_ctl`, and by `shutdown`,
+//! `sendfile`, `splice` and `fork`, which end the candidacy (not carried yet). It never writes
+//! a byte on the socket the application did not send.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use libc::c_int;
@@ -47,7 +49,16 @@ pub struct Late {
     /// The candidacy ended: calls go to the kernel as for any fallback.
     over: AtomicBool,
     tries: Mutex<Tries>,
+    /// The application's epoll registrations of the socket, kept in the kernel's form while
+    /// it is a candidate and moved to the NTB form at the pairing: (set, fd, events, data).
+    regs: Mutex<Vec<(c_int, c_int, u32, u64)>>,
 }
+
+/// Epoll sets holding a registration of a server candidate: (set, fd, entry). Their
+/// `epoll_wait` looks for the candidates' late offers between naps (`look_set`).
+static WATCHED: Mutex<Vec<(c_int, c_int, Weak<Sock>)>> = Mutex::new(Vec::new());
+/// `WATCHED` is not empty (the fast check of every `epoll_wait`).
+static WATCHING: AtomicBool = AtomicBool::new(false);
 
 #[derive(Default)]
 struct Tries {
@@ -64,6 +75,7 @@ impl Late {
             gate: RwLock::new(()),
             over: AtomicBool::new(false),
             tries: Mutex::new(Tries::default()),
+            regs: Mutex::new(Vec::new()),
         }
     }
 
@@ -343,7 +355,7 @@ fn tick(sock: &Sock, fd: c_int, late: &Late, may_offer: bool) {
     if !t.link_is_up() {
         return;
     }
-    let _gate = late.gate.write().unwrap_or_else(|p| p.into_inner());
+    let gate = late.gate.write().unwrap_or_else(|p| p.into_inner());
     if !late.live() || sock.conn.get().is_some() {
         return;
     }
@@ -356,7 +368,12 @@ fn tick(sock: &Sock, fd: c_int, late: &Late, may_offer: bool) {
         Role::Client => t.late_upgrade(fd, sock.local, sock.peer, sent, read),
     };
     match r {
-        Ok(c) => adopt(sock, fd, c),
+        Ok(c) => {
+            adopt(sock, fd, c);
+            drop(gate);
+            // Outside the gate: `epoll::ctl` may end a candidacy, which takes it.
+            move_registrations(late);
+        }
         Err(reason) => {
             let again = sock.role == Role::Client && again(late, reason);
             if !again {
@@ -419,6 +436,114 @@ fn adopt(sock: &Sock, fd: c_int, c: Connection) {
             sock.tcp_rx.load(Relaxed)
         )
     });
+}
+
+/// `epoll_ctl` on a candidate: made on the kernel's registration as before, and recorded, so
+/// that the pairing moves it to the NTB form (`move_registrations`); a server candidate's set
+/// looks for its late offers in `epoll_wait` (`look_set`). `None`: not a candidate (any more).
+pub fn epoll_ctl(
+    sock: &Arc<Sock>,
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    event: Option<&libc::epoll_event>,
+) -> Option<Result<c_int, c_int>> {
+    let late = sock.late.get()?;
+    let _gate = late.gate.read().unwrap_or_else(|p| p.into_inner());
+    if !candidate(sock) {
+        return None;
+    }
+    let (events, data) = event.map_or((0, 0), |e| (e.events, e.u64));
+    if op != libc::EPOLL_CTL_DEL && event.is_none() {
+        return Some(Err(libc::EFAULT));
+    }
+    match sys::epoll_ctl(epfd, op, fd, events, data) {
+        0 => {}
+        e => return Some(Err(e)),
+    }
+    if let Ok(mut regs) = late.regs.lock() {
+        regs.retain(|r| (r.0, r.1) != (epfd, fd));
+        if op != libc::EPOLL_CTL_DEL {
+            regs.push((epfd, fd, events, data));
+        }
+    }
+    if sock.role == Role::Server {
+        if let Ok(mut w) = WATCHED.lock() {
+            w.retain(|(e, f, s)| (*e, *f) != (epfd, fd) && s.strong_count() > 0);
+            if op != libc::EPOLL_CTL_DEL {
+                w.push((epfd, fd, Arc::downgrade(sock)));
+            }
+            WATCHING.store(!w.is_empty(), Relaxed);
+        }
+    }
+    Some(Ok(0))
+}
+
+/// The pairing is made: the candidate's epoll registrations leave the kernel's form and are
+/// made again in the NTB form (`epoll::ctl`; a thread asleep in the set's kernel wait drops the
+/// tagged events that wakes it, and waits on as ours). One whose set or fd is gone (the kernel
+/// no longer holds it) is dropped.
+fn move_registrations(late: &Late) {
+    let regs = match late.regs.lock() {
+        Ok(mut r) => std::mem::take(&mut *r),
+        Err(_) => return,
+    };
+    for (epfd, fd, events, data) in regs {
+        if sys::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0) != 0 {
+            continue;
+        }
+        let ev = libc::epoll_event { events, u64: data };
+        if let crate::ops::Detour::Ours(Err(e)) =
+            crate::epoll::ctl(epfd, libc::EPOLL_CTL_ADD, fd, Some(&ev))
+        {
+            global::get().log(LogLevel::Warn, || {
+                format!("fd {fd}: its epoll registration in {epfd} could not move to the NTB path (errno {e})")
+            });
+        }
+    }
+    if let Ok(mut w) = WATCHED.lock() {
+        w.retain(|(_, _, s)| s.upgrade().is_some_and(|s| candidate(&s)));
+        WATCHING.store(!w.is_empty(), Relaxed);
+    }
+}
+
+/// What `epoll_wait` on `epfd` is to do about server candidates registered in it.
+pub enum SetLook {
+    /// None there: the kernel's wait, whole.
+    None,
+    /// Some there, none paired: wait in the kernel in naps of at most [`LOOK_NAP`].
+    Nap,
+    /// One moved onto the ring (its registration is ours now): look again.
+    Paired,
+}
+
+/// Before a kernel `epoll_wait` on `epfd`: look for the late offers of the server candidates
+/// registered in it (at most every 10 ms each). One load when no set holds a candidate.
+pub fn look_set(epfd: c_int) -> SetLook {
+    if !WATCHING.load(Relaxed) {
+        return SetLook::None;
+    }
+    let socks: Vec<(c_int, Arc<Sock>)> = match WATCHED.lock() {
+        Ok(w) => w
+            .iter()
+            .filter(|(e, _, _)| *e == epfd)
+            .filter_map(|(_, f, s)| s.upgrade().map(|s| (*f, s)))
+            .collect(),
+        Err(_) => return SetLook::None,
+    };
+    let mut live = false;
+    for (fd, s) in &socks {
+        look(s, *fd);
+        if s.conn.get().is_some() {
+            return SetLook::Paired;
+        }
+        live |= answers(s);
+    }
+    if live {
+        SetLook::Nap
+    } else {
+        SetLook::None
+    }
 }
 
 /// The slices of `bufs` after the first `n` bytes.

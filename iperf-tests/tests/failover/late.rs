@@ -39,6 +39,22 @@ fn a_server_waiting_in_poll_answers_a_late_offer() {
     );
 }
 
+/// The same with a server that waits in `epoll_wait` before each read (Python's `select.epoll`, level-triggered):
+/// its registration stays the kernel's while it is a candidate, it answers the late offer from its `epoll_wait`,
+/// and the registration moves to the NTB form at the pairing (the rest of the stream is read from the ring).
+#[test]
+fn a_server_waiting_in_epoll_answers_a_late_offer() {
+    let py = iperf_tests::apps::require_bin("python3", "python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("shapes")
+        .join("poll_echo.py");
+    moves_onto_the_ring(
+        "late_upgrade_epoll",
+        &py.display().to_string(),
+        &[&script.display().to_string(), "--port-then", "epoll"],
+    );
+}
+
 /// An echo server (`server` with `server_args` and the port) and the echo tool's client, both preloaded, the
 /// client connecting while the link is down; see the tests above.
 fn moves_onto_the_ring(name: &str, server_bin: &str, server_args: &[&str]) {
@@ -48,8 +64,12 @@ fn moves_onto_the_ring(name: &str, server_bin: &str, server_args: &[&str]) {
     let (se, ce) = (env(&f, "server", port), env(&f, "client", port));
     let echo = echo_bin();
     let port_s = port.to_string();
+    // The port goes last, or in place of "--port-then" (before the arguments after it).
     let mut args: Vec<&str> = server_args.to_vec();
-    args.push(&port_s);
+    match args.iter().position(|a| *a == "--port-then") {
+        Some(i) => args[i] = &port_s,
+        None => args.push(&port_s),
+    }
     let mut server = Proc::spawn(
         "echo-server",
         command(server_bin, &args, Some(&se)),
