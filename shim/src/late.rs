@@ -30,8 +30,9 @@ const HOLD_MIN: Duration = Duration::from_millis(100);
 const HOLD_MAX: Duration = Duration::from_secs(3);
 /// A try within this long of the last one doubles the hold.
 const FLAP_WINDOW: Duration = Duration::from_secs(2);
-/// Unanswered late offers in a row after which a client gives up (a server that never looks:
-/// one waiting only in poll or epoll, or an image that exec'd and forgot the candidate).
+/// Fruitless tries (a late offer unanswered, or no listener to offer to) after which a client
+/// gives up: a plain server, or one that never looks (busy elsewhere, or an image that exec'd
+/// and forgot the candidate).
 const TRIES_MAX: u32 = 5;
 /// How often a server looks for a late offer of its candidate.
 const LOOK_EVERY: Duration = Duration::from_millis(10);
@@ -360,12 +361,22 @@ fn tick(sock: &Sock, fd: c_int, late: &Late, may_offer: bool) {
         return;
     }
     let (sent, read) = (sock.tcp_tx.load(Relaxed), sock.tcp_rx.load(Relaxed));
+    // The connection watches the entry's first fd (the one it was made on, as a connection
+    // made at connect or accept does), not the dup this call came through: an application
+    // that closes the dup (a writer thread's clone) while another thread waits on the
+    // connection would otherwise leave that waiter polling a closed number (POLLNVAL: reset).
+    let tcp_fd = sock
+        .fds
+        .lock()
+        .ok()
+        .and_then(|f| f.first().copied())
+        .unwrap_or(fd);
     let r = match sock.role {
-        Role::Server => match t.late_accept(fd, sock.local, sock.peer, sent, read) {
+        Role::Server => match t.late_accept(tcp_fd, sock.local, sock.peer, sent, read) {
             None => return,
             Some(r) => r,
         },
-        Role::Client => t.late_upgrade(fd, sock.local, sock.peer, sent, read),
+        Role::Client => t.late_upgrade(tcp_fd, sock.local, sock.peer, sent, read),
     };
     match r {
         Ok(c) => {
@@ -401,7 +412,9 @@ fn again(late: &Late, reason: Reason) -> bool {
         return false;
     };
     let retry = match reason {
-        Reason::NoAnswer => {
+        // No listener yet may be a server whose listener is published only now that the link
+        // is up (it listened while the link was down): tried again, as an unanswered offer is.
+        Reason::NoAnswer | Reason::NoListener => {
             tr.unanswered += 1;
             tr.unanswered < TRIES_MAX
         }

@@ -493,7 +493,7 @@ impl Transport {
     /// `remote`), whose application sent `sent` and read `read` plain bytes, and wait a moment
     /// for the answer. The caller holds every other kernel data call on the socket off meanwhile
     /// (the counts must stay exact, and a byte read now could be the server's first record).
-    /// `NoListener` ends the candidacy; `NoAnswer` (withdrawn) and the lease reasons may be
+    /// `NoListener` (none in the peer host's table yet), `NoAnswer` (withdrawn) and the lease reasons may be
     /// tried again later; `BadPeer`: the server took the offer and answered something unusable
     /// (reset the connection).
     pub fn late_upgrade(

@@ -250,3 +250,84 @@ fn a_plain_peer_of_a_connection_made_while_the_link_is_down_sees_only_its_bytes(
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
+
+/// A link that flaps while a connection made during an outage waits to move: every byte comes back in order, the
+/// connection moves onto the ring at most once, its failovers after that back off (a handful, not one per flap),
+/// and the stream is not held up by the tries (each try of the client waits at most 400 ms for an answer, and
+/// tries back off: 100 ms doubling to 3 s).
+#[test]
+fn a_flapping_link_does_not_make_a_late_upgrade_thrash() {
+    let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
+    let f = Fixture::new("late_flapping");
+    let port = free_port();
+    let (se, ce) = (env(&f, "server", port), env(&f, "client", port));
+    let echo = echo_bin();
+    let port_s = port.to_string();
+    let mut server = Proc::spawn(
+        "echo-server",
+        command(&echo, &["serve", &port_s], Some(&se)),
+        f.dir(),
+    )
+    .unwrap();
+    server
+        .wait_listening(port, Duration::from_secs(10))
+        .unwrap();
+    link(f.emu_dir(), true);
+    // 40 MiB paced at 8 MiB/s: about 5 s.
+    let bytes = 40 * MIB + 3;
+    let mut client = Proc::spawn(
+        "echo-client",
+        command(
+            &echo,
+            &["send", &port_s, &bytes.to_string(), "8", "8"],
+            Some(&ce),
+        ),
+        f.dir(),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    // 25 flaps (up, then down) in 4 s, from 0.3 s; the link stays up after.
+    for i in 0..25u64 {
+        sleep_until(t0, Duration::from_millis(300 + i * 160));
+        link(f.emu_dir(), false);
+        sleep_until(t0, Duration::from_millis(300 + i * 160 + 80));
+        link(f.emu_dir(), true);
+    }
+    link(f.emu_dir(), false);
+    let status = client.wait_success(Duration::from_secs(30));
+    let took = t0.elapsed();
+    let _ = server.wait_timeout(Duration::from_secs(10));
+    let mut errors = Vec::new();
+    if status.is_err() || !client.stdout().contains(&format!("ok bytes={bytes}")) {
+        errors.push(format!(
+            "echo client: {status:?} {}",
+            client.stdout().trim()
+        ));
+    }
+    // Paced for 5 s; held up by thrashing it would take far longer.
+    if took > Duration::from_secs(12) {
+        errors.push(format!("the stream took {took:?} (paced for 5 s)"));
+    }
+    for (who, e) in [("client", &ce), ("server", &se)] {
+        match e.stats() {
+            Ok(s) => {
+                let c = data_conn(&s, port);
+                eprintln!(
+                    "{who}: late_upgrades {}, path {}, failovers {}, failbacks {}",
+                    s.late_upgrades, c.path, c.failovers, c.failbacks
+                );
+                if s.late_upgrades > 1 || c.failovers > 12 || s.protocol_errors != 0 {
+                    errors.push(format!("{who}: {s}"));
+                }
+            }
+            Err(e) => errors.push(format!("{who}: {e}")),
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{}\n{}\n{}",
+        errors.join("\n"),
+        client.describe(),
+        server.describe()
+    );
+}

@@ -18,7 +18,7 @@ const TAKEN_PATIENCE: Duration = Duration::from_secs(10);
 impl DeviceTransport {
     /// Client side: offer the late upgrade of the connection on `tcp_fd` (`local` → `remote`),
     /// whose application has sent `sent` and read `read` plain bytes, and wait for the answer.
-    /// `NoListener`: the peer host has no pcisock listener there (the candidacy ends);
+    /// `NoListener`: the peer host has no pcisock listener there (not yet, or a plain server);
     /// `NoAnswer`: withdrawn unanswered (the socket is untouched, try again later); `BadPeer`:
     /// the server answered something unusable after taking the offer (the caller resets the
     /// connection: the server may be sending records).
