@@ -279,6 +279,18 @@ impl ShimState {
         }
     }
 
+    /// A flagged connection counted as a fallback for `reason` moved onto the NTB path after
+    /// all (a late upgrade, `late`): it counts as an NTB connection from now on.
+    pub fn uncount_fallback(&self, reason: Reason) {
+        let down = |n: &AtomicU64| {
+            let _ = n.fetch_update(Relaxed, Relaxed, |v| v.checked_sub(1));
+        };
+        down(&self.tcp_connections);
+        if let Some(n) = self.fallbacks.get(reason.code() as usize) {
+            down(n);
+        }
+    }
+
     /// Where this process writes its statistics: `PCISOCK_STATS_FILE` itself; with `%p` in it,
     /// that replaced by the pid; if it names a directory (or ends in `/`),
     /// `DIR/pcisock-PID.json` in it. Asked at each write: a forked child writes its own file.

@@ -437,7 +437,9 @@ fn adopt(sock: &Sock, fd: c_int, c: Connection) {
     let g = global::get();
     let _ = sock.conn.set(Arc::new(c));
     if let Ok(mut st) = sock.state.lock() {
-        *st = State::Ntb;
+        if let State::Tcp(reason) = std::mem::replace(&mut *st, State::Ntb) {
+            g.uncount_fallback(reason);
+        }
     }
     g.ntb_connections.fetch_add(1, Relaxed);
     g.log(LogLevel::Info, || {

@@ -154,7 +154,9 @@ fn moves_onto_the_ring(name: &str, server_bin: &str, server_args: &[&str]) {
         match e.stats() {
             Ok(s) => {
                 let on_ring = s.on_port(port).any(|c| c.path == "ntb" && !c.on_tcp);
-                if s.late_upgrades != 1 || !on_ring || s.protocol_errors != 0 {
+                // It counts as an NTB connection, no longer as a fallback.
+                let counted = s.ntb_connections == 1 && s.tcp_connections == 0;
+                if s.late_upgrades != 1 || !on_ring || !counted || s.protocol_errors != 0 {
                     errors.push(format!(
                         "{who}: late_upgrades {}, on the ring at the end: {on_ring}: {s}",
                         s.late_upgrades
