@@ -302,7 +302,7 @@ impl std::fmt::Display for WireError {
             WireError::Long(n) => write!(f, "{n} bytes: longer than {MAX_MESSAGE}"),
             WireError::Magic(m) => write!(f, "bad magic {m:#x}"),
             WireError::Version(v) => {
-                write!(f, "protocol version {v}, the service speaks {VERSION}")
+                write!(f, "protocol version {v}, this build speaks {VERSION}")
             }
             WireError::Kind(k) => write!(f, "unknown kind {k}"),
             WireError::Body { kind, len } => write!(f, "kind {kind}: body of {len} bytes"),
