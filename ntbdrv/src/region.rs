@@ -64,21 +64,23 @@ impl Region {
     /// so that no other holder can truncate it under our accesses (SIGBUS).
     pub fn map_segment(fd: &std::os::fd::OwnedFd, len: usize) -> std::io::Result<Region> {
         use std::io::{Error, ErrorKind};
-        let file = std::fs::File::from(fd.try_clone()?);
-        let size = file.metadata()?.len();
+        use std::os::fd::AsFd;
+        // Looked at and mapped through the caller's descriptor (no copy of it: a connection's
+        // set-up makes one segment per end, and each system call shows in its rate).
+        let size = crate::sysutil::fd_size(fd.as_fd())?;
         if size < len as u64 || len == 0 {
             return Err(Error::new(
                 ErrorKind::InvalidData,
                 format!("segment of {size} bytes, {len} needed"),
             ));
         }
-        if !crate::sysutil::sealed_against_shrinking(&file) {
+        if !crate::sysutil::sealed_against_shrinking(fd.as_fd()) {
             return Err(Error::new(
                 ErrorKind::InvalidData,
                 "segment not sealed against shrinking",
             ));
         }
-        let map = memmap2::MmapOptions::new().len(len).map_raw(&file)?;
+        let map = memmap2::MmapOptions::new().len(len).map_raw(fd)?;
         let base = map.as_mut_ptr();
         // SAFETY: `map` is a shared read-write mapping of `len` bytes of a segment that cannot
         // shrink (checked above), kept alive by the Arc for as long as any Region of it lives.

@@ -134,11 +134,22 @@ pub(crate) fn drain_fd(fd: &OwnedFd) {
     }
 }
 
-/// Is the memfd behind `f` sealed against shrinking (F_SEAL_SHRINK)?
-pub(crate) fn sealed_against_shrinking(f: &std::fs::File) -> bool {
-    // SAFETY: fcntl F_GET_SEALS on a descriptor we hold; plain integers.
-    let seals = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
+/// Is the memfd behind `fd` sealed against shrinking (F_SEAL_SHRINK)?
+pub(crate) fn sealed_against_shrinking(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    // SAFETY: fcntl F_GET_SEALS on a descriptor the caller holds; plain integers.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
     seals >= 0 && seals & libc::F_SEAL_SHRINK != 0
+}
+
+/// The size in bytes of the file behind `fd` (fstat).
+pub(crate) fn fd_size(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
+    // SAFETY: `stat` is plain data; all zeros is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into a live `stat` of the right type; the descriptor is borrowed.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    u64::try_from(st.st_size).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))
 }
 
 /// The real user id.

@@ -36,8 +36,9 @@ fn is_ours(data: u64) -> bool {
 }
 
 /// An epoll set's shared interrupt lines (the processes' lines from the fabric service, each
-/// used by many connections): one `LineSet` per set, registered once in it, with how many of
-/// the set's registrations use each line. A shared line is never emptied (it wakes many
+/// used by many connections): one `LineSet` per set, registered once in it (from the first
+/// registration that needs it until the set is closed), with how many of the set's
+/// registrations use each line (a line with none leaves the `LineSet`). A shared line is never emptied (it wakes many
 /// sleepers); the `LineSet` takes each ring as an edge and is emptied when it wakes a wait.
 struct Hub {
     lines: transport::LineSet,
@@ -97,11 +98,11 @@ fn drop_line(epfd: c_int, line: c_int) {
             hub.lines.remove(line);
         }
     }
-    if hub.uses.is_empty() {
-        if let Some(hub) = hubs.remove(&epfd) {
-            kernel_ctl(epfd, libc::EPOLL_CTL_DEL, hub.lines.fd(), 0, 0);
-        }
-    }
+    // The hub stays, empty (never readable), until the set is closed (`forget_set`): a server
+    // whose connections come and go one at a time would otherwise make and register a
+    // `LineSet`, then unregister and close it, twice per connection (the upgrade moves the
+    // registration from the offer's form to the connection's): ten system calls, among them
+    // an epoll instance made and freed.
 }
 
 /// A wait on `epfd` woke for its shared lines: empty its `LineSet`.

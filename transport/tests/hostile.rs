@@ -664,3 +664,48 @@ fn a_closed_block_waits_for_a_peer_child_that_records_itself_late() {
     drop(c);
     assert_eq!(reaped(), before + 4, "the block never left the quarantine");
 }
+
+/// A process that forked with a connection and closes its copy at once hands the connection to
+/// its child even when the child has not run yet (has not named itself in the block): the
+/// parent names it as soon as `fork` returns (`add_child`). Before, the parent's close waited
+/// 50 ms for the child to name itself and then took itself for the last holder, so a child the
+/// scheduler ran late had its connection ended under it (behaviour `accept_nonblocking` failed
+/// half its runs under load). Here the "child" is a process holding the server's TCP socket
+/// (as its stdin) that never runs our code, so it never names itself.
+#[test]
+fn a_child_its_parent_named_keeps_the_connection_when_the_parent_closes() {
+    let (_d, dev) = device_with("holders-child", 4096);
+    let t = Transport::open(
+        dev,
+        Settings {
+            ring_bytes: CAP,
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    let Pair { c, s, _k } = pair(&t);
+    let socket: std::os::fd::OwnedFd = _k.1.try_clone().unwrap().into();
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .stdin(socket)
+        .spawn()
+        .unwrap();
+    s.add_holder();
+    s.add_child(child.id());
+    within("the parent's close".into(), move || drop(s));
+    let got = within("the peer's read".into(), move || {
+        let mut b = [0u8; 16];
+        c.recv(
+            &mut [&mut b[..]],
+            RecvFlags::default(),
+            Some(Duration::from_millis(300)),
+        )
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        got,
+        Err(IoError::TimedOut),
+        "the parent's close ended the connection its live child holds"
+    );
+}
