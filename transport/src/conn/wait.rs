@@ -316,8 +316,11 @@ impl Connection {
         let mut n = 0u32;
         // A reader spins on the next frame's header (the line it will read: the sender
         // publishes the frame there, `ringsync::publish_frame`), and looks at everything else
-        // (the producer counter, flags, another holder's reads) once in 64 turns; it loads the
-        // line after the header too (see `touch_next_frame`).
+        // (the producer counter, flags, another holder's reads) once in 64 turns. It no longer
+        // loads the frame's next line as it spins (version 2 loaded the first two lines beside
+        // the counter): with the header watched, that load won 3 % of the median round trip and
+        // cost 27 % of the 99th percentile, the line taken from the sender while it writes it
+        // (benches/results/pingpong-latency.md).
         let next = if read {
             let RxPos { head, seq, .. } = self.rx_pos();
             Some((self.rx_ring.pos(head) as usize, seq))
@@ -333,7 +336,6 @@ impl Connection {
             if (next.is_none() || n.is_multiple_of(64)) && self.ready(read) {
                 break true;
             }
-            self.touch_next_frame(next.map_or(usize::MAX, |(pos, _)| pos));
             n = n.wrapping_add(1);
             if n.is_multiple_of(64) {
                 let now = Instant::now();
@@ -436,24 +438,6 @@ impl Connection {
                 Wait::TimedOut
             }
             _ => Wait::Ready,
-        }
-    }
-
-    /// A spinning reader, which watches the header of the next frame (ring position `pos`;
-    /// `usize::MAX`: not a reader), loads the cache line after it too: when the sender writes
-    /// the frame, both lines come over in parallel, instead of the payload's after the
-    /// header's. The value is not used (`recv` reads the frame once its header publishes it),
-    /// so a peer writing anything there changes nothing.
-    #[inline]
-    fn touch_next_frame(&self, pos: usize) {
-        if pos == usize::MAX {
-            return;
-        }
-        let at = ring_at(pos as u64);
-        if pos.saturating_add(64) < self.rx_ring.cap() as usize {
-            if let Ok(w) = self.own_block.atomic_u64(at.saturating_add(64)) {
-                std::hint::black_box(w.load(Relaxed));
-            }
         }
     }
 
