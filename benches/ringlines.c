@@ -5,7 +5,7 @@
  *   tail    the producer counter, on a line of its own, stored after the frame (PROTOCOL.md
  *           version 2); the waiter also loads the frame's first two lines as it spins
  *   header  the next frame's header sequence word, stored last (version 3), the sender marking
- *           the next header slot first; the waiter also loads the line after the header
+ *           the next header slot first; the waiter loads nothing else
  * usage: ringlines tail|header RING_BYTES ITERS [SIZE]      prints p50/p99 of the round trip (ns) */
 #define _GNU_SOURCE
 #include <sched.h>
@@ -62,10 +62,7 @@ static void recv_frame(struct blk *b, uint64_t *h, uint64_t seq, char *out) {
     if (cap - pos < frame() + 16) { *h += cap - pos; pos = 0; }
     char *f = b->ring + pos;
     if (by_header)
-        while (atomic_load_explicit(seqw(b, pos), memory_order_acquire) != seq) {
-            (void)*(volatile uint64_t *)(f + 64);
-            _mm_pause();
-        }
+        while (atomic_load_explicit(seqw(b, pos), memory_order_acquire) != seq) _mm_pause();
     else
         while (atomic_load_explicit(&b->tail, memory_order_acquire) <= *h) {
             (void)*(volatile uint64_t *)f;
