@@ -100,6 +100,8 @@ pub struct Client {
     next: u64,
     /// Replies that arrived while another was awaited, by request id.
     stash: HashMap<u64, (Reply, Vec<OwnedFd>)>,
+    /// A sock_diag socket of this process's namespace went to the service (`Namespace`).
+    namespace_sent: bool,
     pub service_pid: u32,
     pub ring_bytes: u64,
     pub window_bytes: u64,
@@ -120,6 +122,7 @@ impl Client {
             sock,
             next: 1,
             stash: HashMap::new(),
+            namespace_sent: false,
             service_pid: 0,
             ring_bytes: 0,
             window_bytes: 0,
@@ -221,8 +224,18 @@ impl Client {
         self.wait(id, REPLY_PATIENCE)?.ok_or(ClientError::TimedOut)
     }
 
-    /// Publish the listening socket `fd`.
+    /// Publish the listening socket `fd`. Before the first, the service gets a sock_diag socket
+    /// of this process's network namespace (`Namespace`), so that it can tell whether the
+    /// listener lives on in other processes once this one has gone, even when the service runs
+    /// in another namespace (a container's server). Without one (no netlink here), the
+    /// listener is judged by this process's life there.
     pub fn listen(&mut self, fd: RawFd) -> Result<u64, ClientError> {
+        if !self.namespace_sent {
+            if let Ok(diag) = crate::sockdiag::socket_here() {
+                self.send(Request::Namespace, Some(diag.as_raw_fd()))?;
+            }
+            self.namespace_sent = true;
+        }
         match self.call(Request::Listen, Some(fd))?.0 {
             Reply::Listening { listener } => Ok(listener),
             r => Err(ClientError::Unexpected(r)),

@@ -61,6 +61,10 @@ pub fn is_listening_at(inode: u64, ip: &[u8; 16], port: u16) -> io::Result<bool>
 /// network namespace (one exact lookup)? True proves the socket listens (socket inodes are
 /// unique across namespaces); false proves nothing: ask [`is_listening_at`].
 pub fn reached_at(inode: u64, ip: &[u8; 16], port: u16) -> io::Result<bool> {
+    reached_at_with(&Netlink::open()?, inode, ip, port)
+}
+
+fn reached_at_with(nl: &Netlink, inode: u64, ip: &[u8; 16], port: u16) -> io::Result<bool> {
     let (family, addr) = family_of(ip);
     let addr = if family == libc::AF_INET as u8 && addr == [0; 4] {
         vec![127, 0, 0, 1]
@@ -69,7 +73,7 @@ pub fn reached_at(inode: u64, ip: &[u8; 16], port: u16) -> io::Result<bool> {
     };
     let any = [0u8; 16];
     let remote = (&any[..addr.len()], 0);
-    let found = Netlink::open()?.lookup(family, (&addr, port), remote, 1 << TCP_LISTEN)?;
+    let found = nl.lookup(family, (&addr, port), remote, 1 << TCP_LISTEN)?;
     Ok(found == Some(inode))
 }
 
@@ -78,9 +82,17 @@ pub fn reached_at(inode: u64, ip: &[u8; 16], port: u16) -> io::Result<bool> {
 /// 4-tuple (in both families: a dual-stack socket's IPv4 connection is asked as IPv4 first).
 /// A closed socket's TIME_WAIT remnant has no inode, so it does not count.
 pub fn connected(inode: u64, local: (Addr, u16), peer: (Addr, u16)) -> io::Result<bool> {
+    connected_with(&Netlink::open()?, inode, local, peer)
+}
+
+fn connected_with(
+    nl: &Netlink,
+    inode: u64,
+    local: (Addr, u16),
+    peer: (Addr, u16),
+) -> io::Result<bool> {
     let (family, l) = family_of(&local.0);
     let (_, p) = family_of(&peer.0);
-    let nl = Netlink::open()?;
     if nl.lookup(family, (&l, local.1), (&p, peer.1), !(1 << TCP_LISTEN))? == Some(inode) {
         return Ok(true);
     }
@@ -120,14 +132,125 @@ pub fn is_listening(inode: u64, port: u16) -> io::Result<bool> {
     Ok(false)
 }
 
-struct Netlink(RawFd);
+/// [`is_listening`] on a socket kept for many requests (a handed one, which drains what an
+/// early stop left unread before its next request).
+fn is_listening_with(nl: &Netlink, inode: u64, port: u16) -> io::Result<bool> {
+    let mut out = Vec::new();
+    for family in [libc::AF_INET, libc::AF_INET6] {
+        if nl.dump(family as u8, Some(port), Some(inode), &mut out)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A NETLINK_SOCK_DIAG socket. `handed`: another process made it and handed it over (it may
+/// keep a copy): every request then drains what is queued first, carries a sequence number of
+/// its own and skips replies that do not carry it, and waits at most [`HANDED_PATIENCE`] for
+/// each reply (that process could read our replies away or queue answers to its own
+/// requests).
+struct Netlink {
+    fd: RawFd,
+    handed: bool,
+}
+
+/// How long a request on a handed socket waits for each reply datagram.
+const HANDED_PATIENCE_MS: libc::c_int = 100;
 
 impl Drop for Netlink {
     fn drop(&mut self) {
-        // SAFETY: closing the socket this struct opened and owns.
-        unsafe { libc::syscall(libc::SYS_close, self.0) };
+        // SAFETY: closing the socket this struct owns.
+        unsafe { libc::syscall(libc::SYS_close, self.fd) };
     }
 }
+
+/// A sock_diag socket of one network namespace, kept to ask about that namespace's sockets
+/// again and again: the service's own ([`Diag::here`]) or one a process of another namespace
+/// handed over ([`Diag::handed`]), the only way a service without privileges can read another
+/// namespace's socket table (a netlink socket answers for the namespace it was made in).
+pub struct Diag(Netlink);
+
+impl Diag {
+    /// A sock_diag socket of this process's namespace.
+    pub fn here() -> io::Result<Diag> {
+        Netlink::open().map(Diag)
+    }
+
+    /// A descriptor another process handed over, if it is a NETLINK_SOCK_DIAG socket: the
+    /// socket and its namespace's cookie (SO_NETNS_COOKIE). Its answers are the kernel's for
+    /// that namespace; what the other process can still do with its copy is only to disturb
+    /// them, which [`Netlink`] bounds (a wrong or missing answer is an error).
+    pub fn handed(fd: std::os::fd::OwnedFd) -> Option<(Diag, u64)> {
+        use std::os::fd::{AsRawFd, IntoRawFd};
+        let raw = fd.as_raw_fd();
+        let int = |opt: libc::c_int| {
+            let mut v: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: `v` and `len` are live and sized as stated.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_getsockopt,
+                    raw,
+                    libc::SOL_SOCKET,
+                    opt,
+                    &mut v as *mut libc::c_int,
+                    &mut len as *mut libc::socklen_t,
+                )
+            };
+            (r == 0).then_some(v)
+        };
+        if int(libc::SO_DOMAIN)? != libc::AF_NETLINK
+            || int(libc::SO_PROTOCOL)? != libc::NETLINK_SOCK_DIAG
+        {
+            return None;
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: `cookie` and `len` are live and sized as stated.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_getsockopt,
+                raw,
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                &mut cookie as *mut u64,
+                &mut len as *mut libc::socklen_t,
+            )
+        };
+        if r != 0 || cookie == 0 {
+            return None;
+        }
+        let nl = Netlink {
+            fd: fd.into_raw_fd(),
+            handed: true,
+        };
+        Some((Diag(nl), cookie))
+    }
+
+    /// [`is_listening_at`], in this socket's namespace.
+    pub fn is_listening_at(&self, inode: u64, ip: &[u8; 16], port: u16) -> io::Result<bool> {
+        Ok(reached_at_with(&self.0, inode, ip, port)? || is_listening_with(&self.0, inode, port)?)
+    }
+
+    /// [`connected`], in this socket's namespace.
+    pub fn connected(&self, inode: u64, local: (Addr, u16), peer: (Addr, u16)) -> io::Result<bool> {
+        connected_with(&self.0, inode, local, peer)
+    }
+}
+
+/// A sock_diag socket of this process's network namespace, to hand to the host fabric service
+/// (which reads another namespace's socket table through it: [`Diag::handed`]).
+pub fn socket_here() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let nl = Netlink::open()?;
+    let fd = nl.fd;
+    std::mem::forget(nl);
+    // SAFETY: the socket `Netlink::open` made, whose ownership we take from it (forgotten).
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// SO_NETNS_COOKIE (asm-generic/socket.h).
+const SO_NETNS_COOKIE: libc::c_int = 71;
 
 impl Netlink {
     fn open() -> io::Result<Netlink> {
@@ -143,7 +266,10 @@ impl Netlink {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Netlink(fd as RawFd))
+        Ok(Netlink {
+            fd: fd as RawFd,
+            handed: false,
+        })
     }
 
     /// The inode of the socket in one of `states` (a bit set) that the kernel finds with this
@@ -160,7 +286,6 @@ impl Netlink {
         req[0..4].copy_from_slice(&((NLMSG_HDR + REQ_LEN) as u32).to_ne_bytes());
         req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
         req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-        req[8..12].copy_from_slice(&2u32.to_ne_bytes()); // sequence
         let r = &mut req[NLMSG_HDR..];
         r[0] = family;
         r[1] = libc::IPPROTO_TCP as u8;
@@ -177,18 +302,64 @@ impl Netlink {
             .ok_or_else(bad)?
             .copy_from_slice(remote.0);
         r[48..56].fill(0xff);
-        self.send(&req)?;
+        let seq = self.send(&mut req)?;
         let mut buf = vec![0u8; 4096];
-        let n = self.recv(&mut buf)?;
-        let mut out = Vec::new();
-        match parse_states(&buf[..n], None, &mut out, states) {
-            Ok(_) => Ok(out.first().copied()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(e) => Err(e),
+        loop {
+            let n = self.recv(&mut buf)?;
+            let mut out = Vec::new();
+            match parse_states(&buf[..n], None, &mut out, states, seq) {
+                // Only a handed socket's reply can lack ours (see `Netlink`): read on.
+                Ok(Parsed { ours: false, .. }) => continue,
+                Ok(_) => return Ok(out.first().copied()),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+                Err(e) => return Err(e),
+            }
         }
     }
 
-    fn send(&self, req: &[u8]) -> io::Result<()> {
+    /// Send `req` with a sequence number of ours (written into it); returns it, or `None` for
+    /// our own socket, whose replies are all ours (replies then are not checked for it).
+    fn send(&self, req: &mut [u8]) -> io::Result<Option<u32>> {
+        let seq = if self.handed {
+            self.drain();
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            Some((t ^ n.wrapping_mul(0x9E37_79B9)) | 1)
+        } else {
+            None
+        };
+        req[8..12].copy_from_slice(&seq.unwrap_or(1).to_ne_bytes());
+        self.send_raw(req)?;
+        Ok(seq)
+    }
+
+    /// Throw away what is queued on a handed socket (replies to its other holder's requests,
+    /// or the rest of one of ours that we stopped reading).
+    fn drain(&self) {
+        let mut buf = [0u8; 4096];
+        for _ in 0..1024 {
+            // SAFETY: `buf` is a live buffer of the length passed; null address arguments.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_recvfrom,
+                    self.fd,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null::<u8>(),
+                    std::ptr::null::<u8>(),
+                )
+            };
+            if n <= 0 {
+                return;
+            }
+        }
+    }
+
+    fn send_raw(&self, req: &[u8]) -> io::Result<()> {
         // SAFETY: `sockaddr_nl` is plain old data; zero is valid (pid 0: the kernel).
         let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         to.nl_family = libc::AF_NETLINK as u16;
@@ -196,7 +367,7 @@ impl Netlink {
         let n = unsafe {
             libc::syscall(
                 libc::SYS_sendto,
-                self.0,
+                self.fd,
                 req.as_ptr(),
                 req.len(),
                 0,
@@ -211,15 +382,35 @@ impl Netlink {
     }
 
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.handed {
+            // Its other holder may read our reply away: wait a bounded time for one.
+            let mut p = libc::pollfd {
+                fd: self.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_poll,
+                    &mut p as *mut libc::pollfd,
+                    1,
+                    HANDED_PATIENCE_MS,
+                )
+            };
+            if r <= 0 {
+                return Err(io::Error::from(io::ErrorKind::TimedOut));
+            }
+        }
         loop {
             // SAFETY: `buf` is a live buffer of the length passed; null address arguments.
             let n = unsafe {
                 libc::syscall(
                     libc::SYS_recvfrom,
-                    self.0,
+                    self.fd,
                     buf.as_mut_ptr(),
                     buf.len(),
-                    0,
+                    if self.handed { libc::MSG_DONTWAIT } else { 0 },
                     std::ptr::null::<u8>(),
                     std::ptr::null::<u8>(),
                 )
@@ -249,16 +440,17 @@ impl Netlink {
         req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
         let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
         req[6..8].copy_from_slice(&flags.to_ne_bytes());
-        req[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence
         let r = &mut req[NLMSG_HDR..];
         r[0] = family;
         r[1] = libc::IPPROTO_TCP as u8;
         r[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-        self.send(&req)?;
+        let seq = self.send(&mut req)?;
         let mut buf = vec![0u8; 32 << 10];
-        loop {
+        // A handed socket's dump is bounded by the reads it may take (its other holder could
+        // keep queueing replies of its own).
+        for _ in 0..if self.handed { 4096 } else { usize::MAX } {
             let n = self.recv(&mut buf)?;
-            let done = parse(&buf[..n], port, out)?;
+            let done = parse_states(&buf[..n], port, out, !0, seq)?.done;
             if want.is_some_and(|w| out.contains(&w)) {
                 return Ok(true);
             }
@@ -266,31 +458,52 @@ impl Netlink {
                 return Ok(false);
             }
         }
+        Err(io::Error::from(io::ErrorKind::TimedOut))
     }
 }
 
 /// Parse one datagram of a dump reply; true once the dump is done.
+#[cfg(test)]
 fn parse(b: &[u8], port: Option<u16>, out: &mut Vec<u64>) -> io::Result<bool> {
-    parse_states(b, port, out, !0)
+    parse_states(b, port, out, !0, None).map(|p| p.done)
 }
 
-/// [`parse`], keeping only sockets whose state is in the bit set `states`.
+/// What one reply datagram held.
+struct Parsed {
+    /// The end of the reply (NLMSG_DONE).
+    done: bool,
+    /// A message of our request was in it (always, when no sequence number is checked).
+    ours: bool,
+}
+
+/// Parse one reply datagram, keeping only sockets whose state is in the bit set `states`, and
+/// with `seq`, only messages carrying that sequence number (the others are skipped).
 fn parse_states(
     mut b: &[u8],
     port: Option<u16>,
     out: &mut Vec<u64>,
     states: u32,
-) -> io::Result<bool> {
+    seq: Option<u32>,
+) -> io::Result<Parsed> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed sock_diag reply");
+    let mut ours = seq.is_none();
     while b.len() >= NLMSG_HDR {
         let len = u32::from_ne_bytes(b[0..4].try_into().map_err(|_| bad())?) as usize;
         let ty = u16::from_ne_bytes(b[4..6].try_into().map_err(|_| bad())?);
+        let got = u32::from_ne_bytes(b[8..12].try_into().map_err(|_| bad())?);
         if len < NLMSG_HDR || len > b.len() {
             return Err(bad());
         }
         let body = &b[NLMSG_HDR..len];
+        // Messages are aligned to 4 bytes.
+        let next = (len + 3) & !3;
+        if seq.is_some_and(|s| s != got) {
+            b = b.get(next..).unwrap_or(&[]);
+            continue;
+        }
+        ours = true;
         match ty as i32 {
-            libc::NLMSG_DONE => return Ok(true),
+            libc::NLMSG_DONE => return Ok(Parsed { done: true, ours }),
             libc::NLMSG_ERROR => {
                 let errno = body
                     .get(0..4)
@@ -315,264 +528,10 @@ fn parse_states(
             }
             _ => {}
         }
-        // Messages are aligned to 4 bytes.
-        let next = (len + 3) & !3;
         b = b.get(next..).unwrap_or(&[]);
     }
-    Ok(false)
+    Ok(Parsed { done: false, ours })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::fd::AsRawFd;
-
-    /// The fork test's child holds copies of every fd open at the fork: the tests that watch a
-    /// socket close run one at a time.
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    fn serial() -> std::sync::MutexGuard<'static, ()> {
-        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The socket's identity: its inode, and this process's network namespace.
-    struct Id {
-        inode: u64,
-        netns: u64,
-    }
-
-    fn id(fd: &impl AsRawFd) -> Id {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
-        Id {
-            inode: m.ino(),
-            netns: netns().unwrap(),
-        }
-    }
-
-    #[test]
-    fn a_listening_socket_is_listed_until_it_closes() {
-        let _serial = serial();
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let me = id(&l);
-        assert_eq!(me.netns, netns().unwrap());
-        assert!(is_listening(me.inode, port).unwrap());
-        assert!(listening(None).unwrap().contains(&me.inode));
-        // Another port's filter does not list it.
-        assert!(!is_listening(me.inode, port.wrapping_add(1).max(1)).unwrap());
-        drop(l);
-        assert!(!is_listening(me.inode, port).unwrap());
-    }
-
-    /// The exact lookup finds the listener a connection would reach, by its address or (for a
-    /// wildcard listener) by loopback; a specific listener that shadows a wildcard one on the
-    /// same port still leaves the wildcard one judged alive (by the table walk).
-    /// The listener a connection to the IPv4 `addr`:`port` would reach.
-    fn listener_at(nl: &Netlink, addr: [u8; 4], port: u16) -> Option<u64> {
-        nl.lookup(
-            libc::AF_INET as u8,
-            (&addr, port),
-            (&[0; 4], 0),
-            1 << TCP_LISTEN,
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn the_exact_lookup_finds_the_listener() {
-        let _serial = serial();
-        let mapped = |a: [u8; 4]| {
-            let mut ip = [0u8; 16];
-            ip[10] = 0xff;
-            ip[11] = 0xff;
-            ip[12..].copy_from_slice(&a);
-            ip
-        };
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let me = id(&l).inode;
-        let nl = Netlink::open().unwrap();
-        assert_eq!(listener_at(&nl, [127, 0, 0, 1], port), Some(me));
-        assert!(is_listening_at(me, &mapped([127, 0, 0, 1]), port).unwrap());
-        assert!(is_listening_at(me, &[0; 16], port).unwrap());
-        // A wildcard listener on another port, shadowed on 127.0.0.2 by a specific one.
-        let any = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        any.set_reuse_address(true).unwrap();
-        any.bind(&"0.0.0.0:0".parse::<std::net::SocketAddr>().unwrap().into())
-            .unwrap();
-        any.listen(1).unwrap();
-        let aport = any.local_addr().unwrap().as_socket().unwrap().port();
-        let spec =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        spec.set_reuse_address(true).unwrap();
-        let addr2: std::net::SocketAddr = format!("127.0.0.2:{aport}").parse().unwrap();
-        if spec.bind(&addr2.into()).is_ok() && spec.listen(1).is_ok() {
-            let (a, s2) = (id(&any).inode, id(&spec).inode);
-            let nl = Netlink::open().unwrap();
-            assert_eq!(listener_at(&nl, [127, 0, 0, 2], aport), Some(s2));
-            assert!(is_listening_at(a, &mapped([127, 0, 0, 2]), aport).unwrap());
-            assert!(is_listening_at(s2, &mapped([127, 0, 0, 2]), aport).unwrap());
-        }
-        drop(l);
-        let nl = Netlink::open().unwrap();
-        assert_eq!(listener_at(&nl, [127, 0, 0, 1], port), None);
-        assert!(!is_listening_at(me, &mapped([127, 0, 0, 1]), port).unwrap());
-    }
-
-    /// A connected socket is found by its 4-tuple while it exists; its TIME_WAIT remnant (no
-    /// inode) is not it; the other end, closed by its peer, lives on.
-    #[test]
-    fn a_connected_socket_is_found_until_it_closes() {
-        let _serial = serial();
-        let mapped = |a: std::net::SocketAddr| match a {
-            std::net::SocketAddr::V4(v) => {
-                let mut ip = [0u8; 16];
-                ip[10] = 0xff;
-                ip[11] = 0xff;
-                ip[12..].copy_from_slice(&v.ip().octets());
-                (ip, v.port())
-            }
-            std::net::SocketAddr::V6(v) => (v.ip().octets(), v.port()),
-        };
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (s, _) = l.accept().unwrap();
-        let (ci, si) = (id(&c).inode, id(&s).inode);
-        let (cl, cp) = (
-            mapped(c.local_addr().unwrap()),
-            mapped(c.peer_addr().unwrap()),
-        );
-        assert!(connected(ci, cl, cp).unwrap());
-        assert!(connected(si, cp, cl).unwrap());
-        // Another socket's inode at the same 4-tuple is not it.
-        assert!(!connected(si, cl, cp).unwrap());
-        assert!(!connected(ci, cl, (cp.0, cp.1.wrapping_add(1))).unwrap());
-        drop(c);
-        assert!(!connected(ci, cl, cp).unwrap());
-        assert!(
-            connected(si, cp, cl).unwrap(),
-            "the server's end is in CLOSE_WAIT"
-        );
-        drop(s);
-        assert!(!connected(si, cp, cl).unwrap());
-        // IPv6, where the host has it.
-        if let Ok(l6) = std::net::TcpListener::bind("[::1]:0") {
-            let c6 = std::net::TcpStream::connect(l6.local_addr().unwrap()).unwrap();
-            let i6 = id(&c6).inode;
-            let (l, p) = (
-                mapped(c6.local_addr().unwrap()),
-                mapped(c6.peer_addr().unwrap()),
-            );
-            assert!(connected(i6, l, p).unwrap());
-        }
-    }
-
-    #[test]
-    fn ipv6_listeners_are_listed() {
-        let _serial = serial();
-        let Ok(l) = std::net::TcpListener::bind("[::1]:0") else {
-            return; // no IPv6 on this host: nothing to ask
-        };
-        let port = l.local_addr().unwrap().port();
-        assert!(is_listening(id(&l).inode, port).unwrap());
-    }
-
-    #[test]
-    fn connected_and_bound_sockets_are_not_listening() {
-        let _serial = serial();
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let c = std::net::TcpStream::connect(addr).unwrap();
-        let (s, _) = l.accept().unwrap();
-        let all = listening(None).unwrap();
-        assert!(all.contains(&id(&l).inode));
-        assert!(!all.contains(&id(&c).inode));
-        assert!(!all.contains(&id(&s).inode));
-        // Bound, never listened.
-        let b = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        b.bind(
-            &"127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-        )
-        .unwrap();
-        assert!(!listening(None).unwrap().contains(&id(&b).inode));
-        b.listen(1).unwrap();
-        assert!(listening(None).unwrap().contains(&id(&b).inode));
-    }
-
-    #[test]
-    fn a_listener_shared_with_a_child_lives_until_both_close() {
-        let _serial = serial();
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let me = id(&l);
-        let me_fd = l.as_raw_fd();
-        let (r, w) = pipe();
-        // SAFETY: the child only makes async-signal-safe calls (read, _exit) before exiting.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            // The child keeps its copy of `l` until the parent writes a byte (and drops the
-            // other tests' sockets it inherited, which must not outlive their tests).
-            let lfd = me_fd as libc::c_uint;
-            let rfd = r as libc::c_uint;
-            let (lo, hi) = (lfd.min(rfd), lfd.max(rfd));
-            let mut b = 0u8;
-            // SAFETY: integer arguments, then a one-byte buffer.
-            unsafe {
-                libc::syscall(libc::SYS_close_range, 3u32, lo - 1, 0u32);
-                libc::syscall(libc::SYS_close_range, lo + 1, hi - 1, 0u32);
-                libc::syscall(libc::SYS_close_range, hi + 1, u32::MAX, 0u32);
-                libc::read(r, &mut b as *mut u8 as *mut libc::c_void, 1);
-            }
-            // SAFETY: ends the child without running the parent's destructors.
-            unsafe { libc::_exit(0) };
-        }
-        drop(l);
-        // The parent closed its copy: the child's keeps the socket listening.
-        assert!(is_listening(me.inode, port).unwrap());
-        // SAFETY: a one-byte buffer; then reap the child.
-        unsafe {
-            libc::write(w, b"x".as_ptr() as *const libc::c_void, 1);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
-        assert!(!is_listening(me.inode, port).unwrap());
-        // SAFETY: closing our own pipe ends.
-        unsafe {
-            libc::close(r);
-            libc::close(w);
-        }
-    }
-
-    fn pipe() -> (RawFd, RawFd) {
-        let mut p = [0; 2];
-        // SAFETY: a two-int array.
-        assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
-        (p[0], p[1])
-    }
-
-    #[test]
-    fn malformed_replies_are_refused() {
-        let mut out = Vec::new();
-        // A header claiming more bytes than the datagram holds.
-        let mut b = [0u8; 16];
-        b[0..4].copy_from_slice(&64u32.to_ne_bytes());
-        assert!(parse(&b, None, &mut out).is_err());
-        // A diag message too short to hold an inode.
-        let mut b = [0u8; 24];
-        b[0..4].copy_from_slice(&24u32.to_ne_bytes());
-        b[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        assert!(parse(&b, None, &mut out).is_err());
-        // An error message carries the errno.
-        let mut b = [0u8; 20];
-        b[0..4].copy_from_slice(&20u32.to_ne_bytes());
-        b[4..6].copy_from_slice(&(libc::NLMSG_ERROR as u16).to_ne_bytes());
-        b[16..20].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
-        let e = parse(&b, None, &mut out).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
-        assert!(out.is_empty());
-    }
-}
+mod tests;

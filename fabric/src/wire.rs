@@ -9,11 +9,12 @@
 
 /// "PCFB".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
-/// The service protocol's version; a message of another version is refused. 6: no message
-/// changed, the ring protocol the paired processes speak did (docs/PROTOCOL.md version 3: a
-/// frame's header publishes it, the sender's flags moved off the producer counter's line), and
-/// processes of the two builds must not pair over one service.
-pub const VERSION: u16 = 6;
+/// The service protocol's version; a message of another version is refused. 6 brought
+/// `Namespace`. 7: no message changed, the ring protocol the paired processes speak did
+/// (docs/PROTOCOL.md version 3: a frame's header publishes it, the sender's flags moved off the
+/// producer counter's line), and processes of a version 6 build and of this one must not pair
+/// over one service.
+pub const VERSION: u16 = 7;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts (an `Entry`, the longest, is 368 bytes
@@ -35,6 +36,11 @@ pub enum Request {
     Hello { pid: u32 },
     /// Publish a listener; carries the listening socket.
     Listen,
+    /// Carries a NETLINK_SOCK_DIAG socket the sender made in its network namespace (since
+    /// version 6), through which the service reads that namespace's socket table: whether an
+    /// orphaned listener's or connection's socket still exists there (a pre-fork server in a
+    /// container whose parent exited). Never answered; sent before the first `Listen`.
+    Namespace,
     /// Withdraw a listener this process published. Never answered (since version 4; a
     /// listener that is not the sender's is only counted as refused): nobody waits for it.
     Unlisten { listener: u64 },
@@ -326,6 +332,7 @@ const K_HOLD: u16 = 10;
 const K_LIST: u16 = 11;
 const K_FALLBACK: u16 = 12;
 const K_HISTORY: u16 = 13;
+const K_NAMESPACE: u16 = 14;
 const K_WELCOME: u16 = 0x81;
 const K_LISTENING: u16 = 0x82;
 const K_OFFERED: u16 = 0x83;
@@ -346,7 +353,7 @@ const ENTRY_WORDS: usize = 10 + 2 * END_COUNTERS;
 fn shape(kind: u16) -> Option<(usize, usize)> {
     Some(match kind {
         K_HELLO => (1, 1),
-        K_LISTEN | K_HOLD => (0, 1),
+        K_LISTEN | K_HOLD | K_NAMESPACE => (0, 1),
         K_ACCEPT => (2, 1),
         K_CONNECT => (5, 1),
         K_UNLISTEN => (1, 0),
@@ -465,6 +472,7 @@ impl Request {
         match self {
             Request::Hello { .. } => K_HELLO,
             Request::Listen => K_LISTEN,
+            Request::Namespace => K_NAMESPACE,
             Request::Unlisten { .. } => K_UNLISTEN,
             Request::Connect { .. } => K_CONNECT,
             Request::Cancel { .. } => K_CANCEL,
@@ -506,6 +514,7 @@ impl Request {
             Request::Accept { ring, nowait } => vec![ring, nowait as u64],
             Request::Fallback { reason, server } => vec![reason as u64, server as u64],
             Request::Listen
+            | Request::Namespace
             | Request::Hold
             | Request::Status
             | Request::List
@@ -523,6 +532,7 @@ impl Request {
                 pid: u32_word(kind, &w, 0)?,
             },
             K_LISTEN => Request::Listen,
+            K_NAMESPACE => Request::Namespace,
             K_UNLISTEN => Request::Unlisten { listener: w[0] },
             K_CONNECT => Request::Connect {
                 addr: words_addr(w[0], w[1]),

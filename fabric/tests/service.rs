@@ -398,6 +398,13 @@ fn hostile_requests_are_refused_counted_and_the_service_keeps_serving() {
     )
     .unwrap();
     assert_eq!(refused(&evil), Some(Refusal::BadSocket.code()));
+    // A "namespace" that is no sock_diag socket: never answered (one-way), only counted.
+    sys::send_msg(
+        evil.as_raw_fd(),
+        &Request::Namespace.encode(12),
+        &[file.as_raw_fd()],
+    )
+    .unwrap();
 
     // A client that keeps sending garbage is cut off; the service serves everyone else.
     let spammer = raw(&svc.socket);
@@ -419,7 +426,7 @@ fn hostile_requests_are_refused_counted_and_the_service_keeps_serving() {
 
     let mut good = Client::connect(&svc.socket).unwrap();
     let st = good.status().unwrap();
-    assert_eq!(st.refused, 10 + 16, "every refusal is counted");
+    assert_eq!(st.refused, 11 + 16, "every refusal is counted");
     assert_eq!(st.listeners, 0);
 }
 
@@ -517,6 +524,16 @@ fn a_dead_process_leaves_nothing_behind() {
     me.close(s.conn, true).unwrap();
     assert_eq!(me.status().unwrap().connections, 1, "one end is still held");
     client.close(s.conn, false).unwrap();
+    // One-way, on another socket than this process's status requests: the service may read
+    // those first. Wait until it has read it.
+    let t0 = Instant::now();
+    while me.status().unwrap().reclaimed == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the close was never read"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // Close is never answered (wire version 4): an end the sender no longer holds is only
     // counted as refused.
     let refused = me.status().unwrap().refused;

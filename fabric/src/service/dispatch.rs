@@ -115,7 +115,7 @@ impl Service {
     /// A refusal of a request that is never answered (`Close`, `Unlisten`, a quiet `Cancel`):
     /// only counted. Such a request is no garbage (a stale connection id after a restart, say),
     /// so it is no strike either.
-    fn refuse_quietly(&mut self, why: Refusal) {
+    pub(super) fn refuse_quietly(&mut self, why: Refusal) {
         *self.counters.refused.entry(why).or_default() += 1;
     }
 
@@ -170,6 +170,7 @@ impl Service {
                 }
             }
             Request::Listen => self.listen(client, id, fds.pop()?),
+            Request::Namespace => self.namespace(client, fds.pop()?),
             Request::Unlisten { listener } => self.unlisten(client, listener),
             Request::Connect {
                 addr,

@@ -139,9 +139,57 @@ impl Service {
         }
     }
 
-    /// Is the kernel's socket table of `c`'s namespace readable here (the service's own)?
-    pub(super) fn sees_sockets_of(&self, c: &Conn) -> bool {
-        self.netns != 0 && c.netns == self.netns
+    /// `Namespace`: a sock_diag socket of the sender's network namespace. Kept if it is one,
+    /// of a namespace other than ours that has none yet and whose last one never failed.
+    pub(super) fn namespace(&mut self, client: u64, fd: OwnedFd) {
+        let Some((diag, netns)) = crate::sockdiag::Diag::handed(fd) else {
+            self.refuse_quietly(Refusal::BadSocket);
+            return;
+        };
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.netns = netns;
+        }
+        if netns != self.netns
+            && !self.diags_failed.contains(&netns)
+            && self.diags.len() < MAX_NAMESPACES
+        {
+            self.diags.entry(netns).or_insert(diag);
+        }
+    }
+
+    /// Ask namespace `netns`'s socket table `q` (through our own sock_diag or the one handed
+    /// for it); `None` if we cannot (no socket for it, or it failed: then never again).
+    fn ask_namespace(
+        &mut self,
+        netns: u64,
+        q: impl Fn(Option<&crate::sockdiag::Diag>) -> io::Result<bool>,
+    ) -> Option<bool> {
+        if self.netns != 0 && netns == self.netns {
+            // A failed look-up keeps what it asks about (it is asked again).
+            return Some(q(None).unwrap_or(true));
+        }
+        let d = self.diags.get(&netns)?;
+        match q(Some(d)) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.diags.remove(&netns);
+                self.diags_failed.insert(netns);
+                None
+            }
+        }
+    }
+
+    /// Let go of the sock_diag sockets of namespaces with nothing left here (no process of
+    /// theirs connected, no listener, no connection).
+    fn forget_namespaces(&mut self) {
+        if self.diags.is_empty() {
+            return;
+        }
+        let live: std::collections::HashSet<u64> = (self.clients.values().map(|c| c.netns))
+            .chain(self.listeners.values().map(|l| l.netns))
+            .chain(self.conns.values().map(|c| c.netns))
+            .collect();
+        self.diags.retain(|ns, _| live.contains(ns));
     }
 
     pub(super) fn reclaim(&mut self, conn: u64) {
@@ -163,24 +211,39 @@ impl Service {
         self.withdraw_dead_listeners();
         // One exact look-up per end (by its 4-tuple), not a walk of the kernel's table: with
         // thousands of connections on the host that walk was the service's largest cost.
-        let gone: Vec<u64> = self
-            .orphans
-            .iter()
-            .copied()
-            .filter(|id| {
-                self.conns.get(id).is_none_or(|c| {
-                    let ends = [(c.client, c.server), (c.server, c.client)];
-                    !self.sees_sockets_of(c)
-                        || !c.ends.iter().zip(ends).any(|(e, (local, peer))| {
-                            // A failed look-up keeps the connection (it is asked again).
-                            sockdiag::connected(e.inode, local, peer).unwrap_or(true)
-                        })
-                })
-            })
-            .collect();
+        let mut gone = Vec::new();
+        for id in self.orphans.clone() {
+            let Some(c) = self.conns.get(&id) else {
+                gone.push(id);
+                continue;
+            };
+            let ends = [(c.client, c.server), (c.server, c.client)];
+            let looks: Vec<_> = c
+                .ends
+                .iter()
+                .zip(ends)
+                .map(|(e, (local, peer))| (e.inode, local, peer))
+                .collect();
+            let alive = self.ask_namespace(c.netns, |d| {
+                for &(inode, local, peer) in &looks {
+                    let found = match d {
+                        Some(d) => d.connected(inode, local, peer)?,
+                        None => sockdiag::connected(inode, local, peer)?,
+                    };
+                    if found {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            });
+            if alive != Some(true) {
+                gone.push(id);
+            }
+        }
         for conn in gone {
             self.reclaim(conn);
         }
+        self.forget_namespaces();
     }
 
     /// A client hung up or its process died: its listeners and offers go.
@@ -242,8 +305,8 @@ impl Service {
         true
     }
 
-    /// Withdraw orphaned listeners whose socket the kernel no longer has (outside the
-    /// service's own namespace, whose socket table it cannot read, at once).
+    /// Withdraw orphaned listeners whose socket the kernel no longer has (in a namespace whose
+    /// socket table the service cannot read, at once: see [`Service::ask_namespace`]).
     pub(super) fn reclaim_listeners(&mut self) {
         if self.listeners.values().any(|l| l.orphan) {
             self.withdraw_dead_listeners();
@@ -252,13 +315,21 @@ impl Service {
 
     /// Withdraw the orphaned listeners whose socket the kernel no longer has listening.
     pub(super) fn withdraw_dead_listeners(&mut self) {
-        let netns = self.netns;
-        self.listeners.retain(|_, l| {
-            !l.orphan
-                || (netns != 0
-                    && l.netns == netns
-                    // A failed look-up keeps the listener (it is asked again).
-                    && sockdiag::is_listening_at(l.inode, &l.addr, l.port).unwrap_or(true))
-        });
+        let orphans: Vec<(u64, u64, u64, Addr, u16)> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.orphan)
+            .map(|(&id, l)| (id, l.netns, l.inode, l.addr, l.port))
+            .collect();
+        for (id, netns, inode, addr, port) in orphans {
+            let alive = self.ask_namespace(netns, |d| match d {
+                Some(d) => d.is_listening_at(inode, &addr, port),
+                None => sockdiag::is_listening_at(inode, &addr, port),
+            });
+            if alive != Some(true) {
+                self.listeners.remove(&id);
+            }
+        }
+        self.forget_namespaces();
     }
 }

@@ -71,6 +71,8 @@ const MIN_RING: u64 = 16 << 10;
 const LARGE_SHARE: u64 = 4;
 /// Listeners one process may publish.
 const MAX_LISTENERS: usize = 1024;
+/// Other network namespaces whose socket tables the service keeps a sock_diag socket for.
+const MAX_NAMESPACES: usize = 4096;
 /// Offers one process may have pending (a client opening thousands of connections at once
 /// has as many offers waiting for the server's accepts).
 const MAX_OFFERS: usize = 16384;
@@ -107,6 +109,8 @@ struct Client {
     strikes: u32,
     /// Replies its socket had no room for yet, in order (sent when it has).
     outbox: std::collections::VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    /// The network namespace it handed a sock_diag socket of (`Namespace`; 0: none).
+    netns: u64,
 }
 
 /// An interrupt line (an eventfd a process gave with its hello), kept while its process's
@@ -215,6 +219,13 @@ pub struct Service {
     offers_seen: Instant,
     /// The service's own network namespace (its sockets table is the one it can read).
     netns: u64,
+    /// Other namespaces' socket tables, through sock_diag sockets their processes handed over
+    /// (`Namespace`), by namespace cookie: one per namespace while it has listeners or
+    /// connections here.
+    diags: HashMap<u64, crate::sockdiag::Diag>,
+    /// Namespaces whose handed socket failed to answer (timed out, or answered garbage): their
+    /// orphans are judged by their owners' lives, as with none.
+    diags_failed: std::collections::HashSet<u64>,
     next_id: u64,
     window_used: u64,
     counters: Counters,
@@ -267,6 +278,8 @@ impl Service {
             orphans_seen: Instant::now(),
             offers_seen: Instant::now(),
             netns: sys::own_netns().unwrap_or(0),
+            diags: HashMap::new(),
+            diags_failed: std::collections::HashSet::new(),
             next_id: 1,
             window_used: 0,
             counters: Counters::default(),
@@ -344,6 +357,7 @@ impl Service {
                         line: None,
                         strikes: 0,
                         outbox: Default::default(),
+                        netns: 0,
                     },
                 );
             }

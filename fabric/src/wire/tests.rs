@@ -7,6 +7,7 @@ fn all_requests() -> Vec<Request> {
     vec![
         Request::Hello { pid: 4242 },
         Request::Listen,
+        Request::Namespace,
         Request::Unlisten { listener: 7 },
         Request::Connect {
             addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1],

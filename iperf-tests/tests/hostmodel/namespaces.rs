@@ -133,6 +133,60 @@ fn two_namespaces_with_identical_four_tuples_never_meet() {
     assert_eq!(svc.count("paired"), 2);
 }
 
+/// A daemonizing server in a namespace other than the service's (a container's): the parent
+/// that published the listener exits, its child keeps the listening socket and serves. The
+/// service reads that namespace's socket table through the sock_diag socket the parent handed
+/// over (`Namespace`), so the listener stays published and the client's bytes cross on the NTB
+/// path. Before, a listener of another namespace was withdrawn as soon as its owner went: the
+/// client was refused (strict) or fell back to TCP.
+#[test]
+fn a_daemonizing_server_in_another_namespace_keeps_its_listener() {
+    let f = Fixture::new("hm_netns_daemon");
+    let svc = Service::start(&f);
+    let prog_s = py(&f).display().to_string();
+    let port = 7321u16;
+    let port_s = port.to_string();
+    let ns = Netns::new("hm-daemon");
+    let marker = marker_of(&f);
+    let in_ns = |args: &[&str]| {
+        let mut v = vec!["netns", "exec", ns.0.as_str(), "/usr/bin/python3", &prog_s];
+        v.extend_from_slice(args);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let senv = svc.env(&f, "server", port).marked(&marker);
+    let args = in_ns(&["server", &port_s, "daemon", "1"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut parent = check(
+        Proc::spawn("server", command("ip", &args, Some(&senv)), f.dir()),
+        &[],
+    );
+    // The parent says "listening" and exits; the service sees it go (its connection hangs up).
+    check(parent.wait_success(Duration::from_secs(20)), &[&parent]);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = ns.lo_tx();
+    let bytes = 8 * MIB;
+    let cenv = svc.env(&f, "client0", port).marked(&marker);
+    let args = in_ns(&["client", &port_s, &bytes.to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut client = check(
+        Proc::spawn("client0", command("ip", &args, Some(&cenv)), f.dir()),
+        &[],
+    );
+    check(client.wait_success(Duration::from_secs(60)), &[&client]);
+    let d = ns.lo_tx() - before;
+    assert!(
+        d < QUIET,
+        "{}: {d} bytes crossed its lo for {bytes} bytes: not the NTB path",
+        ns.0
+    );
+    let st = Stats::load(&f.dir().join("client0.stats.json")).unwrap();
+    assert!(
+        st.ntb_tx_bytes >= bytes,
+        "the client sent {} bytes over the bridge, expected {bytes}",
+        st.ntb_tx_bytes
+    );
+}
+
 /// The namespace is part of every key: a pcisock client in namespace B (whose own server is a
 /// plain one) and a plain client in namespace A connect with the same 4-tuple, at the same
 /// moment, to ports where only A's server runs under pcisock. A's server must not be paired
