@@ -6,23 +6,26 @@
 # is measured) and both on CPU 0 (taskset). Interleaved rounds; medians of each run's p50 and
 # p99 of the full round trip.
 #
-# usage: benches/pingpong.sh [--runs N] [--size B] [--seconds S] [--lib-b PATH] [--out FILE]
+# usage: benches/pingpong.sh [--runs N] [--size B] [--seconds S] [--lib-b PATH] [--cli-b PATH] [--out FILE]
 #   --runs N      rounds (default 5)
 #   --size B      message size (default 64)
 #   --seconds S   timed round trips per run, after 1,000 untimed ones (default 1)
 #   --lib-b PATH  also run a second build of libpcisock.so (rows "… B"), interleaved
+#   --cli-b PATH  the B build's pcisock, to run a host fabric service of its own for it (when
+#                 the two builds speak different service protocols); default: one service
 #   --out FILE    also write the markdown to FILE (e.g. benches/results/pingpong.md)
 # Needs: gcc, taskset, 2 CPUs, a release build (target/release/libpcisock.so and pcisock;
-# PCISOCK_LIB overrides the library), shared/tools/shmbench.c beside the repository.
+# PCISOCK_LIB and PCISOCK_CLI override them), shared/tools/shmbench.c beside the repository.
 set -euo pipefail
 
-RUNS=5 SIZE=64 SECS=1 LIB_B="" OUT=""
+RUNS=5 SIZE=64 SECS=1 LIB_B="" CLI_B="" OUT=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --runs) RUNS="$2"; shift 2 ;;
         --size) SIZE="$2"; shift 2 ;;
         --seconds) SECS="$2"; shift 2 ;;
         --lib-b) LIB_B="$2"; shift 2 ;;
+        --cli-b) CLI_B="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
         *) echo "pingpong.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -34,10 +37,11 @@ done
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 lib="${PCISOCK_LIB:-$root/target/release/libpcisock.so}"
-cli="$root/target/release/pcisock"
+cli="${PCISOCK_CLI:-$root/target/release/pcisock}"
 shm_src="$root/../shared/tools/shmbench.c"
 [[ -f "$lib" && -x "$cli" ]] || { echo "pingpong.sh: $lib or $cli not found: run cargo build --release" >&2; exit 2; }
 [[ -z "$LIB_B" || -f "$LIB_B" ]] || { echo "pingpong.sh: --lib-b $LIB_B not found" >&2; exit 2; }
+[[ -z "$CLI_B" || -x "$CLI_B" ]] || { echo "pingpong.sh: --cli-b $CLI_B not found" >&2; exit 2; }
 [[ -f "$shm_src" ]] || { echo "pingpong.sh: $shm_src not found (the floor)" >&2; exit 2; }
 if ! command -v gcc >/dev/null || ! command -v taskset >/dev/null; then
     echo "pingpong.sh: needs gcc and taskset" >&2; exit 2
@@ -51,10 +55,16 @@ if ! gcc -O2 -Wall -o "$work/sockpair" "$root/benches/sockpair.c" ||
     ! gcc -O2 -march=native -o "$work/shmbench" "$shm_src"; then
     echo "pingpong.sh: building sockpair or shmbench failed" >&2; exit 2
 fi
-mkdir -m 700 "$work/svc"
+mkdir -m 700 "$work/svc" "$work/svc-b"
 "$cli" fabric start --socket "$work/svc/fabric.sock" >/dev/null ||
     { echo "pingpong.sh: could not start a host fabric service" >&2; exit 2; }
-trap '"$cli" fabric stop --socket "$work/svc/fabric.sock" >/dev/null 2>&1 || true; bench_cleanup' EXIT INT TERM
+svc_b="$work/svc/fabric.sock"
+if [[ -n "$CLI_B" ]]; then
+    svc_b="$work/svc-b/fabric.sock"
+    "$CLI_B" fabric start --socket "$svc_b" >/dev/null ||
+        { echo "pingpong.sh: could not start B's host fabric service" >&2; "$cli" fabric stop --socket "$work/svc/fabric.sock" >/dev/null 2>&1; exit 2; }
+fi
+trap '"$cli" fabric stop --socket "$work/svc/fabric.sock" >/dev/null 2>&1 || true; [[ -z "$CLI_B" ]] || "$CLI_B" fabric stop --socket "$svc_b" >/dev/null 2>&1 || true; bench_cleanup' EXIT INT TERM
 
 # run VARIANT PLACEMENT -> "p50_us p99_us"
 run() {
@@ -67,7 +77,7 @@ run() {
             env=(LD_PRELOAD="$([[ $v == device ]] && echo "$lib" || echo "$LIB_B")" PCISOCK_EMU_DIR="$work/emu") ;;
         service|service-b)
             env=(LD_PRELOAD="$([[ $v == service ]] && echo "$lib" || echo "$LIB_B")"
-                 PCISOCK_FABRIC="$work/svc/fabric.sock") ;;
+                 PCISOCK_FABRIC="$([[ $v == service ]] && echo "$work/svc/fabric.sock" || echo "$svc_b")") ;;
     esac
     [[ $v != tcp ]] && env+=(PCISOCK_PORTS="$port" PCISOCK_STRICT=1)
     env "${env[@]}" timeout 60 "${spin[@]}" "$work/sockpair" server tcp "$port" >/dev/null 2>"$work/server.err" &
@@ -107,7 +117,7 @@ f50="$(median <<<"${p50[floor]}")"
 report="$(
     echo "# Round trip against the floor: ${SIZE}-byte ping-pong"
     echo
-    echo "Command: \`benches/pingpong.sh --runs $RUNS --size $SIZE --seconds $SECS$([[ -n "$LIB_B" ]] && echo " --lib-b B")\`. Date: $started – $(date -u +%H:%MZ). Machine: $(nproc) vCPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), kernel $(uname -r). Library: $(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12)$([[ -n "$LIB_B" ]] && echo "; B: sha256 $(sha256sum "$LIB_B" | cut -c1-12)")."
+    echo "Command: \`benches/pingpong.sh --runs $RUNS --size $SIZE --seconds $SECS$([[ -n "$LIB_B" ]] && echo " --lib-b B")$([[ -n "$CLI_B" ]] && echo " --cli-b B-CLI")\`. Date: $started – $(date -u +%H:%MZ). Machine: $(nproc) vCPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), kernel $(uname -r). Library: $(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12)$([[ -n "$LIB_B" ]] && echo "; B: sha256 $(sha256sum "$LIB_B" | cut -c1-12)")."
     echo "Floor: \`shmbench pingpong 2line 1000000 0 1\` (two processes, one cache line each way, busy polling, CPUs 0 and 1). The others: benches/sockpair.c \`pingpong\` (1,000 untimed round trips, then $SECS s of timed ones; TCP_NODELAY), both ends preloaded and strict for pcisock, through a private emulated device or a private host fabric service; \"two CPUs\": server on 0, client on 1; \"one CPU\": both on 0. Medians over $RUNS interleaved rounds of each run's p50 and p99 (µs, min–max of the p50s); ratio = p50 / the floor's p50."
     echo
     echo "| placement | path | p50 µs | p99 µs | p50 / floor |"

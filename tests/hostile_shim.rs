@@ -143,8 +143,8 @@ fn cases() -> Vec<(&'static str, Vec<Poke>)> {
             ],
         ),
         ("credits beyond what was sent", vec![U64(0x40, 1 << 20)]),
-        ("GONE alone", vec![U32(0x08, 4)]),
-        ("forged RST", vec![U32(0x08, 2)]),
+        ("GONE alone", vec![U32(0x54, 4)]),
+        ("forged RST", vec![U32(0x54, 2)]),
         ("send cursor at u64::MAX", vec![U64(0xC0, !15)]),
     ]
 }

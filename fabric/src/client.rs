@@ -35,6 +35,12 @@ impl std::fmt::Display for ClientError {
         match self {
             ClientError::Io(e) => write!(f, "fabric service: {e}"),
             ClientError::Refused(r) => write!(f, "fabric service refused: {r}"),
+            ClientError::Wire(WireError::Version(v)) => write!(
+                f,
+                "a fabric service of another version answers there (protocol version {v}; this \
+                 build speaks {}): use that version's pcisock for it, or end its process",
+                crate::wire::VERSION
+            ),
             ClientError::Wire(e) => write!(f, "fabric service sent a bad reply: {e}"),
             ClientError::Unexpected(r) => write!(f, "fabric service sent {r:?}"),
             ClientError::Gone => f.write_str("fabric service closed the connection"),

@@ -9,8 +9,12 @@
 
 /// "PCFB".
 pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
-/// The service protocol's version; a message of another version is refused.
-pub const VERSION: u16 = 6;
+/// The service protocol's version; a message of another version is refused. 6 brought
+/// `Namespace`. 7: no message changed, the ring protocol the paired processes speak did
+/// (docs/PROTOCOL.md version 3: a frame's header publishes it, the sender's flags moved off the
+/// producer counter's line), and processes of a version 6 build and of this one must not pair
+/// over one service.
+pub const VERSION: u16 = 7;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts (an `Entry`, the longest, is 368 bytes
@@ -302,7 +306,7 @@ impl std::fmt::Display for WireError {
             WireError::Long(n) => write!(f, "{n} bytes: longer than {MAX_MESSAGE}"),
             WireError::Magic(m) => write!(f, "bad magic {m:#x}"),
             WireError::Version(v) => {
-                write!(f, "protocol version {v}, the service speaks {VERSION}")
+                write!(f, "protocol version {v}, this build speaks {VERSION}")
             }
             WireError::Kind(k) => write!(f, "unknown kind {k}"),
             WireError::Body { kind, len } => write!(f, "kind {kind}: body of {len} bytes"),

@@ -22,10 +22,17 @@
 use std::fmt;
 
 /// Version of the protocol, carried in every offer and answer and in the control header.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Bytes of a frame header.
 pub const FRAME_HDR: u64 = 16;
+/// Where a frame header's sequence word is (bytes 8..16): stored last, it publishes the frame
+/// (see [`published`]).
+pub const FRAME_SEQ_AT: u64 = 8;
+/// What a sender stores into the sequence word of the header slot after each frame before it
+/// publishes the frame: no expected sequence number is ever this, so a receiver that reached
+/// the slot never takes what an earlier lap left there for a published frame.
+pub const SEQ_UNPUBLISHED: u64 = u64::MAX;
 /// Frames start on this alignment (so a pad frame header always fits before the ring's end).
 pub const FRAME_ALIGN: u64 = 16;
 /// Bytes of the endpoint block that precedes the ring data in an endpoint lease.
@@ -169,8 +176,10 @@ impl Ring {
     /// Place a frame of up to `want` payload bytes (`want >= 1`), or `None` if the ring has no
     /// room for even one byte (wait for credits). Frames never wrap: if the space before the
     /// ring's end is too small, a pad frame fills it first.
+    /// The frame ends at least a header before the consumer's counter plus the capacity: the
+    /// sender marks the next header slot ([`SEQ_UNPUBLISHED`]) before it publishes the frame.
     pub fn place(&self, tail: u64, head: u64, want: u64) -> Result<Option<Placement>, ProtoError> {
-        let free = self.free(tail, head)?;
+        let free = self.free(tail, head)?.saturating_sub(FRAME_HDR);
         // A producer counter so large that the next frame would overflow it is no counter a
         // real stream reaches (2^64 bytes); it came from memory a peer can write.
         if tail.checked_add(self.cap).is_none() {
@@ -219,7 +228,8 @@ impl Ring {
     }
 
     /// The common placement, cheaply: a frame holding all `want` bytes that fits before the
-    /// ring's end and in the room `head` leaves, with no pad frame; returns its position and
+    /// ring's end and in the room `head` leaves (with the next header slot, as in `place`), with
+    /// no pad frame; returns its position and
     /// the producer counter after it. `None` in every other case, impossible counters included
     /// (`place` sorts those out); where it answers, it answers as `place` does.
     #[inline]
@@ -233,7 +243,7 @@ impl Ring {
         tail.checked_add(self.cap)?;
         let pos = self.pos(tail);
         // `pos` is below `cap`; the frame ends at most `cap` past `tail`, which does not overflow.
-        (room >= size && self.cap.wrapping_sub(pos) >= size)
+        (room >= size.wrapping_add(FRAME_HDR) && self.cap.wrapping_sub(pos) >= size)
             .then_some((pos, tail.wrapping_add(size)))
     }
 
@@ -297,6 +307,34 @@ impl Ring {
             size,
         })
     }
+}
+
+impl Ring {
+    /// Validate a frame found at consumer counter `head` whose header's sequence word holds
+    /// the expected number (`published` said so): as [`Ring::check_frame`], with the frame's
+    /// own sequence word for the producer counter (the sender stores that after it). The frame
+    /// must lie inside the ring, before its end, where a sender with the receiver's credits
+    /// could have written it.
+    pub fn check_published(
+        &self,
+        head: u64,
+        hdr: &FrameHeader,
+        expected_seq: u64,
+    ) -> Result<Frame, ProtoError> {
+        self.check_frame(head, head.saturating_add(self.cap), hdr, expected_seq)
+    }
+}
+
+/// Is the frame whose header holds sequence word `word` published, for a receiver expecting
+/// frame `expected`? A sender stores the word last (Release), after the payload, the rest of the
+/// header and the [`SEQ_UNPUBLISHED`] mark in the slot after the frame; so the word a receiver
+/// finds at its consumer counter is the expected number only once that frame is whole. Not for
+/// the first frame of a stream (frame count 0): no mark precedes it, and what the ring held
+/// before (zeros, another connection's frames) may read as its number; the producer counter
+/// announces that one.
+#[inline]
+pub fn published(word: u64, expected: u64) -> bool {
+    word == expected && crate::switchover::seq_count(expected) != 0
 }
 
 /// A placed frame as the sender writes it: the pad frame before it (if any) and its own header,

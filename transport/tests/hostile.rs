@@ -153,8 +153,8 @@ fn apply(block: &Region, w: Write64) {
 
 // The words of the endpoint block (docs/PROTOCOL.md §2).
 const RX_TAIL: usize = 0x00;
-const RX_FLAGS: usize = 0x08;
-const RX_TX_WAITING: usize = 0x0C;
+const RX_FLAGS: usize = 0x54;
+const RX_TX_WAITING: usize = 0x58;
 const CR_HEAD: usize = 0x40;
 const CR_RX_SLEEPING: usize = 0x48;
 const CR_CLOSED: usize = 0x4C;

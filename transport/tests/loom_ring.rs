@@ -60,10 +60,17 @@ impl Pair {
     }
 
     /// Write frame `seq` (its payload all `seq + 1`) at producer counter `tail`, given the
-    /// receiver's consumer counter `head`, as `Connection::try_send` does: payload, header,
-    /// then the producer counter (`publish_tail`). Returns the new producer counter, or `None`
-    /// if the ring has no room.
+    /// receiver's consumer counter `head`, as `Connection::try_send` does: payload, header
+    /// (`publish_frame`: length, the mark in the next header slot, the sequence word), then the
+    /// producer counter (`publish_tail`). Returns the new producer counter, or `None` if the
+    /// ring has no room (a frame and the header slot after it).
     fn send(&self, tail: u64, head: u64, seq: u64) -> Option<u64> {
+        self.send_marking(tail, head, seq, true)
+    }
+
+    /// As `send`; without `mark`, the sender leaves the next header slot as it was (what
+    /// `frame_publication_needs_the_mark` shows to be wrong).
+    fn send_marking(&self, tail: u64, head: u64, seq: u64, mark: bool) -> Option<u64> {
         let (pos, new_tail) = ring().place_whole(tail, head, self.payload())?;
         let base = (ENDPOINT_HDR + pos) as usize;
         let body = vec![seq as u8 + 1; self.payload() as usize];
@@ -75,33 +82,53 @@ impl Pair {
             flags: 0,
             seq,
         };
-        self.receiver.write(base, &h.encode()).unwrap();
+        let next = (ENDPOINT_HDR + ring().pos(new_tail)) as usize;
+        ringsync::publish_frame(&self.receiver, base, &h, mark.then_some(next));
         ringsync::publish_tail(&self.receiver, new_tail);
         Some(new_tail)
     }
 
-    /// Read the frame at consumer counter `head` (below producer counter `tail`) as `recv`
-    /// does: header, validated by `check_frame`, then the payload, which must be frame `seq`'s
-    /// whole. Returns the consumer counter after it.
-    fn take(&self, head: u64, tail: u64, seq: u64) -> u64 {
-        let base = (ENDPOINT_HDR + ring().pos(head)) as usize;
-        let mut hb = [0u8; 16];
-        self.receiver.read(base, &mut hb).unwrap();
-        let frame = ring()
-            .check_frame(head, tail, &FrameHeader::decode(&hb), seq)
-            .unwrap_or_else(|e| panic!("frame {seq} at {head}: {e}"));
+    /// The frame slot at consumer counter `head`.
+    fn at(&self, head: u64) -> usize {
+        (ENDPOINT_HDR + ring().pos(head)) as usize
+    }
+
+    /// Check and read the payload of `frame` (frame `seq`, at consumer counter `head`): it
+    /// must be the sender's whole. Returns the consumer counter after it.
+    fn body(&self, head: u64, seq: u64, frame: Frame) -> u64 {
         let Frame::Data { len, size } = frame else {
             panic!("frame {seq} is a pad frame")
         };
         let mut body = vec![0u8; len as usize];
         self.receiver
-            .read(base + FRAME_HDR as usize, &mut body)
+            .read(self.at(head) + FRAME_HDR as usize, &mut body)
             .unwrap();
         assert!(
             body.iter().all(|&b| b == seq as u8 + 1),
             "frame {seq}: a payload not (wholly) the sender's"
         );
         head + size
+    }
+
+    /// Read the frame at consumer counter `head` (below producer counter `tail`) as `recv`
+    /// does: header, validated by `check_frame`, then the payload, which must be frame `seq`'s
+    /// whole. Returns the consumer counter after it.
+    fn take(&self, head: u64, tail: u64, seq: u64) -> u64 {
+        let h = ringsync::header(&self.receiver, self.at(head));
+        let frame = ring()
+            .check_frame(head, tail, &h, seq)
+            .unwrap_or_else(|e| panic!("frame {seq} at {head}: {e}"));
+        self.body(head, seq, frame)
+    }
+
+    /// Read the frame at consumer counter `head` if its header publishes it (frame `seq`), as
+    /// `recv` does without the producer counter (`published_header`, `check_published`).
+    fn take_published(&self, head: u64, seq: u64) -> Option<u64> {
+        let h = ringsync::published_header(&self.receiver, self.at(head), seq)?;
+        let frame = ring()
+            .check_published(head, &h, seq)
+            .unwrap_or_else(|e| panic!("frame {seq} at {head}: {e}"));
+        Some(self.body(head, seq, frame))
     }
 }
 
@@ -202,25 +229,31 @@ fn endpoint_release() {
     });
 }
 
-/// A full ring (four frames): the receiver reads the first frame and returns its credits
-/// (`flush_credits`), while the sender waits for room (`credits`) and writes its fifth frame
-/// into the slot the first one left: it never writes the slot before the receiver's read of it
-/// is done (loom checks the slot), and the receiver sees the old frame whole.
+/// A full ring (three frames, and the header slot after them that the sender keeps): the
+/// receiver reads the first two frames and returns its credits (`flush_credits`), while the
+/// sender waits for room (`credits`) and writes its fourth and fifth frames, the fifth into the
+/// slot the first one left: it never writes the slot before the receiver's read of it is done
+/// (loom checks the slot), and the receiver sees the old frames whole.
 #[test]
 fn credits() {
     check("credits", || {
         let p = Arc::new(Pair::new(1024));
         let mut tail = 0;
-        for seq in 0..4 {
+        for seq in 0..3 {
             tail = p.send(tail, 0, seq).unwrap();
         }
+        assert!(p.send(tail, 0, 3).is_none(), "the ring is full");
         let s = p.clone();
         let sender = thread::spawn(move || {
             // Two looks at the credits; room shows only after the receiver's return.
+            let (mut tail, mut seq) = (tail, 3);
             for _ in 0..2 {
                 let head = ringsync::credits(&s.sender, tail, &LocalU64::new(0)).unwrap();
-                if s.send(tail, head, 4).is_some() {
-                    return;
+                while let Some(t) = s.send(tail, head, seq) {
+                    (tail, seq) = (t, seq + 1);
+                    if seq == 5 {
+                        return;
+                    }
                 }
             }
         });
@@ -228,12 +261,83 @@ fn credits() {
         let returned = LocalU64::new(0);
         let t = ringsync::rx_tail(&p.receiver, &seen, MIN_RING).unwrap();
         let head = p.take(0, t, 0);
+        let head = p.take(head, t, 1);
         ringsync::flush_credits(&p.sender, &p.receiver, head, &returned, MIN_RING, true);
         sender.join().unwrap();
     });
 }
 
-/// A full ring of eight frames: the sender finds no room, arms for credits (`arm`, `armed`),
+/// Frame publication: the sender publishes frames 1 and 2 (frame 0 was read by its producer
+/// counter, as the first frame of a stream is) while the receiver reads frames by their headers
+/// alone (`published_header`), never by the producer counter. Slot 2 holds what an earlier lap
+/// left: a header with the very number the receiver will expect there, and another payload.
+/// The receiver only ever takes the sender's whole frames: the sender marks the slot after each
+/// frame before it publishes the frame, so the stale number is gone before the receiver can
+/// reach it.
+#[test]
+fn frame_publication() {
+    check("frame publication", || frame_publication_race(true));
+}
+
+/// The same without the mark: loom finds the receiver taking the stale header for frame 2
+/// (and reading its slot while the sender writes it). If this stops failing, the model no
+/// longer puts a stale number where the receiver looks.
+#[test]
+fn frame_publication_needs_the_mark() {
+    let me = std::thread::current().id();
+    let before: Arc<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send> =
+        Arc::from(std::panic::take_hook());
+    let others = before.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() != me {
+            others(info)
+        }
+    }));
+    let stale = std::panic::catch_unwind(|| {
+        check("frame publication without the mark", || {
+            frame_publication_race(false)
+        })
+    });
+    std::panic::set_hook(Box::new(move |info| before(info)));
+    assert!(stale.is_err(), "loom found no stale frame without the mark");
+    println!("loom model frame publication without the mark: stale frame found, as expected");
+}
+
+fn frame_publication_race(mark: bool) {
+    let p = Arc::new(Pair::new(1024));
+    // An earlier lap's frame in slot 2, numbered as the receiver's frame 2 will be.
+    let stale = FrameHeader {
+        len: p.payload() as u32,
+        flags: 0,
+        seq: 2,
+    };
+    p.receiver
+        .write(
+            p.at(2048) + FRAME_HDR as usize,
+            &vec![0xEE; p.payload() as usize],
+        )
+        .unwrap();
+    ringsync::publish_frame(&p.receiver, p.at(2048), &stale, None);
+    let tail = p.send_marking(0, 0, 0, mark).unwrap();
+    let seen = LocalU64::new(0);
+    let t = ringsync::rx_tail(&p.receiver, &seen, MIN_RING).unwrap();
+    let mut head = p.take(0, t, 0);
+    let s = p.clone();
+    let sender = thread::spawn(move || {
+        let t = s.send_marking(tail, 0, 1, mark).unwrap();
+        s.send_marking(t, 0, 2, mark).unwrap();
+    });
+    let mut seq = 1;
+    for _ in 0..3 {
+        if let Some(h) = p.take_published(head, seq) {
+            (head, seq) = (h, seq + 1);
+        }
+    }
+    sender.join().unwrap();
+}
+
+/// A full ring of seven frames (the header slot after them kept): the sender finds no room for
+/// an eighth, arms for credits (`arm`, `armed`),
 /// re-checks, and sleeps if there is still none; the receiver reads one frame, returns credits
 /// the way `recv` does (a batch too small to return unless the sender waits, then forced, as
 /// before it sleeps). The sender never sleeps with nobody to ring it.
@@ -242,7 +346,7 @@ fn credit_wakeup() {
     check("credit wake-up", || {
         let p = Arc::new(Pair::new(512));
         let mut tail = 0;
-        for seq in 0..8 {
+        for seq in 0..7 {
             tail = p.send(tail, 0, seq).unwrap();
         }
         let s = p.clone();
@@ -253,7 +357,7 @@ fn credit_wakeup() {
                     .place_whole(
                         tail,
                         ringsync::credits(&s.sender, tail, &LocalU64::new(0)).unwrap(),
-                        1,
+                        s.payload(),
                     )
                     .is_some()
             };

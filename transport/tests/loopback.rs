@@ -614,7 +614,7 @@ fn a_gone_flag_alone_does_not_make_a_blocking_recv_spin_past_its_timeout() {
     let t = transport(&dev, 16 << 10);
     let (c, s, _ks, _kt) = pair(&t);
     victims_block(&dev, &c)
-        .atomic_u32(0x08)
+        .atomic_u32(0x54)
         .unwrap()
         .store(4, std::sync::atomic::Ordering::Release);
     let s = Arc::new(s);

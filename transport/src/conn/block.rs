@@ -12,11 +12,15 @@ use ntbdrv::{NtbDevice, Region};
 use super::Info;
 use crate::proto::ENDPOINT_HDR;
 
-// RX line: written by the peer.
+// RX line: written by the peer, the producer counter alone (stored after every frame; a
+// receiver waiting for data watches the next frame's header instead, so this line stays with
+// the sender).
 pub(super) const RX_TAIL: usize = 0x00;
-pub(super) const RX_FLAGS: usize = 0x08;
-pub(super) const RX_TX_WAITING: usize = 0x0C;
-// CREDIT line: written by the peer.
+// CREDIT line: written by the peer, all but `head` rarely (the peer's flags as a sender and its
+// wait for credits included: a send reads them, and they must not share the line that moves
+// with every frame).
+pub(super) const RX_FLAGS: usize = 0x54;
+pub(super) const RX_TX_WAITING: usize = 0x58;
 pub(super) const CR_HEAD: usize = 0x40;
 pub(super) const CR_RX_SLEEPING: usize = 0x48;
 pub(super) const CR_CLOSED: usize = 0x4C;

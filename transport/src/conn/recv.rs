@@ -15,7 +15,7 @@ use super::failover;
 use super::ringsync;
 use super::wait::{Deadline, Wait};
 use super::{Connection, Counter, IoError, RecvFlags};
-use crate::proto::{Frame, FrameHeader, ProtoError};
+use crate::proto::{Frame, ProtoError};
 use crate::CompletionMode;
 
 /// Iterations of `recv`'s loop without a byte copied, a data frame consumed or a wait before
@@ -85,18 +85,20 @@ impl Connection {
         ringsync::rx_tail(&self.own_block, &self.cur.rx_tail_seen, self.rx_ring.cap())
     }
 
+    /// The frame at consumer counter `head`, below producer counter `tail` (loaded before),
+    /// validated.
     pub(super) fn frame_at(&self, head: u64, tail: u64, seq: u64) -> Result<Frame, ProtoError> {
-        let mut hb = [0u8; 16];
-        let at = ring_at(self.rx_ring.pos(head));
-        self.own_block
-            .read(at, &mut hb)
-            .map_err(|_| ProtoError::BadTail {
-                tail,
-                head,
-                cap: self.rx_ring.cap(),
-            })?;
-        self.rx_ring
-            .check_frame(head, tail, &FrameHeader::decode(&hb), seq)
+        let h = ringsync::header(&self.own_block, ring_at(self.rx_ring.pos(head)));
+        self.rx_ring.check_frame(head, tail, &h, seq)
+    }
+
+    /// The frame at consumer counter `head` if its header's sequence word publishes it (the
+    /// expected number `seq`, `proto::published`), validated: what a receiver reads without
+    /// the producer counter, whose line the sender writes after every frame.
+    #[inline]
+    pub(super) fn published_frame(&self, head: u64, seq: u64) -> Option<Result<Frame, ProtoError>> {
+        let h = ringsync::published_header(&self.own_block, ring_at(self.rx_ring.pos(head)), seq)?;
+        Some(self.rx_ring.check_published(head, &h, seq))
     }
 
     pub(super) fn peer_flags(&self) -> u32 {
@@ -192,12 +194,22 @@ impl Connection {
             if idle > MAX_IDLE_TURNS {
                 break Err(self.protocol_error("recv", ProtoError::NoProgress { turns: idle }));
             }
-            let tail = match self.rx_tail() {
-                Ok(t) => t.min(limit),
-                Err(e) => break Err(self.protocol_error("recv", e)),
+            // The next frame by its own header (no drain: that stops at a producer counter),
+            // else by the producer counter.
+            let by_header = if limit == u64::MAX {
+                self.published_frame(head, seq)
+            } else {
+                None
+            };
+            let (tail, by_header) = match by_header {
+                Some(f) => (head.saturating_add(1), Some(f)),
+                None => match self.rx_tail() {
+                    Ok(t) => (t.min(limit), None),
+                    Err(e) => break Err(self.protocol_error("recv", e)),
+                },
             };
             if head < tail {
-                let frame = match self.frame_at(head, tail, seq) {
+                let frame = match by_header.unwrap_or_else(|| self.frame_at(head, tail, seq)) {
                     Ok(f) => f,
                     // A frame of the sender's next epoch: it came back to the ring after TCP
                     // bytes we have not read (see `switchover`).

@@ -20,7 +20,9 @@ use super::block::{
     atomic_u32_at, atomic_u64_at, CR_CLOSED, CR_HEAD, CR_RX_SLEEPING, FLAG_FIN, FLAG_GONE,
     RX_FLAGS, RX_TAIL, RX_TX_WAITING,
 };
-use crate::proto::{credit_return, CreditReturn, ProtoError};
+use crate::proto::{
+    credit_return, published, CreditReturn, FrameHeader, ProtoError, FRAME_SEQ_AT, SEQ_UNPUBLISHED,
+};
 
 /// One shared word of `T` (a `u32` or a `u64`): the operations the ring's sequences use.
 pub trait Word<T> {
@@ -171,15 +173,17 @@ pub fn model_block(slot: usize) -> crate::rendezvous::model::Area {
     let hdr = ENDPOINT_HDR as usize;
     let mut cells = vec![
         (RX_TAIL, 8),
-        (RX_FLAGS, 4),
-        (RX_TX_WAITING, 4),
         (CR_HEAD, 8),
         (CR_RX_SLEEPING, 4),
         (CR_CLOSED, 4),
+        (RX_FLAGS, 4),
+        (RX_TX_WAITING, 4),
     ];
     let h = FRAME_HDR as usize;
     for at in (0..MIN_RING as usize).step_by(slot) {
-        cells.push((hdr + at, h));
+        // The header's two words (length and flags; the sequence word), then the payload.
+        cells.push((hdr + at, 8));
+        cells.push((hdr + at + 8, 8));
         cells.push((hdr + at + h, slot - h));
     }
     crate::rendezvous::model::Area::new_exclusive(hdr + MIN_RING as usize, cells)
@@ -194,6 +198,78 @@ pub fn publish_tail<B: Block>(peer_block: &B, tail: u64) {
     // SYNC POINT (ring data): Release store of tail after the frame bytes; pairs with the
     // receiver's Acquire load in `rx_tail`.
     peer_block.w64(RX_TAIL).store(tail, Release);
+}
+
+/// Write the header `h` of a frame whose payload is in the receiver's ring (its block,
+/// `peer_block`) at block offset `at`, and publish the frame: the length and flags, the
+/// [`SEQ_UNPUBLISHED`] mark into the sequence word of the header slot after the frame (`next`,
+/// a block offset; `None` for a pad frame, whose next slot, ring position 0, holds the frame
+/// written before it), then the sequence word. [`publish_tail`] follows.
+#[inline(always)]
+pub fn publish_frame<B: Block>(peer_block: &B, at: usize, h: &FrameHeader, next: Option<usize>) {
+    let seq_at = at.wrapping_add(FRAME_SEQ_AT as usize);
+    peer_block
+        .w64(at)
+        .store(h.len as u64 | (h.flags as u64) << 32, Relaxed);
+    if let Some(next) = next {
+        peer_block
+            .w64(next.wrapping_add(FRAME_SEQ_AT as usize))
+            .store(SEQ_UNPUBLISHED, Relaxed);
+    }
+    // SYNC POINT (frame publication): Release store of the sequence word after the payload, the
+    // length and the mark in the next slot; pairs with the Acquire load in `published_header`
+    // (and `is_published`).
+    peer_block.w64(seq_at).store(h.seq, Release);
+}
+
+/// The header at block offset `at` of our ring (`own_block`), if its sequence word says the
+/// frame is published for a receiver expecting frame `expected` (`proto::published`): the
+/// sequence word loaded once, then the length and flags. The caller validates the frame
+/// (`Ring::check_published`).
+#[inline(always)]
+pub fn published_header<B: Block>(own_block: &B, at: usize, expected: u64) -> Option<FrameHeader> {
+    // SYNC POINT (frame publication): Acquire pairs with the Release store in `publish_frame`;
+    // the payload, length and the mark after the frame are visible.
+    let seq = own_block
+        .w64(at.wrapping_add(FRAME_SEQ_AT as usize))
+        .load(Acquire);
+    if !published(seq, expected) {
+        return None;
+    }
+    let w = own_block.w64(at).load(Relaxed);
+    Some(FrameHeader {
+        len: w as u32,
+        flags: (w >> 32) as u16,
+        seq,
+    })
+}
+
+/// Is the frame at block offset `at` published for a receiver expecting frame `expected`? (A
+/// waiter's look, one line: the header it will read.)
+#[inline(always)]
+pub fn is_published<B: Block>(own_block: &B, at: usize, expected: u64) -> bool {
+    // SYNC POINT (frame publication): as in `published_header`.
+    published(
+        own_block
+            .w64(at.wrapping_add(FRAME_SEQ_AT as usize))
+            .load(Acquire),
+        expected,
+    )
+}
+
+/// The header at block offset `at` of our ring (`own_block`), for a frame the producer counter
+/// announced (after [`rx_tail`], whose Acquire made it visible): each word loaded once.
+#[inline(always)]
+pub fn header<B: Block>(own_block: &B, at: usize) -> FrameHeader {
+    let seq = own_block
+        .w64(at.wrapping_add(FRAME_SEQ_AT as usize))
+        .load(Relaxed);
+    let w = own_block.w64(at).load(Relaxed);
+    FrameHeader {
+        len: w as u32,
+        flags: (w >> 32) as u16,
+        seq,
+    }
 }
 
 /// After [`publish_tail`]: is the receiver asleep, armed for data (its flag in our block,
@@ -317,8 +393,11 @@ pub fn flush_credits<B: Block>(
     match credit_return(cap, head, returned.load(Relaxed), force) {
         CreditReturn::Nothing => return false,
         CreditReturn::IfSenderWaits => {
-            B::fence(SeqCst);
-            // SYNC POINT (credit wake-up): a sender waiting for credits gets them at once.
+            // SYNC POINT (credit wake-up): a sender waiting for credits gets them at once. No
+            // fence before the load: we stored nothing the sender's re-check reads (the store of
+            // `head` below is what pairs with its arming), so one would order nothing and cost a
+            // store-buffer drain per receive. A sender that arms just after this look is rung by
+            // the next return, or by ours before we sleep or arm (`force`).
             if own_block.w32(RX_TX_WAITING).load(SeqCst) == 0 {
                 return false;
             }

@@ -175,15 +175,15 @@ impl Connection {
                     .tx_ring
                     .place_whole(tail, self.credits(tail).ok()?, want)?,
             };
-        let base = ring_at(pos);
         let h = FrameHeader {
             len: want as u32,
             flags: 0,
             seq,
         };
-        // Both in range: `place` put the frame inside the ring, which the region holds.
+        // In range: `place` put the frame inside the ring, which the region holds.
         self.peer_block.write(payload_at(pos), buf).ok()?;
-        self.peer_block.write(base, &h.encode()).ok()?;
+        let next = ring_at(self.tx_ring.pos(new_tail));
+        ringsync::publish_frame(&self.peer_block, ring_at(pos), &h, Some(next));
         self.set_tx_pos(TxPos {
             tail: new_tail,
             seq: seq.wrapping_add(1),
@@ -212,14 +212,16 @@ impl Connection {
         (at.tail, at.seq)
     }
 
-    /// A frame whose payload is in the peer's ring: write its headers (the pad frame's, then its
-    /// own), record the new send position, publish it (ringing the peer if it sleeps), count it.
+    /// A frame whose payload is in the peer's ring: write and publish its header, then the pad
+    /// frame's before it (a receiver at the pad reaches the frame only through it), record the
+    /// new send position, publish it (ringing the peer if it sleeps), count it.
     #[inline]
     fn commit_frame(&self, w: &FrameWrite) -> TxPos {
+        let next = ring_at(self.tx_ring.pos(w.tail));
+        ringsync::publish_frame(&self.peer_block, ring_at(w.pos), &w.header, Some(next));
         if let Some((pos, h)) = w.pad {
-            let _ = self.peer_block.write(ring_at(pos), &h.encode());
+            ringsync::publish_frame(&self.peer_block, ring_at(pos), &h, None);
         }
-        let _ = self.peer_block.write(ring_at(w.pos), &w.header.encode());
         let at = TxPos {
             tail: w.tail,
             seq: w.next_seq,

@@ -126,8 +126,11 @@ impl Connection {
         if read {
             // Exactly what ends a `recv`: bytes, FIN or RST (a flag that does not, GONE alone
             // say, would make a waiting `recv` spin).
-            let head = self.rx_pos().head;
-            atomic_u64_at(&self.own_block, RX_TAIL).load(Acquire) > head
+            // The next frame's header first: the producer counter's line moves with every
+            // frame the sender writes, the header's is read anyway.
+            let RxPos { head, seq, .. } = self.rx_pos();
+            ringsync::is_published(&self.own_block, ring_at(self.rx_ring.pos(head)), seq)
+                || atomic_u64_at(&self.own_block, RX_TAIL).load(Acquire) > head
                 || self.peer_flags() & (FLAG_FIN | FLAG_RST) != 0
         } else {
             // A bad counter makes the connection "ready": the send reports it.
@@ -311,14 +314,28 @@ impl Connection {
         }
         let t0 = Instant::now();
         let mut n = 0u32;
-        // A reader spins on the next frame's lines too (see `touch_next_frame`).
+        // A reader spins on the next frame's header (the line it will read: the sender
+        // publishes the frame there, `ringsync::publish_frame`), and looks at everything else
+        // (the producer counter, flags, another holder's reads) once in 64 turns. It no longer
+        // loads the frame's next line as it spins (version 2 loaded the first two lines beside
+        // the counter): with the header watched, that load won 3 % of the median round trip and
+        // cost 27 % of the 99th percentile, the line taken from the sender while it writes it
+        // (benches/results/pingpong-latency.md).
         let next = if read {
-            self.rx_ring.pos(self.rx_pos().head) as usize
+            let RxPos { head, seq, .. } = self.rx_pos();
+            Some((self.rx_ring.pos(head) as usize, seq))
         } else {
-            usize::MAX
+            None
         };
-        while !self.ready(read) {
-            self.touch_next_frame(next);
+        let ready = loop {
+            if let Some((pos, seq)) = next {
+                if ringsync::is_published(&self.own_block, ring_at(pos as u64), seq) {
+                    break true;
+                }
+            }
+            if (next.is_none() || n.is_multiple_of(64)) && self.ready(read) {
+                break true;
+            }
             n = n.wrapping_add(1);
             if n.is_multiple_of(64) {
                 let now = Instant::now();
@@ -327,7 +344,7 @@ impl Connection {
                     return Wait::TimedOut;
                 }
                 if now.duration_since(t0) >= spin {
-                    break;
+                    break false;
                 }
                 if n.is_multiple_of(1024) && self.switch_due(None) {
                     return self.switch_in_wait(read);
@@ -341,9 +358,9 @@ impl Connection {
                 }
             }
             std::hint::spin_loop();
-        }
+        };
         self.count(Counter::Polls, n as u64);
-        if self.ready(read) {
+        if ready || self.ready(read) {
             return Wait::Ready;
         }
         if self.switch_due(None) {
@@ -421,27 +438,6 @@ impl Connection {
                 Wait::TimedOut
             }
             _ => Wait::Ready,
-        }
-    }
-
-    /// A spinning reader loads the first two cache lines where the next frame will land (ring
-    /// position `pos`; `usize::MAX`: not a reader), beside the producer counter: when the
-    /// sender writes the frame and then the counter, all three lines come over in parallel,
-    /// instead of the frame's after the counter's. The values are not used (`recv` reads the
-    /// frame once the counter announces it), so a peer writing anything there changes nothing.
-    #[inline]
-    fn touch_next_frame(&self, pos: usize) {
-        if pos == usize::MAX {
-            return;
-        }
-        let at = ring_at(pos as u64);
-        if let Ok(w) = self.own_block.atomic_u64(at) {
-            std::hint::black_box(w.load(Relaxed));
-        }
-        if pos.saturating_add(64) < self.rx_ring.cap() as usize {
-            if let Ok(w) = self.own_block.atomic_u64(at.saturating_add(64)) {
-                std::hint::black_box(w.load(Relaxed));
-            }
         }
     }
 

@@ -16,16 +16,88 @@ fn place_fills_then_waits_for_credits() {
     let r = Ring::new(4096).unwrap();
     let mut tail = 0;
     let mut frames = 0;
+    let mut lens = Vec::new();
     while let Some(p) = r.place(tail, 0, 100).unwrap() {
-        assert_eq!(p.len, 100);
         assert!(p.pos + FRAME_HDR + align_frame(p.len) <= r.cap());
         tail = p.new_tail;
         frames += 1;
+        lens.push(p.len);
     }
+    // One header slot stays free after the last frame: the sender marks it before it
+    // publishes the frame (`SEQ_UNPUBLISHED`). So the 32nd frame holds 96 bytes, not 100.
     assert_eq!(frames, 4096 / (16 + 112));
+    assert!(lens[..31].iter().all(|&l| l == 100));
+    assert_eq!(lens[31], 96);
     assert_eq!(r.free(tail, 0).unwrap(), 4096 - tail);
+    assert!(r.free(tail, 0).unwrap() >= FRAME_HDR);
     // Credits return: room again.
     assert!(r.place(tail, tail, 100).unwrap().is_some());
+}
+
+#[test]
+fn every_placement_leaves_the_next_header_slot_inside_the_credits() {
+    let r = Ring::new(4096).unwrap();
+    for tail in (0..3 * 4096u64).step_by(16) {
+        for used in [
+            0u64,
+            16,
+            32,
+            100 * 16,
+            4096 - 48,
+            4096 - 32,
+            4096 - 16,
+            4096,
+        ] {
+            let head = tail.saturating_sub(used);
+            for want in [1u64, 16, 17, 64, 1000, 1008] {
+                if let Some(p) = r.place(tail, head, want).unwrap() {
+                    assert!(
+                        p.new_tail + FRAME_HDR <= head + r.cap(),
+                        "tail {tail} head {head} want {want}: {p:?}"
+                    );
+                }
+                if let Some((_, new_tail)) = r.place_whole(tail, head, want) {
+                    assert!(new_tail + FRAME_HDR <= head + r.cap());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_header_publishes_its_frame_only_with_the_expected_number_and_not_the_first() {
+    assert!(published(5, 5));
+    assert!(!published(4, 5));
+    assert!(!published(SEQ_UNPUBLISHED, 5));
+    // The first frame of a stream has no mark before it: zeros or another connection's frame
+    // 0 in the slot would read as published.
+    assert!(!published(0, 0));
+    // Nor the first of a later epoch at count 0 (a sender that failed over before its first
+    // frame and came back).
+    let e1 = crate::switchover::next_epoch(0);
+    assert!(!published(e1, e1));
+    // A frame of a later epoch is not the one expected (`recv` finds it by the producer
+    // counter and switches).
+    assert!(!published(crate::switchover::next_epoch(7), 7));
+}
+
+#[test]
+fn a_published_frame_is_checked_as_a_counted_one() {
+    let r = Ring::new(4096).unwrap();
+    let h = |len, flags, seq| FrameHeader { len, flags, seq };
+    assert_eq!(
+        r.check_published(128, &h(64, 0, 3), 3),
+        Ok(Frame::Data { len: 64, size: 80 })
+    );
+    // Past the ring's end, too long, a stray pad, unaligned: as `check_frame`.
+    assert!(r.check_published(4096 - 32, &h(64, 0, 3), 3).is_err());
+    assert!(r.check_published(0, &h(4000, 0, 3), 3).is_err());
+    assert!(r.check_published(128, &h(0, FRAME_PAD, 3), 3).is_err());
+    assert!(r.check_published(8, &h(8, 0, 3), 3).is_err());
+    assert_eq!(
+        r.check_published(8192 - 16, &h(0, FRAME_PAD, 3), 3),
+        Ok(Frame::Pad { size: 16 })
+    );
 }
 
 #[test]
