@@ -539,11 +539,16 @@ pub fn look_set(epfd: c_int) -> SetLook {
         return SetLook::None;
     }
     let socks: Vec<(c_int, Arc<Sock>)> = match WATCHED.lock() {
-        Ok(w) => w
-            .iter()
-            .filter(|(e, _, _)| *e == epfd)
-            .filter_map(|(_, f, s)| s.upgrade().map(|s| (*f, s)))
-            .collect(),
+        Ok(mut w) => {
+            // Entries of candidates that are gone, or moved, or ended, leave the list (and
+            // the fast check says so once it is empty).
+            w.retain(|(_, _, s)| s.upgrade().is_some_and(|s| candidate(&s)));
+            WATCHING.store(!w.is_empty(), Relaxed);
+            w.iter()
+                .filter(|(e, _, _)| *e == epfd)
+                .filter_map(|(_, f, s)| s.upgrade().map(|s| (*f, s)))
+                .collect()
+        }
         Err(_) => return SetLook::None,
     };
     let mut live = false;
