@@ -67,6 +67,10 @@ pub struct Stats {
     /// The first of them: operation, connection and the rule broken.
     #[serde(default)]
     pub protocol_error: Option<String>,
+    /// Connections made while the link was down that moved onto the ring once it was up;
+    /// absent from older libraries.
+    #[serde(default)]
+    pub late_upgrades: u64,
     /// One record per connection.
     pub connections: Vec<ConnStats>,
 }

@@ -406,6 +406,11 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
     let Some(sock) = table::get(fd) else {
         return Detour::Bypass;
     };
+    // A candidate of a late upgrade keeps the kernel's registration, recorded to move to the
+    // NTB form at the pairing (`late`).
+    if let Some(r) = crate::late::epoll_ctl(&sock, epfd, op, fd, event) {
+        return Detour::Ours(r);
+    }
     let set = {
         let Ok(mut all) = sets().lock() else {
             return Detour::Ours(Err(libc::EIO));

@@ -61,6 +61,11 @@ pub fn prepare() {
     // Accepted connections whose answer is on its way are completed first (see
     // `ops::settle_accepts`): the child never inherits one half-made.
     crate::ops::settle_accepts();
+    // A late-upgrade candidate shared with a child would have two counts of its plain bytes:
+    // not carried yet, so the candidacies end (`late`).
+    for (_, sock) in crate::table::snapshot() {
+        crate::late::end(&sock);
+    }
     let n = FORKS.fetch_add(1, SeqCst) + 1;
     let _ = MY_FORK.try_with(|m| m.set(n));
     FORSAKEN.get_or_init(|| {

@@ -279,6 +279,18 @@ impl ShimState {
         }
     }
 
+    /// A flagged connection counted as a fallback for `reason` moved onto the NTB path after
+    /// all (a late upgrade, `late`): it counts as an NTB connection from now on.
+    pub fn uncount_fallback(&self, reason: Reason) {
+        let down = |n: &AtomicU64| {
+            let _ = n.fetch_update(Relaxed, Relaxed, |v| v.checked_sub(1));
+        };
+        down(&self.tcp_connections);
+        if let Some(n) = self.fallbacks.get(reason.code() as usize) {
+            down(n);
+        }
+    }
+
     /// Where this process writes its statistics: `PCISOCK_STATS_FILE` itself; with `%p` in it,
     /// that replaced by the pid; if it names a directory (or ends in `/`),
     /// `DIR/pcisock-PID.json` in it. Asked at each write: a forked child writes its own file.
@@ -416,12 +428,13 @@ impl ShimState {
             return;
         }
         // Frames a peer got wrong (each reset a connection); never opens the transport to ask.
-        let (protocol_errors, first) = match self.transport.get() {
+        let (protocol_errors, first, late_upgrades) = match self.transport.get() {
             Some(Ok(t)) => (
                 t.counters().protocol_errors.load(Relaxed),
                 t.counters().first_protocol_error.get().map(|e| json_str(e)),
+                t.counters().late_upgrades.load(Relaxed),
             ),
-            _ => (0, None),
+            _ => (0, None, 0),
         };
         let first = first.unwrap_or_else(|| "null".into());
         let mut fallbacks = String::new();
@@ -435,7 +448,7 @@ impl ShimState {
         let mut j = String::new();
         let _ = write!(
             j,
-            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"reads\":{},\"coalesced\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"wait_timeouts\":{},\"late_wakeups\":{},\"protocol_errors\":{protocol_errors},\"protocol_error\":{first},\"fallbacks\":{{{fallbacks}}},\"unlisted_connections\":{dropped},\"connections\":[",
+            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"reads\":{},\"coalesced\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"wait_timeouts\":{},\"late_wakeups\":{},\"protocol_errors\":{protocol_errors},\"late_upgrades\":{late_upgrades},\"protocol_error\":{first},\"fallbacks\":{{{fallbacks}}},\"unlisted_connections\":{dropped},\"connections\":[",
             std::process::id(),
             json_str(&self.program),
             self.ntb_connections.load(Relaxed),

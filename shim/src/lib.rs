@@ -22,6 +22,7 @@ pub mod hazard;
 mod hazard;
 #[cfg(not(any(test, loom)))]
 mod hooks;
+mod late;
 mod ops;
 mod real;
 mod signals;

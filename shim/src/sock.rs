@@ -35,6 +35,9 @@ pub struct Sock {
     pub fds: Mutex<Vec<i32>>,
     /// Which fork counted this entry's connection as shared with the child (`fork`).
     pub fork_mark: AtomicU64,
+    /// Set for a flagged connection made while the NTB link was down, which may still move
+    /// onto the ring (`late`).
+    pub late: OnceLock<crate::late::Late>,
 }
 
 /// Most bytes held in `Sock::early` (like a small socket send buffer).
@@ -90,6 +93,7 @@ impl Sock {
             timestamp: std::sync::atomic::AtomicU8::new(0),
             fds: Mutex::new(Vec::new()),
             fork_mark: AtomicU64::new(0),
+            late: OnceLock::new(),
         }
     }
 

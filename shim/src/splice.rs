@@ -82,6 +82,11 @@ pub fn splice(
     };
     match ops::data_path(sock_fd, false) {
         None | Some(Ok(DataPath::Kernel)) => Detour::Bypass,
+        // Not carried by the late upgrade yet: the candidacy ends.
+        Some(Ok(DataPath::Late(s))) => {
+            crate::late::end(&s);
+            Detour::Bypass
+        }
         Some(Err(e)) => Detour::Ours(Err(e)),
         // An interrupted wait moved nothing: restarted as the kernel would (`signals`).
         Some(Ok(DataPath::Ntb(s))) => Detour::Ours(if into_pipe {

@@ -258,3 +258,80 @@ pub fn membarrier_private_expedited() -> bool {
         || (membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
             && membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0)
 }
+
+/// recvmsg into `bufs` through the raw system call (a late-upgrade candidate's read, always with
+/// MSG_DONTWAIT among `flags`): the bytes read, or the errno.
+pub fn recv_iov(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Result<usize, c_int> {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: msghdr is plain old data; zero is a valid (empty) value.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = iov.as_mut_ptr();
+    m.msg_iovlen = iov.len() as _;
+    // SAFETY: a live msghdr whose iovecs point into the caller's live buffers of those lengths.
+    let r = unsafe { libc::syscall(libc::SYS_recvmsg, fd, &mut m as *mut libc::msghdr, flags) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// sendmsg of `bufs` through the raw system call (a late-upgrade candidate's send, always with
+/// MSG_DONTWAIT among `flags`; the kernel raises SIGPIPE as for the application's own call
+/// unless MSG_NOSIGNAL is among them): the bytes sent, or the errno.
+pub fn send_iov(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Result<usize, c_int> {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: msghdr is plain old data; zero is a valid (empty) value.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = iov.as_mut_ptr();
+    m.msg_iovlen = iov.len() as _;
+    // SAFETY: a live msghdr whose iovecs point into the caller's live buffers (only read).
+    let r = unsafe { libc::syscall(libc::SYS_sendmsg, fd, &m as *const libc::msghdr, flags) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Wait up to `timeout` for `events` on `fd` through the raw system call: the events seen
+/// (0 on timeout), or the errno (EINTR: a signal).
+pub fn poll1(fd: c_int, events: i16, timeout: std::time::Duration) -> Result<i16, c_int> {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as _,
+    };
+    // SAFETY: one live pollfd and a live timespec; no signal mask.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_ppoll,
+            &mut p as *mut libc::pollfd,
+            1usize,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u8>(),
+            8usize,
+        )
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(p.revents)
+    }
+}

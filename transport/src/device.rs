@@ -7,6 +7,8 @@
 
 use super::*;
 
+mod late;
+
 /// How long a new connection waits for quarantined window space before it gives up.
 const LEASE_PATIENCE: Duration = Duration::from_millis(200);
 
@@ -68,7 +70,7 @@ impl DeviceTransport {
         })
     }
 
-    fn link_up(&self) -> bool {
+    pub(crate) fn link_up(&self) -> bool {
         self.dev.link_state().up
     }
 
@@ -210,6 +212,7 @@ impl DeviceTransport {
                 cookie: offer.cookie,
                 decline: reason.code(),
                 ring: Default::default(),
+                sent: 0,
             };
             self.ctrl.write_answer(index, generation, &a);
             if offer.ring.db_bit < self.db_bits {
@@ -248,6 +251,7 @@ impl DeviceTransport {
             cookie: offer.cookie,
             decline: 0,
             ring: loc,
+            sent: 0,
         };
         self.ctrl.write_answer(index, generation, &a);
         let _ = self.dev.peer_vector_trigger(offer.ring.db_bit);
@@ -277,6 +281,7 @@ impl DeviceTransport {
             client: local,
             server: p.remote,
             ring: p.half.loc,
+            late: None,
         };
         self.ctrl.publish_offer(&p.slot, &offer);
         p.wait = self.answer_wait();
@@ -313,6 +318,7 @@ impl DeviceTransport {
             client: local,
             server: remote,
             ring: half.loc,
+            late: None,
         };
         let slot = if post {
             self.ctrl.post_offer(&offer)

@@ -474,6 +474,59 @@ impl Transport {
         }
     }
 
+    /// Can a flagged connection that stays on TCP because the link was down when it was made
+    /// upgrade later (PROTOCOL.md §6, *Late upgrade*)? Over a device; not yet through the
+    /// host fabric service.
+    pub fn late_upgrades(&self) -> bool {
+        matches!(self.how, How::Device(_))
+    }
+
+    /// Is the device's link up now (`false` with no device)?
+    pub fn link_is_up(&self) -> bool {
+        match &self.how {
+            How::Device(d) => d.link_up(),
+            How::Service => false,
+        }
+    }
+
+    /// Client side of a late upgrade: offer it for the connection on `tcp_fd` (`local` →
+    /// `remote`), whose application sent `sent` and read `read` plain bytes, and wait a moment
+    /// for the answer. The caller holds every other kernel data call on the socket off meanwhile
+    /// (the counts must stay exact, and a byte read now could be the server's first record).
+    /// `NoListener` (none in the peer host's table yet), `NoAnswer` (withdrawn) and the lease reasons may be
+    /// tried again later; `BadPeer`: the server took the offer and answered something unusable
+    /// (reset the connection).
+    pub fn late_upgrade(
+        &self,
+        tcp_fd: RawFd,
+        local: Endpoint,
+        remote: Endpoint,
+        sent: u64,
+        read: u64,
+    ) -> Result<Connection, Reason> {
+        match &self.how {
+            How::Device(d) => d.late_upgrade(tcp_fd, local, remote, sent, read),
+            How::Service => Err(Reason::Unsupported),
+        }
+    }
+
+    /// Server side of a late upgrade: answer the late offer the client of `tcp_fd` (`local` ←
+    /// `peer`) posted, if any, with our plain counts (`sent`, and `read` of the client's), the
+    /// caller holding the socket's other kernel data calls off. `None`: no late offer.
+    pub fn late_accept(
+        &self,
+        tcp_fd: RawFd,
+        local: Endpoint,
+        peer: Endpoint,
+        sent: u64,
+        read: u64,
+    ) -> Option<Result<Connection, Reason>> {
+        match &self.how {
+            How::Device(d) => d.late_accept(tcp_fd, local, peer, sent, read),
+            How::Service => None,
+        }
+    }
+
     /// In a process that just exec'd a new image: pick up the NTB connection it held on
     /// kernel socket `tcp_fd` before the exec, if any.
     pub fn reattach(&self, tcp_fd: RawFd) -> Option<Outcome> {

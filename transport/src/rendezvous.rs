@@ -571,6 +571,25 @@ impl RendezvousArea {
         peer: &Endpoint,
         local: &Endpoint,
     ) -> Option<(usize, u32, Result<Offer, ProtoError>)> {
+        self.take_offer_of(peer, local, false)
+    }
+
+    /// [`RendezvousArea::take_offer`] for a *late* offer: one a client posted for a connection
+    /// that exists already (made while the link was down; PROTOCOL.md §6).
+    pub fn take_late_offer(
+        &self,
+        peer: &Endpoint,
+        local: &Endpoint,
+    ) -> Option<(usize, u32, Result<Offer, ProtoError>)> {
+        self.take_offer_of(peer, local, true)
+    }
+
+    fn take_offer_of(
+        &self,
+        peer: &Endpoint,
+        local: &Endpoint,
+        late: bool,
+    ) -> Option<(usize, u32, Result<Offer, ProtoError>)> {
         for i in 0..OFFER_SLOTS {
             let base = OFFERS + i * OFFER_SIZE;
             let word = u64_at(&self.local, base);
@@ -587,7 +606,7 @@ impl RendezvousArea {
             }
             let offer = Offer::decode(&rec);
             let matches = match &offer {
-                Ok(o) => o.matches(peer, local),
+                Ok(o) => o.matches(peer, local) && o.late.is_some() == late,
                 Err(_) => false,
             };
             if !matches {

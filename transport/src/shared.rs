@@ -10,6 +10,9 @@ use super::*;
 pub struct ProcessCounters {
     pub protocol_errors: AtomicU64,
     pub quarantined_reaped: AtomicU64,
+    /// Connections made while the link was down that moved onto the ring once it was up
+    /// (PROTOCOL.md §6, *Late upgrade*), counted by both ends.
+    pub late_upgrades: AtomicU64,
     /// What the first protocol error of this process was: the operation, the connection and
     /// the broken rule (the statistics file shows it).
     pub first_protocol_error: std::sync::OnceLock<String>,

@@ -345,6 +345,18 @@ impl RxSwitch {
         }
     }
 
+    /// The receiving side of a connection upgraded late (made while the link was down): as if
+    /// the sender had left the ring at producer counter 0 and sent its `sent` plain bytes in
+    /// one DATA record since (the caller's [`Reader::pending`] holds what of it is unread).
+    pub fn late(cap: u64, sent: u64) -> RxSwitch {
+        RxSwitch {
+            mode: RxMode::Tcp,
+            tcp_off: sent,
+            cap,
+            fin: false,
+        }
+    }
+
     pub fn mode(&self) -> RxMode {
         self.mode
     }
@@ -448,6 +460,12 @@ pub enum Step {
 }
 
 impl Reader {
+    /// A reader inside a DATA record with `left` payload bytes still to come (a late upgrade:
+    /// the plain bytes the peer sent before it that were not read yet, [`RxSwitch::late`]).
+    pub fn pending(left: u64) -> Reader {
+        Reader { left }
+    }
+
     /// Is the reader between records (no payload pending)?
     pub fn at_boundary(&self) -> bool {
         self.left == 0

@@ -50,6 +50,7 @@ fn offer(cookie: u64, client_port: u16) -> Offer {
             len: 1 << 20,
             db_bit: cookie as u32,
         },
+        late: None,
     }
 }
 
@@ -65,6 +66,7 @@ fn answer(cookie: u64) -> Answer {
             len: 1 << 20,
             db_bit: 7,
         },
+        sent: 0,
     }
 }
 

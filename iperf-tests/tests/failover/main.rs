@@ -192,5 +192,6 @@ fn received_between(a: &[TcpSocket], b: &[TcpSocket]) -> u64 {
 
 mod apps;
 mod faults;
+mod late;
 mod link;
 mod peers;

@@ -297,7 +297,7 @@ fn a_namespace_cannot_reach_another_namespaces_listener() {
 /// carries only the TCP handshakes while the payload crosses the emulated NTB link.
 #[test]
 fn two_namespaces_joined_by_a_veth_are_two_hosts() {
-    let r = two_hosts("hm_two_hosts", 16 * MIB, None);
+    let r = two_hosts("hm_two_hosts", 16 * MIB, None, None);
     assert!(
         r.carried < QUIET,
         "the veth carried {} bytes while 16 MiB crossed: the payload went over TCP",
@@ -321,6 +321,7 @@ fn a_link_down_between_two_hosts_moves_the_stream_to_the_network_and_back() {
         "hm_two_hosts_failover",
         3 << 30,
         Some((Duration::from_millis(300), Duration::from_secs(1))),
+        None,
     );
     assert!(
         r.during > 8 * MIB,
@@ -338,12 +339,59 @@ fn a_link_down_between_two_hosts_moves_the_stream_to_the_network_and_back() {
     );
 }
 
+/// A connection made while the link between the two hosts is down (a late upgrade, PROTOCOL.md
+/// §6): it starts on the veth and moves onto the NTB link once that is up. The veth's own
+/// counters carry the stream while the link is down, and from half a second after it is up only
+/// a few bytes (the records of the switch), while gigabytes go on.
+#[test]
+fn a_connection_made_while_the_link_between_two_hosts_is_down_moves_onto_it_later() {
+    let r = two_hosts(
+        "hm_two_hosts_late",
+        6 << 30,
+        None,
+        Some(Duration::from_millis(300)),
+    );
+    let c = r
+        .client
+        .on_port(r.port)
+        .max_by_key(|c| c.tx_bytes)
+        .unwrap_or_else(|| panic!("{:?}", r.client));
+    assert!(
+        r.client.late_upgrades == 1 && r.server.late_upgrades == 1 && c.path == "ntb",
+        "client {:?}\nserver {:?}",
+        r.client,
+        r.server
+    );
+    eprintln!(
+        "veth: {} bytes before the link came up (and 0.5 s after), {} after; ring: {} bytes sent",
+        r.carried - r.after_up,
+        r.after_up,
+        c.tx_bytes
+    );
+    // On the veth while the link was down (TCP on a veth moves hundreds of MB a second), and
+    // next to nothing once it is back (the stream's gigabytes then take over a second).
+    assert!(
+        r.carried - r.after_up > 8 * MIB,
+        "{} before the link came up",
+        r.carried - r.after_up
+    );
+    assert!(
+        r.after_up < MIB && c.tx_bytes > 1 << 30,
+        "{} bytes on the veth from 0.5 s after the link came up; {} on the ring",
+        r.after_up,
+        c.tx_bytes
+    );
+}
+
 /// What [`two_hosts`] saw.
 struct TwoHosts {
     port: u16,
     /// Bytes on the veth from the client's start to its end, and during the injected outage.
     carried: u64,
     during: u64,
+    /// With the link down at the connect: bytes on the veth from half a second after it came
+    /// up to the client's end.
+    after_up: u64,
     client: iperf_tests::Stats,
     server: iperf_tests::Stats,
 }
@@ -352,8 +400,14 @@ struct TwoHosts {
 /// sends `n` bytes to a server in the second, which answers with their count and sha-256 (the
 /// client exits 0 only if they match). With `fault` = (after, for), the link is held down
 /// from `after` the client's start for `for` (the processes are then not strict: they fail
-/// over).
-fn two_hosts(name: &str, n: u64, fault: Option<(Duration, Duration)>) -> TwoHosts {
+/// over). With `late` = `Some(up_after)`, the link is down before the client connects and comes
+/// up `up_after` after its start.
+fn two_hosts(
+    name: &str,
+    n: u64,
+    fault: Option<(Duration, Duration)>,
+    late: Option<Duration>,
+) -> TwoHosts {
     const SERVER: &str = r#"
 import hashlib, socket, sys
 l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -423,7 +477,7 @@ sys.exit(0 if got.decode() == want else 1)
         let mut e = f
             .preload(role)
             .with_ports(port_s.clone())
-            .with_strict(fault.is_none());
+            .with_strict(fault.is_none() && late.is_none());
         e.extra
             .push(("PCISOCK_EMU_TOPOLOGY".into(), "two-host".into()));
         e.extra.push(("PCISOCK_EMU_HOST".into(), host.into()));
@@ -462,20 +516,30 @@ sys.exit(0 if got.decode() == want else 1)
         s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
         &[&s],
     );
+    let emu = |args: &[&str]| {
+        let out = Command::new(iperf_tests::Lib::cli().unwrap())
+            .args(args)
+            .env("PCISOCK_EMU_DIR", f.emu_dir())
+            .env("PCISOCK_EMU_TOPOLOGY", "two-host")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pcisock {args:?}");
+    };
+    if late.is_some() {
+        emu(&["emu", "fault", "link-down"]);
+    }
     let before = veth_bytes();
     let cenv = side("client", "0");
     let mut c = in_ns("client", &a, CLIENT, &[&port_s, &n], &cenv);
     let mut during = 0;
+    let mut up_at = None;
+    if let Some(up_after) = late {
+        std::thread::sleep(up_after);
+        emu(&["emu", "clear"]);
+        std::thread::sleep(Duration::from_millis(500));
+        up_at = Some(veth_bytes());
+    }
     if let Some((after, hold)) = fault {
-        let emu = |args: &[&str]| {
-            let out = Command::new(iperf_tests::Lib::cli().unwrap())
-                .args(args)
-                .env("PCISOCK_EMU_DIR", f.emu_dir())
-                .env("PCISOCK_EMU_TOPOLOGY", "two-host")
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "pcisock {args:?}");
-        };
         std::thread::sleep(after);
         let t = veth_bytes();
         emu(&["emu", "fault", "link-down"]);
@@ -487,10 +551,12 @@ sys.exit(0 if got.decode() == want else 1)
     check(s.wait_success(Duration::from_secs(20)), &[&s]);
     let _ = presence.terminate();
     let stats = |e: &PreloadEnv| e.stats().unwrap_or_else(|e| panic!("stats: {e}"));
+    let end = veth_bytes();
     TwoHosts {
         port,
-        carried: veth_bytes() - before,
+        carried: end - before,
         during,
+        after_up: up_at.map_or(0, |u| end - u),
         client: stats(&cenv),
         server: stats(&senv),
     }

@@ -11,8 +11,31 @@ fn recv_if_ours(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Option<Resul
         Ok(DataPath::Ntb(s)) => Some(guard(|| {
             restarting(s.rcvtimeo(), || ops::recv(&s, s.ntb(), bufs, flags))
         })),
+        Ok(DataPath::Late(s)) => {
+            let r = guard(|| {
+                restarting(s.rcvtimeo(), || {
+                    crate::late::recv(&s, fd, bufs, flags).ok_or(i32::MIN)?
+                })
+            });
+            (r != Err(i32::MIN)).then_some(r)
+        }
         Ok(DataPath::Kernel) => None,
     }
+}
+
+/// A send on a late-upgrade candidate (`late::send`); `None`: the kernel's call.
+fn send_late(
+    s: &crate::sock::Sock,
+    fd: c_int,
+    bufs: &[&[u8]],
+    flags: c_int,
+) -> Option<Result<usize, c_int>> {
+    let r = guard(|| {
+        restarting(s.sndtimeo(), || {
+            crate::late::send(s, fd, bufs, flags).ok_or(i32::MIN)?
+        })
+    });
+    (r != Err(i32::MIN)).then_some(r)
 }
 
 fn send_if_ours(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Result<usize, c_int>> {
@@ -24,11 +47,13 @@ fn send_if_ours(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Result<usize,
             Ok(None) => match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
                 Err(e) => Some(Err(e)),
                 Ok(DataPath::Ntb(s)) => Some(send_restarting(&s, s.ntb(), bufs, flags)),
+                Ok(DataPath::Late(s)) => send_late(&s, fd, bufs, flags),
                 Ok(DataPath::Kernel) => None,
             },
         },
         Err(e) => Some(Err(e)),
         Ok(DataPath::Ntb(s)) => Some(send_restarting(&s, s.ntb(), bufs, flags)),
+        Ok(DataPath::Late(s)) => send_late(&s, fd, bufs, flags),
         Ok(DataPath::Kernel) => None,
     }
 }
@@ -588,6 +613,11 @@ fn sendfile_if_ours(
                     ops::sendfile(&s, c, in_fd, off.as_deref_mut(), n)
                 })
             }))
+        }
+        // Not carried by the late upgrade yet: the candidacy ends.
+        Ok(DataPath::Late(s)) => {
+            crate::late::end(&s);
+            None
         }
         Ok(DataPath::Kernel) => None,
     }

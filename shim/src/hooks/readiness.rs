@@ -319,9 +319,27 @@ fn epoll_wait_any(
         if let Some(r) = epoll_wait_with(epfd, events, max, left, mask) {
             return r;
         }
-        let n = match first_real.take() {
-            Some(f) => f(),
-            None => {
+        // A server candidate of a late upgrade registered here: look for its client's late
+        // offer, and sleep in naps to look again (`late`).
+        let nap = match guard(|| Ok(crate::late::look_set(epfd))) {
+            Ok(crate::late::SetLook::Paired) => continue,
+            Ok(crate::late::SetLook::Nap) => {
+                Some(left.map_or(crate::late::LOOK_NAP, |l| l.min(crate::late::LOOK_NAP)))
+            }
+            _ => None,
+        };
+        let n = match (nap, first_real.take()) {
+            (Some(nap), _) => {
+                let ms = nap.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int;
+                let n = call_real!(epoll_pwait(epfd, events, max, ms, mask));
+                if n == 0 && left.is_none_or(|l| l > nap) {
+                    left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+                    continue;
+                }
+                n
+            }
+            (None, Some(f)) => f(),
+            (None, None) => {
                 // Whole milliseconds, rounded up (a wait never ends early).
                 let ms = left.map_or(-1, |l| {
                     l.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int

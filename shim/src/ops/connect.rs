@@ -171,6 +171,10 @@ pub(super) fn connect_tcp(
             .map(Endpoint::from_std)
             .unwrap_or_default();
         let sock = Sock::new(Role::Client, local, remote, nonblock, State::Tcp(reason));
+        if reason == Reason::LinkDown && g.transport().is_ok_and(|t| t.late_upgrades()) {
+            // It may still move onto the ring once the link is up (`late`).
+            let _ = sock.late.set(crate::late::Late::new());
+        }
         let _ = fallback(g, sock, fd, reason);
     }
     if r == 0 {

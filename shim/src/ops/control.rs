@@ -100,6 +100,8 @@ pub fn shutdown(fd: c_int, how: c_int) -> Detour<c_int> {
     let Some(s) = table::get(fd) else {
         return Detour::Bypass;
     };
+    // Not carried by the late upgrade yet: the candidacy ends.
+    crate::late::end(&s);
     let Some(c) = s.conn.get() else {
         // A shutdown of the kernel socket would reach a peer whose stream is not on it.
         if s.state

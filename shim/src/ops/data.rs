@@ -10,6 +10,9 @@ use super::*;
 /// its drop are two locked instructions on every data call.
 pub enum DataPath {
     Ntb(table::Pinned),
+    /// A flagged connection made while the link was down, which may still upgrade: its reads
+    /// and sends go through `late`.
+    Late(table::Pinned),
     Kernel,
 }
 
@@ -57,6 +60,7 @@ pub(super) fn data_path_unguarded(fd: c_int, dontwait: bool) -> Option<Result<Da
     Some(match settle_offer(&sock, fd, block) {
         // Settled onto the bridge: `settle_offer` set the entry's connection.
         Ok(Some(_)) => Ok(DataPath::Ntb(sock)),
+        Ok(None) if crate::late::candidate(&sock) => Ok(DataPath::Late(sock)),
         Ok(None) => Ok(DataPath::Kernel),
         Err(e) => Err(e),
     })

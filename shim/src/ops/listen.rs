@@ -163,6 +163,13 @@ pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> 
         )
     });
     *sock.state.lock().map_err(|_| libc::EIO)? = State::Tcp(reason);
+    // A client that offered nothing while the link was down may offer once it is up (`late`).
+    if reason == Reason::NoOffer
+        && g.transport()
+            .is_ok_and(|t| t.late_upgrades() && !t.link_is_up())
+    {
+        let _ = sock.late.set(crate::late::Late::new());
+    }
     fallback(g, sock, fd, reason).map_err(|e| {
         sys::close_raw(fd);
         if e == libc::ECONNREFUSED {

@@ -93,8 +93,20 @@ pub fn poll(
             })
         })
         .collect();
+    // Server candidates of a late upgrade (`late`) answer their clients' late offers here too.
+    // Pinned to look (no locked instruction); only a candidate's entry is counted.
+    let cands: Vec<(c_int, Arc<Sock>)> = fds
+        .iter()
+        .filter_map(|p| {
+            let s = table::pin(p.fd)?;
+            crate::late::answers(&s).then(|| (p.fd, s.to_arc()))
+        })
+        .collect();
     if conns.iter().all(|c| c.is_none()) {
-        return Detour::Bypass;
+        if cands.is_empty() {
+            return Detour::Bypass;
+        }
+        return late_poll(fds, &cands, deadline, real_poll);
     }
     let g = global::get();
     let mut spin = g.transport().map(|t| t.settings().spin).unwrap_or_default();
@@ -116,6 +128,9 @@ pub fn poll(
     // sleep: see the drain before the sleep below.
     let mut rung: Vec<Arc<Connection>> = Vec::new();
     loop {
+        for (fd, s) in &cands {
+            crate::late::look(s, *fd);
+        }
         // 1. Readiness of our connections, and a non-blocking look at the kernel fds.
         let mut ready = 0;
         let mut ours_ready = 0;
@@ -302,6 +317,33 @@ pub fn poll(
             for (c, r, w) in &armed {
                 c.disarm(*r, *w);
             }
+        }
+    }
+}
+
+/// `poll` over kernel fds only, some of them server candidates of a late upgrade: the kernel's
+/// wait, in naps of at most `late::LOOK_NAP`, with a look for the candidates' late offers
+/// before each. Once one moves onto the ring, the rest of the wait is `poll`'s own.
+fn late_poll(
+    fds: &mut [libc::pollfd],
+    cands: &[(c_int, Arc<Sock>)],
+    deadline: Option<Instant>,
+    real_poll: &dyn Fn(&mut [libc::pollfd], Option<Duration>) -> c_int,
+) -> Detour<c_int> {
+    loop {
+        for (fd, s) in cands {
+            crate::late::look(s, *fd);
+        }
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if cands.iter().any(|(_, s)| s.conn.get().is_some()) {
+            return poll(fds, remaining, real_poll);
+        }
+        let nap = remaining.map_or(crate::late::LOOK_NAP, |r| r.min(crate::late::LOOK_NAP));
+        let live = cands.iter().any(|(_, s)| crate::late::answers(s));
+        // Candidacies that ended leave the kernel's wait, whole.
+        let r = real_poll(fds, if live { Some(nap) } else { remaining });
+        if r != 0 || !live || remaining.is_some_and(|r| r <= nap) {
+            return Detour::Ours(if r < 0 { Err(sys::errno()) } else { Ok(r) });
         }
     }
 }

@@ -400,6 +400,32 @@ impl Connection {
         }
     }
 
+    /// A connection upgraded late (made while the link was down, PROTOCOL.md §6): before
+    /// anyone uses it, start both directions as if they had failed over at byte 0 — our
+    /// sending side on TCP with the `sent` plain bytes the application sent counted as one
+    /// DATA record after an END at producer counter 0, our receiving side reading records with
+    /// the peer's `peer_sent` plain bytes as that record, of which the application read
+    /// `read`. Fail-back (BACK, the next epoch) then brings each direction to the ring, at
+    /// once: no hold.
+    pub(crate) fn start_late(&self, sent: u64, peer_sent: u64, read: u64) {
+        {
+            let mut tx = lock(&self.fo.tx);
+            tx.sw = TxSwitch::taken_over(Some(sent), 0, false);
+            tx.since = Some(Instant::now());
+            tx.hold = Duration::ZERO;
+        }
+        {
+            let mut rx = lock(&self.fo.rx);
+            rx.sw = Some(RxSwitch::late(self.rx_ring.cap(), peer_sent));
+            rx.reader = Reader::pending(peer_sent.saturating_sub(read));
+        }
+        self.publish_tx_view(Some(sent));
+        self.fo.tx_off.store(true, SeqCst);
+        self.fo.rx_off.store(true, SeqCst);
+        atomic_u32_at(&self.own_block, L_STATE).fetch_or(ST_ON_TCP, SeqCst);
+        self.fo.note_event();
+    }
+
     /// Back to the ring, with the send lock held, if the link is up and the hold has passed.
     fn try_back_to_ring(&self) -> bool {
         let mut tx = lock(&self.fo.tx);

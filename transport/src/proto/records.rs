@@ -205,7 +205,14 @@ pub struct Offer {
     pub server: Endpoint,
     /// The client's receive ring.
     pub ring: RingLoc,
+    /// A late offer (PROTOCOL.md §6, *Late upgrade*): the connection exists already, made while
+    /// the link was down, and the client had sent this many plain bytes on it (body 80..88,
+    /// flagged by bit 0 of body 4..8). `None`: an offer made before the connect.
+    pub late: Option<u64>,
 }
+
+/// Offer body flag (body 4..8): a late offer.
+const OFFER_LATE: u32 = 1;
 
 impl Offer {
     pub fn encode(&self) -> [u8; OFFER_SIZE - 8] {
@@ -217,6 +224,10 @@ impl Offer {
         b[34..36].copy_from_slice(&self.server.port.to_le_bytes());
         b[40..56].copy_from_slice(&self.server.ip);
         self.ring.put(&mut b[56..80]);
+        if let Some(sent) = self.late {
+            b[4..8].copy_from_slice(&OFFER_LATE.to_le_bytes());
+            b[80..88].copy_from_slice(&sent.to_le_bytes());
+        }
         b
     }
 
@@ -256,6 +267,7 @@ impl Offer {
                 port: le16(&b[34..36]),
             },
             ring: RingLoc::get(&b[56..80]),
+            late: (le32(&b[4..8]) & OFFER_LATE != 0).then(|| le64(&b[80..88])),
         };
         if o.client.port == 0 || o.server.port == 0 {
             return Err(ProtoError::BadRecord("offer port 0"));
@@ -287,6 +299,9 @@ pub struct Answer {
     pub decline: u32,
     /// The server's receive ring (meaningful when accepted).
     pub ring: RingLoc,
+    /// To a late offer: the plain bytes the server had sent on the connection (body 40..48;
+    /// 0 otherwise).
+    pub sent: u64,
 }
 
 impl Answer {
@@ -296,6 +311,7 @@ impl Answer {
         b[4..8].copy_from_slice(&self.decline.to_le_bytes());
         b[8..16].copy_from_slice(&self.cookie.to_le_bytes());
         self.ring.put(&mut b[16..40]);
+        b[40..48].copy_from_slice(&self.sent.to_le_bytes());
         b
     }
 
@@ -312,6 +328,7 @@ impl Answer {
             decline: le32(&b[4..8]),
             cookie: le64(&b[8..16]),
             ring: RingLoc::get(&b[16..40]),
+            sent: le64(&b[40..48]),
         })
     }
 }

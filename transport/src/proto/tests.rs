@@ -497,8 +497,17 @@ fn records_round_trip_and_validate() {
         client: Endpoint::from_std("127.0.0.1:40000".parse().unwrap()),
         server: Endpoint::from_std("[::1]:5001".parse().unwrap()),
         ring,
+        late: None,
     };
     assert_eq!(Offer::decode(&o.encode()).unwrap(), o);
+    // A late offer carries the client's plain byte count, and an older offer's zero bytes
+    // there are no late offer.
+    let late = Offer {
+        late: Some(0x1234_5678_9abc),
+        ..o
+    };
+    assert_eq!(Offer::decode(&late.encode()).unwrap(), late);
+    assert_eq!(o.encode()[4..8], [0u8; 4]);
     assert!(o.matches(
         &Endpoint::from_std("127.0.0.1:40000".parse().unwrap()),
         &Endpoint::from_std("[::1]:5001".parse().unwrap())
@@ -518,6 +527,7 @@ fn records_round_trip_and_validate() {
         cookie: 0xfeed,
         decline: 0,
         ring,
+        sent: 77,
     };
     assert_eq!(Answer::decode(&a.encode()).unwrap(), a);
     assert_eq!(ring.check(2, 64 << 20, 64).unwrap().cap(), 1 << 20);

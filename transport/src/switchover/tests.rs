@@ -443,3 +443,38 @@ fn payload_split_across_reads() {
     assert_eq!(got, b"0123456789");
     assert!(reader.at_boundary());
 }
+
+/// A connection upgraded late: both ends start as if the sender had left the ring at counter 0
+/// and sent its plain bytes in one DATA record. The receiver, which had read some of them,
+/// reads the rest as payload, then the records, then the ring after the BACK: every byte once,
+/// in order; a record whose offset does not follow the plain count is refused.
+#[test]
+fn a_late_upgrade_continues_the_plain_prefix() {
+    let plain = bytes(1, 1000);
+    let read = 300u64;
+    let mut p = Pipe::new();
+    p.tx = TxSwitch::taken_over(Some(plain.len() as u64), 0, false);
+    p.rx = RxSwitch::late(1 << 16, plain.len() as u64);
+    p.reader = Reader::pending(plain.len() as u64 - read);
+    // What the application has not read yet is still on the socket, unframed.
+    p.wire.extend_from_slice(&plain[read as usize..]);
+    p.delivered.extend_from_slice(&plain[..read as usize]);
+    let mut want = plain.clone();
+    let b = bytes(50, 70_000);
+    want.extend_from_slice(&b);
+    p.send(&b);
+    p.back();
+    let b = bytes(9, 33);
+    want.extend_from_slice(&b);
+    p.send(&b);
+    p.receive().unwrap();
+    assert_eq!(p.delivered, want);
+    assert_eq!(p.rx.mode(), RxMode::Ring);
+
+    // A sender that claims another plain count is caught at its first record.
+    let mut rx = RxSwitch::late(1 << 16, 1000);
+    let mut reader = Reader::pending(0);
+    let mut tx = TxSwitch::taken_over(Some(999), 0, false);
+    let r = tx.data(5).unwrap().encode();
+    assert!(reader.step(&r, &mut rx, 0, 0).is_err());
+}

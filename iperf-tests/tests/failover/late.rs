@@ -1,0 +1,335 @@
+//! A connection made while the link is down moves onto the ring once the link is up (a late upgrade,
+//! PROTOCOL.md §6), byte-identical; and a plain peer of such a connection never sees a byte it was not sent.
+
+use super::*;
+
+fn echo_bin() -> String {
+    Lib::locate()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("echo")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The echo tool (blocking `std::net`: the client writes from one thread and reads from another, the server reads
+/// and writes in one) connects while the link is down, streams plain over TCP for a second, and the link comes up:
+/// the stream moves onto the ring and every byte comes back in order. The kernel's own counter of the server's
+/// socket (`ss -ti` `bytes_received`) says which path carried it: it grows while the link is down and stops once
+/// the link is back, while the paced stream goes on.
+#[test]
+fn a_connection_made_while_the_link_is_down_moves_onto_the_ring_once_it_is_up() {
+    let echo = echo_bin();
+    moves_onto_the_ring("late_upgrade", &echo, &["serve"]);
+}
+
+/// The same with a server that waits in `poll` before each read (Python's `select.poll`): it answers the client's
+/// late offer from its readiness wait, where the client's offer finds it (the client sends nothing meanwhile).
+#[test]
+fn a_server_waiting_in_poll_answers_a_late_offer() {
+    let py = iperf_tests::apps::require_bin("python3", "python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("shapes")
+        .join("poll_echo.py");
+    moves_onto_the_ring(
+        "late_upgrade_poll",
+        &py.display().to_string(),
+        &[&script.display().to_string()],
+    );
+}
+
+/// The same with a server that waits in `epoll_wait` before each read (Python's `select.epoll`, level-triggered):
+/// its registration stays the kernel's while it is a candidate, it answers the late offer from its `epoll_wait`,
+/// and the registration moves to the NTB form at the pairing (the rest of the stream is read from the ring).
+#[test]
+fn a_server_waiting_in_epoll_answers_a_late_offer() {
+    let py = iperf_tests::apps::require_bin("python3", "python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("shapes")
+        .join("poll_echo.py");
+    moves_onto_the_ring(
+        "late_upgrade_epoll",
+        &py.display().to_string(),
+        &[&script.display().to_string(), "--port-then", "epoll"],
+    );
+}
+
+/// An echo server (`server` with `server_args` and the port) and the echo tool's client, both preloaded, the
+/// client connecting while the link is down; see the tests above.
+fn moves_onto_the_ring(name: &str, server_bin: &str, server_args: &[&str]) {
+    let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
+    let f = Fixture::new(name);
+    let port = free_port();
+    let (se, ce) = (env(&f, "server", port), env(&f, "client", port));
+    let echo = echo_bin();
+    let port_s = port.to_string();
+    // The port goes last, or in place of "--port-then" (before the arguments after it).
+    let mut args: Vec<&str> = server_args.to_vec();
+    match args.iter().position(|a| *a == "--port-then") {
+        Some(i) => args[i] = &port_s,
+        None => args.push(&port_s),
+    }
+    let mut server = Proc::spawn(
+        "echo-server",
+        command(server_bin, &args, Some(&se)),
+        f.dir(),
+    )
+    .unwrap();
+    server
+        .wait_listening(port, Duration::from_secs(10))
+        .unwrap();
+    link(f.emu_dir(), true);
+    // 32 MiB paced at 8 MiB/s: about 4 s.
+    let bytes = 32 * MIB + 777;
+    let mut client = Proc::spawn(
+        "echo-client",
+        command(
+            &echo,
+            &["send", &port_s, &bytes.to_string(), "5", "8"],
+            Some(&ce),
+        ),
+        f.dir(),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let at = |ms: u64| Duration::from_millis(ms);
+    sleep_until(t0, at(300));
+    let start = sample(port);
+    sleep_until(t0, at(1100));
+    let down = sample(port);
+    link(f.emu_dir(), false);
+    sleep_until(t0, at(2000));
+    let a = sample(port);
+    sleep_until(t0, at(3300));
+    let b = sample(port);
+    let status = client.wait_success(Duration::from_secs(30));
+    let _ = server.wait_timeout(Duration::from_secs(10));
+
+    let mut errors = Vec::new();
+    if let Err(e) = &status {
+        errors.push(format!("echo client: {e}"));
+    }
+    if !client.stdout().contains(&format!("ok bytes={bytes}")) {
+        errors.push(format!("echo client: {}", client.stdout().trim()));
+    }
+    let peer = down
+        .socks
+        .iter()
+        .max_by_key(|s| s.bytes_received)
+        .map(|s| s.peer.clone())
+        .unwrap_or_default();
+    let moved = |x: &Sample, y: &Sample| match (x.received(&peer), y.received(&peer)) {
+        (Some(p), Some(q)) => Some((q.saturating_sub(p), y.at.duration_since(x.at))),
+        _ => None,
+    };
+    // While the link is down the stream is plain TCP: at least 2 MiB/s (it is paced at 8).
+    match moved(&start, &down) {
+        Some((n, d)) => {
+            eprintln!("link down: {n} bytes over TCP in {:.2} s", d.as_secs_f64());
+            if (n as f64) < 2.0 * MIB as f64 * d.as_secs_f64() {
+                errors.push(format!("link down: only {n} bytes over TCP in {d:?}"));
+            }
+        }
+        None => errors.push(format!(
+            "no stream socket from {peer:?} on port {port} while the link was down"
+        )),
+    }
+    // From 0.9 s after the link came back, for over a second, the socket is quiet while the stream goes on (on
+    // TCP that would be about 10 MiB; the records of a switch are a few headers).
+    match moved(&a, &b) {
+        Some((n, d)) => {
+            eprintln!("link back: {n} bytes over TCP in {:.2} s", d.as_secs_f64());
+            if n > 64 << 10 {
+                errors.push(format!(
+                    "{n} bytes over TCP in the {d:?} from 0.9 s after the link came back: not on the ring"
+                ));
+            }
+        }
+        None => errors.push(format!(
+            "no stream socket from {peer:?} on port {port} after the link came back"
+        )),
+    }
+    for (who, e) in [("client", &ce), ("server", &se)] {
+        match e.stats() {
+            Ok(s) => {
+                let on_ring = s.on_port(port).any(|c| c.path == "ntb" && !c.on_tcp);
+                // It counts as an NTB connection, no longer as a fallback.
+                let counted = s.ntb_connections == 1 && s.tcp_connections == 0;
+                if s.late_upgrades != 1 || !on_ring || !counted || s.protocol_errors != 0 {
+                    errors.push(format!(
+                        "{who}: late_upgrades {}, on the ring at the end: {on_ring}: {s}",
+                        s.late_upgrades
+                    ));
+                }
+            }
+            Err(e) => errors.push(format!("{who}: {e}")),
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{}\n{}\n{}",
+        errors.join("\n"),
+        client.describe(),
+        server.describe()
+    );
+}
+
+/// A candidate's peer that is not preloaded (a plain server with a pcisock client, then a pcisock server with a
+/// plain client) sees exactly the bytes the application sent: the echo comes back byte-identical across the link
+/// coming up, and the preloaded end stays on TCP without a late upgrade.
+#[test]
+fn a_plain_peer_of_a_connection_made_while_the_link_is_down_sees_only_its_bytes() {
+    let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
+    let echo = echo_bin();
+    let mut errors = Vec::new();
+    for preloaded_server in [false, true] {
+        let f = Fixture::new(if preloaded_server {
+            "late_plain_client"
+        } else {
+            "late_plain_server"
+        });
+        let port = free_port();
+        let (se, ce) = (env(&f, "server", port), env(&f, "client", port));
+        let port_s = port.to_string();
+        // The device is made by the first preloaded process that opens it: a connect to the port before anything
+        // listens there (refused).
+        let mut first = Proc::spawn(
+            "echo-refused",
+            command(&echo, &["send", &port_s, "1", "1"], Some(&ce)),
+            f.dir(),
+        )
+        .unwrap();
+        let _ = first.wait_timeout(Duration::from_secs(10));
+        let mut server = Proc::spawn(
+            "echo-server",
+            command(&echo, &["serve", &port_s], preloaded_server.then_some(&se)),
+            f.dir(),
+        )
+        .unwrap();
+        server
+            .wait_listening(port, Duration::from_secs(10))
+            .unwrap();
+        link(f.emu_dir(), true);
+        let bytes = 12 * MIB + 5;
+        let mut client = Proc::spawn(
+            "echo-client",
+            command(
+                &echo,
+                &["send", &port_s, &bytes.to_string(), "6", "8"],
+                (!preloaded_server).then_some(&ce),
+            ),
+            f.dir(),
+        )
+        .unwrap();
+        thread::sleep(Duration::from_millis(400));
+        link(f.emu_dir(), false);
+        let status = client.wait_success(Duration::from_secs(30));
+        let _ = server.wait_timeout(Duration::from_secs(10));
+        let which = if preloaded_server {
+            "plain client, pcisock server"
+        } else {
+            "pcisock client, plain server"
+        };
+        if status.is_err() || !client.stdout().contains(&format!("ok bytes={bytes}")) {
+            errors.push(format!(
+                "{which}: {status:?} {}\n{}\n{}",
+                client.stdout().trim(),
+                client.describe(),
+                server.describe()
+            ));
+        }
+        let e = if preloaded_server { &se } else { &ce };
+        match e.stats() {
+            Ok(s) => {
+                let on_tcp = s.on_port(port).any(|c| c.path == "tcp");
+                if s.late_upgrades != 0 || !on_tcp || s.protocol_errors != 0 {
+                    errors.push(format!("{which}: the pcisock end: {s}"));
+                }
+            }
+            Err(e) => errors.push(format!("{which}: {e}")),
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+/// A link that flaps while a connection made during an outage waits to move: every byte comes back in order, the
+/// connection moves onto the ring at most once, its failovers after that back off (a handful, not one per flap),
+/// and the stream is not held up by the tries (each try of the client waits at most 400 ms for an answer, and
+/// tries back off: 100 ms doubling to 3 s).
+#[test]
+fn a_flapping_link_does_not_make_a_late_upgrade_thrash() {
+    let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
+    let f = Fixture::new("late_flapping");
+    let port = free_port();
+    let (se, ce) = (env(&f, "server", port), env(&f, "client", port));
+    let echo = echo_bin();
+    let port_s = port.to_string();
+    let mut server = Proc::spawn(
+        "echo-server",
+        command(&echo, &["serve", &port_s], Some(&se)),
+        f.dir(),
+    )
+    .unwrap();
+    server
+        .wait_listening(port, Duration::from_secs(10))
+        .unwrap();
+    link(f.emu_dir(), true);
+    // 40 MiB paced at 8 MiB/s: about 5 s.
+    let bytes = 40 * MIB + 3;
+    let mut client = Proc::spawn(
+        "echo-client",
+        command(
+            &echo,
+            &["send", &port_s, &bytes.to_string(), "8", "8"],
+            Some(&ce),
+        ),
+        f.dir(),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    // 25 flaps (up, then down) in 4 s, from 0.3 s; the link stays up after.
+    for i in 0..25u64 {
+        sleep_until(t0, Duration::from_millis(300 + i * 160));
+        link(f.emu_dir(), false);
+        sleep_until(t0, Duration::from_millis(300 + i * 160 + 80));
+        link(f.emu_dir(), true);
+    }
+    link(f.emu_dir(), false);
+    let status = client.wait_success(Duration::from_secs(30));
+    let took = t0.elapsed();
+    let _ = server.wait_timeout(Duration::from_secs(10));
+    let mut errors = Vec::new();
+    if status.is_err() || !client.stdout().contains(&format!("ok bytes={bytes}")) {
+        errors.push(format!(
+            "echo client: {status:?} {}",
+            client.stdout().trim()
+        ));
+    }
+    // Paced for 5 s; held up by thrashing it would take far longer.
+    if took > Duration::from_secs(12) {
+        errors.push(format!("the stream took {took:?} (paced for 5 s)"));
+    }
+    for (who, e) in [("client", &ce), ("server", &se)] {
+        match e.stats() {
+            Ok(s) => {
+                let c = data_conn(&s, port);
+                eprintln!(
+                    "{who}: late_upgrades {}, path {}, failovers {}, failbacks {}",
+                    s.late_upgrades, c.path, c.failovers, c.failbacks
+                );
+                if s.late_upgrades > 1 || c.failovers > 12 || s.protocol_errors != 0 {
+                    errors.push(format!("{who}: {s}"));
+                }
+            }
+            Err(e) => errors.push(format!("{who}: {e}")),
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{}\n{}\n{}",
+        errors.join("\n"),
+        client.describe(),
+        server.describe()
+    );
+}
