@@ -494,6 +494,10 @@ fn accept_declined(code: u32, tcp_fd: RawFd) -> Reason {
     }
 }
 
+/// How long a blocking accept paired with this process's own offer waits for the ring the
+/// service sends the client end after the replies (microseconds, unless the service is slow).
+const OWN_RING_WAIT: Duration = Duration::from_millis(50);
+
 pub(crate) fn accept(
     shared: &Arc<ProcessState>,
     tcp_fd: RawFd,
@@ -502,12 +506,30 @@ pub(crate) fn accept(
 ) -> Result<Connection, Reason> {
     let ring = shared.settings.ring_bytes;
     let link = link(shared)?;
+    // Watch our line from before the accept: if the client is this process (its own offer),
+    // the service rings our line for the client's answer right after the replies.
+    let watch = link
+        .own_line()
+        .and_then(|l| crate::sys::wake_fd(l.as_raw_fd()));
+    if watch.is_some() {
+        // Edges of rings before this accept are not the one we may wait for.
+        crate::sys::wake_consume();
+    }
     match link
         .with(|c| Ok((c.service_pid, c.accept(tcp_fd, ring)?)))
         .map_err(failed)?
     {
         (svc, Pairing::Paired(p)) => {
+            let own_client = p.own_line.id == p.peer_line.id;
             let p = link.pair(svc, p);
+            if let (true, Some(w)) = (own_client, watch) {
+                // Let that ring land before `accept` returns: an epoll set the application
+                // makes for the connection next takes it as an old edge when it adds our line.
+                // Landing after, it would make the set readable for nothing (an epoll set
+                // nested in another woke its outer set while the connection was idle).
+                let _ = crate::sys::poll1(w, libc::POLLIN, Some(OWN_RING_WAIT));
+                crate::sys::wake_consume();
+            }
             Connection::from_service(shared.clone(), p, tcp_fd, Role::Server, local, peer)
         }
         (_, Pairing::Declined(code)) => Err(accept_declined(code, tcp_fd)),
