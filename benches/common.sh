@@ -10,6 +10,9 @@
 #   median [EMPTY]    the median of the numbers on stdin (separated by spaces or newlines);
 #                     EMPTY (default 0) when there are none.
 #   ratio A B         A/B with two decimals; n/a when either is n/a or B is 0.
+#   nginx_bench_conf DIR PORT
+#                     writes DIR/nginx.conf: one worker in the foreground, no access log,
+#                     sendfile, serving DIR/www on 127.0.0.1:PORT (bodies in DIR/tmp).
 
 bench_init() {
     bench_name=$1
@@ -50,3 +53,20 @@ median() {
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a" || b == 0) print "n/a"; else printf "%.2f", a/b }'; }
+
+nginx_bench_conf() {
+    cat >"$1/nginx.conf" <<CONF
+user root;
+daemon off;
+worker_processes 1;
+pid $1/nginx.pid;
+error_log $1/error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $1/tmp;
+    sendfile on;
+    server { listen 127.0.0.1:$2; root $1/www; }
+}
+CONF
+}

@@ -74,20 +74,7 @@ run_nginx() {
     next_port
     mkdir -p "$work/ngx/www" "$work/ngx/tmp"
     head -c 16384 /dev/urandom >"$work/ngx/www/page"
-    cat >"$work/ngx/nginx.conf" <<CONF
-user root;
-daemon off;
-worker_processes 1;
-pid $work/ngx/nginx.pid;
-error_log $work/ngx/error.log;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $work/ngx/tmp;
-    sendfile on;
-    server { listen 127.0.0.1:$port; root $work/ngx/www; }
-}
-CONF
+    nginx_bench_conf "$work/ngx" "$port"
     # shellcheck disable=SC2046
     env $(env_of "$mode" "$port") nginx -c "$work/ngx/nginx.conf" >/dev/null 2>&1 &
     local np=$!

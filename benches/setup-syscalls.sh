@@ -80,20 +80,7 @@ cpu_ticks() { [[ -n "$1" ]] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0
 run() {
     local mode=$1 how=$2
     next_port
-    cat >"$work/ngx/nginx.conf" <<CONF
-user root;
-daemon off;
-worker_processes 1;
-pid $work/ngx/nginx.pid;
-error_log $work/ngx/error.log;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $work/ngx/tmp;
-    sendfile on;
-    server { listen 127.0.0.1:$port; root $work/ngx/www; }
-}
-CONF
+    nginx_bench_conf "$work/ngx" "$port"
     # shellcheck disable=SC2046
     env $(env_of "$mode" "$port") nginx -c "$work/ngx/nginx.conf" >/dev/null 2>&1 &
     local np=$!

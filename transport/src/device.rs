@@ -303,23 +303,8 @@ impl DeviceTransport {
         tcp_fd: RawFd,
         post: bool,
     ) -> Result<DevicePending, Reason> {
-        self.shared.reap();
-        if !self.link_up() {
-            return Err(Reason::LinkDown);
-        }
-        if !self.ctrl.find_listener(&remote, self.same_host) {
-            return Err(Reason::NoListener);
-        }
-        let half = self.half_open(Role::Client, local, remote)?;
-        let cookie = sys::random_u64();
-        let offer = proto::Offer {
-            version: proto::PROTOCOL_VERSION,
-            cookie,
-            client: local,
-            server: remote,
-            ring: half.loc,
-            late: None,
-        };
+        let (half, offer) = self.client_offer(local, remote, None)?;
+        let cookie = offer.cookie;
         let slot = if post {
             self.ctrl.post_offer(&offer)
         } else {
@@ -343,6 +328,34 @@ impl DeviceTransport {
                 Err(Reason::TableFull)
             }
         }
+    }
+
+    /// A client's offer to `remote` (its half-open end made), unless the link is down or the
+    /// peer host has no listener there; `late`: the plain bytes this end sent before (a late
+    /// upgrade, PROTOCOL.md §6). Not posted yet.
+    fn client_offer(
+        &self,
+        local: Endpoint,
+        remote: Endpoint,
+        late: Option<u64>,
+    ) -> Result<(conn::HalfOpen, proto::Offer), Reason> {
+        self.shared.reap();
+        if !self.link_up() {
+            return Err(Reason::LinkDown);
+        }
+        if !self.ctrl.find_listener(&remote, self.same_host) {
+            return Err(Reason::NoListener);
+        }
+        let half = self.half_open(Role::Client, local, remote)?;
+        let offer = proto::Offer {
+            version: proto::PROTOCOL_VERSION,
+            cookie: sys::random_u64(),
+            client: local,
+            server: remote,
+            ring: half.loc,
+            late,
+        };
+        Ok((half, offer))
     }
 
     /// Lease our half of a connection. Window space held by connections that just closed comes

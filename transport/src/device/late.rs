@@ -30,23 +30,8 @@ impl DeviceTransport {
         sent: u64,
         read: u64,
     ) -> Result<Connection, Reason> {
-        self.shared.reap();
-        if !self.link_up() {
-            return Err(Reason::LinkDown);
-        }
-        if !self.ctrl.find_listener(&remote, self.same_host) {
-            return Err(Reason::NoListener);
-        }
-        let half = self.half_open(Role::Client, local, remote)?;
-        let cookie = sys::random_u64();
-        let offer = proto::Offer {
-            version: proto::PROTOCOL_VERSION,
-            cookie,
-            client: local,
-            server: remote,
-            ring: half.loc,
-            late: Some(sent),
-        };
+        let (half, offer) = self.client_offer(local, remote, Some(sent))?;
+        let cookie = offer.cookie;
         let Some(slot) = self.ctrl.post_offer(&offer) else {
             half.release(&*self.dev);
             return Err(Reason::TableFull);
