@@ -181,45 +181,15 @@ impl Diag {
     /// that namespace; what the other process can still do with its copy is only to disturb
     /// them, which [`Netlink`] bounds (a wrong or missing answer is an error).
     pub fn handed(fd: std::os::fd::OwnedFd) -> Option<(Diag, u64)> {
+        use crate::sys::{netns_cookie, sockopt_int};
         use std::os::fd::{AsRawFd, IntoRawFd};
         let raw = fd.as_raw_fd();
-        let int = |opt: libc::c_int| {
-            let mut v: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: `v` and `len` are live and sized as stated.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_getsockopt,
-                    raw,
-                    libc::SOL_SOCKET,
-                    opt,
-                    &mut v as *mut libc::c_int,
-                    &mut len as *mut libc::socklen_t,
-                )
-            };
-            (r == 0).then_some(v)
-        };
-        if int(libc::SO_DOMAIN)? != libc::AF_NETLINK
-            || int(libc::SO_PROTOCOL)? != libc::NETLINK_SOCK_DIAG
+        if sockopt_int(raw, libc::SO_DOMAIN).ok()? != libc::AF_NETLINK
+            || sockopt_int(raw, libc::SO_PROTOCOL).ok()? != libc::NETLINK_SOCK_DIAG
         {
             return None;
         }
-        let mut cookie: u64 = 0;
-        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        // SAFETY: `cookie` and `len` are live and sized as stated.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_getsockopt,
-                raw,
-                libc::SOL_SOCKET,
-                SO_NETNS_COOKIE,
-                &mut cookie as *mut u64,
-                &mut len as *mut libc::socklen_t,
-            )
-        };
-        if r != 0 || cookie == 0 {
-            return None;
-        }
+        let cookie = netns_cookie(raw).ok().filter(|&c| c != 0)?;
         let nl = Netlink {
             fd: fd.into_raw_fd(),
             handed: true,
@@ -248,9 +218,6 @@ pub fn socket_here() -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: the socket `Netlink::open` made, whose ownership we take from it (forgotten).
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
-
-/// SO_NETNS_COOKIE (asm-generic/socket.h).
-const SO_NETNS_COOKIE: libc::c_int = 71;
 
 impl Netlink {
     fn open() -> io::Result<Netlink> {

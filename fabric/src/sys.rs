@@ -406,7 +406,7 @@ pub struct TcpView {
 
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
-fn sockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn sockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
     let mut v: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `v` and `len` are live and sized as stated.
@@ -474,6 +474,24 @@ fn sockaddr_to(ss: &libc::sockaddr_storage) -> Option<(Addr, u16)> {
     }
 }
 
+/// The network namespace of socket `fd` (SO_NETNS_COOKIE: unique for the namespace's lifetime).
+pub(crate) fn netns_cookie(fd: RawFd) -> io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are live and sized as stated.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_getsockopt,
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            &mut cookie as *mut u64,
+            &mut len as *mut libc::socklen_t,
+        )
+    })?;
+    Ok(cookie)
+}
+
 /// Read the kernel's view of a socket handed over: `None` if it is not a TCP socket.
 pub fn tcp_view(fd: RawFd) -> io::Result<Option<TcpView>> {
     // SAFETY: stat is plain data.
@@ -492,21 +510,8 @@ pub fn tcp_view(fd: RawFd) -> io::Result<Option<TcpView>> {
     {
         return Ok(None);
     }
-    let mut cookie: u64 = 0;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: `cookie` and `len` are live and sized as stated.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_getsockopt,
-            fd,
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            &mut cookie as *mut u64,
-            &mut len as *mut libc::socklen_t,
-        )
-    })?;
     Ok(Some(TcpView {
-        netns: cookie,
+        netns: netns_cookie(fd)?,
         inode: st.st_ino,
         listening: sockopt_int(fd, libc::SO_ACCEPTCONN)? != 0,
         local: name(fd, false)?,

@@ -206,20 +206,7 @@ impl DeviceTransport {
             });
         };
         let offer = offer.map_err(|_| Reason::BadPeer)?;
-        let decline = |reason: Reason| {
-            let a = proto::Answer {
-                version: proto::PROTOCOL_VERSION,
-                cookie: offer.cookie,
-                decline: reason.code(),
-                ring: Default::default(),
-                sent: 0,
-            };
-            self.ctrl.write_answer(index, generation, &a);
-            if offer.ring.db_bit < self.db_bits {
-                let _ = self.dev.peer_vector_trigger(offer.ring.db_bit);
-            }
-            reason
-        };
+        let decline = |reason: Reason| self.decline_offer(index, generation, &offer, reason);
         let tx_ring = match offer
             .ring
             .check(self.dev.mw_count(), self.mw_size, self.db_bits)
@@ -230,6 +217,48 @@ impl DeviceTransport {
         if !self.link_up() {
             return Err(decline(Reason::LinkDown));
         }
+        let slot = (index, generation);
+        self.accept_offer(slot, &offer, tx_ring, (tcp_fd, local, peer), 0, |_| {})
+    }
+
+    /// Decline the offer taken from table slot `index` (of `generation`) for `reason`, ringing
+    /// its client if its line is one of ours to ring; returns `reason`.
+    fn decline_offer(
+        &self,
+        index: usize,
+        generation: u32,
+        offer: &proto::Offer,
+        reason: Reason,
+    ) -> Reason {
+        let a = proto::Answer {
+            version: proto::PROTOCOL_VERSION,
+            cookie: offer.cookie,
+            decline: reason.code(),
+            ring: Default::default(),
+            sent: 0,
+        };
+        self.ctrl.write_answer(index, generation, &a);
+        if offer.ring.db_bit < self.db_bits {
+            let _ = self.dev.peer_vector_trigger(offer.ring.db_bit);
+        }
+        reason
+    }
+
+    /// Accept the offer taken from table slot `slot` (index, generation), whose ring checked
+    /// out as `tx_ring`: make our end of the connection on the kernel socket `tcp` (fd, local,
+    /// peer), let `start` prepare it, then answer the client with our ring and `sent` (the
+    /// plain bytes we sent first: a late upgrade; 0 otherwise) and ring it. Declined (and the
+    /// reason returned) if our end cannot be made.
+    fn accept_offer(
+        &self,
+        (index, generation): (usize, u32),
+        offer: &proto::Offer,
+        tx_ring: proto::Ring,
+        (tcp_fd, local, peer): (RawFd, Endpoint, Endpoint),
+        sent: u64,
+        start: impl FnOnce(&Connection),
+    ) -> Result<Connection, Reason> {
+        let decline = |reason: Reason| self.decline_offer(index, generation, offer, reason);
         let half = match self.half_open(Role::Server, local, peer) {
             Ok(h) => h,
             Err(r) => return Err(decline(r)),
@@ -246,12 +275,13 @@ impl DeviceTransport {
             peer,
         )
         .map_err(decline)?;
+        start(&c);
         let a = proto::Answer {
             version: proto::PROTOCOL_VERSION,
             cookie: offer.cookie,
             decline: 0,
             ring: loc,
-            sent: 0,
+            sent,
         };
         self.ctrl.write_answer(index, generation, &a);
         let _ = self.dev.peer_vector_trigger(offer.ring.db_bit);

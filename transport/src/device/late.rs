@@ -111,20 +111,7 @@ impl DeviceTransport {
         let Ok(offer) = offer else {
             return Some(Err(Reason::BadPeer));
         };
-        let decline = |reason: Reason| {
-            let a = proto::Answer {
-                version: proto::PROTOCOL_VERSION,
-                cookie: offer.cookie,
-                decline: reason.code(),
-                ring: Default::default(),
-                sent: 0,
-            };
-            self.ctrl.write_answer(index, generation, &a);
-            if offer.ring.db_bit < self.db_bits {
-                let _ = self.dev.peer_vector_trigger(offer.ring.db_bit);
-            }
-            reason
-        };
+        let decline = |reason: Reason| self.decline_offer(index, generation, &offer, reason);
         // The client's plain count must cover what we read of it.
         let peer_sent = match offer.late {
             Some(n) if n >= read => n,
@@ -137,35 +124,13 @@ impl DeviceTransport {
             Ok(r) => r,
             Err(_) => return Some(Err(decline(Reason::BadPeer))),
         };
-        let half = match self.half_open(Role::Server, local, peer) {
-            Ok(h) => h,
-            Err(r) => return Some(Err(decline(r))),
-        };
-        let loc = half.loc;
-        let c = match Connection::new(
-            self.shared.clone(),
-            half,
-            offer.ring,
-            tx_ring,
-            tcp_fd,
-            Role::Server,
-            local,
-            peer,
-        ) {
-            Ok(c) => c,
-            Err(r) => return Some(Err(decline(r))),
-        };
-        c.start_late(sent, peer_sent, read);
-        let a = proto::Answer {
-            version: proto::PROTOCOL_VERSION,
-            cookie: offer.cookie,
-            decline: 0,
-            ring: loc,
-            sent,
-        };
-        self.ctrl.write_answer(index, generation, &a);
-        let _ = self.dev.peer_vector_trigger(offer.ring.db_bit);
-        self.shared.counters.late_upgrades.fetch_add(1, Relaxed);
-        Some(Ok(c))
+        let slot = (index, generation);
+        let c = self.accept_offer(slot, &offer, tx_ring, (tcp_fd, local, peer), sent, |c| {
+            c.start_late(sent, peer_sent, read)
+        });
+        if c.is_ok() {
+            self.shared.counters.late_upgrades.fetch_add(1, Relaxed);
+        }
+        Some(c)
     }
 }
