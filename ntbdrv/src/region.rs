@@ -192,6 +192,19 @@ impl Region {
         Ok(())
     }
 
+    /// This region as one of at least `N` bytes with an 8-byte aligned base, both checked here
+    /// once: its words at constant offsets below `N` are then reached with no run-time check.
+    pub fn fixed<const N: usize>(self) -> Result<FixedRegion<N>, WindowError> {
+        self.check(0, N)?;
+        if !(self.base as usize).is_multiple_of(8) {
+            return Err(WindowError::Misaligned {
+                offset: 0,
+                align: 8,
+            });
+        }
+        Ok(FixedRegion { region: self })
+    }
+
     /// The 32-bit word at `offset`, for synchronisation.
     #[inline]
     pub fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, WindowError> {
@@ -225,5 +238,107 @@ impl Region {
     /// straight into the window). Using it is the caller's unsafe business.
     pub fn as_ptr(&self) -> *mut u8 {
         self.base
+    }
+}
+
+/// A [`Region`] of at least `N` bytes whose base is 8-byte aligned ([`Region::fixed`] checked
+/// both): a word's accessor checks only what the offset itself does not settle, so for a
+/// constant offset below `N` (a connection's endpoint header: counters, credits, flags) it is
+/// a plain address computation. Everything else is the region's (it dereferences to it).
+#[derive(Clone, Debug)]
+pub struct FixedRegion<const N: usize> {
+    region: Region,
+}
+
+impl<const N: usize> std::ops::Deref for FixedRegion<N> {
+    type Target = Region;
+    #[inline(always)]
+    fn deref(&self) -> &Region {
+        &self.region
+    }
+}
+
+impl<const N: usize> FixedRegion<N> {
+    /// The region itself.
+    #[inline(always)]
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// As [`Region::atomic_u32`]; below `N`, the bounds were checked by [`Region::fixed`].
+    #[inline(always)]
+    pub fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, WindowError> {
+        if !offset.is_multiple_of(4) {
+            return Err(WindowError::Misaligned {
+                offset: offset as u64,
+                align: 4,
+            });
+        }
+        if offset >= N || N - offset < 4 {
+            self.region.check(offset, 4)?;
+        }
+        // SAFETY: in range (below `N`, which `fixed` checked the region holds, or checked just
+        // now), 4-aligned (the offset, and the base, which `fixed` checked is 8-aligned); the
+        // mapping outlives `&self`.
+        Ok(unsafe { &*(self.region.base.add(offset) as *const AtomicU32) })
+    }
+
+    /// As [`Region::atomic_u64`]; below `N`, the bounds were checked by [`Region::fixed`].
+    #[inline(always)]
+    pub fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, WindowError> {
+        if !offset.is_multiple_of(8) {
+            return Err(WindowError::Misaligned {
+                offset: offset as u64,
+                align: 8,
+            });
+        }
+        if offset >= N || N - offset < 8 {
+            self.region.check(offset, 8)?;
+        }
+        // SAFETY: in range (below `N`, which `fixed` checked the region holds, or checked just
+        // now), 8-aligned (the offset, and the base, which `fixed` checked); the mapping
+        // outlives `&self`.
+        Ok(unsafe { &*(self.region.base.add(offset) as *const AtomicU64) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    struct Heap(#[allow(dead_code)] Vec<u64>);
+    impl Keepalive for Heap {}
+
+    /// A region over `words` zeroed words of process memory (8-aligned).
+    fn heap(words: usize) -> Region {
+        let mut v = vec![0u64; words];
+        let base = v.as_mut_ptr() as *mut u8;
+        // SAFETY: the vector's buffer (which moving the vector does not move) lives as long as
+        // the region's keepalive.
+        unsafe { Region::new(base, words * 8, Arc::new(Heap(v))) }
+    }
+
+    #[test]
+    fn a_fixed_region_checks_once_and_then_only_what_the_offset_leaves_open() {
+        let r = heap(1024); // 8 KiB
+        assert!(r.clone().fixed::<16384>().is_err(), "shorter than N");
+        assert!(
+            r.slice(4, 4096).unwrap().fixed::<64>().is_err(),
+            "a base that is not 8-aligned"
+        );
+        let f = r.clone().fixed::<4096>().unwrap();
+        f.atomic_u64(8).unwrap().store(7, Relaxed);
+        assert_eq!(r.atomic_u64(8).unwrap().load(Relaxed), 7);
+        f.atomic_u32(4092).unwrap().store(9, Relaxed);
+        assert_eq!(r.atomic_u32(4092).unwrap().load(Relaxed), 9);
+        assert!(
+            f.atomic_u64(4).is_err() && f.atomic_u32(2).is_err(),
+            "misaligned offsets"
+        );
+        // Beyond N the region's own bounds hold.
+        assert!(f.atomic_u64(8192 - 8).is_ok() && f.atomic_u32(8192 - 4).is_ok());
+        assert!(f.atomic_u64(8192).is_err() && f.atomic_u32(8192).is_err());
+        assert!(f.atomic_u64(usize::MAX - 7).is_err() && f.atomic_u32(usize::MAX - 3).is_err());
     }
 }

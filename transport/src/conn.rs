@@ -40,7 +40,7 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering::{Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ntbdrv::{NtbDevice, Region, VectorLease, WindowLease};
@@ -75,8 +75,8 @@ pub(crate) use failover::LinkLook;
 pub(crate) use half_open::HalfOpen;
 
 use block::{
-    CR_PEER_CPU, L_HOLDERS, L_HOLDER_PIDS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN,
-    L_PEER_MW, L_PEER_OFF, L_SOCK_INODE, PEER_MADE,
+    endpoint_block, EndpointBlock, CR_PEER_CPU, L_HOLDERS, L_HOLDER_PIDS, L_MY_BELL_SLOT, L_MY_BIT,
+    L_PEER_BIT, L_PEER_LEN, L_PEER_MW, L_PEER_OFF, L_SOCK_INODE, PEER_MADE,
 };
 use cursors::Cursors;
 use sendlock::SendLock;
@@ -177,14 +177,14 @@ pub struct Connection {
     /// Where the connection's memory and interrupt lines come from.
     tenancy: Tenancy,
     /// Our lease: our receive ring and the peer-written words.
-    own_block: Region,
+    own_block: EndpointBlock,
     /// Our interrupt line: the device vector this connection leased (emptied after it fires),
     /// or this process's line from the host fabric service, shared by its connections and
     /// never emptied (see `sys::wake_fd`).
     vector: Arc<OwnedFd>,
     shared_line: bool,
     /// The peer's lease, through our outbound window.
-    peer_block: Region,
+    peer_block: EndpointBlock,
     their_loc: RingLoc,
     rx_ring: Ring,
     tx_ring: Ring,
@@ -192,7 +192,9 @@ pub struct Connection {
     pub local: Endpoint,
     pub peer: Endpoint,
     pub role: Role,
-    rx_lock: Mutex<()>,
+    /// The receive side's lock: the same biased lock as the send side's, so the thread that
+    /// reads the connection enters it by plain stores (`Connection::try_recv`).
+    rx_lock: SendLock,
     waiters: Waiters,
     /// Consecutive empty non-blocking reads (to look at the TCP socket now and then).
     empty_reads: AtomicU32,
@@ -253,8 +255,8 @@ pub(crate) struct ServicePair {
 /// and a ring of the pair's size.
 struct Segments {
     ring: Ring,
-    own_block: Region,
-    peer_block: Region,
+    own_block: EndpointBlock,
+    peer_block: EndpointBlock,
     loc: RingLoc,
 }
 
@@ -272,8 +274,8 @@ impl Segments {
         let len = len as u64;
         Some(Segments {
             ring,
-            own_block,
-            peer_block,
+            own_block: endpoint_block(own_block)?,
+            peer_block: endpoint_block(peer_block)?,
             loc: RingLoc {
                 mw: 0,
                 offset: 0,
@@ -379,6 +381,12 @@ impl Connection {
         atomic_u64_at(&half.own_block, L_PEER_LEN).store(their_loc.len, Relaxed);
         atomic_u32_at(&half.own_block, L_MY_BIT).store(half.bell.vector, Relaxed);
         atomic_u32_at(&half.own_block, L_MY_BELL_SLOT).store(half.bell.slot, Relaxed);
+        let Some((own_block, peer_block)) =
+            endpoint_block(half.own_block.clone()).zip(endpoint_block(peer_block))
+        else {
+            half.release(&*dev);
+            return Err(crate::Reason::BadPeer);
+        };
         let tenancy = Tenancy::Device {
             dev,
             lease: half.lease,
@@ -387,7 +395,7 @@ impl Connection {
         let c = Connection::assemble(
             shared,
             tenancy,
-            half.own_block,
+            own_block,
             Arc::new(half.vector),
             peer_block,
             their_loc,
@@ -491,9 +499,9 @@ impl Connection {
     fn assemble(
         shared: Arc<ProcessState>,
         tenancy: Tenancy,
-        own_block: Region,
+        own_block: EndpointBlock,
         vector: Arc<OwnedFd>,
-        peer_block: Region,
+        peer_block: EndpointBlock,
         their_loc: RingLoc,
         rx_ring: Ring,
         tx_ring: Ring,
@@ -523,7 +531,7 @@ impl Connection {
             local,
             peer,
             role,
-            rx_lock: Mutex::new(()),
+            rx_lock: SendLock::default(),
             waiters: Waiters::default(),
             empty_reads: AtomicU32::new(0),
             tcp_looks: AtomicU32::new(0),
@@ -543,7 +551,7 @@ impl Connection {
         c
     }
 
-    #[inline]
+    #[inline(always)]
     // `c` is one of the 17 counters: its offset is inside the counter block.
     #[allow(clippy::arithmetic_side_effects)]
     fn count(&self, c: Counter, n: u64) {

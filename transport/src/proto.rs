@@ -248,6 +248,7 @@ impl Ring {
     }
 
     /// Validate the producer counter read from shared memory against our consumer counter.
+    #[inline]
     pub fn check_tail(&self, tail: u64, head: u64) -> Result<u64, ProtoError> {
         tail.checked_sub(head)
             .filter(|&d| d <= self.cap)
@@ -262,6 +263,7 @@ impl Ring {
     // `pos` is below `cap`; the header's length is a u32, far from overflowing a u64 with a
     // header and alignment added.
     #[allow(clippy::arithmetic_side_effects)]
+    #[inline]
     pub fn check_frame(
         &self,
         head: u64,
@@ -315,6 +317,7 @@ impl Ring {
     /// own sequence word for the producer counter (the sender stores that after it). The frame
     /// must lie inside the ring, before its end, where a sender with the receiver's credits
     /// could have written it.
+    #[inline]
     pub fn check_published(
         &self,
         head: u64,

@@ -329,6 +329,24 @@ fn exercise(name: &str, v: &Arc<Connection>, out: &mut Outcomes) {
         });
         out.note(&r);
     }
+    // The shim's fast read (its `read` and `recv` hooks call it first): nothing, or what fits.
+    for blocking in [false, true] {
+        let s = v.clone();
+        let r = within(
+            format!("{name}: try_recv, blocking {blocking}"),
+            move || {
+                let mut b = vec![0u8; 700];
+                s.try_recv(&mut b, blocking)
+            },
+        );
+        assert!(
+            r.is_none_or(|n| n > 0 && n <= 700),
+            "{name}: try_recv gave {r:?}"
+        );
+        if r.is_some() {
+            out.data += 1;
+        }
+    }
     let s = v.clone();
     let r = within(format!("{name}: non-blocking send"), move || {
         s.send(&[&[9u8; 3000]], true, None)

@@ -6,7 +6,17 @@ use super::*;
 
 /// Receive on a tracked fd; `None` means "use the kernel socket" (bytes counted by the caller).
 fn recv_if_ours(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Option<Result<usize, c_int>> {
-    match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
+    recv_pinned(fd, None, bufs, flags)
+}
+
+/// [`recv_if_ours`] with the entry already pinned (by a `try_recv` that declined), if it was.
+fn recv_pinned(
+    fd: c_int,
+    pinned: Option<table::Pinned>,
+    bufs: &mut [&mut [u8]],
+    flags: c_int,
+) -> Option<Result<usize, c_int>> {
+    match ops::data_path_pinned(fd, pinned, flags & libc::MSG_DONTWAIT != 0)? {
         Err(e) => Some(Err(e)),
         Ok(DataPath::Ntb(s)) => Some(guard(|| {
             restarting(s.rcvtimeo(), || ops::recv(&s, s.ntb(), bufs, flags))
@@ -81,6 +91,28 @@ fn try_send(fd: c_int, buf: &[u8], flags: c_int) -> Option<usize> {
         .flatten()
 }
 
+/// The common receive on an NTB connection, before any other work: the frames already published
+/// (or published within a short spin of a blocking read) into `buf`, by the thread that reads
+/// the connection (`Connection::try_recv`). `None`: nothing was consumed, and the general path
+/// (`recv_if_ours`) takes the call. Only for flags it cannot change (`MSG_DONTWAIT`, which it
+/// honours by not spinning; `MSG_PEEK`, `MSG_WAITALL` and the rest take the general path).
+/// `Err` carries the entry's pin, if it took one, for the general path.
+#[inline]
+fn try_recv(fd: c_int, buf: &mut [u8], flags: c_int) -> Result<usize, Option<table::Pinned>> {
+    if flags & !libc::MSG_DONTWAIT != 0 {
+        return Err(None);
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let s = table::pin(fd).ok_or(None)?;
+        let blocking = !(s.nonblocking() || flags & libc::MSG_DONTWAIT != 0);
+        match s.conn.get().and_then(|c| c.try_recv(buf, blocking)) {
+            Some(n) => Ok(n),
+            None => Err(Some(s)),
+        }
+    }))
+    .unwrap_or(Err(None))
+}
+
 /// Count bytes a flagged-but-TCP connection moved over the kernel socket.
 fn count_kernel(fd: c_int, r: ssize_t, tx: bool) -> ssize_t {
     if r > 0 {
@@ -99,7 +131,11 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
     }
     // SAFETY: the application's buffer of `n` bytes.
     let b = unsafe { slice_mut(buf, n) };
-    match recv_if_ours(fd, &mut [b], 0) {
+    let pinned = match try_recv(fd, b, 0) {
+        Ok(k) => return k as ssize_t,
+        Err(p) => p,
+    };
+    match recv_pinned(fd, pinned, &mut [b], 0) {
         Some(r) => finish_ssize(r),
         None => count_kernel(fd, call_real!(read(fd, buf, n)), false),
     }
@@ -298,7 +334,11 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
     }
     // SAFETY: the application's buffer of `n` bytes.
     let b = unsafe { slice_mut(buf, n) };
-    match recv_if_ours(fd, &mut [b], flags) {
+    let pinned = match try_recv(fd, b, flags) {
+        Ok(k) => return k as ssize_t,
+        Err(p) => p,
+    };
+    match recv_pinned(fd, pinned, &mut [b], flags) {
         Some(r) => finish_ssize(r),
         None => count_kernel(fd, call_real!(recv(fd, buf, n, flags)), false),
     }

@@ -45,14 +45,31 @@ pub fn stash_early(fd: c_int, bufs: &[&[u8]]) -> Option<usize> {
 /// connection from what the peer answered) is caught and becomes EIO, never unwinds into the
 /// application.
 pub fn data_path(fd: c_int, dontwait: bool) -> Option<Result<DataPath, c_int>> {
+    data_path_pinned(fd, None, dontwait)
+}
+
+/// [`data_path`] with the entry of `fd` already pinned, if the caller has it (a fast path that
+/// declined hands its pin on rather than pin again).
+pub fn data_path_pinned(
+    fd: c_int,
+    pinned: Option<table::Pinned>,
+    dontwait: bool,
+) -> Option<Result<DataPath, c_int>> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        data_path_unguarded(fd, dontwait)
+        data_path_unguarded(fd, pinned, dontwait)
     }))
     .unwrap_or(Some(Err(libc::EIO)))
 }
 
-pub(super) fn data_path_unguarded(fd: c_int, dontwait: bool) -> Option<Result<DataPath, c_int>> {
-    let sock = table::pin(fd)?;
+pub(super) fn data_path_unguarded(
+    fd: c_int,
+    pinned: Option<table::Pinned>,
+    dontwait: bool,
+) -> Option<Result<DataPath, c_int>> {
+    let sock = match pinned {
+        Some(p) => p,
+        None => table::pin(fd)?,
+    };
     if sock.conn.get().is_some() {
         return Some(Ok(DataPath::Ntb(sock)));
     }

@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use ntbdrv::{NtbDevice, Region};
+use ntbdrv::{FixedRegion, NtbDevice, Region};
 
 use super::Info;
 use crate::proto::ENDPOINT_HDR;
@@ -54,20 +54,59 @@ pub(super) const FLAG_FIN: u32 = 1;
 pub(super) const FLAG_RST: u32 = 2;
 pub(super) const FLAG_GONE: u32 = 4;
 
+/// A connection's endpoint block as the connection holds it: its header's length and its base's
+/// alignment checked once, when the connection is made ([`endpoint_block`]), so that the words
+/// the data path touches at constant offsets cost no run-time check.
+pub(crate) type EndpointBlock = FixedRegion<{ ENDPOINT_HDR as usize }>;
+
+/// `r` as an [`EndpointBlock`]; `None` if it is shorter than an endpoint header or misaligned.
+pub(crate) fn endpoint_block(r: Region) -> Option<EndpointBlock> {
+    r.fixed().ok()
+}
+
+/// Memory whose words the block's accessors reach: a plain region (checked per access) or an
+/// [`EndpointBlock`] (checked once).
+pub(crate) trait Words {
+    fn word32(&self, off: usize) -> Result<&AtomicU32, ntbdrv::WindowError>;
+    fn word64(&self, off: usize) -> Result<&AtomicU64, ntbdrv::WindowError>;
+}
+
+impl Words for Region {
+    #[inline(always)]
+    fn word32(&self, off: usize) -> Result<&AtomicU32, ntbdrv::WindowError> {
+        self.atomic_u32(off)
+    }
+    #[inline(always)]
+    fn word64(&self, off: usize) -> Result<&AtomicU64, ntbdrv::WindowError> {
+        self.atomic_u64(off)
+    }
+}
+
+impl Words for EndpointBlock {
+    #[inline(always)]
+    fn word32(&self, off: usize) -> Result<&AtomicU32, ntbdrv::WindowError> {
+        self.atomic_u32(off)
+    }
+    #[inline(always)]
+    fn word64(&self, off: usize) -> Result<&AtomicU64, ntbdrv::WindowError> {
+        self.atomic_u64(off)
+    }
+}
+
 // The offsets are this module's constants, inside the 4 KiB endpoint header, and every region
 // they are used on is a whole endpoint block (ours, or the peer's, whose length `RingLoc::check`
 // validated): nothing a peer writes reaches these `expect`s.
 #[allow(clippy::expect_used)]
-#[inline]
-pub(crate) fn atomic_u32_at(r: &Region, off: usize) -> &AtomicU32 {
-    r.atomic_u32(off)
+#[inline(always)]
+pub(crate) fn atomic_u32_at<W: Words + ?Sized>(r: &W, off: usize) -> &AtomicU32 {
+    r.word32(off)
         .expect("endpoint layout offsets are in range and aligned")
 }
 
 #[allow(clippy::expect_used)]
-#[inline]
-pub(crate) fn atomic_u64_at(r: &Region, off: usize) -> &AtomicU64 {
-    r.atomic_u64(off)
+#[inline(always)]
+pub(crate) fn atomic_u64_at<W: Words + ?Sized>(r: &W, off: usize) -> &AtomicU64 {
+    r.word64(off)
         .expect("endpoint layout offsets are in range and aligned")
 }
 

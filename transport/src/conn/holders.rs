@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use ntbdrv::{Lease, VectorLease, WindowLease};
 
 use super::block::{
-    atomic_u32_at, atomic_u64_at, holder_pid, peer_finished, FLAG_FIN, FLAG_RST, INFO_BASE,
-    INFO_MAGIC, L_HOLDERS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN, L_PEER_MW, L_PEER_OFF,
-    L_SOCK_INODE, L_STATE, MAX_HOLDERS, RX_TAIL, ST_CLOSED, ST_SHUT_RD, ST_SHUT_WR,
+    atomic_u32_at, atomic_u64_at, endpoint_block, holder_pid, peer_finished, FLAG_FIN, FLAG_RST,
+    INFO_BASE, INFO_MAGIC, L_HOLDERS, L_MY_BELL_SLOT, L_MY_BIT, L_PEER_BIT, L_PEER_LEN, L_PEER_MW,
+    L_PEER_OFF, L_SOCK_INODE, L_STATE, MAX_HOLDERS, RX_TAIL, ST_CLOSED, ST_SHUT_RD, ST_SHUT_WR,
 };
 use super::cursors::Cursors;
 use super::{Connection, Info, Role, Segments, ServicePair, Tenancy};
@@ -125,11 +125,11 @@ impl Connection {
             Tenancy::Device { lease, bell, .. } => {
                 let peer_done = peer_finished(&self.own_block);
                 self.shared.retire_connected(
-                    self.own_block.clone(),
+                    self.own_block.region().clone(),
                     *lease,
                     *bell,
                     peer_done,
-                    self.peer_block.clone(),
+                    self.peer_block.region().clone(),
                 );
             }
             // Fresh segments per connection: nobody else can be given this memory, so there
@@ -176,6 +176,7 @@ impl Connection {
     /// In a child after fork: record this process as a holder.
     pub fn adopt(&self, pid: u32) {
         self.tx_lock.forked();
+        self.rx_lock.forked();
         self.fo.forked(pid);
         // The fork was announced by the parent: `shared` is set in this copy already.
         self.family.shared.store(true, SeqCst);
@@ -306,6 +307,8 @@ impl Connection {
         let info = Info::decode(&ib);
         let tenancy = Tenancy::Device { dev, lease, bell };
         let cur = Box::new(Cursors::from_block(&own_block));
+        let own_block = endpoint_block(own_block)?;
+        let peer_block = endpoint_block(peer_block)?;
         Some(Connection::exec_heir(Connection::assemble(
             shared,
             tenancy,

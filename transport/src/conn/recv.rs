@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
 use super::block::{
-    atomic_u32_at, atomic_u64_at, ring_at, CR_CLOSED, FLAG_FIN, FLAG_RST, L_RX_HEAD, L_RX_OFF,
-    L_RX_SEQ, RX_FLAGS, RX_TAIL,
+    atomic_u32_at, atomic_u64_at, ring_at, CR_CLOSED, CR_PEER_CPU, FLAG_FIN, FLAG_RST, L_RX_HEAD,
+    L_RX_OFF, L_RX_SEQ, RX_FLAGS, RX_TAIL,
 };
 use super::cursors::RxPos;
 use super::failover;
@@ -22,6 +22,11 @@ use crate::CompletionMode;
 /// the peer is judged to be stalling us (a legitimate stream needs at most three: a pad frame,
 /// a re-check after FIN, a re-check after the TCP socket ended).
 const MAX_IDLE_TURNS: u32 = 16;
+
+/// Longest spin of [`Connection::try_recv`] for a frame that is not there yet, before the
+/// general path's wait (which spins again, up to the configured spin, then sleeps): a few of a
+/// request/response peer's turns.
+const FAST_SPIN: Duration = Duration::from_micros(2);
 
 impl Connection {
     /// Bytes ready to read now (FIONREAD), counting whole published frames. A bad frame ends
@@ -143,6 +148,148 @@ impl Connection {
         Ok(got)
     }
 
+    /// The common read, before any other work: bytes of the data frames already published at
+    /// our consumer counter into `buf`, with no other thread reading. `None`: nothing was
+    /// consumed (the peer's next frame is not there yet, another thread reads, the direction is
+    /// on TCP, or anything the general path must judge: a pad frame after data, a frame that
+    /// fails its checks, FIN or RST), and [`Connection::recv`] does the call from the same
+    /// position. A `blocking` read that finds nothing first spins briefly on the next frame's
+    /// header ([`FAST_SPIN`]), as the general path's wait would first, when that wait would spin
+    /// (not in doorbell mode, not on the peer's CPU, not before the peer's end is made). The
+    /// position and the credits are committed once, at the end, exactly as `recv_ring`
+    /// commits them; a read that coalesces (`coalesce`) commits before it waits for the next
+    /// frame. Every value read from the ring is checked by the same steps as `recv_ring`'s
+    /// (`published_frame`, `Ring::read_step`, the bounds-checked copy), and the turns without
+    /// progress are bounded as there ([`MAX_IDLE_TURNS`]).
+    pub fn try_recv(&self, buf: &mut [u8], blocking: bool) -> Option<usize> {
+        let want = buf.len();
+        if want == 0 || self.fo.rx_off() {
+            return None;
+        }
+        let _g = self.rx_lock.try_lock_biased()?;
+        let start = self.rx_pos();
+        let RxPos {
+            mut head,
+            mut off,
+            mut seq,
+        } = start;
+        let mut copied = 0usize;
+        let mut frames = 0u64;
+        let mut credit = false;
+        let mut spun = false;
+        let mut coalescing = None;
+        let mut idle = 0u32;
+        loop {
+            idle = idle.saturating_add(1);
+            if idle > MAX_IDLE_TURNS {
+                break;
+            }
+            let frame = match self.published_frame(head, seq) {
+                Some(Ok(f)) => f,
+                // Not published yet: wait a little for it (a blocking read that found
+                // nothing), or wait for the next frame of a stream (`coalesce`), or stop.
+                None => {
+                    if copied == 0 {
+                        if blocking && !spun && self.spin_for_frame(head, seq) {
+                            spun = true;
+                            continue;
+                        }
+                        return None;
+                    }
+                    // As `recv_ring` does: a read that did not wait and found a short stream
+                    // returns the credits and waits a little for the next frame.
+                    if copied < want && blocking && !spun {
+                        if credit {
+                            self.return_credits(head, off, seq, false);
+                            credit = false;
+                        }
+                        if self.coalesce(head, &mut coalescing) {
+                            self.count(Counter::Coalesced, 1);
+                            idle = 0;
+                            continue;
+                        }
+                    }
+                    break;
+                }
+                // A bad frame, or one of the sender's next epoch: the general path's to judge.
+                Some(Err(_)) => break,
+            };
+            let at = RxPos { head, off, seq };
+            let room = want.saturating_sub(copied);
+            let Ok(step) = self.rx_ring.read_step(at, frame, room as u64) else {
+                break;
+            };
+            // At most `room`: `n` fits a usize.
+            let n = step.n as usize;
+            let Some(dst) = buf.get_mut(copied..copied.saturating_add(n)) else {
+                break;
+            };
+            if self.own_block.read(ring_at(step.from), dst).is_err() {
+                break;
+            }
+            if n > 0 {
+                idle = 0;
+            }
+            copied = copied.saturating_add(n);
+            if step.passed_frame(&at) {
+                credit = true;
+                if let Frame::Data { .. } = frame {
+                    frames = frames.saturating_add(1);
+                }
+            }
+            RxPos { head, off, seq } = step.next;
+            if copied == want {
+                break;
+            }
+        }
+        if copied == 0 {
+            // Nothing for the caller (pads at most, not written back: only a read that copied
+            // returns credits before it coalesces): the general path starts again from `start`.
+            return None;
+        }
+        if credit || off != start.off || head != start.head {
+            self.return_credits(head, off, seq, false);
+        }
+        self.count(Counter::RxFrames, frames);
+        self.count(Counter::RxBytes, copied as u64);
+        if copied > 0 {
+            self.count(Counter::Reads, 1);
+        }
+        if self.sent_since_read.load(Relaxed) {
+            self.sent_since_read.store(false, Relaxed);
+        }
+        Some(copied)
+    }
+
+    /// `try_recv`'s short wait: spin on the header of the frame at `head` (sequence number
+    /// `seq`) for at most [`FAST_SPIN`] (or the configured spin, if shorter), when the general
+    /// path's wait would spin too. True if the frame was published meanwhile; false at once if
+    /// the peer set a flag (FIN, RST: the general path reports them).
+    fn spin_for_frame(&self, head: u64, seq: u64) -> bool {
+        if self.settings.completion == CompletionMode::Doorbell
+            || atomic_u32_at(&self.own_block, CR_PEER_CPU).load(Relaxed) == 0
+            || self.shares_cpu_with_peer()
+        {
+            return false;
+        }
+        let budget = self.settings.spin.min(FAST_SPIN);
+        let at = ring_at(self.rx_ring.pos(head));
+        let t0 = Instant::now();
+        let mut n = 0u32;
+        let published = loop {
+            if ringsync::is_published(&self.own_block, at, seq) {
+                break true;
+            }
+            n = n.wrapping_add(1);
+            if n.is_multiple_of(64) && (self.peer_flags() != 0 || t0.elapsed() >= budget) {
+                break false;
+            }
+            std::hint::spin_loop();
+        };
+        self.count(Counter::Polls, u64::from(n));
+        published
+    }
+
     /// One receive: from the ring, or from the TCP socket while this direction is switched.
     fn recv_once(
         &self,
@@ -174,7 +321,7 @@ impl Connection {
             return Ok(0);
         }
         let mut deadline = Deadline::new(timeout);
-        let _g = self.rx_lock.lock().map_err(|_| IoError::Protocol)?;
+        let _g = self.rx_lock.lock();
         let start = self.rx_pos();
         let RxPos {
             mut head,

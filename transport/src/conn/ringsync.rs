@@ -132,6 +132,23 @@ impl Block for Region {
     }
 }
 
+impl Block for super::block::EndpointBlock {
+    type W32 = std::sync::atomic::AtomicU32;
+    type W64 = std::sync::atomic::AtomicU64;
+    #[inline(always)]
+    fn w32(&self, off: usize) -> &Self::W32 {
+        atomic_u32_at(self, off)
+    }
+    #[inline(always)]
+    fn w64(&self, off: usize) -> &Self::W64 {
+        atomic_u64_at(self, off)
+    }
+    #[inline(always)]
+    fn fence(order: Ordering) {
+        std::sync::atomic::fence(order)
+    }
+}
+
 #[cfg(loom)]
 word!(u32, loom::sync::atomic::AtomicU32);
 #[cfg(loom)]

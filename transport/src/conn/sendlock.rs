@@ -1,6 +1,7 @@
 //! The send side's lock (`SendLock`), biased to the thread that sends on the connection. Taken by
 //! the send paths (and failover's switch, and close); it never puts a locked instruction on the
-//! bias owner's way.
+//! bias owner's way. The receive side's lock is one too (`Connection::rx_lock`: `try_recv` takes
+//! it the biased way, the general `recv` and FIONREAD by compare-and-swap).
 //!
 //! Built with `--cfg loom` (public then, for `tests/loom_sendlock.rs`), its words are loom's
 //! atomics and the two halves of the asymmetric fence are what `membarrier` guarantees them to
