@@ -13,10 +13,12 @@
 #   --out FILE    also write the markdown to FILE (e.g. benches/results/smallwrite.md)
 #   --mode M      how the two ends meet: device (default: a private emulated device both map) or
 #                 service (a private host fabric service, the default on one host)
+#   --pin S,C     run the reader on CPU S and the writer on CPU C (taskset; e.g. 0,1 or 0,0): the
+#                 unpinned cells are bimodal with the host's placement of the two processes
 # Needs: gcc, a release build of libpcisock.so (PCISOCK_LIB overrides its path).
 set -euo pipefail
 
-RUNS=8 SIZES="64,1024" WRITES=2000000 LIB_B="" OUT="" MODE=device
+RUNS=8 SIZES="64,1024" WRITES=2000000 LIB_B="" OUT="" MODE=device PIN=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --runs) RUNS="$2"; shift 2 ;;
@@ -25,6 +27,7 @@ while [[ $# -gt 0 ]]; do
         --lib-b) LIB_B="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --mode) MODE="$2"; shift 2 ;;
+        --pin) PIN="$2"; shift 2 ;;
         -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
         *) echo "smallwrite.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -32,6 +35,12 @@ done
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "smallwrite.sh: --runs must be a positive integer" >&2; exit 2; }
 [[ "$WRITES" =~ ^[1-9][0-9]*$ ]] || { echo "smallwrite.sh: --writes must be a positive integer" >&2; exit 2; }
 [[ "$MODE" == device || "$MODE" == service ]] || { echo "smallwrite.sh: --mode is device or service" >&2; exit 2; }
+[[ -z "$PIN" || "$PIN" =~ ^[0-9]+,[0-9]+$ ]] || { echo "smallwrite.sh: --pin is SERVER_CPU,CLIENT_CPU" >&2; exit 2; }
+spin=() cpin=()
+if [[ -n "$PIN" ]]; then
+    command -v taskset >/dev/null || { echo "smallwrite.sh: --pin needs taskset" >&2; exit 2; }
+    spin=(taskset -c "${PIN%,*}") cpin=(taskset -c "${PIN#*,}")
+fi
 IFS=, read -ra sizes <<<"$SIZES"
 for s in "${sizes[@]}"; do [[ "$s" =~ ^[1-9][0-9]*$ ]] || { echo "smallwrite.sh: bad size $s (bytes)" >&2; exit 2; }; done
 
@@ -68,11 +77,11 @@ run() {
                 env+=(PCISOCK_EMU_DIR="$work/emu")
             fi ;;
     esac
-    env "${env[@]}" timeout 120 "$work/writeloop" server "$port" >"$work/server.out" 2>&1 &
+    env "${env[@]}" timeout 120 "${spin[@]}" "$work/writeloop" server "$port" >"$work/server.out" 2>&1 &
     local spid=$!; pids+=("$spid")
     wait_listen "$port" || return 1
     local out
-    out="$(env "${env[@]}" timeout 120 "$work/writeloop" client "$port" "$size" "$WRITES" 2>"$work/client.err")" || {
+    out="$(env "${env[@]}" timeout 120 "${cpin[@]}" "$work/writeloop" client "$port" "$size" "$WRITES" 2>"$work/client.err")" || {
         echo "smallwrite.sh: client ($v, $size B) failed: $(cat "$work/client.err")" >&2; kill "$spid"; return 1; }
     wait "$spid" || { echo "smallwrite.sh: server ($v, $size B) failed: $(cat "$work/server.out")" >&2; return 1; }
     local got
@@ -100,7 +109,7 @@ span() { tr ' ' '\n' | grep . | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {prin
 report="$(
     echo "# Small writes: ns per write() through pcisock and over TCP loopback"
     echo
-    echo "Command: \`benches/smallwrite.sh --runs $RUNS --sizes $SIZES --writes $WRITES --mode $MODE$([[ -n "$LIB_B" ]] && echo " --lib-b B")\`. Date: $started – $(date -u +%H:%MZ). Machine: $(nproc) vCPUs, kernel $(uname -r). Library: $(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12)$([[ -n "$LIB_B" ]] && echo "; B: sha256 $(sha256sum "$LIB_B" | cut -c1-12)")."
+    echo "Command: \`benches/smallwrite.sh --runs $RUNS --sizes $SIZES --writes $WRITES --mode $MODE$([[ -n "$PIN" ]] && echo " --pin $PIN")$([[ -n "$LIB_B" ]] && echo " --lib-b B")\`. Date: $started – $(date -u +%H:%MZ). Machine: $(nproc) vCPUs, kernel $(uname -r). Library: $(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12)$([[ -n "$LIB_B" ]] && echo "; B: sha256 $(sha256sum "$LIB_B" | cut -c1-12)")."
     echo "benches/writeloop.c: $WRITES write()s of SIZE bytes in a plain loop, the reader read()s with a 128 KiB buffer; both ends under the library (PCISOCK_STRICT=1) for pcisock, meeting through $([[ $MODE == service ]] && echo "a private host fabric service" || echo "a private emulated device"). Medians of $RUNS interleaved rounds (min–max); every run checked that the reader got every byte."
     echo
     if [[ -n "$LIB_B" ]]; then
