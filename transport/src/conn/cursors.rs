@@ -3,8 +3,8 @@
 //! Used by the send and receive paths and by hand-over; it never takes a copied position that is
 //! not consistent with our own.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use ntbdrv::Region;
 
@@ -34,6 +34,11 @@ pub(super) struct Cursors {
     tx_tail: AtomicU64,
     /// Sequence number of the next data frame we send.
     tx_seq: AtomicU64,
+    /// The last fast read (`try_recv`) found nothing and its peer shares our CPU, where it
+    /// cannot spin: reads go straight to the general path until a wait finds the peer on
+    /// another CPU, or a general read finds data without waiting. (A hint, not a position:
+    /// here because the connection itself must stay small.)
+    pub(super) rx_fast_off: AtomicBool,
 }
 
 impl Cursors {
@@ -64,6 +69,7 @@ impl Cursors {
             rx_tail_seen: AtomicU64::new(rx.head),
             tx_tail: AtomicU64::new(tx.tail),
             tx_seq: AtomicU64::new(tx.seq),
+            rx_fast_off: AtomicBool::new(false),
         }
     }
 }

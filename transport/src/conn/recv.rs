@@ -163,7 +163,7 @@ impl Connection {
     /// progress are bounded as there ([`MAX_IDLE_TURNS`]).
     pub fn try_recv(&self, buf: &mut [u8], blocking: bool) -> Option<usize> {
         let want = buf.len();
-        if want == 0 || self.fo.rx_off() {
+        if want == 0 || self.fo.rx_off() || self.cur.rx_fast_off.load(Relaxed) {
             return None;
         }
         let _g = self.rx_lock.try_lock_biased()?;
@@ -268,8 +268,13 @@ impl Connection {
     fn spin_for_frame(&self, head: u64, seq: u64) -> bool {
         if self.settings.completion == CompletionMode::Doorbell
             || atomic_u32_at(&self.own_block, CR_PEER_CPU).load(Relaxed) == 0
-            || self.shares_cpu_with_peer()
         {
+            return false;
+        }
+        if self.shares_cpu_with_peer() {
+            // The peer needs our CPU to write: the general path yields to it (`wait`), and
+            // the next reads go there at once (until a wait or a read without one clears it).
+            self.cur.rx_fast_off.store(true, Relaxed);
             return false;
         }
         let budget = self.settings.spin.min(FAST_SPIN);
@@ -549,6 +554,10 @@ impl Connection {
                 self.count(Counter::Reads, 1);
                 if self.sent_since_read.load(Relaxed) {
                     self.sent_since_read.store(false, Relaxed);
+                }
+                if !waited && self.cur.rx_fast_off.load(Relaxed) {
+                    // Data was there: the fast path would have taken it.
+                    self.cur.rx_fast_off.store(false, Relaxed);
                 }
             }
         }

@@ -296,6 +296,10 @@ impl Connection {
         // writer), then sleep (adaptive), or go on polling with a yield every 64 checks.
         let mut yield_every = 4096;
         let same_cpu = spin > Duration::ZERO && self.shares_cpu_with_peer();
+        if read && !same_cpu && self.cur.rx_fast_off.load(Relaxed) {
+            // The peer is on another CPU now: the fast read may spin for it again.
+            self.cur.rx_fast_off.store(false, Relaxed);
+        }
         // A peer that has not made its end yet (every end says so when it is made:
         // `Connection::assemble`) cannot write within a spin: it is still being paired, or
         // runnable on this very CPU behind us (a server that spun here for the first request
