@@ -53,7 +53,16 @@ pub struct Late {
     /// The application's epoll registrations of the socket, kept in the kernel's form while
     /// it is a candidate and moved to the NTB form at the pairing: (set, fd, events, data).
     regs: Mutex<Vec<(c_int, c_int, u32, u64)>>,
+    /// A server candidate that sleeps on its process's late bell: registered in `BELLED`,
+    /// after a look that bypassed the 10 ms pace (an offer posted just before the bell was
+    /// published rang nothing).
+    belled: AtomicBool,
 }
+
+/// Server candidates (fds) that may sleep on this process's late bell. Whoever wakes on the
+/// bell looks for the late offers of all of them (`ring`): a ring wakes every sleeper only
+/// when each is already asleep, so the one that empties the line answers for the others.
+static BELLED: Mutex<Vec<c_int>> = Mutex::new(Vec::new());
 
 /// Epoll sets holding a registration of a server candidate: (set, fd, entry). Their
 /// `epoll_wait` looks for the candidates' late offers between naps (`look_set`).
@@ -77,6 +86,7 @@ impl Late {
             over: AtomicBool::new(false),
             tries: Mutex::new(Tries::default()),
             regs: Mutex::new(Vec::new()),
+            belled: AtomicBool::new(false),
         }
     }
 
@@ -115,7 +125,59 @@ pub const LOOK_NAP: Duration = NAP_UP;
 pub fn look(sock: &Sock, fd: c_int) {
     if let Some(l) = sock.late.get() {
         if sock.role == Role::Server {
-            tick(sock, fd, l, false);
+            tick(sock, fd, l, false, false);
+        }
+    }
+}
+
+/// The late bell that wakes a wait over the server candidate `sock` (on `fd`), if its process
+/// has one for the candidate's listener (`Transport::late_bell`): the wait then sleeps on the
+/// bell and the socket with no nap, and calls [`ring`] when the bell woke it. The first time,
+/// the candidate is registered for `ring` and looked at once more (an offer posted before the
+/// bell was published rang nothing).
+pub fn bell(sock: &Sock, fd: c_int) -> Option<c_int> {
+    let late = sock.late.get()?;
+    if sock.role != Role::Server || !late.live() {
+        return None;
+    }
+    let bell = global::get().transport().ok()?.late_bell(sock.local)?;
+    if !late.belled.swap(true, Relaxed) {
+        if let Ok(mut b) = BELLED.lock() {
+            if !b.contains(&fd) {
+                b.push(fd);
+            }
+        }
+        tick(sock, fd, late, false, true);
+    }
+    Some(bell)
+}
+
+/// This process's late bell woke a wait: empty it, then look for the late offers of every
+/// server candidate that may sleep on it (clear, then look: a ring after the drain stays
+/// latched for the next sleep). Candidates gone, moved or ended leave the list.
+pub fn ring() {
+    let Ok(t) = global::get().transport() else {
+        return;
+    };
+    t.drain_late_bell();
+    let fds: Vec<c_int> = match BELLED.lock() {
+        Ok(b) => b.clone(),
+        Err(_) => return,
+    };
+    let mut gone = Vec::new();
+    for fd in fds {
+        match crate::table::get(fd) {
+            Some(s) if answers(&s) => {
+                if let Some(l) = s.late.get() {
+                    tick(&s, fd, l, false, true);
+                }
+            }
+            _ => gone.push(fd),
+        }
+    }
+    if !gone.is_empty() {
+        if let Ok(mut b) = BELLED.lock() {
+            b.retain(|f| !gone.contains(f));
         }
     }
 }
@@ -150,7 +212,7 @@ pub fn recv(
     let mut got = 0usize;
     let mut nap = NAP_MIN;
     let r = loop {
-        tick(sock, fd, late, !nonblock);
+        tick(sock, fd, late, !nonblock, false);
         let gate = late.gate.read().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = sock.conn.get() {
             drop(gate);
@@ -204,7 +266,7 @@ pub fn recv(
                 if nonblock {
                     break if got > 0 { Ok(got) } else { Err(libc::EAGAIN) };
                 }
-                match wait(fd, libc::POLLIN, &mut nap, deadline) {
+                match wait(sock, fd, libc::POLLIN, &mut nap, deadline) {
                     Ok(()) => {}
                     Err(_) if got > 0 => break Ok(got),
                     Err(e) => break Err(e),
@@ -234,7 +296,7 @@ pub fn send(sock: &Sock, fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Resu
     let mut sent = 0usize;
     let mut nap = NAP_MIN;
     let r = loop {
-        tick(sock, fd, late, !nonblock);
+        tick(sock, fd, late, !nonblock, false);
         let gate = late.gate.read().unwrap_or_else(|p| p.into_inner());
         let rest = skip(bufs, sent);
         if let Some(c) = sock.conn.get() {
@@ -278,7 +340,7 @@ pub fn send(sock: &Sock, fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Resu
                         Err(libc::EAGAIN)
                     };
                 }
-                match wait(fd, libc::POLLOUT, &mut nap, deadline) {
+                match wait(sock, fd, libc::POLLOUT, &mut nap, deadline) {
                     Ok(()) => {}
                     Err(_) if sent > 0 => break Ok(sent),
                     Err(e) => break Err(e),
@@ -301,15 +363,46 @@ fn count(c: &std::sync::atomic::AtomicU64, n: usize, peek: bool) {
 }
 
 /// Wait outside the gate for `events` on the socket, one nap at most (the caller looks for a
-/// late offer between naps; the nap doubles while nothing comes). EAGAIN past the deadline
-/// (SO_RCVTIMEO, SO_SNDTIMEO), EINTR for a signal (`restarting` restarts the call if its
-/// handler says so, as the kernel would).
+/// late offer between naps; the nap doubles while nothing comes); a server candidate with a
+/// late bell sleeps on the bell and the socket instead, until either (or the deadline).
+/// EAGAIN past the deadline (SO_RCVTIMEO, SO_SNDTIMEO), EINTR for a signal (`restarting`
+/// restarts the call if its handler says so, as the kernel would).
 fn wait(
+    sock: &Sock,
     fd: c_int,
     events: i16,
     nap: &mut Duration,
     deadline: Option<Instant>,
 ) -> Result<(), c_int> {
+    if let Some(bell) = bell(sock, fd) {
+        let left = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(libc::EAGAIN);
+                }
+                Some(left)
+            }
+            None => None,
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: bell,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        sys::poll_fds(&mut fds, left)?;
+        if fds[1].revents != 0 {
+            ring();
+        }
+        return Ok(());
+    }
     let up = global::get().transport().is_ok_and(|t| t.link_is_up());
     let cap = if up { NAP_UP } else { NAP_DOWN };
     let mut t = (*nap).min(cap);
@@ -330,7 +423,8 @@ fn wait(
 /// Look for the late upgrade: a server answers its client's late offer; a client (`may_offer`:
 /// a blocking call, which may wait for the answer) offers one once the link is up and its hold
 /// has passed. Made with the gate closed, so the counts are exact and nothing is read meanwhile.
-fn tick(sock: &Sock, fd: c_int, late: &Late, may_offer: bool) {
+/// `force`: a server looks now, whatever its pace (woken by its late bell).
+fn tick(sock: &Sock, fd: c_int, late: &Late, may_offer: bool, force: bool) {
     if !late.live() || sock.conn.get().is_some() {
         return;
     }
@@ -342,7 +436,7 @@ fn tick(sock: &Sock, fd: c_int, late: &Late, may_offer: bool) {
         let Ok(mut tr) = late.tries.lock() else {
             return;
         };
-        if tr.next.is_some_and(|n| now < n) {
+        if tr.next.is_some_and(|n| now < n) && !force {
             return;
         }
         if sock.role == Role::Server {
@@ -528,6 +622,9 @@ pub enum SetLook {
     None,
     /// Some there, none paired: wait in the kernel in naps of at most [`LOOK_NAP`].
     Nap,
+    /// Some there, none paired, all sleeping on this process's late bell (the line): wait in
+    /// the kernel for the set or the bell, with no nap, and [`ring`] when the bell woke it.
+    Bell(c_int),
     /// One moved onto the ring (its registration is ours now): look again.
     Paired,
 }
@@ -559,10 +656,17 @@ pub fn look_set(epfd: c_int) -> SetLook {
         }
         live |= answers(s);
     }
-    if live {
-        SetLook::Nap
-    } else {
-        SetLook::None
+    if !live {
+        return SetLook::None;
+    }
+    let bells: Vec<Option<c_int>> = socks
+        .iter()
+        .filter(|(_, s)| answers(s))
+        .map(|(fd, s)| bell(s, *fd))
+        .collect();
+    match bells.first().copied() {
+        Some(Some(b)) if bells.iter().all(|x| *x == Some(b)) => SetLook::Bell(b),
+        _ => SetLook::Nap,
     }
 }
 

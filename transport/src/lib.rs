@@ -510,6 +510,24 @@ impl Transport {
         }
     }
 
+    /// Server side of a late upgrade: the line that wakes this process's server candidates
+    /// accepted on `local` when a client posts a late offer to them (or the link changes),
+    /// if it has one (`DeviceTransport::late_bell`). Empty it with
+    /// [`Transport::drain_late_bell`] before looking for the offers.
+    pub fn late_bell(&self, local: Endpoint) -> Option<RawFd> {
+        match &self.how {
+            How::Device(d) => d.late_bell(&local),
+            How::Service => None,
+        }
+    }
+
+    /// Empty this process's late bell (clear, then look: a ring after this stays latched).
+    pub fn drain_late_bell(&self) {
+        if let How::Device(d) = &self.how {
+            d.drain_late_bell();
+        }
+    }
+
     /// Server side of a late upgrade: answer the late offer the client of `tcp_fd` (`local` ←
     /// `peer`) posted, if any, with our plain counts (`sent`, and `read` of the client's), the
     /// caller holding the socket's other kernel data calls off. `None`: no late offer.

@@ -333,3 +333,108 @@ fn a_flapping_link_does_not_make_a_late_upgrade_thrash() {
         server.describe()
     );
 }
+
+/// A server holding server candidates of plain clients (which never offer: the candidacy lasts as long as the
+/// connection) sleeps until something happens, in a blocking `recv` per connection, in `poll` and in `epoll_wait`:
+/// its process's late bell (rung by a client's late offer, kicked by a link event) and the sockets wake it, not a
+/// nap. Read from the kernel: the server's threads' context switches (`/proc/PID/task/*/status`) and CPU ticks
+/// (`/proc/PID/stat`) over 3 idle seconds with the link up. Before the bell each candidate's wait woke every
+/// 100 ms (10 a second per waiting thread).
+#[test]
+fn an_idle_server_candidate_sleeps_until_its_bell_rings() {
+    let py = iperf_tests::apps::require_bin("python3", "python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("shapes")
+        .join("idle_server.py");
+    const CONNS: usize = 6;
+    let mut errors = Vec::new();
+    for how in ["recv", "poll", "epoll"] {
+        let f = Fixture::new(&format!("late_idle_{how}"));
+        let port = free_port();
+        let se = env(&f, "server", port);
+        let port_s = port.to_string();
+        let n = CONNS.to_string();
+        let args = [script.to_str().unwrap(), &port_s, &n, how];
+        let mut server = Proc::spawn(
+            "idle-server",
+            command(py.display().to_string(), &args, Some(&se)),
+            f.dir(),
+        )
+        .unwrap();
+        server
+            .wait_listening(port, Duration::from_secs(10))
+            .unwrap();
+        link(f.emu_dir(), true);
+        // Plain clients (this process is not preloaded): accepted while the link is down, they are candidates.
+        let clients: Vec<std::net::TcpStream> = (0..CONNS)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        server
+            .wait_stdout(Duration::from_secs(10), |s| s.contains("accepted"))
+            .unwrap();
+        link(f.emu_dir(), false);
+        // The link event's kick and the looks it starts are over by then.
+        thread::sleep(Duration::from_millis(500));
+        let (s0, t0) = (switches(server.pid()), cpu_ticks(server.pid()));
+        thread::sleep(Duration::from_secs(3));
+        let (s1, t1) = (switches(server.pid()), cpu_ticks(server.pid()));
+        let (ds, dt) = (s1 - s0, t1 - t0);
+        eprintln!(
+            "{how}: {CONNS} idle server candidates for 3 s: {ds} context switches, {dt} CPU ticks"
+        );
+        // Still an echo server on TCP: one round trip on each.
+        for mut c in &clients {
+            use std::io::{Read, Write};
+            c.write_all(b"ping").unwrap();
+            let mut b = [0u8; 4];
+            c.read_exact(&mut b).unwrap();
+            if &b != b"ping" {
+                errors.push(format!("{how}: echoed {b:?}"));
+            }
+        }
+        drop(clients);
+        if let Err(e) = server.wait_success(Duration::from_secs(10)) {
+            errors.push(format!("{how}: server: {e}\n{}", server.describe()));
+        }
+        // Asleep: a handful of wake-ups in 3 s (the interpreter's own), not 10 a second per wait.
+        if ds > 10 || dt > 3 {
+            errors.push(format!(
+                "{how}: the idle server woke {ds} times and used {dt} CPU ticks in 3 s"
+            ));
+        }
+        match se.stats() {
+            Ok(s) => {
+                if s.late_upgrades != 0
+                    || s.protocol_errors != 0
+                    || s.on_port(port).count() != CONNS
+                {
+                    errors.push(format!("{how}: {s}"));
+                }
+            }
+            Err(e) => errors.push(format!("{how}: {e}")),
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+/// Context switches (voluntary and not) of all of `pid`'s threads so far.
+fn switches(pid: u32) -> u64 {
+    let mut n = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap_or_default();
+        n += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    n
+}
+
+/// User and system CPU ticks `pid` used so far (`/proc/PID/stat` fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}

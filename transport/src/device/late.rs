@@ -14,6 +14,8 @@ const LATE_PATIENCE: Duration = Duration::from_millis(400);
 /// How long a client whose late offer the server took waits for the answer (written right
 /// after the take).
 const TAKEN_PATIENCE: Duration = Duration::from_secs(10);
+/// The lease tag of a process's late bell ("PCLB").
+const LATE_BELL_TAG: u32 = 0x5043_4c42;
 
 impl DeviceTransport {
     /// Client side: offer the late upgrade of the connection on `tcp_fd` (`local` → `remote`),
@@ -36,6 +38,12 @@ impl DeviceTransport {
             half.release(&*self.dev);
             return Err(Reason::TableFull);
         };
+        // Wake the server's candidates (their process's late bell, if its listener has one).
+        for v in self.ctrl.listener_bells(&remote, self.same_host) {
+            if v < self.dev.vector_count() {
+                let _ = self.dev.peer_vector_trigger(v);
+            }
+        }
         let line = std::os::fd::AsRawFd::as_raw_fd(&half.vector);
         let t0 = Instant::now();
         let mut taken = false;
@@ -90,6 +98,49 @@ impl DeviceTransport {
         c.start_late(sent, a.sent, read);
         self.shared.counters.late_upgrades.fetch_add(1, Relaxed);
         Ok(c)
+    }
+
+    /// Server side: this process's late bell, if it published a listener that takes
+    /// connections to `local`: a line that a client rings after posting a late offer to it
+    /// (and that a link event kicks), so that a server candidate sleeps until then instead of
+    /// napping. Leased at the first ask (one vector per process, for all its listeners).
+    /// `None`: no listener of ours there (a candidate accepted on an inherited listener), or
+    /// no vector to lease: the candidate looks in naps.
+    pub(crate) fn late_bell(&self, local: &Endpoint) -> Option<RawFd> {
+        if !self.ctrl.serves(local) {
+            return None;
+        }
+        let me = std::process::id();
+        let mut b = lock(&self.late_bell);
+        if let Some((pid, _, line)) = &*b {
+            if *pid == me {
+                return Some(std::os::fd::AsRawFd::as_raw_fd(&**line));
+            }
+            // A forked child's copy: the lease and the line are its parent's.
+            *b = None;
+        }
+        let lease = self.dev.lease_vector(LATE_BELL_TAG).ok()?;
+        let Ok(line) = self.dev.vector_fd(lease.vector) else {
+            let _ = self.dev.release(ntbdrv::Lease::Vector(lease));
+            return None;
+        };
+        ntbdrv::drain_vector(&line);
+        let line = Arc::new(line);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*line);
+        self.ctrl.set_bell(lease.vector);
+        *b = Some((me, lease, line));
+        Some(fd)
+    }
+
+    /// Empty this process's late bell.
+    pub(crate) fn drain_late_bell(&self) {
+        let line = lock(&self.late_bell)
+            .as_ref()
+            .filter(|(pid, _, _)| *pid == std::process::id())
+            .map(|(_, _, l)| l.clone());
+        if let Some(l) = line {
+            ntbdrv::drain_vector(&l);
+        }
     }
 
     /// Server side: if the client of the connection on `tcp_fd` (`local` ← `peer`, accepted
