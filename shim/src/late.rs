@@ -4,7 +4,8 @@
 //! the plain byte counts (`Sock::tcp_tx`, `Sock::tcp_rx`) are exact whenever the gate is closed
 //! and no byte is read as plain once the peer may be writing records. With the gate closed the
 //! client offers the late upgrade (at a blocking data call, once the link is up and its hold
-//! has passed) and the server answers it (at any data call, while one waits, and at readiness
+//! has passed; from a non-blocking call or a readiness check without waiting for the answer,
+//! `nowait`) and the server answers it (at any data call, while one waits, and at readiness
 //! checks: poll and select through `ops::poll`, `epoll_wait` through `look_set`); the
 //! connection then goes on as an NTB connection, its epoll registrations (kept in the kernel's
 //! form and recorded here meanwhile) moved to the NTB form. Called by the data hooks for a
@@ -23,6 +24,8 @@ use crate::config::{LogLevel, Role};
 use crate::global;
 use crate::sock::{Sock, State};
 use crate::sys;
+
+mod nowait;
 
 /// First hold between a client's unanswered late offers (and after a lease failure).
 const HOLD_MIN: Duration = Duration::from_millis(100);
@@ -57,6 +60,10 @@ pub struct Late {
     /// after a look that bypassed the 10 ms pace (an offer posted just before the bell was
     /// published rang nothing).
     belled: AtomicBool,
+    /// A client's late offer posted from a non-blocking call, waiting for its answer (`nowait`).
+    pending: Mutex<Option<transport::LateOffer>>,
+    /// What the application sent meanwhile (held, up to `EARLY_MAX`; `nowait`).
+    held: Mutex<Vec<u8>>,
 }
 
 /// Server candidates (fds) that may sleep on this process's late bell. Whoever wakes on the
@@ -87,6 +94,8 @@ impl Late {
             tries: Mutex::new(Tries::default()),
             regs: Mutex::new(Vec::new()),
             belled: AtomicBool::new(false),
+            pending: Mutex::new(None),
+            held: Mutex::new(Vec::new()),
         }
     }
 
@@ -124,8 +133,15 @@ pub const LOOK_NAP: Duration = NAP_UP;
 /// (a look at most every 10 ms). Never waits.
 pub fn look(sock: &Sock, fd: c_int) {
     if let Some(l) = sock.late.get() {
-        if sock.role == Role::Server {
-            tick(sock, fd, l, false, false);
+        match sock.role {
+            Role::Server => tick(sock, fd, l, false, false),
+            // A client's offer is posted, or its answer taken, without waiting (settled
+            // waiting if sends are held: the wait that follows may be for their answer).
+            Role::Client => {
+                if candidate(sock) && nowait::tick(sock, fd, l, true) {
+                    move_registrations(l);
+                }
+            }
         }
     }
 }
@@ -243,6 +259,20 @@ pub fn recv(
                 Err(e) => Err(e),
             };
         }
+        if sock.role == Role::Client && nowait::pending(late) {
+            drop(gate);
+            if !nonblock {
+                nowait::settle(sock, fd, late, true);
+                continue;
+            }
+            if got > 0 {
+                break Ok(got);
+            }
+            match nowait::recv(sock, fd, late, bufs, flags) {
+                Some(r) => break r,
+                None => continue,
+            }
+        }
         let mut rest = skip_mut(bufs, got);
         let r = sys::recv_iov(
             fd,
@@ -318,6 +348,17 @@ pub fn send(sock: &Sock, fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Resu
                 Err(_) if sent > 0 => Ok(sent),
                 Err(e) => Err(e),
             };
+        }
+        if sock.role == Role::Client && nowait::pending(late) {
+            drop(gate);
+            if !nonblock {
+                nowait::settle(sock, fd, late, true);
+                continue;
+            }
+            match nowait::send(sock, fd, late, &rest) {
+                Some(n) => break Ok(sent + n),
+                None => continue,
+            }
         }
         let r = sys::send_iov(fd, &rest, flags | libc::MSG_DONTWAIT);
         if let Ok(n) = r {
@@ -428,8 +469,21 @@ fn tick(sock: &Sock, fd: c_int, late: &Late, may_offer: bool, force: bool) {
     if !late.live() || sock.conn.get().is_some() {
         return;
     }
-    if sock.role == Role::Client && !may_offer {
-        return;
+    if sock.role == Role::Client {
+        if !may_offer {
+            // A non-blocking call: post the offer, or take its answer, without waiting.
+            if nowait::tick(sock, fd, late, false) {
+                move_registrations(late);
+            }
+            return;
+        }
+        if nowait::pending(late) {
+            // A blocking call after a non-blocking one posted the offer: wait for its answer.
+            if nowait::settle(sock, fd, late, true) {
+                move_registrations(late);
+            }
+            return;
+        }
     }
     let now = Instant::now();
     {
@@ -455,16 +509,7 @@ fn tick(sock: &Sock, fd: c_int, late: &Late, may_offer: bool, force: bool) {
         return;
     }
     let (sent, read) = (sock.tcp_tx.load(Relaxed), sock.tcp_rx.load(Relaxed));
-    // The connection watches the entry's first fd (the one it was made on, as a connection
-    // made at connect or accept does), not the dup this call came through: an application
-    // that closes the dup (a writer thread's clone) while another thread waits on the
-    // connection would otherwise leave that waiter polling a closed number (POLLNVAL: reset).
-    let tcp_fd = sock
-        .fds
-        .lock()
-        .ok()
-        .and_then(|f| f.first().copied())
-        .unwrap_or(fd);
+    let tcp_fd = first_fd(sock, fd);
     let r = match sock.role {
         Role::Server => match t.late_accept(tcp_fd, sock.local, sock.peer, sent, read) {
             None => return,
@@ -474,29 +519,57 @@ fn tick(sock: &Sock, fd: c_int, late: &Late, may_offer: bool, force: bool) {
     };
     match r {
         Ok(c) => {
-            adopt(sock, fd, c);
-            drop(gate);
-            // Outside the gate: `epoll::ctl` may end a candidacy, which takes it.
+            paired(sock, fd, late, c, gate);
             move_registrations(late);
         }
-        Err(reason) => {
-            let again = sock.role == Role::Client && again(late, reason);
-            if !again {
-                late.over.store(true, Relaxed);
-            }
-            if reason == Reason::BadPeer {
-                // The peer took the offer and broke the protocol: it may be sending records.
-                sys::shutdown_both(fd);
-            }
-            g.log(LogLevel::Debug, || {
-                format!(
-                    "fd {fd}: late upgrade to {}: {reason}{}",
-                    sock.peer.to_std(),
-                    if again { " (will try again)" } else { "" }
-                )
-            });
-        }
+        Err(reason) => failed(sock, fd, late, reason),
     }
+}
+
+/// The entry's first fd, which a connection it makes watches (the one it was made on, as a
+/// connection made at connect or accept does), not the dup `fd` a call came through: an
+/// application that closes the dup (a writer thread's clone) while another thread waits on
+/// the connection would otherwise leave that waiter polling a closed number (POLLNVAL: reset).
+fn first_fd(sock: &Sock, fd: c_int) -> c_int {
+    sock.fds
+        .lock()
+        .ok()
+        .and_then(|f| f.first().copied())
+        .unwrap_or(fd)
+}
+
+/// The pairing is made (with the gate closed, given here and let go of): the entry goes on as
+/// an NTB connection. The caller then moves its epoll registrations (`move_registrations`,
+/// outside the gate: `epoll::ctl` may end a candidacy, which takes it).
+fn paired(
+    sock: &Sock,
+    fd: c_int,
+    _late: &Late,
+    c: Connection,
+    gate: std::sync::RwLockWriteGuard<'_, ()>,
+) {
+    adopt(sock, fd, c);
+    drop(gate);
+}
+
+/// A late upgrade failed for `reason` (with the gate closed): a client tries again later or
+/// gives up; a server's look ends the candidacy.
+fn failed(sock: &Sock, fd: c_int, late: &Late, reason: Reason) {
+    let again = sock.role == Role::Client && again(late, reason);
+    if !again {
+        late.over.store(true, Relaxed);
+    }
+    if reason == Reason::BadPeer {
+        // The peer took the offer and broke the protocol: it may be sending records.
+        sys::shutdown_both(fd);
+    }
+    global::get().log(LogLevel::Debug, || {
+        format!(
+            "fd {fd}: late upgrade to {}: {reason}{}",
+            sock.peer.to_std(),
+            if again { " (will try again)" } else { "" }
+        )
+    });
 }
 
 /// A client's late offer failed for `reason`: try again later (true; the hold set, doubled for
@@ -576,14 +649,12 @@ pub fn epoll_ctl(
             regs.push((epfd, fd, events, data));
         }
     }
-    if sock.role == Role::Server {
-        if let Ok(mut w) = WATCHED.lock() {
-            w.retain(|(e, f, s)| (*e, *f) != (epfd, fd) && s.strong_count() > 0);
-            if op != libc::EPOLL_CTL_DEL {
-                w.push((epfd, fd, Arc::downgrade(sock)));
-            }
-            WATCHING.store(!w.is_empty(), Relaxed);
+    if let Ok(mut w) = WATCHED.lock() {
+        w.retain(|(e, f, s)| (*e, *f) != (epfd, fd) && s.strong_count() > 0);
+        if op != libc::EPOLL_CTL_DEL {
+            w.push((epfd, fd, Arc::downgrade(sock)));
         }
+        WATCHING.store(!w.is_empty(), Relaxed);
     }
     Some(Ok(0))
 }

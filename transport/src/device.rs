@@ -8,6 +8,7 @@
 use super::*;
 
 mod late;
+pub use late::{LateOffer, LateOutcome};
 
 /// How long a new connection waits for quarantined window space before it gives up.
 const LEASE_PATIENCE: Duration = Duration::from_millis(200);

@@ -55,14 +55,39 @@ fn a_server_waiting_in_epoll_answers_a_late_offer() {
     );
 }
 
+/// An event-loop client that only makes non-blocking calls (`shapes/nb_client.py`: Python `selectors` over epoll,
+/// non-blocking `send` and `recv` only when the selector says so) connects while the link is down and streams to
+/// the echo tool's server: it offers from a non-blocking call, holds its sends until the answer, and takes the
+/// answer at a later call; the stream moves onto the ring, every byte comes back in order.
+#[test]
+fn a_non_blocking_client_moves_onto_the_ring_once_the_link_is_up() {
+    let py = iperf_tests::apps::require_bin("python3", "python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("shapes")
+        .join("nb_client.py");
+    let echo = echo_bin();
+    moves_onto_the_ring_with(
+        "late_upgrade_nb",
+        (&echo, &["serve"]),
+        (&py.display().to_string(), &[&script.display().to_string()]),
+    );
+}
+
 /// An echo server (`server` with `server_args` and the port) and the echo tool's client, both preloaded, the
 /// client connecting while the link is down; see the tests above.
 fn moves_onto_the_ring(name: &str, server_bin: &str, server_args: &[&str]) {
+    let echo = echo_bin();
+    moves_onto_the_ring_with(name, (server_bin, server_args), (&echo, &["send"]))
+}
+
+/// [`moves_onto_the_ring`] with the client `client` (program, arguments before PORT BYTES …): the echo tool's
+/// `send` (its SEED 5 added) or `shapes/nb_client.py`.
+fn moves_onto_the_ring_with(name: &str, server: (&str, &[&str]), client: (&str, &[&str])) {
+    let (server_bin, server_args) = server;
     let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
     let f = Fixture::new(name);
     let port = free_port();
     let (se, ce) = (env(&f, "server", port), env(&f, "client", port));
-    let echo = echo_bin();
     let port_s = port.to_string();
     // The port goes last, or in place of "--port-then" (before the arguments after it).
     let mut args: Vec<&str> = server_args.to_vec();
@@ -82,16 +107,15 @@ fn moves_onto_the_ring(name: &str, server_bin: &str, server_args: &[&str]) {
     link(f.emu_dir(), true);
     // 32 MiB paced at 8 MiB/s: about 4 s.
     let bytes = 32 * MIB + 777;
-    let mut client = Proc::spawn(
-        "echo-client",
-        command(
-            &echo,
-            &["send", &port_s, &bytes.to_string(), "5", "8"],
-            Some(&ce),
-        ),
-        f.dir(),
-    )
-    .unwrap();
+    let bytes_s = bytes.to_string();
+    let mut cargs: Vec<&str> = client.1.to_vec();
+    cargs.extend([port_s.as_str(), &bytes_s]);
+    if client.1 == ["send"] {
+        cargs.push("5");
+    }
+    cargs.push("8");
+    let mut client =
+        Proc::spawn("echo-client", command(client.0, &cargs, Some(&ce)), f.dir()).unwrap();
     let t0 = Instant::now();
     let at = |ms: u64| Duration::from_millis(ms);
     sleep_until(t0, at(300));
@@ -183,11 +207,26 @@ fn a_plain_peer_of_a_connection_made_while_the_link_is_down_sees_only_its_bytes(
     let _lo = LoWindow::open(LoExpect::Bulk).unwrap();
     let echo = echo_bin();
     let mut errors = Vec::new();
-    for preloaded_server in [false, true] {
-        let f = Fixture::new(if preloaded_server {
-            "late_plain_client"
-        } else {
-            "late_plain_server"
+    let py = iperf_tests::apps::require_bin("python3", "python3");
+    let nb_client = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("shapes")
+        .join("nb_client.py")
+        .display()
+        .to_string();
+    let poll_echo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("shapes")
+        .join("poll_echo.py")
+        .display()
+        .to_string();
+    // Then an event-loop client (non-blocking calls only) with a plain server; and with a pcisock server that
+    // accepts 2 s late (after the link is up: no candidate, it never answers a late offer), where the client's
+    // sends held while each offer waits unanswered go on TCP, in order, when it is withdrawn.
+    for (preloaded_server, nb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let f = Fixture::new(match (preloaded_server, nb) {
+            (true, false) => "late_plain_client",
+            (false, false) => "late_plain_server",
+            (false, true) => "late_plain_server_nb",
+            (true, true) => "late_unanswered_nb",
         });
         let port = free_port();
         let (se, ce) = (env(&f, "server", port), env(&f, "client", port));
@@ -201,36 +240,45 @@ fn a_plain_peer_of_a_connection_made_while_the_link_is_down_sees_only_its_bytes(
         )
         .unwrap();
         let _ = first.wait_timeout(Duration::from_secs(10));
-        let mut server = Proc::spawn(
-            "echo-server",
-            command(&echo, &["serve", &port_s], preloaded_server.then_some(&se)),
-            f.dir(),
-        )
-        .unwrap();
+        let server_cmd = if nb && preloaded_server {
+            let args = [poll_echo.as_str(), &port_s, "poll", "2"];
+            command(py.display().to_string(), &args, Some(&se))
+        } else {
+            command(&echo, &["serve", &port_s], preloaded_server.then_some(&se))
+        };
+        let mut server = Proc::spawn("echo-server", server_cmd, f.dir()).unwrap();
         server
             .wait_listening(port, Duration::from_secs(10))
             .unwrap();
         link(f.emu_dir(), true);
         let bytes = 12 * MIB + 5;
-        let mut client = Proc::spawn(
-            "echo-client",
+        let bytes_s = bytes.to_string();
+        let cmd = if nb {
+            command(
+                py.display().to_string(),
+                &[nb_client.as_str(), &port_s, &bytes_s, "8"],
+                Some(&ce),
+            )
+        } else {
             command(
                 &echo,
-                &["send", &port_s, &bytes.to_string(), "6", "8"],
+                &["send", &port_s, &bytes_s, "6", "8"],
                 (!preloaded_server).then_some(&ce),
-            ),
-            f.dir(),
-        )
-        .unwrap();
+            )
+        };
+        let t0 = Instant::now();
+        let mut client = Proc::spawn("echo-client", cmd, f.dir()).unwrap();
         thread::sleep(Duration::from_millis(400));
         link(f.emu_dir(), false);
         let status = client.wait_success(Duration::from_secs(30));
         let _ = server.wait_timeout(Duration::from_secs(10));
-        let which = if preloaded_server {
-            "plain client, pcisock server"
-        } else {
-            "pcisock client, plain server"
+        let which = match (preloaded_server, nb) {
+            (true, false) => "plain client, pcisock server",
+            (false, false) => "pcisock client, plain server",
+            (false, true) => "pcisock event-loop client, plain server",
+            (true, true) => "pcisock event-loop client, pcisock server that never answers",
         };
+        eprintln!("{which}: {:.1} s", t0.elapsed().as_secs_f64());
         if status.is_err() || !client.stdout().contains(&format!("ok bytes={bytes}")) {
             errors.push(format!(
                 "{which}: {status:?} {}\n{}\n{}",
@@ -239,15 +287,21 @@ fn a_plain_peer_of_a_connection_made_while_the_link_is_down_sees_only_its_bytes(
                 server.describe()
             ));
         }
-        let e = if preloaded_server { &se } else { &ce };
-        match e.stats() {
-            Ok(s) => {
-                let on_tcp = s.on_port(port).any(|c| c.path == "tcp");
-                if s.late_upgrades != 0 || !on_tcp || s.protocol_errors != 0 {
-                    errors.push(format!("{which}: the pcisock end: {s}"));
+        let ends: &[&PreloadEnv] = match (preloaded_server, nb) {
+            (true, true) => &[&se, &ce],
+            (true, false) => &[&se],
+            (false, _) => &[&ce],
+        };
+        for e in ends {
+            match e.stats() {
+                Ok(s) => {
+                    let on_tcp = s.on_port(port).any(|c| c.path == "tcp");
+                    if s.late_upgrades != 0 || !on_tcp || s.protocol_errors != 0 {
+                        errors.push(format!("{which}: a pcisock end: {s}"));
+                    }
                 }
+                Err(e) => errors.push(format!("{which}: {e}")),
             }
-            Err(e) => errors.push(format!("{which}: {e}")),
         }
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));

@@ -99,7 +99,7 @@ pub fn poll(
         .iter()
         .filter_map(|p| {
             let s = table::pin(p.fd)?;
-            crate::late::answers(&s).then(|| (p.fd, s.to_arc()))
+            crate::late::candidate(&s).then(|| (p.fd, s.to_arc()))
         })
         .collect();
     if conns.iter().all(|c| c.is_none()) {
