@@ -112,8 +112,22 @@ pub fn candidate(sock: &Sock) -> bool {
 /// End `sock`'s candidacy (a use the late upgrade does not carry yet): from now on its calls
 /// go to the kernel as for any fallback. Waits for the calls inside the gate (non-blocking).
 pub fn end(sock: &Sock) {
+    end_on(sock, None)
+}
+
+/// [`end`], with `fd` the socket if known (a close, before the real one). A client's late
+/// offer still pending is settled first, waiting (at most its patience): its held sends must
+/// reach the peer, on TCP if it is withdrawn, or on the ring if the server took it (then the
+/// connection has moved, and the caller finds it on the entry).
+pub fn end_on(sock: &Sock, fd: Option<c_int>) {
     if let Some(l) = sock.late.get() {
         if l.live() {
+            if sock.role == Role::Client && nowait::pending(l) {
+                let fd = fd.unwrap_or_else(|| first_fd(sock, -1));
+                if fd >= 0 && nowait::settle(sock, fd, l, true) {
+                    move_registrations(l);
+                }
+            }
             let _g = l.gate.write().unwrap_or_else(|p| p.into_inner());
             l.over.store(true, Relaxed);
         }

@@ -492,3 +492,66 @@ fn cpu_ticks(pid: u32) -> u64 {
     let f: Vec<&str> = after.split_whitespace().collect();
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
+
+/// An event-loop client that connects while the link is down, sends 100 kB with non-blocking calls once it is up
+/// (held while its late offer waits for the answer) and closes at once: the close settles the offer first, so
+/// every byte reaches the server (on the ring, the server's candidate answering), then its EOF.
+#[test]
+fn a_non_blocking_client_that_closes_at_once_delivers_its_held_bytes() {
+    let py = iperf_tests::apps::require_bin("python3", "python3");
+    let f = Fixture::new("late_nb_close");
+    let port = free_port();
+    let (se, ce) = (env(&f, "server", port), env(&f, "client", port));
+    let go = f.dir().join("link-up");
+    let server_py = format!(
+        "import socket\nl=socket.socket()\nl.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         l.bind(('127.0.0.1',{port}))\nl.listen(1)\nc,_=l.accept()\nd=b''\n\
+         while True:\n    b=c.recv(65536)\n    if not b: break\n    d+=b\n\
+         ok=d==bytes(i%251 for i in range(100000))\nprint('got',len(d),'ok' if ok else 'wrong',flush=True)\n"
+    );
+    let client_py = format!(
+        "import os,socket,time\ns=socket.create_connection(('127.0.0.1',{port}))\ns.setblocking(False)\n\
+         while not os.path.exists({go:?}): time.sleep(0.01)\n\
+         d=bytes(i%251 for i in range(100000))\nn=0\n\
+         while n<len(d):\n    try: n+=s.send(d[n:])\n    except BlockingIOError: time.sleep(0.001)\n\
+         s.close()\nprint('sent',n,flush=True)\n"
+    );
+    let mut server = Proc::spawn(
+        "py-server",
+        command(py.display().to_string(), &["-c", &server_py], Some(&se)),
+        f.dir(),
+    )
+    .unwrap();
+    server
+        .wait_listening(port, Duration::from_secs(10))
+        .unwrap();
+    link(f.emu_dir(), true);
+    let mut client = Proc::spawn(
+        "py-client",
+        command(py.display().to_string(), &["-c", &client_py], Some(&ce)),
+        f.dir(),
+    )
+    .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    link(f.emu_dir(), false);
+    std::fs::write(&go, b"").unwrap();
+    let cs = client.wait_success(Duration::from_secs(20));
+    let ss = server.wait_success(Duration::from_secs(20));
+    let got = server.stdout();
+    let stats: Vec<String> = [&ce, &se]
+        .iter()
+        .map(|e| e.stats().map_or_else(|e| e, |s| s.to_string()))
+        .collect();
+    assert!(
+        cs.is_ok() && ss.is_ok() && got.trim() == "got 100000 ok",
+        "client {cs:?} {}, server {ss:?} {got}\n{stats:?}\n{}\n{}",
+        client.stdout(),
+        client.describe(),
+        server.describe()
+    );
+    let (c, s) = (ce.stats().unwrap(), se.stats().unwrap());
+    assert!(
+        c.late_upgrades == 1 && s.late_upgrades == 1,
+        "the held bytes did not go on the ring: {c}\n{s}"
+    );
+}
