@@ -78,10 +78,12 @@ fn settle_locked<'a>(
     wait: bool,
     gate: RwLockWriteGuard<'a, ()>,
 ) -> Result<(), RwLockWriteGuard<'a, ()>> {
-    let Ok(t) = global::get().transport() else {
+    let Some(mut o) = late.pending.lock().ok().and_then(|mut p| p.take()) else {
         return Err(gate);
     };
-    let Some(mut o) = late.pending.lock().ok().and_then(|mut p| p.take()) else {
+    // (The offer came from the transport, which stays open; were it not, the offer is dropped
+    // and the candidacy goes on without it.)
+    let Ok(t) = global::get().transport() else {
         return Err(gate);
     };
     let tcp_fd = super::first_fd(sock, fd);
