@@ -399,6 +399,7 @@ impl Service {
                 ring,
                 request: id,
                 socket: sock,
+                inode: view.inode,
                 line,
                 netns: view.netns,
                 posted: Instant::now(),

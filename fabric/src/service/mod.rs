@@ -90,6 +90,8 @@ const EXPIRE_LOOK: Duration = Duration::from_millis(100);
 const ORPHAN_LOOK_MS: i32 = 250;
 /// Fallbacks kept in the host-wide history (the oldest go first).
 const HISTORY: usize = 64;
+/// Segments kept made ahead, of the size the last pairing used (see `Service::spares`).
+const SPARES: usize = 4;
 
 // Reason codes of docs/PROTOCOL.md §5 that the service gives.
 const NO_LISTENER: u32 = 4;
@@ -148,6 +150,9 @@ struct Offer {
     /// The client's own socket, held only until the server accepts (or the offer ends): the
     /// kernel's addresses of the connection are read from it then.
     socket: OwnedFd,
+    /// That socket's inode (read with its kind and namespace at `Connect`: the service's own
+    /// descriptor keeps the same socket, so they stay true).
+    inode: u64,
     /// The client's interrupt line: rung when the offer is answered.
     line: Rc<Line>,
     netns: u64,
@@ -231,6 +236,12 @@ pub struct Service {
     counters: Counters,
     /// The recent fallbacks processes reported (`Fallback`), oldest first.
     history: std::collections::VecDeque<Fallen>,
+    /// Segments made ahead, each of `spare_bytes`, with the pages every end touches first
+    /// given their memory (`sys::prepare_pages`): made after a turn's replies, so that a
+    /// pairing only takes one. Each is handed out once, to one connection, and never reused.
+    spares: Vec<OwnedFd>,
+    /// The size of the last pairing's segment (0: no pairing yet, no spares made).
+    spare_bytes: u64,
     stop: bool,
 }
 
@@ -249,6 +260,18 @@ impl Listener {
             && self.port == dest.1
             && (self.addr == dest.0 || unspecified(&self.addr))
     }
+}
+
+/// A sealed segment of `bytes` whose pages each end touches when its connection is made
+/// (each block's endpoint header and the first page of its ring) are given memory now.
+fn fresh_segment(bytes: u64) -> io::Result<OwnedFd> {
+    let seg = sys::segment(bytes)?;
+    let block = bytes / 2;
+    let page = sys::PAGE as u64;
+    let first = [0, SEGMENT_HEADER, block, block + SEGMENT_HEADER];
+    let offsets: Vec<u64> = first.into_iter().filter(|&o| o + page <= bytes).collect();
+    sys::prepare_pages(seg.as_raw_fd(), &offsets)?;
+    Ok(seg)
 }
 
 const UNSPECIFIED_V6: Addr = [0; 16];
@@ -284,6 +307,8 @@ impl Service {
             window_used: 0,
             counters: Counters::default(),
             history: std::collections::VecDeque::with_capacity(HISTORY),
+            spares: Vec::new(),
+            spare_bytes: 0,
             stop: false,
         }
     }
@@ -378,7 +403,32 @@ impl Service {
         self.pass();
         self.expire_offers();
         self.reclaim_orphans();
+        self.make_spares();
         Ok(())
+    }
+
+    /// A new segment of `bytes` (both ends' blocks, each `SEGMENT_HEADER` and its ring): a
+    /// spare when one of that size is ready, else made now.
+    fn take_segment(&mut self, bytes: u64) -> io::Result<OwnedFd> {
+        if self.spare_bytes != bytes {
+            self.spares.clear();
+            self.spare_bytes = bytes;
+        }
+        match self.spares.pop() {
+            Some(s) => Ok(s),
+            None => fresh_segment(bytes),
+        }
+    }
+
+    /// Make spares up to `SPARES` of the last pairing's size (none before the first pairing:
+    /// a service nobody pairs through makes none).
+    fn make_spares(&mut self) {
+        while self.spare_bytes != 0 && self.spares.len() < SPARES {
+            match fresh_segment(self.spare_bytes) {
+                Ok(s) => self.spares.push(s),
+                Err(_) => break,
+            }
+        }
     }
 
     fn id(&mut self) -> u64 {
