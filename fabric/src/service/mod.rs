@@ -387,9 +387,14 @@ impl Service {
                 );
             }
         }
+        // The clients with something to read (a message, or a hang-up: read to see it).
+        let mut ready = Vec::new();
         for (i, &(id, is_pidfd)) in who.iter().enumerate() {
             if !is_pidfd && rev[i + 1] & libc::POLLOUT != 0 {
                 self.flush(id);
+            }
+            if !is_pidfd && rev[i + 1] & !libc::POLLOUT != 0 {
+                ready.push(id);
             }
             if is_pidfd && rev[i + 1] != 0 {
                 // The process died: its service connection and everything it held go.
@@ -400,7 +405,7 @@ impl Service {
                 }
             }
         }
-        self.pass();
+        self.pass(&ready);
         self.expire_offers();
         self.reclaim_orphans();
         self.make_spares();
