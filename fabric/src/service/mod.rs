@@ -240,8 +240,10 @@ pub struct Service {
     /// given their memory (`sys::prepare_pages`): made after a turn's replies, so that a
     /// pairing only takes one. Each is handed out once, to one connection, and never reused.
     spares: Vec<OwnedFd>,
-    /// The size of the last pairing's segment (0: no pairing yet, no spares made).
+    /// The size of the last pairing's segment (0: no pairing yet).
     spare_bytes: u64,
+    /// The last two pairings used segments of `spare_bytes`: spares of it are worth making.
+    spare_steady: bool,
     stop: bool,
 }
 
@@ -309,6 +311,7 @@ impl Service {
             history: std::collections::VecDeque::with_capacity(HISTORY),
             spares: Vec::new(),
             spare_bytes: 0,
+            spare_steady: false,
             stop: false,
         }
     }
@@ -415,7 +418,11 @@ impl Service {
     /// A new segment of `bytes` (both ends' blocks, each `SEGMENT_HEADER` and its ring): a
     /// spare when one of that size is ready, else made now.
     fn take_segment(&mut self, bytes: u64) -> io::Result<OwnedFd> {
-        if self.spare_bytes != bytes {
+        // Spares are made for a size two pairings in a row used: while window space runs
+        // short and the sizes change from one pairing to the next, none are made to be thrown
+        // away.
+        self.spare_steady = self.spare_bytes == bytes;
+        if !self.spare_steady {
             self.spares.clear();
             self.spare_bytes = bytes;
         }
@@ -425,10 +432,10 @@ impl Service {
         }
     }
 
-    /// Make spares up to `SPARES` of the last pairing's size (none before the first pairing:
-    /// a service nobody pairs through makes none).
+    /// Make spares up to `SPARES` of the last pairing's size, once two pairings in a row used
+    /// it (so none before the first pairings: a service nobody pairs through makes none).
     fn make_spares(&mut self) {
-        while self.spare_bytes != 0 && self.spares.len() < SPARES {
+        while self.spare_steady && self.spares.len() < SPARES {
             match fresh_segment(self.spare_bytes) {
                 Ok(s) => self.spares.push(s),
                 Err(_) => break,
