@@ -499,6 +499,32 @@ fn data_wakeup_two_waiters() {
     });
 }
 
+/// An epoll registration of the receiving process goes (its interest unregistered: the last
+/// interest of the kind clears the flag, so that the sender does not ring for nobody) while
+/// another thread of the process arms for data and stays asleep: the flag stays set for the
+/// sleeper (`unregister` sets it again when an interest came meanwhile).
+#[test]
+fn data_wakeup_when_a_registration_goes() {
+    check("data wake-up when a registration goes", || {
+        let p = Arc::new(Pair::new(1024));
+        let waiters = Arc::new(AtomicU32::new(0));
+        assert!(ringsync::register(&*waiters));
+        ringsync::arm(&p.sender, Arming::Data);
+        let (q, w) = (p.clone(), waiters.clone());
+        let gone = thread::spawn(move || {
+            ringsync::unregister(&q.sender, Arming::Data, &*w);
+        });
+        ringsync::arm_waiter(&p.sender, Arming::Data, &*waiters);
+        ringsync::armed::<Area>();
+        gone.join().unwrap();
+        // Asleep, armed: the sender's look must find the flag.
+        assert!(
+            ringsync::take_data_arming(&p.sender),
+            "a waiter sleeps with its flag cleared by a registration's removal"
+        );
+    });
+}
+
 /// An epoll registration of the receiving process asks for data (counted, `register`, then
 /// armed before its set sleeps) while another thread of the process waits for data on the same
 /// connection and wakes: that waiter's disarm leaves the flag set for the set's sleeper. (Not

@@ -712,3 +712,50 @@ fn biased_send_lock_keeps_concurrent_senders_apart() {
         });
     }
 }
+
+/// An epoll registration that asked for credits and goes (an event loop takes EPOLLOUT away once
+/// its request is written, and adds it again for the next: wrk) takes its flag with it, so the
+/// peer's next credit return rings nobody; one that asked for data keeps the data flag while it
+/// stays. Left set, every request cost the client an extra ring and wake-up (nginx rang wrk
+/// twice per request: benches/results/epoll-toggle.md).
+#[test]
+fn a_registration_that_goes_takes_its_ring_with_it() {
+    let (_d, dev) = device("regflag");
+    let t = transport(&dev, 64 << 10);
+    let (c, s, _ks, _kt) = pair(&t);
+    let c = Arc::new(c);
+    let mut buf = [0u8; 64];
+    for round in 0..50 {
+        // The client's registration: readable and writable, armed as epoll_ctl does...
+        let both = c.interest(true, true);
+        c.rearm(true, true);
+        // ...the request written, EPOLLOUT taken away (EPOLL_CTL_MOD: the new interest first).
+        assert_eq!(c.send(&[&[round as u8; 64]], false, None).unwrap(), 64);
+        let read_only = c.interest(true, false);
+        drop(both);
+        // The server reads the request (its credit return looks for a waiting sender)...
+        let rung = s.counter(Counter::DoorbellsRung);
+        let n = s
+            .recv(&mut [&mut buf[..]], RecvFlags::default(), None)
+            .unwrap();
+        assert_eq!(n, 64);
+        assert_eq!(
+            s.counter(Counter::DoorbellsRung),
+            rung,
+            "round {round}: the server rang the client for credits nobody waits for"
+        );
+        // ...and answers: the client still asks for data, so that rings.
+        assert_eq!(s.send(&[&buf[..]], false, None).unwrap(), 64);
+        assert_eq!(
+            s.counter(Counter::DoorbellsRung),
+            rung + 1,
+            "round {round}: the answer did not ring the registered client"
+        );
+        assert_eq!(
+            c.recv(&mut [&mut buf[..]], RecvFlags::default(), None)
+                .unwrap(),
+            64
+        );
+        drop(read_only);
+    }
+}

@@ -467,11 +467,34 @@ pub fn register(count: &impl WaiterCount) -> bool {
     true
 }
 
-/// Undo one [`register`] that returned true. The flag is left as it is: set, it costs the peer
-/// one ring (it takes the flag when it rings) and a reader of this process one wake-up at most.
+/// Undo one [`register`] that returned true, for a registration that asked the peer (its block,
+/// `peer_block`) for `what`. The last interest of the kind in this process (no other
+/// registration, no waiting thread) clears the flag, as [`disarm`] does: left set, it cost the
+/// peer a ring and this process a wake-up for nothing, once per change, and an event loop that
+/// adds EPOLLOUT for each request and takes it away once the request is written (wrk, many
+/// clients) paid it on every request (benches/results/epoll-toggle.md).
 #[inline]
-pub fn unregister(count: &impl WaiterCount) {
-    count.fetch_sub(REGISTERED, SeqCst);
+pub fn unregister<B: Block>(peer_block: &B, what: Arming, count: &impl WaiterCount) {
+    if count.fetch_sub(REGISTERED, SeqCst) == REGISTERED {
+        clear_unless_wanted(peer_block, what, count);
+    }
+}
+
+/// Clear the flag for `what` in the peer's block, then set it again if an interest of the kind
+/// (`count`) came meanwhile: a waiter that armed (or a registration made) after our last look
+/// keeps its flag.
+#[inline]
+fn clear_unless_wanted<B: Block>(peer_block: &B, what: Arming, count: &impl WaiterCount) {
+    let flag = peer_block.w32(what.offset());
+    flag.store(0, SeqCst);
+    // Read with an RMW, which reads the latest count: a waiter whose increment comes after it
+    // read ours, so our clear is ordered before its flag store; one whose increment came
+    // before is counted here. (A SeqCst load would do in C11 too, but loom does not give
+    // SeqCst loads and stores their total order (tokio-rs/loom#180) and then finds the flag
+    // cleared under a sleeper: tests/loom_ring.rs.)
+    if count.fetch_add(0, SeqCst) > 0 {
+        flag.store(1, SeqCst);
+    }
 }
 
 /// The fence between arming and re-checking the ring.
@@ -487,17 +510,6 @@ pub fn armed<B: Block>() {
 #[inline]
 pub fn disarm<B: Block>(peer_block: &B, what: Arming, count: &impl WaiterCount) {
     if count.fetch_sub(1, SeqCst) == 1 {
-        let flag = peer_block.w32(what.offset());
-        flag.store(0, SeqCst);
-        // A waiter that armed (or a registration made) meanwhile must keep its flag. Read with
-        // an RMW, which reads the latest count: a waiter whose increment comes after it read
-        // ours, so our clear is ordered before its flag store; one whose increment came before
-        // is counted here. (A
-        // SeqCst load would do in C11 too, but loom does not give SeqCst loads and stores their
-        // total order (tokio-rs/loom#180) and then finds the flag cleared under a sleeper:
-        // tests/loom_ring.rs.)
-        if count.fetch_add(0, SeqCst) > 0 {
-            flag.store(1, SeqCst);
-        }
+        clear_unless_wanted(peer_block, what, count);
     }
 }

@@ -64,10 +64,14 @@ pub struct Interest {
 impl Drop for Interest {
     fn drop(&mut self) {
         if self.read {
-            ringsync::unregister(&self.conn.waiters.rx);
+            ringsync::unregister(&self.conn.peer_block, Arming::Data, &self.conn.waiters.rx);
         }
         if self.write {
-            ringsync::unregister(&self.conn.waiters.tx);
+            ringsync::unregister(
+                &self.conn.peer_block,
+                Arming::Credits,
+                &self.conn.waiters.tx,
+            );
         }
     }
 }
