@@ -184,7 +184,17 @@ struct SetState {
     device: bool,
     /// The registrations one `harvest` looks at (kept to save an allocation per look).
     scratch: Vec<c_int>,
+    /// The registrations reported ready most recently (at most [`HOT`], newest last): a
+    /// spinning wait looks at them on every round, as well as at the candidates. A peer rings
+    /// once per arming and a wait arms only before it sleeps, so the next message of a
+    /// connection just served comes unrung while its server spins; unlooked-at, it waited
+    /// for the end of the spin or the next full look (nginx's edge-triggered registrations:
+    /// up to `PCISOCK_SPIN_US` per keep-alive request).
+    hot: Vec<c_int>,
 }
+
+/// The most registrations a spinning wait looks at beyond the candidates (see `SetState::hot`).
+const HOT: usize = 16;
 
 impl std::ops::Deref for SetState {
     type Target = HashMap<c_int, Reg>;

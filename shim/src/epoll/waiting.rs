@@ -113,7 +113,8 @@ fn settle(epfd: c_int, regs: &mut SetState, poked: &[c_int]) {
 }
 
 /// Our registrations that are ready now, as (events, data); edge and one-shot state updated.
-/// Evaluates every registration if `full`, else the candidates (see [`SetState`]); leaves as
+/// Evaluates every registration if `full`, else the candidates and the registrations served
+/// last (`SetState::hot`); leaves as
 /// candidates for the next wait the level-triggered ones that are ready and those it had no
 /// room to report.
 fn harvest(
@@ -133,6 +134,12 @@ fn harvest(
         fds.extend(st.regs.keys().copied());
     } else {
         fds.extend(st.cand.drain());
+        // And the registrations served last (see `SetState::hot`).
+        for &h in &st.hot {
+            if !fds.contains(&h) {
+                fds.push(h);
+            }
+        }
     }
     for &fd in &fds {
         let Some(r) = st.regs.get_mut(&fd) else {
@@ -174,6 +181,17 @@ fn harvest(
             u64: r.data,
         });
         seen.push(fd);
+        if let Some(i) = st.hot.iter().position(|&h| h == fd) {
+            st.hot.remove(i);
+        } else if st.hot.len() >= HOT {
+            st.hot.remove(0);
+        }
+        st.hot.push(fd);
+    }
+    // Forget the registrations that went.
+    if st.hot.iter().any(|fd| !st.regs.contains_key(fd)) {
+        let regs = &st.regs;
+        st.hot.retain(|fd| regs.contains_key(fd));
     }
     st.scratch = fds;
 }
