@@ -493,6 +493,8 @@ pub(crate) fn netns_cookie(fd: RawFd) -> io::Result<u64> {
 }
 
 /// Read the kernel's view of a socket handed over: `None` if it is not a TCP socket.
+/// Six system calls for a connected socket (seven for one without a peer: whether it listens
+/// is asked only then, a socket with a peer never does); the family comes with its own name.
 pub fn tcp_view(fd: RawFd) -> io::Result<Option<TcpView>> {
     // SAFETY: stat is plain data.
     let mut st: libc::stat = unsafe { zeroed() };
@@ -501,22 +503,34 @@ pub fn tcp_view(fd: RawFd) -> io::Result<Option<TcpView>> {
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Ok(None);
     }
-    let domain = sockopt_int(fd, libc::SO_DOMAIN)?;
     let ty = sockopt_int(fd, libc::SO_TYPE)?;
     let proto = sockopt_int(fd, libc::SO_PROTOCOL)?;
-    if !(domain == libc::AF_INET || domain == libc::AF_INET6)
-        || ty != libc::SOCK_STREAM
-        || proto != libc::IPPROTO_TCP
-    {
+    if ty != libc::SOCK_STREAM || proto != libc::IPPROTO_TCP {
         return Ok(None);
     }
+    // Not AF_INET or AF_INET6 (the only families with TCP): no address of ours.
+    let Some(local) = name(fd, false)? else {
+        return Ok(None);
+    };
+    let netns = netns_cookie(fd)?;
+    let peer = name(fd, true)?;
+    let listening = peer.is_none() && sockopt_int(fd, libc::SO_ACCEPTCONN)? != 0;
     Ok(Some(TcpView {
-        netns: netns_cookie(fd)?,
+        netns,
         inode: st.st_ino,
-        listening: sockopt_int(fd, libc::SO_ACCEPTCONN)? != 0,
-        local: name(fd, false)?,
-        peer: name(fd, true)?,
+        listening,
+        local: Some(local),
+        peer,
     }))
+}
+
+/// A socket's address and port (IPv4 as IPv4-mapped IPv6).
+pub type SockName = (Addr, u16);
+
+/// The local and peer addresses of a TCP socket this process holds and has checked with
+/// [`tcp_view`] already (what changes once it connects; its kind, namespace and inode do not).
+pub fn tcp_names(fd: RawFd) -> io::Result<(Option<SockName>, Option<SockName>)> {
+    Ok((name(fd, false)?, name(fd, true)?))
 }
 
 /// A segment: a memfd of `len` bytes, sealed so that nobody can shrink or grow it (a
@@ -544,6 +558,32 @@ pub fn segment(len: u64) -> io::Result<OwnedFd> {
     })?;
     Ok(fd)
 }
+
+/// Give the pages at `offsets` of segment `fd` their memory now (one page each, written with
+/// zeros: what a fresh page holds anyway), so that the processes that map the segment later
+/// only map pages that exist instead of allocating and clearing them in their page faults.
+pub fn prepare_pages(fd: RawFd, offsets: &[u64]) -> io::Result<()> {
+    static ZEROS: [u8; PAGE] = [0; PAGE];
+    for &off in offsets {
+        // SAFETY: `ZEROS` is a live buffer of `PAGE` bytes.
+        let n = check(unsafe {
+            libc::syscall(
+                libc::SYS_pwrite64,
+                fd,
+                ZEROS.as_ptr(),
+                PAGE,
+                off as libc::off_t,
+            )
+        })?;
+        if n as usize != PAGE {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+    }
+    Ok(())
+}
+
+/// The page size of the segments' layout (docs/PROTOCOL.md §2: the endpoint header is one).
+pub const PAGE: usize = 4096;
 
 /// The seals on a memfd (to check a segment received from the service).
 pub fn seals(fd: RawFd) -> io::Result<i32> {

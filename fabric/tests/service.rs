@@ -714,3 +714,57 @@ fn one_way_requests_are_never_answered() {
     assert_eq!((before.listeners, after.listeners), (1, 0));
     drop((s, accepted));
 }
+
+/// Segments made ahead (the service's spares) are each one connection's only: every pairing
+/// gets a memfd no other connection had, all zeros, even after the earlier connections wrote
+/// theirs and closed, and each with its own seals.
+#[test]
+fn every_pairing_gets_a_fresh_segment_of_its_own() {
+    let svc = start(Options {
+        ring_bytes: 16 << 10,
+        ..Options::default()
+    });
+    let mut server = Client::connect(&svc.socket).unwrap();
+    let mut client = Client::connect(&svc.socket).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = l.local_addr().unwrap();
+    server.listen(l.as_raw_fd()).unwrap();
+    let mut seen = Vec::new();
+    let mut kept = Vec::new();
+    for round in 0..12u8 {
+        let (mut offer, csock, accepted) = offer_and_connect(&mut client, to, &l);
+        let Pairing::Paired(s) = server.accept(accepted.as_raw_fd(), 16 << 10).unwrap() else {
+            panic!("declined");
+        };
+        let Some(Pairing::Paired(c)) = client.paired(&mut offer, Duration::from_secs(5)).unwrap()
+        else {
+            panic!("the client was not paired");
+        };
+        let st = std::fs::metadata(format!("/proc/self/fd/{}", s.segment.as_raw_fd())).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert!(!seen.contains(&st.ino()), "a segment was handed out twice");
+        seen.push(st.ino());
+        let (mut s_map, c_map) = (map(&s.segment), map(&c.segment));
+        assert!(
+            s_map.iter().all(|&b| b == 0),
+            "round {round}: a new segment held bytes"
+        );
+        let seals = sys::seals(s.segment.as_raw_fd()).unwrap();
+        assert_ne!(seals & libc::F_SEAL_SHRINK, 0);
+        // Write every page, as a connection's ends might; the next pairing must not see it.
+        for b in s_map.iter_mut().step_by(512) {
+            *b = round + 1;
+        }
+        assert_eq!(c_map[4096], round + 1);
+        client.close(s.conn, false).unwrap();
+        server.close(s.conn, true).unwrap();
+        // Half the rounds keep their mappings (a process that never unmaps its old segment).
+        if round % 2 == 0 {
+            kept.push((s_map, c_map, csock, accepted));
+        }
+    }
+    assert_eq!(
+        kept[0].0[0], 1,
+        "a kept mapping is its connection's memory still"
+    );
+}

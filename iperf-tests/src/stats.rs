@@ -104,6 +104,11 @@ pub struct ConnStats {
     pub failover_rx_bytes: u64,
     #[serde(default)]
     pub on_tcp: bool,
+    /// Plain bytes a late-upgraded connection moved over TCP before it moved onto the ring.
+    #[serde(default)]
+    pub plain_tx_bytes: u64,
+    #[serde(default)]
+    pub plain_rx_bytes: u64,
 }
 
 /// The port of an `ip:port` or `[v6]:port` address.

@@ -267,6 +267,32 @@ fn epoll_late_accept() {
     }
 }
 
+/// `epoll_spin_edge` under the library with a 1 s spin, so that every wait spins: a request that comes while the
+/// server's edge-triggered wait spins (unrung: the server armed for its last sleep only) ends the wait at once, not at
+/// the wait's next full look 5 ms later (nginx keep-alive: each request waited up to `PCISOCK_SPIN_US`). Over a
+/// service (shared lines, `PCISOCK_TEST_FABRIC`); a set of device lines looks at every registration on every wait.
+#[test]
+fn epoll_spin_edge() {
+    let name = "epoll_spin_edge";
+    let (f, exe) = compile_and_control(name);
+    let port = free_port();
+    let mut env = f.preload("program").with_ports(port.to_string());
+    env.extra.push(("PCISOCK_SPIN_US".into(), "1000000".into()));
+    let (p, r) = run_once("preloaded", &exe, port, Some(&env), f.dir());
+    let stats = env.stats();
+    let ntb = stats
+        .as_ref()
+        .map_err(|e| e.clone())
+        .and_then(|s| s.check_ntb(port, 1, 60 * 64, 60 * 64));
+    if r.is_err() || ntb.is_err() {
+        panic!(
+            "{name} on flagged port {port}: {r:?}; NTB: {ntb:?}\n{}",
+            p.describe()
+        );
+    }
+    eprintln!("{name}: {}", p.stdout().trim());
+}
+
 #[test]
 fn epoll_set_replaced() {
     run_behaviour("epoll_set_replaced", expect(2, 1, 1, 0));

@@ -184,7 +184,26 @@ struct SetState {
     device: bool,
     /// The registrations one `harvest` looks at (kept to save an allocation per look).
     scratch: Vec<c_int>,
+    /// The registrations reported ready most recently (at most [`HOT`], newest last): a
+    /// spinning wait looks at them on every round, as well as at the candidates. A peer rings
+    /// once per arming and a wait arms only before it sleeps, so the next message of a
+    /// connection just served comes unrung while its server spins; unlooked-at, it waited
+    /// for the end of the spin or the next full look (nginx's edge-triggered registrations:
+    /// up to `PCISOCK_SPIN_US` per keep-alive request).
+    hot: Vec<c_int>,
+    /// Threads of this process asleep in this set's kernel wait, counted (under the set's
+    /// lock) from the arming before their sleep until they wake.
+    sleepers: u32,
+    /// A thread has slept in this set's own wait: the application waits on it directly (see
+    /// [`SetState::arm_later`]).
+    slept: bool,
+    /// Registrations added or changed while nobody slept in the set, not armed then: the next
+    /// wait arms them before it sleeps.
+    to_arm: std::collections::HashSet<c_int>,
 }
+
+/// The most registrations a spinning wait looks at beyond the candidates (see `SetState::hot`).
+const HOT: usize = 16;
 
 impl std::ops::Deref for SetState {
     type Target = HashMap<c_int, Reg>;
@@ -208,6 +227,23 @@ impl SetState {
     /// Is every registration to be armed at `now`?
     fn arm_all_now(&self, now: Instant) -> bool {
         self.device || self.arm_due || self.armed_at.is_none_or(|t| now - t >= FULL_EVERY)
+    }
+
+    /// May registration `fd`, added or changed now, be armed (and the set's sleepers woken if
+    /// it is ready) by the next wait instead of at once? Yes when no thread sleeps in the set
+    /// and the application waits on it directly: the next wait looks at it (a candidate) and
+    /// arms it before any sleep. Arming at once asked the peer for a ring nobody may need, and
+    /// a ready registration cost a ring of our own line: an event loop that adds EPOLLOUT
+    /// before each request and takes it away once the request is written (wrk) paid both per
+    /// request. A set nobody has slept in directly may be inside another set or polled, and is
+    /// armed at once, as the kernel's epoll_ctl wakes.
+    fn arm_later(&mut self, fd: c_int) -> bool {
+        if self.sleepers == 0 && self.slept && !self.device {
+            self.to_arm.insert(fd);
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -463,9 +499,13 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                         // (behaviour epoll_wakeups: 199 waits of 400 ended late).
                         if let Some(c) = sock.conn.get() {
                             r.interest = Some(interest(c, events));
-                            c.rearm(events & READ != 0, events & WRITE != 0);
                         }
-                        wake_if_ready(&sock, events);
+                        if !st.arm_later(fd) {
+                            if let Some(c) = sock.conn.get() {
+                                c.rearm(events & READ != 0, events & WRITE != 0);
+                            }
+                            wake_if_ready(&sock, events);
+                        }
                         return Detour::Ours(Ok(0));
                     }
                     None => return Detour::Bypass, // registered with the kernel before we tracked it
@@ -481,12 +521,13 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
             if let Err(e) = register(epfd, fd, form, events) {
                 return Detour::Ours(Err(e));
             }
-            let interest = sock.conn.get().map(|c| {
-                let i = interest(c, events);
-                c.rearm(events & READ != 0, events & WRITE != 0);
-                i
-            });
-            wake_if_ready(&sock, events);
+            let interest = sock.conn.get().map(|c| interest(c, events));
+            if !regs.arm_later(fd) {
+                if let Some(c) = sock.conn.get() {
+                    c.rearm(events & READ != 0, events & WRITE != 0);
+                }
+                wake_if_ready(&sock, events);
+            }
             count_reg(fd, true);
             regs.cand.insert(fd);
             regs.pending |= matches!(form, Form::Pending { .. });

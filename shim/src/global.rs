@@ -477,7 +477,7 @@ impl ShimState {
             }
             let _ = write!(
                 j,
-                "{{\"role\":\"{}\",\"path\":\"{}\",\"reason\":{},\"local\":\"{}\",\"peer\":\"{}\",\"tx_bytes\":{},\"rx_bytes\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"on_tcp\":{}}}",
+                "{{\"role\":\"{}\",\"path\":\"{}\",\"reason\":{},\"local\":\"{}\",\"peer\":\"{}\",\"tx_bytes\":{},\"rx_bytes\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"on_tcp\":{},\"plain_tx_bytes\":{},\"plain_rx_bytes\":{}}}",
                 r.role,
                 if r.ntb { "ntb" } else { "tcp" },
                 r.reason.map_or("null".to_string(), |x| format!("\"{x}\"")),
@@ -491,6 +491,8 @@ impl ShimState {
                 r.events.fo_rx,
                 r.events.tcp_us,
                 r.on_tcp,
+                r.plain_tx,
+                r.plain_rx,
             );
         }
         j.push_str("]}\n");
@@ -530,6 +532,10 @@ struct Record {
     events: Events,
     /// Carried over its TCP socket after a failover when recorded.
     on_tcp: bool,
+    /// Plain bytes an NTB connection moved over its TCP socket before a late upgrade (0 for
+    /// one made on the ring).
+    plain_tx: u64,
+    plain_rx: u64,
 }
 
 impl Record {
@@ -544,6 +550,8 @@ impl Record {
             rx: 0,
             events: Events::default(),
             on_tcp: false,
+            plain_tx: 0,
+            plain_rx: 0,
         };
         if let Some(c) = s.conn.get() {
             return Some(Record {
@@ -551,6 +559,8 @@ impl Record {
                 rx: c.counter(Counter::RxBytes),
                 events: Events::of(c),
                 on_tcp: c.on_tcp(),
+                plain_tx: s.tcp_tx.load(Relaxed),
+                plain_rx: s.tcp_rx.load(Relaxed),
                 ..base(true, None)
             });
         }

@@ -4,7 +4,8 @@
 //! the plain byte counts (`Sock::tcp_tx`, `Sock::tcp_rx`) are exact whenever the gate is closed
 //! and no byte is read as plain once the peer may be writing records. With the gate closed the
 //! client offers the late upgrade (at a blocking data call, once the link is up and its hold
-//! has passed) and the server answers it (at any data call, while one waits, and at readiness
+//! has passed; from a non-blocking call or a readiness check without waiting for the answer,
+//! `nowait`) and the server answers it (at any data call, while one waits, and at readiness
 //! checks: poll and select through `ops::poll`, `epoll_wait` through `look_set`); the
 //! connection then goes on as an NTB connection, its epoll registrations (kept in the kernel's
 //! form and recorded here meanwhile) moved to the NTB form. Called by the data hooks for a
@@ -23,6 +24,8 @@ use crate::config::{LogLevel, Role};
 use crate::global;
 use crate::sock::{Sock, State};
 use crate::sys;
+
+mod nowait;
 
 /// First hold between a client's unanswered late offers (and after a lease failure).
 const HOLD_MIN: Duration = Duration::from_millis(100);
@@ -53,7 +56,20 @@ pub struct Late {
     /// The application's epoll registrations of the socket, kept in the kernel's form while
     /// it is a candidate and moved to the NTB form at the pairing: (set, fd, events, data).
     regs: Mutex<Vec<(c_int, c_int, u32, u64)>>,
+    /// A server candidate that sleeps on its process's late bell: registered in `BELLED`,
+    /// after a look that bypassed the 10 ms pace (an offer posted just before the bell was
+    /// published rang nothing).
+    belled: AtomicBool,
+    /// A client's late offer posted from a non-blocking call, waiting for its answer (`nowait`).
+    pending: Mutex<Option<transport::LateOffer>>,
+    /// What the application sent meanwhile (held, up to `EARLY_MAX`; `nowait`).
+    held: Mutex<Vec<u8>>,
 }
+
+/// Server candidates (fds) that may sleep on this process's late bell. Whoever wakes on the
+/// bell looks for the late offers of all of them (`ring`): a ring wakes every sleeper only
+/// when each is already asleep, so the one that empties the line answers for the others.
+static BELLED: Mutex<Vec<c_int>> = Mutex::new(Vec::new());
 
 /// Epoll sets holding a registration of a server candidate: (set, fd, entry). Their
 /// `epoll_wait` looks for the candidates' late offers between naps (`look_set`).
@@ -77,6 +93,9 @@ impl Late {
             over: AtomicBool::new(false),
             tries: Mutex::new(Tries::default()),
             regs: Mutex::new(Vec::new()),
+            belled: AtomicBool::new(false),
+            pending: Mutex::new(None),
+            held: Mutex::new(Vec::new()),
         }
     }
 
@@ -93,8 +112,22 @@ pub fn candidate(sock: &Sock) -> bool {
 /// End `sock`'s candidacy (a use the late upgrade does not carry yet): from now on its calls
 /// go to the kernel as for any fallback. Waits for the calls inside the gate (non-blocking).
 pub fn end(sock: &Sock) {
+    end_on(sock, None)
+}
+
+/// [`end`], with `fd` the socket if known (a close, before the real one). A client's late
+/// offer still pending is settled first, waiting (at most its patience): its held sends must
+/// reach the peer, on TCP if it is withdrawn, or on the ring if the server took it (then the
+/// connection has moved, and the caller finds it on the entry).
+pub fn end_on(sock: &Sock, fd: Option<c_int>) {
     if let Some(l) = sock.late.get() {
         if l.live() {
+            if sock.role == Role::Client && nowait::pending(l) {
+                let fd = fd.unwrap_or_else(|| first_fd(sock, -1));
+                if fd >= 0 && nowait::settle(sock, fd, l, true) {
+                    move_registrations(l);
+                }
+            }
             let _g = l.gate.write().unwrap_or_else(|p| p.into_inner());
             l.over.store(true, Relaxed);
         }
@@ -114,8 +147,67 @@ pub const LOOK_NAP: Duration = NAP_UP;
 /// (a look at most every 10 ms). Never waits.
 pub fn look(sock: &Sock, fd: c_int) {
     if let Some(l) = sock.late.get() {
-        if sock.role == Role::Server {
-            tick(sock, fd, l, false);
+        match sock.role {
+            Role::Server => tick(sock, fd, l, false, false),
+            // A client's offer is posted, or its answer taken, without waiting (settled
+            // waiting if sends are held: the wait that follows may be for their answer).
+            Role::Client => {
+                if candidate(sock) && nowait::tick(sock, fd, l, true) {
+                    move_registrations(l);
+                }
+            }
+        }
+    }
+}
+
+/// The late bell that wakes a wait over the server candidate `sock` (on `fd`), if its process
+/// has one for the candidate's listener (`Transport::late_bell`): the wait then sleeps on the
+/// bell and the socket with no nap, and calls [`ring`] when the bell woke it. The first time,
+/// the candidate is registered for `ring` and looked at once more (an offer posted before the
+/// bell was published rang nothing).
+pub fn bell(sock: &Sock, fd: c_int) -> Option<c_int> {
+    let late = sock.late.get()?;
+    if sock.role != Role::Server || !late.live() {
+        return None;
+    }
+    let bell = global::get().transport().ok()?.late_bell(sock.local)?;
+    if !late.belled.swap(true, Relaxed) {
+        if let Ok(mut b) = BELLED.lock() {
+            if !b.contains(&fd) {
+                b.push(fd);
+            }
+        }
+        tick(sock, fd, late, false, true);
+    }
+    Some(bell)
+}
+
+/// This process's late bell woke a wait: empty it, then look for the late offers of every
+/// server candidate that may sleep on it (clear, then look: a ring after the drain stays
+/// latched for the next sleep). Candidates gone, moved or ended leave the list.
+pub fn ring() {
+    let Ok(t) = global::get().transport() else {
+        return;
+    };
+    t.drain_late_bell();
+    let fds: Vec<c_int> = match BELLED.lock() {
+        Ok(b) => b.clone(),
+        Err(_) => return,
+    };
+    let mut gone = Vec::new();
+    for fd in fds {
+        match crate::table::get(fd) {
+            Some(s) if answers(&s) => {
+                if let Some(l) = s.late.get() {
+                    tick(&s, fd, l, false, true);
+                }
+            }
+            _ => gone.push(fd),
+        }
+    }
+    if !gone.is_empty() {
+        if let Ok(mut b) = BELLED.lock() {
+            b.retain(|f| !gone.contains(f));
         }
     }
 }
@@ -150,7 +242,7 @@ pub fn recv(
     let mut got = 0usize;
     let mut nap = NAP_MIN;
     let r = loop {
-        tick(sock, fd, late, !nonblock);
+        tick(sock, fd, late, !nonblock, false);
         let gate = late.gate.read().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = sock.conn.get() {
             drop(gate);
@@ -181,6 +273,20 @@ pub fn recv(
                 Err(e) => Err(e),
             };
         }
+        if sock.role == Role::Client && nowait::pending(late) {
+            drop(gate);
+            if !nonblock {
+                nowait::settle(sock, fd, late, true);
+                continue;
+            }
+            if got > 0 {
+                break Ok(got);
+            }
+            match nowait::recv(sock, fd, late, bufs, flags) {
+                Some(r) => break r,
+                None => continue,
+            }
+        }
         let mut rest = skip_mut(bufs, got);
         let r = sys::recv_iov(
             fd,
@@ -204,7 +310,7 @@ pub fn recv(
                 if nonblock {
                     break if got > 0 { Ok(got) } else { Err(libc::EAGAIN) };
                 }
-                match wait(fd, libc::POLLIN, &mut nap, deadline) {
+                match wait(sock, fd, libc::POLLIN, &mut nap, deadline) {
                     Ok(()) => {}
                     Err(_) if got > 0 => break Ok(got),
                     Err(e) => break Err(e),
@@ -234,7 +340,7 @@ pub fn send(sock: &Sock, fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Resu
     let mut sent = 0usize;
     let mut nap = NAP_MIN;
     let r = loop {
-        tick(sock, fd, late, !nonblock);
+        tick(sock, fd, late, !nonblock, false);
         let gate = late.gate.read().unwrap_or_else(|p| p.into_inner());
         let rest = skip(bufs, sent);
         if let Some(c) = sock.conn.get() {
@@ -257,6 +363,17 @@ pub fn send(sock: &Sock, fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Resu
                 Err(e) => Err(e),
             };
         }
+        if sock.role == Role::Client && nowait::pending(late) {
+            drop(gate);
+            if !nonblock {
+                nowait::settle(sock, fd, late, true);
+                continue;
+            }
+            match nowait::send(sock, fd, late, &rest) {
+                Some(n) => break Ok(sent + n),
+                None => continue,
+            }
+        }
         let r = sys::send_iov(fd, &rest, flags | libc::MSG_DONTWAIT);
         if let Ok(n) = r {
             count(&sock.tcp_tx, n, false);
@@ -278,7 +395,7 @@ pub fn send(sock: &Sock, fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Resu
                         Err(libc::EAGAIN)
                     };
                 }
-                match wait(fd, libc::POLLOUT, &mut nap, deadline) {
+                match wait(sock, fd, libc::POLLOUT, &mut nap, deadline) {
                     Ok(()) => {}
                     Err(_) if sent > 0 => break Ok(sent),
                     Err(e) => break Err(e),
@@ -301,15 +418,46 @@ fn count(c: &std::sync::atomic::AtomicU64, n: usize, peek: bool) {
 }
 
 /// Wait outside the gate for `events` on the socket, one nap at most (the caller looks for a
-/// late offer between naps; the nap doubles while nothing comes). EAGAIN past the deadline
-/// (SO_RCVTIMEO, SO_SNDTIMEO), EINTR for a signal (`restarting` restarts the call if its
-/// handler says so, as the kernel would).
+/// late offer between naps; the nap doubles while nothing comes); a server candidate with a
+/// late bell sleeps on the bell and the socket instead, until either (or the deadline).
+/// EAGAIN past the deadline (SO_RCVTIMEO, SO_SNDTIMEO), EINTR for a signal (`restarting`
+/// restarts the call if its handler says so, as the kernel would).
 fn wait(
+    sock: &Sock,
     fd: c_int,
     events: i16,
     nap: &mut Duration,
     deadline: Option<Instant>,
 ) -> Result<(), c_int> {
+    if let Some(bell) = bell(sock, fd) {
+        let left = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(libc::EAGAIN);
+                }
+                Some(left)
+            }
+            None => None,
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: bell,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        sys::poll_fds(&mut fds, left)?;
+        if fds[1].revents != 0 {
+            ring();
+        }
+        return Ok(());
+    }
     let up = global::get().transport().is_ok_and(|t| t.link_is_up());
     let cap = if up { NAP_UP } else { NAP_DOWN };
     let mut t = (*nap).min(cap);
@@ -330,19 +478,33 @@ fn wait(
 /// Look for the late upgrade: a server answers its client's late offer; a client (`may_offer`:
 /// a blocking call, which may wait for the answer) offers one once the link is up and its hold
 /// has passed. Made with the gate closed, so the counts are exact and nothing is read meanwhile.
-fn tick(sock: &Sock, fd: c_int, late: &Late, may_offer: bool) {
+/// `force`: a server looks now, whatever its pace (woken by its late bell).
+fn tick(sock: &Sock, fd: c_int, late: &Late, may_offer: bool, force: bool) {
     if !late.live() || sock.conn.get().is_some() {
         return;
     }
-    if sock.role == Role::Client && !may_offer {
-        return;
+    if sock.role == Role::Client {
+        if !may_offer {
+            // A non-blocking call: post the offer, or take its answer, without waiting.
+            if nowait::tick(sock, fd, late, false) {
+                move_registrations(late);
+            }
+            return;
+        }
+        if nowait::pending(late) {
+            // A blocking call after a non-blocking one posted the offer: wait for its answer.
+            if nowait::settle(sock, fd, late, true) {
+                move_registrations(late);
+            }
+            return;
+        }
     }
     let now = Instant::now();
     {
         let Ok(mut tr) = late.tries.lock() else {
             return;
         };
-        if tr.next.is_some_and(|n| now < n) {
+        if tr.next.is_some_and(|n| now < n) && !force {
             return;
         }
         if sock.role == Role::Server {
@@ -361,16 +523,7 @@ fn tick(sock: &Sock, fd: c_int, late: &Late, may_offer: bool) {
         return;
     }
     let (sent, read) = (sock.tcp_tx.load(Relaxed), sock.tcp_rx.load(Relaxed));
-    // The connection watches the entry's first fd (the one it was made on, as a connection
-    // made at connect or accept does), not the dup this call came through: an application
-    // that closes the dup (a writer thread's clone) while another thread waits on the
-    // connection would otherwise leave that waiter polling a closed number (POLLNVAL: reset).
-    let tcp_fd = sock
-        .fds
-        .lock()
-        .ok()
-        .and_then(|f| f.first().copied())
-        .unwrap_or(fd);
+    let tcp_fd = first_fd(sock, fd);
     let r = match sock.role {
         Role::Server => match t.late_accept(tcp_fd, sock.local, sock.peer, sent, read) {
             None => return,
@@ -380,29 +533,57 @@ fn tick(sock: &Sock, fd: c_int, late: &Late, may_offer: bool) {
     };
     match r {
         Ok(c) => {
-            adopt(sock, fd, c);
-            drop(gate);
-            // Outside the gate: `epoll::ctl` may end a candidacy, which takes it.
+            paired(sock, fd, late, c, gate);
             move_registrations(late);
         }
-        Err(reason) => {
-            let again = sock.role == Role::Client && again(late, reason);
-            if !again {
-                late.over.store(true, Relaxed);
-            }
-            if reason == Reason::BadPeer {
-                // The peer took the offer and broke the protocol: it may be sending records.
-                sys::shutdown_both(fd);
-            }
-            g.log(LogLevel::Debug, || {
-                format!(
-                    "fd {fd}: late upgrade to {}: {reason}{}",
-                    sock.peer.to_std(),
-                    if again { " (will try again)" } else { "" }
-                )
-            });
-        }
+        Err(reason) => failed(sock, fd, late, reason),
     }
+}
+
+/// The entry's first fd, which a connection it makes watches (the one it was made on, as a
+/// connection made at connect or accept does), not the dup `fd` a call came through: an
+/// application that closes the dup (a writer thread's clone) while another thread waits on
+/// the connection would otherwise leave that waiter polling a closed number (POLLNVAL: reset).
+fn first_fd(sock: &Sock, fd: c_int) -> c_int {
+    sock.fds
+        .lock()
+        .ok()
+        .and_then(|f| f.first().copied())
+        .unwrap_or(fd)
+}
+
+/// The pairing is made (with the gate closed, given here and let go of): the entry goes on as
+/// an NTB connection. The caller then moves its epoll registrations (`move_registrations`,
+/// outside the gate: `epoll::ctl` may end a candidacy, which takes it).
+fn paired(
+    sock: &Sock,
+    fd: c_int,
+    _late: &Late,
+    c: Connection,
+    gate: std::sync::RwLockWriteGuard<'_, ()>,
+) {
+    adopt(sock, fd, c);
+    drop(gate);
+}
+
+/// A late upgrade failed for `reason` (with the gate closed): a client tries again later or
+/// gives up; a server's look ends the candidacy.
+fn failed(sock: &Sock, fd: c_int, late: &Late, reason: Reason) {
+    let again = sock.role == Role::Client && again(late, reason);
+    if !again {
+        late.over.store(true, Relaxed);
+    }
+    if reason == Reason::BadPeer {
+        // The peer took the offer and broke the protocol: it may be sending records.
+        sys::shutdown_both(fd);
+    }
+    global::get().log(LogLevel::Debug, || {
+        format!(
+            "fd {fd}: late upgrade to {}: {reason}{}",
+            sock.peer.to_std(),
+            if again { " (will try again)" } else { "" }
+        )
+    });
 }
 
 /// A client's late offer failed for `reason`: try again later (true; the hold set, doubled for
@@ -482,14 +663,12 @@ pub fn epoll_ctl(
             regs.push((epfd, fd, events, data));
         }
     }
-    if sock.role == Role::Server {
-        if let Ok(mut w) = WATCHED.lock() {
-            w.retain(|(e, f, s)| (*e, *f) != (epfd, fd) && s.strong_count() > 0);
-            if op != libc::EPOLL_CTL_DEL {
-                w.push((epfd, fd, Arc::downgrade(sock)));
-            }
-            WATCHING.store(!w.is_empty(), Relaxed);
+    if let Ok(mut w) = WATCHED.lock() {
+        w.retain(|(e, f, s)| (*e, *f) != (epfd, fd) && s.strong_count() > 0);
+        if op != libc::EPOLL_CTL_DEL {
+            w.push((epfd, fd, Arc::downgrade(sock)));
         }
+        WATCHING.store(!w.is_empty(), Relaxed);
     }
     Some(Ok(0))
 }
@@ -528,6 +707,9 @@ pub enum SetLook {
     None,
     /// Some there, none paired: wait in the kernel in naps of at most [`LOOK_NAP`].
     Nap,
+    /// Some there, none paired, all sleeping on this process's late bell (the line): wait in
+    /// the kernel for the set or the bell, with no nap, and [`ring`] when the bell woke it.
+    Bell(c_int),
     /// One moved onto the ring (its registration is ours now): look again.
     Paired,
 }
@@ -559,10 +741,17 @@ pub fn look_set(epfd: c_int) -> SetLook {
         }
         live |= answers(s);
     }
-    if live {
-        SetLook::Nap
-    } else {
-        SetLook::None
+    if !live {
+        return SetLook::None;
+    }
+    let bells: Vec<Option<c_int>> = socks
+        .iter()
+        .filter(|(_, s)| answers(s))
+        .map(|(fd, s)| bell(s, *fd))
+        .collect();
+    match bells.first().copied() {
+        Some(Some(b)) if bells.iter().all(|x| *x == Some(b)) => SetLook::Bell(b),
+        _ => SetLook::Nap,
     }
 }
 

@@ -80,13 +80,18 @@ pub fn splice(
         own_nonblock: pipe_fl & libc::O_NONBLOCK != 0,
         nonblock: flags & libc::SPLICE_F_NONBLOCK != 0 || pipe_fl & libc::O_NONBLOCK != 0,
     };
-    match ops::data_path(sock_fd, false) {
-        None | Some(Ok(DataPath::Kernel)) => Detour::Bypass,
-        // Not carried by the late upgrade yet: the candidacy ends.
-        Some(Ok(DataPath::Late(s))) => {
-            crate::late::end(&s);
-            Detour::Bypass
+    let mut path = ops::data_path(sock_fd, false);
+    if let Some(Ok(DataPath::Late(s))) = &path {
+        // Not carried by the late upgrade yet: the candidacy ends (the connection may move
+        // onto the ring as it does, if a late offer it posted was taken: then it is ours).
+        crate::late::end(s);
+        if s.conn.get().is_some() {
+            path = ops::data_path(sock_fd, false);
         }
+    }
+    match path {
+        None | Some(Ok(DataPath::Kernel)) => Detour::Bypass,
+        Some(Ok(DataPath::Late(_))) => Detour::Bypass,
         Some(Err(e)) => Detour::Ours(Err(e)),
         // An interrupted wait moved nothing: restarted as the kernel would (`signals`).
         Some(Ok(DataPath::Ntb(s))) => Detour::Ours(if into_pipe {

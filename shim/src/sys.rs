@@ -306,6 +306,38 @@ pub fn send_iov(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Result<usize, c_int>
     }
 }
 
+/// Wait up to `timeout` (`None`: no limit) for the events asked in `fds` through the raw
+/// system call: how many have events (0 on timeout), or the errno (EINTR: a signal).
+pub fn poll_fds(
+    fds: &mut [libc::pollfd],
+    timeout: Option<std::time::Duration>,
+) -> Result<c_int, c_int> {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as _,
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `fds` is a live slice of pollfds the kernel may write; `tsp` is null or a live
+    // timespec; no signal mask.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_ppoll,
+            fds.as_mut_ptr(),
+            fds.len(),
+            tsp,
+            std::ptr::null::<u8>(),
+            8usize,
+        )
+    };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r as c_int)
+    }
+}
+
 /// Wait up to `timeout` for `events` on `fd` through the raw system call: the events seen
 /// (0 on timeout), or the errno (EINTR: a signal).
 pub fn poll1(fd: c_int, events: i16, timeout: std::time::Duration) -> Result<i16, c_int> {

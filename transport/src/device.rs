@@ -8,6 +8,7 @@
 use super::*;
 
 mod late;
+pub use late::{LateOffer, LateOutcome};
 
 /// How long a new connection waits for quarantined window space before it gives up.
 const LEASE_PATIENCE: Duration = Duration::from_millis(200);
@@ -25,6 +26,8 @@ pub(crate) struct DeviceTransport {
     same_host: bool,
     mw_size: u64,
     db_bits: u32,
+    /// This process's late bell (`late_bell`): (pid, its lease, its line).
+    late_bell: Mutex<Option<(u32, ntbdrv::VectorLease, Arc<std::os::fd::OwnedFd>)>>,
 }
 
 /// A client's offer in the device rendezvous, posted before its TCP connect, waiting for the
@@ -67,6 +70,7 @@ impl DeviceTransport {
             same_host,
             mw_size,
             db_bits,
+            late_bell: Mutex::new(None),
         })
     }
 

@@ -32,6 +32,7 @@ use ntbdrv::{DmaChannel, Lease, NtbDevice, VectorLease, WindowLease};
 pub use conn::{Connection, Counter, Interest, IoError, Readiness, RecvFlags, Role, ARM_GRACE};
 pub use device::DevicePending;
 use device::DeviceTransport;
+pub use device::{LateOffer, LateOutcome};
 pub use proto::{Endpoint, Reason};
 use rendezvous::{RendezvousArea, SlotGuard};
 pub use service::Offered;
@@ -507,6 +508,49 @@ impl Transport {
         match &self.how {
             How::Device(d) => d.late_upgrade(tcp_fd, local, remote, sent, read),
             How::Service => Err(Reason::Unsupported),
+        }
+    }
+
+    /// Client side of a late upgrade without waiting (an event loop's non-blocking call): post
+    /// the late offer for the connection `local` → `remote` whose application sent `sent`
+    /// plain bytes. The caller sends nothing on the socket until [`Transport::late_settle`]
+    /// says how it ended, and reads only what it peeked before a look that found no answer.
+    pub fn late_offer(
+        &self,
+        local: Endpoint,
+        remote: Endpoint,
+        sent: u64,
+    ) -> Result<LateOffer, Reason> {
+        match &self.how {
+            How::Device(d) => d.late_offer(local, remote, sent),
+            How::Service => Err(Reason::Unsupported),
+        }
+    }
+
+    /// Look at a late offer's answer (never waits): paired, still pending, or failed (as for
+    /// [`Transport::late_upgrade`]). `read`: the plain bytes the application read so far.
+    pub fn late_settle(&self, o: LateOffer, tcp_fd: RawFd, read: u64) -> LateOutcome {
+        match &self.how {
+            How::Device(d) => d.late_settle(o, tcp_fd, read),
+            How::Service => LateOutcome::Failed(Reason::Unsupported),
+        }
+    }
+
+    /// Server side of a late upgrade: the line that wakes this process's server candidates
+    /// accepted on `local` when a client posts a late offer to them (or the link changes),
+    /// if it has one (`DeviceTransport::late_bell`). Empty it with
+    /// [`Transport::drain_late_bell`] before looking for the offers.
+    pub fn late_bell(&self, local: Endpoint) -> Option<RawFd> {
+        match &self.how {
+            How::Device(d) => d.late_bell(&local),
+            How::Service => None,
+        }
+    }
+
+    /// Empty this process's late bell (clear, then look: a ring after this stays latched).
+    pub fn drain_late_bell(&self) {
+        if let How::Device(d) = &self.how {
+            d.drain_late_bell();
         }
     }
 

@@ -34,8 +34,8 @@ pub mod model;
 use model::Area;
 
 use crate::proto::{
-    Answer, Endpoint, ListenerEntry, Offer, ProtoError, SocketId, ANSWER_SIZE, LISTENER_INODE,
-    LISTENER_NETNS, LISTENER_SIZE, OFFER_SIZE, PROTOCOL_VERSION,
+    Answer, Endpoint, ListenerEntry, Offer, ProtoError, SocketId, ANSWER_SIZE, LISTENER_BELL,
+    LISTENER_INODE, LISTENER_NETNS, LISTENER_SIZE, OFFER_SIZE, PROTOCOL_VERSION,
 };
 use crate::sockdiag;
 
@@ -129,6 +129,20 @@ impl std::fmt::Display for CtrlError {
 pub struct RendezvousArea {
     local: Area,
     peer: Area,
+    /// This process's late bell and the listeners it published (see [`RendezvousArea::set_bell`]).
+    bell: std::sync::Mutex<Bell>,
+}
+
+/// A process's *late bell* (PROTOCOL.md §6, *Late upgrade*): an interrupt vector it leased so
+/// that a client posting a late offer to one of its listeners wakes its server candidates. The
+/// area is inherited across fork: a child's copy names its parent, so everything is pid-checked.
+#[derive(Default)]
+struct Bell {
+    pid: u32,
+    /// The vector + 1 (0: none).
+    word: u32,
+    /// Our listener slots (index, address) published by `pid`.
+    mine: Vec<(usize, Endpoint)>,
 }
 
 /// A slot this process owns in one of the owner tables.
@@ -212,7 +226,8 @@ impl RendezvousArea {
                 .chain([
                     (b + LISTENER_INODE, 8),
                     (b + LISTENER_NETNS, 8),
-                    (b + 56, 8),
+                    (b + LISTENER_BELL, 4),
+                    (b + LISTENER_BELL + 4, 4),
                 ])
         }));
         cells.extend(owners(OFFER_OWNERS, OFFER_SLOTS));
@@ -250,7 +265,11 @@ impl RendezvousArea {
                 peer_block: v,
             });
         }
-        let ctrl = RendezvousArea { local, peer };
+        let ctrl = RendezvousArea {
+            local,
+            peer,
+            bell: Default::default(),
+        };
         ctrl.sweep_dead_listeners();
         Ok(ctrl)
     }
@@ -355,9 +374,66 @@ impl RendezvousArea {
             .write(base + 8, &e.encode())
             .expect("listener record in range");
         u32_at(&self.peer, base + 4).store(slot.generation, Relaxed);
+        {
+            let mut b = self.my_bell();
+            b.mine.push((slot.index, addr));
+            u32_at(&self.peer, base + LISTENER_BELL).store(b.word, Relaxed);
+        }
         // SYNC POINT (listener publish): Release pairs with the Acquire load in `find_listener`.
         u32_at(&self.peer, base).store(ACTIVE, Release);
         Some(slot)
+    }
+
+    /// This process's bell state (a forked child's inherited copy is its parent's: reset).
+    fn my_bell(&self) -> std::sync::MutexGuard<'_, Bell> {
+        let mut b = self.bell.lock().unwrap_or_else(|p| p.into_inner());
+        if b.pid != my_pid() {
+            *b = Bell {
+                pid: my_pid(),
+                ..Bell::default()
+            };
+        }
+        b
+    }
+
+    /// Publish `vector` as this process's late bell in every listener record it published
+    /// (and in those it publishes later), so that a client posting a late offer to one of them
+    /// rings it (`listener_bells`). The caller then looks for late offers posted before.
+    pub fn set_bell(&self, vector: u32) {
+        let mut b = self.my_bell();
+        b.word = vector + 1;
+        for &(i, _) in &b.mine {
+            let base = LISTENERS + i * LISTENER_SIZE;
+            u32_at(&self.peer, base + LISTENER_BELL).store(b.word, Relaxed);
+        }
+        // SYNC POINT (late bell): with the client's fence in `listener_bells`, either the
+        // client sees the bell (and rings it) or our look after this sees its offer.
+        fence(SeqCst);
+    }
+
+    /// Did this process publish a listener that takes connections to `local`?
+    pub fn serves(&self, local: &Endpoint) -> bool {
+        self.my_bell()
+            .mine
+            .iter()
+            .any(|(_, a)| a.port == local.port && (a.is_unspecified() || a.ip == local.ip))
+    }
+
+    /// The late bells (vectors) of the live listeners on the peer host for `server`: called
+    /// by a client after posting a late offer, to ring them.
+    pub fn listener_bells(&self, server: &Endpoint, same_host: bool) -> Vec<u32> {
+        // SYNC POINT (late bell): pairs with the fence in `set_bell`.
+        fence(SeqCst);
+        let mut out = Vec::new();
+        self.each_listener(server, same_host, |i| {
+            let base = LISTENERS + i * LISTENER_SIZE;
+            let w = u32_at(&self.local, base + LISTENER_BELL).load(Relaxed);
+            if w != 0 {
+                out.push(w - 1);
+            }
+            false
+        });
+        out
     }
 
     fn store_listener_socket(&self, i: usize, socket: SocketId) {
@@ -391,6 +467,7 @@ impl RendezvousArea {
 
     /// Withdraw a listener.
     pub fn remove_listener(&self, slot: &SlotGuard) {
+        self.my_bell().mine.retain(|(i, _)| *i != slot.index);
         let base = LISTENERS + slot.index * LISTENER_SIZE;
         u32_at(&self.peer, base).store(0, Release);
         self.unclaim(LISTENER_OWNERS, slot.index);
@@ -399,6 +476,17 @@ impl RendezvousArea {
     /// Is there a live pcisock listener on the peer host for `server`? `same_host` lets us check
     /// the listener's socket (or, before it listens, its process) on a loopback link.
     pub fn find_listener(&self, server: &Endpoint, same_host: bool) -> bool {
+        let mut found = false;
+        self.each_listener(server, same_host, |_| {
+            found = true;
+            true
+        });
+        found
+    }
+
+    /// Call `f` with the slot of each live listener on the peer host for `server`, until it
+    /// says stop (true).
+    fn each_listener(&self, server: &Endpoint, same_host: bool, mut f: impl FnMut(usize) -> bool) {
         let live = Liveness::new(Some(server));
         for i in 0..LISTENER_SLOTS {
             let Some(e) = self.listener_entry(i) else {
@@ -410,9 +498,10 @@ impl RendezvousArea {
             if same_host && !live.listener(e.pid, e.start_time, e.socket) {
                 continue;
             }
-            return true;
+            if f(i) {
+                return;
+            }
         }
-        false
     }
 
     /// The peer's listener published in slot `i` of our table, if any (one whose record does

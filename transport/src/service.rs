@@ -42,7 +42,14 @@ pub(crate) struct Link {
     /// The lines this process keeps, by (service pid, the service's name for the line): a
     /// line named again (another connection with the same peer process) is the same one.
     lines: Mutex<HashMap<(u32, u64), Weak<OwnedFd>>>,
+    /// The lines most recently received, kept open after their connections end: a process that
+    /// opens connection after connection to the same peer process (a client's loop, a server's
+    /// clients) takes the same line each time instead of moving a new copy up and closing it.
+    recent: Mutex<std::collections::VecDeque<Arc<OwnedFd>>>,
 }
+
+/// Lines kept open after their last connection (see `Link::recent`).
+const RECENT_LINES: usize = 4;
 
 /// A request that needs no answer (the service gives none: wire version 4).
 #[derive(Clone, Copy)]
@@ -82,6 +89,7 @@ impl Link {
             held: Mutex::new(Vec::new()),
             own: Mutex::new(None),
             lines: Mutex::new(HashMap::new()),
+            recent: Mutex::new(std::collections::VecDeque::new()),
         };
         let c = link.introduced(c);
         *lock(&link.client) = Some((std::process::id(), c));
@@ -119,6 +127,11 @@ impl Link {
         }
         let fd = Arc::new(fabric::sys::move_high(l.fd));
         lines.insert((service, l.id), Arc::downgrade(&fd));
+        let mut recent = lock(&self.recent);
+        if recent.len() >= RECENT_LINES {
+            recent.pop_front();
+        }
+        recent.push_back(fd.clone());
         fd
     }
 

@@ -421,3 +421,36 @@ fn a_late_answer_rewrites_the_slot_while_the_client_reads() {
         }
     });
 }
+
+/// Late bell: a server process publishes its late bell in its listener record and then looks
+/// for late offers, while a client posts a late offer and then reads the bells to ring. Either
+/// the client sees the bell (and rings it) or the server's look takes the offer: a server
+/// candidate asleep on the bell is never left with an offer nobody rang for.
+#[test]
+fn a_late_bell_is_published_while_a_client_posts_a_late_offer() {
+    check("late bell", || {
+        let ctrl = Arc::new(RendezvousArea::model());
+        ctrl.add_listener(ep(SERVER), SocketId::default()).unwrap();
+
+        let c = ctrl.clone();
+        let server = thread::spawn(move || {
+            c.set_bell(5);
+            c.take_late_offer(&ep(MINE), &ep(SERVER)).is_some()
+        });
+        let c = ctrl.clone();
+        let client = thread::spawn(move || {
+            let late = Offer {
+                late: Some(3),
+                ..offer(1, MINE)
+            };
+            let _slot = c.post_offer(&late).unwrap();
+            c.listener_bells(&ep(SERVER), false)
+        });
+        let took = server.join().unwrap();
+        let bells = client.join().unwrap();
+        assert!(
+            took || bells == [5],
+            "the offer was left untaken and its client saw bells {bells:?}"
+        );
+    });
+}

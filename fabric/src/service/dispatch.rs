@@ -9,8 +9,8 @@ impl Service {
     /// Read what every client sent (up to a budget each) and act on it: accepts last, so that
     /// a client's `Connect`, sent before its kernel connect began, is always known when the
     /// server's `Accept` for that connection is handled.
-    pub(super) fn pass(&mut self) {
-        self.read(PASS_BUDGET);
+    pub(super) fn pass(&mut self, ready: &[u64]) {
+        self.read(ready, PASS_BUDGET);
         while let Some((client, request, socket, ring, nowait)) = self.accepts.pop_front() {
             self.accept(client, request, socket, ring);
             if nowait {
@@ -19,11 +19,10 @@ impl Service {
         }
     }
 
-    /// Read up to `budget` messages from each client and act on them, except accepts, which
-    /// queue in arrival order (`Service::accepts`).
-    pub(super) fn read(&mut self, budget: usize) {
-        let ids: Vec<u64> = self.clients.keys().copied().collect();
-        for id in ids {
+    /// Read up to `budget` messages from each client of `ids` and act on them, except
+    /// accepts, which queue in arrival order (`Service::accepts`).
+    pub(super) fn read(&mut self, ids: &[u64], budget: usize) {
+        for &id in ids {
             for _ in 0..budget {
                 let Some(c) = self.clients.get(&id) else {
                     break;
@@ -53,7 +52,8 @@ impl Service {
     /// that makes it, sent earlier on another service connection (a `Connect` sent before the
     /// kernel connect, or before an exec).
     pub(super) fn catch_up(&mut self) {
-        self.read(1 << 16);
+        let ids: Vec<u64> = self.clients.keys().copied().collect();
+        self.read(&ids, 1 << 16);
     }
 
     pub(super) fn refuse(&mut self, client: u64, request: u64, why: Refusal) {
@@ -399,6 +399,7 @@ impl Service {
                 ring,
                 request: id,
                 socket: sock,
+                inode: view.inode,
                 line,
                 netns: view.netns,
                 posted: Instant::now(),

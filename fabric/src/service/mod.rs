@@ -90,6 +90,8 @@ const EXPIRE_LOOK: Duration = Duration::from_millis(100);
 const ORPHAN_LOOK_MS: i32 = 250;
 /// Fallbacks kept in the host-wide history (the oldest go first).
 const HISTORY: usize = 64;
+/// Segments kept made ahead, of the size the last pairing used (see `Service::spares`).
+const SPARES: usize = 4;
 
 // Reason codes of docs/PROTOCOL.md §5 that the service gives.
 const NO_LISTENER: u32 = 4;
@@ -148,6 +150,9 @@ struct Offer {
     /// The client's own socket, held only until the server accepts (or the offer ends): the
     /// kernel's addresses of the connection are read from it then.
     socket: OwnedFd,
+    /// That socket's inode (read with its kind and namespace at `Connect`: the service's own
+    /// descriptor keeps the same socket, so they stay true).
+    inode: u64,
     /// The client's interrupt line: rung when the offer is answered.
     line: Rc<Line>,
     netns: u64,
@@ -231,6 +236,14 @@ pub struct Service {
     counters: Counters,
     /// The recent fallbacks processes reported (`Fallback`), oldest first.
     history: std::collections::VecDeque<Fallen>,
+    /// Segments made ahead, each of `spare_bytes`, with the pages every end touches first
+    /// given their memory (`sys::prepare_pages`): made after a turn's replies, so that a
+    /// pairing only takes one. Each is handed out once, to one connection, and never reused.
+    spares: Vec<OwnedFd>,
+    /// The size of the last pairing's segment (0: no pairing yet).
+    spare_bytes: u64,
+    /// The last two pairings used segments of `spare_bytes`: spares of it are worth making.
+    spare_steady: bool,
     stop: bool,
 }
 
@@ -249,6 +262,18 @@ impl Listener {
             && self.port == dest.1
             && (self.addr == dest.0 || unspecified(&self.addr))
     }
+}
+
+/// A sealed segment of `bytes` whose pages each end touches when its connection is made
+/// (each block's endpoint header and the first page of its ring) are given memory now.
+fn fresh_segment(bytes: u64) -> io::Result<OwnedFd> {
+    let seg = sys::segment(bytes)?;
+    let block = bytes / 2;
+    let page = sys::PAGE as u64;
+    let first = [0, SEGMENT_HEADER, block, block + SEGMENT_HEADER];
+    let offsets: Vec<u64> = first.into_iter().filter(|&o| o + page <= bytes).collect();
+    sys::prepare_pages(seg.as_raw_fd(), &offsets)?;
+    Ok(seg)
 }
 
 const UNSPECIFIED_V6: Addr = [0; 16];
@@ -284,6 +309,9 @@ impl Service {
             window_used: 0,
             counters: Counters::default(),
             history: std::collections::VecDeque::with_capacity(HISTORY),
+            spares: Vec::new(),
+            spare_bytes: 0,
+            spare_steady: false,
             stop: false,
         }
     }
@@ -362,9 +390,14 @@ impl Service {
                 );
             }
         }
+        // The clients with something to read (a message, or a hang-up: read to see it).
+        let mut ready = Vec::new();
         for (i, &(id, is_pidfd)) in who.iter().enumerate() {
             if !is_pidfd && rev[i + 1] & libc::POLLOUT != 0 {
                 self.flush(id);
+            }
+            if !is_pidfd && rev[i + 1] & !libc::POLLOUT != 0 {
+                ready.push(id);
             }
             if is_pidfd && rev[i + 1] != 0 {
                 // The process died: its service connection and everything it held go.
@@ -375,10 +408,39 @@ impl Service {
                 }
             }
         }
-        self.pass();
+        self.pass(&ready);
         self.expire_offers();
         self.reclaim_orphans();
+        self.make_spares();
         Ok(())
+    }
+
+    /// A new segment of `bytes` (both ends' blocks, each `SEGMENT_HEADER` and its ring): a
+    /// spare when one of that size is ready, else made now.
+    fn take_segment(&mut self, bytes: u64) -> io::Result<OwnedFd> {
+        // Spares are made for a size two pairings in a row used: while window space runs
+        // short and the sizes change from one pairing to the next, none are made to be thrown
+        // away.
+        self.spare_steady = self.spare_bytes == bytes;
+        if !self.spare_steady {
+            self.spares.clear();
+            self.spare_bytes = bytes;
+        }
+        match self.spares.pop() {
+            Some(s) => Ok(s),
+            None => fresh_segment(bytes),
+        }
+    }
+
+    /// Make spares up to `SPARES` of the last pairing's size, once two pairings in a row used
+    /// it (so none before the first pairings: a service nobody pairs through makes none).
+    fn make_spares(&mut self) {
+        while self.spare_steady && self.spares.len() < SPARES {
+            match fresh_segment(self.spare_bytes) {
+                Ok(s) => self.spares.push(s),
+                Err(_) => break,
+            }
+        }
     }
 
     fn id(&mut self) -> u64 {

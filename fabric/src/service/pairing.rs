@@ -69,16 +69,10 @@ impl Service {
         let Some(line_s) = self.clients.get(&server).and_then(|c| c.line.clone()) else {
             return declined(self, NO_OFFER);
         };
-        let Ok(segment) = sys::segment(bytes) else {
+        let Ok(segment) = self.take_segment(bytes) else {
             return declined(self, NO_WINDOW_SPACE);
         };
-        let Some(client_inode) = sys::tcp_view(offer.socket.as_raw_fd())
-            .ok()
-            .flatten()
-            .map(|v| v.inode)
-        else {
-            return declined(self, NO_OFFER);
-        };
+        let client_inode = offer.inode;
         let line_c = &offer.line;
         let (seg, lc, ls) = (
             segment.as_raw_fd(),
@@ -172,10 +166,8 @@ impl Service {
         if let Some(&conn) = self.offer_index.get(&key) {
             let sure = self.offers.get(&conn).is_some_and(|o| {
                 !o.provisional
-                    || sys::tcp_view(o.socket.as_raw_fd())
-                        .ok()
-                        .flatten()
-                        .is_some_and(|v| v.local == Some(key.1) && v.peer == Some(key.2))
+                    || sys::tcp_names(o.socket.as_raw_fd())
+                        .is_ok_and(|(l, p)| l == Some(key.1) && p == Some(key.2))
             });
             if sure {
                 return Some(conn);
@@ -193,17 +185,17 @@ impl Service {
             let Some(o) = self.offers.get_mut(&conn) else {
                 continue;
             };
-            let Some(v) = sys::tcp_view(o.socket.as_raw_fd()).ok().flatten() else {
+            let Ok((local, peer)) = sys::tcp_names(o.socket.as_raw_fd()) else {
                 continue;
             };
-            if let (Some(l), Some(p)) = (v.local, v.peer) {
+            if let (Some(l), Some(p)) = (local, peer) {
                 o.indexed = true;
                 self.offer_index.insert((o.netns, l, p), conn);
                 if (o.netns, l, p) == key {
                     found = Some(conn);
                     break;
                 }
-            } else if let Some(l) = v.local.filter(|l| l.1 != 0) {
+            } else if let Some(l) = local.filter(|l| l.1 != 0) {
                 // Still connecting (a full backlog keeps thousands so for seconds): indexed by
                 // the destination it claimed, so that it is not looked at again on every
                 // accept that misses (each look is several system calls).
@@ -225,8 +217,8 @@ impl Service {
                 let Some(o) = self.offers.get(&conn) else {
                     continue;
                 };
-                let v = sys::tcp_view(o.socket.as_raw_fd()).ok().flatten();
-                if v.is_some_and(|v| v.local == Some(key.1) && v.peer == Some(key.2)) {
+                let names = sys::tcp_names(o.socket.as_raw_fd());
+                if names.is_ok_and(|(l, p)| l == Some(key.1) && p == Some(key.2)) {
                     found = Some(conn);
                     break;
                 }

@@ -113,7 +113,8 @@ fn settle(epfd: c_int, regs: &mut SetState, poked: &[c_int]) {
 }
 
 /// Our registrations that are ready now, as (events, data); edge and one-shot state updated.
-/// Evaluates every registration if `full`, else the candidates (see [`SetState`]); leaves as
+/// Evaluates every registration if `full`, else the candidates and the registrations served
+/// last (`SetState::hot`); leaves as
 /// candidates for the next wait the level-triggered ones that are ready and those it had no
 /// room to report.
 fn harvest(
@@ -133,6 +134,12 @@ fn harvest(
         fds.extend(st.regs.keys().copied());
     } else {
         fds.extend(st.cand.drain());
+        // And the registrations served last (see `SetState::hot`).
+        for &h in &st.hot {
+            if !fds.contains(&h) {
+                fds.push(h);
+            }
+        }
     }
     for &fd in &fds {
         let Some(r) = st.regs.get_mut(&fd) else {
@@ -174,13 +181,25 @@ fn harvest(
             u64: r.data,
         });
         seen.push(fd);
+        if let Some(i) = st.hot.iter().position(|&h| h == fd) {
+            st.hot.remove(i);
+        } else if st.hot.len() >= HOT {
+            st.hot.remove(0);
+        }
+        st.hot.push(fd);
+    }
+    // Forget the registrations that went.
+    if st.hot.iter().any(|fd| !st.regs.contains_key(fd)) {
+        let regs = &st.regs;
+        st.hot.retain(|fd| regs.contains_key(fd));
     }
     st.scratch = fds;
 }
 
 /// Before a sleep: ask the peers to ring (see `Connection::rearm`) for every registration if
 /// that is due (a shared line rang, or `FULL_EVERY` passed), else only for the candidates
-/// (flags the peers took since are those of connections that rang: the line said so). True if
+/// (flags the peers took since are those of connections that rang: the line said so) and the
+/// registrations added or changed since the last sleep (`SetState::arm_later`). True if
 /// anything was armed (the caller then re-checks for `ARM_GRACE`).
 fn arm(st: &mut SetState, now: Instant) -> bool {
     let all = st.arm_all_now(now);
@@ -188,6 +207,7 @@ fn arm(st: &mut SetState, now: Instant) -> bool {
         st.arm_due = false;
         st.armed_at = Some(now);
     }
+    let later = std::mem::take(&mut st.to_arm);
     let mut any = false;
     let mut one = |r: &Reg| {
         if r.disabled {
@@ -203,9 +223,12 @@ fn arm(st: &mut SetState, now: Instant) -> bool {
     } else {
         st.cand
             .iter()
+            .chain(later.iter().filter(|fd| !st.cand.contains(fd)))
             .filter_map(|fd| st.regs.get(fd))
             .for_each(one);
     }
+    // Armed only now: what their peers published before is looked for in the re-check.
+    st.cand.extend(later);
     any
 }
 
@@ -280,6 +303,8 @@ pub fn wait(
         // Our fds already reported by this call (each at most once per call, as the kernel does).
         let mut seen: Vec<c_int> = Vec::new();
         let spin_phase;
+        // Counted in the set's sleepers for the kernel wait below.
+        let mut asleep = false;
         {
             let Ok(mut regs) = set.lock() else {
                 return Detour::Ours(Err(libc::EIO));
@@ -310,7 +335,8 @@ pub fn wait(
             }
             spin_phase = out.is_empty() && now - t0 < spin;
             let full = regs.arm_all_now(now);
-            if out.is_empty() && !spin_phase && arm(&mut regs, now) {
+            let sleep_next = out.is_empty() && !spin_phase;
+            if sleep_next && arm(&mut regs, now) {
                 // Armed: re-check for a moment, so a peer that published just before it could
                 // see our flag is not missed (see `transport::ARM_GRACE`). What changed while
                 // the flags were down is looked for once in every registration armed.
@@ -324,6 +350,13 @@ pub fn wait(
                     }
                     std::hint::spin_loop();
                 }
+            }
+            // Counted before the lock goes: a registration added or changed from now on is
+            // armed at once (`SetState::arm_later`).
+            if sleep_next && out.is_empty() {
+                regs.sleepers += 1;
+                regs.slept = true;
+                asleep = true;
             }
         }
         let ready_now = !out.is_empty();
@@ -350,6 +383,11 @@ pub fn wait(
             0
         };
         let err = sys::errno();
+        if std::mem::take(&mut asleep) {
+            if let Ok(mut regs) = set.lock() {
+                regs.sleepers -= 1;
+            }
+        }
         if n == 0 && !wait_for.is_zero() {
             naps.quiet();
         }

@@ -654,9 +654,13 @@ fn sendfile_if_ours(
                 })
             }))
         }
-        // Not carried by the late upgrade yet: the candidacy ends.
+        // Not carried by the late upgrade yet: the candidacy ends (the connection may move
+        // onto the ring as it does, if a late offer it posted was taken: then it is ours).
         Ok(DataPath::Late(s)) => {
             crate::late::end(&s);
+            if s.conn.get().is_some() {
+                return sendfile_if_ours(out_fd, in_fd, off, n);
+            }
             None
         }
         Ok(DataPath::Kernel) => None,

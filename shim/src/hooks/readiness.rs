@@ -323,6 +323,39 @@ fn epoll_wait_any(
         // offer, and sleep in naps to look again (`late`).
         let nap = match guard(|| Ok(crate::late::look_set(epfd))) {
             Ok(crate::late::SetLook::Paired) => continue,
+            Ok(crate::late::SetLook::Bell(bell)) => {
+                // Sleep until the set has events or the late bell rings (no nap).
+                let mut two = [
+                    libc::pollfd {
+                        fd: epfd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: bell,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                ];
+                let r = real_ppoll(&mut two, left, mask);
+                if r < 0 {
+                    return r;
+                }
+                if two[1].revents != 0 {
+                    let _ = guard(|| {
+                        crate::late::ring();
+                        Ok(0)
+                    });
+                }
+                left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+                if two[0].revents == 0 {
+                    if r == 0 {
+                        return 0; // the deadline passed
+                    }
+                    continue;
+                }
+                Some(Duration::ZERO)
+            }
             Ok(crate::late::SetLook::Nap) => {
                 Some(left.map_or(crate::late::LOOK_NAP, |l| l.min(crate::late::LOOK_NAP)))
             }

@@ -81,6 +81,10 @@ pub(super) fn retire(s: Arc<Sock>, fd: Option<c_int>) -> Option<Closing> {
         {
             let _ = settle_offer(&s, fd, true);
         }
+        // A late-upgrade candidate's pending offer (and the sends it holds) likewise.
+        if fd.is_some() && s.conn.get().is_none() {
+            crate::late::end_on(&s, fd);
+        }
         if let Ok(mut st) = s.state.lock() {
             match std::mem::replace(&mut *st, State::Ntb) {
                 State::Listening(Some(l)) => closing = Some(Closing(l)),

@@ -99,7 +99,7 @@ pub fn poll(
         .iter()
         .filter_map(|p| {
             let s = table::pin(p.fd)?;
-            crate::late::answers(&s).then(|| (p.fd, s.to_arc()))
+            crate::late::candidate(&s).then(|| (p.fd, s.to_arc()))
         })
         .collect();
     if conns.iter().all(|c| c.is_none()) {
@@ -337,6 +337,40 @@ fn late_poll(
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if cands.iter().any(|(_, s)| s.conn.get().is_some()) {
             return poll(fds, remaining, real_poll);
+        }
+        // Every candidate that still answers sleeps on this process's late bell: the kernel's
+        // wait over the fds and the bell, with no nap.
+        let bells: Vec<Option<c_int>> = cands
+            .iter()
+            .filter(|(_, s)| crate::late::answers(s))
+            .map(|(fd, s)| crate::late::bell(s, *fd))
+            .collect();
+        if let Some(Some(bell)) = bells
+            .first()
+            .copied()
+            .filter(|b| bells.iter().all(|x| x == b))
+        {
+            let mut all: Vec<libc::pollfd> = fds.to_vec();
+            all.push(libc::pollfd {
+                fd: bell,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            let mut r = real_poll(&mut all, remaining);
+            if r < 0 {
+                return Detour::Ours(Err(sys::errno()));
+            }
+            for (p, q) in fds.iter_mut().zip(&all) {
+                p.revents = q.revents;
+            }
+            if all[fds.len()].revents != 0 {
+                crate::late::ring();
+                r -= 1;
+            }
+            if r != 0 || remaining.is_some_and(|r| r.is_zero()) {
+                return Detour::Ours(Ok(r));
+            }
+            continue;
         }
         let nap = remaining.map_or(crate::late::LOOK_NAP, |r| r.min(crate::late::LOOK_NAP));
         let live = cands.iter().any(|(_, s)| crate::late::answers(s));

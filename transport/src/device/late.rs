@@ -14,6 +14,38 @@ const LATE_PATIENCE: Duration = Duration::from_millis(400);
 /// How long a client whose late offer the server took waits for the answer (written right
 /// after the take).
 const TAKEN_PATIENCE: Duration = Duration::from_secs(10);
+/// The lease tag of a process's late bell ("PCLB").
+const LATE_BELL_TAG: u32 = 0x5043_4c42;
+
+/// A client's late offer posted without waiting for its answer (an event loop's non-blocking
+/// call): settled by a later call ([`DeviceTransport::late_settle`]).
+pub struct LateOffer {
+    slot: SlotGuard,
+    half: conn::HalfOpen,
+    cookie: u64,
+    sent: u64,
+    local: Endpoint,
+    remote: Endpoint,
+    posted: Instant,
+    /// The withdraw found the offer taken: its answer is coming.
+    taken: bool,
+}
+
+impl LateOffer {
+    /// The line the server's answer rings (this offer's own vector).
+    pub fn line(&self) -> RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.half.vector)
+    }
+}
+
+/// What a look at a late offer's answer found.
+pub enum LateOutcome {
+    Paired(Box<Connection>),
+    /// No answer yet (and still within its patience, or taken).
+    Pending(LateOffer),
+    /// Withdrawn unanswered (`NoAnswer`), declined, or broken (`BadPeer`: reset the socket).
+    Failed(Reason),
+}
 
 impl DeviceTransport {
     /// Client side: offer the late upgrade of the connection on `tcp_fd` (`local` → `remote`),
@@ -30,43 +62,93 @@ impl DeviceTransport {
         sent: u64,
         read: u64,
     ) -> Result<Connection, Reason> {
+        let mut o = self.late_offer(local, remote, sent)?;
+        loop {
+            match self.late_settle(o, tcp_fd, read) {
+                LateOutcome::Paired(c) => return Ok(*c),
+                LateOutcome::Failed(r) => return Err(r),
+                LateOutcome::Pending(p) => o = p,
+            }
+            let line = std::os::fd::AsRawFd::as_raw_fd(&o.half.vector);
+            let _ = sys::poll1(line, libc::POLLIN, Some(Duration::from_millis(5)));
+            ntbdrv::drain_vector(&o.half.vector);
+        }
+    }
+
+    /// Client side: post a late offer for the connection `local` → `remote` whose application
+    /// has sent `sent` plain bytes, and ring the server's late bell; the answer is taken by
+    /// [`DeviceTransport::late_settle`]. The caller sends nothing on the socket until then.
+    pub(crate) fn late_offer(
+        &self,
+        local: Endpoint,
+        remote: Endpoint,
+        sent: u64,
+    ) -> Result<LateOffer, Reason> {
         let (half, offer) = self.client_offer(local, remote, Some(sent))?;
         let cookie = offer.cookie;
         let Some(slot) = self.ctrl.post_offer(&offer) else {
             half.release(&*self.dev);
             return Err(Reason::TableFull);
         };
-        let line = std::os::fd::AsRawFd::as_raw_fd(&half.vector);
-        let t0 = Instant::now();
-        let mut taken = false;
-        let a = loop {
-            if let Some(Ok(a)) = self.ctrl.answer(&slot) {
-                if a.cookie == cookie {
-                    break a;
+        // Wake the server's candidates (their process's late bell, if its listener has one).
+        for v in self.ctrl.listener_bells(&remote, self.same_host) {
+            if v < self.dev.vector_count() {
+                let _ = self.dev.peer_vector_trigger(v);
+            }
+        }
+        Ok(LateOffer {
+            slot,
+            half,
+            cookie,
+            sent,
+            local,
+            remote,
+            posted: Instant::now(),
+            taken: false,
+        })
+    }
+
+    /// Client side: take the answer to a late offer if it came (`read`: the plain bytes the
+    /// application has read so far, which the server's count must cover); withdraw it once
+    /// its patience has passed (unless the server took it: then wait for the answer). Never
+    /// waits. The caller holds the socket's other data calls off.
+    pub(crate) fn late_settle(&self, mut o: LateOffer, tcp_fd: RawFd, read: u64) -> LateOutcome {
+        let a = match self.ctrl.answer(&o.slot) {
+            Some(Ok(a)) if a.cookie == o.cookie => a,
+            _ => {
+                let waited = o.posted.elapsed();
+                if !o.taken && waited >= LATE_PATIENCE {
+                    if self.ctrl.withdraw(&o.slot) {
+                        self.ctrl.finish_offer(o.slot);
+                        o.half.release(&*self.dev);
+                        return LateOutcome::Failed(Reason::NoAnswer);
+                    }
+                    // The server took it: the answer is coming.
+                    o.taken = true;
                 }
-            }
-            if !taken && t0.elapsed() >= LATE_PATIENCE {
-                if self.ctrl.withdraw(&slot) {
-                    self.ctrl.finish_offer(slot);
-                    half.release(&*self.dev);
-                    return Err(Reason::NoAnswer);
+                if o.taken && waited >= TAKEN_PATIENCE {
+                    self.ctrl.finish_offer(o.slot);
+                    self.shared
+                        .retire(o.half.own_block.clone(), o.half.lease, o.half.bell, false);
+                    return LateOutcome::Failed(Reason::BadPeer);
                 }
-                // The server took it: the answer is coming.
-                taken = true;
+                return LateOutcome::Pending(o);
             }
-            if taken && t0.elapsed() >= TAKEN_PATIENCE {
-                self.ctrl.finish_offer(slot);
-                self.shared
-                    .retire(half.own_block.clone(), half.lease, half.bell, false);
-                return Err(Reason::BadPeer);
-            }
-            let _ = sys::poll1(line, libc::POLLIN, Some(Duration::from_millis(5)));
-            ntbdrv::drain_vector(&half.vector);
         };
+        let LateOffer {
+            slot,
+            half,
+            sent,
+            local,
+            remote,
+            ..
+        } = o;
         self.ctrl.finish_offer(slot);
         if a.decline != 0 {
             half.release(&*self.dev);
-            return Err(Reason::from_code(a.decline).unwrap_or(Reason::PeerDeclined));
+            return LateOutcome::Failed(
+                Reason::from_code(a.decline).unwrap_or(Reason::PeerDeclined),
+            );
         }
         // The server's plain count must cover what we read of it.
         let ring = a
@@ -75,9 +157,9 @@ impl DeviceTransport {
         let Some(tx_ring) = ring.ok().filter(|_| a.sent >= read) else {
             self.shared
                 .retire(half.own_block.clone(), half.lease, half.bell, false);
-            return Err(Reason::BadPeer);
+            return LateOutcome::Failed(Reason::BadPeer);
         };
-        let c = Connection::new(
+        let c = match Connection::new(
             self.shared.clone(),
             half,
             a.ring,
@@ -86,10 +168,56 @@ impl DeviceTransport {
             Role::Client,
             local,
             remote,
-        )?;
+        ) {
+            Ok(c) => c,
+            Err(r) => return LateOutcome::Failed(r),
+        };
         c.start_late(sent, a.sent, read);
         self.shared.counters.late_upgrades.fetch_add(1, Relaxed);
-        Ok(c)
+        LateOutcome::Paired(Box::new(c))
+    }
+
+    /// Server side: this process's late bell, if it published a listener that takes
+    /// connections to `local`: a line that a client rings after posting a late offer to it
+    /// (and that a link event kicks), so that a server candidate sleeps until then instead of
+    /// napping. Leased at the first ask (one vector per process, for all its listeners).
+    /// `None`: no listener of ours there (a candidate accepted on an inherited listener), or
+    /// no vector to lease: the candidate looks in naps.
+    pub(crate) fn late_bell(&self, local: &Endpoint) -> Option<RawFd> {
+        if !self.ctrl.serves(local) {
+            return None;
+        }
+        let me = std::process::id();
+        let mut b = lock(&self.late_bell);
+        if let Some((pid, _, line)) = &*b {
+            if *pid == me {
+                return Some(std::os::fd::AsRawFd::as_raw_fd(&**line));
+            }
+            // A forked child's copy: the lease and the line are its parent's.
+            *b = None;
+        }
+        let lease = self.dev.lease_vector(LATE_BELL_TAG).ok()?;
+        let Ok(line) = self.dev.vector_fd(lease.vector) else {
+            let _ = self.dev.release(ntbdrv::Lease::Vector(lease));
+            return None;
+        };
+        ntbdrv::drain_vector(&line);
+        let line = Arc::new(line);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*line);
+        self.ctrl.set_bell(lease.vector);
+        *b = Some((me, lease, line));
+        Some(fd)
+    }
+
+    /// Empty this process's late bell.
+    pub(crate) fn drain_late_bell(&self) {
+        let line = lock(&self.late_bell)
+            .as_ref()
+            .filter(|(pid, _, _)| *pid == std::process::id())
+            .map(|(_, _, l)| l.clone());
+        if let Some(l) = line {
+            ntbdrv::drain_vector(&l);
+        }
     }
 
     /// Server side: if the client of the connection on `tcp_fd` (`local` ← `peer`, accepted

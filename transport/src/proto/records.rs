@@ -160,6 +160,11 @@ pub struct SocketId {
 /// published (atomically, once the kernel listens).
 pub const LISTENER_INODE: usize = 40;
 pub const LISTENER_NETNS: usize = 48;
+/// Offset in a listener record of the listening process's *late bell*: an interrupt vector + 1
+/// (0: none) that a client rings after posting a late offer (PROTOCOL.md §6, *Late upgrade*).
+/// Written by the listening process after the record is published too; an older build leaves
+/// it zero (its server candidates look on their own, in naps).
+pub const LISTENER_BELL: usize = 56;
 
 impl ListenerEntry {
     pub fn encode(&self) -> [u8; LISTENER_SIZE - 8] {
