@@ -43,12 +43,33 @@ fn write_size_4m() {
     sweep("iperf2_l4m", 4 * MIB, 256 * MIB);
 }
 
+/// Four streams at once. iperf 2.1.8's server writes into its own freed per-stream objects when streams end while
+/// others run (valgrind memcheck of `iperf -s` against `iperf -c -P 100 -n 1M` over plain TCP, no library: 3,684
+/// errors, invalid writes into freed 2,152-byte blocks), and it has aborted with glibc's "malloc(): … corrupted" twice
+/// in this suite's runs (sessions 7 and 9, once each in about a hundred runs, one stream having finished in 15 ms
+/// while the others started); memcheck of the same -P 4 runs under the library finds nothing. So that abort, and only
+/// it, is run once more and reported; any other failure, or the abort twice, fails the test.
 #[test]
 fn parallel_4_streams() {
-    run(Spec {
+    let spec = || Spec {
         parallel: 4,
         ..Spec::new("iperf2_p4", Tool::Iperf2, 64 * MIB)
-    });
+    };
+    let first = std::panic::catch_unwind(|| run(spec()));
+    if let Err(e) = first {
+        let msg = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        let iperf_heap =
+            msg.contains("iperf2-server") && msg.contains("SIGABRT") && msg.contains("malloc(): ");
+        if !iperf_heap {
+            std::panic::resume_unwind(e);
+        }
+        eprintln!("parallel_4_streams: iperf 2.1.8's server aborted on its own heap (see the doc above); once more:\n{msg}");
+        run(spec());
+    }
 }
 
 #[test]
