@@ -200,6 +200,9 @@ struct SetState {
     /// Registrations added or changed while nobody slept in the set, not armed then: the next
     /// wait arms them before it sleeps.
     to_arm: std::collections::HashSet<c_int>,
+    /// The set is (or was) inside another epoll set, or watched by poll or select: whoever
+    /// sleeps for it there never arms its registrations, so they are armed at once.
+    nested: bool,
 }
 
 /// The most registrations a spinning wait looks at beyond the candidates (see `SetState::hot`).
@@ -235,10 +238,10 @@ impl SetState {
     /// arms it before any sleep. Arming at once asked the peer for a ring nobody may need, and
     /// a ready registration cost a ring of our own line: an event loop that adds EPOLLOUT
     /// before each request and takes it away once the request is written (wrk) paid both per
-    /// request. A set nobody has slept in directly may be inside another set or polled, and is
-    /// armed at once, as the kernel's epoll_ctl wakes.
+    /// request. A set nobody has slept in directly, or one inside another set or polled
+    /// ([`SetState::nested`]), is armed at once, as the kernel's epoll_ctl wakes.
     fn arm_later(&mut self, fd: c_int) -> bool {
-        if self.sleepers == 0 && self.slept && !self.device {
+        if self.sleepers == 0 && self.slept && !self.device && !self.nested {
             self.to_arm.insert(fd);
             true
         } else {
@@ -261,6 +264,38 @@ pub static IN_USE: AtomicBool = AtomicBool::new(false);
 /// holds a set's lock, and looking for them there would deadlock.
 static INVOLVED: [AtomicU32; table::MAX_FD] = [const { AtomicU32::new(0) }; table::MAX_FD];
 const A_SET: u32 = 1 << 31;
+
+/// Per fd number: it was given to some epoll set to watch (`EPOLL_CTL_ADD`). An epoll set among
+/// them sits inside another set, which sleeps for it in the kernel: see [`SetState::nested`].
+/// (A number closed and reused keeps its mark: the set made on it then arms at once, as before.)
+static WATCHED: [AtomicBool; table::MAX_FD] = [const { AtomicBool::new(false) }; table::MAX_FD];
+
+/// Is `fd` one of the epoll sets we keep?
+fn is_set(fd: c_int) -> bool {
+    INVOLVED
+        .get(fd as usize)
+        .is_some_and(|n| n.load(Relaxed) & A_SET != 0)
+}
+
+/// `fd` (not one of ours) is being added to an epoll set (`epfd`'s `EPOLL_CTL_ADD`): if it is
+/// one of our sets, it is nested from now on.
+pub fn watched(fd: c_int) {
+    if let Some(w) = WATCHED.get(fd as usize) {
+        w.store(true, Relaxed);
+    }
+    polled(fd);
+}
+
+/// `fd` is being watched by poll or select: if it is one of our sets, it is nested from now on.
+pub fn polled(fd: c_int) {
+    if is_set(fd) {
+        if let Some(set) = set_of(fd) {
+            if let Ok(mut st) = set.lock() {
+                st.nested = true;
+            }
+        }
+    }
+}
 
 /// Does closing `fd` concern a set we keep (one of its registrations, or the set itself)?
 pub fn involves(fd: c_int) -> bool {
@@ -458,7 +493,14 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
         if let Some(n) = INVOLVED.get(epfd as usize) {
             n.fetch_or(A_SET, Relaxed);
         }
-        all.entry(epfd).or_default().clone()
+        all.entry(epfd)
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(SetState {
+                    nested: WATCHED.get(epfd as usize).is_some_and(|w| w.load(Relaxed)),
+                    ..SetState::default()
+                }))
+            })
+            .clone()
     };
     let Ok(mut regs) = set.lock() else {
         return Detour::Ours(Err(libc::EIO));

@@ -34,6 +34,9 @@ fn poll_with(
     }
     // SAFETY: the application's array of `n` pollfds.
     let set = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
+    if crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed) {
+        set.iter().for_each(|p| crate::epoll::polled(p.fd));
+    }
     let real = |s: &mut [libc::pollfd], t: Option<Duration>| real_ppoll(s, t, mask);
     match guard(|| match ops::poll(set, timeout, &real) {
         Detour::Bypass => Err(i32::MIN),
@@ -120,6 +123,11 @@ fn select_with(
     }
     // SAFETY: each set is null or the application's fd_set; FD_ISSET reads within it.
     let isset = |s: *mut libc::fd_set, fd: c_int| !s.is_null() && unsafe { libc::FD_ISSET(fd, s) };
+    if crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed) {
+        (0..nfds)
+            .filter(|&fd| isset(r, fd) || isset(w, fd) || isset(e, fd))
+            .for_each(crate::epoll::polled);
+    }
     if !(0..nfds).any(|fd| (isset(r, fd) || isset(w, fd) || isset(e, fd)) && table::contains(fd)) {
         return None;
     }
@@ -247,6 +255,9 @@ pub unsafe extern "C" fn epoll_ctl(
     event: *mut libc::epoll_event,
 ) -> c_int {
     if !table::contains(fd) {
+        if op == libc::EPOLL_CTL_ADD {
+            crate::epoll::watched(fd);
+        }
         return call_real!(epoll_ctl(epfd, op, fd, event));
     }
     // SAFETY: `event` is null or the application's epoll_event.
