@@ -531,14 +531,14 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                                 return Detour::Ours(Err(e));
                             }
                         }
-                        // Armed here, as ADD does, before the look at readiness: a thread may
-                        // already sleep in this set, armed while the registration was a spent
-                        // one-shot (skipped) or asked for other events, and the peer took the
-                        // flag when it rang for what fired. A wait's own arming does not make
-                        // up for it either: a set of shared lines arms only its candidates,
-                        // which the look before it has used up. Unarmed, the peer's next
-                        // message or credit rang nothing and the sleeper woke by its nap
-                        // (behaviour epoll_wakeups: 199 waits of 400 ended late).
+                        // Armed here, as ADD does, before the look at readiness, unless no
+                        // thread sleeps in this set and the next wait will arm it
+                        // (`SetState::arm_later`): a thread may already sleep in this set,
+                        // armed while the registration was a spent one-shot (skipped) or asked
+                        // for other events, and the peer took the flag when it rang for what
+                        // fired. Unarmed, the peer's next message or credit rang nothing and
+                        // the sleeper woke by its nap (behaviour epoll_wakeups: 199 waits of
+                        // 400 ended late).
                         if let Some(c) = sock.conn.get() {
                             r.interest = Some(interest(c, events));
                         }
