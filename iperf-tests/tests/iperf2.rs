@@ -45,31 +45,69 @@ fn write_size_4m() {
 
 /// Four streams at once. iperf 2.1.8's server writes into its own freed per-stream objects when streams end while
 /// others run (valgrind memcheck of `iperf -s` against `iperf -c -P 100 -n 1M` over plain TCP, no library: 3,684
-/// errors, invalid writes into freed 2,152-byte blocks), and it has aborted with glibc's "malloc(): … corrupted" twice
-/// in this suite's runs (sessions 7 and 9, once each in about a hundred runs, one stream having finished in 15 ms
-/// while the others started); memcheck of the same -P 4 runs under the library finds nothing. So that abort, and only
-/// it, is run once more and reported; any other failure, or the abort twice, fails the test.
+/// errors, invalid writes into freed 2,152-byte blocks). Under the library one stream can finish its 64 MiB in 15 ms
+/// while the server's other three threads have read only iperf's header, and the server then aborts in glibc's heap
+/// checks ("malloc(): unsorted double linked list corrupted", "corrupted double-linked list": 2 of 5 clean-clone CI
+/// runs in session 9, never in 30 runs of this test alone; memcheck of the same -P 4 runs under the library is clean).
+/// So that abort of the iperf *server*, and only it, is run again, up to [`IPERF_HEAP_TRIES`] times in all, each one
+/// reported; any other failure fails the test at once.
 #[test]
 fn parallel_4_streams() {
     let spec = || Spec {
         parallel: 4,
         ..Spec::new("iperf2_p4", Tool::Iperf2, 64 * MIB)
     };
-    let first = std::panic::catch_unwind(|| run(spec()));
-    if let Err(e) = first {
+    for attempt in 1..=IPERF_HEAP_TRIES {
+        let Err(e) = std::panic::catch_unwind(|| run(spec())) else {
+            return;
+        };
         let msg = e
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_default();
-        let iperf_heap =
-            msg.contains("iperf2-server") && msg.contains("SIGABRT") && msg.contains("malloc(): ");
-        if !iperf_heap {
+        if attempt == IPERF_HEAP_TRIES || !iperf_server_heap_abort(&msg) {
             std::panic::resume_unwind(e);
         }
-        eprintln!("parallel_4_streams: iperf 2.1.8's server aborted on its own heap (see the doc above); once more:\n{msg}");
-        run(spec());
+        eprintln!("parallel_4_streams: attempt {attempt}: iperf 2.1.8's server aborted on its own heap (see the doc above); again:\n{msg}");
     }
+}
+
+/// How many times `parallel_4_streams` runs when iperf's server aborts on its heap.
+const IPERF_HEAP_TRIES: u32 = 3;
+
+/// Is a failure report that of iperf's server killed by SIGABRT in glibc's heap checks?
+fn iperf_server_heap_abort(msg: &str) -> bool {
+    let server = msg
+        .lines()
+        .skip_while(|l| !l.contains("[iperf2-server]") || !l.contains("SIGABRT"))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join("\n");
+    [
+        "malloc(): ",
+        "free(): ",
+        "corrupted double-linked list",
+        "double free or corruption",
+    ]
+    .iter()
+    .any(|m| server.contains(m))
+}
+
+#[test]
+fn iperf_heap_aborts_are_told_from_other_failures() {
+    let abort = "- iperf2 server: exited\n  [iperf2-server] pid 1 `iperf -s` status: signal: 6 (SIGABRT)\n  stdout: x\n  stderr: corrupted double-linked list";
+    assert!(iperf_server_heap_abort(abort));
+    let client = "  [iperf2-client] pid 2 `iperf -c` status: signal: 6 (SIGABRT)\n  stderr: malloc(): corrupted top size";
+    assert!(
+        !iperf_server_heap_abort(client),
+        "a client's abort is not the server's"
+    );
+    let other = "  [iperf2-server] pid 1 `iperf -s` status: signal: 6 (SIGABRT)\n  stdout: x\n  stderr: thread panicked";
+    assert!(
+        !iperf_server_heap_abort(other),
+        "an abort that is not glibc's heap check fails at once"
+    );
 }
 
 #[test]
