@@ -35,7 +35,21 @@ fn link(emu_dir: &Path, down: bool) {
     } else {
         &["emu", "clear"]
     };
-    emu(emu_dir, args);
+    // A server's listen makes the device just after the kernel's listen, which is what the
+    // tests wait for (`wait_listening`): a fault set in between finds no device yet.
+    let t0 = Instant::now();
+    loop {
+        match try_emu_with(emu_dir, &[], args) {
+            Ok(_) => return,
+            Err(e)
+                if e.contains("no pcisock device on this host yet")
+                    && t0.elapsed() < Duration::from_secs(5) =>
+            {
+                thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("pcisock {args:?}: {e}"),
+        }
+    }
 }
 
 /// `pcisock ARGS` on the fixture's device; its output.
@@ -45,6 +59,11 @@ fn emu(emu_dir: &Path, args: &[&str]) -> String {
 
 /// `pcisock ARGS` on the fixture's device, with `env` set (a two-host device's topology).
 fn emu_with(emu_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    try_emu_with(emu_dir, env, args).unwrap_or_else(|e| panic!("pcisock {args:?}: {e}"))
+}
+
+/// As [`emu_with`]: its output, or its error output if it failed.
+fn try_emu_with(emu_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Result<String, String> {
     let cli = Lib::cli().unwrap_or_else(|e| panic!("{e}"));
     let out = Command::new(cli)
         .envs(env.iter().copied())
@@ -52,12 +71,11 @@ fn emu_with(emu_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> String {
         .env("PCISOCK_EMU_DIR", emu_dir)
         .output()
         .expect("run pcisock emu");
-    assert!(
-        out.status.success(),
-        "pcisock {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
 /// The server's established TCP sockets on `port` (the test's connections) at one moment, as the kernel counts
