@@ -13,6 +13,10 @@
 #   nginx_bench_conf DIR PORT
 #                     writes DIR/nginx.conf: one worker in the foreground, no access log,
 #                     sendfile, serving DIR/www on 127.0.0.1:PORT (bodies in DIR/tmp).
+#   nginx_keepalive_conf DIR PORT [CONNS]
+#                     writes DIR/nginx.conf: one worker in the foreground (user root when run as
+#                     root), keep-alive without a request limit, a 17-byte `return 200` on
+#                     127.0.0.1:PORT, CONNS worker connections and descriptors (default 1024).
 
 bench_init() {
     bench_name=$1
@@ -67,6 +71,28 @@ http {
     client_body_temp_path $1/tmp;
     sendfile on;
     server { listen 127.0.0.1:$2; root $1/www; }
+}
+CONF
+}
+
+nginx_keepalive_conf() {
+    local user="" conns="${3:-1024}"
+    [[ $EUID -eq 0 ]] && user="user root;"
+    cat >"$1/nginx.conf" <<CONF
+$user
+worker_processes 1;
+worker_rlimit_nofile $conns;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections $conns; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    server {
+        listen 127.0.0.1:$2;
+        location / { return 200 "hello from nginx\n"; }
+    }
 }
 CONF
 }

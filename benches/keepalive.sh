@@ -65,24 +65,7 @@ one() { # $1 conns, $2 variant (tcp | pcisock | base), $3 round
     local n=$1 v=$2 r=$3 d="$work/run" env=()
     rm -rf "$d"; mkdir -m 755 "$d" "$d/stats"
     next_port
-    local user=""
-    [[ $EUID -eq 0 ]] && user="user root;"
-    cat >"$d/nginx.conf" <<EOF
-$user
-worker_processes 1;
-daemon off;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    server {
-        listen 127.0.0.1:$port;
-        location / { return 200 "hello from nginx\n"; }
-    }
-}
-EOF
+    nginx_keepalive_conf "$d" "$port" 4096
     case $v in
         pcisock) env=(LD_PRELOAD="$lib" PCISOCK_FABRIC="$svc_dir/fabric.sock") ;;
         base) env=(LD_PRELOAD="$BASE/libpcisock.so" PCISOCK_FABRIC="$svc_dir/base.sock") ;;

@@ -60,24 +60,7 @@ one() { # $1 variant (tcp | index into libs), $2 round
     local v=$1 r=$2 d="$work/run" env=()
     rm -rf "$d"; mkdir -m 755 "$d"
     next_port
-    local user=""
-    [[ $EUID -eq 0 ]] && user="user root;"
-    cat >"$d/nginx.conf" <<EOF
-$user
-worker_processes 1;
-daemon off;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    server {
-        listen 127.0.0.1:$port;
-        location / { return 200 "hello from nginx\n"; }
-    }
-}
-EOF
+    nginx_keepalive_conf "$d" "$port"
     [[ $v == tcp ]] || env=(LD_PRELOAD="${libs[$v]}" PCISOCK_FABRIC="$svc_dir/fabric.sock"
         PCISOCK_PORTS="$port" PCISOCK_STRICT=1 PCISOCK_SPIN_US="$SPIN")
     env "${env[@]}" timeout $((SECS + 120)) valgrind --tool=callgrind --trace-children=yes \

@@ -32,25 +32,7 @@ one_nginx() { # $1 n, $2 variant (tcp | pcisock), $3 round
     local n=$1 v=$2 r=$3 d="$work/r" env=()
     rm -rf "$d"; mkdir -m 755 "$d"
     next_port
-    local user=""
-    [[ $EUID -eq 0 ]] && user="user root;"
-    cat >"$d/nginx.conf" <<EOF
-$user
-worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 20000; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    server {
-        listen 127.0.0.1:$port;
-        location / { return 200 "hello from nginx\n"; }
-    }
-}
-EOF
+    nginx_keepalive_conf "$d" "$port" 20000
     if [[ $v == pcisock ]]; then
         env=(LD_PRELOAD="$lib" PCISOCK_FABRIC="$svc" PCISOCK_PORTS="$port" PCISOCK_STATS_FILE="$d/%p.json")
     fi

@@ -341,29 +341,11 @@ pub fn poll_fds(
 /// Wait up to `timeout` for `events` on `fd` through the raw system call: the events seen
 /// (0 on timeout), or the errno (EINTR: a signal).
 pub fn poll1(fd: c_int, events: i16, timeout: std::time::Duration) -> Result<i16, c_int> {
-    let mut p = libc::pollfd {
+    let mut p = [libc::pollfd {
         fd,
         events,
         revents: 0,
-    };
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as _,
-    };
-    // SAFETY: one live pollfd and a live timespec; no signal mask.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_ppoll,
-            &mut p as *mut libc::pollfd,
-            1usize,
-            &ts as *const libc::timespec,
-            std::ptr::null::<u8>(),
-            8usize,
-        )
-    };
-    if r < 0 {
-        Err(errno())
-    } else {
-        Ok(p.revents)
-    }
+    }];
+    poll_fds(&mut p, Some(timeout))?;
+    Ok(p[0].revents)
 }

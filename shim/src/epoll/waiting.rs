@@ -133,13 +133,9 @@ fn harvest(
         st.cand.clear();
         fds.extend(st.regs.keys().copied());
     } else {
+        // The candidates and the registrations served last (see `SetState::hot`).
+        st.cand.extend(st.hot.iter().copied());
         fds.extend(st.cand.drain());
-        // And the registrations served last (see `SetState::hot`).
-        for &h in &st.hot {
-            if !fds.contains(&h) {
-                fds.push(h);
-            }
-        }
     }
     for &fd in &fds {
         let Some(r) = st.regs.get_mut(&fd) else {
