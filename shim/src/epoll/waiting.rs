@@ -31,16 +31,18 @@ pub(super) fn to_epoll(r: transport::Readiness, interest: u32) -> u32 {
 /// client with thousands of connects waiting for their answers pays per answer, not per
 /// waiting connect and wait.
 fn settle(epfd: c_int, regs: &mut SetState, poked: &[c_int]) {
-    if !regs.pending {
+    if regs.pending.is_empty() {
         return;
     }
-    let pending: Vec<c_int> = regs
-        .iter()
-        .filter(|(_, r)| matches!(r.form, Form::Pending { .. }))
-        .map(|(fd, _)| *fd)
-        .collect();
+    let SetState {
+        regs: all, pending, ..
+    } = &mut *regs;
+    pending.retain(|fd| {
+        all.get(fd)
+            .is_some_and(|r| matches!(r.form, Form::Pending { .. }))
+    });
+    let pending: Vec<c_int> = pending.iter().copied().collect();
     if pending.is_empty() {
-        regs.pending = false;
         return;
     }
     let news: std::collections::HashSet<c_int> = match global::get().transport() {
@@ -132,6 +134,9 @@ fn harvest(
         st.full_due = false;
         st.cand.clear();
         fds.extend(st.regs.keys().copied());
+        // Listed again as they are looked at (a registration that went leaves no word).
+        st.tallies.clear();
+        st.regs.values_mut().for_each(|r| r.tallied = false);
     } else {
         // The candidates and the registrations served last (see `SetState::hot`).
         st.cand.extend(st.hot.iter().copied());
@@ -141,6 +146,12 @@ fn harvest(
         let Some(r) = st.regs.get_mut(&fd) else {
             continue;
         };
+        if !r.tallied {
+            if let Some(c) = r.sock.conn.get() {
+                st.tallies.list(fd, c);
+                r.tallied = true;
+            }
+        }
         if r.disabled {
             continue;
         }
@@ -217,9 +228,18 @@ fn arm(st: &mut SetState, now: Instant) -> bool {
     if all {
         st.regs.values().for_each(&mut one);
     } else {
+        // And those served last: a peer that rang for one took its flag, and a look that
+        // found its next message before any ring (a spinning wait) tells nothing about it.
+        // Without them, a connection whose flag went unnoticed stayed unarmed, and its next
+        // request waited for a nap (20 ms) until the next full arming (idle-fanout.md).
+        let hot = st
+            .hot
+            .iter()
+            .filter(|fd| !st.cand.contains(fd) && !later.contains(fd));
         st.cand
             .iter()
             .chain(later.iter().filter(|fd| !st.cand.contains(fd)))
+            .chain(hot)
             .filter_map(|fd| st.regs.get(fd))
             .for_each(one);
     }
@@ -434,9 +454,9 @@ pub fn wait(
                         }
                     }
                     regs.cand.extend(poked_fds.iter().copied());
-                    if rang {
-                        // A peer rang for some of them (which, the line does not say), and
-                        // took their flags.
+                    if rang && !regs.told_rings() {
+                        // A peer rang for some of them, and took their flags; which, neither
+                        // the line nor the tally words say.
                         regs.full_due = true;
                         regs.arm_due = true;
                     }
