@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use ntbdrv::{DmaChannel, Lease, NtbDevice, VectorLease, WindowLease};
 
-pub use conn::{Connection, Counter, Interest, IoError, Readiness, RecvFlags, Role, ARM_GRACE};
+pub use conn::{
+    Connection, Counter, IdleRelease, Interest, IoError, Readiness, RecvFlags, Role, ARM_GRACE,
+};
 pub use device::DevicePending;
 use device::DeviceTransport;
 pub use device::{LateOffer, LateOutcome};

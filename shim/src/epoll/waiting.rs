@@ -398,6 +398,10 @@ pub fn wait(
                 regs.full_due = true;
             }
         }
+        if n == 0 && !wait_for.is_zero() {
+            // Quiet: idle rings give their pages back (outside the set's lock).
+            global::get().idle_sweep();
+        }
         if n < 0 {
             if err == libc::EINTR && out.is_empty() {
                 naps.keep();
