@@ -149,6 +149,7 @@ for r in $(seq "$RUNS"); do
 done
 end="$(date -u '+%H:%M:%S UTC')"
 
+cp "$raw" "/tmp/scaling-nginx-raw.csv" && echo "scaling.sh: every run's numbers also in /tmp/scaling-nginx-raw.csv" >&2
 python3 - "$raw" "$OUT" "$start" "$end" "$lib" "$*" "$TSEC" "$IDLE" <<'PY'
 import csv, sys, statistics, hashlib, platform
 raw, out, start, end, lib, args, tsec, idle = sys.argv[1:9]
@@ -203,7 +204,9 @@ for n in ns:
         continue
     two = lambda rs, i: f'{kb(sysper(rs, n, "hold_loaded", "hold0", i))} → {kb(sysper(rs, n, "hold_idle", "hold0", i))}'
     rel = med([(num(r["hold_released"]) or 0) / n for r in p])
-    H.append(f'| {n} | {kb(sysper(p, n, "hold_loaded", "hold0"))} ({kb(sysper(t, n, "hold_loaded", "hold0"))}) | {kb(sysper(p, n, "hold_idle", "hold0"))} ({kb(sysper(t, n, "hold_idle", "hold0"))}) | {two(p, 1)} | {two(p, 2)} ({two(t, 2)}) | {two(p, 3)} ({two(t, 3)}) | {f(rel, '{:.2f}')} | {", ".join(r["hold_secs"] for r in p)} ({", ".join(r["hold_secs"] for r in t)}) |')
+    fmt2 = "{:.2f}"
+    hp, ht = ", ".join(r["hold_secs"] for r in p), ", ".join(r["hold_secs"] for r in t)
+    H.append(f'| {n} | {kb(sysper(p, n, "hold_loaded", "hold0"))} ({kb(sysper(t, n, "hold_loaded", "hold0"))}) | {kb(sysper(p, n, "hold_idle", "hold0"))} ({kb(sysper(t, n, "hold_idle", "hold0"))}) | {two(p, 1)} | {two(p, 2)} ({two(t, 2)}) | {two(p, 3)} ({two(t, 3)}) | {f(rel, fmt2)} | {hp} ({ht}) |')
 D = ["| round | N | variant | req/s | wrk errors | ntb | tcp | fallback reasons | worker fds before/during | wrk fds | service fds before/during (connections) | RSS worker/wrk kB | Pss worker/wrk kB | all accepted / on NTB at, s | system kB before → at 60 % (used/Shmem/Slab/TCP mem) | hold: before → loaded → idle | hold s, ring releases |",
      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for r in rows:
