@@ -264,6 +264,12 @@ impl SendLock {
         None
     }
 
+    /// Has the bias been revoked? (For the loom model of `try_lock_unrevoked`.)
+    #[cfg(loom)]
+    pub fn revoked(&self) -> bool {
+        self.owner.load(SeqCst) == REVOKED
+    }
+
     /// In a forked child: the owner may have been another thread, inside a send, that does
     /// not exist here.
     pub fn forked(&self) {
