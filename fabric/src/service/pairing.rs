@@ -74,10 +74,12 @@ impl Service {
         };
         let client_inode = offer.inode;
         let line_c = &offer.line;
-        let (seg, lc, ls) = (
+        let (seg, lc, ls, bc, bs) = (
             segment.as_raw_fd(),
             line_c.fd.as_raw_fd(),
             line_s.fd.as_raw_fd(),
+            line_c.tally.as_raw_fd(),
+            line_s.tally.as_raw_fd(),
         );
         self.reply(
             server,
@@ -89,7 +91,7 @@ impl Service {
                 own_line: line_s.id,
                 peer_line: line_c.id,
             },
-            &[seg, ls, lc],
+            &[seg, ls, lc, bc],
         );
         self.reply(
             offer.owner,
@@ -101,7 +103,7 @@ impl Service {
                 own_line: line_c.id,
                 peer_line: line_s.id,
             },
-            &[seg, lc, ls],
+            &[seg, lc, ls, bs],
         );
         sys::ring(lc);
         self.window_used += bytes;
