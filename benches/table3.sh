@@ -7,9 +7,13 @@
 #     producer memcpy in, consumer memcpy out, busy polling) with the write size as chunk size.
 # The three are interleaved (size by size inside each run); the table gives medians over runs.
 #
-# usage: benches/table3.sh [--sizes LIST] [--runs N] [--out-dir DIR] [--no-plot] [--from-raw CSV]
+# usage: benches/table3.sh [--sizes LIST] [--runs N] [--pin P,C] [--out-dir DIR] [--no-plot]
+#                          [--from-raw CSV]
 #   --sizes LIST    comma-separated write sizes (suffix K/M = KiB/MiB; default all 23: 1,2,4,…,4M)
 #   --runs N        runs per size and path (default 3)
+#   --pin P,C       run the iperf client and the ring's producer on CPU P, the iperf server and the
+#                   ring's consumer on CPU C (taskset): unpinned, the host's placement of the two
+#                   processes (one vCPU or two) makes every large-write cell bimodal
 #   --out-dir DIR   where table3.md, table3-raw.csv, table3-summary.csv and table3.png go
 #                   (default benches/results)
 #   --no-plot       do not run benches/plot_table3.py
@@ -20,11 +24,12 @@
 # Every run is bounded by `timeout`; every process started is ended by PID.
 set -euo pipefail
 
-SIZES="" RUNS=3 OUT_DIR="" PLOT=1 FROM_RAW=""
+SIZES="" RUNS=3 OUT_DIR="" PLOT=1 FROM_RAW="" PIN=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --sizes) SIZES="$2"; shift 2 ;;
         --runs) RUNS="$2"; shift 2 ;;
+        --pin) PIN="$2"; shift 2 ;;
         --out-dir) OUT_DIR="$2"; shift 2 ;;
         --no-plot) PLOT=0; shift ;;
         --from-raw) FROM_RAW="$2"; shift 2 ;;
@@ -33,6 +38,13 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "table3.sh: --runs must be a positive integer" >&2; exit 2; }
+pin_p=() pin_c=() ring_cpus="-1 -1"
+if [[ -n "$PIN" ]]; then
+    [[ "$PIN" =~ ^([0-9]+),([0-9]+)$ ]] || { echo "table3.sh: --pin wants P,C (two CPU numbers)" >&2; exit 2; }
+    command -v taskset >/dev/null || { echo "table3.sh: taskset (util-linux) not found (needed for --pin)" >&2; exit 2; }
+    pin_p=(taskset -c "${BASH_REMATCH[1]}") pin_c=(taskset -c "${BASH_REMATCH[2]}")
+    ring_cpus="${BASH_REMATCH[1]} ${BASH_REMATCH[2]}"
+fi
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=common.sh
@@ -95,8 +107,9 @@ else
     ring_total() { local a=$(( $1 * 8388608 )); (( a > 4294967296 )) && a=4294967296; (( a < 16777216 )) && a=16777216; echo "$a"; }
     ring_size() { local r=1048576; (( $1 * 2 > r )) && r=$(( $1 * 2 )); echo "$r"; }
 
-    # One iperf2 run. $1 = ntb|tcp, $2 = size. Prints "MB/s server_bytes" (MB = 10^6 bytes; the
-    # rate is the client's, the server's byte count is a cross-check; see table3.md).
+    # One iperf2 run. $1 = ntb|tcp, $2 = size. Prints "MB/s server_bytes cpu_s" (MB = 10^6 bytes;
+    # the rate is the client's, the server's byte count is a cross-check; cpu_s = user + system
+    # seconds of the iperf client and server together; see table3.md).
     iperf_run() {
         local mode=$1 size=$2 env=() n
         n="$(amount "$size")"
@@ -104,49 +117,62 @@ else
             env=(LD_PRELOAD="$lib" PCISOCK_EMU_DIR="$work/emu" PCISOCK_PORTS="$port" PCISOCK_STRICT=1)
         fi
         : >"$work/s.log"
-        env "${env[@]}" iperf -s -p "$port" -y C >"$work/s.log" 2>"$work/s.err" &
+        "${pin_c[@]}" env "${env[@]}" iperf -s -p "$port" -y C >"$work/s.log" 2>"$work/s.err" &
         local spid=$!; pids+=("$spid")
         wait_listen "$port" || { kill "$spid"; return 1; }
-        local out
-        if ! out="$(env "${env[@]}" timeout 60 iperf -c 127.0.0.1 -p "$port" -l "$size" -n "$n" -y C 2>"$work/c.err")"; then
+        local out TIMEFORMAT='%U %S'
+        if ! { time "${pin_p[@]}" env "${env[@]}" timeout 60 iperf -c 127.0.0.1 -p "$port" -l "$size" -n "$n" -y C \
+            >"$work/c.out" 2>"$work/c.err"; } 2>"$work/c.time"; then
             echo "table3.sh: iperf client ($mode, -l $size -n $n) failed or timed out: $(cat "$work/c.err")" >&2
             kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null || true; return 1
         fi
+        out="$(cat "$work/c.out")"
         for _ in $(seq 100); do grep -q , "$work/s.log" && break; sleep 0.02; done
+        # The server's CPU time (all its threads), read before it is ended.
+        local scpu
+        scpu="$(awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$spid/stat" 2>/dev/null || echo n/a)"
         kill "$spid" 2>/dev/null || true; wait "$spid" 2>/dev/null || true
         local bps sbytes
         bps="$(echo "$out" | grep , | tail -1 | awk -F, '{print $9}')"
         sbytes="$(grep , "$work/s.log" | tail -1 | awk -F, '{print $8}')"
         [[ -n "$bps" ]] || { echo "table3.sh: no iperf result ($mode, -l $size): $out $(cat "$work/c.err")" >&2; return 1; }
-        awk -v b="$bps" -v s="${sbytes:-none}" 'BEGIN {printf "%.4f %s\n", b/8/1e6, s}'
+        awk -v b="$bps" -v s="${sbytes:-none}" -v sc="$scpu" -v ct="$(tail -1 "$work/c.time")" \
+            'BEGIN {split(ct, c, " "); cpu = (sc == "n/a" || c[2] == "") ? "n/a" : sprintf("%.3f", sc + c[1] + c[2]);
+                    printf "%.4f %s %s\n", b/8/1e6, s, cpu}'
     }
 
-    # One ring run: prints MB/s (or n/a).
+    # One ring run: prints "MB/s - cpu_s" (or n/a; cpu_s = user + system seconds of the producer
+    # and the consumer together).
     ring_run() {
         local size=$1
-        [[ -n "$shmbench" ]] || { echo "n/a -"; return 0; }
-        local out
-        out="$(timeout 30 "$shmbench" ring "$(ring_size "$size")" "$size" "$(ring_total "$size")" copy -1 -1 2>&1)" || {
-            echo "table3.sh: shmbench ring (chunk $size) failed: $out" >&2; echo "n/a -"; return 0; }
-        awk '{for (i = 1; i <= NF; i++) if ($i ~ /^GBps=/) {sub("GBps=", "", $i); printf "%.4f -\n", $i * 1000}}' <<<"$out"
+        [[ -n "$shmbench" ]] || { echo "n/a - n/a"; return 0; }
+        local TIMEFORMAT='%U %S'
+        # shellcheck disable=SC2086 # ring_cpus is two words
+        if ! { time timeout 30 "$shmbench" ring "$(ring_size "$size")" "$size" "$(ring_total "$size")" copy $ring_cpus \
+            >"$work/r.out" 2>&1; } 2>"$work/r.time"; then
+            echo "table3.sh: shmbench ring (chunk $size) failed: $(cat "$work/r.out")" >&2; echo "n/a - n/a"; return 0
+        fi
+        awk -v ct="$(tail -1 "$work/r.time")" '{for (i = 1; i <= NF; i++) if ($i ~ /^GBps=/) {sub("GBps=", "", $i);
+            split(ct, c, " "); printf "%.4f - %.3f\n", $i * 1000, c[1] + c[2]}}' "$work/r.out"
     }
 
     started="$(date -u +%Y-%m-%dT%H:%MZ)"
     {
-        echo "# command: benches/table3.sh --runs $RUNS${SIZES:+ --sizes $SIZES}"
+        echo "# command: benches/table3.sh --runs $RUNS${SIZES:+ --sizes $SIZES}${PIN:+ --pin $PIN}"
         echo "# started: $started"
         echo "# machine: $(nproc) vCPUs, $cpu, kernel $(uname -r), $(iperf -v 2>&1 | head -1)"
         echo "# library: $(basename "$lib") sha256 $(sha256sum "$lib" | cut -c1-12), built $(date -u -r "$lib" +%Y-%m-%dT%H:%MZ)"
-        echo "run,size,path,MBps,server_bytes,client_bytes"
+        echo "run,size,path,MBps,server_bytes,client_bytes,cpu_s"
     } >"$raw.tmp"
     echo "table3: ${#sizes[@]} sizes × $RUNS runs × {pcisock, tcp, ring}, port $port" >&2
     for r in $(seq "$RUNS"); do
         for size in "${sizes[@]}"; do
             for mode in ntb tcp ring; do
                 if [[ $mode == ring ]]; then res="$(ring_run "$size")"; else res="$(iperf_run "$mode" "$size")"; fi
-                read -r mbps sbytes <<<"$res"
-                cbytes="-"; [[ $mode != ring ]] && cbytes="$(amount "$size")"
-                echo "$r,$size,$mode,$mbps,$sbytes,$cbytes" >>"$raw.tmp"
+                read -r mbps sbytes cpu_s <<<"$res"
+                # Bytes moved: the client's (iperf), the ring's total (ring).
+                if [[ $mode == ring ]]; then cbytes="$(ring_total "$size")"; else cbytes="$(amount "$size")"; fi
+                echo "$r,$size,$mode,$mbps,$sbytes,$cbytes,${cpu_s:-n/a}" >>"$raw.tmp"
                 printf '  run %d %6s %-4s %12s MB/s%s\n' "$r" "$(human "$size")" "$mode" "$mbps" \
                     "$([[ $sbytes != - && $sbytes != "$cbytes" ]] && echo "  (iperf server counted $sbytes of $cbytes bytes)")" >&2
             done
@@ -162,6 +188,9 @@ vals() { awk -F, -v s="$1" -v m="$2" '!/^#/ && $2 == s && $3 == m && $4 != "n/a"
 col() { vals "$1" "$2" | median n/a; }
 span() { vals "$1" "$2" | sort -g | awk 'NR == 1 {lo=$1} {hi=$1} END {if (NR) printf "%.0f–%.0f", lo, hi; else print "n/a"}'; }
 short() { awk -F, -v s="$1" -v m="$2" '!/^#/ && $2 == s && $3 == m && $5 != "-" && $5 != $6 {n++} END {print n + 0}' "$raw"; }
+# CPU seconds (both processes, user + system) per GB moved, median over runs (n/a in raw files
+# from before the column existed).
+cpu_gb() { awk -F, -v s="$1" -v m="$2" '!/^#/ && $2 == s && $3 == m && NF >= 7 && $7 != "n/a" && $6 + 0 > 0 {print $7 / ($6 / 1e9)}' "$raw" | median n/a; }
 meta() { awk -v k="# $1: " 'index($0, k) == 1 {print substr($0, length(k) + 1)}' "$raw"; }
 fmt() { awk -v v="$1" 'BEGIN { if (v == "n/a") print "n/a"; else if (v >= 100) printf "%.0f", v; else if (v >= 10) printf "%.1f", v; else printf "%.3g", v }'; }
 declare -A paper=([1]=0.06 [2]=0.13 [4]=0.26 [8]=0.51 [16]=1.02 [32]=2.09 [64]=4.12 [128]=8.21 [256]=16.4
@@ -171,12 +200,12 @@ declare -A paper=([1]=0.06 [2]=0.13 [4]=0.26 [8]=0.51 [16]=1.02 [32]=2.09 [64]=4
 summary="$OUT_DIR/table3-summary.csv"
 echo "size,pcisock_MBps,tcp_MBps,ring_MBps,paper_dma_MBps" >"$summary"
 table="$(
-    echo "| write size | pcisock MB/s | TCP loopback MB/s | shm ring ceiling MB/s | pcisock / TCP | pcisock / ceiling | pcisock min–max | TCP min–max | ring min–max | iperf server short counts (pcisock, TCP) | paper: DMA MB/s |"
-    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| write size | pcisock MB/s | TCP loopback MB/s | shm ring ceiling MB/s | pcisock / TCP | pcisock / ceiling | pcisock min–max | TCP min–max | ring min–max | CPU s per GB: pcisock, TCP, ring | iperf server short counts (pcisock, TCP) | paper: DMA MB/s |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for size in "${sizes[@]}"; do
         n="$(col "$size" ntb)"; t="$(col "$size" tcp)"; g="$(col "$size" ring)"
         echo "$size,$n,$t,$g,${paper[$size]:-}" >>"$summary"
-        echo "| $(human "$size") | $(fmt "$n") | $(fmt "$t") | $(fmt "$g") | $(ratio "$n" "$t") | $(ratio "$n" "$g") | $(span "$size" ntb) | $(span "$size" tcp) | $(span "$size" ring) | $(short "$size" ntb)/$RUNS, $(short "$size" tcp)/$RUNS | ${paper[$size]:-–} |"
+        echo "| $(human "$size") | $(fmt "$n") | $(fmt "$t") | $(fmt "$g") | $(ratio "$n" "$t") | $(ratio "$n" "$g") | $(span "$size" ntb) | $(span "$size" tcp) | $(span "$size" ring) | $(fmt "$(cpu_gb "$size" ntb)"), $(fmt "$(cpu_gb "$size" tcp)"), $(fmt "$(cpu_gb "$size" ring)") | $(short "$size" ntb)/$RUNS, $(short "$size" tcp)/$RUNS | ${paper[$size]:-–} |"
     done
 )"
 {

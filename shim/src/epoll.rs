@@ -181,8 +181,10 @@ struct SetState {
     arm_due: bool,
     /// When every registration was last armed (None: never).
     armed_at: Option<Instant>,
-    /// A registration may be a pending offer (`settle` has something to do).
-    pending: bool,
+    /// The registrations added as pending offers and not settled yet, as far as `settle` knows
+    /// (one that went is dropped at its next look): a wait looks at these, not at every
+    /// registration, while connects or accepts wait for their answers.
+    pending: std::collections::HashSet<c_int>,
     /// The set has held a registration with a line of its own (a device's doorbell line, not
     /// a process's shared line from the service): it is evaluated and armed whole on every
     /// wait, as before the candidates. Candidates alone lost wake-ups there (nginx over the
@@ -616,7 +618,9 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
             }
             count_reg(fd, true);
             regs.cand.insert(fd);
-            regs.pending |= matches!(form, Form::Pending { .. });
+            if matches!(form, Form::Pending { .. }) {
+                regs.pending.insert(fd);
+            }
             regs.device |= !form.shared();
             regs.insert(
                 fd,

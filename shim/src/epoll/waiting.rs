@@ -47,16 +47,18 @@ pub(super) fn to_epoll(r: transport::Readiness, interest: u32) -> u32 {
 /// client with thousands of connects waiting for their answers pays per answer, not per
 /// waiting connect and wait.
 fn settle(epfd: c_int, regs: &mut SetState, poked: &[c_int]) {
-    if !regs.pending {
+    if regs.pending.is_empty() {
         return;
     }
-    let pending: Vec<c_int> = regs
-        .iter()
-        .filter(|(_, r)| matches!(r.form, Form::Pending { .. }))
-        .map(|(fd, _)| *fd)
-        .collect();
+    let SetState {
+        regs: all, pending, ..
+    } = &mut *regs;
+    pending.retain(|fd| {
+        all.get(fd)
+            .is_some_and(|r| matches!(r.form, Form::Pending { .. }))
+    });
+    let pending: Vec<c_int> = pending.iter().copied().collect();
     if pending.is_empty() {
-        regs.pending = false;
         return;
     }
     let news: std::collections::HashSet<c_int> = match global::get().transport() {
