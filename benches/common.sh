@@ -16,7 +16,8 @@
 #   nginx_keepalive_conf DIR PORT [CONNS]
 #                     writes DIR/nginx.conf: one worker in the foreground (user root when run as
 #                     root), keep-alive without a request limit, a 17-byte `return 200` on
-#                     127.0.0.1:PORT, CONNS worker connections and descriptors (default 1024).
+#                     127.0.0.1:PORT (and a 4,000-byte one at /big), CONNS worker connections
+#                     and descriptors (default 1024).
 
 bench_init() {
     bench_name=$1
@@ -92,6 +93,7 @@ http {
     server {
         listen 127.0.0.1:$2;
         location / { return 200 "hello from nginx\n"; }
+        location /big { return 200 "$(printf '%04000d' 0)"; }
     }
 }
 CONF

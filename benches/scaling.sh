@@ -3,6 +3,7 @@
 # run, with memory and descriptors per connection and which path carried the connections.
 #
 # usage: benches/scaling.sh [--app nginx|fanout] [--runs N] [--out FILE] [--counts LIST] [--time S]
+#                          [--idle S]
 #   --app A        nginx (default; issue 15): wrk -c N -t 2 against nginx (one worker, keep-alive,
 #                  a 17-byte `return 200`), processes meeting through a fabric service of this
 #                  run (the default on one host); fanout (issue 5): benches/fanout.c, bulk
@@ -13,14 +14,19 @@
 #   --counts LIST  comma list of connection counts (default 1,64,1000,8000 for nginx,
 #                  1,8,64,1000 for fanout)
 #   --time S       seconds per run (default 5 for nginx, 3 for fanout)
+#   --idle S       nginx: after wrk, a hold phase (benches/holdconns.c: N connections make 8
+#                  requests of 4,000 bytes each way, then stay open S seconds idle), system-wide
+#                  memory per connection loaded and idle (default 5; 0: no hold phase)
 # PCISOCK_LIB and PCISOCK_CLI (environment) name another build's libpcisock.so and pcisock (the
 # service the nginx runs meet through): a base build for an A/B of a change.
 # nginx: per round and count, tcp and pcisock (order reversed on even rounds). pcisock: both
 # sides LD_PRELOAD with PCISOCK_PORTS=PORT and PCISOCK_FABRIC=the run's service; not strict (a
-# connection that does not make it is counted by its reason in wrk's stats file). Sampled in
-# the middle of the run: the nginx worker's and wrk's VmRSS, Pss and open descriptors
-# (/proc/PID/fd), the service's descriptors and its count of connections. Needs nginx and wrk;
-# descriptors up to 20,000 (ulimit -Hn).
+# connection that does not make it is counted by its reason in wrk's stats file). Sampled at
+# 60 % of the run: the nginx worker's and wrk's VmRSS, Pss and open descriptors
+# (/proc/PID/fd), the service's descriptors and its count of connections, and system-wide
+# memory (/proc/meminfo MemTotal − MemAvailable, Shmem, Slab; /proc/net/sockstat TCP mem)
+# against just before wrk; every 0.2 s, when the worker had accepted all N and the service had
+# paired all N. Needs nginx, wrk and gcc; descriptors up to 20,000 (ulimit -Hn).
 # fanout driver: benches/fanout.c (`fanout server PORT N` / `fanout client 127.0.0.1 PORT N S`: N
 # connections in one process per side, epoll, 128 KiB writes for S seconds; the client's bytes /
 # seconds is the rate, and the server must have read exactly those bytes). Not iperf 2: iperf
@@ -37,7 +43,7 @@
 # Every process is bounded by `timeout` and ended by PID.
 set -euo pipefail
 
-RUNS=3 OUT="" COUNTS="" TSEC="" APP=nginx
+RUNS=3 OUT="" COUNTS="" TSEC="" APP=nginx IDLE=5
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --app) APP="$2"; shift 2 ;;
@@ -45,6 +51,7 @@ while [[ $# -gt 0 ]]; do
         --out) OUT="$2"; shift 2 ;;
         --counts) COUNTS="$2"; shift 2 ;;
         --time) TSEC="$2"; shift 2 ;;
+        --idle) IDLE="$2"; shift 2 ;;
         -h|--help) awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
         *) echo "scaling.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -56,6 +63,7 @@ case "$APP" in
 esac
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --runs must be a positive integer" >&2; exit 2; }
 [[ "$TSEC" =~ ^[1-9][0-9]*$ ]] || { echo "scaling.sh: --time must be a positive integer" >&2; exit 2; }
+[[ "$IDLE" =~ ^[0-9]+$ && ( "$IDLE" == 0 || "$IDLE" -ge 3 ) ]] || { echo "scaling.sh: --idle is 0 or at least 3 seconds" >&2; exit 2; }
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ $APP == nginx ]]; then

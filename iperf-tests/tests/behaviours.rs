@@ -192,6 +192,13 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
+/// Ring connections always ready leave the kernel's fds of the set room in each call (`kernel_share`): the listening
+/// socket is reported while 8 unread connections fill the caller's buffer. 9 connections, both ends in the process.
+#[test]
+fn epoll_kernel_share() {
+    run_behaviour("epoll_kernel_share", expect(18, 8, 0, 0));
+}
+
 #[test]
 fn epoll_level() {
     run_behaviour("epoll_level", expect(2, 3000, 3000, 0));

@@ -192,6 +192,35 @@ impl Region {
         Ok(())
     }
 
+    /// Give the memory behind the whole pages of `offset..offset+len` back to the system
+    /// (`madvise(MADV_REMOVE)`: a hole punched in the file the region maps, so every process
+    /// mapping it loses those pages; they read as zeros afterwards and a later write faults in
+    /// a fresh zero page). Returns the bytes released (the range's whole pages only). Refused
+    /// (an error, nothing changed) where the memory is not a shared writable mapping of a file
+    /// that can punch holes: a PCI BAR (ivshmem, hardware), process memory, a filesystem
+    /// without hole punching. The bytes are the peer's to change anyway: zeros are one more
+    /// value a protocol above must not mistake for data.
+    pub fn release(&self, offset: usize, len: usize) -> std::io::Result<usize> {
+        self.check(offset, len)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let page = crate::sysutil::page_size();
+        let start = (self.base as usize + offset).next_multiple_of(page);
+        let end = (self.base as usize + offset + len) / page * page;
+        if end <= start {
+            return Ok(0);
+        }
+        // SAFETY: `start..end` is inside the mapping (checked above, then shrunk to whole
+        // pages); MADV_REMOVE only changes the bytes of a shared file mapping (to zeros), which
+        // other processes may change at any time under the region's contract, and fails
+        // without effect on anything else.
+        let r =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_REMOVE) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(end - start)
+    }
+
     /// This region as one of at least `N` bytes with an 8-byte aligned base, both checked here
     /// once: its words at constant offsets below `N` are then reached with no run-time check.
     pub fn fixed<const N: usize>(self) -> Result<FixedRegion<N>, WindowError> {
@@ -317,6 +346,24 @@ mod tests {
         // SAFETY: the vector's buffer (which moving the vector does not move) lives as long as
         // the region's keepalive.
         unsafe { Region::new(base, words * 8, Arc::new(Heap(v))) }
+    }
+
+    #[test]
+    fn releasing_memory_that_is_no_shared_file_is_refused_and_changes_nothing() {
+        // Process memory stands for what cannot punch holes (a PCI BAR is refused the same
+        // way: no file behind it that can): an error, and the bytes stay.
+        let r = heap(4096); // 32 KiB: whole pages inside, wherever the buffer starts
+        r.fill(0, 32768, 0xA5).unwrap();
+        assert!(r.release(0, 32768).is_err());
+        let mut b = vec![0u8; 32768];
+        r.read(0, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 0xA5));
+        assert!(r.release(8, 32768).is_err(), "out of range");
+        assert_eq!(
+            r.release(0, 100).unwrap_or(1),
+            0,
+            "no whole page: nothing to do"
+        );
     }
 
     #[test]

@@ -157,3 +157,10 @@ pub(crate) fn uid() -> u32 {
     // SAFETY: getuid has no arguments and cannot fail.
     unsafe { libc::getuid() }
 }
+
+/// The size of a memory page (sysconf; 4 KiB if it will not say).
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no memory arguments.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
+}

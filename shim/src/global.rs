@@ -50,6 +50,9 @@ pub struct ShimState {
 /// Reason codes counted in the statistics file's `fallbacks` (codes are small integers).
 const FALLBACK_CODES: usize = 32;
 
+/// Least time between two idle sweeps of one thread ([`ShimState::idle_sweep`]).
+const IDLE_SWEEP_MS: u64 = 250;
+
 /// Least time between two rewrites of the statistics file while connections close.
 const STATS_INTERVAL_MS: u64 = 100;
 
@@ -258,6 +261,42 @@ impl ShimState {
         }
     }
 
+    /// A readiness wait of this thread slept out a nap with nothing to report (the process is
+    /// quiet): at most every [`IDLE_SWEEP_MS`] per thread, return our connections' unreturned
+    /// credits and release the peer's ring pages of every sending direction idle for
+    /// `PCISOCK_RING_IDLE_MS` (`transport::Connection::release_idle_tx`; a connection another
+    /// thread sends on is left to that thread's own sweep). Never opens the transport.
+    pub fn idle_sweep(&self) {
+        thread_local! {
+            static LAST: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        }
+        let Some(Ok(t)) = self.transport.get() else {
+            return;
+        };
+        let idle_ms = u64::from(t.settings().ring_idle_ms);
+        if idle_ms == 0 {
+            return;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let due = LAST
+            .try_with(|l| {
+                let due = now.saturating_sub(l.get()) >= IDLE_SWEEP_MS;
+                if due {
+                    l.set(now);
+                }
+                due
+            })
+            .unwrap_or(false);
+        if !due {
+            return;
+        }
+        for (_, sock) in table::snapshot() {
+            if let Some(c) = sock.conn.get() {
+                let _ = c.release_idle_tx(now, idle_ms);
+            }
+        }
+    }
+
     /// Why flagged connections stay on TCP when the transport cannot be opened.
     pub fn unavailable(&self) -> Reason {
         match self.transport.get() {
@@ -436,6 +475,16 @@ impl ShimState {
             ),
             _ => (0, None, 0),
         };
+        // Idle rings given back (`idle_sweep`).
+        let (ring_releases, ring_bytes_released, ring_releases_refused) = match self.transport.get()
+        {
+            Some(Ok(t)) => (
+                t.counters().ring_releases.load(Relaxed),
+                t.counters().ring_bytes_released.load(Relaxed),
+                t.counters().ring_releases_refused.load(Relaxed),
+            ),
+            _ => (0, 0, 0),
+        };
         let first = first.unwrap_or_else(|| "null".into());
         let mut fallbacks = String::new();
         for (code, n) in self.fallbacks.iter().enumerate() {
@@ -448,7 +497,7 @@ impl ShimState {
         let mut j = String::new();
         let _ = write!(
             j,
-            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"reads\":{},\"coalesced\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"wait_timeouts\":{},\"late_wakeups\":{},\"protocol_errors\":{protocol_errors},\"late_upgrades\":{late_upgrades},\"protocol_error\":{first},\"fallbacks\":{{{fallbacks}}},\"unlisted_connections\":{dropped},\"connections\":[",
+            "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"reads\":{},\"coalesced\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"wait_timeouts\":{},\"late_wakeups\":{},\"protocol_errors\":{protocol_errors},\"late_upgrades\":{late_upgrades},\"ring_releases\":{ring_releases},\"ring_bytes_released\":{ring_bytes_released},\"ring_releases_refused\":{ring_releases_refused},\"protocol_error\":{first},\"fallbacks\":{{{fallbacks}}},\"unlisted_connections\":{dropped},\"connections\":[",
             std::process::id(),
             json_str(&self.program),
             self.ntb_connections.load(Relaxed),

@@ -27,7 +27,8 @@
 //! stores and fences that publish frames, return credits and arm doorbells, model-checked under
 //! loom), `sendlock`, `wait`
 //! (arming, the doorbell, waiting, readiness), `holders` (shutdown, close, fork and exec
-//! hand-over) and `failover` (the TCP socket as a fallback path).
+//! hand-over), `failover` (the TCP socket as a fallback path) and `idle` (an idle sending
+//! direction gives the peer's ring pages back).
 
 // The data path: nothing a peer writes may make it panic.
 #![deny(
@@ -53,6 +54,7 @@ mod cursors;
 mod failover;
 mod half_open;
 mod holders;
+mod idle;
 mod recv;
 mod tally;
 // The ring's synchronising sequences; public to the loom models (`tests/loom_ring.rs`).
@@ -80,6 +82,7 @@ use block::{
     L_MY_BIT, L_PEER_BIT, L_PEER_LEN, L_PEER_MW, L_PEER_OFF, L_SOCK_INODE, PEER_MADE,
 };
 use cursors::Cursors;
+pub use idle::IdleRelease;
 use sendlock::SendLock;
 pub use tally::{Tally, TallySlot};
 pub use wait::Interest;

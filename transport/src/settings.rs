@@ -39,6 +39,11 @@ pub struct Settings {
     /// A send that waits this long for credits while the peer's TCP socket is open moves the
     /// connection to TCP (`PCISOCK_FAILOVER_MS`; zero: never for that reason).
     pub failover_after: Duration,
+    /// A sending direction whose bytes were all consumed this long ago gives the peer's ring
+    /// pages back at the next idle sweep (`PCISOCK_RING_IDLE_MS`; zero: never). See
+    /// [`Connection::release_idle_tx`]. Milliseconds in a `u32` (49 days): a connection holds
+    /// its settings, and a `Duration` would make it bigger.
+    pub ring_idle_ms: u32,
 }
 
 impl Default for Settings {
@@ -52,6 +57,7 @@ impl Default for Settings {
             answer_timeout: Duration::from_secs(2),
             strict: false,
             failover_after: Duration::from_secs(1),
+            ring_idle_ms: 1000,
         }
     }
 }
@@ -159,6 +165,15 @@ impl Settings {
                 .parse()
                 .map_err(|_| err("PCISOCK_FAILOVER_MS", &v, "milliseconds (0: off)"))?;
             s.failover_after = Duration::from_millis(ms);
+        }
+        if let Some(v) = get("PCISOCK_RING_IDLE_MS").filter(|v| !v.is_empty()) {
+            s.ring_idle_ms = v.parse().map_err(|_| {
+                err(
+                    "PCISOCK_RING_IDLE_MS",
+                    &v,
+                    "milliseconds from 0 (never) to 4294967295",
+                )
+            })?;
         }
         Ok(s)
     }

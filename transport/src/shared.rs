@@ -13,6 +13,11 @@ pub struct ProcessCounters {
     /// Connections made while the link was down that moved onto the ring once it was up
     /// (PROTOCOL.md §6, *Late upgrade*), counted by both ends.
     pub late_upgrades: AtomicU64,
+    /// Idle sending directions whose peer ring pages were given back (`Connection::release_idle_tx`),
+    /// the bytes they released, and those whose memory could not be (a BAR: not asked again).
+    pub ring_releases: AtomicU64,
+    pub ring_bytes_released: AtomicU64,
+    pub ring_releases_refused: AtomicU64,
     /// What the first protocol error of this process was: the operation, the connection and
     /// the broken rule (the statistics file shows it).
     pub first_protocol_error: std::sync::OnceLock<String>,

@@ -552,3 +552,97 @@ fn data_wakeup_beside_a_registration() {
         );
     });
 }
+
+/// Ring release (`Connection::release_idle_tx`): the sender has sent frames 0 and 1; the
+/// receiver reads them and returns its credits (`flush_credits`, forced, as before a wait),
+/// while the sender looks at the credits (`credits`, twice) and, when they show every byte
+/// consumed, releases the ring but the slot of its next header (every other slot's header and
+/// payload become zeros, as a punched hole reads), then sends frames 2, 3 and 4, the last two
+/// into released slots. The receiver then reads them as `recv` does (by header, else by the
+/// producer counter). Loom checks the released slots: the zeroing must come after the
+/// receiver's reads of them; and the receiver takes only the sender's whole frames, never a
+/// zeroed slot for one.
+#[test]
+fn ring_release() {
+    check("ring release", || ring_release_race(true));
+}
+
+/// The same with a sender that releases without looking at the credits: loom finds the zeroing
+/// racing the receiver's reads of frames 0 and 1 (or the receiver reading zeros for them). If
+/// this stops failing, the model no longer lets the release meet the receiver.
+#[test]
+fn ring_release_needs_the_credits() {
+    let me = std::thread::current().id();
+    let before: Arc<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send> =
+        Arc::from(std::panic::take_hook());
+    let others = before.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() != me {
+            others(info)
+        }
+    }));
+    let raced = std::panic::catch_unwind(|| {
+        check("ring release without the credits", || {
+            ring_release_race(false)
+        })
+    });
+    std::panic::set_hook(Box::new(move |info| before(info)));
+    assert!(raced.is_err(), "loom found no race without the credits");
+    println!("loom model ring release without the credits: race found, as expected");
+}
+
+fn ring_release_race(look: bool) {
+    let p = Arc::new(Pair::new(1024));
+    let t = p.send(0, 0, 0).unwrap();
+    let tail = p.send(t, 0, 1).unwrap();
+    let r = p.clone();
+    let receiver = thread::spawn(move || {
+        let seen = LocalU64::new(0);
+        let returned = LocalU64::new(0);
+        let t = ringsync::rx_tail(&r.receiver, &seen, MIN_RING).unwrap();
+        let mut head = r.take(0, t, 0);
+        head = r.take(head, t, 1);
+        ringsync::flush_credits(&r.sender, &r.receiver, head, &returned, MIN_RING, true);
+        // Frames 2, 3 and 4, by header or by the producer counter (a few turns of `recv`).
+        let mut seq = 2;
+        for _ in 0..4 {
+            if let Some(h) = r.take_published(head, seq) {
+                (head, seq) = (h, seq + 1);
+                continue;
+            }
+            let t = ringsync::rx_tail(&r.receiver, &seen, MIN_RING).unwrap();
+            while head < t {
+                head = r.take(head, t, seq);
+                seq += 1;
+            }
+        }
+    });
+    let seen = LocalU64::new(0);
+    for _ in 0..2 {
+        let head = ringsync::credits(&p.sender, tail, &seen).unwrap();
+        if head == tail || !look {
+            // The release: every slot but the one at `tail` (the next header's) reads zeros.
+            for at in (0..MIN_RING).step_by(1024) {
+                if at != ring().pos(tail) {
+                    let base = (ENDPOINT_HDR + at) as usize;
+                    p.receiver.write(base, &[0u8; FRAME_HDR as usize]).unwrap();
+                    p.receiver
+                        .write(base + FRAME_HDR as usize, &vec![0u8; p.payload() as usize])
+                        .unwrap();
+                }
+            }
+            let mut t = tail;
+            for seq in 2..5 {
+                match p.send(t, head, seq) {
+                    Some(next) => t = next,
+                    // Only a sender that did not look may find no room (the credits not back).
+                    None if !look => break,
+                    None => panic!("no room for frame {seq} with every byte consumed"),
+                }
+            }
+            break;
+        }
+        thread::yield_now();
+    }
+    receiver.join().unwrap();
+}

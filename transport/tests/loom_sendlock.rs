@@ -86,3 +86,38 @@ fn send_lock_bias() {
         assert_eq!(c.guarded.sends.load(Relaxed), 3, "a send lost");
     });
 }
+
+/// The idle sweep's way in (`try_lock_unrevoked`, `Connection::release_idle_tx`): a thread
+/// sends twice by `try_send` (taking the bias) while another looks once: it enters only when
+/// there is no bias (or it is revoked), never revokes one, and, having taken `held` as the
+/// bias went to the owner, gives it back untouched. The two are never inside at once (loom
+/// checks the guarded cell), no send is lost, and the bias stays the owner's: its second send
+/// still enters by plain stores unless the look came before there was a bias.
+#[test]
+fn send_lock_unrevoked_look() {
+    check("send lock unrevoked look", || {
+        let c = Arc::new(Conn::default());
+        let o = c.clone();
+        let owner = thread::spawn(move || {
+            o.try_send();
+            o.try_send();
+        });
+        let x = c.clone();
+        let look = thread::spawn(move || {
+            if let Some(_g) = x.lock.try_lock_unrevoked() {
+                x.send_inside();
+                true
+            } else {
+                false
+            }
+        });
+        owner.join().unwrap();
+        let looked = look.join().unwrap();
+        assert_eq!(
+            c.guarded.sends.load(Relaxed),
+            2 + looked as u32,
+            "a send lost"
+        );
+        assert!(!c.lock.revoked(), "a look revoked the bias");
+    });
+}

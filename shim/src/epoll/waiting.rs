@@ -5,6 +5,22 @@
 
 use super::*;
 
+/// Of `max` events a call may return, how many the kernel's fds in the set always get room for:
+/// an eighth (at least one, once `max` is 2 or more). Without it, ring connections ready enough
+/// to fill the caller's buffer on every call starved its kernel fds: nginx at 8,000 connections
+/// accepted one connection per `epoll_wait` whose rings left room, and clients waiting for it
+/// gave up (`NoAnswer`; behaviour `epoll_kernel_share`). Every harvest of a call stops there;
+/// room the kernel does not use is left empty for that call (the ring connections held back
+/// are reported by the next), and a slot taken by one of our own events (a line that rang, a
+/// ring connection's socket) is that event's, which is then consumed, so the next call has it.
+pub(super) fn kernel_share(max: usize) -> usize {
+    if max < 2 {
+        0
+    } else {
+        (max / 8).max(1)
+    }
+}
+
 pub(super) fn to_epoll(r: transport::Readiness, interest: u32) -> u32 {
     let mut out = 0u32;
     if r.readable {
@@ -313,6 +329,7 @@ pub fn wait(
     let mut cpu_checked = spin.is_zero();
     let t0 = Instant::now();
     let max = events.len();
+    let ntb_max = max - kernel_share(max);
     let mut bufs = Bufs::take(max);
     let Bufs { kbuf, out } = &mut bufs;
     let mut naps = ops::Naps::resume();
@@ -350,7 +367,7 @@ pub fn wait(
             // One look at the clock per round (a spinning wait makes many rounds).
             let now = Instant::now();
             let full = regs.full_now(now);
-            harvest(&mut regs, out, max, &mut seen, full, now);
+            harvest(&mut regs, out, ntb_max, &mut seen, full, now);
             if std::mem::take(&mut timed_out) {
                 global::get().woke_by_timer(out.len());
             }
@@ -364,7 +381,7 @@ pub fn wait(
                 let g0 = Instant::now();
                 let mut first = full;
                 loop {
-                    harvest(&mut regs, out, max, &mut seen, first, g0);
+                    harvest(&mut regs, out, ntb_max, &mut seen, first, g0);
                     first = false;
                     if !out.is_empty() || g0.elapsed() >= transport::ARM_GRACE {
                         break;
@@ -423,6 +440,10 @@ pub fn wait(
                 regs.full_due = true;
             }
         }
+        if n == 0 && !wait_for.is_zero() {
+            // Quiet: idle rings give their pages back (outside the set's lock).
+            global::get().idle_sweep();
+        }
         if n < 0 {
             if err == libc::EINTR && out.is_empty() {
                 naps.keep();
@@ -468,7 +489,7 @@ pub fn wait(
                     settle(epfd, &mut regs, &poked_fds);
                     let now = Instant::now();
                     let full = regs.full_now(now);
-                    harvest(&mut regs, out, max, &mut seen, full, now);
+                    harvest(&mut regs, out, ntb_max, &mut seen, full, now);
                 }
             }
         }

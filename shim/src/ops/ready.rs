@@ -291,6 +291,8 @@ pub fn poll(
             if r == 0 {
                 naps.quiet();
                 timed_out = true;
+                // Quiet: idle rings give their pages back.
+                g.idle_sweep();
             } else {
                 naps.woke();
             }

@@ -39,6 +39,9 @@ pub(super) struct Cursors {
     /// another CPU, or a general read finds data without waiting. (A hint, not a position:
     /// here because the connection itself must stay small.)
     pub(super) rx_fast_off: AtomicBool,
+    /// What the idle sweep knows of our sending direction (`idle`; here, in the boxed part,
+    /// so that the connection stays small).
+    pub(super) idle: super::idle::IdleRing,
 }
 
 impl Cursors {
@@ -70,6 +73,7 @@ impl Cursors {
             tx_tail: AtomicU64::new(tx.tail),
             tx_seq: AtomicU64::new(tx.seq),
             rx_fast_off: AtomicBool::new(false),
+            idle: Default::default(),
         }
     }
 }

@@ -56,6 +56,11 @@ impl Family {
             sock_inode,
         }
     }
+
+    /// May other processes hold (and send on) the connection?
+    pub(super) fn is_shared(&self) -> bool {
+        self.shared.load(SeqCst)
+    }
 }
 
 /// Does process `pid` hold a descriptor of the socket with inode `inode`? None if its

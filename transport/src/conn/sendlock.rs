@@ -176,6 +176,45 @@ impl SendLock {
         })
     }
 
+    /// Take the lock only if that costs its bias owner nothing: by the biased way if the bias
+    /// is ours, by compare-and-swap if there is no bias (or it is revoked), else `None` without
+    /// revoking (a look from another thread, the idle sweep's, must not put a `membarrier` and a
+    /// locked instruction on every later send of the thread that sends on the connection).
+    /// Taking `held` and giving it back untouched when the bias turns out to be another
+    /// thread's is harmless: nothing was done under it.
+    pub fn try_lock_unrevoked(&self) -> Option<SendGuard<'_>> {
+        let me = thread_token();
+        match self.owner.load(SeqCst) {
+            o if o == me && me != 0 => return self.try_lock_biased(),
+            UNBIASED | REVOKED => {}
+            _ => return None,
+        }
+        if self.held.load(Relaxed)
+            || self
+                .held
+                .compare_exchange(false, true, Acquire, Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        match self.owner.load(SeqCst) {
+            UNBIASED | REVOKED => {}
+            // Biased to another thread since our look (or to us, by a signal handler of ours
+            // that sent meanwhile): leave it be.
+            _ => {
+                self.held.store(false, Release);
+                return None;
+            }
+        }
+        while self.owner_in.load(Acquire) {
+            spin();
+        }
+        Some(SendGuard {
+            lock: self,
+            biased: false,
+        })
+    }
+
     /// End the bias (we hold `held`): after the barrier, an owner either shows in `owner_in`
     /// or finds the bias gone when it re-checks.
     #[cold]
@@ -223,6 +262,12 @@ impl SendLock {
         }
         self.owner_in.store(false, Release);
         None
+    }
+
+    /// Has the bias been revoked? (For the loom model of `try_lock_unrevoked`.)
+    #[cfg(loom)]
+    pub fn revoked(&self) -> bool {
+        self.owner.load(SeqCst) == REVOKED
     }
 
     /// In a forked child: the owner may have been another thread, inside a send, that does

@@ -1,0 +1,158 @@
+//! Idle rings give their memory back: the sender of a direction, which alone knows where it will
+//! write next, releases the pages of the peer's ring once the receiver has consumed everything
+//! and the direction has stayed so for a while (`Connection::release_idle_tx`). Called by the
+//! shim's idle sweep (readiness waits whose naps ran out); it never releases a page the receiver
+//! may still read, nor races a send.
+//!
+//! Why it is safe without any change to the wire protocol (docs/PROTOCOL.md §2, *Idle rings*):
+//! - the receiver reads only frames published to it and the header slot at its consumer
+//!   counter. When the credits say it consumed every byte sent (`head == tail`, one Acquire
+//!   load, after its last read of the ring), no published frame is left to read, and its
+//!   consumer counter is our producer counter: the page of that header slot is kept.
+//! - a released page reads as zeros in every process that maps it, and a later write faults in
+//!   a fresh zero page. A zero sequence word publishes no frame: `proto::published` takes a
+//!   header only for an expected number whose frame count is not 0, and such a number is not 0
+//!   (the first frame of each stream, count 0 in any epoch, is published by the producer
+//!   counter only). Frames the producer counter announces are written after the release.
+//! - it runs under the send lock (taken only if that costs the sending thread nothing), with
+//!   our producer counter and the credits read once; a direction on TCP, shut or reset, or
+//!   that another process may send on (it forked with the connection), is left alone.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use super::block::ring_at;
+use super::cursors::TxPos;
+use super::Connection;
+
+/// No producer counter (a ring never released, or not seen idle).
+const NONE: u64 = u64::MAX;
+
+/// Ring positions are released in these units around the header slot that is kept: the
+/// smallest page size; where pages are larger, `Region::release` rounds inwards, so the page
+/// holding the slot is never touched.
+const KEEP: u64 = 4096;
+
+/// What the idle sweep knows of a connection's sending direction (process memory).
+pub(super) struct IdleRing {
+    /// The producer counter a look found wholly consumed, and when (the sweeper's clock, ms).
+    seen_tail: AtomicU64,
+    seen_ms: AtomicU64,
+    /// The producer counter at which the peer's ring was released; nothing was sent since while
+    /// it is still ours.
+    released_at: AtomicU64,
+    /// The ring's memory cannot be released (a BAR, a filesystem without holes): not asked again.
+    refused: AtomicBool,
+}
+
+impl Default for IdleRing {
+    fn default() -> IdleRing {
+        IdleRing {
+            seen_tail: AtomicU64::new(NONE),
+            seen_ms: AtomicU64::new(0),
+            released_at: AtomicU64::new(NONE),
+            refused: AtomicBool::new(false),
+        }
+    }
+}
+
+/// What one look of the idle sweep did with a connection's sending direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleRelease {
+    /// Sending, not yet consumed, or not ours to judge now (another thread sends, the direction
+    /// is on TCP or closed, other processes hold the connection): nothing done.
+    Busy,
+    /// Nothing was ever sent: the ring holds at most the page the service prepared.
+    Unused,
+    /// Wholly consumed, since less than the idle time: looked at again later.
+    Watching,
+    /// The ring's pages were released (this many bytes), all but the one holding the next
+    /// header slot.
+    Released(usize),
+    /// Released already, and nothing sent since.
+    Kept,
+    /// The memory cannot be released (not RAM this process can give back): counted once.
+    Refused,
+}
+
+impl Connection {
+    /// One look of the idle sweep at our sending direction, at `now_ms` (any clock in ms that
+    /// does not go back): releases the peer's ring pages, all but the one holding the next
+    /// header slot, once every byte we sent has been consumed and nothing was sent for
+    /// `idle_ms` (since a look found it so). See the module's doc for why that is safe.
+    /// First, the credits of our receiving direction not returned yet go to the peer (as
+    /// before a wait): its sender's own look then finds its ring consumed.
+    pub fn release_idle_tx(&self, now_ms: u64, idle_ms: u64) -> IdleRelease {
+        if !self.fo.rx_off() {
+            self.flush_credits(true);
+        }
+        let st = &self.cur.idle;
+        if st.refused.load(Relaxed) {
+            return IdleRelease::Refused;
+        }
+        if self.family.is_shared() {
+            return IdleRelease::Busy;
+        }
+        let Some(_g) = self.tx_lock.try_lock_unrevoked() else {
+            return IdleRelease::Busy;
+        };
+        if self.fo.tx_off() || self.send_blocked().is_some() {
+            return IdleRelease::Busy;
+        }
+        let TxPos { tail, .. } = self.tx_pos();
+        if tail == 0 {
+            return IdleRelease::Unused;
+        }
+        if st.released_at.load(Relaxed) == tail {
+            return IdleRelease::Kept;
+        }
+        // SYNC POINT (ring release): the credits' Acquire load (`ringsync::credits`) that finds
+        // every byte consumed pairs with the receiver's Release store of `head` in
+        // `flush_credits`, made after its last read of the ring: those reads happen before the
+        // pages go. A protocol error in the credits is the next send's to report.
+        match self.credits(tail) {
+            Ok(head) if head == tail => {}
+            _ => {
+                st.seen_tail.store(NONE, Relaxed);
+                return IdleRelease::Busy;
+            }
+        }
+        if st.seen_tail.load(Relaxed) != tail {
+            st.seen_tail.store(tail, Relaxed);
+            st.seen_ms.store(now_ms, Relaxed);
+            return IdleRelease::Watching;
+        }
+        if now_ms.saturating_sub(st.seen_ms.load(Relaxed)) < idle_ms {
+            return IdleRelease::Watching;
+        }
+        // The page of the next header slot stays (the receiver looks at it); every other page
+        // of the ring goes. `pos` is below the capacity, a power of two of at least 4 KiB.
+        let cap = self.tx_ring.cap();
+        let keep = self.tx_ring.pos(tail) & !(KEEP - 1);
+        let after = keep.saturating_add(KEEP);
+        let ranges = [(0, keep), (after, cap.saturating_sub(after))];
+        let mut bytes = 0usize;
+        for (at, len) in ranges {
+            if len == 0 {
+                continue;
+            }
+            match self.peer_block.release(ring_at(at), len as usize) {
+                Ok(n) => bytes = bytes.saturating_add(n),
+                Err(_) => {
+                    st.refused.store(true, Relaxed);
+                    self.shared
+                        .counters
+                        .ring_releases_refused
+                        .fetch_add(1, Relaxed);
+                    return IdleRelease::Refused;
+                }
+            }
+        }
+        st.released_at.store(tail, Relaxed);
+        st.seen_tail.store(NONE, Relaxed);
+        let c = &self.shared.counters;
+        c.ring_releases.fetch_add(1, Relaxed);
+        c.ring_bytes_released.fetch_add(bytes as u64, Relaxed);
+        IdleRelease::Released(bytes)
+    }
+}

@@ -1,0 +1,232 @@
+//! Idle rings give their memory back (`Connection::release_idle_tx`, docs/PROTOCOL.md §2, *Idle
+//! rings*): a ring filled and then left idle has its pages released, as the file that backs the
+//! window shows (its allocated blocks: an independent signal, not our own count), and the stream
+//! afterwards is byte-exact across many laps of random sizes, released again and again at random
+//! ring positions (the pad frame at the ring's end included).
+
+mod common;
+use common::*;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+
+use transport::{Connection, IdleRelease, RecvFlags};
+
+/// Bytes the filesystem holds for the files of the device's directory (its windows).
+fn allocated(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+/// A small seeded generator (xorshift64*): each case says its seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const NB: RecvFlags = RecvFlags {
+    nonblock: true,
+    peek: false,
+    waitall: false,
+};
+
+/// Where a stream stands: bytes sent and bytes received.
+#[derive(Default)]
+struct Stream {
+    sent: u64,
+    got: u64,
+}
+
+/// Move `n` bytes of the pattern (from stream offset `*sent`) from `c` to `s`, in writes of
+/// random sizes up to `max`, reading on `s` in random sizes and checking every byte.
+fn stream(
+    c: &Connection,
+    s: &Connection,
+    rng: &mut Rng,
+    n: u64,
+    max: u64,
+    at: &mut Stream,
+    seed: u64,
+) {
+    let Stream { sent, got } = at;
+    let end = *sent + n;
+    let mut buf = vec![0u8; max as usize];
+    while *got < end {
+        if *sent < end {
+            let len = (1 + rng.below(max)).min(end - *sent) as usize;
+            let data: Vec<u8> = (*sent..*sent + len as u64).map(pattern).collect();
+            if let Ok(k) = c.send(&[&data], true, None) {
+                *sent += k as u64;
+            }
+        }
+        let want = 1 + rng.below(max) as usize;
+        match s.recv(&mut [&mut buf[..want]], NB, None) {
+            Ok(k) => {
+                for (i, &b) in buf[..k].iter().enumerate() {
+                    let at = *got + i as u64;
+                    assert_eq!(b, pattern(at), "seed {seed}: byte {at} of the stream");
+                }
+                *got += k as u64;
+            }
+            Err(transport::IoError::WouldBlock) => {}
+            Err(e) => panic!("seed {seed}: recv: {e:?}"),
+        }
+    }
+}
+
+/// Look at `c`'s sending direction twice, `idle` ms apart: the second look releases the ring.
+fn release(c: &Connection, s: &Connection, now: &mut u64) -> IdleRelease {
+    // The receiver's looks return its credits (as its sweep, or its arming, does).
+    let _ = s.release_idle_tx(*now, 1000);
+    let first = c.release_idle_tx(*now, 1000);
+    *now += 1000;
+    let second = c.release_idle_tx(*now, 1000);
+    assert!(
+        matches!(first, IdleRelease::Watching) || first == second,
+        "a first look at an idle direction watches it: {first:?} then {second:?}"
+    );
+    second
+}
+
+#[test]
+fn an_idle_ring_gives_its_pages_back_and_the_stream_stays_exact_across_laps() {
+    let cap: u64 = 64 << 10;
+    let (dir, dev) = device("idle");
+    let t = transport(&dev, cap);
+    let (c, s, _cs, _ss) = pair(&t);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let (mut at, mut now) = (Stream::default(), 1u64);
+
+    // Nothing sent yet: nothing to release.
+    assert_eq!(c.release_idle_tx(now, 1000), IdleRelease::Unused);
+    // Three laps of the ring: every page of it touched.
+    stream(&c, &s, &mut rng, 3 * cap, 8192, &mut at, 0);
+    let full = allocated(&dir.0);
+    // A look while bytes are unconsumed does nothing.
+    c.send(&[b"unread"], true, None).unwrap();
+    assert_eq!(c.release_idle_tx(now, 0), IdleRelease::Busy);
+    assert_eq!(c.release_idle_tx(now + 5000, 0), IdleRelease::Busy);
+    let mut six = [0u8; 6];
+    assert_eq!(s.recv(&mut [&mut six], NB, None).unwrap(), 6);
+    assert_eq!(&six, b"unread");
+    // Consumed: the first look watches, one before the idle time too, then it is released.
+    let _ = s.release_idle_tx(now, 1000);
+    assert_eq!(c.release_idle_tx(now, 1000), IdleRelease::Watching);
+    assert_eq!(c.release_idle_tx(now + 999, 1000), IdleRelease::Watching);
+    let r = c.release_idle_tx(now + 1000, 1000);
+    now += 1000;
+    let IdleRelease::Released(bytes) = r else {
+        panic!("an idle, consumed ring is released: {r:?}");
+    };
+    assert_eq!(
+        bytes as u64,
+        cap - 4096,
+        "all but the page of the next header slot"
+    );
+    let after = allocated(&dir.0);
+    assert!(
+        after + (cap - 4096) <= full,
+        "the window's file gave the ring's pages back: {full} bytes allocated before, {after} after"
+    );
+    assert_eq!(c.release_idle_tx(now + 5000, 1000), IdleRelease::Kept);
+    let counters = t.counters();
+    assert_eq!(
+        counters
+            .ring_releases
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        counters
+            .ring_bytes_released
+            .load(std::sync::atomic::Ordering::Relaxed),
+        cap - 4096
+    );
+    // The released pages read as zeros through the sender's window.
+    let block = victims_block(&dev, &c);
+    let mut ring = vec![0u8; cap as usize];
+    block.read(4096, &mut ring).unwrap();
+    let zeros = ring
+        .chunks(4096)
+        .filter(|p| p.iter().all(|&b| b == 0))
+        .count();
+    assert!(
+        zeros >= (cap / 4096 - 1) as usize,
+        "{zeros} zero pages of {}",
+        cap / 4096
+    );
+
+    // Many laps of random sizes, released at random ring positions: byte-exact throughout.
+    let mut released = 1;
+    for round in 0..200u64 {
+        let max = [16, 100, 1000, 5000, 16 << 10, 40 << 10][rng.below(6) as usize];
+        let n = 1 + rng.below(cap + cap / 2);
+        stream(&c, &s, &mut rng, n, max, &mut at, round);
+        // Sometimes land the producer counter within a frame or two of the ring's end, so that
+        // the next frame after the release starts with a pad frame.
+        if rng.below(4) == 0 {
+            let to_end = cap - at.sent % cap;
+            if to_end > 48 {
+                stream(&c, &s, &mut rng, to_end - 40, to_end, &mut at, round);
+            }
+        }
+        match release(&c, &s, &mut now) {
+            IdleRelease::Released(_) => released += 1,
+            other => panic!(
+                "round {round}: an idle ring after {} bytes: {other:?}",
+                at.sent
+            ),
+        }
+    }
+    assert_eq!(at.got, at.sent);
+    assert!(released > 100);
+    // And the other direction, which the receiver's looks never released, is intact too.
+    let mut b = [0u8; 5];
+    s.send(&[b"hello"], false, None).unwrap();
+    assert_eq!(
+        c.recv(&mut [&mut b], RecvFlags::default(), None).unwrap(),
+        5
+    );
+    assert_eq!(&b, b"hello");
+}
+
+/// The service's segments (a memfd sealed against shrinking, growing and more seals) can punch
+/// holes: the seals forbid neither `MADV_REMOVE` nor a later write.
+#[test]
+fn a_segment_sealed_as_the_service_seals_it_gives_pages_back() {
+    let len = 64 << 10;
+    let fd = fabric::sys::segment(len as u64).unwrap();
+    let r = ntbdrv::Region::map_segment(&fd, len).unwrap();
+    r.fill(0, len, 0x5A).unwrap();
+    let blocks = |fd: &std::os::fd::OwnedFd| {
+        let f = std::fs::File::from(fd.try_clone().unwrap());
+        f.metadata().unwrap().blocks() * 512
+    };
+    let full = blocks(&fd);
+    assert!(full >= len as u64, "{full}");
+    assert_eq!(r.release(4096, len - 8192).unwrap(), len - 8192);
+    let after = blocks(&fd);
+    assert!(after <= 8192, "{after} bytes still allocated");
+    let mut b = vec![0u8; len];
+    r.read(0, &mut b).unwrap();
+    assert!(b[..4096].iter().all(|&x| x == 0x5A));
+    assert!(b[4096..len - 4096].iter().all(|&x| x == 0));
+    assert!(b[len - 4096..].iter().all(|&x| x == 0x5A));
+    r.write(8192, b"again").unwrap();
+    r.read(8192, &mut b[..5]).unwrap();
+    assert_eq!(&b[..5], b"again");
+    assert!(fabric::sys::seals(fd.as_raw_fd()).unwrap() & libc::F_SEAL_SHRINK != 0);
+}
