@@ -40,20 +40,12 @@ struct Page {
 #[derive(Default)]
 pub(super) struct Tallies {
     pages: Vec<Page>,
-    /// While a full look lists the registrations again: the counts seen before, by fd.
-    before: HashMap<c_int, u32>,
 }
 
 impl Tallies {
-    /// Forget every entry: a full look lists them again ([`Tallies::list`] then says which
-    /// words moved since they were last seen).
-    pub(super) fn relist(&mut self) {
-        self.before.clear();
-        for p in self.pages.drain(..) {
-            for g in p.groups.into_values() {
-                self.before.extend(g.entries.iter().map(|e| (e.fd, e.seen)));
-            }
-        }
+    /// Forget every entry (a full look lists them again).
+    pub(super) fn clear(&mut self) {
+        self.pages.clear();
     }
 
     /// Does any registration have a word?
@@ -61,11 +53,10 @@ impl Tallies {
         self.pages.is_empty()
     }
 
-    /// List registration `fd` of `c` (being evaluated now: its word counts from here). True if
-    /// its word moved since it was seen before a [`Tallies::relist`]: a ring nobody was told.
-    pub(super) fn list(&mut self, fd: c_int, c: &Connection) -> bool {
+    /// List registration `fd` of `c` (being evaluated now: its word counts from here).
+    pub(super) fn list(&mut self, fd: c_int, c: &Connection) {
         let Some(t) = c.tally() else {
-            return false;
+            return;
         };
         let tally = t.tally();
         let i = match self.pages.iter().position(|p| Arc::ptr_eq(&p.tally, tally)) {
@@ -87,13 +78,11 @@ impl Tallies {
             seen: tally.group_count(g),
             entries: Vec::new(),
         });
-        let seen = tally.count(t.slot());
         group.entries.push(Entry {
             fd,
             slot: t.slot(),
-            seen,
+            seen: tally.count(t.slot()),
         });
-        self.before.remove(&fd).is_some_and(|b| b != seen)
     }
 
     /// A shared line rang: put the registrations whose word moved in `found`. False when the

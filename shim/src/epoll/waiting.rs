@@ -151,7 +151,7 @@ fn harvest(
         st.cand.clear();
         fds.extend(st.regs.keys().copied());
         // Listed again as they are looked at (a registration that went leaves no word).
-        st.tallies.relist();
+        st.tallies.clear();
         st.regs.values_mut().for_each(|r| r.tallied = false);
     } else {
         // The candidates and the registrations served last (see `SetState::hot`).
@@ -164,12 +164,7 @@ fn harvest(
         };
         if !r.tallied {
             if let Some(c) = r.sock.conn.get() {
-                // A word that moved since the last listing is a ring the listing takes in
-                // untold: its peer took the registration's flag, so it is armed again before
-                // the next sleep (unarmed, its next message rang nothing and waited for a nap).
-                if st.tallies.list(fd, c) {
-                    st.to_arm.insert(fd);
-                }
+                st.tallies.list(fd, c);
                 r.tallied = true;
             }
         }
