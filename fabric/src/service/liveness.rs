@@ -55,7 +55,6 @@ impl Service {
             c.segment.as_raw_fd(),
             me.line.fd.as_raw_fd(),
             peer.line.fd.as_raw_fd(),
-            peer.line.tally.as_raw_fd(),
         ];
         let r = Reply::Paired {
             conn,

@@ -121,8 +121,6 @@ struct Client {
 struct Line {
     id: u64,
     fd: OwnedFd,
-    /// The process's tally page, handed to its peers with the line (`sys::is_tally` checked).
-    tally: OwnedFd,
 }
 
 struct Listener {

@@ -74,12 +74,10 @@ impl Service {
         };
         let client_inode = offer.inode;
         let line_c = &offer.line;
-        let (seg, lc, ls, bc, bs) = (
+        let (seg, lc, ls) = (
             segment.as_raw_fd(),
             line_c.fd.as_raw_fd(),
             line_s.fd.as_raw_fd(),
-            line_c.tally.as_raw_fd(),
-            line_s.tally.as_raw_fd(),
         );
         self.reply(
             server,
@@ -91,7 +89,7 @@ impl Service {
                 own_line: line_s.id,
                 peer_line: line_c.id,
             },
-            &[seg, ls, lc, bc],
+            &[seg, ls, lc],
         );
         self.reply(
             offer.owner,
@@ -103,7 +101,7 @@ impl Service {
                 own_line: line_c.id,
                 peer_line: line_s.id,
             },
-            &[seg, lc, ls, bs],
+            &[seg, lc, ls],
         );
         sys::ring(lc);
         self.window_used += bytes;
