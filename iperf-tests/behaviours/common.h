@@ -149,6 +149,21 @@ static int listen_on(int port) {
 }
 
 /* A blocking connected socket to 127.0.0.1:port. */
+/* Fork a child that runs `client(go_fd)` (it must end with _exit), listen on the port, then write one byte on the pipe
+ * the child reads `go_fd` from, so that it connects only once the listener exists. Returns the listening socket and
+ * the child's pid in *child. */
+static int fork_client_then_listen(void (*client)(int go_fd), pid_t *child) {
+    int go[2];
+    if (pipe(go) < 0) FAIL_ERRNO("pipe");
+    pid_t pid = fork();
+    if (pid < 0) FAIL_ERRNO("fork");
+    if (pid == 0) client(go[0]);
+    int lfd = listen_on(port_arg);
+    if (write(go[1], "g", 1) != 1) FAIL_ERRNO("go pipe");
+    *child = pid;
+    return lfd;
+}
+
 static int connect_to(int port) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) FAIL_ERRNO("socket (client)");

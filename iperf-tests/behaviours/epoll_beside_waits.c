@@ -84,13 +84,8 @@ static void serve(int from, int n) {
 
 int main(int argc, char **argv) {
     setup("epoll_beside_waits", argc, argv, 25);
-    int go[2];
-    if (pipe(go) < 0) FAIL_ERRNO("pipe");
-    pid_t pid = fork();
-    if (pid < 0) FAIL_ERRNO("fork");
-    if (pid == 0) client(go[0]);
-    int lfd = listen_on(port_arg);
-    if (write(go[1], "g", 1) != 1) FAIL_ERRNO("go pipe");
+    pid_t pid;
+    int lfd = fork_client_then_listen(client, &pid);
     s = accept_one(lfd);
     /* The watcher's blocking peek gives up after 1 ms; the server's reads follow a report of readiness and never
      * wait that long. */

@@ -27,13 +27,8 @@ static void client(int go_fd) {
 
 int main(int argc, char **argv) {
     setup("epoll_nested_after_direct", argc, argv, 20);
-    int go[2];
-    if (pipe(go) < 0) FAIL_ERRNO("pipe");
-    pid_t pid = fork();
-    if (pid < 0) FAIL_ERRNO("fork");
-    if (pid == 0) client(go[0]);
-    int lfd = listen_on(port_arg);
-    if (write(go[1], "g", 1) != 1) FAIL_ERRNO("go pipe");
+    pid_t pid;
+    int lfd = fork_client_then_listen(client, &pid);
     int s = accept_one(lfd);
     set_nonblocking(s, 1);
 

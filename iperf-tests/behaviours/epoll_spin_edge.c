@@ -36,13 +36,8 @@ static int cmp_double(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     setup("epoll_spin_edge", argc, argv, 25);
-    int go[2];
-    if (pipe(go) < 0) FAIL_ERRNO("pipe");
-    pid_t pid = fork();
-    if (pid < 0) FAIL_ERRNO("fork");
-    if (pid == 0) client(go[0]);
-    int lfd = listen_on(port_arg);
-    if (write(go[1], "g", 1) != 1) FAIL_ERRNO("go pipe");
+    pid_t pid;
+    int lfd = fork_client_then_listen(client, &pid);
 
     PHASE("edge-triggered request/response, each request 1 ms after the last answer");
     int s = accept_one(lfd);

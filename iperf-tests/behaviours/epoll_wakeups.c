@@ -85,13 +85,9 @@ static void *worker(void *arg) {
 
 int main(int argc, char **argv) {
     setup("epoll_wakeups", argc, argv, 25);
-    int go[2];
-    if (pipe(go) < 0 || pipe(handoff) < 0) FAIL_ERRNO("pipe");
-    pid_t pid = fork();
-    if (pid < 0) FAIL_ERRNO("fork");
-    if (pid == 0) client(go[0]);
-    lfd = listen_on(port_arg);
-    if (write(go[1], "g", 1) != 1) FAIL_ERRNO("go pipe");
+    if (pipe(handoff) < 0) FAIL_ERRNO("pipe");
+    pid_t pid;
+    lfd = fork_client_then_listen(client, &pid);
 
     PHASE("EPOLLOUT added by EPOLL_CTL_MOD after EAGAIN");
     int s1 = accept_one(lfd);

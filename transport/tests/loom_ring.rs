@@ -19,7 +19,7 @@
 #![cfg(loom)]
 
 mod loom_check;
-use loom_check::check;
+use loom_check::{check, check_fails};
 
 use std::sync::atomic::AtomicU64 as LocalU64;
 use std::sync::atomic::Ordering::SeqCst;
@@ -284,22 +284,10 @@ fn frame_publication() {
 /// longer puts a stale number where the receiver looks.
 #[test]
 fn frame_publication_needs_the_mark() {
-    let me = std::thread::current().id();
-    let before: Arc<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send> =
-        Arc::from(std::panic::take_hook());
-    let others = before.clone();
-    std::panic::set_hook(Box::new(move |info| {
-        if std::thread::current().id() != me {
-            others(info)
-        }
-    }));
-    let stale = std::panic::catch_unwind(|| {
-        check("frame publication without the mark", || {
-            frame_publication_race(false)
-        })
+    let stale = check_fails("frame publication without the mark", || {
+        frame_publication_race(false)
     });
-    std::panic::set_hook(Box::new(move |info| before(info)));
-    assert!(stale.is_err(), "loom found no stale frame without the mark");
+    assert!(stale, "loom found no stale frame without the mark");
     println!("loom model frame publication without the mark: stale frame found, as expected");
 }
 
@@ -408,27 +396,10 @@ fn data_wakeup() {
 /// If this stops failing, the sender publishes with a full fence and the grace period can go.
 #[test]
 fn data_wakeup_needs_the_grace_period() {
-    // The expected panic is not reported (the CI log shows failures only); other threads'
-    // panics go to the hook as before.
-    let me = std::thread::current().id();
-    let before: Arc<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send> =
-        Arc::from(std::panic::take_hook());
-    let others = before.clone();
-    std::panic::set_hook(Box::new(move |info| {
-        if std::thread::current().id() != me {
-            others(info)
-        }
-    }));
-    let lost = std::panic::catch_unwind(|| {
-        check("data wake-up without the grace period", || {
-            data_wakeup_race(false)
-        })
+    let lost = check_fails("data wake-up without the grace period", || {
+        data_wakeup_race(false)
     });
-    std::panic::set_hook(Box::new(move |info| before(info)));
-    assert!(
-        lost.is_err(),
-        "loom found no lost wake-up without the grace period"
-    );
+    assert!(lost, "loom found no lost wake-up without the grace period");
     // The panic above is the expected finding, not a failure.
     println!("loom model data wake-up without the grace period: lost wake-up found, as expected");
 }
@@ -572,22 +543,10 @@ fn ring_release() {
 /// this stops failing, the model no longer lets the release meet the receiver.
 #[test]
 fn ring_release_needs_the_credits() {
-    let me = std::thread::current().id();
-    let before: Arc<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send> =
-        Arc::from(std::panic::take_hook());
-    let others = before.clone();
-    std::panic::set_hook(Box::new(move |info| {
-        if std::thread::current().id() != me {
-            others(info)
-        }
-    }));
-    let raced = std::panic::catch_unwind(|| {
-        check("ring release without the credits", || {
-            ring_release_race(false)
-        })
+    let raced = check_fails("ring release without the credits", || {
+        ring_release_race(false)
     });
-    std::panic::set_hook(Box::new(move |info| before(info)));
-    assert!(raced.is_err(), "loom found no race without the credits");
+    assert!(raced, "loom found no race without the credits");
     println!("loom model ring release without the credits: race found, as expected");
 }
 

@@ -13,7 +13,7 @@ use super::*;
 /// room the kernel does not use is left empty for that call (the ring connections held back
 /// are reported by the next), and a slot taken by one of our own events (a line that rang, a
 /// ring connection's socket) is that event's, which is then consumed, so the next call has it.
-pub(super) fn kernel_share(max: usize) -> usize {
+fn kernel_share(max: usize) -> usize {
     if max < 2 {
         0
     } else {

@@ -153,12 +153,7 @@ impl SendLock {
     /// Take the lock by compare-and-swap if it is free, without waiting (then wait out a bias
     /// owner inside, revoking the bias if it is not ours).
     pub fn try_lock(&self) -> Option<SendGuard<'_>> {
-        if self.held.load(Relaxed)
-            || self
-                .held
-                .compare_exchange(false, true, Acquire, Relaxed)
-                .is_err()
-        {
+        if !self.take_held() {
             return None;
         }
         match self.owner.load(SeqCst) {
@@ -166,14 +161,28 @@ impl SendLock {
             o if o == thread_token() => {}
             _ => self.revoke(),
         }
-        // An owner that entered before the revocation is still in: wait it out.
+        Some(self.entered_unbiased())
+    }
+
+    /// `held`, by compare-and-swap if it looks free (false: it is taken).
+    fn take_held(&self) -> bool {
+        !self.held.load(Relaxed)
+            && self
+                .held
+                .compare_exchange(false, true, Acquire, Relaxed)
+                .is_ok()
+    }
+
+    /// With `held` taken and no bias left to honour: wait out an owner that entered before the
+    /// revocation (or before the look that found none), and enter.
+    fn entered_unbiased(&self) -> SendGuard<'_> {
         while self.owner_in.load(Acquire) {
             spin();
         }
-        Some(SendGuard {
+        SendGuard {
             lock: self,
             biased: false,
-        })
+        }
     }
 
     /// Take the lock only if that costs its bias owner nothing: by the biased way if the bias
@@ -189,12 +198,7 @@ impl SendLock {
             UNBIASED | REVOKED => {}
             _ => return None,
         }
-        if self.held.load(Relaxed)
-            || self
-                .held
-                .compare_exchange(false, true, Acquire, Relaxed)
-                .is_err()
-        {
+        if !self.take_held() {
             return None;
         }
         match self.owner.load(SeqCst) {
@@ -206,13 +210,7 @@ impl SendLock {
                 return None;
             }
         }
-        while self.owner_in.load(Acquire) {
-            spin();
-        }
-        Some(SendGuard {
-            lock: self,
-            biased: false,
-        })
+        Some(self.entered_unbiased())
     }
 
     /// End the bias (we hold `held`): after the barrier, an owner either shows in `owner_in`
