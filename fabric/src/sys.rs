@@ -350,12 +350,6 @@ pub fn pread(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-/// A new descriptor of the file `fd` refers to (close-on-exec).
-pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: plain integers; the kernel validates `fd`.
-    owned(unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 0) })
-}
-
 /// Wait for the events asked of each fd, up to `timeout_ms` (-1: forever). Returns the
 /// revents per fd.
 pub fn poll(fds: &[(RawFd, i16)], timeout_ms: i32) -> io::Result<Vec<i16>> {

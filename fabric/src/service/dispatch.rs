@@ -74,24 +74,29 @@ impl Service {
         }
     }
 
-    pub(super) fn reply(&mut self, client: u64, request: u64, r: Reply, fds: &[RawFd]) {
+    /// Send reply `r` to `request` of `client` with the descriptors `fds`, or keep it in the
+    /// client's outbox, in order, while its socket has no room (or the kernel holds too many of
+    /// its user's descriptors in flight). Only a client that does not read its replies at all
+    /// (`MAX_OUTBOX` waiting) or whose socket is broken is cut off.
+    pub(super) fn reply(&mut self, client: u64, request: u64, r: Reply, fds: &[&Rc<OwnedFd>]) {
         let Some(c) = self.clients.get_mut(&client) else {
             return;
         };
         let bytes = r.encode(request);
+        let shared = || fds.iter().map(|&f| Rc::clone(f)).collect();
         if c.outbox.is_empty() {
-            match sys::send_msg(c.sock.as_raw_fd(), &bytes, fds) {
-                Ok(()) => return,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return self.drop_client(client),
+            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            match send(c.sock.as_raw_fd(), &bytes, &raw) {
+                Sent::Yes => return,
+                Sent::NoRoom => {}
+                Sent::TooManyInFlight => c.stalled = true,
+                Sent::Broken => return self.drop_client(client),
             }
         }
-        // No room in its socket now: kept, in order, until there is (a client that does not
-        // read its replies at all is cut off).
-        let copies: io::Result<Vec<OwnedFd>> = fds.iter().map(|&fd| sys::dup(fd)).collect();
-        match copies {
-            Ok(copies) if c.outbox.len() < MAX_OUTBOX => c.outbox.push_back((bytes, copies)),
-            _ => self.drop_client(client),
+        if c.outbox.len() < MAX_OUTBOX {
+            c.outbox.push_back((bytes, shared()));
+        } else {
+            self.drop_client(client)
         }
     }
 
@@ -100,14 +105,19 @@ impl Service {
         let Some(c) = self.clients.get_mut(&client) else {
             return;
         };
+        c.stalled = false;
         while let Some((bytes, fds)) = c.outbox.front() {
             let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-            match sys::send_msg(c.sock.as_raw_fd(), bytes, &raw) {
-                Ok(()) => {
+            match send(c.sock.as_raw_fd(), bytes, &raw) {
+                Sent::Yes => {
                     c.outbox.pop_front();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return self.drop_client(client),
+                Sent::NoRoom => return,
+                Sent::TooManyInFlight => {
+                    c.stalled = true;
+                    return;
+                }
+                Sent::Broken => return self.drop_client(client),
             }
         }
     }
@@ -214,7 +224,10 @@ impl Service {
                 let line_id = self.id();
                 if let (Some(c), Some(fd)) = (self.clients.get_mut(&client), line) {
                     c.pidfd = Some(p);
-                    c.line = Some(Rc::new(Line { id: line_id, fd }));
+                    c.line = Some(Rc::new(Line {
+                        id: line_id,
+                        fd: Rc::new(fd),
+                    }));
                 }
                 let w = Reply::Welcome {
                     service_pid: sys::getpid(),
@@ -485,5 +498,26 @@ fn end_counters(segment: &OwnedFd, at: u64) -> EndCounters {
     EndCounters {
         on_tcp: state & STATE_ON_TCP != 0,
         counters,
+    }
+}
+
+/// What became of one reply sent.
+enum Sent {
+    Yes,
+    /// The client's socket is full: again when it has room.
+    NoRoom,
+    /// `ETOOMANYREFS`: the sending user's descriptors in flight (sent, not yet received by
+    /// anyone) reached its open-file limit (a service not run as root, with thousands of
+    /// pairings' descriptors on their way). They drain as their receivers read: again later.
+    TooManyInFlight,
+    Broken,
+}
+
+fn send(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> Sent {
+    match sys::send_msg(sock, bytes, fds) {
+        Ok(()) => Sent::Yes,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Sent::NoRoom,
+        Err(e) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => Sent::TooManyInFlight,
+        Err(_) => Sent::Broken,
     }
 }

@@ -51,11 +51,7 @@ impl Service {
             return;
         };
         let (me, peer) = (&c.ends[side], &c.ends[1 - side]);
-        let fds = [
-            c.segment.as_raw_fd(),
-            me.line.fd.as_raw_fd(),
-            peer.line.fd.as_raw_fd(),
-        ];
+        let fds = [&c.segment, &me.line.fd, &peer.line.fd].map(Rc::clone);
         let r = Reply::Paired {
             conn,
             ring_bytes: c.bytes / 2 - SEGMENT_HEADER,
@@ -63,7 +59,7 @@ impl Service {
             own_line: me.line.id,
             peer_line: peer.line.id,
         };
-        self.reply(client, request, r, &fds);
+        self.reply(client, request, r, &fds.each_ref());
     }
 
     /// The offer `pid` made on the socket `view` describes, if any.
@@ -87,8 +83,8 @@ impl Service {
         };
         o.owner = client;
         o.request = request;
-        let (fd, line) = (o.line.fd.as_raw_fd(), o.line.id);
-        self.reply(client, request, Reply::Reoffered { conn, line }, &[fd]);
+        let (fd, line) = (Rc::clone(&o.line.fd), o.line.id);
+        self.reply(client, request, Reply::Reoffered { conn, line }, &[&fd]);
     }
 
     /// A holder's process died: it holds nothing any more.

@@ -82,6 +82,9 @@ const MAX_STRIKES: u32 = 16;
 /// a client opening thousands of connections at once has thousands of answers coming);
 /// beyond this it is not reading at all, and is disconnected.
 const MAX_OUTBOX: usize = 16384;
+/// How often the outbox of a client whose replies wait for its user's descriptors in flight
+/// to drain (`Client::stalled`) is tried again.
+const STALLED_LOOK_MS: i32 = 20;
 /// Messages read from one client per pass (fairness).
 const PASS_BUDGET: usize = 256;
 /// How often offers are looked at for their patience.
@@ -109,8 +112,15 @@ struct Client {
     /// makes or accepts on this service connection.
     line: Option<Rc<Line>>,
     strikes: u32,
-    /// Replies its socket had no room for yet, in order (sent when it has).
-    outbox: std::collections::VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    /// Replies its socket had no room for yet, in order (sent when it has), each with the
+    /// descriptors it carries: shared with the records they come from, never copies (a copy
+    /// per queued reply ran the service out of descriptors under a burst of thousands of
+    /// pairings, and a shortage must never cost a client its replies).
+    outbox: std::collections::VecDeque<(Vec<u8>, Vec<Rc<OwnedFd>>)>,
+    /// Its last send was refused for descriptors in flight (`ETOOMANYREFS`: the user's
+    /// descriptors queued in sockets and not yet received reached its open-file limit): its
+    /// outbox is tried again on the next look, not when its socket has room.
+    stalled: bool,
     /// The network namespace it handed a sock_diag socket of (`Namespace`; 0: none).
     netns: u64,
 }
@@ -120,7 +130,7 @@ struct Client {
 /// not per connection.
 struct Line {
     id: u64,
-    fd: OwnedFd,
+    fd: Rc<OwnedFd>,
 }
 
 struct Listener {
@@ -188,7 +198,7 @@ struct Conn {
     /// Client end, server end.
     ends: [End; 2],
     /// The connection's memory: both ends' blocks (handed out again on `Hold`).
-    segment: OwnedFd,
+    segment: Rc<OwnedFd>,
     bytes: u64,
 }
 
@@ -343,8 +353,9 @@ impl Service {
         let mut fds = vec![(self.listener.as_raw_fd(), libc::POLLIN)];
         let mut who = Vec::new();
         for (&id, c) in &self.clients {
-            // A client with replies waiting for room: wake when it has some.
-            let out = if c.outbox.is_empty() {
+            // A client with replies waiting for room: wake when it has some (one waiting for
+            // its user's descriptors in flight to drain is tried again on a timer instead).
+            let out = if c.outbox.is_empty() || c.stalled {
                 0
             } else {
                 libc::POLLOUT
@@ -364,7 +375,19 @@ impl Service {
         } else {
             timeout_ms.min(ORPHAN_LOOK_MS)
         };
+        let stalled: Vec<u64> = (self.clients.iter())
+            .filter(|(_, c)| c.stalled)
+            .map(|(&id, _)| id)
+            .collect();
+        let timeout_ms = if stalled.is_empty() {
+            timeout_ms
+        } else {
+            timeout_ms.min(STALLED_LOOK_MS)
+        };
         let rev = sys::poll(&fds, timeout_ms)?;
+        for id in stalled {
+            self.flush(id);
+        }
         for (i, pid) in holders.into_iter().enumerate() {
             if rev[first_holder + i] != 0 {
                 self.holder_died(pid);
@@ -385,6 +408,7 @@ impl Service {
                         line: None,
                         strikes: 0,
                         outbox: Default::default(),
+                        stalled: false,
                         netns: 0,
                     },
                 );

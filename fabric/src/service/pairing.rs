@@ -74,11 +74,8 @@ impl Service {
         };
         let client_inode = offer.inode;
         let line_c = &offer.line;
-        let (seg, lc, ls) = (
-            segment.as_raw_fd(),
-            line_c.fd.as_raw_fd(),
-            line_s.fd.as_raw_fd(),
-        );
+        let segment = Rc::new(segment);
+        let (seg, lc, ls) = (&segment, &line_c.fd, &line_s.fd);
         self.reply(
             server,
             request,
@@ -103,7 +100,7 @@ impl Service {
             },
             &[seg, lc, ls],
         );
-        sys::ring(lc);
+        sys::ring(lc.as_raw_fd());
         self.window_used += bytes;
         self.counters.paired += 1;
         let pid_of = |s: &Service, c: u64| s.clients.get(&c).map(|c| c.cred.pid);
