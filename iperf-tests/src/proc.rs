@@ -53,6 +53,8 @@ pub struct Proc {
     stdout_path: PathBuf,
     stderr_path: PathBuf,
     command_line: String,
+    /// Its threads' stacks, taken when it had to be killed (it ignored SIGTERM twice).
+    stacks: Option<String>,
 }
 
 impl Proc {
@@ -80,6 +82,7 @@ impl Proc {
             stdout_path,
             stderr_path,
             command_line,
+            stacks: None,
         })
     }
 
@@ -118,9 +121,10 @@ impl Proc {
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "{} did not exit within {timeout:?}\n{}",
+                    "{} did not exit within {timeout:?}\n{}\n{}",
                     self.name,
-                    self.describe()
+                    self.describe(),
+                    stacks(self.pid()),
                 ));
             }
             thread::sleep(POLL);
@@ -219,6 +223,7 @@ impl Proc {
         if let Some(status) = self.try_status()? {
             return Ok(status);
         }
+        self.stacks = Some(stacks(self.pid()));
         let _ = self.child.kill();
         let status = self
             .child
@@ -244,14 +249,43 @@ impl Proc {
             Some(s) => s.to_string(),
             None => "running".to_owned(),
         };
+        let stacks = match &self.stacks {
+            Some(s) => format!("\n  before it was killed: {s}"),
+            None => String::new(),
+        };
         format!(
-            "  [{}] pid {} `{}` status: {status}\n  stdout: {}\n  stderr: {}",
+            "  [{}] pid {} `{}` status: {status}\n  stdout: {}\n  stderr: {}{stacks}",
             self.name,
             self.child.id(),
             self.command_line,
             tail(&self.stdout(), 1500),
             tail(&self.stderr(), 1500)
         )
+    }
+}
+
+/// The stacks of every thread of the running process `pid`, for the report of a process that
+/// hangs (gdb in batch mode, at most 30 s; frames only), or why there are none.
+fn stacks(pid: u32) -> String {
+    let out = std::process::Command::new("timeout")
+        .args(["30", "gdb", "-nx", "-batch", "-p", &pid.to_string()])
+        .args(["-ex", "thread apply all bt 40"])
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let frames: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("Thread ") || l.starts_with('#'))
+                .collect();
+            if frames.is_empty() {
+                format!("no stacks of pid {pid} (gdb: {})", o.status)
+            } else {
+                format!("stacks of pid {pid}:\n{}", frames.join("\n"))
+            }
+        }
+        Err(e) => format!("no stacks of pid {pid} (gdb: {e})"),
     }
 }
 
@@ -298,7 +332,10 @@ mod tests {
     fn terminate_stops_a_sleeper() {
         let dir = TempDir::new("unit-proc").unwrap();
         let mut p = Proc::spawn("sleep", command("sleep", &["30"], None), dir.path()).unwrap();
-        assert!(p.wait_timeout(Duration::from_millis(50)).is_err());
+        // The report of a process that did not exit shows where its threads are.
+        let e = p.wait_timeout(Duration::from_millis(50)).unwrap_err();
+        assert!(e.contains(&format!("stacks of pid {}:\n", p.pid())), "{e}");
+        assert!(e.contains("#0 "), "{e}");
         let t = Instant::now();
         let status = p.terminate().unwrap();
         assert!(!status.success());
