@@ -67,6 +67,8 @@ pub struct Paired {
     pub segment: OwnedFd,
     pub own_line: Line,
     pub peer_line: Line,
+    /// The peer line's tally page (see `Request::Hello`).
+    pub peer_tally: OwnedFd,
 }
 
 /// An interrupt line (an eventfd) and the service's name for it.
@@ -113,6 +115,8 @@ pub struct Client {
     pub window_bytes: u64,
     /// This process's interrupt line, given with `Hello` (taken by whoever waits on it).
     pub line: Option<Line>,
+    /// This process's tally page, given with `Hello` beside the line (taken with it).
+    pub tally: Option<OwnedFd>,
 }
 
 /// How long one request waits for its reply.
@@ -124,6 +128,7 @@ impl Client {
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
         let sock = sys::connect_unix(path)?;
         let line = sys::move_high(sys::line()?);
+        let tally = sys::move_high(sys::tally()?);
         let mut c = Client {
             sock,
             next: 1,
@@ -133,14 +138,13 @@ impl Client {
             ring_bytes: 0,
             window_bytes: 0,
             line: None,
+            tally: None,
         };
-        match c
-            .call(
-                Request::Hello { pid: sys::getpid() },
-                Some(line.as_raw_fd()),
-            )?
-            .0
-        {
+        let id = c.send_fds(
+            Request::Hello { pid: sys::getpid() },
+            &[line.as_raw_fd(), tally.as_raw_fd()],
+        )?;
+        match c.wait(id, REPLY_PATIENCE)?.ok_or(ClientError::TimedOut)?.0 {
             Reply::Welcome {
                 service_pid,
                 ring_bytes,
@@ -151,6 +155,7 @@ impl Client {
                 c.ring_bytes = ring_bytes;
                 c.window_bytes = window_bytes;
                 c.line = Some(Line { id, fd: line });
+                c.tally = Some(tally);
                 Ok(c)
             }
             r => Err(ClientError::Unexpected(r)),
@@ -516,12 +521,15 @@ fn pairing((reply, fds): (Reply, Vec<OwnedFd>)) -> Result<Pairing, ClientError> 
             own_line,
             peer_line,
         } => {
+            let got = fds.len();
             let mut it = fds.into_iter();
-            let (Some(segment), Some(own), Some(peer)) = (it.next(), it.next(), it.next()) else {
+            let (Some(segment), Some(own), Some(peer), Some(peer_tally)) =
+                (it.next(), it.next(), it.next(), it.next())
+            else {
                 return Err(ClientError::Wire(WireError::Fds {
                     kind: 0x84,
-                    want: 3,
-                    got: 0,
+                    want: 4,
+                    got,
                 }));
             };
             Ok(Pairing::Paired(Paired {
@@ -537,6 +545,7 @@ fn pairing((reply, fds): (Reply, Vec<OwnedFd>)) -> Result<Pairing, ClientError> 
                     id: peer_line,
                     fd: peer,
                 },
+                peer_tally,
             }))
         }
         Reply::Declined { reason } => Ok(Pairing::Declined(reason)),

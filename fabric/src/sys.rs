@@ -527,6 +527,40 @@ pub fn tcp_names(fd: RawFd) -> io::Result<(Option<SockName>, Option<SockName>)> 
     Ok((name(fd, false)?, name(fd, true)?))
 }
 
+/// Slots of a process's tally page (docs/HOST-SERVICE.md, *Tallies*): one u32 word per
+/// connection end the process may have; slot 0 counts rings for ends the ringer could not name.
+pub const TALLY_SLOTS: usize = 32768;
+/// Slots per group: after the slots' words, the page has one u32 word per group of this many
+/// slots, moved with each of their rings, so a waiter reads a group's slots only when it moved.
+pub const TALLY_GROUP: usize = 64;
+/// Bytes of a tally page: the slots' words, then the groups' words, rounded to a page.
+pub const TALLY_BYTES: u64 =
+    (TALLY_SLOTS as u64 * 4 + (TALLY_SLOTS / TALLY_GROUP) as u64 * 4).next_multiple_of(PAGE as u64);
+
+/// A new tally page: a sealed memfd of [`TALLY_BYTES`] (see [`segment`]).
+pub fn tally() -> io::Result<OwnedFd> {
+    segment(TALLY_BYTES)
+}
+
+/// Is `fd` a tally page the peers of its process can map and write safely: a memfd of exactly
+/// [`TALLY_BYTES`], sealed against shrinking and growing (no truncation can SIGBUS them) and
+/// against new seals (no write seal can come later), with no write seal now?
+pub fn is_tally(fd: RawFd) -> bool {
+    let Ok(seals) = seals(fd) else {
+        return false;
+    };
+    let need = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    let deny = libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE;
+    if seals & need != need || seals & deny != 0 {
+        return false;
+    }
+    // SAFETY: stat is plain data.
+    let mut st: libc::stat = unsafe { zeroed() };
+    // SAFETY: `st` is a live stat buffer.
+    let ok = unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) } == 0;
+    ok && st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size as u64 == TALLY_BYTES
+}
+
 /// A segment: a memfd of `len` bytes, sealed so that nobody can shrink or grow it (a
 /// truncated segment would SIGBUS whoever maps it).
 pub fn segment(len: u64) -> io::Result<OwnedFd> {

@@ -13,15 +13,16 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// `Namespace`. 7: no message changed, the ring protocol the paired processes speak did
 /// (docs/PROTOCOL.md version 3: a frame's header publishes it, the sender's flags moved off the
 /// producer counter's line), and processes of a version 6 build and of this one must not pair
-/// over one service.
-pub const VERSION: u16 = 7;
+/// over one service. 8: `Hello` carries the process's tally page beside its line, and `Paired`
+/// the peer line's tally page (docs/HOST-SERVICE.md, *Tallies*).
+pub const VERSION: u16 = 8;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts (an `Entry`, the longest, is 368 bytes
 /// since version 5).
 pub const MAX_MESSAGE: usize = 512;
 /// The most descriptors a message carries.
-pub const MAX_FDS: usize = 3;
+pub const MAX_FDS: usize = 4;
 
 /// Bytes of a peer's address in a message (IPv4 as IPv4-mapped IPv6).
 pub type Addr = [u8; 16];
@@ -32,7 +33,9 @@ pub enum Request {
     /// First message on a connection: the caller's pid as it believes it (the service checks it
     /// against the kernel's credentials); carries the process's interrupt line (an eventfd): its
     /// peers ring it for every connection this process makes or accepts on this service
-    /// connection, and the service rings it when an offer is answered.
+    /// connection, and the service rings it when an offer is answered; and its tally page (a
+    /// sealed memfd of `sys::TALLY_BYTES`): a peer that rings the line counts the ring in the
+    /// page's word of the connection it rings for, so that a wake-up says which.
     Hello { pid: u32 },
     /// Publish a listener; carries the listening socket.
     Listen,
@@ -126,9 +129,9 @@ pub enum Reply {
         conn: u64,
         line: u64,
     },
-    /// The connection is paired; carries three descriptors: the connection's memory (one
+    /// The connection is paired; carries four descriptors: the connection's memory (one
     /// segment: the client end's block, then the server end's, each `4096 + ring_bytes`),
-    /// this end's interrupt line and the peer end's. A line is shared by every connection of
+    /// this end's interrupt line, the peer end's, and the peer line's tally page. A line is shared by every connection of
     /// the process that gave it (`Hello`): `own_line` and `peer_line` name them, so that a
     /// process keeps one descriptor per line, not per connection.
     Paired {
@@ -352,7 +355,7 @@ const ENTRY_WORDS: usize = 10 + 2 * END_COUNTERS;
 /// (body words, descriptors) of each kind; `None` for an unknown kind.
 fn shape(kind: u16) -> Option<(usize, usize)> {
     Some(match kind {
-        K_HELLO => (1, 1),
+        K_HELLO => (1, 2),
         K_LISTEN | K_HOLD | K_NAMESPACE => (0, 1),
         K_ACCEPT => (2, 1),
         K_CONNECT => (5, 1),
@@ -366,7 +369,7 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_WELCOME => (4, 0),
         K_LISTENING | K_OFFERED => (1, 0),
         K_REOFFERED => (2, 1),
-        K_PAIRED => (5, 3),
+        K_PAIRED => (5, 4),
         K_DECLINED | K_REFUSED => (1, 0),
         K_DONE => (0, 0),
         K_STATUS_REPLY => (11, 0),

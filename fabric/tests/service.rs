@@ -330,6 +330,8 @@ fn hostile_requests_are_refused_counted_and_the_service_keeps_serving() {
     let me = sys::getpid();
     let file = std::fs::File::open("/proc/self/status").unwrap();
     let line = sys::line().unwrap();
+    let tally = sys::tally().unwrap();
+    let small = sys::segment(4096).unwrap();
     let mut cases: Vec<(Vec<u8>, Vec<i32>, Refusal)> = vec![
         (b"garbage".to_vec(), vec![], Refusal::Malformed),
         (vec![0xff; 1000], vec![], Refusal::Malformed),
@@ -347,14 +349,32 @@ fn hostile_requests_are_refused_counted_and_the_service_keeps_serving() {
         // Somebody else's pid.
         (
             Request::Hello { pid: 1 }.encode(3),
-            vec![line.as_raw_fd()],
+            vec![line.as_raw_fd(), tally.as_raw_fd()],
             Refusal::NotYou,
         ),
         // A "line" that is not an eventfd (a file the peers would write into).
         (
             Request::Hello { pid: me }.encode(6),
-            vec![file.as_raw_fd()],
+            vec![file.as_raw_fd(), tally.as_raw_fd()],
             Refusal::BadSocket,
+        ),
+        // A "tally page" that is a file of the sender's choice, or a sealed page of the wrong
+        // size (its peers map `TALLY_BYTES` of it).
+        (
+            Request::Hello { pid: me }.encode(7),
+            vec![line.as_raw_fd(), file.as_raw_fd()],
+            Refusal::BadSocket,
+        ),
+        (
+            Request::Hello { pid: me }.encode(8),
+            vec![line.as_raw_fd(), small.as_raw_fd()],
+            Refusal::BadSocket,
+        ),
+        // A line without its tally page.
+        (
+            Request::Hello { pid: me }.encode(12),
+            vec![line.as_raw_fd()],
+            Refusal::Malformed,
         ),
     ];
     let mut bad_kind = Request::Status.encode(4);
@@ -374,7 +394,7 @@ fn hostile_requests_are_refused_counted_and_the_service_keeps_serving() {
     sys::send_msg(
         evil.as_raw_fd(),
         &Request::Hello { pid: me }.encode(9),
-        &[line.as_raw_fd()],
+        &[line.as_raw_fd(), tally.as_raw_fd()],
     )
     .unwrap();
     let rev = sys::poll_in(&[evil.as_raw_fd()], 5000).unwrap();
@@ -387,7 +407,7 @@ fn hostile_requests_are_refused_counted_and_the_service_keeps_serving() {
     sys::send_msg(
         evil.as_raw_fd(),
         &Request::Hello { pid: me }.encode(10),
-        &[line.as_raw_fd()],
+        &[line.as_raw_fd(), tally.as_raw_fd()],
     )
     .unwrap();
     assert_eq!(refused(&evil), Some(Refusal::OutOfOrder.code()));
@@ -426,7 +446,7 @@ fn hostile_requests_are_refused_counted_and_the_service_keeps_serving() {
 
     let mut good = Client::connect(&svc.socket).unwrap();
     let st = good.status().unwrap();
-    assert_eq!(st.refused, 11 + 16, "every refusal is counted");
+    assert_eq!(st.refused, 14 + 16, "every refusal is counted");
     assert_eq!(st.listeners, 0);
 }
 
@@ -435,7 +455,7 @@ fn hostile_requests_are_refused_counted_and_the_service_keeps_serving() {
 fn python_client(socket: &Path, port: u16) -> Child {
     let script = format!(
         r#"
-import os, socket, struct, sys, time
+import fcntl, os, socket, struct, sys, time
 MAGIC = int.from_bytes(b"PCFB", "little")
 VERSION = {version}
 def msg(kind, rid, words=()):
@@ -443,7 +463,9 @@ def msg(kind, rid, words=()):
 u = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 u.connect({socket:?})
 efd = os.eventfd(0)
-socket.send_fds(u, [msg(1, 1, [os.getpid()])], [efd]); u.recv(256)
+tally = os.memfd_create("tally", os.MFD_ALLOW_SEALING); os.ftruncate(tally, {tally_bytes})
+fcntl.fcntl(tally, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+socket.send_fds(u, [msg(1, 1, [os.getpid()])], [efd, tally]); u.recv(256)
 l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen()
 socket.send_fds(u, [msg(2, 2)], [l.fileno()]); u.recv(256)
 c = socket.socket()
@@ -462,6 +484,7 @@ time.sleep(60)
         socket = socket.to_str().unwrap(),
         port = port,
         version = fabric::wire::VERSION,
+        tally_bytes = sys::TALLY_BYTES,
     );
     Command::new("python3")
         .arg("-c")

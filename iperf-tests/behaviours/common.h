@@ -311,22 +311,28 @@ static void wait_child(pid_t pid, int timeout_ms, const char *what) {
     }
 }
 
-/* User + system CPU time of this process (all threads) so far, in clock ticks, by the kernel's own account. */
-static uint64_t cpu_ticks_self(void) {
+/* User + system CPU time so far, in clock ticks, by the kernel's own account, of what the stat file `path` describes:
+ * "/proc/self/stat" (this process, all threads) or "/proc/thread-self/stat" (the calling thread). */
+static uint64_t cpu_ticks_of(const char *path) {
     char buf[2048];
-    int fd = open("/proc/self/stat", O_RDONLY);
-    if (fd < 0) FAIL_ERRNO("open /proc/self/stat");
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) fail("open %s: %s", path, strerror(errno));
     ssize_t n = read(fd, buf, sizeof buf - 1);
     close(fd);
-    if (n <= 0) FAIL_ERRNO("read /proc/self/stat");
+    if (n <= 0) fail("read %s: %s", path, strerror(errno));
     buf[n] = 0;
     char *p = strrchr(buf, ')');
-    if (!p) fail("no ')' in /proc/self/stat");
+    if (!p) fail("no ')' in %s", path);
     unsigned long long utime = 0, stime = 0;
     /* After ") ": state (field 3) ... utime (14), stime (15). */
     if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2)
-        fail("cannot parse /proc/self/stat");
+        fail("cannot parse %s", path);
     return utime + stime;
+}
+
+/* User + system CPU time of this process (all threads) so far, in clock ticks. */
+static uint64_t cpu_ticks_self(void) {
+    return cpu_ticks_of("/proc/self/stat");
 }
 
 /* How many times the threads of this process went to sleep and were woken so far (voluntary_ctxt_switches summed

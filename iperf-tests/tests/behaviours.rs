@@ -300,6 +300,34 @@ fn epoll_spin_edge() {
     eprintln!("{name}: {}", p.stdout().trim());
 }
 
+/// `epoll_one_busy_among_idle` over a host fabric service of its own (shared lines, whichever way the suite runs):
+/// one busy connection among 3,000 idle ones in one epoll set costs the server thread a bounded share of a core
+/// (the kernel's CPU account, not a timing): a ring of the shared line is told by the tally words (the peer counts
+/// each ring for its connection), so a wake-up evaluates the connections that rang instead of all of them. Before,
+/// each request cost a look at every registration and an arming of each: about a whole core at this count.
+#[test]
+fn epoll_one_busy_among_idle() {
+    let name = "epoll_one_busy_among_idle";
+    let (f, exe) = compile_and_control(name);
+    let svc = iperf_tests::fabric::Service::start(&f);
+    let port = free_port();
+    let mut env = svc.env(&f, "program", port);
+    env.extra
+        .push(("BUSY_AMONG_IDLE_MAX_PCT".into(), "25".into()));
+    let (p, r) = run_once("preloaded", &exe, port, Some(&env), f.dir());
+    let ntb = env
+        .stats()
+        .map_err(|e| e.clone())
+        .and_then(|s| s.check_ntb(port, 2 * 3001, 400 * 64, 400 * 64));
+    if r.is_err() || ntb.is_err() {
+        panic!(
+            "{name} on flagged port {port}: {r:?}; NTB: {ntb:?}\n{}",
+            p.describe()
+        );
+    }
+    eprintln!("{name}: {}", p.stdout().trim());
+}
+
 /// A set waited on directly, then put inside another set, keeps waking the outer one after a registration in it
 /// changed while nobody waited on it (the arming of a changed registration is left to the next wait only on a set
 /// that is waited on directly and is inside no other). Over a service it failed before the set was marked nested:

@@ -133,6 +133,8 @@ struct Reg {
     /// thread's wait on the same connection (poll, a blocking recv or send) from withdrawing,
     /// when it ends, the rings this registration asked for (`Connection::interest`).
     interest: Option<transport::Interest>,
+    /// Its connection's tally word is listed in the set's `tallies`.
+    tallied: bool,
 }
 
 /// The interest of a registration asking for `events` in connection `c`.
@@ -155,10 +157,12 @@ enum Form {
 ///
 /// A wait evaluates the registrations that may have changed, not all of them: those the
 /// application added or changed, those reported ready last time (level-triggered ones are
-/// reported for as long as they stay ready), those whose TCP socket or own line had an event.
-/// All of them only when a shared line rang (a peer rang for one or more of them: which ones,
-/// the line does not say), and at least every `FULL_EVERY` (a wake-up lost, a flag that a
-/// blocking waiter of the same connection cleared). So a server with thousands of idle
+/// reported for as long as they stay ready), those whose TCP socket or own line had an event,
+/// and when a shared line rang, those whose tally word moved (`tallies`: the peer counts each
+/// ring for a connection there). All of them only when a ring cannot be told that way (a
+/// device's lines, a ring nobody named), and at least every `FULL_EVERY` (`FULL_EVERY_TALLIED`
+/// where the rings are told: a wake-up lost, a flag that a blocking waiter of the same
+/// connection cleared). So a server with thousands of idle
 /// connections and a few busy ones pays per busy connection on most waits, and a burst of
 /// accepts does not cost a look at every connection per accept.
 #[derive(Default)]
@@ -168,8 +172,10 @@ struct SetState {
     cand: std::collections::HashSet<c_int>,
     /// When every registration was last evaluated (None: never).
     full_at: Option<Instant>,
-    /// Every registration must be evaluated next (a shared line rang).
+    /// Every registration must be evaluated next (a ring no tally word told).
     full_due: bool,
+    /// The tally words of the registrations (see [`tallies`]).
+    tallies: tallies::Tallies,
     /// Every registration's flags must be set again in the peers' memory before the next
     /// sleep (a peer takes a flag when it rings; a shared line does not say whose).
     arm_due: bool,
@@ -226,12 +232,46 @@ impl std::ops::DerefMut for SetState {
 impl SetState {
     /// Is every registration to be evaluated at `now`?
     fn full_now(&self, now: Instant) -> bool {
-        self.device || self.full_due || self.full_at.is_none_or(|t| now - t >= FULL_EVERY)
+        let every = self.every();
+        self.device || self.full_due || self.full_at.is_none_or(|t| now - t >= every)
     }
 
     /// Is every registration to be armed at `now`?
     fn arm_all_now(&self, now: Instant) -> bool {
-        self.device || self.arm_due || self.armed_at.is_none_or(|t| now - t >= FULL_EVERY)
+        let every = self.every();
+        self.device || self.arm_due || self.armed_at.is_none_or(|t| now - t >= every)
+    }
+
+    /// How long the set goes without looking at (and arming) every registration.
+    fn every(&self) -> Duration {
+        if self.tallies.is_empty() {
+            FULL_EVERY
+        } else {
+            FULL_EVERY_TALLIED
+        }
+    }
+
+    /// A shared line rang: which registrations for, from their tally words (they become
+    /// candidates, and are armed again before the next sleep: their peers took the flags).
+    /// False if the ring cannot be told: then every registration is looked at and armed.
+    fn told_rings(&mut self) -> bool {
+        let SetState {
+            regs,
+            tallies,
+            cand,
+            to_arm,
+            ..
+        } = self;
+        let mut rung = Vec::new();
+        let told = tallies.rung(&mut rung, |fd, page, slot| {
+            regs.get(&fd)
+                .and_then(|r| r.sock.conn.get())
+                .and_then(|c| c.tally())
+                .is_some_and(|t| t.slot() == slot && Arc::ptr_eq(t.tally(), page))
+        });
+        cand.extend(rung.iter().copied());
+        to_arm.extend(rung);
+        told
     }
 
     /// May registration `fd`, added or changed now, be armed (and the set's sleepers woken if
@@ -254,6 +294,10 @@ impl SetState {
 
 /// The longest an epoll set goes without evaluating every registration.
 const FULL_EVERY: Duration = Duration::from_millis(5);
+
+/// The same for a set whose rings are told by tally words (a look at every registration of a
+/// server with thousands of idle connections costs milliseconds: benches/results/idle-fanout.md).
+const FULL_EVERY_TALLIED: Duration = Duration::from_millis(250);
 
 type Set = Mutex<SetState>;
 
@@ -588,6 +632,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                     disabled: false,
                     form,
                     interest,
+                    tallied: false,
                 },
             );
             Detour::Ours(Ok(0))
@@ -659,6 +704,7 @@ pub fn forget_set(epfd: c_int) {
     }
 }
 
+mod tallies;
 mod waiting;
 use waiting::to_epoll;
 #[cfg_attr(any(test, loom), allow(unused_imports))]

@@ -56,6 +56,7 @@ mod half_open;
 mod holders;
 mod idle;
 mod recv;
+mod tally;
 // The ring's synchronising sequences; public to the loom models (`tests/loom_ring.rs`).
 #[cfg(loom)]
 pub mod ringsync;
@@ -77,12 +78,13 @@ pub(crate) use failover::LinkLook;
 pub(crate) use half_open::HalfOpen;
 
 use block::{
-    endpoint_block, EndpointBlock, CR_PEER_CPU, L_HOLDERS, L_HOLDER_PIDS, L_MY_BELL_SLOT, L_MY_BIT,
-    L_PEER_BIT, L_PEER_LEN, L_PEER_MW, L_PEER_OFF, L_SOCK_INODE, PEER_MADE,
+    endpoint_block, EndpointBlock, CR_PEER_CPU, CR_TALLY, L_HOLDERS, L_HOLDER_PIDS, L_MY_BELL_SLOT,
+    L_MY_BIT, L_PEER_BIT, L_PEER_LEN, L_PEER_MW, L_PEER_OFF, L_SOCK_INODE, PEER_MADE,
 };
 use cursors::Cursors;
 pub use idle::IdleRelease;
 use sendlock::SendLock;
+pub use tally::{Tally, TallySlot};
 pub use wait::Interest;
 use wait::{Waiters, TCP_OPEN};
 
@@ -238,8 +240,14 @@ pub(crate) enum Tenancy {
     },
     /// The segment the host fabric service gave this connection alone, and the peer process's
     /// line (shared by that process's connections): the peer is rung through it; the segment
-    /// goes away with its last mapping.
-    Service { conn: u64, peer_line: Arc<OwnedFd> },
+    /// goes away with its last mapping. With the peer line's tally page (counted in before each
+    /// ring, at the slot the peer wrote into our block) and our end's slot in our own page.
+    Service {
+        conn: u64,
+        peer_line: Arc<OwnedFd>,
+        peer_tally: Option<Arc<Tally>>,
+        tally: Option<TallySlot>,
+    },
 }
 
 /// A connection the host fabric service paired, its lines resolved to this process's copies
@@ -252,6 +260,9 @@ pub(crate) struct ServicePair {
     pub segment: OwnedFd,
     pub own_line: Arc<OwnedFd>,
     pub peer_line: Arc<OwnedFd>,
+    /// This process's tally page and the peer line's (see `tally`).
+    pub own_tally: Option<Arc<Tally>>,
+    pub peer_tally: Option<Arc<Tally>>,
 }
 
 /// The connection's segment, mapped once: our block and the peer's, each an endpoint header
@@ -469,9 +480,15 @@ impl Connection {
         if let Some(link) = &shared.service {
             link.note_held(p.conn, tcp_fd);
         }
+        // Our end's slot, told to the peer (which counts its rings for us there).
+        let tally = p.own_tally.as_ref().and_then(Tally::take_slot);
+        atomic_u32_at(&seg.peer_block, CR_TALLY)
+            .store(tally.as_ref().map_or(0, |b| b.slot()), Release);
         let tenancy = Tenancy::Service {
             conn: p.conn,
             peer_line: p.peer_line,
+            peer_tally: p.peer_tally,
+            tally,
         };
         Connection::assemble(
             shared,

@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use ntbdrv::{DmaChannel, Lease, NtbDevice, VectorLease, WindowLease};
 
 pub use conn::{
-    Connection, Counter, IdleRelease, Interest, IoError, Readiness, RecvFlags, Role, ARM_GRACE,
+    Connection, Counter, IdleRelease, Interest, IoError, Readiness, RecvFlags, Role, Tally,
+    TallySlot, ARM_GRACE,
 };
 pub use device::DevicePending;
 use device::DeviceTransport;

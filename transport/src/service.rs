@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use fabric::{Client, ClientError, Pairing};
 
-use crate::conn::{Role, ServicePair};
+use crate::conn::{Role, ServicePair, Tally};
 use crate::{
     lock, Connection, Endpoint, Listener, ListenerState, Outcome, Pending, ProcessState, Reason,
 };
@@ -37,16 +37,26 @@ pub(crate) struct Link {
     /// service connection with `Hold`, so a restarted service learns them again and a forked
     /// child that talks to the service counts as their holder.
     held: Mutex<Vec<(u64, RawFd)>>,
-    /// This process's interrupt line on its current service connection (pid, line).
-    own: Mutex<Option<(u32, Arc<OwnedFd>)>>,
+    /// This process's interrupt line on its current service connection (pid, line), and its
+    /// tally page.
+    own: Mutex<Option<Own>>,
     /// The lines this process keeps, by (service pid, the service's name for the line): a
     /// line named again (another connection with the same peer process) is the same one.
     lines: Mutex<HashMap<(u32, u64), Weak<OwnedFd>>>,
+    /// The peer lines' tally pages, mapped once each, by the same key as `lines`.
+    tallies: Mutex<HashMap<(u32, u64), Weak<Tally>>>,
     /// The lines most recently received, kept open after their connections end: a process that
     /// opens connection after connection to the same peer process (a client's loop, a server's
     /// clients) takes the same line each time instead of moving a new copy up and closing it.
-    recent: Mutex<std::collections::VecDeque<Arc<OwnedFd>>>,
+    recent: Mutex<std::collections::VecDeque<PeerLine>>,
 }
+
+/// This process's own line and tally page on its service connection, with the pid that made it
+/// (a forked child has its parent's until it makes its own).
+type Own = (u32, Arc<OwnedFd>, Option<Arc<Tally>>);
+
+/// A peer process's line and its tally page.
+type PeerLine = (Arc<OwnedFd>, Option<Arc<Tally>>);
 
 /// Lines kept open after their last connection (see `Link::recent`).
 const RECENT_LINES: usize = 4;
@@ -89,6 +99,7 @@ impl Link {
             held: Mutex::new(Vec::new()),
             own: Mutex::new(None),
             lines: Mutex::new(HashMap::new()),
+            tallies: Mutex::new(HashMap::new()),
             recent: Mutex::new(std::collections::VecDeque::new()),
         };
         let c = link.introduced(c);
@@ -100,8 +111,9 @@ impl Link {
     fn introduced(&self, mut c: Client) -> Client {
         if let Some(l) = c.line.take() {
             let fd = Arc::new(l.fd);
+            let tally = c.tally.take().and_then(|t| Tally::map(&t));
             lock(&self.lines).insert((c.service_pid, l.id), Arc::downgrade(&fd));
-            *lock(&self.own) = Some((std::process::id(), fd));
+            *lock(&self.own) = Some((std::process::id(), fd, tally));
         }
         c
     }
@@ -111,8 +123,17 @@ impl Link {
         let me = std::process::id();
         lock(&self.own)
             .as_ref()
-            .filter(|(pid, _)| *pid == me)
-            .map(|(_, l)| l.clone())
+            .filter(|(pid, ..)| *pid == me)
+            .map(|(_, l, _)| l.clone())
+    }
+
+    /// This process's own tally page (on its current service connection).
+    fn own_tally(&self) -> Option<Arc<Tally>> {
+        let me = std::process::id();
+        lock(&self.own)
+            .as_ref()
+            .filter(|(pid, ..)| *pid == me)
+            .and_then(|(.., t)| t.clone())
     }
 
     /// The one copy of a line the service `service` named `l.id` (`l.fd` closed if this
@@ -127,23 +148,51 @@ impl Link {
         }
         let fd = Arc::new(fabric::sys::move_high(l.fd));
         lines.insert((service, l.id), Arc::downgrade(&fd));
+        fd
+    }
+
+    /// The one mapping of the tally page of the line the service `service` named `line`
+    /// (`fd` closed if this process has it mapped already; `None` if it cannot be mapped).
+    fn tally(&self, service: u32, line: u64, fd: OwnedFd) -> Option<Arc<Tally>> {
+        let mut tallies = lock(&self.tallies);
+        if let Some(have) = tallies.get(&(service, line)).and_then(Weak::upgrade) {
+            return Some(have);
+        }
+        if tallies.len() >= 64 && tallies.len().is_power_of_two() {
+            tallies.retain(|_, w| w.strong_count() > 0);
+        }
+        let t = Tally::map(&fd)?;
+        tallies.insert((service, line), Arc::downgrade(&t));
+        Some(t)
+    }
+
+    /// Keep a peer line (and its tally page) open after its connections end (`recent`).
+    fn keep_recent(&self, line: &Arc<OwnedFd>, tally: &Option<Arc<Tally>>) {
         let mut recent = lock(&self.recent);
+        if recent.iter().any(|(l, _)| Arc::ptr_eq(l, line)) {
+            return;
+        }
         if recent.len() >= RECENT_LINES {
             recent.pop_front();
         }
-        recent.push_back(fd.clone());
-        fd
+        recent.push_back((line.clone(), tally.clone()));
     }
 
     /// A pairing the service `service` sent, with its lines resolved to our copies.
     fn pair(&self, service: u32, p: fabric::Paired) -> ServicePair {
+        let peer_id = p.peer_line.id;
+        let peer_line = self.line(service, p.peer_line);
+        let peer_tally = self.tally(service, peer_id, p.peer_tally);
+        self.keep_recent(&peer_line, &peer_tally);
         ServicePair {
             conn: p.conn,
             ring_bytes: p.ring_bytes,
             server: p.server,
             segment: p.segment,
             own_line: self.line(service, p.own_line),
-            peer_line: self.line(service, p.peer_line),
+            peer_line,
+            own_tally: self.own_tally(),
+            peer_tally,
         }
     }
 

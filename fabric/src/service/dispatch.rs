@@ -151,7 +151,8 @@ impl Service {
         let mut fds = m.fds;
         match req {
             Request::Hello { pid } => {
-                self.hello(client, id, pid, sender, fds.into_iter().next());
+                let mut it = fds.into_iter();
+                self.hello(client, id, pid, sender, it.next().zip(it.next()));
                 return None;
             }
             Request::Status | Request::List | Request::History => {
@@ -202,8 +203,15 @@ impl Service {
         None
     }
 
-    /// `Hello`: the process's pidfd and interrupt line, once.
-    fn hello(&mut self, client: u64, id: u64, pid: u32, sender: u32, line: Option<OwnedFd>) {
+    /// `Hello`: the process's pidfd, interrupt line and tally page, once.
+    fn hello(
+        &mut self,
+        client: u64,
+        id: u64,
+        pid: u32,
+        sender: u32,
+        line: Option<(OwnedFd, OwnedFd)>,
+    ) {
         let Some(c) = self.clients.get(&client) else {
             return;
         };
@@ -213,20 +221,23 @@ impl Service {
         if pid != sender || pid != c.cred.pid {
             return self.refuse(client, id, Refusal::NotYou);
         }
+        // A line the peers write counts into, a tally page they map and write: anything else
+        // (a file of the process's choice, a page it could truncate under them) is refused.
         if !line
             .as_ref()
-            .is_some_and(|l| sys::is_eventfd(l.as_raw_fd()))
+            .is_some_and(|(l, b)| sys::is_eventfd(l.as_raw_fd()) && sys::is_tally(b.as_raw_fd()))
         {
             return self.refuse(client, id, Refusal::BadSocket);
         }
         match sys::pidfd(pid) {
             Ok(p) => {
                 let line_id = self.id();
-                if let (Some(c), Some(fd)) = (self.clients.get_mut(&client), line) {
+                if let (Some(c), Some((fd, tally))) = (self.clients.get_mut(&client), line) {
                     c.pidfd = Some(p);
                     c.line = Some(Rc::new(Line {
                         id: line_id,
                         fd: Rc::new(fd),
+                        tally: Rc::new(tally),
                     }));
                 }
                 let w = Reply::Welcome {

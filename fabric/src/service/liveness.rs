@@ -51,7 +51,7 @@ impl Service {
             return;
         };
         let (me, peer) = (&c.ends[side], &c.ends[1 - side]);
-        let fds = [&c.segment, &me.line.fd, &peer.line.fd].map(Rc::clone);
+        let fds = [&c.segment, &me.line.fd, &peer.line.fd, &peer.line.tally].map(Rc::clone);
         let r = Reply::Paired {
             conn,
             ring_bytes: c.bytes / 2 - SEGMENT_HEADER,

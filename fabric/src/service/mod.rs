@@ -131,6 +131,8 @@ struct Client {
 struct Line {
     id: u64,
     fd: Rc<OwnedFd>,
+    /// The process's tally page, handed to its peers with the line (`sys::is_tally` checked).
+    tally: Rc<OwnedFd>,
 }
 
 struct Listener {

@@ -75,7 +75,13 @@ impl Service {
         let client_inode = offer.inode;
         let line_c = &offer.line;
         let segment = Rc::new(segment);
-        let (seg, lc, ls) = (&segment, &line_c.fd, &line_s.fd);
+        let (seg, lc, ls, bc, bs) = (
+            &segment,
+            &line_c.fd,
+            &line_s.fd,
+            &line_c.tally,
+            &line_s.tally,
+        );
         self.reply(
             server,
             request,
@@ -86,7 +92,7 @@ impl Service {
                 own_line: line_s.id,
                 peer_line: line_c.id,
             },
-            &[seg, ls, lc],
+            &[seg, ls, lc, bc],
         );
         self.reply(
             offer.owner,
@@ -98,7 +104,7 @@ impl Service {
                 own_line: line_c.id,
                 peer_line: line_s.id,
             },
-            &[seg, lc, ls],
+            &[seg, lc, ls, bs],
         );
         sys::ring(lc.as_raw_fd());
         self.window_used += bytes;

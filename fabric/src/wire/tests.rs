@@ -182,7 +182,7 @@ fn malformed_messages_are_refused() {
     // A pid that does not fit 32 bits.
     let b = encode(K_HELLO, 1, &[1 << 40]);
     assert!(matches!(
-        Request::decode(&b, 1),
+        Request::decode(&b, 2),
         Err(WireError::Value { .. })
     ));
     // A reply kind is not a request, and the reverse.
@@ -190,7 +190,7 @@ fn malformed_messages_are_refused() {
     assert!(Reply::decode(&Request::Status.encode(1), 0).is_err());
     // `server` is a boolean.
     let b = encode(K_PAIRED, 1, &[1, 4096, 2, 1, 2]);
-    assert!(matches!(Reply::decode(&b, 3), Err(WireError::Value { .. })));
+    assert!(matches!(Reply::decode(&b, 4), Err(WireError::Value { .. })));
     // An entry's flags are a bit per end, no more; its ports 16 bits each.
     let mut w = vec![0u64; ENTRY_WORDS];
     w[9] = 0b11;

@@ -150,6 +150,9 @@ fn harvest(
         st.full_due = false;
         st.cand.clear();
         fds.extend(st.regs.keys().copied());
+        // Listed again as they are looked at (a registration that went leaves no word).
+        st.tallies.clear();
+        st.regs.values_mut().for_each(|r| r.tallied = false);
     } else {
         // The candidates and the registrations served last (see `SetState::hot`).
         st.cand.extend(st.hot.iter().copied());
@@ -159,6 +162,12 @@ fn harvest(
         let Some(r) = st.regs.get_mut(&fd) else {
             continue;
         };
+        if !r.tallied {
+            if let Some(c) = r.sock.conn.get() {
+                st.tallies.list(fd, c);
+                r.tallied = true;
+            }
+        }
         if r.disabled {
             continue;
         }
@@ -235,9 +244,18 @@ fn arm(st: &mut SetState, now: Instant) -> bool {
     if all {
         st.regs.values().for_each(&mut one);
     } else {
+        // And those served last: a peer that rang for one took its flag, and a look that
+        // found its next message before any ring (a spinning wait) tells nothing about it.
+        // Without them, a connection whose flag went unnoticed stayed unarmed, and its next
+        // request waited for a nap (20 ms) until the next full arming (idle-fanout.md).
+        let hot = st
+            .hot
+            .iter()
+            .filter(|fd| !st.cand.contains(fd) && !later.contains(fd));
         st.cand
             .iter()
             .chain(later.iter().filter(|fd| !st.cand.contains(fd)))
+            .chain(hot)
             .filter_map(|fd| st.regs.get(fd))
             .for_each(one);
     }
@@ -457,9 +475,9 @@ pub fn wait(
                         }
                     }
                     regs.cand.extend(poked_fds.iter().copied());
-                    if rang {
-                        // A peer rang for some of them (which, the line does not say), and
-                        // took their flags.
+                    if rang && !regs.told_rings() {
+                        // A peer rang for some of them, and took their flags; which, neither
+                        // the line nor the tally words say.
                         regs.full_due = true;
                         regs.arm_due = true;
                     }

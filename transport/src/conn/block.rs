@@ -29,6 +29,9 @@ pub(super) const CR_PEER_CPU: usize = 0x50;
 /// `CR_PEER_CPU` of an end whose peer is made but has not told a CPU yet (a CPU is told as
 /// its number plus one, so this is never one); 0 there: the peer's end is not made yet.
 pub(super) const PEER_MADE: u32 = u32::MAX;
+/// The peer's slot in its process's tally page (over the host fabric service): count each ring
+/// there before ringing (`conn::tally`; 0: none, a hint like every word here).
+pub(super) const CR_TALLY: usize = 0x5C;
 // LOCAL lines: ours, but in the block the peer can write. The cursors here are only a copy of
 // the private ones in `Cursors`, for the other processes holding the connection (see
 // `Connection::rx_pos`).

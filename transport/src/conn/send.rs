@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use ntbdrv::{BusAddr, Completion, DmaDesc};
 
-use super::block::{atomic_u32_at, payload_at, ring_at, CR_CLOSED, FLAG_RST, RX_FLAGS, ST_SHUT_WR};
+use super::block::{
+    atomic_u32_at, payload_at, ring_at, CR_CLOSED, CR_TALLY, FLAG_RST, RX_FLAGS, ST_SHUT_WR,
+};
 use super::cursors::TxPos;
 use super::failover;
 use super::ringsync;
@@ -476,7 +478,17 @@ impl Connection {
                 }
                 Err(_) => false,
             },
-            Tenancy::Service { peer_line, .. } => fabric::sys::ring(peer_line.as_raw_fd()),
+            Tenancy::Service {
+                peer_line,
+                peer_tally,
+                ..
+            } => {
+                // Which connection this ring is for, counted where the peer looks.
+                if let Some(t) = peer_tally {
+                    t.bump(atomic_u32_at(&self.own_block, CR_TALLY).load(Relaxed));
+                }
+                fabric::sys::ring(peer_line.as_raw_fd())
+            }
         };
         if rung {
             self.count(Counter::DoorbellsRung, 1);

@@ -17,7 +17,7 @@ use super::block::{
 };
 use super::cursors::RxPos;
 use super::ringsync::{self, Arming};
-use super::{Connection, Counter, IoError, Readiness, Tenancy, ARM_GRACE};
+use super::{Connection, Counter, IoError, Readiness, TallySlot, Tenancy, ARM_GRACE};
 use crate::proto::{Frame, ProtoError};
 use crate::{sys, CompletionMode};
 
@@ -238,9 +238,21 @@ impl Connection {
     /// kernel's epoll_ctl wakes the waiters of a set when a registration is ready at once.
     pub fn kick_local(&self) {
         if self.shared_line {
+            if let Some(t) = self.tally() {
+                t.tally().bump(t.slot());
+            }
             fabric::sys::ring(self.vector.as_raw_fd());
         } else {
             ntbdrv::kick_vector(&self.vector);
+        }
+    }
+
+    /// Our end's slot in this process's tally page (over the service: which connections a ring
+    /// of the shared line was for; `None` on a device, or with every slot taken).
+    pub fn tally(&self) -> Option<&TallySlot> {
+        match &self.tenancy {
+            Tenancy::Service { tally, .. } => tally.as_ref(),
+            Tenancy::Device { .. } => None,
         }
     }
 
