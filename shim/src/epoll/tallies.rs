@@ -40,12 +40,20 @@ struct Page {
 #[derive(Default)]
 pub(super) struct Tallies {
     pages: Vec<Page>,
+    /// While a full look lists the registrations again: the counts seen before, by fd.
+    before: HashMap<c_int, u32>,
 }
 
 impl Tallies {
-    /// Forget every entry (a full look lists them again).
-    pub(super) fn clear(&mut self) {
-        self.pages.clear();
+    /// Forget every entry: a full look lists them again ([`Tallies::list`] then says which
+    /// words moved since they were last seen).
+    pub(super) fn relist(&mut self) {
+        self.before.clear();
+        for p in self.pages.drain(..) {
+            for g in p.groups.into_values() {
+                self.before.extend(g.entries.iter().map(|e| (e.fd, e.seen)));
+            }
+        }
     }
 
     /// Does any registration have a word?
@@ -53,10 +61,11 @@ impl Tallies {
         self.pages.is_empty()
     }
 
-    /// List registration `fd` of `c` (being evaluated now: its word counts from here).
-    pub(super) fn list(&mut self, fd: c_int, c: &Connection) {
+    /// List registration `fd` of `c` (being evaluated now: its word counts from here). True if
+    /// its word moved since it was seen before a [`Tallies::relist`]: a ring nobody was told.
+    pub(super) fn list(&mut self, fd: c_int, c: &Connection) -> bool {
         let Some(t) = c.tally() else {
-            return;
+            return false;
         };
         let tally = t.tally();
         let i = match self.pages.iter().position(|p| Arc::ptr_eq(&p.tally, tally)) {
@@ -78,11 +87,13 @@ impl Tallies {
             seen: tally.group_count(g),
             entries: Vec::new(),
         });
+        let seen = tally.count(t.slot());
         group.entries.push(Entry {
             fd,
             slot: t.slot(),
-            seen: tally.count(t.slot()),
+            seen,
         });
+        self.before.remove(&fd).is_some_and(|b| b != seen)
     }
 
     /// A shared line rang: put the registrations whose word moved in `found`. False when the

@@ -151,7 +151,7 @@ fn harvest(
         st.cand.clear();
         fds.extend(st.regs.keys().copied());
         // Listed again as they are looked at (a registration that went leaves no word).
-        st.tallies.clear();
+        st.tallies.relist();
         st.regs.values_mut().for_each(|r| r.tallied = false);
     } else {
         // The candidates and the registrations served last (see `SetState::hot`).
@@ -164,7 +164,12 @@ fn harvest(
         };
         if !r.tallied {
             if let Some(c) = r.sock.conn.get() {
-                st.tallies.list(fd, c);
+                // A word that moved since the last listing is a ring the listing takes in
+                // untold: its peer took the registration's flag, so it is armed again before
+                // the next sleep (unarmed, its next message rang nothing and waited for a nap).
+                if st.tallies.list(fd, c) {
+                    st.to_arm.insert(fd);
+                }
                 r.tallied = true;
             }
         }
