@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::sys;
@@ -68,14 +69,16 @@ pub struct Paired {
     pub own_line: Line,
     pub peer_line: Line,
     /// The peer line's tally page (see `Request::Hello`).
-    pub peer_tally: OwnedFd,
+    pub peer_tally: Arc<OwnedFd>,
 }
 
 /// An interrupt line (an eventfd) and the service's name for it.
 #[derive(Debug)]
 pub struct Line {
     pub id: u64,
-    pub fd: OwnedFd,
+    /// One descriptor per line in this process however many replies name it (see
+    /// `Client::shared`).
+    pub fd: Arc<OwnedFd>,
 }
 
 /// How an offer or an accept ended.
@@ -107,7 +110,15 @@ pub struct Client {
     sock: OwnedFd,
     next: u64,
     /// Replies that arrived while another was awaited, by request id.
-    stash: HashMap<u64, (Reply, Vec<OwnedFd>)>,
+    stash: HashMap<u64, Received>,
+    /// The lines and tally pages replies brought, by the service's id of the line (and
+    /// whether it is the page): a reply that names one this process still has shares that
+    /// descriptor, and the copy the kernel installed for it is closed at once. Every `Paired`
+    /// carries both lines and the peer's page, so a burst of thousands of pairings kept until
+    /// their connections are used held four descriptors each, and the process ran out of them
+    /// (the kernel then drops a message's descriptors: `BadPeer`, and the cascade of
+    /// benches/results/scaling.md). Now: its segment and one per distinct line.
+    shared: HashMap<(u64, bool), Weak<OwnedFd>>,
     /// A sock_diag socket of this process's namespace went to the service (`Namespace`).
     namespace_sent: bool,
     pub service_pid: u32,
@@ -118,6 +129,9 @@ pub struct Client {
     /// This process's tally page, given with `Hello` beside the line (taken with it).
     pub tally: Option<OwnedFd>,
 }
+
+/// A reply and the descriptors it brought (lines shared: `Client::shared`).
+type Received = (Reply, Vec<Arc<OwnedFd>>);
 
 /// How long one request waits for its reply.
 const REPLY_PATIENCE: Duration = Duration::from_secs(5);
@@ -133,6 +147,7 @@ impl Client {
             sock,
             next: 1,
             stash: HashMap::new(),
+            shared: HashMap::new(),
             namespace_sent: false,
             service_pid: 0,
             ring_bytes: 0,
@@ -154,7 +169,9 @@ impl Client {
                 c.service_pid = service_pid;
                 c.ring_bytes = ring_bytes;
                 c.window_bytes = window_bytes;
-                c.line = Some(Line { id, fd: line });
+                let fd = Arc::new(line);
+                c.shared.insert((id, false), Arc::downgrade(&fd));
+                c.line = Some(Line { id, fd });
                 c.tally = Some(tally);
                 Ok(c)
             }
@@ -181,11 +198,7 @@ impl Client {
     }
 
     /// Wait up to `patience` for the reply to `id`.
-    fn wait(
-        &mut self,
-        id: u64,
-        patience: Duration,
-    ) -> Result<Option<(Reply, Vec<OwnedFd>)>, ClientError> {
+    fn wait(&mut self, id: u64, patience: Duration) -> Result<Option<Received>, ClientError> {
         let t0 = Instant::now();
         loop {
             if let Some(r) = self.stash.remove(&id) {
@@ -213,12 +226,11 @@ impl Client {
                         .unwrap_or(ClientError::Unexpected(reply)));
                 }
             }
-            if rid == id && !matches!(reply, Reply::Offered { .. }) {
-                return Ok(Some((reply, m.fds)));
+            let keep = rid != id || matches!(reply, Reply::Offered { .. });
+            let fds = self.share(&reply, m.fds, keep);
+            if !keep {
+                return Ok(Some((reply, fds)));
             }
-            // Kept for a later request: out of the application's descriptor numbers meanwhile
-            // (see `sys::move_high`).
-            let fds: Vec<OwnedFd> = m.fds.into_iter().map(sys::move_high).collect();
             // An `Offered` never hides the final answer to the same `Connect`.
             if !(matches!(reply, Reply::Offered { .. }) && self.stash.contains_key(&rid)) {
                 self.stash.insert(rid, (reply, fds));
@@ -226,11 +238,46 @@ impl Client {
         }
     }
 
-    fn call(
-        &mut self,
-        r: Request,
-        fd: Option<RawFd>,
-    ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
+    /// The descriptors of `reply`, each line and tally page shared with the copy this process
+    /// has of it (`Client::shared`); `keep`: kept for a later request, out of the application's
+    /// descriptor numbers meanwhile (see `sys::move_high`).
+    fn share(&mut self, reply: &Reply, fds: Vec<OwnedFd>, keep: bool) -> Vec<Arc<OwnedFd>> {
+        // Which descriptors are lines (and which line's page), by position.
+        let lines: &[Option<(u64, bool)>] = match *reply {
+            Reply::Paired {
+                own_line,
+                peer_line,
+                ..
+            } => &[
+                None,
+                Some((own_line, false)),
+                Some((peer_line, false)),
+                Some((peer_line, true)),
+            ],
+            Reply::Reoffered { line, .. } => &[Some((line, false))],
+            _ => &[],
+        };
+        if self.shared.len() >= 64 && self.shared.len().is_power_of_two() {
+            self.shared.retain(|_, w| w.strong_count() > 0);
+        }
+        fds.into_iter()
+            .enumerate()
+            .map(|(i, fd)| {
+                let Some(&Some(key)) = lines.get(i) else {
+                    // A segment (never shared).
+                    return Arc::new(if keep { sys::move_high(fd) } else { fd });
+                };
+                if let Some(have) = self.shared.get(&key).and_then(Weak::upgrade) {
+                    return have; // (`fd`, the kernel's copy, is closed here)
+                }
+                let fd = Arc::new(sys::move_high(fd));
+                self.shared.insert(key, Arc::downgrade(&fd));
+                fd
+            })
+            .collect()
+    }
+
+    fn call(&mut self, r: Request, fd: Option<RawFd>) -> Result<Received, ClientError> {
         let id = self.send(r, fd)?;
         self.wait(id, REPLY_PATIENCE)?.ok_or(ClientError::TimedOut)
     }
@@ -512,7 +559,7 @@ impl Client {
     }
 }
 
-fn pairing((reply, fds): (Reply, Vec<OwnedFd>)) -> Result<Pairing, ClientError> {
+fn pairing((reply, fds): Received) -> Result<Pairing, ClientError> {
     match reply {
         Reply::Paired {
             conn,
@@ -532,6 +579,14 @@ fn pairing((reply, fds): (Reply, Vec<OwnedFd>)) -> Result<Pairing, ClientError> 
                     got,
                 }));
             };
+            // A segment is never shared (`Client::share`): the one reference.
+            let segment = Arc::try_unwrap(segment).map_err(|_| {
+                ClientError::Wire(WireError::Fds {
+                    kind: 0x84,
+                    want: 4,
+                    got,
+                })
+            })?;
             Ok(Pairing::Paired(Paired {
                 conn,
                 ring_bytes,

@@ -1,6 +1,7 @@
 //! Replies a client has no room for yet wait in its outbox, without costing the service a
 //! descriptor each: a burst of pairings toward a client that reads late, served by a service
-//! close to its open-file limit, reaches the client whole.
+//! close to its open-file limit, reaches the client whole; and the client keeps them for later
+//! at one descriptor each, not one per line they name.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -119,6 +120,22 @@ fn a_burst_of_pairings_to_a_late_reader_arrives_whole() {
     let st = server.status().unwrap();
     assert_eq!(st.paired, BURST as u64);
 
+    // The client takes in every reply without using one yet (an application that connected a
+    // thousand sockets and uses them later): it holds each connection's segment and one copy
+    // of each line and tally page, not four descriptors a pairing.
+    let before = open_fds();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !offers.iter().all(|o| client.answered(o)) {
+        assert!(Instant::now() < deadline, "the pairings never all arrived");
+        client.take_replies().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let held = open_fds() - before;
+    assert!(
+        held <= BURST + 4,
+        "{held} descriptors held for {BURST} pairings kept for later (4 a pairing before)"
+    );
+
     // Now the client reads: every pairing is there, in a connection the service kept.
     for (i, offer) in offers.iter_mut().enumerate() {
         match client.paired(offer, Duration::from_secs(10)) {
@@ -148,4 +165,8 @@ fn raise_own_limit() {
         lim.rlim_cur = lim.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
 }

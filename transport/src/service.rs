@@ -110,7 +110,7 @@ impl Link {
     /// A new service connection: its line becomes this process's own.
     fn introduced(&self, mut c: Client) -> Client {
         if let Some(l) = c.line.take() {
-            let fd = Arc::new(l.fd);
+            let fd = l.fd;
             let tally = c.tally.take().and_then(|t| Tally::map(&t));
             lock(&self.lines).insert((c.service_pid, l.id), Arc::downgrade(&fd));
             *lock(&self.own) = Some((std::process::id(), fd, tally));
@@ -137,7 +137,8 @@ impl Link {
     }
 
     /// The one copy of a line the service `service` named `l.id` (`l.fd` closed if this
-    /// process has it already).
+    /// process has it already: the service connection shares a line among the replies it
+    /// receives, but this process's copies outlive its service connections).
     fn line(&self, service: u32, l: fabric::Line) -> Arc<OwnedFd> {
         let mut lines = lock(&self.lines);
         if let Some(have) = lines.get(&(service, l.id)).and_then(Weak::upgrade) {
@@ -146,14 +147,14 @@ impl Link {
         if lines.len() >= 64 && lines.len().is_power_of_two() {
             lines.retain(|_, w| w.strong_count() > 0);
         }
-        let fd = Arc::new(fabric::sys::move_high(l.fd));
+        let fd = l.fd;
         lines.insert((service, l.id), Arc::downgrade(&fd));
         fd
     }
 
     /// The one mapping of the tally page of the line the service `service` named `line`
     /// (`fd` closed if this process has it mapped already; `None` if it cannot be mapped).
-    fn tally(&self, service: u32, line: u64, fd: OwnedFd) -> Option<Arc<Tally>> {
+    fn tally(&self, service: u32, line: u64, fd: Arc<OwnedFd>) -> Option<Arc<Tally>> {
         let mut tallies = lock(&self.tallies);
         if let Some(have) = tallies.get(&(service, line)).and_then(Weak::upgrade) {
             return Some(have);
