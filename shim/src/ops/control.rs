@@ -77,9 +77,19 @@ pub(super) fn retire(s: Arc<Sock>, fd: Option<c_int>) -> Option<Closing> {
                     if g.transport().is_ok_and(|t| t.pending_is_accept(p)))
             })
         };
-        if let Some(fd) = fd.filter(|_| s.early.lock().is_ok_and(|e| !e.is_empty()) || accepting())
-        {
-            let _ = settle_offer(&s, fd, true);
+        // Any other offer whose answer is already here is completed too, without waiting: a
+        // client whose answer came after its connect returned and that was never used is
+        // counted as the connection it became (and closes as one); one still unanswered is
+        // withdrawn below.
+        if let Some(fd) = fd {
+            let must = s.early.lock().is_ok_and(|e| !e.is_empty()) || accepting();
+            let offered = s
+                .state
+                .lock()
+                .is_ok_and(|st| matches!(&*st, State::Offered(Some(_))));
+            if must || offered {
+                let _ = settle_offer(&s, fd, must);
+            }
         }
         // A late-upgrade candidate's pending offer (and the sends it holds) likewise.
         if fd.is_some() && s.conn.get().is_none() {
