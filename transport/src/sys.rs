@@ -420,6 +420,17 @@ pub(crate) fn wake_consume() {
     });
 }
 
+/// This thread's identity among the process's live threads (`pthread_self`, an address: never 0
+/// nor all ones, the send lock's UNBIASED and REVOKED): the send and receive locks' bias token,
+/// taken on every send and read without a thread-local access.
+#[cfg_attr(loom, allow(dead_code))] // the loom build's locks keep loom thread-locals
+#[inline(always)]
+pub(crate) fn thread_id() -> u64 {
+    // SAFETY: pthread_self takes nothing, cannot fail and is async-signal-safe (it reads the
+    // thread pointer).
+    unsafe { libc::pthread_self() as u64 }
+}
+
 /// `membarrier(2)` commands (linux/membarrier.h).
 #[cfg_attr(loom, allow(dead_code))] // the loom build's send lock models membarrier
 const MEMBARRIER_CMD_QUERY: libc::c_int = 0;

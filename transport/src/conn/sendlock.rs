@@ -108,29 +108,31 @@ pub struct SendLock {
 const UNBIASED: u64 = 0;
 const REVOKED: u64 = u64::MAX;
 
-/// A token per thread, for the send lock's bias (0: the thread is past its thread-local
-/// destructors, so it gets no bias).
-#[inline]
+/// A token per thread, for the send lock's bias: the thread's `pthread_self`, unique among the
+/// process's live threads (a thread made after the bias owner exited may get the owner's value,
+/// and with it the bias: the owner, gone, is inside no send). Not a thread-local: in the cdylib
+/// those are general-dynamic, a `__tls_get_addr` call on every send and read. Under loom, a
+/// counter in a loom thread-local (loom's threads are not threads).
+#[cfg(not(loom))]
+#[inline(always)]
+fn thread_token() -> u64 {
+    sys::thread_id()
+}
+
+#[cfg(loom)]
 fn thread_token() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    #[cfg(not(loom))]
-    thread_local! {
-        static TOKEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    }
-    #[cfg(loom)]
     loom::thread_local! {
         static TOKEN: std::cell::Cell<u64> = std::cell::Cell::new(0);
     }
-    TOKEN
-        .try_with(|t| match t.get() {
-            0 => {
-                let v = NEXT.fetch_add(1, Relaxed);
-                t.set(v);
-                v
-            }
-            v => v,
-        })
-        .unwrap_or(0)
+    TOKEN.with(|t| match t.get() {
+        0 => {
+            let v = NEXT.fetch_add(1, Relaxed);
+            t.set(v);
+            v
+        }
+        v => v,
+    })
 }
 
 pub struct SendGuard<'a> {
@@ -194,7 +196,7 @@ impl SendLock {
     pub fn try_lock_unrevoked(&self) -> Option<SendGuard<'_>> {
         let me = thread_token();
         match self.owner.load(SeqCst) {
-            o if o == me && me != 0 => return self.try_lock_biased(),
+            o if o == me => return self.try_lock_biased(),
             UNBIASED | REVOKED => {}
             _ => return None,
         }
@@ -231,7 +233,7 @@ impl SendLock {
     pub fn try_lock_biased(&self) -> Option<SendGuard<'_>> {
         let me = thread_token();
         let mut o = self.owner.load(Relaxed);
-        if o == UNBIASED && me != 0 && bias_allowed() {
+        if o == UNBIASED && bias_allowed() {
             o = match self.owner.compare_exchange(UNBIASED, me, SeqCst, Relaxed) {
                 // The bias is ours from the next send on: this one takes `held` by CAS, which
                 // orders it (and every biased send after it) after any sender that took the
@@ -241,7 +243,7 @@ impl SendLock {
                 Err(other) => other,
             };
         }
-        if o != me || me == 0 {
+        if o != me {
             return self.try_lock();
         }
         if self.owner_in.load(Relaxed) {
