@@ -114,7 +114,12 @@ pub fn align_frame(n: u64) -> u64 {
 /// (`head`) are free-running byte counters; a counter's position in the ring is `counter % cap`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ring {
-    cap: u64,
+    /// At most `MAX_RING`, and the largest payload of one frame (at most `MAX_FRAME_PAYLOAD`),
+    /// fixed by it and kept so that the data path's every length check does not derive it
+    /// again; `u32`s, as a ring is part of every connection, whose size clippy bounds
+    /// (`Outcome`).
+    cap: u32,
+    max_payload: u32,
 }
 
 /// Where the producer puts its next frame.
@@ -139,37 +144,43 @@ pub enum Frame {
     Pad { size: u64 },
 }
 
+// `Ring` keeps its capacity and largest payload in u32s.
+const _: () = assert!(MAX_RING <= u32::MAX as u64);
+const _: () = assert!(MAX_FRAME_PAYLOAD <= u32::MAX as u64);
+
 impl Ring {
     /// A ring of `cap` bytes, if `cap` is a power of two in `MIN_RING..=MAX_RING`.
     pub fn new(cap: u64) -> Option<Ring> {
-        (cap.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&cap)).then_some(Ring { cap })
+        (cap.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&cap)).then(|| Ring {
+            cap: cap as u32,
+            // `cap / 4` is at least 1024, more than FRAME_HDR; at most MAX_FRAME_PAYLOAD, a u32.
+            max_payload: (cap / 4).min(MAX_FRAME_PAYLOAD).saturating_sub(FRAME_HDR) as u32,
+        })
     }
 
     #[inline]
     pub fn cap(&self) -> u64 {
-        self.cap
+        u64::from(self.cap)
     }
 
     #[inline]
     // `cap` is private and at least MIN_RING (`Ring::new`): no underflow.
     #[allow(clippy::arithmetic_side_effects)]
     pub fn pos(&self, counter: u64) -> u64 {
-        counter & (self.cap - 1)
+        counter & (self.cap() - 1)
     }
 
     /// Largest payload of one frame in this ring.
     #[inline]
-    // `cap / 4` is at least MIN_RING / 4 = 1024 (`Ring::new`), more than FRAME_HDR.
-    #[allow(clippy::arithmetic_side_effects)]
     pub fn max_payload(&self) -> u64 {
-        (self.cap / 4).min(MAX_FRAME_PAYLOAD) - FRAME_HDR
+        u64::from(self.max_payload)
     }
 
     /// Bytes the producer may still use, given the consumer counter the peer returned; an
     /// impossible counter is a protocol error.
     pub fn free(&self, tail: u64, head: u64) -> Result<u64, ProtoError> {
         tail.checked_sub(head)
-            .and_then(|used| self.cap.checked_sub(used))
+            .and_then(|used| self.cap().checked_sub(used))
             .ok_or(ProtoError::BadCredit { head, tail })
     }
 
@@ -182,13 +193,13 @@ impl Ring {
         let free = self.free(tail, head)?.saturating_sub(FRAME_HDR);
         // A producer counter so large that the next frame would overflow it is no counter a
         // real stream reaches (2^64 bytes); it came from memory a peer can write.
-        if tail.checked_add(self.cap).is_none() {
+        if tail.checked_add(self.cap()).is_none() {
             return Err(ProtoError::BadCredit { head, tail });
         }
         // Below, every difference is of a larger value by a smaller one (checked before it) and
         // every sum stays within `tail + cap`: the saturating forms never saturate.
         let pos = self.pos(tail);
-        let to_end = self.cap.saturating_sub(pos);
+        let to_end = self.cap().saturating_sub(pos);
         let want = want.clamp(1, self.max_payload());
         let mut pad = None;
         let (mut fpos, mut avail, mut t) = (pos, free, tail);
@@ -232,18 +243,18 @@ impl Ring {
     /// no pad frame; returns its position and
     /// the producer counter after it. `None` in every other case, impossible counters included
     /// (`place` sorts those out); where it answers, it answers as `place` does.
-    #[inline]
+    #[inline(always)]
     pub fn place_whole(&self, tail: u64, head: u64, want: u64) -> Option<(u64, u64)> {
         if want == 0 || want > self.max_payload() {
             return None;
         }
         // `want` is at most `max_payload` (checked above): the frame's size is small.
         let size = FRAME_HDR.wrapping_add(align_frame(want));
-        let room = self.cap.checked_sub(tail.checked_sub(head)?)?;
-        tail.checked_add(self.cap)?;
+        let room = self.cap().checked_sub(tail.checked_sub(head)?)?;
+        tail.checked_add(self.cap())?;
         let pos = self.pos(tail);
         // `pos` is below `cap`; the frame ends at most `cap` past `tail`, which does not overflow.
-        (room >= size.wrapping_add(FRAME_HDR) && self.cap.wrapping_sub(pos) >= size)
+        (room >= size.wrapping_add(FRAME_HDR) && self.cap().wrapping_sub(pos) >= size)
             .then_some((pos, tail.wrapping_add(size)))
     }
 
@@ -251,11 +262,11 @@ impl Ring {
     #[inline]
     pub fn check_tail(&self, tail: u64, head: u64) -> Result<u64, ProtoError> {
         tail.checked_sub(head)
-            .filter(|&d| d <= self.cap)
+            .filter(|&d| d <= self.cap())
             .ok_or(ProtoError::BadTail {
                 tail,
                 head,
-                cap: self.cap,
+                cap: self.cap(),
             })
     }
 
@@ -281,7 +292,7 @@ impl Ring {
         if !pos.is_multiple_of(FRAME_ALIGN) || avail < FRAME_HDR {
             return Err(bad());
         }
-        let to_end = self.cap - pos;
+        let to_end = self.cap() - pos;
         if hdr.flags == FRAME_PAD {
             // A pad frame only fills space too small for a frame (see `place`): a pad anywhere
             // else would let a peer keep the reader skipping pads without sending.
@@ -324,7 +335,7 @@ impl Ring {
         hdr: &FrameHeader,
         expected_seq: u64,
     ) -> Result<Frame, ProtoError> {
-        self.check_frame(head, head.saturating_add(self.cap), hdr, expected_seq)
+        self.check_frame(head, head.saturating_add(self.cap()), hdr, expected_seq)
     }
 }
 

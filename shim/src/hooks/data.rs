@@ -86,7 +86,7 @@ fn try_send(fd: c_int, buf: &[u8], flags: c_int) -> Option<usize> {
     if flags & !(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) != 0 {
         return None;
     }
-    std::panic::catch_unwind(|| table::pin(fd)?.conn.get()?.try_send(buf))
+    std::panic::catch_unwind(|| table::pin_inlined(fd)?.conn.get()?.try_send(buf))
         .ok()
         .flatten()
 }
@@ -103,7 +103,7 @@ fn try_recv(fd: c_int, buf: &mut [u8], flags: c_int) -> Result<usize, Option<tab
         return Err(None);
     }
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let s = table::pin(fd).ok_or(None)?;
+        let s = table::pin_inlined(fd).ok_or(None)?;
         let blocking = !(s.nonblocking() || flags & libc::MSG_DONTWAIT != 0);
         match s.conn.get().and_then(|c| c.try_recv(buf, blocking)) {
             Some(n) => Ok(n),

@@ -100,7 +100,7 @@ impl Connection {
     /// The frame at consumer counter `head` if its header's sequence word publishes it (the
     /// expected number `seq`, `proto::published`), validated: what a receiver reads without
     /// the producer counter, whose line the sender writes after every frame.
-    #[inline]
+    #[inline(always)]
     pub(super) fn published_frame(&self, head: u64, seq: u64) -> Option<Result<Frame, ProtoError>> {
         let h = ringsync::published_header(&self.own_block, ring_at(self.rx_ring.pos(head)), seq)?;
         Some(self.rx_ring.check_published(head, &h, seq))
@@ -616,6 +616,7 @@ impl Connection {
     /// Record what we consumed, and return the credits to the sender when enough have
     /// gathered (a quarter of the ring), when the sender waits for them, or when `force`d
     /// (before we sleep or arm, so a sender is never left waiting on credits we hold).
+    #[inline]
     pub(super) fn return_credits(&self, head: u64, off: u64, seq: u64, force: bool) {
         self.cur.rx_head.store(head, Relaxed);
         self.cur.rx_off.store(off, Relaxed);

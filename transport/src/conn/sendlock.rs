@@ -229,7 +229,7 @@ impl SendLock {
 
     /// The sender's way in: by plain stores if the lock is biased to this thread (the first
     /// thread to come here takes the bias), else by compare-and-swap; `None` if taken.
-    #[inline]
+    #[inline(always)]
     pub fn try_lock_biased(&self) -> Option<SendGuard<'_>> {
         let me = thread_token();
         let mut o = self.owner.load(Relaxed);
@@ -278,6 +278,7 @@ impl SendLock {
 }
 
 impl Drop for SendGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         if self.biased {
             self.lock.owner_in.store(false, Release);
