@@ -445,7 +445,8 @@ impl Service {
             .iter()
             .find(|(_, o)| o.owner == client && o.request == request)
             .map(|(&c, _)| c);
-        let progressing = stalled_only && found.is_some_and(|c| self.progressed(c));
+        let progressing =
+            stalled_only && found.is_some_and(|c| self.progressed(c) || self.awaits_accept(c));
         let refuse = |s: &mut Service, why| {
             if quiet {
                 s.refuse_quietly(why)
@@ -455,7 +456,9 @@ impl Service {
         };
         if progressing {
             // As the device rendezvous does with its accept counter: a server working
-            // through a long backlog reaches its last clients late.
+            // through a long backlog reaches its last clients late. And a connection still in
+            // its listener's queue has not reached any server yet: on TCP its client would
+            // wait for that server just the same.
             refuse(self, Refusal::Progressing);
         } else if let Some(conn) = found {
             self.offers.remove(&conn);
