@@ -8,7 +8,8 @@ use super::*;
 impl Service {
     /// Read what every client sent (up to a budget each) and act on it: accepts last, so that
     /// a client's `Connect`, sent before its kernel connect began, is always known when the
-    /// server's `Accept` for that connection is handled.
+    /// server's `Accept` for that connection is handled; and after them the questions whether
+    /// an offer is stalled, so that an accept read in the same pass counts.
     pub(super) fn pass(&mut self, ready: &[u64]) {
         self.read(ready, PASS_BUDGET);
         while let Some((client, request, socket, ring, nowait)) = self.accepts.pop_front() {
@@ -16,6 +17,10 @@ impl Service {
             if nowait {
                 self.ring_server(client);
             }
+        }
+        // After the accepts: one read in this pass is its server's progress (or its pairing).
+        while let Some((client, id, request, quiet)) = self.doubts.pop_front() {
+            self.cancel(client, id, request, true, quiet);
         }
     }
 
@@ -191,9 +196,12 @@ impl Service {
             } => self.connect(client, id, sender, (addr, port), ring, quiet, fds.pop()?),
             Request::Cancel {
                 request,
-                stalled_only,
+                stalled_only: true,
                 quiet,
-            } => self.cancel(client, id, request, stalled_only, quiet),
+            } => self.doubts.push_back((client, id, request, quiet)),
+            Request::Cancel { request, quiet, .. } => {
+                self.cancel(client, id, request, false, quiet)
+            }
             Request::Accept { ring, nowait } => {
                 return Some((client, id, fds.pop()?, ring, nowait));
             }
