@@ -91,21 +91,44 @@ fn connected_with(
     local: (Addr, u16),
     peer: (Addr, u16),
 ) -> io::Result<bool> {
+    found(nl, local, peer, !(1 << TCP_LISTEN), inode)
+}
+
+/// Is the socket from `local` to `peer` in one of `states` the one with inode `inode`? Asked in
+/// its family, and an IPv4 connection again as IPv6 (a dual-stack socket's, IPv4-mapped).
+fn found(
+    nl: &Netlink,
+    local: (Addr, u16),
+    peer: (Addr, u16),
+    states: u32,
+    inode: u64,
+) -> io::Result<bool> {
     let (family, l) = family_of(&local.0);
     let (_, p) = family_of(&peer.0);
-    if nl.lookup(family, (&l, local.1), (&p, peer.1), !(1 << TCP_LISTEN))? == Some(inode) {
+    if nl.lookup(family, (&l, local.1), (&p, peer.1), states)? == Some(inode) {
         return Ok(true);
     }
     if family == libc::AF_INET as u8 {
-        // An IPv6 socket connected to an IPv4 peer, asked in its own family.
         return Ok(nl.lookup(
             libc::AF_INET6 as u8,
             (&local.0, local.1),
             (&peer.0, peer.1),
-            !(1 << TCP_LISTEN),
+            states,
         )? == Some(inode));
     }
     Ok(false)
+}
+
+/// Is the connection from `peer` to `local` (its server's side: `local` the address it was
+/// made to) established (or nearly) and waiting in its listener's accept queue — a socket with no inode,
+/// because no process holds it yet? One exact look-up, in both families as [`connected`].
+pub fn awaits_accept(local: (Addr, u16), peer: (Addr, u16)) -> io::Result<bool> {
+    awaits_accept_with(&Netlink::open()?, local, peer)
+}
+
+fn awaits_accept_with(nl: &Netlink, local: (Addr, u16), peer: (Addr, u16)) -> io::Result<bool> {
+    // ESTABLISHED, or SYN_RECV: its handshake's last step not yet through on the server's side.
+    found(nl, local, peer, 1 << 1 | 1 << 3, 0)
 }
 
 /// The family and address bytes (4 or 16) of an address in a message (IPv4 as IPv4-mapped;
@@ -200,6 +223,11 @@ impl Diag {
     /// [`is_listening_at`], in this socket's namespace.
     pub fn is_listening_at(&self, inode: u64, ip: &[u8; 16], port: u16) -> io::Result<bool> {
         Ok(reached_at_with(&self.0, inode, ip, port)? || is_listening_with(&self.0, inode, port)?)
+    }
+
+    /// [`awaits_accept`], in this socket's namespace.
+    pub fn awaits_accept(&self, local: (Addr, u16), peer: (Addr, u16)) -> io::Result<bool> {
+        awaits_accept_with(&self.0, local, peer)
     }
 
     /// [`connected`], in this socket's namespace.

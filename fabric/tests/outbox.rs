@@ -3,7 +3,7 @@
 //! close to its open-file limit, reaches the client whole; and the client keeps them for later
 //! at one descriptor each, not one per line they name.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use fabric::{Client, Options, Pairing};
 use socket2::{Domain, Socket, Type};
+
+mod common;
+use common::v4;
 
 /// Connections in the burst: more pairing replies than a client's service socket holds
 /// (`net.unix.max_dgram_qlen`, 512 by default, or fewer by its send buffer).
@@ -73,16 +76,6 @@ fn service_with_few_descriptors() {
         ..Options::default()
     };
     bound.serve(opts).expect("serve");
-}
-
-fn v4(a: &SocketAddr) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[10] = 0xff;
-    b[11] = 0xff;
-    if let SocketAddr::V4(a) = a {
-        b[12..].copy_from_slice(&a.ip().octets());
-    }
-    b
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //! third party, hostile requests, and the clean-up after a client's process dies.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,61 +12,8 @@ use fabric::wire::{Refusal, Reply, Request};
 use fabric::{sys, Client, ClientError, Options, Pairing};
 use socket2::{Domain, Socket, Type};
 
-struct Running {
-    socket: PathBuf,
-    _dir: TempDir,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn start(opts: Options) -> Running {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "pcisock-fabric-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let socket = dir.join("fabric.sock");
-    let bound = fabric::bind(&socket).expect("bind");
-    std::thread::spawn(move || bound.serve(opts));
-    Running {
-        socket,
-        _dir: TempDir(dir),
-    }
-}
-
-fn v4(a: &SocketAddr) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[10] = 0xff;
-    b[11] = 0xff;
-    match a {
-        SocketAddr::V4(a) => b[12..].copy_from_slice(&a.ip().octets()),
-        SocketAddr::V6(_) => unreachable!("the tests use IPv4"),
-    }
-    b
-}
-
-/// A client socket, offered, then connected; the server's accepted stream.
-fn offer_and_connect(
-    c: &mut Client,
-    to: SocketAddr,
-    l: &TcpListener,
-) -> (fabric::Offer, Socket, TcpStream) {
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let offer = c
-        .offer(s.as_raw_fd(), v4(&to), to.port(), 1 << 20)
-        .expect("offer")
-        .expect("a listener is published");
-    s.connect(&to.into()).unwrap();
-    let (accepted, _) = l.accept().unwrap();
-    (offer, s, accepted)
-}
+mod common;
+use common::{offer_and_connect, start, v4};
 
 fn map(fd: &OwnedFd) -> memmap2::MmapMut {
     // SAFETY: a test mapping of a segment the service made; both ends write distinct bytes.
@@ -655,39 +602,6 @@ fn an_orphaned_listener_lives_while_its_socket_listens() {
     assert_eq!(listeners(&mut watcher), 1, "adopted by the acceptor");
     drop(acceptor);
     wait_for(&mut watcher, 0);
-}
-
-/// A client whose answer is late asks the service to give its offer up only if its servers made
-/// no progress: while the listener it connects to accepts other connections, the offer stands
-/// (refused `Progressing`); once nothing was accepted since it last asked, it goes. Another
-/// listener's accepts are not its servers' progress.
-#[test]
-fn an_offer_stands_while_its_listener_accepts_others() {
-    let svc = start(Options::default());
-    let mut server = Client::connect(&svc.socket).unwrap();
-    let mut client = Client::connect(&svc.socket).unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let other = TcpListener::bind("127.0.0.1:0").unwrap();
-    server.listen(l.as_raw_fd()).unwrap();
-    server.listen(other.as_raw_fd()).unwrap();
-    let to = l.local_addr().unwrap();
-    let (_o1, _c1, a1) = offer_and_connect(&mut client, to, &l);
-    let (o2, _c2, _a2) = offer_and_connect(&mut client, to, &l);
-    let (o3, _c3, _a3) = offer_and_connect(&mut client, other.local_addr().unwrap(), &other);
-    assert!(matches!(
-        server.accept(a1.as_raw_fd(), 1 << 20),
-        Ok(Pairing::Paired(_))
-    ));
-    // o2's listener accepted since o2 was made: it stands.
-    assert!(!client.cancel_if_stalled(o2).unwrap());
-    // Nothing since it last asked: it goes (and is gone: a plain cancel finds nothing).
-    assert!(client.cancel_if_stalled(o2).unwrap());
-    assert!(matches!(
-        client.cancel(o2),
-        Err(ClientError::Refused(Refusal::NotYours))
-    ));
-    // o3 waits on another listener, which accepted nothing.
-    assert!(client.cancel_if_stalled(o3).unwrap());
 }
 
 /// Requests nobody waits for are never answered (wire version 4): a pipelined `Connect` gets

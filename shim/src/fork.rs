@@ -50,6 +50,11 @@ static FORSAKEN: OnceLock<Arc<Sock>> = OnceLock::new();
 /// `Sock::fork_mark` of an entry the child has forsaken (its holder given back).
 const MARK_FORSAKEN: u64 = u64::MAX;
 
+/// `Sock::fork_mark` of a client's pending offer a child inherited: the offer is its parent's
+/// (the answer goes to the parent), so the child's close withdraws its copy and never completes
+/// it (`ops::control::retire`): a connection completed and closed there would end the parent's.
+pub const MARK_INHERITED_OFFER: u64 = 1 << 63;
+
 /// `Sock::fork_mark` of an entry the child of fork `n` has adopted.
 fn mark_adopted(n: u64) -> u64 {
     !n
@@ -170,7 +175,17 @@ pub fn child() {
                 }
                 // Published after `prepare` counted: not ours to hold.
                 Some(_) => false,
-                None => !busy && !accepting(sock),
+                None => {
+                    let keep = !busy && !accepting(sock);
+                    let offered = matches!(
+                        sock.state.try_lock().as_deref(),
+                        Ok(State::Offered(Some(_)))
+                    );
+                    if keep && offered {
+                        sock.fork_mark.store(MARK_INHERITED_OFFER, SeqCst);
+                    }
+                    keep
+                }
             };
             if keep {
                 return None;

@@ -8,7 +8,8 @@ use super::*;
 impl Service {
     /// Read what every client sent (up to a budget each) and act on it: accepts last, so that
     /// a client's `Connect`, sent before its kernel connect began, is always known when the
-    /// server's `Accept` for that connection is handled.
+    /// server's `Accept` for that connection is handled; and after them the questions whether
+    /// an offer is stalled, so that an accept read in the same pass counts.
     pub(super) fn pass(&mut self, ready: &[u64]) {
         self.read(ready, PASS_BUDGET);
         while let Some((client, request, socket, ring, nowait)) = self.accepts.pop_front() {
@@ -16,6 +17,10 @@ impl Service {
             if nowait {
                 self.ring_server(client);
             }
+        }
+        // After the accepts: one read in this pass is its server's progress (or its pairing).
+        while let Some((client, id, request, quiet)) = self.doubts.pop_front() {
+            self.cancel(client, id, request, true, quiet);
         }
     }
 
@@ -191,9 +196,12 @@ impl Service {
             } => self.connect(client, id, sender, (addr, port), ring, quiet, fds.pop()?),
             Request::Cancel {
                 request,
-                stalled_only,
+                stalled_only: true,
                 quiet,
-            } => self.cancel(client, id, request, stalled_only, quiet),
+            } => self.doubts.push_back((client, id, request, quiet)),
+            Request::Cancel { request, quiet, .. } => {
+                self.cancel(client, id, request, false, quiet)
+            }
             Request::Accept { ring, nowait } => {
                 return Some((client, id, fds.pop()?, ring, nowait));
             }
@@ -445,7 +453,8 @@ impl Service {
             .iter()
             .find(|(_, o)| o.owner == client && o.request == request)
             .map(|(&c, _)| c);
-        let progressing = stalled_only && found.is_some_and(|c| self.progressed(c));
+        let progressing =
+            stalled_only && found.is_some_and(|c| self.progressed(c) || self.awaits_accept(c));
         let refuse = |s: &mut Service, why| {
             if quiet {
                 s.refuse_quietly(why)
@@ -455,7 +464,9 @@ impl Service {
         };
         if progressing {
             // As the device rendezvous does with its accept counter: a server working
-            // through a long backlog reaches its last clients late.
+            // through a long backlog reaches its last clients late. And a connection still in
+            // its listener's queue has not reached any server yet: on TCP its client would
+            // wait for that server just the same.
             refuse(self, Refusal::Progressing);
         } else if let Some(conn) = found {
             self.offers.remove(&conn);

@@ -155,7 +155,7 @@ impl Service {
 
     /// Ask namespace `netns`'s socket table `q` (through our own sock_diag or the one handed
     /// for it); `None` if we cannot (no socket for it, or it failed: then never again).
-    fn ask_namespace(
+    pub(super) fn ask_namespace(
         &mut self,
         netns: u64,
         q: impl Fn(Option<&crate::sockdiag::Diag>) -> io::Result<bool>,

@@ -221,6 +221,9 @@ pub struct Service {
     offers: HashMap<u64, Offer>,
     /// Accepts read and not handled yet (handled after every other request of the same pass).
     accepts: std::collections::VecDeque<Accepted>,
+    /// `Cancel`s with `stalled_only` read and not handled yet, as (client, request id, the
+    /// offer's request, quiet): handled after the accepts of the same pass.
+    doubts: std::collections::VecDeque<(u64, u64, u64, bool)>,
     /// Offers by (namespace, client address, server address), once connected.
     offer_index: HashMap<OfferKey, u64>,
     conns: HashMap<u64, Conn>,
@@ -308,6 +311,7 @@ impl Service {
             listeners: HashMap::new(),
             offers: HashMap::new(),
             accepts: std::collections::VecDeque::new(),
+            doubts: std::collections::VecDeque::new(),
             offer_index: HashMap::new(),
             conns: HashMap::new(),
             holders: HashMap::new(),

@@ -297,6 +297,25 @@ impl Service {
         moved
     }
 
+    /// Is offer `conn`'s connection still waiting in its listener's accept queue (the kernel
+    /// holds it for a server that has not accepted it yet)? Asked of the namespace's socket
+    /// table; `false` when it cannot be asked.
+    pub(super) fn awaits_accept(&mut self, conn: u64) -> bool {
+        let Some((netns, view)) = (self.offers.get(&conn))
+            .and_then(|o| Some((o.netns, sys::tcp_view(o.socket.as_raw_fd()).ok()??)))
+        else {
+            return false;
+        };
+        let (Some(client), Some(server)) = (view.local, view.peer) else {
+            return false;
+        };
+        self.ask_namespace(netns, |d| match d {
+            Some(d) => d.awaits_accept(server, client),
+            None => crate::sockdiag::awaits_accept(server, client),
+        })
+        .unwrap_or(false)
+    }
+
     /// The accepts of the listeners that serve `dest` in `netns`.
     pub(super) fn accepted_at(&self, netns: u64, dest: (Addr, u16)) -> u64 {
         self.listeners
