@@ -119,16 +119,34 @@ fn found(
     Ok(false)
 }
 
-/// Is the connection from `peer` to `local` (its server's side: `local` the address it was
-/// made to) established (or nearly) and waiting in its listener's accept queue — a socket with no inode,
-/// because no process holds it yet? One exact look-up, in both families as [`connected`].
-pub fn awaits_accept(local: (Addr, u16), peer: (Addr, u16)) -> io::Result<bool> {
-    awaits_accept_with(&Netlink::open()?, local, peer)
+/// The server's side of the connection from `peer` to `local` (`local` the address it was made
+/// to), if it exists: `Some(0)` while it waits in its listener's accept queue (established, or
+/// its handshake's last step not yet through: a socket with no inode, because no process holds
+/// it yet), `Some(inode)` once a process accepted it. One exact look-up, in both families as
+/// [`connected`].
+pub fn server_side(local: (Addr, u16), peer: (Addr, u16)) -> io::Result<Option<u64>> {
+    server_side_with(&Netlink::open()?, local, peer)
 }
 
-fn awaits_accept_with(nl: &Netlink, local: (Addr, u16), peer: (Addr, u16)) -> io::Result<bool> {
-    // ESTABLISHED, or SYN_RECV: its handshake's last step not yet through on the server's side.
-    found(nl, local, peer, 1 << 1 | 1 << 3, 0)
+fn server_side_with(
+    nl: &Netlink,
+    local: (Addr, u16),
+    peer: (Addr, u16),
+) -> io::Result<Option<u64>> {
+    // Any state but LISTEN (SYN_RECV included: a request socket in the queue).
+    let states = !(1 << TCP_LISTEN);
+    let (family, l) = family_of(&local.0);
+    let (_, p) = family_of(&peer.0);
+    let found = nl.lookup(family, (&l, local.1), (&p, peer.1), states)?;
+    if found.is_none() && family == libc::AF_INET as u8 {
+        return nl.lookup(
+            libc::AF_INET6 as u8,
+            (&local.0, local.1),
+            (&peer.0, peer.1),
+            states,
+        );
+    }
+    Ok(found)
 }
 
 /// The family and address bytes (4 or 16) of an address in a message (IPv4 as IPv4-mapped;
@@ -225,9 +243,9 @@ impl Diag {
         Ok(reached_at_with(&self.0, inode, ip, port)? || is_listening_with(&self.0, inode, port)?)
     }
 
-    /// [`awaits_accept`], in this socket's namespace.
-    pub fn awaits_accept(&self, local: (Addr, u16), peer: (Addr, u16)) -> io::Result<bool> {
-        awaits_accept_with(&self.0, local, peer)
+    /// [`server_side`], in this socket's namespace.
+    pub fn server_side(&self, local: (Addr, u16), peer: (Addr, u16)) -> io::Result<Option<u64>> {
+        server_side_with(&self.0, local, peer)
     }
 
     /// [`connected`], in this socket's namespace.

@@ -1,5 +1,6 @@
 //! How long an offer stands: while its servers make progress, and while its connection waits
-//! in its listener's accept queue; not once a process took it and did not answer.
+//! in its listener's accept queue; once more after a process took it from the queue (its accept
+//! may be on its way), and not after that.
 
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
@@ -34,19 +35,25 @@ fn an_offer_stands_while_its_listener_accepts_others() {
     ));
     // o2's listener accepted since o2 was made: it stands.
     assert!(!client.cancel_if_stalled(o2).unwrap());
-    // Nothing since it last asked: it goes (and is gone: a plain cancel finds nothing).
+    // Nothing since it last asked, but a process took its connection from the queue: its
+    // `Accept` may be on its way, so it stands once more; then it goes (and is gone: a plain
+    // cancel finds nothing).
+    assert!(!client.cancel_if_stalled(o2).unwrap());
     assert!(client.cancel_if_stalled(o2).unwrap());
     assert!(matches!(
         client.cancel(o2),
         Err(ClientError::Refused(Refusal::NotYours))
     ));
-    // o3 waits on another listener, which accepted nothing.
+    // o3 waits on another listener, which accepted nothing (its connection was taken from the
+    // queue: one grace).
+    assert!(!client.cancel_if_stalled(o3).unwrap());
     assert!(client.cancel_if_stalled(o3).unwrap());
 }
 
 /// A connection still in its listener's accept queue has reached no server yet: its offer is not
 /// stalled however long it waits (on TCP its client would wait the same); once a process took it
-/// from the queue and did not answer, it is.
+/// from the queue, it stands one more time (that process's `Accept` may be on its way), then
+/// it is stalled.
 #[test]
 fn an_offer_in_the_accept_queue_is_not_stalled() {
     let svc = start(Options::default());
@@ -65,5 +72,7 @@ fn an_offer_in_the_accept_queue_is_not_stalled() {
         "nothing accepted: still queued"
     );
     let _taken = l.accept().unwrap();
+    // Taken by a process that did not answer (yet): it may be on its way, once.
+    assert!(!client.cancel_if_stalled(o).unwrap());
     assert!(client.cancel_if_stalled(o).unwrap());
 }

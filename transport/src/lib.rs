@@ -359,6 +359,16 @@ impl Transport {
         p.is_accept()
     }
 
+    /// Has the answer to a client's offer through the host fabric service arrived (taken in
+    /// now, without waiting)? A device offer is never said to have one: it is settled by its
+    /// connect.
+    pub fn answer_arrived(&self, p: &Pending) -> bool {
+        match p {
+            Pending::Service(o) => service::answer_arrived(&self.shared, o),
+            Pending::Device(_) => false,
+        }
+    }
+
     /// Offer the upgrade of a connection whose kernel connect has not chosen our port yet;
     /// [`Transport::publish`] completes it once the connect has started.
     pub fn offer_unbound(&self, remote: Endpoint, tcp_fd: RawFd) -> Result<Pending, Reason> {

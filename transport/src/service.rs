@@ -410,6 +410,17 @@ pub(crate) fn news(shared: &ProcessState, offers: &[&Offered]) -> Vec<bool> {
     .unwrap_or_else(|_| vec![true; offers.len()])
 }
 
+/// Has the service's final answer to offer `o` arrived (taken in now, never waiting)?
+pub(crate) fn answer_arrived(shared: &ProcessState, o: &Offered) -> bool {
+    link(shared).is_ok_and(|l| {
+        l.with(|c| {
+            c.take_replies()?;
+            Ok(c.answered(&o.offer))
+        })
+        .unwrap_or(false)
+    })
+}
+
 /// Wait for the server's side of an offer: up to `patience` (`None`: until the answer timeout
 /// passes, or the peer talks over TCP or hangs up, when the offer is withdrawn).
 pub(crate) fn complete(

@@ -438,6 +438,7 @@ impl Service {
                 dest,
                 seen: self.accepted_at(view.netns, dest),
                 indexed: false,
+                graced: false,
                 provisional: false,
             },
         );
@@ -454,7 +455,7 @@ impl Service {
             .find(|(_, o)| o.owner == client && o.request == request)
             .map(|(&c, _)| c);
         let progressing =
-            stalled_only && found.is_some_and(|c| self.progressed(c) || self.awaits_accept(c));
+            stalled_only && found.is_some_and(|c| self.progressed(c) || self.not_reached_yet(c));
         let refuse = |s: &mut Service, why| {
             if quiet {
                 s.refuse_quietly(why)
@@ -466,7 +467,7 @@ impl Service {
             // As the device rendezvous does with its accept counter: a server working
             // through a long backlog reaches its last clients late. And a connection still in
             // its listener's queue has not reached any server yet: on TCP its client would
-            // wait for that server just the same.
+            // wait for that server just the same (see `not_reached_yet`).
             refuse(self, Refusal::Progressing);
         } else if let Some(conn) = found {
             self.offers.remove(&conn);

@@ -176,6 +176,9 @@ struct Offer {
     seen: u64,
     /// Its connected addresses are in `Service::offer_index`.
     indexed: bool,
+    /// It stood once already because a process had accepted its connection without answering
+    /// (`Service::not_reached_yet`).
+    graced: bool,
     /// Indexed by the destination it claimed, before the kernel connected it (see
     /// `find_offer`): checked against its socket when found.
     provisional: bool,

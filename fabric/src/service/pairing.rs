@@ -297,10 +297,13 @@ impl Service {
         moved
     }
 
-    /// Is offer `conn`'s connection still waiting in its listener's accept queue (the kernel
-    /// holds it for a server that has not accepted it yet)? Asked of the namespace's socket
-    /// table; `false` when it cannot be asked.
-    pub(super) fn awaits_accept(&mut self, conn: u64) -> bool {
+    /// Should offer `conn` stand although its servers made no progress? While its connection
+    /// waits in its listener's accept queue (the kernel holds it for a server that has not
+    /// accepted it yet: on TCP its client would wait for that server the same); and once, for
+    /// one more answer timeout of its client, after a process accepted it (that process's
+    /// `Accept` may be on its way: a busy server, descheduled between its accept and its
+    /// request). Asked of the namespace's socket table; `false` when it cannot be asked.
+    pub(super) fn not_reached_yet(&mut self, conn: u64) -> bool {
         let Some((netns, view)) = (self.offers.get(&conn))
             .and_then(|o| Some((o.netns, sys::tcp_view(o.socket.as_raw_fd()).ok()??)))
         else {
@@ -309,11 +312,25 @@ impl Service {
         let (Some(client), Some(server)) = (view.local, view.peer) else {
             return false;
         };
-        self.ask_namespace(netns, |d| match d {
-            Some(d) => d.awaits_accept(server, client),
-            None => crate::sockdiag::awaits_accept(server, client),
-        })
-        .unwrap_or(false)
+        let side = std::cell::Cell::new(None);
+        self.ask_namespace(netns, |d| {
+            side.set(match d {
+                Some(d) => d.server_side(server, client),
+                None => crate::sockdiag::server_side(server, client),
+            }?);
+            Ok(true)
+        });
+        let Some(o) = self.offers.get_mut(&conn) else {
+            return false;
+        };
+        match side.get() {
+            Some(0) => true,
+            Some(_) if !o.graced => {
+                o.graced = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The accepts of the listeners that serve `dest` in `netns`.

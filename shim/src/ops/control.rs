@@ -79,16 +79,18 @@ pub(super) fn retire(s: Arc<Sock>, fd: Option<c_int>) -> Option<Closing> {
         };
         // Any other offer of this process whose answer is already here is completed too,
         // without waiting: a client whose answer came after its connect returned and that was
-        // never used is counted as the connection it became (and closes as one); one still
-        // unanswered is withdrawn below, as is a copy a forked child inherited (its parent's).
+        // never used is counted as the connection it became (and closes as one). One still
+        // unanswered is withdrawn below and counted as nothing (it carried nothing, on no
+        // path), as is a copy a forked child inherited (its parent's).
         if let Some(fd) = fd {
             let must = s.early.lock().is_ok_and(|e| !e.is_empty()) || accepting();
-            let offered = s.fork_mark.load(std::sync::atomic::Ordering::SeqCst)
+            let answered = s.fork_mark.load(std::sync::atomic::Ordering::SeqCst)
                 != crate::fork::MARK_INHERITED_OFFER
-                && s.state
-                    .lock()
-                    .is_ok_and(|st| matches!(&*st, State::Offered(Some(_))));
-            if must || offered {
+                && s.state.lock().is_ok_and(|st| {
+                    matches!(&*st, State::Offered(Some(p))
+                        if g.transport().is_ok_and(|t| t.answer_arrived(p)))
+                });
+            if must || answered {
                 let _ = settle_offer(&s, fd, must);
             }
         }
