@@ -410,15 +410,23 @@ pub(crate) fn news(shared: &ProcessState, offers: &[&Offered]) -> Vec<bool> {
     .unwrap_or_else(|_| vec![true; offers.len()])
 }
 
-/// Has the service's final answer to offer `o` arrived (taken in now, never waiting)?
+/// Has the service's final answer to offer `o` arrived (taken in now, never waiting)? `false`
+/// when the service connection is busy — in this very thread too: a close inside
+/// [`Link::with`] (the service connection closing a descriptor it received) runs the
+/// application's close path, which asks this — or is not this process's (after a fork).
 pub(crate) fn answer_arrived(shared: &ProcessState, o: &Offered) -> bool {
-    link(shared).is_ok_and(|l| {
-        l.with(|c| {
-            c.take_replies()?;
-            Ok(c.answered(&o.offer))
-        })
-        .unwrap_or(false)
-    })
+    let Ok(l) = link(shared) else {
+        return false;
+    };
+    let Ok(mut g) = l.client.try_lock() else {
+        return false;
+    };
+    match g.as_mut() {
+        Some((pid, c)) if *pid == std::process::id() => {
+            c.take_replies().is_ok() && c.answered(&o.offer)
+        }
+        _ => false,
+    }
 }
 
 /// Wait for the server's side of an offer: up to `patience` (`None`: until the answer timeout
