@@ -119,6 +119,9 @@ pub struct Client {
     /// (the kernel then drops a message's descriptors: `BadPeer`, and the cascade of
     /// benches/results/scaling.md). Now: its segment and one per distinct line.
     shared: HashMap<(u64, bool), Weak<OwnedFd>>,
+    /// Requests whose reply arrived truncated while another was awaited: each fails when it is
+    /// asked for (and only it).
+    lost: std::collections::HashSet<u64>,
     /// A sock_diag socket of this process's namespace went to the service (`Namespace`).
     namespace_sent: bool,
     pub service_pid: u32,
@@ -148,6 +151,7 @@ impl Client {
             next: 1,
             stash: HashMap::new(),
             shared: HashMap::new(),
+            lost: std::collections::HashSet::new(),
             namespace_sent: false,
             service_pid: 0,
             ring_bytes: 0,
@@ -204,6 +208,9 @@ impl Client {
             if let Some(r) = self.stash.remove(&id) {
                 return Ok(Some(r));
             }
+            if self.lost.remove(&id) {
+                return Err(ClientError::Wire(WireError::Truncated));
+            }
             let left = patience.saturating_sub(t0.elapsed());
             let rev = sys::poll_in(&[self.sock.as_raw_fd()], left.as_millis() as i32)?;
             if rev[0] == 0 {
@@ -216,7 +223,19 @@ impl Client {
                 return Err(ClientError::Gone);
             };
             if m.truncated {
-                return Err(ClientError::Wire(WireError::Long(m.bytes.len())));
+                // Its descriptors did not all arrive (this process at its open-file limit: the
+                // kernel drops them) or it is too long: it fails the request it answers, and
+                // only that one (a wait for another reply goes on).
+                match crate::wire::header_id(&m.bytes) {
+                    Some(rid) if rid != id && rid != 0 => {
+                        if self.lost.len() >= 4096 {
+                            self.lost.clear();
+                        }
+                        self.lost.insert(rid);
+                        continue;
+                    }
+                    _ => return Err(ClientError::Wire(WireError::Truncated)),
+                }
             }
             let (reply, rid) = Reply::decode(&m.bytes, m.fds.len()).map_err(ClientError::Wire)?;
             if let Reply::Refused { why } = reply {
@@ -408,11 +427,13 @@ impl Client {
     }
 
     /// Has the final answer (`Paired` or `Declined`) to `offer` arrived and been taken in
-    /// ([`Client::take_replies`])?
+    /// ([`Client::take_replies`]), or did it arrive truncated (then asking for it fails)?
     pub fn answered(&self, offer: &Offer) -> bool {
-        self.stash
-            .get(&offer.request)
-            .is_some_and(|(r, _)| !matches!(r, Reply::Offered { .. }))
+        self.lost.contains(&offer.request)
+            || self
+                .stash
+                .get(&offer.request)
+                .is_some_and(|(r, _)| !matches!(r, Reply::Offered { .. }))
     }
 
     /// Give up an offer.

@@ -300,6 +300,9 @@ pub enum WireError {
         kind: u16,
         word: usize,
     },
+    /// The reply did not arrive whole: its descriptors dropped by the kernel (the receiving
+    /// process at its open-file limit) or its bytes cut.
+    Truncated,
 }
 
 impl std::fmt::Display for WireError {
@@ -317,6 +320,7 @@ impl std::fmt::Display for WireError {
                 write!(f, "kind {kind}: {got} descriptors, expected {want}")
             }
             WireError::Value { kind, word } => write!(f, "kind {kind}: bad value in word {word}"),
+            WireError::Truncated => write!(f, "the reply did not arrive whole"),
         }
     }
 }
@@ -393,6 +397,17 @@ fn encode(kind: u16, id: u64, words: &[u64]) -> Vec<u8> {
         b.extend_from_slice(&w.to_le_bytes());
     }
     b
+}
+
+/// The request id in a message's header if the header is one of ours (magic and version):
+/// which request a message answers when the rest of it cannot be read (it arrived truncated).
+pub fn header_id(b: &[u8]) -> Option<u64> {
+    let h = b.get(..HEADER)?;
+    let magic = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    let version = u16::from_le_bytes([h[4], h[5]]);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&h[8..16]);
+    (magic == MAGIC && version == VERSION).then_some(u64::from_le_bytes(id))
 }
 
 /// Split and check a message: (kind, request id, body words). `fds` is how many descriptors
