@@ -91,32 +91,32 @@ fn connected_with(
     local: (Addr, u16),
     peer: (Addr, u16),
 ) -> io::Result<bool> {
-    found(nl, local, peer, !(1 << TCP_LISTEN), inode)
+    let found = lookup_either(nl, local, peer, !(1 << TCP_LISTEN), |i| i == inode)?;
+    Ok(found == Some(inode))
 }
 
-/// Is the socket from `local` to `peer` in one of `states` the one with inode `inode`? Asked in
-/// its family, and an IPv4 connection again as IPv6 (a dual-stack socket's, IPv4-mapped).
-fn found(
+/// The socket from `local` to `peer` in one of `states`: asked in its family, and an IPv4
+/// connection again as IPv6 (a dual-stack socket's, IPv4-mapped) when the first answer is not
+/// one that `fits`.
+fn lookup_either(
     nl: &Netlink,
     local: (Addr, u16),
     peer: (Addr, u16),
     states: u32,
-    inode: u64,
-) -> io::Result<bool> {
+    fits: impl Fn(u64) -> bool,
+) -> io::Result<Option<u64>> {
     let (family, l) = family_of(&local.0);
     let (_, p) = family_of(&peer.0);
-    if nl.lookup(family, (&l, local.1), (&p, peer.1), states)? == Some(inode) {
-        return Ok(true);
+    let found = nl.lookup(family, (&l, local.1), (&p, peer.1), states)?;
+    if found.is_some_and(fits) || family != libc::AF_INET as u8 {
+        return Ok(found);
     }
-    if family == libc::AF_INET as u8 {
-        return Ok(nl.lookup(
-            libc::AF_INET6 as u8,
-            (&local.0, local.1),
-            (&peer.0, peer.1),
-            states,
-        )? == Some(inode));
-    }
-    Ok(false)
+    nl.lookup(
+        libc::AF_INET6 as u8,
+        (&local.0, local.1),
+        (&peer.0, peer.1),
+        states,
+    )
 }
 
 /// The server's side of the connection from `peer` to `local` (`local` the address it was made
@@ -134,19 +134,7 @@ fn server_side_with(
     peer: (Addr, u16),
 ) -> io::Result<Option<u64>> {
     // Any state but LISTEN (SYN_RECV included: a request socket in the queue).
-    let states = !(1 << TCP_LISTEN);
-    let (family, l) = family_of(&local.0);
-    let (_, p) = family_of(&peer.0);
-    let found = nl.lookup(family, (&l, local.1), (&p, peer.1), states)?;
-    if found.is_none() && family == libc::AF_INET as u8 {
-        return nl.lookup(
-            libc::AF_INET6 as u8,
-            (&local.0, local.1),
-            (&peer.0, peer.1),
-            states,
-        );
-    }
-    Ok(found)
+    lookup_either(nl, local, peer, !(1 << TCP_LISTEN), |_| true)
 }
 
 /// The family and address bytes (4 or 16) of an address in a message (IPv4 as IPv4-mapped;

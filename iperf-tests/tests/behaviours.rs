@@ -319,25 +319,8 @@ fn epoll_spin_edge() {
 /// each request cost a look at every registration and an arming of each: about a whole core at this count.
 #[test]
 fn epoll_one_busy_among_idle() {
-    let name = "epoll_one_busy_among_idle";
-    let (f, exe) = compile_and_control(name);
-    let svc = iperf_tests::fabric::Service::start(&f);
-    let port = free_port();
-    let mut env = svc.env(&f, "program", port);
-    env.extra
-        .push(("BUSY_AMONG_IDLE_MAX_PCT".into(), "25".into()));
-    let (p, r) = run_once("preloaded", &exe, port, Some(&env), f.dir());
-    let ntb = env
-        .stats()
-        .map_err(|e| e.clone())
-        .and_then(|s| s.check_ntb(port, 2 * 3001, 400 * 64, 400 * 64));
-    if r.is_err() || ntb.is_err() {
-        panic!(
-            "{name} on flagged port {port}: {r:?}; NTB: {ntb:?}\n{}",
-            p.describe()
-        );
-    }
-    eprintln!("{name}: {}", p.stdout().trim());
+    let extra = [("BUSY_AMONG_IDLE_MAX_PCT", "25")];
+    run_over_own_service("epoll_one_busy_among_idle", &extra, 2 * 3001, 400 * 64);
 }
 
 /// A client that connects and closes without using the connection, after the server accepted (over a host fabric
@@ -346,22 +329,31 @@ fn epoll_one_busy_among_idle() {
 /// neither NTB nor TCP: 1 connection of 2.
 #[test]
 fn unused_connection() {
-    let name = "unused_connection";
+    run_over_own_service("unused_connection", &[], 2, 0);
+}
+
+/// Runs behaviour `name` under the library over a host fabric service of its own (shared lines, whichever way the
+/// suite runs), with the variables `extra`; its stats file must show `conns` NTB connections that moved `bytes`
+/// each way.
+fn run_over_own_service(name: &str, extra: &[(&str, &str)], conns: u64, bytes: u64) {
     let (f, exe) = compile_and_control(name);
     let svc = iperf_tests::fabric::Service::start(&f);
     let port = free_port();
-    let env = svc.env(&f, "program", port);
+    let mut env = svc.env(&f, "program", port);
+    env.extra
+        .extend(extra.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())));
     let (p, r) = run_once("preloaded", &exe, port, Some(&env), f.dir());
     let ntb = env
         .stats()
         .map_err(|e| e.clone())
-        .and_then(|s| s.check_ntb(port, 2, 0, 0));
+        .and_then(|s| s.check_ntb(port, conns, bytes, bytes));
     if r.is_err() || ntb.is_err() {
         panic!(
             "{name} on flagged port {port}: {r:?}; NTB: {ntb:?}\n{}",
             p.describe()
         );
     }
+    eprintln!("{name}: {}", p.stdout().trim());
 }
 
 /// A set waited on directly, then put inside another set, keeps waking the outer one after a registration in it

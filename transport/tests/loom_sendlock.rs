@@ -66,6 +66,25 @@ impl Conn {
     }
 }
 
+/// A connection on which one thread sends twice by `try_send` (it takes the bias, then enters by
+/// plain stores) while another runs `other`: the connection once both are done, and what `other`
+/// returned.
+fn beside_the_owner<R: Send + 'static>(
+    other: impl FnOnce(&Conn) -> R + Send + 'static,
+) -> (Arc<Conn>, R) {
+    let c = Arc::new(Conn::default());
+    let o = c.clone();
+    let owner = thread::spawn(move || {
+        o.try_send();
+        o.try_send();
+    });
+    let x = c.clone();
+    let other = thread::spawn(move || other(&x));
+    owner.join().unwrap();
+    let r = other.join().unwrap();
+    (c, r)
+}
+
 /// A thread sends twice by `try_send` (it takes the bias, then enters by plain stores) while
 /// another sends once by `send` (it takes `held`, revokes the bias, and waits the owner out, or
 /// takes the lock before there is a bias). The two are never inside at once (loom checks the
@@ -73,16 +92,7 @@ impl Conn {
 #[test]
 fn send_lock_bias() {
     check("send lock bias", || {
-        let c = Arc::new(Conn::default());
-        let o = c.clone();
-        let owner = thread::spawn(move || {
-            o.try_send();
-            o.try_send();
-        });
-        let x = c.clone();
-        let other = thread::spawn(move || x.send());
-        owner.join().unwrap();
-        other.join().unwrap();
+        let (c, ()) = beside_the_owner(|x| x.send());
         assert_eq!(c.guarded.sends.load(Relaxed), 3, "a send lost");
     });
 }
@@ -96,14 +106,7 @@ fn send_lock_bias() {
 #[test]
 fn send_lock_unrevoked_look() {
     check("send lock unrevoked look", || {
-        let c = Arc::new(Conn::default());
-        let o = c.clone();
-        let owner = thread::spawn(move || {
-            o.try_send();
-            o.try_send();
-        });
-        let x = c.clone();
-        let look = thread::spawn(move || {
+        let (c, looked) = beside_the_owner(|x| {
             if let Some(_g) = x.lock.try_lock_unrevoked() {
                 x.send_inside();
                 true
@@ -111,8 +114,6 @@ fn send_lock_unrevoked_look() {
                 false
             }
         });
-        owner.join().unwrap();
-        let looked = look.join().unwrap();
         assert_eq!(
             c.guarded.sends.load(Relaxed),
             2 + looked as u32,

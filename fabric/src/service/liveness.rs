@@ -154,15 +154,17 @@ impl Service {
     }
 
     /// Ask namespace `netns`'s socket table `q` (through our own sock_diag or the one handed
-    /// for it); `None` if we cannot (no socket for it, or it failed: then never again).
-    pub(super) fn ask_namespace(
+    /// for it); `None` if we cannot (no socket for it, or it failed: then never again). A
+    /// failed look-up in our own namespace answers `unknown` (the liveness looks' `true`: it
+    /// keeps what it asks about, which is asked again).
+    pub(super) fn ask_namespace<T>(
         &mut self,
         netns: u64,
-        q: impl Fn(Option<&crate::sockdiag::Diag>) -> io::Result<bool>,
-    ) -> Option<bool> {
+        unknown: T,
+        q: impl Fn(Option<&crate::sockdiag::Diag>) -> io::Result<T>,
+    ) -> Option<T> {
         if self.netns != 0 && netns == self.netns {
-            // A failed look-up keeps what it asks about (it is asked again).
-            return Some(q(None).unwrap_or(true));
+            return Some(q(None).unwrap_or(unknown));
         }
         let d = self.diags.get(&netns)?;
         match q(Some(d)) {
@@ -220,7 +222,7 @@ impl Service {
                 .zip(ends)
                 .map(|(e, (local, peer))| (e.inode, local, peer))
                 .collect();
-            let alive = self.ask_namespace(c.netns, |d| {
+            let alive = self.ask_namespace(c.netns, true, |d| {
                 for &(inode, local, peer) in &looks {
                     let found = match d {
                         Some(d) => d.connected(inode, local, peer)?,
@@ -318,7 +320,7 @@ impl Service {
             .map(|(&id, l)| (id, l.netns, l.inode, l.addr, l.port))
             .collect();
         for (id, netns, inode, addr, port) in orphans {
-            let alive = self.ask_namespace(netns, |d| match d {
+            let alive = self.ask_namespace(netns, true, |d| match d {
                 Some(d) => d.is_listening_at(inode, &addr, port),
                 None => sockdiag::is_listening_at(inode, &addr, port),
             });

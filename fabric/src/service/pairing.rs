@@ -312,18 +312,16 @@ impl Service {
         let (Some(client), Some(server)) = (view.local, view.peer) else {
             return false;
         };
-        let side = std::cell::Cell::new(None);
-        self.ask_namespace(netns, |d| {
-            side.set(match d {
+        let side = self
+            .ask_namespace(netns, None, |d| match d {
                 Some(d) => d.server_side(server, client),
                 None => crate::sockdiag::server_side(server, client),
-            }?);
-            Ok(true)
-        });
+            })
+            .flatten();
         let Some(o) = self.offers.get_mut(&conn) else {
             return false;
         };
-        match side.get() {
+        match side {
             Some(0) => true,
             Some(_) if !o.graced => {
                 o.graced = true;
