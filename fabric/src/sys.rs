@@ -610,6 +610,26 @@ pub fn prepare_pages(fd: RawFd, offsets: &[u64]) -> io::Result<()> {
     Ok(())
 }
 
+/// Free the pages of `offset..offset+len` of segment `fd` (a hole punched in the memfd: the
+/// range reads as zeros afterwards, in every process that maps it, and a later access faults
+/// in a fresh page). Never reads or maps the segment.
+pub fn punch(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain integers; the kernel validates `fd` and the range.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fallocate,
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    })?;
+    Ok(())
+}
+
 /// The page size of the segments' layout (docs/PROTOCOL.md §2: the endpoint header is one).
 pub const PAGE: usize = 4096;
 

@@ -49,6 +49,9 @@ pub(crate) struct Link {
     /// opens connection after connection to the same peer process (a client's loop, a server's
     /// clients) takes the same line each time instead of moving a new copy up and closing it.
     recent: Mutex<std::collections::VecDeque<PeerLine>>,
+    /// Mappings of the segments of connections this process let go of cleanly: the service
+    /// may give one again to the next connection with the same peer process.
+    segments: crate::segcache::SegmentCache,
 }
 
 /// This process's own line and tally page on its service connection, with the pid that made it
@@ -64,7 +67,7 @@ const RECENT_LINES: usize = 4;
 /// A request that needs no answer (the service gives none: wire version 4).
 #[derive(Clone, Copy)]
 enum Fire {
-    Close(u64, bool),
+    Close(u64, bool, bool),
     Cancel(fabric::Offer),
     Unlisten(u64),
 }
@@ -72,7 +75,7 @@ enum Fire {
 impl Fire {
     fn send(self, c: &mut Client) -> Result<(), ClientError> {
         match self {
-            Fire::Close(conn, server) => c.close(conn, server),
+            Fire::Close(conn, server, clean) => c.close(conn, server, clean),
             Fire::Cancel(offer) => c.cancel_nowait(offer),
             Fire::Unlisten(id) => c.unlisten(id),
         }
@@ -101,6 +104,7 @@ impl Link {
             lines: Mutex::new(HashMap::new()),
             tallies: Mutex::new(HashMap::new()),
             recent: Mutex::new(std::collections::VecDeque::new()),
+            segments: Default::default(),
         };
         let c = link.introduced(c);
         *lock(&link.client) = Some((std::process::id(), c));
@@ -179,21 +183,60 @@ impl Link {
         recent.push_back((line.clone(), tally.clone()));
     }
 
-    /// A pairing the service `service` sent, with its lines resolved to our copies.
-    fn pair(&self, service: u32, p: fabric::Paired) -> ServicePair {
+    /// A pairing the service `service` sent, with its lines resolved to our copies and its
+    /// segment mapped (`None`: it cannot be).
+    fn pair(&self, service: u32, p: fabric::Paired) -> Option<ServicePair> {
         let peer_id = p.peer_line.id;
         let peer_line = self.line(service, p.peer_line);
         let peer_tally = self.tally(service, peer_id, p.peer_tally);
         self.keep_recent(&peer_line, &peer_tally);
-        ServicePair {
+        let (segment, identity) = self.map(&p.segment, p.ring_bytes)?;
+        Some(ServicePair {
             conn: p.conn,
             ring_bytes: p.ring_bytes,
             server: p.server,
-            segment: p.segment,
+            segment,
+            identity,
             own_line: self.line(service, p.own_line),
             peer_line,
             own_tally: self.own_tally(),
             peer_tally,
+        })
+    }
+
+    /// Segment `fd`, both blocks of rings of `ring_bytes`, mapped: the mapping this process
+    /// kept of it when the service gave it to us before (a connection with the same peer
+    /// process that closed: `segcache`), else a new one.
+    fn map(
+        &self,
+        fd: &OwnedFd,
+        ring_bytes: u64,
+    ) -> Option<(ntbdrv::Region, ntbdrv::SegmentIdentity)> {
+        let block = crate::proto::ENDPOINT_HDR.checked_add(ring_bytes)?;
+        let len = usize::try_from(block.checked_mul(2)?).ok()?;
+        let id = ntbdrv::Region::segment_identity(fd).ok()?;
+        if let Some(r) = self.segments.take(id, len) {
+            return Some((r, id));
+        }
+        let r = ntbdrv::Region::map_segment(fd, len).ok()?;
+        Some((r, id))
+    }
+
+    /// This process let go of its last reference to its end of `conn` (`server`: the
+    /// accepting end) after its last write into `segment` (its whole mapping, `id`); `clean`:
+    /// no other process can hold the end (see `fabric::wire::Request::Close`). A clean end's
+    /// mapping is kept for the service to give again.
+    pub(crate) fn let_go(
+        &self,
+        conn: u64,
+        server: bool,
+        clean: bool,
+        segment: (ntbdrv::SegmentIdentity, &ntbdrv::Region),
+    ) {
+        lock(&self.held).retain(|h| h.0 != conn);
+        self.fire(Fire::Close(conn, server, clean));
+        if clean {
+            self.segments.keep(segment.0, segment.1.clone());
         }
     }
 
@@ -251,10 +294,10 @@ impl Link {
         }
     }
 
-    /// This process let go of its last reference to its end of `conn`.
+    /// This process let go of its end of `conn` without using it (an accept given up).
     pub(crate) fn close(&self, conn: u64, server: bool) {
         lock(&self.held).retain(|h| h.0 != conn);
-        self.fire(Fire::Close(conn, server));
+        self.fire(Fire::Close(conn, server, false));
     }
 
     /// This process holds `conn` on socket `tcp_fd`.
@@ -451,7 +494,9 @@ pub(crate) fn complete(
             c.paired(&mut o.offer, Duration::ZERO).map(|p| (svc, p))
         }) {
             Ok((svc, Some(Pairing::Paired(p)))) => {
-                let p = link.pair(svc, p);
+                let Some(p) = link.pair(svc, p) else {
+                    return Outcome::Tcp(Reason::BadPeer);
+                };
                 let role = if o.server { Role::Server } else { Role::Client };
                 return match Connection::from_service(
                     shared.clone(),
@@ -603,7 +648,7 @@ pub(crate) fn accept(
     {
         (svc, Pairing::Paired(p)) => {
             let own_client = p.own_line.id == p.peer_line.id;
-            let p = link.pair(svc, p);
+            let p = link.pair(svc, p).ok_or(Reason::BadPeer)?;
             if let (true, Some(w)) = (own_client, watch) {
                 // Let that ring land before `accept` returns: an epoll set the application
                 // makes for the connection next takes it as an old edge when it adds our line.
@@ -640,7 +685,7 @@ pub(crate) fn reattach(shared: &Arc<ProcessState>, tcp_fd: RawFd) -> Option<Outc
     let link = link(shared).ok()?;
     match link.with(|c| Ok((c.service_pid, c.hold(tcp_fd)?))).ok()? {
         (svc, fabric::Held::Paired(p)) => {
-            let p = link.pair(svc, p);
+            let p = link.pair(svc, p)?;
             Connection::reattach_service(shared.clone(), p, tcp_fd).map(Outcome::Connected)
         }
         // An offer this process made before its exec: it waits on for its server.

@@ -23,6 +23,7 @@ use crate::wire::{
 mod dispatch;
 mod liveness;
 mod pairing;
+mod pool;
 
 /// Service settings.
 #[derive(Clone, Debug)]
@@ -205,6 +206,14 @@ struct Conn {
     /// The connection's memory: both ends' blocks (handed out again on `Hold`).
     segment: Rc<OwnedFd>,
     bytes: u64,
+    /// The processes that made the client end and the server end: the only ones that ever
+    /// map the segment unless a `Hold` brought another (then `reusable` is false).
+    pids: (u32, u32),
+    /// Each end's own process let go of it `clean` (`Close`): it wrote its last into the
+    /// segment, and no other process of its can hold the end.
+    clean: [bool; 2],
+    /// No process but `pids` was ever given the segment.
+    reusable: bool,
 }
 
 /// One end of a paired connection.
@@ -262,6 +271,9 @@ pub struct Service {
     spare_bytes: u64,
     /// The last two pairings used segments of `spare_bytes`: spares of it are worth making.
     spare_steady: bool,
+    /// Segments of closed connections, kept for the next connection between the same two
+    /// processes (`pool`).
+    pool: Vec<pool::Pooled>,
     stop: bool,
 }
 
@@ -271,6 +283,8 @@ struct Counters {
     declined: u64,
     refused: HashMap<Refusal, u64>,
     reclaimed: u64,
+    /// Connections given a pooled segment.
+    reused: u64,
 }
 
 impl Listener {
@@ -331,6 +345,7 @@ impl Service {
             spares: Vec::new(),
             spare_bytes: 0,
             spare_steady: false,
+            pool: Vec::new(),
             stop: false,
         }
     }
@@ -445,12 +460,14 @@ impl Service {
         self.expire_offers();
         self.reclaim_orphans();
         self.make_spares();
+        self.zero_pooled();
         Ok(())
     }
 
-    /// A new segment of `bytes` (both ends' blocks, each `SEGMENT_HEADER` and its ring): a
-    /// spare when one of that size is ready, else made now.
-    fn take_segment(&mut self, bytes: u64) -> io::Result<OwnedFd> {
+    /// A segment of `bytes` (both ends' blocks, each `SEGMENT_HEADER` and its ring) for a
+    /// connection between the processes `pids`: one of their closed connections' (`pool`),
+    /// else a spare when one of that size is ready, else made now.
+    fn take_segment(&mut self, bytes: u64, pids: (u32, u32)) -> io::Result<OwnedFd> {
         // Spares are made for a size two pairings in a row used: while window space runs
         // short and the sizes change from one pairing to the next, none are made to be thrown
         // away.
@@ -458,6 +475,9 @@ impl Service {
         if !self.spare_steady {
             self.spares.clear();
             self.spare_bytes = bytes;
+        }
+        if let Some(s) = self.reuse(bytes, pids) {
+            return Ok(s);
         }
         match self.spares.pop() {
             Some(s) => Ok(s),

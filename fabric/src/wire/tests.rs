@@ -28,6 +28,7 @@ fn all_requests() -> Vec<Request> {
         Request::Close {
             conn: 3,
             server: true,
+            clean: true,
         },
         Request::Status,
         Request::List,
@@ -147,8 +148,8 @@ fn malformed_messages_are_refused() {
     b[0] ^= 1;
     assert!(matches!(Request::decode(&b, 0), Err(WireError::Magic(_))));
     let mut b = good.clone();
-    b[4] = 9;
-    assert_eq!(Request::decode(&b, 0), Err(WireError::Version(9)));
+    b[4] = 10;
+    assert_eq!(Request::decode(&b, 0), Err(WireError::Version(10)));
     let mut b = good.clone();
     b[6] = 0x7f;
     assert_eq!(Request::decode(&b, 0), Err(WireError::Kind(0x7f)));

@@ -144,6 +144,21 @@ impl Connection {
         }
     }
 
+    /// This process made its last write into the connection's memory (`release_holder`, and
+    /// `close` if it was the last holder): tell the service it let go of its end. `clean` when
+    /// it was the last holder and no other process could hold it (it never forked with it nor
+    /// picked it up after exec): then the service may zero the segment and give it to the next
+    /// connection with the same peer process, and this process keeps its mapping for that.
+    pub(crate) fn let_service_go(&self, last: bool) {
+        if let (Tenancy::Service { segment: s, .. }, Some(link)) =
+            (&self.tenancy, &self.shared.service)
+        {
+            let clean = last && !self.family.is_shared();
+            let server = self.role == Role::Server;
+            link.let_go(s.conn, server, clean, (s.identity, &s.whole));
+        }
+    }
+
     /// A fork is about to happen: the child will hold this connection too. Called before the
     /// fork; then [`Connection::add_child`] in the parent names the child once `fork` returns,
     /// and [`Connection::adopt`] in the child does the same from its side.
@@ -215,9 +230,6 @@ impl Connection {
     /// caller then closes it); otherwise the leases move to a remaining live holder, so the
     /// connection outlives this process.
     pub(crate) fn release_holder(&self) -> bool {
-        if let (Tenancy::Service { conn, .. }, Some(link)) = (&self.tenancy, &self.shared.service) {
-            link.close(*conn, self.role == Role::Server);
-        }
         let me = std::process::id();
         for i in 0..MAX_HOLDERS {
             let _ = atomic_u32_at(&self.own_block, holder_pid(i))
