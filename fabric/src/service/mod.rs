@@ -265,7 +265,8 @@ pub struct Service {
     history: std::collections::VecDeque<Fallen>,
     /// Segments made ahead, each of `spare_bytes`, with the pages every end touches first
     /// given their memory (`sys::prepare_pages`): made after a turn's replies, so that a
-    /// pairing only takes one. Each is handed out once, to one connection, and never reused.
+    /// pairing only takes one. Each is handed out once, to one connection (reused after it
+    /// closes only through `pool`, by the same two processes).
     spares: Vec<OwnedFd>,
     /// The size of the last pairing's segment (0: no pairing yet).
     spare_bytes: u64,

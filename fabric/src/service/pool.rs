@@ -17,9 +17,9 @@
 use super::*;
 
 /// Segments kept for one pair of processes.
-const PER_PAIR: usize = 2;
+const PER_PAIR: usize = 8;
 /// Segments kept in all.
-const IN_ALL: usize = 32;
+const IN_ALL: usize = 64;
 
 /// A closed connection's segment, kept for the same two processes.
 pub(super) struct Pooled {

@@ -137,9 +137,10 @@ impl Connection {
                     self.peer_block.region().clone(),
                 );
             }
-            // Fresh segments per connection: nobody else can be given this memory, so there
-            // is nothing to quarantine (the service counts the window space back once no
-            // process holds the connection: see `release_holder`).
+            // A segment goes to no other connection unless both ends let go of it cleanly
+            // (`let_service_go`, after this), and then only to the same two processes': nothing
+            // to quarantine (the service counts the window space back once no process holds
+            // the connection).
             Tenancy::Service { .. } => {}
         }
     }
