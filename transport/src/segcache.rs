@@ -20,7 +20,7 @@ use ntbdrv::{Region, SegmentIdentity};
 
 /// Mappings kept (each a whole segment: two endpoint headers and two rings; their pages beyond
 /// the first ones are freed by the service when it keeps the segment).
-const KEPT: usize = 8;
+const KEPT: usize = 16;
 
 #[derive(Default)]
 pub(crate) struct SegmentCache {

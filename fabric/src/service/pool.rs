@@ -17,7 +17,7 @@
 use super::*;
 
 /// Segments kept for one pair of processes.
-const PER_PAIR: usize = 8;
+const PER_PAIR: usize = 16;
 /// Segments kept in all.
 const IN_ALL: usize = 64;
 
