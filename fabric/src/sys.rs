@@ -630,6 +630,51 @@ pub fn punch(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// The next range of segment `fd` at or after `offset` whose pages exist (`SEEK_DATA`, then
+/// `SEEK_HOLE`): `None` past the last one. Never reads or maps the segment.
+pub fn next_data(fd: RawFd, offset: u64) -> io::Result<Option<(u64, u64)>> {
+    // SAFETY: plain integers; the kernel validates `fd`.
+    let data = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_DATA) };
+    if data < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+    if hole < data {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Some((data as u64, hole as u64)))
+}
+
+/// Write zeros over `offset..offset+len` of segment `fd` (pages that exist stay where they are,
+/// so the processes that map them fault on none).
+pub fn write_zeros(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    static ZEROS: [u8; 8 * PAGE] = [0; 8 * PAGE];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(ZEROS.len() as u64) as usize;
+        // SAFETY: `ZEROS` is a live buffer of at least `n` bytes.
+        let w = check(unsafe {
+            libc::syscall(
+                libc::SYS_pwrite64,
+                fd,
+                ZEROS.as_ptr(),
+                n,
+                (offset + done) as libc::off_t,
+            )
+        })?;
+        if w <= 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        done += w as u64;
+    }
+    Ok(())
+}
+
 /// The page size of the segments' layout (docs/PROTOCOL.md §2: the endpoint header is one).
 pub const PAGE: usize = 4096;
 

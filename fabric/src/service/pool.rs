@@ -8,7 +8,7 @@
 //! both ends' own processes said with their `Close` that they wrote their last into it and that
 //! no other process of theirs holds the end (no fork with it, no pick-up after exec), and no
 //! `Hold` ever gave it to another process; then the only processes that map it are the two that
-//! get it again. It is zeroed (pages written with zeros or holes punched, never mapped or read)
+//! get it again. It is zeroed (pages written with zeros or freed, never mapped or read)
 //! before it is handed out, so the new connection starts from the fresh segment's state. A
 //! process that lies about its `Close` can only disturb its own next connection with the same
 //! peer, which it can write anyway. Kept segments are bounded per pair and in all, and go when
@@ -20,6 +20,9 @@ use super::*;
 const PER_PAIR: usize = 16;
 /// Segments kept in all.
 const IN_ALL: usize = 64;
+/// Bytes of a kept segment's pages written with zeros in place rather than freed (the first
+/// pages of both blocks, and what a request and an answer of a few KiB touch).
+const ZEROED_IN_PLACE: u64 = 64 << 10;
 
 /// A closed connection's segment, kept for the same two processes.
 pub(super) struct Pooled {
@@ -35,19 +38,28 @@ fn pair_of(pids: (u32, u32)) -> (u32, u32) {
     (pids.0.min(pids.1), pids.0.max(pids.1))
 }
 
-/// Zero segment `fd` of `bytes` as a fresh one reads: the pages each end touches first are
-/// written with zeros in place (the processes keep them mapped, and fault on none of them),
-/// every other page is freed (a hole: zeros, and memory given back).
+/// Zero segment `fd` of `bytes` as a fresh one reads. The pages its last connection touched
+/// are written with zeros in place, up to `ZEROED_IN_PLACE` bytes (the processes keep them
+/// mapped, and the next connection faults on none of them); beyond that they are freed (a hole:
+/// zeros, and memory given back, which a connection that moved a lot would otherwise keep).
 fn zero(fd: RawFd, bytes: u64) -> io::Result<()> {
-    let page = sys::PAGE as u64;
-    let block = bytes / 2;
-    let first = [0, SEGMENT_HEADER, block, block + SEGMENT_HEADER];
-    if first.iter().any(|&o| o + page > bytes) || SEGMENT_HEADER != page {
-        return sys::punch(fd, 0, bytes);
+    let mut kept = 0;
+    let mut at = 0;
+    while let Some((start, end)) = sys::next_data(fd, at)? {
+        let end = end.min(bytes);
+        if end <= start {
+            break;
+        }
+        let len = end - start;
+        if kept + len <= ZEROED_IN_PLACE {
+            sys::write_zeros(fd, start, len)?;
+            kept += len;
+        } else {
+            sys::punch(fd, start, len)?;
+        }
+        at = end;
     }
-    sys::prepare_pages(fd, &first)?;
-    sys::punch(fd, 2 * page, block - 2 * page)?;
-    sys::punch(fd, block + 2 * page, bytes - block - 2 * page)
+    Ok(())
 }
 
 /// A kept segment that goes: its pages are freed now (the processes that kept it mapped keep
