@@ -1,9 +1,12 @@
 /* reuse_after_fork: a connection's client end is inherited by a forked child that goes on writing into it after the
  * client process and the server both closed their copies, while the same two processes open and close 200 short
- * connections (a 64-byte request, a 64-byte answer, close). Over the host fabric service the segment of a closed
- * connection may be given again to the same two processes' next connection: never while a process the service was
- * not told of (the child) may still write into it. Every short connection's bytes must arrive exactly, and the
- * child's writes end in an error (the server closed) or in its own close, never in another connection. */
+ * connections (a request in two 64-byte writes a moment apart, a 64-byte answer, close). Over the host fabric
+ * service the segment of a closed connection may be given again to the same two processes' next connection: never
+ * while a process the service was not told of (the child) may still write into it; and what the rings still hold
+ * from the last connection (its frames, laid out exactly where the next connection's go) must never be read as the
+ * next connection's bytes: the server reads the second write's place before it is written. Every short
+ * connection's bytes must arrive exactly, and the child's writes end in an error (the server closed) or in its own
+ * close, never in another connection. */
 #include "common.h"
 
 #define SHORT 200
@@ -42,6 +45,9 @@ static void run_client(int go_fd) {
         fd = connect_to(port_arg);
         fill(buf, 100 + (uint64_t)i);
         write_all(fd, buf, MSG, "client: request");
+        usleep(200);
+        fill(buf, 20000 + (uint64_t)i);
+        write_all(fd, buf, MSG, "client: request's second part");
         read_exact(fd, buf, MSG, "client: answer");
         fill(want, 10000 + (uint64_t)i);
         if (memcmp(buf, want, MSG) != 0) fail("client: connection %d got another answer", i);
@@ -69,6 +75,9 @@ int main(int argc, char **argv) {
         read_exact(s, buf, MSG, "server: request");
         fill(want, 100 + (uint64_t)i);
         if (memcmp(buf, want, MSG) != 0) fail("server: connection %d carried other bytes", i);
+        read_exact(s, buf, MSG, "server: request's second part");
+        fill(want, 20000 + (uint64_t)i);
+        if (memcmp(buf, want, MSG) != 0) fail("server: connection %d's second part: other bytes", i);
         fill(buf, 10000 + (uint64_t)i);
         write_all(s, buf, MSG, "server: answer");
         ssize_t n;

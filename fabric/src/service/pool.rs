@@ -8,8 +8,9 @@
 //! both ends' own processes said with their `Close` that they wrote their last into it and that
 //! no other process of theirs holds the end (no fork with it, no pick-up after exec), and no
 //! `Hold` ever gave it to another process; then the only processes that map it are the two that
-//! get it again. It is zeroed (pages written with zeros or freed, never mapped or read)
-//! before it is handed out, so the new connection starts from the fresh segment's state. A
+//! get it again. Its endpoint headers are zeroed (written with zeros, never mapped or read)
+//! before it is handed out, so the new connection starts from a fresh segment's state; what
+//! its rings still hold is never taken for a frame (docs/PROTOCOL.md §2). A
 //! process that lies about its `Close` can only disturb its own next connection with the same
 //! peer, which it can write anyway. Kept segments are bounded per pair and in all, and go when
 //! either process's service connection does.
@@ -20,9 +21,9 @@ use super::*;
 const PER_PAIR: usize = 16;
 /// Segments kept in all.
 const IN_ALL: usize = 64;
-/// Bytes of a kept segment's pages written with zeros in place rather than freed (the first
-/// pages of both blocks, and what a request and an answer of a few KiB touch).
-const ZEROED_IN_PLACE: u64 = 64 << 10;
+/// Bytes at the start of each ring whose pages a kept segment keeps (what requests and answers
+/// of a few KiB touch); the rest of the ring is freed.
+const RING_KEPT: u64 = 64 << 10;
 
 /// A closed connection's segment, kept for the same two processes.
 pub(super) struct Pooled {
@@ -38,26 +39,22 @@ fn pair_of(pids: (u32, u32)) -> (u32, u32) {
     (pids.0.min(pids.1), pids.0.max(pids.1))
 }
 
-/// Zero segment `fd` of `bytes` as a fresh one reads. The pages its last connection touched
-/// are written with zeros in place, up to `ZEROED_IN_PLACE` bytes (the processes keep them
-/// mapped, and the next connection faults on none of them); beyond that they are freed (a hole:
-/// zeros, and memory given back, which a connection that moved a lot would otherwise keep).
+/// Make segment `fd` of `bytes` start as a fresh one: both endpoint headers written with zeros
+/// (the cursors, flags, holders and counters every end starts from; the pages stay where they
+/// are, so the processes that keep them mapped fault on none). The rings are left as their
+/// last connection wrote them: the ring protocol never takes a frame a ring held before for a
+/// new one (docs/PROTOCOL.md §2: the first frame of a stream is announced by the producer
+/// counter, in the zeroed header, and each later one by a header whose slot its sender marked
+/// first). Only their pages beyond the first `RING_KEPT` bytes are freed (a hole), so that a
+/// kept segment holds little memory after a connection that moved a lot.
 fn zero(fd: RawFd, bytes: u64) -> io::Result<()> {
-    let mut kept = 0;
-    let mut at = 0;
-    while let Some((start, end)) = sys::next_data(fd, at)? {
-        let end = end.min(bytes);
-        if end <= start {
-            break;
+    let block = bytes / 2;
+    for start in [0, block] {
+        sys::write_zeros(fd, start, SEGMENT_HEADER.min(block))?;
+        let (from, end) = (start + SEGMENT_HEADER + RING_KEPT, start + block);
+        if from < end && sys::next_data(fd, from)?.is_some_and(|(data, _)| data < end) {
+            sys::punch(fd, from, end - from)?;
         }
-        let len = end - start;
-        if kept + len <= ZEROED_IN_PLACE {
-            sys::write_zeros(fd, start, len)?;
-            kept += len;
-        } else {
-            sys::punch(fd, start, len)?;
-        }
-        at = end;
     }
     Ok(())
 }
@@ -80,11 +77,21 @@ impl Service {
         if pair.0 == 0 {
             return;
         }
+        // Zeroed now (two pages written, two looks for pages to free: microseconds), so that
+        // an accept read in the same turn as the close takes it: under load most are.
+        if zero(segment.as_raw_fd(), bytes).is_err() {
+            return discard(Pooled {
+                pair,
+                segment,
+                bytes,
+                zeroed: false,
+            });
+        }
         self.pool.push(Pooled {
             pair,
             segment,
             bytes,
-            zeroed: false,
+            zeroed: true,
         });
         // The oldest go first: of this pair beyond its share, then of all beyond the bound.
         if self.pool.iter().filter(|p| p.pair == pair).count() > PER_PAIR {
