@@ -461,7 +461,6 @@ impl Service {
         self.expire_offers();
         self.reclaim_orphans();
         self.make_spares();
-        self.zero_pooled();
         Ok(())
     }
 

@@ -1,5 +1,5 @@
-//! Segment reuse: the segment of a connection whose two ends let go cleanly is kept, zeroed, and
-//! given to the next connection between the same two processes, which both still have it
+//! Segment reuse: the segment of a connection whose two ends let go cleanly is kept, its headers
+//! zeroed, and given to the next connection between the same two processes, which both still have it
 //! mapped (transport's segment cache): no new memfd, no new mapping, no page faults on pages
 //! they touched before. Called by the liveness side (a connection reclaimed, a process gone)
 //! and by pairing (`take_segment`).
@@ -31,8 +31,6 @@ pub(super) struct Pooled {
     pair: (u32, u32),
     segment: OwnedFd,
     bytes: u64,
-    /// Zeroed since its connection closed: ready to be handed out.
-    zeroed: bool,
 }
 
 fn pair_of(pids: (u32, u32)) -> (u32, u32) {
@@ -67,8 +65,8 @@ fn discard(p: Pooled) {
 
 impl Service {
     /// The connection between the processes `pids` closed cleanly: keep its segment for their
-    /// next connection (zeroed after this turn's replies, `zero_pooled`). Not if a reply still
-    /// waiting in a client's outbox carries it.
+    /// next connection, its headers zeroed now. Not if a reply still waiting in a client's
+    /// outbox carries it.
     pub(super) fn keep(&mut self, pids: (u32, u32), segment: Rc<OwnedFd>, bytes: u64) {
         let Ok(segment) = Rc::try_unwrap(segment) else {
             return;
@@ -79,20 +77,15 @@ impl Service {
         }
         // Zeroed now (two pages written, two looks for pages to free: microseconds), so that
         // an accept read in the same turn as the close takes it: under load most are.
-        if zero(segment.as_raw_fd(), bytes).is_err() {
-            return discard(Pooled {
-                pair,
-                segment,
-                bytes,
-                zeroed: false,
-            });
-        }
-        self.pool.push(Pooled {
+        let p = Pooled {
             pair,
             segment,
             bytes,
-            zeroed: true,
-        });
+        };
+        if zero(p.segment.as_raw_fd(), bytes).is_err() {
+            return discard(p);
+        }
+        self.pool.push(p);
         // The oldest go first: of this pair beyond its share, then of all beyond the bound.
         if self.pool.iter().filter(|p| p.pair == pair).count() > PER_PAIR {
             if let Some(i) = self.pool.iter().position(|p| p.pair == pair) {
@@ -104,29 +97,15 @@ impl Service {
         }
     }
 
-    /// A zeroed segment of `bytes` kept for the processes `pids`, if there is one.
+    /// A segment of `bytes` kept for the processes `pids`, if there is one.
     pub(super) fn reuse(&mut self, bytes: u64, pids: (u32, u32)) -> Option<OwnedFd> {
         let pair = pair_of(pids);
         let i = self
             .pool
             .iter()
-            .rposition(|p| p.pair == pair && p.bytes == bytes && p.zeroed)?;
+            .rposition(|p| p.pair == pair && p.bytes == bytes)?;
         self.counters.reused += 1;
         Some(self.pool.remove(i).segment)
-    }
-
-    /// Zero the segments kept since the last turn (after its replies: off the pairing's path).
-    pub(super) fn zero_pooled(&mut self) {
-        let mut failed = Vec::new();
-        for (i, p) in self.pool.iter_mut().enumerate().filter(|(_, p)| !p.zeroed) {
-            match zero(p.segment.as_raw_fd(), p.bytes) {
-                Ok(()) => p.zeroed = true,
-                Err(_) => failed.push(i),
-            }
-        }
-        for i in failed.into_iter().rev() {
-            discard(self.pool.remove(i));
-        }
     }
 
     /// Process `pid` is gone, or its service connection is (an exec drops its mappings): the
