@@ -31,6 +31,51 @@ impl Service {
         svc
     }
 
+    /// One host of two (docs/HOST-SERVICE.md, phase 3): a service in network namespace
+    /// `netns` that also pairs across the bridge, on side `host` (0 or 1) of the fixture's
+    /// emulated two-host device (`pcisock fabric start --bridge`).
+    pub fn start_bridged(f: &Fixture, name: &str, netns: &str, host: u32) -> Service {
+        let dir = PathBuf::from(format!(
+            "/run/pcisock-test-{}-{}-{name}",
+            std::process::id(),
+            f.name
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        let socket = dir.join("fabric.sock");
+        let cli = crate::Lib::cli().unwrap_or_else(|e| panic!("{e}"));
+        let cli_s = cli.display().to_string();
+        let sock_s = socket.display().to_string();
+        let args = [
+            "netns",
+            "exec",
+            netns,
+            &cli_s,
+            "fabric",
+            "start",
+            "--foreground",
+            "--bridge",
+            "--socket",
+            &sock_s,
+        ];
+        let mut cmd = command("ip", &args, None);
+        for (k, v) in Self::device_env(f, host) {
+            cmd.env(k, v);
+        }
+        let proc = check(Proc::spawn(name, cmd, f.dir()), &[]);
+        let svc = Service { proc, socket, dir };
+        svc.wait_answer();
+        svc
+    }
+
+    /// The variables that name side `host` of the fixture's emulated two-host device.
+    pub fn device_env(f: &Fixture, host: u32) -> Vec<(String, String)> {
+        vec![
+            ("PCISOCK_EMU_DIR".into(), f.emu_dir().display().to_string()),
+            ("PCISOCK_EMU_TOPOLOGY".into(), "two-host".into()),
+            ("PCISOCK_EMU_HOST".into(), host.to_string()),
+        ]
+    }
+
     /// `pcisock fabric start --foreground` on `socket`.
     fn spawn(f: &Fixture, name: &str, socket: &std::path::Path) -> Proc {
         let cli = crate::Lib::cli().unwrap_or_else(|e| panic!("{e}"));

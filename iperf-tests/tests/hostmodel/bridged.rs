@@ -1,0 +1,321 @@
+//! Two hosts, each with its own host fabric service (docs/HOST-SERVICE.md, phase 3): two
+//! network namespaces joined by a veth, one side each of the emulated two-host device, and in
+//! each a service started with `--bridge`. The processes ask only their own service
+//! (`PCISOCK_FABRIC=SOCKET`); the two services meet through the bridge.
+
+use super::namespaces::{Netns, Veth};
+use super::*;
+
+const SERVER: &str = r#"
+import hashlib, socket, sys, time
+port, addr, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((addr, port)); l.listen(4); print("listening", flush=True)
+c, _ = l.accept(); h = hashlib.sha256(); n = 0
+end = "eof"
+while True:
+    try:
+        b = c.recv(1 << 20)
+    except ConnectionResetError:
+        end = "reset"
+        break
+    if not b:
+        break
+    if n == 0:
+        print("first", flush=True)
+    h.update(b); n += len(b)
+print("end", end, n, flush=True)
+if mode == "sha":
+    c.sendall(("%d %s" % (n, h.hexdigest())).encode())
+c.close()
+"#;
+
+const CLIENT: &str = r#"
+import hashlib, socket, sys, time
+port, n, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+block = bytes((i * 7 + 3) % 251 for i in range(1 << 20)); h = hashlib.sha256()
+s = socket.create_connection(("10.198.0.2", port))
+for _ in range(n >> 20):
+    s.sendall(block); h.update(block)
+if mode == "hold":
+    print("sent", flush=True)
+    time.sleep(600)
+s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    b = s.recv(256)
+    if not b:
+        break
+    got += b
+want = "%d %s" % (n, h.hexdigest())
+print("server says", got.decode(), flush=True)
+sys.exit(0 if got.decode() == want else 1)
+"#;
+
+/// Two hosts: namespaces, the veth between them, a service each.
+struct TwoServices {
+    a: Netns,
+    b: Netns,
+    veth: Veth,
+    svc_a: Service,
+    svc_b: Service,
+}
+
+impl TwoServices {
+    fn new(f: &Fixture, name: &str) -> TwoServices {
+        let (a, b) = (
+            Netns::new(&format!("{name}-a")),
+            Netns::new(&format!("{name}-b")),
+        );
+        let veth = Veth::new(&a, &b, "10.198.0", name);
+        let svc_a = Service::start_bridged(f, "fabric_a", &a.0, 0);
+        let svc_b = Service::start_bridged(f, "fabric_b", &b.0, 1);
+        TwoServices {
+            a,
+            b,
+            veth,
+            svc_a,
+            svc_b,
+        }
+    }
+
+    /// A process of host `host` (0: a, 1: b) as `user`, running `code` with `args`, asking
+    /// only its own host's service.
+    #[allow(clippy::too_many_arguments)] // one process's whole description
+    fn spawn(
+        &self,
+        f: &Fixture,
+        name: &str,
+        host: u32,
+        user: &str,
+        code: &str,
+        args: &[&str],
+        env: &PreloadEnv,
+    ) -> Proc {
+        let ns = if host == 0 { &self.a.0 } else { &self.b.0 };
+        let mut v = vec!["netns", "exec", ns.as_str()];
+        let reuid = format!("--reuid={user}");
+        if user != "root" {
+            v.extend([
+                "setpriv",
+                reuid.as_str(),
+                "--regid=nogroup",
+                "--clear-groups",
+            ]);
+        }
+        v.extend(["/usr/bin/python3", "-c", code]);
+        v.extend_from_slice(args);
+        check(
+            Proc::spawn(name, command("ip", &v, Some(env)), f.dir()),
+            &[],
+        )
+    }
+
+    /// The env of a process of host `host` on flagged port `port`.
+    fn env(&self, f: &Fixture, role: &str, host: u32, port: u16, strict: bool) -> PreloadEnv {
+        let svc = if host == 0 { &self.svc_a } else { &self.svc_b };
+        let mut e = svc.env(f, role, port).with_strict(strict);
+        e.extra.extend(Service::device_env(f, host));
+        e
+    }
+}
+
+/// A client on one host sends 16 MiB to a server on the other, both strict and both asking
+/// only their own host's service: the two services pair them through the bridge, both ends'
+/// stats say NTB, the veth between the hosts carries only the TCP handshake, and each service
+/// counts one pairing. Before phase 3 a service paired within its own host only (and had no
+/// `--bridge`): the strict client failed.
+#[test]
+fn two_services_pair_a_connection_across_the_bridge() {
+    let f = Fixture::new("hm_bridged");
+    py(&f);
+    let h = TwoServices::new(&f, "hm-br");
+    let port = free_port();
+    let port_s = port.to_string();
+    let senv = h.env(&f, "server", 1, port, true);
+    let mut s = h.spawn(
+        &f,
+        "server",
+        1,
+        "root",
+        SERVER,
+        &[&port_s, "10.198.0.2", "sha"],
+        &senv,
+    );
+    check(
+        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+        &[&s],
+    );
+    // The listener reaches the client's host with the services' next look at the bridge.
+    std::thread::sleep(Duration::from_millis(400));
+    let before = h.veth.bytes();
+    let cenv = h.env(&f, "client", 0, port, true);
+    let n = (16 * MIB).to_string();
+    let mut c = h.spawn(
+        &f,
+        "client",
+        0,
+        "root",
+        CLIENT,
+        &[&port_s, &n, "sha"],
+        &cenv,
+    );
+    check(c.wait_success(Duration::from_secs(60)), &[&c, &s]);
+    check(s.wait_success(Duration::from_secs(20)), &[&s]);
+    let carried = h.veth.bytes() - before;
+    assert!(
+        carried < QUIET,
+        "the veth carried {carried} bytes while 16 MiB crossed: the payload went over TCP"
+    );
+    let stats = |e: &PreloadEnv| e.stats().unwrap_or_else(|e| panic!("stats: {e}"));
+    for st in [stats(&cenv), stats(&senv)] {
+        assert_eq!(
+            st.on_port(port).filter(|c| c.path == "ntb").count(),
+            1,
+            "{st:?}"
+        );
+    }
+    assert_eq!(h.svc_a.count("paired"), 1);
+    assert_eq!(h.svc_b.count("paired"), 1);
+    // Both ends closed: each service gave its end's window space back.
+    let t0 = Instant::now();
+    while h.svc_a.count("connections") + h.svc_b.count("connections") > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the services still hold the connection: a {:?}, b {:?}",
+            h.svc_a.status(),
+            h.svc_b.status()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A client killed mid-connection (SIGKILL: nothing of it closes anything) gives the server on
+/// the other host end-of-file or ECONNRESET within about a second, and both services give the
+/// connection's window space back.
+#[test]
+fn a_killed_client_on_one_host_ends_its_servers_connection_on_the_other() {
+    let f = Fixture::new("hm_bridged_kill");
+    py(&f);
+    let h = TwoServices::new(&f, "hm-brk");
+    let port = free_port();
+    let port_s = port.to_string();
+    let senv = h.env(&f, "server", 1, port, true);
+    let mut s = h.spawn(
+        &f,
+        "server",
+        1,
+        "root",
+        SERVER,
+        &[&port_s, "10.198.0.2", "eof"],
+        &senv,
+    );
+    check(
+        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+        &[&s],
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let cenv = h.env(&f, "client", 0, port, true);
+    let n = (4 * MIB).to_string();
+    let mut c = h.spawn(
+        &f,
+        "client",
+        0,
+        "root",
+        CLIENT,
+        &[&port_s, &n, "hold"],
+        &cenv,
+    );
+    check(
+        c.wait_stdout(Duration::from_secs(30), |o| o.contains("sent")),
+        &[&c, &s],
+    );
+    check(
+        s.wait_stdout(Duration::from_secs(10), |o| o.contains("first")),
+        &[&c, &s],
+    );
+    assert_eq!(h.svc_a.count("paired"), 1, "not paired across the bridge");
+    let t0 = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-KILL", &c.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    check(
+        s.wait_stdout(Duration::from_secs(5), |o| o.contains("end ")),
+        &[&s],
+    );
+    let took = t0.elapsed();
+    eprintln!(
+        "the server saw the client's death after {took:?}: {}",
+        s.stdout().trim()
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "the server saw its client's death after {took:?}\n{}",
+        s.describe()
+    );
+    check(s.wait_success(Duration::from_secs(10)), &[&s]);
+    let t0 = Instant::now();
+    while h.svc_a.count("connections") + h.svc_b.count("connections") > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the services still hold the dead client's connection: a {:?}, b {:?}",
+            h.svc_a.status(),
+            h.svc_b.status()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.terminate();
+}
+
+/// A client that is neither root nor in group pcisock (nobody) is not paired across the
+/// bridge: the bridge can only be mapped whole, with every connection of the host in it. Its
+/// service declines it with `Untrusted`, its stats say so, and its bytes cross the veth over
+/// TCP (the server, not strict, reads them all).
+#[test]
+fn an_untrusted_client_stays_on_tcp_with_its_reason() {
+    let f = Fixture::new("hm_bridged_untrusted");
+    py(&f);
+    let h = TwoServices::new(&f, "hm-bru");
+    let port = free_port();
+    let port_s = port.to_string();
+    let senv = h.env(&f, "server", 1, port, false);
+    let mut s = h.spawn(
+        &f,
+        "server",
+        1,
+        "root",
+        SERVER,
+        &[&port_s, "10.198.0.2", "sha"],
+        &senv,
+    );
+    check(
+        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+        &[&s],
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let before = h.veth.bytes();
+    let cenv = h.env(&f, "client", 0, port, false);
+    let n = (4 * MIB).to_string();
+    let mut c = h.spawn(
+        &f,
+        "client",
+        0,
+        "nobody",
+        CLIENT,
+        &[&port_s, &n, "sha"],
+        &cenv,
+    );
+    check(c.wait_success(Duration::from_secs(60)), &[&c, &s]);
+    check(s.wait_success(Duration::from_secs(20)), &[&s]);
+    let carried = h.veth.bytes() - before;
+    assert!(
+        carried > 4 * MIB,
+        "the veth carried {carried} bytes of 4 MiB: where did they go?"
+    );
+    let st = cenv.stats().unwrap_or_else(|e| panic!("stats: {e}"));
+    st.check_tcp(port, 1, |r| r == "Untrusted")
+        .unwrap_or_else(|e| panic!("{e}\n{st:?}"));
+    assert_eq!(h.svc_a.count("paired") + h.svc_b.count("paired"), 0);
+}
