@@ -203,7 +203,9 @@ impl Service {
     /// it: find the offer made on that connection, lease its client's block, send it.
     fn on_ask(&mut self, ask: u64, client: (Addr, u16), server: (Addr, u16), ring: u64, why: u32) {
         let find = |s: &Service| {
-            s.offers.iter().find_map(|(&id, o)| {
+            // Only offers toward that port are looked at (each look is two system calls).
+            let toward = s.offers.iter().filter(|(_, o)| o.dest.1 == server.1);
+            toward.into_iter().find_map(|(&id, o)| {
                 let names = sys::tcp_names(o.socket.as_raw_fd()).ok()?;
                 (names == (Some(client), Some(server))).then_some(id)
             })

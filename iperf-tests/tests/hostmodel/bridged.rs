@@ -319,3 +319,72 @@ fn an_untrusted_client_stays_on_tcp_with_its_reason() {
         .unwrap_or_else(|e| panic!("{e}\n{st:?}"));
     assert_eq!(h.svc_a.count("paired") + h.svc_b.count("paired"), 0);
 }
+
+/// Both services killed (SIGKILL) while a connection they paired across the bridge streams:
+/// its memory is the device's, mapped by its two processes, and nothing on the data path asks
+/// a service, so the stream finishes intact on the NTB path (SHA-256 checked, the veth quiet).
+#[test]
+fn services_killed_mid_stream_leave_the_connection_running() {
+    let f = Fixture::new("hm_bridged_svcdeath");
+    py(&f);
+    let mut h = TwoServices::new(&f, "hm-brd");
+    let port = free_port();
+    let port_s = port.to_string();
+    let senv = h.env(&f, "server", 1, port, true);
+    let mut s = h.spawn(
+        &f,
+        "server",
+        1,
+        "root",
+        SERVER,
+        &[&port_s, "10.198.0.2", "sha"],
+        &senv,
+    );
+    check(
+        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+        &[&s],
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let before = h.veth.bytes();
+    let cenv = h.env(&f, "client", 0, port, true);
+    let n = (1024 * MIB).to_string();
+    let mut c = h.spawn(
+        &f,
+        "client",
+        0,
+        "root",
+        CLIENT,
+        &[&port_s, &n, "sha"],
+        &cenv,
+    );
+    check(
+        s.wait_stdout(Duration::from_secs(20), |o| o.contains("first")),
+        &[&c, &s],
+    );
+    assert_eq!(h.svc_b.count("paired"), 1, "not paired across the bridge");
+    for svc in [&mut h.svc_a, &mut h.svc_b] {
+        let ok = Command::new("kill")
+            .args(["-KILL", &svc.proc.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let _ = svc.proc.wait_timeout(Duration::from_secs(5));
+    }
+    assert!(
+        s.is_running(),
+        "the server finished before the services were gone: stream too short"
+    );
+    check(c.wait_success(Duration::from_secs(120)), &[&c, &s]);
+    check(s.wait_success(Duration::from_secs(20)), &[&s]);
+    let carried = h.veth.bytes() - before;
+    assert!(
+        carried < QUIET,
+        "the veth carried {carried} bytes of 1 GiB: the stream left the bridge"
+    );
+    let st = cenv.stats().unwrap_or_else(|e| panic!("stats: {e}"));
+    assert_eq!(
+        st.on_port(port).filter(|c| c.path == "ntb").count(),
+        1,
+        "{st:?}"
+    );
+}
