@@ -272,7 +272,18 @@ impl Service {
     /// Server side: the peer's answer to our `Ask`: its client's block, or why not.
     fn on_offer(&mut self, ask: u64, peer_conn: u64, ring: u64, client: Slice, why: u32) {
         let Some(a) = self.bridge.as_mut().and_then(|b| b.asks.remove(&ask)) else {
-            return self.closed_unknown(peer_conn, why);
+            // The accept gave up (its process died, or it waited too long): the client's
+            // service gives its block back and declines its client.
+            if why == 0 && peer_conn != 0 {
+                let mut m = [0u64; MSG / 8];
+                m[0] = M_PAIRED;
+                m[1] = peer_conn;
+                m[7] = NO_ANSWER as u64;
+                if let Some(b) = self.bridge.as_mut() {
+                    b.post(m);
+                }
+            }
+            return;
         };
         let decline = |s: &mut Service, reason: u32| {
             s.counters.declined += 1;

@@ -138,6 +138,9 @@ pub(in crate::service) struct Bridge {
 pub(in crate::service) fn open(dev: Arc<dyn NtbDevice>) -> io::Result<Bridge> {
     let err = |what: &str, e: String| io::Error::other(format!("bridge: {what}: {e}"));
     let _ = dev.link_enable();
+    // Leases of processes gone (the device rendezvous's, say) must not keep the mailbox's
+    // range; a live one that holds it fails the start with a clear message.
+    dev.reclaim();
     let mb = dev
         .reserve_window(0, MAILBOX_OFFSET, MAILBOX_BYTES, MAILBOX_TAG)
         .map_err(|e| err("mailbox", e.to_string()))?;
