@@ -37,6 +37,8 @@ block = bytes((i * 7 + 3) % 251 for i in range(1 << 20)); h = hashlib.sha256()
 s = socket.create_connection(("10.198.0.2", port))
 for _ in range(n >> 20):
     s.sendall(block); h.update(block)
+    if mode == "paced":
+        time.sleep(0.005)
 if mode == "hold":
     print("sent", flush=True)
     time.sleep(600)
@@ -387,4 +389,142 @@ fn services_killed_mid_stream_leave_the_connection_running() {
         1,
         "{st:?}"
     );
+}
+
+/// The server host's service restarts (SIGKILL, then a new one) while a connection it paired
+/// streams 1 GiB across the bridge (paced: about 5 s): that stream finishes intact on the bridge, and a second
+/// connection made after the restart is paired by the new service with the old one on the
+/// other host (the mailbox's session starts again; the block the first connection's server end
+/// still uses is not handed out again: a live end's identity word keeps it out of use).
+#[test]
+fn a_restarted_service_pairs_again_beside_the_running_connection() {
+    let f = Fixture::new("hm_bridged_restart");
+    py(&f);
+    let mut h = TwoServices::new(&f, "hm-brr");
+    let (p1, p2) = (free_port(), free_port());
+    let (p1_s, p2_s) = (p1.to_string(), p2.to_string());
+    let server = |h: &TwoServices, name: &str, port: u16, port_s: &str| {
+        let env = h.env(&f, name, 1, port, true);
+        let mut s = h.spawn(
+            &f,
+            name,
+            1,
+            "root",
+            SERVER,
+            &[port_s, "10.198.0.2", "sha"],
+            &env,
+        );
+        check(
+            s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+            &[&s],
+        );
+        (s, env)
+    };
+    let (mut s1, _) = server(&h, "server1", p1, &p1_s);
+    std::thread::sleep(Duration::from_millis(400));
+    let before = h.veth.bytes();
+    let c1env = h.env(&f, "client1", 0, p1, true);
+    let n1 = (1024 * MIB).to_string();
+    let mut c1 = h.spawn(
+        &f,
+        "client1",
+        0,
+        "root",
+        CLIENT,
+        &[&p1_s, &n1, "paced"],
+        &c1env,
+    );
+    check(
+        s1.wait_stdout(Duration::from_secs(20), |o| o.contains("first")),
+        &[&c1, &s1],
+    );
+    let ok = Command::new("kill")
+        .args(["-KILL", &h.svc_b.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let _ = h.svc_b.proc.wait_timeout(Duration::from_secs(5));
+    h.svc_b.restart(&f);
+    let (mut s2, s2env) = server(&h, "server2", p2, &p2_s);
+    // The new service's listener reaches the client's host once the old service there has seen
+    // its new session and heartbeat.
+    std::thread::sleep(Duration::from_millis(800));
+    let c2env = h.env(&f, "client2", 0, p2, true);
+    let n2 = (16 * MIB).to_string();
+    let mut c2 = h.spawn(
+        &f,
+        "client2",
+        0,
+        "root",
+        CLIENT,
+        &[&p2_s, &n2, "sha"],
+        &c2env,
+    );
+    check(c2.wait_success(Duration::from_secs(60)), &[&c2, &s2]);
+    check(s2.wait_success(Duration::from_secs(20)), &[&s2]);
+    assert!(
+        c1.is_running(),
+        "the first stream ended before the second connection did: nothing ran beside it"
+    );
+    check(c1.wait_success(Duration::from_secs(120)), &[&c1, &s1]);
+    check(s1.wait_success(Duration::from_secs(20)), &[&s1]);
+    let carried = h.veth.bytes() - before;
+    assert!(
+        carried < QUIET,
+        "the veth carried {carried} bytes: a stream left the bridge"
+    );
+    assert_eq!(h.svc_b.count("paired"), 1, "the new service paired nothing");
+    assert_eq!(h.svc_a.count("paired"), 2);
+    for e in [&c1env, &c2env, &s2env] {
+        let st = e.stats().unwrap_or_else(|e| panic!("stats: {e}"));
+        assert_eq!(st.ntb_connections, 1, "{st:?}");
+    }
+}
+
+/// A plain client (no pcisock) on one host and a pcisock server on the other: the server's
+/// service asks the client's, which has no offer for that connection, and the server goes on
+/// over TCP at once (`NoOffer`), with every byte.
+#[test]
+fn a_plain_client_from_the_other_host_is_served_over_tcp() {
+    let f = Fixture::new("hm_bridged_plain");
+    py(&f);
+    let h = TwoServices::new(&f, "hm-brp");
+    let port = free_port();
+    let port_s = port.to_string();
+    let senv = h.env(&f, "server", 1, port, false);
+    let mut s = h.spawn(
+        &f,
+        "server",
+        1,
+        "root",
+        SERVER,
+        &[&port_s, "10.198.0.2", "sha"],
+        &senv,
+    );
+    check(
+        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+        &[&s],
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let n = (4 * MIB).to_string();
+    let args = [
+        "netns",
+        "exec",
+        h.a.0.as_str(),
+        "/usr/bin/python3",
+        "-c",
+        CLIENT,
+        &port_s,
+        &n,
+        "sha",
+    ];
+    let mut c = check(
+        Proc::spawn("client", command("ip", &args, None), f.dir()),
+        &[],
+    );
+    check(c.wait_success(Duration::from_secs(60)), &[&c, &s]);
+    check(s.wait_success(Duration::from_secs(20)), &[&s]);
+    let st = senv.stats().unwrap_or_else(|e| panic!("stats: {e}"));
+    st.check_tcp(port, 1, |r| r == "NoOffer")
+        .unwrap_or_else(|e| panic!("{e}\n{st:?}"));
 }
