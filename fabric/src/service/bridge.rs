@@ -90,6 +90,7 @@ impl Service {
         }
         self.tell_listeners();
         self.expire_asks();
+        self.look_at_orphans();
         self.release_closed();
     }
 
@@ -194,6 +195,7 @@ impl Service {
                 client,
                 local,
                 posted: Instant::now(),
+                socket: (view.inode, view.netns),
             },
         );
         true
@@ -264,6 +266,7 @@ impl Service {
                     line: offer.line,
                     block,
                     addrs: (client, server),
+                    socket: (offer.inode, offer.netns),
                 },
             );
         }
@@ -338,7 +341,15 @@ impl Service {
         }
         paired(self, 0, conn, block.slice());
         self.counters.paired += 1;
-        self.bridged(conn, peer_conn, block, a.pid, 1, (a.client, a.local));
+        self.bridged(
+            conn,
+            peer_conn,
+            block,
+            a.pid,
+            1,
+            (a.client, a.local),
+            a.socket,
+        );
     }
 
     /// Client side: the peer's server end is made (or declined): answer the client.
@@ -375,7 +386,7 @@ impl Service {
         self.reply(o.client, o.request, r, &[]);
         sys::ring(o.line.fd.as_raw_fd());
         self.counters.paired += 1;
-        self.bridged(conn, peer_conn, o.block, o.pid, 0, o.addrs);
+        self.bridged(conn, peer_conn, o.block, o.pid, 0, o.addrs, o.socket);
     }
 
     /// The peer named a connection of its own that has no end here (any more): tell it ours is
@@ -392,6 +403,7 @@ impl Service {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // one end's whole description, passed once
     fn bridged(
         &mut self,
         conn: u64,
@@ -400,6 +412,7 @@ impl Service {
         pid: u32,
         end: usize,
         addrs: ((Addr, u16), (Addr, u16)),
+        (inode, netns): (u64, u64),
     ) {
         let alive = self.watch(pid);
         if let Some(b) = self.bridge.as_mut() {
@@ -410,14 +423,14 @@ impl Service {
                     block,
                     holders: if alive { vec![pid] } else { vec![] },
                     peer_closed: false,
-                    own_closed: !alive,
+                    own_closed: false,
                     end,
                     addrs,
+                    inode,
+                    netns,
+                    orphan: !alive,
                 },
             );
-        }
-        if !alive {
-            self.end_closed(conn);
         }
     }
 
@@ -456,18 +469,55 @@ impl Service {
         let Some(b) = self.bridge.as_mut() else {
             return;
         };
-        let mut ended = Vec::new();
-        for (&k, c) in b.conns.iter_mut() {
+        for c in b.conns.values_mut() {
             if c.holders.contains(&pid) {
                 c.holders.retain(|&h| h != pid);
-                if c.holders.is_empty() {
-                    ended.push(k);
-                }
+                // Closed once the kernel no longer has its socket (`look_at_orphans`): a
+                // child the service never heard of may hold it still.
+                c.orphan |= c.holders.is_empty();
             }
         }
-        for k in ended {
-            self.end_closed(k);
+    }
+
+    /// Ends whose known holders are all gone: closed once the kernel has their socket no more
+    /// (looked up every `ORPHAN_LOOK_MS`, by inode and 4-tuple, in their namespace).
+    fn look_at_orphans(&mut self) {
+        let Some(b) = self.bridge.as_mut() else {
+            return;
+        };
+        let ms = Duration::from_millis(ORPHAN_LOOK_MS as u64);
+        if b.orphans_seen.elapsed() < ms {
+            return;
         }
+        b.orphans_seen = Instant::now();
+        // (connection, namespace, inode, the end's local and peer address).
+        type Look = (u64, u64, u64, (Addr, u16), (Addr, u16));
+        let looks: Vec<Look> = (b.conns.iter())
+            .filter(|(_, c)| c.orphan && !c.own_closed)
+            .map(|(&k, c)| {
+                let (client, server) = c.addrs;
+                let (local, peer) = if c.end == 0 {
+                    (client, server)
+                } else {
+                    (server, client)
+                };
+                (k, c.netns, c.inode, local, peer)
+            })
+            .collect();
+        for (k, netns, inode, local, peer) in looks {
+            let alive = self.ask_namespace(netns, true, |d| match d {
+                Some(d) => d.connected(inode, local, peer),
+                None => sockdiag::connected(inode, local, peer),
+            });
+            if alive != Some(true) {
+                self.end_closed(k);
+            }
+        }
+    }
+
+    /// The namespaces of the bridged ends here (their sock_diag sockets are kept).
+    pub(super) fn bridged_namespaces(&self) -> Vec<u64> {
+        (self.bridge.as_ref()).map_or(Vec::new(), |b| b.conns.values().map(|c| c.netns).collect())
     }
 
     /// `List` entries of the connections with an end here (the other end's holder is on the

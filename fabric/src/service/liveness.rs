@@ -188,6 +188,7 @@ impl Service {
         let live: std::collections::HashSet<u64> = (self.clients.values().map(|c| c.netns))
             .chain(self.listeners.values().map(|l| l.netns))
             .chain(self.conns.values().map(|c| c.netns))
+            .chain(self.bridged_namespaces())
             .collect();
         self.diags.retain(|ns, _| live.contains(ns));
     }

@@ -7,11 +7,13 @@ use super::namespaces::{Netns, Veth};
 use super::*;
 
 const SERVER: &str = r#"
-import hashlib, socket, sys, time
+import hashlib, os, socket, sys, time
 port, addr, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 l.bind((addr, port)); l.listen(4); print("listening", flush=True)
 c, _ = l.accept(); h = hashlib.sha256(); n = 0
+if mode == "fork" and os.fork() != 0:
+    os._exit(0)  # the parent goes at once; its child serves (and holds the end after)
 end = "eof"
 while True:
     try:
@@ -25,8 +27,12 @@ while True:
         print("first", flush=True)
     h.update(b); n += len(b)
 print("end", end, n, flush=True)
-if mode == "sha":
+if mode in ("sha", "fork"):
     c.sendall(("%d %s" % (n, h.hexdigest())).encode())
+if mode == "fork":
+    c.shutdown(socket.SHUT_WR)  # the client reads its answer to the end and goes
+    time.sleep(4)
+    print("closing", flush=True)
 c.close()
 "#;
 
@@ -527,4 +533,69 @@ fn a_plain_client_from_the_other_host_is_served_over_tcp() {
     let st = senv.stats().unwrap_or_else(|e| panic!("stats: {e}"));
     st.check_tcp(port, 1, |r| r == "NoOffer")
         .unwrap_or_else(|e| panic!("{e}\n{st:?}"));
+}
+
+/// A server whose process forks after the accept and exits at once (its child serves, the
+/// service never hears of the child): its end stays with the server host's service while the
+/// child holds the socket, after the client on the other host has closed, and goes once the
+/// child closes. Before, the end counted as closed with its parent's death, and with the
+/// client's close the service gave the block back under the child.
+#[test]
+fn a_forked_child_keeps_the_end_its_parent_left() {
+    let f = Fixture::new("hm_bridged_fork");
+    py(&f);
+    let h = TwoServices::new(&f, "hm-brf");
+    let port = free_port();
+    let port_s = port.to_string();
+    let senv = h.env(&f, "server", 1, port, true);
+    let mut s = h.spawn(
+        &f,
+        "server",
+        1,
+        "root",
+        SERVER,
+        &[&port_s, "10.198.0.2", "fork"],
+        &senv,
+    );
+    check(
+        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+        &[&s],
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let cenv = h.env(&f, "client", 0, port, true);
+    let n = (4 * MIB).to_string();
+    let mut c = h.spawn(
+        &f,
+        "client",
+        0,
+        "root",
+        CLIENT,
+        &[&port_s, &n, "sha"],
+        &cenv,
+    );
+    check(c.wait_success(Duration::from_secs(60)), &[&c, &s]);
+    check(s.wait_success(Duration::from_secs(10)), &[&s]);
+    assert_eq!(h.svc_b.count("paired"), 1, "not paired across the bridge");
+    // The parent is gone, the client too; the child holds the end for 4 s from its answer.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        h.svc_b.count("connections"),
+        1,
+        "the server end was given back while the child still holds it\n{}",
+        s.describe()
+    );
+    let t0 = Instant::now();
+    while h.svc_b.count("connections") > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the end stayed after the child closed: {:?}",
+            h.svc_b.status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        s.stdout().contains("closing"),
+        "the end went before its child closed it\n{}",
+        s.describe()
+    );
 }

@@ -62,6 +62,8 @@ pub(in crate::service) struct Ask {
     pub(in crate::service) client: (Addr, u16),
     pub(in crate::service) local: (Addr, u16),
     pub(in crate::service) posted: Instant,
+    /// The accepted socket's inode and namespace (the server end's, once paired).
+    pub(in crate::service) socket: (u64, u64),
 }
 
 /// A client's offer this host sent to the peer with its block, waiting for `Paired`.
@@ -72,6 +74,8 @@ pub(in crate::service) struct Out {
     pub(in crate::service) line: Rc<Line>,
     pub(in crate::service) block: Block,
     pub(in crate::service) addrs: ((Addr, u16), (Addr, u16)),
+    /// The client's socket's inode and namespace.
+    pub(in crate::service) socket: (u64, u64),
 }
 
 /// An endpoint block this service leased in its own inbound window, with its reader's vector.
@@ -103,6 +107,13 @@ pub(in crate::service) struct Bridged {
     pub(in crate::service) own_closed: bool,
     pub(in crate::service) end: usize,
     pub(in crate::service) addrs: ((Addr, u16), (Addr, u16)),
+    /// This end's TCP socket (its inode, in namespace `netns`): while the kernel has it, a
+    /// process holds the end, whether the service heard of that process or not.
+    pub(in crate::service) inode: u64,
+    pub(in crate::service) netns: u64,
+    /// Every holder the service knew of is gone: the end closes once the kernel no longer has
+    /// its socket (a forked child the service never heard of may hold it still).
+    pub(in crate::service) orphan: bool,
 }
 
 /// This service's side of the bridge.
@@ -127,6 +138,8 @@ pub(in crate::service) struct Bridge {
     pub(in crate::service) asks: HashMap<u64, Ask>,
     pub(in crate::service) outs: HashMap<u64, Out>,
     pub(in crate::service) conns: HashMap<u64, Bridged>,
+    /// When orphaned ends were last looked up in the kernel's socket table.
+    pub(in crate::service) orphans_seen: Instant,
     /// Blocks found still marked live by an end (a connection of a previous service on this
     /// host that still runs): kept leased, never handed out.
     pub(in crate::service) parked: Vec<WindowLease>,
@@ -182,6 +195,7 @@ pub(in crate::service) fn open(dev: Arc<dyn NtbDevice>) -> io::Result<Bridge> {
         asks: HashMap::new(),
         outs: HashMap::new(),
         conns: HashMap::new(),
+        orphans_seen: Instant::now(),
         parked: Vec::new(),
         dropped: 0,
     };
