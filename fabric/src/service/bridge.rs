@@ -63,6 +63,7 @@ impl Service {
             b.peer_beat = (beat, Instant::now());
         }
         let mut got = Vec::new();
+        // SYNC POINT (service mailbox): the slots below the tail are complete.
         let tail = word(&b.inbox, MB_TAIL).load(Acquire);
         while b.head < tail && tail - b.head <= SLOTS && got.len() < 4096 {
             let at = MB_SLOTS + (b.head % SLOTS) as usize * MSG;
@@ -83,6 +84,7 @@ impl Service {
             // Nonsense from the peer: skip to what it says it wrote.
             b.head = tail;
         }
+        // SYNC POINT (service mailbox ack): the slots below `head` are copied out.
         word(&b.outbox, MB_ACK).store(b.head, Release);
         b.flush();
         for m in got {

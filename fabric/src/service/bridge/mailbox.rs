@@ -295,6 +295,8 @@ impl Bridge {
     pub(in crate::service) fn flush(&mut self) {
         let mut wrote = false;
         while let Some(m) = self.queue.front() {
+            // SYNC POINT (service mailbox ack): a slot is reused only once the reader says it
+            // copied it out.
             let ack = word(&self.inbox, MB_ACK).load(Acquire);
             if self.sent.wrapping_sub(ack) >= SLOTS {
                 break;
@@ -308,6 +310,7 @@ impl Bridge {
                 break;
             }
             self.sent += 1;
+            // SYNC POINT (service mailbox): the tail after the message's bytes.
             word(&self.outbox, MB_TAIL).store(self.sent, Release);
             self.queue.pop_front();
             wrote = true;
