@@ -599,3 +599,49 @@ fn a_forked_child_keeps_the_end_its_parent_left() {
         s.describe()
     );
 }
+
+/// An untrusted server (nobody) and a trusted client on the other host: the server's service
+/// declines its accept with `Untrusted` and tells the client's service, which declines the
+/// client with the same reason; both stay on TCP, every byte arrives.
+#[test]
+fn an_untrusted_server_leaves_both_ends_on_tcp_with_its_reason() {
+    let f = Fixture::new("hm_bridged_untrusted_server");
+    py(&f);
+    let h = TwoServices::new(&f, "hm-brs");
+    let port = free_port();
+    let port_s = port.to_string();
+    let senv = h.env(&f, "server", 1, port, false);
+    let mut s = h.spawn(
+        &f,
+        "server",
+        1,
+        "nobody",
+        SERVER,
+        &[&port_s, "10.198.0.2", "sha"],
+        &senv,
+    );
+    check(
+        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+        &[&s],
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let cenv = h.env(&f, "client", 0, port, false);
+    let n = (4 * MIB).to_string();
+    let mut c = h.spawn(
+        &f,
+        "client",
+        0,
+        "root",
+        CLIENT,
+        &[&port_s, &n, "sha"],
+        &cenv,
+    );
+    check(c.wait_success(Duration::from_secs(60)), &[&c, &s]);
+    check(s.wait_success(Duration::from_secs(20)), &[&s]);
+    for e in [&cenv, &senv] {
+        let st = e.stats().unwrap_or_else(|e| panic!("stats: {e}"));
+        st.check_tcp(port, 1, |r| r == "Untrusted")
+            .unwrap_or_else(|e| panic!("{e}\n{st:?}"));
+    }
+    assert_eq!(h.svc_a.count("paired") + h.svc_b.count("paired"), 0);
+}
