@@ -357,7 +357,8 @@ impl Service {
             let idle = self.clients.is_empty()
                 && self.listeners.is_empty()
                 && self.offers.is_empty()
-                && self.conns.is_empty();
+                && self.conns.is_empty()
+                && self.bridge.as_ref().is_none_or(|b| b.conns() == 0);
             if !idle {
                 idle_since = Instant::now();
             } else if self
