@@ -72,6 +72,18 @@ pub struct Paired {
     pub peer_tally: Arc<OwnedFd>,
 }
 
+/// A connection paired across the bridge (`Reply::Bridged`): this end's block in this host's
+/// inbound window, the peer end's through the outbound window, each with the interrupt vector
+/// its reader sleeps on.
+#[derive(Debug, Clone, Copy)]
+pub struct Bridged {
+    pub conn: u64,
+    pub ring_bytes: u64,
+    pub server: bool,
+    pub own: crate::wire::Slice,
+    pub peer: crate::wire::Slice,
+}
+
 /// An interrupt line (an eventfd) and the service's name for it.
 #[derive(Debug)]
 pub struct Line {
@@ -85,6 +97,9 @@ pub struct Line {
 #[derive(Debug)]
 pub enum Pairing {
     Paired(Paired),
+    /// Paired with a process on the other host: the two ends' blocks on the bridge
+    /// (`Reply::Bridged`).
+    Bridged(Bridged),
     /// Stay on TCP, with this reason code (docs/PROTOCOL.md §5).
     Declined(u32),
 }
@@ -507,6 +522,8 @@ impl Client {
             r => Ok(match pairing(r)? {
                 Pairing::Paired(p) => Held::Paired(p),
                 Pairing::Declined(code) => Held::Declined(code),
+                // Never an answer to `Hold` (the service holds no bridged connection for it).
+                Pairing::Bridged(_) => Held::Declined(0),
             }),
         }
     }
@@ -624,6 +641,19 @@ fn pairing((reply, fds): Received) -> Result<Pairing, ClientError> {
                 peer_tally,
             }))
         }
+        Reply::Bridged {
+            conn,
+            ring_bytes,
+            server,
+            own,
+            peer,
+        } => Ok(Pairing::Bridged(Bridged {
+            conn,
+            ring_bytes,
+            server,
+            own,
+            peer,
+        })),
         Reply::Declined { reason } => Ok(Pairing::Declined(reason)),
         r => Err(ClientError::Unexpected(r)),
     }

@@ -15,7 +15,8 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// producer counter's line), and processes of a version 6 build and of this one must not pair
 /// over one service. 8: `Hello` carries the process's tally page beside its line, and `Paired`
 /// the peer line's tally page (docs/HOST-SERVICE.md, *Tallies*).
-pub const VERSION: u16 = 8;
+/// 9: `Bridged`, a pairing with a process on the other host (docs/HOST-SERVICE.md, phase 3).
+pub const VERSION: u16 = 9;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts (an `Entry`, the longest, is 368 bytes
@@ -140,6 +141,16 @@ pub enum Reply {
         server: bool,
         own_line: u64,
         peer_line: u64,
+    },
+    /// The connection is paired with a process on the other host (through the bridge and the
+    /// two hosts' services): no descriptor; this end's block is `own` in this host's inbound
+    /// window, the peer end's is `peer` through the outbound window, rings of `ring_bytes`.
+    Bridged {
+        conn: u64,
+        ring_bytes: u64,
+        server: bool,
+        own: Slice,
+        peer: Slice,
     },
     /// The connection stays on TCP, with a reason code (docs/PROTOCOL.md §5).
     Declined {
@@ -351,6 +362,7 @@ const K_REFUSED: u16 = 0x88;
 const K_REOFFERED: u16 = 0x89;
 const K_ENTRY: u16 = 0x8A;
 const K_FALLEN: u16 = 0x8B;
+const K_BRIDGED: u16 = 0x8C;
 
 /// Words of an `Entry`: its 9, a word of flags (bit 0: the client end is on TCP, bit 1: the
 /// server end), each end's counters.
@@ -374,6 +386,7 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_LISTENING | K_OFFERED => (1, 0),
         K_REOFFERED => (2, 1),
         K_PAIRED => (5, 4),
+        K_BRIDGED => (9, 0),
         K_DECLINED | K_REFUSED => (1, 0),
         K_DONE => (0, 0),
         K_STATUS_REPLY => (11, 0),
@@ -456,33 +469,6 @@ fn decode(b: &[u8], fds: usize) -> Result<(u16, u64, Vec<u64>), WireError> {
         })
         .collect();
     Ok((kind, id, words))
-}
-
-fn addr_words(a: &Addr) -> (u64, u64) {
-    let mut x = [0u8; 8];
-    let mut y = [0u8; 8];
-    x.copy_from_slice(&a[..8]);
-    y.copy_from_slice(&a[8..]);
-    (u64::from_le_bytes(x), u64::from_le_bytes(y))
-}
-
-fn words_addr(x: u64, y: u64) -> Addr {
-    let mut a = [0u8; 16];
-    a[..8].copy_from_slice(&x.to_le_bytes());
-    a[8..].copy_from_slice(&y.to_le_bytes());
-    a
-}
-
-fn u32_word(kind: u16, words: &[u64], i: usize) -> Result<u32, WireError> {
-    u32::try_from(words[i]).map_err(|_| WireError::Value { kind, word: i })
-}
-
-fn bool_word(kind: u16, words: &[u64], i: usize) -> Result<bool, WireError> {
-    match words[i] {
-        0 => Ok(false),
-        1 => Ok(true),
-        _ => Err(WireError::Value { kind, word: i }),
-    }
 }
 
 impl Request {
@@ -598,6 +584,7 @@ impl Reply {
             Reply::Offered { .. } => K_OFFERED,
             Reply::Reoffered { .. } => K_REOFFERED,
             Reply::Paired { .. } => K_PAIRED,
+            Reply::Bridged { .. } => K_BRIDGED,
             Reply::Declined { .. } => K_DECLINED,
             Reply::Done => K_DONE,
             Reply::Status(_) => K_STATUS_REPLY,
@@ -630,6 +617,18 @@ impl Reply {
                 own_line,
                 peer_line,
             } => vec![conn, ring_bytes, server as u64, own_line, peer_line],
+            Reply::Bridged {
+                conn,
+                ring_bytes,
+                server,
+                own,
+                peer,
+            } => [
+                vec![conn, ring_bytes, server as u64],
+                own.words(),
+                peer.words(),
+            ]
+            .concat(),
             Reply::Declined { reason } => vec![reason as u64],
             Reply::Refused { why } => vec![why as u64],
             Reply::Done => vec![],
@@ -712,6 +711,13 @@ impl Reply {
                 own_line: w[3],
                 peer_line: w[4],
             },
+            K_BRIDGED => Reply::Bridged {
+                conn: w[0],
+                ring_bytes: w[1],
+                server: bool_word(kind, &w, 2)?,
+                own: Slice::from_words(kind, &w, 3)?,
+                peer: Slice::from_words(kind, &w, 6)?,
+            },
             K_DECLINED => Reply::Declined {
                 reason: u32_word(kind, &w, 0)?,
             },
@@ -785,6 +791,10 @@ impl Reply {
 pub fn peek_kind(b: &[u8]) -> Option<u16> {
     (b.len() >= HEADER).then(|| u16::from_le_bytes([b[6], b[7]]))
 }
+
+mod words;
+pub use words::Slice;
+use words::{addr_words, bool_word, u32_word, words_addr};
 
 #[cfg(test)]
 mod tests;

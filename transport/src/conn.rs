@@ -50,6 +50,7 @@ use crate::proto::{Endpoint, Ring, RingLoc, ENDPOINT_HDR};
 use crate::{sys, ProcessState, Settings};
 
 mod block;
+mod bridged;
 mod cursors;
 mod failover;
 mod half_open;
@@ -248,6 +249,9 @@ pub(crate) enum Tenancy {
         peer_tally: Option<Arc<Tally>>,
         tally: Option<TallySlot>,
     },
+    /// Slices of the two hosts' windows the two hosts' services leased for this connection
+    /// (phase 3): rung and failed over as over a device; the services give the memory back.
+    Bridged { dev: Arc<dyn NtbDevice>, conn: u64 },
 }
 
 /// A connection the host fabric service paired, its lines resolved to this process's copies
@@ -533,7 +537,9 @@ impl Connection {
     ) -> Connection {
         let settings = shared.settings.clone();
         let link_gen = match &tenancy {
-            Tenancy::Device { dev, .. } => dev.link_state().generation,
+            Tenancy::Device { dev, .. } | Tenancy::Bridged { dev, .. } => {
+                dev.link_state().generation
+            }
             Tenancy::Service { .. } => 0,
         };
         let shared_line = matches!(tenancy, Tenancy::Service { .. });

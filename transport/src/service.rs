@@ -49,6 +49,9 @@ pub(crate) struct Link {
     /// opens connection after connection to the same peer process (a client's loop, a server's
     /// clients) takes the same line each time instead of moving a new copy up and closing it.
     recent: Mutex<std::collections::VecDeque<PeerLine>>,
+    /// The bridge's device, mapped at this process's first connection paired across it (the
+    /// environment names it: `PCISOCK_DEVICE`, `PCISOCK_EMU_*`).
+    bridge: Mutex<Option<Arc<dyn ntbdrv::NtbDevice>>>,
 }
 
 /// This process's own line and tally page on its service connection, with the pid that made it
@@ -101,6 +104,7 @@ impl Link {
             lines: Mutex::new(HashMap::new()),
             tallies: Mutex::new(HashMap::new()),
             recent: Mutex::new(std::collections::VecDeque::new()),
+            bridge: Mutex::new(None),
         };
         let c = link.introduced(c);
         *lock(&link.client) = Some((std::process::id(), c));
@@ -177,6 +181,37 @@ impl Link {
             recent.pop_front();
         }
         recent.push_back((line.clone(), tally.clone()));
+    }
+
+    /// A connection the service paired across the bridge: the bridge's device mapped (once per
+    /// process) and the connection made on the slices the service named; if that fails, our
+    /// end is let go of at once (the service gives its slice back) and the connection stays on
+    /// TCP.
+    fn bridged(
+        &self,
+        shared: &Arc<ProcessState>,
+        b: fabric::Bridged,
+        tcp_fd: RawFd,
+        role: Role,
+        local: Endpoint,
+        peer: Endpoint,
+    ) -> Result<Connection, Reason> {
+        let dev = {
+            let mut d = lock(&self.bridge);
+            match d.as_ref() {
+                Some(dev) => Ok(dev.clone()),
+                None => ntbdrv::recommended::open_default()
+                    .map(|dev| d.insert(dev).clone())
+                    .map_err(|e| crate::OpenError::Device(e).reason()),
+            }
+        };
+        let c = dev.and_then(|dev| {
+            Connection::from_bridge(shared.clone(), dev, b, tcp_fd, role, local, peer)
+        });
+        if c.is_err() {
+            self.close(b.conn, b.server);
+        }
+        c
     }
 
     /// A pairing the service `service` sent, with its lines resolved to our copies.
@@ -373,8 +408,10 @@ pub(crate) fn cancel(shared: &ProcessState, mut o: Offered) {
     if !o.server {
         return link.fire(Fire::Cancel(o.offer));
     }
-    if let Ok(Some(Pairing::Paired(p))) = link.with(|c| c.paired(&mut o.offer, ANSWER_PATIENCE)) {
-        link.close(p.conn, true);
+    match link.with(|c| c.paired(&mut o.offer, ANSWER_PATIENCE)) {
+        Ok(Some(Pairing::Paired(fabric::Paired { conn, .. })))
+        | Ok(Some(Pairing::Bridged(fabric::Bridged { conn, .. }))) => link.close(conn, true),
+        _ => {}
     }
 }
 
@@ -461,6 +498,13 @@ pub(crate) fn complete(
                     o.local,
                     o.remote,
                 ) {
+                    Ok(c) => Outcome::Connected(c),
+                    Err(r) => Outcome::Tcp(r),
+                };
+            }
+            Ok((_, Some(Pairing::Bridged(b)))) => {
+                let role = if o.server { Role::Server } else { Role::Client };
+                return match link.bridged(shared, b, tcp_fd, role, o.local, o.remote) {
                     Ok(c) => Outcome::Connected(c),
                     Err(r) => Outcome::Tcp(r),
                 };
@@ -614,6 +658,7 @@ pub(crate) fn accept(
             }
             Connection::from_service(shared.clone(), p, tcp_fd, Role::Server, local, peer)
         }
+        (_, Pairing::Bridged(b)) => link.bridged(shared, b, tcp_fd, Role::Server, local, peer),
         (_, Pairing::Declined(code)) => Err(accept_declined(code, tcp_fd)),
     }
 }

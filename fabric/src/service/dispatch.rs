@@ -13,7 +13,8 @@ impl Service {
     pub(super) fn pass(&mut self, ready: &[u64]) {
         self.read(ready, PASS_BUDGET);
         while let Some((client, request, socket, ring, nowait)) = self.accepts.pop_front() {
-            self.accept(client, request, socket, ring);
+            // (A pairing across the bridge answers later, and rings then.)
+            self.accept(client, request, socket, ring, nowait);
             if nowait {
                 self.ring_server(client);
             }
@@ -288,6 +289,7 @@ impl Service {
                             ends: [0, half].map(|at| end_counters(&c.segment, at)),
                         }
                     })
+                    .chain(self.bridged_entries())
                     .collect();
                 for e in entries {
                     self.reply(client, id, Reply::Entry(Box::new(e)), &[]);
@@ -408,16 +410,19 @@ impl Service {
             return self.refuse(client, id, Refusal::Limit);
         }
         let listening = self.listeners.values().any(|l| l.serves(view.netns, dest));
-        if !listening {
+        // No listener here, one on the other host: the offer waits for that host's service to
+        // ask for it (its server's accept), if this process may map the bridge.
+        let remote = !listening && self.bridge.as_ref().is_some_and(|b| b.listens(dest));
+        let cred = self.clients.get(&client).map(|c| c.cred);
+        let untrusted = remote && !cred.is_some_and(|c| bridge::trusted(sender, c.uid, c.gid));
+        if (!listening && !remote) || untrusted {
             self.counters.declined += 1;
-            self.reply(
-                client,
-                id,
-                Reply::Declined {
-                    reason: NO_LISTENER,
-                },
-                &[],
-            );
+            let reason = if untrusted {
+                bridge::UNTRUSTED
+            } else {
+                NO_LISTENER
+            };
+            self.reply(client, id, Reply::Declined { reason }, &[]);
             // The client may be waiting on its line (it need not wait for this reply).
             sys::ring(line.fd.as_raw_fd());
             return;
@@ -487,7 +492,7 @@ impl Service {
             .is_some_and(|c| c.holders.contains(&(sender, end)));
         if held {
             self.let_go(conn, sender, end);
-        } else {
+        } else if !self.bridged_close(conn, sender, end) {
             self.refuse_quietly(Refusal::NotYours);
         }
     }

@@ -20,7 +20,9 @@ use crate::wire::{
     Addr, EndCounters, Entry, Fallen, Refusal, Reply, Request, Status, END_COUNTERS,
 };
 
+mod bridge;
 mod dispatch;
+pub use bridge::{BLOCK_INFO, BLOCK_INFO_MAGIC, MAILBOX_BYTES, MAILBOX_OFFSET};
 mod liveness;
 mod pairing;
 
@@ -100,6 +102,7 @@ const SPARES: usize = 4;
 const NO_LISTENER: u32 = 4;
 const NO_ANSWER: u32 = 6;
 const NO_WINDOW_SPACE: u32 = 7;
+const BAD_PEER: u32 = 9;
 const NO_OFFER: u32 = 10;
 
 struct Client {
@@ -262,6 +265,9 @@ pub struct Service {
     spare_bytes: u64,
     /// The last two pairings used segments of `spare_bytes`: spares of it are worth making.
     spare_steady: bool,
+    /// This service's side of the bridge to the other host's service (phase 3), if it pairs
+    /// across one.
+    bridge: Option<bridge::Bridge>,
     stop: bool,
 }
 
@@ -331,8 +337,16 @@ impl Service {
             spares: Vec::new(),
             spare_bytes: 0,
             spare_steady: false,
+            bridge: None,
             stop: false,
         }
+    }
+
+    /// Pair across the bridge of `dev` too (this host's side of it): meet the other host's
+    /// service there (docs/HOST-SERVICE.md, phase 3).
+    pub fn attach_bridge(&mut self, dev: std::sync::Arc<dyn ntbdrv::NtbDevice>) -> io::Result<()> {
+        self.bridge = Some(bridge::open(dev)?);
+        Ok(())
     }
 
     /// Serve until a `Stop` request (or, started on demand, until idle for long enough).
@@ -343,7 +357,8 @@ impl Service {
             let idle = self.clients.is_empty()
                 && self.listeners.is_empty()
                 && self.offers.is_empty()
-                && self.conns.is_empty();
+                && self.conns.is_empty()
+                && self.bridge.as_ref().is_none_or(|b| b.conns() == 0);
             if !idle {
                 idle_since = Instant::now();
             } else if self
@@ -392,6 +407,13 @@ impl Service {
             timeout_ms
         } else {
             timeout_ms.min(STALLED_LOOK_MS)
+        };
+        let timeout_ms = match &self.bridge {
+            Some(b) => {
+                fds.push((b.line.as_raw_fd(), libc::POLLIN));
+                timeout_ms.min(bridge::LOOK_MS)
+            }
+            None => timeout_ms,
         };
         let rev = sys::poll(&fds, timeout_ms)?;
         for id in stalled {
@@ -442,6 +464,7 @@ impl Service {
             }
         }
         self.pass(&ready);
+        self.bridge_turn();
         self.expire_offers();
         self.reclaim_orphans();
         self.make_spares();
@@ -488,7 +511,7 @@ impl Service {
             clients: self.clients.len() as u64,
             listeners: self.listeners.len() as u64,
             offers: self.offers.len() as u64,
-            connections: self.conns.len() as u64,
+            connections: (self.conns.len() + self.bridge.as_ref().map_or(0, |b| b.conns())) as u64,
             window_used: self.window_used,
             window_bytes: self.opts.window_bytes,
             paired: self.counters.paired,

@@ -8,7 +8,14 @@ use super::*;
 impl Service {
     /// The server accepted `socket`: pair it with the offer whose socket is its mirror in the
     /// same namespace.
-    pub(super) fn accept(&mut self, server: u64, request: u64, socket: OwnedFd, ring: u64) {
+    pub(super) fn accept(
+        &mut self,
+        server: u64,
+        request: u64,
+        socket: OwnedFd,
+        ring: u64,
+        nowait: bool,
+    ) {
         let view = match sys::tcp_view(socket.as_raw_fd()) {
             Ok(Some(
                 v @ TcpView {
@@ -31,6 +38,10 @@ impl Service {
             // read everything now (accepts found meanwhile wait their turn).
             self.catch_up();
             found = self.find_offer(view.netns, view.peer, view.local);
+        }
+        if found.is_none() && self.ask_peer(server, request, nowait, &view, ring) {
+            // The client may be on the other host: its service answers (`bridge`).
+            return;
         }
         let Some(conn) = found else {
             self.counters.declined += 1;

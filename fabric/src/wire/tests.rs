@@ -58,6 +58,23 @@ fn all_replies() -> Vec<Reply> {
             own_line: 5,
             peer_line: 6,
         },
+        Reply::Bridged {
+            conn: 13,
+            ring_bytes: 1 << 20,
+            server: false,
+            own: Slice {
+                mw: 1,
+                vector: 7,
+                offset: 4 << 20,
+                len: (1 << 20) + 4096,
+            },
+            peer: Slice {
+                mw: 0,
+                vector: 2047,
+                offset: 300 << 10,
+                len: (1 << 20) + 4096,
+            },
+        },
         Reply::Declined { reason: 4 },
         Reply::Done,
         Reply::Status(Status {
@@ -147,8 +164,8 @@ fn malformed_messages_are_refused() {
     b[0] ^= 1;
     assert!(matches!(Request::decode(&b, 0), Err(WireError::Magic(_))));
     let mut b = good.clone();
-    b[4] = 9;
-    assert_eq!(Request::decode(&b, 0), Err(WireError::Version(9)));
+    b[4] = 99;
+    assert_eq!(Request::decode(&b, 0), Err(WireError::Version(99)));
     let mut b = good.clone();
     b[6] = 0x7f;
     assert_eq!(Request::decode(&b, 0), Err(WireError::Kind(0x7f)));

@@ -316,6 +316,7 @@ fn paced_pair(
     (server, client, marker, port)
 }
 
+mod bridged;
 mod lifecycle;
 mod namespaces;
 mod nginx;
