@@ -352,6 +352,59 @@ pub struct Offered {
     /// When the offer was made, or the host's servers last accepted a connection as far as
     /// this client knows (the answer timeout counts from it).
     progress: Instant,
+    /// The service said the connection has not reached a server (`fabric::Stalled::Unreached`),
+    /// and the bytes its client sent on TCP to reach one since (`None`: none yet).
+    unreached: bool,
+    plain: Option<u64>,
+}
+
+impl Offered {
+    fn new(
+        offer: fabric::Offer,
+        server: bool,
+        line: Arc<OwnedFd>,
+        ends: (Endpoint, Endpoint),
+    ) -> Offered {
+        Offered {
+            offer,
+            server,
+            line,
+            local: ends.0,
+            remote: ends.1,
+            progress: Instant::now(),
+            unreached: false,
+            plain: None,
+        }
+    }
+}
+
+/// Does this offer wait for its client's first bytes to reach its server (see [`reach`])?
+pub(crate) fn reaching(o: &Offered) -> bool {
+    o.unreached && o.plain.is_none()
+}
+
+/// The client of `o` is about to send its first `bytes` on the TCP socket to reach a server its
+/// connection has not reached: true once the service keeps the count (send them now; the
+/// server's end reads them as the stream's plain start); false when the offer was answered
+/// meanwhile (send nothing: its answer is on its way, and the bytes go wherever it says).
+pub(crate) fn reach(shared: &ProcessState, o: &mut Offered, bytes: u64) -> bool {
+    let Ok(link) = link(shared) else {
+        return false;
+    };
+    if !reaching(o) || bytes == 0 {
+        return false;
+    }
+    match link.with(|c| c.plain(&o.offer, bytes)) {
+        Ok(()) => {
+            o.plain = Some(bytes);
+            true
+        }
+        Err(_) => {
+            // Answered meanwhile (or the service went away): waited for as any offer.
+            o.unreached = false;
+            false
+        }
+    }
 }
 
 pub(crate) fn listen(shared: &ProcessState, socket: RawFd) -> Result<Listener, Reason> {
@@ -388,14 +441,12 @@ pub(crate) fn offer(
         })
         .map_err(failed)?;
     let line = line.ok_or(Reason::NoDoorbell)?;
-    Ok(Pending::Service(Offered {
+    Ok(Pending::Service(Offered::new(
         offer,
-        server: false,
+        false,
         line,
-        local,
-        remote,
-        progress: Instant::now(),
-    }))
+        (local, remote),
+    )))
 }
 
 /// Give up a pending offer. A server's accept has nothing to withdraw (the service answers it
@@ -441,7 +492,7 @@ pub(crate) fn news(shared: &ProcessState, offers: &[&Offered]) -> Vec<bool> {
         c.take_replies()?;
         Ok(offers
             .iter()
-            .map(|o| o.progress.elapsed() >= timeout || c.answered(&o.offer))
+            .map(|o| o.progress.elapsed() >= timeout || reaching(o) || c.answered(&o.offer))
             .collect())
     })
     .unwrap_or_else(|_| vec![true; offers.len()])
@@ -467,12 +518,17 @@ pub(crate) fn answer_arrived(shared: &ProcessState, o: &Offered) -> bool {
 }
 
 /// Wait for the server's side of an offer: up to `patience` (`None`: until the answer timeout
-/// passes, or the peer talks over TCP or hangs up, when the offer is withdrawn).
+/// passes, or the peer talks over TCP or hangs up, when the offer is withdrawn). `early`: the
+/// bytes the caller holds for the connection; when the service says the connection has not
+/// reached a server (`reaching`), such a caller gets the offer back at once (`Waiting`), to
+/// send them on TCP after [`reach`] (a caller holding none waits on: only a client's segment
+/// reaches the server, and it has none to send, as on TCP).
 pub(crate) fn complete(
     shared: &Arc<ProcessState>,
     mut o: Offered,
     tcp_fd: RawFd,
     patience: Option<Duration>,
+    early: usize,
 ) -> Outcome {
     let Ok(link) = link(shared) else {
         return Outcome::Tcp(Reason::NoDevice);
@@ -488,6 +544,7 @@ pub(crate) fn complete(
             c.paired(&mut o.offer, Duration::ZERO).map(|p| (svc, p))
         }) {
             Ok((svc, Some(Pairing::Paired(p)))) => {
+                let plain = p.plain;
                 let p = link.pair(svc, p);
                 let role = if o.server { Role::Server } else { Role::Client };
                 return match Connection::from_service(
@@ -498,7 +555,10 @@ pub(crate) fn complete(
                     o.local,
                     o.remote,
                 ) {
-                    Ok(c) => Outcome::Connected(c),
+                    Ok(c) => {
+                        after_plain(&c, role, plain);
+                        Outcome::Connected(c)
+                    }
                     Err(r) => Outcome::Tcp(r),
                 };
             }
@@ -542,13 +602,18 @@ pub(crate) fn complete(
             // working through a long backlog reaches its last clients late), up to its own
             // patience for an offer.
             let r = if tcp_says {
-                link.with(|c| c.cancel(o.offer)).map(|()| true)
+                link.with(|c| c.cancel(o.offer))
+                    .map(|()| fabric::Stalled::GivenUp)
             } else {
                 link.with(|c| c.cancel_if_stalled(o.offer))
             };
             match r {
-                Ok(true) => return Outcome::Tcp(Reason::NoAnswer),
-                Ok(false) => o.progress = Instant::now(),
+                Ok(fabric::Stalled::GivenUp) => return Outcome::Tcp(Reason::NoAnswer),
+                Ok(fabric::Stalled::Stands) => o.progress = Instant::now(),
+                Ok(fabric::Stalled::Unreached) => {
+                    o.progress = Instant::now();
+                    o.unreached = true;
+                }
                 // Paired meanwhile: the answer is on its way.
                 Err(ClientError::Refused(_)) => withdrawn = true,
                 Err(e) => return Outcome::Tcp(failed(e)),
@@ -556,6 +621,9 @@ pub(crate) fn complete(
         }
         if withdrawn && o.progress.elapsed() >= timeout + Duration::from_secs(5) {
             return Outcome::Tcp(Reason::NoAnswer);
+        }
+        if early > 0 && reaching(&o) {
+            return Outcome::Waiting(Pending::Service(o));
         }
         if let Some(p) = patience {
             // Not a busy spin: the service rings our line when it answers, so sleep on it
@@ -590,14 +658,12 @@ pub(crate) fn accept_started(
         .with(|c| Ok((c.accept_nowait(tcp_fd, ring)?, link.own_line())))
         .map_err(failed)?;
     let line = line.ok_or(Reason::NoDoorbell)?;
-    Ok(Pending::Service(Offered {
+    Ok(Pending::Service(Offered::new(
         offer,
-        server: true,
+        true,
         line,
-        local,
-        remote: peer,
-        progress: Instant::now(),
-    }))
+        (local, peer),
+    )))
 }
 
 /// Is `p` a server's accept waiting for the service's answer (not a client's offer)?
@@ -647,6 +713,7 @@ pub(crate) fn accept(
     {
         (svc, Pairing::Paired(p)) => {
             let own_client = p.own_line.id == p.peer_line.id;
+            let plain = p.plain;
             let p = link.pair(svc, p);
             if let (true, Some(w)) = (own_client, watch) {
                 // Let that ring land before `accept` returns: an epoll set the application
@@ -656,10 +723,25 @@ pub(crate) fn accept(
                 let _ = crate::sys::poll1(w, libc::POLLIN, Some(OWN_RING_WAIT));
                 crate::sys::wake_consume();
             }
-            Connection::from_service(shared.clone(), p, tcp_fd, Role::Server, local, peer)
+            let c = Connection::from_service(shared.clone(), p, tcp_fd, Role::Server, local, peer)?;
+            after_plain(&c, Role::Server, plain);
+            Ok(c)
         }
         (_, Pairing::Bridged(b)) => link.bridged(shared, b, tcp_fd, Role::Server, local, peer),
         (_, Pairing::Declined(code)) => Err(accept_declined(code, tcp_fd)),
+    }
+}
+
+/// A connection whose client sent its first `plain` bytes on TCP to reach the server
+/// ([`reach`]): each direction starts as failed over at its plain count, and goes back to the
+/// ring at its first send (PROTOCOL.md §6, *Late upgrade*; the server sent nothing before the
+/// pairing, and neither end read anything).
+fn after_plain(c: &Connection, role: Role, plain: u64) {
+    if plain > 0 {
+        match role {
+            Role::Client => c.start_late(plain, 0, 0),
+            Role::Server => c.start_late(0, plain, 0),
+        }
     }
 }
 
@@ -691,15 +773,12 @@ pub(crate) fn reattach(shared: &Arc<ProcessState>, tcp_fd: RawFd) -> Option<Outc
         // An offer this process made before its exec: it waits on for its server.
         (svc, fabric::Held::Offer(offer, line)) => {
             let view = fabric::sys::tcp_view(tcp_fd).ok()??;
-            let o = Offered {
-                offer,
-                server: false,
-                line: link.line(svc, line),
-                local: view.local.map(Endpoint::from).unwrap_or_default(),
-                remote: view.peer.map(Endpoint::from)?,
-                progress: Instant::now(),
-            };
-            Some(complete(shared, o, tcp_fd, Some(Duration::ZERO)))
+            let ends = (
+                view.local.map(Endpoint::from).unwrap_or_default(),
+                view.peer.map(Endpoint::from)?,
+            );
+            let o = Offered::new(offer, false, link.line(svc, line), ends);
+            Some(complete(shared, o, tcp_fd, Some(Duration::ZERO), 0))
         }
         (_, fabric::Held::Declined(_)) => None,
     }

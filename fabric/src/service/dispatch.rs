@@ -208,6 +208,7 @@ impl Service {
             }
             Request::Hold => self.hold(client, id, sender, fds.pop()?),
             Request::Close { conn, server } => self.close(conn, sender, server as usize),
+            Request::Plain { request, bytes } => self.plain(client, id, request, bytes),
         }
         None
     }
@@ -445,6 +446,9 @@ impl Service {
                 indexed: false,
                 graced: false,
                 provisional: false,
+                plain: 0,
+                unreached: false,
+                bridged: remote,
             },
         );
         if !quiet {
@@ -459,8 +463,10 @@ impl Service {
             .iter()
             .find(|(_, o)| o.owner == client && o.request == request)
             .map(|(&c, _)| c);
-        let progressing =
-            stalled_only && found.is_some_and(|c| self.progressed(c) || self.not_reached_yet(c));
+        let verdict = match found {
+            Some(c) if stalled_only => self.verdict(c),
+            _ => Stalled::GivenUp,
+        };
         let refuse = |s: &mut Service, why| {
             if quiet {
                 s.refuse_quietly(why)
@@ -468,12 +474,14 @@ impl Service {
                 s.refuse(client, id, why)
             }
         };
-        if progressing {
+        if verdict == Stalled::Stands {
             // As the device rendezvous does with its accept counter: a server working
             // through a long backlog reaches its last clients late. And a connection still in
             // its listener's queue has not reached any server yet: on TCP its client would
-            // wait for that server just the same (see `not_reached_yet`).
+            // wait for that server just the same (see `verdict`).
             refuse(self, Refusal::Progressing);
+        } else if verdict == Stalled::Unreached {
+            refuse(self, Refusal::Unreached);
         } else if let Some(conn) = found {
             self.offers.remove(&conn);
             if !quiet {
@@ -481,6 +489,26 @@ impl Service {
             }
         } else {
             refuse(self, Refusal::NotYours);
+        }
+    }
+
+    /// `Plain`: the client of the offer that request `request` made, told its connection
+    /// reached no server (`Unreached`), sends its first `bytes` on TCP to reach one: kept with
+    /// the offer, for both ends' `Paired`. Once per offer, and only after `Unreached`: any
+    /// other (the offer paired or withdrawn meanwhile, or another's) is refused, and the client
+    /// then sends nothing. What the count claims concerns the client's own connection only: a
+    /// wrong one makes its server's end find a malformed record and reset it.
+    fn plain(&mut self, client: u64, id: u64, request: u64, bytes: u64) {
+        let found = self
+            .offers
+            .values_mut()
+            .find(|o| o.owner == client && o.request == request);
+        match found {
+            Some(o) if o.unreached && o.plain == 0 && bytes > 0 => {
+                o.plain = bytes;
+                self.reply(client, id, Reply::Done, &[]);
+            }
+            _ => self.refuse(client, id, Refusal::NotYours),
         }
     }
 

@@ -58,6 +58,7 @@ impl Service {
             server: side == 1,
             own_line: me.line.id,
             peer_line: peer.line.id,
+            plain: 0,
         };
         self.reply(client, request, r, &fds.each_ref());
     }

@@ -14,6 +14,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::client::Stalled;
 use crate::sockdiag;
 use crate::sys::{self, Cred, TcpView};
 use crate::wire::{
@@ -180,11 +181,20 @@ struct Offer {
     /// Its connected addresses are in `Service::offer_index`.
     indexed: bool,
     /// It stood once already because a process had accepted its connection without answering
-    /// (`Service::not_reached_yet`).
+    /// (`Service::verdict`).
     graced: bool,
     /// Indexed by the destination it claimed, before the kernel connected it (see
     /// `find_offer`): checked against its socket when found.
     provisional: bool,
+    /// The bytes its client sent on the TCP socket to reach a server its connection had not
+    /// reached (`Plain`; 0: none): told to both ends in `Paired`.
+    plain: u64,
+    /// Its client was told its connection reached no server (`Refusal::Unreached`).
+    unreached: bool,
+    /// Toward a listener on the other host (through the bridge): its server's side is not in
+    /// this host's socket tables, and a `Bridged` pairing carries no plain count, so it is
+    /// never told `Unreached`.
+    bridged: bool,
 }
 
 /// An accept to handle: (client, request id, the accepted socket, the ring it asks for,

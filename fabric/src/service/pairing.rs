@@ -102,6 +102,7 @@ impl Service {
                 server: true,
                 own_line: line_s.id,
                 peer_line: line_c.id,
+                plain: offer.plain,
             },
             &[seg, ls, lc, bc],
         );
@@ -114,6 +115,7 @@ impl Service {
                 server: false,
                 own_line: line_c.id,
                 peer_line: line_s.id,
+                plain: offer.plain,
             },
             &[seg, lc, ls, bs],
         );
@@ -308,37 +310,74 @@ impl Service {
         moved
     }
 
-    /// Should offer `conn` stand although its servers made no progress? While its connection
-    /// waits in its listener's accept queue (the kernel holds it for a server that has not
-    /// accepted it yet: on TCP its client would wait for that server the same); and once, for
-    /// one more answer timeout of its client, after a process accepted it (that process's
-    /// `Accept` may be on its way: a busy server, descheduled between its accept and its
-    /// request). Asked of the namespace's socket table; `false` when it cannot be asked.
-    pub(super) fn not_reached_yet(&mut self, conn: u64) -> bool {
-        let Some((netns, view)) = (self.offers.get(&conn))
-            .and_then(|o| Some((o.netns, sys::tcp_view(o.socket.as_raw_fd()).ok()??)))
-        else {
-            return false;
+    /// Should offer `conn` stand, asked by its client whose answer is late (`Cancel` with
+    /// `stalled_only`)? While its connection has reached no server at all (`Unreached`): the
+    /// listener's queue overflowed, the kernel dropped the handshake's last segment (or answered
+    /// with a SYN cookie) and makes the server's socket only when a segment of the client's
+    /// arrives. On TCP the client's request does that, so its client sends its first bytes
+    /// (`Plain`) and the offer stands for them, up to the service's patience for an offer;
+    /// asked first, so that such a client is told at once even while its listener accepts
+    /// others. Else while its servers make progress (`progressed`); while its connection waits
+    /// in its listener's accept queue (the kernel holds it for a server that has not accepted
+    /// it yet: on TCP its client would wait for that server the same); and once, for one more
+    /// answer timeout of its client, after a process accepted it (that process's `Accept` may
+    /// be on its way: a busy server, descheduled between its accept and its request). The
+    /// socket table is the namespace's; `GivenUp` when it cannot be asked.
+    pub(super) fn verdict(&mut self, conn: u64) -> Stalled {
+        let Some(o) = self.offers.get(&conn) else {
+            return Stalled::GivenUp;
         };
-        let (Some(client), Some(server)) = (view.local, view.peer) else {
-            return false;
+        let netns = o.netns;
+        // The connection's two ends, once the kernel connected it (a client whose SYN the full
+        // queue dropped is still connecting: nothing to look up); none to look up here for an
+        // offer toward the other host.
+        let ends = sys::tcp_view(o.socket.as_raw_fd())
+            .ok()
+            .flatten()
+            .and_then(|v| v.local.zip(v.peer))
+            .filter(|_| !o.bridged);
+        // `Err`: not connected yet, or the namespace's table could not be asked.
+        let side = match ends {
+            Some((client, server)) => self
+                .ask_namespace(netns, Err(()), |d| {
+                    match d {
+                        Some(d) => d.server_side(server, client),
+                        None => crate::sockdiag::server_side(server, client),
+                    }
+                    .map(Ok)
+                })
+                .unwrap_or(Err(())),
+            None => Err(()),
         };
-        let side = self
-            .ask_namespace(netns, None, |d| match d {
-                Some(d) => d.server_side(server, client),
-                None => crate::sockdiag::server_side(server, client),
-            })
-            .flatten();
+        let patience = self.opts.offer_patience;
+        if side == Ok(None) {
+            let Some(o) = self.offers.get_mut(&conn) else {
+                return Stalled::GivenUp;
+            };
+            if o.posted.elapsed() >= patience {
+                return Stalled::GivenUp;
+            }
+            o.unreached = true;
+            // Told once: a client that sent its bytes waits for them to get through.
+            return if o.plain > 0 {
+                Stalled::Stands
+            } else {
+                Stalled::Unreached
+            };
+        }
+        if self.progressed(conn) {
+            return Stalled::Stands;
+        }
         let Some(o) = self.offers.get_mut(&conn) else {
-            return false;
+            return Stalled::GivenUp;
         };
         match side {
-            Some(0) => true,
-            Some(_) if !o.graced => {
+            Ok(Some(0)) => Stalled::Stands,
+            Ok(Some(_)) if !o.graced => {
                 o.graced = true;
-                true
+                Stalled::Stands
             }
-            _ => false,
+            _ => Stalled::GivenUp,
         }
     }
 

@@ -37,6 +37,10 @@ fn all_requests() -> Vec<Request> {
             server: false,
         },
         Request::History,
+        Request::Plain {
+            request: 8,
+            bytes: 78,
+        },
     ]
 }
 
@@ -57,6 +61,7 @@ fn all_replies() -> Vec<Reply> {
             server: true,
             own_line: 5,
             peer_line: 6,
+            plain: 78,
         },
         Reply::Bridged {
             conn: 13,
@@ -206,7 +211,7 @@ fn malformed_messages_are_refused() {
     assert!(Request::decode(&Reply::Done.encode(1), 0).is_err());
     assert!(Reply::decode(&Request::Status.encode(1), 0).is_err());
     // `server` is a boolean.
-    let b = encode(K_PAIRED, 1, &[1, 4096, 2, 1, 2]);
+    let b = encode(K_PAIRED, 1, &[1, 4096, 2, 1, 2, 0]);
     assert!(matches!(Reply::decode(&b, 4), Err(WireError::Value { .. })));
     // An entry's flags are a bit per end, no more; its ports 16 bits each.
     let mut w = vec![0u64; ENTRY_WORDS];

@@ -321,4 +321,5 @@ mod lifecycle;
 mod namespaces;
 mod nginx;
 mod service;
+mod unreached;
 mod users;

@@ -22,7 +22,7 @@ impl Netns {
         Netns(n)
     }
 
-    fn lo_tx(&self) -> u64 {
+    pub(super) fn lo_tx(&self) -> u64 {
         let out = Command::new("ip")
             .args([
                 "netns",
