@@ -185,7 +185,7 @@ fn pair(t: &Transport) -> (Connection, Connection, Socket, std::net::TcpStream) 
             Endpoint::from_std(peer),
         )
         .unwrap();
-    let cc = match t.complete(pending, s.as_raw_fd(), true) {
+    let cc = match t.complete(pending, s.as_raw_fd(), true, 0) {
         Outcome::Connected(c) => c,
         Outcome::Tcp(r) => panic!("client stayed on TCP: {r}"),
         Outcome::Waiting(_) => panic!("blocking completion returned Waiting"),

@@ -3,12 +3,15 @@
 # ivshmem-doorbell device on one shared ivshmem server, joined by a virtual Ethernet link, and
 # run pcisock across them (docs/TWOHOST.md; README "Two hosts over ivshmem").
 #
-# Usage: iperf-tests/twohost.sh [boot|conformance|iperf|failover|all]   (default: all)
+# Usage: iperf-tests/twohost.sh [boot|conformance|iperf|failover|fabric|all]   (default: all)
 #   boot         boot both guests, run a command in each, check the ivshmem device; tear down
 #   conformance  + the ntbdrv conformance suite on the ivshmem backend inside a guest
 #   iperf        + iperf2/iperf3 under LD_PRELOAD across the guests, TCP controls, 64 MiB copy
 #   failover     boot, then a stream across the guests while the bridge's link goes down and
 #                comes back (without the conformance and iperf checks)
+#   fabric       boot, then a host fabric service in each guest (pcisock fabric start --bridge)
+#                and iperf across the guests through the two services (docs/HOST-SERVICE.md,
+#                phase 3; the last check of 'all' too)
 #   all          everything
 # Exits 0 only when every check of the chosen stage holds; prints one line per check.
 #
@@ -31,8 +34,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STAGE=${1:-all}
-case $STAGE in boot | conformance | iperf | failover | all) ;; *)
-    echo "usage: $0 [boot|conformance|iperf|failover|all]" >&2
+case $STAGE in boot | conformance | iperf | failover | fabric | all) ;; *)
+    echo "usage: $0 [boot|conformance|iperf|failover|fabric|all]" >&2
     exit 2
     ;;
 esac
@@ -397,7 +400,7 @@ json() { # json FILE FIELD (a top-level number of the stats file in guest 1 or 2
 mbit() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b * 8 / s / 1e6 }'; }
 RESULTS=()
 
-if [ "$STAGE" = iperf ] || [ "$STAGE" = failover ] || [ "$STAGE" = all ]; then
+if [ "$STAGE" = iperf ] || [ "$STAGE" = failover ] || [ "$STAGE" = fabric ] || [ "$STAGE" = all ]; then
     # Guest 1 enables its side of the link (as its NTB driver would at probe); guest 2 does so
     # only after the first pcisock server listens, so that server's listener is made while the
     # link is down and must be published when the link comes up (two machines rarely start
@@ -454,7 +457,7 @@ if [ "$STAGE" = iperf ] || [ "$STAGE" = failover ] || [ "$STAGE" = all ]; then
             gx 2 10 "grep -o '\"reason\":\"[A-Za-z]*\"' /tmp/c.json | sort | uniq -c" >&2 || true
         fi
     }
-    [ "$STAGE" = failover ] || for tool in iperf iperf3; do
+    [ "$STAGE" = failover ] || [ "$STAGE" = fabric ] || for tool in iperf iperf3; do
         port=5001
         [ $tool = iperf3 ] && port=5201
         run_iperf $tool $port ntb || true
@@ -468,7 +471,7 @@ if [ "$STAGE" = iperf ] || [ "$STAGE" = failover ] || [ "$STAGE" = all ]; then
         check "$tool-tcp" $ok "$tool across the guests over TCP (no pcisock): $BW Mbit/s; eth0 of both guests $ETH bytes"
         RESULTS+=("| $tool | TCP over virtio-net | ${BW:-?} | 0 | $ETH |")
     done
-    if [ "$STAGE" != failover ]; then
+    if [ "$STAGE" != failover ] && [ "$STAGE" != fabric ]; then
         # A plain client on a flagged port: the pcisock server falls back to TCP for it.
         run_iperf iperf 5001 plain-client || true
         ok=1
@@ -499,7 +502,7 @@ if [ "$STAGE" = iperf ] || [ "$STAGE" = failover ] || [ "$STAGE" = all ]; then
     # back. Both ends' SHA-256 must agree, and the stats files count the moves (the sender's
     # second failover at its close is its reading the receiver's END from the outage only then:
     # docs/TWOHOST.md).
-    if [ "$STAGE" != iperf ]; then
+    if [ "$STAGE" != iperf ] && [ "$STAGE" != fabric ]; then
         FO_PORT=5003
         FO_STRICT=0
         [ "${TWOHOST_FAULT:-}" = strict-failover ] && FO_STRICT=1
@@ -532,6 +535,30 @@ if [ "$STAGE" = iperf ] || [ "$STAGE" = failover ] || [ "$STAGE" = all ]; then
             [ "${CFO:-0}" -ge 1 ] && [ "${CFB:-0}" -ge 1 ] && [ "${CFT:-0}" -gt 0 ] && [ "${CTX:-0}" -gt 0 ] &&
             [ "${SFR:-0}" -gt 0 ] && [ "${CPE:-1}" = 0 ] && [ "${SPE:-1}" = 0 ] && ok=0
         check failover $ok "11 s stream from guest 2, guest 1's side of the link down from 2 s for 4 s: sent $(echo "${sent:-nothing}" | tail -1), received ${got:-nothing} (${secs}s); $(echo "$fo" | tail -1); sender: $CFO failover(s), $CFB failback(s), ${CFT:-?} bytes over TCP, ${CTX:-?} over the bridge, $CPE protocol errors, on TCP at the end: ${ontcp:-?}; receiver: ${SFR:-?} bytes over TCP, $SPE protocol errors, its own direction (idle) moved $SFO time(s) and back $SFB"
+    fi
+
+    if [ "$STAGE" = fabric ] || [ "$STAGE" = all ]; then
+        # One host fabric service per guest on the ivshmem device, meeting through the bridge;
+        # the iperf processes ask only their own guest's service (PCISOCK_FABRIC). Last: the
+        # services bring both sides of the link up, which the link check must not find so.
+        FSOCK=/tmp/pcisock-fabric/fabric.sock
+        for n in 1 2; do
+            gx $n 60 "PCISOCK_DEVICE=ivshmem:$BDF nohup $REL/pcisock fabric start --foreground --bridge --socket $FSOCK >/tmp/fabric.log 2>&1 & echo \$! >/tmp/fabric.pid; for i in \$(seq 100); do $REL/pcisock fabric status --socket $FSOCK >/dev/null 2>&1 && exit 0; sleep 0.1; done; cat /tmp/fabric.log; exit 1" >/dev/null ||
+                die "guest $n: the fabric service did not start: $(gx $n 10 'cat /tmp/fabric.log' || true)"
+        done
+        LINK_DONE=1 # each service enables its side of the link
+        PRE="PCISOCK_FABRIC=$FSOCK PCISOCK_STRICT=1 $PRE"
+        run_iperf iperf 5001 ntb || true
+        paired() { gx "$1" 10 "$REL/pcisock fabric status --socket $FSOCK" | sed -n 's/.*paired \([0-9]*\).*/\1/p'; }
+        P1=$(paired 1 || true)
+        P2=$(paired 2 || true)
+        ok=1
+        [ -n "$BW" ] && [ "${SNTB:-0}" -gt 1000000 ] && [ "$ETH" -lt $((SNTB / 100)) ] &&
+            [ "${P1:-0}" -ge 1 ] && [ "${P2:-0}" -ge 1 ] && ok=0
+        check fabric-iperf $ok "iperf across the guests through a fabric service in each (--bridge): $BW Mbit/s; bridge carried $SNTB bytes (server's stats), eth0 of both guests $ETH bytes; pairings: guest 1 ${P1:-?}, guest 2 ${P2:-?}"
+        for n in 1 2; do
+            gx $n 10 "$REL/pcisock fabric stop --socket $FSOCK" >/dev/null || true
+        done
     fi
 
     if [ "$IRQ" = vfio ]; then

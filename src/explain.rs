@@ -82,6 +82,7 @@ fn explain_reason(r: Reason, out: &mut String) {
         Reason::Unsupported => "The application used the socket before the upgrade finished (e.g. sent data first).",
         Reason::ClosedBeforeAccept => "Nothing to do: the client hung up before the server got to it, and no byte was lost.",
         Reason::NoPermission => "A process that maps the device itself (PCISOCK_FABRIC=device, or a device named by PCISOCK_EMU_DIR and friends) changed user after the device was opened (workers that drop privileges after listen, e.g. nginx's 'user www-data;', or a setuid after listen), or names another user's device: each user's emulated device is private to that user (directory mode 0700). Let the processes meet through the host fabric service instead (the default: unset PCISOCK_FABRIC and the PCISOCK_EMU_* variables), which serves every user; or run all of the server's processes as one user. PCISOCK_LOG=warn names the file that was refused.",
+        Reason::Untrusted => "Across the bridge between two hosts the host fabric services pair only processes they trust with every connection of the host (without a kernel helper a process maps the whole window): run the program as root or as a member of group pcisock (both ends), or leave it on TCP.",
     };
     let _ = writeln!(out, "  what to do: {hint}");
 }

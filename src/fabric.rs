@@ -17,15 +17,15 @@ Start, stop and inspect the host fabric service: the one owner of this host's NT
 pairs flagged connections of every user and process by possession of their TCP sockets.
 
 Usage: pcisock fabric start [--foreground] [--on-demand] [--socket PATH] [--ring-size SIZE]
-                            [--window-size SIZE]
+                            [--window-size SIZE] [--bridge]
        pcisock fabric stop [--socket PATH]
        pcisock fabric status [--socket PATH]
 
 Options:
-  --socket PATH       The service's socket. Default for start: /run/pcisock/fabric-v9.sock
+  --socket PATH       The service's socket. Default for start: /run/pcisock/fabric-v10.sock
                       as root (the system service, which every local user can reach), else
-                      this user's ($XDG_RUNTIME_DIR/pcisock/fabric-v9.sock or
-                      /dev/shm/pcisock-UID/fabric-v9.sock; v9: the service protocol's version,
+                      this user's ($XDG_RUNTIME_DIR/pcisock/fabric-v10.sock or
+                      /dev/shm/pcisock-UID/fabric-v10.sock; v10: the service protocol's version,
                       so that two versions' services never share a socket). Default for stop
                       and status: the one a
                       process would use (PCISOCK_FABRIC, else the system service if it
@@ -37,6 +37,10 @@ Options:
   --ring-size SIZE    The largest receive ring a connection gets per direction (power of two;
                       default 1M; less when its ends ask for less or space runs short)
   --window-size SIZE  Window space shared by all connections (default 512M)
+  --bridge            Also pair across the bridge: open this host's side of the device the
+                      environment names (PCISOCK_DEVICE, PCISOCK_EMU_DIR, PCISOCK_EMU_HOST,
+                      PCISOCK_EMU_TOPOLOGY) and meet the other host's service there; only
+                      processes of root or group pcisock are paired across it
   -h, --help          Print this help
 
 'start' returns once the service answers; it fails (exit 1) if another service already
@@ -50,6 +54,7 @@ struct Opts {
     on_demand: bool,
     ring: Option<u64>,
     window: Option<u64>,
+    bridge: bool,
 }
 
 fn options(args: &mut Args, start: bool) -> Result<Option<Opts>, CliError> {
@@ -59,6 +64,7 @@ fn options(args: &mut Args, start: bool) -> Result<Option<Opts>, CliError> {
         on_demand: false,
         ring: None,
         window: None,
+        bridge: false,
     };
     let size = |args: &Args, name: &str, v: &str| {
         ntbdrv::parse_size(v).map_err(|e| args.usage(format!("{name} {v:?}: {e}")))
@@ -69,6 +75,7 @@ fn options(args: &mut Args, start: bool) -> Result<Option<Opts>, CliError> {
             Arg::Long("socket") => o.socket = Some(args.value()?.into()),
             Arg::Long("foreground") if start => o.foreground = true,
             Arg::Long("on-demand") if start => o.on_demand = true,
+            Arg::Long("bridge") if start => o.bridge = true,
             Arg::Long("ring-size") if start => {
                 let v = args.value()?;
                 let n = size(args, "--ring-size", &v)?;
@@ -194,12 +201,19 @@ fn start(o: Opts, out: &mut String) -> Result<u8, CliError> {
         crate::ffi::close_inherited();
     }
     if o.foreground {
+        let bridge = match o.bridge {
+            true => Some(
+                ntbdrv::recommended::open_default()
+                    .map_err(|e| CliError::failed(format!("--bridge: {e}")))?,
+            ),
+            false => None,
+        };
         let bound = fabric::bind(&socket).map_err(|e| CliError::failed(e.to_string()))?;
         if detached {
             crate::ffi::detach();
         }
         bound
-            .serve(opts)
+            .serve_bridged(opts, bridge)
             .map_err(|e| CliError::failed(format!("fabric service: {e}")))?;
         return Ok(0);
     }
@@ -222,6 +236,9 @@ fn start(o: Opts, out: &mut String) -> Result<u8, CliError> {
     }
     if o.on_demand {
         cmd.arg("--on-demand");
+    }
+    if o.bridge {
+        cmd.arg("--bridge");
     }
     let mut child = cmd.spawn().map_err(|e| CliError::failed(e.to_string()))?;
     let t0 = Instant::now();

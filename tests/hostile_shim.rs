@@ -230,7 +230,7 @@ fn a_hostile_peer_cannot_crash_or_hang_a_program_under_the_shim() {
                 )
                 .unwrap_or_else(|r| panic!("{what}: no offer: {r}"));
             s.connect(&server.into()).unwrap();
-            let c = match t.complete(pending, s.as_raw_fd(), true) {
+            let c = match t.complete(pending, s.as_raw_fd(), true, 0) {
                 Outcome::Connected(c) => c,
                 Outcome::Tcp(r) => panic!("{what}: the victim stayed on TCP: {r}"),
                 Outcome::Waiting(_) => panic!("{what}: no answer"),

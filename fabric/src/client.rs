@@ -70,6 +70,34 @@ pub struct Paired {
     pub peer_line: Line,
     /// The peer line's tally page (see `Request::Hello`).
     pub peer_tally: Arc<OwnedFd>,
+    /// The bytes the client sent on the TCP socket before the pairing (`Request::Plain`).
+    pub plain: u64,
+}
+
+/// What a "stalled?" question about an offer found (see [`Client::cancel_if_stalled`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stalled {
+    /// Given up: nothing reached a server that answers.
+    GivenUp,
+    /// The host's servers accepted other connections since, or the connection waits in its
+    /// listener's queue: it stands, wait on.
+    Stands,
+    /// It stands, but its connection has not reached a server (no server side exists in the
+    /// kernel: the listener's queue overflowed): only a segment from the client makes the
+    /// kernel create it. Send the first bytes on TCP after [`Client::plain`] said so.
+    Unreached,
+}
+
+/// A connection paired across the bridge (`Reply::Bridged`): this end's block in this host's
+/// inbound window, the peer end's through the outbound window, each with the interrupt vector
+/// its reader sleeps on.
+#[derive(Debug, Clone, Copy)]
+pub struct Bridged {
+    pub conn: u64,
+    pub ring_bytes: u64,
+    pub server: bool,
+    pub own: crate::wire::Slice,
+    pub peer: crate::wire::Slice,
 }
 
 /// An interrupt line (an eventfd) and the service's name for it.
@@ -85,6 +113,9 @@ pub struct Line {
 #[derive(Debug)]
 pub enum Pairing {
     Paired(Paired),
+    /// Paired with a process on the other host: the two ends' blocks on the bridge
+    /// (`Reply::Bridged`).
+    Bridged(Bridged),
     /// Stay on TCP, with this reason code (docs/PROTOCOL.md §5).
     Declined(u32),
 }
@@ -445,19 +476,30 @@ impl Client {
         })
     }
 
-    /// Give up an offer if it is stalled: `Ok(false)` when the host's servers accepted other
-    /// connections since it was made or last asked about (its server may reach it yet: wait
-    /// on), `Ok(true)` when it was given up.
-    pub fn cancel_if_stalled(&mut self, offer: Offer) -> Result<bool, ClientError> {
+    /// Give up an offer if it is stalled (see [`Stalled`]).
+    pub fn cancel_if_stalled(&mut self, offer: Offer) -> Result<Stalled, ClientError> {
         match self.done(Request::Cancel {
             request: offer.request,
             stalled_only: true,
             quiet: false,
         }) {
-            Ok(()) => Ok(true),
-            Err(ClientError::Refused(Refusal::Progressing)) => Ok(false),
+            Ok(()) => Ok(Stalled::GivenUp),
+            Err(ClientError::Refused(Refusal::Progressing)) => Ok(Stalled::Stands),
+            Err(ClientError::Refused(Refusal::Unreached)) => Ok(Stalled::Unreached),
             Err(e) => Err(e),
         }
+    }
+
+    /// The client of `offer` is about to send its first `bytes` on the TCP socket to reach its
+    /// server (after [`Stalled::Unreached`]): `Ok(())` once the service keeps the count with
+    /// the offer (send them then, not before: the server's end must learn them from the
+    /// pairing); `Err(Refused(NotYours))` when the offer is paired or withdrawn already (send
+    /// nothing; its answer is on its way).
+    pub fn plain(&mut self, offer: &Offer, bytes: u64) -> Result<(), ClientError> {
+        self.done(Request::Plain {
+            request: offer.request,
+            bytes,
+        })
     }
 
     /// The kernel accepted `fd`: pair it with its client's offer, if there is one, with rings
@@ -507,6 +549,8 @@ impl Client {
             r => Ok(match pairing(r)? {
                 Pairing::Paired(p) => Held::Paired(p),
                 Pairing::Declined(code) => Held::Declined(code),
+                // Never an answer to `Hold` (the service holds no bridged connection for it).
+                Pairing::Bridged(_) => Held::Declined(0),
             }),
         }
     }
@@ -593,6 +637,7 @@ fn pairing((reply, fds): Received) -> Result<Pairing, ClientError> {
             server,
             own_line,
             peer_line,
+            plain,
         } => {
             let got = fds.len();
             let mut it = fds.into_iter();
@@ -627,8 +672,22 @@ fn pairing((reply, fds): Received) -> Result<Pairing, ClientError> {
                     fd: peer,
                 },
                 peer_tally,
+                plain,
             }))
         }
+        Reply::Bridged {
+            conn,
+            ring_bytes,
+            server,
+            own,
+            peer,
+        } => Ok(Pairing::Bridged(Bridged {
+            conn,
+            ring_bytes,
+            server,
+            own,
+            peer,
+        })),
         Reply::Declined { reason } => Ok(Pairing::Declined(reason)),
         r => Err(ClientError::Unexpected(r)),
     }

@@ -22,7 +22,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-pub use client::{Client, ClientError, Held, Line, Offer, Paired, Pairing};
+pub use client::{Bridged, Client, ClientError, Held, Line, Offer, Paired, Pairing, Stalled};
 pub use service::{Options, Service};
 
 /// A bound service socket, with the lock that makes its holder the only service on that path.
@@ -102,12 +102,25 @@ fn try_lock(f: &std::fs::File) -> bool {
 impl Bound {
     /// Serve until stopped, then remove the socket.
     pub fn serve(self, opts: Options) -> io::Result<()> {
+        self.serve_bridged(opts, None)
+    }
+
+    /// Serve until stopped, pairing across the bridge of `bridge` too (this host's side of a
+    /// two-host device: the other host's service meets this one there).
+    pub fn serve_bridged(
+        self,
+        opts: Options,
+        bridge: Option<std::sync::Arc<dyn ntbdrv::NtbDevice>>,
+    ) -> io::Result<()> {
         let Bound {
             socket,
             listener,
             _lock,
         } = self;
         let mut s = Service::new(listener, opts);
+        if let Some(dev) = bridge {
+            s.attach_bridge(dev)?;
+        }
         let r = s.run();
         let _ = std::fs::remove_file(&socket);
         r

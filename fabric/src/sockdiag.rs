@@ -29,6 +29,8 @@ pub fn netns() -> io::Result<u64> {
 // linux/inet_diag.h, linux/sock_diag.h
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const TCP_LISTEN: u32 = 10;
+/// A request socket: a SYN answered, the handshake's last segment not in yet.
+const TCP_SYN_RECV: u32 = 3;
 /// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, then the 48-byte sockid.
 const REQ_LEN: usize = 56;
 /// `struct inet_diag_msg` up to and including `idiag_inode` (at byte 68).
@@ -120,10 +122,12 @@ fn lookup_either(
 }
 
 /// The server's side of the connection from `peer` to `local` (`local` the address it was made
-/// to), if it exists: `Some(0)` while it waits in its listener's accept queue (established, or
-/// its handshake's last step not yet through: a socket with no inode, because no process holds
-/// it yet), `Some(inode)` once a process accepted it. One exact look-up, in both families as
-/// [`connected`].
+/// to), if it exists: `Some(0)` while it waits in its listener's accept queue (established: a
+/// socket with no inode, because no process holds it yet), `Some(inode)` once a process
+/// accepted it. A request socket (SYN_RECV: the handshake's last segment never got in, dropped
+/// while the accept queue was full) is not a server side yet: only the server's retransmitted
+/// SYN-ACK, backing off up to a minute, or a segment of the client's makes one of it. One exact
+/// look-up, in both families as [`connected`].
 pub fn server_side(local: (Addr, u16), peer: (Addr, u16)) -> io::Result<Option<u64>> {
     server_side_with(&Netlink::open()?, local, peer)
 }
@@ -133,8 +137,13 @@ fn server_side_with(
     local: (Addr, u16),
     peer: (Addr, u16),
 ) -> io::Result<Option<u64>> {
-    // Any state but LISTEN (SYN_RECV included: a request socket in the queue).
-    lookup_either(nl, local, peer, !(1 << TCP_LISTEN), |_| true)
+    lookup_either(
+        nl,
+        local,
+        peer,
+        !(1 << TCP_LISTEN | 1 << TCP_SYN_RECV),
+        |_| true,
+    )
 }
 
 /// The family and address bytes (4 or 16) of an address in a message (IPv4 as IPv4-mapped;

@@ -14,9 +14,13 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// (docs/PROTOCOL.md version 3: a frame's header publishes it, the sender's flags moved off the
 /// producer counter's line), and processes of a version 6 build and of this one must not pair
 /// over one service. 8: `Hello` carries the process's tally page beside its line, and `Paired`
-/// the peer line's tally page (docs/HOST-SERVICE.md, *Tallies*). 9: `Close` says whether the
-/// end let go `clean`ly (segments reused between the same two processes).
-pub const VERSION: u16 = 9;
+/// the peer line's tally page (docs/HOST-SERVICE.md, *Tallies*). 9: `Bridged`, a pairing
+/// with a process on the other host (docs/HOST-SERVICE.md, phase 3); and `Plain`, the refusal
+/// `Unreached` and `Paired`'s `plain` (a client that sent its first bytes on TCP to reach a
+/// server its connection had not reached: docs/HOST-SERVICE.md, *Unreached connections*).
+/// 10: `Close` says whether the end let go `clean`ly (segments reused between the same two
+/// processes: docs/HOST-SERVICE.md, *Segment reuse*).
+pub const VERSION: u16 = 10;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts (an `Entry`, the longest, is 368 bytes
@@ -110,6 +114,15 @@ pub enum Request {
     /// The recent fallbacks of every process on this service, oldest first: one `Fallen`
     /// each, then `Done`.
     History,
+    /// The client of the offer that the `Connect` with this request id made sends its first
+    /// `bytes` on the TCP socket now, before any pairing (since version 9): its `Cancel` with
+    /// `stalled_only` was refused `Unreached` (no server side of its connection exists: its
+    /// listener's queue overflowed, and only a segment from the client makes the kernel create
+    /// it). Replies `Done` once the count is kept with the offer (then the client sends them,
+    /// and `Paired` tells the server end to read them as the stream's plain start), or
+    /// `Refused` (the offer is paired or withdrawn already: the client sends nothing and waits
+    /// for its answer).
+    Plain { request: u64, bytes: u64 },
 }
 
 /// What the service answers.
@@ -148,6 +161,20 @@ pub enum Reply {
         server: bool,
         own_line: u64,
         peer_line: u64,
+        /// The bytes the client sent on the TCP socket before the pairing (`Plain`, since
+        /// version 9; 0: none): the stream's plain start, read off the socket before anything
+        /// else. 0 in the answer to a `Hold` (the connection's ends keep their own state).
+        plain: u64,
+    },
+    /// The connection is paired with a process on the other host (through the bridge and the
+    /// two hosts' services): no descriptor; this end's block is `own` in this host's inbound
+    /// window, the peer end's is `peer` through the outbound window, rings of `ring_bytes`.
+    Bridged {
+        conn: u64,
+        ring_bytes: u64,
+        server: bool,
+        own: Slice,
+        peer: Slice,
     },
     /// The connection stays on TCP, with a reason code (docs/PROTOCOL.md §5).
     Declined {
@@ -226,112 +253,7 @@ pub struct Status {
     pub reclaimed: u64,
 }
 
-/// Why the service refused a request (counted per kind).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u32)]
-pub enum Refusal {
-    /// Not a well-formed message (see [`WireError`]).
-    Malformed = 1,
-    /// A request before `Hello`, or a second `Hello`.
-    OutOfOrder = 2,
-    /// `Hello`'s pid is not the sender's (the kernel's credentials say otherwise).
-    NotYou = 3,
-    /// The descriptor is not what the request needs (not a TCP socket, not listening, …).
-    BadSocket = 4,
-    /// The named listener or connection is not this process's.
-    NotYours = 5,
-    /// Too many listeners or offers held by one process.
-    Limit = 6,
-    /// Only the service's owner or root may do that.
-    Forbidden = 7,
-    /// A `Cancel` that asked for stalled offers only: servers accepted since, wait on.
-    Progressing = 8,
-}
-
-impl Refusal {
-    pub const ALL: [Refusal; 8] = [
-        Refusal::Malformed,
-        Refusal::OutOfOrder,
-        Refusal::NotYou,
-        Refusal::BadSocket,
-        Refusal::NotYours,
-        Refusal::Limit,
-        Refusal::Forbidden,
-        Refusal::Progressing,
-    ];
-
-    pub fn code(self) -> u32 {
-        self as u32
-    }
-
-    pub fn from_code(c: u32) -> Option<Refusal> {
-        Refusal::ALL.into_iter().find(|r| r.code() == c)
-    }
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Refusal::Malformed => "malformed message",
-            Refusal::OutOfOrder => "request out of order",
-            Refusal::NotYou => "pid does not match the sender's credentials",
-            Refusal::BadSocket => "the descriptor is not the socket the request needs",
-            Refusal::NotYours => "not this process's listener or connection",
-            Refusal::Limit => "too many listeners or offers held",
-            Refusal::Forbidden => "only the service's owner or root may do that",
-            Refusal::Progressing => "the host's servers are accepting: not stalled",
-        })
-    }
-}
-
-/// A message that is not well formed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WireError {
-    Short(usize),
-    Long(usize),
-    Magic(u32),
-    Version(u16),
-    Kind(u16),
-    /// The body's length is not the kind's.
-    Body {
-        kind: u16,
-        len: usize,
-    },
-    /// The kind carries `want` descriptors; `got` came.
-    Fds {
-        kind: u16,
-        want: usize,
-        got: usize,
-    },
-    /// A field holds a value the kind does not allow.
-    Value {
-        kind: u16,
-        word: usize,
-    },
-    /// The reply did not arrive whole: its descriptors dropped by the kernel (the receiving
-    /// process at its open-file limit) or its bytes cut.
-    Truncated,
-}
-
-impl std::fmt::Display for WireError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WireError::Short(n) => write!(f, "{n} bytes: shorter than a header"),
-            WireError::Long(n) => write!(f, "{n} bytes: longer than {MAX_MESSAGE}"),
-            WireError::Magic(m) => write!(f, "bad magic {m:#x}"),
-            WireError::Version(v) => {
-                write!(f, "protocol version {v}, this build speaks {VERSION}")
-            }
-            WireError::Kind(k) => write!(f, "unknown kind {k}"),
-            WireError::Body { kind, len } => write!(f, "kind {kind}: body of {len} bytes"),
-            WireError::Fds { kind, want, got } => {
-                write!(f, "kind {kind}: {got} descriptors, expected {want}")
-            }
-            WireError::Value { kind, word } => write!(f, "kind {kind}: bad value in word {word}"),
-            WireError::Truncated => write!(f, "the reply did not arrive whole"),
-        }
-    }
-}
+pub use errors::{Refusal, WireError};
 
 // Kinds: requests below 0x80, replies above.
 const K_HELLO: u16 = 1;
@@ -348,6 +270,7 @@ const K_LIST: u16 = 11;
 const K_FALLBACK: u16 = 12;
 const K_HISTORY: u16 = 13;
 const K_NAMESPACE: u16 = 14;
+const K_PLAIN: u16 = 15;
 const K_WELCOME: u16 = 0x81;
 const K_LISTENING: u16 = 0x82;
 const K_OFFERED: u16 = 0x83;
@@ -359,6 +282,7 @@ const K_REFUSED: u16 = 0x88;
 const K_REOFFERED: u16 = 0x89;
 const K_ENTRY: u16 = 0x8A;
 const K_FALLEN: u16 = 0x8B;
+const K_BRIDGED: u16 = 0x8C;
 
 /// Words of an `Entry`: its 9, a word of flags (bit 0: the client end is on TCP, bit 1: the
 /// server end), each end's counters.
@@ -374,6 +298,7 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_UNLISTEN => (1, 0),
         K_CANCEL => (3, 0),
         K_CLOSE => (3, 0),
+        K_PLAIN => (2, 0),
         K_STATUS | K_STOP | K_LIST | K_HISTORY => (0, 0),
         K_FALLBACK => (2, 1),
         K_FALLEN => (8, 0),
@@ -381,7 +306,8 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_WELCOME => (4, 0),
         K_LISTENING | K_OFFERED => (1, 0),
         K_REOFFERED => (2, 1),
-        K_PAIRED => (5, 4),
+        K_PAIRED => (6, 4),
+        K_BRIDGED => (9, 0),
         K_DECLINED | K_REFUSED => (1, 0),
         K_DONE => (0, 0),
         K_STATUS_REPLY => (11, 0),
@@ -466,33 +392,6 @@ fn decode(b: &[u8], fds: usize) -> Result<(u16, u64, Vec<u64>), WireError> {
     Ok((kind, id, words))
 }
 
-fn addr_words(a: &Addr) -> (u64, u64) {
-    let mut x = [0u8; 8];
-    let mut y = [0u8; 8];
-    x.copy_from_slice(&a[..8]);
-    y.copy_from_slice(&a[8..]);
-    (u64::from_le_bytes(x), u64::from_le_bytes(y))
-}
-
-fn words_addr(x: u64, y: u64) -> Addr {
-    let mut a = [0u8; 16];
-    a[..8].copy_from_slice(&x.to_le_bytes());
-    a[8..].copy_from_slice(&y.to_le_bytes());
-    a
-}
-
-fn u32_word(kind: u16, words: &[u64], i: usize) -> Result<u32, WireError> {
-    u32::try_from(words[i]).map_err(|_| WireError::Value { kind, word: i })
-}
-
-fn bool_word(kind: u16, words: &[u64], i: usize) -> Result<bool, WireError> {
-    match words[i] {
-        0 => Ok(false),
-        1 => Ok(true),
-        _ => Err(WireError::Value { kind, word: i }),
-    }
-}
-
 impl Request {
     fn kind(&self) -> u16 {
         match self {
@@ -510,6 +409,7 @@ impl Request {
             Request::Stop => K_STOP,
             Request::Fallback { .. } => K_FALLBACK,
             Request::History => K_HISTORY,
+            Request::Plain { .. } => K_PLAIN,
         }
     }
 
@@ -532,6 +432,7 @@ impl Request {
                 server,
                 clean,
             } => vec![conn, server as u64, clean as u64],
+            Request::Plain { request, bytes } => vec![request, bytes],
             Request::Connect {
                 addr,
                 port,
@@ -593,6 +494,10 @@ impl Request {
                 server: bool_word(kind, &w, 1)?,
             },
             K_HISTORY => Request::History,
+            K_PLAIN => Request::Plain {
+                request: w[0],
+                bytes: w[1],
+            },
             _ => return Err(WireError::Kind(kind)),
         };
         Ok((r, id))
@@ -607,6 +512,7 @@ impl Reply {
             Reply::Offered { .. } => K_OFFERED,
             Reply::Reoffered { .. } => K_REOFFERED,
             Reply::Paired { .. } => K_PAIRED,
+            Reply::Bridged { .. } => K_BRIDGED,
             Reply::Declined { .. } => K_DECLINED,
             Reply::Done => K_DONE,
             Reply::Status(_) => K_STATUS_REPLY,
@@ -638,7 +544,20 @@ impl Reply {
                 server,
                 own_line,
                 peer_line,
-            } => vec![conn, ring_bytes, server as u64, own_line, peer_line],
+                plain,
+            } => vec![conn, ring_bytes, server as u64, own_line, peer_line, plain],
+            Reply::Bridged {
+                conn,
+                ring_bytes,
+                server,
+                own,
+                peer,
+            } => [
+                vec![conn, ring_bytes, server as u64],
+                own.words(),
+                peer.words(),
+            ]
+            .concat(),
             Reply::Declined { reason } => vec![reason as u64],
             Reply::Refused { why } => vec![why as u64],
             Reply::Done => vec![],
@@ -720,6 +639,14 @@ impl Reply {
                 },
                 own_line: w[3],
                 peer_line: w[4],
+                plain: w[5],
+            },
+            K_BRIDGED => Reply::Bridged {
+                conn: w[0],
+                ring_bytes: w[1],
+                server: bool_word(kind, &w, 2)?,
+                own: Slice::from_words(kind, &w, 3)?,
+                peer: Slice::from_words(kind, &w, 6)?,
             },
             K_DECLINED => Reply::Declined {
                 reason: u32_word(kind, &w, 0)?,
@@ -794,6 +721,11 @@ impl Reply {
 pub fn peek_kind(b: &[u8]) -> Option<u16> {
     (b.len() >= HEADER).then(|| u16::from_le_bytes([b[6], b[7]]))
 }
+
+mod errors;
+mod words;
+pub use words::Slice;
+use words::{addr_words, bool_word, u32_word, words_addr};
 
 #[cfg(test)]
 mod tests;

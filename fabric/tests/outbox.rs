@@ -108,6 +108,7 @@ fn a_burst_of_pairings_to_a_late_reader_arrives_whole() {
         match server.accept(accepted.as_raw_fd(), 4096).expect("accept") {
             Pairing::Paired(_) => {}
             Pairing::Declined(why) => panic!("declined: {why:?}"),
+            Pairing::Bridged(b) => panic!("paired across a bridge it does not have: {b:?}"),
         }
     }
     let st = server.status().unwrap();

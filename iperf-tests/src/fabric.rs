@@ -14,6 +14,8 @@ pub struct Service {
     pub proc: Proc,
     pub socket: PathBuf,
     dir: PathBuf,
+    /// A service of one host of two: its network namespace and its side of the device.
+    bridged: Option<(String, u32)>,
 }
 
 impl Service {
@@ -26,9 +28,75 @@ impl Service {
         let _ = fs::remove_dir_all(&dir);
         let socket = dir.join("fabric.sock");
         let proc = Self::spawn(f, "fabric", &socket);
-        let svc = Service { proc, socket, dir };
+        let svc = Service {
+            proc,
+            socket,
+            dir,
+            bridged: None,
+        };
         svc.wait_answer();
         svc
+    }
+
+    /// One host of two (docs/HOST-SERVICE.md, phase 3): a service in network namespace
+    /// `netns` that also pairs across the bridge, on side `host` (0 or 1) of the fixture's
+    /// emulated two-host device (`pcisock fabric start --bridge`).
+    pub fn start_bridged(f: &Fixture, name: &str, netns: &str, host: u32) -> Service {
+        let dir = PathBuf::from(format!(
+            "/run/pcisock-test-{}-{}-{name}",
+            std::process::id(),
+            f.name
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        let socket = dir.join("fabric.sock");
+        let proc = Self::spawn_bridged(f, name, &socket, netns, host);
+        let svc = Service {
+            proc,
+            socket,
+            dir,
+            bridged: Some((netns.to_string(), host)),
+        };
+        svc.wait_answer();
+        svc
+    }
+
+    /// `pcisock fabric start --foreground --bridge` on `socket`, in `netns`, on side `host`.
+    fn spawn_bridged(
+        f: &Fixture,
+        name: &str,
+        socket: &std::path::Path,
+        netns: &str,
+        host: u32,
+    ) -> Proc {
+        let cli = crate::Lib::cli().unwrap_or_else(|e| panic!("{e}"));
+        let cli_s = cli.display().to_string();
+        let sock_s = socket.display().to_string();
+        let args = [
+            "netns",
+            "exec",
+            netns,
+            &cli_s,
+            "fabric",
+            "start",
+            "--foreground",
+            "--bridge",
+            "--socket",
+            &sock_s,
+        ];
+        let mut cmd = command("ip", &args, None);
+        for (k, v) in Self::device_env(f, host) {
+            cmd.env(k, v);
+        }
+        check(Proc::spawn(name, cmd, f.dir()), &[])
+    }
+
+    /// The variables that name side `host` of the fixture's emulated two-host device.
+    pub fn device_env(f: &Fixture, host: u32) -> Vec<(String, String)> {
+        vec![
+            ("PCISOCK_EMU_DIR".into(), f.emu_dir().display().to_string()),
+            ("PCISOCK_EMU_TOPOLOGY".into(), "two-host".into()),
+            ("PCISOCK_EMU_HOST".into(), host.to_string()),
+        ]
     }
 
     /// `pcisock fabric start --foreground` on `socket`.
@@ -103,7 +171,10 @@ impl Service {
 
     /// Start a new service on the same socket (after this one was killed).
     pub fn restart(&mut self, f: &Fixture) {
-        self.proc = Self::spawn(f, "fabric2", &self.socket);
+        self.proc = match &self.bridged {
+            Some((netns, host)) => Self::spawn_bridged(f, "fabric2", &self.socket, netns, *host),
+            None => Self::spawn(f, "fabric2", &self.socket),
+        };
         self.wait_answer();
     }
 }

@@ -135,6 +135,9 @@ struct Reg {
     interest: Option<transport::Interest>,
     /// Its connection's tally word is listed in the set's `tallies`.
     tallied: bool,
+    /// A pending offer that has reached no server was reported writable (edge-triggered: once
+    /// per such spell; see `waiting::reaching_writable`).
+    told_reaching: bool,
 }
 
 /// The interest of a registration asking for `events` in connection `c`.
@@ -633,6 +636,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                     form,
                     interest,
                     tallied: false,
+                    told_reaching: false,
                 },
             );
             Detour::Ours(Ok(0))

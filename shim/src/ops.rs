@@ -31,7 +31,9 @@ pub use control::{
     set_timeout, set_timestamping, shutdown, timestamping, Closing,
 };
 #[cfg_attr(any(test, loom), allow(unused_imports))]
-pub use data::{data_path, data_path_pinned, recv, send, sendfile, stash_early, DataPath};
+pub use data::{
+    data_path, data_path_pinned, data_path_to_send, recv, send, sendfile, stash_early, DataPath,
+};
 #[cfg_attr(any(test, loom), allow(unused_imports))]
 pub use listen::{
     abandon_listener, after_accept, kernel_listens, reattach_inherited, register_listener, Listen,

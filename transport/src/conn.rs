@@ -50,6 +50,7 @@ use crate::proto::{Endpoint, Ring, RingLoc, ENDPOINT_HDR};
 use crate::{sys, ProcessState, Settings};
 
 mod block;
+mod bridged;
 mod cursors;
 mod failover;
 mod half_open;
@@ -250,6 +251,9 @@ pub(crate) enum Tenancy {
         /// value).
         segment: Box<ServiceSegment>,
     },
+    /// Slices of the two hosts' windows the two hosts' services leased for this connection
+    /// (phase 3): rung and failed over as over a device; the services give the memory back.
+    Bridged { dev: Arc<dyn NtbDevice>, conn: u64 },
 }
 
 /// The connection the service paired, and its segment's whole mapping and identity (the
@@ -549,7 +553,9 @@ impl Connection {
     ) -> Connection {
         let settings = shared.settings.clone();
         let link_gen = match &tenancy {
-            Tenancy::Device { dev, .. } => dev.link_state().generation,
+            Tenancy::Device { dev, .. } | Tenancy::Bridged { dev, .. } => {
+                dev.link_state().generation
+            }
             Tenancy::Service { .. } => 0,
         };
         let shared_line = matches!(tenancy, Tenancy::Service { .. });

@@ -124,6 +124,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Where a pending offer stands.
+// A connection is moved out of it at once, once per connect or accept: boxing it would cost an
+// allocation per connection to save a few bytes of a value that lives on the stack briefly (the
+// third kind of tenancy, across the bridge, took the enum past the lint's 200-byte mark).
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     Connected(Connection),
     /// Stay on TCP, for this reason.
@@ -416,7 +420,7 @@ impl Transport {
     pub fn complete_within(&self, p: Pending, tcp_fd: RawFd, spin: Duration) -> Outcome {
         match (&self.how, p) {
             (How::Device(d), Pending::Device(p)) => d.complete_within(p, tcp_fd, spin),
-            (_, Pending::Service(o)) => service::complete(&self.shared, o, tcp_fd, Some(spin)),
+            (_, Pending::Service(o)) => service::complete(&self.shared, o, tcp_fd, Some(spin), 0),
             (How::Service, Pending::Device(_)) => Outcome::Tcp(Reason::BadPeer),
         }
     }
@@ -468,15 +472,37 @@ impl Transport {
     }
 
     /// Finish a client's upgrade once its TCP connect succeeded: wait (if `block`) for the
-    /// server's answer, watching the TCP socket meanwhile.
-    pub fn complete(&self, p: Pending, tcp_fd: RawFd, block: bool) -> Outcome {
+    /// server's answer, watching the TCP socket meanwhile. `early`: the bytes the caller holds
+    /// for the connection (its application's sends before the answer); a caller holding some
+    /// gets the offer back (`Waiting`) as soon as it is [`Transport::reaching`].
+    pub fn complete(&self, p: Pending, tcp_fd: RawFd, block: bool, early: usize) -> Outcome {
         match (&self.how, p) {
             (How::Device(d), Pending::Device(p)) => d.complete(p, tcp_fd, block),
             (_, Pending::Service(o)) => {
                 let patience = (!block).then_some(Duration::ZERO);
-                service::complete(&self.shared, o, tcp_fd, patience)
+                service::complete(&self.shared, o, tcp_fd, patience, early)
             }
             (How::Service, Pending::Device(_)) => Outcome::Tcp(Reason::BadPeer),
+        }
+    }
+
+    /// Has the connection of this pending offer not reached a server, so that its client's
+    /// first bytes must go on TCP to reach one ([`Transport::reach`])? Through the host fabric
+    /// service only: a listener's queue overflowed, and the kernel makes the server's socket
+    /// only when a segment of the client's arrives (docs/HOST-SERVICE.md, *Unreached
+    /// connections*).
+    pub fn reaching(&self, p: &Pending) -> bool {
+        matches!(p, Pending::Service(o) if service::reaching(o))
+    }
+
+    /// The caller is about to send its first `bytes` for a [`Transport::reaching`] offer on the
+    /// TCP socket: true once the service keeps the count (send them now, and nothing more on
+    /// TCP while the offer waits: the server's end reads exactly those as the stream's plain
+    /// start); false: send nothing (the offer was answered meanwhile: complete it).
+    pub fn reach(&self, p: &mut Pending, bytes: u64) -> bool {
+        match p {
+            Pending::Service(o) => service::reach(&self.shared, o, bytes),
+            Pending::Device(_) => false,
         }
     }
 

@@ -41,6 +41,8 @@ use crate::sockdiag;
 
 /// Bytes reserved at offset 0 of inbound window 0 on every host.
 pub const CTRL_SIZE: u64 = 256 << 10;
+// The host fabric services' mailbox across the bridge lies right after it (phase 3).
+const _: () = assert!(CTRL_SIZE <= fabric::service::MAILBOX_OFFSET);
 /// Tag of the reservation in the host table.
 pub const CTRL_TAG: u32 = 0x5043_5331; // "PCS1"
 /// Magic at the start of an initialised area.

@@ -14,6 +14,7 @@
 //! cache's lock is only tried, never waited for (a fork can leave it held in the child).
 
 use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 
 use ntbdrv::{Region, SegmentIdentity};
@@ -50,6 +51,24 @@ impl Kept {
 }
 
 impl SegmentCache {
+    /// Segment `fd`, both blocks of rings of `ring_bytes`, mapped: the mapping this process
+    /// kept of it when the service gave it to us before (a connection with the same peer
+    /// process that closed), else a new one.
+    pub(crate) fn map(
+        &self,
+        fd: &OwnedFd,
+        ring_bytes: u64,
+    ) -> Option<(ntbdrv::Region, ntbdrv::SegmentIdentity)> {
+        let block = crate::proto::ENDPOINT_HDR.checked_add(ring_bytes)?;
+        let len = usize::try_from(block.checked_mul(2)?).ok()?;
+        let id = ntbdrv::Region::segment_identity(fd).ok()?;
+        if let Some(r) = self.take(id, len) {
+            return Some((r, id));
+        }
+        let r = ntbdrv::Region::map_segment(fd, len).ok()?;
+        Some((r, id))
+    }
+
     /// The kept mapping of segment `id`, `len` bytes long, if there is one (taken out: it is a
     /// connection's now, and a child forked from here on inherits it).
     pub(crate) fn take(&self, id: SegmentIdentity, len: usize) -> Option<Region> {

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use fabric::{Client, ClientError, Pairing};
 
+mod lines;
+
 use crate::conn::{Role, ServicePair, Tally};
 use crate::{
     lock, Connection, Endpoint, Listener, ListenerState, Outcome, Pending, ProcessState, Reason,
@@ -52,6 +54,9 @@ pub(crate) struct Link {
     /// Mappings of the segments of connections this process let go of cleanly: the service
     /// may give one again to the next connection with the same peer process.
     segments: crate::segcache::SegmentCache,
+    /// The bridge's device, mapped at this process's first connection paired across it (the
+    /// environment names it: `PCISOCK_DEVICE`, `PCISOCK_EMU_*`).
+    bridge: Mutex<Option<Arc<dyn ntbdrv::NtbDevice>>>,
 }
 
 /// This process's own line and tally page on its service connection, with the pid that made it
@@ -105,6 +110,7 @@ impl Link {
             tallies: Mutex::new(HashMap::new()),
             recent: Mutex::new(std::collections::VecDeque::new()),
             segments: Default::default(),
+            bridge: Mutex::new(None),
         };
         let c = link.introduced(c);
         *lock(&link.client) = Some((std::process::id(), c));
@@ -140,47 +146,35 @@ impl Link {
             .and_then(|(.., t)| t.clone())
     }
 
-    /// The one copy of a line the service `service` named `l.id` (`l.fd` closed if this
-    /// process has it already: the service connection shares a line among the replies it
-    /// receives, but this process's copies outlive its service connections).
-    fn line(&self, service: u32, l: fabric::Line) -> Arc<OwnedFd> {
-        let mut lines = lock(&self.lines);
-        if let Some(have) = lines.get(&(service, l.id)).and_then(Weak::upgrade) {
-            return have;
+    /// A connection the service paired across the bridge: the bridge's device mapped (once per
+    /// process) and the connection made on the slices the service named; if that fails, our
+    /// end is let go of at once (the service gives its slice back) and the connection stays on
+    /// TCP.
+    fn bridged(
+        &self,
+        shared: &Arc<ProcessState>,
+        b: fabric::Bridged,
+        tcp_fd: RawFd,
+        role: Role,
+        local: Endpoint,
+        peer: Endpoint,
+    ) -> Result<Connection, Reason> {
+        let dev = {
+            let mut d = lock(&self.bridge);
+            match d.as_ref() {
+                Some(dev) => Ok(dev.clone()),
+                None => ntbdrv::recommended::open_default()
+                    .map(|dev| d.insert(dev).clone())
+                    .map_err(|e| crate::OpenError::Device(e).reason()),
+            }
+        };
+        let c = dev.and_then(|dev| {
+            Connection::from_bridge(shared.clone(), dev, b, tcp_fd, role, local, peer)
+        });
+        if c.is_err() {
+            self.close(b.conn, b.server);
         }
-        if lines.len() >= 64 && lines.len().is_power_of_two() {
-            lines.retain(|_, w| w.strong_count() > 0);
-        }
-        let fd = l.fd;
-        lines.insert((service, l.id), Arc::downgrade(&fd));
-        fd
-    }
-
-    /// The one mapping of the tally page of the line the service `service` named `line`
-    /// (`fd` closed if this process has it mapped already; `None` if it cannot be mapped).
-    fn tally(&self, service: u32, line: u64, fd: Arc<OwnedFd>) -> Option<Arc<Tally>> {
-        let mut tallies = lock(&self.tallies);
-        if let Some(have) = tallies.get(&(service, line)).and_then(Weak::upgrade) {
-            return Some(have);
-        }
-        if tallies.len() >= 64 && tallies.len().is_power_of_two() {
-            tallies.retain(|_, w| w.strong_count() > 0);
-        }
-        let t = Tally::map(&fd)?;
-        tallies.insert((service, line), Arc::downgrade(&t));
-        Some(t)
-    }
-
-    /// Keep a peer line (and its tally page) open after its connections end (`recent`).
-    fn keep_recent(&self, line: &Arc<OwnedFd>, tally: &Option<Arc<Tally>>) {
-        let mut recent = lock(&self.recent);
-        if recent.iter().any(|(l, _)| Arc::ptr_eq(l, line)) {
-            return;
-        }
-        if recent.len() >= RECENT_LINES {
-            recent.pop_front();
-        }
-        recent.push_back((line.clone(), tally.clone()));
+        c
     }
 
     /// A pairing the service `service` sent, with its lines resolved to our copies and its
@@ -190,7 +184,7 @@ impl Link {
         let peer_line = self.line(service, p.peer_line);
         let peer_tally = self.tally(service, peer_id, p.peer_tally);
         self.keep_recent(&peer_line, &peer_tally);
-        let (segment, identity) = self.map(&p.segment, p.ring_bytes)?;
+        let (segment, identity) = self.segments.map(&p.segment, p.ring_bytes)?;
         Some(ServicePair {
             conn: p.conn,
             ring_bytes: p.ring_bytes,
@@ -202,24 +196,6 @@ impl Link {
             own_tally: self.own_tally(),
             peer_tally,
         })
-    }
-
-    /// Segment `fd`, both blocks of rings of `ring_bytes`, mapped: the mapping this process
-    /// kept of it when the service gave it to us before (a connection with the same peer
-    /// process that closed: `segcache`), else a new one.
-    fn map(
-        &self,
-        fd: &OwnedFd,
-        ring_bytes: u64,
-    ) -> Option<(ntbdrv::Region, ntbdrv::SegmentIdentity)> {
-        let block = crate::proto::ENDPOINT_HDR.checked_add(ring_bytes)?;
-        let len = usize::try_from(block.checked_mul(2)?).ok()?;
-        let id = ntbdrv::Region::segment_identity(fd).ok()?;
-        if let Some(r) = self.segments.take(id, len) {
-            return Some((r, id));
-        }
-        let r = ntbdrv::Region::map_segment(fd, len).ok()?;
-        Some((r, id))
     }
 
     /// This process let go of its last reference to its end of `conn` (`server`: the
@@ -360,6 +336,59 @@ pub struct Offered {
     /// When the offer was made, or the host's servers last accepted a connection as far as
     /// this client knows (the answer timeout counts from it).
     progress: Instant,
+    /// The service said the connection has not reached a server (`fabric::Stalled::Unreached`),
+    /// and the bytes its client sent on TCP to reach one since (`None`: none yet).
+    unreached: bool,
+    plain: Option<u64>,
+}
+
+impl Offered {
+    fn new(
+        offer: fabric::Offer,
+        server: bool,
+        line: Arc<OwnedFd>,
+        ends: (Endpoint, Endpoint),
+    ) -> Offered {
+        Offered {
+            offer,
+            server,
+            line,
+            local: ends.0,
+            remote: ends.1,
+            progress: Instant::now(),
+            unreached: false,
+            plain: None,
+        }
+    }
+}
+
+/// Does this offer wait for its client's first bytes to reach its server (see [`reach`])?
+pub(crate) fn reaching(o: &Offered) -> bool {
+    o.unreached && o.plain.is_none()
+}
+
+/// The client of `o` is about to send its first `bytes` on the TCP socket to reach a server its
+/// connection has not reached: true once the service keeps the count (send them now; the
+/// server's end reads them as the stream's plain start); false when the offer was answered
+/// meanwhile (send nothing: its answer is on its way, and the bytes go wherever it says).
+pub(crate) fn reach(shared: &ProcessState, o: &mut Offered, bytes: u64) -> bool {
+    let Ok(link) = link(shared) else {
+        return false;
+    };
+    if !reaching(o) || bytes == 0 {
+        return false;
+    }
+    match link.with(|c| c.plain(&o.offer, bytes)) {
+        Ok(()) => {
+            o.plain = Some(bytes);
+            true
+        }
+        Err(_) => {
+            // Answered meanwhile (or the service went away): waited for as any offer.
+            o.unreached = false;
+            false
+        }
+    }
 }
 
 pub(crate) fn listen(shared: &ProcessState, socket: RawFd) -> Result<Listener, Reason> {
@@ -396,14 +425,12 @@ pub(crate) fn offer(
         })
         .map_err(failed)?;
     let line = line.ok_or(Reason::NoDoorbell)?;
-    Ok(Pending::Service(Offered {
+    Ok(Pending::Service(Offered::new(
         offer,
-        server: false,
+        false,
         line,
-        local,
-        remote,
-        progress: Instant::now(),
-    }))
+        (local, remote),
+    )))
 }
 
 /// Give up a pending offer. A server's accept has nothing to withdraw (the service answers it
@@ -416,8 +443,10 @@ pub(crate) fn cancel(shared: &ProcessState, mut o: Offered) {
     if !o.server {
         return link.fire(Fire::Cancel(o.offer));
     }
-    if let Ok(Some(Pairing::Paired(p))) = link.with(|c| c.paired(&mut o.offer, ANSWER_PATIENCE)) {
-        link.close(p.conn, true);
+    match link.with(|c| c.paired(&mut o.offer, ANSWER_PATIENCE)) {
+        Ok(Some(Pairing::Paired(fabric::Paired { conn, .. })))
+        | Ok(Some(Pairing::Bridged(fabric::Bridged { conn, .. }))) => link.close(conn, true),
+        _ => {}
     }
 }
 
@@ -447,7 +476,7 @@ pub(crate) fn news(shared: &ProcessState, offers: &[&Offered]) -> Vec<bool> {
         c.take_replies()?;
         Ok(offers
             .iter()
-            .map(|o| o.progress.elapsed() >= timeout || c.answered(&o.offer))
+            .map(|o| o.progress.elapsed() >= timeout || reaching(o) || c.answered(&o.offer))
             .collect())
     })
     .unwrap_or_else(|_| vec![true; offers.len()])
@@ -473,12 +502,17 @@ pub(crate) fn answer_arrived(shared: &ProcessState, o: &Offered) -> bool {
 }
 
 /// Wait for the server's side of an offer: up to `patience` (`None`: until the answer timeout
-/// passes, or the peer talks over TCP or hangs up, when the offer is withdrawn).
+/// passes, or the peer talks over TCP or hangs up, when the offer is withdrawn). `early`: the
+/// bytes the caller holds for the connection; when the service says the connection has not
+/// reached a server (`reaching`), such a caller gets the offer back at once (`Waiting`), to
+/// send them on TCP after [`reach`] (a caller holding none waits on: only a client's segment
+/// reaches the server, and it has none to send, as on TCP).
 pub(crate) fn complete(
     shared: &Arc<ProcessState>,
     mut o: Offered,
     tcp_fd: RawFd,
     patience: Option<Duration>,
+    early: usize,
 ) -> Outcome {
     let Ok(link) = link(shared) else {
         return Outcome::Tcp(Reason::NoDevice);
@@ -494,6 +528,7 @@ pub(crate) fn complete(
             c.paired(&mut o.offer, Duration::ZERO).map(|p| (svc, p))
         }) {
             Ok((svc, Some(Pairing::Paired(p)))) => {
+                let plain = p.plain;
                 let Some(p) = link.pair(svc, p) else {
                     return Outcome::Tcp(Reason::BadPeer);
                 };
@@ -506,6 +541,16 @@ pub(crate) fn complete(
                     o.local,
                     o.remote,
                 ) {
+                    Ok(c) => {
+                        after_plain(&c, role, plain);
+                        Outcome::Connected(c)
+                    }
+                    Err(r) => Outcome::Tcp(r),
+                };
+            }
+            Ok((_, Some(Pairing::Bridged(b)))) => {
+                let role = if o.server { Role::Server } else { Role::Client };
+                return match link.bridged(shared, b, tcp_fd, role, o.local, o.remote) {
                     Ok(c) => Outcome::Connected(c),
                     Err(r) => Outcome::Tcp(r),
                 };
@@ -543,13 +588,18 @@ pub(crate) fn complete(
             // working through a long backlog reaches its last clients late), up to its own
             // patience for an offer.
             let r = if tcp_says {
-                link.with(|c| c.cancel(o.offer)).map(|()| true)
+                link.with(|c| c.cancel(o.offer))
+                    .map(|()| fabric::Stalled::GivenUp)
             } else {
                 link.with(|c| c.cancel_if_stalled(o.offer))
             };
             match r {
-                Ok(true) => return Outcome::Tcp(Reason::NoAnswer),
-                Ok(false) => o.progress = Instant::now(),
+                Ok(fabric::Stalled::GivenUp) => return Outcome::Tcp(Reason::NoAnswer),
+                Ok(fabric::Stalled::Stands) => o.progress = Instant::now(),
+                Ok(fabric::Stalled::Unreached) => {
+                    o.progress = Instant::now();
+                    o.unreached = true;
+                }
                 // Paired meanwhile: the answer is on its way.
                 Err(ClientError::Refused(_)) => withdrawn = true,
                 Err(e) => return Outcome::Tcp(failed(e)),
@@ -557,6 +607,9 @@ pub(crate) fn complete(
         }
         if withdrawn && o.progress.elapsed() >= timeout + Duration::from_secs(5) {
             return Outcome::Tcp(Reason::NoAnswer);
+        }
+        if early > 0 && reaching(&o) {
+            return Outcome::Waiting(Pending::Service(o));
         }
         if let Some(p) = patience {
             // Not a busy spin: the service rings our line when it answers, so sleep on it
@@ -591,14 +644,12 @@ pub(crate) fn accept_started(
         .with(|c| Ok((c.accept_nowait(tcp_fd, ring)?, link.own_line())))
         .map_err(failed)?;
     let line = line.ok_or(Reason::NoDoorbell)?;
-    Ok(Pending::Service(Offered {
+    Ok(Pending::Service(Offered::new(
         offer,
-        server: true,
+        true,
         line,
-        local,
-        remote: peer,
-        progress: Instant::now(),
-    }))
+        (local, peer),
+    )))
 }
 
 /// Is `p` a server's accept waiting for the service's answer (not a client's offer)?
@@ -648,6 +699,7 @@ pub(crate) fn accept(
     {
         (svc, Pairing::Paired(p)) => {
             let own_client = p.own_line.id == p.peer_line.id;
+            let plain = p.plain;
             let p = link.pair(svc, p).ok_or(Reason::BadPeer)?;
             if let (true, Some(w)) = (own_client, watch) {
                 // Let that ring land before `accept` returns: an epoll set the application
@@ -657,9 +709,25 @@ pub(crate) fn accept(
                 let _ = crate::sys::poll1(w, libc::POLLIN, Some(OWN_RING_WAIT));
                 crate::sys::wake_consume();
             }
-            Connection::from_service(shared.clone(), p, tcp_fd, Role::Server, local, peer)
+            let c = Connection::from_service(shared.clone(), p, tcp_fd, Role::Server, local, peer)?;
+            after_plain(&c, Role::Server, plain);
+            Ok(c)
         }
+        (_, Pairing::Bridged(b)) => link.bridged(shared, b, tcp_fd, Role::Server, local, peer),
         (_, Pairing::Declined(code)) => Err(accept_declined(code, tcp_fd)),
+    }
+}
+
+/// A connection whose client sent its first `plain` bytes on TCP to reach the server
+/// ([`reach`]): each direction starts as failed over at its plain count, and goes back to the
+/// ring at its first send (PROTOCOL.md §6, *Late upgrade*; the server sent nothing before the
+/// pairing, and neither end read anything).
+fn after_plain(c: &Connection, role: Role, plain: u64) {
+    if plain > 0 {
+        match role {
+            Role::Client => c.start_late(plain, 0, 0),
+            Role::Server => c.start_late(0, plain, 0),
+        }
     }
 }
 
@@ -691,15 +759,12 @@ pub(crate) fn reattach(shared: &Arc<ProcessState>, tcp_fd: RawFd) -> Option<Outc
         // An offer this process made before its exec: it waits on for its server.
         (svc, fabric::Held::Offer(offer, line)) => {
             let view = fabric::sys::tcp_view(tcp_fd).ok()??;
-            let o = Offered {
-                offer,
-                server: false,
-                line: link.line(svc, line),
-                local: view.local.map(Endpoint::from).unwrap_or_default(),
-                remote: view.peer.map(Endpoint::from)?,
-                progress: Instant::now(),
-            };
-            Some(complete(shared, o, tcp_fd, Some(Duration::ZERO)))
+            let ends = (
+                view.local.map(Endpoint::from).unwrap_or_default(),
+                view.peer.map(Endpoint::from)?,
+            );
+            let o = Offered::new(offer, false, link.line(svc, line), ends);
+            Some(complete(shared, o, tcp_fd, Some(Duration::ZERO), 0))
         }
         (_, fabric::Held::Declined(_)) => None,
     }

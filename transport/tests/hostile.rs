@@ -83,7 +83,7 @@ fn pair(t: &Transport) -> Pair {
             Endpoint::from_std(peer),
         )
         .unwrap();
-    let Outcome::Connected(cc) = t.complete(pending, s.as_raw_fd(), true) else {
+    let Outcome::Connected(cc) = t.complete(pending, s.as_raw_fd(), true, 0) else {
         panic!("no upgrade");
     };
     t.unlisten(listener);
@@ -562,7 +562,7 @@ fn a_lease_that_makes_no_ring_is_tcp_not_a_panic() {
                 Endpoint::from_std(peer),
             )
             .err();
-        let client = match tc2.complete(pending, s.as_raw_fd(), true) {
+        let client = match tc2.complete(pending, s.as_raw_fd(), true, 0) {
             Outcome::Connected(_) => "connected".to_string(),
             Outcome::Tcp(r) => format!("tcp {r:?}"),
             Outcome::Waiting(_) => "waiting".to_string(),

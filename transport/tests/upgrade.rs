@@ -134,7 +134,7 @@ fn concurrent_offers_are_all_answered() {
     }
     for (s, p) in clients {
         assert!(matches!(
-            t.complete(p, s.as_raw_fd(), true),
+            t.complete(p, s.as_raw_fd(), true, 0),
             Outcome::Connected(_)
         ));
     }
@@ -169,7 +169,7 @@ fn offers_from_threads_are_all_answered() {
                     .unwrap();
                 s.connect(&server_addr.into()).unwrap();
                 let ok = matches!(
-                    client.complete(p, s.as_raw_fd(), true),
+                    client.complete(p, s.as_raw_fd(), true, 0),
                     Outcome::Connected(_)
                 );
                 (s, ok)
@@ -239,7 +239,7 @@ fn a_server_that_keeps_accepting_is_waited_for() {
         }
         (got, l, server)
     });
-    let outcome = client.complete(p, s.as_raw_fd(), true);
+    let outcome = client.complete(p, s.as_raw_fd(), true, 0);
     let (got, l, server) = srv.join().unwrap();
     let reasons: Vec<_> = got.iter().map(|(peer, r, _)| (*peer, *r)).collect();
     assert!(
@@ -260,7 +260,7 @@ fn a_server_that_keeps_accepting_is_waited_for() {
     let (s, _, p) = offer_from(&client, server_addr).unwrap();
     s.connect(&server_addr.into()).unwrap();
     assert!(matches!(
-        client.complete(p, s.as_raw_fd(), true),
+        client.complete(p, s.as_raw_fd(), true, 0),
         Outcome::Tcp(Reason::NoAnswer)
     ));
     drop((l, server));
@@ -446,7 +446,7 @@ fn child_connects_and_waits() {
     let server: SocketAddr = server.parse().unwrap();
     let (s, _, p) = offer_from(&t, server).unwrap();
     s.connect(&server.into()).unwrap();
-    let Outcome::Connected(_c) = t.complete(p, s.as_raw_fd(), true) else {
+    let Outcome::Connected(_c) = t.complete(p, s.as_raw_fd(), true, 0) else {
         panic!("the child's connection stayed on TCP");
     };
     println!("connected");
@@ -622,7 +622,7 @@ fn a_reader_does_not_spin_for_a_peer_not_made_yet() {
     let polls = sc.counter(Counter::Polls);
     assert!(polls <= 64, "{polls} checks for a peer not made yet");
     // Once it is, the pair works as any other.
-    let Outcome::Connected(cc) = t.complete(pending, s.as_raw_fd(), true) else {
+    let Outcome::Connected(cc) = t.complete(pending, s.as_raw_fd(), true, 0) else {
         panic!("client stayed on TCP");
     };
     cc.send(&[b"hi"], false, None).unwrap();

@@ -13,7 +13,8 @@ impl Service {
     pub(super) fn pass(&mut self, ready: &[u64]) {
         self.read(ready, PASS_BUDGET);
         while let Some((client, request, socket, ring, nowait)) = self.accepts.pop_front() {
-            self.accept(client, request, socket, ring);
+            // (A pairing across the bridge answers later, and rings then.)
+            self.accept(client, request, socket, ring, nowait);
             if nowait {
                 self.ring_server(client);
             }
@@ -211,6 +212,7 @@ impl Service {
                 server,
                 clean,
             } => self.close(conn, sender, server as usize, clean),
+            Request::Plain { request, bytes } => self.plain(client, id, request, bytes),
         }
         None
     }
@@ -292,6 +294,7 @@ impl Service {
                             ends: [0, half].map(|at| end_counters(&c.segment, at)),
                         }
                     })
+                    .chain(self.bridged_entries())
                     .collect();
                 for e in entries {
                     self.reply(client, id, Reply::Entry(Box::new(e)), &[]);
@@ -412,16 +415,19 @@ impl Service {
             return self.refuse(client, id, Refusal::Limit);
         }
         let listening = self.listeners.values().any(|l| l.serves(view.netns, dest));
-        if !listening {
+        // No listener here, one on the other host: the offer waits for that host's service to
+        // ask for it (its server's accept), if this process may map the bridge.
+        let remote = !listening && self.bridge.as_ref().is_some_and(|b| b.listens(dest));
+        let cred = self.clients.get(&client).map(|c| c.cred);
+        let untrusted = remote && !cred.is_some_and(|c| bridge::trusted(sender, c.uid, c.gid));
+        if (!listening && !remote) || untrusted {
             self.counters.declined += 1;
-            self.reply(
-                client,
-                id,
-                Reply::Declined {
-                    reason: NO_LISTENER,
-                },
-                &[],
-            );
+            let reason = if untrusted {
+                bridge::UNTRUSTED
+            } else {
+                NO_LISTENER
+            };
+            self.reply(client, id, Reply::Declined { reason }, &[]);
             // The client may be waiting on its line (it need not wait for this reply).
             sys::ring(line.fd.as_raw_fd());
             return;
@@ -444,6 +450,9 @@ impl Service {
                 indexed: false,
                 graced: false,
                 provisional: false,
+                plain: 0,
+                unreached: false,
+                bridged: remote,
             },
         );
         if !quiet {
@@ -458,8 +467,10 @@ impl Service {
             .iter()
             .find(|(_, o)| o.owner == client && o.request == request)
             .map(|(&c, _)| c);
-        let progressing =
-            stalled_only && found.is_some_and(|c| self.progressed(c) || self.not_reached_yet(c));
+        let verdict = match found {
+            Some(c) if stalled_only => self.verdict(c),
+            _ => Stalled::GivenUp,
+        };
         let refuse = |s: &mut Service, why| {
             if quiet {
                 s.refuse_quietly(why)
@@ -467,12 +478,14 @@ impl Service {
                 s.refuse(client, id, why)
             }
         };
-        if progressing {
+        if verdict == Stalled::Stands {
             // As the device rendezvous does with its accept counter: a server working
             // through a long backlog reaches its last clients late. And a connection still in
             // its listener's queue has not reached any server yet: on TCP its client would
-            // wait for that server just the same (see `not_reached_yet`).
+            // wait for that server just the same (see `verdict`).
             refuse(self, Refusal::Progressing);
+        } else if verdict == Stalled::Unreached {
+            refuse(self, Refusal::Unreached);
         } else if let Some(conn) = found {
             self.offers.remove(&conn);
             if !quiet {
@@ -480,6 +493,26 @@ impl Service {
             }
         } else {
             refuse(self, Refusal::NotYours);
+        }
+    }
+
+    /// `Plain`: the client of the offer that request `request` made, told its connection
+    /// reached no server (`Unreached`), sends its first `bytes` on TCP to reach one: kept with
+    /// the offer, for both ends' `Paired`. Once per offer, and only after `Unreached`: any
+    /// other (the offer paired or withdrawn meanwhile, or another's) is refused, and the client
+    /// then sends nothing. What the count claims concerns the client's own connection only: a
+    /// wrong one makes its server's end find a malformed record and reset it.
+    fn plain(&mut self, client: u64, id: u64, request: u64, bytes: u64) {
+        let found = self
+            .offers
+            .values_mut()
+            .find(|o| o.owner == client && o.request == request);
+        match found {
+            Some(o) if o.unreached && o.plain == 0 && bytes > 0 => {
+                o.plain = bytes;
+                self.reply(client, id, Reply::Done, &[]);
+            }
+            _ => self.refuse(client, id, Refusal::NotYours),
         }
     }
 
@@ -496,7 +529,7 @@ impl Service {
                 *e = clean && own;
             }
             self.let_go(conn, sender, end);
-        } else {
+        } else if !self.bridged_close(conn, sender, end) {
             self.refuse_quietly(Refusal::NotYours);
         }
     }

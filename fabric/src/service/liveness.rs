@@ -63,6 +63,7 @@ impl Service {
             server: side == 1,
             own_line: me.line.id,
             peer_line: peer.line.id,
+            plain: 0,
         };
         self.reply(client, request, r, &fds.each_ref());
     }
@@ -95,6 +96,7 @@ impl Service {
     /// A holder's process died: it holds nothing any more.
     pub(super) fn holder_died(&mut self, pid: u32) {
         self.holders.remove(&pid);
+        self.bridged_holder_died(pid);
         self.offers.retain(|_, o| o.pid != pid);
         let held: Vec<u64> = self
             .conns
@@ -121,6 +123,7 @@ impl Service {
             .values()
             .any(|c| c.holders.iter().any(|h| h.0 == pid))
             && !self.offers.values().any(|o| o.pid == pid)
+            && !self.holds_bridged(pid)
         {
             self.holders.remove(&pid);
         }
@@ -191,6 +194,7 @@ impl Service {
         let live: std::collections::HashSet<u64> = (self.clients.values().map(|c| c.netns))
             .chain(self.listeners.values().map(|l| l.netns))
             .chain(self.conns.values().map(|c| c.netns))
+            .chain(self.bridged_namespaces())
             .collect();
         self.diags.retain(|ns, _| live.contains(ns));
     }
@@ -261,10 +265,11 @@ impl Service {
         self.forget_pooled(gone.cred.pid);
         // Its connections outlive its service connection (an exec): watch the process itself.
         let pid = gone.cred.pid;
-        if self
+        if (self
             .conns
             .values()
             .any(|c| c.holders.iter().any(|h| h.0 == pid))
+            || self.holds_bridged(pid))
             && !self.watch(pid)
         {
             self.holder_died(pid);

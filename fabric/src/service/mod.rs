@@ -14,13 +14,16 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::client::Stalled;
 use crate::sockdiag;
 use crate::sys::{self, Cred, TcpView};
 use crate::wire::{
     Addr, EndCounters, Entry, Fallen, Refusal, Reply, Request, Status, END_COUNTERS,
 };
 
+mod bridge;
 mod dispatch;
+pub use bridge::{BLOCK_INFO, BLOCK_INFO_MAGIC, MAILBOX_BYTES, MAILBOX_OFFSET};
 mod liveness;
 mod pairing;
 mod pool;
@@ -101,6 +104,7 @@ const SPARES: usize = 4;
 const NO_LISTENER: u32 = 4;
 const NO_ANSWER: u32 = 6;
 const NO_WINDOW_SPACE: u32 = 7;
+const BAD_PEER: u32 = 9;
 const NO_OFFER: u32 = 10;
 
 struct Client {
@@ -178,11 +182,20 @@ struct Offer {
     /// Its connected addresses are in `Service::offer_index`.
     indexed: bool,
     /// It stood once already because a process had accepted its connection without answering
-    /// (`Service::not_reached_yet`).
+    /// (`Service::verdict`).
     graced: bool,
     /// Indexed by the destination it claimed, before the kernel connected it (see
     /// `find_offer`): checked against its socket when found.
     provisional: bool,
+    /// The bytes its client sent on the TCP socket to reach a server its connection had not
+    /// reached (`Plain`; 0: none): told to both ends in `Paired`.
+    plain: u64,
+    /// Its client was told its connection reached no server (`Refusal::Unreached`).
+    unreached: bool,
+    /// Toward a listener on the other host (through the bridge): its server's side is not in
+    /// this host's socket tables, and a `Bridged` pairing carries no plain count, so it is
+    /// never told `Unreached`.
+    bridged: bool,
 }
 
 /// An accept to handle: (client, request id, the accepted socket, the ring it asks for,
@@ -275,6 +288,9 @@ pub struct Service {
     /// Segments of closed connections, kept for the next connection between the same two
     /// processes (`pool`).
     pool: Vec<pool::Pooled>,
+    /// This service's side of the bridge to the other host's service (phase 3), if it pairs
+    /// across one.
+    bridge: Option<bridge::Bridge>,
     stop: bool,
 }
 
@@ -347,8 +363,16 @@ impl Service {
             spare_bytes: 0,
             spare_steady: false,
             pool: Vec::new(),
+            bridge: None,
             stop: false,
         }
+    }
+
+    /// Pair across the bridge of `dev` too (this host's side of it): meet the other host's
+    /// service there (docs/HOST-SERVICE.md, phase 3).
+    pub fn attach_bridge(&mut self, dev: std::sync::Arc<dyn ntbdrv::NtbDevice>) -> io::Result<()> {
+        self.bridge = Some(bridge::open(dev)?);
+        Ok(())
     }
 
     /// Serve until a `Stop` request (or, started on demand, until idle for long enough).
@@ -359,7 +383,8 @@ impl Service {
             let idle = self.clients.is_empty()
                 && self.listeners.is_empty()
                 && self.offers.is_empty()
-                && self.conns.is_empty();
+                && self.conns.is_empty()
+                && self.bridge.as_ref().is_none_or(|b| b.conns() == 0);
             if !idle {
                 idle_since = Instant::now();
             } else if self
@@ -408,6 +433,13 @@ impl Service {
             timeout_ms
         } else {
             timeout_ms.min(STALLED_LOOK_MS)
+        };
+        let timeout_ms = match &self.bridge {
+            Some(b) => {
+                fds.push((b.line.as_raw_fd(), libc::POLLIN));
+                timeout_ms.min(bridge::LOOK_MS)
+            }
+            None => timeout_ms,
         };
         let rev = sys::poll(&fds, timeout_ms)?;
         for id in stalled {
@@ -458,6 +490,7 @@ impl Service {
             }
         }
         self.pass(&ready);
+        self.bridge_turn();
         self.expire_offers();
         self.reclaim_orphans();
         self.make_spares();
@@ -508,7 +541,7 @@ impl Service {
             clients: self.clients.len() as u64,
             listeners: self.listeners.len() as u64,
             offers: self.offers.len() as u64,
-            connections: self.conns.len() as u64,
+            connections: (self.conns.len() + self.bridge.as_ref().map_or(0, |b| b.conns())) as u64,
             window_used: self.window_used,
             window_bytes: self.opts.window_bytes,
             paired: self.counters.paired,

@@ -8,7 +8,14 @@ use super::*;
 impl Service {
     /// The server accepted `socket`: pair it with the offer whose socket is its mirror in the
     /// same namespace.
-    pub(super) fn accept(&mut self, server: u64, request: u64, socket: OwnedFd, ring: u64) {
+    pub(super) fn accept(
+        &mut self,
+        server: u64,
+        request: u64,
+        socket: OwnedFd,
+        ring: u64,
+        nowait: bool,
+    ) {
         let view = match sys::tcp_view(socket.as_raw_fd()) {
             Ok(Some(
                 v @ TcpView {
@@ -31,6 +38,10 @@ impl Service {
             // read everything now (accepts found meanwhile wait their turn).
             self.catch_up();
             found = self.find_offer(view.netns, view.peer, view.local);
+        }
+        if found.is_none() && self.ask_peer(server, request, nowait, &view, ring) {
+            // The client may be on the other host: its service answers (`bridge`).
+            return;
         }
         let Some(conn) = found else {
             self.counters.declined += 1;
@@ -94,6 +105,7 @@ impl Service {
                 server: true,
                 own_line: line_s.id,
                 peer_line: line_c.id,
+                plain: offer.plain,
             },
             &[seg, ls, lc, bc],
         );
@@ -106,6 +118,7 @@ impl Service {
                 server: false,
                 own_line: line_c.id,
                 peer_line: line_s.id,
+                plain: offer.plain,
             },
             &[seg, lc, ls, bs],
         );
@@ -299,37 +312,74 @@ impl Service {
         moved
     }
 
-    /// Should offer `conn` stand although its servers made no progress? While its connection
-    /// waits in its listener's accept queue (the kernel holds it for a server that has not
-    /// accepted it yet: on TCP its client would wait for that server the same); and once, for
-    /// one more answer timeout of its client, after a process accepted it (that process's
-    /// `Accept` may be on its way: a busy server, descheduled between its accept and its
-    /// request). Asked of the namespace's socket table; `false` when it cannot be asked.
-    pub(super) fn not_reached_yet(&mut self, conn: u64) -> bool {
-        let Some((netns, view)) = (self.offers.get(&conn))
-            .and_then(|o| Some((o.netns, sys::tcp_view(o.socket.as_raw_fd()).ok()??)))
-        else {
-            return false;
+    /// Should offer `conn` stand, asked by its client whose answer is late (`Cancel` with
+    /// `stalled_only`)? While its connection has reached no server at all (`Unreached`): the
+    /// listener's queue overflowed, the kernel dropped the handshake's last segment (or answered
+    /// with a SYN cookie) and makes the server's socket only when a segment of the client's
+    /// arrives. On TCP the client's request does that, so its client sends its first bytes
+    /// (`Plain`) and the offer stands for them, up to the service's patience for an offer;
+    /// asked first, so that such a client is told at once even while its listener accepts
+    /// others. Else while its servers make progress (`progressed`); while its connection waits
+    /// in its listener's accept queue (the kernel holds it for a server that has not accepted
+    /// it yet: on TCP its client would wait for that server the same); and once, for one more
+    /// answer timeout of its client, after a process accepted it (that process's `Accept` may
+    /// be on its way: a busy server, descheduled between its accept and its request). The
+    /// socket table is the namespace's; `GivenUp` when it cannot be asked.
+    pub(super) fn verdict(&mut self, conn: u64) -> Stalled {
+        let Some(o) = self.offers.get(&conn) else {
+            return Stalled::GivenUp;
         };
-        let (Some(client), Some(server)) = (view.local, view.peer) else {
-            return false;
+        let netns = o.netns;
+        // The connection's two ends, once the kernel connected it (a client whose SYN the full
+        // queue dropped is still connecting: nothing to look up); none to look up here for an
+        // offer toward the other host.
+        let ends = sys::tcp_view(o.socket.as_raw_fd())
+            .ok()
+            .flatten()
+            .and_then(|v| v.local.zip(v.peer))
+            .filter(|_| !o.bridged);
+        // `Err`: not connected yet, or the namespace's table could not be asked.
+        let side = match ends {
+            Some((client, server)) => self
+                .ask_namespace(netns, Err(()), |d| {
+                    match d {
+                        Some(d) => d.server_side(server, client),
+                        None => crate::sockdiag::server_side(server, client),
+                    }
+                    .map(Ok)
+                })
+                .unwrap_or(Err(())),
+            None => Err(()),
         };
-        let side = self
-            .ask_namespace(netns, None, |d| match d {
-                Some(d) => d.server_side(server, client),
-                None => crate::sockdiag::server_side(server, client),
-            })
-            .flatten();
+        let patience = self.opts.offer_patience;
+        if side == Ok(None) {
+            let Some(o) = self.offers.get_mut(&conn) else {
+                return Stalled::GivenUp;
+            };
+            if o.posted.elapsed() >= patience {
+                return Stalled::GivenUp;
+            }
+            o.unreached = true;
+            // Told once: a client that sent its bytes waits for them to get through.
+            return if o.plain > 0 {
+                Stalled::Stands
+            } else {
+                Stalled::Unreached
+            };
+        }
+        if self.progressed(conn) {
+            return Stalled::Stands;
+        }
         let Some(o) = self.offers.get_mut(&conn) else {
-            return false;
+            return Stalled::GivenUp;
         };
         match side {
-            Some(0) => true,
-            Some(_) if !o.graced => {
+            Ok(Some(0)) => Stalled::Stands,
+            Ok(Some(_)) if !o.graced => {
                 o.graced = true;
-                true
+                Stalled::Stands
             }
-            _ => false,
+            _ => Stalled::GivenUp,
         }
     }
 

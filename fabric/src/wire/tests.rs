@@ -38,6 +38,10 @@ fn all_requests() -> Vec<Request> {
             server: false,
         },
         Request::History,
+        Request::Plain {
+            request: 8,
+            bytes: 78,
+        },
     ]
 }
 
@@ -58,6 +62,24 @@ fn all_replies() -> Vec<Reply> {
             server: true,
             own_line: 5,
             peer_line: 6,
+            plain: 78,
+        },
+        Reply::Bridged {
+            conn: 13,
+            ring_bytes: 1 << 20,
+            server: false,
+            own: Slice {
+                mw: 1,
+                vector: 7,
+                offset: 4 << 20,
+                len: (1 << 20) + 4096,
+            },
+            peer: Slice {
+                mw: 0,
+                vector: 2047,
+                offset: 300 << 10,
+                len: (1 << 20) + 4096,
+            },
         },
         Reply::Declined { reason: 4 },
         Reply::Done,
@@ -148,8 +170,8 @@ fn malformed_messages_are_refused() {
     b[0] ^= 1;
     assert!(matches!(Request::decode(&b, 0), Err(WireError::Magic(_))));
     let mut b = good.clone();
-    b[4] = 10;
-    assert_eq!(Request::decode(&b, 0), Err(WireError::Version(10)));
+    b[4] = 99;
+    assert_eq!(Request::decode(&b, 0), Err(WireError::Version(99)));
     let mut b = good.clone();
     b[6] = 0x7f;
     assert_eq!(Request::decode(&b, 0), Err(WireError::Kind(0x7f)));
@@ -190,7 +212,7 @@ fn malformed_messages_are_refused() {
     assert!(Request::decode(&Reply::Done.encode(1), 0).is_err());
     assert!(Reply::decode(&Request::Status.encode(1), 0).is_err());
     // `server` is a boolean.
-    let b = encode(K_PAIRED, 1, &[1, 4096, 2, 1, 2]);
+    let b = encode(K_PAIRED, 1, &[1, 4096, 2, 1, 2, 0]);
     assert!(matches!(Reply::decode(&b, 4), Err(WireError::Value { .. })));
     // An entry's flags are a bit per end, no more; its ports 16 bits each.
     let mut w = vec![0u64; ENTRY_WORDS];

@@ -316,8 +316,10 @@ fn paced_pair(
     (server, client, marker, port)
 }
 
+mod bridged;
 mod lifecycle;
 mod namespaces;
 mod nginx;
 mod service;
+mod unreached;
 mod users;

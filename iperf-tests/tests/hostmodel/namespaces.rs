@@ -3,10 +3,10 @@
 use super::*;
 
 /// A network namespace of the test's own with lo up; removed on drop.
-struct Netns(String);
+pub(super) struct Netns(pub(super) String);
 
 impl Netns {
-    fn new(name: &str) -> Netns {
+    pub(super) fn new(name: &str) -> Netns {
         let n = format!("pcisock-{name}-{}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &n]).status();
         let ok = Command::new("ip")
@@ -22,7 +22,7 @@ impl Netns {
         Netns(n)
     }
 
-    fn lo_tx(&self) -> u64 {
+    pub(super) fn lo_tx(&self) -> u64 {
         let out = Command::new("ip")
             .args([
                 "netns",
@@ -40,6 +40,57 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A veth pair joining namespaces `a` (address `NET.1/24`) and `b` (`NET.2/24`): two hosts'
+/// network. It goes with its namespaces.
+pub(super) struct Veth {
+    ns: String,
+    dev: String,
+}
+
+impl Veth {
+    pub(super) fn new(a: &Netns, b: &Netns, net: &str, name: &str) -> Veth {
+        let tag = std::process::id() % 10_000 * 10 + name.len() as u32 % 10;
+        let (va, vb) = (format!("pca{tag}"), format!("pcb{tag}"));
+        let ip = |args: &[&str]| {
+            let ok = Command::new("ip").args(args).status().unwrap();
+            assert!(ok.success(), "ip {args:?}");
+        };
+        ip(&[
+            "link", "add", &va, "netns", &a.0, "type", "veth", "peer", "name", &vb, "netns", &b.0,
+        ]);
+        for (ns, dev, host) in [(a, &va, 1), (b, &vb, 2)] {
+            ip(&[
+                "-n",
+                &ns.0,
+                "addr",
+                "add",
+                &format!("{net}.{host}/24"),
+                "dev",
+                dev,
+            ]);
+            ip(&["-n", &ns.0, "link", "set", dev, "up"]);
+        }
+        Veth {
+            ns: a.0.clone(),
+            dev: va,
+        }
+    }
+
+    /// Bytes the veth carried so far, both ways (the kernel's counters).
+    pub(super) fn bytes(&self) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "cat"])
+            .arg(format!("/sys/class/net/{}/statistics/tx_bytes", self.dev))
+            .arg(format!("/sys/class/net/{}/statistics/rx_bytes", self.dev))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(|w| w.parse::<u64>().unwrap())
+            .sum()
     }
 }
 
@@ -445,31 +496,8 @@ sys.exit(0 if got.decode() == want else 1)
         Netns::new(&format!("{name}-a")),
         Netns::new(&format!("{name}-b")),
     );
-    let tag = std::process::id() % 10_000 * 10 + name.len() as u32 % 10;
-    let (va, vb) = (format!("pca{tag}"), format!("pcb{tag}"));
-    let ip = |args: &[&str]| {
-        let ok = Command::new("ip").args(args).status().unwrap();
-        assert!(ok.success(), "ip {args:?}");
-    };
-    ip(&[
-        "link", "add", &va, "netns", &a.0, "type", "veth", "peer", "name", &vb, "netns", &b.0,
-    ]);
-    for (ns, dev, addr) in [(&a, &va, "10.199.0.1/24"), (&b, &vb, "10.199.0.2/24")] {
-        ip(&["-n", &ns.0, "addr", "add", addr, "dev", dev]);
-        ip(&["-n", &ns.0, "link", "set", dev, "up"]);
-    }
-    let veth_bytes = || -> u64 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &a.0, "cat"])
-            .arg(format!("/sys/class/net/{va}/statistics/tx_bytes"))
-            .arg(format!("/sys/class/net/{va}/statistics/rx_bytes"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(|w| w.parse::<u64>().unwrap())
-            .sum()
-    };
+    let veth = Veth::new(&a, &b, "10.199.0", name);
+    let veth_bytes = || veth.bytes();
     let port = free_port();
     let port_s = port.to_string();
     let n = n.to_string();

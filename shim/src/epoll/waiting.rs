@@ -130,6 +130,59 @@ fn settle(epfd: c_int, regs: &mut SetState, poked: &[c_int]) {
     }
 }
 
+/// Pending offers whose connection has reached no server (`Transport::reaching`: its
+/// listener's queue overflowed) and that hold no bytes yet: writable, as their kernel socket is,
+/// so that an event loop writes its request, whose first bytes then reach the server on TCP
+/// (`ops::settle_offer`). Until then a pending offer reports nothing (its answer settles it),
+/// and such an offer's answer needs those bytes first. Edge-triggered registrations hear it once
+/// per spell; none once the bytes are held.
+fn reaching_writable(
+    st: &mut SetState,
+    out: &mut Vec<libc::epoll_event>,
+    max: usize,
+    seen: &mut Vec<c_int>,
+) {
+    if st.pending.is_empty() {
+        return;
+    }
+    let Ok(t) = global::get().transport() else {
+        return;
+    };
+    let SetState { regs, pending, .. } = st;
+    for fd in pending.iter() {
+        let Some(r) = regs.get_mut(fd) else {
+            continue;
+        };
+        if r.disabled || r.events & libc::EPOLLOUT as u32 == 0 {
+            continue;
+        }
+        // Never waits: a thread settling the offer holds its state.
+        let reaching = r
+            .sock
+            .state
+            .try_lock()
+            .is_ok_and(|st| matches!(&*st, State::Offered(Some(p)) if t.reaching(p)))
+            && r.sock.early.try_lock().is_ok_and(|e| e.is_empty());
+        if !reaching {
+            r.told_reaching = false;
+            continue;
+        }
+        let edge = r.events & libc::EPOLLET as u32 != 0;
+        if (edge && r.told_reaching) || out.len() >= max || seen.contains(fd) {
+            continue;
+        }
+        r.told_reaching = true;
+        if r.events & libc::EPOLLONESHOT as u32 != 0 {
+            r.disabled = true;
+        }
+        out.push(libc::epoll_event {
+            events: libc::EPOLLOUT as u32,
+            u64: r.data,
+        });
+        seen.push(*fd);
+    }
+}
+
 /// Our registrations that are ready now, as (events, data); edge and one-shot state updated.
 /// Evaluates every registration if `full`, else the candidates and the registrations served
 /// last (`SetState::hot`); leaves as
@@ -368,6 +421,7 @@ pub fn wait(
             let now = Instant::now();
             let full = regs.full_now(now);
             harvest(&mut regs, out, ntb_max, &mut seen, full, now);
+            reaching_writable(&mut regs, out, ntb_max, &mut seen);
             if std::mem::take(&mut timed_out) {
                 global::get().woke_by_timer(out.len());
             }
@@ -490,6 +544,7 @@ pub fn wait(
                     let now = Instant::now();
                     let full = regs.full_now(now);
                     harvest(&mut regs, out, ntb_max, &mut seen, full, now);
+                    reaching_writable(&mut regs, out, ntb_max, &mut seen);
                 }
             }
         }

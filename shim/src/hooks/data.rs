@@ -49,7 +49,7 @@ fn send_late(
 }
 
 fn send_if_ours(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<Result<usize, c_int>> {
-    match ops::data_path(fd, flags & libc::MSG_DONTWAIT != 0)? {
+    match ops::data_path_to_send(fd, flags & libc::MSG_DONTWAIT != 0)? {
         Err(libc::EAGAIN) => match guard(|| Ok(ops::stash_early(fd, bufs))) {
             Err(e) => Some(Err(e)),
             Ok(Some(n)) => Some(Ok(n)),

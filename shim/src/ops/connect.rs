@@ -185,11 +185,14 @@ pub(super) fn connect_tcp(
 }
 
 /// Resolve a client still waiting for its answer. Returns the connection if it is on the NTB
-/// path now; `Err(EAGAIN)` if the answer is not there and we must not block.
+/// path now; `Err(EAGAIN)` if the answer is not there and we must not block, or (`sending`: a
+/// send's) the connection has not reached its server and holds no bytes yet to reach it with
+/// (the send holds its own, and the next call sends them: see `Transport::reaching`).
 pub(super) fn settle_offer(
     sock: &Sock,
     fd: c_int,
     block: bool,
+    sending: bool,
 ) -> Result<Option<Arc<Connection>>, c_int> {
     if let Some(c) = sock.conn.get() {
         return Ok(Some(c.clone()));
@@ -228,8 +231,39 @@ pub(super) fn settle_offer(
             return Err(libc::EAGAIN);
         }
     }
-    let early = std::mem::take(&mut *sock.early.lock().map_err(|_| libc::EIO)?);
-    let outcome = t.complete(pending, fd, block || !early.is_empty());
+    let mut early = std::mem::take(&mut *sock.early.lock().map_err(|_| libc::EIO)?);
+    let mut pending = pending;
+    // Bytes this call can reach an unreached server with: those held, or a send's own.
+    let mut can_reach = early.len().max(sending as usize);
+    let outcome = loop {
+        match t.complete(pending, fd, block || !early.is_empty(), can_reach) {
+            // The connection has not reached a server (its listener's queue overflowed): as on
+            // TCP, the client's first bytes reach it. Sent once the service keeps their count,
+            // which it gives the server's end; what the application sends after them waits
+            // for the answer as before.
+            Outcome::Waiting(mut p2) if can_reach > 0 && t.reaching(&p2) => {
+                if early.is_empty() {
+                    // A send's own bytes: held by the caller on EAGAIN, sent by the next call.
+                    *p = Some(p2);
+                    return Err(libc::EAGAIN);
+                }
+                if t.reach(&mut p2, early.len() as u64) {
+                    if let Err(e) = sys::send_all(fd, &early) {
+                        *p = Some(p2);
+                        return Err(e);
+                    }
+                    sock.tcp_tx.fetch_add(early.len() as u64, Relaxed);
+                    early.clear();
+                    g.log(LogLevel::Debug, || {
+                        format!("fd {fd}: first bytes sent on TCP to reach the server")
+                    });
+                }
+                pending = p2;
+                can_reach = 0;
+            }
+            o => break o,
+        }
+    };
     match outcome {
         Outcome::Connected(c) => {
             let c = Arc::new(c);
@@ -303,7 +337,7 @@ pub fn settle_accepts() {
                     _ => false,
                 });
             if waiting {
-                let _ = settle_offer(&sock, fd, true);
+                let _ = settle_offer(&sock, fd, true, false);
             }
         }
     });

@@ -91,7 +91,7 @@ pub(super) fn retire(s: Arc<Sock>, fd: Option<c_int>) -> Option<Closing> {
                         if g.transport().is_ok_and(|t| t.answer_arrived(p)))
                 });
             if must || answered {
-                let _ = settle_offer(&s, fd, must);
+                let _ = settle_offer(&s, fd, must, false);
             }
         }
         // A late-upgrade candidate's pending offer (and the sends it holds) likewise.

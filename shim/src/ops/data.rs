@@ -48,6 +48,14 @@ pub fn data_path(fd: c_int, dontwait: bool) -> Option<Result<DataPath, c_int>> {
     data_path_pinned(fd, None, dontwait)
 }
 
+/// [`data_path`] for a send: a pending offer whose connection has not reached its server
+/// answers `EAGAIN` even to a blocking send, whose bytes are then held (`stash_early`) and
+/// sent on TCP to reach it at the next call (`settle_offer`).
+pub fn data_path_to_send(fd: c_int, dontwait: bool) -> Option<Result<DataPath, c_int>> {
+    std::panic::catch_unwind(|| data_path_unguarded(fd, None, dontwait, true))
+        .unwrap_or(Some(Err(libc::EIO)))
+}
+
 /// [`data_path`] with the entry of `fd` already pinned, if the caller has it (a fast path that
 /// declined hands its pin on rather than pin again).
 pub fn data_path_pinned(
@@ -56,7 +64,7 @@ pub fn data_path_pinned(
     dontwait: bool,
 ) -> Option<Result<DataPath, c_int>> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        data_path_unguarded(fd, pinned, dontwait)
+        data_path_unguarded(fd, pinned, dontwait, false)
     }))
     .unwrap_or(Some(Err(libc::EIO)))
 }
@@ -65,6 +73,7 @@ pub(super) fn data_path_unguarded(
     fd: c_int,
     pinned: Option<table::Pinned>,
     dontwait: bool,
+    sending: bool,
 ) -> Option<Result<DataPath, c_int>> {
     let sock = match pinned {
         Some(p) => p,
@@ -74,7 +83,7 @@ pub(super) fn data_path_unguarded(
         return Some(Ok(DataPath::Ntb(sock)));
     }
     let block = !(sock.nonblocking() || dontwait);
-    Some(match settle_offer(&sock, fd, block) {
+    Some(match settle_offer(&sock, fd, block, sending) {
         // Settled onto the bridge: `settle_offer` set the entry's connection.
         Ok(Some(_)) => Ok(DataPath::Ntb(sock)),
         Ok(None) if crate::late::candidate(&sock) => Ok(DataPath::Late(sock)),

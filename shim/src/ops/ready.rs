@@ -141,13 +141,19 @@ pub fn poll(
                 let c = match s.conn.get() {
                     Some(c) => Some(&**c),
                     None => {
-                        settled = settle_offer(s, p.fd, false).ok().flatten();
+                        settled = settle_offer(s, p.fd, false, false).ok().flatten();
                         settled.as_deref()
                     }
                 };
                 if let Some(c) = c {
                     p.revents = revents(c, p.events);
                     ours_ready += usize::from(p.revents != 0);
+                } else if p.events & libc::POLLOUT != 0 && reaching_empty(s) {
+                    // Writable while its connection has reached no server and it holds no
+                    // bytes yet: the request the application writes then reaches it (see
+                    // `epoll::waiting::reaching_writable`).
+                    p.revents = libc::POLLOUT;
+                    ours_ready += 1;
                 } else if s.conn.get().is_none()
                     && !matches!(&*s.state.lock().expect("sock state"), State::Offered(_))
                 {
@@ -403,4 +409,16 @@ pub(super) fn revents(c: &Connection, events: i16) -> i16 {
         out |= libc::POLLERR;
     }
     out
+}
+
+/// A pending offer whose connection has reached no server (`Transport::reaching`), holding no
+/// bytes yet. Never waits for a thread that is settling it.
+fn reaching_empty(s: &Sock) -> bool {
+    let Ok(t) = global::get().transport() else {
+        return false;
+    };
+    s.state
+        .try_lock()
+        .is_ok_and(|st| matches!(&*st, State::Offered(Some(p)) if t.reaching(p)))
+        && s.early.try_lock().is_ok_and(|e| e.is_empty())
 }

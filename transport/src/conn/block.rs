@@ -209,9 +209,11 @@ pub(crate) const L_STATE_PUB: usize = L_STATE;
 
 // The host fabric service reads an end's counters out of its segment for `pcisock stats`
 // (fabric::service, `List`) without depending on this crate: its idea of the layout is this.
+// Across the bridge it parks a block whose identity says a live end still uses it.
 const _: () = {
     use fabric::service as svc;
     assert!(svc::BLOCK_STATE == L_STATE && svc::STATE_ON_TCP == ST_ON_TCP);
+    assert!(svc::BLOCK_INFO == INFO_BASE && svc::BLOCK_INFO_MAGIC == INFO_MAGIC);
     assert!(svc::BLOCK_COUNTERS == C_BASE);
     assert!(fabric::wire::END_COUNTERS == super::COUNTER_NAMES.len());
 };

@@ -270,7 +270,9 @@ impl Connection {
     /// `fresh`, else as this process last looked (see `LinkLook`).
     fn link_up(&self, fresh: bool) -> Option<u32> {
         match &self.tenancy {
-            Tenancy::Device { dev, .. } => self.shared.link.get(&**dev, fresh),
+            Tenancy::Device { dev, .. } | Tenancy::Bridged { dev, .. } => {
+                self.shared.link.get(&**dev, fresh)
+            }
             // Segments the service handed us are memory of this host: no link to lose.
             Tenancy::Service { .. } => Some(self.fo.link_gen.load(Relaxed)),
         }

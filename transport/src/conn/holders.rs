@@ -140,8 +140,9 @@ impl Connection {
             // A segment goes to no other connection unless both ends let go of it cleanly
             // (`let_service_go`, after this), and then only to the same two processes': nothing
             // to quarantine (the service counts the window space back once no process holds
-            // the connection).
-            Tenancy::Service { .. } => {}
+            // the connection). Across the bridge the two services give the blocks back once
+            // both ends are closed.
+            Tenancy::Service { .. } | Tenancy::Bridged { .. } => {}
         }
     }
 
@@ -231,6 +232,16 @@ impl Connection {
     /// caller then closes it); otherwise the leases move to a remaining live holder, so the
     /// connection outlives this process.
     pub(crate) fn release_holder(&self) -> bool {
+        // (Over one service, the `Close` goes after the close's last writes: `let_service_go`.)
+        // Across the bridge the service knows only the process that made the end (no `Hold`
+        // for it yet): it is told once no process of ours holds the end any more, so that it
+        // does not give the memory back under a forked child that still uses it.
+        let last = |c: &Connection| {
+            if let (Tenancy::Bridged { conn, .. }, Some(link)) = (&c.tenancy, &c.shared.service) {
+                link.close(*conn, c.role == Role::Server);
+            }
+            true
+        };
         let me = std::process::id();
         for i in 0..MAX_HOLDERS {
             let _ = atomic_u32_at(&self.own_block, holder_pid(i))
@@ -241,7 +252,7 @@ impl Connection {
         let _ = atomic_u32_at(&self.own_block, L_HOLDERS)
             .fetch_update(SeqCst, SeqCst, |n| Some(n.saturating_sub(1)));
         if !self.family.shared.load(SeqCst) {
-            return true;
+            return last(self);
         }
         // Another process of ours may hold it: hand it our leases. Our pid is out of the table
         // (above), so another holder closing at the same time sees us gone, or we see it gone.
@@ -255,6 +266,7 @@ impl Connection {
         // No process of ours holds the connection's socket: we were the last, unless another
         // holder that closed at the same moment found the same and marked the block first.
         atomic_u32_at(&self.own_block, L_STATE).fetch_or(ST_CLOSED, SeqCst) & ST_CLOSED == 0
+            && last(self)
     }
 
     /// A process named in the block's holder table, other than `me`, that lives and holds the

@@ -470,14 +470,16 @@ impl Connection {
 
     pub(super) fn ring_peer(&self) {
         let rung = match &self.tenancy {
-            Tenancy::Device { dev, .. } => match dev.peer_vector_trigger(self.their_loc.db_bit) {
-                Ok(()) => true,
-                Err(ntbdrv::DoorbellError::LinkDown) => {
-                    self.fo.doorbell_failed();
-                    false
+            Tenancy::Device { dev, .. } | Tenancy::Bridged { dev, .. } => {
+                match dev.peer_vector_trigger(self.their_loc.db_bit) {
+                    Ok(()) => true,
+                    Err(ntbdrv::DoorbellError::LinkDown) => {
+                        self.fo.doorbell_failed();
+                        false
+                    }
+                    Err(_) => false,
                 }
-                Err(_) => false,
-            },
+            }
             Tenancy::Service {
                 peer_line,
                 peer_tally,

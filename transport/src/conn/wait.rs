@@ -252,7 +252,7 @@ impl Connection {
     pub fn tally(&self) -> Option<&TallySlot> {
         match &self.tenancy {
             Tenancy::Service { tally, .. } => tally.as_ref(),
-            Tenancy::Device { .. } => None,
+            Tenancy::Device { .. } | Tenancy::Bridged { .. } => None,
         }
     }
 
@@ -583,7 +583,9 @@ impl Connection {
         }
         let here = match &self.tenancy {
             Tenancy::Service { .. } => true,
-            Tenancy::Device { dev, .. } => dev.side() == dev.peer_side(),
+            Tenancy::Device { dev, .. } | Tenancy::Bridged { dev, .. } => {
+                dev.side() == dev.peer_side()
+            }
         };
         if here {
             peer_alive(&self.peer_block)

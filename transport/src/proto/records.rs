@@ -379,6 +379,10 @@ pub enum Reason {
     /// interrupt line (FIFO) is another user's, or not open to it (EACCES, EPERM) — typically
     /// a worker that dropped privileges after its master opened the device.
     NoPermission = 16,
+    /// Between hosts through the host fabric services: this process (or its peer) is neither
+    /// root nor in group `pcisock`, and the bridge can only be mapped whole, with every
+    /// connection of the host in it (docs/HOST-SERVICE.md, phase 3).
+    Untrusted = 17,
 }
 
 impl Reason {
@@ -387,7 +391,7 @@ impl Reason {
     }
 
     /// Every reason, in code order.
-    pub const ALL: [Reason; 16] = {
+    pub const ALL: [Reason; 17] = {
         use Reason::*;
         [
             NotFlagged,
@@ -406,6 +410,7 @@ impl Reason {
             Unsupported,
             ClosedBeforeAccept,
             NoPermission,
+            Untrusted,
         ]
     };
 
@@ -431,6 +436,7 @@ impl Reason {
             Reason::Unsupported => "Unsupported",
             Reason::ClosedBeforeAccept => "ClosedBeforeAccept",
             Reason::NoPermission => "NoPermission",
+            Reason::Untrusted => "Untrusted",
         }
     }
 
@@ -464,6 +470,9 @@ impl Reason {
             }
             Reason::NoPermission => {
                 "this process may not open the NTB device's files (another user's, e.g. after a privilege drop)"
+            }
+            Reason::Untrusted => {
+                "between hosts, only processes of root or group pcisock may map the bridge (it holds every connection of the host)"
             }
         }
     }

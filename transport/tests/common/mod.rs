@@ -98,7 +98,7 @@ pub fn upgrade(t: &Transport, l: &TcpListener) -> Result<Pair, String> {
             Endpoint::from_std(server_addr),
             Endpoint::from_std(peer),
         );
-        let cc = match t.complete(pending, s.as_raw_fd(), true) {
+        let cc = match t.complete(pending, s.as_raw_fd(), true, 0) {
             Outcome::Connected(c) => c,
             Outcome::Tcp(r) => return Err(format!("client stayed on TCP: {r}")),
             Outcome::Waiting(_) => return Err("blocking completion returned Waiting".into()),
