@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(find_reason("0"), None);
         assert_eq!(find_reason("99999999999999"), None);
         assert_eq!(find_reason("Nope"), None);
-        assert_eq!(all_reasons().count(), 16);
+        assert_eq!(all_reasons().count(), 17);
         // Codes are 1..=N, each once, so "a code 1-N" in the usage error is true.
         for (i, r) in all_reasons().enumerate() {
             assert_eq!(r.code() as usize, i + 1);
