@@ -556,10 +556,15 @@ impl Client {
     }
 
     /// This process let go of its last reference to its end of `conn` (`server`: the
-    /// accepting end). One-way: the service never answers it (an end that is not ours is only
-    /// counted as refused).
-    pub fn close(&mut self, conn: u64, server: bool) -> Result<(), ClientError> {
-        self.send(Request::Close { conn, server }, None).map(|_| ())
+    /// accepting end; `clean`: see [`Request::Close`]). One-way: the service never answers it
+    /// (an end that is not ours is only counted as refused).
+    pub fn close(&mut self, conn: u64, server: bool, clean: bool) -> Result<(), ClientError> {
+        let r = Request::Close {
+            conn,
+            server,
+            clean,
+        };
+        self.send(r, None).map(|_| ())
     }
 
     pub fn status(&mut self) -> Result<Status, ClientError> {

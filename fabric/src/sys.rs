@@ -17,6 +17,9 @@ use std::path::Path;
 
 use crate::wire::{Addr, MAX_FDS, MAX_MESSAGE};
 
+mod segments;
+pub use segments::*;
+
 fn check(r: libc::c_long) -> io::Result<libc::c_long> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -559,64 +562,6 @@ pub fn is_tally(fd: RawFd) -> bool {
     // SAFETY: `st` is a live stat buffer.
     let ok = unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) } == 0;
     ok && st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size as u64 == TALLY_BYTES
-}
-
-/// A segment: a memfd of `len` bytes, sealed so that nobody can shrink or grow it (a
-/// truncated segment would SIGBUS whoever maps it).
-pub fn segment(len: u64) -> io::Result<OwnedFd> {
-    let name = c"pcisock-segment";
-    // SAFETY: `name` is a live NUL-terminated string.
-    let fd = owned(unsafe {
-        libc::syscall(
-            libc::SYS_memfd_create,
-            name.as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    })?;
-    // SAFETY: plain integers.
-    check(unsafe { libc::syscall(libc::SYS_ftruncate, fd.as_raw_fd(), len as libc::off_t) })?;
-    // SAFETY: plain integers.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_fcntl,
-            fd.as_raw_fd(),
-            libc::F_ADD_SEALS,
-            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
-        )
-    })?;
-    Ok(fd)
-}
-
-/// Give the pages at `offsets` of segment `fd` their memory now (one page each, written with
-/// zeros: what a fresh page holds anyway), so that the processes that map the segment later
-/// only map pages that exist instead of allocating and clearing them in their page faults.
-pub fn prepare_pages(fd: RawFd, offsets: &[u64]) -> io::Result<()> {
-    static ZEROS: [u8; PAGE] = [0; PAGE];
-    for &off in offsets {
-        // SAFETY: `ZEROS` is a live buffer of `PAGE` bytes.
-        let n = check(unsafe {
-            libc::syscall(
-                libc::SYS_pwrite64,
-                fd,
-                ZEROS.as_ptr(),
-                PAGE,
-                off as libc::off_t,
-            )
-        })?;
-        if n as usize != PAGE {
-            return Err(io::Error::from(io::ErrorKind::WriteZero));
-        }
-    }
-    Ok(())
-}
-
-/// The page size of the segments' layout (docs/PROTOCOL.md §2: the endpoint header is one).
-pub const PAGE: usize = 4096;
-
-/// The seals on a memfd (to check a segment received from the service).
-pub fn seals(fd: RawFd) -> io::Result<i32> {
-    // SAFETY: plain integers.
-    Ok(check(unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GET_SEALS) })? as i32)
 }
 
 /// An interrupt line: a non-blocking eventfd.

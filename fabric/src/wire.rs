@@ -18,7 +18,9 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// with a process on the other host (docs/HOST-SERVICE.md, phase 3); and `Plain`, the refusal
 /// `Unreached` and `Paired`'s `plain` (a client that sent its first bytes on TCP to reach a
 /// server its connection had not reached: docs/HOST-SERVICE.md, *Unreached connections*).
-pub const VERSION: u16 = 9;
+/// 10: `Close` says whether the end let go `clean`ly (segments reused between the same two
+/// processes: docs/HOST-SERVICE.md, *Segment reuse*).
+pub const VERSION: u16 = 10;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts (an `Entry`, the longest, is 368 bytes
@@ -89,8 +91,15 @@ pub enum Request {
     /// This process let go of its last reference to one end of a connection (`server`: the
     /// accepting end; a process may hold both ends of a connection to itself). Never
     /// answered (since version 4; a connection end the sender does not hold is only counted as
-    /// refused): nobody waits for it.
-    Close { conn: u64, server: bool },
+    /// refused): nobody waits for it. `clean` (version 9): no other process can hold the end
+    /// (the sender never forked with it, nor picked it up after exec) and the sender wrote its
+    /// last into the segment before it sent this: the service may zero the segment and give it
+    /// to the same two processes' next connection (docs/HOST-SERVICE.md, *Segment reuse*).
+    Close {
+        conn: u64,
+        server: bool,
+        clean: bool,
+    },
     /// What the service holds (counts only).
     Status,
     /// The live connections: one `Entry` each, then `Done`.
@@ -288,7 +297,8 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_CONNECT => (5, 1),
         K_UNLISTEN => (1, 0),
         K_CANCEL => (3, 0),
-        K_CLOSE | K_PLAIN => (2, 0),
+        K_CLOSE => (3, 0),
+        K_PLAIN => (2, 0),
         K_STATUS | K_STOP | K_LIST | K_HISTORY => (0, 0),
         K_FALLBACK => (2, 1),
         K_FALLEN => (8, 0),
@@ -417,7 +427,11 @@ impl Request {
                 stalled_only,
                 quiet,
             } => vec![request, stalled_only as u64, quiet as u64],
-            Request::Close { conn, server } => vec![conn, server as u64],
+            Request::Close {
+                conn,
+                server,
+                clean,
+            } => vec![conn, server as u64, clean as u64],
             Request::Plain { request, bytes } => vec![request, bytes],
             Request::Connect {
                 addr,
@@ -470,11 +484,8 @@ impl Request {
             K_LIST => Request::List,
             K_CLOSE => Request::Close {
                 conn: w[0],
-                server: match w[1] {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(WireError::Value { kind, word: 1 }),
-                },
+                server: bool_word(kind, &w, 1)?,
+                clean: bool_word(kind, &w, 2)?,
             },
             K_STATUS => Request::Status,
             K_STOP => Request::Stop,

@@ -491,9 +491,9 @@ fn a_dead_process_leaves_nothing_behind() {
         fabric::Held::Declined(10)
     ));
     // This process, holding both ends, lets go of them: the window space comes back at once.
-    me.close(s.conn, true).unwrap();
+    me.close(s.conn, true, false).unwrap();
     assert_eq!(me.status().unwrap().connections, 1, "one end is still held");
-    client.close(s.conn, false).unwrap();
+    client.close(s.conn, false, false).unwrap();
     // One-way, on another socket than this process's status requests: the service may read
     // those first. Wait until it has read it.
     let t0 = Instant::now();
@@ -507,7 +507,7 @@ fn a_dead_process_leaves_nothing_behind() {
     // Close is never answered (wire version 4): an end the sender no longer holds is only
     // counted as refused.
     let refused = me.status().unwrap().refused;
-    me.close(s.conn, true).unwrap();
+    me.close(s.conn, true, false).unwrap();
     assert_eq!(me.status().unwrap().refused, refused + 1);
     drop((csock, accepted, unrelated));
     let st = me.status().unwrap();
@@ -635,9 +635,9 @@ fn one_way_requests_are_never_answered() {
         Some(Pairing::Paired(_))
     ));
     let before = server.status().unwrap();
-    server.close(p.conn, true).unwrap();
+    server.close(p.conn, true, false).unwrap();
     // Refused, only counted: an end no longer held, someone else's listener, an offer gone.
-    server.close(p.conn, true).unwrap();
+    server.close(p.conn, true, false).unwrap();
     client.unlisten(listener).unwrap();
     client.cancel_nowait(offer).unwrap();
     server.unlisten(listener).unwrap();
@@ -693,8 +693,8 @@ fn every_pairing_gets_a_fresh_segment_of_its_own() {
             *b = round + 1;
         }
         assert_eq!(c_map[4096], round + 1);
-        client.close(s.conn, false).unwrap();
-        server.close(s.conn, true).unwrap();
+        client.close(s.conn, false, false).unwrap();
+        server.close(s.conn, true, false).unwrap();
         // Half the rounds keep their mappings (a process that never unmaps its old segment).
         if round % 2 == 0 {
             kept.push((s_map, c_map, csock, accepted));

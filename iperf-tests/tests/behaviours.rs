@@ -528,6 +528,15 @@ fn glibc_aliases() {
 }
 
 #[test]
+fn reuse_after_fork() {
+    // The server (the main process) accepts 201 connections: 64 bytes in on the first, then 128 in (two frames)
+    // and 64 out on each of the 200 short ones, while the client's forked child writes on into the first after
+    // both closed it (over a service, that segment must not go to a short connection; the short ones' segments
+    // do go from one to the next, their rings still holding the last one's frames).
+    run_behaviour("reuse_after_fork", expect(201, 200 * 64, 64 + 200 * 128, 0));
+}
+
+#[test]
 fn many_short_connections() {
     // 2,001 connections (one warm-up), both ends in the process, 16 bytes each. No lo check: 2,001 TCP handshakes
     // and teardowns alone exceed the fast-path slack.

@@ -27,6 +27,14 @@ struct Segment(#[allow(dead_code)] memmap2::MmapRaw);
 
 impl Keepalive for Segment {}
 
+/// A memory segment's identity (see [`Region::segment_identity`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentIdentity {
+    pub dev: u64,
+    pub inode: u64,
+    pub size: u64,
+}
+
 /// A bounds-checked view of shared device memory.
 #[derive(Clone)]
 pub struct Region {
@@ -85,6 +93,42 @@ impl Region {
         // SAFETY: `map` is a shared read-write mapping of `len` bytes of a segment that cannot
         // shrink (checked above), kept alive by the Arc for as long as any Region of it lives.
         Ok(unsafe { Region::new(base, len, Arc::new(Segment(map))) })
+    }
+
+    /// The memory segment behind `fd` (a descriptor the fabric service handed over): its
+    /// identity, which stays its own for as long as a mapping of it lives, so that a process
+    /// can tell a segment it has mapped already (one fstat).
+    pub fn segment_identity(fd: &std::os::fd::OwnedFd) -> std::io::Result<SegmentIdentity> {
+        use std::os::fd::AsFd;
+        let (dev, inode, size) = crate::sysutil::fd_identity(fd.as_fd())?;
+        Ok(SegmentIdentity { dev, inode, size })
+    }
+
+    /// Whether a child that this process forks inherits this region's whole pages
+    /// (`madvise(MADV_DOFORK)` or `MADV_DONTFORK`). A mapping kept for later use, and used by
+    /// no connection now, is not handed to a child: a child that inherited it could write into
+    /// the connections that use it later.
+    pub fn inherit_on_fork(&self, inherit: bool) -> std::io::Result<()> {
+        let page = crate::sysutil::page_size();
+        let start = (self.base as usize).next_multiple_of(page);
+        let end = (self.base as usize + self.len).next_multiple_of(page);
+        if end <= start {
+            return Ok(());
+        }
+        let advice = if inherit {
+            libc::MADV_DOFORK
+        } else {
+            libc::MADV_DONTFORK
+        };
+        // SAFETY: `start..end` covers the region's pages, all inside the one mapping of the
+        // segment that `_keep` holds (a segment mapping starts on a page and is rounded up to
+        // whole pages by the kernel); DOFORK and DONTFORK change only what a fork copies, not
+        // the bytes or this process's access to them.
+        let r = unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Length in bytes.

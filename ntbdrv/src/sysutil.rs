@@ -143,13 +143,20 @@ pub(crate) fn sealed_against_shrinking(fd: std::os::fd::BorrowedFd<'_>) -> bool 
 
 /// The size in bytes of the file behind `fd` (fstat).
 pub(crate) fn fd_size(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
+    fd_identity(fd).map(|(_, _, size)| size)
+}
+
+/// The file behind `fd`: its device, its inode and its size in bytes (one fstat).
+pub(crate) fn fd_identity(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<(u64, u64, u64)> {
     // SAFETY: `stat` is plain data; all zeros is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat writes into a live `stat` of the right type; the descriptor is borrowed.
     if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    u64::try_from(st.st_size).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))
+    let size = u64::try_from(st.st_size)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+    Ok((st.st_dev, st.st_ino, size))
 }
 
 /// The real user id.

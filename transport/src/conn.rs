@@ -244,14 +244,24 @@ pub(crate) enum Tenancy {
     /// goes away with its last mapping. With the peer line's tally page (counted in before each
     /// ring, at the slot the peer wrote into our block) and our end's slot in our own page.
     Service {
-        conn: u64,
         peer_line: Arc<OwnedFd>,
         peer_tally: Option<Arc<Tally>>,
         tally: Option<TallySlot>,
+        /// The service's connection and its segment (boxed: `Outcome` carries a connection by
+        /// value).
+        segment: Box<ServiceSegment>,
     },
     /// Slices of the two hosts' windows the two hosts' services leased for this connection
     /// (phase 3): rung and failed over as over a device; the services give the memory back.
     Bridged { dev: Arc<dyn NtbDevice>, conn: u64 },
+}
+
+/// The connection the service paired, and its segment's whole mapping and identity (the
+/// mapping is kept for reuse when the end closes cleanly: `segcache`).
+pub(crate) struct ServiceSegment {
+    pub conn: u64,
+    pub identity: ntbdrv::SegmentIdentity,
+    pub whole: Region,
 }
 
 /// A connection the host fabric service paired, its lines resolved to this process's copies
@@ -260,8 +270,10 @@ pub(crate) struct ServicePair {
     pub conn: u64,
     pub ring_bytes: u64,
     pub server: bool,
-    /// Both ends' blocks: the client's, then the server's.
-    pub segment: OwnedFd,
+    /// Both ends' blocks, the client's then the server's, mapped (see `Link::map`), and the
+    /// segment's identity.
+    pub segment: Region,
+    pub identity: ntbdrv::SegmentIdentity,
     pub own_line: Arc<OwnedFd>,
     pub peer_line: Arc<OwnedFd>,
     /// This process's tally page and the peer line's (see `tally`).
@@ -282,7 +294,7 @@ impl Segments {
     fn map(p: &ServicePair) -> Option<Segments> {
         let ring = Ring::new(p.ring_bytes)?;
         let len = ENDPOINT_HDR.checked_add(p.ring_bytes)? as usize;
-        let both = Region::map_segment(&p.segment, len.checked_mul(2)?).ok()?;
+        let both = &p.segment;
         let (client, server) = (both.slice(0, len).ok()?, both.slice(len, len).ok()?);
         let (own_block, peer_block) = if p.server {
             (server, client)
@@ -489,10 +501,14 @@ impl Connection {
         atomic_u32_at(&seg.peer_block, CR_TALLY)
             .store(tally.as_ref().map_or(0, |b| b.slot()), Release);
         let tenancy = Tenancy::Service {
-            conn: p.conn,
             peer_line: p.peer_line,
             peer_tally: p.peer_tally,
             tally,
+            segment: Box::new(ServiceSegment {
+                conn: p.conn,
+                identity: p.identity,
+                whole: p.segment,
+            }),
         };
         Connection::assemble(
             shared,

@@ -13,6 +13,7 @@ mod device;
 mod handshake;
 pub mod proto;
 pub mod rendezvous;
+mod segcache;
 mod service;
 mod settings;
 mod shared;
@@ -622,9 +623,13 @@ impl Transport {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        if self.release_holder() {
+        let last = self.release_holder();
+        if last {
             self.close();
         }
+        // After every write into the connection's memory: the service may give it to another
+        // connection of the same two processes once both ends said so.
+        self.let_service_go(last);
     }
 }
 

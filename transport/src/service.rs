@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use fabric::{Client, ClientError, Pairing};
 
+mod lines;
+
 use crate::conn::{Role, ServicePair, Tally};
 use crate::{
     lock, Connection, Endpoint, Listener, ListenerState, Outcome, Pending, ProcessState, Reason,
@@ -49,6 +51,9 @@ pub(crate) struct Link {
     /// opens connection after connection to the same peer process (a client's loop, a server's
     /// clients) takes the same line each time instead of moving a new copy up and closing it.
     recent: Mutex<std::collections::VecDeque<PeerLine>>,
+    /// Mappings of the segments of connections this process let go of cleanly: the service
+    /// may give one again to the next connection with the same peer process.
+    segments: crate::segcache::SegmentCache,
     /// The bridge's device, mapped at this process's first connection paired across it (the
     /// environment names it: `PCISOCK_DEVICE`, `PCISOCK_EMU_*`).
     bridge: Mutex<Option<Arc<dyn ntbdrv::NtbDevice>>>,
@@ -67,7 +72,7 @@ const RECENT_LINES: usize = 4;
 /// A request that needs no answer (the service gives none: wire version 4).
 #[derive(Clone, Copy)]
 enum Fire {
-    Close(u64, bool),
+    Close(u64, bool, bool),
     Cancel(fabric::Offer),
     Unlisten(u64),
 }
@@ -75,7 +80,7 @@ enum Fire {
 impl Fire {
     fn send(self, c: &mut Client) -> Result<(), ClientError> {
         match self {
-            Fire::Close(conn, server) => c.close(conn, server),
+            Fire::Close(conn, server, clean) => c.close(conn, server, clean),
             Fire::Cancel(offer) => c.cancel_nowait(offer),
             Fire::Unlisten(id) => c.unlisten(id),
         }
@@ -104,6 +109,7 @@ impl Link {
             lines: Mutex::new(HashMap::new()),
             tallies: Mutex::new(HashMap::new()),
             recent: Mutex::new(std::collections::VecDeque::new()),
+            segments: Default::default(),
             bridge: Mutex::new(None),
         };
         let c = link.introduced(c);
@@ -140,49 +146,6 @@ impl Link {
             .and_then(|(.., t)| t.clone())
     }
 
-    /// The one copy of a line the service `service` named `l.id` (`l.fd` closed if this
-    /// process has it already: the service connection shares a line among the replies it
-    /// receives, but this process's copies outlive its service connections).
-    fn line(&self, service: u32, l: fabric::Line) -> Arc<OwnedFd> {
-        let mut lines = lock(&self.lines);
-        if let Some(have) = lines.get(&(service, l.id)).and_then(Weak::upgrade) {
-            return have;
-        }
-        if lines.len() >= 64 && lines.len().is_power_of_two() {
-            lines.retain(|_, w| w.strong_count() > 0);
-        }
-        let fd = l.fd;
-        lines.insert((service, l.id), Arc::downgrade(&fd));
-        fd
-    }
-
-    /// The one mapping of the tally page of the line the service `service` named `line`
-    /// (`fd` closed if this process has it mapped already; `None` if it cannot be mapped).
-    fn tally(&self, service: u32, line: u64, fd: Arc<OwnedFd>) -> Option<Arc<Tally>> {
-        let mut tallies = lock(&self.tallies);
-        if let Some(have) = tallies.get(&(service, line)).and_then(Weak::upgrade) {
-            return Some(have);
-        }
-        if tallies.len() >= 64 && tallies.len().is_power_of_two() {
-            tallies.retain(|_, w| w.strong_count() > 0);
-        }
-        let t = Tally::map(&fd)?;
-        tallies.insert((service, line), Arc::downgrade(&t));
-        Some(t)
-    }
-
-    /// Keep a peer line (and its tally page) open after its connections end (`recent`).
-    fn keep_recent(&self, line: &Arc<OwnedFd>, tally: &Option<Arc<Tally>>) {
-        let mut recent = lock(&self.recent);
-        if recent.iter().any(|(l, _)| Arc::ptr_eq(l, line)) {
-            return;
-        }
-        if recent.len() >= RECENT_LINES {
-            recent.pop_front();
-        }
-        recent.push_back((line.clone(), tally.clone()));
-    }
-
     /// A connection the service paired across the bridge: the bridge's device mapped (once per
     /// process) and the connection made on the slices the service named; if that fails, our
     /// end is let go of at once (the service gives its slice back) and the connection stays on
@@ -214,21 +177,42 @@ impl Link {
         c
     }
 
-    /// A pairing the service `service` sent, with its lines resolved to our copies.
-    fn pair(&self, service: u32, p: fabric::Paired) -> ServicePair {
+    /// A pairing the service `service` sent, with its lines resolved to our copies and its
+    /// segment mapped (`None`: it cannot be).
+    fn pair(&self, service: u32, p: fabric::Paired) -> Option<ServicePair> {
         let peer_id = p.peer_line.id;
         let peer_line = self.line(service, p.peer_line);
         let peer_tally = self.tally(service, peer_id, p.peer_tally);
         self.keep_recent(&peer_line, &peer_tally);
-        ServicePair {
+        let (segment, identity) = self.segments.map(&p.segment, p.ring_bytes)?;
+        Some(ServicePair {
             conn: p.conn,
             ring_bytes: p.ring_bytes,
             server: p.server,
-            segment: p.segment,
+            segment,
+            identity,
             own_line: self.line(service, p.own_line),
             peer_line,
             own_tally: self.own_tally(),
             peer_tally,
+        })
+    }
+
+    /// This process let go of its last reference to its end of `conn` (`server`: the
+    /// accepting end) after its last write into `segment` (its whole mapping, `id`); `clean`:
+    /// no other process can hold the end (see `fabric::wire::Request::Close`). A clean end's
+    /// mapping is kept for the service to give again.
+    pub(crate) fn let_go(
+        &self,
+        conn: u64,
+        server: bool,
+        clean: bool,
+        segment: (ntbdrv::SegmentIdentity, &ntbdrv::Region),
+    ) {
+        lock(&self.held).retain(|h| h.0 != conn);
+        self.fire(Fire::Close(conn, server, clean));
+        if clean {
+            self.segments.keep(segment.0, segment.1.clone());
         }
     }
 
@@ -286,10 +270,10 @@ impl Link {
         }
     }
 
-    /// This process let go of its last reference to its end of `conn`.
+    /// This process let go of its end of `conn` without using it (an accept given up).
     pub(crate) fn close(&self, conn: u64, server: bool) {
         lock(&self.held).retain(|h| h.0 != conn);
-        self.fire(Fire::Close(conn, server));
+        self.fire(Fire::Close(conn, server, false));
     }
 
     /// This process holds `conn` on socket `tcp_fd`.
@@ -545,7 +529,9 @@ pub(crate) fn complete(
         }) {
             Ok((svc, Some(Pairing::Paired(p)))) => {
                 let plain = p.plain;
-                let p = link.pair(svc, p);
+                let Some(p) = link.pair(svc, p) else {
+                    return Outcome::Tcp(Reason::BadPeer);
+                };
                 let role = if o.server { Role::Server } else { Role::Client };
                 return match Connection::from_service(
                     shared.clone(),
@@ -714,7 +700,7 @@ pub(crate) fn accept(
         (svc, Pairing::Paired(p)) => {
             let own_client = p.own_line.id == p.peer_line.id;
             let plain = p.plain;
-            let p = link.pair(svc, p);
+            let p = link.pair(svc, p).ok_or(Reason::BadPeer)?;
             if let (true, Some(w)) = (own_client, watch) {
                 // Let that ring land before `accept` returns: an epoll set the application
                 // makes for the connection next takes it as an old edge when it adds our line.
@@ -767,7 +753,7 @@ pub(crate) fn reattach(shared: &Arc<ProcessState>, tcp_fd: RawFd) -> Option<Outc
     let link = link(shared).ok()?;
     match link.with(|c| Ok((c.service_pid, c.hold(tcp_fd)?))).ok()? {
         (svc, fabric::Held::Paired(p)) => {
-            let p = link.pair(svc, p);
+            let p = link.pair(svc, p)?;
             Connection::reattach_service(shared.clone(), p, tcp_fd).map(Outcome::Connected)
         }
         // An offer this process made before its exec: it waits on for its server.

@@ -207,7 +207,11 @@ impl Service {
                 return Some((client, id, fds.pop()?, ring, nowait));
             }
             Request::Hold => self.hold(client, id, sender, fds.pop()?),
-            Request::Close { conn, server } => self.close(conn, sender, server as usize),
+            Request::Close {
+                conn,
+                server,
+                clean,
+            } => self.close(conn, sender, server as usize, clean),
             Request::Plain { request, bytes } => self.plain(client, id, request, bytes),
         }
         None
@@ -512,13 +516,18 @@ impl Service {
         }
     }
 
-    /// `Close`: the sender let go of its end `end` of `conn`. Never answered.
-    fn close(&mut self, conn: u64, sender: u32, end: usize) {
+    /// `Close`: the sender let go of its end `end` of `conn` (`clean`ly: see `Conn::clean`).
+    /// Never answered.
+    fn close(&mut self, conn: u64, sender: u32, end: usize, clean: bool) {
         let held = self
             .conns
-            .get(&conn)
-            .is_some_and(|c| c.holders.contains(&(sender, end)));
-        if held {
+            .get_mut(&conn)
+            .filter(|c| c.holders.contains(&(sender, end)));
+        if let Some(c) = held {
+            let own = [c.pids.0, c.pids.1].get(end) == Some(&sender);
+            if let Some(e) = c.clean.get_mut(end) {
+                *e = clean && own;
+            }
             self.let_go(conn, sender, end);
         } else if !self.bridged_close(conn, sender, end) {
             self.refuse_quietly(Refusal::NotYours);

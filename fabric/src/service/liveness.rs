@@ -47,6 +47,11 @@ impl Service {
         };
         self.add_holder(conn, pid, side);
         self.orphans.retain(|&o| o != conn);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            // Another image (after exec) or another process maps the segment now: it is never
+            // given to another connection.
+            c.reusable = false;
+        }
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -199,6 +204,9 @@ impl Service {
         if let Some(c) = self.conns.remove(&conn) {
             self.window_used = self.window_used.saturating_sub(c.bytes);
             self.counters.reclaimed += 1;
+            if c.reusable && c.clean == [true, true] && c.holders.is_empty() {
+                self.keep(c.pids, c.segment, c.bytes);
+            }
         }
     }
 
@@ -253,6 +261,8 @@ impl Service {
         let Some(gone) = self.clients.remove(&client) else {
             return;
         };
+        // Its mappings are gone (exit, exec) or going: its pooled segments too.
+        self.forget_pooled(gone.cred.pid);
         // Its connections outlive its service connection (an exec): watch the process itself.
         let pid = gone.cred.pid;
         if (self

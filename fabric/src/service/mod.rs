@@ -26,6 +26,7 @@ mod dispatch;
 pub use bridge::{BLOCK_INFO, BLOCK_INFO_MAGIC, MAILBOX_BYTES, MAILBOX_OFFSET};
 mod liveness;
 mod pairing;
+mod pool;
 
 /// Service settings.
 #[derive(Clone, Debug)]
@@ -218,6 +219,14 @@ struct Conn {
     /// The connection's memory: both ends' blocks (handed out again on `Hold`).
     segment: Rc<OwnedFd>,
     bytes: u64,
+    /// The processes that made the client end and the server end: the only ones that ever
+    /// map the segment unless a `Hold` brought another (then `reusable` is false).
+    pids: (u32, u32),
+    /// Each end's own process let go of it `clean` (`Close`): it wrote its last into the
+    /// segment, and no other process of its can hold the end.
+    clean: [bool; 2],
+    /// No process but `pids` was ever given the segment.
+    reusable: bool,
 }
 
 /// One end of a paired connection.
@@ -269,12 +278,16 @@ pub struct Service {
     history: std::collections::VecDeque<Fallen>,
     /// Segments made ahead, each of `spare_bytes`, with the pages every end touches first
     /// given their memory (`sys::prepare_pages`): made after a turn's replies, so that a
-    /// pairing only takes one. Each is handed out once, to one connection, and never reused.
+    /// pairing only takes one. Each is handed out once, to one connection (reused after it
+    /// closes only through `pool`, by the same two processes).
     spares: Vec<OwnedFd>,
     /// The size of the last pairing's segment (0: no pairing yet).
     spare_bytes: u64,
     /// The last two pairings used segments of `spare_bytes`: spares of it are worth making.
     spare_steady: bool,
+    /// Segments of closed connections, kept for the next connection between the same two
+    /// processes (`pool`).
+    pool: Vec<pool::Pooled>,
     /// This service's side of the bridge to the other host's service (phase 3), if it pairs
     /// across one.
     bridge: Option<bridge::Bridge>,
@@ -287,6 +300,8 @@ struct Counters {
     declined: u64,
     refused: HashMap<Refusal, u64>,
     reclaimed: u64,
+    /// Connections given a pooled segment.
+    reused: u64,
 }
 
 impl Listener {
@@ -347,6 +362,7 @@ impl Service {
             spares: Vec::new(),
             spare_bytes: 0,
             spare_steady: false,
+            pool: Vec::new(),
             bridge: None,
             stop: false,
         }
@@ -481,9 +497,10 @@ impl Service {
         Ok(())
     }
 
-    /// A new segment of `bytes` (both ends' blocks, each `SEGMENT_HEADER` and its ring): a
-    /// spare when one of that size is ready, else made now.
-    fn take_segment(&mut self, bytes: u64) -> io::Result<OwnedFd> {
+    /// A segment of `bytes` (both ends' blocks, each `SEGMENT_HEADER` and its ring) for a
+    /// connection between the processes `pids`: one of their closed connections' (`pool`),
+    /// else a spare when one of that size is ready, else made now.
+    fn take_segment(&mut self, bytes: u64, pids: (u32, u32)) -> io::Result<OwnedFd> {
         // Spares are made for a size two pairings in a row used: while window space runs
         // short and the sizes change from one pairing to the next, none are made to be thrown
         // away.
@@ -491,6 +508,9 @@ impl Service {
         if !self.spare_steady {
             self.spares.clear();
             self.spare_bytes = bytes;
+        }
+        if let Some(s) = self.reuse(bytes, pids) {
+            return Ok(s);
         }
         match self.spares.pop() {
             Some(s) => Ok(s),

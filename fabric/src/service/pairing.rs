@@ -80,7 +80,10 @@ impl Service {
         let Some(line_s) = self.clients.get(&server).and_then(|c| c.line.clone()) else {
             return declined(self, NO_OFFER);
         };
-        let Ok(segment) = self.take_segment(bytes) else {
+        let pid_of = |s: &Service, c: u64| s.clients.get(&c).map(|c| c.cred.pid);
+        let (pid_c, pid_s) = (pid_of(self, offer.owner), pid_of(self, server));
+        let pids = (pid_c.unwrap_or(0), pid_s.unwrap_or(0));
+        let Ok(segment) = self.take_segment(bytes, pids) else {
             return declined(self, NO_WINDOW_SPACE);
         };
         let client_inode = offer.inode;
@@ -122,14 +125,10 @@ impl Service {
         sys::ring(lc.as_raw_fd());
         self.window_used += bytes;
         self.counters.paired += 1;
-        let pid_of = |s: &Service, c: u64| s.clients.get(&c).map(|c| c.cred.pid);
-        let holders: Vec<(u32, usize)> = [
-            pid_of(self, offer.owner).map(|p| (p, 0)),
-            pid_of(self, server).map(|p| (p, 1)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let holders: Vec<(u32, usize)> = [pid_c.map(|p| (p, 0)), pid_s.map(|p| (p, 1))]
+            .into_iter()
+            .flatten()
+            .collect();
         let Offer { line, .. } = offer;
         self.conns.insert(
             conn,
@@ -150,6 +149,9 @@ impl Service {
                 ],
                 segment,
                 bytes,
+                pids,
+                clean: [false; 2],
+                reusable: pid_c.is_some() && pid_s.is_some(),
             },
         );
         for (pid, end) in holders {

@@ -28,6 +28,7 @@ fn all_requests() -> Vec<Request> {
         Request::Close {
             conn: 3,
             server: true,
+            clean: true,
         },
         Request::Status,
         Request::List,

@@ -137,11 +137,27 @@ impl Connection {
                     self.peer_block.region().clone(),
                 );
             }
-            // Fresh segments per connection: nobody else can be given this memory, so there
-            // is nothing to quarantine (the service counts the window space back once no
-            // process holds the connection: see `release_holder`). Across the bridge the two
-            // services give the blocks back once both ends are closed.
+            // A segment goes to no other connection unless both ends let go of it cleanly
+            // (`let_service_go`, after this), and then only to the same two processes': nothing
+            // to quarantine (the service counts the window space back once no process holds
+            // the connection). Across the bridge the two services give the blocks back once
+            // both ends are closed.
             Tenancy::Service { .. } | Tenancy::Bridged { .. } => {}
+        }
+    }
+
+    /// This process made its last write into the connection's memory (`release_holder`, and
+    /// `close` if it was the last holder): tell the service it let go of its end. `clean` when
+    /// it was the last holder and no other process could hold it (it never forked with it nor
+    /// picked it up after exec): then the service may zero the segment and give it to the next
+    /// connection with the same peer process, and this process keeps its mapping for that.
+    pub(crate) fn let_service_go(&self, last: bool) {
+        if let (Tenancy::Service { segment: s, .. }, Some(link)) =
+            (&self.tenancy, &self.shared.service)
+        {
+            let clean = last && !self.family.is_shared();
+            let server = self.role == Role::Server;
+            link.let_go(s.conn, server, clean, (s.identity, &s.whole));
         }
     }
 
@@ -216,9 +232,7 @@ impl Connection {
     /// caller then closes it); otherwise the leases move to a remaining live holder, so the
     /// connection outlives this process.
     pub(crate) fn release_holder(&self) -> bool {
-        if let (Tenancy::Service { conn, .. }, Some(link)) = (&self.tenancy, &self.shared.service) {
-            link.close(*conn, self.role == Role::Server);
-        }
+        // (Over one service, the `Close` goes after the close's last writes: `let_service_go`.)
         // Across the bridge the service knows only the process that made the end (no `Hold`
         // for it yet): it is told once no process of ours holds the end any more, so that it
         // does not give the memory back under a forked child that still uses it.

@@ -1,0 +1,163 @@
+//! Segment reuse (docs/HOST-SERVICE.md, *Segment reuse*): the segment of a connection whose two
+//! ends let go cleanly goes, its headers zeroed, to the next connection between the same
+//! processes; one
+//! that any other process may still write into (an end let go of uncleanly, a forked or exec'd
+//! holder, an end still held) never does.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use fabric::{sys, Client, Options, Paired, Pairing};
+use socket2::Socket;
+
+mod common;
+use common::{offer_and_connect, start};
+
+/// A connection paired between `client` and `server`: (server end, client end, the client's
+/// socket, the server's accepted socket).
+fn pair(
+    server: &mut Client,
+    client: &mut Client,
+    l: &TcpListener,
+) -> (Paired, Paired, Socket, TcpStream) {
+    let (mut offer, csock, accepted) = offer_and_connect(client, l.local_addr().unwrap(), l);
+    let Pairing::Paired(s) = server.accept(accepted.as_raw_fd(), 1 << 20).unwrap() else {
+        panic!("the server's accept was declined");
+    };
+    let Some(Pairing::Paired(c)) = client.paired(&mut offer, Duration::from_secs(5)).unwrap()
+    else {
+        panic!("the client was not paired");
+    };
+    (s, c, csock, accepted)
+}
+
+/// The segment's memfd (its inode).
+fn inode(fd: &OwnedFd) -> u64 {
+    std::fs::File::from(fd.try_clone().unwrap())
+        .metadata()
+        .unwrap()
+        .ino()
+}
+
+/// Write `byte` over the whole segment, as two ends' headers and traffic would.
+fn scribble(fd: &OwnedFd, byte: u8) {
+    // SAFETY: a test mapping of a segment this test's connection holds.
+    let mut m = unsafe { memmap2::MmapMut::map_mut(fd.as_raw_fd()) }.unwrap();
+    m.fill(byte);
+}
+
+/// Does a reused segment start as a fresh one? Both endpoint headers (the first 4 KiB of each
+/// block) read as zeros: every word an end starts from. Its rings may hold what the last
+/// connection wrote (the ring protocol never takes it for a frame), but only in their first
+/// 64 KiB: the rest is given back.
+fn fresh(fd: &OwnedFd) -> bool {
+    let len = std::fs::File::from(fd.try_clone().unwrap())
+        .metadata()
+        .unwrap()
+        .len() as usize;
+    let mut buf = vec![1u8; len];
+    assert_eq!(sys::pread(fd.as_raw_fd(), &mut buf, 0).unwrap(), len);
+    let block = len / 2;
+    [0, block].iter().all(|&b| {
+        buf[b..b + 4096].iter().all(|&x| x == 0)
+            && buf[b + 4096 + (64 << 10)..b + block]
+                .iter()
+                .all(|&x| x == 0)
+    })
+}
+
+/// Wait until the service reclaimed `n` connections (closes are one-way).
+fn reclaimed(c: &mut Client, n: u64) {
+    let t0 = Instant::now();
+    while c.status().unwrap().reclaimed < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the closes were never read"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn setup() -> (common::Running, Client, Client, TcpListener) {
+    let svc = start(Options::default());
+    let mut server = Client::connect(&svc.socket).unwrap();
+    let client = Client::connect(&svc.socket).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    server.listen(l.as_raw_fd()).unwrap();
+    (svc, server, client, l)
+}
+
+#[test]
+fn a_clean_close_gives_the_segment_zeroed_to_the_same_processes_next_connection() {
+    let (_svc, mut server, mut client, l) = setup();
+    let (s, c, _cs, _a) = pair(&mut server, &mut client, &l);
+    let first = inode(&s.segment);
+    scribble(&s.segment, 0xAB);
+    server.close(s.conn, true, true).unwrap();
+    client.close(c.conn, false, true).unwrap();
+    reclaimed(&mut server, 1);
+
+    let (s2, c2, _cs2, _a2) = pair(&mut server, &mut client, &l);
+    assert_ne!(s2.conn, s.conn);
+    assert_eq!(
+        (inode(&s2.segment), inode(&c2.segment)),
+        (first, first),
+        "the closed connection's segment was not given again"
+    );
+    assert!(
+        fresh(&s2.segment),
+        "a reused segment carries its last connection's header words, or all its ring pages"
+    );
+}
+
+#[test]
+fn a_segment_an_end_may_still_write_into_is_never_given_again() {
+    let (_svc, mut server, mut client, l) = setup();
+    // A stale end: the server end of `held` is never let go of (a process still holding it,
+    // and writing); `done` closes cleanly on both ends.
+    let (hs, hc, _hcs, _ha) = pair(&mut server, &mut client, &l);
+    let (ds, dc, _dcs, _da) = pair(&mut server, &mut client, &l);
+    let (held, done) = (inode(&hs.segment), inode(&ds.segment));
+    client.close(hc.conn, false, true).unwrap();
+    server.close(ds.conn, true, true).unwrap();
+    client.close(dc.conn, false, true).unwrap();
+    reclaimed(&mut server, 1);
+    let (s2, _c2, _cs2, _a2) = pair(&mut server, &mut client, &l);
+    assert_eq!(
+        inode(&s2.segment),
+        done,
+        "the cleanly closed segment is reused"
+    );
+    // The stale end writes on: the new connection never sees it.
+    scribble(&hs.segment, 0xEE);
+    assert_ne!(inode(&s2.segment), held);
+    assert!(fresh(&s2.segment));
+
+    // An end let go of uncleanly (its process forked with it: a child may write on) keeps the
+    // segment from reuse, though both ends' closes came.
+    server.close(s2.conn, true, false).unwrap();
+    client.close(s2.conn, false, true).unwrap();
+    reclaimed(&mut server, 2);
+    let (s3, c3, _cs3, _a3) = pair(&mut server, &mut client, &l);
+    assert_ne!(inode(&s3.segment), done, "reused after an unclean close");
+
+    // A connection another process picked up (`Hold`: a forked child that talked to the
+    // service, a new image after exec) is never reused either, even if both ends close clean.
+    let mut other = Client::connect(&_svc.socket).unwrap();
+    let fabric::Held::Paired(_h) = other.hold(_a3.as_raw_fd()).unwrap() else {
+        panic!("hold declined");
+    };
+    let third = inode(&s3.segment);
+    other.close(s3.conn, true, true).unwrap();
+    server.close(s3.conn, true, true).unwrap();
+    client.close(c3.conn, false, true).unwrap();
+    reclaimed(&mut server, 3);
+    let (s4, _c4, _cs4, _a4) = pair(&mut server, &mut client, &l);
+    assert_ne!(
+        inode(&s4.segment),
+        third,
+        "reused after another process held it"
+    );
+}
