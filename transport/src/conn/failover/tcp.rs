@@ -250,6 +250,7 @@ impl Connection {
                             self.count(Counter::TcpRxBytes, n as u64);
                             self.note_read();
                         }
+                        rx.shed();
                         return Ok(n);
                     }
                     if mode == RxMode::Ring {
@@ -282,6 +283,13 @@ impl Connection {
     /// Take what the TCP socket has and parse it. Returns whether anything changed (bytes to
     /// deliver, a mode change); ends of the socket are recorded in `rx.end`.
     fn pump(&self, rx: &mut RxSide) -> Result<bool, IoError> {
+        let r = self.pump_buffers(rx);
+        rx.shed();
+        r
+    }
+
+    /// [`Self::pump`]'s work.
+    fn pump_buffers(&self, rx: &mut RxSide) -> Result<bool, IoError> {
         let mut changed = false;
         // Parse what we have first.
         loop {
