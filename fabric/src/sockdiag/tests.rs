@@ -56,7 +56,11 @@ fn a_handed_socket_answers_right_whatever_its_other_holder_does() {
         req[6..8].copy_from_slice(&flags.to_ne_bytes());
         req[NLMSG_HDR] = libc::AF_INET as u8;
         req[NLMSG_HDR + 1] = libc::IPPROTO_TCP as u8;
-        req[NLMSG_HDR + 4..NLMSG_HDR + 8].copy_from_slice(&(!0u32).to_ne_bytes());
+        // Listening sockets only: a dump of every socket on a machine with tens of thousands
+        // (TIME_WAIT after a benchmark) does not fit one batch, and a dump still running makes
+        // the kernel refuse the next request on the socket (EBUSY), which is not what this
+        // test is about.
+        req[NLMSG_HDR + 4..NLMSG_HDR + 8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
         copy.send_raw(&req).unwrap();
     };
     queue_dump();
