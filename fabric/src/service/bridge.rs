@@ -220,16 +220,7 @@ impl Service {
             found = find(self);
         }
         let answer = |s: &mut Service, reason: u32, conn: u64, ring: u64, slice: Slice| {
-            let mut m = [0u64; MSG / 8];
-            m[0] = M_OFFER;
-            m[1] = ask;
-            m[2] = conn;
-            m[3] = ring;
-            put_slice(&mut m, 4, slice);
-            m[7] = reason as u64;
-            if let Some(b) = s.bridge.as_mut() {
-                b.post(m);
-            }
+            s.post_pairing(M_OFFER, ask, conn, ring, slice, reason)
         };
         let Some(conn) = found else {
             return answer(self, NO_OFFER, 0, 0, Slice::default());
@@ -246,17 +237,10 @@ impl Service {
             return decline(self, why);
         }
         let ring = ring_of(ring, offer.ring, self.opts.ring_bytes);
-        let room = self.window_used + SEGMENT_HEADER + ring <= self.opts.window_bytes;
-        let block = self
-            .bridge
-            .as_mut()
-            .filter(|_| room)
-            .and_then(|b| b.lease(ring));
-        let Some(block) = block else {
+        let Some(block) = self.lease_block(ring) else {
             answer(self, NO_WINDOW_SPACE, 0, 0, Slice::default());
             return decline(self, NO_WINDOW_SPACE);
         };
-        self.window_used += block.lease.len;
         answer(self, 0, conn, ring, block.slice());
         if let Some(b) = self.bridge.as_mut() {
             b.outs.insert(
@@ -274,19 +258,51 @@ impl Service {
         }
     }
 
+    /// Tell the peer service how a pairing went (`kind`: `M_OFFER`, the client side's answer
+    /// to an `Ask`, or `M_PAIRED`, the server side's word back): `id` names the question or the
+    /// peer's connection, then our connection, the ring size, our end's slice and the reason
+    /// (0: paired).
+    fn post_pairing(
+        &mut self,
+        kind: u64,
+        id: u64,
+        conn: u64,
+        ring: u64,
+        slice: Slice,
+        reason: u32,
+    ) {
+        let mut m = [0u64; MSG / 8];
+        m[0] = kind;
+        m[1] = id;
+        m[2] = conn;
+        m[3] = ring;
+        put_slice(&mut m, 4, slice);
+        m[7] = u64::from(reason);
+        if let Some(b) = self.bridge.as_mut() {
+            b.post(m);
+        }
+    }
+
+    /// A block for one end with rings of `ring` bytes in our inbound window, counted in the
+    /// window space, if the space and the window have room.
+    fn lease_block(&mut self, ring: u64) -> Option<Block> {
+        let room = self.window_used + SEGMENT_HEADER + ring <= self.opts.window_bytes;
+        let block = self
+            .bridge
+            .as_mut()
+            .filter(|_| room)
+            .and_then(|b| b.lease(ring))?;
+        self.window_used += block.lease.len;
+        Some(block)
+    }
+
     /// Server side: the peer's answer to our `Ask`: its client's block, or why not.
     fn on_offer(&mut self, ask: u64, peer_conn: u64, ring: u64, client: Slice, why: u32) {
         let Some(a) = self.bridge.as_mut().and_then(|b| b.asks.remove(&ask)) else {
             // The accept gave up (its process died, or it waited too long): the client's
             // service gives its block back and declines its client.
             if why == 0 && peer_conn != 0 {
-                let mut m = [0u64; MSG / 8];
-                m[0] = M_PAIRED;
-                m[1] = peer_conn;
-                m[7] = NO_ANSWER as u64;
-                if let Some(b) = self.bridge.as_mut() {
-                    b.post(m);
-                }
+                self.post_pairing(M_PAIRED, peer_conn, 0, 0, Slice::default(), NO_ANSWER);
             }
             return;
         };
@@ -302,33 +318,17 @@ impl Service {
         }
         let ring = ring_of(ring, a.ring, self.opts.ring_bytes);
         let paired = |s: &mut Service, reason: u32, conn: u64, slice: Slice| {
-            let mut m = [0u64; MSG / 8];
-            m[0] = M_PAIRED;
-            m[1] = peer_conn;
-            m[2] = conn;
-            m[3] = ring;
-            put_slice(&mut m, 4, slice);
-            m[7] = reason as u64;
-            if let Some(b) = s.bridge.as_mut() {
-                b.post(m);
-            }
+            s.post_pairing(M_PAIRED, peer_conn, conn, ring, slice, reason)
         };
         let fits = self.bridge.as_ref().is_some_and(|b| b.fits(client, ring));
         if !fits {
             paired(self, BAD_PEER, 0, Slice::default());
             return decline(self, BAD_PEER);
         }
-        let room = self.window_used + SEGMENT_HEADER + ring <= self.opts.window_bytes;
-        let block = self
-            .bridge
-            .as_mut()
-            .filter(|_| room)
-            .and_then(|b| b.lease(ring));
-        let Some(block) = block else {
+        let Some(block) = self.lease_block(ring) else {
             paired(self, NO_WINDOW_SPACE, 0, Slice::default());
             return decline(self, NO_WINDOW_SPACE);
         };
-        self.window_used += block.lease.len;
         let conn = self.id();
         let r = Reply::Bridged {
             conn,

@@ -120,6 +120,18 @@ impl TwoServices {
     }
 
     /// The env of a process of host `host` on flagged port `port`.
+    /// A server (`SERVER` with `args`) on the second host as `user`, listening, and its
+    /// listener known on the client's host (the services' next look at the bridge).
+    fn serve(&self, f: &Fixture, name: &str, user: &str, args: &[&str], env: &PreloadEnv) -> Proc {
+        let mut s = self.spawn(f, name, 1, user, SERVER, args, env);
+        check(
+            s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
+            &[&s],
+        );
+        std::thread::sleep(Duration::from_millis(400));
+        s
+    }
+
     fn env(&self, f: &Fixture, role: &str, host: u32, port: u16, strict: bool) -> PreloadEnv {
         let svc = if host == 0 { &self.svc_a } else { &self.svc_b };
         let mut e = svc.env(f, role, port).with_strict(strict);
@@ -141,21 +153,7 @@ fn two_services_pair_a_connection_across_the_bridge() {
     let port = free_port();
     let port_s = port.to_string();
     let senv = h.env(&f, "server", 1, port, true);
-    let mut s = h.spawn(
-        &f,
-        "server",
-        1,
-        "root",
-        SERVER,
-        &[&port_s, "10.198.0.2", "sha"],
-        &senv,
-    );
-    check(
-        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
-        &[&s],
-    );
-    // The listener reaches the client's host with the services' next look at the bridge.
-    std::thread::sleep(Duration::from_millis(400));
+    let mut s = h.serve(&f, "server", "root", &[&port_s, "10.198.0.2", "sha"], &senv);
     let before = h.veth.bytes();
     let cenv = h.env(&f, "client", 0, port, true);
     let n = (16 * MIB).to_string();
@@ -209,20 +207,7 @@ fn a_killed_client_on_one_host_ends_its_servers_connection_on_the_other() {
     let port = free_port();
     let port_s = port.to_string();
     let senv = h.env(&f, "server", 1, port, true);
-    let mut s = h.spawn(
-        &f,
-        "server",
-        1,
-        "root",
-        SERVER,
-        &[&port_s, "10.198.0.2", "eof"],
-        &senv,
-    );
-    check(
-        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
-        &[&s],
-    );
-    std::thread::sleep(Duration::from_millis(400));
+    let mut s = h.serve(&f, "server", "root", &[&port_s, "10.198.0.2", "eof"], &senv);
     let cenv = h.env(&f, "client", 0, port, true);
     let n = (4 * MIB).to_string();
     let mut c = h.spawn(
@@ -289,20 +274,7 @@ fn an_untrusted_client_stays_on_tcp_with_its_reason() {
     let port = free_port();
     let port_s = port.to_string();
     let senv = h.env(&f, "server", 1, port, false);
-    let mut s = h.spawn(
-        &f,
-        "server",
-        1,
-        "root",
-        SERVER,
-        &[&port_s, "10.198.0.2", "sha"],
-        &senv,
-    );
-    check(
-        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
-        &[&s],
-    );
-    std::thread::sleep(Duration::from_millis(400));
+    let mut s = h.serve(&f, "server", "root", &[&port_s, "10.198.0.2", "sha"], &senv);
     let before = h.veth.bytes();
     let cenv = h.env(&f, "client", 0, port, false);
     let n = (4 * MIB).to_string();
@@ -339,20 +311,7 @@ fn services_killed_mid_stream_leave_the_connection_running() {
     let port = free_port();
     let port_s = port.to_string();
     let senv = h.env(&f, "server", 1, port, true);
-    let mut s = h.spawn(
-        &f,
-        "server",
-        1,
-        "root",
-        SERVER,
-        &[&port_s, "10.198.0.2", "sha"],
-        &senv,
-    );
-    check(
-        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
-        &[&s],
-    );
-    std::thread::sleep(Duration::from_millis(400));
+    let mut s = h.serve(&f, "server", "root", &[&port_s, "10.198.0.2", "sha"], &senv);
     let before = h.veth.bytes();
     let cenv = h.env(&f, "client", 0, port, true);
     let n = (1024 * MIB).to_string();
@@ -411,23 +370,10 @@ fn a_restarted_service_pairs_again_beside_the_running_connection() {
     let (p1_s, p2_s) = (p1.to_string(), p2.to_string());
     let server = |h: &TwoServices, name: &str, port: u16, port_s: &str| {
         let env = h.env(&f, name, 1, port, true);
-        let mut s = h.spawn(
-            &f,
-            name,
-            1,
-            "root",
-            SERVER,
-            &[port_s, "10.198.0.2", "sha"],
-            &env,
-        );
-        check(
-            s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
-            &[&s],
-        );
+        let s = h.serve(&f, name, "root", &[port_s, "10.198.0.2", "sha"], &env);
         (s, env)
     };
     let (mut s1, _) = server(&h, "server1", p1, &p1_s);
-    std::thread::sleep(Duration::from_millis(400));
     let before = h.veth.bytes();
     let c1env = h.env(&f, "client1", 0, p1, true);
     let n1 = (1024 * MIB).to_string();
@@ -453,8 +399,8 @@ fn a_restarted_service_pairs_again_beside_the_running_connection() {
     h.svc_b.restart(&f);
     let (mut s2, s2env) = server(&h, "server2", p2, &p2_s);
     // The new service's listener reaches the client's host once the old service there has seen
-    // its new session and heartbeat.
-    std::thread::sleep(Duration::from_millis(800));
+    // its new session and heartbeat: 800 ms in all with `serve`'s wait.
+    std::thread::sleep(Duration::from_millis(400));
     let c2env = h.env(&f, "client2", 0, p2, true);
     let n2 = (16 * MIB).to_string();
     let mut c2 = h.spawn(
@@ -498,20 +444,7 @@ fn a_plain_client_from_the_other_host_is_served_over_tcp() {
     let port = free_port();
     let port_s = port.to_string();
     let senv = h.env(&f, "server", 1, port, false);
-    let mut s = h.spawn(
-        &f,
-        "server",
-        1,
-        "root",
-        SERVER,
-        &[&port_s, "10.198.0.2", "sha"],
-        &senv,
-    );
-    check(
-        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
-        &[&s],
-    );
-    std::thread::sleep(Duration::from_millis(400));
+    let mut s = h.serve(&f, "server", "root", &[&port_s, "10.198.0.2", "sha"], &senv);
     let n = (4 * MIB).to_string();
     let args = [
         "netns",
@@ -548,20 +481,13 @@ fn a_forked_child_keeps_the_end_its_parent_left() {
     let port = free_port();
     let port_s = port.to_string();
     let senv = h.env(&f, "server", 1, port, true);
-    let mut s = h.spawn(
+    let mut s = h.serve(
         &f,
         "server",
-        1,
         "root",
-        SERVER,
         &[&port_s, "10.198.0.2", "fork"],
         &senv,
     );
-    check(
-        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
-        &[&s],
-    );
-    std::thread::sleep(Duration::from_millis(400));
     let cenv = h.env(&f, "client", 0, port, true);
     let n = (4 * MIB).to_string();
     let mut c = h.spawn(
@@ -611,20 +537,13 @@ fn an_untrusted_server_leaves_both_ends_on_tcp_with_its_reason() {
     let port = free_port();
     let port_s = port.to_string();
     let senv = h.env(&f, "server", 1, port, false);
-    let mut s = h.spawn(
+    let mut s = h.serve(
         &f,
         "server",
-        1,
         "nobody",
-        SERVER,
         &[&port_s, "10.198.0.2", "sha"],
         &senv,
     );
-    check(
-        s.wait_stdout(Duration::from_secs(20), |o| o.contains("listening")),
-        &[&s],
-    );
-    std::thread::sleep(Duration::from_millis(400));
     let cenv = h.env(&f, "client", 0, port, false);
     let n = (4 * MIB).to_string();
     let mut c = h.spawn(
