@@ -401,7 +401,7 @@ fn the_credit_policy_keeps_a_stream_flowing_with_few_returns() {
             let want = (1 + next() % 900).min(total - sent);
             match r.place(tail, credited, want).unwrap() {
                 Some(p) => {
-                    let n = if next() % 4 == 0 {
+                    let n = if next().is_multiple_of(4) {
                         1 + next() % p.len
                     } else {
                         p.len
@@ -423,7 +423,7 @@ fn the_credit_policy_keeps_a_stream_flowing_with_few_returns() {
         }
         // The receiver, a little slower than the sender (so the sender fills the ring and
         // waits): one frame, if one was published, then its credit decision.
-        if head < tail && next() % 3 != 0 {
+        if head < tail && !next().is_multiple_of(3) {
             take_frame(&r, &mem, tail, &mut head, &mut rx_seq, &mut got);
         }
         match credit_return(cap, head, returned, false) {
