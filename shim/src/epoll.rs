@@ -14,7 +14,6 @@
 //! offer's doorbell line (the answer rings it); the first `epoll_wait` after the answer moves
 //! the registration to the NTB form.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed, Ordering::Release};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,6 +23,7 @@ use libc::c_int;
 use crate::ops::{self, Detour};
 use crate::sock::{Sock, State};
 use crate::{global, sys, table};
+use fdmap::{FdMap, FdSet};
 
 /// High bits of `epoll_data` that mark our own registrations (the low 32 bits hold the fd).
 const TAG: u64 = 0x5043_534B_0000_0000;
@@ -42,11 +42,11 @@ fn is_ours(data: u64) -> bool {
 /// sleepers); the `LineSet` takes each ring as an edge and is emptied when it wakes a wait.
 struct Hub {
     lines: transport::LineSet,
-    uses: HashMap<c_int, usize>,
+    uses: FdMap<c_int, usize>,
 }
 
-fn hubs() -> &'static Mutex<HashMap<c_int, Hub>> {
-    static HUBS: OnceLock<Mutex<HashMap<c_int, Hub>>> = OnceLock::new();
+fn hubs() -> &'static Mutex<FdMap<c_int, Hub>> {
+    static HUBS: OnceLock<Mutex<FdMap<c_int, Hub>>> = OnceLock::new();
     HUBS.get_or_init(Default::default)
 }
 
@@ -72,7 +72,7 @@ fn add_line(epfd: c_int, line: c_int) -> Result<(), c_int> {
             }
             e.insert(Hub {
                 lines,
-                uses: HashMap::new(),
+                uses: FdMap::default(),
             })
         }
     };
@@ -138,6 +138,10 @@ struct Reg {
     /// A pending offer that has reached no server was reported writable (edge-triggered: once
     /// per such spell; see `waiting::reaching_writable`).
     told_reaching: bool,
+    /// Listed in the set's `cand` (each registration once: see [`SetState::add_cand`]).
+    cand: bool,
+    /// Listed in the set's `to_arm`.
+    to_arm: bool,
 }
 
 /// The interest of a registration asking for `events` in connection `c`.
@@ -170,9 +174,12 @@ enum Form {
 /// accepts does not cost a look at every connection per accept.
 #[derive(Default)]
 struct SetState {
-    regs: HashMap<c_int, Reg>,
-    /// Registrations to evaluate on the next wait (see above).
-    cand: std::collections::HashSet<c_int>,
+    regs: FdMap<c_int, Reg>,
+    /// Registrations to evaluate on the next wait (see above), each once (`Reg::cand`): a list,
+    /// not a hash set, because a hash set's drain and clear cost its capacity, which the
+    /// burst of a server's accepts (or a client's connects) grows to thousands, on every wait
+    /// after (benches/results/scaling.md, session 13).
+    cand: Vec<c_int>,
     /// When every registration was last evaluated (None: never).
     full_at: Option<Instant>,
     /// Every registration must be evaluated next (a ring no tally word told).
@@ -187,7 +194,7 @@ struct SetState {
     /// The registrations added as pending offers and not settled yet, as far as `settle` knows
     /// (one that went is dropped at its next look): a wait looks at these, not at every
     /// registration, while connects or accepts wait for their answers.
-    pending: std::collections::HashSet<c_int>,
+    pending: FdSet,
     /// The set has held a registration with a line of its own (a device's doorbell line, not
     /// a process's shared line from the service): it is evaluated and armed whole on every
     /// wait, as before the candidates. Candidates alone lost wake-ups there (nginx over the
@@ -209,8 +216,8 @@ struct SetState {
     /// [`SetState::arm_later`]).
     slept: bool,
     /// Registrations added or changed while nobody slept in the set, not armed then: the next
-    /// wait arms them before it sleeps.
-    to_arm: std::collections::HashSet<c_int>,
+    /// wait arms them before it sleeps. Each once (`Reg::to_arm`), as `cand`.
+    to_arm: Vec<c_int>,
     /// The set is (or was) inside another epoll set, or watched by poll or select: whoever
     /// sleeps for it there never arms its registrations, so they are armed at once.
     nested: bool,
@@ -220,7 +227,7 @@ struct SetState {
 const HOT: usize = 16;
 
 impl std::ops::Deref for SetState {
-    type Target = HashMap<c_int, Reg>;
+    type Target = FdMap<c_int, Reg>;
     fn deref(&self) -> &Self::Target {
         &self.regs
     }
@@ -258,13 +265,7 @@ impl SetState {
     /// candidates, and are armed again before the next sleep: their peers took the flags).
     /// False if the ring cannot be told: then every registration is looked at and armed.
     fn told_rings(&mut self) -> bool {
-        let SetState {
-            regs,
-            tallies,
-            cand,
-            to_arm,
-            ..
-        } = self;
+        let SetState { regs, tallies, .. } = self;
         let mut rung = Vec::new();
         let told = tallies.rung(&mut rung, |fd, page, slot| {
             regs.get(&fd)
@@ -272,9 +273,32 @@ impl SetState {
                 .and_then(|c| c.tally())
                 .is_some_and(|t| t.slot() == slot && Arc::ptr_eq(t.tally(), page))
         });
-        cand.extend(rung.iter().copied());
-        to_arm.extend(rung);
+        for fd in rung {
+            self.add_cand(fd);
+            self.add_to_arm(fd);
+        }
         told
+    }
+
+    /// Make registration `fd` a candidate of the next look, unless it is one already (a
+    /// registration that went is not listed).
+    fn add_cand(&mut self, fd: c_int) {
+        if let Some(r) = self.regs.get_mut(&fd) {
+            if !r.cand {
+                r.cand = true;
+                self.cand.push(fd);
+            }
+        }
+    }
+
+    /// Arm registration `fd` before the next sleep, unless it is listed for that already.
+    fn add_to_arm(&mut self, fd: c_int) {
+        if let Some(r) = self.regs.get_mut(&fd) {
+            if !r.to_arm {
+                r.to_arm = true;
+                self.to_arm.push(fd);
+            }
+        }
     }
 
     /// May registration `fd`, added or changed now, be armed (and the set's sleepers woken if
@@ -287,7 +311,7 @@ impl SetState {
     /// ([`SetState::nested`]), is armed at once, as the kernel's epoll_ctl wakes.
     fn arm_later(&mut self, fd: c_int) -> bool {
         if self.sleepers == 0 && self.slept && !self.device && !self.nested {
-            self.to_arm.insert(fd);
+            self.add_to_arm(fd);
             true
         } else {
             false
@@ -365,8 +389,8 @@ fn count_reg(fd: c_int, added: bool) {
     }
 }
 
-fn sets() -> &'static Mutex<HashMap<c_int, Arc<Set>>> {
-    static SETS: OnceLock<Mutex<HashMap<c_int, Arc<Set>>>> = OnceLock::new();
+fn sets() -> &'static Mutex<FdMap<c_int, Arc<Set>>> {
+    static SETS: OnceLock<Mutex<FdMap<c_int, Arc<Set>>>> = OnceLock::new();
     SETS.get_or_init(Default::default)
 }
 
@@ -487,7 +511,7 @@ impl Form {
 /// another fd of the same connection (a dup) is still registered, it takes the line over;
 /// otherwise the line goes. (Left behind under the departed fd's tag, the line would wake the
 /// set without ever being emptied, or, deleted, leave the dup with no doorbell at all.)
-fn release_vector(epfd: c_int, regs: &HashMap<c_int, Reg>, form: Form) {
+fn release_vector(epfd: c_int, regs: &FdMap<c_int, Reg>, form: Form) {
     let vector = form.vector();
     if form.shared() {
         return drop_line(epfd, vector);
@@ -569,7 +593,10 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                 let st = &mut *regs;
                 match st.regs.get_mut(&fd) {
                     Some(r) => {
-                        st.cand.insert(fd);
+                        if !r.cand {
+                            r.cand = true;
+                            st.cand.push(fd);
+                        }
                         r.events = events;
                         r.data = data;
                         r.disabled = false;
@@ -613,14 +640,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                 return Detour::Ours(Err(e));
             }
             let interest = sock.conn.get().map(|c| interest(c, events));
-            if !regs.arm_later(fd) {
-                if let Some(c) = sock.conn.get() {
-                    c.rearm(events & READ != 0, events & WRITE != 0);
-                }
-                wake_if_ready(&sock, events);
-            }
             count_reg(fd, true);
-            regs.cand.insert(fd);
             if matches!(form, Form::Pending { .. }) {
                 regs.pending.insert(fd);
             }
@@ -637,8 +657,19 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                     interest,
                     tallied: false,
                     told_reaching: false,
+                    cand: true,
+                    to_arm: false,
                 },
             );
+            regs.cand.push(fd);
+            if !regs.arm_later(fd) {
+                if let Some(r) = regs.get(&fd) {
+                    if let Some(c) = r.sock.conn.get() {
+                        c.rearm(events & READ != 0, events & WRITE != 0);
+                    }
+                    wake_if_ready(&r.sock, events);
+                }
+            }
             Detour::Ours(Ok(0))
         }
         libc::EPOLL_CTL_DEL => match regs.remove(&fd) {
@@ -708,6 +739,7 @@ pub fn forget_set(epfd: c_int) {
     }
 }
 
+mod fdmap;
 mod tallies;
 mod waiting;
 use waiting::to_epoll;

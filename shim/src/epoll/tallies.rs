@@ -8,11 +8,12 @@
 //! in word 0) is looked for everywhere, as without tallies. It never reports a registration
 //! because its word moved: the connection's readiness decides.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use libc::c_int;
 use transport::{Connection, Tally};
+
+use super::fdmap::FdMap;
 
 /// A registration's word: the count seen when it was listed or last found moved.
 struct Entry {
@@ -33,7 +34,7 @@ struct Page {
     tally: Arc<Tally>,
     /// Word 0's count when last looked at.
     unnamed: u32,
-    groups: HashMap<u32, Group>,
+    groups: FdMap<u32, Group>,
 }
 
 /// The words of a set's registrations.
@@ -41,7 +42,7 @@ struct Page {
 pub(super) struct Tallies {
     pages: Vec<Page>,
     /// While a full look lists the registrations again: the counts seen before, by fd.
-    before: HashMap<c_int, u32>,
+    before: FdMap<c_int, u32>,
 }
 
 impl Tallies {
@@ -74,7 +75,7 @@ impl Tallies {
                 self.pages.push(Page {
                     tally: tally.clone(),
                     unnamed: tally.count(0),
-                    groups: HashMap::new(),
+                    groups: FdMap::default(),
                 });
                 self.pages.len() - 1
             }

@@ -3,6 +3,8 @@
 //! module's. Called by the `epoll_wait` hooks. It must never sleep in the kernel without arming the
 //! rings it answers for first, nor report a one-shot registration that fired and was not re-armed.
 
+use std::hash::BuildHasherDefault;
+
 use super::*;
 
 /// Of `max` events a call may return, how many the kernel's fds in the set always get room for:
@@ -61,7 +63,7 @@ fn settle(epfd: c_int, regs: &mut SetState, poked: &[c_int]) {
     if pending.is_empty() {
         return;
     }
-    let news: std::collections::HashSet<c_int> = match global::get().transport() {
+    let news: FdSet = match global::get().transport() {
         Ok(t) => {
             let guards: Vec<_> = pending
                 .iter()
@@ -120,7 +122,9 @@ fn settle(epfd: c_int, regs: &mut SetState, poked: &[c_int]) {
             _ => to_kernel.push(*fd),
         }
     }
-    regs.cand.extend(to_ntb);
+    for fd in to_ntb {
+        regs.add_cand(fd);
+    }
     for fd in to_kernel {
         // Settled on TCP: from now on the kernel socket, with the application's own events.
         if let Some(r) = regs.remove(&fd) {
@@ -140,7 +144,7 @@ fn reaching_writable(
     st: &mut SetState,
     out: &mut Vec<libc::epoll_event>,
     max: usize,
-    seen: &mut Vec<c_int>,
+    seen: &mut FdSet,
 ) {
     if st.pending.is_empty() {
         return;
@@ -179,7 +183,7 @@ fn reaching_writable(
             events: libc::EPOLLOUT as u32,
             u64: r.data,
         });
-        seen.push(*fd);
+        seen.insert(*fd);
     }
 }
 
@@ -187,12 +191,12 @@ fn reaching_writable(
 /// Evaluates every registration if `full`, else the candidates and the registrations served
 /// last (`SetState::hot`); leaves as
 /// candidates for the next wait the level-triggered ones that are ready and those it had no
-/// room to report.
+/// room to report. `seen`: the registrations this call reported already (each once per call).
 fn harvest(
     st: &mut SetState,
     out: &mut Vec<libc::epoll_event>,
     max: usize,
-    seen: &mut Vec<c_int>,
+    seen: &mut FdSet,
     full: bool,
     now: Instant,
 ) {
@@ -205,23 +209,38 @@ fn harvest(
         fds.extend(st.regs.keys().copied());
         // Listed again as they are looked at (a registration that went leaves no word).
         st.tallies.relist();
-        st.regs.values_mut().for_each(|r| r.tallied = false);
+        st.regs.values_mut().for_each(|r| {
+            r.tallied = false;
+            r.cand = false;
+        });
     } else {
-        // The candidates and the registrations served last (see `SetState::hot`).
-        st.cand.extend(st.hot.iter().copied());
-        fds.extend(st.cand.drain());
+        // The candidates and the registrations served last (see `SetState::hot`), each once.
+        for i in 0..st.hot.len() {
+            let fd = st.hot[i];
+            st.add_cand(fd);
+        }
+        std::mem::swap(&mut fds, &mut st.cand);
     }
     for &fd in &fds {
         let Some(r) = st.regs.get_mut(&fd) else {
             continue;
         };
+        if !full {
+            // Listed twice (a registration that went left its number, and one came back on
+            // it): looked at once.
+            if !r.cand {
+                continue;
+            }
+            r.cand = false;
+        }
         if !r.tallied {
             if let Some(c) = r.sock.conn.get() {
                 // A word that moved since the last listing is a ring the listing takes in
                 // untold: its peer took the registration's flag, so it is armed again before
                 // the next sleep (unarmed, its next message rang nothing and waited for a nap).
-                if st.tallies.list(fd, c) {
-                    st.to_arm.insert(fd);
+                if st.tallies.list(fd, c) && !r.to_arm {
+                    r.to_arm = true;
+                    st.to_arm.push(fd);
                 }
                 r.tallied = true;
             }
@@ -230,18 +249,21 @@ fn harvest(
             continue;
         }
         if out.len() >= max || seen.contains(&fd) {
-            st.cand.insert(fd);
+            r.cand = true;
+            st.cand.push(fd);
             continue;
         }
         let Some(c) = r.sock.conn.get() else { continue };
         // Activity before readiness: what the peer does between the two reads shows as a new
-        // edge next time, instead of being taken for already reported.
-        let a = c.activity();
+        // edge next time, instead of being taken for already reported. Only edge-triggered
+        // registrations use it (level-triggered ones report readiness alone).
+        let edge = r.events & libc::EPOLLET as u32 != 0;
+        let a = if edge { c.activity() } else { 0 };
         let ev = to_epoll(c.readiness(), r.events);
         if ev == 0 {
             continue;
         }
-        if r.events & libc::EPOLLET as u32 != 0 {
+        if edge {
             // Readiness itself may take news in (a failed-over connection's records read off
             // its TCP socket, whose kernel event then never comes): that is an edge too. The
             // activity before it is kept, so the next check reports once more at most.
@@ -250,7 +272,8 @@ fn harvest(
             }
             r.last_activity = Some(a);
         } else {
-            st.cand.insert(fd);
+            r.cand = true;
+            st.cand.push(fd);
         }
         if r.events & libc::EPOLLONESHOT as u32 != 0 {
             // Spent until EPOLL_CTL_MOD: it asks for no ring.
@@ -261,7 +284,7 @@ fn harvest(
             events: ev,
             u64: r.data,
         });
-        seen.push(fd);
+        seen.insert(fd);
         if let Some(i) = st.hot.iter().position(|&h| h == fd) {
             st.hot.remove(i);
         } else if st.hot.len() >= HOT {
@@ -288,7 +311,7 @@ fn arm(st: &mut SetState, now: Instant) -> bool {
         st.arm_due = false;
         st.armed_at = Some(now);
     }
-    let later = std::mem::take(&mut st.to_arm);
+    let mut later = std::mem::take(&mut st.to_arm);
     let mut any = false;
     let mut one = |r: &Reg| {
         if r.disabled {
@@ -302,23 +325,33 @@ fn arm(st: &mut SetState, now: Instant) -> bool {
     if all {
         st.regs.values().for_each(&mut one);
     } else {
-        // And those served last: a peer that rang for one took its flag, and a look that
-        // found its next message before any ring (a spinning wait) tells nothing about it.
-        // Without them, a connection whose flag went unnoticed stayed unarmed, and its next
-        // request waited for a nap (20 ms) until the next full arming (idle-fanout.md).
-        let hot = st
-            .hot
+        // Each once (the flags say which lists hold a registration): the candidates, those
+        // added or changed, and those served last: a peer that rang for one took its flag,
+        // and a look that found its next message before any ring (a spinning wait) tells
+        // nothing about it. Without them, a connection whose flag went unnoticed stayed
+        // unarmed, and its next request waited for a nap (20 ms) until the next full arming
+        // (idle-fanout.md).
+        let regs = &st.regs;
+        let hot = st.hot.iter().filter_map(|fd| regs.get(fd));
+        let later_only = later
             .iter()
-            .filter(|fd| !st.cand.contains(fd) && !later.contains(fd));
+            .filter_map(|fd| regs.get(fd))
+            .filter(|r| !r.cand);
         st.cand
             .iter()
-            .chain(later.iter().filter(|fd| !st.cand.contains(fd)))
-            .chain(hot)
-            .filter_map(|fd| st.regs.get(fd))
+            .filter_map(|fd| regs.get(fd))
+            .chain(later_only)
+            .chain(hot.filter(|r| !r.cand && !r.to_arm))
             .for_each(one);
     }
     // Armed only now: what their peers published before is looked for in the re-check.
-    st.cand.extend(later);
+    for fd in later.drain(..) {
+        if let Some(r) = st.regs.get_mut(&fd) {
+            r.to_arm = false;
+        }
+        st.add_cand(fd);
+    }
+    st.to_arm = later;
     any
 }
 
@@ -329,23 +362,29 @@ fn arm(st: &mut SetState, now: Instant) -> bool {
 struct Bufs {
     kbuf: Vec<libc::epoll_event>,
     out: Vec<libc::epoll_event>,
+    /// Our fds already reported by the current round of the call (each at most once per
+    /// call, as the kernel does).
+    seen: FdSet,
 }
 
+type Kept = (Vec<libc::epoll_event>, Vec<libc::epoll_event>, FdSet);
+
 thread_local! {
-    static BUFS: std::cell::Cell<(Vec<libc::epoll_event>, Vec<libc::epoll_event>)> =
-        const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+    static BUFS: std::cell::Cell<Kept> = const {
+        std::cell::Cell::new((Vec::new(), Vec::new(), FdSet::with_hasher(BuildHasherDefault::new())))
+    };
 }
 
 impl Bufs {
     /// This thread's buffers, with room for `max` events each.
     fn take(max: usize) -> Bufs {
-        let (mut kbuf, mut out) = BUFS.try_with(|b| b.take()).unwrap_or_default();
+        let (mut kbuf, mut out, seen) = BUFS.try_with(|b| b.take()).unwrap_or_default();
         if kbuf.len() < max {
             kbuf.resize(max, libc::epoll_event { events: 0, u64: 0 });
         }
         out.clear();
         out.reserve(max);
-        Bufs { kbuf, out }
+        Bufs { kbuf, out, seen }
     }
 }
 
@@ -354,6 +393,7 @@ impl Drop for Bufs {
         let bufs = (
             std::mem::take(&mut self.kbuf),
             std::mem::take(&mut self.out),
+            std::mem::take(&mut self.seen),
         );
         let _ = BUFS.try_with(|b| b.set(bufs));
     }
@@ -384,15 +424,16 @@ pub fn wait(
     let max = events.len();
     let ntb_max = max - kernel_share(max);
     let mut bufs = Bufs::take(max);
-    let Bufs { kbuf, out } = &mut bufs;
+    let Bufs { kbuf, out, seen } = &mut bufs;
     let mut naps = ops::Naps::resume();
     // The last sleep ran out its time: what the next look finds ready is late (see
     // `ShimState::woke_by_timer`).
     let mut timed_out = false;
     loop {
         out.clear();
-        // Our fds already reported by this call (each at most once per call, as the kernel does).
-        let mut seen: Vec<c_int> = Vec::new();
+        if !seen.is_empty() {
+            seen.clear();
+        }
         let spin_phase;
         // Counted in the set's sleepers for the kernel wait below.
         let mut asleep = false;
@@ -420,8 +461,8 @@ pub fn wait(
             // One look at the clock per round (a spinning wait makes many rounds).
             let now = Instant::now();
             let full = regs.full_now(now);
-            harvest(&mut regs, out, ntb_max, &mut seen, full, now);
-            reaching_writable(&mut regs, out, ntb_max, &mut seen);
+            harvest(&mut regs, out, ntb_max, seen, full, now);
+            reaching_writable(&mut regs, out, ntb_max, seen);
             if std::mem::take(&mut timed_out) {
                 global::get().woke_by_timer(out.len());
             }
@@ -435,7 +476,7 @@ pub fn wait(
                 let g0 = Instant::now();
                 let mut first = full;
                 loop {
-                    harvest(&mut regs, out, ntb_max, &mut seen, first, g0);
+                    harvest(&mut regs, out, ntb_max, seen, first, g0);
                     first = false;
                     if !out.is_empty() || g0.elapsed() >= transport::ARM_GRACE {
                         break;
@@ -533,7 +574,9 @@ pub fn wait(
                             c.look_at_tcp();
                         }
                     }
-                    regs.cand.extend(poked_fds.iter().copied());
+                    for fd in &poked_fds {
+                        regs.add_cand(*fd);
+                    }
                     if rang && !regs.told_rings() {
                         // A peer rang for some of them, and took their flags; which, neither
                         // the line nor the tally words say.
@@ -543,8 +586,8 @@ pub fn wait(
                     settle(epfd, &mut regs, &poked_fds);
                     let now = Instant::now();
                     let full = regs.full_now(now);
-                    harvest(&mut regs, out, ntb_max, &mut seen, full, now);
-                    reaching_writable(&mut regs, out, ntb_max, &mut seen);
+                    harvest(&mut regs, out, ntb_max, seen, full, now);
+                    reaching_writable(&mut regs, out, ntb_max, seen);
                 }
             }
         }
