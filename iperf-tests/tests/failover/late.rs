@@ -119,7 +119,13 @@ fn moves_onto_the_ring_with(name: &str, server: (&str, &[&str]), client: (&str, 
     let t0 = Instant::now();
     let at = |ms: u64| Duration::from_millis(ms);
     sleep_until(t0, at(300));
-    let start = sample(port);
+    // The client's connection, once it exists (a Python client on a busy machine can take
+    // longer than 300 ms to start; the window below still spans at least 200 ms).
+    let mut start = sample(port);
+    while start.socks.is_empty() && t0.elapsed() < at(900) {
+        thread::sleep(at(20));
+        start = sample(port);
+    }
     sleep_until(t0, at(1100));
     let down = sample(port);
     link(f.emu_dir(), false);
