@@ -612,20 +612,49 @@ pub(crate) fn complete(
             return Outcome::Waiting(Pending::Service(o));
         }
         if let Some(p) = patience {
-            // Not a busy spin: the service rings our line when it answers, so sleep on it
-            // for what is left (a spinning client took the CPU the server and the service
-            // needed to answer it).
             let left = p.saturating_sub(t0.elapsed());
             if left.is_zero() {
                 return Outcome::Waiting(Pending::Service(o));
             }
+            if look_before_sleep(shared, link, &o, left) {
+                continue;
+            }
+            // Then sleep: the service rings our line when it answers.
             let _ = crate::sys::poll2(sleep_fd, tcp_fd, Some(left));
             crate::sys::wake_consume();
+            continue;
+        }
+        if look_before_sleep(shared, link, &o, Duration::from_millis(50)) {
             continue;
         }
         let _ = crate::sys::poll2(sleep_fd, tcp_fd, Some(Duration::from_millis(50)));
         crate::sys::wake_consume();
     }
+}
+
+/// Before a blocking connect sleeps for its answer: look for it, yielding the CPU before each
+/// look, for up to the adaptive spin (`Settings::spin`; none in doorbell mode) and at most
+/// `left`; true once it arrived. Sharing a CPU with the server and the service, the client lets
+/// them run first; on a CPU of its own it need not be woken (a sleeper on an idle CPU took
+/// 15-90 µs to wake here: benches/results/connsetup-session13.md).
+fn look_before_sleep(shared: &ProcessState, link: &Link, o: &Offered, left: Duration) -> bool {
+    let spin = match shared.settings.completion {
+        crate::CompletionMode::Doorbell => return false,
+        crate::CompletionMode::Adaptive => shared.settings.spin.min(left),
+        crate::CompletionMode::Poll => left,
+    };
+    let start = Instant::now();
+    while start.elapsed() < spin {
+        std::thread::yield_now();
+        let arrived = link.with(|c| {
+            c.take_replies()?;
+            Ok(c.answered(&o.offer))
+        });
+        if !matches!(arrived, Ok(false)) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Start the upgrade of the connection the kernel accepted on `tcp_fd`: the `Accept` goes to
