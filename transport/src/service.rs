@@ -624,15 +624,13 @@ pub(crate) fn complete(
             crate::sys::wake_consume();
             continue;
         }
-        if look_before_sleep(shared, link, &o, Duration::from_millis(50)) {
-            continue;
-        }
         let _ = crate::sys::poll2(sleep_fd, tcp_fd, Some(Duration::from_millis(50)));
         crate::sys::wake_consume();
     }
 }
 
-/// Before a blocking connect sleeps for its answer: look for it, yielding the CPU before each
+/// Before a blocking `connect` sleeps for its answer (not a completion at first use, where the
+/// application's other connections may need the CPU): look for it, yielding the CPU before each
 /// look, for up to the adaptive spin (`Settings::spin`; none in doorbell mode) and at most
 /// `left`; true once it arrived. Sharing a CPU with the server and the service, the client lets
 /// them run first; on a CPU of its own it need not be woken (a sleeper on an idle CPU took
