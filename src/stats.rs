@@ -231,7 +231,12 @@ fn fabric_text(f: &Fabric, out: &mut String) {
             for (pid, role, local, peer, end) in service_ends(e) {
                 let mut row = vec![
                     e.conn.to_string(),
-                    pid.to_string(),
+                    // 0: the end is on the other host (a bridged connection), or not made yet.
+                    if pid == 0 {
+                        "-".into()
+                    } else {
+                        pid.to_string()
+                    },
                     role.to_owned(),
                     local,
                     peer,

@@ -151,6 +151,35 @@ impl Service {
         Ok(pairs)
     }
 
+    /// What `pcisock stats` prints through this service.
+    pub fn stats_text(&self) -> String {
+        let cli = crate::Lib::cli().unwrap_or_else(|e| panic!("{e}"));
+        let out = Command::new(cli)
+            .arg("stats")
+            .env("PCISOCK_FABRIC", &self.socket)
+            .output()
+            .expect("pcisock stats");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The connections `pcisock stats` lists through this service, one row per end:
+    /// (pid, role, path, tx_bytes, rx_bytes); pid 0 for an end it shows as `-` (on the other
+    /// host).
+    pub fn ends(&self) -> Vec<(u32, String, String, u64, u64)> {
+        let text = self.stats_text();
+        // CONN PID ROLE LOCAL PEER PATH RING TX_BYTES RX_BYTES ...
+        let ends = text
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|w| w.len() > 8 && w[0].parse::<u64>().is_ok())
+            .filter_map(|w| {
+                let n = |i: usize| w[i].parse::<u64>().ok();
+                let pid = if w[1] == "-" { Some(0) } else { n(1) };
+                Some((pid? as u32, w[2].to_owned(), w[5].to_owned(), n(7)?, n(8)?))
+            });
+        ends.collect()
+    }
+
     pub fn count(&self, name: &str) -> u64 {
         let st = self.status().unwrap_or_else(|e| panic!("status: {e}"));
         st.iter()

@@ -340,6 +340,23 @@ pub struct Offered {
     /// and the bytes its client sent on TCP to reach one since (`None`: none yet).
     unreached: bool,
     plain: Option<u64>,
+    /// The service was asked whether the offer stalled (or the first question's time passed
+    /// while the kernel still connected the socket): the next question waits for the answer
+    /// timeout.
+    questioned: bool,
+}
+
+/// When a client first asks whether its offer stalled (or the answer timeout, if shorter).
+/// Early, for one case: a burst that overflowed the listener's queue can leave a connected
+/// client whose connection reached no server (the handshake's last segment dropped, SYN
+/// cookies); TCP's client recovers with its first segment, which ours holds until the service
+/// tells it so. TCP's own least retransmission timeout; a pending connect asks once this early.
+const FIRST_QUESTION: Duration = Duration::from_millis(200);
+
+/// Is it time to ask whether offer `o` stalled?
+fn question_due(o: &Offered, timeout: Duration) -> bool {
+    let waited = o.progress.elapsed();
+    waited >= timeout || (!o.questioned && waited >= FIRST_QUESTION.min(timeout))
 }
 
 impl Offered {
@@ -358,6 +375,7 @@ impl Offered {
             progress: Instant::now(),
             unreached: false,
             plain: None,
+            questioned: false,
         }
     }
 }
@@ -476,7 +494,7 @@ pub(crate) fn news(shared: &ProcessState, offers: &[&Offered]) -> Vec<bool> {
         c.take_replies()?;
         Ok(offers
             .iter()
-            .map(|o| o.progress.elapsed() >= timeout || reaching(o) || c.answered(&o.offer))
+            .map(|o| question_due(o, timeout) || reaching(o) || c.answered(&o.offer))
             .collect())
     })
     .unwrap_or_else(|_| vec![true; offers.len()])
@@ -582,7 +600,16 @@ pub(crate) fn complete(
         // in epoll for a server that does not accept settles on TCP, as with the device).
         // A peer that talks over TCP, or hangs up, is not upgrading.
         let tcp_says = !matches!(crate::sys::peek_tcp(tcp_fd), crate::sys::Peek::Open);
-        if !withdrawn && (o.progress.elapsed() >= timeout || tcp_says) {
+        if !withdrawn && !tcp_says && !o.questioned && o.progress.elapsed() < timeout {
+            // The early question only for a connection the kernel connected: one still in its
+            // handshake (its SYN dropped by a full queue) has nothing to look up yet, and
+            // waits for the answer timeout.
+            if question_due(&o, timeout) && !crate::sys::connected(tcp_fd) {
+                o.questioned = true;
+            }
+        }
+        if !withdrawn && (question_due(&o, timeout) || tcp_says) {
+            o.questioned = true;
             // The timeout counts from the host's servers' last progress: while they accept
             // other connections the service refuses to call the offer stalled (a server
             // working through a long backlog reaches its last clients late), up to its own

@@ -159,6 +159,23 @@ pub(crate) fn inode(fd: RawFd) -> Option<u64> {
     (r == 0).then_some(st.st_ino)
 }
 
+/// Has the kernel connected socket `fd` (its handshake done: it has a peer address)?
+pub(crate) fn connected(fd: RawFd) -> bool {
+    // SAFETY: `sockaddr_storage` is plain old data; zero is a valid value.
+    let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: a live address buffer of `len` bytes and its length, both written by the kernel.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_getpeername,
+            fd,
+            &mut sa as *mut libc::sockaddr_storage,
+            &mut len as *mut libc::socklen_t,
+        )
+    };
+    r == 0
+}
+
 /// Receive up to `buf.len()` bytes from socket `fd` without blocking (0: end of stream).
 pub(crate) fn recv_nowait(fd: RawFd, buf: &mut [u8]) -> Result<usize, i32> {
     // SAFETY: `buf` is a live, writable buffer of the stated length; null address arguments

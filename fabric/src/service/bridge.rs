@@ -22,6 +22,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::{Acquire, Release};
 
+use super::dispatch::{counters_of, END_BYTES};
 use super::*;
 use crate::wire::Slice;
 
@@ -522,8 +523,10 @@ impl Service {
         (self.bridge.as_ref()).map_or(Vec::new(), |b| b.conns.values().map(|c| c.netns).collect())
     }
 
-    /// `List` entries of the connections with an end here (the other end's holder is on the
-    /// other host: pid 0; no counters: the ends' blocks are not read).
+    /// `List` entries of the connections with an end here: this end's holder and counters
+    /// (copied out of its block in our own inbound window, for display: its process writes
+    /// them); the other end's holder is on the other host (pid 0), and its block is not read
+    /// (a read across the bridge, for counters the other host's `List` shows).
     pub(super) fn bridged_entries(&self) -> Vec<Entry> {
         let Some(b) = self.bridge.as_ref() else {
             return Vec::new();
@@ -531,6 +534,13 @@ impl Service {
         (b.conns.iter())
             .map(|(&conn, c)| {
                 let pid = c.holders.first().copied().unwrap_or(0);
+                let mut ends: [EndCounters; 2] = Default::default();
+                let mut words = [0u8; END_BYTES];
+                let read = (b.dev.inbound(c.block.lease.mw))
+                    .and_then(|w| w.read(c.block.lease.offset as usize, &mut words));
+                if read.is_ok() {
+                    ends[c.end & 1] = counters_of(&words);
+                }
                 Entry {
                     conn,
                     ring_bytes: c.block.lease.len.saturating_sub(SEGMENT_HEADER),
@@ -538,7 +548,7 @@ impl Service {
                     server_pid: if c.end == 1 { pid } else { 0 },
                     client: c.addrs.0,
                     server: c.addrs.1,
-                    ends: Default::default(),
+                    ends,
                 }
             })
             .collect()

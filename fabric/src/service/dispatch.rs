@@ -543,17 +543,24 @@ impl Service {
 /// inherited clears it while the parent goes on). A fixed buffer: nothing a peer writes makes
 /// this read more or allocate.
 fn end_counters(segment: &OwnedFd, at: u64) -> EndCounters {
-    const LEN: usize = BLOCK_COUNTERS + 8 * END_COUNTERS;
-    let mut b = [0u8; LEN];
-    if sys::pread(segment.as_raw_fd(), &mut b, at).unwrap_or(0) < LEN {
+    let mut b = [0u8; END_BYTES];
+    if sys::pread(segment.as_raw_fd(), &mut b, at).unwrap_or(0) < END_BYTES {
         return EndCounters::default();
     }
-    let mut counters = [0u64; END_COUNTERS];
-    for (i, c) in counters.iter_mut().enumerate() {
+    counters_of(&b)
+}
+
+/// The bytes of an endpoint block up to the end of its counters.
+pub(super) const END_BYTES: usize = BLOCK_COUNTERS + 8 * END_COUNTERS;
+
+/// The state bit and counters in a copy of an endpoint block's first [`END_BYTES`].
+pub(super) fn counters_of(b: &[u8; END_BYTES]) -> EndCounters {
+    let word = |at: usize| {
         let mut w = [0u8; 8];
-        w.copy_from_slice(&b[BLOCK_COUNTERS + 8 * i..][..8]);
-        *c = u64::from_ne_bytes(w);
-    }
+        w.copy_from_slice(&b[at..][..8]);
+        u64::from_ne_bytes(w)
+    };
+    let counters = std::array::from_fn(|i| word(BLOCK_COUNTERS + 8 * i));
     let state = u32::from_ne_bytes([
         b[BLOCK_STATE],
         b[BLOCK_STATE + 1],

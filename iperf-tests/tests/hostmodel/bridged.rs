@@ -228,6 +228,19 @@ fn a_killed_client_on_one_host_ends_its_servers_connection_on_the_other() {
         &[&c, &s],
     );
     assert_eq!(h.svc_a.count("paired"), 1, "not paired across the bridge");
+    // Each service lists its own end with its counters (read from the end's block in its
+    // inbound window), the other end as on the other host.
+    let (ca, sb) = (h.svc_a.ends(), h.svc_b.ends());
+    // (the client sent its 4 MiB; the server read at least its first bytes)
+    let mine = |ends: &[(u32, String, String, u64, u64)], role: &str, pid: u32, least: u64| {
+        ends.iter()
+            .any(|e| e.0 == pid && e.1 == role && e.2 == "ntb" && e.3 + e.4 >= least)
+            && ends.iter().any(|e| e.0 == 0 && e.1 != role)
+    };
+    assert!(
+        mine(&ca, "client", c.pid(), 4 * MIB) && mine(&sb, "server", s.pid(), 1),
+        "pcisock stats through the services does not show each end's bytes: a {ca:?}, b {sb:?}"
+    );
     let t0 = Instant::now();
     let ok = Command::new("kill")
         .args(["-KILL", &c.pid().to_string()])

@@ -317,13 +317,7 @@ fn a_namespace_cannot_reach_another_namespaces_listener() {
     // Both fallbacks are in the service's host-wide history, with the kernel's addresses
     // (each process in its own namespace) and the exact reasons: B's client found no
     // listener in its namespace, A's server found no offer for its plain client.
-    let cli = iperf_tests::Lib::cli().unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(cli)
-        .arg("stats")
-        .env("PCISOCK_FABRIC", &svc.socket)
-        .output()
-        .expect("pcisock stats");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = svc.stats_text();
     let line = |side: &str, reason: &str| {
         text.lines().any(|l| {
             l.contains(&format!(" {side} "))

@@ -85,7 +85,8 @@ print("sent", sent, flush=True)
 /// bytes reached the server, and the namespace's lo carries only those (and the handshake): the
 /// rest crossed on the ring. `shape`: the server's (`plain`: blocking accept, answered inside
 /// it; `announce`: a non-blocking accept, completed at the connection's first use).
-fn reach(name: &str, shape: &str, epoll: bool) {
+/// `answer_timeout_ms`: the client's `PCISOCK_ANSWER_TIMEOUT_MS`, if set.
+fn reach(name: &str, shape: &str, epoll: bool, answer_timeout_ms: Option<u64>) {
     let f = Fixture::new(name);
     let svc = Service::start(&f);
     let prog = py(&f).display().to_string();
@@ -122,10 +123,14 @@ fn reach(name: &str, shape: &str, epoll: bool) {
         &[&s],
     );
     let before = ns.lo_tx();
-    let cenv = svc
+    let mut cenv = svc
         .env(&f, "client", port)
         .marked(&marker_of(&f))
         .with_strict(true);
+    if let Some(ms) = answer_timeout_ms {
+        cenv.extra
+            .push(("PCISOCK_ANSWER_TIMEOUT_MS".into(), ms.to_string()));
+    }
     let n = (16 * MIB).to_string();
     let mut cargs = vec!["netns", "exec", &ns.0, "/usr/bin/python3"];
     if epoll {
@@ -162,16 +167,26 @@ fn reach(name: &str, shape: &str, epoll: bool) {
 
 #[test]
 fn a_connection_that_has_not_reached_its_server_sends_its_first_bytes_and_pairs() {
-    reach("hm_unreached", "plain", false);
+    reach("hm_unreached", "plain", false, None);
 }
 
 #[test]
 fn an_unreached_connection_pairs_with_a_non_blocking_accept_too() {
-    reach("hm_unreached_nb", "announce", false);
+    reach("hm_unreached_nb", "announce", false, None);
 }
 
 /// An event loop's client is told its unreached connection is writable, writes, and pairs.
 #[test]
 fn an_event_loops_unreached_connection_is_writable_and_pairs() {
-    reach("hm_unreached_ep", "announce", true);
+    reach("hm_unreached_ep", "announce", true, None);
+}
+
+/// The client asks whether its connection stalled once early (TCP's least retransmission
+/// timeout), not only after its answer timeout: with an answer timeout of two minutes the
+/// unreached connection still pairs within the test's minute (before, the event loop's client
+/// was told nothing, and so wrote nothing, for the two minutes).
+#[test]
+fn an_unreached_connection_is_told_early_whatever_the_answer_timeout() {
+    reach("hm_unreached_early", "announce", true, Some(120_000));
+    reach("hm_unreached_early_b", "plain", false, Some(120_000));
 }

@@ -59,7 +59,9 @@ marker = sys.argv[1].encode()
 found = []
 def look(path):
     try:
-        with open(path, "rb") as fh:
+        # Non-blocking: a FIFO another process left open to everyone is read as far as it
+        # has bytes, not waited on for a writer (the search hung on one).
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
             while True:
                 b = fh.read(1 << 20)
                 if not b:
