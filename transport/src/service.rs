@@ -21,7 +21,11 @@ use std::time::{Duration, Instant};
 
 use fabric::{Client, ClientError, Pairing};
 
+mod answer;
 mod lines;
+
+pub(crate) use answer::answer_arrived;
+use answer::look_before_sleep;
 
 use crate::conn::{Role, ServicePair, Tally};
 use crate::{
@@ -500,25 +504,6 @@ pub(crate) fn news(shared: &ProcessState, offers: &[&Offered]) -> Vec<bool> {
     .unwrap_or_else(|_| vec![true; offers.len()])
 }
 
-/// Has the service's final answer to offer `o` arrived (taken in now, never waiting)? `false`
-/// when the service connection is busy — in this very thread too: a close inside
-/// [`Link::with`] (the service connection closing a descriptor it received) runs the
-/// application's close path, which asks this — or is not this process's (after a fork).
-pub(crate) fn answer_arrived(shared: &ProcessState, o: &Offered) -> bool {
-    let Ok(l) = link(shared) else {
-        return false;
-    };
-    let Ok(mut g) = l.client.try_lock() else {
-        return false;
-    };
-    match g.as_mut() {
-        Some((pid, c)) if *pid == std::process::id() => {
-            c.take_replies().is_ok() && c.answered(&o.offer)
-        }
-        _ => false,
-    }
-}
-
 /// Wait for the server's side of an offer: up to `patience` (`None`: until the answer timeout
 /// passes, or the peer talks over TCP or hangs up, when the offer is withdrawn). `early`: the
 /// bytes the caller holds for the connection; when the service says the connection has not
@@ -654,32 +639,6 @@ pub(crate) fn complete(
         let _ = crate::sys::poll2(sleep_fd, tcp_fd, Some(Duration::from_millis(50)));
         crate::sys::wake_consume();
     }
-}
-
-/// Before a blocking `connect` sleeps for its answer (not a completion at first use, where the
-/// application's other connections may need the CPU): look for it, yielding the CPU before each
-/// look, for up to the adaptive spin (`Settings::spin`; none in doorbell mode) and at most
-/// `left`; true once it arrived. Sharing a CPU with the server and the service, the client lets
-/// them run first; on a CPU of its own it need not be woken (a sleeper on an idle CPU took
-/// 15-90 µs to wake here: benches/results/connsetup-session13.md).
-fn look_before_sleep(shared: &ProcessState, link: &Link, o: &Offered, left: Duration) -> bool {
-    let spin = match shared.settings.completion {
-        crate::CompletionMode::Doorbell => return false,
-        crate::CompletionMode::Adaptive => shared.settings.spin.min(left),
-        crate::CompletionMode::Poll => left,
-    };
-    let start = Instant::now();
-    while start.elapsed() < spin {
-        std::thread::yield_now();
-        let arrived = link.with(|c| {
-            c.take_replies()?;
-            Ok(c.answered(&o.offer))
-        });
-        if !matches!(arrived, Ok(false)) {
-            return true;
-        }
-    }
-    false
 }
 
 /// Start the upgrade of the connection the kernel accepted on `tcp_fd`: the `Accept` goes to
