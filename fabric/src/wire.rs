@@ -19,8 +19,10 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// `Unreached` and `Paired`'s `plain` (a client that sent its first bytes on TCP to reach a
 /// server its connection had not reached: docs/HOST-SERVICE.md, *Unreached connections*).
 /// 10: `Close` says whether the end let go `clean`ly (segments reused between the same two
-/// processes: docs/HOST-SERVICE.md, *Segment reuse*).
-pub const VERSION: u16 = 10;
+/// processes: docs/HOST-SERVICE.md, *Segment reuse*). 11: no request changed; the rings the
+/// service's segments carry may hold pad frames from a sender's reach to the ring's end
+/// (docs/PROTOCOL.md §2, *Reach*, protocol version 4), which a version 10 receiver resets on.
+pub const VERSION: u16 = 11;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts (an `Entry`, the longest, is 368 bytes

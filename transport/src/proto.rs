@@ -22,7 +22,7 @@
 use std::fmt;
 
 /// Version of the protocol, carried in every offer and answer and in the control header.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Bytes of a frame header.
 pub const FRAME_HDR: u64 = 16;
@@ -46,6 +46,14 @@ pub const MAX_FRAME_PAYLOAD: u64 = 256 << 10;
 
 /// Frame flag: a pad frame that fills the ring up to its end; it carries no data.
 pub const FRAME_PAD: u16 = 1;
+
+/// The *reach* a sender starts with, and goes back to when its direction idles: it places its
+/// frames (and the header slot after each) in the ring's first `reach` bytes, and goes back to
+/// position 0 with a pad frame over the rest of the ring ([`Ring::place_within`]), so a
+/// connection exchanging small messages touches one page of the peer's ring, not all of them.
+/// The reach doubles when a frame does not fit in it or the receiver lags by more than it (the
+/// ring's memory grows with the traffic, as TCP's buffers do), up to the whole ring.
+pub const MIN_REACH: u64 = 4096;
 
 /// A protocol violation by the peer (or memory corruption): the connection cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,6 +246,63 @@ impl Ring {
         }))
     }
 
+    /// A sender's reach (see [`MIN_REACH`]) in this ring: at least `MIN_REACH`, at most the
+    /// capacity.
+    #[inline]
+    pub fn reach(&self, reach: u64) -> u64 {
+        reach.clamp(MIN_REACH, self.cap())
+    }
+
+    /// Place a frame holding all `want` bytes (at most the largest payload) inside the ring's
+    /// first `reach` bytes, with the header slot after it (the sender's mark goes there): where
+    /// the producer counter stands, or, if it does not fit before the reach's end, at position
+    /// 0 behind a pad frame that fills the ring from the producer counter to its end (its
+    /// payload is never written: the pages past the reach stay untouched). `None` when the
+    /// frame does not fit in the reach at all, or the credits leave no room for it (with its
+    /// pad): the sender then grows its reach and places as [`Ring::place`] does. A reach of the
+    /// whole ring is [`Ring::place`].
+    pub fn place_within(
+        &self,
+        tail: u64,
+        head: u64,
+        want: u64,
+        reach: u64,
+    ) -> Result<Option<Placement>, ProtoError> {
+        let reach = self.reach(reach);
+        if reach >= self.cap() {
+            return self.place(tail, head, want);
+        }
+        let free = self.free(tail, head)?;
+        if tail.checked_add(self.cap()).is_none() {
+            return Err(ProtoError::BadCredit { head, tail });
+        }
+        // `want` is at most `max_payload` and `reach` below `cap`: the sums are small; `pos` is
+        // below `cap`, and a pad is placed only from a position past the reach's start.
+        let want = want.clamp(1, self.max_payload());
+        let size = FRAME_HDR.saturating_add(align_frame(want));
+        let need = size.saturating_add(FRAME_HDR);
+        if need > reach {
+            return Ok(None);
+        }
+        let pos = self.pos(tail);
+        if pos.saturating_add(need) <= reach {
+            return Ok((free >= need).then_some(Placement {
+                pad: None,
+                pos,
+                len: want,
+                new_tail: tail.saturating_add(size),
+            }));
+        }
+        // `pos + need > reach >= need`: `pos` is not 0, so the pad is not the whole ring.
+        let to_end = self.cap().saturating_sub(pos);
+        Ok((free >= to_end.saturating_add(need)).then_some(Placement {
+            pad: Some((pos, to_end)),
+            pos: 0,
+            len: want,
+            new_tail: tail.saturating_add(to_end).saturating_add(size),
+        }))
+    }
+
     /// The common placement, cheaply: a frame holding all `want` bytes that fits before the
     /// ring's end and in the room `head` leaves (with the next header slot, as in `place`), with
     /// no pad frame; returns its position and
@@ -245,6 +310,20 @@ impl Ring {
     /// (`place` sorts those out); where it answers, it answers as `place` does.
     #[inline(always)]
     pub fn place_whole(&self, tail: u64, head: u64, want: u64) -> Option<(u64, u64)> {
+        self.place_whole_within(tail, head, want, self.cap())
+    }
+
+    /// [`Ring::place_whole`] for a sender with a `reach` (see [`MIN_REACH`]): below the
+    /// capacity, the frame and the header slot after it must lie in the reach, as in
+    /// [`Ring::place_within`]; where it answers, it answers as `place_within` does.
+    #[inline(always)]
+    pub fn place_whole_within(
+        &self,
+        tail: u64,
+        head: u64,
+        want: u64,
+        reach: u64,
+    ) -> Option<(u64, u64)> {
         if want == 0 || want > self.max_payload() {
             return None;
         }
@@ -254,7 +333,13 @@ impl Ring {
         tail.checked_add(self.cap())?;
         let pos = self.pos(tail);
         // `pos` is below `cap`; the frame ends at most `cap` past `tail`, which does not overflow.
-        (room >= size.wrapping_add(FRAME_HDR) && self.cap().wrapping_sub(pos) >= size)
+        let reach = self.reach(reach);
+        let end = if reach < self.cap() {
+            reach.saturating_sub(FRAME_HDR)
+        } else {
+            self.cap()
+        };
+        (room >= size.wrapping_add(FRAME_HDR) && end.saturating_sub(pos) >= size)
             .then_some((pos, tail.wrapping_add(size)))
     }
 
@@ -294,10 +379,12 @@ impl Ring {
         }
         let to_end = self.cap() - pos;
         if hdr.flags == FRAME_PAD {
-            // A pad frame only fills space too small for a frame (see `place`): a pad anywhere
-            // else would let a peer keep the reader skipping pads without sending.
+            // A pad frame fills the ring from its position to the end: space too small for a
+            // frame (see `place`), or the rest of the ring past a sender's reach
+            // (`place_within`). Never from position 0: each pad is followed by a data frame at
+            // 0, so a peer cannot keep the reader skipping pads without sending.
             let size = FRAME_HDR + hdr.len as u64;
-            if size != to_end || to_end >= FRAME_HDR + FRAME_ALIGN || size > avail {
+            if size != to_end || pos == 0 || size > avail {
                 return Err(bad());
             }
             return Ok(Frame::Pad { size });
@@ -376,8 +463,9 @@ impl Placement {
     /// carries the same number without using it.
     pub fn write(&self, seq: u64, n: u64) -> FrameWrite {
         let n = n.clamp(1, self.len.max(1));
-        // A pad frame is at least a header (`place` pads only from a 16-aligned position), and
-        // a payload at most `max_payload`: both lengths fit their u32.
+        // A pad frame is at least a header (`place` pads only from a 16-aligned position) and
+        // less than the ring (at most `MAX_RING`), a payload at most `max_payload`: both
+        // lengths fit their u32.
         let pad = self.pad.map(|(pos, size)| {
             let h = FrameHeader {
                 len: size.saturating_sub(FRAME_HDR) as u32,
@@ -500,6 +588,21 @@ pub enum CreditReturn {
 
 /// Credits gather until this share of the ring (1/`CREDIT_BATCH`) is free again.
 pub const CREDIT_BATCH: u64 = 4;
+
+/// The ring size a receiver's credit policy counts with ([`credit_return`]), having seen the
+/// peer's frames reach ring position `reach_seen` in the current lap (the position of the pad
+/// frame that ended the last lap, raised by the frames read since): a sender that wraps at its
+/// reach (`Ring::place_within`) needs the credits of its lap before the lap ends, so credits
+/// gather for a quarter of twice its reach (the power of two at or above what was seen, at
+/// least [`MIN_REACH`], where every sender starts), not of the whole ring.
+#[inline]
+pub fn credit_ring(cap: u64, reach_seen: u64) -> u64 {
+    reach_seen
+        .max(MIN_REACH)
+        .checked_next_power_of_two()
+        .and_then(|r| r.checked_mul(2))
+        .map_or(cap, |r| r.min(cap))
+}
 
 /// What the receiver of a ring of `cap` bytes does with its consumer counter `head`, having
 /// last returned `returned`; `force`: it is about to sleep or arm, and must leave no sender

@@ -102,8 +102,9 @@ fn the_read_offset_in_the_block_is_not_the_receivers_state() {
 
 #[test]
 fn a_pad_frame_that_is_not_at_the_rings_end_is_a_protocol_error() {
-    // A pad frame only ever fills the last 16 bytes of the ring (a whole frame fits anywhere
-    // else); a pad at position 0 spanning the whole ring is a peer stalling the reader with pads.
+    // A pad frame fills the ring to its end from the last 16 bytes or from the end of the
+    // sender's reach, never from position 0: a pad there spanning the whole ring is a peer
+    // stalling the reader with pads.
     let (_d, dev) = device("padflood");
     let t = transport(&dev, 16 << 10);
     let (c, s, _ks, _kt) = pair(&t);

@@ -2,7 +2,8 @@
 //! rings*): a ring filled and then left idle has its pages released, as the file that backs the
 //! window shows (its allocated blocks: an independent signal, not our own count), and the stream
 //! afterwards is byte-exact across many laps of random sizes, released again and again at random
-//! ring positions (the pad frame at the ring's end included).
+//! ring positions (the pad frame at the ring's end included). And a sender's reach (docs/
+//! PROTOCOL.md §2, *Reach*): small messages lap the ring's first page only, a burst grows it.
 
 mod common;
 use common::*;
@@ -229,4 +230,69 @@ fn a_segment_sealed_as_the_service_seals_it_gives_pages_back() {
     r.read(8192, &mut b[..5]).unwrap();
     assert_eq!(&b[..5], b"again");
     assert!(fabric::sys::seals(fd.as_raw_fd()).unwrap() & libc::F_SEAL_SHRINK != 0);
+}
+
+/// Send `msg` on `from` and take it whole on `to`, checking it.
+fn exchange(from: &Connection, to: &Connection, msg: &[u8]) {
+    assert_eq!(from.send(&[msg], true, None).unwrap(), msg.len());
+    let mut b = vec![0u8; msg.len()];
+    let mut got = 0;
+    while got < msg.len() {
+        got += to.recv(&mut [&mut b[got..]], NB, None).unwrap();
+    }
+    assert_eq!(&b[..], msg);
+}
+
+/// Request/response traffic of small messages (a request of 100 bytes, an answer of 200) laps
+/// the first page of each ring, 400 times over, and the window's file (an independent signal)
+/// allocates not one page more for it; a burst the receiver leaves unread makes the sender's
+/// reach grow onto the ring's other pages, and the stream stays exact.
+#[test]
+fn small_messages_stay_in_the_first_page_of_the_ring_and_a_burst_grows_it() {
+    let cap: u64 = 64 << 10;
+    let (dir, dev) = device("reach");
+    let t = transport(&dev, cap);
+    let (c, s, _cs, _ss) = pair(&t);
+    let request: Vec<u8> = (0..100).map(pattern).collect();
+    let answer: Vec<u8> = (0..200).map(pattern).collect();
+    exchange(&c, &s, &request);
+    exchange(&s, &c, &answer);
+    let first = allocated(&dir.0);
+    // 4096 / (16 + 112) requests a lap of the first page: 400 laps.
+    for _ in 0..400 * 32 {
+        exchange(&c, &s, &request);
+        exchange(&s, &c, &answer);
+    }
+    let lapped = allocated(&dir.0);
+    assert!(
+        lapped <= first,
+        "small messages touched more of the rings: {first} bytes allocated, then {lapped}"
+    );
+    // Bursts of 40 KiB that the receiver reads only when the sender cannot go on (the pad
+    // frame behind the small reach holds the rest of the ring until it is read): the reach
+    // grows past the first page, and the stream stays exact.
+    let burst: Vec<u8> = (0..40 << 10).map(pattern).collect();
+    for _ in 0..4 {
+        let (mut sent, mut got) = (0, 0);
+        let mut b = vec![0u8; burst.len()];
+        while got < burst.len() {
+            let chunk = &burst[sent..(sent + 1000).min(burst.len())];
+            match c.send(&[chunk], true, None) {
+                Ok(n) if sent < burst.len() => {
+                    sent += n;
+                    continue;
+                }
+                Ok(_) | Err(transport::IoError::WouldBlock) => {}
+                Err(e) => panic!("send: {e:?}"),
+            }
+            got += s.recv(&mut [&mut b[got..]], NB, None).unwrap();
+        }
+        assert_eq!(b, burst);
+    }
+    let grown = allocated(&dir.0);
+    assert!(
+        grown >= lapped + (32 << 10),
+        "bursts are held in more of the ring: {lapped} bytes allocated, then {grown}"
+    );
+    exchange(&c, &s, &request);
 }

@@ -34,6 +34,13 @@ pub(super) struct Cursors {
     tx_tail: AtomicU64,
     /// Sequence number of the next data frame we send.
     tx_seq: AtomicU64,
+    /// How far into the peer's ring we place frames (`proto::MIN_REACH`: it grows with the
+    /// traffic and goes back to the smallest when our direction idles; 0: the smallest).
+    pub(super) tx_reach: AtomicU64,
+    /// How far into our ring the peer's frames reached in this lap: the position of the pad
+    /// frame that ended the last lap (where the peer's reach ended), raised by the frames read
+    /// since; for our credit policy (`proto::credit_ring`).
+    pub(super) rx_reach: AtomicU64,
     /// The last fast read (`try_recv`) found nothing and its peer shares our CPU, where it
     /// cannot spin: reads go straight to the general path until a wait finds the peer on
     /// another CPU, or a general read finds data without waiting. (A hint, not a position:
@@ -72,6 +79,8 @@ impl Cursors {
             rx_tail_seen: AtomicU64::new(rx.head),
             tx_tail: AtomicU64::new(tx.tail),
             tx_seq: AtomicU64::new(tx.seq),
+            tx_reach: AtomicU64::new(0),
+            rx_reach: AtomicU64::new(0),
             rx_fast_off: AtomicBool::new(false),
             idle: Default::default(),
         }

@@ -42,8 +42,15 @@ const HOLD_MIN: Duration = Duration::from_millis(100);
 const HOLD_MAX: Duration = Duration::from_secs(3);
 /// A fail-over within this long of a fail-back doubles the hold (back-off).
 const FLAP_WINDOW: Duration = Duration::from_secs(2);
-/// Bytes taken from the TCP socket at a time.
+/// Most bytes taken from the TCP socket at a time.
 const TCP_CHUNK: usize = 256 << 10;
+/// Fewest bytes taken from the TCP socket at a time: the room of the first read of a
+/// connection's TCP spell, doubled each time a read fills its room, up to `TCP_CHUNK`
+/// (`tcp::read_room`). A connection that takes a request in off the socket (an unreached one
+/// of a burst) reads into a few kilobytes, not a chunk: 1,600 of them reading into 256 KiB each
+/// at once left an nginx worker's heap 60 MB larger for good (the freed chunks scattered
+/// through it), where a stream on TCP grows to the chunk within a few reads.
+const TCP_FIRST: usize = 4 << 10;
 /// How long a drain waits for ring bytes the END says were published (a bridge that dropped
 /// them never delivers them: then the connection is reset, never silently short).
 const DRAIN_PATIENCE: Duration = Duration::from_secs(1);

@@ -150,6 +150,9 @@ impl Connection {
         }
         st.released_at.store(tail, Relaxed);
         st.seen_tail.store(NONE, Relaxed);
+        // The ring starts small again (`proto::MIN_REACH`): the next frame goes to position 0,
+        // behind a pad from the kept slot, and the reach grows again with the traffic.
+        self.cur.tx_reach.store(0, Relaxed);
         let c = &self.shared.counters;
         c.ring_releases.fetch_add(1, Relaxed);
         c.ring_bytes_released.fetch_add(bytes as u64, Relaxed);

@@ -15,7 +15,7 @@ use super::failover;
 use super::ringsync;
 use super::wait::{Deadline, Wait};
 use super::{Connection, Counter, IoError, RecvFlags};
-use crate::proto::{Frame, ProtoError};
+use crate::proto::{credit_ring, Frame, ProtoError};
 use crate::CompletionMode;
 
 /// Iterations of `recv`'s loop without a byte copied, a data frame consumed or a wait before
@@ -219,6 +219,9 @@ impl Connection {
             let Ok(step) = self.rx_ring.read_step(at, frame, room as u64) else {
                 break;
             };
+            if let Frame::Pad { .. } = frame {
+                self.note_pad(head);
+            }
             // At most `room`: `n` fits a usize.
             let n = step.n as usize;
             let Some(dst) = buf.get_mut(copied..copied.saturating_add(n)) else {
@@ -379,6 +382,7 @@ impl Connection {
                 };
                 let at = RxPos { head, off, seq };
                 if let Frame::Pad { .. } = frame {
+                    self.note_pad(head);
                     match self.rx_ring.read_step(at, frame, 0) {
                         Ok(step) => {
                             head = step.next.head;
@@ -632,9 +636,23 @@ impl Connection {
         self.flush_credits(force);
     }
 
+    /// A pad frame at consumer counter `head`: the peer's reach ends there (or the ring does),
+    /// which our credit policy follows (`proto::credit_ring`).
+    #[inline]
+    fn note_pad(&self, head: u64) {
+        self.cur.rx_reach.store(self.rx_ring.pos(head), Relaxed);
+    }
+
     pub(super) fn flush_credits(&self, force: bool) {
         let head = self.cur.rx_head.load(Relaxed);
-        let cap = self.rx_ring.cap();
+        // How far the peer's frames reached in this lap (a hint for the credit policy).
+        let pos = self.rx_ring.pos(head);
+        let mut seen = self.cur.rx_reach.load(Relaxed);
+        if pos > seen {
+            self.cur.rx_reach.store(pos, Relaxed);
+            seen = pos;
+        }
+        let cap = credit_ring(self.rx_ring.cap(), seen);
         if ringsync::flush_credits(
             &self.peer_block,
             &self.own_block,

@@ -167,16 +167,19 @@ impl Connection {
         }
         let TxPos { tail, seq } = self.tx_pos();
         // The credits we last saw, and only if they leave no room, the receiver's counter.
-        let (pos, new_tail) =
-            match self
+        // Inside our reach (`proto::MIN_REACH`); at its end, the general path pads.
+        let reach = self.cur.tx_reach.load(Relaxed);
+        let (pos, new_tail) = match self.tx_ring.place_whole_within(
+            tail,
+            self.tx_head_seen.load(Relaxed),
+            want,
+            reach,
+        ) {
+            Some(p) => p,
+            None => self
                 .tx_ring
-                .place_whole(tail, self.tx_head_seen.load(Relaxed), want)
-            {
-                Some(p) => p,
-                None => self
-                    .tx_ring
-                    .place_whole(tail, self.credits(tail).ok()?, want)?,
-            };
+                .place_whole_within(tail, self.credits(tail).ok()?, want, reach)?,
+        };
         let h = FrameHeader {
             len: want as u32,
             flags: 0,
@@ -276,10 +279,10 @@ impl Connection {
             if let Some(e) = self.send_blocked() {
                 break if sent > 0 { Ok(sent) } else { Err(Err(e)) };
             }
-            let p = match self.credits(tail).and_then(|head| {
-                self.tx_ring
-                    .place(tail, head, count.saturating_sub(sent) as u64)
-            }) {
+            let p = match self
+                .credits(tail)
+                .and_then(|head| self.place_reaching(tail, head, count.saturating_sub(sent) as u64))
+            {
                 Ok(Some(p)) => p,
                 Ok(None) => {
                     // As in `send`: a full ring whose reader has gone never drains.
@@ -358,12 +361,33 @@ impl Connection {
         let seen = self.tx_head_seen.load(Relaxed);
         // A cached value that does not fit our producer counter (an exec'd image starts from
         // 0; a sibling process may have sent meanwhile) is simply refreshed.
-        if let Ok(Some(p)) = self.tx_ring.place(tail, seen, want) {
+        let reach = self.cur.tx_reach.load(Relaxed);
+        if let Ok(Some(p)) = self.tx_ring.place_within(tail, seen, want, reach) {
             if p.len == want.min(self.tx_ring.max_payload()) {
                 return Ok(Some(p));
             }
         }
         let head = self.credits(tail)?;
+        self.place_reaching(tail, head, want)
+    }
+
+    /// Place a frame inside our reach in the peer's ring (`proto::MIN_REACH`) with the credits
+    /// `head`; where it does not fit there (a frame larger than the reach, or a receiver that
+    /// lags by more than it), double the reach, up to the whole ring, and place as the ring
+    /// allows: the ring's memory grows with the traffic.
+    fn place_reaching(
+        &self,
+        tail: u64,
+        head: u64,
+        want: u64,
+    ) -> Result<Option<Placement>, ProtoError> {
+        let reach = self.tx_ring.reach(self.cur.tx_reach.load(Relaxed));
+        if reach < self.tx_ring.cap() {
+            if let Some(p) = self.tx_ring.place_within(tail, head, want, reach)? {
+                return Ok(Some(p));
+            }
+            self.cur.tx_reach.store(reach.saturating_mul(2), Relaxed);
+        }
         self.tx_ring.place(tail, head, want)
     }
 

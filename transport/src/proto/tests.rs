@@ -3,6 +3,18 @@
 
 use super::*;
 
+mod reach;
+
+/// A small seeded generator (xorshift64) for the models below.
+fn xorshift(mut rng: u64) -> impl FnMut() -> u64 {
+    move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    }
+}
+
 #[test]
 fn ring_rejects_bad_capacity() {
     assert!(Ring::new(4095).is_none());
@@ -100,28 +112,36 @@ fn a_published_frame_is_checked_as_a_counted_one() {
     );
 }
 
+/// Where `place_whole_within` answers, it answers as `place_within` does, for every reach (the
+/// whole ring's is `place_whole` against `place`).
 #[test]
 fn place_whole_agrees_with_place() {
-    let r = Ring::new(4096).unwrap();
+    let r = Ring::new(16384).unwrap();
     let mut answered = 0;
-    for tail in (0..3 * 4096u64).step_by(16).chain([u64::MAX - 100, !15]) {
-        for used in [0u64, 16, 100, 1000, 4000, 4096, 4097, 5000] {
-            let head = tail.wrapping_sub(used);
-            for want in [0u64, 1, 15, 16, 17, 64, 1000, 1008, 1009, 4000] {
-                let Some((pos, new_tail)) = r.place_whole(tail, head, want) else {
-                    continue;
-                };
-                answered += 1;
-                let p = r.place(tail, head, want).unwrap().unwrap();
-                assert_eq!(
-                    (p.pad, p.pos, p.len, p.new_tail),
-                    (None, pos, want, new_tail),
-                    "tail {tail} head {head} want {want}"
-                );
+    for reach in [0, MIN_REACH, 8192, 16384] {
+        for tail in (0..3 * 16384u64).step_by(48).chain([u64::MAX - 100, !15]) {
+            for used in [0u64, 16, 100, 1000, 4000, 16384, 16385, 20000] {
+                let head = tail.wrapping_sub(used);
+                for want in [0u64, 1, 15, 16, 17, 64, 1000, 3000, 4000, 4081, 5000] {
+                    let Some((pos, new_tail)) = r.place_whole_within(tail, head, want, reach)
+                    else {
+                        continue;
+                    };
+                    answered += 1;
+                    let p = r.place_within(tail, head, want, reach).unwrap().unwrap();
+                    assert_eq!(
+                        (p.pad, p.pos, p.len, p.new_tail),
+                        (None, pos, want, new_tail),
+                        "reach {reach} tail {tail} head {head} want {want}"
+                    );
+                    if reach == 16384 {
+                        assert_eq!(r.place_whole(tail, head, want), Some((pos, new_tail)));
+                    }
+                }
             }
         }
     }
-    assert!(answered > 1000, "{answered}");
+    assert!(answered > 4000, "{answered}");
 }
 
 #[test]
@@ -182,12 +202,19 @@ fn frames_round_trip_and_validate() {
         r.check_frame(8192 - 32, 8192 + 64, &pad, 7).is_err(),
         "a pad must reach the end"
     );
-    // A pad over space a frame fits in (a whole lap of pads, say) is a peer stalling us.
+    // A pad from past a sender's reach to the ring's end (`place_within`).
     let long_pad = FrameHeader {
         len: 8192 - 64 - 16,
         ..pad
     };
-    assert!(r.check_frame(64, 8192 + 64, &long_pad, 7).is_err());
+    assert_eq!(
+        r.check_frame(64, 8192 + 64, &long_pad, 7),
+        Ok(Frame::Pad { size: 8192 - 64 })
+    );
+    // ... but not beyond the published bytes, nor short of the end.
+    assert!(r.check_frame(64, 4096, &long_pad, 7).is_err());
+    assert!(r.check_frame(80, 8192 + 80, &long_pad, 7).is_err());
+    // A whole lap of pads (a pad from position 0) is a peer stalling us.
     let lap = FrameHeader {
         len: 8192 - 16,
         ..pad
@@ -359,13 +386,7 @@ fn the_credit_policy_keeps_a_stream_flowing_with_few_returns() {
     let (mut tail, mut seq, mut credited, mut waiting) = (0u64, 0u64, 0u64, false);
     let (mut head, mut rx_seq, mut returned) = (0u64, 0u64, 0u64);
     let (mut unasked, mut asked) = (0u64, 0u64);
-    let mut rng = 0x0bad_cafe_1234_5678u64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xorshift(0x0bad_cafe_1234_5678u64);
     let total = 300_000u64;
     let (mut sent, mut got) = (0u64, Vec::new());
     let mut steps = 0u64;
@@ -380,7 +401,7 @@ fn the_credit_policy_keeps_a_stream_flowing_with_few_returns() {
             let want = (1 + next() % 900).min(total - sent);
             match r.place(tail, credited, want).unwrap() {
                 Some(p) => {
-                    let n = if next() % 4 == 0 {
+                    let n = if next().is_multiple_of(4) {
                         1 + next() % p.len
                     } else {
                         p.len
@@ -402,7 +423,7 @@ fn the_credit_policy_keeps_a_stream_flowing_with_few_returns() {
         }
         // The receiver, a little slower than the sender (so the sender fills the ring and
         // waits): one frame, if one was published, then its credit decision.
-        if head < tail && next() % 3 != 0 {
+        if head < tail && !next().is_multiple_of(3) {
             take_frame(&r, &mem, tail, &mut head, &mut rx_seq, &mut got);
         }
         match credit_return(cap, head, returned, false) {
@@ -434,13 +455,7 @@ fn stream_through_ring_model() {
     let r = Ring::new(4096).unwrap();
     let mut mem = vec![0u8; 4096];
     let (mut tail, mut head, mut tx_seq, mut rx_seq) = (0u64, 0u64, 0u64, 0u64);
-    let mut rng = 0x1234_5678_9abc_def0u64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xorshift(0x1234_5678_9abc_def0u64);
     let (mut sent, mut got) = (0u64, Vec::new());
     let total = 200_000u64;
     while (got.len() as u64) < total {

@@ -340,7 +340,8 @@ impl Connection {
                         return Ok(changed);
                     }
                     let at = rx.raw.len();
-                    rx.raw.resize(at.saturating_add(TCP_CHUNK), 0);
+                    let room = read_room(&rx.raw, TCP_CHUNK);
+                    rx.raw.resize(at.saturating_add(room), 0);
                     let r =
                         sys::recv_nowait(self.tcp_fd(), rx.raw.get_mut(at..).unwrap_or_default());
                     match r {
@@ -351,6 +352,7 @@ impl Connection {
                         }
                         Ok(n) => {
                             rx.raw.truncate(at.saturating_add(n));
+                            grow_room(&mut rx.raw, room, n);
                             // Taken off the socket outside the application's read (readiness):
                             // the kernel drops the edge-triggered event of bytes already read,
                             // so this is the edge.
@@ -507,7 +509,8 @@ impl Connection {
         if at >= TCP_CHUNK || rx.end.is_some() {
             return;
         }
-        rx.raw.resize(TCP_CHUNK, 0);
+        let room = read_room(&rx.raw, TCP_CHUNK.saturating_sub(at));
+        rx.raw.resize(at.saturating_add(room), 0);
         let r = sys::recv_nowait(self.tcp_fd(), rx.raw.get_mut(at..).unwrap_or_default());
         match r {
             Ok(0) => {
@@ -516,6 +519,7 @@ impl Connection {
             }
             Ok(n) => {
                 rx.raw.truncate(at.saturating_add(n));
+                grow_room(&mut rx.raw, room, n);
                 self.fo.note_event();
             }
             Err(e) => {
@@ -678,5 +682,52 @@ fn tcp_error(e: i32) -> IoError {
         libc::EAGAIN => IoError::WouldBlock,
         libc::EINTR => IoError::Interrupted,
         _ => IoError::Reset,
+    }
+}
+
+/// The room of the next read off the TCP socket into `raw`: the buffer's spare capacity (what
+/// earlier reads grew it to, `grow_room`), at least `TCP_FIRST`, at most `most` (a chunk).
+fn read_room(raw: &Vec<u8>, most: usize) -> usize {
+    raw.capacity()
+        .saturating_sub(raw.len())
+        .max(TCP_FIRST)
+        .min(most)
+}
+
+/// A read of `n` bytes filled its `room`: the socket holds more, so the next read gets twice
+/// the room (up to a chunk), as a stream on TCP needs.
+fn grow_room(raw: &mut Vec<u8>, room: usize, n: usize) {
+    if n >= room {
+        raw.reserve(room.saturating_mul(2).min(TCP_CHUNK));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_off_the_socket_start_small_and_grow_to_a_chunk_while_they_fill() {
+        let mut raw = Vec::new();
+        assert_eq!(read_room(&raw, TCP_CHUNK), TCP_FIRST);
+        // A request (a late start): the buffer stays small.
+        raw.resize(TCP_FIRST, 0);
+        raw.truncate(100);
+        grow_room(&mut raw, TCP_FIRST, 100);
+        raw.clear();
+        assert_eq!(read_room(&raw, TCP_CHUNK), TCP_FIRST);
+        // A stream: each read fills its room, and the room doubles up to a chunk.
+        let mut rooms = Vec::new();
+        for _ in 0..10 {
+            let room = read_room(&raw, TCP_CHUNK);
+            rooms.push(room);
+            raw.resize(room, 0);
+            grow_room(&mut raw, room, room);
+            raw.clear();
+        }
+        assert!(rooms.windows(2).all(|w| w.first() <= w.last()), "{rooms:?}");
+        assert_eq!(rooms.last(), Some(&TCP_CHUNK), "{rooms:?}");
+        // Never more than asked for (a drain's rest of its chunk).
+        assert_eq!(read_room(&raw, 1000), 1000);
     }
 }

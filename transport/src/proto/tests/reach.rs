@@ -1,0 +1,162 @@
+//! The reach of a sender (`MIN_REACH`): frames placed inside the ring's first bytes behind a pad
+//! to the ring's end, what the receiver accepts of such pads, and the credit policy that keeps
+//! a small-message stream inside one page, each driven with plain values.
+
+use super::*;
+use super::{take_frame, xorshift};
+
+#[test]
+fn place_within_keeps_frames_and_marks_inside_the_reach() {
+    let r = Ring::new(16384).unwrap();
+    let reach = MIN_REACH;
+    // Fits where the producer stands.
+    let p = r.place_within(0, 0, 100, reach).unwrap().unwrap();
+    assert_eq!((p.pad, p.pos, p.len, p.new_tail), (None, 0, 100, 16 + 112));
+    // At the reach's end the frame and the slot after it do not fit: a pad to the ring's end,
+    // the frame at 0.
+    let tail = 16384 * 3 + 4096 - 128;
+    let p = r.place_within(tail, tail, 100, reach).unwrap().unwrap();
+    assert_eq!(p.pad, Some((4096 - 128, 16384 - 4096 + 128)));
+    assert_eq!((p.pos, p.len), (0, 100));
+    assert_eq!(p.new_tail, 16384 * 4 + 128);
+    // The frame ends exactly where the slot after it is the reach's last header.
+    let p = r
+        .place_within(4096 - 144, 4096 - 144, 112, reach)
+        .unwrap()
+        .unwrap();
+    assert_eq!((p.pad, p.pos), (None, 4096 - 144));
+    assert_eq!(p.new_tail + FRAME_HDR, 4096);
+    // The pad needs credits for the rest of the ring too: a receiver that has not returned
+    // this lap's bytes leaves none.
+    assert_eq!(r.place_within(tail, tail - 4000, 100, reach).unwrap(), None);
+    assert!(r.place(tail, tail - 4000, 100).unwrap().is_some());
+    // A frame larger than the reach never fits in it.
+    assert_eq!(r.place_within(0, 0, 4090, reach).unwrap(), None);
+    // The whole ring as the reach is `place`.
+    assert_eq!(
+        r.place_within(tail, tail, 100, 16384).unwrap(),
+        r.place(tail, tail, 100).unwrap()
+    );
+    // Impossible counters are errors, as in `place`.
+    assert!(r.place_within(100, 200, 10, reach).is_err());
+    assert!(r
+        .place_within(u64::MAX - 100, u64::MAX - 100, 10, reach)
+        .is_err());
+    // What it writes, the receiver takes: the pad, then the frame at 0.
+    let w = r
+        .place_within(tail, tail, 100, reach)
+        .unwrap()
+        .unwrap()
+        .write(9, 100);
+    let (at, pad) = w.pad.unwrap();
+    assert_eq!(
+        r.check_frame(tail, w.tail, &pad, 9),
+        Ok(Frame::Pad { size: 16384 - at })
+    );
+    assert_eq!(
+        r.check_frame(16384 * 4, w.tail, &w.header, 9),
+        Ok(Frame::Data {
+            len: 100,
+            size: 16 + 112
+        })
+    );
+}
+
+#[test]
+fn credit_ring_follows_the_senders_reach() {
+    // Every sender starts at the smallest reach.
+    assert_eq!(credit_ring(1 << 20, 0), 8192);
+    assert_eq!(credit_ring(1 << 20, 4096 - 64), 8192);
+    assert_eq!(credit_ring(1 << 20, 4096), 8192);
+    assert_eq!(credit_ring(1 << 20, 5000), 16384);
+    // Frames and pads up to the ring's end: the whole ring.
+    assert_eq!(credit_ring(16384, 16384 - 16), 16384);
+    assert_eq!(credit_ring(16384, 9000), 16384);
+    assert_eq!(credit_ring(4096, 0), 4096);
+}
+
+/// Request/response traffic as a connection runs it with a reach: the sender places within its
+/// reach against the credits it saw (then the receiver's counter), and doubles the reach when
+/// that fails; the receiver returns credits by `credit_return` over `credit_ring`. Small
+/// messages that the receiver keeps up with never leave the first page; a receiver that lags
+/// (a burst of messages before it reads) makes the reach grow; the stream is exact throughout.
+#[test]
+fn a_reach_keeps_small_messages_in_one_page_and_grows_with_a_lagging_receiver() {
+    let cap = 16384u64;
+    let r = Ring::new(cap).unwrap();
+    let mut mem = vec![0u8; cap as usize];
+    let mut touched = [false; 4];
+    let (mut tail, mut seq, mut credited, mut reach) = (0u64, 0u64, 0u64, 0u64);
+    let (mut head, mut rx_seq, mut returned, mut seen) = (0u64, 0u64, 0u64, 0u64);
+    let mut next = xorshift(0x5eed_0f0a_11aa_u64);
+    let (mut sent, mut got) = (0u64, Vec::new());
+    for round in 0..4000u64 {
+        // A burst of 1 message (or, in the second half, of 40 now and then) before the
+        // receiver reads.
+        let burst = if round >= 2000 && round % 50 == 0 {
+            40
+        } else {
+            1
+        };
+        if round == 2000 {
+            assert_eq!(touched, [true, false, false, false], "reach {reach}");
+        }
+        for _ in 0..burst {
+            let want = 40 + next() % 200;
+            let mut p = r.place_within(tail, credited, want, reach).unwrap();
+            if p.is_none() {
+                credited = returned;
+                p = r.place_within(tail, credited, want, reach).unwrap();
+            }
+            let p = match p {
+                Some(p) => p,
+                None => {
+                    reach = r.reach(reach) * 2;
+                    match r.place(tail, credited, want).unwrap() {
+                        Some(p) => p,
+                        None => break,
+                    }
+                }
+            };
+            let w = p.write(seq, p.len);
+            if let Some((at, h)) = w.pad {
+                mem[at as usize..at as usize + 16].copy_from_slice(&h.encode());
+                touched[at as usize / 4096] = true;
+            }
+            let at = w.pos as usize;
+            mem[at..at + 16].copy_from_slice(&w.header.encode());
+            for i in 0..p.len {
+                mem[at + 16 + i as usize] = ((sent + i) % 251) as u8;
+            }
+            for b in [at, at + 16 + p.len as usize - 1] {
+                touched[b / 4096] = true;
+            }
+            // The mark in the next slot.
+            touched[r.pos(w.tail) as usize / 4096] = true;
+            (tail, seq) = (w.tail, w.next_seq);
+            sent += p.len;
+        }
+        // The receiver reads everything published, returning credits as it goes.
+        while head < tail {
+            let at = r.pos(head) as usize;
+            let hb: [u8; 16] = mem[at..at + 16].try_into().unwrap();
+            if FrameHeader::decode(&hb).flags == FRAME_PAD {
+                seen = at as u64;
+            }
+            take_frame(&r, &mem, tail, &mut head, &mut rx_seq, &mut got);
+            seen = seen.max(r.pos(head));
+            if credit_return(credit_ring(cap, seen), head, returned, false) == CreditReturn::Now {
+                returned = head;
+            }
+        }
+    }
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == (i as u64 % 251) as u8));
+    assert_eq!(got.len() as u64, sent);
+    assert!(
+        r.reach(reach) > MIN_REACH,
+        "a lagging receiver grows the reach"
+    );
+}
