@@ -21,7 +21,11 @@ use std::time::{Duration, Instant};
 
 use fabric::{Client, ClientError, Pairing};
 
+mod answer;
 mod lines;
+
+pub(crate) use answer::answer_arrived;
+use answer::look_before_sleep;
 
 use crate::conn::{Role, ServicePair, Tally};
 use crate::{
@@ -500,25 +504,6 @@ pub(crate) fn news(shared: &ProcessState, offers: &[&Offered]) -> Vec<bool> {
     .unwrap_or_else(|_| vec![true; offers.len()])
 }
 
-/// Has the service's final answer to offer `o` arrived (taken in now, never waiting)? `false`
-/// when the service connection is busy — in this very thread too: a close inside
-/// [`Link::with`] (the service connection closing a descriptor it received) runs the
-/// application's close path, which asks this — or is not this process's (after a fork).
-pub(crate) fn answer_arrived(shared: &ProcessState, o: &Offered) -> bool {
-    let Ok(l) = link(shared) else {
-        return false;
-    };
-    let Ok(mut g) = l.client.try_lock() else {
-        return false;
-    };
-    match g.as_mut() {
-        Some((pid, c)) if *pid == std::process::id() => {
-            c.take_replies().is_ok() && c.answered(&o.offer)
-        }
-        _ => false,
-    }
-}
-
 /// Wait for the server's side of an offer: up to `patience` (`None`: until the answer timeout
 /// passes, or the peer talks over TCP or hangs up, when the offer is withdrawn). `early`: the
 /// bytes the caller holds for the connection; when the service says the connection has not
@@ -639,13 +624,14 @@ pub(crate) fn complete(
             return Outcome::Waiting(Pending::Service(o));
         }
         if let Some(p) = patience {
-            // Not a busy spin: the service rings our line when it answers, so sleep on it
-            // for what is left (a spinning client took the CPU the server and the service
-            // needed to answer it).
             let left = p.saturating_sub(t0.elapsed());
             if left.is_zero() {
                 return Outcome::Waiting(Pending::Service(o));
             }
+            if look_before_sleep(shared, link, &o, left) {
+                continue;
+            }
+            // Then sleep: the service rings our line when it answers.
             let _ = crate::sys::poll2(sleep_fd, tcp_fd, Some(left));
             crate::sys::wake_consume();
             continue;
