@@ -593,10 +593,6 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                 let st = &mut *regs;
                 match st.regs.get_mut(&fd) {
                     Some(r) => {
-                        if !r.cand {
-                            r.cand = true;
-                            st.cand.push(fd);
-                        }
                         r.events = events;
                         r.data = data;
                         r.disabled = false;
@@ -618,6 +614,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                         if let Some(c) = sock.conn.get() {
                             r.interest = Some(interest(c, events));
                         }
+                        st.add_cand(fd);
                         if !st.arm_later(fd) {
                             if let Some(c) = sock.conn.get() {
                                 c.rearm(events & READ != 0, events & WRITE != 0);
@@ -657,11 +654,11 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                     interest,
                     tallied: false,
                     told_reaching: false,
-                    cand: true,
+                    cand: false,
                     to_arm: false,
                 },
             );
-            regs.cand.push(fd);
+            regs.add_cand(fd);
             if !regs.arm_later(fd) {
                 if let Some(r) = regs.get(&fd) {
                     if let Some(c) = r.sock.conn.get() {

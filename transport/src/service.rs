@@ -585,13 +585,12 @@ pub(crate) fn complete(
         // in epoll for a server that does not accept settles on TCP, as with the device).
         // A peer that talks over TCP, or hangs up, is not upgrading.
         let tcp_says = !matches!(crate::sys::peek_tcp(tcp_fd), crate::sys::Peek::Open);
-        if !withdrawn && !tcp_says && !o.questioned && o.progress.elapsed() < timeout {
-            // The early question only for a connection the kernel connected: one still in its
-            // handshake (its SYN dropped by a full queue) has nothing to look up yet, and
-            // waits for the answer timeout.
-            if question_due(&o, timeout) && !crate::sys::connected(tcp_fd) {
-                o.questioned = true;
-            }
+        // The early question only for a connection the kernel connected: one still in its
+        // handshake (its SYN dropped by a full queue) has nothing to look up yet, and waits
+        // for the answer timeout.
+        let first = !o.questioned && o.progress.elapsed() < timeout;
+        if first && !tcp_says && question_due(&o, timeout) && !crate::sys::connected(tcp_fd) {
+            o.questioned = true;
         }
         if !withdrawn && (question_due(&o, timeout) || tcp_says) {
             o.questioned = true;
