@@ -123,8 +123,10 @@ struct Reg {
     sock: Arc<Sock>,
     events: u32,
     data: u64,
-    /// `Connection::activity` when we last reported this registration (edge-triggered).
-    last_activity: Option<u64>,
+    /// `Connection::activity` when we last reported this registration (edge-triggered), if
+    /// `reported` (not an `Option`: its 8 bytes more made the set's table 11 % bigger).
+    last_activity: u64,
+    reported: bool,
     /// A one-shot registration that fired and waits for EPOLL_CTL_MOD.
     disabled: bool,
     /// How it is registered in the kernel now.
@@ -596,7 +598,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                         r.events = events;
                         r.data = data;
                         r.disabled = false;
-                        r.last_activity = None;
+                        r.reported = false;
                         if let Form::Pending { .. } = r.form {
                             let form = r.form;
                             if let Err(e) = register(epfd, fd, form, events) {
@@ -648,7 +650,8 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                     sock,
                     events,
                     data,
-                    last_activity: None,
+                    last_activity: 0,
+                    reported: false,
                     disabled: false,
                     form,
                     interest,

@@ -545,11 +545,7 @@ fn tick(sock: &Sock, fd: c_int, late: &Late, may_offer: bool, force: bool) {
 /// application that closes the dup (a writer thread's clone) while another thread waits on
 /// the connection would otherwise leave that waiter polling a closed number (POLLNVAL: reset).
 fn first_fd(sock: &Sock, fd: c_int) -> c_int {
-    sock.fds
-        .lock()
-        .ok()
-        .and_then(|f| f.first().copied())
-        .unwrap_or(fd)
+    sock.fds.lock().ok().and_then(|f| f.first()).unwrap_or(fd)
 }
 
 /// The pairing is made (with the gate closed, given here and let go of): the entry goes on as

@@ -32,12 +32,65 @@ pub struct Sock {
     /// SO_TIMESTAMP (1) or SO_TIMESTAMPNS (2) is on: recvmsg gives a receive-time cmsg.
     pub timestamp: std::sync::atomic::AtomicU8,
     /// The application's fds that refer to this entry (dup, dup2, F_DUPFD share it).
-    pub fds: Mutex<Vec<i32>>,
+    pub fds: Mutex<FdList>,
     /// Which fork counted this entry's connection as shared with the child (`fork`).
     pub fork_mark: AtomicU64,
     /// Set for a flagged connection made while the NTB link was down, which may still move
-    /// onto the ring (`late`).
-    pub late: OnceLock<crate::late::Late>,
+    /// onto the ring (`late`). Boxed: few entries are candidates, and every entry would
+    /// otherwise carry its ~340 bytes (benches/results/heap-session14.md).
+    pub late: OnceLock<Box<crate::late::Late>>,
+}
+
+/// The fds of an entry, oldest first: nearly always one, held inline (a `Vec` would be an
+/// allocation per entry); the dups beyond it in a `Vec`.
+pub struct FdList {
+    /// The oldest fd; -1 only when there is none (then `more` is empty too).
+    first: i32,
+    more: Vec<i32>,
+}
+
+impl Default for FdList {
+    fn default() -> FdList {
+        FdList {
+            first: -1,
+            more: Vec::new(),
+        }
+    }
+}
+
+impl FdList {
+    pub fn first(&self) -> Option<i32> {
+        (self.first >= 0).then_some(self.first)
+    }
+
+    pub fn contains(&self, fd: i32) -> bool {
+        fd >= 0 && (self.first == fd || self.more.contains(&fd))
+    }
+
+    /// Add `fd` (a descriptor number, never negative) after the others, unless it is there.
+    pub fn add(&mut self, fd: i32) {
+        if self.contains(fd) {
+            return;
+        }
+        if self.first < 0 {
+            self.first = fd;
+        } else {
+            self.more.push(fd);
+        }
+    }
+
+    /// Remove `fd`; the next oldest becomes the first.
+    pub fn remove(&mut self, fd: i32) {
+        if self.first == fd {
+            self.first = if self.more.is_empty() {
+                -1
+            } else {
+                self.more.remove(0)
+            };
+        } else {
+            self.more.retain(|&f| f != fd);
+        }
+    }
 }
 
 /// Most bytes held in `Sock::early` (like a small socket send buffer).
@@ -47,8 +100,9 @@ pub const EARLY_MAX: usize = 256 << 10;
 pub enum State {
     /// A flagged listening socket, registered with the transport.
     Listening(Option<Listener>),
-    /// A client whose offer awaits the server's answer.
-    Offered(Option<Pending>),
+    /// A client whose offer awaits the server's answer (boxed: an offer is ~200 bytes and
+    /// lives only until the connection settles, while every entry carries a `State`).
+    Offered(Option<Box<Pending>>),
     /// On the NTB path (`Sock::conn` is set).
     Ntb,
     /// A flagged connection that stays on TCP, and why.
@@ -57,6 +111,13 @@ pub enum State {
     /// closing it, so this process cannot know which path it took; its data calls fail with
     /// EIO (see `fork`).
     Forsaken,
+}
+
+impl State {
+    /// An entry whose offer (a client's, or a server's accept through the service) waits.
+    pub fn offered(p: Pending) -> State {
+        State::Offered(Some(Box::new(p)))
+    }
 }
 
 impl Drop for Sock {
@@ -91,7 +152,7 @@ impl Sock {
             tcp_rx: AtomicU64::new(0),
             early: Mutex::new(Vec::new()),
             timestamp: std::sync::atomic::AtomicU8::new(0),
-            fds: Mutex::new(Vec::new()),
+            fds: Mutex::new(FdList::default()),
             fork_mark: AtomicU64::new(0),
             late: OnceLock::new(),
         }
@@ -121,5 +182,32 @@ impl Sock {
             State::Tcp(r) => Some(*r),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::FdList;
+
+    #[test]
+    fn fd_list_keeps_the_oldest_first() {
+        let mut l = FdList::default();
+        assert_eq!(l.first(), None);
+        assert!(!l.contains(0) && !l.contains(-1));
+        l.add(0);
+        l.add(0);
+        assert_eq!(l.first(), Some(0));
+        l.add(7);
+        l.add(3);
+        assert!(l.contains(7) && l.contains(3) && !l.contains(4));
+        l.remove(7);
+        assert_eq!(l.first(), Some(0));
+        l.remove(0);
+        assert_eq!(l.first(), Some(3));
+        l.remove(3);
+        assert_eq!(l.first(), None);
+        l.add(5);
+        assert_eq!(l.first(), Some(5));
     }
 }

@@ -425,9 +425,7 @@ pub fn replace(fd: i32, sock: Arc<Sock>) -> Result<Option<Arc<Sock>>, ()> {
         return Err(());
     };
     if let Ok(mut fds) = sock.fds.lock() {
-        if !fds.contains(&fd) {
-            fds.push(fd);
-        }
+        fds.add(fd);
     }
     // Before the slot is filled: a snapshot that sees the entry sees it within its bound.
     FD_HIGH.fetch_max(fd as usize + 1, Relaxed);
@@ -511,8 +509,8 @@ fn take_out(fd: i32, old: *mut Sock) -> Arc<Sock> {
     // Another fd (a dup) may still refer to the same kernel socket: the connection watches
     // that one from now on.
     if let Ok(mut fds) = sock.fds.lock() {
-        fds.retain(|&f| f != fd);
-        if let (Some(c), Some(&next)) = (sock.conn.get(), fds.first()) {
+        fds.remove(fd);
+        if let (Some(c), Some(next)) = (sock.conn.get(), fds.first()) {
             if c.tcp_fd() == fd {
                 c.set_tcp_fd(next);
             }

@@ -72,7 +72,7 @@ fn settle(epfd: c_int, regs: &mut SetState, poked: &[c_int]) {
             let offers: Vec<Option<&transport::Pending>> = guards
                 .iter()
                 .map(|g| match g.as_deref() {
-                    Some(State::Offered(Some(p))) => Some(p),
+                    Some(State::Offered(Some(p))) => Some(&**p),
                     _ => None,
                 })
                 .collect();
@@ -267,10 +267,11 @@ fn harvest(
             // Readiness itself may take news in (a failed-over connection's records read off
             // its TCP socket, whose kernel event then never comes): that is an edge too. The
             // activity before it is kept, so the next check reports once more at most.
-            if r.last_activity == Some(a) && c.activity() == a {
+            if r.reported && r.last_activity == a && c.activity() == a {
                 continue;
             }
-            r.last_activity = Some(a);
+            r.last_activity = a;
+            r.reported = true;
         } else {
             r.cand = true;
             st.cand.push(fd);

@@ -126,7 +126,7 @@ pub fn connect(fd: c_int, addr: Option<SocketAddr>, real: impl Fn() -> c_int) ->
         local_ep,
         remote_ep,
         nonblock,
-        State::Offered(Some(pending)),
+        State::offered(pending),
     );
     g.log(LogLevel::Debug, || {
         format!("fd {fd}: connected to {remote}, upgrade offered")
@@ -173,7 +173,7 @@ pub(super) fn connect_tcp(
         let sock = Sock::new(Role::Client, local, remote, nonblock, State::Tcp(reason));
         if reason == Reason::LinkDown && g.transport().is_ok_and(|t| t.late_upgrades()) {
             // It may still move onto the ring once the link is up (`late`).
-            let _ = sock.late.set(crate::late::Late::new());
+            let _ = sock.late.set(Box::new(crate::late::Late::new()));
         }
         let _ = fallback(g, sock, fd, reason);
     }
@@ -212,7 +212,7 @@ pub(super) fn settle_offer(
     let State::Offered(p) = &mut *st else {
         return Ok(sock.conn.get().cloned());
     };
-    let Some(pending) = p.take() else {
+    let Some(pending) = p.take().map(|b| *b) else {
         return Ok(None);
     };
     let Ok(t) = g.transport() else {
@@ -227,7 +227,7 @@ pub(super) fn settle_offer(
                 *st = State::Tcp(Reason::Unsupported);
                 return Ok(None);
             }
-            *p = Some(pending);
+            *p = Some(Box::new(pending));
             return Err(libc::EAGAIN);
         }
     }
@@ -244,12 +244,12 @@ pub(super) fn settle_offer(
             Outcome::Waiting(mut p2) if can_reach > 0 && t.reaching(&p2) => {
                 if early.is_empty() {
                     // A send's own bytes: held by the caller on EAGAIN, sent by the next call.
-                    *p = Some(p2);
+                    *p = Some(Box::new(p2));
                     return Err(libc::EAGAIN);
                 }
                 if t.reach(&mut p2, early.len() as u64) {
                     if let Err(e) = sys::send_all(fd, &early) {
-                        *p = Some(p2);
+                        *p = Some(Box::new(p2));
                         return Err(e);
                     }
                     sock.tcp_tx.fetch_add(early.len() as u64, Relaxed);
@@ -313,7 +313,7 @@ pub(super) fn settle_offer(
             Ok(None)
         }
         Outcome::Waiting(p2) => {
-            *p = Some(p2);
+            *p = Some(Box::new(p2));
             Err(libc::EAGAIN)
         }
     }

@@ -103,7 +103,7 @@ pub(super) fn retire(s: Arc<Sock>, fd: Option<c_int>) -> Option<Closing> {
                 State::Listening(Some(l)) => closing = Some(Closing(l)),
                 State::Offered(Some(p)) => {
                     if let Ok(t) = g.transport() {
-                        t.cancel(p);
+                        t.cancel(*p);
                     }
                 }
                 other => *st = other,

@@ -143,7 +143,7 @@ pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> 
                 // Through the service: its answer comes to the first use of the fd (as a
                 // client's does: `settle_offer`), so accept returns without a round trip.
                 Outcome::Waiting(p) => {
-                    *sock.state.lock().map_err(|_| libc::EIO)? = State::Offered(Some(p));
+                    *sock.state.lock().map_err(|_| libc::EIO)? = State::offered(p);
                     g.log(LogLevel::Debug, || {
                         format!("fd {fd}: accepted {}, upgrade asked for", peer.to_std())
                     });
@@ -168,7 +168,7 @@ pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> 
         && g.transport()
             .is_ok_and(|t| t.late_upgrades() && !t.link_is_up())
     {
-        let _ = sock.late.set(crate::late::Late::new());
+        let _ = sock.late.set(Box::new(crate::late::Late::new()));
     }
     fallback(g, sock, fd, reason).map_err(|e| {
         sys::close_raw(fd);
@@ -266,7 +266,7 @@ pub fn reattach_inherited() {
             }
             // An offer still waiting for its answer completes on first use, as before exec.
             Some(Outcome::Waiting(p)) => {
-                Sock::new(Role::Client, local, peer, nonblock, State::Offered(Some(p)))
+                Sock::new(Role::Client, local, peer, nonblock, State::offered(p))
             }
             Some(Outcome::Tcp(reason)) => {
                 Sock::new(Role::Client, local, peer, nonblock, State::Tcp(reason))
