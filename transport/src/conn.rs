@@ -47,7 +47,8 @@ use std::time::Duration;
 use ntbdrv::{NtbDevice, Region, VectorLease, WindowLease};
 
 use crate::proto::{Endpoint, Ring, RingLoc, ENDPOINT_HDR};
-use crate::{sys, ProcessState, Settings};
+use crate::settings::ConnSettings;
+use crate::{sys, ProcessState};
 
 mod block;
 mod bridged;
@@ -221,13 +222,13 @@ pub struct Connection {
     /// Has this process sent on the connection since its last read? (A request/response
     /// exchange: its reads are not coalesced.)
     sent_since_read: AtomicBool,
-    settings: Settings,
+    settings: ConnSettings,
     /// Failover to the TCP socket and back (`failover`); boxed, read by one load on the fast
     /// path.
     fo: Box<failover::Failover>,
     /// What this process knows, in its own memory, of the other processes holding the
     /// connection (the holder words in the block are the peer's to write: `holders`).
-    family: Box<holders::Family>,
+    family: holders::Family,
 }
 
 /// Where a connection's memory and interrupt lines come from, and so how it rings its peer and
@@ -551,7 +552,7 @@ impl Connection {
         peer: Endpoint,
         cur: Box<Cursors>,
     ) -> Connection {
-        let settings = shared.settings.clone();
+        let settings = ConnSettings::of(&shared.settings);
         let link_gen = match &tenancy {
             Tenancy::Device { dev, .. } | Tenancy::Bridged { dev, .. } => {
                 dev.link_state().generation
@@ -585,7 +586,7 @@ impl Connection {
             sent_since_read: AtomicBool::new(false),
             settings,
             fo: Box::new(failover::Failover::new(link_gen)),
-            family: Box::new(holders::Family::new(sys::inode(tcp_fd).unwrap_or(0))),
+            family: holders::Family::new(sys::inode(tcp_fd).unwrap_or(0)),
         };
         // Tell the peer that this end is made (no CPU yet: that is told at its first wait): a
         // waiter whose peer's word is still 0 sleeps at once instead of spinning (see `wait`).

@@ -178,3 +178,84 @@ impl Settings {
         Ok(s)
     }
 }
+
+/// The settings a connection reads itself, in a connection's own memory (the fast path reads
+/// them without going through the process's state) and compact: a connection carried all of
+/// [`Settings`], 88 bytes of its 424 (benches/results/heap-session14.md). Durations in whole
+/// units, rounded up (a nonzero setting stays nonzero) and saturating.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnSettings {
+    pub dma_threshold: usize,
+    spin_us: u32,
+    rx_coalesce_ns: u32,
+    failover_after_ms: u32,
+    pub completion: CompletionMode,
+    pub strict: bool,
+}
+
+/// `d` in units of `unit` nanoseconds, rounded up, saturating at `u32::MAX`.
+fn units(d: Duration, unit: u128) -> u32 {
+    u32::try_from(d.as_nanos().div_ceil(unit)).unwrap_or(u32::MAX)
+}
+
+impl ConnSettings {
+    pub fn of(s: &Settings) -> ConnSettings {
+        ConnSettings {
+            dma_threshold: s.dma_threshold,
+            spin_us: units(s.spin, 1_000),
+            rx_coalesce_ns: units(s.rx_coalesce, 1),
+            failover_after_ms: units(s.failover_after, 1_000_000),
+            completion: s.completion,
+            strict: s.strict,
+        }
+    }
+
+    /// [`Settings::spin`].
+    #[inline]
+    pub fn spin(&self) -> Duration {
+        Duration::from_micros(u64::from(self.spin_us))
+    }
+
+    /// [`Settings::rx_coalesce`].
+    #[inline]
+    pub fn rx_coalesce(&self) -> Duration {
+        Duration::from_nanos(u64::from(self.rx_coalesce_ns))
+    }
+
+    /// [`Settings::failover_after`].
+    pub fn failover_after(&self) -> Duration {
+        Duration::from_millis(u64::from(self.failover_after_ms))
+    }
+}
+
+#[cfg(test)]
+mod conn_settings_tests {
+    use super::*;
+
+    #[test]
+    fn a_connections_settings_round_up_and_saturate() {
+        let s = Settings {
+            spin: Duration::from_nanos(1_500),
+            rx_coalesce: Duration::from_micros(2),
+            failover_after: Duration::from_micros(1),
+            ..Settings::default()
+        };
+        let c = ConnSettings::of(&s);
+        assert_eq!(c.spin(), Duration::from_micros(2));
+        assert_eq!(c.rx_coalesce(), Duration::from_micros(2));
+        assert_eq!(c.failover_after(), Duration::from_millis(1));
+        let d = ConnSettings::of(&Settings::default());
+        assert_eq!(d.spin(), Settings::default().spin);
+        assert_eq!(d.failover_after(), Settings::default().failover_after);
+        let big = ConnSettings::of(&Settings {
+            spin: Duration::from_secs(u64::MAX / 4),
+            ..Settings::default()
+        });
+        assert_eq!(big.spin(), Duration::from_micros(u64::from(u32::MAX)));
+        let zero = ConnSettings::of(&Settings {
+            failover_after: Duration::ZERO,
+            ..Settings::default()
+        });
+        assert_eq!(zero.failover_after(), Duration::ZERO);
+    }
+}

@@ -116,8 +116,51 @@ pub(super) struct Failover {
     /// Bumped by whatever changes the connection off the ring's counters (a switch, records
     /// taken in, an event on the TCP socket): edge-triggered epoll sees it in `activity`.
     events: AtomicU32,
-    rx: Mutex<RxSide>,
-    tx: Mutex<TxSide>,
+    rx: Lazy<RxSide>,
+    tx: Lazy<TxSide>,
+}
+
+/// One side of the failover state, made at its first use ([`side`]): most connections never
+/// leave the ring, and the two sides were 200 of the state's 232 bytes, carried by every
+/// connection (benches/results/heap-session14.md).
+type Lazy<T> = Mutex<Option<Box<T>>>;
+
+/// A locked side of the failover state, made if it was not.
+pub(super) struct Side<'a, T>(std::sync::MutexGuard<'a, Option<Box<T>>>);
+
+// A `Side` is only made by `side`, which fills it, and nothing empties it while it is held:
+// no peer's bytes reach this `expect`.
+#[allow(clippy::expect_used)]
+impl<T> std::ops::Deref for Side<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.0
+            .as_deref()
+            .expect("a Side is made by `side`, which fills it")
+    }
+}
+
+impl<T: Default> std::ops::DerefMut for Side<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+/// Lock a side of the failover state, making it if it is not made yet.
+fn side<T: Default>(m: &Lazy<T>) -> Side<'_, T> {
+    let mut g = lock(m);
+    if g.is_none() {
+        *g = Some(Box::default());
+    }
+    Side(g)
+}
+
+/// Read a side of the failover state without making it (a side never made reads as new).
+fn peek<T: Default, R>(m: &Lazy<T>, f: impl FnOnce(&T) -> R) -> R {
+    match lock(m).as_deref() {
+        Some(t) => f(t),
+        None => f(&T::default()),
+    }
 }
 
 #[derive(Default)]
@@ -265,8 +308,11 @@ impl Connection {
             self.set_tx_pos(TxPos { tail, seq });
         }
         let sent = on_tcp.then(|| atomic_u64_at(&self.own_block, L_TX_TCP_SENT).load(Relaxed));
-        {
-            let mut tx = lock(&self.fo.tx);
+        // A side never made is a direction that never left the ring, which taking over a
+        // view on the ring leaves as it is (`end` counts only on TCP, `leave_ring` sets the
+        // hold): it is made only for a view on TCP.
+        if on_tcp || lock(&self.fo.tx).is_some() {
+            let mut tx = side(&self.fo.tx);
             tx.sw = TxSwitch::taken_over(sent, ours.tail, st & ST_SHUT_WR != 0);
             tx.since = match (on_tcp, tx.since) {
                 (true, None) => Some(Instant::now()),
@@ -341,7 +387,7 @@ impl Connection {
     /// the reader slow — an application that does not read is a zero window, as on TCP), and
     /// the peer's TCP socket is open (a dead peer is not a failover: its socket ends).
     fn stalled(&self, since: Option<Instant>) -> bool {
-        let limit = self.settings.failover_after;
+        let limit = self.settings.failover_after();
         !limit.is_zero()
             && since.is_some_and(|t| t.elapsed() >= limit)
             && atomic_u32_at(&self.own_block, CR_RX_SLEEPING).load(Relaxed) != 0
@@ -365,7 +411,7 @@ impl Connection {
         if self.settings.strict {
             return Err(self.trip());
         }
-        let mut tx = lock(&self.fo.tx);
+        let mut tx = side(&self.fo.tx);
         let fin = self.shared_state() & ST_SHUT_WR != 0;
         let Some(end) = tx.sw.leave_ring(tail, fin) else {
             return Ok(());
@@ -397,7 +443,7 @@ impl Connection {
     /// SHUT record goes out before the kernel's FIN (a peer on another host cannot ask our
     /// process whether that FIN is a half-close or our death: the record says so).
     pub(super) fn send_shut_record(&self) {
-        let shut = lock(&self.fo.tx).sw.shut();
+        let shut = side(&self.fo.tx).sw.shut();
         if let Some(r) = shut {
             let _ = self.write_all_tcp(&[&r.encode()]);
         }
@@ -406,8 +452,9 @@ impl Connection {
     /// Did the peer say it shut down writing (a SHUT, or an END with FIN) in the records read
     /// or taken in so far? Then the end of its TCP socket is a half-close.
     pub(super) fn peer_said_shut(&self) -> bool {
-        let rx = lock(&self.fo.rx);
-        rx.sw.is_some_and(|s| s.fin()) || shut_ahead(&rx.reader, &rx.raw)
+        peek(&self.fo.rx, |rx| {
+            rx.sw.is_some_and(|s| s.fin()) || shut_ahead(&rx.reader, &rx.raw)
+        })
     }
 
     /// A reader (or a waiter) found a reason to switch: leave the ring for sending too, now if
@@ -433,13 +480,13 @@ impl Connection {
     /// once: no hold.
     pub(crate) fn start_late(&self, sent: u64, peer_sent: u64, read: u64) {
         {
-            let mut tx = lock(&self.fo.tx);
+            let mut tx = side(&self.fo.tx);
             tx.sw = TxSwitch::taken_over(Some(sent), 0, false);
             tx.since = Some(Instant::now());
             tx.hold = Duration::ZERO;
         }
         {
-            let mut rx = lock(&self.fo.rx);
+            let mut rx = side(&self.fo.rx);
             rx.sw = Some(RxSwitch::late(self.rx_ring.cap(), peer_sent));
             rx.reader = Reader::pending(peer_sent.saturating_sub(read));
         }
@@ -452,7 +499,7 @@ impl Connection {
 
     /// Back to the ring, with the send lock held, if the link is up and the hold has passed.
     fn try_back_to_ring(&self) -> bool {
-        let mut tx = lock(&self.fo.tx);
+        let mut tx = side(&self.fo.tx);
         if tx.since.is_none_or(|s| s.elapsed() < tx.hold) {
             return false;
         }

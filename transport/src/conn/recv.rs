@@ -280,7 +280,7 @@ impl Connection {
             self.cur.rx_fast_off.store(true, Relaxed);
             return false;
         }
-        let budget = self.settings.spin.min(FAST_SPIN);
+        let budget = self.settings.spin().min(FAST_SPIN);
         let at = ring_at(self.rx_ring.pos(head));
         let t0 = Instant::now();
         let mut n = 0u32;
@@ -585,7 +585,7 @@ impl Connection {
     /// read), a peer on our CPU, doorbell mode (no spinning) and FIN/RST end it at once.
     /// Returns true when another frame has arrived.
     fn coalesce(&self, head: u64, since: &mut Option<Instant>) -> bool {
-        let gap = self.settings.rx_coalesce;
+        let gap = self.settings.rx_coalesce();
         if gap.is_zero()
             || self.settings.completion == CompletionMode::Doorbell
             || self.sent_since_read.load(Relaxed)

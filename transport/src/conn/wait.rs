@@ -300,7 +300,7 @@ impl Connection {
         let mut spin = match self.settings.completion {
             CompletionMode::Poll => Duration::MAX,
             CompletionMode::Doorbell => Duration::ZERO,
-            CompletionMode::Adaptive => self.settings.spin,
+            CompletionMode::Adaptive => self.settings.spin(),
         };
         // Spinning on the CPU the peer needs to make progress only delays it (by a whole
         // spin, or a time slice in poll mode). Give it the CPU instead: yield to it for a

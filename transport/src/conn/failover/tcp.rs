@@ -37,7 +37,7 @@ impl Connection {
             while sent < total {
                 let rest = skip(bufs, sent);
                 let want = total.saturating_sub(sent).min(MAX_RECORD as usize);
-                let mut next = lock(&self.fo.tx).sw;
+                let mut next = side(&self.fo.tx).sw;
                 let Some(rec) = next.data(want) else { break };
                 let hdr = rec.encode();
                 let mut parts: Vec<&[u8]> = vec![&hdr];
@@ -68,7 +68,7 @@ impl Connection {
                         return Err(e);
                     }
                 };
-                lock(&self.fo.tx).sw = next;
+                side(&self.fo.tx).sw = next;
                 self.publish_tx_view(next.sent_on_tcp());
                 let whole = hdr.len().saturating_add(rec.len as usize);
                 if n < whole {
@@ -180,7 +180,7 @@ impl Connection {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut drain_since: Option<Instant> = None;
         loop {
-            let mut rx = lock(&self.fo.rx);
+            let mut rx = side(&self.fo.rx);
             let cap = self.rx_ring.cap();
             let mode = rx.sw.get_or_insert_with(|| RxSwitch::new(cap)).mode();
             match mode {
@@ -192,7 +192,7 @@ impl Connection {
                     };
                     let r = self.recv_ring(bufs, f, None, end);
                     let RxPos { head, off, .. } = self.rx_pos();
-                    let mut rx = lock(&self.fo.rx);
+                    let mut rx = side(&self.fo.rx);
                     let done = match rx.sw.as_mut().map(|s| s.drained(head, off)) {
                         Some(Ok(d)) => d,
                         Some(Err(e)) => return Err(self.protocol_error("failover", e)),
@@ -435,7 +435,7 @@ impl Connection {
     /// side is off the plain ring? Takes in what the TCP socket holds and parses what may be
     /// parsed (as `recv_switched` would), and notices a drain that is complete.
     fn readable_off_ring(&self) -> bool {
-        let mut rx = lock(&self.fo.rx);
+        let mut rx = side(&self.fo.rx);
         let cap = self.rx_ring.cap();
         loop {
             let mode = rx.sw.get_or_insert_with(|| RxSwitch::new(cap)).mode();
@@ -484,7 +484,7 @@ impl Connection {
         // Take in and parse what may be parsed now (a finished drain moves on to TCP).
         self.readable_off_ring();
         let (queued, limit) = {
-            let mut rx = lock(&self.fo.rx);
+            let mut rx = side(&self.fo.rx);
             let mut n = rx.deliver.len();
             let limit = match rx.sw.map(|s| s.mode()) {
                 Some(RxMode::Drain { end }) => {
@@ -559,17 +559,14 @@ impl Connection {
                 break;
             }
         }
-        let tx = lock(&self.fo.tx);
-        if let Some(s) = tx.since {
+        if let Some(s) = peek(&self.fo.tx, |tx| tx.since) {
             self.count(Counter::TcpMicros, s.elapsed().as_micros() as u64);
         }
     }
 
     /// Time on TCP so far, with the current spell, in microseconds.
     pub fn tcp_micros(&self) -> u64 {
-        let spell = lock(&self.fo.tx)
-            .since
-            .map_or(0, |s| s.elapsed().as_micros() as u64);
+        let spell = peek(&self.fo.tx, |tx| tx.since).map_or(0, |s| s.elapsed().as_micros() as u64);
         self.counter(Counter::TcpMicros).saturating_add(spell)
     }
 
