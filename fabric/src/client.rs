@@ -136,6 +136,9 @@ pub struct Offer {
     request: u64,
 }
 
+/// Stashed replies a drained `Client::stash` keeps room for.
+const STASH_KEPT: usize = 64;
+
 /// A process's connection to the service.
 pub struct Client {
     sock: OwnedFd,
@@ -237,6 +240,12 @@ impl Client {
         let t0 = Instant::now();
         loop {
             if let Some(r) = self.stash.remove(&id) {
+                // A burst of connects (thousands stashed while one was awaited) leaves a table
+                // of its size behind: given back once it drains (benches/results/
+                // heap-session14.md: 130 bytes a connection in wrk at 2,000).
+                if self.stash.is_empty() && self.stash.capacity() > STASH_KEPT {
+                    self.stash = HashMap::new();
+                }
                 return Ok(Some(r));
             }
             if self.lost.remove(&id) {
