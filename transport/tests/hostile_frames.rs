@@ -24,7 +24,9 @@ fn write_header(block: &ntbdrv::Region, pos: usize, len: u32, flags: u16, seq: u
     h[0..4].copy_from_slice(&len.to_le_bytes());
     h[4..6].copy_from_slice(&flags.to_le_bytes());
     h[8..16].copy_from_slice(&seq.to_le_bytes());
-    block.write(4096 + pos, &h).unwrap();
+    block
+        .write(transport::proto::RING_START as usize + pos, &h)
+        .unwrap();
 }
 
 /// A published 1000-byte frame of which the victim read 500 bytes.
