@@ -90,7 +90,7 @@ fn pair(w: &World) -> Option<Pair> {
         .t
         .accept(k.as_raw_fd(), Endpoint::from_std(server), Endpoint::from_std(from))
         .ok();
-    let done = w.t.complete(pending, s.as_raw_fd(), true);
+    let done = w.t.complete(pending, s.as_raw_fd(), true, 0);
     w.t.unlisten(listener);
     let (Some(victim), Outcome::Connected(peer)) = (victim, done) else {
         return None;
