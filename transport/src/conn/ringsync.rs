@@ -225,14 +225,16 @@ pub fn publish_tail<B: Block>(peer_block: &B, tail: u64) {
 #[inline(always)]
 pub fn publish_frame<B: Block>(peer_block: &B, at: usize, h: &FrameHeader, next: Option<usize>) {
     let seq_at = at.wrapping_add(FRAME_SEQ_AT as usize);
-    peer_block
-        .w64(at)
-        .store(h.len as u64 | (h.flags as u64) << 32, Relaxed);
+    // The mark first: it follows the payload the caller just copied, so a frame whose payload
+    // ends on the mark's line stores to that line back to back, and the header's line last.
     if let Some(next) = next {
         peer_block
             .w64(next.wrapping_add(FRAME_SEQ_AT as usize))
             .store(SEQ_UNPUBLISHED, Relaxed);
     }
+    peer_block
+        .w64(at)
+        .store(h.len as u64 | (h.flags as u64) << 32, Relaxed);
     // SYNC POINT (frame publication): Release store of the sequence word after the payload, the
     // length and the mark in the next slot; pairs with the Acquire load in `published_header`
     // (and `is_published`).
