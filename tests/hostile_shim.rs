@@ -109,7 +109,9 @@ fn poke(block: &Region, p: Poke) {
             h[0..4].copy_from_slice(&len.to_le_bytes());
             h[4..6].copy_from_slice(&flags.to_le_bytes());
             h[8..16].copy_from_slice(&seq.to_le_bytes());
-            block.write(4096 + (pos % RING) as usize, &h).unwrap();
+            block
+                .write((transport::proto::RING_START + pos % RING) as usize, &h)
+                .unwrap();
         }
     }
 }

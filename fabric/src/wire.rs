@@ -22,7 +22,10 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// processes: docs/HOST-SERVICE.md, *Segment reuse*). 11: no request changed; the rings the
 /// service's segments carry may hold pad frames from a sender's reach to the ring's end
 /// (docs/PROTOCOL.md §2, *Reach*, protocol version 4), which a version 10 receiver resets on.
-pub const VERSION: u16 = 11;
+/// 12: no request changed; the segments' rings start inside the blocks' first page, at
+/// `service::RING_START` (docs/PROTOCOL.md §2, protocol version 5), where a version 11 build
+/// would look for them a page further on.
+pub const VERSION: u16 = 12;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts (an `Entry`, the longest, is 368 bytes

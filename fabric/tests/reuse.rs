@@ -48,11 +48,12 @@ fn scribble(fd: &OwnedFd, byte: u8) {
     m.fill(byte);
 }
 
-/// Does a reused segment start as a fresh one? Both endpoint headers (the first 4 KiB of each
-/// block) read as zeros: every word an end starts from. Its rings may hold what the last
-/// connection wrote (the ring protocol never takes it for a frame), but only in their first
-/// 64 KiB: the rest is given back.
+/// Does a reused segment start as a fresh one? Both endpoint headers (each block's first
+/// `RING_START` bytes) read as zeros: every word an end starts from. Its rings may hold what
+/// the last connection wrote (the ring protocol never takes it for a frame), but only in each
+/// block's first 64 KiB: the rest is given back.
 fn fresh(fd: &OwnedFd) -> bool {
+    use fabric::service::RING_START;
     let len = std::fs::File::from(fd.try_clone().unwrap())
         .metadata()
         .unwrap()
@@ -61,10 +62,8 @@ fn fresh(fd: &OwnedFd) -> bool {
     assert_eq!(sys::pread(fd.as_raw_fd(), &mut buf, 0).unwrap(), len);
     let block = len / 2;
     [0, block].iter().all(|&b| {
-        buf[b..b + 4096].iter().all(|&x| x == 0)
-            && buf[b + 4096 + (64 << 10)..b + block]
-                .iter()
-                .all(|&x| x == 0)
+        buf[b..b + RING_START as usize].iter().all(|&x| x == 0)
+            && buf[b + (64 << 10)..b + block].iter().all(|&x| x == 0)
     })
 }
 

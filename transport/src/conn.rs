@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use ntbdrv::{NtbDevice, Region, VectorLease, WindowLease};
 
-use crate::proto::{Endpoint, Ring, RingLoc, ENDPOINT_HDR};
+use crate::proto::{Endpoint, Ring, RingLoc, BLOCK_OVERHEAD};
 use crate::settings::ConnSettings;
 use crate::{sys, ProcessState};
 
@@ -294,7 +294,7 @@ struct Segments {
 impl Segments {
     fn map(p: &ServicePair) -> Option<Segments> {
         let ring = Ring::new(p.ring_bytes)?;
-        let len = ENDPOINT_HDR.checked_add(p.ring_bytes)? as usize;
+        let len = BLOCK_OVERHEAD.checked_add(p.ring_bytes)? as usize;
         let both = &p.segment;
         let (client, server) = (both.slice(0, len).ok()?, both.slice(len, len).ok()?);
         let (own_block, peer_block) = if p.server {
@@ -401,7 +401,7 @@ impl Connection {
         };
         // Our lease's length comes from the device's window alignment, which a peer can
         // influence (the shared header in bridge mode): a lease that makes no ring is refused.
-        let Some(rx_ring) = half.loc.len.checked_sub(ENDPOINT_HDR).and_then(Ring::new) else {
+        let Some(rx_ring) = half.loc.len.checked_sub(BLOCK_OVERHEAD).and_then(Ring::new) else {
             half.release(&*dev);
             return Err(crate::Reason::NoWindowSpace);
         };

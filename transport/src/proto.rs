@@ -22,7 +22,7 @@
 use std::fmt;
 
 /// Version of the protocol, carried in every offer and answer and in the control header.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Bytes of a frame header.
 pub const FRAME_HDR: u64 = 16;
@@ -35,8 +35,18 @@ pub const FRAME_SEQ_AT: u64 = 8;
 pub const SEQ_UNPUBLISHED: u64 = u64::MAX;
 /// Frames start on this alignment (so a pad frame header always fits before the ring's end).
 pub const FRAME_ALIGN: u64 = 16;
-/// Bytes of the endpoint block that precedes the ring data in an endpoint lease.
-pub const ENDPOINT_HDR: u64 = 4096;
+/// Bytes an endpoint block has beyond its ring's capacity: a block (an endpoint lease, a half
+/// of a service's segment) is `BLOCK_OVERHEAD + capacity` bytes, a whole number of pages, and
+/// starts on a page. What the window space, the leases and `RingLoc::check` count with; where
+/// the ring lies in it is [`RING_START`].
+pub const BLOCK_OVERHEAD: u64 = 4096;
+/// Where ring position 0 is in an endpoint block: the header's words (the RX, CREDIT and LOCAL
+/// lines, the counters, the identity) lie below it, and the ring's first `BLOCK_OVERHEAD -
+/// RING_START` bytes share the header's page, so a connection whose traffic stays there
+/// ([`MIN_REACH`]) touches one page of each block (version 5; the ring started at
+/// `BLOCK_OVERHEAD` before). The block's last `BLOCK_OVERHEAD - RING_START` bytes, past the
+/// ring, are never written.
+pub const RING_START: u64 = 0x400;
 /// Smallest and largest ring data capacity.
 pub const MIN_RING: u64 = 4096;
 pub const MAX_RING: u64 = 1 << 30;
@@ -50,10 +60,31 @@ pub const FRAME_PAD: u16 = 1;
 /// The *reach* a sender starts with, and goes back to when its direction idles: it places its
 /// frames (and the header slot after each) in the ring's first `reach` bytes, and goes back to
 /// position 0 with a pad frame over the rest of the ring ([`Ring::place_within`]), so a
-/// connection exchanging small messages touches one page of the peer's ring, not all of them.
-/// The reach doubles when a frame does not fit in it or the receiver lags by more than it (the
-/// ring's memory grows with the traffic, as TCP's buffers do), up to the whole ring.
-pub const MIN_REACH: u64 = 4096;
+/// connection exchanging small messages touches only the page of the peer's block that holds
+/// its header: the ring's bytes in that page. The reach grows ([`grow_reach`]) when a frame
+/// does not fit in it or the receiver lags by more than it (the ring's memory grows with the
+/// traffic, as TCP's buffers do), up to the whole ring.
+pub const MIN_REACH: u64 = BLOCK_OVERHEAD - RING_START;
+
+// The header's words (up to the identity's end, 0x238) lie below the ring, frame headers on
+// the ring's 16-byte alignment, and the smallest reach holds the largest frame a smallest ring
+// carries with the header slot after it.
+const _: () = assert!(RING_START >= 0x240 && RING_START.is_multiple_of(64));
+const _: () = assert!(RING_START < BLOCK_OVERHEAD && BLOCK_OVERHEAD.is_multiple_of(4096));
+const _: () = assert!(MIN_REACH >= MIN_RING / 4 + FRAME_HDR);
+
+/// The reach a sender grows to from `reach` (at least [`MIN_REACH`]): the ring's part of twice
+/// as many pages of the block, so that each reach ends on a page boundary of the block (3 KiB,
+/// 7 KiB, 15 KiB, …: the header's page and one, three, … more) and none touches a page it does
+/// not fill. [`Ring::reach`] caps it at the ring.
+#[inline]
+pub fn grow_reach(reach: u64) -> u64 {
+    reach
+        .max(MIN_REACH)
+        .saturating_add(RING_START)
+        .saturating_mul(2)
+        .saturating_sub(RING_START)
+}
 
 /// A protocol violation by the peer (or memory corruption): the connection cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -593,13 +624,15 @@ pub const CREDIT_BATCH: u64 = 4;
 /// peer's frames reach ring position `reach_seen` in the current lap (the position of the pad
 /// frame that ended the last lap, raised by the frames read since): a sender that wraps at its
 /// reach (`Ring::place_within`) needs the credits of its lap before the lap ends, so credits
-/// gather for a quarter of twice its reach (the power of two at or above what was seen, at
-/// least [`MIN_REACH`], where every sender starts), not of the whole ring.
+/// gather for a quarter of twice its reach (the smallest reach a sender has, [`MIN_REACH`] and
+/// each [`grow_reach`] of it, at or above what was seen), not of the whole ring.
 #[inline]
 pub fn credit_ring(cap: u64, reach_seen: u64) -> u64 {
     reach_seen
         .max(MIN_REACH)
-        .checked_next_power_of_two()
+        .checked_add(RING_START)
+        .and_then(u64::checked_next_power_of_two)
+        .map(|pages| pages.saturating_sub(RING_START))
         .and_then(|r| r.checked_mul(2))
         .map_or(cap, |r| r.min(cap))
 }

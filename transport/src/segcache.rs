@@ -59,7 +59,7 @@ impl SegmentCache {
         fd: &OwnedFd,
         ring_bytes: u64,
     ) -> Option<(ntbdrv::Region, ntbdrv::SegmentIdentity)> {
-        let block = crate::proto::ENDPOINT_HDR.checked_add(ring_bytes)?;
+        let block = crate::proto::BLOCK_OVERHEAD.checked_add(ring_bytes)?;
         let len = usize::try_from(block.checked_mul(2)?).ok()?;
         let id = ntbdrv::Region::segment_identity(fd).ok()?;
         if let Some(r) = self.take(id, len) {

@@ -24,7 +24,9 @@ fn write_header(block: &ntbdrv::Region, pos: usize, len: u32, flags: u16, seq: u
     h[0..4].copy_from_slice(&len.to_le_bytes());
     h[4..6].copy_from_slice(&flags.to_le_bytes());
     h[8..16].copy_from_slice(&seq.to_le_bytes());
-    block.write(4096 + pos, &h).unwrap();
+    block
+        .write(transport::proto::RING_START as usize + pos, &h)
+        .unwrap();
 }
 
 /// A published 1000-byte frame of which the victim read 500 bytes.
@@ -116,6 +118,36 @@ fn a_pad_frame_that_is_not_at_the_rings_end_is_a_protocol_error() {
         .unwrap()
         .store(cap, std::sync::atomic::Ordering::Release);
     let mut b = [0u8; 64];
+    assert_eq!(
+        s.recv(&mut [&mut b[..]], NONBLOCK, None),
+        Err(IoError::Protocol)
+    );
+}
+
+#[test]
+fn the_idle_sweep_passes_only_a_pad_the_protocol_allows() {
+    // The receiver's idle sweep passes a pad frame at its consumer counter (the peer's idle
+    // release moves its next header slot to position 0 behind one: docs/PROTOCOL.md §2, *Idle
+    // rings*). A forged one that does not end at the ring's end is not passed: the next
+    // `recv` reports it, and the sweep neither panics nor moves the consumer counter.
+    let (_d, dev) = device("sweeppad");
+    let t = transport(&dev, 16 << 10);
+    let (c, s, _ks, _kt) = pair(&t);
+    let cap = 16usize << 10;
+    let data: Vec<u8> = (0..100).map(pattern).collect();
+    c.send(&[&data], false, None).unwrap();
+    let mut b = [0u8; 100];
+    assert_eq!(s.recv(&mut [&mut b[..]], NONBLOCK, None), Ok(100));
+    // Frame 1 would go at 128 (16 + 112): a pad there, published by its own header, 16 bytes
+    // short of the ring's end.
+    let block = victims_block(&dev, &c);
+    write_header(&block, 128, (cap - 128 - 32) as u32, 1, 1);
+    let s = Arc::new(s);
+    for now in [1, 2000, 4000] {
+        let s = s.clone();
+        let _ = within("sweep", move || s.release_idle_tx(now, 1000));
+    }
+    assert_eq!(t.counters().protocol_errors.load(Relaxed), 0);
     assert_eq!(
         s.recv(&mut [&mut b[..]], NONBLOCK, None),
         Err(IoError::Protocol)

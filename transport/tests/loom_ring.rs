@@ -28,7 +28,7 @@ use std::sync::Arc;
 use loom::sync::atomic::AtomicU32;
 use loom::thread;
 use transport::conn::ringsync::{self, Arming};
-use transport::proto::{Frame, FrameHeader, Ring, ENDPOINT_HDR, FRAME_HDR, MIN_RING};
+use transport::proto::{Frame, FrameHeader, Ring, FRAME_HDR, MIN_RING, RING_START};
 use transport::rendezvous::model::Area;
 
 /// The ring of the model: the smallest a connection has.
@@ -72,7 +72,7 @@ impl Pair {
     /// `frame_publication_needs_the_mark` shows to be wrong).
     fn send_marking(&self, tail: u64, head: u64, seq: u64, mark: bool) -> Option<u64> {
         let (pos, new_tail) = ring().place_whole(tail, head, self.payload())?;
-        let base = (ENDPOINT_HDR + pos) as usize;
+        let base = (RING_START + pos) as usize;
         let body = vec![seq as u8 + 1; self.payload() as usize];
         self.receiver
             .write(base + FRAME_HDR as usize, &body)
@@ -82,7 +82,7 @@ impl Pair {
             flags: 0,
             seq,
         };
-        let next = (ENDPOINT_HDR + ring().pos(new_tail)) as usize;
+        let next = (RING_START + ring().pos(new_tail)) as usize;
         ringsync::publish_frame(&self.receiver, base, &h, mark.then_some(next));
         ringsync::publish_tail(&self.receiver, new_tail);
         Some(new_tail)
@@ -90,7 +90,7 @@ impl Pair {
 
     /// The frame slot at consumer counter `head`.
     fn at(&self, head: u64) -> usize {
-        (ENDPOINT_HDR + ring().pos(head)) as usize
+        (RING_START + ring().pos(head)) as usize
     }
 
     /// Check and read the payload of `frame` (frame `seq`, at consumer counter `head`): it
@@ -213,13 +213,10 @@ fn endpoint_release() {
         for _ in 0..2 {
             if ringsync::peer_finished(&p.receiver) {
                 p.receiver
-                    .write(ENDPOINT_HDR as usize, &[0xEEu8; FRAME_HDR as usize])
+                    .write(RING_START as usize, &[0xEEu8; FRAME_HDR as usize])
                     .unwrap();
                 p.receiver
-                    .write(
-                        (ENDPOINT_HDR + FRAME_HDR) as usize,
-                        &vec![0xEEu8; 1024 - 16],
-                    )
+                    .write((RING_START + FRAME_HDR) as usize, &vec![0xEEu8; 1024 - 16])
                     .unwrap();
                 break;
             }
@@ -583,7 +580,7 @@ fn ring_release_race(look: bool) {
             // The release: every slot but the one at `tail` (the next header's) reads zeros.
             for at in (0..MIN_RING).step_by(1024) {
                 if at != ring().pos(tail) {
-                    let base = (ENDPOINT_HDR + at) as usize;
+                    let base = (RING_START + at) as usize;
                     p.receiver.write(base, &[0u8; FRAME_HDR as usize]).unwrap();
                     p.receiver
                         .write(base + FRAME_HDR as usize, &vec![0u8; p.payload() as usize])

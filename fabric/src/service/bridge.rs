@@ -287,7 +287,7 @@ impl Service {
     /// A block for one end with rings of `ring` bytes in our inbound window, counted in the
     /// window space, if the space and the window have room.
     fn lease_block(&mut self, ring: u64) -> Option<Block> {
-        let room = self.window_used + SEGMENT_HEADER + ring <= self.opts.window_bytes;
+        let room = self.window_used + BLOCK_OVERHEAD + ring <= self.opts.window_bytes;
         let block = self
             .bridge
             .as_mut()
@@ -361,7 +361,7 @@ impl Service {
             return self.closed_unknown(peer_conn, why);
         };
         let fits = self.bridge.as_ref().is_some_and(|b| b.fits(server, ring))
-            && o.block.lease.len >= SEGMENT_HEADER + ring;
+            && o.block.lease.len >= BLOCK_OVERHEAD + ring;
         let why = match (why, fits) {
             (0, false) => BAD_PEER,
             (w, _) => w,
@@ -543,7 +543,7 @@ impl Service {
                 }
                 Entry {
                     conn,
-                    ring_bytes: c.block.lease.len.saturating_sub(SEGMENT_HEADER),
+                    ring_bytes: c.block.lease.len.saturating_sub(BLOCK_OVERHEAD),
                     client_pid: if c.end == 0 { pid } else { 0 },
                     server_pid: if c.end == 1 { pid } else { 0 },
                     client: c.addrs.0,

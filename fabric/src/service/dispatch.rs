@@ -286,7 +286,7 @@ impl Service {
                         let half = c.bytes / 2;
                         Entry {
                             conn,
-                            ring_bytes: half.saturating_sub(SEGMENT_HEADER),
+                            ring_bytes: half.saturating_sub(BLOCK_OVERHEAD),
                             client_pid: holder(0),
                             server_pid: holder(1),
                             client: c.client,

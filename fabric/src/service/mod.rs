@@ -56,8 +56,13 @@ impl Default for Options {
     }
 }
 
-/// Bytes of a segment's endpoint header before its ring (docs/PROTOCOL.md §2).
-pub const SEGMENT_HEADER: u64 = 4096;
+/// Bytes an endpoint block has beyond its ring's capacity (docs/PROTOCOL.md §2): each half of
+/// a segment, and each block the bridge leases, is `BLOCK_OVERHEAD + ring` bytes, a whole
+/// number of pages (the transport checks at compile time that its layout says the same).
+pub const BLOCK_OVERHEAD: u64 = 4096;
+/// Where a block's ring starts: its header (the words below) and the ring's first bytes share
+/// the block's first page.
+pub const RING_START: u64 = 0x400;
 /// Where the words `List` reports lie in an endpoint block (docs/PROTOCOL.md §2; the
 /// transport checks at compile time that its layout says the same): the state bits and the
 /// counters.
@@ -314,12 +319,13 @@ impl Listener {
 }
 
 /// A sealed segment of `bytes` whose pages each end touches when its connection is made
-/// (each block's endpoint header and the first page of its ring) are given memory now.
+/// (each block's first page: its endpoint header and the ring's first bytes) are given memory
+/// now.
 fn fresh_segment(bytes: u64) -> io::Result<OwnedFd> {
     let seg = sys::segment(bytes)?;
     let block = bytes / 2;
     let page = sys::PAGE as u64;
-    let first = [0, SEGMENT_HEADER, block, block + SEGMENT_HEADER];
+    let first = [0, block];
     let offsets: Vec<u64> = first.into_iter().filter(|&o| o + page <= bytes).collect();
     sys::prepare_pages(seg.as_raw_fd(), &offsets)?;
     Ok(seg)
@@ -497,7 +503,7 @@ impl Service {
         Ok(())
     }
 
-    /// A segment of `bytes` (both ends' blocks, each `SEGMENT_HEADER` and its ring) for a
+    /// A segment of `bytes` (both ends' blocks, each `BLOCK_OVERHEAD` and its ring) for a
     /// connection between the processes `pids`: one of their closed connections' (`pool`),
     /// else a spare when one of that size is ready, else made now.
     fn take_segment(&mut self, bytes: u64, pids: (u32, u32)) -> io::Result<OwnedFd> {

@@ -21,9 +21,9 @@ use super::*;
 const PER_PAIR: usize = 16;
 /// Segments kept in all.
 const IN_ALL: usize = 64;
-/// Bytes at the start of each ring whose pages a kept segment keeps (what requests and answers
-/// of a few KiB touch); the rest of the ring is freed.
-const RING_KEPT: u64 = 64 << 10;
+/// Bytes at the start of each block whose pages a kept segment keeps (its header and the ring's
+/// first bytes: what requests and answers of a few KiB touch); the rest of the ring is freed.
+const BLOCK_KEPT: u64 = 64 << 10;
 
 /// A closed connection's segment, kept for the same two processes.
 pub(super) struct Pooled {
@@ -37,19 +37,20 @@ fn pair_of(pids: (u32, u32)) -> (u32, u32) {
     (pids.0.min(pids.1), pids.0.max(pids.1))
 }
 
-/// Make segment `fd` of `bytes` start as a fresh one: both endpoint headers written with zeros
-/// (the cursors, flags, holders and counters every end starts from; the pages stay where they
-/// are, so the processes that keep them mapped fault on none). The rings are left as their
-/// last connection wrote them: the ring protocol never takes a frame a ring held before for a
-/// new one (docs/PROTOCOL.md §2: the first frame of a stream is announced by the producer
-/// counter, in the zeroed header, and each later one by a header whose slot its sender marked
-/// first). Only their pages beyond the first `RING_KEPT` bytes are freed (a hole), so that a
-/// kept segment holds little memory after a connection that moved a lot.
+/// Make segment `fd` of `bytes` start as a fresh one: both endpoint headers (the words below
+/// `RING_START`) written with zeros (the cursors, flags, holders and counters every end starts
+/// from; the pages stay where they are, so the processes that keep them mapped fault on none).
+/// The rings are left as their last connection wrote them: the ring protocol never takes a
+/// frame a ring held before for a new one (docs/PROTOCOL.md §2: the first frame of a stream is
+/// announced by the producer counter, in the zeroed header, and each later one by a header
+/// whose slot its sender marked first). Only each block's pages beyond its first `BLOCK_KEPT`
+/// bytes are freed (a hole), so that a kept segment holds little memory after a connection
+/// that moved a lot.
 fn zero(fd: RawFd, bytes: u64) -> io::Result<()> {
     let block = bytes / 2;
     for start in [0, block] {
-        sys::write_zeros(fd, start, SEGMENT_HEADER.min(block))?;
-        let (from, end) = (start + SEGMENT_HEADER + RING_KEPT, start + block);
+        sys::write_zeros(fd, start, RING_START.min(block))?;
+        let (from, end) = (start + BLOCK_KEPT, start + block);
         if from < end && sys::next_data(fd, from)?.is_some_and(|(data, _)| data < end) {
             sys::punch(fd, from, end - from)?;
         }

@@ -23,8 +23,10 @@ use transport::{Connection, Endpoint, Outcome, RecvFlags, Settings, Transport};
 
 /// The rings' size: small, so that wrap-around and a full ring are a few steps away.
 const CAP: u64 = 16 << 10;
-/// The endpoint header before the ring (docs/PROTOCOL.md §2).
-const HDR: usize = 4096;
+/// Where the ring starts in an endpoint block (docs/PROTOCOL.md §2).
+const RING_START: usize = transport::proto::RING_START as usize;
+/// The block's first page: the endpoint header and the ring's first bytes.
+const HDR: usize = transport::proto::BLOCK_OVERHEAD as usize;
 
 struct World {
     dev: Arc<dyn NtbDevice>,
@@ -88,7 +90,7 @@ fn pair(w: &World) -> Option<Pair> {
         .t
         .accept(k.as_raw_fd(), Endpoint::from_std(server), Endpoint::from_std(from))
         .ok();
-    let done = w.t.complete(pending, s.as_raw_fd(), true);
+    let done = w.t.complete(pending, s.as_raw_fd(), true, 0);
     w.t.unlisten(listener);
     let (Some(victim), Outcome::Connected(peer)) = (victim, done) else {
         return None;
@@ -147,7 +149,8 @@ fuzz_target!(|data: &[u8]| {
         let (op, sel, arg, raw) = (step[0], step[1], u16_at(step, 2), u64_at(step, 4));
         let v = value(sel, raw);
         match op % 10 {
-            // The hostile peer writes a word of the victim's endpoint header.
+            // The hostile peer writes a word of the victim's endpoint header (or of the ring's
+            // first bytes, in the same page).
             0 => {
                 let off = (arg as usize % (HDR / 4)) * 4;
                 if let Ok(a) = p.block.atomic_u32(off) {
@@ -167,7 +170,7 @@ fuzz_target!(|data: &[u8]| {
                 h[0..4].copy_from_slice(&(v as u32).to_le_bytes());
                 h[4..6].copy_from_slice(&(raw >> 32).to_le_bytes()[..2]);
                 h[8..16].copy_from_slice(&(raw >> 8).to_le_bytes());
-                let _ = p.block.write(HDR + pos as usize, &h);
+                let _ = p.block.write(RING_START + pos as usize, &h);
             }
             // The peer sends honestly (never waiting).
             3 => {

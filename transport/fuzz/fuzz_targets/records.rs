@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(ring) = offer.ring.check(2, MW, 64) {
             assert!(offer.ring.offset + offer.ring.len <= MW);
             assert!(offer.ring.mw < 2 && offer.ring.db_bit < 64);
-            assert_eq!(ring.cap() + 4096, offer.ring.len);
+            assert_eq!(ring.cap() + transport::proto::BLOCK_OVERHEAD, offer.ring.len);
         }
     }
     let mut a = [0u8; ANSWER_SIZE - 8];

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use ntbdrv::{FixedRegion, NtbDevice, Region};
 
 use super::Info;
-use crate::proto::ENDPOINT_HDR;
+use crate::proto::RING_START;
 
 // RX line: written by the peer, the producer counter alone (stored after every frame; a
 // receiver waiting for data watches the next frame's header instead, so this line stays with
@@ -47,9 +47,14 @@ pub(super) const L_TX_TCP_SENT: usize = 0x98;
 pub(super) const L_TX_SENDER: usize = 0xF8;
 // Counters (ours): read by `pcisock stats` through the device.
 pub(crate) const C_BASE: usize = 0x100;
-// Identity block (ours).
+// Identity block (ours): the magic, then `Info` (48 bytes) at +8.
 pub(crate) const INFO_BASE: usize = 0x200;
 pub(crate) const INFO_MAGIC: u32 = 0x5043_4550; // "PCEP"
+
+// Every word of the header lies below the ring (the identity is the last), and the counters
+// below the identity.
+const _: () = assert!(INFO_BASE + 8 + 48 <= RING_START as usize);
+const _: () = assert!(C_BASE + 8 * super::COUNTER_NAMES.len() <= INFO_BASE);
 
 /// FIN: the sender will send no more. RST: the sender aborted. GONE: the peer closed and will
 /// never write into this endpoint block again (its last write): the block may be reused.
@@ -57,10 +62,11 @@ pub(super) const FLAG_FIN: u32 = 1;
 pub(super) const FLAG_RST: u32 = 2;
 pub(super) const FLAG_GONE: u32 = 4;
 
-/// A connection's endpoint block as the connection holds it: its header's length and its base's
-/// alignment checked once, when the connection is made ([`endpoint_block`]), so that the words
-/// the data path touches at constant offsets cost no run-time check.
-pub(crate) type EndpointBlock = FixedRegion<{ ENDPOINT_HDR as usize }>;
+/// A connection's endpoint block as the connection holds it: its header's length (the words
+/// below the ring, `RING_START`) and its base's alignment checked once, when the connection is
+/// made ([`endpoint_block`]), so that the words the data path touches at constant offsets cost
+/// no run-time check.
+pub(crate) type EndpointBlock = FixedRegion<{ RING_START as usize }>;
 
 /// `r` as an [`EndpointBlock`]; `None` if it is shorter than an endpoint header or misaligned.
 pub(crate) fn endpoint_block(r: Region) -> Option<EndpointBlock> {
@@ -96,7 +102,8 @@ impl Words for EndpointBlock {
     }
 }
 
-// The offsets are this module's constants, inside the 4 KiB endpoint header, and every region
+// The offsets are this module's constants, inside the endpoint header (below `RING_START`,
+// checked below), and every region
 // they are used on is a whole endpoint block (ours, or the peer's, whose length `RingLoc::check`
 // validated): nothing a peer writes reaches these `expect`s.
 #[allow(clippy::expect_used)]
@@ -184,14 +191,14 @@ pub(super) const MAX_HOLDERS: usize = 4;
 #[allow(clippy::arithmetic_side_effects)]
 #[inline(always)]
 pub(super) const fn ring_at(pos: u64) -> usize {
-    (ENDPOINT_HDR + pos) as usize
+    (RING_START + pos) as usize
 }
 
 /// Where the payload of the frame at ring position `pos` starts, as [`ring_at`].
 #[allow(clippy::arithmetic_side_effects)]
 #[inline(always)]
 pub(super) const fn payload_at(pos: u64) -> usize {
-    (ENDPOINT_HDR + pos + crate::proto::FRAME_HDR) as usize
+    (RING_START + pos + crate::proto::FRAME_HDR) as usize
 }
 
 /// Where holder `i`'s pid is (`i` below [`MAX_HOLDERS`]).
@@ -215,5 +222,7 @@ const _: () = {
     assert!(svc::BLOCK_STATE == L_STATE && svc::STATE_ON_TCP == ST_ON_TCP);
     assert!(svc::BLOCK_INFO == INFO_BASE && svc::BLOCK_INFO_MAGIC == INFO_MAGIC);
     assert!(svc::BLOCK_COUNTERS == C_BASE);
+    assert!(svc::BLOCK_OVERHEAD == crate::proto::BLOCK_OVERHEAD);
+    assert!(svc::RING_START == RING_START);
     assert!(fabric::wire::END_COUNTERS == super::COUNTER_NAMES.len());
 };

@@ -13,7 +13,7 @@ use ntbdrv::NtbDevice;
 
 use super::block::{atomic_u32_at, endpoint_block, INFO_BASE, INFO_MAGIC};
 use super::{Connection, Info, Role, Tenancy};
-use crate::proto::{Endpoint, Ring, RingLoc, ENDPOINT_HDR};
+use crate::proto::{Endpoint, Ring, RingLoc, BLOCK_OVERHEAD};
 use crate::{ProcessState, Reason};
 
 impl Connection {
@@ -28,7 +28,7 @@ impl Connection {
         peer: Endpoint,
     ) -> Result<Connection, Reason> {
         let ring = Ring::new(b.ring_bytes).ok_or(Reason::BadPeer)?;
-        let len = ENDPOINT_HDR
+        let len = BLOCK_OVERHEAD
             .checked_add(b.ring_bytes)
             .ok_or(Reason::BadPeer)?;
         if b.own.len < len || b.peer.len < len {

@@ -13,7 +13,7 @@ use super::block::{
     L_OFFER_GEN, L_OFFER_SLOT, L_PEER_LEN, L_PEER_OFF, L_SOCK_INODE,
 };
 use super::{Info, Role};
-use crate::proto::{Endpoint, RingLoc, ENDPOINT_HDR};
+use crate::proto::{Endpoint, RingLoc, BLOCK_OVERHEAD, RING_START};
 use crate::sys;
 
 /// Smallest receive ring a connection falls back to when window space runs short.
@@ -51,7 +51,7 @@ impl HalfOpen {
                 loop {
                     let l = match dev.lease_window(
                         mw,
-                        ENDPOINT_HDR.saturating_add(ring),
+                        BLOCK_OVERHEAD.saturating_add(ring),
                         crate::ENDPOINT_TAG,
                     ) {
                         Ok(l) => l,
@@ -122,8 +122,9 @@ impl HalfOpen {
             }
         };
         ntbdrv::drain_vector(&vector);
-        // A fresh endpoint block: zero the header (the previous tenant's words), then identity.
-        let _ = own_block.fill(0, ENDPOINT_HDR as usize, 0);
+        // A fresh endpoint block: zero the header (the previous tenant's words; the ring, from
+        // `RING_START` on, is never taken for frames: docs/PROTOCOL.md §2), then identity.
+        let _ = own_block.fill(0, RING_START as usize, 0);
         let info = Info {
             role,
             local,

@@ -31,7 +31,7 @@ use super::block::{
 };
 use super::cursors::Cursors;
 use super::{Connection, Info, Role, Segments, ServicePair, Tenancy};
-use crate::proto::{Endpoint, Ring, RingLoc, ENDPOINT_HDR};
+use crate::proto::{Endpoint, Ring, RingLoc, BLOCK_OVERHEAD};
 use crate::{sys, ProcessState};
 
 /// How long a child that gives its holder back at the fork (`forsake`) waits for its parent to
@@ -321,7 +321,7 @@ impl Connection {
         let tx_ring = their_loc
             .check(dev.mw_count(), mw_size, dev.vector_count())
             .ok()?;
-        let rx_ring = Ring::new(lease.len.checked_sub(ENDPOINT_HDR)?)?;
+        let rx_ring = Ring::new(lease.len.checked_sub(BLOCK_OVERHEAD)?)?;
         let peer_block = dev
             .outbound(their_loc.mw)
             .ok()?

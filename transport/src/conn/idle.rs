@@ -22,15 +22,17 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::block::ring_at;
-use super::cursors::TxPos;
-use super::Connection;
+use super::cursors::{RxPos, TxPos};
+use super::{ringsync, Connection};
+use crate::proto::{Frame, FrameHeader, FRAME_HDR, FRAME_PAD};
 
 /// No producer counter (a ring never released, or not seen idle).
 const NONE: u64 = u64::MAX;
 
-/// Ring positions are released in these units around the header slot that is kept: the
-/// smallest page size; where pages are larger, `Region::release` rounds inwards, so the page
-/// holding the slot is never touched.
+/// The block is released in these units around the pages that are kept (its first, holding the
+/// header and the ring's first bytes, and the one holding the next header slot): the smallest
+/// page size; where pages are larger, `Region::release` rounds inwards, so the pages kept are
+/// never touched.
 const KEEP: u64 = 4096;
 
 /// What the idle sweep knows of a connection's sending direction (process memory).
@@ -66,8 +68,11 @@ pub enum IdleRelease {
     Unused,
     /// Wholly consumed, since less than the idle time: looked at again later.
     Watching,
-    /// The ring's pages were released (this many bytes), all but the one holding the next
-    /// header slot.
+    /// The ring's pages were released (this many bytes), all but the block's first (the header
+    /// and the ring's first bytes) and the one holding the next header slot. Where that slot
+    /// was past the block's first page, the sender then moved it to position 0, behind a pad
+    /// frame to the ring's end: a later look, once the receiver passed the pad, releases the
+    /// slot's old page too.
     Released(usize),
     /// Released already, and nothing sent since.
     Kept,
@@ -77,13 +82,14 @@ pub enum IdleRelease {
 
 impl Connection {
     /// One look of the idle sweep at our sending direction, at `now_ms` (any clock in ms that
-    /// does not go back): releases the peer's ring pages, all but the one holding the next
-    /// header slot, once every byte we sent has been consumed and nothing was sent for
+    /// does not go back): releases the peer's ring pages, all but the block's first and the one
+    /// holding the next header slot, once every byte we sent has been consumed and nothing was sent for
     /// `idle_ms` (since a look found it so). See the module's doc for why that is safe.
     /// First, the credits of our receiving direction not returned yet go to the peer (as
     /// before a wait): its sender's own look then finds its ring consumed.
     pub fn release_idle_tx(&self, now_ms: u64, idle_ms: u64) -> IdleRelease {
         if !self.fo.rx_off() {
+            self.pass_pad();
             self.flush_credits(true);
         }
         let st = &self.cur.idle;
@@ -99,7 +105,7 @@ impl Connection {
         if self.fo.tx_off() || self.send_blocked().is_some() {
             return IdleRelease::Busy;
         }
-        let TxPos { tail, .. } = self.tx_pos();
+        let TxPos { tail, seq } = self.tx_pos();
         if tail == 0 {
             return IdleRelease::Unused;
         }
@@ -125,18 +131,25 @@ impl Connection {
         if now_ms.saturating_sub(st.seen_ms.load(Relaxed)) < idle_ms {
             return IdleRelease::Watching;
         }
-        // The page of the next header slot stays (the receiver looks at it); every other page
-        // of the ring goes. `pos` is below the capacity, a power of two of at least 4 KiB.
-        let cap = self.tx_ring.cap();
-        let keep = self.tx_ring.pos(tail) & !(KEEP - 1);
-        let after = keep.saturating_add(KEEP);
-        let ranges = [(0, keep), (after, cap.saturating_sub(after))];
+        // The block's first page stays (the header, and the ring's first bytes), and the page
+        // of the next header slot (the receiver looks at it): in the first one while the
+        // sender's reach was the smallest. Every other page of the ring goes. The ring ends
+        // at most `BLOCK_OVERHEAD` past its start, and `ring_at` of a position below the
+        // capacity (a power of two of at least 4 KiB) is small: the sums do not overflow.
+        let end = ring_at(self.tx_ring.cap()) as u64;
+        let end = end.saturating_add(KEEP - 1) & !(KEEP - 1);
+        let slot = ring_at(self.tx_ring.pos(tail)) as u64 & !(KEEP - 1);
+        let after = slot.saturating_add(KEEP).max(KEEP);
+        let ranges = [
+            (KEEP, slot.saturating_sub(KEEP)),
+            (after, end.saturating_sub(after)),
+        ];
         let mut bytes = 0usize;
         for (at, len) in ranges {
             if len == 0 {
                 continue;
             }
-            match self.peer_block.release(ring_at(at), len as usize) {
+            match self.peer_block.release(at as usize, len as usize) {
                 Ok(n) => bytes = bytes.saturating_add(n),
                 Err(_) => {
                     st.refused.store(true, Relaxed);
@@ -148,8 +161,16 @@ impl Connection {
                 }
             }
         }
-        st.released_at.store(tail, Relaxed);
         st.seen_tail.store(NONE, Relaxed);
+        if slot >= KEEP {
+            // The receiver keeps reading the slot's page (its readiness checks look at the
+            // header slot at its consumer counter): the slot goes to position 0, in the block's
+            // first page, and this direction is looked at again.
+            self.pad_to_start(tail, seq);
+            st.released_at.store(NONE, Relaxed);
+        } else {
+            st.released_at.store(tail, Relaxed);
+        }
         // The ring starts small again (`proto::MIN_REACH`): the next frame goes to position 0,
         // behind a pad from the kept slot, and the reach grows again with the traffic.
         self.cur.tx_reach.store(0, Relaxed);
@@ -157,5 +178,64 @@ impl Connection {
         c.ring_releases.fetch_add(1, Relaxed);
         c.ring_bytes_released.fetch_add(bytes as u64, Relaxed);
         IdleRelease::Released(bytes)
+    }
+}
+
+impl Connection {
+    /// Move our next header slot in the peer's ring from producer counter `tail` (next data
+    /// frame `seq`) to position 0: a pad frame from it to the ring's end, whose payload is never
+    /// written, with the mark at position 0 (`ringsync::publish_frame`), then the producer
+    /// counter past it. A pad as every sender writes one (not at position 0, to the ring's end,
+    /// carrying the next number without using it), only with no frame behind it yet: the
+    /// receiver passes it (its next `recv`, or its idle sweep's `pass_pad`) and finds nothing
+    /// published at position 0. No doorbell: there is nothing to read.
+    fn pad_to_start(&self, tail: u64, seq: u64) {
+        let pos = self.tx_ring.pos(tail);
+        // `pos` is below the capacity and 16-aligned: the pad is at least a header and less
+        // than the ring (at most `MAX_RING`), so its length fits a u32.
+        let size = self.tx_ring.cap().saturating_sub(pos);
+        let h = FrameHeader {
+            len: size.saturating_sub(FRAME_HDR) as u32,
+            flags: FRAME_PAD,
+            seq,
+        };
+        ringsync::publish_frame(&self.peer_block, ring_at(pos), &h, Some(ring_at(0)));
+        let tail = tail.saturating_add(size);
+        self.set_tx_pos(TxPos { tail, seq });
+        ringsync::publish_tail(&self.peer_block, tail);
+    }
+
+    /// Our receiving direction's idle look: a pad frame at our consumer counter (the peer's
+    /// idle release moved its next header slot to position 0, `pad_to_start`) is passed, so
+    /// that our reads of the ring stay in the block's first page and the peer's next look finds
+    /// its ring consumed. Only where nothing else may read the ring (no other thread in a
+    /// receive, no other process holding the connection); a bad frame is the next `recv`'s to
+    /// report.
+    fn pass_pad(&self) {
+        if self.family.is_shared() {
+            return;
+        }
+        let Some(_g) = self.rx_lock.try_lock_unrevoked() else {
+            return;
+        };
+        let at = self.rx_pos();
+        if at.off != 0 {
+            return;
+        }
+        let frame = match self.published_frame(at.head, at.seq) {
+            Some(f) => f,
+            None => match self.rx_tail() {
+                Ok(t) if t > at.head => self.frame_at(at.head, t, at.seq),
+                _ => return,
+            },
+        };
+        let Ok(frame @ Frame::Pad { .. }) = frame else {
+            return;
+        };
+        if let Ok(step) = self.rx_ring.read_step(at, frame, 0) {
+            self.note_pad(at.head);
+            let RxPos { head, off, seq } = step.next;
+            self.return_credits(head, off, seq, false);
+        }
     }
 }

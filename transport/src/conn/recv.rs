@@ -86,7 +86,7 @@ impl Connection {
     /// The peer's producer counter, loaded once: never behind what it published before. (That
     /// it is at most a ring ahead of our consumer counter is checked with the frame it
     /// announces, `check_frame`; a tail not ahead of it announces nothing.)
-    fn rx_tail(&self) -> Result<u64, ProtoError> {
+    pub(super) fn rx_tail(&self) -> Result<u64, ProtoError> {
         ringsync::rx_tail(&self.own_block, &self.cur.rx_tail_seen, self.rx_ring.cap())
     }
 
@@ -644,7 +644,7 @@ impl Connection {
     /// A pad frame at consumer counter `head`: the peer's reach ends there (or the ring does),
     /// which our credit policy follows (`proto::credit_ring`).
     #[inline]
-    fn note_pad(&self, head: u64) {
+    pub(super) fn note_pad(&self, head: u64) {
         self.cur.rx_reach.store(self.rx_ring.pos(head), Relaxed);
     }
 

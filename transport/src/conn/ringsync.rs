@@ -186,8 +186,8 @@ pub const RST: u32 = super::block::FLAG_RST;
 #[cfg(loom)]
 #[allow(clippy::arithmetic_side_effects)] // the model's layout: constants, never peer input
 pub fn model_block(slot: usize) -> crate::rendezvous::model::Area {
-    use crate::proto::{ENDPOINT_HDR, FRAME_HDR, MIN_RING};
-    let hdr = ENDPOINT_HDR as usize;
+    use crate::proto::{FRAME_HDR, MIN_RING, RING_START};
+    let hdr = RING_START as usize;
     let mut cells = vec![
         (RX_TAIL, 8),
         (CR_HEAD, 8),

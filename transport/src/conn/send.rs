@@ -373,8 +373,9 @@ impl Connection {
 
     /// Place a frame inside our reach in the peer's ring (`proto::MIN_REACH`) with the credits
     /// `head`; where it does not fit there (a frame larger than the reach, or a receiver that
-    /// lags by more than it), double the reach, up to the whole ring, and place as the ring
-    /// allows: the ring's memory grows with the traffic.
+    /// lags by more than it), grow the reach (`proto::grow_reach`: twice the block's pages), up
+    /// to the whole ring, and place as the ring allows: the ring's memory grows with the
+    /// traffic.
     fn place_reaching(
         &self,
         tail: u64,
@@ -386,7 +387,9 @@ impl Connection {
             if let Some(p) = self.tx_ring.place_within(tail, head, want, reach)? {
                 return Ok(Some(p));
             }
-            self.cur.tx_reach.store(reach.saturating_mul(2), Relaxed);
+            self.cur
+                .tx_reach
+                .store(crate::proto::grow_reach(reach), Relaxed);
         }
         self.tx_ring.place(tail, head, want)
     }

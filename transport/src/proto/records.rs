@@ -27,7 +27,7 @@ impl RingLoc {
         if self.db_bit >= db_bits {
             return Err(ProtoError::BadRecord("interrupt vector"));
         }
-        if !self.offset.is_multiple_of(4096) || self.len <= ENDPOINT_HDR {
+        if !self.offset.is_multiple_of(4096) || self.len <= BLOCK_OVERHEAD {
             return Err(ProtoError::BadRecord("ring alignment"));
         }
         if self
@@ -38,7 +38,7 @@ impl RingLoc {
             return Err(ProtoError::BadRecord("ring outside its window"));
         }
         self.len
-            .checked_sub(ENDPOINT_HDR)
+            .checked_sub(BLOCK_OVERHEAD)
             .and_then(Ring::new)
             .ok_or(ProtoError::BadRecord("ring capacity"))
     }

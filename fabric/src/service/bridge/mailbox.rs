@@ -323,7 +323,7 @@ impl Bridge {
 
     /// Lease an endpoint block for a ring of `ring` bytes and its reader's vector.
     pub(in crate::service) fn lease(&mut self, ring: u64) -> Option<Block> {
-        let len = SEGMENT_HEADER + ring;
+        let len = BLOCK_OVERHEAD + ring;
         for _ in 0..16 {
             let lease = (0..self.dev.mw_count())
                 .find_map(|mw| self.dev.lease_window(mw, len, BLOCK_TAG).ok())?;
@@ -338,7 +338,7 @@ impl Bridge {
                 self.parked.push(lease);
                 continue;
             }
-            let _ = r.fill(0, SEGMENT_HEADER as usize, 0);
+            let _ = r.fill(0, RING_START as usize, 0);
             let Ok(vector) = self.dev.lease_vector(BLOCK_TAG) else {
                 let _ = self.dev.release(Lease::Window(lease));
                 return None;
@@ -350,9 +350,9 @@ impl Bridge {
 
     pub(in crate::service) fn release(&self, b: Block) {
         if let Ok(r) = (self.dev.inbound(b.lease.mw))
-            .and_then(|w| w.slice(b.lease.offset as usize, SEGMENT_HEADER as usize))
+            .and_then(|w| w.slice(b.lease.offset as usize, RING_START as usize))
         {
-            let _ = r.fill(0, SEGMENT_HEADER as usize, 0);
+            let _ = r.fill(0, RING_START as usize, 0);
         }
         let _ = self.dev.release(Lease::Window(b.lease));
         let _ = self.dev.release(Lease::Vector(b.vector));
@@ -364,7 +364,7 @@ impl Bridge {
         let Ok(w) = self.dev.outbound(s.mw) else {
             return false;
         };
-        s.len >= SEGMENT_HEADER + ring
+        s.len >= BLOCK_OVERHEAD + ring
             && s.offset
                 .checked_add(s.len)
                 .is_some_and(|e| e <= w.len() as u64)

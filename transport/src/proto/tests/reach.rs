@@ -14,22 +14,25 @@ fn place_within_keeps_frames_and_marks_inside_the_reach() {
     assert_eq!((p.pad, p.pos, p.len, p.new_tail), (None, 0, 100, 16 + 112));
     // At the reach's end the frame and the slot after it do not fit: a pad to the ring's end,
     // the frame at 0.
-    let tail = 16384 * 3 + 4096 - 128;
+    let tail = 16384 * 3 + MIN_REACH - 128;
     let p = r.place_within(tail, tail, 100, reach).unwrap().unwrap();
-    assert_eq!(p.pad, Some((4096 - 128, 16384 - 4096 + 128)));
+    assert_eq!(p.pad, Some((MIN_REACH - 128, 16384 - MIN_REACH + 128)));
     assert_eq!((p.pos, p.len), (0, 100));
     assert_eq!(p.new_tail, 16384 * 4 + 128);
     // The frame ends exactly where the slot after it is the reach's last header.
     let p = r
-        .place_within(4096 - 144, 4096 - 144, 112, reach)
+        .place_within(MIN_REACH - 144, MIN_REACH - 144, 112, reach)
         .unwrap()
         .unwrap();
-    assert_eq!((p.pad, p.pos), (None, 4096 - 144));
-    assert_eq!(p.new_tail + FRAME_HDR, 4096);
+    assert_eq!((p.pad, p.pos), (None, MIN_REACH - 144));
+    assert_eq!(p.new_tail + FRAME_HDR, MIN_REACH);
+    // The smallest reach is the ring's part of the block's first page.
+    assert_eq!(RING_START + MIN_REACH, BLOCK_OVERHEAD);
     // The pad needs credits for the rest of the ring too: a receiver that has not returned
     // this lap's bytes leaves none.
-    assert_eq!(r.place_within(tail, tail - 4000, 100, reach).unwrap(), None);
-    assert!(r.place(tail, tail - 4000, 100).unwrap().is_some());
+    let lap = MIN_REACH - 128;
+    assert_eq!(r.place_within(tail, tail - lap, 100, reach).unwrap(), None);
+    assert!(r.place(tail, tail - lap, 100).unwrap().is_some());
     // A frame larger than the reach never fits in it.
     assert_eq!(r.place_within(0, 0, 4090, reach).unwrap(), None);
     // The whole ring as the reach is `place`.
@@ -63,12 +66,40 @@ fn place_within_keeps_frames_and_marks_inside_the_reach() {
 }
 
 #[test]
+fn a_reach_grows_to_whole_pages_of_the_block() {
+    // 3 KiB (the header's page), 7 KiB (two pages), 15 KiB (four), ...: each reach ends on a
+    // page boundary of the block, twice as many pages as the one before.
+    let mut reach = 0;
+    for pages in [1u64, 2, 4, 8, 16] {
+        reach = if pages == 1 {
+            MIN_REACH
+        } else {
+            grow_reach(reach)
+        };
+        assert_eq!(RING_START + reach, pages * BLOCK_OVERHEAD, "reach {reach}");
+    }
+    assert_eq!(grow_reach(0), grow_reach(MIN_REACH));
+    // A ring caps it: 16 KiB of ring after 15 KiB of reach.
+    let r = Ring::new(16384).unwrap();
+    assert_eq!(r.reach(grow_reach(grow_reach(MIN_REACH))), 15360);
+    assert_eq!(r.reach(grow_reach(15360)), 16384);
+    assert_eq!(r.reach(grow_reach(u64::MAX)), 16384);
+}
+
+#[test]
 fn credit_ring_follows_the_senders_reach() {
-    // Every sender starts at the smallest reach.
-    assert_eq!(credit_ring(1 << 20, 0), 8192);
-    assert_eq!(credit_ring(1 << 20, 4096 - 64), 8192);
-    assert_eq!(credit_ring(1 << 20, 4096), 8192);
-    assert_eq!(credit_ring(1 << 20, 5000), 16384);
+    // Every sender starts at the smallest reach: credits gather for half of it.
+    assert_eq!(credit_ring(1 << 20, 0), 2 * MIN_REACH);
+    assert_eq!(credit_ring(1 << 20, MIN_REACH - 64), 2 * MIN_REACH);
+    assert_eq!(credit_ring(1 << 20, MIN_REACH), 2 * MIN_REACH);
+    // Past it: the next reach a sender grows to.
+    assert_eq!(
+        credit_ring(1 << 20, MIN_REACH + 16),
+        2 * grow_reach(MIN_REACH)
+    );
+    assert_eq!(credit_ring(1 << 20, 5000), 2 * 7168);
+    assert_eq!(credit_ring(1 << 20, 7168), 2 * 7168);
+    assert_eq!(credit_ring(1 << 20, 7200), 2 * 15360);
     // Frames and pads up to the ring's end: the whole ring.
     assert_eq!(credit_ring(16384, 16384 - 16), 16384);
     assert_eq!(credit_ring(16384, 9000), 16384);
@@ -76,16 +107,19 @@ fn credit_ring_follows_the_senders_reach() {
 }
 
 /// Request/response traffic as a connection runs it with a reach: the sender places within its
-/// reach against the credits it saw (then the receiver's counter), and doubles the reach when
+/// reach against the credits it saw (then the receiver's counter), and grows the reach when
 /// that fails; the receiver returns credits by `credit_return` over `credit_ring`. Small
-/// messages that the receiver keeps up with never leave the first page; a receiver that lags
+/// messages that the receiver keeps up with never leave the block's first page, the header's
+/// (so the pages of the ring past it are never touched); a receiver that lags
 /// (a burst of messages before it reads) makes the reach grow; the stream is exact throughout.
 #[test]
 fn a_reach_keeps_small_messages_in_one_page_and_grows_with_a_lagging_receiver() {
     let cap = 16384u64;
     let r = Ring::new(cap).unwrap();
     let mut mem = vec![0u8; cap as usize];
-    let mut touched = [false; 4];
+    // The block's pages: the header's (with the ring's first bytes), then the ring's.
+    let mut touched = [false; 5];
+    let page = |pos: u64| ((RING_START + pos) / BLOCK_OVERHEAD) as usize;
     let (mut tail, mut seq, mut credited, mut reach) = (0u64, 0u64, 0u64, 0u64);
     let (mut head, mut rx_seq, mut returned, mut seen) = (0u64, 0u64, 0u64, 0u64);
     let mut next = xorshift(0x5eed_0f0a_11aa_u64);
@@ -99,7 +133,7 @@ fn a_reach_keeps_small_messages_in_one_page_and_grows_with_a_lagging_receiver() 
             1
         };
         if round == 2000 {
-            assert_eq!(touched, [true, false, false, false], "reach {reach}");
+            assert_eq!(touched, [true, false, false, false, false], "reach {reach}");
         }
         for _ in 0..burst {
             let want = 40 + next() % 200;
@@ -111,7 +145,7 @@ fn a_reach_keeps_small_messages_in_one_page_and_grows_with_a_lagging_receiver() 
             let p = match p {
                 Some(p) => p,
                 None => {
-                    reach = r.reach(reach) * 2;
+                    reach = grow_reach(r.reach(reach));
                     match r.place(tail, credited, want).unwrap() {
                         Some(p) => p,
                         None => break,
@@ -121,7 +155,7 @@ fn a_reach_keeps_small_messages_in_one_page_and_grows_with_a_lagging_receiver() 
             let w = p.write(seq, p.len);
             if let Some((at, h)) = w.pad {
                 mem[at as usize..at as usize + 16].copy_from_slice(&h.encode());
-                touched[at as usize / 4096] = true;
+                touched[page(at)] = true;
             }
             let at = w.pos as usize;
             mem[at..at + 16].copy_from_slice(&w.header.encode());
@@ -129,10 +163,10 @@ fn a_reach_keeps_small_messages_in_one_page_and_grows_with_a_lagging_receiver() 
                 mem[at + 16 + i as usize] = ((sent + i) % 251) as u8;
             }
             for b in [at, at + 16 + p.len as usize - 1] {
-                touched[b / 4096] = true;
+                touched[page(b as u64)] = true;
             }
             // The mark in the next slot.
-            touched[r.pos(w.tail) as usize / 4096] = true;
+            touched[page(r.pos(w.tail))] = true;
             (tail, seq) = (w.tail, w.next_seq);
             sent += p.len;
         }
