@@ -196,7 +196,7 @@ fn first_line(s: &str) -> &str {
 /// socket is reported while 8 unread connections fill the caller's buffer. 9 connections, both ends in the process.
 #[test]
 fn epoll_kernel_share() {
-    run_behaviour("epoll_kernel_share", expect(18, 8, 0, 0));
+    run_behaviour("epoll_kernel_share", expect(18, 9, 0, 0));
 }
 
 #[test]

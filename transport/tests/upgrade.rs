@@ -613,19 +613,28 @@ fn a_reader_spins_for_a_peer_not_made_yet_then_sleeps() {
         )
         .unwrap();
     // The client's end is not made: the read spins (more than one round of 64 checks: a
-    // reader that slept at once made 64 at most), then sleeps until its 20 ms are up.
+    // reader that slept at once made 64 at most), then sleeps until its 20 ms are up. A spin
+    // is bounded by time, so a thread descheduled in its first 64 checks (a loaded machine)
+    // makes only those: up to 5 reads, one of which must spin.
     let mut buf = [0u8; 64];
-    assert!(sc
-        .recv(
-            &mut [&mut buf],
-            RecvFlags::default(),
-            Some(Duration::from_millis(20))
-        )
-        .is_err());
-    let polls = sc.counter(Counter::Polls);
+    let mut most = 0;
+    for _ in 0..5 {
+        let before = sc.counter(Counter::Polls);
+        assert!(sc
+            .recv(
+                &mut [&mut buf],
+                RecvFlags::default(),
+                Some(Duration::from_millis(20))
+            )
+            .is_err());
+        most = most.max(sc.counter(Counter::Polls) - before);
+        if most > 64 {
+            break;
+        }
+    }
     assert!(
-        polls > 64,
-        "{polls} checks: no spin for a peer not made yet"
+        most > 64,
+        "{most} checks at most in a read: no spin for a peer not made yet"
     );
     assert!(sc.counter(Counter::Sleeps) >= 1, "it never slept");
     // Once it is, the pair works as any other.
