@@ -196,7 +196,7 @@ fn first_line(s: &str) -> &str {
 /// socket is reported while 8 unread connections fill the caller's buffer. 9 connections, both ends in the process.
 #[test]
 fn epoll_kernel_share() {
-    run_behaviour("epoll_kernel_share", expect(18, 9, 0, 0));
+    run_behaviour("epoll_kernel_share", expect(18, 8, 0, 0));
 }
 
 #[test]
@@ -330,6 +330,15 @@ fn epoll_one_busy_among_idle() {
 #[test]
 fn unused_connection() {
     run_over_own_service("unused_connection", &[], 2, 0);
+}
+
+/// The same through the device rendezvous: the connect's short wait for the answer
+/// (`complete_within`) ends before the server accepts 200 ms later, so the offer is still pending
+/// at the close. Before, a device offer was never looked at there (only the service's were): the
+/// client's end was withdrawn and left no record, 1 connection of 2.
+#[test]
+fn unused_connection_device() {
+    run_behaviour("unused_connection", expect(2, 0, 0, 0));
 }
 
 /// Runs behaviour `name` under the library over a host fabric service of its own (shared lines, whichever way the

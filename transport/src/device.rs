@@ -535,6 +535,12 @@ impl DeviceTransport {
         }
     }
 
+    /// Has the server answered offer `p`? A look at the answer slot, nothing taken or waited
+    /// for (the answer is still read and checked by the completion).
+    pub(crate) fn answer_arrived(&self, p: &DevicePending) -> bool {
+        self.ctrl.answer(&p.slot).is_some()
+    }
+
     /// A new wait for the answer to an offer posted now.
     fn answer_wait(&self) -> handshake::AnswerWait {
         let timeout = self.shared.settings.answer_timeout;

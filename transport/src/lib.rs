@@ -365,13 +365,16 @@ impl Transport {
         p.is_accept()
     }
 
-    /// Has the answer to a client's offer through the host fabric service arrived (taken in
-    /// now, without waiting)? A device offer is never said to have one: it is settled by its
-    /// connect.
+    /// Has the answer to a client's offer arrived (through the host fabric service: taken in
+    /// now; on the device: its slot looked at), without waiting? A connect whose wait for the
+    /// answer ended before the server accepted (`complete_within`) leaves the offer pending, and
+    /// a client that closes it unused is completed then, so that it closes as the connection it
+    /// became and leaves its record.
     pub fn answer_arrived(&self, p: &Pending) -> bool {
-        match p {
-            Pending::Service(o) => service::answer_arrived(&self.shared, o),
-            Pending::Device(_) => false,
+        match (p, &self.how) {
+            (Pending::Service(o), _) => service::answer_arrived(&self.shared, o),
+            (Pending::Device(d), How::Device(t)) => t.answer_arrived(d),
+            (Pending::Device(_), How::Service) => false,
         }
     }
 
