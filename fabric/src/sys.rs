@@ -617,9 +617,9 @@ pub fn try_flock(fd: RawFd) -> bool {
     unsafe { libc::syscall(libc::SYS_flock, fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
+/// This process's id (cached until a fork: `ntbdrv::process::pid`).
 pub fn getpid() -> u32 {
-    // SAFETY: no arguments.
-    unsafe { libc::syscall(libc::SYS_getpid) as u32 }
+    ntbdrv::process::pid()
 }
 
 pub fn getuid() -> u32 {

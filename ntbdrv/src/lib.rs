@@ -22,7 +22,7 @@ mod units;
 
 /// Process identity helpers shared with the layers above (liveness checks of lease owners).
 pub mod process {
-    pub use crate::sysutil::{alive, pid_exists, start_time};
+    pub use crate::sysutil::{alive, pid, pid_exists, start_time};
 }
 
 use std::os::fd::OwnedFd;

@@ -14,9 +14,68 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// This process's id.
-pub(crate) fn pid() -> u32 {
-    std::process::id()
+/// This process's id, without a system call after the first: it is kept in a page mapped
+/// `MADV_WIPEONFORK`, which a child made by any kind of fork (libc's `fork`, `_Fork`, a raw
+/// `clone` without `CLONE_VM`) sees zeroed, so the child asks the kernel once for its own. The
+/// library asks for its pid several times a connection (is this process the one that made a
+/// mapping, a holder, a service link?), and `getpid` is a real system call in glibc ≥ 2.25. A
+/// `vfork` child shares the page and sees its parent's pid: it may only exec or exit.
+pub fn pid() -> u32 {
+    use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+    /// The page's address; 0 before the first call, 1 when it could not be made (then every
+    /// call asks the kernel).
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    let mut page = PAGE.load(Relaxed);
+    if page == 0 {
+        page = wipe_on_fork_page().unwrap_or(1);
+        if let Err(first) = PAGE.compare_exchange(0, page, Relaxed, Relaxed) {
+            if page != 1 {
+                // SAFETY: the page this call mapped and nobody else saw; another thread's won.
+                unsafe { libc::munmap(page as *mut libc::c_void, page_size()) };
+            }
+            page = first;
+        }
+    }
+    if page == 1 {
+        return std::process::id();
+    }
+    // SAFETY: `page` is a live, page-aligned mapping of this process that is never unmapped
+    // (it leaves with the process, or with its image at exec); only AtomicU32s live in it.
+    let cell = unsafe { &*(page as *const AtomicU32) };
+    match cell.load(Relaxed) {
+        0 => {
+            let me = std::process::id();
+            cell.store(me, Relaxed);
+            me
+        }
+        me => me,
+    }
+}
+
+/// A private anonymous page marked `MADV_WIPEONFORK` (Linux ≥ 4.14), for [`pid`].
+fn wipe_on_fork_page() -> Option<usize> {
+    let len = page_size();
+    // SAFETY: a new private anonymous mapping; no existing memory is touched.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: the mapping just made, of `len` bytes.
+    if unsafe { libc::madvise(p, len, libc::MADV_WIPEONFORK) } != 0 {
+        // SAFETY: the same mapping, unused.
+        unsafe { libc::munmap(p, len) };
+        return None;
+    }
+    Some(p as usize)
 }
 
 /// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`), or None if the
@@ -170,4 +229,48 @@ pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no memory arguments.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pid;
+
+    /// A child made by `how` (after the parent filled the cache) exits 0 when `pid()` gives
+    /// its own pid, 1 when it gives its parent's.
+    fn child_sees_own_pid(how: fn() -> libc::pid_t) {
+        let parent = pid();
+        assert_eq!(parent, std::process::id());
+        let child = how();
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            // SAFETY: the child only compares two integers and leaves without unwinding.
+            unsafe {
+                let own = libc::syscall(libc::SYS_getpid) as u32;
+                libc::_exit(if pid() == own { 0 } else { 1 });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child this test made; `status` is a valid int.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "stale pid in child"
+        );
+        assert_eq!(pid(), parent);
+    }
+
+    #[test]
+    fn a_forked_child_sees_its_own_pid() {
+        // SAFETY: fork; the child runs only `child_sees_own_pid`'s exit path.
+        child_sees_own_pid(|| unsafe { libc::fork() });
+    }
+
+    #[test]
+    fn a_raw_clone_child_sees_its_own_pid() {
+        // SAFETY: a fork-like clone (no CLONE_VM, SIGCHLD at exit), which runs no atfork
+        // handlers; the child runs only `child_sees_own_pid`'s exit path.
+        child_sees_own_pid(|| unsafe {
+            libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) as libc::pid_t
+        });
+    }
 }

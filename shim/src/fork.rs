@@ -150,7 +150,7 @@ fn stuck<T>(m: &Mutex<T>) -> bool {
 /// no lock that another thread could hold (as `_Fork`'s child requires).
 pub fn child() {
     let _ = std::panic::catch_unwind(|| {
-        let pid = std::process::id();
+        let pid = transport::pid();
         let parent = std::os::unix::process::parent_id();
         let n = FORKS.load(SeqCst);
         global::get().forked();

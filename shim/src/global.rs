@@ -204,7 +204,7 @@ impl ShimState {
     /// Log a message at `level` if `PCISOCK_LOG` allows it (raw write to stderr).
     pub fn log(&self, level: LogLevel, msg: impl FnOnce() -> String) {
         if self.log != LogLevel::Off && self.log.enables(level) {
-            let mut m = format!("pcisock[{}]: ", std::process::id());
+            let mut m = format!("pcisock[{}]: ", transport::pid());
             m.push_str(&msg());
             m.push('\n');
             sys::log_raw(&m);
@@ -336,7 +336,7 @@ impl ShimState {
     pub fn stats_path(&self) -> Option<PathBuf> {
         use std::os::unix::ffi::{OsStrExt, OsStringExt};
         let t = self.stats_file.as_ref()?;
-        let pid = std::process::id().to_string();
+        let pid = transport::pid().to_string();
         let b = t.as_os_str().as_bytes();
         if b.windows(2).any(|w| w == b"%p") {
             let mut out = Vec::with_capacity(b.len() + 8);
@@ -498,7 +498,7 @@ impl ShimState {
         let _ = write!(
             j,
             "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"reads\":{},\"coalesced\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"wait_timeouts\":{},\"late_wakeups\":{},\"protocol_errors\":{protocol_errors},\"late_upgrades\":{late_upgrades},\"ring_releases\":{ring_releases},\"ring_bytes_released\":{ring_bytes_released},\"ring_releases_refused\":{ring_releases_refused},\"protocol_error\":{first},\"fallbacks\":{{{fallbacks}}},\"unlisted_connections\":{dropped},\"connections\":[",
-            std::process::id(),
+            transport::pid(),
             json_str(&self.program),
             self.ntb_connections.load(Relaxed),
             self.tcp_connections.load(Relaxed),
@@ -545,7 +545,7 @@ impl ShimState {
             );
         }
         j.push_str("]}\n");
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let tmp = path.with_extension(format!("tmp{}", transport::pid()));
         if std::fs::write(&tmp, j).is_ok() {
             let _ = std::fs::rename(&tmp, path);
         }

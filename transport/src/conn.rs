@@ -474,7 +474,7 @@ impl Connection {
             role,
             local,
             peer,
-            pid: std::process::id(),
+            pid: ntbdrv::process::pid(),
         };
         let _ = seg.own_block.write(INFO_BASE + 8, &info.encode());
         atomic_u32_at(&seg.own_block, INFO_BASE).store(INFO_MAGIC, Release);
@@ -531,7 +531,7 @@ impl Connection {
     /// This process holds the connection (alone, so far), on kernel socket `tcp_fd`.
     fn hold(&self, tcp_fd: RawFd) {
         atomic_u32_at(&self.own_block, L_HOLDERS).store(1, SeqCst);
-        atomic_u32_at(&self.own_block, L_HOLDER_PIDS).store(std::process::id(), SeqCst);
+        atomic_u32_at(&self.own_block, L_HOLDER_PIDS).store(ntbdrv::process::pid(), SeqCst);
         atomic_u64_at(&self.own_block, L_SOCK_INODE)
             .store(sys::inode(tcp_fd).unwrap_or(0), Release);
     }

@@ -60,7 +60,7 @@ impl DeviceTransport {
             counters: ProcessCounters::default(),
             dma: OnceLock::new(),
             quarantined: Mutex::new(Vec::new()),
-            pid: std::process::id(),
+            pid: ntbdrv::process::pid(),
             link: Default::default(),
         });
         Ok(DeviceTransport {

@@ -37,6 +37,8 @@ pub use conn::{
 pub use device::DevicePending;
 use device::DeviceTransport;
 pub use device::{LateOffer, LateOutcome};
+/// This process's id without a system call (a fork-wiped cache: `ntbdrv::process::pid`).
+pub use ntbdrv::process::pid;
 pub use proto::{Endpoint, Reason};
 use rendezvous::{RendezvousArea, SlotGuard};
 pub use service::Offered;
@@ -260,7 +262,7 @@ impl Transport {
             counters: ProcessCounters::default(),
             dma: OnceLock::new(),
             quarantined: Mutex::new(Vec::new()),
-            pid: std::process::id(),
+            pid: ntbdrv::process::pid(),
             link: Default::default(),
         });
         Ok(Transport {

@@ -178,7 +178,7 @@ fn offer_state(word: u64) -> u32 {
 /// This process's id (under loom, the process its thread plays: [`model::pid`]).
 #[cfg(not(loom))]
 fn my_pid() -> u32 {
-    std::process::id()
+    ntbdrv::process::pid()
 }
 #[cfg(loom)]
 use model::pid as my_pid;

@@ -39,7 +39,7 @@ impl Kept {
     /// This process's entries (a forked child forgets what it copied: not mapped there, so
     /// not to be unmapped either).
     fn own(&mut self) -> &mut VecDeque<(SegmentIdentity, Region)> {
-        let me = std::process::id();
+        let me = ntbdrv::process::pid();
         if self.pid != me {
             for m in self.maps.drain(..) {
                 std::mem::forget(m);

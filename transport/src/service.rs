@@ -117,7 +117,7 @@ impl Link {
             bridge: Mutex::new(None),
         };
         let c = link.introduced(c);
-        *lock(&link.client) = Some((std::process::id(), c));
+        *lock(&link.client) = Some((ntbdrv::process::pid(), c));
         Ok(link)
     }
 
@@ -127,14 +127,14 @@ impl Link {
             let fd = l.fd;
             let tally = c.tally.take().and_then(|t| Tally::map(&t));
             lock(&self.lines).insert((c.service_pid, l.id), Arc::downgrade(&fd));
-            *lock(&self.own) = Some((std::process::id(), fd, tally));
+            *lock(&self.own) = Some((ntbdrv::process::pid(), fd, tally));
         }
         c
     }
 
     /// This process's own line (on its current service connection).
     fn own_line(&self) -> Option<Arc<OwnedFd>> {
-        let me = std::process::id();
+        let me = ntbdrv::process::pid();
         lock(&self.own)
             .as_ref()
             .filter(|(pid, ..)| *pid == me)
@@ -143,7 +143,7 @@ impl Link {
 
     /// This process's own tally page (on its current service connection).
     fn own_tally(&self) -> Option<Arc<Tally>> {
-        let me = std::process::id();
+        let me = ntbdrv::process::pid();
         lock(&self.own)
             .as_ref()
             .filter(|(pid, ..)| *pid == me)
@@ -228,7 +228,7 @@ impl Link {
     ) -> Result<R, ClientError> {
         let mut g = lock(&self.client);
         for attempt in 0..2 {
-            let me = std::process::id();
+            let me = ntbdrv::process::pid();
             let fresh = !matches!(&*g, Some((pid, _)) if *pid == me);
             if fresh {
                 *g = None;

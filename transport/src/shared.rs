@@ -67,7 +67,7 @@ pub(crate) const QUARANTINE: Duration = Duration::from_secs(1);
 impl ProcessState {
     pub(crate) fn dma(&self) -> Option<&Mutex<Box<dyn DmaChannel>>> {
         // A forked child inherits the channel object but not its engine thread: it copies by CPU.
-        if self.pid != std::process::id() {
+        if self.pid != ntbdrv::process::pid() {
             return None;
         }
         self.dma

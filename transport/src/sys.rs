@@ -114,7 +114,7 @@ pub(crate) fn random_u64() -> u64 {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
-        v = t ^ (std::process::id() as u64).rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15;
+        v = t ^ (ntbdrv::process::pid() as u64).rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15;
     }
     v | 1
 }
@@ -410,7 +410,7 @@ pub(crate) fn wake_fd(line: RawFd) -> Option<RawFd> {
     use std::os::fd::AsRawFd;
     WAKE.try_with(|w| {
         let mut w = w.borrow_mut();
-        let me = std::process::id();
+        let me = ntbdrv::process::pid();
         if w.as_ref().is_none_or(|s| s.pid != me) {
             // A forked child must not share its parent's instance (each would consume the
             // other's edges): a new one per process.
@@ -431,7 +431,11 @@ pub(crate) fn wake_fd(line: RawFd) -> Option<RawFd> {
 pub(crate) fn wake_consume() {
     use std::os::fd::AsRawFd;
     let _ = WAKE.try_with(|w| {
-        if let Some(s) = w.borrow().as_ref().filter(|s| s.pid == std::process::id()) {
+        if let Some(s) = w
+            .borrow()
+            .as_ref()
+            .filter(|s| s.pid == ntbdrv::process::pid())
+        {
             ep_consume(s.ep.as_raw_fd());
         }
     });

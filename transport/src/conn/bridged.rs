@@ -51,7 +51,7 @@ impl Connection {
             role,
             local,
             peer,
-            pid: std::process::id(),
+            pid: ntbdrv::process::pid(),
         };
         let _ = own_block.write(INFO_BASE + 8, &info.encode());
         atomic_u32_at(&own_block, INFO_BASE).store(INFO_MAGIC, Release);

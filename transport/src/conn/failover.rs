@@ -239,7 +239,7 @@ impl Failover {
     fn me(&self) -> u32 {
         match self.me.load(Relaxed) {
             0 => {
-                let p = std::process::id();
+                let p = ntbdrv::process::pid();
                 self.me.store(p, Relaxed);
                 p
             }

@@ -129,7 +129,7 @@ impl HalfOpen {
             role,
             local,
             peer,
-            pid: std::process::id(),
+            pid: ntbdrv::process::pid(),
         };
         let _ = own_block.write(INFO_BASE + 8, &info.encode());
         atomic_u32_at(&own_block, L_MY_BIT).store(bell.vector, Relaxed);
@@ -156,7 +156,7 @@ impl HalfOpen {
             role,
             local,
             peer,
-            pid: std::process::id(),
+            pid: ntbdrv::process::pid(),
         };
         let _ = self.own_block.write(INFO_BASE + 8, &info.encode());
     }
@@ -197,7 +197,7 @@ impl HalfOpen {
         let mut ib = [0u8; 48];
         own_block.read(INFO_BASE + 8, &mut ib).ok()?;
         let info = Info::decode(&ib);
-        if info.pid != std::process::id() {
+        if info.pid != ntbdrv::process::pid() {
             return None;
         }
         let bell = VectorLease {

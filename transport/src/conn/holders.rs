@@ -242,7 +242,7 @@ impl Connection {
             }
             true
         };
-        let me = std::process::id();
+        let me = ntbdrv::process::pid();
         for i in 0..MAX_HOLDERS {
             let _ = atomic_u32_at(&self.own_block, holder_pid(i))
                 .compare_exchange(me, 0, SeqCst, SeqCst);
@@ -307,7 +307,7 @@ impl Connection {
         if atomic_u32_at(&own_block, L_STATE).load(Acquire) & ST_CLOSED != 0 {
             return None;
         }
-        let me = std::process::id();
+        let me = ntbdrv::process::pid();
         if !(0..MAX_HOLDERS).any(|i| atomic_u32_at(&own_block, holder_pid(i)).load(SeqCst) == me) {
             return None;
         }

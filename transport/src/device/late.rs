@@ -187,7 +187,7 @@ impl DeviceTransport {
         if !self.ctrl.serves(local) {
             return None;
         }
-        let me = std::process::id();
+        let me = ntbdrv::process::pid();
         let mut b = lock(&self.late_bell);
         if let Some((pid, _, line)) = &*b {
             if *pid == me {
@@ -213,7 +213,7 @@ impl DeviceTransport {
     pub(crate) fn drain_late_bell(&self) {
         let line = lock(&self.late_bell)
             .as_ref()
-            .filter(|(pid, _, _)| *pid == std::process::id())
+            .filter(|(pid, _, _)| *pid == ntbdrv::process::pid())
             .map(|(_, _, l)| l.clone());
         if let Some(l) = line {
             ntbdrv::drain_vector(&l);

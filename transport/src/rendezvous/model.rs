@@ -224,7 +224,7 @@ loom::thread_local! {
 /// thread plays another process ([`play_pid`]).
 pub fn pid() -> u32 {
     match PID.with(|p| p.get()) {
-        0 => std::process::id(),
+        0 => ntbdrv::process::pid(),
         p => p,
     }
 }

@@ -20,7 +20,7 @@ pub(crate) fn answer_arrived(shared: &ProcessState, o: &Offered) -> bool {
         return false;
     };
     match g.as_mut() {
-        Some((pid, c)) if *pid == std::process::id() => {
+        Some((pid, c)) if *pid == ntbdrv::process::pid() => {
             c.take_replies().is_ok() && c.answered(&o.offer)
         }
         _ => false,
