@@ -71,6 +71,8 @@ pub fn prepare() {
     for (_, sock) in crate::table::snapshot() {
         crate::late::end(&sock);
     }
+    // Mappings kept for the next connection with the same peer are not the child's.
+    global::get().before_fork();
     let n = FORKS.fetch_add(1, SeqCst) + 1;
     let _ = MY_FORK.try_with(|m| m.set(n));
     FORSAKEN.get_or_init(|| {

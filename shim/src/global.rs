@@ -297,6 +297,13 @@ impl ShimState {
         }
     }
 
+    /// A fork is being prepared: tell the transport, if it is open (never opens it).
+    pub fn before_fork(&self) {
+        if let Some(Ok(t)) = self.transport.get() {
+            t.before_fork();
+        }
+    }
+
     /// Why flagged connections stay on TCP when the transport cannot be opened.
     pub fn unavailable(&self) -> Reason {
         match self.transport.get() {

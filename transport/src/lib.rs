@@ -624,6 +624,14 @@ impl Transport {
             How::Service => service::reattach(&self.shared, tcp_fd),
         }
     }
+
+    /// This process is about to fork (from the library's fork handler, in the parent): the
+    /// mappings of closed connections' segments kept for reuse are not to be inherited.
+    pub fn before_fork(&self) {
+        if let Some(l) = &self.shared.service {
+            l.before_fork();
+        }
+    }
 }
 
 impl Drop for Connection {

@@ -8,10 +8,15 @@
 //!
 //! A segment is known by its file's identity (device and inode, one fstat of the descriptor
 //! the service sends with every pairing): while a mapping of it is kept its inode cannot be
-//! another file's. A kept mapping is not inherited by a forked child (`MADV_DONTFORK`: a child
-//! could write into the later connections that use it), so a child forgets the entries it
-//! copied without unmapping them (they are not mapped there). At most [`KEPT`] mappings; the
-//! cache's lock is only tried, never waited for (a fork can leave it held in the child).
+//! another file's. A kept mapping is not inherited by a forked child (a child could write into
+//! the later connections that use it): before a fork ([`SegmentCache::before_fork`], from the
+//! library's fork handlers) every kept mapping is marked `MADV_DONTFORK`, from then on a
+//! mapping is marked as it is kept, and a mapping taken again is marked `MADV_DOFORK` only if
+//! it was; so a process that never forks makes no `madvise` a connection (it made two: one as
+//! it kept the mapping, one as it took it). A child forgets the entries it copied without
+//! unmapping them (they are not mapped there). At most [`KEPT`] mappings; the cache's lock is
+//! only tried, never waited for (a fork can leave it held in the child), except by
+//! `before_fork`, in the parent.
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
@@ -32,19 +37,27 @@ pub(crate) struct SegmentCache {
 struct Kept {
     /// The process that made these mappings (a forked child has none of them).
     pid: u32,
-    maps: VecDeque<(SegmentIdentity, Region)>,
+    /// This process has prepared a fork (`before_fork`): mappings are marked as they are kept
+    /// (a child copies this word, and its own first look clears it: `own`).
+    forked: bool,
+    maps: VecDeque<Entry>,
 }
+
+/// A kept mapping: the segment's identity, its mapping, and whether it is marked
+/// `MADV_DONTFORK` (since a fork's [`SegmentCache::before_fork`]).
+type Entry = (SegmentIdentity, Region, bool);
 
 impl Kept {
     /// This process's entries (a forked child forgets what it copied: not mapped there, so
     /// not to be unmapped either).
-    fn own(&mut self) -> &mut VecDeque<(SegmentIdentity, Region)> {
+    fn own(&mut self) -> &mut VecDeque<Entry> {
         let me = ntbdrv::process::pid();
         if self.pid != me {
             for m in self.maps.drain(..) {
                 std::mem::forget(m);
             }
             self.pid = me;
+            self.forked = false;
         }
         &mut self.maps
     }
@@ -74,10 +87,14 @@ impl SegmentCache {
     pub(crate) fn take(&self, id: SegmentIdentity, len: usize) -> Option<Region> {
         let mut k = self.inner.try_lock().ok()?;
         let maps = k.own();
-        let i = maps.iter().position(|(i, r)| *i == id && r.len() == len)?;
-        let (_, r) = maps.remove(i)?;
+        let i = maps
+            .iter()
+            .position(|(i, r, _)| *i == id && r.len() == len)?;
+        let (_, r, marked) = maps.remove(i)?;
         drop(k);
-        r.inherit_on_fork(true).ok()?;
+        if marked {
+            r.inherit_on_fork(true).ok()?;
+        }
         Some(r)
     }
 
@@ -88,12 +105,73 @@ impl SegmentCache {
             return;
         };
         let maps = k.own();
-        if maps.iter().any(|(i, _)| *i == id) || whole.inherit_on_fork(false).is_err() {
+        if maps.iter().any(|(i, _, _)| *i == id) {
             return;
         }
-        maps.push_back((id, whole));
+        let marked = k.forked;
+        if marked && whole.inherit_on_fork(false).is_err() {
+            return;
+        }
+        let maps = k.own();
+        maps.push_back((id, whole, marked));
         if maps.len() > KEPT {
             maps.pop_front();
         }
+    }
+
+    /// A fork is about to be made: no kept mapping may be inherited. Each is marked
+    /// `MADV_DONTFORK` (once; one that cannot be marked is unmapped instead), and so is every
+    /// mapping this process keeps from now on (one kept by another thread as the fork is made
+    /// is either marked here or as it is kept: both take the lock, which this waits for, in
+    /// the parent, where its holder lets go at once).
+    pub(crate) fn before_fork(&self) {
+        let mut k = match self.inner.lock() {
+            Ok(k) => k,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        k.own();
+        k.forked = true;
+        k.maps.retain_mut(|(_, r, marked)| {
+            *marked = *marked || r.inherit_on_fork(false).is_ok();
+            *marked
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SegmentCache;
+
+    /// Is the mapping that starts at `addr` in this process's memory map?
+    fn mapped(addr: usize) -> bool {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines().any(|l| l.starts_with(&format!("{addr:x}-")))
+    }
+
+    /// A mapping kept before a fork, and one kept after it, are not a child's; one taken
+    /// again for a connection is.
+    #[test]
+    fn a_forked_child_inherits_no_kept_mapping() {
+        let ring = 4096;
+        let len = 2 * (crate::proto::BLOCK_OVERHEAD + ring);
+        let cache = SegmentCache::default();
+        let mut kept = Vec::new();
+        for _ in 0..3 {
+            let fd = fabric::sys::segment(len).unwrap();
+            let (r, id) = cache.map(&fd, ring).unwrap();
+            kept.push((r.as_ptr() as usize, id, r.len()));
+            cache.keep(id, r);
+            if kept.len() == 1 {
+                cache.before_fork();
+            }
+        }
+        let (addr, id, len) = kept[2];
+        assert!(mapped(addr));
+        assert!(crate::sys::in_forked_child(|| kept
+            .iter()
+            .all(|k| !mapped(k.0))));
+        let taken = cache.take(id, len).unwrap();
+        assert!(crate::sys::in_forked_child(|| mapped(addr)));
+        drop(taken);
     }
 }

@@ -92,6 +92,11 @@ impl Fire {
 }
 
 impl Link {
+    /// See `Transport::before_fork`.
+    pub(crate) fn before_fork(&self) {
+        self.segments.before_fork();
+    }
+
     /// Reach the service at `path` now, so that a missing service is known at start-up; if
     /// none answers and `starter` names the `pcisock` program, start one there (detached, in
     /// its own session) and wait for it.

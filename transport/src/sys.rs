@@ -488,3 +488,20 @@ pub(crate) fn membarrier() -> bool {
         || (membarrier_cmd(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0
             && membarrier_cmd(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0)
 }
+
+/// For tests: fork, run `check` in the child, and say whether it returned true there.
+#[cfg(test)]
+pub(crate) fn in_forked_child(check: impl FnOnce() -> bool) -> bool {
+    // SAFETY: fork; the child runs `check` and leaves with `_exit`, never returning here.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let ok = check();
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(i32::from(!ok)) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just made; `status` is a valid int.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+}
