@@ -433,28 +433,7 @@ fn kernel_ctl(epfd: c_int, op: c_int, fd: c_int, events: u32, data: u64) -> c_in
 fn register(epfd: c_int, fd: c_int, form: Form, app_events: u32) -> Result<(), c_int> {
     let tag = TAG | fd as u32 as u64;
     let excl = app_events & libc::EPOLLEXCLUSIVE as u32;
-    let (sock_events, vector, shared) = match form {
-        // Edge-triggered: the socket of a peer that has gone stays readable (EOF) for as long
-        // as the application keeps the fd, and a level-triggered registration would wake
-        // every wait at once. One event per change of the socket is all readiness needs: the
-        // end it saw is remembered by the connection (`look_at_tcp`).
-        // EPOLLOUT when the application asks for it: idle on the ring (one event when added),
-        // it is what wakes a writer whose sends moved to the socket after a failover.
-        Form::Ntb { vector, shared } => (
-            (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32
-                | (app_events & libc::EPOLLOUT as u32)
-                | excl,
-            vector,
-            shared,
-        ),
-        // Edge-triggered too: a connected socket stays writable while the offer waits for its
-        // answer, which rings the offer's line; one event per change of the socket settles it.
-        Form::Pending { vector, shared } => (
-            app_events & !libc::EPOLLONESHOT as u32 | libc::EPOLLET as u32,
-            vector,
-            shared,
-        ),
-    };
+    let (sock_events, vector, shared) = socket_events(form, app_events);
     match kernel_ctl(epfd, libc::EPOLL_CTL_ADD, fd, sock_events, tag) {
         0 => {}
         libc::EEXIST => {
@@ -482,6 +461,52 @@ fn register(epfd: c_int, fd: c_int, form: Form, app_events: u32) -> Result<(), c
             kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, 0);
             Err(e)
         }
+    }
+}
+
+/// Registration `fd` (of `form` now) takes form `to`, which rings the same doorbell line (a
+/// pending offer or accept settled onto the ring): its socket's events change in place (a
+/// `MOD`, which re-arms its edge as an `ADD` would) and the line's registration stays. False
+/// (nothing changed) when the line differs or the kernel refuses: unregister and register.
+fn reform(epfd: c_int, fd: c_int, form: Form, to: Form, app_events: u32) -> bool {
+    if form.vector() != to.vector() || form.shared() != to.shared() {
+        return false;
+    }
+    let (sock_events, _, _) = socket_events(to, app_events);
+    kernel_ctl(
+        epfd,
+        libc::EPOLL_CTL_MOD,
+        fd,
+        sock_events,
+        TAG | fd as u32 as u64,
+    ) == 0
+}
+
+/// What registration `form` asks of its kernel socket, for the application's `app_events`;
+/// with its line, and whether that line is shared among connections.
+fn socket_events(form: Form, app_events: u32) -> (u32, c_int, bool) {
+    let excl = app_events & libc::EPOLLEXCLUSIVE as u32;
+    match form {
+        // Edge-triggered: the socket of a peer that has gone stays readable (EOF) for as long
+        // as the application keeps the fd, and a level-triggered registration would wake
+        // every wait at once. One event per change of the socket is all readiness needs: the
+        // end it saw is remembered by the connection (`look_at_tcp`).
+        // EPOLLOUT when the application asks for it: idle on the ring (one event when added),
+        // it is what wakes a writer whose sends moved to the socket after a failover.
+        Form::Ntb { vector, shared } => (
+            (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32
+                | (app_events & libc::EPOLLOUT as u32)
+                | excl,
+            vector,
+            shared,
+        ),
+        // Edge-triggered too: a connected socket stays writable while the offer waits for its
+        // answer, which rings the offer's line; one event per change of the socket settles it.
+        Form::Pending { vector, shared } => (
+            app_events & !libc::EPOLLONESHOT as u32 | libc::EPOLLET as u32,
+            vector,
+            shared,
+        ),
     }
 }
 

@@ -438,7 +438,7 @@ impl Connection {
             peer,
             Box::default(),
         );
-        c.hold(tcp_fd);
+        c.hold();
         Ok(c)
     }
 
@@ -479,7 +479,7 @@ impl Connection {
         let _ = seg.own_block.write(INFO_BASE + 8, &info.encode());
         atomic_u32_at(&seg.own_block, INFO_BASE).store(INFO_MAGIC, Release);
         let c = Connection::from_segments(shared, p, seg, tcp_fd, info, Box::default());
-        c.hold(tcp_fd);
+        c.hold();
         c
     }
 
@@ -528,12 +528,12 @@ impl Connection {
         )
     }
 
-    /// This process holds the connection (alone, so far), on kernel socket `tcp_fd`.
-    fn hold(&self, tcp_fd: RawFd) {
+    /// This process holds the connection (alone, so far), on the kernel socket it was
+    /// assembled with (whose inode `assemble` read).
+    fn hold(&self) {
         atomic_u32_at(&self.own_block, L_HOLDERS).store(1, SeqCst);
         atomic_u32_at(&self.own_block, L_HOLDER_PIDS).store(ntbdrv::process::pid(), SeqCst);
-        atomic_u64_at(&self.own_block, L_SOCK_INODE)
-            .store(sys::inode(tcp_fd).unwrap_or(0), Release);
+        atomic_u64_at(&self.own_block, L_SOCK_INODE).store(self.family.sock_inode(), Release);
     }
 
     #[allow(clippy::too_many_arguments)] // every part of a connection, put together once

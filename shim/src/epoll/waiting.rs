@@ -108,8 +108,15 @@ fn settle(epfd: c_int, regs: &mut SetState, poked: &[c_int]) {
         if now == Some(r.form) {
             continue;
         }
-        unregister(epfd, *fd, r.form);
-        match now.map(|f| (f, register(epfd, *fd, f, r.events))) {
+        let reformed = now.is_some_and(|f| reform(epfd, *fd, r.form, f, r.events));
+        if !reformed {
+            unregister(epfd, *fd, r.form);
+        }
+        let made = |f| match reformed {
+            true => Ok(()),
+            false => register(epfd, *fd, f, r.events),
+        };
+        match now.map(|f| (f, made(f))) {
             Some((f, Ok(()))) => {
                 r.form = f;
                 to_ntb.push(*fd);

@@ -3,6 +3,7 @@
 //! connection is flagged (`policy`, through `ops`).
 
 use super::*;
+use std::net::SocketAddr;
 
 /// A call made the new fd `fd`: if its number is still tracked, the fd it was closed behind our
 /// back, and the kernel reused the number (errno kept).
@@ -131,7 +132,7 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     }
 }
 
-fn accepted(lfd: c_int, fd: c_int, nonblock: bool) -> c_int {
+fn accepted(lfd: c_int, fd: c_int, nonblock: bool, peer: Option<SocketAddr>) -> c_int {
     if fd < 0 {
         return fd;
     }
@@ -142,7 +143,7 @@ fn accepted(lfd: c_int, fd: c_int, nonblock: bool) -> c_int {
         return fd;
     }
     let e = sys::errno();
-    match guard(|| ops::after_accept(lfd, fd, nonblock)) {
+    match guard(|| ops::after_accept(lfd, fd, nonblock, peer)) {
         Ok(()) => {
             sys::set_errno(e);
             fd
@@ -151,10 +152,47 @@ fn accepted(lfd: c_int, fd: c_int, nonblock: bool) -> c_int {
     }
 }
 
+/// The kernel's accept on listening socket `fd`, which also gives the peer's address: the
+/// caller's buffer when it passed one large enough (left exactly as the kernel wrote it), else
+/// our own when it passed none and the listener is ours (saving a `getpeername`).
+///
+/// # Safety
+/// `addr` and `len` as the caller passed them to accept4.
+unsafe fn accept_with_peer(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> (c_int, Option<SocketAddr>) {
+    if addr.is_null() || len.is_null() {
+        if !table::contains(fd) {
+            return (call_real!(accept4(fd, addr, len, flags)), None);
+        }
+        // SAFETY: sockaddr_storage is plain old data; zero is a valid value.
+        let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut sl = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+        let storage = (&mut st as *mut libc::sockaddr_storage).cast::<sockaddr>();
+        let nfd = call_real!(accept4(fd, storage, &mut sl, flags));
+        // SAFETY: the kernel wrote `sl` bytes of address into `st`, which holds any.
+        return (nfd, unsafe { sys::decode_addr(storage, sl) });
+    }
+    // SAFETY: the caller passed a live length with its address buffer.
+    let room = unsafe { *len };
+    let nfd = call_real!(accept4(fd, addr, len, flags));
+    // SAFETY: as above; the kernel set it to the address's full length.
+    let got = unsafe { *len };
+    // SAFETY: the kernel wrote `got` bytes into the caller's buffer when they fit.
+    let peer = (nfd >= 0 && got <= room)
+        .then(|| unsafe { sys::decode_addr(addr, got) })
+        .flatten();
+    (nfd, peer)
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    let nfd = call_real!(accept(fd, addr, len));
-    accepted(fd, nfd, false)
+    // SAFETY: the caller's arguments, as accept4 with no flags takes them.
+    let (nfd, peer) = unsafe { accept_with_peer(fd, addr, len, 0) };
+    accepted(fd, nfd, false, peer)
 }
 
 #[no_mangle]
@@ -164,8 +202,9 @@ pub unsafe extern "C" fn accept4(
     len: *mut socklen_t,
     flags: c_int,
 ) -> c_int {
-    let nfd = call_real!(accept4(fd, addr, len, flags));
-    accepted(fd, nfd, flags & libc::SOCK_NONBLOCK != 0)
+    // SAFETY: the caller's arguments.
+    let (nfd, peer) = unsafe { accept_with_peer(fd, addr, len, flags) };
+    accepted(fd, nfd, flags & libc::SOCK_NONBLOCK != 0, peer)
 }
 
 #[no_mangle]

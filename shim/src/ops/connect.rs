@@ -218,8 +218,9 @@ pub(super) fn settle_offer(
     let Ok(t) = g.transport() else {
         return Ok(None);
     };
-    // The TCP connect must have finished before the answer can count.
-    if sys::peer_addr(fd).is_none() {
+    // The TCP connect must have finished before the answer can count (an accepted socket's
+    // has).
+    if !t.pending_is_accept(&pending) && sys::peer_addr(fd).is_none() {
         let so_error = sys::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR).unwrap_or(0);
         if so_error != 0 || !block {
             if so_error != 0 {

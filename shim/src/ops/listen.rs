@@ -95,7 +95,13 @@ pub fn kernel_listens(fd: c_int) {
 }
 
 /// After a successful real `accept` on `lfd` returned `fd`: upgrade it if the client offered.
-pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> {
+/// `peer`: the address accept gave, if it did.
+pub fn after_accept(
+    lfd: c_int,
+    fd: c_int,
+    nonblock: bool,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<(), c_int> {
     let Some(l) = table::get(lfd) else {
         return Ok(());
     };
@@ -106,10 +112,17 @@ pub fn after_accept(lfd: c_int, fd: c_int, nonblock: bool) -> Result<(), c_int> 
         &*l.state.lock().map_err(|_| libc::EIO)?,
         State::Listening(_)
     );
-    let local = sys::local_addr(fd)
-        .map(Endpoint::from_std)
-        .unwrap_or(l.local);
-    let peer = sys::peer_addr(fd)
+    // A listener bound to one address accepts on that address (one bound to any asks).
+    let bound = l.local.to_std();
+    let local = if bound.ip().is_unspecified() || bound.port() == 0 {
+        sys::local_addr(fd)
+            .map(Endpoint::from_std)
+            .unwrap_or(l.local)
+    } else {
+        l.local
+    };
+    let peer = peer
+        .or_else(|| sys::peer_addr(fd))
         .map(Endpoint::from_std)
         .unwrap_or_default();
     let sock = Sock::new(Role::Server, local, peer, nonblock, State::Ntb);

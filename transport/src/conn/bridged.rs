@@ -77,7 +77,7 @@ impl Connection {
             peer,
             Box::default(),
         );
-        c.hold(tcp_fd);
+        c.hold();
         Ok(c)
     }
 }

@@ -57,6 +57,11 @@ impl Family {
         }
     }
 
+    /// The TCP socket's inode (0 if it could not be read).
+    pub(super) fn sock_inode(&self) -> u64 {
+        self.sock_inode
+    }
+
     /// May other processes hold (and send on) the connection?
     pub(super) fn is_shared(&self) -> bool {
         self.shared.load(SeqCst)

@@ -29,6 +29,8 @@ pub struct Tally {
     region: Region,
     /// Slots in use, a bit each (ours only; bit 0, the unnamed ring's word, always set).
     used: Mutex<Vec<u64>>,
+    /// A peer's page's descriptor, held (never read) while it is mapped: `map_keeping`.
+    _file: Option<Arc<OwnedFd>>,
 }
 
 impl std::fmt::Debug for Tally {
@@ -41,6 +43,18 @@ impl Tally {
     /// Map the tally page `fd` (refused unless it is a whole page sealed against shrinking: a
     /// peer cannot truncate it under our writes).
     pub(crate) fn map(fd: &OwnedFd) -> Option<Arc<Tally>> {
+        Tally::mapped(fd, None)
+    }
+
+    /// Map a peer's tally page `fd` and keep `fd` open while it is mapped: the service sends
+    /// the page again with every pairing with that peer, and the fabric client recognizes a
+    /// copy of a descriptor this process still holds (closing the copy at once, instead of
+    /// moving it out of the application's numbers first and closing it after the look-up).
+    pub(crate) fn map_keeping(fd: Arc<OwnedFd>) -> Option<Arc<Tally>> {
+        Tally::mapped(&fd, Some(fd.clone()))
+    }
+
+    fn mapped(fd: &OwnedFd, file: Option<Arc<OwnedFd>>) -> Option<Arc<Tally>> {
         let region = Region::map_segment(fd, fabric::sys::TALLY_BYTES as usize).ok()?;
         let mut used = vec![0u64; SLOTS / 64];
         if let Some(w) = used.first_mut() {
@@ -49,6 +63,7 @@ impl Tally {
         Some(Arc::new(Tally {
             region,
             used: Mutex::new(used),
+            _file: file,
         }))
     }
 

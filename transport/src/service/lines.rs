@@ -28,7 +28,8 @@ impl Link {
     }
 
     /// The one mapping of the tally page of the line the service `service` named `line`
-    /// (`fd` closed if this process has it mapped already; `None` if it cannot be mapped).
+    /// (`fd` closed if this process has it mapped already, else kept open with the mapping;
+    /// `None` if it cannot be mapped).
     pub(super) fn tally(&self, service: u32, line: u64, fd: Arc<OwnedFd>) -> Option<Arc<Tally>> {
         let mut tallies = lock(&self.tallies);
         if let Some(have) = tallies.get(&(service, line)).and_then(Weak::upgrade) {
@@ -37,7 +38,7 @@ impl Link {
         if tallies.len() >= 64 && tallies.len().is_power_of_two() {
             tallies.retain(|_, w| w.strong_count() > 0);
         }
-        let t = Tally::map(&fd)?;
+        let t = Tally::map_keeping(fd)?;
         tallies.insert((service, line), Arc::downgrade(&t));
         Some(t)
     }
