@@ -74,6 +74,20 @@ pub struct Paired {
     pub plain: u64,
 }
 
+/// A pairing without descriptors (`Reply::Again`): the segment is named by its memfd's
+/// identity (device and inode), the lines by the service's names.
+#[derive(Debug, Clone, Copy)]
+pub struct Again {
+    pub conn: u64,
+    pub ring_bytes: u64,
+    pub server: bool,
+    pub own_line: u64,
+    pub peer_line: u64,
+    pub plain: u64,
+    pub dev: u64,
+    pub inode: u64,
+}
+
 /// What a "stalled?" question about an offer found (see [`Client::cancel_if_stalled`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stalled {
@@ -113,6 +127,9 @@ pub struct Line {
 #[derive(Debug)]
 pub enum Pairing {
     Paired(Paired),
+    /// Paired on a segment, and with lines, this process has already (`Reply::Again`): what
+    /// it no longer has, it asks for with [`Client::refetch`].
+    Again(Again),
     /// Paired with a process on the other host: the two ends' blocks on the bridge
     /// (`Reply::Bridged`).
     Bridged(Bridged),
@@ -557,10 +574,21 @@ impl Client {
             },
             r => Ok(match pairing(r)? {
                 Pairing::Paired(p) => Held::Paired(p),
+                // Never an answer to `Hold` (a held connection's segment is not a kept one).
+                Pairing::Again(_) => Held::Declined(0),
                 Pairing::Declined(code) => Held::Declined(code),
                 // Never an answer to `Hold` (the service holds no bridged connection for it).
                 Pairing::Bridged(_) => Held::Declined(0),
             }),
+        }
+    }
+
+    /// The descriptors of a pairing answered [`Pairing::Again`] (this process no longer has
+    /// the segment's mapping or a line it names).
+    pub fn refetch(&mut self, conn: u64, server: bool) -> Result<Paired, ClientError> {
+        match pairing(self.call(Request::Refetch { conn, server }, None)?)? {
+            Pairing::Paired(p) => Ok(p),
+            _ => Err(ClientError::Gone),
         }
     }
 
@@ -696,6 +724,25 @@ fn pairing((reply, fds): Received) -> Result<Pairing, ClientError> {
             server,
             own,
             peer,
+        })),
+        Reply::Again {
+            conn,
+            ring_bytes,
+            server,
+            own_line,
+            peer_line,
+            plain,
+            dev,
+            inode,
+        } => Ok(Pairing::Again(Again {
+            conn,
+            ring_bytes,
+            server,
+            own_line,
+            peer_line,
+            plain,
+            dev,
+            inode,
         })),
         Reply::Declined { reason } => Ok(Pairing::Declined(reason)),
         r => Err(ClientError::Unexpected(r)),

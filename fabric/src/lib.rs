@@ -22,7 +22,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-pub use client::{Bridged, Client, ClientError, Held, Line, Offer, Paired, Pairing, Stalled};
+pub use client::{
+    Again, Bridged, Client, ClientError, Held, Line, Offer, Paired, Pairing, Stalled,
+};
 pub use service::{Options, Service};
 
 /// A bound service socket, with the lock that makes its holder the only service on that path.

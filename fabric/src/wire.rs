@@ -25,7 +25,9 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// 12: no request changed; the segments' rings start inside the blocks' first page, at
 /// `service::RING_START` (docs/PROTOCOL.md §2, protocol version 5), where a version 11 build
 /// would look for them a page further on.
-pub const VERSION: u16 = 12;
+/// 13: `Again`, a pairing whose segment and lines the process has already (a kept segment given
+/// again), and `Refetch`, for one that has not (docs/HOST-SERVICE.md, *Segment reuse*).
+pub const VERSION: u16 = 13;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts (an `Entry`, the longest, is 368 bytes
@@ -128,6 +130,10 @@ pub enum Request {
     /// `Refused` (the offer is paired or withdrawn already: the client sends nothing and waits
     /// for its answer).
     Plain { request: u64, bytes: u64 },
+    /// The process was answered `Again` for its end of `conn` (`server`: the accepting end)
+    /// but no longer has what it names (since version 13): replies `Paired` with the
+    /// descriptors, to the end's own process only (else `Refused`).
+    Refetch { conn: u64, server: bool },
 }
 
 /// What the service answers.
@@ -170,6 +176,20 @@ pub enum Reply {
         /// version 9; 0: none): the stream's plain start, read off the socket before anything
         /// else. 0 in the answer to a `Hold` (the connection's ends keep their own state).
         plain: u64,
+    },
+    /// `Paired` without descriptors (since version 13): the connection's segment is one this
+    /// process's last connection with the same peer process let go of cleanly (the process
+    /// kept its mapping: the memfd's device and inode name it), and the lines are those of
+    /// that pairing. A process that has not kept them asks with `Refetch`.
+    Again {
+        conn: u64,
+        ring_bytes: u64,
+        server: bool,
+        own_line: u64,
+        peer_line: u64,
+        plain: u64,
+        dev: u64,
+        inode: u64,
     },
     /// The connection is paired with a process on the other host (through the bridge and the
     /// two hosts' services): no descriptor; this end's block is `own` in this host's inbound
@@ -276,6 +296,7 @@ const K_FALLBACK: u16 = 12;
 const K_HISTORY: u16 = 13;
 const K_NAMESPACE: u16 = 14;
 const K_PLAIN: u16 = 15;
+const K_REFETCH: u16 = 16;
 const K_WELCOME: u16 = 0x81;
 const K_LISTENING: u16 = 0x82;
 const K_OFFERED: u16 = 0x83;
@@ -288,6 +309,7 @@ const K_REOFFERED: u16 = 0x89;
 const K_ENTRY: u16 = 0x8A;
 const K_FALLEN: u16 = 0x8B;
 const K_BRIDGED: u16 = 0x8C;
+const K_AGAIN: u16 = 0x8D;
 
 /// Words of an `Entry`: its 9, a word of flags (bit 0: the client end is on TCP, bit 1: the
 /// server end), each end's counters.
@@ -303,7 +325,7 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_UNLISTEN => (1, 0),
         K_CANCEL => (3, 0),
         K_CLOSE => (3, 0),
-        K_PLAIN => (2, 0),
+        K_PLAIN | K_REFETCH => (2, 0),
         K_STATUS | K_STOP | K_LIST | K_HISTORY => (0, 0),
         K_FALLBACK => (2, 1),
         K_FALLEN => (8, 0),
@@ -313,6 +335,7 @@ fn shape(kind: u16) -> Option<(usize, usize)> {
         K_REOFFERED => (2, 1),
         K_PAIRED => (6, 4),
         K_BRIDGED => (9, 0),
+        K_AGAIN => (8, 0),
         K_DECLINED | K_REFUSED => (1, 0),
         K_DONE => (0, 0),
         K_STATUS_REPLY => (11, 0),
@@ -415,6 +438,7 @@ impl Request {
             Request::Fallback { .. } => K_FALLBACK,
             Request::History => K_HISTORY,
             Request::Plain { .. } => K_PLAIN,
+            Request::Refetch { .. } => K_REFETCH,
         }
     }
 
@@ -438,6 +462,7 @@ impl Request {
                 clean,
             } => vec![conn, server as u64, clean as u64],
             Request::Plain { request, bytes } => vec![request, bytes],
+            Request::Refetch { conn, server } => vec![conn, server as u64],
             Request::Connect {
                 addr,
                 port,
@@ -503,6 +528,10 @@ impl Request {
                 request: w[0],
                 bytes: w[1],
             },
+            K_REFETCH => Request::Refetch {
+                conn: w[0],
+                server: bool_word(kind, &w, 1)?,
+            },
             _ => return Err(WireError::Kind(kind)),
         };
         Ok((r, id))
@@ -518,6 +547,7 @@ impl Reply {
             Reply::Reoffered { .. } => K_REOFFERED,
             Reply::Paired { .. } => K_PAIRED,
             Reply::Bridged { .. } => K_BRIDGED,
+            Reply::Again { .. } => K_AGAIN,
             Reply::Declined { .. } => K_DECLINED,
             Reply::Done => K_DONE,
             Reply::Status(_) => K_STATUS_REPLY,
@@ -551,6 +581,25 @@ impl Reply {
                 peer_line,
                 plain,
             } => vec![conn, ring_bytes, server as u64, own_line, peer_line, plain],
+            Reply::Again {
+                conn,
+                ring_bytes,
+                server,
+                own_line,
+                peer_line,
+                plain,
+                dev,
+                inode,
+            } => vec![
+                conn,
+                ring_bytes,
+                server as u64,
+                own_line,
+                peer_line,
+                plain,
+                dev,
+                inode,
+            ],
             Reply::Bridged {
                 conn,
                 ring_bytes,
@@ -645,6 +694,16 @@ impl Reply {
                 own_line: w[3],
                 peer_line: w[4],
                 plain: w[5],
+            },
+            K_AGAIN => Reply::Again {
+                conn: w[0],
+                ring_bytes: w[1],
+                server: bool_word(kind, &w, 2)?,
+                own_line: w[3],
+                peer_line: w[4],
+                plain: w[5],
+                dev: w[6],
+                inode: w[7],
             },
             K_BRIDGED => Reply::Bridged {
                 conn: w[0],

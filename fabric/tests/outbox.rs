@@ -109,6 +109,7 @@ fn a_burst_of_pairings_to_a_late_reader_arrives_whole() {
             Pairing::Paired(_) => {}
             Pairing::Declined(why) => panic!("declined: {why:?}"),
             Pairing::Bridged(b) => panic!("paired across a bridge it does not have: {b:?}"),
+            Pairing::Again(a) => panic!("a segment given again on first pairings: {a:?}"),
         }
     }
     let st = server.status().unwrap();

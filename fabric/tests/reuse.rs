@@ -23,14 +23,38 @@ fn pair(
     l: &TcpListener,
 ) -> (Paired, Paired, Socket, TcpStream) {
     let (mut offer, csock, accepted) = offer_and_connect(client, l.local_addr().unwrap(), l);
-    let Pairing::Paired(s) = server.accept(accepted.as_raw_fd(), 1 << 20).unwrap() else {
-        panic!("the server's accept was declined");
-    };
-    let Some(Pairing::Paired(c)) = client.paired(&mut offer, Duration::from_secs(5)).unwrap()
-    else {
-        panic!("the client was not paired");
-    };
+    let s = server.accept(accepted.as_raw_fd(), 1 << 20).unwrap();
+    let s = descriptors(server, s, true);
+    let c = client.paired(&mut offer, Duration::from_secs(5)).unwrap();
+    let c = descriptors(client, c.expect("the client was not paired"), false);
     (s, c, csock, accepted)
+}
+
+/// The pairing `p` with its descriptors: a reused segment comes named (`Again`, by the memfd's
+/// device and inode, which the process kept a mapping of); this test's processes keep none, so
+/// they ask for it (`Refetch`), and it is the segment named.
+fn descriptors(c: &mut Client, p: Pairing, server: bool) -> Paired {
+    match p {
+        Pairing::Paired(p) => p,
+        Pairing::Again(a) => {
+            assert_eq!(a.server, server);
+            let p = c.refetch(a.conn, server).expect("refetch");
+            let meta = std::fs::File::from(p.segment.try_clone().unwrap())
+                .metadata()
+                .unwrap();
+            assert_eq!(
+                (meta.dev(), meta.ino()),
+                (a.dev, a.inode),
+                "named another segment"
+            );
+            assert_eq!(
+                (p.conn, p.own_line.id, p.peer_line.id),
+                (a.conn, a.own_line, a.peer_line)
+            );
+            p
+        }
+        other => panic!("not paired: {other:?}"),
+    }
 }
 
 /// The segment's memfd (its inode).
@@ -159,4 +183,40 @@ fn a_segment_an_end_may_still_write_into_is_never_given_again() {
         third,
         "reused after another process held it"
     );
+}
+
+#[test]
+fn a_kept_segment_is_named_again_and_refetched_only_by_its_own_end() {
+    let (svc, mut server, mut client, l) = setup();
+    let (s, c, _cs, _a) = pair(&mut server, &mut client, &l);
+    let meta = std::fs::File::from(s.segment.try_clone().unwrap())
+        .metadata()
+        .unwrap();
+    server.close(s.conn, true, true).unwrap();
+    client.close(c.conn, false, true).unwrap();
+    reclaimed(&mut server, 1);
+
+    // No descriptor for either end: the segment by its identity, the lines by their names.
+    let (mut offer, _cs2, accepted) = offer_and_connect(&mut client, l.local_addr().unwrap(), &l);
+    let Pairing::Again(sa) = server.accept(accepted.as_raw_fd(), 1 << 20).unwrap() else {
+        panic!("a kept segment's pairing carried descriptors to the server");
+    };
+    let Some(Pairing::Again(ca)) = client.paired(&mut offer, Duration::from_secs(5)).unwrap()
+    else {
+        panic!("a kept segment's pairing carried descriptors to the client");
+    };
+    assert_eq!((sa.dev, sa.inode), (meta.dev(), meta.ino()));
+    assert_eq!((ca.dev, ca.inode), (meta.dev(), meta.ino()));
+    assert_eq!((sa.own_line, sa.peer_line), (s.own_line.id, s.peer_line.id));
+    assert_eq!((ca.own_line, ca.peer_line), (c.own_line.id, c.peer_line.id));
+
+    // Another process, and the client for the server's end, are refused.
+    let mut third = Client::connect(&svc.socket).unwrap();
+    assert!(third.refetch(sa.conn, true).is_err());
+    assert!(third.refetch(ca.conn, false).is_err());
+    assert!(client.refetch(sa.conn, true).is_err());
+    let p = client
+        .refetch(ca.conn, false)
+        .expect("the client's own end");
+    assert_eq!(inode(&p.segment), meta.ino());
 }

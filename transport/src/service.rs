@@ -23,11 +23,12 @@ use fabric::{Client, ClientError, Pairing};
 
 mod answer;
 mod lines;
+mod pairs;
 
 pub(crate) use answer::answer_arrived;
 use answer::look_before_sleep;
 
-use crate::conn::{Role, ServicePair, Tally};
+use crate::conn::{Role, Tally};
 use crate::{
     lock, Connection, Endpoint, Listener, ListenerState, Outcome, Pending, ProcessState, Reason,
 };
@@ -184,27 +185,6 @@ impl Link {
             self.close(b.conn, b.server);
         }
         c
-    }
-
-    /// A pairing the service `service` sent, with its lines resolved to our copies and its
-    /// segment mapped (`None`: it cannot be).
-    fn pair(&self, service: u32, p: fabric::Paired) -> Option<ServicePair> {
-        let peer_id = p.peer_line.id;
-        let peer_line = self.line(service, p.peer_line);
-        let peer_tally = self.tally(service, peer_id, p.peer_tally);
-        self.keep_recent(&peer_line, &peer_tally);
-        let (segment, identity) = self.segments.map(&p.segment, p.ring_bytes)?;
-        Some(ServicePair {
-            conn: p.conn,
-            ring_bytes: p.ring_bytes,
-            server: p.server,
-            segment,
-            identity,
-            own_line: self.line(service, p.own_line),
-            peer_line,
-            own_tally: self.own_tally(),
-            peer_tally,
-        })
     }
 
     /// This process let go of its last reference to its end of `conn` (`server`: the
@@ -472,6 +452,7 @@ pub(crate) fn cancel(shared: &ProcessState, mut o: Offered) {
     }
     match link.with(|c| c.paired(&mut o.offer, ANSWER_PATIENCE)) {
         Ok(Some(Pairing::Paired(fabric::Paired { conn, .. })))
+        | Ok(Some(Pairing::Again(fabric::Again { conn, .. })))
         | Ok(Some(Pairing::Bridged(fabric::Bridged { conn, .. }))) => link.close(conn, true),
         _ => {}
     }
@@ -535,9 +516,8 @@ pub(crate) fn complete(
             let svc = c.service_pid;
             c.paired(&mut o.offer, Duration::ZERO).map(|p| (svc, p))
         }) {
-            Ok((svc, Some(Pairing::Paired(p)))) => {
-                let plain = p.plain;
-                let Some(p) = link.pair(svc, p) else {
+            Ok((svc, Some(p @ (Pairing::Paired(_) | Pairing::Again(_))))) => {
+                let Ok((plain, Some(p))) = link.resolve(svc, p) else {
                     return Outcome::Tcp(Reason::BadPeer);
                 };
                 let role = if o.server { Role::Server } else { Role::Client };
@@ -714,10 +694,15 @@ pub(crate) fn accept(
         .with(|c| Ok((c.service_pid, c.accept(tcp_fd, ring)?)))
         .map_err(failed)?
     {
-        (svc, Pairing::Paired(p)) => {
-            let own_client = p.own_line.id == p.peer_line.id;
-            let plain = p.plain;
-            let p = link.pair(svc, p).ok_or(Reason::BadPeer)?;
+        (svc, p @ (Pairing::Paired(_) | Pairing::Again(_))) => {
+            let own_client = match &p {
+                Pairing::Paired(p) => p.own_line.id == p.peer_line.id,
+                Pairing::Again(a) => a.own_line == a.peer_line,
+                _ => false,
+            };
+            let Ok((plain, Some(p))) = link.resolve(svc, p) else {
+                return Err(Reason::BadPeer);
+            };
             if let (true, Some(w)) = (own_client, watch) {
                 // Let that ring land before `accept` returns: an epoll set the application
                 // makes for the connection next takes it as an old edge when it adds our line.

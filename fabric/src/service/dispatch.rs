@@ -213,6 +213,7 @@ impl Service {
                 clean,
             } => self.close(conn, sender, server as usize, clean),
             Request::Plain { request, bytes } => self.plain(client, id, request, bytes),
+            Request::Refetch { conn, server } => self.refetch(client, id, conn, server as usize),
         }
         None
     }

@@ -68,6 +68,30 @@ impl Service {
         self.reply(client, request, r, &fds.each_ref());
     }
 
+    /// `Refetch`: the descriptors of end `side` of `conn`, which the service answered with
+    /// `Again`, for the process that made that end (its line is the end's) and nobody else.
+    pub(super) fn refetch(&mut self, client: u64, request: u64, conn: u64, side: usize) {
+        let line = self.clients.get(&client).and_then(|c| c.line.clone());
+        let found = self.conns.get(&conn).filter(|c| {
+            line.as_ref()
+                .is_some_and(|l| Rc::ptr_eq(l, &c.ends[side].line))
+        });
+        let Some(c) = found else {
+            return self.refuse(client, request, Refusal::NotYours);
+        };
+        let (me, peer) = (&c.ends[side], &c.ends[1 - side]);
+        let fds = [&c.segment, &me.line.fd, &peer.line.fd, &peer.line.tally].map(Rc::clone);
+        let r = Reply::Paired {
+            conn,
+            ring_bytes: c.bytes / 2 - BLOCK_OVERHEAD,
+            server: side == 1,
+            own_line: me.line.id,
+            peer_line: peer.line.id,
+            plain: 0,
+        };
+        self.reply(client, request, r, &fds.each_ref());
+    }
+
     /// The offer `pid` made on the socket `view` describes, if any.
     pub(super) fn offer_of(&self, pid: u32, view: &TcpView) -> Option<u64> {
         self.offers.iter().find_map(|(&conn, o)| {

@@ -504,9 +504,14 @@ impl Service {
     }
 
     /// A segment of `bytes` (both ends' blocks, each `BLOCK_OVERHEAD` and its ring) for a
-    /// connection between the processes `pids`: one of their closed connections' (`pool`),
-    /// else a spare when one of that size is ready, else made now.
-    fn take_segment(&mut self, bytes: u64, pids: (u32, u32)) -> io::Result<OwnedFd> {
+    /// connection between the processes `pids`: one of their closed connections' (`pool`, with
+    /// its identity: both processes kept their mappings of it, `Reply::Again`), else a spare
+    /// when one of that size is ready, else made now.
+    fn take_segment(
+        &mut self,
+        bytes: u64,
+        pids: (u32, u32),
+    ) -> io::Result<(OwnedFd, Option<ntbdrv::SegmentIdentity>)> {
         // Spares are made for a size two pairings in a row used: while window space runs
         // short and the sizes change from one pairing to the next, none are made to be thrown
         // away.
@@ -516,11 +521,12 @@ impl Service {
             self.spare_bytes = bytes;
         }
         if let Some(s) = self.reuse(bytes, pids) {
-            return Ok(s);
+            let id = ntbdrv::Region::segment_identity(&s).ok();
+            return Ok((s, id));
         }
         match self.spares.pop() {
-            Some(s) => Ok(s),
-            None => fresh_segment(bytes),
+            Some(s) => Ok((s, None)),
+            None => fresh_segment(bytes).map(|s| (s, None)),
         }
     }
 

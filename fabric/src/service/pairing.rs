@@ -83,7 +83,7 @@ impl Service {
         let pid_of = |s: &Service, c: u64| s.clients.get(&c).map(|c| c.cred.pid);
         let (pid_c, pid_s) = (pid_of(self, offer.owner), pid_of(self, server));
         let pids = (pid_c.unwrap_or(0), pid_s.unwrap_or(0));
-        let Ok(segment) = self.take_segment(bytes, pids) else {
+        let Ok((segment, again)) = self.take_segment(bytes, pids) else {
             return declined(self, NO_WINDOW_SPACE);
         };
         let client_inode = offer.inode;
@@ -96,31 +96,36 @@ impl Service {
             &line_c.tally,
             &line_s.tally,
         );
-        self.reply(
-            server,
-            request,
-            Reply::Paired {
+        // A segment both processes kept the mapping of is named, not sent, and so are the
+        // lines of their last pairing (`Reply::Again`: what they no longer have, they ask for).
+        let reply = |server: bool, own: &Line, peer: &Line| match again {
+            Some(id) => Reply::Again {
                 conn,
                 ring_bytes: ring,
-                server: true,
-                own_line: line_s.id,
-                peer_line: line_c.id,
+                server,
+                own_line: own.id,
+                peer_line: peer.id,
+                plain: offer.plain,
+                dev: id.dev,
+                inode: id.inode,
+            },
+            None => Reply::Paired {
+                conn,
+                ring_bytes: ring,
+                server,
+                own_line: own.id,
+                peer_line: peer.id,
                 plain: offer.plain,
             },
-            &[seg, ls, lc, bc],
-        );
+        };
+        let (to_server, to_client) = (reply(true, &line_s, line_c), reply(false, line_c, &line_s));
+        let n = if again.is_some() { 0 } else { 4 };
+        self.reply(server, request, to_server, &[seg, ls, lc, bc][..n]);
         self.reply(
             offer.owner,
             offer.request,
-            Reply::Paired {
-                conn,
-                ring_bytes: ring,
-                server: false,
-                own_line: line_c.id,
-                peer_line: line_s.id,
-                plain: offer.plain,
-            },
-            &[seg, lc, ls, bs],
+            to_client,
+            &[seg, lc, ls, bs][..n],
         );
         sys::ring(lc.as_raw_fd());
         self.window_used += bytes;

@@ -42,6 +42,10 @@ fn all_requests() -> Vec<Request> {
             request: 8,
             bytes: 78,
         },
+        Request::Refetch {
+            conn: 11,
+            server: true,
+        },
     ]
 }
 
@@ -63,6 +67,16 @@ fn all_replies() -> Vec<Reply> {
             own_line: 5,
             peer_line: 6,
             plain: 78,
+        },
+        Reply::Again {
+            conn: 14,
+            ring_bytes: 16 << 10,
+            server: false,
+            own_line: 5,
+            peer_line: 6,
+            plain: 0,
+            dev: 27,
+            inode: 1 << 40,
         },
         Reply::Bridged {
             conn: 13,

@@ -27,6 +27,21 @@ impl Link {
         fd
     }
 
+    /// The line the service `service` named `id`, if this process has it (no descriptor came:
+    /// `fabric::Again`).
+    pub(super) fn named_line(&self, service: u32, id: u64) -> Option<Arc<OwnedFd>> {
+        lock(&self.lines)
+            .get(&(service, id))
+            .and_then(Weak::upgrade)
+    }
+
+    /// The mapping of the tally page of the line `service` named `line`, if this process has it.
+    pub(super) fn named_tally(&self, service: u32, line: u64) -> Option<Arc<Tally>> {
+        lock(&self.tallies)
+            .get(&(service, line))
+            .and_then(Weak::upgrade)
+    }
+
     /// The one mapping of the tally page of the line the service `service` named `line`
     /// (`fd` closed if this process has it mapped already, else kept open with the mapping;
     /// `None` if it cannot be mapped).
