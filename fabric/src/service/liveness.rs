@@ -52,6 +52,11 @@ impl Service {
             // given to another connection.
             c.reusable = false;
         }
+        self.send_end(client, request, conn, side);
+    }
+
+    /// `Paired` for end `side` of `conn`, with its descriptors (for a `Hold` or a `Refetch`).
+    fn send_end(&mut self, client: u64, request: u64, conn: u64, side: usize) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -76,20 +81,10 @@ impl Service {
             line.as_ref()
                 .is_some_and(|l| Rc::ptr_eq(l, &c.ends[side].line))
         });
-        let Some(c) = found else {
+        if found.is_none() {
             return self.refuse(client, request, Refusal::NotYours);
-        };
-        let (me, peer) = (&c.ends[side], &c.ends[1 - side]);
-        let fds = [&c.segment, &me.line.fd, &peer.line.fd, &peer.line.tally].map(Rc::clone);
-        let r = Reply::Paired {
-            conn,
-            ring_bytes: c.bytes / 2 - BLOCK_OVERHEAD,
-            server: side == 1,
-            own_line: me.line.id,
-            peer_line: peer.line.id,
-            plain: 0,
-        };
-        self.reply(client, request, r, &fds.each_ref());
+        }
+        self.send_end(client, request, conn, side);
     }
 
     /// The offer `pid` made on the socket `view` describes, if any.
