@@ -11,9 +11,10 @@
 # usage: benches/connsetup.sh [--runs N] [--seconds S] [--base DIR] [--out FILE]
 #   --runs N      rounds (default 5)
 #   --seconds S   seconds per run (default 2)
-#   --base DIR    also a fourth column: the service path with another build's libpcisock.so and
-#                 pcisock from DIR (its own private service), interleaved with the others: an
-#                 A/B of a change (DIR: e.g. the target/release of a checkout of the base commit)
+#   --base DIR    also two more columns: the service path with another build's libpcisock.so and
+#                 pcisock from DIR (its own private service), and the device rendezvous with that
+#                 build's libpcisock.so, interleaved with the others: an A/B of a change (DIR:
+#                 e.g. the target/release of a checkout of the base commit)
 #   --out FILE    also write the markdown to FILE (e.g. benches/results/connsetup.md)
 # Needs: gcc, a release build (target/release/libpcisock.so and pcisock).
 set -euo pipefail
@@ -46,7 +47,7 @@ command -v gcc >/dev/null || { echo "connsetup.sh: gcc not found (apt-get instal
 source "$root/benches/common.sh"
 bench_init connsetup
 gcc -O2 -o "$work/connsetup" "$root/benches/connsetup.c"
-mkdir -m 700 "$work/emu"
+mkdir -m 700 "$work/emu" "$work/emu-base"
 svc_dir="/run/pcisock-connsetup-$$"
 "$cli" fabric start --socket "$svc_dir/fabric.sock" >/dev/null
 [[ -z "$BASE" ]] || "$BASE/pcisock" fabric start --socket "$svc_dir/base.sock" >/dev/null
@@ -64,6 +65,7 @@ env_of() {
         service) echo "LD_PRELOAD=$lib PCISOCK_PORTS=$2 PCISOCK_FABRIC=$svc_dir/fabric.sock" ;;
         base) echo "LD_PRELOAD=$BASE/libpcisock.so PCISOCK_PORTS=$2 PCISOCK_FABRIC=$svc_dir/base.sock" ;;
         device) echo "LD_PRELOAD=$lib PCISOCK_PORTS=$2 PCISOCK_EMU_DIR=$work/emu" ;;
+        base-device) echo "LD_PRELOAD=$BASE/libpcisock.so PCISOCK_PORTS=$2 PCISOCK_EMU_DIR=$work/emu-base" ;;
     esac
 }
 
@@ -102,6 +104,7 @@ run() {
         service) env=(LD_PRELOAD="$lib" PCISOCK_PORTS="$port" PCISOCK_STRICT=1 PCISOCK_FABRIC="$svc_dir/fabric.sock") ;;
         base) env=(LD_PRELOAD="$BASE/libpcisock.so" PCISOCK_PORTS="$port" PCISOCK_STRICT=1 PCISOCK_FABRIC="$svc_dir/base.sock") ;;
         device) env=(LD_PRELOAD="$lib" PCISOCK_PORTS="$port" PCISOCK_STRICT=1 PCISOCK_EMU_DIR="$work/emu") ;;
+        base-device) env=(LD_PRELOAD="$BASE/libpcisock.so" PCISOCK_PORTS="$port" PCISOCK_STRICT=1 PCISOCK_EMU_DIR="$work/emu-base") ;;
     esac
     env "${env[@]}" "$work/connsetup" server "$port" >"$work/server.out" 2>&1 &
     local sp=$!
@@ -116,7 +119,7 @@ run() {
 
 declare -A rates ngx
 modes=(tcp service device)
-[[ -z "$BASE" ]] || modes+=(base)
+[[ -z "$BASE" ]] || modes+=(base base-device)
 for r in $(seq "$RUNS"); do
     for m in "${modes[@]}"; do
         rates[$m]+="$(run "$m") "
@@ -135,12 +138,17 @@ base_row="" nbase_row="" base_note=""
 if [[ -n "$BASE" ]]; then
     b=$(median <<<"${rates[base]}")
     nb=$(median <<<"${ngx[base]}")
+    bd=$(median <<<"${rates[base-device]}")
+    nbd=$(median <<<"${ngx[base-device]}")
     base_row="| pcisock, host fabric service, base build | $b | $(ratio "$b" "$tcp") | ${rates[base]}|
+| pcisock, device rendezvous, base build | $bd | $(ratio "$bd" "$tcp") | ${rates[base-device]}|
 "
     nbase_row="| pcisock, host fabric service, base build | $nb | $(ratio "$nb" "$ntcp") | ${ngx[base]}|
+| pcisock, device rendezvous, base build | $nbd | $(ratio "$nbd" "$ntcp") | ${ngx[base-device]}|
 "
     base_note="
-Base build (\`--base $BASE\`): the service path with that build, its own private service."
+Base build (\`--base $BASE\`): the service path with that build (its own private service), and
+the device rendezvous with that build (its own device directory)."
 fi
 md="# Connection set-up rate
 

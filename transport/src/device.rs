@@ -194,7 +194,8 @@ impl DeviceTransport {
                 break;
             }
             if t0.elapsed() < Duration::from_micros(200) {
-                std::hint::spin_loop();
+                // The client may be runnable on this very CPU, behind us: let it post.
+                std::thread::yield_now();
             } else {
                 std::thread::sleep(Duration::from_micros(200));
             }
@@ -450,7 +451,8 @@ impl DeviceTransport {
             .retire(p.half.own_block.clone(), p.half.lease, p.half.bell, !took);
     }
 
-    /// Wait up to `spin` (busy, no system call) for the answer to a pending offer; the server
+    /// Look for the answer to a pending offer for up to `spin`, giving the CPU away before each
+    /// look ([`crate::look::yielding`]: the server may need this very CPU to accept); the server
     /// usually accepts within microseconds of the connect, and a connection that is complete
     /// before the application forks or execs is simpler to hand on.
     pub(crate) fn complete_within(
@@ -459,16 +461,11 @@ impl DeviceTransport {
         tcp_fd: RawFd,
         spin: Duration,
     ) -> Outcome {
-        let t0 = Instant::now();
-        loop {
-            if self.ctrl.answer(&p.slot).is_some() {
-                return self.complete(p, tcp_fd, false);
-            }
-            if t0.elapsed() >= spin {
-                return Outcome::Waiting(Pending::Device(p));
-            }
-            std::hint::spin_loop();
+        let arrived = || self.ctrl.answer(&p.slot).is_some();
+        if arrived() || crate::look::yielding(spin, arrived) {
+            return self.complete(p, tcp_fd, false);
         }
+        Outcome::Waiting(Pending::Device(p))
     }
 
     /// The doorbell line a pending client can poll for its answer.

@@ -11,6 +11,7 @@
 pub mod conn;
 mod device;
 mod handshake;
+mod look;
 pub mod proto;
 pub mod rendezvous;
 mod segcache;
@@ -421,7 +422,7 @@ impl Transport {
         }
     }
 
-    /// Wait up to `spin` (busy) for the answer to a pending offer.
+    /// Look for the answer to a pending offer for up to `spin`, giving the CPU away between looks.
     pub fn complete_within(&self, p: Pending, tcp_fd: RawFd, spin: Duration) -> Outcome {
         match (&self.how, p) {
             (How::Device(d), Pending::Device(p)) => d.complete_within(p, tcp_fd, spin),

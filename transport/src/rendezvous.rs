@@ -28,6 +28,7 @@ use ntbdrv::NtbDevice;
 #[cfg(not(loom))]
 use ntbdrv::Region as Area;
 
+mod liveness;
 #[cfg(loom)]
 pub mod model;
 #[cfg(loom)]
@@ -37,7 +38,7 @@ use crate::proto::{
     Answer, Endpoint, ListenerEntry, Offer, ProtoError, SocketId, ANSWER_SIZE, LISTENER_BELL,
     LISTENER_INODE, LISTENER_NETNS, LISTENER_SIZE, OFFER_SIZE, PROTOCOL_VERSION,
 };
-use crate::sockdiag;
+use liveness::Liveness;
 
 /// Bytes reserved at offset 0 of inbound window 0 on every host.
 pub const CTRL_SIZE: u64 = 256 << 10;
@@ -94,6 +95,20 @@ pub const OFFER_WITHDRAWN: u32 = 3;
 pub const OFFER_CONNECTING: u32 = 4;
 
 const ACTIVE: u32 = 1;
+
+/// Set in an owner slot's pid while its claimer writes the rest (`claim`); pids stay below it.
+const CLAIMING: u32 = 1 << 31;
+/// Set in an owner slot's pid while a sweep withdraws the slot's listener
+/// (`sweep_dead_listeners`): the owner giving the slot back waits for it.
+const SWEEPING: u32 = 1 << 30;
+
+/// How long an owner giving its slot back waits for a sweep holding it (a few instructions).
+const SWEEP_HOLD: std::time::Duration = std::time::Duration::from_millis(10);
+
+#[cfg(loom)]
+use loom::thread::yield_now;
+#[cfg(not(loom))]
+use std::thread::yield_now;
 
 /// Failure to set up the rendezvous area.
 #[derive(Debug)]
@@ -286,19 +301,37 @@ impl RendezvousArea {
         let live = Liveness::new(None);
         let mut n = 0;
         for i in 0..LISTENER_SLOTS {
+            let generation = u32_at(&self.local, LISTENER_OWNERS + i * 16 + 4);
+            let claim = generation.load(SeqCst);
             let pid = u32_at(&self.local, LISTENER_OWNERS + i * 16);
             let cur = pid.load(Acquire);
             let start = u64_at(&self.local, LISTENER_OWNERS + i * 16 + 8).load(Acquire);
-            if cur == 0 || cur == me || live.listener(cur, start, self.listener_socket(i)) {
+            let socket = self.listener_socket(i);
+            // A claim in progress (its start time and socket not written yet) is judged by the
+            // claimer's pid; a slot another sweep holds is left to it.
+            let dead = match cur & (CLAIMING | SWEEPING) {
+                0 => !live.listener(cur, start, socket),
+                CLAIMING => !ntbdrv::process::pid_exists(cur & !CLAIMING),
+                _ => false,
+            };
+            if cur == 0 || cur == me || !dead {
                 continue;
             }
-            // Take the slot from the dead owner first, so nobody publishes a new record in it
-            // while we clear the old one; then let it go.
-            if pid.compare_exchange(cur, me, SeqCst, SeqCst).is_ok() {
+            // Hold the slot first, so nobody publishes a new record in it while we clear the
+            // old one; then let it go. Unless it was let go and claimed again (by the same pid)
+            // while we judged it: that claim is not the one judged, give it back.
+            // SYNC POINT (owner claim): the CAS reads the claimer's Release store of its pid,
+            // made after the generation's bump: a claim since our look shows in the generation.
+            let held = (cur & !CLAIMING) | SWEEPING;
+            if pid.compare_exchange(cur, held, SeqCst, SeqCst).is_ok() {
+                if generation.load(SeqCst) != claim {
+                    let _ = pid.compare_exchange(held, cur, SeqCst, SeqCst);
+                    continue;
+                }
                 // SYNC POINT (listener publish): Release pairs with the Acquire load in
                 // `find_listener`, as a withdrawal does.
                 u32_at(&self.peer, LISTENERS + i * LISTENER_SIZE).store(0, Release);
-                self.unclaim(LISTENER_OWNERS, i);
+                pid.store(0, Release);
                 n += 1;
             }
         }
@@ -316,7 +349,9 @@ impl RendezvousArea {
     }
 
     /// Claim a free owner slot (pid 0, or a dead owner's) in an owner table of `n` entries. A
-    /// listener slot's owner is dead when its listening socket is (see [`Liveness`]).
+    /// listener slot's owner is dead when its listening socket is (see [`Liveness`]). The pid is
+    /// marked [`CLAIMING`] until the owner's start time and socket and the generation are
+    /// written: until then a sweep or a claim would judge the claim by the last owner's.
     fn claim(&self, table: usize, n: usize) -> Option<SlotGuard> {
         let me = my_pid();
         let start = ntbdrv::process::start_time(me).unwrap_or(0);
@@ -333,8 +368,17 @@ impl RendezvousArea {
                 let pid = u32_at(&self.local, table + i * 16);
                 let st = u64_at(&self.local, table + i * 16 + 8);
                 let cur = pid.load(Acquire);
-                let free = cur == 0 || (pass == 1 && !alive(i, cur, st.load(Acquire)));
-                if free && pid.compare_exchange(cur, me, SeqCst, SeqCst).is_ok() {
+                let dead = || match cur & (CLAIMING | SWEEPING) {
+                    0 => !alive(i, cur, st.load(Acquire)),
+                    CLAIMING => !ntbdrv::process::pid_exists(cur & !CLAIMING), // died claiming
+                    _ => false, // a sweep withdraws it
+                };
+                let free = cur == 0 || (pass == 1 && dead());
+                if free
+                    && pid
+                        .compare_exchange(cur, me | CLAIMING, SeqCst, SeqCst)
+                        .is_ok()
+                {
                     st.store(start, Release);
                     if table == LISTENER_OWNERS {
                         self.store_listener_socket(i, SocketId::default());
@@ -342,6 +386,8 @@ impl RendezvousArea {
                     let generation = u32_at(&self.local, table + i * 16 + 4)
                         .fetch_add(1, SeqCst)
                         .wrapping_add(1);
+                    // SYNC POINT (owner claim): Release pairs with a sweep's CAS of the pid.
+                    pid.store(me, Release);
                     return Some(SlotGuard {
                         index: i,
                         generation,
@@ -352,8 +398,25 @@ impl RendezvousArea {
         None
     }
 
-    fn unclaim(&self, table: usize, i: usize) {
-        u32_at(&self.local, table + i * 16).store(0, Release);
+    /// Give the owner slot `i` claimed as `generation` back (by this process, or one that took
+    /// the listener or offer over). A sweep may hold it a moment ([`SWEEPING`]: to withdraw a
+    /// listener it judged dead, or to give the slot back): wait for it, at most [`SWEEP_HOLD`]
+    /// (a sweep that died holding it).
+    fn unclaim(&self, table: usize, i: usize, generation: u32) {
+        let t0 = std::time::Instant::now();
+        let pid = u32_at(&self.local, table + i * 16);
+        loop {
+            let cur = pid.load(Acquire);
+            // Withdrawn by a sweep (and perhaps claimed again since): not ours to give back.
+            if cur == 0 || u32_at(&self.local, table + i * 16 + 4).load(SeqCst) != generation {
+                return;
+            }
+            let held = cur & SWEEPING != 0 && t0.elapsed() < SWEEP_HOLD;
+            if !held && pid.compare_exchange(cur, 0, SeqCst, SeqCst).is_ok() {
+                return;
+            }
+            yield_now();
+        }
     }
 
     // ---- listeners ----------------------------------------------------------------------------
@@ -472,7 +535,7 @@ impl RendezvousArea {
         self.my_bell().mine.retain(|(i, _)| *i != slot.index);
         let base = LISTENERS + slot.index * LISTENER_SIZE;
         u32_at(&self.peer, base).store(0, Release);
-        self.unclaim(LISTENER_OWNERS, slot.index);
+        self.unclaim(LISTENER_OWNERS, slot.index, slot.generation);
     }
 
     /// Is there a live pcisock listener on the peer host for `server`? `same_host` lets us check
@@ -615,7 +678,7 @@ impl RendezvousArea {
 
     /// Give the offer slot back.
     pub fn finish_offer(&self, slot: SlotGuard) {
-        self.unclaim(OFFER_OWNERS, slot.index);
+        self.unclaim(OFFER_OWNERS, slot.index, slot.generation);
     }
 
     // ---- offers (server side) -----------------------------------------------------------------
@@ -732,53 +795,5 @@ impl RendezvousArea {
         u32_at(&self.peer, base + 4).store(generation, Relaxed);
         // SYNC POINT (answer): Release pairs with the client's Acquire in `answer`.
         u32_at(&self.peer, base).store(ACTIVE, Release);
-    }
-}
-
-/// Judges listener entries of this host: by their listening socket when the kernel can tell
-/// us (the socket is known and in our network namespace), else by the publishing process. The
-/// kernel's list of listening sockets is asked once per judge, on first need.
-struct Liveness {
-    /// The address a client connects to (16 bytes, IPv4-mapped) and its port, if any.
-    at: Option<([u8; 16], u16)>,
-    port: Option<u16>,
-    netns: std::cell::OnceCell<Option<u64>>,
-    listening: std::cell::OnceCell<Option<Vec<u64>>>,
-}
-
-impl Liveness {
-    fn new(at: Option<&Endpoint>) -> Liveness {
-        Liveness {
-            at: at.map(|e| (e.ip, e.port)),
-            port: at.map(|e| e.port),
-            netns: std::cell::OnceCell::new(),
-            listening: std::cell::OnceCell::new(),
-        }
-    }
-
-    /// Does the listener published by `pid` (started at `start`) on `socket` still live?
-    fn listener(&self, pid: u32, start: u64, socket: SocketId) -> bool {
-        if socket.inode == 0 {
-            return ntbdrv::process::alive(pid, start);
-        }
-        // A client's connect: the listener its connection would reach is this socket (the
-        // common case, one lookup). A socket inode is unique across namespaces, so a hit needs
-        // no namespace check.
-        if let Some((ip, port)) = self.at {
-            if sockdiag::reached_at(socket.inode, &ip, port).unwrap_or(false) {
-                return true;
-            }
-        }
-        // Otherwise the kernel's LISTEN table can only judge a socket of our namespace.
-        let ours = *self.netns.get_or_init(|| sockdiag::netns().ok()) == Some(socket.netns);
-        if ours {
-            let list = self
-                .listening
-                .get_or_init(|| sockdiag::listening(self.port).ok());
-            if let Some(list) = list {
-                return list.contains(&socket.inode);
-            }
-        }
-        ntbdrv::process::alive(pid, start)
     }
 }

@@ -310,8 +310,8 @@ fn a_listener_s_socket_is_set_while_it_is_read() {
 /// dead one is gone and the live one published, whichever slot it got.
 #[test]
 fn a_dead_listener_is_swept_while_another_is_published() {
-    /// A pid that no process has (above `i32::MAX`).
-    const DEAD: u32 = 0x8000_0001;
+    /// A pid no process has (above any `pid_max`, below the owner word's marks).
+    const DEAD: u32 = 0x3fff_fff1;
     check("listener sweep", || {
         let ctrl = Arc::new(RendezvousArea::model());
         model::play_pid(DEAD);
@@ -336,6 +336,42 @@ fn a_dead_listener_is_swept_while_another_is_published() {
         }
         assert!(!ctrl.find_listener(&ep(SERVER + 1), false));
         assert!(ctrl.find_listener(&ep(SERVER), false));
+    });
+}
+
+/// Owner claim: a sweep (another process) judges a listener whose socket is gone while its
+/// process withdraws it and publishes a new one, which may claim the same slot (the same pid:
+/// only the generation tells the claims apart), its socket not known yet (judged by the live
+/// process). The sweep withdraws the dead one or nothing: the new listener stays published.
+#[test]
+fn a_sweep_leaves_a_listener_claimed_again_while_it_judged() {
+    check("owner claim", || {
+        let ctrl = Arc::new(RendezvousArea::model());
+        // A socket of our namespace that does not listen: the kernel says this listener is dead.
+        let gone = SocketId {
+            inode: u64::MAX - 1,
+            netns: transport::sockdiag::netns().unwrap(),
+        };
+        let old = ctrl.add_listener(ep(SERVER), SocketId::default()).unwrap();
+        ctrl.set_listener_socket(&old, gone);
+
+        let c = ctrl.clone();
+        let sweeper = thread::spawn(move || {
+            model::play_pid(0x3fff_fff0); // another process of this host
+            c.sweep_dead_listeners()
+        });
+        let c = ctrl.clone();
+        let owner = thread::spawn(move || {
+            c.remove_listener(&old);
+            c.add_listener(ep(SERVER + 1), SocketId::default()).unwrap()
+        });
+        sweeper.join().unwrap();
+        owner.join().unwrap();
+        assert!(!ctrl.find_listener(&ep(SERVER), false), "the old listener");
+        assert!(
+            ctrl.find_listener(&ep(SERVER + 1), false),
+            "the new listener was withdrawn by the sweep"
+        );
     });
 }
 
