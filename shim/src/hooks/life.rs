@@ -152,33 +152,34 @@ fn accepted(lfd: c_int, fd: c_int, nonblock: bool, peer: Option<SocketAddr>) -> 
     }
 }
 
-/// The kernel's accept on listening socket `fd`, which also gives the peer's address: the
-/// caller's buffer when it passed one large enough (left exactly as the kernel wrote it), else
-/// our own when it passed none and the listener is ours (saving a `getpeername`).
+/// The kernel's accept (`real`, given an address buffer and its length) on listening socket
+/// `fd`, which also gives the peer's address: the caller's buffer when it passed one large
+/// enough (left exactly as the kernel wrote it), else our own when it passed none and the
+/// listener is ours (saving a `getpeername`).
 ///
 /// # Safety
-/// `addr` and `len` as the caller passed them to accept4.
+/// `addr` and `len` as the caller passed them to accept.
 unsafe fn accept_with_peer(
     fd: c_int,
     addr: *mut sockaddr,
     len: *mut socklen_t,
-    flags: c_int,
+    real: impl FnOnce(*mut sockaddr, *mut socklen_t) -> c_int,
 ) -> (c_int, Option<SocketAddr>) {
+    if !table::contains(fd) {
+        return (real(addr, len), None);
+    }
     if addr.is_null() || len.is_null() {
-        if !table::contains(fd) {
-            return (call_real!(accept4(fd, addr, len, flags)), None);
-        }
         // SAFETY: sockaddr_storage is plain old data; zero is a valid value.
         let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let mut sl = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
         let storage = (&mut st as *mut libc::sockaddr_storage).cast::<sockaddr>();
-        let nfd = call_real!(accept4(fd, storage, &mut sl, flags));
+        let nfd = real(storage, &mut sl);
         // SAFETY: the kernel wrote `sl` bytes of address into `st`, which holds any.
         return (nfd, unsafe { sys::decode_addr(storage, sl) });
     }
     // SAFETY: the caller passed a live length with its address buffer.
     let room = unsafe { *len };
-    let nfd = call_real!(accept4(fd, addr, len, flags));
+    let nfd = real(addr, len);
     // SAFETY: as above; the kernel set it to the address's full length.
     let got = unsafe { *len };
     // SAFETY: the kernel wrote `got` bytes into the caller's buffer when they fit.
@@ -190,8 +191,9 @@ unsafe fn accept_with_peer(
 
 #[no_mangle]
 pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    // SAFETY: the caller's arguments, as accept4 with no flags takes them.
-    let (nfd, peer) = unsafe { accept_with_peer(fd, addr, len, 0) };
+    let real = |a, l| call_real!(accept(fd, a, l));
+    // SAFETY: the caller's arguments.
+    let (nfd, peer) = unsafe { accept_with_peer(fd, addr, len, real) };
     accepted(fd, nfd, false, peer)
 }
 
@@ -202,8 +204,9 @@ pub unsafe extern "C" fn accept4(
     len: *mut socklen_t,
     flags: c_int,
 ) -> c_int {
+    let real = |a, l| call_real!(accept4(fd, a, l, flags));
     // SAFETY: the caller's arguments.
-    let (nfd, peer) = unsafe { accept_with_peer(fd, addr, len, flags) };
+    let (nfd, peer) = unsafe { accept_with_peer(fd, addr, len, real) };
     accepted(fd, nfd, flags & libc::SOCK_NONBLOCK != 0, peer)
 }
 
