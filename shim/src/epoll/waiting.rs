@@ -606,7 +606,9 @@ pub fn wait(
             return Detour::Ours(Ok(k as c_int));
         }
         if spinning {
-            std::hint::spin_loop();
+            // A spinning wait gives its CPU to whatever else is runnable there (the peer it
+            // waits for, on a machine with fewer CPUs than busy processes) between its looks.
+            std::thread::yield_now();
         }
     }
 }
