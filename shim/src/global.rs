@@ -501,9 +501,16 @@ impl ShimState {
                 let _ = write!(fallbacks, "{sep}\"{}\":{n}", r.name());
             }
         }
-        let mut j = String::new();
-        let _ = write!(
-            j,
+        // Written as it is formatted, never whole in memory: a process that closed thousands of
+        // connections lists up to LISTED_MAX of them (megabytes of JSON, every 100 ms).
+        let tmp = path.with_extension(format!("tmp{}", transport::pid()));
+        let Ok(file) = std::fs::File::create(&tmp) else {
+            return;
+        };
+        let mut j = std::io::BufWriter::with_capacity(64 << 10, file);
+        let mut ok = std::io::Write::write_fmt(
+            &mut j,
+            format_args!(
             "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"reads\":{},\"coalesced\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"wait_timeouts\":{},\"late_wakeups\":{},\"protocol_errors\":{protocol_errors},\"late_upgrades\":{late_upgrades},\"ring_releases\":{ring_releases},\"ring_bytes_released\":{ring_bytes_released},\"ring_releases_refused\":{ring_releases_refused},\"protocol_error\":{first},\"fallbacks\":{{{fallbacks}}},\"unlisted_connections\":{dropped},\"connections\":[",
             transport::pid(),
             json_str(&self.program),
@@ -526,14 +533,15 @@ impl ShimState {
             t.events.tcp_us,
             self.wait_timeouts.load(Relaxed),
             self.late_wakeups.load(Relaxed),
-        );
+            ),
+        )
+        .is_ok();
         for (i, r) in recs.iter().enumerate() {
-            if i > 0 {
-                j.push(',');
-            }
-            let _ = write!(
-                j,
-                "{{\"role\":\"{}\",\"path\":\"{}\",\"reason\":{},\"local\":\"{}\",\"peer\":\"{}\",\"tx_bytes\":{},\"rx_bytes\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"on_tcp\":{},\"plain_tx_bytes\":{},\"plain_rx_bytes\":{}}}",
+            let sep = if i > 0 { "," } else { "" };
+            ok &= std::io::Write::write_fmt(
+                &mut j,
+                format_args!(
+                "{sep}{{\"role\":\"{}\",\"path\":\"{}\",\"reason\":{},\"local\":\"{}\",\"peer\":\"{}\",\"tx_bytes\":{},\"rx_bytes\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"on_tcp\":{},\"plain_tx_bytes\":{},\"plain_rx_bytes\":{}}}",
                 r.role,
                 if r.ntb { "ntb" } else { "tcp" },
                 r.reason.map_or("null".to_string(), |x| format!("\"{x}\"")),
@@ -549,12 +557,15 @@ impl ShimState {
                 r.on_tcp,
                 r.plain_tx,
                 r.plain_rx,
-            );
+                ),
+            )
+            .is_ok();
         }
-        j.push_str("]}\n");
-        let tmp = path.with_extension(format!("tmp{}", transport::pid()));
-        if std::fs::write(&tmp, j).is_ok() {
+        ok &= std::io::Write::write_all(&mut j, b"]}\n").is_ok();
+        if ok && std::io::Write::flush(&mut j).is_ok() {
             let _ = std::fs::rename(&tmp, path);
+        } else {
+            let _ = std::fs::remove_file(&tmp);
         }
     }
 }
