@@ -437,6 +437,8 @@ pub fn wait(
     // The last sleep ran out its time: what the next look finds ready is late (see
     // `ShimState::woke_by_timer`).
     let mut timed_out = false;
+    // The spinning looks so far, and how often they yield (see the end of the loop).
+    let (mut spins, mut yield_every) = (0u32, 1u32);
     loop {
         out.clear();
         if !seen.is_empty() {
@@ -607,8 +609,26 @@ pub fn wait(
         }
         if spinning {
             // A spinning wait gives its CPU to whatever else is runnable there (the peer it
-            // waits for, on a machine with fewer CPUs than busy processes) between its looks.
-            std::thread::yield_now();
+            // waits for, on a machine with fewer CPUs than busy processes) between its looks;
+            // when a yield comes back at once (nothing else wanted the CPU), only every
+            // `YIELD_SPARSE`th look, so that on a free CPU the spin stays a spin.
+            spins += 1;
+            if spins % yield_every == 0 {
+                let t = Instant::now();
+                std::thread::yield_now();
+                yield_every = if t.elapsed() < YIELD_RAN_NOTHING {
+                    YIELD_SPARSE
+                } else {
+                    1
+                };
+            } else {
+                std::hint::spin_loop();
+            }
         }
     }
 }
+
+/// A yield that came back sooner than this ran nothing else (a system call and back).
+const YIELD_RAN_NOTHING: Duration = Duration::from_micros(3);
+/// Looks between yields of a spinning wait whose last yield ran nothing else.
+const YIELD_SPARSE: u32 = 16;
