@@ -14,6 +14,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::sys;
+pub use crate::wire::Again;
 use crate::wire::{Addr, Refusal, Reply, Request, Status, WireError};
 
 /// A request that did not get what it asked for.
@@ -72,20 +73,6 @@ pub struct Paired {
     pub peer_tally: Arc<OwnedFd>,
     /// The bytes the client sent on the TCP socket before the pairing (`Request::Plain`).
     pub plain: u64,
-}
-
-/// A pairing without descriptors (`Reply::Again`): the segment is named by its memfd's
-/// identity (device and inode), the lines by the service's names.
-#[derive(Debug, Clone, Copy)]
-pub struct Again {
-    pub conn: u64,
-    pub ring_bytes: u64,
-    pub server: bool,
-    pub own_line: u64,
-    pub peer_line: u64,
-    pub plain: u64,
-    pub dev: u64,
-    pub inode: u64,
 }
 
 /// What a "stalled?" question about an offer found (see [`Client::cancel_if_stalled`]).
@@ -725,25 +712,7 @@ fn pairing((reply, fds): Received) -> Result<Pairing, ClientError> {
             own,
             peer,
         })),
-        Reply::Again {
-            conn,
-            ring_bytes,
-            server,
-            own_line,
-            peer_line,
-            plain,
-            dev,
-            inode,
-        } => Ok(Pairing::Again(Again {
-            conn,
-            ring_bytes,
-            server,
-            own_line,
-            peer_line,
-            plain,
-            dev,
-            inode,
-        })),
+        Reply::Again(a) => Ok(Pairing::Again(a)),
         Reply::Declined { reason } => Ok(Pairing::Declined(reason)),
         r => Err(ClientError::Unexpected(r)),
     }

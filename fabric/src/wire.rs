@@ -181,16 +181,7 @@ pub enum Reply {
     /// process's last connection with the same peer process let go of cleanly (the process
     /// kept its mapping: the memfd's device and inode name it), and the lines are those of
     /// that pairing. A process that has not kept them asks with `Refetch`.
-    Again {
-        conn: u64,
-        ring_bytes: u64,
-        server: bool,
-        own_line: u64,
-        peer_line: u64,
-        plain: u64,
-        dev: u64,
-        inode: u64,
-    },
+    Again(Again),
     /// The connection is paired with a process on the other host (through the bridge and the
     /// two hosts' services): no descriptor; this end's block is `own` in this host's inbound
     /// window, the peer end's is `peer` through the outbound window, rings of `ring_bytes`.
@@ -215,6 +206,20 @@ pub enum Reply {
     Entry(Box<Entry>),
     /// One recent fallback (an answer to `History`).
     Fallen(Fallen),
+}
+
+/// A pairing without descriptors (`Reply::Again`): the segment is named by its memfd's
+/// identity (device and inode), the lines by the service's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Again {
+    pub conn: u64,
+    pub ring_bytes: u64,
+    pub server: bool,
+    pub own_line: u64,
+    pub peer_line: u64,
+    pub plain: u64,
+    pub dev: u64,
+    pub inode: u64,
 }
 
 /// A connection that stayed on TCP, as `History` reports it.
@@ -547,7 +552,7 @@ impl Reply {
             Reply::Reoffered { .. } => K_REOFFERED,
             Reply::Paired { .. } => K_PAIRED,
             Reply::Bridged { .. } => K_BRIDGED,
-            Reply::Again { .. } => K_AGAIN,
+            Reply::Again(_) => K_AGAIN,
             Reply::Declined { .. } => K_DECLINED,
             Reply::Done => K_DONE,
             Reply::Status(_) => K_STATUS_REPLY,
@@ -581,24 +586,15 @@ impl Reply {
                 peer_line,
                 plain,
             } => vec![conn, ring_bytes, server as u64, own_line, peer_line, plain],
-            Reply::Again {
-                conn,
-                ring_bytes,
-                server,
-                own_line,
-                peer_line,
-                plain,
-                dev,
-                inode,
-            } => vec![
-                conn,
-                ring_bytes,
-                server as u64,
-                own_line,
-                peer_line,
-                plain,
-                dev,
-                inode,
+            Reply::Again(a) => vec![
+                a.conn,
+                a.ring_bytes,
+                a.server as u64,
+                a.own_line,
+                a.peer_line,
+                a.plain,
+                a.dev,
+                a.inode,
             ],
             Reply::Bridged {
                 conn,
@@ -695,7 +691,7 @@ impl Reply {
                 peer_line: w[4],
                 plain: w[5],
             },
-            K_AGAIN => Reply::Again {
+            K_AGAIN => Reply::Again(Again {
                 conn: w[0],
                 ring_bytes: w[1],
                 server: bool_word(kind, &w, 2)?,
@@ -704,7 +700,7 @@ impl Reply {
                 plain: w[5],
                 dev: w[6],
                 inode: w[7],
-            },
+            }),
             K_BRIDGED => Reply::Bridged {
                 conn: w[0],
                 ring_bytes: w[1],

@@ -4,6 +4,7 @@
 //! asks, nor open the transport before a flagged socket needs it.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
@@ -520,9 +521,8 @@ impl ShimState {
             return;
         };
         let mut j = std::io::BufWriter::with_capacity(64 << 10, file);
-        let mut ok = std::io::Write::write_fmt(
-            &mut j,
-            format_args!(
+        let mut ok = write!(
+            j,
             "{{\"pid\":{},\"program\":{},\"ntb_connections\":{},\"tcp_connections\":{},\"ntb_tx_bytes\":{},\"ntb_rx_bytes\":{},\"tcp_tx_bytes\":{},\"tcp_rx_bytes\":{},\"dma_copies\":{},\"cpu_copies\":{},\"doorbells\":{},\"polls\":{},\"reads\":{},\"coalesced\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"wait_timeouts\":{},\"late_wakeups\":{},\"protocol_errors\":{protocol_errors},\"late_upgrades\":{late_upgrades},\"ring_releases\":{ring_releases},\"ring_bytes_released\":{ring_bytes_released},\"ring_releases_refused\":{ring_releases_refused},\"protocol_error\":{first},\"fallbacks\":{{{fallbacks}}},\"unlisted_connections\":{dropped},\"connections\":[",
             transport::pid(),
             json_str(&self.program),
@@ -545,14 +545,12 @@ impl ShimState {
             t.events.tcp_us,
             self.wait_timeouts.load(Relaxed),
             self.late_wakeups.load(Relaxed),
-            ),
         )
         .is_ok();
         for (i, r) in recs.iter().enumerate() {
             let sep = if i > 0 { "," } else { "" };
-            ok &= std::io::Write::write_fmt(
-                &mut j,
-                format_args!(
+            ok &= write!(
+                j,
                 "{sep}{{\"role\":\"{}\",\"path\":\"{}\",\"reason\":{},\"local\":\"{}\",\"peer\":\"{}\",\"tx_bytes\":{},\"rx_bytes\":{},\"failovers\":{},\"failbacks\":{},\"failover_tx_bytes\":{},\"failover_rx_bytes\":{},\"failover_tcp_us\":{},\"on_tcp\":{},\"plain_tx_bytes\":{},\"plain_rx_bytes\":{}}}",
                 r.role,
                 if r.ntb { "ntb" } else { "tcp" },
@@ -569,12 +567,11 @@ impl ShimState {
                 r.on_tcp,
                 r.plain_tx,
                 r.plain_rx,
-                ),
             )
             .is_ok();
         }
-        ok &= std::io::Write::write_all(&mut j, b"]}\n").is_ok();
-        if ok && std::io::Write::flush(&mut j).is_ok() {
+        ok &= j.write_all(b"]}\n").is_ok();
+        if ok && j.flush().is_ok() {
             let _ = std::fs::rename(&tmp, path);
         } else {
             let _ = std::fs::remove_file(&tmp);

@@ -28,6 +28,12 @@ use ntbdrv::{Region, SegmentIdentity};
 /// the first ones are freed by the service when it keeps the segment).
 const KEPT: usize = 16;
 
+/// Bytes of a segment with rings of `ring_bytes`: both ends' blocks.
+fn segment_len(ring_bytes: u64) -> Option<usize> {
+    let block = crate::proto::BLOCK_OVERHEAD.checked_add(ring_bytes)?;
+    usize::try_from(block.checked_mul(2)?).ok()
+}
+
 #[derive(Default)]
 pub(crate) struct SegmentCache {
     inner: Mutex<Kept>,
@@ -72,14 +78,30 @@ impl SegmentCache {
         fd: &OwnedFd,
         ring_bytes: u64,
     ) -> Option<(ntbdrv::Region, ntbdrv::SegmentIdentity)> {
-        let block = crate::proto::BLOCK_OVERHEAD.checked_add(ring_bytes)?;
-        let len = usize::try_from(block.checked_mul(2)?).ok()?;
+        let len = segment_len(ring_bytes)?;
         let id = ntbdrv::Region::segment_identity(fd).ok()?;
         if let Some(r) = self.take(id, len) {
             return Some((r, id));
         }
         let r = ntbdrv::Region::map_segment(fd, len).ok()?;
         Some((r, id))
+    }
+
+    /// The kept mapping of the segment the service named by its memfd's device and inode
+    /// (`fabric::Again`), rings of `ring_bytes`, if this process kept it.
+    pub(crate) fn take_named(
+        &self,
+        dev: u64,
+        inode: u64,
+        ring_bytes: u64,
+    ) -> Option<(ntbdrv::Region, ntbdrv::SegmentIdentity)> {
+        let len = segment_len(ring_bytes)?;
+        let id = SegmentIdentity {
+            dev,
+            inode,
+            size: len as u64,
+        };
+        Some((self.take(id, len)?, id))
     }
 
     /// The kept mapping of segment `id`, `len` bytes long, if there is one (taken out: it is a
@@ -104,18 +126,17 @@ impl SegmentCache {
         let Ok(mut k) = self.inner.try_lock() else {
             return;
         };
-        let maps = k.own();
-        if maps.iter().any(|(i, _, _)| *i == id) {
+        k.own();
+        if k.maps.iter().any(|(i, _, _)| *i == id) {
             return;
         }
         let marked = k.forked;
         if marked && whole.inherit_on_fork(false).is_err() {
             return;
         }
-        let maps = k.own();
-        maps.push_back((id, whole, marked));
-        if maps.len() > KEPT {
-            maps.pop_front();
+        k.maps.push_back((id, whole, marked));
+        if k.maps.len() > KEPT {
+            k.maps.pop_front();
         }
     }
 

@@ -18,7 +18,7 @@ use crate::client::Stalled;
 use crate::sockdiag;
 use crate::sys::{self, Cred, TcpView};
 use crate::wire::{
-    Addr, EndCounters, Entry, Fallen, Refusal, Reply, Request, Status, END_COUNTERS,
+    Addr, Again, EndCounters, Entry, Fallen, Refusal, Reply, Request, Status, END_COUNTERS,
 };
 
 mod bridge;

@@ -99,7 +99,7 @@ impl Service {
         // A segment both processes kept the mapping of is named, not sent, and so are the
         // lines of their last pairing (`Reply::Again`: what they no longer have, they ask for).
         let reply = |server: bool, own: &Line, peer: &Line| match again {
-            Some(id) => Reply::Again {
+            Some(id) => Reply::Again(Again {
                 conn,
                 ring_bytes: ring,
                 server,
@@ -108,7 +108,7 @@ impl Service {
                 plain: offer.plain,
                 dev: id.dev,
                 inode: id.inode,
-            },
+            }),
             None => Reply::Paired {
                 conn,
                 ring_bytes: ring,

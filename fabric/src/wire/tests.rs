@@ -68,7 +68,7 @@ fn all_replies() -> Vec<Reply> {
             peer_line: 6,
             plain: 78,
         },
-        Reply::Again {
+        Reply::Again(Again {
             conn: 14,
             ring_bytes: 16 << 10,
             server: false,
@@ -77,7 +77,7 @@ fn all_replies() -> Vec<Reply> {
             plain: 0,
             dev: 27,
             inode: 1 << 40,
-        },
+        }),
         Reply::Bridged {
             conn: 13,
             ring_bytes: 1 << 20,

@@ -46,13 +46,7 @@ impl Link {
         let own_line = self.named_line(service, a.own_line)?;
         let peer_line = self.named_line(service, a.peer_line)?;
         let peer_tally = Some(self.named_tally(service, a.peer_line)?);
-        let len = 2 * crate::proto::BLOCK_OVERHEAD.checked_add(a.ring_bytes)?;
-        let identity = ntbdrv::SegmentIdentity {
-            dev: a.dev,
-            inode: a.inode,
-            size: len,
-        };
-        let segment = self.segments.take(identity, usize::try_from(len).ok()?)?;
+        let (segment, identity) = self.segments.take_named(a.dev, a.inode, a.ring_bytes)?;
         self.keep_recent(&peer_line, &peer_tally);
         Some(ServicePair {
             conn: a.conn,
