@@ -185,10 +185,34 @@ impl Connection {
             flags: 0,
             seq,
         };
+        // Line by line, the header's last: the payload from its second line on, the next
+        // slot's mark, then the payload's head (what shares the header's line) and the header.
+        // Each line's stores come back to back, and the line a waiting reader watches is
+        // written only at the end (benches/results/latency-session16.md).
+        let dst = payload_at(pos);
+        let (head, rest) = buf.split_at(self.peer_block.line_rest(dst).min(buf.len()));
         // In range: `place` put the frame inside the ring, which the region holds.
-        self.peer_block.write(payload_at(pos), buf).ok()?;
-        let next = ring_at(self.tx_ring.pos(new_tail));
-        ringsync::publish_frame(&self.peer_block, ring_at(pos), &h, Some(next));
+        if !rest.is_empty() {
+            self.peer_block
+                .write(dst.wrapping_add(head.len()), rest)
+                .ok()?;
+        }
+        ringsync::mark_next(&self.peer_block, ring_at(self.tx_ring.pos(new_tail)));
+        if !head.is_empty() {
+            self.peer_block.write(dst, head).ok()?;
+        }
+        ringsync::publish_header(&self.peer_block, ring_at(pos), &h);
+        // A reply (our first send since a read) to a peer on another CPU, which likely spins on
+        // this header: hand the frame's two first lines to the shared cache (a hint, `cldemote`),
+        // so that the peer's misses are served there rather than by a snoop of this core (64 B
+        // round trip −25 ns). Not in a stream: its next frame's stores would fetch the lines
+        // back (64 B writes 38 → 141 ns); nor for a peer on our CPU, which would then read them
+        // from the shared cache instead of ours (benches/results/latency-session16.md).
+        if !self.sent_since_read.load(Relaxed) && !self.cur.rx_fast_off.load(Relaxed) {
+            self.peer_block.demote(ring_at(pos));
+            self.peer_block
+                .demote(ring_at(pos).wrapping_add(ntbdrv::CACHE_LINE));
+        }
         self.set_tx_pos(TxPos {
             tail: new_tail,
             seq: seq.wrapping_add(1),
