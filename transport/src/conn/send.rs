@@ -185,30 +185,32 @@ impl Connection {
             flags: 0,
             seq,
         };
-        // Line by line, the header's last: the payload from its second line on, the next
-        // slot's mark, then the payload's head (what shares the header's line) and the header.
-        // Each line's stores come back to back, and the line a waiting reader watches is
-        // written only at the end (benches/results/latency-session16.md).
+        // A reply (our first send since a read) to a peer on another CPU, which likely spins on
+        // this header: written line by line, the header's last (the payload from its second
+        // line on, the next slot's mark, then the payload's head, which shares the header's
+        // line, and the header), so that each line's stores come back to back and the line the
+        // peer watches is taken from it only at the end (64 B round trip p99 −15 %); then its
+        // two first lines handed to the shared cache (a hint, `cldemote`), so that the peer's
+        // misses are served there rather than by a snoop of this core (p50 −25 ns). Not in a
+        // stream: its next frame's stores would fetch the lines back (64 B writes 38 → 141 ns);
+        // nor for a peer on our CPU, which would read them from the shared cache instead of
+        // ours, and gains nothing from the order (benches/results/latency-session16.md).
+        let to_waiter = !self.sent_since_read.load(Relaxed) && !self.cur.rx_fast_off.load(Relaxed);
         let dst = payload_at(pos);
-        let (head, rest) = buf.split_at(self.peer_block.line_rest(dst).min(buf.len()));
+        let split = if to_waiter {
+            self.peer_block.line_rest(dst).min(buf.len())
+        } else {
+            0
+        };
+        let (head, rest) = buf.split_at(split);
         // In range: `place` put the frame inside the ring, which the region holds.
-        if !rest.is_empty() {
-            self.peer_block
-                .write(dst.wrapping_add(head.len()), rest)
-                .ok()?;
-        }
+        self.peer_block.write(dst.wrapping_add(split), rest).ok()?;
         ringsync::mark_next(&self.peer_block, ring_at(self.tx_ring.pos(new_tail)));
         if !head.is_empty() {
             self.peer_block.write(dst, head).ok()?;
         }
         ringsync::publish_header(&self.peer_block, ring_at(pos), &h);
-        // A reply (our first send since a read) to a peer on another CPU, which likely spins on
-        // this header: hand the frame's two first lines to the shared cache (a hint, `cldemote`),
-        // so that the peer's misses are served there rather than by a snoop of this core (64 B
-        // round trip −25 ns). Not in a stream: its next frame's stores would fetch the lines
-        // back (64 B writes 38 → 141 ns); nor for a peer on our CPU, which would then read them
-        // from the shared cache instead of ours (benches/results/latency-session16.md).
-        if !self.sent_since_read.load(Relaxed) && !self.cur.rx_fast_off.load(Relaxed) {
+        if to_waiter {
             self.peer_block.demote(ring_at(pos));
             self.peer_block
                 .demote(ring_at(pos).wrapping_add(ntbdrv::CACHE_LINE));
