@@ -463,7 +463,7 @@ mod tests {
     #[test]
     fn line_rest_counts_to_the_end_of_the_line_by_address_and_demote_is_harmless() {
         let r = heap(64); // 512 B
-                          // The offset of the first line start in the region, wherever the buffer starts.
+                          // Where the first line starts in the region, wherever the buffer starts.
         let first = r.line_rest(0);
         assert!(first < CACHE_LINE);
         assert_eq!((r.as_ptr() as usize + first) % CACHE_LINE, 0);
