@@ -31,7 +31,7 @@ use std::time::Duration;
 pub use error::{
     DeviceError, DmaError, DoorbellError, LeaseError, LinkError, ScratchpadError, WindowError,
 };
-pub use region::{FixedRegion, Region, SegmentIdentity};
+pub use region::{FixedRegion, Region, SegmentIdentity, CACHE_LINE};
 pub use units::{format_size, parse_size};
 
 /// The two sides of a bridge. On a loopback link the peer of side 0 is side 0 itself.

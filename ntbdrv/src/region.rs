@@ -18,6 +18,9 @@ use std::sync::Arc;
 
 use crate::WindowError;
 
+/// The cache line's size (x86-64's, and every CPU's a backend runs on today).
+pub const CACHE_LINE: usize = 64;
+
 /// Something that keeps a mapping alive.
 pub(crate) trait Keepalive: Send + Sync {}
 
@@ -325,6 +328,35 @@ impl Region {
         }
     }
 
+    /// Ask the CPU to move the cache line that holds byte `offset` out of this core's private
+    /// caches into the shared one (a hint: `cldemote`; where the CPU lacks it the instruction
+    /// is a no-op; an offset outside the region is ignored). For a writer that has just
+    /// published a line another core will read next: that core's miss is then served by the
+    /// shared cache, without a snoop of ours.
+    #[inline(always)]
+    pub fn demote(&self, offset: usize) {
+        if offset < self.len {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: CLDEMOTE (0F 1C /0, in the hint space: a no-op on CPUs without it) writes
+            // no register, memory or flag and cannot fault; the address is inside the mapping
+            // (checked).
+            unsafe {
+                core::arch::asm!(
+                    "cldemote [{p}]",
+                    p = in(reg) self.base.add(offset),
+                    options(nostack, preserves_flags, readonly)
+                )
+            };
+        }
+    }
+
+    /// Bytes from `offset` to the end of the cache line that holds it (0 at a line's start): how
+    /// a writer splits a copy so that its stores to one line come back to back.
+    #[inline(always)]
+    pub fn line_rest(&self, offset: usize) -> usize {
+        (self.base as usize).wrapping_add(offset).wrapping_neg() % CACHE_LINE
+    }
+
     /// Raw base pointer, for a caller that must hand the address to the kernel (e.g. a read(2)
     /// straight into the window). Using it is the caller's unsafe business.
     pub fn as_ptr(&self) -> *mut u8 {
@@ -426,6 +458,30 @@ mod tests {
             0,
             "no whole page: nothing to do"
         );
+    }
+
+    #[test]
+    fn line_rest_counts_to_the_end_of_the_line_by_address_and_demote_is_harmless() {
+        let r = heap(64); // 512 B
+                          // Where the first line starts in the region, wherever the buffer starts.
+        let first = r.line_rest(0);
+        assert!(first < CACHE_LINE);
+        assert_eq!((r.as_ptr() as usize + first) % CACHE_LINE, 0);
+        assert_eq!(r.line_rest(first), 0, "a line's start");
+        assert_eq!(r.line_rest(first + 1), CACHE_LINE - 1);
+        assert_eq!(r.line_rest(first + 48), 16);
+        assert_eq!(r.line_rest(first + CACHE_LINE - 1), 1);
+        // A sub-region keeps the addresses' lines, not its own offsets'.
+        assert_eq!(r.slice(first + 16, 128).unwrap().line_rest(0), 48);
+        // A hint: the bytes stay, and an offset outside the region is ignored.
+        r.fill(0, 512, 0x5A).unwrap();
+        r.demote(first);
+        r.demote(first + CACHE_LINE);
+        r.demote(512);
+        r.demote(usize::MAX);
+        let mut b = vec![0u8; 512];
+        r.read(0, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 0x5A));
     }
 
     #[test]

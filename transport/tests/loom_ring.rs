@@ -60,9 +60,10 @@ impl Pair {
     }
 
     /// Write frame `seq` (its payload all `seq + 1`) at producer counter `tail`, given the
-    /// receiver's consumer counter `head`, as `Connection::try_send` does: payload, header
-    /// (`publish_frame`: length, the mark in the next header slot, the sequence word), then the
-    /// producer counter (`publish_tail`). Returns the new producer counter, or `None` if the
+    /// receiver's consumer counter `head`, as `Connection::try_send` does: the mark in the next
+    /// header slot (`mark_next`), the payload (`try_send` writes the part on the header's line
+    /// there; the model's payload is one cell), the header (`publish_header`: length, then the
+    /// sequence word), then the producer counter (`publish_tail`). Returns the new producer counter, or `None` if the
     /// ring has no room (a frame and the header slot after it).
     fn send(&self, tail: u64, head: u64, seq: u64) -> Option<u64> {
         self.send_marking(tail, head, seq, true)
@@ -73,6 +74,10 @@ impl Pair {
     fn send_marking(&self, tail: u64, head: u64, seq: u64, mark: bool) -> Option<u64> {
         let (pos, new_tail) = ring().place_whole(tail, head, self.payload())?;
         let base = (RING_START + pos) as usize;
+        let next = (RING_START + ring().pos(new_tail)) as usize;
+        if mark {
+            ringsync::mark_next(&self.receiver, next);
+        }
         let body = vec![seq as u8 + 1; self.payload() as usize];
         self.receiver
             .write(base + FRAME_HDR as usize, &body)
@@ -82,8 +87,7 @@ impl Pair {
             flags: 0,
             seq,
         };
-        let next = (RING_START + ring().pos(new_tail)) as usize;
-        ringsync::publish_frame(&self.receiver, base, &h, mark.then_some(next));
+        ringsync::publish_header(&self.receiver, base, &h);
         ringsync::publish_tail(&self.receiver, new_tail);
         Some(new_tail)
     }

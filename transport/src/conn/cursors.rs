@@ -43,7 +43,8 @@ pub(super) struct Cursors {
     pub(super) rx_reach: AtomicU64,
     /// The last fast read (`try_recv`) found nothing and its peer shares our CPU, where it
     /// cannot spin: reads go straight to the general path until a wait finds the peer on
-    /// another CPU, or a general read finds data without waiting. (A hint, not a position:
+    /// another CPU, or a general read finds data without waiting; and `try_send` leaves a
+    /// reply's lines in our caches, where that peer reads them. (A hint, not a position:
     /// here because the connection itself must stay small.)
     pub(super) rx_fast_off: AtomicBool,
     /// What the idle sweep knows of our sending direction (`idle`; here, in the boxed part,

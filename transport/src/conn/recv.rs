@@ -287,10 +287,11 @@ impl Connection {
         let published = loop {
             // The line after the header's, on every turn: a frame of more than 48 bytes of
             // payload ends there, and the writer stores to it (the payload's tail, then the next
-            // slot's mark: `ringsync::publish_frame`) back to back before it publishes on the
-            // header's line, so the line is fetched as soon as it is written, not after the
-            // header is seen (benches/results/latency-session14.md: 64 B round trip −17 %, p99
-            // level; with the writer's old store order the same prefetch cost p99 +17–37 %).
+            // slot's mark: `ringsync::publish_frame`, `Connection::try_send`) back to back
+            // before it writes the header's line (the payload's head, then the header), so the
+            // line is fetched as soon as it is written, not after the header is seen
+            // (benches/results/latency-session14.md: 64 B round trip −17 %, p99 level; with the
+            // writer's old store order the same prefetch cost p99 +17–37 %).
             self.own_block.prefetch(at.wrapping_add(64));
             if ringsync::is_published(&self.own_block, at, seq) {
                 // Again: a fetch made before the writer's last store to that line is stale.

@@ -224,14 +224,29 @@ pub fn publish_tail<B: Block>(peer_block: &B, tail: u64) {
 /// written before it), then the sequence word. [`publish_tail`] follows.
 #[inline(always)]
 pub fn publish_frame<B: Block>(peer_block: &B, at: usize, h: &FrameHeader, next: Option<usize>) {
-    let seq_at = at.wrapping_add(FRAME_SEQ_AT as usize);
     // The mark first: it follows the payload the caller just copied, so a frame whose payload
     // ends on the mark's line stores to that line back to back, and the header's line last.
     if let Some(next) = next {
-        peer_block
-            .w64(next.wrapping_add(FRAME_SEQ_AT as usize))
-            .store(SEQ_UNPUBLISHED, Relaxed);
+        mark_next(peer_block, next);
     }
+    publish_header(peer_block, at, h);
+}
+
+/// The first half of [`publish_frame`]: the [`SEQ_UNPUBLISHED`] mark into the sequence word of
+/// the header slot at block offset `next`, for a writer that stores more (the payload's head,
+/// on the header's line) before [`publish_header`].
+#[inline(always)]
+pub fn mark_next<B: Block>(peer_block: &B, next: usize) {
+    peer_block
+        .w64(next.wrapping_add(FRAME_SEQ_AT as usize))
+        .store(SEQ_UNPUBLISHED, Relaxed);
+}
+
+/// The second half of [`publish_frame`]: the length and flags of the frame at block offset
+/// `at`, then its sequence word (Release, the last store of the frame).
+#[inline(always)]
+pub fn publish_header<B: Block>(peer_block: &B, at: usize, h: &FrameHeader) {
+    let seq_at = at.wrapping_add(FRAME_SEQ_AT as usize);
     peer_block
         .w64(at)
         .store(h.len as u64 | (h.flags as u64) << 32, Relaxed);
