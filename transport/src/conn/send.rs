@@ -389,7 +389,7 @@ impl Connection {
             }
             self.cur
                 .tx_reach
-                .store(crate::proto::grow_reach(reach), Relaxed);
+                .store(self.tx_ring.grow_reach(reach), Relaxed);
         }
         self.tx_ring.place(tail, head, want)
     }

@@ -1,0 +1,268 @@
+//! Rings laid out in a service segment's shared page (`Ring::laid_out`): the first block's ring,
+//! whose positions 0x400..0xC00 are the second block's header and ring start (its hole), and
+//! the second block's ring, which starts 0xC00 into the shared page.
+
+use super::*;
+use super::{take_frame, xorshift};
+
+const HOLE: (u64, u64) = (0x400, 0xC00);
+
+fn with_hole(cap: u64) -> Ring {
+    Ring::laid_out(cap, RING_START, HOLE.0).unwrap()
+}
+
+fn second(cap: u64) -> Ring {
+    Ring::laid_out(cap, RING_START + 0x800, 0).unwrap()
+}
+
+#[test]
+fn a_layout_is_checked() {
+    let r = with_hole(1 << 20);
+    assert_eq!(r.hole(), Some(HOLE));
+    assert_eq!(r.min_reach(), 0x400);
+    assert_eq!(r.block_phase(), 0);
+    // Past the hole, each reach ends on a page of the block: 7 KiB, 15 KiB, ...
+    assert_eq!(r.grow_reach(0), 0x1C00);
+    assert_eq!(r.grow_reach(0x1C00), 0x3C00);
+    let s = second(1 << 20);
+    assert_eq!(
+        (s.hole(), s.min_reach(), s.block_phase()),
+        (None, 0x400, 0x800)
+    );
+    // 1 KiB in the shared page, then B's own pages: 5 KiB, 13 KiB, ...
+    assert_eq!(s.grow_reach(0), 0x1400);
+    assert_eq!(s.grow_reach(0x1400), 0x3400);
+    assert_eq!(s.credit_ring(0), 0x800);
+    assert_eq!(s.credit_ring(0x500), 2 * 0x1400);
+    assert_eq!(r.credit_ring(0), 0x800);
+    assert_eq!(r.credit_ring(0xC40), 2 * 0x1C00);
+    // A device block's ring is one without either.
+    let d = Ring::new(1 << 20).unwrap();
+    assert_eq!(
+        (d.hole(), d.min_reach(), d.block_phase()),
+        (None, MIN_REACH, 0)
+    );
+    for bad in [
+        Ring::laid_out(1 << 20, RING_START + 8, 0),
+        Ring::laid_out(1 << 20, RING_START - 16, 0),
+        Ring::laid_out(1 << 20, PAGE, 0),
+        Ring::laid_out(1 << 20, RING_START, 0xC00),
+        Ring::laid_out(1 << 20, RING_START, 0x408),
+        Ring::laid_out(1 << 20, RING_START, 16),
+        Ring::laid_out((1 << 20) + 1, RING_START, 0x400),
+    ] {
+        assert_eq!(bad, None);
+    }
+}
+
+#[test]
+fn frames_go_around_the_hole() {
+    let r = with_hole(16384);
+    // A frame that fits before the hole with its header slot goes there.
+    let p = r.place_within(0x300, 0x300, 200, 0x400).unwrap().unwrap();
+    assert_eq!((p.pad, p.pos), (None, 0x300));
+    // One that does not: with the smallest reach, back to position 0 (a pad to the end,
+    // which covers the hole; its payload is never written).
+    let p = r.place_within(0x300, 0x300, 0x100, 0x400).unwrap().unwrap();
+    assert_eq!((p.pad, p.pos), (Some((0x300, 16384 - 0x300)), 0));
+    // With a reach past the hole: just past it.
+    let p = r
+        .place_within(0x300, 0x300, 0x100, 0x1C00)
+        .unwrap()
+        .unwrap();
+    assert_eq!((p.pad, p.pos), (Some((0x300, 0xC00 - 0x300)), 0xC00));
+    assert_eq!(p.new_tail, 0xC00 + 16 + 0x100);
+    // A frame larger than the bytes before the hole, from past it: over the end and the hole.
+    let p = r
+        .place_within(0x1B00, 0x1B00, 0x800, 0x1C00)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (p.pad, p.pos),
+        (Some((0x1B00, 16384 - 0x1B00 + 0xC00)), 0xC00)
+    );
+    // The whole-ring placement pads to the hole's end when not even a byte fits before it.
+    let p = r.place(0x3F0, 0x3F0, 100).unwrap().unwrap();
+    assert_eq!((p.pad, p.pos), (Some((0x3F0, 0xC00 - 0x3F0)), 0xC00));
+    // And shortens a frame to what fits before the hole, with its slot.
+    let p = r.place(0x300, 0x300, 1000).unwrap().unwrap();
+    assert_eq!((p.pad, p.pos, p.len), (None, 0x300, 0x400 - 0x300 - 32));
+    // The fast path answers only where no pad is needed.
+    assert_eq!(
+        r.place_whole_within(0x300, 0x300, 200, 0x1C00),
+        Some((0x300, 0x300 + 16 + 208))
+    );
+    assert_eq!(
+        r.place_whole_within(0x300, 0x300, 0xE0, 0x1C00),
+        Some((0x300, 0x3F0))
+    );
+    assert_eq!(r.place_whole_within(0x300, 0x300, 0xF0, 0x1C00), None);
+    assert_eq!(
+        r.place_whole_within(0xC00, 0xC00, 0x800, 0x1C00),
+        Some((0xC00, 0xC00 + 0x810))
+    );
+    // Our own counter in the hole is no counter we made.
+    assert!(r.place(0x800, 0x800, 10).is_err());
+    assert!(r.place_within(0x800, 0x800, 10, 0x400).is_err());
+    assert_eq!(r.place_whole_within(0x800, 0x800, 10, 0x400), None);
+}
+
+#[test]
+fn the_receiver_takes_only_the_pads_a_sender_writes_and_no_frame_in_the_hole() {
+    let r = with_hole(16384);
+    let hdr = |len: u64, pad: bool| FrameHeader {
+        len: len as u32,
+        flags: if pad { FRAME_PAD } else { 0 },
+        seq: 3,
+    };
+    let check = |pos: u64, h: FrameHeader| r.check_frame(pos, pos + 16384, &h, 3);
+    // Pads: to the hole's end from before it (from position 0 too), to the ring's end, over
+    // the ring's end and the hole from past it.
+    assert_eq!(
+        check(0x300, hdr(0xC00 - 0x300 - 16, true)),
+        Ok(Frame::Pad { size: 0x900 })
+    );
+    assert_eq!(
+        check(0, hdr(0xC00 - 16, true)),
+        Ok(Frame::Pad { size: 0xC00 })
+    );
+    assert_eq!(
+        check(0x300, hdr(16384 - 0x300 - 16, true)),
+        Ok(Frame::Pad {
+            size: 16384 - 0x300
+        })
+    );
+    assert_eq!(
+        check(0x2000, hdr(16384 - 0x2000 + 0xC00 - 16, true)),
+        Ok(Frame::Pad {
+            size: 16384 - 0x2000 + 0xC00
+        })
+    );
+    // Not: a pad into the hole, a pad past the hole's end from before it, a wrapping pad from
+    // before the hole, a pad over the whole ring.
+    for (pos, len) in [
+        (0x300, 0x500 - 16),
+        (0x300, 0xD00 - 0x300 - 16),
+        (0x300, 16384 - 0x300 + 0xC00 - 16),
+        (0, 16384 - 16),
+    ] {
+        assert!(
+            check(pos, hdr(len, true)).is_err(),
+            "pad at {pos:#x} of {len:#x}"
+        );
+    }
+    // Data: before the hole only with its header slot before it too; never in it.
+    assert!(check(0x300, hdr(0x400 - 0x300 - 32, false)).is_ok());
+    assert!(check(0x300, hdr(0x400 - 0x300 - 16, false)).is_err());
+    for pos in [0x400, 0x800, 0xBF0] {
+        assert!(check(pos, hdr(16, false)).is_err(), "a frame at {pos:#x}");
+        assert!(
+            check(pos, hdr(0xC00 - pos - 16, true)).is_err(),
+            "a pad at {pos:#x}"
+        );
+    }
+    assert!(check(0xC00, hdr(1000, false)).is_ok());
+}
+
+/// A sender and a receiver over each ring of the shared page as a connection runs them (reach,
+/// growth, credits), with small messages, a lagging receiver now and then, and now and then a
+/// message larger than the bytes before the hole. No byte is ever written in the hole, small
+/// messages stay in the shared page, and the stream arrives exact.
+#[test]
+fn streams_over_the_shared_page_never_touch_the_hole() {
+    for (r, name) in [(with_hole(16384), "first"), (second(16384), "second")] {
+        run(r, name);
+    }
+}
+
+fn run(r: Ring, name: &str) {
+    let cap = r.cap();
+    let lead = RING_START + r.block_phase();
+    let mut mem = vec![0u8; cap as usize];
+    let mut touched = [false; 6];
+    let page = |pos: u64| ((lead + pos) / PAGE) as usize;
+    let in_hole = |pos: u64| r.hole().is_some_and(|(h0, h1)| (h0..h1).contains(&pos));
+    let (mut tail, mut seq, mut credited, mut reach) = (0u64, 0u64, 0u64, 0u64);
+    let (mut head, mut rx_seq, mut returned, mut seen) = (0u64, 0u64, 0u64, 0u64);
+    let mut next = xorshift(0x0e_5ba9_e000_u64);
+    let (mut sent, mut got) = (0u64, Vec::new());
+    for round in 0..6000u64 {
+        let burst = if round >= 2000 && round % 50 == 0 {
+            30
+        } else {
+            1
+        };
+        if round == 2000 {
+            assert_eq!(
+                touched,
+                [true, false, false, false, false, false],
+                "{name}: reach {reach}"
+            );
+        }
+        for _ in 0..burst {
+            let want = if round >= 3000 && round % 7 == 0 {
+                900 + next() % 2500
+            } else {
+                40 + next() % 200
+            };
+            let mut p = r.place_within(tail, credited, want, reach).unwrap();
+            if p.is_none() {
+                credited = returned;
+                p = r.place_within(tail, credited, want, reach).unwrap();
+            }
+            let p = match p {
+                Some(p) => p,
+                None => {
+                    reach = r.grow_reach(r.reach(reach));
+                    match r.place(tail, credited, want).unwrap() {
+                        Some(p) => p,
+                        None => break,
+                    }
+                }
+            };
+            let w = p.write(seq, p.len);
+            let mut wrote = |at: u64, bytes: &[u8]| {
+                for (i, &b) in bytes.iter().enumerate() {
+                    let pos = at + i as u64;
+                    assert!(!in_hole(pos), "{name}: a write at {pos:#x}");
+                    mem[pos as usize] = b;
+                    touched[page(pos)] = true;
+                }
+            };
+            if let Some((at, h)) = w.pad {
+                wrote(at, &h.encode());
+            }
+            wrote(w.pos, &w.header.encode());
+            let body: Vec<u8> = (0..p.len).map(|i| ((sent + i) % 251) as u8).collect();
+            wrote(w.pos + 16, &body);
+            // The mark in the next slot.
+            wrote(r.pos(w.tail), &SEQ_UNPUBLISHED.to_le_bytes());
+            (tail, seq) = (w.tail, w.next_seq);
+            sent += p.len;
+        }
+        while head < tail {
+            let at = r.pos(head);
+            let hb: [u8; 16] = mem[at as usize..at as usize + 16].try_into().unwrap();
+            let h = FrameHeader::decode(&hb);
+            if h.flags == FRAME_PAD && at + 16 + u64::from(h.len) >= cap {
+                seen = at;
+            }
+            take_frame(&r, &mem, tail, &mut head, &mut rx_seq, &mut got);
+            seen = seen.max(r.pos(head));
+            if credit_return(r.credit_ring(seen), head, returned, false) == CreditReturn::Now {
+                returned = head;
+            }
+        }
+    }
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i as u64 % 251) as u8),
+        "{name}"
+    );
+    assert_eq!(got.len() as u64, sent, "{name}");
+    assert!(
+        r.reach(reach) > r.min_reach(),
+        "{name}: a lagging receiver grows the reach"
+    );
+}
