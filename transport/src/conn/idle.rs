@@ -140,7 +140,7 @@ impl Connection {
         // service segment's second, `Ring::block_phase`) has its first page end before `KEEP`.
         let phase = self.tx_ring.block_phase();
         let page = |off: u64| (off.saturating_add(phase) & !(KEEP - 1)).saturating_sub(phase);
-        let end = page(ring_at(self.tx_ring.cap()) as u64 + KEEP - 1);
+        let end = page((ring_at(self.tx_ring.cap()) as u64).saturating_add(KEEP - 1));
         let first = page(0).saturating_add(KEEP).saturating_sub(phase);
         let slot = page(ring_at(self.tx_ring.pos(tail)) as u64);
         let after = slot
