@@ -178,7 +178,7 @@ impl Connection {
         } else {
             st.released_at.store(tail, Relaxed);
         }
-        // The ring starts small again (`proto::MIN_REACH`): the next frame goes to position 0,
+        // The ring starts small again (`Ring::min_reach`): the next frame goes to position 0,
         // behind a pad from the kept slot, and the reach grows again with the traffic.
         self.cur.tx_reach.store(0, Relaxed);
         let c = &self.shared.counters;
