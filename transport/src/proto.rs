@@ -22,7 +22,7 @@
 use std::fmt;
 
 /// Version of the protocol, carried in every offer and answer and in the control header.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Bytes of a frame header.
 pub const FRAME_HDR: u64 = 16;
@@ -41,12 +41,13 @@ pub const FRAME_ALIGN: u64 = 16;
 /// the ring lies in it is [`RING_START`].
 pub const BLOCK_OVERHEAD: u64 = 4096;
 /// Where ring position 0 is in an endpoint block: the header's words (the RX, CREDIT and LOCAL
-/// lines, the counters, the identity) lie below it, and the ring's first `BLOCK_OVERHEAD -
-/// RING_START` bytes share the header's page, so a connection whose traffic stays there
-/// ([`MIN_REACH`]) touches one page of each block (version 5; the ring started at
+/// lines, the counters, the identity, up to 0x238) lie below it, and the ring's first
+/// `BLOCK_OVERHEAD - RING_START` bytes share the header's page, so a connection whose traffic
+/// stays there ([`MIN_REACH`]) touches one page of each block, and a service segment's shared
+/// page holds both headers and 1,472 bytes of each ring (version 6: 0x400 in version 5, and
 /// `BLOCK_OVERHEAD` before). The block's last `BLOCK_OVERHEAD - RING_START` bytes, past the
 /// ring, are never written.
-pub const RING_START: u64 = 0x400;
+pub const RING_START: u64 = 0x240;
 /// Smallest and largest ring data capacity.
 pub const MIN_RING: u64 = 4096;
 pub const MAX_RING: u64 = 1 << 30;
@@ -359,7 +360,7 @@ impl Ring {
 
     /// The reach a sender grows to from `reach` (at least [`Ring::min_reach`]): the ring's part
     /// of twice as many pages as `reach` touches, so that each reach ends on a page boundary
-    /// (in a block that starts on a page: 3 KiB, 7 KiB, 15 KiB, …) and none touches a page it
+    /// (in a block that starts on a page: 3,520, 7,616, 15,808 bytes, …) and none touches a page it
     /// does not fill. [`Ring::reach`] caps it at the ring.
     #[inline]
     pub fn grow_reach(&self, reach: u64) -> u64 {

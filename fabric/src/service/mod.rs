@@ -62,7 +62,7 @@ impl Default for Options {
 pub const BLOCK_OVERHEAD: u64 = 4096;
 /// Where a block's ring starts: its header (the words below) and the ring's first bytes share
 /// the block's first page.
-pub const RING_START: u64 = 0x400;
+pub const RING_START: u64 = 0x240;
 /// Where a segment's second block (the server's end) starts: in the segment's first page, the
 /// *shared page* (docs/PROTOCOL.md §2), which holds both endpoint headers and both rings' first
 /// bytes. The first block (the client's) is the segment's first `BLOCK_OVERHEAD + ring`

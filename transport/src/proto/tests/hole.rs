@@ -1,41 +1,50 @@
 //! Rings laid out in a service segment's shared page (`Ring::laid_out`): the first block's ring,
-//! whose positions 0x400..0xC00 are the second block's header and ring start (its hole), and
-//! the second block's ring, which starts 0xC00 into the shared page.
+//! whose positions from `SECOND - RING_START` to its page's end are the second block's header
+//! and ring start (its hole), and the second block's ring, which starts `SECOND + RING_START`
+//! into the shared page.
 
 use super::*;
 use super::{take_frame, xorshift};
 
-const HOLE: (u64, u64) = (0x400, 0xC00);
+/// Where the second block starts in the shared page (`fabric::service::SECOND_BLOCK`).
+const SECOND: u64 = 0x800;
+/// The first ring's hole.
+const H0: u64 = SECOND - RING_START;
+const H1: u64 = PAGE - RING_START;
+/// A position 256 bytes before the hole.
+const P: u64 = H0 - 0x100;
+/// The first ring's reach past the hole: its block's first two pages.
+const R2: u64 = 2 * PAGE - RING_START;
 
 fn with_hole(cap: u64) -> Ring {
-    Ring::laid_out(cap, RING_START, HOLE.0).unwrap()
+    Ring::laid_out(cap, RING_START, H0).unwrap()
 }
 
 fn second(cap: u64) -> Ring {
-    Ring::laid_out(cap, RING_START + 0x800, 0).unwrap()
+    Ring::laid_out(cap, SECOND + RING_START, 0).unwrap()
 }
 
 #[test]
 fn a_layout_is_checked() {
     let r = with_hole(1 << 20);
-    assert_eq!(r.hole(), Some(HOLE));
-    assert_eq!(r.min_reach(), 0x400);
-    assert_eq!(r.block_phase(), 0);
-    // Past the hole, each reach ends on a page of the block: 7 KiB, 15 KiB, ...
-    assert_eq!(r.grow_reach(0), 0x1C00);
-    assert_eq!(r.grow_reach(0x1C00), 0x3C00);
+    assert_eq!(r.hole(), Some((H0, H1)));
+    assert_eq!((r.min_reach(), r.block_phase()), (H0, 0));
+    // Past the hole, each reach ends on a page of the block: two pages, four, ...
+    assert_eq!(r.grow_reach(0), R2);
+    assert_eq!(r.grow_reach(R2), 4 * PAGE - RING_START);
     let s = second(1 << 20);
+    let lead = SECOND + RING_START;
     assert_eq!(
         (s.hole(), s.min_reach(), s.block_phase()),
-        (None, 0x400, 0x800)
+        (None, PAGE - lead, SECOND)
     );
-    // 1 KiB in the shared page, then B's own pages: 5 KiB, 13 KiB, ...
-    assert_eq!(s.grow_reach(0), 0x1400);
-    assert_eq!(s.grow_reach(0x1400), 0x3400);
-    assert_eq!(s.credit_ring(0), 0x800);
-    assert_eq!(s.credit_ring(0x500), 2 * 0x1400);
-    assert_eq!(r.credit_ring(0), 0x800);
-    assert_eq!(r.credit_ring(0xC40), 2 * 0x1C00);
+    // The rest of the shared page, then the block's own pages: one, three, ...
+    assert_eq!(s.grow_reach(0), 2 * PAGE - lead);
+    assert_eq!(s.grow_reach(2 * PAGE - lead), 4 * PAGE - lead);
+    assert_eq!(s.credit_ring(0), 2 * (PAGE - lead));
+    assert_eq!(s.credit_ring(PAGE - lead + 0x40), 2 * (2 * PAGE - lead));
+    assert_eq!(r.credit_ring(0), 2 * H0);
+    assert_eq!(r.credit_ring(H1 + 0x40), 2 * R2);
     // A device block's ring is one without either.
     let d = Ring::new(1 << 20).unwrap();
     assert_eq!(
@@ -46,10 +55,10 @@ fn a_layout_is_checked() {
         Ring::laid_out(1 << 20, RING_START + 8, 0),
         Ring::laid_out(1 << 20, RING_START - 16, 0),
         Ring::laid_out(1 << 20, PAGE, 0),
-        Ring::laid_out(1 << 20, RING_START, 0xC00),
-        Ring::laid_out(1 << 20, RING_START, 0x408),
+        Ring::laid_out(1 << 20, RING_START, H1),
+        Ring::laid_out(1 << 20, RING_START, H0 + 8),
         Ring::laid_out(1 << 20, RING_START, 16),
-        Ring::laid_out((1 << 20) + 1, RING_START, 0x400),
+        Ring::laid_out((1 << 20) + 1, RING_START, H0),
     ] {
         assert_eq!(bad, None);
     }
@@ -59,52 +68,38 @@ fn a_layout_is_checked() {
 fn frames_go_around_the_hole() {
     let r = with_hole(16384);
     // A frame that fits before the hole with its header slot goes there.
-    let p = r.place_within(0x300, 0x300, 200, 0x400).unwrap().unwrap();
-    assert_eq!((p.pad, p.pos), (None, 0x300));
+    let p = r.place_within(P, P, 200, H0).unwrap().unwrap();
+    assert_eq!((p.pad, p.pos), (None, P));
     // One that does not: with the smallest reach, back to position 0 (a pad to the end,
     // which covers the hole; its payload is never written).
-    let p = r.place_within(0x300, 0x300, 0x100, 0x400).unwrap().unwrap();
-    assert_eq!((p.pad, p.pos), (Some((0x300, 16384 - 0x300)), 0));
+    let p = r.place_within(P, P, 0x100, H0).unwrap().unwrap();
+    assert_eq!((p.pad, p.pos), (Some((P, 16384 - P)), 0));
     // With a reach past the hole: just past it.
-    let p = r
-        .place_within(0x300, 0x300, 0x100, 0x1C00)
-        .unwrap()
-        .unwrap();
-    assert_eq!((p.pad, p.pos), (Some((0x300, 0xC00 - 0x300)), 0xC00));
-    assert_eq!(p.new_tail, 0xC00 + 16 + 0x100);
+    let p = r.place_within(P, P, 0x100, R2).unwrap().unwrap();
+    assert_eq!((p.pad, p.pos), (Some((P, H1 - P)), H1));
+    assert_eq!(p.new_tail, H1 + 16 + 0x100);
     // A frame larger than the bytes before the hole, from past it: over the end and the hole.
-    let p = r
-        .place_within(0x1B00, 0x1B00, 0x800, 0x1C00)
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (p.pad, p.pos),
-        (Some((0x1B00, 16384 - 0x1B00 + 0xC00)), 0xC00)
-    );
+    let w = R2 - 0x100;
+    let p = r.place_within(w, w, 0x800, R2).unwrap().unwrap();
+    assert_eq!((p.pad, p.pos), (Some((w, 16384 - w + H1)), H1));
     // The whole-ring placement pads to the hole's end when not even a byte fits before it.
-    let p = r.place(0x3F0, 0x3F0, 100).unwrap().unwrap();
-    assert_eq!((p.pad, p.pos), (Some((0x3F0, 0xC00 - 0x3F0)), 0xC00));
+    let p = r.place(H0 - 16, H0 - 16, 100).unwrap().unwrap();
+    assert_eq!((p.pad, p.pos), (Some((H0 - 16, H1 - H0 + 16)), H1));
     // And shortens a frame to what fits before the hole, with its slot.
-    let p = r.place(0x300, 0x300, 1000).unwrap().unwrap();
-    assert_eq!((p.pad, p.pos, p.len), (None, 0x300, 0x400 - 0x300 - 32));
+    let p = r.place(P, P, 1000).unwrap().unwrap();
+    assert_eq!((p.pad, p.pos, p.len), (None, P, H0 - P - 32));
     // The fast path answers only where no pad is needed.
+    assert_eq!(r.place_whole_within(P, P, 200, R2), Some((P, P + 16 + 208)));
+    assert_eq!(r.place_whole_within(P, P, 0xE0, R2), Some((P, P + 0xF0)));
+    assert_eq!(r.place_whole_within(P, P, 0xF0, R2), None);
     assert_eq!(
-        r.place_whole_within(0x300, 0x300, 200, 0x1C00),
-        Some((0x300, 0x300 + 16 + 208))
-    );
-    assert_eq!(
-        r.place_whole_within(0x300, 0x300, 0xE0, 0x1C00),
-        Some((0x300, 0x3F0))
-    );
-    assert_eq!(r.place_whole_within(0x300, 0x300, 0xF0, 0x1C00), None);
-    assert_eq!(
-        r.place_whole_within(0xC00, 0xC00, 0x800, 0x1C00),
-        Some((0xC00, 0xC00 + 0x810))
+        r.place_whole_within(H1, H1, 0x800, R2),
+        Some((H1, H1 + 0x810))
     );
     // Our own counter in the hole is no counter we made.
     assert!(r.place(0x800, 0x800, 10).is_err());
-    assert!(r.place_within(0x800, 0x800, 10, 0x400).is_err());
-    assert_eq!(r.place_whole_within(0x800, 0x800, 10, 0x400), None);
+    assert!(r.place_within(0x800, 0x800, 10, H0).is_err());
+    assert_eq!(r.place_whole_within(0x800, 0x800, 10, H0), None);
 }
 
 #[test]
@@ -119,31 +114,26 @@ fn the_receiver_takes_only_the_pads_a_sender_writes_and_no_frame_in_the_hole() {
     // Pads: to the hole's end from before it (from position 0 too), to the ring's end, over
     // the ring's end and the hole from past it.
     assert_eq!(
-        check(0x300, hdr(0xC00 - 0x300 - 16, true)),
-        Ok(Frame::Pad { size: 0x900 })
+        check(P, hdr(H1 - P - 16, true)),
+        Ok(Frame::Pad { size: H1 - P })
+    );
+    assert_eq!(check(0, hdr(H1 - 16, true)), Ok(Frame::Pad { size: H1 }));
+    assert_eq!(
+        check(P, hdr(16384 - P - 16, true)),
+        Ok(Frame::Pad { size: 16384 - P })
     );
     assert_eq!(
-        check(0, hdr(0xC00 - 16, true)),
-        Ok(Frame::Pad { size: 0xC00 })
-    );
-    assert_eq!(
-        check(0x300, hdr(16384 - 0x300 - 16, true)),
+        check(0x2000, hdr(16384 - 0x2000 + H1 - 16, true)),
         Ok(Frame::Pad {
-            size: 16384 - 0x300
-        })
-    );
-    assert_eq!(
-        check(0x2000, hdr(16384 - 0x2000 + 0xC00 - 16, true)),
-        Ok(Frame::Pad {
-            size: 16384 - 0x2000 + 0xC00
+            size: 16384 - 0x2000 + H1
         })
     );
     // Not: a pad into the hole, a pad past the hole's end from before it, a wrapping pad from
     // before the hole, a pad over the whole ring.
     for (pos, len) in [
-        (0x300, 0x500 - 16),
-        (0x300, 0xD00 - 0x300 - 16),
-        (0x300, 16384 - 0x300 + 0xC00 - 16),
+        (P, 0x200 - 16),
+        (P, H1 + 0x100 - P - 16),
+        (P, 16384 - P + H1 - 16),
         (0, 16384 - 16),
     ] {
         assert!(
@@ -152,16 +142,16 @@ fn the_receiver_takes_only_the_pads_a_sender_writes_and_no_frame_in_the_hole() {
         );
     }
     // Data: before the hole only with its header slot before it too; never in it.
-    assert!(check(0x300, hdr(0x400 - 0x300 - 32, false)).is_ok());
-    assert!(check(0x300, hdr(0x400 - 0x300 - 16, false)).is_err());
-    for pos in [0x400, 0x800, 0xBF0] {
+    assert!(check(P, hdr(H0 - P - 32, false)).is_ok());
+    assert!(check(P, hdr(H0 - P - 16, false)).is_err());
+    for pos in [H0, 0x800, H1 - 16] {
         assert!(check(pos, hdr(16, false)).is_err(), "a frame at {pos:#x}");
         assert!(
-            check(pos, hdr(0xC00 - pos - 16, true)).is_err(),
+            check(pos, hdr(H1 - pos - 16, true)).is_err(),
             "a pad at {pos:#x}"
         );
     }
-    assert!(check(0xC00, hdr(1000, false)).is_ok());
+    assert!(check(H1, hdr(1000, false)).is_ok());
 }
 
 /// A sender and a receiver over each ring of the shared page as a connection runs them (reach,

@@ -72,7 +72,7 @@ fn place_within_keeps_frames_and_marks_inside_the_reach() {
 
 #[test]
 fn a_reach_grows_to_whole_pages_of_the_block() {
-    // 3 KiB (the header's page), 7 KiB (two pages), 15 KiB (four), ...: each reach ends on a
+    // The header's page, then two pages, four, ... (3,520, 7,616, 15,808 bytes): each reach ends on a
     // page boundary of the block, twice as many pages as the one before.
     let mut reach = 0;
     for pages in [1u64, 2, 4, 8, 16] {
@@ -84,13 +84,13 @@ fn a_reach_grows_to_whole_pages_of_the_block() {
         assert_eq!(RING_START + reach, pages * BLOCK_OVERHEAD, "reach {reach}");
     }
     assert_eq!(dev().grow_reach(0), dev().grow_reach(MIN_REACH));
-    // A ring caps it: 16 KiB of ring after 15 KiB of reach.
+    // A ring caps it: 16 KiB of ring after four pages of reach.
     let r = Ring::new(16384).unwrap();
     assert_eq!(
         r.reach(dev().grow_reach(dev().grow_reach(MIN_REACH))),
-        15360
+        16384 - RING_START
     );
-    assert_eq!(r.reach(dev().grow_reach(15360)), 16384);
+    assert_eq!(r.reach(dev().grow_reach(16384 - RING_START)), 16384);
     assert_eq!(r.reach(dev().grow_reach(u64::MAX)), 16384);
 }
 
@@ -111,9 +111,10 @@ fn credit_ring_follows_the_senders_reach() {
         Ring::new(1 << 20).unwrap().credit_ring(MIN_REACH + 16),
         2 * dev().grow_reach(MIN_REACH)
     );
-    assert_eq!(Ring::new(1 << 20).unwrap().credit_ring(5000), 2 * 7168);
-    assert_eq!(Ring::new(1 << 20).unwrap().credit_ring(7168), 2 * 7168);
-    assert_eq!(Ring::new(1 << 20).unwrap().credit_ring(7200), 2 * 15360);
+    let (two, four) = (8192 - RING_START, 16384 - RING_START);
+    assert_eq!(Ring::new(1 << 20).unwrap().credit_ring(5000), 2 * two);
+    assert_eq!(Ring::new(1 << 20).unwrap().credit_ring(two), 2 * two);
+    assert_eq!(Ring::new(1 << 20).unwrap().credit_ring(two + 16), 2 * four);
     // Frames and pads up to the ring's end: the whole ring.
     assert_eq!(Ring::new(16384).unwrap().credit_ring(16384 - 16), 16384);
     assert_eq!(Ring::new(16384).unwrap().credit_ring(9000), 16384);
