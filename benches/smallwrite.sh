@@ -15,7 +15,8 @@
 #                 service (a private host fabric service, the default on one host)
 #   --pin S,C     run the reader on CPU S and the writer on CPU C (taskset; e.g. 0,1 or 0,0): the
 #                 unpinned cells are bimodal with the host's placement of the two processes
-# Needs: gcc, a release build of libpcisock.so (PCISOCK_LIB overrides its path).
+# Needs: gcc, a release build of libpcisock.so and pcisock (PCISOCK_LIB and PCISOCK_CLI override their
+# paths; --mode service runs its service with that pcisock).
 set -euo pipefail
 
 RUNS=8 SIZES="64,1024" WRITES=2000000 LIB_B="" OUT="" MODE=device PIN=""
@@ -52,7 +53,7 @@ command -v gcc >/dev/null || { echo "smallwrite.sh: gcc not found (apt-get insta
 
 source "$root/benches/common.sh"
 bench_init smallwrite.sh
-cli="$root/target/release/pcisock"
+cli="${PCISOCK_CLI:-$root/target/release/pcisock}"
 if [[ "$MODE" == service ]]; then
     [[ -x "$cli" ]] || { echo "smallwrite.sh: $cli not found: run cargo build --release" >&2; exit 2; }
     mkdir -m 700 "$work/svc"

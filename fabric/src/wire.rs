@@ -27,7 +27,10 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// would look for them a page further on.
 /// 13: `Again`, a pairing whose segment and lines the process has already (a kept segment given
 /// again), and `Refetch`, for one that has not (docs/HOST-SERVICE.md, *Segment reuse*).
-pub const VERSION: u16 = 13;
+/// 14: no request changed; a segment's two endpoint headers and its rings' first bytes share
+/// one page (`service::SECOND_BLOCK`, docs/PROTOCOL.md §2, *The shared page*), where a version
+/// 13 build would look for the second block half a segment on.
+pub const VERSION: u16 = 14;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts (an `Entry`, the longest, is 368 bytes

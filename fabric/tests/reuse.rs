@@ -73,22 +73,27 @@ fn scribble(fd: &OwnedFd, byte: u8) {
 }
 
 /// Does a reused segment start as a fresh one? Both endpoint headers (each block's first
-/// `RING_START` bytes) read as zeros: every word an end starts from. Its rings may hold what
-/// the last connection wrote (the ring protocol never takes it for a frame), but only in each
-/// block's first 64 KiB: the rest is given back.
+/// `RING_START` bytes, both in the shared page) read as zeros: every word an end starts from.
+/// Its rings may hold what the last connection wrote (the ring protocol never takes it for a
+/// frame), but only in each block's first 64 KiB: the rest is given back.
 fn fresh(fd: &OwnedFd) -> bool {
-    use fabric::service::RING_START;
+    use fabric::service::{second_ring_pages, segment_ring, RING_START, SECOND_BLOCK};
     let len = std::fs::File::from(fd.try_clone().unwrap())
         .metadata()
         .unwrap()
         .len() as usize;
     let mut buf = vec![1u8; len];
     assert_eq!(sys::pread(fd.as_raw_fd(), &mut buf, 0).unwrap(), len);
-    let block = len / 2;
-    [0, block].iter().all(|&b| {
-        buf[b..b + RING_START as usize].iter().all(|&x| x == 0)
-            && buf[b + (64 << 10)..b + block].iter().all(|&x| x == 0)
-    })
+    let ring = segment_ring(len as u64) as usize;
+    let zeros = |from: usize, to: usize| buf[from..to].iter().all(|&x| x == 0);
+    let headers = [0, SECOND_BLOCK as usize]
+        .iter()
+        .all(|&b| zeros(b, b + RING_START as usize));
+    // Each ring's pages past its block's first 64 KiB (the shared page counts as its first).
+    let rings = [4096, second_ring_pages(ring as u64) as usize]
+        .iter()
+        .all(|&p| zeros(p + (60 << 10), p + ring));
+    headers && rings
 }
 
 /// Wait until the service reclaimed `n` connections (closes are one-way).

@@ -43,14 +43,20 @@ fn pairs_a_connection_by_possession_of_its_socket() {
     assert_eq!((s.conn, s.server, c.server), (c.conn, true, false));
     assert_eq!(s.ring_bytes, 1 << 20);
 
-    // One segment holds both ends' blocks (the client's, then the server's), the same memory
-    // for both processes.
+    // One segment holds both ends' blocks (docs/PROTOCOL.md §2, *The shared page*: both
+    // headers in its first page, then the client's ring pages, then the server's), the same
+    // memory for both processes.
     let (mut s_map, c_map) = (map(&s.segment), map(&c.segment));
-    let block = 4096 + (1 << 20);
-    assert_eq!(s_map.len(), 2 * block);
-    s_map[block + 100] = 0xAB;
+    assert_eq!(s_map.len() as u64, fabric::service::segment_bytes(1 << 20));
+    let second = fabric::service::SECOND_BLOCK as usize;
+    let pages = fabric::service::second_ring_pages(1 << 20) as usize;
+    s_map[second + 100] = 0xAB;
     s_map[200] = 0xCD;
-    assert_eq!((c_map[block + 100], c_map[200]), (0xAB, 0xCD));
+    s_map[pages + 300] = 0xEF;
+    assert_eq!(
+        (c_map[second + 100], c_map[200], c_map[pages + 300]),
+        (0xAB, 0xCD, 0xEF)
+    );
     // Sealed: nobody can shrink a segment under its peer (that would SIGBUS it).
     let seals = sys::seals(s.segment.as_raw_fd()).unwrap();
     assert_ne!(seals & libc::F_SEAL_SHRINK, 0);
@@ -110,7 +116,7 @@ fn pairs_a_connection_by_possession_of_its_socket() {
     let csock_addr = _csock.local_addr().unwrap().as_socket().unwrap();
     assert_eq!(e.client, (v4(&csock_addr), csock_addr.port()));
     assert_eq!(e.server, (v4(&to), to.port()));
-    assert_eq!(st.window_used, 2 * (4096 + (1 << 20)));
+    assert_eq!(st.window_used, fabric::service::segment_bytes(1 << 20));
     // Each end's counters, read by the service from the segment: nothing written yet, zeros.
     assert_eq!(e.ends, [fabric::wire::EndCounters::default(); 2]);
     // Whatever the connection's processes (or a hostile peer) write there is copied out as it
@@ -121,8 +127,8 @@ fn pairs_a_connection_by_possession_of_its_socket() {
         let at = BLOCK_COUNTERS + 8 * i;
         s_map[at..at + 8].copy_from_slice(&(u64::MAX - i as u64).to_ne_bytes());
     }
-    s_map[block + BLOCK_STATE..][..4].copy_from_slice(&u32::MAX.to_ne_bytes());
-    let last = block + BLOCK_COUNTERS + 8 * (fabric::wire::END_COUNTERS - 1);
+    s_map[second + BLOCK_STATE..][..4].copy_from_slice(&u32::MAX.to_ne_bytes());
+    let last = second + BLOCK_COUNTERS + 8 * (fabric::wire::END_COUNTERS - 1);
     s_map[last..last + 8].copy_from_slice(&12345u64.to_ne_bytes());
     let e = client.list().unwrap()[0];
     assert!(!e.ends[0].on_tcp && e.ends[1].on_tcp);

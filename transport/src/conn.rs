@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use ntbdrv::{NtbDevice, Region, VectorLease, WindowLease};
 
-use crate::proto::{Endpoint, Ring, RingLoc, BLOCK_OVERHEAD};
+use crate::proto::{Endpoint, Ring, RingLoc, BLOCK_OVERHEAD, RING_START};
 use crate::settings::ConnSettings;
 use crate::{sys, ProcessState};
 
@@ -283,36 +283,47 @@ pub(crate) struct ServicePair {
 }
 
 /// The connection's segment, mapped once: our block and the peer's, each an endpoint header
-/// and a ring of the pair's size.
+/// and a ring of the pair's size, laid out in the segment's shared page (docs/PROTOCOL.md §2).
 struct Segments {
-    ring: Ring,
+    rx_ring: Ring,
+    tx_ring: Ring,
     own_block: EndpointBlock,
     peer_block: EndpointBlock,
     loc: RingLoc,
 }
 
 impl Segments {
+    /// Our block and the peer's in the segment's mapping (`segcache`: the first block, then the
+    /// shared page again and the second block's ring pages): the client's ring has the second
+    /// block's header and ring start as its hole; the server's starts `SECOND_BLOCK` into the
+    /// shared page.
     fn map(p: &ServicePair) -> Option<Segments> {
-        let ring = Ring::new(p.ring_bytes)?;
-        let len = BLOCK_OVERHEAD.checked_add(p.ring_bytes)? as usize;
+        use fabric::service::SECOND_BLOCK;
+        let first = Ring::laid_out(p.ring_bytes, RING_START, SECOND_BLOCK - RING_START)?;
+        let second = Ring::laid_out(p.ring_bytes, SECOND_BLOCK + RING_START, 0)?;
+        let view = BLOCK_OVERHEAD.checked_add(p.ring_bytes)? as usize;
+        let at = view.checked_add(SECOND_BLOCK as usize)?;
         let both = &p.segment;
-        let (client, server) = (both.slice(0, len).ok()?, both.slice(len, len).ok()?);
-        let (own_block, peer_block) = if p.server {
-            (server, client)
+        let client = both.slice(0, view).ok()?;
+        let server = both
+            .slice(at, view.checked_sub(SECOND_BLOCK as usize)?)
+            .ok()?;
+        let (own_block, peer_block, rx_ring, tx_ring) = if p.server {
+            (server, client, second, first)
         } else {
-            (client, server)
+            (client, server, first, second)
         };
-        let len = len as u64;
         Some(Segments {
-            ring,
-            own_block: endpoint_block(own_block)?,
-            peer_block: endpoint_block(peer_block)?,
+            rx_ring,
+            tx_ring,
             loc: RingLoc {
                 mw: 0,
                 offset: 0,
-                len,
+                len: peer_block.len() as u64,
                 db_bit: 0,
             },
+            own_block: endpoint_block(own_block)?,
+            peer_block: endpoint_block(peer_block)?,
         })
     }
 }
@@ -518,8 +529,8 @@ impl Connection {
             p.own_line,
             seg.peer_block,
             seg.loc,
-            seg.ring,
-            seg.ring,
+            seg.rx_ring,
+            seg.tx_ring,
             tcp_fd,
             info.role,
             info.local,

@@ -22,7 +22,7 @@
 use std::fmt;
 
 /// Version of the protocol, carried in every offer and answer and in the control header.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Bytes of a frame header.
 pub const FRAME_HDR: u64 = 16;
@@ -41,12 +41,13 @@ pub const FRAME_ALIGN: u64 = 16;
 /// the ring lies in it is [`RING_START`].
 pub const BLOCK_OVERHEAD: u64 = 4096;
 /// Where ring position 0 is in an endpoint block: the header's words (the RX, CREDIT and LOCAL
-/// lines, the counters, the identity) lie below it, and the ring's first `BLOCK_OVERHEAD -
-/// RING_START` bytes share the header's page, so a connection whose traffic stays there
-/// ([`MIN_REACH`]) touches one page of each block (version 5; the ring started at
+/// lines, the counters, the identity, up to 0x238) lie below it, and the ring's first
+/// `BLOCK_OVERHEAD - RING_START` bytes share the header's page, so a connection whose traffic
+/// stays there ([`MIN_REACH`]) touches one page of each block, and a service segment's shared
+/// page holds both headers and 1,472 bytes of each ring (version 6: 0x400 in version 5, and
 /// `BLOCK_OVERHEAD` before). The block's last `BLOCK_OVERHEAD - RING_START` bytes, past the
 /// ring, are never written.
-pub const RING_START: u64 = 0x400;
+pub const RING_START: u64 = 0x240;
 /// Smallest and largest ring data capacity.
 pub const MIN_RING: u64 = 4096;
 pub const MAX_RING: u64 = 1 << 30;
@@ -61,7 +62,7 @@ pub const FRAME_PAD: u16 = 1;
 /// frames (and the header slot after each) in the ring's first `reach` bytes, and goes back to
 /// position 0 with a pad frame over the rest of the ring ([`Ring::place_within`]), so a
 /// connection exchanging small messages touches only the page of the peer's block that holds
-/// its header: the ring's bytes in that page. The reach grows ([`grow_reach`]) when a frame
+/// its header: the ring's bytes in that page. The reach grows ([`Ring::grow_reach`]) when a frame
 /// does not fit in it or the receiver lags by more than it (the ring's memory grows with the
 /// traffic, as TCP's buffers do), up to the whole ring.
 pub const MIN_REACH: u64 = BLOCK_OVERHEAD - RING_START;
@@ -72,19 +73,6 @@ pub const MIN_REACH: u64 = BLOCK_OVERHEAD - RING_START;
 const _: () = assert!(RING_START >= 0x240 && RING_START.is_multiple_of(64));
 const _: () = assert!(RING_START < BLOCK_OVERHEAD && BLOCK_OVERHEAD.is_multiple_of(4096));
 const _: () = assert!(MIN_REACH >= MIN_RING / 4 + FRAME_HDR);
-
-/// The reach a sender grows to from `reach` (at least [`MIN_REACH`]): the ring's part of twice
-/// as many pages of the block, so that each reach ends on a page boundary of the block (3 KiB,
-/// 7 KiB, 15 KiB, …: the header's page and one, three, … more) and none touches a page it does
-/// not fill. [`Ring::reach`] caps it at the ring.
-#[inline]
-pub fn grow_reach(reach: u64) -> u64 {
-    reach
-        .max(MIN_REACH)
-        .saturating_add(RING_START)
-        .saturating_mul(2)
-        .saturating_sub(RING_START)
-}
 
 /// A protocol violation by the peer (or memory corruption): the connection cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,7 +147,19 @@ pub struct Ring {
     /// (`Outcome`).
     cap: u32,
     max_payload: u32,
+    /// Where position 0 lies in its page: [`RING_START`] in a block that starts on a page (the
+    /// device's, the bridge's, a service segment's first block); further in a block that starts
+    /// inside a page shared with the other block (a service segment's second: see
+    /// [`Ring::laid_out`]). A reach ends where a page does.
+    lead: u16,
+    /// The start of the ring's hole (0: none): positions from here to the end of the ring's
+    /// first page are the other block's (its header and its ring's first bytes). No frame, pad
+    /// header or header slot is ever there.
+    hole: u16,
 }
+
+/// Bytes of a page: the unit in which a ring's memory is touched, grown and released.
+pub const PAGE: u64 = 4096;
 
 /// Where the producer puts its next frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,7 +179,7 @@ pub struct Placement {
 pub enum Frame {
     /// `len` payload bytes follow the header; the frame spans `size` bytes of the ring.
     Data { len: u64, size: u64 },
-    /// Skip `size` bytes (to the ring's end).
+    /// Skip `size` bytes (to the ring's end, or to its hole's end).
     Pad { size: u64 },
 }
 
@@ -188,13 +188,54 @@ const _: () = assert!(MAX_RING <= u32::MAX as u64);
 const _: () = assert!(MAX_FRAME_PAYLOAD <= u32::MAX as u64);
 
 impl Ring {
-    /// A ring of `cap` bytes, if `cap` is a power of two in `MIN_RING..=MAX_RING`.
+    /// A ring of `cap` bytes in a block that starts on a page, if `cap` is a power of two in
+    /// `MIN_RING..=MAX_RING`.
     pub fn new(cap: u64) -> Option<Ring> {
-        (cap.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&cap)).then(|| Ring {
+        Ring::laid_out(cap, RING_START, 0)
+    }
+
+    /// A ring of `cap` bytes whose position 0 lies `lead` bytes into its page and, if `hole`
+    /// is not 0, whose positions from `hole` to the end of that page belong to another block
+    /// (a service segment's shared page: docs/PROTOCOL.md §2, *The shared page*). `None` for
+    /// a capacity [`Ring::new`] refuses, a `lead` that is not frame-aligned or not inside a
+    /// page, or a hole that is not frame-aligned, holds no frame before it, or does not end
+    /// inside the ring.
+    pub fn laid_out(cap: u64, lead: u64, hole: u64) -> Option<Ring> {
+        let first = PAGE.checked_sub(lead).filter(|&f| f > 0)?;
+        let ok_cap = cap.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&cap);
+        let ok_lead = lead >= RING_START && lead.is_multiple_of(FRAME_ALIGN);
+        let ok_hole = hole == 0
+            || (hole.is_multiple_of(FRAME_ALIGN)
+                && hole >= FRAME_HDR.saturating_mul(4)
+                && hole < first
+                && first < cap);
+        (ok_cap && ok_lead && ok_hole).then(|| Ring {
             cap: cap as u32,
             // `cap / 4` is at least 1024, more than FRAME_HDR; at most MAX_FRAME_PAYLOAD, a u32.
             max_payload: (cap / 4).min(MAX_FRAME_PAYLOAD).saturating_sub(FRAME_HDR) as u32,
+            // Below a page, a u16.
+            lead: lead as u16,
+            hole: hole as u16,
         })
+    }
+
+    /// Positions in the ring's first page.
+    #[inline]
+    fn first_page(&self) -> u64 {
+        PAGE.saturating_sub(u64::from(self.lead))
+    }
+
+    /// Where the ring's block starts in its page (0 for a block that starts on a page): its
+    /// ring's position 0 is [`RING_START`] past the block's start.
+    #[inline]
+    pub fn block_phase(&self) -> u64 {
+        u64::from(self.lead).saturating_sub(RING_START)
+    }
+
+    /// The hole, `(start, end)`, if the ring has one.
+    #[inline]
+    pub fn hole(&self) -> Option<(u64, u64)> {
+        (self.hole != 0).then(|| (u64::from(self.hole), self.first_page()))
     }
 
     #[inline]
@@ -238,21 +279,28 @@ impl Ring {
         // Below, every difference is of a larger value by a smaller one (checked before it) and
         // every sum stays within `tail + cap`: the saturating forms never saturate.
         let pos = self.pos(tail);
-        let to_end = self.cap().saturating_sub(pos);
+        // Our own counter never stands in the hole (nothing is placed there).
+        let Some(here) = self.room_at(pos) else {
+            return Err(ProtoError::BadCredit { head, tail });
+        };
         let want = want.clamp(1, self.max_payload());
         let mut pad = None;
         let (mut fpos, mut avail, mut t) = (pos, free, tail);
-        if to_end < FRAME_HDR + FRAME_ALIGN {
-            // Not even a one-byte frame fits before the end: pad to the end.
-            if free < to_end {
+        if here < FRAME_HDR + FRAME_ALIGN {
+            // Not even a one-byte frame fits before the hole or the end: pad up to the hole's
+            // end, or to the ring's end.
+            let (size, next) = self.pad_on(pos);
+            if free < size {
                 return Ok(None);
             }
-            pad = Some((pos, to_end));
-            fpos = 0;
-            avail = free.saturating_sub(to_end);
-            t = tail.saturating_add(to_end);
+            pad = Some((pos, size));
+            fpos = next;
+            avail = free
+                .saturating_sub(size)
+                .min(self.room_at(next).unwrap_or(0));
+            t = tail.saturating_add(size);
         } else {
-            avail = avail.min(to_end);
+            avail = avail.min(here);
         }
         if avail < FRAME_HDR + FRAME_ALIGN {
             return Ok(None);
@@ -277,21 +325,90 @@ impl Ring {
         }))
     }
 
-    /// A sender's reach (see [`MIN_REACH`]) in this ring: at least `MIN_REACH`, at most the
-    /// capacity.
+    /// Bytes a frame at `pos` may span: up to the ring's end (its header slot is then position
+    /// 0), or before the hole with its header slot; `None` inside the hole.
+    #[inline]
+    fn room_at(&self, pos: u64) -> Option<u64> {
+        match self.hole() {
+            Some((h0, _)) if pos < h0 => Some(h0.saturating_sub(pos).saturating_sub(FRAME_HDR)),
+            Some((_, h1)) if pos < h1 => None,
+            _ => Some(self.cap().saturating_sub(pos)),
+        }
+    }
+
+    /// The pad frame `place` writes at `pos` when nothing fits there: its size and the position
+    /// after it (past the hole, or the ring's start).
+    #[inline]
+    fn pad_on(&self, pos: u64) -> (u64, u64) {
+        match self.hole() {
+            Some((h0, h1)) if pos < h0 => (h1.saturating_sub(pos), h1),
+            _ => (self.cap().saturating_sub(pos), 0),
+        }
+    }
+
+    /// The smallest reach a sender has in this ring, and goes back to when its direction
+    /// idles: the ring's bytes in its first page ([`MIN_REACH`] in a block that starts on a
+    /// page), or those before the hole.
+    #[inline]
+    pub fn min_reach(&self) -> u64 {
+        match self.hole() {
+            Some((h0, _)) => h0,
+            None => self.first_page(),
+        }
+        .min(self.cap())
+    }
+
+    /// The reach a sender grows to from `reach` (at least [`Ring::min_reach`]): the ring's part
+    /// of twice as many pages as `reach` touches, so that each reach ends on a page boundary
+    /// (in a block that starts on a page: 3,520, 7,616, 15,808 bytes, …) and none touches a page it
+    /// does not fill. [`Ring::reach`] caps it at the ring.
+    #[inline]
+    pub fn grow_reach(&self, reach: u64) -> u64 {
+        let lead = u64::from(self.lead);
+        reach
+            .max(self.min_reach())
+            .saturating_add(lead)
+            .div_ceil(PAGE)
+            .saturating_mul(2 * PAGE)
+            .saturating_sub(lead)
+    }
+
+    /// The ring size a receiver's credit policy counts with ([`credit_return`]), having seen the
+    /// peer's frames reach ring position `reach_seen` in the current lap (the position of the
+    /// pad frame that ended the last lap, raised by the frames read since): a sender that wraps
+    /// at its reach (`Ring::place_within`) needs the credits of its lap before the lap ends, so
+    /// credits gather for a quarter of twice its reach (the smallest reach a sender has,
+    /// [`Ring::min_reach`] and each [`Ring::grow_reach`] of it, at or above what was seen), not
+    /// of the whole ring.
+    #[inline]
+    pub fn credit_ring(&self, reach_seen: u64) -> u64 {
+        let lead = u64::from(self.lead);
+        reach_seen
+            .max(self.min_reach())
+            .checked_add(lead)
+            .and_then(u64::checked_next_power_of_two)
+            .map(|end| end.saturating_sub(lead))
+            .and_then(|r| r.checked_mul(2))
+            .map_or(self.cap(), |r| r.min(self.cap()))
+    }
+
+    /// A sender's reach (see [`MIN_REACH`]) in this ring: at least [`Ring::min_reach`], at most
+    /// the capacity.
     #[inline]
     pub fn reach(&self, reach: u64) -> u64 {
-        reach.clamp(MIN_REACH, self.cap())
+        reach.clamp(self.min_reach(), self.cap())
     }
 
     /// Place a frame holding all `want` bytes (at most the largest payload) inside the ring's
-    /// first `reach` bytes, with the header slot after it (the sender's mark goes there): where
-    /// the producer counter stands, or, if it does not fit before the reach's end, at position
-    /// 0 behind a pad frame that fills the ring from the producer counter to its end (its
-    /// payload is never written: the pages past the reach stay untouched). `None` when the
-    /// frame does not fit in the reach at all, or the credits leave no room for it (with its
-    /// pad): the sender then grows its reach and places as [`Ring::place`] does. A reach of the
-    /// whole ring is [`Ring::place`].
+    /// first `reach` bytes, with the header slot after it (the sender's mark goes there), and
+    /// out of the hole: where the producer counter stands; else behind a pad frame, past the
+    /// hole (a pad from the producer counter to the hole's end), or at position 0 (a pad that
+    /// fills the ring from the producer counter to its end), or past the hole from position 0
+    /// (a pad over the ring's end and the hole: a frame too large for the bytes before the
+    /// hole). A pad's payload is never written: the pages past the reach stay untouched, and
+    /// the hole's bytes are never ours. `None` when the frame does not fit in the reach at
+    /// all, or the credits leave no room for it (with its pad): the sender then grows its
+    /// reach and places as [`Ring::place`] does. A reach of the whole ring is [`Ring::place`].
     pub fn place_within(
         &self,
         tail: u64,
@@ -308,30 +425,49 @@ impl Ring {
             return Err(ProtoError::BadCredit { head, tail });
         }
         // `want` is at most `max_payload` and `reach` below `cap`: the sums are small; `pos` is
-        // below `cap`, and a pad is placed only from a position past the reach's start.
+        // below `cap`.
         let want = want.clamp(1, self.max_payload());
         let size = FRAME_HDR.saturating_add(align_frame(want));
         let need = size.saturating_add(FRAME_HDR);
-        if need > reach {
-            return Ok(None);
-        }
+        // Where a frame at `at` (and its header slot) must end: the reach, or the hole's start.
+        let limit = |at: u64| match self.hole() {
+            Some((h0, _)) if at < h0 => Some(h0.min(reach)),
+            Some((_, h1)) if at < h1 => None,
+            _ => Some(reach),
+        };
         let pos = self.pos(tail);
-        if pos.saturating_add(need) <= reach {
-            return Ok((free >= need).then_some(Placement {
-                pad: None,
-                pos,
+        // Our own counter never stands in the hole (nothing is placed there).
+        let Some(here) = limit(pos) else {
+            return Err(ProtoError::BadCredit { head, tail });
+        };
+        let placed = |pad: Option<(u64, u64)>, at: u64| {
+            let skip = pad.map_or(0, |(_, n)| n);
+            (free >= skip.saturating_add(need)).then_some(Placement {
+                pad,
+                pos: at,
                 len: want,
-                new_tail: tail.saturating_add(size),
-            }));
+                new_tail: tail.saturating_add(skip).saturating_add(size),
+            })
+        };
+        if pos.saturating_add(need) <= here {
+            return Ok(placed(None, pos));
         }
-        // `pos + need > reach >= need`: `pos` is not 0, so the pad is not the whole ring.
-        let to_end = self.cap().saturating_sub(pos);
-        Ok((free >= to_end.saturating_add(need)).then_some(Placement {
-            pad: Some((pos, to_end)),
-            pos: 0,
-            len: want,
-            new_tail: tail.saturating_add(to_end).saturating_add(size),
-        }))
+        let cap = self.cap();
+        let to_end = cap.saturating_sub(pos);
+        // The pads that may take the frame somewhere it fits, the nearest first. A pad to the
+        // ring's end never from position 0 (it would be the whole ring).
+        let (past_hole, wrap_past_hole) = match self.hole() {
+            Some((h0, h1)) if pos < h0 => (Some((h1.saturating_sub(pos), h1)), None),
+            Some((_, h1)) => (None, Some((to_end.saturating_add(h1), h1))),
+            None => (None, None),
+        };
+        let to_start = (pos != 0).then_some((to_end, 0));
+        for (skip, at) in [past_hole, to_start, wrap_past_hole].into_iter().flatten() {
+            if limit(at).is_some_and(|end| at.saturating_add(need) <= end) {
+                return Ok(placed(Some((pos, skip)), at));
+            }
+        }
+        Ok(None)
     }
 
     /// The common placement, cheaply: a frame holding all `want` bytes that fits before the
@@ -365,11 +501,19 @@ impl Ring {
         let pos = self.pos(tail);
         // `pos` is below `cap`; the frame ends at most `cap` past `tail`, which does not overflow.
         let reach = self.reach(reach);
-        let end = if reach < self.cap() {
+        let mut end = if reach < self.cap() {
             reach.saturating_sub(FRAME_HDR)
         } else {
             self.cap()
         };
+        if self.hole != 0 {
+            // Before the hole, the frame and its header slot; never in it.
+            match self.hole() {
+                Some((h0, _)) if pos < h0 => end = end.min(h0.saturating_sub(FRAME_HDR)),
+                Some((_, h1)) if pos < h1 => return None,
+                _ => {}
+            }
+        }
         (room >= size.wrapping_add(FRAME_HDR) && end.saturating_sub(pos) >= size)
             .then_some((pos, tail.wrapping_add(size)))
     }
@@ -408,14 +552,27 @@ impl Ring {
         if !pos.is_multiple_of(FRAME_ALIGN) || avail < FRAME_HDR {
             return Err(bad());
         }
+        // No frame header is ever in the hole.
+        let Some(room) = self.room_at(pos) else {
+            return Err(bad());
+        };
         let to_end = self.cap() - pos;
         if hdr.flags == FRAME_PAD {
             // A pad frame fills the ring from its position to the end: space too small for a
             // frame (see `place`), or the rest of the ring past a sender's reach
             // (`place_within`). Never from position 0: each pad is followed by a data frame at
-            // 0, so a peer cannot keep the reader skipping pads without sending.
+            // 0, so a peer cannot keep the reader skipping pads without sending. In a ring
+            // with a hole, a pad may also end at the hole's end: from before the hole, or from
+            // past it over the ring's end and the hole (a frame too large for the bytes before
+            // the hole); a peer that keeps the reader skipping those meets `NoProgress`.
             let size = FRAME_HDR + hdr.len as u64;
-            if size != to_end || pos == 0 || size > avail {
+            let legal = (size == to_end && pos != 0)
+                || match self.hole() {
+                    Some((h0, h1)) if pos < h0 => size == h1 - pos,
+                    Some((_, h1)) => size == to_end + h1,
+                    None => false,
+                };
+            if !legal || size > avail {
                 return Err(bad());
             }
             return Ok(Frame::Pad { size });
@@ -423,8 +580,9 @@ impl Ring {
         if hdr.flags != 0 || hdr.len == 0 || hdr.len as u64 > self.max_payload() {
             return Err(bad());
         }
+        // Before the hole, the frame leaves its header slot there too.
         let size = FRAME_HDR + align_frame(hdr.len as u64);
-        if size > avail || size > to_end {
+        if size > avail || size > room {
             return Err(bad());
         }
         if hdr.seq != expected_seq {
@@ -524,160 +682,8 @@ impl Placement {
     }
 }
 
-/// A receiver's position in its ring: the consumer counter, the bytes of the frame there that
-/// were read already, and the sequence number of the next data frame. It lives in the
-/// receiver's private memory; the peer only ever sees a copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReadPos {
-    pub head: u64,
-    pub off: u64,
-    pub seq: u64,
-}
-
-/// One step of a read: copy `n` payload bytes from ring position `from`, then stand at `next`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReadStep {
-    /// Ring position of the first payload byte to copy (a frame never crosses the ring's end).
-    pub from: u64,
-    /// Bytes to copy: at most what the buffer has room for and what the frame has left.
-    pub n: u64,
-    /// The position after the copy: past the frame (its sequence number used) once it was read
-    /// whole, and at once for a pad frame.
-    pub next: ReadPos,
-}
-
-impl ReadStep {
-    /// The step took the reader past its frame.
-    pub fn passed_frame(&self, from: &ReadPos) -> bool {
-        self.next.head != from.head
-    }
-}
-
-impl Ring {
-    /// The receiver at `at`, facing `frame` (validated by [`Ring::check_frame`] at `at.head`),
-    /// with `room` bytes of buffer left: what it copies and where it then stands. The frame's
-    /// length is the peer's (it may have rewritten the header since the reader took part of the
-    /// frame), the offset is ours: an offset the frame does not have is an error, never a
-    /// step that makes no progress. A pad frame is skipped whole, and only from its start.
-    // `check_frame` put the frame (header, payload, padding) below the ring's end, so the
-    // sums stay below `cap`, and `off < len` before each subtraction.
-    #[allow(clippy::arithmetic_side_effects)]
-    #[inline]
-    pub fn read_step(&self, at: ReadPos, frame: Frame, room: u64) -> Result<ReadStep, ProtoError> {
-        match frame {
-            Frame::Pad { size } => {
-                if at.off != 0 {
-                    return Err(ProtoError::BadOffset {
-                        off: at.off,
-                        len: 0,
-                    });
-                }
-                Ok(ReadStep {
-                    from: self.pos(at.head),
-                    n: 0,
-                    next: ReadPos {
-                        head: at.head.wrapping_add(size),
-                        ..at
-                    },
-                })
-            }
-            Frame::Data { len, size } => {
-                if at.off >= len {
-                    return Err(ProtoError::BadOffset { off: at.off, len });
-                }
-                let n = room.min(len - at.off);
-                let from = self.pos(at.head) + FRAME_HDR + at.off;
-                let off = at.off + n;
-                let next = if off == len {
-                    ReadPos {
-                        head: at.head.wrapping_add(size),
-                        off: 0,
-                        seq: at.seq.wrapping_add(1),
-                    }
-                } else {
-                    ReadPos { off, ..at }
-                };
-                Ok(ReadStep { from, n, next })
-            }
-        }
-    }
-}
-
-/// The receiver's credit policy: when it hands its consumer counter back to the sender. Each
-/// return is a store into the sender's memory (across the bridge, and into a cache line the
-/// sender reads), so credits gather until a quarter of the ring is free again; a sender that
-/// waits for them, or a receiver about to sleep or arm (`force`), gets them at once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CreditReturn {
-    /// Nothing was consumed since the last return.
-    Nothing,
-    /// Less than a quarter of the ring gathered: return only if the sender waits for credits.
-    IfSenderWaits,
-    /// Return now.
-    Now,
-}
-
-/// Credits gather until this share of the ring (1/`CREDIT_BATCH`) is free again.
-pub const CREDIT_BATCH: u64 = 4;
-
-/// The ring size a receiver's credit policy counts with ([`credit_return`]), having seen the
-/// peer's frames reach ring position `reach_seen` in the current lap (the position of the pad
-/// frame that ended the last lap, raised by the frames read since): a sender that wraps at its
-/// reach (`Ring::place_within`) needs the credits of its lap before the lap ends, so credits
-/// gather for a quarter of twice its reach (the smallest reach a sender has, [`MIN_REACH`] and
-/// each [`grow_reach`] of it, at or above what was seen), not of the whole ring.
-#[inline]
-pub fn credit_ring(cap: u64, reach_seen: u64) -> u64 {
-    reach_seen
-        .max(MIN_REACH)
-        .checked_add(RING_START)
-        .and_then(u64::checked_next_power_of_two)
-        .map(|pages| pages.saturating_sub(RING_START))
-        .and_then(|r| r.checked_mul(2))
-        .map_or(cap, |r| r.min(cap))
-}
-
-/// What the receiver of a ring of `cap` bytes does with its consumer counter `head`, having
-/// last returned `returned`; `force`: it is about to sleep or arm, and must leave no sender
-/// waiting on credits it holds.
-#[inline]
-pub fn credit_return(cap: u64, head: u64, returned: u64, force: bool) -> CreditReturn {
-    if head == returned {
-        CreditReturn::Nothing
-    } else if !force && head.saturating_sub(returned) < cap / CREDIT_BATCH {
-        CreditReturn::IfSenderWaits
-    } else {
-        CreditReturn::Now
-    }
-}
-
-/// A frame header: `len` payload bytes, flags, and the frame's sequence number (data frames are
-/// numbered from 0 per direction; pad frames carry the next number without using it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FrameHeader {
-    pub len: u32,
-    pub flags: u16,
-    pub seq: u64,
-}
-
-impl FrameHeader {
-    #[inline]
-    pub fn encode(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[0..4].copy_from_slice(&self.len.to_le_bytes());
-        b[4..6].copy_from_slice(&self.flags.to_le_bytes());
-        b[8..16].copy_from_slice(&self.seq.to_le_bytes());
-        b
-    }
-
-    pub fn decode(b: &[u8; 16]) -> FrameHeader {
-        FrameHeader {
-            len: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            flags: u16::from_le_bytes([b[4], b[5]]),
-            seq: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
-        }
-    }
-}
+mod reading;
+pub use reading::*;
 
 mod records;
 pub use records::*;

@@ -28,10 +28,17 @@ use ntbdrv::{Region, SegmentIdentity};
 /// the first ones are freed by the service when it keeps the segment).
 const KEPT: usize = 16;
 
-/// Bytes of a segment with rings of `ring_bytes`: both ends' blocks.
-fn segment_len(ring_bytes: u64) -> Option<usize> {
-    let block = crate::proto::BLOCK_OVERHEAD.checked_add(ring_bytes)?;
-    usize::try_from(block.checked_mul(2)?).ok()
+/// How a segment with rings of `ring_bytes` is mapped (docs/PROTOCOL.md §2, *The shared
+/// page*): the first block (its first `BLOCK_OVERHEAD + ring_bytes` bytes), then the shared
+/// page again and the second block's ring pages, so that each block is one stretch of memory:
+/// the views and their total length.
+fn segment_views(ring_bytes: u64) -> Option<([(u64, usize); 3], usize)> {
+    use crate::proto::BLOCK_OVERHEAD;
+    let view = usize::try_from(BLOCK_OVERHEAD.checked_add(ring_bytes)?).ok()?;
+    let ring = usize::try_from(ring_bytes).ok()?;
+    let page = BLOCK_OVERHEAD as usize;
+    let second = fabric::service::second_ring_pages(ring_bytes);
+    Some(([(0, view), (0, page), (second, ring)], view.checked_mul(2)?))
 }
 
 #[derive(Default)]
@@ -78,12 +85,12 @@ impl SegmentCache {
         fd: &OwnedFd,
         ring_bytes: u64,
     ) -> Option<(ntbdrv::Region, ntbdrv::SegmentIdentity)> {
-        let len = segment_len(ring_bytes)?;
+        let (views, len) = segment_views(ring_bytes)?;
         let id = ntbdrv::Region::segment_identity(fd).ok()?;
         if let Some(r) = self.take(id, len) {
             return Some((r, id));
         }
-        let r = ntbdrv::Region::map_segment(fd, len).ok()?;
+        let r = ntbdrv::Region::map_segment_views(fd, &views).ok()?;
         Some((r, id))
     }
 
@@ -95,11 +102,11 @@ impl SegmentCache {
         inode: u64,
         ring_bytes: u64,
     ) -> Option<(ntbdrv::Region, ntbdrv::SegmentIdentity)> {
-        let len = segment_len(ring_bytes)?;
+        let (_, len) = segment_views(ring_bytes)?;
         let id = SegmentIdentity {
             dev,
             inode,
-            size: len as u64,
+            size: fabric::service::segment_bytes(ring_bytes),
         };
         Some((self.take(id, len)?, id))
     }

@@ -284,15 +284,14 @@ impl Service {
                     .map(|(&conn, c)| {
                         let holder =
                             |end: usize| c.holders.iter().find(|h| h.1 == end).map_or(0, |h| h.0);
-                        let half = c.bytes / 2;
                         Entry {
                             conn,
-                            ring_bytes: half.saturating_sub(BLOCK_OVERHEAD),
+                            ring_bytes: segment_ring(c.bytes),
                             client_pid: holder(0),
                             server_pid: holder(1),
                             client: c.client,
                             server: c.server,
-                            ends: [0, half].map(|at| end_counters(&c.segment, at)),
+                            ends: [0, SECOND_BLOCK].map(|at| end_counters(&c.segment, at)),
                         }
                     })
                     .chain(self.bridged_entries())

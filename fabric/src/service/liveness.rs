@@ -64,7 +64,7 @@ impl Service {
         let fds = [&c.segment, &me.line.fd, &peer.line.fd, &peer.line.tally].map(Rc::clone);
         let r = Reply::Paired {
             conn,
-            ring_bytes: c.bytes / 2 - BLOCK_OVERHEAD,
+            ring_bytes: segment_ring(c.bytes),
             server: side == 1,
             own_line: me.line.id,
             peer_line: peer.line.id,

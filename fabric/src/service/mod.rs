@@ -62,7 +62,32 @@ impl Default for Options {
 pub const BLOCK_OVERHEAD: u64 = 4096;
 /// Where a block's ring starts: its header (the words below) and the ring's first bytes share
 /// the block's first page.
-pub const RING_START: u64 = 0x400;
+pub const RING_START: u64 = 0x240;
+/// Where a segment's second block (the server's end) starts: in the segment's first page, the
+/// *shared page* (docs/PROTOCOL.md §2), which holds both endpoint headers and both rings' first
+/// bytes. The first block (the client's) is the segment's first `BLOCK_OVERHEAD + ring`
+/// bytes, its ring's positions from `SECOND_BLOCK - RING_START` to the page's end the second
+/// block's (a hole its sender never writes); the second block's ring continues from the shared
+/// page's end in its own pages, [`second_ring_pages`] into the segment, which a process maps
+/// right after a second mapping of the shared page.
+pub const SECOND_BLOCK: u64 = 0x800;
+const _: () =
+    assert!(SECOND_BLOCK >= RING_START + RING_START && SECOND_BLOCK + RING_START < BLOCK_OVERHEAD);
+
+/// Bytes of a segment with rings of `ring` bytes: the shared page and both rings' own pages.
+pub const fn segment_bytes(ring: u64) -> u64 {
+    BLOCK_OVERHEAD + 2 * ring
+}
+
+/// The ring size of a segment of `bytes` (made by [`segment_bytes`]).
+pub const fn segment_ring(bytes: u64) -> u64 {
+    bytes.saturating_sub(BLOCK_OVERHEAD) / 2
+}
+
+/// Where the second block's ring pages start in a segment with rings of `ring` bytes.
+pub const fn second_ring_pages(ring: u64) -> u64 {
+    BLOCK_OVERHEAD + ring
+}
 /// Where the words `List` reports lie in an endpoint block (docs/PROTOCOL.md §2; the
 /// transport checks at compile time that its layout says the same): the state bits and the
 /// counters.
@@ -318,16 +343,11 @@ impl Listener {
     }
 }
 
-/// A sealed segment of `bytes` whose pages each end touches when its connection is made
-/// (each block's first page: its endpoint header and the ring's first bytes) are given memory
-/// now.
+/// A sealed segment of `bytes` whose page both ends touch when its connection is made (the
+/// shared page: both endpoint headers and both rings' first bytes) is given memory now.
 fn fresh_segment(bytes: u64) -> io::Result<OwnedFd> {
     let seg = sys::segment(bytes)?;
-    let block = bytes / 2;
-    let page = sys::PAGE as u64;
-    let first = [0, block];
-    let offsets: Vec<u64> = first.into_iter().filter(|&o| o + page <= bytes).collect();
-    sys::prepare_pages(seg.as_raw_fd(), &offsets)?;
+    sys::prepare_pages(seg.as_raw_fd(), &[0])?;
     Ok(seg)
 }
 

@@ -64,10 +64,10 @@ impl Service {
         // Rings above MIN_RING only within their share of the window; MIN_RING for the rest.
         let floor = MIN_RING.min(self.opts.ring_bytes);
         let large = self.opts.window_bytes / LARGE_SHARE;
-        while ring / 2 >= floor && self.window_used + 2 * (BLOCK_OVERHEAD + ring) > large {
+        while ring / 2 >= floor && self.window_used + segment_bytes(ring) > large {
             ring /= 2;
         }
-        let bytes = 2 * (BLOCK_OVERHEAD + ring);
+        let bytes = segment_bytes(ring);
         let declined = |s: &mut Service, reason: u32| {
             s.counters.declined += 1;
             s.reply(server, request, Reply::Declined { reason }, &[]);

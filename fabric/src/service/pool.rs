@@ -38,19 +38,22 @@ fn pair_of(pids: (u32, u32)) -> (u32, u32) {
 }
 
 /// Make segment `fd` of `bytes` start as a fresh one: both endpoint headers (the words below
-/// `RING_START`) written with zeros (the cursors, flags, holders and counters every end starts
-/// from; the pages stay where they are, so the processes that keep them mapped fault on none).
-/// The rings are left as their last connection wrote them: the ring protocol never takes a
-/// frame a ring held before for a new one (docs/PROTOCOL.md §2: the first frame of a stream is
-/// announced by the producer counter, in the zeroed header, and each later one by a header
-/// whose slot its sender marked first). Only each block's pages beyond its first `BLOCK_KEPT`
-/// bytes are freed (a hole), so that a kept segment holds little memory after a connection
-/// that moved a lot.
+/// `RING_START` of each block, in the shared page) written with zeros (the cursors, flags,
+/// holders and counters every end starts from; the pages stay where they are, so the processes
+/// that keep them mapped fault on none), in one write from the segment's start to the second
+/// header's end (the first ring's bytes between them with it). The rings are left as their last
+/// connection wrote them: the ring protocol never takes a frame a ring held before for a new
+/// one (docs/PROTOCOL.md §2: the first frame of a stream is announced by the producer counter,
+/// in the zeroed header, and each later one by a header whose slot its sender marked first).
+/// Only each ring's pages beyond its block's first `BLOCK_KEPT` bytes are freed (a hole), so
+/// that a kept segment holds little memory after a connection that moved a lot.
 fn zero(fd: RawFd, bytes: u64) -> io::Result<()> {
-    let block = bytes / 2;
-    for start in [0, block] {
-        sys::write_zeros(fd, start, RING_START.min(block))?;
-        let (from, end) = (start + BLOCK_KEPT, start + block);
+    sys::write_zeros(fd, 0, (SECOND_BLOCK + RING_START).min(bytes))?;
+    let ring = segment_ring(bytes);
+    // Each block's ring pages, from the first past the shared page: the first block's right
+    // after it, the second's half a segment on.
+    for start in [BLOCK_OVERHEAD, second_ring_pages(ring)] {
+        let (from, end) = (start + BLOCK_KEPT - BLOCK_OVERHEAD, start + ring);
         if from < end && sys::next_data(fd, from)?.is_some_and(|(data, _)| data < end) {
             sys::punch(fd, from, end - from)?;
         }

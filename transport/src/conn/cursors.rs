@@ -34,12 +34,12 @@ pub(super) struct Cursors {
     tx_tail: AtomicU64,
     /// Sequence number of the next data frame we send.
     tx_seq: AtomicU64,
-    /// How far into the peer's ring we place frames (`proto::MIN_REACH`: it grows with the
+    /// How far into the peer's ring we place frames (`Ring::min_reach`: it grows with the
     /// traffic and goes back to the smallest when our direction idles; 0: the smallest).
     pub(super) tx_reach: AtomicU64,
     /// How far into our ring the peer's frames reached in this lap: the position of the pad
     /// frame that ended the last lap (where the peer's reach ended), raised by the frames read
-    /// since; for our credit policy (`proto::credit_ring`).
+    /// since; for our credit policy (`Ring::credit_ring`).
     pub(super) rx_reach: AtomicU64,
     /// The last fast read (`try_recv`) found nothing and its peer shares our CPU, where it
     /// cannot spin: reads go straight to the general path until a wait finds the peer on

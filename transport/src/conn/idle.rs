@@ -136,12 +136,19 @@ impl Connection {
         // sender's reach was the smallest. Every other page of the ring goes. The ring ends
         // at most `BLOCK_OVERHEAD` past its start, and `ring_at` of a position below the
         // capacity (a power of two of at least 4 KiB) is small: the sums do not overflow.
-        let end = ring_at(self.tx_ring.cap()) as u64;
-        let end = end.saturating_add(KEEP - 1) & !(KEEP - 1);
-        let slot = ring_at(self.tx_ring.pos(tail)) as u64 & !(KEEP - 1);
-        let after = slot.saturating_add(KEEP).max(KEEP);
+        // Pages are counted from the block's memory: a block that starts inside a page (a
+        // service segment's second, `Ring::block_phase`) has its first page end before `KEEP`.
+        let phase = self.tx_ring.block_phase();
+        let page = |off: u64| (off.saturating_add(phase) & !(KEEP - 1)).saturating_sub(phase);
+        let end = page((ring_at(self.tx_ring.cap()) as u64).saturating_add(KEEP - 1));
+        let first = page(0).saturating_add(KEEP).saturating_sub(phase);
+        let slot = page(ring_at(self.tx_ring.pos(tail)) as u64);
+        let after = slot
+            .saturating_add(KEEP)
+            .saturating_sub(if slot == 0 { phase } else { 0 })
+            .max(first);
         let ranges = [
-            (KEEP, slot.saturating_sub(KEEP)),
+            (first, slot.saturating_sub(first)),
             (after, end.saturating_sub(after)),
         ];
         let mut bytes = 0usize;
@@ -162,7 +169,7 @@ impl Connection {
             }
         }
         st.seen_tail.store(NONE, Relaxed);
-        if slot >= KEEP {
+        if slot >= first {
             // The receiver keeps reading the slot's page (its readiness checks look at the
             // header slot at its consumer counter): the slot goes to position 0, in the block's
             // first page, and this direction is looked at again.
@@ -171,7 +178,7 @@ impl Connection {
         } else {
             st.released_at.store(tail, Relaxed);
         }
-        // The ring starts small again (`proto::MIN_REACH`): the next frame goes to position 0,
+        // The ring starts small again (`Ring::min_reach`): the next frame goes to position 0,
         // behind a pad from the kept slot, and the reach grows again with the traffic.
         self.cur.tx_reach.store(0, Relaxed);
         let c = &self.shared.counters;
@@ -229,11 +236,11 @@ impl Connection {
                 _ => return,
             },
         };
-        let Ok(frame @ Frame::Pad { .. }) = frame else {
+        let Ok(frame @ Frame::Pad { size }) = frame else {
             return;
         };
         if let Ok(step) = self.rx_ring.read_step(at, frame, 0) {
-            self.note_pad(at.head);
+            self.note_pad(at.head, size);
             let RxPos { head, off, seq } = step.next;
             self.return_credits(head, off, seq, false);
         }

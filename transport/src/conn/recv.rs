@@ -15,7 +15,7 @@ use super::failover;
 use super::ringsync;
 use super::wait::{Deadline, Wait};
 use super::{Connection, Counter, IoError, RecvFlags};
-use crate::proto::{credit_ring, Frame, ProtoError};
+use crate::proto::{Frame, ProtoError};
 use crate::CompletionMode;
 
 /// Iterations of `recv`'s loop without a byte copied, a data frame consumed or a wait before
@@ -219,8 +219,8 @@ impl Connection {
             let Ok(step) = self.rx_ring.read_step(at, frame, room as u64) else {
                 break;
             };
-            if let Frame::Pad { .. } = frame {
-                self.note_pad(head);
+            if let Frame::Pad { size } = frame {
+                self.note_pad(head, size);
             }
             // At most `room`: `n` fits a usize.
             let n = step.n as usize;
@@ -387,8 +387,8 @@ impl Connection {
                     Err(e) => break Err(self.protocol_error("recv", e)),
                 };
                 let at = RxPos { head, off, seq };
-                if let Frame::Pad { .. } = frame {
-                    self.note_pad(head);
+                if let Frame::Pad { size } = frame {
+                    self.note_pad(head, size);
                     match self.rx_ring.read_step(at, frame, 0) {
                         Ok(step) => {
                             head = step.next.head;
@@ -642,11 +642,15 @@ impl Connection {
         self.flush_credits(force);
     }
 
-    /// A pad frame at consumer counter `head`: the peer's reach ends there (or the ring does),
-    /// which our credit policy follows (`proto::credit_ring`).
+    /// A pad frame of `size` bytes at consumer counter `head`: if it ends the lap, the peer's
+    /// reach ends there (or the ring does), which our credit policy follows
+    /// (`Ring::credit_ring`); one that ends at the hole's end is inside the lap.
     #[inline]
-    pub(super) fn note_pad(&self, head: u64) {
-        self.cur.rx_reach.store(self.rx_ring.pos(head), Relaxed);
+    pub(super) fn note_pad(&self, head: u64, size: u64) {
+        let pos = self.rx_ring.pos(head);
+        if pos.saturating_add(size) >= self.rx_ring.cap() {
+            self.cur.rx_reach.store(pos, Relaxed);
+        }
     }
 
     pub(super) fn flush_credits(&self, force: bool) {
@@ -658,7 +662,7 @@ impl Connection {
             self.cur.rx_reach.store(pos, Relaxed);
             seen = pos;
         }
-        let cap = credit_ring(self.rx_ring.cap(), seen);
+        let cap = self.rx_ring.credit_ring(seen);
         if ringsync::flush_credits(
             &self.peer_block,
             &self.own_block,

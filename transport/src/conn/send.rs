@@ -171,7 +171,7 @@ impl Connection {
         }
         let TxPos { tail, seq } = self.tx_pos();
         // The credits we last saw, and only if they leave no room, the receiver's counter.
-        // Inside our reach (`proto::MIN_REACH`); at its end, the general path pads.
+        // Inside our reach (`Ring::min_reach` and up); at its end, the general path pads.
         let reach = self.cur.tx_reach.load(Relaxed);
         let (pos, new_tail) = match self.tx_ring.place_whole_within(
             tail,
@@ -423,9 +423,9 @@ impl Connection {
         self.place_reaching(tail, head, want)
     }
 
-    /// Place a frame inside our reach in the peer's ring (`proto::MIN_REACH`) with the credits
+    /// Place a frame inside our reach in the peer's ring (`Ring::min_reach` and up) with the credits
     /// `head`; where it does not fit there (a frame larger than the reach, or a receiver that
-    /// lags by more than it), grow the reach (`proto::grow_reach`: twice the block's pages), up
+    /// lags by more than it), grow the reach (`Ring::grow_reach`: twice the block's pages), up
     /// to the whole ring, and place as the ring allows: the ring's memory grows with the
     /// traffic.
     fn place_reaching(
@@ -441,7 +441,7 @@ impl Connection {
             }
             self.cur
                 .tx_reach
-                .store(crate::proto::grow_reach(reach), Relaxed);
+                .store(self.tx_ring.grow_reach(reach), Relaxed);
         }
         self.tx_ring.place(tail, head, want)
     }

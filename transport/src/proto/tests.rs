@@ -3,6 +3,7 @@
 
 use super::*;
 
+mod hole;
 mod reach;
 
 /// A small seeded generator (xorshift64) for the models below.
@@ -118,7 +119,14 @@ fn a_published_frame_is_checked_as_a_counted_one() {
 fn place_whole_agrees_with_place() {
     let r = Ring::new(16384).unwrap();
     let mut answered = 0;
-    for reach in [0, MIN_REACH, 4096, grow_reach(MIN_REACH), 8192, 16384] {
+    for reach in [
+        0,
+        MIN_REACH,
+        4096,
+        Ring::new(1 << 20).unwrap().grow_reach(MIN_REACH),
+        8192,
+        16384,
+    ] {
         for tail in (0..3 * 16384u64).step_by(48).chain([u64::MAX - 100, !15]) {
             for used in [0u64, 16, 100, 1000, 4000, 16384, 16385, 20000] {
                 let head = tail.wrapping_sub(used);

@@ -2,6 +2,7 @@
 //! hostile_frames.rs, linkfault.rs): a private device, a transport over it, connected pairs.
 #![allow(dead_code)]
 
+pub mod service;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;

@@ -5,6 +5,11 @@
 use super::*;
 use super::{take_frame, xorshift};
 
+/// A ring of a block that starts on a page (the device's, the bridge's).
+fn dev() -> Ring {
+    Ring::new(1 << 20).unwrap()
+}
+
 #[test]
 fn place_within_keeps_frames_and_marks_inside_the_reach() {
     let r = Ring::new(16384).unwrap();
@@ -67,43 +72,53 @@ fn place_within_keeps_frames_and_marks_inside_the_reach() {
 
 #[test]
 fn a_reach_grows_to_whole_pages_of_the_block() {
-    // 3 KiB (the header's page), 7 KiB (two pages), 15 KiB (four), ...: each reach ends on a
+    // The header's page, then two pages, four, ... (3,520, 7,616, 15,808 bytes): each reach ends on a
     // page boundary of the block, twice as many pages as the one before.
     let mut reach = 0;
     for pages in [1u64, 2, 4, 8, 16] {
         reach = if pages == 1 {
             MIN_REACH
         } else {
-            grow_reach(reach)
+            dev().grow_reach(reach)
         };
         assert_eq!(RING_START + reach, pages * BLOCK_OVERHEAD, "reach {reach}");
     }
-    assert_eq!(grow_reach(0), grow_reach(MIN_REACH));
-    // A ring caps it: 16 KiB of ring after 15 KiB of reach.
+    assert_eq!(dev().grow_reach(0), dev().grow_reach(MIN_REACH));
+    // A ring caps it: 16 KiB of ring after four pages of reach.
     let r = Ring::new(16384).unwrap();
-    assert_eq!(r.reach(grow_reach(grow_reach(MIN_REACH))), 15360);
-    assert_eq!(r.reach(grow_reach(15360)), 16384);
-    assert_eq!(r.reach(grow_reach(u64::MAX)), 16384);
+    assert_eq!(
+        r.reach(dev().grow_reach(dev().grow_reach(MIN_REACH))),
+        16384 - RING_START
+    );
+    assert_eq!(r.reach(dev().grow_reach(16384 - RING_START)), 16384);
+    assert_eq!(r.reach(dev().grow_reach(u64::MAX)), 16384);
 }
 
 #[test]
 fn credit_ring_follows_the_senders_reach() {
     // Every sender starts at the smallest reach: credits gather for half of it.
-    assert_eq!(credit_ring(1 << 20, 0), 2 * MIN_REACH);
-    assert_eq!(credit_ring(1 << 20, MIN_REACH - 64), 2 * MIN_REACH);
-    assert_eq!(credit_ring(1 << 20, MIN_REACH), 2 * MIN_REACH);
+    assert_eq!(Ring::new(1 << 20).unwrap().credit_ring(0), 2 * MIN_REACH);
+    assert_eq!(
+        Ring::new(1 << 20).unwrap().credit_ring(MIN_REACH - 64),
+        2 * MIN_REACH
+    );
+    assert_eq!(
+        Ring::new(1 << 20).unwrap().credit_ring(MIN_REACH),
+        2 * MIN_REACH
+    );
     // Past it: the next reach a sender grows to.
     assert_eq!(
-        credit_ring(1 << 20, MIN_REACH + 16),
-        2 * grow_reach(MIN_REACH)
+        Ring::new(1 << 20).unwrap().credit_ring(MIN_REACH + 16),
+        2 * dev().grow_reach(MIN_REACH)
     );
-    assert_eq!(credit_ring(1 << 20, 5000), 2 * 7168);
-    assert_eq!(credit_ring(1 << 20, 7168), 2 * 7168);
-    assert_eq!(credit_ring(1 << 20, 7200), 2 * 15360);
+    let (two, four) = (8192 - RING_START, 16384 - RING_START);
+    assert_eq!(Ring::new(1 << 20).unwrap().credit_ring(5000), 2 * two);
+    assert_eq!(Ring::new(1 << 20).unwrap().credit_ring(two), 2 * two);
+    assert_eq!(Ring::new(1 << 20).unwrap().credit_ring(two + 16), 2 * four);
     // Frames and pads up to the ring's end: the whole ring.
-    assert_eq!(credit_ring(16384, 16384 - 16), 16384);
-    assert_eq!(credit_ring(16384, 9000), 16384);
-    assert_eq!(credit_ring(4096, 0), 4096);
+    assert_eq!(Ring::new(16384).unwrap().credit_ring(16384 - 16), 16384);
+    assert_eq!(Ring::new(16384).unwrap().credit_ring(9000), 16384);
+    assert_eq!(Ring::new(4096).unwrap().credit_ring(0), 4096);
 }
 
 /// Request/response traffic as a connection runs it with a reach: the sender places within its
@@ -145,7 +160,7 @@ fn a_reach_keeps_small_messages_in_one_page_and_grows_with_a_lagging_receiver() 
             let p = match p {
                 Some(p) => p,
                 None => {
-                    reach = grow_reach(r.reach(reach));
+                    reach = r.grow_reach(r.reach(reach));
                     match r.place(tail, credited, want).unwrap() {
                         Some(p) => p,
                         None => break,
@@ -179,7 +194,7 @@ fn a_reach_keeps_small_messages_in_one_page_and_grows_with_a_lagging_receiver() 
             }
             take_frame(&r, &mem, tail, &mut head, &mut rx_seq, &mut got);
             seen = seen.max(r.pos(head));
-            if credit_return(credit_ring(cap, seen), head, returned, false) == CreditReturn::Now {
+            if credit_return(r.credit_ring(seen), head, returned, false) == CreditReturn::Now {
                 returned = head;
             }
         }

@@ -1,0 +1,91 @@
+//! Over the host fabric service, a connection's segment holds both endpoint headers and both
+//! rings' first bytes in one page (docs/PROTOCOL.md §2, *The shared page*): a connection that
+//! exchanges small messages allocates that page and no other, and a burst that grows a ring
+//! gives its pages back when the direction idles. One test in this file: it counts the pages of
+//! every segment this process has open (messages of every size: `shared_page_sizes.rs`).
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+
+use common::service::{exchange, service, transport};
+use common::{pair, pattern};
+use transport::{Connection, IdleRelease};
+
+/// The bytes allocated in each of the service's segments (memfds `pcisock-segment`, open in
+/// this process: the service runs on one of its threads; the processes' tally pages are such
+/// memfds too, with nothing allocated while no peer rang).
+fn segments() -> Vec<u64> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:pcisock-segment"))
+        })
+        .filter_map(|e| std::fs::metadata(e.path()).ok())
+        .map(|m| m.blocks() * 512)
+        .collect()
+}
+
+fn release(from: &Connection, to: &Connection, now: &mut u64) -> IdleRelease {
+    // The receiver's looks return its credits (as its sweep, or its arming, does).
+    let _ = to.release_idle_tx(*now, 1000);
+    let _ = from.release_idle_tx(*now, 1000);
+    *now += 1000;
+    let _ = to.release_idle_tx(*now, 1000);
+    from.release_idle_tx(*now, 1000)
+}
+
+#[test]
+fn a_small_message_connection_holds_one_page() {
+    let svc = service();
+    let t = transport(&svc, 16 << 10);
+    let (c, s, _cs, _ss) = pair(&t);
+    let request: Vec<u8> = (0..100).map(pattern).collect();
+    let answer: Vec<u8> = (0..200).map(pattern).collect();
+    for _ in 0..10_000 {
+        exchange(&c, &s, &request);
+        exchange(&s, &c, &answer);
+    }
+    // The connection's segment (and the spares the service made after it) has its shared page
+    // and nothing else: both headers and both rings' laps are there.
+    let held = segments();
+    assert_eq!(
+        held.iter().max(),
+        Some(&4096),
+        "small messages allocated more than the shared page: {held:?}"
+    );
+    // A burst each way grows both rings onto their own pages.
+    let burst: Vec<u8> = (0..12 << 10).map(pattern).collect();
+    exchange(&c, &s, &burst);
+    exchange(&s, &c, &burst);
+    let grown = segments();
+    assert!(
+        grown.iter().any(|&b| b > 4096),
+        "the bursts grew the rings: {grown:?}"
+    );
+    // Idle: each direction gives its pages back; a header slot past the shared page goes to
+    // position 0 first, and a later look releases its page.
+    let mut now = 1;
+    for _ in 0..3 {
+        for (from, to) in [(&c, &s), (&s, &c)] {
+            let r = release(from, to, &mut now);
+            assert!(
+                !matches!(r, IdleRelease::Busy | IdleRelease::Refused),
+                "{r:?}"
+            );
+        }
+    }
+    let idle = segments();
+    assert_eq!(
+        idle.iter().max(),
+        Some(&4096),
+        "an idle connection holds its shared page only: {idle:?}"
+    );
+    // And the stream goes on from there, exact.
+    for _ in 0..100 {
+        exchange(&c, &s, &request);
+        exchange(&s, &c, &answer);
+    }
+}
