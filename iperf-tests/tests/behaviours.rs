@@ -434,6 +434,12 @@ fn preadv2_pwritev2() {
 }
 
 #[test]
+fn signals_around_select() {
+    // Both ends in the process: 8 bytes from the client, 4 from the server, each counted once per end.
+    run_behaviour("signals_around_select", expect(2, 12, 12, 0));
+}
+
+#[test]
 fn sa_restart() {
     // 3 × 4 bytes, then two fills of the 1 MiB ring (at least 512 KiB each) and the restarted 1000-byte send.
     run_behaviour("sa_restart", expect(2, 12 + 1000 + MIB, 12 + 1000 + MIB, 0));

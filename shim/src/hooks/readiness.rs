@@ -23,6 +23,33 @@ fn real_ppoll(
     ))
 }
 
+/// Run `f`, the library's part of a readiness wait, with every signal held, and give it the
+/// mask its kernel waits use: the caller's (`mask`, of ppoll and pselect), or the one the thread
+/// had. So a signal reaches the application only inside a kernel wait, as with the kernel's own
+/// poll and select, never while the library allocates or holds a lock: a program that unblocks
+/// signals only around select (PostgreSQL's postmaster, whose handlers fork and allocate) met
+/// a corrupted heap when a signal landed in the library's allocations instead (its `malloc`
+/// re-entered). Signals that came meanwhile are delivered by the next kernel wait, or when the
+/// thread's mask comes back at the end.
+fn signals_held<R>(mask: *const libc::sigset_t, f: impl FnOnce(*const libc::sigset_t) -> R) -> R {
+    // SAFETY: sigset_t is plain data, filled by sigfillset before use.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `old` is written by pthread_sigmask before it is read.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: live sigset_t buffers of this frame.
+    let held = unsafe {
+        libc::sigfillset(&mut all) == 0
+            && libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) == 0
+    };
+    if !held {
+        return f(mask);
+    }
+    let r = f(if mask.is_null() { &old } else { mask });
+    // SAFETY: the mask this thread had, saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    r
+}
+
 fn poll_with(
     fds: *mut libc::pollfd,
     n: libc::nfds_t,
@@ -37,14 +64,19 @@ fn poll_with(
     if crate::epoll::IN_USE.load(std::sync::atomic::Ordering::Relaxed) {
         set.iter().for_each(|p| crate::epoll::polled(p.fd));
     }
-    let real = |s: &mut [libc::pollfd], t: Option<Duration>| real_ppoll(s, t, mask);
-    match guard(|| match ops::poll(set, timeout, &real) {
-        Detour::Bypass => Err(i32::MIN),
-        Detour::Ours(r) => r,
-    }) {
-        Err(i32::MIN) => None,
-        r => Some(finish(r)),
+    if !set.iter().any(|p| table::contains(p.fd)) {
+        return None;
     }
+    signals_held(mask, |mask| {
+        let real = |s: &mut [libc::pollfd], t: Option<Duration>| real_ppoll(s, t, mask);
+        match guard(|| match ops::poll(set, timeout, &real) {
+            Detour::Bypass => Err(i32::MIN),
+            Detour::Ours(r) => r,
+        }) {
+            Err(i32::MIN) => None,
+            r => Some(finish(r)),
+        }
+    })
 }
 
 fn ms(timeout: c_int) -> Option<Duration> {
@@ -131,6 +163,20 @@ fn select_with(
     if !(0..nfds).any(|fd| (isset(r, fd) || isset(w, fd) || isset(e, fd)) && table::contains(fd)) {
         return None;
     }
+    signals_held(mask, |mask| select_held(nfds, r, w, e, timeout, mask))
+}
+
+/// [`select_with`]'s work once the set holds a tracked fd, with signals held.
+fn select_held(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    timeout: Option<Duration>,
+    mask: *const libc::sigset_t,
+) -> Option<c_int> {
+    // SAFETY: each set is null or the application's fd_set; FD_ISSET reads within it.
+    let isset = |s: *mut libc::fd_set, fd: c_int| !s.is_null() && unsafe { libc::FD_ISSET(fd, s) };
     let mut set: Vec<libc::pollfd> = (0..nfds)
         .filter_map(|fd| {
             let mut ev = 0;
