@@ -163,21 +163,8 @@ impl Region {
                 "segment not sealed against shrinking",
             ));
         }
-        // SAFETY: a fresh anonymous reservation of `total` bytes, no access: nothing else uses
-        // these addresses; the views replace it below.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                total,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(Error::last_os_error());
-        }
+        // Nothing else uses these addresses; the views replace the reservation below.
+        let base = crate::sysutil::reserve(total)?;
         let keep = Views {
             base: base.cast(),
             len: total,

@@ -224,6 +224,26 @@ pub(crate) fn uid() -> u32 {
     unsafe { libc::getuid() }
 }
 
+/// A fresh reservation of `len` bytes of address space: private, no access, no memory behind
+/// it; mappings made over it with `MAP_FIXED` replace only the caller's own addresses.
+pub(crate) fn reserve(len: usize) -> std::io::Result<*mut libc::c_void> {
+    // SAFETY: a new private anonymous mapping with no access; no existing memory is touched.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(p)
+}
+
 /// The size of a memory page (sysconf; 4 KiB if it will not say).
 pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no memory arguments.

@@ -51,20 +51,7 @@ impl Mapping {
         let span = len
             .checked_add(HUGE)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "file too large to map"))?;
-        // SAFETY: a fresh private reservation of address space, no access, touching nothing else.
-        let res = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                span,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if res == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        let res = crate::sysutil::reserve(span)?;
         let start = res as usize;
         let at = start.div_ceil(HUGE) * HUGE;
         // SAFETY: `at..at + len` lies inside the reservation just made (it has HUGE bytes to

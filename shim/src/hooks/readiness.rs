@@ -163,89 +163,77 @@ fn select_with(
     if !(0..nfds).any(|fd| (isset(r, fd) || isset(w, fd) || isset(e, fd)) && table::contains(fd)) {
         return None;
     }
-    signals_held(mask, |mask| select_held(nfds, r, w, e, timeout, mask))
-}
-
-/// [`select_with`]'s work once the set holds a tracked fd, with signals held.
-fn select_held(
-    nfds: c_int,
-    r: *mut libc::fd_set,
-    w: *mut libc::fd_set,
-    e: *mut libc::fd_set,
-    timeout: Option<Duration>,
-    mask: *const libc::sigset_t,
-) -> Option<c_int> {
-    // SAFETY: each set is null or the application's fd_set; FD_ISSET reads within it.
-    let isset = |s: *mut libc::fd_set, fd: c_int| !s.is_null() && unsafe { libc::FD_ISSET(fd, s) };
-    let mut set: Vec<libc::pollfd> = (0..nfds)
-        .filter_map(|fd| {
-            let mut ev = 0;
-            if isset(r, fd) {
-                ev |= libc::POLLIN;
-            }
-            if isset(w, fd) {
-                ev |= libc::POLLOUT;
-            }
-            if isset(e, fd) {
-                ev |= libc::POLLPRI;
-            }
-            (ev != 0).then_some(libc::pollfd {
-                fd,
-                events: ev,
-                revents: 0,
+    signals_held(mask, |mask| {
+        let mut set: Vec<libc::pollfd> = (0..nfds)
+            .filter_map(|fd| {
+                let mut ev = 0;
+                if isset(r, fd) {
+                    ev |= libc::POLLIN;
+                }
+                if isset(w, fd) {
+                    ev |= libc::POLLOUT;
+                }
+                if isset(e, fd) {
+                    ev |= libc::POLLPRI;
+                }
+                (ev != 0).then_some(libc::pollfd {
+                    fd,
+                    events: ev,
+                    revents: 0,
+                })
             })
-        })
-        .collect();
-    let real = |s: &mut [libc::pollfd], t: Option<Duration>| real_ppoll(s, t, mask);
-    let res = guard(|| match ops::poll(&mut set, timeout, &real) {
-        Detour::Bypass => {
-            let n = real(&mut set, timeout);
-            if n < 0 {
-                Err(sys::errno())
-            } else {
-                Ok(n)
+            .collect();
+        let real = |s: &mut [libc::pollfd], t: Option<Duration>| real_ppoll(s, t, mask);
+        let res = guard(|| match ops::poll(&mut set, timeout, &real) {
+            Detour::Bypass => {
+                let n = real(&mut set, timeout);
+                if n < 0 {
+                    Err(sys::errno())
+                } else {
+                    Ok(n)
+                }
+            }
+            Detour::Ours(x) => x,
+        });
+        let n = match res {
+            Ok(n) => n,
+            Err(err) => return Some(finish(Err(err))),
+        };
+        let _ = n;
+        for s in [r, w, e] {
+            if !s.is_null() {
+                // SAFETY: the application's fd_set.
+                unsafe { libc::FD_ZERO(s) };
             }
         }
-        Detour::Ours(x) => x,
-    });
-    let n = match res {
-        Ok(n) => n,
-        Err(err) => return Some(finish(Err(err))),
-    };
-    let _ = n;
-    for s in [r, w, e] {
-        if !s.is_null() {
-            // SAFETY: the application's fd_set.
-            unsafe { libc::FD_ZERO(s) };
-        }
-    }
-    let mut count = 0;
-    for p in &set {
-        let bad = p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0;
-        // SAFETY: `p.fd < nfds <= FD_SETSIZE`, inside the application's fd_sets.
-        unsafe {
-            if !r.is_null()
-                && p.events & libc::POLLIN != 0
-                && (p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
-            {
-                libc::FD_SET(p.fd, r);
-                count += 1;
-            }
-            if !w.is_null()
-                && p.events & libc::POLLOUT != 0
-                && (p.revents & (libc::POLLOUT | libc::POLLERR) != 0
-                    || bad && p.revents & libc::POLLERR != 0)
-            {
-                libc::FD_SET(p.fd, w);
-                count += 1;
-            }
-            if !e.is_null() && p.events & libc::POLLPRI != 0 && p.revents & libc::POLLPRI != 0 {
-                libc::FD_SET(p.fd, e);
-                count += 1;
+        let mut count = 0;
+        for p in &set {
+            let bad = p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0;
+            // SAFETY: `p.fd < nfds <= FD_SETSIZE`, inside the application's fd_sets.
+            unsafe {
+                if !r.is_null()
+                    && p.events & libc::POLLIN != 0
+                    && (p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
+                {
+                    libc::FD_SET(p.fd, r);
+                    count += 1;
+                }
+                if !w.is_null()
+                    && p.events & libc::POLLOUT != 0
+                    && (p.revents & (libc::POLLOUT | libc::POLLERR) != 0
+                        || bad && p.revents & libc::POLLERR != 0)
+                {
+                    libc::FD_SET(p.fd, w);
+                    count += 1;
+                }
+                if !e.is_null() && p.events & libc::POLLPRI != 0 && p.revents & libc::POLLPRI != 0 {
+                    libc::FD_SET(p.fd, e);
+                    count += 1;
+                }
             }
         }
-    }
-    Some(count)
+        Some(count)
+    })
 }
 
 #[no_mangle]

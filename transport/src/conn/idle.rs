@@ -143,10 +143,11 @@ impl Connection {
         let end = page((ring_at(self.tx_ring.cap()) as u64).saturating_add(KEEP - 1));
         let first = page(0).saturating_add(KEEP).saturating_sub(phase);
         let slot = page(ring_at(self.tx_ring.pos(tail)) as u64);
-        let after = slot
-            .saturating_add(KEEP)
-            .saturating_sub(if slot == 0 { phase } else { 0 })
-            .max(first);
+        let after = if slot == 0 {
+            first
+        } else {
+            slot.saturating_add(KEEP)
+        };
         let ranges = [
             (first, slot.saturating_sub(first)),
             (after, end.saturating_sub(after)),

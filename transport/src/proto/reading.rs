@@ -1,17 +1,7 @@
 //! The receiving side of the wire protocol: a receiver's position in its ring and each step of
 //! a read ([`Ring::read_step`]), the credit policy ([`credit_return`]) and the frame header's
-//! encoding. Pure functions, as the rest of `proto`: they never panic on what a peer wrote.
-
-// Decodes what peers write: it must never panic on it.
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
+//! encoding. Pure functions, as the rest of `proto` (whose lints it inherits): they never panic on
+//! what a peer wrote.
 
 use super::{Frame, ProtoError, Ring, FRAME_HDR};
 

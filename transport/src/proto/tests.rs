@@ -356,6 +356,62 @@ fn a_short_write_makes_a_shorter_frame() {
     assert_eq!(p.write(0, 0).header.len, 1);
 }
 
+/// The sending end of the reach models (`reach.rs`, `hole.rs`), placing as
+/// `Connection::place_reaching` does: within its reach against the credits it saw, then against
+/// what the receiver `returned`; where that fails, grow the reach and place in the whole ring.
+/// `None`: no room at all (wait for the receiver).
+fn place_reaching(
+    r: &Ring,
+    tail: u64,
+    want: u64,
+    credited: &mut u64,
+    returned: u64,
+    reach: &mut u64,
+) -> Option<Placement> {
+    let mut p = r.place_within(tail, *credited, want, *reach).unwrap();
+    if p.is_none() {
+        *credited = returned;
+        p = r.place_within(tail, *credited, want, *reach).unwrap();
+    }
+    p.or_else(|| {
+        *reach = r.grow_reach(r.reach(*reach));
+        r.place(tail, *credited, want).unwrap()
+    })
+}
+
+/// The receiving end of the reach models: its position, the credits it returned, how far the
+/// sender's frames reached in this lap (`Ring::credit_ring`), and the payload it took.
+#[derive(Default)]
+struct Receiver {
+    head: u64,
+    seq: u64,
+    returned: u64,
+    seen: u64,
+    got: Vec<u8>,
+}
+
+impl Receiver {
+    /// Read everything published up to `tail`, returning credits as `credit_return` says; a pad
+    /// that ends the lap (reaches the ring's end) ends the sender's reach there.
+    fn read_all(&mut self, r: &Ring, mem: &[u8], tail: u64) {
+        while self.head < tail {
+            let at = r.pos(self.head);
+            let hb: [u8; 16] = mem[at as usize..at as usize + 16].try_into().unwrap();
+            let h = FrameHeader::decode(&hb);
+            if h.flags == FRAME_PAD && at + 16 + u64::from(h.len) >= r.cap() {
+                self.seen = at;
+            }
+            take_frame(r, mem, tail, &mut self.head, &mut self.seq, &mut self.got);
+            self.seen = self.seen.max(r.pos(self.head));
+            if credit_return(r.credit_ring(self.seen), self.head, self.returned, false)
+                == CreditReturn::Now
+            {
+                self.returned = self.head;
+            }
+        }
+    }
+}
+
 /// The receiving end of the ring models below: take the frame at `head` out of `mem` (a pad
 /// frame, or data frame number `rx_seq`, whose payload goes to `got`), validated as `recv` does.
 fn take_frame(

@@ -4,7 +4,7 @@
 //! into the shared page.
 
 use super::*;
-use super::{take_frame, xorshift};
+use super::{place_reaching, xorshift, Receiver};
 
 /// Where the second block starts in the shared page (`fabric::service::SECOND_BLOCK`).
 const SECOND: u64 = 0x800;
@@ -175,9 +175,9 @@ fn run(r: Ring, name: &str) {
     let page = |pos: u64| ((lead + pos) / PAGE) as usize;
     let in_hole = |pos: u64| r.hole().is_some_and(|(h0, h1)| (h0..h1).contains(&pos));
     let (mut tail, mut seq, mut credited, mut reach) = (0u64, 0u64, 0u64, 0u64);
-    let (mut head, mut rx_seq, mut returned, mut seen) = (0u64, 0u64, 0u64, 0u64);
+    let mut rx = Receiver::default();
     let mut next = xorshift(0x0e_5ba9_e000_u64);
-    let (mut sent, mut got) = (0u64, Vec::new());
+    let mut sent = 0u64;
     for round in 0..6000u64 {
         let burst = if round >= 2000 && round % 50 == 0 {
             30
@@ -196,20 +196,9 @@ fn run(r: Ring, name: &str) {
             } else {
                 40 + next() % 200
             };
-            let mut p = r.place_within(tail, credited, want, reach).unwrap();
-            if p.is_none() {
-                credited = returned;
-                p = r.place_within(tail, credited, want, reach).unwrap();
-            }
-            let p = match p {
-                Some(p) => p,
-                None => {
-                    reach = r.grow_reach(r.reach(reach));
-                    match r.place(tail, credited, want).unwrap() {
-                        Some(p) => p,
-                        None => break,
-                    }
-                }
+            let Some(p) = place_reaching(&r, tail, want, &mut credited, rx.returned, &mut reach)
+            else {
+                break;
             };
             let w = p.write(seq, p.len);
             let mut wrote = |at: u64, bytes: &[u8]| {
@@ -231,27 +220,16 @@ fn run(r: Ring, name: &str) {
             (tail, seq) = (w.tail, w.next_seq);
             sent += p.len;
         }
-        while head < tail {
-            let at = r.pos(head);
-            let hb: [u8; 16] = mem[at as usize..at as usize + 16].try_into().unwrap();
-            let h = FrameHeader::decode(&hb);
-            if h.flags == FRAME_PAD && at + 16 + u64::from(h.len) >= cap {
-                seen = at;
-            }
-            take_frame(&r, &mem, tail, &mut head, &mut rx_seq, &mut got);
-            seen = seen.max(r.pos(head));
-            if credit_return(r.credit_ring(seen), head, returned, false) == CreditReturn::Now {
-                returned = head;
-            }
-        }
+        rx.read_all(&r, &mem, tail);
     }
     assert!(
-        got.iter()
+        rx.got
+            .iter()
             .enumerate()
             .all(|(i, &b)| b == (i as u64 % 251) as u8),
         "{name}"
     );
-    assert_eq!(got.len() as u64, sent, "{name}");
+    assert_eq!(rx.got.len() as u64, sent, "{name}");
     assert!(
         r.reach(reach) > r.min_reach(),
         "{name}: a lagging receiver grows the reach"

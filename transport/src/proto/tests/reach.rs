@@ -3,7 +3,7 @@
 //! a small-message stream inside one page, each driven with plain values.
 
 use super::*;
-use super::{take_frame, xorshift};
+use super::{place_reaching, xorshift, Receiver};
 
 /// A ring of a block that starts on a page (the device's, the bridge's).
 fn dev() -> Ring {
@@ -136,9 +136,9 @@ fn a_reach_keeps_small_messages_in_one_page_and_grows_with_a_lagging_receiver() 
     let mut touched = [false; 5];
     let page = |pos: u64| ((RING_START + pos) / BLOCK_OVERHEAD) as usize;
     let (mut tail, mut seq, mut credited, mut reach) = (0u64, 0u64, 0u64, 0u64);
-    let (mut head, mut rx_seq, mut returned, mut seen) = (0u64, 0u64, 0u64, 0u64);
+    let mut rx = Receiver::default();
     let mut next = xorshift(0x5eed_0f0a_11aa_u64);
-    let (mut sent, mut got) = (0u64, Vec::new());
+    let mut sent = 0u64;
     for round in 0..4000u64 {
         // A burst of 1 message (or, in the second half, of 40 now and then) before the
         // receiver reads.
@@ -152,20 +152,9 @@ fn a_reach_keeps_small_messages_in_one_page_and_grows_with_a_lagging_receiver() 
         }
         for _ in 0..burst {
             let want = 40 + next() % 200;
-            let mut p = r.place_within(tail, credited, want, reach).unwrap();
-            if p.is_none() {
-                credited = returned;
-                p = r.place_within(tail, credited, want, reach).unwrap();
-            }
-            let p = match p {
-                Some(p) => p,
-                None => {
-                    reach = r.grow_reach(r.reach(reach));
-                    match r.place(tail, credited, want).unwrap() {
-                        Some(p) => p,
-                        None => break,
-                    }
-                }
+            let Some(p) = place_reaching(&r, tail, want, &mut credited, rx.returned, &mut reach)
+            else {
+                break;
             };
             let w = p.write(seq, p.len);
             if let Some((at, h)) = w.pad {
@@ -185,25 +174,14 @@ fn a_reach_keeps_small_messages_in_one_page_and_grows_with_a_lagging_receiver() 
             (tail, seq) = (w.tail, w.next_seq);
             sent += p.len;
         }
-        // The receiver reads everything published, returning credits as it goes.
-        while head < tail {
-            let at = r.pos(head) as usize;
-            let hb: [u8; 16] = mem[at..at + 16].try_into().unwrap();
-            if FrameHeader::decode(&hb).flags == FRAME_PAD {
-                seen = at as u64;
-            }
-            take_frame(&r, &mem, tail, &mut head, &mut rx_seq, &mut got);
-            seen = seen.max(r.pos(head));
-            if credit_return(r.credit_ring(seen), head, returned, false) == CreditReturn::Now {
-                returned = head;
-            }
-        }
+        rx.read_all(&r, &mem, tail);
     }
-    assert!(got
+    assert!(rx
+        .got
         .iter()
         .enumerate()
         .all(|(i, &b)| b == (i as u64 % 251) as u8));
-    assert_eq!(got.len() as u64, sent);
+    assert_eq!(rx.got.len() as u64, sent);
     assert!(
         r.reach(reach) > MIN_REACH,
         "a lagging receiver grows the reach"
