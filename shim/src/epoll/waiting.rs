@@ -363,6 +363,14 @@ fn arm(st: &mut SetState, now: Instant) -> bool {
     any
 }
 
+/// The most events one [`wait`] returns. Its buffers are kept per thread with room for as many
+/// events as it returns, twice (the kernel's and ours, 12 bytes an event each), and some
+/// applications ask for far more than they can get at once: wrk asks for 3 events per
+/// connection (144 bytes a connection at 2,000; benches/results/heap-session17.md). What is
+/// ready beyond it is left for the next call, as the kernel leaves what does not fit; nginx
+/// asks for 512.
+const WAIT_MAX: usize = 1024;
+
 /// The buffers of one [`wait`] (the kernel's events, ours to return), kept by each thread between
 /// calls: made anew per call, a 512-event buffer zeroed and another allocated, they were a third
 /// of an nginx worker's instructions per keep-alive request (callgrind: 6,400 of ~20,000 in
@@ -429,7 +437,7 @@ pub fn wait(
     // Looked at once per call, on the first pass below.
     let mut cpu_checked = spin.is_zero();
     let t0 = Instant::now();
-    let max = events.len();
+    let max = events.len().min(WAIT_MAX);
     let ntb_max = max - kernel_share(max);
     let mut bufs = Bufs::take(max);
     let Bufs { kbuf, out, seen } = &mut bufs;
