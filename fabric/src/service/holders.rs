@@ -1,7 +1,8 @@
 //! The processes holding a connection's ends, as `Conn::holders` keeps them: the first two
 //! (the client's and the server's process, what almost every connection has) inline, any more
 //! (forked children, new images that `Hold`) in a list. A `Vec` of them was a 64-byte
-//! allocation per connection (benches/results/heap-session17.md).
+//! allocation per connection (benches/results/heap-session17.md). Used by the service's records
+//! only; it never holds pid 0 (its mark of a free place).
 
 /// (pid, end: 0 client, 1 server), each once.
 pub(super) type Holder = (u32, usize);

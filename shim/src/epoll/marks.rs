@@ -1,6 +1,7 @@
 //! The rarer flags of an epoll registration (`Reg`), one bit each in one byte: with a `bool`
 //! each, the registration was 64 bytes and its place in the set's table 72; with these, 56 and
-//! 64 (the table keeps up to twice the room it needs: benches/results/heap-session17.md).
+//! 64 (the table keeps up to twice the room it needs: benches/results/heap-session17.md). Only
+//! the epoll module's registrations use it; it never holds state of its own.
 
 /// A one-shot registration that fired and waits for EPOLL_CTL_MOD.
 pub(super) const DISABLED: u8 = 1;
