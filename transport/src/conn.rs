@@ -215,18 +215,17 @@ pub struct Connection {
     /// The consumer counter the receiver last returned, the highest valid value we read: the
     /// sender re-reads the peer's counter only when this leaves too little room.
     tx_head_seen: AtomicU64,
-    /// Where we are in both rings (private: see `Cursors`). In the connection's own memory,
-    /// as the failover words and the service's segment record: three allocations fewer per
-    /// connection (benches/results/heap-session17.md).
-    cur: Cursors,
+    /// Where we are in both rings (private: see `Cursors`; boxed, so that `Outcome`, which
+    /// carries a connection by value, stays small).
+    cur: Box<Cursors>,
     tx_lock: SendLock,
     /// Has this process sent on the connection since its last read? (A request/response
     /// exchange: its reads are not coalesced.)
     sent_since_read: AtomicBool,
     settings: ConnSettings,
-    /// Failover to the TCP socket and back (`failover`): its first words are all the fast
-    /// path reads.
-    fo: failover::Failover,
+    /// Failover to the TCP socket and back (`failover`); boxed, read by one load on the fast
+    /// path.
+    fo: Box<failover::Failover>,
     /// What this process knows, in its own memory, of the other processes holding the
     /// connection (the holder words in the block are the peer's to write: `holders`).
     family: holders::Family,
@@ -249,8 +248,9 @@ pub(crate) enum Tenancy {
         peer_line: Arc<OwnedFd>,
         peer_tally: Option<Arc<Tally>>,
         tally: Option<TallySlot>,
-        /// The service's connection and its segment.
-        segment: ServiceSegment,
+        /// The service's connection and its segment (boxed: `Outcome` carries a connection by
+        /// value).
+        segment: Box<ServiceSegment>,
     },
     /// Slices of the two hosts' windows the two hosts' services leased for this connection
     /// (phase 3): rung and failed over as over a device; the services give the memory back.
@@ -447,7 +447,7 @@ impl Connection {
             role,
             local,
             peer,
-            Cursors::default(),
+            Box::default(),
         );
         c.hold();
         Ok(c)
@@ -489,7 +489,7 @@ impl Connection {
         };
         let _ = seg.own_block.write(INFO_BASE + 8, &info.encode());
         atomic_u32_at(&seg.own_block, INFO_BASE).store(INFO_MAGIC, Release);
-        let c = Connection::from_segments(shared, p, seg, tcp_fd, info, Cursors::default());
+        let c = Connection::from_segments(shared, p, seg, tcp_fd, info, Box::default());
         c.hold();
         c
     }
@@ -503,7 +503,7 @@ impl Connection {
         seg: Segments,
         tcp_fd: RawFd,
         info: Info,
-        cur: Cursors,
+        cur: Box<Cursors>,
     ) -> Connection {
         if let Some(link) = &shared.service {
             link.note_held(p.conn, tcp_fd);
@@ -516,11 +516,11 @@ impl Connection {
             peer_line: p.peer_line,
             peer_tally: p.peer_tally,
             tally,
-            segment: ServiceSegment {
+            segment: Box::new(ServiceSegment {
                 conn: p.conn,
                 identity: p.identity,
                 whole: p.segment,
-            },
+            }),
         };
         Connection::assemble(
             shared,
@@ -561,7 +561,7 @@ impl Connection {
         role: Role,
         local: Endpoint,
         peer: Endpoint,
-        cur: Cursors,
+        cur: Box<Cursors>,
     ) -> Connection {
         let settings = ConnSettings::of(&shared.settings);
         let link_gen = match &tenancy {
@@ -596,7 +596,7 @@ impl Connection {
             tx_lock: SendLock::default(),
             sent_since_read: AtomicBool::new(false),
             settings,
-            fo: failover::Failover::new(link_gen),
+            fo: Box::new(failover::Failover::new(link_gen)),
             family: holders::Family::new(sys::inode(tcp_fd).unwrap_or(0)),
         };
         // Tell the peer that this end is made (no CPU yet: that is told at its first wait): a

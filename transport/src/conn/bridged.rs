@@ -12,7 +12,7 @@ use std::sync::Arc;
 use ntbdrv::NtbDevice;
 
 use super::block::{atomic_u32_at, endpoint_block, INFO_BASE, INFO_MAGIC};
-use super::{Connection, Cursors, Info, Role, Tenancy};
+use super::{Connection, Info, Role, Tenancy};
 use crate::proto::{Endpoint, Ring, RingLoc, BLOCK_OVERHEAD};
 use crate::{ProcessState, Reason};
 
@@ -75,7 +75,7 @@ impl Connection {
             role,
             local,
             peer,
-            Cursors::default(),
+            Box::default(),
         );
         c.hold();
         Ok(c)

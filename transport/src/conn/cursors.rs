@@ -45,9 +45,10 @@ pub(super) struct Cursors {
     /// cannot spin: reads go straight to the general path until a wait finds the peer on
     /// another CPU, or a general read finds data without waiting; and `try_send` leaves a
     /// reply's lines in our caches, where that peer reads them. (A hint, not a position:
-    /// here beside the cursors both fast paths read.)
+    /// here because the connection itself must stay small.)
     pub(super) rx_fast_off: AtomicBool,
-    /// What the idle sweep knows of our sending direction (`idle`).
+    /// What the idle sweep knows of our sending direction (`idle`; here, in the boxed part,
+    /// so that the connection stays small).
     pub(super) idle: super::idle::IdleRing,
 }
 

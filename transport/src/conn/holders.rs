@@ -341,7 +341,7 @@ impl Connection {
         own_block.read(INFO_BASE + 8, &mut ib).ok()?;
         let info = Info::decode(&ib);
         let tenancy = Tenancy::Device { dev, lease, bell };
-        let cur = Cursors::from_block(&own_block);
+        let cur = Box::new(Cursors::from_block(&own_block));
         let own_block = endpoint_block(own_block)?;
         let peer_block = endpoint_block(peer_block)?;
         Some(Connection::exec_heir(Connection::assemble(
@@ -394,7 +394,7 @@ impl Connection {
         let mut ib = [0u8; 48];
         seg.own_block.read(INFO_BASE + 8, &mut ib).ok()?;
         let info = Info::decode(&ib);
-        let cur = Cursors::from_block(&seg.own_block);
+        let cur = Box::new(Cursors::from_block(&seg.own_block));
         Some(Connection::exec_heir(Connection::from_segments(
             shared, p, seg, tcp_fd, info, cur,
         )))
