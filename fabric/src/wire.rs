@@ -30,7 +30,11 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// 14: no request changed; a segment's two endpoint headers and its rings' first bytes share
 /// one page (`service::SECOND_BLOCK`, docs/PROTOCOL.md §2, *The shared page*), where a version
 /// 13 build would look for the second block half a segment on.
-pub const VERSION: u16 = 14;
+/// 15: no request changed; a segment is one stretch of memory, mapped once: the second block's
+/// ring pages follow the shared page, and the first block's ring is twice as large with the
+/// second block as its hole (`service::first_ring_hole`), where a version 14 build maps the
+/// shared page twice and looks for the first block's ring pages right after it.
+pub const VERSION: u16 = 15;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts (an `Entry`, the longest, is 368 bytes

@@ -77,7 +77,7 @@ fn scribble(fd: &OwnedFd, byte: u8) {
 /// Its rings may hold what the last connection wrote (the ring protocol never takes it for a
 /// frame), but only in each block's first 64 KiB: the rest is given back.
 fn fresh(fd: &OwnedFd) -> bool {
-    use fabric::service::{second_ring_pages, segment_ring, RING_START, SECOND_BLOCK};
+    use fabric::service::{ring_pages, segment_ring, RING_START, SECOND_BLOCK};
     let len = std::fs::File::from(fd.try_clone().unwrap())
         .metadata()
         .unwrap()
@@ -89,10 +89,11 @@ fn fresh(fd: &OwnedFd) -> bool {
     let headers = [0, SECOND_BLOCK as usize]
         .iter()
         .all(|&b| zeros(b, b + RING_START as usize));
-    // Each ring's pages past its block's first 64 KiB (the shared page counts as its first).
-    let rings = [4096, second_ring_pages(ring as u64) as usize]
+    // Each ring's own pages past their first 60 KiB (with the shared page, the block's first
+    // 64 KiB).
+    let rings = ring_pages(ring as u64)
         .iter()
-        .all(|&p| zeros(p + (60 << 10), p + ring));
+        .all(|&p| zeros(p as usize + (60 << 10), p as usize + ring));
     headers && rings
 }
 

@@ -28,17 +28,10 @@ use ntbdrv::{Region, SegmentIdentity};
 /// the first ones are freed by the service when it keeps the segment).
 const KEPT: usize = 16;
 
-/// How a segment with rings of `ring_bytes` is mapped (docs/PROTOCOL.md §2, *The shared
-/// page*): the first block (its first `BLOCK_OVERHEAD + ring_bytes` bytes), then the shared
-/// page again and the second block's ring pages, so that each block is one stretch of memory:
-/// the views and their total length.
-fn segment_views(ring_bytes: u64) -> Option<([(u64, usize); 3], usize)> {
-    use crate::proto::BLOCK_OVERHEAD;
-    let view = usize::try_from(BLOCK_OVERHEAD.checked_add(ring_bytes)?).ok()?;
-    let ring = usize::try_from(ring_bytes).ok()?;
-    let page = BLOCK_OVERHEAD as usize;
-    let second = fabric::service::second_ring_pages(ring_bytes);
-    Some(([(0, view), (0, page), (second, ring)], view.checked_mul(2)?))
+/// How much of a segment with rings of `ring_bytes` is mapped: all of it, one stretch holding
+/// both blocks (docs/PROTOCOL.md §2, *The shared page*).
+fn segment_len(ring_bytes: u64) -> Option<usize> {
+    usize::try_from(fabric::service::segment_bytes(ring_bytes)).ok()
 }
 
 #[derive(Default)]
@@ -85,12 +78,12 @@ impl SegmentCache {
         fd: &OwnedFd,
         ring_bytes: u64,
     ) -> Option<(ntbdrv::Region, ntbdrv::SegmentIdentity)> {
-        let (views, len) = segment_views(ring_bytes)?;
+        let len = segment_len(ring_bytes)?;
         let id = ntbdrv::Region::segment_identity(fd).ok()?;
         if let Some(r) = self.take(id, len) {
             return Some((r, id));
         }
-        let r = ntbdrv::Region::map_segment_views(fd, &views).ok()?;
+        let r = ntbdrv::Region::map_segment(fd, len).ok()?;
         Some((r, id))
     }
 
@@ -102,7 +95,7 @@ impl SegmentCache {
         inode: u64,
         ring_bytes: u64,
     ) -> Option<(ntbdrv::Region, ntbdrv::SegmentIdentity)> {
-        let (_, len) = segment_views(ring_bytes)?;
+        let len = segment_len(ring_bytes)?;
         let id = SegmentIdentity {
             dev,
             inode,
