@@ -53,11 +53,13 @@ impl Drop for Views {
     }
 }
 
-/// A memory segment's identity (see [`Region::segment_identity`]).
+/// A memory segment's identity: its file (device and inode) and its range there, `offset`
+/// and `size` bytes (see [`Region::segment_identity`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentIdentity {
     pub dev: u64,
     pub inode: u64,
+    pub offset: u64,
     pub size: u64,
 }
 
@@ -202,7 +204,12 @@ impl Region {
     pub fn segment_identity(fd: &std::os::fd::OwnedFd) -> std::io::Result<SegmentIdentity> {
         use std::os::fd::AsFd;
         let (dev, inode, size) = crate::sysutil::fd_identity(fd.as_fd())?;
-        Ok(SegmentIdentity { dev, inode, size })
+        Ok(SegmentIdentity {
+            dev,
+            inode,
+            offset: 0,
+            size,
+        })
     }
 
     /// Whether a child that this process forks inherits this region's whole pages
