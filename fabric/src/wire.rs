@@ -30,10 +30,14 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// 14: no request changed; a segment's two endpoint headers and its rings' first bytes share
 /// one page (`service::SECOND_BLOCK`, docs/PROTOCOL.md §2, *The shared page*), where a version
 /// 13 build would look for the second block half a segment on.
-/// 15: a segment is a range of an *arena*, one memfd per pair of processes (`Paired` and
+/// 15: no request changed; a segment is one stretch of memory, mapped once: the second block's
+/// ring pages follow the shared page, and the first block's ring is twice as large with the
+/// second block as its hole (`service::first_ring_hole`), where a version 14 build maps the
+/// shared page twice and looks for the first block's ring pages right after it.
+/// 16: a segment is a range of an *arena*, one memfd per pair of processes (`Paired` and
 /// `Again` carry the range's `offset`), and `Forked`, which closes the arenas of the sender's
 /// pairs to new connections (docs/HOST-SERVICE.md, *Arenas*).
-pub const VERSION: u16 = 15;
+pub const VERSION: u16 = 16;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts (an `Entry`, the longest, is 368 bytes
@@ -140,7 +144,7 @@ pub enum Request {
     /// but no longer has what it names (since version 13): replies `Paired` with the
     /// descriptors, to the end's own process only (else `Refused`).
     Refetch { conn: u64, server: bool },
-    /// This process forked since its last request (since version 15; sent before its next
+    /// This process forked since its last request (since version 16; sent before its next
     /// one, never answered): the arenas of its pairs take no new connection, since a child
     /// that inherited mappings of some of their ranges may get the arena's descriptor with a
     /// `Hold` (docs/HOST-SERVICE.md, *Arenas*).
@@ -188,7 +192,7 @@ pub enum Reply {
         /// version 9; 0: none): the stream's plain start, read off the socket before anything
         /// else. 0 in the answer to a `Hold` (the connection's ends keep their own state).
         plain: u64,
-        /// Where the segment starts in the arena (since version 15; a multiple of the page).
+        /// Where the segment starts in the arena (since version 16; a multiple of the page).
         offset: u64,
     },
     /// `Paired` without descriptors (since version 13): the connection's segment is one this

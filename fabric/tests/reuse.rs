@@ -67,7 +67,7 @@ fn scribble(p: &Paired, byte: u8) {
 /// Its rings may hold what the last connection wrote (the ring protocol never takes it for a
 /// frame), but only in each block's first 64 KiB: the rest is given back.
 fn fresh(p: &Paired) -> bool {
-    use fabric::service::{second_ring_pages, segment_bytes, RING_START, SECOND_BLOCK};
+    use fabric::service::{ring_pages, segment_bytes, RING_START, SECOND_BLOCK};
     let len = segment_bytes(p.ring_bytes) as usize;
     let mut buf = vec![1u8; len];
     let fd = p.segment.as_raw_fd();
@@ -77,10 +77,11 @@ fn fresh(p: &Paired) -> bool {
     let headers = [0, SECOND_BLOCK as usize]
         .iter()
         .all(|&b| zeros(b, b + RING_START as usize));
-    // Each ring's pages past its block's first 64 KiB (the shared page counts as its first).
-    let rings = [4096, second_ring_pages(ring as u64) as usize]
+    // Each ring's own pages past their first 60 KiB (with the shared page, the block's first
+    // 64 KiB).
+    let rings = ring_pages(ring as u64)
         .iter()
-        .all(|&p| zeros(p + (60 << 10), p + ring));
+        .all(|&p| zeros(p as usize + (60 << 10), p as usize + ring));
     headers && rings
 }
 

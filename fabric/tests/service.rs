@@ -39,13 +39,13 @@ fn pairs_a_connection_by_possession_of_its_socket() {
     assert_eq!(s.ring_bytes, 1 << 20);
 
     // One segment holds both ends' blocks (docs/PROTOCOL.md §2, *The shared page*: both
-    // headers in its first page, then the client's ring pages, then the server's), the same
+    // headers in its first page, then the server's ring pages, then the client's), the same
     // memory for both processes.
     let (mut s_map, c_map) = (map(&s), map(&c));
     assert_eq!(segment_of(&s), segment_of(&c));
     assert_eq!(s_map.len() as u64, fabric::service::segment_bytes(1 << 20));
     let second = fabric::service::SECOND_BLOCK as usize;
-    let pages = fabric::service::second_ring_pages(1 << 20) as usize;
+    let pages = fabric::service::ring_pages(1 << 20)[1] as usize;
     s_map[second + 100] = 0xAB;
     s_map[200] = 0xCD;
     s_map[pages + 300] = 0xEF;

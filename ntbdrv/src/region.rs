@@ -30,29 +30,6 @@ struct Segment(#[allow(dead_code)] memmap2::MmapRaw);
 
 impl Keepalive for Segment {}
 
-/// Views of a memory segment mapped into one reservation ([`Region::map_segment_views`]):
-/// unmapped whole when the last Region of them goes.
-struct Views {
-    base: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the address range is only unmapped, by its owner's drop; the bytes are reached
-// through Regions, which are Send and Sync themselves.
-unsafe impl Send for Views {}
-// SAFETY: as above; `Views` has no interior state.
-unsafe impl Sync for Views {}
-
-impl Keepalive for Views {}
-
-impl Drop for Views {
-    fn drop(&mut self) {
-        // SAFETY: `base..base + len` is the reservation `map_segment_views` made (and the views
-        // it mapped over it); no Region of it is left (this is the last owner).
-        unsafe { libc::munmap(self.base.cast(), self.len) };
-    }
-}
-
 /// A memory segment's identity: its file (device and inode) and its range there, `offset`
 /// and `size` bytes (see [`Region::segment_identity`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,20 +71,29 @@ impl Region {
         }
     }
 
-    /// Map the first `len` bytes of a memory segment handed over as a descriptor (a slice of
-    /// window memory that the host's fabric service gives this process for one connection).
-    /// Refused unless the segment is at least `len` bytes long and sealed against shrinking,
-    /// so that no other holder can truncate it under our accesses (SIGBUS).
-    pub fn map_segment(fd: &std::os::fd::OwnedFd, len: usize) -> std::io::Result<Region> {
+    /// Map the `len` bytes at `offset` of a memory file handed over as a descriptor (a
+    /// connection's segment in the arena that the host's fabric service gives this process).
+    /// Refused unless `offset` is a whole number of pages, the range lies within the file and
+    /// the file is sealed against shrinking, so that no other holder can truncate it under our
+    /// accesses (SIGBUS): an offset the service sent is untrusted input.
+    pub fn map_segment(
+        fd: &std::os::fd::OwnedFd,
+        offset: u64,
+        len: usize,
+    ) -> std::io::Result<Region> {
         use std::io::{Error, ErrorKind};
         use std::os::fd::AsFd;
         // Looked at and mapped through the caller's descriptor (no copy of it: a connection's
         // set-up makes one segment per end, and each system call shows in its rate).
         let size = crate::sysutil::fd_size(fd.as_fd())?;
-        if size < len as u64 || len == 0 {
+        let fits = offset
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= size);
+        let page = crate::sysutil::page_size() as u64;
+        if !fits || len == 0 || !offset.is_multiple_of(page) {
             return Err(Error::new(
                 ErrorKind::InvalidData,
-                format!("segment of {size} bytes, {len} needed"),
+                format!("file of {size} bytes has no segment of {len} bytes at {offset}"),
             ));
         }
         if !crate::sysutil::sealed_against_shrinking(fd.as_fd()) {
@@ -116,86 +102,14 @@ impl Region {
                 "segment not sealed against shrinking",
             ));
         }
-        let map = memmap2::MmapOptions::new().len(len).map_raw(fd)?;
+        let map = memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map_raw(fd)?;
         let base = map.as_mut_ptr();
-        // SAFETY: `map` is a shared read-write mapping of `len` bytes of a segment that cannot
-        // shrink (checked above), kept alive by the Arc for as long as any Region of it lives.
+        // SAFETY: `map` is a shared read-write mapping of `len` bytes of a file that cannot
+        // shrink below their end (checked above), kept alive by the Arc for as long as any Region of it lives.
         Ok(unsafe { Region::new(base, len, Arc::new(Segment(map))) })
-    }
-
-    /// Map `views` of a memory segment handed over as a descriptor, one after the other in one
-    /// stretch of address space: each `(offset, len)` is `len` bytes of the segment from
-    /// `offset` (both whole pages), and a segment's page may be in more than one view (a
-    /// service segment's shared page begins both of its blocks: docs/PROTOCOL.md §2). Refused
-    /// unless the segment holds every view and is sealed against shrinking, as in
-    /// [`Region::map_segment`].
-    pub fn map_segment_views(
-        fd: &std::os::fd::OwnedFd,
-        views: &[(u64, usize)],
-    ) -> std::io::Result<Region> {
-        use std::io::{Error, ErrorKind};
-        use std::os::fd::{AsFd, AsRawFd};
-        let page = crate::sysutil::page_size();
-        let size = crate::sysutil::fd_size(fd.as_fd())?;
-        let mut total = 0usize;
-        for &(offset, len) in views {
-            let fits = offset
-                .checked_add(len as u64)
-                .is_some_and(|end| end <= size);
-            if len == 0
-                || !len.is_multiple_of(page)
-                || !(offset as usize).is_multiple_of(page)
-                || !fits
-            {
-                return Err(Error::new(
-                    ErrorKind::InvalidData,
-                    format!("segment of {size} bytes has no view of {len} bytes at {offset}"),
-                ));
-            }
-            total = total
-                .checked_add(len)
-                .ok_or_else(|| Error::new(ErrorKind::InvalidData, "views too large"))?;
-        }
-        if total == 0 {
-            return Err(Error::new(ErrorKind::InvalidData, "no view"));
-        }
-        if !crate::sysutil::sealed_against_shrinking(fd.as_fd()) {
-            return Err(Error::new(
-                ErrorKind::InvalidData,
-                "segment not sealed against shrinking",
-            ));
-        }
-        // Nothing else uses these addresses; the views replace the reservation below.
-        let base = crate::sysutil::reserve(total)?;
-        let keep = Views {
-            base: base.cast(),
-            len: total,
-        };
-        let mut at = 0usize;
-        for &(offset, len) in views {
-            // SAFETY: `at..at + len` lies inside the reservation made above (the views add up
-            // to `total`), which only this function has used; MAP_FIXED replaces that part of
-            // it with a shared read-write mapping of the segment's bytes `offset..offset + len`
-            // (checked to be in the segment, which cannot shrink).
-            let p = unsafe {
-                libc::mmap(
-                    keep.base.add(at).cast(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_FIXED,
-                    fd.as_raw_fd(),
-                    offset as libc::off_t,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(Error::last_os_error()); // `keep` unmaps the reservation
-            }
-            at += len;
-        }
-        let base = keep.base;
-        // SAFETY: `base..base + total` is mapped read-write (the views cover it), kept alive by
-        // the Arc for as long as any Region of it lives.
-        Ok(unsafe { Region::new(base, total, Arc::new(keep)) })
     }
 
     /// The memory segment behind `fd` (a descriptor the fabric service handed over): its

@@ -293,20 +293,24 @@ struct Segments {
 }
 
 impl Segments {
-    /// Our block and the peer's in the segment's mapping (`segcache`: the first block, then the
-    /// shared page again and the second block's ring pages): the client's ring has the second
-    /// block's header and ring start as its hole; the server's starts `SECOND_BLOCK` into the
+    /// Our block and the peer's in the segment's mapping (one stretch, docs/PROTOCOL.md §2,
+    /// *The shared page*): the client's block is the whole segment, its ring twice the pair's
+    /// size with the server's block as its hole; the server's starts `SECOND_BLOCK` into the
     /// shared page.
     fn map(p: &ServicePair) -> Option<Segments> {
-        use fabric::service::SECOND_BLOCK;
-        let first = Ring::laid_out(p.ring_bytes, RING_START, SECOND_BLOCK - RING_START)?;
-        let second = Ring::laid_out(p.ring_bytes, SECOND_BLOCK + RING_START, 0)?;
-        let view = BLOCK_OVERHEAD.checked_add(p.ring_bytes)? as usize;
-        let at = view.checked_add(SECOND_BLOCK as usize)?;
+        use fabric::service::{first_ring_hole, SECOND_BLOCK};
+        let (cap, hole) = first_ring_hole(p.ring_bytes);
+        let first = Ring::laid_out(cap, RING_START, Some(hole))?;
+        let second = Ring::laid_out(p.ring_bytes, SECOND_BLOCK + RING_START, None)?;
         let both = &p.segment;
-        let client = both.slice(0, view).ok()?;
+        let client = both
+            .slice(0, BLOCK_OVERHEAD.checked_add(cap)? as usize)
+            .ok()?;
         let server = both
-            .slice(at, view.checked_sub(SECOND_BLOCK as usize)?)
+            .slice(
+                SECOND_BLOCK as usize,
+                BLOCK_OVERHEAD.checked_add(p.ring_bytes)? as usize,
+            )
             .ok()?;
         let (own_block, peer_block, rx_ring, tx_ring) = if p.server {
             (server, client, second, first)

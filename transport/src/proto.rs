@@ -152,10 +152,11 @@ pub struct Ring {
     /// inside a page shared with the other block (a service segment's second: see
     /// [`Ring::laid_out`]). A reach ends where a page does.
     lead: u16,
-    /// The start of the ring's hole (0: none): positions from here to the end of the ring's
-    /// first page are the other block's (its header and its ring's first bytes). No frame, pad
-    /// header or header slot is ever there.
+    /// The ring's hole, `hole..hole_end` (`hole` 0: none): positions that are the other
+    /// block's (a service segment's second block, its header and its whole ring: see
+    /// [`Ring::laid_out`]). No frame, pad header or header slot is ever there.
     hole: u16,
+    hole_end: u32,
 }
 
 /// Bytes of a page: the unit in which a ring's memory is touched, grown and released.
@@ -191,31 +192,49 @@ impl Ring {
     /// A ring of `cap` bytes in a block that starts on a page, if `cap` is a power of two in
     /// `MIN_RING..=MAX_RING`.
     pub fn new(cap: u64) -> Option<Ring> {
-        Ring::laid_out(cap, RING_START, 0)
+        Ring::laid_out(cap, RING_START, None)
     }
 
-    /// A ring of `cap` bytes whose position 0 lies `lead` bytes into its page and, if `hole`
-    /// is not 0, whose positions from `hole` to the end of that page belong to another block
-    /// (a service segment's shared page: docs/PROTOCOL.md §2, *The shared page*). `None` for
-    /// a capacity [`Ring::new`] refuses, a `lead` that is not frame-aligned or not inside a
-    /// page, or a hole that is not frame-aligned, holds no frame before it, or does not end
-    /// inside the ring.
-    pub fn laid_out(cap: u64, lead: u64, hole: u64) -> Option<Ring> {
+    /// A ring of `cap` bytes whose position 0 lies `lead` bytes into its page and whose
+    /// positions `hole` (`start..end`), if any, belong to another block: a service segment's
+    /// first ring, which starts in the segment's shared page and runs on in its last pages,
+    /// past the second block's header and ring (docs/PROTOCOL.md §2, *The shared page*). The
+    /// hole starts in the ring's first page, after room for a few frames, and ends where a page
+    /// of the block's memory does, before the ring's end. `None` for a capacity [`Ring::new`]
+    /// refuses, a `lead` that is not frame-aligned or not inside a page, or a hole that is not
+    /// so. A ring's largest frame is a quarter of the bytes it has outside its hole (rounded up
+    /// to a power of two), at most [`MAX_FRAME_PAYLOAD`].
+    pub fn laid_out(cap: u64, lead: u64, hole: Option<(u64, u64)>) -> Option<Ring> {
         let first = PAGE.checked_sub(lead).filter(|&f| f > 0)?;
         let ok_cap = cap.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&cap);
         let ok_lead = lead >= RING_START && lead.is_multiple_of(FRAME_ALIGN);
-        let ok_hole = hole == 0
-            || (hole.is_multiple_of(FRAME_ALIGN)
-                && hole >= FRAME_HDR.saturating_mul(4)
-                && hole < first
-                && first < cap);
-        (ok_cap && ok_lead && ok_hole).then(|| Ring {
+        let ok_hole = hole.is_none_or(|(h0, h1)| {
+            h0.is_multiple_of(FRAME_ALIGN)
+                && h0 >= FRAME_HDR.saturating_mul(4)
+                && h0 < first
+                && h1 >= first
+                && h1.saturating_add(lead).is_multiple_of(PAGE)
+                && h1 < cap
+                && cap.saturating_sub(h1.saturating_sub(h0)) >= MIN_RING / 2
+        });
+        if !(ok_cap && ok_lead && ok_hole) {
+            return None;
+        }
+        let (h0, h1) = hole.unwrap_or((0, 0));
+        // Outside the hole: at least `h0` bytes (a few frames), a power of two at most `cap`.
+        let own = cap
+            .saturating_sub(h1.saturating_sub(h0))
+            .next_power_of_two();
+        Some(Ring {
             cap: cap as u32,
-            // `cap / 4` is at least 1024, more than FRAME_HDR; at most MAX_FRAME_PAYLOAD, a u32.
-            max_payload: (cap / 4).min(MAX_FRAME_PAYLOAD).saturating_sub(FRAME_HDR) as u32,
+            // `own / 4` is at least 512 (`own` at least MIN_RING / 2), more than a header; at
+            // most MAX_FRAME_PAYLOAD, a u32.
+            max_payload: (own / 4).min(MAX_FRAME_PAYLOAD).saturating_sub(FRAME_HDR) as u32,
             // Below a page, a u16.
             lead: lead as u16,
-            hole: hole as u16,
+            // `h0` below a page, `h1` below the capacity: a u16 and a u32.
+            hole: h0 as u16,
+            hole_end: h1 as u32,
         })
     }
 
@@ -235,7 +254,7 @@ impl Ring {
     /// The hole, `(start, end)`, if the ring has one.
     #[inline]
     pub fn hole(&self) -> Option<(u64, u64)> {
-        (self.hole != 0).then(|| (u64::from(self.hole), self.first_page()))
+        (self.hole != 0).then(|| (u64::from(self.hole), u64::from(self.hole_end)))
     }
 
     #[inline]
@@ -361,12 +380,23 @@ impl Ring {
     /// The reach a sender grows to from `reach` (at least [`Ring::min_reach`]): the ring's part
     /// of twice as many pages as `reach` touches, so that each reach ends on a page boundary
     /// (in a block that starts on a page: 3,520, 7,616, 15,808 bytes, …) and none touches a page it
-    /// does not fill. [`Ring::reach`] caps it at the ring.
+    /// does not fill. In a ring with a hole, a reach before the hole grows to the first page
+    /// past it, and one past it to twice the pages it has there. [`Ring::reach`] caps it at the
+    /// ring.
     #[inline]
     pub fn grow_reach(&self, reach: u64) -> u64 {
+        let reach = reach.max(self.min_reach());
+        if let Some((_, h1)) = self.hole() {
+            // The hole ends on a page of the block's memory: each reach past it does too.
+            return match reach.checked_sub(h1) {
+                None => h1.saturating_add(PAGE),
+                Some(past) => {
+                    h1.saturating_add(past.div_ceil(PAGE).max(1).saturating_mul(2 * PAGE))
+                }
+            };
+        }
         let lead = u64::from(self.lead);
         reach
-            .max(self.min_reach())
             .saturating_add(lead)
             .div_ceil(PAGE)
             .saturating_mul(2 * PAGE)

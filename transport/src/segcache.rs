@@ -28,22 +28,10 @@ use ntbdrv::{Region, SegmentIdentity};
 /// the first ones are freed by the service when it keeps the segment).
 const KEPT: usize = 16;
 
-/// How a segment with rings of `ring_bytes` at `at` in its arena is mapped (docs/PROTOCOL.md
-/// §2, *The shared page*): the first block (its first `BLOCK_OVERHEAD + ring_bytes` bytes),
-/// then the shared page again and the second block's ring pages, so that each block is one
-/// stretch of memory: the views (file offsets in the arena) and their total length. `None` for
-/// a range past the end of a file (the mapping checks it lies within the arena).
-fn segment_views(at: u64, ring_bytes: u64) -> Option<([(u64, usize); 3], usize)> {
-    use crate::proto::BLOCK_OVERHEAD;
-    let view = usize::try_from(BLOCK_OVERHEAD.checked_add(ring_bytes)?).ok()?;
-    let ring = usize::try_from(ring_bytes).ok()?;
-    let page = BLOCK_OVERHEAD as usize;
-    let second = at.checked_add(fabric::service::second_ring_pages(ring_bytes))?;
-    at.checked_add(fabric::service::segment_bytes(ring_bytes))?;
-    Some((
-        [(at, view), (at, page), (second, ring)],
-        view.checked_mul(2)?,
-    ))
+/// How much of a segment with rings of `ring_bytes` is mapped: all of it, one stretch holding
+/// both blocks (docs/PROTOCOL.md §2, *The shared page*).
+fn segment_len(ring_bytes: u64) -> Option<usize> {
+    usize::try_from(fabric::service::segment_bytes(ring_bytes)).ok()
 }
 
 /// The identity of the segment at `offset` of the arena `arena` (its file's), rings of
@@ -102,13 +90,13 @@ impl SegmentCache {
         offset: u64,
         ring_bytes: u64,
     ) -> Option<(ntbdrv::Region, ntbdrv::SegmentIdentity)> {
-        let (views, len) = segment_views(offset, ring_bytes)?;
+        let len = segment_len(ring_bytes)?;
         let arena = ntbdrv::Region::segment_identity(fd).ok()?;
         let id = identity_at(arena, offset, ring_bytes);
         if let Some(r) = self.take(id, len) {
             return Some((r, id));
         }
-        let r = ntbdrv::Region::map_segment_views(fd, &views).ok()?;
+        let r = ntbdrv::Region::map_segment(fd, offset, len).ok()?;
         Some((r, id))
     }
 
@@ -118,7 +106,7 @@ impl SegmentCache {
         &self,
         a: &fabric::Again,
     ) -> Option<(ntbdrv::Region, ntbdrv::SegmentIdentity)> {
-        let (_, len) = segment_views(a.offset, a.ring_bytes)?;
+        let len = segment_len(a.ring_bytes)?;
         let arena = SegmentIdentity {
             dev: a.dev,
             inode: a.inode,
@@ -194,9 +182,9 @@ mod tests {
         maps.lines().any(|l| l.starts_with(&format!("{addr:x}-")))
     }
 
-    /// A segment is mapped at its offset in the arena (each view's file offset shifted by it),
-    /// and one that does not lie within the arena, or lies in one that is not sealed, is
-    /// refused: never a mapping that would fault (SIGBUS) or reach past the arena.
+    /// A segment is mapped at its offset in the arena, and one that does not lie within the
+    /// arena, or lies in one that is not sealed, is refused: never a mapping that would fault
+    /// (SIGBUS) or reach past the arena.
     #[test]
     fn a_segment_is_mapped_at_its_offset_within_its_arena() {
         use std::os::unix::fs::FileExt;
@@ -211,8 +199,8 @@ mod tests {
         let file = std::fs::File::from(arena.try_clone().unwrap());
         file.read_exact_at(&mut b, 2 * seg).unwrap();
         assert_eq!(&b, b"head");
-        // Past the end, partly past it, an offset that wraps: refused.
-        for off in [4 * seg, 3 * seg + 4096, u64::MAX - 4095] {
+        // Past the end, partly past it, an offset that wraps, one inside a page: refused.
+        for off in [4 * seg, 3 * seg + 4096, u64::MAX - 4095, 2 * seg + 8] {
             assert!(cache.map(&arena, off, ring).is_none(), "offset {off}");
         }
         // A file its sender could shrink under us (not a sealed memfd): refused.

@@ -1,14 +1,18 @@
 //! Over the host fabric service, a connection's segment holds both endpoint headers and both
 //! rings' first bytes in one page (docs/PROTOCOL.md §2, *The shared page*): a connection that
 //! exchanges small messages allocates that page and no other, and a burst that grows a ring
-//! gives its pages back when the direction idles. One test in this file: it counts the pages of
-//! every segment this process has open (messages of every size: `shared_page_sizes.rs`).
+//! gives its pages back when the direction idles, and never the other ring's. The tests here
+//! count the pages of every segment this process has open, so they run one at a time (`ONE`;
+//! messages of every size: `shared_page_sizes.rs`).
 
 mod common;
 
 use common::service::{exchange, service, transport};
 use common::{pair, pattern};
 use transport::{Connection, IdleRelease};
+
+/// Held by each test: a test's count of segment pages must not see another's segments.
+static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The bytes allocated in each of the service's segments: the ranges, of rings of `ring`, of
 /// its arenas (memfds `pcisock-segment`, open in this process: the service runs on one of its
@@ -51,6 +55,7 @@ fn release(from: &Connection, to: &Connection, now: &mut u64) -> IdleRelease {
 
 #[test]
 fn a_small_message_connection_holds_one_page() {
+    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
     let svc = service();
     let t = transport(&svc, 16 << 10);
     let (c, s, _cs, _ss) = pair(&t);
@@ -100,4 +105,49 @@ fn a_small_message_connection_holds_one_page() {
         exchange(&c, &s, &request);
         exchange(&s, &c, &answer);
     }
+}
+
+/// The client's ring has the server's whole block as its hole (the segment is one mapping):
+/// when the server's direction idles and gives the client's ring pages back, the server's own
+/// ring pages, holding what the client sent and the server has not read yet, stay.
+#[test]
+fn releasing_the_clients_ring_leaves_the_servers_alone() {
+    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+    let svc = service();
+    let t = transport(&svc, 16 << 10);
+    let (c, s, _cs, _ss) = pair(&t);
+    // The server's answers grow the client's ring onto its own pages, past the hole.
+    let burst: Vec<u8> = (0..12 << 10).map(pattern).collect();
+    exchange(&s, &c, &burst);
+    // The client writes into the server's ring pages; the server does not read yet.
+    let waiting: Vec<u8> = (0..10 << 10).map(|i| pattern(i + 7)).collect();
+    let mut sent = 0;
+    while sent < waiting.len() {
+        sent += c
+            .send(&[&waiting[sent..]], true, None)
+            .unwrap_or_else(|e| panic!("send: {e:?}"));
+    }
+    let held = segments(16 << 10);
+    assert!(held.iter().any(|&b| b > 4096), "{held:?}");
+    let mut now = 1;
+    let r = release(&s, &c, &mut now);
+    assert!(
+        matches!(r, IdleRelease::Released(n) if n > 0),
+        "the client's ring pages go: {r:?}"
+    );
+    let mut got = vec![0u8; waiting.len()];
+    let mut n = 0;
+    let t0 = std::time::Instant::now();
+    while n < got.len() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "the server's ring lost what it held: {n} bytes read"
+        );
+        match s.recv(&mut [&mut got[n..]], common::service::NB, None) {
+            Ok(k) => n += k,
+            Err(transport::IoError::WouldBlock) => {}
+            Err(e) => panic!("recv: {e:?}"),
+        }
+    }
+    assert!(got == waiting, "the server's ring was overwritten");
 }

@@ -67,11 +67,15 @@ pub const BLOCK_OVERHEAD: u64 = 4096;
 pub const RING_START: u64 = 0x240;
 /// Where a segment's second block (the server's end) starts: in the segment's first page, the
 /// *shared page* (docs/PROTOCOL.md §2), which holds both endpoint headers and both rings' first
-/// bytes. The first block (the client's) is the segment's first `BLOCK_OVERHEAD + ring`
-/// bytes, its ring's positions from `SECOND_BLOCK - RING_START` to the page's end the second
-/// block's (a hole its sender never writes); the second block's ring continues from the shared
-/// page's end in its own pages, [`second_ring_pages`] into the segment, which a process maps
-/// right after a second mapping of the shared page.
+/// bytes. A segment with rings of `ring` bytes is one stretch of memory, mapped once:
+/// - the second block is `BLOCK_OVERHEAD + ring` bytes from `SECOND_BLOCK`: its header, its
+///   ring's first bytes in the shared page, and the rest of its ring in the pages right after
+///   it ([`ring_pages`]);
+/// - the first block (the client's) is the whole segment: its header at 0, its ring's first
+///   bytes in the shared page before the second block's header, and the rest of its ring in
+///   the segment's last pages, past the second block. Its ring is twice `ring` bytes, the
+///   second block (from its header to its ring's last page) a hole its sender never writes,
+///   so that it holds as many bytes as the second block's ([`first_ring_hole`]).
 pub const SECOND_BLOCK: u64 = 0x800;
 const _: () =
     assert!(SECOND_BLOCK >= RING_START + RING_START && SECOND_BLOCK + RING_START < BLOCK_OVERHEAD);
@@ -86,10 +90,25 @@ pub const fn segment_ring(bytes: u64) -> u64 {
     bytes.saturating_sub(BLOCK_OVERHEAD) / 2
 }
 
-/// Where the second block's ring pages start in a segment with rings of `ring` bytes.
-pub const fn second_ring_pages(ring: u64) -> u64 {
-    BLOCK_OVERHEAD + ring
+/// Where each block's own ring pages (past the shared page) start in a segment with rings of
+/// `ring` bytes: the first block's, then the second's.
+pub const fn ring_pages(ring: u64) -> [u64; 2] {
+    [BLOCK_OVERHEAD + ring, BLOCK_OVERHEAD]
 }
+
+/// The first block's ring in a segment with rings of `ring` bytes: its capacity (twice `ring`)
+/// and its hole, the positions that are the second block (from its header to the end of its
+/// ring's last page).
+pub const fn first_ring_hole(ring: u64) -> (u64, (u64, u64)) {
+    (
+        2 * ring,
+        (
+            SECOND_BLOCK - RING_START,
+            BLOCK_OVERHEAD + ring - RING_START,
+        ),
+    )
+}
+
 /// Where the words `List` reports lie in an endpoint block (docs/PROTOCOL.md §2; the
 /// transport checks at compile time that its layout says the same): the state bits and the
 /// counters.

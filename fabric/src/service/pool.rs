@@ -50,9 +50,9 @@ pub(super) struct Pooled {
 fn zero(fd: RawFd, at: u64, bytes: u64) -> io::Result<()> {
     sys::write_zeros(fd, at, (SECOND_BLOCK + RING_START).min(bytes))?;
     let ring = segment_ring(bytes);
-    // Each block's ring pages, from the first past the shared page: the first block's right
-    // after it, the second's half a segment on.
-    for start in [BLOCK_OVERHEAD, second_ring_pages(ring)] {
+    // Each block's ring pages past the shared page: the second block's right after it, the
+    // first's in the segment's last pages.
+    for start in ring_pages(ring) {
         let (from, end) = (at + start + BLOCK_KEPT - BLOCK_OVERHEAD, at + start + ring);
         if from < end && sys::next_data(fd, from)?.is_some_and(|(data, _)| data < end) {
             sys::punch(fd, from, end - from)?;

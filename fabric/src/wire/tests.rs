@@ -231,7 +231,7 @@ fn malformed_messages_are_refused() {
     // `server` is a boolean.
     let b = encode(K_PAIRED, 1, &[1, 4096, 2, 1, 2, 0, 0]);
     assert!(matches!(Reply::decode(&b, 4), Err(WireError::Value { .. })));
-    // A segment's offset in its arena is a whole number of pages; a version 14 `Paired` (no
+    // A segment's offset in its arena is a whole number of pages; a version 15 `Paired` (no
     // offset) and `Again` are refused.
     let b = encode(K_PAIRED, 1, &[1, 4096, 1, 1, 2, 0, 4096 + 8]);
     let off = Err(WireError::Value {

@@ -148,10 +148,16 @@ impl Connection {
         } else {
             slot.saturating_add(KEEP)
         };
-        let ranges = [
-            (first, slot.saturating_sub(first)),
-            (after, end.saturating_sub(after)),
-        ];
+        // A ring's hole (a service segment's first ring: the second block, its header and its
+        // ring) is not this ring's memory: its pages stay.
+        let (hole_from, hole_to) = self.tx_ring.hole().map_or((end, end), |(h0, h1)| {
+            let from = page((ring_at(h0) as u64).saturating_add(KEEP - 1));
+            (from, page(ring_at(h1) as u64))
+        });
+        let ranges = [(first, slot), (after, end)]
+            .into_iter()
+            .flat_map(|(from, to)| [(from, to.min(hole_from)), (from.max(hole_to), to)])
+            .map(|(from, to)| (from, to.saturating_sub(from)));
         let mut bytes = 0usize;
         for (at, len) in ranges {
             if len == 0 {

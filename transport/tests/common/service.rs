@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use transport::{Connection, Settings, Transport};
 
-const NB: transport::RecvFlags = transport::RecvFlags {
+pub const NB: transport::RecvFlags = transport::RecvFlags {
     nonblock: true,
     peek: false,
     waitall: false,

@@ -1,37 +1,50 @@
-//! Rings laid out in a service segment's shared page (`Ring::laid_out`): the first block's ring,
-//! whose positions from `SECOND - RING_START` to its page's end are the second block's header
-//! and ring start (its hole), and the second block's ring, which starts `SECOND + RING_START`
-//! into the shared page.
+//! Rings laid out in a service segment (`Ring::laid_out`, docs/PROTOCOL.md §2, *The shared
+//! page*): the first block's ring, twice the pair's ring size, whose positions from
+//! `SECOND - RING_START` to the end of the second block's last ring page are the second block
+//! (its hole), and the second block's ring, which starts `SECOND + RING_START` into the shared
+//! page.
 
 use super::*;
 use super::{place_reaching, xorshift, Receiver};
 
 /// Where the second block starts in the shared page (`fabric::service::SECOND_BLOCK`).
 const SECOND: u64 = 0x800;
-/// The first ring's hole.
+/// The first ring's hole starts here, and ends at `hole_end` of the pair's ring size.
 const H0: u64 = SECOND - RING_START;
-const H1: u64 = PAGE - RING_START;
 /// A position 256 bytes before the hole.
 const P: u64 = H0 - 0x100;
-/// The first ring's reach past the hole: its block's first two pages.
-const R2: u64 = 2 * PAGE - RING_START;
+/// The pair's ring size of the two tests below, and the first ring's hole's end and capacity.
+const RING: u64 = 8192;
+const H1: u64 = PAGE + RING - RING_START;
+const CAP: u64 = 2 * RING;
+/// The first ring's reach past the hole: one page.
+const R2: u64 = H1 + PAGE;
 
-fn with_hole(cap: u64) -> Ring {
-    Ring::laid_out(cap, RING_START, H0).unwrap()
+fn hole_end(ring: u64) -> u64 {
+    PAGE + ring - RING_START
 }
 
-fn second(cap: u64) -> Ring {
-    Ring::laid_out(cap, SECOND + RING_START, 0).unwrap()
+/// The first block's ring of a segment with rings of `ring` bytes.
+fn first(ring: u64) -> Ring {
+    Ring::laid_out(2 * ring, RING_START, Some((H0, hole_end(ring)))).unwrap()
+}
+
+fn second(ring: u64) -> Ring {
+    Ring::laid_out(ring, SECOND + RING_START, None).unwrap()
 }
 
 #[test]
 fn a_layout_is_checked() {
-    let r = with_hole(1 << 20);
-    assert_eq!(r.hole(), Some((H0, H1)));
-    assert_eq!((r.min_reach(), r.block_phase()), (H0, 0));
-    // Past the hole, each reach ends on a page of the block: two pages, four, ...
-    assert_eq!(r.grow_reach(0), R2);
-    assert_eq!(r.grow_reach(R2), 4 * PAGE - RING_START);
+    let r = first(1 << 20);
+    let h1 = hole_end(1 << 20);
+    assert_eq!(r.hole(), Some((H0, h1)));
+    assert_eq!((r.cap(), r.min_reach(), r.block_phase()), (2 << 20, H0, 0));
+    assert_eq!(r.max_payload(), Ring::new(1 << 20).unwrap().max_payload());
+    // Past the hole, each reach ends on a page of the block: one page, two, four, ...
+    assert_eq!(r.grow_reach(0), h1 + PAGE);
+    assert_eq!(r.grow_reach(h1 + PAGE), h1 + 2 * PAGE);
+    assert_eq!(r.grow_reach(h1 + 2 * PAGE), h1 + 4 * PAGE);
+    assert_eq!(r.grow_reach(h1 + 2 * PAGE + 16), h1 + 6 * PAGE);
     let s = second(1 << 20);
     let lead = SECOND + RING_START;
     assert_eq!(
@@ -44,7 +57,10 @@ fn a_layout_is_checked() {
     assert_eq!(s.credit_ring(0), 2 * (PAGE - lead));
     assert_eq!(s.credit_ring(PAGE - lead + 0x40), 2 * (2 * PAGE - lead));
     assert_eq!(r.credit_ring(0), 2 * H0);
-    assert_eq!(r.credit_ring(H1 + 0x40), 2 * R2);
+    assert_eq!(r.credit_ring(h1 + 0x40), r.cap());
+    // The smallest rings: 2 KiB outside the hole, frames of a quarter of it.
+    let m = first(MIN_RING);
+    assert_eq!((m.cap(), m.max_payload()), (2 * MIN_RING, 512 - FRAME_HDR));
     // A device block's ring is one without either.
     let d = Ring::new(1 << 20).unwrap();
     assert_eq!(
@@ -52,28 +68,37 @@ fn a_layout_is_checked() {
         (None, MIN_REACH, 0)
     );
     for bad in [
-        Ring::laid_out(1 << 20, RING_START + 8, 0),
-        Ring::laid_out(1 << 20, RING_START - 16, 0),
-        Ring::laid_out(1 << 20, PAGE, 0),
-        Ring::laid_out(1 << 20, RING_START, H1),
-        Ring::laid_out(1 << 20, RING_START, H0 + 8),
-        Ring::laid_out(1 << 20, RING_START, 16),
-        Ring::laid_out((1 << 20) + 1, RING_START, H0),
+        Ring::laid_out(1 << 20, RING_START + 8, None),
+        Ring::laid_out(1 << 20, RING_START - 16, None),
+        Ring::laid_out(1 << 20, PAGE, None),
+        Ring::laid_out((1 << 20) + 1, RING_START, None),
+        // The hole: starting past the first page, unaligned, too near the ring's start,
+        // ending before the first page's end, not on a page, at or past the ring's end, or
+        // leaving the ring too little outside it.
+        Ring::laid_out(CAP, RING_START, Some((PAGE - RING_START, H1))),
+        Ring::laid_out(CAP, RING_START, Some((H0 + 8, H1))),
+        Ring::laid_out(CAP, RING_START, Some((16, H1))),
+        Ring::laid_out(CAP, RING_START, Some((H0, H0 + 0x100))),
+        Ring::laid_out(CAP, RING_START, Some((H0, H1 + 16))),
+        Ring::laid_out(CAP, RING_START, Some((H0, CAP - RING_START + PAGE))),
+        Ring::laid_out(8192, RING_START, Some((0x40, 2 * PAGE - RING_START))),
+        Ring::laid_out(CAP + 1, RING_START, Some((H0, H1))),
     ] {
         assert_eq!(bad, None);
     }
+    assert!(Ring::laid_out(8192, RING_START, Some((H0, 2 * PAGE - RING_START))).is_some());
 }
 
 #[test]
 fn frames_go_around_the_hole() {
-    let r = with_hole(16384);
+    let r = first(RING);
     // A frame that fits before the hole with its header slot goes there.
     let p = r.place_within(P, P, 200, H0).unwrap().unwrap();
     assert_eq!((p.pad, p.pos), (None, P));
     // One that does not: with the smallest reach, back to position 0 (a pad to the end,
     // which covers the hole; its payload is never written).
     let p = r.place_within(P, P, 0x100, H0).unwrap().unwrap();
-    assert_eq!((p.pad, p.pos), (Some((P, 16384 - P)), 0));
+    assert_eq!((p.pad, p.pos), (Some((P, CAP - P)), 0));
     // With a reach past the hole: just past it.
     let p = r.place_within(P, P, 0x100, R2).unwrap().unwrap();
     assert_eq!((p.pad, p.pos), (Some((P, H1 - P)), H1));
@@ -81,7 +106,7 @@ fn frames_go_around_the_hole() {
     // A frame larger than the bytes before the hole, from past it: over the end and the hole.
     let w = R2 - 0x100;
     let p = r.place_within(w, w, 0x800, R2).unwrap().unwrap();
-    assert_eq!((p.pad, p.pos), (Some((w, 16384 - w + H1)), H1));
+    assert_eq!((p.pad, p.pos), (Some((w, CAP - w + H1)), H1));
     // The whole-ring placement pads to the hole's end when not even a byte fits before it.
     let p = r.place(H0 - 16, H0 - 16, 100).unwrap().unwrap();
     assert_eq!((p.pad, p.pos), (Some((H0 - 16, H1 - H0 + 16)), H1));
@@ -93,24 +118,26 @@ fn frames_go_around_the_hole() {
     assert_eq!(r.place_whole_within(P, P, 0xE0, R2), Some((P, P + 0xF0)));
     assert_eq!(r.place_whole_within(P, P, 0xF0, R2), None);
     assert_eq!(
-        r.place_whole_within(H1, H1, 0x800, R2),
-        Some((H1, H1 + 0x810))
+        r.place_whole_within(H1, H1, 0x700, R2),
+        Some((H1, H1 + 0x710))
     );
     // Our own counter in the hole is no counter we made.
-    assert!(r.place(0x800, 0x800, 10).is_err());
-    assert!(r.place_within(0x800, 0x800, 10, H0).is_err());
-    assert_eq!(r.place_whole_within(0x800, 0x800, 10, H0), None);
+    for at in [0x800, H1 - 16] {
+        assert!(r.place(at, at, 10).is_err());
+        assert!(r.place_within(at, at, 10, H0).is_err());
+        assert_eq!(r.place_whole_within(at, at, 10, R2), None);
+    }
 }
 
 #[test]
 fn the_receiver_takes_only_the_pads_a_sender_writes_and_no_frame_in_the_hole() {
-    let r = with_hole(16384);
+    let r = first(RING);
     let hdr = |len: u64, pad: bool| FrameHeader {
         len: len as u32,
         flags: if pad { FRAME_PAD } else { 0 },
         seq: 3,
     };
-    let check = |pos: u64, h: FrameHeader| r.check_frame(pos, pos + 16384, &h, 3);
+    let check = |pos: u64, h: FrameHeader| r.check_frame(pos, pos + CAP, &h, 3);
     // Pads: to the hole's end from before it (from position 0 too), to the ring's end, over
     // the ring's end and the hole from past it.
     assert_eq!(
@@ -119,22 +146,20 @@ fn the_receiver_takes_only_the_pads_a_sender_writes_and_no_frame_in_the_hole() {
     );
     assert_eq!(check(0, hdr(H1 - 16, true)), Ok(Frame::Pad { size: H1 }));
     assert_eq!(
-        check(P, hdr(16384 - P - 16, true)),
-        Ok(Frame::Pad { size: 16384 - P })
+        check(P, hdr(CAP - P - 16, true)),
+        Ok(Frame::Pad { size: CAP - P })
     );
     assert_eq!(
-        check(0x2000, hdr(16384 - 0x2000 + H1 - 16, true)),
-        Ok(Frame::Pad {
-            size: 16384 - 0x2000 + H1
-        })
+        check(H1 + 0x200, hdr(CAP - H1 - 0x200 + H1 - 16, true)),
+        Ok(Frame::Pad { size: CAP - 0x200 })
     );
     // Not: a pad into the hole, a pad past the hole's end from before it, a wrapping pad from
     // before the hole, a pad over the whole ring.
     for (pos, len) in [
         (P, 0x200 - 16),
         (P, H1 + 0x100 - P - 16),
-        (P, 16384 - P + H1 - 16),
-        (0, 16384 - 16),
+        (P, CAP - P + H1 - 16),
+        (0, CAP - 16),
     ] {
         assert!(
             check(pos, hdr(len, true)).is_err(),
@@ -144,7 +169,7 @@ fn the_receiver_takes_only_the_pads_a_sender_writes_and_no_frame_in_the_hole() {
     // Data: before the hole only with its header slot before it too; never in it.
     assert!(check(P, hdr(H0 - P - 32, false)).is_ok());
     assert!(check(P, hdr(H0 - P - 16, false)).is_err());
-    for pos in [H0, 0x800, H1 - 16] {
+    for pos in [H0, 0x800, PAGE - RING_START, H1 - 16] {
         assert!(check(pos, hdr(16, false)).is_err(), "a frame at {pos:#x}");
         assert!(
             check(pos, hdr(H1 - pos - 16, true)).is_err(),
@@ -154,15 +179,15 @@ fn the_receiver_takes_only_the_pads_a_sender_writes_and_no_frame_in_the_hole() {
     assert!(check(H1, hdr(1000, false)).is_ok());
 }
 
-/// A sender and a receiver over each ring of the shared page as a connection runs them (reach,
+/// A sender and a receiver over each ring of a segment as a connection runs them (reach,
 /// growth, credits), with small messages, a lagging receiver now and then, and now and then a
 /// message larger than the bytes before the hole. No byte is ever written in the hole, small
 /// messages stay in the shared page, and the stream arrives exact.
 #[test]
 fn streams_over_the_shared_page_never_touch_the_hole() {
-    for cap in [4096, 16384, 1 << 20] {
-        for (r, name) in [(with_hole(cap), "first"), (second(cap), "second")] {
-            run(r, &format!("{name}, {cap} bytes"));
+    for ring in [4096, 16384, 1 << 20] {
+        for (r, name) in [(first(ring), "first"), (second(ring), "second")] {
+            run(r, &format!("{name}, rings of {ring} bytes"));
         }
     }
 }
