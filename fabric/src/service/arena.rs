@@ -297,3 +297,37 @@ impl Service {
         self.arenas.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ranges are page runs that never overlap: a freed one is taken again first-fit, merged
+    /// with free neighbours on both sides, and the top is used only when nothing free fits.
+    #[test]
+    fn ranges_are_carved_first_fit_and_merged_when_given_back() {
+        let mut a = Arena::new(sys::segment(1 << 20).unwrap(), (1, 2), true).unwrap();
+        let p = 4096;
+        let r: Vec<u64> = (0..4).map(|_| a.carve(3 * p).unwrap().0).collect();
+        assert_eq!(r, [0, 3 * p, 6 * p, 9 * p]);
+        a.give_back(3 * p, 3 * p);
+        a.give_back(9 * p, 3 * p);
+        // A smaller range takes the first free one's start, the rest of it stays free.
+        assert_eq!(a.carve(p), Some((3 * p, false)));
+        assert_eq!(a.free, [(4 * p, 2 * p), (9 * p, 3 * p)]);
+        // Given back between two free ranges: one range of all three.
+        a.give_back(6 * p, 3 * p);
+        assert_eq!(a.free, [(4 * p, 8 * p)]);
+        a.give_back(3 * p, p);
+        assert_eq!(a.free, [(3 * p, 9 * p)]);
+        // Too large for any free range: from the top.
+        assert_eq!(a.carve(10 * p), Some((12 * p, false)));
+        // Past the arena's bytes: none.
+        assert_eq!(a.carve(ARENA_BYTES), None);
+        // Carved ahead ranges go first, for their size only.
+        a.ready_bytes = 2 * p;
+        a.ready.push(40 * p);
+        assert_eq!(a.take(p), Some((3 * p, false)));
+        assert_eq!(a.take(2 * p), Some((40 * p, true)));
+    }
+}
