@@ -20,6 +20,7 @@ use super::*;
 /// Bytes of every arena: sparse (a page costs memory only once written), and far more than the
 /// window space lets the live connections between two processes use; an arena that fills up
 /// anyway (fragments, kept ranges) is closed and the pair's next connections go into a new one.
+/// Smaller under a file size limit (`RLIMIT_FSIZE`) below it.
 pub const ARENA_BYTES: u64 = 64 << 30;
 
 /// Fresh arenas made ahead (each with its first page given memory): a new pair's first
@@ -39,8 +40,9 @@ pub(super) struct Arena {
     open: bool,
     /// Free ranges below `top` as (offset, bytes), by offset, none adjacent to another.
     free: Vec<(u64, u64)>,
-    /// Where the never used part of the arena starts.
+    /// Where the never used part of the arena starts, and the arena's bytes.
     top: u64,
+    bytes: u64,
     /// Ranges handed out and not freed: live connections' and kept ones (`pool`).
     used: usize,
     /// Ranges carved ahead, each of `ready_bytes`, their first page given memory.
@@ -56,7 +58,9 @@ pub(super) fn pair_of(pids: (u32, u32)) -> (u32, u32) {
 /// A sealed arena whose first page, the first range's shared page (both endpoint headers and
 /// both rings' first bytes), is given memory now.
 fn fresh_arena() -> io::Result<OwnedFd> {
-    let fd = sys::segment(ARENA_BYTES)?;
+    // Within the file size limit, where one is set (a larger memfd would raise SIGXFSZ).
+    let bytes = ARENA_BYTES.min(sys::file_size_limit() / 4096 * 4096);
+    let fd = sys::segment(bytes)?;
     sys::prepare_pages(fd.as_raw_fd(), &[0])?;
     Ok(fd)
 }
@@ -67,6 +71,7 @@ impl Arena {
         Ok(Arena {
             fd: Rc::new(fd),
             ident: (id.dev, id.inode),
+            bytes: id.size,
             pair,
             open,
             free: Vec::new(),
@@ -102,7 +107,7 @@ impl Arena {
             }
             return Some((off, false));
         }
-        let end = self.top.checked_add(bytes).filter(|&e| e <= ARENA_BYTES)?;
+        let end = self.top.checked_add(bytes).filter(|&e| e <= self.bytes)?;
         let off = self.top;
         self.top = end;
         Some((off, off == 0))
@@ -323,7 +328,7 @@ mod tests {
         // Too large for any free range: from the top.
         assert_eq!(a.carve(10 * p), Some((12 * p, false)));
         // Past the arena's bytes: none.
-        assert_eq!(a.carve(ARENA_BYTES), None);
+        assert_eq!(a.carve(1 << 20), None);
         // Carved ahead ranges go first, for their size only.
         a.ready_bytes = 2 * p;
         a.ready.push(40 * p);
