@@ -151,6 +151,16 @@ for k in ["Shmem", "AnonPages", "Slab", "SUnreclaim", "KernelStack", "PageTables
 tb, ta = sock(f"{work}/before.sockstat"), sock(f"{work}/at.sockstat")
 print(f"| TCP socket buffers (sockstat mem) | {per(ta[0] - tb[0])} |")
 print(f"| TCP sockets in use | {(ta[1] - tb[1]) / n:.2f} per connection |")
+# What the connections hold, item by item, with each process's own anonymous memory instead of
+# the system's AnonPages (which moves with whatever else the machine runs meanwhile): "used"
+# also moves with the page cache and everything else the kernel estimates as available.
+def anon_of(who):
+    r, r0 = rollup(f"{work}/at.{who}.rollup"), rollup(f"{work}/before.{who}.rollup")
+    return r.get("Anonymous", 0) - (r0.get("Anonymous", 0) if who != "wrk" else 0)
+procs = sum(anon_of(w) for w in ["worker", "wrk", "svc"])
+items = (a["Shmem"] - b["Shmem"]) + procs + (a["Slab"] - b["Slab"]) + (a["PageTables"] - b["PageTables"]) + (ta[0] - tb[0])
+print(f"| the processes' anonymous memory (worker, wrk, service) | {per(procs)} |")
+print(f"| **by items**: Shmem + the processes' anonymous + Slab + PageTables + TCP buffers | **{per(items)}** |")
 sb, sa = slab(f"{work}/before.slab"), slab(f"{work}/at.slab")
 if sa:
     top = sorted(((sa.get(k, 0) - sb.get(k, 0), k) for k in sa), reverse=True)[:12]
