@@ -22,10 +22,10 @@ Usage: pcisock fabric start [--foreground] [--on-demand] [--socket PATH] [--ring
        pcisock fabric status [--socket PATH]
 
 Options:
-  --socket PATH       The service's socket. Default for start: /run/pcisock/fabric-v15.sock
+  --socket PATH       The service's socket. Default for start: /run/pcisock/fabric-v16.sock
                       as root (the system service, which every local user can reach), else
-                      this user's ($XDG_RUNTIME_DIR/pcisock/fabric-v15.sock or
-                      /dev/shm/pcisock-UID/fabric-v15.sock; v15: the service protocol's version,
+                      this user's ($XDG_RUNTIME_DIR/pcisock/fabric-v16.sock or
+                      /dev/shm/pcisock-UID/fabric-v16.sock; v16: the service protocol's version,
                       so that two versions' services never share a socket). Default for stop
                       and status: the one a
                       process would use (PCISOCK_FABRIC, else the system service if it

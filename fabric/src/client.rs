@@ -57,8 +57,8 @@ impl From<io::Error> for ClientError {
     }
 }
 
-/// A paired connection: its memory (the client end's block, then the server end's, each
-/// `4096 + ring_bytes`), this side's interrupt line and the peer's, with the service's names
+/// A paired connection: its memory (the arena whose range `offset..offset +
+/// service::segment_bytes(ring_bytes)` is the connection's segment), this side's interrupt line and the peer's, with the service's names
 /// for the two lines (a line is one per process, shared by its connections: a process that
 /// has a line of that name already keeps one descriptor of it).
 #[derive(Debug)]
@@ -67,6 +67,8 @@ pub struct Paired {
     pub ring_bytes: u64,
     pub server: bool,
     pub segment: OwnedFd,
+    /// Where the segment starts in `segment` (the arena).
+    pub offset: u64,
     pub own_line: Line,
     pub peer_line: Line,
     /// The peer line's tally page (see `Request::Hello`).
@@ -591,6 +593,12 @@ impl Client {
         self.send(r, None).map(|_| ())
     }
 
+    /// This process forked since its last request: the arenas of its pairs take no new
+    /// connection (never answered; see `Request::Forked`).
+    pub fn forked(&mut self) -> Result<(), ClientError> {
+        self.send(Request::Forked, None).map(|_| ())
+    }
+
     pub fn status(&mut self) -> Result<Status, ClientError> {
         match self.call(Request::Status, None)?.0 {
             Reply::Status(s) => Ok(s),
@@ -662,6 +670,7 @@ fn pairing((reply, fds): Received) -> Result<Pairing, ClientError> {
             own_line,
             peer_line,
             plain,
+            offset,
         } => {
             let got = fds.len();
             let mut it = fds.into_iter();
@@ -687,6 +696,7 @@ fn pairing((reply, fds): Received) -> Result<Pairing, ClientError> {
                 ring_bytes,
                 server,
                 segment,
+                offset,
                 own_line: Line {
                     id: own_line,
                     fd: own,

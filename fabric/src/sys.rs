@@ -686,6 +686,18 @@ pub fn raise_fd_limit() -> u64 {
     rl.rlim_cur
 }
 
+/// This process's file size limit (`RLIMIT_FSIZE`, soft; `u64::MAX` when unlimited or unknown):
+/// a memfd made larger would raise SIGXFSZ.
+pub fn file_size_limit() -> u64 {
+    // SAFETY: rlimit is plain data; all zeros is a valid value.
+    let mut rl: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: getrlimit writes into a live rlimit.
+    if unsafe { libc::syscall(libc::SYS_getrlimit, libc::RLIMIT_FSIZE, &mut rl) } != 0 {
+        return u64::MAX;
+    }
+    rl.rlim_cur
+}
+
 /// Make this thread `SCHED_BATCH`: the same share of the CPU as any other thread, but a
 /// wake-up of it never preempts the thread that woke it. The service is woken by every
 /// request; preempting the sender (a client about to connect, a server about to read its

@@ -34,7 +34,10 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"PCFB");
 /// ring pages follow the shared page, and the first block's ring is twice as large with the
 /// second block as its hole (`service::first_ring_hole`), where a version 14 build maps the
 /// shared page twice and looks for the first block's ring pages right after it.
-pub const VERSION: u16 = 15;
+/// 16: a segment is a range of an *arena*, one memfd per pair of processes (`Paired` and
+/// `Again` carry the range's `offset`), and `Forked`, which closes the arenas of the sender's
+/// pairs to new connections (docs/HOST-SERVICE.md, *Arenas*).
+pub const VERSION: u16 = 16;
 /// Header bytes: magic u32, version u16, kind u16, request id u64.
 pub const HEADER: usize = 16;
 /// The largest message either side sends or accepts (an `Entry`, the longest, is 368 bytes
@@ -141,6 +144,11 @@ pub enum Request {
     /// but no longer has what it names (since version 13): replies `Paired` with the
     /// descriptors, to the end's own process only (else `Refused`).
     Refetch { conn: u64, server: bool },
+    /// This process forked since its last request (since version 16; sent before its next
+    /// one, never answered): the arenas of its pairs take no new connection, since a child
+    /// that inherited mappings of some of their ranges may get the arena's descriptor with a
+    /// `Hold` (docs/HOST-SERVICE.md, *Arenas*).
+    Forked,
 }
 
 /// What the service answers.
@@ -168,8 +176,9 @@ pub enum Reply {
         conn: u64,
         line: u64,
     },
-    /// The connection is paired; carries four descriptors: the connection's memory (one
-    /// segment: the client end's block, then the server end's, each `4096 + ring_bytes`),
+    /// The connection is paired; carries four descriptors: the connection's memory (the arena
+    /// its segment is the range `offset..offset + segment_bytes(ring_bytes)` of: the shared
+    /// page, then the rings' own pages),
     /// this end's interrupt line, the peer end's, and the peer line's tally page. A line is shared by every connection of
     /// the process that gave it (`Hello`): `own_line` and `peer_line` name them, so that a
     /// process keeps one descriptor per line, not per connection.
@@ -183,10 +192,13 @@ pub enum Reply {
         /// version 9; 0: none): the stream's plain start, read off the socket before anything
         /// else. 0 in the answer to a `Hold` (the connection's ends keep their own state).
         plain: u64,
+        /// Where the segment starts in the arena (since version 16; a multiple of the page).
+        offset: u64,
     },
     /// `Paired` without descriptors (since version 13): the connection's segment is one this
     /// process's last connection with the same peer process let go of cleanly (the process
-    /// kept its mapping: the memfd's device and inode name it), and the lines are those of
+    /// kept its mapping: the arena memfd's device and inode and the range's offset name it),
+    /// and the lines are those of
     /// that pairing. A process that has not kept them asks with `Refetch`.
     Again(Again),
     /// The connection is paired with a process on the other host (through the bridge and the
@@ -215,8 +227,9 @@ pub enum Reply {
     Fallen(Fallen),
 }
 
-/// A pairing without descriptors (`Reply::Again`): the segment is named by its memfd's
-/// identity (device and inode), the lines by the service's names.
+/// A pairing without descriptors (`Reply::Again`): the segment is named by its arena's
+/// identity (the memfd's device and inode) and its offset there, the lines by the service's
+/// names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Again {
     pub conn: u64,
@@ -227,6 +240,7 @@ pub struct Again {
     pub plain: u64,
     pub dev: u64,
     pub inode: u64,
+    pub offset: u64,
 }
 
 /// A connection that stayed on TCP, as `History` reports it.
@@ -292,68 +306,8 @@ pub struct Status {
 
 pub use errors::{Refusal, WireError};
 
-// Kinds: requests below 0x80, replies above.
-const K_HELLO: u16 = 1;
-const K_LISTEN: u16 = 2;
-const K_UNLISTEN: u16 = 3;
-const K_CONNECT: u16 = 4;
-const K_CANCEL: u16 = 5;
-const K_ACCEPT: u16 = 6;
-const K_CLOSE: u16 = 7;
-const K_STATUS: u16 = 8;
-const K_STOP: u16 = 9;
-const K_HOLD: u16 = 10;
-const K_LIST: u16 = 11;
-const K_FALLBACK: u16 = 12;
-const K_HISTORY: u16 = 13;
-const K_NAMESPACE: u16 = 14;
-const K_PLAIN: u16 = 15;
-const K_REFETCH: u16 = 16;
-const K_WELCOME: u16 = 0x81;
-const K_LISTENING: u16 = 0x82;
-const K_OFFERED: u16 = 0x83;
-const K_PAIRED: u16 = 0x84;
-const K_DECLINED: u16 = 0x85;
-const K_DONE: u16 = 0x86;
-const K_STATUS_REPLY: u16 = 0x87;
-const K_REFUSED: u16 = 0x88;
-const K_REOFFERED: u16 = 0x89;
-const K_ENTRY: u16 = 0x8A;
-const K_FALLEN: u16 = 0x8B;
-const K_BRIDGED: u16 = 0x8C;
-const K_AGAIN: u16 = 0x8D;
-
-/// Words of an `Entry`: its 9, a word of flags (bit 0: the client end is on TCP, bit 1: the
-/// server end), each end's counters.
-const ENTRY_WORDS: usize = 10 + 2 * END_COUNTERS;
-
-/// (body words, descriptors) of each kind; `None` for an unknown kind.
-fn shape(kind: u16) -> Option<(usize, usize)> {
-    Some(match kind {
-        K_HELLO => (1, 2),
-        K_LISTEN | K_HOLD | K_NAMESPACE => (0, 1),
-        K_ACCEPT => (2, 1),
-        K_CONNECT => (5, 1),
-        K_UNLISTEN => (1, 0),
-        K_CANCEL => (3, 0),
-        K_CLOSE => (3, 0),
-        K_PLAIN | K_REFETCH => (2, 0),
-        K_STATUS | K_STOP | K_LIST | K_HISTORY => (0, 0),
-        K_FALLBACK => (2, 1),
-        K_FALLEN => (8, 0),
-        K_ENTRY => (ENTRY_WORDS, 0),
-        K_WELCOME => (4, 0),
-        K_LISTENING | K_OFFERED => (1, 0),
-        K_REOFFERED => (2, 1),
-        K_PAIRED => (6, 4),
-        K_BRIDGED => (9, 0),
-        K_AGAIN => (8, 0),
-        K_DECLINED | K_REFUSED => (1, 0),
-        K_DONE => (0, 0),
-        K_STATUS_REPLY => (11, 0),
-        _ => return None,
-    })
-}
+mod kinds;
+use kinds::*;
 
 /// How many descriptors a request of this kind must carry (for the receiver, which must know
 /// before it decodes).
@@ -451,6 +405,7 @@ impl Request {
             Request::History => K_HISTORY,
             Request::Plain { .. } => K_PLAIN,
             Request::Refetch { .. } => K_REFETCH,
+            Request::Forked => K_FORKED,
         }
     }
 
@@ -492,7 +447,8 @@ impl Request {
             | Request::Status
             | Request::List
             | Request::Stop
-            | Request::History => vec![],
+            | Request::History
+            | Request::Forked => vec![],
         };
         encode(self.kind(), id, &words)
     }
@@ -536,6 +492,7 @@ impl Request {
                 server: bool_word(kind, &w, 1)?,
             },
             K_HISTORY => Request::History,
+            K_FORKED => Request::Forked,
             K_PLAIN => Request::Plain {
                 request: w[0],
                 bytes: w[1],
@@ -592,7 +549,16 @@ impl Reply {
                 own_line,
                 peer_line,
                 plain,
-            } => vec![conn, ring_bytes, server as u64, own_line, peer_line, plain],
+                offset,
+            } => vec![
+                conn,
+                ring_bytes,
+                server as u64,
+                own_line,
+                peer_line,
+                plain,
+                offset,
+            ],
             Reply::Again(a) => vec![
                 a.conn,
                 a.ring_bytes,
@@ -602,6 +568,7 @@ impl Reply {
                 a.plain,
                 a.dev,
                 a.inode,
+                a.offset,
             ],
             Reply::Bridged {
                 conn,
@@ -697,6 +664,7 @@ impl Reply {
                 own_line: w[3],
                 peer_line: w[4],
                 plain: w[5],
+                offset: page_word(kind, &w, 6)?,
             },
             K_AGAIN => Reply::Again(Again {
                 conn: w[0],
@@ -707,6 +675,7 @@ impl Reply {
                 plain: w[5],
                 dev: w[6],
                 inode: w[7],
+                offset: page_word(kind, &w, 8)?,
             }),
             K_BRIDGED => Reply::Bridged {
                 conn: w[0],
@@ -792,7 +761,7 @@ pub fn peek_kind(b: &[u8]) -> Option<u16> {
 mod errors;
 mod words;
 pub use words::Slice;
-use words::{addr_words, bool_word, u32_word, words_addr};
+use words::{addr_words, bool_word, page_word, u32_word, words_addr};
 
 #[cfg(test)]
 mod tests;

@@ -5,8 +5,7 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fabric::{Client, Options, Pairing};
@@ -21,42 +20,6 @@ const BURST: usize = 1200;
 /// The service's open-file limit: room for a segment per connection and its own few
 /// descriptors, not for three more per reply waiting in an outbox.
 const SERVICE_NOFILE: u64 = BURST as u64 + 160;
-
-struct Service {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// This test binary again, running only `service_with_few_descriptors`.
-fn start_service() -> (Service, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("pcisock-outbox-test-{}", std::process::id()));
-    let socket = dir.join("fabric.sock");
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "service_with_few_descriptors",
-            "--nocapture",
-        ])
-        .env("PCISOCK_TEST_SOCKET", &socket)
-        .spawn()
-        .unwrap();
-    let svc = Service { child, dir };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(Instant::now() < deadline, "the service never bound");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (svc, socket)
-}
 
 #[test]
 #[ignore = "a helper process for a_burst_of_pairings_to_a_late_reader_arrives_whole"]
@@ -81,7 +44,8 @@ fn service_with_few_descriptors() {
 #[test]
 fn a_burst_of_pairings_to_a_late_reader_arrives_whole() {
     raise_own_limit();
-    let (_svc, socket) = start_service();
+    let svc = common::spawn_service("service_with_few_descriptors");
+    let socket = svc.socket.clone();
     let mut server = Client::connect(&socket).unwrap();
     let mut client = Client::connect(&socket).unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -5,15 +5,15 @@
 //! holder, an end still held) never does.
 
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fabric::{sys, Client, Options, Paired, Pairing};
 use socket2::Socket;
 
 mod common;
-use common::{offer_and_connect, start};
+use common::{map_segment, offer_and_connect, pair_with, reclaimed, segment_of, start};
 
 /// A connection paired between `client` and `server`: (server end, client end, the client's
 /// socket, the server's accepted socket).
@@ -22,12 +22,7 @@ fn pair(
     client: &mut Client,
     l: &TcpListener,
 ) -> (Paired, Paired, Socket, TcpStream) {
-    let (mut offer, csock, accepted) = offer_and_connect(client, l.local_addr().unwrap(), l);
-    let s = server.accept(accepted.as_raw_fd(), 1 << 20).unwrap();
-    let s = descriptors(server, s, true);
-    let c = client.paired(&mut offer, Duration::from_secs(5)).unwrap();
-    let c = descriptors(client, c.expect("the client was not paired"), false);
-    (s, c, csock, accepted)
+    pair_with(server, client, l, 1 << 20, descriptors)
 }
 
 /// The pairing `p` with its descriptors: a reused segment comes named (`Again`, by the memfd's
@@ -43,8 +38,8 @@ fn descriptors(c: &mut Client, p: Pairing, server: bool) -> Paired {
                 .metadata()
                 .unwrap();
             assert_eq!(
-                (meta.dev(), meta.ino()),
-                (a.dev, a.inode),
+                (meta.dev(), meta.ino(), p.offset),
+                (a.dev, a.inode, a.offset),
                 "named another segment"
             );
             assert_eq!(
@@ -57,34 +52,27 @@ fn descriptors(c: &mut Client, p: Pairing, server: bool) -> Paired {
     }
 }
 
-/// The segment's memfd (its inode).
-fn inode(fd: &OwnedFd) -> u64 {
-    std::fs::File::from(fd.try_clone().unwrap())
-        .metadata()
-        .unwrap()
-        .ino()
+/// The segment (its arena's inode, its offset there).
+fn inode(p: &Paired) -> (u64, u64) {
+    segment_of(p)
 }
 
 /// Write `byte` over the whole segment, as two ends' headers and traffic would.
-fn scribble(fd: &OwnedFd, byte: u8) {
-    // SAFETY: a test mapping of a segment this test's connection holds.
-    let mut m = unsafe { memmap2::MmapMut::map_mut(fd.as_raw_fd()) }.unwrap();
-    m.fill(byte);
+fn scribble(p: &Paired, byte: u8) {
+    map_segment(p).fill(byte);
 }
 
 /// Does a reused segment start as a fresh one? Both endpoint headers (each block's first
 /// `RING_START` bytes, both in the shared page) read as zeros: every word an end starts from.
 /// Its rings may hold what the last connection wrote (the ring protocol never takes it for a
 /// frame), but only in each block's first 64 KiB: the rest is given back.
-fn fresh(fd: &OwnedFd) -> bool {
-    use fabric::service::{ring_pages, segment_ring, RING_START, SECOND_BLOCK};
-    let len = std::fs::File::from(fd.try_clone().unwrap())
-        .metadata()
-        .unwrap()
-        .len() as usize;
+fn fresh(p: &Paired) -> bool {
+    use fabric::service::{ring_pages, segment_bytes, RING_START, SECOND_BLOCK};
+    let len = segment_bytes(p.ring_bytes) as usize;
     let mut buf = vec![1u8; len];
-    assert_eq!(sys::pread(fd.as_raw_fd(), &mut buf, 0).unwrap(), len);
-    let ring = segment_ring(len as u64) as usize;
+    let fd = p.segment.as_raw_fd();
+    assert_eq!(sys::pread(fd, &mut buf, p.offset).unwrap(), len);
+    let ring = p.ring_bytes as usize;
     let zeros = |from: usize, to: usize| buf[from..to].iter().all(|&x| x == 0);
     let headers = [0, SECOND_BLOCK as usize]
         .iter()
@@ -95,18 +83,6 @@ fn fresh(fd: &OwnedFd) -> bool {
         .iter()
         .all(|&p| zeros(p as usize + (60 << 10), p as usize + ring));
     headers && rings
-}
-
-/// Wait until the service reclaimed `n` connections (closes are one-way).
-fn reclaimed(c: &mut Client, n: u64) {
-    let t0 = Instant::now();
-    while c.status().unwrap().reclaimed < n {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "the closes were never read"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 fn setup() -> (common::Running, Client, Client, TcpListener) {
@@ -122,8 +98,8 @@ fn setup() -> (common::Running, Client, Client, TcpListener) {
 fn a_clean_close_gives_the_segment_zeroed_to_the_same_processes_next_connection() {
     let (_svc, mut server, mut client, l) = setup();
     let (s, c, _cs, _a) = pair(&mut server, &mut client, &l);
-    let first = inode(&s.segment);
-    scribble(&s.segment, 0xAB);
+    let first = inode(&s);
+    scribble(&s, 0xAB);
     server.close(s.conn, true, true).unwrap();
     client.close(c.conn, false, true).unwrap();
     reclaimed(&mut server, 1);
@@ -131,12 +107,12 @@ fn a_clean_close_gives_the_segment_zeroed_to_the_same_processes_next_connection(
     let (s2, c2, _cs2, _a2) = pair(&mut server, &mut client, &l);
     assert_ne!(s2.conn, s.conn);
     assert_eq!(
-        (inode(&s2.segment), inode(&c2.segment)),
+        (inode(&s2), inode(&c2)),
         (first, first),
         "the closed connection's segment was not given again"
     );
     assert!(
-        fresh(&s2.segment),
+        fresh(&s2),
         "a reused segment carries its last connection's header words, or all its ring pages"
     );
 }
@@ -148,21 +124,17 @@ fn a_segment_an_end_may_still_write_into_is_never_given_again() {
     // and writing); `done` closes cleanly on both ends.
     let (hs, hc, _hcs, _ha) = pair(&mut server, &mut client, &l);
     let (ds, dc, _dcs, _da) = pair(&mut server, &mut client, &l);
-    let (held, done) = (inode(&hs.segment), inode(&ds.segment));
+    let (held, done) = (inode(&hs), inode(&ds));
     client.close(hc.conn, false, true).unwrap();
     server.close(ds.conn, true, true).unwrap();
     client.close(dc.conn, false, true).unwrap();
     reclaimed(&mut server, 1);
     let (s2, _c2, _cs2, _a2) = pair(&mut server, &mut client, &l);
-    assert_eq!(
-        inode(&s2.segment),
-        done,
-        "the cleanly closed segment is reused"
-    );
+    assert_eq!(inode(&s2), done, "the cleanly closed segment is reused");
     // The stale end writes on: the new connection never sees it.
-    scribble(&hs.segment, 0xEE);
-    assert_ne!(inode(&s2.segment), held);
-    assert!(fresh(&s2.segment));
+    scribble(&hs, 0xEE);
+    assert_ne!(inode(&s2), held);
+    assert!(fresh(&s2));
 
     // An end let go of uncleanly (its process forked with it: a child may write on) keeps the
     // segment from reuse, though both ends' closes came.
@@ -170,7 +142,7 @@ fn a_segment_an_end_may_still_write_into_is_never_given_again() {
     client.close(s2.conn, false, true).unwrap();
     reclaimed(&mut server, 2);
     let (s3, c3, _cs3, _a3) = pair(&mut server, &mut client, &l);
-    assert_ne!(inode(&s3.segment), done, "reused after an unclean close");
+    assert_ne!(inode(&s3), done, "reused after an unclean close");
 
     // A connection another process picked up (`Hold`: a forked child that talked to the
     // service, a new image after exec) is never reused either, even if both ends close clean.
@@ -178,17 +150,13 @@ fn a_segment_an_end_may_still_write_into_is_never_given_again() {
     let fabric::Held::Paired(_h) = other.hold(_a3.as_raw_fd()).unwrap() else {
         panic!("hold declined");
     };
-    let third = inode(&s3.segment);
+    let third = inode(&s3);
     other.close(s3.conn, true, true).unwrap();
     server.close(s3.conn, true, true).unwrap();
     client.close(c3.conn, false, true).unwrap();
     reclaimed(&mut server, 3);
     let (s4, _c4, _cs4, _a4) = pair(&mut server, &mut client, &l);
-    assert_ne!(
-        inode(&s4.segment),
-        third,
-        "reused after another process held it"
-    );
+    assert_ne!(inode(&s4), third, "reused after another process held it");
 }
 
 #[test]
@@ -211,8 +179,14 @@ fn a_kept_segment_is_named_again_and_refetched_only_by_its_own_end() {
     else {
         panic!("a kept segment's pairing carried descriptors to the client");
     };
-    assert_eq!((sa.dev, sa.inode), (meta.dev(), meta.ino()));
-    assert_eq!((ca.dev, ca.inode), (meta.dev(), meta.ino()));
+    assert_eq!(
+        (sa.dev, sa.inode, sa.offset),
+        (meta.dev(), meta.ino(), s.offset)
+    );
+    assert_eq!(
+        (ca.dev, ca.inode, ca.offset),
+        (meta.dev(), meta.ino(), s.offset)
+    );
     assert_eq!((sa.own_line, sa.peer_line), (s.own_line.id, s.peer_line.id));
     assert_eq!((ca.own_line, ca.peer_line), (c.own_line.id, c.peer_line.id));
 
@@ -224,5 +198,5 @@ fn a_kept_segment_is_named_again_and_refetched_only_by_its_own_end() {
     let p = client
         .refetch(ca.conn, false)
         .expect("the client's own end");
-    assert_eq!(inode(&p.segment), meta.ino());
+    assert_eq!(inode(&p), (meta.ino(), s.offset));
 }

@@ -13,12 +13,7 @@ use fabric::{sys, Client, ClientError, Options, Pairing};
 use socket2::{Domain, Socket, Type};
 
 mod common;
-use common::{offer_and_connect, start, v4};
-
-fn map(fd: &OwnedFd) -> memmap2::MmapMut {
-    // SAFETY: a test mapping of a segment the service made; both ends write distinct bytes.
-    unsafe { memmap2::MmapMut::map_mut(fd.as_raw_fd()).expect("map segment") }
-}
+use common::{map_segment as map, offer_and_connect, segment_of, start, v4};
 
 #[test]
 fn pairs_a_connection_by_possession_of_its_socket() {
@@ -46,7 +41,8 @@ fn pairs_a_connection_by_possession_of_its_socket() {
     // One segment holds both ends' blocks (docs/PROTOCOL.md §2, *The shared page*: both
     // headers in its first page, then the server's ring pages, then the client's), the same
     // memory for both processes.
-    let (mut s_map, c_map) = (map(&s.segment), map(&c.segment));
+    let (mut s_map, c_map) = (map(&s), map(&c));
+    assert_eq!(segment_of(&s), segment_of(&c));
     assert_eq!(s_map.len() as u64, fabric::service::segment_bytes(1 << 20));
     let second = fabric::service::SECOND_BLOCK as usize;
     let pages = fabric::service::ring_pages(1 << 20)[1] as usize;
@@ -658,8 +654,8 @@ fn one_way_requests_are_never_answered() {
     drop((s, accepted));
 }
 
-/// Segments made ahead (the service's spares) are each one connection's only: every pairing
-/// gets a memfd no other connection had, all zeros, even after the earlier connections wrote
+/// Segments made ahead (ranges carved ahead in the pair's arena) are each one connection's
+/// only: every pairing gets a range no other connection had, all zeros, even after the earlier connections wrote
 /// theirs and closed, and each with its own seals.
 #[test]
 fn every_pairing_gets_a_fresh_segment_of_its_own() {
@@ -683,11 +679,10 @@ fn every_pairing_gets_a_fresh_segment_of_its_own() {
         else {
             panic!("the client was not paired");
         };
-        let st = std::fs::metadata(format!("/proc/self/fd/{}", s.segment.as_raw_fd())).unwrap();
-        use std::os::unix::fs::MetadataExt;
-        assert!(!seen.contains(&st.ino()), "a segment was handed out twice");
-        seen.push(st.ino());
-        let (mut s_map, c_map) = (map(&s.segment), map(&c.segment));
+        let id = segment_of(&s);
+        assert!(!seen.contains(&id), "a segment was handed out twice");
+        seen.push(id);
+        let (mut s_map, c_map) = (map(&s), map(&c));
         assert!(
             s_map.iter().all(|&b| b == 0),
             "round {round}: a new segment held bytes"

@@ -30,11 +30,13 @@ struct Segment(#[allow(dead_code)] memmap2::MmapRaw);
 
 impl Keepalive for Segment {}
 
-/// A memory segment's identity (see [`Region::segment_identity`]).
+/// A memory segment's identity: its file (device and inode) and its range there, `offset`
+/// and `size` bytes (see [`Region::segment_identity`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentIdentity {
     pub dev: u64,
     pub inode: u64,
+    pub offset: u64,
     pub size: u64,
 }
 
@@ -69,20 +71,29 @@ impl Region {
         }
     }
 
-    /// Map the first `len` bytes of a memory segment handed over as a descriptor (a slice of
-    /// window memory that the host's fabric service gives this process for one connection).
-    /// Refused unless the segment is at least `len` bytes long and sealed against shrinking,
-    /// so that no other holder can truncate it under our accesses (SIGBUS).
-    pub fn map_segment(fd: &std::os::fd::OwnedFd, len: usize) -> std::io::Result<Region> {
+    /// Map the `len` bytes at `offset` of a memory file handed over as a descriptor (a
+    /// connection's segment in the arena that the host's fabric service gives this process).
+    /// Refused unless `offset` is a whole number of pages, the range lies within the file and
+    /// the file is sealed against shrinking, so that no other holder can truncate it under our
+    /// accesses (SIGBUS): an offset the service sent is untrusted input.
+    pub fn map_segment(
+        fd: &std::os::fd::OwnedFd,
+        offset: u64,
+        len: usize,
+    ) -> std::io::Result<Region> {
         use std::io::{Error, ErrorKind};
         use std::os::fd::AsFd;
         // Looked at and mapped through the caller's descriptor (no copy of it: a connection's
         // set-up makes one segment per end, and each system call shows in its rate).
         let size = crate::sysutil::fd_size(fd.as_fd())?;
-        if size < len as u64 || len == 0 {
+        let fits = offset
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= size);
+        let page = crate::sysutil::page_size() as u64;
+        if !fits || len == 0 || !offset.is_multiple_of(page) {
             return Err(Error::new(
                 ErrorKind::InvalidData,
-                format!("segment of {size} bytes, {len} needed"),
+                format!("file of {size} bytes has no segment of {len} bytes at {offset}"),
             ));
         }
         if !crate::sysutil::sealed_against_shrinking(fd.as_fd()) {
@@ -91,10 +102,13 @@ impl Region {
                 "segment not sealed against shrinking",
             ));
         }
-        let map = memmap2::MmapOptions::new().len(len).map_raw(fd)?;
+        let map = memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map_raw(fd)?;
         let base = map.as_mut_ptr();
-        // SAFETY: `map` is a shared read-write mapping of `len` bytes of a segment that cannot
-        // shrink (checked above), kept alive by the Arc for as long as any Region of it lives.
+        // SAFETY: `map` is a shared read-write mapping of `len` bytes of a file that cannot
+        // shrink below their end (checked above), kept alive by the Arc for as long as any Region of it lives.
         Ok(unsafe { Region::new(base, len, Arc::new(Segment(map))) })
     }
 
@@ -104,7 +118,12 @@ impl Region {
     pub fn segment_identity(fd: &std::os::fd::OwnedFd) -> std::io::Result<SegmentIdentity> {
         use std::os::fd::AsFd;
         let (dev, inode, size) = crate::sysutil::fd_identity(fd.as_fd())?;
-        Ok(SegmentIdentity { dev, inode, size })
+        Ok(SegmentIdentity {
+            dev,
+            inode,
+            offset: 0,
+            size,
+        })
     }
 
     /// Whether a child that this process forks inherits this region's whole pages

@@ -91,6 +91,16 @@ pub fn prepare() {
     });
 }
 
+/// A child is about to be made without the fork handlers (`posix_spawn`, `posix_spawnp`,
+/// `system`, `popen`: glibc clones it itself): it inherits the descriptors that are not
+/// close-on-exec and runs another program, which may take over an inherited NTB connection. So
+/// the service is told as for a fork (its arenas of this process's pairs take no new
+/// connection: docs/HOST-SERVICE.md, *Arenas*), and kept mappings are not the child's. The
+/// connections' holders are not counted for it (its new image takes them over with `HOLD`).
+pub fn spawning() {
+    global::get().before_fork();
+}
+
 /// The fork that [`prepare`] announced failed: there is no child; take the holders back.
 pub fn failed() {
     let n = FORKS.load(SeqCst);

@@ -98,6 +98,10 @@ real_fns! {
     dup3: fn(old: c_int, new: c_int, flags: c_int) -> c_int;
     _Fork: fn() -> libc::pid_t;
     fork: fn() -> libc::pid_t;
+    posix_spawn: fn(pid: *mut libc::pid_t, path: *const libc::c_char, actions: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut libc::c_char, envp: *const *mut libc::c_char) -> c_int;
+    posix_spawnp: fn(pid: *mut libc::pid_t, file: *const libc::c_char, actions: *const libc::posix_spawn_file_actions_t, attr: *const libc::posix_spawnattr_t, argv: *const *mut libc::c_char, envp: *const *mut libc::c_char) -> c_int;
+    system: fn(command: *const libc::c_char) -> c_int;
+    popen: fn(command: *const libc::c_char, mode: *const libc::c_char) -> *mut libc::FILE;
     open: fn(path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;
     open64: fn(path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;
     openat: fn(dirfd: c_int, path: *const libc::c_char, flags: c_int, mode: libc::c_uint) -> c_int;

@@ -6,9 +6,9 @@
 //! paired goes; it never hands a mapping to a connection whose segment is not that mapping's
 //! file.
 //!
-//! A segment is known by its file's identity (device and inode, one fstat of the descriptor
-//! the service sends with every pairing): while a mapping of it is kept its inode cannot be
-//! another file's. A kept mapping is not inherited by a forked child (a child could write into
+//! A segment is known by its arena's identity (device and inode, one fstat of the descriptor
+//! the service sends with every pairing) and its offset there: while a mapping of it is kept
+//! its inode cannot be another file's. A kept mapping is not inherited by a forked child (a child could write into
 //! the later connections that use it): before a fork ([`SegmentCache::before_fork`], from the
 //! library's fork handlers) every kept mapping is marked `MADV_DONTFORK`, from then on a
 //! mapping is marked as it is kept, and a mapping taken again is marked `MADV_DOFORK` only if
@@ -32,6 +32,16 @@ const KEPT: usize = 16;
 /// both blocks (docs/PROTOCOL.md §2, *The shared page*).
 fn segment_len(ring_bytes: u64) -> Option<usize> {
     usize::try_from(fabric::service::segment_bytes(ring_bytes)).ok()
+}
+
+/// The identity of the segment at `offset` of the arena `arena` (its file's), rings of
+/// `ring_bytes`: what a kept mapping is found by.
+fn identity_at(arena: SegmentIdentity, offset: u64, ring_bytes: u64) -> SegmentIdentity {
+    SegmentIdentity {
+        offset,
+        size: fabric::service::segment_bytes(ring_bytes),
+        ..arena
+    }
 }
 
 #[derive(Default)]
@@ -70,37 +80,40 @@ impl Kept {
 }
 
 impl SegmentCache {
-    /// Segment `fd`, both blocks of rings of `ring_bytes`, mapped: the mapping this process
-    /// kept of it when the service gave it to us before (a connection with the same peer
-    /// process that closed), else a new one.
+    /// The segment at `offset` of arena `fd`, both blocks of rings of `ring_bytes`, mapped:
+    /// the mapping this process kept of it when the service gave it to us before (a
+    /// connection with the same peer process that closed), else a new one (refused unless the
+    /// arena is sealed against shrinking and the segment lies within it).
     pub(crate) fn map(
         &self,
         fd: &OwnedFd,
+        offset: u64,
         ring_bytes: u64,
     ) -> Option<(ntbdrv::Region, ntbdrv::SegmentIdentity)> {
         let len = segment_len(ring_bytes)?;
-        let id = ntbdrv::Region::segment_identity(fd).ok()?;
+        let arena = ntbdrv::Region::segment_identity(fd).ok()?;
+        let id = identity_at(arena, offset, ring_bytes);
         if let Some(r) = self.take(id, len) {
             return Some((r, id));
         }
-        let r = ntbdrv::Region::map_segment(fd, len).ok()?;
+        let r = ntbdrv::Region::map_segment(fd, offset, len).ok()?;
         Some((r, id))
     }
 
-    /// The kept mapping of the segment the service named by its memfd's device and inode
-    /// (`fabric::Again`), rings of `ring_bytes`, if this process kept it.
+    /// The kept mapping of the segment the service named by its arena's device and inode and
+    /// its offset there (`fabric::Again`), rings of `ring_bytes`, if this process kept it.
     pub(crate) fn take_named(
         &self,
-        dev: u64,
-        inode: u64,
-        ring_bytes: u64,
+        a: &fabric::Again,
     ) -> Option<(ntbdrv::Region, ntbdrv::SegmentIdentity)> {
-        let len = segment_len(ring_bytes)?;
-        let id = SegmentIdentity {
-            dev,
-            inode,
-            size: fabric::service::segment_bytes(ring_bytes),
+        let len = segment_len(a.ring_bytes)?;
+        let arena = SegmentIdentity {
+            dev: a.dev,
+            inode: a.inode,
+            offset: 0,
+            size: 0,
         };
+        let id = identity_at(arena, a.offset, a.ring_bytes);
         Some((self.take(id, len)?, id))
     }
 
@@ -169,6 +182,35 @@ mod tests {
         maps.lines().any(|l| l.starts_with(&format!("{addr:x}-")))
     }
 
+    /// A segment is mapped at its offset in the arena, and one that does not lie within the
+    /// arena, or lies in one that is not sealed, is refused: never a mapping that would fault
+    /// (SIGBUS) or reach past the arena.
+    #[test]
+    fn a_segment_is_mapped_at_its_offset_within_its_arena() {
+        use std::os::unix::fs::FileExt;
+        let ring = 4096;
+        let seg = fabric::service::segment_bytes(ring);
+        let arena = fabric::sys::segment(4 * seg).unwrap();
+        let cache = SegmentCache::default();
+        let (r, id) = cache.map(&arena, 2 * seg, ring).unwrap();
+        assert_eq!((id.offset, id.size), (2 * seg, seg));
+        r.write(0, b"head").unwrap();
+        let mut b = [0u8; 4];
+        let file = std::fs::File::from(arena.try_clone().unwrap());
+        file.read_exact_at(&mut b, 2 * seg).unwrap();
+        assert_eq!(&b, b"head");
+        // Past the end, partly past it, an offset that wraps, one inside a page: refused.
+        for off in [4 * seg, 3 * seg + 4096, u64::MAX - 4095, 2 * seg + 8] {
+            assert!(cache.map(&arena, off, ring).is_none(), "offset {off}");
+        }
+        // A file its sender could shrink under us (not a sealed memfd): refused.
+        let path = std::env::temp_dir().join(format!("segcache-{}", std::process::id()));
+        let loose = std::fs::File::create(&path).unwrap();
+        loose.set_len(4 * seg).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(cache.map(&loose.into(), 0, ring).is_none());
+    }
+
     /// A mapping kept before a fork, and one kept after it, are not a child's; one taken
     /// again for a connection is.
     #[test]
@@ -179,7 +221,7 @@ mod tests {
         let mut kept = Vec::new();
         for _ in 0..3 {
             let fd = fabric::sys::segment(len).unwrap();
-            let (r, id) = cache.map(&fd, ring).unwrap();
+            let (r, id) = cache.map(&fd, 0, ring).unwrap();
             kept.push((r.as_ptr() as usize, id, r.len()));
             cache.keep(id, r);
             if kept.len() == 1 {

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,11 @@ pub(crate) struct Link {
     /// Mappings of the segments of connections this process let go of cleanly: the service
     /// may give one again to the next connection with the same peer process.
     segments: crate::segcache::SegmentCache,
+    /// The pid of the process that prepared a fork since its last request (0: none): its next
+    /// request is preceded by `Forked`, so that the service closes the arenas of its pairs
+    /// before any connection it could pair afterwards (docs/HOST-SERVICE.md, *Arenas*). A
+    /// child copies the word, not the pid: it sends nothing for its parent's fork.
+    forked: std::sync::atomic::AtomicU32,
     /// The bridge's device, mapped at this process's first connection paired across it (the
     /// environment names it: `PCISOCK_DEVICE`, `PCISOCK_EMU_*`).
     bridge: Mutex<Option<Arc<dyn ntbdrv::NtbDevice>>>,
@@ -96,6 +102,7 @@ impl Link {
     /// See `Transport::before_fork`.
     pub(crate) fn before_fork(&self) {
         self.segments.before_fork();
+        (self.forked).store(ntbdrv::process::pid(), SeqCst);
     }
 
     /// Reach the service at `path` now, so that a missing service is known at start-up; if
@@ -120,6 +127,7 @@ impl Link {
             tallies: Mutex::new(HashMap::new()),
             recent: Mutex::new(std::collections::VecDeque::new()),
             segments: Default::default(),
+            forked: Default::default(),
             bridge: Mutex::new(None),
         };
         let c = link.introduced(c);
@@ -229,6 +237,14 @@ impl Link {
                 for (_, fd) in held {
                     let _ = c.hold(fd);
                 }
+            }
+            // A fork since the last request: told first (never answered), so that the service
+            // knows before anything this process could pair after it.
+            let forked = (self.forked)
+                .compare_exchange(me, 0, SeqCst, SeqCst)
+                .is_ok();
+            if forked && c.forked().is_err() {
+                (self.forked).store(me, SeqCst);
             }
             let deferred = std::mem::take(&mut *lock(&self.deferred));
             for d in deferred {

@@ -220,7 +220,7 @@ fn an_idle_ring_gives_its_pages_back_and_the_stream_stays_exact_across_laps() {
 fn a_segment_sealed_as_the_service_seals_it_gives_pages_back() {
     let len = 64 << 10;
     let fd = fabric::sys::segment(len as u64).unwrap();
-    let r = ntbdrv::Region::map_segment(&fd, len).unwrap();
+    let r = ntbdrv::Region::map_segment(&fd, 0, len).unwrap();
     r.fill(0, len, 0x5A).unwrap();
     let blocks = |fd: &std::os::fd::OwnedFd| {
         let f = std::fs::File::from(fd.try_clone().unwrap());

@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
-
 use common::service::{exchange, service, transport};
 use common::{pair, pattern};
 use transport::{Connection, IdleRelease};
@@ -16,20 +14,34 @@ use transport::{Connection, IdleRelease};
 /// Held by each test: a test's count of segment pages must not see another's segments.
 static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// The bytes allocated in each of the service's segments (memfds `pcisock-segment`, open in
-/// this process: the service runs on one of its threads; the processes' tally pages are such
-/// memfds too, with nothing allocated while no peer rang).
-fn segments() -> Vec<u64> {
-    std::fs::read_dir("/proc/self/fd")
+/// The bytes allocated in each of the service's segments: the ranges, of rings of `ring`, of
+/// its arenas (memfds `pcisock-segment`, open in this process: the service runs on one of its
+/// threads; the processes' tally pages are such memfds too, with nothing allocated while no
+/// peer rang), found by the pages that exist (`SEEK_DATA`), each counted in the range it lies in.
+fn segments(ring: u64) -> Vec<u64> {
+    use std::os::fd::AsRawFd;
+    let seg = fabric::service::segment_bytes(ring);
+    let mut held = std::collections::BTreeMap::new();
+    let arenas = std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .flatten()
         .filter(|e| {
             std::fs::read_link(e.path())
                 .is_ok_and(|l| l.to_string_lossy().starts_with("/memfd:pcisock-segment"))
-        })
-        .filter_map(|e| std::fs::metadata(e.path()).ok())
-        .map(|m| m.blocks() * 512)
-        .collect()
+        });
+    for (n, e) in arenas.enumerate() {
+        let Ok(f) = std::fs::File::open(e.path()) else {
+            continue;
+        };
+        let mut at = 0;
+        while let Ok(Some((data, hole))) = fabric::sys::next_data(f.as_raw_fd(), at) {
+            for page in (data..hole).step_by(4096) {
+                *held.entry((n, page / seg)).or_insert(0) += 4096;
+            }
+            at = hole;
+        }
+    }
+    held.into_values().collect()
 }
 
 fn release(from: &Connection, to: &Connection, now: &mut u64) -> IdleRelease {
@@ -55,7 +67,7 @@ fn a_small_message_connection_holds_one_page() {
     }
     // The connection's segment (and the spares the service made after it) has its shared page
     // and nothing else: both headers and both rings' laps are there.
-    let held = segments();
+    let held = segments(16 << 10);
     assert_eq!(
         held.iter().max(),
         Some(&4096),
@@ -65,7 +77,7 @@ fn a_small_message_connection_holds_one_page() {
     let burst: Vec<u8> = (0..12 << 10).map(pattern).collect();
     exchange(&c, &s, &burst);
     exchange(&s, &c, &burst);
-    let grown = segments();
+    let grown = segments(16 << 10);
     assert!(
         grown.iter().any(|&b| b > 4096),
         "the bursts grew the rings: {grown:?}"
@@ -82,7 +94,7 @@ fn a_small_message_connection_holds_one_page() {
             );
         }
     }
-    let idle = segments();
+    let idle = segments(16 << 10);
     assert_eq!(
         idle.iter().max(),
         Some(&4096),
@@ -115,7 +127,7 @@ fn releasing_the_clients_ring_leaves_the_servers_alone() {
             .send(&[&waiting[sent..]], true, None)
             .unwrap_or_else(|e| panic!("send: {e:?}"));
     }
-    let held = segments();
+    let held = segments(16 << 10);
     assert!(held.iter().any(|&b| b > 4096), "{held:?}");
     let mut now = 1;
     let r = release(&s, &c, &mut now);

@@ -214,6 +214,7 @@ impl Service {
             } => self.close(conn, sender, server as usize, clean),
             Request::Plain { request, bytes } => self.plain(client, id, request, bytes),
             Request::Refetch { conn, server } => self.refetch(client, id, conn, server as usize),
+            Request::Forked => self.close_generations(sender),
         }
         None
     }
@@ -291,7 +292,8 @@ impl Service {
                             server_pid: holder(1),
                             client: c.client,
                             server: c.server,
-                            ends: [0, SECOND_BLOCK].map(|at| end_counters(&c.segment, at)),
+                            ends: [0, SECOND_BLOCK]
+                                .map(|at| end_counters(&c.segment, c.offset + at)),
                         }
                     })
                     .chain(self.bridged_entries())
@@ -535,7 +537,7 @@ impl Service {
     }
 }
 
-/// The counters of the endpoint block at `at` in `segment`, read (never mapped, never written)
+/// The counters of the endpoint block at `at` in `segment` (an arena), read (never mapped, never written)
 /// for `List`. The words are the connection's processes' to write (either of them can write
 /// anything there), so they are only copied out, for display; a short or failed read reports
 /// zeros. The segment was all zeros when the service made it, so an end not made yet reports

@@ -47,10 +47,18 @@ impl Service {
         };
         self.add_holder(conn, pid, side);
         self.orphans.retain(|&o| o != conn);
+        let mut arena = None;
         if let Some(c) = self.conns.get_mut(&conn) {
             // Another image (after exec) or another process maps the segment now: it is never
             // given to another connection.
             c.reusable = false;
+            arena = Some(c.arena);
+        }
+        // The holder gets the arena, which holds the pair's other connections of its
+        // generation too: one it may have inherited (a fork) or made (the same process before
+        // an exec), but no later one: the generation takes no new connection (`arena`).
+        if let Some(a) = arena {
+            self.close_arena(a);
         }
         self.send_end(client, request, conn, side);
     }
@@ -69,6 +77,7 @@ impl Service {
             own_line: me.line.id,
             peer_line: peer.line.id,
             plain: 0,
+            offset: c.offset,
         };
         self.reply(client, request, r, &fds.each_ref());
     }
@@ -224,7 +233,10 @@ impl Service {
             self.window_used = self.window_used.saturating_sub(c.bytes);
             self.counters.reclaimed += 1;
             if c.reusable && c.clean == [true, true] && c.holders.is_empty() {
-                self.keep(c.pids, c.segment, c.bytes);
+                self.keep(c.pids, c.arena, c.offset, c.bytes);
+            } else {
+                let clean = c.clean == [true, true] && c.holders.is_empty();
+                self.free_range(c.arena, c.offset, c.bytes, clean);
             }
         }
     }
@@ -280,8 +292,9 @@ impl Service {
         let Some(gone) = self.clients.remove(&client) else {
             return;
         };
-        // Its mappings are gone (exit, exec) or going: its pooled segments too.
-        self.forget_pooled(gone.cred.pid);
+        // Its mappings are gone (exit, exec) or going: its generations close (their kept
+        // ranges go; a new image's connections go into new arenas).
+        self.close_generations(gone.cred.pid);
         // Its connections outlive its service connection (an exec): watch the process itself.
         let pid = gone.cred.pid;
         if (self

@@ -21,9 +21,11 @@ use crate::wire::{
     Addr, Again, EndCounters, Entry, Fallen, Refusal, Reply, Request, Status, END_COUNTERS,
 };
 
+mod arena;
 mod bridge;
 mod dispatch;
 mod holders;
+pub use arena::ARENA_BYTES;
 pub use bridge::{BLOCK_INFO, BLOCK_INFO_MAGIC, MAILBOX_BYTES, MAILBOX_OFFSET};
 mod liveness;
 mod pairing;
@@ -147,8 +149,6 @@ const EXPIRE_LOOK: Duration = Duration::from_millis(100);
 const ORPHAN_LOOK_MS: i32 = 250;
 /// Fallbacks kept in the host-wide history (the oldest go first).
 const HISTORY: usize = 64;
-/// Segments kept made ahead, of the size the last pairing used (see `Service::spares`).
-const SPARES: usize = 4;
 
 // Reason codes of docs/PROTOCOL.md §5 that the service gives.
 const NO_LISTENER: u32 = 4;
@@ -266,8 +266,11 @@ struct Conn {
     netns: u64,
     /// Client end, server end.
     ends: [End; 2],
-    /// The connection's memory: both ends' blocks (handed out again on `Hold`).
+    /// The connection's memory: both ends' blocks, the range `offset..offset + bytes` of the
+    /// arena `arena` (whose descriptor this is: handed out again on `Hold`).
     segment: Rc<OwnedFd>,
+    arena: u64,
+    offset: u64,
     bytes: u64,
     /// The processes that made the client end and the server end: the only ones that ever
     /// map the segment unless a `Hold` brought another (then `reusable` is false).
@@ -328,16 +331,19 @@ pub struct Service {
     counters: Counters,
     /// The recent fallbacks processes reported (`Fallback`), oldest first.
     history: std::collections::VecDeque<Fallen>,
-    /// Segments made ahead, each of `spare_bytes`, with the pages every end touches first
-    /// given their memory (`sys::prepare_pages`): made after a turn's replies, so that a
-    /// pairing only takes one. Each is handed out once, to one connection (reused after it
-    /// closes only through `pool`, by the same two processes).
-    spares: Vec<OwnedFd>,
+    /// The arenas (`arena`): one memfd per pair of processes and generation, by id.
+    arenas: HashMap<u64, arena::Arena>,
+    /// The open generation's arena of each pair (the smaller pid first).
+    open_arenas: HashMap<(u32, u32), u64>,
+    /// Fresh arenas made ahead (`arena`), for new pairs.
+    spare_arenas: Vec<OwnedFd>,
+    /// The arenas this turn's pairings took a range of: ranges are carved ahead in them.
+    busy: Vec<u64>,
+    /// This turn made an arena: fresh ones are made ahead.
+    arena_made: bool,
     /// The size of the last pairing's segment (0: no pairing yet).
     spare_bytes: u64,
-    /// The last two pairings used segments of `spare_bytes`: spares of it are worth making.
-    spare_steady: bool,
-    /// Segments of closed connections, kept for the next connection between the same two
+    /// Ranges of closed connections, kept for the next connection between the same two
     /// processes (`pool`).
     pool: Vec<pool::Pooled>,
     /// This service's side of the bridge to the other host's service (phase 3), if it pairs
@@ -363,14 +369,6 @@ impl Listener {
             && self.port == dest.1
             && (self.addr == dest.0 || unspecified(&self.addr))
     }
-}
-
-/// A sealed segment of `bytes` whose page both ends touch when its connection is made (the
-/// shared page: both endpoint headers and both rings' first bytes) is given memory now.
-fn fresh_segment(bytes: u64) -> io::Result<OwnedFd> {
-    let seg = sys::segment(bytes)?;
-    sys::prepare_pages(seg.as_raw_fd(), &[0])?;
-    Ok(seg)
 }
 
 const UNSPECIFIED_V6: Addr = [0; 16];
@@ -407,9 +405,12 @@ impl Service {
             window_used: 0,
             counters: Counters::default(),
             history: std::collections::VecDeque::with_capacity(HISTORY),
-            spares: Vec::new(),
+            arenas: HashMap::new(),
+            open_arenas: HashMap::new(),
+            spare_arenas: Vec::new(),
+            busy: Vec::new(),
+            arena_made: false,
             spare_bytes: 0,
-            spare_steady: false,
             pool: Vec::new(),
             bridge: None,
             stop: false,
@@ -546,45 +547,7 @@ impl Service {
         Ok(())
     }
 
-    /// A segment of `bytes` (both ends' blocks, each `BLOCK_OVERHEAD` and its ring) for a
-    /// connection between the processes `pids`: one of their closed connections' (`pool`, with
-    /// its identity: both processes kept their mappings of it, `Reply::Again`), else a spare
-    /// when one of that size is ready, else made now.
-    fn take_segment(
-        &mut self,
-        bytes: u64,
-        pids: (u32, u32),
-    ) -> io::Result<(OwnedFd, Option<ntbdrv::SegmentIdentity>)> {
-        // Spares are made for a size two pairings in a row used: while window space runs
-        // short and the sizes change from one pairing to the next, none are made to be thrown
-        // away.
-        self.spare_steady = self.spare_bytes == bytes;
-        if !self.spare_steady {
-            self.spares.clear();
-            self.spare_bytes = bytes;
-        }
-        if let Some(s) = self.reuse(bytes, pids) {
-            let id = ntbdrv::Region::segment_identity(&s).ok();
-            return Ok((s, id));
-        }
-        match self.spares.pop() {
-            Some(s) => Ok((s, None)),
-            None => fresh_segment(bytes).map(|s| (s, None)),
-        }
-    }
-
-    /// Make spares up to `SPARES` of the last pairing's size, once two pairings in a row used
-    /// it (so none before the first pairings: a service nobody pairs through makes none).
-    fn make_spares(&mut self) {
-        while self.spare_steady && self.spares.len() < SPARES {
-            match fresh_segment(self.spare_bytes) {
-                Ok(s) => self.spares.push(s),
-                Err(_) => break,
-            }
-        }
-    }
-
-    fn id(&mut self) -> u64 {
+    pub(super) fn id(&mut self) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         id

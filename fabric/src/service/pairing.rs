@@ -83,12 +83,14 @@ impl Service {
         let pid_of = |s: &Service, c: u64| s.clients.get(&c).map(|c| c.cred.pid);
         let (pid_c, pid_s) = (pid_of(self, offer.owner), pid_of(self, server));
         let pids = (pid_c.unwrap_or(0), pid_s.unwrap_or(0));
-        let Ok((segment, again)) = self.take_segment(bytes, pids) else {
+        let Ok((arena, offset, again)) = self.take_segment(bytes, pids) else {
+            return declined(self, NO_WINDOW_SPACE);
+        };
+        let Some(segment) = self.arenas.get(&arena).map(|a| Rc::clone(&a.fd)) else {
             return declined(self, NO_WINDOW_SPACE);
         };
         let client_inode = offer.inode;
         let line_c = &offer.line;
-        let segment = Rc::new(segment);
         let (seg, lc, ls, bc, bs) = (
             &segment,
             &line_c.fd,
@@ -108,6 +110,7 @@ impl Service {
                 plain: offer.plain,
                 dev: id.dev,
                 inode: id.inode,
+                offset,
             }),
             None => Reply::Paired {
                 conn,
@@ -116,6 +119,7 @@ impl Service {
                 own_line: own.id,
                 peer_line: peer.id,
                 plain: offer.plain,
+                offset,
             },
         };
         let (to_server, to_client) = (reply(true, &line_s, line_c), reply(false, line_c, &line_s));
@@ -153,6 +157,8 @@ impl Service {
                     },
                 ],
                 segment,
+                arena,
+                offset,
                 bytes,
                 pids,
                 clean: [false; 2],

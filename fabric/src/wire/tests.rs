@@ -46,6 +46,7 @@ fn all_requests() -> Vec<Request> {
             conn: 11,
             server: true,
         },
+        Request::Forked,
     ]
 }
 
@@ -67,6 +68,7 @@ fn all_replies() -> Vec<Reply> {
             own_line: 5,
             peer_line: 6,
             plain: 78,
+            offset: 3 << 30,
         },
         Reply::Again(Again {
             conn: 14,
@@ -77,6 +79,7 @@ fn all_replies() -> Vec<Reply> {
             plain: 0,
             dev: 27,
             inode: 1 << 40,
+            offset: u64::MAX - 4095,
         }),
         Reply::Bridged {
             conn: 13,
@@ -226,8 +229,29 @@ fn malformed_messages_are_refused() {
     assert!(Request::decode(&Reply::Done.encode(1), 0).is_err());
     assert!(Reply::decode(&Request::Status.encode(1), 0).is_err());
     // `server` is a boolean.
-    let b = encode(K_PAIRED, 1, &[1, 4096, 2, 1, 2, 0]);
+    let b = encode(K_PAIRED, 1, &[1, 4096, 2, 1, 2, 0, 0]);
     assert!(matches!(Reply::decode(&b, 4), Err(WireError::Value { .. })));
+    // A segment's offset in its arena is a whole number of pages; a version 15 `Paired` (no
+    // offset) and `Again` are refused.
+    let b = encode(K_PAIRED, 1, &[1, 4096, 1, 1, 2, 0, 4096 + 8]);
+    let off = Err(WireError::Value {
+        kind: K_PAIRED,
+        word: 6,
+    });
+    assert_eq!(Reply::decode(&b, 4), off);
+    assert!(Reply::decode(&encode(K_PAIRED, 1, &[1, 4096, 1, 1, 2, 0, 8192]), 4).is_ok());
+    let b = encode(K_AGAIN, 1, &[1, 4096, 1, 1, 2, 0, 3, 4, 100]);
+    assert!(matches!(
+        Reply::decode(&b, 0),
+        Err(WireError::Value { word: 8, .. })
+    ));
+    for (kind, words, fds) in [(K_PAIRED, 6, 4), (K_AGAIN, 8, 0)] {
+        let b = encode(kind, 1, &vec![0; words]);
+        assert!(matches!(
+            Reply::decode(&b, fds),
+            Err(WireError::Body { .. })
+        ));
+    }
     // An entry's flags are a bit per end, no more; its ports 16 bits each.
     let mut w = vec![0u64; ENTRY_WORDS];
     w[9] = 0b11;

@@ -23,6 +23,14 @@ pub(super) fn u32_word(kind: u16, words: &[u64], i: usize) -> Result<u32, WireEr
     u32::try_from(words[i]).map_err(|_| WireError::Value { kind, word: i })
 }
 
+/// An offset in an arena: a whole number of pages (4 KiB), as every segment's start is.
+pub(super) fn page_word(kind: u16, words: &[u64], i: usize) -> Result<u64, WireError> {
+    match words[i] {
+        w if w % 4096 == 0 => Ok(w),
+        _ => Err(WireError::Value { kind, word: i }),
+    }
+}
+
 pub(super) fn bool_word(kind: u16, words: &[u64], i: usize) -> Result<bool, WireError> {
     match words[i] {
         0 => Ok(false),

@@ -321,5 +321,6 @@ mod lifecycle;
 mod namespaces;
 mod nginx;
 mod service;
+mod spawn;
 mod unreached;
 mod users;

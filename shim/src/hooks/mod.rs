@@ -164,6 +164,69 @@ pub unsafe extern "C" fn _Fork() -> libc::pid_t {
     pid
 }
 
+/// `posix_spawn` and its relatives make a child that runs another program without our fork
+/// handlers (glibc clones it itself): `fork::spawning` first. Only the application's own calls
+/// come here; glibc's internal ones (its `system` calls its internal spawn) do not, hence the
+/// four hooks.
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawn(
+    pid: *mut libc::pid_t,
+    path: *const libc::c_char,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *mut libc::c_char,
+    envp: *const *mut libc::c_char,
+) -> c_int {
+    crate::fork::spawning();
+    match real::posix_spawn() {
+        // SAFETY: forwarding the application's own arguments to the real function.
+        Some(f) => unsafe { f(pid, path, actions, attr, argv, envp) },
+        None => libc::ENOSYS, // it returns the error number
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn posix_spawnp(
+    pid: *mut libc::pid_t,
+    file: *const libc::c_char,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *mut libc::c_char,
+    envp: *const *mut libc::c_char,
+) -> c_int {
+    crate::fork::spawning();
+    match real::posix_spawnp() {
+        // SAFETY: forwarding the application's own arguments to the real function.
+        Some(f) => unsafe { f(pid, file, actions, attr, argv, envp) },
+        None => libc::ENOSYS,
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn system(command: *const libc::c_char) -> c_int {
+    // `system(NULL)` asks whether a shell exists: no child.
+    if !command.is_null() {
+        crate::fork::spawning();
+    }
+    call_real!(system(command))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn popen(
+    command: *const libc::c_char,
+    mode: *const libc::c_char,
+) -> *mut libc::FILE {
+    crate::fork::spawning();
+    match real::popen() {
+        // SAFETY: forwarding the application's own arguments to the real function.
+        Some(f) => unsafe { f(command, mode) },
+        None => {
+            sys::set_errno(libc::ENOSYS);
+            std::ptr::null_mut()
+        }
+    }
+}
+
 extern "C" fn init() {
     real::resolve_all();
     table::init_fences();

@@ -55,7 +55,7 @@ impl Tally {
     }
 
     fn mapped(fd: &OwnedFd, file: Option<Arc<OwnedFd>>) -> Option<Arc<Tally>> {
-        let region = Region::map_segment(fd, fabric::sys::TALLY_BYTES as usize).ok()?;
+        let region = Region::map_segment(fd, 0, fabric::sys::TALLY_BYTES as usize).ok()?;
         let mut used = vec![0u64; SLOTS / 64];
         if let Some(w) = used.first_mut() {
             *w = 1;

@@ -17,7 +17,7 @@ impl Link {
         let peer_line = self.line(service, p.peer_line);
         let peer_tally = self.tally(service, peer_id, p.peer_tally);
         self.keep_recent(&peer_line, &peer_tally);
-        let (segment, identity) = self.segments.map(&p.segment, p.ring_bytes)?;
+        let (segment, identity) = self.segments.map(&p.segment, p.offset, p.ring_bytes)?;
         Some(ServicePair {
             conn: p.conn,
             ring_bytes: p.ring_bytes,
@@ -46,7 +46,7 @@ impl Link {
         let own_line = self.named_line(service, a.own_line)?;
         let peer_line = self.named_line(service, a.peer_line)?;
         let peer_tally = Some(self.named_tally(service, a.peer_line)?);
-        let (segment, identity) = self.segments.take_named(a.dev, a.inode, a.ring_bytes)?;
+        let (segment, identity) = self.segments.take_named(a)?;
         self.keep_recent(&peer_line, &peer_tally);
         Some(ServicePair {
             conn: a.conn,
