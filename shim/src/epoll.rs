@@ -127,19 +127,14 @@ struct Reg {
     /// `reported` (not an `Option`: its 8 bytes more made the set's table 11 % bigger).
     last_activity: u64,
     reported: bool,
-    /// A one-shot registration that fired and waits for EPOLL_CTL_MOD.
-    disabled: bool,
+    /// Its rarer flags: `marks::DISABLED`, `TALLIED`, `TOLD_REACHING`.
+    marks: marks::Marks,
     /// How it is registered in the kernel now.
     form: Form,
     /// Its interest in the connection's rings while it is an enabled NTB registration: keeps a
     /// thread's wait on the same connection (poll, a blocking recv or send) from withdrawing,
     /// when it ends, the rings this registration asked for (`Connection::interest`).
     interest: Option<transport::Interest>,
-    /// Its connection's tally word is listed in the set's `tallies`.
-    tallied: bool,
-    /// A pending offer that has reached no server was reported writable (edge-triggered: once
-    /// per such spell; see `waiting::reaching_writable`).
-    told_reaching: bool,
     /// Listed in the set's `cand` (each registration once: see [`SetState::add_cand`]).
     cand: bool,
     /// Listed in the set's `to_arm`.
@@ -622,7 +617,7 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                     Some(r) => {
                         r.events = events;
                         r.data = data;
-                        r.disabled = false;
+                        r.marks.set(marks::DISABLED, false);
                         r.reported = false;
                         if let Form::Pending { .. } = r.form {
                             let form = r.form;
@@ -677,11 +672,9 @@ pub fn ctl(epfd: c_int, op: c_int, fd: c_int, event: Option<&libc::epoll_event>)
                     data,
                     last_activity: 0,
                     reported: false,
-                    disabled: false,
+                    marks: marks::Marks::default(),
                     form,
                     interest,
-                    tallied: false,
-                    told_reaching: false,
                     cand: false,
                     to_arm: false,
                 },
@@ -765,6 +758,7 @@ pub fn forget_set(epfd: c_int) {
 }
 
 mod fdmap;
+mod marks;
 mod tallies;
 mod waiting;
 use waiting::to_epoll;

@@ -24,6 +24,7 @@ use crate::wire::{
 mod arena;
 mod bridge;
 mod dispatch;
+mod holders;
 pub use arena::ARENA_BYTES;
 pub use bridge::{BLOCK_INFO, BLOCK_INFO_MAGIC, MAILBOX_BYTES, MAILBOX_OFFSET};
 mod liveness;
@@ -261,7 +262,7 @@ struct Conn {
     /// The processes holding each end, as (pid, end: 0 client, 1 server): the one that
     /// connected or accepted, and those that proved they hold one of its sockets since (`Hold`:
     /// forked children, new images). One process may hold both ends.
-    holders: Vec<(u32, usize)>,
+    holders: holders::Holders,
     netns: u64,
     /// Client end, server end.
     ends: [End; 2],
@@ -303,7 +304,9 @@ pub struct Service {
     doubts: std::collections::VecDeque<(u64, u64, u64, bool)>,
     /// Offers by (namespace, client address, server address), once connected.
     offer_index: HashMap<OfferKey, u64>,
-    conns: HashMap<u64, Conn>,
+    /// Boxed: the table keeps twice the room it needs after it grows, of 16-byte entries
+    /// instead of the record's 160 (benches/results/heap-session17.md).
+    conns: HashMap<u64, Box<Conn>>,
     /// pidfds of the processes holding connections.
     holders: HashMap<u32, OwnedFd>,
     /// Connections whose holders are all gone, but whose sockets may live on in processes the
@@ -538,6 +541,7 @@ impl Service {
         self.pass(&ready);
         self.bridge_turn();
         self.expire_offers();
+        self.shrink_offers();
         self.reclaim_orphans();
         self.make_spares();
         Ok(())

@@ -141,10 +141,10 @@ impl Service {
         let Offer { line, .. } = offer;
         self.conns.insert(
             conn,
-            Conn {
+            Box::new(Conn {
                 client: view.peer.unwrap_or(([0; 16], 0)),
                 server: view.local.unwrap_or(([0; 16], 0)),
-                holders: Vec::new(),
+                holders: holders::Holders::default(),
                 netns: view.netns,
                 ends: [
                     End {
@@ -163,7 +163,7 @@ impl Service {
                 pids,
                 clean: [false; 2],
                 reusable: pid_c.is_some() && pid_s.is_some(),
-            },
+            }),
         );
         for (pid, end) in holders {
             self.add_holder(conn, pid, end);
@@ -179,6 +179,14 @@ impl Service {
         if let Some(l) = self.clients.get(&server).and_then(|c| c.line.as_ref()) {
             sys::ring(l.fd.as_raw_fd());
         }
+    }
+
+    /// A burst of connects grows the offer tables to thousands of places, all empty once the
+    /// burst is paired: they are given back when three quarters of them are empty (kept, they
+    /// were ~120 bytes a connection after a burst of 2,000: benches/results/heap-session17.md).
+    pub(super) fn shrink_offers(&mut self) {
+        shrink_table(&mut self.offers);
+        shrink_table(&mut self.offer_index);
     }
 
     /// The offer whose client socket is connected from `local` to `peer` in namespace
@@ -401,5 +409,13 @@ impl Service {
             .filter(|l| l.serves(netns, dest))
             .map(|l| l.accepted)
             .sum()
+    }
+}
+
+/// Gives back most of `m`'s room when three quarters of it are empty (never below 64 places:
+/// a steady trickle keeps its table).
+fn shrink_table<K: Eq + std::hash::Hash, V>(m: &mut HashMap<K, V>) {
+    if m.capacity() > 64 && m.len() < m.capacity() / 4 {
+        m.shrink_to(m.len() * 2);
     }
 }

@@ -164,7 +164,7 @@ fn reaching_writable(
         let Some(r) = regs.get_mut(fd) else {
             continue;
         };
-        if r.disabled || r.events & libc::EPOLLOUT as u32 == 0 {
+        if r.marks.has(marks::DISABLED) || r.events & libc::EPOLLOUT as u32 == 0 {
             continue;
         }
         // Never waits: a thread settling the offer holds its state.
@@ -175,16 +175,16 @@ fn reaching_writable(
             .is_ok_and(|st| matches!(&*st, State::Offered(Some(p)) if t.reaching(p)))
             && r.sock.early.try_lock().is_ok_and(|e| e.is_empty());
         if !reaching {
-            r.told_reaching = false;
+            r.marks.set(marks::TOLD_REACHING, false);
             continue;
         }
         let edge = r.events & libc::EPOLLET as u32 != 0;
-        if (edge && r.told_reaching) || out.len() >= max || seen.contains(fd) {
+        if (edge && r.marks.has(marks::TOLD_REACHING)) || out.len() >= max || seen.contains(fd) {
             continue;
         }
-        r.told_reaching = true;
+        r.marks.set(marks::TOLD_REACHING, true);
         if r.events & libc::EPOLLONESHOT as u32 != 0 {
-            r.disabled = true;
+            r.marks.set(marks::DISABLED, true);
         }
         out.push(libc::epoll_event {
             events: libc::EPOLLOUT as u32,
@@ -217,7 +217,7 @@ fn harvest(
         // Listed again as they are looked at (a registration that went leaves no word).
         st.tallies.relist();
         st.regs.values_mut().for_each(|r| {
-            r.tallied = false;
+            r.marks.set(marks::TALLIED, false);
             r.cand = false;
         });
     } else {
@@ -240,7 +240,7 @@ fn harvest(
             }
             r.cand = false;
         }
-        if !r.tallied {
+        if !r.marks.has(marks::TALLIED) {
             if let Some(c) = r.sock.conn.get() {
                 // A word that moved since the last listing is a ring the listing takes in
                 // untold: its peer took the registration's flag, so it is armed again before
@@ -249,10 +249,10 @@ fn harvest(
                     r.to_arm = true;
                     st.to_arm.push(fd);
                 }
-                r.tallied = true;
+                r.marks.set(marks::TALLIED, true);
             }
         }
-        if r.disabled {
+        if r.marks.has(marks::DISABLED) {
             continue;
         }
         if out.len() >= max || seen.contains(&fd) {
@@ -285,7 +285,7 @@ fn harvest(
         }
         if r.events & libc::EPOLLONESHOT as u32 != 0 {
             // Spent until EPOLL_CTL_MOD: it asks for no ring.
-            r.disabled = true;
+            r.marks.set(marks::DISABLED, true);
             r.interest = None;
         }
         out.push(libc::epoll_event {
@@ -322,7 +322,7 @@ fn arm(st: &mut SetState, now: Instant) -> bool {
     let mut later = std::mem::take(&mut st.to_arm);
     let mut any = false;
     let mut one = |r: &Reg| {
-        if r.disabled {
+        if r.marks.has(marks::DISABLED) {
             return;
         }
         if let Some(c) = r.sock.conn.get() {
@@ -362,6 +362,14 @@ fn arm(st: &mut SetState, now: Instant) -> bool {
     st.to_arm = later;
     any
 }
+
+/// The most events one [`wait`] returns. Its buffers are kept per thread with room for as many
+/// events as it returns, twice (the kernel's and ours, 12 bytes an event each), and some
+/// applications ask for far more than they can get at once: wrk asks for 3 events per
+/// connection (144 bytes a connection at 2,000; benches/results/heap-session17.md). What is
+/// ready beyond it is left for the next call, as the kernel leaves what does not fit; nginx
+/// asks for 512.
+const WAIT_MAX: usize = 1024;
 
 /// The buffers of one [`wait`] (the kernel's events, ours to return), kept by each thread between
 /// calls: made anew per call, a 512-event buffer zeroed and another allocated, they were a third
@@ -429,7 +437,7 @@ pub fn wait(
     // Looked at once per call, on the first pass below.
     let mut cpu_checked = spin.is_zero();
     let t0 = Instant::now();
-    let max = events.len();
+    let max = events.len().min(WAIT_MAX);
     let ntb_max = max - kernel_share(max);
     let mut bufs = Bufs::take(max);
     let Bufs { kbuf, out, seen } = &mut bufs;
