@@ -146,6 +146,9 @@ print(f"### {v}, N = {n}: {rps} req/s\n")
 print("| system-wide, kB per connection (sample − before) / N | |")
 print("|---|---:|")
 print(f"| used (MemTotal − MemAvailable) | {per(used(a) - used(b))} |")
+print(f"| taken from free memory (MemFree before − at) | {per(b['MemFree'] - a['MemFree'])} |")
+for k in ["Cached", "SReclaimable"]:
+    print(f"| {k} | {per(a[k] - b[k])} |")
 for k in ["Shmem", "AnonPages", "Slab", "SUnreclaim", "KernelStack", "PageTables", "Percpu"]:
     print(f"| {k} | {per(a[k] - b[k])} |")
 tb, ta = sock(f"{work}/before.sockstat"), sock(f"{work}/at.sockstat")

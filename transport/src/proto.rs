@@ -409,12 +409,18 @@ impl Ring {
     /// at its reach (`Ring::place_within`) needs the credits of its lap before the lap ends, so
     /// credits gather for a quarter of twice its reach (the smallest reach a sender has,
     /// [`Ring::min_reach`] and each [`Ring::grow_reach`] of it, at or above what was seen), not
-    /// of the whole ring.
+    /// of the whole ring. Past a hole, the reach counts without it: the hole holds none of the
+    /// sender's bytes (its pad over it ends no lap), and a credit ring of the whole ring's size
+    /// left a sender with a reach just past the hole of a 1 MiB ring waiting for credits (and
+    /// ringing for them) at every lap.
     #[inline]
     pub fn credit_ring(&self, reach_seen: u64) -> u64 {
         let lead = u64::from(self.lead);
-        reach_seen
-            .max(self.min_reach())
+        let seen = match self.hole() {
+            Some((h0, h1)) if reach_seen >= h1 => reach_seen.saturating_sub(h1.saturating_sub(h0)),
+            _ => reach_seen,
+        };
+        seen.max(self.min_reach())
             .checked_add(lead)
             .and_then(u64::checked_next_power_of_two)
             .map(|end| end.saturating_sub(lead))
