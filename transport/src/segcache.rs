@@ -27,6 +27,14 @@ use ntbdrv::{Region, SegmentIdentity};
 /// Mappings kept (each a whole segment: two endpoint headers and two rings; their pages beyond
 /// the first ones are freed by the service when it keeps the segment).
 const KEPT: usize = 16;
+/// How long a kept mapping waits for its next connection. A kept mapping keeps its arena
+/// alive, and with it the pages of the arena's ranges that were let go of uncleanly (the
+/// service never frees those while the arena lives: docs/HOST-SERVICE.md, *Arenas*): after a
+/// client process with thousands of connections died, a server's kept mappings of them held
+/// its arena's pages (8 MB for 2,000 connections) for as long as the server lived. Connections
+/// that reuse a segment come within milliseconds of each other; older mappings go at the next
+/// pairing or close of this process.
+const KEEP_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How much of a segment with rings of `ring_bytes` is mapped: all of it, one stretch holding
 /// both blocks (docs/PROTOCOL.md §2, *The shared page*).
@@ -59,9 +67,9 @@ struct Kept {
     maps: VecDeque<Entry>,
 }
 
-/// A kept mapping: the segment's identity, its mapping, and whether it is marked
-/// `MADV_DONTFORK` (since a fork's [`SegmentCache::before_fork`]).
-type Entry = (SegmentIdentity, Region, bool);
+/// A kept mapping: the segment's identity, its mapping, whether it is marked `MADV_DONTFORK`
+/// (since a fork's [`SegmentCache::before_fork`]), and when it was kept.
+type Entry = (SegmentIdentity, Region, bool, std::time::Instant);
 
 impl Kept {
     /// This process's entries (a forked child forgets what it copied: not mapped there, so
@@ -75,6 +83,8 @@ impl Kept {
             self.pid = me;
             self.forked = false;
         }
+        // Mappings kept too long go (`KEEP_FOR`), unmapped.
+        self.maps.retain(|e| e.3.elapsed() < KEEP_FOR);
         &mut self.maps
     }
 }
@@ -124,8 +134,8 @@ impl SegmentCache {
         let maps = k.own();
         let i = maps
             .iter()
-            .position(|(i, r, _)| *i == id && r.len() == len)?;
-        let (_, r, marked) = maps.remove(i)?;
+            .position(|(i, r, _, _)| *i == id && r.len() == len)?;
+        let (_, r, marked, _) = maps.remove(i)?;
         drop(k);
         if marked {
             r.inherit_on_fork(true).ok()?;
@@ -140,14 +150,15 @@ impl SegmentCache {
             return;
         };
         k.own();
-        if k.maps.iter().any(|(i, _, _)| *i == id) {
+        if k.maps.iter().any(|(i, _, _, _)| *i == id) {
             return;
         }
         let marked = k.forked;
         if marked && whole.inherit_on_fork(false).is_err() {
             return;
         }
-        k.maps.push_back((id, whole, marked));
+        k.maps
+            .push_back((id, whole, marked, std::time::Instant::now()));
         if k.maps.len() > KEPT {
             k.maps.pop_front();
         }
@@ -165,7 +176,7 @@ impl SegmentCache {
         };
         k.own();
         k.forked = true;
-        k.maps.retain_mut(|(_, r, marked)| {
+        k.maps.retain_mut(|(_, r, marked, _)| {
             *marked = *marked || r.inherit_on_fork(false).is_ok();
             *marked
         });
@@ -209,6 +220,30 @@ mod tests {
         loose.set_len(4 * seg).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(cache.map(&loose.into(), 0, ring).is_none());
+    }
+
+    /// A kept mapping goes once it waited `KEEP_FOR` for a connection: the next pairing or
+    /// close of this process unmaps it (and with it what it kept of its arena).
+    #[test]
+    fn a_kept_mapping_goes_after_its_time() {
+        let ring = 4096;
+        let len = 2 * (crate::proto::BLOCK_OVERHEAD + ring);
+        let cache = SegmentCache::default();
+        let fd = fabric::sys::segment(len).unwrap();
+        let (r, id) = cache.map(&fd, 0, ring).unwrap();
+        let addr = r.as_ptr() as usize;
+        cache.keep(id, r);
+        assert!(mapped(addr), "kept");
+        std::thread::sleep(super::KEEP_FOR + std::time::Duration::from_millis(50));
+        assert!(mapped(addr), "nothing unmaps it by itself");
+        let other = fabric::sys::segment(len).unwrap();
+        let (r2, id2) = cache.map(&other, 0, ring).unwrap();
+        assert!(
+            !mapped(addr),
+            "the next pairing unmapped the old kept mapping"
+        );
+        assert!(cache.take(id, r2.len()).is_none());
+        cache.keep(id2, r2);
     }
 
     /// A mapping kept before a fork, and one kept after it, are not a child's; one taken
