@@ -95,10 +95,12 @@ pub fn prepare() {
 /// `system`, `popen`: glibc clones it itself): it inherits the descriptors that are not
 /// close-on-exec and runs another program, which may take over an inherited NTB connection. So
 /// the service is told as for a fork (its arenas of this process's pairs take no new
-/// connection: docs/HOST-SERVICE.md, *Arenas*), and kept mappings are not the child's. The
-/// connections' holders are not counted for it (its new image takes them over with `HOLD`).
+/// connection: docs/HOST-SERVICE.md, *Arenas*). Nothing else: the child shares this process's
+/// memory until its exec and copies no mapping (so kept mappings are not marked as at a fork,
+/// which would cost every later keep an `madvise`), and the connections' holders are not
+/// counted for it (its new image takes them over with `HOLD`).
 pub fn spawning() {
-    global::get().before_fork();
+    global::get().before_spawn();
 }
 
 /// The fork that [`prepare`] announced failed: there is no child; take the holders back.

@@ -313,6 +313,13 @@ impl ShimState {
         }
     }
 
+    /// A program is being spawned (`fork::spawning`): tell the transport, if it is open.
+    pub fn before_spawn(&self) {
+        if let Some(Ok(t)) = self.transport.get() {
+            t.before_spawn();
+        }
+    }
+
     /// Why flagged connections stay on TCP when the transport cannot be opened.
     pub fn unavailable(&self) -> Reason {
         match self.transport.get() {

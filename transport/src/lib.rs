@@ -633,6 +633,16 @@ impl Transport {
             l.before_fork();
         }
     }
+
+    /// This process is about to start a program in a child that shares its memory until the
+    /// exec (`posix_spawn` and its relatives): the service is told as for a fork (its arenas of
+    /// this process's pairs take no new connection), and nothing else is done, since the child
+    /// copies no mapping.
+    pub fn before_spawn(&self) {
+        if let Some(l) = &self.shared.service {
+            l.before_spawn();
+        }
+    }
 }
 
 impl Drop for Connection {

@@ -102,6 +102,11 @@ impl Link {
     /// See `Transport::before_fork`.
     pub(crate) fn before_fork(&self) {
         self.segments.before_fork();
+        self.before_spawn();
+    }
+
+    /// See `Transport::before_spawn`: the next request is preceded by `Forked`.
+    pub(crate) fn before_spawn(&self) {
         (self.forked).store(ntbdrv::process::pid(), SeqCst);
     }
 
